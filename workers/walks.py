@@ -1,0 +1,396 @@
+"""Random-walk engine: DeepWalk (uniform / weighted first order) and node2vec (second order).
+
+Why it looks like this
+- One parallel numba driver (`prange` over walks, PecanPy style); every walk owns its output row,
+  so threads never share state.
+- Determinism: walk k from node v draws from a counter-based generator (splitmix64) seeded by a
+  hash of (seed, v, k). The output of one walk therefore does not depend on the thread count, on
+  the order of `starts`, nor on how start nodes are split into partitions / Ray tasks.
+- Memory O(edges): weighted first order uses per-node alias tables (8 bytes per arc: float32
+  probability + int32 local alias); node2vec uses rejection sampling (KnightKing) with the first
+  order distribution as proposal, never per-edge (second order) alias tables.
+- node2vec rejection: the target for the step t -> v -> x is w(v,x) * a(x) with a = 1/p (x == t),
+  1 (x adjacent to t), 1/q (otherwise). The envelope is M = max(1, 1/q); when 1/p > M the return
+  edge is an *outlier*: its excess mass w(v,t) * (1/p - M) is a separate box sampled directly, so
+  a small p does not make almost every proposal fail. Adjacency t~x is tested by binary search in
+  the sorted neighbour list of t, and only when the acceptance coin falls between the two
+  possible acceptance levels (lazy test), which skips most searches.
+- Dead ends (out-degree 0, directed graphs) end a walk; the rest of its row is -1. An isolated
+  start node yields a walk of length 1.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["random_walks", "walk_steps", "walks_to_sentences", "build_alias", "walk_rng_key"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_K1 = np.uint64(0xD6E8FEB86659FD93)
+_K2 = np.uint64(0xCA5A826395121157)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_S11 = np.uint64(11)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+MODES = ("deepwalk", "node2vec")
+
+
+# ---------------------------------------------------------------------------------------------
+# counter-based RNG (splitmix64). State is a uint64 carried in local variables: `s += GOLDEN;
+# r = _mix(s)` is one draw. Helpers return the new state so loops stay register-only.
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, inline="always")
+def _walk_key(seed, v, k):
+    """Initial generator state of walk k from node v (a hash of (seed, v, k))."""
+    h = _mix(np.uint64(seed) ^ _K1)
+    h = _mix(h ^ (np.uint64(v) * _K2 + _GOLDEN))
+    h = _mix(h ^ (np.uint64(k) * _M1 + _K1))
+    return h
+
+
+@njit(cache=True, inline="always")
+def _randint(r, d):
+    """Uniform int in [0, d) from the high 32 bits of r (Lemire; d < 2**32, bias < d / 2**32)."""
+    return np.int64(((r >> _S32) * np.uint64(d)) >> _S32)
+
+
+@njit(cache=True, inline="always")
+def _uniform(r):
+    """Uniform float64 in [0, 1) from the high 53 bits of r."""
+    return np.float64(r >> _S11) * _INV53
+
+
+@njit(cache=True, inline="always")
+def _find(indices, lo, hi, x):
+    """Position of x in the sorted slice indices[lo:hi], or -1."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        val = indices[mid]
+        if val < x:
+            lo = mid + 1
+        elif val > x:
+            hi = mid
+        else:
+            return mid
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# per-node alias tables (weighted first order; proposal of weighted node2vec)
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _build_alias(indptr, weights, chunk):
+    n = indptr.shape[0] - 1
+    m = weights.shape[0]
+    prob = np.empty(m, dtype=np.float32)
+    alias = np.empty(m, dtype=np.int32)
+    rowsum = np.zeros(n, dtype=np.float64)
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        a = c * chunk
+        b = min(n, a + chunk)
+        maxd = 0
+        for v in range(a, b):
+            maxd = max(maxd, indptr[v + 1] - indptr[v])
+        scaled = np.empty(maxd, dtype=np.float64)
+        small = np.empty(maxd, dtype=np.int64)
+        large = np.empty(maxd, dtype=np.int64)
+        for v in range(a, b):
+            lo = indptr[v]
+            d = indptr[v + 1] - lo
+            if d == 0:
+                continue
+            tot = 0.0
+            for j in range(d):
+                tot += weights[lo + j]
+            rowsum[v] = tot
+            ns = 0
+            nl = 0
+            for j in range(d):
+                s = weights[lo + j] * d / tot
+                scaled[j] = s
+                alias[lo + j] = j
+                if s < 1.0:
+                    small[ns] = j
+                    ns += 1
+                else:
+                    large[nl] = j
+                    nl += 1
+            while ns > 0 and nl > 0:
+                ns -= 1
+                sj = small[ns]
+                lj = large[nl - 1]
+                prob[lo + sj] = scaled[sj]
+                alias[lo + sj] = lj
+                scaled[lj] = (scaled[lj] + scaled[sj]) - 1.0
+                if scaled[lj] < 1.0:
+                    nl -= 1
+                    small[ns] = lj
+                    ns += 1
+            for i in range(nl):
+                prob[lo + large[i]] = 1.0
+            for i in range(ns):  # leftovers from rounding
+                prob[lo + small[i]] = 1.0
+    return prob, alias, rowsum
+
+
+def build_alias(indptr: np.ndarray, weights: np.ndarray, chunk: int = 4096):
+    """Per-node alias tables (Vose) for weighted first-order steps.
+
+    Returns (prob float32[m], alias int32[m] local index within the row, rowsum float64[n]).
+    8 bytes per arc + 8 per node. Build once per graph and pass to `random_walks(alias=...)` when
+    several calls (partitions) share one graph, so that each call does not rebuild them.
+    """
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    if weights.size and not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise ValueError("walk weights must be finite and > 0")
+    return _build_alias(indptr, weights, int(chunk))
+
+
+# ---------------------------------------------------------------------------------------------
+# step kernels
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _first_order(indptr, indices, prob, alias, weighted, v, s):
+    """One first-order step from v: (next node or -1 at a dead end, new rng state)."""
+    lo = indptr[v]
+    d = indptr[v + 1] - lo
+    if d == 0:
+        return -1, s
+    s += _GOLDEN
+    j = _randint(_mix(s), d)
+    if weighted:
+        s += _GOLDEN
+        if _uniform(_mix(s)) >= prob[lo + j]:
+            j = alias[lo + j]
+    return np.int64(indices[lo + j]), s
+
+
+@njit(cache=True, inline="always")
+def _second_order(indptr, indices, weights, prob, alias, rowsum, weighted, t, v, s,
+                  inv_p, inv_q, env, inv_env):
+    """One node2vec step t -> v -> x by rejection sampling with the return edge as an outlier."""
+    lo = indptr[v]
+    hi = indptr[v + 1]
+    d = hi - lo
+    if d == 0:
+        return -1, s
+    # the outlier box: excess mass of the return edge above the envelope
+    extra = 0.0
+    if inv_p > env:
+        pos = _find(indices, lo, hi, t)
+        if pos >= 0:
+            w_vt = weights[pos] if weighted else 1.0
+            extra = w_vt * (inv_p - env)
+    total_w = rowsum[v] if weighted else np.float64(d)
+    box = env * total_w + extra
+    ret_acc = min(inv_p, env) * inv_env   # acceptance of a proposed return edge
+    adj_acc = inv_env                     # x adjacent to t
+    far_acc = inv_q * inv_env             # x at distance 2 from t
+    lo_acc = min(adj_acc, far_acc)
+    tlo = indptr[t]
+    thi = indptr[t + 1]
+    while True:
+        if extra > 0.0:
+            s += _GOLDEN
+            if _uniform(_mix(s)) * box < extra:
+                return np.int64(t), s
+        s += _GOLDEN
+        j = _randint(_mix(s), d)
+        if weighted:
+            s += _GOLDEN
+            if _uniform(_mix(s)) >= prob[lo + j]:
+                j = alias[lo + j]
+        x = np.int64(indices[lo + j])
+        s += _GOLDEN
+        u = _uniform(_mix(s))
+        if x == t:
+            if u < ret_acc:
+                return x, s
+            continue
+        if u < lo_acc:           # accepted whatever the adjacency: skip the search
+            return x, s
+        if adj_acc == far_acc:
+            continue
+        if _find(indices, tlo, thi, x) >= 0:
+            if u < adj_acc:
+                return x, s
+        elif u < far_acc:
+            return x, s
+
+
+@njit(cache=True, parallel=True)
+def _walk_kernel(indptr, indices, weights, prob, alias, rowsum, weighted, second, starts,
+                 walks_per_node, length, seed, walk_offset, inv_p, inv_q):
+    ns = starts.shape[0]
+    nw = walks_per_node * ns
+    out = np.empty((nw, length), dtype=np.int32)
+    env = max(1.0, inv_q)
+    inv_env = 1.0 / env
+    for r in prange(nw):
+        k = r // ns
+        i = r - k * ns
+        v = starts[i]
+        s = _walk_key(seed, v, k + walk_offset)
+        out[r, 0] = v
+        prev = np.int64(-1)
+        cur = np.int64(v)
+        step = 1
+        while step < length:
+            if second and prev >= 0:
+                nxt, s = _second_order(indptr, indices, weights, prob, alias, rowsum, weighted,
+                                       prev, cur, s, inv_p, inv_q, env, inv_env)
+            else:
+                nxt, s = _first_order(indptr, indices, prob, alias, weighted, cur, s)
+            if nxt < 0:
+                break
+            out[r, step] = nxt
+            prev = cur
+            cur = nxt
+            step += 1
+        while step < length:
+            out[r, step] = -1
+            step += 1
+    return out
+
+
+def _check_graph(indptr, indices, weights):
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != indices.size:
+        raise ValueError("indptr must be int64[n+1] with indptr[0] == 0 and indptr[-1] == len(indices)")
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        if weights.shape != indices.shape:
+            raise ValueError("weights must have the shape of indices")
+    return indptr, indices, weights
+
+
+def random_walks(indptr, indices, weights, starts, walks_per_node, length, seed,
+                 p=1.0, q=1.0, mode="deepwalk", threads=0, *, walk_offset=0, alias=None) -> np.ndarray:
+    """Random walks from every node in `starts`, `walks_per_node` times each.
+
+    indptr int64[n+1], indices int32[m] (sorted within each row), weights float32[m] or None.
+    starts: global node ids (one partition). mode: "deepwalk" (uniform when weights is None, else
+    weighted first order) or "node2vec" (second order with return p and in-out q; p == q == 1 is
+    exactly first order and takes that path).
+
+    Returns int32 [walks_per_node * len(starts), length]; row k * len(starts) + i is walk
+    k + walk_offset from starts[i]; a walk that hits a dead end is padded with -1.
+    Walk k from v depends only on (seed, v, k): identical for any thread count and partitioning.
+
+    walk_offset: first walk index k (lets a caller split the walks of one node over calls).
+    alias: (prob, alias, rowsum) from `build_alias`, to reuse across calls on a weighted graph.
+    threads: numba threads for this call (0 = all); the previous setting is restored.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (p > 0 and q > 0 and np.isfinite(p) and np.isfinite(q)):
+        raise ValueError("p and q must be finite and > 0")
+    walks_per_node = int(walks_per_node)
+    length = int(length)
+    if walks_per_node < 0 or length < 1:
+        raise ValueError("walks_per_node must be >= 0 and length >= 1")
+    indptr, indices, weights = _check_graph(indptr, indices, weights)
+    n = indptr.size - 1
+    starts = np.ascontiguousarray(starts, dtype=np.int64).ravel()
+    if starts.size and (starts.min() < 0 or starts.max() >= n):
+        raise ValueError("start node id out of range")
+    weighted = weights is not None
+    if weighted:
+        prob, al, rowsum = alias if alias is not None else build_alias(indptr, weights)
+        w = weights
+    else:
+        prob = np.zeros(0, np.float32)
+        al = np.zeros(0, np.int32)
+        rowsum = np.zeros(0, np.float64)
+        w = np.zeros(0, np.float32)
+    second = mode == "node2vec" and not (p == 1.0 and q == 1.0)
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    old = numba.get_num_threads()
+    want = numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(want)
+    try:
+        return _walk_kernel(indptr, indices, w, prob, al, rowsum, weighted, second, starts,
+                            walks_per_node, length, np.uint64(seed), np.int64(walk_offset),
+                            1.0 / float(p), 1.0 / float(q))
+    finally:
+        numba.set_num_threads(old)
+
+
+def walk_rng_key(seed: int, v: int, k: int) -> int:
+    """The generator state that walk k from node v starts from (exposed for tests / debugging)."""
+    return int(_walk_key_py(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), np.int64(v), np.int64(k)))
+
+
+@njit(cache=True)
+def _walk_key_py(seed, v, k):
+    return _walk_key(seed, v, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# padded matrix -> token counts / flat sentences
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _row_lengths(walks):
+    nr, L = walks.shape
+    lens = np.empty(nr, dtype=np.int64)
+    for r in prange(nr):
+        n = L
+        for j in range(L):
+            if walks[r, j] < 0:
+                n = j
+                break
+        lens[r] = n
+    return lens
+
+
+@njit(cache=True, parallel=True)
+def _gather(walks, offsets, tokens):
+    for r in prange(walks.shape[0]):
+        a = offsets[r]
+        for j in range(offsets[r + 1] - a):
+            tokens[a + j] = walks[r, j]
+
+
+def walk_steps(walks: np.ndarray) -> int:
+    """Number of non-padding tokens (nodes visited, start nodes included)."""
+    walks = np.ascontiguousarray(walks)
+    if walks.size == 0:
+        return 0
+    return int(_row_lengths(walks).sum())
+
+
+def walks_to_sentences(walks: np.ndarray, min_length: int = 1):
+    """Padded walk matrix -> (tokens int32[T], offsets int64[R+1]); sentence r is
+    tokens[offsets[r]:offsets[r+1]]. Rows shorter than `min_length` are dropped (default keeps
+    every walk, including the length-1 walks of isolated nodes)."""
+    walks = np.ascontiguousarray(walks, dtype=np.int32)
+    if walks.ndim != 2:
+        raise ValueError("walks must be a 2-d matrix")
+    if walks.shape[0] == 0:
+        return np.zeros(0, np.int32), np.zeros(1, np.int64)
+    lens = _row_lengths(walks)
+    if min_length > 1:
+        keep = lens >= min_length
+        walks, lens = np.ascontiguousarray(walks[keep]), lens[keep]
+    offsets = np.zeros(lens.size + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    tokens = np.empty(int(offsets[-1]), dtype=np.int32)
+    if walks.shape[0]:
+        _gather(walks, offsets, tokens)
+    return tokens, offsets
