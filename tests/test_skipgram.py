@@ -1,0 +1,185 @@
+"""SGNS kernels (numba CPU, torch): reproducibility, the sampling maths, and embedding quality on a
+planted-community graph whose walks are generated here with plain numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedlake.workers.skipgram import keep_thresholds, noise_alias, train_sgns
+
+
+def planted_graph(n=400, k=4, deg=12.0, mixing=0.1, seed=0):
+    """Stochastic block model as CSR (indptr, indices) plus the community of each node."""
+    rng = np.random.default_rng(seed)
+    comm = np.arange(n) % k
+    m = int(n * deg / 2)
+    src = rng.integers(0, n, m)
+    same = rng.random(m) >= mixing
+    # partner in the same community (same residue mod k) or anywhere
+    dst_same = (rng.integers(0, n // k, m) * k + comm[src]) % n
+    dst = np.where(same, dst_same, rng.integers(0, n, m))
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    indptr = np.zeros(n + 1, np.int64)
+    np.add.at(indptr, a + 1, 1)
+    return np.cumsum(indptr), b.astype(np.int32), comm
+
+
+def uniform_walks(indptr, indices, walks_per_node=10, length=40, seed=0):
+    """DeepWalk walks as flat tokens + offsets (all walks advance together, vectorised)."""
+    rng = np.random.default_rng(seed)
+    n = len(indptr) - 1
+    cur = np.tile(np.arange(n), walks_per_node)
+    out = np.empty((len(cur), length), np.int32)
+    out[:, 0] = cur
+    deg = np.diff(indptr)
+    for t in range(1, length):
+        d = deg[cur]
+        step = (rng.random(len(cur)) * np.maximum(d, 1)).astype(np.int64)
+        nxt = indices[np.minimum(indptr[cur] + step, len(indices) - 1)]
+        cur = np.where(d > 0, nxt, cur)
+        out[:, t] = cur
+    return out.ravel(), np.arange(0, out.size + 1, length, dtype=np.int64)
+
+
+def centroid_accuracy(X, y, seed=0):
+    """Nearest-centroid (cosine) accuracy, centroids from a random half, scored on the other half."""
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(X))
+    tr, te = idx[: len(X) // 2], idx[len(X) // 2:]
+    C = np.stack([X[tr][y[tr] == c].mean(0) for c in np.unique(y)])
+    return float(np.mean(np.argmax(X[te] @ C.T, axis=1) == y[te]))
+
+
+@pytest.fixture(scope="module")
+def graph_walks():
+    indptr, indices, comm = planted_graph()
+    tokens, offsets = uniform_walks(indptr, indices)
+    return tokens, offsets, comm
+
+
+def expected_pairs(L, window):
+    """E[#contexts] of a sentence of L tokens when the window b ~ U{1..window} per centre."""
+    i = np.arange(L)[:, None]
+    b = np.arange(1, window + 1)[None, :]
+    return float((np.minimum(b, i) + np.minimum(b, L - 1 - i)).mean(axis=1).sum())
+
+
+# ----------------------------------------------------------------------------- numba kernel
+
+def test_reproducible_single_thread(graph_walks):
+    tokens, offsets, _ = graph_walks
+    kw = dict(dim=16, window=5, negatives=3, seed=11, threads=1, sample=1e-3)
+    a = train_sgns(tokens, offsets, 400, **kw)
+    b = train_sgns(tokens, offsets, 400, **kw)
+    assert a[0].dtype == np.float32 and a[0].shape == (400, 16) and a[1].shape == (400, 16)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[2]["pairs"] == b[2]["pairs"] and a[2]["loss_last"] == b[2]["loss_last"]
+    c = train_sgns(tokens, offsets, 400, **{**kw, "seed": 12})
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_init_matches_word2vec():
+    tok = np.zeros(0, np.int32)
+    W_in, W_out, st = train_sgns(tok, np.zeros(1, np.int64), 50, dim=8, seed=3)
+    assert np.all(np.abs(W_in) <= 0.5 / 8) and W_in.std() > 0.1 / 8 and not W_out.any()
+    assert st["pairs"] == 0
+
+
+def test_quality_and_loss_decrease(graph_walks):
+    tokens, offsets, comm = graph_walks
+    W, _, st = train_sgns(tokens, offsets, 400, dim=32, window=5, negatives=5, seed=0, threads=0)
+    assert st["loss_last"] < st["loss_first"] - 0.3, st
+    assert centroid_accuracy(W, comm) > 0.9
+    assert st["tokens"] == len(tokens) and st["tokens_per_s"] > 0
+
+
+def test_dynamic_window_pair_count():
+    rng = np.random.default_rng(1)
+    L, S, window = 30, 3000, 7
+    tokens = rng.integers(0, 100, L * S).astype(np.int32)
+    offsets = np.arange(0, L * S + 1, L, dtype=np.int64)
+    _, _, st = train_sgns(tokens, offsets, 100, dim=4, window=window, negatives=1, threads=1)
+    exp = S * expected_pairs(L, window)
+    # each centre's context count has sd <= ~window; 90k centres -> relative error ~1e-3
+    assert abs(st["pairs"] - exp) / exp < 0.01, (st["pairs"], exp)
+    # a full window (b = window always) would give more pairs: the draw really is dynamic
+    assert st["pairs"] < 0.75 * S * (2 * window * L - window * (window + 1))
+
+
+def test_padding_is_skipped():
+    rng = np.random.default_rng(2)
+    L, S, window = 20, 2000, 5
+    tok = rng.integers(0, 50, (S, L)).astype(np.int32)
+    tok[:, 12:] = -1                      # only 12 real tokens per sentence
+    offsets = np.arange(0, L * S + 1, L, dtype=np.int64)
+    _, _, st = train_sgns(tok.ravel(), offsets, 50, dim=4, window=window, negatives=1, threads=1)
+    exp = S * expected_pairs(12, window)
+    assert abs(st["pairs"] - exp) / exp < 0.015 and st["tokens"] == 12 * S
+
+
+def test_subsampling_keeps_expected_share():
+    rng = np.random.default_rng(3)
+    V = 200
+    p = 1.0 / np.arange(1, V + 1) ** 1.1         # Zipf-like: a few very frequent tokens
+    p /= p.sum()
+    tokens = rng.choice(V, 200_000, p=p).astype(np.int32)
+    offsets = np.arange(0, len(tokens) + 1, 50, dtype=np.int64)
+    counts = np.bincount(tokens, minlength=V)
+    sample = 1e-3
+    thr = sample * counts.sum()
+    keep = np.minimum(1.0, (np.sqrt(counts / thr) + 1) * thr / np.maximum(counts, 1))
+    np.testing.assert_allclose(keep_thresholds(counts, sample) / 2.0 ** 32, keep, atol=1e-9)
+    _, _, st = train_sgns(tokens, offsets, V, dim=4, window=2, negatives=1, sample=sample, threads=1)
+    exp = float((keep * counts).sum())
+    assert exp < 0.7 * len(tokens)               # the test is meaningful: much is dropped
+    assert abs(st["tokens_trained"] - exp) < 5 * np.sqrt(exp), (st["tokens_trained"], exp)
+    _, _, st0 = train_sgns(tokens, offsets, V, dim=4, window=2, negatives=1, sample=0.0, threads=1)
+    assert st0["tokens_trained"] == len(tokens)
+
+
+def test_noise_alias_is_exact():
+    counts = np.array([0, 1, 5, 100, 3, 0, 42, 7], np.int64)
+    thr, alias = noise_alias(counts, 0.75)
+    n = len(counts)
+    keep = thr.astype(np.float64) / 2.0 ** 32
+    implied = keep / n
+    np.add.at(implied, alias, (1.0 - keep) / n)
+    w = np.where(counts > 0, counts ** 0.75, 0.0)
+    np.testing.assert_allclose(implied, w / w.sum(), atol=1e-9)
+
+
+def test_negatives_follow_counts(graph_walks):
+    """Tokens with zero count in `counts` are never drawn as negatives: their output rows stay 0
+    when they never appear as a centre either."""
+    tokens, offsets, _ = graph_walks
+    counts = np.bincount(tokens, minlength=410)
+    _, W_out, _ = train_sgns(tokens, offsets, 410, counts=counts, dim=8, window=2, threads=1)
+    assert not W_out[400:].any() and W_out[:400].any()
+
+
+def test_resume_and_progress(graph_walks):
+    tokens, offsets, comm = graph_walks
+    calls = []
+    Wi, Wo, st1 = train_sgns(tokens, offsets, 400, dim=16, window=4, seed=1, threads=1, chunk_tokens=2000,
+                             progress=lambda d, t, l: calls.append((d, t, l)))
+    assert len(calls) == st1["chunks"] > 5
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls) and calls[-1][0] == calls[-1][1] == len(tokens)
+    Wi0, Wo0 = Wi.copy(), Wo.copy()
+    Wi2, Wo2, st2 = train_sgns(tokens, offsets, 400, dim=16, window=4, seed=2, threads=1, lr=0.01,
+                               init=(Wi, Wo))
+    assert np.array_equal(Wi, Wi0) and np.array_equal(Wo, Wo0)    # inputs untouched
+    assert not np.array_equal(Wi2, Wi) and st2["loss_first"] < st1["loss_first"]
+
+
+def test_epochs_and_lr_decay(graph_walks):
+    tokens, offsets, comm = graph_walks
+    _, _, st = train_sgns(tokens, offsets, 400, dim=16, window=4, epochs=3, threads=0)
+    assert st["tokens"] == 3 * len(tokens) and st["loss_last"] < st["loss_first"]
+    with pytest.raises(ValueError):
+        train_sgns(np.array([0, 5], np.int32), np.array([0, 2], np.int64), 3)
