@@ -1,0 +1,227 @@
+"""One typed config schema for every flow, validated at load.
+
+Every field carries its help text (shown by `embedlake ... --help-config` and in the Prefect UI
+form). Unknown keys and out-of-range values are refused with the dotted field name. The resolved
+config is stored in every run's manifest so a run can be reproduced.
+
+Sources, later wins: defaults < YAML file (`--config`) < `-p section.key=value` overrides.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from embedlake.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(Section):
+    edges: str | None = Field(None, description="Edge list: path, glob, folder or s3:// URL (TSV/CSV/Parquet, .gz/.zst). "
+                              "None = the built-in planted-community graph (see `synthetic`).")
+    labels: str | None = Field(None, description="Node labels (node<TAB>label, one row per pair; multi-label allowed).")
+    directed: bool = Field(False, description="Treat edges as directed; undirected graphs are symmetrised.")
+    weighted: bool = Field(False, description="Read a third column as edge weight (must be finite and > 0).")
+    id_type: Literal["int", "str"] = Field("int", description="Type of node ids in the input; outputs keep this type.")
+    delimiter: str | None = Field(None, description="Column separator; None = tab for .tsv, comma for .csv, "
+                                  "otherwise tab.")
+    has_header: bool | None = Field(None, description="First line is a header; None = detect (non-numeric first line).")
+    src_col: str = Field("src", description="Source column name (Parquet input or headed text).")
+    dst_col: str = Field("dst", description="Destination column name.")
+    weight_col: str = Field("weight", description="Weight column name when weighted.")
+    self_loops: Literal["drop", "keep"] = Field("drop", description="What to do with edges u->u.")
+    duplicates: Literal["drop", "sum", "keep"] = Field("drop", description="Repeated edges: drop (keep first "
+                                                          "weight), sum their weights, or keep as multi-edges.")
+    num_nodes: int | None = Field(None, ge=1, description="Node count for int ids 0..n-1 including isolated nodes "
+                                  "(read from stats.json beside the edges when present).")
+    chunk_rows: int = Field(2_000_000, ge=1000, description="Rows per streaming chunk while reading edges.")
+
+
+class SyntheticConfig(Section):
+    nodes: int = Field(2000, ge=10, description="Nodes of the built-in planted-community graph.")
+    communities: int = Field(10, ge=2, description="Planted communities (the node labels).")
+    avg_degree: float = Field(16.0, gt=0, description="Mean degree.")
+    mixing: float = Field(0.15, ge=0, le=1, description="Share of each node's edges that leave its community.")
+    seed: int = Field(7, description="Generator seed (the graph is deterministic by seed).")
+
+
+class ShardConfig(Section):
+    partitions: int = Field(4, ge=1, le=4096, description="Partitions of start nodes / rows (one Ray task each).")
+    scheme: Literal["range", "hash"] = Field("range", description="Contiguous id ranges or hash of the id.")
+
+
+class WalkConfig(Section):
+    walks_per_node: int = Field(10, ge=1, description="Walks started from every node.")
+    length: int = Field(80, ge=1, description="Nodes per walk (a walk of length 1 is just its start node).")
+    p: float = Field(1.0, gt=0, description="node2vec return parameter.")
+    q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
+    seed: int = Field(0, description="Walk k from node v depends only on (seed, v, k).")
+    write_walks: bool = Field(False, description="Also write the walks to the lake as Parquet.")
+
+
+class TrainConfig(Section):
+    dim: int = Field(128, ge=2, le=4096, description="Embedding dimension.")
+    window: int = Field(10, ge=1, description="Max context window (dynamic window as in word2vec).")
+    negatives: int = Field(5, ge=1, le=100, description="Negative samples per positive pair.")
+    ns_exponent: float = Field(0.75, description="Noise distribution = unigram ** ns_exponent.")
+    epochs: int = Field(1, ge=1, description="Passes over the walks / sentences.")
+    lr: float = Field(0.025, gt=0, description="Initial learning rate (decays linearly to min_lr).")
+    min_lr: float = Field(0.0001, ge=0, description="Final learning rate.")
+    sample: float = Field(0.0, ge=0, description="Frequent-token subsampling threshold (word2vec's t; 0 = off).")
+    engine: Literal["numba", "torch"] = Field("numba", description="numba: CPU Hogwild kernel; torch: batched "
+                                              "kernel on `device`.")
+    device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
+    threads: int = Field(0, ge=0, description="Kernel threads per worker; 0 = the worker's CPUs.")
+    workers: int = Field(1, ge=1, description="Ray workers for partitioned training (1 = one worker, whole table).")
+    seed: int = Field(0, description="Initialisation and sampling seed.")
+
+
+class FastRPConfig(Section):
+    dim: int = Field(512, ge=2, description="Embedding dimension.")
+    weights: list[float] = Field(default_factory=lambda: [0.0, 0.0, 1.0, 6.67],
+                                 description="Weight of A^1 R, A^2 R, ... (one per iteration).")
+    beta: float = Field(-0.64, description="Degree normalisation exponent (R scaled by degree**beta).")
+    density: float | None = Field(None, gt=0, le=1, description="Non-zero share of the random projection; "
+                                  "None = 1/sqrt(n).")
+    normalization: Literal["row", "sym", "none"] = Field("row", description="Transition D^-1 A (row), "
+                                                       "D^-1/2 A D^-1/2 (sym) or A (none).")
+    standardize: bool = Field(True, description="Standardise output columns (zero mean, unit variance).")
+    seed: int = Field(0, description="Projection seed.")
+
+
+class EvalConfig(Section):
+    train_ratios: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
+                                      description="Labelled shares for node classification.")
+    repeats: int = Field(3, ge=1, description="Random splits per ratio.")
+    seed: int = Field(0, description="Split seed.")
+    link_prediction: bool = Field(False, description="Hold out edges before embedding and report ROC-AUC.")
+    test_edge_share: float = Field(0.1, gt=0, lt=1, description="Share of edges held out for link prediction.")
+
+    @field_validator("train_ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        for r in v:
+            if not 0 < r < 1:
+                raise ValueError(f"train ratio {r} is not in (0, 1)")
+        return v
+
+
+class CompressConfig(Section):
+    codecs: list[str] = Field(default_factory=list, description="Codecs to build after training: fp16, int8, int4, "
+                              "binary, pq, opq, lowrank (empty = none).")
+    pq_m: int = Field(16, ge=1, description="PQ sub-quantisers.")
+    pq_bits: int = Field(8, ge=1, le=16, description="Bits per PQ code.")
+    lowrank_dim: int = Field(32, ge=1, description="Target dimension of the low-rank codec.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster address (also RAY_ADDRESS); None = start Ray locally.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
+    max_retries: int = Field(3, ge=0, description="Ray task retries on worker failure.")
+
+
+class LakeConfig(Section):
+    uri: str = Field("./lake", description="Lake root: a local folder or s3://bucket/prefix.")
+    dataset: str | None = Field(None, description="Dataset name in the lake (default: from the input's folder).")
+    run_id: str | None = Field(None, description="Run id (default: generated, time-ordered).")
+
+
+class PipelineConfig(Section):
+    method: Literal["deepwalk", "node2vec", "fastrp"] = Field("deepwalk", description="Embedding method.")
+    input: InputConfig = Field(default_factory=InputConfig, description="Input graph.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Built-in demo graph.")
+    shard: ShardConfig = Field(default_factory=ShardConfig, description="Partitioning.")
+    walk: WalkConfig = Field(default_factory=WalkConfig, description="Random walks.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Skip-gram training.")
+    fastrp: FastRPConfig = Field(default_factory=FastRPConfig, description="FastRP.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    compress: CompressConfig = Field(default_factory=CompressConfig, description="Compressed tables.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")
+    lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
+
+
+def _parse_value(text: str) -> Any:
+    """`-p a.b=VALUE`: VALUE is YAML (so 128, 0.5, true, [1, 2], null all work)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, model: type[BaseModel] = PipelineConfig) -> Any:
+    """Defaults < `base` dict < YAML file < `section.key=value` overrides; validated once."""
+    data: dict = json.loads(json.dumps(base)) if base else {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        _deep_merge(data, loaded)
+        source = str(p)
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected section.key=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(data, k.strip(), _parse_value(v))
+        source = f"{source} + overrides"
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
+
+
+def _deep_merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def describe(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field: the CLI's --help-config table."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe(ann, f"{prefix}{name}."))
+        else:
+            default = f.default_factory() if f.default_factory is not None else f.default
+            rows.append((f"{prefix}{name}", json.dumps(default), f.description or ""))
+    return rows

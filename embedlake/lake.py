@@ -1,0 +1,325 @@
+"""The lake: the one module that owns every path, and the commit protocol.
+
+Layout (root = a local folder or s3://bucket/prefix):
+
+    <root>/graphs/<dataset>/<version>/...                        CSR + node-id map
+    <root>/<kind>/<dataset>/<method>/run=<run_id>/partition=<k>/part-<k>.parquet
+        kind: embeddings | walks | tables | metrics | checkpoints
+    <root>/_manifests/<dataset>/<method>/<run_id>.json           the commit of a run
+
+Protocol (delta-rs / pyiceberg style): a run writes its data files first, then commits one small
+JSON manifest (files, row counts, sha256 checksums, resolved config, code version, metrics) with
+put-if-absent. Readers only look at files named by a committed manifest, so a run killed between
+its data files and its manifest is invisible. "latest" is the committed run with the newest
+`committed_at`. Nothing read from the lake is unpickled (JSON + Parquet + .npy without pickle).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedlake import storage
+from embedlake.errors import CommitConflict, LakeError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+KINDS = ("embeddings", "walks", "tables", "metrics", "checkpoints", "tokens")
+MANIFEST_VERSION = 1
+
+
+def check_name(value: str, what: str) -> str:
+    """Dataset, method, run and codec names become path segments: no traversal, no separators."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise LakeError(f"invalid {what} name {value!r}: use letters, digits, '.', '_' or '-' "
+                        f"(at most 128, starting with a letter or digit, no '..')")
+    return value
+
+
+def new_run_id() -> str:
+    """Time-ordered and unique: 20261129T101500Z-3f9a1c."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def code_version() -> str:
+    from embedlake import __version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:  # noqa: BLE001 - no git is fine
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+@dataclass
+class FileEntry:
+    path: str          # relative to the lake root
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    method: str
+    run_id: str
+    files: dict[str, list[dict]] = field(default_factory=dict)   # kind -> [FileEntry dicts]
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)                   # stage -> {wall_s, ...}
+    extra: dict = field(default_factory=dict)                    # e.g. dim, rows, codec parameters
+    code_version: str = ""
+    committed_at: str = ""
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        d = json.loads(text)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Lake:
+    """A lake root. Cheap to construct; picklable (it only holds the URI)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+        self.protocol, self.root = storage.split_protocol(uri)
+
+    def __reduce__(self):
+        return (Lake, (self.uri,))
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
+
+    @property
+    def fs(self):
+        return storage.filesystem(self.uri)[0]
+
+    # ---- paths (relative to the root) -------------------------------------------------------
+    def url(self, rel: str) -> str:
+        """Full URI of a lake-relative path (what users paste into polars / DuckDB)."""
+        return f"{self.protocol}://{storage.join(self.root, rel)}" if self.protocol != "file" \
+            else storage.join(self.root, rel)
+
+    def _abs(self, rel: str) -> str:
+        return storage.join(self.root, rel)
+
+    @staticmethod
+    def run_dir(kind: str, dataset: str, method: str, run_id: str) -> str:
+        if kind not in KINDS:
+            raise LakeError(f"unknown lake kind {kind!r}")
+        return f"{kind}/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}/run={check_name(run_id, 'run')}"
+
+    @classmethod
+    def part_path(cls, kind: str, dataset: str, method: str, run_id: str, partition: int,
+                  sub: str | None = None) -> str:
+        base = cls.run_dir(kind, dataset, method, run_id)
+        if sub:
+            base = f"{base}/{sub}"
+        return f"{base}/partition={int(partition)}/part-{int(partition):05d}.parquet"
+
+    @staticmethod
+    def manifest_dir(dataset: str, method: str) -> str:
+        return f"_manifests/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}"
+
+    @classmethod
+    def manifest_path(cls, dataset: str, method: str, run_id: str) -> str:
+        return f"{cls.manifest_dir(dataset, method)}/{check_name(run_id, 'run')}.json"
+
+    @staticmethod
+    def graph_dir(dataset: str, version: str) -> str:
+        return f"graphs/{check_name(dataset, 'dataset')}/{check_name(version, 'version')}"
+
+    # ---- data files -------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes, rows: int = 0) -> FileEntry:
+        fs = self.fs
+        path = self._abs(rel)
+        parent = path.rsplit("/", 1)[0]
+        if self.protocol == "file":
+            fs.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+        return FileEntry(rel, rows, len(data), hashlib.sha256(data).hexdigest())
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._abs(rel))
+        except FileNotFoundError:
+            raise LakeError(f"{self.url(rel)}: not found in the lake") from None
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._abs(rel))
+
+    def write_parquet(self, rel: str, table: pa.Table, compression: str = "zstd") -> FileEntry:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=compression)
+        return self.write_bytes(rel, buf.getvalue(), rows=table.num_rows)
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
+
+    def write_npy(self, rel: str, arr: np.ndarray) -> FileEntry:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        return self.write_bytes(rel, buf.getvalue(), rows=int(arr.shape[0]) if arr.ndim else 1)
+
+    def read_npy(self, rel: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+
+    def write_json(self, rel: str, obj: Any) -> FileEntry:
+        return self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=_json_default).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        path = self._abs(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=recursive)
+
+    def list_files(self, rel: str) -> list[str]:
+        """Every file under rel, lake-relative."""
+        path = self._abs(rel)
+        if not self.fs.exists(path):
+            return []
+        root = self.root.rstrip("/") + "/"
+        out = []
+        for p in self.fs.find(path):
+            p = p if p.startswith("/") or self.protocol != "file" else "/" + p
+            out.append(p[len(root):] if p.startswith(root) else p)
+        return sorted(out)
+
+    # ---- commit -----------------------------------------------------------------------------
+    def put_if_absent(self, rel: str, data: bytes) -> None:
+        """Create rel with data only if it does not exist; CommitConflict otherwise (atomic)."""
+        path = self._abs(rel)
+        fs = self.fs
+        if self.protocol == "file":
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)          # atomic, fails if path exists
+            except FileExistsError:
+                raise CommitConflict(f"{self.url(rel)} already exists: another writer committed first") from None
+            finally:
+                os.unlink(tmp)
+            return
+        try:
+            fs.pipe_file(path, data, mode="create")   # S3 conditional write: If-None-Match: *
+        except (FileExistsError, OSError) as e:
+            if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e) or "412" in str(e):
+                raise CommitConflict(f"{self.url(rel)} already exists: another writer committed first") from None
+            raise
+
+    def commit(self, manifest: Manifest) -> str:
+        """Commit a run: verify its files exist, then write its manifest with put-if-absent."""
+        for kind, entries in manifest.files.items():
+            for e in entries:
+                if not self.exists(e["path"]):
+                    raise LakeError(f"cannot commit run {manifest.run_id}: data file {e['path']} is missing")
+        manifest.code_version = manifest.code_version or code_version()
+        manifest.committed_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+        rel = self.manifest_path(manifest.dataset, manifest.method, manifest.run_id)
+        self.put_if_absent(rel, manifest.to_json().encode())
+        return self.url(rel)
+
+    # ---- reading committed runs -------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        return sorted(p.rsplit("/", 1)[-1] for p in self._ls_dirs("_manifests"))
+
+    def methods(self, dataset: str) -> list[str]:
+        return sorted(p.rsplit("/", 1)[-1] for p in self._ls_dirs(f"_manifests/{check_name(dataset, 'dataset')}"))
+
+    def _ls_dirs(self, rel: str) -> list[str]:
+        path = self._abs(rel)
+        if not self.fs.exists(path):
+            return []
+        return [d["name"] for d in self.fs.ls(path, detail=True) if d["type"] == "directory"]
+
+    def manifests(self, dataset: str, method: str) -> list[Manifest]:
+        """Committed runs, oldest first."""
+        d = self.manifest_dir(dataset, method)
+        out = []
+        for rel in self.list_files(d):
+            if rel.endswith(".json") and ".tmp-" not in rel:
+                out.append(Manifest.from_json(self.read_bytes(rel).decode()))
+        return sorted(out, key=lambda m: (m.committed_at, m.run_id))
+
+    def manifest(self, dataset: str, method: str, run: str = "latest") -> Manifest:
+        if run == "latest":
+            ms = self.manifests(dataset, method)
+            if not ms:
+                raise LakeError(f"no committed run of {dataset}/{method} in {self.uri}")
+            return ms[-1]
+        rel = self.manifest_path(dataset, method, run)
+        if not self.exists(rel):
+            raise LakeError(f"run {run} of {dataset}/{method} is not committed in {self.uri}")
+        return Manifest.from_json(self.read_bytes(rel).decode())
+
+    def is_committed(self, dataset: str, method: str, run_id: str) -> bool:
+        return self.exists(self.manifest_path(dataset, method, run_id))
+
+    def committed_paths(self) -> set[str]:
+        """Every data file named by any committed manifest (for gc)."""
+        keep: set[str] = set()
+        for ds in self.datasets():
+            for m in self.methods(ds):
+                for man in self.manifests(ds, m):
+                    for entries in man.files.values():
+                        keep.update(e["path"] for e in entries)
+        return keep
+
+    def orphans(self) -> list[str]:
+        """Data files that no committed manifest names: leftovers of failed or killed runs."""
+        keep = self.committed_paths()
+        out = []
+        for kind in KINDS:
+            out.extend(p for p in self.list_files(kind) if p not in keep)
+        return out
+
+
+def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dict[str, Iterable] | None = None,
+                     id_name: str = "node") -> pa.Table:
+    """Rows `node` (original id, original type) and `vector` (fixed_size_list<float32>[d])."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), d)
+    cols = {id_name: ids if isinstance(ids, pa.Array) else pa.array(ids), "vector": vec}
+    for k, v in (extra or {}).items():
+        cols[k] = pa.array(v)
+    return pa.table(cols)

@@ -1,0 +1,53 @@
+"""Reader API: committed runs as polars frames or numpy arrays.
+
+    import embedlake
+    df = embedlake.read_embeddings("./lake", "karate", "deepwalk")          # latest committed run
+    ids, X = embedlake.load_matrix("s3://bucket/lake", "blogcatalog", "deepwalk", run="20261129T...")
+
+Only files named by a committed manifest are read, so a half-written run is never seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from embedlake.lake import Lake, Manifest
+
+
+def _lake(lake: str | Lake) -> Lake:
+    return lake if isinstance(lake, Lake) else Lake(lake)
+
+
+def committed_files(lake: str | Lake, dataset: str, method: str, run: str = "latest",
+                    kind: str = "embeddings") -> list[str]:
+    """Full URIs of one committed run's data files (to hand to polars, DuckDB or pyarrow)."""
+    lk = _lake(lake)
+    man = lk.manifest(dataset, method, run)
+    return [lk.url(e["path"]) for e in man.files.get(kind, [])]
+
+
+def read_table(lake: str | Lake, dataset: str, method: str, run: str = "latest",
+               kind: str = "embeddings") -> tuple[pa.Table, Manifest]:
+    lk = _lake(lake)
+    man = lk.manifest(dataset, method, run)
+    tables = [lk.read_parquet(e["path"]) for e in man.files.get(kind, [])]
+    if not tables:
+        raise ValueError(f"run {man.run_id} of {dataset}/{method} has no {kind} files")
+    return pa.concat_tables(tables), man
+
+
+def read_embeddings(lake: str | Lake, dataset: str, method: str, run: str = "latest") -> pl.DataFrame:
+    """One committed run's embeddings: columns node, vector (Array[f32, d]), partition."""
+    table, _ = read_table(lake, dataset, method, run)
+    return pl.from_arrow(table)
+
+
+def load_matrix(lake: str | Lake, dataset: str, method: str, run: str = "latest") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 matrix [n, d]) of a committed run, in the order the rows were written."""
+    table, _ = read_table(lake, dataset, method, run)
+    vec = table.column("vector").combine_chunks()
+    d = vec.type.list_size
+    X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
+    ids = table.column("node").to_numpy(zero_copy_only=False)
+    return ids, X

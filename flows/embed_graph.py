@@ -1,0 +1,84 @@
+"""The `embed_graph` flow: ingest -> shard -> walk -> train (or FastRP) -> publish -> evaluate -> commit.
+
+The flow only wires tasks; each task fans out to Ray and passes references. A run is visible to
+readers only after its manifest is committed (last step); if any stage fails, the run's data files
+are removed and nothing is committed.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import flow
+
+from embedlake.config import PipelineConfig
+from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.tasks import graph as gt
+from embedlake.tasks.runtime import ensure_ray
+from embedlake.workers.stages import partition_bounds
+
+
+def dataset_name(cfg: PipelineConfig) -> str:
+    """Lake dataset name: configured, else the input's folder (…/blogcatalog/edges.tsv -> blogcatalog)."""
+    if cfg.lake.dataset:
+        return check_name(cfg.lake.dataset, "dataset")
+    if cfg.input.edges is None:
+        return "planted"
+    path = cfg.input.edges.rstrip("/")
+    base = os.path.basename(path)
+    stem = base.split(".")[0]
+    parent = os.path.basename(os.path.dirname(path))
+    name = parent if stem in ("edges", "edge", "graph", "*", "") and parent else stem
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name).strip("._-") or "graph"
+    return check_name(name, "dataset")
+
+
+@flow(name="embed_graph", validate_parameters=True)
+def embed_graph(config: PipelineConfig | None = None) -> dict:
+    """Embed one graph and publish it to the lake. Returns the run summary."""
+    cfg = config or PipelineConfig()
+    t_start = time.perf_counter()
+    dataset = dataset_name(cfg)
+    method = cfg.method
+    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
+    lake = Lake(cfg.lake.uri)
+    sw = gt.Stopwatch()
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    retries = cfg.ray.max_retries
+    try:
+        graph = sw.run("ingest", gt.ingest, lake.uri, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
+                       retries)
+        bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
+        info: dict = {}
+        if method in ("deepwalk", "node2vec"):
+            walk_refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), method, bounds, retries)
+            trained = sw.run("train", gt.train, graph, walk_refs, cfg.walk.model_dump(), cfg.train.model_dump(),
+                             retries)
+            emb_ref, info = trained.ref, trained.info
+        else:
+            emb_ref, info = sw.run("fastrp", gt.fastrp, graph, cfg.fastrp.model_dump(), bounds, retries)
+        files = sw.run("publish", gt.publish, lake.uri, dataset, method, run_id, graph, emb_ref, bounds, retries)
+        metrics = sw.run("evaluate", gt.evaluate, graph, emb_ref, cfg.eval.model_dump())
+        dim = cfg.train.dim if method != "fastrp" else cfg.fastrp.dim
+        manifest = dict(dataset=dataset, method=method, run_id=run_id, files={"embeddings": files},
+                        config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
+                        extra={"dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": info})
+        manifest_url = sw.run("commit", gt.commit, lake.uri, manifest)
+    except BaseException:
+        _remove_run_files(lake, dataset, method, run_id)
+        raise
+    return {
+        "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
+        "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
+        "manifest": manifest_url, "graph": graph.meta, "stages": sw.stages, "metrics": metrics,
+        "rows": graph.num_nodes, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> None:
+    """A failed run leaves nothing behind (unless it was already committed)."""
+    try:
+        if not lake.is_committed(dataset, method, run_id):
+            lake.delete(Lake.run_dir("embeddings", dataset, method, run_id), recursive=True)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+        pass

@@ -1,0 +1,128 @@
+"""Prefect tasks of the graph pipeline. Each fans its work out to Ray and returns references
+(ObjectRefs, lake URIs, small dicts), never big arrays, so Prefect never hashes or copies them."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.runtime import max_node_cpus
+from embedlake.workers import stages
+
+
+@dataclass
+class GraphHandle:
+    """What later stages need about the ingested graph: small metadata + ObjectRefs."""
+    meta: dict
+    csr_ref: object          # ray.ObjectRef -> (indptr, indices, weights, directed)
+    node_ids_ref: object     # ray.ObjectRef -> node_ids
+    labels_ref: object       # ray.ObjectRef -> labels or None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.meta["nodes"])
+
+
+@dataclass
+class StageResult:
+    ref: object
+    info: dict = field(default_factory=dict)
+
+
+def _remote(fn, **options):
+    import ray
+    return ray.remote(fn).options(**options)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=0)
+def ingest(lake_uri: str, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries: int = 3) -> GraphHandle:
+    """Edge list -> CSR in the lake (skipped when the same input was ingested before)."""
+    import ray
+    log = stage_logger()
+    meta_ref, csr_ref, ids_ref, labels_ref = _remote(stages.ingest_stage, num_returns=4, num_cpus=1,
+                                                     max_retries=max_retries).remote(
+        lake_uri, dataset, input_cfg, synthetic_cfg)
+    meta = ray.get(meta_ref)
+    log.info(f"ingest: {meta['nodes']:,} nodes, {meta['arcs']:,} arcs, graph {meta['version']}"
+             f"{' (reused: input unchanged)' if meta['reused'] else ''}")
+    return GraphHandle(meta, csr_ref, ids_ref, labels_ref)
+
+
+@task(name="walk", cache_policy=NO_CACHE)
+def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int, int]],
+         max_retries: int = 3) -> list:
+    """One Ray task per partition of start nodes; the CSR is shared once through the object store."""
+    mode = "node2vec" if method == "node2vec" else "deepwalk"
+    fn = _remote(stages.walk_stage, num_cpus=1, max_retries=max_retries)
+    refs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
+                      walk_cfg["p"], walk_cfg["q"], mode, 1) for lo, hi in bounds]
+    import numpy as np
+    counted = gather(refs, "walks (partitions)", unit_of=lambda w: float(np.count_nonzero(w >= 0)), unit="steps")
+    # keep references only: the arrays stay in the object store
+    del counted
+    return refs
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, max_retries: int = 3) -> StageResult:
+    """Skip-gram on all walks in one multi-threaded Ray task (partitioned training: issue 4)."""
+    import ray
+    log = stage_logger()
+    cpus = max_node_cpus()
+    cfg = dict(train_cfg)
+    cfg["threads"] = cfg.get("threads") or cpus
+    fn = _remote(stages.train_stage, num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], cfg, *walk_refs)
+    stats = ray.get(stats_ref)
+    log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
+             f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
+    return StageResult(emb_ref, {k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(lake_uri: str, dataset: str, method: str, run_id: str, graph: GraphHandle, emb_ref,
+            bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
+    """Write the embedding partitions (data files only; the manifest is committed last)."""
+    fn = _remote(stages.write_embedding_part, num_cpus=1, max_retries=max_retries)
+    refs = [fn.remote(lake_uri, dataset, method, run_id, i, lo, hi, graph.node_ids_ref, emb_ref)
+            for i, (lo, hi) in enumerate(bounds)]
+    return gather(refs, "publish (partitions)")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(graph: GraphHandle, emb_ref, eval_cfg: dict) -> dict:
+    import ray
+    if not graph.meta.get("labelled"):
+        stage_logger().info("evaluate: no labels given, node classification skipped")
+        return {}
+    metrics = ray.get(_remote(stages.evaluate_stage, num_cpus=1).remote(emb_ref, graph.labels_ref, eval_cfg))
+    nc = metrics.get("node_classification", {})
+    if nc:
+        stage_logger().info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
+                            + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()))
+    return metrics
+
+
+@task(name="commit", cache_policy=NO_CACHE)
+def commit(lake_uri: str, manifest_fields: dict) -> str:
+    """Commit the run: one manifest written with put-if-absent after every data file exists."""
+    from embedlake.lake import Lake, Manifest
+    url = Lake(lake_uri).commit(Manifest(**manifest_fields))
+    stage_logger().info(f"commit: {url}")
+    return url
+
+
+class Stopwatch:
+    """Wall time per stage for the run summary and the manifest."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.stages[name] = {"wall_s": round(time.perf_counter() - t0, 3)}
+        return out

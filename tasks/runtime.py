@@ -1,0 +1,52 @@
+"""Process-level setup for the driver: Prefect without a server, Ray local or remote.
+
+Environment defaults are applied before Prefect or Ray are imported (see `configure_env`), so the
+main job needs no external service: Prefect runs an ephemeral API in-process, Ray starts locally.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("embedlake")
+
+
+def configure_env(project_home: str | None = None) -> None:
+    """Safe defaults for offline machines; existing settings win."""
+    home = project_home or os.path.join(os.path.expanduser("~"), ".embedlake")
+    os.environ.setdefault("PREFECT_HOME", os.path.join(home, "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None):
+    """Connect to Ray (address / RAY_ADDRESS) or start it locally; reuse an existing connection."""
+    configure_env()
+    import ray
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
+              "configure_logging": True}
+    if address:
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return ray
+
+
+def cluster_cpus() -> int:
+    import ray
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def max_node_cpus() -> int:
+    """CPUs of the largest alive node: a multi-threaded kernel task must fit on one node."""
+    import ray
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(cpus) if cpus else 1))

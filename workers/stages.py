@@ -1,0 +1,132 @@
+"""Stage bodies that run inside Ray workers: plain functions over arrays and lake URIs.
+
+Imports neither Prefect nor Ray, so each is testable in-process; tasks/ wraps them in
+`ray.remote` and passes ObjectRefs between them.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from embedlake.errors import InputError
+from embedlake.lake import Lake, embeddings_table
+from embedlake.workers.graph import CSRGraph, build_csr
+from embedlake.workers.graph_store import graph_exists, graph_version, read_graph, write_graph
+from embedlake.workers.ingest import EdgeSpec, ingest_graph, read_labels, stats_json_num_nodes
+
+
+def ingest_stage(lake_uri: str, dataset: str, input_cfg: dict, synthetic_cfg: dict):
+    """Read (or generate) the graph, validate labels, write the graph version to the lake.
+
+    Returns (meta, (indptr, indices, weights), node_ids, labels-or-None). Everything is validated
+    before anything is written.
+    """
+    lake = Lake(lake_uri)
+    t0 = time.perf_counter()
+    if input_cfg.get("edges") is None:
+        from embedlake.workers.synthetic import planted_communities
+        s, d, lab = planted_communities(**synthetic_cfg)
+        n = len(lab)
+        csr = build_csr(s, d, n)
+        node_ids = np.arange(n, dtype=np.int64)
+        labels = (np.arange(n, dtype=np.int32), lab.astype(np.int32), np.array([str(i) for i in range(lab.max() + 1)]))
+        checksum = "synthetic:" + repr(sorted(synthetic_cfg.items()))
+        sources = ["generated:planted_communities"]
+        stats = {"nodes": n, "arcs": csr.num_arcs, "directed": False, "weighted": False}
+        id_type = "int"
+    else:
+        fields = {k: input_cfg[k] for k in EdgeSpec.__dataclass_fields__ if k in input_cfg}
+        if fields.get("num_nodes") is None and fields.get("id_type", "int") == "int":
+            fields["num_nodes"] = stats_json_num_nodes(input_cfg["edges"])
+        spec = EdgeSpec(**fields)
+        g = ingest_graph(input_cfg["edges"], spec)
+        csr, node_ids, id_type, checksum, sources, stats = g.csr, g.node_ids, g.id_type, g.checksum, g.sources, g.stats
+        labels = read_labels(input_cfg["labels"], node_ids, id_type) if input_cfg.get("labels") else None
+        if labels is not None:
+            checksum += ":" + _labels_checksum(labels)
+    spec_fields = {k: v for k, v in input_cfg.items() if k not in ("edges", "labels", "chunk_rows")}
+    version = graph_version(checksum, spec_fields)
+    reused = graph_exists(lake, dataset, version)
+    if not reused:
+        write_graph(lake, dataset, version, csr, node_ids,
+                    {"sources": sources, "checksum": checksum, "stats": stats, "id_type": id_type}, labels)
+    meta = {"version": version, "path": lake.url(Lake.graph_dir(dataset, version)), "reused": reused,
+            "nodes": csr.num_nodes, "arcs": csr.num_arcs, "id_type": id_type, "sources": sources,
+            "labelled": labels is not None, "seconds": round(time.perf_counter() - t0, 3), **{"stats": stats}}
+    return meta, (csr.indptr, csr.indices, csr.weights, csr.directed), node_ids, labels
+
+
+def _labels_checksum(labels) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for a in labels[:2]:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def partition_bounds(n: int, partitions: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal ranges of node ids (empty ranges dropped)."""
+    edges = np.linspace(0, n, min(partitions, n) + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, seed: int, p: float, q: float,
+               mode: str, threads: int = 1) -> np.ndarray:
+    from embedlake.workers.walks import random_walks
+    indptr, indices, weights, _ = csr
+    starts = np.arange(lo, hi, dtype=np.int64)
+    return random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
+                        threads=threads)
+
+
+def interleave_walks(parts: list[np.ndarray], walks_per_node: int) -> np.ndarray:
+    """Partition walk blocks (k-major each) -> one k-major block over all nodes, whatever the partitioning."""
+    length = parts[0].shape[1]
+    cube = [p.reshape(walks_per_node, -1, length) for p in parts]
+    return np.concatenate(cube, axis=1).reshape(-1, length)
+
+
+def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.ndarray) -> tuple[np.ndarray, dict]:
+    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.walks import walks_to_sentences
+    walks = interleave_walks(list(parts), walks_per_node)
+    tokens, offsets = walks_to_sentences(walks)
+    del walks
+    threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
+    engine = train.get("engine", "numba")
+    kw = dict(dim=train["dim"], window=train["window"], negatives=train["negatives"],
+              ns_exponent=train["ns_exponent"], epochs=train["epochs"], lr=train["lr"], min_lr=train["min_lr"],
+              sample=train["sample"], seed=train["seed"])
+    if engine == "torch":
+        from embedlake.workers.skipgram_torch import train_sgns_torch
+        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), **kw)
+    else:
+        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, **kw)
+    return W, stats
+
+
+def write_embedding_part(lake_uri: str, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,
+                         node_ids: np.ndarray, X: np.ndarray) -> dict:
+    from embedlake.workers.graph_store import node_id_array
+    lake = Lake(lake_uri)
+    ids = node_id_array(node_ids[lo:hi])
+    table = embeddings_table(ids, X[lo:hi])
+    rel = Lake.part_path("embeddings", dataset, method, run_id, partition)
+    return lake.write_parquet(rel, table).to_dict()
+
+
+def evaluate_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
+    from embedlake.workers.evaluate import node_classification
+    if labels is None:
+        return {}
+    ni, li, _ = labels
+    res = node_classification(X, ni, li, ratios=tuple(eval_cfg["train_ratios"]), repeats=eval_cfg["repeats"],
+                              seed=eval_cfg["seed"])
+    return {"node_classification": res}
+
+
+def check_labels_present(labels, what: str) -> None:
+    if labels is None:
+        raise InputError(f"{what} needs labels (--labels)")
