@@ -1,13 +1,15 @@
 """Evaluation metrics: agreement with scikit-learn and exact properties on real data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embedlake.workers import evaluate as ev
-from embedlake.workers.eval_classify import label_matrix, split_permutation
+from embedlake.workers.eval_classify import f1_scores, label_matrix, predict_top_k, split_permutation
+from embedlake.workers.graph import build_csr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "datasets"
@@ -39,9 +41,10 @@ def _svd_embedding(A, d):
     return (U * np.sqrt(s)).astype(np.float32)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def _sklearn_reference(X, node_idx, label_idx, ratios, repeats, seed=0):
     """The DeepWalk scoring script (as in shared/bench/peers.py) on the same splits."""
+    import warnings
+    warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.multiclass import OneVsRestClassifier
@@ -94,3 +97,194 @@ def test_node_classification_matches_sklearn_blogcatalog():
     assert ours["multilabel"] is True and ours["num_labels"] == 39
     _check_agreement(ours, _sklearn_reference(X, lab[:, 0], lab[:, 1], (0.1, 0.5), 1))
     assert ours["micro_f1"]["0.5"] > 0.25      # well above the ~0.17 of a majority guess
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier internals
+# ---------------------------------------------------------------------------------------------
+
+def test_logreg_matches_liblinear_coefficients():
+    """Same objective as liblinear (C = 1, regularised intercept): same minimiser."""
+    sk = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 12))
+    Y = np.stack([(X @ rng.standard_normal(12) + rng.standard_normal(400)) > t for t in (-1.0, 0.0, 1.5)], 1)
+    W = ev.fit_logreg_ovr(X, Y, C=1.0)
+    for j in range(Y.shape[1]):
+        ref = sk.LogisticRegression(solver="liblinear", C=1.0, tol=1e-10, max_iter=10_000).fit(X, Y[:, j])
+        np.testing.assert_allclose(W[:-1, j], ref.coef_[0], atol=2e-4)
+        np.testing.assert_allclose(W[-1, j], ref.intercept_[0], atol=2e-4)
+
+
+def test_f1_and_top_k_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    Y = rng.random((60, 7)) < 0.25
+    Y[:, 6] = False                                    # a label nobody has: counts 0 in macro
+    S = rng.standard_normal((60, 7))
+    k = np.maximum(Y.sum(1), 1)
+    P = predict_top_k(S, k)
+    assert (P.sum(1) == k).all()
+    assert all(set(np.flatnonzero(P[i])) == set(np.argsort(-S[i])[:k[i]]) for i in range(60))
+    mi, ma = f1_scores(Y, P)
+    assert mi == pytest.approx(metrics.f1_score(Y, P, average="micro", zero_division=0), abs=1e-12)
+    assert ma == pytest.approx(metrics.f1_score(Y, P, average="macro", zero_division=0), abs=1e-12)
+
+
+def test_node_classification_output_format_and_single_label_argmax():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8)) * 3
+    y = np.repeat(np.arange(3), 40)
+    X = (centres[y] + rng.standard_normal((120, 8))).astype(np.float32)
+    X = np.vstack([X, np.zeros((5, 8), np.float32)])      # 5 unlabelled rows are ignored
+    out = ev.node_classification(X, np.arange(120), y, ratios=(0.2, 0.8), repeats=2, seed=7)
+    json.dumps(out)
+    assert out["ratios"] == [0.2, 0.8] and out["repeats"] == 2 and out["multilabel"] is False
+    assert set(out["micro_f1"]) == set(out["macro_f1_std"]) == {"0.2", "0.8"}
+    assert out["micro_f1"]["0.8"] > 0.9
+    with pytest.raises(ValueError):
+        ev.node_classification(X, np.array([0, 500]), np.array([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# link prediction
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gnutella():
+    e, _ = _load("p2p-gnutella08")
+    g = build_csr(e[:, 0], e[:, 1], 6301, directed=True)
+    split = ev.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
+    neg = ev.sample_non_edges(g.indptr, g.indices, split[2].size, seed=1, directed=True)
+    return g, split, neg
+
+
+def test_split_edges_partitions_and_keeps_every_node(gnutella):
+    g, (trs, trd, tes, ted), _ = gnutella
+    m = g.num_arcs
+    assert tes.size == round(0.1 * m) and trs.size + tes.size == m
+    key = lambda s, d: s * 6301 + d
+    all_keys = np.sort(key(np.repeat(np.arange(6301), np.diff(g.indptr)), g.indices.astype(np.int64)))
+    np.testing.assert_array_equal(np.sort(np.concatenate([key(trs, trd), key(tes, ted)])), all_keys)
+    touched = lambda s, d: np.bincount(np.concatenate([s, d]), minlength=6301) > 0
+    assert (touched(trs, trd) == (np.diff(g.indptr) + np.bincount(g.indices, minlength=6301) > 0)).all()
+    again = ev.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
+    assert all((a == b).all() for a, b in zip(again, (trs, trd, tes, ted)))
+
+
+def test_split_edges_undirected_lists_edges_once():
+    e, _ = _load("karate")
+    g = build_csr(e[:, 0], e[:, 1], 34)
+    trs, trd, tes, ted = ev.split_edges(g.indptr, g.indices, 0.2, seed=3)
+    assert (trs < trd).all() and (tes < ted).all()
+    assert trs.size + tes.size == 78 and tes.size == round(0.2 * 78)
+    assert (np.bincount(np.concatenate([trs, trd]), minlength=34) > 0).all()
+
+
+def test_sample_non_edges_are_distinct_non_edges(gnutella):
+    g, _, (ns, nd) = gnutella
+    A = g.to_scipy()
+    assert ns.size == 2078 and (ns != nd).all()
+    assert np.asarray(A[ns, nd]).ravel().sum() == 0
+    assert np.unique(ns * 6301 + nd).size == ns.size
+    e, _ = _load("karate")
+    k = build_csr(e[:, 0], e[:, 1], 34)
+    s, d = ev.sample_non_edges(k.indptr, k.indices, 400, seed=0)
+    assert (s < d).all() and np.unique(s * 34 + d).size == 400
+    assert np.asarray(k.to_scipy()[s, d]).ravel().sum() == 0
+    with pytest.raises(ValueError):
+        ev.sample_non_edges(k.indptr, k.indices, 34 * 33 // 2 - 78 + 1, seed=0)
+
+
+def test_roc_auc_and_ranking_metrics():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    s = np.round(rng.standard_normal(300) + y, 1)        # rounded: plenty of ties
+    assert ev.roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+    r = ev.ranking_metrics([5.0, 2.5, 0.0], [4, 3, 2, 1], ks=(1, 3))
+    # ranks: 1, 3, 5
+    assert r["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 5) / 3)
+    assert r["hits@1"] == pytest.approx(1 / 3) and r["hits@3"] == pytest.approx(2 / 3)
+
+
+def test_link_prediction_random_vs_svd(gnutella):
+    g, (trs, trd, tes, ted), (ns, nd) = gnutella
+    ops = ("hadamard", "average", "l1", "l2", "dot", "cosine")
+    Xr = np.random.default_rng(0).standard_normal((6301, 64)).astype(np.float32)
+    rand = ev.link_prediction(Xr, tes, ted, ns, nd, operators=ops)
+    json.dumps(rand)
+    for op in ("hadamard", "l1", "l2", "dot", "cosine"):
+        assert abs(rand["roc_auc"][op] - 0.5) <= 0.03, (op, rand["roc_auc"][op])
+    # "average" can memorise high-degree nodes' random vectors (degree bias of uniform negatives)
+    assert abs(rand["roc_auc"]["average"] - 0.5) <= 0.06
+    import scipy.sparse as sp
+    A = sp.coo_matrix((np.ones(trs.size), (trs, trd)), shape=(6301, 6301)).tocsr()
+    X = _svd_embedding(((A + A.T) > 0).astype(np.float64), 32)   # embedding of the TRAIN graph only
+    svd = ev.link_prediction(X, tes, ted, ns, nd, operators=ops)
+    assert svd["roc_auc"]["hadamard"] > 0.65 and svd["roc_auc"]["dot"] > 0.55
+    assert svd["hits@100"]["hadamard"] > 5 * rand["hits@100"]["hadamard"]
+    assert svd == ev.link_prediction(X, tes, ted, ns, nd, operators=ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------
+
+def test_reconstruction_map_exact_scores_and_ap():
+    metrics = pytest.importorskip("sklearn.metrics")
+    e, _ = _load("karate")
+    g = build_csr(e[:, 0], e[:, 1], 34)
+    A = g.to_scipy().astype(np.float64)
+    r = ev.reconstruction_map(A, g.indptr, g.indices, similarity="precomputed")
+    assert r["map"]["1"] == 1.0 and r["queries"] == 34
+    two = ((A + A @ A) > 0).astype(np.float64)
+    assert ev.reconstruction_map(two, g.indptr, g.indices, similarity="precomputed")["map"]["2"] == 1.0
+    ring = ev.reconstruction_map(two - A, g.indptr, g.indices, hops=(2,), similarity="precomputed", mode="ring")
+    assert ring["map"]["2"] == 1.0            # (A + A^2 > 0) - A marks exactly the 2-hop ring
+    rng = np.random.default_rng(0)
+    S, R = rng.standard_normal((6, 40)), rng.random((6, 40)) < 0.3
+    ours = ev.average_precision_rows(S, R)
+    ref = [metrics.average_precision_score(R[i], S[i]) for i in range(6)]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_reconstruction_map_embedding_beats_random():
+    e, _ = _load("blogcatalog")
+    g = build_csr(e[:, 0], e[:, 1], 10312)
+    X = _svd_embedding(g.to_scipy().astype(np.float64), 32)
+    Xr = np.random.default_rng(0).standard_normal(X.shape).astype(np.float32)
+    good = ev.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=300)
+    rand = ev.reconstruction_map(Xr, g.indptr, g.indices, hops=(1, 2), sample=300)
+    json.dumps(good)
+    assert good["queries"] == 300
+    assert abs(rand["map"]["1"] - rand["random_baseline"]["1"]) < 0.01
+    assert good["map"]["1"] > 2 * rand["map"]["1"] and good["map"]["2"] > rand["map"]["2"] + 0.1
+
+
+def test_knn_recall():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 32)).astype(np.float32)
+    assert ev.knn_recall(X, X, k=10, queries=200) == 1.0
+    assert ev.knn_recall(X, 3.0 * X, k=10, queries=200) == 1.0      # cosine: scale-free
+    noisy = ev.knn_recall(X, X + 0.3 * rng.standard_normal(X.shape).astype(np.float32), k=10, queries=200)
+    assert 0.2 < noisy < 0.95
+    assert ev.knn_recall(X, rng.standard_normal(X.shape), k=10, queries=200) < 0.05
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert ev.knn_recall(X, lambda ids: U[ids] @ U.T, k=10, queries=200) == 1.0   # score callable
+
+
+def test_procrustes_and_neighbourhood_overlap():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 16))
+    Q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    Y = X @ Q
+    Z, R = ev.procrustes_align(Y, X, return_rotation=True)
+    np.testing.assert_allclose(Z, X, atol=1e-10)
+    np.testing.assert_allclose(R, Q.T, atol=1e-10)
+    # shared rows only: align a permuted subset, then every row (incl. unshared ones) is recovered
+    perm = rng.permutation(500)
+    Z2 = ev.procrustes_align(Y, X[perm], shared=(perm[:100], np.arange(100)))
+    np.testing.assert_allclose(Z2, X, atol=1e-10)
+    assert ev.neighbourhood_overlap(X, Y, k=10, sample=200) == 1.0
+    assert ev.neighbourhood_overlap(X, rng.standard_normal(X.shape), k=10, sample=200) < 0.1
