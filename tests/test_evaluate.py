@@ -89,10 +89,17 @@ def test_node_classification_matches_sklearn_karate():
     assert ours == ev.node_classification(X, lab[:, 0], lab[:, 1], repeats=5)   # deterministic
 
 
-def test_node_classification_matches_sklearn_blogcatalog():
-    pytest.importorskip("sklearn")
+@pytest.fixture(scope="module")
+def blogcatalog():
+    """(CSR graph, labels, 64-d truncated-SVD embedding): a cheap but informative embedding."""
     e, lab = _load("blogcatalog")
-    X = _svd_embedding(_adjacency(e, 10312), 64)
+    g = build_csr(e[:, 0], e[:, 1], 10312)
+    return g, lab, _svd_embedding(g.to_scipy().astype(np.float64), 64)
+
+
+def test_node_classification_matches_sklearn_blogcatalog(blogcatalog):
+    pytest.importorskip("sklearn")
+    _, lab, X = blogcatalog
     ours = ev.node_classification(X, lab[:, 0], lab[:, 1], ratios=(0.1, 0.5), repeats=1)
     assert ours["multilabel"] is True and ours["num_labels"] == 39
     _check_agreement(ours, _sklearn_reference(X, lab[:, 0], lab[:, 1], (0.1, 0.5), 1))
@@ -249,10 +256,8 @@ def test_reconstruction_map_exact_scores_and_ap():
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
-def test_reconstruction_map_embedding_beats_random():
-    e, _ = _load("blogcatalog")
-    g = build_csr(e[:, 0], e[:, 1], 10312)
-    X = _svd_embedding(g.to_scipy().astype(np.float64), 32)
+def test_reconstruction_map_embedding_beats_random(blogcatalog):
+    g, _, X = blogcatalog
     Xr = np.random.default_rng(0).standard_normal(X.shape).astype(np.float32)
     good = ev.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=300)
     rand = ev.reconstruction_map(Xr, g.indptr, g.indices, hops=(1, 2), sample=300)
