@@ -183,3 +183,36 @@ def test_epochs_and_lr_decay(graph_walks):
     assert st["tokens"] == 3 * len(tokens) and st["loss_last"] < st["loss_first"]
     with pytest.raises(ValueError):
         train_sgns(np.array([0, 5], np.int32), np.array([0, 2], np.int64), 3)
+
+
+# ----------------------------------------------------------------------------- torch kernel
+
+def test_torch_cpu_matches_numba_quality(graph_walks):
+    from embedlake.workers.skipgram_torch import resolve_device, train_sgns_torch
+    tokens, offsets, comm = graph_walks
+    kw = dict(dim=32, window=5, negatives=5, seed=0, threads=1)
+    Wn, _, sn = train_sgns(tokens, offsets, 400, **kw)
+    Wt, Ot, st = train_sgns_torch(tokens, offsets, 400, device="cpu", batch_size=512, **kw)
+    assert Wt.dtype == np.float32 and Wt.shape == (400, 32) and Ot.shape == (400, 32)
+    assert st["device"] == "cpu" and st["engine"] == "torch"
+    assert centroid_accuracy(Wt, comm) > 0.9 and centroid_accuracy(Wn, comm) > 0.9
+    assert st["loss_last"] < st["loss_first"]
+    assert abs(st["loss_last"] - sn["loss_last"]) < 0.1, (st["loss_last"], sn["loss_last"])
+    # same sampling maths: pair counts agree within sampling noise (~0.3% here)
+    assert abs(st["pairs"] - sn["pairs"]) / sn["pairs"] < 0.01
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_torch_reproducible_and_subsampling(graph_walks):
+    from embedlake.workers.skipgram_torch import train_sgns_torch
+    tokens, offsets, _ = graph_walks
+    kw = dict(dim=8, window=3, seed=5, threads=1, device="cpu", batch_size=256, sample=1e-4)
+    n = int(offsets[400])
+    a = train_sgns_torch(tokens[:n], offsets[:401], 400, **kw)
+    b = train_sgns_torch(tokens[:n], offsets[:401], 400, **kw)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    counts = np.bincount(tokens[:n], minlength=400)
+    thr = 1e-4 * counts.sum()
+    keep = np.minimum(1.0, (np.sqrt(counts / thr) + 1) * thr / np.maximum(counts, 1))
+    exp = float((keep * counts).sum())
+    assert exp < 0.5 * n and abs(a[2]["tokens_trained"] - exp) < 5 * np.sqrt(exp), (a[2]["tokens_trained"], exp, n)
