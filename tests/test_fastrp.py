@@ -125,6 +125,27 @@ def test_threads_bit_identical():
     assert part is buf and np.array_equal(buf, full[100:500])
 
 
+@pytest.mark.parametrize("normalization,weighted", [("row", False), ("sym", True), ("none", True)])
+def test_sparse_first_step_equals_dense(normalization, weighted):
+    g = _power_law_graph(directed=True, weighted=weighted)
+    deg = F.node_degrees(g.indptr, g.weights)
+    kw = dict(beta=-0.5, density=0.1, seed=11, degrees=deg)
+    U0 = F.fastrp_init(g.indptr, g.indices, g.weights, 40, **kw)
+    parts = [F.fastrp_init_sparse(g.indptr, g.indices, g.weights, 40, rows=(a, b), **kw)
+             for a, b in ((0, 10), (10, 900), (900, g.num_nodes))]
+    R = F.concat_sparse_rows(parts)
+    assert np.array_equal(F.densify(R), U0)
+    assert R.cols.size == int((U0 != 0).sum())
+    dense = F.propagate_rows(g.indptr, g.indices, g.weights, U0, 0, g.num_nodes,
+                             normalization=normalization, degrees=deg)
+    sparse = F.propagate_sparse_rows(g.indptr, g.indices, g.weights, R, 0, g.num_nodes,
+                                     normalization=normalization, degrees=deg)
+    assert np.array_equal(sparse, dense)
+    np.testing.assert_array_equal(
+        F.propagate_sparse_rows(g.indptr, g.indices, g.weights, R, 333, 777, normalization=normalization,
+                                degrees=deg, threads=1), dense[333:777])
+
+
 def test_partition_bounds_cover_and_balance():
     g = _power_law_graph(n=5000, m=60000)
     b = F.partition_bounds(g.indptr, 4)
@@ -192,8 +213,9 @@ def test_standardize_columns():
 # ----------------------------------------------------------------------------- quality
 @pytest.mark.skipif(not BLOG.exists(), reason=f"shared dataset missing: {BLOG}")
 def test_blogcatalog_node_classification():
-    """DeepWalk protocol (as peers.py): one-vs-rest liblinear LR on L2-normalised rows, top-k labels,
-    one 50 % split. Reference scipy FastRP: Micro .409, Macro .248 (3 splits)."""
+    """peers.py's protocol: one-vs-rest liblinear LR on L2-normalised rows, top-k labels, 50 % train,
+    mean of the splits from default_rng(0), (1), (2). Reference scipy FastRP: Micro .409, Macro .248.
+    (Single splits vary by about +-0.01, hence the three.)"""
     import polars as pl
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -209,15 +231,17 @@ def test_blogcatalog_node_classification():
     Y[lab[:, 0], lab[:, 1]] = 1
     keep = Y.sum(1) > 0
     X, Y = normalize(X[keep]), Y[keep]
-    idx = np.random.default_rng(0).permutation(len(X))
-    tr, te = idx[: len(X) // 2], idx[len(X) // 2:]
-    cols = Y[tr].sum(0) > 0
-    clf = OneVsRestClassifier(LogisticRegression(solver="liblinear"), n_jobs=1).fit(X[tr], Y[tr][:, cols])
-    P = clf.predict_proba(X[te])
-    pred = np.zeros_like(Y[te])
-    cidx = np.flatnonzero(cols)
-    for i, k in enumerate(Y[te].sum(1)):
-        pred[i, cidx[np.argsort(-P[i])[:k]]] = 1
-    micro = f1_score(Y[te], pred, average="micro", zero_division=0)
-    macro = f1_score(Y[te], pred, average="macro", zero_division=0)
-    assert micro >= 0.40 and macro >= 0.24, (micro, macro)
+    micro, macro = [], []
+    for split in range(3):
+        idx = np.random.default_rng(split).permutation(len(X))
+        tr, te = idx[: len(X) // 2], idx[len(X) // 2:]
+        cols = Y[tr].sum(0) > 0
+        clf = OneVsRestClassifier(LogisticRegression(solver="liblinear"), n_jobs=1).fit(X[tr], Y[tr][:, cols])
+        P = clf.predict_proba(X[te])
+        pred = np.zeros_like(Y[te])
+        cidx = np.flatnonzero(cols)
+        for i, k in enumerate(Y[te].sum(1)):
+            pred[i, cidx[np.argsort(-P[i])[:k]]] = 1
+        micro.append(f1_score(Y[te], pred, average="micro", zero_division=0))
+        macro.append(f1_score(Y[te], pred, average="macro", zero_division=0))
+    assert np.mean(micro) >= 0.40 and np.mean(macro) >= 0.24, (micro, macro)

@@ -41,6 +41,7 @@ __all__ = [
     "random_projection", "fastrp_init", "propagate_rows", "accumulate_rows", "fastrp",
     "node_degrees", "partition_bounds", "standardize_columns", "column_moments",
     "merge_moments", "finalize_moments", "apply_standardize", "ColumnMoments", "NORMALIZATIONS",
+    "SparseRows", "fastrp_init_sparse", "propagate_sparse_rows", "concat_sparse_rows", "densify",
 ]
 
 NORMALIZATIONS = ("row", "sym", "none")
@@ -71,6 +72,33 @@ def _projection_kernel(rows, seed_key, threshold, all_nonzero, scale, out):
                 out[r, j] = scale if (z & np.uint64(1)) == np.uint64(0) else -scale
             else:
                 out[r, j] = 0
+
+
+@njit(parallel=True, cache=True)
+def _projection_count_kernel(rows, seed_key, threshold, all_nonzero, dim, counts):
+    for r in prange(rows.shape[0]):
+        key = _mix64(seed_key ^ (np.uint64(rows[r]) * _ROWMUL + _GOLDEN))
+        c = 0
+        for j in range(dim):
+            z = _mix64(key + np.uint64(j + 1) * _GOLDEN)
+            if all_nonzero or z < threshold:
+                c += 1
+        counts[r] = c
+
+
+@njit(parallel=True, cache=True)
+def _projection_fill_kernel(rows, seed_key, threshold, all_nonzero, dim, row_factor, ptr, cols, vals):
+    """Same entries as _projection_kernel, stored as CSR (ascending columns), times row_factor."""
+    for r in prange(rows.shape[0]):
+        key = _mix64(seed_key ^ (np.uint64(rows[r]) * _ROWMUL + _GOLDEN))
+        q = ptr[r]
+        f = row_factor[r]
+        for j in range(dim):
+            z = _mix64(key + np.uint64(j + 1) * _GOLDEN)
+            if all_nonzero or z < threshold:
+                cols[q] = j
+                vals[q] = f if (z & np.uint64(1)) == np.uint64(0) else -f
+                q += 1
 
 
 def _rows_array(num_nodes: int, rows) -> np.ndarray:
@@ -105,20 +133,24 @@ def random_projection(num_nodes: int, dim: int, *, density: float | None = None,
     E[x^2] = 1 (norms are preserved in expectation). Entry (i, j) is a pure function of
     (seed, i, j): ``random_projection(n, d, rows=range(a, b)) == random_projection(n, d)[a:b]``.
     """
+    ids = _rows_array(num_nodes, rows)
+    out = np.empty((ids.shape[0], dim), dtype=dtype)
+    seed_key, threshold, all_nonzero, scale = _projection_params(num_nodes, dim, density, seed)
+    with _threads(threads):
+        _projection_kernel(ids, seed_key, threshold, all_nonzero, out.dtype.type(scale), out)
+    return out
+
+
+def _projection_params(num_nodes: int, dim: int, density: float | None, seed: int):
     if dim < 1:
         raise ValueError("dim must be >= 1")
     density = default_density(num_nodes) if density is None else float(density)
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    ids = _rows_array(num_nodes, rows)
-    out = np.empty((ids.shape[0], dim), dtype=dtype)
     all_nonzero = density >= 1.0
     threshold = np.uint64(0 if all_nonzero else min(int(math.ldexp(density, 64)), 2**64 - 1))
     seed_key = np.uint64(int(seed) & (2**64 - 1))
-    scale = out.dtype.type(math.sqrt(1.0 / density))
-    with _threads(threads):
-        _projection_kernel(ids, seed_key, threshold, all_nonzero, scale, out)
-    return out
+    return seed_key, threshold, all_nonzero, math.sqrt(1.0 / density)
 
 
 # ----------------------------------------------------------------------------- degrees, partitions
@@ -214,6 +246,65 @@ def _scale_rows(X, s):
             X[i, k] = X[i, k] * f
 
 
+@dataclass(frozen=True)
+class SparseRows:
+    """CSR rows of U_0 = diag(deg^beta) R: about n * dim * density non-zeros instead of n * dim.
+
+    The first propagation step S @ U_0 reads these (``propagate_sparse_rows``), which costs
+    arcs * dim * density instead of arcs * dim, and shares a few MB instead of a dense [n, dim].
+    """
+    indptr: np.ndarray      # int64 [rows + 1]
+    cols: np.ndarray        # int32 [nnz], ascending within a row
+    vals: np.ndarray        # dtype [nnz]
+    dim: int
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+
+def fastrp_init_sparse(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, dim: int, *,
+                       beta: float = -0.64, density: float | None = None, seed: int = 0, rows=None,
+                       dtype=np.float32, degrees: np.ndarray | None = None, threads: int = 0) -> SparseRows:
+    """``fastrp_init`` as CSR: the same entries, bit for bit (``densify`` gives ``fastrp_init``'s array).
+
+    Partial results for row ranges concatenate with ``concat_sparse_rows`` into the full U_0.
+    """
+    n = int(indptr.shape[0] - 1)
+    ids = _rows_array(n, rows)
+    seed_key, threshold, all_nonzero, scale = _projection_params(n, dim, density, seed)
+    deg = node_degrees(indptr, weights, rows=ids) if degrees is None else np.asarray(degrees, np.float64)[ids]
+    deg = np.where(deg > 0, deg, 1.0)
+    dt = np.dtype(dtype)
+    # entry = (+-scale in dtype) * (deg^beta in dtype), the product fastrp_init's _scale_rows forms
+    factor = (dt.type(scale) * (deg ** float(beta)).astype(dt)).astype(dt)
+    counts = np.empty(ids.shape[0], dtype=np.int64)
+    with _threads(threads):
+        _projection_count_kernel(ids, seed_key, threshold, all_nonzero, dim, counts)
+        ptr = np.zeros(ids.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        cols = np.empty(int(ptr[-1]), dtype=np.int32)
+        vals = np.empty(int(ptr[-1]), dtype=dt)
+        _projection_fill_kernel(ids, seed_key, threshold, all_nonzero, dim, factor, ptr, cols, vals)
+    return SparseRows(ptr, cols, vals, int(dim))
+
+
+def concat_sparse_rows(parts: Sequence[SparseRows]) -> SparseRows:
+    """Stack CSR row blocks (e.g. U_0 of consecutive partitions) into one."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    offsets = np.cumsum([0] + [p.indptr[-1] for p in parts[:-1]])
+    ptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+    return SparseRows(ptr.astype(np.int64), np.concatenate([p.cols for p in parts]),
+                      np.concatenate([p.vals for p in parts]), parts[0].dim)
+
+
+def densify(R: SparseRows) -> np.ndarray:
+    out = np.zeros((R.num_rows, R.dim), dtype=R.vals.dtype)
+    out[np.repeat(np.arange(R.num_rows), np.diff(R.indptr)), R.cols] = R.vals
+    return out
+
+
 def _normalization_scales(normalization: str, degrees: np.ndarray, dtype):
     """(row_scale, col_scale) so that S[i, j] = row_scale[i] * w_ij * col_scale[j]; None = ones."""
     if normalization not in NORMALIZATIONS:
@@ -261,6 +352,37 @@ def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col,
                     o[k] = o[k] * f
 
 
+@njit(parallel=True, cache=True)
+def _spmm_sparse_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
+                             r_ptr, r_cols, r_vals, one, row_start, chunks, out):
+    """_spmm_rows_kernel with a CSR right-hand side: per output entry, the same products added in
+    the same (arc) order, only the exact zeros are skipped, so the result has the same bits."""
+    dim = out.shape[1]
+    plain = not has_weights and not has_col
+    for c in prange(chunks.shape[0] - 1):
+        for i in range(chunks[c], chunks[c + 1]):
+            o = out[i - row_start]
+            for k in range(dim):
+                o[k] = 0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if plain:
+                    for q in range(r_ptr[j], r_ptr[j + 1]):
+                        o[r_cols[q]] += r_vals[q]
+                else:
+                    coef = one
+                    if has_weights:
+                        coef = weights[p]
+                    if has_col:
+                        coef = coef * col_scale[j]
+                    for q in range(r_ptr[j], r_ptr[j + 1]):
+                        o[r_cols[q]] += coef * r_vals[q]
+            if has_row:
+                f = row_scale[i]
+                for k in range(dim):
+                    o[k] = o[k] * f
+
+
 def _chunks(indptr: np.ndarray, row_start: int, row_stop: int, threads: int) -> np.ndarray:
     """Row chunks of about equal arcs for the prange (load balance on power-law degrees)."""
     nrows = row_stop - row_start
@@ -287,12 +409,31 @@ def propagate_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray 
     n = int(indptr.shape[0] - 1)
     if U_prev.ndim != 2 or U_prev.shape[0] != n:
         raise ValueError(f"U_prev must be [{n}, dim], got {U_prev.shape}")
+    U_prev = np.ascontiguousarray(U_prev)
+    return _propagate(indptr, indices, weights, n, U_prev.dtype, U_prev.shape[1], row_start, row_stop,
+                      normalization, degrees, threads, out, U=U_prev)
+
+
+def propagate_sparse_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, R: SparseRows,
+                          row_start: int, row_stop: int, *, normalization: str = "row",
+                          degrees: np.ndarray | None = None, threads: int = 0,
+                          out: np.ndarray | None = None) -> np.ndarray:
+    """``propagate_rows`` with U_prev given as CSR rows (all n of them, from ``fastrp_init_sparse``):
+    equal to ``propagate_rows(..., densify(R), ...)`` bit for bit, about 1/density times cheaper."""
+    n = int(indptr.shape[0] - 1)
+    if R.num_rows != n:
+        raise ValueError(f"R must hold all {n} rows, has {R.num_rows}")
+    return _propagate(indptr, indices, weights, n, R.vals.dtype, R.dim, row_start, row_stop,
+                      normalization, degrees, threads, out, R=R)
+
+
+def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, normalization, degrees,
+               threads, out, U=None, R=None):
     if not 0 <= row_start <= row_stop <= n:
         raise ValueError(f"row range [{row_start}, {row_stop}) outside [0, {n})")
-    U_prev = np.ascontiguousarray(U_prev)
     indptr = np.asarray(indptr, dtype=np.int64)
-    dtype = U_prev.dtype
-    shape = (row_stop - row_start, U_prev.shape[1])
+    dtype = np.dtype(dtype)
+    shape = (row_stop - row_start, dim)
     if out is None:
         out = np.empty(shape, dtype=dtype)
     elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
@@ -303,12 +444,18 @@ def propagate_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray 
     empty = np.empty(0, dtype=dtype)
     # edge weights in U's dtype so the kernel's products stay in one precision
     w = empty if weights is None else np.ascontiguousarray(weights, dtype=dtype)
+    cs = empty if col_scale is None else col_scale
+    rs = empty if row_scale is None else row_scale
     nthreads = _threads_for(threads)
+    chunks = _chunks(indptr, row_start, row_stop, nthreads)
     with _threads(nthreads):
-        _spmm_rows_kernel(indptr, indices, w, weights is not None,
-                          empty if col_scale is None else col_scale, col_scale is not None,
-                          empty if row_scale is None else row_scale, row_scale is not None,
-                          U_prev, dtype.type(1), int(row_start), _chunks(indptr, row_start, row_stop, nthreads), out)
+        if R is None:
+            _spmm_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
+                              rs, row_scale is not None, U, dtype.type(1), int(row_start), chunks, out)
+        else:
+            _spmm_sparse_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
+                                     rs, row_scale is not None, R.indptr, R.cols, R.vals, dtype.type(1),
+                                     int(row_start), chunks, out)
     return out
 
 
@@ -600,13 +747,20 @@ def fastrp(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None =
     bounds = partition_bounds(indptr, partitions)
     parts = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
+    # U_0 stays sparse (n * dim * density entries); iteration 1 reads it as CSR
+    R = concat_sparse_rows([fastrp_init_sparse(indptr, indices, weights, dim, beta=beta, density=density,
+                                               seed=seed, rows=(a, b), dtype=dtype, degrees=deg,
+                                               threads=threads) for a, b in parts])
     U = np.empty((n, dim), dtype=dtype)
     for a, b in parts:
-        U[a:b] = fastrp_init(indptr, indices, weights, dim, beta=beta, density=density, seed=seed,
-                             rows=(a, b), dtype=dtype, degrees=deg, threads=threads)
+        propagate_sparse_rows(indptr, indices, weights, R, a, b, normalization=normalization, degrees=deg,
+                              threads=threads, out=U[a:b])
+    del R
     out = np.zeros((n, dim), dtype=dtype)
-    U_next = np.empty_like(U)
-    for w in iteration_weights:
+    for a, b in parts:
+        accumulate_rows(out[a:b], U[a:b], iteration_weights[0], threads=threads)
+    U_next = np.empty_like(U) if len(iteration_weights) > 1 else None
+    for w in iteration_weights[1:]:
         for a, b in parts:
             propagate_rows(indptr, indices, weights, U, a, b, normalization=normalization, degrees=deg,
                            threads=threads, out=U_next[a:b])
