@@ -45,10 +45,10 @@ class InputConfig(Section):
 
 
 class SyntheticConfig(Section):
-    nodes: int = Field(2000, ge=10, description="Nodes of the built-in planted-community graph.")
+    nodes: int = Field(3000, ge=10, description="Nodes of the built-in planted-community graph.")
     communities: int = Field(10, ge=2, description="Planted communities (the node labels).")
-    avg_degree: float = Field(16.0, gt=0, description="Mean degree.")
-    mixing: float = Field(0.15, ge=0, le=1, description="Share of each node's edges that leave its community.")
+    avg_degree: float = Field(10.0, gt=0, description="Mean degree.")
+    mixing: float = Field(0.5, ge=0, le=1, description="Share of each node's edges that leave its community.")
     seed: int = Field(7, description="Generator seed (the graph is deterministic by seed).")
 
 

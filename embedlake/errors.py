@@ -14,14 +14,10 @@ class InputError(EmbedlakeError):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
-        where = []
-        if path is not None:
-            where.append(str(path))
-        if line is not None:
-            where.append(f"line {line}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+        where = str(path) if path is not None else ""
+        for part in ([f"line {line}"] if line is not None else []) + ([f"field {field!r}"] if field is not None else []):
+            where = f"{where}: {part}" if where and "line" not in where else (f"{where}, {part}" if where else part)
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class ConfigError(EmbedlakeError):

@@ -108,19 +108,24 @@ def _json_default(o: Any) -> Any:
 class Lake:
     """A lake root. Cheap to construct; picklable (it only holds the URI)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: "str | Lake", env: storage.StorageEnv | None = None):
+        if isinstance(uri, Lake):
+            uri, env = uri.uri, env or uri.env
+        uri = str(uri)
         self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
         self.protocol, self.root = storage.split_protocol(uri)
+        # S3 settings captured where the Lake is made (the driver) and carried to Ray workers
+        self.env = env if env is not None else (storage.StorageEnv() if self.protocol != "file" else None)
 
     def __reduce__(self):
-        return (Lake, (self.uri,))
+        return (Lake, (self.uri, self.env))
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
 
     @property
     def fs(self):
-        return storage.filesystem(self.uri)[0]
+        return storage.filesystem(self.uri, self.env)[0]
 
     # ---- paths (relative to the root) -------------------------------------------------------
     def url(self, rel: str) -> str:

@@ -7,10 +7,43 @@ path-style addressing. Secrets are never put into strings that reach logs or err
 """
 from __future__ import annotations
 
+import contextvars
 import os
+from contextlib import contextmanager
 from functools import lru_cache
+from typing import Mapping
 
 import fsspec
+
+ENV_KEYS = ("EMBEDLAKE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+            "EMBEDLAKE_S3_MAX_ATTEMPTS")
+
+
+class StorageEnv:
+    """The driver's S3 settings, carried to Ray workers inside a Lake (never printed).
+
+    Workers on another node do not share the driver's environment; the settings travel with the
+    task through Ray's object store, and their repr shows only which keys are set.
+    """
+
+    def __init__(self, values: Mapping[str, str] | None = None):
+        src = os.environ if values is None else values
+        self.values = {k: src[k] for k in ENV_KEYS if src.get(k)}
+
+    def get(self, key: str, default=None):
+        return self.values.get(key, default)
+
+    def fingerprint(self) -> tuple:
+        return tuple(sorted(self.values.items()))
+
+    def __repr__(self) -> str:
+        return f"StorageEnv(keys={sorted(k for k in self.values)})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (StorageEnv, (self.values,))
 
 
 def split_protocol(uri: str) -> tuple[str, str]:
@@ -23,29 +56,31 @@ def split_protocol(uri: str) -> tuple[str, str]:
     return "file", os.path.abspath(uri)
 
 
-def s3_endpoint() -> str | None:
-    return os.environ.get("EMBEDLAKE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
-        os.environ.get("AWS_ENDPOINT_URL")
+def s3_endpoint(env: Mapping | StorageEnv | None = None) -> str | None:
+    env = os.environ if env is None else env
+    return env.get("EMBEDLAKE_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
 
 
-def s3_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+def s3_region(env: Mapping | StorageEnv | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def s3_fs_kwargs() -> dict:
-    """Keyword arguments for s3fs.S3FileSystem, built from the environment."""
-    kw: dict = {"client_kwargs": {"region_name": s3_region()}, "config_kwargs": {
-        "retries": {"max_attempts": int(os.environ.get("EMBEDLAKE_S3_MAX_ATTEMPTS", "8")), "mode": "adaptive"},
+def s3_fs_kwargs(env: Mapping | StorageEnv | None = None) -> dict:
+    """Keyword arguments for s3fs.S3FileSystem, built from the environment (or a StorageEnv)."""
+    env = os.environ if env is None else env
+    kw: dict = {"client_kwargs": {"region_name": s3_region(env)}, "config_kwargs": {
+        "retries": {"max_attempts": int(env.get("EMBEDLAKE_S3_MAX_ATTEMPTS", "8")), "mode": "adaptive"},
         "connect_timeout": 10, "read_timeout": 60}}
-    ep = s3_endpoint()
+    ep = s3_endpoint(env)
     if ep:
         kw["endpoint_url"] = ep
         kw["config_kwargs"]["s3"] = {"addressing_style": "path"}
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:
         kw["key"], kw["secret"] = key, secret
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kw["token"] = os.environ["AWS_SESSION_TOKEN"]
+        if env.get("AWS_SESSION_TOKEN"):
+            kw["token"] = env.get("AWS_SESSION_TOKEN")
     return kw
 
 
@@ -64,24 +99,34 @@ def polars_storage_options() -> dict:
     return opts
 
 
-def _env_fingerprint() -> tuple:
-    return tuple(os.environ.get(k) for k in ("EMBEDLAKE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
-                                             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                                             "AWS_DEFAULT_REGION"))
-
-
 @lru_cache(maxsize=8)
 def _fs(protocol: str, fingerprint: tuple) -> fsspec.AbstractFileSystem:
     if protocol == "s3":
         import s3fs
-        return s3fs.S3FileSystem(**s3_fs_kwargs())
+        return s3fs.S3FileSystem(**s3_fs_kwargs(dict(fingerprint)))
     return fsspec.filesystem(protocol)
 
 
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) for a URI or local path."""
+_ACTIVE_ENV: "contextvars.ContextVar[StorageEnv | None]" = contextvars.ContextVar("embedlake_storage_env",
+                                                                                    default=None)
+
+
+@contextmanager
+def using(env: StorageEnv | None):
+    """Inside a Ray worker: resolve s3:// inputs with the driver's settings carried in `env`."""
+    token = _ACTIVE_ENV.set(env)
+    try:
+        yield
+    finally:
+        _ACTIVE_ENV.reset(token)
+
+
+def filesystem(uri: str, env: StorageEnv | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URI or local path; S3 settings from env or os.environ."""
     proto, path = split_protocol(uri)
-    return _fs(proto, _env_fingerprint() if proto == "s3" else ()), path
+    if proto != "s3":
+        return _fs(proto, ()), path
+    return _fs(proto, (env or _ACTIVE_ENV.get() or StorageEnv()).fingerprint()), path
 
 
 def join(*parts: str) -> str:

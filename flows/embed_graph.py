@@ -46,7 +46,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
     retries = cfg.ray.max_retries
     try:
-        graph = sw.run("ingest", gt.ingest, lake.uri, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
+        graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
                        retries)
         bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
         info: dict = {}
@@ -57,13 +57,13 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
             emb_ref, info = trained.ref, trained.info
         else:
             emb_ref, info = sw.run("fastrp", gt.fastrp, graph, cfg.fastrp.model_dump(), bounds, retries)
-        files = sw.run("publish", gt.publish, lake.uri, dataset, method, run_id, graph, emb_ref, bounds, retries)
+        files = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds, retries)
         metrics = sw.run("evaluate", gt.evaluate, graph, emb_ref, cfg.eval.model_dump())
         dim = cfg.train.dim if method != "fastrp" else cfg.fastrp.dim
         manifest = dict(dataset=dataset, method=method, run_id=run_id, files={"embeddings": files},
                         config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
                         extra={"dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": info})
-        manifest_url = sw.run("commit", gt.commit, lake.uri, manifest)
+        manifest_url = sw.run("commit", gt.commit, lake, manifest)
     except BaseException:
         _remove_run_files(lake, dataset, method, run_id)
         raise

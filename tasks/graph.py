@@ -38,13 +38,13 @@ def _remote(fn, **options):
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=0)
-def ingest(lake_uri: str, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries: int = 3) -> GraphHandle:
+def ingest(lake, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries: int = 3) -> GraphHandle:
     """Edge list -> CSR in the lake (skipped when the same input was ingested before)."""
     import ray
     log = stage_logger()
     meta_ref, csr_ref, ids_ref, labels_ref = _remote(stages.ingest_stage, num_returns=4, num_cpus=1,
                                                      max_retries=max_retries).remote(
-        lake_uri, dataset, input_cfg, synthetic_cfg)
+        lake, dataset, input_cfg, synthetic_cfg)
     meta = ray.get(meta_ref)
     log.info(f"ingest: {meta['nodes']:,} nodes, {meta['arcs']:,} arcs, graph {meta['version']}"
              f"{' (reused: input unchanged)' if meta['reused'] else ''}")
@@ -83,11 +83,11 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(lake_uri: str, dataset: str, method: str, run_id: str, graph: GraphHandle, emb_ref,
+def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, emb_ref,
             bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
     """Write the embedding partitions (data files only; the manifest is committed last)."""
     fn = _remote(stages.write_embedding_part, num_cpus=1, max_retries=max_retries)
-    refs = [fn.remote(lake_uri, dataset, method, run_id, i, lo, hi, graph.node_ids_ref, emb_ref)
+    refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, graph.node_ids_ref, emb_ref)
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "publish (partitions)")
 
@@ -107,10 +107,10 @@ def evaluate(graph: GraphHandle, emb_ref, eval_cfg: dict) -> dict:
 
 
 @task(name="commit", cache_policy=NO_CACHE)
-def commit(lake_uri: str, manifest_fields: dict) -> str:
+def commit(lake, manifest_fields: dict) -> str:
     """Commit the run: one manifest written with put-if-absent after every data file exists."""
     from embedlake.lake import Lake, Manifest
-    url = Lake(lake_uri).commit(Manifest(**manifest_fields))
+    url = Lake(lake).commit(Manifest(**manifest_fields))
     stage_logger().info(f"commit: {url}")
     return url
 

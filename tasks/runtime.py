@@ -15,8 +15,10 @@ def configure_env(project_home: str | None = None) -> None:
     """Safe defaults for offline machines; existing settings win."""
     home = project_home or os.path.join(os.path.expanduser("~"), ".embedlake")
     os.environ.setdefault("PREFECT_HOME", os.path.join(home, "prefect"))
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)   # Prefect's ephemeral server needs it to exist
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from embedlake import storage
 from embedlake.errors import InputError
 from embedlake.lake import Lake, embeddings_table
 from embedlake.workers.graph import CSRGraph, build_csr
@@ -17,13 +18,18 @@ from embedlake.workers.graph_store import graph_exists, graph_version, read_grap
 from embedlake.workers.ingest import EdgeSpec, ingest_graph, read_labels, stats_json_num_nodes
 
 
-def ingest_stage(lake_uri: str, dataset: str, input_cfg: dict, synthetic_cfg: dict):
+def ingest_stage(lake: Lake | str, dataset: str, input_cfg: dict, synthetic_cfg: dict):
+    lake = Lake(lake)
+    with storage.using(lake.env):
+        return _ingest(lake, dataset, input_cfg, synthetic_cfg)
+
+
+def _ingest(lake: Lake, dataset: str, input_cfg: dict, synthetic_cfg: dict):
     """Read (or generate) the graph, validate labels, write the graph version to the lake.
 
     Returns (meta, (indptr, indices, weights), node_ids, labels-or-None). Everything is validated
     before anything is written.
     """
-    lake = Lake(lake_uri)
     t0 = time.perf_counter()
     if input_cfg.get("edges") is None:
         from embedlake.workers.synthetic import planted_communities
@@ -107,10 +113,10 @@ def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.nda
     return W, stats
 
 
-def write_embedding_part(lake_uri: str, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,
+def write_embedding_part(lake: Lake | str, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,
                          node_ids: np.ndarray, X: np.ndarray) -> dict:
     from embedlake.workers.graph_store import node_id_array
-    lake = Lake(lake_uri)
+    lake = Lake(lake)
     ids = node_id_array(node_ids[lo:hi])
     table = embeddings_table(ids, X[lo:hi])
     rel = Lake.part_path("embeddings", dataset, method, run_id, partition)
