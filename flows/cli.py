@@ -6,6 +6,7 @@ file / line / field and exit with status 2; nothing is committed to the lake.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -16,6 +17,7 @@ CONFIG_HELP = ("Config overrides as section.key=value (YAML values), repeatable,
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    """Options every run command shares: --lake, --config, -p, --ray-address, --json."""
     p.add_argument("--lake", default=None, help="Lake root: local folder or s3://bucket/prefix (default: ./lake).")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML config file (sections as in "
                    "`embedlake config`). Default: none (built-in defaults).")
@@ -39,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None, help="Dataset name in the lake (default: the input's folder name).")
     g.add_argument("--run-id", default=None, help="Run id (default: generated, time-ordered).")
     _common(g)
+    g.set_defaults(func=cmd_embed_graph)
     c = sub.add_parser("config", help="List every config key with its default and help text.")
     c.add_argument("--config", default=None, help="Show the resolved values of this YAML file instead.")
     c.add_argument("-p", dest="overrides", action="append", default=[], help=CONFIG_HELP)
+    c.set_defaults(func=cmd_config)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub, _common)
     return ap
 
 
@@ -107,7 +113,9 @@ def cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"embed-graph": cmd_embed_graph, "config": cmd_config}
+# Feature modules add their own subcommands: each has add_parsers(subparsers, add_common_options)
+# and sets `func` on its parsers (func(args) -> exit status).
+SUBCOMMAND_MODULES: list[str] = []
 
 
 def _user_error(exc: BaseException):
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_env()
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was committed", file=sys.stderr)
         return 130
