@@ -14,6 +14,7 @@ from prefect import flow
 from embedlake.config import PipelineConfig
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import graph as gt
+from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.runtime import ensure_ray
 from embedlake.workers.stages import partition_bounds
 
@@ -56,7 +57,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                              retries)
             emb_ref, info = trained.ref, trained.info
         else:
-            emb_ref, info = sw.run("fastrp", gt.fastrp, graph, cfg.fastrp.model_dump(), bounds, retries)
+            emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
         files = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds, retries)
         metrics = sw.run("evaluate", gt.evaluate, graph, emb_ref, cfg.eval.model_dump())
         dim = cfg.train.dim if method != "fastrp" else cfg.fastrp.dim

@@ -1,0 +1,40 @@
+"""FastRP as Ray work: CSR rows partitioned across tasks; each iteration's matrix is shared
+through the object store as its partitions; the output is identical for any number of workers."""
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.workers import fastrp as frp
+from embedlake.workers import fastrp_stages as fs
+
+
+@task(name="fastrp", cache_policy=NO_CACHE)
+def fastrp(graph, fastrp_cfg: dict, bounds: list[tuple[int, int]], max_retries: int = 3):
+    """Returns (ObjectRef of the [n, dim] float32 embeddings, info dict)."""
+    import ray
+    log = stage_logger()
+    cfg = dict(fastrp_cfg)
+    if not cfg["weights"]:
+        raise ValueError("fastrp.weights must name at least one iteration")
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    deg_ref = ray.remote(fs.degrees).options(**opts).remote(graph.csr_ref)
+    R_ref = ray.remote(fs.projection).options(**opts).remote(graph.csr_ref, deg_ref, cfg)
+    first = ray.remote(fs.first_step).options(num_returns=2, **opts)
+    step = ray.remote(fs.next_step).options(num_returns=2, **opts)
+    pairs = [first.remote(graph.csr_ref, deg_ref, R_ref, lo, hi, cfg) for lo, hi in bounds]
+    U_refs, out_refs = [p[0] for p in pairs], [p[1] for p in pairs]
+    for k, w in enumerate(cfg["weights"][1:], start=2):
+        pairs = [step.remote(graph.csr_ref, deg_ref, lo, hi, w, cfg, out_refs[i], *U_refs)
+                 for i, (lo, hi) in enumerate(bounds)]
+        U_refs, out_refs = [p[0] for p in pairs], [p[1] for p in pairs]
+        log.info(f"fastrp: iteration {k}/{len(cfg['weights'])} scheduled on {len(bounds)} partitions")
+    del U_refs
+    mean = std = None
+    if cfg["standardize"]:
+        parts = gather([ray.remote(fs.moments).options(**opts).remote(o) for o in out_refs], "fastrp moments")
+        mean, std = frp.finalize_moments(frp.merge_moments(parts))
+    emb_ref = ray.remote(fs.standardize_and_join).options(**opts).remote(mean, std, cfg["standardize"], *out_refs)
+    ray.wait([emb_ref], num_returns=1, fetch_local=False)
+    return emb_ref, {"iterations": len(cfg["weights"]), "partitions": len(bounds), "dim": cfg["dim"]}

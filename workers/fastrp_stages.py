@@ -1,0 +1,52 @@
+"""FastRP stage bodies for Ray workers: one function per step of the row-partitioned recipe in
+workers/fastrp.py. Each takes the shared CSR (zero-copy from the object store) and a row range."""
+from __future__ import annotations
+
+import numpy as np
+
+from embedlake.workers import fastrp as frp
+
+
+def degrees(csr: tuple) -> np.ndarray:
+    indptr, _, weights, _ = csr
+    return frp.node_degrees(indptr, weights)
+
+
+def projection(csr: tuple, deg: np.ndarray, cfg: dict, threads: int = 1) -> "frp.SparseRows":
+    """U_0 = diag(deg^beta) R for all rows, kept sparse (n * dim * density entries)."""
+    indptr, indices, weights, _ = csr
+    return frp.fastrp_init_sparse(indptr, indices, weights, cfg["dim"], beta=cfg["beta"], density=cfg["density"],
+                                  seed=cfg["seed"], degrees=deg, threads=threads)
+
+
+def first_step(csr: tuple, deg: np.ndarray, R, lo: int, hi: int, cfg: dict, threads: int = 1):
+    """Rows [lo, hi) of U_1 = S U_0 and of out = w_1 U_1."""
+    indptr, indices, weights, _ = csr
+    U = frp.propagate_sparse_rows(indptr, indices, weights, R, lo, hi, normalization=cfg["normalization"],
+                                  degrees=deg, threads=threads)
+    out = np.zeros_like(U)
+    frp.accumulate_rows(out, U, cfg["weights"][0], threads=threads)
+    return U, out
+
+
+def next_step(csr: tuple, deg: np.ndarray, lo: int, hi: int, weight: float, cfg: dict, out_part: np.ndarray,
+              *U_parts: np.ndarray, threads: int = 1):
+    """Rows [lo, hi) of U_k = S U_{k-1} (U_{k-1} given as its partitions, in row order)."""
+    indptr, indices, weights, _ = csr
+    U_prev = U_parts[0] if len(U_parts) == 1 else np.concatenate(U_parts)
+    U = frp.propagate_rows(indptr, indices, weights, U_prev, lo, hi, normalization=cfg["normalization"],
+                           degrees=deg, threads=threads)
+    out = out_part.copy()         # object-store arrays are read-only
+    frp.accumulate_rows(out, U, weight, threads=threads)
+    return U, out
+
+
+def moments(out_part: np.ndarray):
+    return frp.column_moments(out_part, threads=1)
+
+
+def standardize_and_join(mean: np.ndarray, std: np.ndarray, standardize: bool, *out_parts: np.ndarray) -> np.ndarray:
+    X = np.concatenate(out_parts) if len(out_parts) > 1 else out_parts[0].copy()
+    if standardize:
+        frp.apply_standardize(X, mean, std, threads=1)
+    return X
