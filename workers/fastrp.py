@@ -13,14 +13,17 @@ or on how many threads run:
   partitions merge with ``merge_moments`` to the same bits in any grouping; the standardised output
   is therefore identical for 1 or many workers too.
 
-Distributed recipe (what ``fastrp`` does with ``partitions`` > 1, in one process):
-    deg  = node_degrees(indptr, weights)                       # once, shared
-    U_0[p] = fastrp_init(..., rows=range(a_p, b_p))           # per partition p
-    for k, w in enumerate(iteration_weights):                  # one round per iteration
+Distributed recipe (what ``fastrp`` does with ``partitions`` > 1, in one process; docs/fastrp.md):
+    deg = node_degrees(indptr, weights)                        # once, shared
+    bounds = partition_bounds(indptr, P)                       # rows [a_p, b_p) per task
+    R = concat_sparse_rows(fastrp_init_sparse(..., rows=(a_p, b_p), degrees=deg) for p)  # U_0, sparse
+    U_1[p] = propagate_sparse_rows(..., R, a_p, b_p, degrees=deg)
+    out[p] = accumulate_rows(zeros, U_1[p], iteration_weights[0])
+    for k >= 2:                                                # one round per iteration
         U_k[p] = propagate_rows(..., U_{k-1} (full, shared), a_p, b_p, degrees=deg)
-        out[p] = accumulate_rows(out[p], U_k[p], w)
+        accumulate_rows(out[p], U_k[p], iteration_weights[k - 1])
     m = merge_moments(column_moments(out[p]) for p)            # tiny, exact
-    out[p] = apply_standardize(out[p], *finalize_moments(m))
+    apply_standardize(out[p], *finalize_moments(m))
 
 Edge weights (``weights``, float32 per arc, None = unweighted) and iteration weights
 (``iteration_weights``, one per power of S) are different things; the names keep them apart.
@@ -35,7 +38,11 @@ from typing import Iterable, Sequence
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = [
     "random_projection", "fastrp_init", "propagate_rows", "accumulate_rows", "fastrp",
@@ -320,9 +327,45 @@ def _normalization_scales(normalization: str, degrees: np.ndarray, dtype):
     return s, s
 
 
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Prefetch hint for &arr[idx] (1-d array) into all cache levels; no effect on results."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(indices, q, Uflat, dim):
+    if q < indices.shape[0]:
+        base = np.int64(indices[q]) * dim
+        for l in range(0, dim, 16):             # one hint per 64-byte line of float32 (two of float64)
+            _prefetch(Uflat, base + l)
+
+
+_PREFETCH_ARCS = 8                             # prefetch the row of the arc this far ahead
+
+
 @njit(parallel=True, cache=True)
 def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
-                      U, one, row_start, chunks, out):
+                      U, Uflat, one, row_start, chunks, out):
+    """Four arcs per pass over the row (o = (((o + c0 u0) + c1 u1) + c2 u2) + c3 u3: the same
+    additions in the same order as one arc at a time, so the same bits) with the rows of arcs
+    _PREFETCH_ARCS ahead prefetched: the gathers of U rows are latency bound once U leaves cache."""
     dim = U.shape[1]
     plain = not has_weights and not has_col
     for c in prange(chunks.shape[0] - 1):
@@ -330,22 +373,52 @@ def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col,
             o = out[i - row_start]
             for k in range(dim):
                 o[k] = 0
-            if plain:
-                for p in range(indptr[i], indptr[i + 1]):
-                    u = U[indices[p]]
+            p = indptr[i]
+            end = indptr[i + 1]
+            while p + 4 <= end:
+                for t in range(4):
+                    _prefetch_row(indices, p + _PREFETCH_ARCS + t, Uflat, dim)
+                u0 = U[indices[p]]
+                u1 = U[indices[p + 1]]
+                u2 = U[indices[p + 2]]
+                u3 = U[indices[p + 3]]
+                if plain:
+                    for k in range(dim):
+                        o[k] = (((o[k] + u0[k]) + u1[k]) + u2[k]) + u3[k]
+                else:
+                    c0 = one
+                    c1 = one
+                    c2 = one
+                    c3 = one
+                    if has_weights:
+                        c0 = weights[p]
+                        c1 = weights[p + 1]
+                        c2 = weights[p + 2]
+                        c3 = weights[p + 3]
+                    if has_col:
+                        c0 = c0 * col_scale[indices[p]]
+                        c1 = c1 * col_scale[indices[p + 1]]
+                        c2 = c2 * col_scale[indices[p + 2]]
+                        c3 = c3 * col_scale[indices[p + 3]]
+                    for k in range(dim):
+                        o[k] = (((o[k] + c0 * u0[k]) + c1 * u1[k]) + c2 * u2[k]) + c3 * u3[k]
+                p += 4
+            while p < end:
+                _prefetch_row(indices, p + _PREFETCH_ARCS, Uflat, dim)
+                j = indices[p]
+                u = U[j]
+                if plain:
                     for k in range(dim):
                         o[k] += u[k]
-            else:
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
+                else:
                     coef = one
                     if has_weights:
                         coef = weights[p]
                     if has_col:
                         coef = coef * col_scale[j]
-                    u = U[j]
                     for k in range(dim):
                         o[k] += coef * u[k]
+                p += 1
             if has_row:
                 f = row_scale[i]
                 for k in range(dim):
@@ -451,7 +524,7 @@ def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, nor
     with _threads(nthreads):
         if R is None:
             _spmm_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
-                              rs, row_scale is not None, U, dtype.type(1), int(row_start), chunks, out)
+                              rs, row_scale is not None, U, U.reshape(-1), dtype.type(1), int(row_start), chunks, out)
         else:
             _spmm_sparse_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
                                      rs, row_scale is not None, R.indptr, R.cols, R.vals, dtype.type(1),
@@ -707,7 +780,7 @@ def _standardize_kernel(X, mean, inv_std):
 
 
 def apply_standardize(X: np.ndarray, mean: np.ndarray, std: np.ndarray, *, threads: int = 0) -> np.ndarray:
-    """X = (X - mean) / std in place, element-wise in float64 then rounded to X's dtype."""
+    """X = (X - mean) * (1 / std) in place, element-wise in float64, then rounded to X's dtype."""
     with _threads(threads):
         _standardize_kernel(X, np.asarray(mean, np.float64), 1.0 / np.asarray(std, np.float64))
     return X
