@@ -32,6 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("embed-graph", help="Embed a graph (DeepWalk, node2vec or FastRP) and publish it.",
                        description="Embed a graph and publish it to the lake. Without --edges, embeds a generated "
                        "graph with planted communities (deterministic by seed).")
+    _graph_args(g)
+    g.set_defaults(func=cmd_embed_graph)
+    w = sub.add_parser("walk", help="Random walks only (DeepWalk / node2vec), written to the lake as Parquet.",
+                       description="Walk a graph and write the walks to the lake (rows: start, k, walk) for "
+                       "your own trainer. Committed as method <method>-walks.")
+    _graph_args(w)
+    w.set_defaults(func=cmd_walk)
+    c = sub.add_parser("config", help="List every config key with its default and help text.")
+    c.add_argument("--config", default=None, help="Show the resolved values of this YAML file instead.")
+    c.add_argument("-p", dest="overrides", action="append", default=[], help=CONFIG_HELP)
+    c.set_defaults(func=cmd_config)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub, _common)
+    return ap
+
+
+def _graph_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--edges", default=None, metavar="PATH_OR_URL", help="Edge list: file, folder, glob or s3:// URL "
                    "(TSV/CSV/whitespace/Parquet, .gz/.zst). Default: the generated demo graph.")
     g.add_argument("--labels", default=None, metavar="PATH_OR_URL", help="Node labels (node<TAB>label) for "
@@ -41,14 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None, help="Dataset name in the lake (default: the input's folder name).")
     g.add_argument("--run-id", default=None, help="Run id (default: generated, time-ordered).")
     _common(g)
-    g.set_defaults(func=cmd_embed_graph)
-    c = sub.add_parser("config", help="List every config key with its default and help text.")
-    c.add_argument("--config", default=None, help="Show the resolved values of this YAML file instead.")
-    c.add_argument("-p", dest="overrides", action="append", default=[], help=CONFIG_HELP)
-    c.set_defaults(func=cmd_config)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parsers(sub, _common)
-    return ap
 
 
 def _pipeline_config(args):
@@ -98,6 +107,22 @@ def cmd_embed_graph(args) -> int:
         print(json.dumps(summary, default=str))
     else:
         print_summary(summary)
+    return 0
+
+
+def cmd_walk(args) -> int:
+    cfg = _pipeline_config(args)
+    from embedlake.flows.walk import walk_graph
+    s = walk_graph(cfg)
+    if args.json:
+        print(json.dumps(s, default=str))
+    else:
+        print(f"\nembedlake walk run {s['run_id']}  dataset={s['dataset']}  method={s['method']}  "
+              f"walks={s['walks']:,}")
+        for k, v in s["stages"].items():
+            print(f"{k:<12}{v['wall_s']:>9.2f}s")
+        print(f"walks     {s['walks_uri']}\nmanifest  {s['manifest']}")
+        print(f"read it:  pl.scan_parquet('{s['walks_uri']}/**/*.parquet', hive_partitioning=True).collect()")
     return 0
 
 

@@ -51,17 +51,22 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                        retries)
         bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
         info: dict = {}
+        files: dict[str, list[dict]] = {}
         if method in ("deepwalk", "node2vec"):
             walk_refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), method, bounds, retries)
+            if cfg.walk.write_walks:
+                files["walks"] = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph,
+                                        walk_refs, cfg.walk.walks_per_node, bounds, retries)
             trained = sw.run("train", gt.train, graph, walk_refs, cfg.walk.model_dump(), cfg.train.model_dump(),
                              retries)
             emb_ref, info = trained.ref, trained.info
         else:
             emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
-        files = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds, retries)
+        files["embeddings"] = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds,
+                                     retries)
         metrics = sw.run("evaluate", gt.evaluate, graph, emb_ref, cfg.eval.model_dump())
         dim = cfg.train.dim if method != "fastrp" else cfg.fastrp.dim
-        manifest = dict(dataset=dataset, method=method, run_id=run_id, files={"embeddings": files},
+        manifest = dict(dataset=dataset, method=method, run_id=run_id, files=files,
                         config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
                         extra={"dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": info})
         manifest_url = sw.run("commit", gt.commit, lake, manifest)
@@ -80,6 +85,7 @@ def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> Non
     """A failed run leaves nothing behind (unless it was already committed)."""
     try:
         if not lake.is_committed(dataset, method, run_id):
-            lake.delete(Lake.run_dir("embeddings", dataset, method, run_id), recursive=True)
+            for kind in ("embeddings", "walks"):
+                lake.delete(Lake.run_dir(kind, dataset, method, run_id), recursive=True)
     except Exception:  # noqa: BLE001 - cleanup must not hide the original error
         pass

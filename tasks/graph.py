@@ -92,6 +92,16 @@ def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, em
     return gather(refs, "publish (partitions)")
 
 
+@task(name="write_walks", cache_policy=NO_CACHE)
+def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, walk_refs: list,
+                walks_per_node: int, bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
+    """Walks as Parquet (start, k, walk as a list of original ids), one file per partition."""
+    fn = _remote(stages.write_walks_part, num_cpus=1, max_retries=max_retries)
+    refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
+            for i, (lo, hi) in enumerate(bounds)]
+    return gather(refs, "write walks (partitions)")
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(graph: GraphHandle, emb_ref, eval_cfg: dict) -> dict:
     import ray

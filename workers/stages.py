@@ -136,3 +136,27 @@ def evaluate_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
 def check_labels_present(labels, what: str) -> None:
     if labels is None:
         raise InputError(f"{what} needs labels (--labels)")
+
+
+def walks_table(walks: np.ndarray, node_ids: np.ndarray, lo: int, hi: int, walks_per_node: int):
+    """Rows (start, k, walk) with original node ids; padding (-1) dropped, so lists vary in length."""
+    import pyarrow as pa
+
+    from embedlake.workers.graph_store import node_id_array
+    mask = walks >= 0
+    lens = mask.sum(axis=1)
+    offsets = np.zeros(len(walks) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    flat = walks[mask].astype(np.int64)
+    values = node_id_array(np.asarray(node_ids)[flat])
+    starts = np.tile(np.arange(lo, hi, dtype=np.int64), walks_per_node)
+    k = np.repeat(np.arange(walks_per_node, dtype=np.int32), hi - lo)
+    return pa.table({"start": node_id_array(np.asarray(node_ids)[starts]), "k": pa.array(k),
+                     "walk": pa.LargeListArray.from_arrays(pa.array(offsets), values)})
+
+
+def write_walks_part(lake: Lake | str, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,
+                     walks_per_node: int, node_ids: np.ndarray, walks: np.ndarray) -> dict:
+    lake = Lake(lake)
+    rel = Lake.part_path("walks", dataset, method, run_id, partition)
+    return lake.write_parquet(rel, walks_table(walks, node_ids, lo, hi, walks_per_node)).to_dict()

@@ -1,0 +1,47 @@
+"""The `walk` flow: ingest -> shard -> walks -> Parquet in the lake, for users who train elsewhere.
+
+Committed as method `<deepwalk|node2vec>-walks`; rows are (start, k, walk) with original node ids.
+"""
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from embedlake.config import PipelineConfig
+from embedlake.flows.embed_graph import _remove_run_files, dataset_name
+from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.tasks import graph as gt
+from embedlake.tasks.runtime import ensure_ray
+from embedlake.workers.stages import partition_bounds
+
+
+@flow(name="walk", validate_parameters=True)
+def walk_graph(config: PipelineConfig | None = None) -> dict:
+    cfg = config or PipelineConfig()
+    if cfg.method == "fastrp":
+        raise ValueError("the walk flow needs method deepwalk or node2vec")
+    t0 = time.perf_counter()
+    dataset = dataset_name(cfg)
+    method = f"{cfg.method}-walks"
+    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
+    lake = Lake(cfg.lake.uri)
+    sw = gt.Stopwatch()
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    r = cfg.ray.max_retries
+    try:
+        graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(), r)
+        bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
+        refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), cfg.method, bounds, r)
+        files = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph, refs,
+                       cfg.walk.walks_per_node, bounds, r)
+        steps = sum(f["rows"] for f in files)
+        url = sw.run("commit", gt.commit, lake, dict(
+            dataset=dataset, method=method, run_id=run_id, files={"walks": files}, config=cfg.model_dump(mode="json"),
+            stages=sw.stages, extra={"graph": graph.meta, "walks": steps}))
+    except BaseException:
+        _remove_run_files(lake, dataset, method, run_id)
+        raise
+    return {"dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri, "manifest": url,
+            "walks_uri": lake.url(Lake.run_dir("walks", dataset, method, run_id)), "stages": sw.stages,
+            "walks": steps, "wall_s": round(time.perf_counter() - t0, 3)}
