@@ -97,6 +97,9 @@ def test_quality_and_loss_decrease(graph_walks):
     assert st["loss_last"] < st["loss_first"] - 0.3, st
     assert centroid_accuracy(W, comm) > 0.9
     assert st["tokens"] == len(tokens) and st["tokens_per_s"] > 0
+    # word2vec's pair-by-pair order with per-pair negatives (the gensim-parity mode) learns too
+    W2, _, st2 = train_sgns(tokens, offsets, 400, dim=32, window=5, seed=0, shared_negatives=False)
+    assert centroid_accuracy(W2, comm) > 0.9 and st2["loss_last"] < st2["loss_first"] - 0.3
 
 
 def test_dynamic_window_pair_count():

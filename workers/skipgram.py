@@ -147,7 +147,7 @@ def _seed_state(seed, epoch, sent):
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, alias_thr, alias_idx,
                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch,
-                nblocks, maxlen, sent_loss, sent_pairs, sent_kept):
+                nblocks, maxlen, sent_loss, sent_pairs, sent_kept, shared):
     """Train on sentences [s_lo, s_hi). Per-sentence loss sums, pair and kept-token counts go to
     sent_*[s - s_lo]. pos_base + token position = work done before that token (for the lr)."""
     nsent = s_hi - s_lo
@@ -165,6 +165,8 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         outs = np.empty(nout_max, np.int32)
         g = np.empty((cmax, nout_max), np.float32)
         dIn = np.empty((cmax, dim), np.float32)
+        Cb = np.empty((cmax, dim), np.float32)
+        Ob = np.empty((nout_max, dim), np.float32)
         for s in range(a, b):
             state = _seed_state(seed, epoch, s)
             n = 0
@@ -194,6 +196,48 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                 if B == 0:
                     continue
                 center = buf[i]
+                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
+                if lr < min_lr:
+                    lr = min_lr
+                if not shared:
+                    # word2vec order: pair by pair, own negatives, output rows move at once
+                    for c in range(B):
+                        crow = ctx[c]
+                        for d in range(dim):
+                            dIn[0, d] = 0.0
+                        for o in range(nout_max):
+                            if o == 0:
+                                orow = center
+                            else:
+                                state, r = _next(state)
+                                jj = np.int64(((r >> _S32) * np.uint64(alias_thr.shape[0])) >> _S32)
+                                orow = jj if (r & _LOW32) < alias_thr[jj] else alias_idx[jj]
+                                if orow == center:
+                                    continue
+                            f = np.float32(0.0)
+                            for d in range(dim):
+                                f += W_in[crow, d] * W_out[orow, d]
+                            x = f if o == 0 else -f
+                            if x <= -MAX_EXP:
+                                loss -= x
+                            elif x < MAX_EXP:
+                                loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+                            if f <= -MAX_EXP:
+                                sg = sig_tab[0]
+                            elif f >= MAX_EXP:
+                                sg = sig_tab[TABLE_SIZE]
+                            else:
+                                sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+                            lab = np.float32(1.0) if o == 0 else np.float32(0.0)
+                            gg = np.float32((lab - sg) * lr)
+                            for d in range(dim):
+                                dIn[0, d] += gg * W_out[orow, d]
+                            for d in range(dim):
+                                W_out[orow, d] += gg * W_in[crow, d]
+                        for d in range(dim):
+                            W_in[crow, d] += dIn[0, d]
+                    pairs += B
+                    continue
                 outs[0] = center
                 nout = 1
                 for k in range(negatives):
@@ -204,18 +248,20 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                         continue
                     outs[nout] = neg
                     nout += 1
-                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-                if lr < min_lr:
-                    lr = min_lr
-                # logits and gradients: g[c, o] = (label - sigmoid(in_c . out_o)) * lr
+                for c in range(B):
+                    crow = ctx[c]
+                    for d in range(dim):
+                        Cb[c, d] = W_in[crow, d]
                 for o in range(nout):
                     orow = outs[o]
-                    for c in range(B):
-                        crow = ctx[c]
+                    for d in range(dim):
+                        Ob[o, d] = W_out[orow, d]
+                for c in range(B):
+                    for o in range(nout):
                         f = np.float32(0.0)
                         for d in range(dim):
-                            f += W_in[crow, d] * W_out[orow, d]
-                        x = f if o == 0 else -f   # loss term is -log sigmoid(x)
+                            f += Cb[c, d] * Ob[o, d]
+                        x = f if o == 0 else -f
                         if x <= -MAX_EXP:
                             loss -= x
                         elif x < MAX_EXP:
@@ -228,23 +274,24 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                             sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
                         lab = np.float32(1.0) if o == 0 else np.float32(0.0)
                         g[c, o] = (lab - sg) * lr
-                # input-side gradient from the output rows before they move
                 for c in range(B):
                     for d in range(dim):
                         dIn[c, d] = 0.0
                     for o in range(nout):
                         gg = g[c, o]
-                        orow = outs[o]
                         for d in range(dim):
-                            dIn[c, d] += gg * W_out[orow, d]
-                # output rows: centre + shared negatives
+                            dIn[c, d] += gg * Ob[o, d]
                 for o in range(nout):
-                    orow = outs[o]
+                    for d in range(dim):
+                        Ob[o, d] = 0.0
                     for c in range(B):
                         gg = g[c, o]
-                        crow = ctx[c]
                         for d in range(dim):
-                            W_out[orow, d] += gg * W_in[crow, d]
+                            Ob[o, d] += gg * Cb[c, d]
+                for o in range(nout):
+                    orow = outs[o]
+                    for d in range(dim):
+                        W_out[orow, d] += Ob[o, d]
                 for c in range(B):
                     crow = ctx[c]
                     for d in range(dim):
@@ -316,7 +363,7 @@ def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
 def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, negatives=5,
                ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0, seed=0, threads=0,
                init=None, progress: Callable[[int, int, float], None] | None = None,
-               chunk_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+               chunk_tokens: int | None = None, shared_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -370,7 +417,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                 _sgns_chunk(tokens, offsets, lo, hi, W_in, W_out, keep, sample > 0, alias_thr, alias_idx,
                             sig_tab, logsig_tab, int(window), int(negatives), float(lr), float(min_lr),
                             pos_base, float(total_work), int(seed), ep, nblocks_for(hi - lo), maxlen,
-                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi])
+                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], bool(shared_negatives))
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
                     p = int(sent_pairs[lo:hi].sum())
@@ -418,5 +465,5 @@ def _warm(sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     _sgns_chunk(toks, offs, 0, 1, Wi, Wo, keep, False, thr, ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
-                0, 4.0, 0, 0, 1, 4, z, zi, zk)
+                0, 4.0, 0, 0, 1, 4, z, zi, zk, True)
     _WARMED = True
