@@ -22,9 +22,9 @@ from scipy.special import expit
 # batched L2 logistic regression (liblinear primal objective)
 # ---------------------------------------------------------------------------------------------
 
-def _loss_grad(Xa, S, W, C):
-    """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w))."""
-    M = S * (Xa @ W)                               # margins s_i * x_i.w   (n, L)
+def _loss_grad(Xa, S, W, C, M):
+    """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
+    given the margins M = s * (X w) (the line search has already computed them)."""
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
     q = expit(-M)                                  # 1 - sigma(margin)
     G = W - C * (Xa.T @ (S * q))
@@ -32,9 +32,9 @@ def _loss_grad(Xa, S, W, C):
     return loss, G, D
 
 
-def _loss(Xa, S, W, C):
+def _margins_loss(Xa, S, W, C):
     M = S * (Xa @ W)
-    return 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
+    return M, 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
 
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
@@ -54,13 +54,14 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     W = np.zeros((Xa.shape[1], L))
     lam, Q = np.linalg.eigh(Xa.T @ Xa)             # Gram spectrum, shared by every label
     lam = np.maximum(lam, 0.0)
+    Mall = np.zeros((n, L))                        # margins at the current W (W = 0)
     g0 = None
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
         Sa, Wa = S[:, active], W[:, active]
-        f, G, D = _loss_grad(Xa, Sa, Wa, C)
+        f, G, D = _loss_grad(Xa, Sa, Wa, C, Mall[:, active])
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -102,8 +103,9 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         pending = np.ones(G.shape[1], dtype=bool)
         for _ls in range(30):
             idx = np.flatnonzero(pending)
-            fn = _loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+            Mn, fn = _margins_loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
             ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
+            Mall[:, active[idx[ok]]] = Mn[:, ok]
             pending[idx[ok]] = False
             if not pending.any():
                 break
