@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.progress import Progress
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.workers import stages
 
@@ -75,7 +76,11 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
     cfg = dict(train_cfg)
     cfg["threads"] = cfg.get("threads") or cpus
     fn = _remote(stages.train_stage, num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    progress = Progress("train", "tokens")
+    cfg["progress"] = progress.reporter("train")
     emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], cfg, *walk_refs)
+    progress.wait([stats_ref])
+    progress.close()
     stats = ray.get(stats_ref)
     log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")

@@ -109,7 +109,9 @@ def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.nda
         from embedlake.workers.skipgram_torch import train_sgns_torch
         W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), **kw)
     else:
-        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, **kw)
+        report = train.get("progress")
+        cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
+        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, **kw)
     return W, stats
 
 
