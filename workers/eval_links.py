@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from scipy.stats import rankdata
 
-from .eval_classify import decision_scores, fit_logreg_ovr
+from .eval_classify import blas_threads, decision_scores, fit_logreg_ovr
 
 EDGE_OPERATORS = ("hadamard", "average", "l1", "l2")
 DIRECT_SCORES = ("dot", "cosine")
@@ -172,7 +172,7 @@ def _standardise(F, mean=None, std=None):
 
 def link_prediction(X, pos_src, pos_dst, neg_src, neg_dst, *,
                     operators=("hadamard", "average", "l1", "l2", "dot"), seed=0,
-                    hits_k=(10, 50, 100), C: float = 1.0) -> dict:
+                    hits_k=(10, 50, 100), C: float = 1.0, threads: int | None = 1) -> dict:
     """Score held-out edges against non-edges with each operator.
 
     ``dot``/``cosine`` score a pair directly. The edge-feature operators train an L2 logistic
@@ -201,7 +201,8 @@ def link_prediction(X, pos_src, pos_dst, neg_src, neg_dst, *,
             s = np.empty(y.size)
             for train in (fold, ~fold):
                 Ftr, mu, sd = _standardise(F[train])
-                W = fit_logreg_ovr(Ftr, y[train, None], C=C)
+                with blas_threads(threads):
+                    W = fit_logreg_ovr(Ftr, y[train, None], C=C)
                 s[~train] = decision_scores(_standardise(F[~train], mu, sd)[0], W)[:, 0]
         out["roc_auc"][op] = roc_auc(y, s)
         rk = ranking_metrics(s[y], s[~y], hits_k)
