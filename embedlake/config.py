@@ -119,6 +119,20 @@ class CompressConfig(Section):
     pq_m: int = Field(16, ge=1, description="PQ sub-quantisers.")
     pq_bits: int = Field(8, ge=1, le=16, description="Bits per PQ code.")
     lowrank_dim: int = Field(32, ge=1, description="Target dimension of the low-rank codec.")
+    lowrank_dtype: Literal["float32", "float16"] = Field("float32", description="Stored type of the low-rank "
+                                                         "coordinates.")
+    scale_dtype: Literal["float16", "float32"] = Field("float16", description="Per-row scale/bias type of int8, "
+                                                       "int4 and binary (float16 = FBGEMM's row header).")
+    normalize: bool = Field(True, description="pq/opq encode L2-normalised rows (cosine use; norms are dropped).")
+    train_sample: int = Field(100_000, ge=0, description="Rows sampled to train pq/opq codebooks and the "
+                              "low-rank basis (0 = all rows).")
+    opq_iter: int = Field(50, ge=1, description="OPQ rotation / codebook alternations.")
+    seed: int = Field(0, description="Training-sample and k-means seed.")
+    rerank_candidates: int = Field(100, ge=1, description="Binary tier: Hamming candidates re-scored against "
+                                   "int8 when measuring / searching.")
+    evaluate: bool = Field(True, description="Measure recall@10 against exact search and the node-classification "
+                           "F1 change (when the graph has labels); stored in each table's manifest.")
+    recall_queries: int = Field(1000, ge=1, description="Sampled queries for recall@10.")
 
 
 class RayConfig(Section):

@@ -1,0 +1,205 @@
+"""Compressed tables in the lake: layout, row-partition writers (run in Ray workers) and readers.
+
+One compress invocation has one run id; each codec becomes its own committed run, with manifest
+method ``<source method>.<codec>`` (e.g. ``deepwalk.int8``) so it never shadows the source
+method's "latest" embeddings, and files under the source method's table folder:
+
+    <lake>/tables/<dataset>/<method>/run=<run_id>/codec=<codec>/partition=<k>/part-<k>.parquet
+        node   original id (original type)
+        code   fixed_size_binary[B]     (B = code bytes per row)
+        scale, bias                     (float16 / float32; int8, int4: both; binary: scale)
+    <lake>/tables/<dataset>/<method>/run=<run_id>/codec=<codec>/codebooks.parquet
+        array (string), row (int32), values (list<float32>): PQ codebooks, the OPQ rotation, the
+        PCA mean / components. Array shapes, the run id and the sha256 of every code file are in
+        the file's key-value metadata; the manifest lists it under files["codebooks"], so a
+        codebook is pinned to the codes it decodes (same run, same commit).
+
+The manifest records the codec, its parameters, bytes per vector, compression ratio, the measured
+quality and the source run (extra["source"]).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedlake.lake import Lake, check_name
+from embedlake.workers import compress as cz
+
+CODE_KIND = "tables"
+CODEBOOK_KIND = "codebooks"
+
+
+def table_method(method: str, codec: str) -> str:
+    """Manifest method name of a compressed table: `deepwalk.int8`."""
+    return check_name(f"{method}.{cz.check_codec(codec)}", "method")
+
+
+def split_table_method(name: str) -> tuple[str, str]:
+    method, _, codec = name.rpartition(".")
+    if not method or codec not in cz.CODECS:
+        raise ValueError(f"{name!r} is not a compressed-table method (<method>.<codec>)")
+    return method, codec
+
+
+def codec_dir(dataset: str, method: str, run_id: str, codec: str) -> str:
+    return f"{Lake.run_dir('tables', dataset, method, run_id)}/codec={cz.check_codec(codec)}"
+
+
+def codes_table(ids: pa.Array | np.ndarray, cols: dict[str, np.ndarray]) -> pa.Table:
+    code = np.ascontiguousarray(cols["code"], dtype=np.uint8)
+    n, B = code.shape
+    out = {"node": ids if isinstance(ids, pa.Array) else pa.array(ids),
+           "code": pa.FixedSizeBinaryArray.from_buffers(pa.binary(B), n, [None, pa.py_buffer(code.tobytes())])}
+    for k in ("scale", "bias"):
+        if k in cols:
+            out[k] = pa.array(np.asarray(cols[k]))
+    return pa.table(out)
+
+
+def table_columns(t: pa.Table) -> dict[str, np.ndarray]:
+    """Per-row numpy columns (code uint8 [n, B], scale, bias) from a codes table."""
+    code = t.column("code").combine_chunks()
+    B = code.type.byte_width
+    buf = code.buffers()[1]
+    raw = np.frombuffer(buf, dtype=np.uint8, count=(code.offset + len(code)) * B)[code.offset * B:]
+    cols = {"code": raw.reshape(len(code), B).copy()}
+    for k in ("scale", "bias"):
+        if k in t.column_names:
+            cols[k] = t.column(k).to_numpy()
+    return cols
+
+
+def encode_partition(lake: Lake | str, dataset: str, method: str, run_id: str, codec: str, params: dict,
+                     partition: int, lo: int, hi: int, node_ids, X: np.ndarray, state: dict,
+                     threads: int = 1) -> dict:
+    """Ray worker body: encode rows lo:hi and write their Parquet part (data file only).
+
+    Returns the file entry plus `encode_s` (compute only) for the manifest.
+    """
+    from embedlake.workers.graph_store import node_id_array
+    lake = Lake(lake)
+    t0 = time.perf_counter()
+    cols = cz.encode(codec, X[lo:hi], state, params, threads)
+    enc = time.perf_counter() - t0
+    ids = node_ids[lo:hi]
+    ids = ids if isinstance(ids, pa.Array) else node_id_array(np.asarray(ids))
+    rel = Lake.part_path("tables", dataset, method, run_id, partition, sub=f"codec={codec}")
+    entry = lake.write_parquet(rel, codes_table(ids, cols)).to_dict()
+    return {**entry, "encode_s": round(enc, 4)}
+
+
+def fit_codec(X: np.ndarray, codec: str, params: dict, threads: int = 1) -> tuple[dict, float]:
+    """Ray worker body: train the codec's state on its sample of X; returns (state, seconds)."""
+    t0 = time.perf_counter()
+    rows = cz.sample_rows(X.shape[0], params.get("train_sample", 0), params.get("seed", 0))
+    state = cz.fit(codec, X[rows], params, threads) if codec in cz.TRAINED else {}
+    return state, round(time.perf_counter() - t0, 4)
+
+
+def write_codebooks(lake: Lake | str, dataset: str, method: str, run_id: str, codec: str, state: dict,
+                    code_files: list[dict]) -> dict | None:
+    """The sibling codebook table, pinned to its code files by run id and their checksums."""
+    if not state:
+        return None
+    lake = Lake(lake)
+    names, rows, values, shapes = [], [], [], {}
+    for name in sorted(state):
+        a = np.asarray(state[name], dtype=np.float32)
+        shapes[name] = list(a.shape)
+        a2 = a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+        for i, r in enumerate(a2):
+            names.append(name)
+            rows.append(i)
+            values.append(r)
+    t = pa.table({"array": pa.array(names, pa.string()), "row": pa.array(rows, pa.int32()),
+                  "values": pa.array(values, pa.list_(pa.float32()))})
+    meta = {"embedlake.shapes": json.dumps(shapes), "embedlake.run_id": run_id, "embedlake.codec": codec,
+            "embedlake.codes_sha256": json.dumps([f["sha256"] for f in code_files])}
+    t = t.replace_schema_metadata(meta)
+    return lake.write_parquet(f"{codec_dir(dataset, method, run_id, codec)}/codebooks.parquet", t).to_dict()
+
+
+def read_codebooks(lake: Lake | str, rel: str) -> dict[str, np.ndarray]:
+    lake = Lake(lake)
+    t = pq.read_table(io.BytesIO(lake.read_bytes(rel)))
+    shapes = json.loads(t.schema.metadata[b"embedlake.shapes"])
+    names = t.column("array").to_numpy(zero_copy_only=False)
+    vals = t.column("values").to_pylist()
+    out = {}
+    for name, shape in shapes.items():
+        sel = [v for nm, v in zip(names, vals) if nm == name]
+        out[name] = np.asarray(sel, dtype=np.float32).reshape(shape)
+    return out
+
+
+def read_compressed(lake: Lake | str, dataset: str, method: str, codec: str, run: str = "latest"
+                    ) -> cz.CompressedTable:
+    """A committed compressed table (latest by default) as a `CompressedTable` (decode / search).
+
+    `method` is the source method (deepwalk); `run` the compressed table's run id.
+    """
+    lake = Lake(lake)
+    man = lake.manifest(dataset, table_method(method, codec), run)
+    return table_from_manifest(lake, man)
+
+
+def table_from_manifest(lake: Lake, man) -> cz.CompressedTable:
+    ex = man.extra
+    tables = [lake.read_parquet(e["path"]) for e in man.files.get(CODE_KIND, [])]
+    t = pa.concat_tables(tables)
+    cols = table_columns(t)
+    books = man.files.get(CODEBOOK_KIND, [])
+    state = read_codebooks(lake, books[0]["path"]) if books else {}
+    ids = t.column("node").to_numpy(zero_copy_only=False)
+    return cz.CompressedTable(ex["codec"], ex["params"], int(ex["dim"]), cols, state, ids)
+
+
+# ---------------------------------------------------------------- source runs
+
+def parse_source(text: str) -> tuple[str, str, str]:
+    """'dataset/method[/run]' -> (dataset, method, run or 'latest')."""
+    parts = [p for p in str(text).strip("/").split("/") if p]
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--from {text!r}: expected <dataset>/<method>[/<run_id>]")
+    ds, m = check_name(parts[0], "dataset"), check_name(parts[1], "method")
+    run = parts[2] if len(parts) == 3 else "latest"
+    if run.startswith("run="):
+        run = run[4:]
+    return ds, m, run if run == "latest" else check_name(run, "run")
+
+
+def load_source(lake: Lake | str, dataset: str, method: str, run: str):
+    """Ray worker body: (node ids, float32 matrix) of a committed embeddings run."""
+    from embedlake.reader import load_matrix
+    return load_matrix(Lake(lake), dataset, method, run)
+
+
+def load_labels(lake: Lake | str, dataset: str, graph_meta: dict | None, row_ids: np.ndarray):
+    """(node_idx, label_idx) with node_idx as ROW positions of the source table, or None.
+
+    The graph version comes from the source manifest (extra["graph"]); labels are stored against
+    the graph's dense ids, mapped here through the node-id map to the table's rows.
+    """
+    from embedlake.workers.graph_store import graph_exists, read_graph
+    lake = Lake(lake)
+    if not graph_meta or not graph_meta.get("labelled") or not graph_meta.get("version"):
+        return None
+    if not graph_exists(lake, dataset, graph_meta["version"]):
+        return None
+    _, node_ids, labels, _ = read_graph(lake, dataset, graph_meta["version"])
+    if labels is None:
+        return None
+    ni, li, _ = labels
+    row_ids = np.asarray(row_ids)
+    if len(node_ids) == len(row_ids) and np.array_equal(np.asarray(node_ids, dtype=row_ids.dtype), row_ids):
+        return ni, li
+    pos = {v: i for i, v in enumerate(row_ids.tolist())}
+    orig = np.asarray(node_ids)[ni]
+    rows = np.array([pos.get(v, -1) for v in orig.tolist()], dtype=np.int64)
+    keep = rows >= 0
+    return rows[keep], li[keep]
