@@ -11,7 +11,8 @@ including its column standardisation, after a warm-up call (numba compile / cach
 alternate (ref, ours, ref, ours, ...) so machine noise hits both; best and median are reported
 and ``ratio`` = our median / reference median (target <= 1.5). Micro/Macro-F1 at 50 % come from
 peers.py's ``node_classification`` (liblinear one-vs-rest, 3 splits) on both embeddings;
-``--no-f1`` skips them.
+``--no-f1`` skips them. ``--peer-subprocess`` also runs peers.py itself with the peers venv
+(``peers.py DATASET --skip walk,pq``: its own timing, numpy and scipy, plus its F1 at 0.1/0.5/0.9).
 
 --scale: R-MAT power-law graphs (generated here, ids shuffled, undirected) with about 2M and 20M
 edges; each size runs in a child process that loads the CSR, warms up, then times ``fastrp`` and
@@ -36,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEERS_FILE = SHARED / "bench" / "peers.py"
+PEERS_PY = ROOT.parent / "peers-venv" / "bin" / "python"
 ITER_WEIGHTS = (0.0, 0.0, 1.0, 6.67)
 BETA = -0.64
 
@@ -149,6 +151,15 @@ def bench_dataset(args) -> dict:
         res["f1_ours"] = peers.node_classification(X, Y, ratios=ratios)
         res["f1_scipy_ref"] = peers.node_classification(StandardScaler().fit_transform(Fref), Y, ratios=ratios)
         res["f1_targets_at_0.5"] = [0.40, 0.24]
+    if args.peer_subprocess:
+        r = subprocess.run([str(PEERS_PY), str(PEERS_FILE), str(ds), "--skip", "walk,pq"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            peer = json.loads(r.stdout.strip().splitlines()[-1])
+            res["peers_py"] = {k: peer[k] for k in ("fastrp_ref", "fastrp_f1") if k in peer}
+            res["ratio_vs_peers_py"] = round(statistics.median(our_t) / peer["fastrp_ref"]["s"], 3)
+        else:
+            res["peers_py_error"] = r.stderr.strip().splitlines()[-3:]
     return res
 
 
@@ -229,6 +240,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
     ap.add_argument("--ratios", default="0.5")
     ap.add_argument("--no-f1", action="store_true")
+    ap.add_argument("--peer-subprocess", action="store_true", help="also run peers.py in the peers venv")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--scale-edges", default="2e6,2e7")
     ap.add_argument("--scale-dim", type=int, default=128)

@@ -123,6 +123,11 @@ def test_threads_bit_identical():
     buf = np.empty((400, 64), np.float32)
     part = F.propagate_rows(g.indptr, g.indices, g.weights, U, 100, 500, degrees=deg, out=buf)
     assert part is buf and np.array_equal(buf, full[100:500])
+    # fused accumulation == separate accumulate_rows
+    acc = np.ones((400, 64), np.float32)
+    F.propagate_rows(g.indptr, g.indices, g.weights, U, 100, 500, degrees=deg, accumulate_into=acc,
+                     accumulate_weight=6.67)
+    assert np.array_equal(acc, F.accumulate_rows(np.ones((400, 64), np.float32), full[100:500], 6.67))
 
 
 @pytest.mark.parametrize("normalization,weighted", [("row", False), ("sym", True), ("none", True)])

@@ -362,7 +362,7 @@ _PREFETCH_ARCS = 8                             # prefetch the row of the arc thi
 
 @njit(parallel=True, cache=True)
 def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
-                      U, Uflat, one, row_start, chunks, out):
+                      U, Uflat, one, row_start, chunks, out, acc, has_acc, acc_w):
     """Four arcs per pass over the row (o = (((o + c0 u0) + c1 u1) + c2 u2) + c3 u3: the same
     additions in the same order as one arc at a time, so the same bits) with the rows of arcs
     _PREFETCH_ARCS ahead prefetched: the gathers of U rows are latency bound once U leaves cache."""
@@ -423,11 +423,15 @@ def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col,
                 f = row_scale[i]
                 for k in range(dim):
                     o[k] = o[k] * f
+            if has_acc:                          # fused accumulate_rows while the row is in cache
+                a = acc[i - row_start]
+                for k in range(dim):
+                    a[k] += acc_w * o[k]
 
 
 @njit(parallel=True, cache=True)
 def _spmm_sparse_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
-                             r_ptr, r_cols, r_vals, one, row_start, chunks, out):
+                             r_ptr, r_cols, r_vals, one, row_start, chunks, out, acc, has_acc, acc_w):
     """_spmm_rows_kernel with a CSR right-hand side: per output entry, the same products added in
     the same (arc) order, only the exact zeros are skipped, so the result has the same bits."""
     dim = out.shape[1]
@@ -454,6 +458,10 @@ def _spmm_sparse_rows_kernel(indptr, indices, weights, has_weights, col_scale, h
                 f = row_scale[i]
                 for k in range(dim):
                     o[k] = o[k] * f
+            if has_acc:                          # fused accumulate_rows while the row is in cache
+                a = acc[i - row_start]
+                for k in range(dim):
+                    a[k] += acc_w * o[k]
 
 
 def _chunks(indptr: np.ndarray, row_start: int, row_stop: int, threads: int) -> np.ndarray:
@@ -470,7 +478,8 @@ def _chunks(indptr: np.ndarray, row_start: int, row_stop: int, threads: int) -> 
 def propagate_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, U_prev: np.ndarray,
                    row_start: int, row_stop: int, *, normalization: str = "row",
                    degrees: np.ndarray | None = None, threads: int = 0,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, accumulate_into: np.ndarray | None = None,
+                   accumulate_weight: float = 0.0) -> np.ndarray:
     """Rows [row_start, row_stop) of S @ U_prev; S = D^-1 A (row), D^-1/2 A D^-1/2 (sym) or A (none).
 
     U_prev is the full previous matrix [n, dim] (shared read-only, e.g. through Ray's object store);
@@ -478,30 +487,33 @@ def propagate_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray 
     its arcs in CSR order, by one thread: the bits do not depend on the row range or thread count.
     ``degrees`` are the full weighted out-degrees (``node_degrees``); pass them to avoid an O(m)
     recomputation per call. ``out`` ([row_stop - row_start, dim], C-contiguous rows) is filled in place.
+    ``accumulate_into`` (same shape) gets ``+= accumulate_weight * result`` row by row, fused: the
+    same bits as a separate ``accumulate_rows`` without another pass over memory.
     """
     n = int(indptr.shape[0] - 1)
     if U_prev.ndim != 2 or U_prev.shape[0] != n:
         raise ValueError(f"U_prev must be [{n}, dim], got {U_prev.shape}")
     U_prev = np.ascontiguousarray(U_prev)
     return _propagate(indptr, indices, weights, n, U_prev.dtype, U_prev.shape[1], row_start, row_stop,
-                      normalization, degrees, threads, out, U=U_prev)
+                      normalization, degrees, threads, out, accumulate_into, accumulate_weight, U=U_prev)
 
 
 def propagate_sparse_rows(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, R: SparseRows,
                           row_start: int, row_stop: int, *, normalization: str = "row",
                           degrees: np.ndarray | None = None, threads: int = 0,
-                          out: np.ndarray | None = None) -> np.ndarray:
+                          out: np.ndarray | None = None, accumulate_into: np.ndarray | None = None,
+                          accumulate_weight: float = 0.0) -> np.ndarray:
     """``propagate_rows`` with U_prev given as CSR rows (all n of them, from ``fastrp_init_sparse``):
     equal to ``propagate_rows(..., densify(R), ...)`` bit for bit, about 1/density times cheaper."""
     n = int(indptr.shape[0] - 1)
     if R.num_rows != n:
         raise ValueError(f"R must hold all {n} rows, has {R.num_rows}")
     return _propagate(indptr, indices, weights, n, R.vals.dtype, R.dim, row_start, row_stop,
-                      normalization, degrees, threads, out, R=R)
+                      normalization, degrees, threads, out, accumulate_into, accumulate_weight, R=R)
 
 
 def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, normalization, degrees,
-               threads, out, U=None, R=None):
+               threads, out, acc, acc_weight, U=None, R=None):
     if not 0 <= row_start <= row_stop <= n:
         raise ValueError(f"row range [{row_start}, {row_stop}) outside [0, {n})")
     indptr = np.asarray(indptr, dtype=np.int64)
@@ -511,6 +523,12 @@ def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, nor
         out = np.empty(shape, dtype=dtype)
     elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous {dtype} {shape}")
+    has_acc = acc is not None and acc_weight != 0
+    if acc is None:
+        acc = np.empty((0, dim), dtype=dtype)
+    elif acc.shape != shape or acc.dtype != dtype or not acc.flags.c_contiguous:
+        raise ValueError(f"accumulate_into must be C-contiguous {dtype} {shape}")
+    acc_w = dtype.type(acc_weight)
     if normalization != "none" and degrees is None:
         degrees = node_degrees(indptr, weights)
     row_scale, col_scale = _normalization_scales(normalization, degrees, dtype)
@@ -524,11 +542,12 @@ def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, nor
     with _threads(nthreads):
         if R is None:
             _spmm_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
-                              rs, row_scale is not None, U, U.reshape(-1), dtype.type(1), int(row_start), chunks, out)
+                              rs, row_scale is not None, U, U.reshape(-1), dtype.type(1), int(row_start), chunks, out,
+                              acc, has_acc, acc_w)
         else:
             _spmm_sparse_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
                                      rs, row_scale is not None, R.indptr, R.cols, R.vals, dtype.type(1),
-                                     int(row_start), chunks, out)
+                                     int(row_start), chunks, out, acc, has_acc, acc_w)
     return out
 
 
@@ -825,21 +844,18 @@ def fastrp(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None =
                                                seed=seed, rows=(a, b), dtype=dtype, degrees=deg,
                                                threads=threads) for a, b in parts])
     U = np.empty((n, dim), dtype=dtype)
-    for a, b in parts:
-        propagate_sparse_rows(indptr, indices, weights, R, a, b, normalization=normalization, degrees=deg,
-                              threads=threads, out=U[a:b])
-    del R
     out = np.zeros((n, dim), dtype=dtype)
     for a, b in parts:
-        accumulate_rows(out[a:b], U[a:b], iteration_weights[0], threads=threads)
+        propagate_sparse_rows(indptr, indices, weights, R, a, b, normalization=normalization, degrees=deg,
+                              threads=threads, out=U[a:b], accumulate_into=out[a:b],
+                              accumulate_weight=iteration_weights[0])
+    del R
     U_next = np.empty_like(U) if len(iteration_weights) > 1 else None
     for w in iteration_weights[1:]:
         for a, b in parts:
             propagate_rows(indptr, indices, weights, U, a, b, normalization=normalization, degrees=deg,
-                           threads=threads, out=U_next[a:b])
+                           threads=threads, out=U_next[a:b], accumulate_into=out[a:b], accumulate_weight=w)
         U, U_next = U_next, U
-        for a, b in parts:
-            accumulate_rows(out[a:b], U[a:b], w, threads=threads)
     del U, U_next
     if standardize:
         m = merge_moments(column_moments(out[a:b], threads=threads) for a, b in parts)
