@@ -169,7 +169,7 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     w = out.write
     w(f"\nembedlake compress {s['run_id']}  dataset={s['dataset']}  source={s['source']['method']}/"
       f"{s['source']['run_id']}  rows={s['rows']:,}  dim={s['dim']}\n")
-    w(f"{'codec':<9}{'B/vec':>7}{'ratio':>8}{"recall@10":>12}{'dMicroF1':>10}{'build':>9}  manifest method\n")
+    w(f"{'codec':<9}{'B/vec':>7}{'ratio':>8}{'recall@10':>12}{'dMicroF1':>10}{'build':>9}  manifest method\n")
     for codec, t in s["tables"].items():
         rec = "-" if t["recall_at_10"] is None else f"{t['recall_at_10']:.3f}"
         if t.get("recall_at_10_rerank") is not None:
