@@ -293,3 +293,23 @@ def test_procrustes_and_neighbourhood_overlap():
     np.testing.assert_allclose(Z2, X, atol=1e-10)
     assert ev.neighbourhood_overlap(X, Y, k=10, sample=200) == 1.0
     assert ev.neighbourhood_overlap(X, rng.standard_normal(X.shape), k=10, sample=200) < 0.1
+
+
+def test_node_classification_label_ids_and_duplicates():
+    """Arbitrary label values and repeated (node, label) rows give the same figures."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((90, 6)).astype(np.float32)
+    nodes = np.repeat(np.arange(90), 2)
+    labels = rng.integers(0, 4, nodes.size)
+    base = ev.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2)
+    renamed = ev.node_classification(X, nodes, labels * 10 + 7, ratios=(0.5,), repeats=2)
+    dup = ev.node_classification(X, np.r_[nodes, nodes[:30]], np.r_[labels, labels[:30]], ratios=(0.5,), repeats=2)
+    assert base == renamed == dup
+    assert ev.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2, threads=None) == base
+
+
+def test_split_edges_fills_up_when_unavoidable():
+    """A star: every edge is a leaf's last one, so the share can only be met by cutting leaves."""
+    g = build_csr(np.zeros(10, np.int64), np.arange(1, 11), 11)
+    trs, trd, tes, ted = ev.split_edges(g.indptr, g.indices, 0.3, seed=0)
+    assert tes.size == 3 and trs.size == 7
