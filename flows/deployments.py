@@ -94,7 +94,7 @@ def with_overrides(spec: DeploymentSpec, *, interval_s: float | None = None, cro
     return replace(spec, **kw)
 
 
-def to_runner_deployment(spec: DeploymentSpec, work_pool: str | None = None):
+async def to_runner_deployment(spec: DeploymentSpec, work_pool: str | None = None):
     """The Prefect RunnerDeployment of a spec: schedule, concurrency, typed default parameters."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
@@ -114,7 +114,7 @@ def to_runner_deployment(spec: DeploymentSpec, work_pool: str | None = None):
         **sched)
     if work_pool:
         kw["work_pool_name"] = work_pool
-    return fl.to_deployment(**kw)
+    return await fl.ato_deployment(**kw)
 
 
 async def skip_missed_runs(deployment_ids: list, lateness: dict, now: _dt.datetime | None = None) -> list[str]:
@@ -134,7 +134,7 @@ async def skip_missed_runs(deployment_ids: list, lateness: dict, now: _dt.dateti
         runs = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.SCHEDULED]))), limit=1000)
+                any_=[StateType.SCHEDULED]))), limit=200)
         for r in runs:
             when = r.expected_start_time or (r.state.state_details.scheduled_time if r.state else None)
             if when is None:

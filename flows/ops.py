@@ -140,7 +140,7 @@ def cmd_serve(args) -> int:
         runner = Runner(name=args.name, limit=args.limit, pause_on_shutdown=True)
         lateness = {}
         for s in specs:
-            did = await runner.aadd_deployment(dep.to_runner_deployment(s))
+            did = await runner.aadd_deployment(await dep.to_runner_deployment(s))
             lateness[did] = s.lateness_limit()
             sched = f"cron {s.cron!r} ({s.timezone})" if s.cron else f"every {s.interval_s:g}s"
             print(f"serving {s.name}: {sched}, concurrency {s.concurrency_limit} ({s.collision_strategy}), "
@@ -171,7 +171,7 @@ def cmd_deploy(args) -> int:
             except ObjectAlreadyExists:
                 pass
         for s in specs:
-            did = await dep.to_runner_deployment(s, work_pool=args.pool).apply(work_pool_name=args.pool)
+            did = await (await dep.to_runner_deployment(s, work_pool=args.pool)).aapply(work_pool_name=args.pool)
             sched = f"cron {s.cron!r}" if s.cron else f"every {s.interval_s:g}s"
             print(f"deployed {s.name} ({did}): {sched}, pool {args.pool}, concurrency {s.concurrency_limit} "
                   f"({s.collision_strategy})")
