@@ -1,0 +1,248 @@
+"""Compressed tables: codec round-trip properties, lake round-trip, recall on clustered data,
+and `embedlake compress` on a committed run."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedlake.lake import Lake, Manifest, embeddings_table
+from embedlake.workers import codec_pq, codec_scalar
+from embedlake.workers import compress as cz
+from embedlake.workers import compress_store as cs
+from embedlake.workers.evaluate import knn_recall
+
+
+def _clustered(n=4000, d=64, k=40, noise=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((k, d)).astype(np.float32)
+    lab = rng.integers(0, k, n)
+    return (C[lab] + noise * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def X():
+    return _clustered()
+
+
+def _awkward(seed=1):
+    """Rows of very different ranges, a constant row, a zero row, exact ties, big and tiny values."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((300, 37)).astype(np.float32)
+    X *= np.logspace(-4, 3, 300, dtype=np.float32)[:, None]
+    X[0] = 1.25
+    X[1] = 0.0
+    X[2, ::2] = -7.0
+    X[3] += 500.0
+    return X
+
+
+# ----------------------------------------------------------------------------- exact properties
+
+def test_fp16_error_bound_and_exact_layout():
+    X = _awkward()
+    cols = codec_scalar.encode_fp16(X)
+    assert cols["code"].shape == (300, 74) and cols["code"].dtype == np.uint8
+    D = codec_scalar.decode_fp16(cols, 37)
+    np.testing.assert_array_equal(D, X.astype(np.float16).astype(np.float32))
+    # round to nearest: relative error <= 2^-11 for normal values, absolute <= 2^-25 below 2^-14
+    assert np.all(np.abs(D - X) <= np.maximum(np.abs(X) * 2.0 ** -11, 2.0 ** -25))
+    with pytest.raises(ValueError, match="overflow"):
+        codec_scalar.encode_fp16(np.array([[1e5]], np.float32))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+def test_rowwise_error_at_most_half_scale(bits, scale_dtype):
+    X = _awkward()
+    cols = codec_scalar.encode_rowwise(X, bits, scale_dtype)
+    assert cols["scale"].dtype == np.dtype(scale_dtype) and cols["bias"].dtype == np.dtype(scale_dtype)
+    assert cols["code"].shape == (300, 37 if bits == 8 else 19)
+    D = codec_scalar.decode_rowwise(cols, bits, 37)
+    s = cols["scale"].astype(np.float64)[:, None]
+    err = np.abs(D.astype(np.float64) - X)
+    slack = 4 * np.finfo(np.float32).eps * np.abs(X).max(1, keepdims=True)    # float32 rounding of q*s+b
+    assert np.all(err <= s / 2 + slack)
+    q = codec_scalar.unpack_codes(cols["code"], bits, 37)
+    assert q.max() <= (1 << bits) - 1
+    # the bias is at most the row minimum, and each row's extremes use the code range's ends
+    assert np.all(cols["bias"].astype(np.float64) <= X.min(1))
+    assert np.all(q.min(1)[4:] == 0)
+    assert np.all(err[1] == 0) and np.all(err[0] == 0)         # zero row and fp16-exact constant row
+    if bits == 4:   # FBGEMM nibble order: element 2j in the low nibble of byte j
+        np.testing.assert_array_equal(cols["code"][:, 0] & 0x0F, q[:, 0])
+        np.testing.assert_array_equal(cols["code"][:, 0] >> 4, q[:, 1])
+
+
+def test_binary_bits_match_signs():
+    X = _awkward()
+    cols = codec_scalar.encode_binary(X)
+    assert cols["code"].shape == (300, 5)
+    bits = np.unpackbits(cols["code"], axis=1, bitorder="little")
+    np.testing.assert_array_equal(bits[:, :37].astype(bool), X > 0)
+    assert not bits[:, 37:].any()
+    D = codec_scalar.decode_binary(cols, 37)
+    np.testing.assert_array_equal(D > 0, X > 0)
+    np.testing.assert_allclose(np.abs(D).mean(1), np.abs(X).mean(1), rtol=2e-3)
+    # Hamming distances agree with counting differing signs
+    H = codec_scalar.hamming_distances(cols["code"][:7], cols["code"])
+    np.testing.assert_array_equal(H, ((X[:7, None, :] > 0) != (X[None, :, :] > 0)).sum(-1))
+
+
+def test_pq_state_rebuild_decode_and_adc_match_faiss(X):
+    import faiss
+    p = cz.codec_params("pq", {"pq_m": 8, "pq_bits": 8, "normalize": False})
+    state = cz.fit("pq", X, p, threads=1)
+    assert state["centroids"].shape == (8, 256, 8)
+    ref = faiss.ProductQuantizer(64, 8, 8)
+    faiss.copy_array_to_vector(state["centroids"].ravel(), ref.centroids)
+    cols = cz.encode("pq", X, state, p)
+    np.testing.assert_array_equal(cols["code"], ref.compute_codes(X))
+    D = cz.decode("pq", cols, state, p, 64)
+    np.testing.assert_allclose(D, ref.decode(cols["code"]), atol=1e-6)
+    # row partitions encode independently: concatenation equals encoding the whole table
+    parts = [cz.encode("pq", X[a:b], state, p) for a, b in ((0, 1000), (1000, 2500), (2500, 4000))]
+    np.testing.assert_array_equal(cz.concat_columns(parts)["code"], cols["code"])
+    # asymmetric distance = query . reconstruction
+    t = cz.CompressedTable("pq", p, 64, cols, state)
+    np.testing.assert_allclose(t.scores(X[:5], "dot"), X[:5] @ D.T, rtol=1e-4, atol=1e-3)
+    # non-byte codes (6 bits) unpack to the same centroids Faiss decodes
+    p6 = {**p, "nbits": 6}
+    s6 = cz.fit("pq", X[:1500], p6, threads=1)
+    c6 = cz.encode("pq", X[:50], s6, p6)
+    r6 = faiss.ProductQuantizer(64, 8, 6)
+    faiss.copy_array_to_vector(s6["centroids"].ravel(), r6.centroids)
+    assert c6["code"].shape == (50, 6)
+    np.testing.assert_allclose(cz.decode("pq", c6, s6, p6, 64), r6.decode(c6["code"]), atol=1e-6)
+
+
+def test_opq_rotation_is_orthogonal_and_decodes():
+    Xs = _clustered(1500, 32, seed=3)
+    p = cz.codec_params("opq", {"pq_m": 4, "pq_bits": 6, "opq_iter": 4, "normalize": False})
+    st = cz.fit("opq", Xs, p, threads=1)
+    R = st["rotation"]
+    np.testing.assert_allclose(R @ R.T, np.eye(32), atol=1e-4)
+    cols = cz.encode("opq", Xs, st, p)
+    D = cz.decode("opq", cols, st, p, 32)
+    idx = codec_pq.sub_codes(cols["code"], 4, 6)
+    np.testing.assert_allclose(np.linalg.norm(D, axis=1), codec_pq.reconstruction_norms(idx, st), rtol=1e-4)
+    assert np.mean((D - Xs) ** 2) < 0.5 * np.mean((Xs - Xs.mean(0)) ** 2)
+
+
+def test_lowrank_full_rank_is_lossless_and_ordered(X):
+    p = cz.codec_params("lowrank", {"lowrank_dim": 64})
+    st = cz.fit("lowrank", X, p)
+    D = cz.decode("lowrank", cz.encode("lowrank", X, st, p), st, p, 64)
+    np.testing.assert_allclose(D, X, atol=1e-4)
+    p8 = cz.codec_params("lowrank", {"lowrank_dim": 8})
+    st8 = cz.fit("lowrank", X, p8)
+    np.testing.assert_allclose(st8["components"], st["components"][:8], atol=1e-4)
+    var = (cz.encode("lowrank", X, st8, p8)["code"].view(np.float32)).var(0)
+    assert np.all(np.diff(var) <= 1e-4)
+
+
+def test_bytes_per_vector():
+    assert cz.bytes_per_vector("int8", cz.codec_params("int8"), 128) == 132          # 128 + fp16 scale + bias
+    assert cz.bytes_per_vector("int8", cz.codec_params("int8", {"scale_dtype": "float32"}), 128) == 136
+    assert cz.bytes_per_vector("int4", cz.codec_params("int4"), 128) == 68
+    assert cz.bytes_per_vector("binary", cz.codec_params("binary"), 128) == 18
+    assert cz.bytes_per_vector("pq", cz.codec_params("pq"), 128) == 16
+    assert cz.bytes_per_vector("fp16", {}, 128) == 256
+
+
+# ----------------------------------------------------------------------------- recall on clustered data
+
+def test_recall_thresholds_on_clustered_data(X):
+    """Recall@10 of cosine search in each table against exact search on the full table."""
+    want = {"fp16": 0.99, "int8": 0.95, "int4": 0.75, "lowrank": 0.25, "pq": 0.45, "binary": 0.2}
+    got = {}
+    tables = {}
+    for name, lo in want.items():
+        p = cz.codec_params(name, {"pq_m": 16, "lowrank_dim": 16})
+        t, _ = cz.build(name, X, p, threads=1)
+        tables[name] = t
+        got[name] = knn_recall(X, t.score_fn(X), k=10, queries=300, seed=0)
+    rer = knn_recall(X, tables["binary"].score_fn(X, tables["int8"], 100), k=10, queries=300, seed=0)
+    print(json.dumps({**got, "binary+int8": rer}))
+    for name, lo in want.items():
+        assert got[name] >= lo, (name, got[name])
+    assert got["fp16"] >= got["int8"] >= got["int4"] and rer >= 0.9 and rer > got["binary"] + 0.3
+    # search() agrees with the scores it is built on
+    idx, sc = tables["int8"].search(X[:3], k=5)
+    S = tables["int8"].scores(X[:3])
+    np.testing.assert_allclose(sc, -np.sort(-S, axis=1)[:, :5], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- lake round-trip
+
+@pytest.mark.parametrize("codec", list(cz.CODECS))
+def test_lake_round_trip(tmp_path, codec):
+    Xs = _clustered(600, 32, seed=5)
+    ids = np.array([f"n{i}" for i in range(600)], dtype=object)
+    p = cz.codec_params(codec, {"pq_m": 4, "pq_bits": 6, "opq_iter": 3, "lowrank_dim": 8})
+    lake = Lake(str(tmp_path / "lake"))
+    state, _ = cs.fit_codec(Xs, codec, p)
+    bounds = [(0, 250), (250, 600)]
+    files = [cs.encode_partition(lake, "toy", "deepwalk", "r1", codec, p, i, lo, hi, ids, Xs, state)
+             for i, (lo, hi) in enumerate(bounds)]
+    files = [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in files]
+    book = cs.write_codebooks(lake, "toy", "deepwalk", "r1", codec, state, files)
+    assert (book is None) == (codec not in cz.TRAINED)
+    lake.commit(Manifest("toy", cs.table_method("deepwalk", codec), "r1",
+                         files={"tables": files, "codebooks": [book] if book else []},
+                         extra={"codec": codec, "params": p, "dim": 32}))
+    assert files[0]["path"] == f"tables/toy/deepwalk/run=r1/codec={codec}/partition=0/part-00000.parquet"
+    t = cs.read_compressed(str(tmp_path / "lake"), "toy", "deepwalk", codec)
+    mem = cz.encode(codec, Xs, state, p)
+    for k, v in mem.items():
+        np.testing.assert_array_equal(t.cols[k], v)
+    for k, v in state.items():
+        np.testing.assert_array_equal(t.state[k], v)
+    np.testing.assert_array_equal(t.decode(), cz.decode(codec, mem, state, p, 32))
+    assert t.ids.tolist() == ids.tolist()
+    raw = lake.read_parquet(files[0]["path"])
+    assert raw.schema.field("code").type == pa.binary(cz.bytes_per_vector(codec, p, 32) -
+                                                       sum(np.dtype(p.get("scale_dtype", "float16")).itemsize
+                                                           for c in ("scale", "bias") if c in mem))
+
+
+# ----------------------------------------------------------------------------- flow + CLI
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_cli_compress_committed_run(tmp_path, capsys, shared):
+    from embedlake.config import load_config
+    from embedlake.flows.cli import main as cli
+    from embedlake.flows.embed_graph import embed_graph
+    ds = shared("datasets", "karate")
+    uri = str(tmp_path / "lake")
+    s = embed_graph(load_config(None, [f"lake.uri={uri}", f"input.edges={ds / 'edges.tsv'}",
+                                       f"input.labels={ds / 'labels.tsv'}", "train.dim=16", "walk.length=20",
+                                       "eval.repeats=1"]))
+    capsys.readouterr()
+    rc = cli(["compress", "--from", "karate/deepwalk", "--codec", "int8,binary", "--codec", "pq", "--lake", uri,
+              "-p", "compress.pq_m=4", "-p", "compress.pq_bits=4", "-p", "eval.repeats=1", "--run-id", "c1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["source"]["run_id"] == s["run_id"] and set(out["tables"]) == {"int8", "binary", "pq"}
+    lake = Lake(uri)
+    man = lake.manifest("karate", "deepwalk.int8")
+    assert man.run_id == "c1" and man.extra["source"]["run_id"] == s["run_id"]
+    assert man.extra["bytes_per_vector"] == 20 and man.extra["ratio"] == pytest.approx(3.2)
+    assert man.metrics["recall_at_10"] >= 0.9
+    assert abs(man.metrics["micro_f1_change"]["0.5"]) <= 0.1
+    assert lake.manifest("karate", "deepwalk.pq").files["codebooks"]
+    assert "recall_at_10_rerank" in lake.manifest("karate", "deepwalk.binary").metrics
+    # the source's "latest" is still the embeddings run
+    assert lake.manifest("karate", "deepwalk").run_id == s["run_id"]
+    ids, Xf = __import__("embedlake").load_matrix(uri, "karate", "deepwalk")
+    t = cs.read_compressed(uri, "karate", "deepwalk", "int8")
+    assert t.ids.tolist() == ids.tolist()
+    assert np.all(np.abs(t.decode() - Xf) <= t.cols["scale"].astype(np.float32)[:, None] / 2 + 1e-5)
+    # bad requests: exit status 2, nothing new committed
+    assert cli(["compress", "--from", "karate/deepwalk", "--codec", "zip", "--lake", uri]) == 2
+    assert cli(["compress", "--from", "karate/deepwalk", "--codec", "pq", "-p", "compress.pq_m=5", "-p", "compress.pq_bits=4",
+                "--lake", uri, "--run-id", "c2"]) == 2
+    assert cli(["compress", "--from", "karate/nope", "--lake", uri]) == 2
+    err = capsys.readouterr().err
+    assert "unknown codec 'zip'" in err and "pq_m=5 does not divide" in err and "no committed run" in err
+    assert not lake.list_files("tables/karate/deepwalk/run=c2")
