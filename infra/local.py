@@ -133,7 +133,9 @@ def start_ray_head(state_dir: str | os.PathLike, num_cpus: int = 2, auth: str = 
                                       "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                       "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
                                       "object-manager-port")}
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth}
+    # a job's entrypoint runs `python`: make it this environment's interpreter
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     client_env = {"RAY_AUTH_MODE": auth}
     if auth == "token":
         tok = d / "ray_token"

@@ -179,7 +179,7 @@ def test_submit_through_ray_jobs_api_with_token_auth(prefect_server, tmp_path, s
         lake = tmp_path / "lake"
         env = _env(**head.env, PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(tmp_path / "home"))
         env.pop("RAY_ADDRESS", None)
-        cmd = [EMBEDLAKE, "submit", "--address", head.url, "--timeout", "240", "--", "embed-graph",
+        cmd = [EMBEDLAKE, "submit", "--address", head.url, "--timeout", "240", "--logs", "--", "embed-graph",
                *_karate(shared), "--lake", str(lake), *SMALL[:-2]]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
