@@ -67,6 +67,7 @@ def pecanpy(edges: np.ndarray, directed: bool, p, q, walks, length, threads, mod
 
 
 def ours(g, walks, length, threads, p, q, mode, repeats):
+    sym = not g.directed
     from embedlake.workers.walks import random_walks, walk_steps
     starts = np.arange(g.num_nodes, dtype=np.int64)
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def ours(g, walks, length, threads, p, q, mode, repeats):
     for r in range(repeats):
         t0 = time.perf_counter()
         w = random_walks(g.indptr, g.indices, g.weights, starts, walks, length, r, p=p, q=q, mode=mode,
-                         threads=threads)
+                         threads=threads, symmetric=sym)
         dt = time.perf_counter() - t0
         steps = walk_steps(w)
         rates.append(steps / dt)
@@ -140,7 +141,8 @@ def scale_child(npz: str, walks: int, length: int, threads: int, p: float, q: fl
            "starts": int(starts.size), "walks": walks, "length": length}
     for mode, pp, qq in (("deepwalk", 1.0, 1.0), ("node2vec", p, q)):
         t0 = time.perf_counter()
-        w = random_walks(indptr, indices, None, starts, walks, length, 1, p=pp, q=qq, mode=mode, threads=threads)
+        w = random_walks(indptr, indices, None, starts, walks, length, 1, p=pp, q=qq, mode=mode, threads=threads,
+                         symmetric=True)   # R-MAT graphs are built undirected
         dt = time.perf_counter() - t0
         steps = walk_steps(w)
         res[mode] = {"p": pp, "q": qq, "steps": steps, "steps_per_s": round(steps / dt),
@@ -198,6 +200,8 @@ def main():
     ap.add_argument("--q", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip PecanPy")
+    ap.add_argument("--peer-n2v-walks", type=int, default=None,
+                    help="walks per node for PecanPy SparseOTF (default --walks; it is slow, steps/s is a rate)")
     ap.add_argument("--scale", action="store_true", help="R-MAT scaling run instead of the dataset run")
     ap.add_argument("--scale-edges", default="2e6,2e7")
     ap.add_argument("--scale-walks", type=int, default=1)
@@ -225,7 +229,8 @@ def main():
             d = st.get("directed", False)
             res["pecanpy_deepwalk"] = pecanpy(edges, d, 1, 1, args.walks, args.length, args.threads,
                                               "FirstOrderUnweighted", tmp)
-            res["pecanpy_node2vec"] = pecanpy(edges, d, args.p, args.q, args.walks, args.length, args.threads,
+            res["pecanpy_node2vec"] = pecanpy(edges, d, args.p, args.q, args.peer_n2v_walks or args.walks,
+                                              args.length, args.threads,
                                               "SparseOTF", tmp)
         for k in ("deepwalk", "node2vec"):
             peer = res[f"pecanpy_{k}"].get("steps_per_s")

@@ -91,6 +91,9 @@ def test_threads_and_partitions_do_not_change_walks(mode, p, q, weighted):
     # walks of one node split over calls with walk_offset
     tail = random_walks(g.indptr, g.indices, w, starts, 3, 20, 7, walk_offset=2, **kw)
     np.testing.assert_array_equal(one[2 * g.num_nodes:], tail)
+    # lockstep group size and the symmetric hint (undirected graph) are output-neutral
+    for extra in (dict(group=1), dict(group=7), dict(symmetric=True)):
+        np.testing.assert_array_equal(one, random_walks(g.indptr, g.indices, w, starts, 5, 20, 7, **extra, **kw))
     # another seed gives other walks
     other = random_walks(g.indptr, g.indices, w, starts, 5, 20, 8, **kw)
     assert (other != one).mean() > 0.5
