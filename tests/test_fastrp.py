@@ -97,6 +97,26 @@ def test_projection_default_density_rows_and_seed():
     assert np.all(np.abs(D) == 1.0)
 
 
+def test_projection_matches_pure_python_spec():
+    """Entry (i, j) = SplitMix64 stream keyed by (seed, i): recomputed here with Python ints."""
+    M = (1 << 64) - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    n, dim, density, seed = 1000, 24, 0.3, 12345
+    thr = int(math.ldexp(density, 64))
+    R = F.random_projection(n, dim, density=density, seed=seed, threads=1)
+    for i in (0, 1, 2, 517, 999):
+        key = mix(seed ^ ((i * 0xD1B54A32D192ED03 + 0x9E3779B97F4A7C15) & M))
+        for j in range(dim):
+            z = mix((key + (j + 1) * 0x9E3779B97F4A7C15) & M)
+            want = 0.0 if z >= thr else (1.0 if z & 1 == 0 else -1.0) * math.sqrt(1 / density)
+            assert R[i, j] == np.float32(want), (i, j)
+
+
 # ----------------------------------------------------------------------------- distributed invariance
 @pytest.mark.parametrize("normalization", ["row", "sym", "none"])
 def test_partitions_bit_identical(normalization):
