@@ -25,8 +25,10 @@ def fastrp(graph, fastrp_cfg: dict, bounds: list[tuple[int, int]], max_retries: 
     step = ray.remote(fs.next_step).options(num_returns=2, **opts)
     pairs = [first.remote(graph.csr_ref, deg_ref, R_ref, lo, hi, cfg) for lo, hi in bounds]
     U_refs, out_refs = [p[0] for p in pairs], [p[1] for p in pairs]
+    join = ray.remote(fs.join_rows).options(**opts)
     for k, w in enumerate(cfg["weights"][1:], start=2):
-        pairs = [step.remote(graph.csr_ref, deg_ref, lo, hi, w, cfg, out_refs[i], *U_refs)
+        U_prev = U_refs[0] if len(U_refs) == 1 else join.remote(*U_refs)
+        pairs = [step.remote(graph.csr_ref, deg_ref, lo, hi, w, cfg, out_refs[i], U_prev)
                  for i, (lo, hi) in enumerate(bounds)]
         U_refs, out_refs = [p[0] for p in pairs], [p[1] for p in pairs]
         log.info(f"fastrp: iteration {k}/{len(cfg['weights'])} scheduled on {len(bounds)} partitions")

@@ -22,22 +22,25 @@ def projection(csr: tuple, deg: np.ndarray, cfg: dict, threads: int = 1) -> "frp
 def first_step(csr: tuple, deg: np.ndarray, R, lo: int, hi: int, cfg: dict, threads: int = 1):
     """Rows [lo, hi) of U_1 = S U_0 and of out = w_1 U_1."""
     indptr, indices, weights, _ = csr
+    out = np.zeros((hi - lo, cfg["dim"]), dtype=np.float32)
     U = frp.propagate_sparse_rows(indptr, indices, weights, R, lo, hi, normalization=cfg["normalization"],
-                                  degrees=deg, threads=threads)
-    out = np.zeros_like(U)
-    frp.accumulate_rows(out, U, cfg["weights"][0], threads=threads)
+                                  degrees=deg, threads=threads, accumulate_into=out,
+                                  accumulate_weight=cfg["weights"][0])
     return U, out
 
 
+def join_rows(*parts: np.ndarray) -> np.ndarray:
+    """One [n, dim] matrix from row partitions (shared once per iteration through the object store)."""
+    return np.concatenate(parts)
+
+
 def next_step(csr: tuple, deg: np.ndarray, lo: int, hi: int, weight: float, cfg: dict, out_part: np.ndarray,
-              *U_parts: np.ndarray, threads: int = 1):
-    """Rows [lo, hi) of U_k = S U_{k-1} (U_{k-1} given as its partitions, in row order)."""
+              U_prev: np.ndarray, threads: int = 1):
+    """Rows [lo, hi) of U_k = S U_{k-1}, and out += weight * U_k (fused)."""
     indptr, indices, weights, _ = csr
-    U_prev = U_parts[0] if len(U_parts) == 1 else np.concatenate(U_parts)
-    U = frp.propagate_rows(indptr, indices, weights, U_prev, lo, hi, normalization=cfg["normalization"],
-                           degrees=deg, threads=threads)
     out = out_part.copy()         # object-store arrays are read-only
-    frp.accumulate_rows(out, U, weight, threads=threads)
+    U = frp.propagate_rows(indptr, indices, weights, U_prev, lo, hi, normalization=cfg["normalization"],
+                           degrees=deg, threads=threads, accumulate_into=out, accumulate_weight=weight)
     return U, out
 
 
