@@ -100,7 +100,7 @@ def test_serve_runs_on_schedule_skips_backlog_and_reuses_graph(prefect_server, t
                     backlog.append(r.id)
                 return dep, backlog
         dep, backlog = asyncio.run(inspect_and_make_backlog())
-        assert dep.concurrency_limit == 1 or dep.global_concurrency_limit.limit == 1
+        assert dep.global_concurrency_limit is not None and dep.global_concurrency_limit.limit == 1
         assert str(dep.concurrency_options.collision_strategy.value) == "CANCEL_NEW"
         assert dep.schedules and dep.schedules[0].schedule.interval == dt.timedelta(seconds=8)
         assert "config" in dep.parameter_openapi_schema["properties"]        # the UI's form
@@ -296,6 +296,18 @@ def test_job_runtime_env_excludes_big_folders_and_secrets(monkeypatch):
     assert renv["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio:9000" and "s3cr3t" not in json.dumps(renv)
     assert "s3cr3t" in json.dumps(job_runtime_env(forward_credentials=True))
     assert job_entrypoint(["embed-graph", "--lake", "s3://b/l"]) == "python infra/job_entry.py embed-graph --lake s3://b/l"
+
+
+def test_local_services_cli_start_status_stop(tmp_path, capsys):
+    d = str(tmp_path / "svc")
+    assert local.main(["start", "s3", "--dir", d]) == 0
+    env = (tmp_path / "svc" / "env.sh").read_text()
+    assert "export AWS_ENDPOINT_URL=http://127.0.0.1:" in env
+    pid = json.loads((tmp_path / "svc" / "services.json").read_text())["s3"]["pid"]
+    assert local.main(["status", "--dir", d]) == 0 and "s3: up" in capsys.readouterr().out
+    assert local.main(["stop", "--dir", d]) == 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
 
 
 # ---- infra files -----------------------------------------------------------------------------------
