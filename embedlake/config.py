@@ -101,8 +101,20 @@ class EvalConfig(Section):
                                       description="Labelled shares for node classification.")
     repeats: int = Field(3, ge=1, description="Random splits per ratio.")
     seed: int = Field(0, description="Split seed.")
-    link_prediction: bool = Field(False, description="Hold out edges before embedding and report ROC-AUC.")
+    link_prediction: bool = Field(False, description="Hold out edges before embedding and report ROC-AUC, MRR and "
+                                  "Hits@K (the published table is then trained on the remaining edges).")
     test_edge_share: float = Field(0.1, gt=0, lt=1, description="Share of edges held out for link prediction.")
+    lp_operators: list[str] = Field(default_factory=lambda: ["hadamard", "average", "l1", "l2", "dot"],
+                                    description="Link-prediction scores: edge features hadamard, average, l1, l2 "
+                                    "(logistic regression) or direct dot, cosine.")
+    hits_k: list[int] = Field(default_factory=lambda: [10, 50, 100], description="K of the Hits@K figures.")
+    reconstruction: bool = Field(True, description="Graph reconstruction mAP of the k-hop neighbourhoods.")
+    reconstruction_hops: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Hops for reconstruction.")
+    reconstruction_sample: int = Field(500, ge=0, description="Query nodes sampled for reconstruction (0 = all).")
+    align_to_previous: bool = Field(True, description="Rotate the table onto the previous committed run of the same "
+                                    "dataset/method (Procrustes), report stability, publish it as files 'aligned'.")
+    stability_sample: int = Field(1000, ge=1, description="Nodes sampled for the top-10 neighbourhood overlap.")
+    artifacts: bool = Field(True, description="Publish the metrics table and plot as Prefect artifacts.")
 
     @field_validator("train_ratios")
     @classmethod
@@ -110,6 +122,15 @@ class EvalConfig(Section):
         for r in v:
             if not 0 < r < 1:
                 raise ValueError(f"train ratio {r} is not in (0, 1)")
+        return v
+
+    @field_validator("lp_operators")
+    @classmethod
+    def _operators(cls, v: list[str]) -> list[str]:
+        known = ("hadamard", "average", "l1", "l2", "dot", "cosine")
+        for op in v:
+            if op not in known:
+                raise ValueError(f"unknown link-prediction operator {op!r} (known: {', '.join(known)})")
         return v
 
 
@@ -126,7 +147,10 @@ class CompressConfig(Section):
     normalize: bool = Field(True, description="pq/opq encode L2-normalised rows (cosine use; norms are dropped).")
     train_sample: int = Field(100_000, ge=0, description="Rows sampled to train pq/opq codebooks and the "
                               "low-rank basis (0 = all rows).")
-    opq_iter: int = Field(50, ge=1, description="OPQ rotation / codebook alternations.")
+    opq_method: Literal["eigen", "faiss"] = Field("eigen", description="OPQ rotation: eigen = parametric OPQ "
+                                                  "(eigenvalue allocation, one PCA); faiss = Faiss's iterative "
+                                                  "OPQMatrix (slower).")
+    opq_iter: int = Field(20, ge=1, description="Iterations of opq_method=faiss.")
     seed: int = Field(0, description="Training-sample and k-means seed.")
     rerank_candidates: int = Field(100, ge=1, description="Binary tier: Hamming candidates re-scored against "
                                    "int8 when measuring / searching.")

@@ -116,9 +116,10 @@ def test_pq_state_rebuild_decode_and_adc_match_faiss(X):
     np.testing.assert_allclose(cz.decode("pq", c6, s6, p6, 64), r6.decode(c6["code"]), atol=1e-6)
 
 
-def test_opq_rotation_is_orthogonal_and_decodes():
+@pytest.mark.parametrize("method", ["eigen", "faiss"])
+def test_opq_rotation_is_orthogonal_and_decodes(method):
     Xs = _clustered(1500, 32, seed=3)
-    p = cz.codec_params("opq", {"pq_m": 4, "pq_bits": 6, "opq_iter": 4, "normalize": False})
+    p = cz.codec_params("opq", {"pq_m": 4, "pq_bits": 6, "opq_iter": 4, "normalize": False, "opq_method": method})
     st = cz.fit("opq", Xs, p, threads=1)
     R = st["rotation"]
     np.testing.assert_allclose(R @ R.T, np.eye(32), atol=1e-4)

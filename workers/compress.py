@@ -10,7 +10,8 @@ Codecs (parameters come from `CompressConfig` through `codec_params`):
     int8     row-wise, 1 byte / element + per-row scale and bias (FBGEMM layout)
     int4     row-wise, 1/2 byte / element + per-row scale and bias
     binary   1 bit / element (sign) + a per-row scale; a coarse search tier, re-scored against int8
-    pq, opq  M sub-codes of nbits (Faiss k-means; OPQ adds a learnt rotation); codebooks trained on
+    pq, opq  M sub-codes of nbits (Faiss k-means; OPQ adds a rotation: parametric eigenvalue
+             allocation by default, or Faiss's iterative OPQMatrix); codebooks trained on
              a sample; rows are L2-normalised first when `normalize` (the default: embeddings are
              compared by cosine, and the norm would otherwise cost codebook capacity)
     lowrank  PCA to `rank` coordinates (float32 or float16)
@@ -52,7 +53,9 @@ def codec_params(name: str, cfg: dict | None = None) -> dict:
         p = {"m": c["pq_m"], "nbits": c["pq_bits"], "normalize": c["normalize"], "train_sample": c["train_sample"],
              "seed": c["seed"]}
         if name == "opq":
-            p["niter"] = c["opq_iter"]
+            p["method"] = c["opq_method"]
+            if p["method"] == "faiss":
+                p["niter"] = c["opq_iter"]
         return p
     if name == "lowrank":
         return {"rank": c["lowrank_dim"], "dtype": c["lowrank_dtype"], "train_sample": c["train_sample"]}
@@ -97,7 +100,8 @@ def fit(name: str, X_sample: np.ndarray, params: dict, threads: int = 0) -> dict
         Xs = _unit(X_sample) if params.get("normalize", True) else np.asarray(X_sample, np.float32)
         if name == "pq":
             return pq.fit_pq(Xs, params["m"], params["nbits"], params.get("seed", 0), threads)
-        return pq.fit_opq(Xs, params["m"], params["nbits"], params.get("seed", 0), threads, params.get("niter", 50))
+        return pq.fit_opq(Xs, params["m"], params["nbits"], params.get("seed", 0), threads, params.get("niter", 20),
+                         params.get("method", "faiss"))
     if name == "lowrank":
         return lr.fit_lowrank(X_sample, params["rank"])
     return {}
