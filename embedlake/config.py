@@ -185,6 +185,76 @@ class PipelineConfig(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
 
 
+# ---- corpus embeddings (embed_corpus flow) -----------------------------------------------------
+
+class CorpusInputConfig(Section):
+    path: str | None = Field(None, description="Text corpus: file, folder, glob or s3:// URL. Plain text is one "
+                             "sentence or document per line (.gz/.zst/.bz2/.xz too); .parquet reads `text_column`.")
+    text_column: str = Field("text", description="Parquet input: the string column holding one sentence/document "
+                             "per row.")
+    encoding_errors: Literal["fail", "replace"] = Field("fail", description="Invalid UTF-8: fail (error names the "
+                                                        "file and byte offset) or replace with U+FFFD (counted).")
+    shard_mb: float = Field(32.0, gt=0, description="Uncompressed text files are cut at line boundaries into shards "
+                            "of about this many MiB (one Ray task each); compressed files are one shard each.")
+
+
+class TextConfig(Section):
+    tokenizer: Literal["whitespace", "regex"] = Field("whitespace", description="whitespace: runs of non-space "
+                                                      "characters; regex: every match of `pattern`.")
+    pattern: str = Field(r"\w+(?:['’-]\w+)*|[^\w\s]", description="Token regex for tokenizer=regex (Rust regex "
+                         "syntax, Unicode-aware).")
+    lowercase: bool = Field(False, description="Lower-case text before tokenising.")
+    max_sentence_tokens: int = Field(10_000, ge=2, description="Longest sentence trained on; longer lines are "
+                                     "handled by `long_lines` (never silently truncated).")
+    long_lines: Literal["split", "fail"] = Field("split", description="split: cut a long line into consecutive "
+                                                 "sentences of max_sentence_tokens (counted in the summary); "
+                                                 "fail: stop with an error naming the file and line.")
+
+
+class VocabConfig(Section):
+    min_count: int = Field(5, ge=1, description="Words seen fewer times are dropped from sentences.")
+    max_vocab: int | None = Field(None, ge=1, description="Keep at most this many most frequent words "
+                                  "(ties broken by the word), None = no cap.")
+
+
+class WordEvalConfig(Section):
+    benchmarks: str | None = Field(None, description="Folder with wordsim353.tsv, simlex999.txt, "
+                                   "questions-words.txt (gensim's test-data formats); None = $EMBEDLAKE_WORD_"
+                                   "BENCHMARKS or ../shared/corpora/benchmarks beside the repo when present, "
+                                   "else evaluation is skipped.")
+    case_insensitive: bool = Field(True, description="Match benchmark words case-insensitively (the most frequent "
+                                   "case variant stands for a word, as gensim does).")
+    restrict_vocab: int = Field(300_000, ge=1, description="Only the most frequent words take part (gensim's "
+                                "restrict_vocab).")
+    analogies: bool = Field(True, description="Run the analogy set (3CosAdd).")
+
+
+def _corpus_train_defaults() -> "TrainConfig":
+    """word2vec / gensim defaults for text: 100 d, window 5, 5 epochs, subsampling 1e-3."""
+    return TrainConfig(dim=100, window=5, epochs=5, sample=1e-3)
+
+
+class CorpusPipelineConfig(Section):
+    method: Literal["skipgram"] = Field("skipgram", description="Embedding method (lake method name).")
+    input: CorpusInputConfig = Field(default_factory=CorpusInputConfig, description="Input corpus.")
+    text: TextConfig = Field(default_factory=TextConfig, description="Tokenisation.")
+    vocab: VocabConfig = Field(default_factory=VocabConfig, description="Vocabulary.")
+    partitions: int = Field(1, ge=1, le=4096, description="Output Parquet partitions of the vocabulary rows.")
+    train: TrainConfig = Field(default_factory=_corpus_train_defaults, description="Skip-gram training.")
+    eval: WordEvalConfig = Field(default_factory=WordEvalConfig, description="Word-similarity / analogy evaluation.")
+    compress: CompressConfig = Field(default_factory=CompressConfig, description="Compressed tables.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")
+    lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_text_defaults(cls, v: Any) -> Any:
+        """A partial `train` section (file or -p) starts from the text defaults, not the graph ones."""
+        if isinstance(v, dict):
+            return {**_corpus_train_defaults().model_dump(), **v}
+        return v
+
+
 def _parse_value(text: str) -> Any:
     """`-p a.b=VALUE`: VALUE is YAML (so 128, 0.5, true, [1, 2], null all work)."""
     try:
