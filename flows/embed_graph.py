@@ -13,6 +13,7 @@ from prefect import flow
 
 from embedlake.config import PipelineConfig
 from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.runtime import ensure_ray
@@ -49,6 +50,9 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
                        retries)
+        split = None
+        if cfg.eval.link_prediction:      # held-out edges leave the graph before walks / FastRP see it
+            graph, split = sw.run("holdout", et.holdout, graph, cfg.eval.model_dump(), retries)
         bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
         info: dict = {}
         files: dict[str, list[dict]] = {}
@@ -64,7 +68,10 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
             emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
         files["embeddings"] = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds,
                                      retries)
-        metrics = sw.run("evaluate", gt.evaluate, graph, emb_ref, cfg.eval.model_dump())
+        evaluated = sw.run("evaluate", et.evaluate, lake, dataset, method, run_id, graph, emb_ref,
+                           cfg.eval.model_dump(), split, bounds, retries)
+        metrics = evaluated["metrics"]
+        files.update(evaluated["files"])
         dim = cfg.train.dim if method != "fastrp" else cfg.fastrp.dim
         manifest = dict(dataset=dataset, method=method, run_id=run_id, files=files,
                         config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
@@ -87,5 +94,7 @@ def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> Non
         if not lake.is_committed(dataset, method, run_id):
             for kind in ("embeddings", "walks"):
                 lake.delete(Lake.run_dir(kind, dataset, method, run_id), recursive=True)
+            for rel in et.run_dirs(dataset, method, run_id):
+                lake.delete(rel, recursive=True)
     except Exception:  # noqa: BLE001 - cleanup must not hide the original error
         pass

@@ -1,0 +1,144 @@
+"""Prefect tasks of the evaluation stage (issue 7). Each fans its work out to Ray.
+
+- ``holdout``: before embedding (when eval.link_prediction), a Ray task splits the full graph's
+  edges, builds the train CSR and samples as many non-edges on the FULL graph; the returned
+  GraphHandle carries the train CSR, so walks / FastRP never see a held-out edge.
+- ``evaluate``: after publish, node classification, link prediction, reconstruction and the
+  alignment to the previous committed run run as separate Ray tasks side by side; then one Ray
+  task writes the metrics table, report.md and quality.png to the lake; the task publishes the
+  markdown (plot embedded as a data: URI) as a Prefect artifact. Returns {"metrics", "files"}:
+  the flow puts both into the run's manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.tasks.fanout import stage_logger
+from embedlake.workers import eval_stage as es
+
+
+def _remote(fn, **options):
+    import ray
+    return ray.remote(fn).options(**options)
+
+
+@dataclasses.dataclass
+class LinkSplit:
+    """Held-out edges and sampled non-edges (in the object store) + their counts."""
+    ref: object          # ray.ObjectRef -> {"test_src", "test_dst", "neg_src", "neg_dst", "info"}
+    info: dict
+
+
+@task(name="holdout", cache_policy=NO_CACHE)
+def holdout(graph, eval_cfg: dict, max_retries: int = 3):
+    """(GraphHandle of the train graph, LinkSplit). The full graph stays in the lake untouched."""
+    import ray
+    log = stage_logger()
+    csr_ref, split_ref, info_ref = _remote(es.holdout_stage, num_cpus=1, num_returns=3,
+                                           max_retries=max_retries).remote(graph.csr_ref, eval_cfg["test_edge_share"],
+                                                                           eval_cfg["seed"])
+    info = ray.get(info_ref)
+    meta = dict(graph.meta, holdout=info)
+    log.info(f"holdout: {info['test_edges']:,} of {info['test_edges'] + info['train_edges']:,} edges held out "
+             f"for link prediction, {info['non_edges']:,} non-edges sampled; the embedding sees "
+             f"{info['train_arcs']:,} arcs")
+    return dataclasses.replace(graph, meta=meta, csr_ref=csr_ref), LinkSplit(split_ref, info)
+
+
+def _artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower())).strip("-")[:100]
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: dict,
+             split: LinkSplit | None = None, bounds: list[tuple[int, int]] | None = None,
+             max_retries: int = 3) -> dict:
+    """Every evaluation of one published table; returns {"metrics": {...}, "files": {kind: [...]}}."""
+    import ray
+
+    from embedlake.lake import Lake
+    from embedlake.workers import report as rp
+    log = stage_logger()
+    lake = Lake(lake)
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    jobs: dict[str, object] = {}
+    if graph.meta.get("labelled"):
+        jobs["node_classification"] = _remote(es.classify_stage, **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
+    else:
+        log.info("evaluate: no labels given, node classification skipped")
+    if split is not None:
+        jobs["link_prediction"] = _remote(es.link_stage, **opts).remote(emb_ref, split.ref, eval_cfg)
+    if eval_cfg.get("reconstruction", True):
+        jobs["reconstruction"] = _remote(es.reconstruct_stage, **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
+    ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.get("align_to_previous", True) else None
+    if ref is not None:
+        bounds = bounds or [(0, graph.num_nodes)]
+        jobs["stability"] = _remote(es.align_stage, **opts).remote(lake, dataset, method, run_id, emb_ref,
+                                                                   graph.node_ids_ref, ref, eval_cfg, bounds)
+    results = dict(zip(jobs, ray.get(list(jobs.values()))))
+    files: dict[str, list[dict]] = {}
+    if "stability" in results:
+        files.update(results["stability"]["files"])
+        results["stability"] = results["stability"]["metrics"]
+    metrics = {k: v for k, v in results.items() if v}
+    if split is not None:
+        metrics.setdefault("link_prediction", {})["holdout"] = split.info
+    _log_figures(log, metrics)
+    try:
+        context, compressed = rp.collect(lake, dataset, exclude=(method, run_id))
+    except Exception as e:  # noqa: BLE001 - the report's context must not fail the run
+        log.warning(f"evaluate: could not read other runs of {dataset} for the report: {e}")
+        context, compressed = [], []
+    context = [r for r in context if r["method"] != method]
+    written = ray.get(_remote(es.write_report_stage, **opts).remote(lake, dataset, method, run_id, metrics, context,
+                                                                   compressed))
+    files.update(written["files"])
+    if eval_cfg.get("artifacts", True):
+        publish_artifacts(written["markdown"], written["png"], dataset, method, run_id)
+    return {"metrics": metrics, "files": files}
+
+
+def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_id: str) -> None:
+    """Markdown artifact with the tables and the plot embedded as a data: URI.
+
+    Prefect 3.9's image artifact only stores a URL that the browser loads; a local lake path or
+    a private s3:// object is not reachable from the UI, so the PNG travels inside the markdown
+    (a 30-60 kB plot). The same PNG is in the lake next to the metrics table."""
+    from prefect.artifacts import create_markdown_artifact
+    from embedlake.workers.report import with_png
+    try:
+        create_markdown_artifact(markdown=with_png(markdown, png), key=_artifact_key("eval", dataset, method),
+                                 description=f"Evaluation of {dataset}/{method} run {run_id}")
+    except Exception as e:  # noqa: BLE001 - the UI is a convenience, never a reason to fail a run
+        stage_logger().warning(f"evaluate: Prefect artifact not created: {e}")
+
+
+def _log_figures(log, metrics: dict) -> None:
+    nc = metrics.get("node_classification")
+    if nc:
+        log.info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
+                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()))
+    lp = metrics.get("link_prediction")
+    if lp and lp.get("roc_auc"):
+        log.info("evaluate: link prediction ROC-AUC " + ", ".join(f"{k}: {v:.3f}" for k, v in lp["roc_auc"].items()))
+    rc = metrics.get("reconstruction")
+    if rc:
+        log.info("evaluate: reconstruction mAP " + ", ".join(f"{h}-hop {v:.3f}" for h, v in rc["map"].items())
+                 + f" ({rc.get('queries')} queries)")
+    st = metrics.get("stability")
+    if st:
+        if st.get("skipped"):
+            log.info(f"evaluate: not aligned to run {st.get('reference_run')}: {st['skipped']}")
+        else:
+            log.info(f"evaluate: aligned to run {st['reference_run']}: distance {st['distance_before']:.3f} -> "
+                     f"{st['distance_after']:.3f}, top-10 overlap {st['neighbourhood_overlap@10']:.3f}")
+
+
+def run_dirs(dataset: str, method: str, run_id: str) -> list[str]:
+    """Folders the evaluate stage writes for a run (the flow removes them when the run fails)."""
+    return es.run_dirs(dataset, method, run_id)

@@ -1,0 +1,309 @@
+"""Evaluation stage bodies run inside Ray workers: plain functions over arrays and lake URIs.
+
+Imports neither Prefect nor Ray (tasks/evaluate.py wraps them). Each evaluation is its own
+function so the task can run them side by side on different workers:
+
+- ``holdout_stage``: link-prediction split BEFORE embedding (train CSR + test / non-edge pairs)
+- ``classify_stage``, ``link_stage``, ``reconstruct_stage``: the figures of one table
+- ``align_stage``: Procrustes alignment onto a previous committed run, stability figures and
+  the aligned table written to the lake
+- ``metrics_rows`` / ``metrics_from_rows`` / ``write_metrics_table``: the long metrics table
+
+Lake layout written here (all named by the run's manifest, so nothing is visible before commit):
+
+    metrics/<dataset>/<method>/run=<run_id>/metrics.parquet      files["metrics"]
+    metrics/<dataset>/<method>/run=<run_id>/report.md, quality.png   files["report"]
+    metrics/<dataset>/<method>/run=<run_id>/rotation.npy         files["rotation"]
+    embeddings/<dataset>/<method>.aligned/run=<run_id>/partition=<k>/part-<k>.parquet  files["aligned"]
+
+The aligned table sits beside (not inside) the run's embeddings folder, so the documented glob
+``embeddings/<dataset>/<method>/run=<run_id>/**/*.parquet`` still returns each node once.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from embedlake.lake import Lake, embeddings_table
+
+ALIGNED_SUFFIX = ".aligned"
+
+
+# ---------------------------------------------------------------------------------------------
+# link-prediction hold-out (before embedding)
+# ---------------------------------------------------------------------------------------------
+
+def _arc_weights(indptr, indices, weights, src, dst) -> np.ndarray:
+    """Weights of arcs (src, dst) of the CSR: arc keys row * n + col are sorted (rows in order,
+    neighbours sorted within each row), so one searchsorted finds them all."""
+    n = np.int64(indptr.size - 1)
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    keys = rows * n + np.asarray(indices, np.int64)
+    return np.asarray(weights, np.float32)[np.searchsorted(keys, src * n + dst)]
+
+
+def holdout_stage(csr: tuple, test_share: float, seed: int):
+    """Split the full graph for link prediction: returns (train CSR tuple, split dict, its info).
+
+    The test edges are removed from the graph that walks / FastRP see; the equal number of
+    non-edges is drawn on the FULL graph so a held-out edge is never a negative. Split seed =
+    ``seed``, non-edge seed = ``seed + 1``.
+    """
+    from embedlake.workers.evaluate import sample_non_edges, split_edges
+    from embedlake.workers.graph import build_csr
+    t0 = time.perf_counter()
+    indptr, indices, weights, directed = csr
+    n = int(indptr.size - 1)
+    tr_s, tr_d, te_s, te_d = split_edges(indptr, indices, test_share, seed, directed=directed)
+    w = None if weights is None else _arc_weights(indptr, indices, weights, tr_s, tr_d)
+    g = build_csr(tr_s, tr_d, n, weights=w, directed=directed)
+    neg_s, neg_d = sample_non_edges(indptr, indices, te_s.size, seed + 1, directed=directed)
+    info = {"test_share": float(test_share), "test_edges": int(te_s.size), "non_edges": int(neg_s.size),
+            "train_edges": int(tr_s.size), "train_arcs": g.num_arcs, "directed": bool(directed),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    split = {"test_src": te_s, "test_dst": te_d, "neg_src": neg_s, "neg_dst": neg_d, "info": info}
+    return (g.indptr, g.indices, g.weights, g.directed), split, info
+
+
+# ---------------------------------------------------------------------------------------------
+# figures of one table
+# ---------------------------------------------------------------------------------------------
+
+def classify_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
+    from embedlake.workers.evaluate import node_classification
+    if labels is None:
+        return {}
+    ni, li = labels[0], labels[1]
+    t0 = time.perf_counter()
+    res = node_classification(X, ni, li, ratios=tuple(eval_cfg["train_ratios"]), repeats=eval_cfg["repeats"],
+                              seed=eval_cfg["seed"])
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def link_stage(X: np.ndarray, split: dict, eval_cfg: dict) -> dict:
+    from embedlake.workers.evaluate import link_prediction
+    t0 = time.perf_counter()
+    res = link_prediction(X, split["test_src"], split["test_dst"], split["neg_src"], split["neg_dst"],
+                          operators=tuple(eval_cfg.get("lp_operators", ("hadamard", "average", "l1", "l2", "dot"))),
+                          seed=eval_cfg["seed"], hits_k=tuple(eval_cfg.get("hits_k", (10, 50, 100))))
+    res["test_share"] = split["info"]["test_share"]
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: dict) -> dict:
+    """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
+    from embedlake.workers.evaluate import reconstruction_map
+    t0 = time.perf_counter()
+    sample = eval_cfg.get("reconstruction_sample", 500) or None
+    res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.get("reconstruction_hops", (1, 2, 3))),
+                             sample=sample, seed=eval_cfg["seed"])
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# alignment to the previous run (scheduled re-trains)
+# ---------------------------------------------------------------------------------------------
+
+def reference_run(lake: Lake | str, dataset: str, method: str, run_id: str) -> dict | None:
+    """The previous committed run of dataset/method (newest other than run_id), as a small dict:
+    its run id, dim and which files serve as reference coordinates (its own aligned table when it
+    has one, so coordinates stay in the first run's frame across a chain of re-trains)."""
+    lake = Lake(lake)
+    try:
+        runs = [m for m in lake.manifests(dataset, method) if m.run_id != run_id]
+    except Exception:  # noqa: BLE001 - no manifests folder yet
+        return None
+    if not runs:
+        return None
+    m = runs[-1]
+    kind = "aligned" if m.files.get("aligned") else "embeddings"
+    return {"run_id": m.run_id, "kind": kind, "dim": (m.extra or {}).get("dim"),
+            "paths": [e["path"] for e in m.files.get(kind, [])]}
+
+
+def _read_vectors(lake: Lake, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    tables = [lake.read_parquet(p, columns=["node", "vector"]) for p in paths]
+    t = pa.concat_tables(tables)
+    vec = t.column("vector").combine_chunks()
+    d = vec.type.list_size
+    X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
+    ids = t.column("node").to_numpy(zero_copy_only=False)
+    return ids, X
+
+
+def _comparable(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.dtype == object or ids.dtype.kind in "US":
+        return ids.astype(str)
+    return ids.astype(np.int64)
+
+
+def shared_rows(ids_new: np.ndarray, ids_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (in each table) of the node ids both tables contain, matched by original id."""
+    a, b = _comparable(ids_new), _comparable(ids_ref)
+    if a.dtype.kind != b.dtype.kind:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
+    return ia.astype(np.int64), ib.astype(np.int64)
+
+
+def relative_distance(A: np.ndarray, B: np.ndarray) -> float:
+    """|A - B|_F / |B|_F: how far two tables of the same rows are, coordinate by coordinate."""
+    A = np.asarray(A, np.float64)
+    B = np.asarray(B, np.float64)
+    return float(np.linalg.norm(A - B) / max(np.linalg.norm(B), 1e-12))
+
+
+def stability(X_new: np.ndarray, ids_new: np.ndarray, X_ref: np.ndarray, ids_ref: np.ndarray, *,
+              k: int = 10, sample: int = 1000, seed: int = 0) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """Align X_new onto X_ref (orthogonal Procrustes on the shared nodes) and measure the change.
+
+    Returns (figures, aligned X_new (all rows) or None, rotation or None). Figures: shared nodes,
+    relative distance before/after the rotation, and the mean Jaccard of the top-k cosine
+    neighbour sets of the shared nodes (rotation-invariant: the same before and after)."""
+    from embedlake.workers.evaluate import neighbourhood_overlap, procrustes_align
+    rn, rr = shared_rows(ids_new, ids_ref)
+    out: dict = {"shared_nodes": int(rn.size), "nodes": int(X_new.shape[0]), "reference_nodes": int(X_ref.shape[0])}
+    if X_new.shape[1] != X_ref.shape[1]:
+        out["skipped"] = f"dimension {X_new.shape[1]} differs from the reference's {X_ref.shape[1]}"
+        return out, None, None
+    if rn.size < max(2, X_new.shape[1]):
+        out["skipped"] = f"only {rn.size} shared nodes for a {X_new.shape[1]}-d rotation"
+        return out, None, None
+    aligned, R = procrustes_align(X_new, X_ref, shared=(rn, rr), return_rotation=True)
+    out["distance_before"] = relative_distance(X_new[rn], X_ref[rr])
+    out["distance_after"] = relative_distance(aligned[rn], X_ref[rr])
+    out[f"neighbourhood_overlap@{k}"] = neighbourhood_overlap(X_new[rn], X_ref[rr], k=k, sample=sample, seed=seed)
+    return out, aligned.astype(np.float32), R
+
+
+def align_stage(lake: Lake | str, dataset: str, method: str, run_id: str, X: np.ndarray, node_ids: np.ndarray,
+                reference: dict, eval_cfg: dict, bounds: list[tuple[int, int]]) -> dict:
+    """Stability figures against ``reference`` (see ``reference_run``) and, when the rotation is
+    defined, the aligned table + rotation written to the lake. Returns {"metrics", "files"}."""
+    from embedlake import storage
+    from embedlake.workers.graph_store import node_id_array
+    lake = Lake(lake)
+    t0 = time.perf_counter()
+    with storage.using(lake.env):
+        ids_ref, X_ref = _read_vectors(lake, reference["paths"])
+        fig, aligned, R = stability(np.asarray(X), np.asarray(node_ids), X_ref, ids_ref,
+                                    sample=eval_cfg.get("stability_sample", 1000), seed=eval_cfg["seed"])
+        fig.update(reference_run=reference["run_id"], reference_kind=reference["kind"])
+        files: dict[str, list[dict]] = {}
+        if aligned is not None:
+            method_dir = aligned_method(method)
+            files["aligned"] = [lake.write_parquet(Lake.part_path("embeddings", dataset, method_dir, run_id, i),
+                                                   embeddings_table(node_id_array(node_ids[lo:hi]), aligned[lo:hi]))
+                                .to_dict() for i, (lo, hi) in enumerate(bounds)]
+            rel = f"{Lake.run_dir('metrics', dataset, method, run_id)}/rotation.npy"
+            files["rotation"] = [lake.write_npy(rel, R).to_dict()]
+    fig["seconds"] = round(time.perf_counter() - t0, 3)
+    return {"metrics": fig, "files": files}
+
+
+def aligned_method(method: str) -> str:
+    return method + ALIGNED_SUFFIX
+
+
+def run_dirs(dataset: str, method: str, run_id: str) -> list[str]:
+    """Every folder this stage writes for a run (removed when the run fails before its commit)."""
+    return [Lake.run_dir("metrics", dataset, method, run_id),
+            Lake.run_dir("embeddings", dataset, aligned_method(method), run_id)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the metrics table: one row per figure (long format, easy to stack across runs)
+# ---------------------------------------------------------------------------------------------
+
+METRICS_SCHEMA = pa.schema([("dataset", pa.string()), ("method", pa.string()), ("run_id", pa.string()),
+                            ("task", pa.string()), ("metric", pa.string()), ("key", pa.string()),
+                            ("value", pa.float64()), ("text", pa.string())])
+
+
+def metrics_rows(metrics: dict) -> list[dict]:
+    """Flatten {task: {metric: scalar | {key: scalar}}} into rows (task, metric, key, value, text).
+
+    Numbers (and booleans) go to ``value``, strings to ``text``; lists (e.g. the ratios, which
+    are also the keys) are left out. ``metrics_from_rows`` inverts it."""
+    rows = []
+
+    def emit(task, metric, key, v):
+        if isinstance(v, bool) or isinstance(v, (int, float, np.integer, np.floating)):
+            rows.append({"task": task, "metric": metric, "key": key, "value": float(v), "text": None})
+        elif isinstance(v, str):
+            rows.append({"task": task, "metric": metric, "key": key, "value": None, "text": v})
+
+    for task, figs in metrics.items():
+        if not isinstance(figs, dict):
+            emit(task, "", "", figs)
+            continue
+        for metric, v in figs.items():
+            if isinstance(v, dict):
+                for key, x in v.items():
+                    emit(task, metric, str(key), x)
+            else:
+                emit(task, metric, "", v)
+    return rows
+
+
+def metrics_from_rows(rows) -> dict:
+    """Rows (dicts or a pyarrow table) -> the nested metrics dict (numbers as float)."""
+    if isinstance(rows, pa.Table):
+        rows = rows.to_pylist()
+    out: dict = {}
+    for r in rows:
+        v = r["value"] if r.get("text") is None else r["text"]
+        if r["metric"] == "":
+            out[r["task"]] = v
+            continue
+        t = out.setdefault(r["task"], {})
+        if r["key"] == "":
+            t[r["metric"]] = v
+        else:
+            t.setdefault(r["metric"], {})[r["key"]] = v
+    return out
+
+
+def numeric_view(metrics: dict) -> dict:
+    """What the table keeps of a metrics dict (lists dropped, numbers as float): for comparisons."""
+    return metrics_from_rows(metrics_rows(metrics))
+
+
+def metrics_table(dataset: str, method: str, run_id: str, metrics: dict) -> pa.Table:
+    rows = metrics_rows(metrics)
+    for r in rows:
+        r.update(dataset=dataset, method=method, run_id=run_id)
+    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def metrics_path(dataset: str, method: str, run_id: str) -> str:
+    return f"{Lake.run_dir('metrics', dataset, method, run_id)}/metrics.parquet"
+
+
+def write_report_stage(lake: Lake | str, dataset: str, method: str, run_id: str, metrics: dict,
+                       context: list[dict], compressed: list[dict]) -> dict:
+    """Write the metrics table, the markdown report and the PNG plot of one run.
+
+    ``context``: other runs (dicts with dataset, method, run_id, metrics) shown beside this one;
+    ``compressed``: quality-vs-bytes rows (see workers/report.compressed_rows). Returns
+    {"files": {"metrics": [...], "report": [...]}, "markdown": str, "png": bytes}."""
+    from embedlake import storage
+    from embedlake.workers import report as rp
+    lake = Lake(lake)
+    this = {"dataset": dataset, "method": method, "run_id": run_id, "metrics": metrics}
+    runs = [this] + [c for c in context if (c["method"], c["run_id"]) != (method, run_id)]
+    png = rp.quality_plot(runs, compressed, title=f"{dataset}: quality per method")
+    md = rp.report_markdown(runs, compressed, title=f"{dataset} / {method} run {run_id}")
+    base = Lake.run_dir("metrics", dataset, method, run_id)
+    with storage.using(lake.env):
+        files = {"metrics": [lake.write_parquet(metrics_path(dataset, method, run_id),
+                                                metrics_table(dataset, method, run_id, metrics)).to_dict()],
+                 "report": [lake.write_bytes(f"{base}/report.md", (md + "\n![quality](quality.png)\n").encode())
+                            .to_dict(), lake.write_bytes(f"{base}/quality.png", png).to_dict()]}
+    return {"files": files, "markdown": md, "png": png}

@@ -1,0 +1,334 @@
+"""Evaluation reports: a markdown table and a PNG plot from runs' metrics dicts.
+
+Pure functions (matplotlib's Agg canvas through the object API: no pyplot, no global backend
+state), used in three places: the evaluate task (lake files + Prefect artifacts), the
+`embedlake report` command (any committed runs), and bench/bench_eval.py.
+
+A *run* is a dict {dataset, method, run_id, metrics} with metrics as the embed_graph flow stores
+them in the manifest (node_classification, link_prediction, reconstruction, stability). A
+*compressed row* is a dict {dataset, method, codec, bytes_per_vector, recall_at_10, ...} as
+``compressed_rows`` builds from the compress flow's manifests (method ``<method>.<codec>``).
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+# ---------------------------------------------------------------------------------------------
+# collecting runs from the lake
+# ---------------------------------------------------------------------------------------------
+
+
+def run_dict(man) -> dict:
+    """A committed manifest (Manifest or dict) -> the run dict the renderers take."""
+    d = man if isinstance(man, dict) else man.__dict__
+    extra = d.get("extra") or {}
+    return {"dataset": d["dataset"], "method": d["method"], "run_id": d["run_id"], "metrics": d.get("metrics") or {},
+            "dim": extra.get("dim"), "committed_at": d.get("committed_at", "")}
+
+
+def is_table_manifest(man) -> bool:
+    d = man if isinstance(man, dict) else man.__dict__
+    return (d.get("extra") or {}).get("kind") == "tables"
+
+
+def compressed_rows(manifests) -> list[dict]:
+    """Quality-vs-bytes rows from compressed-table manifests (extra.kind == "tables")."""
+    rows = []
+    for man in manifests:
+        d = man if isinstance(man, dict) else man.__dict__
+        extra, m = d.get("extra") or {}, d.get("metrics") or {}
+        if extra.get("kind") != "tables":
+            continue
+        src = extra.get("source") or {}
+        nc = m.get("node_classification") or {}
+        rows.append({"dataset": d["dataset"], "method": src.get("method", d["method"].split(".")[0]),
+                     "source_run": src.get("run_id"), "run_id": d["run_id"], "codec": extra.get("codec"),
+                     "dim": extra.get("dim"), "bytes_per_vector": extra.get("bytes_per_vector",
+                                                                            m.get("bytes_per_vector")),
+                     "ratio": extra.get("ratio", m.get("ratio")), "recall_at_10": m.get("recall_at_10"),
+                     "recall_at_10_rerank": m.get("recall_at_10_rerank"),
+                     "micro_f1": nc.get("micro_f1"), "micro_f1_change": m.get("micro_f1_change")})
+    return rows
+
+
+def collect(lake, dataset: str | None = None, method: str | None = None, runs: list[str] | None = None,
+            exclude: tuple[str, str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(run dicts, compressed rows) of committed runs: every dataset / method when not named,
+    the latest run of each method unless ``runs`` names them; compressed tables of the selected
+    methods (their latest table per codec). ``exclude`` = (method, run_id) leaves one run out."""
+    from embedlake.lake import Lake
+    lake = Lake(lake)
+    out_runs: list[dict] = []
+    tables: list = []
+    for ds in ([dataset] if dataset else lake.datasets()):
+        for m in ([method] if method else lake.methods(ds)):
+            mans = lake.manifests(ds, m)
+            if method and "." not in m:
+                tables += [ms[-1] for t in lake.methods(ds) if t.startswith(m + ".")
+                           for ms in [lake.manifests(ds, t)] if ms and is_table_manifest(ms[-1])]
+            if not mans:
+                continue
+            if is_table_manifest(mans[-1]):
+                if not method:
+                    tables.append(mans[-1])
+                continue
+            chosen = [x for x in mans if x.run_id in runs] if runs else [mans[-1]]
+            if runs and len(chosen) < len(runs):
+                from embedlake.errors import LakeError
+                missing = sorted(set(runs) - {x.run_id for x in chosen})
+                raise LakeError(f"run(s) {', '.join(missing)} of {ds}/{m} are not committed in {lake.uri}")
+            out_runs += [run_dict(x) for x in chosen if exclude is None or (x.method, x.run_id) != tuple(exclude)]
+    return out_runs, compressed_rows(tables)
+
+
+# ---------------------------------------------------------------------------------------------
+# markdown
+# ---------------------------------------------------------------------------------------------
+
+def _f(v, nd=3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return f"{v:.{nd}f}"
+
+
+def _pct(key: str) -> str:
+    try:
+        return f"{float(key):.0%}"
+    except ValueError:
+        return key
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _label_cols(r: dict) -> list[str]:
+    return [r["dataset"], r["method"], f"`{r['run_id']}`"]
+
+
+def _keys(runs, task, metric) -> list[str]:
+    keys: list[str] = []
+    for r in runs:
+        for k in ((r["metrics"].get(task) or {}).get(metric) or {}):
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def node_classification_md(runs: list[dict]) -> str | None:
+    rs = [r for r in runs if (r["metrics"].get("node_classification") or {}).get("micro_f1")]
+    if not rs:
+        return None
+    ratios = _keys(rs, "node_classification", "micro_f1")
+    header = ["dataset", "method", "run"] + [f"Micro-F1 {_pct(k)}" for k in ratios] + \
+             [f"Macro-F1 {_pct(k)}" for k in ratios]
+    rows = []
+    for r in rs:
+        nc = r["metrics"]["node_classification"]
+        cells = []
+        for what in ("micro_f1", "macro_f1"):
+            for k in ratios:
+                v, s = nc[what].get(k), (nc.get(what + "_std") or {}).get(k)
+                cells.append(_f(v) + (f" ± {s:.3f}" if v is not None and s is not None else ""))
+        rows.append(_label_cols(r) + cells)
+    reps = sorted({int(r["metrics"]["node_classification"].get("repeats", 0)) for r in rs})
+    return (f"**Node classification** (one-vs-rest logistic regression; mean ± std over "
+            f"{'/'.join(map(str, reps))} seeded splits; column = labelled share)\n\n" + _table(header, rows))
+
+
+def best_operator(lp: dict) -> str | None:
+    auc = lp.get("roc_auc") or {}
+    return max(auc, key=lambda k: auc[k]) if auc else None
+
+
+def link_prediction_md(runs: list[dict]) -> str | None:
+    rs = [r for r in runs if (r["metrics"].get("link_prediction") or {}).get("roc_auc")]
+    if not rs:
+        return None
+    ops = _keys(rs, "link_prediction", "roc_auc")
+    hits = sorted({k for r in rs for k in r["metrics"]["link_prediction"] if k.startswith("hits@")},
+                  key=lambda k: int(k.split("@")[1]))
+    header = ["dataset", "method", "run"] + [f"AUC {op}" for op in ops] + ["best", "MRR"] + \
+             [h.replace("hits", "Hits") for h in hits]
+    rows = []
+    for r in rs:
+        lp = r["metrics"]["link_prediction"]
+        b = best_operator(lp)
+        rows.append(_label_cols(r) + [_f(lp["roc_auc"].get(op)) for op in ops] + [b, _f(lp["mrr"].get(b))] +
+                    [_f(lp[h].get(b)) for h in hits])
+    share = {r["metrics"]["link_prediction"].get("test_share") for r in rs} - {None}
+    npos = {r["metrics"]["link_prediction"].get("num_pos") for r in rs} - {None}
+    what = f"{'/'.join(f'{s:.0%}' for s in sorted(share))} of the edges held out before embedding" if share \
+        else "held-out edges"
+    return (f"**Link prediction** (ROC-AUC; {what}, {'/'.join(map(str, sorted(npos)))} positives vs as many "
+            f"sampled non-edges; MRR and Hits@K of the best operator, ranked against all non-edges)\n\n"
+            + _table(header, rows))
+
+
+def reconstruction_md(runs: list[dict]) -> str | None:
+    rs = [r for r in runs if (r["metrics"].get("reconstruction") or {}).get("map")]
+    if not rs:
+        return None
+    hops = _keys(rs, "reconstruction", "map")
+    header = ["dataset", "method", "run"] + [f"mAP {h}-hop" for h in hops] + ["queries"]
+    rows = []
+    for r in rs:
+        rc = r["metrics"]["reconstruction"]
+        base = rc.get("random_baseline") or {}
+        rows.append(_label_cols(r) + [_f(rc["map"].get(h)) + (f" ({base[h]:.3f})" if h in base else "")
+                                      for h in hops] + [str(rc.get("queries", "–"))])
+    return ("**Graph reconstruction** (mAP of the nodes within h hops, ranked by cosine; a random ranking's "
+            "mAP in brackets)\n\n" + _table(header, rows))
+
+
+def stability_md(runs: list[dict]) -> str | None:
+    rs = [r for r in runs if r["metrics"].get("stability")]
+    if not rs:
+        return None
+    header = ["dataset", "method", "run", "aligned to", "shared nodes", "top-10 overlap", "distance before",
+              "distance after"]
+    rows = []
+    for r in rs:
+        s = r["metrics"]["stability"]
+        ov = next((v for k, v in s.items() if k.startswith("neighbourhood_overlap")), None)
+        to = f"`{s.get('reference_run', '?')}` ({s.get('reference_kind', '')})"
+        if s.get("skipped"):
+            to += f": not aligned, {s['skipped']}"
+        rows.append(_label_cols(r) + [to, str(s.get("shared_nodes", "–")), _f(ov), _f(s.get("distance_before")),
+                                      _f(s.get("distance_after"))])
+    return ("**Stability vs the previous run** (orthogonal Procrustes on the shared nodes; distance = "
+            "|X - X_ref|_F / |X_ref|_F; overlap = mean Jaccard of top-10 cosine neighbours)\n\n"
+            + _table(header, rows))
+
+
+def compressed_md(rows: list[dict]) -> str | None:
+    if not rows:
+        return None
+    ks = []
+    for r in rows:
+        for k in (r.get("micro_f1_change") or {}):
+            if k not in ks:
+                ks.append(k)
+    header = ["dataset", "method", "codec", "bytes/vector", "ratio", "recall@10", "recall@10 re-scored"] + \
+             [f"Micro-F1 change {_pct(k)}" for k in ks]
+    body = []
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["method"], -(r.get("bytes_per_vector") or 0))):
+        ch = r.get("micro_f1_change") or {}
+        body.append([r["dataset"], r["method"], str(r.get("codec")), str(r.get("bytes_per_vector", "–")),
+                     _f(r.get("ratio"), 1), _f(r.get("recall_at_10")), _f(r.get("recall_at_10_rerank"))] +
+                    [(f"{ch[k]:+.4f}" if ch.get(k) is not None else "–") for k in ks])
+    return "**Compressed tables** (recall@10 of exact cosine neighbours searched in the table)\n\n" + \
+        _table(header, body)
+
+
+def report_markdown(runs: list[dict], compressed: list[dict] | None = None, title: str | None = None) -> str:
+    """Every section that has figures, one table each; runs are rows."""
+    parts = [f"### {title}"] if title else []
+    for sec in (node_classification_md(runs), link_prediction_md(runs), reconstruction_md(runs),
+                stability_md(runs), compressed_md(compressed or [])):
+        if sec:
+            parts.append(sec)
+    if len(parts) == (1 if title else 0):
+        parts.append("_no evaluation figures in these runs_")
+    return "\n\n".join(parts) + "\n"
+
+
+def with_png(markdown: str, png: bytes, alt: str = "quality") -> str:
+    """The markdown with the plot embedded as a data: URI (what a Prefect markdown artifact shows
+    without the browser having to reach the lake)."""
+    return markdown + f"\n![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+# ---------------------------------------------------------------------------------------------
+
+def quality_figures(run: dict) -> dict[str, float]:
+    """Headline figures of one run, in a fixed order: Micro/Macro-F1 per ratio, best LP AUC, 1-hop mAP."""
+    m, out = run["metrics"], {}
+    nc = m.get("node_classification") or {}
+    for k, v in (nc.get("micro_f1") or {}).items():
+        out[f"Micro-F1 {_pct(k)}"] = v
+    for k, v in (nc.get("macro_f1") or {}).items():
+        out[f"Macro-F1 {_pct(k)}"] = v
+    lp = m.get("link_prediction") or {}
+    b = best_operator(lp)
+    if b:
+        out["LP AUC"] = lp["roc_auc"][b]
+    rc = (m.get("reconstruction") or {}).get("map") or {}
+    for h in sorted(rc, key=lambda h: int(h)):
+        out[f"mAP {h}-hop"] = rc[h]
+    st = m.get("stability") or {}
+    ov = next((v for k, v in st.items() if k.startswith("neighbourhood_overlap")), None)
+    if ov is not None:
+        out["top-10 overlap"] = ov
+    return out
+
+
+def _run_labels(runs: list[dict]) -> list[str]:
+    base = [f"{r['method']}" if len({x['dataset'] for x in runs}) == 1 else f"{r['dataset']}/{r['method']}"
+            for r in runs]
+    return [b if base.count(b) == 1 else f"{b} {r['run_id'][-6:]}" for b, r in zip(base, runs)]
+
+
+def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: str = "quality",
+                 dpi: int = 100) -> bytes:
+    """PNG bytes: grouped bars of each run's headline figures (quality per method) and, when
+    ``compressed`` rows are given, recall@10 against bytes per vector (log scale) per codec."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    compressed = [r for r in (compressed or []) if r.get("bytes_per_vector") and r.get("recall_at_10") is not None]
+    ncols = 1 + bool(compressed)
+    fig = Figure(figsize=(7.5 * ncols, 4.2), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, ncols, 1)
+    figs = [quality_figures(r) for r in runs]
+    names: list[str] = []
+    for f in figs:
+        names += [k for k in f if k not in names]
+    if names:
+        width = 0.8 / max(len(runs), 1)
+        for i, (lab, f) in enumerate(zip(_run_labels(runs), figs)):
+            xs = [j + (i - (len(runs) - 1) / 2) * width for j, k in enumerate(names) if k in f]
+            ax.bar(xs, [f[k] for k in names if k in f], width=width, label=lab)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no figures", ha="center", va="center")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if compressed:
+        bx = fig.add_subplot(1, 2, 2)
+        for meth in sorted({r["method"] for r in compressed}):
+            rs = sorted((r for r in compressed if r["method"] == meth), key=lambda r: r["bytes_per_vector"])
+            xs = [r["bytes_per_vector"] for r in rs]
+            bx.plot(xs, [r["recall_at_10"] for r in rs], "o-", label=f"{meth} recall@10")
+            rr = [(r["bytes_per_vector"], r["recall_at_10_rerank"]) for r in rs if r.get("recall_at_10_rerank")]
+            if rr:
+                bx.plot(*zip(*rr), "s", label=f"{meth} re-scored")
+            for r in rs:
+                bx.annotate(str(r["codec"]), (r["bytes_per_vector"], r["recall_at_10"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+            dims = {r.get("dim") for r in rs} - {None}
+            if dims:
+                full = 4 * max(dims)
+                bx.plot([full], [1.0], "k*", label=f"float32 ({full} B)" if meth == sorted(
+                    {r["method"] for r in compressed})[0] else None)
+        bx.set_xscale("log", base=2)
+        bx.set_xlabel("bytes per vector")
+        bx.set_ylabel("recall@10 vs the full table")
+        bx.set_ylim(0, 1.05)
+        bx.set_title("quality vs bytes per vector", fontsize=10)
+        bx.grid(alpha=0.3)
+        bx.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
