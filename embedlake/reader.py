@@ -49,5 +49,22 @@ def load_matrix(lake: str | Lake, dataset: str, method: str, run: str = "latest"
     vec = table.column("vector").combine_chunks()
     d = vec.type.list_size
     X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
-    ids = table.column("node").to_numpy(zero_copy_only=False)
+    ids = table.column("node" if "node" in table.column_names else "token").to_numpy(zero_copy_only=False)
     return ids, X
+
+
+def load_word_vectors(lake: str | Lake, dataset: str, method: str = "skipgram",
+                      run: str = "latest") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(tokens, counts int64, float32 matrix [V, d]) of a committed corpus run (rows by count, descending)."""
+    table, _ = read_table(lake, dataset, method, run)
+    vec = table.column("vector").combine_chunks()
+    X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, vec.type.list_size).astype(np.float32, copy=False)
+    return table.column("token").to_pylist(), table.column("count").to_numpy(), X
+
+
+def most_similar(lake: str | Lake, dataset: str, method: str = "skipgram", word: str = "", k: int = 10,
+                 run: str = "latest", case_insensitive: bool = False) -> list[tuple[str, float]]:
+    """The k words nearest to `word` (cosine) in a committed corpus run; KeyError if it is not in the vocabulary."""
+    from embedlake.workers.word_eval import most_similar as _most_similar
+    words, _, X = load_word_vectors(lake, dataset, method, run)
+    return _most_similar(words, X, word, k, case_insensitive)

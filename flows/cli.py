@@ -140,7 +140,7 @@ def cmd_config(args) -> int:
 
 # Feature modules add their own subcommands: each has add_parsers(subparsers, add_common_options)
 # and sets `func` on its parsers (func(args) -> exit status).
-SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report"]
+SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report", "embedlake.flows.embed_corpus"]
 
 
 def _user_error(exc: BaseException):

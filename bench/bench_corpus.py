@@ -1,0 +1,224 @@
+"""Corpus embeddings vs gensim, side by side in one run, on the same tokenised sentences.
+
+    .venv/bin/python bench/bench_corpus.py [--corpus ../shared/corpora/brown/brown.txt] [--epochs 5]
+        [--threads 2] [--scale 10 --files 20] [--skip-gensim] [--skip-scale]
+
+Part 1 (training, Brown): our tokeniser + vocabulary, then the numba skip-gram kernel and gensim
+(peers venv, subprocess, same sentences written as space-joined lines, same hyper-parameters: sg=1,
+negative sampling, d=100, window 5, 5 negatives, 5 epochs, min_count 5, sample 1e-3, 2 threads).
+tokens/s = in-vocabulary tokens x epochs / training seconds (vocabulary building excluded for both).
+Both tables are evaluated by the same code (workers/word_eval.py: WordSim353 / SimLex-999 Spearman
+rho, analogy accuracy, OOV shares); gensim's own evaluate_word_pairs figure is printed as a check.
+
+Part 2 (scale): the corpus copied `scale` times into `files` files; the vocabulary build (count +
+merge + encode) timed serially in-process and fanned out on Ray (2 CPUs); one training epoch
+timed at 1x and `scale`x to show linear growth. Prints one JSON object at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PYTHON", "/work/peers-venv/bin/python")
+
+GENSIM_SCRIPT = r"""
+import json, sys, time, numpy as np
+from gensim.models import Word2Vec
+path, out, dim, window, neg, epochs, threads, min_count, sample, seed = sys.argv[1:11]
+sents = [l.split() for l in open(path, encoding="utf-8")]
+m = Word2Vec(vector_size=int(dim), window=int(window), sg=1, hs=0, negative=int(neg), min_count=int(min_count),
+             sample=float(sample), workers=int(threads), seed=int(seed), epochs=int(epochs))
+t0 = time.perf_counter(); m.build_vocab(sents); vocab_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+m.train(sents, total_examples=m.corpus_count, epochs=m.epochs)
+train_s = time.perf_counter() - t0
+np.save(out + ".npy", m.wv.vectors.astype(np.float32))
+with open(out + ".words", "w", encoding="utf-8") as f:
+    f.write("\n".join(m.wv.index_to_key))
+own = m.wv.evaluate_word_pairs(sys.argv[11]) if len(sys.argv) > 11 else None
+in_vocab = int(sum(m.wv.get_vecattr(w, "count") for w in m.wv.index_to_key))
+print(json.dumps({"vocab": len(m.wv), "vocab_s": vocab_s, "train_s": train_s, "in_vocab_tokens": in_vocab,
+                  "tokens_per_s": in_vocab * int(epochs) / train_s,
+                  "own_wordsim_spearman": None if own is None else float(own[1][0]),
+                  "own_wordsim_oov_pct": None if own is None else float(own[2])}))
+"""
+
+
+def run_gensim(sent_path: str, args, tmp: str) -> dict:
+    script = os.path.join(tmp, "gensim_peer.py")
+    Path(script).write_text(GENSIM_SCRIPT)
+    out = os.path.join(tmp, "gensim")
+    ws = str(SHARED / "corpora" / "benchmarks" / "wordsim353.tsv")
+    cmd = [PEERS_PY, script, sent_path, out, str(args.dim), str(args.window), str(args.negatives), str(args.epochs),
+           str(args.threads), str(args.min_count), str(args.sample), "0", ws]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"gensim failed: {r.stderr[-2000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.perf_counter() - t0
+    words = Path(out + ".words").read_text(encoding="utf-8").split("\n")
+    return res, words, np.load(out + ".npy")
+
+
+def summarise_eval(m: dict) -> dict:
+    out = {}
+    for k in ("wordsim353", "simlex999"):
+        if k in m:
+            out[k] = {"rho": round(m[k]["spearman"], 4), "oov": round(m[k]["oov_share"], 4)}
+    if "analogy" in m:
+        out["analogy"] = {"acc": round(m["analogy"]["accuracy"], 4), "oov": round(m["analogy"]["oov_share"], 4)}
+    return out
+
+
+def part_train(args, tmp: str) -> dict:
+    from embedlake.workers.corpus import TextSpec, tokenise_corpus
+    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.word_eval import evaluate_words
+    import polars as pl
+    from embedlake.workers.corpus import tokenise_lines
+
+    spec = TextSpec(lowercase=args.lowercase)
+    t0 = time.perf_counter()
+    words, counts, tokens, offsets, st = tokenise_corpus(args.corpus, spec, args.min_count)
+    vocab_s = time.perf_counter() - t0
+    # the same tokenised sentences for gensim (raw tokens, before the vocabulary filter)
+    lines = pl.Series("l", Path(args.corpus).read_text(encoding="utf-8").rstrip("\n").split("\n"))
+    flat, lens = tokenise_lines(lines, spec)
+    sent_path = os.path.join(tmp, "sentences.txt")
+    flat_l = flat.to_list()
+    with open(sent_path, "w", encoding="utf-8") as f:
+        pos = 0
+        for n in lens:
+            if n:
+                f.write(" ".join(flat_l[pos:pos + n]) + "\n")
+            pos += n
+    res = {"corpus": args.corpus, "sentences": int(len(offsets) - 1), "raw_tokens": st["raw_tokens"],
+           "vocab": len(words), "in_vocab_tokens": int(len(tokens)), "threads": args.threads,
+           "params": {"dim": args.dim, "window": args.window, "negatives": args.negatives, "epochs": args.epochs,
+                      "min_count": args.min_count, "sample": args.sample, "lowercase": args.lowercase}}
+    ours_first = {}
+    order = ["ours", "gensim"] if not args.skip_gensim else ["ours"]
+    for who in order:
+        if who == "ours":
+            W, _, s = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
+                                 negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=0,
+                                 threads=args.threads)
+            ev = evaluate_words(words, W, counts=counts)
+            ours_first = {"vocab_s": round(vocab_s, 3), "train_s": round(s["seconds"], 3),
+                          "tokens_per_s": round(len(tokens) * args.epochs / s["seconds"]),
+                          "loss": [round(s["loss_first"], 4), round(s["loss_last"], 4)], **summarise_eval(ev)}
+            res["ours"] = ours_first
+        else:
+            g, gw, gX = run_gensim(sent_path, args, tmp)
+            ev = evaluate_words(gw, gX)
+            res["gensim"] = {"vocab_s": round(g["vocab_s"], 3), "train_s": round(g["train_s"], 3),
+                             "tokens_per_s": round(g["tokens_per_s"]), "vocab": g["vocab"],
+                             "own_wordsim_spearman": g["own_wordsim_spearman"],
+                             "own_wordsim_oov_pct": g["own_wordsim_oov_pct"], **summarise_eval(ev)}
+        print(json.dumps({who: res[who]}), flush=True)
+    if "gensim" in res:
+        res["ratio_tokens_per_s"] = round(res["ours"]["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
+        res["delta_wordsim_rho"] = round(res["ours"]["wordsim353"]["rho"] - res["gensim"]["wordsim353"]["rho"], 4)
+    return res
+
+
+def part_scale(args, tmp: str) -> dict:
+    """scale x corpus over `files` files: vocabulary build serial vs Ray, training time 1x vs scale x."""
+    from embedlake.workers.corpus import (TextSpec, concat_sentences, count_shard, encode_shard, merge_vocab,
+                                          plan_shards, tokenise_corpus)
+    from embedlake.workers.skipgram import train_sgns
+    text = Path(args.corpus).read_bytes()
+    lines = text.rstrip(b"\n").split(b"\n")
+    per_file = -(-len(lines) * args.scale // args.files)
+    folder = os.path.join(tmp, "scaled")
+    os.makedirs(folder)
+    allines = lines * args.scale
+    for k in range(args.files):
+        Path(folder, f"part-{k:03d}.txt").write_bytes(b"\n".join(allines[k * per_file:(k + 1) * per_file]) + b"\n")
+    spec = TextSpec(lowercase=args.lowercase)
+    out = {"scale": args.scale, "files": args.files}
+    t0 = time.perf_counter()
+    w1, c1, tok1, off1, _ = tokenise_corpus(folder, spec, args.min_count)
+    out["vocab_serial_s"] = round(time.perf_counter() - t0, 3)
+
+    import ray
+
+    from embedlake.tasks.runtime import ensure_ray
+    ensure_ray(num_cpus=args.threads)
+    shards = plan_shards(folder)
+    t0 = time.perf_counter()
+    count = ray.remote(count_shard).options(num_returns=4)
+    refs = [count.remote(s, spec) for s in shards]
+    merged = ray.get(ray.remote(_merge_remote).remote(args.min_count, *[r[1] for r in refs]))
+    words, counts, remaps = merged
+    enc = ray.remote(encode_shard).options(num_returns=2)
+    parts = [enc.remote(remaps[i], refs[i][2], refs[i][3]) for i in range(len(shards))]
+    parts = [(ray.get(a), ray.get(b)) for a, b in parts]
+    tokens, offsets = concat_sentences(parts)
+    out["vocab_ray_s"] = round(time.perf_counter() - t0, 3)
+    out["vocab_speedup"] = round(out["vocab_serial_s"] / out["vocab_ray_s"], 3)
+    out["identical"] = bool(words == w1 and np.array_equal(tokens, tok1) and np.array_equal(offsets, off1))
+    ray.shutdown()
+
+    # training time, one epoch: 1x (first 1/scale of the sentences) vs the whole scaled corpus
+    S = len(offsets) - 1
+    times = {}
+    for frac in (1, args.scale):
+        hi = S * frac // args.scale
+        t, o = tokens[:offsets[hi]], offsets[:hi + 1]
+        _, _, s = train_sgns(t, o, len(words), counts=counts, dim=args.dim, window=args.window,
+                             negatives=args.negatives, epochs=1, sample=args.sample, seed=0, threads=args.threads)
+        times[f"{frac}x"] = {"tokens": int(len(t)), "train_s": round(s["seconds"], 3),
+                             "tokens_per_s": round(len(t) / s["seconds"])}
+    out["train_1_epoch"] = times
+    out["train_time_ratio"] = round(times[f"{args.scale}x"]["train_s"] / times["1x"]["train_s"], 3)
+    return out
+
+
+def _merge_remote(min_count, *vocabs):
+    from embedlake.workers.corpus import merge_vocab
+    w, c, remaps, _ = merge_vocab(list(vocabs), min_count)
+    return w, c, remaps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", default=str(SHARED / "corpora" / "brown" / "brown.txt"))
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--negatives", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--min-count", type=int, default=5)
+    ap.add_argument("--sample", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lowercase", action="store_true")
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--skip-gensim", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true")
+    args = ap.parse_args()
+    from embedlake.tasks.runtime import configure_env
+    configure_env()
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_train:
+            res["train"] = part_train(args, tmp)
+        if not args.skip_scale:
+            res["scale"] = part_scale(args, tmp)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

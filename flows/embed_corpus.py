@@ -1,0 +1,187 @@
+"""The `embed_corpus` flow and `embedlake embed-corpus`: text -> vocabulary -> token-id shards ->
+skip-gram -> rows (token, count, vector) -> word-similarity / analogy evaluation -> commit.
+
+Same commit protocol as embed_graph: data files first (token-id shards, vocabulary, embeddings),
+the manifest last with put-if-absent; on any error the run's data files are removed and nothing
+is committed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from prefect import flow
+
+from embedlake.config import CorpusPipelineConfig
+from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.tasks import corpus as ct
+from embedlake.tasks import graph as gt
+from embedlake.tasks.runtime import ensure_ray
+from embedlake.workers.corpus import TextSpec
+
+
+def dataset_name(cfg: CorpusPipelineConfig) -> str:
+    """Configured, else from the input: …/brown/brown.txt -> brown, a folder or glob -> its folder."""
+    if cfg.lake.dataset:
+        return check_name(cfg.lake.dataset, "dataset")
+    path = (cfg.input.path or "corpus").rstrip("/")
+    base = os.path.basename(path)
+    stem = base.split(".")[0]
+    if any(ch in base for ch in "*?[") or not stem or stem in ("corpus", "text", "part", "data"):
+        stem = os.path.basename(os.path.dirname(path)) or "corpus"
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in stem).strip("._-") or "corpus"
+    return check_name(name, "dataset")
+
+
+@flow(name="embed_corpus", validate_parameters=True)
+def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
+    """Embed the words of a text corpus and publish them to the lake. Returns the run summary."""
+    cfg = config or CorpusPipelineConfig()
+    t_start = time.perf_counter()
+    dataset = dataset_name(cfg)
+    method = cfg.method
+    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
+    lake = Lake(cfg.lake.uri)
+    sw = gt.Stopwatch()
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    retries = cfg.ray.max_retries
+    spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    try:
+        shards = sw.run("plan", ct.plan, cfg.input.model_dump())
+        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), retries)
+        sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
+        emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries)
+        files = {"tokens": sentences.files}
+        files["embeddings"] = sw.run("publish", ct.publish, lake, dataset, method, run_id, vocab, emb_ref,
+                                     cfg.partitions, retries)
+        metrics = sw.run("evaluate", ct.evaluate, vocab, emb_ref, cfg.eval.model_dump())
+        corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
+                  "long_lines_policy": cfg.text.long_lines}
+        manifest = dict(dataset=dataset, method=method, run_id=run_id, files=files,
+                        config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
+                        extra={"dim": cfg.train.dim, "rows": vocab.size, "corpus": corpus, "train": info,
+                               "id_column": "token"})
+        manifest_url = sw.run("commit", gt.commit, lake, manifest)
+    except BaseException:
+        _remove_run_files(lake, dataset, method, run_id)
+        raise
+    return {
+        "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
+        "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
+        "tokens": lake.url(Lake.run_dir("tokens", dataset, method, run_id)),
+        "manifest": manifest_url, "corpus": corpus, "train": info, "stages": sw.stages, "metrics": metrics,
+        "rows": vocab.size, "dim": cfg.train.dim, "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> None:
+    """A failed run leaves nothing behind (unless it was already committed)."""
+    try:
+        if not lake.is_committed(dataset, method, run_id):
+            for kind in ("embeddings", "tokens"):
+                lake.delete(Lake.run_dir(kind, dataset, method, run_id), recursive=True)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+        pass
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("embed-corpus", help="Embed the words of a text corpus (skip-gram) and publish them.",
+                       description="Tokenise a text corpus (one sentence or document per line; plain, .gz, .zst "
+                       "or Parquet with a text column; a file, folder or glob, local or s3://), count the "
+                       "vocabulary in parallel, train skip-gram word vectors, evaluate them on WordSim353 / "
+                       "SimLex-999 / analogies when the benchmark files are found, and commit rows "
+                       "(token, count, vector) to the lake.")
+    p.add_argument("--input", required=True, metavar="PATH_OR_URL", help="Corpus: file, folder, glob or s3:// URL.")
+    p.add_argument("--text-column", default=None, help="Parquet input: the text column (default: text).")
+    p.add_argument("--dataset", default=None, help="Dataset name in the lake (default: from the input's name).")
+    p.add_argument("--run-id", default=None, help="Run id (default: generated, time-ordered).")
+    p.add_argument("--engine", default=None, choices=["numba", "torch"], help="Training engine (default: numba).")
+    common(p)
+    p.set_defaults(func=cmd_embed_corpus)
+    q = sub.add_parser("most-similar", help="Nearest words of a committed corpus run (cosine).")
+    q.add_argument("word")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--method", default="skipgram")
+    q.add_argument("--run", default="latest")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--lake", default="./lake")
+    q.set_defaults(func=cmd_most_similar)
+
+
+def corpus_config(args) -> CorpusPipelineConfig:
+    from embedlake.config import load_config
+    ov = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "lake", None):
+        ov.append(f"lake.uri={json.dumps(args.lake)}")
+    for flag, key in (("input", "input.path"), ("text_column", "input.text_column"), ("dataset", "lake.dataset"),
+                      ("run_id", "lake.run_id"), ("ray_address", "ray.address"), ("engine", "train.engine")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            ov.append(f"{key}={json.dumps(v)}")
+    return load_config(getattr(args, "config", None), ov, model=CorpusPipelineConfig)
+
+
+def cmd_embed_corpus(args) -> int:
+    summary = embed_corpus(corpus_config(args))
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def cmd_most_similar(args) -> int:
+    from embedlake.reader import most_similar
+    try:
+        rows = most_similar(args.lake, args.dataset, args.method, args.word, k=args.k, run=args.run)
+    except KeyError as e:
+        from embedlake.errors import InputError
+        raise InputError(str(e).strip("\"'")) from None
+    for w, s in rows:
+        print(f"{s:8.4f}  {w}")
+    return 0
+
+
+def print_summary(s: dict, out=sys.stdout) -> None:
+    w = out.write
+    c = s["corpus"]
+    w(f"\nembedlake run {s['run_id']}  dataset={s['dataset']}  method={s['method']}  "
+      f"vocabulary={s['rows']:,}  dim={s['dim']}\n")
+    w(f"corpus: {c['raw_tokens']:,} tokens, {c['lines']:,} lines ({c['empty_lines']:,} empty skipped), "
+      f"{c['shards']} shard(s), {c['empty_files']} empty file(s)\n")
+    w(f"        {c['unique_words']:,} distinct words, {c['vocab']:,} with count >= {c['min_count']} "
+      f"({c['kept_token_share']:.1%} of tokens); {c['long_lines']:,} lines over {c['max_sentence_tokens']:,} "
+      f"tokens split (+{c['extra_sentences']:,} sentences)")
+    if c.get("replaced_invalid_utf8"):
+        w(f"; {c['replaced_invalid_utf8']:,} invalid UTF-8 sequences replaced")
+    w("\n")
+    t = s.get("train", {})
+    if t:
+        w(f"train:  {t.get('tokens', 0):,} tokens at {t.get('tokens_per_s', 0):,.0f} tokens/s ({t.get('engine')})\n")
+    w(f"{'stage':<12}{'wall':>10}\n")
+    for k, v in s["stages"].items():
+        w(f"{k:<12}{v['wall_s']:>9.2f}s\n")
+    w(f"{'total':<12}{s['wall_s']:>9.2f}s\n")
+    m = s.get("metrics") or {}
+    if m:
+        w("quality:\n")
+        for k, name in (("wordsim353", "WordSim353"), ("simlex999", "SimLex-999")):
+            if k in m:
+                w(f"  {name:<11} Spearman rho {m[k]['spearman']:.3f}  ({m[k]['evaluated']}/{m[k]['pairs']} pairs, "
+                  f"OOV {m[k]['oov_share']:.1%})\n")
+        if "analogy" in m:
+            a = m["analogy"]
+            w(f"  analogies   accuracy {a['accuracy']:.1%}  ({a['evaluated']:,}/{a['questions']:,} questions, "
+              f"OOV {a['oov_share']:.1%})\n")
+    w("outputs:\n")
+    w(f"  embeddings  {s['embeddings']}\n")
+    w(f"  tokens      {s['tokens']}\n")
+    w(f"  manifest    {s['manifest']}\n")
+    w("read it:\n")
+    w(f"  python -c \"import embedlake.reader as r; print(r.most_similar('{s['lake']}', '{s['dataset']}', "
+      f"'{s['method']}', 'money'))\"\n")
+    w(f"  polars:  pl.scan_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=True).collect()\n")

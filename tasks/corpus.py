@@ -1,0 +1,138 @@
+"""Prefect tasks of the corpus pipeline. Each fans its work out to Ray and returns ObjectRefs or small
+dicts: the shard token arrays, the vocabulary and the trained table stay in the object store."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.progress import Progress
+from embedlake.tasks.runtime import max_node_cpus
+from embedlake.workers import corpus as cs
+
+
+@dataclass
+class Vocabulary:
+    """What later stages need: small stats + ObjectRefs to the words, counts and per-shard arrays."""
+    stats: dict
+    words_ref: object              # ray.ObjectRef -> list[str] (row i = token id i)
+    counts_ref: object             # ray.ObjectRef -> int64[V]
+    remap_refs: list               # per shard: local id -> global id
+    ids_refs: list                 # per shard: local ids of its tokens
+    lens_refs: list                # per shard: sentence lengths
+
+    @property
+    def size(self) -> int:
+        return int(self.stats["vocab"])
+
+
+@dataclass
+class Sentences:
+    files: list[dict]
+    token_refs: list
+    offset_refs: list
+    info: dict = field(default_factory=dict)
+
+
+def _remote(fn, **options):
+    import ray
+    return ray.remote(fn).options(**options)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan(input_cfg: dict) -> list[dict]:
+    """Input files -> shards (byte ranges of whole lines, compressed files, Parquet row groups)."""
+    shards = _remote(cs.plan_stage, num_cpus=1).remote(input_cfg)
+    import ray
+    out = ray.get(shards)
+    stage_logger().info(f"plan: {len(out)} shard(s) from {len({s['path'] for s in out})} file(s)")
+    return out
+
+
+@task(name="vocabulary", cache_policy=NO_CACHE)
+def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, max_retries: int = 3) -> Vocabulary:
+    """Tokenise and count every shard in parallel, then merge the counts in one task."""
+    import ray
+    log = stage_logger()
+    fn = _remote(cs.count_stage, num_cpus=1, num_returns=4, max_retries=max_retries)
+    refs = [fn.remote(s, spec) for s in shards]
+    stats = gather([r[0] for r in refs], "count (shards)", unit_of=lambda st: float(st["raw_tokens"]),
+                   unit="tokens")
+    n = len(shards)
+    merge = _remote(cs.merge_stage, num_cpus=1, num_returns=3 + n, max_retries=max_retries)
+    out = merge.remote(vocab_cfg["min_count"], vocab_cfg.get("max_vocab"), stats, *[r[1] for r in refs])
+    summary = ray.get(out[0])
+    log.info(f"vocabulary: {summary['raw_tokens']:,} tokens in {summary['sentences']:,} sentences, "
+             f"{summary['unique_words']:,} distinct words, {summary['vocab']:,} kept "
+             f"(min_count {vocab_cfg['min_count']}: {summary['kept_token_share']:.1%} of tokens); "
+             f"{summary['empty_lines']:,} empty lines skipped, {summary['long_lines']:,} long lines split "
+             f"into +{summary['extra_sentences']:,} sentences, {summary['empty_files']} empty file(s)")
+    return Vocabulary(summary, out[1], out[2], list(out[3:]), [r[2] for r in refs], [r[3] for r in refs])
+
+
+@task(name="encode", cache_policy=NO_CACHE)
+def encode(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, max_retries: int = 3) -> Sentences:
+    """Token-id shards (global ids, dropped words removed) written to the lake, kept in the object store."""
+    import ray
+    fn = _remote(cs.encode_stage, num_cpus=1, num_returns=3, max_retries=max_retries)
+    refs = [fn.remote(lake, dataset, method, run_id, k, vocab.remap_refs[k], vocab.ids_refs[k], vocab.lens_refs[k])
+            for k in range(len(vocab.remap_refs))]
+    files = gather([r[0] for r in refs], "encode (shards)")
+    vocab_file = ray.get(_remote(cs.write_vocab_stage, num_cpus=1, max_retries=max_retries).remote(
+        lake, dataset, method, run_id, vocab.words_ref, vocab.counts_ref))
+    sentences = sum(f["rows"] for f in files)
+    return Sentences(files + [vocab_file], [r[1] for r in refs], [r[2] for r in refs],
+                     {"train_sentences": sentences})
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3):
+    """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats)."""
+    import ray
+    log = stage_logger()
+    cpus = max_node_cpus()
+    cfg = dict(train_cfg)
+    cfg["threads"] = cfg.get("threads") or cpus
+    progress = Progress("train", "tokens")
+    cfg["progress"] = progress.reporter("train")
+    fn = _remote(cs.train_stage, num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
+    emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, cfg, *parts)
+    try:
+        progress.wait([stats_ref])
+    finally:
+        progress.close()
+    stats = ray.get(stats_ref)
+    log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
+             f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
+    return emb_ref, {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, emb_ref, partitions: int,
+            max_retries: int = 3) -> list[dict]:
+    """Rows token, count, vector in `partitions` files (data files only; the manifest comes last)."""
+    from embedlake.workers.stages import partition_bounds
+    fn = _remote(cs.write_words_part, num_cpus=1, max_retries=max_retries)
+    refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, vocab.words_ref, vocab.counts_ref, emb_ref)
+            for i, (lo, hi) in enumerate(partition_bounds(vocab.size, partitions))]
+    return gather(refs, "publish (partitions)")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: dict) -> dict:
+    """WordSim353 / SimLex-999 Spearman rho, analogy accuracy, each with its OOV share."""
+    import ray
+    log = stage_logger()
+    m = ray.get(_remote(cs.evaluate_stage, num_cpus=1).remote(vocab.words_ref, vocab.counts_ref, emb_ref, eval_cfg))
+    if not m:
+        log.info("evaluate: no word benchmarks found (eval.benchmarks), skipped")
+        return {}
+    parts = [f"{k} rho {m[k]['spearman']:.3f} (OOV {m[k]['oov_share']:.0%})" for k in ("wordsim353", "simlex999")
+             if k in m]
+    if "analogy" in m:
+        parts.append(f"analogy {m['analogy']['accuracy']:.1%} (OOV {m['analogy']['oov_share']:.0%})")
+    log.info("evaluate: " + ", ".join(parts))
+    return m
