@@ -163,6 +163,9 @@ class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address (also RAY_ADDRESS); None = start Ray locally.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
     max_retries: int = Field(3, ge=0, description="Ray task retries on worker failure.")
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-stage Ray options, e.g. "
+                                              "{train: {num_gpus: 1, num_cpus: 8}}; keys: num_cpus, num_gpus, "
+                                              "memory, resources, max_retries, accelerator_type.")
 
 
 class LakeConfig(Section):

@@ -16,6 +16,7 @@ from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
+from embedlake.tasks.remote import set_stage_options
 from embedlake.tasks.runtime import ensure_ray
 from embedlake.workers.stages import partition_bounds
 
@@ -46,6 +47,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     lake = Lake(cfg.lake.uri)
     sw = gt.Stopwatch()
     sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    set_stage_options(cfg.ray.stages)
     retries = cfg.ray.max_retries
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),

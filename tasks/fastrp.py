@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.remote import remote
 from embedlake.workers import fastrp as frp
 from embedlake.workers import fastrp_stages as fs
 
@@ -19,13 +20,13 @@ def fastrp(graph, fastrp_cfg: dict, bounds: list[tuple[int, int]], max_retries: 
     if not cfg["weights"]:
         raise ValueError("fastrp.weights must name at least one iteration")
     opts = dict(num_cpus=1, max_retries=max_retries)
-    deg_ref = ray.remote(fs.degrees).options(**opts).remote(graph.csr_ref)
-    R_ref = ray.remote(fs.projection).options(**opts).remote(graph.csr_ref, deg_ref, cfg)
-    first = ray.remote(fs.first_step).options(num_returns=2, **opts)
-    step = ray.remote(fs.next_step).options(num_returns=2, **opts)
+    deg_ref = remote(fs.degrees, "fastrp", **opts).remote(graph.csr_ref)
+    R_ref = remote(fs.projection, "fastrp", **opts).remote(graph.csr_ref, deg_ref, cfg)
+    first = remote(fs.first_step, "fastrp", num_returns=2, **opts)
+    step = remote(fs.next_step, "fastrp", num_returns=2, **opts)
     pairs = [first.remote(graph.csr_ref, deg_ref, R_ref, lo, hi, cfg) for lo, hi in bounds]
     U_refs, out_refs = [p[0] for p in pairs], [p[1] for p in pairs]
-    join = ray.remote(fs.join_rows).options(**opts)
+    join = remote(fs.join_rows, "fastrp", **opts)
     for k, w in enumerate(cfg["weights"][1:], start=2):
         U_prev = U_refs[0] if len(U_refs) == 1 else join.remote(*U_refs)
         pairs = [step.remote(graph.csr_ref, deg_ref, lo, hi, w, cfg, out_refs[i], U_prev)
@@ -35,8 +36,8 @@ def fastrp(graph, fastrp_cfg: dict, bounds: list[tuple[int, int]], max_retries: 
     del U_refs
     mean = std = None
     if cfg["standardize"]:
-        parts = gather([ray.remote(fs.moments).options(**opts).remote(o) for o in out_refs], "fastrp moments")
+        parts = gather([remote(fs.moments, "fastrp", **opts).remote(o) for o in out_refs], "fastrp moments")
         mean, std = frp.finalize_moments(frp.merge_moments(parts))
-    emb_ref = ray.remote(fs.standardize_and_join).options(**opts).remote(mean, std, cfg["standardize"], *out_refs)
+    emb_ref = remote(fs.standardize_and_join, "fastrp", **opts).remote(mean, std, cfg["standardize"], *out_refs)
     ray.wait([emb_ref], num_returns=1, fetch_local=False)
     return emb_ref, {"iterations": len(cfg["weights"]), "partitions": len(bounds), "dim": cfg["dim"]}

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.progress import Progress
+from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.workers import stages
 
@@ -33,17 +34,12 @@ class StageResult:
     info: dict = field(default_factory=dict)
 
 
-def _remote(fn, **options):
-    import ray
-    return ray.remote(fn).options(**options)
-
-
 @task(name="ingest", cache_policy=NO_CACHE, retries=0)
 def ingest(lake, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries: int = 3) -> GraphHandle:
     """Edge list -> CSR in the lake (skipped when the same input was ingested before)."""
     import ray
     log = stage_logger()
-    meta_ref, csr_ref, ids_ref, labels_ref = _remote(stages.ingest_stage, num_returns=4, num_cpus=1,
+    meta_ref, csr_ref, ids_ref, labels_ref = remote(stages.ingest_stage, "ingest", num_returns=4, num_cpus=1,
                                                      max_retries=max_retries).remote(
         lake, dataset, input_cfg, synthetic_cfg)
     meta = ray.get(meta_ref)
@@ -57,7 +53,7 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
          max_retries: int = 3) -> list:
     """One Ray task per partition of start nodes; the CSR is shared once through the object store."""
     mode = "node2vec" if method == "node2vec" else "deepwalk"
-    fn = _remote(stages.walk_stage, num_cpus=1, max_retries=max_retries)
+    fn = remote(stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
                       walk_cfg["p"], walk_cfg["q"], mode, 1) for lo, hi in bounds]
     import numpy as np
@@ -72,10 +68,10 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
     """Skip-gram on all walks in one multi-threaded Ray task (partitioned training: issue 4)."""
     import ray
     log = stage_logger()
-    cpus = max_node_cpus()
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     cfg = dict(train_cfg)
     cfg["threads"] = cfg.get("threads") or cpus
-    fn = _remote(stages.train_stage, num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    fn = remote(stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     progress = Progress("train", "tokens")
     cfg["progress"] = progress.reporter("train")
     emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], cfg, *walk_refs)
@@ -91,7 +87,7 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
 def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, emb_ref,
             bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
     """Write the embedding partitions (data files only; the manifest is committed last)."""
-    fn = _remote(stages.write_embedding_part, num_cpus=1, max_retries=max_retries)
+    fn = remote(stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, graph.node_ids_ref, emb_ref)
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "publish (partitions)")
@@ -101,7 +97,7 @@ def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, em
 def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, walk_refs: list,
                 walks_per_node: int, bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
     """Walks as Parquet (start, k, walk as a list of original ids), one file per partition."""
-    fn = _remote(stages.write_walks_part, num_cpus=1, max_retries=max_retries)
+    fn = remote(stages.write_walks_part, "publish", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "write walks (partitions)")
@@ -113,7 +109,7 @@ def evaluate(graph: GraphHandle, emb_ref, eval_cfg: dict) -> dict:
     if not graph.meta.get("labelled"):
         stage_logger().info("evaluate: no labels given, node classification skipped")
         return {}
-    metrics = ray.get(_remote(stages.evaluate_stage, num_cpus=1).remote(emb_ref, graph.labels_ref, eval_cfg))
+    metrics = ray.get(remote(stages.evaluate_stage, "evaluate", num_cpus=1).remote(emb_ref, graph.labels_ref, eval_cfg))
     nc = metrics.get("node_classification", {})
     if nc:
         stage_logger().info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())

@@ -41,3 +41,13 @@ def test_bad_yaml_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_stage_options_validated_and_applied():
+    from embedlake.tasks.remote import set_stage_options, stage_options
+    cfg = load_config(None, ["ray.stages={train: {num_gpus: 1, num_cpus: 8}}"])
+    set_stage_options(cfg.ray.stages)
+    assert stage_options("train") == {"num_gpus": 1, "num_cpus": 8} and stage_options("walk") == {}
+    with pytest.raises(ValueError, match="ray.stages.walk: unknown option"):
+        set_stage_options({"walk": {"gpus": 1}})
+    set_stage_options({})

@@ -1,0 +1,30 @@
+"""The one place where a workers/ function becomes Ray work, with per-stage resources.
+
+`ray.stages` in the config (e.g. `-p 'ray.stages={train: {num_gpus: 1, num_cpus: 8}}'`) overrides
+the options a stage asks for, so users put GPU stages on GPU nodes without touching code.
+"""
+from __future__ import annotations
+
+_STAGE_OPTIONS: dict[str, dict] = {}
+ALLOWED = {"num_cpus", "num_gpus", "memory", "resources", "max_retries", "accelerator_type"}
+
+
+def set_stage_options(stages: dict[str, dict] | None) -> None:
+    """Called by a flow after resolving its config (driver process)."""
+    _STAGE_OPTIONS.clear()
+    for stage, opts in (stages or {}).items():
+        bad = set(opts) - ALLOWED
+        if bad:
+            raise ValueError(f"ray.stages.{stage}: unknown option(s) {sorted(bad)}; allowed: {sorted(ALLOWED)}")
+        _STAGE_OPTIONS[stage] = dict(opts)
+
+
+def stage_options(stage: str | None) -> dict:
+    return dict(_STAGE_OPTIONS.get(stage, {})) if stage else {}
+
+
+def remote(fn, stage: str | None = None, **options):
+    """ray.remote(fn) with the stage's defaults, then the user's per-stage overrides."""
+    import ray
+    options.update(stage_options(stage))
+    return ray.remote(fn).options(**options)
