@@ -47,8 +47,8 @@ def cmd_report(args) -> int:
         raise LakeError("name the method before run ids")
     md, found, compressed = render(args.lake, args.dataset, args.method, args.runs, args.png)
     if not found and not compressed:
-        raise LakeError(f"no committed runs{' of ' + '/'.join(filter(None, (args.dataset, args.method))) if args.dataset else ''}"
-                        f" in {args.lake}")
+        what = " of " + "/".join(filter(None, (args.dataset, args.method))) if args.dataset else ""
+        raise LakeError(f"no committed runs{what} in {args.lake}")
     if args.json:
         print(json.dumps({"runs": found, "compressed": compressed}, default=str))
     else:

@@ -73,12 +73,15 @@ def collect(lake, dataset: str | None = None, method: str | None = None, runs: l
                 if not method:
                     tables.append(mans[-1])
                 continue
+            if not runs:                     # walk-only runs (method <m>-walks) have no table to evaluate
+                mans = [x for x in mans if x.files.get("embeddings")] or mans
             chosen = [x for x in mans if x.run_id in runs] if runs else [mans[-1]]
             if runs and len(chosen) < len(runs):
                 from embedlake.errors import LakeError
                 missing = sorted(set(runs) - {x.run_id for x in chosen})
                 raise LakeError(f"run(s) {', '.join(missing)} of {ds}/{m} are not committed in {lake.uri}")
-            out_runs += [run_dict(x) for x in chosen if exclude is None or (x.method, x.run_id) != tuple(exclude)]
+            out_runs += [run_dict(x) for x in chosen if (exclude is None or (x.method, x.run_id) != tuple(exclude))
+                         and (runs or x.files.get("embeddings"))]
     return out_runs, compressed_rows(tables)
 
 
@@ -287,6 +290,7 @@ def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: 
     fig = Figure(figsize=(7.5 * ncols, 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, ncols, 1)
+    runs = [r for r in runs if quality_figures(r)]
     figs = [quality_figures(r) for r in runs]
     names: list[str] = []
     for f in figs:
