@@ -41,9 +41,9 @@ def assert_valid(g, walks, n_starts=None):
 # walks_per_node=2, length=6, seed=42, starts=arange(8), threads=1 (obtained once, then frozen)
 EXPECTED = {
     ("deepwalk", False): [[0, 3, 4, 1, 0, 2], [1, 0, 1, 2, 3, 0], [2, 3, 2, 3, 0, 3], [3, 2, 3, 0, 1, 0], [4, 3, 4, 5, 4, 3], [5, 6, 5, 4, 5, 6], [6, 5, 6, 5, 4, 3], [7, -1, -1, -1, -1, -1], [0, 2, 1, 2, 1, 4], [1, 2, 0, 2, 3, 0], [2, 3, 4, 3, 0, 3], [3, 0, 2, 1, 0, 2], [4, 1, 4, 5, 6, 5], [5, 6, 5, 6, 5, 6], [6, 5, 4, 1, 2, 0], [7, -1, -1, -1, -1, -1]],
-    ("deepwalk", True): [[0, 3, 0, 2, 1, 4], [1, 0, 2, 0, 3, 0], [2, 3, 4, 1, 4, 3], [3, 4, 1, 0, 3, 0], [4, 1, 4, 3, 2, 0], [5, 6, 5, 6, 5, 6], [6, 5, 4, 3, 0, 1], [7, -1, -1, -1, -1, -1], [0, 2, 1, 4, 3, 0], [1, 2, 1, 0, 3, 0], [2, 0, 2, 3, 0, 1], [3, 0, 2, 1, 2, 3], [4, 1, 4, 3, 4, 1], [5, 6, 5, 6, 5, 4], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1]],
+    ("deepwalk", True): [[0, 3, 0, 1, 0, 2], [1, 0, 3, 2, 3, 0], [2, 3, 4, 1, 4, 1], [3, 2, 3, 0, 3, 0], [4, 1, 4, 1, 0, 2], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 4, 3], [7, -1, -1, -1, -1, -1], [0, 2, 1, 4, 3, 0], [1, 4, 1, 2, 3, 0], [2, 3, 0, 2, 0, 3], [3, 0, 2, 1, 4, 3], [4, 1, 4, 5, 6, 5], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1]],
     ("node2vec", False): [[0, 3, 0, 3, 4, 1], [1, 0, 1, 4, 1, 4], [2, 3, 4, 3, 4, 3], [3, 2, 0, 2, 0, 3], [4, 3, 4, 3, 4, 3], [5, 6, 5, 6, 5, 6], [6, 5, 4, 1, 4, 1], [7, -1, -1, -1, -1, -1], [0, 2, 1, 0, 1, 0], [1, 2, 1, 4, 5, 4], [2, 3, 2, 1, 0, 1], [3, 0, 2, 1, 2, 1], [4, 1, 4, 1, 4, 5], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 4, 3], [7, -1, -1, -1, -1, -1]],
-    ("node2vec", True): [[0, 3, 0, 3, 0, 3], [1, 0, 1, 4, 1, 4], [2, 3, 0, 2, 0, 2], [3, 4, 1, 4, 1, 4], [4, 1, 4, 1, 4, 1], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1], [0, 2, 0, 1, 4, 1], [1, 2, 3, 2, 0, 3], [2, 0, 3, 0, 1, 0], [3, 0, 3, 0, 3, 0], [4, 1, 4, 1, 4, 3], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1]],
+    ("node2vec", True): [[0, 3, 0, 3, 0, 3], [1, 0, 2, 0, 1, 4], [2, 3, 0, 3, 2, 0], [3, 2, 0, 2, 0, 3], [4, 1, 4, 1, 4, 1], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1], [0, 2, 0, 3, 0, 3], [1, 4, 1, 4, 1, 4], [2, 3, 4, 3, 0, 3], [3, 0, 2, 1, 4, 1], [4, 1, 4, 1, 4, 1], [5, 6, 5, 6, 5, 6], [6, 5, 6, 5, 6, 5], [7, -1, -1, -1, -1, -1]],
 }
 
 
@@ -59,19 +59,22 @@ def test_exact_output_fixed_seed(mode, weighted):
     np.testing.assert_array_equal(out[:, 0], np.tile(np.arange(8), 2))
 
 
-def karate():
+def karate(weighted=False):
+    """Zachary's karate club; weighted: a random weight per undirected edge (symmetric arcs)."""
     path = SHARED / "datasets" / "karate" / "edges.tsv"
     if not path.exists():
         pytest.skip(f"shared dataset absent: {path}")
     e = np.loadtxt(path, skiprows=1, dtype=np.int64)
-    return build_csr(e[:, 0], e[:, 1], 34)
+    w = np.random.default_rng(1).uniform(0.1, 3, len(e)) if weighted else None
+    return build_csr(e[:, 0], e[:, 1], 34, weights=w)
 
 
 @pytest.mark.parametrize("mode,p,q,weighted", [("deepwalk", 1, 1, False), ("deepwalk", 1, 1, True),
-                                               ("node2vec", 0.25, 4, False), ("node2vec", 4, 0.25, True)])
+                                               ("node2vec", 0.25, 4, False), ("node2vec", 4, 0.25, True),
+                                               ("node2vec", 0.25, 4, True), ("node2vec", 0.5, 0.25, True)])
 def test_threads_and_partitions_do_not_change_walks(mode, p, q, weighted):
-    g = karate()
-    w = np.random.default_rng(1).uniform(0.1, 3, g.num_arcs).astype(np.float32) if weighted else None
+    g = karate(weighted)
+    w = g.weights
     starts = np.arange(g.num_nodes)
     kw = dict(p=p, q=q, mode=mode)
     one = random_walks(g.indptr, g.indices, w, starts, 5, 20, 7, threads=1, **kw)
@@ -81,7 +84,7 @@ def test_threads_and_partitions_do_not_change_walks(mode, p, q, weighted):
     # split the start nodes into uneven, shuffled partitions; reassemble k-major rows
     perm = np.random.default_rng(3).permutation(g.num_nodes)
     parts = np.split(perm, [5, 6, 20])
-    alias = build_alias(g.indptr, w) if weighted else None
+    alias = build_alias(g.indptr, g.indices, w) if weighted else None
     rebuilt = np.empty_like(one)
     for part in parts:
         sub = random_walks(g.indptr, g.indices, w, part, 5, 20, 7, threads=2, alias=alias, **kw)
@@ -180,14 +183,20 @@ def test_weighted_first_order_matches_weights():
 def test_alias_tables_reproduce_row_distribution():
     rng = np.random.default_rng(0)
     g = build_csr(rng.integers(0, 40, 400), rng.integers(0, 40, 400), 40, weights=rng.uniform(0.01, 5, 400))
-    prob, alias, rowsum = build_alias(g.indptr, g.weights)
+    table, rowsum = build_alias(g.indptr, g.indices, g.weights)
+    assert table.dtype == np.uint64 and table.shape == g.indices.shape
+    keep = (table >> np.uint64(32)).astype(np.float64) / 2.0 ** 32
+    alias_node = (table & np.uint64(0xFFFFFFFF)).astype(np.int64)
     for v in range(40):
         lo, hi = g.indptr[v], g.indptr[v + 1]
         d = hi - lo
         if d == 0:
             continue
-        mass = prob[lo:hi].astype(np.float64).copy()
-        np.add.at(mass, alias[lo:hi], 1.0 - prob[lo:hi])
+        nbr = g.indices[lo:hi]
+        assert np.isin(alias_node[lo:hi], nbr).all()
+        # mass of each neighbour: kept share of its own slot + alias share of the slots aliasing it
+        mass = keep[lo:hi].copy()
+        np.add.at(mass, np.searchsorted(nbr, alias_node[lo:hi]), 1.0 - keep[lo:hi])
         np.testing.assert_allclose(mass / d, g.weights[lo:hi] / g.weights[lo:hi].sum(), atol=1e-6)
         assert rowsum[v] == pytest.approx(g.weights[lo:hi].sum(), rel=1e-6)
 
@@ -235,7 +244,7 @@ def test_input_validation():
     with pytest.raises(ValueError):
         random_walks(g.indptr, g.indices, None, np.array([0]), 1, 3, 0, p=0, mode="node2vec")
     with pytest.raises(ValueError):
-        build_alias(g.indptr, -g.weights)
+        build_alias(g.indptr, g.indices, -g.weights)
 
 
 def test_node2vec_p_q_one_is_first_order_and_threads_restored():

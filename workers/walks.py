@@ -6,8 +6,8 @@ Why it looks like this
 - Determinism: walk k from node v draws from a counter-based generator (splitmix64) seeded by a
   hash of (seed, v, k). The output of one walk therefore does not depend on the thread count, on
   the order of `starts`, nor on how start nodes are split into partitions / Ray tasks.
-- Memory O(edges): weighted first order uses per-node alias tables (8 bytes per arc: float32
-  probability + int32 local alias); node2vec uses rejection sampling (KnightKing) with the first
+- Memory O(edges): weighted first order uses per-node alias tables (8 bytes per arc: a 32-bit
+  keep threshold and a 32-bit local alias packed in one uint64); node2vec uses rejection sampling (KnightKing) with the first
   order distribution as proposal, never per-edge (second order) alias tables.
 - node2vec rejection: the target for the step t -> v -> x is w(v,x) * a(x) with a = 1/p (x == t),
   1 (x adjacent to t), 1/q (otherwise). The envelope is M = max(1, 1/q); when 1/p > M the return
@@ -36,6 +36,7 @@ _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 _S11 = np.uint64(11)
+_LO32 = np.uint64(0xFFFFFFFF)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 MODES = ("deepwalk", "node2vec")
@@ -93,11 +94,10 @@ def _find(indices, lo, hi, x):
 # per-node alias tables (weighted first order; proposal of weighted node2vec)
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def _build_alias(indptr, weights, chunk):
+def _build_alias(indptr, indices, weights, chunk):
     n = indptr.shape[0] - 1
     m = weights.shape[0]
-    prob = np.empty(m, dtype=np.float32)
-    alias = np.empty(m, dtype=np.int32)
+    table = np.empty(m, dtype=np.uint64)
     rowsum = np.zeros(n, dtype=np.float64)
     nchunks = (n + chunk - 1) // chunk
     for c in prange(nchunks):
@@ -107,6 +107,8 @@ def _build_alias(indptr, weights, chunk):
         for v in range(a, b):
             maxd = max(maxd, indptr[v + 1] - indptr[v])
         scaled = np.empty(maxd, dtype=np.float64)
+        prob = np.empty(maxd, dtype=np.float64)
+        alias = np.empty(maxd, dtype=np.int64)
         small = np.empty(maxd, dtype=np.int64)
         large = np.empty(maxd, dtype=np.int64)
         for v in range(a, b):
@@ -121,52 +123,59 @@ def _build_alias(indptr, weights, chunk):
             ns = 0
             nl = 0
             for j in range(d):
-                s = weights[lo + j] * d / tot
-                scaled[j] = s
-                alias[lo + j] = j
-                if s < 1.0:
+                sc = weights[lo + j] * d / tot
+                scaled[j] = sc
+                prob[j] = 1.0
+                alias[j] = j
+                if sc < 1.0:
                     small[ns] = j
                     ns += 1
                 else:
                     large[nl] = j
                     nl += 1
-            while ns > 0 and nl > 0:
+            while ns > 0 and nl > 0:       # Vose; leftovers (rounding) keep prob 1
                 ns -= 1
                 sj = small[ns]
                 lj = large[nl - 1]
-                prob[lo + sj] = scaled[sj]
-                alias[lo + sj] = lj
+                prob[sj] = scaled[sj]
+                alias[sj] = lj
                 scaled[lj] = (scaled[lj] + scaled[sj]) - 1.0
                 if scaled[lj] < 1.0:
                     nl -= 1
                     small[ns] = lj
                     ns += 1
-            for i in range(nl):
-                prob[lo + large[i]] = 1.0
-            for i in range(ns):  # leftovers from rounding
-                prob[lo + small[i]] = 1.0
-    return prob, alias, rowsum
+            for j in range(d):
+                thr = prob[j] * 4294967296.0
+                t32 = np.uint64(4294967295) if thr >= 4294967295.0 else np.uint64(thr)
+                table[lo + j] = (t32 << _S32) | np.uint64(indices[lo + alias[j]])
+    return table, rowsum
 
 
-def build_alias(indptr: np.ndarray, weights: np.ndarray, chunk: int = 4096):
+def build_alias(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, chunk: int = 4096):
     """Per-node alias tables (Vose) for weighted first-order steps.
 
-    Returns (prob float32[m], alias int32[m] local index within the row, rowsum float64[n]).
-    8 bytes per arc + 8 per node. Build once per graph and pass to `random_walks(alias=...)` when
-    several calls (partitions) share one graph, so that each call does not rebuild them.
+    Returns (table uint64[m], rowsum float64[n]). Entry lo + j of row v packs the keep threshold
+    of slot j as a 32-bit fraction (high half) and the *node id* of its alias (low half). A draw
+    loads table[lo + j] and indices[lo + j] side by side and selects: the chain of dependent
+    cache misses is as short as for an unweighted step. A slot with probability 1 aliases its
+    own node. Build once per graph and pass to `random_walks(alias=...)` when several calls
+    (partitions) share one graph.
     """
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
     weights = np.ascontiguousarray(weights, dtype=np.float32)
     if weights.size and not (np.isfinite(weights).all() and (weights > 0).all()):
         raise ValueError("walk weights must be finite and > 0")
-    return _build_alias(indptr, weights, int(chunk))
+    if weights.shape != indices.shape:
+        raise ValueError("weights must have the shape of indices")
+    return _build_alias(indptr, indices, weights, int(chunk))
 
 
 # ---------------------------------------------------------------------------------------------
 # step kernels
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _first_order(indptr, indices, weights, prob, alias, weighted, v, s):
+def _first_order(indptr, indices, weights, table, weighted, need_w, v, s):
     """One first-order step from v: (next node or -1 at a dead end, weight of the arc taken,
     new rng state)."""
     lo = indptr[v]
@@ -174,17 +183,23 @@ def _first_order(indptr, indices, weights, prob, alias, weighted, v, s):
     if d == 0:
         return np.int64(-1), 0.0, s
     s += _GOLDEN
-    j = _randint(_mix(s), d)
+    r = _mix(s)
+    j = _randint(r, d)
+    x = np.int64(indices[lo + j])
     if weighted:
-        s += _GOLDEN
-        if _uniform(_mix(s)) >= prob[lo + j]:
-            j = alias[lo + j]
-        return np.int64(indices[lo + j]), np.float64(weights[lo + j]), s
-    return np.int64(indices[lo + j]), 1.0, s
+        e = table[lo + j]
+        keep = (r & _LO32) < (e >> _S32)     # low half of the same draw is the alias coin
+        if need_w:
+            if keep:
+                return x, np.float64(weights[lo + j]), s
+            x = np.int64(e & _LO32)
+            return x, np.float64(weights[_find(indices, lo, lo + d, x)]), s
+        x = x if keep else np.int64(e & _LO32)
+    return x, 1.0, s
 
 
 @njit(cache=True, inline="always")
-def _second_order(indptr, indices, weights, prob, alias, rowsum, weighted, symmetric, t, v, w_tv, s,
+def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, v, w_tv, s,
                   inv_p, inv_q, env, inv_env):
     """One node2vec step t -> v -> x by rejection sampling with the return edge as an outlier.
     Returns (x or -1 at a dead end, weight of the arc v -> x, new rng state)."""
@@ -217,34 +232,40 @@ def _second_order(indptr, indices, weights, prob, alias, rowsum, weighted, symme
         if extra > 0.0:
             s += _GOLDEN
             if _uniform(_mix(s)) * box < extra:
-                return np.int64(t), w_vt, s
+                return np.int64(t), w_tv, s
         s += _GOLDEN
-        j = _randint(_mix(s), d)
-        if weighted:
-            s += _GOLDEN
-            if _uniform(_mix(s)) >= prob[lo + j]:
-                j = alias[lo + j]
+        r = _mix(s)
+        j = _randint(r, d)
         x = np.int64(indices[lo + j])
-        w_x = np.float64(weights[lo + j]) if weighted else 1.0
+        if weighted:
+            e = table[lo + j]
+            if (r & _LO32) >= (e >> _S32):
+                x = np.int64(e & _LO32)
+                j = -1
         s += _GOLDEN
         u = _uniform(_mix(s))
         if x == t:
             if u < ret_acc:
-                return x, w_x, s
+                return x, w_tv, s   # need_w implies symmetric: w(v, t) = w(t, v)
             continue
-        if u < lo_acc:           # accepted whatever the adjacency: skip the search
-            return x, w_x, s
-        if adj_acc == far_acc:
-            continue
-        if _find(indices, tlo, thi, x) >= 0:
-            if u < adj_acc:
-                return x, w_x, s
-        elif u < far_acc:
-            return x, w_x, s
+        if not (u < lo_acc):     # else accepted whatever the adjacency: skip the search
+            if adj_acc == far_acc:
+                continue
+            if _find(indices, tlo, thi, x) >= 0:
+                if not (u < adj_acc):
+                    continue
+            elif not (u < far_acc):
+                continue
+        # accepted; the arc weight is only needed to seed the next return box
+        if not need_w:
+            return x, 1.0, s
+        if j < 0:
+            j = _find(indices, lo, hi, x) - lo
+        return x, np.float64(weights[lo + j]), s
 
 
 @njit(cache=True, parallel=True)
-def _walk_kernel(indptr, indices, weights, prob, alias, rowsum, weighted, second, symmetric, starts,
+def _walk_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, starts,
                  walks_per_node, length, seed, walk_offset, inv_p, inv_q, group):
     """Walks advance in lockstep groups of `group` rows: one step of each walk in turn, so the
     cache misses of independent walks overlap (memory-level parallelism; ThunderRW-style step
@@ -255,6 +276,7 @@ def _walk_kernel(indptr, indices, weights, prob, alias, rowsum, weighted, second
     out = np.empty((nw, length), dtype=np.int32)
     env = max(1.0, inv_q)
     inv_env = 1.0 / env
+    need_w = second and symmetric and weighted   # arc weight only feeds the next return box
     ngroups = (nw + group - 1) // group
     for gi in prange(ngroups):
         r0 = gi * group
@@ -281,11 +303,11 @@ def _walk_kernel(indptr, indices, weights, prob, alias, rowsum, weighted, second
                     continue
                 s = state[a]
                 if second and prev[a] >= 0:
-                    nxt, wa, s = _second_order(indptr, indices, weights, prob, alias, rowsum, weighted,
-                                               symmetric, prev[a], c, wlast[a], s, inv_p, inv_q, env,
+                    nxt, wa, s = _second_order(indptr, indices, weights, table, rowsum, weighted,
+                                               symmetric, need_w, prev[a], c, wlast[a], s, inv_p, inv_q, env,
                                                inv_env)
                 else:
-                    nxt, wa, s = _first_order(indptr, indices, weights, prob, alias, weighted, c, s)
+                    nxt, wa, s = _first_order(indptr, indices, weights, table, weighted, need_w, c, s)
                 state[a] = s
                 wlast[a] = wa
                 out[r0 + a, step] = nxt
@@ -328,7 +350,7 @@ def random_walks(indptr, indices, weights, starts, walks_per_node, length, seed,
     Walk k from v depends only on (seed, v, k): identical for any thread count and partitioning.
 
     walk_offset: first walk index k (lets a caller split the walks of one node over calls).
-    alias: (prob, alias, rowsum) from `build_alias`, to reuse across calls on a weighted graph.
+    alias: (table, rowsum) from `build_alias`, to reuse across calls on a weighted graph.
     threads: numba threads for this call (0 = all); the previous setting is restored.
     symmetric: promise that every arc u->v has its reverse v->u with the same weight (undirected
     CSR from `build_csr(directed=False)`). node2vec with p < min(1, q) then knows the return
@@ -351,11 +373,12 @@ def random_walks(indptr, indices, weights, starts, walks_per_node, length, seed,
         raise ValueError("start node id out of range")
     weighted = weights is not None
     if weighted:
-        prob, al, rowsum = alias if alias is not None else build_alias(indptr, weights)
+        table, rowsum = alias if alias is not None else build_alias(indptr, indices, weights)
+        if table.shape != indices.shape or rowsum.shape[0] != n:
+            raise ValueError("alias tables do not match the graph")
         w = weights
     else:
-        prob = np.zeros(0, np.float32)
-        al = np.zeros(0, np.int32)
+        table = np.zeros(0, np.uint64)
         rowsum = np.zeros(0, np.float64)
         w = np.zeros(0, np.float32)
     second = mode == "node2vec" and not (p == 1.0 and q == 1.0)
@@ -364,7 +387,7 @@ def random_walks(indptr, indices, weights, starts, walks_per_node, length, seed,
     want = numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(want)
     try:
-        return _walk_kernel(indptr, indices, w, prob, al, rowsum, weighted, second, bool(symmetric), starts,
+        return _walk_kernel(indptr, indices, w, table, rowsum, weighted, second, bool(symmetric), starts,
                             walks_per_node, length, np.uint64(seed), np.int64(walk_offset),
                             1.0 / float(p), 1.0 / float(q), max(1, int(group)))
     finally:
