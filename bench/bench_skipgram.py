@@ -123,11 +123,13 @@ def main():
                          "tokens_per_s": round(tokens.size / g["train_s"]),
                          "tokens_per_s_incl_vocab": round(tokens.size / (g["train_s"] + g["vocab_s"]))}
         embs["gensim"] = np.load(op)
+        print(f"gensim: {res['gensim']}", file=sys.stderr, flush=True)
 
     kw = dict(dim=a.dim, window=a.window, negatives=a.negatives, epochs=a.epochs, seed=0, threads=a.threads)
     W, _, st = train_sgns(tokens, offsets, n, **kw)
     res["numba"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}
     embs["numba"] = W
+    print(f"numba: {res['numba']}", file=sys.stderr, flush=True)
     if "gensim" in res:
         res["numba_vs_gensim_tokens_per_s"] = round(st["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
 
@@ -139,12 +141,13 @@ def main():
         Wt, _, stt = train_sgns_torch(tokens, offsets, n, **tkw)
         res["torch_cpu"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stt.items()}
         embs["torch_cpu"] = Wt
+        print(f"torch_cpu: {res['torch_cpu']}", file=sys.stderr, flush=True)
 
     if not a.no_f1 and Y is not None:
         for name, X in embs.items():
             t0 = time.perf_counter()
             res.setdefault("f1", {})[name] = peers.node_classification(X, Y)
-            print(f"f1 {name}: {res['f1'][name]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+            print(f"f1 {name}: {res['f1'][name]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         if "gensim" in embs:
             res["micro_f1_delta_vs_gensim"] = {r: round(res["f1"]["numba"][r][0] - res["f1"]["gensim"][r][0], 4)
                                                for r in res["f1"]["numba"]}
