@@ -54,13 +54,13 @@ print(json.dumps({"vocab": len(m.wv), "vocab_s": vocab_s, "train_s": train_s, "i
 """
 
 
-def run_gensim(sent_path: str, args, tmp: str) -> dict:
+def run_gensim(sent_path: str, args, tmp: str, seed: int = 0) -> dict:
     script = os.path.join(tmp, "gensim_peer.py")
     Path(script).write_text(GENSIM_SCRIPT)
     out = os.path.join(tmp, "gensim")
     ws = str(SHARED / "corpora" / "benchmarks" / "wordsim353.tsv")
     cmd = [PEERS_PY, script, sent_path, out, str(args.dim), str(args.window), str(args.negatives), str(args.epochs),
-           str(args.threads), str(args.min_count), str(args.sample), "0", ws]
+           str(args.threads), str(args.min_count), str(args.sample), str(seed), ws]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
@@ -107,29 +107,41 @@ def part_train(args, tmp: str) -> dict:
            "vocab": len(words), "in_vocab_tokens": int(len(tokens)), "threads": args.threads,
            "params": {"dim": args.dim, "window": args.window, "negatives": args.negatives, "epochs": args.epochs,
                       "min_count": args.min_count, "sample": args.sample, "lowercase": args.lowercase}}
-    ours_first = {}
-    order = ["ours", "gensim"] if not args.skip_gensim else ["ours"]
-    for who in order:
-        if who == "ours":
-            W, _, s = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
-                                 negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=0,
-                                 threads=args.threads)
-            ev = evaluate_words(words, W, counts=counts)
-            ours_first = {"vocab_s": round(vocab_s, 3), "train_s": round(s["seconds"], 3),
-                          "tokens_per_s": round(len(tokens) * args.epochs / s["seconds"]),
-                          "loss": [round(s["loss_first"], 4), round(s["loss_last"], 4)], **summarise_eval(ev)}
-            res["ours"] = ours_first
-        else:
-            g, gw, gX = run_gensim(sent_path, args, tmp)
-            ev = evaluate_words(gw, gX)
-            res["gensim"] = {"vocab_s": round(g["vocab_s"], 3), "train_s": round(g["train_s"], 3),
-                             "tokens_per_s": round(g["tokens_per_s"]), "vocab": g["vocab"],
-                             "own_wordsim_spearman": g["own_wordsim_spearman"],
-                             "own_wordsim_oov_pct": g["own_wordsim_oov_pct"], **summarise_eval(ev)}
-        print(json.dumps({who: res[who]}), flush=True)
+    runs: dict[str, list] = {"ours": [], "gensim": []}
+    who_all = ["ours"] if args.skip_gensim else ["ours", "gensim"]
+    for seed in range(args.seeds):
+        for who in (who_all if seed % 2 == 0 else who_all[::-1]):     # alternate the order under load
+            if who == "ours":
+                W, _, s = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
+                                     negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
+                                     threads=args.threads)
+                ev = evaluate_words(words, W, counts=counts)
+                row = {"seed": seed, "vocab_s": round(vocab_s, 3), "train_s": round(s["seconds"], 3),
+                       "tokens_per_s": round(len(tokens) * args.epochs / s["seconds"]),
+                       "loss": [round(s["loss_first"], 4), round(s["loss_last"], 4)], **summarise_eval(ev)}
+            else:
+                g, gw, gX = run_gensim(sent_path, args, tmp, seed)
+                ev = evaluate_words(gw, gX)
+                row = {"seed": seed, "vocab_s": round(g["vocab_s"], 3), "train_s": round(g["train_s"], 3),
+                       "tokens_per_s": round(g["tokens_per_s"]), "vocab": g["vocab"],
+                       "own_wordsim_spearman": round(g["own_wordsim_spearman"], 4),
+                       "own_wordsim_oov_pct": round(g["own_wordsim_oov_pct"], 2), **summarise_eval(ev)}
+            runs[who].append(row)
+            print(json.dumps({who: row}), flush=True)
+    for who in who_all:
+        rows = runs[who]
+        res[who] = {"runs": rows, "mean": {
+            "tokens_per_s": round(float(np.mean([r["tokens_per_s"] for r in rows]))),
+            "wordsim353_rho": round(float(np.mean([r["wordsim353"]["rho"] for r in rows])), 4),
+            "wordsim353_rho_sd": round(float(np.std([r["wordsim353"]["rho"] for r in rows])), 4),
+            "simlex999_rho": round(float(np.mean([r["simlex999"]["rho"] for r in rows])), 4),
+            "analogy_acc": round(float(np.mean([r["analogy"]["acc"] for r in rows])), 4)}}
     if "gensim" in res:
-        res["ratio_tokens_per_s"] = round(res["ours"]["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
-        res["delta_wordsim_rho"] = round(res["ours"]["wordsim353"]["rho"] - res["gensim"]["wordsim353"]["rho"], 4)
+        o, g = res["ours"]["mean"], res["gensim"]["mean"]
+        res["ratio_tokens_per_s"] = round(o["tokens_per_s"] / g["tokens_per_s"], 3)
+        res["ratio_tokens_per_s_per_seed"] = [round(a["tokens_per_s"] / b["tokens_per_s"], 3)
+                                              for a, b in zip(runs["ours"], runs["gensim"])]
+        res["delta_wordsim_rho"] = round(o["wordsim353_rho"] - g["wordsim353_rho"], 4)
     return res
 
 
@@ -203,6 +215,7 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lowercase", action="store_true")
+    ap.add_argument("--seeds", type=int, default=3, help="Training seeds per engine (mean and sd reported).")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--files", type=int, default=20)
     ap.add_argument("--skip-gensim", action="store_true")
