@@ -67,22 +67,29 @@ def pecanpy(edges: np.ndarray, directed: bool, p, q, walks, length, threads, mod
 
 
 def ours(g, walks, length, threads, p, q, mode, repeats):
+    """Our walks on every node; the weighted alias tables are built once (as the walk stage does
+    for all partitions) and their build time is reported apart."""
+    from embedlake.workers.walks import build_alias, random_walks, walk_steps
     sym = not g.directed
-    from embedlake.workers.walks import random_walks, walk_steps
     starts = np.arange(g.num_nodes, dtype=np.int64)
     t0 = time.perf_counter()
     random_walks(g.indptr, g.indices, g.weights, starts[:8], 1, 3, 0, p=p, q=q, mode=mode, threads=threads)
     compile_s = time.perf_counter() - t0
+    alias, alias_s = None, None
+    if g.weights is not None:
+        t0 = time.perf_counter()
+        alias = build_alias(g.indptr, g.indices, g.weights)
+        alias_s = round(time.perf_counter() - t0, 3)
     rates, steps = [], 0
     for r in range(repeats):
         t0 = time.perf_counter()
         w = random_walks(g.indptr, g.indices, g.weights, starts, walks, length, r, p=p, q=q, mode=mode,
-                         threads=threads, symmetric=sym)
+                         threads=threads, symmetric=sym, alias=alias)
         dt = time.perf_counter() - t0
         steps = walk_steps(w)
         rates.append(steps / dt)
         del w
-    return {"mode": mode, "p": p, "q": q, "first_call_s": round(compile_s, 3), "steps": steps,
+    return {"mode": mode, "p": p, "q": q, "first_call_s": round(compile_s, 3), "alias_build_s": alias_s, "steps": steps,
             "steps_per_s_best": round(max(rates)), "steps_per_s_median": round(float(np.median(rates)))}
 
 
@@ -200,6 +207,7 @@ def main():
     ap.add_argument("--q", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip PecanPy")
+    ap.add_argument("--no-weighted", action="store_true", help="skip our weighted-graph runs")
     ap.add_argument("--peer-n2v-walks", type=int, default=None,
                     help="walks per node for PecanPy SparseOTF (default --walks; it is slow, steps/s is a rate)")
     ap.add_argument("--scale", action="store_true", help="R-MAT scaling run instead of the dataset run")
@@ -224,6 +232,14 @@ def main():
            "walks": args.walks, "length": args.length}
     res["ours_deepwalk"] = ours(g, args.walks, args.length, args.threads, 1.0, 1.0, "deepwalk", args.repeats)
     res["ours_node2vec"] = ours(g, args.walks, args.length, args.threads, args.p, args.q, "node2vec", args.repeats)
+    if not args.no_weighted:   # same graph, a random weight per undirected edge (no peer run)
+        from embedlake.workers.graph import build_csr
+        wg = build_csr(edges[:, 0], edges[:, 1], g.num_nodes, directed=g.directed,
+                       weights=np.random.default_rng(0).uniform(0.1, 2.0, len(edges)))
+        res["ours_weighted_deepwalk"] = ours(wg, args.walks, args.length, args.threads, 1.0, 1.0, "deepwalk",
+                                             args.repeats)
+        res["ours_weighted_node2vec"] = ours(wg, args.walks, args.length, args.threads, args.p, args.q,
+                                             "node2vec", args.repeats)
     if not args.no_peer and PEERS_PY.exists():
         with tempfile.TemporaryDirectory() as tmp:
             d = st.get("directed", False)
