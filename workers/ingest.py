@@ -96,8 +96,7 @@ def _open(path: str, compression: str | None):
     if compression is None:
         return raw
     if compression == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return _ZstdReader(raw)
     if compression == "gzip":
         import gzip
         return gzip.GzipFile(fileobj=raw)
@@ -106,6 +105,50 @@ def _open(path: str, compression: str | None):
         return bz2.BZ2File(raw)
     import lzma
     return lzma.LZMAFile(raw)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd that refuses a truncated stream.
+
+    zstandard's stream_reader ends quietly when the input stops inside a frame, so a cut file would
+    ingest as a smaller graph; here the end of input inside a frame raises EOFError (-> InputError).
+    Concatenated frames are read one after another.
+    """
+
+    def __init__(self, raw, block: int = 1 << 20):
+        import zstandard
+        self._zstd, self.raw, self.block = zstandard, raw, block
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._started = False            # bytes of the current frame were fed
+        self._buf = b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        while not self._buf:
+            data = self.raw.read(self.block)
+            if not data:
+                if self._started and not self._d.eof:
+                    raise EOFError("zstd stream ended inside a frame")
+                return 0
+            while data:
+                if self._d.eof:                       # next frame of a multi-frame file
+                    self._d = self._zstd.ZstdDecompressor().decompressobj()
+                self._started = True
+                try:
+                    self._buf += self._d.decompress(data)
+                except self._zstd.ZstdError as e:
+                    raise ValueError(f"corrupt zstd data: {e}") from None
+                data = self._d.unused_data if self._d.eof else b""
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self):
+        self.raw.close()
+        super().close()
 
 
 class _HashingReader(io.RawIOBase):
@@ -181,8 +224,13 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
         lines = pl.read_csv(io.BytesIO(body), has_header=False, separator="\x1f", quote_char=None,
                             new_columns=["line"], schema={"line": pl.String}, encoding="utf8")
     except Exception as e:  # noqa: BLE001 - polars reports invalid utf-8 and similar here
+        line = first_line
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as u:       # name the exact line (failure path only)
+            line = first_line + body.count(b"\n", 0, u.start)
         raise InputError(f"cannot decode text ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
-                         "edge lists must be UTF-8 text", path=path, line=first_line) from None
+                         "edge lists must be UTF-8 text", path=path, line=line) from None
     lines = lines.with_row_index("row").with_columns(
         pl.col("line").str.strip_chars_end("\r").str.strip_chars())
     lines = lines.filter(pl.col("line").is_not_null() & (pl.col("line") != "") & ~pl.col("line").str.starts_with("#")
