@@ -14,6 +14,7 @@ import time
 
 from prefect import flow
 
+from embedlake import storage
 from embedlake.config import CorpusPipelineConfig
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import corpus as ct
@@ -49,8 +50,10 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
     try:
-        shards = sw.run("plan", ct.plan, cfg.input.model_dump())
-        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), retries)
+        # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
+        env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
+        shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
+        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
         sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
         emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries)
         files = {"tokens": sentences.files}

@@ -42,9 +42,9 @@ def _remote(fn, **options):
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(input_cfg: dict) -> list[dict]:
+def plan(input_cfg: dict, env=None) -> list[dict]:
     """Input files -> shards (byte ranges of whole lines, compressed files, Parquet row groups)."""
-    shards = _remote(cs.plan_stage, num_cpus=1).remote(input_cfg)
+    shards = _remote(cs.plan_stage, num_cpus=1).remote(input_cfg, env)
     import ray
     out = ray.get(shards)
     stage_logger().info(f"plan: {len(out)} shard(s) from {len({s['path'] for s in out})} file(s)")
@@ -52,12 +52,12 @@ def plan(input_cfg: dict) -> list[dict]:
 
 
 @task(name="vocabulary", cache_policy=NO_CACHE)
-def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, max_retries: int = 3) -> Vocabulary:
+def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_retries: int = 3) -> Vocabulary:
     """Tokenise and count every shard in parallel, then merge the counts in one task."""
     import ray
     log = stage_logger()
     fn = _remote(cs.count_stage, num_cpus=1, num_returns=4, max_retries=max_retries)
-    refs = [fn.remote(s, spec) for s in shards]
+    refs = [fn.remote(s, spec, env) for s in shards]
     stats = gather([r[0] for r in refs], "count (shards)", unit_of=lambda st: float(st["raw_tokens"]),
                    unit="tokens")
     n = len(shards)

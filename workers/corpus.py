@@ -408,15 +408,18 @@ def spec_dict(spec: TextSpec) -> dict:
 # ------------------------------------------------------------------------------------------- stages
 # Bodies of the Ray tasks in tasks/corpus.py (plain functions over arrays and lake URIs).
 
-def plan_stage(input_cfg: dict) -> list[dict]:
+def plan_stage(input_cfg: dict, env: storage.StorageEnv | None = None) -> list[dict]:
+    """`env`: the driver's S3 settings (workers on other nodes do not share its environment)."""
     if not input_cfg.get("path"):
         raise InputError("no corpus given (--input / input.path)")
-    return plan_shards(input_cfg["path"], int(input_cfg.get("shard_mb", 32) * (1 << 20)),
-                       input_cfg.get("text_column", "text"))
+    with storage.using(env):
+        return plan_shards(input_cfg["path"], int(input_cfg.get("shard_mb", 32) * (1 << 20)),
+                           input_cfg.get("text_column", "text"))
 
 
-def count_stage(shard: dict, spec: dict):
-    return count_shard(shard, TextSpec(**spec))
+def count_stage(shard: dict, spec: dict, env: storage.StorageEnv | None = None):
+    with storage.using(env):
+        return count_shard(shard, TextSpec(**spec))
 
 
 def merge_stage(min_count: int, max_vocab: int | None, shard_stats: list[dict], *vocabs):
