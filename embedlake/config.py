@@ -136,7 +136,7 @@ class EvalConfig(Section):
 
 class CompressConfig(Section):
     codecs: list[str] = Field(default_factory=list, description="Codecs to build after training: fp16, int8, int4, "
-                              "binary, pq, opq, lowrank (empty = none).")
+                              "binary, pq, opq, lowrank, hash (empty = none).")
     pq_m: int = Field(16, ge=1, description="PQ sub-quantisers.")
     pq_bits: int = Field(8, ge=1, le=16, description="Bits per PQ code.")
     lowrank_dim: int = Field(32, ge=1, description="Target dimension of the low-rank codec.")
@@ -157,6 +157,8 @@ class CompressConfig(Section):
     evaluate: bool = Field(True, description="Measure recall@10 against exact search and the node-classification "
                            "F1 change (when the graph has labels); stored in each table's manifest.")
     recall_queries: int = Field(1000, ge=1, description="Sampled queries for recall@10.")
+    hash_buckets: int = Field(0, ge=0, description="Rows K of the hash codec's table, trained by skip-gram on "
+                              "hashed walks of the source graph (0 = source rows / 8).")
 
 
 class RayConfig(Section):

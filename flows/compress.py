@@ -41,13 +41,13 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     retries = cfg.ray.max_retries
     src = sw.run("load_source", ct.load_source, lake, dataset, method, run, retries)
     for c in codecs:         # parameter errors (pq_m not dividing d...) before any work
-        _check(c, cz.codec_params(c, cc), src.dim, src.rows)
+        _check(c, _params(c, cc, src), src.dim, src.rows)
     eval_cfg = cfg.eval.model_dump()
     base = sw.run("baseline", ct.baseline, src, eval_cfg) if cc["evaluate"] else None
     bounds = partition_bounds(src.rows, cfg.shard.partitions)
     tables: dict[str, dict] = {}
     for codec in codecs:
-        params = cz.codec_params(codec, cc)
+        params = _params(codec, cc, src)
         tm = table_method(method, codec)
         try:
             built = sw.run(f"build_{codec}", ct.build_table, lake, src, codec, params, run_id, bounds, retries)
@@ -80,6 +80,14 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
             "lake": lake.uri, "rows": src.rows, "dim": src.dim, "tables": tables}
 
 
+def _params(codec: str, cc: dict, src) -> dict:
+    p = cz.codec_params(codec, cc)
+    if codec == "hash":
+        p["rows"] = src.rows
+        p["buckets"] = p["buckets"] or max(1, src.rows // 8)
+    return p
+
+
 def table_method(method: str, codec: str) -> str:
     return cs.table_method(method, codec)
 
@@ -93,6 +101,8 @@ def _check(codec: str, params: dict, dim: int, rows: int) -> None:
                               f"sub-quantiser; lower compress.pq_bits or raise compress.train_sample")
     if codec in ("pq", "opq") and dim % params["m"]:
         raise ConfigError(f"compress.pq_m={params['m']} does not divide the source dimension {dim}")
+    if codec == "hash" and params["buckets"] > rows:
+        raise ConfigError(f"compress.hash_buckets={params['buckets']} exceeds the source's {rows} rows")
     if codec == "lowrank" and params["rank"] > dim:
         raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 

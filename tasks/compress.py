@@ -30,6 +30,7 @@ class SourceHandle:
     ids_ref: object       # ray.ObjectRef -> node ids
     X_ref: object         # ray.ObjectRef -> float32 [rows, dim]
     labels_ref: object    # ray.ObjectRef -> (row idx, label idx) or None
+    config: dict | None = None   # the source run's resolved config (walk / train for the hash codec)
 
 
 def _remote(fn, **options):
@@ -49,7 +50,8 @@ def load_source(lake, dataset: str, method: str, run: str, max_retries: int = 3)
     labels_ref = _remote(cs.load_labels, num_cpus=1, max_retries=max_retries).remote(lake, dataset, graph, ids_ref)
     shape = ray.get(_remote(_shape, num_cpus=0).remote(X_ref))
     stage_logger().info(f"compress: source {dataset}/{method} run {man.run_id}: {shape[0]:,} x {shape[1]}")
-    return SourceHandle(dataset, method, man.run_id, shape[0], shape[1], graph, ids_ref, X_ref, labels_ref)
+    return SourceHandle(dataset, method, man.run_id, shape[0], shape[1], graph, ids_ref, X_ref, labels_ref,
+                        man.config)
 
 
 def _shape(X):
@@ -78,8 +80,14 @@ def build_table(lake, src: SourceHandle, codec: str, params: dict, run_id: str,
     import ray
     log = stage_logger()
     t0 = time.perf_counter()
-    state_ref, fit_s_ref = _remote(cs.fit_codec, num_returns=2, num_cpus=1, max_retries=max_retries).remote(
-        src.X_ref, codec, params, 1)
+    if codec == "hash":        # skip-gram on hashed walks of the source graph: one multi-threaded task
+        from embedlake.tasks.runtime import max_node_cpus
+        cpus = max_node_cpus()
+        state_ref, fit_s_ref = _remote(cs.fit_hashed, num_returns=2, num_cpus=cpus, max_retries=max_retries).remote(
+            lake, src.dataset, src.graph, src.config, src.method, params, src.rows, cpus)
+    else:
+        state_ref, fit_s_ref = _remote(cs.fit_codec, num_returns=2, num_cpus=1, max_retries=max_retries).remote(
+            src.X_ref, codec, params, 1)
     fit_s = ray.get(fit_s_ref)
     enc = _remote(cs.encode_partition, num_cpus=1, max_retries=max_retries)
     refs = [enc.remote(lake, src.dataset, src.method, run_id, codec, params, i, lo, hi, src.ids_ref, src.X_ref,

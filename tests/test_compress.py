@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from embedlake.lake import Lake, Manifest, embeddings_table
-from embedlake.workers import codec_pq, codec_scalar
+from embedlake.workers import codec_hash, codec_pq, codec_scalar
 from embedlake.workers import compress as cz
 from embedlake.workers import compress_store as cs
 from embedlake.workers.evaluate import knn_recall
@@ -182,19 +182,25 @@ def test_lake_round_trip(tmp_path, codec):
     ids = np.array([f"n{i}" for i in range(600)], dtype=object)
     p = cz.codec_params(codec, {"pq_m": 4, "pq_bits": 6, "opq_iter": 3, "lowrank_dim": 8})
     lake = Lake(str(tmp_path / "lake"))
-    state, _ = cs.fit_codec(Xs, codec, p)
+    if codec == "hash":
+        p.update(buckets=50, rows=600)
+        state = {"table": np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32)}
+    else:
+        state, _ = cs.fit_codec(Xs, codec, p)
     bounds = [(0, 250), (250, 600)]
     files = [cs.encode_partition(lake, "toy", "deepwalk", "r1", codec, p, i, lo, hi, ids, Xs, state)
              for i, (lo, hi) in enumerate(bounds)]
     files = [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in files]
     book = cs.write_codebooks(lake, "toy", "deepwalk", "r1", codec, state, files)
-    assert (book is None) == (codec not in cz.TRAINED)
+    assert (book is None) == (codec not in cz.TRAINED + cz.GRAPH_TRAINED)
     lake.commit(Manifest("toy", cs.table_method("deepwalk", codec), "r1",
                          files={"tables": files, "codebooks": [book] if book else []},
                          extra={"codec": codec, "params": p, "dim": 32}))
     assert files[0]["path"] == f"tables/toy/deepwalk/run=r1/codec={codec}/partition=0/part-00000.parquet"
     t = cs.read_compressed(str(tmp_path / "lake"), "toy", "deepwalk", codec)
     mem = cz.encode(codec, Xs, state, p)
+    if codec == "hash":     # partitions encoded with their row offsets = the whole table at once
+        np.testing.assert_array_equal(t.decode(), state["table"][codec_hash.hash_buckets(np.arange(600), 50)])
     for k, v in mem.items():
         np.testing.assert_array_equal(t.cols[k], v)
     for k, v in state.items():
@@ -202,9 +208,10 @@ def test_lake_round_trip(tmp_path, codec):
     np.testing.assert_array_equal(t.decode(), cz.decode(codec, mem, state, p, 32))
     assert t.ids.tolist() == ids.tolist()
     raw = lake.read_parquet(files[0]["path"])
-    assert raw.schema.field("code").type == pa.binary(cz.bytes_per_vector(codec, p, 32) -
-                                                       sum(np.dtype(p.get("scale_dtype", "float16")).itemsize
-                                                           for c in ("scale", "bias") if c in mem))
+    assert raw.schema.field("code").type == pa.binary(mem["code"].shape[1])
+    if codec != "hash":     # stored bytes per row = code + per-row scale / bias
+        extra = sum(np.dtype(p["scale_dtype"]).itemsize for c in ("scale", "bias") if c in mem)
+        assert mem["code"].shape[1] + extra == cz.bytes_per_vector(codec, p, 32)
 
 
 # ----------------------------------------------------------------------------- flow + CLI
@@ -247,3 +254,33 @@ def test_cli_compress_committed_run(tmp_path, capsys, shared):
     err = capsys.readouterr().err
     assert "unknown codec 'zip'" in err and "pq_m=5 does not divide" in err and "no committed run" in err
     assert not lake.list_files("tables/karate/deepwalk/run=c2")
+
+
+def test_hashed_table_trained_by_skipgram():
+    """Hashing trick: K = n/4 rows trained directly; colliding nodes share a row; communities survive."""
+    from embedlake.workers.eval_classify import node_classification
+    from embedlake.workers.graph import build_csr
+    from embedlake.workers.synthetic import planted_communities
+    b = codec_hash.hash_buckets(np.arange(100_000), 1000, seed=3)
+    counts = np.bincount(b, minlength=1000)
+    assert b.min() >= 0 and b.max() < 1000 and counts.std() < 3 * np.sqrt(100)        # ~ Poisson(100)
+    assert not np.array_equal(b, codec_hash.hash_buckets(np.arange(100_000), 1000, seed=4))
+    src, dst, lab = planted_communities(800, 4, 12.0, 0.2, 1)
+    csr = build_csr(src, dst, 800)
+    walk = {"walks_per_node": 6, "length": 30, "seed": 0}
+    train = {"dim": 16, "window": 5, "negatives": 5, "ns_exponent": 0.75, "epochs": 1, "lr": 0.025,
+             "min_lr": 1e-4, "sample": 0.0, "seed": 0}
+    W, _ = codec_hash.train_hashed((csr.indptr, csr.indices, csr.weights, csr.directed), 200, walk, train,
+                                   threads=1)
+    assert W.shape == (200, 16) and np.isfinite(W).all()
+    p = {"buckets": 200, "seed": 0, "rows": 800}
+    t = cz.CompressedTable("hash", p, 16, cz.encode("hash", np.zeros((800, 16)), {"table": W}, p), {"table": W})
+    assert t.bytes_per_vector == 4 + 16 and t.ratio == pytest.approx(64 / 20)
+    D = t.decode()
+    rows = codec_hash.hash_buckets(np.arange(800), 200)
+    same = np.flatnonzero(rows == rows[0])
+    assert len(same) > 1 and np.all(D[same] == D[0])
+    nc = node_classification(D, np.arange(800), lab, ratios=(0.5,), repeats=1)
+    # 4 balanced communities (chance 0.25); ~4 random nodes share each row, which caps what any
+    # table of 200 rows can reach near 0.5
+    assert nc["micro_f1"]["0.5"] > 0.35

@@ -84,7 +84,7 @@ def encode_partition(lake: Lake | str, dataset: str, method: str, run_id: str, c
     from embedlake.workers.graph_store import node_id_array
     lake = Lake(lake)
     t0 = time.perf_counter()
-    cols = cz.encode(codec, X[lo:hi], state, params, threads)
+    cols = cz.encode(codec, X[lo:hi], state, params, threads, row_offset=lo)
     enc = time.perf_counter() - t0
     ids = node_ids[lo:hi]
     ids = ids if isinstance(ids, pa.Array) else node_id_array(np.asarray(ids))
@@ -99,6 +99,23 @@ def fit_codec(X: np.ndarray, codec: str, params: dict, threads: int = 1) -> tupl
     rows = cz.sample_rows(X.shape[0], params.get("train_sample", 0), params.get("seed", 0))
     state = cz.fit(codec, X[rows], params, threads) if codec in cz.TRAINED else {}
     return state, round(time.perf_counter() - t0, 4)
+
+
+def fit_hashed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, params: dict,
+               rows: int, threads: int = 0) -> tuple[dict, float]:
+    """Ray worker body of the hash codec: re-walk the source run's graph with its walk / train
+    settings and train a `params['buckets']`-row table. Returns ({"table": W}, seconds)."""
+    from embedlake.workers.codec_hash import train_hashed
+    from embedlake.workers.graph_store import read_graph
+    t0 = time.perf_counter()
+    if method not in ("deepwalk", "node2vec"):
+        raise ValueError(f"hash codec: the source method must be deepwalk or node2vec, not {method!r}")
+    csr, node_ids, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
+    if csr.num_nodes != rows:
+        raise ValueError(f"hash codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
+    W, _ = train_hashed((csr.indptr, csr.indices, csr.weights, csr.directed), params["buckets"],
+                        source_config["walk"], source_config["train"], method, params.get("seed", 0), threads)
+    return {"table": W}, round(time.perf_counter() - t0, 4)
 
 
 def write_codebooks(lake: Lake | str, dataset: str, method: str, run_id: str, codec: str, state: dict,
