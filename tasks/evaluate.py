@@ -71,8 +71,10 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
         jobs["node_classification"] = _remote(es.classify_stage, **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
     else:
         log.info("evaluate: no labels given, node classification skipped")
-    if split is not None:
-        jobs["link_prediction"] = _remote(es.link_stage, **opts).remote(emb_ref, split.ref, eval_cfg)
+    lp_refs = []
+    if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
+        for op in eval_cfg["lp_operators"]:        # each at 512-d on BlogCatalog), so spread them out
+            lp_refs.append(_remote(es.link_stage, **opts).remote(emb_ref, split.ref, dict(eval_cfg, lp_operators=[op])))
     if eval_cfg.get("reconstruction", True):
         jobs["reconstruction"] = _remote(es.reconstruct_stage, **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.get("align_to_previous", True) else None
@@ -81,6 +83,8 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
         jobs["stability"] = _remote(es.align_stage, **opts).remote(lake, dataset, method, run_id, emb_ref,
                                                                    graph.node_ids_ref, ref, eval_cfg, bounds)
     results = dict(zip(jobs, ray.get(list(jobs.values()))))
+    if lp_refs:
+        results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
     files: dict[str, list[dict]] = {}
     if "stability" in results:
         files.update(results["stability"]["files"])

@@ -194,3 +194,16 @@ def test_second_run_is_aligned_to_the_previous_one(tmp_path, shared):
     assert [r["run_id"] for r in runs] == ["r2"]
     md = rp.report_markdown(runs + [dict(runs[0], run_id="r1", metrics=s1["metrics"])])
     assert "**Stability vs the previous run**" in md and "`r1` (embeddings)" in md
+
+
+def test_per_operator_link_tasks_merge_to_the_single_call():
+    from embedlake.workers.evaluate import link_prediction
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    split = {"test_src": rng.integers(0, 300, 200), "test_dst": rng.integers(0, 300, 200),
+             "neg_src": rng.integers(0, 300, 200), "neg_dst": rng.integers(0, 300, 200), "info": {"test_share": 0.1}}
+    cfg = {"seed": 0, "hits_k": [10]}
+    merged = es.merge_link_results([es.link_stage(X, split, dict(cfg, lp_operators=[op])) for op in ("l1", "dot")])
+    whole = link_prediction(X, split["test_src"], split["test_dst"], split["neg_src"], split["neg_dst"],
+                            operators=("l1", "dot"), hits_k=(10,))
+    assert {k: v for k, v in merged.items() if k not in ("seconds", "test_share")} == whole

@@ -94,6 +94,21 @@ def link_stage(X: np.ndarray, split: dict, eval_cfg: dict) -> dict:
     return res
 
 
+def merge_link_results(parts: list[dict]) -> dict:
+    """One link_prediction dict from per-operator results (same pairs and folds: the figures equal
+    those of a single call with every operator)."""
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            if isinstance(v, dict):
+                out.setdefault(k, {}).update(v)
+            elif k == "seconds":
+                out[k] = max(out.get(k, 0.0), v)
+            else:
+                out[k] = v
+    return out
+
+
 def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: dict) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
     from embedlake.workers.evaluate import reconstruction_map
