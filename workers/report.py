@@ -302,8 +302,10 @@ def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: 
             ax.bar(xs, [f[k] for k in names if k in f], width=width, label=lab)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
+        ncol = min(len(runs), 3)                     # legend above the bars (figures are in [0, 1])
+        ax.set_ylim(0, 1.05 + 0.07 * -(-len(runs) // ncol))
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.legend(fontsize=7, ncol=ncol, loc="upper center")
     else:
         ax.text(0.5, 0.5, "no figures", ha="center", va="center")
     ax.set_title(title, fontsize=10)
