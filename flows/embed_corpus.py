@@ -7,6 +7,7 @@ is committed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -98,6 +99,8 @@ def add_parsers(sub, common) -> None:
                        "vocabulary in parallel, train skip-gram word vectors, evaluate them on WordSim353 / "
                        "SimLex-999 / analogies when the benchmark files are found, and commit rows "
                        "(token, count, vector) to the lake.")
+    p.add_argument("--help-config", action=_HelpConfig, help="List every corpus config key (-p section.key=...) "
+                   "with its default and help text, then exit.")
     p.add_argument("--input", required=True, metavar="PATH_OR_URL", help="Corpus: file, folder, glob or s3:// URL.")
     p.add_argument("--text-column", default=None, help="Parquet input: the text column (default: text).")
     p.add_argument("--dataset", default=None, help="Dataset name in the lake (default: from the input's name).")
@@ -113,6 +116,21 @@ def add_parsers(sub, common) -> None:
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--lake", default="./lake")
     q.set_defaults(func=cmd_most_similar)
+
+
+class _HelpConfig(argparse.Action):
+    """`embed-corpus --help-config`: the CorpusPipelineConfig keys (works without --input, like --help)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kw.get("help"))
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from embedlake.config import describe
+        rows = describe(CorpusPipelineConfig)
+        width = max(len(k) for k, _, _ in rows)
+        for k, d, h in rows:
+            print(f"{k:<{width}}  {d:<22} {h}")
+        parser.exit(0)
 
 
 def corpus_config(args) -> CorpusPipelineConfig:
