@@ -88,6 +88,15 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         w("  labelled   " + "".join(f"{float(r):>8.0%}" for r in ratios) + "\n")
         w("  Micro-F1   " + "".join(f"{nc['micro_f1'][r]:>8.3f}" for r in ratios) + "\n")
         w("  Macro-F1   " + "".join(f"{nc['macro_f1'][r]:>8.3f}" for r in ratios) + "\n")
+    lp = s.get("metrics", {}).get("link_prediction", {}).get("roc_auc")
+    if lp:
+        w("link prediction ROC-AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in lp.items()) + "\n")
+    rc = s.get("metrics", {}).get("reconstruction", {}).get("map")
+    if rc:
+        w("reconstruction mAP: " + ", ".join(f"{h}-hop {v:.3f}" for h, v in rc.items()) + "\n")
+    st = s.get("metrics", {}).get("stability")
+    if st and not st.get("skipped") and "neighbourhood_overlap@10" in st:
+        w(f"aligned to run {st['reference_run']}: top-10 neighbour overlap {st['neighbourhood_overlap@10']:.3f}\n")
     w("outputs:\n")
     w(f"  embeddings  {s['embeddings']}\n")
     w(f"  manifest    {s['manifest']}\n")

@@ -103,20 +103,6 @@ def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
     return gather(refs, "write walks (partitions)")
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(graph: GraphHandle, emb_ref, eval_cfg: dict) -> dict:
-    import ray
-    if not graph.meta.get("labelled"):
-        stage_logger().info("evaluate: no labels given, node classification skipped")
-        return {}
-    metrics = ray.get(remote(stages.evaluate_stage, "evaluate", num_cpus=1).remote(emb_ref, graph.labels_ref, eval_cfg))
-    nc = metrics.get("node_classification", {})
-    if nc:
-        stage_logger().info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
-                            + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()))
-    return metrics
-
-
 @task(name="commit", cache_policy=NO_CACHE)
 def commit(lake, manifest_fields: dict) -> str:
     """Commit the run: one manifest written with put-if-absent after every data file exists."""

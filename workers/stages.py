@@ -125,21 +125,6 @@ def write_embedding_part(lake: Lake | str, dataset: str, method: str, run_id: st
     return lake.write_parquet(rel, table).to_dict()
 
 
-def evaluate_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
-    from embedlake.workers.evaluate import node_classification
-    if labels is None:
-        return {}
-    ni, li, _ = labels
-    res = node_classification(X, ni, li, ratios=tuple(eval_cfg["train_ratios"]), repeats=eval_cfg["repeats"],
-                              seed=eval_cfg["seed"])
-    return {"node_classification": res}
-
-
-def check_labels_present(labels, what: str) -> None:
-    if labels is None:
-        raise InputError(f"{what} needs labels (--labels)")
-
-
 def walks_table(walks: np.ndarray, node_ids: np.ndarray, lo: int, hi: int, walks_per_node: int):
     """Rows (start, k, walk) with original node ids; padding (-1) dropped, so lists vary in length."""
     import pyarrow as pa
