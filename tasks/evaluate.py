@@ -18,12 +18,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.remote import remote
 from embedlake.workers import eval_stage as es
-
-
-def _remote(fn, **options):
-    import ray
-    return ray.remote(fn).options(**options)
 
 
 @dataclasses.dataclass
@@ -38,7 +34,7 @@ def holdout(graph, eval_cfg: dict, max_retries: int = 3):
     """(GraphHandle of the train graph, LinkSplit). The full graph stays in the lake untouched."""
     import ray
     log = stage_logger()
-    csr_ref, split_ref, info_ref = _remote(es.holdout_stage, num_cpus=1, num_returns=3,
+    csr_ref, split_ref, info_ref = remote(es.holdout_stage, "holdout", num_cpus=1, num_returns=3,
                                            max_retries=max_retries).remote(graph.csr_ref, eval_cfg["test_edge_share"],
                                                                            eval_cfg["seed"])
     info = ray.get(info_ref)
@@ -68,19 +64,19 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
     opts = dict(num_cpus=1, max_retries=max_retries)
     jobs: dict[str, object] = {}
     if graph.meta.get("labelled"):
-        jobs["node_classification"] = _remote(es.classify_stage, **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
+        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
     else:
         log.info("evaluate: no labels given, node classification skipped")
     lp_refs = []
     if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
         for op in eval_cfg["lp_operators"]:        # each at 512-d on BlogCatalog), so spread them out
-            lp_refs.append(_remote(es.link_stage, **opts).remote(emb_ref, split.ref, dict(eval_cfg, lp_operators=[op])))
+            lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, dict(eval_cfg, lp_operators=[op])))
     if eval_cfg.get("reconstruction", True):
-        jobs["reconstruction"] = _remote(es.reconstruct_stage, **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
+        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.get("align_to_previous", True) else None
     if ref is not None:
         bounds = bounds or [(0, graph.num_nodes)]
-        jobs["stability"] = _remote(es.align_stage, **opts).remote(lake, dataset, method, run_id, emb_ref,
+        jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(lake, dataset, method, run_id, emb_ref,
                                                                    graph.node_ids_ref, ref, eval_cfg, bounds)
     results = dict(zip(jobs, ray.get(list(jobs.values()))))
     if lp_refs:
@@ -99,7 +95,7 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
         log.warning(f"evaluate: could not read other runs of {dataset} for the report: {e}")
         context, compressed = [], []
     context = [r for r in context if r["method"] != method]
-    written = ray.get(_remote(es.write_report_stage, **opts).remote(lake, dataset, method, run_id, metrics, context,
+    written = ray.get(remote(es.write_report_stage, "publish", **opts).remote(lake, dataset, method, run_id, metrics, context,
                                                                    compressed))
     files.update(written["files"])
     if eval_cfg.get("artifacts", True):
