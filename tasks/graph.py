@@ -53,9 +53,12 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
          max_retries: int = 3) -> list:
     """One Ray task per partition of start nodes; the CSR is shared once through the object store."""
     mode = "node2vec" if method == "node2vec" else "deepwalk"
+    alias_ref = None
+    if graph.meta.get("stats", {}).get("weighted"):
+        alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
     fn = remote(stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
-                      walk_cfg["p"], walk_cfg["q"], mode, 1) for lo, hi in bounds]
+                      walk_cfg["p"], walk_cfg["q"], mode, 1, alias_ref) for lo, hi in bounds]
     import numpy as np
     counted = gather(refs, "walks (partitions)", unit_of=lambda w: float(np.count_nonzero(w >= 0)), unit="steps")
     # keep references only: the arrays stay in the object store

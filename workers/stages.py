@@ -79,12 +79,20 @@ def partition_bounds(n: int, partitions: int) -> list[tuple[int, int]]:
 
 
 def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, seed: int, p: float, q: float,
-               mode: str, threads: int = 1) -> np.ndarray:
+               mode: str, threads: int = 1, alias=None) -> np.ndarray:
+    """Walks from start nodes [lo, hi), k-major, -1 padded. `alias`: the graph's shared alias tables."""
     from embedlake.workers.walks import random_walks
-    indptr, indices, weights, _ = csr
+    indptr, indices, weights, directed = csr
     starts = np.arange(lo, hi, dtype=np.int64)
     return random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
-                        threads=threads)
+                        threads=threads, alias=alias, symmetric=not directed)
+
+
+def alias_stage(csr: tuple):
+    """Alias tables of a weighted graph, built once and shared by every walk partition."""
+    from embedlake.workers.walks import build_alias
+    indptr, indices, weights, _ = csr
+    return build_alias(indptr, indices, weights)
 
 
 def interleave_walks(parts: list[np.ndarray], walks_per_node: int) -> np.ndarray:
