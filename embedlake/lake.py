@@ -200,7 +200,14 @@ class Lake:
         return self.write_bytes(rel, buf.getvalue(), rows=int(arr.shape[0]) if arr.ndim else 1)
 
     def read_npy(self, rel: str) -> np.ndarray:
-        return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+        """A plain-dtype array; object arrays (which numpy stores as pickles) are refused, never loaded."""
+        try:
+            return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+        except ValueError as e:
+            if "allow_pickle" in str(e) or "pickle" in str(e).lower():
+                raise LakeError(f"{self.url(rel)}: refused: the .npy holds an object array (a pickle); "
+                                "the lake stores plain numeric arrays only") from None
+            raise LakeError(f"{self.url(rel)}: not a valid .npy file ({e})") from None
 
     def write_json(self, rel: str, obj: Any) -> FileEntry:
         return self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=_json_default).encode())
@@ -251,6 +258,51 @@ class Lake:
                 raise CommitConflict(f"{self.url(rel)} already exists: another writer committed first") from None
             raise
 
+    @classmethod
+    def claim_path(cls, dataset: str, method: str, run_id: str) -> str:
+        return f"{cls.manifest_dir(dataset, method)}/{check_name(run_id, 'run')}.claim"
+
+    def claim_run(self, dataset: str, method: str, run_id: str) -> str:
+        """Reserve a run id before writing any data file (put-if-absent of a small claim file).
+
+        Two writers with the same run id would write the same data paths: the loser could overwrite
+        the winner's files after the winner committed (checksums no longer match) or delete them
+        in its failure clean-up. With a claim, the second writer gets CommitConflict before it has
+        written anything. Returns the claim token for `release_claim`; `commit` drops the claim.
+        Readers never look at claims (manifests are the `.json` files only).
+        """
+        if self.is_committed(dataset, method, run_id):
+            raise CommitConflict(f"run {run_id} of {dataset}/{method} is already committed in {self.uri}")
+        token = secrets.token_hex(8)
+        body = {"token": token, "pid": os.getpid(), "host": os.uname().nodename,
+                "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        rel = self.claim_path(dataset, method, run_id)
+        try:
+            self.put_if_absent(rel, json.dumps(body).encode())
+        except CommitConflict:
+            try:
+                other = json.loads(self.read_bytes(rel))
+                who = f" (pid {other.get('pid')} on {other.get('host')} since {other.get('claimed_at')})"
+            except Exception:  # noqa: BLE001 - the message is best effort
+                who = ""
+            raise CommitConflict(f"run id {run_id} of {dataset}/{method} is in use by another writer{who}; "
+                                 f"pick another run id (a run that died leaves {self.url(rel)}: delete it)") from None
+        return token
+
+    def release_claim(self, dataset: str, method: str, run_id: str, token: str) -> None:
+        """Drop our claim (failed run); another writer's claim is left alone."""
+        rel = self.claim_path(dataset, method, run_id)
+        try:
+            if json.loads(self.read_bytes(rel)).get("token") == token:
+                self.delete(rel)
+                if self.protocol == "file":      # leave no empty _manifests/<dataset>/<method> folders
+                    d = os.path.dirname(self._abs(rel))
+                    for _ in range(3):
+                        os.rmdir(d)              # OSError when not empty: stop there
+                        d = os.path.dirname(d)
+        except Exception:  # noqa: BLE001 - clean-up must not hide the run's own error
+            pass
+
     def commit(self, manifest: Manifest) -> str:
         """Commit a run: verify its files exist, then write its manifest with put-if-absent."""
         for kind, entries in manifest.files.items():
@@ -261,6 +313,10 @@ class Lake:
         manifest.committed_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         rel = self.manifest_path(manifest.dataset, manifest.method, manifest.run_id)
         self.put_if_absent(rel, manifest.to_json().encode())
+        try:                                   # the manifest now guards the run id
+            self.delete(self.claim_path(manifest.dataset, manifest.method, manifest.run_id))
+        except Exception:  # noqa: BLE001 - a leftover claim is harmless once committed
+            pass
         return self.url(rel)
 
     # ---- reading committed runs -------------------------------------------------------------

@@ -49,6 +49,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
     set_stage_options(cfg.ray.stages)
     retries = cfg.ray.max_retries
+    claim = lake.claim_run(dataset, method, run_id)    # a second writer of this run id stops here
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
                        retries)
@@ -81,6 +82,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         manifest_url = sw.run("commit", gt.commit, lake, manifest)
     except BaseException:
         _remove_run_files(lake, dataset, method, run_id)
+        lake.release_claim(dataset, method, run_id, claim)
         raise
     return {
         "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,

@@ -1,0 +1,306 @@
+"""Faults: a Ray worker killed mid-walk and mid-training, a node removed mid-run, racing commits.
+
+Worker kills are real: Ray titles a worker process `ray::<function>` while it runs a task, so the
+test finds the process running `walk_stage` / `train_stage` among its own descendants (never
+another session's Ray) and SIGKILLs it. Tasks carry `max_retries` (ray.max_retries) and their
+results are reconstructable by lineage, so the run must finish with output bit-identical to a
+fault-free run at the same seed (train.threads=1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for 2 loaded cores, long enough that each stage can be caught while it runs.
+FAULT_CFG = ["method=node2vec", "walk.p=0.5", "walk.q=2.0", "synthetic.nodes=3000", "walk.walks_per_node=20",
+             "walk.length=40", "train.dim=16", "train.window=1", "train.threads=1", "shard.partitions=2",
+             "eval.repeats=1", "eval.reconstruction=false", "eval.align_to_previous=false", "eval.artifacts=false"]
+
+
+# ---- finding and killing the worker that runs a stage -------------------------------------------
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class StageKiller(threading.Thread):
+    """Watches this process's descendants; for each (stage, delay_s) kills the worker titled
+    `ray::<stage>` delay_s after it appears (if it is still running that stage), then notes
+    whether the stage ran again in another process (Ray's retry)."""
+
+    def __init__(self, plan: list[tuple[str, float]], root: int | None = None, timeout_s: float = 240):
+        super().__init__(daemon=True)
+        self.plan, self.root, self.timeout_s = plan, root or os.getpid(), timeout_s
+        self.killed: dict[str, int] = {}
+        self.retried: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def _pids(self) -> list[int]:
+        import psutil
+        try:
+            return [p.pid for p in psutil.Process(self.root).children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _find(self, stage: str, exclude: set[int], deadline: float) -> int | None:
+        want = f"ray::{stage}"
+        pids, refreshed = self._pids(), time.monotonic()
+        while time.monotonic() < deadline and not self.stop.is_set():
+            for pid in pids:
+                if pid not in exclude and _title(pid) == want:
+                    return pid
+            if time.monotonic() - refreshed > 0.2:
+                pids, refreshed = self._pids(), time.monotonic()
+            time.sleep(0.001)
+        return None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        for stage, delay in self.plan:
+            pid = self._find(stage, set(), deadline)
+            if pid is None:
+                return
+            time.sleep(delay)
+            if _title(pid) == f"ray::{stage}":        # still inside the task: kill it there
+                os.kill(pid, 9)
+                self.killed[stage] = pid
+                again = self._find(stage, {pid}, deadline)
+                if again:
+                    self.retried[stage] = again
+
+
+def _flow(lake: str, run_id: str, extra=()):
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    return embed_graph(load_config(None, [f"lake.uri={lake}", f"lake.run_id={run_id}", *FAULT_CFG, *extra]))
+
+
+def _matrix(lake: str, method: str = "node2vec"):
+    import embedlake
+    ids, X = embedlake.load_matrix(lake, "planted", method)
+    order = np.argsort(ids)
+    return ids[order], X[order]
+
+
+def _checksums_match(lake, man) -> None:
+    for entries in man.files.values():
+        for e in entries:
+            if not e["sha256"]:
+                continue
+            data = lake.read_bytes(e["path"])
+            assert hashlib.sha256(data).hexdigest() == e["sha256"] and len(data) == e["bytes"], e["path"]
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path):
+    from embedlake.lake import Lake
+    base = str(tmp_path / "base")
+    _flow(base, "clean")
+    killer = StageKiller([("walk_stage", 0.0), ("train_stage", 0.5)])
+    killer.start()
+    faulty = str(tmp_path / "faulty")
+    try:
+        s = _flow(faulty, "killed")
+    finally:
+        killer.stop.set()
+        killer.join(5)
+    assert set(killer.killed) == {"walk_stage", "train_stage"}, killer.killed
+    assert "train_stage" in killer.retried, "training did not run again after its worker was killed"
+    ids0, X0 = _matrix(base)
+    ids1, X1 = _matrix(faulty)
+    assert np.array_equal(ids0, ids1) and np.array_equal(X0, X1), np.abs(X0 - X1).max()
+    lk = Lake(faulty)
+    man = lk.manifest("planted", "node2vec")
+    assert man.run_id == s["run_id"] == "killed" and man.config["ray"]["max_retries"] >= 1
+    _checksums_match(lk, man)
+
+
+# ---- a node of a multi-node cluster removed mid-run ------------------------------------------------
+NODE_LOSS_SCRIPT = r"""
+import json, os, sys, threading, time, traceback
+sys.path.insert(0, sys.argv[3])
+from test_faults import FAULT_CFG, _title
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                        "object_store_memory": 150 * 2**20})
+out = {}
+try:
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20) for _ in range(2)]
+    cluster.wait_for_nodes()
+    import psutil
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    def cfg(lake, run):
+        return load_config(None, [f"ray.address={cluster.address}", f"lake.uri={lake}", f"lake.run_id={run}",
+                                  *FAULT_CFG])
+    embed_graph(cfg(sys.argv[1], "clean"))
+    def remove_training_node():
+        raylets = {n.all_processes["raylet"][0].process.pid: n for n in workers}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for pid in raylets:
+                try:
+                    kids = psutil.Process(pid).children(recursive=True)
+                except psutil.Error:
+                    continue
+                if any(_title(k.pid) == "ray::train_stage" for k in kids):
+                    time.sleep(0.5)
+                    cluster.remove_node(raylets[pid], allow_graceful=False)
+                    out["removed"] = True
+                    return
+            time.sleep(0.005)
+    t = threading.Thread(target=remove_training_node, daemon=True)
+    t.start()
+    try:
+        s = embed_graph(cfg(sys.argv[2], "noded"))
+        out["status"] = "completed"
+        out["run_id"] = s["run_id"]
+    except Exception as e:
+        out["status"] = "failed"
+        out["error"] = f"{type(e).__name__}: {e}"[:2000]
+    t.join(5)
+    out["alive_nodes"] = sum(1 for n in __import__("ray").nodes() if n["Alive"])
+finally:
+    print("RESULT " + json.dumps(out), flush=True)
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_node_removed_mid_training_completes_or_fails_cleanly(tmp_path):
+    """2 worker nodes (1 CPU each) + a 0-CPU head, in a subprocess (the session's Ray is untouched).
+    The node running training is removed: its objects (walks, CSR) are rebuilt from lineage and
+    training is retried on the other node. Either the run completes with the fault-free output,
+    or it fails with an error and leaves no committed manifest and no run files."""
+    from embedlake.lake import Lake
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(a), str(b), str(REPO / "tests")],
+                         capture_output=True, text=True, env=env, timeout=420, cwd=str(tmp_path))
+    assert "RESULT " in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    res = json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    print(json.dumps(res))
+    assert res.get("removed"), res
+    assert res["alive_nodes"] == 2                       # head + the surviving worker
+    lk = Lake(str(b))
+    if res["status"] == "completed":
+        ids0, X0 = _matrix(str(a))
+        ids1, X1 = _matrix(str(b))
+        assert np.array_equal(ids0, ids1) and np.array_equal(X0, X1)
+        _checksums_match(lk, lk.manifest("planted", "node2vec"))
+    else:
+        assert res["error"].strip(), res
+        assert not lk.is_committed("planted", "node2vec", "noded")
+        for kind in ("embeddings", "walks", "metrics", "tables"):
+            assert lk.list_files(f"{kind}/planted/node2vec/run=noded") == []
+
+
+# ---- racing commits ---------------------------------------------------------------------------------
+def _write_and_commit(lake_uri: str, run_id: str, seed: int, claim: bool) -> str:
+    """One writer: (claim,) write 3 data files of its own content, commit. Returns the outcome."""
+    from embedlake.errors import CommitConflict
+    from embedlake.lake import Lake, Manifest, embeddings_table
+    lake = Lake(lake_uri)
+    token = None
+    try:
+        token = lake.claim_run("g", "deepwalk", run_id) if claim else None
+        rng = np.random.default_rng(seed)
+        files = []
+        for k in range(3):
+            t = embeddings_table(np.arange(k * 50, k * 50 + 50), rng.standard_normal((50, 8)).astype(np.float32))
+            files.append(lake.write_parquet(Lake.part_path("embeddings", "g", "deepwalk", run_id, k), t).to_dict())
+        lake.commit(Manifest(dataset="g", method="deepwalk", run_id=run_id, files={"embeddings": files},
+                             extra={"writer": seed}))
+        return f"committed:{seed}"
+    except CommitConflict as e:
+        if claim and token is None:
+            return "conflict-at-claim"
+        return f"conflict:{e}"
+
+
+def _race(lake_uri: str, jobs: list[tuple[str, int, bool]], processes: bool) -> list[str]:
+    if processes:
+        with mp.get_context("spawn").Pool(len(jobs)) as pool:
+            return pool.starmap(_write_and_commit, [(lake_uri, *j) for j in jobs])
+    start = threading.Barrier(len(jobs))
+
+    def one(j):
+        start.wait()
+        return _write_and_commit(lake_uri, *j)
+    with ThreadPoolExecutor(len(jobs)) as ex:
+        return list(ex.map(one, jobs))
+
+
+def _lake_uri(kind: str, tmp_path, request) -> str:
+    if kind == "local":
+        return str(tmp_path / "lake")
+    env = request.getfixturevalue("s3_env")
+    return f"s3://{env['bucket']}/lake"
+
+
+@pytest.mark.parametrize("kind, processes", [("local", False), ("local", True), ("s3", False)])
+def test_concurrent_runs_each_commit_or_conflict_cleanly(tmp_path, request, kind, processes):
+    from embedlake.lake import Lake
+    uri = _lake_uri(kind, tmp_path, request)
+    lake = Lake(uri)
+    # different run ids, same dataset and method: every writer commits
+    out = _race(uri, [(f"r{i}", i, True) for i in range(4)], processes)
+    assert sorted(out) == [f"committed:{i}" for i in range(4)], out
+    mans = lake.manifests("g", "deepwalk")
+    assert sorted(m.run_id for m in mans) == ["r0", "r1", "r2", "r3"]
+    for m in mans:
+        _checksums_match(lake, m)
+    # the same run id: exactly one wins; the others stop at the claim, before writing anything
+    out = _race(uri, [("same", 10 + i, True) for i in range(4)], processes)
+    winners = [o for o in out if o.startswith("committed:")]
+    assert len(winners) == 1 and out.count("conflict-at-claim") == 3, out
+    man = lake.manifest("g", "deepwalk", "same")
+    assert f"committed:{man.extra['writer']}" == winners[0]
+    _checksums_match(lake, man)
+    assert not lake.exists(Lake.claim_path("g", "deepwalk", "same"))
+    # a later writer of a committed run id is refused at once
+    assert _write_and_commit(uri, "same", 99, True) == "conflict-at-claim"
+    _checksums_match(lake, lake.manifest("g", "deepwalk", "same"))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_raw_commit_race_same_run_id_exactly_one_manifest(tmp_path, request, kind):
+    """Lake.commit alone (no claim): put-if-absent lets exactly one manifest through; it parses."""
+    from embedlake.errors import CommitConflict
+    from embedlake.lake import Lake, Manifest
+    uri = _lake_uri(kind, tmp_path, request)
+    lake = Lake(uri)
+    e = lake.write_bytes("embeddings/g/m/run=x/partition=0/part-00000.parquet", b"data", rows=1).to_dict()
+    start = threading.Barrier(8)
+
+    def one(i):
+        start.wait()
+        try:
+            lake.commit(Manifest(dataset="g", method="m", run_id="x", files={"embeddings": [e]}, extra={"w": i}))
+            return i
+        except CommitConflict:
+            return None
+    with ThreadPoolExecutor(8) as ex:
+        res = list(ex.map(one, range(8)))
+    won = [r for r in res if r is not None]
+    assert len(won) == 1, res
+    ms = lake.manifests("g", "m")
+    assert len(ms) == 1 and ms[0].extra["w"] == won[0]
+    assert [p for p in lake.list_files("_manifests/g/m")] == ["_manifests/g/m/x.json"]
