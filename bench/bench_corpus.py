@@ -13,6 +13,9 @@ rho, analogy accuracy, OOV shares); gensim's own evaluate_word_pairs figure is p
 Part 2 (scale): the corpus copied `scale` times into `files` files; the vocabulary build (count +
 merge + encode) timed serially in-process and fanned out on Ray (2 CPUs); one training epoch
 timed at 1x and `scale`x to show linear growth. Prints one JSON object at the end.
+polars tokenises with all cores by default; run part 2 as
+`POLARS_MAX_THREADS=1 .venv/bin/python bench/bench_corpus.py --skip-train` to compare one core
+serially with one core per Ray worker (count_parallelism = sum of shard task times / wall time).
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def summarise_eval(m: dict) -> dict:
 
 
 def part_train(args, tmp: str) -> dict:
-    from embedlake.workers.corpus import TextSpec, tokenise_corpus
+    from embedlake.workers.corpus import TextSpec, text_init, tokenise_corpus
     from embedlake.workers.skipgram import train_sgns
     from embedlake.workers.word_eval import evaluate_words
     import polars as pl
@@ -114,7 +117,7 @@ def part_train(args, tmp: str) -> dict:
             if who == "ours":
                 W, _, s = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
                                      negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
-                                     threads=args.threads)
+                                     threads=args.threads, init=text_init(len(words), args.dim, seed))
                 ev = evaluate_words(words, W, counts=counts)
                 row = {"seed": seed, "vocab_s": round(vocab_s, 3), "train_s": round(s["seconds"], 3),
                        "tokens_per_s": round(len(tokens) * args.epochs / s["seconds"]),
@@ -159,19 +162,24 @@ def part_scale(args, tmp: str) -> dict:
     for k in range(args.files):
         Path(folder, f"part-{k:03d}.txt").write_bytes(b"\n".join(allines[k * per_file:(k + 1) * per_file]) + b"\n")
     spec = TextSpec(lowercase=args.lowercase)
-    out = {"scale": args.scale, "files": args.files}
+    out = {"scale": args.scale, "files": args.files, "polars_threads": os.environ.get("POLARS_MAX_THREADS", "all")}
     t0 = time.perf_counter()
     w1, c1, tok1, off1, _ = tokenise_corpus(folder, spec, args.min_count)
     out["vocab_serial_s"] = round(time.perf_counter() - t0, 3)
 
     import ray
-
-    from embedlake.tasks.runtime import ensure_ray
-    ensure_ray(num_cpus=args.threads)
+    ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", "")}}
+             if os.environ.get("POLARS_MAX_THREADS") else None)
+    ray.get([ray.remote(lambda: 0).remote() for _ in range(args.threads)])   # workers up before the clock
     shards = plan_shards(folder)
     t0 = time.perf_counter()
     count = ray.remote(count_shard).options(num_returns=4)
     refs = [count.remote(s, spec) for s in shards]
+    shard_stats = ray.get([r[0] for r in refs])
+    out["count_ray_wall_s"] = round(time.perf_counter() - t0, 3)
+    out["count_task_s_sum"] = round(sum(st["seconds"] for st in shard_stats), 3)
+    out["count_parallelism"] = round(out["count_task_s_sum"] / out["count_ray_wall_s"], 2)
     merged = ray.get(ray.remote(_merge_remote).remote(args.min_count, *[r[1] for r in refs]))
     words, counts, remaps = merged
     enc = ray.remote(encode_shard).options(num_returns=2)

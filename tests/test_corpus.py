@@ -215,7 +215,7 @@ def test_embed_corpus_brown_end_to_end(tmp_path, shared):
     shared("corpora", "benchmarks", "wordsim353.tsv")
     lake = str(tmp_path / "lake")
     cfg = load_config(None, [f"lake.uri={lake}", f"input.path={brown}", "input.shard_mb=1", "partitions=3",
-                             "train.dim=50", "train.epochs=2"], model=CorpusPipelineConfig)
+                             "train.dim=50", "train.epochs=3"], model=CorpusPipelineConfig)
     s = embed_corpus(cfg)
     print(json.dumps({"metrics": {k: v for k, v in s["metrics"].items() if k != "analogy"},
                       "analogy": s["metrics"]["analogy"]["accuracy"], "stages": s["stages"], "train": s["train"]}))
@@ -233,9 +233,10 @@ def test_embed_corpus_brown_end_to_end(tmp_path, shared):
     assert man.run_id == s["run_id"] and sum(f["rows"] for f in man.files["embeddings"]) == 15_173
     assert len(man.files["tokens"]) == 7                     # 6 sentence shards + the vocabulary
     ws = man.metrics["wordsim353"]
-    # measured here: rho 0.21-0.23 at d=50, 2 epochs (gensim at d=100, 5 epochs: 0.27); OOV 23 %
-    assert ws["spearman"] > 0.15 and ws["oov_share"] == pytest.approx(82 / 353)
-    assert man.metrics["simlex999"]["spearman"] > 0.05 and "analogy" in man.metrics
+    # measured here at d=50, 3 epochs, seeds 0-2: WordSim353 rho 0.209 / 0.227 / 0.229, SimLex-999
+    # 0.164-0.179 (gensim at d=100, 5 epochs: 0.27 / 0.16); 82 of the 353 pairs are out of vocabulary
+    assert ws["spearman"] > 0.17 and ws["oov_share"] == pytest.approx(82 / 353)
+    assert man.metrics["simlex999"]["spearman"] > 0.12 and "analogy" in man.metrics
     # token-id shards decode to the corpus sentences (with rare words removed)
     toks = pl.read_parquet(Lake(lake).url(man.files["tokens"][0]["path"]))
     words = df["token"].to_list()
