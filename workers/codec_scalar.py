@@ -29,17 +29,29 @@ SCALE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 # ----------------------------------------------------------------------------- fp16
 
+def _convert(a: np.ndarray, dtype) -> np.ndarray:
+    """float32 <-> float16 (round to nearest even either way); torch's vectorised F16C path is
+    ~2x faster than numpy's, same bits."""
+    try:
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float16 if dtype == np.float16
+                                                            else torch.float32).numpy()
+    except ImportError:     # pragma: no cover - torch is a project dependency
+        return a.astype(dtype)
+
+
 def encode_fp16(X: np.ndarray) -> dict[str, np.ndarray]:
     X = np.asarray(X, dtype=np.float32)
-    if X.size and float(np.abs(X).max()) > F16_MAX:
-        raise ValueError(f"fp16 codec: values up to {float(np.abs(X).max()):.3g} overflow float16 (max {F16_MAX})")
-    h = np.ascontiguousarray(X.astype(np.float16))
+    big = max(float(X.max()), -float(X.min())) if X.size else 0.0
+    if not big <= F16_MAX:
+        raise ValueError(f"fp16 codec: values up to {big:.3g} overflow float16 (max {F16_MAX})")
+    h = np.ascontiguousarray(_convert(X, np.float16))
     return {"code": h.view(np.uint8).reshape(X.shape[0], 2 * X.shape[1])}
 
 
 def decode_fp16(cols: dict, dim: int) -> np.ndarray:
     code = np.ascontiguousarray(cols["code"])
-    return code.view(np.float16).reshape(code.shape[0], dim).astype(np.float32)
+    return _convert(code.view(np.float16).reshape(code.shape[0], dim), np.float32)
 
 
 # ----------------------------------------------------------------------------- row-wise int-N
@@ -121,11 +133,28 @@ def unpack_codes(code: np.ndarray, bits: int, dim: int) -> np.ndarray:
     return q[:, :dim]
 
 
+@nb.njit(parallel=True, cache=True)
+def _dequantise(code, scale, bias, bits, dim, out):
+    n = code.shape[0]
+    for i in nb.prange(n):
+        s = scale[i]
+        b = bias[i]
+        if bits == 8:
+            for j in range(dim):
+                out[i, j] = np.float32(code[i, j]) * s + b
+        else:
+            for j in range(dim):
+                byte = code[i, j >> 1]
+                q = (byte & 0x0F) if (j & 1) == 0 else (byte >> 4)
+                out[i, j] = np.float32(q) * s + b
+
+
 def decode_rowwise(cols: dict, bits: int, dim: int) -> np.ndarray:
-    q = unpack_codes(cols["code"], bits, dim).astype(np.float32)
-    s = np.asarray(cols["scale"], dtype=np.float32)[:, None]
-    b = np.asarray(cols["bias"], dtype=np.float32)[:, None]
-    return q * s + b
+    """x_hat = q * scale + bias in float32 (fused, no temporaries)."""
+    out = np.empty((cols["code"].shape[0], dim), dtype=np.float32)
+    _dequantise(np.ascontiguousarray(cols["code"], dtype=np.uint8), np.asarray(cols["scale"], dtype=np.float32),
+                np.asarray(cols["bias"], dtype=np.float32), bits, dim, out)
+    return out
 
 
 # ----------------------------------------------------------------------------- binary
