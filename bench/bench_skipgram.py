@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--torch-batch", type=int, default=None)
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads (default --threads); "
+                    "1 avoids OpenMP barrier stalls on a busy machine")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-gensim", action="store_true")
     ap.add_argument("--no-f1", action="store_true")
@@ -136,6 +138,8 @@ def main():
     if not a.no_torch:
         from embedlake.workers.skipgram_torch import train_sgns_torch
         tkw = dict(kw, device="cpu")
+        if a.torch_threads:
+            tkw["threads"] = a.torch_threads
         if a.torch_batch:
             tkw["batch_size"] = a.torch_batch
         Wt, _, stt = train_sgns_torch(tokens, offsets, n, **tkw)
