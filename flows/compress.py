@@ -49,6 +49,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     for codec in codecs:
         params = _params(codec, cc, src)
         tm = table_method(method, codec)
+        claim = lake.claim_run(dataset, tm, run_id)      # a second writer of this table run stops here
         try:
             built = sw.run(f"build_{codec}", ct.build_table, lake, src, codec, params, run_id, bounds, retries)
             bpv = cz.bytes_per_vector(codec, params, src.dim)
@@ -70,6 +71,10 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
             url = sw.run(f"commit_{codec}", commit, lake, fields)
         except BaseException:
             _remove_codec(lake, dataset, method, tm, run_id, codec)
+            try:
+                lake.release_claim(dataset, tm, run_id, claim)
+            except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+                pass
             raise
         m = fields["metrics"]
         tables[codec] = {"method": tm, "manifest": url, "path": fields["extra"]["path"], "bytes_per_vector": bpv,

@@ -251,8 +251,12 @@ def test_cli_compress_committed_run(tmp_path, capsys, shared):
     assert cli(["compress", "--from", "karate/deepwalk", "--codec", "pq", "-p", "compress.pq_m=5", "-p", "compress.pq_bits=4",
                 "--lake", uri, "--run-id", "c2"]) == 2
     assert cli(["compress", "--from", "karate/nope", "--lake", uri]) == 2
+    # a second writer of a committed table run stops before writing; the committed table is intact
+    assert cli(["compress", "--from", "karate/deepwalk", "--codec", "int8", "--lake", uri, "--run-id", "c1"]) == 2
+    np.testing.assert_array_equal(cs.read_compressed(uri, "karate", "deepwalk", "int8").cols["code"], t.cols["code"])
     err = capsys.readouterr().err
     assert "unknown codec 'zip'" in err and "pq_m=5 does not divide" in err and "no committed run" in err
+    assert "already committed" in err
     assert not lake.list_files("tables/karate/deepwalk/run=c2")
 
 
