@@ -255,6 +255,16 @@ class Lake:
             fs.pipe_file(path, data, mode="create")   # S3 conditional write: If-None-Match: *
         except (FileExistsError, OSError) as e:
             if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e) or "412" in str(e):
+                # A retried request whose first attempt took effect (answer lost: 5xx, reset,
+                # timeout) meets its own object: identical bytes (manifests and claims are unique
+                # per writer) mean we won, so the commit happens exactly once.
+                try:
+                    fs.invalidate_cache(path)
+                    mine = fs.cat_file(path) == data
+                except Exception:  # noqa: BLE001 - cannot tell: report the conflict
+                    mine = False
+                if mine:
+                    return
                 raise CommitConflict(f"{self.url(rel)} already exists: another writer committed first") from None
             raise
 

@@ -17,7 +17,7 @@ import fsspec
 
 ENV_KEYS = ("EMBEDLAKE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-            "EMBEDLAKE_S3_MAX_ATTEMPTS")
+            "EMBEDLAKE_S3_MAX_ATTEMPTS", "EMBEDLAKE_S3_CONNECT_TIMEOUT", "EMBEDLAKE_S3_READ_TIMEOUT")
 
 
 class StorageEnv:
@@ -67,11 +67,18 @@ def s3_region(env: Mapping | StorageEnv | None = None) -> str:
 
 
 def s3_fs_kwargs(env: Mapping | StorageEnv | None = None) -> dict:
-    """Keyword arguments for s3fs.S3FileSystem, built from the environment (or a StorageEnv)."""
+    """Keyword arguments for s3fs.S3FileSystem, built from the environment (or a StorageEnv).
+
+    Transient failures are retried with exponential backoff by botocore (`adaptive` mode: 500, 502,
+    503, 504, throttling, connection resets and timeouts, up to EMBEDLAKE_S3_MAX_ATTEMPTS attempts);
+    s3fs retries a few transport errors on top (S3FileSystem.retries = 5). Timeouts are tunable
+    (EMBEDLAKE_S3_CONNECT_TIMEOUT / EMBEDLAKE_S3_READ_TIMEOUT, seconds) for slow links or tests.
+    """
     env = os.environ if env is None else env
     kw: dict = {"client_kwargs": {"region_name": s3_region(env)}, "config_kwargs": {
         "retries": {"max_attempts": int(env.get("EMBEDLAKE_S3_MAX_ATTEMPTS", "8")), "mode": "adaptive"},
-        "connect_timeout": 10, "read_timeout": 60}}
+        "connect_timeout": float(env.get("EMBEDLAKE_S3_CONNECT_TIMEOUT", "10")),
+        "read_timeout": float(env.get("EMBEDLAKE_S3_READ_TIMEOUT", "60"))}}
     ep = s3_endpoint(env)
     if ep:
         kw["endpoint_url"] = ep
