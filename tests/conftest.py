@@ -16,6 +16,10 @@ from embedlake.tasks.runtime import configure_env  # noqa: E402
 
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".pytest_cache" / "prefect"))
 configure_env()
+# Prefect configures its console log handler on first import, binding the sys.stderr of that
+# moment. Import it here, under the session-wide capture, so a test's capsys/capfd stream (closed
+# after that test) is never the one Prefect keeps writing to.
+import prefect  # noqa: E402,F401
 
 
 def shared_path(*parts: str) -> Path:
