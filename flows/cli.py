@@ -97,6 +97,9 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     st = s.get("metrics", {}).get("stability")
     if st and not st.get("skipped") and "neighbourhood_overlap@10" in st:
         w(f"aligned to run {st['reference_run']}: top-10 neighbour overlap {st['neighbourhood_overlap@10']:.3f}\n")
+    for codec, t in ((s.get("tables") or {}).get("tables") or {}).items():
+        w(f"table {codec:<8} {t['bytes_per_vector']:>5} B/vector  ratio {t['ratio']:>6.1f}  "
+          f"recall@10 {t.get('recall_at_10') or float('nan'):.3f}  -> {t['path']}\n")
     w("outputs:\n")
     w(f"  embeddings  {s['embeddings']}\n")
     w(f"  manifest    {s['manifest']}\n")

@@ -84,11 +84,16 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         _remove_run_files(lake, dataset, method, run_id)
         lake.release_claim(dataset, method, run_id, claim)
         raise
+    tables = None
+    if cfg.compress.codecs:     # each codec is its own committed run (<method>.<codec>) of this run's table
+        from embedlake.flows.compress import compress_run
+        tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw)
     return {
         "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
         "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
         "manifest": manifest_url, "graph": graph.meta, "stages": sw.stages, "metrics": metrics,
         "rows": graph.num_nodes, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
+        "tables": tables,
     }
 
 

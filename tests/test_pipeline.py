@@ -26,8 +26,11 @@ def test_karate_end_to_end(tmp_path, shared):
     ds = shared("datasets", "karate")
     s = _run(str(tmp_path / "lake"), ds / "edges.tsv", ds / "labels.tsv",
              ["train.dim=16", "walk.walks_per_node=20", "walk.length=20", "train.window=5", "shard.partitions=3",
-              "eval.repeats=2"])
+              "eval.repeats=2", "compress.codecs=[int8]"])
     assert s["dataset"] == "karate" and s["rows"] == 34
+    t = s["tables"]["tables"]["int8"]          # the compress stage ran on this run's table
+    assert t["method"] == "deepwalk.int8" and t["recall_at_10"] > 0.9
+    assert Lake(str(tmp_path / "lake")).manifest("karate", "deepwalk.int8").run_id == s["run_id"]
     assert set(s["stages"]) >= {"ingest", "walk", "train", "publish", "evaluate", "commit"}
     ids, X = embedlake.load_matrix(str(tmp_path / "lake"), "karate", "deepwalk")
     assert sorted(ids.tolist()) == list(range(34)) and X.shape == (34, 16) and np.isfinite(X).all()
