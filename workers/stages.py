@@ -115,7 +115,8 @@ def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.nda
               sample=train["sample"], seed=train["seed"])
     if engine == "torch":
         from embedlake.workers.skipgram_torch import train_sgns_torch
-        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), **kw)
+        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), threads=threads,
+                                       **kw)
     else:
         report = train.get("progress")
         cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
