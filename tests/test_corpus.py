@@ -282,3 +282,21 @@ def test_s3_input_sharded(s3_env, tmp_path):
     assert st["shards"] > 3
     kept, sents = _reference(lines + lines, 2)
     assert dict(zip(w, c.tolist())) == kept and _decode(w, tok, off) == sents
+
+
+def test_train_stage_engines(tmp_path):
+    """Both engines through the corpus train stage: same contract (table [V, d], stats), seeded init."""
+    rng = np.random.default_rng(3)
+    lines = [" ".join(f"w{int(x)}" for x in rng.zipf(1.5, size=12) if x < 40) for _ in range(300)]
+    p = _write(tmp_path / "z.txt", lines)
+    w, c, tok, off, _ = wc.tokenise_corpus(str(p), wc.TextSpec(), min_count=2)
+    cfg = {"dim": 8, "window": 3, "negatives": 3, "ns_exponent": 0.75, "epochs": 2, "lr": 0.025, "min_lr": 1e-4,
+           "sample": 1e-3, "seed": 0, "threads": 1}
+    Wn, sn = wc.train_stage(len(w), c, {**cfg, "engine": "numba"}, tok, off)
+    Wn2, _ = wc.train_stage(len(w), c, {**cfg, "engine": "numba"}, tok, off)
+    Wt, st = wc.train_stage(len(w), c, {**cfg, "engine": "torch", "device": "cpu"}, tok, off)
+    assert Wn.shape == Wt.shape == (len(w), 8) and np.isfinite(Wn).all() and np.isfinite(Wt).all()
+    assert np.array_equal(Wn, Wn2)                       # one thread, fixed seed: bit-for-bit
+    assert sn["engine"] == "numba" and st["engine"] == "torch" and sn["sentences"] == len(off) - 1
+    W0, _ = wc.text_init(len(w), 8, 0)
+    assert np.abs(W0).max() <= 1 / 8 and np.abs(W0).max() > 0.9 / 8 and not np.array_equal(Wn, W0)
