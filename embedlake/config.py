@@ -64,6 +64,10 @@ class WalkConfig(Section):
     q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
     seed: int = Field(0, description="Walk k from node v depends only on (seed, v, k).")
     write_walks: bool = Field(False, description="Also write the walks to the lake as Parquet.")
+    stream: Literal["auto", "always", "never"] = Field("auto", description="Stream walks into training one round "
+                                                 "(one walk per node) at a time instead of holding all walks; "
+                                                 "auto = when they exceed stream_threshold_mb.")
+    stream_threshold_mb: float = Field(1024.0, gt=0, description="Walk volume above which walk.stream=auto streams.")
 
 
 class TrainConfig(Section):

@@ -17,6 +17,7 @@ from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.remote import set_stage_options
+from embedlake.tasks.stream import should_stream, walk_and_train
 from embedlake.tasks.runtime import ensure_ray
 from embedlake.workers.stages import partition_bounds
 
@@ -59,7 +60,12 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
         info: dict = {}
         files: dict[str, list[dict]] = {}
-        if method in ("deepwalk", "node2vec"):
+        if method in ("deepwalk", "node2vec") and not cfg.walk.write_walks and cfg.train.workers == 1 \
+                and should_stream(graph.num_nodes, cfg.walk.model_dump()):
+            trained = sw.run("walk_train", walk_and_train, graph, cfg.walk.model_dump(), cfg.train.model_dump(),
+                             method, bounds, retries)
+            emb_ref, info = trained.ref, trained.info
+        elif method in ("deepwalk", "node2vec"):
             walk_refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), method, bounds, retries)
             if cfg.walk.write_walks:
                 files["walks"] = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph,

@@ -79,13 +79,14 @@ def partition_bounds(n: int, partitions: int) -> list[tuple[int, int]]:
 
 
 def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, seed: int, p: float, q: float,
-               mode: str, threads: int = 1, alias=None) -> np.ndarray:
-    """Walks from start nodes [lo, hi), k-major, -1 padded. `alias`: the graph's shared alias tables."""
+               mode: str, threads: int = 1, alias=None, walk_offset: int = 0) -> np.ndarray:
+    """Walks from start nodes [lo, hi), k-major, -1 padded. `alias`: the graph's shared alias tables;
+    walk_offset: index of the first walk (streamed rounds ask for walk k alone)."""
     from embedlake.workers.walks import random_walks
     indptr, indices, weights, directed = csr
     starts = np.arange(lo, hi, dtype=np.int64)
     return random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
-                        threads=threads, alias=alias, symmetric=not directed)
+                        threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
 
 
 def alias_stage(csr: tuple):
@@ -156,3 +157,36 @@ def write_walks_part(lake: Lake | str, dataset: str, method: str, run_id: str, p
     lake = Lake(lake)
     rel = Lake.part_path("walks", dataset, method, run_id, partition)
     return lake.write_parquet(rel, walks_table(walks, node_ids, lo, hi, walks_per_node)).to_dict()
+
+
+def train_round(num_nodes: int, train: dict, round_index: int, rounds: int, state, *parts: np.ndarray):
+    """One round of streamed training: the walks of round r (one walk per node) continue the model.
+
+    The learning rate decays linearly across all rounds exactly as in one call over every walk
+    (each round trains the segment [r/R, (r+1)/R] of the schedule), so only one round of walks is
+    ever held. Returns ((W_in, W_out), stats).
+    """
+    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.walks import walks_to_sentences
+    tokens, offsets = walks_to_sentences(interleave_walks(list(parts), 1))
+    lr, min_lr = float(train["lr"]), float(train["min_lr"])
+    seg_hi = lr - (lr - min_lr) * round_index / rounds
+    seg_lo = lr - (lr - min_lr) * (round_index + 1) / rounds
+    counts = None if state is None else state[2]
+    if counts is None:      # noise distribution from the first round's visits (stationary ~ degree)
+        counts = np.bincount(tokens[tokens >= 0], minlength=num_nodes).astype(np.int64)
+    report = train.get("progress")
+    done0 = round_index * len(tokens)
+    cb = (lambda done, total, loss: report(done0 + done, total * rounds, loss=loss)) if report else None
+    W_in, W_out, stats = train_sgns(tokens, offsets, num_nodes, counts=counts, dim=train["dim"],
+                                    window=train["window"], negatives=train["negatives"],
+                                    ns_exponent=train["ns_exponent"], epochs=1, lr=seg_hi, min_lr=seg_lo,
+                                    sample=train["sample"], seed=train["seed"] + 7919 * round_index,
+                                    threads=train.get("threads") or 0,
+                                    init=None if state is None else (state[0].copy(), state[1].copy()),
+                                    progress=cb)
+    return (W_in, W_out, counts), stats
+
+
+def first_table(state) -> np.ndarray:
+    return state[0]

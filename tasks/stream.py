@@ -1,0 +1,79 @@
+"""Walks streamed into training: one round (one walk per node) at a time, the next round's walks
+generated while the current one trains, so all walks are never held at once.
+
+Used by embed_graph when the walks would not fit comfortably (walk.stream=auto and more than
+walk.stream_threshold_mb of walks) or when asked (walk.stream=always). Same maths as the one-shot path:
+rounds are the k-major blocks, the learning-rate schedule is continued piecewise.
+"""
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.progress import Progress
+from embedlake.tasks.remote import remote, stage_options
+from embedlake.tasks.runtime import max_node_cpus
+from embedlake.workers import stages
+
+
+def walks_mb(num_nodes: int, walk_cfg: dict) -> float:
+    return num_nodes * walk_cfg["walks_per_node"] * walk_cfg["length"] * 4 / 2**20
+
+
+def should_stream(num_nodes: int, walk_cfg: dict) -> bool:
+    mode = walk_cfg.get("stream", "auto")
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return walks_mb(num_nodes, walk_cfg) > walk_cfg.get("stream_threshold_mb", 1024)
+
+
+@task(name="walk_train_streamed", cache_policy=NO_CACHE)
+def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: str,
+                   bounds: list[tuple[int, int]], max_retries: int = 3) -> StageResult:
+    import ray
+    log = stage_logger()
+    mode = "node2vec" if method == "node2vec" else "deepwalk"
+    rounds_per_epoch = walk_cfg["walks_per_node"]
+    rounds = rounds_per_epoch * train_cfg["epochs"]
+    alias_ref = None
+    if graph.meta.get("stats", {}).get("weighted"):
+        alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
+    walk_fn = remote(stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
+
+    def submit(r: int) -> list:
+        k = r % rounds_per_epoch        # epoch e repeats the same walks (deterministic by (seed, v, k))
+        return [walk_fn.remote(graph.csr_ref, lo, hi, 1, walk_cfg["length"], walk_cfg["seed"], walk_cfg["p"],
+                               walk_cfg["q"], mode, 1, alias_ref, k) for lo, hi in bounds]
+
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
+    cfg = dict(train_cfg)
+    cfg["threads"] = cfg.get("threads") or cpus
+    progress = Progress("train (streamed walks)", "tokens")
+    cfg["progress"] = progress.reporter("train")
+    train_fn = remote(stages.train_round, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    log.info(f"walk+train streamed: {rounds} rounds of one walk per node "
+             f"({walks_mb(graph.num_nodes, walk_cfg) / rounds_per_epoch:,.0f} MB of walks each)")
+    state, stats_refs = None, []
+    nxt = submit(0)
+    for r in range(rounds):
+        cur = nxt
+        if r + 1 < rounds:
+            nxt = submit(r + 1)          # next round's walks run while this round trains
+        state, st = train_fn.remote(graph.num_nodes, cfg, r, rounds, state, *cur)
+        stats_refs.append(st)
+        progress.wait([st])
+        del cur
+    progress.close()
+    all_stats = ray.get(stats_refs)
+    emb_ref = remote(stages.first_table, "train", num_cpus=0).remote(state)
+    tokens = sum(s.get("tokens", 0) for s in all_stats)
+    secs = sum(s.get("seconds", 0.0) for s in all_stats)
+    info = {"tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs) if secs else 0,
+            "loss_first": all_stats[0].get("loss_first"), "loss_last": all_stats[-1].get("loss_last"),
+            "rounds": rounds, "streamed": True}
+    log.info(f"train: {tokens:,} tokens at {info['tokens_per_s']:,} tokens/s (streamed, {rounds} rounds)")
+    return StageResult(emb_ref, info)
