@@ -1,0 +1,465 @@
+"""Block-partitioned skip-gram (PyTorch-BigGraph buckets / GraphVite episodes): the compute pieces.
+
+Why: with several workers, Hogwild on one shared table needs every worker to hold (and average) the
+whole W_in and W_out. Here node ids are split into P partitions; W_in and W_out are each cut into P
+shards. A *block* (i, j) trains only the (context, centre) pairs whose context lies in partition i
+and whose centre lies in partition j: it reads and writes shard W_in[i] and shard W_out[j] and
+nothing else, and draws its negatives from partition j's noise distribution (the negatives replace
+the centre, so they must live in the W_out shard the block holds). One *episode* is P blocks
+(i, (i + e) mod P), i = 0..P-1: every W_in shard and every W_out shard appears in exactly one block,
+so the blocks of an episode run on different workers with no shared memory and no averaging; the
+P episodes of an epoch cover all P*P blocks exactly once (a Latin square, GraphVite's orthogonal
+blocks). Shards move between workers through the object store (tasks/train.py).
+
+Maths per pair is the one of ``workers.skipgram`` (word2vec skip-gram, dynamic window, unigram **
+ns_exponent noise, HogBatch shared negatives per centre, linear lr decay by stream position).
+Differences, all deliberate:
+* the dynamic window and the negatives of a centre come from splitmix64 streams seeded by its
+  *position* (and the block's context partition for negatives), so every block sees the same
+  windows whatever the partitioning or thread count;
+* negatives are shared by the contexts of one centre *inside one block* and drawn from the
+  centre's partition (PyTorch-BigGraph does the same);
+* each pair keeps the learning rate its stream position gives it, so every episode sweeps lr from
+  high to low over the positions it trains (a warm restart per episode, see docs/training.md).
+
+Everything here is plain numpy / numba (no Ray, no Prefect); `train_blocks` runs the whole schedule
+in-process (tests, memory benchmark), `train_block` is what one Ray task runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable
+
+import numba as nb
+import numpy as np
+
+from embedlake.workers.skipgram import MAX_EXP, TABLE_SIZE, _build_alias, keep_thresholds, sigmoid_tables
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+
+
+# ----------------------------------------------------------------------------- schedule, partitions
+
+def block_schedule(partitions: int) -> list[list[tuple[int, int]]]:
+    """Episodes of one epoch: episode e = [(i, (i + e) % P) for i in 0..P-1] (context shard i, centre shard j).
+
+    Inside an episode no W_in shard and no W_out shard appears twice, so its blocks run in parallel
+    without sharing a row; over the P episodes every (i, j) block appears exactly once.
+    """
+    P = int(partitions)
+    if P < 1:
+        raise ValueError("partitions must be >= 1")
+    return [[(i, (i + e) % P) for i in range(P)] for e in range(P)]
+
+
+def step_blocks(step: int, partitions: int, rounds: int = 1) -> tuple[int, int, list[tuple[int, int]]]:
+    """Global episode counter -> (epoch, episode inside the epoch, its blocks). An epoch has
+    P * rounds episodes: `rounds` passes of the P-episode schedule, pass r over the r-th slice of
+    the stream positions (short episodes couple the shards often, see docs/training.md)."""
+    per = int(partitions) * int(rounds)
+    ep, e = divmod(int(step), per)
+    return ep, e, block_schedule(partitions)[e % int(partitions)]
+
+
+def assign_partitions(counts: np.ndarray, partitions: int, ns_exponent: float = 0.75):
+    """Spread node ids over P partitions with balanced work: (part int32[V], local int32[V], sizes int64[P]).
+
+    Nodes are sorted by noise weight count**ns_exponent and dealt out in snake order (0..P-1,
+    P-1..0, ...), so every partition gets about the same number of nodes, the same share of the
+    token stream (block work) and the same noise mass (negatives). local[v] is v's row in its shard;
+    rows of a shard keep increasing node-id order.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    V = len(c)
+    P = int(partitions)
+    w = np.power(np.maximum(c, 0.0), ns_exponent)
+    order = np.lexsort((np.arange(V), -w))                      # heaviest first, ties by id
+    k = np.arange(V, dtype=np.int64)
+    rnd, pos = k // P, k % P
+    slot = np.where(rnd % 2 == 0, pos, P - 1 - pos)
+    part = np.empty(V, np.int32)
+    part[order] = slot.astype(np.int32)
+    sizes = np.bincount(part, minlength=P).astype(np.int64)
+    local = np.empty(V, np.int32)
+    for p in range(P):                                          # P passes over V: fine for P << V
+        m = np.flatnonzero(part == p)
+        local[m] = np.arange(len(m), dtype=np.int32)
+    return part, local, sizes
+
+
+def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, sizes: np.ndarray,
+                    ns_exponent: float = 0.75):
+    """Alias tables of each partition's noise distribution over its local rows, concatenated:
+    (thr uint64[V], idx int32[V], off int64[P+1]); partition p uses thr[off[p]:off[p+1]]."""
+    P = len(sizes)
+    off = np.zeros(P + 1, np.int64)
+    np.cumsum(sizes, out=off[1:])
+    thr = np.empty(int(off[-1]), np.uint64)
+    idx = np.empty(int(off[-1]), np.int32)
+    c = np.asarray(counts, dtype=np.float64)
+    for p in range(P):
+        m = np.flatnonzero(part == p)
+        cp = np.zeros(len(m), np.float64)
+        cp[local[m]] = c[m]
+        w = np.where(cp > 0, np.power(np.maximum(cp, 1e-300), ns_exponent), 0.0)
+        if w.sum() <= 0:
+            w = np.ones_like(w)
+        if len(m):
+            t, a = _build_alias(w / w.sum())
+            thr[off[p]:off[p + 1]], idx[off[p]:off[p + 1]] = t, a
+    return thr, idx, off
+
+
+@nb.njit(cache=True)
+def _bucket_positions(tokens, part, P):
+    """Stream positions grouped by the partition of their token, ascending inside each group."""
+    cnt = np.zeros(P + 1, np.int64)
+    for t in range(tokens.shape[0]):
+        cnt[part[tokens[t]] + 1] += 1
+    for p in range(P):
+        cnt[p + 1] += cnt[p]
+    out = np.empty(tokens.shape[0], np.int64)
+    fill = cnt[:P].copy()
+    for t in range(tokens.shape[0]):
+        p = part[tokens[t]]
+        out[fill[p]] = t
+        fill[p] += 1
+    return out, cnt
+
+
+def compact_stream(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop padding (-1) so that windows are taken over real tokens only (as the single kernel does)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    base = int(offsets[0]) if len(offsets) else 0
+    tokens = tokens[base:int(offsets[-1])] if len(offsets) > 1 else tokens[:0]
+    offsets = offsets - base
+    if len(tokens) and tokens.min() < 0:
+        keep = tokens >= 0
+        csum = np.zeros(len(tokens) + 1, np.int64)
+        np.cumsum(keep, out=csum[1:])
+        offsets = csum[offsets]
+        tokens = tokens[keep]
+    return tokens, offsets
+
+
+def subsample(tokens: np.ndarray, offsets: np.ndarray, counts: np.ndarray, sample: float, seed: int,
+              epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """word2vec subsampling for one epoch, decided once for all blocks (same kept set everywhere)."""
+    thr = keep_thresholds(counts, sample)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 7_654_321, int(epoch)])
+    u = rng.integers(0, 1 << 32, size=len(tokens), dtype=np.uint64)
+    keep = u < thr[tokens]
+    csum = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum(keep, out=csum[1:])
+    return np.ascontiguousarray(tokens[keep]), csum[offsets]
+
+
+def stream_fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
+    """What a checkpoint must match to be resumed: the exact token stream."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(tokens).view(np.uint8))
+    h.update(np.ascontiguousarray(offsets).view(np.uint8))
+    return h.hexdigest()[:24]
+
+
+def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=None, ns_exponent: float = 0.75,
+                   sample: float = 0.0, seed: int = 0, epoch: int = 0) -> dict:
+    """Everything the blocks of an epoch share (read-only): stream, positions by centre partition,
+    the partition map and the per-partition noise tables. One object, put once in the object store."""
+    tokens, offsets = compact_stream(tokens, offsets)
+    if len(tokens) and (tokens.max() >= vocab_size):
+        raise ValueError("tokens must lie in [0, vocab_size) or be -1 (padding)")
+    if counts is None:
+        counts = np.bincount(tokens, minlength=vocab_size).astype(np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    fingerprint = stream_fingerprint(tokens, offsets)
+    per_epoch = len(tokens)
+    if sample > 0:
+        tokens, offsets = subsample(tokens, offsets, counts, sample, seed, epoch)
+    part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
+    centres, cbounds = _bucket_positions(tokens, part, int(partitions))
+    thr, idx, aoff = partition_noise(counts, part, local, sizes, ns_exponent)
+    return {"tokens": tokens, "offsets": offsets, "centres": centres, "cbounds": cbounds, "part": part,
+            "local": local, "sizes": sizes, "alias_thr": thr, "alias_idx": idx, "alias_off": aoff,
+            "per_epoch": np.int64(per_epoch), "fingerprint": fingerprint}
+
+
+def init_shards(vocab_sizes: np.ndarray, dim: int, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Initial W_in[i] ~ U(-0.5/dim, 0.5/dim) from (seed, i) and W_out[i] = 0 (word2vec's init)."""
+    n = int(vocab_sizes[i])
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 1_000_003, int(i)])
+    W_in = (rng.random((n, dim), dtype=np.float32) - np.float32(0.5)) / np.float32(dim)
+    return W_in, np.zeros((n, dim), np.float32)
+
+
+def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray]) -> np.ndarray:
+    """Shards -> the full [V, dim] table in node-id order."""
+    V = len(part)
+    dim = shards[0].shape[1]
+    W = np.empty((V, dim), np.float32)
+    for p, S in enumerate(shards):
+        m = np.flatnonzero(part == p)
+        W[m] = S[local[m]]
+    return W
+
+
+# ----------------------------------------------------------------------------- kernel
+
+@nb.njit(inline="always")
+def _next(state):
+    state = state + _GOLDEN
+    z = state
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return state, z ^ (z >> _S31)
+
+
+@nb.njit(inline="always")
+def _mix(seed, epoch, pos, salt):
+    s = np.uint64(seed) * _M1 + np.uint64(epoch) * _M2 + np.uint64(pos) * _GOLDEN + np.uint64(salt) * _S31
+    s, z = _next(s)
+    return z
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _block_chunk(tokens, offsets, centres, c_lo, c_hi, part, local, pi, W_in, W_out, alias_thr, alias_idx,
+                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, pos_scale, work_total, seed,
+                 epoch, nblocks, out_loss, out_pairs):
+    """Train the centres centres[c_lo:c_hi] (stream positions, ascending, all in this block's centre
+    partition) against their contexts that lie in context partition `pi`. W_in / W_out are the two
+    shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs."""
+    n = c_hi - c_lo
+    dim = W_in.shape[1]
+    K1 = negatives + 1
+    cmax = 2 * window
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    win_u = np.uint64(window)
+    nal = np.uint64(alias_thr.shape[0])
+    for blk in nb.prange(nblocks):
+        a = c_lo + (n * blk) // nblocks
+        b = c_lo + (n * (blk + 1)) // nblocks
+        ctx = np.empty(cmax, np.int32)
+        outs = np.empty(K1, np.int32)
+        g = np.empty((cmax, K1), np.float32)
+        dIn = np.empty((cmax, dim), np.float32)
+        Cb = np.empty((cmax, dim), np.float32)
+        Ob = np.empty((K1, dim), np.float32)
+        loss = 0.0
+        pairs = 0
+        s = 0
+        if b > a:
+            s = np.searchsorted(offsets, centres[a], side="right") - 1
+        for k in range(a, b):
+            p = centres[k]
+            while offsets[s + 1] <= p:
+                s += 1
+            z = _mix(seed, epoch, p, 0)
+            bw = 1 + np.int64(((z >> _S32) * win_u) >> _S32)
+            lo = max(offsets[s], p - bw)
+            hi = min(offsets[s + 1], p + bw + 1)
+            B = 0
+            for q in range(lo, hi):
+                if q != p:
+                    w = tokens[q]
+                    if part[w] == pi:
+                        ctx[B] = local[w]
+                        B += 1
+            if B == 0:
+                continue
+            center = local[tokens[p]]
+            lr = lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total
+            if lr < min_lr:
+                lr = min_lr
+            state = _mix(seed, epoch, p, pi + 1)
+            outs[0] = center
+            nout = 1
+            for r in range(negatives):
+                state, z = _next(state)
+                jj = np.int64(((z >> _S32) * nal) >> _S32)
+                neg = jj if (z & _LOW32) < alias_thr[jj] else alias_idx[jj]
+                if neg == center:
+                    continue
+                outs[nout] = neg
+                nout += 1
+            for c in range(B):
+                crow = ctx[c]
+                for d in range(dim):
+                    Cb[c, d] = W_in[crow, d]
+            for o in range(nout):
+                orow = outs[o]
+                for d in range(dim):
+                    Ob[o, d] = W_out[orow, d]
+            for c in range(B):
+                for o in range(nout):
+                    f = np.float32(0.0)
+                    for d in range(dim):
+                        f += Cb[c, d] * Ob[o, d]
+                    x = f if o == 0 else -f
+                    if x <= -MAX_EXP:
+                        loss -= x
+                    elif x < MAX_EXP:
+                        loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+                    if f <= -MAX_EXP:
+                        sg = sig_tab[0]
+                    elif f >= MAX_EXP:
+                        sg = sig_tab[TABLE_SIZE]
+                    else:
+                        sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+                    lab = np.float32(1.0) if o == 0 else np.float32(0.0)
+                    g[c, o] = (lab - sg) * lr
+            for c in range(B):
+                for d in range(dim):
+                    dIn[c, d] = 0.0
+                for o in range(nout):
+                    gg = g[c, o]
+                    for d in range(dim):
+                        dIn[c, d] += gg * Ob[o, d]
+            for o in range(nout):
+                for d in range(dim):
+                    Ob[o, d] = 0.0
+                for c in range(B):
+                    gg = g[c, o]
+                    for d in range(dim):
+                        Ob[o, d] += gg * Cb[c, d]
+            for o in range(nout):
+                orow = outs[o]
+                for d in range(dim):
+                    W_out[orow, d] += Ob[o, d]
+            for c in range(B):
+                crow = ctx[c]
+                for d in range(dim):
+                    W_in[crow, d] += dIn[c, d]
+            pairs += B
+        out_loss[blk] = loss
+        out_pairs[blk] = pairs
+
+
+# ----------------------------------------------------------------------------- one block
+
+def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndarray, *, epoch: int, epochs: int,
+                episode: int = 0, rounds: int = 1, lr_schedule: str = "position", window: int = 10, negatives: int = 5, lr: float = 0.025, min_lr: float = 1e-4, seed: int = 0,
+                threads: int = 0, progress: Callable[[int, int, float], None] | None = None,
+                chunk_centres: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train block (i, j) of `epoch` in place on the shards W_in_i (context partition i) and W_out_j
+    (centre partition j); returns them with stats {centres, pairs, loss_sum, seconds}.
+    progress(done_centres, total_centres, chunk_loss) is called between kernel calls."""
+    W_in_i = np.ascontiguousarray(W_in_i, dtype=np.float32)
+    W_out_j = np.ascontiguousarray(W_out_j, dtype=np.float32)
+    if not W_in_i.flags.writeable:
+        W_in_i = W_in_i.copy()
+    if not W_out_j.flags.writeable:
+        W_out_j = W_out_j.copy()
+    sig_tab, logsig_tab = sigmoid_tables()
+    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
+    P = len(prep["sizes"])
+    n_stream = len(prep["tokens"])
+    if rounds > 1:                   # round r = stream positions [r N / R, (r + 1) N / R)
+        r = episode // P
+        cj = prep["centres"][c0:c1]
+        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
+        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+    a0, a1 = int(prep["alias_off"][j]), int(prep["alias_off"][j + 1])
+    thr, idx = prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1]
+    per_epoch = int(prep["per_epoch"])
+    pos_scale = per_epoch / n_stream if n_stream else 1.0       # subsampled stream -> original positions
+    if lr_schedule == "global":      # lr decays over the whole run: episode after episode
+        steps = P * rounds
+        pos_base = float((epoch * steps + episode) * per_epoch)
+        work_total = float(max(1, per_epoch * epochs * steps))
+    elif lr_schedule == "position":  # each pair keeps its single-worker lr: every episode restarts high
+        pos_base, work_total = float(epoch * per_epoch), float(max(1, per_epoch * epochs))
+    else:
+        raise ValueError(f"lr_schedule must be 'global' or 'position', not {lr_schedule!r}")
+    nthreads = nb.config.NUMBA_NUM_THREADS if threads <= 0 else min(int(threads), nb.config.NUMBA_NUM_THREADS)
+    nblocks = 1 if nthreads == 1 else 4 * nthreads
+    if chunk_centres is None:
+        chunk_centres = max(32768, (c1 - c0) // 50)
+    prev = nb.get_num_threads()
+    nb.set_num_threads(nthreads)
+    loss_sum, pairs, done = 0.0, 0, 0
+    lb = np.zeros(nblocks, np.float64)
+    pb = np.zeros(nblocks, np.int64)
+    t0 = time.perf_counter()
+    try:
+        for lo in range(c0, c1, chunk_centres):
+            hi = min(c1, lo + chunk_centres)
+            _block_chunk(prep["tokens"], prep["offsets"], prep["centres"], lo, hi, prep["part"], prep["local"],
+                         int(i), W_in_i, W_out_j, thr, idx, sig_tab, logsig_tab, int(window), int(negatives),
+                         float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
+                         int(seed), int(epoch), nblocks, lb, pb)
+            cl, cp = float(lb.sum()), int(pb.sum())
+            loss_sum += cl
+            pairs += cp
+            done += hi - lo
+            if progress is not None:
+                progress(done, c1 - c0, cl / cp if cp else float("nan"))
+    finally:
+        nb.set_num_threads(prev)
+    stats = {"block": [int(i), int(j)], "epoch": int(epoch), "centres": c1 - c0, "pairs": pairs,
+             "loss_sum": loss_sum, "seconds": time.perf_counter() - t0, "threads": nthreads}
+    return W_in_i, W_out_j, stats
+
+
+# ----------------------------------------------------------------------------- in-process driver
+
+def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, counts=None, dim: int = 128,
+                 window: int = 10, negatives: int = 5, ns_exponent: float = 0.75, epochs: int = 1,
+                 lr: float = 0.025, min_lr: float = 1e-4, sample: float = 0.0, seed: int = 0, threads: int = 0,
+                 rounds: int = 1, lr_schedule: str = "position", on_episode: Callable[[int, int, list, list], None] | None = None,
+                 start: tuple[int, list, list] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The whole block schedule in this process, block after block (what the Ray driver in
+    tasks/train.py does across workers). Same arguments and return value as ``train_sgns``.
+
+    on_episode(epoch, episode, W_in_shards, W_out_shards) is called after every episode (checkpoint
+    hook); start=(steps_done, W_in_shards, W_out_shards) resumes after `steps_done` episodes.
+    """
+    if window < 1 or negatives < 0 or epochs < 1 or dim < 1 or partitions < 1:
+        raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1, partitions >= 1 required")
+    P = int(partitions)
+    prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
+                          sample=sample, seed=seed, epoch=0)
+    if start is not None:
+        step0, Win, Wout = start[0], list(start[1]), list(start[2])
+    else:
+        step0 = 0
+        Win, Wout = map(list, zip(*(init_shards(prep["sizes"], dim, seed, p) for p in range(P))))
+    t0 = time.perf_counter()
+    pairs, first, last = 0, None, None
+    steps = P * int(rounds)
+    for step in range(step0, epochs * steps):
+        ep, e, blocks = step_blocks(step, P, rounds)
+        if sample > 0 and e == 0 and ep > 0:
+            prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
+                                  sample=sample, seed=seed, epoch=ep)
+        ls, ps = 0.0, 0
+        for i, j in blocks:
+            Win[i], Wout[j], st = train_block(prep, i, j, Win[i], Wout[j], epoch=ep, epochs=epochs, episode=e,
+                                              rounds=rounds, lr_schedule=lr_schedule, window=window,
+                                              negatives=negatives, lr=lr, min_lr=min_lr, seed=seed, threads=threads)
+            ls += st["loss_sum"]
+            ps += st["pairs"]
+        pairs += ps
+        first = first if first is not None else (ls / ps if ps else float("nan"))
+        last = ls / ps if ps else float("nan")
+        if on_episode is not None:
+            on_episode(ep, e, Win, Wout)
+    seconds = time.perf_counter() - t0
+    W_in = assemble(prep["part"], prep["local"], Win)
+    del Win
+    W_out = assemble(prep["part"], prep["local"], Wout)
+    tok = int(prep["per_epoch"]) * (epochs - step0 / steps)
+    stats = {"tokens": int(tok), "pairs": pairs, "seconds": seconds,
+             "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
+             "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
+             "loss_first": first, "loss_last": last, "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
+             "engine": "numba-blocks", "fingerprint": prep["fingerprint"]}
+    return W_in, W_out, stats
