@@ -26,7 +26,6 @@ corpus with no token at all, or no word reaching ``min_count``, is an error.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 
 import numpy as np

@@ -172,7 +172,8 @@ def evaluate_words(words, X: np.ndarray, benchmarks: str | None = None, case_ins
     return out
 
 
-def most_similar(words, X: np.ndarray, word: str, k: int = 10, case_insensitive: bool = False) -> list[tuple[str, float]]:
+def most_similar(words, X: np.ndarray, word: str, k: int = 10,
+                 case_insensitive: bool = False) -> list[tuple[str, float]]:
     """The k nearest words to `word` by cosine similarity (the word itself excluded).
 
     Exact match first; with case_insensitive (or when the exact word is absent) the most frequent
