@@ -161,7 +161,7 @@ def cmd_most_similar(args) -> int:
         rows = most_similar(args.lake, args.dataset, args.method, args.word, k=args.k, run=args.run)
     except KeyError as e:
         from embedlake.errors import InputError
-        raise InputError(str(e).strip("\"'")) from None
+        raise InputError(f"{e.args[0]} of {args.dataset}/{args.method}") from None
     for w, s in rows:
         print(f"{s:8.4f}  {w}")
     return 0
