@@ -84,6 +84,16 @@ class TrainConfig(Section):
     device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
     threads: int = Field(0, ge=0, description="Kernel threads per worker; 0 = the worker's CPUs.")
     workers: int = Field(1, ge=1, description="Ray workers for partitioned training (1 = one worker, whole table).")
+    partitions: int = Field(0, ge=0, le=256, description="Node partitions P of block-partitioned training "
+                            "(docs/training.md); 0 = 2 x workers when workers > 1, else the one-table kernel. "
+                            "partitions >= 1 with workers = 1 runs the block engine on one worker (checkpoints).")
+    rounds: int = Field(8, ge=1, description="Passes of the P-episode block schedule per epoch, each over 1/rounds "
+                        "of the walks (short episodes keep the shards in step; 1 = P long episodes).")
+    checkpoint: Literal["round", "episode", "epoch", "off"] = Field("round", description="Partitioned training "
+                                                                    "writes W_in/W_out shards to the lake's "
+                                                                    "checkpoints/ after every round, episode or epoch.")
+    resume: bool = Field(True, description="A re-run with the same lake.run_id continues from the run's last "
+                         "checkpoint (a leftover claim of a dead writer on this host is taken over).")
     seed: int = Field(0, description="Initialisation and sampling seed.")
 
 

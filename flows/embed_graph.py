@@ -19,6 +19,7 @@ from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.remote import set_stage_options
 from embedlake.tasks.stream import should_stream, walk_and_train
 from embedlake.tasks.runtime import ensure_ray
+from embedlake.tasks.train import drop_checkpoints, take_over_dead_claim
 from embedlake.workers.stages import partition_bounds
 
 
@@ -50,6 +51,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
     set_stage_options(cfg.ray.stages)
     retries = cfg.ray.max_retries
+    if cfg.train.resume and method in ("deepwalk", "node2vec"):   # a killed run may be resumed (issue 4)
+        take_over_dead_claim(lake, dataset, method, run_id, gt.stage_logger())
     claim = lake.claim_run(dataset, method, run_id)    # a second writer of this run id stops here
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
@@ -71,7 +74,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                 files["walks"] = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph,
                                         walk_refs, cfg.walk.walks_per_node, bounds, retries)
             trained = sw.run("train", gt.train, graph, walk_refs, cfg.walk.model_dump(), cfg.train.model_dump(),
-                             retries)
+                             retries, checkpoint={"lake": lake, "dataset": dataset, "method": method,
+                                                  "run_id": run_id})
             emb_ref, info = trained.ref, trained.info
         else:
             emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
@@ -86,6 +90,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                         config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
                         extra={"dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": info})
         manifest_url = sw.run("commit", gt.commit, lake, manifest)
+        drop_checkpoints(lake, dataset, method, run_id)
     except BaseException:
         _remove_run_files(lake, dataset, method, run_id)
         lake.release_claim(dataset, method, run_id, claim)

@@ -67,10 +67,16 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, max_retries: int = 3) -> StageResult:
-    """Skip-gram on all walks in one multi-threaded Ray task (partitioned training: issue 4)."""
+def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, max_retries: int = 3,
+          checkpoint: dict | None = None) -> StageResult:
+    """Skip-gram on all walks: one multi-threaded Ray task on the whole table, or block-partitioned
+    across `train.workers` Ray workers with lake checkpoints (tasks/train.py, docs/training.md).
+    checkpoint: {lake, dataset, method, run_id} of the run (partitioned path only)."""
     import ray
     log = stage_logger()
+    if train_cfg.get("workers", 1) > 1 or train_cfg.get("partitions", 0) >= 1:
+        from embedlake.tasks.train import train_partitioned
+        return train_partitioned(graph, walk_refs, walk_cfg, train_cfg, checkpoint, max_retries, log)
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     cfg = dict(train_cfg)
     cfg["threads"] = cfg.get("threads") or cpus

@@ -463,3 +463,85 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
              "loss_first": first, "loss_last": last, "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
              "engine": "numba-blocks", "fingerprint": prep["fingerprint"]}
     return W_in, W_out, stats
+
+
+# ----------------------------------------------------------------------------- Ray stage bodies
+# (plain functions; tasks/train.py wraps them with `remote`)
+
+def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int, train: dict, epoch: int,
+               *parts: np.ndarray) -> tuple[dict, dict]:
+    """Walk partitions -> the shared block inputs (one object) + a small info dict for the driver."""
+    from embedlake.workers.stages import interleave_walks
+    from embedlake.workers.walks import walks_to_sentences
+    walks = interleave_walks(list(parts), walks_per_node)
+    tokens, offsets = walks_to_sentences(walks)
+    del walks
+    counts = np.bincount(tokens[tokens >= 0], minlength=num_nodes).astype(np.int64)
+    prep = prepare_blocks(tokens, offsets, num_nodes, partitions, counts=counts,
+                          ns_exponent=train["ns_exponent"], sample=train["sample"], seed=train["seed"], epoch=epoch)
+    n = len(prep["tokens"])
+    per_block = []                   # centre positions of partition j in round r: the progress totals
+    for j in range(partitions):
+        cj = prep["centres"][prep["cbounds"][j]:prep["cbounds"][j + 1]]
+        cuts = np.searchsorted(cj, [n * r // rounds for r in range(rounds + 1)])
+        per_block.append(np.diff(cuts).tolist())
+    info = {"fingerprint": prep["fingerprint"], "tokens": int(prep["per_epoch"]), "stream": n,
+            "sizes": prep["sizes"].tolist(), "block_centres": per_block}
+    return prep, info
+
+
+def checkpoint_file(run_dir: str, step: int, table: str, p: int) -> str:
+    return f"{run_dir}/step={int(step):06d}/{table}-{int(p):04d}.npy"
+
+
+def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int, episode: int,
+                checkpoint: dict | None = None, reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One block on one worker. w_in / w_out: the shard arrays, None (first episode: initialise from
+    the seed) or a lake path (resume: read the checkpointed shard). With `checkpoint`
+    ({lake, run_dir, step, write}) the lake holds the checkpoints; with write=True the trained shards
+    are written there as step=<step>/w_in-<i>.npy and w_out-<j>.npy (.npy without pickle)."""
+    lake = None
+    if checkpoint is not None:
+        from embedlake.lake import Lake
+        lake = Lake(checkpoint["lake"])
+    if w_in is None or w_out is None:
+        a, b = init_shards(prep["sizes"], train["dim"], train["seed"], i), init_shards(prep["sizes"], train["dim"],
+                                                                                       train["seed"], j)
+        w_in = a[0] if w_in is None else w_in
+        w_out = b[1] if w_out is None else w_out
+    if isinstance(w_in, str):
+        w_in = lake.read_npy(w_in)
+    if isinstance(w_out, str):
+        w_out = lake.read_npy(w_out)
+    P = len(prep["sizes"])
+    cb = (lambda done, total, loss: reporter(done / P, total / P, loss=loss)) if reporter is not None else None
+    W_in_i, W_out_j, stats = train_block(
+        prep, i, j, w_in, w_out, epoch=epoch, epochs=train["epochs"], episode=episode, rounds=train["rounds"],
+        window=train["window"], negatives=train["negatives"], lr=train["lr"], min_lr=train["min_lr"],
+        seed=train["seed"], threads=train.get("threads") or 0, progress=cb)
+    if checkpoint is not None and checkpoint.get("write"):
+        t0 = time.perf_counter()
+        lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_in", i), W_in_i)
+        lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_out", j), W_out_j)
+        stats["checkpoint_s"] = time.perf_counter() - t0
+    return W_in_i, W_out_j, stats
+
+
+def assemble_stage(prep: dict, *w_in_shards: np.ndarray) -> np.ndarray:
+    """The trained W_in shards -> the embedding table in node-id order (what publish reads)."""
+    return assemble(prep["part"], prep["local"], list(w_in_shards))
+
+
+def commit_checkpoint(lake, run_dir: str, step: int, total_steps: int, match: dict, previous, *block_stats) -> int:
+    """Runs once every block of checkpoint `step` has returned (its shards are in the lake): write
+    state.json, then drop older steps. `previous` (the prior commit's result) chains the commits so
+    states are written in order. Returns step."""
+    from embedlake.lake import Lake
+    lake = Lake(lake)
+    lake.write_json(f"{run_dir}/state.json", {"step": int(step), "total_steps": int(total_steps), "match": match,
+                                              "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    old = {rel[len(run_dir) + 1:].split("/", 1)[0] for rel in lake.list_files(run_dir)}
+    for seg in sorted(old):
+        if seg.startswith("step=") and int(seg[5:]) != int(step):
+            lake.delete(f"{run_dir}/{seg}", recursive=True)
+    return int(step)
