@@ -188,7 +188,10 @@ def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=
     part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
     centres, cbounds = _bucket_positions(tokens, part, int(partitions))
     thr, idx, aoff = partition_noise(counts, part, local, sizes, ns_exponent)
-    return {"tokens": tokens, "offsets": offsets, "centres": centres, "cbounds": cbounds, "part": part,
+    tloc = local[tokens]
+    tpart = part[tokens].astype(np.uint8)
+    del tokens
+    return {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds, "part": part,
             "local": local, "sizes": sizes, "alias_thr": thr, "alias_idx": idx, "alias_off": aoff,
             "per_epoch": np.int64(per_epoch), "fingerprint": fingerprint}
 
@@ -231,12 +234,13 @@ def _mix(seed, epoch, pos, salt):
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _block_chunk(tokens, offsets, centres, c_lo, c_hi, part, local, pi, W_in, W_out, alias_thr, alias_idx,
+def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, alias_thr, alias_idx,
                  sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, pos_scale, work_total, seed,
                  epoch, nblocks, out_loss, out_pairs):
     """Train the centres centres[c_lo:c_hi] (stream positions, ascending, all in this block's centre
-    partition) against their contexts that lie in context partition `pi`. W_in / W_out are the two
-    shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs."""
+    partition) against their contexts that lie in context partition `pi`. The stream comes as
+    per-position shard rows `tloc` and partitions `tpart` (sequential reads instead of two random
+    lookups per context). W_in / W_out are the two shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs."""
     n = c_hi - c_lo
     dim = W_in.shape[1]
     K1 = negatives + 1
@@ -268,14 +272,12 @@ def _block_chunk(tokens, offsets, centres, c_lo, c_hi, part, local, pi, W_in, W_
             hi = min(offsets[s + 1], p + bw + 1)
             B = 0
             for q in range(lo, hi):
-                if q != p:
-                    w = tokens[q]
-                    if part[w] == pi:
-                        ctx[B] = local[w]
-                        B += 1
+                if q != p and tpart[q] == pi:
+                    ctx[B] = tloc[q]
+                    B += 1
             if B == 0:
                 continue
-            center = local[tokens[p]]
+            center = tloc[p]
             lr = lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total
             if lr < min_lr:
                 lr = min_lr
@@ -361,7 +363,7 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     sig_tab, logsig_tab = sigmoid_tables()
     c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
     P = len(prep["sizes"])
-    n_stream = len(prep["tokens"])
+    n_stream = len(prep["tloc"])
     if rounds > 1:                   # round r = stream positions [r N / R, (r + 1) N / R)
         r = episode // P
         cj = prep["centres"][c0:c1]
@@ -392,7 +394,7 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     try:
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
-            _block_chunk(prep["tokens"], prep["offsets"], prep["centres"], lo, hi, prep["part"], prep["local"],
+            _block_chunk(prep["tloc"], prep["tpart"], prep["offsets"], prep["centres"], lo, hi,
                          int(i), W_in_i, W_out_j, thr, idx, sig_tab, logsig_tab, int(window), int(negatives),
                          float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
                          int(seed), int(epoch), nblocks, lb, pb)
@@ -479,7 +481,7 @@ def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int
     counts = np.bincount(tokens[tokens >= 0], minlength=num_nodes).astype(np.int64)
     prep = prepare_blocks(tokens, offsets, num_nodes, partitions, counts=counts,
                           ns_exponent=train["ns_exponent"], sample=train["sample"], seed=train["seed"], epoch=epoch)
-    n = len(prep["tokens"])
+    n = len(prep["tloc"])
     per_block = []                   # centre positions of partition j in round r: the progress totals
     for j in range(partitions):
         cj = prep["centres"][prep["cbounds"][j]:prep["cbounds"][j + 1]]
