@@ -56,14 +56,12 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
     alias_ref = None
     if graph.meta.get("stats", {}).get("weighted"):
         alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
-    fn = remote(stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
-    refs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
-                      walk_cfg["p"], walk_cfg["q"], mode, 1, alias_ref) for lo, hi in bounds]
-    import numpy as np
-    counted = gather(refs, "walks (partitions)", unit_of=lambda w: float(np.count_nonzero(w >= 0)), unit="steps")
-    # keep references only: the arrays stay in the object store
-    del counted
-    return refs
+    fn = remote(stages.walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
+                       walk_cfg["p"], walk_cfg["q"], mode, 1, alias_ref) for lo, hi in bounds]
+    # only the step counts come to the driver; the walks stay in the object store
+    gather([p[1] for p in pairs], "walks (partitions)", unit_of=float, unit="steps")
+    return [p[0] for p in pairs]
 
 
 @task(name="train", cache_policy=NO_CACHE)

@@ -89,6 +89,12 @@ def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, s
                         threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
 
 
+def walk_partition(*args, **kwargs) -> tuple[np.ndarray, int]:
+    """walk_stage plus its step count, so the driver can report steps/s without fetching the walks."""
+    w = walk_stage(*args, **kwargs)
+    return w, int(np.count_nonzero(w >= 0))
+
+
 def alias_stage(csr: tuple):
     """Alias tables of a weighted graph, built once and shared by every walk partition."""
     from embedlake.workers.walks import build_alias
