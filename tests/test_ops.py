@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 import yaml
 
 from embedlake.infra import local
@@ -85,7 +86,10 @@ def test_serve_runs_on_schedule_skips_backlog_and_reuses_graph(prefect_server, t
     assert first["extra"]["graph"]["reused"] is False
 
     # the deployment as registered: interval schedule, concurrency 1 / CANCEL_NEW, typed config parameter
-    os.environ["PREFECT_API_URL"] = prefect_server.url
+    # temporary_settings, not os.environ: a session-wide prefect_test_harness may be active and
+    # its settings context would win over the environment
+    api = temporary_settings({PREFECT_API_URL: prefect_server.url})
+    api.__enter__()
     try:
         from prefect import get_client
         from prefect.states import Scheduled
@@ -120,7 +124,7 @@ def test_serve_runs_on_schedule_skips_backlog_and_reuses_graph(prefect_server, t
         for r in asyncio.run(states()):
             assert r.state.type.value == "CANCELLED" and "no backfill" in r.state.message, r.state
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
+        api.__exit__(None, None, None)
 
     # incremental: the unchanged input was not ingested again, and it says so
     mans = [json.loads(m.read_text()) for m in _manifests(lake)]
@@ -137,16 +141,13 @@ def test_deploy_registers_table_with_work_pool(prefect_server, tmp_path):
                           "--lake", str(tmp_path / "lake")], capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "deployed embed-graph-daily" in out.stdout and "embedlake worker --pool ops-test" in out.stdout
-    os.environ["PREFECT_API_URL"] = prefect_server.url
-    try:
+    with temporary_settings({PREFECT_API_URL: prefect_server.url}):
         from prefect import get_client
 
         async def read():
             async with get_client() as c:
                 return await c.read_deployment_by_name("embed_graph/embed-graph-daily")
         dep = asyncio.run(read())
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
     assert dep.work_pool_name == "ops-test" and dep.entrypoint == "embedlake.flows.embed_graph.embed_graph"
     assert dep.schedules[0].schedule.cron == "30 2 * * *"
 
