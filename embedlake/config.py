@@ -325,7 +325,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"override {ov!r}: expected section.key=value")
         k, v = ov.split("=", 1)
         _set_dotted(data, k.strip(), _parse_value(v))
-        source = f"{source} + overrides"
+        if not source.endswith("+ overrides"):
+            source = f"{source} + overrides"
     try:
         return model.model_validate(data)
     except ValidationError as e:

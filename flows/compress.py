@@ -127,7 +127,7 @@ def compress(config: PipelineConfig | None = None, source: str = "", run_id: str
     t0 = time.perf_counter()
     dataset, method, run = cs.parse_source(source)
     sw = Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
     out = compress_run(cfg, dataset, method, run, run_id or cfg.lake.run_id, sw)
     out["stages"] = sw.stages
     out["wall_s"] = round(time.perf_counter() - t0, 3)

@@ -47,7 +47,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
     lake = Lake(cfg.lake.uri)
     sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
     try:

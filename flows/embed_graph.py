@@ -16,7 +16,6 @@ from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
-from embedlake.tasks.remote import set_stage_options
 from embedlake.tasks.stream import should_stream, walk_and_train
 from embedlake.tasks.runtime import ensure_ray
 from embedlake.tasks.train import drop_checkpoints, take_over_dead_claim
@@ -48,8 +47,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
     lake = Lake(cfg.lake.uri)
     sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
-    set_stage_options(cfg.ray.stages)
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
     retries = cfg.ray.max_retries
     if cfg.train.resume and method in ("deepwalk", "node2vec"):   # a killed run may be resumed (issue 4)
         take_over_dead_claim(lake, dataset, method, run_id, gt.stage_logger())

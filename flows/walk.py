@@ -27,7 +27,7 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
     run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
     lake = Lake(cfg.lake.uri)
     sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus)
+    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
     r = cfg.ray.max_retries
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(), r)

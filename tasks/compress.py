@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.remote import remote
 from embedlake.workers import compress_store as cs
 
 
@@ -33,22 +34,17 @@ class SourceHandle:
     config: dict | None = None   # the source run's resolved config (walk / train for the hash codec)
 
 
-def _remote(fn, **options):
-    import ray
-    return ray.remote(fn).options(**options)
-
-
 @task(name="load_source", cache_policy=NO_CACHE)
 def load_source(lake, dataset: str, method: str, run: str, max_retries: int = 3) -> SourceHandle:
     """Resolve the committed source run and load its matrix (and labels) into the object store."""
     import ray
     from embedlake.lake import Lake
     man = Lake(lake).manifest(dataset, method, run)
-    ids_ref, X_ref = _remote(cs.load_source, num_returns=2, num_cpus=1, max_retries=max_retries).remote(
+    ids_ref, X_ref = remote(cs.load_source, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
         lake, dataset, method, man.run_id)
     graph = man.extra.get("graph")
-    labels_ref = _remote(cs.load_labels, num_cpus=1, max_retries=max_retries).remote(lake, dataset, graph, ids_ref)
-    shape = ray.get(_remote(_shape, num_cpus=0).remote(X_ref))
+    labels_ref = remote(cs.load_labels, "compress", num_cpus=1, max_retries=max_retries).remote(lake, dataset, graph, ids_ref)
+    shape = ray.get(remote(_shape, "compress", num_cpus=0).remote(X_ref))
     stage_logger().info(f"compress: source {dataset}/{method} run {man.run_id}: {shape[0]:,} x {shape[1]}")
     return SourceHandle(dataset, method, man.run_id, shape[0], shape[1], graph, ids_ref, X_ref, labels_ref,
                         man.config)
@@ -70,7 +66,7 @@ def _baseline(X, labels, eval_cfg: dict):
 def baseline(src: SourceHandle, eval_cfg: dict) -> dict | None:
     """Node classification of the full table with the same splits the compressed tables get."""
     import ray
-    return ray.get(_remote(_baseline, num_cpus=1).remote(src.X_ref, src.labels_ref, eval_cfg))
+    return ray.get(remote(_baseline, "evaluate", num_cpus=1).remote(src.X_ref, src.labels_ref, eval_cfg))
 
 
 @task(name="build_table", cache_policy=NO_CACHE)
@@ -83,18 +79,18 @@ def build_table(lake, src: SourceHandle, codec: str, params: dict, run_id: str,
     if codec == "hash":        # skip-gram on hashed walks of the source graph: one multi-threaded task
         from embedlake.tasks.runtime import max_node_cpus
         cpus = max_node_cpus()
-        state_ref, fit_s_ref = _remote(cs.fit_hashed, num_returns=2, num_cpus=cpus, max_retries=max_retries).remote(
+        state_ref, fit_s_ref = remote(cs.fit_hashed, "compress", num_returns=2, num_cpus=cpus, max_retries=max_retries).remote(
             lake, src.dataset, src.graph, src.config, src.method, params, src.rows, cpus)
     else:
-        state_ref, fit_s_ref = _remote(cs.fit_codec, num_returns=2, num_cpus=1, max_retries=max_retries).remote(
+        state_ref, fit_s_ref = remote(cs.fit_codec, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
             src.X_ref, codec, params, 1)
     fit_s = ray.get(fit_s_ref)
-    enc = _remote(cs.encode_partition, num_cpus=1, max_retries=max_retries)
+    enc = remote(cs.encode_partition, "compress", num_cpus=1, max_retries=max_retries)
     refs = [enc.remote(lake, src.dataset, src.method, run_id, codec, params, i, lo, hi, src.ids_ref, src.X_ref,
                        state_ref, 1) for i, (lo, hi) in enumerate(bounds)]
     parts = gather(refs, f"encode {codec} (partitions)")
     files = [{k: p[k] for k in ("path", "rows", "bytes", "sha256")} for p in parts]
-    book = ray.get(_remote(cs.write_codebooks, num_cpus=1, max_retries=max_retries).remote(
+    book = ray.get(remote(cs.write_codebooks, "compress", num_cpus=1, max_retries=max_retries).remote(
         lake, src.dataset, src.method, run_id, codec, state_ref, files))
     wall = time.perf_counter() - t0
     log.info(f"compress {codec}: fit {fit_s:.2f}s, encode {sum(p['encode_s'] for p in parts):.2f}s cpu "
@@ -121,7 +117,7 @@ def _measure(lake, manifest_fields: dict, X, labels, eval_cfg: dict, baseline_nc
 def measure_table(lake, src: SourceHandle, manifest_fields: dict, eval_cfg: dict, baseline_nc: dict | None,
                   compress_cfg: dict) -> dict:
     import ray
-    m = ray.get(_remote(_measure, num_cpus=1).remote(lake, manifest_fields, src.X_ref, src.labels_ref, eval_cfg,
+    m = ray.get(remote(_measure, "evaluate", num_cpus=1).remote(lake, manifest_fields, src.X_ref, src.labels_ref, eval_cfg,
                                                      baseline_nc, compress_cfg["recall_queries"], compress_cfg["seed"],
                                                      compress_cfg["rerank_candidates"]))
     codec = manifest_fields["extra"]["codec"]

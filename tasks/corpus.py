@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.runtime import max_node_cpus
+from embedlake.tasks.remote import remote
 from embedlake.workers import corpus as cs
 
 
@@ -36,15 +37,10 @@ class Sentences:
     info: dict = field(default_factory=dict)
 
 
-def _remote(fn, **options):
-    import ray
-    return ray.remote(fn).options(**options)
-
-
 @task(name="plan", cache_policy=NO_CACHE)
 def plan(input_cfg: dict, env=None) -> list[dict]:
     """Input files -> shards (byte ranges of whole lines, compressed files, Parquet row groups)."""
-    shards = _remote(cs.plan_stage, num_cpus=1).remote(input_cfg, env)
+    shards = remote(cs.plan_stage, "corpus", num_cpus=1).remote(input_cfg, env)
     import ray
     out = ray.get(shards)
     stage_logger().info(f"plan: {len(out)} shard(s) from {len({s['path'] for s in out})} file(s)")
@@ -56,12 +52,12 @@ def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_re
     """Tokenise and count every shard in parallel, then merge the counts in one task."""
     import ray
     log = stage_logger()
-    fn = _remote(cs.count_stage, num_cpus=1, num_returns=4, max_retries=max_retries)
+    fn = remote(cs.count_stage, "corpus", num_cpus=1, num_returns=4, max_retries=max_retries)
     refs = [fn.remote(s, spec, env) for s in shards]
     stats = gather([r[0] for r in refs], "count (shards)", unit_of=lambda st: float(st["raw_tokens"]),
                    unit="tokens")
     n = len(shards)
-    merge = _remote(cs.merge_stage, num_cpus=1, num_returns=3 + n, max_retries=max_retries)
+    merge = remote(cs.merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
     out = merge.remote(vocab_cfg["min_count"], vocab_cfg.get("max_vocab"), stats, *[r[1] for r in refs])
     summary = ray.get(out[0])
     log.info(f"vocabulary: {summary['raw_tokens']:,} tokens in {summary['sentences']:,} sentences, "
@@ -76,11 +72,11 @@ def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_re
 def encode(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, max_retries: int = 3) -> Sentences:
     """Token-id shards (global ids, dropped words removed) written to the lake, kept in the object store."""
     import ray
-    fn = _remote(cs.encode_stage, num_cpus=1, num_returns=3, max_retries=max_retries)
+    fn = remote(cs.encode_stage, "corpus", num_cpus=1, num_returns=3, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, k, vocab.remap_refs[k], vocab.ids_refs[k], vocab.lens_refs[k])
             for k in range(len(vocab.remap_refs))]
     files = gather([r[0] for r in refs], "encode (shards)")
-    vocab_file = ray.get(_remote(cs.write_vocab_stage, num_cpus=1, max_retries=max_retries).remote(
+    vocab_file = ray.get(remote(cs.write_vocab_stage, "corpus", num_cpus=1, max_retries=max_retries).remote(
         lake, dataset, method, run_id, vocab.words_ref, vocab.counts_ref))
     sentences = sum(f["rows"] for f in files)
     return Sentences(files + [vocab_file], [r[1] for r in refs], [r[2] for r in refs],
@@ -97,7 +93,7 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries:
     cfg["threads"] = cfg.get("threads") or cpus
     progress = Progress("train", "tokens")
     cfg["progress"] = progress.reporter("train")
-    fn = _remote(cs.train_stage, num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
     emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, cfg, *parts)
     try:
@@ -115,7 +111,7 @@ def publish(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, emb
             max_retries: int = 3) -> list[dict]:
     """Rows token, count, vector in `partitions` files (data files only; the manifest comes last)."""
     from embedlake.workers.stages import partition_bounds
-    fn = _remote(cs.write_words_part, num_cpus=1, max_retries=max_retries)
+    fn = remote(cs.write_words_part, "corpus", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, vocab.words_ref, vocab.counts_ref, emb_ref)
             for i, (lo, hi) in enumerate(partition_bounds(vocab.size, partitions))]
     return gather(refs, "publish (partitions)")
@@ -126,7 +122,7 @@ def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: dict) -> dict:
     """WordSim353 / SimLex-999 Spearman rho, analogy accuracy, each with its OOV share."""
     import ray
     log = stage_logger()
-    m = ray.get(_remote(cs.evaluate_stage, num_cpus=1).remote(vocab.words_ref, vocab.counts_ref, emb_ref, eval_cfg))
+    m = ray.get(remote(cs.evaluate_stage, "evaluate", num_cpus=1).remote(vocab.words_ref, vocab.counts_ref, emb_ref, eval_cfg))
     if not m:
         log.info("evaluate: no word benchmarks found (eval.benchmarks), skipped")
         return {}

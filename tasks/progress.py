@@ -61,7 +61,10 @@ class Progress:
         pending = list(refs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=self.every_s)
-            snap = ray.get(self.board.snapshot.remote())
+            try:
+                snap = ray.get(self.board.snapshot.remote(), timeout=self.every_s)
+            except Exception:  # noqa: BLE001 - a lost progress actor (node loss) must not fail the run
+                snap = {}
             if not snap:
                 continue
             done = sum(r["done"] for r in snap.values())

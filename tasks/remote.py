@@ -15,7 +15,8 @@ def set_stage_options(stages: dict[str, dict] | None) -> None:
     for stage, opts in (stages or {}).items():
         bad = set(opts) - ALLOWED
         if bad:
-            raise ValueError(f"ray.stages.{stage}: unknown option(s) {sorted(bad)}; allowed: {sorted(ALLOWED)}")
+            from embedlake.errors import ConfigError
+            raise ConfigError(f"ray.stages.{stage}: unknown option(s) {sorted(bad)}; allowed: {sorted(ALLOWED)}")
         _STAGE_OPTIONS[stage] = dict(opts)
 
 

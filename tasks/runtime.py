@@ -26,9 +26,12 @@ def configure_env(project_home: str | None = None) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None):
-    """Connect to Ray (address / RAY_ADDRESS) or start it locally; reuse an existing connection."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, stages: dict | None = None):
+    """Connect to Ray (address / RAY_ADDRESS) or start it locally; reuse an existing connection.
+    `stages`: the config's per-stage Ray options (ray.stages), applied to every stage's tasks."""
     configure_env()
+    from embedlake.tasks.remote import set_stage_options
+    set_stage_options(stages)
     import ray
     if ray.is_initialized():
         return ray
@@ -38,7 +41,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     if address:
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": always a new local Ray, never a cluster some other process happens to run here
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return ray
 
 

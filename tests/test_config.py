@@ -48,6 +48,6 @@ def test_stage_options_validated_and_applied():
     cfg = load_config(None, ["ray.stages={train: {num_gpus: 1, num_cpus: 8}}"])
     set_stage_options(cfg.ray.stages)
     assert stage_options("train") == {"num_gpus": 1, "num_cpus": 8} and stage_options("walk") == {}
-    with pytest.raises(ValueError, match="ray.stages.walk: unknown option"):
+    with pytest.raises(ConfigError, match="ray.stages.walk: unknown option"):
         set_stage_options({"walk": {"gpus": 1}})
     set_stage_options({})
