@@ -53,7 +53,8 @@ class SyntheticConfig(Section):
 
 
 class ShardConfig(Section):
-    partitions: int = Field(4, ge=1, le=4096, description="Partitions of start nodes / rows (one Ray task each).")
+    partitions: int = Field(0, ge=0, le=4096, description="Partitions of start nodes / rows (one Ray task each); "
+                            "0 = one per CPU of the Ray cluster.")
     scheme: Literal["range", "hash"] = Field("range", description="Contiguous id ranges or hash of the id.")
 
 
@@ -89,9 +90,9 @@ class TrainConfig(Section):
                             "partitions >= 1 with workers = 1 runs the block engine on one worker (checkpoints).")
     rounds: int = Field(8, ge=1, description="Passes of the P-episode block schedule per epoch, each over 1/rounds "
                         "of the walks (short episodes keep the shards in step; 1 = P long episodes).")
-    checkpoint: Literal["round", "episode", "epoch", "off"] = Field("round", description="Partitioned training "
+    checkpoint: Literal["round", "episode", "epoch", "never"] = Field("round", description="Partitioned training "
                                                                     "writes W_in/W_out shards to the lake's "
-                                                                    "checkpoints/ after every round, episode or epoch.")
+                                                                    "checkpoints/ after every round, episode or epoch (never: no checkpoints).")
     resume: bool = Field(True, description="A re-run with the same lake.run_id continues from the run's last "
                          "checkpoint (a leftover claim of a dead writer on this host is taken over).")
     seed: int = Field(0, description="Initialisation and sampling seed.")

@@ -22,7 +22,7 @@ from embedlake.config import PipelineConfig
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import Stopwatch, commit
-from embedlake.tasks.runtime import ensure_ray
+from embedlake.tasks.runtime import ensure_ray, resolve_partitions
 from embedlake.workers import compress as cz
 from embedlake.workers import compress_store as cs
 from embedlake.workers.stages import partition_bounds
@@ -44,7 +44,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
         _check(c, _params(c, cc, src), src.dim, src.rows)
     eval_cfg = cfg.eval.model_dump()
     base = sw.run("baseline", ct.baseline, src, eval_cfg) if cc["evaluate"] else None
-    bounds = partition_bounds(src.rows, cfg.shard.partitions)
+    bounds = partition_bounds(src.rows, resolve_partitions(cfg.shard.partitions))
     tables: dict[str, dict] = {}
     for codec in codecs:
         params = _params(codec, cc, src)

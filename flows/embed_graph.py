@@ -17,7 +17,7 @@ from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.stream import should_stream, walk_and_train
-from embedlake.tasks.runtime import ensure_ray
+from embedlake.tasks.runtime import ensure_ray, resolve_partitions
 from embedlake.tasks.train import drop_checkpoints, take_over_dead_claim
 from embedlake.workers.stages import partition_bounds
 
@@ -58,7 +58,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         split = None
         if cfg.eval.link_prediction:      # held-out edges leave the graph before walks / FastRP see it
             graph, split = sw.run("holdout", et.holdout, graph, cfg.eval.model_dump(), retries)
-        bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
+        bounds = partition_bounds(graph.num_nodes, resolve_partitions(cfg.shard.partitions))
         info: dict = {}
         files: dict[str, list[dict]] = {}
         if method in ("deepwalk", "node2vec") and not cfg.walk.write_walks and cfg.train.workers == 1 \

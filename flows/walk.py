@@ -12,7 +12,7 @@ from embedlake.config import PipelineConfig
 from embedlake.flows.embed_graph import _remove_run_files, dataset_name
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import graph as gt
-from embedlake.tasks.runtime import ensure_ray
+from embedlake.tasks.runtime import ensure_ray, resolve_partitions
 from embedlake.workers.stages import partition_bounds
 
 
@@ -31,7 +31,7 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
     r = cfg.ray.max_retries
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(), r)
-        bounds = partition_bounds(graph.num_nodes, cfg.shard.partitions)
+        bounds = partition_bounds(graph.num_nodes, resolve_partitions(cfg.shard.partitions))
         refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), cfg.method, bounds, r)
         files = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph, refs,
                        cfg.walk.walks_per_node, bounds, r)

@@ -56,3 +56,8 @@ def max_node_cpus() -> int:
     import ray
     cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     return max(1, int(max(cpus) if cpus else 1))
+
+
+def resolve_partitions(configured: int) -> int:
+    """shard.partitions = 0 means one partition per CPU of the Ray cluster."""
+    return configured if configured > 0 else cluster_cpus()

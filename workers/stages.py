@@ -73,7 +73,7 @@ def _labels_checksum(labels) -> str:
 
 
 def partition_bounds(n: int, partitions: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal ranges of node ids (empty ranges dropped)."""
+    """Contiguous, near-equal ranges of node ids (empty ranges dropped); partitions >= 1."""
     edges = np.linspace(0, n, min(partitions, n) + 1).astype(np.int64)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
