@@ -46,6 +46,20 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def dataset_from_input(path: str | None, generic: tuple[str, ...], default: str) -> str:
+    """A dataset name from an input path: the file's stem, or its folder's name when the stem is
+    generic (…/blogcatalog/edges.tsv -> blogcatalog) or a glob; sanitised to a valid lake name."""
+    if not path:
+        return default
+    path = str(path).rstrip("/")
+    base = os.path.basename(path)
+    stem = base.split(".")[0]
+    if any(ch in base for ch in "*?[") or not stem or stem in generic:
+        stem = os.path.basename(os.path.dirname(path)) or default
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in stem).strip("._-") or default
+    return check_name(name, "dataset")
+
+
 def new_run_id() -> str:
     """Time-ordered and unique: 20261129T101500Z-3f9a1c."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)

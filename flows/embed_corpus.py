@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -17,7 +16,7 @@ from prefect import flow
 
 from embedlake import storage
 from embedlake.config import CorpusPipelineConfig
-from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.lake import Lake, check_name, dataset_from_input, new_run_id
 from embedlake.tasks import corpus as ct
 from embedlake.tasks import graph as gt
 from embedlake.tasks.runtime import ensure_ray
@@ -28,13 +27,7 @@ def dataset_name(cfg: CorpusPipelineConfig) -> str:
     """Configured, else from the input: …/brown/brown.txt -> brown, a folder or glob -> its folder."""
     if cfg.lake.dataset:
         return check_name(cfg.lake.dataset, "dataset")
-    path = (cfg.input.path or "corpus").rstrip("/")
-    base = os.path.basename(path)
-    stem = base.split(".")[0]
-    if any(ch in base for ch in "*?[") or not stem or stem in ("corpus", "text", "part", "data"):
-        stem = os.path.basename(os.path.dirname(path)) or "corpus"
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in stem).strip("._-") or "corpus"
-    return check_name(name, "dataset")
+    return dataset_from_input(cfg.input.path, ("corpus", "text", "part", "data", ""), "corpus")
 
 
 @flow(name="embed_corpus", validate_parameters=True)

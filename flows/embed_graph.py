@@ -6,13 +6,12 @@ are removed and nothing is committed.
 """
 from __future__ import annotations
 
-import os
 import time
 
 from prefect import flow
 
 from embedlake.config import PipelineConfig
-from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.lake import Lake, check_name, dataset_from_input, new_run_id
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
@@ -28,13 +27,7 @@ def dataset_name(cfg: PipelineConfig) -> str:
         return check_name(cfg.lake.dataset, "dataset")
     if cfg.input.edges is None:
         return "planted"
-    path = cfg.input.edges.rstrip("/")
-    base = os.path.basename(path)
-    stem = base.split(".")[0]
-    parent = os.path.basename(os.path.dirname(path))
-    name = parent if stem in ("edges", "edge", "graph", "*", "") and parent else stem
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name).strip("._-") or "graph"
-    return check_name(name, "dataset")
+    return dataset_from_input(cfg.input.edges, ("edges", "edge", "graph", ""), "graph")
 
 
 @flow(name="embed_graph", validate_parameters=True)

@@ -19,7 +19,7 @@ configure_env()
 # Prefect configures its console log handler on first import, binding the sys.stderr of that
 # moment. Import it here, under the session-wide capture, so a test's capsys/capfd stream (closed
 # after that test) is never the one Prefect keeps writing to.
-import prefect  # noqa: E402,F401
+import prefect.main  # noqa: E402,F401  (runs prefect.logging.configuration.setup_logging)
 
 
 def shared_path(*parts: str) -> Path:
