@@ -6,7 +6,7 @@ shards as ObjectRefs returned by the previous episode's blocks, so shards move w
 through the object store and Ray orders the blocks by their data dependencies. Blocks of one
 episode share no shard, so they run in parallel without locks or averaging.
 
-Checkpoints (train.checkpoint = round | episode | epoch | off), under
+Checkpoints (train.checkpoint = round | episode | epoch | never), under
 `Lake.run_dir("checkpoints", dataset, method, run_id)`:
     step=<k>/w_in-<p>.npy, step=<k>/w_out-<p>.npy    shards after k episodes (.npy, no pickle),
                                                     written by the blocks themselves
@@ -136,7 +136,7 @@ def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, c
     info = ray.get(info_ref)
 
     lake, run_dir, mode = None, None, cfg.get("checkpoint", "round")
-    if checkpoint is not None and mode != "off":
+    if checkpoint is not None and mode != "never":
         lake = Lake(checkpoint["lake"])
         run_dir = checkpoint_dir(checkpoint["dataset"], checkpoint["method"], checkpoint["run_id"])
     want = {"fingerprint": info["fingerprint"], "partitions": P, "nodes": graph.num_nodes,
@@ -215,6 +215,12 @@ def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, c
            "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
            "loss_first": loss(first) if first else float("nan"), "loss_last": loss(last) if last else float("nan"),
            "block_s_max": max((s["seconds"] for s in stats), default=0.0),
+           # where the wall time went: kernel time of all blocks, and the span from the first block's
+           # start to the last block's end (Ray worker start-up, prep and shard hand-offs are the rest)
+           "block_kernel_s": round(sum(s["seconds"] for s in stats), 3),
+           "block_span_s": round(max((s["t_end"] for s in stats), default=0.0)
+                                 - min((s["t_start"] for s in stats), default=0.0), 3),
+           "block_processes": len({s["pid"] for s in stats}),
            "checkpoints": commits, "checkpoint_write_s": round(sum(s.get("checkpoint_s", 0.0) for s in stats), 3),
            "wall_s": round(time.perf_counter() - t_all, 3)}
     log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s on {workers} workers "

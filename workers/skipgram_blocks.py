@@ -28,6 +28,7 @@ in-process (tests, memory benchmark), `train_block` is what one Ray task runs.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Callable
 
@@ -502,6 +503,7 @@ def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int
     the seed) or a lake path (resume: read the checkpointed shard). With `checkpoint`
     ({lake, run_dir, step, write}) the lake holds the checkpoints; with write=True the trained shards
     are written there as step=<step>/w_in-<i>.npy and w_out-<j>.npy (.npy without pickle)."""
+    t_start = time.time()
     lake = None
     if checkpoint is not None:
         from embedlake.lake import Lake
@@ -526,6 +528,7 @@ def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int
         lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_in", i), W_in_i)
         lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_out", j), W_out_j)
         stats["checkpoint_s"] = time.perf_counter() - t0
+    stats["t_start"], stats["t_end"], stats["pid"] = t_start, time.time(), os.getpid()
     return W_in_i, W_out_j, stats
 
 
