@@ -200,7 +200,7 @@ def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, c
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    emb_ref = remote(sb.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(prep_ref, *W_in)
+    emb_ref = remote(sb.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(prep_ref, lake, *W_in)
     ray.wait([emb_ref], fetch_local=False)
     stats = ray.get(stats_refs)
     first = stats[:P]

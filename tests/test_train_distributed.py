@@ -267,3 +267,47 @@ def test_cluster_run_and_killed_run_resumed_give_the_same_table(tmp_path):
     # the committed run's checkpoints are gone; the claim is dropped by the commit
     assert not (lake / checkpoint_dir("planted", "deepwalk", "runB")).exists()
     assert not Lake(str(lake)).exists(Lake.claim_path("planted", "deepwalk", "runB"))
+
+
+# ---- claims and checkpoint pieces (no Ray) ---------------------------------------------------------
+def _claim(lake, pid: int, host: str | None = None):
+    from embedlake.lake import Lake
+    lake.write_bytes(Lake.claim_path("g", "deepwalk", "r1"), json.dumps(
+        {"token": "t", "pid": pid, "host": host or os.uname().nodename, "claimed_at": "x"}).encode())
+
+
+def test_dead_claim_is_taken_over_only_with_a_checkpoint_and_a_dead_local_pid(tmp_path):
+    from embedlake.errors import CommitConflict
+    from embedlake.lake import Lake
+    from embedlake.tasks.train import checkpoint_dir, take_over_dead_claim
+    lake = Lake(str(tmp_path / "lake"))
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()                                             # exited and reaped: its pid is free
+    _claim(lake, p.pid)
+    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")          # no checkpoint: left alone
+    with pytest.raises(CommitConflict):
+        lake.claim_run("g", "deepwalk", "r1")
+    lake.write_json(f"{checkpoint_dir('g', 'deepwalk', 'r1')}/state.json", {"step": 1})
+    _claim(lake, os.getppid())                                            # a live writer
+    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")
+    _claim(lake, p.pid, host="another-host")                              # cannot check its pid
+    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")
+    _claim(lake, p.pid)
+    assert take_over_dead_claim(lake, "g", "deepwalk", "r1")
+    assert lake.claim_run("g", "deepwalk", "r1")                          # the re-run claims the id
+
+
+def test_assemble_reads_checkpointed_shards(tmp_path, planted):
+    """A run resumed after its training had finished (a later stage failed) assembles from the lake."""
+    from embedlake.lake import Lake
+    n, lab, tok, off = planted
+    prep = sb.prepare_blocks(tok[:8000], off[:201], n, 3)
+    shards = [sb.init_shards(prep["sizes"], 4, 0, p)[0] for p in range(3)]
+    lake = Lake(str(tmp_path / "lake"))
+    paths = []
+    for p, S in enumerate(shards):
+        paths.append(sb.checkpoint_file("checkpoints/g/deepwalk/run=r", 5, "w_in", p))
+        lake.write_npy(paths[-1], S)
+    X = sb.assemble_stage(prep, lake, *paths)
+    assert np.array_equal(X, sb.assemble(prep["part"], prep["local"], shards))
+    assert X.shape == (n, 4)

@@ -532,8 +532,13 @@ def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int
     return W_in_i, W_out_j, stats
 
 
-def assemble_stage(prep: dict, *w_in_shards: np.ndarray) -> np.ndarray:
-    """The trained W_in shards -> the embedding table in node-id order (what publish reads)."""
+def assemble_stage(prep: dict, lake, *w_in_shards) -> np.ndarray:
+    """The trained W_in shards -> the embedding table in node-id order (what publish reads). A shard
+    given as a lake path (a resumed run whose training had already finished) is read from the lake."""
+    if any(isinstance(w, str) for w in w_in_shards):
+        from embedlake.lake import Lake
+        lk = Lake(lake)
+        w_in_shards = tuple(lk.read_npy(w) if isinstance(w, str) else w for w in w_in_shards)
     return assemble(prep["part"], prep["local"], list(w_in_shards))
 
 
