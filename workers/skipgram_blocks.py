@@ -205,14 +205,17 @@ def init_shards(vocab_sizes: np.ndarray, dim: int, seed: int, i: int) -> tuple[n
     return W_in, np.zeros((n, dim), np.float32)
 
 
-def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray]) -> np.ndarray:
-    """Shards -> the full [V, dim] table in node-id order."""
+def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray], release: bool = False) -> np.ndarray:
+    """Shards -> the full [V, dim] table in node-id order. release=True drops each shard from the
+    list once copied, so the peak is one table + one shard instead of two tables."""
     V = len(part)
     dim = shards[0].shape[1]
     W = np.empty((V, dim), np.float32)
-    for p, S in enumerate(shards):
+    for p in range(len(shards)):
         m = np.flatnonzero(part == p)
-        W[m] = S[local[m]]
+        W[m] = shards[p][local[m]]
+        if release:
+            shards[p] = None
     return W
 
 
@@ -456,9 +459,8 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         if on_episode is not None:
             on_episode(ep, e, Win, Wout)
     seconds = time.perf_counter() - t0
-    W_in = assemble(prep["part"], prep["local"], Win)
-    del Win
-    W_out = assemble(prep["part"], prep["local"], Wout)
+    W_in = assemble(prep["part"], prep["local"], Win, release=True)
+    W_out = assemble(prep["part"], prep["local"], Wout, release=True)
     tok = int(prep["per_epoch"]) * (epochs - step0 / steps)
     stats = {"tokens": int(tok), "pairs": pairs, "seconds": seconds,
              "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
