@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEERS_FILE = SHARED / "bench" / "peers.py"
@@ -73,26 +75,6 @@ def _reset_peak() -> None:
             f.write("5")
     except OSError:
         pass
-
-
-def rmat_edges(scale: int, m: int, seed: int = 0, abcd=(0.57, 0.19, 0.19, 0.05), chunk: int = 2_000_000):
-    """R-MAT (Chakrabarti et al. 2004): 2**scale nodes, m edges drawn, node ids randomly permuted
-    (Graph500 style, so hubs are scattered over the id range as in real graphs)."""
-    rng = np.random.default_rng(seed)
-    a, b, c, _ = abcd
-    src = np.empty(m, np.int64)
-    dst = np.empty(m, np.int64)
-    for lo in range(0, m, chunk):
-        hi = min(m, lo + chunk)
-        s = np.zeros(hi - lo, np.int64)
-        d = np.zeros(hi - lo, np.int64)
-        for _ in range(scale):
-            r = rng.random(hi - lo, dtype=np.float32)
-            s = (s << 1) | (r >= a + b)
-            d = (d << 1) | (((r >= a) & (r < a + b)) | (r >= a + b + c))
-        src[lo:hi], dst[lo:hi] = s, d
-    perm = rng.permutation(1 << scale)
-    return perm[src], perm[dst]
 
 
 def bench_dataset(args) -> dict:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEERS_PY = ROOT.parent / "peers-venv" / "bin" / "python"
@@ -91,28 +93,6 @@ def ours(g, walks, length, threads, p, q, mode, repeats):
         del w
     return {"mode": mode, "p": p, "q": q, "first_call_s": round(compile_s, 3), "alias_build_s": alias_s, "steps": steps,
             "steps_per_s_best": round(max(rates)), "steps_per_s_median": round(float(np.median(rates)))}
-
-
-# ------------------------------------------------------------------------------------------- R-MAT
-def rmat_edges(scale: int, m: int, seed: int = 0, abcd=(0.57, 0.19, 0.19, 0.05), chunk: int = 4_000_000):
-    """R-MAT (Chakrabarti et al. 2004) edge list with 2**scale nodes, ids randomly permuted."""
-    rng = np.random.default_rng(seed)
-    a, b, c, _ = abcd
-    src = np.empty(m, np.int64)
-    dst = np.empty(m, np.int64)
-    for lo in range(0, m, chunk):
-        hi = min(m, lo + chunk)
-        s = np.zeros(hi - lo, np.int64)
-        d = np.zeros(hi - lo, np.int64)
-        for _ in range(scale):
-            r = rng.random(hi - lo, dtype=np.float32)
-            sbit = r >= a + b
-            dbit = ((r >= a) & (r < a + b)) | (r >= a + b + c)
-            s = (s << 1) | sbit
-            d = (d << 1) | dbit
-        src[lo:hi], dst[lo:hi] = s, d
-    perm = rng.permutation(1 << scale)
-    return perm[src], perm[dst]
 
 
 def _peak_rss() -> int:
