@@ -16,10 +16,10 @@ from prefect import flow
 
 from embedlake import storage
 from embedlake.config import CorpusPipelineConfig
-from embedlake.lake import Lake, check_name, dataset_from_input, new_run_id
+from embedlake.flows.run_start import start_run
+from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import corpus as ct
 from embedlake.tasks import graph as gt
-from embedlake.tasks.runtime import ensure_ray
 from embedlake.workers.corpus import TextSpec
 
 
@@ -37,10 +37,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
-    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
-    lake = Lake(cfg.lake.uri)
-    sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
+    run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
     try:

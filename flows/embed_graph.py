@@ -11,12 +11,13 @@ import time
 from prefect import flow
 
 from embedlake.config import PipelineConfig
-from embedlake.lake import Lake, check_name, dataset_from_input, new_run_id
+from embedlake.flows.run_start import start_run
+from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.stream import should_stream, walk_and_train
-from embedlake.tasks.runtime import ensure_ray, resolve_partitions
+from embedlake.tasks.runtime import resolve_partitions
 from embedlake.tasks.train import drop_checkpoints, take_over_dead_claim
 from embedlake.workers.stages import partition_bounds
 
@@ -37,10 +38,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
-    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
-    lake = Lake(cfg.lake.uri)
-    sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
+    run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
     if cfg.train.resume and method in ("deepwalk", "node2vec"):   # a killed run may be resumed (issue 4)
         take_over_dead_claim(lake, dataset, method, run_id, gt.stage_logger())

@@ -9,10 +9,11 @@ import time
 from prefect import flow
 
 from embedlake.config import PipelineConfig
+from embedlake.flows.run_start import start_run
 from embedlake.flows.embed_graph import _remove_run_files, dataset_name
-from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.lake import Lake
 from embedlake.tasks import graph as gt
-from embedlake.tasks.runtime import ensure_ray, resolve_partitions
+from embedlake.tasks.runtime import resolve_partitions
 from embedlake.workers.stages import partition_bounds
 
 
@@ -24,10 +25,7 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
     t0 = time.perf_counter()
     dataset = dataset_name(cfg)
     method = f"{cfg.method}-walks"
-    run_id = check_name(cfg.lake.run_id, "run") if cfg.lake.run_id else new_run_id()
-    lake = Lake(cfg.lake.uri)
-    sw = gt.Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
+    run_id, lake, sw = start_run(cfg)
     r = cfg.ray.max_retries
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(), r)
