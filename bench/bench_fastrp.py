@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from procmem import peak_rss, reset_peak, rss  # noqa: E402  (bench/procmem.py)
+
 from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,32 +51,6 @@ def load_peers():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _peak_rss() -> int:
-    """Peak RSS of this process image (VmHWM; ru_maxrss would inherit the parent's peak)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def bench_dataset(args) -> dict:
@@ -154,13 +130,13 @@ def scale_child(args) -> dict:
     n = indptr.shape[0] - 1
     # warm-up on a tiny graph: numba compile / cache load out of the timing and the peak
     F.fastrp(np.array([0, 1, 2], np.int64), np.array([1, 0], np.int32), None, dim=args.scale_dim, threads=args.threads)
-    _reset_peak()
-    base = _rss()
+    reset_peak()
+    base = rss()
     t0 = time.perf_counter()
     X = F.fastrp(indptr, indices, None, dim=args.scale_dim, iteration_weights=ITER_WEIGHTS, beta=BETA,
                  threads=args.threads)
     dt = time.perf_counter() - t0
-    out = {"ours_s": round(dt, 2), "rss_before_gb": round(base / 2**30, 3), "peak_rss_gb": round(_peak_rss() / 2**30, 3),
+    out = {"ours_s": round(dt, 2), "rss_before_gb": round(base / 2**30, 3), "peak_rss_gb": round(peak_rss() / 2**30, 3),
            "output_gb": round(X.nbytes / 2**30, 3),
            "arcs_x_dim_per_s": round(indices.shape[0] * args.scale_dim * len(ITER_WEIGHTS) / dt / 1e9, 3)}
     del X
@@ -168,12 +144,12 @@ def scale_child(args) -> dict:
         import scipy.sparse as sp
         peers = load_peers()
         A = sp.csr_matrix((np.ones(indices.shape[0]), indices, indptr), shape=(n, n))
-        _reset_peak()
-        base = _rss()
+        reset_peak()
+        base = rss()
         t0 = time.perf_counter()
         Fref = peers.fastrp(A, args.scale_dim, list(ITER_WEIGHTS), BETA)
         out["scipy_ref_s"] = round(time.perf_counter() - t0, 2)
-        out["scipy_ref_peak_rss_gb"] = round(_peak_rss() / 2**30, 3)
+        out["scipy_ref_peak_rss_gb"] = round(peak_rss() / 2**30, 3)
         out["scipy_ref_rss_before_gb"] = round(base / 2**30, 3)
         out["ratio"] = round(out["ours_s"] / out["scipy_ref_s"], 3)
         del Fref

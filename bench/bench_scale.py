@@ -23,34 +23,20 @@ import subprocess
 import sys
 import time
 
+from procmem import reset_peak, status_bytes  # noqa: E402  (bench/procmem.py)
+
 STAGES = ("ingest", "walks", "train", "compress")
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        pass
 
 
 def _stage(results: dict, name: str, fn, *args, **kw):
     import gc
     gc.collect()
-    _reset_peak()
-    base = _status("VmRSS")
+    reset_peak()
+    base = status_bytes("VmRSS")
     t0 = time.perf_counter()
     out = fn(*args, **kw)
     wall = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = status_bytes("VmHWM")
     results[name] = {"wall_s": round(wall, 2), "peak_rss_mib": round(peak / 2**20, 1),
                      "peak_over_base_mib": round((peak - base) / 2**20, 1)}
     print(f"  {name}: {wall:.1f}s, peak {peak / 2**20:.0f} MiB (+{(peak - base) / 2**20:.0f})", file=sys.stderr,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from procmem import peak_rss  # noqa: E402  (bench/procmem.py)
 
 from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
 
@@ -95,19 +96,6 @@ def ours(g, walks, length, threads, p, q, mode, repeats):
             "steps_per_s_best": round(max(rates)), "steps_per_s_median": round(float(np.median(rates)))}
 
 
-def _peak_rss() -> int:
-    """Peak RSS of this process image in bytes. VmHWM, not getrusage's ru_maxrss: Linux keeps
-    ru_maxrss across fork + exec, so a child would inherit the parent's peak (graph generation)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def scale_child(npz: str, walks: int, length: int, threads: int, p: float, q: float, n_starts: int) -> dict:
     """Runs in a fresh process: RSS baseline after compile, load CSR, walk, report the peak."""
     import psutil
@@ -137,7 +125,7 @@ def scale_child(npz: str, walks: int, length: int, threads: int, p: float, q: fl
         out_bytes = max(res.get("_out", 0), w.nbytes)
         res["_out"] = out_bytes
         del w
-    peak = _peak_rss()
+    peak = peak_rss()
     out_bytes = res.pop("_out")
     res["rss_before_load_mb"] = round(rss0 / 2**20, 1)
     res["rss_after_load_mb"] = round(rss_loaded / 2**20, 1)
