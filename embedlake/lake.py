@@ -286,8 +286,11 @@ class Lake:
     def claim_path(cls, dataset: str, method: str, run_id: str) -> str:
         return f"{cls.manifest_dir(dataset, method)}/{check_name(run_id, 'run')}.claim"
 
-    def claim_run(self, dataset: str, method: str, run_id: str) -> str:
+    def claim_run(self, dataset: str, method: str, run_id: str, take_over_dead: bool = False) -> str:
         """Reserve a run id before writing any data file (put-if-absent of a small claim file).
+
+        take_over_dead: first remove a claim left by a writer that died on this host
+        (`take_over_dead_claim`), so a killed run can be re-run (resumed) with its run id.
 
         Two writers with the same run id would write the same data paths: the loser could overwrite
         the winner's files after the winner committed (checksums no longer match) or delete them
@@ -297,6 +300,8 @@ class Lake:
         """
         if self.is_committed(dataset, method, run_id):
             raise CommitConflict(f"run {run_id} of {dataset}/{method} is already committed in {self.uri}")
+        if take_over_dead:
+            self.take_over_dead_claim(dataset, method, run_id)
         token = secrets.token_hex(8)
         body = {"token": token, "pid": os.getpid(), "host": os.uname().nodename,
                 "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -310,8 +315,37 @@ class Lake:
             except Exception:  # noqa: BLE001 - the message is best effort
                 who = ""
             raise CommitConflict(f"run id {run_id} of {dataset}/{method} is in use by another writer{who}; "
-                                 f"pick another run id (a run that died leaves {self.url(rel)}: delete it)") from None
+                                 f"pick another run id (a run killed on this host is resumed by re-running it there "
+                                 f"with the same run id; one killed on another host leaves {self.url(rel)}: "
+                                 f"delete it to resume)") from None
         return token
+
+    def dead_claim(self, dataset: str, method: str, run_id: str) -> dict | None:
+        """The run's claim if its writer is known to be dead: made on this host by a process that no
+        longer exists (or is a zombie). A live writer, another host's claim (its pid cannot be
+        checked from here), an unreadable claim or no claim: None."""
+        rel = self.claim_path(dataset, method, run_id)
+        try:
+            if not self.exists(rel):
+                return None
+            other = json.loads(self.read_bytes(rel))
+        except Exception:  # noqa: BLE001 - unreadable: cannot tell, leave it alone
+            return None
+        if other.get("host") != os.uname().nodename or not isinstance(other.get("pid"), int):
+            return None
+        pid = other["pid"]
+        if pid == os.getpid() or _pid_alive(pid):
+            return None
+        return other
+
+    def take_over_dead_claim(self, dataset: str, method: str, run_id: str) -> dict | None:
+        """Remove the claim of a dead writer (see `dead_claim`) so a re-run can claim the run id and
+        resume from the run's checkpoints. Returns the removed claim (pid, host, claimed_at) or None
+        when there was nothing to take over (then `claim_run` refuses a live claim as before)."""
+        other = self.dead_claim(dataset, method, run_id)
+        if other is not None:
+            self.delete(self.claim_path(dataset, method, run_id))
+        return other
 
     def release_claim(self, dataset: str, method: str, run_id: str, token: str) -> None:
         """Drop our claim (failed run); another writer's claim is left alone."""
@@ -396,6 +430,21 @@ class Lake:
         for kind in KINDS:
             out.extend(p for p in self.list_files(kind) if p not in keep)
         return out
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a local process exists; a zombie (killed child not yet reaped) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dict[str, Iterable] | None = None,

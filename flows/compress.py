@@ -22,6 +22,7 @@ from embedlake.config import PipelineConfig
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import Stopwatch, commit
+from embedlake.tasks.claims import claim_run
 from embedlake.tasks.runtime import ensure_ray, resolve_partitions
 from embedlake.workers import compress as cz
 from embedlake.workers import compress_store as cs
@@ -49,7 +50,11 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     for codec in codecs:
         params = _params(codec, cc, src)
         tm = table_method(method, codec)
-        claim = lake.claim_run(dataset, tm, run_id)      # a second writer of this table run stops here
+        if cfg.train.resume and lake.is_committed(dataset, tm, run_id):   # re-run of a killed run: done before
+            tables[codec] = {"method": tm, "manifest": lake.url(Lake.manifest_path(dataset, tm, run_id)), "reused": True}
+            continue
+        # a second writer of this table run stops here; a killed run's re-run takes over its claim
+        claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume)
         try:
             built = sw.run(f"build_{codec}", ct.build_table, lake, src, codec, params, run_id, bounds, retries)
             bpv = cz.bytes_per_vector(codec, params, src.dim)

@@ -20,6 +20,10 @@ from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import corpus as ct
 from embedlake.tasks import graph as gt
+from embedlake.tasks.claims import claim_run
+from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, finished_table, save_table
+from embedlake.tasks.train import drop_checkpoints
+from embedlake.workers.faults import fault_point
 from embedlake.workers.corpus import TextSpec
 
 
@@ -40,16 +44,30 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    # a second writer of this run id stops here; a killed run's re-run takes over its claim and
+    # reuses the table it had trained (the vocabulary and token shards are recomputed: they are cheap)
+    claim = claim_run(lake, dataset, method, run_id, cfg.train.resume, gt.stage_logger())
+    ck = RunCheckpoints.of(lake, dataset, method, run_id, cfg.train.model_dump())
     try:
         # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
         env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
         shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
         vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
         sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
-        emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries)
+        fault_point("after:encode")
+        table_spec = {"input": cfg.input.model_dump(), "text": spec, "vocab": cfg.vocab.model_dump(),
+                      "digest": ct.digest(vocab), **{k: cfg.train.model_dump().get(k) for k in TRAIN_KEYS}}
+        done = finished_table(ck, "table", table_spec, gt.stage_logger())
+        if done is not None:
+            emb_ref, info = done.ref, done.info
+        else:
+            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries)
+            save_table(ck, "table", table_spec, emb_ref, info)
+        fault_point("after:train")
         files = {"tokens": sentences.files}
         files["embeddings"] = sw.run("publish", ct.publish, lake, dataset, method, run_id, vocab, emb_ref,
                                      cfg.partitions, retries)
+        fault_point("after:publish")
         metrics = sw.run("evaluate", ct.evaluate, vocab, emb_ref, cfg.eval.model_dump())
         corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
                   "long_lines_policy": cfg.text.long_lines}
@@ -58,8 +76,10 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
                         extra={"dim": cfg.train.dim, "rows": vocab.size, "corpus": corpus, "train": info,
                                "id_column": "token"})
         manifest_url = sw.run("commit", gt.commit, lake, manifest)
+        drop_checkpoints(lake, dataset, method, run_id)
     except BaseException:
         _remove_run_files(lake, dataset, method, run_id)
+        lake.release_claim(dataset, method, run_id, claim)
         raise
     return {
         "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,

@@ -16,9 +16,12 @@ from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
+from embedlake.tasks.claims import claim_run
+from embedlake.tasks.resume import RunCheckpoints, finished_table, graph_key, save_table, train_spec
 from embedlake.tasks.stream import should_stream, walk_and_train
 from embedlake.tasks.runtime import resolve_partitions
-from embedlake.tasks.train import drop_checkpoints, take_over_dead_claim
+from embedlake.tasks.train import drop_checkpoints
+from embedlake.workers.faults import fault_point
 from embedlake.workers.stages import partition_bounds
 
 
@@ -40,9 +43,11 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     method = cfg.method
     run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
-    if cfg.train.resume and method in ("deepwalk", "node2vec"):   # a killed run may be resumed (issue 4)
-        take_over_dead_claim(lake, dataset, method, run_id, gt.stage_logger())
-    claim = lake.claim_run(dataset, method, run_id)    # a second writer of this run id stops here
+    if cfg.compress.codecs and cfg.train.resume and lake.is_committed(dataset, method, run_id):
+        return _resume_compress(cfg, lake, dataset, method, run_id, sw, t_start)
+    # a second writer of this run id stops here; a killed run's re-run takes over its claim (resume)
+    claim = claim_run(lake, dataset, method, run_id, cfg.train.resume, gt.stage_logger())
+    ck = RunCheckpoints.of(lake, dataset, method, run_id, cfg.train.model_dump())
     try:
         graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
                        retries)
@@ -52,24 +57,36 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         bounds = partition_bounds(graph.num_nodes, resolve_partitions(cfg.shard.partitions))
         info: dict = {}
         files: dict[str, list[dict]] = {}
+        walk_cfg, train_cfg = cfg.walk.model_dump(), cfg.train.model_dump()
+        one_table = train_cfg["workers"] == 1 and train_cfg["partitions"] == 0
         if method in ("deepwalk", "node2vec") and not cfg.walk.write_walks and cfg.train.workers == 1 \
-                and should_stream(graph.num_nodes, cfg.walk.model_dump()):
-            trained = sw.run("walk_train", walk_and_train, graph, cfg.walk.model_dump(), cfg.train.model_dump(),
-                             method, bounds, retries)
+                and should_stream(graph.num_nodes, walk_cfg):
+            trained = sw.run("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, retries, ck)
             emb_ref, info = trained.ref, trained.info
         elif method in ("deepwalk", "node2vec"):
-            walk_refs = sw.run("walk", gt.walk, graph, cfg.walk.model_dump(), method, bounds, retries)
-            if cfg.walk.write_walks:
-                files["walks"] = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph,
-                                        walk_refs, cfg.walk.walks_per_node, bounds, retries)
-            trained = sw.run("train", gt.train, graph, walk_refs, cfg.walk.model_dump(), cfg.train.model_dump(),
-                             retries, checkpoint={"lake": lake, "dataset": dataset, "method": method,
-                                                  "run_id": run_id})
+            # a killed run that had finished training needs neither walks nor training
+            trained = finished_table(ck, "train", train_spec(graph, walk_cfg, train_cfg, method, "one-table"),
+                                     gt.stage_logger()) if one_table and not cfg.walk.write_walks else None
+            if trained is None:
+                walked = sw.run("walk", gt.walk, graph, walk_cfg, method, bounds, retries, ck)
+                if cfg.walk.write_walks:
+                    files["walks"] = sw.run("write_walks", gt.write_walks, lake, dataset, method, run_id, graph,
+                                            walked.ref, cfg.walk.walks_per_node, bounds, retries)
+                trained = sw.run("train", gt.train, graph, walked.ref, walk_cfg, train_cfg, retries, ck, method)
+                trained.info.setdefault("resumed", {}).update(walked.info)
             emb_ref, info = trained.ref, trained.info
-        else:
-            emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
+        else:         # FastRP: the finished table is checkpointed (a kill after it does not recompute)
+            spec = {"graph": graph_key(graph), "fastrp": cfg.fastrp.model_dump()}
+            done = finished_table(ck, "table", spec, gt.stage_logger())
+            if done is not None:
+                emb_ref, info = done.ref, done.info
+            else:
+                emb_ref, info = sw.run("fastrp", fastrp_task, graph, cfg.fastrp.model_dump(), bounds, retries)
+                save_table(ck, "table", spec, emb_ref, info)
+        fault_point("after:train")
         files["embeddings"] = sw.run("publish", gt.publish, lake, dataset, method, run_id, graph, emb_ref, bounds,
                                      retries)
+        fault_point("after:publish")
         evaluated = sw.run("evaluate", et.evaluate, lake, dataset, method, run_id, graph, emb_ref,
                            cfg.eval.model_dump(), split, bounds, retries)
         metrics = evaluated["metrics"]
@@ -83,7 +100,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     except BaseException:
         _remove_run_files(lake, dataset, method, run_id)
         lake.release_claim(dataset, method, run_id, claim)
-        raise
+        raise      # checkpoints stay: a re-run with this run id resumes from them
     tables = None
     if cfg.compress.codecs:     # each codec is its own committed run (<method>.<codec>) of this run's table
         from embedlake.flows.compress import compress_run
@@ -94,6 +111,23 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         "manifest": manifest_url, "graph": graph.meta, "stages": sw.stages, "metrics": metrics,
         "rows": graph.num_nodes, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
         "tables": tables,
+    }
+
+
+def _resume_compress(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw, t_start) -> dict:
+    """A run killed while building its compressed tables was committed already: its re-run builds
+    the missing tables only (tables committed before the kill are kept)."""
+    from embedlake.flows.compress import compress_run
+    man = lake.manifest(dataset, method, run_id)
+    gt.stage_logger().info(f"resume: run {run_id} of {dataset}/{method} is committed; building its missing "
+                           f"compressed tables")
+    tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw)
+    return {
+        "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
+        "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
+        "manifest": lake.url(Lake.manifest_path(dataset, method, run_id)), "graph": man.extra.get("graph"),
+        "stages": sw.stages, "metrics": man.metrics, "rows": man.extra.get("rows"), "dim": man.extra.get("dim"),
+        "wall_s": round(time.perf_counter() - t_start, 3), "tables": tables, "resumed": {"committed": True},
     }
 
 

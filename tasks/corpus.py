@@ -83,6 +83,15 @@ def encode(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, max_
                      {"train_sentences": sentences})
 
 
+def digest(vocab: Vocabulary) -> str:
+    """Content hash of the vocabulary (words + counts), computed where they live (a Ray task):
+    part of the fingerprint that lets a killed run's re-run reuse its trained table."""
+    import ray
+
+    from embedlake.workers.checkpoints import vocab_digest
+    return ray.get(remote(vocab_digest, "corpus", num_cpus=1).remote(vocab.words_ref, vocab.counts_ref))
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats)."""

@@ -13,6 +13,7 @@ from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.workers import stages
+from embedlake.workers.faults import fault_point
 
 
 @dataclass
@@ -50,34 +51,86 @@ def ingest(lake, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries
 
 @task(name="walk", cache_policy=NO_CACHE)
 def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int, int]],
-         max_retries: int = 3) -> list:
-    """One Ray task per partition of start nodes; the CSR is shared once through the object store."""
+         max_retries: int = 3, checkpoint=None) -> StageResult:
+    """One Ray task per partition of start nodes; the CSR is shared once through the object store.
+    Returns StageResult(list of walk refs, resume info).
+
+    checkpoint (tasks/resume.RunCheckpoints): each partition's walks are also written to the run's
+    checkpoints when done, and a re-run of a killed run loads the finished partitions and walks
+    only the missing ones."""
+    from embedlake.workers import checkpoints as cp
+    log = stage_logger()
     mode = "node2vec" if method == "node2vec" else "deepwalk"
+    rows = lambda lo, hi: (hi - lo) * walk_cfg["walks_per_node"]
+    done: set[int] = set()
+    ck = checkpoint if checkpoint is not None and checkpoint.enabled else None
+    if ck is not None:
+        from embedlake.tasks.resume import walk_spec
+        _, state, discarded = cp.open_stage(ck.lake, ck.run_dir, "walk", walk_spec(graph, walk_cfg, method, bounds),
+                                            ck.resume)
+        if state is not None:
+            done = cp.finished_walk_parts(ck.lake, ck.run_dir) & set(range(len(bounds)))
+            log.info(f"resume: reusing {len(done)}/{len(bounds)} walk partitions of run {ck.run_id}"
+                     f"{'' if len(done) == len(bounds) else f', walking {len(bounds) - len(done)}'}")
+        elif discarded:
+            log.info("resume: the run's walk checkpoint is of other input or settings (or train.resume is off): "
+                     "walking again")
     alias_ref = None
-    if graph.meta.get("stats", {}).get("weighted"):
+    if graph.meta.get("stats", {}).get("weighted") and len(done) < len(bounds):
         alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
     fn = remote(stages.walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
-    pairs = [fn.remote(graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
-                       walk_cfg["p"], walk_cfg["q"], mode, 1, alias_ref) for lo, hi in bounds]
+    load = remote(stages.load_walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = []
+    for i, (lo, hi) in enumerate(bounds):
+        if i in done:
+            pairs.append(load.remote(ck.lake, cp.walk_part_path(ck.run_dir, i), rows(lo, hi), walk_cfg["length"]))
+            continue
+        target = None if ck is None else {"lake": ck.lake, "path": cp.walk_part_path(ck.run_dir, i), "index": i}
+        pairs.append(fn.remote(
+            graph.csr_ref, lo, hi, walk_cfg["walks_per_node"], walk_cfg["length"], walk_cfg["seed"],
+            walk_cfg["p"], walk_cfg["q"], mode, 1, alias_ref, checkpoint=target))
     # only the step counts come to the driver; the walks stay in the object store
     gather([p[1] for p in pairs], "walks (partitions)", unit_of=float, unit="steps")
-    return [p[0] for p in pairs]
+    fault_point("after:walk")
+    return StageResult([p[0] for p in pairs], {"walk_partitions": len(bounds), "walk_partitions_reused": len(done)})
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, max_retries: int = 3,
-          checkpoint: dict | None = None) -> StageResult:
+          checkpoint=None, method: str = "deepwalk") -> StageResult:
     """Skip-gram on all walks: one multi-threaded Ray task on the whole table, or block-partitioned
     across `train.workers` Ray workers with lake checkpoints (tasks/train.py, docs/training.md).
-    checkpoint: {lake, dataset, method, run_id} of the run (partitioned path only)."""
+    checkpoint (tasks/resume.RunCheckpoints): the one-table engine checkpoints after every epoch and
+    a killed run's re-run continues at the next epoch (docs/reliability.md)."""
     import ray
     log = stage_logger()
     if train_cfg.get("workers", 1) > 1 or train_cfg.get("partitions", 0) >= 1:
         from embedlake.tasks.train import train_partitioned
-        return train_partitioned(graph, walk_refs, walk_cfg, train_cfg, checkpoint, max_retries, log)
+        return train_partitioned(graph, walk_refs, walk_cfg, train_cfg,
+                                 checkpoint.legacy() if checkpoint is not None else None, max_retries, log)
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     cfg = dict(train_cfg)
     cfg["threads"] = cfg.get("threads") or cpus
+    resumed = {"start_epoch": 0}
+    if checkpoint is not None and checkpoint.enabled:
+        from embedlake.tasks.resume import train_spec
+        from embedlake.workers import checkpoints as cp
+        from embedlake.tasks.resume import finished_table
+        ck = checkpoint
+        spec = train_spec(graph, walk_cfg, cfg, method, "one-table")
+        done = finished_table(ck, "train", spec, log)
+        if done is not None:
+            return done
+        base, state, discarded = cp.open_stage(ck.lake, ck.run_dir, "train", spec, ck.resume)
+        start = int(state.get("epoch", 0)) if state is not None else 0
+        if start and not state.get("final"):
+            log.info(f"resume: training continues at epoch {start + 1}/{cfg['epochs']} "
+                     f"({start} epoch(s) of run {ck.run_id} reused)")
+            resumed["start_epoch"] = start
+        elif discarded:
+            log.info("resume: the run's training checkpoint is of other walks or settings: training from the start")
+        cfg["_checkpoint"] = {"lake": ck.lake, "run_dir": ck.run_dir, "base": base,
+                             "resume": state if start and not state.get("final") else None}
     fn = remote(stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     progress = Progress("train", "tokens")
     cfg["progress"] = progress.reporter("train")
@@ -87,7 +140,9 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
     stats = ray.get(stats_ref)
     log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
-    return StageResult(emb_ref, {k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+    info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    info["resumed"] = {"stage": "train", "start_epoch": resumed["start_epoch"], "table_reused": False}
+    return StageResult(emb_ref, info)
 
 
 @task(name="publish", cache_policy=NO_CACHE)

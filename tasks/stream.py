@@ -33,12 +33,38 @@ def should_stream(num_nodes: int, walk_cfg: dict) -> bool:
 
 @task(name="walk_train_streamed", cache_policy=NO_CACHE)
 def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: str,
-                   bounds: list[tuple[int, int]], max_retries: int = 3) -> StageResult:
+                   bounds: list[tuple[int, int]], max_retries: int = 3, checkpoint=None) -> StageResult:
+    """checkpoint (tasks/resume.RunCheckpoints): the model is checkpointed after every round
+    (train.checkpoint=round|episode) or every epoch's last round (epoch), the last round as the
+    finished table; a killed run's re-run continues after the last checkpointed round (walks of
+    earlier rounds are not generated again: each round walks afresh)."""
     import ray
     log = stage_logger()
     mode = "node2vec" if method == "node2vec" else "deepwalk"
     rounds_per_epoch = walk_cfg["walks_per_node"]
     rounds = rounds_per_epoch * train_cfg["epochs"]
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
+    cfg = dict(train_cfg)
+    cfg["threads"] = cfg.get("threads") or cpus
+    ck = checkpoint if checkpoint is not None and checkpoint.enabled else None
+    base, r0, state = None, 0, None
+    if ck is not None:
+        from embedlake.tasks.resume import finished_table, train_spec
+        from embedlake.workers import checkpoints as cp
+        spec = train_spec(graph, walk_cfg, cfg, method, "streamed")
+        done = finished_table(ck, "stream", spec, log)
+        if done is not None:
+            return done
+        base, prev, discarded = cp.open_stage(ck.lake, ck.run_dir, "stream", spec, ck.resume)
+        if prev is not None and prev.get("round"):
+            r0 = int(prev["round"])
+            state = {"lake": ck.lake, "state": prev}
+            log.info(f"resume: streamed training continues at round {r0 + 1}/{rounds} "
+                     f"({r0} round(s) of run {ck.run_id} reused)")
+        elif discarded:
+            log.info("resume: the run's streamed-training checkpoint is of other input or settings: starting over")
+    every = rounds_per_epoch if cfg.get("checkpoint") == "epoch" else 1
+
     alias_ref = None
     if graph.meta.get("stats", {}).get("weighted"):
         alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
@@ -49,21 +75,23 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
         return [walk_fn.remote(graph.csr_ref, lo, hi, 1, walk_cfg["length"], walk_cfg["seed"], walk_cfg["p"],
                                walk_cfg["q"], mode, 1, alias_ref, k) for lo, hi in bounds]
 
-    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
-    cfg = dict(train_cfg)
-    cfg["threads"] = cfg.get("threads") or cpus
     progress = Progress("train (streamed walks)", "tokens")
     cfg["progress"] = progress.reporter("train")
     train_fn = remote(stages.train_round, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     log.info(f"walk+train streamed: {rounds} rounds of one walk per node "
              f"({walks_mb(graph.num_nodes, walk_cfg) / rounds_per_epoch:,.0f} MB of walks each)")
-    state, stats_refs = None, []
-    nxt = submit(0)
-    for r in range(rounds):
+    stats_refs = []
+    last_ck = r0 or None
+    nxt = submit(r0)
+    for r in range(r0, rounds):
         cur = nxt
         if r + 1 < rounds:
             nxt = submit(r + 1)          # next round's walks run while this round trains
-        state, st = train_fn.remote(graph.num_nodes, cfg, r, rounds, state, *cur)
+        target = None
+        if ck is not None and ((r + 1) % every == 0 or r + 1 == rounds):
+            target = {"lake": ck.lake, "run_dir": ck.run_dir, "base": base, "prev": last_ck}
+            last_ck = r + 1
+        state, st = train_fn.remote(graph.num_nodes, cfg, r, rounds, state, *cur, checkpoint=target)
         stats_refs.append(st)
         progress.wait([st])
         del cur
@@ -75,5 +103,13 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
     info = {"tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs) if secs else 0,
             "loss_first": all_stats[0].get("loss_first"), "loss_last": all_stats[-1].get("loss_last"),
             "rounds": rounds, "streamed": True}
-    log.info(f"train: {tokens:,} tokens at {info['tokens_per_s']:,} tokens/s (streamed, {rounds} rounds)")
+    if r0:
+        info["resumed"] = {"stage": "stream", "start_round": r0}
+    if ck is not None:       # the final state carries the figures too (a re-run after publish reuses them)
+        from embedlake.workers import checkpoints as cp
+        final = cp.read_state(ck.lake, ck.run_dir, "stream")
+        if final is not None and final.get("final"):
+            final["info"] = {k: v for k, v in info.items() if k != "resumed"}
+            cp.write_state(ck.lake, ck.run_dir, "stream", final)
+    log.info(f"train: {tokens:,} tokens at {info['tokens_per_s']:,} tokens/s (streamed, {rounds - r0} rounds)")
     return StageResult(emb_ref, info)

@@ -13,14 +13,13 @@ Checkpoints (train.checkpoint = round | episode | epoch | never), under
     state.json                                      {"step": k, fingerprint, schedule, config}
                                                     written by the driver once all shards of
                                                     step k exist; older steps are then removed
-A re-run with the same run id (train.resume) whose stream fingerprint and training settings match
-the state continues at episode k with those shards. The flow removes the checkpoints after the run
+A re-run with the same run id (train.resume; the dead writer's claim is taken over, tasks/claims.py)
+whose stream fingerprint and training settings match the state continues at episode k with those
+shards (the walks come from the run's walk checkpoint, workers/checkpoints.py). The flow removes the checkpoints after the run
 commits (`drop_checkpoints`).
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from embedlake.lake import Lake
@@ -48,43 +47,13 @@ def drop_checkpoints(lake: Lake, dataset: str, method: str, run_id: str) -> None
         pass
 
 
-def take_over_dead_claim(lake: Lake, dataset: str, method: str, run_id: str, log=None) -> bool:
-    """Let a killed run be resumed: `Lake.claim_run` refuses a run id whose claim file exists, and a
-    SIGKILLed run leaves its claim behind. If that claim was made on this host by a process that no
-    longer exists, and the run has a checkpoint to resume, the stale claim is removed so the re-run
-    can claim the id. A live writer, another host's claim (its pid cannot be checked here) or a run
-    without a checkpoint are left alone: claim_run then refuses as before."""
-    rel = Lake.claim_path(dataset, method, run_id)
-    try:
-        if not lake.exists(rel) or read_state(lake, dataset, method, run_id) is None:
-            return False
-        other = json.loads(lake.read_bytes(rel))
-    except Exception:  # noqa: BLE001
-        return False
-    if other.get("host") != os.uname().nodename or not isinstance(other.get("pid"), int):
-        return False
-    pid = other["pid"]
-    if pid == os.getpid() or _alive(pid):
-        return False
-    lake.delete(rel)
-    if log is not None:
-        log.info(f"resume: run {run_id} was left by pid {pid} (no longer running): its claim is taken over")
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed child not yet reaped by its parent) counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+def _drop_block_checkpoints(lake: Lake, run_dir: str) -> None:
+    """Remove this engine's state and shards only (the run's walk checkpoints stay usable)."""
+    lake.delete(f"{run_dir}/state.json")
+    top = {f[len(run_dir) + 1:].split("/", 1)[0] for f in lake.list_files(run_dir) if f.startswith(run_dir + "/")}
+    for name in top:
+        if name.startswith("step="):
+            lake.delete(f"{run_dir}/{name}", recursive=True)
 
 
 def resolve_partitions(train_cfg: dict) -> int:
@@ -157,7 +126,7 @@ def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, c
         elif state is not None:
             log.info("train: the run's checkpoint does not match this input/config (or resume is off): "
                      "starting over")
-            lake.delete(run_dir, recursive=True)
+            _drop_block_checkpoints(lake, run_dir)
 
     block_fn = remote(sb.block_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
     progress = Progress("train", "tokens")

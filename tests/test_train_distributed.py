@@ -276,25 +276,33 @@ def _claim(lake, pid: int, host: str | None = None):
         {"token": "t", "pid": pid, "host": host or os.uname().nodename, "claimed_at": "x"}).encode())
 
 
-def test_dead_claim_is_taken_over_only_with_a_checkpoint_and_a_dead_local_pid(tmp_path):
+def test_dead_claim_is_taken_over_only_from_a_dead_local_pid(tmp_path):
+    """A killed run's claim is taken over by its re-run whether or not it left a checkpoint (it may
+    have died before the first one); a live writer and another host's claim are still refused."""
     from embedlake.errors import CommitConflict
     from embedlake.lake import Lake
-    from embedlake.tasks.train import checkpoint_dir, take_over_dead_claim
+    from embedlake.tasks.claims import claim_run
+    from embedlake.tasks.train import checkpoint_dir
     lake = Lake(str(tmp_path / "lake"))
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()                                             # exited and reaped: its pid is free
     _claim(lake, p.pid)
-    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")          # no checkpoint: left alone
-    with pytest.raises(CommitConflict):
-        lake.claim_run("g", "deepwalk", "r1")
-    lake.write_json(f"{checkpoint_dir('g', 'deepwalk', 'r1')}/state.json", {"step": 1})
-    _claim(lake, os.getppid())                                            # a live writer
-    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")
-    _claim(lake, p.pid, host="another-host")                              # cannot check its pid
-    assert not take_over_dead_claim(lake, "g", "deepwalk", "r1")
-    _claim(lake, p.pid)
-    assert take_over_dead_claim(lake, "g", "deepwalk", "r1")
+    assert not lake.exists(checkpoint_dir("g", "deepwalk", "r1"))        # no checkpoint: taken over all the same
+    assert lake.take_over_dead_claim("g", "deepwalk", "r1")["pid"] == p.pid
     assert lake.claim_run("g", "deepwalk", "r1")                          # the re-run claims the id
+    _claim(lake, os.getppid())                                            # a live writer
+    assert lake.take_over_dead_claim("g", "deepwalk", "r1") is None
+    with pytest.raises(CommitConflict, match="in use by another writer"):
+        claim_run(lake, "g", "deepwalk", "r1", resume=True)
+    _claim(lake, p.pid, host="another-host")                              # cannot check its pid
+    assert lake.take_over_dead_claim("g", "deepwalk", "r1") is None
+    with pytest.raises(CommitConflict, match="another-host"):
+        claim_run(lake, "g", "deepwalk", "r1", resume=True)
+    _claim(lake, p.pid)
+    with pytest.raises(CommitConflict):                                   # resume off: refused as before
+        claim_run(lake, "g", "deepwalk", "r1", resume=False)
+    token = claim_run(lake, "g", "deepwalk", "r1", resume=True)
+    assert json.loads(lake.read_bytes(Lake.claim_path("g", "deepwalk", "r1")))["token"] == token
 
 
 def test_assemble_reads_checkpointed_shards(tmp_path, planted):

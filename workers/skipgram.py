@@ -363,7 +363,9 @@ def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
 def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, negatives=5,
                ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0, seed=0, threads=0,
                init=None, progress: Callable[[int, int, float], None] | None = None,
-               chunk_tokens: int | None = None, shared_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+               chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
+               on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -373,9 +375,15 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     work), compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between chunks from this thread.
+    Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
+    ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
+    streams of an uninterrupted run (one thread: bit-identical result). on_epoch(k, W_in, W_out)
+    is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
+    if not 0 <= start_epoch <= epochs or (start_epoch > 0 and init is None):
+        raise ValueError("start_epoch must lie in [0, epochs] and needs init=(W_in, W_out) of that epoch")
     tokens, offsets, counts, W_in, W_out = prepare(tokens, offsets, vocab_size, counts, dim, init, seed)
     S = len(offsets) - 1
     t_compile = time.perf_counter()
@@ -404,14 +412,15 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     first = None
     total_pairs = 0
     total_kept = 0
-    done = 0
+    done = start_epoch * per_epoch
+    t_hook = 0.0          # time in on_epoch (checkpoint writes), kept out of the kernel figures
     nb.set_num_threads(nthreads)
     try:
         tc = time.perf_counter()
         _warm(sig_tab, logsig_tab)
         t_compile += time.perf_counter() - tc
         t0 = time.perf_counter()
-        for ep in range(epochs):
+        for ep in range(start_epoch, epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
             for lo, hi in chunks:
                 _sgns_chunk(tokens, offsets, lo, hi, W_in, W_out, keep, sample > 0, alias_thr, alias_idx,
@@ -424,25 +433,30 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                     progress(done, total_work, float(sent_loss[lo:hi].sum() / p) if p else float("nan"))
             total_pairs += int(sent_pairs.sum())
             total_kept += int(sent_kept.sum())
-            if ep == 0:
+            if ep == start_epoch:
                 first = (sent_loss.copy(), sent_pairs.copy())
-        seconds = time.perf_counter() - t0
+            if on_epoch is not None:
+                tc = time.perf_counter()
+                on_epoch(ep + 1, W_in, W_out)
+                t_hook += time.perf_counter() - tc
+        seconds = time.perf_counter() - t0 - t_hook
     finally:
         nb.set_num_threads(prev_threads)
 
-    frac = min(1.0, 0.05 * epochs)
+    frac = min(1.0, 0.05 * (epochs - start_epoch))
     if S and first is not None:
         loss_first = _edge_loss(first[0], first[1], offsets, frac, last=False)
         loss_last = _edge_loss(sent_loss, sent_pairs, offsets, frac, last=True)
     else:
         loss_first = loss_last = float("nan")
-    tok = real_tokens * epochs
+    tok = real_tokens * (epochs - start_epoch)
     stats = {
         "tokens": tok, "tokens_trained": total_kept, "pairs": total_pairs, "seconds": seconds,
         "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
         "pairs_per_s": total_pairs / seconds if seconds > 0 else float("nan"),
         "loss_first": loss_first, "loss_last": loss_last, "compile_s": t_compile,
-        "threads": nthreads, "chunks": len(chunks) * epochs, "engine": "numba",
+        "threads": nthreads, "chunks": len(chunks) * (epochs - start_epoch), "engine": "numba",
+        "start_epoch": int(start_epoch),
     }
     return W_in, W_out, stats
 

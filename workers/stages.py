@@ -6,6 +6,7 @@ Imports neither Prefect nor Ray, so each is testable in-process; tasks/ wraps th
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from embedlake import storage
 from embedlake.errors import InputError
 from embedlake.lake import Lake, embeddings_table
+from embedlake.workers.faults import fault_point
 from embedlake.workers.graph import CSRGraph, build_csr
 from embedlake.workers.graph_store import graph_exists, graph_version, read_graph, write_graph
 from embedlake.workers.ingest import EdgeSpec, ingest_graph, read_labels, stats_json_num_nodes
@@ -85,14 +87,61 @@ def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, s
     from embedlake.workers.walks import random_walks
     indptr, indices, weights, directed = csr
     starts = np.arange(lo, hi, dtype=np.int64)
-    return random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
-                        threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
+    walks = random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
+                         threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
+    fault_walk_kill()
+    return walks
 
 
-def walk_partition(*args, **kwargs) -> tuple[np.ndarray, int]:
-    """walk_stage plus its step count, so the driver can report steps/s without fetching the walks."""
+FAULT_WALK_KILL = "EMBEDLAKE_FAULT_WALK_KILL"
+
+
+def fault_walk_kill() -> None:
+    """Test hook (unset in normal use; docs/reliability.md, "Fault hooks used by tests").
+
+    EMBEDLAKE_FAULT_WALK_KILL=<marker file>: the first walk task to get here (its walks computed,
+    not yet returned) creates the marker (O_EXCL, so exactly one task in the whole run) with
+    `killed <pid>` and SIGKILLs its own worker process; Ray must then run the task again. Every
+    later pass appends `ran <pid>`, so a test can see that the retry happened and where.
+    """
+    marker = os.environ.get(FAULT_WALK_KILL)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        with open(marker, "a") as f:
+            f.write(f"ran {os.getpid()}\n")
+        return
+    os.write(fd, f"killed {os.getpid()}\n".encode())
+    os.fsync(fd)
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def walk_partition(*args, checkpoint: dict | None = None, **kwargs) -> tuple[np.ndarray, int]:
+    """walk_stage plus its step count, so the driver can report steps/s without fetching the walks.
+    checkpoint {"lake", "path", "index"}: the finished walks are also written there (.npy), so a
+    killed run's re-run loads them (`load_walk_partition`) instead of walking again."""
     w = walk_stage(*args, **kwargs)
+    if checkpoint is not None:
+        Lake(checkpoint["lake"]).write_npy(checkpoint["path"], w)
+        fault_point(f"after:walk_partition:{checkpoint['index']}")
     return w, int(np.count_nonzero(w >= 0))
+
+
+def load_walk_partition(lake: Lake | str, path: str, rows: int, length: int) -> tuple[np.ndarray, int]:
+    """A checkpointed walk partition (what walk_partition returned), shape-checked against the run."""
+    w = Lake(lake).read_npy(path)
+    if w.shape != (rows, length) or w.dtype.kind != "i":
+        raise ValueError(f"{path}: walks of shape {w.shape} ({w.dtype}), expected ({rows}, {length}) ints")
+    return w, int(np.count_nonzero(w >= 0))
+
+
+def load_checkpoint_array(lake: Lake | str, state: dict, name: str) -> np.ndarray:
+    """One array of a checkpointed step (e.g. the finished table of a killed run)."""
+    from embedlake.workers.checkpoints import load
+    return load(Lake(lake), state, name)
 
 
 def alias_stage(csr: tuple):
@@ -110,8 +159,12 @@ def interleave_walks(parts: list[np.ndarray], walks_per_node: int) -> np.ndarray
 
 
 def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One-table skip-gram on all walks. train["_checkpoint"] = {"lake", "run_dir", "base", "resume"}
+    (optional): the tables are checkpointed after every epoch (the last one as the final table)
+    and, with a resume state of epoch k, training continues at epoch k (docs/reliability.md)."""
     from embedlake.workers.skipgram import train_sgns
     from embedlake.workers.walks import walks_to_sentences
+    ck = train.get("_checkpoint")
     walks = interleave_walks(list(parts), walks_per_node)
     tokens, offsets = walks_to_sentences(walks)
     del walks
@@ -124,11 +177,50 @@ def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.nda
         from embedlake.workers.skipgram_torch import train_sgns_torch
         W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), threads=threads,
                                        **kw)
+        if ck is not None:       # the torch engine has no epoch hook: the finished table only
+            _checkpoint_epoch(ck, train["epochs"], train["epochs"], W, None, stats)
     else:
         report = train.get("progress")
         cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
-        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, **kw)
+        init, start = None, 0
+        if ck is not None and ck.get("resume") is not None:
+            from embedlake.workers.checkpoints import load
+            lake = Lake(ck["lake"])
+            start = int(ck["resume"]["epoch"])
+            init = (load(lake, ck["resume"], "w_in"), load(lake, ck["resume"], "w_out"))
+        on_epoch = None
+        if ck is not None:
+            on_epoch = lambda k, W_in, W_out: _checkpoint_epoch(ck, k, train["epochs"], W_in, W_out, None)
+        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init,
+                                 start_epoch=start, on_epoch=on_epoch, **kw)
+        if ck is not None:       # the final state also carries the training figures
+            _checkpoint_info(ck, stats)
     return W, stats
+
+
+def _checkpoint_epoch(ck: dict, k: int, epochs: int, W_in: np.ndarray, W_out: np.ndarray | None, stats) -> None:
+    """After epoch k: W_in/W_out (the last epoch: W_in alone, the finished table), then the state."""
+    from embedlake.workers.checkpoints import advance
+    final = k >= epochs
+    files = {"w_in": W_in} if final or W_out is None else {"w_in": W_in, "w_out": W_out}
+    prev = ck.get("_prev", (ck.get("resume") or {}).get("epoch"))
+    advance(Lake(ck["lake"]), ck["run_dir"], "train", ck["base"], "epoch", k, files, final=final,
+            info=_plain(stats), prev=prev)
+    ck["_prev"] = k
+    fault_point(f"after:train_epoch:{k}")
+
+
+def _checkpoint_info(ck: dict, stats: dict) -> None:
+    from embedlake.workers.checkpoints import read_state, write_state
+    lake = Lake(ck["lake"])
+    state = read_state(lake, ck["run_dir"], "train")
+    if state is not None and state.get("final"):
+        state["info"] = _plain(stats)
+        write_state(lake, ck["run_dir"], "train", state)
+
+
+def _plain(stats) -> dict:
+    return {k: v for k, v in (stats or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
 def write_embedding_part(lake: Lake | str, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,
@@ -165,13 +257,21 @@ def write_walks_part(lake: Lake | str, dataset: str, method: str, run_id: str, p
     return lake.write_parquet(rel, walks_table(walks, node_ids, lo, hi, walks_per_node)).to_dict()
 
 
-def train_round(num_nodes: int, train: dict, round_index: int, rounds: int, state, *parts: np.ndarray):
+def train_round(num_nodes: int, train: dict, round_index: int, rounds: int, state, *parts: np.ndarray,
+                checkpoint: dict | None = None):
     """One round of streamed training: the walks of round r (one walk per node) continue the model.
 
     The learning rate decays linearly across all rounds exactly as in one call over every walk
     (each round trains the segment [r/R, (r+1)/R] of the schedule), so only one round of walks is
-    ever held. Returns ((W_in, W_out), stats).
+    ever held. Returns ((W_in, W_out, counts), stats). state: the previous round's result, or
+    {"lake", "state"} of a checkpointed round to continue from (a resumed run).
+    checkpoint {"lake", "run_dir", "base", "prev"}: after this round the state is written to the lake
+    (`stream/round=<r+1>/`; the last round: the finished table only).
     """
+    if isinstance(state, dict):             # resumed: the round checkpoint written by a killed run
+        from embedlake.workers.checkpoints import load
+        lk = Lake(state["lake"])
+        state = (load(lk, state["state"], "w_in"), load(lk, state["state"], "w_out"), load(lk, state["state"], "counts"))
     from embedlake.workers.skipgram import train_sgns
     from embedlake.workers.walks import walks_to_sentences
     tokens, offsets = walks_to_sentences(interleave_walks(list(parts), 1))
@@ -191,6 +291,13 @@ def train_round(num_nodes: int, train: dict, round_index: int, rounds: int, stat
                                     threads=train.get("threads") or 0,
                                     init=None if state is None else (state[0].copy(), state[1].copy()),
                                     progress=cb)
+    if checkpoint is not None:
+        from embedlake.workers.checkpoints import advance
+        final = round_index + 1 == rounds
+        files = {"w_in": W_in} if final else {"w_in": W_in, "w_out": W_out, "counts": counts}
+        advance(Lake(checkpoint["lake"]), checkpoint["run_dir"], "stream", checkpoint["base"], "round",
+                round_index + 1, files, final=final, info=checkpoint.get("info"), prev=checkpoint.get("prev"))
+        fault_point(f"after:stream_round:{round_index + 1}")
     return (W_in, W_out, counts), stats
 
 
