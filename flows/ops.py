@@ -361,6 +361,10 @@ def _age_s(lk, rel: str, now: float) -> float:
 
 
 def cmd_gc(args) -> int:
+    """Orphans (files no committed manifest names) older than --min-age are garbage, except the files
+    of a run whose writer still holds its claim (live, or on another host), and the checkpoints of an
+    uncommitted run: those are what a re-run with the same run id resumes from, so a run's checkpoint
+    folder goes as a whole, once its newest file is older than --checkpoint-age."""
     lk = _lake(args)
     now = time.time()
     orphans = lk.orphans()
@@ -371,17 +375,55 @@ def cmd_gc(args) -> int:
         except FileNotFoundError:
             continue
         rows.append((rel, age))
-    old = [(p, a) for p, a in rows if a >= args.min_age]
-    young = len(rows) - len(old)
+    in_use: dict[tuple, bool] = {}
+    ck_age: dict[tuple, float] = {}
+    for rel, age in rows:
+        run = _run_of(rel)
+        if run is not None and run not in in_use:
+            try:
+                in_use[run] = lk.exists(lk.claim_path(*run)) and lk.dead_claim(*run) is None
+            except Exception:  # noqa: BLE001 - not a run path we can name: age rules only
+                in_use[run] = False
+        if run is not None and rel.startswith("checkpoints/"):
+            ck_age[run] = min(age, ck_age.get(run, float("inf")))
+    old, young, live, resumable = [], 0, set(), set()
+    for p, a in rows:
+        run = _run_of(p)
+        if run is not None and in_use.get(run):
+            live.add(run)
+        elif run is not None and p.startswith("checkpoints/") and not lk.is_committed(*run):
+            if ck_age[run] >= args.checkpoint_age:
+                old.append((p, a))
+            else:
+                resumable.add(run)
+        elif a >= args.min_age:
+            old.append((p, a))
+        else:
+            young += 1
     for p, a in old:
         print(f"{'deleting' if args.delete else 'orphan'}  {lk.url(p)}  (age {a:,.0f}s)")
         if args.delete:
             lk.delete(p)
     if young:
         print(f"{young} orphan(s) younger than {args.min_age:g}s kept (a run may still be writing them)")
+    if live:
+        print(f"{len(live)} uncommitted run(s) kept: their writer still holds the run id "
+              f"({', '.join(sorted('/'.join(r) for r in live))})")
+    if resumable:
+        print(f"checkpoints of {len(resumable)} uncommitted run(s) kept: a re-run with the same run id resumes "
+              f"from them ({', '.join(sorted('/'.join(r) for r in resumable))}); older than "
+              f"--checkpoint-age {args.checkpoint_age:g}s they are removed")
     verb = "deleted" if args.delete else "found (use --delete to remove them)"
     print(f"{len(old)} orphaned data file(s) {verb} in {lk.uri}")
     return 0
+
+
+def _run_of(rel: str) -> tuple[str, str, str] | None:
+    """(dataset, method, run id) of a run's file <kind>/<dataset>/<method>/run=<id>/..., else None."""
+    parts = rel.split("/")
+    if len(parts) >= 4 and parts[3].startswith("run=") and parts[0] != "tables":
+        return parts[1], parts[2], parts[3][4:]
+    return None
 
 
 def cmd_s3_block(args) -> int:
@@ -459,6 +501,9 @@ def add_parsers(sub, common) -> None:
             p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                            help="Only orphans older than this (a running run's files are orphans until it "
                            "commits; default %(default)s).")
+            p.add_argument("--checkpoint-age", type=float, default=7 * 86400.0, metavar="SECONDS",
+                           help="Checkpoints of an uncommitted run (what its re-run resumes from) are removed "
+                           "once their newest file is older than this (default %(default)s = 7 days).")
         p.set_defaults(func=fn)
 
     b = sub.add_parser("s3-block", help="Save the S3 settings of this environment as a Prefect Secret block.")

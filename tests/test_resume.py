@@ -225,3 +225,27 @@ def test_fault_point_is_inert_unless_named(monkeypatch):
                         "f('after:walk'); print('alive')"], env={**os.environ, "EMBEDLAKE_FAULT": "after:walk"},
                        capture_output=True, text=True, timeout=60, start_new_session=True)
     assert p.returncode == -9 and "alive" not in p.stdout
+
+
+def test_gc_keeps_resumable_and_live_runs(tmp_path, capsys):
+    """A killed run's checkpoints are what its re-run resumes from: gc keeps them (as a whole) until
+    they are older than --checkpoint-age; a run whose writer is alive keeps every file."""
+    from embedlake.flows.cli import main as cli
+    lk = Lake(str(tmp_path / "lake"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ck = Lake.run_dir("checkpoints", "g", "deepwalk", "killed")
+    lk.write_npy(f"{ck}/walk/part-00000.npy", np.zeros((2, 2), np.int32))
+    lk.write_bytes(Lake.claim_path("g", "deepwalk", "killed"), json.dumps(
+        {"token": "t", "pid": dead.pid, "host": os.uname().nodename, "claimed_at": "x"}).encode())
+    live = Lake.part_path("embeddings", "g", "deepwalk", "running", 0)
+    lk.write_bytes(live, b"being written")
+    lk.write_bytes(Lake.claim_path("g", "deepwalk", "running"), json.dumps(
+        {"token": "t", "pid": os.getppid(), "host": os.uname().nodename, "claimed_at": "x"}).encode())
+    assert cli(["gc", "--lake", lk.uri, "--min-age", "0", "--delete"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints of 1 uncommitted run(s) kept" in out and "g/deepwalk/killed" in out
+    assert "1 uncommitted run(s) kept: their writer still holds the run id (g/deepwalk/running)" in out
+    assert lk.exists(f"{ck}/walk/part-00000.npy") and lk.exists(live)
+    assert cli(["gc", "--lake", lk.uri, "--min-age", "0", "--checkpoint-age", "0", "--delete"]) == 0
+    assert not lk.exists(f"{ck}/walk/part-00000.npy") and lk.exists(live)
