@@ -12,6 +12,7 @@ import glob as _glob
 import hashlib
 import io
 import json
+import mmap
 import os
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.graph import CSRGraph, build_csr
+from embedlake.workers.graph import CSRGraph
 
 TEXT_SUFFIXES = (".tsv", ".csv", ".txt", ".edges", ".edgelist", ".edg", ".el", "")
 # Lines parsed per polars call: parsing holds several string copies of a chunk, so this bounds the
@@ -370,14 +371,69 @@ def read_edges(uri: str, spec: EdgeSpec, progress=None, convert=None) -> tuple[l
     return chunks, files, h.hexdigest(), rows
 
 
-# ---- streaming CSR for integer ids (unweighted): memory ~ 2x the CSR, not ~15x -----------------
-def _narrow(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """A typed chunk -> (src, dst) numpy, int32 when the chunk's ids fit (the common case)."""
-    s, d = df["src"].to_numpy(), df["dst"].to_numpy()
+# ---- streaming CSR: chunks -> narrow arrays at once -> counting sort; memory ~2-3x the CSR ------
+def _off_heap(a: np.ndarray, dtype) -> np.ndarray:
+    """`a` as `dtype` in its own anonymous mapping, so freeing it returns the pages to the OS at once.
+
+    The CSR build frees each chunk as it is placed while the CSR's pages fill; chunk-sized blocks
+    from malloc would stay in the process heap after being freed (glibc's mmap threshold rises to
+    their size), so RSS would hold every consumed chunk and the finished CSR together.
+    """
+    if a.size == 0:
+        return np.asarray(a, dtype=dtype).copy()
+    out = np.frombuffer(mmap.mmap(-1, a.size * np.dtype(dtype).itemsize), dtype=dtype, count=a.size)
+    out[:] = a
+    return out
+
+
+def _narrow_ids(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 when the chunk's ids fit (the common case), else int64."""
     lo, hi = min(int(s.min()), int(d.min())), max(int(s.max()), int(d.max()))
-    if 0 <= lo and hi < 2**31:
-        return s.astype(np.int32), d.astype(np.int32)
-    return np.ascontiguousarray(s, dtype=np.int64), np.ascontiguousarray(d, dtype=np.int64)
+    t = np.int32 if 0 <= lo and hi < 2**31 else np.int64
+    return _off_heap(s, t), _off_heap(d, t)
+
+
+def _weights(df: pl.DataFrame) -> np.ndarray | None:
+    return _off_heap(df["weight"].to_numpy(), np.float32) if "weight" in df.columns else None
+
+
+def _narrow(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A typed integer-id chunk -> (src, dst, weight float32 or None) numpy."""
+    s, d = _narrow_ids(df["src"].to_numpy(), df["dst"].to_numpy())
+    return s, d, _weights(df)
+
+
+class _StringIds:
+    """Incremental dictionary of string node ids: each chunk's ids become int32 codes at once, so
+    no string column outlives its chunk.
+
+    Codes are provisional (first-seen order, from a private polars `Categories`, a hash map over
+    the distinct ids only); `finish` sorts the distinct ids, so the dense numbering is the sorted
+    order of the ids exactly as it was when ingest concatenated every string and sorted them.
+    """
+
+    def __init__(self):
+        self.categories = pl.Categories.random()
+        self.dtype = pl.Categorical(self.categories)
+        self._alive = pl.Series([], dtype=self.dtype)     # a mapping lives while a Series uses it
+
+    def codes(self, s: pl.Series) -> np.ndarray:
+        return _off_heap(s.cast(self.dtype).to_physical().to_numpy(), np.int32)
+
+    def convert(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return self.codes(df["src"]), self.codes(df["dst"]), _weights(df)
+
+    def finish(self) -> tuple[pl.Series, np.ndarray]:
+        """(distinct ids sorted, int32 table provisional code -> dense id); drops the hash map."""
+        ids = self.categories.to_series()
+        if ids.null_count():     # a code reserved but never named: cannot happen with a private mapping
+            raise RuntimeError("string id dictionary has unnamed codes")
+        order = ids.arg_sort().to_numpy()
+        lookup = np.empty(len(ids), dtype=np.int32)
+        lookup[order] = np.arange(len(ids), dtype=np.int32)
+        ids = ids.gather(order)
+        del self._alive
+        return ids, lookup
 
 
 @numba.njit(cache=True)
@@ -410,6 +466,26 @@ def _scatter(pos, indices, s, d, undirected, drop_loops):
 
 
 @numba.njit(cache=True)
+def _scatter_weighted(pos, indices, weights, s, d, w, undirected, drop_loops):
+    """_scatter carrying each edge's weight to its arc(s); rows fill in input order."""
+    for i in range(s.shape[0]):
+        u, v = s[i], d[i]
+        if u == v:
+            if not drop_loops:
+                indices[pos[u]] = v
+                weights[pos[u]] = w[i]
+                pos[u] += 1
+            continue
+        indices[pos[u]] = v
+        weights[pos[u]] = w[i]
+        pos[u] += 1
+        if undirected:
+            indices[pos[v]] = u
+            weights[pos[v]] = w[i]
+            pos[v] += 1
+
+
+@numba.njit(cache=True)
 def _sort_rows_dedupe(indptr, indices, dedupe):
     """Sort each row in place and (dedupe) drop repeats, compacting forward; returns the new indptr."""
     n = indptr.shape[0] - 1
@@ -431,13 +507,58 @@ def _sort_rows_dedupe(indptr, indices, dedupe):
     return out
 
 
+@numba.njit(cache=True)
+def _sort_rows_dedupe_weighted(indptr, indices, weights, mode):
+    """Stable sort of each row by column, weights moved along; mode 0 keeps repeats, 1 keeps the
+    first (in input order), 2 sums them (in float64). Compacts forward; returns the new indptr."""
+    n = indptr.shape[0] - 1
+    out = np.empty(n + 1, dtype=np.int64)
+    out[0] = 0
+    w = 0
+    for r in range(n):
+        a, b = indptr[r], indptr[r + 1]
+        if b - a == 1:
+            indices[w] = indices[a]
+            weights[w] = weights[a]
+            w += 1
+        elif b > a:
+            order = np.argsort(indices[a:b], kind="mergesort")
+            cols = indices[a:b][order]
+            ws = weights[a:b][order]
+            start = w
+            acc = 0.0
+            for j in range(cols.shape[0]):
+                x = cols[j]
+                if mode != 0 and w > start and indices[w - 1] == x:
+                    if mode == 2:
+                        acc += ws[j]
+                    continue
+                if mode == 2 and w > start:
+                    weights[w - 1] = acc
+                indices[w] = x      # w <= a + j: the row was copied out, nothing unread is hit
+                weights[w] = ws[j]
+                acc = ws[j]
+                w += 1
+            if mode == 2:
+                weights[w - 1] = acc
+        out[r + 1] = w
+    return out
+
+
 def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed: bool, duplicates: str,
                      self_loops: str) -> CSRGraph:
-    """Counting sort over the chunks (no global int64 key sort); chunks are mapped to dense ids one
-    at a time and freed as they are placed. node_ids: None (ids are dense already), an int32
-    lookup table indexed by original id, or the sorted original ids (searchsorted)."""
+    """Counting sort over the chunks (src, dst, weight|None) (no global int64 key sort); chunks are
+    mapped to dense ids one at a time and freed as they are placed. node_ids: None (ids are dense
+    already), an int32 lookup table indexed by original id / provisional code, or the sorted
+    original ids (searchsorted).
+
+    Repeated edges: rows fill in input order and are sorted stably, so `drop` keeps the weight of
+    the first occurrence in the file (either direction, for undirected graphs: both arcs of an
+    edge get the same weight) and `sum` adds every occurrence's weight.
+    """
     drop = self_loops == "drop"
     undirected = not directed
+    weighted = bool(chunks) and chunks[0][2] is not None
 
     def dense(a):
         if node_ids is None:
@@ -447,95 +568,92 @@ def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed
         return np.searchsorted(node_ids, a).astype(np.int32)
 
     deg = np.zeros(n, dtype=np.int64)
-    for s, d in chunks:
+    for s, d, _ in chunks:
         _count_degrees(deg, dense(s), dense(d), undirected, drop)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(deg, out=indptr[1:])
     del deg
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    weights = np.empty(int(indptr[-1]), dtype=np.float32) if weighted else None
     pos = indptr[:-1].copy()
+    chunks.reverse()                             # pop() from the end: O(1) per chunk
     while chunks:
-        s, d = chunks.pop(0)
-        _scatter(pos, indices, dense(s), dense(d), undirected, drop)
-        del s, d
+        s, d, w = chunks.pop()
+        if weighted:
+            _scatter_weighted(pos, indices, weights, dense(s), dense(d), w, undirected, drop)
+        else:
+            _scatter(pos, indices, dense(s), dense(d), undirected, drop)
+        del s, d, w
     del pos
-    new_indptr = _sort_rows_dedupe(indptr, indices, duplicates != "keep")
+    if weighted:
+        mode = {"keep": 0, "drop": 1, "sum": 2}[duplicates]
+        new_indptr = _sort_rows_dedupe_weighted(indptr, indices, weights, mode)
+    else:
+        new_indptr = _sort_rows_dedupe(indptr, indices, duplicates != "keep")
     m = int(new_indptr[-1])
     if m < indices.shape[0]:
-        indices = indices[:m].copy() if m < 0.9 * indices.shape[0] else indices[:m]
-    return CSRGraph(new_indptr, indices, None, directed)
+        shrink = m < 0.9 * indices.shape[0]
+        indices = indices[:m].copy() if shrink else indices[:m]
+        if weighted:
+            weights = weights[:m].copy() if shrink else weights[:m]
+    return CSRGraph(new_indptr, indices, weights, directed)
 
 
-def _ingest_int_streaming(uri: str, spec: EdgeSpec, progress=None):
-    chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=_narrow)
-    if rows == 0:
-        raise InputError("the graph is empty: no edges found", path=uri)
-    lo = min(min(int(s.min()), int(d.min())) for s, d in chunks)
-    hi = max(max(int(s.max()), int(d.max())) for s, d in chunks)
+def _int_ids(chunks: list, rows: int, spec: EdgeSpec, uri: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(node_ids int64, mapping for _csr_from_chunks) of integer ids, without sorting the edges."""
+    lo = min(min(int(s.min()), int(d.min())) for s, d, _ in chunks)
+    hi = max(max(int(s.max()), int(d.max())) for s, d, _ in chunks)
     n_decl = spec.num_nodes
     if n_decl is not None and hi >= n_decl:
         raise InputError(f"node id {hi} is outside 0..{n_decl - 1} declared by num_nodes", path=uri)
     if n_decl is not None and lo >= 0:
-        node_ids, mapping = np.arange(n_decl, dtype=np.int64), None     # dense already (isolated nodes kept)
-    elif lo >= 0 and hi < max(4 * rows, 1 << 20):
+        return np.arange(n_decl, dtype=np.int64), None        # dense already (isolated nodes kept)
+    if lo >= 0 and hi < max(4 * rows, 1 << 20):
         # ids in a compact range: a presence bitmap and an int32 lookup table beat sorting
         present = np.zeros(hi + 1, dtype=bool)
-        for s, d in chunks:
+        for s, d, _ in chunks:
             present[s] = True
             present[d] = True
         node_ids = np.flatnonzero(present).astype(np.int64)
         del present
         mapping = np.full(hi + 1, -1, dtype=np.int32)
         mapping[node_ids] = np.arange(len(node_ids), dtype=np.int32)
-    else:
-        uniq = np.empty(0, dtype=np.int64)
-        for s, d in chunks:
-            uniq = np.union1d(uniq, np.union1d(np.unique(s), np.unique(d)))
-        node_ids = uniq.astype(np.int64)
-        mapping = node_ids
-    csr = _csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
-    return csr, node_ids, files, checksum, rows
+        return node_ids, mapping
+    uniq = np.empty(0, dtype=np.int64)
+    for s, d, _ in chunks:
+        uniq = np.union1d(uniq, np.union1d(np.unique(s), np.unique(d)))
+    node_ids = uniq.astype(np.int64)
+    return node_ids, node_ids
 
 
 def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
     """Read, map ids to dense ints, build CSR. Raises InputError for every kind of bad input.
 
-    Unweighted integer-id graphs stream: each chunk becomes int32 arrays at once and the CSR is
-    built by a counting sort, so peak memory stays near twice the CSR (bench/bench_scale.py);
-    weighted or string-id graphs take the general path below.
+    Every input streams: each parsed chunk becomes narrow numpy arrays at once (int32 ids, float32
+    weights; string ids through an incremental dictionary) and its polars frames are dropped; the
+    CSR is built from the chunks by a counting sort. Peak memory stays within ~3x the CSR
+    (bench/bench_scale.py --variant int|weighted|str).
+
+    Dense numbering: integer ids keep their numeric order (ids 0..num_nodes-1 map to themselves
+    when num_nodes is known); string ids are numbered in sorted (byte-wise) order.
     """
-    if spec.id_type == "int" and not spec.weighted:
-        csr, node_ids, files, checksum, rows = _ingest_int_streaming(uri, spec, progress)
-        return _finish(uri, spec, csr, node_ids, files, checksum, rows)
-    chunks, files, checksum, rows = read_edges(uri, spec, progress)
-    if rows == 0:
-        raise InputError("the graph is empty: no edges found", path=uri)
-    src_all = pl.concat([c["src"] for c in chunks])
-    dst_all = pl.concat([c["dst"] for c in chunks])
-    w = pl.concat([c["weight"] for c in chunks]).to_numpy() if spec.weighted else None
-    del chunks
     if spec.id_type == "int":
-        s = src_all.to_numpy()
-        d = dst_all.to_numpy()
-        lo = min(s.min(), d.min())
-        hi = max(s.max(), d.max())
-        n_decl = spec.num_nodes
-        if n_decl is not None and lo >= 0 and hi < n_decl:
-            node_ids = np.arange(n_decl, dtype=np.int64)      # ids are already dense (isolated nodes kept)
-            si, di = s, d
-        else:
-            if n_decl is not None and hi >= n_decl:
-                raise InputError(f"node id {hi} is outside 0..{n_decl - 1} declared by num_nodes", path=uri)
-            node_ids = np.unique(np.concatenate([s, d]))
-            si, di = np.searchsorted(node_ids, s), np.searchsorted(node_ids, d)
+        chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=_narrow)
+        if rows == 0:
+            raise InputError("the graph is empty: no edges found", path=uri)
+        node_ids, mapping = _int_ids(chunks, rows, spec, uri)
+        csr = _csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
     else:
-        uniq = pl.concat([src_all, dst_all]).unique().sort()
-        node_ids = uniq.to_numpy().astype(object)
-        idx = pl.DataFrame({"id": uniq, "i": np.arange(len(uniq), dtype=np.int64)})
-        si = pl.DataFrame({"id": src_all}).join(idx, on="id", how="left", maintain_order="left")["i"].to_numpy()
-        di = pl.DataFrame({"id": dst_all}).join(idx, on="id", how="left", maintain_order="left")["i"].to_numpy()
-    n = len(node_ids)
-    csr = build_csr(si, di, n, w, directed=spec.directed, duplicates=spec.duplicates, self_loops=spec.self_loops)
+        ids = _StringIds()
+        chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=ids.convert)
+        if rows == 0:
+            raise InputError("the graph is empty: no edges found", path=uri)
+        sorted_ids, lookup = ids.finish()
+        del ids
+        csr = _csr_from_chunks(chunks, len(sorted_ids), lookup, spec.directed, spec.duplicates, spec.self_loops)
+        del lookup
+        node_ids = sorted_ids.to_numpy().astype(object)       # the published `node` column stays string
+        del sorted_ids
     return _finish(uri, spec, csr, node_ids, files, checksum, rows)
 
 
