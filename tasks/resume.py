@@ -77,7 +77,7 @@ def finished_table(ck: RunCheckpoints | None, stage: str, spec: dict, log=None):
     ref = remote(stages.load_checkpoint_array, "train", num_cpus=1).remote(ck.lake, state, "w_in")
     if log is not None:
         log.info(f"resume: the trained table of run {ck.run_id} is reused from {ck.lake.url(state['folder'])} "
-                 f"(training had finished before the run was killed): no walks, no training")
+                 f"(training had finished before the run was killed): not trained again")
     info = dict(state.get("info") or {})
     info["resumed"] = {"stage": stage, "table_reused": True}
     return StageResult(ref, info)
