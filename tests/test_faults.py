@@ -1,10 +1,13 @@
 """Faults: a Ray worker killed mid-walk and mid-training, a node removed mid-run, racing commits.
 
-Worker kills are real: Ray titles a worker process `ray::<function>` while it runs a task, so the
-test finds the process running `walk_stage` / `train_stage` among its own descendants (never
-another session's Ray) and SIGKILLs it. Tasks carry `max_retries` (ray.max_retries) and their
-results are reconstructable by lineage, so the run must finish with output bit-identical to a
-fault-free run at the same seed (train.threads=1).
+Worker kills are real SIGKILLs. The walk worker kills itself through the test hook
+EMBEDLAKE_FAULT_WALK_KILL (workers/stages.fault_walk_kill: the first walk task to finish its walks
+dies before returning them), so that kill happens on every run, however short the task. Training
+is caught from outside: Ray titles a worker process `ray::<function>` while it runs a task, so the
+test finds the process running `train_stage` among the run's descendants (never another
+session's Ray) and SIGKILLs it. Tasks carry `max_retries` (ray.max_retries) and their results are
+reconstructable by lineage, so the run must finish with output bit-identical to a fault-free run
+at the same seed (train.threads=1).
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,29 +111,54 @@ def _checksums_match(lake, man) -> None:
             assert hashlib.sha256(data).hexdigest() == e["sha256"] and len(data) == e["bytes"], e["path"]
 
 
+# The faulty run gets its own Ray (a subprocess): the hook is read from the environment of the Ray
+# workers, which inherit it from the driver that starts Ray; the session's Ray started without it.
+FAULTY_RUN_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from test_faults import _flow
+s = _flow(sys.argv[1], "killed")
+print("RESULT " + json.dumps({"run_id": s["run_id"]}), flush=True)
+"""
+
+
 @pytest.mark.usefixtures("ray_session", "prefect_session")
 def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     from embedlake.lake import Lake
+    from embedlake.workers.stages import FAULT_WALK_KILL
     base = str(tmp_path / "base")
     _flow(base, "clean")
-    killer = StageKiller({"walk_stage": 0.0, "train_stage": 0.5})
+    faulty, marker = str(tmp_path / "faulty"), tmp_path / "walk-kill.marker"
+    env = {**os.environ, FAULT_WALK_KILL: str(marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()     # the session's test API: no second server
+    proc = subprocess.Popen([sys.executable, "-c", FAULTY_RUN_SCRIPT, faulty, str(REPO / "tests")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    killer = StageKiller({"train_stage": 0.5}, root=proc.pid)
     killer.start()
-    faulty = str(tmp_path / "faulty")
     try:
-        s = _flow(faulty, "killed")
+        out, err = proc.communicate(timeout=420)
     finally:
         killer.stop.set()
         killer.join(5)
+        if proc.poll() is None:
+            proc.kill()
     print(json.dumps({"killed": killer.killed, "retried": killer.retried}))
+    assert proc.returncode == 0 and "RESULT " in out, out[-3000:] + err[-3000:]
+    # the walk hook fired exactly once, and the walk ran again in another worker (Ray's retry)
+    events = [line.split() for line in marker.read_text().splitlines()]
+    assert events[0][0] == "killed" and [e[0] for e in events[1:]] == ["ran"] * (len(events) - 1), events
+    assert len(events) == 2 and events[1][1] != events[0][1], events      # shard.partitions=1: one walk task
     assert "train_stage" in killer.killed and "train_stage" in killer.retried, killer.__dict__
-    if "walk_stage" not in killer.killed:      # one walk task is ~1 s: normally caught
-        warnings.warn("no walk task was caught while running; only training was killed")
     ids0, X0 = _matrix(base)
     ids1, X1 = _matrix(faulty)
     assert np.array_equal(ids0, ids1) and np.array_equal(X0, X1), np.abs(X0 - X1).max()
     lk = Lake(faulty)
     man = lk.manifest("planted", "node2vec")
-    assert man.run_id == s["run_id"] == "killed" and man.config["ray"]["max_retries"] >= 1
+    assert man.run_id == json.loads(out.split("RESULT ", 1)[1].splitlines()[0])["run_id"] == "killed"
+    assert man.config["ray"]["max_retries"] >= 1
     _checksums_match(lk, man)
 
 
