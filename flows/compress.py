@@ -30,8 +30,9 @@ from embedlake.workers.stages import partition_bounds
 
 
 def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "latest", run_id: str | None = None,
-                 sw: Stopwatch | None = None) -> dict:
-    """Build, measure and commit every codec of cfg.compress.codecs from one committed run."""
+                 sw: Stopwatch | None = None, skip_committed: bool = False) -> dict:
+    """Build, measure and commit every codec of cfg.compress.codecs from one committed run.
+    skip_committed: tables of this run id committed already are kept (a killed run's re-run)."""
     lake = Lake(cfg.lake.uri)
     cc = cfg.compress.model_dump()
     codecs = [cz.check_codec(c) for c in dict.fromkeys(cc["codecs"])]
@@ -50,8 +51,13 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     for codec in codecs:
         params = _params(codec, cc, src)
         tm = table_method(method, codec)
-        if cfg.train.resume and lake.is_committed(dataset, tm, run_id):   # re-run of a killed run: done before
-            tables[codec] = {"method": tm, "manifest": lake.url(Lake.manifest_path(dataset, tm, run_id)), "reused": True}
+        if skip_committed and lake.is_committed(dataset, tm, run_id):   # re-run of a killed embed_graph run
+            done = lake.manifest(dataset, tm, run_id)
+            tables[codec] = {"method": tm, "manifest": lake.url(Lake.manifest_path(dataset, tm, run_id)),
+                             "path": done.extra.get("path"), "bytes_per_vector": done.extra.get("bytes_per_vector"),
+                             "ratio": done.extra.get("ratio"), "build_s": 0.0, "reused": True,
+                             **{k: done.metrics.get(k) for k in ("recall_at_10", "recall_at_10_rerank",
+                                                                 "micro_f1_change", "decode_s")}}
             continue
         # a second writer of this table run stops here; a killed run's re-run takes over its claim
         claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume)

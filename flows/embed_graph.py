@@ -104,7 +104,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     tables = None
     if cfg.compress.codecs:     # each codec is its own committed run (<method>.<codec>) of this run's table
         from embedlake.flows.compress import compress_run
-        tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw)
+        tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw, skip_committed=True)
     return {
         "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
         "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
@@ -121,7 +121,7 @@ def _resume_compress(cfg: PipelineConfig, lake: Lake, dataset: str, method: str,
     man = lake.manifest(dataset, method, run_id)
     gt.stage_logger().info(f"resume: run {run_id} of {dataset}/{method} is committed; building its missing "
                            f"compressed tables")
-    tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw)
+    tables = compress_run(cfg, dataset, method, run_id, run_id=run_id, sw=sw, skip_committed=True)
     return {
         "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
         "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
