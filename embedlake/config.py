@@ -151,7 +151,7 @@ class EvalConfig(Section):
 
 class CompressConfig(Section):
     codecs: list[str] = Field(default_factory=list, description="Codecs to build after training: fp16, int8, int4, "
-                              "binary, pq, opq, lowrank, hash (empty = none).")
+                              "binary, pq, opq, lowrank, hash, compose, qr, unified (empty = none).")
     pq_m: int = Field(16, ge=1, description="PQ sub-quantisers.")
     pq_bits: int = Field(8, ge=1, le=16, description="Bits per PQ code.")
     lowrank_dim: int = Field(32, ge=1, description="Target dimension of the low-rank codec.")
@@ -174,6 +174,13 @@ class CompressConfig(Section):
     recall_queries: int = Field(1000, ge=1, description="Sampled queries for recall@10.")
     hash_buckets: int = Field(0, ge=0, description="Rows K of the hash codec's table, trained by skip-gram on "
                               "hashed walks of the source graph (0 = source rows / 8).")
+    compose_ratio: float = Field(8.0, gt=1, description="compose / qr / unified: the table has this many times "
+                                 "fewer float parameters than the full n x d table (K = n / ratio rows).")
+    compose_levels: int = Field(0, ge=0, le=64, description="compose / unified: rows R summed per id (0 = 5 for "
+                                "compose, 2 for unified; qr always 2).")
+    compose_sketch_dim: int = Field(256, ge=8, description="compose: columns of the FastRP sketch whose residual "
+                                    "quantisation gives each node its codes (n x sketch_dim float32 while codes "
+                                    "are assigned).")
 
 
 class RayConfig(Section):

@@ -101,6 +101,8 @@ def _params(codec: str, cc: dict, src) -> dict:
     if codec == "hash":
         p["rows"] = src.rows
         p["buckets"] = p["buckets"] or max(1, src.rows // 8)
+    if codec in cz.COMPOSED:
+        p = cz.plan_composed(codec, p, src.rows, src.dim)
     return p
 
 
@@ -119,6 +121,9 @@ def _check(codec: str, params: dict, dim: int, rows: int) -> None:
         raise ConfigError(f"compress.pq_m={params['m']} does not divide the source dimension {dim}")
     if codec == "hash" and params["buckets"] > rows:
         raise ConfigError(f"compress.hash_buckets={params['buckets']} exceeds the source's {rows} rows")
+    if codec in cz.COMPOSED and params["table_rows"] >= rows:
+        raise ConfigError(f"compress.compose_ratio={params['ratio']}: a {codec} table for {rows} rows would have "
+                          f"{params['table_rows']} rows, no fewer than the source; raise the ratio")
     if codec == "lowrank" and params["rank"] > dim:
         raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 

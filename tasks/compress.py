@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.remote import remote
+from embedlake.workers import compress as cz
 from embedlake.workers import compress_store as cs
 
 
@@ -76,11 +77,17 @@ def build_table(lake, src: SourceHandle, codec: str, params: dict, run_id: str,
     import ray
     log = stage_logger()
     t0 = time.perf_counter()
-    if codec == "hash":        # skip-gram on hashed walks of the source graph: one multi-threaded task
+    if codec in cz.GRAPH_TRAINED:   # skip-gram on walks of the source graph: one multi-threaded task
         from embedlake.tasks.runtime import max_node_cpus
         cpus = max_node_cpus()
-        state_ref, fit_s_ref = remote(cs.fit_hashed, "compress", num_returns=2, num_cpus=cpus, max_retries=max_retries).remote(
-            lake, src.dataset, src.graph, src.config, src.method, params, src.rows, cpus)
+        if codec == "hash":
+            state_ref, fit_s_ref = remote(cs.fit_hashed, "compress", num_returns=2, num_cpus=cpus,
+                                          max_retries=max_retries).remote(
+                lake, src.dataset, src.graph, src.config, src.method, params, src.rows, cpus)
+        else:
+            state_ref, fit_s_ref = remote(cs.fit_composed, "compress", num_returns=2, num_cpus=cpus,
+                                          max_retries=max_retries).remote(
+                lake, src.dataset, src.graph, src.config, src.method, codec, params, src.rows, cpus)
     else:
         state_ref, fit_s_ref = remote(cs.fit_codec, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
             src.X_ref, codec, params, 1)

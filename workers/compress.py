@@ -17,6 +17,11 @@ Codecs (parameters come from `CompressConfig` through `codec_params`):
     lowrank  PCA to `rank` coordinates (float32 or float16)
     hash     hashing trick: a K-row table trained by skip-gram on hashed walk tokens (K << n);
              rows keep a 4-byte bucket index (codec_hash.py)
+    compose  learned compositional table: R levels of shared rows, codes from residual-quantised
+             graph structure (FastRP sketch), trained by skip-gram (codec_compose.py)
+    qr       quotient-remainder compositional table (Q[i // m] * R[i % m]), trained by skip-gram
+    unified  one multiplexed K-row table shared by skip-gram's input and output sides (and node
+             types), R hashed rows per id (Unified Embedding), trained by skip-gram
 
 Encoding is row-local given the trained state, so row partitions encode independently (one Ray
 task each, see tasks/compress.py) and the concatenation equals encoding the whole table.
@@ -28,14 +33,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedlake.workers import codec_compose as cc
 from embedlake.workers import codec_hash as hs
 from embedlake.workers import codec_lowrank as lr
 from embedlake.workers import codec_pq as pq
 from embedlake.workers import codec_scalar as sc
 
-CODECS = ("fp16", "int8", "int4", "binary", "pq", "opq", "lowrank", "hash")
+CODECS = ("fp16", "int8", "int4", "binary", "pq", "opq", "lowrank", "hash", "compose", "qr", "unified")
 TRAINED = ("pq", "opq", "lowrank")         # state fitted on a sample of the source table
-GRAPH_TRAINED = ("hash",)                  # state trained from the source run's graph (skip-gram)
+COMPOSED = ("compose", "qr", "unified")    # compositional tables (codec_compose.py)
+GRAPH_TRAINED = ("hash",) + COMPOSED       # state trained from the source run's graph (skip-gram)
 
 
 def check_codec(name: str) -> str:
@@ -65,7 +72,18 @@ def codec_params(name: str, cfg: dict | None = None) -> dict:
         return {"rank": c["lowrank_dim"], "dtype": c["lowrank_dtype"], "train_sample": c["train_sample"]}
     if name == "hash":      # `rows` (the table's row count) is filled in by whoever knows it
         return {"buckets": c["hash_buckets"], "seed": c["seed"], "rows": 0}
+    if name in COMPOSED:    # the layout (`plan`) is filled in by whoever knows rows and dim
+        p = {"ratio": c["compose_ratio"], "levels": c["compose_levels"], "seed": c["seed"], "rows": 0}
+        if name == "compose":
+            p.update(sketch_dim=c["compose_sketch_dim"], train_sample=c["train_sample"])
+        return p
     return {}
+
+
+def plan_composed(name: str, params: dict, rows: int, dim: int) -> dict:
+    """`params` of a compositional codec completed with its table layout for `rows` x `dim`."""
+    lp = cc.plan(name, rows, dim, params["ratio"], params.get("levels", 0))
+    return {**params, **lp, "rows": rows}
 
 
 def bytes_per_vector(name: str, params: dict, dim: int) -> int:
@@ -85,6 +103,8 @@ def bytes_per_vector(name: str, params: dict, dim: int) -> int:
         return params["rank"] * np.dtype(params["dtype"]).itemsize
     if name == "hash":      # the bucket index + this row's share of the K x d table
         return 4 + (-(-params["buckets"] * dim * 4 // params["rows"]) if params.get("rows") else 0)
+    if name in COMPOSED:    # level codes + this row's share of the K x d table
+        return cc.bytes_per_vector(params, params["rows"], dim)
     raise ValueError(name)
 
 
@@ -112,8 +132,8 @@ def fit(name: str, X_sample: np.ndarray, params: dict, threads: int = 0) -> dict
                          params.get("method", "faiss"))
     if name == "lowrank":
         return lr.fit_lowrank(X_sample, params["rank"])
-    if name == "hash":
-        raise ValueError("hash: the table is trained from the graph (codec_hash.train_hashed), not fitted on rows")
+    if name in GRAPH_TRAINED:
+        raise ValueError(f"{name}: the table is trained from the graph by skip-gram, not fitted on rows")
     return {}
 
 
@@ -121,10 +141,13 @@ def encode(name: str, X: np.ndarray, state: dict, params: dict, threads: int = 0
            ) -> dict[str, np.ndarray]:
     """Per-row columns for rows X: always `code` (uint8 [n, B]), plus `scale` / `bias` by codec.
 
-    `row_offset`: position of X's first row in the table (only the hash codec depends on it)."""
+    `row_offset`: position of X's first row in the table (hash: the bucket; compositional codecs:
+    the trained codes state["codes"] of those rows; X's values are not used by either)."""
     check_codec(name)
     if name == "hash":
         return hs.encode_hash(row_offset, X.shape[0], params)
+    if name in COMPOSED:
+        return cc.encode_codes(np.asarray(state["codes"])[row_offset:row_offset + X.shape[0]], params)
     if name == "fp16":
         return sc.encode_fp16(X)
     if name in ("int8", "int4"):
@@ -148,6 +171,8 @@ def decode(name: str, cols: dict, state: dict, params: dict, dim: int) -> np.nda
         return pq.decode_pq(cols, state)
     if name == "hash":
         return hs.decode_hash(cols, state)
+    if name in COMPOSED:
+        return cc.decode_compositional(cols, state, params)
     return lr.decode_lowrank(cols, state, params["dtype"])
 
 

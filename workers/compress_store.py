@@ -118,9 +118,34 @@ def fit_hashed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: 
     return {"table": W}, round(time.perf_counter() - t0, 4)
 
 
+def fit_composed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, codec: str,
+                 params: dict, rows: int, threads: int = 0) -> tuple[dict, float]:
+    """Ray worker body of the compose / qr / unified codecs: assign codes, re-walk the source run's
+    graph with its walk / train settings and train the K-row table by compositional skip-gram.
+    Returns ({"table": K x d, "codes": n x R level-local}, seconds); the codes become the rows'
+    `code` column (encode_partition), the table the codebook file."""
+    from embedlake.workers.codec_compose import train_compositional
+    from embedlake.workers.graph_store import read_graph
+    t0 = time.perf_counter()
+    if method not in ("deepwalk", "node2vec"):
+        raise ValueError(f"{codec} codec: the source method must be deepwalk or node2vec, not {method!r}")
+    csr, _, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
+    if csr.num_nodes != rows:
+        raise ValueError(f"{codec} codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
+    state, _ = train_compositional((csr.indptr, csr.indices, csr.weights, csr.directed), codec, params,
+                                   source_config["walk"], source_config["train"], method, seed=params.get("seed", 0),
+                                   sketch_dim=params.get("sketch_dim", 256),
+                                   train_sample=params.get("train_sample", 100_000), threads=threads)
+    return state, round(time.perf_counter() - t0, 4)
+
+
+PER_ROW_STATE = ("codes",)      # trained per-row state: stored in the rows' code column, not the codebook
+
+
 def write_codebooks(lake: Lake | str, dataset: str, method: str, run_id: str, codec: str, state: dict,
                     code_files: list[dict]) -> dict | None:
     """The sibling codebook table, pinned to its code files by run id and their checksums."""
+    state = {k: v for k, v in state.items() if k not in PER_ROW_STATE}
     if not state:
         return None
     lake = Lake(lake)
