@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from embedlake.lake import Lake, Manifest, embeddings_table
-from embedlake.workers import codec_hash, codec_pq, codec_scalar
+from embedlake.workers import codec_compose, codec_hash, codec_pq, codec_scalar
 from embedlake.workers import compress as cz
 from embedlake.workers import compress_store as cs
 from embedlake.workers.evaluate import knn_recall
@@ -185,6 +185,11 @@ def test_lake_round_trip(tmp_path, codec):
     if codec == "hash":
         p.update(buckets=50, rows=600)
         state = {"table": np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32)}
+    elif codec in cz.COMPOSED:      # trained state: K x d table + every row's level codes
+        p = cz.plan_composed(codec, p, 600, 32)
+        rng = np.random.default_rng(0)
+        state = {"table": rng.standard_normal((p["table_rows"], 32)).astype(np.float32),
+                 "codes": np.stack([rng.integers(0, k, 600) for k in p["level_rows"]], 1).astype(np.int32)}
     else:
         state, _ = cs.fit_codec(Xs, codec, p)
     bounds = [(0, 250), (250, 600)]
@@ -204,12 +209,15 @@ def test_lake_round_trip(tmp_path, codec):
     for k, v in mem.items():
         np.testing.assert_array_equal(t.cols[k], v)
     for k, v in state.items():
-        np.testing.assert_array_equal(t.state[k], v)
+        if k not in cs.PER_ROW_STATE:
+            np.testing.assert_array_equal(t.state[k], v)
+    if codec in cz.COMPOSED:        # the codes come back from the code column
+        np.testing.assert_array_equal(codec_compose.decode_codes(t.cols, p), state["codes"])
     np.testing.assert_array_equal(t.decode(), cz.decode(codec, mem, state, p, 32))
     assert t.ids.tolist() == ids.tolist()
     raw = lake.read_parquet(files[0]["path"])
     assert raw.schema.field("code").type == pa.binary(mem["code"].shape[1])
-    if codec != "hash":     # stored bytes per row = code + per-row scale / bias
+    if codec not in cz.GRAPH_TRAINED:     # stored bytes per row = code + per-row scale / bias
         extra = sum(np.dtype(p["scale_dtype"]).itemsize for c in ("scale", "bias") if c in mem)
         assert mem["code"].shape[1] + extra == cz.bytes_per_vector(codec, p, 32)
 

@@ -52,7 +52,10 @@ def plan(codec: str, n: int, dim: int, ratio: float, levels: int = 0) -> dict:
                 "lr_scale": 0.2}
     R = int(levels or DEFAULT_LEVELS[codec])
     if codec == "compose":
+        R = max(1, min(R, K // 2))          # tiny tables: at least 2 rows per level
         per = max(2, K // R)
+        if 256 < per <= 320:        # one byte per level code instead of two, for <= 20 % of the rows
+            per = 256
         return {"levels": R, "level_rows": [per] * R, "offsets": [l * per for l in range(R)],
                 "table_rows": per * R, "combine": "sum"}
     if codec == "unified":
