@@ -1,8 +1,9 @@
 """Faults: a Ray worker killed mid-walk and mid-training, a node removed mid-run, racing commits.
 
 Worker kills are real SIGKILLs. The walk worker kills itself through the test hook
-EMBEDLAKE_FAULT_WALK_KILL (workers/stages.fault_walk_kill: the first walk task to finish its walks
-dies before returning them), so that kill happens on every run, however short the task. Training
+EMBEDLAKE_FAULT=kill-worker-once:after:walk_stage=<marker> (workers/faults.py: the first walk task
+to finish its walks dies before returning them), so that kill happens on every run, however short
+the task. Training
 is caught from outside: Ray titles a worker process `ray::<function>` while it runs a task, so the
 test finds the process running `train_stage` among the run's descendants (never another
 session's Ray) and SIGKILLs it. Tasks carry `max_retries` (ray.max_retries) and their results are
@@ -127,11 +128,11 @@ def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path
     from prefect.settings import PREFECT_API_URL
 
     from embedlake.lake import Lake
-    from embedlake.workers.stages import FAULT_WALK_KILL
+    from embedlake.workers.faults import FAULT, kill_worker_once
     base = str(tmp_path / "base")
     _flow(base, "clean")
     faulty, marker = str(tmp_path / "faulty"), tmp_path / "walk-kill.marker"
-    env = {**os.environ, FAULT_WALK_KILL: str(marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, FAULT: kill_worker_once("after:walk_stage", marker), "RAY_USAGE_STATS_ENABLED": "0"}
     if PREFECT_API_URL.value():
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()     # the session's test API: no second server
     proc = subprocess.Popen([sys.executable, "-c", FAULTY_RUN_SCRIPT, faulty, str(REPO / "tests")],
@@ -160,6 +161,36 @@ def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path
     assert man.run_id == json.loads(out.split("RESULT ", 1)[1].splitlines()[0])["run_id"] == "killed"
     assert man.config["ray"]["max_retries"] >= 1
     _checksums_match(lk, man)
+
+
+_HOOK_SCRIPT = "from embedlake.workers.faults import fault_point as f; f('after:walk_stage'); print('alive')"
+
+
+def _hook(fault: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDLAKE_FAULT")}
+    return subprocess.run([sys.executable, "-c", _HOOK_SCRIPT], env={**env, "EMBEDLAKE_FAULT": fault},
+                          capture_output=True, text=True, timeout=60, start_new_session=True)
+
+
+def test_fault_hook_list_and_kill_worker_once(tmp_path):
+    """EMBEDLAKE_FAULT takes several faults; kill-worker-once kills the first process only, writes
+    `killed <pid>` then `ran <pid>` per later pass, and never touches another process."""
+    from embedlake.workers.faults import kill_worker_once, parse_faults
+    marker = tmp_path / "m=1.marker"                       # '=' in the path is kept
+    once = kill_worker_once("after:walk_stage", marker)
+    assert parse_faults(f"after:publish, {once}") == [("run", "after:publish", None),
+                                                       ("worker-once", "after:walk_stage", str(marker))]
+    with pytest.raises(ValueError):
+        parse_faults("kill-worker-once:after:walk_stage")
+    with pytest.raises(ValueError):
+        kill_worker_once("after:walk_stage", tmp_path / "a,b")
+    runs = [_hook(f"after:publish,{once}") for _ in range(3)]
+    assert [r.returncode for r in runs] == [-9, 0, 0] and "alive" not in runs[0].stdout, runs
+    events = [line.split() for line in marker.read_text().splitlines()]
+    assert [e[0] for e in events] == ["killed", "ran", "ran"] and len({e[1] for e in events}) == 3, events
+    # a whole-run point later in the list still fires once the once-only kill is spent
+    r = _hook(f"{once},after:walk_stage")
+    assert r.returncode == -9 and "alive" not in r.stdout and marker.read_text().count("\nran ") == 3
 
 
 # ---- a node of a multi-node cluster removed mid-run ------------------------------------------------

@@ -6,7 +6,6 @@ Imports neither Prefect nor Ray, so each is testable in-process; tasks/ wraps th
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import numpy as np
@@ -89,34 +88,8 @@ def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, s
     starts = np.arange(lo, hi, dtype=np.int64)
     walks = random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
                          threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
-    fault_walk_kill()
+    fault_point("after:walk_stage")
     return walks
-
-
-FAULT_WALK_KILL = "EMBEDLAKE_FAULT_WALK_KILL"
-
-
-def fault_walk_kill() -> None:
-    """Test hook (unset in normal use; docs/reliability.md, "Fault hooks used by tests").
-
-    EMBEDLAKE_FAULT_WALK_KILL=<marker file>: the first walk task to get here (its walks computed,
-    not yet returned) creates the marker (O_EXCL, so exactly one task in the whole run) with
-    `killed <pid>` and SIGKILLs its own worker process; Ray must then run the task again. Every
-    later pass appends `ran <pid>`, so a test can see that the retry happened and where.
-    """
-    marker = os.environ.get(FAULT_WALK_KILL)
-    if not marker:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        with open(marker, "a") as f:
-            f.write(f"ran {os.getpid()}\n")
-        return
-    os.write(fd, f"killed {os.getpid()}\n".encode())
-    os.fsync(fd)
-    os.close(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def walk_partition(*args, checkpoint: dict | None = None, **kwargs) -> tuple[np.ndarray, int]:
