@@ -14,7 +14,13 @@ same function scores every method.
 Part 2, `--big` generated clustered vectors (default 1M x 128): build time per codec, ours in
 process with one thread vs the matching Faiss index (train + add) with one thread.
 
+Part 3, `--learned`: the learned tables (hash, compose, qr, unified) built by the pipeline's
+compress flow from the same committed run (they retrain from its graph with its walk / train
+settings, at `--learned-ratio` x fewer float parameters); Micro-F1 at each label ratio next to the
+full table's on the same splits. (Faiss has no learned-table counterpart.)
+
     .venv/bin/python bench/bench_compress.py [--lake DIR] [--from blogcatalog/deepwalk] [--big 1000000]
+    .venv/bin/python bench/bench_compress.py --skip-part1 --big 0 --learned
 """
 from __future__ import annotations
 
@@ -219,6 +225,44 @@ def part2(args) -> dict:
     return {"rows": n, "dim": d, "threads": 1, "rows_out": out}
 
 
+def part3(args) -> dict:
+    """Learned compositional tables through the compress flow; F1 next to the full table's."""
+    from embedlake.config import load_config
+    from embedlake.flows.compress import compress
+    from embedlake.lake import Lake
+    ensure_source(args.lake, args.source)
+    codecs = args.learned_codecs.split(",")
+    cfg = load_config(None, [f"lake.uri={args.lake}", f"compress.codecs={json.dumps(codecs)}",
+                             f"compress.compose_ratio={args.learned_ratio}", f"eval.repeats={args.repeats}"])
+    s = compress(cfg, source=args.source)
+    ds, method = args.source.split("/")[:2]
+    lake = Lake(args.lake)
+    rows = []
+    for codec, t in s["tables"].items():
+        m = lake.manifest(ds, t["method"], s["run_id"])
+        p = m.extra["params"]
+        K = p.get("table_rows") or p.get("buckets")
+        base = m.metrics.get("baseline_node_classification", {}).get("micro_f1", {})
+        got = m.metrics.get("node_classification", {}).get("micro_f1", {})
+        rows.append({"codec": codec, "table_rows": K, "param_ratio": round(s["rows"] / K, 3),
+                     "bytes_per_vector": t["bytes_per_vector"], "byte_ratio": t["ratio"], "build_s": t["build_s"],
+                     "micro_f1": {k: round(v, 4) for k, v in got.items()},
+                     "full_micro_f1": {k: round(v, 4) for k, v in base.items()},
+                     "micro_f1_change": m.metrics.get("micro_f1_change")})
+    return {"dataset": ds, "rows": s["rows"], "dim": s["dim"], "run_id": s["run_id"], "rows_out": rows}
+
+
+def print_learned(p3: dict) -> None:
+    w = sys.stderr.write
+    w(f"\nlearned tables, {p3['dataset']} {p3['rows']} x {p3['dim']} (params ratio = n / K rows)\n")
+    w(f"{'codec':<10}{'K rows':>8}{'params x':>10}{'B/vec':>7}{'bytes x':>9}{'build':>9}   Micro-F1 (full) at 10/50/90 %\n")
+    for r in p3["rows_out"]:
+        f = "  ".join(f"{r['micro_f1'].get(k, float('nan')):.4f} ({r['full_micro_f1'].get(k, float('nan')):.4f})"
+                      for k in ("0.1", "0.5", "0.9"))
+        w(f"{r['codec']:<10}{r['table_rows']:>8}{r['param_ratio']:>10.2f}{r['bytes_per_vector']:>7}"
+          f"{r['byte_ratio']:>9.2f}{r['build_s']:>8.1f}s   {f}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lake", default="/tmp/embedlake-bench-compress/lake")
@@ -229,6 +273,9 @@ def main() -> None:
     ap.add_argument("--big-codecs", default="fp16,int8,int4,binary,pq,opq,lowrank")
     ap.add_argument("--big-faiss-opq", action="store_true", help="also time Faiss OPQ16,PQ16 on the big table (slow)")
     ap.add_argument("--skip-part1", action="store_true")
+    ap.add_argument("--learned", action="store_true", help="part 3: learned tables (retrain from the graph)")
+    ap.add_argument("--learned-codecs", default="hash,compose,qr,unified")
+    ap.add_argument("--learned-ratio", type=float, default=8.0, help="x fewer float parameters than the full table")
     args = ap.parse_args()
     from embedlake.tasks.runtime import configure_env
     configure_env()
@@ -241,6 +288,9 @@ def main() -> None:
         for r in res["build_1m"]["rows_out"]:
             print(f"  {r['impl']:<22}{r['codec']:<9} fit {r['fit_s']:>8.2f}s  encode {r['encode_s']:>7.2f}s  "
                   f"build {r['build_s']:>8.2f}s", file=sys.stderr)
+    if args.learned:
+        res["learned"] = part3(args)
+        print_learned(res["learned"])
     print(json.dumps(res))
 
 
