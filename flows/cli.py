@@ -100,6 +100,16 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     for codec, t in ((s.get("tables") or {}).get("tables") or {}).items():
         w(f"table {codec:<8} {t['bytes_per_vector']:>5} B/vector  ratio {t['ratio']:>6.1f}  "
           f"recall@10 {t.get('recall_at_10') or float('nan'):.3f}  -> {t['path']}\n")
+    if s.get("table"):          # train.table != full: one learned table, no full table
+        t = s["table"]
+        w(f"learned table {t['codec']}: {t['table_rows']:,} rows for {s['rows']:,} nodes, "
+          f"{t['bytes_per_vector']} B/vector (ratio {t['ratio']:.1f})\n")
+        w(f"outputs:\n  table       {t['path']}/partition=*/*.parquet (+ codebooks.parquet)\n")
+        w(f"  manifest    {s['manifest']}\n  graph       {s['graph']['path']}\n")
+        w(f"read it:\n  python -c \"from embedlake.workers.compress_store import read_compressed; "
+          f"t = read_compressed('{s['lake']}', '{s['dataset']}', '{t['source_method']}', '{t['codec']}'); "
+          f"print(t.decode().shape)\"\n")
+        return
     w("outputs:\n")
     w(f"  embeddings  {s['embeddings']}\n")
     w(f"  manifest    {s['manifest']}\n")

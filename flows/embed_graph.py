@@ -1,5 +1,8 @@
 """The `embed_graph` flow: ingest -> shard -> walk -> train (or FastRP) -> publish -> evaluate -> commit.
 
+With train.table = hash | compose | qr | unified: ingest -> train a learned K-row table on walks ->
+write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table).
+
 The flow only wires tasks; each task fans out to Ray and passes references. A run is visible to
 readers only after its manifest is committed (last step); if any stage fails, the run's data files
 are removed and nothing is committed.
@@ -15,6 +18,7 @@ from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
+from embedlake.tasks import learned as lt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.claims import claim_run
 from embedlake.tasks.resume import RunCheckpoints, finished_table, graph_key, save_table, train_spec
@@ -41,8 +45,12 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
+    if cfg.train.table != "full":
+        lt.check_config(cfg)          # before Ray starts: a config error costs nothing
     run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
+    if cfg.train.table != "full":
+        return _learned_table(cfg, lake, dataset, method, run_id, sw, t_start)
     if cfg.compress.codecs and cfg.train.resume and lake.is_committed(dataset, method, run_id):
         return _resume_compress(cfg, lake, dataset, method, run_id, sw, t_start)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim (resume)
@@ -112,6 +120,77 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         "rows": graph.num_nodes, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
         "tables": tables,
     }
+
+
+def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw, t_start) -> dict:
+    """train.table != full: ingest (+ holdout) -> train the K-row table on walks of the graph ->
+    write its codes + codebook -> measure on rows materialised from them -> commit ONE manifest,
+    method `<method>.<codec>`, laid out like the compress flow's tables (read_compressed reads it).
+    No full table is trained, published or committed; a failure leaves nothing behind."""
+    from embedlake.workers import compress as cz
+    from embedlake.workers import compress_store as cs
+    codec, retries = cfg.train.table, cfg.ray.max_retries
+    tm = cs.table_method(method, codec)
+    log = gt.stage_logger()
+    claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume, log)
+    try:
+        graph = sw.run("ingest", gt.ingest, lake, dataset, cfg.input.model_dump(), cfg.synthetic.model_dump(),
+                       retries)
+        split = None
+        if cfg.eval.link_prediction:      # held-out edges leave the graph before the walks see it
+            graph, split = sw.run("holdout", et.holdout, graph, cfg.eval.model_dump(), retries)
+        n, dim = graph.num_nodes, cfg.train.dim
+        params = lt.table_params(codec, cfg.compress.model_dump(), n, dim)
+        bounds = partition_bounds(n, resolve_partitions(cfg.shard.partitions))
+        trained = sw.run(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk.model_dump(),
+                         cfg.train.model_dump(), method, retries)
+        fault_point("after:train")
+        built = sw.run(f"write_{codec}", lt.write_table, lake, dataset, method, run_id, graph, codec, params,
+                       trained.ref, bounds, retries)
+        bpv = cz.bytes_per_vector(codec, params, dim)
+        fields = dict(dataset=dataset, method=tm, run_id=run_id,
+                      files={cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]},
+                      config=cfg.model_dump(mode="json"), metrics={}, stages={},
+                      extra={"kind": "tables", "codec": codec, "params": params, "dim": dim, "rows": n,
+                             "bytes_per_vector": bpv, "ratio": round(4.0 * dim / bpv, 4),
+                             "stored_bytes": built["stored_bytes"],
+                             "path": lake.url(cs.codec_dir(dataset, method, run_id, codec)),
+                             "source": {"dataset": dataset, "method": method, "run_id": None, "full_table": False},
+                             "graph": graph.meta, "train": trained.info,
+                             "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"],
+                                       "build_wall_s": round(sw.stages[f"train_{codec}"]["wall_s"]
+                                                             + sw.stages[f"write_{codec}"]["wall_s"], 3)}})
+        metrics = sw.run(f"measure_{codec}", lt.measure_table, lake, fields, graph, split, cfg.eval.model_dump(),
+                         retries)
+        fields["metrics"] = {"bytes_per_vector": bpv, "ratio": fields["extra"]["ratio"], **metrics}
+        fields["stages"] = dict(sw.stages)
+        manifest_url = sw.run("commit", gt.commit, lake, fields)
+    except BaseException:
+        _remove_codec_files(lake, dataset, method, tm, run_id, codec)
+        try:
+            lake.release_claim(dataset, tm, run_id, claim)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+            pass
+        raise
+    path = fields["extra"]["path"]
+    return {
+        "dataset": dataset, "method": tm, "run_id": run_id, "lake": lake.uri, "embeddings": None,
+        "manifest": manifest_url, "graph": graph.meta, "stages": sw.stages, "metrics": fields["metrics"],
+        "rows": n, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3), "tables": None,
+        "table": {"codec": codec, "source_method": method, "path": path, "bytes_per_vector": bpv,
+                  "ratio": fields["extra"]["ratio"], "table_rows": params.get("table_rows", params.get("buckets")),
+                  "stored_bytes": built["stored_bytes"]},
+    }
+
+
+def _remove_codec_files(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str) -> None:
+    """A failed learned-table run leaves no code file or codebook behind (unless committed)."""
+    from embedlake.workers import compress_store as cs
+    try:
+        if not lake.is_committed(dataset, tm, run_id):
+            lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+        pass
 
 
 def _resume_compress(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw, t_start) -> dict:

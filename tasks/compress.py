@@ -92,18 +92,30 @@ def build_table(lake, src: SourceHandle, codec: str, params: dict, run_id: str,
         state_ref, fit_s_ref = remote(cs.fit_codec, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
             src.X_ref, codec, params, 1)
     fit_s = ray.get(fit_s_ref)
+    out = write_table(lake, src.dataset, src.method, run_id, codec, params, bounds, src.ids_ref, src.X_ref,
+                      state_ref, max_retries)
+    wall = time.perf_counter() - t0
+    log.info(f"compress {codec}: fit {fit_s:.2f}s, encode {out['encode_s']:.2f}s cpu "
+             f"over {len(out['files'])} partitions, {wall:.2f}s wall")
+    return {**out, "fit_s": fit_s, "build_wall_s": round(wall, 3)}
+
+
+def write_table(lake, dataset: str, method: str, run_id: str, codec: str, params: dict,
+                bounds: list[tuple[int, int]], ids_ref, X_ref, state_ref, max_retries: int = 3) -> dict:
+    """One Ray task per row partition encodes its rows and writes its Parquet part, then one task
+    writes the codebook file pinned to them (data files only: the caller commits). X_ref may be
+    None for the graph-trained codecs (their codes come from the row position and the state).
+    Returns {"files", "codebooks", "encode_s", "stored_bytes"}."""
+    import ray
     enc = remote(cs.encode_partition, "compress", num_cpus=1, max_retries=max_retries)
-    refs = [enc.remote(lake, src.dataset, src.method, run_id, codec, params, i, lo, hi, src.ids_ref, src.X_ref,
-                       state_ref, 1) for i, (lo, hi) in enumerate(bounds)]
+    refs = [enc.remote(lake, dataset, method, run_id, codec, params, i, lo, hi, ids_ref, X_ref, state_ref, 1)
+            for i, (lo, hi) in enumerate(bounds)]
     parts = gather(refs, f"encode {codec} (partitions)")
     files = [{k: p[k] for k in ("path", "rows", "bytes", "sha256")} for p in parts]
     book = ray.get(remote(cs.write_codebooks, "compress", num_cpus=1, max_retries=max_retries).remote(
-        lake, src.dataset, src.method, run_id, codec, state_ref, files))
-    wall = time.perf_counter() - t0
-    log.info(f"compress {codec}: fit {fit_s:.2f}s, encode {sum(p['encode_s'] for p in parts):.2f}s cpu "
-             f"over {len(parts)} partitions, {wall:.2f}s wall")
-    return {"files": files, "codebooks": [book] if book else [], "fit_s": fit_s,
-            "encode_s": round(sum(p["encode_s"] for p in parts), 4), "build_wall_s": round(wall, 3),
+        lake, dataset, method, run_id, codec, state_ref, files))
+    return {"files": files, "codebooks": [book] if book else [],
+            "encode_s": round(sum(p["encode_s"] for p in parts), 4),
             "stored_bytes": sum(f["bytes"] for f in files) + (book["bytes"] if book else 0)}
 
 

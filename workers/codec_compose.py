@@ -134,11 +134,11 @@ def table_rows_of(codes: np.ndarray, lp: dict) -> np.ndarray:
 
 def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dict, method: str = "deepwalk",
                         *, seed: int = 0, sketch_dim: int = 256, train_sample: int = 100_000, types=None,
-                        threads: int = 0) -> tuple[dict, dict]:
+                        threads: int = 0, progress=None) -> tuple[dict, dict]:
     """Walk the graph like the source run did and train the compositional table.
 
     csr = (indptr, indices, weights, directed). Returns (state {"table": K x d, "codes": n x R
-    level-local int32}, info {codes: ..., stats}).
+    level-local int32}, info {codes: ..., stats}). progress: train_composed's (done, total, loss) callback.
     """
     from embedlake.workers.skipgram_compose import train_composed
     from embedlake.workers.walks import random_walks, walks_to_sentences
@@ -165,7 +165,8 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
                          code_out=code_out, shared_table=(codec == "unified"), combine=lp["combine"],
                          dim=train["dim"], window=train["window"], negatives=train["negatives"],
                          ns_exponent=train["ns_exponent"], epochs=train["epochs"],
-                         lr=train["lr"] * lp.get("lr_scale", 1.0), min_lr=train["min_lr"] * lp.get("lr_scale", 1.0), sample=train["sample"], seed=train["seed"], threads=threads)
+                         lr=train["lr"] * lp.get("lr_scale", 1.0), min_lr=train["min_lr"] * lp.get("lr_scale", 1.0), sample=train["sample"], seed=train["seed"], threads=threads,
+                         progress=progress)
     info["stats"] = out["stats"]
     return {"table": out["T_in"], "codes": codes}, info
 

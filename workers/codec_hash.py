@@ -31,11 +31,11 @@ def hash_buckets(rows: np.ndarray, buckets: int, seed: int = 0) -> np.ndarray:
 
 
 def train_hashed(csr: tuple, buckets: int, walk: dict, train: dict, method: str = "deepwalk", seed: int = 0,
-                 threads: int = 0) -> tuple[np.ndarray, dict]:
+                 threads: int = 0, progress=None) -> tuple[np.ndarray, dict]:
     """Walk the graph like the source run did, hash the walk tokens, train a `buckets`-row table.
 
     csr = (indptr, indices, weights, directed); walk / train: the source run's config sections.
-    Returns (table float32 [buckets, dim], training stats).
+    Returns (table float32 [buckets, dim], training stats). progress: train_sgns's (done, total, loss) callback.
     """
     from embedlake.workers.skipgram import train_sgns
     from embedlake.workers.walks import random_walks, walks_to_sentences
@@ -51,7 +51,7 @@ def train_hashed(csr: tuple, buckets: int, walk: dict, train: dict, method: str 
     W, _, stats = train_sgns(tok, offsets, buckets, dim=train["dim"], window=train["window"],
                              negatives=train["negatives"], ns_exponent=train["ns_exponent"], epochs=train["epochs"],
                              lr=train["lr"], min_lr=train["min_lr"], sample=train["sample"], seed=train["seed"],
-                             threads=threads)
+                             threads=threads, progress=progress)
     return np.ascontiguousarray(W, dtype=np.float32), stats
 
 

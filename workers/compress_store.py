@@ -79,12 +79,17 @@ def encode_partition(lake: Lake | str, dataset: str, method: str, run_id: str, c
                      threads: int = 1) -> dict:
     """Ray worker body: encode rows lo:hi and write their Parquet part (data file only).
 
-    Returns the file entry plus `encode_s` (compute only) for the manifest.
+    X: the full table, or None for the graph-trained codecs (hash, compose, qr, unified), whose
+    codes come from the row position and `state`, never from row values (embed_graph's
+    train.table path has no full table to pass). Returns the file entry plus `encode_s`.
     """
     from embedlake.workers.graph_store import node_id_array
     lake = Lake(lake)
     t0 = time.perf_counter()
-    cols = cz.encode(codec, X[lo:hi], state, params, threads, row_offset=lo)
+    if X is None and codec not in cz.GRAPH_TRAINED:
+        raise ValueError(f"{codec} codec: encoding needs the rows' values (X)")
+    rows = X[lo:hi] if X is not None else np.empty((hi - lo, 0), np.float32)   # codes use the shape only
+    cols = cz.encode(codec, rows, state, params, threads, row_offset=lo)
     enc = time.perf_counter() - t0
     ids = node_ids[lo:hi]
     ids = ids if isinstance(ids, pa.Array) else node_id_array(np.asarray(ids))
@@ -101,42 +106,67 @@ def fit_codec(X: np.ndarray, codec: str, params: dict, threads: int = 1) -> tupl
     return state, round(time.perf_counter() - t0, 4)
 
 
-def fit_hashed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, params: dict,
-               rows: int, threads: int = 0) -> tuple[dict, float]:
-    """Ray worker body of the hash codec: re-walk the source run's graph with its walk / train
-    settings and train a `params['buckets']`-row table. Returns ({"table": W}, seconds)."""
+def fit_graph_table(csr: tuple, codec: str, params: dict, walk: dict, train: dict, method: str = "deepwalk",
+                    threads: int = 0, progress=None) -> tuple[dict, dict]:
+    """Ray worker body of the graph-trained codecs (hash, compose, qr, unified): walk the graph
+    `csr` = (indptr, indices, weights, directed) with `walk` / `train` settings and train the
+    K-row table by skip-gram; the full n x d table never exists. Takes the CSR itself (an
+    ObjectRef argument resolves to it), so embed_graph's train.table path trains straight from
+    its ingested graph and the compress flow from the source run's graph read back from the lake.
+
+    Returns (state, info): state {"table": K x d} (+ "codes" n x R level-local for the
+    compositional codecs: they become the rows' `code` column, the table the codebook file);
+    info {"fit_s", "stats" (tokens, loss...), ...}. progress: reporter(done, total, loss=...) of
+    tasks/progress.py (tokens trained), or None."""
+    from embedlake.workers.codec_compose import train_compositional
     from embedlake.workers.codec_hash import train_hashed
-    from embedlake.workers.graph_store import read_graph
     t0 = time.perf_counter()
     if method not in ("deepwalk", "node2vec"):
-        raise ValueError(f"hash codec: the source method must be deepwalk or node2vec, not {method!r}")
-    csr, node_ids, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
+        raise ValueError(f"{codec} codec: the method must be deepwalk or node2vec, not {method!r}")
+    cb = (lambda done, total, loss: progress(done, total, loss=loss)) if progress is not None else None
+    if codec == "hash":
+        W, stats = train_hashed(csr, params["buckets"], walk, train, method, params.get("seed", 0), threads,
+                                progress=cb)
+        state, info = {"table": W}, {"stats": stats}
+    elif codec in cz.COMPOSED:
+        state, info = train_compositional(csr, codec, params, walk, train, method, seed=params.get("seed", 0),
+                                          sketch_dim=params.get("sketch_dim", 256),
+                                          train_sample=params.get("train_sample", 100_000), threads=threads,
+                                          progress=cb)
+    else:
+        raise ValueError(f"{codec!r} is not trained from the graph (hash, {', '.join(cz.COMPOSED)})")
+    info["fit_s"] = round(time.perf_counter() - t0, 4)
+    return state, info
+
+
+def _source_graph(lake: Lake | str, dataset: str, graph_meta: dict, codec: str, rows: int) -> tuple:
+    from embedlake.workers.graph_store import read_graph
+    csr, _, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
     if csr.num_nodes != rows:
-        raise ValueError(f"hash codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
-    W, _ = train_hashed((csr.indptr, csr.indices, csr.weights, csr.directed), params["buckets"],
-                        source_config["walk"], source_config["train"], method, params.get("seed", 0), threads)
-    return {"table": W}, round(time.perf_counter() - t0, 4)
+        raise ValueError(f"{codec} codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
+    return csr.indptr, csr.indices, csr.weights, csr.directed
+
+
+def fit_hashed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, params: dict,
+               rows: int, threads: int = 0) -> tuple[dict, float]:
+    """Ray worker body of the hash codec of a committed run: re-walk the source run's graph with its
+    walk / train settings and train a `params['buckets']`-row table. Returns ({"table": W}, seconds)."""
+    if method not in ("deepwalk", "node2vec"):
+        raise ValueError(f"hash codec: the source method must be deepwalk or node2vec, not {method!r}")
+    csr = _source_graph(lake, dataset, graph_meta, "hash", rows)
+    state, info = fit_graph_table(csr, "hash", params, source_config["walk"], source_config["train"], method, threads)
+    return state, info["fit_s"]
 
 
 def fit_composed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, codec: str,
                  params: dict, rows: int, threads: int = 0) -> tuple[dict, float]:
-    """Ray worker body of the compose / qr / unified codecs: assign codes, re-walk the source run's
-    graph with its walk / train settings and train the K-row table by compositional skip-gram.
-    Returns ({"table": K x d, "codes": n x R level-local}, seconds); the codes become the rows'
-    `code` column (encode_partition), the table the codebook file."""
-    from embedlake.workers.codec_compose import train_compositional
-    from embedlake.workers.graph_store import read_graph
-    t0 = time.perf_counter()
+    """Ray worker body of the compose / qr / unified codecs of a committed run: the source run's
+    graph, re-walked with its walk / train settings (fit_graph_table). Returns (state, seconds)."""
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"{codec} codec: the source method must be deepwalk or node2vec, not {method!r}")
-    csr, _, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
-    if csr.num_nodes != rows:
-        raise ValueError(f"{codec} codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
-    state, _ = train_compositional((csr.indptr, csr.indices, csr.weights, csr.directed), codec, params,
-                                   source_config["walk"], source_config["train"], method, seed=params.get("seed", 0),
-                                   sketch_dim=params.get("sketch_dim", 256),
-                                   train_sample=params.get("train_sample", 100_000), threads=threads)
-    return state, round(time.perf_counter() - t0, 4)
+    csr = _source_graph(lake, dataset, graph_meta, codec, rows)
+    state, info = fit_graph_table(csr, codec, params, source_config["walk"], source_config["train"], method, threads)
+    return state, info["fit_s"]
 
 
 PER_ROW_STATE = ("codes",)      # trained per-row state: stored in the rows' code column, not the codebook
@@ -199,6 +229,34 @@ def table_from_manifest(lake: Lake, man) -> cz.CompressedTable:
     state = read_codebooks(lake, books[0]["path"]) if books else {}
     ids = t.column("node").to_numpy(zero_copy_only=False)
     return cz.CompressedTable(ex["codec"], ex["params"], int(ex["dim"]), cols, state, ids)
+
+
+def eval_rows(lake: Lake | str, manifest_fields: dict, labels, split: dict | None):
+    """Ray worker body: read a written (not yet committed) table back from the lake and
+    materialise only the rows the evaluations touch -- labelled nodes (node classification) and
+    the endpoints of held-out edges and sampled non-edges (link prediction) -- never n x d.
+
+    Returns (X_sub float32 [u, d], labels (node_idx, label_idx) re-indexed into X_sub or None,
+    split re-indexed into X_sub or None, info {"rows", "decode_s"}). Re-indexing is monotone
+    (searchsorted on the sorted row set), so node classification sees its nodes in the same
+    order and draws the same splits as on the full matrix: the figures equal those of the
+    materialised table."""
+    from embedlake.lake import Manifest
+    t = table_from_manifest(Lake(lake), Manifest(**manifest_fields))
+    parts = []
+    if labels is not None:
+        parts.append(np.asarray(labels[0], np.int64))
+    keys = ("test_src", "test_dst", "neg_src", "neg_dst")
+    if split is not None:
+        parts += [np.asarray(split[k], np.int64) for k in keys]
+    rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    t0 = time.perf_counter()
+    X = np.ascontiguousarray(t.decode(rows), dtype=np.float32) if len(rows) else np.zeros((0, t.dim), np.float32)
+    dec = round(time.perf_counter() - t0, 4)
+    at = lambda a: np.searchsorted(rows, np.asarray(a, np.int64))
+    lab = (at(labels[0]), np.asarray(labels[1])) if labels is not None else None
+    spl = {**split, **{k: at(split[k]) for k in keys}} if split is not None else None
+    return X, lab, spl, {"rows": int(len(rows)), "of": t.rows, "decode_s": dec}
 
 
 # ---------------------------------------------------------------- source runs

@@ -1,0 +1,138 @@
+"""Prefect tasks of embed_graph's learned-table path (train.table = hash | compose | qr | unified).
+
+For graphs whose full n x d table will not fit (issue 8), the skip-gram engine trains a table of
+K << n rows directly on walks of the ingested graph; the full table is never trained, published
+or loaded. The stages reuse the compress stage's pieces, so a learned table is stored, read and
+decoded exactly like one built by `embedlake compress` from a committed run:
+
+    train_table    one multi-threaded Ray task: codes + K-row table (compress_store.fit_graph_table),
+                   on the graph's CSR straight from the object store;
+    write_table    one Ray task per row partition writes its rows' codes, then the codebook file
+                   (tasks/compress.write_table);
+    measure_table  reads the written table back from the lake, materialises only the rows the
+                   evaluations need (labelled nodes, link-prediction endpoints) and runs the
+                   evaluate stage's node-classification / link-prediction bodies on them.
+"""
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from embedlake.errors import ConfigError
+from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.progress import Progress
+from embedlake.tasks.remote import remote, stage_options
+from embedlake.tasks.runtime import max_node_cpus
+from embedlake.workers import compress as cz
+from embedlake.workers import compress_store as cs
+from embedlake.workers import eval_stage as es
+
+METHODS = ("deepwalk", "node2vec")
+
+
+def check_config(cfg) -> None:
+    """Refuse, before any work, what the learned-table path cannot honour (exit 2, field named)."""
+    t = cfg.train.table
+    if cfg.method not in METHODS:
+        raise ConfigError(f"train.table={t}: a learned table is trained by skip-gram on walks; method "
+                          f"{cfg.method!r} has none (use deepwalk or node2vec, or train.table=full)")
+    if cfg.compress.codecs:
+        raise ConfigError(f"compress.codecs={cfg.compress.codecs} compress the full table, which train.table={t} "
+                          f"never trains; leave compress.codecs empty (or use train.table=full)")
+    if cfg.train.engine != "numba" or cfg.train.workers > 1 or cfg.train.partitions > 0:
+        raise ConfigError(f"train.table={t} trains on one worker with the numba kernel: set train.engine=numba, "
+                          f"train.workers=1, train.partitions=0")
+    if cfg.walk.write_walks:
+        raise ConfigError(f"train.table={t} does not write walks: set walk.write_walks=false")
+
+
+def table_params(codec: str, compress_cfg: dict, rows: int, dim: int) -> dict:
+    """The codec's parameters and layout for a rows x dim graph (as the compress flow plans them)."""
+    from embedlake.flows.compress import _check
+    p = cz.codec_params(codec, compress_cfg)
+    if codec == "hash":
+        p["rows"] = rows
+        p["buckets"] = p["buckets"] or max(1, rows // 8)
+    else:
+        p = cz.plan_composed(codec, p, rows, dim)
+    _check(codec, p, dim, rows)
+    return p
+
+
+@task(name="learned_train", cache_policy=NO_CACHE)
+def train_table(graph: GraphHandle, codec: str, params: dict, walk_cfg: dict, train_cfg: dict, method: str,
+                max_retries: int = 3) -> StageResult:
+    """Walks + compositional (or hashed) skip-gram in one multi-threaded Ray task. Returns
+    StageResult(ref of the state {"table", "codes"?}, training info)."""
+    import ray
+    log = stage_logger()
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
+    threads = train_cfg.get("threads") or cpus
+    progress = Progress(f"train {codec} table", "tokens")
+    state_ref, info_ref = remote(cs.fit_graph_table, "train", num_returns=2, num_cpus=cpus,
+                                 max_retries=max_retries).remote(graph.csr_ref, codec, params, walk_cfg, train_cfg,
+                                                                 method, threads, progress.reporter("train"))
+    progress.wait([info_ref])
+    progress.close()
+    info = ray.get(info_ref)
+    st = info.get("stats", {})
+    log.info(f"train {codec} table: {params.get('table_rows', params.get('buckets')):,} rows for "
+             f"{graph.num_nodes:,} nodes, {st.get('tokens', 0):,} tokens at {st.get('tokens_per_s', 0):,.0f} "
+             f"tokens/s, loss {st.get('loss_first', float('nan')):.4f} -> {st.get('loss_last', float('nan')):.4f}, "
+             f"{info['fit_s']:.2f}s")
+    return StageResult(state_ref, info)
+
+
+@task(name="learned_write", cache_policy=NO_CACHE)
+def write_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str, params: dict,
+                state_ref, bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
+    """Codes of every row partition + the codebook file (no full table exists to pass: X = None)."""
+    from embedlake.tasks.compress import write_table as write
+    t0 = time.perf_counter()
+    out = write(lake, dataset, method, run_id, codec, params, bounds, graph.node_ids_ref, None, state_ref,
+                max_retries)
+    stage_logger().info(f"write {codec} table: {len(out['files'])} code partitions + codebook, "
+                        f"{out['stored_bytes']:,} bytes, {time.perf_counter() - t0:.2f}s")
+    return out
+
+
+@task(name="learned_measure", cache_policy=NO_CACHE)
+def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_cfg: dict,
+                  max_retries: int = 3) -> dict:
+    """Node classification (labelled graphs) and link prediction (with a holdout split) on vectors
+    materialised from the written codes + table, only for the rows they use."""
+    import ray
+    log = stage_logger()
+    if not graph.meta.get("labelled") and split is None:
+        log.info("measure: no labels and no link prediction: nothing to measure")
+        return {}
+    labels_ref = graph.labels_ref if graph.meta.get("labelled") else None
+    X_ref, lab_ref, split_ref, info_ref = remote(cs.eval_rows, "evaluate", num_returns=4, num_cpus=1,
+                                                 max_retries=max_retries).remote(
+        lake, manifest_fields, labels_ref, split.ref if split is not None else None)
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    jobs = {}
+    if labels_ref is not None:
+        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(X_ref, lab_ref, eval_cfg)
+    lp_refs = [remote(es.link_stage, "evaluate", **opts).remote(X_ref, split_ref, dict(eval_cfg, lp_operators=[op]))
+               for op in (eval_cfg["lp_operators"] if split is not None else [])]
+    metrics = dict(zip(jobs, ray.get(list(jobs.values()))))
+    if lp_refs:
+        metrics["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
+        metrics["link_prediction"]["holdout"] = split.info
+    info = ray.get(info_ref)
+    metrics["materialised"] = info
+    nc = metrics.get("node_classification")
+    codec = manifest_fields["extra"]["codec"]
+    if nc:
+        log.info(f"measure {codec} table: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
+                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items())
+                 + f" ({info['rows']:,} of {info['of']:,} rows materialised)")
+    lp = metrics.get("link_prediction")
+    if lp and lp.get("roc_auc"):
+        log.info(f"measure {codec} table: link prediction ROC-AUC "
+                 + ", ".join(f"{k}: {v:.3f}" for k, v in lp["roc_auc"].items()))
+    return metrics
