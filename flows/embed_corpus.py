@@ -3,7 +3,9 @@ skip-gram -> rows (token, count, vector) -> word-similarity / analogy evaluation
 
 Same commit protocol as embed_graph: data files first (token-id shards, vocabulary, embeddings),
 the manifest last with put-if-absent; on any error the run's data files are removed and nothing
-is committed.
+is committed. A killed run re-run with the same run id resumes (docs/reliability.md): it reuses the
+vocabulary and token-id shards when tokenising had finished, continues training at the epoch after
+the last checkpointed one, and skips training when the table was finished.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import corpus as ct
 from embedlake.tasks import graph as gt
 from embedlake.tasks.claims import claim_run
-from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, finished_table, save_table
+from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, corpus_tokens_spec, finished_table
 from embedlake.tasks.train import drop_checkpoints
+from embedlake.workers.checkpoints import fingerprint
 from embedlake.workers.faults import fault_point
 from embedlake.workers.corpus import TextSpec
 
@@ -45,24 +48,34 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
-    # reuses the table it had trained (the vocabulary and token shards are recomputed: they are cheap)
+    # continues from its checkpoints: vocabulary + token shards, the last trained epoch, the table
     claim = claim_run(lake, dataset, method, run_id, cfg.train.resume, gt.stage_logger())
     ck = RunCheckpoints.of(lake, dataset, method, run_id, cfg.train.model_dump())
     try:
         # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
         env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
         shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
-        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
-        sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
+        tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, ct.input_stamps(shards, env), spec,
+                                         cfg.vocab.model_dump())
+        state = ct.tokens_checkpoint(ck, tokens_spec)
+        if state is not None:
+            vocab, sentences = sw.run("load_tokens", ct.load_tokens, lake, state, retries)
+        else:
+            vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
+            fault_point("after:vocab")
+            sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
+            ct.save_tokens(ck, tokens_spec, vocab, sentences)
         fault_point("after:encode")
-        table_spec = {"input": cfg.input.model_dump(), "text": spec, "vocab": cfg.vocab.model_dump(),
-                      "digest": ct.digest(vocab), **{k: cfg.train.model_dump().get(k) for k in TRAIN_KEYS}}
-        done = finished_table(ck, "table", table_spec, gt.stage_logger())
+        reused = {"vocab_reused": state is not None, "token_shards_reused": len(sentences.files) - 1 if state else 0}
+        table_spec = {"tokens": fingerprint(tokens_spec), "digest": ct.digest(vocab),
+                      **{k: cfg.train.model_dump().get(k) for k in TRAIN_KEYS}}
+        done = finished_table(ck, "train", table_spec, gt.stage_logger())
         if done is not None:
             emb_ref, info = done.ref, done.info
         else:
-            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries)
-            save_table(ck, "table", table_spec, emb_ref, info)
+            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries, ck,
+                                   table_spec)
+        info.setdefault("resumed", {}).update(reused)
         fault_point("after:train")
         files = {"tokens": sentences.files}
         files["embeddings"] = sw.run("publish", ct.publish, lake, dataset, method, run_id, vocab, emb_ref,
@@ -96,6 +109,12 @@ def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> Non
         if not lake.is_committed(dataset, method, run_id):
             for kind in ("embeddings", "tokens"):
                 lake.delete(Lake.run_dir(kind, dataset, method, run_id), recursive=True)
+            # the tokens checkpoint names the files just removed; trained epochs stay for a re-run,
+            # states that record no progress yet (no .npy beside them) go
+            ck = Lake.run_dir("checkpoints", dataset, method, run_id)
+            lake.delete(f"{ck}/tokens", recursive=True)
+            if not any(f.endswith(".npy") for f in lake.list_files(ck)):
+                lake.delete(ck, recursive=True)
     except Exception:  # noqa: BLE001 - cleanup must not hide the original error
         pass
 

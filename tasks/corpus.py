@@ -92,14 +92,80 @@ def digest(vocab: Vocabulary) -> str:
     return ray.get(remote(vocab_digest, "corpus", num_cpus=1).remote(vocab.words_ref, vocab.counts_ref))
 
 
+def input_stamps(shards: list[dict], env=None) -> list[list]:
+    """[path, size, modification stamp] of every input file: part of the tokens' fingerprint, so a
+    re-run over changed files tokenises again (local mtime; S3 LastModified / ETag)."""
+    from embedlake import storage
+    out = []
+    for path in sorted({s["path"] for s in shards}):
+        fs, p = storage.filesystem(path, env)
+        info = fs.info(p)
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created") or ""
+        out.append([path, int(info.get("size") or 0), str(stamp)])
+    return out
+
+
+def tokens_checkpoint(ck, spec: dict) -> dict | None:
+    """The finished tokens stage of a killed attempt with this fingerprint (vocabulary and every
+    token-id shard written, each file still there), else None; a state of other input or settings
+    is discarded. ck: tasks/resume.RunCheckpoints or None."""
+    if ck is None or not ck.enabled:
+        return None
+    from embedlake.workers import checkpoints as cp
+    log = stage_logger()
+    _, state, discarded = cp.open_stage(ck.lake, ck.run_dir, "tokens", spec, ck.resume)
+    if state is not None and state.get("final"):
+        missing = [f["path"] for f in state["files"] if not ck.lake.exists(f["path"])]
+        if not missing:
+            return state
+        log.info(f"resume: {len(missing)} token file(s) of run {ck.run_id} are gone "
+                 f"({missing[0]}...): tokenising again")
+        cp.open_stage(ck.lake, ck.run_dir, "tokens", spec, resume=False)
+    elif discarded:
+        log.info("resume: the run's tokens checkpoint is of other input or settings: tokenising again")
+    return None
+
+
+@task(name="load_tokens", cache_policy=NO_CACHE)
+def load_tokens(lake, state: dict, max_retries: int = 3) -> tuple[Vocabulary, Sentences]:
+    """A killed run's vocabulary and token-id shards, read back from its run files (checked against
+    their size and sha256) instead of tokenising the corpus again."""
+    shard_files, vocab_file = state["files"][:-1], state["files"][-1]
+    fn = remote(cs.read_sentences_stage, "corpus", num_cpus=1, num_returns=2, max_retries=max_retries)
+    refs = [fn.remote(lake, f) for f in shard_files]
+    words_ref, counts_ref = remote(cs.read_vocab_stage, "corpus", num_cpus=1, num_returns=2,
+                                   max_retries=max_retries).remote(lake, vocab_file)
+    stage_logger().info(f"resume: reusing vocabulary and {len(shard_files)} token shards "
+                        f"({state['stats']['vocab']:,} words, {state['info']['train_sentences']:,} sentences)")
+    vocab = Vocabulary(dict(state["stats"]), words_ref, counts_ref, [], [], [])
+    return vocab, Sentences(list(state["files"]), [r[0] for r in refs], [r[1] for r in refs], dict(state["info"]))
+
+
+def save_tokens(ck, spec: dict, vocab: Vocabulary, sentences: Sentences) -> None:
+    """Mark the tokens stage finished (after every file it names exists): a killed run's re-run
+    reuses the vocabulary and token-id shards (`tokens_checkpoint`, `load_tokens`)."""
+    if ck is None or not ck.enabled:
+        return
+    from embedlake.workers import checkpoints as cp
+    state = {"fingerprint": cp.fingerprint(spec), "spec": spec, "final": True, "files": sentences.files,
+             "stats": vocab.stats, "info": sentences.info}
+    cp.write_state(ck.lake, ck.run_dir, "tokens", state)
+
+
 @task(name="train", cache_policy=NO_CACHE)
-def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3):
-    """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats)."""
+def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3, checkpoint=None,
+          spec: dict | None = None):
+    """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
+    checkpoint (tasks/resume.RunCheckpoints) + spec (the table's fingerprint spec): the tables are
+    checkpointed after every epoch and a killed run's re-run continues at the next epoch."""
     import ray
+
+    from embedlake.tasks.resume import epoch_checkpoint
     log = stage_logger()
     cpus = max_node_cpus()
     cfg = dict(train_cfg)
     cfg["threads"] = cfg.get("threads") or cpus
+    cfg["_checkpoint"], start = epoch_checkpoint(checkpoint, "train", spec or {}, cfg["epochs"], log)
     progress = Progress("train", "tokens")
     cfg["progress"] = progress.reporter("train")
     fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
@@ -112,7 +178,9 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries:
     stats = ray.get(stats_ref)
     log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
-    return emb_ref, {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
+    return emb_ref, info
 
 
 @task(name="publish", cache_policy=NO_CACHE)

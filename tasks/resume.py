@@ -94,3 +94,32 @@ def save_table(ck: RunCheckpoints | None, stage: str, spec: dict, table_ref, inf
     base, _, _ = cp.open_stage(ck.lake, ck.run_dir, stage, spec, resume=False)
     info = {k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))}
     ray.get(remote(cp.save_table, "publish", num_cpus=1).remote(ck.lake, ck.run_dir, stage, base, table_ref, info))
+
+
+def epoch_checkpoint(ck: RunCheckpoints | None, stage: str, spec: dict, epochs: int, log=None) -> tuple[dict | None, int]:
+    """(the `_checkpoint` dict a one-table training task writes its epoch checkpoints with, epoch to
+    start at) for a stage whose finished table was not reused (`finished_table` first).
+
+    A matching, unfinished state of a killed attempt gives its last epoch k: training continues at
+    k + 1 from that epoch's W_in / W_out (workers/stages.py `_checkpoint_epoch` writes them); a state
+    of other input or settings is discarded (open_stage) and training starts over. (None, 0) when
+    checkpoints are off."""
+    if ck is None or not ck.enabled:
+        return None, 0
+    from embedlake.workers import checkpoints as cp
+    base, state, discarded = cp.open_stage(ck.lake, ck.run_dir, stage, spec, ck.resume)
+    start = int(state.get("epoch", 0)) if state is not None and not state.get("final") else 0
+    if start and log is not None:
+        log.info(f"resume: training continues at epoch {start + 1}/{epochs} "
+                 f"({start} epoch(s) of run {ck.run_id} reused)")
+    elif discarded and log is not None:
+        log.info(f"resume: the run's {stage} checkpoint is of other input or settings: training from the start")
+    return {"lake": ck.lake, "run_dir": ck.run_dir, "base": base, "resume": state if start else None}, start
+
+
+def corpus_tokens_spec(input_cfg: dict, shards: list[dict], stamps: list, text_spec: dict, vocab_cfg: dict) -> dict:
+    """What determines a corpus run's vocabulary and token-id shards: the input (its shards and each
+    file's size and modification stamp), the text settings and the vocabulary settings."""
+    keys = ("path", "text_column", "shard_mb")
+    return {"input": {k: input_cfg.get(k) for k in keys}, "shards": shards, "stamps": stamps,
+            "text": text_spec, "vocab": vocab_cfg}

@@ -471,24 +471,86 @@ def text_init(vocab_size: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def train_stage(vocab_size: int, counts: np.ndarray, train: dict, *parts: np.ndarray):
-    """Concatenate the shards' sentences (shard order) and train; returns (W_in, stats)."""
+    """Concatenate the shards' sentences (shard order) and train; returns (W_in, stats).
+
+    train["_checkpoint"] = {"lake", "run_dir", "base", "resume"} (optional, tasks/resume.py
+    `epoch_checkpoint`): the numba engine checkpoints W_in / W_out after every epoch and, given the
+    resume state of epoch k, continues at epoch k + 1 (bit-identical with one thread); the torch
+    engine has no epoch hook and checkpoints its finished table only (the graph flow's helpers in
+    workers/stages.py write both, so the layout and fault points are the same)."""
     import os
+
+    from embedlake.workers.stages import _checkpoint_epoch, _checkpoint_info
+    ck = train.get("_checkpoint")
     tokens, offsets = concat_sentences(list(zip(parts[0::2], parts[1::2])))
+    init, start = None, 0
+    if ck is not None and ck.get("resume") is not None:
+        from embedlake.lake import Lake
+        from embedlake.workers.checkpoints import load
+        lake = Lake(ck["lake"])
+        start = int(ck["resume"]["epoch"])
+        init = (load(lake, ck["resume"], "w_in"), load(lake, ck["resume"], "w_out"))
     kw = dict(counts=counts, dim=train["dim"], window=train["window"], negatives=train["negatives"],
               ns_exponent=train["ns_exponent"], epochs=train["epochs"], lr=train["lr"], min_lr=train["min_lr"],
-              sample=train["sample"], seed=train["seed"], init=text_init(vocab_size, train["dim"], train["seed"]))
+              sample=train["sample"], seed=train["seed"], init=init or text_init(vocab_size, train["dim"], train["seed"]))
     threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
     if train.get("engine", "numba") == "torch":
         from embedlake.workers.skipgram_torch import train_sgns_torch
         W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.get("device", "auto"),
                                        threads=threads, **kw)
-    else:
-        from embedlake.workers.skipgram import train_sgns
-        report = train.get("progress")
-        cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
-        W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, **kw)
+        stats["sentences"] = len(offsets) - 1
+        if ck is not None:
+            _checkpoint_epoch(ck, train["epochs"], train["epochs"], W, None, stats)
+        return W, stats
+    from embedlake.workers.skipgram import train_sgns
+    report = train.get("progress")
+    cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
+    on_epoch = None
+    if ck is not None:
+        on_epoch = lambda k, W_in, W_out: _checkpoint_epoch(ck, k, train["epochs"], W_in, W_out, None)  # noqa: E731
+    W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
+                             on_epoch=on_epoch, **kw)
     stats["sentences"] = len(offsets) - 1
+    if ck is not None:           # the final state also carries the training figures
+        _checkpoint_info(ck, stats)
     return W, stats
+
+
+def _read_checked(lake, entry: dict) -> bytes:
+    """A run file's bytes, checked against its FileEntry (size and sha256) before they are reused."""
+    import hashlib
+
+    from embedlake.errors import LakeError
+    from embedlake.lake import Lake
+    lake = Lake(lake)
+    data = lake.read_bytes(entry["path"])
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise LakeError(f"{lake.url(entry['path'])}: changed since it was checkpointed (size or sha256 differ); "
+                        "re-run with -p train.resume=false to tokenise again")
+    return data
+
+
+def read_sentences_stage(lake, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32, offsets int64) of a token-id shard written by `encode_stage` (a resumed run)."""
+    import io
+
+    import pyarrow.parquet as pq
+    col = pq.read_table(io.BytesIO(_read_checked(lake, entry)), columns=["sentence"]).column(0).combine_chunks()
+    off = col.offsets.to_numpy().astype(np.int64)
+    tokens = col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return np.ascontiguousarray(tokens), off - off[0]
+
+
+def read_vocab_stage(lake, entry: dict) -> tuple[list, np.ndarray]:
+    """(words in id order, counts int64) of the vocabulary file written by `write_vocab_stage`."""
+    import io
+
+    import pyarrow.parquet as pq
+    t = pq.read_table(io.BytesIO(_read_checked(lake, entry)))
+    ids = t.column("id").to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise AssertionError("vocabulary file rows are not in id order")
+    return t.column("token").to_pylist(), t.column("count").to_numpy().astype(np.int64)
 
 
 def write_words_part(lake, dataset: str, method: str, run_id: str, partition: int, lo: int, hi: int,

@@ -18,11 +18,14 @@ Points (docs/reliability.md, "Fault hooks used by tests"):
     after:walk                 the driver, once every walk partition exists (and is checkpointed)
     after:walk_stage           any walk task (partitions and streamed rounds), walks computed, not returned
     after:walk_partition:<i>   the Ray task of walk partition i, after its checkpoint is written
-    after:train_epoch:<k>      the training task, after epoch k (1-based) and its checkpoint
+    after:train_epoch:<k>      the training task (graph one-table and corpus runs), after epoch k
+                               (1-based) and its checkpoint
     after:stream_round:<r>     streamed training, after round r (1-based) and its checkpoint
     after:train                the driver, once training returned (the final table is checkpointed)
     after:publish              the driver, once the embedding files are written (before evaluate/commit)
-    after:encode               embed_corpus's driver, once the token shards are written
+    after:vocab                embed_corpus's driver, vocabulary counted and merged, nothing written yet
+    after:encode               embed_corpus's driver, once the token shards and vocabulary are written
+                               and checkpointed (a re-run reuses them)
 
 A whole-run kill is SIGKILL: no `finally`, no clean-up, no claim released - what an OOM kill or a
 lost machine leaves behind. The whole run dies, wherever the point is reached (the driver or a Ray
