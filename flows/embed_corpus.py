@@ -196,8 +196,8 @@ def cmd_most_similar(args) -> int:
     return 0
 
 
-def print_summary(s: dict, out=sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict, out=None) -> None:
+    w = (out or sys.stdout).write     # resolved per call: a default bound at import outlives a redirected stdout
     c = s["corpus"]
     w(f"\nembedlake run {s['run_id']}  dataset={s['dataset']}  method={s['method']}  "
       f"vocabulary={s['rows']:,}  dim={s['dim']}\n")
