@@ -28,9 +28,10 @@ written before stay readable and re-encoding gives the same bytes:
 - the binary scale is numpy's float32 ``mean``: the same 8-accumulator pairwise summation order;
 - fp16 conversion is IEEE round-to-nearest-even done on the bits (numba has no float16 type).
 One difference, on purpose: a row whose min (or max) is a zero present as both +0.0 and -0.0 may
-store the other signed zero as bias (scale) than numpy did. numpy's min/max reductions pick the sign
-by their SIMD lane order, which changes with d and with the CPU's dispatch; the decoded values are
-bit-identical either way (q * scale >= +0, and +0 + -0 = +0).
+store the other signed zero as bias (scale) than numpy did. Ours orders -0.0 below +0.0 (integer
+keys, see _row_minmax); numpy's min/max reductions pick the sign by their SIMD lane order, which
+changes with d and with the CPU's dispatch. Decoded values are bit-identical either way
+(q * scale >= +0, and +0 + -0 = +0).
 Thread count: the kernels use numba's pool (``numba.set_num_threads``).
 """
 from __future__ import annotations
