@@ -73,8 +73,8 @@ def _pipeline_config(args):
     return load_config(args.config, ov)
 
 
-def print_summary(s: dict, out=sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict, out=None) -> None:
+    w = (out or sys.stdout).write     # resolved per call: a default bound at import outlives a redirected stdout
     w(f"\nembedlake run {s['run_id']}  dataset={s['dataset']}  method={s['method']}  "
       f"rows={s['rows']:,}  dim={s['dim']}\n")
     w(f"{'stage':<12}{'wall':>10}\n")

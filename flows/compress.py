@@ -196,8 +196,8 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def print_summary(s: dict, out=sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict, out=None) -> None:
+    w = (out or sys.stdout).write     # resolved per call: a default bound at import outlives a redirected stdout
     w(f"\nembedlake compress {s['run_id']}  dataset={s['dataset']}  source={s['source']['method']}/"
       f"{s['source']['run_id']}  rows={s['rows']:,}  dim={s['dim']}\n")
     w(f"{'codec':<9}{'B/vec':>7}{'ratio':>8}{'recall@10':>12}{'dMicroF1':>10}{'build':>9}  manifest method\n")
