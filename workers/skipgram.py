@@ -144,6 +144,69 @@ def _seed_state(seed, epoch, sent):
     return z
 
 
+@nb.njit(inline="always")
+def _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
+    """outs[0] = center, then up to `negatives` draws from the alias noise table (a draw equal to
+    the centre is skipped). Returns (state, number of outputs)."""
+    nal = np.uint64(alias_thr.shape[0])
+    outs[0] = center
+    nout = 1
+    for k in range(negatives):
+        state, r = _next(state)
+        jj = np.int64(((r >> _S32) * nal) >> _S32)
+        neg = jj if (r & _LOW32) < alias_thr[jj] else alias_idx[jj]
+        if neg == center:
+            continue
+        outs[nout] = neg
+        nout += 1
+    return state, nout
+
+
+@nb.njit(inline="always")
+def _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab):
+    """One HogBatch window on local row buffers, shared by every SGNS kernel (one table, blocks,
+    compositional): Cb[:B] context input vectors, Ob[:nout] output vectors (centre first, then
+    negatives). Computes g[c, o] = (label - sigmoid(Cb[c].Ob[o])) * lr, then dIn[c] = sum_o g Ob[o]
+    (the input-side step) and, IN PLACE of Ob, the output-side step sum_c g Cb[c]. Returns the
+    window's SGNS loss (word2vec's MAX_EXP clamp, table sigmoid)."""
+    dim = Cb.shape[1]
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    loss = 0.0
+    for c in range(B):
+        for o in range(nout):
+            f = np.float32(0.0)
+            for d in range(dim):
+                f += Cb[c, d] * Ob[o, d]
+            x = f if o == 0 else -f
+            if x <= -MAX_EXP:
+                loss -= x
+            elif x < MAX_EXP:
+                loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+            if f <= -MAX_EXP:
+                sg = sig_tab[0]
+            elif f >= MAX_EXP:
+                sg = sig_tab[TABLE_SIZE]
+            else:
+                sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+            lab = np.float32(1.0) if o == 0 else np.float32(0.0)
+            g[c, o] = (lab - sg) * lr
+    for c in range(B):
+        for d in range(dim):
+            dIn[c, d] = 0.0
+        for o in range(nout):
+            gg = g[c, o]
+            for d in range(dim):
+                dIn[c, d] += gg * Ob[o, d]
+    for o in range(nout):
+        for d in range(dim):
+            Ob[o, d] = 0.0
+        for c in range(B):
+            gg = g[c, o]
+            for d in range(dim):
+                Ob[o, d] += gg * Cb[c, d]
+    return loss
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, alias_thr, alias_idx,
                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch,
@@ -238,16 +301,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                             W_in[crow, d] += dIn[0, d]
                     pairs += B
                     continue
-                outs[0] = center
-                nout = 1
-                for k in range(negatives):
-                    state, r = _next(state)
-                    jj = np.int64(((r >> _S32) * np.uint64(alias_thr.shape[0])) >> _S32)
-                    neg = jj if (r & _LOW32) < alias_thr[jj] else alias_idx[jj]
-                    if neg == center:
-                        continue
-                    outs[nout] = neg
-                    nout += 1
+                state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                 for c in range(B):
                     crow = ctx[c]
                     for d in range(dim):
@@ -256,38 +310,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                     orow = outs[o]
                     for d in range(dim):
                         Ob[o, d] = W_out[orow, d]
-                for c in range(B):
-                    for o in range(nout):
-                        f = np.float32(0.0)
-                        for d in range(dim):
-                            f += Cb[c, d] * Ob[o, d]
-                        x = f if o == 0 else -f
-                        if x <= -MAX_EXP:
-                            loss -= x
-                        elif x < MAX_EXP:
-                            loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-                        if f <= -MAX_EXP:
-                            sg = sig_tab[0]
-                        elif f >= MAX_EXP:
-                            sg = sig_tab[TABLE_SIZE]
-                        else:
-                            sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
-                        lab = np.float32(1.0) if o == 0 else np.float32(0.0)
-                        g[c, o] = (lab - sg) * lr
-                for c in range(B):
-                    for d in range(dim):
-                        dIn[c, d] = 0.0
-                    for o in range(nout):
-                        gg = g[c, o]
-                        for d in range(dim):
-                            dIn[c, d] += gg * Ob[o, d]
-                for o in range(nout):
-                    for d in range(dim):
-                        Ob[o, d] = 0.0
-                    for c in range(B):
-                        gg = g[c, o]
-                        for d in range(dim):
-                            Ob[o, d] += gg * Cb[c, d]
+                loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
                 for o in range(nout):
                     orow = outs[o]
                     for d in range(dim):

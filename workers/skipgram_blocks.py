@@ -35,16 +35,8 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import MAX_EXP, TABLE_SIZE, _build_alias, keep_thresholds, sigmoid_tables
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_LOW32 = np.uint64(0xFFFFFFFF)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S32 = np.uint64(32)
+from embedlake.workers.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _next,
+                                        _window_step, keep_thresholds, sigmoid_tables)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -222,15 +214,6 @@ def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray], rele
 # ----------------------------------------------------------------------------- kernel
 
 @nb.njit(inline="always")
-def _next(state):
-    state = state + _GOLDEN
-    z = state
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return state, z ^ (z >> _S31)
-
-
-@nb.njit(inline="always")
 def _mix(seed, epoch, pos, salt):
     s = np.uint64(seed) * _M1 + np.uint64(epoch) * _M2 + np.uint64(pos) * _GOLDEN + np.uint64(salt) * _S31
     s, z = _next(s)
@@ -249,9 +232,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
     dim = W_in.shape[1]
     K1 = negatives + 1
     cmax = 2 * window
-    half = TABLE_SIZE / (2.0 * MAX_EXP)
     win_u = np.uint64(window)
-    nal = np.uint64(alias_thr.shape[0])
     for blk in nb.prange(nblocks):
         a = c_lo + (n * blk) // nblocks
         b = c_lo + (n * (blk + 1)) // nblocks
@@ -286,16 +267,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             if lr < min_lr:
                 lr = min_lr
             state = _mix(seed, epoch, p, pi + 1)
-            outs[0] = center
-            nout = 1
-            for r in range(negatives):
-                state, z = _next(state)
-                jj = np.int64(((z >> _S32) * nal) >> _S32)
-                neg = jj if (z & _LOW32) < alias_thr[jj] else alias_idx[jj]
-                if neg == center:
-                    continue
-                outs[nout] = neg
-                nout += 1
+            state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
             for c in range(B):
                 crow = ctx[c]
                 for d in range(dim):
@@ -304,38 +276,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
                 orow = outs[o]
                 for d in range(dim):
                     Ob[o, d] = W_out[orow, d]
-            for c in range(B):
-                for o in range(nout):
-                    f = np.float32(0.0)
-                    for d in range(dim):
-                        f += Cb[c, d] * Ob[o, d]
-                    x = f if o == 0 else -f
-                    if x <= -MAX_EXP:
-                        loss -= x
-                    elif x < MAX_EXP:
-                        loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-                    if f <= -MAX_EXP:
-                        sg = sig_tab[0]
-                    elif f >= MAX_EXP:
-                        sg = sig_tab[TABLE_SIZE]
-                    else:
-                        sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
-                    lab = np.float32(1.0) if o == 0 else np.float32(0.0)
-                    g[c, o] = (lab - sg) * lr
-            for c in range(B):
-                for d in range(dim):
-                    dIn[c, d] = 0.0
-                for o in range(nout):
-                    gg = g[c, o]
-                    for d in range(dim):
-                        dIn[c, d] += gg * Ob[o, d]
-            for o in range(nout):
-                for d in range(dim):
-                    Ob[o, d] = 0.0
-                for c in range(B):
-                    gg = g[c, o]
-                    for d in range(dim):
-                        Ob[o, d] += gg * Cb[c, d]
+            loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
             for o in range(nout):
                 orow = outs[o]
                 for d in range(dim):

@@ -27,7 +27,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import (MAX_EXP, TABLE_SIZE, _LOW32, _S32, _chunks, _next, _seed_state,
+from embedlake.workers.skipgram import (_LOW32, _S32, _chunks, _draw_negatives, _next, _seed_state, _window_step,
                                         keep_thresholds, noise_alias, sigmoid_tables, token_counts)
 
 COMBINES = {"sum": 0, "product": 1}
@@ -96,7 +96,6 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
     dim = T_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
-    half = TABLE_SIZE / (2.0 * MAX_EXP)
     win_u = np.uint64(window)
     for blk in nb.prange(nblocks):
         a = s_lo + (nsent * blk) // nblocks
@@ -109,7 +108,6 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
         dIn = np.empty((cmax, dim), np.float32)
         Cb = np.empty((cmax, dim), np.float32)
         Ob = np.empty((nout_max, dim), np.float32)
-        dOut = np.empty((nout_max, dim), np.float32)
         tmp = np.empty(dim, np.float32)
         for s in range(a, b):
             state = _seed_state(seed, epoch, s)
@@ -144,54 +142,14 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
                 if lr < min_lr:
                     lr = min_lr
                 lr_w = np.float32(lr * lr_w_scale)
-                outs[0] = center
-                nout = 1
-                for k in range(negatives):
-                    state, r = _next(state)
-                    jj = np.int64(((r >> _S32) * np.uint64(alias_thr.shape[0])) >> _S32)
-                    neg = jj if (r & _LOW32) < alias_thr[jj] else alias_idx[jj]
-                    if neg == center:
-                        continue
-                    outs[nout] = neg
-                    nout += 1
+                state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                 for c in range(B):
                     _compose(T_in, code_in, w_in, ctx[c], combine, Cb, c)
                 for o in range(nout):
                     _compose(T_out, code_out, w_out, outs[o], combine, Ob, o)
-                for c in range(B):
-                    for o in range(nout):
-                        f = np.float32(0.0)
-                        for d in range(dim):
-                            f += Cb[c, d] * Ob[o, d]
-                        x = f if o == 0 else -f
-                        if x <= -MAX_EXP:
-                            loss -= x
-                        elif x < MAX_EXP:
-                            loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-                        if f <= -MAX_EXP:
-                            sg = sig_tab[0]
-                        elif f >= MAX_EXP:
-                            sg = sig_tab[TABLE_SIZE]
-                        else:
-                            sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
-                        lab = np.float32(1.0) if o == 0 else np.float32(0.0)
-                        g[c, o] = (lab - sg) * lr
-                for c in range(B):
-                    for d in range(dim):
-                        dIn[c, d] = 0.0
-                    for o in range(nout):
-                        gg = g[c, o]
-                        for d in range(dim):
-                            dIn[c, d] += gg * Ob[o, d]
+                loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
                 for o in range(nout):
-                    for d in range(dim):
-                        dOut[o, d] = 0.0
-                    for c in range(B):
-                        gg = g[c, o]
-                        for d in range(dim):
-                            dOut[o, d] += gg * Cb[c, d]
-                for o in range(nout):
-                    _scatter(T_out, code_out, w_out, outs[o], combine, dOut, o, learn_w, lr_w, tmp)
+                    _scatter(T_out, code_out, w_out, outs[o], combine, Ob, o, learn_w, lr_w, tmp)
                 for c in range(B):
                     _scatter(T_in, code_in, w_in, ctx[c], combine, dIn, c, learn_w, lr_w, tmp)
                 pairs += B
