@@ -97,3 +97,35 @@ def test_failure_midway_leaves_nothing(tmp_path, shared, monkeypatch):
     assert [f for f in _files(tmp_path / "lake") if not f.startswith("graphs/")] == []
     assert cli(_karate(shared, uri, "compose", "--run-id", "r1", "-p", "compress.compose_ratio=4")) == 0
     assert lake.manifest("karate", "deepwalk.compose").run_id == "r1"
+
+
+def test_eval_rows_materialises_only_what_is_evaluated(tmp_path):
+    """eval_rows decodes the labelled rows and link-prediction endpoints only, and the evaluations
+    on them equal those on the fully materialised table (same nodes, same order, same splits)."""
+    from embedlake.lake import Lake
+    from embedlake.workers import compress as cz
+    from embedlake.workers.eval_links import link_prediction
+    from embedlake.workers.eval_classify import node_classification
+    n, d, rng = 200, 8, np.random.default_rng(0)
+    params = {**cz.codec_params("hash"), "buckets": 40, "rows": n}
+    state = {"table": rng.standard_normal((40, d)).astype(np.float32)}
+    lake = Lake(str(tmp_path / "lake"))
+    files = [cs.encode_partition(lake, "toy", "deepwalk", "r1", "hash", params, i, lo, hi, np.arange(n), None, state)
+             for i, (lo, hi) in enumerate([(0, 120), (120, n)])]
+    files = [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in files]
+    book = cs.write_codebooks(lake, "toy", "deepwalk", "r1", "hash", state, files)
+    fields = dict(dataset="toy", method="deepwalk.hash", run_id="r1", files={"tables": files, "codebooks": [book]},
+                  extra={"codec": "hash", "params": params, "dim": d})
+    ni = rng.choice(n, 90, replace=False)                     # 90 labelled nodes, 3 classes
+    labels = (ni, rng.integers(0, 3, 90))
+    split = {k: rng.integers(0, n, 30) for k in ("test_src", "test_dst", "neg_src", "neg_dst")}
+    X, lab, spl, info = cs.eval_rows(lake.uri, fields, labels, {**split, "info": {"test_share": 0.1}})
+    used = np.unique(np.concatenate([ni, *split.values()]))
+    assert info == {"rows": len(used), "of": n, "decode_s": info["decode_s"]} and X.shape == (len(used), d)
+    full = cz.decode("hash", cz.concat_columns([cs.table_columns(lake.read_parquet(f["path"])) for f in files]),
+                     state, params, d)
+    assert node_classification(X, *lab, ratios=(0.5,), repeats=2) == \
+        node_classification(full, *labels, ratios=(0.5,), repeats=2)
+    ks = ("test_src", "test_dst", "neg_src", "neg_dst")
+    assert link_prediction(X, *(spl[k] for k in ks)) == link_prediction(full, *(split[k] for k in ks))
+    assert spl["info"] == {"test_share": 0.1}
