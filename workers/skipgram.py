@@ -145,6 +145,41 @@ def _seed_state(seed, epoch, sent):
 
 
 @nb.njit(inline="always")
+def _kept_tokens(tokens, lo, hi, keep_thr, use_sample, state, buf, pos):
+    """Copy sentence tokens[lo:hi] into buf (padding dropped; with use_sample, each token kept with
+    probability keep_thr / 2^32) and their stream positions into pos. Returns (state, count)."""
+    n = 0
+    for t in range(lo, hi):
+        w = tokens[t]
+        if w < 0:
+            continue
+        if use_sample:
+            state, r = _next(state)
+            if (r & _LOW32) >= keep_thr[w]:
+                continue
+        buf[n] = w
+        pos[n] = t
+        n += 1
+    return state, n
+
+
+@nb.njit(inline="always")
+def _window_contexts(state, buf, n, i, window, ctx):
+    """word2vec's dynamic window around position i: b uniform in 1..window, the tokens within b
+    positions (not i itself) go to ctx. Returns (state, number of contexts)."""
+    state, r = _next(state)
+    bw = 1 + np.int64(((r >> _S32) * np.uint64(window)) >> _S32)
+    lo = max(0, i - bw)
+    hi = min(n, i + bw + 1)
+    B = 0
+    for j in range(lo, hi):
+        if j != i:
+            ctx[B] = buf[j]
+            B += 1
+    return state, B
+
+
+@nb.njit(inline="always")
 def _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
     """outs[0] = center, then up to `negatives` draws from the alias noise table (a draw equal to
     the centre is skipped). Returns (state, number of outputs)."""
@@ -218,7 +253,6 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
     nout_max = negatives + 1
     cmax = 2 * window
     half = TABLE_SIZE / (2.0 * MAX_EXP)
-    win_u = np.uint64(window)
     for blk in nb.prange(nblocks):
         a = s_lo + (nsent * blk) // nblocks
         b = s_lo + (nsent * (blk + 1)) // nblocks
@@ -231,31 +265,12 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         Cb = np.empty((cmax, dim), np.float32)
         Ob = np.empty((nout_max, dim), np.float32)
         for s in range(a, b):
-            state = _seed_state(seed, epoch, s)
-            n = 0
-            for t in range(offsets[s], offsets[s + 1]):
-                w = tokens[t]
-                if w < 0:
-                    continue
-                if use_sample:
-                    state, r = _next(state)
-                    if (r & _LOW32) >= keep_thr[w]:
-                        continue
-                buf[n] = w
-                pos[n] = t
-                n += 1
+            state, n = _kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                    _seed_state(seed, epoch, s), buf, pos)
             loss = 0.0
             pairs = 0
             for i in range(n):
-                state, r = _next(state)
-                bw = 1 + np.int64(((r >> _S32) * win_u) >> _S32)
-                lo = max(0, i - bw)
-                hi = min(n, i + bw + 1)
-                B = 0
-                for j in range(lo, hi):
-                    if j != i:
-                        ctx[B] = buf[j]
-                        B += 1
+                state, B = _window_contexts(state, buf, n, i, window, ctx)
                 if B == 0:
                     continue
                 center = buf[i]

@@ -27,7 +27,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import (_LOW32, _S32, _chunks, _draw_negatives, _next, _seed_state, _window_step,
+from embedlake.workers.skipgram import (_chunks, _draw_negatives, _kept_tokens, _seed_state, _window_contexts, _window_step,
                                         keep_thresholds, noise_alias, sigmoid_tables, token_counts)
 
 COMBINES = {"sum": 0, "product": 1}
@@ -96,7 +96,6 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
     dim = T_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
-    win_u = np.uint64(window)
     for blk in nb.prange(nblocks):
         a = s_lo + (nsent * blk) // nblocks
         b = s_lo + (nsent * (blk + 1)) // nblocks
@@ -110,31 +109,12 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
         Ob = np.empty((nout_max, dim), np.float32)
         tmp = np.empty(dim, np.float32)
         for s in range(a, b):
-            state = _seed_state(seed, epoch, s)
-            n = 0
-            for t in range(offsets[s], offsets[s + 1]):
-                w = tokens[t]
-                if w < 0:
-                    continue
-                if use_sample:
-                    state, r = _next(state)
-                    if (r & _LOW32) >= keep_thr[w]:
-                        continue
-                buf[n] = w
-                pos[n] = t
-                n += 1
+            state, n = _kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                    _seed_state(seed, epoch, s), buf, pos)
             loss = 0.0
             pairs = 0
             for i in range(n):
-                state, r = _next(state)
-                bw = 1 + np.int64(((r >> _S32) * win_u) >> _S32)
-                lo = max(0, i - bw)
-                hi = min(n, i + bw + 1)
-                B = 0
-                for j in range(lo, hi):
-                    if j != i:
-                        ctx[B] = buf[j]
-                        B += 1
+                state, B = _window_contexts(state, buf, n, i, window, ctx)
                 if B == 0:
                     continue
                 center = buf[i]
