@@ -22,7 +22,8 @@ from embedlake.tasks import learned as lt
 from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.claims import claim_run
 from embedlake.tasks.resume import RunCheckpoints, finished_table, graph_key, save_table, train_spec
-from embedlake.tasks.stream import should_stream, walk_and_train
+from embedlake.tasks.stream import walk_and_train
+from embedlake.workers.walks import should_stream
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.tasks.train import drop_checkpoints
 from embedlake.workers.faults import fault_point

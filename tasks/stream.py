@@ -16,19 +16,9 @@ from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.workers import stages
+from embedlake.workers.walks import walks_mb
 
 
-def walks_mb(num_nodes: int, walk_cfg: dict) -> float:
-    return num_nodes * walk_cfg["walks_per_node"] * walk_cfg["length"] * 4 / 2**20
-
-
-def should_stream(num_nodes: int, walk_cfg: dict) -> bool:
-    mode = walk_cfg.get("stream", "auto")
-    if mode == "always":
-        return True
-    if mode == "never":
-        return False
-    return walks_mb(num_nodes, walk_cfg) > walk_cfg.get("stream_threshold_mb", 1024)
 
 
 @task(name="walk_train_streamed", cache_policy=NO_CACHE)

@@ -141,7 +141,7 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     level-local int32}, info {codes: ..., stats}). progress: train_composed's (done, total, loss) callback.
     """
     from embedlake.workers.skipgram_compose import train_composed
-    from embedlake.workers.walks import random_walks, walks_to_sentences
+    from embedlake.workers.walks import random_walks, should_stream, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
     info: dict = {"codes": CODES[codec]}
@@ -156,17 +156,46 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     else:
         codes = hash_codes(n, lp, seed, feature=0, types=types)
         code_out = table_rows_of(hash_codes(n, lp, seed, feature=1, types=types), lp)
-    walks = random_walks(indptr, indices, weights, np.arange(n, dtype=np.int64), walk["walks_per_node"],
-                         walk["length"], walk["seed"], p=walk.get("p", 1.0), q=walk.get("q", 1.0),
-                         mode="node2vec" if method == "node2vec" else "deepwalk", threads=threads)
-    tokens, offsets = walks_to_sentences(walks)
-    del walks
-    out = train_composed(tokens, offsets, n, code_in=table_rows_of(codes, lp), rows_in=lp["table_rows"],
-                         code_out=code_out, shared_table=(codec == "unified"), combine=lp["combine"],
-                         dim=train["dim"], window=train["window"], negatives=train["negatives"],
-                         ns_exponent=train["ns_exponent"], epochs=train["epochs"],
-                         lr=train["lr"] * lp.get("lr_scale", 1.0), min_lr=train["min_lr"] * lp.get("lr_scale", 1.0), sample=train["sample"], seed=train["seed"], threads=threads,
-                         progress=progress)
+    kw = dict(code_in=table_rows_of(codes, lp), rows_in=lp["table_rows"], code_out=code_out,
+              shared_table=(codec == "unified"), combine=lp["combine"], dim=train["dim"], window=train["window"],
+              negatives=train["negatives"], ns_exponent=train["ns_exponent"], sample=train["sample"],
+              threads=threads)
+    scale = lp.get("lr_scale", 1.0)
+    lr, min_lr = train["lr"] * scale, train["min_lr"] * scale
+    mode = "node2vec" if method == "node2vec" else "deepwalk"
+    starts = np.arange(n, dtype=np.int64)
+
+    def walk_tokens(count: int, offset: int = 0):
+        w = random_walks(indptr, indices, weights, starts, count, walk["length"], walk["seed"], p=walk.get("p", 1.0),
+                         q=walk.get("q", 1.0), mode=mode, threads=threads, walk_offset=offset)
+        return walks_to_sentences(w)
+    if not should_stream(n, walk):
+        tokens, offsets = walk_tokens(walk["walks_per_node"])
+        out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
+                             progress=progress, **kw)
+    else:
+        # walk.stream (auto above walk.stream_threshold_mb): one walk per node at a time, the
+        # learning rate continued piecewise across rounds -- the schedule of the streamed full-table
+        # path (workers/stages.train_round), so only one round of walks is ever held
+        rpe = walk["walks_per_node"]
+        rounds = rpe * train["epochs"]
+        out, counts, stats = None, None, []
+        for r in range(rounds):
+            tokens, offsets = walk_tokens(1, r % rpe)
+            if counts is None:      # noise from the first round's visits (stationary ~ degree)
+                counts = np.bincount(tokens[tokens >= 0], minlength=n).astype(np.int64)
+            hi = lr - (lr - min_lr) * r / rounds
+            lo = lr - (lr - min_lr) * (r + 1) / rounds
+            done0 = r * len(tokens)
+            cb = (lambda d, t, loss, done0=done0: progress(done0 + d, t * rounds, loss)) if progress else None
+            out = train_composed(tokens, offsets, n, epochs=1, lr=hi, min_lr=lo, seed=train["seed"] + 7919 * r,
+                                 counts=counts, progress=cb,
+                                 init=None if out is None else {"T_in": out["T_in"], "T_out": out["T_out"]}, **kw)
+            stats.append(out["stats"])
+        out["stats"] = {**stats[-1], "rounds": rounds, "tokens": sum(s["tokens"] for s in stats),
+                        "pairs": sum(s["pairs"] for s in stats), "seconds": sum(s["seconds"] for s in stats),
+                        "loss_first": stats[0]["loss_first"], "streamed": True}
+        out["stats"]["tokens_per_s"] = out["stats"]["tokens"] / max(out["stats"]["seconds"], 1e-9)
     info["stats"] = out["stats"]
     return {"table": out["T_in"], "codes": codes}, info
 

@@ -456,3 +456,19 @@ def walks_to_sentences(walks: np.ndarray, min_length: int = 1):
     if walks.shape[0]:
         _gather(walks, offsets, tokens)
     return tokens, offsets
+
+
+def walks_mb(num_nodes: int, walk_cfg: dict) -> float:
+    """MiB of int32 walks a walk config produces for num_nodes start nodes."""
+    return num_nodes * walk_cfg["walks_per_node"] * walk_cfg["length"] * 4 / 2**20
+
+
+def should_stream(num_nodes: int, walk_cfg: dict) -> bool:
+    """walk.stream: always / never, or auto = more than walk.stream_threshold_mb of walks. Streamed
+    training holds one round (one walk per node) at a time instead of all walks."""
+    mode = walk_cfg.get("stream", "auto")
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return walks_mb(num_nodes, walk_cfg) > walk_cfg.get("stream_threshold_mb", 1024)
