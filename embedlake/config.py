@@ -274,6 +274,8 @@ class CorpusPipelineConfig(Section):
     partitions: int = Field(1, ge=1, le=4096, description="Output Parquet partitions of the vocabulary rows.")
     train: TrainConfig = Field(default_factory=_corpus_train_defaults, description="Skip-gram training.")
     eval: WordEvalConfig = Field(default_factory=WordEvalConfig, description="Word-similarity / analogy evaluation.")
+    compress: CompressConfig = Field(default_factory=CompressConfig, description="Learned-table size (train.table: "
+                                     "compose_ratio, compose_levels, compose_sketch_dim, hash_buckets, seed).")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")
     lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
 

@@ -44,7 +44,12 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
+    if cfg.train.table != "full":
+        from embedlake.tasks.learned import check_corpus_config
+        check_corpus_config(cfg)          # before Ray starts: a config error costs nothing
     run_id, lake, sw = start_run(cfg)
+    if cfg.train.table != "full":
+        return _learned_table(cfg, lake, dataset, method, run_id, sw, t_start)
     retries = cfg.ray.max_retries
     spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
@@ -100,6 +105,75 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
         "tokens": lake.url(Lake.run_dir("tokens", dataset, method, run_id)),
         "manifest": manifest_url, "corpus": corpus, "train": info, "stages": sw.stages, "metrics": metrics,
         "rows": vocab.size, "dim": cfg.train.dim, "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw,
+                   t_start) -> dict:
+    """train.table != full (issue 8): plan -> vocabulary -> token-id shards -> codes + a K-row table
+    trained on the token stream (K = V / compress.compose_ratio) -> its codes + codebook -> word
+    metrics on vectors decoded from them -> ONE committed `<method>.<codec>` table, laid out like
+    embed-graph's learned tables (read_compressed reads it). No V x d table is trained, published or
+    committed; a failure leaves nothing behind. No checkpoints: a re-run starts again."""
+    from embedlake.tasks import learned as lt
+    from embedlake.workers import compress as cz
+    from embedlake.workers import compress_store as cs
+    from embedlake.workers.stages import partition_bounds
+    codec, retries = cfg.train.table, cfg.ray.max_retries
+    tm = cs.table_method(method, codec)
+    claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume, gt.stage_logger())
+    spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    try:
+        env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
+        shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
+        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
+        sentences = sw.run("encode", ct.encode, lake, dataset, tm, run_id, vocab, retries)
+        fault_point("after:encode")
+        V, dim = vocab.size, cfg.train.dim
+        params = lt.corpus_table_params(codec, cfg.compress.model_dump(), V, dim)
+        trained = sw.run(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params,
+                         cfg.train.model_dump(), retries)
+        fault_point("after:train")
+        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset, method, run_id, vocab, codec, params,
+                       trained.ref, partition_bounds(V, cfg.partitions), retries)
+        fault_point("after:publish")
+        bpv = cz.bytes_per_vector(codec, params, dim)
+        corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
+                  "long_lines_policy": cfg.text.long_lines}
+        fields = dict(dataset=dataset, method=tm, run_id=run_id,
+                      files={"tokens": sentences.files, cs.CODE_KIND: built["files"],
+                             cs.CODEBOOK_KIND: built["codebooks"]},
+                      config=cfg.model_dump(mode="json"), metrics={}, stages={},
+                      extra={"kind": "tables", "codec": codec, "params": params, "dim": dim, "rows": V,
+                             "bytes_per_vector": bpv, "ratio": round(4.0 * dim / bpv, 4),
+                             "stored_bytes": built["stored_bytes"],
+                             "path": lake.url(cs.codec_dir(dataset, method, run_id, codec)),
+                             "source": {"dataset": dataset, "method": method, "run_id": None, "full_table": False},
+                             "corpus": corpus, "train": trained.info, "id_column": "node",
+                             "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"]}})
+        metrics = sw.run(f"measure_{codec}", lt.measure_words_table, lake, fields, vocab, cfg.eval.model_dump(),
+                         retries)
+        fields["metrics"] = {"bytes_per_vector": bpv, "ratio": fields["extra"]["ratio"], **metrics}
+        fields["stages"] = dict(sw.stages)
+        manifest_url = sw.run("commit", gt.commit, lake, fields)
+    except BaseException:
+        try:
+            if not lake.is_committed(dataset, tm, run_id):
+                lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
+                lake.delete(Lake.run_dir("tokens", dataset, tm, run_id), recursive=True)
+            lake.release_claim(dataset, tm, run_id, claim)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+            pass
+        raise
+    info = {k: v for k, v in trained.info.get("stats", {}).items() if isinstance(v, (int, float, str))}
+    return {
+        "dataset": dataset, "method": tm, "run_id": run_id, "lake": lake.uri,
+        "embeddings": fields["extra"]["path"], "tokens": lake.url(Lake.run_dir("tokens", dataset, tm, run_id)),
+        "manifest": manifest_url, "corpus": corpus, "train": info, "stages": sw.stages, "metrics": fields["metrics"],
+        "rows": V, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
+        "table": {"codec": codec, "source_method": method, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
+                  "ratio": fields["extra"]["ratio"], "table_rows": params.get("table_rows", params.get("buckets")),
+                  "stored_bytes": built["stored_bytes"]},
     }
 
 

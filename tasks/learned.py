@@ -136,3 +136,91 @@ def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_c
         log.info(f"measure {codec} table: link prediction ROC-AUC "
                  + ", ".join(f"{k}: {v:.3f}" for k, v in lp["roc_auc"].items()))
     return metrics
+
+
+# ------------------------------------------------------------------ vocabularies (embed-corpus)
+
+def check_corpus_config(cfg) -> None:
+    """embed-corpus -p train.table=...: refuse, before any work, what the vocabulary path cannot
+    honour (exit 2, field named)."""
+    t = cfg.train.table
+    if cfg.train.engine != "numba" or cfg.train.workers > 1 or cfg.train.partitions > 0:
+        raise ConfigError(f"train.table={t} trains on one worker with the numba compositional kernel: set "
+                          f"train.engine=numba, train.workers=1, train.partitions=0 (or use train.table=full)")
+    if cfg.compress.codecs:
+        raise ConfigError(f"compress.codecs={cfg.compress.codecs}: embed-corpus builds no compressed copies of a "
+                          f"full table; train.table={t} trains the learned table itself (leave compress.codecs empty)")
+
+
+def corpus_table_params(codec: str, compress_cfg: dict, rows: int, dim: int) -> dict:
+    """table_params for a V-word vocabulary; hash's default K is V / compress.compose_ratio too
+    (compress.hash_buckets when set), so every codec is sized by the same ratio."""
+    c = dict(compress_cfg)
+    if codec == "hash" and not c.get("hash_buckets"):
+        c["hash_buckets"] = max(1, int(rows // c["compose_ratio"]))
+    return table_params(codec, c, rows, dim)
+
+
+@task(name="learned_train_words", cache_policy=NO_CACHE)
+def train_words_table(vocab, sentences, codec: str, params: dict, train_cfg: dict, max_retries: int = 3
+                      ) -> StageResult:
+    """Codes + K-row table trained on the tokenised corpus in one multi-threaded Ray task
+    (workers/corpus.learned_table_stage). Returns StageResult(ref of the state, training info)."""
+    import ray
+
+    from embedlake.workers import corpus as wc
+    log = stage_logger()
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
+    cfg = dict(train_cfg)
+    cfg["threads"] = cfg.get("threads") or cpus
+    progress = Progress(f"train {codec} table", "tokens")
+    cfg["progress"] = progress.reporter("train")
+    parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
+    state_ref, info_ref = remote(wc.learned_table_stage, "train", num_returns=2, num_cpus=cpus,
+                                 max_retries=max_retries).remote(vocab.size, vocab.counts_ref, codec, params, cfg,
+                                                                 *parts)
+    try:
+        progress.wait([info_ref])
+    finally:
+        progress.close()
+    info = ray.get(info_ref)
+    st = info.get("stats", {})
+    co = info.get("cooccurrence")
+    log.info(f"train {codec} table: {params.get('table_rows', params.get('buckets')):,} rows for "
+             f"{vocab.size:,} words" + (f" (co-occurrence graph {co['pairs']:,} pairs)" if co else "")
+             + f", {st.get('tokens', 0):,} tokens at {st.get('tokens_per_s', 0):,.0f} tokens/s, loss "
+             f"{st.get('loss_first', float('nan')):.4f} -> {st.get('loss_last', float('nan')):.4f}, {info['fit_s']:.2f}s")
+    return StageResult(state_ref, info)
+
+
+@task(name="learned_write_words", cache_policy=NO_CACHE)
+def write_words_table(lake, dataset: str, method: str, run_id: str, vocab, codec: str, params: dict, state_ref,
+                      bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
+    """Codes of every word partition (node column = the token) + the codebook file."""
+    from embedlake.tasks.compress import write_table as write
+    t0 = time.perf_counter()
+    out = write(lake, dataset, method, run_id, codec, params, bounds, vocab.words_ref, None, state_ref, max_retries)
+    stage_logger().info(f"write {codec} table: {len(out['files'])} code partitions + codebook, "
+                        f"{out['stored_bytes']:,} bytes, {time.perf_counter() - t0:.2f}s")
+    return out
+
+
+@task(name="learned_measure_words", cache_policy=NO_CACHE)
+def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: dict, max_retries: int = 3) -> dict:
+    """WordSim353 / SimLex-999 / analogies on word vectors decoded from the written table."""
+    import ray
+
+    from embedlake.workers import corpus as wc
+    log = stage_logger()
+    m = ray.get(remote(wc.learned_eval_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+        lake, manifest_fields, vocab.words_ref, vocab.counts_ref, eval_cfg))
+    codec = manifest_fields["extra"]["codec"]
+    if not m:
+        log.info(f"measure {codec} table: no word benchmarks found (eval.benchmarks), skipped")
+        return {}
+    parts = [f"{k} rho {m[k]['spearman']:.3f}" for k in ("wordsim353", "simlex999") if k in m]
+    if "analogy" in m:
+        parts.append(f"analogy {m['analogy']['accuracy']:.1%}")
+    log.info(f"measure {codec} table: " + ", ".join(parts) + f" ({m['materialised']['rows']:,} of "
+             f"{m['materialised']['of']:,} words materialised)")
+    return m

@@ -132,6 +132,51 @@ def table_rows_of(codes: np.ndarray, lp: dict) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- training
 
+def assign_codes(codec: str, lp: dict, n: int, *, csr: tuple | None = None, seed: int = 0, sketch_dim: int = 256,
+                 train_sample: int = 100_000, types=None, threads: int = 0) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Codes of ids 0..n-1 before training: (level-local codes [n, R], output-side table rows or
+    None (= the input side's), info). compose: structure codes of `csr` = (indptr, indices,
+    weights, ...) -- a graph's CSR or a vocabulary's co-occurrence graph (workers/cooccur.py)."""
+    info: dict = {"codes": CODES[codec]}
+    code_out = None
+    if codec == "compose":
+        indptr, indices, weights = csr[0], csr[1], csr[2]
+        codes, extra = structure_codes(indptr, indices, weights, lp, sketch_dim=sketch_dim, seed=seed,
+                                       train_sample=train_sample, threads=threads)
+        info.update(extra)
+    elif codec == "qr":
+        codes = qr_codes(n, lp)
+    else:
+        codes = hash_codes(n, lp, seed, feature=0, types=types)
+        code_out = table_rows_of(hash_codes(n, lp, seed, feature=1, types=types), lp)
+    return codes, code_out, info
+
+
+def composed_kwargs(codec: str, lp: dict, codes: np.ndarray, code_out, train: dict, threads: int = 0
+                    ) -> tuple[dict, float, float]:
+    """train_composed's keyword arguments for a table layout + train settings, and the (lr, min_lr)
+    scaled by the layout's lr_scale (QR's product needs a smaller step)."""
+    kw = dict(code_in=table_rows_of(codes, lp), rows_in=lp["table_rows"], code_out=code_out,
+              shared_table=(codec == "unified"), combine=lp["combine"], dim=train["dim"], window=train["window"],
+              negatives=train["negatives"], ns_exponent=train["ns_exponent"], sample=train["sample"],
+              threads=threads)
+    scale = lp.get("lr_scale", 1.0)
+    return kw, train["lr"] * scale, train["min_lr"] * scale
+
+
+def train_compositional_tokens(tokens, offsets, n: int, codec: str, lp: dict, train: dict, codes: np.ndarray,
+                               code_out=None, *, counts=None, threads: int = 0, progress=None
+                               ) -> tuple[dict, dict]:
+    """The compositional table trained on given sentences of ids (a tokenised corpus) instead of
+    walks: (state {"table": K x d, "codes": n x R level-local}, training stats). counts: the ids'
+    frequencies (noise distribution and subsampling; None = counted from `tokens`)."""
+    from embedlake.workers.skipgram_compose import train_composed
+    kw, lr, min_lr = composed_kwargs(codec, lp, codes, code_out, train, threads)
+    out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
+                         counts=counts, progress=progress, **kw)
+    return {"table": out["T_in"], "codes": codes}, out["stats"]
+
+
 def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dict, method: str = "deepwalk",
                         *, seed: int = 0, sketch_dim: int = 256, train_sample: int = 100_000, types=None,
                         threads: int = 0, progress=None) -> tuple[dict, dict]:
@@ -144,24 +189,9 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     from embedlake.workers.walks import random_walks, should_stream, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
-    info: dict = {"codes": CODES[codec]}
-    if codec == "compose":
-        codes, extra = structure_codes(indptr, indices, weights, lp, sketch_dim=sketch_dim, seed=seed,
-                                       train_sample=train_sample, threads=threads)
-        info.update(extra)
-        code_out = None
-    elif codec == "qr":
-        codes = qr_codes(n, lp)
-        code_out = None
-    else:
-        codes = hash_codes(n, lp, seed, feature=0, types=types)
-        code_out = table_rows_of(hash_codes(n, lp, seed, feature=1, types=types), lp)
-    kw = dict(code_in=table_rows_of(codes, lp), rows_in=lp["table_rows"], code_out=code_out,
-              shared_table=(codec == "unified"), combine=lp["combine"], dim=train["dim"], window=train["window"],
-              negatives=train["negatives"], ns_exponent=train["ns_exponent"], sample=train["sample"],
-              threads=threads)
-    scale = lp.get("lr_scale", 1.0)
-    lr, min_lr = train["lr"] * scale, train["min_lr"] * scale
+    codes, code_out, info = assign_codes(codec, lp, n, csr=csr, seed=seed, sketch_dim=sketch_dim,
+                                         train_sample=train_sample, types=types, threads=threads)
+    kw, lr, min_lr = composed_kwargs(codec, lp, codes, code_out, train, threads)
     mode = "node2vec" if method == "node2vec" else "deepwalk"
     starts = np.arange(n, dtype=np.int64)
 

@@ -568,3 +568,76 @@ def evaluate_stage(words: list, counts: np.ndarray, X: np.ndarray, eval_cfg: dic
     from embedlake.workers.word_eval import evaluate_words
     return evaluate_words(words, X, eval_cfg.get("benchmarks"), eval_cfg.get("case_insensitive", True),
                           eval_cfg.get("restrict_vocab", 300_000), eval_cfg.get("analogies", True), counts)
+
+
+# ------------------------------------------------------------------ learned tables (train.table)
+
+COOC_MAX_PAIRS = 20_000_000     # distinct co-occurrence pairs kept in memory (workers/cooccur.py cap)
+
+
+def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params: dict, train: dict, *parts):
+    """Ray worker body of embed-corpus -p train.table=hash|compose|qr|unified: codes for the V words,
+    then a K-row table trained by compositional skip-gram on the shards' sentences (shard order,
+    the full-table path's stream); the V x d table never exists. Returns (state, info): state
+    {"table": K x d} (+ "codes" V x R level-local for compose / qr / unified; hash codes are the
+    row position's bucket, recomputed on encode), info {"fit_s", "stats", "codes", ...}.
+
+    compose's codes are the structure codes (codec_compose.structure_codes) of the words'
+    co-occurrence graph within train.window (workers/cooccur.py, counted shard by shard)."""
+    import os
+    import time
+
+    from embedlake.workers import codec_compose as cc
+    from embedlake.workers.codec_hash import hash_buckets
+    t0 = time.perf_counter()
+    V = int(vocab_size)
+    pairs = list(zip(parts[0::2], parts[1::2]))
+    threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
+    info: dict = {}
+    if codec == "hash":         # the hashing trick: R = 1 row per word, weight 1 (codec_hash's layout)
+        K = int(params["buckets"])
+        lp = {"levels": 1, "level_rows": [K], "offsets": [0], "table_rows": K, "combine": "sum"}
+        codes, code_out = hash_buckets(np.arange(V), K, params.get("seed", 0)).reshape(V, 1), None
+        info["codes"] = "hash"
+    else:
+        lp, csr = params, None
+        if codec == "compose":
+            from embedlake.workers.cooccur import cooccurrence_csr
+            t1 = time.perf_counter()
+            indptr, indices, weights, cinfo = cooccurrence_csr(pairs, V, int(train["window"]),
+                                                               max_pairs=COOC_MAX_PAIRS)
+            csr = (indptr, indices, weights)
+            info["cooccurrence"] = {**cinfo, "seconds": round(time.perf_counter() - t1, 3)}
+        codes, code_out, extra = cc.assign_codes(codec, lp, V, csr=csr, seed=params.get("seed", 0),
+                                                 sketch_dim=params.get("sketch_dim", 256),
+                                                 train_sample=params.get("train_sample", 100_000), threads=threads)
+        info.update(extra)
+    tokens, offsets = concat_sentences(pairs)
+    report = train.get("progress")
+    cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
+    state, stats = cc.train_compositional_tokens(tokens, offsets, V, codec, lp, train, codes, code_out,
+                                                 counts=counts, threads=threads, progress=cb)
+    stats["sentences"] = len(offsets) - 1
+    if codec == "hash":
+        state = {"table": state["table"]}
+    info["stats"] = stats
+    info["fit_s"] = round(time.perf_counter() - t0, 4)
+    return state, info
+
+
+def learned_eval_stage(lake, manifest_fields: dict, words: list, counts: np.ndarray, eval_cfg: dict) -> dict:
+    """Word similarity / analogies on vectors materialised from the WRITTEN codes + table (read back
+    from the lake), only for the eval.restrict_vocab most frequent words the evaluators use."""
+    import time
+
+    from embedlake.lake import Lake, Manifest
+    from embedlake.workers import compress as cz
+    from embedlake.workers.compress_store import table_from_manifest
+    t0 = time.perf_counter()
+    table = table_from_manifest(Lake(lake), Manifest(**manifest_fields))
+    r = min(len(words), int(eval_cfg.get("restrict_vocab", 300_000)))
+    X = cz.decode(table.codec, {k: v[:r] for k, v in table.cols.items()}, table.state, table.params, table.dim)
+    m = evaluate_stage(list(words[:r]), np.asarray(counts)[:r], X, eval_cfg)
+    if m:
+        m["materialised"] = {"rows": r, "of": len(words), "decode_s": round(time.perf_counter() - t0, 4)}
+    return m
