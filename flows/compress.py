@@ -81,7 +81,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
             fields["stages"] = {k: v for k, v in sw.stages.items() if k.endswith(f"_{codec}")}
             url = sw.run(f"commit_{codec}", commit, lake, fields)
         except BaseException:
-            _remove_codec(lake, dataset, method, tm, run_id, codec)
+            remove_codec_files(lake, dataset, method, tm, run_id, codec)
             try:
                 lake.release_claim(dataset, tm, run_id, claim)
             except Exception:  # noqa: BLE001 - cleanup must not hide the original error
@@ -128,7 +128,9 @@ def _check(codec: str, params: dict, dim: int, rows: int) -> None:
         raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 
 
-def _remove_codec(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str) -> None:
+def remove_codec_files(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str) -> None:
+    """A failed table run (compress, or a learned table trained directly) leaves no code file or
+    codebook behind, unless that table run is already committed."""
     try:
         if not lake.is_committed(dataset, tm, run_id):
             lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)

@@ -14,6 +14,7 @@ import time
 from prefect import flow
 
 from embedlake.config import PipelineConfig
+from embedlake.flows.compress import remove_codec_files
 from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
@@ -167,7 +168,7 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
         fields["stages"] = dict(sw.stages)
         manifest_url = sw.run("commit", gt.commit, lake, fields)
     except BaseException:
-        _remove_codec_files(lake, dataset, method, tm, run_id, codec)
+        remove_codec_files(lake, dataset, method, tm, run_id, codec)
         try:
             lake.release_claim(dataset, tm, run_id, claim)
         except Exception:  # noqa: BLE001 - cleanup must not hide the original error
@@ -182,16 +183,6 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
                   "ratio": fields["extra"]["ratio"], "table_rows": params.get("table_rows", params.get("buckets")),
                   "stored_bytes": built["stored_bytes"]},
     }
-
-
-def _remove_codec_files(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str) -> None:
-    """A failed learned-table run leaves no code file or codebook behind (unless committed)."""
-    from embedlake.workers import compress_store as cs
-    try:
-        if not lake.is_committed(dataset, tm, run_id):
-            lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
-    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-        pass
 
 
 def _resume_compress(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw, t_start) -> dict:
