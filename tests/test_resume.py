@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_proc import start_cli, wait_cli
 from embedlake.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,31 +34,12 @@ ARGS = ["-p", "train.threads=1", "-p", "train.epochs=3", "-p", "train.dim=16", "
 
 
 def _cli(tmp: Path, lake: Path, run_id: str, log: Path, fault: str | None) -> subprocess.Popen:
-    from prefect.settings import PREFECT_API_URL
-    ray_tmp = tempfile.mkdtemp(prefix="elr", dir="/tmp")      # short unix socket paths; never a stranger's Ray
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
-           "PREFECT_HOME": str(tmp / "prefect")}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("EMBEDLAKE_FAULT", None)
-    if PREFECT_API_URL.value():       # the session's Prefect server: no temporary server per run
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    if fault:
-        env["EMBEDLAKE_FAULT"] = fault
-    cmd = [sys.executable, "-m", "embedlake.flows.cli", "embed-graph", "--edges", str(KARATE / "edges.tsv"),
-           "--labels", str(KARATE / "labels.tsv"), "--lake", str(lake), "--run-id", run_id, "--json", *ARGS]
-    p = subprocess.Popen(cmd, cwd=str(tmp), env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    p.ray_tmp = ray_tmp
-    return p
+    return start_cli(tmp, ["embed-graph", "--edges", str(KARATE / "edges.tsv"), "--labels", str(KARATE / "labels.tsv"),
+                           "--lake", str(lake), "--run-id", run_id, "--json", *ARGS], log, fault)
 
 
 def _wait(p: subprocess.Popen, timeout: float = 240) -> int:
-    try:
-        return p.wait(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, 9)
-        shutil.rmtree(p.ray_tmp, ignore_errors=True)
+    return wait_cli(p, timeout)
 
 
 @pytest.fixture(scope="module")

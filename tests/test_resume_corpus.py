@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_proc import start_cli, wait_cli
 from embedlake.lake import Lake
 
 # lake -> the faults of its successive attempts (None: the attempt that must commit)
@@ -48,31 +46,12 @@ def _corpus(path: Path, lines: int = 4000) -> Path:
 
 
 def _cli(tmp: Path, corpus: Path, lake: Path, log: Path, fault: str | None) -> subprocess.Popen:
-    from prefect.settings import PREFECT_API_URL
-    ray_tmp = tempfile.mkdtemp(prefix="elc", dir="/tmp")      # short unix socket paths; never a stranger's Ray
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
-           "PREFECT_HOME": str(tmp / "prefect")}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("EMBEDLAKE_FAULT", None)
-    if PREFECT_API_URL.value():
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    if fault:
-        env["EMBEDLAKE_FAULT"] = fault
-    cmd = [sys.executable, "-m", "embedlake.flows.cli", "embed-corpus", "--input", str(corpus), "--dataset", DS,
-           "--lake", str(lake), "--run-id", "r", "--json", *ARGS]
-    p = subprocess.Popen(cmd, cwd=str(tmp), env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    p.ray_tmp = ray_tmp
-    return p
+    return start_cli(tmp, ["embed-corpus", "--input", str(corpus), "--dataset", DS, "--lake", str(lake), "--run-id",
+                           "r", "--json", *ARGS], log, fault)
 
 
 def _wait(p: subprocess.Popen, timeout: float = 240) -> int:
-    try:
-        return p.wait(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, 9)
-        shutil.rmtree(p.ray_tmp, ignore_errors=True)
+    return wait_cli(p, timeout)
 
 
 @pytest.fixture(scope="module")
