@@ -306,6 +306,11 @@ def print_summary(s: dict, out=None) -> None:
     w(f"  tokens      {s['tokens']}\n")
     w(f"  manifest    {s['manifest']}\n")
     w("read it:\n")
+    if s.get("table"):          # a learned table (train.table): codes + codebook, decoded on request
+        w(f"  python -c \"from embedlake.workers.compress_store import read_compressed as rc; "
+          f"print(rc('{s['lake']}', '{s['dataset']}', '{s['table']['source_method']}', "
+          f"'{s['table']['codec']}').decode().shape)\"\n")
+        return
     w(f"  python -c \"import embedlake.reader as r; print(r.most_similar('{s['lake']}', '{s['dataset']}', "
       f"'{s['method']}', 'money'))\"\n")
     w(f"  polars:  pl.scan_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=True).collect()\n")

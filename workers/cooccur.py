@@ -10,10 +10,13 @@ Counting is streamed: the sentences are cut into chunks of about `chunk_pairs` c
 numba kernel writes each chunk's pairs as int64 keys a * V + b (a < b), np.unique reduces them to
 (key, count), and the running (key, count) arrays absorb each chunk. Memory is then the number of
 DISTINCT pairs (plus one chunk), not window x tokens. Cap: when the distinct pairs exceed
-`max_pairs`, the pairs seen once are dropped (on text those are mostly chance neighbours: on Brown
-at window 5 about 70 % of distinct pairs and far fewer of the counts), then, if still over, the
-lowest counts; `top_k` > 0 additionally keeps only each word's top_k heaviest neighbours (a pair
-stays when either side keeps it, so the graph stays symmetric). What was dropped is reported.
+`max_pairs`, the pairs seen once so far are dropped (on text those are mostly chance neighbours:
+on Brown, 15,173 words at min_count 5, window 5, they are 69.6 % of the 1,242,744 distinct pairs
+but 18.9 % of the 4.57 M position pairs), then, if still over, the lowest counts. The cap is
+applied while streaming, so a pair dropped early loses what it had counted (counts never exceed
+the true ones); below the cap the counts are exact. `top_k` > 0 additionally keeps only each
+word's top_k heaviest neighbours (a pair stays when either side keeps it, so the graph stays
+symmetric). What was dropped is reported in the info dict.
 """
 from __future__ import annotations
 
