@@ -167,3 +167,18 @@ def test_embed_corpus_learned_refuses_torch(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "train.table=qr" in err and "train.engine=numba" in err, err
     assert not (tmp_path / "lake").exists() or not any(p.is_file() for p in (tmp_path / "lake").rglob("*"))
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_embed_corpus_learned_failure_leaves_nothing(tmp_path, capsys):
+    """A failure after the token-id shards were written (a hash table with more rows than words,
+    found when the table is sized) removes them and releases the claim: nothing half-written."""
+    from embedlake.flows.cli import main as cli
+    text = tmp_path / "t.txt"
+    text.write_text("a b c d e f\n" * 30)
+    lake = tmp_path / "lake"
+    rc = cli(["embed-corpus", "--input", str(text), "--lake", str(lake), "-p", "train.table=hash",
+              "-p", "compress.hash_buckets=100", "-p", "vocab.min_count=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "compress.hash_buckets=100" in err, err
+    assert not lake.exists() or not any(p.is_file() for p in lake.rglob("*")), list(lake.rglob("*"))
