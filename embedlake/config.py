@@ -97,8 +97,9 @@ class TrainConfig(Section):
                          "checkpoint (a leftover claim of a dead writer on this host is taken over).")
     seed: int = Field(0, description="Initialisation and sampling seed.")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
-                         "node. hash / compose / qr / unified: train a learned table of K << n rows directly "
-                         "(deepwalk / node2vec; size from compress.compose_ratio, compress.compose_levels, "
+                         "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
+                         "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "
+                         "their co-occurrence graph; size from compress.compose_ratio, compress.compose_levels, "
                          "compress.compose_sketch_dim, compress.hash_buckets, compress.seed) and commit only it, "
                          "as method <method>.<table>; the full n x d table is never trained or stored.")
 
