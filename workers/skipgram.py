@@ -22,7 +22,6 @@ every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentenc
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -198,6 +197,27 @@ def _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
 
 
 @nb.njit(inline="always")
+def _pair_grad(f, positive, lr, sig_tab, logsig_tab):
+    """SGNS on one score f = <input, output>: returns (loss term, gradient scale (label - sigmoid(f)) * lr)
+    with word2vec's MAX_EXP clamp and table sigmoid / log-sigmoid."""
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    x = f if positive else -f
+    loss = 0.0
+    if x <= -MAX_EXP:
+        loss = -x
+    elif x < MAX_EXP:
+        loss = -logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+    if f <= -MAX_EXP:
+        sg = sig_tab[0]
+    elif f >= MAX_EXP:
+        sg = sig_tab[TABLE_SIZE]
+    else:
+        sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+    lab = np.float32(1.0) if positive else np.float32(0.0)
+    return loss, (lab - sg) * lr
+
+
+@nb.njit(inline="always")
 def _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab):
     """One HogBatch window on local row buffers, shared by every SGNS kernel (one table, blocks,
     compositional): Cb[:B] context input vectors, Ob[:nout] output vectors (centre first, then
@@ -205,26 +225,15 @@ def _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab):
     (the input-side step) and, IN PLACE of Ob, the output-side step sum_c g Cb[c]. Returns the
     window's SGNS loss (word2vec's MAX_EXP clamp, table sigmoid)."""
     dim = Cb.shape[1]
-    half = TABLE_SIZE / (2.0 * MAX_EXP)
     loss = 0.0
     for c in range(B):
         for o in range(nout):
             f = np.float32(0.0)
             for d in range(dim):
                 f += Cb[c, d] * Ob[o, d]
-            x = f if o == 0 else -f
-            if x <= -MAX_EXP:
-                loss -= x
-            elif x < MAX_EXP:
-                loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-            if f <= -MAX_EXP:
-                sg = sig_tab[0]
-            elif f >= MAX_EXP:
-                sg = sig_tab[TABLE_SIZE]
-            else:
-                sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
-            lab = np.float32(1.0) if o == 0 else np.float32(0.0)
-            g[c, o] = (lab - sg) * lr
+            dl, gg = _pair_grad(f, o == 0, lr, sig_tab, logsig_tab)
+            loss += dl
+            g[c, o] = gg
     for c in range(B):
         for d in range(dim):
             dIn[c, d] = 0.0
@@ -252,7 +261,6 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
     dim = W_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
-    half = TABLE_SIZE / (2.0 * MAX_EXP)
     for blk in nb.prange(nblocks):
         a = s_lo + (nsent * blk) // nblocks
         b = s_lo + (nsent * (blk + 1)) // nblocks
@@ -295,19 +303,9 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                             f = np.float32(0.0)
                             for d in range(dim):
                                 f += W_in[crow, d] * W_out[orow, d]
-                            x = f if o == 0 else -f
-                            if x <= -MAX_EXP:
-                                loss -= x
-                            elif x < MAX_EXP:
-                                loss -= logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-                            if f <= -MAX_EXP:
-                                sg = sig_tab[0]
-                            elif f >= MAX_EXP:
-                                sg = sig_tab[TABLE_SIZE]
-                            else:
-                                sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
-                            lab = np.float32(1.0) if o == 0 else np.float32(0.0)
-                            gg = np.float32((lab - sg) * lr)
+                            dl, gg = _pair_grad(f, o == 0, lr, sig_tab, logsig_tab)
+                            loss += dl
+                            gg = np.float32(gg)
                             for d in range(dim):
                                 dIn[0, d] += gg * W_out[orow, d]
                             for d in range(dim):
