@@ -251,6 +251,32 @@ def _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab):
     return loss
 
 
+@nb.njit(inline="always")
+def _hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab):
+    """One window on full-row tables: gather the B context rows of W_in and the nout output rows
+    of W_out into local buffers, take the window step, add the steps back (Hogwild). Returns the
+    window's loss."""
+    dim = W_in.shape[1]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            Cb[c, d] = W_in[crow, d]
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            Ob[o, d] = W_out[orow, d]
+    loss = _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            W_out[orow, d] += Ob[o, d]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            W_in[crow, d] += dIn[c, d]
+    return loss
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, alias_thr, alias_idx,
                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch,
@@ -315,23 +341,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                     pairs += B
                     continue
                 state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                for c in range(B):
-                    crow = ctx[c]
-                    for d in range(dim):
-                        Cb[c, d] = W_in[crow, d]
-                for o in range(nout):
-                    orow = outs[o]
-                    for d in range(dim):
-                        Ob[o, d] = W_out[orow, d]
-                loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
-                for o in range(nout):
-                    orow = outs[o]
-                    for d in range(dim):
-                        W_out[orow, d] += Ob[o, d]
-                for c in range(B):
-                    crow = ctx[c]
-                    for d in range(dim):
-                        W_in[crow, d] += dIn[c, d]
+                loss += _hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
                 pairs += B
             sent_loss[s - s_lo] = loss
             sent_pairs[s - s_lo] = pairs

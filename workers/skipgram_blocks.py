@@ -35,8 +35,8 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _next,
-                                        _window_step, keep_thresholds, sigmoid_tables)
+from embedlake.workers.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _hogbatch,
+                                        _next, keep_thresholds, sigmoid_tables)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -268,23 +268,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
                 lr = min_lr
             state = _mix(seed, epoch, p, pi + 1)
             state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-            for c in range(B):
-                crow = ctx[c]
-                for d in range(dim):
-                    Cb[c, d] = W_in[crow, d]
-            for o in range(nout):
-                orow = outs[o]
-                for d in range(dim):
-                    Ob[o, d] = W_out[orow, d]
-            loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
-            for o in range(nout):
-                orow = outs[o]
-                for d in range(dim):
-                    W_out[orow, d] += Ob[o, d]
-            for c in range(B):
-                crow = ctx[c]
-                for d in range(dim):
-                    W_in[crow, d] += dIn[c, d]
+            loss += _hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
             pairs += B
         out_loss[blk] = loss
         out_pairs[blk] = pairs
