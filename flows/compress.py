@@ -81,11 +81,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
             fields["stages"] = {k: v for k, v in sw.stages.items() if k.endswith(f"_{codec}")}
             url = sw.run(f"commit_{codec}", commit, lake, fields)
         except BaseException:
-            remove_codec_files(lake, dataset, method, tm, run_id, codec)
-            try:
-                lake.release_claim(dataset, tm, run_id, claim)
-            except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-                pass
+            abandon_table_run(lake, dataset, method, tm, run_id, codec, claim)
             raise
         m = fields["metrics"]
         tables[codec] = {"method": tm, "manifest": url, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
@@ -128,13 +124,21 @@ def _check(codec: str, params: dict, dim: int, rows: int) -> None:
         raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 
 
-def remove_codec_files(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str) -> None:
-    """A failed table run (compress, or a learned table trained directly) leaves no code file or
-    codebook behind, unless that table run is already committed."""
+def abandon_table_run(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str, claim: str,
+                      extra_dirs: tuple[str, ...] = ()) -> None:
+    """A failed table run (a compress codec, or a learned table trained directly) leaves no code
+    file, codebook or `extra_dirs` behind unless that table run is already committed, and drops
+    its claim. Never raises: clean-up must not hide the original error."""
     try:
         if not lake.is_committed(dataset, tm, run_id):
             lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
-    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+            for rel in extra_dirs:
+                lake.delete(rel, recursive=True)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        lake.release_claim(dataset, tm, run_id, claim)
+    except Exception:  # noqa: BLE001
         pass
 
 

@@ -18,6 +18,7 @@ from prefect import flow
 
 from embedlake import storage
 from embedlake.config import CorpusPipelineConfig
+from embedlake.flows.compress import abandon_table_run
 from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import corpus as ct
@@ -157,13 +158,8 @@ def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: 
         fields["stages"] = dict(sw.stages)
         manifest_url = sw.run("commit", gt.commit, lake, fields)
     except BaseException:
-        try:
-            if not lake.is_committed(dataset, tm, run_id):
-                lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
-                lake.delete(Lake.run_dir("tokens", dataset, tm, run_id), recursive=True)
-            lake.release_claim(dataset, tm, run_id, claim)
-        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-            pass
+        abandon_table_run(lake, dataset, method, tm, run_id, codec, claim,
+                          extra_dirs=(Lake.run_dir("tokens", dataset, tm, run_id),))
         raise
     info = {k: v for k, v in trained.info.get("stats", {}).items() if isinstance(v, (int, float, str))}
     return {

@@ -14,7 +14,7 @@ import time
 from prefect import flow
 
 from embedlake.config import PipelineConfig
-from embedlake.flows.compress import remove_codec_files
+from embedlake.flows.compress import abandon_table_run
 from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
@@ -168,11 +168,7 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
         fields["stages"] = dict(sw.stages)
         manifest_url = sw.run("commit", gt.commit, lake, fields)
     except BaseException:
-        remove_codec_files(lake, dataset, method, tm, run_id, codec)
-        try:
-            lake.release_claim(dataset, tm, run_id, claim)
-        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-            pass
+        abandon_table_run(lake, dataset, method, tm, run_id, codec, claim)
         raise
     path = fields["extra"]["path"]
     return {
