@@ -1,4 +1,4 @@
-"""Scalar codecs (workers/codec_scalar.py) vs Faiss's scalar quantisers, side by side in one process.
+"""Scalar codecs (workers/compress/scalar.py) vs Faiss's scalar quantisers, side by side in one process.
 
 Generates n x d random float32 rows (standard normal, seeded), then for each thread count (1 and
 all) times, best of `--repeats`:
@@ -45,7 +45,7 @@ def main() -> None:
     import faiss
     import numba
 
-    from embedlake.workers import codec_scalar as cs
+    from embedlake.workers.compress import scalar as cs
 
     X = np.random.default_rng(args.seed).standard_normal((args.n, args.d), dtype=np.float32)
     d = args.d

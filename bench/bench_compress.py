@@ -93,9 +93,9 @@ def part1(args) -> dict:
 
     import embedlake
     from embedlake.lake import Lake
-    from embedlake.workers import compress as cz
-    from embedlake.workers.compress_store import load_labels
-    from embedlake.workers.evaluate import node_classification
+    from embedlake.workers.compress import codecs as cz
+    from embedlake.workers.compress.store import load_labels
+    from embedlake.workers.evaluate.classify import node_classification
     faiss.omp_set_num_threads(1)
     ensure_source(args.lake, args.source)
     ds, method = args.source.split("/")[:2]
@@ -180,7 +180,7 @@ def part1(args) -> dict:
 def part2(args) -> dict:
     import faiss
 
-    from embedlake.workers import compress as cz
+    from embedlake.workers.compress import codecs as cz
     faiss.omp_set_num_threads(1)
     n, d = args.big, 128
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ Part 1 (training, Brown): our tokeniser + vocabulary, then the numba skip-gram k
 (peers venv, subprocess, same sentences written as space-joined lines, same hyper-parameters: sg=1,
 negative sampling, d=100, window 5, 5 negatives, 5 epochs, min_count 5, sample 1e-3, 2 threads).
 tokens/s = in-vocabulary tokens x epochs / training seconds (vocabulary building excluded for both).
-Both tables are evaluated by the same code (workers/word_eval.py: WordSim353 / SimLex-999 Spearman
+Both tables are evaluated by the same code (workers/evaluate/words.py: WordSim353 / SimLex-999 Spearman
 rho, analogy accuracy, OOV shares); gensim's own evaluate_word_pairs figure is printed as a check.
 
 Part 2 (scale): the corpus copied `scale` times into `files` files; the vocabulary build (count +
@@ -84,11 +84,11 @@ def summarise_eval(m: dict) -> dict:
 
 
 def part_train(args, tmp: str) -> dict:
-    from embedlake.workers.corpus import TextSpec, text_init, tokenise_corpus
-    from embedlake.workers.skipgram import train_sgns
-    from embedlake.workers.word_eval import evaluate_words
+    from embedlake.workers.corpus.text import TextSpec, text_init, tokenise_corpus
+    from embedlake.workers.train.skipgram import train_sgns
+    from embedlake.workers.evaluate.words import evaluate_words
     import polars as pl
-    from embedlake.workers.corpus import tokenise_lines
+    from embedlake.workers.corpus.text import tokenise_lines
 
     spec = TextSpec(lowercase=args.lowercase)
     t0 = time.perf_counter()
@@ -149,9 +149,9 @@ def part_train(args, tmp: str) -> dict:
 
 def part_scale(args, tmp: str) -> dict:
     """scale x corpus over `files` files: vocabulary build serial vs Ray, training time 1x vs scale x."""
-    from embedlake.workers.corpus import (TextSpec, concat_sentences, count_shard, encode_shard, plan_shards,
+    from embedlake.workers.corpus.text import (TextSpec, concat_sentences, count_shard, encode_shard, plan_shards,
                                           text_init, tokenise_corpus)
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     text = Path(args.corpus).read_bytes()
     lines = text.rstrip(b"\n").split(b"\n")
     per_file = -(-len(lines) * args.scale // args.files)
@@ -216,7 +216,7 @@ def part_scale(args, tmp: str) -> dict:
 
 
 def _merge_remote(min_count, *vocabs):
-    from embedlake.workers.corpus import merge_vocab
+    from embedlake.workers.corpus.text import merge_vocab
     w, c, remaps, _ = merge_vocab(list(vocabs), min_count)
     return w, c, remaps
 

@@ -31,10 +31,10 @@ PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", "/work/peers-venv/bin/python")
 MEM_SCRIPT = r"""
 import json, sys, time
 import numpy as np
-from embedlake.workers.synthetic import planted_communities
-from embedlake.workers.graph import build_csr
-from embedlake.workers.walks import random_walks, walks_to_sentences
-from embedlake.workers import skipgram_blocks as sb
+from embedlake.workers.graph.synthetic import planted_communities
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+from embedlake.workers.train import blocks as sb
 n, walks, length, dim, P, engine = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 def hwm():
     for line in open("/proc/self/status"):
@@ -52,7 +52,7 @@ t = time.perf_counter()
 if engine == "blocks":
     X, Xo, st = sb.train_blocks(tok, off, n, partitions=P, rounds=2, dim=dim, window=5, negatives=5, threads=2)
 else:
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     X, Xo, st = train_sgns(tok, off, n, dim=dim, window=5, negatives=5, threads=2)
 print("RESULT " + json.dumps({"engine": engine, "nodes": n, "tokens": int(len(tok)), "csr_bytes": int(csr_bytes),
     "table_bytes": int(2 * n * dim * 4), "stream_bytes": int(tok.nbytes + off.nbytes), "hwm_before_train": h0,

@@ -5,7 +5,7 @@ For each dataset x method, two runs through the real flow (Prefect + Ray, defaul
      splits) and graph reconstruction (1..3-hop mAP);
   B. eval.link_prediction=true: 10 % of the edges held out BEFORE embedding, ROC-AUC of each
      operator against as many sampled non-edges (best operator shown), MRR / Hits@K.
-Prints one markdown table, the flow's own report (workers/report.py) and, with --peers, the
+Prints one markdown table, the flow's own report (workers/evaluate/report.py) and, with --peers, the
 DeepWalk (PecanPy + gensim) / FastRP (scipy) peers' Micro-F1 from ../shared/bench/peers.py and
 the ratio ours / peer.
 
@@ -64,7 +64,7 @@ def main() -> int:
     from embedlake.tasks.runtime import configure_env, ensure_ray
     configure_env()
     ensure_ray(num_cpus=os.cpu_count())
-    from embedlake.workers import report as rp
+    from embedlake.workers.evaluate import report as rp
     lake = a.lake or tempfile.mkdtemp(prefix="bench-eval-")
     rows, runs = [], []
     for name in a.datasets.split(","):

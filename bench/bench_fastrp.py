@@ -36,7 +36,7 @@ import numpy as np
 
 from procmem import peak_rss, reset_peak, rss  # noqa: E402  (bench/procmem.py)
 
-from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
+from embedlake.workers.graph.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -57,8 +57,8 @@ def bench_dataset(args) -> dict:
     import polars as pl
     import scipy.sparse as sp
 
-    from embedlake.workers import fastrp as F
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.fastrp import kernels as F
+    from embedlake.workers.graph.csr import build_csr
 
     peers = load_peers()
     ds = Path(args.dataset)
@@ -123,7 +123,7 @@ def bench_dataset(args) -> dict:
 
 def scale_child(args) -> dict:
     """Runs in a fresh process: CSR from npz, warm-up, then one timed fastrp and peak RSS."""
-    from embedlake.workers import fastrp as F
+    from embedlake.workers.fastrp import kernels as F
 
     z = np.load(args.child)
     indptr, indices = z["indptr"], z["indices"]
@@ -157,7 +157,7 @@ def scale_child(args) -> dict:
 
 
 def bench_scale(args) -> list[dict]:
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.graph.csr import build_csr
 
     res = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,8 +39,8 @@ def main():
     from embedlake.tasks.fastrp import fastrp as fastrp_task
     from embedlake.tasks.graph import GraphHandle
     from embedlake.tasks.runtime import ensure_ray
-    from embedlake.workers.ingest import EdgeSpec, ingest_graph, stats_json_num_nodes
-    from embedlake.workers.stages import partition_bounds
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, stats_json_num_nodes
+    from embedlake.workers.graph.stages import partition_bounds
 
     edges = str(Path(a.dataset) / "edges.tsv")
     g = ingest_graph(edges, EdgeSpec(num_nodes=stats_json_num_nodes(edges)))

@@ -55,7 +55,7 @@ def edge_file(edges: int, workdir: str, variant: str = "int") -> tuple[str, int]
     import numpy as np
     import polars as pl
 
-    from embedlake.workers.synthetic import rmat_edges
+    from embedlake.workers.graph.synthetic import rmat_edges
     scale = max(10, round(math.log2(edges / 10)))
     suffix = "" if variant == "int" else f"-{variant}"
     path = os.path.join(workdir, f"rmat-{edges}{suffix}.tsv")
@@ -81,7 +81,7 @@ def child(edges: int, workdir: str, threads: int, variant: str = "int", stages: 
     res: dict = {"edges": edges, "variant": variant, "scale": scale,
                  "file_mib": round(os.path.getsize(path) / 2**20, 1)}
 
-    from embedlake.workers.ingest import EdgeSpec, ingest_graph
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
     spec = EdgeSpec(weighted=variant == "weighted", id_type="str" if variant == "str" else "int")
     g = _stage(res, "ingest", ingest_graph, path, spec)
     csr = g.csr
@@ -91,7 +91,7 @@ def child(edges: int, workdir: str, threads: int, variant: str = "int", stages: 
     if "walks" not in stages:
         return res
 
-    from embedlake.workers.walks import random_walks, walks_to_sentences
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
     starts = np.arange(csr.num_nodes, dtype=np.int64)
     walks = _stage(res, "walks", random_walks, csr.indptr, csr.indices, csr.weights, starts, 1, 20, 0,
                    mode="deepwalk", threads=threads)
@@ -99,12 +99,12 @@ def child(edges: int, workdir: str, threads: int, variant: str = "int", stages: 
     del walks
     res["tokens"] = int(tokens.shape[0])
 
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     W, _, stats = _stage(res, "train", train_sgns, tokens, offsets, csr.num_nodes, dim=32, window=5, negatives=5,
                          ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0, seed=0, threads=threads)
     del tokens, offsets
 
-    from embedlake.workers import compress as cw
+    from embedlake.workers.compress import codecs as cw
     table, _ = _stage(res, "compress", cw.build, "int8", W)
     res["int8_bytes_per_vector"] = table.bytes_per_vector
     return res

@@ -93,7 +93,7 @@ def main():
     ap.add_argument("--no-f1", action="store_true")
     a = ap.parse_args()
 
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     peers = load_peers()
     ds = SHARED / "datasets" / a.dataset
     n, e, Y, directed = peers.load(str(ds))
@@ -136,7 +136,7 @@ def main():
         res["numba_vs_gensim_tokens_per_s"] = round(st["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
 
     if not a.no_torch:
-        from embedlake.workers.skipgram_torch import train_sgns_torch
+        from embedlake.workers.train.torch_engine import train_sgns_torch
         tkw = dict(kw, device="cpu")
         if a.torch_threads:
             tkw["threads"] = a.torch_threads

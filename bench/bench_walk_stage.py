@@ -31,9 +31,9 @@ def main():
 
     from embedlake.tasks.graph import GraphHandle, walk
     from embedlake.tasks.runtime import ensure_ray
-    from embedlake.workers.ingest import EdgeSpec, ingest_graph, stats_json_num_nodes
-    from embedlake.workers.stages import partition_bounds
-    from embedlake.workers.walks import random_walks
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, stats_json_num_nodes
+    from embedlake.workers.graph.stages import partition_bounds
+    from embedlake.workers.graph.walks import random_walks
     edges = str(Path(a.dataset) / "edges.tsv")
     g = ingest_graph(edges, EdgeSpec(num_nodes=stats_json_num_nodes(edges)))
     n = g.csr.num_nodes

@@ -27,7 +27,7 @@ import numpy as np
 
 from procmem import peak_rss  # noqa: E402  (bench/procmem.py)
 
-from embedlake.workers.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
+from embedlake.workers.graph.synthetic import rmat_edges  # noqa: E402  (one R-MAT generator for every bench)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -52,7 +52,7 @@ print(json.dumps({"mode": mode, "load_compile_s": round(t1 - t0, 3), "walk_s": r
 
 
 def load_dataset(ds: Path):
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.graph.csr import build_csr
     st = json.loads((ds / "stats.json").read_text())
     e = np.loadtxt(ds / "edges.tsv", skiprows=1, dtype=np.int64)
     return build_csr(e[:, 0], e[:, 1], st["num_nodes"], directed=st.get("directed", False)), e, st
@@ -72,7 +72,7 @@ def pecanpy(edges: np.ndarray, directed: bool, p, q, walks, length, threads, mod
 def ours(g, walks, length, threads, p, q, mode, repeats):
     """Our walks on every node; the weighted alias tables are built once (as the walk stage does
     for all partitions) and their build time is reported apart."""
-    from embedlake.workers.walks import build_alias, random_walks, walk_steps
+    from embedlake.workers.graph.walks import build_alias, random_walks, walk_steps
     sym = not g.directed
     starts = np.arange(g.num_nodes, dtype=np.int64)
     t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def ours(g, walks, length, threads, p, q, mode, repeats):
 def scale_child(npz: str, walks: int, length: int, threads: int, p: float, q: float, n_starts: int) -> dict:
     """Runs in a fresh process: RSS baseline after compile, load CSR, walk, report the peak."""
     import psutil
-    from embedlake.workers.walks import random_walks, walk_steps
+    from embedlake.workers.graph.walks import random_walks, walk_steps
     proc = psutil.Process()
     tiny_ptr = np.array([0, 1, 2], np.int64)
     tiny_idx = np.array([1, 0], np.int32)
@@ -136,7 +136,7 @@ def scale_child(npz: str, walks: int, length: int, threads: int, p: float, q: fl
 
 
 def run_scale(args) -> list:
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.graph.csr import build_csr
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in [int(float(x)) for x in args.scale_edges.split(",")]:
@@ -201,7 +201,7 @@ def main():
     res["ours_deepwalk"] = ours(g, args.walks, args.length, args.threads, 1.0, 1.0, "deepwalk", args.repeats)
     res["ours_node2vec"] = ours(g, args.walks, args.length, args.threads, args.p, args.q, "node2vec", args.repeats)
     if not args.no_weighted:   # same graph, a random weight per undirected edge (no peer run)
-        from embedlake.workers.graph import build_csr
+        from embedlake.workers.graph.csr import build_csr
         wg = build_csr(edges[:, 0], edges[:, 1], g.num_nodes, directed=g.directed,
                        weights=np.random.default_rng(0).uniform(0.1, 2.0, len(edges)))
         res["ours_weighted_deepwalk"] = ours(wg, args.walks, args.length, args.threads, 1.0, 1.0, "deepwalk",

@@ -65,6 +65,6 @@ def load_word_vectors(lake: str | Lake, dataset: str, method: str = "skipgram",
 def most_similar(lake: str | Lake, dataset: str, method: str = "skipgram", word: str = "", k: int = 10,
                  run: str = "latest", case_insensitive: bool = False) -> list[tuple[str, float]]:
     """The k words nearest to `word` (cosine) in a committed corpus run; KeyError if it is not in the vocabulary."""
-    from embedlake.workers.word_eval import most_similar as _most_similar
+    from embedlake.workers.evaluate.words import most_similar as _most_similar
     words, _, X = load_word_vectors(lake, dataset, method, run)
     return _most_similar(words, X, word, k, case_insensitive)

@@ -106,7 +106,7 @@ def print_summary(s: dict, out=None) -> None:
           f"{t['bytes_per_vector']} B/vector (ratio {t['ratio']:.1f})\n")
         w(f"outputs:\n  table       {t['path']}/partition=*/*.parquet (+ codebooks.parquet)\n")
         w(f"  manifest    {s['manifest']}\n  graph       {s['graph']['path']}\n")
-        w(f"read it:\n  python -c \"from embedlake.workers.compress_store import read_compressed; "
+        w(f"read it:\n  python -c \"from embedlake.workers.compress.store import read_compressed; "
           f"t = read_compressed('{s['lake']}', '{s['dataset']}', '{t['source_method']}', '{t['codec']}'); "
           f"print(t.decode().shape)\"\n")
         return

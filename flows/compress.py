@@ -24,9 +24,9 @@ from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import Stopwatch, commit
 from embedlake.tasks.claims import claim_run
 from embedlake.tasks.runtime import ensure_ray, resolve_partitions
-from embedlake.workers import compress as cz
-from embedlake.workers import compress_store as cs
-from embedlake.workers.stages import partition_bounds
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress import store as cs
+from embedlake.workers.graph.stages import partition_bounds
 
 
 def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "latest", run_id: str | None = None,
@@ -217,7 +217,7 @@ def print_summary(s: dict, out=None) -> None:
     w("(recall@10 of binary: Hamming / re-scored with int8; dMicroF1: largest change over the label ratios)\n")
     w("read it:\n")
     first = next(iter(s["tables"]))
-    w(f"  python -c \"from embedlake.workers.compress_store import read_compressed; "
+    w(f"  python -c \"from embedlake.workers.compress.store import read_compressed; "
       f"t = read_compressed('{s['lake']}', '{s['dataset']}', '{s['source']['method']}', '{first}'); "
       f"print(t.decode().shape, t.search(t.decode()[:1], k=10)[0])\"\n")
     for codec, t in s["tables"].items():

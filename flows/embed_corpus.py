@@ -26,9 +26,9 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks.claims import claim_run
 from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, corpus_tokens_spec, finished_table
 from embedlake.tasks.train import drop_checkpoints
-from embedlake.workers.checkpoints import fingerprint
-from embedlake.workers.faults import fault_point
-from embedlake.workers.corpus import TextSpec
+from embedlake.workers.run.checkpoints import fingerprint
+from embedlake.workers.run.faults import fault_point
+from embedlake.workers.corpus.text import TextSpec
 
 
 def dataset_name(cfg: CorpusPipelineConfig) -> str:
@@ -117,9 +117,9 @@ def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: 
     embed-graph's learned tables (read_compressed reads it). No V x d table is trained, published or
     committed; a failure leaves nothing behind. No checkpoints: a re-run starts again."""
     from embedlake.tasks import learned as lt
-    from embedlake.workers import compress as cz
-    from embedlake.workers import compress_store as cs
-    from embedlake.workers.stages import partition_bounds
+    from embedlake.workers.compress import codecs as cz
+    from embedlake.workers.compress import store as cs
+    from embedlake.workers.graph.stages import partition_bounds
     codec, retries = cfg.train.table, cfg.ray.max_retries
     tm = cs.table_method(method, codec)
     claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume, gt.stage_logger())
@@ -303,7 +303,7 @@ def print_summary(s: dict, out=None) -> None:
     w(f"  manifest    {s['manifest']}\n")
     w("read it:\n")
     if s.get("table"):          # a learned table (train.table): codes + codebook, decoded on request
-        w(f"  python -c \"from embedlake.workers.compress_store import read_compressed as rc; "
+        w(f"  python -c \"from embedlake.workers.compress.store import read_compressed as rc; "
           f"print(rc('{s['lake']}', '{s['dataset']}', '{s['table']['source_method']}', "
           f"'{s['table']['codec']}').decode().shape)\"\n")
         return

@@ -24,11 +24,11 @@ from embedlake.tasks.fastrp import fastrp as fastrp_task
 from embedlake.tasks.claims import claim_run
 from embedlake.tasks.resume import RunCheckpoints, finished_table, graph_key, save_table, train_spec
 from embedlake.tasks.stream import walk_and_train
-from embedlake.workers.walks import should_stream
+from embedlake.workers.graph.walks import should_stream
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.tasks.train import drop_checkpoints
-from embedlake.workers.faults import fault_point
-from embedlake.workers.stages import partition_bounds
+from embedlake.workers.run.faults import fault_point
+from embedlake.workers.graph.stages import partition_bounds
 
 
 def dataset_name(cfg: PipelineConfig) -> str:
@@ -129,8 +129,8 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
     write its codes + codebook -> measure on rows materialised from them -> commit ONE manifest,
     method `<method>.<codec>`, laid out like the compress flow's tables (read_compressed reads it).
     No full table is trained, published or committed; a failure leaves nothing behind."""
-    from embedlake.workers import compress as cz
-    from embedlake.workers import compress_store as cs
+    from embedlake.workers.compress import codecs as cz
+    from embedlake.workers.compress import store as cs
     codec, retries = cfg.train.table, cfg.ray.max_retries
     tm = cs.table_method(method, codec)
     log = gt.stage_logger()

@@ -30,7 +30,7 @@ def add_parsers(sub, common) -> None:
 def render(lake: str, dataset: str | None = None, method: str | None = None, runs: list[str] | None = None,
            png: str | None = None) -> tuple[str, list[dict], list[dict]]:
     """(markdown, runs, compressed rows); writes the PNG to `png` when given."""
-    from embedlake.workers import report as rp
+    from embedlake.workers.evaluate import report as rp
     found, compressed = rp.collect(lake, dataset, method, runs or None)
     title = "evaluation: " + "/".join(x for x in (dataset, method) if x) if dataset else "evaluation"
     md = rp.report_markdown(found, compressed, title=title)

@@ -17,7 +17,7 @@ from embedlake.tasks.claims import claim_run
 from embedlake.tasks.resume import RunCheckpoints
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.tasks.train import drop_checkpoints
-from embedlake.workers.stages import partition_bounds
+from embedlake.workers.graph.stages import partition_bounds
 
 
 @flow(name="walk", validate_parameters=True)

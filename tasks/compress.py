@@ -17,8 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.remote import remote
-from embedlake.workers import compress as cz
-from embedlake.workers import compress_store as cs
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress import store as cs
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _shape(X):
 
 
 def _baseline(X, labels, eval_cfg: dict):
-    from embedlake.workers.evaluate import node_classification
+    from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return None
     return node_classification(X, labels[0], labels[1], ratios=tuple(eval_cfg["train_ratios"]),
@@ -123,7 +123,7 @@ def _measure(lake, manifest_fields: dict, X, labels, eval_cfg: dict, baseline_nc
              rerank_candidates: int):
     """Ray worker body: read the written table back and measure it against X."""
     from embedlake.lake import Lake, Manifest
-    from embedlake.workers import compress as cz
+    from embedlake.workers.compress import codecs as cz
     table = cs.table_from_manifest(Lake(lake), Manifest(**manifest_fields))
     rerank = None
     if table.codec == "binary":

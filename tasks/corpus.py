@@ -11,7 +11,7 @@ from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.tasks.remote import remote
-from embedlake.workers import corpus as cs
+from embedlake.workers.corpus import text as cs
 
 
 @dataclass
@@ -88,7 +88,7 @@ def digest(vocab: Vocabulary) -> str:
     part of the fingerprint that lets a killed run's re-run reuse its trained table."""
     import ray
 
-    from embedlake.workers.checkpoints import vocab_digest
+    from embedlake.workers.run.checkpoints import vocab_digest
     return ray.get(remote(vocab_digest, "corpus", num_cpus=1).remote(vocab.words_ref, vocab.counts_ref))
 
 
@@ -111,7 +111,7 @@ def tokens_checkpoint(ck, spec: dict) -> dict | None:
     is discarded. ck: tasks/resume.RunCheckpoints or None."""
     if ck is None or not ck.enabled:
         return None
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     log = stage_logger()
     _, state, discarded = cp.open_stage(ck.lake, ck.run_dir, "tokens", spec, ck.resume)
     if state is not None and state.get("final"):
@@ -146,7 +146,7 @@ def save_tokens(ck, spec: dict, vocab: Vocabulary, sentences: Sentences) -> None
     reuses the vocabulary and token-id shards (`tokens_checkpoint`, `load_tokens`)."""
     if ck is None or not ck.enabled:
         return
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     state = {"fingerprint": cp.fingerprint(spec), "spec": spec, "final": True, "files": sentences.files,
              "stats": vocab.stats, "info": sentences.info}
     cp.write_state(ck.lake, ck.run_dir, "tokens", state)
@@ -187,7 +187,7 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries:
 def publish(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, emb_ref, partitions: int,
             max_retries: int = 3) -> list[dict]:
     """Rows token, count, vector in `partitions` files (data files only; the manifest comes last)."""
-    from embedlake.workers.stages import partition_bounds
+    from embedlake.workers.graph.stages import partition_bounds
     fn = remote(cs.write_words_part, "corpus", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, vocab.words_ref, vocab.counts_ref, emb_ref)
             for i, (lo, hi) in enumerate(partition_bounds(vocab.size, partitions))]

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
-from embedlake.workers import eval_stage as es
+from embedlake.workers.evaluate import stages as es
 
 
 @dataclasses.dataclass
@@ -58,7 +58,7 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
     import ray
 
     from embedlake.lake import Lake
-    from embedlake.workers import report as rp
+    from embedlake.workers.evaluate import report as rp
     log = stage_logger()
     lake = Lake(lake)
     opts = dict(num_cpus=1, max_retries=max_retries)
@@ -110,7 +110,7 @@ def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_
     a private s3:// object is not reachable from the UI, so the PNG travels inside the markdown
     (a 30-60 kB plot). The same PNG is in the lake next to the metrics table."""
     from prefect.artifacts import create_markdown_artifact
-    from embedlake.workers.report import with_png
+    from embedlake.workers.evaluate.report import with_png
     try:
         create_markdown_artifact(markdown=with_png(markdown, png), key=_artifact_key("eval", dataset, method),
                                  description=f"Evaluation of {dataset}/{method} run {run_id}")

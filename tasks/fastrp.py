@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.remote import remote
-from embedlake.workers import fastrp as frp
-from embedlake.workers import fastrp_stages as fs
+from embedlake.workers.fastrp import kernels as frp
+from embedlake.workers.fastrp import stages as fs
 
 
 @task(name="fastrp", cache_policy=NO_CACHE)

@@ -12,8 +12,9 @@ from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.workers import stages
-from embedlake.workers.faults import fault_point
+from embedlake.workers.graph import stages as graph_stages
+from embedlake.workers.train import stages as train_stages
+from embedlake.workers.run.faults import fault_point
 
 
 @dataclass
@@ -40,7 +41,7 @@ def ingest(lake, dataset: str, input_cfg: dict, synthetic_cfg: dict, max_retries
     """Edge list -> CSR in the lake (skipped when the same input was ingested before)."""
     import ray
     log = stage_logger()
-    meta_ref, csr_ref, ids_ref, labels_ref = remote(stages.ingest_stage, "ingest", num_returns=4, num_cpus=1,
+    meta_ref, csr_ref, ids_ref, labels_ref = remote(graph_stages.ingest_stage, "ingest", num_returns=4, num_cpus=1,
                                                      max_retries=max_retries).remote(
         lake, dataset, input_cfg, synthetic_cfg)
     meta = ray.get(meta_ref)
@@ -58,7 +59,7 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
     checkpoint (tasks/resume.RunCheckpoints): each partition's walks are also written to the run's
     checkpoints when done, and a re-run of a killed run loads the finished partitions and walks
     only the missing ones."""
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     log = stage_logger()
     mode = "node2vec" if method == "node2vec" else "deepwalk"
     rows = lambda lo, hi: (hi - lo) * walk_cfg["walks_per_node"]
@@ -77,9 +78,9 @@ def walk(graph: GraphHandle, walk_cfg: dict, method: str, bounds: list[tuple[int
                      "walking again")
     alias_ref = None
     if graph.meta.get("stats", {}).get("weighted") and len(done) < len(bounds):
-        alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
-    fn = remote(stages.walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
-    load = remote(stages.load_walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
+        alias_ref = remote(graph_stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
+    fn = remote(graph_stages.walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
+    load = remote(graph_stages.load_walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
     pairs = []
     for i, (lo, hi) in enumerate(bounds):
         if i in done:
@@ -114,7 +115,7 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
     resumed = {"start_epoch": 0}
     if checkpoint is not None and checkpoint.enabled:
         from embedlake.tasks.resume import train_spec
-        from embedlake.workers import checkpoints as cp
+        from embedlake.workers.run import checkpoints as cp
         from embedlake.tasks.resume import finished_table
         ck = checkpoint
         spec = train_spec(graph, walk_cfg, cfg, method, "one-table")
@@ -131,7 +132,7 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
             log.info("resume: the run's training checkpoint is of other walks or settings: training from the start")
         cfg["_checkpoint"] = {"lake": ck.lake, "run_dir": ck.run_dir, "base": base,
                              "resume": state if start and not state.get("final") else None}
-    fn = remote(stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    fn = remote(train_stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     progress = Progress("train", "tokens")
     cfg["progress"] = progress.reporter("train")
     emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], cfg, *walk_refs)
@@ -149,7 +150,7 @@ def train(graph: GraphHandle, walk_refs: list, walk_cfg: dict, train_cfg: dict, 
 def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, emb_ref,
             bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
     """Write the embedding partitions (data files only; the manifest is committed last)."""
-    fn = remote(stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
+    fn = remote(graph_stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, graph.node_ids_ref, emb_ref)
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "publish (partitions)")
@@ -159,7 +160,7 @@ def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, em
 def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, walk_refs: list,
                 walks_per_node: int, bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
     """Walks as Parquet (start, k, walk as a list of original ids), one file per partition."""
-    fn = remote(stages.write_walks_part, "publish", num_cpus=1, max_retries=max_retries)
+    fn = remote(graph_stages.write_walks_part, "publish", num_cpus=1, max_retries=max_retries)
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "write walks (partitions)")

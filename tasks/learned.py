@@ -26,9 +26,9 @@ from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.workers import compress as cz
-from embedlake.workers import compress_store as cs
-from embedlake.workers import eval_stage as es
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress import store as cs
+from embedlake.workers.evaluate import stages as es
 
 METHODS = ("deepwalk", "node2vec")
 
@@ -168,7 +168,7 @@ def train_words_table(vocab, sentences, codec: str, params: dict, train_cfg: dic
     (workers/corpus.learned_table_stage). Returns StageResult(ref of the state, training info)."""
     import ray
 
-    from embedlake.workers import corpus as wc
+    from embedlake.workers.corpus import text as wc
     log = stage_logger()
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     cfg = dict(train_cfg)
@@ -210,7 +210,7 @@ def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: dict, max_
     """WordSim353 / SimLex-999 / analogies on word vectors decoded from the written table."""
     import ray
 
-    from embedlake.workers import corpus as wc
+    from embedlake.workers.corpus import text as wc
     log = stage_logger()
     m = ray.get(remote(wc.learned_eval_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
         lake, manifest_fields, vocab.words_ref, vocab.counts_ref, eval_cfg))

@@ -1,4 +1,4 @@
-"""Driver side of stage checkpoints (workers/checkpoints.py): which checkpoint folder a run uses,
+"""Driver side of stage checkpoints (workers/run/checkpoints.py): which checkpoint folder a run uses,
 what determines each stage's output (its fingerprint spec), and reusing a finished table.
 
 A killed run re-run with the same run id (train.resume, the default) reuses, in order:
@@ -67,14 +67,13 @@ def finished_table(ck: RunCheckpoints | None, stage: str, spec: dict, log=None):
     (same fingerprint), else None."""
     if ck is None or not ck.enabled or not ck.resume:
         return None
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     state = cp.read_state(ck.lake, ck.run_dir, stage)
     if state is None or not state.get("final") or state.get("fingerprint") != cp.fingerprint(spec):
         return None
     from embedlake.tasks.graph import StageResult
     from embedlake.tasks.remote import remote
-    from embedlake.workers import stages
-    ref = remote(stages.load_checkpoint_array, "train", num_cpus=1).remote(ck.lake, state, "w_in")
+    ref = remote(cp.load_checkpoint_array, "train", num_cpus=1).remote(ck.lake, state, "w_in")
     if log is not None:
         log.info(f"resume: the trained table of run {ck.run_id} is reused from {ck.lake.url(state['folder'])} "
                  f"(training had finished before the run was killed): not trained again")
@@ -90,7 +89,7 @@ def save_table(ck: RunCheckpoints | None, stage: str, spec: dict, table_ref, inf
     import ray
 
     from embedlake.tasks.remote import remote
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     base, _, _ = cp.open_stage(ck.lake, ck.run_dir, stage, spec, resume=False)
     info = {k: v for k, v in (info or {}).items() if isinstance(v, (int, float, str, bool))}
     ray.get(remote(cp.save_table, "publish", num_cpus=1).remote(ck.lake, ck.run_dir, stage, base, table_ref, info))
@@ -101,12 +100,12 @@ def epoch_checkpoint(ck: RunCheckpoints | None, stage: str, spec: dict, epochs: 
     start at) for a stage whose finished table was not reused (`finished_table` first).
 
     A matching, unfinished state of a killed attempt gives its last epoch k: training continues at
-    k + 1 from that epoch's W_in / W_out (workers/stages.py `_checkpoint_epoch` writes them); a state
+    k + 1 from that epoch's W_in / W_out (workers/graph/stages.py `_checkpoint_epoch` writes them); a state
     of other input or settings is discarded (open_stage) and training starts over. (None, 0) when
     checkpoints are off."""
     if ck is None or not ck.enabled:
         return None, 0
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     base, state, discarded = cp.open_stage(ck.lake, ck.run_dir, stage, spec, ck.resume)
     start = int(state.get("epoch", 0)) if state is not None and not state.get("final") else 0
     if start and log is not None:

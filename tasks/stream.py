@@ -15,8 +15,9 @@ from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.workers import stages
-from embedlake.workers.walks import walks_mb
+from embedlake.workers.graph import stages as graph_stages
+from embedlake.workers.train import stages as train_stages
+from embedlake.workers.graph.walks import walks_mb
 
 
 
@@ -40,7 +41,7 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
     base, r0, state = None, 0, None
     if ck is not None:
         from embedlake.tasks.resume import finished_table, train_spec
-        from embedlake.workers import checkpoints as cp
+        from embedlake.workers.run import checkpoints as cp
         spec = train_spec(graph, walk_cfg, cfg, method, "streamed")
         done = finished_table(ck, "stream", spec, log)
         if done is not None:
@@ -57,8 +58,8 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
 
     alias_ref = None
     if graph.meta.get("stats", {}).get("weighted"):
-        alias_ref = remote(stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
-    walk_fn = remote(stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
+        alias_ref = remote(graph_stages.alias_stage, "walk", num_cpus=1, max_retries=max_retries).remote(graph.csr_ref)
+    walk_fn = remote(graph_stages.walk_stage, "walk", num_cpus=1, max_retries=max_retries)
 
     def submit(r: int) -> list:
         k = r % rounds_per_epoch        # epoch e repeats the same walks (deterministic by (seed, v, k))
@@ -67,7 +68,7 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
 
     progress = Progress("train (streamed walks)", "tokens")
     cfg["progress"] = progress.reporter("train")
-    train_fn = remote(stages.train_round, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    train_fn = remote(train_stages.train_round, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     log.info(f"walk+train streamed: {rounds} rounds of one walk per node "
              f"({walks_mb(graph.num_nodes, walk_cfg) / rounds_per_epoch:,.0f} MB of walks each)")
     stats_refs = []
@@ -87,7 +88,7 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
         del cur
     progress.close()
     all_stats = ray.get(stats_refs)
-    emb_ref = remote(stages.first_table, "train", num_cpus=0).remote(state)
+    emb_ref = remote(train_stages.first_table, "train", num_cpus=0).remote(state)
     tokens = sum(s.get("tokens", 0) for s in all_stats)
     secs = sum(s.get("seconds", 0.0) for s in all_stats)
     info = {"tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs) if secs else 0,
@@ -96,7 +97,7 @@ def walk_and_train(graph: GraphHandle, walk_cfg: dict, train_cfg: dict, method: 
     if r0:
         info["resumed"] = {"stage": "stream", "start_round": r0}
     if ck is not None:       # the final state carries the figures too (a re-run after publish reuses them)
-        from embedlake.workers import checkpoints as cp
+        from embedlake.workers.run import checkpoints as cp
         final = cp.read_state(ck.lake, ck.run_dir, "stream")
         if final is not None and final.get("final"):
             final["info"] = {k: v for k, v in info.items() if k != "resumed"}

@@ -1,7 +1,7 @@
 """Block-partitioned skip-gram across Ray workers, with checkpoints in the lake (issue 4).
 
 The driver (this module, inside the Prefect `train` task) never holds a table: it submits one Ray
-task per block (i, j) of each episode (workers/skipgram_blocks.py), passing the W_in[i] / W_out[j]
+task per block (i, j) of each episode (workers/train/blocks.py), passing the W_in[i] / W_out[j]
 shards as ObjectRefs returned by the previous episode's blocks, so shards move worker to worker
 through the object store and Ray orders the blocks by their data dependencies. Blocks of one
 episode share no shard, so they run in parallel without locks or averaging.
@@ -15,7 +15,7 @@ Checkpoints (train.checkpoint = round | episode | epoch | never), under
                                                     step k exist; older steps are then removed
 A re-run with the same run id (train.resume; the dead writer's claim is taken over, tasks/claims.py)
 whose stream fingerprint and training settings match the state continues at episode k with those
-shards (the walks come from the run's walk checkpoint, workers/checkpoints.py). The flow removes the checkpoints after the run
+shards (the walks come from the run's walk checkpoint, workers/run/checkpoints.py). The flow removes the checkpoints after the run
 commits (`drop_checkpoints`).
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, c
     from embedlake.tasks.progress import Progress
     from embedlake.tasks.remote import remote, stage_options
     from embedlake.tasks.runtime import cluster_cpus
-    from embedlake.workers import skipgram_blocks as sb
+    from embedlake.workers.train import blocks as sb
 
     log = log or stage_logger()
     cfg = {k: v for k, v in train_cfg.items() if k != "progress"}

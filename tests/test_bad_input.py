@@ -153,8 +153,8 @@ class _Payload:
 def test_crafted_object_npy_in_graph_version_is_refused(tmp_path):
     from embedlake.errors import LakeError
     from embedlake.lake import Lake
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.graph_store import read_graph, write_graph
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.store import read_graph, write_graph
     lake = Lake(str(tmp_path / "lake"))
     csr = build_csr(np.array([0, 1]), np.array([1, 2]), 3)
     write_graph(lake, "g", "v-1", csr, np.arange(3), {"sources": [], "checksum": "x", "stats": {}, "id_type": "int"})

@@ -1,13 +1,13 @@
 """The numba scalar codecs give exactly the bytes of the earlier numpy formulation.
 
-`_reference_*` below is workers/codec_scalar.py as it was before the kernels (commit 65d78d3),
+`_reference_*` below is workers/compress/scalar.py as it was before the kernels (commit 65d78d3),
 copied verbatim: tables written by it must stay readable and re-encode to the same bytes. Every
 comparison is exact (codes byte for byte, scale/bias bit for bit)."""
 import numba
 import numpy as np
 import pytest
 
-from embedlake.workers import codec_scalar as cs
+from embedlake.workers.compress import scalar as cs
 
 # the reference's float16 rounding of out-of-range scales casts through inf on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlake.workers import codec_compose as cc
-from embedlake.workers import compress as cz
-from embedlake.workers.skipgram import train_sgns
-from embedlake.workers.skipgram_compose import materialise, train_composed
+from embedlake.workers.compress import compose as cc
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.train.skipgram import train_sgns
+from embedlake.workers.train.compose import materialise, train_composed
 
 
 def _sentences(n=60, S=40, L=12, seed=0):
@@ -110,8 +110,8 @@ def cz_bytes(lp):
 
 def test_structure_codes_follow_communities():
     """Level-0 codes of the FastRP sketch group a planted community together."""
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.synthetic import planted_communities
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.synthetic import planted_communities
     src, dst, lab = planted_communities(1200, 6, 12.0, 0.1, 3)
     csr = build_csr(src, dst, 1200)
     lp = cc.plan("compose", 1200, 32, 8.0, levels=3)
@@ -133,9 +133,9 @@ def _cora(shared):
 def test_compose_beats_hashing_on_cora(shared):
     """Cora, 8x fewer parameters: structure codes keep most of the full table's accuracy, random
     collisions (qr, unified) lose most of it. Full ~.78, compose ~.73, qr ~.31, unified ~.28 here."""
-    from embedlake.workers.eval_classify import node_classification
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.walks import random_walks, walks_to_sentences
+    from embedlake.workers.evaluate.classify import node_classification
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
     e, lab = _cora(shared)
     n = 2708
     g = build_csr(e[:, 0], e[:, 1], n)
@@ -165,7 +165,7 @@ def test_cli_compose_from_committed_run(tmp_path, capsys, shared):
 
     from embedlake.flows.cli import main as cli
     from embedlake.lake import Lake
-    from embedlake.workers import compress_store as cs
+    from embedlake.workers.compress import store as cs
     from embedlake.config import load_config
     from embedlake.flows.embed_graph import embed_graph
     karate = shared("datasets", "karate")
@@ -199,9 +199,9 @@ def test_cli_compose_from_committed_run(tmp_path, capsys, shared):
 def test_streamed_training_holds_one_round_and_matches_quality():
     """walk.stream=always: one walk per node at a time, lr continued across rounds; the table is as
     good as the one-shot one (planted communities, chance 0.25)."""
-    from embedlake.workers.eval_classify import node_classification
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.synthetic import planted_communities
+    from embedlake.workers.evaluate.classify import node_classification
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.synthetic import planted_communities
     src, dst, lab = planted_communities(1000, 4, 10.0, 0.25, 2)
     csr = build_csr(src, dst, 1000)
     train = dict(dim=16, window=5, negatives=5, ns_exponent=0.75, epochs=2, lr=0.025, min_lr=1e-4, sample=0.0, seed=0)

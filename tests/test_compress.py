@@ -7,10 +7,13 @@ import pyarrow as pa
 import pytest
 
 from embedlake.lake import Lake, Manifest, embeddings_table
-from embedlake.workers import codec_compose, codec_hash, codec_pq, codec_scalar
-from embedlake.workers import compress as cz
-from embedlake.workers import compress_store as cs
-from embedlake.workers.evaluate import knn_recall
+from embedlake.workers.compress import compose as codec_compose
+from embedlake.workers.compress import hashing as codec_hash
+from embedlake.workers.compress import pq as codec_pq
+from embedlake.workers.compress import scalar as codec_scalar
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress import store as cs
+from embedlake.workers.evaluate.geometry import knn_recall
 
 
 def _clustered(n=4000, d=64, k=40, noise=0.6, seed=0):
@@ -270,9 +273,9 @@ def test_cli_compress_committed_run(tmp_path, capsys, shared):
 
 def test_hashed_table_trained_by_skipgram():
     """Hashing trick: K = n/4 rows trained directly; colliding nodes share a row; communities survive."""
-    from embedlake.workers.eval_classify import node_classification
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.synthetic import planted_communities
+    from embedlake.workers.evaluate.classify import node_classification
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.synthetic import planted_communities
     b = codec_hash.hash_buckets(np.arange(100_000), 1000, seed=3)
     counts = np.bincount(b, minlength=1000)
     assert b.min() >= 0 and b.max() < 1000 and counts.std() < 3 * np.sqrt(100)        # ~ Poisson(100)

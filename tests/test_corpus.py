@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlake.errors import InputError
-from embedlake.workers import corpus as wc
-from embedlake.workers import word_eval as we
+from embedlake.workers.corpus import text as wc
+from embedlake.workers.evaluate import words as we
 
 TEXT = [
     "The cat sat on the mat .",

@@ -6,8 +6,8 @@ import pytest
 
 from embedlake.config import load_config
 from embedlake.lake import Lake
-from embedlake.workers import eval_stage as es
-from embedlake.workers import report as rp
+from embedlake.workers.evaluate import stages as es
+from embedlake.workers.evaluate import report as rp
 
 
 def _run(lake_uri, ds, overrides=(), labels=True):
@@ -48,7 +48,7 @@ def test_metrics_rows_round_trip_and_stability_recovers_a_rotation():
 
 
 def test_holdout_stage_keeps_weights_and_removes_test_edges():
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.graph.csr import build_csr
     rng = np.random.default_rng(1)
     s, d = rng.integers(0, 200, 2000), rng.integers(0, 200, 2000)
     s, d = np.unique(np.stack([np.minimum(s, d), np.maximum(s, d)]), axis=1)     # each edge once
@@ -77,9 +77,9 @@ def test_link_prediction_flow_directed_gnutella(tmp_path, shared):
     metrics table and a Prefect artifact; `embedlake report` renders the committed run."""
     from embedlake.flows.cli import main as cli
     from embedlake.reader import load_matrix, read_table
-    from embedlake.workers.evaluate import split_edges
-    from embedlake.workers.fastrp import fastrp
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.evaluate.links import split_edges
+    from embedlake.workers.fastrp.kernels import fastrp
+    from embedlake.workers.graph.csr import build_csr
     ds = shared("datasets", "p2p-gnutella08")
     lake = str(tmp_path / "lake")
     s = _run(lake, ds, ["input.directed=true", "eval.link_prediction=true", "method=fastrp", "fastrp.dim=64",
@@ -136,7 +136,7 @@ def test_link_prediction_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
     """DeepWalk on Gnutella read as undirected (as DeepWalk's own example does): the walks, written
     to the lake, never step along a held-out edge in either direction; AUC well above chance."""
     from embedlake.reader import read_table
-    from embedlake.workers.evaluate import split_edges
+    from embedlake.workers.evaluate.links import split_edges
     ds = shared("datasets", "p2p-gnutella08")
     lake = str(tmp_path / "lake")
     s = _run(lake, ds, ["eval.link_prediction=true", "walk.write_walks=true", "walk.walks_per_node=6",
@@ -197,7 +197,7 @@ def test_second_run_is_aligned_to_the_previous_one(tmp_path, shared):
 
 
 def test_per_operator_link_tasks_merge_to_the_single_call():
-    from embedlake.workers.evaluate import link_prediction
+    from embedlake.workers.evaluate.links import link_prediction
     rng = np.random.default_rng(2)
     X = rng.normal(size=(300, 8)).astype(np.float32)
     split = {"test_src": rng.integers(0, 300, 200), "test_dst": rng.integers(0, 300, 200),

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlake.workers import evaluate as ev
-from embedlake.workers.eval_classify import f1_scores, label_matrix, predict_top_k, split_permutation
-from embedlake.workers.graph import build_csr
+from embedlake.workers.evaluate import classify, geometry, links
+from embedlake.workers.evaluate.classify import f1_scores, label_matrix, predict_top_k, split_permutation
+from embedlake.workers.graph.csr import build_csr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "datasets"
@@ -82,11 +82,11 @@ def test_node_classification_matches_sklearn_karate():
     pytest.importorskip("sklearn")
     e, lab = _load("karate")
     X = _svd_embedding(_adjacency(e, 34), 4)
-    ours = ev.node_classification(X, lab[:, 0], lab[:, 1], repeats=5)
+    ours = classify.node_classification(X, lab[:, 0], lab[:, 1], repeats=5)
     assert ours["multilabel"] is False and ours["num_nodes"] == 34
     _check_agreement(ours, _sklearn_reference(X, lab[:, 0], lab[:, 1], (0.1, 0.5, 0.9), 5))
     assert ours["micro_f1"]["0.5"] > 0.8       # the two clubs separate in the spectral embedding
-    assert ours == ev.node_classification(X, lab[:, 0], lab[:, 1], repeats=5)   # deterministic
+    assert ours == classify.node_classification(X, lab[:, 0], lab[:, 1], repeats=5)   # deterministic
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def blogcatalog():
 def test_node_classification_matches_sklearn_blogcatalog(blogcatalog):
     pytest.importorskip("sklearn")
     _, lab, X = blogcatalog
-    ours = ev.node_classification(X, lab[:, 0], lab[:, 1], ratios=(0.1, 0.5), repeats=1)
+    ours = classify.node_classification(X, lab[:, 0], lab[:, 1], ratios=(0.1, 0.5), repeats=1)
     assert ours["multilabel"] is True and ours["num_labels"] == 39
     _check_agreement(ours, _sklearn_reference(X, lab[:, 0], lab[:, 1], (0.1, 0.5), 1))
     assert ours["micro_f1"]["0.5"] > 0.25      # well above the ~0.17 of a majority guess
@@ -116,7 +116,7 @@ def test_logreg_matches_liblinear_coefficients():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((400, 12))
     Y = np.stack([(X @ rng.standard_normal(12) + rng.standard_normal(400)) > t for t in (-1.0, 0.0, 1.5)], 1)
-    W = ev.fit_logreg_ovr(X, Y, C=1.0)
+    W = classify.fit_logreg_ovr(X, Y, C=1.0)
     for j in range(Y.shape[1]):
         ref = sk.LogisticRegression(solver="liblinear", C=1.0, tol=1e-10, max_iter=10_000).fit(X, Y[:, j])
         np.testing.assert_allclose(W[:-1, j], ref.coef_[0], atol=2e-4)
@@ -144,13 +144,13 @@ def test_node_classification_output_format_and_single_label_argmax():
     y = np.repeat(np.arange(3), 40)
     X = (centres[y] + rng.standard_normal((120, 8))).astype(np.float32)
     X = np.vstack([X, np.zeros((5, 8), np.float32)])      # 5 unlabelled rows are ignored
-    out = ev.node_classification(X, np.arange(120), y, ratios=(0.2, 0.8), repeats=2, seed=7)
+    out = classify.node_classification(X, np.arange(120), y, ratios=(0.2, 0.8), repeats=2, seed=7)
     json.dumps(out)
     assert out["ratios"] == [0.2, 0.8] and out["repeats"] == 2 and out["multilabel"] is False
     assert set(out["micro_f1"]) == set(out["macro_f1_std"]) == {"0.2", "0.8"}
     assert out["micro_f1"]["0.8"] > 0.9
     with pytest.raises(ValueError):
-        ev.node_classification(X, np.array([0, 500]), np.array([0, 1]))
+        classify.node_classification(X, np.array([0, 500]), np.array([0, 1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def test_node_classification_output_format_and_single_label_argmax():
 def gnutella():
     e, _ = _load("p2p-gnutella08")
     g = build_csr(e[:, 0], e[:, 1], 6301, directed=True)
-    split = ev.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
-    neg = ev.sample_non_edges(g.indptr, g.indices, split[2].size, seed=1, directed=True)
+    split = links.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
+    neg = links.sample_non_edges(g.indptr, g.indices, split[2].size, seed=1, directed=True)
     return g, split, neg
 
 
@@ -175,14 +175,14 @@ def test_split_edges_partitions_and_keeps_every_node(gnutella):
     np.testing.assert_array_equal(np.sort(np.concatenate([key(trs, trd), key(tes, ted)])), all_keys)
     touched = lambda s, d: np.bincount(np.concatenate([s, d]), minlength=6301) > 0
     assert (touched(trs, trd) == (np.diff(g.indptr) + np.bincount(g.indices, minlength=6301) > 0)).all()
-    again = ev.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
+    again = links.split_edges(g.indptr, g.indices, 0.1, seed=0, directed=True)
     assert all((a == b).all() for a, b in zip(again, (trs, trd, tes, ted)))
 
 
 def test_split_edges_undirected_lists_edges_once():
     e, _ = _load("karate")
     g = build_csr(e[:, 0], e[:, 1], 34)
-    trs, trd, tes, ted = ev.split_edges(g.indptr, g.indices, 0.2, seed=3)
+    trs, trd, tes, ted = links.split_edges(g.indptr, g.indices, 0.2, seed=3)
     assert (trs < trd).all() and (tes < ted).all()
     assert trs.size + tes.size == 78 and tes.size == round(0.2 * 78)
     assert (np.bincount(np.concatenate([trs, trd]), minlength=34) > 0).all()
@@ -196,11 +196,11 @@ def test_sample_non_edges_are_distinct_non_edges(gnutella):
     assert np.unique(ns * 6301 + nd).size == ns.size
     e, _ = _load("karate")
     k = build_csr(e[:, 0], e[:, 1], 34)
-    s, d = ev.sample_non_edges(k.indptr, k.indices, 400, seed=0)
+    s, d = links.sample_non_edges(k.indptr, k.indices, 400, seed=0)
     assert (s < d).all() and np.unique(s * 34 + d).size == 400
     assert np.asarray(k.to_scipy()[s, d]).ravel().sum() == 0
     with pytest.raises(ValueError):
-        ev.sample_non_edges(k.indptr, k.indices, 34 * 33 // 2 - 78 + 1, seed=0)
+        links.sample_non_edges(k.indptr, k.indices, 34 * 33 // 2 - 78 + 1, seed=0)
 
 
 def test_roc_auc_and_ranking_metrics():
@@ -208,8 +208,8 @@ def test_roc_auc_and_ranking_metrics():
     rng = np.random.default_rng(0)
     y = rng.random(300) < 0.4
     s = np.round(rng.standard_normal(300) + y, 1)        # rounded: plenty of ties
-    assert ev.roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
-    r = ev.ranking_metrics([5.0, 2.5, 0.0], [4, 3, 2, 1], ks=(1, 3))
+    assert links.roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+    r = links.ranking_metrics([5.0, 2.5, 0.0], [4, 3, 2, 1], ks=(1, 3))
     # ranks: 1, 3, 5
     assert r["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 5) / 3)
     assert r["hits@1"] == pytest.approx(1 / 3) and r["hits@3"] == pytest.approx(2 / 3)
@@ -219,7 +219,7 @@ def test_link_prediction_random_vs_svd(gnutella):
     g, (trs, trd, tes, ted), (ns, nd) = gnutella
     ops = ("hadamard", "average", "l1", "l2", "dot", "cosine")
     Xr = np.random.default_rng(0).standard_normal((6301, 64)).astype(np.float32)
-    rand = ev.link_prediction(Xr, tes, ted, ns, nd, operators=ops)
+    rand = links.link_prediction(Xr, tes, ted, ns, nd, operators=ops)
     json.dumps(rand)
     for op in ("hadamard", "l1", "l2", "dot", "cosine"):
         assert abs(rand["roc_auc"][op] - 0.5) <= 0.03, (op, rand["roc_auc"][op])
@@ -228,10 +228,10 @@ def test_link_prediction_random_vs_svd(gnutella):
     import scipy.sparse as sp
     A = sp.coo_matrix((np.ones(trs.size), (trs, trd)), shape=(6301, 6301)).tocsr()
     X = _svd_embedding(((A + A.T) > 0).astype(np.float64), 32)   # embedding of the TRAIN graph only
-    svd = ev.link_prediction(X, tes, ted, ns, nd, operators=ops)
+    svd = links.link_prediction(X, tes, ted, ns, nd, operators=ops)
     assert svd["roc_auc"]["hadamard"] > 0.65 and svd["roc_auc"]["dot"] > 0.55
     assert svd["hits@100"]["hadamard"] > 5 * rand["hits@100"]["hadamard"]
-    assert svd == ev.link_prediction(X, tes, ted, ns, nd, operators=ops)
+    assert svd == links.link_prediction(X, tes, ted, ns, nd, operators=ops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,15 +243,15 @@ def test_reconstruction_map_exact_scores_and_ap():
     e, _ = _load("karate")
     g = build_csr(e[:, 0], e[:, 1], 34)
     A = g.to_scipy().astype(np.float64)
-    r = ev.reconstruction_map(A, g.indptr, g.indices, similarity="precomputed")
+    r = geometry.reconstruction_map(A, g.indptr, g.indices, similarity="precomputed")
     assert r["map"]["1"] == 1.0 and r["queries"] == 34
     two = ((A + A @ A) > 0).astype(np.float64)
-    assert ev.reconstruction_map(two, g.indptr, g.indices, similarity="precomputed")["map"]["2"] == 1.0
-    ring = ev.reconstruction_map(two - A, g.indptr, g.indices, hops=(2,), similarity="precomputed", mode="ring")
+    assert geometry.reconstruction_map(two, g.indptr, g.indices, similarity="precomputed")["map"]["2"] == 1.0
+    ring = geometry.reconstruction_map(two - A, g.indptr, g.indices, hops=(2,), similarity="precomputed", mode="ring")
     assert ring["map"]["2"] == 1.0            # (A + A^2 > 0) - A marks exactly the 2-hop ring
     rng = np.random.default_rng(0)
     S, R = rng.standard_normal((6, 40)), rng.random((6, 40)) < 0.3
-    ours = ev.average_precision_rows(S, R)
+    ours = geometry.average_precision_rows(S, R)
     ref = [metrics.average_precision_score(R[i], S[i]) for i in range(6)]
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
@@ -259,8 +259,8 @@ def test_reconstruction_map_exact_scores_and_ap():
 def test_reconstruction_map_embedding_beats_random(blogcatalog):
     g, _, X = blogcatalog
     Xr = np.random.default_rng(0).standard_normal(X.shape).astype(np.float32)
-    good = ev.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=300)
-    rand = ev.reconstruction_map(Xr, g.indptr, g.indices, hops=(1, 2), sample=300)
+    good = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=300)
+    rand = geometry.reconstruction_map(Xr, g.indptr, g.indices, hops=(1, 2), sample=300)
     json.dumps(good)
     assert good["queries"] == 300
     assert abs(rand["map"]["1"] - rand["random_baseline"]["1"]) < 0.01
@@ -270,13 +270,13 @@ def test_reconstruction_map_embedding_beats_random(blogcatalog):
 def test_knn_recall():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 32)).astype(np.float32)
-    assert ev.knn_recall(X, X, k=10, queries=200) == 1.0
-    assert ev.knn_recall(X, 3.0 * X, k=10, queries=200) == 1.0      # cosine: scale-free
-    noisy = ev.knn_recall(X, X + 0.3 * rng.standard_normal(X.shape).astype(np.float32), k=10, queries=200)
+    assert geometry.knn_recall(X, X, k=10, queries=200) == 1.0
+    assert geometry.knn_recall(X, 3.0 * X, k=10, queries=200) == 1.0      # cosine: scale-free
+    noisy = geometry.knn_recall(X, X + 0.3 * rng.standard_normal(X.shape).astype(np.float32), k=10, queries=200)
     assert 0.2 < noisy < 0.95
-    assert ev.knn_recall(X, rng.standard_normal(X.shape), k=10, queries=200) < 0.05
+    assert geometry.knn_recall(X, rng.standard_normal(X.shape), k=10, queries=200) < 0.05
     U = X / np.linalg.norm(X, axis=1, keepdims=True)
-    assert ev.knn_recall(X, lambda ids: U[ids] @ U.T, k=10, queries=200) == 1.0   # score callable
+    assert geometry.knn_recall(X, lambda ids: U[ids] @ U.T, k=10, queries=200) == 1.0   # score callable
 
 
 def test_procrustes_and_neighbourhood_overlap():
@@ -284,15 +284,15 @@ def test_procrustes_and_neighbourhood_overlap():
     X = rng.standard_normal((500, 16))
     Q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
     Y = X @ Q
-    Z, R = ev.procrustes_align(Y, X, return_rotation=True)
+    Z, R = geometry.procrustes_align(Y, X, return_rotation=True)
     np.testing.assert_allclose(Z, X, atol=1e-10)
     np.testing.assert_allclose(R, Q.T, atol=1e-10)
     # shared rows only: align a permuted subset, then every row (incl. unshared ones) is recovered
     perm = rng.permutation(500)
-    Z2 = ev.procrustes_align(Y, X[perm], shared=(perm[:100], np.arange(100)))
+    Z2 = geometry.procrustes_align(Y, X[perm], shared=(perm[:100], np.arange(100)))
     np.testing.assert_allclose(Z2, X, atol=1e-10)
-    assert ev.neighbourhood_overlap(X, Y, k=10, sample=200) == 1.0
-    assert ev.neighbourhood_overlap(X, rng.standard_normal(X.shape), k=10, sample=200) < 0.1
+    assert geometry.neighbourhood_overlap(X, Y, k=10, sample=200) == 1.0
+    assert geometry.neighbourhood_overlap(X, rng.standard_normal(X.shape), k=10, sample=200) < 0.1
 
 
 def test_node_classification_label_ids_and_duplicates():
@@ -301,15 +301,15 @@ def test_node_classification_label_ids_and_duplicates():
     X = rng.standard_normal((90, 6)).astype(np.float32)
     nodes = np.repeat(np.arange(90), 2)
     labels = rng.integers(0, 4, nodes.size)
-    base = ev.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2)
-    renamed = ev.node_classification(X, nodes, labels * 10 + 7, ratios=(0.5,), repeats=2)
-    dup = ev.node_classification(X, np.r_[nodes, nodes[:30]], np.r_[labels, labels[:30]], ratios=(0.5,), repeats=2)
+    base = classify.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2)
+    renamed = classify.node_classification(X, nodes, labels * 10 + 7, ratios=(0.5,), repeats=2)
+    dup = classify.node_classification(X, np.r_[nodes, nodes[:30]], np.r_[labels, labels[:30]], ratios=(0.5,), repeats=2)
     assert base == renamed == dup
-    assert ev.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2, threads=None) == base
+    assert classify.node_classification(X, nodes, labels, ratios=(0.5,), repeats=2, threads=None) == base
 
 
 def test_split_edges_fills_up_when_unavoidable():
     """A star: every edge is a leaf's last one, so the share can only be met by cutting leaves."""
     g = build_csr(np.zeros(10, np.int64), np.arange(1, 11), 11)
-    trs, trd, tes, ted = ev.split_edges(g.indptr, g.indices, 0.3, seed=0)
+    trs, trd, tes, ted = links.split_edges(g.indptr, g.indices, 0.3, seed=0)
     assert tes.size == 3 and trs.size == 7

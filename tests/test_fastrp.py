@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlake.workers import fastrp as F
-from embedlake.workers.graph import build_csr
+from embedlake.workers.fastrp import kernels as F
+from embedlake.workers.graph.csr import build_csr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BLOG = SHARED / "datasets" / "blogcatalog"

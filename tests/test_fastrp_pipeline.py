@@ -1,11 +1,11 @@
 """FastRP through Prefect + Ray: identical output for 1 or many partitions, and equal to the
-single-process reference driver in workers/fastrp.py."""
+single-process reference driver in workers/fastrp/kernels.py."""
 import numpy as np
 import pytest
 
 import embedlake
 from embedlake.config import load_config
-from embedlake.workers.graph_store import read_graph
+from embedlake.workers.graph.store import read_graph
 from embedlake.lake import Lake
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_session")
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("ray_session", "prefect_session")
 
 def test_fastrp_partitions_identical_and_match_reference(tmp_path, shared):
     from embedlake.flows.embed_graph import embed_graph
-    from embedlake.workers.fastrp import fastrp
+    from embedlake.workers.fastrp.kernels import fastrp
     ds = shared("datasets", "ppi")
     lake = str(tmp_path / "lake")
     mats = []

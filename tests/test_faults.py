@@ -1,7 +1,7 @@
 """Faults: a Ray worker killed mid-walk and mid-training, a node removed mid-run, racing commits.
 
 Worker kills are real SIGKILLs. The walk worker kills itself through the test hook
-EMBEDLAKE_FAULT=kill-worker-once:after:walk_stage=<marker> (workers/faults.py: the first walk task
+EMBEDLAKE_FAULT=kill-worker-once:after:walk_stage=<marker> (workers/run/faults.py: the first walk task
 to finish its walks dies before returning them), so that kill happens on every run, however short
 the task. Training
 is caught from outside: Ray titles a worker process `ray::<function>` while it runs a task, so the
@@ -128,7 +128,7 @@ def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path
     from prefect.settings import PREFECT_API_URL
 
     from embedlake.lake import Lake
-    from embedlake.workers.faults import FAULT, kill_worker_once
+    from embedlake.workers.run.faults import FAULT, kill_worker_once
     base = str(tmp_path / "base")
     _flow(base, "clean")
     faulty, marker = str(tmp_path / "faulty"), tmp_path / "walk-kill.marker"
@@ -163,7 +163,7 @@ def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path
     _checksums_match(lk, man)
 
 
-_HOOK_SCRIPT = "from embedlake.workers.faults import fault_point as f; f('after:walk_stage'); print('alive')"
+_HOOK_SCRIPT = "from embedlake.workers.run.faults import fault_point as f; f('after:walk_stage'); print('alive')"
 
 
 def _hook(fault: str) -> subprocess.CompletedProcess:
@@ -175,7 +175,7 @@ def _hook(fault: str) -> subprocess.CompletedProcess:
 def test_fault_hook_list_and_kill_worker_once(tmp_path):
     """EMBEDLAKE_FAULT takes several faults; kill-worker-once kills the first process only, writes
     `killed <pid>` then `ran <pid>` per later pass, and never touches another process."""
-    from embedlake.workers.faults import kill_worker_once, parse_faults
+    from embedlake.workers.run.faults import kill_worker_once, parse_faults
     marker = tmp_path / "m=1.marker"                       # '=' in the path is kept
     once = kill_worker_once("after:walk_stage", marker)
     assert parse_faults(f"after:publish, {once}") == [("run", "after:publish", None),

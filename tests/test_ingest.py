@@ -8,8 +8,8 @@ import pytest
 import zstandard
 
 from embedlake.errors import InputError
-from embedlake.workers.graph import build_csr
-from embedlake.workers.ingest import PARSE_ROWS, EdgeSpec, ingest_graph, iter_line_chunks, read_labels
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.ingest import PARSE_ROWS, EdgeSpec, ingest_graph, iter_line_chunks, read_labels
 
 TRIANGLE = "src\tdst\n0\t1\n1\t2\n2\t0\n"
 
@@ -140,7 +140,7 @@ def _random_edges(rng, m, n):
 @pytest.mark.parametrize("duplicates", ["drop", "sum", "keep"])
 @pytest.mark.parametrize("self_loops", ["drop", "keep"])
 def test_weighted_chunked_counting_sort_matches_reference(directed, duplicates, self_loops):
-    from embedlake.workers.ingest import _csr_from_chunks
+    from embedlake.workers.graph.ingest import _csr_from_chunks
     rng = np.random.default_rng(7)
     s, d, w = _random_edges(rng, 5000, 300)            # many repeats in both directions and self-loops
     cuts = [0, 1, 1700, 1701, 4000, 5000]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from embedlake.workers.cooccur import cooccurrence_csr, count_pairs
+from embedlake.workers.corpus.cooccur import cooccurrence_csr, count_pairs
 
 CLUSTERS, PER = 20, 20
 
@@ -114,7 +114,7 @@ def _benchmarks(folder):
 def test_embed_corpus_learned_tables(tmp_path, capsys):
     from embedlake.flows.cli import main as cli
     from embedlake.lake import Lake
-    from embedlake.workers.compress_store import read_compressed
+    from embedlake.workers.compress.store import read_compressed
     text = tmp_path / "planted.txt"
     _planted_text(text)
     bench = _benchmarks(tmp_path / "bench")

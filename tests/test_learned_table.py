@@ -11,7 +11,7 @@ import pytest
 from embedlake.flows.cli import main as cli
 from embedlake.flows.cli import print_summary
 from embedlake.lake import Lake
-from embedlake.workers import compress_store as cs
+from embedlake.workers.compress import store as cs
 
 FAST = ["-p", "train.dim=16", "-p", "walk.length=20", "-p", "eval.repeats=1", "-p", "compress.compose_sketch_dim=16"]
 
@@ -103,9 +103,9 @@ def test_eval_rows_materialises_only_what_is_evaluated(tmp_path):
     """eval_rows decodes the labelled rows and link-prediction endpoints only, and the evaluations
     on them equal those on the fully materialised table (same nodes, same order, same splits)."""
     from embedlake.lake import Lake
-    from embedlake.workers import compress as cz
-    from embedlake.workers.eval_links import link_prediction
-    from embedlake.workers.eval_classify import node_classification
+    from embedlake.workers.compress import codecs as cz
+    from embedlake.workers.evaluate.links import link_prediction
+    from embedlake.workers.evaluate.classify import node_classification
     n, d, rng = 200, 8, np.random.default_rng(0)
     params = {**cz.codec_params("hash"), "buckets": 40, "rows": n}
     state = {"table": rng.standard_normal((40, d)).astype(np.float32)}

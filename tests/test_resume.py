@@ -127,7 +127,7 @@ def _stream(seed: int = 0, n: int = 60, sentences: int = 300, length: int = 12):
 
 
 def test_train_sgns_resumed_at_an_epoch_is_bit_exact():
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     n, tok, off = _stream()
     kw = dict(dim=8, window=3, negatives=3, epochs=3, lr=0.05, min_lr=0.001, seed=5, threads=1, sample=1e-2)
     saved = {}
@@ -142,8 +142,8 @@ def test_train_sgns_resumed_at_an_epoch_is_bit_exact():
 
 
 def test_streamed_rounds_resume_from_a_round_checkpoint(tmp_path):
-    from embedlake.workers import checkpoints as cp
-    from embedlake.workers.stages import train_round
+    from embedlake.workers.run import checkpoints as cp
+    from embedlake.workers.train.stages import train_round
     lake = Lake(str(tmp_path / "lake"))
     run_dir = Lake.run_dir("checkpoints", "g", "deepwalk", "r")
     base, state, _ = cp.open_stage(lake, run_dir, "stream", {"x": 1}, True)
@@ -180,7 +180,7 @@ def test_streamed_rounds_resume_from_a_round_checkpoint(tmp_path):
 
 
 def test_stage_fingerprint_mismatch_starts_over(tmp_path):
-    from embedlake.workers import checkpoints as cp
+    from embedlake.workers.run import checkpoints as cp
     lake = Lake(str(tmp_path / "lake"))
     run_dir = Lake.run_dir("checkpoints", "g", "deepwalk", "r")
     base, state, discarded = cp.open_stage(lake, run_dir, "walk", {"length": 20}, True)
@@ -196,12 +196,12 @@ def test_stage_fingerprint_mismatch_starts_over(tmp_path):
 
 
 def test_fault_point_is_inert_unless_named(monkeypatch):
-    from embedlake.workers.faults import fault_point
+    from embedlake.workers.run.faults import fault_point
     monkeypatch.delenv("EMBEDLAKE_FAULT", raising=False)
     fault_point("after:walk")
     monkeypatch.setenv("EMBEDLAKE_FAULT", "after:publish")
     fault_point("after:walk")                    # another point: nothing happens
-    p = subprocess.run([sys.executable, "-c", "from embedlake.workers.faults import fault_point as f; "
+    p = subprocess.run([sys.executable, "-c", "from embedlake.workers.run.faults import fault_point as f; "
                         "f('after:walk'); print('alive')"], env={**os.environ, "EMBEDLAKE_FAULT": "after:walk"},
                        capture_output=True, text=True, timeout=60, start_new_session=True)
     assert p.returncode == -9 and "alive" not in p.stdout

@@ -56,7 +56,7 @@ def _wait(p: subprocess.Popen, timeout: float = 240) -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prefect_session):
-    from embedlake.workers.corpus import plan_shards
+    from embedlake.workers.corpus.text import plan_shards
     tmp = tmp_path_factory.mktemp("resume_corpus")
     corpus = _corpus(tmp / "corpus.txt")
     out: dict = {"tmp": tmp, "shards": len(plan_shards(str(corpus), int(SHARD_MB * (1 << 20))))}
@@ -150,7 +150,7 @@ def test_uninterrupted_corpus_run_records_no_reuse(runs):
 # ---- pieces, in process ------------------------------------------------------------------------------
 def test_token_shard_reader_inverts_the_writer(tmp_path):
     from embedlake.errors import LakeError
-    from embedlake.workers import corpus as wc
+    from embedlake.workers.corpus import text as wc
     lake = Lake(str(tmp_path / "lake"))
     rng = np.random.default_rng(0)
     lens = rng.integers(0, 9, 50)
@@ -172,8 +172,8 @@ def test_token_shard_reader_inverts_the_writer(tmp_path):
 def test_tokens_fingerprint_follows_input_and_settings(tmp_path):
     from embedlake.tasks.corpus import input_stamps
     from embedlake.tasks.resume import corpus_tokens_spec
-    from embedlake.workers import corpus as wc
-    from embedlake.workers.checkpoints import fingerprint
+    from embedlake.workers.corpus import text as wc
+    from embedlake.workers.run.checkpoints import fingerprint
     p = _corpus(tmp_path / "c.txt", lines=50)
     shards = wc.plan_shards(str(p))
     inp, text, vocab = {"path": str(p), "shard_mb": 32.0}, wc.TextSpec().__dict__, {"min_count": 2}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlake.workers.skipgram import keep_thresholds, noise_alias, train_sgns
+from embedlake.workers.train.skipgram import keep_thresholds, noise_alias, train_sgns
 
 
 def planted_graph(n=400, k=4, deg=12.0, mixing=0.1, seed=0):
@@ -191,7 +191,7 @@ def test_epochs_and_lr_decay(graph_walks):
 # ----------------------------------------------------------------------------- torch kernel
 
 def test_torch_cpu_matches_numba_quality(graph_walks):
-    from embedlake.workers.skipgram_torch import resolve_device, train_sgns_torch
+    from embedlake.workers.train.torch_engine import resolve_device, train_sgns_torch
     tokens, offsets, comm = graph_walks
     kw = dict(dim=32, window=5, negatives=5, seed=0, threads=1)
     Wn, _, sn = train_sgns(tokens, offsets, 400, **kw)
@@ -207,7 +207,7 @@ def test_torch_cpu_matches_numba_quality(graph_walks):
 
 
 def test_torch_reproducible_and_subsampling(graph_walks):
-    from embedlake.workers.skipgram_torch import train_sgns_torch
+    from embedlake.workers.train.torch_engine import train_sgns_torch
     tokens, offsets, _ = graph_walks
     kw = dict(dim=8, window=3, seed=5, threads=1, device="cpu", batch_size=256, sample=1e-4)
     n = int(offsets[400])

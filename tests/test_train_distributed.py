@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlake.workers import skipgram_blocks as sb
+from embedlake.workers.train import blocks as sb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,9 +82,9 @@ def test_partition_noise_draws_follow_the_partition_distribution():
 # ---- quality and determinism (in-process driver) -------------------------------------------------
 @pytest.fixture(scope="module")
 def planted():
-    from embedlake.workers.graph import build_csr
-    from embedlake.workers.synthetic import planted_communities
-    from embedlake.workers.walks import random_walks, walks_to_sentences
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.synthetic import planted_communities
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
     n = 2000
     s, d, lab = planted_communities(n, 8, 10.0, 0.5, 3)
     g = build_csr(s, d, n)
@@ -94,13 +94,13 @@ def planted():
 
 
 def _f1(X, lab):
-    from embedlake.workers.eval_classify import node_classification
+    from embedlake.workers.evaluate.classify import node_classification
     r = node_classification(X, np.arange(len(lab)), lab, ratios=(0.1, 0.5), repeats=3)
     return r["micro_f1"]
 
 
 def test_partitioned_quality_matches_one_table_training(planted):
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     n, lab, tok, off = planted
     kw = dict(dim=32, window=5, negatives=5, seed=0, threads=1)
     X1, _, _ = train_sgns(tok, off, n, **kw)
@@ -117,7 +117,7 @@ def test_partitioned_quality_matches_one_table_training(planted):
 
 def test_one_partition_is_the_one_table_model(planted):
     """P = 1 is plain HogBatch SGNS on the whole table: same quality as train_sgns (other draws)."""
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     n, lab, tok, off = planted
     kw = dict(dim=32, window=5, negatives=5, seed=0, threads=1)
     X1, _, s1 = train_sgns(tok, off, n, **kw)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embedlake.workers.graph import build_csr
-from embedlake.workers.walks import (build_alias, random_walks, walk_steps, walks_to_sentences)
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.walks import (build_alias, random_walks, walk_steps, walks_to_sentences)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PVAL = 1e-3

@@ -11,10 +11,10 @@ fly inside the kernel, and the gradient flows back into every row (and weight) i
 The same kernel serves both sides of skip-gram: the context (input) side and the centre/negative
 (output) side each have their own codes and table, or one shared table (Unified Embedding's
 feature multiplexing: the two sides, and several entity types, index one table with their own
-hash functions). Which rows an id uses is decided before training by workers/codec_compose.py;
+hash functions). Which rows an id uses is decided before training by workers/compress/compose.py;
 this module only trains.
 
-The loop is workers/skipgram.py's HogBatch window (negatives drawn once per centre, a
+The loop is workers/train/skipgram.py's HogBatch window (negatives drawn once per centre, a
 [contexts x (1 + negatives)] block of dot products on local buffers), with composition before and
 scatter after. Hogwild across threads; with threads=1 the result is bit-for-bit reproducible
 (every random draw comes from a splitmix64 stream of (seed, epoch, sentence), as in skipgram.py).
@@ -27,7 +27,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import (_chunks, _draw_negatives, _kept_tokens, _seed_state, _window_contexts, _window_step,
+from embedlake.workers.train.skipgram import (_chunks, _draw_negatives, _kept_tokens, _seed_state, _window_contexts, _window_step,
                                         keep_thresholds, noise_alias, sigmoid_tables, token_counts)
 
 COMBINES = {"sum": 0, "product": 1}

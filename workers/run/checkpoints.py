@@ -118,3 +118,9 @@ def vocab_digest(words, counts: np.ndarray) -> str:
         h.update(b"\0")
     h.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
     return h.hexdigest()[:24]
+
+
+def load_checkpoint_array(lake: Lake | str, state: dict, name: str) -> np.ndarray:
+    """One array of a checkpointed step (e.g. the finished table of a killed run)."""
+    return load(Lake(lake), state, name)
+

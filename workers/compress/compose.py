@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from embedlake.workers.codec_hash import hash_buckets
+from embedlake.workers.compress.hashing import hash_buckets
 
 CODES = {"compose": "structure", "qr": "qr", "unified": "hash"}
 DEFAULT_LEVELS = {"compose": 5, "qr": 2, "unified": 2}
@@ -101,8 +101,8 @@ def structure_codes(indptr, indices, weights, lp: dict, *, sketch_dim: int = 256
     """Level-local residual-quantisation codes of the graph's FastRP sketch. Returns (codes, info)."""
     import faiss
 
-    from embedlake.workers.compress import sample_rows
-    from embedlake.workers.fastrp import fastrp
+    from embedlake.workers.compress.codecs import sample_rows
+    from embedlake.workers.fastrp.kernels import fastrp
     n = len(indptr) - 1
     X = np.ascontiguousarray(fastrp(indptr, indices, weights, dim=sketch_dim, seed=seed, threads=threads,
                                     iteration_weights=iteration_weights), dtype=np.float32)
@@ -136,7 +136,7 @@ def assign_codes(codec: str, lp: dict, n: int, *, csr: tuple | None = None, seed
                  train_sample: int = 100_000, types=None, threads: int = 0) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Codes of ids 0..n-1 before training: (level-local codes [n, R], output-side table rows or
     None (= the input side's), info). compose: structure codes of `csr` = (indptr, indices,
-    weights, ...) -- a graph's CSR or a vocabulary's co-occurrence graph (workers/cooccur.py)."""
+    weights, ...) -- a graph's CSR or a vocabulary's co-occurrence graph (workers/corpus/cooccur.py)."""
     info: dict = {"codes": CODES[codec]}
     code_out = None
     if codec == "compose":
@@ -170,7 +170,7 @@ def train_compositional_tokens(tokens, offsets, n: int, codec: str, lp: dict, tr
     """The compositional table trained on given sentences of ids (a tokenised corpus) instead of
     walks: (state {"table": K x d, "codes": n x R level-local}, training stats). counts: the ids'
     frequencies (noise distribution and subsampling; None = counted from `tokens`)."""
-    from embedlake.workers.skipgram_compose import train_composed
+    from embedlake.workers.train.compose import train_composed
     kw, lr, min_lr = composed_kwargs(codec, lp, codes, code_out, train, threads)
     out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
                          counts=counts, progress=progress, **kw)
@@ -185,8 +185,8 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     csr = (indptr, indices, weights, directed). Returns (state {"table": K x d, "codes": n x R
     level-local int32}, info {codes: ..., stats}). progress: train_composed's (done, total, loss) callback.
     """
-    from embedlake.workers.skipgram_compose import train_composed
-    from embedlake.workers.walks import random_walks, should_stream, walks_to_sentences
+    from embedlake.workers.train.compose import train_composed
+    from embedlake.workers.graph.walks import random_walks, should_stream, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
     codes, code_out, info = assign_codes(codec, lp, n, csr=csr, seed=seed, sketch_dim=sketch_dim,
@@ -249,7 +249,7 @@ def decode_codes(cols: dict, lp: dict) -> np.ndarray:
 
 def decode_compositional(cols: dict, state: dict, lp: dict) -> np.ndarray:
     """float32 [n, d]: the composed vectors of the rows in `cols`."""
-    from embedlake.workers.skipgram_compose import materialise
+    from embedlake.workers.train.compose import materialise
     rows = table_rows_of(decode_codes(cols, lp), lp)
     return materialise(state["table"], rows, None, lp["combine"])
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.ingest import _open, _suffixes, expand_inputs
+from embedlake.workers.graph.ingest import _open, _suffixes, expand_inputs
 
 WHITESPACE_PATTERN = r"\S+"
 BLOCK_BYTES = 16 << 20          # decode / tokenise this much text at a time
@@ -477,16 +477,16 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: dict, *parts: np.nda
     `epoch_checkpoint`): the numba engine checkpoints W_in / W_out after every epoch and, given the
     resume state of epoch k, continues at epoch k + 1 (bit-identical with one thread); the torch
     engine has no epoch hook and checkpoints its finished table only (the graph flow's helpers in
-    workers/stages.py write both, so the layout and fault points are the same)."""
+    workers/graph/stages.py write both, so the layout and fault points are the same)."""
     import os
 
-    from embedlake.workers.stages import _checkpoint_epoch, _checkpoint_info
+    from embedlake.workers.train.stages import _checkpoint_epoch, _checkpoint_info
     ck = train.get("_checkpoint")
     tokens, offsets = concat_sentences(list(zip(parts[0::2], parts[1::2])))
     init, start = None, 0
     if ck is not None and ck.get("resume") is not None:
         from embedlake.lake import Lake
-        from embedlake.workers.checkpoints import load
+        from embedlake.workers.run.checkpoints import load
         lake = Lake(ck["lake"])
         start = int(ck["resume"]["epoch"])
         init = (load(lake, ck["resume"], "w_in"), load(lake, ck["resume"], "w_out"))
@@ -495,14 +495,14 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: dict, *parts: np.nda
               sample=train["sample"], seed=train["seed"], init=init or text_init(vocab_size, train["dim"], train["seed"]))
     threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
     if train.get("engine", "numba") == "torch":
-        from embedlake.workers.skipgram_torch import train_sgns_torch
+        from embedlake.workers.train.torch_engine import train_sgns_torch
         W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.get("device", "auto"),
                                        threads=threads, **kw)
         stats["sentences"] = len(offsets) - 1
         if ck is not None:
             _checkpoint_epoch(ck, train["epochs"], train["epochs"], W, None, stats)
         return W, stats
-    from embedlake.workers.skipgram import train_sgns
+    from embedlake.workers.train.skipgram import train_sgns
     report = train.get("progress")
     cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
     on_epoch = None
@@ -565,14 +565,14 @@ def write_words_part(lake, dataset: str, method: str, run_id: str, partition: in
 
 
 def evaluate_stage(words: list, counts: np.ndarray, X: np.ndarray, eval_cfg: dict) -> dict:
-    from embedlake.workers.word_eval import evaluate_words
+    from embedlake.workers.evaluate.words import evaluate_words
     return evaluate_words(words, X, eval_cfg.get("benchmarks"), eval_cfg.get("case_insensitive", True),
                           eval_cfg.get("restrict_vocab", 300_000), eval_cfg.get("analogies", True), counts)
 
 
 # ------------------------------------------------------------------ learned tables (train.table)
 
-COOC_MAX_PAIRS = 20_000_000     # distinct co-occurrence pairs kept in memory (workers/cooccur.py cap)
+COOC_MAX_PAIRS = 20_000_000     # distinct co-occurrence pairs kept in memory (workers/corpus/cooccur.py cap)
 
 
 def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params: dict, train: dict, *parts):
@@ -583,12 +583,12 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
     row position's bucket, recomputed on encode), info {"fit_s", "stats", "codes", ...}.
 
     compose's codes are the structure codes (codec_compose.structure_codes) of the words'
-    co-occurrence graph within train.window (workers/cooccur.py, counted shard by shard)."""
+    co-occurrence graph within train.window (workers/corpus/cooccur.py, counted shard by shard)."""
     import os
     import time
 
-    from embedlake.workers import codec_compose as cc
-    from embedlake.workers.codec_hash import hash_buckets
+    from embedlake.workers.compress import compose as cc
+    from embedlake.workers.compress.hashing import hash_buckets
     t0 = time.perf_counter()
     V = int(vocab_size)
     pairs = list(zip(parts[0::2], parts[1::2]))
@@ -602,7 +602,7 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
     else:
         lp, csr = params, None
         if codec == "compose":
-            from embedlake.workers.cooccur import cooccurrence_csr
+            from embedlake.workers.corpus.cooccur import cooccurrence_csr
             t1 = time.perf_counter()
             indptr, indices, weights, cinfo = cooccurrence_csr(pairs, V, int(train["window"]),
                                                                max_pairs=COOC_MAX_PAIRS)
@@ -631,8 +631,8 @@ def learned_eval_stage(lake, manifest_fields: dict, words: list, counts: np.ndar
     import time
 
     from embedlake.lake import Lake, Manifest
-    from embedlake.workers import compress as cz
-    from embedlake.workers.compress_store import table_from_manifest
+    from embedlake.workers.compress import codecs as cz
+    from embedlake.workers.compress.store import table_from_manifest
     t0 = time.perf_counter()
     table = table_from_manifest(Lake(lake), Manifest(**manifest_fields))
     r = min(len(words), int(eval_cfg.get("restrict_vocab", 300_000)))

@@ -35,7 +35,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _hogbatch,
+from embedlake.workers.train.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _hogbatch,
                                         _next, keep_thresholds, sigmoid_tables)
 
 
@@ -401,8 +401,8 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
 def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int, train: dict, epoch: int,
                *parts: np.ndarray) -> tuple[dict, dict]:
     """Walk partitions -> the shared block inputs (one object) + a small info dict for the driver."""
-    from embedlake.workers.stages import interleave_walks
-    from embedlake.workers.walks import walks_to_sentences
+    from embedlake.workers.train.stages import interleave_walks
+    from embedlake.workers.graph.walks import walks_to_sentences
     walks = interleave_walks(list(parts), walks_per_node)
     tokens, offsets = walks_to_sentences(walks)
     del walks

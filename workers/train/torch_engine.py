@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from embedlake.workers.skipgram import _chunks, keep_thresholds, prepare
+from embedlake.workers.train.skipgram import _chunks, keep_thresholds, prepare
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedlake.workers import codec_compose as cc
-from embedlake.workers import codec_hash as hs
-from embedlake.workers import codec_lowrank as lr
-from embedlake.workers import codec_pq as pq
-from embedlake.workers import codec_scalar as sc
+from embedlake.workers.compress import compose as cc
+from embedlake.workers.compress import hashing as hs
+from embedlake.workers.compress import lowrank as lr
+from embedlake.workers.compress import pq as pq
+from embedlake.workers.compress import scalar as sc
 
 CODECS = ("fp16", "int8", "int4", "binary", "pq", "opq", "lowrank", "hash", "compose", "qr", "unified")
 TRAINED = ("pq", "opq", "lowrank")         # state fitted on a sample of the source table
@@ -316,7 +316,8 @@ def quality(table: CompressedTable, X: np.ndarray, *, k: int = 10, queries: int 
     (node_idx, label_idx)) runs on the decoded rows with the same protocol and splits as the
     `baseline` result it is compared to.
     """
-    from embedlake.workers.evaluate import knn_recall, node_classification
+    from embedlake.workers.evaluate.geometry import knn_recall
+    from embedlake.workers.evaluate.classify import node_classification
     out: dict = {"bytes_per_vector": table.bytes_per_vector, "ratio": round(table.ratio, 4)}
     t0 = time.perf_counter()
     D = table._decoded = decode(table.codec, table.cols, table.state, table.params, table.dim)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.graph import CSRGraph
+from embedlake.workers.graph.csr import CSRGraph
 
 TEXT_SUFFIXES = (".tsv", ".csv", ".txt", ".edges", ".edgelist", ".edg", ".el", "")
 # Lines parsed per polars call: parsing holds several string copies of a chunk, so this bounds the

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlake.lake import FileEntry, Lake
-from embedlake.workers.graph import CSRGraph
+from embedlake.workers.graph.csr import CSRGraph
 
 
 def graph_version(checksum: str, spec_fields: dict) -> str:

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from scipy.stats import rankdata
 
-from .eval_classify import blas_threads, decision_scores, fit_logreg_ovr
+from embedlake.workers.evaluate.classify import blas_threads, decision_scores, fit_logreg_ovr
 
 EDGE_OPERATORS = ("hadamard", "average", "l1", "l2")
 DIRECT_SCORES = ("dot", "cosine")

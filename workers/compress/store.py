@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlake.lake import Lake, check_name
-from embedlake.workers import compress as cz
+from embedlake.workers.compress import codecs as cz
 
 CODE_KIND = "tables"
 CODEBOOK_KIND = "codebooks"
@@ -83,7 +83,7 @@ def encode_partition(lake: Lake | str, dataset: str, method: str, run_id: str, c
     codes come from the row position and `state`, never from row values (embed_graph's
     train.table path has no full table to pass). Returns the file entry plus `encode_s`.
     """
-    from embedlake.workers.graph_store import node_id_array
+    from embedlake.workers.graph.store import node_id_array
     lake = Lake(lake)
     t0 = time.perf_counter()
     if X is None and codec not in cz.GRAPH_TRAINED:
@@ -118,8 +118,8 @@ def fit_graph_table(csr: tuple, codec: str, params: dict, walk: dict, train: dic
     compositional codecs: they become the rows' `code` column, the table the codebook file);
     info {"fit_s", "stats" (tokens, loss...), ...}. progress: reporter(done, total, loss=...) of
     tasks/progress.py (tokens trained), or None."""
-    from embedlake.workers.codec_compose import train_compositional
-    from embedlake.workers.codec_hash import train_hashed
+    from embedlake.workers.compress.compose import train_compositional
+    from embedlake.workers.compress.hashing import train_hashed
     t0 = time.perf_counter()
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"{codec} codec: the method must be deepwalk or node2vec, not {method!r}")
@@ -140,7 +140,7 @@ def fit_graph_table(csr: tuple, codec: str, params: dict, walk: dict, train: dic
 
 
 def _source_graph(lake: Lake | str, dataset: str, graph_meta: dict, codec: str, rows: int) -> tuple:
-    from embedlake.workers.graph_store import read_graph
+    from embedlake.workers.graph.store import read_graph
     csr, _, _, _ = read_graph(Lake(lake), dataset, graph_meta["version"])
     if csr.num_nodes != rows:
         raise ValueError(f"{codec} codec: graph has {csr.num_nodes} nodes but the source table {rows} rows")
@@ -285,7 +285,7 @@ def load_labels(lake: Lake | str, dataset: str, graph_meta: dict | None, row_ids
     The graph version comes from the source manifest (extra["graph"]); labels are stored against
     the graph's dense ids, mapped here through the node-id map to the table's rows.
     """
-    from embedlake.workers.graph_store import graph_exists, read_graph
+    from embedlake.workers.graph.store import graph_exists, read_graph
     lake = Lake(lake)
     if not graph_meta or not graph_meta.get("labelled") or not graph_meta.get("version"):
         return None

@@ -51,8 +51,8 @@ def holdout_stage(csr: tuple, test_share: float, seed: int):
     non-edges is drawn on the FULL graph so a held-out edge is never a negative. Split seed =
     ``seed``, non-edge seed = ``seed + 1``.
     """
-    from embedlake.workers.evaluate import sample_non_edges, split_edges
-    from embedlake.workers.graph import build_csr
+    from embedlake.workers.evaluate.links import sample_non_edges, split_edges
+    from embedlake.workers.graph.csr import build_csr
     t0 = time.perf_counter()
     indptr, indices, weights, directed = csr
     n = int(indptr.size - 1)
@@ -72,7 +72,7 @@ def holdout_stage(csr: tuple, test_share: float, seed: int):
 # ---------------------------------------------------------------------------------------------
 
 def classify_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
-    from embedlake.workers.evaluate import node_classification
+    from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return {}
     ni, li = labels[0], labels[1]
@@ -84,7 +84,7 @@ def classify_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
 
 
 def link_stage(X: np.ndarray, split: dict, eval_cfg: dict) -> dict:
-    from embedlake.workers.evaluate import link_prediction
+    from embedlake.workers.evaluate.links import link_prediction
     t0 = time.perf_counter()
     res = link_prediction(X, split["test_src"], split["test_dst"], split["neg_src"], split["neg_dst"],
                           operators=tuple(eval_cfg.get("lp_operators", ("hadamard", "average", "l1", "l2", "dot"))),
@@ -111,7 +111,7 @@ def merge_link_results(parts: list[dict]) -> dict:
 
 def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: dict) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
-    from embedlake.workers.evaluate import reconstruction_map
+    from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
     sample = eval_cfg.get("reconstruction_sample", 500) or None
     res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.get("reconstruction_hops", (1, 2, 3))),
@@ -181,7 +181,7 @@ def stability(X_new: np.ndarray, ids_new: np.ndarray, X_ref: np.ndarray, ids_ref
     Returns (figures, aligned X_new (all rows) or None, rotation or None). Figures: shared nodes,
     relative distance before/after the rotation, and the mean Jaccard of the top-k cosine
     neighbour sets of the shared nodes (rotation-invariant: the same before and after)."""
-    from embedlake.workers.evaluate import neighbourhood_overlap, procrustes_align
+    from embedlake.workers.evaluate.geometry import neighbourhood_overlap, procrustes_align
     rn, rr = shared_rows(ids_new, ids_ref)
     out: dict = {"shared_nodes": int(rn.size), "nodes": int(X_new.shape[0]), "reference_nodes": int(X_ref.shape[0])}
     if X_new.shape[1] != X_ref.shape[1]:
@@ -202,7 +202,7 @@ def align_stage(lake: Lake | str, dataset: str, method: str, run_id: str, X: np.
     """Stability figures against ``reference`` (see ``reference_run``) and, when the rotation is
     defined, the aligned table + rotation written to the lake. Returns {"metrics", "files"}."""
     from embedlake import storage
-    from embedlake.workers.graph_store import node_id_array
+    from embedlake.workers.graph.store import node_id_array
     lake = Lake(lake)
     t0 = time.perf_counter()
     with storage.using(lake.env):
@@ -309,7 +309,7 @@ def write_report_stage(lake: Lake | str, dataset: str, method: str, run_id: str,
     ``compressed``: quality-vs-bytes rows (see workers/report.compressed_rows). Returns
     {"files": {"metrics": [...], "report": [...]}, "markdown": str, "png": bytes}."""
     from embedlake import storage
-    from embedlake.workers import report as rp
+    from embedlake.workers.evaluate import report as rp
     lake = Lake(lake)
     this = {"dataset": dataset, "method": method, "run_id": run_id, "metrics": metrics}
     runs = [this] + [c for c in context if (c["method"], c["run_id"]) != (method, run_id)]

@@ -37,8 +37,8 @@ def train_hashed(csr: tuple, buckets: int, walk: dict, train: dict, method: str 
     csr = (indptr, indices, weights, directed); walk / train: the source run's config sections.
     Returns (table float32 [buckets, dim], training stats). progress: train_sgns's (done, total, loss) callback.
     """
-    from embedlake.workers.skipgram import train_sgns
-    from embedlake.workers.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.skipgram import train_sgns
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
     walks = random_walks(indptr, indices, weights, np.arange(n, dtype=np.int64), walk["walks_per_node"],

@@ -1,10 +1,10 @@
 """FastRP stage bodies for Ray workers: one function per step of the row-partitioned recipe in
-workers/fastrp.py. Each takes the shared CSR (zero-copy from the object store) and a row range."""
+workers/fastrp/kernels.py. Each takes the shared CSR (zero-copy from the object store) and a row range."""
 from __future__ import annotations
 
 import numpy as np
 
-from embedlake.workers import fastrp as frp
+from embedlake.workers.fastrp import kernels as frp
 
 
 def degrees(csr: tuple) -> np.ndarray:

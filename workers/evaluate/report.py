@@ -285,7 +285,7 @@ def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: 
     ``compressed`` rows are given, recall@10 against bytes per vector (log scale) per codec."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from embedlake.workers.compress import GRAPH_TRAINED
+    from embedlake.workers.compress.codecs import GRAPH_TRAINED
     # learned tables (hash, compose, ...) are separate training runs, not reconstructions of the
     # source table: their recall@10 against it is ~0 by construction; the markdown table has their F1
     compressed = [r for r in (compressed or []) if r.get("bytes_per_vector") and r.get("recall_at_10") is not None

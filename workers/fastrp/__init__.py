@@ -1,0 +1,1 @@
+"""FastRP: row-partitioned sparse propagation kernels and their Ray-side stage bodies."""
