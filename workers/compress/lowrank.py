@@ -6,6 +6,7 @@ every worker projects its own partition with the same basis.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -28,8 +29,26 @@ def fit_lowrank(X: np.ndarray, rank: int) -> dict[str, np.ndarray]:
     return {"mean": mean.astype(np.float32), "components": comps.astype(np.float32)}
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _project_rows(X, mean, comps, out):
+    """out[i, k] = sum_j (X[i, j] - mean[j]) * comps[k, j], summed in float64 in j order, row by row:
+    each row's coordinates depend on that row alone, so row partitions encode exactly as the whole
+    table does (a BLAS matmul's blocking, and so its rounding, changes with the row count)."""
+    n, d = X.shape
+    r = comps.shape[0]
+    for i in numba.prange(n):
+        for k in range(r):
+            acc = 0.0
+            for j in range(d):
+                acc += (np.float64(X[i, j]) - np.float64(mean[j])) * np.float64(comps[k, j])
+            out[i, k] = np.float32(acc)
+
+
 def encode_lowrank(X: np.ndarray, state: dict, dtype: str = "float32") -> dict[str, np.ndarray]:
-    Y = (np.asarray(X, dtype=np.float32) - state["mean"]) @ state["components"].T
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    comps = np.ascontiguousarray(state["components"], dtype=np.float32)
+    Y = np.empty((X.shape[0], comps.shape[0]), dtype=np.float32)
+    _project_rows(X, np.ascontiguousarray(state["mean"], dtype=np.float32), comps, Y)
     Y = np.ascontiguousarray(Y.astype(DTYPES[dtype]))
     return {"code": Y.view(np.uint8).reshape(Y.shape[0], -1)}
 
