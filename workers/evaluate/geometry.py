@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -131,15 +132,6 @@ def procrustes_align(X_new, X_ref, *, shared=None, return_rotation=False):
 # reconstruction
 # ---------------------------------------------------------------------------------------------
 
-def _adjacency(indptr, indices) -> sp.csr_matrix:
-    indptr = np.asarray(indptr, dtype=np.int64)
-    n = indptr.size - 1
-    A = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), np.asarray(indices), indptr), shape=(n, n))
-    A.setdiag(0)
-    A.eliminate_zeros()
-    return A
-
-
 def average_precision_rows(S: np.ndarray, R: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """AP per row of scores S (higher first) against boolean relevance R; rows without relevant
     items give NaN. ``order`` (the rows' argsort of -S) can be passed to reuse one sort for
@@ -155,7 +147,8 @@ def average_precision_rows(S: np.ndarray, R: np.ndarray, order: np.ndarray | Non
 
 
 def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=0,
-                       similarity="cosine", mode="ball") -> dict:
+                       similarity="cosine", mode="ball", ball_cap=1_000_000, relevant_cap=0,
+                       threads=0) -> dict:
     """Graph reconstruction (RESTORE-style): for each sampled node, rank every other node by
     similarity and compute the average precision of its neighbourhood within h hops (distance
     1..h along the CSR's arcs; ``mode="ring"``: exactly h hops); report the mean over nodes per
@@ -166,44 +159,285 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
     matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline`` is the mean share
     of relevant nodes, about the mAP of a random ranking.
+
+    No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
+    high) / (nodes scoring at least as high), counted in one pass over the query's scores
+    (`_query_ap`). Ties therefore count against the ranking, as in scikit-learn's
+    average_precision_score; without ties this is the AP of the sorted ranking.
+
+    Bounds for large graphs, reported in the result: a query's breadth-first search stops once
+    its ball would exceed ``ball_cap`` nodes, and hops beyond that are left out of that query's
+    figures (``truncated``); with ``relevant_cap`` > 0 a hop ball larger than that is sampled
+    (seeded per query and hop) and its precision counts scaled, an unbiased estimate
+    (``sampled``). ``ci95`` is the half-width of the normal 95 % interval of each mean over the
+    queries (0 when every eligible node is a query).
     """
     if mode not in ("ball", "ring"):
         raise ValueError(f"mode must be 'ball' or 'ring', not {mode!r}")
-    A = _adjacency(indptr, indices)
-    AT = A.T.tocsr()
-    n = A.shape[0]
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n = indptr.size - 1
     hops = sorted(int(h) for h in hops)
+    hop_arr = np.asarray(hops, dtype=np.int64)
     score = _scorer(X, similarity)
-    pool = np.flatnonzero(np.diff(A.indptr) > 0)
+    pool = _nodes_with_neighbours(indptr, indices)
     q_all = _sample(n, sample, seed, pool)
-    aps = {h: [] for h in hops}
-    base = {h: [] for h in hops}
-    for q in _blocks(q_all, n):
-        S = np.array(score(q), dtype=np.float32, copy=True)
-        rows = np.arange(q.size)
-        S[rows, q] = -np.inf                         # the node itself is neither ranked first nor relevant
-        order = np.argsort(-S, axis=1)               # one sort serves every hop
-        # breadth-first search for the whole block at once, dense (b x n) boolean masks:
-        # one sparse-times-dense product per hop, cheaper than sparse products once the
-        # frontier fills up (hop 2 already reaches most of a social graph).
-        seen = np.zeros((q.size, n), dtype=bool)
-        seen[rows, q] = True
-        frontier = seen.copy()
-        for h in range(1, hops[-1] + 1):
-            if h == 1:
-                nxt = A[q].toarray() > 0
-            else:
-                nxt = (AT @ frontier.T.astype(np.float32)).T > 0
-            frontier = nxt & ~seen
-            seen |= frontier
-            if h in aps:
-                R = (seen if mode == "ball" else frontier).copy()
-                R[rows, q] = False
-                aps[h].append(average_precision_rows(S, R, order))
-                base[h].append(R.sum(1) / (n - 1))
-    out = {"map": {}, "random_baseline": {}, "queries": int(q_all.size)}
-    for h in hops:
-        a = np.concatenate(aps[h]) if aps[h] else np.empty(0)
-        out["map"][str(h)] = float(np.nanmean(a)) if a.size else float("nan")
-        out["random_baseline"][str(h)] = float(np.mean(np.concatenate(base[h]))) if base[h] else float("nan")
+    symmetric = _is_symmetric(indptr, indices)
+    ap = np.full((q_all.size, len(hops)), np.nan)
+    base = np.full((q_all.size, len(hops)), np.nan)
+    flags = np.zeros((q_all.size, len(hops)), dtype=np.int8)
+    done = 0
+    with _numba_threads(threads):
+        for q in _blocks(q_all, n):
+            S = np.ascontiguousarray(score(q), dtype=np.float32)
+            sl = slice(done, done + q.size)
+            _ap_block(indptr, indices, np.ascontiguousarray(q, dtype=np.int64), S, hop_arr, mode == "ring",
+                      int(ball_cap), int(relevant_cap), int(seed), symmetric, ap[sl], base[sl], flags[sl],
+                      numba.get_num_threads())
+            done += q.size
+    return _reconstruction_summary(hops, ap, base, flags, q_all.size, pool.size)
+
+
+def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR)."""
+    n = indptr.size - 1
+    A = sp.csr_matrix((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
+    A.data[:] = 1
+    return (A != A.T).nnz == 0
+
+
+def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Nodes with at least one arc to another node (self loops do not count), ascending."""
+    src = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    return np.unique(src[indices != src])
+
+
+def _reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
+    """Per-hop means over the queries that have a figure, their 95 % half-widths and counts."""
+    out = {"map": {}, "random_baseline": {}, "queries": int(queries), "ci95": {}, "truncated": {}, "sampled": {}}
+    for i, h in enumerate(hops):
+        a = ap[:, i][~np.isnan(ap[:, i])]
+        b = base[:, i][~np.isnan(base[:, i])]
+        out["map"][str(h)] = float(np.mean(a)) if a.size else float("nan")
+        out["random_baseline"][str(h)] = float(np.mean(b)) if b.size else float("nan")
+        fpc = max(0.0, 1.0 - queries / eligible) if eligible else 0.0        # finite-population correction
+        sd = float(np.std(a, ddof=1)) if a.size > 1 else 0.0
+        out["ci95"][str(h)] = round(1.96 * sd * np.sqrt(fpc / a.size), 6) if a.size else float("nan")
+        out["truncated"][str(h)] = int(np.sum(flags[:, i] == 1))
+        out["sampled"][str(h)] = int(np.sum(flags[:, i] == 2))
     return out
+
+
+class _numba_threads:
+    """Numba thread count for the calling thread (0 = all), restored afterwards."""
+
+    def __init__(self, threads: int):
+        self.n = numba.config.NUMBA_NUM_THREADS if threads <= 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+
+    def __enter__(self):
+        self.prev = numba.get_num_threads()
+        numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.prev)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _ap_block(indptr, indices, q, S, hops, ring, ball_cap, relevant_cap, seed, symmetric, ap, base, flags, threads):
+    """AP of each query row of S for every hop; per-thread work arrays sized n, reused by the
+    thread's queries (stamped marks instead of clearing)."""
+    nq, n = S.shape
+    nthreads = max(1, min(threads, nq))
+    for t in numba.prange(nthreads):
+        mark = np.full(n, -1, dtype=np.int64)
+        level = np.zeros(n, dtype=np.int32)
+        ball = np.empty(min(ball_cap, n) + 1, dtype=np.int64)
+        for i in range(t, nq, nthreads):
+            _query_ap(indptr, indices, q[i], i, S[i], hops, ring, ball_cap, relevant_cap, seed, symmetric, mark, level, ball,
+                      ap[i], base[i], flags[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, level, ball, hop_end):
+    """Breadth-first search from src: ball[:hop_end[h]] are the nodes within h hops (src
+    excluded), level[v] their distance, mark[v] == stamp for visited nodes. Returns the last hop
+    whose ball is complete (a hop that would exceed ball_cap nodes is not expanded).
+
+    A hop whose frontier holds many arcs is expanded bottom-up on a symmetric graph (every
+    unvisited node looks for one neighbour in the frontier and stops there; Beamer et al.'s
+    direction-optimising BFS): on small-world graphs the 2nd and 3rd hops cover much of the graph
+    and pushing along every frontier arc would touch most arcs once per query."""
+    n = indptr.size - 1
+    mark[src] = stamp
+    level[src] = 0
+    hop_end[0] = 0
+    count = 0
+    for h in range(1, max_hop + 1):
+        start = count
+        lo = hop_end[h - 2] if h > 1 else 0
+        frontier_arcs = indptr[src + 1] - indptr[src]
+        if h > 1:
+            frontier_arcs = 0
+            for f in range(lo, start):
+                frontier_arcs += indptr[ball[f] + 1] - indptr[ball[f]]
+        if symmetric and h > 1 and frontier_arcs * 14 > indices.size:
+            for v in range(n):
+                if mark[v] == stamp:
+                    continue
+                for e in range(indptr[v], indptr[v + 1]):
+                    u = indices[e]
+                    if mark[u] == stamp and level[u] == h - 1:
+                        if count >= ball_cap:
+                            return _unmark(ball, start, count, mark, h)
+                        mark[v] = stamp
+                        level[v] = h
+                        ball[count] = v
+                        count += 1
+                        break
+        else:
+            for f in range(lo, start) if h > 1 else range(1):
+                u = ball[f] if h > 1 else src
+                for e in range(indptr[u], indptr[u + 1]):
+                    v = indices[e]
+                    if mark[v] == stamp:
+                        continue
+                    if count >= ball_cap:
+                        return _unmark(ball, start, count, mark, h)
+                    mark[v] = stamp
+                    level[v] = h
+                    ball[count] = v
+                    count += 1
+        hop_end[h] = count
+    return max_hop
+
+
+@numba.njit(cache=True, nogil=True)
+def _unmark(ball, start, count, mark, h):
+    """Forget the nodes of an incomplete hop h; the last complete hop is h - 1."""
+    for k in range(start, count):
+        mark[ball[k]] = -1
+    return h - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _query_ap(indptr, indices, src, stamp, s, hops, ring, ball_cap, relevant_cap, seed, symmetric, mark, level, ball,
+              ap, base, flags):
+    """One query: its hop rings by BFS, each ring sampled down to relevant_cap (stratified), the
+    candidates sorted once by score, one counting pass over every node's score for the
+    denominators, then one walk down the candidates for every hop's AP."""
+    max_hop = hops[hops.size - 1]
+    hop_end = np.zeros(max_hop + 1, dtype=np.int64)
+    complete = _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, level, ball, hop_end)
+    top = min(complete, max_hop)
+    if top == 0:
+        flags[:] = 1
+        return
+    ring_size = np.diff(hop_end[:top + 1])                      # R_l, l = 1..top
+    cand, cand_level, kept = _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src)
+    su = s[cand]
+    order = np.argsort(su, kind="mergesort")
+    t = su[order]
+    lv = cand_level[order]
+    ge = _nodes_scoring_at_least(s, src, t)
+    _walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, s.size, ap, base, flags)
+
+
+@numba.njit(cache=True, nogil=True)
+def _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src):
+    """The nodes of rings 1..top, each ring a uniform sample of at most relevant_cap nodes
+    (0 = all), seeded by (seed, src, ring); with their ring and the kept count per ring."""
+    kept = np.empty(top, dtype=np.int64)
+    for l in range(1, top + 1):
+        r = hop_end[l] - hop_end[l - 1]
+        kept[l - 1] = r if relevant_cap <= 0 or r <= relevant_cap else relevant_cap
+    cand = np.empty(kept.sum(), dtype=np.int64)
+    cand_level = np.empty(kept.sum(), dtype=np.int64)
+    pos = 0
+    for l in range(1, top + 1):
+        ring_nodes = ball[hop_end[l - 1]:hop_end[l]].copy()
+        r, k = ring_nodes.size, kept[l - 1]
+        if k < r:
+            np.random.seed(seed * 1_000_003 + src * 64 + l)
+            for j in range(k):                   # partial Fisher-Yates: a uniform subset
+                x = j + np.random.randint(0, r - j)
+                ring_nodes[j], ring_nodes[x] = ring_nodes[x], ring_nodes[j]
+        cand[pos:pos + k] = ring_nodes[:k]
+        cand_level[pos:pos + k] = l
+        pos += k
+    return cand, cand_level, kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _nodes_scoring_at_least(s, src, t):
+    """ge[k] = number of nodes other than src whose score is >= t[k] (t ascending): one pass,
+    each score placed among t by a bucket guess over [t[0], t[-1]] and a short local search."""
+    u = t.size
+    lo, hi = t[0], t[u - 1]
+    nb = min(4 * u, 1 << 16)
+    width = (hi - lo) / nb if hi > lo else 1.0
+    first = np.empty(nb + 1, dtype=np.int64)     # first[b] = #{t < lo + b * width}
+    for b in range(nb + 1):
+        first[b] = np.searchsorted(t, lo + b * width, side="left")
+    cnt = np.zeros(u + 1, dtype=np.int64)
+    for j in range(s.size):
+        v = s[j]
+        if j == src or not v >= lo:
+            continue
+        b = min(int((v - lo) / width), nb - 1)
+        p = first[b]
+        while p < u and t[p] <= v:
+            p += 1
+        while p > 0 and t[p - 1] > v:
+            p -= 1
+        cnt[p] += 1                               # p = #{t <= v}
+    ge = np.zeros(u + 1, dtype=np.int64)
+    for k in range(u - 1, -1, -1):
+        ge[k] = ge[k + 1] + cnt[k + 1]
+    return ge
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
+    """Walk the candidates from the highest score down, tie group by tie group; each relevant
+    candidate adds (relevant scoring >= it) / (nodes scoring >= it) to its hops' AP. Counts of a
+    sampled ring stand for the whole ring: r itself once, the other kept ones scaled by
+    (R_l - 1) / (k_l - 1) in r's ring and R_l / k_l in the others (exact when nothing is sampled)."""
+    nh = hops.size
+    total = np.zeros(nh)
+    above = np.zeros(top + 1, dtype=np.int64)     # kept candidates per ring scoring >= current
+    k1 = t.size - 1
+    while k1 >= 0:
+        k0 = k1
+        while k0 > 0 and t[k0 - 1] == t[k1]:
+            k0 -= 1
+        for i in range(k0, k1 + 1):
+            above[lv[i]] += 1
+        for i in range(k0, k1 + 1):
+            lr = lv[i]
+            for kk in range(nh):
+                h = hops[kk]
+                if h > top or (ring and lr != h) or (not ring and lr > h):
+                    continue
+                hits = 1.0
+                for l in range(h if ring else 1, h + 1):
+                    own = 1 if l == lr else 0
+                    den = kept[l - 1] - own
+                    if den > 0:
+                        hits += (above[l] - own) * (ring_size[l - 1] - own) / den
+                total[kk] += hits / ge[k0]
+        k1 = k0 - 1
+    for kk in range(nh):
+        h = hops[kk]
+        if h > top:
+            flags[kk] = 1
+            continue
+        m = 0
+        used = 0
+        for l in range(h if ring else 1, h + 1):
+            m += ring_size[l - 1]
+            used += kept[l - 1]
+            if kept[l - 1] < ring_size[l - 1]:
+                flags[kk] = 2
+        base[kk] = m / (n - 1)
+        if used > 0:
+            ap[kk] = total[kk] / used
