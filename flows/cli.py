@@ -153,28 +153,25 @@ def cmd_config(args) -> int:
     return 0
 
 
-# Feature modules add their own subcommands: each has add_parsers(subparsers, add_common_options)
+# Feature modules add their own subcommands: each has add_parsers(subparsers, add_run_options)
 # and sets `func` on its parsers (func(args) -> exit status).
 SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report", "embedlake.flows.embed_corpus"]
 
 
-# Checks a run command makes before its flow (and so Prefect and Ray) is imported: flows/preflight.py
-PREFLIGHT = {
-    "embed-graph": lambda args: _preflight().check_graph_run(pipeline_config(args)),
-    "walk": lambda args: _preflight().check_graph_run(pipeline_config(args)),
-    "compress": lambda args: _preflight().check_compress_run(pipeline_config(args), args.source),
-    "embed-corpus": lambda args: _preflight().check_corpus_run(_corpus_config(args)),
-}
+# Commands that run a flow: checked first (flows/preflight.py), their log lines kept to one line each
+RUN_COMMANDS = ("embed-graph", "walk", "compress", "embed-corpus")
 
 
-def _preflight():
+def check_before_start(args: argparse.Namespace) -> None:
+    """A run command's preflight: what can be checked before its flow, and so Prefect and Ray, is imported."""
     from embedlake.flows import preflight
-    return preflight
-
-
-def _corpus_config(args):
-    from embedlake.flows.embed_corpus import corpus_config
-    return corpus_config(args)
+    if args.cmd in ("embed-graph", "walk"):
+        preflight.check_graph_run(pipeline_config(args))
+    elif args.cmd == "compress":
+        preflight.check_compress_run(pipeline_config(args), args.source)
+    elif args.cmd == "embed-corpus":
+        from embedlake.flows.embed_corpus import corpus_config
+        preflight.check_corpus_run(corpus_config(args))
 
 
 class OneLineLogs(logging.Filter):
@@ -211,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     quiet = OneLineLogs()
     try:
-        if args.cmd in PREFLIGHT:
-            PREFLIGHT[args.cmd](args)
+        if args.cmd in RUN_COMMANDS:
+            check_before_start(args)
             if not debug:
                 _filter_console(quiet)
         return args.func(args)

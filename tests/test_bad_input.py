@@ -341,3 +341,24 @@ def test_ray_task_errors_unwrap_to_their_cause():
     assert one_line(str(dual)) == "embedlake.errors.InputError: g/edges.tsv: line 7: bad"
     assert one_line("invalid config (f.yaml):\n  train.dimm: unknown key\n  walk.lenght: unknown key") == \
         "invalid config (f.yaml): train.dimm: unknown key; walk.lenght: unknown key"
+
+
+def test_preflight_s3_inputs(s3_env, tmp_path, capsys):
+    """On s3:// the same checks: a missing object, a Parquet schema without the column, a header."""
+    import boto3
+    from embedlake.flows import preflight
+    from embedlake.config import load_config
+    s3 = boto3.client("s3", endpoint_url=s3_env["endpoint"], region_name="us-east-1")
+    b = s3_env["bucket"]
+    s3.put_object(Bucket=b, Key="g/e.parquet", Body=_parquet(src=[0, 1], to=[1, 2]))
+    s3.put_object(Bucket=b, Key="h/e.csv", Body=b"from,to\n0,1\n")
+    s3.put_object(Bucket=b, Key="ok/e.tsv", Body=TRIANGLE)
+    cases = [(f"s3://{b}/nope.tsv", [], f"s3://{b}/nope.tsv: file not found"),
+             (f"s3://{b}/g/", [], f"s3://{b}/g/e.parquet: missing column(s) ['dst']; has ['src', 'to']"),
+             (f"s3://{b}/h/e.csv", ["-p", "input.src_col=src"], "line 1: header ['from', 'to'] has no column 'src'")]
+    for edges, extra, needle in cases:
+        rc = cli(["embed-graph", "--edges", edges, "--lake", str(tmp_path / "lake"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.strip().splitlines() == [err.strip()] and needle in err, err
+    preflight.check_graph_run(load_config(None, [f"input.edges=s3://{b}/ok/e.tsv"]))     # passes
+    _no_commit(tmp_path / "lake")
