@@ -28,6 +28,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     added: the feature modules are not imported (so neither is Prefect, before the preflight)."""
     ap = argparse.ArgumentParser(prog="embedlake", description="Graphs and corpora -> embeddings -> a Parquet lake.")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    ap.set_defaults(build_parser=build_parser)   # `submit` checks the run it sends (without importing cli.py)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("embed-graph", help="Embed a graph (DeepWalk, node2vec or FastRP) and publish it.",
                        description="Embed a graph and publish it to the lake. Without --edges, embeds a generated "
