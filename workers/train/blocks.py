@@ -35,8 +35,8 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _hogbatch,
-                                        _next, keep_thresholds, sigmoid_tables)
+from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
+                                                keep_thresholds, sigmoid_tables, splitmix64)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -106,7 +106,7 @@ def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, siz
         if w.sum() <= 0:
             w = np.ones_like(w)
         if len(m):
-            t, a = _build_alias(w / w.sum())
+            t, a = build_alias(w / w.sum())
             thr[off[p]:off[p + 1]], idx[off[p]:off[p + 1]] = t, a
     return thr, idx, off
 
@@ -215,8 +215,8 @@ def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray], rele
 
 @nb.njit(inline="always")
 def _mix(seed, epoch, pos, salt):
-    s = np.uint64(seed) * _M1 + np.uint64(epoch) * _M2 + np.uint64(pos) * _GOLDEN + np.uint64(salt) * _S31
-    s, z = _next(s)
+    s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(pos) * GOLDEN + np.uint64(salt) * S31
+    s, z = splitmix64(s)
     return z
 
 
@@ -252,7 +252,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             while offsets[s + 1] <= p:
                 s += 1
             z = _mix(seed, epoch, p, 0)
-            bw = 1 + np.int64(((z >> _S32) * win_u) >> _S32)
+            bw = 1 + np.int64(((z >> S32) * win_u) >> S32)
             lo = max(offsets[s], p - bw)
             hi = min(offsets[s + 1], p + bw + 1)
             B = 0
@@ -267,8 +267,8 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             if lr < min_lr:
                 lr = min_lr
             state = _mix(seed, epoch, p, pi + 1)
-            state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-            loss += _hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+            state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+            loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
             pairs += B
         out_loss[blk] = loss
         out_pairs[blk] = pairs

@@ -14,7 +14,7 @@ feature multiplexing: the two sides, and several entity types, index one table w
 hash functions). Which rows an id uses is decided before training by workers/compress/compose.py;
 this module only trains.
 
-The loop is workers/train/skipgram.py's HogBatch window (negatives drawn once per centre, a
+The loop is the HogBatch window of workers/train/sgns_parts.py (as in skipgram.py) (negatives drawn once per centre, a
 [contexts x (1 + negatives)] block of dot products on local buffers), with composition before and
 scatter after. Hogwild across threads; with threads=1 the result is bit-for-bit reproducible
 (every random draw comes from a splitmix64 stream of (seed, epoch, sentence), as in skipgram.py).
@@ -27,8 +27,9 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.skipgram import (_chunks, _draw_negatives, _kept_tokens, _seed_state, _window_contexts, _window_step,
-                                        keep_thresholds, noise_alias, sigmoid_tables, token_counts)
+from embedlake.workers.train.sgns_parts import (draw_negatives, keep_thresholds, kept_tokens, noise_alias, seed_state,
+                                                sentence_chunks, sigmoid_tables, token_counts, window_contexts,
+                                                window_step)
 
 COMBINES = {"sum": 0, "product": 1}
 
@@ -109,12 +110,12 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
         Ob = np.empty((nout_max, dim), np.float32)
         tmp = np.empty(dim, np.float32)
         for s in range(a, b):
-            state, n = _kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                    _seed_state(seed, epoch, s), buf, pos)
+            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                    seed_state(seed, epoch, s), buf, pos)
             loss = 0.0
             pairs = 0
             for i in range(n):
-                state, B = _window_contexts(state, buf, n, i, window, ctx)
+                state, B = window_contexts(state, buf, n, i, window, ctx)
                 if B == 0:
                     continue
                 center = buf[i]
@@ -122,12 +123,12 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
                 if lr < min_lr:
                     lr = min_lr
                 lr_w = np.float32(lr * lr_w_scale)
-                state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                 for c in range(B):
                     _compose(T_in, code_in, w_in, ctx[c], combine, Cb, c)
                 for o in range(nout):
                     _compose(T_out, code_out, w_out, outs[o], combine, Ob, o)
-                loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+                loss += window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
                 for o in range(nout):
                     _scatter(T_out, code_out, w_out, outs[o], combine, Ob, o, learn_w, lr_w, tmp)
                 for c in range(B):
@@ -225,7 +226,7 @@ def train_composed(tokens, offsets, n_ids: int, *, code_in, rows_in: int, w_in=N
     maxlen = int(np.diff(offsets).max()) if S else 0
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
     total_work = max(1, per_epoch * epochs)
-    chunks = _chunks(offsets, chunk_tokens or max(65536, per_epoch // 100))
+    chunks = sentence_chunks(offsets, chunk_tokens or max(65536, per_epoch // 100))
     nblocks_for = lambda ns: 1 if nthreads == 1 else max(1, min(ns, 4 * nthreads))
     sent_loss = np.zeros(S, np.float64)
     sent_pairs = np.zeros(S, np.int64)

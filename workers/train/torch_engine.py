@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from embedlake.workers.train.skipgram import _chunks, keep_thresholds, prepare
+from embedlake.workers.train.sgns_parts import keep_thresholds, sentence_chunks
+from embedlake.workers.train.skipgram import prepare
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -60,7 +61,7 @@ def train_sgns_torch(tokens, offsets, vocab_size, *, counts=None, dim=128, windo
     total_work = float(max(1, per_epoch * epochs))
     if chunk_tokens is None:
         chunk_tokens = max(65536, per_epoch // 100)
-    chunks = _chunks(offsets, chunk_tokens)
+    chunks = sentence_chunks(offsets, chunk_tokens)
 
     prev_threads = torch.get_num_threads()
     if threads and dev.type == "cpu":
