@@ -36,7 +36,8 @@ import numba as nb
 import numpy as np
 
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
-                                                keep_thresholds, sigmoid_tables, splitmix64)
+                                                keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
+                                                using_numba_threads)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -290,37 +291,19 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     if not W_out_j.flags.writeable:
         W_out_j = W_out_j.copy()
     sig_tab, logsig_tab = sigmoid_tables()
-    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
-    P = len(prep["sizes"])
-    n_stream = len(prep["tloc"])
-    if rounds > 1:                   # round r = stream positions [r N / R, (r + 1) N / R)
-        r = episode // P
-        cj = prep["centres"][c0:c1]
-        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
-        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+    c0, c1 = _block_centres(prep, j, episode, rounds)
     a0, a1 = int(prep["alias_off"][j]), int(prep["alias_off"][j + 1])
     thr, idx = prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1]
-    per_epoch = int(prep["per_epoch"])
-    pos_scale = per_epoch / n_stream if n_stream else 1.0       # subsampled stream -> original positions
-    if lr_schedule == "global":      # lr decays over the whole run: episode after episode
-        steps = P * rounds
-        pos_base = float((epoch * steps + episode) * per_epoch)
-        work_total = float(max(1, per_epoch * epochs * steps))
-    elif lr_schedule == "position":  # each pair keeps its single-worker lr: every episode restarts high
-        pos_base, work_total = float(epoch * per_epoch), float(max(1, per_epoch * epochs))
-    else:
-        raise ValueError(f"lr_schedule must be 'global' or 'position', not {lr_schedule!r}")
-    nthreads = nb.config.NUMBA_NUM_THREADS if threads <= 0 else min(int(threads), nb.config.NUMBA_NUM_THREADS)
+    pos_base, pos_scale, work_total = _lr_positions(prep, lr_schedule, epoch, epochs, episode, rounds)
+    nthreads = numba_threads(threads)
     nblocks = 1 if nthreads == 1 else 4 * nthreads
     if chunk_centres is None:
         chunk_centres = max(32768, (c1 - c0) // 50)
-    prev = nb.get_num_threads()
-    nb.set_num_threads(nthreads)
     loss_sum, pairs, done = 0.0, 0, 0
     lb = np.zeros(nblocks, np.float64)
     pb = np.zeros(nblocks, np.int64)
     t0 = time.perf_counter()
-    try:
+    with using_numba_threads(nthreads):
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
             _block_chunk(prep["tloc"], prep["tpart"], prep["offsets"], prep["centres"], lo, hi,
@@ -333,11 +316,44 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
             done += hi - lo
             if progress is not None:
                 progress(done, c1 - c0, cl / cp if cp else float("nan"))
-    finally:
-        nb.set_num_threads(prev)
     stats = {"block": [int(i), int(j)], "epoch": int(epoch), "centres": c1 - c0, "pairs": pairs,
              "loss_sum": loss_sum, "seconds": time.perf_counter() - t0, "threads": nthreads}
     return W_in_i, W_out_j, stats
+
+
+def _block_centres(prep: dict, j: int, episode: int, rounds: int) -> tuple[int, int]:
+    """The slice [c0, c1) of prep["centres"] that block (., j) trains in this episode: partition j's
+    centres, and with rounds > 1 only those of round episode // P, the stream positions
+    [r N / R, (r + 1) N / R) (short episodes couple the shards more often)."""
+    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
+    if rounds > 1:
+        r = episode // len(prep["sizes"])
+        n_stream = len(prep["tloc"])
+        cj = prep["centres"][c0:c1]
+        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
+        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+    return c0, c1
+
+
+def _lr_positions(prep: dict, lr_schedule: str, epoch: int, epochs: int, episode: int, rounds: int
+                  ) -> tuple[float, float, float]:
+    """(pos_base, pos_scale, work_total) of the kernel's linear lr decay, lr at stream position p =
+    lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total. pos_scale maps a subsampled
+    stream back to original positions. 'position': each pair keeps its single-worker lr, so every
+    episode restarts high; 'global': lr decays over the whole run, episode after episode."""
+    P = len(prep["sizes"])
+    n_stream = len(prep["tloc"])
+    per_epoch = int(prep["per_epoch"])
+    pos_scale = per_epoch / n_stream if n_stream else 1.0
+    if lr_schedule == "global":
+        steps = P * rounds
+        pos_base = float((epoch * steps + episode) * per_epoch)
+        work_total = float(max(1, per_epoch * epochs * steps))
+    elif lr_schedule == "position":
+        pos_base, work_total = float(epoch * per_epoch), float(max(1, per_epoch * epochs))
+    else:
+        raise ValueError(f"lr_schedule must be 'global' or 'position', not {lr_schedule!r}")
+    return pos_base, pos_scale, work_total
 
 
 # ----------------------------------------------------------------------------- in-process driver

@@ -12,6 +12,8 @@ np.uint64 keeps the arithmetic in uint64 instead of promoting to float).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numba as nb
 import numpy as np
 
@@ -281,3 +283,28 @@ def sentence_chunks(offsets: np.ndarray, target_tokens: int) -> list[tuple[int, 
             out.append((lo, int(c)))
             lo = int(c)
     return out
+
+
+def numba_threads(threads: int) -> int:
+    """The thread count a kernel runs with: every numba thread for threads <= 0, else at most
+    `threads` (numba cannot start more threads than it was configured with)."""
+    max_threads = nb.config.NUMBA_NUM_THREADS
+    return max_threads if threads <= 0 else min(int(threads), max_threads)
+
+
+def blocks_per_chunk(nthreads: int, nsent: int) -> int:
+    """Sentence blocks of one chunk (the kernel's prange): a few per thread so that uneven sentence
+    lengths balance; one thread gets one block, so sentences run in stream order (reproducible)."""
+    return 1 if nthreads == 1 else max(1, min(nsent, 4 * nthreads))
+
+
+@contextmanager
+def using_numba_threads(nthreads: int):
+    """Run the kernels of this block on `nthreads` numba threads, then give the caller's count back
+    (the setting is per thread and outlives the call otherwise)."""
+    prev = nb.get_num_threads()
+    nb.set_num_threads(nthreads)
+    try:
+        yield
+    finally:
+        nb.set_num_threads(prev)

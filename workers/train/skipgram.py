@@ -31,9 +31,10 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (LOW32, S32, draw_negatives, hogbatch, keep_thresholds, kept_tokens,
-                                                noise_alias, pair_grad, seed_state, sentence_chunks, sigmoid_tables,
-                                                splitmix64, token_counts, window_contexts)
+from embedlake.workers.train.sgns_parts import (LOW32, S32, blocks_per_chunk, draw_negatives, hogbatch,
+                                                keep_thresholds, kept_tokens, noise_alias, numba_threads, pair_grad,
+                                                seed_state, sentence_chunks, sigmoid_tables, splitmix64, token_counts,
+                                                using_numba_threads, window_contexts)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -178,27 +179,41 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     if not 0 <= start_epoch <= epochs or (start_epoch > 0 and init is None):
         raise ValueError("start_epoch must lie in [0, epochs] and needs init=(W_in, W_out) of that epoch")
     tokens, offsets, counts, W_in, W_out = prepare(tokens, offsets, vocab_size, counts, dim, init, seed)
-    S = len(offsets) - 1
     t_compile = time.perf_counter()
     alias_thr, alias_idx = noise_alias(counts, ns_exponent)
     keep = keep_thresholds(counts, sample)
     sig_tab, logsig_tab = sigmoid_tables()
     t_compile = time.perf_counter() - t_compile
-
-    max_threads = nb.config.NUMBA_NUM_THREADS
-    nthreads = max_threads if threads <= 0 else min(int(threads), max_threads)
-    prev_threads = nb.get_num_threads()
-    lens = np.diff(offsets)
-    maxlen = int(lens.max()) if S else 0
+    nthreads = numba_threads(threads)
+    S = len(offsets) - 1
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
-    real_tokens = int(np.count_nonzero(tokens[offsets[0]:offsets[-1]] >= 0)) if S else 0
-    total_work = max(1, per_epoch * epochs)
     if chunk_tokens is None:
         chunk_tokens = max(65536, per_epoch // 100)
     chunks = sentence_chunks(offsets, chunk_tokens)
-    # blocks: a few per thread so uneven sentence lengths balance; one block = reproducible order
-    nblocks_for = lambda ns: 1 if nthreads == 1 else max(1, min(ns, 4 * nthreads))
+    kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
+                  logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
+                  min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives))
+    run = _train_epochs(tokens, offsets, W_in, W_out, kernel, chunks, nthreads, epochs=epochs,
+                        start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
+    stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
+    stats.update(compile_s=t_compile + run["warm_s"], threads=nthreads, chunks=len(chunks) * (epochs - start_epoch),
+                 engine="numba", start_epoch=int(start_epoch))
+    return W_in, W_out, stats
 
+
+def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, chunks: list[tuple[int, int]], nthreads: int, *,
+                  epochs: int, start_epoch: int, progress, on_epoch) -> dict:
+    """Epochs start_epoch..epochs-1, chunk after chunk, on `nthreads` numba threads: the kernel
+    trains W_in / W_out in place; between chunks this thread reports progress, after each epoch it
+    calls on_epoch. Kept apart from train_sgns so that the timed loop holds nothing but the work.
+
+    Returns the per-sentence loss / pair / kept arrays of the last epoch, those of the first epoch
+    run (`first`), the pair and kept totals, `seconds` in the kernel (on_epoch time left out) and
+    `warm_s` (compiling or loading the cached kernel)."""
+    S = len(offsets) - 1
+    maxlen = int(np.diff(offsets).max()) if S else 0
+    per_epoch = int(offsets[-1] - offsets[0]) if S else 0
+    total_work = max(1, per_epoch * epochs)
     sent_loss = np.zeros(S, np.float64)
     sent_pairs = np.zeros(S, np.int64)
     sent_kept = np.zeros(S, np.int64)
@@ -207,19 +222,19 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     total_kept = 0
     done = start_epoch * per_epoch
     t_hook = 0.0          # time in on_epoch (checkpoint writes), kept out of the kernel figures
-    nb.set_num_threads(nthreads)
-    try:
+    with using_numba_threads(nthreads):
         tc = time.perf_counter()
-        _warm(sig_tab, logsig_tab)
-        t_compile += time.perf_counter() - tc
+        _warm(kernel["sig_tab"], kernel["logsig_tab"])
+        warm_s = time.perf_counter() - tc
         t0 = time.perf_counter()
         for ep in range(start_epoch, epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
             for lo, hi in chunks:
-                _sgns_chunk(tokens, offsets, lo, hi, W_in, W_out, keep, sample > 0, alias_thr, alias_idx,
-                            sig_tab, logsig_tab, int(window), int(negatives), float(lr), float(min_lr),
-                            pos_base, float(total_work), int(seed), ep, nblocks_for(hi - lo), maxlen,
-                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], bool(shared_negatives))
+                _sgns_chunk(tokens, offsets, lo, hi, W_in, W_out, kernel["keep_thr"], kernel["use_sample"],
+                            kernel["alias_thr"], kernel["alias_idx"], kernel["sig_tab"], kernel["logsig_tab"],
+                            kernel["window"], kernel["negatives"], kernel["lr0"], kernel["min_lr"], pos_base,
+                            float(total_work), kernel["seed"], ep, blocks_per_chunk(nthreads, hi - lo), maxlen,
+                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], kernel["shared"])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
                     p = int(sent_pairs[lo:hi].sum())
@@ -233,25 +248,29 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                 on_epoch(ep + 1, W_in, W_out)
                 t_hook += time.perf_counter() - tc
         seconds = time.perf_counter() - t0 - t_hook
-    finally:
-        nb.set_num_threads(prev_threads)
+    return {"sent_loss": sent_loss, "sent_pairs": sent_pairs, "first": first, "pairs": total_pairs,
+            "kept": total_kept, "seconds": seconds, "warm_s": warm_s}
 
+
+def _run_stats(run: dict, tokens: np.ndarray, offsets: np.ndarray, epochs: int, start_epoch: int) -> dict:
+    """train_sgns's throughput and loss figures from what _train_epochs returned: the loss over the
+    first / last ~5 % of the work (the first epoch run / the last one) shows whether training moved."""
+    S = len(offsets) - 1
+    seconds, first = run["seconds"], run["first"]
     frac = min(1.0, 0.05 * (epochs - start_epoch))
     if S and first is not None:
         loss_first = _edge_loss(first[0], first[1], offsets, frac, last=False)
-        loss_last = _edge_loss(sent_loss, sent_pairs, offsets, frac, last=True)
+        loss_last = _edge_loss(run["sent_loss"], run["sent_pairs"], offsets, frac, last=True)
     else:
         loss_first = loss_last = float("nan")
+    real_tokens = int(np.count_nonzero(tokens[offsets[0]:offsets[-1]] >= 0)) if S else 0
     tok = real_tokens * (epochs - start_epoch)
-    stats = {
-        "tokens": tok, "tokens_trained": total_kept, "pairs": total_pairs, "seconds": seconds,
+    return {
+        "tokens": tok, "tokens_trained": run["kept"], "pairs": run["pairs"], "seconds": seconds,
         "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
-        "pairs_per_s": total_pairs / seconds if seconds > 0 else float("nan"),
-        "loss_first": loss_first, "loss_last": loss_last, "compile_s": t_compile,
-        "threads": nthreads, "chunks": len(chunks) * (epochs - start_epoch), "engine": "numba",
-        "start_epoch": int(start_epoch),
+        "pairs_per_s": run["pairs"] / seconds if seconds > 0 else float("nan"),
+        "loss_first": loss_first, "loss_last": loss_last,
     }
-    return W_in, W_out, stats
 
 
 _WARMED = False
