@@ -150,7 +150,7 @@ def default_benchmarks_dir() -> str | None:
     env = os.environ.get("EMBEDLAKE_WORD_BENCHMARKS")
     if env:
         return env
-    p = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "benchmarks"
+    p = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "benchmarks"
     return str(p) if p.is_dir() else None
 
 
