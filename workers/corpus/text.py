@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.graph.ingest import _open, _suffixes, expand_inputs
+from embedlake.workers.graph.ingest import open_decompressed, file_suffixes, expand_inputs
 
 WHITESPACE_PATTERN = r"\S+"
 BLOCK_BYTES = 16 << 20          # decode / tokenise this much text at a time
@@ -68,7 +68,7 @@ def plan_shards(uri: str, shard_bytes: int = 32 << 20, text_column: str = "text"
     """Shards of the input: dicts {path, kind (text|parquet), lo, hi, compression, row_group}."""
     shards: list[dict] = []
     for path in expand_inputs(uri):
-        ext, comp = _suffixes(path)
+        ext, comp = file_suffixes(path)
         fs, p = storage.filesystem(path)
         if ext == ".parquet":
             import pyarrow.parquet as pq
@@ -129,7 +129,7 @@ def _text_blocks(shard: dict, block_bytes: int = BLOCK_BYTES):
             f.seek(shard["lo"])
             remaining = shard["hi"] - shard["lo"]
         else:
-            f = _open(path, comp)
+            f = open_decompressed(path, comp)
             remaining = -1
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
