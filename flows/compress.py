@@ -176,8 +176,8 @@ def add_parsers(sub, common) -> None:
 
 
 def cmd_compress(args) -> int:
-    from embedlake.flows.cli import _pipeline_config
-    cfg = _pipeline_config(args)
+    from embedlake.flows.cli_config import pipeline_config
+    cfg = pipeline_config(args)
     codecs = [c.strip() for arg in args.codecs for c in arg.split(",") if c.strip()]
     if codecs:
         for c in codecs:

@@ -112,8 +112,8 @@ def _schedule_options(p) -> None:
 
 def _specs(args):
     from embedlake.flows import deployments as dep
-    from embedlake.flows.cli import _pipeline_config
-    cfg = _absolute_paths(_pipeline_config(args))
+    from embedlake.flows.cli_config import pipeline_config
+    cfg = _absolute_paths(pipeline_config(args))
     return [dep.with_overrides(s, interval_s=args.interval, cron=args.cron, config=cfg,
                                max_lateness_s=args.max_lateness) for s in dep.select(args.deployments)]
 

@@ -8,12 +8,14 @@ succeeded, so bad input leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import hashlib
 import io
 import json
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 
 import numba
@@ -251,13 +253,7 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
     ncols = 3 if spec.weighted else 2
     if not header_state.get("done"):
         header_state["done"] = True
-        first = lines["line"][0].split(sep)
-        is_header = spec.has_header
-        if is_header is None:
-            is_header = spec.id_type == "int" and not _looks_numeric(first[0])
-            if spec.id_type == "str":
-                is_header = [c.strip() for c in first[:2]] == [spec.src_col, spec.dst_col]
-        if is_header:
+        if _is_header(lines["line"][0].split(sep), spec):
             lines = lines.slice(1)
     counts = lines.select(pl.col("line").str.count_matches(sep, literal=True).alias("n"), "row")
     if spec.weighted:
@@ -278,6 +274,61 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
         cols.append(pl.lit(None, dtype=pl.String).alias("weight"))
     df = parts.select(*cols, "row")
     return df.with_columns((pl.col("row") + first_line).alias("row")), sep
+
+
+def _is_header(first: list[str], spec: EdgeSpec) -> bool:
+    """Whether a file's first content line (split into fields) is a header: has_header, else a
+    non-numeric first field (int ids) or exactly the src_col / dst_col names (str ids)."""
+    if spec.has_header is not None:
+        return spec.has_header
+    if spec.id_type == "str":
+        return [c.strip() for c in first[:2]] == [spec.src_col, spec.dst_col]
+    return not _looks_numeric(first[0])
+
+
+def text_header(path: str, spec: EdgeSpec) -> tuple[int, list[str]] | None:
+    """(line number, fields) of a text edge file's header as read_edges decides it, or None when
+    its first content line is data. Reads only the file's first block (the preflight check)."""
+    if spec.has_header is False:
+        return None
+    ext, _ = _suffixes(path)
+    with contextlib.closing(iter_line_chunks(path, 1)) as chunks:
+        for first_line, body in chunks:
+            for i, raw in enumerate(body.split(b"\n")):
+                line = raw.decode("utf-8", "replace").rstrip("\r").strip()
+                if not line or line.startswith(("#", "%")):
+                    continue
+                sep = spec.delimiter or _detect_sep(line, ext)
+                fields = (re.sub(r"\s+", " ", line) if sep == " " else line).split(sep)
+                return (first_line + i, [f.strip() for f in fields]) if _is_header(fields, spec) else None
+    return None
+
+
+def edge_columns(spec: EdgeSpec) -> list[str]:
+    """The columns an edge file must name: src_col, dst_col and (weighted) weight_col, in this order."""
+    return [spec.src_col, spec.dst_col] + ([spec.weight_col] if spec.weighted else [])
+
+
+def check_parquet_columns(names: list[str], spec: EdgeSpec, path: str) -> None:
+    missing = [c for c in edge_columns(spec) if c not in names]
+    if missing:
+        raise InputError(f"missing column(s) {missing}; has {names}", path=path)
+
+
+def parquet_column_names(path: str) -> list[str]:
+    """Column names of a Parquet file from its footer (the data is not read)."""
+    fs, p = storage.filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_schema(f).names
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+        raise InputError(f"not a readable Parquet file ({e})", path=path) from None
+
+
+def is_parquet(path: str) -> bool:
+    return _suffixes(path)[0] == ".parquet"
 
 
 def _looks_numeric(s: str) -> bool:
@@ -326,10 +377,8 @@ def _read_parquet(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
         t = pq.read_table(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable Parquet file ({e})", path=path) from None
-    need = [spec.src_col, spec.dst_col] + ([spec.weight_col] if spec.weighted else [])
-    missing = [c for c in need if c not in t.column_names]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; has {t.column_names}", path=path)
+    need = edge_columns(spec)
+    check_parquet_columns(t.column_names, spec, path)
     df = pl.from_arrow(t.select(need))
     df = df.rename({spec.src_col: "src", spec.dst_col: "dst", **({spec.weight_col: "weight"} if spec.weighted else {})})
     df = df.with_row_index("row", offset=1)
