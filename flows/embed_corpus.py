@@ -132,8 +132,9 @@ def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: 
         trained = sw.run(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params,
                          cfg.train, retries)
         fault_point("after:train")
-        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset, method, run_id, vocab, codec, params,
-                       trained.ref, partition_bounds(V, cfg.partitions), retries)
+        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset=dataset, method=method, run_id=run_id,
+                       vocab=vocab, codec=codec, params=params, state_ref=trained.ref,
+                       bounds=partition_bounds(V, cfg.partitions), max_retries=retries)
         fault_point("after:publish")
         bpv = cz.bytes_per_vector(codec, params, dim)
         corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,

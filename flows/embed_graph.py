@@ -145,8 +145,9 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
         trained = sw.run(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk,
                          cfg.train, method, retries)
         fault_point("after:train")
-        built = sw.run(f"write_{codec}", lt.write_table, lake, dataset, method, run_id, graph, codec, params,
-                       trained.ref, bounds, retries)
+        built = sw.run(f"write_{codec}", lt.write_table, lake, dataset=dataset, method=method, run_id=run_id,
+                       graph=graph, codec=codec, params=params, state_ref=trained.ref, bounds=bounds,
+                       max_retries=retries)
         bpv = cz.bytes_per_vector(codec, params, dim)
         fields = dict(dataset=dataset, method=tm, run_id=run_id,
                       files={cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]},

@@ -68,7 +68,7 @@ def train_table(graph: GraphHandle, codec: str, params: dict, walk: WalkConfig, 
 
 
 @task(name="learned_write", cache_policy=NO_CACHE)
-def write_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str, params: dict,
+def write_table(lake, *, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str, params: dict,
                 state_ref, bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
     """Codes of every row partition + the codebook file (no full table exists to pass: X = None)."""
     from embedlake.tasks.compress import write_table as write
@@ -162,7 +162,7 @@ def train_words_table(vocab, sentences, codec: str, params: dict, train: TrainCo
 
 
 @task(name="learned_write_words", cache_policy=NO_CACHE)
-def write_words_table(lake, dataset: str, method: str, run_id: str, vocab, codec: str, params: dict, state_ref,
+def write_words_table(lake, *, dataset: str, method: str, run_id: str, vocab, codec: str, params: dict, state_ref,
                       bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
     """Codes of every word partition (node column = the token) + the codebook file."""
     from embedlake.tasks.compress import write_table as write
