@@ -86,7 +86,7 @@ def expand_inputs(uri: str) -> list[str]:
     return out
 
 
-def _suffixes(path: str) -> tuple[str, str | None]:
+def file_suffixes(path: str) -> tuple[str, str | None]:
     """(format suffix, compression) of a file name, e.g. ('.tsv', 'gzip')."""
     base = path.rsplit("/", 1)[-1].lower()
     comp = None
@@ -97,7 +97,9 @@ def _suffixes(path: str) -> tuple[str, str | None]:
     return ext, comp
 
 
-def _open(path: str, compression: str | None):
+def open_decompressed(path: str, compression: str | None):
+    """A binary reader of a local or remote file that decompresses `compression` (as file_suffixes
+    names it) on the fly, so callers stream lines without caring how the file is stored."""
     fs, p = storage.filesystem(path)
     raw = fs.open(p, "rb")
     if compression is None:
@@ -179,9 +181,9 @@ class _HashingReader(io.RawIOBase):
 
 def iter_line_chunks(path: str, chunk_rows: int, h=None):
     """Yield (first_line_number, bytes of whole lines) in chunks of about chunk_rows lines."""
-    ext, comp = _suffixes(path)
+    ext, comp = file_suffixes(path)
     try:
-        f = _open(path, comp)
+        f = open_decompressed(path, comp)
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
     approx = max(chunk_rows * 16, 1 << 20)
@@ -398,7 +400,7 @@ def read_edges(uri: str, spec: EdgeSpec, progress=None, convert=None) -> tuple[l
     keep = convert or (lambda df: df.drop("row"))
     for path in files:
         h.update(path.rsplit("/", 1)[-1].encode())
-        ext, _ = _suffixes(path)
+        ext, _ = file_suffixes(path)
         if ext == ".parquet":
             df = _typed(_read_parquet(path, spec, h), path, spec)
             chunks.append(keep(df))
@@ -594,7 +596,7 @@ def _sort_rows_dedupe_weighted(indptr, indices, weights, mode):
     return out
 
 
-def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed: bool, duplicates: str,
+def csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed: bool, duplicates: str,
                      self_loops: str) -> CSRGraph:
     """Counting sort over the chunks (src, dst, weight|None) (no global int64 key sort); chunks are
     mapped to dense ids one at a time and freed as they are placed. node_ids: None (ids are dense
@@ -649,7 +651,7 @@ def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed
 
 
 def _int_ids(chunks: list, rows: int, spec: EdgeSpec, uri: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(node_ids int64, mapping for _csr_from_chunks) of integer ids, without sorting the edges."""
+    """(node_ids int64, mapping for csr_from_chunks) of integer ids, without sorting the edges."""
     lo = min(min(int(s.min()), int(d.min())) for s, d, _ in chunks)
     hi = max(max(int(s.max()), int(d.max())) for s, d, _ in chunks)
     n_decl = spec.num_nodes
@@ -691,7 +693,7 @@ def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
         if rows == 0:
             raise InputError("the graph is empty: no edges found", path=uri)
         node_ids, mapping = _int_ids(chunks, rows, spec, uri)
-        csr = _csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
+        csr = csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
     else:
         ids = _StringIds()
         chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=ids.convert)
@@ -699,7 +701,7 @@ def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
             raise InputError("the graph is empty: no edges found", path=uri)
         sorted_ids, lookup = ids.finish()
         del ids
-        csr = _csr_from_chunks(chunks, len(sorted_ids), lookup, spec.directed, spec.duplicates, spec.self_loops)
+        csr = csr_from_chunks(chunks, len(sorted_ids), lookup, spec.directed, spec.duplicates, spec.self_loops)
         del lookup
         node_ids = sorted_ids.to_numpy().astype(object)       # the published `node` column stays string
         del sorted_ids
@@ -721,7 +723,7 @@ def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarra
     files = expand_inputs(uri)
     nodes, labels, lines, paths = [], [], [], []
     for path in files:
-        ext, _ = _suffixes(path)
+        ext, _ = file_suffixes(path)
         header_state: dict = {}
         sep = None
         for first_line, body in iter_line_chunks(path, 1_000_000):
