@@ -28,7 +28,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     added: the feature modules are not imported (so neither is Prefect, before the preflight)."""
     ap = argparse.ArgumentParser(prog="embedlake", description="Graphs and corpora -> embeddings -> a Parquet lake.")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    ap.set_defaults(build_parser=build_parser)   # `submit` checks the run it sends (without importing cli.py)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("embed-graph", help="Embed a graph (DeepWalk, node2vec or FastRP) and publish it.",
                        description="Embed a graph and publish it to the lake. Without --edges, embeds a generated "
@@ -206,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_env()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(command_of(argv)).parse_args(argv)
+    # `submit` validates the run it sends with this parser: handed over here, so flows/ops.py
+    # needs no import of this module (which imports it)
+    args.command_parser = build_parser
     debug = bool(getattr(args, "debug", False))
     quiet = OneLineLogs()
     try:

@@ -222,7 +222,7 @@ def cmd_submit(args) -> int:
     if not rest:
         raise ConfigError("submit: give the run to submit, e.g. `embedlake submit -- embed-graph --edges ...`")
     try:   # validate here, before anything is uploaded
-        inner = args.build_parser().parse_args(rest)     # the full `embedlake` parser (set by cli.py)
+        inner = args.command_parser().parse_args(rest)
     except SystemExit:
         raise ConfigError(f"submit: invalid command {' '.join(rest)!r}") from None
     lake = getattr(inner, "lake", None)
