@@ -381,3 +381,17 @@ def test_preflight_accepts_good_inputs(tmp_path, name, data, overrides):
     (tmp_path / "labels.tsv").write_bytes(LABELS)
     preflight.check_graph_run(load_config(None, [f"input.edges={tmp_path / name}",
                                                  f"input.labels={tmp_path / 'labels.tsv'}", *overrides]))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["embed-corpus", "--input", "nope.txt"], "error: nope.txt: file not found"),
+    (["embed-corpus", "--input", "c.parquet"], "c.parquet: no text column 'text' (columns: ['body'])"),
+    (["compress", "--from", "karate/deepwalk"], "error: no committed run of karate/deepwalk in"),
+])
+def test_preflight_corpus_and_compress(tmp_path, args, needle):
+    """embed-corpus --input and compress --from are checked before their flows start, too."""
+    (tmp_path / "c.parquet").write_bytes(_parquet(body=["a b c"]))
+    rc, out, err, wall = run_cli([*args, "--lake", str(tmp_path / "lake")], tmp_path)
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert wall < 3.0, f"{wall:.2f}s"
+    _no_commit(tmp_path / "lake")
