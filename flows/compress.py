@@ -18,7 +18,7 @@ import time
 
 from prefect import flow
 
-from embedlake.config import PipelineConfig
+from embedlake.config import CompressConfig, PipelineConfig, check_table_fits
 from embedlake.lake import Lake, check_name, new_run_id
 from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import Stopwatch, commit
@@ -34,8 +34,8 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     """Build, measure and commit every codec of cfg.compress.codecs from one committed run.
     skip_committed: tables of this run id committed already are kept (a killed run's re-run)."""
     lake = Lake(cfg.lake.uri)
-    cc = cfg.compress.model_dump()
-    codecs = [cz.check_codec(c) for c in dict.fromkeys(cc["codecs"])]
+    cc = cfg.compress
+    codecs = [cz.check_codec(c) for c in dict.fromkeys(cc.codecs)]
     if not codecs:
         raise ValueError("no codecs to build: set compress.codecs (or --codec)")
     run_id = check_name(run_id, "run") if run_id else new_run_id()
@@ -43,9 +43,9 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
     retries = cfg.ray.max_retries
     src = sw.run("load_source", ct.load_source, lake, dataset, method, run, retries)
     for c in codecs:         # parameter errors (pq_m not dividing d...) before any work
-        _check(c, _params(c, cc, src), src.dim, src.rows)
-    eval_cfg = cfg.eval.model_dump()
-    base = sw.run("baseline", ct.baseline, src, eval_cfg) if cc["evaluate"] else None
+        check_table_fits(c, _params(c, cc, src), src.rows, src.dim)
+    eval_cfg = cfg.eval
+    base = sw.run("baseline", ct.baseline, src, eval_cfg) if cc.evaluate else None
     bounds = partition_bounds(src.rows, resolve_partitions(cfg.shard.partitions))
     tables: dict[str, dict] = {}
     for codec in codecs:
@@ -74,7 +74,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
                                  "source": {"dataset": dataset, "method": method, "run_id": src.run_id},
                                  "graph": src.graph,
                                  "build": {k: built[k] for k in ("fit_s", "encode_s", "build_wall_s")}})
-            if cc["evaluate"]:
+            if cc.evaluate:
                 fields["metrics"] = sw.run(f"measure_{codec}", ct.measure_table, lake, src, fields, eval_cfg, base, cc)
                 if base:
                     fields["metrics"]["baseline_node_classification"] = base
@@ -92,7 +92,7 @@ def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "lat
             "lake": lake.uri, "rows": src.rows, "dim": src.dim, "tables": tables}
 
 
-def _params(codec: str, cc: dict, src) -> dict:
+def _params(codec: str, cc: CompressConfig, src) -> dict:
     p = cz.codec_params(codec, cc)
     if codec == "hash":
         p["rows"] = src.rows
@@ -104,24 +104,6 @@ def _params(codec: str, cc: dict, src) -> dict:
 
 def table_method(method: str, codec: str) -> str:
     return cs.table_method(method, codec)
-
-
-def _check(codec: str, params: dict, dim: int, rows: int) -> None:
-    from embedlake.errors import ConfigError
-    if codec in ("pq", "opq"):
-        train = min(rows, params["train_sample"] or rows)
-        if train < (1 << params["nbits"]):
-            raise ConfigError(f"{codec}: {train} training rows are fewer than the 2^{params['nbits']} centroids per "
-                              f"sub-quantiser; lower compress.pq_bits or raise compress.train_sample")
-    if codec in ("pq", "opq") and dim % params["m"]:
-        raise ConfigError(f"compress.pq_m={params['m']} does not divide the source dimension {dim}")
-    if codec == "hash" and params["buckets"] > rows:
-        raise ConfigError(f"compress.hash_buckets={params['buckets']} exceeds the source's {rows} rows")
-    if codec in cz.COMPOSED and params["table_rows"] >= rows:
-        raise ConfigError(f"compress.compose_ratio={params['ratio']}: a {codec} table for {rows} rows would have "
-                          f"{params['table_rows']} rows, no fewer than the source; raise the ratio")
-    if codec == "lowrank" and params["rank"] > dim:
-        raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 
 
 def abandon_table_run(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str, claim: str,
@@ -176,8 +158,8 @@ def add_parsers(sub, common) -> None:
 
 
 def cmd_compress(args) -> int:
-    from embedlake.flows.cli import _pipeline_config
-    cfg = _pipeline_config(args)
+    from embedlake.flows.cli_config import pipeline_config
+    cfg = pipeline_config(args)
     codecs = [c.strip() for arg in args.codecs for c in arg.split(",") if c.strip()]
     if codecs:
         for c in codecs:

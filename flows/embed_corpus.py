@@ -28,7 +28,7 @@ from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, corpus_tokens_spe
 from embedlake.tasks.train import drop_checkpoints
 from embedlake.workers.run.checkpoints import fingerprint
 from embedlake.workers.run.faults import fault_point
-from embedlake.workers.corpus.text import TextSpec
+from embedlake.workers.corpus.text import TextSpec, spec_dict
 
 
 def dataset_name(cfg: CorpusPipelineConfig) -> str:
@@ -45,14 +45,11 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
-    if cfg.train.table != "full":
-        from embedlake.tasks.learned import check_corpus_config
-        check_corpus_config(cfg)          # before Ray starts: a config error costs nothing
     run_id, lake, sw = start_run(cfg)
     if cfg.train.table != "full":
         return _learned_table(cfg, lake, dataset, method, run_id, sw, t_start)
     retries = cfg.ray.max_retries
-    spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    spec = TextSpec.from_configs(cfg.text, cfg.input)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
     # continues from its checkpoints: vocabulary + token shards, the last trained epoch, the table
     claim = claim_run(lake, dataset, method, run_id, cfg.train.resume, gt.stage_logger())
@@ -60,14 +57,14 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     try:
         # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
         env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
-        shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
-        tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, ct.input_stamps(shards, env), spec,
+        shards = sw.run("plan", ct.plan, cfg.input, env)
+        tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, ct.input_stamps(shards, env), spec_dict(spec),
                                          cfg.vocab.model_dump())
         state = ct.tokens_checkpoint(ck, tokens_spec)
         if state is not None:
             vocab, sentences = sw.run("load_tokens", ct.load_tokens, lake, state, retries)
         else:
-            vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
+            vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab, env, retries)
             fault_point("after:vocab")
             sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
             ct.save_tokens(ck, tokens_spec, vocab, sentences)
@@ -79,7 +76,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
         if done is not None:
             emb_ref, info = done.ref, done.info
         else:
-            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train.model_dump(), retries, ck,
+            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train, retries, ck,
                                    table_spec)
         info.setdefault("resumed", {}).update(reused)
         fault_point("after:train")
@@ -87,7 +84,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
         files["embeddings"] = sw.run("publish", ct.publish, lake, dataset, method, run_id, vocab, emb_ref,
                                      cfg.partitions, retries)
         fault_point("after:publish")
-        metrics = sw.run("evaluate", ct.evaluate, vocab, emb_ref, cfg.eval.model_dump())
+        metrics = sw.run("evaluate", ct.evaluate, vocab, emb_ref, cfg.eval)
         corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
                   "long_lines_policy": cfg.text.long_lines}
         manifest = dict(dataset=dataset, method=method, run_id=run_id, files=files,
@@ -123,20 +120,21 @@ def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: 
     codec, retries = cfg.train.table, cfg.ray.max_retries
     tm = cs.table_method(method, codec)
     claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume, gt.stage_logger())
-    spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    spec = TextSpec.from_configs(cfg.text, cfg.input)
     try:
         env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
-        shards = sw.run("plan", ct.plan, cfg.input.model_dump(), env)
-        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab.model_dump(), env, retries)
+        shards = sw.run("plan", ct.plan, cfg.input, env)
+        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab, env, retries)
         sentences = sw.run("encode", ct.encode, lake, dataset, tm, run_id, vocab, retries)
         fault_point("after:encode")
         V, dim = vocab.size, cfg.train.dim
-        params = lt.corpus_table_params(codec, cfg.compress.model_dump(), V, dim)
+        params = lt.corpus_table_params(codec, cfg.compress, V, dim)
         trained = sw.run(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params,
-                         cfg.train.model_dump(), retries)
+                         cfg.train, retries)
         fault_point("after:train")
-        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset, method, run_id, vocab, codec, params,
-                       trained.ref, partition_bounds(V, cfg.partitions), retries)
+        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset=dataset, method=method, run_id=run_id,
+                       vocab=vocab, codec=codec, params=params, state_ref=trained.ref,
+                       bounds=partition_bounds(V, cfg.partitions), max_retries=retries)
         fault_point("after:publish")
         bpv = cz.bytes_per_vector(codec, params, dim)
         corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
@@ -152,7 +150,7 @@ def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: 
                              "source": {"dataset": dataset, "method": method, "run_id": None, "full_table": False},
                              "corpus": corpus, "train": trained.info, "id_column": "node",
                              "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"]}})
-        metrics = sw.run(f"measure_{codec}", lt.measure_words_table, lake, fields, vocab, cfg.eval.model_dump(),
+        metrics = sw.run(f"measure_{codec}", lt.measure_words_table, lake, fields, vocab, cfg.eval,
                          retries)
         fields["metrics"] = {"bytes_per_vector": bpv, "ratio": fields["extra"]["ratio"], **metrics}
         fields["stages"] = dict(sw.stages)

@@ -47,8 +47,6 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     t_start = time.perf_counter()
     dataset = dataset_name(cfg)
     method = cfg.method
-    if cfg.train.table != "full":
-        lt.check_config(cfg)          # before Ray starts: a config error costs nothing
     run_id, lake, sw = start_run(cfg)
     retries = cfg.ray.max_retries
     if cfg.train.table != "full":
@@ -142,13 +140,14 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
         if cfg.eval.link_prediction:      # held-out edges leave the graph before the walks see it
             graph, split = sw.run("holdout", et.holdout, graph, cfg.eval.model_dump(), retries)
         n, dim = graph.num_nodes, cfg.train.dim
-        params = lt.table_params(codec, cfg.compress.model_dump(), n, dim)
+        params = lt.table_params(codec, cfg.compress, n, dim)
         bounds = partition_bounds(n, resolve_partitions(cfg.shard.partitions))
-        trained = sw.run(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk.model_dump(),
-                         cfg.train.model_dump(), method, retries)
+        trained = sw.run(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk,
+                         cfg.train, method, retries)
         fault_point("after:train")
-        built = sw.run(f"write_{codec}", lt.write_table, lake, dataset, method, run_id, graph, codec, params,
-                       trained.ref, bounds, retries)
+        built = sw.run(f"write_{codec}", lt.write_table, lake, dataset=dataset, method=method, run_id=run_id,
+                       graph=graph, codec=codec, params=params, state_ref=trained.ref, bounds=bounds,
+                       max_retries=retries)
         bpv = cz.bytes_per_vector(codec, params, dim)
         fields = dict(dataset=dataset, method=tm, run_id=run_id,
                       files={cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]},
@@ -162,7 +161,7 @@ def _learned_table(cfg: PipelineConfig, lake: Lake, dataset: str, method: str, r
                              "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"],
                                        "build_wall_s": round(sw.stages[f"train_{codec}"]["wall_s"]
                                                              + sw.stages[f"write_{codec}"]["wall_s"], 3)}})
-        metrics = sw.run(f"measure_{codec}", lt.measure_table, lake, fields, graph, split, cfg.eval.model_dump(),
+        metrics = sw.run(f"measure_{codec}", lt.measure_table, lake, fields, graph, split, cfg.eval,
                          retries)
         fields["metrics"] = {"bytes_per_vector": bpv, "ratio": fields["extra"]["ratio"], **metrics}
         fields["stages"] = dict(sw.stages)

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from embedlake.config import CorpusInputConfig, TrainConfig, VocabConfig, WordEvalConfig
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.tasks.remote import remote
 from embedlake.workers.corpus import text as cs
+from embedlake.workers.corpus.text import TextSpec
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Sentences:
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(input_cfg: dict, env=None) -> list[dict]:
+def plan(input_cfg: CorpusInputConfig, env=None) -> list[dict]:
     """Input files -> shards (byte ranges of whole lines, compressed files, Parquet row groups)."""
     shards = remote(cs.plan_stage, "corpus", num_cpus=1).remote(input_cfg, env)
     import ray
@@ -48,7 +50,8 @@ def plan(input_cfg: dict, env=None) -> list[dict]:
 
 
 @task(name="vocabulary", cache_policy=NO_CACHE)
-def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_retries: int = 3) -> Vocabulary:
+def vocabulary(shards: list[dict], spec: TextSpec, vocab_cfg: VocabConfig, env=None, max_retries: int = 3
+               ) -> Vocabulary:
     """Tokenise and count every shard in parallel, then merge the counts in one task."""
     import ray
     log = stage_logger()
@@ -58,11 +61,11 @@ def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_re
                    unit="tokens")
     n = len(shards)
     merge = remote(cs.merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
-    out = merge.remote(vocab_cfg["min_count"], vocab_cfg.get("max_vocab"), stats, *[r[1] for r in refs])
+    out = merge.remote(vocab_cfg.min_count, vocab_cfg.max_vocab, stats, *[r[1] for r in refs])
     summary = ray.get(out[0])
     log.info(f"vocabulary: {summary['raw_tokens']:,} tokens in {summary['sentences']:,} sentences, "
              f"{summary['unique_words']:,} distinct words, {summary['vocab']:,} kept "
-             f"(min_count {vocab_cfg['min_count']}: {summary['kept_token_share']:.1%} of tokens); "
+             f"(min_count {vocab_cfg.min_count}: {summary['kept_token_share']:.1%} of tokens); "
              f"{summary['empty_lines']:,} empty lines skipped, {summary['long_lines']:,} long lines split "
              f"into +{summary['extra_sentences']:,} sentences, {summary['empty_files']} empty file(s)")
     return Vocabulary(summary, out[1], out[2], list(out[3:]), [r[2] for r in refs], [r[3] for r in refs])
@@ -153,7 +156,7 @@ def save_tokens(ck, spec: dict, vocab: Vocabulary, sentences: Sentences) -> None
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3, checkpoint=None,
+def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3, checkpoint=None,
           spec: dict | None = None):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
     checkpoint (tasks/resume.RunCheckpoints) + spec (the table's fingerprint spec): the tables are
@@ -163,14 +166,12 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries:
     from embedlake.tasks.resume import epoch_checkpoint
     log = stage_logger()
     cpus = max_node_cpus()
-    cfg = dict(train_cfg)
-    cfg["threads"] = cfg.get("threads") or cpus
-    cfg["_checkpoint"], start = epoch_checkpoint(checkpoint, "train", spec or {}, cfg["epochs"], log)
+    epochs_checkpoint, start = epoch_checkpoint(checkpoint, "train", spec or {}, train_cfg.epochs, log)
     progress = Progress("train", "tokens")
-    cfg["progress"] = progress.reporter("train")
     fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
-    emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, cfg, *parts)
+    emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, train_cfg, *parts, threads=train_cfg.threads or cpus,
+                                   progress=progress.reporter("train"), checkpoint=epochs_checkpoint)
     try:
         progress.wait([stats_ref])
     finally:
@@ -195,7 +196,7 @@ def publish(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, emb
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: dict) -> dict:
+def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: WordEvalConfig) -> dict:
     """WordSim353 / SimLex-999 Spearman rho, analogy accuracy, each with its OOV share."""
     import ray
     log = stage_logger()
