@@ -20,6 +20,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from embedlake.config import EvalConfig
 from embedlake.errors import ConfigError
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, StageResult
@@ -100,7 +101,7 @@ def write_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
 
 
 @task(name="learned_measure", cache_policy=NO_CACHE)
-def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_cfg: dict,
+def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_cfg: EvalConfig,
                   max_retries: int = 3) -> dict:
     """Node classification (labelled graphs) and link prediction (with a holdout split) on vectors
     materialised from the written codes + table, only for the rows they use."""
@@ -117,8 +118,8 @@ def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_c
     jobs = {}
     if labels_ref is not None:
         jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(X_ref, lab_ref, eval_cfg)
-    lp_refs = [remote(es.link_stage, "evaluate", **opts).remote(X_ref, split_ref, dict(eval_cfg, lp_operators=[op]))
-               for op in (eval_cfg["lp_operators"] if split is not None else [])]
+    lp_refs = [remote(es.link_stage, "evaluate", **opts).remote(X_ref, split_ref, eval_cfg, [op])
+               for op in (eval_cfg.lp_operators if split is not None else [])]
     metrics = dict(zip(jobs, ray.get(list(jobs.values()))))
     if lp_refs:
         metrics["link_prediction"] = es.merge_link_results(ray.get(lp_refs))

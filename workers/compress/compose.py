@@ -186,6 +186,7 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     level-local int32}, info {codes: ..., stats}). progress: train_composed's (done, total, loss) callback.
     """
     from embedlake.workers.train.compose import train_composed
+    from embedlake.config import WalkConfig
     from embedlake.workers.graph.walks import random_walks, should_stream, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
@@ -199,7 +200,7 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
         w = random_walks(indptr, indices, weights, starts, count, walk["length"], walk["seed"], p=walk.get("p", 1.0),
                          q=walk.get("q", 1.0), mode=mode, threads=threads, walk_offset=offset)
         return walks_to_sentences(w)
-    if not should_stream(n, walk):
+    if not should_stream(n, WalkConfig(**walk)):
         tokens, offsets = walk_tokens(walk["walks_per_node"])
         out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
                              progress=progress, **kw)
