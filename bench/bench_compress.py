@@ -93,6 +93,7 @@ def part1(args) -> dict:
 
     import embedlake
     from embedlake.lake import Lake
+    from embedlake.config import CompressConfig
     from embedlake.workers.compress import codecs as cz
     from embedlake.workers.compress.store import load_labels
     from embedlake.workers.evaluate.classify import node_classification
@@ -126,8 +127,7 @@ def part1(args) -> dict:
 
     ours = {}
     for name in ("fp16", "int8", "int4", "binary", "pq", "opq", "lowrank"):
-        extra_cfg = {"opq_method": "eigen"}
-        p = cz.codec_params(name, {"lowrank_dim": 32, **extra_cfg})
+        p = cz.codec_params(name, CompressConfig(lowrank_dim=32, opq_method="eigen"))
         t, tm = cz.build(name, X, p, threads=1)
         t0 = time.perf_counter()
         D = cz.decode(name, t.cols, t.state, t.params, d)
@@ -139,7 +139,7 @@ def part1(args) -> dict:
     add("binary+int8 rescoring", "embedlake", ours["binary"].bytes_per_vector, 0.0,
         ours_topk(ours["binary"], X[q_ids], q_ids, rerank=ours["int8"], candidates=100),
         extra={"note": "Hamming top-100, re-scored against the int8 table (its bytes not counted)"})
-    p = cz.codec_params("opq", {"opq_method": "faiss", "opq_iter": 20})
+    p = cz.codec_params("opq", CompressConfig(opq_method="faiss", opq_iter=20))
     t, tm = cz.build("opq", X, p, threads=1)
     add("opq (Faiss OPQMatrix rotation, 20 it)", "embedlake", t.bytes_per_vector, tm["fit_s"] + tm["encode_s"],
         ours_topk(t, X[q_ids], q_ids), t.decode())
@@ -193,7 +193,7 @@ def part2(args) -> dict:
     cz.build("int8", X[:10])        # compile numba kernels outside the timings
     cz.build("int4", X[:10])
     for name in args.big_codecs.split(","):
-        p = cz.codec_params(name, {})
+        p = cz.codec_params(name)
         t, tm = cz.build(name, X, p, threads=1)
         t0 = time.perf_counter()
         cz.decode(name, t.cols, t.state, t.params, d)

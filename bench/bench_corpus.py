@@ -31,7 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PYTHON", "/work/peers-venv/bin/python")
+PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PYTHON", str(REPO.parent / "peers-venv" / "bin" / "python"))
 
 GENSIM_SCRIPT = r"""
 import json, sys, time, numpy as np

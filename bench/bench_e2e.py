@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", "/work/peers-venv/bin/python")
+PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", str(ROOT.parent / "peers-venv" / "bin" / "python"))
 
 MEM_SCRIPT = r"""
 import json, sys, time

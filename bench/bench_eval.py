@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PEERS_PY = Path("/work/peers-venv/bin/python")
+PEERS_PY = Path(os.environ.get("EMBEDLAKE_PEERS_PY", str(REPO.parent / "peers-venv" / "bin" / "python")))
 
 
 def run_flow(lake: str, ds: Path, dataset: str, method: str, extra: list[str]) -> dict:

@@ -1,7 +1,7 @@
 """SGNS kernels vs gensim, side by side on the SAME DeepWalk walks (issue 4).
 
 BlogCatalog, uniform walks 10 x 80, d=128, window 10, 5 negatives, 1 epoch, 2 threads by default.
-gensim runs in the peers venv (/work/peers-venv) in a subprocess on the walks saved to a temp
+gensim runs in the peers venv (../peers-venv beside the checkout) in a subprocess on the walks saved to a temp
 file; node classification (DeepWalk protocol, one-vs-rest liblinear LR, top-k labels, 3 seeds)
 scores every embedding with the same function from ../shared/bench/peers.py.
 
@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", "/work/peers-venv/bin/python")
+PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", str(ROOT.parent / "peers-venv" / "bin" / "python"))
 
 GENSIM_SCRIPT = r"""
 import sys, time, json, numpy as np

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedlake.errors import ConfigError
 
@@ -189,6 +189,9 @@ class CompressConfig(Section):
                                     "are assigned).")
 
 
+RAY_STAGE_OPTIONS = ("accelerator_type", "max_retries", "memory", "num_cpus", "num_gpus", "resources")
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address (also RAY_ADDRESS); None = start Ray locally.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
@@ -196,6 +199,16 @@ class RayConfig(Section):
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-stage Ray options, e.g. "
                                               "{train: {num_gpus: 1, num_cpus: 8}}; keys: num_cpus, num_gpus, "
                                               "memory, resources, max_retries, accelerator_type.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for stage, opts in v.items():
+            bad = set(opts) - set(RAY_STAGE_OPTIONS)
+            if bad:
+                raise ValueError(f"ray.stages.{stage}: unknown option(s) {sorted(bad)}; "
+                                 f"allowed: {sorted(RAY_STAGE_OPTIONS)}")
+        return v
 
 
 class LakeConfig(Section):
@@ -216,6 +229,52 @@ class PipelineConfig(Section):
     compress: CompressConfig = Field(default_factory=CompressConfig, description="Compressed tables.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")
     lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
+
+    @model_validator(mode="after")
+    def _learned_table_rules(self) -> "PipelineConfig":
+        """train.table != full: refuse at load what the learned-table path cannot honour."""
+        t = self.train.table
+        if t == "full":
+            return self
+        if self.method not in LEARNED_TABLE_METHODS:
+            raise ValueError(f"train.table={t}: a learned table is trained by skip-gram on walks; method "
+                             f"{self.method!r} has none (use deepwalk or node2vec, or train.table=full)")
+        if self.compress.codecs:
+            raise ValueError(f"compress.codecs={self.compress.codecs} compress the full table, which "
+                             f"train.table={t} never trains; leave compress.codecs empty (or use train.table=full)")
+        if not _one_numba_worker(self.train):
+            raise ValueError(f"train.table={t} trains on one worker with the numba kernel: set train.engine=numba, "
+                             f"train.workers=1, train.partitions=0")
+        if self.walk.write_walks:
+            raise ValueError(f"train.table={t} does not write walks: set walk.write_walks=false")
+        return self
+
+
+LEARNED_TABLE_METHODS = ("deepwalk", "node2vec")    # methods whose walks can train a learned table
+
+
+def _one_numba_worker(train: TrainConfig) -> bool:
+    return train.engine == "numba" and train.workers == 1 and train.partitions == 0
+
+
+def check_table_fits(codec: str, params: dict, rows: int, dim: int) -> None:
+    """The cross-field rules that need the data's shape (the source table's or vocabulary's rows
+    and dim, known only once it is loaded): a codec's parameters (`codec_params`, sized for
+    `rows` x `dim`) against that shape. Raises ConfigError naming the compress.* field."""
+    if codec in ("pq", "opq"):
+        train = min(rows, params["train_sample"] or rows)
+        if train < (1 << params["nbits"]):
+            raise ConfigError(f"{codec}: {train} training rows are fewer than the 2^{params['nbits']} centroids per "
+                              f"sub-quantiser; lower compress.pq_bits or raise compress.train_sample")
+        if dim % params["m"]:
+            raise ConfigError(f"compress.pq_m={params['m']} does not divide the source dimension {dim}")
+    if codec == "hash" and params["buckets"] > rows:
+        raise ConfigError(f"compress.hash_buckets={params['buckets']} exceeds the source's {rows} rows")
+    if codec in ("compose", "qr", "unified") and params["table_rows"] >= rows:
+        raise ConfigError(f"compress.compose_ratio={params['ratio']}: a {codec} table for {rows} rows would have "
+                          f"{params['table_rows']} rows, no fewer than the source; raise the ratio")
+    if codec == "lowrank" and params["rank"] > dim:
+        raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 
 
 # ---- corpus embeddings (embed_corpus flow) -----------------------------------------------------
@@ -288,6 +347,21 @@ class CorpusPipelineConfig(Section):
             return {**_corpus_train_defaults().model_dump(), **v}
         return v
 
+    @model_validator(mode="after")
+    def _learned_table_rules(self) -> "CorpusPipelineConfig":
+        """embed-corpus -p train.table=...: refuse at load what the vocabulary path cannot honour."""
+        t = self.train.table
+        if t == "full":
+            return self
+        if not _one_numba_worker(self.train):
+            raise ValueError(f"train.table={t} trains on one worker with the numba compositional kernel: set "
+                             f"train.engine=numba, train.workers=1, train.partitions=0 (or use train.table=full)")
+        if self.compress.codecs:
+            raise ValueError(f"compress.codecs={self.compress.codecs}: embed-corpus builds no compressed copies of "
+                             f"a full table; train.table={t} trains the learned table itself (leave compress.codecs "
+                             f"empty)")
+        return self
+
 
 def _parse_value(text: str) -> Any:
     """`-p a.b=VALUE`: VALUE is YAML (so 128, 0.5, true, [1, 2], null all work)."""
@@ -309,13 +383,17 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 
 def _format_validation(err: ValidationError, source: str) -> str:
+    """One line per error, each naming its dotted field. A cross-field rule (a model validator: no
+    location of its own) names its fields in its message, which is printed as it is."""
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}" if loc and not msg.startswith(f"{loc}.") else f"  {msg}")
     return "\n".join(lines)
 
 

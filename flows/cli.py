@@ -1,33 +1,33 @@
 """The `embedlake` command. Each subcommand resolves one typed config and calls a Prefect flow.
 
 Errors that users can fix (bad input, bad config, lake conflicts) print one line naming the
-file / line / field and exit with status 2; nothing is committed to the lake.
+file / line / field and exit with status 2; nothing is committed to the lake. Run commands check
+their inputs first (flows/preflight.py), before Prefect or Ray is imported; an error raised later
+inside a Ray task is unwrapped to the same one line. Any other exception prints one line
+`error: <Type>: <message>` and exits with status 1. `embedlake --debug ...` prints the tracebacks.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
 import sys
+import traceback
 
+from embedlake.errors import one_line, root_cause, user_error
+from embedlake.flows.cli_config import CONFIG_HELP, DEBUG_HELP, add_run_options, pipeline_config
 from embedlake.tasks.runtime import configure_env
 
-CONFIG_HELP = ("Config overrides as section.key=value (YAML values), repeatable, e.g. -p train.dim=64 "
-               "-p walk.walks_per_node=5. `embedlake config` lists every key with its default and help.")
+# Commands defined here: parsing them imports no feature module (their flows import Prefect).
+OWN_COMMANDS = ("embed-graph", "walk", "config")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    """Options every run command shares: --lake, --config, -p, --ray-address, --json."""
-    p.add_argument("--lake", default=None, help="Lake root: local folder or s3://bucket/prefix (default: ./lake).")
-    p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML config file (sections as in "
-                   "`embedlake config`). Default: none (built-in defaults).")
-    p.add_argument("-p", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=CONFIG_HELP)
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray).")
-    p.add_argument("--json", action="store_true", help="Print the run summary as JSON instead of a table.")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `embedlake` parser. With `command` one of OWN_COMMANDS, only this module's commands are
+    added: the feature modules are not imported (so neither is Prefect, before the preflight)."""
     ap = argparse.ArgumentParser(prog="embedlake", description="Graphs and corpora -> embeddings -> a Parquet lake.")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("embed-graph", help="Embed a graph (DeepWalk, node2vec or FastRP) and publish it.",
                        description="Embed a graph and publish it to the lake. Without --edges, embeds a generated "
@@ -43,9 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, help="Show the resolved values of this YAML file instead.")
     c.add_argument("-p", dest="overrides", action="append", default=[], help=CONFIG_HELP)
     c.set_defaults(func=cmd_config)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parsers(sub, _common)
+    if command not in OWN_COMMANDS:
+        for name in SUBCOMMAND_MODULES:
+            importlib.import_module(name).add_parsers(sub, add_run_options)
     return ap
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand argv names: its first word that is not an option (global options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _graph_args(g: argparse.ArgumentParser) -> None:
@@ -57,20 +63,7 @@ def _graph_args(g: argparse.ArgumentParser) -> None:
                    help="Embedding method (default: deepwalk; same as -p method=...).")
     g.add_argument("--dataset", default=None, help="Dataset name in the lake (default: the input's folder name).")
     g.add_argument("--run-id", default=None, help="Run id (default: generated, time-ordered).")
-    _common(g)
-
-
-def _pipeline_config(args):
-    from embedlake.config import load_config
-    ov = list(args.overrides)
-    if getattr(args, "lake", None):
-        ov.append(f"lake.uri={args.lake}")
-    for flag, key in (("edges", "input.edges"), ("labels", "input.labels"), ("method", "method"),
-                      ("dataset", "lake.dataset"), ("run_id", "lake.run_id"), ("ray_address", "ray.address")):
-        v = getattr(args, flag, None)
-        if v is not None:
-            ov.append(f"{key}={json.dumps(v)}")
-    return load_config(args.config, ov)
+    add_run_options(g)
 
 
 def print_summary(s: dict, out=None) -> None:
@@ -122,7 +115,7 @@ def print_summary(s: dict, out=None) -> None:
 
 
 def cmd_embed_graph(args) -> int:
-    cfg = _pipeline_config(args)
+    cfg = pipeline_config(args)
     from embedlake.flows.embed_graph import embed_graph
     summary = embed_graph(cfg)
     if args.json:
@@ -133,7 +126,7 @@ def cmd_embed_graph(args) -> int:
 
 
 def cmd_walk(args) -> int:
-    cfg = _pipeline_config(args)
+    cfg = pipeline_config(args)
     from embedlake.flows.walk import walk_graph
     s = walk_graph(cfg)
     if args.json:
@@ -160,41 +153,82 @@ def cmd_config(args) -> int:
     return 0
 
 
-# Feature modules add their own subcommands: each has add_parsers(subparsers, add_common_options)
+# Feature modules add their own subcommands: each has add_parsers(subparsers, add_run_options)
 # and sets `func` on its parsers (func(args) -> exit status).
 SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report", "embedlake.flows.embed_corpus"]
 
 
-def _user_error(exc: BaseException):
-    """The EmbedlakeError behind an exception (Ray wraps task errors), or None."""
-    from embedlake.errors import EmbedlakeError
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, EmbedlakeError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
+# Commands that run a flow: checked first (flows/preflight.py), their log lines kept to one line each
+RUN_COMMANDS = ("embed-graph", "walk", "compress", "embed-corpus")
+
+
+def check_before_start(args: argparse.Namespace) -> None:
+    """A run command's preflight: what can be checked before its flow, and so Prefect and Ray, is imported."""
+    from embedlake.flows import preflight
+    if args.cmd in ("embed-graph", "walk"):
+        preflight.check_graph_run(pipeline_config(args))
+    elif args.cmd == "compress":
+        preflight.check_compress_run(pipeline_config(args), args.source)
+    elif args.cmd == "embed-corpus":
+        from embedlake.flows.embed_corpus import corpus_config
+        preflight.check_corpus_run(corpus_config(args))
+
+
+class OneLineLogs(logging.Filter):
+    """Log lines without tracebacks or colour codes (Prefect logs a failed task with its traceback,
+    and the failed state with Ray's coloured `ray::task()` header): one line per record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        msg = record.getMessage()
+        short = one_line(msg)
+        if short != msg:
+            record.msg, record.args = short, None
+        return True
+
+
+def report_error(exc: BaseException, debug: bool) -> int:
+    """Print an exception as one `error:` line; the exit status: the user error's (2), else 1."""
+    if debug:
+        traceback.print_exception(exc)
+    ue = user_error(exc)
+    if ue is not None:
+        print(f"error: {one_line(str(ue))}", file=sys.stderr)
+        return getattr(ue, "exit_code", 2)
+    cause = root_cause(exc)
+    hint = "" if debug else " (run with --debug for the traceback)"
+    print(f"error: {type(cause).__name__}: {one_line(str(cause))}{hint}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_env()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    quiet = OneLineLogs()
     try:
+        if args.cmd in RUN_COMMANDS:
+            check_before_start(args)
+            if not debug:
+                _filter_console(quiet)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was committed", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001
-        ue = _user_error(e)
-        if ue is None:
-            raise
-        msg = str(ue).strip()
-        if "RayTaskError" in msg or "Traceback" in msg:
-            msg = msg.strip().splitlines()[-1]
-            msg = msg.split(": ", 1)[1] if msg.startswith(("embedlake.", "InputError", "ConfigError")) else msg
-        print(f"error: {msg}", file=sys.stderr)
-        return getattr(ue, "exit_code", 2)
+    except Exception as e:  # noqa: BLE001 - every error ends here as one line and a status
+        return report_error(e, debug)
+    finally:
+        for h in logging.getLogger().handlers:
+            h.removeFilter(quiet)
+
+
+def _filter_console(quiet: logging.Filter) -> None:
+    """Put `quiet` on the root handlers (Prefect's console), after Prefect's logging set-up made them."""
+    from prefect.logging.configuration import ensure_logging_setup
+    ensure_logging_setup()
+    for h in logging.getLogger().handlers:
+        h.addFilter(quiet)
 
 
 if __name__ == "__main__":

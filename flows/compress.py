@@ -17,7 +17,7 @@ import sys
 
 from prefect import flow
 
-from embedlake.config import PipelineConfig
+from embedlake.config import CompressConfig, PipelineConfig, check_table_fits
 from embedlake.lake import Lake
 from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import row_bounds
@@ -30,15 +30,14 @@ def compress_run(cfg: PipelineConfig, run: Run, source: str = "latest", skip_com
     """Build, measure and commit every codec of cfg.compress.codecs from the committed run `source`
     of run.dataset/run.method; each codec is a run of its own (`run.sibling`) with run's id and clock.
     skip_committed: tables of this run id committed already are kept (a killed run's re-run)."""
-    cc = cfg.compress.model_dump()
-    codecs = [cz.check_codec(c) for c in dict.fromkeys(cc["codecs"])]
+    cc = cfg.compress
+    codecs = [cz.check_codec(c) for c in dict.fromkeys(cc.codecs)]
     if not codecs:
         raise ValueError("no codecs to build: set compress.codecs (or --codec)")
     src = run.time("load_source", ct.load_source, run.lake, run.dataset, run.method, source, run.retries)
     for c in codecs:         # parameter errors (pq_m not dividing d...) before any work
-        _check(c, _params(c, cc, src), src.dim, src.rows)
-    eval_cfg = cfg.eval.model_dump()
-    base = run.time("baseline", ct.baseline, src, eval_cfg) if cc["evaluate"] else None
+        check_table_fits(c, _params(c, cc, src), src.rows, src.dim)
+    base = run.time("baseline", ct.baseline, src, cfg.eval) if cc.evaluate else None
     bounds = row_bounds(src.rows, cfg.shard)
     tables: dict[str, dict] = {}
     for codec in codecs:
@@ -65,7 +64,7 @@ def committed_table(table: Run) -> dict:
 
 def build_codec(table: Run, src, codec: str, params: dict, base: dict | None, bounds: list) -> dict:
     """Build, measure and commit one codec's table run; a failure leaves nothing of it behind."""
-    cc = table.config.compress.model_dump()
+    cc = table.config.compress
     run_id = table.run_id
     # a second writer of this table run stops here; a killed run's re-run takes over its claim
     with table:
@@ -74,9 +73,9 @@ def build_codec(table: Run, src, codec: str, params: dict, base: dict | None, bo
         bpv = cz.bytes_per_vector(codec, params, src.dim)
         fields = table.manifest({cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
                                 extra=codec_extra(table, src, codec, params, bpv, built))
-        if cc["evaluate"]:
+        if cc.evaluate:
             fields["metrics"] = table.time(f"measure_{codec}", ct.measure_table, table.lake, src, fields,
-                                           table.config.eval.model_dump(), base, cc)
+                                           table.config.eval, base, cc)
             if base:
                 fields["metrics"]["baseline_node_classification"] = base
         fields["stages"] = {k: v for k, v in table.stages.items() if k.endswith(f"_{codec}")}
@@ -97,7 +96,7 @@ def codec_extra(table: Run, src, codec: str, params: dict, bpv: int, built: dict
             "graph": src.graph, "build": {k: built[k] for k in ("fit_s", "encode_s", "build_wall_s")}}
 
 
-def _params(codec: str, cc: dict, src) -> dict:
+def _params(codec: str, cc: CompressConfig, src) -> dict:
     p = cz.codec_params(codec, cc)
     if codec == "hash":
         p["rows"] = src.rows
@@ -109,24 +108,6 @@ def _params(codec: str, cc: dict, src) -> dict:
 
 def table_method(method: str, codec: str) -> str:
     return cs.table_method(method, codec)
-
-
-def _check(codec: str, params: dict, dim: int, rows: int) -> None:
-    from embedlake.errors import ConfigError
-    if codec in ("pq", "opq"):
-        train = min(rows, params["train_sample"] or rows)
-        if train < (1 << params["nbits"]):
-            raise ConfigError(f"{codec}: {train} training rows are fewer than the 2^{params['nbits']} centroids per "
-                              f"sub-quantiser; lower compress.pq_bits or raise compress.train_sample")
-    if codec in ("pq", "opq") and dim % params["m"]:
-        raise ConfigError(f"compress.pq_m={params['m']} does not divide the source dimension {dim}")
-    if codec == "hash" and params["buckets"] > rows:
-        raise ConfigError(f"compress.hash_buckets={params['buckets']} exceeds the source's {rows} rows")
-    if codec in cz.COMPOSED and params["table_rows"] >= rows:
-        raise ConfigError(f"compress.compose_ratio={params['ratio']}: a {codec} table for {rows} rows would have "
-                          f"{params['table_rows']} rows, no fewer than the source; raise the ratio")
-    if codec == "lowrank" and params["rank"] > dim:
-        raise ConfigError(f"compress.lowrank_dim={params['rank']} exceeds the source dimension {dim}")
 
 
 @flow(name="compress", validate_parameters=True)
@@ -161,8 +142,8 @@ def add_parsers(sub, common) -> None:
 
 
 def cmd_compress(args) -> int:
-    from embedlake.flows.cli import _pipeline_config
-    cfg = _pipeline_config(args)
+    from embedlake.flows.cli_config import pipeline_config
+    cfg = pipeline_config(args)
     codecs = [c.strip() for arg in args.codecs for c in arg.split(",") if c.strip()]
     if codecs:
         for c in codecs:

@@ -38,8 +38,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     """Embed the words of a text corpus and publish them to the lake. Returns the run summary."""
     cfg = config or CorpusPipelineConfig()
     dataset = dataset_name(cfg)
-    if cfg.train.table != "full":
-        lt.check_corpus_config(cfg)          # before Ray starts: a config error costs nothing
+    if cfg.train.table != "full":      # its rules are checked with the config (embedlake/config.py)
         return learned_table(cfg, dataset)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
     # continues from its checkpoints: vocabulary + token shards, the last trained epoch, the table
@@ -52,7 +51,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
         files["embeddings"] = run.time("publish", ct.publish, run.lake, dataset, run.method, run.run_id, vocab,
                                        trained.ref, cfg.partitions, run.retries)
         fault_point("after:publish")
-        metrics = run.time("evaluate", ct.evaluate, vocab, trained.ref, cfg.eval.model_dump())
+        metrics = run.time("evaluate", ct.evaluate, vocab, trained.ref, cfg.eval)
         corpus = corpus_stats(cfg, vocab, sentences)
         url = run.commit(run.manifest(files, metrics, extra={"dim": cfg.train.dim, "rows": vocab.size,
                                                              "corpus": corpus, "train": trained.info,
@@ -83,20 +82,21 @@ def learned_table(cfg: CorpusPipelineConfig, dataset: str) -> dict:
     run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
     with run:
         vocab, sentences, _, _ = ct.tokenise(run, cfg)
-        params = lt.corpus_table_params(codec, cfg.compress.model_dump(), vocab.size, cfg.train.dim)
-        trained = run.time(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params,
-                           cfg.train.model_dump(), run.retries)
+        params = lt.corpus_table_params(codec, cfg.compress, vocab.size, cfg.train.dim)
+        trained = run.time(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params, cfg.train,
+                           run.retries)
         fault_point("after:train")
-        built = run.time(f"write_{codec}", lt.write_words_table, run.lake, dataset, method, run.run_id, vocab, codec,
-                         params, trained.ref, partition_bounds(vocab.size, cfg.partitions), run.retries)
+        built = run.time(f"write_{codec}", lt.write_words_table, run.lake, dataset=dataset, method=method,
+                         run_id=run.run_id, vocab=vocab, codec=codec, params=params, state_ref=trained.ref,
+                         bounds=partition_bounds(vocab.size, cfg.partitions), max_retries=run.retries)
         fault_point("after:publish")
         corpus = corpus_stats(cfg, vocab, sentences)
         fields = run.manifest({"tokens": sentences.files, cs.CODE_KIND: built["files"],
                                cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
                               extra=learned_extra(run, method, codec, params, cfg.train.dim, vocab, corpus, trained,
                                                   built))
-        metrics = run.time(f"measure_{codec}", lt.measure_words_table, run.lake, fields, vocab,
-                           cfg.eval.model_dump(), run.retries)
+        metrics = run.time(f"measure_{codec}", lt.measure_words_table, run.lake, fields, vocab, cfg.eval,
+                           run.retries)
         fields["metrics"] = {"bytes_per_vector": fields["extra"]["bytes_per_vector"],
                              "ratio": fields["extra"]["ratio"], **metrics}
         fields["stages"] = dict(run.stages)

@@ -41,8 +41,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     """Embed one graph and publish it to the lake. Returns the run summary."""
     cfg = config or PipelineConfig()
     dataset = dataset_name(cfg)
-    if cfg.train.table != "full":
-        lt.check_config(cfg)          # before Ray starts: a config error costs nothing
+    if cfg.train.table != "full":      # its rules are checked with the config (embedlake/config.py)
         return learned_table(cfg, dataset)
     run = Run.open(cfg, dataset, cfg.method)
     if cfg.compress.codecs and run.resume and run.is_committed():
@@ -88,12 +87,13 @@ def learned_table(cfg: PipelineConfig, dataset: str) -> dict:
     run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
-        params = lt.table_params(codec, cfg.compress.model_dump(), graph.num_nodes, cfg.train.dim)
-        trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk.model_dump(),
-                           cfg.train.model_dump(), method, run.retries)
+        params = lt.table_params(codec, cfg.compress, graph.num_nodes, cfg.train.dim)
+        trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk, cfg.train, method,
+                           run.retries)
         fault_point("after:train")
-        built = run.time(f"write_{codec}", lt.write_table, run.lake, dataset, method, run.run_id, graph, codec,
-                         params, trained.ref, row_bounds(graph.num_nodes, cfg.shard), run.retries)
+        built = run.time(f"write_{codec}", lt.write_table, run.lake, dataset=dataset, method=method,
+                         run_id=run.run_id, graph=graph, codec=codec, params=params, state_ref=trained.ref,
+                         bounds=row_bounds(graph.num_nodes, cfg.shard), max_retries=run.retries)
         fields = run.manifest({cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
                               extra=learned_extra(run, method, codec, params, cfg.train.dim, graph, trained, built))
         metrics = run.time(f"measure_{codec}", lt.measure_table, run.lake, fields, graph, split, cfg.eval,

@@ -112,8 +112,8 @@ def _schedule_options(p) -> None:
 
 def _specs(args):
     from embedlake.flows import deployments as dep
-    from embedlake.flows.cli import _pipeline_config
-    cfg = _absolute_paths(_pipeline_config(args))
+    from embedlake.flows.cli_config import pipeline_config
+    cfg = _absolute_paths(pipeline_config(args))
     return [dep.with_overrides(s, interval_s=args.interval, cron=args.cron, config=cfg,
                                max_lateness_s=args.max_lateness) for s in dep.select(args.deployments)]
 
@@ -434,6 +434,19 @@ def cmd_s3_block(args) -> int:
 
 # ---- parsers -----------------------------------------------------------------------------------
 def add_parsers(sub, common) -> None:
+    """The operations subcommands, in the order `embedlake --help` lists them: scheduling (serve,
+    deploy, worker), cluster jobs (submit), the lake (ls, show, gc) and credentials (s3-block)."""
+    _add_schedule_parsers(sub, common)
+    _add_submit_parser(sub)
+    _add_lake_parsers(sub)
+    b = sub.add_parser("s3-block", help="Save the S3 settings of this environment as a Prefect Secret block.")
+    b.add_argument("action", choices=["save"])
+    b.add_argument("name")
+    b.set_defaults(func=cmd_s3_block)
+
+
+def _add_schedule_parsers(sub, common) -> None:
+    """serve / deploy / worker: running the scheduled deployments here or through a work pool."""
     s = sub.add_parser("serve", help="Serve the scheduled deployments (flows/deployments.py) in this process.",
                        description="Register the deployments with the Prefect API (PREFECT_API_URL) and run their "
                        "scheduled runs here until stopped. The config options set the flows' default parameters.")
@@ -459,6 +472,9 @@ def add_parsers(sub, common) -> None:
     w.add_argument("--s3-block", default=None, metavar="NAME")
     w.set_defaults(func=cmd_worker)
 
+
+def _add_submit_parser(sub) -> None:
+    """submit: run an embedlake command as a Ray job on a cluster."""
     j = sub.add_parser("submit", help="Submit a run to a Ray cluster through the Ray Jobs API.",
                        description="Upload the project (without .venv, lake, .git, data) as the job's working dir "
                        "and run `embedlake ARGS` as the job's driver on the cluster. Example: embedlake submit "
@@ -482,6 +498,9 @@ def add_parsers(sub, common) -> None:
     j.add_argument("cli_args", nargs="...", metavar="-- COMMAND ARGS", help="The embedlake command to run.")
     j.set_defaults(func=cmd_submit)
 
+
+def _add_lake_parsers(sub) -> None:
+    """ls / show / gc: read and tidy the lake; they share --lake and --s3-block."""
     for name, fn, hlp in (("ls", cmd_ls, "List datasets, methods and committed runs with their figures."),
                           ("show", cmd_show, "Print a run's manifest and metrics."),
                           ("gc", cmd_gc, "List orphaned data files (no committed manifest names them); "
@@ -505,8 +524,3 @@ def add_parsers(sub, common) -> None:
                            help="Checkpoints of an uncommitted run (what its re-run resumes from) are removed "
                            "once their newest file is older than this (default %(default)s = 7 days).")
         p.set_defaults(func=fn)
-
-    b = sub.add_parser("s3-block", help="Save the S3 settings of this environment as a Prefect Secret block.")
-    b.add_argument("action", choices=["save"])
-    b.add_argument("name")
-    b.set_defaults(func=cmd_s3_block)

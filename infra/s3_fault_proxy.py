@@ -90,80 +90,84 @@ class FaultProxy:
             return mode
 
     # ---- the handler ------------------------------------------------------------------------------
-    def _handler(self):
-        proxy = self
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class of this proxy's server (FaultHandler bound to this proxy)."""
+        return type("Handler", (FaultHandler,), {"proxy": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args):            # quiet
-                pass
+class FaultHandler(BaseHTTPRequestHandler):
+    """One request through the proxy: read the body, let the proxy pick a fault mode, then answer
+    with the fault or with the upstream's response. A subclass per proxy sets `proxy` (the server
+    builds a handler per request from a class, so the proxy travels as a class attribute)."""
+    protocol_version = "HTTP/1.1"
+    proxy: "FaultProxy"
 
-            def _body(self) -> bytes:
-                n = int(self.headers.get("Content-Length") or 0)
-                if n:
-                    return self.rfile.read(n)
-                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    out = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return out
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return b""
+    def log_message(self, *args):            # quiet
+        pass
 
-            def _forward(self, body: bytes):
-                conn = http.client.HTTPConnection(proxy.up_host, proxy.up_port, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "expect"}
-                if body or self.command in ("PUT", "POST"):
-                    headers["Content-Length"] = str(len(body))
-                conn.request(self.command, self.path, body=body, headers=headers)
-                r = conn.getresponse()
-                data = r.read()
-                conn.close()
-                return r.status, r.reason, [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP
-                                            and k.lower() != "content-length"], data
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            return self.rfile.read(n)
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return b""
 
-            def _send(self, status: int, reason: str, headers, data: bytes) -> None:
-                self.send_response(status, reason)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+    def _forward(self, body: bytes):
+        conn = http.client.HTTPConnection(self.proxy.up_host, self.proxy.up_port, timeout=120)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "expect"}
+        if body or self.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        conn.request(self.command, self.path, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        return r.status, r.reason, [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP
+                                    and k.lower() != "content-length"], data
 
-            def _error(self, status: int, code: str) -> None:
-                data = b"" if self.command == "HEAD" else _ERR.format(code=code).encode()
-                self._send(status, code, [("Content-Type", "application/xml")], data)
+    def _send(self, status: int, reason: str, headers, data: bytes) -> None:
+        self.send_response(status, reason)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-            def _handle(self) -> None:
-                body = self._body()
-                mode = proxy._choose(self.command, self.path)
-                if mode == "503":
-                    return self._error(503, "SlowDown")
-                if mode == "reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                status, reason, headers, data = self._forward(body)
-                if mode == "500-after":
-                    return self._error(500, "InternalError")
-                if mode == "stall":
-                    time.sleep(proxy.stall_s)
-                    self.close_connection = True
-                try:
-                    self._send(status, reason, headers, data)
-                except OSError:                   # the client gave up (timeout): expected
-                    self.close_connection = True
+    def _error(self, status: int, code: str) -> None:
+        data = b"" if self.command == "HEAD" else _ERR.format(code=code).encode()
+        self._send(status, code, [("Content-Type", "application/xml")], data)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+    def _handle(self) -> None:
+        body = self._body()
+        mode = self.proxy._choose(self.command, self.path)
+        if mode == "503":
+            return self._error(503, "SlowDown")
+        if mode == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        status, reason, headers, data = self._forward(body)
+        if mode == "500-after":
+            return self._error(500, "InternalError")
+        if mode == "stall":
+            time.sleep(self.proxy.stall_s)
+            self.close_connection = True
+        try:
+            self._send(status, reason, headers, data)
+        except OSError:                   # the client gave up (timeout): expected
+            self.close_connection = True
 
-        return Handler
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
 
 if __name__ == "__main__":        # manual use: python -m embedlake.infra.s3_fault_proxy http://127.0.0.1:9000

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from embedlake.config import CompressConfig, EvalConfig, TrainConfig, WalkConfig
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.remote import remote
 from embedlake.workers.compress import codecs as cz
@@ -32,7 +33,14 @@ class SourceHandle:
     ids_ref: object       # ray.ObjectRef -> node ids
     X_ref: object         # ray.ObjectRef -> float32 [rows, dim]
     labels_ref: object    # ray.ObjectRef -> (row idx, label idx) or None
-    config: dict | None = None   # the source run's resolved config (walk / train for the hash codec)
+    config: dict | None = None   # the source run's resolved config, as its manifest stores it
+
+    def training_sections(self) -> tuple[WalkConfig, TrainConfig]:
+        """The source run's walk / train sections (the graph-trained codecs re-walk its graph with
+        them), validated from the manifest's stored config."""
+        if not self.config or "walk" not in self.config or "train" not in self.config:
+            raise ValueError(f"source run {self.run_id} stores no walk / train config to re-walk its graph with")
+        return WalkConfig.model_validate(self.config["walk"]), TrainConfig.model_validate(self.config["train"])
 
 
 @task(name="load_source", cache_policy=NO_CACHE)
@@ -55,16 +63,16 @@ def _shape(X):
     return tuple(int(s) for s in X.shape)
 
 
-def _baseline(X, labels, eval_cfg: dict):
+def _baseline(X, labels, eval_cfg: EvalConfig):
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return None
-    return node_classification(X, labels[0], labels[1], ratios=tuple(eval_cfg["train_ratios"]),
-                               repeats=eval_cfg["repeats"], seed=eval_cfg["seed"])
+    return node_classification(X, labels[0], labels[1], ratios=tuple(eval_cfg.train_ratios),
+                               repeats=eval_cfg.repeats, seed=eval_cfg.seed)
 
 
 @task(name="baseline", cache_policy=NO_CACHE)
-def baseline(src: SourceHandle, eval_cfg: dict) -> dict | None:
+def baseline(src: SourceHandle, eval_cfg: EvalConfig) -> dict | None:
     """Node classification of the full table with the same splits the compressed tables get."""
     import ray
     return ray.get(remote(_baseline, "evaluate", num_cpus=1).remote(src.X_ref, src.labels_ref, eval_cfg))
@@ -80,27 +88,25 @@ def build_table(lake, src: SourceHandle, codec: str, params: dict, run_id: str,
     if codec in cz.GRAPH_TRAINED:   # skip-gram on walks of the source graph: one multi-threaded task
         from embedlake.tasks.runtime import max_node_cpus
         cpus = max_node_cpus()
-        if codec == "hash":
-            state_ref, fit_s_ref = remote(cs.fit_hashed, "compress", num_returns=2, num_cpus=cpus,
-                                          max_retries=max_retries).remote(
-                lake, src.dataset, src.graph, src.config, src.method, params, src.rows, cpus)
-        else:
-            state_ref, fit_s_ref = remote(cs.fit_composed, "compress", num_returns=2, num_cpus=cpus,
-                                          max_retries=max_retries).remote(
-                lake, src.dataset, src.graph, src.config, src.method, codec, params, src.rows, cpus)
+        walk, train = src.training_sections()
+        state_ref, fit_s_ref = remote(cs.fit_source_graph_table, "compress", num_returns=2, num_cpus=cpus,
+                                      max_retries=max_retries).remote(
+            lake, dataset=src.dataset, graph_meta=src.graph, walk=walk, train=train, method=src.method, codec=codec,
+            params=params, rows=src.rows, threads=cpus)
     else:
         state_ref, fit_s_ref = remote(cs.fit_codec, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
             src.X_ref, codec, params, 1)
     fit_s = ray.get(fit_s_ref)
-    out = write_table(lake, src.dataset, src.method, run_id, codec, params, bounds, src.ids_ref, src.X_ref,
-                      state_ref, max_retries)
+    out = write_table(lake, dataset=src.dataset, method=src.method, run_id=run_id, codec=codec, params=params,
+                      bounds=bounds, ids_ref=src.ids_ref, X_ref=src.X_ref, state_ref=state_ref,
+                      max_retries=max_retries)
     wall = time.perf_counter() - t0
     log.info(f"compress {codec}: fit {fit_s:.2f}s, encode {out['encode_s']:.2f}s cpu "
              f"over {len(out['files'])} partitions, {wall:.2f}s wall")
     return {**out, "fit_s": fit_s, "build_wall_s": round(wall, 3)}
 
 
-def write_table(lake, dataset: str, method: str, run_id: str, codec: str, params: dict,
+def write_table(lake, *, dataset: str, method: str, run_id: str, codec: str, params: dict,
                 bounds: list[tuple[int, int]], ids_ref, X_ref, state_ref, max_retries: int = 3) -> dict:
     """One Ray task per row partition encodes its rows and writes its Parquet part, then one task
     writes the codebook file pinned to them (data files only: the caller commits). X_ref may be
@@ -108,7 +114,8 @@ def write_table(lake, dataset: str, method: str, run_id: str, codec: str, params
     Returns {"files", "codebooks", "encode_s", "stored_bytes"}."""
     import ray
     enc = remote(cs.encode_partition, "compress", num_cpus=1, max_retries=max_retries)
-    refs = [enc.remote(lake, dataset, method, run_id, codec, params, i, lo, hi, ids_ref, X_ref, state_ref, 1)
+    refs = [enc.remote(lake, dataset=dataset, method=method, run_id=run_id, codec=codec, params=params, partition=i,
+                       lo=lo, hi=hi, node_ids=ids_ref, X=X_ref, state=state_ref, threads=1)
             for i, (lo, hi) in enumerate(bounds)]
     parts = gather(refs, f"encode {codec} (partitions)")
     files = [{k: p[k] for k in ("path", "rows", "bytes", "sha256")} for p in parts]
@@ -119,26 +126,26 @@ def write_table(lake, dataset: str, method: str, run_id: str, codec: str, params
             "stored_bytes": sum(f["bytes"] for f in files) + (book["bytes"] if book else 0)}
 
 
-def _measure(lake, manifest_fields: dict, X, labels, eval_cfg: dict, baseline_nc, queries: int, seed: int,
+def _measure(lake, manifest_fields: dict, X, labels, *, eval_cfg: EvalConfig, baseline_nc, queries: int, seed: int,
              rerank_candidates: int):
     """Ray worker body: read the written table back and measure it against X."""
     from embedlake.lake import Lake, Manifest
     from embedlake.workers.compress import codecs as cz
     table = cs.table_from_manifest(Lake(lake), Manifest(**manifest_fields))
     rerank = None
-    if table.codec == "binary":
-        rerank, _ = cz.build("int8", X, cz.codec_params("int8", {"scale_dtype": table.params["scale_dtype"]}))
+    if table.codec == "binary":     # the int8 re-scoring tier, with the binary table's (stored) scale type
+        rerank, _ = cz.build("int8", X, cz.codec_params("int8", CompressConfig(scale_dtype=table.params["scale_dtype"])))
     return cz.quality(table, X, k=10, queries=queries, seed=seed, labels=labels, eval_cfg=eval_cfg,
                       baseline=baseline_nc, rerank=rerank, candidates=rerank_candidates)
 
 
 @task(name="measure_table", cache_policy=NO_CACHE)
-def measure_table(lake, src: SourceHandle, manifest_fields: dict, eval_cfg: dict, baseline_nc: dict | None,
-                  compress_cfg: dict) -> dict:
+def measure_table(lake, src: SourceHandle, manifest_fields: dict, eval_cfg: EvalConfig, baseline_nc: dict | None,
+                  compress: CompressConfig) -> dict:
     import ray
-    m = ray.get(remote(_measure, "evaluate", num_cpus=1).remote(lake, manifest_fields, src.X_ref, src.labels_ref, eval_cfg,
-                                                     baseline_nc, compress_cfg["recall_queries"], compress_cfg["seed"],
-                                                     compress_cfg["rerank_candidates"]))
+    m = ray.get(remote(_measure, "evaluate", num_cpus=1).remote(
+        lake, manifest_fields, src.X_ref, src.labels_ref, eval_cfg=eval_cfg, baseline_nc=baseline_nc,
+        queries=compress.recall_queries, seed=compress.seed, rerank_candidates=compress.rerank_candidates))
     codec = manifest_fields["extra"]["codec"]
     msg = f"compress {codec}: {m['bytes_per_vector']} B/vector (x{m['ratio']:.2f}), recall@10 {m['recall_at_10']:.3f}"
     if "recall_at_10_rerank" in m:

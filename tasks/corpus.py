@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake import storage
+from embedlake.config import CorpusInputConfig, TrainConfig, VocabConfig, WordEvalConfig
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.graph import StageResult
 from embedlake.tasks.progress import Progress
@@ -45,7 +46,7 @@ class Sentences:
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(input_cfg: dict, env=None) -> list[dict]:
+def plan(input_cfg: CorpusInputConfig, env=None) -> list[dict]:
     """Input files -> shards (byte ranges of whole lines, compressed files, Parquet row groups)."""
     shards = remote(cs.plan_stage, "corpus", num_cpus=1).remote(input_cfg, env)
     import ray
@@ -55,7 +56,8 @@ def plan(input_cfg: dict, env=None) -> list[dict]:
 
 
 @task(name="vocabulary", cache_policy=NO_CACHE)
-def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_retries: int = 3) -> Vocabulary:
+def vocabulary(shards: list[dict], spec: TextSpec, vocab_cfg: VocabConfig, env=None, max_retries: int = 3
+               ) -> Vocabulary:
     """Tokenise and count every shard in parallel, then merge the counts in one task."""
     import ray
     log = stage_logger()
@@ -65,11 +67,11 @@ def vocabulary(shards: list[dict], spec: dict, vocab_cfg: dict, env=None, max_re
                    unit="tokens")
     n = len(shards)
     merge = remote(cs.merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
-    out = merge.remote(vocab_cfg["min_count"], vocab_cfg.get("max_vocab"), stats, *[r[1] for r in refs])
+    out = merge.remote(vocab_cfg.min_count, vocab_cfg.max_vocab, stats, *[r[1] for r in refs])
     summary = ray.get(out[0])
     log.info(f"vocabulary: {summary['raw_tokens']:,} tokens in {summary['sentences']:,} sentences, "
              f"{summary['unique_words']:,} distinct words, {summary['vocab']:,} kept "
-             f"(min_count {vocab_cfg['min_count']}: {summary['kept_token_share']:.1%} of tokens); "
+             f"(min_count {vocab_cfg.min_count}: {summary['kept_token_share']:.1%} of tokens); "
              f"{summary['empty_lines']:,} empty lines skipped, {summary['long_lines']:,} long lines split "
              f"into +{summary['extra_sentences']:,} sentences, {summary['empty_files']} empty file(s)")
     return Vocabulary(summary, out[1], out[2], list(out[3:]), [r[2] for r in refs], [r[3] for r in refs])
@@ -137,18 +139,19 @@ def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
     """plan -> vocabulary -> token-id shards (stages plan, vocabulary, encode), or the vocabulary and
     shards a killed attempt finished (stage load_tokens). Returns (vocabulary, sentences, what was
     reused, the tokens' fingerprint). cfg: the CorpusPipelineConfig."""
-    spec = TextSpec.from_configs(cfg.text.model_dump(), cfg.input.model_dump()).__dict__
+    spec = TextSpec.from_configs(cfg.text, cfg.input)
     # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
     env = run.lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
-    shards = run.time("plan", plan, cfg.input.model_dump(), env)
-    tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, input_stamps(shards, env), spec,
+    shards = run.time("plan", plan, cfg.input, env)
+    # the fingerprint spec is JSON (stored in the checkpoint state)
+    tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, input_stamps(shards, env), cs.spec_dict(spec),
                                      cfg.vocab.model_dump())
     stage = run.stage("tokens", tokens_spec)
     state = reusable_tokens(stage)
     if state is not None:
         vocab, sentences = run.time("load_tokens", load_tokens, run.lake, state, run.retries)
     else:
-        vocab = run.time("vocabulary", vocabulary, shards, spec, cfg.vocab.model_dump(), env, run.retries)
+        vocab = run.time("vocabulary", vocabulary, shards, spec, cfg.vocab, env, run.retries)
         fault_point("after:vocab")
         sentences = run.time("encode", encode, run.lake, run.dataset, run.method, run.run_id, vocab, run.retries)
         # finished (after every file it names exists): a killed run's re-run reuses them
@@ -158,7 +161,8 @@ def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
     return vocab, sentences, reused, fingerprint(tokens_spec)
 
 
-def train_words(run: Run, train_cfg, vocab: Vocabulary, sentences: Sentences, tokens_fingerprint: str):
+def train_words(run: Run, train_cfg: TrainConfig, vocab: Vocabulary, sentences: Sentences,
+                tokens_fingerprint: str) -> StageResult:
     """The word table (stage `train`), checkpointed after every epoch: a killed run's re-run
     continues at the next epoch, or reuses the finished table. Returns StageResult(ref, info)."""
     stage = run.stage("train", {"tokens": tokens_fingerprint, "digest": digest(vocab),
@@ -166,7 +170,7 @@ def train_words(run: Run, train_cfg, vocab: Vocabulary, sentences: Sentences, to
     done = stage.finished_table()
     if done is not None:
         return done
-    emb_ref, info = run.time("train", train, vocab, sentences, train_cfg.model_dump(), run.retries, stage)
+    emb_ref, info = run.time("train", train, vocab, sentences, train_cfg, run.retries, stage)
     return StageResult(emb_ref, info)
 
 
@@ -186,21 +190,20 @@ def load_tokens(lake, state: dict, max_retries: int = 3) -> tuple[Vocabulary, Se
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(vocab: Vocabulary, sentences: Sentences, train_cfg: dict, max_retries: int = 3, stage: Stage | None = None):
+def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3,
+          stage: Stage | None = None):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
     stage (the run's `train` stage): the tables are checkpointed after every epoch and a killed
     run's re-run continues at the next epoch."""
     import ray
     log = stage_logger()
     cpus = max_node_cpus()
-    cfg = dict(train_cfg)
-    cfg["threads"] = cfg.get("threads") or cpus
-    start = start_epoch(stage, cfg["epochs"]) if stage is not None and stage.enabled else 0
+    start = start_epoch(stage, train_cfg.epochs) if stage is not None and stage.enabled else 0
     progress = Progress("train", "tokens")
-    cfg["progress"] = progress.reporter("train")
     fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
-    emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, cfg, *parts,
+    emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, train_cfg, *parts, threads=train_cfg.threads or cpus,
+                                   progress=progress.reporter("train"),
                                    checkpoint=stage.handle() if stage is not None else None)
     try:
         progress.wait([stats_ref])
@@ -226,7 +229,7 @@ def publish(lake, dataset: str, method: str, run_id: str, vocab: Vocabulary, emb
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: dict) -> dict:
+def evaluate(vocab: Vocabulary, emb_ref, eval_cfg: WordEvalConfig) -> dict:
     """WordSim353 / SimLex-999 Spearman rho, analogy accuracy, each with its OOV share."""
     import ray
     log = stage_logger()

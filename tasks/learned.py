@@ -5,7 +5,7 @@ K << n rows directly on walks of the ingested graph; the full table is never tra
 or loaded. The stages reuse the compress stage's pieces, so a learned table is stored, read and
 decoded exactly like one built by `embedlake compress` from a committed run:
 
-    train_table    one multi-threaded Ray task: codes + K-row table (compress_store.fit_graph_table),
+    train_table    one multi-threaded Ray task: codes + K-row table (workers/compress/store.fit_graph_table),
                    on the graph's CSR straight from the object store;
     write_table    one Ray task per row partition writes its rows' codes, then the codebook file
                    (tasks/compress.write_table);
@@ -20,8 +20,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from embedlake.config import EvalConfig
-from embedlake.errors import ConfigError
+from embedlake.config import CompressConfig, EvalConfig, TrainConfig, WalkConfig, WordEvalConfig, check_table_fits
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
@@ -31,51 +30,32 @@ from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
 from embedlake.workers.evaluate import stages as es
 
-METHODS = ("deepwalk", "node2vec")
-
-
-def check_config(cfg) -> None:
-    """Refuse, before any work, what the learned-table path cannot honour (exit 2, field named)."""
-    t = cfg.train.table
-    if cfg.method not in METHODS:
-        raise ConfigError(f"train.table={t}: a learned table is trained by skip-gram on walks; method "
-                          f"{cfg.method!r} has none (use deepwalk or node2vec, or train.table=full)")
-    if cfg.compress.codecs:
-        raise ConfigError(f"compress.codecs={cfg.compress.codecs} compress the full table, which train.table={t} "
-                          f"never trains; leave compress.codecs empty (or use train.table=full)")
-    if cfg.train.engine != "numba" or cfg.train.workers > 1 or cfg.train.partitions > 0:
-        raise ConfigError(f"train.table={t} trains on one worker with the numba kernel: set train.engine=numba, "
-                          f"train.workers=1, train.partitions=0")
-    if cfg.walk.write_walks:
-        raise ConfigError(f"train.table={t} does not write walks: set walk.write_walks=false")
-
-
-def table_params(codec: str, compress_cfg: dict, rows: int, dim: int) -> dict:
-    """The codec's parameters and layout for a rows x dim graph (as the compress flow plans them)."""
-    from embedlake.flows.compress import _check
-    p = cz.codec_params(codec, compress_cfg)
+def table_params(codec: str, compress: CompressConfig, rows: int, dim: int) -> dict:
+    """The codec's parameters and layout for a rows x dim graph (as the compress flow plans them),
+    checked against that shape (embedlake/config.check_table_fits)."""
+    p = cz.codec_params(codec, compress)
     if codec == "hash":
         p["rows"] = rows
         p["buckets"] = p["buckets"] or max(1, rows // 8)
     else:
         p = cz.plan_composed(codec, p, rows, dim)
-    _check(codec, p, dim, rows)
+    check_table_fits(codec, p, rows, dim)
     return p
 
 
 @task(name="learned_train", cache_policy=NO_CACHE)
-def train_table(graph: GraphHandle, codec: str, params: dict, walk_cfg: dict, train_cfg: dict, method: str,
+def train_table(graph: GraphHandle, codec: str, params: dict, walk: WalkConfig, train: TrainConfig, method: str,
                 max_retries: int = 3) -> StageResult:
     """Walks + compositional (or hashed) skip-gram in one multi-threaded Ray task. Returns
     StageResult(ref of the state {"table", "codes"?}, training info)."""
     import ray
     log = stage_logger()
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
-    threads = train_cfg.get("threads") or cpus
     progress = Progress(f"train {codec} table", "tokens")
     state_ref, info_ref = remote(cs.fit_graph_table, "train", num_returns=2, num_cpus=cpus,
-                                 max_retries=max_retries).remote(graph.csr_ref, codec, params, walk_cfg, train_cfg,
-                                                                 method, threads, progress.reporter("train"))
+                                 max_retries=max_retries).remote(
+        graph.csr_ref, codec, params, walk, train, method, threads=train.threads or cpus,
+        progress=progress.reporter("train"))
     progress.wait([info_ref])
     progress.close()
     info = ray.get(info_ref)
@@ -88,13 +68,13 @@ def train_table(graph: GraphHandle, codec: str, params: dict, walk_cfg: dict, tr
 
 
 @task(name="learned_write", cache_policy=NO_CACHE)
-def write_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str, params: dict,
+def write_table(lake, *, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str, params: dict,
                 state_ref, bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
     """Codes of every row partition + the codebook file (no full table exists to pass: X = None)."""
     from embedlake.tasks.compress import write_table as write
     t0 = time.perf_counter()
-    out = write(lake, dataset, method, run_id, codec, params, bounds, graph.node_ids_ref, None, state_ref,
-                max_retries)
+    out = write(lake, dataset=dataset, method=method, run_id=run_id, codec=codec, params=params, bounds=bounds,
+                ids_ref=graph.node_ids_ref, X_ref=None, state_ref=state_ref, max_retries=max_retries)
     stage_logger().info(f"write {codec} table: {len(out['files'])} code partitions + codebook, "
                         f"{out['stored_bytes']:,} bytes, {time.perf_counter() - t0:.2f}s")
     return out
@@ -141,45 +121,30 @@ def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_c
 
 # ------------------------------------------------------------------ vocabularies (embed-corpus)
 
-def check_corpus_config(cfg) -> None:
-    """embed-corpus -p train.table=...: refuse, before any work, what the vocabulary path cannot
-    honour (exit 2, field named)."""
-    t = cfg.train.table
-    if cfg.train.engine != "numba" or cfg.train.workers > 1 or cfg.train.partitions > 0:
-        raise ConfigError(f"train.table={t} trains on one worker with the numba compositional kernel: set "
-                          f"train.engine=numba, train.workers=1, train.partitions=0 (or use train.table=full)")
-    if cfg.compress.codecs:
-        raise ConfigError(f"compress.codecs={cfg.compress.codecs}: embed-corpus builds no compressed copies of a "
-                          f"full table; train.table={t} trains the learned table itself (leave compress.codecs empty)")
-
-
-def corpus_table_params(codec: str, compress_cfg: dict, rows: int, dim: int) -> dict:
+def corpus_table_params(codec: str, compress: CompressConfig, rows: int, dim: int) -> dict:
     """table_params for a V-word vocabulary; hash's default K is V / compress.compose_ratio too
     (compress.hash_buckets when set), so every codec is sized by the same ratio."""
-    c = dict(compress_cfg)
-    if codec == "hash" and not c.get("hash_buckets"):
-        c["hash_buckets"] = max(1, int(rows // c["compose_ratio"]))
-    return table_params(codec, c, rows, dim)
+    if codec == "hash" and not compress.hash_buckets:
+        compress = compress.model_copy(update={"hash_buckets": max(1, int(rows // compress.compose_ratio))})
+    return table_params(codec, compress, rows, dim)
 
 
 @task(name="learned_train_words", cache_policy=NO_CACHE)
-def train_words_table(vocab, sentences, codec: str, params: dict, train_cfg: dict, max_retries: int = 3
+def train_words_table(vocab, sentences, codec: str, params: dict, train: TrainConfig, max_retries: int = 3
                       ) -> StageResult:
     """Codes + K-row table trained on the tokenised corpus in one multi-threaded Ray task
-    (workers/corpus.learned_table_stage). Returns StageResult(ref of the state, training info)."""
+    (workers/corpus/text.learned_table_stage). Returns StageResult(ref of the state, training info)."""
     import ray
 
     from embedlake.workers.corpus import text as wc
     log = stage_logger()
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
-    cfg = dict(train_cfg)
-    cfg["threads"] = cfg.get("threads") or cpus
     progress = Progress(f"train {codec} table", "tokens")
-    cfg["progress"] = progress.reporter("train")
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
     state_ref, info_ref = remote(wc.learned_table_stage, "train", num_returns=2, num_cpus=cpus,
-                                 max_retries=max_retries).remote(vocab.size, vocab.counts_ref, codec, params, cfg,
-                                                                 *parts)
+                                 max_retries=max_retries).remote(
+        vocab.size, vocab.counts_ref, codec, params, train, *parts, threads=train.threads or cpus,
+        progress=progress.reporter("train"))
     try:
         progress.wait([info_ref])
     finally:
@@ -195,19 +160,20 @@ def train_words_table(vocab, sentences, codec: str, params: dict, train_cfg: dic
 
 
 @task(name="learned_write_words", cache_policy=NO_CACHE)
-def write_words_table(lake, dataset: str, method: str, run_id: str, vocab, codec: str, params: dict, state_ref,
+def write_words_table(lake, *, dataset: str, method: str, run_id: str, vocab, codec: str, params: dict, state_ref,
                       bounds: list[tuple[int, int]], max_retries: int = 3) -> dict:
     """Codes of every word partition (node column = the token) + the codebook file."""
     from embedlake.tasks.compress import write_table as write
     t0 = time.perf_counter()
-    out = write(lake, dataset, method, run_id, codec, params, bounds, vocab.words_ref, None, state_ref, max_retries)
+    out = write(lake, dataset=dataset, method=method, run_id=run_id, codec=codec, params=params, bounds=bounds,
+                ids_ref=vocab.words_ref, X_ref=None, state_ref=state_ref, max_retries=max_retries)
     stage_logger().info(f"write {codec} table: {len(out['files'])} code partitions + codebook, "
                         f"{out['stored_bytes']:,} bytes, {time.perf_counter() - t0:.2f}s")
     return out
 
 
 @task(name="learned_measure_words", cache_policy=NO_CACHE)
-def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: dict, max_retries: int = 3) -> dict:
+def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: WordEvalConfig, max_retries: int = 3) -> dict:
     """WordSim353 / SimLex-999 / analogies on word vectors decoded from the written table."""
     import ray
 

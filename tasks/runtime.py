@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 log = logging.getLogger("embedlake")
 
@@ -42,8 +43,33 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, stages: 
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     else:
         # "local": always a new local Ray, never a cluster some other process happens to run here
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        with quiet_token_auth_notice():
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return ray
+
+
+class _TokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextmanager
+def quiet_token_auth_notice():
+    """Drop Ray's notice that a new local cluster has token authentication on.
+
+    Ray (>= 2.52) turns token auth on for every local `ray.init()` and says so on stderr unless
+    RAY_AUTH_MODE is set. Setting RAY_AUTH_MODE=token would silence it too, but Ray reads it once,
+    when `ray` is imported (flows import it first), and the same variable would then demand a token
+    from a remote cluster given later by --ray-address. So the local cluster keeps Ray's default
+    (token auth, token in ~/.ray/auth_token) and only the notice is filtered, while it starts.
+    """
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _TokenAuthNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 def cluster_cpus() -> int:

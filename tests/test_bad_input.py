@@ -4,15 +4,28 @@ folder holds no file at all afterwards).
 
 The same table is documented in docs/reliability.md ("Bad input"); `test_docs_table_matches`
 keeps the two in step. Lower-level unit tests of the reader live in test_ingest.py.
+
+The second half runs the installed CLI as a subprocess, as a user would: errors the preflight finds
+(flows/preflight.py) come back in under 3 s as exactly one stderr line, without Prefect or Ray
+imported; an error only the ingest finds (inside a Ray task) comes back as the same one line;
+`--debug` adds the traceback; an unexpected exception is one line and exit status 1.
 """
 from __future__ import annotations
 
 import bz2
 import gzip
+import io
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 
@@ -28,6 +41,12 @@ _BIG = b"".join(b"%d\t%d\n" % (i, i + 1) for i in range(30000))
 
 def _cut(data: bytes) -> bytes:
     return data[: len(data) // 2]
+
+
+def _parquet(**columns) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()
 
 
 # id, edges file name, edges bytes, labels bytes or None, extra CLI args, expected message (substring)
@@ -73,6 +92,12 @@ CASES = [
      "edges.tsv.gz: compressed stream is truncated or corrupt"),
     ("not-parquet", "edges.parquet", b"PAR1 but not parquet", None, [],
      "edges.parquet: not a readable Parquet file"),
+    ("parquet-missing-column", "edges.parquet", _parquet(a=[0, 1], dst=[1, 2]), None, [],
+     "edges.parquet: missing column(s) ['src']; has ['a', 'dst']"),
+    ("header-missing-column", "edges.csv", b"a,b\n0,1\n", None, ["-p", "input.src_col=from"],
+     "edges.csv: line 1: header ['a', 'b'] has no column 'from' (input.src_col)"),
+    ("header-swapped-columns", "edges.tsv", b"# from OpenFlights\ndst\tsrc\n0\t1\n", None, [],
+     "edges.tsv: line 2: header ['dst', 'src'] has 'src' (input.src_col) as column 2, not 1"),
     ("label-unknown-node", "edges.tsv", TRIANGLE, b"node\tlabel\n0\ta\n9\tb\n", [],
      "labels.tsv: line 3, field 'node': label for unknown node '9'"),
     ("label-id-not-integer", "edges.tsv", TRIANGLE, b"node\tlabel\n0\ta\nq\tb\n", [],
@@ -170,3 +195,170 @@ def test_crafted_object_npy_in_graph_version_is_refused(tmp_path):
     path.write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(LakeError, match=r"indptr.npy: not a valid .npy file"):
         read_graph(lake, "g", "v-1")
+
+
+# ---- the installed CLI, as a user runs it ----------------------------------------------------------
+ANSI = "\x1b["
+
+
+def run_cli(args: list[str], cwd: Path, prefix: list[str] = (), timeout: float = 300):
+    """`python -m embedlake.flows.cli *args` in cwd: (exit status, stdout, stderr, wall seconds).
+    Its own Ray temp dir and the session's Prefect API; Ray's auth mode unset, as for a user."""
+    import tempfile
+
+    from prefect.settings import PREFECT_API_URL
+    ray_tmp = tempfile.mkdtemp(prefix="elr", dir="/tmp")      # short unix socket paths; never a stranger's Ray
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp, "PREFECT_HOME": str(Path(cwd) / "prefect")}
+    for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "EMBEDLAKE_FAULT"):
+        env.pop(k, None)
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([*prefix, sys.executable, "-m", "embedlake.flows.cli", *args], cwd=str(cwd), env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
+
+
+def _no_commit(lake: Path) -> None:
+    assert not lake.exists() or not [p for p in lake.rglob("*") if p.is_file()], "something was written"
+
+
+def _without_file_permissions() -> list[str]:
+    """Command prefix under which a mode-000 file is unreadable: none for a user; for root, its
+    capabilities to bypass file permissions dropped (setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a mode-000 file stays readable")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+
+
+# id, files {name: bytes}, CLI args after embed-graph, message the one line contains
+PREFLIGHT_CASES = [
+    ("missing-edges", {}, ["--edges", "nope.tsv"], "error: nope.tsv: file not found"),
+    ("unreadable-labels", {"e.tsv": TRIANGLE, "labels.tsv": LABELS}, ["--edges", "e.tsv", "--labels", "labels.tsv"],
+     "labels.tsv: cannot read it (Permission denied)"),
+    ("missing-labels", {"e.tsv": TRIANGLE}, ["--edges", "e.tsv", "--labels", "nolabels.tsv"],
+     "error: nolabels.tsv: file not found"),
+    ("parquet-missing-column", {"e.parquet": _parquet(src=[0, 1], to=[1, 2])}, ["--edges", "e.parquet"],
+     "e.parquet: missing column(s) ['dst']; has ['src', 'to']"),
+    ("csv-header-missing-column", {"e.csv": b"from,to\n0,1\n1,2\n"},
+     ["--edges", "e.csv", "-p", "input.src_col=from", "-p", "input.dst_col=dst"],
+     "e.csv: line 1: header ['from', 'to'] has no column 'dst' (input.dst_col)"),
+    ("bad-config-key", {"e.tsv": TRIANGLE}, ["--edges", "e.tsv", "-p", "train.dimm=8"],
+     "error: invalid config (defaults + overrides): train.dimm: unknown key"),
+]
+
+
+@pytest.mark.parametrize("case", PREFLIGHT_CASES, ids=[c[0] for c in PREFLIGHT_CASES])
+def test_preflight_error_is_one_line_in_seconds(tmp_path, case):
+    """Found before Prefect and Ray start: one line naming the place, status 2, < 3 s, nothing written."""
+    cid, files, args, needle = case
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    prefix = []
+    if cid == "unreadable-labels":
+        (tmp_path / "labels.tsv").chmod(0)
+        prefix = _without_file_permissions()
+    rc, out, err, wall = run_cli(["embed-graph", *args, "--lake", str(tmp_path / "lake")], tmp_path, prefix)
+    lines = err.splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0], err
+    assert ANSI not in err and "Traceback" not in err
+    assert wall < 3.0, f"{wall:.2f}s"
+    _no_commit(tmp_path / "lake")
+
+
+def test_preflight_imports_neither_prefect_nor_ray(tmp_path):
+    """The check runs before any flow module is imported: a failing run never loads Prefect or Ray."""
+    code = ("import sys\nfrom embedlake.flows.cli import main\nrc = main(['embed-graph', '--edges', 'nope.tsv'])\n"
+            "print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'ray'}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["2", "[]"], p.stdout + p.stderr
+
+
+def test_error_inside_ray_task_is_one_line(tmp_path):
+    """A bad line deep in the file is found by the ingest (a Ray task): the same one line, status 2."""
+    body = b"".join(b"%d\t%d\n" % (i, i + 1) for i in range(3000))
+    (tmp_path / "edges.tsv").write_bytes(body + b"7\n" + b"1\t2\n")
+    rc, out, err, _ = run_cli(["embed-graph", "--edges", "edges.tsv", "--lake", str(tmp_path / "lake"),
+                               "-p", "walk.length=5", "-p", "walk.walks_per_node=1", "-p", "train.dim=4"], tmp_path)
+    assert rc == 2, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'edges.tsv'}: line 3001: expected 2 columns separated by '\\t', found 1"], err
+    assert ANSI not in err and "Traceback" not in err and "ray::" not in err, err
+    assert "Token authentication" not in err, err        # the local Ray's auth notice
+    _no_commit(tmp_path / "lake")
+
+
+def test_debug_prints_the_traceback(tmp_path):
+    rc, out, err, _ = run_cli(["--debug", "embed-graph", "--edges", "nope.tsv"], tmp_path)
+    assert rc == 2
+    assert "Traceback (most recent call last)" in err and "embedlake.errors.InputError: nope.tsv" in err, err
+    assert err.splitlines()[-1] == "error: nope.tsv: file not found"
+    rc2, _, err2, _ = run_cli(["embed-graph", "--edges", "nope.tsv", "--debug"], tmp_path)   # after the command too
+    assert rc2 == 2 and "Traceback (most recent call last)" in err2, err2
+
+
+def test_unexpected_error_is_one_line_with_status_1(tmp_path):
+    """Not an EmbedlakeError (here: a folder given as the config file): its type and message, status 1."""
+    (tmp_path / "cfg").mkdir()
+    rc, out, err, _ = run_cli(["config", "--config", "cfg"], tmp_path)
+    assert rc == 1, err
+    assert err.splitlines() == [f"error: IsADirectoryError: [Errno 21] Is a directory: 'cfg' "
+                                "(run with --debug for the traceback)"], err
+    rc, out, err, _ = run_cli(["--debug", "config", "--config", "cfg"], tmp_path)
+    assert rc == 1 and "Traceback (most recent call last)" in err and "--debug" not in err.splitlines()[-1], err
+
+
+def test_ray_task_errors_unwrap_to_their_cause():
+    """RayTaskError and its as_instanceof_cause() dual (whose str() is the remote traceback) both
+    unwrap to the task's own exception; colour codes and `ray::` headers never reach the line."""
+    from ray.exceptions import RayTaskError
+
+    from embedlake.errors import InputError, one_line, root_cause, user_error
+    cause = InputError("expected 2 columns separated by '\\t', found 1", path="g/edges.tsv", line=7)
+    tb = ('Traceback (most recent call last):\n  File "workers/graph/ingest.py", line 9, in read_edges\n'
+          "    raise InputError(...)\nembedlake.errors.InputError: g/edges.tsv: line 7: bad")
+    wrapped = RayTaskError("ingest_stage", tb, cause, proctitle="ray::ingest_stage")
+    dual = wrapped.as_instanceof_cause()
+    assert "\x1b[36mray::ingest_stage()" in str(dual) and isinstance(dual, InputError)
+    for exc in (wrapped, dual):
+        assert root_cause(exc) is cause and user_error(exc) is cause
+    try:
+        try:
+            raise dual
+        except InputError as e:
+            raise RuntimeError("cleanup failed") from e
+    except RuntimeError as outer:
+        assert user_error(outer) is cause
+    assert user_error(ValueError("x")) is None
+    assert one_line(str(dual)) == "embedlake.errors.InputError: g/edges.tsv: line 7: bad"
+    assert one_line("invalid config (f.yaml):\n  train.dimm: unknown key\n  walk.lenght: unknown key") == \
+        "invalid config (f.yaml): train.dimm: unknown key; walk.lenght: unknown key"
+
+
+def test_preflight_s3_inputs(s3_env, tmp_path, capsys):
+    """On s3:// the same checks: a missing object, a Parquet schema without the column, a header."""
+    import boto3
+    from embedlake.flows import preflight
+    from embedlake.config import load_config
+    s3 = boto3.client("s3", endpoint_url=s3_env["endpoint"], region_name="us-east-1")
+    b = s3_env["bucket"]
+    s3.put_object(Bucket=b, Key="g/e.parquet", Body=_parquet(src=[0, 1], to=[1, 2]))
+    s3.put_object(Bucket=b, Key="h/e.csv", Body=b"from,to\n0,1\n")
+    s3.put_object(Bucket=b, Key="ok/e.tsv", Body=TRIANGLE)
+    cases = [(f"s3://{b}/nope.tsv", [], f"s3://{b}/nope.tsv: file not found"),
+             (f"s3://{b}/g/", [], f"s3://{b}/g/e.parquet: missing column(s) ['dst']; has ['src', 'to']"),
+             (f"s3://{b}/h/e.csv", ["-p", "input.src_col=src"], "line 1: header ['from', 'to'] has no column 'src'")]
+    for edges, extra, needle in cases:
+        rc = cli(["embed-graph", "--edges", edges, "--lake", str(tmp_path / "lake"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.strip().splitlines() == [err.strip()] and needle in err, err
+    preflight.check_graph_run(load_config(None, [f"input.edges=s3://{b}/ok/e.tsv"]))     # passes
+    _no_commit(tmp_path / "lake")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embedlake.config import TrainConfig, WalkConfig
 from embedlake.workers.compress import compose as cc
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.train.skipgram import train_sgns
@@ -139,9 +140,9 @@ def test_compose_beats_hashing_on_cora(shared):
     e, lab = _cora(shared)
     n = 2708
     g = build_csr(e[:, 0], e[:, 1], n)
-    walk = dict(walks_per_node=10, length=40, seed=0)
-    train = dict(dim=64, window=5, negatives=5, ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0,
-                 seed=0)
+    walk = WalkConfig(walks_per_node=10, length=40, seed=0)
+    train = TrainConfig(dim=64, window=5, negatives=5, ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0,
+                        seed=0)
     W = random_walks(g.indptr, g.indices, None, np.arange(n, dtype=np.int64), 10, 40, 0)
     tok, off = walks_to_sentences(W)
     full, _, _ = train_sgns(tok, off, n, dim=64, window=5, threads=2)
@@ -204,10 +205,11 @@ def test_streamed_training_holds_one_round_and_matches_quality():
     from embedlake.workers.graph.synthetic import planted_communities
     src, dst, lab = planted_communities(1000, 4, 10.0, 0.25, 2)
     csr = build_csr(src, dst, 1000)
-    train = dict(dim=16, window=5, negatives=5, ns_exponent=0.75, epochs=2, lr=0.025, min_lr=1e-4, sample=0.0, seed=0)
+    train = TrainConfig(dim=16, window=5, negatives=5, ns_exponent=0.75, epochs=2, lr=0.025, min_lr=1e-4, sample=0.0,
+                        seed=0)
     got, stats = {}, {}
     for mode in ("never", "always"):
-        walk = dict(walks_per_node=4, length=30, seed=0, stream=mode)
+        walk = WalkConfig(walks_per_node=4, length=30, seed=0, stream=mode)
         lp = cc.plan("compose", 1000, 16, 8.0, levels=3)
         st, info = cc.train_compositional((csr.indptr, csr.indices, None, False), "compose", lp, walk, train,
                                           sketch_dim=32, threads=1)

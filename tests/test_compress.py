@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from embedlake.config import CompressConfig, TrainConfig, WalkConfig
 from embedlake.lake import Lake, Manifest, embeddings_table
 from embedlake.workers.compress import compose as codec_compose
 from embedlake.workers.compress import hashing as codec_hash
@@ -94,7 +95,7 @@ def test_binary_bits_match_signs():
 
 def test_pq_state_rebuild_decode_and_adc_match_faiss(X):
     import faiss
-    p = cz.codec_params("pq", {"pq_m": 8, "pq_bits": 8, "normalize": False})
+    p = cz.codec_params("pq", CompressConfig(pq_m=8, pq_bits=8, normalize=False))
     state = cz.fit("pq", X, p, threads=1)
     assert state["centroids"].shape == (8, 256, 8)
     ref = faiss.ProductQuantizer(64, 8, 8)
@@ -122,7 +123,7 @@ def test_pq_state_rebuild_decode_and_adc_match_faiss(X):
 @pytest.mark.parametrize("method", ["eigen", "faiss"])
 def test_opq_rotation_is_orthogonal_and_decodes(method):
     Xs = _clustered(1500, 32, seed=3)
-    p = cz.codec_params("opq", {"pq_m": 4, "pq_bits": 6, "opq_iter": 4, "normalize": False, "opq_method": method})
+    p = cz.codec_params("opq", CompressConfig(pq_m=4, pq_bits=6, opq_iter=4, normalize=False, opq_method=method))
     st = cz.fit("opq", Xs, p, threads=1)
     R = st["rotation"]
     np.testing.assert_allclose(R @ R.T, np.eye(32), atol=1e-4)
@@ -134,11 +135,11 @@ def test_opq_rotation_is_orthogonal_and_decodes(method):
 
 
 def test_lowrank_full_rank_is_lossless_and_ordered(X):
-    p = cz.codec_params("lowrank", {"lowrank_dim": 64})
+    p = cz.codec_params("lowrank", CompressConfig(lowrank_dim=64))
     st = cz.fit("lowrank", X, p)
     D = cz.decode("lowrank", cz.encode("lowrank", X, st, p), st, p, 64)
     np.testing.assert_allclose(D, X, atol=1e-4)
-    p8 = cz.codec_params("lowrank", {"lowrank_dim": 8})
+    p8 = cz.codec_params("lowrank", CompressConfig(lowrank_dim=8))
     st8 = cz.fit("lowrank", X, p8)
     np.testing.assert_allclose(st8["components"], st["components"][:8], atol=1e-4)
     var = (cz.encode("lowrank", X, st8, p8)["code"].view(np.float32)).var(0)
@@ -147,7 +148,7 @@ def test_lowrank_full_rank_is_lossless_and_ordered(X):
 
 def test_bytes_per_vector():
     assert cz.bytes_per_vector("int8", cz.codec_params("int8"), 128) == 132          # 128 + fp16 scale + bias
-    assert cz.bytes_per_vector("int8", cz.codec_params("int8", {"scale_dtype": "float32"}), 128) == 136
+    assert cz.bytes_per_vector("int8", cz.codec_params("int8", CompressConfig(scale_dtype="float32")), 128) == 136
     assert cz.bytes_per_vector("int4", cz.codec_params("int4"), 128) == 68
     assert cz.bytes_per_vector("binary", cz.codec_params("binary"), 128) == 18
     assert cz.bytes_per_vector("pq", cz.codec_params("pq"), 128) == 16
@@ -162,7 +163,7 @@ def test_recall_thresholds_on_clustered_data(X):
     got = {}
     tables = {}
     for name, lo in want.items():
-        p = cz.codec_params(name, {"pq_m": 8, "lowrank_dim": 16, "train_sample": 2500})
+        p = cz.codec_params(name, CompressConfig(pq_m=8, lowrank_dim=16, train_sample=2500))
         t, _ = cz.build(name, X, p, threads=1)
         tables[name] = t
         got[name] = knn_recall(X, t.score_fn(X), k=10, queries=300, seed=0)
@@ -183,7 +184,7 @@ def test_recall_thresholds_on_clustered_data(X):
 def test_lake_round_trip(tmp_path, codec):
     Xs = _clustered(600, 32, seed=5)
     ids = np.array([f"n{i}" for i in range(600)], dtype=object)
-    p = cz.codec_params(codec, {"pq_m": 4, "pq_bits": 6, "opq_iter": 3, "lowrank_dim": 8})
+    p = cz.codec_params(codec, CompressConfig(pq_m=4, pq_bits=6, opq_iter=3, lowrank_dim=8))
     lake = Lake(str(tmp_path / "lake"))
     if codec == "hash":
         p.update(buckets=50, rows=600)
@@ -196,7 +197,8 @@ def test_lake_round_trip(tmp_path, codec):
     else:
         state, _ = cs.fit_codec(Xs, codec, p)
     bounds = [(0, 250), (250, 600)]
-    files = [cs.encode_partition(lake, "toy", "deepwalk", "r1", codec, p, i, lo, hi, ids, Xs, state)
+    files = [cs.encode_partition(lake, dataset="toy", method="deepwalk", run_id="r1", codec=codec, params=p,
+                                 partition=i, lo=lo, hi=hi, node_ids=ids, X=Xs, state=state)
              for i, (lo, hi) in enumerate(bounds)]
     files = [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in files]
     book = cs.write_codebooks(lake, "toy", "deepwalk", "r1", codec, state, files)
@@ -282,9 +284,9 @@ def test_hashed_table_trained_by_skipgram():
     assert not np.array_equal(b, codec_hash.hash_buckets(np.arange(100_000), 1000, seed=4))
     src, dst, lab = planted_communities(800, 4, 12.0, 0.2, 1)
     csr = build_csr(src, dst, 800)
-    walk = {"walks_per_node": 6, "length": 30, "seed": 0}
-    train = {"dim": 16, "window": 5, "negatives": 5, "ns_exponent": 0.75, "epochs": 1, "lr": 0.025,
-             "min_lr": 1e-4, "sample": 0.0, "seed": 0}
+    walk = WalkConfig(walks_per_node=6, length=30, seed=0)
+    train = TrainConfig(dim=16, window=5, negatives=5, ns_exponent=0.75, epochs=1, lr=0.025, min_lr=1e-4, sample=0.0,
+                        seed=0)
     W, _ = codec_hash.train_hashed((csr.indptr, csr.indices, csr.weights, csr.directed), 200, walk, train,
                                    threads=1)
     assert W.shape == (200, 16) and np.isfinite(W).all()

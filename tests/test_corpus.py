@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedlake.config import TrainConfig
 from embedlake.errors import InputError
 from embedlake.workers.corpus import text as wc
 from embedlake.workers.evaluate import words as we
@@ -142,7 +143,7 @@ def test_binary_empty_and_parquet_inputs(tmp_path):
     only_empty = tmp_path / "nothing"
     only_empty.mkdir()
     (only_empty / "e.txt").write_bytes(b"\n\n  \n")
-    spec = wc.TextSpec().__dict__
+    spec = wc.TextSpec()
     res = [wc.count_stage(s, spec) for s in wc.plan_shards(str(only_empty))]
     with pytest.raises(InputError, match="no tokens"):
         wc.merge_stage(1, None, [r[0] for r in res], *[r[1] for r in res])
@@ -290,11 +291,10 @@ def test_train_stage_engines(tmp_path):
     lines = [" ".join(f"w{int(x)}" for x in rng.zipf(1.5, size=12) if x < 40) for _ in range(300)]
     p = _write(tmp_path / "z.txt", lines)
     w, c, tok, off, _ = wc.tokenise_corpus(str(p), wc.TextSpec(), min_count=2)
-    cfg = {"dim": 8, "window": 3, "negatives": 3, "ns_exponent": 0.75, "epochs": 2, "lr": 0.025, "min_lr": 1e-4,
-           "sample": 1e-3, "seed": 0, "threads": 1}
-    Wn, sn = wc.train_stage(len(w), c, {**cfg, "engine": "numba"}, tok, off)
-    Wn2, _ = wc.train_stage(len(w), c, {**cfg, "engine": "numba"}, tok, off)
-    Wt, st = wc.train_stage(len(w), c, {**cfg, "engine": "torch", "device": "cpu"}, tok, off)
+    cfg = dict(dim=8, window=3, negatives=3, ns_exponent=0.75, epochs=2, lr=0.025, min_lr=1e-4, sample=1e-3, seed=0)
+    Wn, sn = wc.train_stage(len(w), c, TrainConfig(**cfg, engine="numba"), tok, off, threads=1)
+    Wn2, _ = wc.train_stage(len(w), c, TrainConfig(**cfg, engine="numba"), tok, off, threads=1)
+    Wt, st = wc.train_stage(len(w), c, TrainConfig(**cfg, engine="torch", device="cpu"), tok, off, threads=1)
     assert Wn.shape == Wt.shape == (len(w), 8) and np.isfinite(Wn).all() and np.isfinite(Wt).all()
     assert np.array_equal(Wn, Wn2)                       # one thread, fixed seed: bit-for-bit
     assert sn["engine"] == "numba" and st["engine"] == "torch" and sn["sentences"] == len(off) - 1

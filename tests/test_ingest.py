@@ -140,13 +140,13 @@ def _random_edges(rng, m, n):
 @pytest.mark.parametrize("duplicates", ["drop", "sum", "keep"])
 @pytest.mark.parametrize("self_loops", ["drop", "keep"])
 def test_weighted_chunked_counting_sort_matches_reference(directed, duplicates, self_loops):
-    from embedlake.workers.graph.ingest import _csr_from_chunks
+    from embedlake.workers.graph.ingest import csr_from_chunks
     rng = np.random.default_rng(7)
     s, d, w = _random_edges(rng, 5000, 300)            # many repeats in both directions and self-loops
     cuts = [0, 1, 1700, 1701, 4000, 5000]
     chunks = [(s[a:b].astype(np.int32), d[a:b].astype(np.int32), w[a:b].astype(np.float32))
               for a, b in zip(cuts[:-1], cuts[1:])]
-    g = _csr_from_chunks(chunks, 300, None, directed, duplicates, self_loops)
+    g = csr_from_chunks(chunks, 300, None, directed, duplicates, self_loops)
     ref = _reference(s, d, w, 300, directed, duplicates, self_loops)
     assert np.array_equal(g.indptr, ref.indptr) and np.array_equal(g.indices, ref.indices)
     np.testing.assert_allclose(g.weights, ref.weights, rtol=1e-6)

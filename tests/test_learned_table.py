@@ -110,7 +110,8 @@ def test_eval_rows_materialises_only_what_is_evaluated(tmp_path):
     params = {**cz.codec_params("hash"), "buckets": 40, "rows": n}
     state = {"table": rng.standard_normal((40, d)).astype(np.float32)}
     lake = Lake(str(tmp_path / "lake"))
-    files = [cs.encode_partition(lake, "toy", "deepwalk", "r1", "hash", params, i, lo, hi, np.arange(n), None, state)
+    files = [cs.encode_partition(lake, dataset="toy", method="deepwalk", run_id="r1", codec="hash", params=params,
+                                 partition=i, lo=lo, hi=hi, node_ids=np.arange(n), X=None, state=state)
              for i, (lo, hi) in enumerate([(0, 120), (120, n)])]
     files = [{k: f[k] for k in ("path", "rows", "bytes", "sha256")} for f in files]
     book = cs.write_codebooks(lake, "toy", "deepwalk", "r1", "hash", state, files)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlake.workers.train.skipgram import keep_thresholds, noise_alias, train_sgns
+from embedlake.workers.train.sgns_parts import keep_thresholds, noise_alias
+from embedlake.workers.train.skipgram import train_sgns
 
 
 def planted_graph(n=400, k=4, deg=12.0, mixing=0.1, seed=0):

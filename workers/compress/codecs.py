@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedlake.config import CompressConfig, EvalConfig
 from embedlake.workers.compress import compose as cc
 from embedlake.workers.compress import hashing as hs
 from embedlake.workers.compress import lowrank as lr
@@ -51,31 +52,34 @@ def check_codec(name: str) -> str:
     return name
 
 
-def codec_params(name: str, cfg: dict | None = None) -> dict:
-    """The parameters of one codec, picked from a `CompressConfig` dict (defaults when absent)."""
-    from embedlake.config import CompressConfig
-    c = {**CompressConfig().model_dump(), **(cfg or {})}
+def codec_params(name: str, compress: CompressConfig | None = None) -> dict:
+    """The parameters of one codec, picked from the `compress` config section (defaults when None).
+
+    The result is a plain dict on purpose: it is data, not config. It is stored in the table's
+    manifest (extra["params"]) and read back by whoever decodes the table, and callers complete it
+    with what the data decides (hash `rows` / `buckets`, a compositional codec's layout)."""
+    c = compress if compress is not None else CompressConfig()
     check_codec(name)
     if name in ("int8", "int4"):
-        return {"bits": 8 if name == "int8" else 4, "scale_dtype": c["scale_dtype"]}
+        return {"bits": 8 if name == "int8" else 4, "scale_dtype": c.scale_dtype}
     if name == "binary":
-        return {"scale_dtype": c["scale_dtype"]}
+        return {"scale_dtype": c.scale_dtype}
     if name in ("pq", "opq"):
-        p = {"m": c["pq_m"], "nbits": c["pq_bits"], "normalize": c["normalize"], "train_sample": c["train_sample"],
-             "seed": c["seed"]}
+        p = {"m": c.pq_m, "nbits": c.pq_bits, "normalize": c.normalize, "train_sample": c.train_sample,
+             "seed": c.seed}
         if name == "opq":
-            p["method"] = c["opq_method"]
+            p["method"] = c.opq_method
             if p["method"] == "faiss":
-                p["niter"] = c["opq_iter"]
+                p["niter"] = c.opq_iter
         return p
     if name == "lowrank":
-        return {"rank": c["lowrank_dim"], "dtype": c["lowrank_dtype"], "train_sample": c["train_sample"]}
+        return {"rank": c.lowrank_dim, "dtype": c.lowrank_dtype, "train_sample": c.train_sample}
     if name == "hash":      # `rows` (the table's row count) is filled in by whoever knows it
-        return {"buckets": c["hash_buckets"], "seed": c["seed"], "rows": 0}
+        return {"buckets": c.hash_buckets, "seed": c.seed, "rows": 0}
     if name in COMPOSED:    # the layout (`plan`) is filled in by whoever knows rows and dim
-        p = {"ratio": c["compose_ratio"], "levels": c["compose_levels"], "seed": c["seed"], "rows": 0}
+        p = {"ratio": c.compose_ratio, "levels": c.compose_levels, "seed": c.seed, "rows": 0}
         if name == "compose":
-            p.update(sketch_dim=c["compose_sketch_dim"], train_sample=c["train_sample"])
+            p.update(sketch_dim=c.compose_sketch_dim, train_sample=c.train_sample)
         return p
     return {}
 
@@ -307,14 +311,15 @@ def build(name: str, X: np.ndarray, params: dict | None = None, ids: np.ndarray 
 
 
 def quality(table: CompressedTable, X: np.ndarray, *, k: int = 10, queries: int = 1000, seed: int = 0,
-            labels=None, eval_cfg: dict | None = None, baseline: dict | None = None,
+            labels=None, eval_cfg: EvalConfig | None = None, baseline: dict | None = None,
             rerank: CompressedTable | None = None, candidates: int = 100) -> dict:
     """Measured quality of a compressed table against the full one.
 
     recall@k: exact cosine top-k of X vs top-k searched in the table (exact queries, the query
     itself excluded), as Faiss measures IndexPQ. Node classification (when `labels` =
     (node_idx, label_idx)) runs on the decoded rows with the same protocol and splits as the
-    `baseline` result it is compared to.
+    `baseline` result it is compared to, with eval_cfg's ratios, repeats and seed (its defaults
+    when None).
     """
     from embedlake.workers.evaluate.geometry import knn_recall
     from embedlake.workers.evaluate.classify import node_classification
@@ -330,10 +335,9 @@ def quality(table: CompressedTable, X: np.ndarray, *, k: int = 10, queries: int 
                                                         queries=queries, seed=seed), 4)
         out["rerank"] = {"codec": rerank.codec, "candidates": candidates}
     if labels is not None:
-        ec = eval_cfg or {}
-        kw = dict(ratios=tuple(ec.get("train_ratios", (0.1, 0.5, 0.9))), repeats=ec.get("repeats", 3),
-                  seed=ec.get("seed", 0))
-        nc = node_classification(D, labels[0], labels[1], **kw)
+        ec = eval_cfg if eval_cfg is not None else EvalConfig()
+        nc = node_classification(D, labels[0], labels[1], ratios=tuple(ec.train_ratios), repeats=ec.repeats,
+                                 seed=ec.seed)
         out["node_classification"] = nc
         if baseline:
             out["micro_f1_change"] = {r: round(nc["micro_f1"][r] - baseline["micro_f1"][r], 5) for r in nc["micro_f1"]}

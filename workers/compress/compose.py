@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from embedlake.config import TrainConfig, WalkConfig
 from embedlake.workers.compress.hashing import hash_buckets
 
 CODES = {"compose": "structure", "qr": "qr", "unified": "hash"}
@@ -152,32 +153,33 @@ def assign_codes(codec: str, lp: dict, n: int, *, csr: tuple | None = None, seed
     return codes, code_out, info
 
 
-def composed_kwargs(codec: str, lp: dict, codes: np.ndarray, code_out, train: dict, threads: int = 0
+def composed_kwargs(codec: str, lp: dict, codes: np.ndarray, code_out, train: TrainConfig, threads: int = 0
                     ) -> tuple[dict, float, float]:
     """train_composed's keyword arguments for a table layout + train settings, and the (lr, min_lr)
     scaled by the layout's lr_scale (QR's product needs a smaller step)."""
     kw = dict(code_in=table_rows_of(codes, lp), rows_in=lp["table_rows"], code_out=code_out,
-              shared_table=(codec == "unified"), combine=lp["combine"], dim=train["dim"], window=train["window"],
-              negatives=train["negatives"], ns_exponent=train["ns_exponent"], sample=train["sample"],
+              shared_table=(codec == "unified"), combine=lp["combine"], dim=train.dim, window=train.window,
+              negatives=train.negatives, ns_exponent=train.ns_exponent, sample=train.sample,
               threads=threads)
     scale = lp.get("lr_scale", 1.0)
-    return kw, train["lr"] * scale, train["min_lr"] * scale
+    return kw, train.lr * scale, train.min_lr * scale
 
 
-def train_compositional_tokens(tokens, offsets, n: int, codec: str, lp: dict, train: dict, codes: np.ndarray,
-                               code_out=None, *, counts=None, threads: int = 0, progress=None
+def train_compositional_tokens(tokens, offsets, n: int, codec: str, lp: dict, train: TrainConfig,
+                               codes: np.ndarray, code_out=None, *, counts=None, threads: int = 0, progress=None
                                ) -> tuple[dict, dict]:
     """The compositional table trained on given sentences of ids (a tokenised corpus) instead of
     walks: (state {"table": K x d, "codes": n x R level-local}, training stats). counts: the ids'
     frequencies (noise distribution and subsampling; None = counted from `tokens`)."""
     from embedlake.workers.train.compose import train_composed
     kw, lr, min_lr = composed_kwargs(codec, lp, codes, code_out, train, threads)
-    out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
+    out = train_composed(tokens, offsets, n, epochs=train.epochs, lr=lr, min_lr=min_lr, seed=train.seed,
                          counts=counts, progress=progress, **kw)
     return {"table": out["T_in"], "codes": codes}, out["stats"]
 
 
-def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dict, method: str = "deepwalk",
+def train_compositional(csr: tuple, codec: str, lp: dict, walk: WalkConfig, train: TrainConfig,
+                        method: str = "deepwalk",
                         *, seed: int = 0, sketch_dim: int = 256, train_sample: int = 100_000, types=None,
                         threads: int = 0, progress=None) -> tuple[dict, dict]:
     """Walk the graph like the source run did and train the compositional table.
@@ -186,7 +188,6 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     level-local int32}, info {codes: ..., stats}). progress: train_composed's (done, total, loss) callback.
     """
     from embedlake.workers.train.compose import train_composed
-    from embedlake.config import WalkConfig
     from embedlake.workers.graph.walks import random_walks, should_stream, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
@@ -197,19 +198,19 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
     starts = np.arange(n, dtype=np.int64)
 
     def walk_tokens(count: int, offset: int = 0):
-        w = random_walks(indptr, indices, weights, starts, count, walk["length"], walk["seed"], p=walk.get("p", 1.0),
-                         q=walk.get("q", 1.0), mode=mode, threads=threads, walk_offset=offset)
+        w = random_walks(indptr, indices, weights, starts, count, walk.length, walk.seed, p=walk.p,
+                         q=walk.q, mode=mode, threads=threads, walk_offset=offset)
         return walks_to_sentences(w)
-    if not should_stream(n, WalkConfig(**walk)):
-        tokens, offsets = walk_tokens(walk["walks_per_node"])
-        out = train_composed(tokens, offsets, n, epochs=train["epochs"], lr=lr, min_lr=min_lr, seed=train["seed"],
+    if not should_stream(n, walk):
+        tokens, offsets = walk_tokens(walk.walks_per_node)
+        out = train_composed(tokens, offsets, n, epochs=train.epochs, lr=lr, min_lr=min_lr, seed=train.seed,
                              progress=progress, **kw)
     else:
         # walk.stream (auto above walk.stream_threshold_mb): one walk per node at a time, the
         # learning rate continued piecewise across rounds -- the schedule of the streamed full-table
         # path (workers/stages.train_round), so only one round of walks is ever held
-        rpe = walk["walks_per_node"]
-        rounds = rpe * train["epochs"]
+        rpe = walk.walks_per_node
+        rounds = rpe * train.epochs
         out, counts, stats = None, None, []
         for r in range(rounds):
             tokens, offsets = walk_tokens(1, r % rpe)
@@ -219,7 +220,7 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: dict, train: dic
             lo = lr - (lr - min_lr) * (r + 1) / rounds
             done0 = r * len(tokens)
             cb = (lambda d, t, loss, done0=done0: progress(done0 + d, t * rounds, loss)) if progress else None
-            out = train_composed(tokens, offsets, n, epochs=1, lr=hi, min_lr=lo, seed=train["seed"] + 7919 * r,
+            out = train_composed(tokens, offsets, n, epochs=1, lr=hi, min_lr=lo, seed=train.seed + 7919 * r,
                                  counts=counts, progress=cb,
                                  init=None if out is None else {"T_in": out["T_in"], "T_out": out["T_out"]}, **kw)
             stats.append(out["stats"])

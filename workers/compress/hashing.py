@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedlake.config import TrainConfig, WalkConfig
+
 _G = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -30,8 +32,8 @@ def hash_buckets(rows: np.ndarray, buckets: int, seed: int = 0) -> np.ndarray:
     return (z % np.uint64(buckets)).astype(np.int32)
 
 
-def train_hashed(csr: tuple, buckets: int, walk: dict, train: dict, method: str = "deepwalk", seed: int = 0,
-                 threads: int = 0, progress=None) -> tuple[np.ndarray, dict]:
+def train_hashed(csr: tuple, buckets: int, walk: WalkConfig, train: TrainConfig, method: str = "deepwalk",
+                 seed: int = 0, threads: int = 0, progress=None) -> tuple[np.ndarray, dict]:
     """Walk the graph like the source run did, hash the walk tokens, train a `buckets`-row table.
 
     csr = (indptr, indices, weights, directed); walk / train: the source run's config sections.
@@ -41,16 +43,16 @@ def train_hashed(csr: tuple, buckets: int, walk: dict, train: dict, method: str 
     from embedlake.workers.graph.walks import random_walks, walks_to_sentences
     indptr, indices, weights, _ = csr
     n = len(indptr) - 1
-    walks = random_walks(indptr, indices, weights, np.arange(n, dtype=np.int64), walk["walks_per_node"],
-                         walk["length"], walk["seed"], p=walk.get("p", 1.0), q=walk.get("q", 1.0),
+    walks = random_walks(indptr, indices, weights, np.arange(n, dtype=np.int64), walk.walks_per_node,
+                         walk.length, walk.seed, p=walk.p, q=walk.q,
                          mode="node2vec" if method == "node2vec" else "deepwalk", threads=threads)
     tokens, offsets = walks_to_sentences(walks)
     del walks
     rows = hash_buckets(np.arange(n), buckets, seed)
     tok = np.where(tokens >= 0, rows[np.maximum(tokens, 0)], -1).astype(np.int32)
-    W, _, stats = train_sgns(tok, offsets, buckets, dim=train["dim"], window=train["window"],
-                             negatives=train["negatives"], ns_exponent=train["ns_exponent"], epochs=train["epochs"],
-                             lr=train["lr"], min_lr=train["min_lr"], sample=train["sample"], seed=train["seed"],
+    W, _, stats = train_sgns(tok, offsets, buckets, dim=train.dim, window=train.window,
+                             negatives=train.negatives, ns_exponent=train.ns_exponent, epochs=train.epochs,
+                             lr=train.lr, min_lr=train.min_lr, sample=train.sample, seed=train.seed,
                              threads=threads, progress=progress)
     return np.ascontiguousarray(W, dtype=np.float32), stats
 

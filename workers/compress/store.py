@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake, check_name
 from embedlake.workers.compress import codecs as cz
 
@@ -74,8 +75,8 @@ def table_columns(t: pa.Table) -> dict[str, np.ndarray]:
     return cols
 
 
-def encode_partition(lake: Lake | str, dataset: str, method: str, run_id: str, codec: str, params: dict,
-                     partition: int, lo: int, hi: int, node_ids, X: np.ndarray, state: dict,
+def encode_partition(lake: Lake | str, *, dataset: str, method: str, run_id: str, codec: str, params: dict,
+                     partition: int, lo: int, hi: int, node_ids, X: np.ndarray | None, state: dict,
                      threads: int = 1) -> dict:
     """Ray worker body: encode rows lo:hi and write their Parquet part (data file only).
 
@@ -106,8 +107,8 @@ def fit_codec(X: np.ndarray, codec: str, params: dict, threads: int = 1) -> tupl
     return state, round(time.perf_counter() - t0, 4)
 
 
-def fit_graph_table(csr: tuple, codec: str, params: dict, walk: dict, train: dict, method: str = "deepwalk",
-                    threads: int = 0, progress=None) -> tuple[dict, dict]:
+def fit_graph_table(csr: tuple, codec: str, params: dict, walk: WalkConfig, train: TrainConfig,
+                    method: str = "deepwalk", threads: int = 0, progress=None) -> tuple[dict, dict]:
     """Ray worker body of the graph-trained codecs (hash, compose, qr, unified): walk the graph
     `csr` = (indptr, indices, weights, directed) with `walk` / `train` settings and train the
     K-row table by skip-gram; the full n x d table never exists. Takes the CSR itself (an
@@ -116,8 +117,9 @@ def fit_graph_table(csr: tuple, codec: str, params: dict, walk: dict, train: dic
 
     Returns (state, info): state {"table": K x d} (+ "codes" n x R level-local for the
     compositional codecs: they become the rows' `code` column, the table the codebook file);
-    info {"fit_s", "stats" (tokens, loss...), ...}. progress: reporter(done, total, loss=...) of
-    tasks/progress.py (tokens trained), or None."""
+    info {"fit_s", "stats" (tokens, loss...), ...}. threads: kernel threads (the run's, never
+    train.threads' 0 = all); progress: reporter(done, total, loss=...) of tasks/progress.py
+    (tokens trained), or None."""
     from embedlake.workers.compress.compose import train_compositional
     from embedlake.workers.compress.hashing import train_hashed
     t0 = time.perf_counter()
@@ -147,25 +149,16 @@ def _source_graph(lake: Lake | str, dataset: str, graph_meta: dict, codec: str, 
     return csr.indptr, csr.indices, csr.weights, csr.directed
 
 
-def fit_hashed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, params: dict,
-               rows: int, threads: int = 0) -> tuple[dict, float]:
-    """Ray worker body of the hash codec of a committed run: re-walk the source run's graph with its
-    walk / train settings and train a `params['buckets']`-row table. Returns ({"table": W}, seconds)."""
-    if method not in ("deepwalk", "node2vec"):
-        raise ValueError(f"hash codec: the source method must be deepwalk or node2vec, not {method!r}")
-    csr = _source_graph(lake, dataset, graph_meta, "hash", rows)
-    state, info = fit_graph_table(csr, "hash", params, source_config["walk"], source_config["train"], method, threads)
-    return state, info["fit_s"]
-
-
-def fit_composed(lake: Lake | str, dataset: str, graph_meta: dict, source_config: dict, method: str, codec: str,
-                 params: dict, rows: int, threads: int = 0) -> tuple[dict, float]:
-    """Ray worker body of the compose / qr / unified codecs of a committed run: the source run's
-    graph, re-walked with its walk / train settings (fit_graph_table). Returns (state, seconds)."""
+def fit_source_graph_table(lake: Lake | str, *, dataset: str, graph_meta: dict, walk: WalkConfig,
+                           train: TrainConfig, method: str, codec: str, params: dict, rows: int,
+                           threads: int = 0) -> tuple[dict, float]:
+    """Ray worker body of the graph-trained codecs (hash, compose, qr, unified) of a committed run:
+    the source run's graph, re-walked with the source run's `walk` / `train` sections
+    (fit_graph_table). Returns (state, seconds)."""
     if method not in ("deepwalk", "node2vec"):
         raise ValueError(f"{codec} codec: the source method must be deepwalk or node2vec, not {method!r}")
     csr = _source_graph(lake, dataset, graph_meta, codec, rows)
-    state, info = fit_graph_table(csr, codec, params, source_config["walk"], source_config["train"], method, threads)
+    state, info = fit_graph_table(csr, codec, params, walk, train, method, threads)
     return state, info["fit_s"]
 
 

@@ -33,8 +33,9 @@ import polars as pl
 import pyarrow as pa
 
 from embedlake import storage
+from embedlake.config import CorpusInputConfig, TextConfig, TrainConfig, WordEvalConfig
 from embedlake.errors import InputError
-from embedlake.workers.graph.ingest import _open, _suffixes, expand_inputs
+from embedlake.workers.graph.ingest import open_decompressed, file_suffixes, expand_inputs
 from embedlake.workers.run.checkpoints import StageHandle
 
 WHITESPACE_PATTERN = r"\S+"
@@ -42,9 +43,10 @@ BLOCK_BYTES = 16 << 20          # decode / tokenise this much text at a time
 _SCAN = 1 << 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextSpec:
-    """How to turn text into tokens (the flat subset of TextConfig + CorpusInputConfig workers need)."""
+    """How to turn text into tokens (the flat subset of TextConfig + CorpusInputConfig workers need).
+    Its fields are also the text part of a corpus run's tokens fingerprint (`spec_dict`)."""
     tokenizer: str = "whitespace"
     pattern: str = r"\w+(?:['’-]\w+)*|[^\w\s]"
     lowercase: bool = False
@@ -54,9 +56,10 @@ class TextSpec:
     text_column: str = "text"
 
     @classmethod
-    def from_configs(cls, text_cfg: dict, input_cfg: dict) -> "TextSpec":
-        merged = {**text_cfg, **input_cfg}
-        return cls(**{k: merged[k] for k in cls.__dataclass_fields__ if k in merged})
+    def from_configs(cls, text_cfg: TextConfig, input_cfg: CorpusInputConfig) -> "TextSpec":
+        return cls(tokenizer=text_cfg.tokenizer, pattern=text_cfg.pattern, lowercase=text_cfg.lowercase,
+                   max_sentence_tokens=text_cfg.max_sentence_tokens, long_lines=text_cfg.long_lines,
+                   encoding_errors=input_cfg.encoding_errors, text_column=input_cfg.text_column)
 
     @property
     def regex(self) -> str:
@@ -69,7 +72,7 @@ def plan_shards(uri: str, shard_bytes: int = 32 << 20, text_column: str = "text"
     """Shards of the input: dicts {path, kind (text|parquet), lo, hi, compression, row_group}."""
     shards: list[dict] = []
     for path in expand_inputs(uri):
-        ext, comp = _suffixes(path)
+        ext, comp = file_suffixes(path)
         fs, p = storage.filesystem(path)
         if ext == ".parquet":
             import pyarrow.parquet as pq
@@ -130,7 +133,7 @@ def _text_blocks(shard: dict, block_bytes: int = BLOCK_BYTES):
             f.seek(shard["lo"])
             remaining = shard["hi"] - shard["lo"]
         else:
-            f = _open(path, comp)
+            f = open_decompressed(path, comp)
             remaining = -1
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
@@ -240,15 +243,13 @@ def _split_lines(text: str) -> pl.Series:
     return pl.Series("l", [text]).str.split("\n").explode()
 
 
-def count_shard(shard: dict, spec: TextSpec | dict) -> tuple[dict, tuple[list, np.ndarray], np.ndarray, np.ndarray]:
+def count_shard(shard: dict, spec: TextSpec) -> tuple[dict, tuple[list, np.ndarray], np.ndarray, np.ndarray]:
     """Tokenise one shard. Returns (stats, (local words, counts), local ids int32, sentence lengths int64).
 
     Local ids index the shard's own word list; ``merge_vocab`` maps them to global ids.
     """
     import time
     t0 = time.perf_counter()
-    if isinstance(spec, dict):
-        spec = TextSpec(**spec)
     path = shard["path"]
     stats = {"lines": 0, "empty_lines": 0, "raw_tokens": 0, "long_lines": 0, "extra_sentences": 0,
              "replaced_invalid_utf8": 0, "bytes": 0}
@@ -256,25 +257,7 @@ def count_shard(shard: dict, spec: TextSpec | dict) -> tuple[dict, tuple[list, n
     len_parts: list[np.ndarray] = []
 
     def add(lines: pl.Series, first_line: int | None, offset: int, block: bytes | None) -> None:
-        flat, lens = tokenise_lines(lines, spec)
-        long = np.flatnonzero(lens > spec.max_sentence_tokens)
-        if len(long):
-            if spec.long_lines == "fail":
-                i = int(long[0])
-                where = ""
-                if block is not None:
-                    starts = np.concatenate([[0], np.cumsum(lines.str.len_bytes().to_numpy()[:-1] + 1)])
-                    where = f"byte offset {offset + int(starts[i])}: "
-                raise InputError(f"{where}line has {int(lens[i]):,} tokens, more than text.max_sentence_tokens="
-                                 f"{spec.max_sentence_tokens:,} (text.long_lines=split cuts such lines into "
-                                 "consecutive sentences)", path=path,
-                                 line=None if first_line is None else first_line + i)
-            stats["long_lines"] += len(long)
-        sent = split_long(lens, spec.max_sentence_tokens)
-        stats["extra_sentences"] += int(len(sent) - np.count_nonzero(lens))
-        stats["lines"] += len(lens)
-        stats["empty_lines"] += int(np.count_nonzero(lens == 0))
-        stats["raw_tokens"] += int(lens.sum())
+        flat, sent = _count_lines(lines, spec, stats, path, first_line, offset, block)
         if len(flat):
             token_parts.append(flat)
             len_parts.append(sent)
@@ -297,15 +280,44 @@ def count_shard(shard: dict, spec: TextSpec | dict) -> tuple[dict, tuple[list, n
     stats["sentences"] = int(sum(len(x) for x in len_parts))
     if not token_parts:
         return stats, ([], np.zeros(0, np.int64)), np.zeros(0, np.int32), np.zeros(0, np.int64)
-    tokens = pl.concat(token_parts) if len(token_parts) > 1 else token_parts[0]
-    df = pl.DataFrame({"w": tokens})
-    vocab = df.group_by("w").len(name="c").with_row_index("i")
-    ids = df.join(vocab.select("w", "i"), on="w", how="left", maintain_order="left")["i"].to_numpy().astype(np.int32)
-    words = vocab["w"].to_list()
-    counts = vocab["c"].to_numpy().astype(np.int64)
+    words, counts, ids = _local_vocab(pl.concat(token_parts) if len(token_parts) > 1 else token_parts[0])
     stats["local_vocab"] = len(words)
     stats["seconds"] = time.perf_counter() - t0
     return stats, (words, counts), ids, np.concatenate(len_parts)
+
+
+def _count_lines(lines: pl.Series, spec: TextSpec, stats: dict, path: str, first_line: int | None, offset: int,
+                 block: bytes | None) -> tuple[pl.Series, np.ndarray]:
+    """Tokenise a run of lines, apply text.long_lines and add the lines' figures to `stats`.
+    Returns (flat tokens, sentence lengths after splitting long lines)."""
+    flat, lens = tokenise_lines(lines, spec)
+    long = np.flatnonzero(lens > spec.max_sentence_tokens)
+    if len(long):
+        if spec.long_lines == "fail":
+            i = int(long[0])
+            where = ""
+            if block is not None:
+                starts = np.concatenate([[0], np.cumsum(lines.str.len_bytes().to_numpy()[:-1] + 1)])
+                where = f"byte offset {offset + int(starts[i])}: "
+            raise InputError(f"{where}line has {int(lens[i]):,} tokens, more than text.max_sentence_tokens="
+                             f"{spec.max_sentence_tokens:,} (text.long_lines=split cuts such lines into "
+                             "consecutive sentences)", path=path,
+                             line=None if first_line is None else first_line + i)
+        stats["long_lines"] += len(long)
+    sent = split_long(lens, spec.max_sentence_tokens)
+    stats["extra_sentences"] += int(len(sent) - np.count_nonzero(lens))
+    stats["lines"] += len(lens)
+    stats["empty_lines"] += int(np.count_nonzero(lens == 0))
+    stats["raw_tokens"] += int(lens.sum())
+    return flat, sent
+
+
+def _local_vocab(tokens: pl.Series) -> tuple[list, np.ndarray, np.ndarray]:
+    """(words, counts int64, local ids int32 of `tokens`): one shard's own word list and its tokens' ids."""
+    df = pl.DataFrame({"w": tokens})
+    vocab = df.group_by("w").len(name="c").with_row_index("i")
+    ids = df.join(vocab.select("w", "i"), on="w", how="left", maintain_order="left")["i"].to_numpy().astype(np.int32)
+    return vocab["w"].to_list(), vocab["c"].to_numpy().astype(np.int64), ids
 
 
 # ------------------------------------------------------------------------------------------- merge
@@ -411,18 +423,17 @@ def spec_dict(spec: TextSpec) -> dict:
 # ------------------------------------------------------------------------------------------- stages
 # Bodies of the Ray tasks in tasks/corpus.py (plain functions over arrays and lake URIs).
 
-def plan_stage(input_cfg: dict, env: storage.StorageEnv | None = None) -> list[dict]:
+def plan_stage(input_cfg: CorpusInputConfig, env: storage.StorageEnv | None = None) -> list[dict]:
     """`env`: the driver's S3 settings (workers on other nodes do not share its environment)."""
-    if not input_cfg.get("path"):
+    if not input_cfg.path:
         raise InputError("no corpus given (--input / input.path)")
     with storage.using(env):
-        return plan_shards(input_cfg["path"], int(input_cfg.get("shard_mb", 32) * (1 << 20)),
-                           input_cfg.get("text_column", "text"))
+        return plan_shards(input_cfg.path, int(input_cfg.shard_mb * (1 << 20)), input_cfg.text_column)
 
 
-def count_stage(shard: dict, spec: dict, env: storage.StorageEnv | None = None):
+def count_stage(shard: dict, spec: TextSpec, env: storage.StorageEnv | None = None):
     with storage.using(env):
-        return count_shard(shard, TextSpec(**spec))
+        return count_shard(shard, spec)
 
 
 def merge_stage(min_count: int, max_vocab: int | None, shard_stats: list[dict], *vocabs):
@@ -471,39 +482,39 @@ def text_init(vocab_size: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
     return W_in, np.zeros((vocab_size, dim), np.float32)
 
 
-def train_stage(vocab_size: int, counts: np.ndarray, train: dict, *parts: np.ndarray,
-                checkpoint: StageHandle | None = None):
+def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts: np.ndarray, threads: int = 0,
+                progress=None, checkpoint: StageHandle | None = None):
     """Concatenate the shards' sentences (shard order) and train; returns (W_in, stats).
 
-    checkpoint (the run's `train` stage, tasks/corpus.py `train_words`): the numba engine
-    checkpoints W_in / W_out after every epoch and, given the resume state of epoch k, continues at
-    epoch k + 1 (bit-identical with one thread); the torch engine has no epoch hook and checkpoints
-    its finished table only (workers/train/stages.py's checkpoint helpers write both, so the layout
-    and fault points are those of the graph flow)."""
+    threads: kernel threads (0 = $EMBEDLAKE_TRAIN_THREADS, else all); progress: reporter(done,
+    total, loss=...) of tasks/progress.py, or None. checkpoint (the run's `train` stage,
+    tasks/corpus.py `train_words`): the numba engine checkpoints W_in / W_out after every epoch
+    and, given the resume state of epoch k, continues at epoch k + 1 (bit-identical with one
+    thread); the torch engine has no epoch hook and checkpoints its finished table only
+    (workers/train/stages.py's checkpoint helpers write both, so the layout and fault points are
+    those of the graph flow)."""
     import os
 
     from embedlake.workers.train.stages import checkpoint_epoch, checkpoint_info, resumed_tables
     ck = checkpoint
     tokens, offsets = concat_sentences(list(zip(parts[0::2], parts[1::2])))
     init, start = resumed_tables(ck)
-    kw = dict(counts=counts, dim=train["dim"], window=train["window"], negatives=train["negatives"],
-              ns_exponent=train["ns_exponent"], epochs=train["epochs"], lr=train["lr"], min_lr=train["min_lr"],
-              sample=train["sample"], seed=train["seed"], init=init or text_init(vocab_size, train["dim"], train["seed"]))
-    threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
-    if train.get("engine", "numba") == "torch":
+    kw = dict(counts=counts, dim=train.dim, window=train.window, negatives=train.negatives,
+              ns_exponent=train.ns_exponent, epochs=train.epochs, lr=train.lr, min_lr=train.min_lr,
+              sample=train.sample, seed=train.seed, init=init or text_init(vocab_size, train.dim, train.seed))
+    threads = threads or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
+    if train.engine == "torch":
         from embedlake.workers.train.torch_engine import train_sgns_torch
-        W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.get("device", "auto"),
-                                       threads=threads, **kw)
+        W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.device, threads=threads, **kw)
         stats["sentences"] = len(offsets) - 1
         if ck is not None:
-            checkpoint_epoch(ck, train["epochs"], train["epochs"], W, None, stats)
+            checkpoint_epoch(ck, train.epochs, train.epochs, W, None, stats)
         return W, stats
     from embedlake.workers.train.skipgram import train_sgns
-    report = train.get("progress")
-    cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
+    cb = (lambda done, total, loss: progress(done, total, loss=loss)) if progress else None
     on_epoch = None
     if ck is not None:
-        on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train["epochs"], W_in, W_out, None)  # noqa: E731
+        on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
     W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
                              on_epoch=on_epoch, **kw)
     stats["sentences"] = len(offsets) - 1
@@ -560,10 +571,10 @@ def write_words_part(lake, dataset: str, method: str, run_id: str, partition: in
     return lake.write_parquet(rel, table).to_dict()
 
 
-def evaluate_stage(words: list, counts: np.ndarray, X: np.ndarray, eval_cfg: dict) -> dict:
+def evaluate_stage(words: list, counts: np.ndarray, X: np.ndarray, eval_cfg: WordEvalConfig) -> dict:
     from embedlake.workers.evaluate.words import evaluate_words
-    return evaluate_words(words, X, eval_cfg.get("benchmarks"), eval_cfg.get("case_insensitive", True),
-                          eval_cfg.get("restrict_vocab", 300_000), eval_cfg.get("analogies", True), counts)
+    return evaluate_words(words, X, eval_cfg.benchmarks, eval_cfg.case_insensitive, eval_cfg.restrict_vocab,
+                          eval_cfg.analogies, counts)
 
 
 # ------------------------------------------------------------------ learned tables (train.table)
@@ -571,7 +582,8 @@ def evaluate_stage(words: list, counts: np.ndarray, X: np.ndarray, eval_cfg: dic
 COOC_MAX_PAIRS = 20_000_000     # distinct co-occurrence pairs kept in memory (workers/corpus/cooccur.py cap)
 
 
-def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params: dict, train: dict, *parts):
+def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params: dict, train: TrainConfig, *parts,
+                        threads: int = 0, progress=None):
     """Ray worker body of embed-corpus -p train.table=hash|compose|qr|unified: codes for the V words,
     then a K-row table trained by compositional skip-gram on the shards' sentences (shard order,
     the full-table path's stream); the V x d table never exists. Returns (state, info): state
@@ -579,7 +591,9 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
     row position's bucket, recomputed on encode), info {"fit_s", "stats", "codes", ...}.
 
     compose's codes are the structure codes (codec_compose.structure_codes) of the words'
-    co-occurrence graph within train.window (workers/corpus/cooccur.py, counted shard by shard)."""
+    co-occurrence graph within train.window (workers/corpus/cooccur.py, counted shard by shard).
+    threads: kernel threads (0 = $EMBEDLAKE_TRAIN_THREADS, else all); progress: reporter(done,
+    total, loss=...) of tasks/progress.py, or None."""
     import os
     import time
 
@@ -588,7 +602,7 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
     t0 = time.perf_counter()
     V = int(vocab_size)
     pairs = list(zip(parts[0::2], parts[1::2]))
-    threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
+    threads = threads or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
     info: dict = {}
     if codec == "hash":         # the hashing trick: R = 1 row per word, weight 1 (codec_hash's layout)
         K = int(params["buckets"])
@@ -600,7 +614,7 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
         if codec == "compose":
             from embedlake.workers.corpus.cooccur import cooccurrence_csr
             t1 = time.perf_counter()
-            indptr, indices, weights, cinfo = cooccurrence_csr(pairs, V, int(train["window"]),
+            indptr, indices, weights, cinfo = cooccurrence_csr(pairs, V, int(train.window),
                                                                max_pairs=COOC_MAX_PAIRS)
             csr = (indptr, indices, weights)
             info["cooccurrence"] = {**cinfo, "seconds": round(time.perf_counter() - t1, 3)}
@@ -609,8 +623,7 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
                                                  train_sample=params.get("train_sample", 100_000), threads=threads)
         info.update(extra)
     tokens, offsets = concat_sentences(pairs)
-    report = train.get("progress")
-    cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
+    cb = (lambda done, total, loss: progress(done, total, loss=loss)) if progress else None
     state, stats = cc.train_compositional_tokens(tokens, offsets, V, codec, lp, train, codes, code_out,
                                                  counts=counts, threads=threads, progress=cb)
     stats["sentences"] = len(offsets) - 1
@@ -621,7 +634,8 @@ def learned_table_stage(vocab_size: int, counts: np.ndarray, codec: str, params:
     return state, info
 
 
-def learned_eval_stage(lake, manifest_fields: dict, words: list, counts: np.ndarray, eval_cfg: dict) -> dict:
+def learned_eval_stage(lake, manifest_fields: dict, words: list, counts: np.ndarray, eval_cfg: WordEvalConfig
+                       ) -> dict:
     """Word similarity / analogies on vectors materialised from the WRITTEN codes + table (read back
     from the lake), only for the eval.restrict_vocab most frequent words the evaluators use."""
     import time
@@ -631,7 +645,7 @@ def learned_eval_stage(lake, manifest_fields: dict, words: list, counts: np.ndar
     from embedlake.workers.compress.store import table_from_manifest
     t0 = time.perf_counter()
     table = table_from_manifest(Lake(lake), Manifest(**manifest_fields))
-    r = min(len(words), int(eval_cfg.get("restrict_vocab", 300_000)))
+    r = min(len(words), int(eval_cfg.restrict_vocab))
     X = cz.decode(table.codec, {k: v[:r] for k, v in table.cols.items()}, table.state, table.params, table.dim)
     m = evaluate_stage(list(words[:r]), np.asarray(counts)[:r], X, eval_cfg)
     if m:

@@ -90,50 +90,66 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
-        # Newton direction by preconditioned CG on H p = -G, one independent system per column.
-        inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
-
-        def prec(R):
-            return Q @ (inv * (Q.T @ R))
-        P = np.zeros_like(G)
-        R = -G
-        Z = prec(R)
-        Pd = Z.copy()
-        rz = np.einsum("ij,ij->j", R, Z)
-        eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
-        live = np.ones(G.shape[1], dtype=bool)
-        for _cg in range(max_cg):
-            HP = Pd + C * (Xa.T @ (D * (Xa @ Pd)))
-            pHp = np.einsum("ij,ij->j", Pd, HP)
-            alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
-            P += alpha * Pd
-            R -= alpha * HP
-            live &= np.linalg.norm(R, axis=0) > 0.1 * eta
-            if not live.any():
-                break
-            Z = prec(R)
-            rz_new = np.einsum("ij,ij->j", R, Z)
-            beta = np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0)
-            Pd = Z + beta * Pd
-            rz = rz_new
-        # Armijo backtracking, per column.
-        slope = np.einsum("ij,ij->j", G, P)
-        t = np.ones(G.shape[1])
-        pending = np.ones(G.shape[1], dtype=bool)
-        for _ls in range(30):
-            idx = np.flatnonzero(pending)
-            Mn, fn = _margins_loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
-            ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
-            Mall[:, active[idx[ok]]] = Mn[:, ok]
-            pending[idx[ok]] = False
-            if not pending.any():
-                break
-            t[pending] *= 0.5
-        t[pending] = 0.0                                  # no decrease found: column has converged
+        P = _newton_direction(Xa, G, D, gnorm, C, lam, Q, max_cg)
+        t, pending = _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active)
         W[:, active] = Wa + t * P
         if pending.all():
             break
     return W
+
+
+def _newton_direction(Xa, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
+    """Newton direction P of every active label at once: preconditioned CG on H p = -G, one
+    independent system per column (H = I + C Xa' diag(D) Xa), stopped per column by the
+    inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
+    exactly through the Gram spectrum (lam, Q) that every label shares."""
+    inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
+
+    def prec(R):
+        return Q @ (inv * (Q.T @ R))
+    P = np.zeros_like(G)
+    R = -G
+    Z = prec(R)
+    Pd = Z.copy()
+    rz = np.einsum("ij,ij->j", R, Z)
+    eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
+    live = np.ones(G.shape[1], dtype=bool)
+    for _cg in range(max_cg):
+        HP = Pd + C * (Xa.T @ (D * (Xa @ Pd)))
+        pHp = np.einsum("ij,ij->j", Pd, HP)
+        alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
+        P += alpha * Pd
+        R -= alpha * HP
+        live &= np.linalg.norm(R, axis=0) > 0.1 * eta
+        if not live.any():
+            break
+        Z = prec(R)
+        rz_new = np.einsum("ij,ij->j", R, Z)
+        beta = np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0)
+        Pd = Z + beta * Pd
+        rz = rz_new
+    return P
+
+
+def _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+    """Armijo backtracking along P, per column: halve each label's step until its loss decreases
+    enough (30 halvings at most). Writes the accepted margins into Mall (so the next iteration's
+    loss needs no extra product) and returns (steps, pending): a column still pending found no
+    decrease and gets step 0 (it has converged)."""
+    slope = np.einsum("ij,ij->j", G, P)
+    t = np.ones(G.shape[1])
+    pending = np.ones(G.shape[1], dtype=bool)
+    for _ls in range(30):
+        idx = np.flatnonzero(pending)
+        Mn, fn = _margins_loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+        ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
+        Mall[:, active[idx[ok]]] = Mn[:, ok]
+        pending[idx[ok]] = False
+        if not pending.any():
+            break
+        t[pending] *= 0.5
+    t[pending] = 0.0                                  # no decrease found: column has converged
+    return t, pending
 
 
 def decision_scores(X: np.ndarray, W: np.ndarray) -> np.ndarray:

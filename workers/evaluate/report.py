@@ -293,7 +293,18 @@ def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: 
     ncols = 1 + bool(compressed)
     fig = Figure(figsize=(7.5 * ncols, 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, ncols, 1)
+    _quality_bars(fig.add_subplot(1, ncols, 1), runs, title)
+    if compressed:
+        _recall_vs_bytes(fig.add_subplot(1, 2, 2), compressed)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _quality_bars(ax, runs: list[dict], title: str) -> None:
+    """Left panel: one group of bars per figure name, one bar per run (runs without figures left
+    out), the legend above the bars since every figure lies in [0, 1]."""
     runs = [r for r in runs if quality_figures(r)]
     figs = [quality_figures(r) for r in runs]
     names: list[str] = []
@@ -314,31 +325,30 @@ def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: 
         ax.text(0.5, 0.5, "no figures", ha="center", va="center")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    if compressed:
-        bx = fig.add_subplot(1, 2, 2)
-        for meth in sorted({r["method"] for r in compressed}):
-            rs = sorted((r for r in compressed if r["method"] == meth), key=lambda r: r["bytes_per_vector"])
-            xs = [r["bytes_per_vector"] for r in rs]
-            bx.plot(xs, [r["recall_at_10"] for r in rs], "o-", label=f"{meth} recall@10")
-            rr = [(r["bytes_per_vector"], r["recall_at_10_rerank"]) for r in rs if r.get("recall_at_10_rerank")]
-            if rr:
-                bx.plot(*zip(*rr), "s", label=f"{meth} re-scored")
-            for r in rs:
-                bx.annotate(str(r["codec"]), (r["bytes_per_vector"], r["recall_at_10"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
-            dims = {r.get("dim") for r in rs} - {None}
-            if dims:
-                full = 4 * max(dims)
-                bx.plot([full], [1.0], "k*", label=f"float32 ({full} B)" if meth == sorted(
-                    {r["method"] for r in compressed})[0] else None)
-        bx.set_xscale("log", base=2)
-        bx.set_xlabel("bytes per vector")
-        bx.set_ylabel("recall@10 vs the full table")
-        bx.set_ylim(0, 1.05)
-        bx.set_title("quality vs bytes per vector", fontsize=10)
-        bx.grid(alpha=0.3)
-        bx.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+
+
+def _recall_vs_bytes(bx, compressed: list[dict]) -> None:
+    """Right panel: recall@10 against bytes per vector (log 2 scale), one line per method with each
+    codec annotated, re-scored recall as squares and the float32 table as a star at recall 1."""
+    for meth in sorted({r["method"] for r in compressed}):
+        rs = sorted((r for r in compressed if r["method"] == meth), key=lambda r: r["bytes_per_vector"])
+        xs = [r["bytes_per_vector"] for r in rs]
+        bx.plot(xs, [r["recall_at_10"] for r in rs], "o-", label=f"{meth} recall@10")
+        rr = [(r["bytes_per_vector"], r["recall_at_10_rerank"]) for r in rs if r.get("recall_at_10_rerank")]
+        if rr:
+            bx.plot(*zip(*rr), "s", label=f"{meth} re-scored")
+        for r in rs:
+            bx.annotate(str(r["codec"]), (r["bytes_per_vector"], r["recall_at_10"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+        dims = {r.get("dim") for r in rs} - {None}
+        if dims:
+            full = 4 * max(dims)
+            bx.plot([full], [1.0], "k*", label=f"float32 ({full} B)" if meth == sorted(
+                {r["method"] for r in compressed})[0] else None)
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("bytes per vector")
+    bx.set_ylabel("recall@10 vs the full table")
+    bx.set_ylim(0, 1.05)
+    bx.set_title("quality vs bytes per vector", fontsize=10)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8)

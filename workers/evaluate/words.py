@@ -150,7 +150,7 @@ def default_benchmarks_dir() -> str | None:
     env = os.environ.get("EMBEDLAKE_WORD_BENCHMARKS")
     if env:
         return env
-    p = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "benchmarks"
+    p = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "benchmarks"    # <repo>/workers/evaluate/words.py
     return str(p) if p.is_dir() else None
 
 

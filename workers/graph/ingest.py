@@ -8,12 +8,14 @@ succeeded, so bad input leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import hashlib
 import io
 import json
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 
 import numba
@@ -84,7 +86,7 @@ def expand_inputs(uri: str) -> list[str]:
     return out
 
 
-def _suffixes(path: str) -> tuple[str, str | None]:
+def file_suffixes(path: str) -> tuple[str, str | None]:
     """(format suffix, compression) of a file name, e.g. ('.tsv', 'gzip')."""
     base = path.rsplit("/", 1)[-1].lower()
     comp = None
@@ -95,7 +97,9 @@ def _suffixes(path: str) -> tuple[str, str | None]:
     return ext, comp
 
 
-def _open(path: str, compression: str | None):
+def open_decompressed(path: str, compression: str | None):
+    """A binary reader of a local or remote file that decompresses `compression` (as file_suffixes
+    names it) on the fly, so callers stream lines without caring how the file is stored."""
     fs, p = storage.filesystem(path)
     raw = fs.open(p, "rb")
     if compression is None:
@@ -177,9 +181,9 @@ class _HashingReader(io.RawIOBase):
 
 def iter_line_chunks(path: str, chunk_rows: int, h=None):
     """Yield (first_line_number, bytes of whole lines) in chunks of about chunk_rows lines."""
-    ext, comp = _suffixes(path)
+    ext, comp = file_suffixes(path)
     try:
-        f = _open(path, comp)
+        f = open_decompressed(path, comp)
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
     approx = max(chunk_rows * 16, 1 << 20)
@@ -249,13 +253,7 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
     ncols = 3 if spec.weighted else 2
     if not header_state.get("done"):
         header_state["done"] = True
-        first = lines["line"][0].split(sep)
-        is_header = spec.has_header
-        if is_header is None:
-            is_header = spec.id_type == "int" and not _looks_numeric(first[0])
-            if spec.id_type == "str":
-                is_header = [c.strip() for c in first[:2]] == [spec.src_col, spec.dst_col]
-        if is_header:
+        if _is_header(lines["line"][0].split(sep), spec):
             lines = lines.slice(1)
     counts = lines.select(pl.col("line").str.count_matches(sep, literal=True).alias("n"), "row")
     if spec.weighted:
@@ -276,6 +274,61 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
         cols.append(pl.lit(None, dtype=pl.String).alias("weight"))
     df = parts.select(*cols, "row")
     return df.with_columns((pl.col("row") + first_line).alias("row")), sep
+
+
+def _is_header(first: list[str], spec: EdgeSpec) -> bool:
+    """Whether a file's first content line (split into fields) is a header: has_header, else a
+    non-numeric first field (int ids) or exactly the src_col / dst_col names (str ids)."""
+    if spec.has_header is not None:
+        return spec.has_header
+    if spec.id_type == "str":
+        return [c.strip() for c in first[:2]] == [spec.src_col, spec.dst_col]
+    return not _looks_numeric(first[0])
+
+
+def text_header(path: str, spec: EdgeSpec) -> tuple[int, list[str]] | None:
+    """(line number, fields) of a text edge file's header as read_edges decides it, or None when
+    its first content line is data. Reads only the file's first block (the preflight check)."""
+    if spec.has_header is False:
+        return None
+    ext, _ = _suffixes(path)
+    with contextlib.closing(iter_line_chunks(path, 1)) as chunks:
+        for first_line, body in chunks:
+            for i, raw in enumerate(body.split(b"\n")):
+                line = raw.decode("utf-8", "replace").rstrip("\r").strip()
+                if not line or line.startswith(("#", "%")):
+                    continue
+                sep = spec.delimiter or _detect_sep(line, ext)
+                fields = (re.sub(r"\s+", " ", line) if sep == " " else line).split(sep)
+                return (first_line + i, [f.strip() for f in fields]) if _is_header(fields, spec) else None
+    return None
+
+
+def edge_columns(spec: EdgeSpec) -> list[str]:
+    """The columns an edge file must name: src_col, dst_col and (weighted) weight_col, in this order."""
+    return [spec.src_col, spec.dst_col] + ([spec.weight_col] if spec.weighted else [])
+
+
+def check_parquet_columns(names: list[str], spec: EdgeSpec, path: str) -> None:
+    missing = [c for c in edge_columns(spec) if c not in names]
+    if missing:
+        raise InputError(f"missing column(s) {missing}; has {names}", path=path)
+
+
+def parquet_column_names(path: str) -> list[str]:
+    """Column names of a Parquet file from its footer (the data is not read)."""
+    fs, p = storage.filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_schema(f).names
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+        raise InputError(f"not a readable Parquet file ({e})", path=path) from None
+
+
+def is_parquet(path: str) -> bool:
+    return _suffixes(path)[0] == ".parquet"
 
 
 def _looks_numeric(s: str) -> bool:
@@ -324,10 +377,8 @@ def _read_parquet(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
         t = pq.read_table(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable Parquet file ({e})", path=path) from None
-    need = [spec.src_col, spec.dst_col] + ([spec.weight_col] if spec.weighted else [])
-    missing = [c for c in need if c not in t.column_names]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; has {t.column_names}", path=path)
+    need = edge_columns(spec)
+    check_parquet_columns(t.column_names, spec, path)
     df = pl.from_arrow(t.select(need))
     df = df.rename({spec.src_col: "src", spec.dst_col: "dst", **({spec.weight_col: "weight"} if spec.weighted else {})})
     df = df.with_row_index("row", offset=1)
@@ -349,7 +400,7 @@ def read_edges(uri: str, spec: EdgeSpec, progress=None, convert=None) -> tuple[l
     keep = convert or (lambda df: df.drop("row"))
     for path in files:
         h.update(path.rsplit("/", 1)[-1].encode())
-        ext, _ = _suffixes(path)
+        ext, _ = file_suffixes(path)
         if ext == ".parquet":
             df = _typed(_read_parquet(path, spec, h), path, spec)
             chunks.append(keep(df))
@@ -545,7 +596,7 @@ def _sort_rows_dedupe_weighted(indptr, indices, weights, mode):
     return out
 
 
-def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed: bool, duplicates: str,
+def csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed: bool, duplicates: str,
                      self_loops: str) -> CSRGraph:
     """Counting sort over the chunks (src, dst, weight|None) (no global int64 key sort); chunks are
     mapped to dense ids one at a time and freed as they are placed. node_ids: None (ids are dense
@@ -600,7 +651,7 @@ def _csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed
 
 
 def _int_ids(chunks: list, rows: int, spec: EdgeSpec, uri: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(node_ids int64, mapping for _csr_from_chunks) of integer ids, without sorting the edges."""
+    """(node_ids int64, mapping for csr_from_chunks) of integer ids, without sorting the edges."""
     lo = min(min(int(s.min()), int(d.min())) for s, d, _ in chunks)
     hi = max(max(int(s.max()), int(d.max())) for s, d, _ in chunks)
     n_decl = spec.num_nodes
@@ -642,7 +693,7 @@ def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
         if rows == 0:
             raise InputError("the graph is empty: no edges found", path=uri)
         node_ids, mapping = _int_ids(chunks, rows, spec, uri)
-        csr = _csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
+        csr = csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
     else:
         ids = _StringIds()
         chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=ids.convert)
@@ -650,7 +701,7 @@ def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
             raise InputError("the graph is empty: no edges found", path=uri)
         sorted_ids, lookup = ids.finish()
         del ids
-        csr = _csr_from_chunks(chunks, len(sorted_ids), lookup, spec.directed, spec.duplicates, spec.self_loops)
+        csr = csr_from_chunks(chunks, len(sorted_ids), lookup, spec.directed, spec.duplicates, spec.self_loops)
         del lookup
         node_ids = sorted_ids.to_numpy().astype(object)       # the published `node` column stays string
         del sorted_ids
@@ -672,7 +723,7 @@ def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarra
     files = expand_inputs(uri)
     nodes, labels, lines, paths = [], [], [], []
     for path in files:
-        ext, _ = _suffixes(path)
+        ext, _ = file_suffixes(path)
         header_state: dict = {}
         sep = None
         for first_line, body in iter_line_chunks(path, 1_000_000):

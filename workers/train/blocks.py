@@ -35,8 +35,9 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.skipgram import (_GOLDEN, _M1, _M2, _S31, _S32, _build_alias, _draw_negatives, _hogbatch,
-                                        _next, keep_thresholds, sigmoid_tables)
+from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
+                                                keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
+                                                using_numba_threads)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -106,7 +107,7 @@ def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, siz
         if w.sum() <= 0:
             w = np.ones_like(w)
         if len(m):
-            t, a = _build_alias(w / w.sum())
+            t, a = build_alias(w / w.sum())
             thr[off[p]:off[p + 1]], idx[off[p]:off[p + 1]] = t, a
     return thr, idx, off
 
@@ -215,8 +216,8 @@ def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray], rele
 
 @nb.njit(inline="always")
 def _mix(seed, epoch, pos, salt):
-    s = np.uint64(seed) * _M1 + np.uint64(epoch) * _M2 + np.uint64(pos) * _GOLDEN + np.uint64(salt) * _S31
-    s, z = _next(s)
+    s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(pos) * GOLDEN + np.uint64(salt) * S31
+    s, z = splitmix64(s)
     return z
 
 
@@ -252,7 +253,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             while offsets[s + 1] <= p:
                 s += 1
             z = _mix(seed, epoch, p, 0)
-            bw = 1 + np.int64(((z >> _S32) * win_u) >> _S32)
+            bw = 1 + np.int64(((z >> S32) * win_u) >> S32)
             lo = max(offsets[s], p - bw)
             hi = min(offsets[s + 1], p + bw + 1)
             B = 0
@@ -267,8 +268,8 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             if lr < min_lr:
                 lr = min_lr
             state = _mix(seed, epoch, p, pi + 1)
-            state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-            loss += _hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+            state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+            loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
             pairs += B
         out_loss[blk] = loss
         out_pairs[blk] = pairs
@@ -290,37 +291,19 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     if not W_out_j.flags.writeable:
         W_out_j = W_out_j.copy()
     sig_tab, logsig_tab = sigmoid_tables()
-    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
-    P = len(prep["sizes"])
-    n_stream = len(prep["tloc"])
-    if rounds > 1:                   # round r = stream positions [r N / R, (r + 1) N / R)
-        r = episode // P
-        cj = prep["centres"][c0:c1]
-        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
-        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+    c0, c1 = _block_centres(prep, j, episode, rounds)
     a0, a1 = int(prep["alias_off"][j]), int(prep["alias_off"][j + 1])
     thr, idx = prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1]
-    per_epoch = int(prep["per_epoch"])
-    pos_scale = per_epoch / n_stream if n_stream else 1.0       # subsampled stream -> original positions
-    if lr_schedule == "global":      # lr decays over the whole run: episode after episode
-        steps = P * rounds
-        pos_base = float((epoch * steps + episode) * per_epoch)
-        work_total = float(max(1, per_epoch * epochs * steps))
-    elif lr_schedule == "position":  # each pair keeps its single-worker lr: every episode restarts high
-        pos_base, work_total = float(epoch * per_epoch), float(max(1, per_epoch * epochs))
-    else:
-        raise ValueError(f"lr_schedule must be 'global' or 'position', not {lr_schedule!r}")
-    nthreads = nb.config.NUMBA_NUM_THREADS if threads <= 0 else min(int(threads), nb.config.NUMBA_NUM_THREADS)
+    pos_base, pos_scale, work_total = _lr_positions(prep, lr_schedule, epoch, epochs, episode, rounds)
+    nthreads = numba_threads(threads)
     nblocks = 1 if nthreads == 1 else 4 * nthreads
     if chunk_centres is None:
         chunk_centres = max(32768, (c1 - c0) // 50)
-    prev = nb.get_num_threads()
-    nb.set_num_threads(nthreads)
     loss_sum, pairs, done = 0.0, 0, 0
     lb = np.zeros(nblocks, np.float64)
     pb = np.zeros(nblocks, np.int64)
     t0 = time.perf_counter()
-    try:
+    with using_numba_threads(nthreads):
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
             _block_chunk(prep["tloc"], prep["tpart"], prep["offsets"], prep["centres"], lo, hi,
@@ -333,11 +316,44 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
             done += hi - lo
             if progress is not None:
                 progress(done, c1 - c0, cl / cp if cp else float("nan"))
-    finally:
-        nb.set_num_threads(prev)
     stats = {"block": [int(i), int(j)], "epoch": int(epoch), "centres": c1 - c0, "pairs": pairs,
              "loss_sum": loss_sum, "seconds": time.perf_counter() - t0, "threads": nthreads}
     return W_in_i, W_out_j, stats
+
+
+def _block_centres(prep: dict, j: int, episode: int, rounds: int) -> tuple[int, int]:
+    """The slice [c0, c1) of prep["centres"] that block (., j) trains in this episode: partition j's
+    centres, and with rounds > 1 only those of round episode // P, the stream positions
+    [r N / R, (r + 1) N / R) (short episodes couple the shards more often)."""
+    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
+    if rounds > 1:
+        r = episode // len(prep["sizes"])
+        n_stream = len(prep["tloc"])
+        cj = prep["centres"][c0:c1]
+        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
+        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+    return c0, c1
+
+
+def _lr_positions(prep: dict, lr_schedule: str, epoch: int, epochs: int, episode: int, rounds: int
+                  ) -> tuple[float, float, float]:
+    """(pos_base, pos_scale, work_total) of the kernel's linear lr decay, lr at stream position p =
+    lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total. pos_scale maps a subsampled
+    stream back to original positions. 'position': each pair keeps its single-worker lr, so every
+    episode restarts high; 'global': lr decays over the whole run, episode after episode."""
+    P = len(prep["sizes"])
+    n_stream = len(prep["tloc"])
+    per_epoch = int(prep["per_epoch"])
+    pos_scale = per_epoch / n_stream if n_stream else 1.0
+    if lr_schedule == "global":
+        steps = P * rounds
+        pos_base = float((epoch * steps + episode) * per_epoch)
+        work_total = float(max(1, per_epoch * epochs * steps))
+    elif lr_schedule == "position":
+        pos_base, work_total = float(epoch * per_epoch), float(max(1, per_epoch * epochs))
+    else:
+        raise ValueError(f"lr_schedule must be 'global' or 'position', not {lr_schedule!r}")
+    return pos_base, pos_scale, work_total
 
 
 # ----------------------------------------------------------------------------- in-process driver

@@ -14,7 +14,7 @@ feature multiplexing: the two sides, and several entity types, index one table w
 hash functions). Which rows an id uses is decided before training by workers/compress/compose.py;
 this module only trains.
 
-The loop is workers/train/skipgram.py's HogBatch window (negatives drawn once per centre, a
+The loop is the HogBatch window of workers/train/sgns_parts.py (as in skipgram.py) (negatives drawn once per centre, a
 [contexts x (1 + negatives)] block of dot products on local buffers), with composition before and
 scatter after. Hogwild across threads; with threads=1 the result is bit-for-bit reproducible
 (every random draw comes from a splitmix64 stream of (seed, epoch, sentence), as in skipgram.py).
@@ -27,8 +27,10 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.skipgram import (_chunks, _draw_negatives, _kept_tokens, _seed_state, _window_contexts, _window_step,
-                                        keep_thresholds, noise_alias, sigmoid_tables, token_counts)
+from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
+                                                noise_alias, numba_threads, seed_state, sentence_chunks,
+                                                sigmoid_tables, token_counts, using_numba_threads, window_contexts,
+                                                window_step)
 
 COMBINES = {"sum": 0, "product": 1}
 
@@ -109,12 +111,12 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
         Ob = np.empty((nout_max, dim), np.float32)
         tmp = np.empty(dim, np.float32)
         for s in range(a, b):
-            state, n = _kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                    _seed_state(seed, epoch, s), buf, pos)
+            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                    seed_state(seed, epoch, s), buf, pos)
             loss = 0.0
             pairs = 0
             for i in range(n):
-                state, B = _window_contexts(state, buf, n, i, window, ctx)
+                state, B = window_contexts(state, buf, n, i, window, ctx)
                 if B == 0:
                     continue
                 center = buf[i]
@@ -122,12 +124,12 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
                 if lr < min_lr:
                     lr = min_lr
                 lr_w = np.float32(lr * lr_w_scale)
-                state, nout = _draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                 for c in range(B):
                     _compose(T_in, code_in, w_in, ctx[c], combine, Cb, c)
                 for o in range(nout):
                     _compose(T_out, code_out, w_out, outs[o], combine, Ob, o)
-                loss += _window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+                loss += window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
                 for o in range(nout):
                     _scatter(T_out, code_out, w_out, outs[o], combine, Ob, o, learn_w, lr_w, tmp)
                 for c in range(B):
@@ -194,24 +196,9 @@ def train_composed(tokens, offsets, n_ids: int, *, code_in, rows_in: int, w_in=N
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if len(tokens) and (tokens.max(initial=-1) >= n_ids or tokens.min(initial=0) < -1):
         raise ValueError("tokens must lie in [0, n_ids) or be -1 (padding)")
-    code_in, w_in = _check_codes("input", code_in, w_in, n_ids, rows_in)
-    if shared_table:
-        rows_out = rows_in
-    if code_out is None:
-        code_out, w_out, rows_out = code_in, (w_in if w_out is None else w_out), rows_in if rows_out is None else rows_out
-    rows_out = int(rows_out if rows_out is not None else rows_in)
-    code_out, w_out = _check_codes("output", code_out, w_out, n_ids, rows_out)
-    if init is not None:
-        T_in = np.array(init["T_in"], np.float32, order="C", copy=True)
-        T_out = T_in if shared_table else np.array(init["T_out"], np.float32, order="C", copy=True)
-    else:
-        first = code_in[:, 0] if combine == "product" and code_in.shape[1] > 1 else None
-        T_in = init_table(rows_in, dim, combine, seed, "in", first)
-        if shared_table:
-            T_out = T_in
-        else:
-            first = code_out[:, 0] if combine == "product" and code_out.shape[1] > 1 else None
-            T_out = init_table(rows_out, dim, combine, seed, "out", first)
+    code_in, w_in, code_out, w_out, rows_out = _side_codes(n_ids, code_in, rows_in, w_in, code_out, rows_out, w_out,
+                                                           shared_table)
+    T_in, T_out = _start_tables(code_in, rows_in, code_out, rows_out, shared_table, combine, dim, seed, init)
     S = len(offsets) - 1
     if counts is None:
         counts = token_counts(tokens[offsets[0]:offsets[-1]] if S > 0 else tokens[:0], n_ids)
@@ -219,31 +206,69 @@ def train_composed(tokens, offsets, n_ids: int, *, code_in, rows_in: int, w_in=N
     alias_thr, alias_idx = noise_alias(counts, ns_exponent)
     keep = keep_thresholds(counts, sample)
     sig_tab, logsig_tab = sigmoid_tables()
-    max_threads = nb.config.NUMBA_NUM_THREADS
-    nthreads = max_threads if threads <= 0 else min(int(threads), max_threads)
-    prev_threads = nb.get_num_threads()
+    per_epoch = int(offsets[-1] - offsets[0]) if S else 0
+    chunks = sentence_chunks(offsets, chunk_tokens or max(65536, per_epoch // 100))
+    tables = (T_in, code_in, w_in, T_out, code_out, w_out, COMBINES[combine], bool(learn_weights and combine == "sum"),
+              float(weight_lr_scale), keep, sample > 0, alias_thr, alias_idx, sig_tab, logsig_tab, int(window),
+              int(negatives), float(lr), float(min_lr))
+    stats = _train_epochs(tokens, offsets, tables, chunks, numba_threads(threads), epochs=epochs, seed=seed,
+                          progress=progress)
+    stats["combine"] = combine
+    return {"T_in": T_in, "T_out": T_out, "w_in": w_in, "w_out": w_out, "stats": stats}
+
+
+def _side_codes(n_ids: int, code_in, rows_in: int, w_in, code_out, rows_out, w_out, shared_table: bool) -> tuple:
+    """The checked codes and weights of both sides, and the output side's row count: without its own
+    codes the output side reuses the input side's (and its weights unless given); one shared table
+    has the input side's rows."""
+    code_in, w_in = _check_codes("input", code_in, w_in, n_ids, rows_in)
+    if shared_table:
+        rows_out = rows_in
+    if code_out is None:
+        code_out, w_out, rows_out = code_in, (w_in if w_out is None else w_out), rows_in if rows_out is None else rows_out
+    rows_out = int(rows_out if rows_out is not None else rows_in)
+    code_out, w_out = _check_codes("output", code_out, w_out, n_ids, rows_out)
+    return code_in, w_in, code_out, w_out, rows_out
+
+
+def _start_tables(code_in, rows_in: int, code_out, rows_out: int, shared_table: bool, combine: str, dim: int,
+                  seed: int, init) -> tuple[np.ndarray, np.ndarray]:
+    """(T_in, T_out) to train from: copies of `init`'s tables, or fresh ones (init_table); a shared
+    table is one array on both sides. A product's first factor rows start near 1 (init_table)."""
+    if init is not None:
+        T_in = np.array(init["T_in"], np.float32, order="C", copy=True)
+        T_out = T_in if shared_table else np.array(init["T_out"], np.float32, order="C", copy=True)
+        return T_in, T_out
+    first = code_in[:, 0] if combine == "product" and code_in.shape[1] > 1 else None
+    T_in = init_table(rows_in, dim, combine, seed, "in", first)
+    if shared_table:
+        return T_in, T_in
+    first = code_out[:, 0] if combine == "product" and code_out.shape[1] > 1 else None
+    return T_in, init_table(rows_out, dim, combine, seed, "out", first)
+
+
+def _train_epochs(tokens, offsets, tables: tuple, chunks: list[tuple[int, int]], nthreads: int, *, epochs: int,
+                  seed: int, progress) -> dict:
+    """Every epoch, chunk after chunk, on `nthreads` numba threads; `tables` are _compose_chunk's
+    arguments from T_in to min_lr (trained in place). Progress is reported between chunks from this
+    thread. Returns the run's stats (loss of the first chunk with pairs and of the last chunk)."""
+    S = len(offsets) - 1
     maxlen = int(np.diff(offsets).max()) if S else 0
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
     total_work = max(1, per_epoch * epochs)
-    chunks = _chunks(offsets, chunk_tokens or max(65536, per_epoch // 100))
-    nblocks_for = lambda ns: 1 if nthreads == 1 else max(1, min(ns, 4 * nthreads))
     sent_loss = np.zeros(S, np.float64)
     sent_pairs = np.zeros(S, np.int64)
     sent_kept = np.zeros(S, np.int64)
     total_pairs = 0
     done = 0
     loss_first = float("nan")
-    nb.set_num_threads(nthreads)
-    try:
+    with using_numba_threads(nthreads):
         t0 = time.perf_counter()
         for ep in range(epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
             for lo, hi in chunks:
-                _compose_chunk(tokens, offsets, lo, hi, T_in, code_in, w_in, T_out, code_out, w_out,
-                               COMBINES[combine], bool(learn_weights and combine == "sum"),
-                               float(weight_lr_scale), keep, sample > 0, alias_thr, alias_idx, sig_tab, logsig_tab,
-                               int(window), int(negatives), float(lr), float(min_lr), pos_base, float(total_work),
-                               int(seed), ep, nblocks_for(hi - lo), maxlen, sent_loss[lo:hi], sent_pairs[lo:hi],
+                _compose_chunk(tokens, offsets, lo, hi, *tables, pos_base, float(total_work), int(seed), ep,
+                               blocks_per_chunk(nthreads, hi - lo), maxlen, sent_loss[lo:hi], sent_pairs[lo:hi],
                                sent_kept[lo:hi])
                 done += int(offsets[hi] - offsets[lo])
                 p = int(sent_pairs[lo:hi].sum())
@@ -254,15 +279,12 @@ def train_composed(tokens, offsets, n_ids: int, *, code_in, rows_in: int, w_in=N
                     progress(done, total_work, chunk_loss)
             total_pairs += int(sent_pairs.sum())
         seconds = time.perf_counter() - t0
-    finally:
-        nb.set_num_threads(prev_threads)
     p_last = int(sent_pairs[chunks[-1][0]:chunks[-1][1]].sum()) if chunks else 0
     loss_last = float(sent_loss[chunks[-1][0]:chunks[-1][1]].sum() / p_last) if p_last else float("nan")
     real = int(np.count_nonzero(tokens[offsets[0]:offsets[-1]] >= 0)) * epochs if S else 0
-    stats = {"tokens": real, "pairs": total_pairs, "seconds": seconds,
-             "tokens_per_s": real / seconds if seconds > 0 else float("nan"), "loss_first": loss_first,
-             "loss_last": loss_last, "threads": nthreads, "engine": "numba-compose", "combine": combine}
-    return {"T_in": T_in, "T_out": T_out, "w_in": w_in, "w_out": w_out, "stats": stats}
+    return {"tokens": real, "pairs": total_pairs, "seconds": seconds,
+            "tokens_per_s": real / seconds if seconds > 0 else float("nan"), "loss_first": loss_first,
+            "loss_last": loss_last, "threads": nthreads, "engine": "numba-compose"}
 
 
 def materialise(T: np.ndarray, code: np.ndarray, wt: np.ndarray | None, combine: str = "sum",

@@ -1,0 +1,310 @@
+"""The shared SGNS kernel toolkit: what every skip-gram kernel here (one table in skipgram.py, blocks
+in blocks.py, compositional tables in compose.py, torch in torch_engine.py) must compute the same way.
+
+Why one module: the kernels differ only in where their rows live (one table, two shards, composed
+rows); the random streams, the dynamic window, the negative draws, the sigmoid tables and the
+HogBatch window step are one definition, so a run is bit-identical whichever kernel shares them and
+a fix lands in every kernel at once. The numba functions are ``inline="always"``: each kernel
+compiles them into its own loop (no call cost; the kernel's own fastmath flags apply).
+
+Random draws: splitmix64 streams. The constants below are numba uint64 operands (a shift count of
+np.uint64 keeps the arithmetic in uint64 instead of promoting to float).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numba as nb
+import numpy as np
+
+MAX_EXP = 6.0                                   # word2vec's sigmoid clamp: |x| >= 6 is saturated
+TABLE_SIZE = 1024                               # points of the sigmoid / log-sigmoid tables
+U32 = 1 << 32                                   # 2^32: keep / alias thresholds compare to a u32 draw
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)          # splitmix64's increment (2^64 / golden ratio)
+M1 = np.uint64(0xBF58476D1CE4E5B9)              # splitmix64's two finaliser multipliers
+M2 = np.uint64(0x94D049BB133111EB)
+LOW32 = np.uint64(0xFFFFFFFF)
+S27 = np.uint64(27)
+S30 = np.uint64(30)
+S31 = np.uint64(31)
+S32 = np.uint64(32)
+
+
+# ----------------------------------------------------------------------------- tables (Python)
+
+
+def sigmoid_tables() -> tuple[np.ndarray, np.ndarray]:
+    """sigmoid(x) and log(sigmoid(x)) sampled at TABLE_SIZE + 1 points on [-MAX_EXP, MAX_EXP]."""
+    x = (np.arange(TABLE_SIZE + 1, dtype=np.float64) / TABLE_SIZE * 2.0 - 1.0) * MAX_EXP
+    sig = 1.0 / (1.0 + np.exp(-x))
+    logsig = -np.log1p(np.exp(-x))
+    return sig.astype(np.float32), logsig.astype(np.float32)
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Occurrences of each token id (padding -1 ignored)."""
+    t = np.asarray(tokens)
+    return np.bincount(t[t >= 0], minlength=vocab_size).astype(np.int64)[:vocab_size]
+
+
+def keep_thresholds(counts: np.ndarray, sample: float) -> np.ndarray:
+    """word2vec subsampling as 32-bit thresholds: keep token w when a uniform u32 < thr[w].
+
+    keep(w) = (sqrt(c_w / (sample * total)) + 1) * (sample * total) / c_w, capped at 1 (the
+    formula of word2vec.c and gensim). sample <= 0 keeps everything.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if sample <= 0:
+        return np.full(len(c), U32, dtype=np.uint64)
+    thr = sample * c.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = (np.sqrt(c / thr) + 1.0) * thr / c
+    p = np.where(c > 0, np.minimum(p, 1.0), 1.0)
+    return np.minimum(np.floor(p * U32), U32).astype(np.uint64)
+
+
+@nb.njit(cache=True)
+def build_alias(p):
+    """Vose's alias method: O(1) draws with two table reads (exact, unlike a finite unigram table)."""
+    n = p.shape[0]
+    thr = np.zeros(n, np.uint64)
+    alias = np.arange(n).astype(np.int32)
+    scaled = p * n
+    small = np.empty(n, np.int64)
+    large = np.empty(n, np.int64)
+    ns = 0
+    nl = 0
+    for i in range(n):
+        if scaled[i] < 1.0:
+            small[ns] = i
+            ns += 1
+        else:
+            large[nl] = i
+            nl += 1
+    while ns > 0 and nl > 0:
+        ns -= 1
+        s = small[ns]
+        nl -= 1
+        l = large[nl]
+        thr[s] = np.uint64(min(scaled[s] * 4294967296.0, 4294967296.0))
+        alias[s] = l
+        scaled[l] = (scaled[l] + scaled[s]) - 1.0
+        if scaled[l] < 1.0:
+            small[ns] = l
+            ns += 1
+        else:
+            large[nl] = l
+            nl += 1
+    for k in range(nl):
+        thr[large[k]] = np.uint64(4294967296)
+    for k in range(ns):  # numerical leftovers: probability ~1
+        thr[small[k]] = np.uint64(4294967296)
+    return thr, alias
+
+
+def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """Alias table (uint64 thresholds on a u32 uniform, int32 aliases) for unigram ** ns_exponent.
+
+    Tokens with zero count are never drawn. If no token has a count, draws are uniform.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    w = np.where(c > 0, np.power(np.maximum(c, 1e-300), ns_exponent), 0.0)
+    if w.sum() <= 0:
+        w = np.ones_like(w)
+    return build_alias(w / w.sum())
+
+
+# ----------------------------------------------------------------------------- numba device functions
+
+@nb.njit(inline="always")
+def splitmix64(state):
+    """splitmix64: returns (new state, 64 random bits)."""
+    state = state + GOLDEN
+    z = state
+    z = (z ^ (z >> S30)) * M1
+    z = (z ^ (z >> S27)) * M2
+    return state, z ^ (z >> S31)
+
+
+@nb.njit(inline="always")
+def seed_state(seed, epoch, sent):
+    s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(sent) * GOLDEN
+    s, z = splitmix64(s)
+    return z
+
+
+@nb.njit(inline="always")
+def kept_tokens(tokens, lo, hi, keep_thr, use_sample, state, buf, pos):
+    """Copy sentence tokens[lo:hi] into buf (padding dropped; with use_sample, each token kept with
+    probability keep_thr / 2^32) and their stream positions into pos. Returns (state, count)."""
+    n = 0
+    for t in range(lo, hi):
+        w = tokens[t]
+        if w < 0:
+            continue
+        if use_sample:
+            state, r = splitmix64(state)
+            if (r & LOW32) >= keep_thr[w]:
+                continue
+        buf[n] = w
+        pos[n] = t
+        n += 1
+    return state, n
+
+
+@nb.njit(inline="always")
+def window_contexts(state, buf, n, i, window, ctx):
+    """word2vec's dynamic window around position i: b uniform in 1..window, the tokens within b
+    positions (not i itself) go to ctx. Returns (state, number of contexts)."""
+    state, r = splitmix64(state)
+    bw = 1 + np.int64(((r >> S32) * np.uint64(window)) >> S32)
+    lo = max(0, i - bw)
+    hi = min(n, i + bw + 1)
+    B = 0
+    for j in range(lo, hi):
+        if j != i:
+            ctx[B] = buf[j]
+            B += 1
+    return state, B
+
+
+@nb.njit(inline="always")
+def draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
+    """outs[0] = center, then up to `negatives` draws from the alias noise table (a draw equal to
+    the centre is skipped). Returns (state, number of outputs)."""
+    nal = np.uint64(alias_thr.shape[0])
+    outs[0] = center
+    nout = 1
+    for k in range(negatives):
+        state, r = splitmix64(state)
+        jj = np.int64(((r >> S32) * nal) >> S32)
+        neg = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
+        if neg == center:
+            continue
+        outs[nout] = neg
+        nout += 1
+    return state, nout
+
+
+@nb.njit(inline="always")
+def pair_grad(f, positive, lr, sig_tab, logsig_tab):
+    """SGNS on one score f = <input, output>: returns (loss term, gradient scale (label - sigmoid(f)) * lr)
+    with word2vec's MAX_EXP clamp and table sigmoid / log-sigmoid."""
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    x = f if positive else -f
+    loss = 0.0
+    if x <= -MAX_EXP:
+        loss = -x
+    elif x < MAX_EXP:
+        loss = -logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+    if f <= -MAX_EXP:
+        sg = sig_tab[0]
+    elif f >= MAX_EXP:
+        sg = sig_tab[TABLE_SIZE]
+    else:
+        sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+    lab = np.float32(1.0) if positive else np.float32(0.0)
+    return loss, (lab - sg) * lr
+
+
+@nb.njit(inline="always")
+def window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab):
+    """One HogBatch window on local row buffers, shared by every SGNS kernel (one table, blocks,
+    compositional): Cb[:B] context input vectors, Ob[:nout] output vectors (centre first, then
+    negatives). Computes g[c, o] = (label - sigmoid(Cb[c].Ob[o])) * lr, then dIn[c] = sum_o g Ob[o]
+    (the input-side step) and, IN PLACE of Ob, the output-side step sum_c g Cb[c]. Returns the
+    window's SGNS loss (word2vec's MAX_EXP clamp, table sigmoid)."""
+    dim = Cb.shape[1]
+    loss = 0.0
+    for c in range(B):
+        for o in range(nout):
+            f = np.float32(0.0)
+            for d in range(dim):
+                f += Cb[c, d] * Ob[o, d]
+            dl, gg = pair_grad(f, o == 0, lr, sig_tab, logsig_tab)
+            loss += dl
+            g[c, o] = gg
+    for c in range(B):
+        for d in range(dim):
+            dIn[c, d] = 0.0
+        for o in range(nout):
+            gg = g[c, o]
+            for d in range(dim):
+                dIn[c, d] += gg * Ob[o, d]
+    for o in range(nout):
+        for d in range(dim):
+            Ob[o, d] = 0.0
+        for c in range(B):
+            gg = g[c, o]
+            for d in range(dim):
+                Ob[o, d] += gg * Cb[c, d]
+    return loss
+
+
+@nb.njit(inline="always")
+def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab):
+    """One window on full-row tables: gather the B context rows of W_in and the nout output rows
+    of W_out into local buffers, take the window step, add the steps back (Hogwild). Returns the
+    window's loss."""
+    dim = W_in.shape[1]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            Cb[c, d] = W_in[crow, d]
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            Ob[o, d] = W_out[orow, d]
+    loss = window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            W_out[orow, d] += Ob[o, d]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            W_in[crow, d] += dIn[c, d]
+    return loss
+
+
+# ----------------------------------------------------------------------------- driver helpers (Python)
+
+def sentence_chunks(offsets: np.ndarray, target_tokens: int) -> list[tuple[int, int]]:
+    """Split sentences into consecutive runs of about target_tokens positions each."""
+    S = len(offsets) - 1
+    if S == 0:
+        return []
+    cuts = np.searchsorted(offsets, np.arange(offsets[0], offsets[-1], max(1, target_tokens)), side="right") - 1
+    cuts = np.unique(np.clip(cuts, 0, S))
+    cuts = np.concatenate([cuts[cuts > 0], [S]])
+    out, lo = [], 0
+    for c in cuts:
+        if c > lo:
+            out.append((lo, int(c)))
+            lo = int(c)
+    return out
+
+
+def numba_threads(threads: int) -> int:
+    """The thread count a kernel runs with: every numba thread for threads <= 0, else at most
+    `threads` (numba cannot start more threads than it was configured with)."""
+    max_threads = nb.config.NUMBA_NUM_THREADS
+    return max_threads if threads <= 0 else min(int(threads), max_threads)
+
+
+def blocks_per_chunk(nthreads: int, nsent: int) -> int:
+    """Sentence blocks of one chunk (the kernel's prange): a few per thread so that uneven sentence
+    lengths balance; one thread gets one block, so sentences run in stream order (reproducible)."""
+    return 1 if nthreads == 1 else max(1, min(nsent, 4 * nthreads))
+
+
+@contextmanager
+def using_numba_threads(nthreads: int):
+    """Run the kernels of this block on `nthreads` numba threads, then give the caller's count back
+    (the setting is per thread and outlives the call otherwise)."""
+    prev = nb.get_num_threads()
+    nb.set_num_threads(nthreads)
+    try:
+        yield
+    finally:
+        nb.set_num_threads(prev)
