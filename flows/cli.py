@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_env()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(command_of(argv)).parse_args(argv)
+    # `submit` validates the run it sends with this parser: handed over here, so flows/ops.py
+    # needs no import of this module (which imports it)
+    args.command_parser = build_parser
     debug = bool(getattr(args, "debug", False))
     quiet = OneLineLogs()
     try:

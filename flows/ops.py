@@ -216,14 +216,13 @@ def cmd_submit(args) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from embedlake.errors import ConfigError
-    from embedlake.flows.cli import build_parser
     rest = list(args.cli_args)
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
         raise ConfigError("submit: give the run to submit, e.g. `embedlake submit -- embed-graph --edges ...`")
     try:   # validate here, before anything is uploaded
-        inner = build_parser().parse_args(rest)
+        inner = args.command_parser().parse_args(rest)
     except SystemExit:
         raise ConfigError(f"submit: invalid command {' '.join(rest)!r}") from None
     lake = getattr(inner, "lake", None)

@@ -39,6 +39,7 @@ from embedlake.workers.compress import hashing as hs
 from embedlake.workers.compress import lowrank as lr
 from embedlake.workers.compress import pq as pq
 from embedlake.workers.compress import scalar as sc
+from embedlake.workers.compress.sample import sample_rows
 
 CODECS = ("fp16", "int8", "int4", "binary", "pq", "opq", "lowrank", "hash", "compose", "qr", "unified")
 TRAINED = ("pq", "opq", "lowrank")         # state fitted on a sample of the source table
@@ -116,13 +117,6 @@ def _unit(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     nrm = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(nrm > 0, nrm, 1.0)
-
-
-def sample_rows(n: int, count: int, seed: int) -> np.ndarray:
-    """Sorted row indices of the training sample (all rows when n <= count)."""
-    if count <= 0 or n <= count:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
 
 
 def fit(name: str, X_sample: np.ndarray, params: dict, threads: int = 0) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from embedlake.config import TrainConfig, WalkConfig
 from embedlake.workers.compress.hashing import hash_buckets
+from embedlake.workers.compress.sample import sample_rows
 
 CODES = {"compose": "structure", "qr": "qr", "unified": "hash"}
 DEFAULT_LEVELS = {"compose": 5, "qr": 2, "unified": 2}
@@ -102,7 +103,6 @@ def structure_codes(indptr, indices, weights, lp: dict, *, sketch_dim: int = 256
     """Level-local residual-quantisation codes of the graph's FastRP sketch. Returns (codes, info)."""
     import faiss
 
-    from embedlake.workers.compress.codecs import sample_rows
     from embedlake.workers.fastrp.kernels import fastrp
     n = len(indptr) - 1
     X = np.ascontiguousarray(fastrp(indptr, indices, weights, dim=sketch_dim, seed=seed, threads=threads,

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake, check_name
 from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress.sample import sample_rows
 
 CODE_KIND = "tables"
 CODEBOOK_KIND = "codebooks"
@@ -102,7 +103,7 @@ def encode_partition(lake: Lake | str, *, dataset: str, method: str, run_id: str
 def fit_codec(X: np.ndarray, codec: str, params: dict, threads: int = 1) -> tuple[dict, float]:
     """Ray worker body: train the codec's state on its sample of X; returns (state, seconds)."""
     t0 = time.perf_counter()
-    rows = cz.sample_rows(X.shape[0], params.get("train_sample", 0), params.get("seed", 0))
+    rows = sample_rows(X.shape[0], params.get("train_sample", 0), params.get("seed", 0))
     state = cz.fit(codec, X[rows], params, threads) if codec in cz.TRAINED else {}
     return state, round(time.perf_counter() - t0, 4)
 
