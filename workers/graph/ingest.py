@@ -291,7 +291,7 @@ def text_header(path: str, spec: EdgeSpec) -> tuple[int, list[str]] | None:
     its first content line is data. Reads only the file's first block (the preflight check)."""
     if spec.has_header is False:
         return None
-    ext, _ = _suffixes(path)
+    ext, _ = file_suffixes(path)
     with contextlib.closing(iter_line_chunks(path, 1)) as chunks:
         for first_line, body in chunks:
             for i, raw in enumerate(body.split(b"\n")):
@@ -328,7 +328,7 @@ def parquet_column_names(path: str) -> list[str]:
 
 
 def is_parquet(path: str) -> bool:
-    return _suffixes(path)[0] == ".parquet"
+    return file_suffixes(path)[0] == ".parquet"
 
 
 def _looks_numeric(s: str) -> bool:
