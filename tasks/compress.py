@@ -134,7 +134,8 @@ def _measure(lake, manifest_fields: dict, X, labels, *, eval_cfg: EvalConfig, ba
     table = cs.table_from_manifest(Lake(lake), Manifest(**manifest_fields))
     rerank = None
     if table.codec == "binary":     # the int8 re-scoring tier, with the binary table's (stored) scale type
-        rerank, _ = cz.build("int8", X, cz.codec_params("int8", CompressConfig(scale_dtype=table.params["scale_dtype"])))
+        int8 = cz.codec_params("int8", CompressConfig(scale_dtype=table.params["scale_dtype"]))
+        rerank, _ = cz.build("int8", X, int8)
     return cz.quality(table, X, k=10, queries=queries, seed=seed, labels=labels, eval_cfg=eval_cfg,
                       baseline=baseline_nc, rerank=rerank, candidates=rerank_candidates)
 

@@ -30,6 +30,7 @@ from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
 from embedlake.workers.evaluate import stages as es
 
+
 def table_params(codec: str, compress: CompressConfig, rows: int, dim: int) -> dict:
     """The codec's parameters and layout for a rows x dim graph (as the compress flow plans them),
     checked against that shape (embedlake/config.check_table_fits)."""
@@ -173,7 +174,8 @@ def write_words_table(lake, *, dataset: str, method: str, run_id: str, vocab, co
 
 
 @task(name="learned_measure_words", cache_policy=NO_CACHE)
-def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: WordEvalConfig, max_retries: int = 3) -> dict:
+def measure_words_table(lake, manifest_fields: dict, vocab, eval_cfg: WordEvalConfig, max_retries: int = 3
+                        ) -> dict:
     """WordSim353 / SimLex-999 / analogies on word vectors decoded from the written table."""
     import ray
 

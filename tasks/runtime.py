@@ -57,7 +57,7 @@ class _TokenAuthNotice(logging.Filter):
 def quiet_token_auth_notice():
     """Drop Ray's notice that a new local cluster has token authentication on.
 
-    Ray (>= 2.52) turns token auth on for every local `ray.init()` and says so on stderr unless
+    Ray 2.60 turns token auth on for every new local `ray.init()` and says so on stderr unless
     RAY_AUTH_MODE is set. Setting RAY_AUTH_MODE=token would silence it too, but Ray reads it once,
     when `ray` is imported (flows import it first), and the same variable would then demand a token
     from a remote cluster given later by --ray-address. So the local cluster keeps Ray's default

@@ -362,3 +362,36 @@ def test_preflight_s3_inputs(s3_env, tmp_path, capsys):
         assert rc == 2 and err.strip().splitlines() == [err.strip()] and needle in err, err
     preflight.check_graph_run(load_config(None, [f"input.edges=s3://{b}/ok/e.tsv"]))     # passes
     _no_commit(tmp_path / "lake")
+
+
+@pytest.mark.parametrize("name,data,overrides", [
+    ("e.tsv", b"0\t1\n1\t2\n", []),                                   # no header
+    ("e.tsv", b"source\ttarget\n0\t1\n", []),                         # a header of other names: read by position
+    ("e.tsv", b"src\tdst\tweight\n0\t1\t2.0\n", []),                  # the default names, a third column ignored
+    ("e.csv", b"from,to,w\n0,1,2.5\n", ["input.src_col=from", "input.dst_col=to", "input.weighted=true",
+                                        "input.weight_col=w"]),
+    ("e.tsv", b"a\tb\n0\t1\n", ["input.has_header=false", "input.id_type=str", "input.src_col=x"]),  # no header
+    ("e.parquet", _parquet(u=[0], v=[1]), ["input.src_col=u", "input.dst_col=v"]),
+])
+def test_preflight_accepts_good_inputs(tmp_path, name, data, overrides):
+    """The checks refuse only what the ingest would misread or fail on."""
+    from embedlake.config import load_config
+    from embedlake.flows import preflight
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "labels.tsv").write_bytes(LABELS)
+    preflight.check_graph_run(load_config(None, [f"input.edges={tmp_path / name}",
+                                                 f"input.labels={tmp_path / 'labels.tsv'}", *overrides]))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["embed-corpus", "--input", "nope.txt"], "error: nope.txt: file not found"),
+    (["embed-corpus", "--input", "c.parquet"], "c.parquet: no text column 'text' (columns: ['body'])"),
+    (["compress", "--from", "karate/deepwalk"], "error: no committed run of karate/deepwalk in"),
+])
+def test_preflight_corpus_and_compress(tmp_path, args, needle):
+    """embed-corpus --input and compress --from are checked before their flows start, too."""
+    (tmp_path / "c.parquet").write_bytes(_parquet(body=["a b c"]))
+    rc, out, err, wall = run_cli([*args, "--lake", str(tmp_path / "lake")], tmp_path)
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert wall < 3.0, f"{wall:.2f}s"
+    _no_commit(tmp_path / "lake")
