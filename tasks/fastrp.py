@@ -21,7 +21,7 @@ def fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, bounds:
     done = stage.finished_table()
     if done is not None:
         return done
-    emb_ref, info = run.time("fastrp", fastrp, graph, fastrp_cfg, bounds, run.retries)
+    emb_ref, info = run.time("fastrp", fastrp, graph, fastrp_cfg, bounds, max_retries=run.retries)
     stage.save_table(emb_ref, info)
     return StageResult(emb_ref, info)
 

@@ -45,7 +45,7 @@ class StageResult:
 
 def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig,
                   eval_cfg: EvalConfig) -> tuple[GraphHandle, LinkSplit | None]:
-    """Ingest (stage `ingest`), then with eval.link_prediction hold the test edges out (stage
+    """The graph a run (tasks/run.Run) embeds: ingest (stage `ingest`), then with eval.link_prediction hold the test edges out (stage
     `holdout`) before walks / FastRP see the graph. Returns (graph to embed, split or None)."""
     graph = run.time("ingest", ingest, run.lake, run.dataset, input_cfg, synthetic, max_retries=run.retries)
     if not eval_cfg.link_prediction:
@@ -88,10 +88,10 @@ def walk_spec(graph: GraphHandle, walk_cfg: WalkConfig, method: str, bounds: lis
 
 def run_walks(run, graph: GraphHandle, walk_cfg: WalkConfig, method: str,
               bounds: list[tuple[int, int]]) -> StageResult:
-    """The walks of a run (stage `walk`), checkpointed per partition: a killed run's re-run walks only
+    """The walks of a run (tasks/run.Run; stage `walk`), checkpointed per partition: a killed run's re-run walks only
     the partitions its first attempt had not finished."""
     stage = run.stage("walk", walk_spec(graph, walk_cfg, method, bounds))
-    return run.time("walk", walk, graph, walk_cfg, method, bounds, stage, run.retries)
+    return run.time("walk", walk, graph, walk_cfg, method, bounds, stage=stage, max_retries=run.retries)
 
 
 @task(name="walk", cache_policy=NO_CACHE)

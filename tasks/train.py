@@ -74,7 +74,8 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     r = run.retries
     if not walk_cfg.write_walks and train_cfg.workers == 1 and should_stream(graph.num_nodes, walk_cfg):
         stage = run.stage("stream", train_spec(graph, walk_cfg, train_cfg, method, "streamed"))
-        return run.time("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, stage, r)
+        return run.time("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, stage=stage,
+                        max_retries=r)
     one_table = train_cfg.workers == 1 and train_cfg.partitions == 0
     table_stage = run.stage("train", train_spec(graph, walk_cfg, train_cfg, method, "one-table")) if one_table else None
     if one_table and not walk_cfg.write_walks:
@@ -85,11 +86,12 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     files = {}
     if walk_cfg.write_walks:
         files["walks"] = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,
-                                  walked.ref, walk_cfg.walks_per_node, bounds, r)
+                                  walked.ref, walk_cfg.walks_per_node, bounds, max_retries=r)
     if one_table:
-        trained = run.time("train", train_one_table, graph, walked.ref, walk_cfg, train_cfg, table_stage, r)
+        trained = run.time("train", train_one_table, graph, walked.ref, walk_cfg, train_cfg, stage=table_stage,
+                           max_retries=r)
     else:
-        trained = run.time("train", train_partitioned, graph, walked.ref, walk_cfg, train_cfg, run, r)
+        trained = run.time("train", train_partitioned, graph, walked.ref, walk_cfg, train_cfg, run=run, max_retries=r)
     trained.info.setdefault("resumed", {}).update(walked.info)
     trained.files.update(files)
     return trained
@@ -198,7 +200,7 @@ def register_blocks(progress: Progress, plan: BlockPlan, step0: int, block_centr
             progress.board.report.remote(f"s{step}.b{i}", 0.0, block_centres[j][e // plan.P] / plan.P, {})
 
 
-def submit_blocks(graph: GraphHandle, walk_refs: list, walks_per_node: int, run: Run | None, plan: BlockPlan,
+def submit_blocks(graph: GraphHandle, walk_refs: list, plan: BlockPlan, *, walks_per_node: int, run: Run | None,
                   shards: tuple[list, list], step0: int, prep_ref, progress: Progress, mode: str, cpus: int,
                   max_retries: int) -> tuple[list, object, int, object]:
     """Submit every block at once: Ray runs each as soon as its two shards exist, so a worker never
@@ -231,8 +233,9 @@ def submit_blocks(graph: GraphHandle, walk_refs: list, walks_per_node: int, run:
     return stats_refs, commit_ref, commits, prep_ref
 
 
-def block_info(stats: list[dict], plan: BlockPlan, tokens_per_epoch: int, step0: int, resumed: int | None,
+def block_info(stats: list[dict], plan: BlockPlan, *, tokens_per_epoch: int, step0: int, resumed: int | None,
                workers: int, cpus: int, commits: int, seconds: float) -> dict:
+    """The training figures of a block-partitioned run (the manifest's extra.train)."""
     P = plan.P
     loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss))  # noqa: E731
     pairs = sum(s["pairs"] for s in stats)
@@ -284,8 +287,9 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
     t0 = time.perf_counter()
     try:
         stats_refs, commit_ref, commits, prep_ref = submit_blocks(
-            graph, walk_refs, walk_cfg.walks_per_node, run, plan, (W_in, W_out), step0, prep_ref, progress,
-            train_cfg.checkpoint, cpus, max_retries)
+            graph, walk_refs, plan, walks_per_node=walk_cfg.walks_per_node, run=run, shards=(W_in, W_out),
+            step0=step0, prep_ref=prep_ref, progress=progress, mode=train_cfg.checkpoint, cpus=cpus,
+            max_retries=max_retries)
         progress.wait(stats_refs + ([commit_ref] if commit_ref is not None else []), log)
     finally:
         progress.close()
@@ -293,7 +297,8 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
     emb_ref = remote(sb.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(
         prep_ref, run.lake if run is not None else None, *W_in)
     ray.wait([emb_ref], fetch_local=False)
-    out = block_info(ray.get(stats_refs), plan, info["tokens"], step0, resumed, workers, cpus, commits, seconds)
+    out = block_info(ray.get(stats_refs), plan, tokens_per_epoch=info["tokens"], step0=step0, resumed=resumed,
+                     workers=workers, cpus=cpus, commits=commits, seconds=seconds)
     out["wall_s"] = round(time.perf_counter() - t_all, 3)
     log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s on {workers} workers "
              f"(P={P}), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
