@@ -107,7 +107,8 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
         for op in eval_cfg.lp_operators:           # each at 512-d on BlogCatalog), so spread them out
             lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, eval_cfg, [op]))
     if eval_cfg.reconstruction:
-        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
+        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref,
+                                                                                         eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
     if ref is not None:
         bounds = bounds or [(0, graph.num_nodes)]

@@ -45,8 +45,9 @@ class StageResult:
 
 def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig,
                   eval_cfg: EvalConfig) -> tuple[GraphHandle, LinkSplit | None]:
-    """The graph a run (tasks/run.Run) embeds: ingest (stage `ingest`), then with eval.link_prediction hold the test edges out (stage
-    `holdout`) before walks / FastRP see the graph. Returns (graph to embed, split or None)."""
+    """The graph a run (tasks/run.Run) embeds: ingest (stage `ingest`), then with
+    eval.link_prediction hold the test edges out (stage `holdout`) before walks / FastRP see the
+    graph. Returns (graph to embed, split or None)."""
     graph = run.time("ingest", ingest, run.lake, run.dataset, input_cfg, synthetic, max_retries=run.retries)
     if not eval_cfg.link_prediction:
         return graph, None

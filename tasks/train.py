@@ -144,11 +144,6 @@ def block_partitions(train_cfg: TrainConfig) -> int:
     return train_cfg.partitions if train_cfg.partitions >= 1 else 2 * train_cfg.workers
 
 
-def block_settings(train_cfg: TrainConfig, threads: int) -> dict:
-    """The flat settings workers/train/blocks.py's stage bodies read (threads resolved)."""
-    return {**{k: getattr(train_cfg, k) for k in BLOCK_KEYS}, "threads": threads}
-
-
 def is_checkpoint_step(mode: str, done: int, P: int, steps_per_epoch: int) -> bool:
     if mode == "episode":
         return True
@@ -165,7 +160,8 @@ class BlockPlan:
     P: int
     R: int
     total_steps: int
-    settings: dict              # block_settings
+    train: TrainConfig
+    threads: int                # kernel threads per block
     want: dict                  # what a checkpoint must match to be resumed
 
     @property
@@ -213,15 +209,13 @@ def submit_blocks(graph: GraphHandle, walk_refs: list, plan: BlockPlan, *, walks
     stats_refs, round_refs, commit_ref, commits = [], [], None, 0
     for step in range(step0, plan.total_steps):
         ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
-        if plan.settings["sample"] > 0 and e == 0 and ep > 0:      # a new subsample per epoch
-            prep_ref, _ = prep_fn.remote(graph.num_nodes, walks_per_node, plan.P, plan.R, plan.settings, ep,
-                                         *walk_refs)
+        if plan.train.sample > 0 and e == 0 and ep > 0:      # a new subsample per epoch
+            prep_ref, _ = prep_fn.remote(graph.num_nodes, walks_per_node, plan.P, plan.R, plan.train, ep, *walk_refs)
         write = run is not None and is_checkpoint_step(mode, step + 1, plan.P, plan.steps_per_epoch)
-        ck = None if run is None else {"lake": run.lake, "run_dir": run.checkpoint_dir, "step": step + 1,
-                                       "write": write}
+        ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1, write)
         for i, j in blocks:
-            a, b, st = block_fn.remote(prep_ref, i, j, W_in[i], W_out[j], plan.settings, ep, e, ck,
-                                       progress.reporter(f"s{step}.b{i}"))
+            a, b, st = block_fn.remote(prep_ref, i, j, W_in[i], W_out[j], plan.train, ep, e, threads=plan.threads,
+                                       checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}"))
             W_in[i], W_out[j] = a, b
             stats_refs.append(st)
             round_refs.append(st)
@@ -270,13 +264,13 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
     workers, t_all = train_cfg.workers, time.perf_counter()
     cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
     P = block_partitions(train_cfg)
-    settings = block_settings(train_cfg, train_cfg.threads or cpus)
     prep_ref, info_ref = remote(sb.prep_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries).remote(
-        graph.num_nodes, walk_cfg.walks_per_node, P, train_cfg.rounds, settings, 0, *walk_refs)
+        graph.num_nodes, walk_cfg.walks_per_node, P, train_cfg.rounds, train_cfg, 0, *walk_refs)
     info = ray.get(info_ref)
-    plan = BlockPlan(P, train_cfg.rounds, P * train_cfg.rounds * train_cfg.epochs, settings,
-                     {"fingerprint": info["fingerprint"], "partitions": P, "nodes": graph.num_nodes,
-                      **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
+    plan = BlockPlan(P=P, R=train_cfg.rounds, total_steps=P * train_cfg.rounds * train_cfg.epochs, train=train_cfg,
+                     threads=train_cfg.threads or cpus,
+                     want={"fingerprint": info["fingerprint"], "partitions": P, "nodes": graph.num_nodes,
+                           **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
     run = run if run is not None and run.checkpoints else None
     W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
     step0 = resumed or 0
