@@ -51,7 +51,7 @@ def main():
     ray_start = time.perf_counter() - t0
     handle = GraphHandle({"nodes": n}, ray.put((g.csr.indptr, g.csr.indices, g.csr.weights, g.csr.directed)),
                          ray.put(g.node_ids), ray.put(None))
-    cfg = FastRPConfig(dim=a.dim).model_dump()
+    cfg = FastRPConfig(dim=a.dim)
     bounds = partition_bounds(n, a.partitions)
     fn = fastrp_task.fn
     ref = fn(handle, cfg, bounds)[0]          # warm-up: workers load the numba cache
@@ -59,7 +59,7 @@ def main():
     ours, theirs = [], []
     for _ in range(a.repeats):
         t = time.perf_counter()
-        peers.fastrp(A, a.dim, list(cfg["weights"]), cfg["beta"])
+        peers.fastrp(A, a.dim, list(cfg.weights), cfg.beta)
         theirs.append(time.perf_counter() - t)
         t = time.perf_counter()
         ref, _ = fn(handle, cfg, bounds)

@@ -29,6 +29,7 @@ def main():
     a = ap.parse_args()
     import os
 
+    from embedlake.config import WalkConfig
     from embedlake.tasks.graph import GraphHandle, walk
     from embedlake.tasks.runtime import ensure_ray
     from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, stats_json_num_nodes
@@ -43,10 +44,10 @@ def main():
     bounds = partition_bounds(n, a.partitions)
     res = {"dataset": Path(a.dataset).name, "nodes": n, "partitions": len(bounds), "cpus": os.cpu_count()}
     for mode, p, q in (("deepwalk", 1.0, 1.0), ("node2vec", 0.25, 4.0)):
-        cfg = {"walks_per_node": a.walks, "length": a.length, "seed": 0, "p": p, "q": q}
+        cfg = WalkConfig(walks_per_node=a.walks, length=a.length, seed=0, p=p, q=q)
         starts = np.arange(n, dtype=np.int64)
         random_walks(g.csr.indptr, g.csr.indices, None, starts[:10], 1, 5, 0, p=p, q=q, mode=mode)   # compile
-        ray.get(walk.fn(handle, dict(cfg, walks_per_node=1), mode, bounds))                          # warm workers
+        ray.get(walk.fn(handle, cfg.model_copy(update={"walks_per_node": 1}), mode, bounds).ref)     # warm workers
         k_t, s_t = [], []
         steps = 0
         for _ in range(a.repeats):
@@ -57,7 +58,7 @@ def main():
             steps = int(np.count_nonzero(W >= 0))
             del W
             t = time.perf_counter()
-            refs = walk.fn(handle, cfg, mode, bounds)
+            refs = walk.fn(handle, cfg, mode, bounds).ref
             ray.wait(refs, num_returns=len(refs), fetch_local=False)
             s_t.append(time.perf_counter() - t)
             del refs

@@ -14,82 +14,86 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from prefect import flow
 
 from embedlake.config import CompressConfig, PipelineConfig, check_table_fits
-from embedlake.lake import Lake, check_name, new_run_id
+from embedlake.lake import Lake
 from embedlake.tasks import compress as ct
-from embedlake.tasks.graph import Stopwatch, commit
-from embedlake.tasks.claims import claim_run
-from embedlake.tasks.runtime import ensure_ray, resolve_partitions
+from embedlake.tasks.graph import row_bounds
+from embedlake.tasks.run import Run
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
-from embedlake.workers.graph.stages import partition_bounds
 
 
-def compress_run(cfg: PipelineConfig, dataset: str, method: str, run: str = "latest", run_id: str | None = None,
-                 sw: Stopwatch | None = None, skip_committed: bool = False) -> dict:
-    """Build, measure and commit every codec of cfg.compress.codecs from one committed run.
+def compress_run(cfg: PipelineConfig, run: Run, source: str = "latest", skip_committed: bool = False) -> dict:
+    """Build, measure and commit every codec of cfg.compress.codecs from the committed run `source`
+    of run.dataset/run.method; each codec is a run of its own (`run.sibling`) with run's id and clock.
     skip_committed: tables of this run id committed already are kept (a killed run's re-run)."""
-    lake = Lake(cfg.lake.uri)
     cc = cfg.compress
     codecs = [cz.check_codec(c) for c in dict.fromkeys(cc.codecs)]
     if not codecs:
         raise ValueError("no codecs to build: set compress.codecs (or --codec)")
-    run_id = check_name(run_id, "run") if run_id else new_run_id()
-    sw = sw or Stopwatch()
-    retries = cfg.ray.max_retries
-    src = sw.run("load_source", ct.load_source, lake, dataset, method, run, retries)
+    src = run.time("load_source", ct.load_source, run.lake, run.dataset, run.method, source, run.retries)
     for c in codecs:         # parameter errors (pq_m not dividing d...) before any work
         check_table_fits(c, _params(c, cc, src), src.rows, src.dim)
-    eval_cfg = cfg.eval
-    base = sw.run("baseline", ct.baseline, src, eval_cfg) if cc.evaluate else None
-    bounds = partition_bounds(src.rows, resolve_partitions(cfg.shard.partitions))
+    base = run.time("baseline", ct.baseline, src, cfg.eval) if cc.evaluate else None
+    bounds = row_bounds(src.rows, cfg.shard)
     tables: dict[str, dict] = {}
     for codec in codecs:
-        params = _params(codec, cc, src)
-        tm = table_method(method, codec)
-        if skip_committed and lake.is_committed(dataset, tm, run_id):   # re-run of a killed embed_graph run
-            done = lake.manifest(dataset, tm, run_id)
-            tables[codec] = {"method": tm, "manifest": lake.url(Lake.manifest_path(dataset, tm, run_id)),
-                             "path": done.extra.get("path"), "bytes_per_vector": done.extra.get("bytes_per_vector"),
-                             "ratio": done.extra.get("ratio"), "build_s": 0.0, "reused": True,
-                             **{k: done.metrics.get(k) for k in ("recall_at_10", "recall_at_10_rerank",
-                                                                 "micro_f1_change", "decode_s")}}
-            continue
-        # a second writer of this table run stops here; a killed run's re-run takes over its claim
-        claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume)
-        try:
-            built = sw.run(f"build_{codec}", ct.build_table, lake, src, codec, params, run_id, bounds, retries)
-            bpv = cz.bytes_per_vector(codec, params, src.dim)
-            fields = dict(dataset=dataset, method=tm, run_id=run_id,
-                          files={cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]},
-                          config=cfg.model_dump(mode="json"), metrics={}, stages={},
-                          extra={"kind": "tables", "codec": codec, "params": params, "dim": src.dim,
-                                 "rows": src.rows, "bytes_per_vector": bpv, "ratio": round(4.0 * src.dim / bpv, 4),
-                                 "stored_bytes": built["stored_bytes"],
-                                 "path": lake.url(cs.codec_dir(dataset, method, run_id, codec)),
-                                 "source": {"dataset": dataset, "method": method, "run_id": src.run_id},
-                                 "graph": src.graph,
-                                 "build": {k: built[k] for k in ("fit_s", "encode_s", "build_wall_s")}})
-            if cc.evaluate:
-                fields["metrics"] = sw.run(f"measure_{codec}", ct.measure_table, lake, src, fields, eval_cfg, base, cc)
-                if base:
-                    fields["metrics"]["baseline_node_classification"] = base
-            fields["stages"] = {k: v for k, v in sw.stages.items() if k.endswith(f"_{codec}")}
-            url = sw.run(f"commit_{codec}", commit, lake, fields)
-        except BaseException:
-            abandon_table_run(lake, dataset, method, tm, run_id, codec, claim)
-            raise
-        m = fields["metrics"]
-        tables[codec] = {"method": tm, "manifest": url, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
-                         "ratio": fields["extra"]["ratio"], "build_s": built["build_wall_s"],
-                         "recall_at_10": m.get("recall_at_10"), "recall_at_10_rerank": m.get("recall_at_10_rerank"),
-                         "micro_f1_change": m.get("micro_f1_change"), "decode_s": m.get("decode_s")}
-    return {"dataset": dataset, "source": {"method": method, "run_id": src.run_id}, "run_id": run_id,
-            "lake": lake.uri, "rows": src.rows, "dim": src.dim, "tables": tables}
+        table = run.sibling(table_method(run.method, codec),
+                            writes=(cs.codec_dir(run.dataset, run.method, run.run_id, codec),))
+        if skip_committed and table.is_committed():     # re-run of a killed embed_graph run
+            tables[codec] = committed_table(table)
+        else:
+            tables[codec] = build_codec(table, src, codec, _params(codec, cc, src), base, bounds)
+    return {"dataset": run.dataset, "source": {"method": run.method, "run_id": src.run_id}, "run_id": run.run_id,
+            "lake": run.lake.uri, "rows": src.rows, "dim": src.dim, "tables": tables}
+
+
+def committed_table(table: Run) -> dict:
+    """The summary line of a table run committed before (kept as it is)."""
+    done = table.lake.manifest(table.dataset, table.method, table.run_id)
+    return {"method": table.method, "manifest": table.lake.url(Lake.manifest_path(table.dataset, table.method,
+                                                                                    table.run_id)),
+            "path": done.extra.get("path"), "bytes_per_vector": done.extra.get("bytes_per_vector"),
+            "ratio": done.extra.get("ratio"), "build_s": 0.0, "reused": True,
+            **{k: done.metrics.get(k) for k in ("recall_at_10", "recall_at_10_rerank", "micro_f1_change",
+                                                "decode_s")}}
+
+
+def build_codec(table: Run, src, codec: str, params: dict, base: dict | None, bounds: list) -> dict:
+    """Build, measure and commit one codec's table run; a failure leaves nothing of it behind."""
+    cc = table.config.compress
+    run_id = table.run_id
+    # a second writer of this table run stops here; a killed run's re-run takes over its claim
+    with table:
+        built = table.time(f"build_{codec}", ct.build_table, table.lake, src, codec, params, run_id, bounds,
+                           table.retries)
+        bpv = cz.bytes_per_vector(codec, params, src.dim)
+        fields = table.manifest({cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
+                                extra=codec_extra(table, src, codec, params, bpv, built))
+        if cc.evaluate:
+            fields["metrics"] = table.time(f"measure_{codec}", ct.measure_table, table.lake, src, fields,
+                                           table.config.eval, base, cc)
+            if base:
+                fields["metrics"]["baseline_node_classification"] = base
+        fields["stages"] = {k: v for k, v in table.stages.items() if k.endswith(f"_{codec}")}
+        url = table.commit(fields, stage=f"commit_{codec}")
+    m = fields["metrics"]
+    return {"method": table.method, "manifest": url, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
+            "ratio": fields["extra"]["ratio"], "build_s": built["build_wall_s"],
+            "recall_at_10": m.get("recall_at_10"), "recall_at_10_rerank": m.get("recall_at_10_rerank"),
+            "micro_f1_change": m.get("micro_f1_change"), "decode_s": m.get("decode_s")}
+
+
+def codec_extra(table: Run, src, codec: str, params: dict, bpv: int, built: dict) -> dict:
+    """The manifest's extra of one compressed table."""
+    return {"kind": "tables", "codec": codec, "params": params, "dim": src.dim, "rows": src.rows,
+            "bytes_per_vector": bpv, "ratio": round(4.0 * src.dim / bpv, 4), "stored_bytes": built["stored_bytes"],
+            "path": table.lake.url(cs.codec_dir(table.dataset, src.method, table.run_id, codec)),
+            "source": {"dataset": table.dataset, "method": src.method, "run_id": src.run_id},
+            "graph": src.graph, "build": {k: built[k] for k in ("fit_s", "encode_s", "build_wall_s")}}
 
 
 def _params(codec: str, cc: CompressConfig, src) -> dict:
@@ -106,35 +110,15 @@ def table_method(method: str, codec: str) -> str:
     return cs.table_method(method, codec)
 
 
-def abandon_table_run(lake: Lake, dataset: str, method: str, tm: str, run_id: str, codec: str, claim: str,
-                      extra_dirs: tuple[str, ...] = ()) -> None:
-    """A failed table run (a compress codec, or a learned table trained directly) leaves no code
-    file, codebook or `extra_dirs` behind unless that table run is already committed, and drops
-    its claim. Never raises: clean-up must not hide the original error."""
-    try:
-        if not lake.is_committed(dataset, tm, run_id):
-            lake.delete(cs.codec_dir(dataset, method, run_id, codec), recursive=True)
-            for rel in extra_dirs:
-                lake.delete(rel, recursive=True)
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        lake.release_claim(dataset, tm, run_id, claim)
-    except Exception:  # noqa: BLE001
-        pass
-
-
 @flow(name="compress", validate_parameters=True)
 def compress(config: PipelineConfig | None = None, source: str = "", run_id: str | None = None) -> dict:
     """Compressed tables from a committed run `source` = 'dataset/method[/run]'. Returns the summary."""
     cfg = config or PipelineConfig()
-    t0 = time.perf_counter()
     dataset, method, run = cs.parse_source(source)
-    sw = Stopwatch()
-    sw.run("ray_start", ensure_ray, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.stages)
-    out = compress_run(cfg, dataset, method, run, run_id or cfg.lake.run_id, sw)
-    out["stages"] = sw.stages
-    out["wall_s"] = round(time.perf_counter() - t0, 3)
+    tables = Run.open(cfg, dataset, method, run_id=run_id)     # their id and clock; each codec claims its own
+    out = compress_run(cfg, tables, run)
+    out["stages"] = tables.stages
+    out["wall_s"] = tables.wall_s()
     return out
 
 

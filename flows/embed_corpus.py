@@ -12,23 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from prefect import flow
 
-from embedlake import storage
 from embedlake.config import CorpusPipelineConfig
-from embedlake.flows.compress import abandon_table_run
-from embedlake.flows.run_start import start_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import corpus as ct
-from embedlake.tasks import graph as gt
-from embedlake.tasks.claims import claim_run
-from embedlake.tasks.resume import TRAIN_KEYS, RunCheckpoints, corpus_tokens_spec, finished_table
-from embedlake.tasks.train import drop_checkpoints
-from embedlake.workers.run.checkpoints import fingerprint
+from embedlake.tasks import learned as lt
+from embedlake.tasks.run import Run
+from embedlake.workers.compress import codecs as cz
+from embedlake.workers.compress import store as cs
+from embedlake.workers.graph.stages import partition_bounds
 from embedlake.workers.run.faults import fault_point
-from embedlake.workers.corpus.text import TextSpec, spec_dict
 
 
 def dataset_name(cfg: CorpusPipelineConfig) -> str:
@@ -42,149 +37,99 @@ def dataset_name(cfg: CorpusPipelineConfig) -> str:
 def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     """Embed the words of a text corpus and publish them to the lake. Returns the run summary."""
     cfg = config or CorpusPipelineConfig()
-    t_start = time.perf_counter()
     dataset = dataset_name(cfg)
-    method = cfg.method
-    run_id, lake, sw = start_run(cfg)
-    if cfg.train.table != "full":
-        return _learned_table(cfg, lake, dataset, method, run_id, sw, t_start)
-    retries = cfg.ray.max_retries
-    spec = TextSpec.from_configs(cfg.text, cfg.input)
+    if cfg.train.table != "full":      # its rules are checked with the config (embedlake/config.py)
+        return learned_table(cfg, dataset)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
     # continues from its checkpoints: vocabulary + token shards, the last trained epoch, the table
-    claim = claim_run(lake, dataset, method, run_id, cfg.train.resume, gt.stage_logger())
-    ck = RunCheckpoints.of(lake, dataset, method, run_id, cfg.train.model_dump())
-    try:
-        # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
-        env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
-        shards = sw.run("plan", ct.plan, cfg.input, env)
-        tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, ct.input_stamps(shards, env), spec_dict(spec),
-                                         cfg.vocab.model_dump())
-        state = ct.tokens_checkpoint(ck, tokens_spec)
-        if state is not None:
-            vocab, sentences = sw.run("load_tokens", ct.load_tokens, lake, state, retries)
-        else:
-            vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab, env, retries)
-            fault_point("after:vocab")
-            sentences = sw.run("encode", ct.encode, lake, dataset, method, run_id, vocab, retries)
-            ct.save_tokens(ck, tokens_spec, vocab, sentences)
-        fault_point("after:encode")
-        reused = {"vocab_reused": state is not None, "token_shards_reused": len(sentences.files) - 1 if state else 0}
-        table_spec = {"tokens": fingerprint(tokens_spec), "digest": ct.digest(vocab),
-                      **{k: cfg.train.model_dump().get(k) for k in TRAIN_KEYS}}
-        done = finished_table(ck, "train", table_spec, gt.stage_logger())
-        if done is not None:
-            emb_ref, info = done.ref, done.info
-        else:
-            emb_ref, info = sw.run("train", ct.train, vocab, sentences, cfg.train, retries, ck,
-                                   table_spec)
-        info.setdefault("resumed", {}).update(reused)
+    with Run.open(cfg, dataset, cfg.method) as run:
+        vocab, sentences, reused, tokens_fingerprint = ct.tokenise(run, cfg)
+        trained = ct.train_words(run, cfg.train, vocab, sentences, tokens_fingerprint)
+        trained.info.setdefault("resumed", {}).update(reused)
         fault_point("after:train")
         files = {"tokens": sentences.files}
-        files["embeddings"] = sw.run("publish", ct.publish, lake, dataset, method, run_id, vocab, emb_ref,
-                                     cfg.partitions, retries)
+        files["embeddings"] = run.time("publish", ct.publish, run.lake, dataset, run.method, run.run_id, vocab,
+                                       trained.ref, cfg.partitions, run.retries)
         fault_point("after:publish")
-        metrics = sw.run("evaluate", ct.evaluate, vocab, emb_ref, cfg.eval)
-        corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
-                  "long_lines_policy": cfg.text.long_lines}
-        manifest = dict(dataset=dataset, method=method, run_id=run_id, files=files,
-                        config=cfg.model_dump(mode="json"), metrics=metrics, stages=sw.stages,
-                        extra={"dim": cfg.train.dim, "rows": vocab.size, "corpus": corpus, "train": info,
-                               "id_column": "token"})
-        manifest_url = sw.run("commit", gt.commit, lake, manifest)
-        drop_checkpoints(lake, dataset, method, run_id)
-    except BaseException:
-        _remove_run_files(lake, dataset, method, run_id)
-        lake.release_claim(dataset, method, run_id, claim)
-        raise
+        metrics = run.time("evaluate", ct.evaluate, vocab, trained.ref, cfg.eval)
+        corpus = corpus_stats(cfg, vocab, sentences)
+        url = run.commit(run.manifest(files, metrics, extra={"dim": cfg.train.dim, "rows": vocab.size,
+                                                             "corpus": corpus, "train": trained.info,
+                                                             "id_column": "token"}))
     return {
-        "dataset": dataset, "method": method, "run_id": run_id, "lake": lake.uri,
-        "embeddings": lake.url(Lake.run_dir("embeddings", dataset, method, run_id)),
-        "tokens": lake.url(Lake.run_dir("tokens", dataset, method, run_id)),
-        "manifest": manifest_url, "corpus": corpus, "train": info, "stages": sw.stages, "metrics": metrics,
-        "rows": vocab.size, "dim": cfg.train.dim, "wall_s": round(time.perf_counter() - t_start, 3),
+        "dataset": dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
+        "embeddings": run.lake.url(Lake.run_dir("embeddings", dataset, run.method, run.run_id)),
+        "tokens": run.lake.url(Lake.run_dir("tokens", dataset, run.method, run.run_id)),
+        "manifest": url, "corpus": corpus, "train": trained.info, "stages": run.stages, "metrics": metrics,
+        "rows": vocab.size, "dim": cfg.train.dim, "wall_s": run.wall_s(),
     }
 
 
-def _learned_table(cfg: CorpusPipelineConfig, lake: Lake, dataset: str, method: str, run_id: str, sw,
-                   t_start) -> dict:
+def corpus_stats(cfg: CorpusPipelineConfig, vocab, sentences) -> dict:
+    """The manifest's and summary's corpus figures."""
+    return {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
+            "long_lines_policy": cfg.text.long_lines}
+
+
+def learned_table(cfg: CorpusPipelineConfig, dataset: str) -> dict:
     """train.table != full (issue 8): plan -> vocabulary -> token-id shards -> codes + a K-row table
     trained on the token stream (K = V / compress.compose_ratio) -> its codes + codebook -> word
     metrics on vectors decoded from them -> ONE committed `<method>.<codec>` table, laid out like
     embed-graph's learned tables (read_compressed reads it). No V x d table is trained, published or
     committed; a failure leaves nothing behind. No checkpoints: a re-run starts again."""
-    from embedlake.tasks import learned as lt
-    from embedlake.workers.compress import codecs as cz
-    from embedlake.workers.compress import store as cs
-    from embedlake.workers.graph.stages import partition_bounds
-    codec, retries = cfg.train.table, cfg.ray.max_retries
-    tm = cs.table_method(method, codec)
-    claim = claim_run(lake, dataset, tm, run_id, cfg.train.resume, gt.stage_logger())
-    spec = TextSpec.from_configs(cfg.text, cfg.input)
-    try:
-        env = lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
-        shards = sw.run("plan", ct.plan, cfg.input, env)
-        vocab = sw.run("vocabulary", ct.vocabulary, shards, spec, cfg.vocab, env, retries)
-        sentences = sw.run("encode", ct.encode, lake, dataset, tm, run_id, vocab, retries)
-        fault_point("after:encode")
-        V, dim = vocab.size, cfg.train.dim
-        params = lt.corpus_table_params(codec, cfg.compress, V, dim)
-        trained = sw.run(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params,
-                         cfg.train, retries)
+    codec, method = cfg.train.table, cfg.method
+    run = Run.open(cfg, dataset, cs.table_method(method, codec), checkpoints=False)
+    run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
+    with run:
+        vocab, sentences, _, _ = ct.tokenise(run, cfg)
+        params = lt.corpus_table_params(codec, cfg.compress, vocab.size, cfg.train.dim)
+        trained = run.time(f"train_{codec}", lt.train_words_table, vocab, sentences, codec, params, cfg.train,
+                           run.retries)
         fault_point("after:train")
-        built = sw.run(f"write_{codec}", lt.write_words_table, lake, dataset=dataset, method=method, run_id=run_id,
-                       vocab=vocab, codec=codec, params=params, state_ref=trained.ref,
-                       bounds=partition_bounds(V, cfg.partitions), max_retries=retries)
+        built = run.time(f"write_{codec}", lt.write_words_table, run.lake, dataset=dataset, method=method,
+                         run_id=run.run_id, vocab=vocab, codec=codec, params=params, state_ref=trained.ref,
+                         bounds=partition_bounds(vocab.size, cfg.partitions), max_retries=run.retries)
         fault_point("after:publish")
-        bpv = cz.bytes_per_vector(codec, params, dim)
-        corpus = {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
-                  "long_lines_policy": cfg.text.long_lines}
-        fields = dict(dataset=dataset, method=tm, run_id=run_id,
-                      files={"tokens": sentences.files, cs.CODE_KIND: built["files"],
-                             cs.CODEBOOK_KIND: built["codebooks"]},
-                      config=cfg.model_dump(mode="json"), metrics={}, stages={},
-                      extra={"kind": "tables", "codec": codec, "params": params, "dim": dim, "rows": V,
-                             "bytes_per_vector": bpv, "ratio": round(4.0 * dim / bpv, 4),
-                             "stored_bytes": built["stored_bytes"],
-                             "path": lake.url(cs.codec_dir(dataset, method, run_id, codec)),
-                             "source": {"dataset": dataset, "method": method, "run_id": None, "full_table": False},
-                             "corpus": corpus, "train": trained.info, "id_column": "node",
-                             "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"]}})
-        metrics = sw.run(f"measure_{codec}", lt.measure_words_table, lake, fields, vocab, cfg.eval,
-                         retries)
-        fields["metrics"] = {"bytes_per_vector": bpv, "ratio": fields["extra"]["ratio"], **metrics}
-        fields["stages"] = dict(sw.stages)
-        manifest_url = sw.run("commit", gt.commit, lake, fields)
-    except BaseException:
-        abandon_table_run(lake, dataset, method, tm, run_id, codec, claim,
-                          extra_dirs=(Lake.run_dir("tokens", dataset, tm, run_id),))
-        raise
+        corpus = corpus_stats(cfg, vocab, sentences)
+        fields = run.manifest({"tokens": sentences.files, cs.CODE_KIND: built["files"],
+                               cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
+                              extra=learned_extra(run, method, codec, params, cfg.train.dim, vocab, corpus, trained,
+                                                  built))
+        metrics = run.time(f"measure_{codec}", lt.measure_words_table, run.lake, fields, vocab, cfg.eval,
+                           run.retries)
+        fields["metrics"] = {"bytes_per_vector": fields["extra"]["bytes_per_vector"],
+                             "ratio": fields["extra"]["ratio"], **metrics}
+        fields["stages"] = dict(run.stages)
+        url = run.commit(fields)
+    return learned_summary(run, method, codec, params, fields, url, corpus, trained, built)
+
+
+def learned_extra(run: Run, method: str, codec: str, params: dict, dim: int, vocab, corpus: dict, trained,
+                  built: dict) -> dict:
+    """The manifest's extra of a learned word table (what the compress flow's tables carry)."""
+    bpv = cz.bytes_per_vector(codec, params, dim)
+    return {"kind": "tables", "codec": codec, "params": params, "dim": dim, "rows": vocab.size,
+            "bytes_per_vector": bpv, "ratio": round(4.0 * dim / bpv, 4), "stored_bytes": built["stored_bytes"],
+            "path": run.lake.url(cs.codec_dir(run.dataset, method, run.run_id, codec)),
+            "source": {"dataset": run.dataset, "method": method, "run_id": None, "full_table": False},
+            "corpus": corpus, "train": trained.info, "id_column": "node",
+            "build": {"fit_s": trained.info["fit_s"], "encode_s": built["encode_s"]}}
+
+
+def learned_summary(run: Run, method: str, codec: str, params: dict, fields: dict, url: str, corpus: dict, trained,
+                    built: dict) -> dict:
+    extra = fields["extra"]
     info = {k: v for k, v in trained.info.get("stats", {}).items() if isinstance(v, (int, float, str))}
     return {
-        "dataset": dataset, "method": tm, "run_id": run_id, "lake": lake.uri,
-        "embeddings": fields["extra"]["path"], "tokens": lake.url(Lake.run_dir("tokens", dataset, tm, run_id)),
-        "manifest": manifest_url, "corpus": corpus, "train": info, "stages": sw.stages, "metrics": fields["metrics"],
-        "rows": V, "dim": dim, "wall_s": round(time.perf_counter() - t_start, 3),
-        "table": {"codec": codec, "source_method": method, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
-                  "ratio": fields["extra"]["ratio"], "table_rows": params.get("table_rows", params.get("buckets")),
-                  "stored_bytes": built["stored_bytes"]},
+        "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
+        "embeddings": extra["path"], "tokens": run.lake.url(Lake.run_dir("tokens", run.dataset, run.method,
+                                                                         run.run_id)),
+        "manifest": url, "corpus": corpus, "train": info, "stages": run.stages, "metrics": fields["metrics"],
+        "rows": extra["rows"], "dim": extra["dim"], "wall_s": run.wall_s(),
+        "table": {"codec": codec, "source_method": method, "path": extra["path"],
+                  "bytes_per_vector": extra["bytes_per_vector"], "ratio": extra["ratio"],
+                  "table_rows": params.get("table_rows", params.get("buckets")), "stored_bytes": built["stored_bytes"]},
     }
-
-
-def _remove_run_files(lake: Lake, dataset: str, method: str, run_id: str) -> None:
-    """A failed run leaves nothing behind (unless it was already committed)."""
-    try:
-        if not lake.is_committed(dataset, method, run_id):
-            for kind in ("embeddings", "tokens"):
-                lake.delete(Lake.run_dir(kind, dataset, method, run_id), recursive=True)
-            # the tokens checkpoint names the files just removed; trained epochs stay for a re-run,
-            # states that record no progress yet (no .npy beside them) go
-            ck = Lake.run_dir("checkpoints", dataset, method, run_id)
-            lake.delete(f"{ck}/tokens", recursive=True)
-            if not any(f.endswith(".npy") for f in lake.list_files(ck)):
-                lake.delete(ck, recursive=True)
-    except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-        pass
 
 
 # ------------------------------------------------------------------------------------------- CLI

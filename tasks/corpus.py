@@ -7,13 +7,19 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from embedlake import storage
 from embedlake.config import CorpusInputConfig, TrainConfig, VocabConfig, WordEvalConfig
 from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.graph import StageResult
 from embedlake.tasks.progress import Progress
-from embedlake.tasks.runtime import max_node_cpus
 from embedlake.tasks.remote import remote
+from embedlake.tasks.run import Run, Stage
+from embedlake.tasks.runtime import max_node_cpus
+from embedlake.tasks.train import TRAIN_KEYS, start_epoch
 from embedlake.workers.corpus import text as cs
 from embedlake.workers.corpus.text import TextSpec
+from embedlake.workers.run.checkpoints import fingerprint, vocab_digest
+from embedlake.workers.run.faults import fault_point
 
 
 @dataclass
@@ -90,15 +96,12 @@ def digest(vocab: Vocabulary) -> str:
     """Content hash of the vocabulary (words + counts), computed where they live (a Ray task):
     part of the fingerprint that lets a killed run's re-run reuse its trained table."""
     import ray
-
-    from embedlake.workers.run.checkpoints import vocab_digest
     return ray.get(remote(vocab_digest, "corpus", num_cpus=1).remote(vocab.words_ref, vocab.counts_ref))
 
 
 def input_stamps(shards: list[dict], env=None) -> list[list]:
     """[path, size, modification stamp] of every input file: part of the tokens' fingerprint, so a
     re-run over changed files tokenises again (local mtime; S3 LastModified / ETag)."""
-    from embedlake import storage
     out = []
     for path in sorted({s["path"] for s in shards}):
         fs, p = storage.filesystem(path, env)
@@ -108,25 +111,67 @@ def input_stamps(shards: list[dict], env=None) -> list[list]:
     return out
 
 
-def tokens_checkpoint(ck, spec: dict) -> dict | None:
-    """The finished tokens stage of a killed attempt with this fingerprint (vocabulary and every
-    token-id shard written, each file still there), else None; a state of other input or settings
-    is discarded. ck: tasks/resume.RunCheckpoints or None."""
-    if ck is None or not ck.enabled:
-        return None
-    from embedlake.workers.run import checkpoints as cp
+def corpus_tokens_spec(input_cfg: dict, shards: list[dict], stamps: list, text_spec: dict, vocab_cfg: dict) -> dict:
+    """What determines a corpus run's vocabulary and token-id shards: the input (its shards and each
+    file's size and modification stamp), the text settings and the vocabulary settings."""
+    keys = ("path", "text_column", "shard_mb")
+    return {"input": {k: input_cfg.get(k) for k in keys}, "shards": shards, "stamps": stamps,
+            "text": text_spec, "vocab": vocab_cfg}
+
+
+def reusable_tokens(stage: Stage) -> dict | None:
+    """The finished tokens stage of a killed attempt (vocabulary and every token-id shard written,
+    each file still there), else None (a stage whose files are gone starts over)."""
     log = stage_logger()
-    _, state, discarded = cp.open_stage(ck.lake, ck.run_dir, "tokens", spec, ck.resume)
-    if state is not None and state.get("final"):
-        missing = [f["path"] for f in state["files"] if not ck.lake.exists(f["path"])]
+    if stage.final:
+        missing = [f["path"] for f in stage.state["files"] if not stage.run.lake.exists(f["path"])]
         if not missing:
-            return state
-        log.info(f"resume: {len(missing)} token file(s) of run {ck.run_id} are gone "
+            return stage.state
+        log.info(f"resume: {len(missing)} token file(s) of run {stage.run.run_id} are gone "
                  f"({missing[0]}...): tokenising again")
-        cp.open_stage(ck.lake, ck.run_dir, "tokens", spec, resume=False)
-    elif discarded:
+        stage.restart()
+    elif stage.discarded:
         log.info("resume: the run's tokens checkpoint is of other input or settings: tokenising again")
     return None
+
+
+def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
+    """plan -> vocabulary -> token-id shards (stages plan, vocabulary, encode), or the vocabulary and
+    shards a killed attempt finished (stage load_tokens). Returns (vocabulary, sentences, what was
+    reused, the tokens' fingerprint). cfg: the CorpusPipelineConfig."""
+    spec = TextSpec.from_configs(cfg.text, cfg.input)
+    # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
+    env = run.lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
+    shards = run.time("plan", plan, cfg.input, env)
+    # the fingerprint spec is JSON (stored in the checkpoint state)
+    tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, input_stamps(shards, env), cs.spec_dict(spec),
+                                     cfg.vocab.model_dump())
+    stage = run.stage("tokens", tokens_spec)
+    state = reusable_tokens(stage)
+    if state is not None:
+        vocab, sentences = run.time("load_tokens", load_tokens, run.lake, state, run.retries)
+    else:
+        vocab = run.time("vocabulary", vocabulary, shards, spec, cfg.vocab, env, run.retries)
+        fault_point("after:vocab")
+        sentences = run.time("encode", encode, run.lake, run.dataset, run.method, run.run_id, vocab, run.retries)
+        # finished (after every file it names exists): a killed run's re-run reuses them
+        stage.finish(files=sentences.files, stats=vocab.stats, info=sentences.info)
+    fault_point("after:encode")
+    reused = {"vocab_reused": state is not None, "token_shards_reused": len(sentences.files) - 1 if state else 0}
+    return vocab, sentences, reused, fingerprint(tokens_spec)
+
+
+def train_words(run: Run, train_cfg: TrainConfig, vocab: Vocabulary, sentences: Sentences,
+                tokens_fingerprint: str) -> StageResult:
+    """The word table (stage `train`), checkpointed after every epoch: a killed run's re-run
+    continues at the next epoch, or reuses the finished table. Returns StageResult(ref, info)."""
+    stage = run.stage("train", {"tokens": tokens_fingerprint, "digest": digest(vocab),
+                                **{k: getattr(train_cfg, k) for k in TRAIN_KEYS}})
+    done = stage.finished_table()
+    if done is not None:
+        return done
+    emb_ref, info = run.time("train", train, vocab, sentences, train_cfg, run.retries, stage)
+    return StageResult(emb_ref, info)
 
 
 @task(name="load_tokens", cache_policy=NO_CACHE)
@@ -144,34 +189,22 @@ def load_tokens(lake, state: dict, max_retries: int = 3) -> tuple[Vocabulary, Se
     return vocab, Sentences(list(state["files"]), [r[0] for r in refs], [r[1] for r in refs], dict(state["info"]))
 
 
-def save_tokens(ck, spec: dict, vocab: Vocabulary, sentences: Sentences) -> None:
-    """Mark the tokens stage finished (after every file it names exists): a killed run's re-run
-    reuses the vocabulary and token-id shards (`tokens_checkpoint`, `load_tokens`)."""
-    if ck is None or not ck.enabled:
-        return
-    from embedlake.workers.run import checkpoints as cp
-    state = {"fingerprint": cp.fingerprint(spec), "spec": spec, "final": True, "files": sentences.files,
-             "stats": vocab.stats, "info": sentences.info}
-    cp.write_state(ck.lake, ck.run_dir, "tokens", state)
-
-
 @task(name="train", cache_policy=NO_CACHE)
-def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3, checkpoint=None,
-          spec: dict | None = None):
+def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3,
+          stage: Stage | None = None):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
-    checkpoint (tasks/resume.RunCheckpoints) + spec (the table's fingerprint spec): the tables are
-    checkpointed after every epoch and a killed run's re-run continues at the next epoch."""
+    stage (the run's `train` stage): the tables are checkpointed after every epoch and a killed
+    run's re-run continues at the next epoch."""
     import ray
-
-    from embedlake.tasks.resume import epoch_checkpoint
     log = stage_logger()
     cpus = max_node_cpus()
-    epochs_checkpoint, start = epoch_checkpoint(checkpoint, "train", spec or {}, train_cfg.epochs, log)
+    start = start_epoch(stage, train_cfg.epochs) if stage is not None and stage.enabled else 0
     progress = Progress("train", "tokens")
     fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
     emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, train_cfg, *parts, threads=train_cfg.threads or cpus,
-                                   progress=progress.reporter("train"), checkpoint=epochs_checkpoint)
+                                   progress=progress.reporter("train"),
+                                   checkpoint=stage.handle() if stage is not None else None)
     try:
         progress.wait([stats_ref])
     finally:

@@ -17,6 +17,8 @@ import re
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from embedlake.config import EvalConfig
+from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
 from embedlake.workers.evaluate import stages as es
@@ -30,13 +32,13 @@ class LinkSplit:
 
 
 @task(name="holdout", cache_policy=NO_CACHE)
-def holdout(graph, eval_cfg: dict, max_retries: int = 3):
+def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
     """(GraphHandle of the train graph, LinkSplit). The full graph stays in the lake untouched."""
     import ray
     log = stage_logger()
     csr_ref, split_ref, info_ref = remote(es.holdout_stage, "holdout", num_cpus=1, num_returns=3,
-                                           max_retries=max_retries).remote(graph.csr_ref, eval_cfg["test_edge_share"],
-                                                                           eval_cfg["seed"])
+                                           max_retries=max_retries).remote(graph.csr_ref, eval_cfg.test_edge_share,
+                                                                           eval_cfg.seed)
     info = ray.get(info_ref)
     meta = dict(graph.meta, holdout=info)
     log.info(f"holdout: {info['test_edges']:,} of {info['test_edges'] + info['train_edges']:,} edges held out "
@@ -51,36 +53,14 @@ def _artifact_key(*parts: str) -> str:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: dict,
+def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: EvalConfig,
              split: LinkSplit | None = None, bounds: list[tuple[int, int]] | None = None,
              max_retries: int = 3) -> dict:
     """Every evaluation of one published table; returns {"metrics": {...}, "files": {kind: [...]}}."""
     import ray
-
-    from embedlake.lake import Lake
-    from embedlake.workers.evaluate import report as rp
     log = stage_logger()
     lake = Lake(lake)
-    opts = dict(num_cpus=1, max_retries=max_retries)
-    jobs: dict[str, object] = {}
-    if graph.meta.get("labelled"):
-        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
-    else:
-        log.info("evaluate: no labels given, node classification skipped")
-    lp_refs = []
-    if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
-        for op in eval_cfg["lp_operators"]:        # each at 512-d on BlogCatalog), so spread them out
-            lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, dict(eval_cfg, lp_operators=[op])))
-    if eval_cfg.get("reconstruction", True):
-        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref, eval_cfg)
-    ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.get("align_to_previous", True) else None
-    if ref is not None:
-        bounds = bounds or [(0, graph.num_nodes)]
-        jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(lake, dataset, method, run_id, emb_ref,
-                                                                   graph.node_ids_ref, ref, eval_cfg, bounds)
-    results = dict(zip(jobs, ray.get(list(jobs.values()))))
-    if lp_refs:
-        results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
+    results = _figures(lake, dataset, method, run_id, graph, emb_ref, eval_cfg, split, bounds, max_retries)
     files: dict[str, list[dict]] = {}
     if "stability" in results:
         files.update(results["stability"]["files"])
@@ -89,18 +69,55 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
     if split is not None:
         metrics.setdefault("link_prediction", {})["holdout"] = split.info
     _log_figures(log, metrics)
+    context, compressed = _report_context(lake, dataset, method, run_id)
+    written = ray.get(remote(es.write_report_stage, "publish", num_cpus=1, max_retries=max_retries).remote(
+        lake, dataset, method, run_id, metrics, context, compressed))
+    files.update(written["files"])
+    if eval_cfg.artifacts:
+        publish_artifacts(written["markdown"], written["png"], dataset, method, run_id)
+    return {"metrics": metrics, "files": files}
+
+
+def _report_context(lake: Lake, dataset: str, method: str, run_id: str) -> tuple[list, list]:
+    """Other runs of the dataset shown beside this one in its report (never fails the run)."""
+    from embedlake.workers.evaluate import report as rp
     try:
         context, compressed = rp.collect(lake, dataset, exclude=(method, run_id))
     except Exception as e:  # noqa: BLE001 - the report's context must not fail the run
-        log.warning(f"evaluate: could not read other runs of {dataset} for the report: {e}")
+        stage_logger().warning(f"evaluate: could not read other runs of {dataset} for the report: {e}")
         context, compressed = [], []
-    context = [r for r in context if r["method"] != method]
-    written = ray.get(remote(es.write_report_stage, "publish", **opts).remote(lake, dataset, method, run_id, metrics, context,
-                                                                   compressed))
-    files.update(written["files"])
-    if eval_cfg.get("artifacts", True):
-        publish_artifacts(written["markdown"], written["png"], dataset, method, run_id)
-    return {"metrics": metrics, "files": files}
+    return [r for r in context if r["method"] != method], compressed
+
+
+def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: EvalConfig,
+             split: LinkSplit | None, bounds, max_retries: int) -> dict:
+    """Node classification, link prediction, reconstruction and alignment as Ray tasks side by side."""
+    import ray
+    log = stage_logger()
+    lake = Lake(lake)
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    jobs: dict[str, object] = {}
+    if graph.meta.get("labelled"):
+        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref,
+                                                                                             eval_cfg)
+    else:
+        log.info("evaluate: no labels given, node classification skipped")
+    lp_refs = []
+    if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
+        for op in eval_cfg.lp_operators:           # each at 512-d on BlogCatalog), so spread them out
+            lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, eval_cfg, [op]))
+    if eval_cfg.reconstruction:
+        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref,
+                                                                                         eval_cfg)
+    ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
+    if ref is not None:
+        bounds = bounds or [(0, graph.num_nodes)]
+        jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(lake, dataset, method, run_id, emb_ref,
+                                                                   graph.node_ids_ref, ref, eval_cfg, bounds)
+    results = dict(zip(jobs, ray.get(list(jobs.values()))))
+    if lp_refs:
+        results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
+    return results
 
 
 def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_id: str) -> None:
@@ -137,8 +154,3 @@ def _log_figures(log, metrics: dict) -> None:
         else:
             log.info(f"evaluate: aligned to run {st['reference_run']}: distance {st['distance_before']:.3f} -> "
                      f"{st['distance_after']:.3f}, top-10 overlap {st['neighbourhood_overlap@10']:.3f}")
-
-
-def run_dirs(dataset: str, method: str, run_id: str) -> list[str]:
-    """Folders the evaluate stage writes for a run (the flow removes them when the run fails)."""
-    return es.run_dirs(dataset, method, run_id)

@@ -96,12 +96,10 @@ def measure_table(lake, manifest_fields: dict, graph: GraphHandle, split, eval_c
                                                  max_retries=max_retries).remote(
         lake, manifest_fields, labels_ref, split.ref if split is not None else None)
     opts = dict(num_cpus=1, max_retries=max_retries)
-    # workers/evaluate/stages.py (not this slice) still reads its settings from the section's dict
-    eval_dict = eval_cfg.model_dump()
     jobs = {}
     if labels_ref is not None:
-        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(X_ref, lab_ref, eval_dict)
-    lp_refs = [remote(es.link_stage, "evaluate", **opts).remote(X_ref, split_ref, dict(eval_dict, lp_operators=[op]))
+        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(X_ref, lab_ref, eval_cfg)
+    lp_refs = [remote(es.link_stage, "evaluate", **opts).remote(X_ref, split_ref, eval_cfg, [op])
                for op in (eval_cfg.lp_operators if split is not None else [])]
     metrics = dict(zip(jobs, ray.get(list(jobs.values()))))
     if lp_refs:

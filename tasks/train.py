@@ -1,67 +1,150 @@
-"""Block-partitioned skip-gram across Ray workers, with checkpoints in the lake (issue 4).
+"""The embedding table of a graph run: FastRP, or skip-gram on walks with one of three engines.
 
-The driver (this module, inside the Prefect `train` task) never holds a table: it submits one Ray
-task per block (i, j) of each episode (workers/train/blocks.py), passing the W_in[i] / W_out[j]
-shards as ObjectRefs returned by the previous episode's blocks, so shards move worker to worker
-through the object store and Ray orders the blocks by their data dependencies. Blocks of one
-episode share no shard, so they run in parallel without locks or averaging.
+`embed_table` is the one entry: FastRP (tasks/fastrp.py), else `train_on_walks`, which picks
 
-Checkpoints (train.checkpoint = round | episode | epoch | never), under
-`Lake.run_dir("checkpoints", dataset, method, run_id)`:
+- streamed walks (tasks/stream.py) when the walks would not fit comfortably (walk.stream);
+- the one-table engine (`train_one_table`): one multi-threaded Ray task on the whole table,
+  checkpointed after every epoch;
+- the block-partitioned engine (`train_partitioned`) across `train.workers` Ray workers
+  (train.workers > 1 or train.partitions >= 1, docs/training.md).
+
+Block-partitioned training: the driver (this module, inside the Prefect `train` task) never holds
+a table: it submits one Ray task per block (i, j) of each episode (workers/train/blocks.py),
+passing the W_in[i] / W_out[j] shards as ObjectRefs returned by the previous episode's blocks, so
+shards move worker to worker through the object store and Ray orders the blocks by their data
+dependencies. Blocks of one episode share no shard, so they run in parallel without locks or
+averaging. Its checkpoints (train.checkpoint = round | episode | epoch | never), in the run's
+checkpoint folder (tasks/run.py):
     step=<k>/w_in-<p>.npy, step=<k>/w_out-<p>.npy    shards after k episodes (.npy, no pickle),
                                                     written by the blocks themselves
     state.json                                      {"step": k, fingerprint, schedule, config}
-                                                    written by the driver once all shards of
-                                                    step k exist; older steps are then removed
-A re-run with the same run id (train.resume; the dead writer's claim is taken over, tasks/claims.py)
-whose stream fingerprint and training settings match the state continues at episode k with those
-shards (the walks come from the run's walk checkpoint, workers/run/checkpoints.py). The flow removes the checkpoints after the run
-commits (`drop_checkpoints`).
+                                                    written once all shards of step k exist;
+                                                    older steps are then removed
+A re-run with the same run id whose stream fingerprint and training settings match the state
+continues at episode k with those shards (the walks come from the run's walk checkpoint).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from embedlake.lake import Lake
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-_KEYS = ("dim", "window", "negatives", "ns_exponent", "epochs", "lr", "min_lr", "sample", "seed", "rounds")
+from embedlake.config import FastRPConfig, TrainConfig, WalkConfig
+from embedlake.tasks import graph as gt
+from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.fastrp import fastrp_table
+from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.progress import Progress
+from embedlake.tasks.remote import remote, stage_options
+from embedlake.tasks.run import Run, Stage
+from embedlake.tasks.runtime import cluster_cpus, max_node_cpus
+from embedlake.tasks.stream import walk_and_train
+from embedlake.workers.graph.walks import should_stream
+from embedlake.workers.train import blocks as sb
+from embedlake.workers.train import stages as train_stages
 
-
-def checkpoint_dir(dataset: str, method: str, run_id: str) -> str:
-    return Lake.run_dir("checkpoints", dataset, method, run_id)
-
-
-def read_state(lake: Lake, dataset: str, method: str, run_id: str) -> dict | None:
-    rel = f"{checkpoint_dir(dataset, method, run_id)}/state.json"
-    try:
-        return lake.read_json(rel) if lake.exists(rel) else None
-    except Exception:  # noqa: BLE001 - an unreadable state is no state (start over)
-        return None
-
-
-def drop_checkpoints(lake: Lake, dataset: str, method: str, run_id: str) -> None:
-    """After the commit the checkpoints are no longer needed (and `gc` would list them as orphans)."""
-    try:
-        lake.delete(checkpoint_dir(dataset, method, run_id), recursive=True)
-    except Exception:  # noqa: BLE001 - leftover checkpoints are harmless
-        pass
-
-
-def _drop_block_checkpoints(lake: Lake, run_dir: str) -> None:
-    """Remove this engine's state and shards only (the run's walk checkpoints stay usable)."""
-    lake.delete(f"{run_dir}/state.json")
-    top = {f[len(run_dir) + 1:].split("/", 1)[0] for f in lake.list_files(run_dir) if f.startswith(run_dir + "/")}
-    for name in top:
-        if name.startswith("step="):
-            lake.delete(f"{run_dir}/{name}", recursive=True)
+# settings that determine a trained table (threads do not: one thread is bit-reproducible, more
+# threads are Hogwild-nondeterministic anyway, so resuming with other threads is as good as a re-run)
+TRAIN_KEYS = ("dim", "window", "negatives", "ns_exponent", "epochs", "lr", "min_lr", "sample", "seed", "engine")
+# what a block-partitioned checkpoint must match besides the token stream
+BLOCK_KEYS = ("dim", "window", "negatives", "ns_exponent", "epochs", "lr", "min_lr", "sample", "seed", "rounds")
 
 
-def resolve_partitions(train_cfg: dict) -> int:
-    P = int(train_cfg.get("partitions") or 0)
-    return P if P >= 1 else 2 * int(train_cfg.get("workers", 1))
+def train_spec(graph: GraphHandle, walk_cfg: WalkConfig, train_cfg: TrainConfig, method: str, engine: str) -> dict:
+    """The one-table / streamed table depends on the walks (not on their partitioning) and training."""
+    return {"walks": gt.walk_spec(graph, walk_cfg, method, None), "engine_path": engine,
+            **{k: getattr(train_cfg, k) for k in TRAIN_KEYS}}
 
 
-def _is_checkpoint_step(mode: str, done: int, P: int, steps_per_epoch: int) -> bool:
+def embed_table(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConfig, train_cfg: TrainConfig,
+                fastrp_cfg: FastRPConfig, bounds: list[tuple[int, int]]) -> StageResult:
+    """The run's embedding table: FastRP for method fastrp, else skip-gram on walks."""
+    if method == "fastrp":
+        return fastrp_table(run, graph, fastrp_cfg, bounds)
+    return train_on_walks(run, graph, method, walk_cfg, train_cfg, bounds)
+
+
+def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConfig, train_cfg: TrainConfig,
+                   bounds: list[tuple[int, int]]) -> StageResult:
+    """Walks + skip-gram, streamed or not, on one table or block-partitioned. StageResult.files
+    holds the walks when walk.write_walks. A killed one-table run whose training had finished
+    needs neither walks nor training."""
+    r = run.retries
+    if not walk_cfg.write_walks and train_cfg.workers == 1 and should_stream(graph.num_nodes, walk_cfg):
+        stage = run.stage("stream", train_spec(graph, walk_cfg, train_cfg, method, "streamed"))
+        return run.time("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, stage=stage,
+                        max_retries=r)
+    one_table = train_cfg.workers == 1 and train_cfg.partitions == 0
+    table_stage = run.stage("train", train_spec(graph, walk_cfg, train_cfg, method, "one-table")) if one_table else None
+    if one_table and not walk_cfg.write_walks:
+        done = table_stage.finished_table()
+        if done is not None:
+            return done
+    walked = gt.run_walks(run, graph, walk_cfg, method, bounds)
+    files = {}
+    if walk_cfg.write_walks:
+        files["walks"] = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,
+                                  walked.ref, walk_cfg.walks_per_node, bounds, max_retries=r)
+    if one_table:
+        trained = run.time("train", train_one_table, graph, walked.ref, walk_cfg, train_cfg, stage=table_stage,
+                           max_retries=r)
+    else:
+        trained = run.time("train", train_partitioned, graph, walked.ref, walk_cfg, train_cfg, run=run, max_retries=r)
+    trained.info.setdefault("resumed", {}).update(walked.info)
+    trained.files.update(files)
+    return trained
+
+
+def start_epoch(stage: Stage, epochs: int) -> int:
+    """The epoch a killed attempt's checkpoint lets training continue after (0: from the start)."""
+    log = stage_logger()
+    start = stage.progress("epoch")
+    if start:
+        log.info(f"resume: training continues at epoch {start + 1}/{epochs} "
+                 f"({start} epoch(s) of run {stage.run.run_id} reused)")
+    elif stage.discarded:
+        log.info("resume: the run's training checkpoint is of other walks or settings: training from the start")
+    return start
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, train_cfg: TrainConfig,
+                    stage: Stage, max_retries: int = 3) -> StageResult:
+    """Skip-gram on all walks in one multi-threaded Ray task. stage (the run's `train` stage): the
+    table is checkpointed after every epoch and a killed run's re-run continues at the next epoch
+    (docs/reliability.md); a finished table is reused."""
+    import ray
+    log = stage_logger()
+    done = stage.finished_table()
+    if done is not None:
+        return done
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
+    start = start_epoch(stage, train_cfg.epochs) if stage.enabled else 0
+    fn = remote(train_stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    progress = Progress("train", "tokens")
+    emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg.walks_per_node, train_cfg, *walk_refs,
+                                   threads=train_cfg.threads or cpus, progress=progress.reporter("train"),
+                                   checkpoint=stage.handle())
+    progress.wait([stats_ref])
+    progress.close()
+    stats = ray.get(stats_ref)
+    log.info(f"train: {stats.get('tokens', 0):,} tokens at {stats.get('tokens_per_s', 0):,.0f} tokens/s, "
+             f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
+    info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
+    return StageResult(emb_ref, info)
+
+
+# ---------------------------------------------------------------- block-partitioned engine
+
+def block_partitions(train_cfg: TrainConfig) -> int:
+    """P of block-partitioned training: train.partitions, else 2 x train.workers."""
+    return train_cfg.partitions if train_cfg.partitions >= 1 else 2 * train_cfg.workers
+
+
+def is_checkpoint_step(mode: str, done: int, P: int, steps_per_epoch: int) -> bool:
     if mode == "episode":
         return True
     if mode == "round":
@@ -71,127 +154,146 @@ def _is_checkpoint_step(mode: str, done: int, P: int, steps_per_epoch: int) -> b
     return False
 
 
-def train_partitioned(graph, walk_refs: list, walk_cfg: dict, train_cfg: dict, checkpoint: dict | None = None,
-                      max_retries: int = 3, log=None):
+@dataclasses.dataclass
+class BlockPlan:
+    """The schedule of one block-partitioned training: P partitions x R rounds per epoch."""
+    P: int
+    R: int
+    total_steps: int
+    train: TrainConfig
+    threads: int                # kernel threads per block
+    want: dict                  # what a checkpoint must match to be resumed
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.P * self.R
+
+
+def resume_shards(run: Run, plan: BlockPlan, log) -> tuple[list, list, int | None]:
+    """(W_in, W_out, resumed step): a matching checkpoint's shard paths, else Nones (a mismatching
+    checkpoint is removed)."""
+    W_in: list = [None] * plan.P
+    W_out: list = [None] * plan.P
+    state = run.block_state()
+    if state is not None and run.resume and state.get("match") == plan.want:
+        step0 = int(state["step"])
+        W_in = [sb.checkpoint_file(run.checkpoint_dir, step0, "w_in", p) for p in range(plan.P)]
+        W_out = [sb.checkpoint_file(run.checkpoint_dir, step0, "w_out", p) for p in range(plan.P)]
+        log.info(f"train: resuming run {run.run_id} at episode {step0}/{plan.total_steps} "
+                 f"from {run.lake.url(run.checkpoint_dir)}")
+        return W_in, W_out, step0
+    if state is not None:
+        log.info("train: the run's checkpoint does not match this input/config (or resume is off): starting over")
+        run.drop_block_checkpoints()
+    return W_in, W_out, None
+
+
+def register_blocks(progress: Progress, plan: BlockPlan, step0: int, block_centres: list) -> None:
+    """Every block of the run on the progress board: the ETA covers the whole run."""
+    for step in range(step0, plan.total_steps):
+        ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
+        for i, j in blocks:
+            progress.board.report.remote(f"s{step}.b{i}", 0.0, block_centres[j][e // plan.P] / plan.P, {})
+
+
+def submit_blocks(graph: GraphHandle, walk_refs: list, plan: BlockPlan, *, walks_per_node: int, run: Run | None,
+                  shards: tuple[list, list], step0: int, prep_ref, progress: Progress, mode: str, cpus: int,
+                  max_retries: int) -> tuple[list, object, int, object]:
+    """Submit every block at once: Ray runs each as soon as its two shards exist, so a worker never
+    waits for an episode barrier; checkpoint commits are tasks chained in order. Returns
+    (block stats refs, last commit ref, commits, the prep ref of the last epoch)."""
+    W_in, W_out = shards
+    prep_fn = remote(sb.prep_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
+    block_fn = remote(sb.block_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
+    ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
+    stats_refs, round_refs, commit_ref, commits = [], [], None, 0
+    for step in range(step0, plan.total_steps):
+        ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
+        if plan.train.sample > 0 and e == 0 and ep > 0:      # a new subsample per epoch
+            prep_ref, _ = prep_fn.remote(graph.num_nodes, walks_per_node, plan.P, plan.R, plan.train, ep, *walk_refs)
+        write = run is not None and is_checkpoint_step(mode, step + 1, plan.P, plan.steps_per_epoch)
+        ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1, write)
+        for i, j in blocks:
+            a, b, st = block_fn.remote(prep_ref, i, j, W_in[i], W_out[j], plan.train, ep, e, threads=plan.threads,
+                                       checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}"))
+            W_in[i], W_out[j] = a, b
+            stats_refs.append(st)
+            round_refs.append(st)
+        if write:                                   # blocks since the last commit have written shards
+            commit_ref = ckpt_fn.remote(run.lake, run.checkpoint_dir, step + 1, plan.total_steps, plan.want,
+                                        commit_ref, *round_refs)
+            commits += 1
+            round_refs = []
+    return stats_refs, commit_ref, commits, prep_ref
+
+
+def block_info(stats: list[dict], plan: BlockPlan, *, tokens_per_epoch: int, step0: int, resumed: int | None,
+               workers: int, cpus: int, commits: int, seconds: float) -> dict:
+    """The training figures of a block-partitioned run (the manifest's extra.train)."""
+    P = plan.P
+    loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss))  # noqa: E731
+    pairs = sum(s["pairs"] for s in stats)
+    tokens = tokens_per_epoch * (plan.total_steps - step0) / plan.steps_per_epoch
+    return {"engine": "numba-blocks", "workers": workers, "threads": cpus, "partitions": P, "rounds": plan.R,
+            "episodes": plan.total_steps - step0, "resumed_at": resumed if resumed is not None else -1,
+            "tokens": int(tokens), "pairs": int(pairs), "seconds": round(seconds, 3),
+            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+            "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
+            "loss_first": loss(stats[:P]) if stats[:P] else float("nan"),
+            "loss_last": loss(stats[-P:]) if stats[-P:] else float("nan"),
+            "block_s_max": max((s["seconds"] for s in stats), default=0.0),
+            # where the wall time went: kernel time of all blocks, and the span from the first block's
+            # start to the last block's end (Ray worker start-up, prep and shard hand-offs are the rest)
+            "block_kernel_s": round(sum(s["seconds"] for s in stats), 3),
+            "block_span_s": round(max((s["t_end"] for s in stats), default=0.0)
+                                  - min((s["t_start"] for s in stats), default=0.0), 3),
+            "block_processes": len({s["pid"] for s in stats}),
+            "checkpoints": commits, "checkpoint_write_s": round(sum(s.get("checkpoint_s", 0.0) for s in stats), 3)}
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, train_cfg: TrainConfig,
+                      run: Run | None = None, max_retries: int = 3) -> StageResult:
     """Block-partitioned training on `train.workers` Ray workers; returns StageResult(emb_ref, info).
-
-    checkpoint: {"lake": Lake, "dataset", "method", "run_id"} (None = no checkpoints, no resume).
-    """
+    run: whose checkpoint folder holds the block checkpoints (None or train.checkpoint=never: none)."""
     import ray
-
-    from embedlake.tasks.fanout import stage_logger
-    from embedlake.tasks.graph import StageResult
-    from embedlake.tasks.progress import Progress
-    from embedlake.tasks.remote import remote, stage_options
-    from embedlake.tasks.runtime import cluster_cpus
-    from embedlake.workers.train import blocks as sb
-
-    log = log or stage_logger()
-    cfg = {k: v for k, v in train_cfg.items() if k != "progress"}
-    if cfg.get("engine", "numba") != "numba":
+    log = stage_logger()
+    if train_cfg.engine != "numba":
         raise ValueError("partitioned training (train.workers > 1 or train.partitions >= 1) runs the numba "
                          "kernel; use train.engine=numba, or train.workers=1 with the torch engine")
-    workers = int(cfg.get("workers", 1))
-    P = resolve_partitions(cfg)
-    R = int(cfg.get("rounds", 1))
-    steps_per_epoch = P * R
-    total_steps = steps_per_epoch * int(cfg["epochs"])
+    workers, t_all = train_cfg.workers, time.perf_counter()
     cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
-    cfg["threads"] = cfg.get("threads") or cpus
-    t_all = time.perf_counter()
-
-    prep_fn = remote(sb.prep_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
-    prep_ref, info_ref = prep_fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], P, R, cfg, 0, *walk_refs)
+    P = block_partitions(train_cfg)
+    prep_ref, info_ref = remote(sb.prep_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries).remote(
+        graph.num_nodes, walk_cfg.walks_per_node, P, train_cfg.rounds, train_cfg, 0, *walk_refs)
     info = ray.get(info_ref)
-
-    lake, run_dir, mode = None, None, cfg.get("checkpoint", "round")
-    if checkpoint is not None and mode != "never":
-        lake = Lake(checkpoint["lake"])
-        run_dir = checkpoint_dir(checkpoint["dataset"], checkpoint["method"], checkpoint["run_id"])
-    want = {"fingerprint": info["fingerprint"], "partitions": P, "nodes": graph.num_nodes,
-            **{k: cfg[k] for k in _KEYS}}
-    W_in: list = [None] * P
-    W_out: list = [None] * P
-    step0 = 0
-    resumed = None
-    if lake is not None:
-        state = read_state(lake, checkpoint["dataset"], checkpoint["method"], checkpoint["run_id"])
-        if state is not None and cfg.get("resume", True) and state.get("match") == want:
-            step0 = int(state["step"])
-            W_in = [sb.checkpoint_file(run_dir, step0, "w_in", p) for p in range(P)]
-            W_out = [sb.checkpoint_file(run_dir, step0, "w_out", p) for p in range(P)]
-            resumed = step0
-            log.info(f"train: resuming run {checkpoint['run_id']} at episode {step0}/{total_steps} "
-                     f"from {lake.url(run_dir)}")
-        elif state is not None:
-            log.info("train: the run's checkpoint does not match this input/config (or resume is off): "
-                     "starting over")
-            _drop_block_checkpoints(lake, run_dir)
-
-    block_fn = remote(sb.block_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
+    plan = BlockPlan(P=P, R=train_cfg.rounds, total_steps=P * train_cfg.rounds * train_cfg.epochs, train=train_cfg,
+                     threads=train_cfg.threads or cpus,
+                     want={"fingerprint": info["fingerprint"], "partitions": P, "nodes": graph.num_nodes,
+                           **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
+    run = run if run is not None and run.checkpoints else None
+    W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
+    step0 = resumed or 0
     progress = Progress("train", "tokens")
-    keys = []
-    for step in range(step0, total_steps):             # register every block: ETA over the whole run
-        ep, e, blocks = sb.step_blocks(step, P, R)
-        for i, j in blocks:
-            key = f"s{step}.b{i}"
-            progress.board.report.remote(key, 0.0, info["block_centres"][j][e // P] / P, {})
-            keys.append(key)
-    log.info(f"train: {workers} workers x {cpus} threads, P={P} partitions, {R} rounds -> {total_steps} episodes "
-             f"of {P} blocks; {info['tokens']:,} tokens per epoch")
-
-    # Everything is submitted at once: Ray runs each block as soon as its two shards exist, so a
-    # worker never waits for an episode barrier; checkpoint commits are tasks chained in order.
-    ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
-    stats_refs: list = []
-    commit_ref = None
-    commits = 0
-    round_refs: list = []
+    register_blocks(progress, plan, step0, info["block_centres"])
+    log.info(f"train: {workers} workers x {cpus} threads, P={P} partitions, {plan.R} rounds -> {plan.total_steps} "
+             f"episodes of {P} blocks; {info['tokens']:,} tokens per epoch")
     t0 = time.perf_counter()
     try:
-        for step in range(step0, total_steps):
-            ep, e, blocks = sb.step_blocks(step, P, R)
-            if cfg["sample"] > 0 and e == 0 and ep > 0:      # a new subsample per epoch
-                prep_ref, _ = prep_fn.remote(graph.num_nodes, walk_cfg["walks_per_node"], P, R, cfg, ep, *walk_refs)
-            write = lake is not None and _is_checkpoint_step(mode, step + 1, P, steps_per_epoch)
-            ck = None if lake is None else {"lake": lake, "run_dir": run_dir, "step": step + 1, "write": write}
-            for i, j in blocks:
-                a, b, st = block_fn.remote(prep_ref, i, j, W_in[i], W_out[j], cfg, ep, e, ck,
-                                           progress.reporter(f"s{step}.b{i}"))
-                W_in[i], W_out[j] = a, b
-                stats_refs.append(st)
-                round_refs.append(st)
-            if write:                                   # blocks since the last commit have written shards
-                commit_ref = ckpt_fn.remote(lake, run_dir, step + 1, total_steps, want, commit_ref, *round_refs)
-                commits += 1
-                round_refs = []
+        stats_refs, commit_ref, commits, prep_ref = submit_blocks(
+            graph, walk_refs, plan, walks_per_node=walk_cfg.walks_per_node, run=run, shards=(W_in, W_out),
+            step0=step0, prep_ref=prep_ref, progress=progress, mode=train_cfg.checkpoint, cpus=cpus,
+            max_retries=max_retries)
         progress.wait(stats_refs + ([commit_ref] if commit_ref is not None else []), log)
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    emb_ref = remote(sb.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(prep_ref, lake, *W_in)
+    emb_ref = remote(sb.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(
+        prep_ref, run.lake if run is not None else None, *W_in)
     ray.wait([emb_ref], fetch_local=False)
-    stats = ray.get(stats_refs)
-    first = stats[:P]
-    last = stats[-P:]
-    loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss))
-    pairs = sum(s["pairs"] for s in stats)
-    tokens = info["tokens"] * (total_steps - step0) / steps_per_epoch
-    out = {"engine": "numba-blocks", "workers": workers, "threads": cpus, "partitions": P, "rounds": R,
-           "episodes": total_steps - step0, "resumed_at": resumed if resumed is not None else -1,
-           "tokens": int(tokens), "pairs": int(pairs), "seconds": round(seconds, 3),
-           "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
-           "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
-           "loss_first": loss(first) if first else float("nan"), "loss_last": loss(last) if last else float("nan"),
-           "block_s_max": max((s["seconds"] for s in stats), default=0.0),
-           # where the wall time went: kernel time of all blocks, and the span from the first block's
-           # start to the last block's end (Ray worker start-up, prep and shard hand-offs are the rest)
-           "block_kernel_s": round(sum(s["seconds"] for s in stats), 3),
-           "block_span_s": round(max((s["t_end"] for s in stats), default=0.0)
-                                 - min((s["t_start"] for s in stats), default=0.0), 3),
-           "block_processes": len({s["pid"] for s in stats}),
-           "checkpoints": commits, "checkpoint_write_s": round(sum(s.get("checkpoint_s", 0.0) for s in stats), 3),
-           "wall_s": round(time.perf_counter() - t_all, 3)}
+    out = block_info(ray.get(stats_refs), plan, tokens_per_epoch=info["tokens"], step0=step0, resumed=resumed,
+                     workers=workers, cpus=cpus, commits=commits, seconds=seconds)
+    out["wall_s"] = round(time.perf_counter() - t_all, 3)
     log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s on {workers} workers "
              f"(P={P}), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
     return StageResult(emb_ref, out)

@@ -202,8 +202,9 @@ def test_per_operator_link_tasks_merge_to_the_single_call():
     X = rng.normal(size=(300, 8)).astype(np.float32)
     split = {"test_src": rng.integers(0, 300, 200), "test_dst": rng.integers(0, 300, 200),
              "neg_src": rng.integers(0, 300, 200), "neg_dst": rng.integers(0, 300, 200), "info": {"test_share": 0.1}}
-    cfg = {"seed": 0, "hits_k": [10]}
-    merged = es.merge_link_results([es.link_stage(X, split, dict(cfg, lp_operators=[op])) for op in ("l1", "dot")])
+    from embedlake.config import EvalConfig
+    cfg = EvalConfig(seed=0, hits_k=[10])
+    merged = es.merge_link_results([es.link_stage(X, split, cfg, [op]) for op in ("l1", "dot")])
     whole = link_prediction(X, split["test_src"], split["test_dst"], split["neg_src"], split["neg_dst"],
                             operators=("l1", "dot"), hits_k=(10,))
     assert {k: v for k, v in merged.items() if k not in ("seconds", "test_share")} == whole

@@ -142,20 +142,24 @@ def test_train_sgns_resumed_at_an_epoch_is_bit_exact():
 
 
 def test_streamed_rounds_resume_from_a_round_checkpoint(tmp_path):
+    import dataclasses
+
+    from embedlake.config import TrainConfig
     from embedlake.workers.run import checkpoints as cp
     from embedlake.workers.train.stages import train_round
     lake = Lake(str(tmp_path / "lake"))
     run_dir = Lake.run_dir("checkpoints", "g", "deepwalk", "r")
     base, state, _ = cp.open_stage(lake, run_dir, "stream", {"x": 1}, True)
     assert state is None
+    handle = cp.StageHandle(lake, run_dir, "stream", base)
     rng = np.random.default_rng(3)
     n, R = 40, 4
     rounds = [rng.integers(0, n, (n, 10)).astype(np.int32) for _ in range(R)]
-    train = dict(dim=8, window=3, negatives=2, ns_exponent=0.75, lr=0.05, min_lr=0.001, sample=0.0, seed=1, threads=1)
+    train = TrainConfig(dim=8, window=3, negatives=2, ns_exponent=0.75, lr=0.05, min_lr=0.001, sample=0.0, seed=1)
     st, prev = None, None
     for r in range(R):
-        st, _ = train_round(n, train, r, R, st, rounds[r],
-                            checkpoint={"lake": lake, "run_dir": run_dir, "base": base, "prev": prev})
+        st, _ = train_round(n, train, r, R, st, rounds[r], threads=1,
+                            checkpoint=dataclasses.replace(handle, prev=prev))
         prev = r + 1
         if r == 1:
             mid = cp.read_state(lake, run_dir, "stream")
@@ -169,13 +173,12 @@ def test_streamed_rounds_resume_from_a_round_checkpoint(tmp_path):
     lake.delete(cp.stage_dir(run_dir, "stream"), recursive=True)
     st2, prev = None, None
     for r in range(2):
-        st2, _ = train_round(n, train, r, R, st2, rounds[r],
-                             checkpoint={"lake": lake, "run_dir": run_dir, "base": base, "prev": prev})
+        st2, _ = train_round(n, train, r, R, st2, rounds[r], threads=1,
+                             checkpoint=dataclasses.replace(handle, prev=prev))
         prev = r + 1
-    resume = {"lake": lake, "state": cp.read_state(lake, run_dir, "stream")}
-    st3 = resume
+    st3 = dataclasses.replace(handle, resume_state=cp.read_state(lake, run_dir, "stream"))
     for r in range(2, R):
-        st3, _ = train_round(n, train, r, R, st3, rounds[r])
+        st3, _ = train_round(n, train, r, R, st3, rounds[r], threads=1)
     assert np.array_equal(st3[0], st[0])
 
 
@@ -185,14 +188,14 @@ def test_stage_fingerprint_mismatch_starts_over(tmp_path):
     run_dir = Lake.run_dir("checkpoints", "g", "deepwalk", "r")
     base, state, discarded = cp.open_stage(lake, run_dir, "walk", {"length": 20}, True)
     assert state is None and not discarded
-    lake.write_npy(cp.walk_part_path(run_dir, 0), np.zeros((2, 3), np.int32))
+    lake.write_npy(cp.part_path(run_dir, "walk", 0), np.zeros((2, 3), np.int32))
     _, state, _ = cp.open_stage(lake, run_dir, "walk", {"length": 20}, True)          # same settings: reused
-    assert state["fingerprint"] == base["fingerprint"] and cp.finished_walk_parts(lake, run_dir) == {0}
+    assert state["fingerprint"] == base["fingerprint"] and cp.finished_parts(lake, run_dir, "walk") == {0}
     _, state, discarded = cp.open_stage(lake, run_dir, "walk", {"length": 40}, True)  # other settings
-    assert state is None and discarded and cp.finished_walk_parts(lake, run_dir) == set()
-    lake.write_npy(cp.walk_part_path(run_dir, 0), np.zeros((2, 3), np.int32))
+    assert state is None and discarded and cp.finished_parts(lake, run_dir, "walk") == set()
+    lake.write_npy(cp.part_path(run_dir, "walk", 0), np.zeros((2, 3), np.int32))
     _, state, discarded = cp.open_stage(lake, run_dir, "walk", {"length": 40}, False)  # resume off
-    assert state is None and discarded and cp.finished_walk_parts(lake, run_dir) == set()
+    assert state is None and discarded and cp.finished_parts(lake, run_dir, "walk") == set()
 
 
 def test_fault_point_is_inert_unless_named(monkeypatch):

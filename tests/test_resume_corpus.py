@@ -170,8 +170,7 @@ def test_token_shard_reader_inverts_the_writer(tmp_path):
 
 
 def test_tokens_fingerprint_follows_input_and_settings(tmp_path):
-    from embedlake.tasks.corpus import input_stamps
-    from embedlake.tasks.resume import corpus_tokens_spec
+    from embedlake.tasks.corpus import corpus_tokens_spec, input_stamps
     from embedlake.workers.corpus import text as wc
     from embedlake.workers.run.checkpoints import fingerprint
     p = _corpus(tmp_path / "c.txt", lines=50)

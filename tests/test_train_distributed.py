@@ -224,8 +224,9 @@ def test_cluster_run_and_killed_run_resumed_give_the_same_table(tmp_path):
     block, so every block is deterministic - ends with exactly A's table."""
     from embedlake.lake import Lake
     from embedlake.reader import load_matrix
-    from embedlake.tasks.train import checkpoint_dir
+    from embedlake.tasks.run import Run
     lake = tmp_path / "lake"
+    checkpoint_dir = lambda dataset, method, run_id: Run(Lake(str(lake)), dataset, method, run_id).checkpoint_dir  # noqa: E731
     a = _spawn(tmp_path, lake, "runA", "cluster", tmp_path / "a.log")
     try:
         b = _spawn(tmp_path, lake, "runB", "local", tmp_path / "b.log")
@@ -281,9 +282,11 @@ def test_dead_claim_is_taken_over_only_from_a_dead_local_pid(tmp_path):
     have died before the first one); a live writer and another host's claim are still refused."""
     from embedlake.errors import CommitConflict
     from embedlake.lake import Lake
-    from embedlake.tasks.claims import claim_run
-    from embedlake.tasks.train import checkpoint_dir
+    from embedlake.tasks.run import Run
     lake = Lake(str(tmp_path / "lake"))
+    claim_run = lambda lake, dataset, method, run_id, resume: Run(lake, dataset, method, run_id,  # noqa: E731
+                                                                  resume=resume).claim()
+    checkpoint_dir = lambda dataset, method, run_id: Run(lake, dataset, method, run_id).checkpoint_dir  # noqa: E731
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()                                             # exited and reaped: its pid is free
     _claim(lake, p.pid)

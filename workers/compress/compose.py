@@ -208,7 +208,7 @@ def train_compositional(csr: tuple, codec: str, lp: dict, walk: WalkConfig, trai
     else:
         # walk.stream (auto above walk.stream_threshold_mb): one walk per node at a time, the
         # learning rate continued piecewise across rounds -- the schedule of the streamed full-table
-        # path (workers/stages.train_round), so only one round of walks is ever held
+        # path (workers/train/stages.train_round), so only one round of walks is ever held
         rpe = walk.walks_per_node
         rounds = rpe * train.epochs
         out, counts, stats = None, None, []

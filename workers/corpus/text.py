@@ -36,6 +36,7 @@ from embedlake import storage
 from embedlake.config import CorpusInputConfig, TextConfig, TrainConfig, WordEvalConfig
 from embedlake.errors import InputError
 from embedlake.workers.graph.ingest import open_decompressed, file_suffixes, expand_inputs
+from embedlake.workers.run.checkpoints import StageHandle
 
 WHITESPACE_PATTERN = r"\S+"
 BLOCK_BYTES = 16 << 20          # decode / tokenise this much text at a time
@@ -482,28 +483,22 @@ def text_init(vocab_size: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts: np.ndarray, threads: int = 0,
-                progress=None, checkpoint: dict | None = None):
+                progress=None, checkpoint: StageHandle | None = None):
     """Concatenate the shards' sentences (shard order) and train; returns (W_in, stats).
 
     threads: kernel threads (0 = $EMBEDLAKE_TRAIN_THREADS, else all); progress: reporter(done,
-    total, loss=...) of tasks/progress.py, or None. checkpoint = {"lake", "run_dir", "base",
-    "resume"} (optional, tasks/resume.py `epoch_checkpoint`): the numba engine checkpoints W_in /
-    W_out after every epoch and, given the resume state of epoch k, continues at epoch k + 1
-    (bit-identical with one thread); the torch engine has no epoch hook and checkpoints its
-    finished table only (the graph flow's helpers in workers/graph/stages.py write both, so the
-    layout and fault points are the same)."""
+    total, loss=...) of tasks/progress.py, or None. checkpoint (the run's `train` stage,
+    tasks/corpus.py `train_words`): the numba engine checkpoints W_in / W_out after every epoch
+    and, given the resume state of epoch k, continues at epoch k + 1 (bit-identical with one
+    thread); the torch engine has no epoch hook and checkpoints its finished table only
+    (workers/train/stages.py's checkpoint helpers write both, so the layout and fault points are
+    those of the graph flow)."""
     import os
 
-    from embedlake.workers.train.stages import _checkpoint_epoch, _checkpoint_info
+    from embedlake.workers.train.stages import checkpoint_epoch, checkpoint_info, resumed_tables
     ck = checkpoint
     tokens, offsets = concat_sentences(list(zip(parts[0::2], parts[1::2])))
-    init, start = None, 0
-    if ck is not None and ck.get("resume") is not None:
-        from embedlake.lake import Lake
-        from embedlake.workers.run.checkpoints import load
-        lake = Lake(ck["lake"])
-        start = int(ck["resume"]["epoch"])
-        init = (load(lake, ck["resume"], "w_in"), load(lake, ck["resume"], "w_out"))
+    init, start = resumed_tables(ck)
     kw = dict(counts=counts, dim=train.dim, window=train.window, negatives=train.negatives,
               ns_exponent=train.ns_exponent, epochs=train.epochs, lr=train.lr, min_lr=train.min_lr,
               sample=train.sample, seed=train.seed, init=init or text_init(vocab_size, train.dim, train.seed))
@@ -513,18 +508,18 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
         W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.device, threads=threads, **kw)
         stats["sentences"] = len(offsets) - 1
         if ck is not None:
-            _checkpoint_epoch(ck, train.epochs, train.epochs, W, None, stats)
+            checkpoint_epoch(ck, train.epochs, train.epochs, W, None, stats)
         return W, stats
     from embedlake.workers.train.skipgram import train_sgns
     cb = (lambda done, total, loss: progress(done, total, loss=loss)) if progress else None
     on_epoch = None
     if ck is not None:
-        on_epoch = lambda k, W_in, W_out: _checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
+        on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
     W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
                              on_epoch=on_epoch, **kw)
     stats["sentences"] = len(offsets) - 1
     if ck is not None:           # the final state also carries the training figures
-        _checkpoint_info(ck, stats)
+        checkpoint_info(ck, stats)
     return W, stats
 
 

@@ -26,6 +26,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from embedlake.config import EvalConfig
 from embedlake.lake import Lake, embeddings_table
 
 ALIGNED_SUFFIX = ".aligned"
@@ -71,24 +72,26 @@ def holdout_stage(csr: tuple, test_share: float, seed: int):
 # figures of one table
 # ---------------------------------------------------------------------------------------------
 
-def classify_stage(X: np.ndarray, labels, eval_cfg: dict) -> dict:
+def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return {}
     ni, li = labels[0], labels[1]
     t0 = time.perf_counter()
-    res = node_classification(X, ni, li, ratios=tuple(eval_cfg["train_ratios"]), repeats=eval_cfg["repeats"],
-                              seed=eval_cfg["seed"])
+    res = node_classification(X, ni, li, ratios=tuple(eval_cfg.train_ratios), repeats=eval_cfg.repeats,
+                              seed=eval_cfg.seed)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
 
 
-def link_stage(X: np.ndarray, split: dict, eval_cfg: dict) -> dict:
+def link_stage(X: np.ndarray, split: dict, eval_cfg: EvalConfig, operators: list[str] | None = None) -> dict:
+    """Link prediction with `operators` (default eval.lp_operators): one task per operator runs them
+    side by side (`merge_link_results` joins them)."""
     from embedlake.workers.evaluate.links import link_prediction
     t0 = time.perf_counter()
     res = link_prediction(X, split["test_src"], split["test_dst"], split["neg_src"], split["neg_dst"],
-                          operators=tuple(eval_cfg.get("lp_operators", ("hadamard", "average", "l1", "l2", "dot"))),
-                          seed=eval_cfg["seed"], hits_k=tuple(eval_cfg.get("hits_k", (10, 50, 100))))
+                          operators=tuple(eval_cfg.lp_operators if operators is None else operators),
+                          seed=eval_cfg.seed, hits_k=tuple(eval_cfg.hits_k))
     res["test_share"] = split["info"]["test_share"]
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
@@ -109,13 +112,13 @@ def merge_link_results(parts: list[dict]) -> dict:
     return out
 
 
-def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: dict) -> dict:
+def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
-    sample = eval_cfg.get("reconstruction_sample", 500) or None
-    res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.get("reconstruction_hops", (1, 2, 3))),
-                             sample=sample, seed=eval_cfg["seed"])
+    sample = eval_cfg.reconstruction_sample or None
+    res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.reconstruction_hops),
+                             sample=sample, seed=eval_cfg.seed)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
 
@@ -198,7 +201,7 @@ def stability(X_new: np.ndarray, ids_new: np.ndarray, X_ref: np.ndarray, ids_ref
 
 
 def align_stage(lake: Lake | str, dataset: str, method: str, run_id: str, X: np.ndarray, node_ids: np.ndarray,
-                reference: dict, eval_cfg: dict, bounds: list[tuple[int, int]]) -> dict:
+                reference: dict, eval_cfg: EvalConfig, bounds: list[tuple[int, int]]) -> dict:
     """Stability figures against ``reference`` (see ``reference_run``) and, when the rotation is
     defined, the aligned table + rotation written to the lake. Returns {"metrics", "files"}."""
     from embedlake import storage
@@ -208,7 +211,7 @@ def align_stage(lake: Lake | str, dataset: str, method: str, run_id: str, X: np.
     with storage.using(lake.env):
         ids_ref, X_ref = _read_vectors(lake, reference["paths"])
         fig, aligned, R = stability(np.asarray(X), np.asarray(node_ids), X_ref, ids_ref,
-                                    sample=eval_cfg.get("stability_sample", 1000), seed=eval_cfg["seed"])
+                                    sample=eval_cfg.stability_sample, seed=eval_cfg.seed)
         fig.update(reference_run=reference["run_id"], reference_kind=reference["kind"])
         files: dict[str, list[dict]] = {}
         if aligned is not None:

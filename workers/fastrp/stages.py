@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedlake.config import FastRPConfig
 from embedlake.workers.fastrp import kernels as frp
 
 
@@ -12,20 +13,20 @@ def degrees(csr: tuple) -> np.ndarray:
     return frp.node_degrees(indptr, weights)
 
 
-def projection(csr: tuple, deg: np.ndarray, cfg: dict, threads: int = 1) -> "frp.SparseRows":
+def projection(csr: tuple, deg: np.ndarray, cfg: FastRPConfig, threads: int = 1) -> "frp.SparseRows":
     """U_0 = diag(deg^beta) R for all rows, kept sparse (n * dim * density entries)."""
     indptr, indices, weights, _ = csr
-    return frp.fastrp_init_sparse(indptr, indices, weights, cfg["dim"], beta=cfg["beta"], density=cfg["density"],
-                                  seed=cfg["seed"], degrees=deg, threads=threads)
+    return frp.fastrp_init_sparse(indptr, indices, weights, cfg.dim, beta=cfg.beta, density=cfg.density,
+                                  seed=cfg.seed, degrees=deg, threads=threads)
 
 
-def first_step(csr: tuple, deg: np.ndarray, R, lo: int, hi: int, cfg: dict, threads: int = 1):
+def first_step(csr: tuple, deg: np.ndarray, R, lo: int, hi: int, cfg: FastRPConfig, threads: int = 1):
     """Rows [lo, hi) of U_1 = S U_0 and of out = w_1 U_1."""
     indptr, indices, weights, _ = csr
-    out = np.zeros((hi - lo, cfg["dim"]), dtype=np.float32)
-    U = frp.propagate_sparse_rows(indptr, indices, weights, R, lo, hi, normalization=cfg["normalization"],
+    out = np.zeros((hi - lo, cfg.dim), dtype=np.float32)
+    U = frp.propagate_sparse_rows(indptr, indices, weights, R, lo, hi, normalization=cfg.normalization,
                                   degrees=deg, threads=threads, accumulate_into=out,
-                                  accumulate_weight=cfg["weights"][0])
+                                  accumulate_weight=cfg.weights[0])
     return U, out
 
 
@@ -34,12 +35,12 @@ def join_rows(*parts: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def next_step(csr: tuple, deg: np.ndarray, lo: int, hi: int, weight: float, cfg: dict, out_part: np.ndarray,
+def next_step(csr: tuple, deg: np.ndarray, lo: int, hi: int, weight: float, cfg: FastRPConfig, out_part: np.ndarray,
               U_prev: np.ndarray, threads: int = 1):
     """Rows [lo, hi) of U_k = S U_{k-1}, and out += weight * U_k (fused)."""
     indptr, indices, weights, _ = csr
     out = out_part.copy()         # object-store arrays are read-only
-    U = frp.propagate_rows(indptr, indices, weights, U_prev, lo, hi, normalization=cfg["normalization"],
+    U = frp.propagate_rows(indptr, indices, weights, U_prev, lo, hi, normalization=cfg.normalization,
                            degrees=deg, threads=threads, accumulate_into=out, accumulate_weight=weight)
     return U, out
 

@@ -10,48 +10,56 @@ import time
 import numpy as np
 
 from embedlake import storage
+from embedlake.config import InputConfig, SyntheticConfig, WalkConfig
 from embedlake.lake import Lake, embeddings_table
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, read_labels, stats_json_num_nodes
 from embedlake.workers.graph.store import graph_exists, graph_version, write_graph
+from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
 
-def ingest_stage(lake: Lake | str, dataset: str, input_cfg: dict, synthetic_cfg: dict):
+def ingest_stage(lake: Lake | str, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig):
     lake = Lake(lake)
     with storage.using(lake.env):
-        return _ingest(lake, dataset, input_cfg, synthetic_cfg)
+        return _ingest(lake, dataset, input_cfg, synthetic)
 
 
-def _ingest(lake: Lake, dataset: str, input_cfg: dict, synthetic_cfg: dict):
+def _fields(section) -> dict:
+    """A flat config section's fields in declaration order (what the graph version hashes)."""
+    return {k: getattr(section, k) for k in type(section).model_fields}
+
+
+def _read_input(input_cfg: InputConfig, synthetic: SyntheticConfig):
+    """(csr, node_ids, id_type, checksum, sources, stats, labels) of the configured input graph."""
+    if input_cfg.edges is None:
+        from embedlake.workers.graph.synthetic import planted_communities
+        s, d, lab = planted_communities(nodes=synthetic.nodes, communities=synthetic.communities,
+                                        avg_degree=synthetic.avg_degree, mixing=synthetic.mixing, seed=synthetic.seed)
+        n = len(lab)
+        csr = build_csr(s, d, n)
+        labels = (np.arange(n, dtype=np.int32), lab.astype(np.int32), np.array([str(i) for i in range(lab.max() + 1)]))
+        stats = {"nodes": n, "arcs": csr.num_arcs, "directed": False, "weighted": False}
+        checksum = "synthetic:" + repr(sorted(_fields(synthetic).items()))
+        return csr, np.arange(n, dtype=np.int64), "int", checksum, ["generated:planted_communities"], stats, labels
+    fields = {k: getattr(input_cfg, k) for k in EdgeSpec.__dataclass_fields__ if k in InputConfig.model_fields}
+    if fields.get("num_nodes") is None and fields.get("id_type", "int") == "int":
+        fields["num_nodes"] = stats_json_num_nodes(input_cfg.edges)
+    g = ingest_graph(input_cfg.edges, EdgeSpec(**fields))
+    labels = read_labels(input_cfg.labels, g.node_ids, g.id_type) if input_cfg.labels else None
+    checksum = g.checksum + (":" + _labels_checksum(labels) if labels is not None else "")
+    return g.csr, g.node_ids, g.id_type, checksum, g.sources, g.stats, labels
+
+
+def _ingest(lake: Lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig):
     """Read (or generate) the graph, validate labels, write the graph version to the lake.
 
     Returns (meta, (indptr, indices, weights), node_ids, labels-or-None). Everything is validated
     before anything is written.
     """
     t0 = time.perf_counter()
-    if input_cfg.get("edges") is None:
-        from embedlake.workers.graph.synthetic import planted_communities
-        s, d, lab = planted_communities(**synthetic_cfg)
-        n = len(lab)
-        csr = build_csr(s, d, n)
-        node_ids = np.arange(n, dtype=np.int64)
-        labels = (np.arange(n, dtype=np.int32), lab.astype(np.int32), np.array([str(i) for i in range(lab.max() + 1)]))
-        checksum = "synthetic:" + repr(sorted(synthetic_cfg.items()))
-        sources = ["generated:planted_communities"]
-        stats = {"nodes": n, "arcs": csr.num_arcs, "directed": False, "weighted": False}
-        id_type = "int"
-    else:
-        fields = {k: input_cfg[k] for k in EdgeSpec.__dataclass_fields__ if k in input_cfg}
-        if fields.get("num_nodes") is None and fields.get("id_type", "int") == "int":
-            fields["num_nodes"] = stats_json_num_nodes(input_cfg["edges"])
-        spec = EdgeSpec(**fields)
-        g = ingest_graph(input_cfg["edges"], spec)
-        csr, node_ids, id_type, checksum, sources, stats = g.csr, g.node_ids, g.id_type, g.checksum, g.sources, g.stats
-        labels = read_labels(input_cfg["labels"], node_ids, id_type) if input_cfg.get("labels") else None
-        if labels is not None:
-            checksum += ":" + _labels_checksum(labels)
-    spec_fields = {k: v for k, v in input_cfg.items() if k not in ("edges", "labels", "chunk_rows")}
+    csr, node_ids, id_type, checksum, sources, stats, labels = _read_input(input_cfg, synthetic)
+    spec_fields = {k: v for k, v in _fields(input_cfg).items() if k not in ("edges", "labels", "chunk_rows")}
     version = graph_version(checksum, spec_fields)
     reused = graph_exists(lake, dataset, version)
     if not reused:
@@ -77,33 +85,37 @@ def partition_bounds(n: int, partitions: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def walk_stage(csr: tuple, lo: int, hi: int, walks_per_node: int, length: int, seed: int, p: float, q: float,
-               mode: str, threads: int = 1, alias=None, walk_offset: int = 0) -> np.ndarray:
+def walk_stage(csr: tuple, lo: int, hi: int, walk_cfg: WalkConfig, mode: str, *, walks_per_node: int | None = None,
+               walk_offset: int = 0, alias=None, threads: int = 1) -> np.ndarray:
     """Walks from start nodes [lo, hi), k-major, -1 padded. `alias`: the graph's shared alias tables;
-    walk_offset: index of the first walk (streamed rounds ask for walk k alone)."""
+    walks_per_node (default walk.walks_per_node) walks from each node starting at walk number
+    walk_offset (streamed rounds ask for walk k alone: walks_per_node=1, walk_offset=k)."""
     from embedlake.workers.graph.walks import random_walks
     indptr, indices, weights, directed = csr
     starts = np.arange(lo, hi, dtype=np.int64)
-    walks = random_walks(indptr, indices, weights, starts, walks_per_node, length, seed, p=p, q=q, mode=mode,
-                         threads=threads, alias=alias, symmetric=not directed, walk_offset=walk_offset)
+    count = walk_cfg.walks_per_node if walks_per_node is None else walks_per_node
+    walks = random_walks(indptr, indices, weights, starts, count, walk_cfg.length, walk_cfg.seed, p=walk_cfg.p,
+                         q=walk_cfg.q, mode=mode, threads=threads, alias=alias, symmetric=not directed,
+                         walk_offset=walk_offset)
     fault_point("after:walk_stage")
     return walks
 
 
-def walk_partition(*args, checkpoint: dict | None = None, **kwargs) -> tuple[np.ndarray, int]:
+def walk_partition(*args, checkpoint: StageHandle | None = None, part: int = 0, **kwargs) -> tuple[np.ndarray, int]:
     """walk_stage plus its step count, so the driver can report steps/s without fetching the walks.
-    checkpoint {"lake", "path", "index"}: the finished walks are also written there (.npy), so a
-    killed run's re-run loads them (`load_walk_partition`) instead of walking again."""
+    checkpoint (the run's `walk` stage): the finished walks of partition `part` are also written
+    there (.npy), so a killed run's re-run loads them (`load_walk_partition`) instead of walking again."""
     w = walk_stage(*args, **kwargs)
     if checkpoint is not None:
-        Lake(checkpoint["lake"]).write_npy(checkpoint["path"], w)
-        fault_point(f"after:walk_partition:{checkpoint['index']}")
+        Lake(checkpoint.lake).write_npy(checkpoint.part_path(part), w)
+        fault_point(f"after:walk_partition:{part}")
     return w, int(np.count_nonzero(w >= 0))
 
 
-def load_walk_partition(lake: Lake | str, path: str, rows: int, length: int) -> tuple[np.ndarray, int]:
+def load_walk_partition(checkpoint: StageHandle, part: int, rows: int, length: int) -> tuple[np.ndarray, int]:
     """A checkpointed walk partition (what walk_partition returned), shape-checked against the run."""
-    w = Lake(lake).read_npy(path)
+    path = checkpoint.part_path(part)
+    w = Lake(checkpoint.lake).read_npy(path)
     if w.shape != (rows, length) or w.dtype.kind != "i":
         raise ValueError(f"{path}: walks of shape {w.shape} ({w.dtype}), expected ({rows}, {length}) ints")
     return w, int(np.count_nonzero(w >= 0))

@@ -24,6 +24,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from embedlake.config import WalkConfig
+
 __all__ = ["random_walks", "walk_steps", "walks_to_sentences", "build_alias", "walk_rng_key"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -458,25 +460,16 @@ def walks_to_sentences(walks: np.ndarray, min_length: int = 1):
     return tokens, offsets
 
 
-def walks_mb(num_nodes: int, walk_cfg) -> float:
-    """MiB of int32 walks a walk config (WalkConfig, or its dict) produces for num_nodes start nodes."""
-    walk = _walk_section(walk_cfg)
-    return num_nodes * walk.walks_per_node * walk.length * 4 / 2**20
+def walks_mb(num_nodes: int, walk_cfg: WalkConfig) -> float:
+    """MiB of int32 walks a walk config produces for num_nodes start nodes."""
+    return num_nodes * walk_cfg.walks_per_node * walk_cfg.length * 4 / 2**20
 
 
-def should_stream(num_nodes: int, walk_cfg) -> bool:
+def should_stream(num_nodes: int, walk_cfg: WalkConfig) -> bool:
     """walk.stream: always / never, or auto = more than walk.stream_threshold_mb of walks. Streamed
     training holds one round (one walk per node) at a time instead of all walks."""
-    walk = _walk_section(walk_cfg)
-    if walk.stream == "always":
+    if walk_cfg.stream == "always":
         return True
-    if walk.stream == "never":
+    if walk_cfg.stream == "never":
         return False
-    return walks_mb(num_nodes, walk) > walk.stream_threshold_mb
-
-
-def _walk_section(walk_cfg):
-    """The typed WalkConfig; a dict (callers not yet passing the section, issue 15) is validated
-    into one, its absent keys taking the section's defaults."""
-    from embedlake.config import WalkConfig
-    return walk_cfg if isinstance(walk_cfg, WalkConfig) else WalkConfig(**walk_cfg)
+    return walks_mb(num_nodes, walk_cfg) > walk_cfg.stream_threshold_mb

@@ -9,19 +9,23 @@ pickle):
     train/epoch=<k>/w_in.npy, w_out.npy     one-table training after epoch k (final: w_in only)
     stream/state.json               {"fingerprint", "spec", "round": r, "final", "info"}
     stream/round=<r>/w_in.npy, w_out.npy, counts.npy    streamed training after round r
-    table/state.json, table/emb.npy the finished table of engines without their own checkpoints
+    table/state.json, table/step=000001/w_in.npy    the finished table of engines without their own
+                                    checkpoints (FastRP)
+    tokens/state.json               the corpus run's vocabulary + token-id shard files (run files)
     state.json, step=<k>/...        block-partitioned training (tasks/train.py)
 
 Every stage state carries a fingerprint of everything that determines the stage's output (graph
 version, the stage's settings, the previous stage's fingerprint). A re-run whose fingerprint
 differs (other input, other settings) removes that stage's checkpoint and starts it over; a state
 is written only after the files it names, so a kill never leaves a state pointing at nothing.
-The flows remove the whole folder after the commit.
+The driver opens a stage through its run (tasks/run.py `Run.stage`) and hands the Ray tasks a
+`StageHandle`; the run removes the whole folder after its commit.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -89,25 +93,61 @@ def load(lake: Lake, state: dict, name: str) -> np.ndarray:
     return lake.read_npy(f"{state['folder']}/{name}.npy")
 
 
-def walk_part_path(run_dir: str, partition: int) -> str:
-    return f"{stage_dir(run_dir, 'walk')}/part-{int(partition):05d}.npy"
+def part_path(run_dir: str, stage: str, partition: int) -> str:
+    """File of partition `partition` of a partitioned stage (the walks: walk/part-<i>.npy)."""
+    return f"{stage_dir(run_dir, stage)}/part-{int(partition):05d}.npy"
 
 
-def finished_walk_parts(lake: Lake, run_dir: str) -> set[int]:
-    """Partitions whose walks were written (a file exists only once complete: writes are atomic)."""
+def finished_parts(lake: Lake, run_dir: str, stage: str) -> set[int]:
+    """Partitions of a stage whose file was written (a file exists only once complete: writes are atomic)."""
     out = set()
-    for rel in lake.list_files(stage_dir(run_dir, "walk")):
+    for rel in lake.list_files(stage_dir(run_dir, stage)):
         name = rel.rsplit("/", 1)[-1]
         if name.startswith("part-") and name.endswith(".npy"):
             out.add(int(name[5:-4]))
     return out
 
 
-def save_table(lake: Lake, run_dir: str, stage: str, base: dict, table: np.ndarray, info: dict | None = None) -> str:
-    """The finished table of an engine without its own checkpoints (FastRP, corpus training):
-    <stage>/step=000001/w_in.npy + a final state, so a re-run after a kill in publish, evaluate or
-    commit reuses it. Returns the state's folder."""
-    return advance(Lake(lake), run_dir, stage, base, "step", 1, {"w_in": table}, final=True, info=info)["folder"]
+@dataclass
+class StageHandle:
+    """What a Ray task needs to checkpoint one stage of a run (the driver's `tasks/run.Stage.handle`):
+    where the run's checkpoints live, the stage's base state {"fingerprint", "spec"}, the state of a
+    killed attempt to continue from (None: start over) and the step whose folder the next `advance`
+    replaces. Small and picklable; Lake pickles as its URI."""
+    lake: Lake
+    run_dir: str
+    stage: str
+    base: dict
+    resume_state: dict | None = None
+    prev: int | None = None
+
+    def advance(self, key: str, value: int, files: dict[str, np.ndarray], final: bool = False,
+                info: dict | None = None) -> dict:
+        """Checkpoint step `value` (see `advance`); the step it replaces is remembered for the next."""
+        state = advance(Lake(self.lake), self.run_dir, self.stage, self.base, key, value, files, final=final,
+                        info=info, prev=self.prev)
+        self.prev = int(value)
+        return state
+
+    def load(self, name: str) -> np.ndarray:
+        """One array of the step a killed attempt checkpointed (the resume state)."""
+        return load(Lake(self.lake), self.resume_state, name)
+
+    def resume_step(self, key: str) -> int:
+        """The step the resume state records (0 when starting over)."""
+        return int(self.resume_state.get(key, 0)) if self.resume_state is not None else 0
+
+    def set_final_info(self, info: dict) -> None:
+        """Attach the figures of the finished stage to its final state (a re-run that reuses the
+        finished table reports them)."""
+        state = read_state(Lake(self.lake), self.run_dir, self.stage)
+        if state is not None and state.get("final"):
+            state["info"] = info
+            write_state(Lake(self.lake), self.run_dir, self.stage, state)
+
+    def part_path(self, partition: int) -> str:
+        """Where partition `partition` of a partitioned stage (the walks) is written."""
+        return part_path(self.run_dir, self.stage, partition)
 
 
 def vocab_digest(words, counts: np.ndarray) -> str:
@@ -120,7 +160,13 @@ def vocab_digest(words, counts: np.ndarray) -> str:
     return h.hexdigest()[:24]
 
 
-def load_checkpoint_array(lake: Lake | str, state: dict, name: str) -> np.ndarray:
-    """One array of a checkpointed step (e.g. the finished table of a killed run)."""
-    return load(Lake(lake), state, name)
+def save_table(stage: StageHandle, table: np.ndarray, info: dict | None = None) -> str:
+    """The finished table of an engine without its own checkpoints (FastRP, corpus training):
+    <stage>/step=000001/w_in.npy + a final state, so a re-run after a kill in publish, evaluate or
+    commit reuses it. Returns the state's folder."""
+    return stage.advance("step", 1, {"w_in": table}, final=True, info=info)["folder"]
 
+
+def load_table(stage: StageHandle) -> np.ndarray:
+    """The finished table a killed attempt checkpointed (its final state is the handle's resume state)."""
+    return stage.load("w_in")

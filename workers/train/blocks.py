@@ -30,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numba as nb
 import numpy as np
+
+from embedlake.config import TrainConfig
+from embedlake.lake import Lake
 
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
                                                 keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
@@ -414,7 +418,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
 # ----------------------------------------------------------------------------- Ray stage bodies
 # (plain functions; tasks/train.py wraps them with `remote`)
 
-def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int, train: dict, epoch: int,
+def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int, train: TrainConfig, epoch: int,
                *parts: np.ndarray) -> tuple[dict, dict]:
     """Walk partitions -> the shared block inputs (one object) + a small info dict for the driver."""
     from embedlake.workers.train.stages import interleave_walks
@@ -424,7 +428,7 @@ def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int
     del walks
     counts = np.bincount(tokens[tokens >= 0], minlength=num_nodes).astype(np.int64)
     prep = prepare_blocks(tokens, offsets, num_nodes, partitions, counts=counts,
-                          ns_exponent=train["ns_exponent"], sample=train["sample"], seed=train["seed"], epoch=epoch)
+                          ns_exponent=train.ns_exponent, sample=train.sample, seed=train.seed, epoch=epoch)
     n = len(prep["tloc"])
     per_block = []                   # centre positions of partition j in round r: the progress totals
     for j in range(partitions):
@@ -440,20 +444,28 @@ def checkpoint_file(run_dir: str, step: int, table: str, p: int) -> str:
     return f"{run_dir}/step={int(step):06d}/{table}-{int(p):04d}.npy"
 
 
-def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int, episode: int,
-                checkpoint: dict | None = None, reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
+@dataclass(frozen=True)
+class BlockCheckpoint:
+    """Where the blocks of one episode keep their checkpoints (the run's checkpoint folder, handed
+    out by tasks/run.py): the lake also serves resumed shards given as paths; with `write` the
+    block writes its trained shards as step=<step>/w_in-<i>.npy and w_out-<j>.npy."""
+    lake: Lake
+    run_dir: str
+    step: int
+    write: bool
+
+
+def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: TrainConfig, epoch: int, episode: int, *,
+                threads: int = 0, checkpoint: BlockCheckpoint | None = None, reporter=None
+                ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One block on one worker. w_in / w_out: the shard arrays, None (first episode: initialise from
-    the seed) or a lake path (resume: read the checkpointed shard). With `checkpoint`
-    ({lake, run_dir, step, write}) the lake holds the checkpoints; with write=True the trained shards
-    are written there as step=<step>/w_in-<i>.npy and w_out-<j>.npy (.npy without pickle)."""
+    the seed) or a lake path (resume: read the checkpointed shard). With `checkpoint` the lake holds
+    the checkpoints; with checkpoint.write the trained shards are written there (.npy without pickle)."""
     t_start = time.time()
-    lake = None
-    if checkpoint is not None:
-        from embedlake.lake import Lake
-        lake = Lake(checkpoint["lake"])
+    lake = Lake(checkpoint.lake) if checkpoint is not None else None
     if w_in is None or w_out is None:
-        a, b = init_shards(prep["sizes"], train["dim"], train["seed"], i), init_shards(prep["sizes"], train["dim"],
-                                                                                       train["seed"], j)
+        a, b = init_shards(prep["sizes"], train.dim, train.seed, i), init_shards(prep["sizes"], train.dim,
+                                                                               train.seed, j)
         w_in = a[0] if w_in is None else w_in
         w_out = b[1] if w_out is None else w_out
     if isinstance(w_in, str):
@@ -463,13 +475,13 @@ def block_stage(prep: dict, i: int, j: int, w_in, w_out, train: dict, epoch: int
     P = len(prep["sizes"])
     cb = (lambda done, total, loss: reporter(done / P, total / P, loss=loss)) if reporter is not None else None
     W_in_i, W_out_j, stats = train_block(
-        prep, i, j, w_in, w_out, epoch=epoch, epochs=train["epochs"], episode=episode, rounds=train["rounds"],
-        window=train["window"], negatives=train["negatives"], lr=train["lr"], min_lr=train["min_lr"],
-        seed=train["seed"], threads=train.get("threads") or 0, progress=cb)
-    if checkpoint is not None and checkpoint.get("write"):
+        prep, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode, rounds=train.rounds,
+        window=train.window, negatives=train.negatives, lr=train.lr, min_lr=train.min_lr,
+        seed=train.seed, threads=threads or 0, progress=cb)
+    if checkpoint is not None and checkpoint.write:
         t0 = time.perf_counter()
-        lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_in", i), W_in_i)
-        lake.write_npy(checkpoint_file(checkpoint["run_dir"], checkpoint["step"], "w_out", j), W_out_j)
+        lake.write_npy(checkpoint_file(checkpoint.run_dir, checkpoint.step, "w_in", i), W_in_i)
+        lake.write_npy(checkpoint_file(checkpoint.run_dir, checkpoint.step, "w_out", j), W_out_j)
         stats["checkpoint_s"] = time.perf_counter() - t0
     stats["t_start"], stats["t_end"], stats["pid"] = t_start, time.time(), os.getpid()
     return W_in_i, W_out_j, stats
@@ -479,7 +491,6 @@ def assemble_stage(prep: dict, lake, *w_in_shards) -> np.ndarray:
     """The trained W_in shards -> the embedding table in node-id order (what publish reads). A shard
     given as a lake path (a resumed run whose training had already finished) is read from the lake."""
     if any(isinstance(w, str) for w in w_in_shards):
-        from embedlake.lake import Lake
         lk = Lake(lake)
         w_in_shards = tuple(lk.read_npy(w) if isinstance(w, str) else w for w in w_in_shards)
     return assemble(prep["part"], prep["local"], list(w_in_shards))
@@ -489,7 +500,6 @@ def commit_checkpoint(lake, run_dir: str, step: int, total_steps: int, match: di
     """Runs once every block of checkpoint `step` has returned (its shards are in the lake): write
     state.json, then drop older steps. `previous` (the prior commit's result) chains the commits so
     states are written in order. Returns step."""
-    from embedlake.lake import Lake
     lake = Lake(lake)
     lake.write_json(f"{run_dir}/state.json", {"step": int(step), "total_steps": int(total_steps), "match": match,
                                               "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

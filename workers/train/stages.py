@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from embedlake.lake import Lake
+from embedlake.config import TrainConfig
+from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
 
@@ -21,111 +22,120 @@ def interleave_walks(parts: list[np.ndarray], walks_per_node: int) -> np.ndarray
     return np.concatenate(cube, axis=1).reshape(-1, length)
 
 
-def train_stage(num_nodes: int, walks_per_node: int, train: dict, *parts: np.ndarray) -> tuple[np.ndarray, dict]:
-    """One-table skip-gram on all walks. train["_checkpoint"] = {"lake", "run_dir", "base", "resume"}
-    (optional): the tables are checkpointed after every epoch (the last one as the final table)
-    and, with a resume state of epoch k, training continues at epoch k (docs/reliability.md)."""
-    from embedlake.workers.train.skipgram import train_sgns
+def sgns_settings(train: TrainConfig) -> dict:
+    """The skip-gram kernel's keyword arguments from the train section."""
+    return dict(dim=train.dim, window=train.window, negatives=train.negatives, ns_exponent=train.ns_exponent,
+                epochs=train.epochs, lr=train.lr, min_lr=train.min_lr, sample=train.sample, seed=train.seed)
+
+
+def kernel_threads(threads: int) -> int:
+    """The threads a kernel runs with: as given, else $EMBEDLAKE_TRAIN_THREADS, else 0 (all)."""
+    return threads or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
+
+
+def epoch_callbacks(progress, checkpoint: StageHandle | None, epochs: int):
+    """(progress callback, per-epoch checkpoint hook) of a numba training call."""
+    cb = (lambda done, total, loss: progress(done, total, loss=loss)) if progress else None
+    on_epoch = None
+    if checkpoint is not None:
+        on_epoch = lambda k, W_in, W_out: checkpoint_epoch(checkpoint, k, epochs, W_in, W_out, None)  # noqa: E731
+    return cb, on_epoch
+
+
+def resumed_tables(checkpoint: StageHandle | None) -> tuple[tuple | None, int]:
+    """(W_in, W_out) of the epoch a killed attempt checkpointed and that epoch, else (None, 0)."""
+    start = checkpoint.resume_step("epoch") if checkpoint is not None else 0
+    if not start:
+        return None, 0
+    return (checkpoint.load("w_in"), checkpoint.load("w_out")), start
+
+
+def train_stage(num_nodes: int, walks_per_node: int, train: TrainConfig, *parts: np.ndarray, threads: int = 0,
+                progress=None, checkpoint: StageHandle | None = None) -> tuple[np.ndarray, dict]:
+    """One-table skip-gram on all walks. checkpoint (the run's `train` stage): the tables are
+    checkpointed after every epoch (the last one as the final table) and, with a resume state of
+    epoch k, training continues at epoch k (docs/reliability.md)."""
     from embedlake.workers.graph.walks import walks_to_sentences
-    ck = train.get("_checkpoint")
+    from embedlake.workers.train.skipgram import train_sgns
     walks = interleave_walks(list(parts), walks_per_node)
     tokens, offsets = walks_to_sentences(walks)
     del walks
-    threads = train.get("threads") or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
-    engine = train.get("engine", "numba")
-    kw = dict(dim=train["dim"], window=train["window"], negatives=train["negatives"],
-              ns_exponent=train["ns_exponent"], epochs=train["epochs"], lr=train["lr"], min_lr=train["min_lr"],
-              sample=train["sample"], seed=train["seed"])
-    if engine == "torch":
+    threads = kernel_threads(threads)
+    if train.engine == "torch":
         from embedlake.workers.train.torch_engine import train_sgns_torch
-        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.get("device", "auto"), threads=threads,
-                                       **kw)
-        if ck is not None:       # the torch engine has no epoch hook: the finished table only
-            _checkpoint_epoch(ck, train["epochs"], train["epochs"], W, None, stats)
-    else:
-        report = train.get("progress")
-        cb = (lambda done, total, loss: report(done, total, loss=loss)) if report else None
-        init, start = None, 0
-        if ck is not None and ck.get("resume") is not None:
-            from embedlake.workers.run.checkpoints import load
-            lake = Lake(ck["lake"])
-            start = int(ck["resume"]["epoch"])
-            init = (load(lake, ck["resume"], "w_in"), load(lake, ck["resume"], "w_out"))
-        on_epoch = None
-        if ck is not None:
-            on_epoch = lambda k, W_in, W_out: _checkpoint_epoch(ck, k, train["epochs"], W_in, W_out, None)
-        W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init,
-                                 start_epoch=start, on_epoch=on_epoch, **kw)
-        if ck is not None:       # the final state also carries the training figures
-            _checkpoint_info(ck, stats)
+        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.device, threads=threads,
+                                       **sgns_settings(train))
+        if checkpoint is not None:       # the torch engine has no epoch hook: the finished table only
+            checkpoint_epoch(checkpoint, train.epochs, train.epochs, W, None, stats)
+        return W, stats
+    cb, on_epoch = epoch_callbacks(progress, checkpoint, train.epochs)
+    init, start = resumed_tables(checkpoint)
+    W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init, start_epoch=start,
+                             on_epoch=on_epoch, **sgns_settings(train))
+    if checkpoint is not None:       # the final state also carries the training figures
+        checkpoint_info(checkpoint, stats)
     return W, stats
 
 
-def _checkpoint_epoch(ck: dict, k: int, epochs: int, W_in: np.ndarray, W_out: np.ndarray | None, stats) -> None:
+def checkpoint_epoch(checkpoint: StageHandle, k: int, epochs: int, W_in: np.ndarray, W_out: np.ndarray | None,
+                     stats) -> None:
     """After epoch k: W_in/W_out (the last epoch: W_in alone, the finished table), then the state."""
-    from embedlake.workers.run.checkpoints import advance
     final = k >= epochs
     files = {"w_in": W_in} if final or W_out is None else {"w_in": W_in, "w_out": W_out}
-    prev = ck.get("_prev", (ck.get("resume") or {}).get("epoch"))
-    advance(Lake(ck["lake"]), ck["run_dir"], "train", ck["base"], "epoch", k, files, final=final,
-            info=_plain(stats), prev=prev)
-    ck["_prev"] = k
+    if checkpoint.prev is None:          # the first step of this attempt replaces the resumed one
+        checkpoint.prev = checkpoint.resume_step("epoch") or None
+    checkpoint.advance("epoch", k, files, final=final, info=plain(stats))
     fault_point(f"after:train_epoch:{k}")
 
 
-def _checkpoint_info(ck: dict, stats: dict) -> None:
-    from embedlake.workers.run.checkpoints import read_state, write_state
-    lake = Lake(ck["lake"])
-    state = read_state(lake, ck["run_dir"], "train")
-    if state is not None and state.get("final"):
-        state["info"] = _plain(stats)
-        write_state(lake, ck["run_dir"], "train", state)
+def checkpoint_info(checkpoint: StageHandle, stats: dict) -> None:
+    """The finished table's state also carries the training figures (a re-run that reuses it reports them)."""
+    checkpoint.set_final_info(plain(stats))
 
 
-def _plain(stats) -> dict:
+def plain(stats) -> dict:
     return {k: v for k, v in (stats or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
-def train_round(num_nodes: int, train: dict, round_index: int, rounds: int, state, *parts: np.ndarray,
-                checkpoint: dict | None = None):
+def round_schedule(train: TrainConfig, round_index: int, rounds: int) -> tuple[float, float]:
+    """(lr at the start, lr at the end) of round r: the segment [r/R, (r+1)/R] of the linear decay."""
+    lr, min_lr = float(train.lr), float(train.min_lr)
+    return lr - (lr - min_lr) * round_index / rounds, lr - (lr - min_lr) * (round_index + 1) / rounds
+
+
+def train_round(num_nodes: int, train: TrainConfig, round_index: int, rounds: int, state, *parts: np.ndarray,
+                threads: int = 0, progress=None, checkpoint: StageHandle | None = None):
     """One round of streamed training: the walks of round r (one walk per node) continue the model.
 
     The learning rate decays linearly across all rounds exactly as in one call over every walk
     (each round trains the segment [r/R, (r+1)/R] of the schedule), so only one round of walks is
-    ever held. Returns ((W_in, W_out, counts), stats). state: the previous round's result, or
-    {"lake", "state"} of a checkpointed round to continue from (a resumed run).
-    checkpoint {"lake", "run_dir", "base", "prev"}: after this round the state is written to the lake
+    ever held. Returns ((W_in, W_out, counts), stats). state: the previous round's result, or the
+    StageHandle of a checkpointed round to continue from (a resumed run).
+    checkpoint (the run's `stream` stage): after this round the state is written to the lake
     (`stream/round=<r+1>/`; the last round: the finished table only).
     """
-    if isinstance(state, dict):             # resumed: the round checkpoint written by a killed run
-        from embedlake.workers.run.checkpoints import load
-        lk = Lake(state["lake"])
-        state = (load(lk, state["state"], "w_in"), load(lk, state["state"], "w_out"), load(lk, state["state"], "counts"))
-    from embedlake.workers.train.skipgram import train_sgns
+    if isinstance(state, StageHandle):      # resumed: the round checkpoint written by a killed run
+        state = (state.load("w_in"), state.load("w_out"), state.load("counts"))
     from embedlake.workers.graph.walks import walks_to_sentences
+    from embedlake.workers.train.skipgram import train_sgns
     tokens, offsets = walks_to_sentences(interleave_walks(list(parts), 1))
-    lr, min_lr = float(train["lr"]), float(train["min_lr"])
-    seg_hi = lr - (lr - min_lr) * round_index / rounds
-    seg_lo = lr - (lr - min_lr) * (round_index + 1) / rounds
+    seg_hi, seg_lo = round_schedule(train, round_index, rounds)
     counts = None if state is None else state[2]
     if counts is None:      # noise distribution from the first round's visits (stationary ~ degree)
         counts = np.bincount(tokens[tokens >= 0], minlength=num_nodes).astype(np.int64)
-    report = train.get("progress")
     done0 = round_index * len(tokens)
-    cb = (lambda done, total, loss: report(done0 + done, total * rounds, loss=loss)) if report else None
-    W_in, W_out, stats = train_sgns(tokens, offsets, num_nodes, counts=counts, dim=train["dim"],
-                                    window=train["window"], negatives=train["negatives"],
-                                    ns_exponent=train["ns_exponent"], epochs=1, lr=seg_hi, min_lr=seg_lo,
-                                    sample=train["sample"], seed=train["seed"] + 7919 * round_index,
-                                    threads=train.get("threads") or 0,
+    cb = (lambda done, total, loss: progress(done0 + done, total * rounds, loss=loss)) if progress else None
+    W_in, W_out, stats = train_sgns(tokens, offsets, num_nodes, counts=counts, dim=train.dim,
+                                    window=train.window, negatives=train.negatives,
+                                    ns_exponent=train.ns_exponent, epochs=1, lr=seg_hi, min_lr=seg_lo,
+                                    sample=train.sample, seed=train.seed + 7919 * round_index,
+                                    threads=threads or 0,
                                     init=None if state is None else (state[0].copy(), state[1].copy()),
                                     progress=cb)
     if checkpoint is not None:
-        from embedlake.workers.run.checkpoints import advance
         final = round_index + 1 == rounds
         files = {"w_in": W_in} if final else {"w_in": W_in, "w_out": W_out, "counts": counts}
-        advance(Lake(checkpoint["lake"]), checkpoint["run_dir"], "stream", checkpoint["base"], "round",
-                round_index + 1, files, final=final, info=checkpoint.get("info"), prev=checkpoint.get("prev"))
+        checkpoint.advance("round", round_index + 1, files, final=final)
         fault_point(f"after:stream_round:{round_index + 1}")
     return (W_in, W_out, counts), stats
 
