@@ -132,6 +132,12 @@ class EvalConfig(Section):
     reconstruction: bool = Field(True, description="Graph reconstruction mAP of the k-hop neighbourhoods.")
     reconstruction_hops: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Hops for reconstruction.")
     reconstruction_sample: int = Field(500, ge=0, description="Query nodes sampled for reconstruction (0 = all).")
+    reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="Reconstruction: a query's breadth-first "
+                                         "search stops once its ball would exceed this many nodes; its farther "
+                                         "hops are left out of the means (reported as truncated).")
+    reconstruction_relevant_cap: int = Field(2048, ge=0, description="Reconstruction: relevant nodes kept per "
+                                             "query and hop ring; a larger ring is sampled (stratified, an "
+                                             "unbiased estimate, reported as sampled). 0 = every node (exact).")
     align_to_previous: bool = Field(True, description="Rotate the table onto the previous committed run of the same "
                                     "dataset/method (Procrustes), report stability, publish it as files 'aligned'.")
     stability_sample: int = Field(1000, ge=1, description="Nodes sampled for the top-10 neighbourhood overlap.")

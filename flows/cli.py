@@ -84,9 +84,9 @@ def print_summary(s: dict, out=None) -> None:
     lp = s.get("metrics", {}).get("link_prediction", {}).get("roc_auc")
     if lp:
         w("link prediction ROC-AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in lp.items()) + "\n")
-    rc = s.get("metrics", {}).get("reconstruction", {}).get("map")
-    if rc:
-        w("reconstruction mAP: " + ", ".join(f"{h}-hop {v:.3f}" for h, v in rc.items()) + "\n")
+    rc = s.get("metrics", {}).get("reconstruction") or {}
+    if rc.get("map"):
+        w(reconstruction_line(rc) + "\n")
     st = s.get("metrics", {}).get("stability")
     if st and not st.get("skipped") and "neighbourhood_overlap@10" in st:
         w(f"aligned to run {st['reference_run']}: top-10 neighbour overlap {st['neighbourhood_overlap@10']:.3f}\n")
@@ -112,6 +112,20 @@ def print_summary(s: dict, out=None) -> None:
       f"'{s['method']}'))\"\n")
     w(f"  polars:  pl.scan_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=True).collect()\n")
     w(f"  duckdb:  SELECT * FROM read_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=true)\n")
+
+
+def reconstruction_line(rc: dict) -> str:
+    """Reconstruction mAP per hop, with its 95 % interval and what was sampled or left out."""
+    ci = rc.get("ci95") or {}
+    figs = ", ".join(f"{h}-hop {v:.3f}" + (f" ±{ci[h]:.3f}" if ci.get(h) else "") for h, v in rc["map"].items())
+    notes = []
+    if rc.get("eligible") and rc.get("queries", 0) < rc["eligible"]:
+        notes.append(f"{rc['queries']:,} of {rc['eligible']:,} nodes sampled as queries")
+    for what in ("sampled", "truncated"):
+        hit = {h: c for h, c in (rc.get(what) or {}).items() if c}
+        if hit:
+            notes.append(f"{what}: " + ", ".join(f"{h}-hop {c:,}" for h, c in hit.items()))
+    return f"reconstruction mAP: {figs}" + (f"  ({'; '.join(notes)})" if notes else "")
 
 
 def cmd_embed_graph(args) -> int:

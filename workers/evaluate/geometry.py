@@ -214,7 +214,8 @@ def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarra
 
 def _reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
     """Per-hop means over the queries that have a figure, their 95 % half-widths and counts."""
-    out = {"map": {}, "random_baseline": {}, "queries": int(queries), "ci95": {}, "truncated": {}, "sampled": {}}
+    out = {"map": {}, "random_baseline": {}, "queries": int(queries), "eligible": int(eligible), "ci95": {},
+           "truncated": {}, "sampled": {}}
     for i, h in enumerate(hops):
         a = ap[:, i][~np.isnan(ap[:, i])]
         b = base[:, i][~np.isnan(base[:, i])]
@@ -222,7 +223,7 @@ def _reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) 
         out["random_baseline"][str(h)] = float(np.mean(b)) if b.size else float("nan")
         fpc = max(0.0, 1.0 - queries / eligible) if eligible else 0.0        # finite-population correction
         sd = float(np.std(a, ddof=1)) if a.size > 1 else 0.0
-        out["ci95"][str(h)] = round(1.96 * sd * np.sqrt(fpc / a.size), 6) if a.size else float("nan")
+        out["ci95"][str(h)] = round(float(1.96 * sd * np.sqrt(fpc / a.size)), 6) if a.size else float("nan")
         out["truncated"][str(h)] = int(np.sum(flags[:, i] == 1))
         out["sampled"][str(h)] = int(np.sum(flags[:, i] == 2))
     return out

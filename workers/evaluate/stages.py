@@ -21,6 +21,7 @@ The aligned table sits beside (not inside) the run's embeddings folder, so the d
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -117,8 +118,10 @@ def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
     sample = eval_cfg.reconstruction_sample or None
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
     res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.reconstruction_hops),
-                             sample=sample, seed=eval_cfg.seed)
+                             sample=sample, seed=eval_cfg.seed, ball_cap=eval_cfg.reconstruction_ball_cap,
+                             relevant_cap=eval_cfg.reconstruction_relevant_cap, threads=threads)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
 

@@ -1,0 +1,92 @@
+"""What the default evaluation costs against the rest of a run (issue 22), for one or more checkouts.
+
+Each case runs `embedlake embed-graph --json` of each checkout (its own .venv) on the same input,
+and prints the run's stage times, the evaluation's seconds per component (from the metrics the
+run commits) and the ratio evaluation / other stages (Ray's start-up left out), with the quality
+figures beside them so a cheaper evaluation can be checked against the figures it replaced.
+
+Cases (``--cases``):
+  blogcatalog  DeepWalk, labels (39, multi-label), defaults
+  ppi          FastRP d=512, labels (121, multi-label): many labels and dimensions
+  rmat         R-MAT graph, no labels, 1 walk x 40 steps, d=64 (``--rmat-edges``, ~10 edges per node)
+
+    .venv/bin/python bench/bench_eval_cost.py [--checkouts /path/before,/path/after] [--cases ...]
+                                              [--rmat-edges 4800000] [--out /tmp/embedlake-evalcost]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
+    if case == "blogcatalog":
+        d = SHARED / "blogcatalog"
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv")]
+    if case == "ppi":
+        d = SHARED / "ppi"
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
+                "-p", "fastrp.dim=512"]
+    if case == "rmat":
+        sys.path.insert(0, str(ROOT / "bench"))
+        from bench_scale import edge_file
+        path, _ = edge_file(rmat_edges, out)
+        return ["--edges", path, "--dataset", f"rmat{rmat_edges}", "-p", "walk.walks_per_node=1",
+                "-p", "walk.length=40", "-p", "train.dim=64"]
+    raise SystemExit(f"unknown case {case!r}")
+
+
+def run_case(checkout: Path, case: str, args: list[str], lake: str) -> dict:
+    exe = checkout / ".venv" / "bin" / "embedlake"
+    cmd = [str(exe), "embed-graph", "--lake", lake, "--json", "-p", "eval.align_to_previous=false",
+           "-p", "eval.artifacts=false", *args]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{checkout} {case}: exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+    s = json.loads(p.stdout.strip().splitlines()[-1])
+    stages = {k: v["wall_s"] for k, v in s["stages"].items()}
+    other = sum(v for k, v in stages.items() if k not in ("evaluate", "ray_start"))
+    m = s.get("metrics", {})
+    comp = {k: m[k].get("seconds") for k in ("node_classification", "reconstruction", "link_prediction")
+            if isinstance(m.get(k), dict) and "seconds" in m[k]}
+    nc, rc = m.get("node_classification") or {}, m.get("reconstruction") or {}
+    return {"checkout": str(checkout), "case": case, "rows": s["rows"], "stages": stages,
+            "other_s": round(other, 2), "evaluate_s": stages.get("evaluate"),
+            "ratio": round(stages.get("evaluate", 0) / other, 3) if other else None, "components_s": comp,
+            "micro_f1": nc.get("micro_f1"), "macro_f1": nc.get("macro_f1"), "map": rc.get("map"),
+            "map_ci95": rc.get("ci95"), "map_sampled": rc.get("sampled"), "map_truncated": rc.get("truncated"),
+            "bench_wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkouts", default=str(ROOT), help="comma-separated repo roots, each with its .venv")
+    ap.add_argument("--cases", default="blogcatalog,ppi,rmat")
+    ap.add_argument("--rmat-edges", type=int, default=4_800_000)
+    ap.add_argument("--out", default="/tmp/embedlake-evalcost")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = []
+    for case in a.cases.split(","):
+        args = case_args(case, a.out, a.rmat_edges)
+        for i, co in enumerate(a.checkouts.split(",")):
+            r = run_case(Path(co), case, args, os.path.join(a.out, f"lake-{i}"))
+            results.append(r)
+            print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
+                  f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  components {r['components_s']}  "
+                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}", flush=True)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
