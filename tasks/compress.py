@@ -20,6 +20,7 @@ from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.remote import remote
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
+from embedlake.workers.evaluate.stages import classify_options
 
 
 @dataclass
@@ -67,8 +68,7 @@ def _baseline(X, labels, eval_cfg: EvalConfig):
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return None
-    return node_classification(X, labels[0], labels[1], ratios=tuple(eval_cfg.train_ratios),
-                               repeats=eval_cfg.repeats, seed=eval_cfg.seed)
+    return node_classification(X, labels[0], labels[1], **classify_options(eval_cfg))
 
 
 @task(name="baseline", cache_policy=NO_CACHE)

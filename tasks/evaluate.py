@@ -97,9 +97,11 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     lake = Lake(lake)
     opts = dict(num_cpus=1, max_retries=max_retries)
     jobs: dict[str, object] = {}
-    if graph.meta.get("labelled"):
-        jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref,
-                                                                                             eval_cfg)
+    nc_refs = []
+    if graph.meta.get("labelled"):             # one task per ratio x repeat: the fits use the cluster's CPUs
+        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg,
+                                                                               [split])
+                   for split in es.classification_splits(eval_cfg)]
     else:
         log.info("evaluate: no labels given, node classification skipped")
     lp_refs = []
@@ -115,6 +117,8 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
         jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(lake, dataset, method, run_id, emb_ref,
                                                                    graph.node_ids_ref, ref, eval_cfg, bounds)
     results = dict(zip(jobs, ray.get(list(jobs.values()))))
+    if nc_refs:
+        results["node_classification"] = es.merge_classify_results(ray.get(nc_refs), eval_cfg)
     if lp_refs:
         results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
     return results
@@ -138,8 +142,10 @@ def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_
 def _log_figures(log, metrics: dict) -> None:
     nc = metrics.get("node_classification")
     if nc:
+        sampled = (f" (a sample of {nc['num_nodes']:,} of {nc['labelled_nodes']:,} labelled nodes)"
+                   if nc.get("sampled") else "")
         log.info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
-                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()))
+                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()) + sampled)
     lp = metrics.get("link_prediction")
     if lp and lp.get("roc_auc"):
         log.info("evaluate: link prediction ROC-AUC " + ", ".join(f"{k}: {v:.3f}" for k, v in lp["roc_auc"].items()))

@@ -73,15 +73,50 @@ def holdout_stage(csr: tuple, test_share: float, seed: int):
 # figures of one table
 # ---------------------------------------------------------------------------------------------
 
+def classify_options(eval_cfg: EvalConfig) -> dict:
+    """node_classification's keyword arguments from eval.* (protocol, solver tolerance, node cap)."""
+    return dict(ratios=tuple(eval_cfg.train_ratios), repeats=eval_cfg.repeats, seed=eval_cfg.seed,
+                tol=eval_cfg.classify_tol, max_nodes=eval_cfg.classify_max_nodes or None)
+
+
 def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
+    """Node classification in one task (every ratio and repeat); ``classify_split_stage`` is the
+    same work cut into tasks."""
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return {}
     ni, li = labels[0], labels[1]
     t0 = time.perf_counter()
-    res = node_classification(X, ni, li, ratios=tuple(eval_cfg.train_ratios), repeats=eval_cfg.repeats,
-                              seed=eval_cfg.seed)
+    res = node_classification(X, ni, li, **classify_options(eval_cfg))
     res["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def classification_splits(eval_cfg: EvalConfig) -> list[tuple[float, int]]:
+    """Every (ratio, repeat) of the protocol, one Ray task each (``classify_split_stage``)."""
+    return [(float(r), rep) for r in eval_cfg.train_ratios for rep in range(eval_cfg.repeats)]
+
+
+def classify_split_stage(X: np.ndarray, labels, eval_cfg: EvalConfig, splits: list[tuple[float, int]]) -> dict:
+    """The F1 of some (ratio, repeat) splits, for ``merge_classify_results``. Each task builds the
+    same labelled set (same sample, same Gram spectrum), so the merged figures equal
+    ``classify_stage``'s exactly."""
+    from embedlake.workers.evaluate.classify import labelled_set, split_f1
+    t0 = time.perf_counter()
+    opts = classify_options(eval_cfg)
+    ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"])
+    f1 = [(r, rep, *split_f1(ls, r, rep, seed=opts["seed"], tol=opts["tol"])) for r, rep in splits]
+    return {"info": ls.info(), "f1": f1, "seconds": time.perf_counter() - t0}
+
+
+def merge_classify_results(parts: list[dict], eval_cfg: EvalConfig) -> dict:
+    """``classify_stage``'s figures from the split tasks' parts; ``seconds`` = the tasks' summed
+    seconds (the CPU time the evaluation spent, comparable with one task's), ``tasks`` = how many."""
+    from embedlake.workers.evaluate.classify import classification_summary
+    f1 = {(r, rep): (mi, ma) for p in parts for r, rep, mi, ma in p["f1"]}
+    res = classification_summary(parts[0]["info"], eval_cfg.train_ratios, eval_cfg.repeats, f1)
+    res["seconds"] = round(sum(p["seconds"] for p in parts), 3)
+    res["tasks"] = len(parts)
     return res
 
 
