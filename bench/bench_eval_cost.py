@@ -8,6 +8,7 @@ figures beside them so a cheaper evaluation can be checked against the figures i
 Cases (``--cases``):
   blogcatalog  DeepWalk, labels (39, multi-label), defaults
   ppi          FastRP d=512, labels (121, multi-label): many labels and dimensions
+  github       FastRP d=512 on github_social, labels (2, 37,700 nodes): a large labelled set
   rmat         R-MAT graph, no labels, 1 walk x 40 steps, d=64 (``--rmat-edges``, ~10 edges per node)
 
     .venv/bin/python bench/bench_eval_cost.py [--checkouts /path/before,/path/after] [--cases ...]
@@ -33,6 +34,10 @@ def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv")]
     if case == "ppi":
         d = SHARED / "ppi"
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
+                "-p", "fastrp.dim=512"]
+    if case == "github":
+        d = SHARED / "github_social"
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
                 "-p", "fastrp.dim=512"]
     if case == "rmat":

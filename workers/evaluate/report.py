@@ -140,8 +140,12 @@ def node_classification_md(runs: list[dict]) -> str | None:
                 cells.append(_f(v) + (f" ± {s:.3f}" if v is not None and s is not None else ""))
         rows.append(_label_cols(r) + cells)
     reps = sorted({int(r["metrics"]["node_classification"].get("repeats", 0)) for r in rs})
+    sampled = [f"{r['dataset']}: {int(nc['num_nodes']):,} of {int(nc['labelled_nodes']):,}" for r in rs
+               if (nc := r["metrics"]["node_classification"]).get("sampled")]
+    note = (f"\n\nScored on a seeded sample of the labelled nodes (eval.classify_max_nodes): {'; '.join(sampled)}."
+            if sampled else "")
     return (f"**Node classification** (one-vs-rest logistic regression; mean ± std over "
-            f"{'/'.join(map(str, reps))} seeded splits; column = labelled share)\n\n" + _table(header, rows))
+            f"{'/'.join(map(str, reps))} seeded splits; column = labelled share)\n\n" + _table(header, rows) + note)
 
 
 def best_operator(lp: dict) -> str | None:
