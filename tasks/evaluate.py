@@ -97,10 +97,10 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     lake = Lake(lake)
     opts = dict(num_cpus=1, max_retries=max_retries)
     jobs: dict[str, object] = {}
-    nc_refs = []
+    nc_refs, prepared = [], None
     if graph.meta.get("labelled"):             # one task per ratio x repeat: the fits use the cluster's CPUs
-        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg,
-                                                                               [split])
+        prepared = remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
+        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, [split])
                    for split in es.classification_splits(eval_cfg)]
     else:
         log.info("evaluate: no labels given, node classification skipped")
@@ -118,7 +118,8 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
                                                                    graph.node_ids_ref, ref, eval_cfg, bounds)
     results = dict(zip(jobs, ray.get(list(jobs.values()))))
     if nc_refs:
-        results["node_classification"] = es.merge_classify_results(ray.get(nc_refs), eval_cfg)
+        results["node_classification"] = es.merge_classify_results(ray.get(nc_refs), eval_cfg,
+                                                                   ray.get(prepared)[1])
     if lp_refs:
         results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
     return results

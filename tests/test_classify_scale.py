@@ -270,8 +270,9 @@ def test_split_tasks_merge_to_the_one_task_figures():
     X = _fastrp(g, dim=64)
     cfg = EvalConfig(repeats=2)
     labels = (lab[:, 0], lab[:, 1])
-    parts = [es.classify_split_stage(X, labels, cfg, [s]) for s in es.classification_splits(cfg)]
-    merged = es.merge_classify_results(parts, cfg)
+    prepared = es.labelled_set_stage(X, labels, cfg)
+    parts = [es.classify_split_stage(prepared, cfg, [s]) for s in es.classification_splits(cfg)]
+    merged = es.merge_classify_results(parts, cfg, prepared[1])
     whole = es.classify_stage(X, labels, cfg)
     assert merged.pop("tasks") == 6
     merged.pop("seconds"), whole.pop("seconds")
