@@ -254,7 +254,7 @@ def _assert_within(new, ref, tol=TOLERANCE):
                                                                                              "ppi-fastrp512"])
 def test_defaults_stay_within_0003_of_todays_solver(name, embed):
     """Default eval settings (classify_stage: tolerance 1e-3, float32 Hessian products, one Gram
-    spectrum for all splits, no sampling below 20,000 labelled nodes) against today's solver."""
+    spectrum for all splits, no sampling below 100,000 labelled nodes) against today's solver."""
     g, lab = _dataset(name)
     X = embed(g)
     ref = reference_node_classification(X, lab[:, 0], lab[:, 1])

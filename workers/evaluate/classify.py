@@ -225,9 +225,12 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarra
     m / n times this one, and the solver's preconditioner needs no more than that (its
     products and line search are exact). ``split_f1`` scales the eigenvalues by m / n; one
     decomposition replaces one Gram product and one d x d eigh per fit (9 by default).
+    The product runs in float32 (half the cost; on 37,700 x 513 rows it was most of the
+    preparation): a preconditioner needs a few correct digits, not sixteen.
     """
     Xa = np.hstack([Xl, np.ones((Xl.shape[0], 1))]) if fit_intercept else Xl
-    lam, Q = np.linalg.eigh(Xa.T @ Xa)
+    Xa = Xa.astype(np.float32)
+    lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64))
     return np.maximum(lam, 0.0), Q
 
 
@@ -271,11 +274,14 @@ class LabelledSet:
 
 
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
-                 seed: int = 0) -> LabelledSet:
+                 seed: int = 0, threads: int | None = 1) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
     nodes, a sample of ``max_nodes`` of them drawn with ``seed`` (kept in node order) stands
-    for the whole set: the fits cost about n x d x labels per product, and the F1 of a sample
-    of tens of thousands of nodes moves by less than the spread between repeats."""
+    for the whole set: the fits cost about n x d x labels per product. The splits then train on
+    fewer nodes, which lowers F1 somewhat (github_social, FastRP d=512: a sample of 20,000 of
+    37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
+    default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
+    caps BLAS threads for the Gram spectrum (see ``blas_threads``)."""
     nodes, labels, Y = label_matrix(node_idx, label_idx)
     X = np.asarray(X)
     if nodes.size and (nodes[0] < 0 or nodes[-1] >= X.shape[0]):
@@ -290,7 +296,9 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     if normalize:
         nrm = np.linalg.norm(Xl, axis=1, keepdims=True)
         Xl = Xl / np.where(nrm > 0, nrm, 1.0)
-    return LabelledSet(nodes, Xl, Y, bool(multilabel), int(labels.size), int(total), gram_spectrum(Xl))
+    with blas_threads(threads):
+        spectrum = gram_spectrum(Xl)
+    return LabelledSet(nodes, Xl, Y, bool(multilabel), int(labels.size), int(total), spectrum)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
@@ -347,7 +355,7 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
-                      seed=seed)
+                      seed=seed, threads=threads)
     f1 = {(r, rep): split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads)
           for r in ratios for rep in range(repeats)}
     return classification_summary(ls.info(), ratios, repeats, f1)
