@@ -101,27 +101,29 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     """The labelled rows every split task scores (sample, normalisation, Gram spectrum), built
     once: at d=512 the Gram product and its eigh cost as much as a split's fit."""
     from embedlake.workers.evaluate.classify import labelled_set
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     opts = classify_options(eval_cfg)
     ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"])
-    return ls, time.perf_counter() - t0
+    return ls, time.process_time() - t0
 
 
 def classify_split_stage(prepared, eval_cfg: EvalConfig, splits: list[tuple[float, int]]) -> dict:
     """The F1 of some (ratio, repeat) splits of ``labelled_set_stage``'s ``prepared`` = (labelled
-    set, its seconds), for ``merge_classify_results``; the merged figures equal ``classify_stage``'s."""
+    set, its CPU seconds), for ``merge_classify_results``; the merged figures equal
+    ``classify_stage``'s. Its seconds are CPU seconds: split tasks run side by side, so their wall
+    times overlap (and on a busy machine include the others' turns)."""
     from embedlake.workers.evaluate.classify import split_f1
     ls, _ = prepared
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     opts = classify_options(eval_cfg)
     f1 = [(r, rep, *split_f1(ls, r, rep, seed=opts["seed"], tol=opts["tol"])) for r, rep in splits]
-    return {"info": ls.info(), "f1": f1, "seconds": time.perf_counter() - t0}
+    return {"info": ls.info(), "f1": f1, "seconds": time.process_time() - t0}
 
 
 def merge_classify_results(parts: list[dict], eval_cfg: EvalConfig, prepare_s: float = 0.0) -> dict:
     """``classify_stage``'s figures from the split tasks' parts; ``seconds`` = the tasks' summed
-    seconds plus ``prepare_s`` (the labelled set's): the CPU time spent, comparable with one
-    task's; ``tasks`` = how many split tasks."""
+    CPU seconds plus ``prepare_s`` (the labelled set's): the CPU time spent, comparable with one
+    task's wall time (one thread); ``tasks`` = how many split tasks."""
     from embedlake.workers.evaluate.classify import classification_summary
     f1 = {(r, rep): (mi, ma) for p in parts for r, rep, mi, ma in p["f1"]}
     res = classification_summary(parts[0]["info"], eval_cfg.train_ratios, eval_cfg.repeats, f1)
