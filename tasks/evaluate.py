@@ -98,10 +98,11 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     opts = dict(num_cpus=1, max_retries=max_retries)
     jobs: dict[str, object] = {}
     nc_refs, prepared = [], None
-    if graph.meta.get("labelled"):             # one task per ratio x repeat: the fits use the cluster's CPUs
+    if graph.meta.get("labelled"):             # ratio x repeat splits over the cluster's CPUs
         prepared = remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
-        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, [split])
-                   for split in es.classification_splits(eval_cfg)]
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, group)
+                   for group in es.classification_splits(eval_cfg, cpus)]
     else:
         log.info("evaluate: no labels given, node classification skipped")
     lp_refs = []

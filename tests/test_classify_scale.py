@@ -271,12 +271,16 @@ def test_split_tasks_merge_to_the_one_task_figures():
     cfg = EvalConfig(repeats=2)
     labels = (lab[:, 0], lab[:, 1])
     prepared = es.labelled_set_stage(X, labels, cfg)
-    parts = [es.classify_split_stage(prepared, cfg, [s]) for s in es.classification_splits(cfg)]
-    merged = es.merge_classify_results(parts, cfg, prepared[1])
     whole = es.classify_stage(X, labels, cfg)
-    assert merged.pop("tasks") == 6
-    merged.pop("seconds"), whole.pop("seconds")
-    assert merged == whole
+    whole.pop("seconds")
+    assert es.classification_splits(cfg, 4) == [[(0.1, 0), (0.9, 0)], [(0.1, 1), (0.9, 1)], [(0.5, 0)], [(0.5, 1)]]
+    for tasks in (None, 4):
+        groups = es.classification_splits(cfg, tasks)
+        parts = [es.classify_split_stage(prepared, cfg, g) for g in groups]
+        merged = es.merge_classify_results(parts, cfg, prepared[1])
+        assert merged.pop("tasks") == (6 if tasks is None else 4)
+        merged.pop("seconds")
+        assert merged == whole
 
 
 def test_labelled_nodes_above_the_cap_are_sampled_and_reported():
@@ -309,3 +313,25 @@ def test_solver_optimum_matches_the_reference_on_a_split():
     lam, Q = ls.spectrum
     new = classify.fit_logreg_ovr(ls.X[tr], Ytr, tol=1e-6, spectrum=(lam * (1000 / ls.X.shape[0]), Q))
     np.testing.assert_allclose(new, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_summary_and_report_say_when_a_sample_was_scored():
+    import io
+
+    from embedlake.flows.cli import print_summary
+    from embedlake.workers.evaluate.report import node_classification_md
+    nc = {"micro_f1": {"0.5": 0.81}, "macro_f1": {"0.5": 0.72}, "micro_f1_std": {"0.5": 0.004},
+          "macro_f1_std": {"0.5": 0.006}, "repeats": 3, "sampled": True, "num_nodes": 20000,
+          "labelled_nodes": 37700}
+    buf = io.StringIO()
+    table = {"codec": "hash", "table_rows": 10, "bytes_per_vector": 4, "ratio": 2.0, "path": "p", "source_method": "m"}
+    print_summary({"run_id": "r", "dataset": "g", "method": "fastrp", "rows": 37700, "dim": 512, "lake": "l",
+                   "stages": {}, "wall_s": 1.0, "metrics": {"node_classification": nc}, "table": table,
+                   "manifest": "m", "graph": {"path": "g"}}, out=buf)
+    assert "sampled: 20,000 of 37,700 labelled nodes" in buf.getvalue()
+    md = node_classification_md([{"dataset": "g", "method": "fastrp", "run_id": "r",
+                                  "metrics": {"node_classification": nc}}])
+    assert "g: 20,000 of 37,700" in md and "0.810 ± 0.004" in md
+    del nc["sampled"]
+    assert "sample" not in node_classification_md([{"dataset": "g", "method": "fastrp", "run_id": "r",
+                                                   "metrics": {"node_classification": nc}}])

@@ -92,9 +92,13 @@ def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
     return res
 
 
-def classification_splits(eval_cfg: EvalConfig) -> list[tuple[float, int]]:
-    """Every (ratio, repeat) of the protocol, one Ray task each (``classify_split_stage``)."""
-    return [(float(r), rep) for r in eval_cfg.train_ratios for rep in range(eval_cfg.repeats)]
+def classification_splits(eval_cfg: EvalConfig, tasks: int | None = None) -> list[list[tuple[float, int]]]:
+    """Every (ratio, repeat) of the protocol, dealt round-robin into at most ``tasks`` groups
+    (None = one group per split), one Ray task per group (``classify_split_stage``). Why a cap:
+    a task costs some scheduling, so more tasks than the cluster's CPUs only adds overhead."""
+    splits = [(float(r), rep) for r in eval_cfg.train_ratios for rep in range(eval_cfg.repeats)]
+    k = len(splits) if not tasks else max(1, min(int(tasks), len(splits)))
+    return [splits[i::k] for i in range(k)]
 
 
 def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
