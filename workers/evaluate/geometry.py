@@ -427,9 +427,13 @@ def _nodes_scoring_at_least(s, src, t):
     lo, hi = t[0], t[u - 1]
     nb = min(4 * u, 1 << 16)
     width = (hi - lo) / nb if hi > lo else 1.0
-    first = np.empty(nb + 1, dtype=np.int64)     # first[b] = #{t < lo + b * width}
+    first = np.empty(nb + 1, dtype=np.int64)     # first[b] = #{t < lo + b * width}: one merge pass
+    k = 0
     for b in range(nb + 1):
-        first[b] = np.searchsorted(t, lo + b * width, side="left")
+        edge = lo + b * width
+        while k < u and t[k] < edge:
+            k += 1
+        first[b] = k
     cnt = np.zeros(u + 1, dtype=np.int64)
     for j in range(s.size):
         v = s[j]
