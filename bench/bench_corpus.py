@@ -27,11 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python  # noqa: E402  (bench/peer_venvs.py)
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PYTHON", str(REPO.parent / "peers-venv" / "bin" / "python"))
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 
 GENSIM_SCRIPT = r"""
 import json, sys, time, numpy as np
@@ -238,7 +240,10 @@ def main() -> None:
     ap.add_argument("--skip-gensim", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    add_peers_option(ap)
     args = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", args.peers, required=not args.skip_gensim)
     from embedlake.tasks.runtime import configure_env
     configure_env()
     res = {}

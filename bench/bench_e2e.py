@@ -24,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python, run_grape  # noqa: E402  (bench/peer_venvs.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", str(ROOT.parent / "peers-venv" / "bin" / "python"))
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 
 MEM_SCRIPT = r"""
 import json, sys, time
@@ -101,6 +103,12 @@ def run_flow(ds: Path, lake: str, overrides: list[str]) -> dict:
             "flow_wall_s": round(time.perf_counter() - t, 2)}
 
 
+def warm_steps_per_s(ds: Path, run: dict) -> float:
+    """Walk steps per second of a pipeline run (10 x 80 walks from every node of the dataset)."""
+    n = json.loads((ds / "stats.json").read_text())["num_nodes"]
+    return n * 10 * 80 / max(run["walk_s"], 1e-9)
+
+
 def run_mem(nodes: int, walks: int, length: int, engine: str) -> dict:
     out = subprocess.run([sys.executable, "-c", MEM_SCRIPT, str(nodes), str(walks), str(length), "128", "4", engine],
                          capture_output=True, text=True, timeout=3600, cwd=str(ROOT))
@@ -117,11 +125,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="blogcatalog")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", default="", help="comma list of: peers, torch, w2, mem")
+    ap.add_argument("--skip", default="", help="comma list of: peers, grape, torch, w2, mem")
     ap.add_argument("--mem-nodes", type=int, default=1_000_000)
     ap.add_argument("--mem-walks", type=int, default=1)
     ap.add_argument("--mem-length", type=int, default=20)
+    add_peers_option(ap)
     a = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", a.peers, required="peers" not in set(filter(None, a.skip.split(','))))
     skip = set(filter(None, a.skip.split(",")))
     ds = SHARED / "datasets" / a.dataset
     res: dict = {"dataset": a.dataset, "threads": a.threads, "load_average": os.getloadavg()}
@@ -129,6 +140,10 @@ def main() -> None:
         log("peers: PecanPy + gensim ...")
         res["peers"] = run_peers(ds, a.threads)
         log(f"  peers: {json.dumps({k: res['peers'].get(k) for k in ('pecanpy', 'gensim_sgns', 'deepwalk_e2e_s', 'deepwalk_f1')})}")
+    if "grape" not in skip:
+        log("grape: walks + SkipGram end to end ...")
+        res["grape"] = run_grape(ds, a.peers)
+        log(f"  grape: {json.dumps(res['grape'])}")
 
     from embedlake.tasks.runtime import configure_env
     os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / "embedlake-bench-prefect"))
@@ -166,6 +181,12 @@ def main() -> None:
         ratios["train_ours_over_gensim"] = round(warm["train_s"] / p["gensim_sgns"]["train_s"], 3)
         ratios["f1_minus_gensim"] = {k: round(warm["micro_f1"][k] - p["deepwalk_f1"][k][0], 4)
                                      for k in warm["micro_f1"] if k in p["deepwalk_f1"]}
+    g = res.get("grape") or {}
+    if g.get("skipgram_e2e_s"):     # GRAPE: its own walks + SkipGram (d=128, window 10, 5 negatives, 1 epoch)
+        ratios["e2e_ours_over_grape_warm"] = round(warm["walk_train_s"] / g["skipgram_e2e_s"], 3)
+    if g.get("deepwalk"):           # walk stage of the pipeline (Ray tasks) against GRAPE's walk call
+        ratios["walk_steps_per_s_ours_over_grape"] = round(
+            warm_steps_per_s(ds, warm) / g["deepwalk"]["steps_per_s"], 3)
     if "numba_2w_partitioned" in runs:
         w2 = runs["numba_2w_partitioned"]
         ratios["w2_train_speed_over_w1"] = round(warm["train_s"] / w2["train_s"], 3)

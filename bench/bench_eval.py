@@ -5,12 +5,12 @@ For each dataset x method, two runs through the real flow (Prefect + Ray, defaul
      splits) and graph reconstruction (1..3-hop mAP);
   B. eval.link_prediction=true: 10 % of the edges held out BEFORE embedding, ROC-AUC of each
      operator against as many sampled non-edges (best operator shown), MRR / Hits@K.
-Prints one markdown table, the flow's own report (workers/evaluate/report.py) and, with --peers, the
+Prints one markdown table, the flow's own report (workers/evaluate/report.py) and, with --with-peers, the
 DeepWalk (PecanPy + gensim) / FastRP (scipy) peers' Micro-F1 from ../shared/bench/peers.py and
 the ratio ours / peer.
 
 usage: .venv/bin/python bench/bench_eval.py [--datasets blogcatalog,ppi,cora] [--methods deepwalk,fastrp]
-       [--repeats 3] [--png eval.png] [--lake DIR] [--peers]
+       [--repeats 3] [--png eval.png] [--lake DIR] [--with-peers [--peers DIR]]
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python  # noqa: E402  (bench/peer_venvs.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PEERS_PY = Path(os.environ.get("EMBEDLAKE_PEERS_PY", str(REPO.parent / "peers-venv" / "bin" / "python")))
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 
 
 def run_flow(lake: str, ds: Path, dataset: str, method: str, extra: list[str]) -> dict:
@@ -40,7 +42,7 @@ def run_flow(lake: str, ds: Path, dataset: str, method: str, extra: list[str]) -
 
 
 def peers(ds: Path) -> dict:
-    if not PEERS_PY.exists():
+    if PEERS_PY is None:
         return {}
     out = subprocess.run([str(PEERS_PY), str(SHARED / "bench" / "peers.py"), str(ds), "--skip", "pq"],
                          capture_output=True, text=True, timeout=3600)
@@ -58,9 +60,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lake", default=None, help="Lake folder (default: a temporary one).")
     ap.add_argument("--png", default=None, help="Write the quality plot here.")
-    ap.add_argument("--peers", action="store_true", help="Also run ../shared/bench/peers.py (minutes per graph).")
+    ap.add_argument("--with-peers", action="store_true", help="Also run ../shared/bench/peers.py (minutes per graph).")
     ap.add_argument("--json", default=None, help="Write all figures as JSON here.")
+    add_peers_option(ap)
     a = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", a.peers, required=a.with_peers)
     from embedlake.tasks.runtime import configure_env, ensure_ray
     configure_env()
     ensure_ray(num_cpus=os.cpu_count())
@@ -72,7 +77,7 @@ def main() -> int:
         if not ds.exists():
             print(f"skip {name}: {ds} is absent", file=sys.stderr)
             continue
-        peer = peers(ds) if a.peers else {}
+        peer = peers(ds) if a.with_peers else {}
         for method in a.methods.split(","):
             full = run_flow(lake, ds, name, method, [f"input.labels={ds / 'labels.tsv'}",
                                                     f"eval.repeats={a.repeats}"])

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python  # noqa: E402  (bench/peer_venvs.py)
+
 import numpy as np
 
 from procmem import peak_rss, reset_peak, rss  # noqa: E402  (bench/procmem.py)
@@ -41,7 +43,7 @@ from embedlake.workers.graph.synthetic import rmat_edges  # noqa: E402  (one R-M
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEERS_FILE = SHARED / "bench" / "peers.py"
-PEERS_PY = ROOT.parent / "peers-venv" / "bin" / "python"
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 ITER_WEIGHTS = (0.0, 0.0, 1.0, 6.67)
 BETA = -0.64
 
@@ -204,7 +206,10 @@ def main():
     ap.add_argument("--scale-dim", type=int, default=128)
     ap.add_argument("--scale-peer", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    add_peers_option(ap)
     args = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", args.peers, required=args.peer_subprocess or args.scale_peer)
     sys.path.insert(0, str(ROOT))
     if args.child:
         print(json.dumps(scale_child(args)))

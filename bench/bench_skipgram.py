@@ -20,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python  # noqa: E402  (bench/peer_venvs.py)
+
 import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PEERS_PY = os.environ.get("EMBEDLAKE_PEERS_PY", str(ROOT.parent / "peers-venv" / "bin" / "python"))
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 
 GENSIM_SCRIPT = r"""
 import sys, time, json, numpy as np
@@ -91,7 +93,10 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-gensim", action="store_true")
     ap.add_argument("--no-f1", action="store_true")
+    add_peers_option(ap)
     a = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", a.peers, required=not a.no_gensim)
 
     from embedlake.workers.train.skipgram import train_sgns
     peers = load_peers()

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_venvs import add_peers_option, peer_python, run_grape  # noqa: E402  (bench/peer_venvs.py)
+
 import numpy as np
 
 from procmem import peak_rss  # noqa: E402  (bench/procmem.py)
@@ -31,7 +33,7 @@ from embedlake.workers.graph.synthetic import rmat_edges  # noqa: E402  (one R-M
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-PEERS_PY = ROOT.parent / "peers-venv" / "bin" / "python"
+PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 
 PECANPY_SNIPPET = r"""
 import json, sys, time, numpy as np
@@ -175,6 +177,7 @@ def main():
     ap.add_argument("--q", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="skip PecanPy")
+    ap.add_argument("--no-grape", action="store_true", help="skip GRAPE (ensmallen), the fastest walk peer")
     ap.add_argument("--no-weighted", action="store_true", help="skip our weighted-graph runs")
     ap.add_argument("--peer-n2v-walks", type=int, default=None,
                     help="walks per node for PecanPy SparseOTF (default --walks; it is slow, steps/s is a rate)")
@@ -183,7 +186,10 @@ def main():
     ap.add_argument("--scale-walks", type=int, default=1)
     ap.add_argument("--scale-starts", type=int, default=250_000, help="start nodes sampled per scale graph")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    add_peers_option(ap)
     args = ap.parse_args()
+    global PEERS_PY
+    PEERS_PY = peer_python("peers", args.peers, required=not args.no_peer)
     sys.path.insert(0, str(ROOT))
 
     if args.child:
@@ -208,7 +214,7 @@ def main():
                                              args.repeats)
         res["ours_weighted_node2vec"] = ours(wg, args.walks, args.length, args.threads, args.p, args.q,
                                              "node2vec", args.repeats)
-    if not args.no_peer and PEERS_PY.exists():
+    if not args.no_peer:
         with tempfile.TemporaryDirectory() as tmp:
             d = st.get("directed", False)
             res["pecanpy_deepwalk"] = pecanpy(edges, d, 1, 1, args.walks, args.length, args.threads,
@@ -222,6 +228,12 @@ def main():
                 res[f"ratio_{k}_best"] = round(res[f"ours_{k}"]["steps_per_s_best"] / peer, 1)
                 res[f"ratio_{k}_median"] = round(res[f"ours_{k}"]["steps_per_s_median"] / peer, 1)
         res["targets"] = {"deepwalk": ">= 10x FirstOrderUnweighted", "node2vec": ">= 25x SparseOTF"}
+    if not args.no_grape:      # grape_peer.py walks 10 x 80 from every node, p=0.25 q=4, on all cores
+        res["grape"] = run_grape(ds, args.peers, skip="train")
+        for k, gk in (("deepwalk", "deepwalk"), ("node2vec", "node2vec_p0.25_q4")):
+            peer = (res["grape"].get(gk) or {}).get("steps_per_s")
+            if peer:
+                res[f"ratio_{k}_vs_grape_best"] = round(res[f"ours_{k}"]["steps_per_s_best"] / peer, 2)
     print(json.dumps(res))
 
 

@@ -142,7 +142,7 @@ class EvalConfig(Section):
     reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="Reconstruction: a query's breadth-first "
                                          "search stops once its ball would exceed this many nodes; its farther "
                                          "hops are left out of the means (reported as truncated).")
-    reconstruction_relevant_cap: int = Field(2048, ge=0, description="Reconstruction: relevant nodes kept per "
+    reconstruction_relevant_cap: int = Field(512, ge=0, description="Reconstruction: relevant nodes kept per "
                                              "query and hop ring; a larger ring is sampled (stratified, an "
                                              "unbiased estimate, reported as sampled). 0 = every node (exact).")
     align_to_previous: bool = Field(True, description="Rotate the table onto the previous committed run of the same "

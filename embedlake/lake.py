@@ -318,6 +318,12 @@ class Lake:
                                  f"pick another run id (a run killed on this host is resumed by re-running it there "
                                  f"with the same run id; one killed on another host leaves {self.url(rel)}: "
                                  f"delete it to resume)") from None
+        # A writer that committed this run id drops its claim only after its manifest exists, so a
+        # claim won after that commit is seen here (checked before the claim, the commit could land
+        # in between, and this writer would then overwrite the committed run's files)
+        if self.is_committed(dataset, method, run_id):
+            self.delete(rel)
+            raise CommitConflict(f"run {run_id} of {dataset}/{method} is already committed in {self.uri}")
         return token
 
     def dead_claim(self, dataset: str, method: str, run_id: str) -> dict | None:

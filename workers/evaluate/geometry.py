@@ -259,7 +259,8 @@ def _ap_block(indptr, indices, q, S, hops, ring, ball_cap, relevant_cap, seed, s
 
 
 @numba.njit(cache=True, nogil=True)
-def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, level, ball, hop_end):
+def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, level, ball,
+              hop_end, ring_est):
     """Breadth-first search from src: ball[:hop_end[h]] are the nodes within h hops (src
     excluded), level[v] their distance, mark[v] == stamp for visited nodes. Returns the last hop
     whose ball is complete (a hop that would exceed ball_cap nodes is not expanded).
@@ -267,7 +268,11 @@ def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, l
     A hop whose frontier holds many arcs is expanded bottom-up on a symmetric graph (every
     unvisited node looks for one neighbour in the frontier and stops there; Beamer et al.'s
     direction-optimising BFS): on small-world graphs the 2nd and 3rd hops cover much of the graph
-    and pushing along every frontier arc would touch most arcs once per query."""
+    and pushing along every frontier arc would touch most arcs once per query.
+
+    With relevant_cap > 0 the last hop, when it would be expanded bottom-up over many nodes, is
+    sampled instead (`_sample_last_ring`): ring_est[h] is then an estimate of the ring's size and
+    ball holds a uniform sample of it; otherwise ring_est[h] is the ring's exact size."""
     n = indptr.size - 1
     mark[src] = stamp
     level[src] = 0
@@ -281,6 +286,15 @@ def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, l
             frontier_arcs = 0
             for f in range(lo, start):
                 frontier_arcs += indptr[ball[f] + 1] - indptr[ball[f]]
+        if (symmetric and h > 1 and h == max_hop and relevant_cap > 0 and frontier_arcs * 14 > indices.size
+                and n - 1 - start > 4 * relevant_cap):
+            count, est = _sample_last_ring(indptr, indices, src, stamp, h, count, ball_cap, relevant_cap, seed,
+                                           mark, level, ball)
+            if count < 0:
+                return _unmark(ball, start, -count, mark, h)
+            hop_end[h] = count
+            ring_est[h] = est
+            return max_hop
         if symmetric and h > 1 and frontier_arcs * 14 > indices.size:
             for v in range(n):
                 if mark[v] == stamp:
@@ -309,7 +323,42 @@ def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, l
                     ball[count] = v
                     count += 1
         hop_end[h] = count
+        ring_est[h] = count - start
     return max_hop
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_last_ring(indptr, indices, src, stamp, h, count, ball_cap, relevant_cap, seed, mark, level, ball):
+    """A uniform sample of ring h (up to relevant_cap nodes) without enumerating it: nodes outside
+    the (h-1)-ball are drawn at random without replacement and kept when a neighbour sits in ring
+    h - 1; the ring's size is estimated as (kept / drawn) x (nodes outside). Returns (count after
+    the kept nodes, estimate), or (-count, 0) when ball_cap is reached (the hop is incomplete)."""
+    n = indptr.size - 1
+    outside = n - 1 - count
+    tried_mark = -(stamp + 2)            # this query's "drawn, not in the ring" (marks start at -1)
+    np.random.seed(seed * 1_000_003 + src * 64 + 32 + h)
+    tested = 0
+    members = 0
+    draws = 0
+    while members < relevant_cap and tested < 64 * relevant_cap and tested < outside and draws < 4 * n:
+        draws += 1
+        v = np.random.randint(0, n)
+        if mark[v] == stamp or mark[v] == tried_mark:
+            continue
+        tested += 1
+        mark[v] = tried_mark
+        for e in range(indptr[v], indptr[v + 1]):
+            u = indices[e]
+            if mark[u] == stamp and level[u] == h - 1:
+                if count >= ball_cap:
+                    return -count, 0.0
+                mark[v] = stamp
+                level[v] = h
+                ball[count] = v
+                count += 1
+                members += 1
+                break
+    return count, (members * outside / tested if tested > 0 else 0.0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -328,12 +377,14 @@ def _query_ap(indptr, indices, src, stamp, s, hops, ring, ball_cap, relevant_cap
     denominators, then one walk down the candidates for every hop's AP."""
     max_hop = hops[hops.size - 1]
     hop_end = np.zeros(max_hop + 1, dtype=np.int64)
-    complete = _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, mark, level, ball, hop_end)
+    ring_est = np.zeros(max_hop + 1)
+    complete = _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, level,
+                         ball, hop_end, ring_est)
     top = min(complete, max_hop)
     if top == 0:
         flags[:] = 1
         return
-    ring_size = np.diff(hop_end[:top + 1])                      # R_l, l = 1..top
+    ring_size = ring_est[1:top + 1]                  # R_l, l = 1..top (the last one may be an estimate)
     cand, cand_level, kept = _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src)
     su = s[cand]
     order = np.argsort(su, kind="mergesort")
@@ -376,9 +427,13 @@ def _nodes_scoring_at_least(s, src, t):
     lo, hi = t[0], t[u - 1]
     nb = min(4 * u, 1 << 16)
     width = (hi - lo) / nb if hi > lo else 1.0
-    first = np.empty(nb + 1, dtype=np.int64)     # first[b] = #{t < lo + b * width}
+    first = np.empty(nb + 1, dtype=np.int64)     # first[b] = #{t < lo + b * width}: one merge pass
+    k = 0
     for b in range(nb + 1):
-        first[b] = np.searchsorted(t, lo + b * width, side="left")
+        edge = lo + b * width
+        while k < u and t[k] < edge:
+            k += 1
+        first[b] = k
     cnt = np.zeros(u + 1, dtype=np.int64)
     for j in range(s.size):
         v = s[j]
@@ -432,7 +487,7 @@ def _walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
         if h > top:
             flags[kk] = 1
             continue
-        m = 0
+        m = 0.0
         used = 0
         for l in range(h if ring else 1, h + 1):
             m += ring_size[l - 1]
