@@ -93,7 +93,7 @@ def main():
     ap.add_argument("--no-f1", action="store_true")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an extra numba run with these train_sgns keyword arguments, e.g. "
-                         "'pairs={\"mode\": 16}' (repeatable; scored like the others)")
+                         "'pairs={\"ablation\": 16}' (repeatable; scored like the others)")
     a = ap.parse_args()
 
     from embedlake.workers.train.skipgram import train_sgns
@@ -140,7 +140,7 @@ def main():
 
     for spec in a.variant:
         name, kws = spec.split("=", 1)
-        Wv, _, stv = train_sgns(tokens, offsets, n, **kw, **json.loads(kws))
+        Wv, _, stv = train_sgns(tokens, offsets, n, **{**kw, **json.loads(kws)})     # a variant may set the seed
         res[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stv.items()}
         embs[name] = Wv
         print(f"{name}: {res[name]}", file=sys.stderr, flush=True)
