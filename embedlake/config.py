@@ -99,8 +99,8 @@ class TrainConfig(Section):
     negatives_per: Literal["window", "pair"] = Field("window", description="window: one draw of negatives shared by "
                                                      "a centre's contexts (HogBatch, the fast default); pair: "
                                                      "word2vec's / gensim's own negatives per (context, centre) "
-                                                     "pair: +.008 SimLex rho on Brown, no gain on BlogCatalog, "
-                                                     "~17 % slower (docs/skipgram.md, issue 20). The numba "
+                                                     "pair: +.008 SimLex rho on Brown, -.007 Micro-F1@10 % on "
+                                                     "BlogCatalog, 17-40 % slower (docs/skipgram.md, issue 20). The numba "
                                                      "one-table kernel only (engine numba, no partitions).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
