@@ -93,6 +93,9 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-gensim", action="store_true")
     ap.add_argument("--no-f1", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="an extra numba run with these train_sgns keyword arguments, e.g. "
+                         "'pairs={\"ablation\": 16}' (repeatable; scored like the others)")
     add_peers_option(ap)
     a = ap.parse_args()
     global PEERS_PY
@@ -140,6 +143,13 @@ def main():
     if "gensim" in res:
         res["numba_vs_gensim_tokens_per_s"] = round(st["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
 
+    for spec in a.variant:
+        name, kws = spec.split("=", 1)
+        Wv, _, stv = train_sgns(tokens, offsets, n, **{**kw, **json.loads(kws)})     # a variant may set the seed
+        res[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stv.items()}
+        embs[name] = Wv
+        print(f"{name}: {res[name]}", file=sys.stderr, flush=True)
+
     if not a.no_torch:
         from embedlake.workers.train.torch_engine import train_sgns_torch
         tkw = dict(kw, device="cpu")
@@ -160,6 +170,9 @@ def main():
         if "gensim" in embs:
             res["micro_f1_delta_vs_gensim"] = {r: round(res["f1"]["numba"][r][0] - res["f1"]["gensim"][r][0], 4)
                                                for r in res["f1"]["numba"]}
+            for name in (spec.split("=", 1)[0] for spec in a.variant):
+                res[f"micro_f1_delta_{name}_vs_gensim"] = {
+                    r: round(res["f1"][name][r][0] - res["f1"]["gensim"][r][0], 4) for r in res["f1"][name]}
         if "torch_cpu" in embs:
             res["micro_f1_delta_torch_vs_numba"] = {
                 r: round(res["f1"]["torch_cpu"][r][0] - res["f1"]["numba"][r][0], 4) for r in res["f1"]["numba"]}

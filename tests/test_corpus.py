@@ -300,3 +300,23 @@ def test_train_stage_engines(tmp_path):
     assert sn["engine"] == "numba" and st["engine"] == "torch" and sn["sentences"] == len(off) - 1
     W0, _ = wc.text_init(len(w), 8, 0)
     assert np.abs(W0).max() <= 1 / 8 and np.abs(W0).max() > 0.9 / 8 and not np.array_equal(Wn, W0)
+
+
+
+def test_train_stage_negatives_per_pair(tmp_path):
+    """train.negatives_per=pair reaches the kernel as word2vec's per-pair negatives (issue 20): the
+    stage's table is train_sgns(shared_negatives=False)'s, and not the shared-negatives default's;
+    an engine without that mode refuses the setting at load."""
+    from embedlake.workers.train.skipgram import train_sgns
+    rng = np.random.default_rng(3)
+    lines = [" ".join(f"w{int(x)}" for x in rng.zipf(1.5, size=12) if x < 40) for _ in range(300)]
+    p = _write(tmp_path / "z.txt", lines)
+    w, c, tok, off, _ = wc.tokenise_corpus(str(p), wc.TextSpec(), min_count=2)
+    cfg = dict(dim=8, window=3, negatives=3, epochs=2, sample=1e-3, seed=0)
+    Wp, _ = wc.train_stage(len(w), c, TrainConfig(**cfg, negatives_per="pair"), tok, off, threads=1)
+    Ws, _ = wc.train_stage(len(w), c, TrainConfig(**cfg), tok, off, threads=1)
+    Wk, _, _ = train_sgns(tok, off, len(w), counts=c, threads=1, shared_negatives=False,
+                          init=wc.text_init(len(w), 8, 0), **cfg)
+    assert np.array_equal(Wp, Wk) and not np.array_equal(Wp, Ws)
+    with pytest.raises(ValueError, match="negatives_per=pair"):
+        TrainConfig(**cfg, negatives_per="pair", engine="torch")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlake.workers.train.sgns_parts import keep_thresholds, noise_alias
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, ABL_SEQUENTIAL_WINDOW, keep_thresholds,
+                                                noise_alias)
 from embedlake.workers.train.skipgram import train_sgns
 
 
@@ -220,3 +221,33 @@ def test_torch_reproducible_and_subsampling(graph_walks):
     keep = np.minimum(1.0, (np.sqrt(counts / thr) + 1) * thr / np.maximum(counts, 1))
     exp = float((keep * counts).sum())
     assert exp < 0.5 * n and abs(a[2]["tokens_trained"] - exp) < 5 * np.sqrt(exp), (a[2]["tokens_trained"], exp, n)
+
+
+def test_ablation_pair_negatives_is_the_parity_mode(graph_walks):
+    """ABL_PAIR_NEGATIVES (issue 20's experiment: own negatives per pair on the window step's L1
+    buffers) computes word2vec's pair-by-pair update with the same random draws as the parity mode
+    shared_negatives=False: equal up to float summation order, and far from the shared kernel."""
+    tokens, offsets, _ = graph_walks
+    kw = dict(dim=32, window=5, seed=0, threads=1)
+    parity, _, st_p = train_sgns(tokens, offsets, 400, shared_negatives=False, **kw)
+    pairs, _, st_a = train_sgns(tokens, offsets, 400, ablation=ABL_PAIR_NEGATIVES, **kw)
+    shared, _, _ = train_sgns(tokens, offsets, 400, **kw)
+    assert st_p["pairs"] == st_a["pairs"]
+    assert np.abs(parity - pairs).max() < 1e-3
+    assert np.abs(parity - shared).max() > 1e-2
+
+
+def test_ablation_sequential_window_updates_between_contexts():
+    """ABL_SEQUENTIAL_WINDOW steps context after context: without negatives (and with few repeated
+    words in a window: random tokens) it is the pair-by-pair order, each context seeing the
+    centre's output row as the previous one left it, which the batched window step (all contexts
+    against the row as read) is not."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 400, 20000).astype(np.int32)
+    offsets = np.arange(0, 20001, 50, dtype=np.int64)
+    kw = dict(dim=16, window=5, negatives=0, seed=0, threads=1)
+    seq, _, _ = train_sgns(tokens, offsets, 400, ablation=ABL_SEQUENTIAL_WINDOW, **kw)
+    pairs, _, _ = train_sgns(tokens, offsets, 400, ablation=ABL_PAIR_NEGATIVES, **kw)
+    batch, _, _ = train_sgns(tokens, offsets, 400, **kw)
+    assert np.abs(seq - pairs).max() < 1e-5
+    assert np.abs(seq - batch).max() > 1e-4

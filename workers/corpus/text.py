@@ -516,7 +516,7 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
     if ck is not None:
         on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
     W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
-                             on_epoch=on_epoch, **kw)
+                             on_epoch=on_epoch, shared_negatives=train.negatives_per == "window", **kw)
     stats["sentences"] = len(offsets) - 1
     if ck is not None:           # the final state also carries the training figures
         checkpoint_info(ck, stats)

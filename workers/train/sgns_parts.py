@@ -29,6 +29,14 @@ S30 = np.uint64(30)
 S31 = np.uint64(31)
 S32 = np.uint64(32)
 
+# Ablation switches of the issue-20 quality experiments (docs/skipgram.md, "Quality against gensim"):
+# bits of train_sgns(ablation=...); 0 is the default kernel. Each one changes one thing toward gensim.
+ABL_SATURATION_SKIP = 1     # gensim: a pair with |<in, out>| >= MAX_EXP gets no update at all
+ABL_SATURATION_EXACT = 2    # word2vec.c: sigmoid exactly 0 / 1 beyond MAX_EXP (ours: the table's end points)
+ABL_TRUNCATED_INDEX = 4     # gensim's sigmoid-table index is truncated (ours rounds to the nearest point)
+ABL_SEQUENTIAL_WINDOW = 8   # shared negatives, but context after context (each sees the previous updates)
+ABL_PAIR_NEGATIVES = 16     # own negatives per (context, centre) pair, on the window step's L1 buffers
+
 
 # ----------------------------------------------------------------------------- tables (Python)
 
@@ -205,6 +213,112 @@ def pair_grad(f, positive, lr, sig_tab, logsig_tab):
         sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
     lab = np.float32(1.0) if positive else np.float32(0.0)
     return loss, (lab - sg) * lr
+
+
+@nb.njit(inline="always")
+def pair_grad_mode(f, positive, lr, sig_tab, logsig_tab, mode):
+    """pair_grad with the ablation switches (the ABL_* bits above) in `mode`; mode 0 is pair_grad."""
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    x = f if positive else -f
+    loss = 0.0
+    if x <= -MAX_EXP:
+        loss = -x
+    elif x < MAX_EXP:
+        loss = -logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
+    rnd = 0.0 if mode & ABL_TRUNCATED_INDEX else 0.5
+    lab = np.float32(1.0) if positive else np.float32(0.0)
+    if f <= -MAX_EXP:
+        if mode & ABL_SATURATION_SKIP:
+            return loss, np.float32(0.0)
+        sg = np.float32(0.0) if mode & ABL_SATURATION_EXACT else sig_tab[0]
+    elif f >= MAX_EXP:
+        if mode & ABL_SATURATION_SKIP:
+            return loss, np.float32(0.0)
+        sg = np.float32(1.0) if mode & ABL_SATURATION_EXACT else sig_tab[TABLE_SIZE]
+    else:
+        sg = sig_tab[np.int64((f + MAX_EXP) * half + rnd)]
+    return loss, (lab - sg) * lr
+
+
+@nb.njit(inline="always")
+def window_step_mode(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab, mode):
+    """window_step with pair_grad_mode's ablation switches. ABL_SEQUENTIAL_WINDOW: context after
+    context, each against the output rows as the previous contexts left them (word2vec's order,
+    the window's shared negatives kept); Ob then holds the updated rows, not the steps."""
+    dim = Cb.shape[1]
+    loss = 0.0
+    if mode & ABL_SEQUENTIAL_WINDOW:
+        for c in range(B):
+            for o in range(nout):
+                f = np.float32(0.0)
+                for d in range(dim):
+                    f += Cb[c, d] * Ob[o, d]
+                dl, gg = pair_grad_mode(f, o == 0, lr, sig_tab, logsig_tab, mode)
+                loss += dl
+                g[c, o] = gg
+            for d in range(dim):
+                dIn[c, d] = 0.0
+            for o in range(nout):
+                gg = g[c, o]
+                for d in range(dim):
+                    dIn[c, d] += gg * Ob[o, d]
+                for d in range(dim):
+                    Ob[o, d] += gg * Cb[c, d]
+        return loss
+    for c in range(B):
+        for o in range(nout):
+            f = np.float32(0.0)
+            for d in range(dim):
+                f += Cb[c, d] * Ob[o, d]
+            dl, gg = pair_grad_mode(f, o == 0, lr, sig_tab, logsig_tab, mode)
+            loss += dl
+            g[c, o] = gg
+    for c in range(B):
+        for d in range(dim):
+            dIn[c, d] = 0.0
+        for o in range(nout):
+            gg = g[c, o]
+            for d in range(dim):
+                dIn[c, d] += gg * Ob[o, d]
+    for o in range(nout):
+        for d in range(dim):
+            Ob[o, d] = 0.0
+        for c in range(B):
+            gg = g[c, o]
+            for d in range(dim):
+                Ob[o, d] += gg * Cb[c, d]
+    return loss
+
+
+@nb.njit(inline="always")
+def hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab, logsig_tab, mode):
+    """hogbatch with pair_grad_mode's ablation switches (Oo: the output rows as read, for
+    ABL_SEQUENTIAL_WINDOW, whose window step leaves the updated rows in Ob)."""
+    dim = W_in.shape[1]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            Cb[c, d] = W_in[crow, d]
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            Ob[o, d] = W_out[orow, d]
+            Oo[o, d] = Ob[o, d]
+    loss = window_step_mode(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab, mode)
+    if mode & ABL_SEQUENTIAL_WINDOW:
+        for o in range(nout):
+            orow = outs[o]
+            for d in range(dim):
+                Ob[o, d] -= Oo[o, d]
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            W_out[orow, d] += Ob[o, d]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            W_in[crow, d] += dIn[c, d]
+    return loss
 
 
 @nb.njit(inline="always")

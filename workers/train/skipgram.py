@@ -31,8 +31,9 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (LOW32, S32, blocks_per_chunk, draw_negatives, hogbatch,
-                                                keep_thresholds, kept_tokens, noise_alias, numba_threads, pair_grad,
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, LOW32, S32, blocks_per_chunk, draw_negatives,
+                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, numba_threads,
+                                                pair_grad_mode,
                                                 seed_state, sentence_chunks, sigmoid_tables, splitmix64, token_counts,
                                                 using_numba_threads, window_contexts)
 
@@ -43,7 +44,7 @@ from embedlake.workers.train.sgns_parts import (LOW32, S32, blocks_per_chunk, dr
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, alias_thr, alias_idx,
                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch,
-                nblocks, maxlen, sent_loss, sent_pairs, sent_kept, shared):
+                nblocks, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
     """Train on sentences [s_lo, s_hi). Per-sentence loss sums, pair and kept-token counts go to
     sent_*[s - s_lo]. pos_base + token position = work done before that token (for the lr)."""
     nsent = s_hi - s_lo
@@ -61,6 +62,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         dIn = np.empty((cmax, dim), np.float32)
         Cb = np.empty((cmax, dim), np.float32)
         Ob = np.empty((nout_max, dim), np.float32)
+        Oo = np.empty((nout_max, dim), np.float32)
         for s in range(a, b):
             state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                     seed_state(seed, epoch, s), buf, pos)
@@ -92,7 +94,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                             f = np.float32(0.0)
                             for d in range(dim):
                                 f += W_in[crow, d] * W_out[orow, d]
-                            dl, gg = pair_grad(f, o == 0, lr, sig_tab, logsig_tab)
+                            dl, gg = pair_grad_mode(f, o == 0, lr, sig_tab, logsig_tab, mode)
                             loss += dl
                             gg = np.float32(gg)
                             for d in range(dim):
@@ -103,8 +105,17 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                             W_in[crow, d] += dIn[0, d]
                     pairs += B
                     continue
+                if mode & ABL_PAIR_NEGATIVES:
+                    # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
+                    for c in range(B):
+                        state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                        loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
+                                              logsig_tab, mode)
+                    pairs += B
+                    continue
                 state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+                loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab, logsig_tab,
+                                      mode)
                 pairs += B
             sent_loss[s - s_lo] = loss
             sent_pairs[s - s_lo] = pairs
@@ -159,7 +170,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                init=None, progress: Callable[[int, int, float], None] | None = None,
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-               ) -> tuple[np.ndarray, np.ndarray, dict]:
+               ablation: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -173,6 +184,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
     streams of an uninterrupted run (one thread: bit-identical result). on_epoch(k, W_in, W_out)
     is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
+    ablation: a sum of sgns_parts.ABL_* bits, each one change toward gensim's kernel, for the quality
+    experiments of docs/skipgram.md ("Quality against gensim"); 0 (the default) is the kernel above.
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
@@ -192,7 +205,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     chunks = sentence_chunks(offsets, chunk_tokens)
     kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
-                  min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives))
+                  min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, chunks, nthreads, epochs=epochs,
                         start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
     stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
@@ -234,7 +247,7 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, chunks: list[tuple
                             kernel["alias_thr"], kernel["alias_idx"], kernel["sig_tab"], kernel["logsig_tab"],
                             kernel["window"], kernel["negatives"], kernel["lr0"], kernel["min_lr"], pos_base,
                             float(total_work), kernel["seed"], ep, blocks_per_chunk(nthreads, hi - lo), maxlen,
-                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], kernel["shared"])
+                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], kernel["shared"], kernel["mode"])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
                     p = int(sent_pairs[lo:hi].sum())
@@ -291,5 +304,5 @@ def _warm(sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     _sgns_chunk(toks, offs, 0, 1, Wi, Wo, keep, False, thr, ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
-                0, 4.0, 0, 0, 1, 4, z, zi, zk, True)
+                0, 4.0, 0, 0, 1, 4, z, zi, zk, True, 0)
     _WARMED = True

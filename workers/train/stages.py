@@ -71,7 +71,8 @@ def train_stage(num_nodes: int, walks_per_node: int, train: TrainConfig, *parts:
     cb, on_epoch = epoch_callbacks(progress, checkpoint, train.epochs)
     init, start = resumed_tables(checkpoint)
     W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init, start_epoch=start,
-                             on_epoch=on_epoch, **sgns_settings(train))
+                             on_epoch=on_epoch, shared_negatives=train.negatives_per == "window",
+                             **sgns_settings(train))
     if checkpoint is not None:       # the final state also carries the training figures
         checkpoint_info(checkpoint, stats)
     return W, stats

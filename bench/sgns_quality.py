@@ -1,0 +1,104 @@
+"""Quality experiments for the skip-gram kernel against gensim on Brown (issue 20, docs/skipgram.md).
+
+    .venv/bin/python bench/sgns_quality.py --variant base --seeds 0 1 2 [--kw '{"shared_negatives": false}']
+        [--gensim] [--epochs 5] [--threads 2]
+
+Tokenises Brown once (our tokeniser, min_count 5, cached under --cache), trains our kernel with the
+keyword arguments given in --kw (one variant per call, one change at a time), evaluates WordSim353 /
+SimLex-999 / analogies with workers/evaluate/words.py and prints one JSON line per seed and the mean.
+--gensim trains gensim instead (peers venv, same sentences, same settings; bench_corpus.run_gensim).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_corpus
+from peer_venvs import add_peers_option, peer_python  # noqa: E402
+
+
+def tokenised(args):
+    """(words, counts, tokens, offsets, sentence file) for the corpus, cached in args.cache."""
+    import polars as pl
+    from embedlake.workers.corpus.text import TextSpec, tokenise_corpus, tokenise_lines
+    os.makedirs(args.cache, exist_ok=True)
+    npz, sent_path = os.path.join(args.cache, "brown.npz"), os.path.join(args.cache, "sentences.txt")
+    if os.path.exists(npz) and os.path.exists(sent_path):
+        z = np.load(npz, allow_pickle=True)
+        return list(z["words"]), z["counts"], z["tokens"], z["offsets"], sent_path
+    spec = TextSpec(lowercase=False)
+    words, counts, tokens, offsets, _ = tokenise_corpus(args.corpus, spec, args.min_count)
+    lines = pl.Series("l", Path(args.corpus).read_text(encoding="utf-8").rstrip("\n").split("\n"))
+    flat, lens = tokenise_lines(lines, spec)
+    flat_l = flat.to_list()
+    with open(sent_path, "w", encoding="utf-8") as f:
+        pos = 0
+        for n in lens:
+            if n:
+                f.write(" ".join(flat_l[pos:pos + n]) + "\n")
+            pos += n
+    np.savez(npz, words=np.array(words, dtype=object), counts=counts, tokens=tokens, offsets=offsets)
+    return words, counts, tokens, offsets, sent_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
+    ap.add_argument("--cache", default="/tmp/sgns")
+    ap.add_argument("--variant", default="base")
+    ap.add_argument("--kw", default="{}", help="JSON keyword arguments for train_sgns")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--gensim", action="store_true")
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--negatives", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--min-count", type=int, default=5)
+    ap.add_argument("--sample", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    add_peers_option(ap)
+    args = ap.parse_args()
+    if args.gensim:          # bench_corpus.run_gensim runs gensim with its module's peers python
+        bench_corpus.PEERS_PY = peer_python("peers", args.peers)
+    from embedlake.tasks.runtime import configure_env
+    configure_env()
+    from embedlake.workers.corpus.text import text_init
+    from embedlake.workers.evaluate.words import evaluate_words
+    from embedlake.workers.train.skipgram import train_sgns
+    words, counts, tokens, offsets, sent_path = tokenised(args)
+    rows = []
+    for seed in args.seeds:
+        if args.gensim:
+            g, gw, gX = bench_corpus.run_gensim(sent_path, args, args.cache, seed)
+            ev, tps = evaluate_words(gw, gX), g["tokens_per_s"]
+            at = {w: i for i, w in enumerate(gw)}          # gensim's rows in our word order: the same index
+            same = evaluate_words(words, gX[[at[w] for w in words]], counts=counts)
+        else:
+            W, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
+                                  negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
+                                  threads=args.threads, init=text_init(len(words), args.dim, seed),
+                                  **json.loads(args.kw))
+            ev, tps = evaluate_words(words, W, counts=counts), len(tokens) * args.epochs / st["seconds"]
+        row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed, "tokens_per_s": round(tps),
+               "ws353": round(ev["wordsim353"]["spearman"], 4), "simlex": round(ev["simlex999"]["spearman"], 4),
+               "analogy": round(ev["analogy"]["accuracy"], 4)}
+        if args.gensim:       # case variants of equal count: our index may pick another variant than gensim's
+            row.update(ws353_our_index=round(same["wordsim353"]["spearman"], 4),
+                       simlex_our_index=round(same["simlex999"]["spearman"], 4),
+                       analogy_our_index=round(same["analogy"]["accuracy"], 4))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0] if k not in ("variant", "seed")}
+    print(json.dumps({"variant": rows[0]["variant"], "kw": args.kw, "seeds": args.seeds, "epochs": args.epochs,
+                      "mean": mean}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
