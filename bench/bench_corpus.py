@@ -58,6 +58,24 @@ print(json.dumps({"vocab": len(m.wv), "vocab_s": vocab_s, "train_s": train_s, "i
 """
 
 
+def write_sentences(corpus: str, spec, path: str) -> str:
+    """The corpus tokenised as embedlake does, one sentence per line (raw tokens, before the
+    vocabulary filter): what gensim trains on, so both see the same sentences."""
+    import polars as pl
+
+    from embedlake.workers.corpus.text import tokenise_lines
+    lines = pl.Series("l", Path(corpus).read_text(encoding="utf-8").rstrip("\n").split("\n"))
+    flat, lens = tokenise_lines(lines, spec)
+    flat_l = flat.to_list()
+    with open(path, "w", encoding="utf-8") as f:
+        pos = 0
+        for n in lens:
+            if n:
+                f.write(" ".join(flat_l[pos:pos + n]) + "\n")
+            pos += n
+    return path
+
+
 def run_gensim(sent_path: str, args, tmp: str, seed: int = 0) -> dict:
     script = os.path.join(tmp, "gensim_peer.py")
     Path(script).write_text(GENSIM_SCRIPT)
@@ -89,24 +107,13 @@ def part_train(args, tmp: str) -> dict:
     from embedlake.workers.corpus.text import TextSpec, text_init, tokenise_corpus
     from embedlake.workers.train.skipgram import train_sgns
     from embedlake.workers.evaluate.words import evaluate_words
-    import polars as pl
-    from embedlake.workers.corpus.text import tokenise_lines
 
     spec = TextSpec(lowercase=args.lowercase)
     t0 = time.perf_counter()
     words, counts, tokens, offsets, st = tokenise_corpus(args.corpus, spec, args.min_count)
     vocab_s = time.perf_counter() - t0
     # the same tokenised sentences for gensim (raw tokens, before the vocabulary filter)
-    lines = pl.Series("l", Path(args.corpus).read_text(encoding="utf-8").rstrip("\n").split("\n"))
-    flat, lens = tokenise_lines(lines, spec)
-    sent_path = os.path.join(tmp, "sentences.txt")
-    flat_l = flat.to_list()
-    with open(sent_path, "w", encoding="utf-8") as f:
-        pos = 0
-        for n in lens:
-            if n:
-                f.write(" ".join(flat_l[pos:pos + n]) + "\n")
-            pos += n
+    sent_path = write_sentences(args.corpus, spec, os.path.join(tmp, "sentences.txt"))
     res = {"corpus": args.corpus, "sentences": int(len(offsets) - 1), "raw_tokens": st["raw_tokens"],
            "vocab": len(words), "in_vocab_tokens": int(len(tokens)), "threads": args.threads,
            "params": {"dim": args.dim, "window": args.window, "negatives": args.negatives, "epochs": args.epochs,

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,7 @@ from peer_venvs import add_peers_option, peer_python  # noqa: E402
 
 def tokenised(args):
     """(words, counts, tokens, offsets, sentence file) for the corpus, cached in args.cache."""
-    import polars as pl
-    from embedlake.workers.corpus.text import TextSpec, tokenise_corpus, tokenise_lines
+    from embedlake.workers.corpus.text import TextSpec, tokenise_corpus
     os.makedirs(args.cache, exist_ok=True)
     npz, sent_path = os.path.join(args.cache, "brown.npz"), os.path.join(args.cache, "sentences.txt")
     if os.path.exists(npz) and os.path.exists(sent_path):
@@ -35,15 +33,7 @@ def tokenised(args):
         return list(z["words"]), z["counts"], z["tokens"], z["offsets"], sent_path
     spec = TextSpec(lowercase=False)
     words, counts, tokens, offsets, _ = tokenise_corpus(args.corpus, spec, args.min_count)
-    lines = pl.Series("l", Path(args.corpus).read_text(encoding="utf-8").rstrip("\n").split("\n"))
-    flat, lens = tokenise_lines(lines, spec)
-    flat_l = flat.to_list()
-    with open(sent_path, "w", encoding="utf-8") as f:
-        pos = 0
-        for n in lens:
-            if n:
-                f.write(" ".join(flat_l[pos:pos + n]) + "\n")
-            pos += n
+    bench_corpus.write_sentences(args.corpus, spec, sent_path)
     np.savez(npz, words=np.array(words, dtype=object), counts=counts, tokens=tokens, offsets=offsets)
     return words, counts, tokens, offsets, sent_path
 

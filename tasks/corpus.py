@@ -15,7 +15,7 @@ from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run, Stage
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.tasks.train import TRAIN_KEYS, start_epoch
+from embedlake.tasks.train import TRAIN_KEYS
 from embedlake.workers.corpus import text as cs
 from embedlake.workers.corpus.text import TextSpec
 from embedlake.workers.run.checkpoints import fingerprint, vocab_digest
@@ -198,7 +198,7 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_r
     import ray
     log = stage_logger()
     cpus = max_node_cpus()
-    start = start_epoch(stage, train_cfg.epochs) if stage is not None and stage.enabled else 0
+    start = stage.resume_point("epoch", train_cfg.epochs, "training") if stage is not None and stage.enabled else 0
     progress = Progress("train", "tokens")
     fn = remote(cs.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]

@@ -255,6 +255,18 @@ class Stage:
         """The step (`epoch`, `round`) an unfinished killed attempt reached; 0 to start over."""
         return int(self.state.get(key, 0)) if self.state is not None and not self.final else 0
 
+    def resume_point(self, key: str, total: int, what: str) -> int:
+        """progress(key), logged: where training continues (`what`: "training" / "streamed
+        training"), or that a checkpoint of other input or settings was discarded."""
+        start = self.progress(key)
+        if start:
+            stage_logger().info(f"resume: {what} continues at {key} {start + 1}/{total} "
+                                f"({start} {key}(s) of run {self.run.run_id} reused)")
+        elif self.discarded:
+            stage_logger().info(f"resume: the run's {what} checkpoint is of other input or settings: "
+                                f"starting over")
+        return start
+
     def handle(self) -> cp.StageHandle | None:
         """What a Ray task checkpoints this stage with (None when checkpoints are off)."""
         if not self.enabled:

@@ -25,18 +25,6 @@ from embedlake.workers.graph.walks import walks_mb
 from embedlake.workers.train import stages as train_stages
 
 
-def start_round(stage: Stage, rounds: int) -> int:
-    """The round a killed attempt's checkpoint lets training continue after (0: from the start)."""
-    log = stage_logger()
-    r0 = stage.progress("round")
-    if r0:
-        log.info(f"resume: streamed training continues at round {r0 + 1}/{rounds} "
-                 f"({r0} round(s) of run {stage.run.run_id} reused)")
-    elif stage.discarded:
-        log.info("resume: the run's streamed-training checkpoint is of other input or settings: starting over")
-    return r0
-
-
 def round_walks(graph: GraphHandle, walk_cfg: WalkConfig, method: str, bounds: list[tuple[int, int]],
                 max_retries: int):
     """submit(r) -> the walk refs of round r (walk k = r mod walks_per_node of every node)."""
@@ -79,7 +67,7 @@ def walk_and_train(graph: GraphHandle, walk_cfg: WalkConfig, train_cfg: TrainCon
     rounds = walk_cfg.walks_per_node * train_cfg.epochs
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     handle = stage.handle()
-    r0 = start_round(stage, rounds) if handle is not None else 0
+    r0 = stage.resume_point("round", rounds, "streamed training") if handle is not None else 0
     every = walk_cfg.walks_per_node if train_cfg.checkpoint == "epoch" else 1
     submit = round_walks(graph, walk_cfg, method, bounds, max_retries)
     progress = Progress("train (streamed walks)", "tokens")

@@ -97,18 +97,6 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     return trained
 
 
-def start_epoch(stage: Stage, epochs: int) -> int:
-    """The epoch a killed attempt's checkpoint lets training continue after (0: from the start)."""
-    log = stage_logger()
-    start = stage.progress("epoch")
-    if start:
-        log.info(f"resume: training continues at epoch {start + 1}/{epochs} "
-                 f"({start} epoch(s) of run {stage.run.run_id} reused)")
-    elif stage.discarded:
-        log.info("resume: the run's training checkpoint is of other walks or settings: training from the start")
-    return start
-
-
 @task(name="train", cache_policy=NO_CACHE)
 def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, train_cfg: TrainConfig,
                     stage: Stage, max_retries: int = 3) -> StageResult:
@@ -121,7 +109,7 @@ def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, t
     if done is not None:
         return done
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
-    start = start_epoch(stage, train_cfg.epochs) if stage.enabled else 0
+    start = stage.resume_point("epoch", train_cfg.epochs, "training") if stage.enabled else 0
     fn = remote(train_stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
     progress = Progress("train", "tokens")
     emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg.walks_per_node, train_cfg, *walk_refs,
