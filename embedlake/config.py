@@ -55,7 +55,22 @@ class SyntheticConfig(Section):
 class ShardConfig(Section):
     partitions: int = Field(0, ge=0, le=4096, description="Partitions of start nodes / rows (one Ray task each); "
                             "0 = one per CPU of the Ray cluster.")
-    scheme: Literal["range", "hash"] = Field("range", description="Contiguous id ranges or hash of the id.")
+
+
+class GraphConfig(Section):
+    shards: int | Literal["auto"] = Field("auto", description="Graph shards by node range (workers/graph/shards.py): "
+                                          "each holds its nodes' out-arcs as its own lake files and Ray objects, and "
+                                          "no worker holds the whole graph when > 1. auto = 1 while the CSR fits "
+                                          "shard_budget_mb, else the fewest shards that each fit it.")
+    shard_budget_mb: float = Field(4096.0, gt=0, description="Per-worker memory budget for one shard's CSR "
+                                   "(indptr, neighbours, weights, node ids) with graph.shards=auto.")
+
+    @field_validator("shards")
+    @classmethod
+    def _shards_range(cls, v):
+        if v != "auto" and not 1 <= v <= 4096:
+            raise ValueError("graph.shards must be auto or an integer in 1..4096")
+        return v
 
 
 class WalkConfig(Section):
@@ -250,7 +265,8 @@ class PipelineConfig(Section):
     method: Literal["deepwalk", "node2vec", "fastrp"] = Field("deepwalk", description="Embedding method.")
     input: InputConfig = Field(default_factory=InputConfig, description="Input graph.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Built-in demo graph.")
-    shard: ShardConfig = Field(default_factory=ShardConfig, description="Partitioning.")
+    shard: ShardConfig = Field(default_factory=ShardConfig, description="Partitioning of one shard's rows.")
+    graph: GraphConfig = Field(default_factory=GraphConfig, description="Graph shards.")
     walk: WalkConfig = Field(default_factory=WalkConfig, description="Random walks.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Skip-gram training.")
     fastrp: FastRPConfig = Field(default_factory=FastRPConfig, description="FastRP.")

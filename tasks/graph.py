@@ -18,12 +18,35 @@ from embedlake.workers.run.faults import fault_point
 
 
 @dataclass
+class ShardRef:
+    """One graph shard (workers/graph/shards.py) in the object store: rows [lo, hi)."""
+    lo: int
+    hi: int
+    arcs: int
+    csr_ref: object          # ray.ObjectRef -> CSRShard.as_tuple(): (local indptr, global indices, weights, directed)
+    ids_ref: object          # ray.ObjectRef -> node ids of rows [lo, hi)
+
+
+@dataclass
 class GraphHandle:
-    """What later stages need about the ingested graph: small metadata + ObjectRefs."""
+    """What later stages need about the ingested graph: small metadata + ObjectRefs.
+
+    With one shard, csr_ref / node_ids_ref are the whole graph and `shards` is that one shard. With
+    graph.shards > 1 each shard is its own object and no stage of the sharded engines reads
+    csr_ref (evaluation still gathers it: `gathered`)."""
     meta: dict
     csr_ref: object          # ray.ObjectRef -> (indptr, indices, weights, directed)
     node_ids_ref: object     # ray.ObjectRef -> node_ids
     labels_ref: object       # ray.ObjectRef -> labels or None
+    shards: list[ShardRef] = field(default_factory=list)
+
+    @property
+    def num_shards(self) -> int:
+        return max(1, len(self.shards))
+
+    @property
+    def shard_bounds(self) -> list[tuple[int, int]]:
+        return [(s.lo, s.hi) for s in self.shards] or [(0, self.num_nodes)]
 
     @property
     def num_nodes(self) -> int:
