@@ -2,8 +2,15 @@
 
 `ray.stages` in the config (e.g. `-p 'ray.stages={train: {num_gpus: 1, num_cpus: 8}}'`) overrides
 the options a stage asks for, so users put GPU stages on GPU nodes without touching code.
+
+With EMBEDLAKE_RECORD_OBJECTS=<dir> set in the driver, every task made here also records the bytes
+of its arguments and results (tasks/object_sizes.py); unset, nothing but the variable is looked at.
 """
 from __future__ import annotations
+
+import os
+
+from embedlake.tasks.object_sizes import RECORD_ENV, recorded
 
 _STAGE_OPTIONS: dict[str, dict] = {}
 
@@ -24,4 +31,7 @@ def remote(fn, stage: str | None = None, **options):
     """ray.remote(fn) with the stage's defaults, then the user's per-stage overrides."""
     import ray
     options.update(stage_options(stage))
+    directory = os.environ.get(RECORD_ENV)
+    if directory:
+        fn = recorded(fn, stage, directory, options.get("num_returns", 1))
     return ray.remote(fn).options(**options)

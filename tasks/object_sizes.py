@@ -1,0 +1,238 @@
+"""Object-size recorder: the bytes every Ray task of the pipeline takes and returns, per call.
+
+Why: issue 17's promise is that no task of a sharded engine holds the whole graph, i.e. no task
+argument or result is much larger than one shard. That is a property of the running pipeline, not
+of any one function, so it is checked by recording what each task really received after Ray
+resolved its arguments, and what it returned, then comparing against the shard sizes.
+
+How: with EMBEDLAKE_RECORD_OBJECTS=<dir> set in the driver when a stage builds its tasks,
+`tasks/remote.py:remote` wraps the worker function (or each public method of an actor class) in
+`recorded(...)`. The directory travels inside the wrapper (a closure Ray pickles with the function),
+so the workers need no environment of their own, on any node. Each call appends one JSON line to
+`<dir>/objects-<host>-<pid>.jsonl` (one file per worker process: no two processes write one file):
+
+    {"stage": "walk", "fn": "walk_partition", "args": [bytes, ...], "kwargs": {name: bytes},
+     "results": [bytes, ...], "node": <ray node id>, "pid": ..., "wall_s": ...}
+
+With the variable unset, `remote` never calls into this module: zero overhead.
+
+Sizes (`object_bytes`): numpy arrays count their nbytes; tuples, lists and dicts the sum of their
+items; anything else its pickled size (protocol 5, arrays out of band, so a dataclass holding arrays
+counts their nbytes without copying them). Object refs and actor handles nested in an argument are
+not resolved by Ray and not fetched by workers/ code (workers never import Ray), so they count 0.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_ENV = "EMBEDLAKE_RECORD_OBJECTS"
+_CONTAINER_ITEMS = 1000        # beyond this many items a container is sized by pickling it whole
+_WRITE_LOCK = threading.Lock()
+
+
+def record_dir() -> str | None:
+    """Where the driver's tasks record object sizes (EMBEDLAKE_RECORD_OBJECTS), None when off."""
+    return os.environ.get(RECORD_ENV) or None
+
+
+@contextmanager
+def recording(directory: str | os.PathLike) -> Iterator[Path]:
+    """Record the sizes of every task made by `remote` in this process while the block runs.
+    (Tasks built before it, e.g. a remote function cached earlier, are not recorded.)"""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get(RECORD_ENV)
+    os.environ[RECORD_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(RECORD_ENV, None)
+        else:
+            os.environ[RECORD_ENV] = before
+
+
+class _ByteCounter:
+    """A file object that only counts what a pickler writes to it."""
+
+    def __init__(self):
+        self.n = 0
+
+    def write(self, b) -> int:
+        n = memoryview(b).nbytes
+        self.n += n
+        return n
+
+
+def _pickled_bytes(obj) -> int:
+    """Pickled size with buffers out of band (counted, not copied) and Ray handles counted as 0."""
+    import ray
+    from ray import cloudpickle
+
+    class _Sizer(cloudpickle.CloudPickler):
+        def persistent_id(self, o):
+            if isinstance(o, (ray.ObjectRef, ray.actor.ActorHandle)):
+                return 0
+            return None
+
+    out, buffers = _ByteCounter(), []
+    _Sizer(out, protocol=5, buffer_callback=buffers.append).dump(obj)
+    return out.n + sum(b.raw().nbytes for b in buffers)
+
+
+def object_bytes(obj) -> int:
+    """Bytes of one task argument or result (see the module doc for the rules)."""
+    import numpy as np
+    import ray
+    if obj is None:
+        return 0
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return int(memoryview(obj).nbytes)
+    if isinstance(obj, (ray.ObjectRef, ray.actor.ActorHandle)):
+        return 0
+    if isinstance(obj, (tuple, list)) and len(obj) <= _CONTAINER_ITEMS:
+        return sum(object_bytes(x) for x in obj)
+    if isinstance(obj, dict) and len(obj) <= _CONTAINER_ITEMS:
+        return sum(object_bytes(k) + object_bytes(v) for k, v in obj.items())
+    try:
+        return _pickled_bytes(obj)
+    except Exception:           # not picklable here (a lock, an open file): its shallow size
+        return int(sys.getsizeof(obj))
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
+def _write(directory: str, record: dict) -> None:
+    path = os.path.join(directory, f"objects-{socket.gethostname()}-{os.getpid()}.jsonl")
+    line = json.dumps(record, separators=(",", ":")) + "\n"
+    with _WRITE_LOCK, open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def _result_sizes(result, num_returns) -> list[int]:
+    if isinstance(num_returns, int) and num_returns > 1 and isinstance(result, (tuple, list)):
+        return [object_bytes(r) for r in result]
+    return [object_bytes(result)]
+
+
+def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name: str | None = None,
+                      method: bool = False):
+    """`fn` that appends one size record per call to `directory` (same name and signature, so
+    Ray titles its worker `ray::<name>` and checks calls against fn's own parameters).
+    method: fn is an actor method; its `self` (the actor, which stays put) is not an argument."""
+    label = name or fn.__name__
+    skip = 1 if method else 0
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        arg_sizes = [object_bytes(a) for a in args[skip:]]
+        kwarg_sizes = {k: object_bytes(v) for k, v in kwargs.items()}
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        _write(directory, {"stage": stage, "fn": label, "args": arg_sizes, "kwargs": kwarg_sizes,
+                           "results": _result_sizes(result, num_returns), "node": _node_id(), "pid": os.getpid(),
+                           "wall_s": round(time.perf_counter() - t0, 6)})
+        return result
+    return call
+
+
+def recorded_actor(cls: type, stage: str | None, directory: str) -> type:
+    """A subclass of actor class `cls` whose public methods record like `recorded_function`
+    (`Class.method`); a method's own @ray.method(num_returns=...) is kept and honoured."""
+    methods = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        if name.startswith("_") or isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+            continue
+        returns = getattr(member, "__ray_num_returns__", 1)
+        methods[name] = recorded_function(member, stage, directory, returns, name=f"{cls.__name__}.{name}",
+                                          method=True)
+    return type(cls.__name__, (cls,), {**methods, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+
+def recorded(fn_or_class, stage: str | None, directory: str, num_returns=1):
+    """What `remote` hands to ray.remote while recording: a recording function or actor class."""
+    if inspect.isclass(fn_or_class):
+        return recorded_actor(fn_or_class, stage, directory)
+    return recorded_function(fn_or_class, stage, directory, num_returns)
+
+
+# ---- reading the records back ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One recorded task call."""
+    stage: str | None
+    fn: str
+    args: tuple[int, ...]
+    kwargs: dict
+    results: tuple[int, ...]
+    node: str | None
+    pid: int
+    wall_s: float
+
+    @property
+    def largest_arg(self) -> int:
+        return max([*self.args, *self.kwargs.values(), 0])
+
+    @property
+    def largest_result(self) -> int:
+        return max([*self.results, 0])
+
+    @property
+    def largest(self) -> int:
+        return max(self.largest_arg, self.largest_result)
+
+
+def read_calls(directory: str | os.PathLike) -> list[Call]:
+    """Every call recorded under `directory` (all worker processes, all nodes sharing the folder)."""
+    calls = []
+    for path in sorted(Path(directory).glob("objects-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                calls.append(Call(r["stage"], r["fn"], tuple(r["args"]), dict(r["kwargs"]), tuple(r["results"]),
+                                  r.get("node"), int(r["pid"]), float(r["wall_s"])))
+    return calls
+
+
+def largest_by_stage(calls: list[Call]) -> dict[str, dict]:
+    """Per stage: calls, the largest argument and result in bytes, and which function took or gave it."""
+    out: dict[str, dict] = {}
+    for c in calls:
+        s = out.setdefault(c.stage or "-", {"calls": 0, "arg": 0, "arg_fn": None, "result": 0, "result_fn": None})
+        s["calls"] += 1
+        if c.largest_arg > s["arg"]:
+            s["arg"], s["arg_fn"] = c.largest_arg, c.fn
+        if c.largest_result > s["result"]:
+            s["result"], s["result_fn"] = c.largest_result, c.fn
+    return out
+
+
+def oversized(calls: list[Call], limit_bytes: float, stages: set[str] | None = None) -> list[str]:
+    """One line per call (of `stages`, or all) whose largest argument or result exceeds limit_bytes."""
+    lines = []
+    for c in calls:
+        if stages is not None and c.stage not in stages:
+            continue
+        if c.largest > limit_bytes:
+            which = "argument" if c.largest_arg >= c.largest_result else "result"
+            lines.append(f"{c.stage}/{c.fn}: {which} of {c.largest:,} bytes > {int(limit_bytes):,}")
+    return lines
