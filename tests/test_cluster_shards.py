@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 import sys
 from pathlib import Path
 
@@ -108,3 +110,211 @@ def test_recorder_off_never_wraps(monkeypatch):
     monkeypatch.delenv(RECORD_ENV, raising=False)
     monkeypatch.setattr(tr, "recorded", boom)
     assert tr.remote(_test_worker_code()[0], "walk", num_returns=2) is not None
+
+
+# ---- the 4-node cluster, in a subprocess -----------------------------------------------------------
+NODES, NODE_CPUS, NODE_STORE_MB, SHARDS, LIMIT = 4, 1, 100, 4, 1.5
+GRAPH = {"nodes": 20_000, "communities": 10, "avg_degree": 10.0, "mixing": 0.3, "seed": 11}
+WALKS_PER_NODE, WALK_LENGTH, DIM = 2, 10, 16
+BASE_CFG = ["lake.dataset=bed", "walk.walks_per_node=2", "walk.length=10", "walk.seed=3", "train.dim=16",
+            "train.window=2", "train.threads=1", "train.rounds=1", "fastrp.dim=16", "eval.repeats=1", "eval.reconstruction=false",
+            "eval.align_to_previous=false", "eval.artifacts=false",
+            # today's partitioned trainer asks cluster CPUs / train.workers per block task (4 here), more than one
+            # node has: pin it to what a node has
+            f"ray.stages={{train: {{num_cpus: {NODE_CPUS}}}}}"]
+# run name -> (overrides, record object sizes, remove the node of a walk task once it runs)
+RUNS = {
+    "one": (["method=deepwalk", "graph.shards=1"], True, False),
+    "four": (["method=deepwalk", f"graph.shards={SHARDS}", "train.workers=2"], True, False),
+    "fastrp4": (["method=fastrp", f"graph.shards={SHARDS}"], True, False),
+    "noded": (["method=deepwalk", f"graph.shards={SHARDS}", "train.workers=2"], False, True),
+}
+
+CLUSTER_SCRIPT = r"""
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[3])
+from test_cluster_shards import run_on_cluster
+print("RESULT " + json.dumps(run_on_cluster(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
+"""
+
+
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def remove_node_when_walking(cluster, workers: list, out: dict, timeout_s: float = 300) -> None:
+    """Remove (ungracefully: the raylet and its workers die) the first node whose worker runs a walk
+    task or actor (a process titled `ray::...walk...`). The worker is frozen (SIGSTOP) the moment it
+    is seen, so it cannot finish its walks before its node is gone, however short they are."""
+    import psutil
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not out.get("done"):
+        for node in list(workers):
+            try:
+                kids = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+            except psutil.Error:
+                continue
+            hit = [(k, _title(k.pid)) for k in kids]
+            hit = [(k, t) for k, t in hit if t.startswith("ray::") and "walk" in t.lower()]
+            if hit:
+                try:
+                    hit[0][0].suspend()
+                except psutil.Error:
+                    continue                  # it finished in between: wait for the next one
+                cluster.remove_node(node, allow_graceful=False)
+                out["removed"] = hit[0][1]
+                return
+        time.sleep(0.005)
+
+
+def run_on_cluster(workdir: str, runs: dict) -> dict:
+    """In a fresh process: a 0-CPU head and NODES nodes of NODE_CPUS CPUs and NODE_STORE_MB of object store
+    each; every run of `runs` on it in turn (its lake and recorder folder under workdir)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.tasks.object_sizes import recording
+    mb = 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "object_store_memory": NODE_STORE_MB * mb})
+    results = {}
+    try:
+        workers = [cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=NODE_STORE_MB * mb, memory=1024 * mb)
+                   for _ in range(NODES)]
+        cluster.wait_for_nodes()
+        for name, (overrides, record, remove) in runs.items():
+            cfg = load_config(None, [f"ray.address={cluster.address}", f"lake.uri={workdir}/lake-{name}",
+                                     f"lake.run_id={name}", f"input.edges={workdir}/edges", *BASE_CFG, *overrides])
+            out = results[name] = {}
+            killer = threading.Thread(target=remove_node_when_walking, args=(cluster, workers, out), daemon=True)
+            if remove:
+                killer.start()
+            try:
+                if record:
+                    with recording(f"{workdir}/objects-{name}"):
+                        s = embed_graph(cfg)
+                else:
+                    s = embed_graph(cfg)
+                out.update(status="completed", graph=s["graph"], stages=s["stages"])
+            except Exception as e:
+                out.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+            out["done"] = True
+            if remove:
+                killer.join(5)
+            out["alive_nodes"] = sum(1 for n in ray.nodes() if n["Alive"])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return results
+
+
+def write_edge_files(folder: Path, parts: int = 4) -> None:
+    """The planted graph GRAPH as `parts` TSV edge files (ingest reads the folder)."""
+    from embedlake.workers.graph.synthetic import planted_communities
+    s, d, _ = planted_communities(**GRAPH)
+    folder.mkdir(parents=True)
+    for i, idx in enumerate(np.array_split(np.arange(s.size), parts)):
+        np.savetxt(folder / f"part-{i}.tsv", np.stack([s[idx], d[idx]], 1), fmt="%d", delimiter="\t")
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory):
+    """Every run of RUNS on one 4-node cluster (one subprocess); the runs' results and their folder."""
+    work = tmp_path_factory.mktemp("cluster")
+    write_edge_files(work / "edges")
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("EMBEDLAKE_RECORD_OBJECTS", None)
+    try:
+        out = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, str(work), json.dumps(RUNS), str(REPO / "tests")],
+                             capture_output=True, text=True, env=env, timeout=900, cwd=str(work))
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the cluster runs took over {e.timeout}s: {str(e.stderr)[-3000:]}")
+    assert "RESULT " in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    res = json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    print(json.dumps(res)[:4000])
+    return work, res
+
+
+def shard_bytes(work: Path) -> dict:
+    """One shard's bytes of each kind, for the largest shard of the S = SHARDS node ranges, computed
+    from the graph (read by today's one-task ingest) and the run settings; and the whole objects."""
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
+    from embedlake.workers.graph.shards import shard_bounds, split_csr
+    g = ingest_graph(str(work / "edges"), EdgeSpec())
+    shards = split_csr(g.csr, shard_bounds(g.csr.num_nodes, SHARDS))
+    rows = max(s.rows for s in shards)
+    return {"csr": max(s.nbytes for s in shards), "ids": rows * g.node_ids.itemsize,
+            "walks": WALKS_PER_NODE * rows * WALK_LENGTH * 4, "table": rows * DIM * 4,
+            "whole_csr": int(g.csr.indptr.nbytes + g.csr.indices.nbytes), "nodes": g.csr.num_nodes}
+
+
+def stage_limits(b: dict) -> dict[str, float]:
+    """LIMIT x one shard of what each stage handles."""
+    unit = {"ingest": b["csr"] + b["ids"], "walk": max(b["csr"], b["walks"]), "train": max(b["walks"], b["table"]),
+            "fastrp": max(b["csr"], b["table"]), "publish": max(b["table"], b["ids"])}
+    return {stage: LIMIT * u for stage, u in unit.items()}
+
+
+def test_recorder_sees_the_whole_csr_of_the_one_shard_engine(cluster_runs):
+    """graph.shards=1 (today's engines): every walk task takes the whole CSR as one argument, and the
+    recorder says so, to the byte (plus the pickled `directed` flag)."""
+    from embedlake.tasks.object_sizes import largest_by_stage, read_calls
+    work, res = cluster_runs
+    assert res["one"]["status"] == "completed", res["one"]
+    b = shard_bytes(work)
+    walk = largest_by_stage(read_calls(work / "objects-one"))["walk"]
+    assert b["whole_csr"] <= walk["arg"] < b["whole_csr"] + 100, (walk, b)
+    assert walk["arg"] > max(stage_limits(b).values()) * 1.5        # the graph is sized so that it shows
+
+
+def _not_on_main_yet(part: str):
+    """The sharded engines land on main one by one (issue 17); until `part` has, its stage still
+    takes whole objects and this test says so (strict: it must be taken off once the part passes)."""
+    return pytest.mark.xfail(strict=True, reason=f"sharded {part} is not on main yet: its tasks take the whole graph")
+
+
+@pytest.mark.parametrize("stage, run", [
+    pytest.param("ingest", "four", marks=_not_on_main_yet("ingest")),
+    pytest.param("walk", "four", marks=_not_on_main_yet("walks")),
+    pytest.param("train", "four", marks=_not_on_main_yet("training")),
+    pytest.param("publish", "four", marks=_not_on_main_yet("publish")),
+    pytest.param("fastrp", "fastrp4", marks=_not_on_main_yet("FastRP")),
+    pytest.param("publish", "fastrp4", marks=_not_on_main_yet("publish"))])
+def test_no_sharded_task_takes_or_returns_more_than_one_shard(cluster_runs, stage, run):
+    from embedlake.tasks.object_sizes import largest_by_stage, oversized, read_calls
+    work, res = cluster_runs
+    assert res[run]["status"] == "completed", res[run]
+    b = shard_bytes(work)
+    limits = stage_limits(b)
+    # the whole CSR, all walks and the full table are each over every stage's limit: a task holding one is caught
+    assert min(b["whole_csr"], b["walks"] * SHARDS * 0.9, b["table"] * SHARDS * 0.9) > max(limits.values())
+    calls = read_calls(work / f"objects-{run}")
+    assert sum(1 for c in calls if c.stage == stage) >= 1, largest_by_stage(calls)
+    assert oversized(calls, limits[stage], {stage}) == [], (limits[stage], largest_by_stage(calls)[stage])
+
+
+def test_node_removed_mid_walk_gives_the_same_output_or_fails_cleanly(cluster_runs):
+    """A node running walk work is removed: the run completes with the output of the fault-free run of
+    the same settings, or fails with an error and commits nothing."""
+    import embedlake
+    from embedlake.lake import Lake
+    work, res = cluster_runs
+    noded, clean = res["noded"], res["four"]
+    assert noded.get("removed"), noded
+    assert noded["alive_nodes"] == NODES                  # the head and the surviving nodes
+    lake = Lake(str(work / "lake-noded"))
+    if noded["status"] == "completed":
+        ids0, X0 = embedlake.load_matrix(str(work / "lake-four"), "bed", "deepwalk")
+        ids1, X1 = embedlake.load_matrix(str(work / "lake-noded"), "bed", "deepwalk")
+        o0, o1 = np.argsort(ids0), np.argsort(ids1)
+        assert clean["status"] == "completed"
+        assert np.array_equal(ids0[o0], ids1[o1]) and np.array_equal(X0[o0], X1[o1])
+    else:
+        assert noded["error"].strip(), noded
+        assert not lake.is_committed("bed", "deepwalk", "noded")

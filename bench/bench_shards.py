@@ -1,0 +1,340 @@
+"""Sharded graphs on a simulated cluster (issue 17): memory per worker, sharded vs replicated
+throughput, cost vs shard count, and the per-unit costs docs/scaling.md projects from.
+
+    .venv/bin/python bench/bench_shards.py [--edges 2e7] [--shards 1,2,4,8] [--methods deepwalk,node2vec,fastrp]
+                                           [--nodes 4] [--node-cpus 1] [--store-mb 1200] [--out /tmp/embedlake-shards]
+    .venv/bin/python bench/bench_shards.py --units [--units-edges 2e6]
+
+Graph: the R-MAT generator of workers/graph/synthetic.py (seed 1, ~10 edges per node, ids shuffled),
+written once as Parquet edge files (<out>/rmat-<edges>/part-*.parquet, 8 files, so a parallel
+ingest has one task per file), read by the pipeline's own ingest.
+
+Cluster: `ray.cluster_utils.Cluster`, a 0-CPU head plus --nodes nodes of --node-cpus CPUs and
+--store-mb of object store each, all on this machine. For every S of --shards (S = 1 is today's
+replicated engines: every walk / FastRP task reads the whole CSR) each method of --methods runs
+the whole `embed_graph` flow (graph.shards=S) into a lake of that S (the first method of an S
+ingests, the others reuse the ingested graph, as a re-run would). Per stage: the flow's own wall
+times (run.stages). Settings that keep 20M edges within minutes on 2 cores: 1 walk x 20 steps per
+node, skip-gram dim 32, window 5, 1 epoch; node2vec p=0.5 q=2; FastRP dim 32.
+
+Peak RSS: psutil, every Ray worker process of every node sampled every 0.2 s (RSS includes the
+object-store pages a worker maps, i.e. the shards it reads); the figure per run is the largest
+worker's peak, checked against (CSR / S) + (embedding shard) + 300 MB for S = 4 and 8 (CSR =
+indptr + indices + node ids: workers/graph/shards.csr_bytes).
+
+Ratios printed: walk throughput S=4 vs S=1 (DeepWalk, node2vec: same walks, so the ratio of wall
+times), FastRP S=4 vs S=1. Writes <out>/shards.json, shards.md (table) and shards.png (cost vs S).
+
+--units: the per-unit costs of today's kernels, in this process, one thread, on an R-MAT graph of
+--units-edges (ns per ingested arc, per walk step DeepWalk / node2vec, per arc x dim of a FastRP
+propagation, per skip-gram pair), printed as JSON (docs/scaling.md cites them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+MB = 2**20
+WALKS_PER_NODE, WALK_LENGTH, DIM = 1, 20, 32
+PIPELINE_CFG = [f"walk.walks_per_node={WALKS_PER_NODE}", f"walk.length={WALK_LENGTH}", "walk.seed=0",
+                f"train.dim={DIM}", "train.window=5", "train.negatives=5", "train.epochs=1", "train.rounds=1",
+                f"fastrp.dim={DIM}", "eval.reconstruction=false", "eval.align_to_previous=false",
+                "eval.artifacts=false"]
+METHOD_CFG = {"deepwalk": ["method=deepwalk"], "node2vec": ["method=node2vec", "walk.p=0.5", "walk.q=2.0"],
+              "fastrp": ["method=fastrp"]}
+RSS_ALLOWANCE = 300 * MB
+
+
+def edge_files(edges: int, out: Path, parts: int = 8) -> Path:
+    """The R-MAT graph of `edges` edges as `parts` Parquet files (written once, reused)."""
+    import polars as pl
+
+    from embedlake.workers.graph.synthetic import rmat_edges
+    folder = out / f"rmat-{edges}"
+    if (folder / "_done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    scale = max(10, round(math.log2(edges / 10)))
+    s, d = rmat_edges(scale, edges, seed=1)
+    for i, idx in enumerate(np.array_split(np.arange(edges), parts)):
+        pl.DataFrame({"src": s[idx].astype(np.int64), "dst": d[idx].astype(np.int64)}).write_parquet(
+            folder / f"part-{i:02d}.parquet")
+    (folder / "_done").write_text(json.dumps({"edges": edges, "scale": scale}))
+    return folder
+
+
+# ---- peak RSS of every Ray worker ------------------------------------------------------------------
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class WorkerRSS(threading.Thread):
+    """Samples the RSS of every process under the given raylets (Ray's workers) until stopped;
+    `peaks` maps pid -> (peak bytes, the title it had then)."""
+
+    def __init__(self, raylet_pids: list[int], every_s: float = 0.2):
+        super().__init__(daemon=True)
+        self.raylets, self.every_s = raylet_pids, every_s
+        self.peaks: dict[int, tuple[int, str]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+        while not self.stop.is_set():
+            for r in self.raylets:
+                try:
+                    kids = psutil.Process(r).children(recursive=True)
+                except psutil.Error:
+                    continue
+                for k in kids:
+                    try:
+                        rss = k.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    if rss > self.peaks.get(k.pid, (0, ""))[0]:
+                        self.peaks[k.pid] = (rss, _title(k.pid))
+            self.stop.wait(self.every_s)
+
+    def largest(self) -> tuple[int, str]:
+        return max(self.peaks.values(), default=(0, ""))
+
+
+# ---- the runs -----------------------------------------------------------------------------------
+def start_cluster(nodes: int, cpus: int, store_mb: int):
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "object_store_memory": 200 * MB})
+    workers = [cluster.add_node(num_cpus=cpus, object_store_memory=store_mb * MB) for _ in range(nodes)]
+    cluster.wait_for_nodes()
+    return cluster, [w.all_processes["raylet"][0].process.pid for w in workers]
+
+
+def one_run(cluster, raylets: list[int], edges_dir: Path, lake: Path, shards: int, method: str, cpus: int) -> dict:
+    """embed_graph with graph.shards=shards; its stage times and the largest worker's peak RSS."""
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    cfg = load_config(None, [f"ray.address={cluster.address}", f"lake.uri={lake}", f"lake.run_id={method}-s{shards}",
+                             "lake.dataset=rmat", f"input.edges={edges_dir}", f"graph.shards={shards}",
+                             f"ray.stages={{train: {{num_cpus: {cpus}}}}}", *PIPELINE_CFG, *METHOD_CFG[method]])
+    sampler = WorkerRSS(raylets)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        s = embed_graph(cfg)
+    finally:
+        sampler.stop.set()
+        sampler.join(5)
+    peak, title = sampler.largest()
+    stages = {k: v["wall_s"] for k, v in s["stages"].items() if isinstance(v, dict) and "wall_s" in v}
+    return {"shards": shards, "method": method, "wall_s": round(time.perf_counter() - t0, 2), "stages": stages,
+            "nodes": s["graph"]["nodes"], "arcs": s["graph"]["arcs"], "shards_reported": s["graph"].get("shards"),
+            "peak_worker_rss_mib": round(peak / MB, 1), "peak_worker": title}
+
+
+def walk_tokens(edges_dir: Path) -> int:
+    """Tokens of the walks (undirected: a walk stops early only on an isolated start node), computed
+    from the degrees, so steps/s need no walk output."""
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
+    g = ingest_graph(str(edges_dir), EdgeSpec())
+    deg = np.diff(g.csr.indptr)
+    return int(WALKS_PER_NODE * (np.count_nonzero(deg) * WALK_LENGTH + np.count_nonzero(deg == 0)))
+
+
+def memory_bound(run: dict, dim: int = DIM) -> int:
+    """(CSR / S) + (embedding shard) + 300 MB, in bytes."""
+    from embedlake.workers.graph.shards import csr_bytes
+    S = run["shards"]
+    return int(csr_bytes(run["nodes"], run["arcs"], False) / S + run["nodes"] / S * dim * 4 + RSS_ALLOWANCE)
+
+
+def run_all(a, edges_dir: Path) -> list[dict]:
+    import ray
+    cluster, raylets = start_cluster(a.nodes, a.node_cpus, a.store_mb)
+    runs = []
+    try:
+        for S in a.shards:
+            lake = Path(a.out) / f"lake-s{S}"
+            for method in a.methods:
+                try:
+                    r = one_run(cluster, raylets, edges_dir, lake, S, method, a.node_cpus)
+                except Exception as e:      # a failed run is a figure too: say which and go on
+                    r = {"shards": S, "method": method, "error": f"{type(e).__name__}: {e}"[:500]}
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                runs.append(r)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return runs
+
+
+# ---- figures ------------------------------------------------------------------------------------
+def ratios(runs: list[dict], tokens: int, sharded: int = 4) -> dict:
+    """Throughput of S=`sharded` over S=1 per method (walk stage; FastRP: fastrp stage)."""
+    by = {(r["method"], r["shards"]): r for r in runs if "error" not in r}
+    out = {}
+    for method, stage in (("deepwalk", "walk"), ("node2vec", "walk"), ("fastrp", "fastrp")):
+        one, many = by.get((method, 1)), by.get((method, sharded))
+        if one and many and stage in one["stages"] and stage in many["stages"]:
+            out[f"{method}_{stage}_ratio_s{sharded}_vs_s1"] = round(one["stages"][stage] / many["stages"][stage], 3)
+            if stage == "walk":
+                out[f"{method}_steps_per_s"] = {S: round(tokens / by[(method, S)]["stages"]["walk"])
+                                                for m, S in by if m == method and "walk" in by[(m, S)]["stages"]}
+    return out
+
+
+def memory_checks(runs: list[dict]) -> list[dict]:
+    out = []
+    for r in runs:
+        if "error" in r or r["shards"] < 4:
+            continue
+        bound = memory_bound(r)
+        out.append({"method": r["method"], "shards": r["shards"], "peak_worker_rss_mib": r["peak_worker_rss_mib"],
+                    "bound_mib": round(bound / MB, 1), "ok": r["peak_worker_rss_mib"] * MB <= bound})
+    return out
+
+
+def cost_table(runs: list[dict]) -> str:
+    """Markdown: one row per (method, S), one column per stage (seconds)."""
+    stages = [s for s in ("ingest", "walk", "train", "fastrp", "publish", "evaluate")
+              if any(s in r.get("stages", {}) for r in runs)]
+    lines = ["| method | S | " + " | ".join(f"{s} s" for s in stages) + " | peak worker RSS MiB |",
+             "|---|---:|" + "---:|" * (len(stages) + 1)]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['shards']} | failed: {r['error'][:80]} |")
+            continue
+        cells = [f"{r['stages'][s]:.2f}" if s in r["stages"] else "" for s in stages]
+        lines.append(f"| {r['method']} | {r['shards']} | " + " | ".join(cells) + f" | {r['peak_worker_rss_mib']} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["method"] for r in runs}):
+        ok = [r for r in runs if r["method"] == method and "error" not in r]
+        for stage in ("ingest", "walk", "train", "fastrp", "publish"):
+            pts = [(r["shards"], r["stages"][stage]) for r in ok if stage in r["stages"]]
+            if pts and not (stage == "ingest" and method != ok[0]["method"]):
+                ax.plot(*zip(*pts), marker="o", label=f"{method}: {stage}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("graph shards S")
+    ax.set_ylabel("stage wall time (s)")
+    ax.set_title("cost vs S, 4-node simulated cluster")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---- per-unit costs of today's kernels ---------------------------------------------------------------
+def _best(fn, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def unit_costs(edges: int, out: Path) -> dict:
+    """ns per unit of each kernel, one thread, after a warm-up call (numba compile / cache load)."""
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
+    folder = edge_files(edges, out)
+    ingest_graph(str(folder), EdgeSpec())
+    t_ingest = _best(lambda: ingest_graph(str(folder), EdgeSpec()))
+    csr = ingest_graph(str(folder), EdgeSpec()).csr
+    res = {"edges": edges, "nodes": csr.num_nodes, "arcs": csr.num_arcs,
+           "ingest_ns_per_arc": round(t_ingest / csr.num_arcs * 1e9, 2)}
+    res.update(walk_units(csr))
+    res.update(fastrp_units(csr))
+    res.update(skipgram_units(csr))
+    return res
+
+
+def walk_units(csr) -> dict:
+    from embedlake.workers.graph.walks import random_walks
+    starts = np.arange(csr.num_nodes, dtype=np.int64)
+    out = {}
+    for mode, p, q in (("deepwalk", 1.0, 1.0), ("node2vec", 0.5, 2.0)):
+        def walk():
+            return random_walks(csr.indptr, csr.indices, None, starts, 1, WALK_LENGTH, 0, p=p, q=q, mode=mode,
+                                threads=1, symmetric=True)
+        steps = int(np.count_nonzero(walk() >= 0))
+        out[f"walk_{mode}_ns_per_step"] = round(_best(walk) / steps * 1e9, 2)
+    return out
+
+
+def fastrp_units(csr) -> dict:
+    """One propagation S U (row-normalised) over the whole graph: ns per arc x dim."""
+    from embedlake.workers.fastrp.kernels import fastrp
+    kw = dict(dim=DIM, iteration_weights=(0.0, 0.0, 1.0, 6.67), threads=1)
+    fastrp(csr.indptr, csr.indices, None, **kw)
+    t = _best(lambda: fastrp(csr.indptr, csr.indices, None, **kw))
+    return {"fastrp_ns_per_arc_dim": round(t / (4 * csr.num_arcs * DIM) * 1e9, 4),
+            "fastrp_note": "whole fastrp() (4 propagations + projection + standardise) / (4 x arcs x dim)"}
+
+
+def skipgram_units(csr) -> dict:
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.skipgram import train_sgns
+    starts = np.arange(csr.num_nodes, dtype=np.int64)
+    walks = random_walks(csr.indptr, csr.indices, None, starts, 1, WALK_LENGTH, 0, threads=1, symmetric=True)
+    tokens, offsets = walks_to_sentences(walks)
+    kw = dict(dim=DIM, window=5, negatives=5, epochs=1, seed=0, threads=1)
+    train_sgns(tokens[:offsets[min(1000, len(offsets) - 1)]], offsets[:min(1001, len(offsets))], csr.num_nodes, **kw)
+    _, _, st = train_sgns(tokens, offsets, csr.num_nodes, **kw)
+    return {"skipgram_ns_per_pair": round(st["seconds"] / st["pairs"] * 1e9, 2),
+            "skipgram_ns_per_token": round(st["seconds"] / st["tokens"] * 1e9, 2),
+            "skipgram_pairs_per_token": round(st["pairs"] / st["tokens"], 3),
+            "skipgram_note": f"dim {DIM}, window 5, 5 negatives; a pair is one (centre, context) positive with its "
+                             "negatives"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--edges", type=float, default=2e7)
+    ap.add_argument("--shards", default="1,2,4,8")
+    ap.add_argument("--methods", default="deepwalk,node2vec,fastrp")
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--node-cpus", type=int, default=1)
+    ap.add_argument("--store-mb", type=int, default=1200)
+    ap.add_argument("--out", default="/tmp/embedlake-shards")
+    ap.add_argument("--units", action="store_true", help="measure the per-unit kernel costs instead")
+    ap.add_argument("--units-edges", type=float, default=2e6)
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+    if a.units:
+        print(json.dumps(unit_costs(int(a.units_edges), out), indent=1))
+        return 0
+    a.shards = [int(s) for s in a.shards.split(",")]
+    a.methods = [m for m in a.methods.split(",") if m]
+    edges_dir = edge_files(int(a.edges), out)
+    runs = run_all(a, edges_dir)
+    res = {"edges": int(a.edges), "cluster": {"nodes": a.nodes, "cpus_per_node": a.node_cpus, "store_mb": a.store_mb},
+           "runs": runs, "ratios": ratios(runs, walk_tokens(edges_dir)), "memory": memory_checks(runs)}
+    (out / "shards.json").write_text(json.dumps(res, indent=1))
+    (out / "shards.md").write_text(cost_table(runs) + "\n")
+    plot(runs, out / "shards.png")
+    print(cost_table(runs), file=sys.stderr)
+    print(json.dumps({"ratios": res["ratios"], "memory": res["memory"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
