@@ -129,7 +129,10 @@ def _write(directory: str, record: dict) -> None:
 
 
 def _result_sizes(result, num_returns) -> list[int]:
-    if isinstance(num_returns, int) and num_returns > 1 and isinstance(result, (tuple, list)):
+    """One size per object the call returns: with num_returns > 1 (or "split", an actor method,
+    whose num_returns is set per call) each item of a returned list or tuple is its own object."""
+    split = num_returns == "split" or (isinstance(num_returns, int) and num_returns > 1)
+    if split and isinstance(result, (tuple, list)):
         return [object_bytes(r) for r in result]
     return [object_bytes(result)]
 
@@ -156,14 +159,16 @@ def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name
 
 
 def recorded_actor(cls: type, stage: str | None, directory: str) -> type:
-    """A subclass of actor class `cls` whose public methods record like `recorded_function`
-    (`Class.method`); a method's own @ray.method(num_returns=...) is kept and honoured."""
+    """A subclass of actor class `cls` whose constructor and public methods record like
+    `recorded_function` (`Class.__init__`, `Class.method`). A method's num_returns is often given per
+    call (`.options(num_returns=k)`), which the actor cannot see, so a list or tuple a method returns
+    is recorded item by item (as k objects); a method's own @ray.method(num_returns=...) is kept."""
     methods = {}
     for name, member in inspect.getmembers(cls, inspect.isfunction):
-        if name.startswith("_") or isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+        if (name.startswith("_") and name != "__init__") or \
+                isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
             continue
-        returns = getattr(member, "__ray_num_returns__", 1)
-        methods[name] = recorded_function(member, stage, directory, returns, name=f"{cls.__name__}.{name}",
+        methods[name] = recorded_function(member, stage, directory, "split", name=f"{cls.__name__}.{name}",
                                           method=True)
     return type(cls.__name__, (cls,), {**methods, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 

@@ -37,12 +37,12 @@ def _test_worker_code():
         return a[::2].copy(), {"n": int(a.size), "b": b}
 
     class _Counter:
-        def __init__(self):
-            self.total = 0
+        def __init__(self, start):
+            self.total = int(start.sum())
 
         def add(self, x):
             self.total += int(x.sum())
-            return np.zeros(3, dtype=np.int64)
+            return np.zeros(3, dtype=np.int64), np.zeros(2, dtype=np.int8)
 
         def _hidden(self):
             return self.total
@@ -81,17 +81,19 @@ def test_recorder_records_every_task_and_actor_call(tmp_path):
         fn = remote(_pair, "walk", num_returns=2, num_cpus=1)
         half, info = fn.remote(ref, b=np.ones(5, dtype=np.float64))
         assert np.array_equal(ray.get(half), x[::2]) and ray.get(info)["n"] == 10_000
-        counter = remote(_Counter, "train", num_cpus=0).remote()
-        assert ray.get(counter.add.remote(ref)).shape == (3,)
+        counter = remote(_Counter, "train", num_cpus=0).remote(np.ones(7, dtype=np.int32))
+        a3, b2 = counter.add.options(num_returns=2).remote(ref)
+        assert ray.get(a3).shape == (3,) and ray.get(b2).shape == (2,)
         ray.get(counter._hidden.remote())
     calls = read_calls(rec)
     by_fn = {c.fn: c for c in calls}
-    assert sorted(by_fn) == ["_Counter.add", "_pair"], calls            # private actor methods are not wrapped
+    assert sorted(by_fn) == ["_Counter.__init__", "_Counter.add", "_pair"], calls    # private methods: not wrapped
+    assert by_fn["_Counter.__init__"].args == (28,) and by_fn["_Counter.__init__"].results == (0,)
     pair = by_fn["_pair"]
     assert pair.stage == "walk" and pair.args == (80_000,) and pair.kwargs == {"b": 40}
     assert pair.results[0] == 40_000 and pair.results[1] < 200          # two results, each sized
     add = by_fn["_Counter.add"]
-    assert add.stage == "train" and add.args == (80_000,) and add.results == (24,)
+    assert add.stage == "train" and add.args == (80_000,) and add.results == (24, 2)   # per call returns
     assert add.node and pair.node and pair.pid > 0
     table = largest_by_stage(calls)
     assert table["walk"]["arg"] == 80_000 and table["walk"]["result_fn"] == "_pair"
