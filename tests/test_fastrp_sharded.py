@@ -135,3 +135,23 @@ def test_ray_matches_replicated_stage(ray_session):
     replicated = ray.get(fastrp.fn(one, cfg, [(0, 100), (100, N)])[0])
     refs, _ = fastrp_sharded.fn(sharded_handle(ray, g, BOUNDS[3]), cfg)
     assert np.concatenate(ray.get(refs)).tobytes() == replicated.tobytes()
+
+
+def test_table_checkpointed_per_shard_and_reused(ray_session, prefect_session, tmp_path):
+    """fastrp_table over shards: one checkpoint file per shard; a re-run of the run reuses them."""
+    from embedlake.lake import Lake
+    from embedlake.tasks.fastrp import fastrp_table
+    from embedlake.tasks.run import Run
+    ray = ray_session
+    g = power_law_graph(True, True)
+    handle = sharded_handle(ray, g, BOUNDS[5])
+    cfg = config("row", True)
+    lake = Lake(str(tmp_path / "lake"))
+    first = fastrp_table(Run(lake, "g", "fastrp", "r1"), handle, cfg, BOUNDS[5])
+    ref = one_csr(g, cfg)
+    assert_same_bits(ray.get(first.ref), BOUNDS[5], ref)
+    parts = sorted(f.rsplit("/", 1)[-1] for f in lake.list_files(Run(lake, "g", "fastrp", "r1").checkpoint_dir))
+    assert [p for p in parts if p.endswith(".npy")] == [f"part-{s:05d}.npy" for s in range(5)]
+    again = fastrp_table(Run(lake, "g", "fastrp", "r1"), handle, cfg, BOUNDS[5])
+    assert again.info["resumed"]["table_reused"] and again.info["shards"] == 5
+    assert_same_bits(ray.get(again.ref), BOUNDS[5], ref)
