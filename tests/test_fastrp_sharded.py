@@ -97,6 +97,42 @@ def test_shard_setup_uses_own_rows_only():
         assert FS.block_plan(arcs) == [j for j in range(5) if arcs[j] > 0]
 
 
+def nbytes(x) -> int:
+    """Bytes of the arrays in a step's argument or result (CSR tuples, SparseRows, arrays)."""
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, (tuple, list)):
+        return sum(nbytes(v) for v in x)
+    if isinstance(x, F.SparseRows):
+        return x.indptr.nbytes + x.cols.nbytes + x.vals.nbytes
+    return 0
+
+
+def test_no_step_holds_more_than_one_shard(monkeypatch):
+    """Every argument and result of every per-shard step (the functions the Ray tasks run) is at
+    most one shard's CSR rows or one shard's [rows, dim] block, far below the whole graph's."""
+    g = power_law_graph(False, True)
+    cfg = config("sym", True, dim=32)
+    bounds = shard_bounds(N, 4)
+    shards = split_csr(g, bounds)
+    seen = []
+    for name in ("shard_setup", "block_step", "last_block_step", "moments", "standardized_rows"):
+        fn = getattr(FS, name)
+
+        def recorded(*args, _fn=fn, _name=name, **kw):
+            out = _fn(*args, **kw)
+            returns = out if isinstance(out, tuple) else (out,)     # a tuple: one object per return
+            seen.append((_name, max(nbytes(a) for a in (*args, *returns))))
+            return out
+        monkeypatch.setattr(FS, name, recorded)
+    FS.fastrp_shards(shards, cfg)
+    one_shard = max(max(s.nbytes for s in shards), max(s.rows for s in shards) * cfg.dim * 4)
+    whole = min(g.indptr.nbytes + g.indices.nbytes + g.weights.nbytes, N * cfg.dim * 4)
+    assert {name for name, _ in seen} == {"shard_setup", "block_step", "last_block_step", "moments",
+                                          "standardized_rows"}
+    assert max(b for _, b in seen) <= one_shard < whole       # hubs (low ids) make shard 0's CSR the largest
+
+
 # ----------------------------------------------------------------------------- through Ray
 def sharded_handle(ray, g, bounds):
     from embedlake.tasks.graph import GraphHandle, ShardRef
