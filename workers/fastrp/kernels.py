@@ -25,6 +25,10 @@ Distributed recipe (what ``fastrp`` does with ``partitions`` > 1, in one process
     m = merge_moments(column_moments(out[p]) for p)            # tiny, exact
     apply_standardize(out[p], *finalize_moments(m))
 
+Over graph shards, where no task may hold the whole CSR or the whole U_{k-1}, workers/fastrp/sharded.py
+runs the same recipe as blocked products: ``propagate_block`` adds one block of U_{k-1} at a time to a
+shard's row sums, and ``projection_rows_sparse`` draws a shard's rows of U_0 from its own degrees.
+
 Edge weights (``weights``, float32 per arc, None = unweighted) and iteration weights
 (``iteration_weights``, one per power of S) are different things; the names keep them apart.
 Directed graphs use out-neighbours (row i of A); degrees are weighted out-degrees.
