@@ -3,7 +3,8 @@ throughput, cost vs shard count, and the per-unit costs docs/scaling.md projects
 
     .venv/bin/python bench/bench_shards.py [--edges 2e7] [--shards 1,2,4,8] [--methods deepwalk,node2vec,fastrp]
                                            [--nodes 4] [--node-cpus 1] [--store-mb 1200] [--out /tmp/embedlake-shards]
-    .venv/bin/python bench/bench_shards.py --units [--units-edges 2e6]
+    .venv/bin/python bench/bench_shards.py --units [--units-edges 2e6]        (writes <out>/units-<edges>.json)
+    .venv/bin/python bench/bench_shards.py --project <out>/units-<edges>.json [--machines 16,64,256]
 
 Graph: the R-MAT generator of workers/graph/synthetic.py (seed 1, ~10 edges per node, ids shuffled),
 written once as Parquet edge files (<out>/rmat-<edges>/part-*.parquet, 8 files, so a parallel
@@ -272,7 +273,9 @@ def unit_costs(edges: int, out: Path) -> dict:
     return res
 
 
-def walk_units(csr) -> dict:
+def walk_units(csr, shards: int = 4) -> dict:
+    """ns per step of the replicated kernel; where the sharded engine is on main, its in-process rounds
+    over `shards` shards too, and what each walker move between shards costs on top."""
     from embedlake.workers.graph.walks import random_walks
     starts = np.arange(csr.num_nodes, dtype=np.int64)
     out = {}
@@ -281,7 +284,26 @@ def walk_units(csr) -> dict:
             return random_walks(csr.indptr, csr.indices, None, starts, 1, WALK_LENGTH, 0, p=p, q=q, mode=mode,
                                 threads=1, symmetric=True)
         steps = int(np.count_nonzero(walk() >= 0))
-        out[f"walk_{mode}_ns_per_step"] = _ns(_best(walk), steps)
+        t_one = _best(walk)
+        out[f"walk_{mode}_ns_per_step"] = _ns(t_one, steps)
+        out.update(sharded_walk_units(csr, shards, mode, p, q, steps, t_one))
+    return out
+
+
+def sharded_walk_units(csr, shards: int, mode: str, p: float, q: float, steps: int, t_one) -> dict:
+    try:
+        from embedlake.workers.graph.sharded_walks import sharded_random_walks
+    except ImportError:
+        return {"sharded_walks": "not on main yet"}
+    from embedlake.workers.graph.shards import shard_bounds, split_csr
+    parts = split_csr(csr, shard_bounds(csr.num_nodes, shards))
+    info = {}
+    t = _best(lambda: info.update(sharded_random_walks(parts, 1, WALK_LENGTH, 0, p=p, q=q, mode=mode)[1]))
+    moves = next((int(v) for k, v in info.items() if "move" in k), 0)
+    out = {f"walk_{mode}_sharded_s{shards}_ns_per_step": _ns(t, steps), f"walk_{mode}_sharded_info": info}
+    if moves:
+        out[f"walk_{mode}_sharded_ns_per_move_over_replicated"] = {
+            k: round((t[i] - t_one[i]) / moves * 1e9, 2) for i, k in ((1, "cpu"), (0, "wall"))}
     return out
 
 
@@ -303,12 +325,69 @@ def skipgram_units(csr) -> dict:
     tokens, offsets = walks_to_sentences(walks)
     kw = dict(dim=DIM, window=5, negatives=5, epochs=1, seed=0, threads=1)
     train_sgns(tokens[:offsets[min(1000, len(offsets) - 1)]], offsets[:min(1001, len(offsets))], csr.num_nodes, **kw)
-    st = {}
-    t = _best(lambda: st.update(train_sgns(tokens, offsets, csr.num_nodes, **kw)[2]), repeats=1)
-    return {"skipgram_ns_per_pair": _ns(t, st["pairs"]), "skipgram_ns_per_token": _ns(t, st["tokens"]),
-            "skipgram_pairs_per_token": round(st["pairs"] / st["tokens"], 3),
-            "skipgram_note": f"dim {DIM}, window 5, 5 negatives; a pair is one (centre, context) positive with its "
-                             "negatives"}
+    out = {}
+    for dim in (DIM, 128):
+        st = {}
+        t = _best(lambda: st.update(train_sgns(tokens, offsets, csr.num_nodes, **{**kw, "dim": dim})[2]), repeats=1)
+        out.update({f"skipgram_d{dim}_ns_per_pair": _ns(t, st["pairs"]),
+                    f"skipgram_d{dim}_ns_per_token": _ns(t, st["tokens"])})
+    out.update(skipgram_pairs_per_token=round(st["pairs"] / st["tokens"], 3),
+               skipgram_note="window 5, 5 negatives; a pair is one (centre, context) positive with its negatives")
+    return out
+
+
+# ---- projection to 1B nodes / 20B edges (docs/scaling.md) ------------------------------------------
+# The run projected: undirected, unweighted; DeepWalk 10 walks x 80 steps per node; skip-gram d = 128,
+# window 5, 5 negatives, 1 epoch; FastRP d = 128, 4 powers. A machine: 32 cores, 25 Gb/s.
+TARGET = {"nodes": 1e9, "edges": 20e9, "walks": 10, "length": 80, "dim": 128, "fastrp_powers": 4,
+          "cores": 32, "net_bytes_per_s": 25e9 / 8}
+WALKER_BYTES, SEGMENT_HEADER_BYTES, ROUTED_ARC_BYTES = 48, 24, 8
+
+
+def project(units: dict, machines: int, t: dict = TARGET) -> dict:
+    """Bytes per shard, network and seconds per stage on `machines` machines, one shard per machine,
+    from the measured per-unit CPU costs (`--units` output). CPU seconds are spread over every core;
+    network seconds over every machine's link; a stage takes at least the larger of the two."""
+    from embedlake.workers.graph.shards import csr_bytes
+    n, arcs, S = t["nodes"], 2 * t["edges"], machines
+    cores, link = machines * t["cores"], machines * t["net_bytes_per_s"]
+    cross = (S - 1) / S                                     # share of steps / arcs that land on another shard
+    steps = n * t["walks"] * t["length"]
+    moves = steps * cross
+    ns = {k: units[k]["cpu"] for k in ("ingest_ns_per_arc", "walk_deepwalk_ns_per_step", "fastrp_ns_per_arc_dim",
+                                       "skipgram_d128_ns_per_token")}
+    move_ns = units.get("walk_deepwalk_sharded_ns_per_move_over_replicated", {}).get("cpu", 0.0)
+    stages = {
+        "ingest": (arcs * ns["ingest_ns_per_arc"], arcs * ROUTED_ARC_BYTES * cross),
+        "walk": (steps * ns["walk_deepwalk_ns_per_step"] + moves * move_ns,
+                 moves * (WALKER_BYTES + SEGMENT_HEADER_BYTES) + steps * 4 * cross),
+        "train": (steps * ns["skipgram_d128_ns_per_token"], None),
+        "fastrp": (t["fastrp_powers"] * arcs * t["dim"] * ns["fastrp_ns_per_arc_dim"],
+                   t["fastrp_powers"] * (S - 1) * n * t["dim"] * 4),
+    }
+    out = {"machines": machines, "shard_csr_gb": csr_bytes(n, arcs, False) / S / 1e9,
+           "shard_walks_gb": steps * 4 / S / 1e9, "shard_table_gb": n * t["dim"] * 4 / S / 1e9,
+           "walk_round_net_gb_per_machine": n * t["walks"] * cross * WALKER_BYTES / S / 1e9}
+    for name, (cpu_ns, net) in stages.items():
+        cpu_s = cpu_ns / 1e9 / cores
+        net_s = None if net is None else net / link
+        out[name] = {"cpu_s": cpu_s, "net_gb": None if net is None else net / 1e9, "net_s": net_s,
+                     "s": max(cpu_s, net_s or 0.0)}
+    return out
+
+
+def projection_table(units: dict, machines: list[int]) -> str:
+    rows = [project(units, N) for N in machines]
+    head = ("| machines | CSR / shard GB | walks / shard GB | table / shard GB | ingest s (net GB) | "
+            "walk s (net GB) | walk round GB / machine | train CPU s | FastRP s (net GB) |")
+    lines = [head, "|" + "---:|" * 9]
+    for r in rows:
+        def st(k):
+            return f"{r[k]['s']:,.0f} ({r[k]['net_gb']:,.0f})"
+        lines.append(f"| {r['machines']} | {r['shard_csr_gb']:.2f} | {r['shard_walks_gb']:.1f} | "
+                     f"{r['shard_table_gb']:.2f} | {st('ingest')} | {st('walk')} | "
+                     f"{r['walk_round_net_gb_per_machine']:.2f} | {r['train']['cpu_s']:,.0f} | {st('fastrp')} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -322,12 +401,20 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/embedlake-shards")
     ap.add_argument("--units", action="store_true", help="measure the per-unit kernel costs instead")
     ap.add_argument("--units-edges", type=float, default=2e6)
+    ap.add_argument("--project", help="a --units JSON file: print the 1B-node projection table of docs/scaling.md")
+    ap.add_argument("--machines", default="16,64,256")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+    if a.project:
+        units = json.loads(Path(a.project).read_text())
+        print(projection_table(units, [int(m) for m in a.machines.split(",")]))
+        return 0
     if a.units:
-        print(json.dumps(unit_costs(int(a.units_edges), out), indent=1))
+        res = unit_costs(int(a.units_edges), out)
+        (out / f"units-{int(a.units_edges)}.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
         return 0
     a.shards = [int(s) for s in a.shards.split(",")]
     a.methods = [m for m in a.methods.split(",") if m]
