@@ -39,6 +39,7 @@ import numpy as np
 from embedlake.config import TrainConfig
 from embedlake.lake import Lake
 
+from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
                                                 keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
                                                 using_numba_threads)
@@ -93,6 +94,15 @@ def assign_partitions(counts: np.ndarray, partitions: int, ns_exponent: float = 
     return part, local, sizes
 
 
+def range_partitions(vocab: int, partitions: int):
+    """P contiguous id ranges (graph shards' node ranges, workers/graph/shards.py), as
+    assign_partitions' (part, local, sizes): the sharded engine's partitions (workers/train/sharded.py)."""
+    starts = shard_starts(shard_bounds(int(vocab), int(partitions)))
+    ids = np.arange(int(vocab), dtype=np.int64)
+    part = owner_of(starts, ids)
+    return part.astype(np.int32), (ids - starts[part]).astype(np.int32), np.diff(starts).astype(np.int64)
+
+
 def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, sizes: np.ndarray,
                     ns_exponent: float = 0.75):
     """Alias tables of each partition's noise distribution over its local rows, concatenated:
@@ -133,6 +143,11 @@ def _bucket_positions(tokens, part, P):
     return out, cnt
 
 
+def bucket_by_partition(tpart: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, cbounds): stream positions grouped by their partition `tpart`, ascending inside each."""
+    return _bucket_positions(tpart, np.arange(int(partitions), dtype=np.int32), int(partitions))
+
+
 def compact_stream(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop padding (-1) so that windows are taken over real tokens only (as the single kernel does)."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
@@ -170,9 +185,10 @@ def stream_fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
 
 
 def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=None, ns_exponent: float = 0.75,
-                   sample: float = 0.0, seed: int = 0, epoch: int = 0) -> dict:
+                   sample: float = 0.0, seed: int = 0, epoch: int = 0, scheme: str = "balanced") -> dict:
     """Everything the blocks of an epoch share (read-only): stream, positions by centre partition,
-    the partition map and the per-partition noise tables. One object, put once in the object store."""
+    the partition map and the per-partition noise tables. One object, put once in the object store.
+    scheme: `balanced` (assign_partitions) or `range` (range_partitions, the sharded engine's)."""
     tokens, offsets = compact_stream(tokens, offsets)
     if len(tokens) and (tokens.max() >= vocab_size):
         raise ValueError("tokens must lie in [0, vocab_size) or be -1 (padding)")
@@ -183,7 +199,12 @@ def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=
     per_epoch = len(tokens)
     if sample > 0:
         tokens, offsets = subsample(tokens, offsets, counts, sample, seed, epoch)
-    part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
+    if scheme == "range":
+        part, local, sizes = range_partitions(vocab_size, partitions)
+    elif scheme == "balanced":
+        part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
+    else:
+        raise ValueError(f"partition scheme must be 'balanced' or 'range', not {scheme!r}")
     centres, cbounds = _bucket_positions(tokens, part, int(partitions))
     thr, idx, aoff = partition_noise(counts, part, local, sizes, ns_exponent)
     tloc = local[tokens]
@@ -410,7 +431,7 @@ def lr_positions(place: StreamPlace, P: int, lr_schedule: str, epoch: int, epoch
 def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, counts=None, dim: int = 128,
                  window: int = 10, negatives: int = 5, ns_exponent: float = 0.75, epochs: int = 1,
                  lr: float = 0.025, min_lr: float = 1e-4, sample: float = 0.0, seed: int = 0, threads: int = 0,
-                 rounds: int = 1, lr_schedule: str = "position", on_episode: Callable[[int, int, list, list], None] | None = None,
+                 rounds: int = 1, lr_schedule: str = "position", scheme: str = "balanced", on_episode: Callable[[int, int, list, list], None] | None = None,
                  start: tuple[int, list, list] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The whole block schedule in this process, block after block (what the Ray driver in
     tasks/train.py does across workers). Same arguments and return value as ``train_sgns``.
@@ -422,7 +443,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1, partitions >= 1 required")
     P = int(partitions)
     prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
-                          sample=sample, seed=seed, epoch=0)
+                          sample=sample, seed=seed, epoch=0, scheme=scheme)
     if start is not None:
         step0, Win, Wout = start[0], list(start[1]), list(start[2])
     else:
@@ -435,7 +456,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         ep, e, blocks = step_blocks(step, P, rounds)
         if sample > 0 and e == 0 and ep > 0:
             prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
-                                  sample=sample, seed=seed, epoch=ep)
+                                  sample=sample, seed=seed, epoch=ep, scheme=scheme)
         ls, ps = 0.0, 0
         for i, j in blocks:
             Win[i], Wout[j], st = train_block(prep, i, j, Win[i], Wout[j], epoch=ep, epochs=epochs, episode=e,
