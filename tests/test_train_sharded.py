@@ -123,3 +123,60 @@ def test_walk_shards_train_the_same_pairs_in_another_order(planted):
     fx = node_classification(X, np.arange(N), lab, ratios=(0.5,), repeats=2)["micro_f1"]["0.5"]
     fa = node_classification(A, np.arange(N), lab, ratios=(0.5,), repeats=2)["micro_f1"]["0.5"]
     assert fx > 0.5 and abs(fx - fa) < 0.05, (fx, fa)
+
+
+# ---- through Ray ---------------------------------------------------------------------------------
+def sharded_graph(ray, csr, S: int, node_ids: np.ndarray):
+    """A GraphHandle of S shards built as the sharded ingest would leave it (one object per shard)."""
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    from embedlake.workers.graph.shards import split_csr
+    shards = [ShardRef(sd.lo, sd.hi, sd.num_arcs, ray.put(sd.as_tuple()), ray.put(node_ids[sd.lo:sd.hi]))
+              for sd in split_csr(csr, shard_bounds(csr.num_nodes, S))]
+    return GraphHandle({"nodes": csr.num_nodes, "version": "test"}, None, ray.put(node_ids), None, shards)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ray_driver_runs_the_in_process_schedule_and_returns_one_table_per_shard(planted):
+    """train_sharded on 2 workers (S = 2 shards, P = 4: two partitions per shard) gives, one thread
+    per link, exactly the in-process schedule's table, as one [hi - lo, dim] object per shard."""
+    import ray
+
+    from embedlake.tasks.train import sharded_partitions, train_sharded
+    g, _, walks = planted
+    graph = sharded_graph(ray, g, 2, np.arange(N, dtype=np.int64))
+    tr = settings(workers=2, rounds=2)
+    assert sharded_partitions(tr, 2) == 4 and sharded_partitions(tr, 3) == 6 and sharded_partitions(tr, 8) == 8
+    walk_refs = [ray.put(w) for w in walk_shards(walks, 2)]
+    out = train_sharded.fn(graph, walk_refs, WalkConfig(walks_per_node=K, length=L), tr, run=None)
+    tables = ray.get(out.ref)
+    assert [t.shape for t in tables] == [(hi - lo, 8) for lo, hi in graph.shard_bounds]
+    Win, _, st = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, sh.VocabSplit("range", N, 4), tr)
+    assert np.array_equal(np.concatenate(tables), np.concatenate(Win))
+    info = out.info
+    assert info["engine"] == "numba-sharded" and info["pairs"] == st["pairs"]
+    assert info["links"] == (4 * 2) * 4 * 2               # episodes x blocks x walk shards
+    assert info["partitions"] == 4 and info["shards"] == 2 and info["loss_last"] < info["loss_first"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_publish_shards_writes_what_publish_writes(tmp_path):
+    """Each shard's rows written from its own table and ids: the same files, rows and schema as
+    today's publish of the full table with the shard ranges as partitions (string ids too)."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from embedlake.lake import Lake
+    from embedlake.tasks.graph import publish, publish_shards
+    from embedlake.workers.graph.csr import build_csr
+    n = 50
+    g = build_csr(np.arange(n - 1), np.arange(1, n), n)
+    ids = np.array([f"v{i}" for i in range(n)], dtype=object)
+    graph = sharded_graph(ray, g, 4, ids)
+    X = np.random.default_rng(0).random((n, 6), dtype=np.float32)
+    lake = Lake(str(tmp_path / "lake"))
+    a = publish_shards.fn(lake, "g", "deepwalk", "ra", graph, [ray.put(X[lo:hi]) for lo, hi in graph.shard_bounds])
+    b = publish.fn(lake, "g", "deepwalk", "rb", graph, ray.put(X), graph.shard_bounds)
+    assert len(a) == len(b) == 4
+    for fa, fb in zip(a, b):
+        assert fa["path"].replace("run=ra", "run=rb") == fb["path"] and fa["rows"] == fb["rows"]
+        assert pq.read_table(lake.url(fa["path"])).equals(pq.read_table(lake.url(fb["path"])))
