@@ -407,6 +407,9 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
     run = run if run is not None and run.checkpoints else None
     W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
     step0 = resumed or 0
+    if train_cfg.sample > 0 and 0 < step0 < plan.total_steps and step0 // plan.steps_per_epoch > 0:
+        streams = prepare_streams(inp.sources, inp.groups, inp.split, train_cfg, step0 // plan.steps_per_epoch,
+                                  counts, max_retries)     # resumed in a later epoch: that epoch's subsample
     log.info(f"train: sharded, {S} stream shards, {workers} workers x {cpus} threads, P={P} {inp.split.kind} "
              f"partitions, {plan.R} rounds -> {plan.total_steps} episodes of {P} blocks x {S} links; "
              f"{streams.places[0].per_epoch:,} tokens per epoch")

@@ -180,3 +180,66 @@ def test_publish_shards_writes_what_publish_writes(tmp_path):
     for fa, fb in zip(a, b):
         assert fa["path"].replace("run=ra", "run=rb") == fb["path"] and fa["rows"] == fb["rows"]
         assert pq.read_table(lake.url(fa["path"])).equals(pq.read_table(lake.url(fb["path"])))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_killed_sharded_training_resumes_from_its_block_checkpoint(tmp_path, planted):
+    """A run checkpoints every round (the chain's last link writes W_in[i] / W_out[j]); a re-run
+    with the same run id whose checkpoint stands at episode k continues there and ends with
+    exactly the uninterrupted table. The killed state is the uninterrupted run's own state
+    (same fingerprint and settings) moved back to episode k, with the in-process schedule's
+    tables after k episodes."""
+    import json
+
+    import ray
+
+    from embedlake.lake import Lake
+    from embedlake.tasks.run import Run
+    from embedlake.tasks.train import train_sharded
+    g, _, walks = planted
+    graph = sharded_graph(ray, g, 2, np.arange(N, dtype=np.int64))
+    tr = settings(workers=1, partitions=2, rounds=2, checkpoint="round")
+    wcfg = WalkConfig(walks_per_node=K, length=L)
+    refs = [ray.put(w) for w in walk_shards(walks, 2)]
+    lake = Lake(str(tmp_path / "lake"))
+    run = Run(lake, "g", "deepwalk", "r1")
+    full = train_sharded.fn(graph, refs, wcfg, tr, run=run)
+    A = np.concatenate(ray.get(full.ref))
+    state = json.loads(lake.read_bytes(f"{run.checkpoint_dir}/state.json"))
+    assert state["step"] == state["total_steps"] == 2 * 2 and full.info["checkpoints"] == 2
+    k = 2                                                      # after round 1 of 2
+    Win, Wout, _ = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, sh.VocabSplit("range", N, 2),
+                                          tr, stop=k)
+    lake.delete(f"{run.checkpoint_dir}/step={state['step']:06d}", recursive=True)
+    for p in range(2):
+        lake.write_npy(sb.checkpoint_file(run.checkpoint_dir, k, "w_in", p), Win[p])
+        lake.write_npy(sb.checkpoint_file(run.checkpoint_dir, k, "w_out", p), Wout[p])
+    lake.write_json(f"{run.checkpoint_dir}/state.json", {**state, "step": k})
+    again = train_sharded.fn(graph, refs, wcfg, tr, run=Run(lake, "g", "deepwalk", "r1"))
+    assert again.info["resumed_at"] == k and again.info["episodes"] == 4 - k
+    assert np.array_equal(np.concatenate(ray.get(again.ref)), A)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_corpus_token_shards_train_on_workers(planted):
+    """Corpus training with train.workers = 2: the sharded engine on the token shards (word id mod P
+    partitions, the vocabulary's counts as noise), assembled into the [V, dim] table; equal to the
+    in-process schedule."""
+    import ray
+
+    from embedlake.tasks import corpus as ct
+    _, _, walks = planted
+    from embedlake.workers.graph.walks import walks_to_sentences
+    tok, off = walks_to_sentences(walks)
+    cuts = [0, 700, 1500, len(off) - 1]                        # 3 token shards of whole sentences
+    shards = [(tok[off[a]:off[b]].copy(), off[a:b + 1] - off[a]) for a, b in zip(cuts, cuts[1:])]
+    counts = np.bincount(tok, minlength=N).astype(np.int64)
+    vocab = ct.Vocabulary({"vocab": N}, None, ray.put(counts), [], [], [])
+    sentences = ct.Sentences([], [ray.put(t) for t, _ in shards], [ray.put(o) for _, o in shards])
+    tr = settings(workers=2, rounds=2)
+    emb_ref, info = ct.train.fn(vocab, sentences, tr)
+    X = ray.get(emb_ref)
+    split = sh.VocabSplit("stride", N, 4)
+    Win, _, st = sh.train_streams_local(shards, 1, split, tr)
+    assert X.shape == (N, 8) and info["pairs"] == st["pairs"] and info["shards"] == 3
+    assert np.array_equal(X, sh.assemble_split_stage(split, None, *Win))

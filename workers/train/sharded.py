@@ -257,20 +257,23 @@ def assemble_split_stage(split: VocabSplit, lake, *w_in_parts) -> np.ndarray:
     return W
 
 
-def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig,
-                        threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig, threads: int = 1,
+                        start: tuple[int, list, list] | None = None, stop: int | None = None
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """The whole sharded schedule in this process (tests, benchmarks): exactly the tasks the Ray
-    driver runs, in its order. Returns (W_in partitions, W_out partitions, {pairs, loss_sum})."""
+    driver runs, in its order. start=(steps done, W_in partitions, W_out partitions) continues a
+    schedule, stop=k ends it after k episodes. Returns (W_in partitions, W_out partitions, {pairs,
+    loss_sum})."""
     counts = [count_stage(split, *src) for src in sources]
     counts = [c if split.parts > 1 else (c,) for c in counts]
     noise = [noise_stage(train.ns_exponent, *[c[p] for c in counts]) for p in range(split.parts)]
-    Win: list = [None] * split.parts
-    Wout: list = [None] * split.parts
-    pairs, loss = 0, 0.0
+    step0, Win, Wout = start if start is not None else (0, [None] * split.parts, [None] * split.parts)
+    Win, Wout = list(Win), list(Wout)
+    pairs, loss, preps = 0, 0.0, None
     steps = split.parts * train.rounds
-    for step in range(train.epochs * steps):
+    for step in range(step0, train.epochs * steps if stop is None else stop):
         ep, e, blocks = sb.step_blocks(step, split.parts, train.rounds)
-        if e == 0 and (ep == 0 or train.sample > 0):
+        if preps is None or (e == 0 and train.sample > 0):
             extra = [n[0] for n in noise] if train.sample > 0 else []
             preps = [prep_stream_stage(split, groups, len(src), train, ep, s, *src, *extra)
                      for s, src in enumerate(sources)]
