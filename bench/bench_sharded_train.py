@@ -6,6 +6,10 @@ the block engine on one stream (blocks.train_blocks, balanced partitions), at 10
     .venv/bin/python bench/bench_sharded_train.py --shards 4 --walks 10 --length 40 --seeds 0 1
 
 Prints one JSON line per seed and a summary (mean differences to the one-table engine).
+--ray W: instead, time the Ray drivers on a local Ray of W CPUs with train.workers = W: the
+sharded engine (tasks/train.py train_sharded, S walk-shard objects) against the block engine
+(train_partitioned, one walks object, balanced partitions), same walks, same P; wall seconds
+of the train stage and Micro-F1 of both.
 """
 from __future__ import annotations
 
@@ -65,6 +69,38 @@ def one_seed(g, lab, n, args, seed):
     return out
 
 
+def ray_timing(g, lab, n, args, seed):
+    """Wall time and Micro-F1 of train_sharded vs train_partitioned through Ray, same walks."""
+    import ray
+
+    from embedlake.config import WalkConfig
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    from embedlake.tasks.runtime import ensure_ray
+    from embedlake.tasks.train import train_partitioned, train_sharded
+    from embedlake.workers.graph.shards import split_csr
+    ensure_ray(num_cpus=args.ray)
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    cube = W.reshape(args.walks, n, args.length)
+    ids = np.arange(n, dtype=np.int64)
+    shards = [ShardRef(sd.lo, sd.hi, sd.num_arcs, ray.put(sd.as_tuple()), ray.put(ids[sd.lo:sd.hi]))
+              for sd in split_csr(g, shard_bounds(n, args.shards))]
+    graph = GraphHandle({"nodes": n, "version": "bench"}, None, ray.put(ids), None, shards)
+    walk_refs = [ray.put(np.ascontiguousarray(cube[:, s.lo:s.hi].reshape(-1, args.length))) for s in shards]
+    wcfg = WalkConfig(walks_per_node=args.walks, length=args.length)
+    P = args.shards * args.per_shard
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds,
+                     workers=args.ray, partitions=P, checkpoint="never")
+    out = {"seed": seed, "workers": args.ray, "shards": args.shards, "partitions": P}
+    for name, fn, refs in (("sharded", train_sharded, walk_refs), ("partitioned", train_partitioned, [ray.put(W)])):
+        t0 = time.perf_counter()
+        res = fn.fn(graph, refs, wcfg, tr, run=None)
+        X = np.concatenate(ray.get(res.ref)) if isinstance(res.ref, list) else ray.get(res.ref)
+        out[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        out[name] = micro(X, lab, args.repeats)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shards", type=int, default=4)
@@ -78,8 +114,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--blocks", action="store_true", help="also the one-stream block engine (balanced partitions)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--ray", type=int, default=0, help="time the Ray drivers on this many workers instead")
     args = ap.parse_args()
     g, lab, n = load()
+    if args.ray:
+        for seed in args.seeds:
+            print(json.dumps(ray_timing(g, lab, n, args, seed)), flush=True)
+        return
     rows = []
     for seed in args.seeds:
         rows.append(one_seed(g, lab, n, args, seed))
