@@ -246,3 +246,23 @@ def test_corpus_token_shards_train_on_workers(planted):
     Win, _, st = sh.train_streams_local(shards, 1, split, tr)
     assert X.shape == (N, 8) and info["pairs"] == st["pairs"] and info["shards"] == 3
     assert np.array_equal(X, sh.assemble_split_stage(split, None, *Win))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_subsampled_epochs_through_ray_equal_the_in_process_schedule(planted):
+    """train.sample > 0: every epoch each walk shard draws its own subsample from the summed
+    partition counts (prep gets the P count objects); Ray and the in-process schedule agree, and
+    fewer pairs are trained than without subsampling."""
+    import ray
+
+    from embedlake.tasks.train import train_sharded
+    g, _, walks = planted
+    graph = sharded_graph(ray, g, 2, np.arange(N, dtype=np.int64))
+    tr = settings(workers=2, rounds=1, epochs=2, sample=1e-4)
+    out = train_sharded.fn(graph, [ray.put(w) for w in walk_shards(walks, 2)], WalkConfig(walks_per_node=K, length=L),
+                           tr, run=None)
+    shards = [(w,) for w in walk_shards(walks, 2)]
+    Win, _, st = sh.train_streams_local(shards, K, sh.VocabSplit("range", N, 4), tr)
+    _, _, full = sh.train_streams_local(shards, K, sh.VocabSplit("range", N, 4), settings(workers=2, rounds=1, epochs=2))
+    assert np.array_equal(np.concatenate(ray.get(out.ref)), np.concatenate(Win))
+    assert out.info["pairs"] == st["pairs"] < 0.9 * full["pairs"]
