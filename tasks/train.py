@@ -355,6 +355,19 @@ class ShardedInput:
     counts_ref: object = None
 
 
+def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: StreamSet, cap: int = 20_000) -> None:
+    """Every remaining link on the progress board, so the ETA covers the whole run (skipped beyond
+    `cap` links: then the board knows the links that have started only)."""
+    S = len(streams.infos)
+    if (plan.total_steps - step0) * plan.P * S > cap:
+        return
+    for step in range(step0, plan.total_steps):
+        for i, j in sb.step_blocks(step, plan.P, plan.R)[2]:
+            for s, info in enumerate(streams.infos):
+                total = info["bucket_centres"][j] / plan.R / plan.P
+                progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
+
+
 def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: list, counts: list, *,
                  run: Run | None, shards: tuple[list, list], step0: int, progress: Progress, cpus: int,
                  max_retries: int) -> tuple[list, object, int]:
@@ -414,6 +427,7 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
              f"partitions, {plan.R} rounds -> {plan.total_steps} episodes of {P} blocks x {S} links; "
              f"{streams.places[0].per_epoch:,} tokens per epoch")
     progress, t0 = Progress("train", "tokens"), time.perf_counter()
+    register_links(progress, plan, step0, streams)
     try:
         stats_refs, commit_ref, commits = submit_links(inp, plan, streams, noise, counts, run=run,
                                                        shards=(W_in, W_out), step0=step0, progress=progress,
