@@ -317,20 +317,44 @@ class StreamSet:
     places: list
 
 
-def partition_noise_refs(sources: list[tuple], split: sh.VocabSplit, train_cfg: TrainConfig, counts_refs,
-                         max_retries: int) -> tuple[list, list]:
-    """(counts, noise) refs per partition: per-shard bincounts summed per partition (graph walks),
-    or the vocabulary's counts cut per partition (`counts_refs`: a corpus's one counts object)."""
-    P = split.parts
-    if counts_refs is not None:
+@dataclasses.dataclass
+class ShardedInput:
+    """What the sharded engine trains on: stream shards (each a tuple of refs: walks, or tokens and
+    offsets), `groups` sentence groups per shard (walks per node; 1 for corpus shards), the
+    partitioning, and optionally the vocabulary's counts (corpora)."""
+    sources: list[tuple]
+    groups: int
+    split: sh.VocabSplit
+    counts_ref: object = None
+
+
+def noise_refs(per_shard: list[list], train_cfg: TrainConfig, max_retries: int) -> tuple[list, list]:
+    """(counts, noise) refs per partition from each shard's per-partition counts (summed per partition)."""
+    noise_fn = remote(sh.noise_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = [noise_fn.remote(train_cfg.ns_exponent, *[c[p] for c in per_shard]) for p in range(len(per_shard[0]))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def streams_and_noise(inp: ShardedInput, train_cfg: TrainConfig, max_retries: int) -> tuple[StreamSet, list, list]:
+    """The epoch-0 stream shards and each partition's (counts, noise). Walk shards without
+    subsampling are read once (prep and counts in one task); otherwise the counts come first:
+    per-shard bincounts (walks) or the vocabulary's counts cut per partition (corpora)."""
+    import ray
+    P = inp.split.parts
+    if inp.counts_ref is None and train_cfg.sample == 0:
+        fn = remote(sh.prep_count_stage, "train", num_cpus=1, num_returns=2 + P, max_retries=max_retries)
+        outs = [fn.remote(inp.split, inp.groups, len(src), train_cfg, 0, s, *src) for s, src in enumerate(inp.sources)]
+        counts, noise = noise_refs([list(o[2:]) for o in outs], train_cfg, max_retries)
+        infos = ray.get([o[1] for o in outs])
+        return StreamSet([o[0] for o in outs], infos, sh.place_streams(infos)), counts, noise
+    if inp.counts_ref is not None:
         per_shard = [as_list(remote(sh.split_counts_stage, "train", num_cpus=1, num_returns=P,
-                                    max_retries=max_retries).remote(split, counts_refs), P)]
+                                    max_retries=max_retries).remote(inp.split, inp.counts_ref), P)]
     else:
         count_fn = remote(sh.count_stage, "train", num_cpus=1, num_returns=P, max_retries=max_retries)
-        per_shard = [as_list(count_fn.remote(split, *src), P) for src in sources]
-    noise_fn = remote(sh.noise_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
-    pairs = [noise_fn.remote(train_cfg.ns_exponent, *[c[p] for c in per_shard]) for p in range(P)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+        per_shard = [as_list(count_fn.remote(inp.split, *src), P) for src in inp.sources]
+    counts, noise = noise_refs(per_shard, train_cfg, max_retries)
+    return prepare_streams(inp.sources, inp.groups, inp.split, train_cfg, 0, counts, max_retries), counts, noise
 
 
 def prepare_streams(sources: list[tuple], groups: int, split: sh.VocabSplit, train_cfg: TrainConfig, epoch: int,
@@ -342,17 +366,6 @@ def prepare_streams(sources: list[tuple], groups: int, split: sh.VocabSplit, tra
     pairs = [fn.remote(split, groups, len(src), train_cfg, epoch, s, *src, *extra) for s, src in enumerate(sources)]
     infos = ray.get([p[1] for p in pairs])
     return StreamSet([p[0] for p in pairs], infos, sh.place_streams(infos))
-
-
-@dataclasses.dataclass
-class ShardedInput:
-    """What the sharded engine trains on: stream shards (each a tuple of refs: walks, or tokens and
-    offsets), `groups` sentence groups per shard (walks per node; 1 for corpus shards), the
-    partitioning, and optionally the vocabulary's counts (corpora)."""
-    sources: list[tuple]
-    groups: int
-    split: sh.VocabSplit
-    counts_ref: object = None
 
 
 def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: StreamSet, cap: int = 20_000) -> None:
@@ -410,8 +423,7 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
     workers, t_all = train_cfg.workers, time.perf_counter()
     cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
     P, S = inp.split.parts, len(inp.sources)
-    counts, noise = partition_noise_refs(inp.sources, inp.split, train_cfg, inp.counts_ref, max_retries)
-    streams = prepare_streams(inp.sources, inp.groups, inp.split, train_cfg, 0, counts, max_retries)
+    streams, counts, noise = streams_and_noise(inp, train_cfg, max_retries)
     plan = BlockPlan(P=P, R=train_cfg.rounds, total_steps=P * train_cfg.rounds * train_cfg.epochs, train=train_cfg,
                      threads=train_cfg.threads or cpus,
                      want={"fingerprint": sh.streams_fingerprint(streams.infos), "partitions": P, "streams": S,

@@ -99,9 +99,13 @@ def source_sentences(parts: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def partition_counts(split: VocabSplit, tokens: np.ndarray) -> list[np.ndarray]:
-    """Per partition, the count of each of its rows among `tokens` (padding ignored): one bincount
-    over (partition offset + row), cut per partition (copies: each travels as its own object)."""
-    part, local = split.locate(tokens[tokens >= 0])
+    """Per partition, the count of each of its rows among `tokens` (padding ignored)."""
+    return counts_by_partition(split, *split.locate(tokens[tokens >= 0]))
+
+
+def counts_by_partition(split: VocabSplit, part: np.ndarray, local: np.ndarray) -> list[np.ndarray]:
+    """Counts of located tokens per partition: one bincount over (partition offset + row), cut per
+    partition (copies: each travels as its own object)."""
     off = np.zeros(split.parts + 1, np.int64)
     np.cumsum(split.sizes(), out=off[1:])
     flat = np.bincount(off[part.astype(np.int64)] + local, minlength=int(off[-1])).astype(np.int64)
@@ -180,6 +184,16 @@ def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: Train
     info = {"fingerprint": fingerprint, "gstart": gstart.tolist(), "group_tokens": group_tokens.tolist(),
             "bucket_centres": np.diff(cbounds).tolist()}
     return stream, info
+
+
+def prep_count_stage(split: VocabSplit, groups: int, nsource: int, train: TrainConfig, epoch: int, shard: int,
+                     *args) -> tuple:
+    """prep_stream_stage and count_stage from one read of the shard (train.sample == 0, where the
+    bucketed stream holds every token): (stream, info, *P partition counts)."""
+    if train.sample > 0:
+        raise ValueError("prep_count_stage: with subsampling the counts come before the prep (count_stage)")
+    stream, info = prep_stream_stage(split, groups, nsource, train, epoch, shard, *args)
+    return (stream, info, *counts_by_partition(split, stream["tpart"], stream["tloc"]))
 
 
 def place_streams(infos: list[dict]) -> list[sb.StreamPlace]:
