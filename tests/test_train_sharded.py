@@ -266,3 +266,45 @@ def test_subsampled_epochs_through_ray_equal_the_in_process_schedule(planted):
     _, _, full = sh.train_streams_local(shards, K, sh.VocabSplit("range", N, 4), settings(workers=2, rounds=1, epochs=2))
     assert np.array_equal(np.concatenate(ray.get(out.ref)), np.concatenate(Win))
     assert out.info["pairs"] == st["pairs"] < 0.9 * full["pairs"]
+
+
+def nbytes(x) -> int:
+    """Array bytes inside a task argument or result (tuples, lists, dicts, StreamPlace)."""
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, (tuple, list)):
+        return sum(nbytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(nbytes(v) for v in x.values())
+    if isinstance(x, sb.StreamPlace):
+        return x.gstart.nbytes + x.gdelta.nbytes
+    return 0
+
+
+@pytest.mark.parametrize("sample", [0.0, 1e-4])
+def test_no_task_holds_more_than_one_shard(planted, monkeypatch, sample):
+    """Every argument and result of every stage function of the sharded engine (what its Ray tasks
+    run) is at most one shard's prepared stream (or its walks), far below all shards' streams; the
+    tables a link carries are one partition each."""
+    _, _, walks = planted
+    S, P, dim = 4, 8, 16
+    shards = [(w,) for w in walk_shards(walks, S)]
+    split = sh.VocabSplit("range", N, P)
+    tr = settings(dim=dim, rounds=2, sample=sample)
+    preps = [sh.prep_stream_stage(split, K, 1, settings(dim=dim), 0, s, *src) for s, src in enumerate(shards)]
+    one_shard = max(max(nbytes(p[0]) for p in preps), max(w[0].nbytes for w in shards))
+    seen = []
+    for name in ("count_stage", "noise_stage", "prep_stream_stage", "prep_count_stage", "link_stage"):
+        fn = getattr(sh, name)
+
+        def recorded(*args, _fn=fn, _name=name, **kw):
+            out = _fn(*args, **kw)
+            returns = out if isinstance(out, tuple) else (out,)
+            seen.append((_name, max(nbytes(a) for a in (*args, *kw.values(), *returns))))
+            return out
+        monkeypatch.setattr(sh, name, recorded)
+    sh.train_streams_local(shards, K, split, tr)
+    ran = {n for n, _ in seen}          # prep_count_stage runs prep_stream_stage inside
+    assert ran == {"count_stage" if sample else "prep_count_stage", "prep_stream_stage", "noise_stage", "link_stage"}
+    assert max(b for _, b in seen) <= one_shard < sum(nbytes(p[0]) for p in preps) / 2
+    assert max(split.sizes()) * dim * 4 * 2 < one_shard / 4         # a link's two tables: one partition each

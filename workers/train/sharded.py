@@ -277,12 +277,10 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
     driver runs, in its order. start=(steps done, W_in partitions, W_out partitions) continues a
     schedule, stop=k ends it after k episodes. Returns (W_in partitions, W_out partitions, {pairs,
     loss_sum})."""
-    counts = [count_stage(split, *src) for src in sources]
-    counts = [c if split.parts > 1 else (c,) for c in counts]
-    noise = [noise_stage(train.ns_exponent, *[c[p] for c in counts]) for p in range(split.parts)]
+    noise, preps = local_noise_and_streams(sources, groups, split, train)
     step0, Win, Wout = start if start is not None else (0, [None] * split.parts, [None] * split.parts)
     Win, Wout = list(Win), list(Wout)
-    pairs, loss, preps = 0, 0.0, None
+    pairs, loss = 0, 0.0
     steps = split.parts * train.rounds
     for step in range(step0, train.epochs * steps if stop is None else stop):
         ep, e, blocks = sb.step_blocks(step, split.parts, train.rounds)
@@ -290,10 +288,23 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
             extra = [n[0] for n in noise] if train.sample > 0 else []
             preps = [prep_stream_stage(split, groups, len(src), train, ep, s, *src, *extra)
                      for s, src in enumerate(sources)]
-            places = place_streams([p[1] for p in preps])
+        places = place_streams([p[1] for p in preps])
         for i, j in blocks:
             for s, (stream, _) in enumerate(preps):
                 Win[i], Wout[j], st = link_stage(stream, places[s], noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
                                                  split=split, threads=threads)
                 pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
     return Win, Wout, {"pairs": pairs, "loss_sum": loss}
+
+
+def local_noise_and_streams(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig):
+    """(per-partition (counts, noise), the epoch-0 preps or None) as the Ray driver gets them:
+    prep and counts in one pass without subsampling, else the counts alone (preps come per epoch)."""
+    preps = None
+    if train.sample == 0:
+        outs = [prep_count_stage(split, groups, len(src), train, 0, s, *src) for s, src in enumerate(sources)]
+        per_shard, preps = [o[2:] for o in outs], [o[:2] for o in outs]
+    else:
+        per_shard = [count_stage(split, *src) for src in sources]
+        per_shard = [c if split.parts > 1 else (c,) for c in per_shard]
+    return [noise_stage(train.ns_exponent, *[c[p] for c in per_shard]) for p in range(split.parts)], preps
