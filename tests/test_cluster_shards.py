@@ -325,9 +325,18 @@ def shard_bytes(work: Path) -> dict:
             "whole_csr": int(g.csr.indptr.nbytes + g.csr.indices.nbytes), "nodes": g.csr.num_nodes}
 
 
-def stage_limits(b: dict) -> dict[str, float]:
+def prepared_share(calls) -> float:
+    """One S-th of all the prepared walk streams of the train stage (the first result of each of its
+    prep tasks: one walk shard's tokens bucketed by partition, a few bytes per token more than the
+    walks). A task holding more than about that much holds more than one walk shard's stream."""
+    preps = [c.results[0] for c in calls if c.stage == "train" and c.fn.startswith("prep") and c.results]
+    return sum(preps) / SHARDS
+
+
+def stage_limits(b: dict, calls=()) -> dict[str, float]:
     """LIMIT x one shard of what each stage handles."""
-    unit = {"ingest": b["csr"] + b["ids"], "walk": max(b["csr"], b["walks"]), "train": max(b["walks"], b["table"]),
+    unit = {"ingest": b["csr"] + b["ids"], "walk": max(b["csr"], b["walks"]),
+            "train": max(b["walks"], b["table"], prepared_share(calls)),
             "fastrp": max(b["csr"], b["table"]), "publish": max(b["table"], b["ids"])}
     return {stage: LIMIT * u for stage, u in unit.items()}
 
@@ -362,10 +371,10 @@ def test_no_sharded_task_takes_or_returns_more_than_one_shard(cluster_runs, stag
     if missing_parts(stage):
         pytest.xfail(f"sharded {', '.join(missing_parts(stage))} not on main yet: the flow runs one shard")
     b = shard_bytes(work)
-    limits = stage_limits(b)
     # the whole CSR, all walks and the full table are each over every stage's limit: a task holding one is caught
-    assert min(b["whole_csr"], b["walks"] * SHARDS * 0.9, b["table"] * SHARDS * 0.9) > max(limits.values())
+    assert min(b["whole_csr"], b["walks"] * SHARDS * 0.9, b["table"] * SHARDS * 0.9) > max(stage_limits(b).values())
     calls = read_calls(work / f"objects-{run}")
+    limits = stage_limits(b, calls)
     assert sum(1 for c in calls if c.stage == stage) >= 1, largest_by_stage(calls)
     assert oversized(calls, limits[stage], {stage}) == [], (limits[stage], largest_by_stage(calls)[stage])
 
@@ -401,7 +410,7 @@ def test_sharded_engine_takes_and_returns_one_shard_at_most(cluster_runs, stage)
     if stage in engines["absent"]:
         pytest.xfail(f"the sharded {stage} engine ({'.'.join(ENGINES[stage])}) is not on main yet")
     assert stage not in engines["errors"], engines["errors"][stage]
-    limit = stage_limits(shard_bytes(work))[stage]
     calls = [c for c in read_calls(work / "objects-engines") if c.stage == stage]
+    limit = stage_limits(shard_bytes(work), calls)[stage]
     assert len(calls) >= SHARDS, largest_by_stage(calls)            # one task (or more) per shard at least
     assert oversized(calls, limit) == [], (limit, largest_by_stage(calls))
