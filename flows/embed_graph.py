@@ -48,7 +48,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         return resume_compress(cfg, run)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim (resume)
     with run:
-        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
+        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
         table = embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds)
         fault_point("after:train")
@@ -86,7 +86,7 @@ def learned_table(cfg: PipelineConfig, dataset: str) -> dict:
     run = Run.open(cfg, dataset, cs.table_method(method, codec))
     run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
     with run:
-        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
+        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         params = lt.table_params(codec, cfg.compress, graph.num_nodes, cfg.train.dim)
         trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk, cfg.train, method,
                            run.retries)
