@@ -115,14 +115,14 @@ def ingest(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfi
     """Edge list -> S graph shards in the object store and the lake (lake files skipped when the
     same input was ingested before)."""
     log = stage_logger()
-    graph = ingest_graph(lake, dataset, input_cfg, synthetic, graph_cfg, max_retries)
+    graph = ingest_sharded(lake, dataset, input_cfg, synthetic, graph_cfg, max_retries)
     meta = graph.meta
     log.info(f"ingest: {meta['nodes']:,} nodes, {meta['arcs']:,} arcs, {graph.num_shards} shard(s), "
              f"graph {meta['version']}{' (reused: input unchanged)' if meta['reused'] else ''}")
     return graph
 
 
-def ingest_graph(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
+def ingest_sharded(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
                  max_retries: int = 3, range_bytes: int = RANGE_BYTES) -> GraphHandle:
     """The ingest stage without Prefect: the planted graph (input.edges unset), else the parallel
     ingest (tasks/ingest.py)."""

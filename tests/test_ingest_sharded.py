@@ -16,7 +16,7 @@ import pytest
 from embedlake.config import EvalConfig, GraphConfig, InputConfig, SyntheticConfig
 from embedlake.errors import ConfigError, InputError, root_cause
 from embedlake.lake import Lake
-from embedlake.tasks.graph import ingest_graph as ingest_sharded
+from embedlake.tasks.graph import ingest_sharded
 from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
 from embedlake.workers.graph.ingest_parallel import InputRange, iter_range_chunks, line_start, plan_ranges
 from embedlake.workers.graph.shards import CSRShard, gather_csr
