@@ -214,9 +214,7 @@ def parse_range(rng: InputRange, spec: EdgeSpec) -> tuple[dict, tuple, object]:
         chunks, rows = read_range(rng, spec, h, narrow_chunk)
         s = np.concatenate([c[0].astype(np.int64) for c in chunks]) if chunks else np.empty(0, np.int64)
         d = np.concatenate([c[1].astype(np.int64) for c in chunks]) if chunks else np.empty(0, np.int64)
-        local_ids = np.unique(np.concatenate([s, d]))
-        src = np.searchsorted(local_ids, s).astype(np.int32)
-        dst = np.searchsorted(local_ids, d).astype(np.int32)
+        local_ids, src, dst = local_int_ids(s, d)
         del s, d
     w = np.concatenate([c[2] for c in chunks]) if chunks and chunks[0][2] is not None else None
     if spec.weighted and w is None:
@@ -230,6 +228,25 @@ def parse_range(rng: InputRange, spec: EdgeSpec) -> tuple[dict, tuple, object]:
     if spec.id_type == "int" and k:
         info["min"], info["max"] = int(local_ids[0]), int(local_ids[-1])
     return info, (src, dst, w), local_ids
+
+
+def local_int_ids(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a range's distinct int ids sorted, src and dst as int32 positions in them). Ids in a compact
+    value range (the common case) go through a presence bitmap and a lookup table, as
+    `ingest_graph` does; sparse ids through one sort."""
+    if len(s) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int32)
+    lo, hi = min(int(s.min()), int(d.min())), max(int(s.max()), int(d.max()))
+    if hi - lo < max(4 * len(s), 1 << 20):
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[s - lo] = True
+        present[d - lo] = True
+        local = np.flatnonzero(present)
+        lookup = np.cumsum(present, dtype=np.int64).astype(np.int32) - 1
+        return local + lo, lookup[s - lo], lookup[d - lo]
+    local, inverse = np.unique(np.concatenate([s, d]), return_inverse=True)
+    inverse = inverse.astype(np.int32)
+    return local, inverse[:len(s)], inverse[len(s):]
 
 
 def combined_checksum(infos: list[dict]) -> str:
