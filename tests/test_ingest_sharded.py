@@ -130,9 +130,10 @@ def test_several_files_text_gzip_parquet(tmp_path, id_type):
     _edges(folder / "a.tsv", s[:400], d[:400], fmt=fmt)
     _edges(folder / "b.tsv.gz", s[400:700], d[400:700], fmt=fmt)
     col = (lambda a: a.astype(np.int64)) if id_type == "int" else (lambda a: np.array([fmt(x) for x in a]))
-    pq.write_table(pa.table({"src": col(s[700:]), "dst": col(d[700:])}), folder / "c.parquet")
+    pq.write_table(pa.table({"src": col(s[700:]), "dst": col(d[700:])}), folder / "c.parquet", row_group_size=70)
+    pq.write_table(pa.table({"src": col(s[:50]), "dst": col(d[:50])}), folder / "d.parquet")
     kinds = [r.kind for r in plan_ranges(str(folder), EdgeSpec(id_type=id_type), RANGE)]
-    assert kinds.count("text") > 2 and kinds.count("stream") == 1 and kinds.count("parquet") == 1
+    assert kinds.count("text") > 2 and kinds.count("stream") == 1 and kinds.count("parquet") == 6 + 1   # 380 rows in groups of 70, then one group
     for S in (1, 2, 3):
         h = _check(tmp_path, str(folder), S, dataset=f"g{S}", id_type=id_type)
         assert h.meta["ranges"] == len(kinds)
@@ -183,6 +184,22 @@ def test_bad_row_in_a_later_range_is_named_by_file_and_number(tmp_path):
     assert str(err).endswith("e.tsv: line 335, field 'dst': node id 'x' is not an integer (input.id_type=int; "
                              "use -p input.id_type=str for string ids)")
     assert not (tmp_path / "lake").exists() or not any(p.is_file() for p in (tmp_path / "lake").rglob("*"))
+
+
+def test_bad_weight_in_a_later_parquet_row_group(tmp_path):
+    """Each row group is its own task; a bad weight names the row of the file, as the one-file reader."""
+    w = np.ones(100)
+    w[77] = -1.0
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"src": np.arange(100), "dst": np.arange(1, 101), "weight": w}), path, row_group_size=30)
+    assert [r.group for r in plan_ranges(str(path), EdgeSpec(), RANGE)] == [0, 1, 2, 3]
+    with pytest.raises(InputError) as one:
+        ingest_graph(str(path), EdgeSpec(weighted=True))
+    with pytest.raises(Exception) as sharded:
+        ingest_sharded(str(tmp_path / "lake"), "g", InputConfig(edges=str(path), weighted=True), SyntheticConfig(),
+                       GraphConfig(shards=2), max_retries=0)
+    assert str(root_cause(sharded.value)) == str(one.value)
+    assert str(one.value).endswith("e.parquet: line 78, field 'weight': weight '-1.0' must be a finite number > 0")
 
 
 def test_synthetic_graph_split_into_shards(tmp_path):

@@ -377,11 +377,17 @@ def read_parquet_edges(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
         t = pq.read_table(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable Parquet file ({e})", path=path) from None
-    need = edge_columns(spec)
     check_parquet_columns(t.column_names, spec, path)
+    return parquet_edge_frame(t, spec, first_row=1)
+
+
+def parquet_edge_frame(t, spec: EdgeSpec, first_row: int) -> pl.DataFrame:
+    """Edge columns of a Parquet table as strings (src, dst, weight, row), rows numbered from
+    first_row (1 for a whole file; a row group's first row in its file otherwise)."""
+    need = edge_columns(spec)
     df = pl.from_arrow(t.select(need))
     df = df.rename({spec.src_col: "src", spec.dst_col: "dst", **({spec.weight_col: "weight"} if spec.weighted else {})})
-    df = df.with_row_index("row", offset=1)
+    df = df.with_row_index("row", offset=first_row)
     cols = [pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String)]
     cols.append(pl.col("weight").cast(pl.String) if spec.weighted else pl.lit(None, dtype=pl.String).alias("weight"))
     return df.select(*cols, pl.col("row").cast(pl.UInt32))

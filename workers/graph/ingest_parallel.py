@@ -1,8 +1,8 @@
 """Parallel, sharded ingest: edge lists -> S graph shards, without one task passing over all edges.
 
 The steps (tasks/graph.py runs each as one Ray task per range, bucket or shard):
-1. `plan_ranges`: one range per input file, per byte range of an uncompressed text file (cut at
-   line boundaries by the range readers themselves), per compressed file and per Parquet file.
+1. `plan_ranges`: one range per byte range of an uncompressed text file (cut at line boundaries
+   by the range readers themselves), per compressed file and per Parquet row group.
 2. `parse_range`: reads one range with the one-task reader's own parser (same checks, same error
    lines: a range's local line numbers are rebased by counting the newlines before it, only on
    failure), numbers its distinct ids locally in sorted order, and hashes its bytes.
@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.graph.ingest import (PARSE_ROWS, EdgeSpec, StringIds, detect_sep, expand_inputs,
-                                            file_suffixes, iter_line_chunks, narrow_chunk, parse_text_chunk,
-                                            read_parquet_edges, sort_rows_dedupe, sort_rows_dedupe_weighted,
-                                            typed_chunk)
+from embedlake.workers.graph.ingest import (PARSE_ROWS, EdgeSpec, StringIds, check_parquet_columns, detect_sep,
+                                            edge_columns, expand_inputs, file_suffixes, iter_line_chunks,
+                                            narrow_chunk, parquet_edge_frame, parse_text_chunk, read_parquet_edges,
+                                            sort_rows_dedupe, sort_rows_dedupe_weighted, typed_chunk)
 from embedlake.workers.graph.shards import CSRShard, owner_of
 
 # Bytes of an uncompressed text file per parse task. Part of the graph version (the checksum is
@@ -46,13 +47,16 @@ READ_BLOCK = 1 << 22
 
 @dataclass(frozen=True)
 class InputRange:
-    """One parse task's input: bytes [start, end) of a text file (lines that start there), or a
-    whole compressed text file (`stream`) or Parquet file (end = -1)."""
+    """One parse task's input: bytes [start, end) of a text file (lines that start there), a
+    whole compressed text file (`stream`), or a Parquet file (row group `group`, whose first row is
+    row `first_row` of the file; group -1: the whole file)."""
     path: str
     kind: str                       # text | stream | parquet
     start: int = 0
     end: int = -1
     sep: str | None = None          # the file's separator, as its first content line decides it
+    group: int = -1
+    first_row: int = 1
 
     @property
     def first_of_file(self) -> bool:
@@ -65,7 +69,7 @@ def plan_ranges(uri: str, spec: EdgeSpec, range_bytes: int = RANGE_BYTES) -> lis
     for path in expand_inputs(uri):
         ext, comp = file_suffixes(path)
         if ext == ".parquet":
-            out.append(InputRange(path, "parquet"))
+            out += [InputRange(path, "parquet", group=g, first_row=r) for g, r in parquet_groups(path)]
             continue
         if comp is not None:
             out.append(InputRange(path, "stream", sep=spec.delimiter))
@@ -78,6 +82,50 @@ def plan_ranges(uri: str, spec: EdgeSpec, range_bytes: int = RANGE_BYTES) -> lis
             sep = file_separator(path, spec)
         out += [InputRange(path, "text", a, min(a + range_bytes, size), sep) for a in cuts]
     return out
+
+
+def parquet_groups(path: str) -> list[tuple[int, int]]:
+    """(row group, its first row number) of a Parquet file with several row groups; [(-1, 1)]
+    (read as one) for one group or a footer that does not read (the reader then names the file)."""
+    fs, p = storage.filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except Exception:  # noqa: BLE001 - pyarrow raises several types; parse_range reports it
+        return [(-1, 1)]
+    if meta.num_row_groups <= 1:
+        return [(-1, 1)]
+    firsts = np.cumsum([1] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    return [(g, int(firsts[g])) for g in range(meta.num_row_groups)]
+
+
+def column_chunk_start(c) -> int:
+    """First byte of a Parquet column chunk (its dictionary page, if any, comes first)."""
+    return int(c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset)
+
+
+def read_parquet_group(rng: InputRange, spec: EdgeSpec, h) -> pl.DataFrame:
+    """One row group of a Parquet file as the one-file reader's frame (rows numbered in the file);
+    the row group's bytes (its column chunks) are hashed."""
+    fs, p = storage.filesystem(rng.path)
+    with fs.open(p, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+            check_parquet_columns(pf.schema_arrow.names, spec, rng.path)
+            cols = [pf.metadata.row_group(rng.group).column(i)
+                    for i in range(pf.metadata.row_group(rng.group).num_columns)]
+            a = min(column_chunk_start(c) for c in cols)
+            b = max(column_chunk_start(c) + c.total_compressed_size for c in cols)
+            f.seek(a)
+            h.update(f.read(b - a))
+            t = pf.read_row_group(rng.group, columns=edge_columns(spec))
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+            raise InputError(f"not a readable Parquet file ({e})", path=rng.path) from None
+    return parquet_edge_frame(t, spec, rng.first_row)
 
 
 def file_separator(path: str, spec: EdgeSpec) -> str | None:
@@ -163,7 +211,8 @@ def rebased(e: InputError, lines_before: int) -> InputError:
 def read_range(rng: InputRange, spec: EdgeSpec, h, convert) -> tuple[list, int]:
     """The converted chunks of one range and its row count (errors name file and file line)."""
     if rng.kind == "parquet":
-        df = typed_chunk(read_parquet_edges(rng.path, spec, h), rng.path, spec)
+        frame = read_parquet_edges(rng.path, spec, h) if rng.group < 0 else read_parquet_group(rng, spec, h)
+        df = typed_chunk(frame, rng.path, spec)
         return [convert(df)], df.height
     ext, _ = file_suffixes(rng.path)
     header_state: dict = {} if spec.has_header is not False and rng.first_of_file else {"done": True}
@@ -222,7 +271,7 @@ def parse_range(rng: InputRange, spec: EdgeSpec) -> tuple[dict, tuple, object]:
     del chunks
     k = len(local_ids)
     pick = np.unique(np.linspace(0, k - 1, min(k, SAMPLE_PER_RANGE)).astype(np.int64)) if k else np.empty(0, np.int64)
-    info = {"path": rng.path, "start": rng.start, "rows": int(rows), "digest": h.hexdigest(),
+    info = {"path": rng.path, "start": rng.start, "group": rng.group, "rows": int(rows), "digest": h.hexdigest(),
             "loops": int(np.count_nonzero(src == dst)), "distinct": k,
             "sample": local_ids.gather(pick) if isinstance(local_ids, pl.Series) else local_ids[pick]}
     if spec.id_type == "int" and k:
