@@ -123,7 +123,7 @@ def ingest(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfi
 
 
 def ingest_sharded(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
-                 max_retries: int = 3, range_bytes: int = RANGE_BYTES) -> GraphHandle:
+                   max_retries: int = 3, range_bytes: int = RANGE_BYTES) -> GraphHandle:
     """The ingest stage without Prefect: the planted graph (input.edges unset), else the parallel
     ingest (tasks/ingest.py)."""
     if input_cfg.edges is None:
