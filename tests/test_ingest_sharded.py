@@ -19,7 +19,7 @@ from embedlake.lake import Lake
 from embedlake.tasks.graph import ingest_sharded
 from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
 from embedlake.workers.graph.ingest_parallel import InputRange, iter_range_chunks, line_start, plan_ranges
-from embedlake.workers.graph.shards import CSRShard, gather_csr
+from embedlake.workers.graph.shards import CSRShard, gather_csr, resolve_shards
 from embedlake.workers.graph.store import read_graph
 
 RANGE = 700          # bytes per parse range: every text file below is cut into several
@@ -137,6 +137,42 @@ def test_several_files_text_gzip_parquet(tmp_path, id_type):
     for S in (1, 2, 3):
         h = _check(tmp_path, str(folder), S, dataset=f"g{S}", id_type=id_type)
         assert h.meta["ranges"] == len(kinds)
+
+
+@pytest.mark.parametrize("name,sep,header", [("e.txt", "  ", None), ("e.csv", ",", "src,dst,weight")])
+def test_separator_and_header_of_a_file_cut_in_ranges(tmp_path, name, sep, header):
+    """Ranges after the first use the file's separator (detected from its first content line) and
+    never take a line for a header; spaces runs and a CSV header read as in one task."""
+    s, d, w = _random(7)
+    lines = ([header] if header else ["% a comment", ""]) + [f"{a}{sep}{b}{sep}{c:g}" for a, b, c in zip(s, d, w)]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    for S in (1, 2):
+        _check(tmp_path, str(tmp_path / name), S, dataset=f"g{S}", weighted=True)
+
+
+def test_auto_shards_from_the_budget_and_labels(tmp_path):
+    """graph.shards=auto: more shards when the CSR exceeds shard_budget_mb; labels are checked
+    against the node ids and stored with the sharded version."""
+    import ray
+    s, d, w = _random(8)
+    names = np.array([f"u{i:03d}" for i in range(80)])
+    _edges(tmp_path / "e.tsv", names[s], names[d])
+    (tmp_path / "labels.tsv").write_text("".join(f"u{i:03d}\t{'ab'[i % 2]}\n" for i in range(0, 80, 3)))
+    cfg = InputConfig(edges=str(tmp_path / "e.tsv"), labels=str(tmp_path / "labels.tsv"), id_type="str")
+    h = ingest_sharded(str(tmp_path / "lake"), "g", cfg, SyntheticConfig(), GraphConfig(shard_budget_mb=0.004),
+                       max_retries=0, range_bytes=RANGE)
+    bound = 2 * int(np.count_nonzero(s != d))               # arcs before dropping duplicates: S is known early
+    assert h.num_shards == resolve_shards("auto", 80, bound, False, 0.004) == 2 and h.meta["labelled"]
+    ni, li, names_ = ray.get(h.labels_ref)
+    assert ni.tolist() == list(range(0, 80, 3)) and names_.tolist() == ["a", "b"]
+    _, _, stored_labels, meta = read_graph(Lake(str(tmp_path / "lake")), "g", h.meta["version"])
+    assert stored_labels[0].tolist() == ni.tolist() and meta["shards"] == 2
+    (tmp_path / "labels.tsv").write_text("u001\ta\nnobody\tb\n")
+    with pytest.raises(Exception) as bad:
+        ingest_sharded(str(tmp_path / "lake2"), "g", cfg, SyntheticConfig(), GraphConfig(shards=2), max_retries=0)
+    assert str(root_cause(bad.value)).endswith("labels.tsv: line 2, field 'node': label for unknown node 'nobody' "
+                                               "(not in the edge list)")
+    assert not (tmp_path / "lake2").exists()
 
 
 def test_range_cuts_keep_every_line_once(tmp_path):
