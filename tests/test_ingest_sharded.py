@@ -140,12 +140,15 @@ def test_several_files_text_gzip_parquet(tmp_path, id_type):
         assert h.meta["ranges"] == len(kinds)
 
 
-@pytest.mark.parametrize("name,sep,header", [("e.txt", "  ", None), ("e.csv", ",", "src,dst,weight")])
-def test_separator_and_header_of_a_file_cut_in_ranges(tmp_path, name, sep, header):
-    """Ranges after the first use the file's separator (detected from its first content line) and
-    never take a line for a header; spaces runs and a CSV header read as in one task."""
+@pytest.mark.parametrize("name,sep,header,comments", [("e.txt", "  ", None, 1), ("e.csv", ",", "src,dst,weight", 1),
+                                                      ("e.tsv", "\t", "src\tdst\tweight", 300)])
+def test_separator_and_header_of_a_file_cut_in_ranges(tmp_path, name, sep, header, comments):
+    """Every range uses the file's separator (detected from its first content line); only the
+    range where that line starts may take it for a header, even when comments fill the first
+    ranges; runs of spaces and a CSV header read as in one task."""
     s, d, w = _random(7)
-    lines = ([header] if header else ["% a comment", ""]) + [f"{a}{sep}{b}{sep}{c:g}" for a, b, c in zip(s, d, w)]
+    lines = ["% a comment", ""] * comments + ([header] if header else []) + [
+        f"{a}{sep}{b}{sep}{c:g}" for a, b, c in zip(s, d, w)]
     (tmp_path / name).write_text("\n".join(lines) + "\n")
     for S in (1, 2):
         _check(tmp_path, str(tmp_path / name), S, dataset=f"g{S}", weighted=True)

@@ -57,10 +57,7 @@ class InputRange:
     sep: str | None = None          # the file's separator, as its first content line decides it
     group: int = -1
     first_row: int = 1
-
-    @property
-    def first_of_file(self) -> bool:
-        return self.start == 0
+    holds_first_line: bool = True   # the file's first content line (a header, maybe) starts here
 
 
 def plan_ranges(uri: str, spec: EdgeSpec, range_bytes: int = RANGE_BYTES) -> list[InputRange]:
@@ -77,10 +74,12 @@ def plan_ranges(uri: str, spec: EdgeSpec, range_bytes: int = RANGE_BYTES) -> lis
         fs, p = storage.filesystem(path)
         size = int(fs.size(p))
         cuts = list(range(0, size, range_bytes)) or [0]
-        sep = spec.delimiter
-        if sep is None and len(cuts) > 1:
-            sep = file_separator(path, spec)
-        out += [InputRange(path, "text", a, min(a + range_bytes, size), sep) for a in cuts]
+        sep, first = spec.delimiter, 0
+        if len(cuts) > 1:
+            detected, first = first_content_line(path)
+            sep = sep or (detect_sep(detected, ext) if detected is not None else None)
+        out += [InputRange(path, "text", a, min(a + range_bytes, size), sep,
+                           holds_first_line=a <= first < a + range_bytes) for a in cuts]
     return out
 
 
@@ -128,16 +127,20 @@ def read_parquet_group(rng: InputRange, spec: EdgeSpec, h) -> pl.DataFrame:
     return parquet_edge_frame(t, spec, rng.first_row)
 
 
-def file_separator(path: str, spec: EdgeSpec) -> str | None:
-    """The separator the one-task reader detects from a file's first content line (None: no content)."""
-    ext, _ = file_suffixes(path)
+def first_content_line(path: str) -> tuple[str | None, int]:
+    """(text, byte offset) of an uncompressed text file's first line that is not empty or a
+    comment: the line the one-task reader detects the separator from and may take for a header."""
+    base = 0
     with contextlib.closing(iter_line_chunks(path, 1)) as chunks:
         for _, body in chunks:
+            pos = 0
             for raw in body.split(b"\n"):
                 line = raw.decode("utf-8", "replace").rstrip("\r").strip()
                 if line and not line.startswith(("#", "%")):
-                    return detect_sep(line, ext)
-    return None
+                    return line, base + pos
+                pos += len(raw) + 1
+            base += len(body)
+    return None, 0
 
 
 def line_start(f, start: int) -> int:
@@ -215,7 +218,7 @@ def read_range(rng: InputRange, spec: EdgeSpec, h, convert) -> tuple[list, int]:
         df = typed_chunk(frame, rng.path, spec)
         return [convert(df)], df.height
     ext, _ = file_suffixes(rng.path)
-    header_state: dict = {} if spec.has_header is not False and rng.first_of_file else {"done": True}
+    header_state: dict = {} if spec.has_header is not False and rng.holds_first_line else {"done": True}
     if rng.kind == "stream":
         source = iter_line_chunks(rng.path, min(spec.chunk_rows, PARSE_ROWS), h)
         return _parse_chunks(source, rng.path, rng.sep, ext, spec, header_state, convert)
