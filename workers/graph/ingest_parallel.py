@@ -386,14 +386,30 @@ def route_arcs(edges: tuple, dense: np.ndarray, starts: np.ndarray, directed: bo
     shards = len(starts) - 1
     if shards == 1:
         return [(rows, cols, ws)]
-    owner = owner_of(starts, rows)
-    order = np.argsort(owner, kind="stable")
-    ends = np.cumsum(np.bincount(owner, minlength=shards))
+    order, ends = stable_partition(owner_of(starts, rows), shards)
     out = []
     for s in range(shards):
-        sel = order[(ends[s - 1] if s else 0):ends[s]]
+        sel = order[ends[s]:ends[s + 1]]
         out.append((rows[sel], cols[sel], None if ws is None else ws[sel]))
     return out
+
+
+@numba.njit(cache=True)
+def stable_partition(owner, parts):
+    """(order, ends): positions grouped by owner, input order kept within a group (a counting sort);
+    group g is order[ends[g]:ends[g + 1]]."""
+    ends = np.zeros(parts + 1, dtype=np.int64)
+    for i in range(owner.shape[0]):
+        ends[owner[i] + 1] += 1
+    for g in range(parts):
+        ends[g + 1] += ends[g]
+    pos = ends[:-1].copy()
+    order = np.empty(owner.shape[0], dtype=np.int64)
+    for i in range(owner.shape[0]):
+        g = owner[i]
+        order[pos[g]] = i
+        pos[g] += 1
+    return order, ends
 
 
 @numba.njit(cache=True)
