@@ -230,3 +230,19 @@ def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "write walks (partitions)")
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_shards(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, table_refs: list,
+                   max_retries: int = 3) -> list[dict]:
+    """Write a sharded table (one ref per graph shard: its nodes' rows [hi - lo, dim], as the sharded
+    engines return it): shard s's rows by a task that gets only that table and the shard's node ids.
+    Files, schema and numbering are those of `publish` with the shard ranges as its partitions
+    (empty shards, possible when S > n, write nothing), so readers see no difference."""
+    if len(table_refs) != graph.num_shards:
+        raise ValueError(f"publish_shards: {len(table_refs)} tables for {graph.num_shards} graph shards")
+    fn = remote(graph_stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
+    live = [(shard, ref) for shard, ref in zip(graph.shards, table_refs) if shard.hi > shard.lo]
+    refs = [fn.remote(lake, dataset, method, run_id, i, 0, shard.hi - shard.lo, shard.ids_ref, ref)
+            for i, (shard, ref) in enumerate(live)]
+    return gather(refs, "publish (shards)")
