@@ -168,8 +168,8 @@ def gather_graph_stage(bounds: list, *shards) -> tuple:
     return csr.indptr, csr.indices, csr.weights, csr.directed
 
 
-def gather_node_ids_stage(*ids) -> np.ndarray:
-    """The whole node-id map from its shards' pieces (for evaluation only)."""
+def concat_rows_stage(*ids) -> np.ndarray:
+    """The whole node-id map (or table) from its shards' row pieces, in order (for evaluation only)."""
     return np.concatenate(ids)
 
 
