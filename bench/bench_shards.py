@@ -14,9 +14,9 @@ Cluster: `ray.cluster_utils.Cluster`, a 0-CPU head plus --nodes nodes of --node-
 --store-mb of object store each, all on this machine. For every S of --shards (S = 1 is today's
 replicated engines: every walk / FastRP task reads the whole CSR) each method of --methods runs
 the whole `embed_graph` flow (graph.shards=S) into a lake of that S (the first method of an S
-ingests, the others reuse the ingested graph, as a re-run would). Before any timing, each method
-runs once on a 100k-edge R-MAT graph, so that no timed run pays for starting workers or loading
-numba caches. Per stage: the flow's own wall
+ingests, the others reuse the ingested graph, as a re-run would). Each S gets a fresh cluster, and
+before any timing each method runs once on a 100k-edge R-MAT graph, so that no timed run pays for
+starting workers or loading numba caches, and no worker carries pages from another S. Per stage: the flow's own wall
 times (run.stages). Settings that keep 20M edges within minutes on 2 cores: 1 walk x 20 steps per
 node, skip-gram dim 32, window 5, 1 epoch; node2vec p=0.5 q=2; FastRP dim 32.
 
@@ -26,8 +26,9 @@ worker `ray::<function>` while it runs a task) and so per stage, through the sta
 function that the object-size recorder (on for every run) saw. Each stage's peak is checked against
 (CSR / S) + (embedding shard) + 300 MB for S = 4 and 8 (CSR = indptr + indices + node ids:
 workers/graph/shards.csr_bytes); evaluation, which gathers the graph by design, is only reported.
-RSS is cumulative over a worker's life in a title-less way: a worker that ran a big task earlier
-may keep pages, so a stage's peak is an upper bound.
+USS (pages no other process shares: the worker's own heap, not the object-store pages) is reported
+beside it. A worker keeps the pages it touched in an earlier task of the same run, so a stage's
+peak is an upper bound.
 
 Ratios printed: walk throughput S=4 vs S=1 (DeepWalk, node2vec: same walks, so the ratio of wall
 times), FastRP S=4 vs S=1. Writes <out>/shards.json, shards.md (table) and shards.png (cost vs S).
@@ -97,6 +98,7 @@ class WorkerRSS(threading.Thread):
         super().__init__(daemon=True)
         self.raylets, self.every_s = raylet_pids, every_s
         self.peaks: dict[str, int] = {}
+        self.uss: dict[str, int] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -109,17 +111,18 @@ class WorkerRSS(threading.Thread):
                     continue
                 for k in kids:
                     try:
-                        rss = k.memory_info().rss
+                        mem = k.memory_full_info()          # rss, and uss: pages no other process shares
                     except psutil.Error:
                         continue
                     title = _title(k.pid)
-                    self.peaks[title] = max(rss, self.peaks.get(title, 0))
+                    self.peaks[title] = max(mem.rss, self.peaks.get(title, 0))
+                    self.uss[title] = max(mem.uss, self.uss.get(title, 0))
             self.stop.wait(self.every_s)
 
-    def by_stage(self, fn_stage: dict[str, str]) -> dict[str, int]:
-        """The largest RSS per pipeline stage, from the titles of the functions the recorder saw."""
+    def by_stage(self, fn_stage: dict[str, str], uss: bool = False) -> dict[str, int]:
+        """The largest RSS (or USS) per pipeline stage, from the titles of the functions the recorder saw."""
         out: dict[str, int] = {}
-        for title, rss in self.peaks.items():
+        for title, rss in (self.uss if uss else self.peaks).items():
             fn = title[5:] if title.startswith("ray::") else ""
             stage = fn_stage.get(fn) or fn_stage.get(fn.split(".")[0]) or ("idle" if fn == "IDLE" else None)
             if stage:
@@ -163,6 +166,7 @@ def one_run(cluster, raylets: list[int], edges_dir: Path, lake: Path, shards: in
             "nodes": s["graph"]["nodes"], "arcs": s["graph"]["arcs"], "shards_reported": s["graph"].get("shards"),
             "peak_worker_rss_mib": round(max(sampler.peaks.values(), default=0) / MB, 1),
             "peak_rss_mib_by_stage": {k: round(v / MB, 1) for k, v in sampler.by_stage(fn_stage).items()},
+            "peak_uss_mib_by_stage": {k: round(v / MB, 1) for k, v in sampler.by_stage(fn_stage, uss=True).items()},
             "largest_object_mib_by_stage": {k: round(max(v["arg"], v["result"]) / MB, 2)
                                             for k, v in largest_by_stage(calls).items()}}
 
@@ -184,25 +188,32 @@ def memory_bound(run: dict, dim: int = DIM) -> int:
 
 
 def run_all(a, edges_dir: Path) -> list[dict]:
-    import ray
+    """Every S on a cluster of its own (fresh workers: a worker's RSS keeps the pages it touched in
+    earlier runs), each method warmed up first on a 100k-edge graph (worker start, numba caches)."""
     import shutil
     for old in Path(a.out).glob("lake-*"):      # this bench's own lakes: every run ingests and commits afresh
         shutil.rmtree(old)
+    warm = edge_files(WARMUP_EDGES, Path(a.out))
+    runs = []
+    for S in a.shards:
+        runs.extend(runs_of_one_cluster(a, edges_dir, warm, S))
+    return runs
+
+
+def runs_of_one_cluster(a, edges_dir: Path, warm: Path, S: int) -> list[dict]:
+    import ray
     cluster, raylets = start_cluster(a.nodes, a.node_cpus, a.store_mb)
     runs = []
     try:
-        warm = edge_files(WARMUP_EDGES, Path(a.out))
-        for method in a.methods:         # every worker process loads its numba caches before any timing
-            one_run(cluster, raylets, warm, Path(a.out) / "lake-warmup", a.shards[0], method, a.node_cpus)
-        for S in a.shards:
-            lake = Path(a.out) / f"lake-s{S}"
-            for method in a.methods:
-                try:
-                    r = one_run(cluster, raylets, edges_dir, lake, S, method, a.node_cpus)
-                except Exception as e:      # a failed run is a figure too: say which and go on
-                    r = {"shards": S, "method": method, "error": f"{type(e).__name__}: {e}"[:500]}
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                runs.append(r)
+        for method in a.methods:
+            one_run(cluster, raylets, warm, Path(a.out) / f"lake-warmup-s{S}", S, method, a.node_cpus)
+        for method in a.methods:
+            try:
+                r = one_run(cluster, raylets, edges_dir, Path(a.out) / f"lake-s{S}", S, method, a.node_cpus)
+            except Exception as e:      # a failed run is a figure too: say which and go on
+                r = {"shards": S, "method": method, "error": f"{type(e).__name__}: {e}"[:500]}
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            runs.append(r)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -234,6 +245,7 @@ def memory_checks(runs: list[dict]) -> list[dict]:
         bound = memory_bound(r)
         for stage, mib in sorted(r["peak_rss_mib_by_stage"].items()):
             out.append({"method": r["method"], "shards": r["shards"], "stage": stage, "peak_worker_rss_mib": mib,
+                        "peak_worker_uss_mib": r["peak_uss_mib_by_stage"].get(stage),
                         "bound_mib": round(bound / MB, 1),
                         "ok": None if stage in ("evaluate", "idle") else mib * MB <= bound})
     return out
