@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from embedlake.workers.orbits.pairs import NUM_PAIRS
+from embedlake.workers.orbits.pairs import NUM_PAIRS, PAIR_CLASSES, PAIR_INDEX
 
 
 def simple_graph(indptr: np.ndarray, indices: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +126,32 @@ def distant_entries(vals, du, dv, c, e, tu, tw, ds, a3):
     vals[23] = e
 
 
-@njit(nogil=True, cache=True)
-def count_rows(indptr, indices, tri, tri2, nsum, lo, hi):
+ADJACENT_CLASSES = np.array([i for i, c in enumerate(PAIR_CLASSES) if c[2]], dtype=np.int64)
+FOUR_FOUR = PAIR_INDEX[(4, 4, False)]
+DISTANT_CLASSES = np.array([i for i, c in enumerate(PAIR_CLASSES) if not c[2]], dtype=np.int64)
+
+
+def count_rows(indptr: np.ndarray, indices: np.ndarray, tri: np.ndarray, tri2: np.ndarray, nsum: np.ndarray,
+               lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows [lo, hi) of all 28 matrices as COO (rows int32, cols int32, pair int8, counts int64),
     row-major, columns in first-reached order within a row. indptr/indices: a simple undirected
-    graph (simple_graph); tri, tri2, nsum: arc_triangles of it."""
+    graph (simple_graph); tri, tri2, nsum: arc_triangles of it. Two passes of the same kernel:
+    the first sizes each row (the walk sums are cheap; writing is what costs), the second fills."""
+    row_nnz = np.zeros(max(0, hi - lo), dtype=np.int64)
+    empty32, empty8, empty64 = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int64)
+    walk_rows(indptr, indices, tri, tri2, nsum, lo, hi, False, empty32, empty32, empty8, empty64, row_nnz)
+    total = int(row_nnz.sum())
+    rows, cols = np.empty(total + NUM_PAIRS, np.int32), np.empty(total + NUM_PAIRS, np.int32)
+    kinds, counts = np.empty(total + NUM_PAIRS, np.int8), np.empty(total + NUM_PAIRS, np.int64)
+    walk_rows(indptr, indices, tri, tri2, nsum, lo, hi, True, rows, cols, kinds, counts, row_nnz)
+    return rows[:total], cols[:total], kinds[:total], counts[:total]
+
+
+@njit(nogil=True, cache=True)
+def walk_rows(indptr, indices, tri, tri2, nsum, lo, hi, fill, rows, cols, kinds, counts, row_nnz):
+    """The kernel of count_rows: fill=False stores each row's non-zeros in row_nnz; fill=True
+    writes them into rows/cols/kinds/counts (sized sum(row_nnz) + 28: writes are branch-free,
+    a zero is written and then overwritten)."""
     n = len(indptr) - 1
     c2 = np.zeros(n, dtype=np.int64)
     tu = np.zeros(n, dtype=np.int64)
@@ -143,11 +164,6 @@ def count_rows(indptr, indices, tri, tri2, nsum, lo, hi):
     in_w = np.full(n, -1, dtype=np.int64)
     touched = np.empty(n, dtype=np.int64)
     vals = np.zeros(NUM_PAIRS, dtype=np.int64)
-    cap = 1024
-    rows = np.empty(cap, dtype=np.int32)
-    cols = np.empty(cap, dtype=np.int32)
-    kinds = np.empty(cap, dtype=np.int8)
-    counts = np.empty(cap, dtype=np.int64)
     nnz = 0
     stamp = 0
     for u in range(lo, hi):
@@ -206,50 +222,34 @@ def count_rows(indptr, indices, tri, tri2, nsum, lo, hi):
                     ee[v] = 0
                     a3[v] = 0
                 a3[v] += cy
+        start = nnz
         for i in range(nt):
             v = touched[i]
             if v == u:
                 continue
+            if c2[v] == 0 and in_u[v] != u:                    # 3 hops away: only the 4-4 path ends
+                if fill:
+                    rows[nnz] = u
+                    cols[nnz] = v
+                    kinds[nnz] = FOUR_FOUR
+                    counts[nnz] = a3[v]
+                nnz += 1
+                continue
             dv = indptr[v + 1] - indptr[v]
-            vals[:] = 0
             if in_u[v] == u:
                 adjacent_entries(vals, du, dv, c2[v], ee[v], tu[v], tw[v], ds[v], a3[v], tri2[u], tri2[v],
                                  nsum[u], nsum[v])
+                classes = ADJACENT_CLASSES
             else:
                 distant_entries(vals, du, dv, c2[v], ee[v], tu[v], tw[v], ds[v], a3[v])
-            for t in range(NUM_PAIRS):
-                if vals[t] == 0:
-                    continue
-                if nnz == cap:
-                    cap *= 2
-                    rows = grow32(rows, cap)
-                    cols = grow32(cols, cap)
-                    kinds = grow8(kinds, cap)
-                    counts = grow64(counts, cap)
-                rows[nnz] = u
-                cols[nnz] = v
-                kinds[nnz] = t
-                counts[nnz] = vals[t]
-                nnz += 1
-    return rows[:nnz].copy(), cols[:nnz].copy(), kinds[:nnz].copy(), counts[:nnz].copy()
-
-
-@njit(nogil=True, cache=True)
-def grow32(a, cap):
-    out = np.empty(cap, dtype=np.int32)
-    out[:len(a)] = a
-    return out
-
-
-@njit(nogil=True, cache=True)
-def grow8(a, cap):
-    out = np.empty(cap, dtype=np.int8)
-    out[:len(a)] = a
-    return out
-
-
-@njit(nogil=True, cache=True)
-def grow64(a, cap):
-    out = np.empty(cap, dtype=np.int64)
-    out[:len(a)] = a
-    return out
+                classes = DISTANT_CLASSES
+            for t in classes:
+                x = vals[t]
+                if fill:
+                    rows[nnz] = u
+                    cols[nnz] = v
+                    kinds[nnz] = t
+                    counts[nnz] = x
+                nnz += x != 0
+        if not fill:
+            row_nnz[u - lo] = nnz - start
