@@ -20,6 +20,7 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks import learned as lt
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, graph_for_run, row_bounds
+from embedlake.tasks.orbits import orbits_table
 from embedlake.tasks.run import Run
 from embedlake.tasks.train import embed_table
 from embedlake.workers.compress import codecs as cz
@@ -50,7 +51,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
-        table = embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds)
+        table = (orbits_table(run, graph, cfg.orbits, bounds) if cfg.method == "orbits"
+                 else embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds))
         fault_point("after:train")
         files = dict(table.files)
         files["embeddings"] = run.time("publish", gt.publish, run.lake, dataset, run.method, run.run_id, graph,
@@ -59,7 +61,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id, graph, table.ref,
                              cfg.eval, split, bounds, run.retries)
         files.update(evaluated["files"])
-        dim = cfg.fastrp.dim if cfg.method == "fastrp" else cfg.train.dim
+        dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
         url = run.commit(run.manifest(files, evaluated["metrics"], extra={
             "dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": table.info}))
     # each codec is its own committed run (<method>.<codec>) of this run's table

@@ -140,3 +140,96 @@ def test_transposes_are_transposes(shared):
     n, edges = karate_edges(shared)
     got = kernel_counts(n, edges)
     assert {(int(op.TRANSPOSE[t]), v, u): x for (t, u, v), x in got.items()} == got
+
+
+# ----------------------------------------------------------------- cost guard
+
+def test_work_estimate_is_the_three_step_walks_and_bounds_the_graphlets(shared):
+    n, edges = karate_edges(shared)
+    indptr, indices = csr_of(n, edges)
+    walks3, graphlets4 = oc.work_estimate(indptr, indices)
+    import scipy.sparse as sp
+    A = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(n, n))
+    assert walks3 == (A @ A @ A).sum()
+    _, orbits = brute_force(n, edges)
+    four_node = sum(int(orbits[:, o].sum()) // size for o, size in
+                    [(4, 2), (7, 1), (8, 4), (11, 1), (13, 2), (14, 4)])   # one orbit per graphlet, its nodes there
+    assert four_node <= graphlets4
+
+
+def test_budget_refuses_with_the_estimate():
+    from embedlake.config import OrbitsConfig
+    from embedlake.errors import ConfigError
+    from embedlake.tasks.orbits import check_budget
+    info = {"nodes": 10, "edges": 20, "triangles": 3, "walks3": 5e9, "graphlets4_bound": 1e9}
+    assert "5e+09 3-step walks" in check_budget(info, OrbitsConfig(budget=6e9))
+    with pytest.raises(ConfigError, match=r"5e\+09 3-step walks.*over orbits.budget, nothing counted"):
+        check_budget(info, OrbitsConfig(budget=1e9))
+
+
+# ----------------------------------------------------------------- embedding and the flow
+
+def reference_embedding(csr: tuple, cfg) -> np.ndarray:
+    """The orbits table in one process: all rows counted, projected, propagated, standardised."""
+    from embedlake.workers.fastrp import kernels as frp
+    from embedlake.workers.orbits import stages as ost
+    prep, _ = ost.prepare(csr)
+    n = prep[0].shape[0] - 1
+    R = ost.projection(n, cfg)
+    X1, _, _ = ost.count_partition(prep, R, 0, n, cfg, None)
+    out, U = ost.first_output(X1, cfg.weights[0]), X1
+    for w in cfg.weights[1:]:
+        U, out = ost.propagate_step(prep, 0, n, w, out, U)
+    return frp.standardize_columns(out, threads=1)
+
+
+def test_projection_rows_are_row_range_independent(shared):
+    from embedlake.config import OrbitsConfig
+    from embedlake.workers.orbits import stages as ost
+    n, edges = karate_edges(shared)
+    indptr, indices = csr_of(n, edges)
+    prep, _ = ost.prepare((indptr, indices, None, False))
+    cfg = OrbitsConfig(dim_per_matrix=4)
+    R = ost.projection(n, cfg)
+    whole = ost.count_partition(prep, R, 0, n, cfg, None)[0]
+    parts = [ost.count_partition(prep, R, lo, hi, cfg, None)[0] for lo, hi in [(0, 5), (5, 20), (20, n)]]
+    assert whole.shape == (n, 28 * 4) and np.array_equal(np.concatenate(parts), whole)
+    # a row of a matrix is a distribution: its projection is the count-weighted mean of R's rows
+    assert np.all(np.abs(whole) <= np.abs(R).max() + 1e-6)
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_embed_graph_orbits_writes_exact_matrices_and_a_partition_free_table(tmp_path, shared):
+    import pyarrow.parquet as pq
+
+    import embedlake
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.lake import Lake
+    from embedlake.workers.graph.store import read_graph
+    ds = shared("datasets", "karate")
+    lake = str(tmp_path / "lake")
+    tables = []
+    for parts in (1, 3):
+        s = embed_graph(load_config(None, [f"lake.uri={lake}", f"input.edges={ds / 'edges.tsv'}",
+                                           f"input.labels={ds / 'labels.tsv'}", "method=orbits",
+                                           "orbits.dim_per_matrix=4", f"shard.partitions={parts}",
+                                           f"lake.run_id=p{parts}", "eval.reconstruction=false"]))
+        assert s["dim"] == 112 and s["rows"] == 34 and "micro_f1" in s["metrics"]["node_classification"]
+        tables.append(embedlake.load_matrix(lake, "karate", "orbits", run=f"p{parts}")[1])
+    assert np.array_equal(tables[0], tables[1])
+    man = Lake(lake).manifest("karate", "orbits", "p3")
+    files = man.files["orbit_adjacency"]
+    assert len(files) == 28 * 3
+    got = {}
+    for f in files:
+        pair = op.PAIR_NAMES.index(f["path"].split("pair=")[1].split("/")[0])
+        t = pq.read_table(tmp_path / "lake" / f["path"]).to_pydict()
+        for r, c, x in zip(t["row"], t["col"], t["count"]):
+            got[(pair, r, c)] = x
+    n, edges = karate_edges(shared)
+    assert got == brute_force(n, edges)[0]
+    csr, _, _, _ = read_graph(Lake(lake), "karate", man.extra["graph"]["version"])
+    from embedlake.config import OrbitsConfig
+    ref = reference_embedding((csr.indptr, csr.indices, csr.weights, False), OrbitsConfig(dim_per_matrix=4))
+    assert np.array_equal(tables[0], ref)
