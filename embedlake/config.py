@@ -149,8 +149,12 @@ class FastRPConfig(Section):
 
 
 class OrbitsConfig(Section):
-    dim_per_matrix: int = Field(16, ge=1, le=512, description="Columns of each of the 28 orbit-adjacency "
-                                "matrices' random projection; the embedding has 28 x this many.")
+    combine: Literal["sum", "concat"] = Field("sum", description="sum: the 28 row-normalised matrices summed, "
+                                              "then projected to `dim` columns; concat: each projected to "
+                                              "dim_per_matrix columns, concatenated (docs/orbits.md).")
+    dim: int = Field(512, ge=2, le=4096, description="Embedding dimension with combine=sum.")
+    dim_per_matrix: int = Field(16, ge=1, le=512, description="combine=concat: columns of each of the 28 "
+                                "matrices' projection; the embedding has 28 x this many.")
     weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="Weight of P^j X_1, "
                                  "j = 0, 1, ... (P = D^-1 A): the projections summed over the neighbours' "
                                  "(docs/orbits.md).")
@@ -165,6 +169,11 @@ class OrbitsConfig(Section):
                           "the estimate and a 4-node graphlet bound are logged first.")
     write_matrices: bool = Field(True, description="Store the 28 matrices in the lake as Parquet (row, col, "
                                  "count) per orbit pair, under tables/<dataset>/orbits/run=<id>/orbit_adjacency/.")
+
+    @property
+    def table_dim(self) -> int:
+        """Columns of the embedding table."""
+        return self.dim if self.combine == "sum" else 28 * self.dim_per_matrix
 
 
 class EvalConfig(Section):

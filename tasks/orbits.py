@@ -45,7 +45,7 @@ def check_budget(info: dict, cfg: OrbitsConfig) -> str:
 @task(name="orbits", cache_policy=NO_CACHE)
 def orbits(graph: GraphHandle, cfg: OrbitsConfig, bounds: list[tuple[int, int]], where: dict | None,
            max_retries: int = 3) -> StageResult:
-    """Returns StageResult(ObjectRef of the [n, 28 * dim_per_matrix] float32 table, info, files)."""
+    """Returns StageResult(ObjectRef of the [n, orbits.table_dim] float32 table, info, files)."""
     import ray
     log = stage_logger()
     if not cfg.weights:
@@ -80,7 +80,7 @@ def orbits(graph: GraphHandle, cfg: OrbitsConfig, bounds: list[tuple[int, int]],
     nnz = [sum(s["nnz"][t] for s in stats) for t in range(NUM_PAIRS)]
     log.info(f"orbits: {sum(nnz):,} non-zeros in 28 matrices, counted in {max(s['count_s'] for s in stats):.2f} s "
              f"(slowest of {len(bounds)} partitions)")
-    out_info = {**info, "partitions": len(bounds), "dim": NUM_PAIRS * cfg.dim_per_matrix, "nnz": sum(nnz),
+    out_info = {**info, "partitions": len(bounds), "dim": cfg.table_dim, "combine": cfg.combine, "nnz": sum(nnz),
                 "count_s_max": round(max(s["count_s"] for s in stats), 3),
                 "count_s_sum": round(sum(s["count_s"] for s in stats), 3),
                 "nnz_by_pair": dict(zip(PAIR_NAMES, nnz))}

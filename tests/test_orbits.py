@@ -183,19 +183,31 @@ def reference_embedding(csr: tuple, cfg) -> np.ndarray:
     return frp.standardize_columns(out, threads=1)
 
 
-def test_projection_rows_are_row_range_independent(shared):
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_projection_is_row_range_free_and_matches_scipy(shared, combine):
+    """X_1 rows from the kernel = (sum_t or [..]_t) rownorm(log1p M_t) R with the brute-force M_t."""
+    import scipy.sparse as sp
+
     from embedlake.config import OrbitsConfig
     from embedlake.workers.orbits import stages as ost
     n, edges = karate_edges(shared)
     indptr, indices = csr_of(n, edges)
     prep, _ = ost.prepare((indptr, indices, None, False))
-    cfg = OrbitsConfig(dim_per_matrix=4)
+    cfg = OrbitsConfig(combine=combine, dim=24, dim_per_matrix=4)
     R = ost.projection(n, cfg)
     whole = ost.count_partition(prep, R, 0, n, cfg, None)[0]
     parts = [ost.count_partition(prep, R, lo, hi, cfg, None)[0] for lo, hi in [(0, 5), (5, 20), (20, n)]]
-    assert whole.shape == (n, 28 * 4) and np.array_equal(np.concatenate(parts), whole)
-    # a row of a matrix is a distribution: its projection is the count-weighted mean of R's rows
-    assert np.all(np.abs(whole) <= np.abs(R).max() + 1e-6)
+    assert whole.shape == (n, cfg.table_dim) and np.array_equal(np.concatenate(parts), whole)
+    mats = brute_force(n, edges)[0]
+    blocks = []
+    for t in range(28):
+        keys = [(u, v, x) for (tt, u, v), x in mats.items() if tt == t]
+        M = sp.csr_matrix(([np.log1p(x) for _, _, x in keys], ([u for u, _, _ in keys], [v for _, v, _ in keys])),
+                          shape=(n, n))
+        rs = np.asarray(M.sum(1)).ravel()
+        blocks.append(sp.diags(1 / np.where(rs > 0, rs, 1)) @ M @ R.astype(np.float64))
+    want = sum(blocks) if combine == "sum" else np.hstack(blocks)
+    np.testing.assert_allclose(whole, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.usefixtures("ray_session", "prefect_session")
@@ -213,9 +225,9 @@ def test_embed_graph_orbits_writes_exact_matrices_and_a_partition_free_table(tmp
     for parts in (1, 3):
         s = embed_graph(load_config(None, [f"lake.uri={lake}", f"input.edges={ds / 'edges.tsv'}",
                                            f"input.labels={ds / 'labels.tsv'}", "method=orbits",
-                                           "orbits.dim_per_matrix=4", f"shard.partitions={parts}",
+                                           "orbits.dim=32", f"shard.partitions={parts}",
                                            f"lake.run_id=p{parts}", "eval.reconstruction=false"]))
-        assert s["dim"] == 112 and s["rows"] == 34 and "micro_f1" in s["metrics"]["node_classification"]
+        assert s["dim"] == 32 and s["rows"] == 34 and "micro_f1" in s["metrics"]["node_classification"]
         tables.append(embedlake.load_matrix(lake, "karate", "orbits", run=f"p{parts}")[1])
     assert np.array_equal(tables[0], tables[1])
     man = Lake(lake).manifest("karate", "orbits", "p3")
@@ -231,5 +243,5 @@ def test_embed_graph_orbits_writes_exact_matrices_and_a_partition_free_table(tmp
     assert got == brute_force(n, edges)[0]
     csr, _, _, _ = read_graph(Lake(lake), "karate", man.extra["graph"]["version"])
     from embedlake.config import OrbitsConfig
-    ref = reference_embedding((csr.indptr, csr.indices, csr.weights, False), OrbitsConfig(dim_per_matrix=4))
+    ref = reference_embedding((csr.indptr, csr.indices, csr.weights, False), OrbitsConfig(dim=32))
     assert np.array_equal(tables[0], ref)

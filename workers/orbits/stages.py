@@ -35,8 +35,10 @@ def prepare(csr: tuple) -> tuple[tuple, dict]:
 
 
 def projection(num_nodes: int, cfg: OrbitsConfig) -> np.ndarray:
-    """R [n, dim_per_matrix]: FastRP's very sparse random projection (a pure function of the seed)."""
-    return frp.random_projection(num_nodes, cfg.dim_per_matrix, density=cfg.density, seed=cfg.seed)
+    """R [n, dim] (combine=sum) or [n, dim_per_matrix] (concat): FastRP's very sparse random
+    projection (a pure function of the seed)."""
+    k = cfg.dim if cfg.combine == "sum" else cfg.dim_per_matrix
+    return frp.random_projection(num_nodes, k, density=cfg.density, seed=cfg.seed)
 
 
 def count_partition(prep: tuple, R: np.ndarray, lo: int, hi: int, cfg: OrbitsConfig, out: dict | None,
@@ -50,7 +52,7 @@ def count_partition(prep: tuple, R: np.ndarray, lo: int, hi: int, cfg: OrbitsCon
     t1 = time.perf_counter()
     files = write_matrices(coo, node_ids=node_ids, **out) if out is not None else []
     t2 = time.perf_counter()
-    X1 = oe.project_rows(coo, lo, hi, R, cfg.transform)
+    X1 = oe.project_rows(coo, lo, hi, R, cfg.transform, cfg.combine)
     stats = {"nnz": np.bincount(coo[2], minlength=NUM_PAIRS).tolist(), "count_s": t1 - t0, "write_s": t2 - t1,
              "project_s": time.perf_counter() - t2}
     return X1, files, stats
