@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def count_one(name: str, threads: int) -> dict:
     tiny, _ = ost.prepare((np.array([0, 2, 4, 6]), np.array([1, 2, 0, 2, 0, 1], dtype=np.int32), None, False))
     oc.count_rows(*tiny[:5], 0, 3)                                   # compiled (or loaded) before the clock
     reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prep, info = ost.prepare((indptr, indices, None, False))
     t1 = time.perf_counter()
     out = {"dataset": name, **info, "prepare_s": round(t1 - t0, 3), "threads": threads}
@@ -68,6 +69,7 @@ def count_one(name: str, threads: int) -> dict:
     t2 = time.perf_counter()
     nnz = sum(len(p[0]) for p in parts)
     return {**out, "count_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3), "nnz": nnz,
+            "cpu_s": round(time.process_time() - c0, 3), "load_avg_1min": round(os.getloadavg()[0], 1),
             "peak_rss_mb": round(peak_rss() / 2**20, 1), "matrices_mb": round(17 * nnz / 2**20, 1)}
 
 
@@ -143,11 +145,12 @@ def quality(names: list[str]) -> list[dict]:
 def print_tables(counts: list[dict], quals: list[dict]) -> None:
     if counts:
         print("\n| graph | nodes | edges | 3-step walks (estimate) | 4-node graphlets <= | prepare s | count s "
-              "| non-zeros (28 matrices) | peak RSS MB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "(wall) | CPU s (prepare + count, all threads) | load avg | non-zeros (28 matrices) | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in counts:
-            tail = (f"refused: {r['refused']} | | |" if "refused" in r else
-                    f"{r['count_s']:.2f} | {r['nnz']:,} | {r['peak_rss_mb']:,.0f} |")
+            tail = (f"refused: {r['refused']} | | | | |" if "refused" in r else
+                    f"{r['count_s']:.2f} | {r['cpu_s']:.2f} | {r['load_avg_1min']} | {r['nnz']:,} | "
+                    f"{r['peak_rss_mb']:,.0f} |")
             print(f"| {r['dataset']} | {r['nodes']:,} | {r['edges']:,} | {r['walks3']:.3g} | "
                   f"{r['graphlets4_bound']:.3g} | {r['prepare_s']:.2f} | {tail}")
     if quals:
