@@ -245,3 +245,18 @@ def test_embed_graph_orbits_writes_exact_matrices_and_a_partition_free_table(tmp
     from embedlake.config import OrbitsConfig
     ref = reference_embedding((csr.indptr, csr.indices, csr.weights, False), OrbitsConfig(dim=32))
     assert np.array_equal(tables[0], ref)
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_over_budget_run_stops_before_counting_and_commits_nothing(tmp_path, shared):
+    from embedlake.config import load_config
+    from embedlake.errors import ConfigError
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.lake import Lake
+    ds = shared("datasets", "karate")
+    lake = tmp_path / "lake"
+    with pytest.raises(ConfigError, match=r"7\.28e\+03 3-step walks.*over orbits.budget, nothing counted"):
+        embed_graph(load_config(None, [f"lake.uri={lake}", f"input.edges={ds / 'edges.tsv'}", "method=orbits",
+                                       "orbits.budget=1000", "lake.run_id=r1"]))
+    assert not Lake(str(lake)).is_committed("karate", "orbits", "r1")
+    assert not (lake / "tables").exists() and not (lake / "embeddings").exists()
