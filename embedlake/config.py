@@ -155,9 +155,9 @@ class OrbitsConfig(Section):
     dim: int = Field(512, ge=2, le=4096, description="Embedding dimension with combine=sum.")
     dim_per_matrix: int = Field(16, ge=1, le=512, description="combine=concat: columns of each of the 28 "
                                 "matrices' projection; the embedding has 28 x this many.")
-    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="Weight of P^j X_1, "
-                                 "j = 0, 1, ... (P = D^-1 A): the projections summed over the neighbours' "
-                                 "(docs/orbits.md).")
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 4.0, 8.0], description="Weight of "
+                                 "P^j X_1, j = 0, 1, ... (P = D^-1 A): the projections summed over the neighbours' "
+                                 "up to len-1 hops further (docs/orbits.md has the measurements).")
     transform: Literal["log1p", "none"] = Field("log1p", description="Applied to each count before rows are "
                                                 "normalised: log1p damps the hubs' huge counts.")
     density: float | None = Field(None, gt=0, le=1, description="Non-zero share of the random projection; "
