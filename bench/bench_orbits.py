@@ -59,10 +59,11 @@ def count_one(name: str, threads: int) -> dict:
     prep, info = ost.prepare((indptr, indices, None, False))
     t1 = time.perf_counter()
     out = {"dataset": name, **info, "prepare_s": round(t1 - t0, 3), "threads": threads}
-    if info["walks3"] > OrbitsConfig().budget:
-        return {**out, "refused": f"estimate {info['walks3']:.3g} over orbits.budget {OrbitsConfig().budget:.3g}"}
     ip, ix, tri, tri2, nsum, _ = prep
     bounds = partition_bounds(ip, threads * 8)
+    if info["walks3"] > OrbitsConfig().budget:
+        return {**out, **sizing_pass(prep, bounds, threads, n),
+                "refused": f"estimate {info['walks3']:.3g} over orbits.budget {OrbitsConfig().budget:.3g}"}
     with ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda b: oc.count_rows(ip, ix, tri, tri2, nsum, int(b[0]), int(b[1])),
                               zip(bounds[:-1], bounds[1:])))
@@ -71,6 +72,21 @@ def count_one(name: str, threads: int) -> dict:
     return {**out, "count_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3), "nnz": nnz,
             "cpu_s": round(time.process_time() - c0, 3), "load_avg_1min": round(os.getloadavg()[0], 1),
             "peak_rss_mb": round(peak_rss() / 2**20, 1), "matrices_mb": round(17 * nnz / 2**20, 1)}
+
+
+def sizing_pass(prep: tuple, bounds, threads: int, n: int) -> dict:
+    """A refused graph: the kernel's first pass only (every walk sum and formula, each row's
+    non-zeros counted, nothing stored): its time, and the size the matrices would have."""
+    from embedlake.workers.orbits import count as oc
+    ip, ix, tri, tri2, nsum, _ = prep
+    row_nnz = np.zeros(n, dtype=np.int64)
+    e32, e8, e64 = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int64)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda b: oc.walk_rows(ip, ix, tri, tri2, nsum, int(b[0]), int(b[1]), False, e32, e32, e8, e64,
+                                             row_nnz[int(b[0]):int(b[1])]), zip(bounds[:-1], bounds[1:])))
+    return {"sizing_s": round(time.perf_counter() - t0, 3), "sizing_cpu_s": round(time.process_time() - c0, 3),
+            "nnz_unstored": int(row_nnz.sum()), "load_avg_1min": round(os.getloadavg()[0], 1)}
 
 
 def counting(names: list[str], threads: int) -> list[dict]:
@@ -148,7 +164,8 @@ def print_tables(counts: list[dict], quals: list[dict]) -> None:
               "(wall) | CPU s (prepare + count, all threads) | load avg | non-zeros (28 matrices) | peak RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in counts:
-            tail = (f"refused: {r['refused']} | | | | |" if "refused" in r else
+            tail = (f"refused ({r['refused']}); sizing pass alone: {r['sizing_s']:.2f} | {r['sizing_cpu_s']:.2f} | "
+                    f"{r['load_avg_1min']} | {r['nnz_unstored']:,} (not stored) | |" if "refused" in r else
                     f"{r['count_s']:.2f} | {r['cpu_s']:.2f} | {r['load_avg_1min']} | {r['nnz']:,} | "
                     f"{r['peak_rss_mb']:,.0f} |")
             print(f"| {r['dataset']} | {r['nodes']:,} | {r['edges']:,} | {r['walks3']:.3g} | "
