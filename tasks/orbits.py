@@ -83,5 +83,7 @@ def orbits(graph: GraphHandle, cfg: OrbitsConfig, bounds: list[tuple[int, int]],
     out_info = {**info, "partitions": len(bounds), "dim": cfg.table_dim, "combine": cfg.combine, "nnz": sum(nnz),
                 "count_s_max": round(max(s["count_s"] for s in stats), 3),
                 "count_s_sum": round(sum(s["count_s"] for s in stats), 3),
+                "write_s_max": round(max(s["write_s"] for s in stats), 3),
+                "project_s_max": round(max(s["project_s"] for s in stats), 3),
                 "nnz_by_pair": dict(zip(PAIR_NAMES, nnz))}
     return StageResult(emb_ref, out_info, {"orbit_adjacency": files} if files else {})
