@@ -24,6 +24,9 @@ from embedlake.workers.orbits.pairs import NUM_PAIRS, PAIR_NAMES
 def orbits_table(run: Run, graph: GraphHandle, cfg: OrbitsConfig, bounds: list[tuple[int, int]]) -> StageResult:
     """The run's orbit-adjacency embedding (stage `orbits`); StageResult.files holds the 28
     matrices' Parquet files (kind `orbit_adjacency`) when orbits.write_matrices."""
+    if graph.num_shards > 1:
+        raise ConfigError(f"method orbits counts 3-hop neighbourhoods from the whole graph in every task; the graph "
+                          f"has {graph.num_shards} shards: set graph.shards=1")
     if cfg.write_matrices:
         run.owns(f"{Lake.run_dir('tables', run.dataset, run.method, run.run_id)}/{ost.MATRIX_DIR}")
     where = {"lake": run.lake, "dataset": run.dataset, "method": run.method, "run_id": run.run_id}
