@@ -16,9 +16,9 @@ class InputError(EmbedlakeError):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
-        where = str(path) if path is not None else ""
-        for part in ([f"line {line}"] if line is not None else []) + ([f"field {field!r}"] if field is not None else []):
-            where = f"{where}: {part}" if where and "line" not in where else (f"{where}, {part}" if where else part)
+        place = ", ".join(([f"line {line}"] if line is not None else [])
+                          + ([f"field {field!r}"] if field is not None else []))
+        where = ": ".join(x for x in (str(path) if path is not None else "", place) if x)
         super().__init__(f"{where}: {message}" if where else message)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from embedlake.config import PipelineConfig
+from embedlake.config import LEARNED_TABLE_SHARDS, PipelineConfig
+from embedlake.errors import ConfigError
 from embedlake.flows.compress import compress_run
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import evaluate as et
@@ -49,16 +50,17 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         return resume_compress(cfg, run)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim (resume)
     with run:
-        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
+        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
         table = (orbits_table(run, graph, cfg.orbits, bounds) if cfg.method == "orbits"
                  else embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds))
         fault_point("after:train")
         files = dict(table.files)
-        files["embeddings"] = run.time("publish", gt.publish, run.lake, dataset, run.method, run.run_id, graph,
-                                       table.ref, bounds, run.retries)
+        files["embeddings"] = publish_table(run, graph, table.ref, bounds)
         fault_point("after:publish")
-        evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id, graph, table.ref,
+        # evaluation still reads the whole graph and table: on a sharded graph, one task gathers each
+        evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id,
+                             graph.for_evaluation(run.retries), gt.whole_table(table.ref, run.retries),
                              cfg.eval, split, bounds, run.retries)
         files.update(evaluated["files"])
         dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
@@ -67,6 +69,15 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     # each codec is its own committed run (<method>.<codec>) of this run's table
     tables = compress_run(cfg, run, run.run_id, skip_committed=True) if cfg.compress.codecs else None
     return summary(run, graph, url, evaluated["metrics"], dim, tables)
+
+
+def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]]) -> list[dict]:
+    """Write the run's table: row partitions of one table, or each graph shard's rows by its own task."""
+    if isinstance(table_ref, list):
+        return run.time("publish", gt.publish_shards, run.lake, run.dataset, run.method, run.run_id, graph,
+                        table_ref, run.retries)
+    return run.time("publish", gt.publish, run.lake, run.dataset, run.method, run.run_id, graph, table_ref, bounds,
+                    run.retries)
 
 
 def summary(run: Run, graph: GraphHandle, manifest_url: str, metrics: dict, dim: int, tables: dict | None) -> dict:
@@ -88,7 +99,9 @@ def learned_table(cfg: PipelineConfig, dataset: str) -> dict:
     run = Run.open(cfg, dataset, cs.table_method(method, codec))
     run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
     with run:
-        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval)
+        graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
+        if graph.num_shards > 1:
+            raise ConfigError(f"{LEARNED_TABLE_SHARDS} (graph.shards={cfg.graph.shards} gave {graph.num_shards})")
         params = lt.table_params(codec, cfg.compress, graph.num_nodes, cfg.train.dim)
         trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk, cfg.train, method,
                            run.retries)

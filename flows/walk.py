@@ -22,7 +22,7 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
     # reuses the walk partitions it had finished (train.resume / train.checkpoint)
     with run:
-        graph = run.time("ingest", gt.ingest, run.lake, run.dataset, cfg.input, cfg.synthetic, run.retries)
+        graph = run.time("ingest", gt.ingest, run.lake, run.dataset, cfg.input, cfg.synthetic, cfg.graph, run.retries)
         bounds = gt.row_bounds(graph.num_nodes, cfg.shard)
         walked = gt.run_walks(run, graph, cfg.walk, cfg.method, bounds)
         files = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,

@@ -2,17 +2,22 @@
 (ObjectRefs, lake URIs, small dicts), never big arrays, so Prefect never hashes or copies them."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from embedlake.config import EvalConfig, InputConfig, ShardConfig, SyntheticConfig, WalkConfig
+from embedlake.config import EvalConfig, GraphConfig, InputConfig, ShardConfig, SyntheticConfig, WalkConfig
+from embedlake.errors import ConfigError
 from embedlake.tasks.evaluate import LinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.ingest import IngestedShards, parallel_ingest
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.workers.graph import stages as graph_stages
+from embedlake.workers.graph.ingest_parallel import RANGE_BYTES
+from embedlake.workers.graph.shards import resolve_shards, shard_bounds
 from embedlake.workers.graph.stages import partition_bounds
 from embedlake.workers.run.faults import fault_point
 
@@ -32,11 +37,11 @@ class GraphHandle:
     """What later stages need about the ingested graph: small metadata + ObjectRefs.
 
     With one shard, csr_ref / node_ids_ref are the whole graph and `shards` is that one shard. With
-    graph.shards > 1 each shard is its own object and no stage of the sharded engines reads
-    csr_ref (evaluation still gathers it: `gathered`)."""
+    graph.shards > 1 they are None: each shard is its own object and no stage of the sharded
+    engines reads the whole graph (evaluation still gathers it: `gathered_csr_ref`)."""
     meta: dict
-    csr_ref: object          # ray.ObjectRef -> (indptr, indices, weights, directed)
-    node_ids_ref: object     # ray.ObjectRef -> node_ids
+    csr_ref: object          # ray.ObjectRef -> (indptr, indices, weights, directed), or None (S > 1)
+    node_ids_ref: object     # ray.ObjectRef -> node_ids, or None (S > 1)
     labels_ref: object       # ray.ObjectRef -> labels or None
     shards: list[ShardRef] = field(default_factory=list)
 
@@ -58,6 +63,38 @@ class GraphHandle:
         link-prediction hold-out, if any."""
         return {"version": self.meta["version"], "holdout": self.meta.get("holdout")}
 
+    def gathered_csr_ref(self, max_retries: int = 3):
+        """The whole CSR tuple: csr_ref with one shard, else one Ray task that gathers every shard
+        (for evaluation only, which still needs the whole graph; no sharded engine calls this)."""
+        if self.csr_ref is not None:
+            return self.csr_ref
+        return remote(graph_stages.gather_graph_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+            self.shard_bounds, *[s.csr_ref for s in self.shards])
+
+    def gathered_node_ids_ref(self, max_retries: int = 3):
+        """The whole node-id map (node_ids_ref, or the shards' pieces gathered by one task; evaluation only)."""
+        if self.node_ids_ref is not None:
+            return self.node_ids_ref
+        return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+            *[s.ids_ref for s in self.shards])
+
+    def for_evaluation(self, max_retries: int = 3) -> "GraphHandle":
+        """This graph with csr_ref / node_ids_ref set: itself with one shard, else a copy whose whole
+        graph is gathered by one task each. Evaluation (and only it) still needs the whole graph."""
+        if self.csr_ref is not None:
+            return self
+        return dataclasses.replace(self, csr_ref=self.gathered_csr_ref(max_retries),
+                                   node_ids_ref=self.gathered_node_ids_ref(max_retries))
+
+
+def whole_table(table_ref, max_retries: int = 3):
+    """One [n, dim] table ref: the ref itself, or the per-shard refs of a sharded engine joined by one
+    task (for evaluation only; publish writes each shard's rows on its own: publish_table)."""
+    if not isinstance(table_ref, list):
+        return table_ref
+    return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+        *table_ref)
+
 
 @dataclass
 class StageResult:
@@ -66,15 +103,23 @@ class StageResult:
     files: dict = field(default_factory=dict)     # run files a stage wrote on the way (walks), by kind
 
 
-def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig,
-                  eval_cfg: EvalConfig) -> tuple[GraphHandle, LinkSplit | None]:
+def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig, eval_cfg: EvalConfig,
+                  graph_cfg: GraphConfig) -> tuple[GraphHandle, LinkSplit | None]:
     """The graph a run (tasks/run.Run) embeds: ingest (stage `ingest`), then with
     eval.link_prediction hold the test edges out (stage `holdout`) before walks / FastRP see the
     graph. Returns (graph to embed, split or None)."""
-    graph = run.time("ingest", ingest, run.lake, run.dataset, input_cfg, synthetic, max_retries=run.retries)
+    if eval_cfg.link_prediction and graph_cfg.shards not in (1, "auto"):
+        raise ConfigError(LINK_PREDICTION_SHARDS)
+    graph = run.time("ingest", ingest, run.lake, run.dataset, input_cfg, synthetic, graph_cfg,
+                     max_retries=run.retries)
     if not eval_cfg.link_prediction:
         return graph, None
+    if graph.num_shards > 1:
+        raise ConfigError(f"{LINK_PREDICTION_SHARDS} (graph.shards=auto gave {graph.num_shards})")
     return run.time("holdout", holdout, graph, eval_cfg, max_retries=run.retries)
+
+
+LINK_PREDICTION_SHARDS = "eval.link_prediction needs graph.shards=1 for now: its hold-out splits the whole graph"
 
 
 def row_bounds(rows: int, shard: ShardConfig) -> list[tuple[int, int]]:
@@ -83,18 +128,50 @@ def row_bounds(rows: int, shard: ShardConfig) -> list[tuple[int, int]]:
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=0)
-def ingest(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig,
+def ingest(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
            max_retries: int = 3) -> GraphHandle:
-    """Edge list -> CSR in the lake (skipped when the same input was ingested before)."""
-    import ray
+    """Edge list -> S graph shards in the object store and the lake (lake files skipped when the
+    same input was ingested before)."""
     log = stage_logger()
-    meta_ref, csr_ref, ids_ref, labels_ref = remote(graph_stages.ingest_stage, "ingest", num_returns=4, num_cpus=1,
-                                                     max_retries=max_retries).remote(
-        lake, dataset, input_cfg, synthetic)
-    meta = ray.get(meta_ref)
-    log.info(f"ingest: {meta['nodes']:,} nodes, {meta['arcs']:,} arcs, graph {meta['version']}"
-             f"{' (reused: input unchanged)' if meta['reused'] else ''}")
-    return GraphHandle(meta, csr_ref, ids_ref, labels_ref)
+    graph = ingest_sharded(lake, dataset, input_cfg, synthetic, graph_cfg, max_retries)
+    meta = graph.meta
+    log.info(f"ingest: {meta['nodes']:,} nodes, {meta['arcs']:,} arcs, {graph.num_shards} shard(s), "
+             f"graph {meta['version']}{' (reused: input unchanged)' if meta['reused'] else ''}")
+    return graph
+
+
+def ingest_sharded(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
+                   max_retries: int = 3, range_bytes: int = RANGE_BYTES) -> GraphHandle:
+    """The ingest stage without Prefect: the planted graph (input.edges unset), else the parallel
+    ingest (tasks/ingest.py)."""
+    if input_cfg.edges is None:
+        return synthetic_graph(lake, dataset, input_cfg, synthetic, graph_cfg, max_retries)
+    return handle_of(parallel_ingest(lake, dataset, input_cfg, graph_cfg, max_retries, range_bytes))
+
+
+def handle_of(got: IngestedShards) -> GraphHandle:
+    """The GraphHandle of ingested shards (with one shard, csr_ref / node_ids_ref are that shard's)."""
+    shards = [ShardRef(lo, hi, arcs, c, i) for (lo, hi), arcs, c, i in zip(got.bounds, got.arcs, got.csr_refs,
+                                                                         got.ids_refs)]
+    one = len(shards) == 1
+    return GraphHandle(got.meta, shards[0].csr_ref if one else None, shards[0].ids_ref if one else None,
+                       got.labels_ref, shards)
+
+
+def synthetic_graph(lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig, graph_cfg: GraphConfig,
+                    max_retries: int) -> GraphHandle:
+    """The planted-community graph, generated and split into shards by one task (it is small)."""
+    import ray
+    arcs = 2 * synthetic.nodes * max(1, int(round(synthetic.avg_degree / 2)))     # upper bound
+    S = resolve_shards(graph_cfg.shards, synthetic.nodes, arcs, False, graph_cfg.shard_budget_mb)
+    refs = remote(graph_stages.synthetic_stage, "ingest", num_returns=2 + 2 * S, num_cpus=1,
+                  max_retries=max_retries).remote(lake, dataset, input_cfg, synthetic, S)
+    meta = ray.get(refs[0])
+    arcs = meta.pop("shard_arcs")
+    bounds = shard_bounds(meta["nodes"], S)
+    shards = [ShardRef(lo, hi, arcs[i], refs[2 + 2 * i], refs[3 + 2 * i]) for i, (lo, hi) in enumerate(bounds)]
+    one = S == 1
+    return GraphHandle(meta, shards[0].csr_ref if one else None, shards[0].ids_ref if one else None, refs[1], shards)
 
 
 def walk_mode(method: str) -> str:
@@ -171,3 +248,19 @@ def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
     refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "write walks (partitions)")
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_shards(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, table_refs: list,
+                   max_retries: int = 3) -> list[dict]:
+    """Write a sharded table (one ref per graph shard: its nodes' rows [hi - lo, dim], as the sharded
+    engines return it): shard s's rows by a task that gets only that table and the shard's node ids.
+    Files, schema and numbering are those of `publish` with the shard ranges as its partitions
+    (empty shards, possible when S > n, write nothing), so readers see no difference."""
+    if len(table_refs) != graph.num_shards:
+        raise ValueError(f"publish_shards: {len(table_refs)} tables for {graph.num_shards} graph shards")
+    fn = remote(graph_stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
+    live = [(shard, ref) for shard, ref in zip(graph.shards, table_refs) if shard.hi > shard.lo]
+    refs = [fn.remote(lake, dataset, method, run_id, i, 0, shard.hi - shard.lo, shard.ids_ref, ref)
+            for i, (shard, ref) in enumerate(live)]
+    return gather(refs, "publish (shards)")

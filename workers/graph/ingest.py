@@ -160,7 +160,7 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-class _HashingReader(io.RawIOBase):
+class HashingReader(io.RawIOBase):
     """Passes bytes through while hashing them (input checksum without a second pass)."""
 
     def __init__(self, f, h):
@@ -190,7 +190,7 @@ def iter_line_chunks(path: str, chunk_rows: int, h=None):
     line_no = 1
     tail = b""
     try:
-        stream = io.BufferedReader(_HashingReader(f, h), 1 << 20) if h is not None else f
+        stream = io.BufferedReader(HashingReader(f, h), 1 << 20) if h is not None else f
         while True:
             try:
                 block = stream.read(approx)
@@ -214,7 +214,7 @@ def iter_line_chunks(path: str, chunk_rows: int, h=None):
         f.close()
 
 
-def _detect_sep(line: str, ext: str) -> str:
+def detect_sep(line: str, ext: str) -> str:
     if ext == ".tsv":
         return "\t"
     if ext == ".csv":
@@ -226,7 +226,7 @@ def _detect_sep(line: str, ext: str) -> str:
     return " "
 
 
-def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, ext: str, spec: EdgeSpec,
+def parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, ext: str, spec: EdgeSpec,
                       header_state: dict) -> tuple[pl.DataFrame, str]:
     """Parse one chunk of lines into columns src, dst[, weight] (strings), checking every line."""
     try:
@@ -247,7 +247,7 @@ def _parse_text_chunk(body: bytes, first_line: int, path: str, sep: str | None, 
     if lines.height == 0:
         return pl.DataFrame(schema={"src": pl.String, "dst": pl.String, "weight": pl.String, "row": pl.UInt32}), sep
     if sep is None:
-        sep = _detect_sep(lines["line"][0], ext)
+        sep = detect_sep(lines["line"][0], ext)
     if sep == " ":
         lines = lines.with_columns(pl.col("line").str.replace_all(r"\s+", " "))
     ncols = 3 if spec.weighted else 2
@@ -298,7 +298,7 @@ def text_header(path: str, spec: EdgeSpec) -> tuple[int, list[str]] | None:
                 line = raw.decode("utf-8", "replace").rstrip("\r").strip()
                 if not line or line.startswith(("#", "%")):
                     continue
-                sep = spec.delimiter or _detect_sep(line, ext)
+                sep = spec.delimiter or detect_sep(line, ext)
                 fields = (re.sub(r"\s+", " ", line) if sep == " " else line).split(sep)
                 return (first_line + i, [f.strip() for f in fields]) if _is_header(fields, spec) else None
     return None
@@ -339,7 +339,7 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
-def _typed(df: pl.DataFrame, path: str, spec: EdgeSpec) -> pl.DataFrame:
+def typed_chunk(df: pl.DataFrame, path: str, spec: EdgeSpec) -> pl.DataFrame:
     """Cast id and weight columns, naming the first line that does not parse."""
     out = []
     for c in ("src", "dst"):
@@ -368,7 +368,7 @@ def _typed(df: pl.DataFrame, path: str, spec: EdgeSpec) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
-def _read_parquet(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
+def read_parquet_edges(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
     fs, p = storage.filesystem(path)
     data = fs.cat_file(p)
     if h is not None:
@@ -377,11 +377,17 @@ def _read_parquet(path: str, spec: EdgeSpec, h) -> pl.DataFrame:
         t = pq.read_table(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable Parquet file ({e})", path=path) from None
-    need = edge_columns(spec)
     check_parquet_columns(t.column_names, spec, path)
+    return parquet_edge_frame(t, spec, first_row=1)
+
+
+def parquet_edge_frame(t, spec: EdgeSpec, first_row: int) -> pl.DataFrame:
+    """Edge columns of a Parquet table as strings (src, dst, weight, row), rows numbered from
+    first_row (1 for a whole file; a row group's first row in its file otherwise)."""
+    need = edge_columns(spec)
     df = pl.from_arrow(t.select(need))
     df = df.rename({spec.src_col: "src", spec.dst_col: "dst", **({spec.weight_col: "weight"} if spec.weighted else {})})
-    df = df.with_row_index("row", offset=1)
+    df = df.with_row_index("row", offset=first_row)
     cols = [pl.col("src").cast(pl.String), pl.col("dst").cast(pl.String)]
     cols.append(pl.col("weight").cast(pl.String) if spec.weighted else pl.lit(None, dtype=pl.String).alias("weight"))
     return df.select(*cols, pl.col("row").cast(pl.UInt32))
@@ -402,17 +408,17 @@ def read_edges(uri: str, spec: EdgeSpec, progress=None, convert=None) -> tuple[l
         h.update(path.rsplit("/", 1)[-1].encode())
         ext, _ = file_suffixes(path)
         if ext == ".parquet":
-            df = _typed(_read_parquet(path, spec, h), path, spec)
+            df = typed_chunk(read_parquet_edges(path, spec, h), path, spec)
             chunks.append(keep(df))
             rows += df.height
             continue
         sep = spec.delimiter
         header_state: dict = {} if spec.has_header is not False else {"done": True}
         for first_line, body in iter_line_chunks(path, min(spec.chunk_rows, PARSE_ROWS), h):
-            raw, sep = _parse_text_chunk(body, first_line, path, sep, ext, spec, header_state)
+            raw, sep = parse_text_chunk(body, first_line, path, sep, ext, spec, header_state)
             del body
             if raw.height:
-                df = _typed(raw, path, spec)
+                df = typed_chunk(raw, path, spec)
                 del raw
                 chunks.append(keep(df))
                 rows += df.height
@@ -448,13 +454,13 @@ def _weights(df: pl.DataFrame) -> np.ndarray | None:
     return _off_heap(df["weight"].to_numpy(), np.float32) if "weight" in df.columns else None
 
 
-def _narrow(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def narrow_chunk(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A typed integer-id chunk -> (src, dst, weight float32 or None) numpy."""
     s, d = _narrow_ids(df["src"].to_numpy(), df["dst"].to_numpy())
     return s, d, _weights(df)
 
 
-class _StringIds:
+class StringIds:
     """Incremental dictionary of string node ids: each chunk's ids become int32 codes at once, so
     no string column outlives its chunk.
 
@@ -537,7 +543,7 @@ def _scatter_weighted(pos, indices, weights, s, d, w, undirected, drop_loops):
 
 
 @numba.njit(cache=True)
-def _sort_rows_dedupe(indptr, indices, dedupe):
+def sort_rows_dedupe(indptr, indices, dedupe):
     """Sort each row in place and (dedupe) drop repeats, compacting forward; returns the new indptr."""
     n = indptr.shape[0] - 1
     out = np.empty(n + 1, dtype=np.int64)
@@ -559,7 +565,7 @@ def _sort_rows_dedupe(indptr, indices, dedupe):
 
 
 @numba.njit(cache=True)
-def _sort_rows_dedupe_weighted(indptr, indices, weights, mode):
+def sort_rows_dedupe_weighted(indptr, indices, weights, mode):
     """Stable sort of each row by column, weights moved along; mode 0 keeps repeats, 1 keeps the
     first (in input order), 2 sums them (in float64). Compacts forward; returns the new indptr."""
     n = indptr.shape[0] - 1
@@ -638,9 +644,9 @@ def csr_from_chunks(chunks: list, n: int, node_ids: np.ndarray | None, directed:
     del pos
     if weighted:
         mode = {"keep": 0, "drop": 1, "sum": 2}[duplicates]
-        new_indptr = _sort_rows_dedupe_weighted(indptr, indices, weights, mode)
+        new_indptr = sort_rows_dedupe_weighted(indptr, indices, weights, mode)
     else:
-        new_indptr = _sort_rows_dedupe(indptr, indices, duplicates != "keep")
+        new_indptr = sort_rows_dedupe(indptr, indices, duplicates != "keep")
     m = int(new_indptr[-1])
     if m < indices.shape[0]:
         shrink = m < 0.9 * indices.shape[0]
@@ -689,13 +695,13 @@ def ingest_graph(uri: str, spec: EdgeSpec, progress=None) -> IngestedGraph:
     when num_nodes is known); string ids are numbered in sorted (byte-wise) order.
     """
     if spec.id_type == "int":
-        chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=_narrow)
+        chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=narrow_chunk)
         if rows == 0:
             raise InputError("the graph is empty: no edges found", path=uri)
         node_ids, mapping = _int_ids(chunks, rows, spec, uri)
         csr = csr_from_chunks(chunks, len(node_ids), mapping, spec.directed, spec.duplicates, spec.self_loops)
     else:
-        ids = _StringIds()
+        ids = StringIds()
         chunks, files, checksum, rows = read_edges(uri, spec, progress, convert=ids.convert)
         if rows == 0:
             raise InputError("the graph is empty: no edges found", path=uri)
@@ -727,7 +733,7 @@ def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarra
         header_state: dict = {}
         sep = None
         for first_line, body in iter_line_chunks(path, 1_000_000):
-            raw, sep = _parse_text_chunk(body, first_line, path, sep, ext, spec, header_state)
+            raw, sep = parse_text_chunk(body, first_line, path, sep, ext, spec, header_state)
             if raw.height == 0:
                 continue
             nodes.append(raw["src"])

@@ -13,65 +13,167 @@ from embedlake import storage
 from embedlake.config import InputConfig, SyntheticConfig, WalkConfig
 from embedlake.lake import Lake, embeddings_table
 from embedlake.workers.graph.csr import build_csr
-from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, read_labels, stats_json_num_nodes
-from embedlake.workers.graph.store import graph_exists, graph_version, write_graph
+from embedlake.workers.graph import ingest_parallel as ip
+from embedlake.workers.graph.ingest import EdgeSpec, read_labels, stats_json_num_nodes
+from embedlake.workers.graph.shards import CSRShard, gather_csr, shard_bounds, split_csr
+from embedlake.workers.graph.store import graph_exists, graph_version, write_graph_meta, write_graph_shard
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
 
-def ingest_stage(lake: Lake | str, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig):
-    lake = Lake(lake)
-    with storage.using(lake.env):
-        return _ingest(lake, dataset, input_cfg, synthetic)
-
-
-def _fields(section) -> dict:
+def section_fields(section) -> dict:
     """A flat config section's fields in declaration order (what the graph version hashes)."""
     return {k: getattr(section, k) for k in type(section).model_fields}
 
 
-def _read_input(input_cfg: InputConfig, synthetic: SyntheticConfig):
-    """(csr, node_ids, id_type, checksum, sources, stats, labels) of the configured input graph."""
-    if input_cfg.edges is None:
-        from embedlake.workers.graph.synthetic import planted_communities
-        s, d, lab = planted_communities(nodes=synthetic.nodes, communities=synthetic.communities,
-                                        avg_degree=synthetic.avg_degree, mixing=synthetic.mixing, seed=synthetic.seed)
-        n = len(lab)
-        csr = build_csr(s, d, n)
-        labels = (np.arange(n, dtype=np.int32), lab.astype(np.int32), np.array([str(i) for i in range(lab.max() + 1)]))
-        stats = {"nodes": n, "arcs": csr.num_arcs, "directed": False, "weighted": False}
-        checksum = "synthetic:" + repr(sorted(_fields(synthetic).items()))
-        return csr, np.arange(n, dtype=np.int64), "int", checksum, ["generated:planted_communities"], stats, labels
+def edge_spec(input_cfg: InputConfig) -> EdgeSpec:
+    """The reader's settings of an input (num_nodes from a stats.json beside int-id edges)."""
     fields = {k: getattr(input_cfg, k) for k in EdgeSpec.__dataclass_fields__ if k in InputConfig.model_fields}
     if fields.get("num_nodes") is None and fields.get("id_type", "int") == "int":
         fields["num_nodes"] = stats_json_num_nodes(input_cfg.edges)
-    g = ingest_graph(input_cfg.edges, EdgeSpec(**fields))
-    labels = read_labels(input_cfg.labels, g.node_ids, g.id_type) if input_cfg.labels else None
-    checksum = g.checksum + (":" + _labels_checksum(labels) if labels is not None else "")
-    return g.csr, g.node_ids, g.id_type, checksum, g.sources, g.stats, labels
+    return EdgeSpec(**fields)
 
 
-def _ingest(lake: Lake, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig):
-    """Read (or generate) the graph, validate labels, write the graph version to the lake.
+def synthetic_stage(lake: Lake | str, dataset: str, input_cfg: InputConfig, synthetic: SyntheticConfig,
+                    shards: int) -> tuple:
+    """The planted-community graph, split into `shards` shards (it is small), written to the lake.
+    Returns (meta, labels, csr tuple of shard 0, node ids of shard 0, csr tuple of shard 1, ...)."""
+    from embedlake.workers.graph.synthetic import planted_communities
+    lake, t0 = Lake(lake), time.perf_counter()
+    s, d, lab = planted_communities(nodes=synthetic.nodes, communities=synthetic.communities,
+                                    avg_degree=synthetic.avg_degree, mixing=synthetic.mixing, seed=synthetic.seed)
+    n = len(lab)
+    csr = build_csr(s, d, n)
+    labels = (np.arange(n, dtype=np.int32), lab.astype(np.int32), np.array([str(i) for i in range(lab.max() + 1)]))
+    stats = {"nodes": n, "arcs": csr.num_arcs, "directed": False, "weighted": False}
+    checksum = "synthetic:" + repr(sorted(section_fields(synthetic).items()))
+    version = graph_version(checksum, input_spec_fields(input_cfg))
+    bounds = shard_bounds(n, shards)
+    parts = split_csr(csr, bounds)
+    node_ids = np.arange(n, dtype=np.int64)
+    with storage.using(lake.env):
+        reused = graph_exists(lake, dataset, version)
+        if not reused:
+            files = [write_graph_shard(lake, dataset, version, shards, i, p, node_ids[p.lo:p.hi])
+                     for i, p in enumerate(parts)]
+            write_graph_meta(lake, dataset, version, graph_meta_fields(
+                ["generated:planted_communities"], checksum, stats, "int", bounds), files, False, labels)
+    meta = handle_meta(lake, dataset, version, reused, stats, "int", ["generated:planted_communities"], True, t0)
+    out = [meta | {"shards": shards, "shard_arcs": [p.num_arcs for p in parts]}, labels]
+    for p in parts:
+        out += [p.as_tuple(), node_ids[p.lo:p.hi]]
+    return tuple(out)
 
-    Returns (meta, (indptr, indices, weights), node_ids, labels-or-None). Everything is validated
-    before anything is written.
-    """
-    t0 = time.perf_counter()
-    csr, node_ids, id_type, checksum, sources, stats, labels = _read_input(input_cfg, synthetic)
-    spec_fields = {k: v for k, v in _fields(input_cfg).items() if k not in ("edges", "labels", "chunk_rows")}
-    version = graph_version(checksum, spec_fields)
-    reused = graph_exists(lake, dataset, version)
-    if not reused:
-        write_graph(lake, dataset, version, csr, node_ids,
-                    {"sources": sources, "checksum": checksum, "stats": stats, "id_type": id_type}, labels)
-    meta = {"version": version, "path": lake.url(Lake.graph_dir(dataset, version)), "reused": reused,
-            "nodes": csr.num_nodes, "arcs": csr.num_arcs, "id_type": id_type, "sources": sources,
-            "labelled": labels is not None, "seconds": round(time.perf_counter() - t0, 3), **{"stats": stats}}
-    return meta, (csr.indptr, csr.indices, csr.weights, csr.directed), node_ids, labels
+
+def input_spec_fields(input_cfg: InputConfig) -> dict:
+    """The reader settings a graph version hashes (besides the input checksum)."""
+    return {k: v for k, v in section_fields(input_cfg).items() if k not in ("edges", "labels", "chunk_rows")}
 
 
-def _labels_checksum(labels) -> str:
+def graph_meta_fields(sources: list[str], checksum: str, stats: dict, id_type: str,
+                      bounds: list[tuple[int, int]]) -> dict:
+    """meta.json of a graph version (besides its files): S and the shard bounds when S > 1."""
+    out = {"sources": sources, "checksum": checksum, "stats": stats, "id_type": id_type}
+    if len(bounds) > 1:
+        out |= {"shards": len(bounds), "shard_bounds": [list(b) for b in bounds]}
+    return out
+
+
+def handle_meta(lake: Lake, dataset: str, version: str, reused: bool, stats: dict, id_type: str,
+                sources: list[str], labelled: bool, t0: float) -> dict:
+    """What the driver keeps about an ingested graph (GraphHandle.meta; manifests carry it)."""
+    return {"version": version, "path": lake.url(Lake.graph_dir(dataset, version)), "reused": reused,
+            "nodes": stats["nodes"], "arcs": stats["arcs"], "id_type": id_type, "sources": sources,
+            "labelled": labelled, "seconds": round(time.perf_counter() - t0, 3), "stats": stats}
+
+
+# ---- parallel ingest (workers/graph/ingest_parallel.py): one Ray task per range, bucket, shard ----
+def plan_stage(lake: Lake | str, input_cfg: InputConfig, range_bytes: int) -> tuple[EdgeSpec, list]:
+    """(reader settings, parse ranges) of the configured edges."""
+    with storage.using(Lake(lake).env):
+        spec = edge_spec(input_cfg)
+        return spec, ip.plan_ranges(input_cfg.edges, spec, range_bytes)
+
+
+def parse_stage(lake: Lake | str, rng, spec: EdgeSpec) -> tuple:
+    """(info, edges, local ids) of one range (ingest_parallel.parse_range)."""
+    with storage.using(Lake(lake).env):
+        return ip.parse_range(rng, spec)
+
+
+def split_stage(local_ids, splitters) -> tuple:
+    """A range's sorted ids cut into one piece per bucket."""
+    return tuple(ip.split_ids(local_ids, splitters))
+
+
+def bucket_stage(*pieces) -> tuple:
+    """(bucket ids sorted, their count, positions of range 0's piece, of range 1's piece, ...)."""
+    ids, positions = ip.bucket_ids(list(pieces))
+    return (ids, len(ids), *positions)
+
+
+def labels_stage(lake: Lake | str, uri: str, id_type: str, num_nodes: int, *buckets) -> tuple:
+    """(labels, their checksum), checked against the node-id map (the buckets in order, or ids
+    0..num_nodes-1 when there are none). Labels are per node, so this task holds O(nodes), not arcs."""
+    ids = ip.node_ids_of(0, num_nodes, list(buckets), list(np.cumsum([0] + [len(b) for b in buckets])[:-1])) \
+        if buckets else np.arange(num_nodes, dtype=np.int64)
+    with storage.using(Lake(lake).env):
+        labels = read_labels(uri, ids, id_type)
+    return labels, labels_checksum(labels)
+
+
+def route_stage(edges: tuple, starts: np.ndarray, directed: bool, keep_loops: bool, offsets: list[int] | None,
+                *dense_parts) -> tuple:
+    """One range's arcs, one piece per shard (ingest_parallel.route_arcs). dense_parts: the
+    range's positions in every bucket (with their offsets), or its ids themselves (ids are dense)."""
+    if offsets is None:
+        dense = np.asarray(dense_parts[0]).astype(np.int32)
+    else:
+        dense = ip.dense_map(list(dense_parts), offsets)
+    pieces = ip.route_arcs(edges, dense, starts, directed, keep_loops)
+    return tuple(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def shard_stage(lake: Lake | str, target: dict, lo: int, hi: int, spec: EdgeSpec, ranges: int,
+                id_offsets: list[int], *args) -> tuple:
+    """Build shard rows [lo, hi) from the `ranges` routed pieces (args, in range order), then the
+    buckets that hold its node ids (rest of args); write its lake files unless target says the
+    version exists. Returns (csr tuple, node ids, info)."""
+    pieces, buckets = list(args[:ranges]), list(args[ranges:])
+    shard = ip.build_shard(lo, hi, target["nodes"], spec.directed, spec.duplicates, spec.weighted, pieces)
+    del pieces, args
+    ids = ip.node_ids_of(lo, hi, buckets, id_offsets) if buckets else np.arange(lo, hi, dtype=np.int64)
+    files = []
+    if target["write"]:
+        lake = Lake(lake)
+        with storage.using(lake.env):
+            files = write_graph_shard(lake, target["dataset"], target["version"], target["shards"], target["index"],
+                                      shard, ids)
+    info = {"arcs": shard.num_arcs, "isolated": int(np.count_nonzero(np.diff(shard.indptr) == 0)), "files": files}
+    return shard.as_tuple(), ids, info
+
+
+def graph_meta_stage(lake: Lake | str, dataset: str, version: str, meta: dict, directed: bool, labels,
+                     *shard_infos) -> None:
+    """Labels and meta.json, after every shard's files (the version is complete from here on)."""
+    lake = Lake(lake)
+    with storage.using(lake.env):
+        write_graph_meta(lake, dataset, version, meta, [i["files"] for i in shard_infos], directed, labels)
+
+
+def gather_graph_stage(bounds: list, *shards) -> tuple:
+    """The whole CSR from its shards' tuples (for evaluation only, which needs the whole graph)."""
+    parts = [CSRShard.from_tuple(t, lo, hi, bounds[-1][1]) for t, (lo, hi) in zip(shards, bounds)]
+    csr = gather_csr(parts)
+    return csr.indptr, csr.indices, csr.weights, csr.directed
+
+
+def concat_rows_stage(*ids) -> np.ndarray:
+    """The whole node-id map (or table) from its shards' row pieces, in order (for evaluation only)."""
+    return np.concatenate(ids)
+
+
+def labels_checksum(labels) -> str:
     import hashlib
     h = hashlib.sha256()
     for a in labels[:2]:
