@@ -260,3 +260,14 @@ def test_over_budget_run_stops_before_counting_and_commits_nothing(tmp_path, sha
                                        "orbits.budget=1000", "lake.run_id=r1"]))
     assert not Lake(str(lake)).is_committed("karate", "orbits", "r1")
     assert not (lake / "tables").exists() and not (lake / "embeddings").exists()
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_a_sharded_graph_is_refused_with_the_setting_to_change(tmp_path, shared):
+    from embedlake.config import load_config
+    from embedlake.errors import ConfigError
+    from embedlake.flows.embed_graph import embed_graph
+    ds = shared("datasets", "karate")
+    with pytest.raises(ConfigError, match=r"the graph has 2 shards: set graph.shards=1"):
+        embed_graph(load_config(None, [f"lake.uri={tmp_path / 'lake'}", f"input.edges={ds / 'edges.tsv'}",
+                                       "method=orbits", "graph.shards=2"]))
