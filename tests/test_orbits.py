@@ -112,6 +112,13 @@ def test_random_graphs_match_brute_force(n, p, seed):
     assert kernel_counts(n, edges) == want
 
 
+def test_tiny_graphs_isolated_nodes_and_no_edges():
+    assert kernel_counts(5, [(0, 1)]) == {(0, 0, 1): 1, (0, 1, 0): 1}
+    assert kernel_counts(4, []) == {}
+    star = [(0, 1), (0, 2), (0, 3)]
+    assert kernel_counts(6, star) == brute_force(6, star)[0]
+
+
 def test_row_ranges_concatenate_to_the_whole():
     edges = random_graph(20, 0.3, 5)
     assert kernel_counts(20, edges, [(0, 3), (3, 3), (3, 11), (11, 20)]) == kernel_counts(20, edges)
