@@ -148,6 +148,34 @@ class FastRPConfig(Section):
     seed: int = Field(0, description="Projection seed.")
 
 
+class OrbitsConfig(Section):
+    combine: Literal["sum", "concat"] = Field("sum", description="sum: the 28 row-normalised matrices summed, "
+                                              "then projected to `dim` columns; concat: each projected to "
+                                              "dim_per_matrix columns, concatenated (docs/orbits.md).")
+    dim: int = Field(512, ge=2, le=4096, description="Embedding dimension with combine=sum.")
+    dim_per_matrix: int = Field(16, ge=1, le=512, description="combine=concat: columns of each of the 28 "
+                                "matrices' projection; the embedding has 28 x this many.")
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 4.0, 8.0], description="Weight of "
+                                 "P^j X_1, j = 0, 1, ... (P = D^-1 A): the projections summed over the neighbours' "
+                                 "up to len-1 hops further (docs/orbits.md has the measurements).")
+    transform: Literal["log1p", "none"] = Field("log1p", description="Applied to each count before rows are "
+                                                "normalised: log1p damps the hubs' huge counts.")
+    density: float | None = Field(None, gt=0, le=1, description="Non-zero share of the random projection; "
+                                  "None = 1/sqrt(n).")
+    standardize: bool = Field(True, description="Standardise output columns (zero mean, unit variance).")
+    seed: int = Field(0, description="Projection seed.")
+    budget: float = Field(5e9, gt=0, description="Refuse to count when the estimated 3-step walks (sum over arcs "
+                          "of d_u d_v: the counting cost, and a bound on the 4-4 matrix's non-zeros) exceed this; "
+                          "the estimate and a 4-node graphlet bound are logged first.")
+    write_matrices: bool = Field(True, description="Store the 28 matrices in the lake as Parquet (row, col, "
+                                 "count) per orbit pair, under tables/<dataset>/orbits/run=<id>/orbit_adjacency/.")
+
+    @property
+    def table_dim(self) -> int:
+        """Columns of the embedding table."""
+        return self.dim if self.combine == "sum" else 28 * self.dim_per_matrix
+
+
 class EvalConfig(Section):
     train_ratios: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
                                       description="Labelled shares for node classification.")
@@ -262,7 +290,9 @@ class LakeConfig(Section):
 
 
 class PipelineConfig(Section):
-    method: Literal["deepwalk", "node2vec", "fastrp"] = Field("deepwalk", description="Embedding method.")
+    method: Literal["deepwalk", "node2vec", "fastrp", "orbits"] = Field("deepwalk", description="Embedding method "
+                                                                         "(orbits: graphlet orbit adjacencies, "
+                                                                         "docs/orbits.md).")
     input: InputConfig = Field(default_factory=InputConfig, description="Input graph.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Built-in demo graph.")
     shard: ShardConfig = Field(default_factory=ShardConfig, description="Partitioning of one shard's rows.")
@@ -270,6 +300,7 @@ class PipelineConfig(Section):
     walk: WalkConfig = Field(default_factory=WalkConfig, description="Random walks.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Skip-gram training.")
     fastrp: FastRPConfig = Field(default_factory=FastRPConfig, description="FastRP.")
+    orbits: OrbitsConfig = Field(default_factory=OrbitsConfig, description="Orbit adjacencies (method orbits).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     compress: CompressConfig = Field(default_factory=CompressConfig, description="Compressed tables.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")

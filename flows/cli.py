@@ -59,7 +59,7 @@ def _graph_args(g: argparse.ArgumentParser) -> None:
                    "(TSV/CSV/whitespace/Parquet, .gz/.zst). Default: the generated demo graph.")
     g.add_argument("--labels", default=None, metavar="PATH_OR_URL", help="Node labels (node<TAB>label) for "
                    "node-classification evaluation. Default: none (generated graph: its communities).")
-    g.add_argument("--method", default=None, choices=["deepwalk", "node2vec", "fastrp"],
+    g.add_argument("--method", default=None, choices=["deepwalk", "node2vec", "fastrp", "orbits"],
                    help="Embedding method (default: deepwalk; same as -p method=...).")
     g.add_argument("--dataset", default=None, help="Dataset name in the lake (default: the input's folder name).")
     g.add_argument("--run-id", default=None, help="Run id (default: generated, time-ordered).")

@@ -21,6 +21,7 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks import learned as lt
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, graph_for_run, row_bounds
+from embedlake.tasks.orbits import orbits_table
 from embedlake.tasks.run import Run
 from embedlake.tasks.train import embed_table
 from embedlake.workers.compress import codecs as cz
@@ -51,7 +52,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
-        table = embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds)
+        table = (orbits_table(run, graph, cfg.orbits, bounds) if cfg.method == "orbits"
+                 else embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds))
         fault_point("after:train")
         files = dict(table.files)
         files["embeddings"] = publish_table(run, graph, table.ref, bounds)
@@ -61,7 +63,7 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                              graph.for_evaluation(run.retries), gt.whole_table(table.ref, run.retries),
                              cfg.eval, split, bounds, run.retries)
         files.update(evaluated["files"])
-        dim = cfg.fastrp.dim if cfg.method == "fastrp" else cfg.train.dim
+        dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
         url = run.commit(run.manifest(files, evaluated["metrics"], extra={
             "dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": table.info}))
     # each codec is its own committed run (<method>.<codec>) of this run's table

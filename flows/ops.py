@@ -94,7 +94,7 @@ def _absolute_paths(cfg):
 def _flow_options(p) -> None:
     p.add_argument("--edges", default=None, metavar="PATH_OR_URL", help="Edge list for the flow's default config.")
     p.add_argument("--labels", default=None, metavar="PATH_OR_URL", help="Node labels for the default config.")
-    p.add_argument("--method", default=None, choices=["deepwalk", "node2vec", "fastrp"])
+    p.add_argument("--method", default=None, choices=["deepwalk", "node2vec", "fastrp", "orbits"])
     p.add_argument("--dataset", default=None, help="Dataset name in the lake.")
 
 

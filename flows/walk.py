@@ -16,7 +16,7 @@ from embedlake.tasks.run import Run
 @flow(name="walk", validate_parameters=True)
 def walk_graph(config: PipelineConfig | None = None) -> dict:
     cfg = config or PipelineConfig()
-    if cfg.method == "fastrp":
+    if cfg.method in ("fastrp", "orbits"):
         raise ValueError("the walk flow needs method deepwalk or node2vec")
     run = Run.open(cfg, dataset_name(cfg), f"{cfg.method}-walks")
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
