@@ -84,6 +84,12 @@ def max_node_cpus() -> int:
     return max(1, int(max(cpus) if cpus else 1))
 
 
+def worker_cpus(workers: int) -> int:
+    """CPUs of one of `workers` parallel multi-threaded tasks: an equal share of the cluster, but never
+    more than the largest node has (a task asking for more would wait for ever)."""
+    return max(1, min(max_node_cpus(), cluster_cpus() // max(1, workers)))
+
+
 def resolve_partitions(configured: int) -> int:
     """shard.partitions = 0 means one partition per CPU of the Ray cluster."""
     return configured if configured > 0 else cluster_cpus()

@@ -42,7 +42,7 @@ from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.run import Run, Stage
-from embedlake.tasks.runtime import cluster_cpus, max_node_cpus
+from embedlake.tasks.runtime import max_node_cpus, worker_cpus
 from embedlake.tasks.stream import walk_and_train
 from embedlake.workers.graph.walks import should_stream
 from embedlake.workers.train import blocks as sb
@@ -258,7 +258,7 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
         raise ValueError("partitioned training (train.workers > 1 or train.partitions >= 1) runs the numba "
                          "kernel; use train.engine=numba, or train.workers=1 with the torch engine")
     workers, t_all = train_cfg.workers, time.perf_counter()
-    cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
+    cpus = int(stage_options("train").get("num_cpus") or worker_cpus(workers))
     P = block_partitions(train_cfg)
     prep_ref, info_ref = remote(sb.prep_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries).remote(
         graph.num_nodes, walk_cfg.walks_per_node, P, train_cfg.rounds, train_cfg, 0, *walk_refs)
@@ -421,7 +421,7 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
         raise ValueError("sharded training (graph.shards > 1, or a corpus with train.workers > 1) runs the numba "
                          "kernel; use train.engine=numba")
     workers, t_all = train_cfg.workers, time.perf_counter()
-    cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
+    cpus = int(stage_options("train").get("num_cpus") or worker_cpus(workers))
     P, S = inp.split.parts, len(inp.sources)
     streams, counts, noise = streams_and_noise(inp, train_cfg, max_retries)
     plan = BlockPlan(P=P, R=train_cfg.rounds, total_steps=P * train_cfg.rounds * train_cfg.epochs, train=train_cfg,
