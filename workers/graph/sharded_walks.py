@@ -1,0 +1,539 @@
+"""Sharded random walks: each graph shard advances the walkers standing on its nodes, in
+bulk-synchronous rounds (KnightKing style), and no one holds the whole graph.
+
+Why it looks like this
+- A walker is a small record (`WALKER`: walk id, current and previous node, last arc weight,
+  generator state, step). In a round, a shard advances every walker it holds AS MANY STEPS AS IT
+  CAN while the walker stays on the shard's nodes; a walker that steps onto another shard's node is
+  put in that shard's outbox, and the outboxes are the next round's inboxes.
+- Same numbers as the replicated engine (workers/graph/walks.py): walk k from v starts from the
+  generator state `walk_key(seed, v, k)` and every step makes the same draws as `first_order_step` /
+  `_second_order` there, so DeepWalk (uniform and weighted: a shard's alias rows are built from
+  its own rows, and a row's alias table depends only on that row) and node2vec are bit-identical to
+  `random_walks` at the same seed, whatever the number of shards.
+- node2vec's "is x adjacent to t" needs t's neighbour list, owned by t's shard. When t is remote,
+  the walker parks on its shard with its rejection-loop state (candidate x, its slot, the coin u,
+  the generator state after those draws) and a query (t, x) goes to t's owner; the answer comes
+  back in the next round and the loop resumes exactly where `_second_order` would have gone on.
+  The lazy test (only when the coin falls between the two acceptance levels) keeps queries rare.
+- Where the visited nodes go: walkers do NOT carry their path. A shard writes the nodes it visits
+  for walkers that start on it straight into its output matrix, and keeps a segment (walk id, first
+  step, count, nodes) for walkers of other shards; one final exchange sends each shard's segments
+  home. Bytes moved: a walker record is 48 bytes per move and a visited node is sent at most once
+  (4 bytes + a 24-byte header per segment). Carrying the path would move the whole prefix on every
+  move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
+  length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
+- A round's work is one numba kernel per shard (prange over walkers), then an O(walkers) counting
+  sort of the walkers by destination. `run_rounds` drives the rounds through a `call` function, so
+  the same driver runs shards in-process (`sharded_random_walks`, tests) or as Ray actors
+  (tasks/graph.py `walk_sharded`) where messages pass between shard owners as object refs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
+from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias, find_sorted, first_order_step, mix,
+                                           randint, uniform, walk_key)
+
+__all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
+
+# One walker in flight: g = k * num_nodes + start node (walk k from start; the home shard's row
+# follows), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
+# (seeds node2vec's return box), state = generator state, step = position of `cur` in the walk.
+WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8"), ("state", "<u8"),
+                   ("step", "<i8")])
+WALKER_NB = numba.from_dtype(WALKER)
+# What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
+# draw), coin u; its record's state is the generator state after those draws.
+PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
+# Segment header of visited nodes kept for another shard: walk id, position of the first node, count.
+SEGMENT = np.dtype([("g", "<i8"), ("step", "<i8"), ("count", "<i8")])
+# A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
+QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
+# How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
+# adjacency answer); a value >= 0 is the shard it moved to.
+FINISHED = -1
+PARKED = -2
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """What determines the walks (as in `random_walks`) plus the numba threads of one shard."""
+    walks_per_node: int
+    length: int
+    seed: int
+    p: float = 1.0
+    q: float = 1.0
+    mode: str = "deepwalk"
+    symmetric: bool = False
+    threads: int = 1
+
+    @property
+    def second(self) -> bool:
+        return self.mode == "node2vec" and not (self.p == 1.0 and self.q == 1.0)
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not (self.p > 0 and self.q > 0 and np.isfinite(self.p) and np.isfinite(self.q)):
+            raise ValueError("p and q must be finite and > 0")
+        if self.walks_per_node < 0 or self.length < 1:
+            raise ValueError("walks_per_node must be >= 0 and length >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, vl, w_tv, s,
+                            inv_p, env, inv_env, far_acc, tlo, thi, t_local, resume, rx, rj, ru):
+    """`_second_order` of walks.py from local row vl with previous node t, able to stop before an
+    adjacency test of a remote t and to resume from its answer with the same draws.
+    Returns (asks, x or -1 at a dead end, arc weight, state, slot j, coin u); asks = True means
+    "ask t's owner whether x ~ t" and (x, j, u, state) is what the resumed call needs back."""
+    lo = indptr[vl]
+    hi = indptr[vl + 1]
+    d = hi - lo
+    if d == 0:
+        return False, np.int64(-1), 0.0, s, np.int64(0), 0.0
+    extra = 0.0
+    w_vt = 0.0
+    if inv_p > env:
+        if symmetric:
+            w_vt = w_tv
+        else:
+            pos = find_sorted(indices, lo, hi, t)
+            if pos >= 0:
+                w_vt = np.float64(weights[pos]) if weighted else 1.0
+        extra = w_vt * (inv_p - env)
+    total_w = rowsum[vl] if weighted else np.float64(d)
+    box = env * total_w + extra
+    ret_acc = min(inv_p, env) * inv_env
+    adj_acc = inv_env
+    lo_acc = min(adj_acc, far_acc)
+    pending = resume
+    x = np.int64(rx)
+    j = np.int64(rj)
+    u = ru
+    while True:
+        if pending >= 0:            # the answer to the query this loop stopped at
+            adjacent = pending == 1
+            pending = -1
+            if adjacent:
+                if not (u < adj_acc):
+                    continue
+            elif not (u < far_acc):
+                continue
+        else:
+            if extra > 0.0:
+                s += GOLDEN
+                if uniform(mix(s)) * box < extra:
+                    return False, np.int64(t), w_tv, s, np.int64(0), 0.0
+            s += GOLDEN
+            r = mix(s)
+            j = randint(r, d)
+            x = np.int64(indices[lo + j])
+            if weighted:
+                e = table[lo + j]
+                if (r & LO32) >= (e >> S32):
+                    x = np.int64(e & LO32)
+                    j = -1
+            s += GOLDEN
+            u = uniform(mix(s))
+            if x == t:
+                if u < ret_acc:
+                    return False, x, w_tv, s, j, u
+                continue
+            if not (u < lo_acc):
+                if adj_acc == far_acc:
+                    continue
+                if not t_local:
+                    return True, x, 0.0, s, j, u
+                if find_sorted(indices, tlo, thi, x) >= 0:
+                    if not (u < adj_acc):
+                        continue
+                elif not (u < far_acc):
+                    continue
+        if not need_w:
+            return False, x, 1.0, s, j, u
+        if j < 0:
+            j = find_sorted(indices, lo, hi, x) - lo
+        return False, x, np.float64(weights[lo + j]), s, j, u
+
+
+@njit(cache=True, parallel=True)
+def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, n, starts,
+                    walkers, resume, park, res_off, seg_nodes, out, length, inv_p, inv_q):
+    """Advance every walker as far as it stays on nodes [lo, hi). Walkers of this shard write their
+    nodes into `out` (row k * (hi - lo) + v - lo); others into seg_nodes[res_off[i]:...]. Updates
+    `walkers` (and `park` for parked walkers) in place; returns (where each went, nodes written
+    to its segment, position of its segment's first node)."""
+    nw = walkers.shape[0]
+    where = np.empty(nw, np.int64)
+    used = np.zeros(nw, np.int64)
+    seg0 = np.empty(nw, np.int64)
+    env = max(1.0, inv_q)
+    inv_env = 1.0 / env
+    far_acc = inv_q * inv_env
+    need_w = second and symmetric and weighted
+    rows = hi - lo
+    for i in prange(nw):
+        w = walkers[i]
+        g = w.g
+        cur = w.cur
+        prev = w.prev
+        wl = w.wlast
+        s = w.state
+        step = w.step
+        v0 = g % n
+        home = lo <= v0 < hi
+        orow = (g // n) * rows + (v0 - lo)
+        base = res_off[i]
+        seg0[i] = step + 1
+        cnt = 0
+        rs = resume[i] if second else np.int8(-1)
+        dest = np.int64(FINISHED)
+        while step + 1 < length:
+            if second and prev >= 0:
+                t_local = lo <= prev < hi
+                tlo = indptr[prev - lo] if t_local else np.int64(0)
+                thi = indptr[prev - lo + 1] if t_local else np.int64(0)
+                rx = park[i].x if rs >= 0 else np.int64(0)
+                rj = park[i].j if rs >= 0 else np.int64(0)
+                ru = park[i].u if rs >= 0 else 0.0
+                asks, nxt, wa, s, j, u = _second_order_resumable(
+                    indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, prev, cur - lo, wl, s,
+                    inv_p, env, inv_env, far_acc, tlo, thi, t_local, rs, rx, rj, ru)
+                rs = np.int8(-1)
+                if asks:
+                    park[i].x = nxt
+                    park[i].j = j
+                    park[i].u = u
+                    dest = np.int64(PARKED)
+                    break
+            else:
+                nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, need_w, cur - lo, s)
+            step += 1
+            if nxt < 0:
+                break
+            if home:
+                out[orow, step] = nxt
+            else:
+                seg_nodes[base + cnt] = nxt
+                cnt += 1
+            prev = cur
+            cur = nxt
+            wl = wa
+            if step + 1 >= length:
+                break
+            if nxt < lo or nxt >= hi:
+                dest = np.searchsorted(starts, nxt, side="right") - 1
+                break
+        w.cur = cur
+        w.prev = prev
+        w.wlast = wl
+        w.state = s
+        w.step = step
+        where[i] = dest
+        used[i] = cnt
+    return where, used, seg0
+
+
+@njit(cache=True)
+def _bucket(where, shards):
+    """Counting sort of walkers by where they went: (order, offsets) with the walkers that moved
+    to shard d at order[offsets[d]:offsets[d + 1]], parked ones at order[offsets[S]:offsets[S + 1]]."""
+    counts = np.zeros(shards + 2, np.int64)
+    for d in where:
+        counts[d if d >= 0 else (shards if d == PARKED else shards + 1)] += 1
+    offsets = np.zeros(shards + 3, np.int64)
+    for d in range(shards + 2):
+        offsets[d + 1] = offsets[d] + counts[d]
+    fill = offsets[:-1].copy()
+    order = np.empty(where.shape[0], np.int64)
+    for i in range(where.shape[0]):
+        d = where[i]
+        b = d if d >= 0 else (shards if d == PARKED else shards + 1)
+        order[fill[b]] = i
+        fill[b] += 1
+    return order, offsets
+
+
+@njit(cache=True)
+def _compact_segments(sel, res_off, used, seg_nodes):
+    """The nodes written by walkers `sel`, back to back (in the order of sel)."""
+    total = 0
+    for i in sel:
+        total += used[i]
+    nodes = np.empty(total, np.int32)
+    at = 0
+    for i in sel:
+        a = res_off[i]
+        for c in range(used[i]):
+            nodes[at + c] = seg_nodes[a + c]
+        at += used[i]
+    return nodes
+
+
+@njit(cache=True, parallel=True)
+def _scatter_segments(out, segs, offsets, nodes, n, lo, hi):
+    """Write segments of this shard's walks (from other shards) into its output matrix."""
+    rows = hi - lo
+    for i in prange(segs.shape[0]):
+        g = segs[i].g
+        r = (g // n) * rows + (g % n - lo)
+        a = offsets[i]
+        st = segs[i].step
+        for c in range(segs[i].count):
+            out[r, st + c] = nodes[a + c]
+
+
+@njit(cache=True, parallel=True)
+def _adjacency(indptr, indices, lo, queries):
+    """1 where x is an out-neighbour of t (t owned by this shard), per query."""
+    ans = np.empty(queries.shape[0], np.uint8)
+    for i in prange(queries.shape[0]):
+        t = queries[i].t - lo
+        ans[i] = 1 if find_sorted(indices, indptr[t], indptr[t + 1], queries[i].x) >= 0 else 0
+    return ans
+
+
+@njit(cache=True, parallel=True)
+def _initial_walkers(lo, hi, n, walks_per_node, seed, out):
+    """Walk k from every node of [lo, hi): row k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
+    rows = hi - lo
+    walkers = np.empty(walks_per_node * rows, WALKER_NB)
+    for r in prange(walks_per_node * rows):
+        k = r // rows
+        v = lo + r - k * rows
+        w = walkers[r]
+        w.g = k * n + v
+        w.cur = v
+        w.prev = -1
+        w.wlast = 0.0
+        w.state = walk_key(seed, v, k)
+        w.step = 0
+        out[r, 0] = v
+    return walkers
+
+# ---------------------------------------------------------------------------------------------
+# one shard's side of the rounds
+# ---------------------------------------------------------------------------------------------
+def _threads(threads: int) -> int:
+    return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+
+
+def _empty_parked() -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(0, WALKER), np.empty(0, PARKED_WALKER)
+
+
+class ShardWalker:
+    """The walkers standing on one shard's nodes, its CSR rows (and alias rows), its output matrix
+    and the segments it keeps for other shards. Plain Python: tasks/graph.py makes it a Ray actor.
+
+    Messages (all numpy): `advance(*walkers_from_each_shard, *answers_from_each_shard)` returns
+    S walker outboxes, S query outboxes (node2vec) and a stats row; `answer(*queries_from_each_shard)`
+    returns S answer arrays; at the end `segments_for(home)` and `collect(*segments)`."""
+
+    def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams):
+        params.check()
+        indptr, indices, weights, directed = csr
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.lo, self.hi = (int(b) for b in bounds[shard])
+        if self.indptr.shape[0] != self.hi - self.lo + 1 or self.indptr[-1] != self.indices.shape[0]:
+            raise ValueError(f"shard {shard}: indptr must be int64[{self.hi - self.lo + 1}] ending at len(indices)")
+        self.shard, self.shards, self.params = int(shard), len(bounds), params
+        self.num_nodes = int(bounds[-1][1])
+        self.starts = shard_starts(bounds)
+        self.symmetric = not bool(directed)
+        self.weighted = weights is not None
+        self.numba_threads = _threads(params.threads)
+        with self._threaded():
+            if self.weighted:
+                self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+                self.table, self.rowsum = build_alias(self.indptr, self.indices, self.weights)
+            else:
+                self.weights, self.table, self.rowsum = np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0)
+            self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
+            self.pending = _initial_walkers(self.lo, self.hi, self.num_nodes, params.walks_per_node,
+                                            np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
+        self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
+        self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
+        self.steps = int(self.pending.shape[0])                       # start nodes are tokens too
+
+    def _threaded(self):
+        return _NumbaThreads(self.numba_threads)
+
+    def _inbox(self, walkers: tuple, answers: tuple):
+        """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
+        parts = [self.pending] + [w for w in walkers if len(w)]
+        arrived = sum(len(w) for w in parts)
+        parts += [self.parked[a][0] for a in range(self.shards)]
+        allw = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        if not self.params.second:
+            return allw, np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
+        for a in range(self.shards):
+            if len(answers[a]) != len(self.parked[a][0]):
+                raise ValueError(f"shard {self.shard}: {len(answers[a])} answers from shard {a} "
+                                 f"for {len(self.parked[a][0])} queries")
+        resume = np.concatenate([np.full(arrived, -1, np.int8)] + [np.asarray(a, np.int8) for a in answers])
+        park = np.concatenate([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked])
+        return allw, resume, park
+
+    def advance(self, *mail) -> list:
+        """One round: advance every walker here; returns S walker outboxes, S query outboxes and
+        stats int64 [moved, parked, tokens written, finished]."""
+        S, P = self.shards, self.params
+        if len(mail) != 2 * S:
+            raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
+        walkers, resume, park = self._inbox(mail[:S], mail[S:])
+        self.pending = np.empty(0, WALKER)
+        home = owner_of(self.starts, walkers["g"] % self.num_nodes) if len(walkers) else np.zeros(0, np.int64)
+        foreign = home != self.shard
+        res_off = np.zeros(len(walkers) + 1, np.int64)
+        np.cumsum(np.where(foreign, P.length - 1 - walkers["step"], 0), out=res_off[1:])
+        seg_nodes = np.empty(int(res_off[-1]), np.int32)
+        with self._threaded():
+            where, used, seg0 = _advance_kernel(
+                self.indptr, self.indices, self.weights, self.table, self.rowsum, self.weighted, P.second,
+                self.symmetric, self.lo, self.hi, self.num_nodes, self.starts, walkers, resume, park, res_off,
+                seg_nodes, self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q))
+        order, offsets = _bucket(where, S)
+        outboxes = [walkers[order[offsets[d]:offsets[d + 1]]] for d in range(S)]
+        queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
+        self._keep_segments(walkers, home, foreign, used, seg0, res_off, seg_nodes)
+        written = int(used.sum())
+        self.steps += written
+        stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
+                          offsets[S + 2] - offsets[S + 1]], dtype=np.int64)
+        return outboxes + queries + [stats]
+
+    def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+        """Keep the walkers that wait for an adjacency answer, grouped by the owner of their previous
+        node; return one query array per shard (aligned with what is kept)."""
+        queries = [np.empty(0, QUERY) for _ in range(self.shards)]
+        self.parked = [_empty_parked() for _ in range(self.shards)]
+        if not len(idx):
+            return queries
+        pw, pp = walkers[idx], park[idx]
+        owners = owner_of(self.starts, pw["prev"])
+        for a in np.unique(owners):
+            sel = owners == a
+            self.parked[a] = (pw[sel], pp[sel])
+            q = np.empty(int(sel.sum()), QUERY)
+            q["t"], q["x"] = pw["prev"][sel], pp["x"][sel]
+            queries[a] = q
+        return queries
+
+    def _keep_segments(self, walkers, home, foreign, used, seg0, res_off, seg_nodes) -> None:
+        """Segments of nodes visited here by walkers of other shards, grouped by home shard."""
+        idx = np.flatnonzero(foreign & (used > 0))
+        if not len(idx):
+            return
+        homes = home[idx]
+        for h in np.unique(homes):
+            sel = idx[homes == h]
+            hdr = np.empty(len(sel), SEGMENT)
+            hdr["g"], hdr["step"], hdr["count"] = walkers["g"][sel], seg0[sel], used[sel]
+            self.segments[h].append((hdr, _compact_segments(sel, res_off, used, seg_nodes)))
+
+    def answer(self, *queries) -> list[np.ndarray]:
+        """Adjacency answers (uint8, 1 = x ~ t) to each shard's queries about this shard's nodes."""
+        with self._threaded():
+            return [_adjacency(self.indptr, self.indices, self.lo, q) if len(q) else np.zeros(0, np.uint8)
+                    for q in queries]
+
+    def segments_for(self, home: int) -> tuple[np.ndarray, np.ndarray]:
+        """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
+        parts, self.segments[home] = self.segments[home], []
+        if not parts:
+            return np.empty(0, SEGMENT), np.zeros(0, np.int32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def collect(self, *packs) -> np.ndarray:
+        """This shard's walks: its own writes plus the segments other shards sent home."""
+        with self._threaded():
+            for hdr, nodes in packs:
+                if len(hdr):
+                    offsets = np.zeros(len(hdr), np.int64)
+                    np.cumsum(hdr["count"][:-1], out=offsets[1:])
+                    _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
+        return self.out
+
+
+class _NumbaThreads:
+    """`with`: numba's thread count for one shard's kernels, the previous one restored after."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the rounds
+# ---------------------------------------------------------------------------------------------
+Call = Callable[..., list]
+
+
+def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
+               on_round: Callable[[int, np.ndarray], None] | None = None) -> tuple[list, dict]:
+    """Drive bulk-synchronous rounds over `shards` ShardWalkers until no walker is in flight, then
+    send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
+    shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
+    shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
+    looks at). on_round(round, stats int64 [S, 4]). Returns (per shard its walks, info)."""
+    S = shards
+    walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
+    answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
+    rounds, moved, queries = 0, 0, 0
+    while True:
+        outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
+                     returns=2 * S + 1) for b in range(S)]
+        stats = np.array(fetch([o[2 * S] for o in outs]), dtype=np.int64).reshape(S, 4)
+        walkers = [o[:S] for o in outs]
+        if stats[:, 1].sum():
+            answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
+        else:
+            answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]
+        rounds += 1
+        moved += int(stats[:, 0].sum())
+        queries += int(stats[:, 1].sum())
+        if on_round is not None:
+            on_round(rounds, stats)
+        if not stats[:, :2].sum():
+            break
+    results = []
+    for h in range(S):
+        packs = [call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h]
+        results.append(call(h, "collect", *packs, returns=1)[0])
+    return results, {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries}
+
+
+def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
+                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1) -> tuple[list[np.ndarray], dict]:
+    """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
+    shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
+    (walk matrices, info: rounds, walker moves, adjacency queries)."""
+    bounds = [(s.lo, s.hi) for s in shards]
+    params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads)
+    owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
+
+    def call(shard, method, *args, returns):
+        res = getattr(owners[shard], method)(*args)
+        return res if isinstance(res, list) else [res]
+
+    return run_rounds(call, list, len(shards))
