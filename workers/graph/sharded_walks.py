@@ -37,9 +37,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from embedlake.lake import Lake
 from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
 from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias, find_sorted, first_order_step, mix,
                                            randint, uniform, walk_key)
+from embedlake.workers.run.checkpoints import StageHandle
 
 __all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
 
@@ -172,8 +174,8 @@ def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, s
                     walkers, resume, park, res_off, seg_nodes, out, length, inv_p, inv_q):
     """Advance every walker as far as it stays on nodes [lo, hi). Walkers of this shard write their
     nodes into `out` (row k * (hi - lo) + v - lo); others into seg_nodes[res_off[i]:...]. Updates
-    `walkers` (and `park` for parked walkers) in place; returns (where each went, nodes written
-    to its segment, position of its segment's first node)."""
+    `walkers` (and `park` for parked walkers) in place; returns (where each went, nodes it wrote
+    (its segment's length for a walker of another shard), position of the first of them)."""
     nw = walkers.shape[0]
     where = np.empty(nw, np.int64)
     used = np.zeros(nw, np.int64)
@@ -226,7 +228,7 @@ def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, s
                 out[orow, step] = nxt
             else:
                 seg_nodes[base + cnt] = nxt
-                cnt += 1
+            cnt += 1
             prev = cur
             cur = nxt
             wl = wa
@@ -339,10 +341,13 @@ class ShardWalker:
 
     Messages (all numpy): `advance(*walkers_from_each_shard, *answers_from_each_shard)` returns
     S walker outboxes, S query outboxes (node2vec) and a stats row; `answer(*queries_from_each_shard)`
-    returns S answer arrays; at the end `segments_for(home)` and `collect(*segments)`."""
+    returns S answer arrays; at the end `segments_for(home)` and `collect(*segments)`.
+    checkpoint (the run's `walk` stage): the finished walks are also written as part `shard`."""
 
-    def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams):
+    def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams,
+                 checkpoint: StageHandle | None = None):
         params.check()
+        self.checkpoint = checkpoint
         indptr, indices, weights, directed = csr
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
@@ -366,7 +371,7 @@ class ShardWalker:
                                             np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
-        self.steps = int(self.pending.shape[0])                       # start nodes are tokens too
+        self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
 
     def _threaded(self):
         return _NumbaThreads(self.numba_threads)
@@ -389,7 +394,7 @@ class ShardWalker:
 
     def advance(self, *mail) -> list:
         """One round: advance every walker here; returns S walker outboxes, S query outboxes and
-        stats int64 [moved, parked, tokens written, finished]."""
+        stats int64 [moved, parked, tokens written (the start nodes count in the first round), finished]."""
         S, P = self.shards, self.params
         if len(mail) != 2 * S:
             raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
@@ -409,8 +414,7 @@ class ShardWalker:
         outboxes = [walkers[order[offsets[d]:offsets[d + 1]]] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
         self._keep_segments(walkers, home, foreign, used, seg0, res_off, seg_nodes)
-        written = int(used.sum())
-        self.steps += written
+        written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
                           offsets[S + 2] - offsets[S + 1]], dtype=np.int64)
         return outboxes + queries + [stats]
@@ -457,15 +461,18 @@ class ShardWalker:
             return np.empty(0, SEGMENT), np.zeros(0, np.int32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def collect(self, *packs) -> np.ndarray:
-        """This shard's walks: its own writes plus the segments other shards sent home."""
+    def collect(self, *packs) -> list:
+        """[this shard's walks (its own writes plus the segments other shards sent home), its token
+        count] (the count is small: the driver checks it against the rounds' stats)."""
         with self._threaded():
             for hdr, nodes in packs:
                 if len(hdr):
                     offsets = np.zeros(len(hdr), np.int64)
                     np.cumsum(hdr["count"][:-1], out=offsets[1:])
                     _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
-        return self.out
+        if self.checkpoint is not None:
+            Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
+        return [self.out, np.int64(np.count_nonzero(self.out >= 0))]
 
 
 class _NumbaThreads:
@@ -495,11 +502,12 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
     send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
     shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
     shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
-    looks at). on_round(round, stats int64 [S, 4]). Returns (per shard its walks, info)."""
+    looks at). on_round(round, stats int64 [S, 4]). Returns (per shard its walks, info: rounds, walker
+    moves, adjacency queries, steps taken (tokens written after the start nodes))."""
     S = shards
     walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
     answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
-    rounds, moved, queries = 0, 0, 0
+    rounds, moved, queries, written = 0, 0, 0, 0
     while True:
         outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
                      returns=2 * S + 1) for b in range(S)]
@@ -512,15 +520,18 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
         rounds += 1
         moved += int(stats[:, 0].sum())
         queries += int(stats[:, 1].sum())
+        written += int(stats[:, 2].sum())
         if on_round is not None:
             on_round(rounds, stats)
         if not stats[:, :2].sum():
             break
-    results = []
-    for h in range(S):
-        packs = [call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h]
-        results.append(call(h, "collect", *packs, returns=1)[0])
-    return results, {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries}
+    homes = [call(h, "collect", *[call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h],
+                  returns=2) for h in range(S)]
+    tokens = [int(t) for t in fetch([c[1] for c in homes])]
+    if sum(tokens) != written:
+        raise RuntimeError(f"sharded walks: {sum(tokens)} tokens collected, {written} walked")
+    return [c[0] for c in homes], {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries,
+                                   "walk_steps": sum(tokens)}
 
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
