@@ -54,14 +54,17 @@ WALKER_NB = numba.from_dtype(WALKER)
 # What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
 # draw), coin u; its record's state is the generator state after those draws.
 PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
-# Segment header of visited nodes kept for another shard: walk id, position of the first node, count.
-SEGMENT = np.dtype([("g", "<i8"), ("step", "<i8"), ("count", "<i8")])
+# Segments of visited nodes kept for another shard travel as headers int64 [m, 3] (walk id, position
+# of the first node, count) and the nodes back to back (int32).
 # A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
 QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
 # How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
 # adjacency answer); a value >= 0 is the shard it moved to.
 FINISHED = -1
 PARKED = -2
+# walkers advanced in lockstep per thread (as random_walks' `group`): overlaps their cache misses
+LOCKSTEP_GROUP = 32
+GROUPS_PER_CHUNK = 64       # groups per parallel task of the kernel (scratch arrays allocated once per chunk)
 
 
 @dataclass(frozen=True)
@@ -170,80 +173,91 @@ def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, s
 
 
 @njit(cache=True, parallel=True)
-def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, n, starts,
-                    walkers, resume, park, res_off, seg_nodes, out, length, inv_p, inv_q):
-    """Advance every walker as far as it stays on nodes [lo, hi). Walkers of this shard write their
-    nodes into `out` (row k * (hi - lo) + v - lo); others into seg_nodes[res_off[i]:...]. Updates
-    `walkers` (and `park` for parked walkers) in place; returns (where each went, nodes it wrote
-    (its segment's length for a walker of another shard), position of the first of them)."""
+def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, starts,
+                    walkers, resume, park, orow, res_off, seg_nodes, out, length, inv_p, inv_q, group, chunk):
+    """Advance every walker as far as it stays on nodes [lo, hi). A walker of this shard (orow >= 0)
+    writes its nodes into out[orow]; others into seg_nodes[res_off[i]:...]. Updates `walkers` (and
+    `park` for parked walkers) in place; returns (where each went, nodes it wrote, position of the
+    first of them). Walkers advance in lockstep groups of `group` (one step of each in turn, as
+    random_walks does), so the cache misses of independent walkers overlap; each thread takes
+    `chunk` groups and reuses its scratch arrays. Output-neutral: each walker has its own state."""
     nw = walkers.shape[0]
-    where = np.empty(nw, np.int64)
+    where = np.full(nw, np.int64(FINISHED))
     used = np.zeros(nw, np.int64)
     seg0 = np.empty(nw, np.int64)
     env = max(1.0, inv_q)
     inv_env = 1.0 / env
     far_acc = inv_q * inv_env
     need_w = second and symmetric and weighted
-    rows = hi - lo
-    for i in prange(nw):
-        w = walkers[i]
-        g = w.g
-        cur = w.cur
-        prev = w.prev
-        wl = w.wlast
-        s = w.state
-        step = w.step
-        v0 = g % n
-        home = lo <= v0 < hi
-        orow = (g // n) * rows + (v0 - lo)
-        base = res_off[i]
-        seg0[i] = step + 1
-        cnt = 0
-        rs = resume[i] if second else np.int8(-1)
-        dest = np.int64(FINISHED)
-        while step + 1 < length:
-            if second and prev >= 0:
-                t_local = lo <= prev < hi
-                tlo = indptr[prev - lo] if t_local else np.int64(0)
-                thi = indptr[prev - lo + 1] if t_local else np.int64(0)
-                rx = park[i].x if rs >= 0 else np.int64(0)
-                rj = park[i].j if rs >= 0 else np.int64(0)
-                ru = park[i].u if rs >= 0 else 0.0
-                asks, nxt, wa, s, j, u = _second_order_resumable(
-                    indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, prev, cur - lo, wl, s,
-                    inv_p, env, inv_env, far_acc, tlo, thi, t_local, rs, rx, rj, ru)
-                rs = np.int8(-1)
-                if asks:
-                    park[i].x = nxt
-                    park[i].j = j
-                    park[i].u = u
-                    dest = np.int64(PARKED)
-                    break
-            else:
-                nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, need_w, cur - lo, s)
-            step += 1
-            if nxt < 0:
-                break
-            if home:
-                out[orow, step] = nxt
-            else:
-                seg_nodes[base + cnt] = nxt
-            cnt += 1
-            prev = cur
-            cur = nxt
-            wl = wa
-            if step + 1 >= length:
-                break
-            if nxt < lo or nxt >= hi:
-                dest = np.searchsorted(starts, nxt, side="right") - 1
-                break
-        w.cur = cur
-        w.prev = prev
-        w.wlast = wl
-        w.state = s
-        w.step = step
-        where[i] = dest
-        used[i] = cnt
+    span = group * chunk
+    for ci in prange((nw + span - 1) // span):
+        cur = np.empty(group, np.int64)
+        prev = np.empty(group, np.int64)
+        wl = np.empty(group, np.float64)
+        st = np.empty(group, np.uint64)
+        step = np.empty(group, np.int64)
+        rs = np.full(group, np.int8(-1))
+        active = np.empty(group, np.bool_)
+        for r0 in range(ci * span, min(nw, (ci + 1) * span), group):
+            gsz = min(nw, r0 + group) - r0
+            alive = 0
+            for a in range(gsz):
+                w = walkers[r0 + a]
+                cur[a], prev[a], wl[a], st[a], step[a] = w.cur, w.prev, w.wlast, w.state, w.step
+                seg0[r0 + a] = w.step + 1
+                if second:
+                    rs[a] = resume[r0 + a]
+                active[a] = w.step + 1 < length
+                alive += active[a]
+            while alive > 0:
+                for a in range(gsz):
+                    if not active[a]:
+                        continue
+                    i = r0 + a
+                    s = st[a]
+                    if second and prev[a] >= 0:
+                        t = prev[a]
+                        t_local = lo <= t < hi
+                        tlo = indptr[t - lo] if t_local else np.int64(0)
+                        thi = indptr[t - lo + 1] if t_local else np.int64(0)
+                        pk = park[i]
+                        asks, nxt, wa, s, j, u = _second_order_resumable(
+                            indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, cur[a] - lo,
+                            wl[a], s, inv_p, env, inv_env, far_acc, tlo, thi, t_local, rs[a], pk.x, pk.j, pk.u)
+                        rs[a] = -1
+                        if asks:
+                            pk.x, pk.j, pk.u = nxt, j, u
+                            st[a] = s
+                            where[i] = PARKED
+                            active[a] = False
+                            alive -= 1
+                            continue
+                    else:
+                        nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, need_w, cur[a] - lo, s)
+                    st[a] = s
+                    step[a] += 1
+                    if nxt < 0:
+                        active[a] = False
+                        alive -= 1
+                        continue
+                    if orow[i] >= 0:
+                        out[orow[i], step[a]] = nxt
+                    else:
+                        seg_nodes[res_off[i] + used[i]] = nxt
+                    used[i] += 1
+                    prev[a] = cur[a]
+                    cur[a] = nxt
+                    wl[a] = wa
+                    if step[a] + 1 >= length:
+                        active[a] = False
+                        alive -= 1
+                    elif nxt < lo or nxt >= hi:
+                        where[i] = np.searchsorted(starts, nxt, side="right") - 1
+                        active[a] = False
+                        alive -= 1
+            for a in range(gsz):
+                w = walkers[r0 + a]
+                w.cur, w.prev, w.wlast, w.state, w.step = cur[a], prev[a], wl[a], st[a], step[a]
     return where, used, seg0
 
 
@@ -268,32 +282,77 @@ def _bucket(where, shards):
 
 
 @njit(cache=True)
-def _compact_segments(sel, res_off, used, seg_nodes):
-    """The nodes written by walkers `sel`, back to back (in the order of sel)."""
-    total = 0
-    for i in sel:
-        total += used[i]
-    nodes = np.empty(total, np.int32)
-    at = 0
-    for i in sel:
+def _reserve(walkers, lo, hi, n, starts, length):
+    """Where each walker's nodes go: (orow: its row of this shard's output, -1 for a walker of
+    another shard; home: that other shard, -1 for ours; res_off: offsets of the room kept for a
+    walker of another shard, length - 1 - step slots, the most it can take here)."""
+    nw = walkers.shape[0]
+    orow = np.full(nw, -1, np.int64)
+    home = np.full(nw, -1, np.int64)
+    res_off = np.zeros(nw + 1, np.int64)
+    for i in range(nw):
+        g = walkers[i].g
+        v0 = g % n
+        if lo <= v0 < hi:
+            orow[i] = (g // n) * (hi - lo) + (v0 - lo)
+            res_off[i + 1] = res_off[i]
+        else:
+            home[i] = np.searchsorted(starts, v0, side="right") - 1
+            res_off[i + 1] = res_off[i] + length - 1 - walkers[i].step
+    return orow, home, res_off
+
+
+@njit(cache=True)
+def _gather_rows(raw, idx):
+    """raw[idx] for an int64 [n, f] matrix (numpy's fancy indexing of rows is several times slower)."""
+    out = np.empty((idx.shape[0], raw.shape[1]), np.int64)
+    for r in range(idx.shape[0]):
+        for c in range(raw.shape[1]):
+            out[r, c] = raw[idx[r], c]
+    return out
+
+
+@njit(cache=True)
+def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
+    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 3] of
+    (walk id, first position, count), offsets [S + 1] into them, nodes back to back, offsets [S + 1])."""
+    nseg = np.zeros(shards + 1, np.int64)
+    nnod = np.zeros(shards + 1, np.int64)
+    for i in range(g.shape[0]):
+        if home[i] >= 0 and used[i] > 0:
+            nseg[home[i] + 1] += 1
+            nnod[home[i] + 1] += used[i]
+    hoff = np.cumsum(nseg)
+    noff = np.cumsum(nnod)
+    hdr = np.empty((hoff[-1], 3), np.int64)
+    nodes = np.empty(noff[-1], np.int32)
+    hfill = hoff[:-1].copy()
+    nfill = noff[:-1].copy()
+    for i in range(g.shape[0]):
+        h = home[i]
+        if h < 0 or used[i] == 0:
+            continue
+        r = hfill[h]
+        hdr[r, 0], hdr[r, 1], hdr[r, 2] = g[i], seg0[i], used[i]
+        hfill[h] += 1
         a = res_off[i]
+        b = nfill[h]
         for c in range(used[i]):
-            nodes[at + c] = seg_nodes[a + c]
-        at += used[i]
-    return nodes
+            nodes[b + c] = seg_nodes[a + c]
+        nfill[h] += used[i]
+    return hdr, hoff, nodes, noff
 
 
 @njit(cache=True, parallel=True)
-def _scatter_segments(out, segs, offsets, nodes, n, lo, hi):
+def _scatter_segments(out, hdr, offsets, nodes, n, lo, hi):
     """Write segments of this shard's walks (from other shards) into its output matrix."""
     rows = hi - lo
-    for i in prange(segs.shape[0]):
-        g = segs[i].g
+    for i in prange(hdr.shape[0]):
+        g = hdr[i, 0]
         r = (g // n) * rows + (g % n - lo)
         a = offsets[i]
-        st = segs[i].step
-        for c in range(segs[i].count):
-            out[r, st + c] = nodes[a + c]
+        for c in range(hdr[i, 2]):
+            out[r, hdr[i, 1] + c] = nodes[a + c]
 
 
 @njit(cache=True, parallel=True)
@@ -333,6 +392,23 @@ def _threads(threads: int) -> int:
 
 def _empty_parked() -> tuple[np.ndarray, np.ndarray]:
     return np.empty(0, WALKER), np.empty(0, PARKED_WALKER)
+
+
+def _raw(records: np.ndarray) -> np.ndarray:
+    """Records of 8-byte fields (WALKER, PARKED_WALKER) as int64 [n, fields]: numpy copies and
+    gathers plain int64 rows many times faster than structured records."""
+    return np.ascontiguousarray(records).view(np.int64).reshape(len(records), records.dtype.itemsize // 8)
+
+
+def _concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """One writable record array from several (read-only inboxes included)."""
+    if len(parts) == 1:
+        return parts[0].copy()
+    return np.concatenate([_raw(p) for p in parts]).view(dtype).reshape(-1)
+
+
+def _take(records: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return _gather_rows(_raw(records), idx).view(records.dtype).reshape(-1)
 
 
 class ShardWalker:
@@ -381,7 +457,7 @@ class ShardWalker:
         parts = [self.pending] + [w for w in walkers if len(w)]
         arrived = sum(len(w) for w in parts)
         parts += [self.parked[a][0] for a in range(self.shards)]
-        allw = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        allw = _concat(parts, WALKER)
         if not self.params.second:
             return allw, np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         for a in range(self.shards):
@@ -389,7 +465,7 @@ class ShardWalker:
                 raise ValueError(f"shard {self.shard}: {len(answers[a])} answers from shard {a} "
                                  f"for {len(self.parked[a][0])} queries")
         resume = np.concatenate([np.full(arrived, -1, np.int8)] + [np.asarray(a, np.int8) for a in answers])
-        park = np.concatenate([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked])
+        park = _concat([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked], PARKED_WALKER)
         return allw, resume, park
 
     def advance(self, *mail) -> list:
@@ -400,20 +476,21 @@ class ShardWalker:
             raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
         self.pending = np.empty(0, WALKER)
-        home = owner_of(self.starts, walkers["g"] % self.num_nodes) if len(walkers) else np.zeros(0, np.int64)
-        foreign = home != self.shard
-        res_off = np.zeros(len(walkers) + 1, np.int64)
-        np.cumsum(np.where(foreign, P.length - 1 - walkers["step"], 0), out=res_off[1:])
+        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
             where, used, seg0 = _advance_kernel(
                 self.indptr, self.indices, self.weights, self.table, self.rowsum, self.weighted, P.second,
-                self.symmetric, self.lo, self.hi, self.num_nodes, self.starts, walkers, resume, park, res_off,
-                seg_nodes, self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q))
+                self.symmetric, self.lo, self.hi, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
+                self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
         order, offsets = _bucket(where, S)
-        outboxes = [walkers[order[offsets[d]:offsets[d + 1]]] for d in range(S)]
+        moved = _take(walkers, order[:offsets[S]])
+        outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
-        self._keep_segments(walkers, home, foreign, used, seg0, res_off, seg_nodes)
+        hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
+        for h in range(S):
+            if hoff[h + 1] > hoff[h]:
+                self.segments[h].append((hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]))
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
                           offsets[S + 2] - offsets[S + 1]], dtype=np.int64)
@@ -426,27 +503,18 @@ class ShardWalker:
         self.parked = [_empty_parked() for _ in range(self.shards)]
         if not len(idx):
             return queries
-        pw, pp = walkers[idx], park[idx]
-        owners = owner_of(self.starts, pw["prev"])
-        for a in np.unique(owners):
-            sel = owners == a
-            self.parked[a] = (pw[sel], pp[sel])
-            q = np.empty(int(sel.sum()), QUERY)
-            q["t"], q["x"] = pw["prev"][sel], pp["x"][sel]
-            queries[a] = q
+        owners = owner_of(self.starts, walkers["prev"][idx])
+        idx = idx[np.argsort(owners, kind="stable")]
+        bounds = np.searchsorted(np.sort(owners), np.arange(self.shards + 1))
+        pw, pp = _take(walkers, idx), _take(park, idx)
+        for a in range(self.shards):
+            lo, hi = bounds[a], bounds[a + 1]
+            if hi > lo:
+                self.parked[a] = (pw[lo:hi], pp[lo:hi])
+                q = np.empty(hi - lo, QUERY)
+                q["t"], q["x"] = pw["prev"][lo:hi], pp["x"][lo:hi]
+                queries[a] = q
         return queries
-
-    def _keep_segments(self, walkers, home, foreign, used, seg0, res_off, seg_nodes) -> None:
-        """Segments of nodes visited here by walkers of other shards, grouped by home shard."""
-        idx = np.flatnonzero(foreign & (used > 0))
-        if not len(idx):
-            return
-        homes = home[idx]
-        for h in np.unique(homes):
-            sel = idx[homes == h]
-            hdr = np.empty(len(sel), SEGMENT)
-            hdr["g"], hdr["step"], hdr["count"] = walkers["g"][sel], seg0[sel], used[sel]
-            self.segments[h].append((hdr, _compact_segments(sel, res_off, used, seg_nodes)))
 
     def answer(self, *queries) -> list[np.ndarray]:
         """Adjacency answers (uint8, 1 = x ~ t) to each shard's queries about this shard's nodes."""
@@ -458,7 +526,7 @@ class ShardWalker:
         """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
         parts, self.segments[home] = self.segments[home], []
         if not parts:
-            return np.empty(0, SEGMENT), np.zeros(0, np.int32)
+            return np.empty((0, 3), np.int64), np.zeros(0, np.int32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def collect(self, *packs) -> list:
@@ -468,7 +536,7 @@ class ShardWalker:
             for hdr, nodes in packs:
                 if len(hdr):
                     offsets = np.zeros(len(hdr), np.int64)
-                    np.cumsum(hdr["count"][:-1], out=offsets[1:])
+                    np.cumsum(hdr[:-1, 2], out=offsets[1:])
                     _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
