@@ -73,8 +73,8 @@ def main():
     ap.add_argument("--scale", type=int, default=17)
     ap.add_argument("--edges", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--walks", type=int, default=4)
-    ap.add_argument("--length", type=int, default=40)
+    ap.add_argument("--walks", type=int, default=10)
+    ap.add_argument("--length", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weighted", action="store_true")
     ap.add_argument("--in-process", action="store_true")
@@ -106,7 +106,8 @@ def main():
         res[mode] = {"steps": steps, "replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
                      "ratio": round(rep / sh, 3), "replicated_s": [round(x, 3) for x in rep_t],
                      "sharded_s": [round(x, 3) for x in sh_t],
-                     **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries")}}
+                     **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries",
+                                             "owner_start_seconds", "walk_seconds")}}
         if a.in_process:
             res[mode]["in_process_one_thread"] = in_process(g, a.shards, cfg, mode)
     print(json.dumps(res))

@@ -251,6 +251,8 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
                         walk_mode(method), threads=max(1, int(cpus)))
     owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
     owners = [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+    t_start = time.perf_counter()
+    ray.get([o.__ray_ready__.remote() for o in owners])     # started: CSR rows fetched, alias and walkers built
     t0 = time.perf_counter()
     last = [t0]
 
@@ -273,6 +275,6 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     tokens = info["walk_steps"]
     secs = time.perf_counter() - t0
     log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "
-             f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s)")
-    return refs, {**info, "walk_steps": tokens, "walk_seconds": round(secs, 3)}
+             f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners")
+    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3)}
 

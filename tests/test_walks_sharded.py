@@ -171,3 +171,22 @@ def test_ray_actors_bit_identical(ray_session, graph, weighted, method, p, q):
         out = ray.get(res.ref)
         assert_same_walks(g, out, bounds, 2, 10, 5, p=p, q=q, mode=method)
         assert res.info["walk_steps"] == sum(int((w >= 0).sum()) for w in out)
+
+
+@pytest.mark.parametrize("mode,p,q", [("deepwalk", 1.0, 1.0), ("node2vec", 0.5, 2.0)])
+def test_walker_that_fills_its_room_goes_on_next_round(monkeypatch, mode, p, q):
+    """A walker of another shard writes at most SEGMENT_ROOM nodes per round on a shard; with a room
+    of 2 on two dense halves, walkers stay longer than that and must go on in later rounds."""
+    from embedlake.workers.graph import sharded_walks
+    rng = np.random.default_rng(8)
+    src, dst = rng.integers(0, 20, 200), rng.integers(0, 20, 200)
+    halves = (src < 10) == (dst < 10)
+    keep = halves | (rng.random(200) < 0.1)           # few arcs between the halves
+    g = build_csr(src[keep], dst[keep], 20)
+    bounds = shard_bounds(20, 2)
+    big, big_info = sharded_random_walks(split_csr(g, bounds), 3, 30, 2, p=p, q=q, mode=mode)
+    monkeypatch.setattr(sharded_walks, "SEGMENT_ROOM", 2)
+    small, small_info = sharded_random_walks(split_csr(g, bounds), 3, 30, 2, p=p, q=q, mode=mode)
+    assert_same_walks(g, small, bounds, 3, 30, 2, p=p, q=q, mode=mode)
+    assert small_info["walk_rounds"] > big_info["walk_rounds"]
+    assert small_info["walker_moves"] > big_info["walker_moves"]     # moves to itself count as moves

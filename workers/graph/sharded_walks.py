@@ -65,6 +65,10 @@ PARKED = -2
 # walkers advanced in lockstep per thread (as random_walks' `group`): overlaps their cache misses
 LOCKSTEP_GROUP = 32
 GROUPS_PER_CHUNK = 64       # groups per parallel task of the kernel (scratch arrays allocated once per chunk)
+# The most nodes a walker of another shard writes here in one round (the room kept for it): bounds
+# a round's scratch memory to SEGMENT_ROOM int32 per such walker; one that fills it goes on in the
+# next round (rare: a walker leaves a shard after about S / (S - 1) steps on a node-range sharding).
+SEGMENT_ROOM = 16
 
 
 @dataclass(frozen=True)
@@ -173,12 +177,13 @@ def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, s
 
 
 @njit(cache=True, parallel=True)
-def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, starts,
+def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, me, starts,
                     walkers, resume, park, orow, res_off, seg_nodes, out, length, inv_p, inv_q, group, chunk):
     """Advance every walker as far as it stays on nodes [lo, hi). A walker of this shard (orow >= 0)
     writes its nodes into out[orow]; others into seg_nodes[res_off[i]:...]. Updates `walkers` (and
     `park` for parked walkers) in place; returns (where each went, nodes it wrote, position of the
-    first of them). Walkers advance in lockstep groups of `group` (one step of each in turn, as
+    first of them). A walker of another shard that filled its room goes to `me`: on next round.
+    Walkers advance in lockstep groups of `group` (one step of each in turn, as
     random_walks does), so the cache misses of independent walkers overlap; each thread takes
     `chunk` groups and reuses its scratch arrays. Output-neutral: each walker has its own state."""
     nw = walkers.shape[0]
@@ -255,6 +260,10 @@ def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, s
                         where[i] = np.searchsorted(starts, nxt, side="right") - 1
                         active[a] = False
                         alive -= 1
+                    elif orow[i] < 0 and used[i] == res_off[i + 1] - res_off[i]:
+                        where[i] = me              # its room here is full: it goes on next round
+                        active[a] = False
+                        alive -= 1
             for a in range(gsz):
                 w = walkers[r0 + a]
                 w.cur, w.prev, w.wlast, w.state, w.step = cur[a], prev[a], wl[a], st[a], step[a]
@@ -282,10 +291,10 @@ def _bucket(where, shards):
 
 
 @njit(cache=True)
-def _reserve(walkers, lo, hi, n, starts, length):
+def _reserve(walkers, lo, hi, n, starts, length, room):
     """Where each walker's nodes go: (orow: its row of this shard's output, -1 for a walker of
     another shard; home: that other shard, -1 for ours; res_off: offsets of the room kept for a
-    walker of another shard, length - 1 - step slots, the most it can take here)."""
+    walker of another shard, min(room, length - 1 - step) slots)."""
     nw = walkers.shape[0]
     orow = np.full(nw, -1, np.int64)
     home = np.full(nw, -1, np.int64)
@@ -298,7 +307,7 @@ def _reserve(walkers, lo, hi, n, starts, length):
             res_off[i + 1] = res_off[i]
         else:
             home[i] = np.searchsorted(starts, v0, side="right") - 1
-            res_off[i + 1] = res_off[i] + length - 1 - walkers[i].step
+            res_off[i + 1] = res_off[i] + min(room, length - 1 - walkers[i].step)
     return orow, home, res_off
 
 
@@ -475,17 +484,17 @@ class ShardWalker:
         if len(mail) != 2 * S:
             raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
-        self.pending = np.empty(0, WALKER)
-        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length)
+        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
             where, used, seg0 = _advance_kernel(
                 self.indptr, self.indices, self.weights, self.table, self.rowsum, self.weighted, P.second,
-                self.symmetric, self.lo, self.hi, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
+                self.symmetric, self.lo, self.hi, self.shard, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
                 self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
         order, offsets = _bucket(where, S)
         moved = _take(walkers, order[:offsets[S]])
         outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
+        self.pending, outboxes[self.shard] = outboxes[self.shard], np.empty(0, WALKER)   # room full: go on here
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
         for h in range(S):
