@@ -190,3 +190,43 @@ def test_walker_that_fills_its_room_goes_on_next_round(monkeypatch, mode, p, q):
     assert_same_walks(g, small, bounds, 3, 30, 2, p=p, q=q, mode=mode)
     assert small_info["walk_rounds"] > big_info["walk_rounds"]
     assert small_info["walker_moves"] > big_info["walker_moves"]     # moves to itself count as moves
+
+
+# A shard owner killed mid-walk: its own Ray in a subprocess, so the owners inherit EMBEDLAKE_FAULT.
+KILLED_OWNER_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from embedlake.config import WalkConfig
+from embedlake.tasks.graph import walk_sharded
+from embedlake.tasks.runtime import ensure_ray
+from test_walks_sharded import GRAPHS, sharded_handle
+ray = ensure_ray(num_cpus=2)
+g = GRAPHS["undirected"](True)
+res = walk_sharded.fn(sharded_handle(ray, g, 3), WalkConfig(walks_per_node=2, length=10, seed=5, p=0.5, q=2.0),
+                      "node2vec", max_retries=1)
+np.save(sys.argv[1], np.concatenate(ray.get(res.ref)))
+"""
+
+
+def test_owner_killed_mid_walk_walks_again_to_identical_walks(tmp_path):
+    """The first shard owner to reach round 3 is SIGKILLed; the stage walks again from the start and
+    returns exactly the walks of a run without the fault."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from embedlake.workers.run.faults import FAULT, kill_worker_once
+    marker, out = tmp_path / "owner-kill.marker", tmp_path / "walks.npy"
+    env = {**os.environ, FAULT: kill_worker_once("walk_sharded_round:3", marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_OWNER_SCRIPT, str(out), str(Path(__file__).parent)],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    events = [line.split()[0] for line in marker.read_text().splitlines()]
+    # one owner died; the second attempt's 3 owners (and maybe first-attempt owners still running) went on
+    assert events[0] == "killed" and set(events[1:]) == {"ran"} and len(events) - 1 >= 3, events
+    g = GRAPHS["undirected"](True)
+    bounds = shard_bounds(g.num_nodes, 3)
+    expected = np.concatenate(replicated_by_shard(g, bounds, 2, 10, 5, p=0.5, q=2.0, mode="node2vec"))
+    np.testing.assert_array_equal(np.load(out), expected)

@@ -42,6 +42,7 @@ from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
 from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias, find_sorted, first_order_step, mix,
                                            randint, uniform, walk_key)
 from embedlake.workers.run.checkpoints import StageHandle
+from embedlake.workers.run.faults import fault_point
 
 __all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
 
@@ -73,14 +74,14 @@ SEGMENT_ROOM = 16
 
 @dataclass(frozen=True)
 class WalkParams:
-    """What determines the walks (as in `random_walks`) plus the numba threads of one shard."""
+    """What determines the walks (as in `random_walks`) plus the numba threads of one shard. (Whether
+    the graph is symmetric comes with each shard: its `directed` flag.)"""
     walks_per_node: int
     length: int
     seed: int
     p: float = 1.0
     q: float = 1.0
     mode: str = "deepwalk"
-    symmetric: bool = False
     threads: int = 1
 
     @property
@@ -176,6 +177,21 @@ def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, s
         return False, x, np.float64(weights[lo + j]), s, j, u
 
 
+@njit(cache=True, inline="always")
+def _owner(starts, v):
+    """The shard owning node v: the last s with starts[s] <= v (binary search over the S + 1 bounds;
+    an empty shard's bound equals the next one's, so it owns nothing)."""
+    a = 0
+    b = starts.shape[0] - 1
+    while b - a > 1:
+        m = (a + b) >> 1
+        if starts[m] <= v:
+            a = m
+        else:
+            b = m
+    return np.int64(a)
+
+
 @njit(cache=True, parallel=True)
 def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, me, starts,
                     walkers, resume, park, orow, res_off, seg_nodes, out, length, inv_p, inv_q, group, chunk):
@@ -257,7 +273,7 @@ def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, s
                         active[a] = False
                         alive -= 1
                     elif nxt < lo or nxt >= hi:
-                        where[i] = np.searchsorted(starts, nxt, side="right") - 1
+                        where[i] = _owner(starts, nxt)
                         active[a] = False
                         alive -= 1
                     elif orow[i] < 0 and used[i] == res_off[i + 1] - res_off[i]:
@@ -306,7 +322,7 @@ def _reserve(walkers, lo, hi, n, starts, length, room):
             orow[i] = (g // n) * (hi - lo) + (v0 - lo)
             res_off[i + 1] = res_off[i]
         else:
-            home[i] = np.searchsorted(starts, v0, side="right") - 1
+            home[i] = _owner(starts, v0)
             res_off[i + 1] = res_off[i] + min(room, length - 1 - walkers[i].step)
     return orow, home, res_off
 
@@ -457,6 +473,7 @@ class ShardWalker:
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
+        self.rounds = 0
 
     def _threaded(self):
         return _NumbaThreads(self.numba_threads)
@@ -483,6 +500,8 @@ class ShardWalker:
         S, P = self.shards, self.params
         if len(mail) != 2 * S:
             raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
+        self.rounds += 1
+        fault_point(f"walk_sharded_round:{self.rounds}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
         orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
