@@ -190,9 +190,8 @@ def shard_actor_cpus(shards: int) -> float:
 @task(name="walk_sharded", cache_policy=NO_CACHE)
 def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=None,
                  max_retries: int = 3) -> StageResult:
-    """The walks of a sharded graph, one Ray actor per graph
-    shard (pinned: its CSR rows are fetched once to its node), advanced in bulk-synchronous rounds
-    (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
+    """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
+    once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
     shard owner as object refs; the driver only sees a small stats row per shard per round.
     Returns StageResult([one walks ref per shard: int32 [walks_per_node * (hi - lo), length], laid
     out like random_walks from arange(lo, hi)], info).
@@ -252,9 +251,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
     owners = [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
     t_start = time.perf_counter()
-    ray.get([o.__ray_ready__.remote() for o in owners])     # started: CSR rows fetched, alias and walkers built
-    t0 = time.perf_counter()
-    last = [t0]
+    t0, last = t_start, [t_start]
 
     def call(shard, name, *args, returns):
         refs = getattr(owners[shard], name).options(num_returns=returns).remote(*args)
@@ -268,6 +265,8 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
                      f"({int(stats[:, 1].sum()):,} waiting for an adjacency answer), {now - t0:.1f}s")
 
     try:
+        ray.get([o.__ray_ready__.remote() for o in owners])     # started: CSR rows fetched, alias and walkers built
+        t0 = last[0] = time.perf_counter()
         refs, info = run_rounds(call, ray.get, len(bounds), on_round)
     finally:
         for o in owners:

@@ -23,10 +23,16 @@ Why it looks like this
   (4 bytes + a 24-byte header per segment). Carrying the path would move the whole prefix on every
   move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
   length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
-- A round's work is one numba kernel per shard (prange over walkers), then an O(walkers) counting
-  sort of the walkers by destination. `run_rounds` drives the rounds through a `call` function, so
-  the same driver runs shards in-process (`sharded_random_walks`, tests) or as Ray actors
-  (tasks/graph.py `walk_sharded`) where messages pass between shard owners as object refs.
+  A walker of another shard gets a bounded room per round (SEGMENT_ROOM nodes; one that fills it
+  goes on next round), so a round's scratch memory is O(walkers), not O(walkers x length).
+- A round is `advance` on every shard (one numba kernel, prange over walkers: a plain loop for
+  first-order walks, lockstep groups for node2vec; then an O(walkers) counting sort by destination)
+  and, for node2vec, `answer` on every shard (the adjacency queries of that round). `run_rounds`
+  drives the rounds through a `call` function, so the same driver runs shards in-process
+  (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
+  message passes from shard owner to shard owner as an object ref and the driver reads only a
+  stats row per shard per round. No message is bigger than the walkers of one shard (48 bytes
+  each) or one shard's segments; a shard's walk matrix is the one big result.
 """
 from __future__ import annotations
 
