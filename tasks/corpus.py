@@ -15,11 +15,12 @@ from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run, Stage
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.tasks.train import TRAIN_KEYS
+from embedlake.tasks.train import TRAIN_KEYS, ShardedInput, block_partitions, train_streams
 from embedlake.workers.corpus import text as cs
 from embedlake.workers.corpus.text import TextSpec
 from embedlake.workers.run.checkpoints import fingerprint, vocab_digest
 from embedlake.workers.run.faults import fault_point
+from embedlake.workers.train import sharded as sh
 
 
 @dataclass
@@ -194,8 +195,11 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_r
           stage: Stage | None = None):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
     stage (the run's `train` stage): the tables are checkpointed after every epoch and a killed
-    run's re-run continues at the next epoch."""
+    run's re-run continues at the next epoch. With train.workers > 1: the sharded block engine on
+    the token shards across the workers instead (`train_token_shards`)."""
     import ray
+    if train_cfg.workers > 1:
+        return train_token_shards(vocab, sentences, train_cfg, max_retries, stage)
     log = stage_logger()
     cpus = max_node_cpus()
     start = stage.resume_point("epoch", train_cfg.epochs, "training") if stage is not None and stage.enabled else 0
@@ -214,6 +218,26 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_r
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
     info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
+    return emb_ref, info
+
+
+def train_token_shards(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3,
+                       stage: Stage | None = None):
+    """The sharded block engine (tasks/train.py `train_streams`) on the token shards: one prep per
+    shard, blocks on `train.workers` workers. Partitions are word ids mod P (ids are sorted by
+    frequency, so each partition gets its share of frequent words); the noise is the vocabulary's
+    counts. The table is assembled by id in one task (a corpus table is one object downstream).
+    Block checkpoints go to the run's checkpoint folder as for graphs (stage: the run's `train`
+    stage, whose run it is). Returns (table ref, stats)."""
+    split = sh.VocabSplit("stride", vocab.size, block_partitions(train_cfg))
+    sources = list(zip(sentences.token_refs, sentences.offset_refs))
+    run = stage.run if stage is not None and stage.enabled else None
+    W_in, info = train_streams(ShardedInput(sources, 1, split, vocab.counts_ref), train_cfg, run=run,
+                               max_retries=max_retries)
+    emb_ref = remote(sh.assemble_split_stage, "train", num_cpus=1, max_retries=max_retries).remote(
+        split, run.lake if run is not None and run.checkpoints else None, *W_in)
+    info = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+    info["resumed"] = {"stage": "train", "resumed_at": info.get("resumed_at", -1), "table_reused": False}
     return emb_ref, info
 
 

@@ -1,5 +1,7 @@
-"""FastRP as Ray work: CSR rows partitioned across tasks; each iteration's matrix is shared
-through the object store as its partitions; the output is identical for any number of workers."""
+"""FastRP as Ray work. One shard: CSR rows partitioned across tasks; each iteration's matrix is
+shared through the object store as its partitions. Several graph shards (`fastrp_sharded`): blocked
+sparse products, in which no task holds more than one shard's CSR rows, one block of the previous
+matrix and one shard's row sums (workers/fastrp/sharded.py). The output is identical either way."""
 from __future__ import annotations
 
 from prefect import task
@@ -7,16 +9,23 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.config import FastRPConfig
 from embedlake.tasks.fanout import gather, stage_logger
-from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run
 from embedlake.workers.fastrp import kernels as frp
+from embedlake.workers.fastrp import sharded as fsh
 from embedlake.workers.fastrp import stages as fs
+from embedlake.workers.graph.shards import shard_starts
 
 
 def fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, bounds: list[tuple[int, int]]) -> StageResult:
     """The run's FastRP table (stage `fastrp`). The finished table is checkpointed (stage `table`):
-    a run killed after it (in publish, evaluate or commit) does not recompute it."""
+    a run killed after it (in publish, evaluate or commit) does not recompute it.
+
+    With graph shards (graph.num_shards > 1) the table is a list of per-shard row blocks (refs of
+    [hi - lo, dim] float32), checkpointed one file per shard by the task that holds it."""
+    if graph.num_shards > 1:
+        return sharded_fastrp_table(run, graph, fastrp_cfg)
     stage = run.stage("table", {"graph": graph.key, "fastrp": fastrp_spec(fastrp_cfg)})
     done = stage.finished_table()
     if done is not None:
@@ -24,6 +33,30 @@ def fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, bounds:
     emb_ref, info = run.time("fastrp", fastrp, graph, fastrp_cfg, bounds, max_retries=run.retries)
     stage.save_table(emb_ref, info)
     return StageResult(emb_ref, info)
+
+
+def sharded_fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig) -> StageResult:
+    """`fastrp_table` over graph shards: each shard's rows are saved as part-<shard>.npy of stage
+    `table` (finished when every part exists); a re-run loads the parts, one task per shard."""
+    import ray
+    bounds = graph.shard_bounds
+    stage = run.stage("table", {"graph": graph.key, "fastrp": fastrp_spec(fastrp_cfg),
+                                "shards": [list(b) for b in bounds]})
+    handle = stage.handle()
+    if handle is not None and stage.final and stage.finished_parts(len(bounds)) == set(range(len(bounds))):
+        load = remote(fsh.load_shard_table, "train", num_cpus=1, max_retries=run.retries)
+        refs = [load.remote(handle, s, hi - lo, fastrp_cfg.dim) for s, (lo, hi) in enumerate(bounds)]
+        stage_logger().info(f"resume: the FastRP shard tables of run {run.run_id} are reused: not computed again")
+        info = dict(stage.state.get("info") or {})
+        info["resumed"] = {"stage": stage.name, "table_reused": True}
+        return StageResult(refs, info)
+    refs, info = run.time("fastrp", fastrp_sharded, graph, fastrp_cfg, max_retries=run.retries)
+    if handle is not None:
+        stage.restart()
+        save = remote(fsh.save_shard_table, "publish", num_cpus=1, max_retries=run.retries)
+        ray.get([save.remote(stage.handle(), s, ref) for s, ref in enumerate(refs)])
+        stage.finish(info=info)
+    return StageResult(refs, info)
 
 
 def fastrp_spec(fastrp_cfg: FastRPConfig) -> dict:
@@ -61,3 +94,65 @@ def fastrp(graph: GraphHandle, fastrp_cfg: FastRPConfig, bounds: list[tuple[int,
     emb_ref = remote(fs.standardize_and_join, "fastrp", **opts).remote(mean, std, cfg.standardize, *out_refs)
     ray.wait([emb_ref], num_returns=1, fetch_local=False)
     return emb_ref, {"iterations": len(cfg.weights), "partitions": len(bounds), "dim": cfg.dim}
+
+
+@task(name="fastrp_sharded", cache_policy=NO_CACHE)
+def fastrp_sharded(graph: GraphHandle, fastrp_cfg: FastRPConfig, max_retries: int = 3) -> tuple[list, dict]:
+    """FastRP over the graph's shards as blocked sparse products (workers/fastrp/sharded.py).
+
+    Returns (one ObjectRef per shard of its [hi - lo, dim] float32 rows, info), bit-identical to
+    `fastrp` on the gathered CSR. No task takes or returns more than one shard's CSR rows, one
+    block of U_{k-1}, one shard's row sums and output rows, or one shard's column scales."""
+    import ray
+    log = stage_logger()
+    cfg = fastrp_cfg
+    if not cfg.weights:
+        raise ValueError("fastrp.weights must name at least one iteration")
+    if graph.num_nodes < 1:
+        raise ValueError("fastrp: the graph has no nodes")
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    starts = shard_starts(graph.shard_bounds)
+    setup = remote(fsh.shard_setup, "fastrp", num_returns=4, **opts)
+    setups = [setup.remote(s.csr_ref, s.lo, s.hi, graph.num_nodes, starts, cfg) for s in graph_shards(graph)]
+    row_scales, col_scales, blocks, arc_refs = (list(x) for x in zip(*setups))
+    plans = [fsh.block_plan(a) for a in gather(arc_refs, "fastrp shard setup")]
+    outs: list = [None] * graph.num_shards
+    for k, weight in enumerate(cfg.weights, start=1):
+        blocks, outs = propagate_shards(graph, blocks, col_scales, row_scales, plans, outs, weight, cfg.dim, opts)
+        log.info(f"fastrp: iteration {k}/{len(cfg.weights)} scheduled on {graph.num_shards} shards "
+                 f"({sum(max(1, len(p)) for p in plans)} block steps)")
+    del blocks
+    if cfg.standardize:
+        parts = gather([remote(fs.moments, "fastrp", **opts).remote(o) for o in outs], "fastrp moments")
+        mean, std = frp.finalize_moments(frp.merge_moments(parts))
+        apply = remote(fsh.standardized_rows, "fastrp", **opts)
+        outs = [apply.remote(mean, std, o) for o in outs]
+    ray.wait(outs, num_returns=len(outs), fetch_local=False)
+    return outs, {"iterations": len(cfg.weights), "shards": graph.num_shards, "dim": cfg.dim,
+                  "block_steps_per_iteration": sum(max(1, len(p)) for p in plans)}
+
+
+def graph_shards(graph: GraphHandle) -> list[ShardRef]:
+    """The graph's shards; a handle without any is one shard, its whole CSR."""
+    return graph.shards or [ShardRef(0, graph.num_nodes, int(graph.meta.get("arcs", 0)), graph.csr_ref,
+                                     graph.node_ids_ref)]
+
+
+def propagate_shards(graph: GraphHandle, blocks: list, col_scales: list, row_scales: list, plans: list[list[int]],
+                     outs: list, weight: float, dim: int, opts: dict) -> tuple[list, list]:
+    """One power of S over every shard: per shard a chain of block steps over the blocks its arcs
+    reach, in ascending order (the order that keeps the one-CSR sums). Returns (U_k refs, output refs)."""
+    step = remote(fsh.block_step, "fastrp", **opts)
+    last = remote(fsh.last_block_step, "fastrp", num_returns=2, **opts)
+    bounds = graph.shard_bounds
+    new_blocks, new_outs = [], []
+    for i, shard in enumerate(graph_shards(graph)):
+        partial = None
+        for j in plans[i][:-1]:
+            partial = step.remote(shard.csr_ref, blocks[j], bounds[j][0], col_scales[j], partial, dim)
+        j = plans[i][-1] if plans[i] else None
+        U, out = last.remote(shard.csr_ref, None if j is None else blocks[j], 0 if j is None else bounds[j][0],
+                             None if j is None else col_scales[j], partial, row_scales[i], outs[i], weight, dim)
+        new_blocks.append(U)
+        new_outs.append(out)
+    return new_blocks, new_outs

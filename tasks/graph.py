@@ -277,3 +277,18 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
              f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners")
     return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3)}
 
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_shards(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, table_refs: list,
+                   max_retries: int = 3) -> list[dict]:
+    """Write a sharded table (one ref per graph shard: its nodes' rows [hi - lo, dim], as the sharded
+    engines return it): shard s's rows by a task that gets only that table and the shard's node ids.
+    Files, schema and numbering are those of `publish` with the shard ranges as its partitions
+    (empty shards, possible when S > n, write nothing), so readers see no difference."""
+    if len(table_refs) != graph.num_shards:
+        raise ValueError(f"publish_shards: {len(table_refs)} tables for {graph.num_shards} graph shards")
+    fn = remote(graph_stages.write_embedding_part, "publish", num_cpus=1, max_retries=max_retries)
+    live = [(shard, ref) for shard, ref in zip(graph.shards, table_refs) if shard.hi > shard.lo]
+    refs = [fn.remote(lake, dataset, method, run_id, i, 0, shard.hi - shard.lo, shard.ids_ref, ref)
+            for i, (shard, ref) in enumerate(live)]
+    return gather(refs, "publish (shards)")

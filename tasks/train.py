@@ -6,7 +6,10 @@
 - the one-table engine (`train_one_table`): one multi-threaded Ray task on the whole table,
   checkpointed after every epoch;
 - the block-partitioned engine (`train_partitioned`) across `train.workers` Ray workers
-  (train.workers > 1 or train.partitions >= 1, docs/training.md).
+  (train.workers > 1 or train.partitions >= 1, docs/training.md);
+- on a graph of S > 1 shards, always the sharded engine (`train_sharded`, workers/train/sharded.py):
+  one walks object per graph shard, prep per walk shard, blocks as chains of per-shard links, and
+  one embedding object per graph shard out (no task ever holds all walks or the full table).
 
 Block-partitioned training: the driver (this module, inside the Prefect `train` task) never holds
 a table: it submits one Ray task per block (i, j) of each episode (workers/train/blocks.py),
@@ -43,6 +46,7 @@ from embedlake.tasks.runtime import cluster_cpus, max_node_cpus
 from embedlake.tasks.stream import walk_and_train
 from embedlake.workers.graph.walks import should_stream
 from embedlake.workers.train import blocks as sb
+from embedlake.workers.train import sharded as sh
 from embedlake.workers.train import stages as train_stages
 
 # settings that determine a trained table (threads do not: one thread is bit-reproducible, more
@@ -72,11 +76,13 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     holds the walks when walk.write_walks. A killed one-table run whose training had finished
     needs neither walks nor training."""
     r = run.retries
-    if not walk_cfg.write_walks and train_cfg.workers == 1 and should_stream(graph.num_nodes, walk_cfg):
+    sharded = graph.num_shards > 1
+    if not sharded and not walk_cfg.write_walks and train_cfg.workers == 1 and should_stream(graph.num_nodes,
+                                                                                             walk_cfg):
         stage = run.stage("stream", train_spec(graph, walk_cfg, train_cfg, method, "streamed"))
         return run.time("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, stage=stage,
                         max_retries=r)
-    one_table = train_cfg.workers == 1 and train_cfg.partitions == 0
+    one_table = not sharded and train_cfg.workers == 1 and train_cfg.partitions == 0
     table_stage = run.stage("train", train_spec(graph, walk_cfg, train_cfg, method, "one-table")) if one_table else None
     if one_table and not walk_cfg.write_walks:
         done = table_stage.finished_table()
@@ -87,7 +93,9 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     if walk_cfg.write_walks:
         files["walks"] = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,
                                   walked.ref, walk_cfg.walks_per_node, bounds, max_retries=r)
-    if one_table:
+    if sharded:
+        trained = run.time("train", train_sharded, graph, walked.ref, walk_cfg, train_cfg, run=run, max_retries=r)
+    elif one_table:
         trained = run.time("train", train_one_table, graph, walked.ref, walk_cfg, train_cfg, stage=table_stage,
                            max_retries=r)
     else:
@@ -285,3 +293,195 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
     log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s on {workers} workers "
              f"(P={P}), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
     return StageResult(emb_ref, out)
+
+
+# ---------------------------------------------------------------- sharded engine (graph shards, token shards)
+
+def sharded_partitions(train_cfg: TrainConfig, shards: int) -> int:
+    """P of the sharded engine: S x m node ranges, m = ceil(block_partitions / S) >= 1, so every
+    partition lies inside one graph shard and an episode has at least block_partitions blocks."""
+    return int(shards) * max(1, -(-block_partitions(train_cfg) // int(shards)))
+
+
+def as_list(refs, n: int) -> list:
+    """A remote call's returns as a list (Ray gives one ref, not a list, for num_returns=1)."""
+    return list(refs) if n > 1 else [refs]
+
+
+@dataclasses.dataclass
+class StreamSet:
+    """The prepared stream shards of one epoch: refs to the bucketed streams (they stay in the
+    object store), and each one's place in the whole stream (small, on the driver)."""
+    refs: list
+    infos: list[dict]
+    places: list
+
+
+@dataclasses.dataclass
+class ShardedInput:
+    """What the sharded engine trains on: stream shards (each a tuple of refs: walks, or tokens and
+    offsets), `groups` sentence groups per shard (walks per node; 1 for corpus shards), the
+    partitioning, and optionally the vocabulary's counts (corpora)."""
+    sources: list[tuple]
+    groups: int
+    split: sh.VocabSplit
+    counts_ref: object = None
+
+
+def noise_refs(per_shard: list[list], train_cfg: TrainConfig, max_retries: int) -> tuple[list, list]:
+    """(counts, noise) refs per partition from each shard's per-partition counts (summed per partition)."""
+    noise_fn = remote(sh.noise_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = [noise_fn.remote(train_cfg.ns_exponent, *[c[p] for c in per_shard]) for p in range(len(per_shard[0]))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def streams_and_noise(inp: ShardedInput, train_cfg: TrainConfig, max_retries: int) -> tuple[StreamSet, list, list]:
+    """The epoch-0 stream shards and each partition's (counts, noise). Walk shards without
+    subsampling are read once (prep and counts in one task); otherwise the counts come first:
+    per-shard bincounts (walks) or the vocabulary's counts cut per partition (corpora)."""
+    import ray
+    P = inp.split.parts
+    if inp.counts_ref is None and train_cfg.sample == 0:
+        fn = remote(sh.prep_count_stage, "train", num_cpus=1, num_returns=2 + P, max_retries=max_retries)
+        outs = [fn.remote(inp.split, inp.groups, len(src), train_cfg, 0, s, *src) for s, src in enumerate(inp.sources)]
+        counts, noise = noise_refs([list(o[2:]) for o in outs], train_cfg, max_retries)
+        infos = ray.get([o[1] for o in outs])
+        return StreamSet([o[0] for o in outs], infos, sh.place_streams(infos)), counts, noise
+    if inp.counts_ref is not None:
+        per_shard = [as_list(remote(sh.split_counts_stage, "train", num_cpus=1, num_returns=P,
+                                    max_retries=max_retries).remote(inp.split, inp.counts_ref), P)]
+    else:
+        count_fn = remote(sh.count_stage, "train", num_cpus=1, num_returns=P, max_retries=max_retries)
+        per_shard = [as_list(count_fn.remote(inp.split, *src), P) for src in inp.sources]
+    counts, noise = noise_refs(per_shard, train_cfg, max_retries)
+    return prepare_streams(inp.sources, inp.groups, inp.split, train_cfg, 0, counts, max_retries), counts, noise
+
+
+def prepare_streams(sources: list[tuple], groups: int, split: sh.VocabSplit, train_cfg: TrainConfig, epoch: int,
+                    counts: list, max_retries: int) -> StreamSet:
+    """One prep task per stream shard (its walks or tokens only); the driver gets the small infos."""
+    import ray
+    fn = remote(sh.prep_stream_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
+    extra = counts if train_cfg.sample > 0 else []
+    pairs = [fn.remote(split, groups, len(src), train_cfg, epoch, s, *src, *extra) for s, src in enumerate(sources)]
+    infos = ray.get([p[1] for p in pairs])
+    return StreamSet([p[0] for p in pairs], infos, sh.place_streams(infos))
+
+
+def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: StreamSet, cap: int = 20_000) -> None:
+    """Every remaining link on the progress board, so the ETA covers the whole run (skipped beyond
+    `cap` links: then the board knows the links that have started only)."""
+    S = len(streams.infos)
+    if (plan.total_steps - step0) * plan.P * S > cap:
+        return
+    for step in range(step0, plan.total_steps):
+        for i, j in sb.step_blocks(step, plan.P, plan.R)[2]:
+            for s, info in enumerate(streams.infos):
+                total = info["bucket_centres"][j] / plan.R / plan.P
+                progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
+
+
+def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: list, counts: list, *,
+                 run: Run | None, shards: tuple[list, list], step0: int, progress: Progress, cpus: int,
+                 max_retries: int) -> tuple[list, object, int]:
+    """Every block of every episode as a chain of link tasks over the stream shards, all submitted
+    at once (Ray runs a link when its tables exist); checkpoint commits chained in order."""
+    W_in, W_out = shards
+    link_fn = remote(sh.link_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
+    ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
+    stats_refs, round_refs, commit_ref, commits = [], [], None, 0
+    S = len(inp.sources)
+    for step in range(step0, plan.total_steps):
+        ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
+        if plan.train.sample > 0 and e == 0 and ep > 0:      # a new subsample per epoch
+            streams = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts, max_retries)
+        write = run is not None and is_checkpoint_step(plan.train.checkpoint, step + 1, plan.P, plan.steps_per_epoch)
+        for i, j in blocks:
+            for s in range(S):
+                ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1,
+                                                                 write and s == S - 1)
+                W_in[i], W_out[j], st = link_fn.remote(
+                    streams.refs[s], streams.places[s], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e,
+                    split=inp.split, threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
+                stats_refs.append(st)
+                round_refs.append(st)
+        if write:
+            commit_ref = ckpt_fn.remote(run.lake, run.checkpoint_dir, step + 1, plan.total_steps, plan.want,
+                                        commit_ref, *round_refs)
+            commits, round_refs = commits + 1, []
+    return stats_refs, commit_ref, commits
+
+
+def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None, max_retries: int
+                  ) -> tuple[list, dict]:
+    """The sharded engine on `train.workers` workers: (W_in refs per partition, training figures)."""
+    import ray
+    log = stage_logger()
+    if train_cfg.engine != "numba":
+        raise ValueError("sharded training (graph.shards > 1, or a corpus with train.workers > 1) runs the numba "
+                         "kernel; use train.engine=numba")
+    workers, t_all = train_cfg.workers, time.perf_counter()
+    cpus = int(stage_options("train").get("num_cpus") or max(1, cluster_cpus() // workers))
+    P, S = inp.split.parts, len(inp.sources)
+    streams, counts, noise = streams_and_noise(inp, train_cfg, max_retries)
+    plan = BlockPlan(P=P, R=train_cfg.rounds, total_steps=P * train_cfg.rounds * train_cfg.epochs, train=train_cfg,
+                     threads=train_cfg.threads or cpus,
+                     want={"fingerprint": sh.streams_fingerprint(streams.infos), "partitions": P, "streams": S,
+                           "split": inp.split.kind, "nodes": inp.split.vocab,
+                           **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
+    run = run if run is not None and run.checkpoints else None
+    W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
+    step0 = resumed or 0
+    if train_cfg.sample > 0 and 0 < step0 < plan.total_steps and step0 // plan.steps_per_epoch > 0:
+        streams = prepare_streams(inp.sources, inp.groups, inp.split, train_cfg, step0 // plan.steps_per_epoch,
+                                  counts, max_retries)     # resumed in a later epoch: that epoch's subsample
+    log.info(f"train: sharded, {S} stream shards, {workers} workers x {cpus} threads, P={P} {inp.split.kind} "
+             f"partitions, {plan.R} rounds -> {plan.total_steps} episodes of {P} blocks x {S} links; "
+             f"{streams.places[0].per_epoch:,} tokens per epoch")
+    progress, t0 = Progress("train", "tokens"), time.perf_counter()
+    register_links(progress, plan, step0, streams)
+    try:
+        stats_refs, commit_ref, commits = submit_links(inp, plan, streams, noise, counts, run=run,
+                                                       shards=(W_in, W_out), step0=step0, progress=progress,
+                                                       cpus=cpus, max_retries=max_retries)
+        progress.wait(stats_refs + ([commit_ref] if commit_ref is not None else []), log)
+    finally:
+        progress.close()
+    out = sharded_info(ray.get(stats_refs), plan, S, tokens_per_epoch=streams.places[0].per_epoch, step0=step0,
+                       resumed=resumed, workers=workers, cpus=cpus, commits=commits,
+                       seconds=time.perf_counter() - t0)
+    out["wall_s"] = round(time.perf_counter() - t_all, 3)
+    log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s on {workers} workers "
+             f"(P={P}, {S} shards), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
+    return W_in, out
+
+
+def sharded_info(stats: list[dict], plan: BlockPlan, shards: int, **kw) -> dict:
+    """block_info of the sharded engine: its first / last episode are P x S links."""
+    out = block_info(stats, plan, **kw)
+    n = plan.P * shards
+    loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss)) if ss else float("nan")  # noqa: E731
+    out.update(engine="numba-sharded", shards=shards, links=len(stats), loss_first=loss(stats[:n]),
+               loss_last=loss(stats[-n:]))
+    return out
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_sharded(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, train_cfg: TrainConfig,
+                  run: Run | None = None, max_retries: int = 3) -> StageResult:
+    """Sharded skip-gram on a graph of S shards: walk_refs holds one walks ref per graph shard
+    (k-major, walk_cfg.walks_per_node walks from each of its nodes). Returns StageResult(ref = one
+    ref per graph shard holding its nodes' embedding rows [hi - lo, dim], info); the full table is
+    never assembled. run: whose checkpoint folder holds the block checkpoints."""
+    S = graph.num_shards
+    if len(walk_refs) != S:
+        raise ValueError(f"sharded training needs one walks object per graph shard: {len(walk_refs)} for {S} shards")
+    P = sharded_partitions(train_cfg, S)
+    split = sh.VocabSplit("range", graph.num_nodes, P)
+    inp = ShardedInput([(w,) for w in walk_refs], walk_cfg.walks_per_node, split)
+    W_in, info = train_streams(inp, train_cfg, run=run, max_retries=max_retries)
+    m, lake = P // S, run.lake if run is not None and run.checkpoints else None
+    concat = remote(sh.concat_stage, "train", num_cpus=1, max_retries=max_retries)
+    tables = [W_in[s * m] if m == 1 and not isinstance(W_in[s * m], str) else concat.remote(lake, *W_in[s * m:(s + 1) * m])
+              for s in range(S)]
+    return StageResult(tables, info)

@@ -25,6 +25,10 @@ Distributed recipe (what ``fastrp`` does with ``partitions`` > 1, in one process
     m = merge_moments(column_moments(out[p]) for p)            # tiny, exact
     apply_standardize(out[p], *finalize_moments(m))
 
+Over graph shards, where no task may hold the whole CSR or the whole U_{k-1}, workers/fastrp/sharded.py
+runs the same recipe as blocked products: ``propagate_block`` adds one block of U_{k-1} at a time to a
+shard's row sums, and ``projection_rows_sparse`` draws a shard's rows of U_0 from its own degrees.
+
 Edge weights (``weights``, float32 per arc, None = unweighted) and iteration weights
 (``iteration_weights``, one per power of S) are different things; the names keep them apart.
 Directed graphs use out-neighbours (row i of A); degrees are weighted out-degrees.
@@ -49,6 +53,7 @@ __all__ = [
     "node_degrees", "partition_bounds", "standardize_columns", "column_moments",
     "merge_moments", "finalize_moments", "apply_standardize", "ColumnMoments", "NORMALIZATIONS",
     "SparseRows", "fastrp_init_sparse", "propagate_sparse_rows", "concat_sparse_rows", "densify",
+    "normalization_scales", "propagate_block", "projection_rows_sparse",
 ]
 
 NORMALIZATIONS = ("row", "sym", "none")
@@ -279,8 +284,25 @@ def fastrp_init_sparse(indptr: np.ndarray, indices: np.ndarray, weights: np.ndar
     """
     n = int(indptr.shape[0] - 1)
     ids = _rows_array(n, rows)
-    seed_key, threshold, all_nonzero, scale = _projection_params(n, dim, density, seed)
     deg = node_degrees(indptr, weights, rows=ids) if degrees is None else np.asarray(degrees, np.float64)[ids]
+    return projection_rows_sparse(n, ids, deg, dim, beta=beta, density=density, seed=seed, dtype=dtype,
+                                  threads=threads)
+
+
+def projection_rows_sparse(num_nodes: int, rows, row_degrees: np.ndarray, dim: int, *, beta: float = -0.64,
+                           density: float | None = None, seed: int = 0, dtype=np.float32,
+                           threads: int = 0) -> SparseRows:
+    """Rows ``rows`` of U_0 = diag(deg^beta) R as CSR, from those rows' degrees only.
+
+    What a graph shard computes for its own node range: it needs neither the other rows' degrees
+    nor the whole graph, only ``num_nodes`` (the default density is 1/sqrt(num_nodes)). Equal to
+    ``fastrp_init_sparse(..., rows=rows)`` bit for bit.
+    """
+    ids = _rows_array(int(num_nodes), rows)
+    deg = np.asarray(row_degrees, dtype=np.float64)
+    if deg.shape != ids.shape:
+        raise ValueError(f"row_degrees must have one value per row ({ids.shape[0]}), has {deg.shape}")
+    seed_key, threshold, all_nonzero, scale = _projection_params(int(num_nodes), dim, density, seed)
     deg = np.where(deg > 0, deg, 1.0)
     dt = np.dtype(dtype)
     # entry = (+-scale in dtype) * (deg^beta in dtype), the product fastrp_init's _scale_rows forms
@@ -312,8 +334,11 @@ def densify(R: SparseRows) -> np.ndarray:
     return out
 
 
-def _normalization_scales(normalization: str, degrees: np.ndarray, dtype):
-    """(row_scale, col_scale) so that S[i, j] = row_scale[i] * w_ij * col_scale[j]; None = ones."""
+def normalization_scales(normalization: str, degrees: np.ndarray | None, dtype):
+    """(row_scale, col_scale) so that S[i, j] = row_scale[i] * w_ij * col_scale[j]; None = ones.
+
+    Element-wise in the degrees: the scales of a shard's rows, from that shard's degrees, are the
+    same bits as the rows of the scales of all degrees."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if normalization == "none":
@@ -350,11 +375,51 @@ def _prefetch(typingctx, arr, idx):
 
 
 @njit(cache=True, inline="always")
-def _prefetch_row(indices, q, Uflat, dim):
+def _prefetch_row(indices, q, Uflat, dim, col_lo, col_hi):
+    """Prefetch the U row of arc q when its neighbour lies in the column block [col_lo, col_hi)."""
     if q < indices.shape[0]:
-        base = np.int64(indices[q]) * dim
-        for l in range(0, dim, 16):             # one hint per 64-byte line of float32 (two of float64)
-            _prefetch(Uflat, base + l)
+        j = np.int64(indices[q])
+        if col_lo <= j < col_hi:
+            base = (j - col_lo) * dim
+            for l in range(0, dim, 16):         # one hint per 64-byte line of float32 (two of float64)
+                _prefetch(Uflat, base + l)
+
+
+@njit(cache=True, inline="always")
+def _lower_bound(indices, a, b, v):
+    """First position in [a, b) whose (ascending) neighbour id is >= v."""
+    while a < b:
+        m = (a + b) >> 1
+        if indices[m] < v:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(cache=True, inline="always")
+def _row_segment(indptr, indices, i, blocked, col_lo, col_hi):
+    """Arcs [p, end) of row i whose neighbours lie in [col_lo, col_hi) (all arcs when not blocked)."""
+    p = indptr[i]
+    end = indptr[i + 1]
+    if blocked:
+        p = _lower_bound(indices, p, end, col_lo)
+        end = _lower_bound(indices, p, end, col_hi)
+    return p, end
+
+
+@njit(cache=True, inline="always")
+def _finish_row(o, i, row_start, row_scale, has_row, acc, has_acc, acc_w):
+    """After a row's last arc: scale it by row_scale[i], then acc += acc_w * row (fused accumulate)."""
+    dim = o.shape[0]
+    if has_row:
+        f = row_scale[i]
+        for k in range(dim):
+            o[k] = o[k] * f
+    if has_acc:                                  # fused accumulate_rows while the row is in cache
+        a = acc[i - row_start]
+        for k in range(dim):
+            a[k] += acc_w * o[k]
 
 
 _PREFETCH_ARCS = 8                             # prefetch the row of the arc this far ahead
@@ -362,26 +427,36 @@ _PREFETCH_ARCS = 8                             # prefetch the row of the arc thi
 
 @njit(parallel=True, cache=True)
 def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
-                      U, Uflat, one, row_start, chunks, out, acc, has_acc, acc_w):
+                      U, Uflat, one, row_start, chunks, out, acc, has_acc, acc_w, col_lo, col_hi, blocked,
+                      fresh, finish):
     """Four arcs per pass over the row (o = (((o + c0 u0) + c1 u1) + c2 u2) + c3 u3: the same
     additions in the same order as one arc at a time, so the same bits) with the rows of arcs
-    _PREFETCH_ARCS ahead prefetched: the gathers of U rows are latency bound once U leaves cache."""
+    _PREFETCH_ARCS ahead prefetched: the gathers of U rows are latency bound once U leaves cache.
+
+    U holds rows [col_lo, col_hi) of U_prev (col_scale likewise). With ``blocked``, only the arcs
+    into that block are added: a row's arcs are sorted by neighbour, so running the blocks of a
+    row in ascending order, the first with ``fresh`` (zero the row) and the last with ``finish``
+    (row scale, accumulate), adds the same products in the same order as one pass over all of U."""
     dim = U.shape[1]
     plain = not has_weights and not has_col
     for c in prange(chunks.shape[0] - 1):
         for i in range(chunks[c], chunks[c + 1]):
             o = out[i - row_start]
-            for k in range(dim):
-                o[k] = 0
-            p = indptr[i]
-            end = indptr[i + 1]
+            if fresh:
+                for k in range(dim):
+                    o[k] = 0
+            p, end = _row_segment(indptr, indices, i, blocked, col_lo, col_hi)
             while p + 4 <= end:
                 for t in range(4):
-                    _prefetch_row(indices, p + _PREFETCH_ARCS + t, Uflat, dim)
-                u0 = U[indices[p]]
-                u1 = U[indices[p + 1]]
-                u2 = U[indices[p + 2]]
-                u3 = U[indices[p + 3]]
+                    _prefetch_row(indices, p + _PREFETCH_ARCS + t, Uflat, dim, col_lo, col_hi)
+                j0 = indices[p] - col_lo
+                j1 = indices[p + 1] - col_lo
+                j2 = indices[p + 2] - col_lo
+                j3 = indices[p + 3] - col_lo
+                u0 = U[j0]
+                u1 = U[j1]
+                u2 = U[j2]
+                u3 = U[j3]
                 if plain:
                     for k in range(dim):
                         o[k] = (((o[k] + u0[k]) + u1[k]) + u2[k]) + u3[k]
@@ -396,16 +471,16 @@ def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col,
                         c2 = weights[p + 2]
                         c3 = weights[p + 3]
                     if has_col:
-                        c0 = c0 * col_scale[indices[p]]
-                        c1 = c1 * col_scale[indices[p + 1]]
-                        c2 = c2 * col_scale[indices[p + 2]]
-                        c3 = c3 * col_scale[indices[p + 3]]
+                        c0 = c0 * col_scale[j0]
+                        c1 = c1 * col_scale[j1]
+                        c2 = c2 * col_scale[j2]
+                        c3 = c3 * col_scale[j3]
                     for k in range(dim):
                         o[k] = (((o[k] + c0 * u0[k]) + c1 * u1[k]) + c2 * u2[k]) + c3 * u3[k]
                 p += 4
             while p < end:
-                _prefetch_row(indices, p + _PREFETCH_ARCS, Uflat, dim)
-                j = indices[p]
+                _prefetch_row(indices, p + _PREFETCH_ARCS, Uflat, dim, col_lo, col_hi)
+                j = indices[p] - col_lo
                 u = U[j]
                 if plain:
                     for k in range(dim):
@@ -419,30 +494,28 @@ def _spmm_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col,
                     for k in range(dim):
                         o[k] += coef * u[k]
                 p += 1
-            if has_row:
-                f = row_scale[i]
-                for k in range(dim):
-                    o[k] = o[k] * f
-            if has_acc:                          # fused accumulate_rows while the row is in cache
-                a = acc[i - row_start]
-                for k in range(dim):
-                    a[k] += acc_w * o[k]
+            if finish:
+                _finish_row(o, i, row_start, row_scale, has_row, acc, has_acc, acc_w)
 
 
 @njit(parallel=True, cache=True)
 def _spmm_sparse_rows_kernel(indptr, indices, weights, has_weights, col_scale, has_col, row_scale, has_row,
-                             r_ptr, r_cols, r_vals, one, row_start, chunks, out, acc, has_acc, acc_w):
-    """_spmm_rows_kernel with a CSR right-hand side: per output entry, the same products added in
-    the same (arc) order, only the exact zeros are skipped, so the result has the same bits."""
+                             r_ptr, r_cols, r_vals, one, row_start, chunks, out, acc, has_acc, acc_w,
+                             col_lo, col_hi, blocked, fresh, finish):
+    """_spmm_rows_kernel with a CSR right-hand side (rows [col_lo, col_hi) of U_0): per output
+    entry, the same products added in the same (arc) order, only the exact zeros are skipped, so
+    the result has the same bits. ``blocked``, ``fresh`` and ``finish`` as there."""
     dim = out.shape[1]
     plain = not has_weights and not has_col
     for c in prange(chunks.shape[0] - 1):
         for i in range(chunks[c], chunks[c + 1]):
             o = out[i - row_start]
-            for k in range(dim):
-                o[k] = 0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
+            if fresh:
+                for k in range(dim):
+                    o[k] = 0
+            p0, end = _row_segment(indptr, indices, i, blocked, col_lo, col_hi)
+            for p in range(p0, end):
+                j = indices[p] - col_lo
                 if plain:
                     for q in range(r_ptr[j], r_ptr[j + 1]):
                         o[r_cols[q]] += r_vals[q]
@@ -454,14 +527,8 @@ def _spmm_sparse_rows_kernel(indptr, indices, weights, has_weights, col_scale, h
                         coef = coef * col_scale[j]
                     for q in range(r_ptr[j], r_ptr[j + 1]):
                         o[r_cols[q]] += coef * r_vals[q]
-            if has_row:
-                f = row_scale[i]
-                for k in range(dim):
-                    o[k] = o[k] * f
-            if has_acc:                          # fused accumulate_rows while the row is in cache
-                a = acc[i - row_start]
-                for k in range(dim):
-                    a[k] += acc_w * o[k]
+            if finish:
+                _finish_row(o, i, row_start, row_scale, has_row, acc, has_acc, acc_w)
 
 
 def _chunks(indptr: np.ndarray, row_start: int, row_stop: int, threads: int) -> np.ndarray:
@@ -518,10 +585,20 @@ def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, nor
         raise ValueError(f"row range [{row_start}, {row_stop}) outside [0, {n})")
     indptr = np.asarray(indptr, dtype=np.int64)
     dtype = np.dtype(dtype)
-    shape = (row_stop - row_start, dim)
     if out is None:
-        out = np.empty(shape, dtype=dtype)
-    elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        out = np.empty((row_stop - row_start, dim), dtype=dtype)
+    if normalization != "none" and degrees is None:
+        degrees = node_degrees(indptr, weights)
+    row_scale, col_scale = normalization_scales(normalization, degrees, dtype)
+    return _spmm(indptr, indices, weights, U, R, dtype, dim, row_start, row_stop, row_scale, col_scale, out, acc,
+                 acc_weight, threads, col_lo=0, col_hi=n, blocked=False, fresh=True, finish=True)
+
+
+def _spmm(indptr, indices, weights, U, R, dtype, dim, row_start, row_stop, row_scale, col_scale, out, acc,
+          acc_weight, threads, *, col_lo, col_hi, blocked, fresh, finish):
+    """Checks the output arrays, then runs the dense (U) or sparse (R) kernel over rows [row_start, row_stop)."""
+    shape = (row_stop - row_start, dim)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous {dtype} {shape}")
     has_acc = acc is not None and acc_weight != 0
     if acc is None:
@@ -529,26 +606,53 @@ def _propagate(indptr, indices, weights, n, dtype, dim, row_start, row_stop, nor
     elif acc.shape != shape or acc.dtype != dtype or not acc.flags.c_contiguous:
         raise ValueError(f"accumulate_into must be C-contiguous {dtype} {shape}")
     acc_w = dtype.type(acc_weight)
-    if normalization != "none" and degrees is None:
-        degrees = node_degrees(indptr, weights)
-    row_scale, col_scale = _normalization_scales(normalization, degrees, dtype)
     empty = np.empty(0, dtype=dtype)
     # edge weights in U's dtype so the kernel's products stay in one precision
     w = empty if weights is None else np.ascontiguousarray(weights, dtype=dtype)
-    cs = empty if col_scale is None else col_scale
-    rs = empty if row_scale is None else row_scale
+    cs = empty if col_scale is None else np.ascontiguousarray(col_scale, dtype=dtype)
+    rs = empty if row_scale is None else np.ascontiguousarray(row_scale, dtype=dtype)
     nthreads = _threads_for(threads)
     chunks = _chunks(indptr, row_start, row_stop, nthreads)
+    flags = (np.int64(col_lo), np.int64(col_hi), bool(blocked), bool(fresh), bool(finish))
     with _threads(nthreads):
         if R is None:
             _spmm_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
                               rs, row_scale is not None, U, U.reshape(-1), dtype.type(1), int(row_start), chunks, out,
-                              acc, has_acc, acc_w)
+                              acc, has_acc, acc_w, *flags)
         else:
             _spmm_sparse_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
                                      rs, row_scale is not None, R.indptr, R.cols, R.vals, dtype.type(1),
-                                     int(row_start), chunks, out, acc, has_acc, acc_w)
+                                     int(row_start), chunks, out, acc, has_acc, acc_w, *flags)
     return out
+
+
+def propagate_block(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, block, col_lo: int,
+                    partial: np.ndarray, *, fresh: bool, finish: bool, row_scale: np.ndarray | None = None,
+                    col_scale: np.ndarray | None = None, accumulate_into: np.ndarray | None = None,
+                    accumulate_weight: float = 0.0, threads: int = 0) -> np.ndarray:
+    """One block of a blocked product S @ U_prev over the rows of one graph shard, in place in ``partial``.
+
+    indptr / indices / weights are a shard's CSR rows (local indptr, global neighbour ids sorted
+    within each row); ``block`` holds rows [col_lo, col_lo + len) of U_prev, dense [len, dim] or
+    ``SparseRows`` (U_0). Each row of ``partial`` gets the products of its arcs into that block,
+    added in arc order to what earlier blocks left (``fresh``: start from zero). Calling it for the
+    blocks of U_prev in ascending order, the last with ``finish`` (multiply by ``row_scale``, then
+    ``accumulate_into += accumulate_weight * row``), gives ``propagate_rows``' bits for these rows:
+    the same additions in the same order. ``row_scale`` covers the shard's rows and ``col_scale``
+    the block's (``normalization_scales``); None means ones.
+    """
+    indptr = np.asarray(indptr, dtype=np.int64)
+    rows = int(indptr.shape[0] - 1)
+    U, R = (None, block) if isinstance(block, SparseRows) else (np.ascontiguousarray(block), None)
+    dtype, dim = (R.vals.dtype, R.dim) if R is not None else (U.dtype, U.shape[1])
+    length = R.num_rows if R is not None else U.shape[0]
+    if col_scale is not None and len(col_scale) != length:
+        raise ValueError(f"col_scale must have one value per block row ({length}), has {len(col_scale)}")
+    if finish and row_scale is not None and len(row_scale) != rows:
+        raise ValueError(f"row_scale must have one value per shard row ({rows}), has {len(row_scale)}")
+    return _spmm(indptr, indices, weights, U, R, np.dtype(dtype), dim, 0, rows, row_scale, col_scale, partial,
+                 accumulate_into, accumulate_weight, threads, col_lo=int(col_lo), col_hi=int(col_lo) + length,
+                 blocked=True, fresh=fresh, finish=finish)
 
 
 @njit(parallel=True, cache=True)

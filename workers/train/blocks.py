@@ -39,6 +39,7 @@ import numpy as np
 from embedlake.config import TrainConfig
 from embedlake.lake import Lake
 
+from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
                                                 keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
                                                 using_numba_threads)
@@ -93,6 +94,15 @@ def assign_partitions(counts: np.ndarray, partitions: int, ns_exponent: float = 
     return part, local, sizes
 
 
+def range_partitions(vocab: int, partitions: int):
+    """P contiguous id ranges (graph shards' node ranges, workers/graph/shards.py), as
+    assign_partitions' (part, local, sizes): the sharded engine's partitions (workers/train/sharded.py)."""
+    starts = shard_starts(shard_bounds(int(vocab), int(partitions)))
+    ids = np.arange(int(vocab), dtype=np.int64)
+    part = owner_of(starts, ids)
+    return part.astype(np.int32), (ids - starts[part]).astype(np.int32), np.diff(starts).astype(np.int64)
+
+
 def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, sizes: np.ndarray,
                     ns_exponent: float = 0.75):
     """Alias tables of each partition's noise distribution over its local rows, concatenated:
@@ -133,6 +143,11 @@ def _bucket_positions(tokens, part, P):
     return out, cnt
 
 
+def bucket_by_partition(tpart: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, cbounds): stream positions grouped by their partition `tpart`, ascending inside each."""
+    return _bucket_positions(tpart, np.arange(int(partitions), dtype=np.int32), int(partitions))
+
+
 def compact_stream(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop padding (-1) so that windows are taken over real tokens only (as the single kernel does)."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
@@ -170,9 +185,10 @@ def stream_fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
 
 
 def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=None, ns_exponent: float = 0.75,
-                   sample: float = 0.0, seed: int = 0, epoch: int = 0) -> dict:
+                   sample: float = 0.0, seed: int = 0, epoch: int = 0, scheme: str = "balanced") -> dict:
     """Everything the blocks of an epoch share (read-only): stream, positions by centre partition,
-    the partition map and the per-partition noise tables. One object, put once in the object store."""
+    the partition map and the per-partition noise tables. One object, put once in the object store.
+    scheme: `balanced` (assign_partitions) or `range` (range_partitions, the sharded engine's)."""
     tokens, offsets = compact_stream(tokens, offsets)
     if len(tokens) and (tokens.max() >= vocab_size):
         raise ValueError("tokens must lie in [0, vocab_size) or be -1 (padding)")
@@ -183,7 +199,12 @@ def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=
     per_epoch = len(tokens)
     if sample > 0:
         tokens, offsets = subsample(tokens, offsets, counts, sample, seed, epoch)
-    part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
+    if scheme == "range":
+        part, local, sizes = range_partitions(vocab_size, partitions)
+    elif scheme == "balanced":
+        part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
+    else:
+        raise ValueError(f"partition scheme must be 'balanced' or 'range', not {scheme!r}")
     centres, cbounds = _bucket_positions(tokens, part, int(partitions))
     thr, idx, aoff = partition_noise(counts, part, local, sizes, ns_exponent)
     tloc = local[tokens]
@@ -228,11 +249,16 @@ def _mix(seed, epoch, pos, salt):
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, alias_thr, alias_idx,
                  sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, pos_scale, work_total, seed,
-                 epoch, nblocks, out_loss, out_pairs):
+                 epoch, nblocks, out_loss, out_pairs, gstart, gdelta):
     """Train the centres centres[c_lo:c_hi] (stream positions, ascending, all in this block's centre
     partition) against their contexts that lie in context partition `pi`. The stream comes as
     per-position shard rows `tloc` and partitions `tpart` (sequential reads instead of two random
-    lookups per context). W_in / W_out are the two shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs."""
+    lookups per context). W_in / W_out are the two shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs.
+
+    The stream may be one walk shard's piece of a longer virtual stream: local position p of group
+    g (positions [gstart[g], gstart[g+1])) stands at global position p + gdelta[g], and the window
+    draw, the negatives and the learning rate follow the global position, so a pair trains the same
+    way whichever shard holds it (one group [0, N) with delta 0: the stream is the whole stream)."""
     n = c_hi - c_lo
     dim = W_in.shape[1]
     K1 = negatives + 1
@@ -250,13 +276,18 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
         loss = 0.0
         pairs = 0
         s = 0
+        grp = 0
         if b > a:
             s = np.searchsorted(offsets, centres[a], side="right") - 1
+            grp = np.searchsorted(gstart, centres[a], side="right") - 1
         for k in range(a, b):
             p = centres[k]
             while offsets[s + 1] <= p:
                 s += 1
-            z = _mix(seed, epoch, p, 0)
+            while gstart[grp + 1] <= p:
+                grp += 1
+            gp = p + gdelta[grp]
+            z = _mix(seed, epoch, gp, 0)
             bw = 1 + np.int64(((z >> S32) * win_u) >> S32)
             lo = max(offsets[s], p - bw)
             hi = min(offsets[s + 1], p + bw + 1)
@@ -268,10 +299,10 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             if B == 0:
                 continue
             center = tloc[p]
-            lr = lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total
+            lr = lr0 - (lr0 - min_lr) * (pos_base + gp * pos_scale) / work_total
             if lr < min_lr:
                 lr = min_lr
-            state = _mix(seed, epoch, p, pi + 1)
+            state = _mix(seed, epoch, gp, pi + 1)
             state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
             loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
             pairs += B
@@ -281,6 +312,25 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
 
 # ----------------------------------------------------------------------------- one block
 
+@dataclass(frozen=True)
+class StreamPlace:
+    """Where one prepared stream sits in the virtual whole stream that positions (windows,
+    negatives, learning rate, rounds) refer to. Local positions [gstart[g], gstart[g+1]) of group g
+    stand at global positions + gdelta[g]. The in-process engine's stream is the whole stream (one
+    group, delta 0); a walk shard of the sharded engine (workers/train/sharded.py) has one group per
+    walk number, placed as in the one-CSR k-major stream."""
+    gstart: np.ndarray          # int64 [G + 1]
+    gdelta: np.ndarray          # int64 [G]
+    total: int                  # positions of the whole (subsampled) stream
+    per_epoch: int              # tokens of one epoch of the whole stream before subsampling
+
+
+def whole_stream(prep: dict) -> StreamPlace:
+    """The place of a stream that is the whole stream (prepare_blocks)."""
+    n = len(prep["tloc"])
+    return StreamPlace(np.array([0, n], np.int64), np.zeros(1, np.int64), n, int(prep["per_epoch"]))
+
+
 def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndarray, *, epoch: int, epochs: int,
                 episode: int = 0, rounds: int = 1, lr_schedule: str = "position", window: int = 10, negatives: int = 5, lr: float = 0.025, min_lr: float = 1e-4, seed: int = 0,
                 threads: int = 0, progress: Callable[[int, int, float], None] | None = None,
@@ -288,17 +338,29 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     """Train block (i, j) of `epoch` in place on the shards W_in_i (context partition i) and W_out_j
     (centre partition j); returns them with stats {centres, pairs, loss_sum, seconds}.
     progress(done_centres, total_centres, chunk_loss) is called between kernel calls."""
-    W_in_i = np.ascontiguousarray(W_in_i, dtype=np.float32)
-    W_out_j = np.ascontiguousarray(W_out_j, dtype=np.float32)
-    if not W_in_i.flags.writeable:
-        W_in_i = W_in_i.copy()
-    if not W_out_j.flags.writeable:
-        W_out_j = W_out_j.copy()
-    sig_tab, logsig_tab = sigmoid_tables()
-    c0, c1 = _block_centres(prep, j, episode, rounds)
     a0, a1 = int(prep["alias_off"][j]), int(prep["alias_off"][j + 1])
-    thr, idx = prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1]
-    pos_base, pos_scale, work_total = _lr_positions(prep, lr_schedule, epoch, epochs, episode, rounds)
+    noise = (prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1])
+    return train_bucket(prep, whole_stream(prep), noise, i, j, W_in_i, W_out_j, epoch=epoch, epochs=epochs,
+                        episode=episode, rounds=rounds, lr_schedule=lr_schedule, window=window,
+                        negatives=negatives, lr=lr, min_lr=min_lr, seed=seed, threads=threads, progress=progress,
+                        chunk_centres=chunk_centres)
+
+
+def train_bucket(stream: dict, place: StreamPlace, noise: tuple, i: int, j: int, W_in_i: np.ndarray,
+                 W_out_j: np.ndarray, *, epoch: int, epochs: int, episode: int = 0, rounds: int = 1,
+                 lr_schedule: str = "position", window: int = 10, negatives: int = 5, lr: float = 0.025,
+                 min_lr: float = 1e-4, seed: int = 0, threads: int = 0,
+                 progress: Callable[[int, int, float], None] | None = None,
+                 chunk_centres: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Block (i, j) over one stream's bucket j (its centres of partition j, this episode's round):
+    the flat arrays of one stream (tloc, tpart, offsets, centres, cbounds), where it sits in the
+    whole stream (`place`) and partition j's noise alias tables (thr, idx). Same return as train_block."""
+    W_in_i = writable_f32(W_in_i)
+    W_out_j = writable_f32(W_out_j)
+    sig_tab, logsig_tab = sigmoid_tables()
+    P = len(stream["cbounds"]) - 1
+    c0, c1 = bucket_slice(stream, place, j, episode // P, rounds)
+    pos_base, pos_scale, work_total = lr_positions(place, P, lr_schedule, epoch, epochs, episode, rounds)
     nthreads = numba_threads(threads)
     nblocks = 1 if nthreads == 1 else 4 * nthreads
     if chunk_centres is None:
@@ -310,10 +372,10 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     with using_numba_threads(nthreads):
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
-            _block_chunk(prep["tloc"], prep["tpart"], prep["offsets"], prep["centres"], lo, hi,
-                         int(i), W_in_i, W_out_j, thr, idx, sig_tab, logsig_tab, int(window), int(negatives),
-                         float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
-                         int(seed), int(epoch), nblocks, lb, pb)
+            _block_chunk(stream["tloc"], stream["tpart"], stream["offsets"], stream["centres"], lo, hi,
+                         int(i), W_in_i, W_out_j, noise[0], noise[1], sig_tab, logsig_tab, int(window),
+                         int(negatives), float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
+                         int(seed), int(epoch), nblocks, lb, pb, place.gstart, place.gdelta)
             cl, cp = float(lb.sum()), int(pb.sum())
             loss_sum += cl
             pairs += cp
@@ -325,29 +387,33 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     return W_in_i, W_out_j, stats
 
 
-def _block_centres(prep: dict, j: int, episode: int, rounds: int) -> tuple[int, int]:
-    """The slice [c0, c1) of prep["centres"] that block (., j) trains in this episode: partition j's
-    centres, and with rounds > 1 only those of round episode // P, the stream positions
-    [r N / R, (r + 1) N / R) (short episodes couple the shards more often)."""
-    c0, c1 = int(prep["cbounds"][j]), int(prep["cbounds"][j + 1])
+def writable_f32(W: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 table the kernel may update in place (object-store arrays are read-only)."""
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    return W if W.flags.writeable else W.copy()
+
+
+def bucket_slice(stream: dict, place: StreamPlace, j: int, r: int, rounds: int) -> tuple[int, int]:
+    """The slice [c0, c1) of stream["centres"] that block (., j) trains in round r: the stream's
+    centres of partition j and, with rounds > 1, only those at global positions
+    [r N / R, (r + 1) N / R) of the whole stream (short episodes couple the shards more often)."""
+    c0, c1 = int(stream["cbounds"][j]), int(stream["cbounds"][j + 1])
     if rounds > 1:
-        r = episode // len(prep["sizes"])
-        n_stream = len(prep["tloc"])
-        cj = prep["centres"][c0:c1]
-        lo_pos, hi_pos = n_stream * r // rounds, n_stream * (r + 1) // rounds
-        c0, c1 = c0 + int(np.searchsorted(cj, lo_pos)), c0 + int(np.searchsorted(cj, hi_pos))
+        cj = stream["centres"][c0:c1]
+        grp = np.searchsorted(place.gstart, cj, side="right") - 1
+        gj = cj + place.gdelta[grp] if len(place.gdelta) > 1 or place.gdelta[0] else cj
+        lo_pos, hi_pos = place.total * r // rounds, place.total * (r + 1) // rounds
+        c0, c1 = c0 + int(np.searchsorted(gj, lo_pos)), c0 + int(np.searchsorted(gj, hi_pos))
     return c0, c1
 
 
-def _lr_positions(prep: dict, lr_schedule: str, epoch: int, epochs: int, episode: int, rounds: int
-                  ) -> tuple[float, float, float]:
-    """(pos_base, pos_scale, work_total) of the kernel's linear lr decay, lr at stream position p =
+def lr_positions(place: StreamPlace, P: int, lr_schedule: str, epoch: int, epochs: int, episode: int,
+                 rounds: int) -> tuple[float, float, float]:
+    """(pos_base, pos_scale, work_total) of the kernel's linear lr decay, lr at global position p =
     lr0 - (lr0 - min_lr) * (pos_base + p * pos_scale) / work_total. pos_scale maps a subsampled
     stream back to original positions. 'position': each pair keeps its single-worker lr, so every
     episode restarts high; 'global': lr decays over the whole run, episode after episode."""
-    P = len(prep["sizes"])
-    n_stream = len(prep["tloc"])
-    per_epoch = int(prep["per_epoch"])
+    n_stream, per_epoch = int(place.total), int(place.per_epoch)
     pos_scale = per_epoch / n_stream if n_stream else 1.0
     if lr_schedule == "global":
         steps = P * rounds
@@ -365,7 +431,7 @@ def _lr_positions(prep: dict, lr_schedule: str, epoch: int, epochs: int, episode
 def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, counts=None, dim: int = 128,
                  window: int = 10, negatives: int = 5, ns_exponent: float = 0.75, epochs: int = 1,
                  lr: float = 0.025, min_lr: float = 1e-4, sample: float = 0.0, seed: int = 0, threads: int = 0,
-                 rounds: int = 1, lr_schedule: str = "position", on_episode: Callable[[int, int, list, list], None] | None = None,
+                 rounds: int = 1, lr_schedule: str = "position", scheme: str = "balanced", on_episode: Callable[[int, int, list, list], None] | None = None,
                  start: tuple[int, list, list] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The whole block schedule in this process, block after block (what the Ray driver in
     tasks/train.py does across workers). Same arguments and return value as ``train_sgns``.
@@ -377,7 +443,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1, partitions >= 1 required")
     P = int(partitions)
     prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
-                          sample=sample, seed=seed, epoch=0)
+                          sample=sample, seed=seed, epoch=0, scheme=scheme)
     if start is not None:
         step0, Win, Wout = start[0], list(start[1]), list(start[2])
     else:
@@ -390,7 +456,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         ep, e, blocks = step_blocks(step, P, rounds)
         if sample > 0 and e == 0 and ep > 0:
             prep = prepare_blocks(tokens, offsets, vocab_size, P, counts=counts, ns_exponent=ns_exponent,
-                                  sample=sample, seed=seed, epoch=ep)
+                                  sample=sample, seed=seed, epoch=ep, scheme=scheme)
         ls, ps = 0.0, 0
         for i, j in blocks:
             Win[i], Wout[j], st = train_block(prep, i, j, Win[i], Wout[j], epoch=ep, epochs=epochs, episode=e,

@@ -1,0 +1,135 @@
+"""Sharded skip-gram quality (issue 17): BlogCatalog, the same walks split into S graph shards,
+node-classification Micro-F1 of the sharded engine (workers/train/sharded.py, the in-process
+schedule of exactly the tasks tasks/train.py runs) against the one-table engine (train_sgns) and
+the block engine on one stream (blocks.train_blocks, balanced partitions), at 10 / 50 / 90 %.
+
+    .venv/bin/python bench/bench_sharded_train.py --shards 4 --walks 10 --length 40 --seeds 0 1
+
+Prints one JSON line per seed and a summary (mean differences to the one-table engine).
+--ray W: instead, time the Ray drivers on a local Ray of W CPUs with train.workers = W: the
+sharded engine (tasks/train.py train_sharded, S walk-shard objects) against the block engine
+(train_partitioned, one walks object, balanced partitions), same walks, same P; wall seconds
+of the train stage and Micro-F1 of both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedlake.config import TrainConfig
+from embedlake.workers.evaluate.classify import node_classification
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.shards import shard_bounds
+from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+from embedlake.workers.train import blocks as sb
+from embedlake.workers.train import sharded as sh
+from embedlake.workers.train.skipgram import train_sgns
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "blogcatalog"
+RATIOS = (0.1, 0.5, 0.9)
+
+
+def load():
+    e = np.loadtxt(DATA / "edges.tsv", skiprows=1, dtype=np.int64, ndmin=2)
+    lab = np.loadtxt(DATA / "labels.tsv", skiprows=1, dtype=np.int64, ndmin=2)
+    n = int(json.loads((DATA / "stats.json").read_text())["num_nodes"])
+    return build_csr(e[:, 0], e[:, 1], n), lab, n
+
+
+def micro(X, lab, repeats):
+    r = node_classification(X, lab[:, 0], lab[:, 1], ratios=RATIOS, repeats=repeats)
+    return {k: round(v, 4) for k, v in r["micro_f1"].items()}
+
+
+def one_seed(g, lab, n, args, seed):
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    tok, off = walks_to_sentences(W)
+    kw = dict(dim=args.dim, window=args.window, negatives=5, seed=seed, threads=args.threads)
+    out = {"seed": seed, "tokens": int(len(tok))}
+    t0 = time.perf_counter()
+    X1, _, _ = train_sgns(tok, off, n, **kw)
+    out["one_table_s"] = round(time.perf_counter() - t0, 1)
+    out["one_table"] = micro(X1, lab, args.repeats)
+    cube = W.reshape(args.walks, n, args.length)
+    shards = [(np.ascontiguousarray(cube[:, lo:hi].reshape(-1, args.length)),) for lo, hi in shard_bounds(n, args.shards)]
+    P = args.shards * args.per_shard
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds, threads=args.threads)
+    t0 = time.perf_counter()
+    Win, _, _ = sh.train_streams_local(shards, args.walks, sh.VocabSplit("range", n, P), tr, threads=args.threads)
+    out["sharded_s"] = round(time.perf_counter() - t0, 1)
+    out["sharded"] = micro(np.concatenate(Win), lab, args.repeats)
+    if args.blocks:
+        Xb, _, _ = sb.train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)
+        out["blocks"] = micro(Xb, lab, args.repeats)
+    return out
+
+
+def ray_timing(g, lab, n, args, seed):
+    """Wall time and Micro-F1 of train_sharded vs train_partitioned through Ray, same walks."""
+    import ray
+
+    from embedlake.config import WalkConfig
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    from embedlake.tasks.runtime import ensure_ray
+    from embedlake.tasks.train import train_partitioned, train_sharded
+    from embedlake.workers.graph.shards import split_csr
+    ensure_ray(num_cpus=args.ray)
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    cube = W.reshape(args.walks, n, args.length)
+    ids = np.arange(n, dtype=np.int64)
+    shards = [ShardRef(sd.lo, sd.hi, sd.num_arcs, ray.put(sd.as_tuple()), ray.put(ids[sd.lo:sd.hi]))
+              for sd in split_csr(g, shard_bounds(n, args.shards))]
+    graph = GraphHandle({"nodes": n, "version": "bench"}, None, ray.put(ids), None, shards)
+    walk_refs = [ray.put(np.ascontiguousarray(cube[:, s.lo:s.hi].reshape(-1, args.length))) for s in shards]
+    wcfg = WalkConfig(walks_per_node=args.walks, length=args.length)
+    P = args.shards * args.per_shard
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds,
+                     workers=args.ray, partitions=P, checkpoint="never")
+    out = {"seed": seed, "workers": args.ray, "shards": args.shards, "partitions": P}
+    for name, fn, refs in (("sharded", train_sharded, walk_refs), ("partitioned", train_partitioned, [ray.put(W)])):
+        t0 = time.perf_counter()
+        res = fn.fn(graph, refs, wcfg, tr, run=None)
+        X = np.concatenate(ray.get(res.ref)) if isinstance(res.ref, list) else ray.get(res.ref)
+        out[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        out[name] = micro(X, lab, args.repeats)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--per-shard", type=int, default=1, help="partitions per graph shard (m)")
+    ap.add_argument("--walks", type=int, default=10)
+    ap.add_argument("--length", type=int, default=40)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--blocks", action="store_true", help="also the one-stream block engine (balanced partitions)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--ray", type=int, default=0, help="time the Ray drivers on this many workers instead")
+    args = ap.parse_args()
+    g, lab, n = load()
+    if args.ray:
+        for seed in args.seeds:
+            print(json.dumps(ray_timing(g, lab, n, args, seed)), flush=True)
+        return
+    rows = []
+    for seed in args.seeds:
+        rows.append(one_seed(g, lab, n, args, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    diff = {r: round(float(np.mean([x["sharded"][str(r)] - x["one_table"][str(r)] for x in rows])), 4)
+            for r in RATIOS}
+    print(json.dumps({"summary": "mean Micro-F1 sharded - one-table", "shards": args.shards,
+                      "partitions": args.shards * args.per_shard, "seeds": args.seeds, "diff": diff}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Sharded block skip-gram (PyTorch-BigGraph buckets over walk shards): the compute pieces.
+
+Why: the block engine of blocks.py starts from ONE prepared object holding the whole token stream,
+which every block task reads, and ends by assembling the full [n, dim] table in one task. Here the
+stream stays in shards (one per graph shard's walks, or one per corpus token shard) and the table
+stays in partitions:
+
+* **Partitions from the id alone** (`VocabSplit`). Graphs: P = S x m contiguous node ranges,
+  `shard_bounds(n, P)`, so partition p lies inside graph shard p // m (s n / S = (s m) n / (S m)
+  exactly), node v's partition is one searchsorted over P + 1 bounds, a partition's rows are its
+  nodes in id order, and a graph shard's embedding rows are its m partitions concatenated.
+  Corpora: v mod P (`stride`), because corpus ids are sorted by frequency and ranges would put
+  every frequent word into partition 0; the corpus table is assembled by id afterwards.
+* **Prep per stream shard** (`prep_stream_stage`): one task per shard compacts its sentences and
+  groups its positions by centre partition (the buckets). Unigram counts are per-shard bincounts
+  per partition (`count_stage`), summed per partition into that partition's noise tables
+  (`noise_stage`): no task counts or holds all n nodes' noise.
+* **Buckets**: block (i, j) of an episode is a chain of `link_stage` tasks, one per stream shard,
+  each holding (that shard's prepared stream, W_in[i], W_out[j], partition j's noise); the chain
+  passes the two tables on. The kernel is blocks.py's `_block_chunk` through `train_bucket`.
+* **Global positions**: a stream shard is placed in the virtual stream of the one-CSR engine,
+  k-major over all nodes (walk k of every node of shard 0, of shard 1, ..., then walk k + 1), by
+  `place_streams`: windows, negatives, learning rates and rounds follow that global position. So
+  every pair trains with the same window, negatives and learning rate as in blocks.py on the
+  interleaved stream with the same partitions; with one stream shard the output is bit-identical
+  (one thread); with S shards only the order of updates inside a block differs (the chain visits
+  shard 0's centres of the round, then shard 1's, ... instead of ascending global position).
+
+Plain numpy / numba; tasks/train.py wraps the stage functions with `remote`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedlake.config import TrainConfig
+from embedlake.lake import Lake
+from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
+from embedlake.workers.train import blocks as sb
+from embedlake.workers.train.sgns_parts import build_alias, keep_thresholds
+
+
+@dataclass(frozen=True)
+class VocabSplit:
+    """How ids 0..vocab-1 fall into `parts` partitions, computed from the id alone: `range` (P
+    contiguous ranges, shard_bounds(vocab, P)) or `stride` (id mod P)."""
+    kind: str
+    vocab: int
+    parts: int
+
+    def __post_init__(self):
+        if self.kind not in ("range", "stride") or self.parts < 1:
+            raise ValueError(f"VocabSplit: kind range|stride and parts >= 1, not {self.kind!r}, {self.parts}")
+
+    @property
+    def starts(self) -> np.ndarray:
+        return shard_starts(shard_bounds(self.vocab, self.parts))
+
+    def sizes(self) -> np.ndarray:
+        """int64 [P]: rows of each partition."""
+        if self.kind == "range":
+            return np.diff(self.starts)
+        p = np.arange(self.parts, dtype=np.int64)
+        return np.maximum(0, (self.vocab - p + self.parts - 1) // self.parts)
+
+    def locate(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(partition, row inside it) of every token (ids >= 0)."""
+        t = np.asarray(tokens, dtype=np.int64)
+        if self.kind == "range":
+            starts = self.starts
+            part = owner_of(starts, t)
+            local = t - starts[part]
+        else:
+            part, local = t % self.parts, t // self.parts
+        pdt = np.uint8 if self.parts <= 255 else np.uint16
+        return part.astype(pdt), local.astype(np.int32)
+
+    def rows_of(self, p: int) -> np.ndarray:
+        """The ids of partition p's rows, in row order."""
+        if self.kind == "range":
+            s = self.starts
+            return np.arange(s[p], s[p + 1], dtype=np.int64)
+        return np.arange(p, self.vocab, self.parts, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- stream shards
+
+def source_sentences(parts: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A stream shard's sentences: one walk matrix (padded with -1) or a (tokens, offsets) pair."""
+    if len(parts) == 1:
+        from embedlake.workers.graph.walks import walks_to_sentences
+        return walks_to_sentences(parts[0])
+    tokens, offsets = parts
+    return np.asarray(tokens, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
+
+
+def partition_counts(split: VocabSplit, tokens: np.ndarray) -> list[np.ndarray]:
+    """Per partition, the count of each of its rows among `tokens` (padding ignored)."""
+    return counts_by_partition(split, *split.locate(tokens[tokens >= 0]))
+
+
+def counts_by_partition(split: VocabSplit, part: np.ndarray, local: np.ndarray) -> list[np.ndarray]:
+    """Counts of located tokens per partition: one bincount over (partition offset + row), cut per
+    partition (copies: each travels as its own object)."""
+    off = np.zeros(split.parts + 1, np.int64)
+    np.cumsum(split.sizes(), out=off[1:])
+    flat = np.bincount(off[part.astype(np.int64)] + local, minlength=int(off[-1])).astype(np.int64)
+    return [flat[off[p]:off[p + 1]].copy() for p in range(split.parts)]
+
+
+def count_stage(split: VocabSplit, *parts):
+    """One stream shard's token counts, one array per partition (a tuple of P, or the array when P = 1)."""
+    tokens, _ = source_sentences(parts)
+    counts = partition_counts(split, tokens)
+    return tuple(counts) if split.parts > 1 else counts[0]
+
+
+def split_counts_stage(split: VocabSplit, counts: np.ndarray):
+    """A vocabulary's counts (corpora: one array, held by the vocabulary already) per partition."""
+    out = [np.asarray(counts, dtype=np.int64)[split.rows_of(p)] for p in range(split.parts)]
+    return tuple(out) if split.parts > 1 else out[0]
+
+
+def noise_stage(ns_exponent: float, *shard_counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Partition p's counts summed over the stream shards, and its noise alias tables (thr, idx)
+    over its rows (count ** ns_exponent; uniform when the partition was never visited)."""
+    c = np.sum(np.stack(shard_counts), axis=0) if len(shard_counts) > 1 else np.asarray(shard_counts[0])
+    c = c.astype(np.int64, copy=False)
+    cf = c.astype(np.float64)
+    w = np.where(cf > 0, np.power(np.maximum(cf, 1e-300), ns_exponent), 0.0)
+    if w.sum() <= 0:
+        w = np.ones_like(w)
+    if len(w) == 0:
+        return c, (np.zeros(0, np.uint64), np.zeros(0, np.int32))
+    thr, idx = build_alias(w / w.sum())
+    return c, (thr, idx)
+
+
+def group_starts(offsets: np.ndarray, groups: int) -> np.ndarray:
+    """int64 [G + 1]: stream positions where each group of sentences begins (the sentences of a
+    walk shard are k-major: group k = walk k of each of its nodes); G = 1 for a corpus shard."""
+    rows = len(offsets) - 1
+    if groups < 1 or rows % groups:
+        raise ValueError(f"a stream shard of {rows} sentences cannot be cut into {groups} equal groups")
+    return np.ascontiguousarray(offsets[np.arange(groups + 1) * (rows // groups)], dtype=np.int64)
+
+
+def shard_subsample(tokens, offsets, counts, sample: float, seed: int, epoch: int, shard: int):
+    """word2vec subsampling of one stream shard, decided once per epoch for all blocks; its draws
+    come from (seed, epoch, shard), so they differ from blocks.subsample's one-stream draws."""
+    thr = keep_thresholds(counts, sample)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 7_654_321, int(epoch), 1 + int(shard)])
+    keep = rng.integers(0, 1 << 32, size=len(tokens), dtype=np.uint64) < thr[tokens]
+    csum = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum(keep, out=csum[1:])
+    return np.ascontiguousarray(tokens[keep]), csum[offsets]
+
+
+def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: TrainConfig, epoch: int, shard: int,
+                      *args) -> tuple[dict, dict]:
+    """One stream shard -> its bucketed stream (positions grouped by centre partition, rows and
+    partitions per position) and a small info dict for the driver. args: the shard's source
+    (`nsource` objects: walks, or tokens and offsets), then with train.sample > 0 the P partition
+    counts (the only vocabulary-sized input: 8 bytes per id, split in P objects)."""
+    tokens, offsets = sb.compact_stream(*source_sentences(args[:nsource]))
+    if len(tokens) and tokens.max() >= split.vocab:
+        raise ValueError(f"stream shard {shard}: token ids must lie in [0, {split.vocab})")
+    fingerprint = sb.stream_fingerprint(tokens, offsets)
+    group_tokens = np.diff(group_starts(offsets, groups))
+    if train.sample > 0:
+        counts = np.empty(split.vocab, np.int64)
+        for p, c in enumerate(args[nsource:]):
+            counts[split.rows_of(p)] = c
+        tokens, offsets = shard_subsample(tokens, offsets, counts, train.sample, train.seed, epoch, shard)
+    gstart = group_starts(offsets, groups)
+    tpart, tloc = split.locate(tokens)
+    del tokens
+    centres, cbounds = sb.bucket_by_partition(tpart, split.parts)
+    stream = {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds}
+    info = {"fingerprint": fingerprint, "gstart": gstart.tolist(), "group_tokens": group_tokens.tolist(),
+            "bucket_centres": np.diff(cbounds).tolist()}
+    return stream, info
+
+
+def prep_count_stage(split: VocabSplit, groups: int, nsource: int, train: TrainConfig, epoch: int, shard: int,
+                     *args) -> tuple:
+    """prep_stream_stage and count_stage from one read of the shard (train.sample == 0, where the
+    bucketed stream holds every token): (stream, info, *P partition counts)."""
+    if train.sample > 0:
+        raise ValueError("prep_count_stage: with subsampling the counts come before the prep (count_stage)")
+    stream, info = prep_stream_stage(split, groups, nsource, train, epoch, shard, *args)
+    return (stream, info, *counts_by_partition(split, stream["tpart"], stream["tloc"]))
+
+
+def place_streams(infos: list[dict]) -> list[sb.StreamPlace]:
+    """Each stream shard's place in the virtual whole stream: group g of shard s starts at the
+    lengths of all groups < g of every shard plus group g of shards < s (k-major, shard-minor: the
+    one-CSR engine's interleaved walk order)."""
+    lens = np.array([np.diff(i["gstart"]) for i in infos], dtype=np.int64)          # [S, G]
+    by_group = lens.T.reshape(-1)                                                    # g-major, s-minor
+    starts = np.concatenate([[0], np.cumsum(by_group)[:-1]]).reshape(lens.shape[1], lens.shape[0]).T
+    total = int(lens.sum())
+    per_epoch = int(sum(sum(i["group_tokens"]) for i in infos))
+    places = []
+    for s, info in enumerate(infos):
+        gstart = np.asarray(info["gstart"], dtype=np.int64)
+        places.append(sb.StreamPlace(gstart, (starts[s] - gstart[:-1]).astype(np.int64), total, per_epoch))
+    return places
+
+
+def streams_fingerprint(infos: list[dict]) -> str:
+    """What a checkpoint must match: every stream shard's exact tokens, in shard order."""
+    return hashlib.sha256("/".join(i["fingerprint"] for i in infos).encode()).hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------- one link of a block
+
+def link_stage(stream: dict, place: sb.StreamPlace, noise: tuple, i: int, j: int, w_in, w_out, train: TrainConfig,
+               epoch: int, episode: int, *, split: VocabSplit, threads: int = 0,
+               checkpoint: sb.BlockCheckpoint | None = None, reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Block (i, j) over one stream shard's bucket: the W_in[i] / W_out[j] it gets (arrays; None
+    on the first episode: initialised from the seed; a lake path when resumed) come back trained.
+    With checkpoint.write (the chain's last link at a checkpoint step) it writes them to the lake."""
+    t_start = time.time()
+    lake = Lake(checkpoint.lake) if checkpoint is not None else None
+    sizes = split.sizes()
+    w_in = sb.init_shards(sizes, train.dim, train.seed, i)[0] if w_in is None else w_in
+    w_out = sb.init_shards(sizes, train.dim, train.seed, j)[1] if w_out is None else w_out
+    w_in = lake.read_npy(w_in) if isinstance(w_in, str) else w_in
+    w_out = lake.read_npy(w_out) if isinstance(w_out, str) else w_out
+    P = split.parts
+    cb = (lambda done, total, loss: reporter(done / P, total / P, loss=loss)) if reporter is not None else None
+    W_in_i, W_out_j, stats = sb.train_bucket(
+        stream, place, noise, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode,
+        rounds=train.rounds, window=train.window, negatives=train.negatives, lr=train.lr, min_lr=train.min_lr,
+        seed=train.seed, threads=threads or 0, progress=cb)
+    if checkpoint is not None and checkpoint.write:
+        t0 = time.perf_counter()
+        lake.write_npy(sb.checkpoint_file(checkpoint.run_dir, checkpoint.step, "w_in", i), W_in_i)
+        lake.write_npy(sb.checkpoint_file(checkpoint.run_dir, checkpoint.step, "w_out", j), W_out_j)
+        stats["checkpoint_s"] = time.perf_counter() - t0
+    stats["t_start"], stats["t_end"], stats["pid"] = t_start, time.time(), os.getpid()
+    return W_in_i, W_out_j, stats
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def read_parts(lake, parts: tuple) -> list[np.ndarray]:
+    """Trained partitions; one given as a lake path (a resumed run whose training had finished) is read."""
+    lk = Lake(lake) if any(isinstance(w, str) for w in parts) else None
+    return [lk.read_npy(w) if isinstance(w, str) else w for w in parts]
+
+
+def concat_stage(lake, *w_in_parts) -> np.ndarray:
+    """A graph shard's embedding rows [hi - lo, dim]: its m consecutive range partitions, in order."""
+    parts = read_parts(lake, w_in_parts)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def assemble_split_stage(split: VocabSplit, lake, *w_in_parts) -> np.ndarray:
+    """Every partition -> the [vocab, dim] table in id order (corpora: their table is one object anyway)."""
+    parts = read_parts(lake, w_in_parts)
+    W = np.empty((split.vocab, parts[0].shape[1]), np.float32)
+    for p in range(split.parts):
+        W[split.rows_of(p)] = parts[p]
+    return W
+
+
+def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig, threads: int = 1,
+                        start: tuple[int, list, list] | None = None, stop: int | None = None
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """The whole sharded schedule in this process (tests, benchmarks): exactly the tasks the Ray
+    driver runs, in its order. start=(steps done, W_in partitions, W_out partitions) continues a
+    schedule, stop=k ends it after k episodes. Returns (W_in partitions, W_out partitions, {pairs,
+    loss_sum})."""
+    noise, preps = local_noise_and_streams(sources, groups, split, train)
+    step0, Win, Wout = start if start is not None else (0, [None] * split.parts, [None] * split.parts)
+    Win, Wout = list(Win), list(Wout)
+    pairs, loss = 0, 0.0
+    steps = split.parts * train.rounds
+    for step in range(step0, train.epochs * steps if stop is None else stop):
+        ep, e, blocks = sb.step_blocks(step, split.parts, train.rounds)
+        if preps is None or (e == 0 and train.sample > 0):
+            extra = [n[0] for n in noise] if train.sample > 0 else []
+            preps = [prep_stream_stage(split, groups, len(src), train, ep, s, *src, *extra)
+                     for s, src in enumerate(sources)]
+        places = place_streams([p[1] for p in preps])
+        for i, j in blocks:
+            for s, (stream, _) in enumerate(preps):
+                Win[i], Wout[j], st = link_stage(stream, places[s], noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
+                                                 split=split, threads=threads)
+                pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
+    return Win, Wout, {"pairs": pairs, "loss_sum": loss}
+
+
+def local_noise_and_streams(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig):
+    """(per-partition (counts, noise), the epoch-0 preps or None) as the Ray driver gets them:
+    prep and counts in one pass without subsampling, else the counts alone (preps come per epoch)."""
+    preps = None
+    if train.sample == 0:
+        outs = [prep_count_stage(split, groups, len(src), train, 0, s, *src) for s, src in enumerate(sources)]
+        per_shard, preps = [o[2:] for o in outs], [o[:2] for o in outs]
+    else:
+        per_shard = [count_stage(split, *src) for src in sources]
+        per_shard = [c if split.parts > 1 else (c,) for c in per_shard]
+    return [noise_stage(train.ns_exponent, *[c[p] for c in per_shard]) for p in range(split.parts)], preps
