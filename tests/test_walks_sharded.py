@@ -230,3 +230,26 @@ def test_owner_killed_mid_walk_walks_again_to_identical_walks(tmp_path):
     bounds = shard_bounds(g.num_nodes, 3)
     expected = np.concatenate(replicated_by_shard(g, bounds, 2, 10, 5, p=0.5, q=2.0, mode="node2vec"))
     np.testing.assert_array_equal(np.load(out), expected)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_checkpointed_shards_are_reused_by_a_rerun(ray_session, tmp_path):
+    """With the run's `walk` stage, every shard owner writes its walks as part <shard>; a re-run of
+    the same run id finds all of them and loads them instead of walking (identical walks)."""
+    from embedlake.lake import Lake
+    from embedlake.tasks.graph import walk_sharded, walk_spec
+    from embedlake.tasks.run import Run
+    ray = ray_session
+    g = GRAPHS["dead_ends"](False)
+    handle = sharded_handle(ray, g, 2)
+    cfg = WalkConfig(walks_per_node=2, length=8, seed=3)
+    spec = walk_spec(handle, cfg, "deepwalk", handle.shard_bounds)
+    first = walk_sharded.fn(handle, cfg, "deepwalk", stage=Run(Lake(str(tmp_path)), "ds", "deepwalk", "r1").stage(
+        "walk", spec))
+    assert first.info["walk_shards_reused"] == 0
+    again = walk_sharded.fn(handle, cfg, "deepwalk", stage=Run(Lake(str(tmp_path)), "ds", "deepwalk", "r1").stage(
+        "walk", spec))
+    assert again.info["walk_shards_reused"] == 2
+    for a, b in zip(ray.get(first.ref), ray.get(again.ref)):
+        np.testing.assert_array_equal(a, b)
+    assert_same_walks(g, ray.get(again.ref), handle.shard_bounds, 2, 8, 3, mode="deepwalk")
