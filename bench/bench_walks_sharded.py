@@ -4,9 +4,10 @@ partition, each reading the whole CSR) in the same script, on an R-MAT graph. Pr
 
     .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4]
 
-Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls
-(the sharded one includes starting its shard owners, which also build their alias tables and
-initial walkers). --in-process also times the rounds without Ray (sharded_random_walks, one thread)
+Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
+The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
+rows and build alias tables) as a pipeline run does, and with owners kept from the warm-up
+(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`. --in-process also times the rounds without Ray (sharded_random_walks, one thread)
 against random_walks (one thread): the engine's own overhead, without the cluster.
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main():
     ap.add_argument("--in-process", action="store_true")
     a = ap.parse_args()
     from embedlake.config import WalkConfig
-    from embedlake.tasks.graph import walk, walk_sharded
+    from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
     from embedlake.tasks.runtime import ensure_ray
     from embedlake.workers.graph.stages import partition_bounds
     g = rmat_graph(a.scale, a.edges, a.weighted)
@@ -95,19 +96,26 @@ def main():
         warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
         ray.get(walk.fn(one, warm, mode, bounds).ref)
         ray.get(walk_sharded.fn(sharded, warm, mode).ref)
-        rep_t, sh_t, info = [], [], {}
-        for _ in range(a.repeats):     # interleaved, so load changes hit both
+        owners = start_shard_owners(sharded, warm, mode)
+        ray.get(walk_sharded.fn(sharded, warm, mode, owners=owners).ref)
+        rep_t, sh_t, kept_t, info = [], [], [], {}
+        for _ in range(a.repeats):     # interleaved, so load changes hit all
             rep_t.append(timed(lambda: walk.fn(one, cfg, mode, bounds), ray)[0])
             t, r = timed(lambda: walk_sharded.fn(sharded, cfg, mode), ray)
             sh_t.append(t)
             info = r.info
+            kept_t.append(timed(lambda: walk_sharded.fn(sharded, cfg, mode, owners=owners), ray)[0])
+        for o in owners:
+            ray.kill(o)
         steps = info["walk_steps"]
         rep, sh = statistics.median(rep_t), statistics.median(sh_t)
         res[mode] = {"steps": steps, "replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
                      "ratio": round(rep / sh, 3), "replicated_s": [round(x, 3) for x in rep_t],
                      "sharded_s": [round(x, 3) for x in sh_t],
+                     "ratio_kept_owners": round(rep / statistics.median(kept_t), 3),
+                     "sharded_kept_owners_s": [round(x, 3) for x in kept_t],
                      **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries",
-                                             "owner_start_seconds", "walk_seconds")}}
+                                             "owner_start_seconds", "walk_seconds", "advance_critical_s")}}
         if a.in_process:
             res[mode]["in_process_one_thread"] = in_process(g, a.shards, cfg, mode)
     print(json.dumps(res))

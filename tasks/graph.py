@@ -189,7 +189,7 @@ def shard_actor_cpus(shards: int) -> float:
 
 @task(name="walk_sharded", cache_policy=NO_CACHE)
 def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=None,
-                 max_retries: int = 3) -> StageResult:
+                 max_retries: int = 3, owners: list | None = None) -> StageResult:
     """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
     once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
     shard owner as object refs; the driver only sees a small stats row per shard per round.
@@ -200,7 +200,10 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
     walks depend only on (seed, node, k), so the result is identical. stage (the run's `walk`
     stage): each shard's walks are checkpointed when done; a re-run loads them when every shard
     finished, and otherwise walks all shards again (walkers cross shards, so no shard's walks can
-    be finished without every shard's rounds)."""
+    be finished without every shard's rounds).
+
+    owners: shard owners from `start_shard_owners` (on this graph) to walk with instead of starting
+    new ones; they stay alive for the caller. A retry after a loss starts new ones."""
     import ray.exceptions as rex
     log = stage_logger()
     bounds = graph.shard_bounds
@@ -213,11 +216,12 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
                  f"walking every shard again")
     for attempt in range(max_retries + 1):
         try:
-            refs, info = _sharded_rounds(graph, walk_cfg, method, handle)
+            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners)
             break
         except (rex.RayActorError, rex.ObjectLostError) as err:
             if attempt >= max_retries:
                 raise
+            owners = None
             log.warning(f"walks (sharded): a shard owner or message was lost ({type(err).__name__}); "
                         f"walking again from the start ({attempt + 1}/{max_retries})")
     fault_point("after:walk")
@@ -234,23 +238,47 @@ def _load_walk_shards(handle, bounds, walk_cfg: WalkConfig, max_retries: int) ->
     return StageResult([p[0] for p in pairs], {"walk_shards": len(bounds), "walk_shards_reused": len(bounds)})
 
 
-def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle) -> tuple[list, dict]:
-    """One attempt: start the shard owners, run the rounds, keep the walk refs, stop the owners."""
+def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str):
+    """The WalkParams of a sharded walk (threads: the CPUs each shard owner gets)."""
+    from embedlake.workers.graph.sharded_walks import WalkParams
+    cpus = shard_actor_cpus(graph.num_shards)
+    return WalkParams(walk_cfg.walks_per_node, walk_cfg.length, walk_cfg.seed, walk_cfg.p, walk_cfg.q,
+                      walk_mode(method), threads=max(1, int(cpus)))
+
+
+def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None) -> list:
+    """One ShardWalker actor per graph shard, each fed only its shard's CSR ref and spread over the
+    cluster's nodes. `walk_sharded(owners=...)` can walk again with owners kept from an earlier
+    call (their CSR rows and alias tables are in place: no process start)."""
+    from embedlake.tasks.remote import remote_actor
+    from embedlake.workers.graph.sharded_walks import ShardWalker
+    bounds = graph.shard_bounds
+    csr_refs = [s.csr_ref for s in graph.shards] or [graph.csr_ref]
+    cpus = shard_actor_cpus(len(bounds))
+    params = shard_walk_params(graph, walk_cfg, method)
+    owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
+    return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+
+
+def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
+                    owners: list | None) -> tuple[list, dict]:
+    """One attempt: start the shard owners (or restart kept ones), run the rounds, keep the walk
+    refs, stop the owners this attempt started."""
     import time
 
     import ray
 
-    from embedlake.tasks.remote import remote_actor
-    from embedlake.workers.graph.sharded_walks import ShardWalker, WalkParams, run_rounds
+    from embedlake.workers.graph.sharded_walks import run_rounds
     log = stage_logger()
     bounds = graph.shard_bounds
-    csr_refs = [s.csr_ref for s in graph.shards] or [graph.csr_ref]
-    cpus = shard_actor_cpus(len(bounds))
-    params = WalkParams(walk_cfg.walks_per_node, walk_cfg.length, walk_cfg.seed, walk_cfg.p, walk_cfg.q,
-                        walk_mode(method), threads=max(1, int(cpus)))
-    owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
-    owners = [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+    kept = owners is not None
     t_start = time.perf_counter()
+    if kept:
+        params = shard_walk_params(graph, walk_cfg, method)
+        starting = [o.start.remote(params, handle) for o in owners]
+    else:
+        owners = start_shard_owners(graph, walk_cfg, method, handle)
+        starting = [o.__ray_ready__.remote() for o in owners]
     t0, last = t_start, [t_start]
 
     def call(shard, name, *args, returns):
@@ -265,12 +293,13 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
                      f"({int(stats[:, 1].sum()):,} waiting for an adjacency answer), {now - t0:.1f}s")
 
     try:
-        ray.get([o.__ray_ready__.remote() for o in owners])     # started: CSR rows fetched, alias and walkers built
+        ray.get(starting)     # started: CSR rows fetched, alias tables and walkers built
         t0 = last[0] = time.perf_counter()
         refs, info = run_rounds(call, ray.get, len(bounds), on_round)
     finally:
-        for o in owners:
-            ray.kill(o)
+        if not kept:
+            for o in owners:
+                ray.kill(o)
     tokens = info["walk_steps"]
     secs = time.perf_counter() - t0
     log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "

@@ -253,3 +253,24 @@ def test_checkpointed_shards_are_reused_by_a_rerun(ray_session, tmp_path):
     for a, b in zip(ray.get(first.ref), ray.get(again.ref)):
         np.testing.assert_array_equal(a, b)
     assert_same_walks(g, ray.get(again.ref), handle.shard_bounds, 2, 8, 3, mode="deepwalk")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_kept_owners_walk_again_with_other_settings(ray_session):
+    """Owners from start_shard_owners walk twice (DeepWalk, then node2vec with other lengths): the
+    second walk needs no new process and both match the replicated engine."""
+    from embedlake.tasks.graph import start_shard_owners, walk_sharded
+    ray = ray_session
+    g = GRAPHS["undirected"](True)
+    handle = sharded_handle(ray, g, 3)
+    first_cfg = WalkConfig(walks_per_node=2, length=6, seed=1)
+    owners = start_shard_owners(handle, first_cfg, "deepwalk")
+    try:
+        for cfg, method in ((first_cfg, "deepwalk"), (WalkConfig(walks_per_node=3, length=9, seed=4, p=0.5, q=2.0),
+                                                      "node2vec")):
+            res = walk_sharded.fn(handle, cfg, method, owners=owners)
+            assert_same_walks(g, ray.get(res.ref), handle.shard_bounds, cfg.walks_per_node, cfg.length, cfg.seed,
+                              p=cfg.p, q=cfg.q, mode=method)
+    finally:
+        for o in owners:
+            ray.kill(o)

@@ -36,6 +36,7 @@ Why it looks like this
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -503,15 +504,13 @@ class ShardWalker:
 
     def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams,
                  checkpoint: StageHandle | None = None):
-        params.check()
-        self.checkpoint = checkpoint
         indptr, indices, weights, directed = csr
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.lo, self.hi = (int(b) for b in bounds[shard])
         if self.indptr.shape[0] != self.hi - self.lo + 1 or self.indptr[-1] != self.indices.shape[0]:
             raise ValueError(f"shard {shard}: indptr must be int64[{self.hi - self.lo + 1}] ending at len(indices)")
-        self.shard, self.shards, self.params = int(shard), len(bounds), params
+        self.shard, self.shards = int(shard), len(bounds)
         self.num_nodes = int(bounds[-1][1])
         self.starts = shard_starts(bounds)
         self.symmetric = not bool(directed)
@@ -523,6 +522,15 @@ class ShardWalker:
                 self.table, self.rowsum = build_alias(self.indptr, self.indices, self.weights)
             else:
                 self.weights, self.table, self.rowsum = np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0)
+        self.start(params, checkpoint)
+
+    def start(self, params: WalkParams, checkpoint: StageHandle | None = None) -> None:
+        """Begin a walk (the constructor begins the first; an owner kept alive can walk again with
+        its CSR rows and alias tables already in place): output matrix and walkers from its nodes."""
+        params.check()
+        self.params, self.checkpoint = params, checkpoint
+        self.numba_threads = _threads(params.threads)
+        with self._threaded():
             self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
             self.pending = _initial_walkers(self.lo, self.hi, self.num_nodes, params.walks_per_node,
                                             np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
@@ -552,10 +560,12 @@ class ShardWalker:
 
     def advance(self, *mail) -> list:
         """One round: advance every walker here; returns S walker outboxes, S query outboxes and
-        stats int64 [moved, parked, tokens written (the start nodes count in the first round), finished]."""
+        stats int64 [moved, parked, tokens written (the start nodes count in the first round), finished,
+        microseconds this call took]."""
         S, P = self.shards, self.params
         if len(mail) != 2 * S:
             raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
+        t0 = time.perf_counter()
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
@@ -582,7 +592,7 @@ class ShardWalker:
                 self.segments[h].append((hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]))
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
-                          offsets[S + 2] - offsets[S + 1]], dtype=np.int64)
+                          offsets[S + 2] - offsets[S + 1], int((time.perf_counter() - t0) * 1e6)], dtype=np.int64)
         return outboxes + queries + [stats]
 
     def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
@@ -629,7 +639,8 @@ class ShardWalker:
                     _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
-        return [self.out, np.int64(np.count_nonzero(self.out >= 0))]
+        out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
+        return [out, np.int64(np.count_nonzero(out >= 0))]
 
 
 class _NumbaThreads:
@@ -659,16 +670,18 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
     send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
     shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
     shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
-    looks at). on_round(round, stats int64 [S, 4]). Returns (per shard its walks, info: rounds, walker
-    moves, adjacency queries, steps taken (tokens written after the start nodes))."""
+    looks at). on_round(round, stats int64 [S, 5]). Returns (per shard its walks, info: rounds, walker
+    moves, adjacency queries, tokens, and advance_critical_s: the sum over rounds of the slowest
+    shard's `advance` time, i.e. the rounds' compute on the critical path; the rest of their wall
+    time is messaging and waiting)."""
     S = shards
     walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
     answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
-    rounds, moved, queries, written = 0, 0, 0, 0
+    rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
     while True:
         outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
                      returns=2 * S + 1) for b in range(S)]
-        stats = np.array(fetch([o[2 * S] for o in outs]), dtype=np.int64).reshape(S, 4)
+        stats = np.array(fetch([o[2 * S] for o in outs]), dtype=np.int64).reshape(S, 5)
         walkers = [o[:S] for o in outs]
         if stats[:, 1].sum():
             answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
@@ -678,6 +691,7 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
         moved += int(stats[:, 0].sum())
         queries += int(stats[:, 1].sum())
         written += int(stats[:, 2].sum())
+        busiest += int(stats[:, 4].max())
         if on_round is not None:
             on_round(rounds, stats)
         if not stats[:, :2].sum():
@@ -688,7 +702,7 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
     if sum(tokens) != written:
         raise RuntimeError(f"sharded walks: {sum(tokens)} tokens collected, {written} walked")
     return [c[0] for c in homes], {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries,
-                                   "walk_steps": sum(tokens)}
+                                   "walk_steps": sum(tokens), "advance_critical_s": round(busiest / 1e6, 3)}
 
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
