@@ -249,7 +249,9 @@ def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str):
 def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None) -> list:
     """One ShardWalker actor per graph shard, each fed only its shard's CSR ref and spread over the
     cluster's nodes. `walk_sharded(owners=...)` can walk again with owners kept from an earlier
-    call (their CSR rows and alias tables are in place: no process start)."""
+    call (their CSR rows and alias tables are in place: no process start). Owners hold their CPUs
+    (shard_actor_cpus: the whole cluster's share) until the caller kills them: tasks that need CPUs
+    wait until then."""
     from embedlake.tasks.remote import remote_actor
     from embedlake.workers.graph.sharded_walks import ShardWalker
     bounds = graph.shard_bounds
