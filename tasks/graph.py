@@ -250,6 +250,142 @@ def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
     return gather(refs, "write walks (partitions)")
 
 
+# ---------------------------------------------------------------------------------------------
+# sharded walks (issue 17): one actor per graph shard, bulk-synchronous rounds
+# (imports are local to this block so the parts of issue 17 merge without touching each other)
+# ---------------------------------------------------------------------------------------------
+def shard_actor_cpus(shards: int) -> float:
+    """CPUs each shard owner asks for: an equal share of the cluster's CPUs (a whole number when
+    there is at least one per shard, so its numba kernels get that many threads; a fraction
+    otherwise, so S owners fit a small cluster at once: they must all be alive together)."""
+    import ray
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    share = total / max(1, shards)
+    return float(int(share)) if share >= 1 else max(0.0001, round(share, 4) - 0.0001)
+
+
+@task(name="walk_sharded", cache_policy=NO_CACHE)
+def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=None,
+                 max_retries: int = 3, owners: list | None = None) -> StageResult:
+    """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
+    once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
+    shard owner as object refs; the driver only sees a small stats row per shard per round.
+    Returns StageResult([one walks ref per shard: int32 [walks_per_node * (hi - lo), length], laid
+    out like random_walks from arange(lo, hi)], info).
+
+    A lost actor or object (node loss) re-runs the rounds from the start, up to max_retries times:
+    walks depend only on (seed, node, k), so the result is identical. stage (the run's `walk`
+    stage): each shard's walks are checkpointed when done; a re-run loads them when every shard
+    finished, and otherwise walks all shards again (walkers cross shards, so no shard's walks can
+    be finished without every shard's rounds).
+
+    owners: shard owners from `start_shard_owners` (on this graph) to walk with instead of starting
+    new ones; they stay alive for the caller. A retry after a loss starts new ones."""
+    import ray.exceptions as rex
+    log = stage_logger()
+    bounds = graph.shard_bounds
+    handle = stage.handle() if stage is not None else None
+    done = stage.finished_parts(len(bounds)) if handle is not None else set()
+    if handle is not None and len(done) == len(bounds):
+        return _load_walk_shards(handle, bounds, walk_cfg, max_retries)
+    if done:
+        log.info(f"resume: {len(done)}/{len(bounds)} walk shards were finished, but walkers cross shards: "
+                 f"walking every shard again")
+    for attempt in range(max_retries + 1):
+        try:
+            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners)
+            break
+        except (rex.RayActorError, rex.ObjectLostError) as err:
+            if attempt >= max_retries:
+                raise
+            owners = None
+            log.warning(f"walks (sharded): a shard owner or message was lost ({type(err).__name__}); "
+                        f"walking again from the start ({attempt + 1}/{max_retries})")
+    fault_point("after:walk")
+    return StageResult(refs, {"walk_shards": len(bounds), "walk_shards_reused": 0, **info})
+
+
+def _load_walk_shards(handle, bounds, walk_cfg: WalkConfig, max_retries: int) -> StageResult:
+    """Every shard's walks from the checkpoint of a killed run (walk/part-<shard>.npy)."""
+    stage_logger().info(f"resume: reusing all {len(bounds)} walk shards of the run's checkpoint")
+    load = remote(graph_stages.load_walk_partition, "walk", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = [load.remote(handle, i, rows=(hi - lo) * walk_cfg.walks_per_node, length=walk_cfg.length)
+             for i, (lo, hi) in enumerate(bounds)]
+    gather([p[1] for p in pairs], "walks (shards, reused)", unit_of=float, unit="steps")
+    return StageResult([p[0] for p in pairs], {"walk_shards": len(bounds), "walk_shards_reused": len(bounds)})
+
+
+def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str):
+    """The WalkParams of a sharded walk (threads: the CPUs each shard owner gets)."""
+    from embedlake.workers.graph.sharded_walks import WalkParams
+    cpus = shard_actor_cpus(graph.num_shards)
+    return WalkParams(walk_cfg.walks_per_node, walk_cfg.length, walk_cfg.seed, walk_cfg.p, walk_cfg.q,
+                      walk_mode(method), threads=max(1, int(cpus)))
+
+
+def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None) -> list:
+    """One ShardWalker actor per graph shard, each fed only its shard's CSR ref and spread over the
+    cluster's nodes. `walk_sharded(owners=...)` can walk again with owners kept from an earlier
+    call (their CSR rows and alias tables are in place: no process start). Owners hold their CPUs
+    (shard_actor_cpus: the whole cluster's share) until the caller kills them: tasks that need CPUs
+    wait until then."""
+    from embedlake.tasks.remote import remote_actor
+    from embedlake.workers.graph.sharded_walks import ShardWalker
+    bounds = graph.shard_bounds
+    csr_refs = [s.csr_ref for s in graph.shards] or [graph.csr_ref]
+    cpus = shard_actor_cpus(len(bounds))
+    params = shard_walk_params(graph, walk_cfg, method)
+    owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
+    return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+
+
+def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
+                    owners: list | None) -> tuple[list, dict]:
+    """One attempt: start the shard owners (or restart kept ones), run the rounds, keep the walk
+    refs, stop the owners this attempt started."""
+    import time
+
+    import ray
+
+    from embedlake.workers.graph.sharded_walks import run_rounds
+    log = stage_logger()
+    bounds = graph.shard_bounds
+    kept = owners is not None
+    t_start = time.perf_counter()
+    if kept:
+        params = shard_walk_params(graph, walk_cfg, method)
+        starting = [o.start.remote(params, handle) for o in owners]
+    else:
+        owners = start_shard_owners(graph, walk_cfg, method, handle)
+        starting = [o.__ray_ready__.remote() for o in owners]
+    t0, last = t_start, [t_start]
+
+    def call(shard, name, *args, returns):
+        refs = getattr(owners[shard], name).options(num_returns=returns).remote(*args)
+        return refs if returns > 1 else [refs]
+
+    def on_round(r, stats):
+        now = time.perf_counter()
+        if now - last[0] >= 5.0 or not stats[:, :2].sum():
+            last[0] = now
+            log.info(f"walks (sharded): round {r}, {int(stats[:, :2].sum()):,} walkers in flight "
+                     f"({int(stats[:, 1].sum()):,} waiting for an adjacency answer), {now - t0:.1f}s")
+
+    try:
+        ray.get(starting)     # started: CSR rows fetched, alias tables and walkers built
+        t0 = last[0] = time.perf_counter()
+        refs, info = run_rounds(call, ray.get, len(bounds), on_round)
+    finally:
+        if not kept:
+            for o in owners:
+                ray.kill(o)
+    tokens = info["walk_steps"]
+    secs = time.perf_counter() - t0
+    log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "
+             f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners")
+    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3)}
+
+
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_shards(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, table_refs: list,
                    max_retries: int = 3) -> list[dict]:

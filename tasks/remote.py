@@ -35,3 +35,16 @@ def remote(fn, stage: str | None = None, **options):
     if directory:
         fn = recorded(fn, stage, directory, options.get("num_returns", 1))
     return ray.remote(fn).options(**options)
+
+
+# options a Ray task takes but an actor does not (an actor's calls are not retried one by one: the
+# engines that use actors re-run their rounds instead)
+TASK_ONLY_OPTIONS = ("max_retries", "retry_exceptions", "num_returns")
+
+
+def remote_actor(cls, stage: str | None = None, **options):
+    """ray.remote(cls) as an actor class with the stage's defaults and the user's per-stage
+    overrides (task-only options such as max_retries dropped)."""
+    import ray
+    options.update(stage_options(stage))
+    return ray.remote(cls).options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})

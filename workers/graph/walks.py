@@ -28,7 +28,7 @@ from embedlake.config import WalkConfig
 
 __all__ = ["random_walks", "walk_steps", "walks_to_sentences", "build_alias", "walk_rng_key"]
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _K1 = np.uint64(0xD6E8FEB86659FD93)
@@ -36,9 +36,9 @@ _K2 = np.uint64(0xCA5A826395121157)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_S32 = np.uint64(32)
+S32 = np.uint64(32)
 _S11 = np.uint64(11)
-_LO32 = np.uint64(0xFFFFFFFF)
+LO32 = np.uint64(0xFFFFFFFF)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 MODES = ("deepwalk", "node2vec")
@@ -46,38 +46,38 @@ MODES = ("deepwalk", "node2vec")
 
 # ---------------------------------------------------------------------------------------------
 # counter-based RNG (splitmix64). State is a uint64 carried in local variables: `s += GOLDEN;
-# r = _mix(s)` is one draw. Helpers return the new state so loops stay register-only.
+# r = mix(s)` is one draw. Helpers return the new state so loops stay register-only.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _mix(z):
+def mix(z):
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
 
 
 @njit(cache=True, inline="always")
-def _walk_key(seed, v, k):
+def walk_key(seed, v, k):
     """Initial generator state of walk k from node v (a hash of (seed, v, k))."""
-    h = _mix(np.uint64(seed) ^ _K1)
-    h = _mix(h ^ (np.uint64(v) * _K2 + _GOLDEN))
-    h = _mix(h ^ (np.uint64(k) * _M1 + _K1))
+    h = mix(np.uint64(seed) ^ _K1)
+    h = mix(h ^ (np.uint64(v) * _K2 + GOLDEN))
+    h = mix(h ^ (np.uint64(k) * _M1 + _K1))
     return h
 
 
 @njit(cache=True, inline="always")
-def _randint(r, d):
+def randint(r, d):
     """Uniform int in [0, d) from the high 32 bits of r (Lemire; d < 2**32, bias < d / 2**32)."""
-    return np.int64(((r >> _S32) * np.uint64(d)) >> _S32)
+    return np.int64(((r >> S32) * np.uint64(d)) >> S32)
 
 
 @njit(cache=True, inline="always")
-def _uniform(r):
+def uniform(r):
     """Uniform float64 in [0, 1) from the high 53 bits of r."""
     return np.float64(r >> _S11) * _INV53
 
 
 @njit(cache=True, inline="always")
-def _find(indices, lo, hi, x):
+def find_sorted(indices, lo, hi, x):
     """Position of x in the sorted slice indices[lo:hi], or -1. Plain binary search with early
     exit: measured faster here than a branch-free halving (which always runs log2(d) levels)."""
     while lo < hi:
@@ -149,7 +149,7 @@ def _build_alias(indptr, indices, weights, chunk):
             for j in range(d):
                 thr = prob[j] * 4294967296.0
                 t32 = np.uint64(4294967295) if thr >= 4294967295.0 else np.uint64(thr)
-                table[lo + j] = (t32 << _S32) | np.uint64(indices[lo + alias[j]])
+                table[lo + j] = (t32 << S32) | np.uint64(indices[lo + alias[j]])
     return table, rowsum
 
 
@@ -177,26 +177,26 @@ def build_alias(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, ch
 # step kernels
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _first_order(indptr, indices, weights, table, weighted, need_w, v, s):
+def first_order_step(indptr, indices, weights, table, weighted, need_w, v, s):
     """One first-order step from v: (next node or -1 at a dead end, weight of the arc taken,
     new rng state)."""
     lo = indptr[v]
     d = indptr[v + 1] - lo
     if d == 0:
         return np.int64(-1), 0.0, s
-    s += _GOLDEN
-    r = _mix(s)
-    j = _randint(r, d)
+    s += GOLDEN
+    r = mix(s)
+    j = randint(r, d)
     x = np.int64(indices[lo + j])
     if weighted:
         e = table[lo + j]
-        keep = (r & _LO32) < (e >> _S32)     # low half of the same draw is the alias coin
+        keep = (r & LO32) < (e >> S32)     # low half of the same draw is the alias coin
         if need_w:
             if keep:
                 return x, np.float64(weights[lo + j]), s
-            x = np.int64(e & _LO32)
-            return x, np.float64(weights[_find(indices, lo, lo + d, x)]), s
-        x = x if keep else np.int64(e & _LO32)
+            x = np.int64(e & LO32)
+            return x, np.float64(weights[find_sorted(indices, lo, lo + d, x)]), s
+        x = x if keep else np.int64(e & LO32)
     return x, 1.0, s
 
 
@@ -218,7 +218,7 @@ def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, 
         if symmetric:
             w_vt = w_tv
         else:
-            pos = _find(indices, lo, hi, t)
+            pos = find_sorted(indices, lo, hi, t)
             if pos >= 0:
                 w_vt = np.float64(weights[pos]) if weighted else 1.0
         extra = w_vt * (inv_p - env)
@@ -232,20 +232,20 @@ def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, 
     thi = indptr[t + 1]
     while True:
         if extra > 0.0:
-            s += _GOLDEN
-            if _uniform(_mix(s)) * box < extra:
+            s += GOLDEN
+            if uniform(mix(s)) * box < extra:
                 return np.int64(t), w_tv, s
-        s += _GOLDEN
-        r = _mix(s)
-        j = _randint(r, d)
+        s += GOLDEN
+        r = mix(s)
+        j = randint(r, d)
         x = np.int64(indices[lo + j])
         if weighted:
             e = table[lo + j]
-            if (r & _LO32) >= (e >> _S32):
-                x = np.int64(e & _LO32)
+            if (r & LO32) >= (e >> S32):
+                x = np.int64(e & LO32)
                 j = -1
-        s += _GOLDEN
-        u = _uniform(_mix(s))
+        s += GOLDEN
+        u = uniform(mix(s))
         if x == t:
             if u < ret_acc:
                 return x, w_tv, s   # need_w implies symmetric: w(v, t) = w(t, v)
@@ -253,7 +253,7 @@ def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, 
         if not (u < lo_acc):     # else accepted whatever the adjacency: skip the search
             if adj_acc == far_acc:
                 continue
-            if _find(indices, tlo, thi, x) >= 0:
+            if find_sorted(indices, tlo, thi, x) >= 0:
                 if not (u < adj_acc):
                     continue
             elif not (u < far_acc):
@@ -262,7 +262,7 @@ def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, 
         if not need_w:
             return x, 1.0, s
         if j < 0:
-            j = _find(indices, lo, hi, x) - lo
+            j = find_sorted(indices, lo, hi, x) - lo
         return x, np.float64(weights[lo + j]), s
 
 
@@ -291,7 +291,7 @@ def _walk_kernel(indptr, indices, weights, table, rowsum, weighted, second, symm
             r = r0 + a
             k = r // ns
             v = starts[r - k * ns]
-            state[a] = _walk_key(seed, v, k + walk_offset)
+            state[a] = walk_key(seed, v, k + walk_offset)
             out[r, 0] = v
             cur[a] = v
             prev[a] = -1
@@ -309,7 +309,7 @@ def _walk_kernel(indptr, indices, weights, table, rowsum, weighted, second, symm
                                                symmetric, need_w, prev[a], c, wlast[a], s, inv_p, inv_q, env,
                                                inv_env)
                 else:
-                    nxt, wa, s = _first_order(indptr, indices, weights, table, weighted, need_w, c, s)
+                    nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, need_w, c, s)
                 state[a] = s
                 wlast[a] = wa
                 out[r0 + a, step] = nxt
@@ -403,7 +403,7 @@ def walk_rng_key(seed: int, v: int, k: int) -> int:
 
 @njit(cache=True)
 def _walk_key_py(seed, v, k):
-    return _walk_key(seed, v, k)
+    return walk_key(seed, v, k)
 
 
 # ---------------------------------------------------------------------------------------------

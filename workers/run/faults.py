@@ -18,6 +18,8 @@ Points (docs/reliability.md, "Fault hooks used by tests"):
     after:walk                 the driver, once every walk partition exists (and is checkpointed)
     after:walk_stage           any walk task (partitions and streamed rounds), walks computed, not returned
     after:walk_partition:<i>   the Ray task of walk partition i, after its checkpoint is written
+    walk_sharded_round:<r>     every shard owner of the sharded walks (workers/graph/sharded_walks.py),
+                               as it starts round r (1-based)
     after:train_epoch:<k>      the training task (graph one-table and corpus runs), after epoch k
                                (1-based) and its checkpoint
     after:stream_round:<r>     streamed training, after round r (1-based) and its checkpoint

@@ -1,0 +1,127 @@
+"""Walk steps/s of the sharded walk engine (tasks/graph.walk_sharded: one actor per graph shard,
+bulk-synchronous rounds) against the replicated one (tasks/graph.walk: one task per start-node
+partition, each reading the whole CSR) in the same script, on an R-MAT graph. Prints one JSON object.
+
+    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4]
+
+Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
+The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
+rows and build alias tables) as a pipeline run does, and with owners kept from the warm-up
+(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`. --in-process also times the rounds without Ray (sharded_random_walks, one thread)
+against random_walks (one thread): the engine's own overhead, without the cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def rmat_graph(scale: int, edges: int, weighted: bool):
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.synthetic import rmat_edges
+    src, dst = rmat_edges(scale, edges, seed=1)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    w = np.random.default_rng(2).uniform(0.1, 3.0, src.size) if weighted else None
+    return build_csr(src, dst, 1 << scale, weights=w)
+
+
+def handles(ray, g, shards: int):
+    """(one-CSR GraphHandle, S-shard GraphHandle) of the same graph."""
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    from embedlake.workers.graph.shards import shard_bounds, split_csr
+    ids = np.arange(g.num_nodes, dtype=np.int64)
+    meta = {"nodes": g.num_nodes, "arcs": g.num_arcs, "version": "bench", "stats": {"weighted": g.weights is not None}}
+    one = GraphHandle(meta, ray.put((g.indptr, g.indices, g.weights, g.directed)), ray.put(ids), None)
+    refs = [ShardRef(s.lo, s.hi, s.num_arcs, ray.put(s.as_tuple()), ray.put(ids[s.lo:s.hi]))
+            for s in split_csr(g, shard_bounds(g.num_nodes, shards))]
+    return one, GraphHandle(meta, None, ray.put(ids), None, refs)
+
+
+def timed(fn, ray):
+    t = time.perf_counter()
+    res = fn()
+    ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
+    return time.perf_counter() - t, res
+
+
+def in_process(g, shards: int, cfg, mode: str) -> dict:
+    from embedlake.workers.graph.shards import shard_bounds, split_csr
+    from embedlake.workers.graph.sharded_walks import sharded_random_walks
+    from embedlake.workers.graph.walks import random_walks
+    parts = split_csr(g, shard_bounds(g.num_nodes, shards))
+    kw = dict(p=cfg.p, q=cfg.q, mode=mode)
+    t = time.perf_counter()
+    W = random_walks(g.indptr, g.indices, g.weights, np.arange(g.num_nodes), cfg.walks_per_node, cfg.length,
+                     cfg.seed, threads=1, symmetric=True, **kw)
+    rep = time.perf_counter() - t
+    steps = int(np.count_nonzero(W >= 0))
+    del W
+    t = time.perf_counter()
+    sharded_random_walks(parts, cfg.walks_per_node, cfg.length, cfg.seed, threads=1, **kw)
+    sh = time.perf_counter() - t
+    return {"replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
+            "ratio": round(rep / sh, 3)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=int, default=17)
+    ap.add_argument("--edges", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--walks", type=int, default=10)
+    ap.add_argument("--length", type=int, default=80)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--weighted", action="store_true")
+    ap.add_argument("--in-process", action="store_true")
+    a = ap.parse_args()
+    from embedlake.config import WalkConfig
+    from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
+    from embedlake.tasks.runtime import ensure_ray
+    from embedlake.workers.graph.stages import partition_bounds
+    g = rmat_graph(a.scale, a.edges, a.weighted)
+    ray = ensure_ray()
+    one, sharded = handles(ray, g, a.shards)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    bounds = partition_bounds(g.num_nodes, cpus)
+    res = {"nodes": g.num_nodes, "arcs": g.num_arcs, "shards": a.shards, "cluster_cpus": cpus,
+           "machine_cpus": os.cpu_count(), "walks_per_node": a.walks, "length": a.length, "weighted": a.weighted}
+    for mode, p, q in (("deepwalk", 1.0, 1.0), ("node2vec", 0.25, 4.0)):
+        cfg = WalkConfig(walks_per_node=a.walks, length=a.length, seed=0, p=p, q=q)
+        warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
+        ray.get(walk.fn(one, warm, mode, bounds).ref)
+        ray.get(walk_sharded.fn(sharded, warm, mode).ref)
+        rep_t, sh_t, kept_t, info = [], [], [], {}
+        for _ in range(a.repeats):     # interleaved, so load changes hit both
+            rep_t.append(timed(lambda: walk.fn(one, cfg, mode, bounds), ray)[0])
+            t, r = timed(lambda: walk_sharded.fn(sharded, cfg, mode), ray)
+            sh_t.append(t)
+            info = r.info
+        # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
+        owners = start_shard_owners(sharded, warm, mode)
+        ray.get(walk_sharded.fn(sharded, warm, mode, owners=owners).ref)
+        for _ in range(a.repeats):
+            kept_t.append(timed(lambda: walk_sharded.fn(sharded, cfg, mode, owners=owners), ray)[0])
+        for o in owners:
+            ray.kill(o)
+        steps = info["walk_steps"]
+        rep, sh = statistics.median(rep_t), statistics.median(sh_t)
+        res[mode] = {"steps": steps, "replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
+                     "ratio": round(rep / sh, 3), "replicated_s": [round(x, 3) for x in rep_t],
+                     "sharded_s": [round(x, 3) for x in sh_t],
+                     "ratio_kept_owners": round(rep / statistics.median(kept_t), 3),
+                     "sharded_kept_owners_s": [round(x, 3) for x in kept_t],
+                     **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries",
+                                             "owner_start_seconds", "walk_seconds", "advance_critical_s")}}
+        if a.in_process:
+            res[mode]["in_process_one_thread"] = in_process(g, a.shards, cfg, mode)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

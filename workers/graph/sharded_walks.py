@@ -1,0 +1,721 @@
+"""Sharded random walks: each graph shard advances the walkers standing on its nodes, in
+bulk-synchronous rounds (KnightKing style), and no one holds the whole graph.
+
+Why it looks like this
+- A walker is a small record (`WALKER`: walk id, current and previous node, last arc weight,
+  generator state, step). In a round, a shard advances every walker it holds AS MANY STEPS AS IT
+  CAN while the walker stays on the shard's nodes; a walker that steps onto another shard's node is
+  put in that shard's outbox, and the outboxes are the next round's inboxes.
+- Same numbers as the replicated engine (workers/graph/walks.py): walk k from v starts from the
+  generator state `walk_key(seed, v, k)` and every step makes the same draws as `first_order_step` /
+  `_second_order` there, so DeepWalk (uniform and weighted: a shard's alias rows are built from
+  its own rows, and a row's alias table depends only on that row) and node2vec are bit-identical to
+  `random_walks` at the same seed, whatever the number of shards.
+- node2vec's "is x adjacent to t" needs t's neighbour list, owned by t's shard. When t is remote,
+  the walker parks on its shard with its rejection-loop state (candidate x, its slot, the coin u,
+  the generator state after those draws) and a query (t, x) goes to t's owner; the answer comes
+  back in the next round and the loop resumes exactly where `_second_order` would have gone on.
+  The lazy test (only when the coin falls between the two acceptance levels) keeps queries rare.
+- Where the visited nodes go: walkers do NOT carry their path. A shard writes the nodes it visits
+  for walkers that start on it straight into its output matrix, and keeps a segment (walk id, first
+  step, count, nodes) for walkers of other shards; one final exchange sends each shard's segments
+  home. Bytes moved: a walker record is 48 bytes per move and a visited node is sent at most once
+  (4 bytes + a 24-byte header per segment). Carrying the path would move the whole prefix on every
+  move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
+  length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
+  A walker of another shard gets a bounded room per round (SEGMENT_ROOM nodes; one that fills it
+  goes on next round), so a round's scratch memory is O(walkers), not O(walkers x length).
+- A round is `advance` on every shard (one numba kernel, prange over walkers: a plain loop for
+  first-order walks, lockstep groups for node2vec; then an O(walkers) counting sort by destination)
+  and, for node2vec, `answer` on every shard (the adjacency queries of that round). `run_rounds`
+  drives the rounds through a `call` function, so the same driver runs shards in-process
+  (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
+  message passes from shard owner to shard owner as an object ref and the driver reads only a
+  stats row per shard per round. No message is bigger than the walkers of one shard (48 bytes
+  each) or one shard's segments; a shard's walk matrix is the one big result.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from embedlake.lake import Lake
+from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
+from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias, find_sorted, first_order_step, mix,
+                                           randint, uniform, walk_key)
+from embedlake.workers.run.checkpoints import StageHandle
+from embedlake.workers.run.faults import fault_point
+
+__all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
+
+# One walker in flight: g = k * num_nodes + start node (walk k from start; the home shard's row
+# follows), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
+# (seeds node2vec's return box), state = generator state, step = position of `cur` in the walk.
+WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8"), ("state", "<u8"),
+                   ("step", "<i8")])
+WALKER_NB = numba.from_dtype(WALKER)
+# What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
+# draw), coin u; its record's state is the generator state after those draws.
+PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
+# Segments of visited nodes kept for another shard travel as headers int64 [m, 3] (walk id, position
+# of the first node, count) and the nodes back to back (int32).
+# A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
+QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
+# How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
+# adjacency answer); a value >= 0 is the shard it moved to.
+FINISHED = -1
+PARKED = -2
+# walkers advanced in lockstep per thread (as random_walks' `group`): overlaps their cache misses
+LOCKSTEP_GROUP = 32
+GROUPS_PER_CHUNK = 64       # groups per parallel task of the kernel (scratch arrays allocated once per chunk)
+# The most nodes a walker of another shard writes here in one round (the room kept for it): bounds
+# a round's scratch memory to SEGMENT_ROOM int32 per such walker; one that fills it goes on in the
+# next round (rare: a walker leaves a shard after about S / (S - 1) steps on a node-range sharding).
+SEGMENT_ROOM = 16
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """What determines the walks (as in `random_walks`) plus the numba threads of one shard. (Whether
+    the graph is symmetric comes with each shard: its `directed` flag.)"""
+    walks_per_node: int
+    length: int
+    seed: int
+    p: float = 1.0
+    q: float = 1.0
+    mode: str = "deepwalk"
+    threads: int = 1
+
+    @property
+    def second(self) -> bool:
+        return self.mode == "node2vec" and not (self.p == 1.0 and self.q == 1.0)
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not (self.p > 0 and self.q > 0 and np.isfinite(self.p) and np.isfinite(self.q)):
+            raise ValueError("p and q must be finite and > 0")
+        if self.walks_per_node < 0 or self.length < 1:
+            raise ValueError("walks_per_node must be >= 0 and length >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, vl, w_tv, s,
+                            inv_p, env, inv_env, far_acc, tlo, thi, t_local, resume, rx, rj, ru):
+    """`_second_order` of walks.py from local row vl with previous node t, able to stop before an
+    adjacency test of a remote t and to resume from its answer with the same draws.
+    Returns (asks, x or -1 at a dead end, arc weight, state, slot j, coin u); asks = True means
+    "ask t's owner whether x ~ t" and (x, j, u, state) is what the resumed call needs back."""
+    lo = indptr[vl]
+    hi = indptr[vl + 1]
+    d = hi - lo
+    if d == 0:
+        return False, np.int64(-1), 0.0, s, np.int64(0), 0.0
+    extra = 0.0
+    w_vt = 0.0
+    if inv_p > env:
+        if symmetric:
+            w_vt = w_tv
+        else:
+            pos = find_sorted(indices, lo, hi, t)
+            if pos >= 0:
+                w_vt = np.float64(weights[pos]) if weighted else 1.0
+        extra = w_vt * (inv_p - env)
+    total_w = rowsum[vl] if weighted else np.float64(d)
+    box = env * total_w + extra
+    ret_acc = min(inv_p, env) * inv_env
+    adj_acc = inv_env
+    lo_acc = min(adj_acc, far_acc)
+    pending = resume
+    x = np.int64(rx)
+    j = np.int64(rj)
+    u = ru
+    while True:
+        if pending >= 0:            # the answer to the query this loop stopped at
+            adjacent = pending == 1
+            pending = -1
+            if adjacent:
+                if not (u < adj_acc):
+                    continue
+            elif not (u < far_acc):
+                continue
+        else:
+            if extra > 0.0:
+                s += GOLDEN
+                if uniform(mix(s)) * box < extra:
+                    return False, np.int64(t), w_tv, s, np.int64(0), 0.0
+            s += GOLDEN
+            r = mix(s)
+            j = randint(r, d)
+            x = np.int64(indices[lo + j])
+            if weighted:
+                e = table[lo + j]
+                if (r & LO32) >= (e >> S32):
+                    x = np.int64(e & LO32)
+                    j = -1
+            s += GOLDEN
+            u = uniform(mix(s))
+            if x == t:
+                if u < ret_acc:
+                    return False, x, w_tv, s, j, u
+                continue
+            if not (u < lo_acc):
+                if adj_acc == far_acc:
+                    continue
+                if not t_local:
+                    return True, x, 0.0, s, j, u
+                if find_sorted(indices, tlo, thi, x) >= 0:
+                    if not (u < adj_acc):
+                        continue
+                elif not (u < far_acc):
+                    continue
+        if not need_w:
+            return False, x, 1.0, s, j, u
+        if j < 0:
+            j = find_sorted(indices, lo, hi, x) - lo
+        return False, x, np.float64(weights[lo + j]), s, j, u
+
+
+@njit(cache=True, inline="always")
+def _owner(starts, v):
+    """The shard owning node v: the last s < S with starts[s] <= v (an empty shard's bound equals
+    the next one's, so it owns nothing). Branch-free halving (a select per level, no unpredictable
+    branch): measured 35 ns less per walker move than a branchy binary search."""
+    base = 0
+    size = starts.shape[0] - 1
+    while size > 1:
+        half = size >> 1
+        base = base + half if starts[base + half] <= v else base
+        size -= half
+    return np.int64(base)
+
+
+@njit(cache=True, parallel=True)
+def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, symmetric, lo, hi, me, starts,
+                    walkers, resume, park, orow, res_off, seg_nodes, out, length, inv_p, inv_q, group, chunk):
+    """Advance every walker as far as it stays on nodes [lo, hi). A walker of this shard (orow >= 0)
+    writes its nodes into out[orow]; others into seg_nodes[res_off[i]:...]. Updates `walkers` (and
+    `park` for parked walkers) in place; returns (where each went, nodes it wrote, position of the
+    first of them). A walker of another shard that filled its room goes to `me`: on next round.
+    Walkers advance in lockstep groups of `group` (one step of each in turn, as
+    random_walks does), so the cache misses of independent walkers overlap; each thread takes
+    `chunk` groups and reuses its scratch arrays. Output-neutral: each walker has its own state."""
+    nw = walkers.shape[0]
+    where = np.full(nw, np.int64(FINISHED))
+    used = np.zeros(nw, np.int64)
+    seg0 = np.empty(nw, np.int64)
+    env = max(1.0, inv_q)
+    inv_env = 1.0 / env
+    far_acc = inv_q * inv_env
+    need_w = second and symmetric and weighted
+    span = group * chunk
+    for ci in prange((nw + span - 1) // span):
+        cur = np.empty(group, np.int64)
+        prev = np.empty(group, np.int64)
+        wl = np.empty(group, np.float64)
+        st = np.empty(group, np.uint64)
+        step = np.empty(group, np.int64)
+        rs = np.full(group, np.int8(-1))
+        active = np.empty(group, np.bool_)
+        for r0 in range(ci * span, min(nw, (ci + 1) * span), group):
+            gsz = min(nw, r0 + group) - r0
+            alive = 0
+            for a in range(gsz):
+                w = walkers[r0 + a]
+                cur[a], prev[a], wl[a], st[a], step[a] = w.cur, w.prev, w.wlast, w.state, w.step
+                seg0[r0 + a] = w.step + 1
+                if second:
+                    rs[a] = resume[r0 + a]
+                active[a] = w.step + 1 < length
+                alive += active[a]
+            while alive > 0:
+                for a in range(gsz):
+                    if not active[a]:
+                        continue
+                    i = r0 + a
+                    s = st[a]
+                    if second and prev[a] >= 0:
+                        t = prev[a]
+                        t_local = lo <= t < hi
+                        tlo = indptr[t - lo] if t_local else np.int64(0)
+                        thi = indptr[t - lo + 1] if t_local else np.int64(0)
+                        pk = park[i]
+                        asks, nxt, wa, s, j, u = _second_order_resumable(
+                            indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, cur[a] - lo,
+                            wl[a], s, inv_p, env, inv_env, far_acc, tlo, thi, t_local, rs[a], pk.x, pk.j, pk.u)
+                        rs[a] = -1
+                        if asks:
+                            pk.x, pk.j, pk.u = nxt, j, u
+                            st[a] = s
+                            where[i] = PARKED
+                            active[a] = False
+                            alive -= 1
+                            continue
+                    else:
+                        nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, need_w, cur[a] - lo, s)
+                    st[a] = s
+                    step[a] += 1
+                    if nxt < 0:
+                        active[a] = False
+                        alive -= 1
+                        continue
+                    if orow[i] >= 0:
+                        out[orow[i], step[a]] = nxt
+                    else:
+                        seg_nodes[res_off[i] + used[i]] = nxt
+                    used[i] += 1
+                    prev[a] = cur[a]
+                    cur[a] = nxt
+                    wl[a] = wa
+                    if step[a] + 1 >= length:
+                        active[a] = False
+                        alive -= 1
+                    elif nxt < lo or nxt >= hi:
+                        where[i] = _owner(starts, nxt)
+                        active[a] = False
+                        alive -= 1
+                    elif orow[i] < 0 and used[i] == res_off[i + 1] - res_off[i]:
+                        where[i] = me              # its room here is full: it goes on next round
+                        active[a] = False
+                        alive -= 1
+            for a in range(gsz):
+                w = walkers[r0 + a]
+                w.cur, w.prev, w.wlast, w.state, w.step = cur[a], prev[a], wl[a], st[a], step[a]
+    return where, used, seg0
+
+
+@njit(cache=True, parallel=True)
+def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, starts, walkers, orow, res_off,
+                         seg_nodes, out, length):
+    """`_advance_kernel` for first-order walks (DeepWalk), one walker after another: a walker stays
+    about S / (S - 1) steps on a shard, too few for lockstep groups to pay for their bookkeeping
+    (measured: this loop takes about half the time per visit)."""
+    nw = walkers.shape[0]
+    where = np.full(nw, np.int64(FINISHED))
+    used = np.zeros(nw, np.int64)
+    seg0 = np.empty(nw, np.int64)
+    for i in prange(nw):
+        w = walkers[i]
+        cur = w.cur
+        s = w.state
+        step = w.step
+        seg0[i] = step + 1
+        r = orow[i]
+        base = res_off[i]
+        room = res_off[i + 1] - base
+        cnt = 0
+        prev = w.prev
+        d = np.int64(FINISHED)
+        while step + 1 < length:
+            nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, False, cur - lo, s)
+            step += 1
+            if nxt < 0:
+                break
+            if r >= 0:
+                out[r, step] = nxt
+            else:
+                seg_nodes[base + cnt] = nxt
+            cnt += 1
+            prev = cur
+            cur = nxt
+            if step + 1 >= length:
+                break
+            if nxt < lo or nxt >= hi:
+                d = _owner(starts, nxt)
+                break
+            if r < 0 and cnt == room:
+                d = me
+                break
+        w.cur = cur
+        w.prev = prev
+        w.state = s
+        w.step = step
+        where[i] = d
+        used[i] = cnt
+    return where, used, seg0
+
+
+@njit(cache=True)
+def _bucket(where, shards):
+    """Counting sort of walkers by where they went: (order, offsets) with the walkers that moved
+    to shard d at order[offsets[d]:offsets[d + 1]], parked ones at order[offsets[S]:offsets[S + 1]]."""
+    counts = np.zeros(shards + 2, np.int64)
+    for d in where:
+        counts[d if d >= 0 else (shards if d == PARKED else shards + 1)] += 1
+    offsets = np.zeros(shards + 3, np.int64)
+    for d in range(shards + 2):
+        offsets[d + 1] = offsets[d] + counts[d]
+    fill = offsets[:-1].copy()
+    order = np.empty(where.shape[0], np.int64)
+    for i in range(where.shape[0]):
+        d = where[i]
+        b = d if d >= 0 else (shards if d == PARKED else shards + 1)
+        order[fill[b]] = i
+        fill[b] += 1
+    return order, offsets
+
+
+@njit(cache=True)
+def _reserve(walkers, lo, hi, n, starts, length, room):
+    """Where each walker's nodes go: (orow: its row of this shard's output, -1 for a walker of
+    another shard; home: that other shard, -1 for ours; res_off: offsets of the room kept for a
+    walker of another shard, min(room, length - 1 - step) slots)."""
+    nw = walkers.shape[0]
+    orow = np.full(nw, -1, np.int64)
+    home = np.full(nw, -1, np.int64)
+    res_off = np.zeros(nw + 1, np.int64)
+    for i in range(nw):
+        g = walkers[i].g
+        v0 = g % n
+        if lo <= v0 < hi:
+            orow[i] = (g // n) * (hi - lo) + (v0 - lo)
+            res_off[i + 1] = res_off[i]
+        else:
+            home[i] = _owner(starts, v0)
+            res_off[i + 1] = res_off[i] + min(room, length - 1 - walkers[i].step)
+    return orow, home, res_off
+
+
+@njit(cache=True)
+def _gather_rows(raw, idx):
+    """raw[idx] for an int64 [n, f] matrix (numpy's fancy indexing of rows is several times slower)."""
+    out = np.empty((idx.shape[0], raw.shape[1]), np.int64)
+    for r in range(idx.shape[0]):
+        for c in range(raw.shape[1]):
+            out[r, c] = raw[idx[r], c]
+    return out
+
+
+@njit(cache=True)
+def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
+    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 3] of
+    (walk id, first position, count), offsets [S + 1] into them, nodes back to back, offsets [S + 1])."""
+    nseg = np.zeros(shards + 1, np.int64)
+    nnod = np.zeros(shards + 1, np.int64)
+    for i in range(g.shape[0]):
+        if home[i] >= 0 and used[i] > 0:
+            nseg[home[i] + 1] += 1
+            nnod[home[i] + 1] += used[i]
+    hoff = np.cumsum(nseg)
+    noff = np.cumsum(nnod)
+    hdr = np.empty((hoff[-1], 3), np.int64)
+    nodes = np.empty(noff[-1], np.int32)
+    hfill = hoff[:-1].copy()
+    nfill = noff[:-1].copy()
+    for i in range(g.shape[0]):
+        h = home[i]
+        if h < 0 or used[i] == 0:
+            continue
+        r = hfill[h]
+        hdr[r, 0], hdr[r, 1], hdr[r, 2] = g[i], seg0[i], used[i]
+        hfill[h] += 1
+        a = res_off[i]
+        b = nfill[h]
+        for c in range(used[i]):
+            nodes[b + c] = seg_nodes[a + c]
+        nfill[h] += used[i]
+    return hdr, hoff, nodes, noff
+
+
+@njit(cache=True, parallel=True)
+def _scatter_segments(out, hdr, offsets, nodes, n, lo, hi):
+    """Write segments of this shard's walks (from other shards) into its output matrix."""
+    rows = hi - lo
+    for i in prange(hdr.shape[0]):
+        g = hdr[i, 0]
+        r = (g // n) * rows + (g % n - lo)
+        a = offsets[i]
+        for c in range(hdr[i, 2]):
+            out[r, hdr[i, 1] + c] = nodes[a + c]
+
+
+@njit(cache=True, parallel=True)
+def _adjacency(indptr, indices, lo, queries):
+    """1 where x is an out-neighbour of t (t owned by this shard), per query."""
+    ans = np.empty(queries.shape[0], np.uint8)
+    for i in prange(queries.shape[0]):
+        t = queries[i].t - lo
+        ans[i] = 1 if find_sorted(indices, indptr[t], indptr[t + 1], queries[i].x) >= 0 else 0
+    return ans
+
+
+@njit(cache=True, parallel=True)
+def _initial_walkers(lo, hi, n, walks_per_node, seed, out):
+    """Walk k from every node of [lo, hi): row k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
+    rows = hi - lo
+    walkers = np.empty(walks_per_node * rows, WALKER_NB)
+    for r in prange(walks_per_node * rows):
+        k = r // rows
+        v = lo + r - k * rows
+        w = walkers[r]
+        w.g = k * n + v
+        w.cur = v
+        w.prev = -1
+        w.wlast = 0.0
+        w.state = walk_key(seed, v, k)
+        w.step = 0
+        out[r, 0] = v
+    return walkers
+
+# ---------------------------------------------------------------------------------------------
+# one shard's side of the rounds
+# ---------------------------------------------------------------------------------------------
+def _threads(threads: int) -> int:
+    return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+
+
+def _empty_parked() -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(0, WALKER), np.empty(0, PARKED_WALKER)
+
+
+def _raw(records: np.ndarray) -> np.ndarray:
+    """Records of 8-byte fields (WALKER, PARKED_WALKER) as int64 [n, fields]: numpy copies and
+    gathers plain int64 rows many times faster than structured records."""
+    return np.ascontiguousarray(records).view(np.int64).reshape(len(records), records.dtype.itemsize // 8)
+
+
+def _concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """One writable record array from several (read-only inboxes included)."""
+    if len(parts) == 1:
+        return parts[0].copy()
+    return np.concatenate([_raw(p) for p in parts]).view(dtype).reshape(-1)
+
+
+def _take(records: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return _gather_rows(_raw(records), idx).view(records.dtype).reshape(-1)
+
+
+class ShardWalker:
+    """The walkers standing on one shard's nodes, its CSR rows (and alias rows), its output matrix
+    and the segments it keeps for other shards. Plain Python: tasks/graph.py makes it a Ray actor.
+
+    Messages (all numpy): `advance(*walkers_from_each_shard, *answers_from_each_shard)` returns
+    S walker outboxes, S query outboxes (node2vec) and a stats row; `answer(*queries_from_each_shard)`
+    returns S answer arrays; at the end `segments_for(home)` and `collect(*segments)`.
+    checkpoint (the run's `walk` stage): the finished walks are also written as part `shard`."""
+
+    def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams,
+                 checkpoint: StageHandle | None = None):
+        indptr, indices, weights, directed = csr
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.lo, self.hi = (int(b) for b in bounds[shard])
+        if self.indptr.shape[0] != self.hi - self.lo + 1 or self.indptr[-1] != self.indices.shape[0]:
+            raise ValueError(f"shard {shard}: indptr must be int64[{self.hi - self.lo + 1}] ending at len(indices)")
+        self.shard, self.shards = int(shard), len(bounds)
+        self.num_nodes = int(bounds[-1][1])
+        self.starts = shard_starts(bounds)
+        self.symmetric = not bool(directed)
+        self.weighted = weights is not None
+        self.numba_threads = _threads(params.threads)
+        with self._threaded():
+            if self.weighted:
+                self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+                self.table, self.rowsum = build_alias(self.indptr, self.indices, self.weights)
+            else:
+                self.weights, self.table, self.rowsum = np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0)
+        self.start(params, checkpoint)
+
+    def start(self, params: WalkParams, checkpoint: StageHandle | None = None) -> None:
+        """Begin a walk (the constructor begins the first; an owner kept alive can walk again with
+        its CSR rows and alias tables already in place): output matrix and walkers from its nodes."""
+        params.check()
+        self.params, self.checkpoint = params, checkpoint
+        self.numba_threads = _threads(params.threads)
+        with self._threaded():
+            self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
+            self.pending = _initial_walkers(self.lo, self.hi, self.num_nodes, params.walks_per_node,
+                                            np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
+        self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
+        self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
+        self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
+        self.rounds = 0
+
+    def _threaded(self):
+        return _NumbaThreads(self.numba_threads)
+
+    def _inbox(self, walkers: tuple, answers: tuple):
+        """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
+        parts = [self.pending] + [w for w in walkers if len(w)]
+        arrived = sum(len(w) for w in parts)
+        parts += [self.parked[a][0] for a in range(self.shards)]
+        allw = _concat(parts, WALKER)
+        if not self.params.second:
+            return allw, np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
+        for a in range(self.shards):
+            if len(answers[a]) != len(self.parked[a][0]):
+                raise ValueError(f"shard {self.shard}: {len(answers[a])} answers from shard {a} "
+                                 f"for {len(self.parked[a][0])} queries")
+        resume = np.concatenate([np.full(arrived, -1, np.int8)] + [np.asarray(a, np.int8) for a in answers])
+        park = _concat([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked], PARKED_WALKER)
+        return allw, resume, park
+
+    def advance(self, *mail) -> list:
+        """One round: advance every walker here; returns S walker outboxes, S query outboxes and
+        stats int64 [moved, parked, tokens written (the start nodes count in the first round), finished,
+        microseconds this call took]."""
+        S, P = self.shards, self.params
+        if len(mail) != 2 * S:
+            raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
+        t0 = time.perf_counter()
+        self.rounds += 1
+        fault_point(f"walk_sharded_round:{self.rounds}")
+        walkers, resume, park = self._inbox(mail[:S], mail[S:])
+        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length, SEGMENT_ROOM)
+        seg_nodes = np.empty(int(res_off[-1]), np.int32)
+        with self._threaded():
+            if not P.second:
+                where, used, seg0 = _advance_first_order(
+                    self.indptr, self.indices, self.weights, self.table, self.weighted, self.lo, self.hi, self.shard,
+                    self.starts, walkers, orow, res_off, seg_nodes, self.out, P.length)
+            else:
+                where, used, seg0 = _advance_kernel(
+                self.indptr, self.indices, self.weights, self.table, self.rowsum, self.weighted, P.second,
+                self.symmetric, self.lo, self.hi, self.shard, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
+                self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
+        order, offsets = _bucket(where, S)
+        moved = _take(walkers, order[:offsets[S]])
+        outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
+        self.pending, outboxes[self.shard] = outboxes[self.shard], np.empty(0, WALKER)   # room full: go on here
+        queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
+        hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
+        for h in range(S):
+            if hoff[h + 1] > hoff[h]:
+                self.segments[h].append((hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]))
+        written, self.unreported = int(used.sum()) + self.unreported, 0
+        stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
+                          offsets[S + 2] - offsets[S + 1], int((time.perf_counter() - t0) * 1e6)], dtype=np.int64)
+        return outboxes + queries + [stats]
+
+    def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+        """Keep the walkers that wait for an adjacency answer, grouped by the owner of their previous
+        node; return one query array per shard (aligned with what is kept)."""
+        queries = [np.empty(0, QUERY) for _ in range(self.shards)]
+        self.parked = [_empty_parked() for _ in range(self.shards)]
+        if not len(idx):
+            return queries
+        owners = owner_of(self.starts, walkers["prev"][idx])
+        idx = idx[np.argsort(owners, kind="stable")]
+        bounds = np.searchsorted(np.sort(owners), np.arange(self.shards + 1))
+        pw, pp = _take(walkers, idx), _take(park, idx)
+        for a in range(self.shards):
+            lo, hi = bounds[a], bounds[a + 1]
+            if hi > lo:
+                self.parked[a] = (pw[lo:hi], pp[lo:hi])
+                q = np.empty(hi - lo, QUERY)
+                q["t"], q["x"] = pw["prev"][lo:hi], pp["x"][lo:hi]
+                queries[a] = q
+        return queries
+
+    def answer(self, *queries) -> list[np.ndarray]:
+        """Adjacency answers (uint8, 1 = x ~ t) to each shard's queries about this shard's nodes."""
+        with self._threaded():
+            return [_adjacency(self.indptr, self.indices, self.lo, q) if len(q) else np.zeros(0, np.uint8)
+                    for q in queries]
+
+    def segments_for(self, home: int) -> tuple[np.ndarray, np.ndarray]:
+        """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
+        parts, self.segments[home] = self.segments[home], []
+        if not parts:
+            return np.empty((0, 3), np.int64), np.zeros(0, np.int32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def collect(self, *packs) -> list:
+        """[this shard's walks (its own writes plus the segments other shards sent home), its token
+        count] (the count is small: the driver checks it against the rounds' stats)."""
+        with self._threaded():
+            for hdr, nodes in packs:
+                if len(hdr):
+                    offsets = np.zeros(len(hdr), np.int64)
+                    np.cumsum(hdr[:-1, 2], out=offsets[1:])
+                    _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
+        if self.checkpoint is not None:
+            Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
+        out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
+        return [out, np.int64(np.count_nonzero(out >= 0))]
+
+
+class _NumbaThreads:
+    """`with`: numba's thread count for one shard's kernels, the previous one restored after."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the rounds
+# ---------------------------------------------------------------------------------------------
+Call = Callable[..., list]
+
+
+def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
+               on_round: Callable[[int, np.ndarray], None] | None = None) -> tuple[list, dict]:
+    """Drive bulk-synchronous rounds over `shards` ShardWalkers until no walker is in flight, then
+    send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
+    shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
+    shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
+    looks at). on_round(round, stats int64 [S, 5]). Returns (per shard its walks, info: rounds, walker
+    moves, adjacency queries, tokens, and advance_critical_s: the sum over rounds of the slowest
+    shard's `advance` time, i.e. the rounds' compute on the critical path; the rest of their wall
+    time is messaging and waiting)."""
+    S = shards
+    walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
+    answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
+    rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
+    while True:
+        outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
+                     returns=2 * S + 1) for b in range(S)]
+        stats = np.array(fetch([o[2 * S] for o in outs]), dtype=np.int64).reshape(S, 5)
+        walkers = [o[:S] for o in outs]
+        if stats[:, 1].sum():
+            answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
+        else:
+            answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]
+        rounds += 1
+        moved += int(stats[:, 0].sum())
+        queries += int(stats[:, 1].sum())
+        written += int(stats[:, 2].sum())
+        busiest += int(stats[:, 4].max())
+        if on_round is not None:
+            on_round(rounds, stats)
+        if not stats[:, :2].sum():
+            break
+    homes = [call(h, "collect", *[call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h],
+                  returns=2) for h in range(S)]
+    tokens = [int(t) for t in fetch([c[1] for c in homes])]
+    if sum(tokens) != written:
+        raise RuntimeError(f"sharded walks: {sum(tokens)} tokens collected, {written} walked")
+    return [c[0] for c in homes], {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries,
+                                   "walk_steps": sum(tokens), "advance_critical_s": round(busiest / 1e6, 3)}
+
+
+def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
+                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1) -> tuple[list[np.ndarray], dict]:
+    """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
+    shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
+    (walk matrices, info: rounds, walker moves, adjacency queries)."""
+    bounds = [(s.lo, s.hi) for s in shards]
+    params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads)
+    owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
+
+    def call(shard, method, *args, returns):
+        res = getattr(owners[shard], method)(*args)
+        return res if isinstance(res, list) else [res]
+
+    return run_rounds(call, list, len(shards))
