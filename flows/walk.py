@@ -26,7 +26,7 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
         bounds = gt.row_bounds(graph.num_nodes, cfg.shard)
         walked = gt.run_walks(run, graph, cfg.walk, cfg.method, bounds)
         files = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,
-                         walked.ref, cfg.walk.walks_per_node, bounds, run.retries)
+                         walked.ref, cfg.walk.walks_per_node, gt.walk_bounds(graph, bounds), run.retries)
         steps = sum(f["rows"] for f in files)
         url = run.commit(run.manifest({"walks": files}, extra={"graph": graph.meta, "walks": steps,
                                                                "resumed": walked.info}))

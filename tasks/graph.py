@@ -190,9 +190,19 @@ def walk_spec(graph: GraphHandle, walk_cfg: WalkConfig, method: str, bounds: lis
 def run_walks(run, graph: GraphHandle, walk_cfg: WalkConfig, method: str,
               bounds: list[tuple[int, int]]) -> StageResult:
     """The walks of a run (tasks/run.Run; stage `walk`), checkpointed per partition: a killed run's re-run walks only
-    the partitions its first attempt had not finished."""
+    the partitions its first attempt had not finished. On a sharded graph, one walks ref per graph
+    shard from the sharded engine (`walk_sharded`); `walk_bounds` says which rows each ref holds."""
+    if graph.num_shards > 1:
+        stage = run.stage("walk", walk_spec(graph, walk_cfg, method, graph.shard_bounds))
+        return run.time("walk", walk_sharded, graph, walk_cfg, method, stage=stage, max_retries=run.retries)
     stage = run.stage("walk", walk_spec(graph, walk_cfg, method, bounds))
     return run.time("walk", walk, graph, walk_cfg, method, bounds, stage=stage, max_retries=run.retries)
+
+
+def walk_bounds(graph: GraphHandle, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The start-node rows of each walks ref `run_walks` returns: the graph's shards when it has more
+    than one, else the row partitions `bounds`."""
+    return graph.shard_bounds if graph.num_shards > 1 else bounds
 
 
 @task(name="walk", cache_policy=NO_CACHE)
@@ -243,9 +253,12 @@ def publish(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, em
 @task(name="write_walks", cache_policy=NO_CACHE)
 def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, walk_refs: list,
                 walks_per_node: int, bounds: list[tuple[int, int]], max_retries: int = 3) -> list[dict]:
-    """Walks as Parquet (start, k, walk as a list of original ids), one file per partition."""
+    """Walks as Parquet (start, k, walk as a list of original ids), one file per partition (per graph
+    shard on a sharded graph: `walk_bounds`). A walk visits nodes of every shard, so each task maps
+    ids through the whole node-id map (8 bytes per node; gathered once on a sharded graph)."""
     fn = remote(graph_stages.write_walks_part, "publish", num_cpus=1, max_retries=max_retries)
-    refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, graph.node_ids_ref, walk_refs[i])
+    ids_ref = graph.gathered_node_ids_ref(max_retries)
+    refs = [fn.remote(lake, dataset, method, run_id, i, lo, hi, walks_per_node, ids_ref, walk_refs[i])
             for i, (lo, hi) in enumerate(bounds)]
     return gather(refs, "write walks (partitions)")
 

@@ -47,4 +47,7 @@ def remote_actor(cls, stage: str | None = None, **options):
     overrides (task-only options such as max_retries dropped)."""
     import ray
     options.update(stage_options(stage))
+    directory = os.environ.get(RECORD_ENV)
+    if directory:
+        cls = recorded(cls, stage, directory)
     return ray.remote(cls).options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})

@@ -92,7 +92,7 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
     files = {}
     if walk_cfg.write_walks:
         files["walks"] = run.time("write_walks", gt.write_walks, run.lake, run.dataset, run.method, run.run_id, graph,
-                                  walked.ref, walk_cfg.walks_per_node, bounds, max_retries=r)
+                                  walked.ref, walk_cfg.walks_per_node, gt.walk_bounds(graph, bounds), max_retries=r)
     if sharded:
         trained = run.time("train", train_sharded, graph, walked.ref, walk_cfg, train_cfg, run=run, max_retries=r)
     elif one_table:
