@@ -276,6 +276,9 @@ def shard_actor_cpus(shards: int) -> float:
     return owner_share(node_cpus(), shards)
 
 
+OWNER_START_S = 120.0       # longest wait for all S shard owners to be placed and started
+
+
 def owner_share(cpus: list[float], shards: int) -> float:
     """The largest c (whole, or 1/k less Ray's 0.0001 resolution) with sum(floor(cpus_i / c)) >= shards."""
     shards = max(1, shards)
@@ -319,11 +322,12 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
         try:
             refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners)
             break
-        except (rex.RayActorError, rex.ObjectLostError) as err:
+        except (rex.RayActorError, rex.ObjectLostError, rex.GetTimeoutError) as err:
             if attempt >= max_retries:
                 raise
             owners = None
-            log.warning(f"walks (sharded): a shard owner or message was lost ({type(err).__name__}); "
+            log.warning(f"walks (sharded): a shard owner or message was lost, or the owners found no room "
+                        f"({type(err).__name__}); "
                         f"walking again from the start ({attempt + 1}/{max_retries})")
     fault_point("after:walk")
     return StageResult(refs, {"walk_shards": len(bounds), "walk_shards_reused": 0, **info})
@@ -396,7 +400,10 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
                      f"({int(stats[:, 1].sum()):,} waiting for an adjacency answer), {now - t0:.1f}s")
 
     try:
-        ray.get(starting)     # started: CSR rows fetched, alias tables and walkers built
+        # started: CSR rows fetched, alias tables and walkers built. All S must be placed together; right
+        # after a node loss the share may count the lost node's CPUs, and an owner that finds no room
+        # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
+        ray.get(starting, timeout=OWNER_START_S)
         t0 = last[0] = time.perf_counter()
         refs, info = run_rounds(call, ray.get, len(bounds), on_round)
     finally:
