@@ -51,14 +51,21 @@ from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
-__all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
+__all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
 
 # One walker in flight: g = k * num_nodes + start node (walk k from start; the home shard's row
 # follows), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
 # (seeds node2vec's return box), state = generator state, step = position of `cur` in the walk.
 WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8"), ("state", "<u8"),
                    ("step", "<i8")])
-WALKER_NB = numba.from_dtype(WALKER)
+# A first-order walker (DeepWalk) needs no previous node nor arc weight: 24 bytes instead of 48, so
+# every copy, gather and message of a round moves half the bytes (nodes fit int32: CSR indices do).
+FIRST_ORDER_WALKER = np.dtype([("g", "<i8"), ("state", "<u8"), ("cur", "<i4"), ("step", "<i4")])
+
+
+def walker_dtype(second: bool) -> np.dtype:
+    """The record of a walker in flight: node2vec's full one, or DeepWalk's compact one."""
+    return WALKER if second else FIRST_ORDER_WALKER
 # What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
 # draw), coin u; its record's state is the generator state after those draws.
 PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
@@ -312,7 +319,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
         base = res_off[i]
         room = res_off[i + 1] - base
         cnt = 0
-        prev = w.prev
         d = np.int64(FINISHED)
         while step + 1 < length:
             nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, False, cur - lo, s)
@@ -324,7 +330,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
             else:
                 seg_nodes[base + cnt] = nxt
             cnt += 1
-            prev = cur
             cur = nxt
             if step + 1 >= length:
                 break
@@ -335,7 +340,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
                 d = me
                 break
         w.cur = cur
-        w.prev = prev
         w.state = s
         w.step = step
         where[i] = d
@@ -448,28 +452,36 @@ def _adjacency(indptr, indices, lo, queries):
 
 
 @njit(cache=True, parallel=True)
-def _initial_walkers(lo, hi, n, walks_per_node, seed, out):
-    """Walk k from every node of [lo, hi): row k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
+def _initial_walkers(lo, hi, n, seed, walkers, out):
+    """Walk k from every node of [lo, hi) into walkers[r] (either record; the fields both have):
+    row r = k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
     rows = hi - lo
-    walkers = np.empty(walks_per_node * rows, WALKER_NB)
-    for r in prange(walks_per_node * rows):
+    for r in prange(walkers.shape[0]):
         k = r // rows
         v = lo + r - k * rows
         w = walkers[r]
         w.g = k * n + v
         w.cur = v
-        w.prev = -1
-        w.wlast = 0.0
         w.state = walk_key(seed, v, k)
         w.step = 0
         out[r, 0] = v
-    return walkers
 
 # ---------------------------------------------------------------------------------------------
 # one shard's side of the rounds
 # ---------------------------------------------------------------------------------------------
 def _threads(threads: int) -> int:
     return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+
+
+def _new_walkers(lo: int, hi: int, n: int, params: WalkParams, out: np.ndarray) -> np.ndarray:
+    """The walkers starting on nodes [lo, hi), in the record `params` needs (node2vec's with no
+    previous node yet: prev -1, weight 0)."""
+    walkers = np.empty(params.walks_per_node * (hi - lo), walker_dtype(params.second))
+    _initial_walkers(lo, hi, n, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), walkers, out)
+    if params.second:
+        walkers["prev"] = -1
+        walkers["wlast"] = 0.0
+    return walkers
 
 
 def _empty_parked() -> tuple[np.ndarray, np.ndarray]:
@@ -532,8 +544,7 @@ class ShardWalker:
         self.numba_threads = _threads(params.threads)
         with self._threaded():
             self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
-            self.pending = _initial_walkers(self.lo, self.hi, self.num_nodes, params.walks_per_node,
-                                            np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
+            self.pending = _new_walkers(self.lo, self.hi, self.num_nodes, params, self.out)
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
@@ -545,11 +556,11 @@ class ShardWalker:
     def _inbox(self, walkers: tuple, answers: tuple):
         """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
         parts = [self.pending] + [w for w in walkers if len(w)]
+        if not self.params.second:       # nothing parks: no answers
+            return _concat(parts, FIRST_ORDER_WALKER), np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         arrived = sum(len(w) for w in parts)
         parts += [self.parked[a][0] for a in range(self.shards)]
         allw = _concat(parts, WALKER)
-        if not self.params.second:
-            return allw, np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         for a in range(self.shards):
             if len(answers[a]) != len(self.parked[a][0]):
                 raise ValueError(f"shard {self.shard}: {len(answers[a])} answers from shard {a} "
@@ -584,7 +595,7 @@ class ShardWalker:
         order, offsets = _bucket(where, S)
         moved = _take(walkers, order[:offsets[S]])
         outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
-        self.pending, outboxes[self.shard] = outboxes[self.shard], np.empty(0, WALKER)   # room full: go on here
+        self.pending, outboxes[self.shard] = outboxes[self.shard], moved[:0]   # room full: go on here
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
         for h in range(S):
