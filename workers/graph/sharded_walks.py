@@ -53,8 +53,9 @@ from embedlake.workers.run.faults import fault_point
 
 __all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
 
-# One walker in flight: g = k * num_nodes + start node (walk k from start; the home shard's row
-# follows), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
+# One walker in flight: g = its global output row (the rows of all shards' matrices back to back:
+# walk k from node v of shard [lo, hi) is row walks_per_node * lo + k * (hi - lo) + v - lo, so its home
+# shard and row there follow without a division), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
 # (seeds node2vec's return box), state = generator state, step = position of `cur` in the walk.
 WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8"), ("state", "<u8"),
                    ("step", "<i8")])
@@ -368,22 +369,24 @@ def _bucket(where, shards):
 
 
 @njit(cache=True)
-def _reserve(walkers, lo, hi, n, starts, length, room):
+def _reserve(walkers, row_starts, me, length, room):
     """Where each walker's nodes go: (orow: its row of this shard's output, -1 for a walker of
     another shard; home: that other shard, -1 for ours; res_off: offsets of the room kept for a
-    walker of another shard, min(room, length - 1 - step) slots)."""
+    walker of another shard, min(room, length - 1 - step) slots). A walker's g is its global output
+    row, so this needs no division: shard s's rows are [row_starts[s], row_starts[s + 1])."""
     nw = walkers.shape[0]
     orow = np.full(nw, -1, np.int64)
     home = np.full(nw, -1, np.int64)
     res_off = np.zeros(nw + 1, np.int64)
+    r0 = row_starts[me]
+    r1 = row_starts[me + 1]
     for i in range(nw):
         g = walkers[i].g
-        v0 = g % n
-        if lo <= v0 < hi:
-            orow[i] = (g // n) * (hi - lo) + (v0 - lo)
+        if r0 <= g < r1:
+            orow[i] = g - r0
             res_off[i + 1] = res_off[i]
         else:
-            home[i] = _owner(starts, v0)
+            home[i] = _owner(row_starts, g)
             res_off[i + 1] = res_off[i] + min(room, length - 1 - walkers[i].step)
     return orow, home, res_off
 
@@ -430,12 +433,11 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
 
 
 @njit(cache=True, parallel=True)
-def _scatter_segments(out, hdr, offsets, nodes, n, lo, hi):
-    """Write segments of this shard's walks (from other shards) into its output matrix."""
-    rows = hi - lo
+def _scatter_segments(out, hdr, offsets, nodes, row0):
+    """Write segments of this shard's walks (from other shards) into its output matrix, whose
+    first row is global output row row0."""
     for i in prange(hdr.shape[0]):
-        g = hdr[i, 0]
-        r = (g // n) * rows + (g % n - lo)
+        r = hdr[i, 0] - row0
         a = offsets[i]
         for c in range(hdr[i, 2]):
             out[r, hdr[i, 1] + c] = nodes[a + c]
@@ -452,15 +454,17 @@ def _adjacency(indptr, indices, lo, queries):
 
 
 @njit(cache=True, parallel=True)
-def _initial_walkers(lo, hi, n, seed, walkers, out):
+def _initial_walkers(lo, hi, seed, walkers, out):
     """Walk k from every node of [lo, hi) into walkers[r] (either record; the fields both have):
-    row r = k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
+    row r = k * (hi - lo) + v - lo, global output row walks_per_node * lo + r, generator
+    walk_key(seed, v, k)."""
     rows = hi - lo
+    row0 = walkers.shape[0] // rows * lo if rows > 0 else 0
     for r in prange(walkers.shape[0]):
         k = r // rows
         v = lo + r - k * rows
         w = walkers[r]
-        w.g = k * n + v
+        w.g = row0 + r
         w.cur = v
         w.state = walk_key(seed, v, k)
         w.step = 0
@@ -473,11 +477,11 @@ def _threads(threads: int) -> int:
     return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
 
 
-def _new_walkers(lo: int, hi: int, n: int, params: WalkParams, out: np.ndarray) -> np.ndarray:
+def _new_walkers(lo: int, hi: int, params: WalkParams, out: np.ndarray) -> np.ndarray:
     """The walkers starting on nodes [lo, hi), in the record `params` needs (node2vec's with no
     previous node yet: prev -1, weight 0)."""
     walkers = np.empty(params.walks_per_node * (hi - lo), walker_dtype(params.second))
-    _initial_walkers(lo, hi, n, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), walkers, out)
+    _initial_walkers(lo, hi, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), walkers, out)
     if params.second:
         walkers["prev"] = -1
         walkers["wlast"] = 0.0
@@ -544,7 +548,8 @@ class ShardWalker:
         self.numba_threads = _threads(params.threads)
         with self._threaded():
             self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
-            self.pending = _new_walkers(self.lo, self.hi, self.num_nodes, params, self.out)
+            self.pending = _new_walkers(self.lo, self.hi, params, self.out)
+        self.row_starts = self.starts * params.walks_per_node      # global output rows of each shard
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
@@ -580,7 +585,7 @@ class ShardWalker:
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
-        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length, SEGMENT_ROOM)
+        orow, home, res_off = _reserve(walkers, self.row_starts, self.shard, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
             if not P.second:
@@ -647,7 +652,7 @@ class ShardWalker:
                 if len(hdr):
                     offsets = np.zeros(len(hdr), np.int64)
                     np.cumsum(hdr[:-1, 2], out=offsets[1:])
-                    _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
+                    _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
