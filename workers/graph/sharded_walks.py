@@ -19,8 +19,8 @@ Why it looks like this
 - Where the visited nodes go: walkers do NOT carry their path. A shard writes the nodes it visits
   for walkers that start on it straight into its output matrix, and keeps a segment (walk id, first
   step, count, nodes) for walkers of other shards; one final exchange sends each shard's segments
-  home. Bytes moved: a walker record is 48 bytes per move and a visited node is sent at most once
-  (4 bytes + a 24-byte header per segment). Carrying the path would move the whole prefix on every
+  home. Bytes moved: a walker record is 24 (DeepWalk) or 48 (node2vec) bytes per move and a
+  visited node is sent at most once (4 bytes + a 16-byte header per segment). Carrying the path would move the whole prefix on every
   move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
   length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
   A walker of another shard gets a bounded room per round (SEGMENT_ROOM nodes; one that fills it
@@ -31,8 +31,8 @@ Why it looks like this
   drives the rounds through a `call` function, so the same driver runs shards in-process
   (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
   message passes from shard owner to shard owner as an object ref and the driver reads only a
-  stats row per shard per round. No message is bigger than the walkers of one shard (48 bytes
-  each) or one shard's segments; a shard's walk matrix is the one big result.
+  stats row per shard per round. No message is bigger than the walkers of one shard (24 or 48
+  bytes each) or one shard's segments; a shard's walk matrix is the one big result.
 """
 from __future__ import annotations
 
@@ -70,8 +70,9 @@ def walker_dtype(second: bool) -> np.dtype:
 # What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
 # draw), coin u; its record's state is the generator state after those draws.
 PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
-# Segments of visited nodes kept for another shard travel as headers int64 [m, 3] (walk id, position
-# of the first node, count) and the nodes back to back (int32).
+# Segments of visited nodes kept for another shard travel as headers int64 [m, 2] (walk id, then the
+# position of the first node and the count packed as position << COUNT_BITS | count: a count is at
+# most SEGMENT_ROOM) and the nodes back to back (int32).
 # A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
 QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
 # How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
@@ -85,6 +86,8 @@ GROUPS_PER_CHUNK = 64       # groups per parallel task of the kernel (scratch ar
 # a round's scratch memory to SEGMENT_ROOM int32 per such walker; one that fills it goes on in the
 # next round (rare: a walker leaves a shard after about S / (S - 1) steps on a node-range sharding).
 SEGMENT_ROOM = 16
+COUNT_BITS = 8              # 2 ** COUNT_BITS > SEGMENT_ROOM
+COUNT_MASK = (1 << COUNT_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -403,8 +406,9 @@ def _gather_rows(raw, idx):
 
 @njit(cache=True)
 def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
-    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 3] of
-    (walk id, first position, count), offsets [S + 1] into them, nodes back to back, offsets [S + 1])."""
+    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 2] of
+    (walk id, first position << COUNT_BITS | count), offsets [S + 1] into them, nodes back to back,
+    offsets [S + 1])."""
     nseg = np.zeros(shards + 1, np.int64)
     nnod = np.zeros(shards + 1, np.int64)
     for i in range(g.shape[0]):
@@ -413,7 +417,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
             nnod[home[i] + 1] += used[i]
     hoff = np.cumsum(nseg)
     noff = np.cumsum(nnod)
-    hdr = np.empty((hoff[-1], 3), np.int64)
+    hdr = np.empty((hoff[-1], 2), np.int64)
     nodes = np.empty(noff[-1], np.int32)
     hfill = hoff[:-1].copy()
     nfill = noff[:-1].copy()
@@ -422,7 +426,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
         if h < 0 or used[i] == 0:
             continue
         r = hfill[h]
-        hdr[r, 0], hdr[r, 1], hdr[r, 2] = g[i], seg0[i], used[i]
+        hdr[r, 0], hdr[r, 1] = g[i], (seg0[i] << COUNT_BITS) | used[i]
         hfill[h] += 1
         a = res_off[i]
         b = nfill[h]
@@ -439,8 +443,9 @@ def _scatter_segments(out, hdr, offsets, nodes, row0):
     for i in prange(hdr.shape[0]):
         r = hdr[i, 0] - row0
         a = offsets[i]
-        for c in range(hdr[i, 2]):
-            out[r, hdr[i, 1] + c] = nodes[a + c]
+        first = hdr[i, 1] >> COUNT_BITS
+        for c in range(hdr[i, 1] & COUNT_MASK):
+            out[r, first + c] = nodes[a + c]
 
 
 @njit(cache=True, parallel=True)
@@ -641,7 +646,7 @@ class ShardWalker:
         """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
         parts, self.segments[home] = self.segments[home], []
         if not parts:
-            return np.empty((0, 3), np.int64), np.zeros(0, np.int32)
+            return np.empty((0, 2), np.int64), np.zeros(0, np.int32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def collect(self, *packs) -> list:
@@ -651,7 +656,7 @@ class ShardWalker:
             for hdr, nodes in packs:
                 if len(hdr):
                     offsets = np.zeros(len(hdr), np.int64)
-                    np.cumsum(hdr[:-1, 2], out=offsets[1:])
+                    np.cumsum(hdr[:-1, 1] & COUNT_MASK, out=offsets[1:])
                     _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
