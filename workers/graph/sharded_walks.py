@@ -642,22 +642,21 @@ class ShardWalker:
             return [_adjacency(self.indptr, self.indices, self.lo, q) if len(q) else np.zeros(0, np.uint8)
                     for q in queries]
 
-    def segments_for(self, home: int) -> tuple[np.ndarray, np.ndarray]:
-        """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
+    def segments_for(self, home: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Everything kept for shard `home`: one (headers, nodes back to back) per round that kept
+        some, as they are (joining them would copy every segment byte once more); forgotten here."""
         parts, self.segments[home] = self.segments[home], []
-        if not parts:
-            return np.empty((0, 2), np.int64), np.zeros(0, np.int32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return tuple(parts)        # a tuple: one result (a list is read as several by run_rounds' call)
 
     def collect(self, *packs) -> list:
-        """[this shard's walks (its own writes plus the segments other shards sent home), its token
-        count] (the count is small: the driver checks it against the rounds' stats)."""
+        """[this shard's walks (its own writes plus the segments other shards sent home: one list of
+        (headers, nodes) per shard), its token count] (the count is small: the driver checks it
+        against the rounds' stats)."""
         with self._threaded():
-            for hdr, nodes in packs:
-                if len(hdr):
-                    offsets = np.zeros(len(hdr), np.int64)
-                    np.cumsum(hdr[:-1, 1] & COUNT_MASK, out=offsets[1:])
-                    _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
+            for hdr, nodes in (part for pack in packs for part in pack):
+                offsets = np.zeros(len(hdr), np.int64)
+                np.cumsum(hdr[:-1, 1] & COUNT_MASK, out=offsets[1:])
+                _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
