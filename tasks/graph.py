@@ -268,13 +268,24 @@ def write_walks(lake, dataset: str, method: str, run_id: str, graph: GraphHandle
 # (imports are local to this block so the parts of issue 17 merge without touching each other)
 # ---------------------------------------------------------------------------------------------
 def shard_actor_cpus(shards: int) -> float:
-    """CPUs each shard owner asks for: an equal share of the cluster's CPUs (a whole number when
-    there is at least one per shard, so its numba kernels get that many threads; a fraction
-    otherwise, so S owners fit a small cluster at once: they must all be alive together)."""
-    import ray
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    share = total / max(1, shards)
-    return float(int(share)) if share >= 1 else max(0.0001, round(share, 4) - 0.0001)
+    """CPUs each shard owner asks for: the largest share such that all S owners fit the alive nodes
+    at once (they must all be alive together: an owner that finds no room would wait for ever). A
+    whole number when every owner can have one or more CPUs, so its numba kernels get that many
+    threads; a fraction 1/k otherwise (k owners per CPU)."""
+    from embedlake.tasks.runtime import node_cpus
+    return owner_share(node_cpus(), shards)
+
+
+def owner_share(cpus: list[float], shards: int) -> float:
+    """The largest c (whole, or 1/k less Ray's 0.0001 resolution) with sum(floor(cpus_i / c)) >= shards."""
+    shards = max(1, shards)
+    for c in range(int(sum(cpus) // shards), 0, -1):
+        if sum(int(x // c) for x in cpus) >= shards:
+            return float(c)
+    k = 2
+    while sum(int(x * k) for x in cpus) < shards:
+        k += 1
+    return round(1.0 / k, 4) - 0.0001
 
 
 @task(name="walk_sharded", cache_policy=NO_CACHE)

@@ -77,6 +77,12 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def node_cpus() -> list[float]:
+    """CPUs of every alive node."""
+    import ray
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
 def max_node_cpus() -> int:
     """CPUs of the largest alive node: a multi-threaded kernel task must fit on one node."""
     import ray

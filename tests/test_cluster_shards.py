@@ -249,25 +249,23 @@ def shard_walks_put(g, handle, walk_cfg) -> list:
             for s in handle.shards]
 
 
-# the sharded engine of each stage: (module under embedlake.tasks, function); absent until merged
+# the sharded engine of each stage: (module under embedlake.tasks, function)
 ENGINES = {"walk": ("graph", "walk_sharded"), "train": ("train", "train_sharded"),
            "fastrp": ("fastrp", "fastrp_sharded"), "publish": ("graph", "publish_shards")}
 
 
 def run_engines(workdir: str) -> dict:
-    """The sharded engines that are on main, called directly (no flow, no sharded ingest needed) on a
-    hand-built sharded handle, with the recorder on: which ran, which are absent, their errors."""
+    """The sharded engines called directly (no flow, no sharded ingest needed) on a hand-built
+    sharded handle, with the recorder on: which ran, and their errors."""
     import importlib
 
     from embedlake.config import FastRPConfig, TrainConfig, WalkConfig
     from embedlake.lake import Lake
     from embedlake.tasks.object_sizes import recording
-    fns = {k: getattr(importlib.import_module(f"embedlake.tasks.{m}"), f, None) for k, (m, f) in ENGINES.items()}
-    out = {"ran": [], "absent": [k for k, f in fns.items() if f is None], "errors": {}}
+    fns = {k: getattr(importlib.import_module(f"embedlake.tasks.{m}"), f) for k, (m, f) in ENGINES.items()}
+    out = {"ran": [], "errors": {}}
 
     def step(name, call):
-        if fns[name] is None:
-            return None
         out["ran"].append(name)
         try:
             return call(fns[name].fn)
@@ -353,26 +351,11 @@ def test_recorder_sees_the_whole_csr_of_the_one_shard_engine(cluster_runs):
     assert walk["arg"] > max(stage_limits(b).values()) * 1.5        # the graph is sized so that it shows
 
 
-# the sharded parts each flow run of RUNS goes through (with graph.shards > 1 it needs all of them)
-RUN_PARTS = {"four": ["ingest", "walk", "train", "publish"], "fastrp4": ["ingest", "fastrp", "publish"],
-             "noded": ["ingest", "walk", "train", "publish"]}
-
-
-def missing_parts(run: str) -> list[str]:
-    """The sharded parts a flow run needs that are not on main yet (ENGINES, and the sharded ingest)."""
-    import importlib
-    parts = {"ingest": ("graph", "ingest_sharded"), **ENGINES}
-    return [p for p in RUN_PARTS[run]
-            if not hasattr(importlib.import_module(f"embedlake.tasks.{parts[p][0]}"), parts[p][1])]
-
-
 @pytest.mark.parametrize("stage, run", [("ingest", "four"), ("walk", "four"), ("train", "four"), ("publish", "four"),
                                         ("ingest", "fastrp4"), ("fastrp", "fastrp4"), ("publish", "fastrp4")])
 def test_no_sharded_task_takes_or_returns_more_than_one_shard(cluster_runs, stage, run):
     from embedlake.tasks.object_sizes import largest_by_stage, oversized, read_calls
     work, res = cluster_runs
-    if missing_parts(run):
-        pytest.xfail(f"sharded {', '.join(missing_parts(run))} not on main yet: this flow cannot run sharded")
     assert res[run]["status"] == "completed", res[run]
     b = shard_bytes(work)
     # the whole CSR, all walks and the full table are each over every stage's limit: a task holding one is caught
@@ -389,8 +372,6 @@ def test_node_removed_mid_walk_gives_the_same_output_or_fails_cleanly(cluster_ru
     import embedlake
     from embedlake.lake import Lake
     work, res = cluster_runs
-    if missing_parts("noded"):
-        pytest.xfail(f"sharded {', '.join(missing_parts('noded'))} not on main yet: the walks cannot run sharded")
     noded, clean = res["noded"], res["four"]
     assert noded.get("removed"), noded
     assert noded["alive_nodes"] == NODES                  # the head and the surviving nodes
@@ -408,13 +389,11 @@ def test_node_removed_mid_walk_gives_the_same_output_or_fails_cleanly(cluster_ru
 
 @pytest.mark.parametrize("stage", list(ENGINES))
 def test_sharded_engine_takes_and_returns_one_shard_at_most(cluster_runs, stage):
-    """Each sharded engine on main, on the cluster with S = SHARDS shards, called directly (walks ->
+    """Each sharded engine, on the cluster with S = SHARDS shards, called directly (walks ->
     training -> publish, and FastRP): no task of its stage takes or returns more than LIMIT x one shard."""
     from embedlake.tasks.object_sizes import largest_by_stage, oversized, read_calls
     work, res = cluster_runs
     engines = res["engines"]
-    if stage in engines["absent"]:
-        pytest.xfail(f"the sharded {stage} engine ({'.'.join(ENGINES[stage])}) is not on main yet")
     assert stage not in engines["errors"], engines["errors"][stage]
     calls = [c for c in read_calls(work / "objects-engines") if c.stage == stage]
     limit = stage_limits(shard_bytes(work), calls)[stage]

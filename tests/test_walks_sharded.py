@@ -274,3 +274,18 @@ def test_kept_owners_walk_again_with_other_settings(ray_session):
     finally:
         for o in owners:
             ray.kill(o)
+
+
+@pytest.mark.parametrize("cpus,shards", [([2], 4), ([2], 2), ([1, 1, 1], 4), ([1, 1, 1, 1], 4), ([4, 4], 3),
+                                         ([16], 4), ([2], 5), ([0, 1, 1, 1, 1], 4)])
+def test_shard_owners_all_fit_the_alive_nodes_at_once(cpus, shards):
+    """All S owners must be placed together (one waiting for room would wait for ever): after a node
+    of a 4 x 1-CPU cluster is lost, 4 owners of 3/4 CPU each would not fit 3 nodes."""
+    from embedlake.tasks.graph import owner_share
+    c = owner_share(cpus, shards)
+    assert sum(int(x // c) for x in cpus) >= shards
+    if c >= 1:                  # the largest whole share that fits
+        assert sum(int(x // (c + 1)) for x in cpus) < shards
+    else:                       # 1/k with the smallest k that fits
+        k = round(1 / (c + 0.0001))
+        assert sum(int(x * (k - 1)) for x in cpus) < shards
