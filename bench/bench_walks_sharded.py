@@ -2,7 +2,7 @@
 bulk-synchronous rounds) against the replicated one (tasks/graph.walk: one task per start-node
 partition, each reading the whole CSR) in the same script, on an R-MAT graph. Prints one JSON object.
 
-    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4]
+    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4] [--modes deepwalk]
 
 Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
 The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -79,6 +80,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weighted", action="store_true")
     ap.add_argument("--in-process", action="store_true")
+    ap.add_argument("--modes", default="deepwalk,node2vec", help="which of deepwalk,node2vec to time")
     a = ap.parse_args()
     from embedlake.config import WalkConfig
     from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
@@ -92,6 +94,8 @@ def main():
     res = {"nodes": g.num_nodes, "arcs": g.num_arcs, "shards": a.shards, "cluster_cpus": cpus,
            "machine_cpus": os.cpu_count(), "walks_per_node": a.walks, "length": a.length, "weighted": a.weighted}
     for mode, p, q in (("deepwalk", 1.0, 1.0), ("node2vec", 0.25, 4.0)):
+        if mode not in a.modes.split(","):
+            continue
         cfg = WalkConfig(walks_per_node=a.walks, length=a.length, seed=0, p=p, q=q)
         warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
         ray.get(walk.fn(one, warm, mode, bounds).ref)
@@ -120,6 +124,8 @@ def main():
                                              "owner_start_seconds", "walk_seconds", "advance_critical_s")}}
         if a.in_process:
             res[mode]["in_process_one_thread"] = in_process(g, a.shards, cfg, mode)
+        print(json.dumps({mode: res[mode], "loadavg": os.getloadavg()}), file=sys.stderr, flush=True)  # progress
+    res["loadavg_1_5_15"] = os.getloadavg()    # the machine is shared: read the figures with it
     print(json.dumps(res))
 
 

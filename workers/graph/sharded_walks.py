@@ -19,8 +19,8 @@ Why it looks like this
 - Where the visited nodes go: walkers do NOT carry their path. A shard writes the nodes it visits
   for walkers that start on it straight into its output matrix, and keeps a segment (walk id, first
   step, count, nodes) for walkers of other shards; one final exchange sends each shard's segments
-  home. Bytes moved: a walker record is 48 bytes per move and a visited node is sent at most once
-  (4 bytes + a 24-byte header per segment). Carrying the path would move the whole prefix on every
+  home. Bytes moved: a walker record is 24 (DeepWalk) or 48 (node2vec) bytes per move and a
+  visited node is sent at most once (4 bytes + a 16-byte header per segment). Carrying the path would move the whole prefix on every
   move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
   length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
   A walker of another shard gets a bounded room per round (SEGMENT_ROOM nodes; one that fills it
@@ -31,8 +31,8 @@ Why it looks like this
   drives the rounds through a `call` function, so the same driver runs shards in-process
   (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
   message passes from shard owner to shard owner as an object ref and the driver reads only a
-  stats row per shard per round. No message is bigger than the walkers of one shard (48 bytes
-  each) or one shard's segments; a shard's walk matrix is the one big result.
+  stats row per shard per round. No message is bigger than the walkers of one shard (24 or 48
+  bytes each) or one shard's segments; a shard's walk matrix is the one big result.
 """
 from __future__ import annotations
 
@@ -51,19 +51,28 @@ from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
-__all__ = ["WALKER", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
+__all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
 
-# One walker in flight: g = k * num_nodes + start node (walk k from start; the home shard's row
-# follows), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
+# One walker in flight: g = its global output row (the rows of all shards' matrices back to back:
+# walk k from node v of shard [lo, hi) is row walks_per_node * lo + k * (hi - lo) + v - lo, so its home
+# shard and row there follow without a division), cur / prev nodes (prev -1 before the first step), wlast = weight of the last arc taken
 # (seeds node2vec's return box), state = generator state, step = position of `cur` in the walk.
 WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8"), ("state", "<u8"),
                    ("step", "<i8")])
-WALKER_NB = numba.from_dtype(WALKER)
+# A first-order walker (DeepWalk) needs no previous node nor arc weight: 24 bytes instead of 48, so
+# every copy, gather and message of a round moves half the bytes (nodes fit int32: CSR indices do).
+FIRST_ORDER_WALKER = np.dtype([("g", "<i8"), ("state", "<u8"), ("cur", "<i4"), ("step", "<i4")])
+
+
+def walker_dtype(second: bool) -> np.dtype:
+    """The record of a walker in flight: node2vec's full one, or DeepWalk's compact one."""
+    return WALKER if second else FIRST_ORDER_WALKER
 # What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
 # draw), coin u; its record's state is the generator state after those draws.
 PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
-# Segments of visited nodes kept for another shard travel as headers int64 [m, 3] (walk id, position
-# of the first node, count) and the nodes back to back (int32).
+# Segments of visited nodes kept for another shard travel as headers int64 [m, 2] (walk id, then the
+# position of the first node and the count packed as position << COUNT_BITS | count: a count is at
+# most SEGMENT_ROOM) and the nodes back to back (int32).
 # A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
 QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
 # How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
@@ -77,6 +86,8 @@ GROUPS_PER_CHUNK = 64       # groups per parallel task of the kernel (scratch ar
 # a round's scratch memory to SEGMENT_ROOM int32 per such walker; one that fills it goes on in the
 # next round (rare: a walker leaves a shard after about S / (S - 1) steps on a node-range sharding).
 SEGMENT_ROOM = 16
+COUNT_BITS = 8              # 2 ** COUNT_BITS > SEGMENT_ROOM
+COUNT_MASK = (1 << COUNT_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -312,7 +323,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
         base = res_off[i]
         room = res_off[i + 1] - base
         cnt = 0
-        prev = w.prev
         d = np.int64(FINISHED)
         while step + 1 < length:
             nxt, wa, s = first_order_step(indptr, indices, weights, table, weighted, False, cur - lo, s)
@@ -324,7 +334,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
             else:
                 seg_nodes[base + cnt] = nxt
             cnt += 1
-            prev = cur
             cur = nxt
             if step + 1 >= length:
                 break
@@ -335,7 +344,6 @@ def _advance_first_order(indptr, indices, weights, table, weighted, lo, hi, me, 
                 d = me
                 break
         w.cur = cur
-        w.prev = prev
         w.state = s
         w.step = step
         where[i] = d
@@ -364,22 +372,24 @@ def _bucket(where, shards):
 
 
 @njit(cache=True)
-def _reserve(walkers, lo, hi, n, starts, length, room):
+def _reserve(walkers, row_starts, me, length, room):
     """Where each walker's nodes go: (orow: its row of this shard's output, -1 for a walker of
     another shard; home: that other shard, -1 for ours; res_off: offsets of the room kept for a
-    walker of another shard, min(room, length - 1 - step) slots)."""
+    walker of another shard, min(room, length - 1 - step) slots). A walker's g is its global output
+    row, so this needs no division: shard s's rows are [row_starts[s], row_starts[s + 1])."""
     nw = walkers.shape[0]
     orow = np.full(nw, -1, np.int64)
     home = np.full(nw, -1, np.int64)
     res_off = np.zeros(nw + 1, np.int64)
+    r0 = row_starts[me]
+    r1 = row_starts[me + 1]
     for i in range(nw):
         g = walkers[i].g
-        v0 = g % n
-        if lo <= v0 < hi:
-            orow[i] = (g // n) * (hi - lo) + (v0 - lo)
+        if r0 <= g < r1:
+            orow[i] = g - r0
             res_off[i + 1] = res_off[i]
         else:
-            home[i] = _owner(starts, v0)
+            home[i] = _owner(row_starts, g)
             res_off[i + 1] = res_off[i] + min(room, length - 1 - walkers[i].step)
     return orow, home, res_off
 
@@ -396,8 +406,9 @@ def _gather_rows(raw, idx):
 
 @njit(cache=True)
 def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
-    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 3] of
-    (walk id, first position, count), offsets [S + 1] into them, nodes back to back, offsets [S + 1])."""
+    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 2] of
+    (walk id, first position << COUNT_BITS | count), offsets [S + 1] into them, nodes back to back,
+    offsets [S + 1])."""
     nseg = np.zeros(shards + 1, np.int64)
     nnod = np.zeros(shards + 1, np.int64)
     for i in range(g.shape[0]):
@@ -406,7 +417,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
             nnod[home[i] + 1] += used[i]
     hoff = np.cumsum(nseg)
     noff = np.cumsum(nnod)
-    hdr = np.empty((hoff[-1], 3), np.int64)
+    hdr = np.empty((hoff[-1], 2), np.int64)
     nodes = np.empty(noff[-1], np.int32)
     hfill = hoff[:-1].copy()
     nfill = noff[:-1].copy()
@@ -415,7 +426,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
         if h < 0 or used[i] == 0:
             continue
         r = hfill[h]
-        hdr[r, 0], hdr[r, 1], hdr[r, 2] = g[i], seg0[i], used[i]
+        hdr[r, 0], hdr[r, 1] = g[i], (seg0[i] << COUNT_BITS) | used[i]
         hfill[h] += 1
         a = res_off[i]
         b = nfill[h]
@@ -426,15 +437,15 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
 
 
 @njit(cache=True, parallel=True)
-def _scatter_segments(out, hdr, offsets, nodes, n, lo, hi):
-    """Write segments of this shard's walks (from other shards) into its output matrix."""
-    rows = hi - lo
+def _scatter_segments(out, hdr, offsets, nodes, row0):
+    """Write segments of this shard's walks (from other shards) into its output matrix, whose
+    first row is global output row row0."""
     for i in prange(hdr.shape[0]):
-        g = hdr[i, 0]
-        r = (g // n) * rows + (g % n - lo)
+        r = hdr[i, 0] - row0
         a = offsets[i]
-        for c in range(hdr[i, 2]):
-            out[r, hdr[i, 1] + c] = nodes[a + c]
+        first = hdr[i, 1] >> COUNT_BITS
+        for c in range(hdr[i, 1] & COUNT_MASK):
+            out[r, first + c] = nodes[a + c]
 
 
 @njit(cache=True, parallel=True)
@@ -448,28 +459,38 @@ def _adjacency(indptr, indices, lo, queries):
 
 
 @njit(cache=True, parallel=True)
-def _initial_walkers(lo, hi, n, walks_per_node, seed, out):
-    """Walk k from every node of [lo, hi): row k * (hi - lo) + v - lo, generator walk_key(seed, v, k)."""
+def _initial_walkers(lo, hi, seed, walkers, out):
+    """Walk k from every node of [lo, hi) into walkers[r] (either record; the fields both have):
+    row r = k * (hi - lo) + v - lo, global output row walks_per_node * lo + r, generator
+    walk_key(seed, v, k)."""
     rows = hi - lo
-    walkers = np.empty(walks_per_node * rows, WALKER_NB)
-    for r in prange(walks_per_node * rows):
+    row0 = walkers.shape[0] // rows * lo if rows > 0 else 0
+    for r in prange(walkers.shape[0]):
         k = r // rows
         v = lo + r - k * rows
         w = walkers[r]
-        w.g = k * n + v
+        w.g = row0 + r
         w.cur = v
-        w.prev = -1
-        w.wlast = 0.0
         w.state = walk_key(seed, v, k)
         w.step = 0
         out[r, 0] = v
-    return walkers
 
 # ---------------------------------------------------------------------------------------------
 # one shard's side of the rounds
 # ---------------------------------------------------------------------------------------------
 def _threads(threads: int) -> int:
     return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+
+
+def _new_walkers(lo: int, hi: int, params: WalkParams, out: np.ndarray) -> np.ndarray:
+    """The walkers starting on nodes [lo, hi), in the record `params` needs (node2vec's with no
+    previous node yet: prev -1, weight 0)."""
+    walkers = np.empty(params.walks_per_node * (hi - lo), walker_dtype(params.second))
+    _initial_walkers(lo, hi, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), walkers, out)
+    if params.second:
+        walkers["prev"] = -1
+        walkers["wlast"] = 0.0
+    return walkers
 
 
 def _empty_parked() -> tuple[np.ndarray, np.ndarray]:
@@ -532,8 +553,8 @@ class ShardWalker:
         self.numba_threads = _threads(params.threads)
         with self._threaded():
             self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
-            self.pending = _initial_walkers(self.lo, self.hi, self.num_nodes, params.walks_per_node,
-                                            np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), self.out)
+            self.pending = _new_walkers(self.lo, self.hi, params, self.out)
+        self.row_starts = self.starts * params.walks_per_node      # global output rows of each shard
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
@@ -545,11 +566,11 @@ class ShardWalker:
     def _inbox(self, walkers: tuple, answers: tuple):
         """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
         parts = [self.pending] + [w for w in walkers if len(w)]
+        if not self.params.second:       # nothing parks: no answers
+            return _concat(parts, FIRST_ORDER_WALKER), np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         arrived = sum(len(w) for w in parts)
         parts += [self.parked[a][0] for a in range(self.shards)]
         allw = _concat(parts, WALKER)
-        if not self.params.second:
-            return allw, np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         for a in range(self.shards):
             if len(answers[a]) != len(self.parked[a][0]):
                 raise ValueError(f"shard {self.shard}: {len(answers[a])} answers from shard {a} "
@@ -569,7 +590,7 @@ class ShardWalker:
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
         walkers, resume, park = self._inbox(mail[:S], mail[S:])
-        orow, home, res_off = _reserve(walkers, self.lo, self.hi, self.num_nodes, self.starts, P.length, SEGMENT_ROOM)
+        orow, home, res_off = _reserve(walkers, self.row_starts, self.shard, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
             if not P.second:
@@ -584,7 +605,7 @@ class ShardWalker:
         order, offsets = _bucket(where, S)
         moved = _take(walkers, order[:offsets[S]])
         outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
-        self.pending, outboxes[self.shard] = outboxes[self.shard], np.empty(0, WALKER)   # room full: go on here
+        self.pending, outboxes[self.shard] = outboxes[self.shard], moved[:0]   # room full: go on here
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
         for h in range(S):
@@ -621,22 +642,21 @@ class ShardWalker:
             return [_adjacency(self.indptr, self.indices, self.lo, q) if len(q) else np.zeros(0, np.uint8)
                     for q in queries]
 
-    def segments_for(self, home: int) -> tuple[np.ndarray, np.ndarray]:
-        """Everything kept for shard `home` (headers, nodes back to back); forgotten here."""
+    def segments_for(self, home: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Everything kept for shard `home`: one (headers, nodes back to back) per round that kept
+        some, as they are (joining them would copy every segment byte once more); forgotten here."""
         parts, self.segments[home] = self.segments[home], []
-        if not parts:
-            return np.empty((0, 3), np.int64), np.zeros(0, np.int32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return tuple(parts)        # a tuple: one result (a list is read as several by run_rounds' call)
 
     def collect(self, *packs) -> list:
-        """[this shard's walks (its own writes plus the segments other shards sent home), its token
-        count] (the count is small: the driver checks it against the rounds' stats)."""
+        """[this shard's walks (its own writes plus the segments other shards sent home: one list of
+        (headers, nodes) per shard), its token count] (the count is small: the driver checks it
+        against the rounds' stats)."""
         with self._threaded():
-            for hdr, nodes in packs:
-                if len(hdr):
-                    offsets = np.zeros(len(hdr), np.int64)
-                    np.cumsum(hdr[:-1, 2], out=offsets[1:])
-                    _scatter_segments(self.out, hdr, offsets, nodes, self.num_nodes, self.lo, self.hi)
+            for hdr, nodes in (part for pack in packs for part in pack):
+                offsets = np.zeros(len(hdr), np.int64)
+                np.cumsum(hdr[:-1, 1] & COUNT_MASK, out=offsets[1:])
+                _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
