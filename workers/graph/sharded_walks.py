@@ -46,8 +46,8 @@ from numba import njit, prange
 
 from embedlake.lake import Lake
 from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
-from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, S32, build_alias, find_sorted, first_order_step, mix,
-                                           randint, uniform, walk_key)
+from embedlake.workers.graph.walks import (GOLDEN, MODES, build_alias, find_sorted, first_order_step, mix,
+                                           node2vec_proposal, uniform, walk_key)
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
@@ -163,17 +163,7 @@ def _second_order_resumable(indptr, indices, weights, table, rowsum, weighted, s
                 s += GOLDEN
                 if uniform(mix(s)) * box < extra:
                     return False, np.int64(t), w_tv, s, np.int64(0), 0.0
-            s += GOLDEN
-            r = mix(s)
-            j = randint(r, d)
-            x = np.int64(indices[lo + j])
-            if weighted:
-                e = table[lo + j]
-                if (r & LO32) >= (e >> S32):
-                    x = np.int64(e & LO32)
-                    j = -1
-            s += GOLDEN
-            u = uniform(mix(s))
+            x, j, u, s = node2vec_proposal(indices, table, weighted, lo, d, s)
             if x == t:
                 if u < ret_acc:
                     return False, x, w_tv, s, j, u

@@ -201,6 +201,25 @@ def first_order_step(indptr, indices, weights, table, weighted, need_w, v, s):
 
 
 @njit(cache=True, inline="always")
+def node2vec_proposal(indices, table, weighted, lo, d, s):
+    """One proposal of node2vec's rejection loop from the row at `lo` of out-degree d: (x, its slot
+    j or -1 when the alias was taken, the acceptance coin u, new rng state). The sharded engine
+    draws through the same function, so both engines stay bit-identical."""
+    s += GOLDEN
+    r = mix(s)
+    j = randint(r, d)
+    x = np.int64(indices[lo + j])
+    if weighted:
+        e = table[lo + j]
+        if (r & LO32) >= (e >> S32):
+            x = np.int64(e & LO32)
+            j = -1
+    s += GOLDEN
+    u = uniform(mix(s))
+    return x, j, u, s
+
+
+@njit(cache=True, inline="always")
 def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, need_w, t, v, w_tv, s,
                   inv_p, inv_q, env, inv_env):
     """One node2vec step t -> v -> x by rejection sampling with the return edge as an outlier.
@@ -235,17 +254,7 @@ def _second_order(indptr, indices, weights, table, rowsum, weighted, symmetric, 
             s += GOLDEN
             if uniform(mix(s)) * box < extra:
                 return np.int64(t), w_tv, s
-        s += GOLDEN
-        r = mix(s)
-        j = randint(r, d)
-        x = np.int64(indices[lo + j])
-        if weighted:
-            e = table[lo + j]
-            if (r & LO32) >= (e >> S32):
-                x = np.int64(e & LO32)
-                j = -1
-        s += GOLDEN
-        u = uniform(mix(s))
+        x, j, u, s = node2vec_proposal(indices, table, weighted, lo, d, s)
         if x == t:
             if u < ret_acc:
                 return x, w_tv, s   # need_w implies symmetric: w(v, t) = w(t, v)
