@@ -381,6 +381,15 @@ def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: Str
                 progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
 
 
+def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int) -> list[list]:
+    """Round r of every stream shard cut into its P x P bucket pieces (one ref each, piece i * P + j
+    for block (i, j)), by one task per shard: a link then receives its bucket, not the whole stream."""
+    P = plan.P
+    fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P * P, max_retries=max_retries)
+    return [as_list(fn.remote(ref, place, plan.train.window, plan.R, r), P * P)
+            for ref, place in zip(streams.refs, streams.places)]
+
+
 def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: list, counts: list, *,
                  run: Run | None, shards: tuple[list, list], step0: int, progress: Progress, cpus: int,
                  max_retries: int) -> tuple[list, object, int]:
@@ -389,20 +398,24 @@ def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: 
     W_in, W_out = shards
     link_fn = remote(sh.link_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
     ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
-    stats_refs, round_refs, commit_ref, commits = [], [], None, 0
-    S = len(inp.sources)
+    stats_refs, round_refs, commit_ref, commits, pieces = [], [], None, 0, {}
+    S, P = len(inp.sources), plan.P
     for step in range(step0, plan.total_steps):
         ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
         if plan.train.sample > 0 and e == 0 and ep > 0:      # a new subsample per epoch
-            streams = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts, max_retries)
+            streams, pieces = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts,
+                                              max_retries), {}
+        if (ep, e // P) not in pieces:
+            pieces = {(ep, e // P): round_pieces(streams, plan, e // P, max_retries)}
+        got = pieces[(ep, e // P)]
         write = run is not None and is_checkpoint_step(plan.train.checkpoint, step + 1, plan.P, plan.steps_per_epoch)
         for i, j in blocks:
             for s in range(S):
                 ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1,
                                                                  write and s == S - 1)
                 W_in[i], W_out[j], st = link_fn.remote(
-                    streams.refs[s], streams.places[s], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e,
-                    split=inp.split, threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
+                    got[s][i * P + j], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e, split=inp.split,
+                    threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
                 stats_refs.append(st)
                 round_refs.append(st)
         if write:
