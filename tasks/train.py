@@ -381,12 +381,13 @@ def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: Str
                 progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
 
 
-def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int) -> list[list]:
+def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int, after: list = ()) -> list[list]:
     """Round r of every stream shard cut into its P x P bucket pieces (one ref each, piece i * P + j
-    for block (i, j)), by one task per shard: a link then receives its bucket, not the whole stream."""
+    for block (i, j)), by one task per shard: a link then receives its bucket, not the whole stream.
+    after: refs the cutting waits for (the previous round's first link: two rounds of pieces at most)."""
     P = plan.P
     fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P * P, max_retries=max_retries)
-    return [as_list(fn.remote(ref, place, plan.train.window, plan.R, r), P * P)
+    return [as_list(fn.remote(ref, place, plan.train.window, plan.R, r, *after), P * P)
             for ref, place in zip(streams.refs, streams.places)]
 
 
@@ -406,7 +407,9 @@ def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: 
             streams, pieces = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts,
                                               max_retries), {}
         if (ep, e // P) not in pieces:
-            pieces = {(ep, e // P): round_pieces(streams, plan, e // P, max_retries)}
+            # the first link of the last episode before: pieces of two rounds at most exist at once
+            after = [stats_refs[-P * S]] if len(stats_refs) >= P * S else []
+            pieces = {(ep, e // P): round_pieces(streams, plan, e // P, max_retries, after)}
         got = pieces[(ep, e // P)]
         write = run is not None and is_checkpoint_step(plan.train.checkpoint, step + 1, plan.P, plan.steps_per_epoch)
         for i, j in blocks:

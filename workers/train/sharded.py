@@ -307,7 +307,10 @@ def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, sel: np.nd
         off, starts = np.zeros(2, np.int64), np.zeros(1, np.int64)
     cbounds = np.zeros(len(stream["cbounds"]), np.int64)
     cbounds[j + 1:] = len(sel)
-    return {"tloc": tloc, "tpart": tpart, "offsets": off, "centres": sel - starts[run_of] + off[run_of],
+    centres = sel - starts[run_of] + off[run_of]
+    if len(tloc) < 2**31:                   # positions inside a piece: half the bytes
+        centres = centres.astype(np.int32)
+    return {"tloc": tloc, "tpart": tpart, "offsets": off, "centres": centres,
             "cbounds": cbounds, "gdelta": global_positions(place, starts) - off[:-1],
             "total": int(place.total), "per_epoch": int(place.per_epoch), "block": (int(i), int(j))}
 
@@ -317,10 +320,12 @@ def piece_place(piece: dict) -> sb.StreamPlace:
     return sb.StreamPlace(piece["offsets"], piece["gdelta"], piece["total"], piece["per_epoch"])
 
 
-def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int):
+def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, *after):
     """One stream shard's training round r cut into its P x P buckets: piece i * P + j holds what
-    block (i, j) reads (bucket_piece), so a link receives about 1/P of its shard's round instead of
-    the whole stream (docs/scaling.md section 5). Returns the P * P pieces (a tuple; the piece when P = 1)."""
+    block (i, j) reads (bucket_piece), so a link receives its block's part of its shard's round
+    instead of the whole stream (docs/scaling.md section 5). `after`: results this task waits for
+    and ignores (the driver passes the previous round's first link, so that the pieces of at most
+    two rounds exist at once). Returns the P * P pieces (a tuple; the piece when P = 1)."""
     P = len(stream["cbounds"]) - 1
     pieces = [None] * (P * P)
     for j in range(P):
