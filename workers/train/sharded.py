@@ -438,3 +438,61 @@ def local_noise_and_streams(sources: list[tuple], groups: int, split: VocabSplit
         per_shard = [count_stage(split, *src) for src in sources]
         per_shard = [c if split.parts > 1 else (c,) for c in per_shard]
     return [noise_stage(train.ns_exponent, *[c[p] for c in per_shard]) for p in range(split.parts)], preps
+
+
+# ----------------------------------------------------------------------------- walks streamed in rounds
+
+def walks_per_round(num_nodes: int, walk_cfg) -> int:
+    """Walk numbers per streamed round: as many as fit walk.stream_threshold_mb of walks (at least
+    one, at most walks_per_node), so the walks alive at once are bounded by that setting."""
+    from embedlake.workers.graph.walks import walks_mb
+    per_walk = walks_mb(num_nodes, walk_cfg) / walk_cfg.walks_per_node
+    fit = int(walk_cfg.stream_threshold_mb // per_walk) if per_walk > 0 else walk_cfg.walks_per_node
+    return max(1, min(walk_cfg.walks_per_node, fit))
+
+
+def walk_rounds(walks_per_node: int, per_round: int) -> list[tuple[int, int]]:
+    """The walk numbers [k0, k1) of each streamed round of an epoch."""
+    return [(k, min(walks_per_node, k + per_round)) for k in range(0, walks_per_node, per_round)]
+
+
+def round_places(infos: list[dict], k0: int, walks_per_node: int, nodes: int, length: int) -> list[sb.StreamPlace]:
+    """Where the stream shards of the round starting at walk number k0 sit in an epoch: the
+    round's k-major placement (place_streams) shifted to walk k0's first position, k0 x nodes x
+    length, in an epoch of walks_per_node x nodes x length positions (its padded size, known
+    before any walk exists). Without padding (no dead end) and without subsampling these are the
+    positions of the unstreamed stream, so each pair gets the same window, negatives and learning
+    rate; padding leaves gaps between rounds, subsampling shortens each round inside its slot."""
+    base, total = k0 * nodes * length, walks_per_node * nodes * length
+    return [sb.StreamPlace(p.gstart, p.gdelta + base, total, total) for p in place_streams(infos)]
+
+
+def train_rounds_local(walks_of, rounds: list[tuple[int, int]], length: int, split: VocabSplit, train: TrainConfig,
+                       threads: int = 1, stop: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """The streamed schedule in this process (tests, benchmarks), exactly the tasks the Ray driver
+    (tasks/train.py train_sharded_streamed) runs: walks_of(w) gives round w's walk shards (one
+    tuple per shard); noise from round 0's counts; per round P episodes over its bucket pieces.
+    stop=k ends it after k episodes."""
+    W, P, K = len(rounds), split.parts, rounds[-1][1]
+    first = walks_of(0)
+    noise, preps = local_noise_and_streams(first, rounds[0][1] - rounds[0][0], split, train)
+    Win, Wout = [None] * P, [None] * P
+    pairs, loss = 0, 0.0
+    stop = train.epochs * W * P if stop is None else stop
+    for t in range(-(-stop // P)):
+        ep, w = divmod(t, W)
+        k0, k1 = rounds[w]
+        if t > 0 or preps is None:
+            extra = [n[0] for n in noise] if train.sample > 0 else []
+            preps = [prep_stream_stage(split, k1 - k0, len(src), train, t, s, *src, *extra)
+                     for s, src in enumerate(first if t == 0 else walks_of(w))]
+        places = round_places([p[1] for p in preps], k0, K, split.vocab, length)
+        pieces = [bucket_stage(stream, places[s], train.window, 1, 0) for s, (stream, _) in enumerate(preps)]
+        for step in range(t * P, min(stop, (t + 1) * P)):
+            _, e, blocks = sb.step_blocks(step, P, W)
+            for i, j in blocks:
+                for got in pieces:
+                    Win[i], Wout[j], st = link_stage(got if P == 1 else got[i * P + j], noise[j][1], i, j, Win[i],
+                                                     Wout[j], train, ep, e, split=split, threads=threads)
+                    pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
+    return Win, Wout, {"pairs": pairs, "loss_sum": loss}
