@@ -10,6 +10,12 @@ Prints one JSON line per seed and a summary (mean differences to the one-table e
 sharded engine (tasks/train.py train_sharded, S walk-shard objects) against the block engine
 (train_partitioned, one walks object, balanced partitions), same walks, same P; wall seconds
 of the train stage and Micro-F1 of both.
+--streamed G: instead, the sharded engine with its walks streamed in rounds of G walk numbers
+(sh.train_rounds_local, the in-process schedule of tasks/train.py train_sharded_streamed) against
+the unstreamed sharded engine (train.rounds = --rounds), same walks, same shards and partitions:
+
+    .venv/bin/python bench/bench_sharded_train.py --shards 4 --streamed 1 --seeds 0 1 --threads 2
+
 --traffic: bytes each task of the sharded trainer takes and returns, per training token, with the
 object-size recorder (tasks/object_sizes.py) on a local Ray, on the planted graph and settings of
 docs/scaling.md section 5 (20,000 nodes, S = 4, 2 x 10 walks per node, d = 16, window 2,
@@ -73,6 +79,32 @@ def one_seed(g, lab, n, args, seed):
     if args.blocks:
         Xb, _, _ = sb.train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)
         out["blocks"] = micro(Xb, lab, args.repeats)
+    return out
+
+
+def streamed_vs_not(g, lab, n, args, seed):
+    """Micro-F1 of the sharded engine with and without streamed walks, same walks and partitions."""
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    cube = W.reshape(args.walks, n, args.length)
+
+    def shards_of(k0, k1):
+        return [(np.ascontiguousarray(cube[k0:k1, lo:hi].reshape(-1, args.length)),)
+                for lo, hi in shard_bounds(n, args.shards)]
+    split = sh.VocabSplit("range", n, args.shards * args.per_shard)
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds, threads=args.threads)
+    rounds = sh.walk_rounds(args.walks, args.streamed)
+    out = {"seed": seed, "shards": args.shards, "partitions": split.parts, "walk_rounds": len(rounds)}
+    t0 = time.perf_counter()
+    Win, _, _ = sh.train_streams_local(shards_of(0, args.walks), args.walks, split, tr, threads=args.threads)
+    out["sharded_s"] = round(time.perf_counter() - t0, 1)
+    out["sharded"] = micro(np.concatenate(Win), lab, args.repeats)
+    t0 = time.perf_counter()
+    Win, _, _ = sh.train_rounds_local(lambda w: shards_of(*rounds[w]), rounds, args.length, split, tr,
+                                      threads=args.threads)
+    out["streamed_s"] = round(time.perf_counter() - t0, 1)
+    out["streamed"] = micro(np.concatenate(Win), lab, args.repeats)
+    out["diff"] = {r: round(out["streamed"][r] - out["sharded"][r], 4) for r in out["sharded"]}
     return out
 
 
@@ -168,11 +200,19 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--ray", type=int, default=0, help="time the Ray drivers on this many workers instead")
     ap.add_argument("--traffic", action="store_true", help="recorded bytes per training token of the sharded trainer")
+    ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
     args = ap.parse_args()
     if args.traffic:
         print(json.dumps(traffic(args)))
         return
     g, lab, n = load()
+    if args.streamed:
+        rows = [streamed_vs_not(g, lab, n, args, seed) for seed in args.seeds]
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        print(json.dumps({"summary": "mean Micro-F1 streamed - not streamed (sharded engine)", "seeds": args.seeds,
+                          "diff": {k: round(float(np.mean([r["diff"][k] for r in rows])), 4) for k in rows[0]["diff"]}}))
+        return
     if args.ray:
         for seed in args.seeds:
             print(json.dumps(ray_timing(g, lab, n, args, seed)), flush=True)
