@@ -181,3 +181,23 @@ def test_killed_streamed_run_resumes_to_the_uninterrupted_table(planted, tmp_pat
     again = train_sharded_streamed.fn(graph, stream_cfg(2), tr, "deepwalk", run=Run(lake, "g", "deepwalk", "r1"))
     assert again.info["resumed_at"] == k and again.info["episodes"] == 4 - k
     assert np.array_equal(np.concatenate(ray.get(again.ref)), A)
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_graph_flow_streams_walks_on_a_sharded_graph(tmp_path, shared):
+    """embed_graph on karate with graph.shards=2 and walk.stream=always (2 rounds of 4 walk
+    numbers): the streamed sharded engine trains, publishes every node once, and separates the clubs."""
+    import embedlake
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.lake import Lake
+    ds = shared("datasets", "karate")
+    s = embed_graph(load_config(None, [f"lake.uri={tmp_path / 'lake'}", f"input.edges={ds / 'edges.tsv'}",
+                                       f"input.labels={ds / 'labels.tsv'}", "graph.shards=2", "walk.walks_per_node=8",
+                                       "walk.length=20", "walk.stream=always", "walk.stream_threshold_mb=0.011",
+                                       "train.dim=16", "train.window=5", "train.workers=2", "eval.repeats=2"]))
+    train = Lake(str(tmp_path / "lake")).manifest("karate", "deepwalk").extra["train"]
+    assert train["streamed"] and train["walk_rounds"] == 2 and train["shards"] == 2 and "walk" not in s["stages"]
+    ids, X = embedlake.load_matrix(str(tmp_path / "lake"), "karate", "deepwalk")
+    assert sorted(ids.tolist()) == list(range(34)) and X.shape == (34, 16) and np.isfinite(X).all()
+    assert s["metrics"]["node_classification"]["micro_f1"]["0.5"] > 0.7, (s["metrics"], train)
