@@ -273,6 +273,33 @@ class LabelledSet:
                 "labelled_nodes": self.labelled_nodes}
 
 
+@dataclass
+class LabelSelection:
+    """Which rows node classification scores (before any row is read): the labelled nodes, a
+    seeded sample of them above ``max_nodes`` (ascending), their label matrix, and the counts."""
+    nodes: np.ndarray
+    Y: np.ndarray
+    multilabel: bool
+    num_labels: int
+    labelled_nodes: int                   # before any sampling
+
+
+def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | None = None,
+                    seed: int = 0, num_rows: int | None = None) -> LabelSelection:
+    """The labelled nodes ``labelled_set`` scores; a sharded evaluation gathers only their rows
+    (workers/evaluate/sharded.py). ``num_rows``: the table's rows, to refuse labels beyond it."""
+    nodes, labels, Y = label_matrix(node_idx, label_idx)
+    if num_rows is not None and nodes.size and (nodes[0] < 0 or nodes[-1] >= num_rows):
+        raise ValueError(f"label node ids outside 0..{num_rows - 1}")
+    if multilabel is None:
+        multilabel = bool((Y.sum(1) > 1).any())
+    total = nodes.size
+    if max_nodes and total > max_nodes:
+        keep = np.sort(np.random.default_rng([seed, total]).choice(total, size=max_nodes, replace=False))
+        nodes, Y = nodes[keep], Y[keep]
+    return LabelSelection(nodes, Y, bool(multilabel), int(labels.size), int(total))
+
+
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
                  seed: int = 0, threads: int | None = 1) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
@@ -282,23 +309,22 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
     caps BLAS threads for the Gram spectrum (see ``blas_threads``)."""
-    nodes, labels, Y = label_matrix(node_idx, label_idx)
     X = np.asarray(X)
-    if nodes.size and (nodes[0] < 0 or nodes[-1] >= X.shape[0]):
-        raise ValueError(f"label node ids outside 0..{X.shape[0] - 1}")
-    if multilabel is None:
-        multilabel = bool((Y.sum(1) > 1).any())
-    total = nodes.size
-    if max_nodes and total > max_nodes:
-        keep = np.sort(np.random.default_rng([seed, total]).choice(total, size=max_nodes, replace=False))
-        nodes, Y = nodes[keep], Y[keep]
-    Xl = X[nodes].astype(np.float64)
+    sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
+                          num_rows=X.shape[0])
+    return labelled_set_of_rows(X[sel.nodes], sel, normalize=normalize, threads=threads)
+
+
+def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True,
+                         threads: int | None = 1) -> LabelledSet:
+    """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``)."""
+    Xl = np.asarray(rows).astype(np.float64)
     if normalize:
         nrm = np.linalg.norm(Xl, axis=1, keepdims=True)
         Xl = Xl / np.where(nrm > 0, nrm, 1.0)
     with blas_threads(threads):
         spectrum = gram_spectrum(Xl)
-    return LabelledSet(nodes, Xl, Y, bool(multilabel), int(labels.size), int(total), spectrum)
+    return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,

@@ -63,7 +63,7 @@ def shard_adjacency(csr, X, lo: int, nodes: np.ndarray, degrees_only: bool = Fal
     if degrees_only:
         return deg
     offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(deg)[:-1])), deg)
-    return deg, indices[offsets + np.arange(int(deg.sum()))].astype(np.int64)
+    return deg, indices[offsets + np.arange(int(deg.sum()))]           # the shard's own dtype (int32)
 
 
 def shard_scores(csr, X, lo: int, Uq: np.ndarray, qrow: np.ndarray, nodes: np.ndarray, similarity: str):
@@ -75,8 +75,9 @@ def shard_counts(csr, X, lo: int, Uq: np.ndarray, srcs: np.ndarray, thresholds: 
                  offsets: np.ndarray, similarity: str, threads: int = 1) -> np.ndarray:
     """``count_at_least`` over the shard's rows: per query, the shard's nodes scoring at least each
     threshold (the coordinator adds up the shards' counts)."""
-    return count_at_least(compared_rows(X, similarity), lo, Uq, np.asarray(srcs, np.int64), thresholds,
-                          np.asarray(offsets, np.int64), threads)
+    ge = count_at_least(compared_rows(X, similarity), lo, Uq, np.asarray(srcs, np.int64), thresholds,
+                        np.asarray(offsets, np.int64), threads)
+    return ge.astype(np.int32) if lo + len(X) < 2**31 else ge          # a shard's counts: half the bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def _score_block(call, get, graph: ShardedGraph, proto: Protocol, q: np.ndarray,
         scores[parts[s]] = got
     t, lv = sort_segments(scores, level, offsets)
     ge = np.sum(get([call(s, shard_counts, Uq, q, t, offsets, proto.similarity) for s in range(len(graph.bounds))]),
-                axis=0)
+                axis=0, dtype=np.int64)
     finish_block(cb, t, lv, ge, offsets, np.asarray(proto.hops, dtype=np.int64), proto.ring, graph.num_nodes,
                  ap, base, flags)
 

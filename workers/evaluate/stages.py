@@ -111,6 +111,47 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     return ls, time.process_time() - t0
 
 
+def label_selection_stage(labels, eval_cfg: EvalConfig, num_rows: int):
+    """The labelled nodes a sharded graph's node classification scores (their rows are then
+    gathered from the shards that own them: ``labelled_rows_stage``)."""
+    from embedlake.workers.evaluate.classify import label_selection
+    opts = classify_options(eval_cfg)
+    return label_selection(labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"], num_rows=num_rows)
+
+
+def labelled_rows_stage(selection, positions: list[np.ndarray], *parts: np.ndarray):
+    """``labelled_set_stage``'s (labelled set, CPU seconds) from the selected rows, gathered by
+    shard: ``parts[k]`` are the rows of the selection's nodes at ``positions[k]``. Equals
+    ``labelled_set_stage`` on the whole table (the same rows, normalised the same way)."""
+    from embedlake.workers.evaluate.classify import labelled_set_of_rows
+    t0 = time.process_time()
+    d = parts[0].shape[1] if parts else 0
+    rows = np.empty((selection.nodes.size, d), dtype=parts[0].dtype if parts else np.float32)
+    for pos, part in zip(positions, parts):
+        rows[pos] = part
+    return labelled_set_of_rows(rows, selection), time.process_time() - t0
+
+
+def sharded_reconstruction(call, get, bounds: list[tuple[int, int]], num_arcs: int, directed: bool,
+                           eval_cfg: EvalConfig) -> dict:
+    """``reconstruct_stage``'s figures on a sharded graph: rounds of per-shard calls
+    (workers/evaluate/sharded.py; ``call`` / ``get`` run them, on Ray in tasks/evaluate.py)."""
+    from embedlake.workers.evaluate.sharded import ShardedGraph
+    from embedlake.workers.evaluate.sharded import sharded_reconstruction as run
+    t0 = time.perf_counter()
+    res = run(call, get, ShardedGraph(bounds, num_arcs, not directed), **reconstruction_options(eval_cfg))
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["shards"] = len(bounds)
+    return res
+
+
+def reconstruction_options(eval_cfg: EvalConfig) -> dict:
+    """reconstruction_map's keyword arguments from eval.*."""
+    return dict(hops=tuple(eval_cfg.reconstruction_hops), sample=eval_cfg.reconstruction_sample or None,
+                seed=eval_cfg.seed, ball_cap=eval_cfg.reconstruction_ball_cap,
+                relevant_cap=eval_cfg.reconstruction_relevant_cap)
+
+
 def classify_split_stage(prepared, eval_cfg: EvalConfig, splits: list[tuple[float, int]]) -> dict:
     """The F1 of some (ratio, repeat) splits of ``labelled_set_stage``'s ``prepared`` = (labelled
     set, its CPU seconds), for ``merge_classify_results``; the merged figures equal
@@ -168,11 +209,8 @@ def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
-    sample = eval_cfg.reconstruction_sample or None
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
-    res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.reconstruction_hops),
-                             sample=sample, seed=eval_cfg.seed, ball_cap=eval_cfg.reconstruction_ball_cap,
-                             relevant_cap=eval_cfg.reconstruction_relevant_cap, threads=threads)
+    res = reconstruction_map(X, csr[0], csr[1], threads=threads, **reconstruction_options(eval_cfg))
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
 
