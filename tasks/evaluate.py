@@ -22,6 +22,7 @@ from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
 from embedlake.workers.evaluate import stages as es
+from embedlake.workers.evaluate.sharded import ShardedGraph, shard_rows, table_dim
 from embedlake.workers.graph import stages as graph_stages
 
 
@@ -157,16 +158,16 @@ def shard_caller(graph, table_refs: list, max_retries: int):
 def _sharded_reconstruction(graph, table_refs: list, eval_cfg: EvalConfig, max_retries: int) -> dict:
     import ray
     stats = graph.meta.get("stats", {})
-    return es.sharded_reconstruction(shard_caller(graph, table_refs, max_retries), ray.get, graph.shard_bounds,
-                                     int(graph.meta["arcs"]), bool(stats.get("directed", False)), eval_cfg)
+    call = shard_caller(graph, table_refs, max_retries)
+    dim = int(ray.get(call(0, table_dim)))
+    return es.sharded_reconstruction(call, ray.get, graph.shard_bounds, int(graph.meta["arcs"]),
+                                     bool(stats.get("directed", False)), dim, eval_cfg)
 
 
 def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: dict):
     """A ref to (labelled set, CPU seconds) built from the selected labelled rows only, each
     shard's by a task holding that shard's table rows."""
     import ray
-
-    from embedlake.workers.evaluate.sharded import ShardedGraph, shard_rows
     selection = ray.get(remote(es.label_selection_stage, "evaluate", **opts).remote(
         graph.labels_ref, eval_cfg, graph.num_nodes))
     shards = ShardedGraph(graph.shard_bounds, int(graph.meta["arcs"]), True)

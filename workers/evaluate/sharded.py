@@ -54,6 +54,11 @@ def shard_rows(csr, X, lo: int, nodes: np.ndarray, similarity: str | None = None
     return rows if similarity is None else compared_rows(rows, similarity)
 
 
+def table_dim(csr, X, lo: int) -> int:
+    """The table's dimension (a shard's rows tell)."""
+    return int(np.shape(X)[1])
+
+
 def shard_adjacency(csr, X, lo: int, nodes: np.ndarray, degrees_only: bool = False):
     """(degree of each of the shard's ``nodes``, their neighbour lists concatenated in that order);
     with ``degrees_only`` just the degrees."""
