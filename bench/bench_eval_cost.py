@@ -20,8 +20,10 @@ Cases (``--cases``):
 
 ``--eval-only LAKE``: no pipeline run; evaluate the table each case last committed in LAKE (a lake of an
 earlier run of this script, e.g. /tmp/embedlake-evalcost/lake-0) with this checkout's stage functions
-in this process (no Ray), timing each component: for iterating on the evaluation of a large graph
-without training it again.
+in this process (no Ray), timing each component (wall and CPU): for iterating on the evaluation of a
+large graph without training it again. Run it with another checkout's python to time that one's.
+``--compare-warm LAKE``: node classification's 9 fits cold vs chained by warm starts, CPU seconds and
+the change of the mean F1 (labelled cases).
 """
 from __future__ import annotations
 
@@ -95,41 +97,69 @@ def case_dataset(args: list[str]) -> tuple[str, str]:
     return Path(args[args.index("--edges") + 1]).parent.name, method
 
 
-def eval_only(lake_uri: str, case: str, args: list[str], overrides: list[str]) -> dict:
-    """Each evaluation component of the case's latest committed table in ``lake_uri``, timed in this
-    process with this checkout's stage functions (eval.* from ``overrides``)."""
+def case_table(lake_uri: str, args: list[str]):
+    """(X in the graph's row order, the graph, labels or None) of the case's latest table in the lake."""
     import numpy as np
 
-    from embedlake.config import load_config
-    from embedlake.lake import Lake
     from embedlake.reader import read_table
-    from embedlake.workers.evaluate import stages as es
-    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, read_labels
     dataset, method = case_dataset(args)
-    cfg = load_config(None, [f"eval.{o.split('eval.', 1)[1]}" if o.startswith("eval.") else o
-                             for o in overrides if o.startswith("eval.")]).eval
     table, _ = read_table(lake_uri, dataset, method)
-    t0 = time.perf_counter()
     g = ingest_graph(args[args.index("--edges") + 1], EdgeSpec())
-    read_s = time.perf_counter() - t0
     ids = np.asarray(table.column("node").to_numpy(zero_copy_only=False))
     vec = table.column("vector").combine_chunks()
     X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, vec.type.list_size)
     sorter = np.argsort(ids)                          # the table's rows in the graph's dense order
     X = X[sorter[np.searchsorted(ids[sorter], np.asarray(g.node_ids))]]
-    out = {"case": case, "rows": int(X.shape[0]), "graph_read_s": round(read_s, 2), "components_s": {}}
+    labels = read_labels(args[args.index("--labels") + 1], g.node_ids, "int") if "--labels" in args else None
+    return X, g, labels
+
+
+def eval_only(lake_uri: str, case: str, args: list[str], overrides: list[str]) -> dict:
+    """Each evaluation component of the case's latest committed table in ``lake_uri``, timed in this
+    process with this checkout's stage functions (eval.* from ``overrides``): wall and CPU seconds."""
+    from embedlake.config import load_config
+    from embedlake.workers.evaluate import stages as es
+    cfg = load_config(None, [o for o in overrides if o.startswith("eval.")]).eval
+    X, g, labels = case_table(lake_uri, args)
+    out = {"case": case, "rows": int(X.shape[0]), "components_s": {}, "components_cpu_s": {}}
     csr = (g.csr.indptr, g.csr.indices, g.csr.weights, g.csr.directed)
     if cfg.reconstruction:
+        c0 = time.process_time()
         rc = es.reconstruct_stage(X, csr, cfg)
         out["components_s"]["reconstruction"] = rc["seconds"]
+        out["components_cpu_s"]["reconstruction"] = round(time.process_time() - c0, 3)
         out.update(map=rc["map"], map_ci95=rc["ci95"], queries=rc["queries"])
-    if "--labels" in args:
-        from embedlake.workers.graph.ingest import read_labels
-        labels = read_labels(args[args.index("--labels") + 1], g.node_ids, "int")
+    if labels is not None:
+        c0 = time.process_time()
         nc = es.classify_stage(X, labels, cfg)
         out["components_s"]["node_classification"] = nc["seconds"]
+        out["components_cpu_s"]["node_classification"] = round(time.process_time() - c0, 3)
         out.update(micro_f1=nc["micro_f1"], macro_f1=nc["macro_f1"])
     return out
+
+
+def compare_warm(lake_uri: str, case: str, args: list[str]) -> dict:
+    """Node classification's 9 fits cold (each from W = 0) and chained by warm starts
+    (``split_chain_f1``) on the case's table: CPU seconds and the change of the mean F1."""
+    import numpy as np
+
+    from embedlake.workers.evaluate import classify as C
+    X, _, labels = case_table(lake_uri, args)
+    ls = C.labelled_set(X, labels[0], labels[1])
+    splits = [(r, rep) for rep in range(3) for r in (0.1, 0.5, 0.9)]
+    c0 = time.process_time()
+    cold = [(r, rep, *C.split_f1(ls, r, rep)) for r, rep in splits]
+    cold_s = time.process_time() - c0
+    c0 = time.process_time()
+    warm = C.split_chain_f1(ls, splits)
+    warm_s = time.process_time() - c0
+
+    def mean(rows, r, k):
+        return float(np.mean([x[k] for x in rows if x[0] == r]))
+    return {"case": case, "cold_cpu_s": round(cold_s, 3), "warm_cpu_s": round(warm_s, 3),
+            "mean_micro_change": {r: round(mean(warm, r, 2) - mean(cold, r, 2), 5) for r in (0.1, 0.5, 0.9)},
+            "mean_macro_change": {r: round(mean(warm, r, 3) - mean(cold, r, 3), 5) for r in (0.1, 0.5, 0.9)}}
 
 
 def main() -> int:
@@ -140,8 +170,13 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/embedlake-evalcost")
     ap.add_argument("-p", dest="overrides", action="append", default=[], help="eval.key=value for every run")
     ap.add_argument("--eval-only", metavar="LAKE", help="time the evaluation of each case's table in LAKE")
+    ap.add_argument("--compare-warm", metavar="LAKE", help="node classification cold vs warm-started fits")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.compare_warm:
+        for case in a.cases.split(","):
+            print(json.dumps(compare_warm(a.compare_warm, case, case_args(case, a.out, a.rmat_edges))), flush=True)
+        return 0
     if a.eval_only:
         for case in a.cases.split(","):
             print(json.dumps(eval_only(a.eval_only, case, case_args(case, a.out, a.rmat_edges), a.overrides)),

@@ -348,15 +348,24 @@ def _sample_rings(call, get, graph: ShardedGraph, proto: Protocol, balls: list[Q
         uniq, inv = np.unique(flat, return_inverse=True)
         lists = _neighbour_lists(call, get, graph, uniq)
         for st, chunk, ask, lo, hi in zip(live, chunks, asks, cut[:-1], cut[1:]):
-            near = {int(v) for v, k in zip(ask, inv[lo:hi])
-                    if np.any(np.isin(lists[k], st.previous, assume_unique=False))}
-            _replay(st, chunk, near, cap, n, proto.ball_cap)
+            _replay(st, chunk, set(ask[_touches(lists, inv[lo:hi], st.previous)].tolist()), cap, n, proto.ball_cap)
     for st in states:
         if st.over_cap:
             st.ball.done = True
             continue
         est = len(st.members) * st.outside / st.tested if st.tested > 0 else 0.0
         st.ball.add(np.sort(np.asarray(st.members, dtype=np.int64)), est)
+
+
+def _touches(lists: list[np.ndarray], picks: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Whether each of the neighbour lists ``lists[picks]`` holds a node of ``ring`` (sorted)."""
+    if picks.size == 0:
+        return np.zeros(0, dtype=bool)
+    chosen = [lists[k] for k in picks]
+    hit = np.isin(np.concatenate(chosen), ring)
+    ends = np.cumsum([c.size for c in chosen])
+    upto = np.concatenate(([0], np.cumsum(hit)))
+    return upto[ends] - upto[ends - np.array([c.size for c in chosen])] > 0
 
 
 def _replay(st: RingDraws, chunk: np.ndarray, near: set, cap: int, n: int, ball_cap: int) -> None:
