@@ -388,20 +388,3 @@ def _replay(st: RingDraws, chunk: np.ndarray, near: set, cap: int, n: int, ball_
                 st.over_cap = True
                 return
             st.members.append(v)
-
-
-# ---------------------------------------------------------------------------------------------
-# node classification: only the labelled rows travel
-# ---------------------------------------------------------------------------------------------
-
-def gather_rows(call, get, graph: ShardedGraph, nodes: np.ndarray) -> np.ndarray:
-    """The table rows of ``nodes`` (any order), each from its owner."""
-    nodes = np.asarray(nodes, dtype=np.int64)
-    parts = _gather(call, get, graph, nodes, shard_rows)
-    d = next((r.shape[1] for _, r in parts if r is not None), 0)
-    dtype = next((r.dtype for _, r in parts if r is not None), np.float32)
-    out = np.empty((nodes.size, d), dtype=dtype)
-    for pos, rows in parts:
-        if rows is not None:
-            out[pos] = rows
-    return out
