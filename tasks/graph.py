@@ -2,7 +2,6 @@
 (ObjectRefs, lake URIs, small dicts), never big arrays, so Prefect never hashes or copies them."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from prefect import task
@@ -77,23 +76,6 @@ class GraphHandle:
             return self.node_ids_ref
         return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
             *[s.ids_ref for s in self.shards])
-
-    def for_evaluation(self, max_retries: int = 3) -> "GraphHandle":
-        """This graph with csr_ref / node_ids_ref set: itself with one shard, else a copy whose whole
-        graph is gathered by one task each. Evaluation (and only it) still needs the whole graph."""
-        if self.csr_ref is not None:
-            return self
-        return dataclasses.replace(self, csr_ref=self.gathered_csr_ref(max_retries),
-                                   node_ids_ref=self.gathered_node_ids_ref(max_retries))
-
-
-def whole_table(table_ref, max_retries: int = 3):
-    """One [n, dim] table ref: the ref itself, or the per-shard refs of a sharded engine joined by one
-    task (for evaluation only; publish writes each shard's rows on its own: publish_table)."""
-    if not isinstance(table_ref, list):
-        return table_ref
-    return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
-        *table_ref)
 
 
 @dataclass
