@@ -1,14 +1,23 @@
 """Walk steps/s of the sharded walk engine (tasks/graph.walk_sharded: one actor per graph shard,
 bulk-synchronous rounds) against the replicated one (tasks/graph.walk: one task per start-node
-partition, each reading the whole CSR) in the same script, on an R-MAT graph. Prints one JSON object.
+partition, each reading the whole CSR) in the same script, on the same graph and the same cluster.
+Prints one JSON object; "ratio" is sharded / replicated walk throughput (= replicated s / sharded s:
+the same walks).
 
-    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4] [--modes deepwalk]
+    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1e6] [--shards 4] [--modes deepwalk]
+        [--walks 10] [--length 80] [--nodes 4] [--node-cpus 1] [--store-mb 1200]
+    # issue 17's figure: R-MAT 2^21 with 20M edges drawn, 4 nodes of 1 CPU
+    .venv/bin/python bench/bench_walks_sharded.py --scale 21 --edges 2e7 --walks 1 --length 40 --repeats 2 --modes deepwalk
 
+Cluster: `ray.cluster_utils.Cluster` as bench/bench_shards.py builds it (a 0-CPU head that holds
+the driver's objects, --nodes nodes of --node-cpus CPUs and --store-mb of object store); --nodes 0
+runs a plain local Ray instead. The graph is built once and kept in --graph-cache (/tmp).
 Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
 The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
-rows and build alias tables) as a pipeline run does, and with owners kept from the warm-up
-(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`. --in-process also times the rounds without Ray (sharded_random_walks, one thread)
-against random_walks (one thread): the engine's own overhead, without the cluster.
+rows and build alias tables) as a pipeline run does ("ratio"), and with owners kept from the
+warm-up (`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`.
+--in-process also times the rounds without Ray (sharded_random_walks, one thread) against
+random_walks (one thread): the engine's own overhead, without the cluster.
 """
 from __future__ import annotations
 

@@ -729,10 +729,11 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
 
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
-                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1) -> tuple[list[np.ndarray], dict]:
+                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1,
+                         ahead: int = ROUNDS_AHEAD) -> tuple[list[np.ndarray], dict]:
     """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
     shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
-    (walk matrices, info: rounds, walker moves, adjacency queries)."""
+    (walk matrices, info: rounds, walker moves, adjacency queries). ahead: as run_rounds'."""
     bounds = [(s.lo, s.hi) for s in shards]
     params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads)
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
@@ -741,4 +742,4 @@ def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: in
         res = getattr(owners[shard], method)(*args)
         return res if isinstance(res, list) else [res]
 
-    return run_rounds(call, list, len(shards), second=params.second)
+    return run_rounds(call, list, len(shards), second=params.second, ahead=ahead)
