@@ -1,14 +1,23 @@
 """Walk steps/s of the sharded walk engine (tasks/graph.walk_sharded: one actor per graph shard,
 bulk-synchronous rounds) against the replicated one (tasks/graph.walk: one task per start-node
-partition, each reading the whole CSR) in the same script, on an R-MAT graph. Prints one JSON object.
+partition, each reading the whole CSR) in the same script, on the same graph and the same cluster.
+Prints one JSON object; "ratio" is sharded / replicated walk throughput (= replicated s / sharded s:
+the same walks).
 
-    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1000000] [--shards 4] [--modes deepwalk]
+    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1e6] [--shards 4] [--modes deepwalk]
+        [--walks 10] [--length 80] [--nodes 4] [--node-cpus 1] [--store-mb 1200]
+    # issue 17's figure: R-MAT 2^21 with 20M edges drawn, 4 nodes of 1 CPU
+    .venv/bin/python bench/bench_walks_sharded.py --scale 21 --edges 2e7 --walks 1 --length 40 --repeats 2 --modes deepwalk
 
+Cluster: `ray.cluster_utils.Cluster` as bench/bench_shards.py builds it (a 0-CPU head that holds
+the driver's objects, --nodes nodes of --node-cpus CPUs and --store-mb of object store); --nodes 0
+runs a plain local Ray instead. The graph is built once and kept in --graph-cache (/tmp).
 Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
 The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
-rows and build alias tables) as a pipeline run does, and with owners kept from the warm-up
-(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`. --in-process also times the rounds without Ray (sharded_random_walks, one thread)
-against random_walks (one thread): the engine's own overhead, without the cluster.
+rows and build alias tables) as a pipeline run does ("ratio"), and with owners kept from the
+warm-up (`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`.
+--in-process also times the rounds without Ray (sharded_random_walks, one thread) against
+random_walks (one thread): the engine's own overhead, without the cluster.
 """
 from __future__ import annotations
 
@@ -22,14 +31,36 @@ import time
 import numpy as np
 
 
-def rmat_graph(scale: int, edges: int, weighted: bool):
-    from embedlake.workers.graph.csr import build_csr
+def rmat_graph(scale: int, edges: int, weighted: bool, cache_dir: str | None = None):
+    """The R-MAT graph, built once per (scale, edges, weighted) and kept as an .npz in cache_dir
+    (building 20M edges takes a minute on this machine)."""
+    from embedlake.workers.graph.csr import CSRGraph, build_csr
     from embedlake.workers.graph.synthetic import rmat_edges
+    path = os.path.join(cache_dir, f"rmat-{scale}-{edges}-{int(weighted)}.npz") if cache_dir else None
+    if path and os.path.exists(path):
+        z = np.load(path)
+        return CSRGraph(z["indptr"], z["indices"], z["weights"] if weighted else None, False)
     src, dst = rmat_edges(scale, edges, seed=1)
     keep = src != dst
     src, dst = src[keep], dst[keep]
     w = np.random.default_rng(2).uniform(0.1, 3.0, src.size) if weighted else None
-    return build_csr(src, dst, 1 << scale, weights=w)
+    g = build_csr(src, dst, 1 << scale, weights=w)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.savez(path, indptr=g.indptr, indices=g.indices, weights=g.weights if weighted else np.zeros(0))
+    return g
+
+
+def start_cluster(nodes: int, cpus: int, store_mb: int, head_store_mb: int):
+    """The simulated cluster of bench/bench_shards.py: a 0-CPU head (the driver's objects: the whole
+    CSR for the replicated engine, the shards) plus `nodes` nodes of `cpus` CPUs each."""
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "object_store_memory": head_store_mb * 2**20})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=cpus, object_store_memory=store_mb * 2**20)
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def handles(ray, g, shards: int):
@@ -73,7 +104,7 @@ def in_process(g, shards: int, cfg, mode: str) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=int, default=17)
-    ap.add_argument("--edges", type=int, default=1_000_000)
+    ap.add_argument("--edges", type=float, default=1_000_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--walks", type=int, default=10)
     ap.add_argument("--length", type=int, default=80)
@@ -81,13 +112,20 @@ def main():
     ap.add_argument("--weighted", action="store_true")
     ap.add_argument("--in-process", action="store_true")
     ap.add_argument("--modes", default="deepwalk,node2vec", help="which of deepwalk,node2vec to time")
+    ap.add_argument("--nodes", type=int, default=4, help="simulated cluster nodes (0: a plain local Ray)")
+    ap.add_argument("--node-cpus", type=int, default=1)
+    ap.add_argument("--store-mb", type=int, default=1200)
+    ap.add_argument("--head-store-mb", type=int, default=1000)
+    ap.add_argument("--graph-cache", default="/tmp/embedlake-bench-graphs")
     a = ap.parse_args()
+    a.edges = int(a.edges)
     from embedlake.config import WalkConfig
     from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
     from embedlake.tasks.runtime import ensure_ray
     from embedlake.workers.graph.stages import partition_bounds
-    g = rmat_graph(a.scale, a.edges, a.weighted)
-    ray = ensure_ray()
+    g = rmat_graph(a.scale, a.edges, a.weighted, a.graph_cache)
+    cluster = start_cluster(a.nodes, a.node_cpus, a.store_mb, a.head_store_mb) if a.nodes else None
+    ray = ensure_ray(cluster.address if cluster else None)
     one, sharded = handles(ray, g, a.shards)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     bounds = partition_bounds(g.num_nodes, cpus)

@@ -365,8 +365,8 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     bounds = graph.shard_bounds
     kept = owners is not None
     t_start = time.perf_counter()
+    params = shard_walk_params(graph, walk_cfg, method, walk_offset)
     if kept:
-        params = shard_walk_params(graph, walk_cfg, method, walk_offset)
         starting = [o.start.remote(params, handle) for o in owners]
     else:
         owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
@@ -390,7 +390,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = last[0] = time.perf_counter()
-        refs, info = run_rounds(call, ray.get, len(bounds), on_round)
+        refs, info = run_rounds(call, ray.get, len(bounds), on_round, second=params.second)
     finally:
         if not kept:
             for o in owners:

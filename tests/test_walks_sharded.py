@@ -192,6 +192,21 @@ def test_walker_that_fills_its_room_goes_on_next_round(monkeypatch, mode, p, q):
     assert small_info["walker_moves"] > big_info["walker_moves"]     # moves to itself count as moves
 
 
+@pytest.mark.parametrize("mode,p,q", [("deepwalk", 1.0, 1.0), ("node2vec", 0.5, 2.0)])
+def test_rounds_submitted_ahead_change_nothing(mode, p, q):
+    """The driver reads a round's stats `ahead` rounds after submitting it; the rounds submitted
+    after the last one find empty inboxes. Any window gives the same walks, rounds and moves."""
+    g = GRAPHS["undirected"](True)
+    bounds = shard_bounds(g.num_nodes, 3)
+    runs = [sharded_random_walks(split_csr(g, bounds), 2, 15, 9, p=p, q=q, mode=mode, ahead=ahead)
+            for ahead in (0, 1, 3, 40)]
+    for out, info in runs:
+        assert_same_walks(g, out, bounds, 2, 15, 9, p=p, q=q, mode=mode)
+        assert {k: v for k, v in info.items() if k != "advance_critical_s"} == \
+            {k: v for k, v in runs[0][1].items() if k != "advance_critical_s"}
+    assert runs[0][1]["walk_rounds"] < 40          # the widest window ran past the last round
+
+
 # A shard owner killed mid-walk: its own Ray in a subprocess, so the owners inherit EMBEDLAKE_FAULT.
 KILLED_OWNER_SCRIPT = r"""
 import sys

@@ -676,29 +676,39 @@ class _NumbaThreads:
 Call = Callable[..., list]
 
 
+# Rounds the driver submits before it reads a round's stats: every owner finds its next round's
+# inboxes queued behind the current one (their transfers overlap its compute) and never waits for
+# the driver. A round submitted after the last one finds empty inboxes and does nothing.
+ROUNDS_AHEAD = 3
+
+
 def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
-               on_round: Callable[[int, np.ndarray], None] | None = None) -> tuple[list, dict]:
+               on_round: Callable[[int, np.ndarray], None] | None = None, second: bool = True,
+               ahead: int = ROUNDS_AHEAD) -> tuple[list, dict]:
     """Drive bulk-synchronous rounds over `shards` ShardWalkers until no walker is in flight, then
     send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
     shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
     shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
-    looks at). on_round(round, stats int64 [S, 5]). Returns (per shard its walks, info: rounds, walker
-    moves, adjacency queries, tokens, and advance_critical_s: the sum over rounds of the slowest
-    shard's `advance` time, i.e. the rounds' compute on the critical path; the rest of their wall
-    time is messaging and waiting)."""
+    looks at), `ahead` rounds after it submitted them (ROUNDS_AHEAD). second: node2vec walkers may
+    park, so every round also has its `answer` calls. on_round(round, stats int64 [S, 5]). Returns
+    (per shard its walks, info: rounds, walker moves, adjacency queries, tokens, and
+    advance_critical_s: the sum over rounds of the slowest shard's `advance` time, i.e. the rounds'
+    compute on the critical path; the rest of their wall time is messaging and waiting)."""
     S = shards
     walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
     answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
+    in_flight: list[list] = []                                 # stats of submitted rounds not read yet
     rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
     while True:
         outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
                      returns=2 * S + 1) for b in range(S)]
-        stats = np.array(fetch([o[2 * S] for o in outs]), dtype=np.int64).reshape(S, 5)
         walkers = [o[:S] for o in outs]
-        if stats[:, 1].sum():
+        if second:
             answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
-        else:
-            answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]
+        in_flight.append([o[2 * S] for o in outs])
+        if len(in_flight) <= ahead:
+            continue
+        stats = np.array(fetch(in_flight.pop(0)), dtype=np.int64).reshape(S, 5)
         rounds += 1
         moved += int(stats[:, 0].sum())
         queries += int(stats[:, 1].sum())
@@ -708,6 +718,9 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
             on_round(rounds, stats)
         if not stats[:, :2].sum():
             break
+    for late in in_flight:              # rounds submitted after the last: nothing moved in them
+        if np.array(fetch(late), dtype=np.int64).reshape(S, 5)[:, :3].sum():
+            raise RuntimeError("sharded walks: a round after the last one moved walkers")
     homes = [call(h, "collect", *[call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h],
                   returns=2) for h in range(S)]
     tokens = [int(t) for t in fetch([c[1] for c in homes])]
@@ -719,10 +732,10 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
                          q: float = 1.0, mode: str = "deepwalk", threads: int = 1,
-                         walk_offset: int = 0) -> tuple[list[np.ndarray], dict]:
+                         walk_offset: int = 0, ahead: int = ROUNDS_AHEAD) -> tuple[list[np.ndarray], dict]:
     """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
     shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
-    (walk matrices, info: rounds, walker moves, adjacency queries)."""
+    (walk matrices, info: rounds, walker moves, adjacency queries). ahead: as run_rounds'."""
     bounds = [(s.lo, s.hi) for s in shards]
     params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads,
                         walk_offset=int(walk_offset))
@@ -732,4 +745,4 @@ def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: in
         res = getattr(owners[shard], method)(*args)
         return res if isinstance(res, list) else [res]
 
-    return run_rounds(call, list, len(shards))
+    return run_rounds(call, list, len(shards), second=params.second, ahead=ahead)
