@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from embedlake import storage
 from embedlake.errors import CommitConflict, LakeError
 
 META_KEY = "embedlake"          # commitInfo key holding the run record
+LOG_FILE = re.compile(r"^(\d{20})\.json$")
+_COMMIT_INFO: dict[tuple[str, int], dict | None] = {}   # (table path, version) -> commitInfo (log files never change)
 COMMIT_ATTEMPTS = 12
 INT_PARTITIONS = ("partition",)  # partition columns typed int32 (the rest are strings)
 # Arrow types Delta has no type for: a file holding one is accepted by the commit but breaks
@@ -62,6 +65,8 @@ class TableFiles:
     """The data files of one run in one Delta table, as the workers wrote them."""
     uri: str                    # the table's full URI
     rel: str                    # the table's lake-relative folder
+    fs: object                  # the lake's fsspec filesystem and the table's path in it (log reads)
+    path: str
     entries: list[dict]         # FileEntry dicts (paths lake-relative)
     schema: pa.Schema           # the files' schema (without partition columns)
 
@@ -100,13 +105,43 @@ def open_table(uri: str, options: dict | None, version: int | None = None):
         return None
 
 
-def run_commits(dt) -> list[dict]:
-    """The history entries of a table that carry an embedlake run record, newest first."""
-    return [h for h in dt.history() if isinstance(h.get(META_KEY), dict)]
+def run_commits(fs, path: str) -> list[dict]:
+    """The commitInfo of every log version carrying an embedlake run record, newest first, each
+    with its "version" (what DeltaTable.history() lists). Read from `_delta_log/*.json` through
+    fsspec: deltalake's history() holds the GIL while it waits on the store, which deadlocks an
+    S3 server running in the same process (the tests' moto); log files are immutable, so each
+    version is parsed once."""
+    log = f"{path.rstrip('/')}/_delta_log"
+    fs.invalidate_cache(log)
+    try:
+        names = fs.ls(log, detail=False)
+    except FileNotFoundError:
+        return []
+    versions = sorted((int(m.group(1)), n) for n in names for m in [LOG_FILE.match(n.rsplit("/", 1)[-1])] if m)
+    out = []
+    for version, name in reversed(versions):
+        key = (f"{getattr(fs, 'protocol', '')}:{log}", version)
+        if key not in _COMMIT_INFO:
+            _COMMIT_INFO[key] = _commit_info(fs.cat_file(name))
+        info = _COMMIT_INFO[key]
+        if info is not None and isinstance(info.get(META_KEY), dict):
+            out.append({**info, "version": version})
+    return out
 
 
-def find_run(dt, run_id: str) -> dict | None:
-    for h in run_commits(dt):
+def _commit_info(data: bytes) -> dict | None:
+    for line in data.decode().splitlines():
+        if line.startswith('{"commitInfo"'):
+            return json.loads(line)["commitInfo"]
+    for line in data.decode().splitlines():
+        obj = json.loads(line) if line.strip() else {}
+        if "commitInfo" in obj:
+            return obj["commitInfo"]
+    return None
+
+
+def find_run(fs, path: str, run_id: str) -> dict | None:
+    for h in run_commits(fs, path):
         if h[META_KEY].get("run_id") == run_id:
             return h
     return None
@@ -149,8 +184,7 @@ def commit_files(files: TableFiles, options: dict | None, record: dict, descript
     record = {**record, "commit_token": secrets.token_hex(8)}
     last: Exception | None = None
     for attempt in range(COMMIT_ATTEMPTS):
-        dt = open_table(files.uri, options)
-        done = find_run(dt, run_id) if dt is not None else None
+        done = find_run(files.fs, files.path, run_id)
         if done is not None:
             if done[META_KEY].get("commit_token") == record["commit_token"]:
                 return int(done["version"])
@@ -164,7 +198,7 @@ def commit_files(files: TableFiles, options: dict | None, record: dict, descript
             last = e
             time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
             continue
-        done = find_run(open_table(files.uri, options), run_id)
+        done = find_run(files.fs, files.path, run_id)
         if done is not None and done[META_KEY].get("commit_token") == record["commit_token"]:
             return int(done["version"])
         last = RuntimeError("the commit is not in the table's history")

@@ -453,7 +453,7 @@ class Lake:
                     schema = pq.read_schema(f)
                 delta.check_schema(schema, self.url(e["path"]))
                 if rel not in groups:
-                    groups[rel] = delta.TableFiles(self.url(rel), rel, [], schema)
+                    groups[rel] = delta.TableFiles(self.url(rel), rel, self.fs, self._abs(rel), [], schema)
                 elif not schema.equals(groups[rel].schema):
                     raise LakeError(f"cannot commit run {manifest.run_id}: {self.url(e['path'])} has columns "
                                     f"{schema.names} unlike the other files of {self.url(rel)}")
@@ -474,9 +474,15 @@ class Lake:
         for kind in kinds:
             for ds in self._ls_dirs(kind):
                 for m in self._ls_dirs(f"{kind}/{ds}"):
-                    if self.fs.exists(self._abs(f"{kind}/{ds}/{m}/_delta_log")):
+                    if self._has_log(f"{kind}/{ds}/{m}"):
                         out.append(f"{kind}/{ds}/{m}")
         return sorted(out)
+
+    def _has_log(self, rel: str) -> bool:
+        """Whether rel is a Delta table (fsspec's listing cache refreshed: delta-rs wrote it)."""
+        path = self._abs(rel)
+        self.fs.invalidate_cache(path)
+        return self.fs.exists(f"{path}/_delta_log")
 
     def datasets(self) -> list[str]:
         return sorted({t.split("/")[1] for t in self.tables(HOME_KINDS)})
@@ -488,6 +494,7 @@ class Lake:
 
     def _ls_dirs(self, rel: str) -> list[str]:
         path = self._abs(rel)
+        self.fs.invalidate_cache(path)     # tables are created by delta-rs, behind fsspec's listing cache
         if not self.fs.exists(path):
             return []
         return sorted(d["name"].rstrip("/").rsplit("/", 1)[-1] for d in self.fs.ls(path, detail=True)
@@ -495,17 +502,15 @@ class Lake:
 
     def table_runs(self, rel: str) -> list[Manifest]:
         """The runs committed to one table as its own (newest first), from its Delta history."""
-        dt = delta.open_table(self.url(rel), self.delta_options)
-        if dt is None:
-            return []
-        return [Manifest.from_commit(h, rel) for h in delta.run_commits(dt) if "files" in h[delta.META_KEY]]
+        return [Manifest.from_commit(h, rel) for h in delta.run_commits(self.fs, self._abs(rel))
+                if "files" in h[delta.META_KEY]]
 
     def manifests(self, dataset: str, method: str) -> list[Manifest]:
         """Committed runs of (dataset, method), oldest first (every home table's history)."""
         out = []
         for kind in HOME_KINDS:
             rel = self.table_dir(kind, dataset, method)
-            if self.fs.exists(self._abs(f"{rel}/_delta_log")):
+            if self._has_log(rel):
                 out.extend(m for m in self.table_runs(rel) if m.method == method)
         return sorted(out, key=lambda m: (m.committed_at, m.run_id))
 

@@ -151,7 +151,7 @@ def resume_compress(cfg: PipelineConfig, run: Run) -> dict:
     return {
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
         "embeddings": run.lake.url(Lake.run_dir("embeddings", run.dataset, run.method, run.run_id)),
-        "manifest": run.lake.url(Lake.manifest_path(run.dataset, run.method, run.run_id)),
+        "manifest": run.lake.url(man.table),
         "graph": man.extra.get("graph"), "stages": run.stages, "metrics": man.metrics, "rows": man.extra.get("rows"),
         "dim": man.extra.get("dim"), "wall_s": run.wall_s(), "tables": tables, "resumed": {"committed": True},
     }
