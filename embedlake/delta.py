@@ -155,8 +155,10 @@ def _add_actions(files: TableFiles, now_ms: int) -> list:
             for e in files.entries]
 
 
-def _try_commit(files: TableFiles, options: dict | None, record: dict, description: str) -> None:
-    """One attempt: create the table (version 0) or overwrite its current run."""
+def _try_commit(dt, files: TableFiles, options: dict | None, record: dict, description: str) -> None:
+    """One attempt: create the table (version 0; dt None) or overwrite the run of dt's snapshot.
+    No delta-rs retries (max_commit_retries=0): the commit lands right after the snapshot the
+    run-id check saw, or fails and `commit_files` checks again."""
     import deltalake
     from deltalake import CommitProperties
     from deltalake.transaction import create_table_with_add_actions
@@ -164,7 +166,6 @@ def _try_commit(files: TableFiles, options: dict | None, record: dict, descripti
     parts = list(partition_values(files.rel, files.entries[0]["path"]))
     props = CommitProperties(custom_metadata={META_KEY: record}, max_commit_retries=0)
     adds = _add_actions(files, int(time.time() * 1000))
-    dt = open_table(files.uri, options)
     if dt is None:
         create_table_with_add_actions(files.uri, deltalake.Schema.from_arrow(schema), adds, mode="error",
                                       partition_by=parts, description=description, storage_options=options,
@@ -184,6 +185,7 @@ def commit_files(files: TableFiles, options: dict | None, record: dict, descript
     record = {**record, "commit_token": secrets.token_hex(8)}
     last: Exception | None = None
     for attempt in range(COMMIT_ATTEMPTS):
+        dt = open_table(files.uri, options)          # the snapshot first, then the check: no gap
         done = find_run(files.fs, files.path, run_id)
         if done is not None:
             if done[META_KEY].get("commit_token") == record["commit_token"]:
@@ -191,7 +193,7 @@ def commit_files(files: TableFiles, options: dict | None, record: dict, descript
             raise CommitConflict(f"{files.uri}: run {run_id} is already committed (version {done['version']}); "
                                  f"another writer committed it first")
         try:
-            _try_commit(files, options, record, description)
+            _try_commit(dt, files, options, record, description)
         except Exception as e:  # noqa: BLE001 - a lost race or a transient store error: re-read and retry
             if not _retryable(e):
                 raise LakeError(f"{files.uri}: commit of run {run_id} failed: {_first_line(e)}") from None
