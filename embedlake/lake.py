@@ -449,8 +449,7 @@ class Lake:
                 rel = table_of(e["path"])
                 if rel.split("/")[0] not in TABLE_KINDS or not e["path"].endswith(".parquet"):
                     continue
-                with self.fs.open(self._abs(e["path"]), "rb") as f:
-                    schema = pq.read_schema(f)
+                schema = self.parquet_schema(e["path"], int(e["bytes"]))
                 delta.check_schema(schema, self.url(e["path"]))
                 if rel not in groups:
                     groups[rel] = delta.TableFiles(self.url(rel), rel, self.fs, self._abs(rel), [], schema)
@@ -459,6 +458,17 @@ class Lake:
                                     f"{schema.names} unlike the other files of {self.url(rel)}")
                 groups[rel].entries.append(e)
         return groups
+
+    def parquet_schema(self, rel: str, size: int) -> pa.Schema:
+        """A Parquet file's schema from its footer (one ranged read of the file's tail)."""
+        path = self._abs(rel)
+        tail = self.fs.cat_file(path, start=max(0, size - 65536), end=size) if size > 8 else b""
+        if len(tail) < 8 or tail[-4:] != b"PAR1":
+            raise LakeError(f"{self.url(rel)}: not a Parquet file")
+        need = int.from_bytes(tail[-8:-4], "little") + 8
+        if need > len(tail):
+            tail = self.fs.cat_file(path)
+        return pq.read_schema(io.BytesIO(tail))
 
     @staticmethod
     def _description(files: "delta.TableFiles") -> str:
