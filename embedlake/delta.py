@@ -37,7 +37,8 @@ COMMIT_ATTEMPTS = 12
 INT_PARTITIONS = ("partition",)  # partition columns typed int32 (the rest are strings)
 # Arrow types Delta has no type for: a file holding one is accepted by the commit but breaks
 # readers (pl.scan_delta: "data type mismatch ... Array(Float32, d) != List(Float32)")
-FORBIDDEN_TYPES = (("fixed_size_list", pa.types.is_fixed_size_list), ("fixed_size_binary", pa.types.is_fixed_size_binary))
+FORBIDDEN_TYPES = (("fixed_size_list", pa.types.is_fixed_size_list), ("fixed_size_binary", pa.types.is_fixed_size_binary),
+                   ("float16", pa.types.is_float16))
 
 
 def storage_options(protocol: str, env: storage.StorageEnv | None) -> dict[str, str] | None:
@@ -92,7 +93,7 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             t = field.type
             if test(t) or (pa.types.is_list(t) or pa.types.is_large_list(t)) and test(t.value_type):
                 raise LakeError(f"{where}: column {field.name!r} is {name} ({t}); Delta tables hold list<float32> "
-                                f"vectors and binary codes (a {name} file breaks pl.scan_delta)")
+                                f"vectors, binary codes, float32 scales (a {name} column breaks Delta readers)")
 
 
 def open_table(uri: str, options: dict | None, version: int | None = None):

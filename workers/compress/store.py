@@ -6,9 +6,11 @@ method's "latest" embeddings; each is a Delta table (the codes) plus a codebook 
 
     <lake>/tables/<dataset>/<method>.<codec>/run_id=<run_id>/partition=<k>/part-<k>.parquet
         node   original id (original type)
-        code   binary, B bytes per row  (Delta has no fixed-size binary; B is extra["code_bytes"]
-               of the run record and the `embedlake.code_bytes` metadata of the code field)
-        scale, bias                     (float16 / float32; int8, int4: both; binary: scale)
+        code   binary, B bytes per row  (Delta has no fixed-size binary; B is the
+               `embedlake.code_bytes` metadata of the code field)
+        scale, bias                     (float32 on disk: Delta has no float16; the codec's dtype,
+                                        float16 or float32, is the field's `embedlake.dtype`;
+                                        int8, int4: both; binary: scale)
     <lake>/codebooks/<dataset>/<method>.<codec>/run_id=<run_id>/codebooks.parquet
         array (string), row (int32), values (list<float32>): PQ codebooks, the OPQ rotation, the
         PCA mean / components. Array shapes, the run id and the sha256 of every code file are in
@@ -67,8 +69,10 @@ def codes_table(ids: pa.Array | np.ndarray, cols: dict[str, np.ndarray]) -> pa.T
     arrays = [ids, pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(code.tobytes())])]
     for k in ("scale", "bias"):
         if k in cols:
-            arrays.append(pa.array(np.asarray(cols[k])))
-            fields.append(pa.field(k, arrays[-1].type))
+            v = np.asarray(cols[k])
+            # Delta has no float16: stored as float32 (exact), the codec's dtype in the field metadata
+            arrays.append(pa.array(v.astype(np.float32) if v.dtype == np.float16 else v))
+            fields.append(pa.field(k, arrays[-1].type, metadata={"embedlake.dtype": str(v.dtype)}))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -86,7 +90,9 @@ def table_columns(t: pa.Table) -> dict[str, np.ndarray]:
     cols = {"code": raw.reshape(len(code), B).copy()}
     for k in ("scale", "bias"):
         if k in t.column_names:
-            cols[k] = t.column(k).to_numpy()
+            dtype = (t.schema.field(k).metadata or {}).get(b"embedlake.dtype")
+            v = t.column(k).to_numpy()
+            cols[k] = v.astype(dtype.decode()) if dtype else v
     return cols
 
 
