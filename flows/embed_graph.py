@@ -84,7 +84,7 @@ def summary(run: Run, graph: GraphHandle, manifest_url: str, metrics: dict, dim:
     """What embed_graph returns (the CLI prints it)."""
     return {
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "embeddings": run.lake.url(Lake.run_dir("embeddings", run.dataset, run.method, run.run_id)),
+        "embeddings": run.lake.url(Lake.table_dir("embeddings", run.dataset, run.method)),
         "manifest": manifest_url, "graph": graph.meta, "stages": run.stages, "metrics": metrics,
         "rows": graph.num_nodes, "dim": dim, "wall_s": run.wall_s(), "tables": tables,
     }
@@ -150,7 +150,7 @@ def resume_compress(cfg: PipelineConfig, run: Run) -> dict:
     tables = compress_run(cfg, run, run.run_id, skip_committed=True)
     return {
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "embeddings": run.lake.url(Lake.run_dir("embeddings", run.dataset, run.method, run.run_id)),
+        "embeddings": run.lake.url(Lake.table_dir("embeddings", run.dataset, run.method)),
         "manifest": run.lake.url(man.table),
         "graph": man.extra.get("graph"), "stages": run.stages, "metrics": man.metrics, "rows": man.extra.get("rows"),
         "dim": man.extra.get("dim"), "wall_s": run.wall_s(), "tables": tables, "resumed": {"committed": True},
