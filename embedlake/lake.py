@@ -116,13 +116,21 @@ class Manifest:
     table_version: int = -1      # the table version holding this run
 
     def record(self) -> dict:
-        """The run record stored in the Delta commit metadata (JSON-safe)."""
-        return json.loads(json.dumps(self.__dict__, sort_keys=True, default=_json_default))
+        """The run record (JSON-safe dict)."""
+        return json.loads(self.to_json())
+
+    def commit_metadata(self) -> dict:
+        """What the run's Delta commit carries under "embedlake": the keys to find it by, and the
+        whole record as a JSON string (delta-rs re-serialises nested JSON numbers through serde_json,
+        which can move a float by one ulp; a string keeps the figures exact)."""
+        return {"run_id": self.run_id, "dataset": self.dataset, "method": self.method,
+                "committed_at": self.committed_at,
+                "record": json.dumps(self.__dict__, sort_keys=True, default=_json_default, separators=(",", ":"))}
 
     @classmethod
     def from_commit(cls, entry: dict, table: str) -> "Manifest":
         """The run of one history entry of `table` (DeltaTable.history())."""
-        d = dict(entry["embedlake"])
+        d = json.loads(entry["embedlake"]["record"])
         d.update(table=table, table_version=int(entry["version"]))
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
@@ -433,7 +441,7 @@ class Lake:
         for rel, files in groups.items():
             if rel != home:
                 delta.commit_files(files, self.delta_options, secondary, description=self._description(files))
-        manifest.table_version = delta.commit_files(groups[home], self.delta_options, manifest.record(),
+        manifest.table_version = delta.commit_files(groups[home], self.delta_options, manifest.commit_metadata(),
                                                     description=self._description(groups[home]))
         try:                                   # the commit now guards the run id
             self.delete(self.claim_path(manifest.dataset, manifest.method, manifest.run_id))
@@ -513,7 +521,7 @@ class Lake:
     def table_runs(self, rel: str) -> list[Manifest]:
         """The runs committed to one table as its own (newest first), from its Delta history."""
         return [Manifest.from_commit(h, rel) for h in delta.run_commits(self.fs, self._abs(rel))
-                if "files" in h[delta.META_KEY]]
+                if "record" in h[delta.META_KEY]]
 
     def manifests(self, dataset: str, method: str) -> list[Manifest]:
         """Committed runs of (dataset, method), oldest first (every home table's history)."""

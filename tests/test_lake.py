@@ -62,7 +62,7 @@ def test_same_run_through_every_engine(tmp_path):
     # the dimension is recorded in the table's schema (field metadata) and the run record
     field = next(f for f in DeltaTable(uri).schema().fields if f.name == "vector")
     assert field.metadata["embedlake.dim"] == "8"
-    assert DeltaTable(uri).history()[0]["embedlake"]["extra"]["dim"] == 8
+    assert json.loads(DeltaTable(uri).history()[0]["embedlake"]["record"])["extra"]["dim"] == 8
 
 
 def test_time_travel_to_the_previous_run(tmp_path):
