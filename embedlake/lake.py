@@ -587,6 +587,23 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+TARGET_FILE_BYTES = 128 * 2**20   # data files of a published table: about this size (fewer, larger files)
+
+
+def file_bounds(bounds: list[tuple[int, int]], row_bytes: int,
+                target: int = TARGET_FILE_BYTES) -> list[tuple[int, int]]:
+    """Contiguous compute partitions merged into file ranges of about `target` bytes each (never
+    split): a small graph gets one file, not one per CPU; 1M x 128 float32 rows (~0.5 GiB) about 4
+    files of 128 MiB instead of thousands of tiny ones when shard.partitions is large."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in bounds:
+        if out and (out[-1][1] - out[-1][0] + hi - lo) * max(1, row_bytes) <= target:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
 def table_of(path: str) -> str:
     """The table folder <kind>/<dataset>/<method> of a lake-relative data file path."""
     return "/".join(path.split("/")[:3])
