@@ -101,6 +101,8 @@ class FileEntry:
 
 @dataclass
 class Manifest:
+    """A run's record (kept under its old name: every flow builds one): what the run's Delta commit
+    carries in its metadata, and what `Lake.manifest` reads back with the table version."""
     dataset: str
     method: str
     run_id: str
@@ -320,8 +322,8 @@ class Lake:
         except (FileExistsError, OSError) as e:
             if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e) or "412" in str(e):
                 # A retried request whose first attempt took effect (answer lost: 5xx, reset,
-                # timeout) meets its own object: identical bytes (manifests and claims are unique
-                # per writer) mean we won, so the commit happens exactly once.
+                # timeout) meets its own object: identical bytes (claims are unique
+                # per writer) mean we won, so the claim is taken exactly once.
                 try:
                     fs.invalidate_cache(path)
                     mine = fs.cat_file(path) == data
