@@ -1,17 +1,28 @@
-"""The lake: the one module that owns every path, and the commit protocol.
+"""The lake: the one module that owns every path, and the commit protocol (Delta Lake tables).
 
 Layout (root = a local folder or s3://bucket/prefix):
 
-    <root>/graphs/<dataset>/<version>/...                        CSR + node-id map
-    <root>/<kind>/<dataset>/<method>/run=<run_id>/partition=<k>/part-<k>.parquet
-        kind: embeddings | walks | tables | metrics | checkpoints
-    <root>/_manifests/<dataset>/<method>/<run_id>.json           the commit of a run
+    USER TABLES (Delta Lake: read with pl.scan_delta, deltalake.DeltaTable, DuckDB, Spark ...)
+    <root>/embeddings/<dataset>/<method>/                 embeddings (and <method>.aligned)
+    <root>/walks/<dataset>/<method>/                      walks written to the lake
+    <root>/tables/<dataset>/<method>.<codec>/             compressed / learned tables: codes
+    <root>/codebooks/<dataset>/<method>.<codec>/          their codebooks
+        _delta_log/                                       the table's log (one commit per run)
+        run_id=<run_id>/partition=<k>/part-<k>.parquet    data files (partition columns run_id, partition)
 
-Protocol (delta-rs / pyiceberg style): a run writes its data files first, then commits one small
-JSON manifest (files, row counts, sha256 checksums, resolved config, code version, metrics) with
-put-if-absent. Readers only look at files named by a committed manifest, so a run killed between
-its data files and its manifest is invisible. "latest" is the committed run with the newest
-`committed_at`. Nothing read from the lake is unpickled (JSON + Parquet + .npy without pickle).
+    INTERNAL (embedlake's own files; named in the run record, removed by `gc` when no run needs them)
+    <root>/graphs/<dataset>/<version>/...                 ingested CSR + node-id map (content-addressed)
+    <root>/checkpoints/<dataset>/<method>/run_id=<id>/    stage checkpoints of a run in progress
+    <root>/tokens/<dataset>/<method>/run_id=<id>/         token-id shards + vocabulary of a corpus run
+    <root>/metrics/<dataset>/<method>/run_id=<id>/        metrics.parquet, report, alignment rotation
+    <root>/_claims/<dataset>/<method>/<run_id>.claim      a writer's reservation of a run id
+
+Protocol: workers write a run's data files; the driver's `Lake.commit` then makes ONE Delta commit
+per table the run writes (secondary tables first, the run's own table last), each overwriting the
+table's previous run, with the run record in the commit metadata (embedlake/delta.py). A run killed
+between its data files and its commit is invisible (its files are in no log) and vacuumed by `gc`
+after the retention period. "latest" is the current version of the run's table; an earlier run is
+the version whose commit metadata names its run id. Nothing read from the lake is unpickled.
 """
 from __future__ import annotations
 
@@ -30,12 +41,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlake import storage
+from embedlake import delta, storage
 from embedlake.errors import CommitConflict, LakeError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KINDS = ("embeddings", "walks", "tables", "metrics", "checkpoints", "tokens")
-MANIFEST_VERSION = 1
+KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "checkpoints", "tokens")
+TABLE_KINDS = ("embeddings", "walks", "tables", "codebooks")     # their Parquet files form Delta tables
+HOME_KINDS = ("embeddings", "tables", "walks")                   # where a run's own table lives, in order
+RECORD_VERSION = 2
 
 
 def check_name(value: str, what: str) -> str:
@@ -88,6 +101,8 @@ class FileEntry:
 
 @dataclass
 class Manifest:
+    """A run's record (kept under its old name: every flow builds one): what the run's Delta commit
+    carries in its metadata, and what `Lake.manifest` reads back with the table version."""
     dataset: str
     method: str
     run_id: str
@@ -98,7 +113,37 @@ class Manifest:
     extra: dict = field(default_factory=dict)                    # e.g. dim, rows, codec parameters
     code_version: str = ""
     committed_at: str = ""
-    version: int = MANIFEST_VERSION
+    version: int = RECORD_VERSION
+    table: str = ""              # the run's own Delta table (lake-relative), set by the commit
+    table_version: int = -1      # the table version holding this run
+
+    def record(self) -> dict:
+        """The run record (JSON-safe dict)."""
+        return json.loads(self.to_json())
+
+    def commit_metadata(self) -> dict:
+        """What the run's Delta commit carries under "embedlake": the keys to find it by, and the
+        whole record as a JSON string (delta-rs re-serialises nested JSON numbers through serde_json,
+        which can move a float by one ulp; a string keeps the figures exact)."""
+        return {"run_id": self.run_id, "dataset": self.dataset, "method": self.method,
+                "committed_at": self.committed_at,
+                "record": json.dumps(self.__dict__, sort_keys=True, default=_json_default, separators=(",", ":"))}
+
+    @classmethod
+    def from_commit(cls, entry: dict, table: str) -> "Manifest":
+        """The run of one history entry of `table` (DeltaTable.history())."""
+        d = json.loads(entry["embedlake"]["record"])
+        d.update(table=table, table_version=int(entry["version"]))
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def home_table(self) -> str | None:
+        """The run's own table: embeddings, else codes, else walks of (dataset, method) it wrote."""
+        written = {table_of(e["path"]) for entries in self.files.values() for e in entries}
+        for kind in HOME_KINDS:
+            rel = Lake.table_dir(kind, self.dataset, self.method)
+            if rel in written:
+                return rel
+        return None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True, default=_json_default)
@@ -151,10 +196,16 @@ class Lake:
         return storage.join(self.root, rel)
 
     @staticmethod
-    def run_dir(kind: str, dataset: str, method: str, run_id: str) -> str:
+    def table_dir(kind: str, dataset: str, method: str) -> str:
+        """The folder of (kind, dataset, method): a Delta table for TABLE_KINDS."""
         if kind not in KINDS:
             raise LakeError(f"unknown lake kind {kind!r}")
-        return f"{kind}/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}/run={check_name(run_id, 'run')}"
+        return f"{kind}/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}"
+
+    @classmethod
+    def run_dir(cls, kind: str, dataset: str, method: str, run_id: str) -> str:
+        """A run's folder inside its table: the hive segment of the `run_id` partition column."""
+        return f"{cls.table_dir(kind, dataset, method)}/run_id={check_name(run_id, 'run')}"
 
     @classmethod
     def part_path(cls, kind: str, dataset: str, method: str, run_id: str, partition: int,
@@ -165,12 +216,13 @@ class Lake:
         return f"{base}/partition={int(partition)}/part-{int(partition):05d}.parquet"
 
     @staticmethod
-    def manifest_dir(dataset: str, method: str) -> str:
-        return f"_manifests/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}"
+    def claim_dir(dataset: str, method: str) -> str:
+        return f"_claims/{check_name(dataset, 'dataset')}/{check_name(method, 'method')}"
 
-    @classmethod
-    def manifest_path(cls, dataset: str, method: str, run_id: str) -> str:
-        return f"{cls.manifest_dir(dataset, method)}/{check_name(run_id, 'run')}.json"
+    @property
+    def delta_options(self) -> dict | None:
+        """storage_options for deltalake / polars.scan_delta (S3 settings; None for a local lake)."""
+        return delta.storage_options(self.protocol, self.env)
 
     @staticmethod
     def graph_dir(dataset: str, version: str) -> str:
@@ -270,8 +322,8 @@ class Lake:
         except (FileExistsError, OSError) as e:
             if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e) or "412" in str(e):
                 # A retried request whose first attempt took effect (answer lost: 5xx, reset,
-                # timeout) meets its own object: identical bytes (manifests and claims are unique
-                # per writer) mean we won, so the commit happens exactly once.
+                # timeout) meets its own object: identical bytes (claims are unique
+                # per writer) mean we won, so the claim is taken exactly once.
                 try:
                     fs.invalidate_cache(path)
                     mine = fs.cat_file(path) == data
@@ -284,7 +336,7 @@ class Lake:
 
     @classmethod
     def claim_path(cls, dataset: str, method: str, run_id: str) -> str:
-        return f"{cls.manifest_dir(dataset, method)}/{check_name(run_id, 'run')}.claim"
+        return f"{cls.claim_dir(dataset, method)}/{check_name(run_id, 'run')}.claim"
 
     def claim_run(self, dataset: str, method: str, run_id: str, take_over_dead: bool = False) -> str:
         """Reserve a run id before writing any data file (put-if-absent of a small claim file).
@@ -296,7 +348,7 @@ class Lake:
         the winner's files after the winner committed (checksums no longer match) or delete them
         in its failure clean-up. With a claim, the second writer gets CommitConflict before it has
         written anything. Returns the claim token for `release_claim`; `commit` drops the claim.
-        Readers never look at claims (manifests are the `.json` files only).
+        Readers never look at claims (they read Delta logs).
         """
         if self.is_committed(dataset, method, run_id):
             raise CommitConflict(f"run {run_id} of {dataset}/{method} is already committed in {self.uri}")
@@ -318,7 +370,7 @@ class Lake:
                                  f"pick another run id (a run killed on this host is resumed by re-running it there "
                                  f"with the same run id; one killed on another host leaves {self.url(rel)}: "
                                  f"delete it to resume)") from None
-        # A writer that committed this run id drops its claim only after its manifest exists, so a
+        # A writer that committed this run id drops its claim only after its commit exists, so a
         # claim won after that commit is seen here (checked before the claim, the commit could land
         # in between, and this writer would then overwrite the committed run's files)
         if self.is_committed(dataset, method, run_id):
@@ -359,7 +411,7 @@ class Lake:
         try:
             if json.loads(self.read_bytes(rel)).get("token") == token:
                 self.delete(rel)
-                if self.protocol == "file":      # leave no empty _manifests/<dataset>/<method> folders
+                if self.protocol == "file":      # leave no empty _claims/<dataset>/<method> folders
                     d = os.path.dirname(self._abs(rel))
                     for _ in range(3):
                         os.rmdir(d)              # OSError when not empty: stop there
@@ -368,75 +420,159 @@ class Lake:
             pass
 
     def commit(self, manifest: Manifest) -> str:
-        """Commit a run: verify its files exist, then write its manifest with put-if-absent."""
-        for kind, entries in manifest.files.items():
+        """Commit a run: verify its files exist and have Delta types, then one Delta commit per table
+        it wrote (secondary tables first, its own table last: the run is committed once its own
+        table holds it). Returns the URI of the run's table."""
+        if self.is_committed(manifest.dataset, manifest.method, manifest.run_id):
+            raise CommitConflict(f"run {manifest.run_id} of {manifest.dataset}/{manifest.method} is already "
+                                 f"committed in {self.uri}")
+        for entries in manifest.files.values():
             for e in entries:
                 if not self.exists(e["path"]):
                     raise LakeError(f"cannot commit run {manifest.run_id}: data file {e['path']} is missing")
+        home = manifest.home_table()
+        if home is None:
+            raise LakeError(f"cannot commit run {manifest.run_id} of {manifest.dataset}/{manifest.method}: it wrote "
+                            f"no embeddings, codes or walks table")
         manifest.code_version = manifest.code_version or code_version()
         manifest.committed_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
-        rel = self.manifest_path(manifest.dataset, manifest.method, manifest.run_id)
-        self.put_if_absent(rel, manifest.to_json().encode())
-        try:                                   # the manifest now guards the run id
+        manifest.table = home
+        groups = self.table_files(manifest)
+        secondary = {"run_id": manifest.run_id, "dataset": manifest.dataset, "method": manifest.method,
+                     "of_table": home, "committed_at": manifest.committed_at}
+        for rel, files in groups.items():
+            if rel != home:
+                delta.commit_files(files, self.delta_options, secondary, description=self._description(files))
+        manifest.table_version = delta.commit_files(groups[home], self.delta_options, manifest.commit_metadata(),
+                                                    description=self._description(groups[home]))
+        try:                                   # the commit now guards the run id
             self.delete(self.claim_path(manifest.dataset, manifest.method, manifest.run_id))
         except Exception:  # noqa: BLE001 - a leftover claim is harmless once committed
             pass
-        return self.url(rel)
+        return self.url(home)
+
+    def table_files(self, manifest: Manifest) -> dict[str, "delta.TableFiles"]:
+        """The run's Parquet files grouped by Delta table, each file's schema checked (footer only)."""
+        groups: dict[str, delta.TableFiles] = {}
+        for entries in manifest.files.values():
+            for e in entries:
+                rel = table_of(e["path"])
+                if rel.split("/")[0] not in TABLE_KINDS or not e["path"].endswith(".parquet"):
+                    continue
+                schema = self.parquet_schema(e["path"], int(e["bytes"]))
+                delta.check_schema(schema, self.url(e["path"]))
+                if rel not in groups:
+                    groups[rel] = delta.TableFiles(self.url(rel), rel, self.fs, self._abs(rel), [], schema)
+                elif not schema.equals(groups[rel].schema):
+                    raise LakeError(f"cannot commit run {manifest.run_id}: {self.url(e['path'])} has columns "
+                                    f"{schema.names} unlike the other files of {self.url(rel)}")
+                groups[rel].entries.append(e)
+        return groups
+
+    def parquet_schema(self, rel: str, size: int) -> pa.Schema:
+        """A Parquet file's schema from its footer (one ranged read of the file's tail)."""
+        path = self._abs(rel)
+        tail = self.fs.cat_file(path, start=max(0, size - 65536), end=size) if size > 8 else b""
+        if len(tail) < 8 or tail[-4:] != b"PAR1":
+            raise LakeError(f"{self.url(rel)}: not a Parquet file")
+        need = int.from_bytes(tail[-8:-4], "little") + 8
+        if need > len(tail):
+            tail = self.fs.cat_file(path)
+        return pq.read_schema(io.BytesIO(tail))
+
+    @staticmethod
+    def _description(files: "delta.TableFiles") -> str:
+        """The table description: what the vector / code columns hold (dim lives in field metadata)."""
+        dims = {f.name: (f.metadata or {}).get(b"embedlake.dim", b"").decode() for f in files.schema}
+        dims = {k: v for k, v in dims.items() if v}
+        return json.dumps({"written_by": "embedlake", "dims": dims})
 
     # ---- reading committed runs -------------------------------------------------------------
+    def tables(self, kinds: tuple[str, ...] = TABLE_KINDS) -> list[str]:
+        """Every Delta table of the lake (lake-relative folders with a _delta_log)."""
+        out = []
+        for kind in kinds:
+            for ds in self._ls_dirs(kind):
+                for m in self._ls_dirs(f"{kind}/{ds}"):
+                    if self._has_log(f"{kind}/{ds}/{m}"):
+                        out.append(f"{kind}/{ds}/{m}")
+        return sorted(out)
+
+    def _has_log(self, rel: str) -> bool:
+        """Whether rel is a Delta table (fsspec's listing cache refreshed: delta-rs wrote it)."""
+        path = self._abs(rel)
+        self.fs.invalidate_cache(path)
+        return self.fs.exists(f"{path}/_delta_log")
+
     def datasets(self) -> list[str]:
-        return sorted(p.rsplit("/", 1)[-1] for p in self._ls_dirs("_manifests"))
+        return sorted({t.split("/")[1] for t in self.tables(HOME_KINDS)})
 
     def methods(self, dataset: str) -> list[str]:
-        return sorted(p.rsplit("/", 1)[-1] for p in self._ls_dirs(f"_manifests/{check_name(dataset, 'dataset')}"))
+        check_name(dataset, "dataset")
+        return sorted({t.split("/")[2] for t in self.tables(HOME_KINDS) if t.split("/")[1] == dataset
+                       if self.manifests(dataset, t.split("/")[2])})
 
     def _ls_dirs(self, rel: str) -> list[str]:
         path = self._abs(rel)
+        self.fs.invalidate_cache(path)     # tables are created by delta-rs, behind fsspec's listing cache
         if not self.fs.exists(path):
             return []
-        return [d["name"] for d in self.fs.ls(path, detail=True) if d["type"] == "directory"]
+        return sorted(d["name"].rstrip("/").rsplit("/", 1)[-1] for d in self.fs.ls(path, detail=True)
+                      if d["type"] == "directory")
+
+    def table_runs(self, rel: str) -> list[Manifest]:
+        """The runs committed to one table as its own (newest first), from its Delta history."""
+        return [Manifest.from_commit(h, rel) for h in delta.run_commits(self.fs, self._abs(rel))
+                if "record" in h[delta.META_KEY]]
 
     def manifests(self, dataset: str, method: str) -> list[Manifest]:
-        """Committed runs, oldest first."""
-        d = self.manifest_dir(dataset, method)
+        """Committed runs of (dataset, method), oldest first (every home table's history)."""
         out = []
-        for rel in self.list_files(d):
-            if rel.endswith(".json") and ".tmp-" not in rel:
-                out.append(Manifest.from_json(self.read_bytes(rel).decode()))
+        for kind in HOME_KINDS:
+            rel = self.table_dir(kind, dataset, method)
+            if self._has_log(rel):
+                out.extend(m for m in self.table_runs(rel) if m.method == method)
         return sorted(out, key=lambda m: (m.committed_at, m.run_id))
 
     def manifest(self, dataset: str, method: str, run: str = "latest") -> Manifest:
+        """One committed run: "latest" (the newest run's table version) or a run id."""
+        runs = self.manifests(dataset, method)
         if run == "latest":
-            ms = self.manifests(dataset, method)
-            if not ms:
+            if not runs:
                 raise LakeError(f"no committed run of {dataset}/{method} in {self.uri}")
-            return ms[-1]
-        rel = self.manifest_path(dataset, method, run)
-        if not self.exists(rel):
-            raise LakeError(f"run {run} of {dataset}/{method} is not committed in {self.uri}")
-        return Manifest.from_json(self.read_bytes(rel).decode())
+            return runs[-1]
+        for m in runs:
+            if m.run_id == run:
+                return m
+        raise LakeError(f"run {run} of {dataset}/{method} is not committed in {self.uri}")
 
     def is_committed(self, dataset: str, method: str, run_id: str) -> bool:
-        return self.exists(self.manifest_path(dataset, method, run_id))
+        return any(m.run_id == run_id for m in self.manifests(dataset, method))
 
     def committed_paths(self) -> set[str]:
-        """Every data file named by any committed manifest (for gc)."""
+        """Every file named by any committed run record still in a table's history (for gc of the
+        internal files: metrics, tokens, checkpoints)."""
         keep: set[str] = set()
-        for ds in self.datasets():
-            for m in self.methods(ds):
-                for man in self.manifests(ds, m):
-                    for entries in man.files.values():
-                        keep.update(e["path"] for e in entries)
+        for rel in self.tables(HOME_KINDS):
+            for man in self.table_runs(rel):
+                for entries in man.files.values():
+                    keep.update(e["path"] for e in entries)
         return keep
 
-    def orphans(self) -> list[str]:
-        """Data files that no committed manifest names: leftovers of failed or killed runs."""
+    def orphans(self, kinds: tuple[str, ...] = ("metrics", "tokens", "checkpoints")) -> list[str]:
+        """Internal files no committed run names: leftovers of failed or killed runs (the Delta
+        tables' own leftovers are found by `vacuum`)."""
         keep = self.committed_paths()
         out = []
-        for kind in KINDS:
+        for kind in kinds:
             out.extend(p for p in self.list_files(kind) if p not in keep)
         return out
 
+    def vacuum(self, retention_hours: float, delete: bool) -> dict[str, list[str]]:
+        """Vacuum every Delta table: files no version within the retention needs (tombstoned longer
+        than `retention_hours` ago, or never committed and older than that)."""
+        return {rel: delta.vacuum(self.url(rel), self.delta_options, retention_hours, delete)
+                for rel in self.tables()}
 
 def _pid_alive(pid: int) -> bool:
     """Whether a local process exists; a zombie (killed child not yet reaped) counts as dead."""
@@ -453,13 +589,69 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+TARGET_FILE_BYTES = 128 * 2**20   # data files of a published table: about this size (fewer, larger files)
+
+
+def file_bounds(bounds: list[tuple[int, int]], row_bytes: int,
+                target: int = TARGET_FILE_BYTES) -> list[tuple[int, int]]:
+    """Contiguous compute partitions merged into file ranges of about `target` bytes each (never
+    split): a small graph gets one file, not one per CPU; 1M x 128 float32 rows (~0.5 GiB) about 4
+    files of 128 MiB instead of thousands of tiny ones when shard.partitions is large."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in bounds:
+        if out and (out[-1][1] - out[-1][0] + hi - lo) * max(1, row_bytes) <= target:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def table_of(path: str) -> str:
+    """The table folder <kind>/<dataset>/<method> of a lake-relative data file path."""
+    return "/".join(path.split("/")[:3])
+
+
+def vector_field(d: int) -> pa.Field:
+    """`vector` as Delta declares it (array<float> = Arrow list<float32>), its dimension in the
+    field metadata (embedlake.dim; it survives in DeltaTable.schema() and every Arrow reader)."""
+    return pa.field("vector", pa.list_(pa.float32()), metadata={"embedlake.dim": str(int(d))})
+
+
 def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dict[str, Iterable] | None = None,
                      id_name: str = "node") -> pa.Table:
-    """Rows `node` (original id, original type) and `vector` (fixed_size_list<float32>[d])."""
+    """Rows `node` (original id, original type) and `vector` (list<float32>, d values each: Delta has
+    no fixed-size list; embedlake's reader hands them back as fixed-size arrays)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), d)
-    cols = {id_name: ids if isinstance(ids, pa.Array) else pa.array(ids), "vector": vec}
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n * d < 2**31 else
+                       np.arange(0, (n + 1) * d, d, dtype=np.int64))
+    values = pa.array(vectors.reshape(-1), type=pa.float32())
+    vec = (pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray).from_arrays(offsets, values)
+    vec = vec.cast(pa.list_(pa.float32()))
+    fields = [pa.field(id_name, ids.type if isinstance(ids, pa.Array) else pa.array(ids).type), vector_field(d)]
+    cols = [ids if isinstance(ids, pa.Array) else pa.array(ids), vec]
     for k, v in (extra or {}).items():
-        cols[k] = pa.array(v)
-    return pa.table(cols)
+        arr = pa.array(v)
+        fields.append(pa.field(k, arr.type))
+        cols.append(arr)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+def fixed_vectors(table: pa.Table, column: str = "vector") -> pa.Table:
+    """The table with `column` as fixed_size_list<float32>[d] (what embedlake's readers return)."""
+    if column not in table.column_names:
+        return table
+    col = table.column(column).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        return table
+    if len(col) == 0:
+        field = table.schema.field(column)
+        d = int((field.metadata or {}).get(b"embedlake.dim", b"0"))
+        return table.set_column(table.column_names.index(column), column,
+                                pa.array([], pa.list_(pa.float32(), max(d, 1))))
+    d = len(col[0].values) if col[0].is_valid else 0
+    flat = col.flatten()
+    if len(flat) != d * len(col):
+        raise LakeError(f"the {column} column holds vectors of different lengths")
+    fixed = pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), d)
+    return table.set_column(table.column_names.index(column), column, fixed)

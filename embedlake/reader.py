@@ -1,10 +1,13 @@
-"""Reader API: committed runs as polars frames or numpy arrays.
+"""Reader API: committed runs as polars frames or numpy arrays, on top of the lake's Delta tables.
 
     import embedlake
     df = embedlake.read_embeddings("./lake", "karate", "deepwalk")          # latest committed run
     ids, X = embedlake.load_matrix("s3://bucket/lake", "blogcatalog", "deepwalk", run="20261129T...")
 
-Only files named by a committed manifest are read, so a half-written run is never seen.
+A run id resolves to the table version whose commit metadata names it (`Lake.manifest`); the
+rows are that version's files (its add actions, in partition order), so a half-written run is
+never seen. Vectors come back as fixed-size arrays (the Delta tables hold list<float32>).
+Readers without embedlake: `pl.scan_delta(table_uri(...))` (README, "Reading the lake").
 """
 from __future__ import annotations
 
@@ -12,16 +15,22 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from embedlake.lake import Lake, Manifest
+from embedlake.lake import Lake, Manifest, fixed_vectors
 
 
 def _lake(lake: str | Lake) -> Lake:
     return lake if isinstance(lake, Lake) else Lake(lake)
 
 
+def table_uri(lake: str | Lake, dataset: str, method: str, kind: str = "embeddings") -> str:
+    """The Delta table URI of (kind, dataset, method): what pl.scan_delta / DeltaTable / Spark read."""
+    lk = _lake(lake)
+    return lk.url(Lake.table_dir(kind, dataset, method))
+
+
 def committed_files(lake: str | Lake, dataset: str, method: str, run: str = "latest",
                     kind: str = "embeddings") -> list[str]:
-    """Full URIs of one committed run's data files (to hand to polars, DuckDB or pyarrow)."""
+    """Full URIs of one committed run's data files (its table version's files)."""
     lk = _lake(lake)
     man = lk.manifest(dataset, method, run)
     return [lk.url(e["path"]) for e in man.files.get(kind, [])]
@@ -29,16 +38,18 @@ def committed_files(lake: str | Lake, dataset: str, method: str, run: str = "lat
 
 def read_table(lake: str | Lake, dataset: str, method: str, run: str = "latest",
                kind: str = "embeddings") -> tuple[pa.Table, Manifest]:
+    """One committed run's rows of `kind` (vectors as fixed_size_list) and its run record."""
     lk = _lake(lake)
     man = lk.manifest(dataset, method, run)
-    tables = [lk.read_parquet(e["path"]) for e in man.files.get(kind, [])]
+    entries = man.files.get(kind, [])
+    tables = [lk.read_parquet(e["path"]) for e in entries]
     if not tables:
         raise ValueError(f"run {man.run_id} of {dataset}/{method} has no {kind} files")
-    return pa.concat_tables(tables), man
+    return fixed_vectors(pa.concat_tables(tables)), man
 
 
 def read_embeddings(lake: str | Lake, dataset: str, method: str, run: str = "latest") -> pl.DataFrame:
-    """One committed run's embeddings: columns node, vector (Array[f32, d]), partition."""
+    """One committed run's embeddings: columns node, vector (Array[f32, d])."""
     table, _ = read_table(lake, dataset, method, run)
     return pl.from_arrow(table)
 

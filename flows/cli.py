@@ -101,15 +101,14 @@ def print_summary(s: dict, out=None) -> None:
         t = s["table"]
         w(f"learned table {t['codec']}: {t['table_rows']:,} rows for {s['rows']:,} nodes, "
           f"{t['bytes_per_vector']} B/vector (ratio {t['ratio']:.1f})\n")
-        w(f"outputs:\n  table       {t['path']}/partition=*/*.parquet (+ codebooks.parquet)\n")
-        w(f"  manifest    {s['manifest']}\n  graph       {s['graph']['path']}\n")
+        w(f"outputs:\n  run files   {t['path']}/partition=*/*.parquet (+ its codebooks table)\n")
+        w(f"  table       {s['manifest']} (Delta)\n  graph       {s['graph']['path']}\n")
         w(f"read it:\n  python -c \"from embedlake.workers.compress.store import read_compressed; "
           f"t = read_compressed('{s['lake']}', '{s['dataset']}', '{t['source_method']}', '{t['codec']}'); "
           f"print(t.decode().shape)\"\n")
         return
     w("outputs:\n")
-    w(f"  embeddings  {s['embeddings']}\n")
-    w(f"  manifest    {s['manifest']}\n")
+    w(f"  embeddings  {s['embeddings']} (Delta table; pl.scan_delta reads the latest run)\n")
     w(f"  graph       {s['graph']['path']}\n")
     w("read it:\n")
     w(f"  python -c \"import embedlake; print(embedlake.read_embeddings('{s['lake']}', '{s['dataset']}', "
@@ -154,8 +153,8 @@ def cmd_walk(args) -> int:
               f"walks={s['walks']:,}")
         for k, v in s["stages"].items():
             print(f"{k:<12}{v['wall_s']:>9.2f}s")
-        print(f"walks     {s['walks_uri']}\nmanifest  {s['manifest']}")
-        print(f"read it:  pl.scan_parquet('{s['walks_uri']}/**/*.parquet', hive_partitioning=True).collect()")
+        print(f"walks     {s['walks_uri']} (Delta table)")
+        print(f"read it:  pl.scan_delta('{s['walks_uri']}').collect()")
     return 0
 
 

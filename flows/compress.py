@@ -4,8 +4,9 @@
 
 Builds compressed tables from one committed embeddings run (`--from dataset/method[/run]`,
 latest by default). Each codec is committed as its own run, method `<method>.<codec>`, all sharing
-one run id; files live under tables/<dataset>/<method>/run=<run_id>/codec=<codec>/. A codec that
-fails leaves nothing behind; codecs committed before it stay committed.
+one run id; each codec's codes are the Delta table tables/<dataset>/<method>.<codec>/ (its codebooks:
+codebooks/<dataset>/<method>.<codec>/). A codec that fails leaves nothing behind; codecs committed
+before it stay committed.
 
 `compress_run` is the same stage callable from inside another flow (embed_graph's compress step,
 when `compress.codecs` is set).
@@ -54,8 +55,7 @@ def compress_run(cfg: PipelineConfig, run: Run, source: str = "latest", skip_com
 def committed_table(table: Run) -> dict:
     """The summary line of a table run committed before (kept as it is)."""
     done = table.lake.manifest(table.dataset, table.method, table.run_id)
-    return {"method": table.method, "manifest": table.lake.url(Lake.manifest_path(table.dataset, table.method,
-                                                                                    table.run_id)),
+    return {"method": table.method, "manifest": table.lake.url(done.table),
             "path": done.extra.get("path"), "bytes_per_vector": done.extra.get("bytes_per_vector"),
             "ratio": done.extra.get("ratio"), "build_s": 0.0, "reused": True,
             **{k: done.metrics.get(k) for k in ("recall_at_10", "recall_at_10_rerank", "micro_f1_change",

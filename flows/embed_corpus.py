@@ -58,7 +58,7 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
                                                              "id_column": "token"}))
     return {
         "dataset": dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "embeddings": run.lake.url(Lake.run_dir("embeddings", dataset, run.method, run.run_id)),
+        "embeddings": run.lake.url(Lake.table_dir("embeddings", dataset, run.method)),
         "tokens": run.lake.url(Lake.run_dir("tokens", dataset, run.method, run.run_id)),
         "manifest": url, "corpus": corpus, "train": trained.info, "stages": run.stages, "metrics": metrics,
         "rows": vocab.size, "dim": cfg.train.dim, "wall_s": run.wall_s(),

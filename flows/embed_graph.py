@@ -15,7 +15,7 @@ from prefect import flow
 from embedlake.config import LEARNED_TABLE_SHARDS, PipelineConfig
 from embedlake.errors import ConfigError
 from embedlake.flows.compress import compress_run
-from embedlake.lake import Lake, check_name, dataset_from_input
+from embedlake.lake import Lake, check_name, dataset_from_input, file_bounds
 from embedlake.tasks import evaluate as et
 from embedlake.tasks import graph as gt
 from embedlake.tasks import learned as lt
@@ -56,13 +56,13 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
                  else embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds))
         fault_point("after:train")
         files = dict(table.files)
-        files["embeddings"] = publish_table(run, graph, table.ref, bounds)
+        dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
+        files["embeddings"] = publish_table(run, graph, table.ref, bounds, row_bytes=4 * int(dim or 0) + 16)
         fault_point("after:publish")
         # on a sharded graph, evaluation runs as per-shard tasks (tasks/evaluate.py): no whole graph or table
         evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id, graph, table.ref,
                              cfg.eval, split, bounds, run.retries)
         files.update(evaluated["files"])
-        dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
         url = run.commit(run.manifest(files, evaluated["metrics"], extra={
             "dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": table.info}))
     # each codec is its own committed run (<method>.<codec>) of this run's table
@@ -70,20 +70,22 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     return summary(run, graph, url, evaluated["metrics"], dim, tables)
 
 
-def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]]) -> list[dict]:
-    """Write the run's table: row partitions of one table, or each graph shard's rows by its own task."""
+def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]], row_bytes: int = 0
+                  ) -> list[dict]:
+    """Write the run's table: row partitions of one table (merged into files of about
+    lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task."""
     if isinstance(table_ref, list):
         return run.time("publish", gt.publish_shards, run.lake, run.dataset, run.method, run.run_id, graph,
                         table_ref, run.retries)
-    return run.time("publish", gt.publish, run.lake, run.dataset, run.method, run.run_id, graph, table_ref, bounds,
-                    run.retries)
+    return run.time("publish", gt.publish, run.lake, run.dataset, run.method, run.run_id, graph, table_ref,
+                    file_bounds(bounds, row_bytes) if row_bytes else bounds, run.retries)
 
 
 def summary(run: Run, graph: GraphHandle, manifest_url: str, metrics: dict, dim: int, tables: dict | None) -> dict:
     """What embed_graph returns (the CLI prints it)."""
     return {
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "embeddings": run.lake.url(Lake.run_dir("embeddings", run.dataset, run.method, run.run_id)),
+        "embeddings": run.lake.url(Lake.table_dir("embeddings", run.dataset, run.method)),
         "manifest": manifest_url, "graph": graph.meta, "stages": run.stages, "metrics": metrics,
         "rows": graph.num_nodes, "dim": dim, "wall_s": run.wall_s(), "tables": tables,
     }
@@ -149,8 +151,8 @@ def resume_compress(cfg: PipelineConfig, run: Run) -> dict:
     tables = compress_run(cfg, run, run.run_id, skip_committed=True)
     return {
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "embeddings": run.lake.url(Lake.run_dir("embeddings", run.dataset, run.method, run.run_id)),
-        "manifest": run.lake.url(Lake.manifest_path(run.dataset, run.method, run.run_id)),
+        "embeddings": run.lake.url(Lake.table_dir("embeddings", run.dataset, run.method)),
+        "manifest": run.lake.url(man.table),
         "graph": man.extra.get("graph"), "stages": run.stages, "metrics": man.metrics, "rows": man.extra.get("rows"),
         "dim": man.extra.get("dim"), "wall_s": run.wall_s(), "tables": tables, "resumed": {"committed": True},
     }

@@ -258,6 +258,8 @@ def cmd_submit(args) -> int:
 
 
 # ---- ls / show / gc ----------------------------------------------------------------------------
+DEFAULT_RETENTION_HOURS = 168.0   # 7 days, delta-rs' default deletedFileRetentionDuration
+MIN_RETENTION_HOURS = 1.0          # below: an in-flight run's files (in no log yet) could be vacuumed
 def _lake(args):
     from embedlake.lake import Lake
     apply_s3_block(getattr(args, "s3_block", None))
@@ -335,7 +337,7 @@ def cmd_show(args) -> int:
     w = sys.stdout.write
     w(f"run {man.run_id}  dataset={man.dataset}  method={man.method}\n")
     w(f"committed   {man.committed_at}  code {man.code_version}\n")
-    w(f"manifest    {lk.url(lk.manifest_path(man.dataset, man.method, man.run_id))}\n")
+    w(f"table       {lk.url(man.table)}  version {man.table_version}\n")
     g = man.extra.get("graph", {}) or {}
     if g:
         w(f"graph       {g.get('version')}  {g.get('nodes', 0):,} nodes, {g.get('arcs', 0):,} arcs"
@@ -360,11 +362,28 @@ def _age_s(lk, rel: str, now: float) -> float:
 
 
 def cmd_gc(args) -> int:
-    """Orphans (files no committed manifest names) older than --min-age are garbage, except the files
-    of a run whose writer still holds its claim (live, or on another host), and the checkpoints of an
-    uncommitted run: those are what a re-run with the same run id resumes from, so a run's checkpoint
-    folder goes as a whole, once its newest file is older than --checkpoint-age."""
+    """Vacuum every Delta table (files no version within --retention-hours needs: runs overwritten
+    longer ago, and a killed run's files, never in a log, once older than the retention), then the
+    internal files (metrics, tokens, checkpoints) no committed run names."""
+    from embedlake.errors import LakeError
     lk = _lake(args)
+    if args.retention_hours < MIN_RETENTION_HOURS and not args.force:
+        raise LakeError(f"gc: --retention-hours {args.retention_hours:g} is below {MIN_RETENTION_HOURS} h: a run still "
+                        f"writing its files (uncommitted, hence in no log) would lose them; add --force if none is")
+    for rel, paths in lk.vacuum(args.retention_hours, args.delete).items():
+        for p in paths:
+            print(f"{'deleting' if args.delete else 'vacuum'}  {lk.url(rel)}/{p}")
+        if paths:
+            print(f"{len(paths)} file(s) of {lk.url(rel)} no retained version needs "
+                  f"{'deleted' if args.delete else 'found'} (retention {args.retention_hours:g} h)")
+    return gc_internal(lk, args)
+
+
+def gc_internal(lk, args) -> int:
+    """Internal orphans (files no committed run names) older than --min-age are garbage, except the
+    files of a run whose writer still holds its claim (live, or on another host), and the checkpoints
+    of an uncommitted run: those are what a re-run with the same run id resumes from, so a run's
+    checkpoint folder goes as a whole, once its newest file is older than --checkpoint-age."""
     now = time.time()
     orphans = lk.orphans()
     rows = []
@@ -418,10 +437,10 @@ def cmd_gc(args) -> int:
 
 
 def _run_of(rel: str) -> tuple[str, str, str] | None:
-    """(dataset, method, run id) of a run's file <kind>/<dataset>/<method>/run=<id>/..., else None."""
+    """(dataset, method, run id) of a run's file <kind>/<dataset>/<method>/run_id=<id>/..., else None."""
     parts = rel.split("/")
-    if len(parts) >= 4 and parts[3].startswith("run=") and parts[0] != "tables":
-        return parts[1], parts[2], parts[3][4:]
+    if len(parts) >= 4 and parts[3].startswith("run_id="):
+        return parts[1], parts[2], parts[3][len("run_id="):]
     return None
 
 
@@ -501,9 +520,9 @@ def _add_submit_parser(sub) -> None:
 def _add_lake_parsers(sub) -> None:
     """ls / show / gc: read and tidy the lake; they share --lake and --s3-block."""
     for name, fn, hlp in (("ls", cmd_ls, "List datasets, methods and committed runs with their figures."),
-                          ("show", cmd_show, "Print a run's manifest and metrics."),
-                          ("gc", cmd_gc, "List orphaned data files (no committed manifest names them); "
-                                         "--delete removes them.")):
+                          ("show", cmd_show, "Print a run's record (Delta commit metadata) and metrics."),
+                          ("gc", cmd_gc, "Vacuum the Delta tables (files no retained version needs) and list "
+                                         "orphaned internal files; --delete removes them.")):
         p = sub.add_parser(name, help=hlp, description=hlp)
         p.add_argument("--lake", default=None, help="Lake root (default: ./lake).")
         p.add_argument("--s3-block", default=None, metavar="NAME", help="Prefect Secret block with S3 credentials.")
@@ -516,6 +535,11 @@ def _add_lake_parsers(sub) -> None:
             p.add_argument("--json", action="store_true", help="The manifest as JSON.")
         if name == "gc":
             p.add_argument("--delete", action="store_true", help="Remove the orphans (default: list only).")
+            p.add_argument("--retention-hours", type=float, default=DEFAULT_RETENTION_HOURS, metavar="HOURS",
+                           help="Vacuum keeps every table version younger than this and any uncommitted file "
+                           "younger than this (default %(default)s = 7 days).")
+            p.add_argument("--force", action="store_true", help=f"Allow --retention-hours below "
+                           f"{MIN_RETENTION_HOURS} h (no run may be writing).")
             p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
                            help="Only orphans older than this (a running run's files are orphans until it "
                            "commits; default %(default)s).")

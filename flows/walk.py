@@ -31,5 +31,5 @@ def walk_graph(config: PipelineConfig | None = None) -> dict:
         url = run.commit(run.manifest({"walks": files}, extra={"graph": graph.meta, "walks": steps,
                                                                "resumed": walked.info}))
     return {"dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-            "manifest": url, "walks_uri": run.lake.url(Lake.run_dir("walks", run.dataset, run.method, run.run_id)),
+            "manifest": url, "walks_uri": run.lake.url(Lake.table_dir("walks", run.dataset, run.method)),
             "stages": run.stages, "walks": steps, "wall_s": run.wall_s()}

@@ -17,8 +17,10 @@ A `Run` is one (dataset, method, run id) in one lake. It owns
 - abandon-and-clean-up: used as a context manager (`with Run.open(...) as run:`), a failure
   removes the run's data files (unless it was committed), releases the claim and re-raises;
   checkpoints of real progress stay for a re-run;
-- its manifest: built (`manifest`) and committed (`commit`) through the run, which then drops
-  the run's checkpoints.
+- its run record ("manifest": config, code version, stages, metrics, row counts, checksums, graph):
+  built (`manifest`) and committed (`commit`) through the run: the data files the workers wrote
+  become one Delta commit per table, the record in the commit metadata (embedlake/lake.py); then
+  the run's checkpoints are dropped.
 
 A killed run re-run with the same run id reuses, in order: the ingested graph (content-addressed,
 always), finished walk partitions, the training tables of the last finished epoch (one-table
@@ -42,7 +44,7 @@ from embedlake.workers.evaluate.stages import run_dirs as evaluate_dirs
 from embedlake.workers.run import checkpoints as cp
 
 # what a run may write under its own method (removed when it fails before its commit)
-DATA_KINDS = ("embeddings", "walks", "tokens")
+DATA_KINDS = ("embeddings", "walks", "tokens", "tables", "codebooks")
 # checkpoint stages whose state names run files (the corpus vocabulary and token-id shards): they go
 # with those files when the run is abandoned
 RUN_FILE_STAGES = ("tokens",)
@@ -63,7 +65,7 @@ class Stopwatch:
 
 @task(name="commit", cache_policy=NO_CACHE)
 def commit_manifest(lake, manifest_fields: dict) -> str:
-    """Commit the run: one manifest written with put-if-absent after every data file exists."""
+    """Commit the run: one Delta commit per table it wrote, after every data file exists."""
     url = Lake(lake).commit(Manifest(**manifest_fields))
     stage_logger().info(f"commit: {url}")
     return url
@@ -228,7 +230,7 @@ class Run:
                     metrics=metrics or {}, stages=self.stages if stages is None else stages, extra=extra or {})
 
     def commit(self, manifest: dict, stage: str = "commit") -> str:
-        """Commit the manifest (last: every file it names exists), then drop the run's checkpoints."""
+        """Commit the run (last: every file it names exists), then drop the run's checkpoints."""
         url = self.time(stage, commit_manifest, self.lake, manifest)
         self.drop_checkpoints()
         return url

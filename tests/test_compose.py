@@ -188,7 +188,9 @@ def test_cli_compose_from_committed_run(tmp_path, capsys, shared):
         assert t.state["table"].shape == (p["table_rows"], 16) and p["table_rows"] <= (12 if codec == "qr" else 34 // 4)
         assert "codes" not in t.state                       # per-row codes live in the code column
         raw = lake.read_parquet(man.files["tables"][0]["path"])
-        assert raw.schema.field("code").type == pa.binary(p["levels"] * cc.code_width(p["level_rows"]))
+        assert raw.schema.field("code").type == pa.binary()           # Delta: binary, the width in metadata
+        width = raw.schema.field("code").metadata[b"embedlake.code_bytes"]
+        assert int(width) == p["levels"] * cc.code_width(p["level_rows"])
         X = t.decode()
         assert X.shape == (34, 16) and np.isfinite(X).all()
         rows = cc.table_rows_of(cc.decode_codes(t.cols, p), p)

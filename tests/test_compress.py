@@ -3,6 +3,7 @@ and `embedlake compress` on a committed run."""
 import json
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -206,7 +207,9 @@ def test_lake_round_trip(tmp_path, codec):
     lake.commit(Manifest("toy", cs.table_method("deepwalk", codec), "r1",
                          files={"tables": files, "codebooks": [book] if book else []},
                          extra={"codec": codec, "params": p, "dim": 32}))
-    assert files[0]["path"] == f"tables/toy/deepwalk/run=r1/codec={codec}/partition=0/part-00000.parquet"
+    assert files[0]["path"] == f"tables/toy/deepwalk.{codec}/run_id=r1/partition=0/part-00000.parquet"
+    if book:
+        assert book["path"] == f"codebooks/toy/deepwalk.{codec}/run_id=r1/codebooks.parquet"
     t = cs.read_compressed(str(tmp_path / "lake"), "toy", "deepwalk", codec)
     mem = cz.encode(codec, Xs, state, p)
     if codec == "hash":     # partitions encoded with their row offsets = the whole table at once
@@ -221,7 +224,10 @@ def test_lake_round_trip(tmp_path, codec):
     np.testing.assert_array_equal(t.decode(), cz.decode(codec, mem, state, p, 32))
     assert t.ids.tolist() == ids.tolist()
     raw = lake.read_parquet(files[0]["path"])
-    assert raw.schema.field("code").type == pa.binary(mem["code"].shape[1])
+    assert raw.schema.field("code").type == pa.binary()                       # Delta: binary, width in metadata
+    assert raw.schema.field("code").metadata[b"embedlake.code_bytes"] == str(mem["code"].shape[1]).encode()
+    codes = pl.scan_delta(lake.url(f"tables/toy/deepwalk.{codec}")).collect()     # a plain Delta reader
+    assert codes.height == 600 and codes["code"].to_list()[0] == mem["code"][0].tobytes()
     if codec not in cz.GRAPH_TRAINED:     # stored bytes per row = code + per-row scale / bias
         extra = sum(np.dtype(p["scale_dtype"]).itemsize for c in ("scale", "bias") if c in mem)
         assert mem["code"].shape[1] + extra == cz.bytes_per_vector(codec, p, 32)
@@ -270,7 +276,7 @@ def test_cli_compress_committed_run(tmp_path, capsys, shared):
     err = capsys.readouterr().err
     assert "unknown codec 'zip'" in err and "pq_m=5 does not divide" in err and "no committed run" in err
     assert "already committed" in err
-    assert not lake.list_files("tables/karate/deepwalk/run=c2")
+    assert not lake.list_files("tables/karate/deepwalk.pq/run_id=c2")
 
 
 def test_hashed_table_trained_by_skipgram():

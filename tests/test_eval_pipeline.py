@@ -180,7 +180,9 @@ def test_second_run_is_aligned_to_the_previous_one(tmp_path, shared):
     ids1, X1 = load_matrix(lake, "cora", "fastrp", run="r1")
     ids2, X2 = load_matrix(lake, "cora", "fastrp", run="r2")
     t, man = read_table(lake, "cora", "fastrp", run="r2", kind="aligned")
-    assert all("/fastrp.aligned/run=r2/" in e["path"] for e in man.files["aligned"])
+    assert all("/fastrp.aligned/run_id=r2/" in e["path"] for e in man.files["aligned"])
+    aligned = pl.scan_delta(Lake(lake).url("embeddings/cora/fastrp.aligned")).collect()     # its own Delta table
+    assert aligned.height == 2708 and aligned["run_id"].unique().to_list() == ["r2"]
     A = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 64)
     assert t.column("node").to_pylist() == ids2.tolist()
     R = Lake(lake).read_npy(man.files["rotation"][0]["path"])

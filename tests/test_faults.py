@@ -271,7 +271,7 @@ def test_node_removed_mid_training_completes_or_fails_cleanly(tmp_path):
         assert res["error"].strip(), res
         assert not lk.is_committed("planted", "node2vec", "noded")
         for kind in ("embeddings", "walks", "metrics", "tables"):
-            assert lk.list_files(f"{kind}/planted/node2vec/run=noded") == []
+            assert lk.list_files(f"{kind}/planted/node2vec/run_id=noded") == []
 
 
 # ---- racing commits ---------------------------------------------------------------------------------
@@ -343,13 +343,16 @@ def test_concurrent_runs_each_commit_or_conflict_cleanly(tmp_path, request, kind
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_raw_commit_race_same_run_id_exactly_one_manifest(tmp_path, request, kind):
-    """Lake.commit alone (no claim): put-if-absent lets exactly one manifest through; it parses."""
+def test_raw_commit_race_same_run_id_exactly_one_commit(tmp_path, request, kind):
+    """Lake.commit alone (no claim), 8 writers of one run id: Delta's put-if-absent of the log
+    version plus the run-id check let exactly one commit through; the others fail naming the table."""
     from embedlake.errors import CommitConflict
-    from embedlake.lake import Lake, Manifest
+    from embedlake.lake import Lake, Manifest, embeddings_table
     uri = _lake_uri(kind, tmp_path, request)
     lake = Lake(uri)
-    e = lake.write_bytes("embeddings/g/m/run=x/partition=0/part-00000.parquet", b"data", rows=1).to_dict()
+    e = lake.write_parquet(Lake.part_path("embeddings", "g", "m", "x", 0),
+                           embeddings_table(np.arange(2), np.ones((2, 2), np.float32))).to_dict()
+    errors = []
     start = threading.Barrier(8)
 
     def one(i):
@@ -357,7 +360,8 @@ def test_raw_commit_race_same_run_id_exactly_one_manifest(tmp_path, request, kin
         try:
             lake.commit(Manifest(dataset="g", method="m", run_id="x", files={"embeddings": [e]}, extra={"w": i}))
             return i
-        except CommitConflict:
+        except CommitConflict as err:
+            errors.append(str(err))
             return None
     with ThreadPoolExecutor(8) as ex:
         res = list(ex.map(one, range(8)))
@@ -365,4 +369,6 @@ def test_raw_commit_race_same_run_id_exactly_one_manifest(tmp_path, request, kin
     assert len(won) == 1, res
     ms = lake.manifests("g", "m")
     assert len(ms) == 1 and ms[0].extra["w"] == won[0]
-    assert [p for p in lake.list_files("_manifests/g/m")] == ["_manifests/g/m/x.json"]
+    assert all(lake.url("embeddings/g/m") in err and "\n" not in err for err in errors), errors
+    log = [p for p in lake.list_files("embeddings/g/m/_delta_log") if p.endswith(".json")]
+    assert log == ["embeddings/g/m/_delta_log/00000000000000000000.json"], log

@@ -133,7 +133,7 @@ def test_embed_corpus_learned_tables(tmp_path, capsys):
         ex = man.extra
         assert ex["kind"] == "tables" and ex["codec"] == table and ex["dim"] == 32 and ex["rows"] == V
         assert ex["params"]["table_rows"] <= V // 8 and ex["ratio"] > 4 and ex["bytes_per_vector"] > 0
-        assert ex["path"].endswith(f"codec={table}") and len(man.files["tables"]) == 2
+        assert ex["path"].endswith(f"skipgram.{table}/run_id={man.run_id}") and len(man.files["tables"]) == 2
         assert len(man.files["codebooks"]) == 1 and man.files["tokens"]
         assert man.metrics["wordsim353"]["evaluated"] == 2 * 3 * CLUSTERS
         # no full-table embeddings, no skipgram run

@@ -41,12 +41,12 @@ def test_cli_commits_only_the_learned_table(tmp_path, capsys, shared, table):
     man = lake.manifest("karate", f"deepwalk.{table}")
     ex = man.extra
     assert ex["kind"] == "tables" and ex["codec"] == table and ex["rows"] == 34 and ex["dim"] == 16
-    assert ex["source"]["full_table"] is False and ex["path"].endswith(f"codec={table}")
+    assert ex["source"]["full_table"] is False and ex["path"].endswith(f"deepwalk.{table}/run_id={man.run_id}")
     K = ex["params"]["table_rows"] if table == "compose" else ex["params"]["buckets"]
     assert K <= 34 // 4 and ex["bytes_per_vector"] < 4 * 16 and ex["ratio"] > 1
     assert set(man.files) == {"tables", "codebooks"}
-    assert all(f["path"].startswith(f"tables/karate/deepwalk/run={man.run_id}/codec={table}/")
-               for fs in man.files.values() for f in fs)
+    assert all(f["path"].startswith(f"{kind}/karate/deepwalk.{table}/run_id={man.run_id}/")
+               for kind, fs in man.files.items() for f in fs)
     nc = man.metrics["node_classification"]
     assert set(nc["micro_f1"]) == {"0.1", "0.5", "0.9"} and all(0 <= v <= 1 for v in nc["micro_f1"].values())
     t = cs.read_compressed(uri, "karate", "deepwalk", table)      # materialised on request

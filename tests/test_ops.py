@@ -34,9 +34,10 @@ def _karate(shared):
     return ["--edges", str(ds / "edges.tsv"), "--labels", str(ds / "labels.tsv")]
 
 
-def _manifests(lake: Path) -> list[Path]:
-    d = lake / "_manifests" / "karate" / "deepwalk"
-    return sorted(p for p in d.glob("*.json")) if d.exists() else []
+def _manifests(lake: Path) -> list[dict]:
+    """The committed runs' records (Delta commit metadata of embeddings/karate/deepwalk), oldest first."""
+    from embedlake.lake import Lake
+    return [m.record() for m in Lake(str(lake)).manifests("karate", "deepwalk")]
 
 
 def _wait_for(pred, timeout: float, what: str, log: Path | None = None):
@@ -82,7 +83,7 @@ def test_serve_runs_on_schedule_skips_backlog_and_reuses_graph(prefect_server, t
         _wait_for(lambda: _manifests(lake), 150, "the first scheduled run to commit", log1)
     finally:
         local.kill_group(p.pid, grace=0.1)      # an unclean kill (SIGTERM, then SIGKILL)
-    first = json.loads(_manifests(lake)[0].read_text())
+    first = _manifests(lake)[0]
     assert first["extra"]["graph"]["reused"] is False
 
     # the deployment as registered: interval schedule, concurrency 1 / CANCEL_NEW, typed config parameter
@@ -127,7 +128,7 @@ def test_serve_runs_on_schedule_skips_backlog_and_reuses_graph(prefect_server, t
         api.__exit__(None, None, None)
 
     # incremental: the unchanged input was not ingested again, and it says so
-    mans = [json.loads(m.read_text()) for m in _manifests(lake)]
+    mans = _manifests(lake)
     later = [m for m in mans if m["run_id"] != first["run_id"]]
     assert later and all(m["extra"]["graph"]["reused"] is True for m in later)
     assert {m["extra"]["graph"]["version"] for m in mans} == {first["extra"]["graph"]["version"]}
@@ -159,13 +160,10 @@ def test_s3_block_roundtrip_never_prints_secret(prefect_server, tmp_path, s3_env
                          env=env, timeout=120)
     assert out.returncode == 0 and secret not in out.stdout + out.stderr, out.stderr[-2000:]
     # a lake listed with credentials from the block only
-    from embedlake.lake import Lake, Manifest
+    from embedlake.lake import Lake
     uri = f"s3://{s3_env['bucket']}/lake"
     lk = Lake(uri)
-    lk.write_bytes("embeddings/g/m/run=r1/partition=0/part-00000.parquet", b"x", rows=1)
-    lk.commit(Manifest(dataset="g", method="m", run_id="r1", files={"embeddings": [
-        {"path": "embeddings/g/m/run=r1/partition=0/part-00000.parquet", "rows": 1, "bytes": 1, "sha256": "0"}]},
-        extra={"rows": 1, "dim": 2}))
+    _fake_run(lk, "g", "m", "r1", rows=1)
     bare = {k: v for k, v in env.items() if not k.startswith("AWS_")}
     out = subprocess.run([EMBEDLAKE, "ls", "--lake", uri, "--s3-block", "ops-lake"], capture_output=True,
                          text=True, env=bare, timeout=120)
@@ -242,8 +240,11 @@ def test_flow_on_two_node_cluster(tmp_path, shared):
 
 # ---- lake commands -------------------------------------------------------------------------------
 def _fake_run(lk, ds, method, run, rows=3, reused=False):
-    from embedlake.lake import Manifest
-    e = lk.write_bytes(f"embeddings/{ds}/{method}/run={run}/partition=0/part-00000.parquet", b"data", rows=rows)
+    import numpy as np
+
+    from embedlake.lake import Lake, Manifest, embeddings_table
+    e = lk.write_parquet(Lake.part_path("embeddings", ds, method, run, 0),
+                         embeddings_table(np.arange(rows), np.ones((rows, 4), np.float32)))
     return lk.commit(Manifest(dataset=ds, method=method, run_id=run, files={"embeddings": [e.to_dict()]},
                               metrics={"node_classification": {"micro_f1": {"0.1": 0.5, "0.5": 0.75, "0.9": 0.8},
                                                                "macro_f1": {"0.5": 0.7}}},
@@ -252,14 +253,17 @@ def _fake_run(lk, ds, method, run, rows=3, reused=False):
 
 
 def test_ls_show_gc(tmp_path, capsys):
+    import embedlake
     from embedlake.flows.cli import main as cli
     from embedlake.lake import Lake
     lk = Lake(str(tmp_path / "lake"))
     _fake_run(lk, "g1", "deepwalk", "r1")
     _fake_run(lk, "g1", "deepwalk", "r2", reused=True)
     _fake_run(lk, "g2", "fastrp", "r3")
-    orphan = "embeddings/g1/deepwalk/run=dead/partition=0/part-00000.parquet"
-    lk.write_bytes(orphan, b"left by a killed run")
+    orphan = "embeddings/g1/deepwalk/run_id=dead/partition=0/part-00000.parquet"
+    lk.write_bytes(orphan, b"left by a killed run")              # in no Delta log
+    overwritten = lk.manifest("g1", "deepwalk", "r1").files["embeddings"][0]["path"]   # r2 replaced it
+    latest = lk.manifest("g1", "deepwalk", "r2").files["embeddings"][0]["path"]
     assert cli(["ls", "--lake", lk.uri]) == 0
     out = capsys.readouterr().out
     assert all(r in out for r in ("r1", "r2", "r3", "0.750", "reused")) and "3 committed run(s)" in out
@@ -273,14 +277,22 @@ def test_ls_show_gc(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["run_id"] == "r2"                    # latest
     assert cli(["show", "nope", "--lake", lk.uri]) == 2
     assert "not committed" in capsys.readouterr().err
-    # gc: young orphans are kept (a run may still be writing), old ones listed, then deleted
-    assert cli(["gc", "--lake", lk.uri]) == 0
-    assert "1 orphan(s) younger" in capsys.readouterr().out and lk.exists(orphan)
-    assert cli(["gc", "--lake", lk.uri, "--min-age", "0"]) == 0
-    assert orphan in capsys.readouterr().out and lk.exists(orphan)
-    assert cli(["gc", "--lake", lk.uri, "--min-age", "0", "--delete"]) == 0
-    assert not lk.exists(orphan) and lk.orphans() == []
-    assert len(lk.manifests("g1", "deepwalk")) == 2                                  # committed data kept
+    # gc = vacuum: within the retention (default 7 days) nothing goes: the killed run's file may
+    # belong to a run still writing, r1's file keeps time travel to r1 working
+    assert cli(["gc", "--lake", lk.uri, "--delete"]) == 0
+    capsys.readouterr()
+    assert lk.exists(orphan) and lk.exists(overwritten)
+    assert embedlake.load_matrix(lk.uri, "g1", "deepwalk", run="r1")[1].shape == (3, 4)
+    # a retention under the floor is refused in one line unless forced
+    assert cli(["gc", "--lake", lk.uri, "--retention-hours", "0"]) == 2
+    assert "--retention-hours" in capsys.readouterr().err
+    assert cli(["gc", "--lake", lk.uri, "--retention-hours", "0", "--force"]) == 0      # list only
+    out = capsys.readouterr().out
+    assert "run_id=dead" in out and "run_id=r1" in out and lk.exists(orphan)
+    assert cli(["gc", "--lake", lk.uri, "--retention-hours", "0", "--force", "--delete"]) == 0
+    assert not lk.exists(orphan) and not lk.exists(overwritten) and lk.exists(latest)
+    assert embedlake.load_matrix(lk.uri, "g1", "deepwalk")[1].shape == (3, 4)            # latest intact
+    assert len(lk.manifests("g1", "deepwalk")) == 2                                     # history kept
 
 
 def test_submit_refuses_relative_lake():

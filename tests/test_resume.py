@@ -221,8 +221,10 @@ def test_gc_keeps_resumable_and_live_runs(tmp_path, capsys):
     lk.write_npy(f"{ck}/walk/part-00000.npy", np.zeros((2, 2), np.int32))
     lk.write_bytes(Lake.claim_path("g", "deepwalk", "killed"), json.dumps(
         {"token": "t", "pid": dead.pid, "host": os.uname().nodename, "claimed_at": "x"}).encode())
-    live = Lake.part_path("embeddings", "g", "deepwalk", "running", 0)
+    live = f"{Lake.run_dir('metrics', 'g', 'deepwalk', 'running')}/metrics.parquet"    # an internal file
     lk.write_bytes(live, b"being written")
+    table_part = Lake.part_path("embeddings", "g", "deepwalk", "running", 0)      # kept by the vacuum retention
+    lk.write_bytes(table_part, b"being written")
     lk.write_bytes(Lake.claim_path("g", "deepwalk", "running"), json.dumps(
         {"token": "t", "pid": os.getppid(), "host": os.uname().nodename, "claimed_at": "x"}).encode())
     assert cli(["gc", "--lake", lk.uri, "--min-age", "0", "--delete"]) == 0
@@ -231,4 +233,4 @@ def test_gc_keeps_resumable_and_live_runs(tmp_path, capsys):
     assert "1 uncommitted run(s) kept: their writer still holds the run id (g/deepwalk/running)" in out
     assert lk.exists(f"{ck}/walk/part-00000.npy") and lk.exists(live)
     assert cli(["gc", "--lake", lk.uri, "--min-age", "0", "--checkpoint-age", "0", "--delete"]) == 0
-    assert not lk.exists(f"{ck}/walk/part-00000.npy") and lk.exists(live)
+    assert not lk.exists(f"{ck}/walk/part-00000.npy") and lk.exists(live) and lk.exists(table_part)

@@ -2,7 +2,7 @@
 
 Claims (a second writer is refused and leaves the first's files alone; a dead writer's claim is
 taken over on resume), abandon (data files removed, claim released, checkpoints of real progress
-kept), commit (manifest written, checkpoints dropped), and the one stage-checkpoint API round trip
+kept), commit (one Delta commit with the run record, checkpoints dropped), and the one stage-checkpoint API round trip
 (open by spec -> advance -> reopen -> resume state / finished parts / final).
 """
 from __future__ import annotations
@@ -16,10 +16,15 @@ import numpy as np
 import pytest
 
 from embedlake.errors import CommitConflict
-from embedlake.lake import Lake
+from embedlake.lake import Lake, embeddings_table
 from embedlake.tasks.run import Run
 
 DS, METHOD, RID = "g", "deepwalk", "r1"
+
+
+def _rows(lake: Lake, rel: str) -> dict:
+    """A real embeddings part (the commit reads its Parquet footer)."""
+    return lake.write_parquet(rel, embeddings_table(np.arange(3), np.ones((3, 2), np.float32))).to_dict()
 
 
 def _run(lake: Lake, **kw) -> Run:
@@ -55,7 +60,7 @@ def test_dead_writer_claim_is_taken_over_only_when_resuming(lake):
 
 
 def test_abandon_removes_data_files_releases_the_claim_keeps_progress(lake):
-    codec_dir = f"tables/{DS}/{METHOD}/run={RID}/codec=int8"
+    codec_dir = f"tables/{DS}/{METHOD}.int8/run_id={RID}"
     run = _run(lake)
     run.owns(codec_dir)
     with pytest.raises(RuntimeError, match="stage failed"):
@@ -68,7 +73,7 @@ def test_abandon_removes_data_files_releases_the_claim_keeps_progress(lake):
             run.stage("tokens", {"input": 1}).finish(files=[], stats={}, info={})   # names run files: goes
             raise RuntimeError("stage failed")
     left = lake.list_files("")
-    assert all(f.startswith(f"checkpoints/{DS}/{METHOD}/run={RID}/walk/") for f in left), left
+    assert all(f.startswith(f"checkpoints/{DS}/{METHOD}/run_id={RID}/walk/") for f in left), left
     assert run.stage("walk", {"length": 5}).finished_parts(1) == {0}            # a re-run reuses it
     assert not lake.exists(Lake.claim_path(DS, METHOD, RID))                    # claim released
     assert _run(lake).claim()                                                   # the id is free again
@@ -85,23 +90,24 @@ def test_abandon_without_progress_leaves_no_checkpoint_folder(lake):
 def test_abandon_never_removes_a_committed_runs_files(lake, prefect_session):
     with _run(lake) as run:
         part = Lake.part_path("embeddings", DS, METHOD, RID, 0)
-        entry = lake.write_bytes(part, b"rows").to_dict()
+        entry = _rows(lake, part)
         run.commit(run.manifest({"embeddings": [entry]}))
     run.abandon()                                             # e.g. a later stage of the flow failed
-    assert lake.read_bytes(part) == b"rows"
+    assert lake.exists(part) and lake.manifest(DS, METHOD).run_id == RID
 
 
-def test_commit_writes_the_manifest_and_drops_checkpoints(lake, prefect_session):
+def test_commit_writes_the_run_record_and_drops_checkpoints(lake, prefect_session):
     from embedlake.config import PipelineConfig
     cfg = PipelineConfig()
     with Run(lake, DS, METHOD, RID, config=cfg) as run:
-        entry = lake.write_bytes(Lake.part_path("embeddings", DS, METHOD, RID, 0), b"rows").to_dict()
+        entry = _rows(lake, Lake.part_path("embeddings", DS, METHOD, RID, 0))
         stage = run.stage("train", {"epochs": 1})
         stage.handle().advance("epoch", 1, {"w_in": np.ones((3, 2), np.float32)}, final=True)
         run.time("publish", lambda: None)
         url = run.commit(run.manifest({"embeddings": [entry]}, {"quality": {"x": 1.0}}, extra={"dim": 2}))
-    assert url.endswith(f"{RID}.json")
+    assert url == lake.url(f"embeddings/{DS}/{METHOD}")                      # the run's Delta table
     man = lake.manifest(DS, METHOD, RID)
+    assert man.table_version == 0 and man.table == f"embeddings/{DS}/{METHOD}"
     assert (man.dataset, man.method, man.run_id) == (DS, METHOD, RID)
     assert man.files == {"embeddings": [entry]} and man.metrics == {"quality": {"x": 1.0}}
     assert man.extra == {"dim": 2} and man.config == cfg.model_dump(mode="json")

@@ -3,8 +3,9 @@ effect, connection reset, read timeout) loses nothing, duplicates nothing and co
 
 infra/s3_fault_proxy.py sits on loopback in front of moto; its `first_attempt` rule fails the
 first request of every distinct operation, so each write, read, listing and the conditional
-manifest PUT meets one fault and must get through by retrying (botocore + s3fs retries,
-embedlake/storage.s3_fs_kwargs).
+PUT of the Delta log version meets one fault and must get through by retrying (botocore + s3fs
+retries, embedlake/storage.s3_fs_kwargs, for the data files; delta-rs' object_store retries and
+embedlake/delta.commit_files' re-check of its own commit token for the log).
 """
 from __future__ import annotations
 
@@ -61,15 +62,18 @@ def test_lake_writes_and_commit_through_faults(flaky_s3):
         t = embeddings_table(np.arange(k * 100, k * 100 + 100), rng.standard_normal((100, 16)).astype(np.float32))
         files.append(lake.write_parquet(Lake.part_path("embeddings", "g", "deepwalk", "r1", k), t).to_dict())
     url = lake.commit(Manifest(dataset="g", method="deepwalk", run_id="r1", files={"embeddings": files}))
-    assert url.endswith("_manifests/g/deepwalk/r1.json") and token
-    # every kind of fault was met, including on the conditional manifest PUT
+    assert url == lake.url("embeddings/g/deepwalk") and token
+    # every kind of fault was met, including on the conditional PUT of the Delta log version
     assert all(proxy.counts[m] >= 1 for m in ("503", "500-after", "reset", "stall")), proxy.counts
-    assert any(m == "PUT" and "r1.json" in p and mode != "ok" for m, p, mode in proxy.log), proxy.log
-    # what landed, read straight from the server: one manifest, checksums match, no extra files
+    assert any(m == "PUT" and "_delta_log/00000000000000000000.json" in p and mode != "ok"
+               for m, p, mode in proxy.log), proxy.log
+    # what landed, read straight from the server: one commit, checksums match, no extra files
     direct = _direct_lake(flaky_s3, uri)
     man, named = _verify(direct, "g", "deepwalk")
-    assert set(direct.list_files("embeddings")) == named
-    assert direct.list_files("_manifests") == ["_manifests/g/deepwalk/r1.json"]   # claim dropped
+    assert {p for p in direct.list_files("embeddings") if "/_delta_log/" not in p} == named
+    log = [p for p in direct.list_files("embeddings/g/deepwalk/_delta_log") if p.endswith(".json")]
+    assert log == ["embeddings/g/deepwalk/_delta_log/00000000000000000000.json"], log
+    assert direct.list_files("_claims") == []                                    # claim dropped
     # and read back through the faults as well
     got, _ = _verify(Lake(uri), "g", "deepwalk")
     assert got.to_json() == man.to_json()
@@ -96,7 +100,7 @@ def test_flow_run_through_faults_commits_once(flaky_s3, shared):
     man, named = _verify(direct, "karate", "deepwalk")
     assert man.run_id == s["run_id"]
     assert sum(e["rows"] for e in man.files["embeddings"]) == 34
-    run_files = set(direct.list_files(f"embeddings/karate/deepwalk/run={s['run_id']}"))
+    run_files = set(direct.list_files(f"embeddings/karate/deepwalk/run_id={s['run_id']}"))
     assert run_files == {e["path"] for e in man.files["embeddings"]}      # nothing duplicated or stray
     ids, X = embedlake.load_matrix(uri, "karate", "deepwalk")
     assert X.shape == (34, 8) and np.isfinite(X).all()

@@ -181,7 +181,7 @@ def test_publish_shards_writes_what_publish_writes(tmp_path):
     b = publish.fn(lake, "g", "deepwalk", "rb", graph, ray.put(X), graph.shard_bounds)
     assert len(a) == len(b) == 4
     for fa, fb in zip(a, b):
-        assert fa["path"].replace("run=ra", "run=rb") == fb["path"] and fa["rows"] == fb["rows"]
+        assert fa["path"].replace("run_id=ra", "run_id=rb") == fb["path"] and fa["rows"] == fb["rows"]
         assert pq.read_table(lake.url(fa["path"])).equals(pq.read_table(lake.url(fb["path"])))
 
 

@@ -2,17 +2,20 @@
 
 One compress invocation has one run id; each codec becomes its own committed run, with manifest
 method ``<source method>.<codec>`` (e.g. ``deepwalk.int8``) so it never shadows the source
-method's "latest" embeddings, and files under the source method's table folder:
+method's "latest" embeddings; each is a Delta table (the codes) plus a codebook Delta table:
 
-    <lake>/tables/<dataset>/<method>/run=<run_id>/codec=<codec>/partition=<k>/part-<k>.parquet
+    <lake>/tables/<dataset>/<method>.<codec>/run_id=<run_id>/partition=<k>/part-<k>.parquet
         node   original id (original type)
-        code   fixed_size_binary[B]     (B = code bytes per row)
-        scale, bias                     (float16 / float32; int8, int4: both; binary: scale)
-    <lake>/tables/<dataset>/<method>/run=<run_id>/codec=<codec>/codebooks.parquet
+        code   binary, B bytes per row  (Delta has no fixed-size binary; B is the
+               `embedlake.code_bytes` metadata of the code field)
+        scale, bias                     (float32 on disk: Delta has no float16; the codec's dtype,
+                                        float16 or float32, is the field's `embedlake.dtype`;
+                                        int8, int4: both; binary: scale)
+    <lake>/codebooks/<dataset>/<method>.<codec>/run_id=<run_id>/codebooks.parquet
         array (string), row (int32), values (list<float32>): PQ codebooks, the OPQ rotation, the
         PCA mean / components. Array shapes, the run id and the sha256 of every code file are in
-        the file's key-value metadata; the manifest lists it under files["codebooks"], so a
-        codebook is pinned to the codes it decodes (same run, same commit).
+        the file's key-value metadata; the run record lists it under files["codebooks"], so a
+        codebook is pinned to the codes it decodes (same run, committed with them).
 
 The manifest records the codec, its parameters, bytes per vector, compression ratio, the measured
 quality and the source run (extra["source"]).
@@ -49,30 +52,47 @@ def split_table_method(name: str) -> tuple[str, str]:
 
 
 def codec_dir(dataset: str, method: str, run_id: str, codec: str) -> str:
-    return f"{Lake.run_dir('tables', dataset, method, run_id)}/codec={cz.check_codec(codec)}"
+    """The run's folder in its codes table (`method`: the source method)."""
+    return Lake.run_dir("tables", dataset, table_method(method, codec), run_id)
+
+
+def codebook_path(dataset: str, method: str, run_id: str, codec: str) -> str:
+    return f"{Lake.run_dir(CODEBOOK_KIND, dataset, table_method(method, codec), run_id)}/codebooks.parquet"
 
 
 def codes_table(ids: pa.Array | np.ndarray, cols: dict[str, np.ndarray]) -> pa.Table:
     code = np.ascontiguousarray(cols["code"], dtype=np.uint8)
     n, B = code.shape
-    out = {"node": ids if isinstance(ids, pa.Array) else pa.array(ids),
-           "code": pa.FixedSizeBinaryArray.from_buffers(pa.binary(B), n, [None, pa.py_buffer(code.tobytes())])}
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids)
+    offsets = pa.py_buffer(np.arange(0, (n + 1) * B, B, dtype=np.int32).tobytes())
+    fields = [pa.field("node", ids.type), pa.field("code", pa.binary(), metadata={"embedlake.code_bytes": str(B)})]
+    arrays = [ids, pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(code.tobytes())])]
     for k in ("scale", "bias"):
         if k in cols:
-            out[k] = pa.array(np.asarray(cols[k]))
-    return pa.table(out)
+            v = np.asarray(cols[k])
+            # Delta has no float16: stored as float32 (exact), the codec's dtype in the field metadata
+            arrays.append(pa.array(v.astype(np.float32) if v.dtype == np.float16 else v))
+            fields.append(pa.field(k, arrays[-1].type, metadata={"embedlake.dtype": str(v.dtype)}))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def table_columns(t: pa.Table) -> dict[str, np.ndarray]:
     """Per-row numpy columns (code uint8 [n, B], scale, bias) from a codes table."""
     code = t.column("code").combine_chunks()
-    B = code.type.byte_width
-    buf = code.buffers()[1]
-    raw = np.frombuffer(buf, dtype=np.uint8, count=(code.offset + len(code)) * B)[code.offset * B:]
+    if pa.types.is_fixed_size_binary(code.type):
+        code = code.cast(pa.binary())
+    offsets = np.frombuffer(code.buffers()[1], dtype=np.int32, count=code.offset + len(code) + 1)[code.offset:]
+    B = int(offsets[1] - offsets[0]) if len(code) else 0
+    if len(code) and int(offsets[-1] - offsets[0]) != B * len(code):
+        raise ValueError("the code column holds codes of different widths")
+    raw = np.frombuffer(code.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if len(code) else \
+        np.zeros(0, np.uint8)
     cols = {"code": raw.reshape(len(code), B).copy()}
     for k in ("scale", "bias"):
         if k in t.column_names:
-            cols[k] = t.column(k).to_numpy()
+            dtype = (t.schema.field(k).metadata or {}).get(b"embedlake.dtype")
+            v = t.column(k).to_numpy()
+            cols[k] = v.astype(dtype.decode()) if dtype else v
     return cols
 
 
@@ -95,7 +115,7 @@ def encode_partition(lake: Lake | str, *, dataset: str, method: str, run_id: str
     enc = time.perf_counter() - t0
     ids = node_ids[lo:hi]
     ids = ids if isinstance(ids, pa.Array) else node_id_array(np.asarray(ids))
-    rel = Lake.part_path("tables", dataset, method, run_id, partition, sub=f"codec={codec}")
+    rel = Lake.part_path("tables", dataset, table_method(method, codec), run_id, partition)
     entry = lake.write_parquet(rel, codes_table(ids, cols)).to_dict()
     return {**entry, "encode_s": round(enc, 4)}
 
@@ -187,7 +207,7 @@ def write_codebooks(lake: Lake | str, dataset: str, method: str, run_id: str, co
     meta = {"embedlake.shapes": json.dumps(shapes), "embedlake.run_id": run_id, "embedlake.codec": codec,
             "embedlake.codes_sha256": json.dumps([f["sha256"] for f in code_files])}
     t = t.replace_schema_metadata(meta)
-    return lake.write_parquet(f"{codec_dir(dataset, method, run_id, codec)}/codebooks.parquet", t).to_dict()
+    return lake.write_parquet(codebook_path(dataset, method, run_id, codec), t).to_dict()
 
 
 def read_codebooks(lake: Lake | str, rel: str) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlake.config import EvalConfig
-from embedlake.lake import Lake, embeddings_table
+from embedlake.lake import Lake, embeddings_table, fixed_vectors
 
 ALIGNED_SUFFIX = ".aligned"
 
@@ -261,7 +261,7 @@ def reference_run(lake: Lake | str, dataset: str, method: str, run_id: str) -> d
 
 def _read_vectors(lake: Lake, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     tables = [lake.read_parquet(p, columns=["node", "vector"]) for p in paths]
-    t = pa.concat_tables(tables)
+    t = fixed_vectors(pa.concat_tables(tables))
     vec = t.column("vector").combine_chunks()
     d = vec.type.list_size
     X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
