@@ -24,14 +24,15 @@ import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embedlake import storage
 from embedlake.errors import CommitConflict, LakeError
+
+if TYPE_CHECKING:       # pyarrow is imported where a table is made or read: a Ray worker that only
+    import pyarrow as pa    # holds a Lake (checkpoints, claims) does not load it (docs/scaling.md, 9)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KINDS = ("embeddings", "walks", "tables", "metrics", "checkpoints", "tokens")
@@ -202,10 +203,12 @@ class Lake:
 
     def write_parquet(self, rel: str, table: pa.Table, compression: str = "zstd") -> FileEntry:
         buf = io.BytesIO()
+        import pyarrow.parquet as pq
         pq.write_table(table, buf, compression=compression)
         return self.write_bytes(rel, buf.getvalue(), rows=table.num_rows)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.parquet as pq
         return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
 
     def write_npy(self, rel: str, arr: np.ndarray) -> FileEntry:
@@ -456,6 +459,7 @@ def _pid_alive(pid: int) -> bool:
 def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dict[str, Iterable] | None = None,
                      id_name: str = "node") -> pa.Table:
     """Rows `node` (original id, original type) and `vector` (fixed_size_list<float32>[d])."""
+    import pyarrow as pa
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), d)
