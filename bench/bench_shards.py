@@ -308,21 +308,23 @@ def cost_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], path: Path, edges: int | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    first = runs[0]["method"] if runs else None         # the method of an S that ingests; the others reuse its graph
     for method in sorted({r["method"] for r in runs}):
         ok = [r for r in runs if r["method"] == method and "error" not in r]
         for stage in ("ingest", "walk", "train", "fastrp", "publish"):
             pts = [(r["shards"], r["stages"][stage]) for r in ok if stage in r["stages"]]
-            if pts and not (stage == "ingest" and method != ok[0]["method"]):
-                ax.plot(*zip(*pts), marker="o", label=f"{method}: {stage}")
+            name = "ingest (reads the stored graph)" if stage == "ingest" and method != first else stage
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{method}: {name}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("graph shards S")
     ax.set_ylabel("stage wall time (s)")
-    ax.set_title("cost vs S, 4-node simulated cluster")
+    ax.set_title("cost vs S, 4-node simulated cluster" + (f", R-MAT {edges / 1e6:g}M edges" if edges else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -513,7 +515,7 @@ def main() -> int:
            "runs": runs, "ratios": ratios(runs, walk_tokens(edges_dir)), "memory": memory_checks(runs)}
     (out / "shards.json").write_text(json.dumps(res, indent=1))
     (out / "shards.md").write_text(cost_table(runs) + "\n\n" + memory_table(res["memory"]) + "\n")
-    plot(runs, out / "shards.png")
+    plot(runs, out / "shards.png", int(a.edges))
     print(cost_table(runs) + "\n\n" + memory_table(res["memory"]), file=sys.stderr)
     print(json.dumps({"ratios": res["ratios"], "memory": res["memory"]}, indent=1))
     return 0
