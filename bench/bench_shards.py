@@ -487,6 +487,9 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--node-cpus", type=int, default=1)
     ap.add_argument("--store-mb", type=int, default=1200)
+    ap.add_argument("--train-rounds", type=int, default=1,
+                    help="train.rounds (1 keeps earlier figures comparable; the config's default is 8, and a "
+                         "sharded round's bucket_stage holds 1/rounds of a shard's stream)")
     ap.add_argument("--out", default="/tmp/embedlake-shards")
     ap.add_argument("--units", action="store_true", help="measure the per-unit kernel costs instead")
     ap.add_argument("--units-edges", type=float, default=2e6)
@@ -507,6 +510,7 @@ def main() -> int:
         (out / f"units-{int(a.units_edges)}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return 0
+    PIPELINE_CFG[PIPELINE_CFG.index("train.rounds=1")] = f"train.rounds={a.train_rounds}"
     a.shards = [int(s) for s in a.shards.split(",")]
     a.methods = [m for m in a.methods.split(",") if m]
     edges_dir = edge_files(int(a.edges), out)
