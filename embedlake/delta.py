@@ -24,11 +24,13 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from embedlake import storage
 from embedlake.errors import CommitConflict, LakeError
+
+if TYPE_CHECKING:       # pyarrow is loaded by the functions that read schemas: a Ray worker holding a
+    import pyarrow as pa    # Lake (checkpoints, claims) does not import it (docs/scaling.md, 9)
 
 META_KEY = "embedlake"          # commitInfo key holding the run record
 LOG_FILE = re.compile(r"^(\d{20})\.json$")
@@ -37,8 +39,7 @@ COMMIT_ATTEMPTS = 12
 INT_PARTITIONS = ("partition",)  # partition columns typed int32 (the rest are strings)
 # Arrow types Delta has no type for: a file holding one is accepted by the commit but breaks
 # readers (pl.scan_delta: "data type mismatch ... Array(Float32, d) != List(Float32)")
-FORBIDDEN_TYPES = (("fixed_size_list", pa.types.is_fixed_size_list), ("fixed_size_binary", pa.types.is_fixed_size_binary),
-                   ("float16", pa.types.is_float16))
+FORBIDDEN_TYPES = ("fixed_size_list", "fixed_size_binary", "float16")   # pyarrow.types.is_<name>
 
 
 def storage_options(protocol: str, env: storage.StorageEnv | None) -> dict[str, str] | None:
@@ -80,6 +81,7 @@ def partition_values(table_rel: str, path: str) -> dict[str, str]:
 
 def delta_schema(files: TableFiles) -> pa.Schema:
     """The files' columns plus the partition columns (int32 `partition`, strings otherwise)."""
+    import pyarrow as pa
     keys = list(partition_values(files.rel, files.entries[0]["path"]))
     extra = [pa.field(k, pa.int32() if k in INT_PARTITIONS else pa.string()) for k in keys
              if k not in files.schema.names]
@@ -88,9 +90,10 @@ def delta_schema(files: TableFiles) -> pa.Schema:
 
 def check_schema(schema: pa.Schema, where: str) -> None:
     """Refuse a file whose column types Delta cannot declare (fixed-size lists / binaries)."""
+    import pyarrow as pa
     for field in schema:
-        for name, test in FORBIDDEN_TYPES:
-            t = field.type
+        for name in FORBIDDEN_TYPES:
+            test, t = getattr(pa.types, f"is_{name}"), field.type
             if test(t) or (pa.types.is_list(t) or pa.types.is_large_list(t)) and test(t.value_type):
                 raise LakeError(f"{where}: column {field.name!r} is {name} ({t}); Delta tables hold list<float32> "
                                 f"vectors, binary codes, float32 scales (a {name} column breaks Delta readers)")

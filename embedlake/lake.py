@@ -35,14 +35,15 @@ import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embedlake import delta, storage
 from embedlake.errors import CommitConflict, LakeError
+
+if TYPE_CHECKING:       # pyarrow is imported where a table is made or read: a Ray worker that only
+    import pyarrow as pa    # holds a Lake (checkpoints, claims) does not load it (docs/scaling.md, 9)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "checkpoints", "tokens")
@@ -254,10 +255,12 @@ class Lake:
 
     def write_parquet(self, rel: str, table: pa.Table, compression: str = "zstd") -> FileEntry:
         buf = io.BytesIO()
+        import pyarrow.parquet as pq
         pq.write_table(table, buf, compression=compression)
         return self.write_bytes(rel, buf.getvalue(), rows=table.num_rows)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.parquet as pq
         return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
 
     def write_npy(self, rel: str, arr: np.ndarray) -> FileEntry:
@@ -478,6 +481,7 @@ class Lake:
         need = int.from_bytes(tail[-8:-4], "little") + 8
         if need > len(tail):
             tail = self.fs.cat_file(path)
+        import pyarrow.parquet as pq
         return pq.read_schema(io.BytesIO(tail))
 
     @staticmethod
@@ -614,6 +618,7 @@ def table_of(path: str) -> str:
 def vector_field(d: int) -> pa.Field:
     """`vector` as Delta declares it (array<float> = Arrow list<float32>), its dimension in the
     field metadata (embedlake.dim; it survives in DeltaTable.schema() and every Arrow reader)."""
+    import pyarrow as pa
     return pa.field("vector", pa.list_(pa.float32()), metadata={"embedlake.dim": str(int(d))})
 
 
@@ -621,6 +626,7 @@ def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dic
                      id_name: str = "node") -> pa.Table:
     """Rows `node` (original id, original type) and `vector` (list<float32>, d values each: Delta has
     no fixed-size list; embedlake's reader hands them back as fixed-size arrays)."""
+    import pyarrow as pa
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n * d < 2**31 else
@@ -639,6 +645,7 @@ def embeddings_table(ids: np.ndarray | pa.Array, vectors: np.ndarray, extra: dic
 
 def fixed_vectors(table: pa.Table, column: str = "vector") -> pa.Table:
     """The table with `column` as fixed_size_list<float32>[d] (what embedlake's readers return)."""
+    import pyarrow as pa
     if column not in table.column_names:
         return table
     col = table.column(column).combine_chunks()

@@ -11,9 +11,10 @@ import contextvars
 import os
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import fsspec
+if TYPE_CHECKING:       # imported by `_fs`, on first use: a Ray worker that never opens a file skips it
+    import fsspec
 
 ENV_KEYS = ("EMBEDLAKE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -111,6 +112,7 @@ def _fs(protocol: str, fingerprint: tuple) -> fsspec.AbstractFileSystem:
     if protocol == "s3":
         import s3fs
         return s3fs.S3FileSystem(**s3_fs_kwargs(dict(fingerprint)))
+    import fsspec
     return fsspec.filesystem(protocol)
 
 

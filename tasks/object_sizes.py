@@ -12,14 +12,31 @@ so the workers need no environment of their own, on any node. Each call appends 
 `<dir>/objects-<host>-<pid>.jsonl` (one file per worker process: no two processes write one file):
 
     {"stage": "walk", "fn": "walk_partition", "args": [bytes, ...], "kwargs": {name: bytes},
-     "results": [bytes, ...], "node": <ray node id>, "pid": ..., "wall_s": ...}
+     "results": [bytes, ...], "node": <ray node id>, "pid": ..., "wall_s": ...,
+     "mem": {"hwm": ..., "rss": ..., "anon": ..., "anon_peak": ..., "own_peak": ..., "shmem": ..., ...}}
 
 With the variable unset, `remote` never calls into this module: zero overhead.
 
-Sizes (`object_bytes`): numpy arrays count their nbytes; tuples, lists and dicts the sum of their
-items; anything else its pickled size (protocol 5, arrays out of band, so a dataclass holding arrays
-counts their nbytes without copying them). Object refs and actor handles nested in an argument are
-not resolved by Ray and not fetched by workers/ code (workers never import Ray), so they count 0.
+Memory per task (`mem`, bytes, Linux /proc/self/status): issue 17 bounds each worker's peak memory,
+and a Ray worker process runs many tasks, so its lifetime peak says nothing about which task made
+it. Before each call the recorder resets the kernel's RSS high-water mark (writes "5" to
+/proc/self/clear_refs, which sets VmHWM to the current RSS) and reads the RSS parts; after the call
+it reads them again. `hwm` is the call's peak RSS (the process's baseline included). RSS has three
+kinds of pages, kept apart because they are not the same memory:
+- anon (RssAnon): the worker's private heap: arrays it allocated, interpreter, numba code;
+- shmem (RssShmem): object-store pages the worker mapped (arguments read zero-copy, results put):
+  the store's memory, counted once per node however many workers map it, and kept in a worker's
+  RSS after the task for as long as the mapping lives;
+- file (RssFile): mapped shared libraries and files, shared by every worker on the node.
+The kernel keeps a high-water mark of the total only, so the parts' peaks come two ways:
+- `anon_peak` (and `shmem_peak`) are sampled: a thread reads /proc/self/status every 10 ms while
+  the call runs, plus before and after. A lower bound: a kernel holding the GIL stops the sampler,
+  so a temporary that lives only inside one such kernel can be missed.
+- `own_peak` = hwm - file - shmem, both taken before the call: the call's own peak, i.e. its
+  private heap plus the object-store pages it newly touched (its arguments, its results put),
+  leaving out library pages and the store pages earlier tasks left mapped. An upper bound on the
+  anonymous peak, exact for heap + new shared pages as long as the call unmaps no page it had
+  before. This is the figure issue 17's per-worker bound is checked against (bench/bench_shards.py).
 """
 from __future__ import annotations
 
@@ -33,12 +50,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RECORD_ENV = "EMBEDLAKE_RECORD_OBJECTS"
 _CONTAINER_ITEMS = 1000        # beyond this many items a container is sized by pickling it whole
 _WRITE_LOCK = threading.Lock()
+STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
+SAMPLE_EVERY_S = 0.01
 
 
 def record_dir() -> str | None:
@@ -128,6 +147,72 @@ def _write(directory: str, record: dict) -> None:
         f.write(line)
 
 
+def proc_status(fields: tuple[str, ...] = STATUS_FIELDS) -> dict[str, int]:
+    """Fields of /proc/self/status in bytes (kB lines); a field the kernel lacks is left out."""
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Set this process's VmHWM to its current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class AnonSampler(threading.Thread):
+    """Largest RssAnon and RssShmem seen every SAMPLE_EVERY_S seconds until `stop`: the kernel
+    tracks the peak of total RSS only, not of its parts."""
+
+    def __init__(self, first: dict[str, int]):
+        super().__init__(daemon=True, name="embedlake-anon-sampler")
+        self.anon, self.shmem = first.get("RssAnon", 0), first.get("RssShmem", 0)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_EVERY_S):
+            now = proc_status(("RssAnon", "RssShmem"))
+            self.anon = max(self.anon, now.get("RssAnon", 0))
+            self.shmem = max(self.shmem, now.get("RssShmem", 0))
+
+    def stop(self, last: dict[str, int]) -> tuple[int, int]:
+        self.done.set()
+        self.join()
+        return max(self.anon, last.get("RssAnon", 0)), max(self.shmem, last.get("RssShmem", 0))
+
+
+@contextmanager
+def task_memory() -> Iterator[dict]:
+    """Measure the block's memory (see the module doc); the yielded dict is filled on exit."""
+    mem: dict = {}
+    reset = reset_peak_rss()
+    before = proc_status()
+    sampler = AnonSampler(before)
+    sampler.start()
+    try:
+        yield mem
+    finally:
+        after = proc_status()
+        anon_peak, shmem_peak = sampler.stop(after)
+        hwm = after.get("VmHWM", 0) if reset else 0
+        mem.update(hwm=hwm, rss_before=before.get("VmRSS", 0), rss=after.get("VmRSS", 0),
+                   anon_before=before.get("RssAnon", 0), anon=after.get("RssAnon", 0), anon_peak=anon_peak,
+                   own_peak=max(anon_peak, hwm - before.get("RssFile", 0) - before.get("RssShmem", 0)),
+                   file=after.get("RssFile", 0), shmem_before=before.get("RssShmem", 0),
+                   shmem=after.get("RssShmem", 0), shmem_peak=shmem_peak, hwm_reset=reset)
+
+
 def _result_sizes(result, num_returns) -> list[int]:
     """One size per object the call returns: with num_returns > 1 (or "split", an actor method,
     whose num_returns is set per call) each item of a returned list or tuple is its own object."""
@@ -149,11 +234,13 @@ def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name
     def call(*args, **kwargs):
         arg_sizes = [object_bytes(a) for a in args[skip:]]
         kwarg_sizes = {k: object_bytes(v) for k, v in kwargs.items()}
-        t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
+        with task_memory() as mem:
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            wall = time.perf_counter() - t0
         _write(directory, {"stage": stage, "fn": label, "args": arg_sizes, "kwargs": kwarg_sizes,
                            "results": _result_sizes(result, num_returns), "node": _node_id(), "pid": os.getpid(),
-                           "wall_s": round(time.perf_counter() - t0, 6)})
+                           "wall_s": round(wall, 6), "mem": mem})
         return result
     return call
 
@@ -192,6 +279,22 @@ class Call:
     node: str | None
     pid: int
     wall_s: float
+    mem: dict = field(default_factory=dict)      # task_memory's fields; empty in records made before them
+
+    @property
+    def peak_rss(self) -> int:
+        """The call's peak RSS (VmHWM after a reset at its start), shared object-store pages included."""
+        return int(self.mem.get("hwm", 0))
+
+    @property
+    def peak_anon(self) -> int:
+        """The call's peak private (anonymous) memory as sampled (a lower bound: see the module doc)."""
+        return int(self.mem.get("anon_peak", 0))
+
+    @property
+    def peak_own(self) -> int:
+        """The call's own peak: heap + object-store pages it newly touched (an upper bound on its heap)."""
+        return int(self.mem.get("own_peak", 0))
 
     @property
     def largest_arg(self) -> int:
@@ -214,8 +317,25 @@ def read_calls(directory: str | os.PathLike) -> list[Call]:
             if line.strip():
                 r = json.loads(line)
                 calls.append(Call(r["stage"], r["fn"], tuple(r["args"]), dict(r["kwargs"]), tuple(r["results"]),
-                                  r.get("node"), int(r["pid"]), float(r["wall_s"])))
+                                  r.get("node"), int(r["pid"]), float(r["wall_s"]), dict(r.get("mem") or {})))
     return calls
+
+
+def memory_by_stage(calls: list[Call]) -> dict[str, dict]:
+    """Per stage, the call with the largest peak RSS, the one with the largest own peak and the one
+    with the largest sampled anonymous peak (they need not be the same call), each with its memory
+    fields: which task makes a stage's peak, and whether it is the worker's heap or mapped
+    object-store pages."""
+    out: dict[str, dict] = {}
+    for c in calls:
+        if not c.mem:
+            continue
+        s = out.setdefault(c.stage or "-", {"calls": 0})
+        s["calls"] += 1
+        for kind, value in (("rss", c.peak_rss), ("own", c.peak_own), ("anon", c.peak_anon)):
+            if value > s.get(kind, -1):
+                s[kind], s[f"{kind}_fn"], s[f"{kind}_mem"] = value, c.fn, c.mem
+    return out
 
 
 def largest_by_stage(calls: list[Call]) -> dict[str, dict]:

@@ -11,6 +11,20 @@ from contextlib import contextmanager
 
 log = logging.getLogger("embedlake")
 
+# Allocators of the Ray workers this driver starts (a local Ray, or a Cluster's nodes: they inherit
+# the environment; a remote cluster needs them in its nodes' environment). A worker runs many tasks,
+# and by default each allocator keeps what a task freed: glibc's dynamic mmap threshold moves big
+# arrays onto a heap it cannot shrink past fragments, Arrow's mimalloc pool and polars' jemalloc
+# hold freed pages. Measured with the per-task recorder on the 1M-edge bench (docs/scaling.md, 9):
+# the largest task peak of a stage fell by 30 to 50 MB.
+WORKER_ALLOCATOR_ENV = {
+    "MALLOC_ARENA_MAX": "2",                    # not one heap per numba / polars thread
+    "MALLOC_MMAP_THRESHOLD_": "1048576",        # arrays >= 1 MiB: own mapping, returned on free
+    "MALLOC_TRIM_THRESHOLD_": "1048576",        # give back a heap top over 1 MiB
+    "ARROW_DEFAULT_MEMORY_POOL": "system",      # Arrow buffers through malloc (the settings above)
+    "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",   # polars' jemalloc: purge freed pages now
+}
+
 
 def configure_env(project_home: str | None = None) -> None:
     """Safe defaults for offline machines; existing settings win."""
@@ -25,6 +39,8 @@ def configure_env(project_home: str | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    for key, value in WORKER_ALLOCATOR_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, stages: dict | None = None):

@@ -75,8 +75,16 @@ def shard_starts(bounds: list[tuple[int, int]]) -> np.ndarray:
 
 def owner_of(starts: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     """The shard index of every node in `nodes` (int64 array), given `shard_starts(bounds)`.
-    Empty shards own nothing: `side='right'` skips over them."""
-    return (np.searchsorted(starts, np.asarray(nodes, dtype=np.int64), side="right") - 1).astype(np.int64)
+    Empty shards own nothing: `side='right'` skips over them.
+    Memory: one int64 per node, the result. `nodes` is often a shard's whole int32 `indices`, so
+    the boundaries are cast to its type rather than it to int64, and the - 1 is done in place
+    (before: four arrays of 8 bytes per arc at once, 300 MB at 20M edges and S = 2)."""
+    nodes = np.asarray(nodes)
+    if nodes.dtype.kind not in "iu" or (len(starts) and int(starts[-1]) > np.iinfo(nodes.dtype).max):
+        nodes = nodes.astype(np.int64)
+    out = np.searchsorted(np.asarray(starts).astype(nodes.dtype), nodes, side="right").astype(np.int64, copy=False)
+    out -= 1
+    return out
 
 
 def split_csr(csr: CSRGraph, bounds: list[tuple[int, int]]) -> list[CSRShard]:
