@@ -13,21 +13,23 @@ import pytest
 MiB = 2**20
 
 
-def _touched(nbytes: int) -> np.ndarray:
-    """An array whose pages are really in RSS (np.empty alone maps them lazily)."""
-    a = np.empty(nbytes, dtype=np.uint8)
-    a.fill(1)
-    return a
+def _touched(nbytes: int) -> mmap.mmap:
+    """Private anonymous pages that are really in RSS, mapped for this call alone. (A numpy array
+    would come from malloc, which in a long-lived process such as the full test run may reuse pages
+    already resident from earlier tests, so the RSS would not grow.) close() unmaps them."""
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    np.frombuffer(m, dtype=np.uint8)[::4096] = 1
+    return m
 
 
 def test_peak_is_per_block_not_per_process():
     from embedlake.tasks.object_sizes import proc_status, task_memory
-    big = _touched(160 * MiB)                    # a peak before the block, then freed (numpy mmaps it: unmapped)
-    del big
+    big = _touched(160 * MiB)                    # a peak before the block, then unmapped
+    big.close()
     with task_memory() as mem:
         small = _touched(24 * MiB)
-        time.sleep(0.05)                         # the sampler sees the array
-        del small
+        time.sleep(0.05)                         # the sampler sees the pages
+        small.close()
     assert mem["hwm_reset"] is True
     assert mem["hwm"] >= mem["rss_before"] + 23 * MiB           # the block's own allocation is in its peak
     assert mem["hwm"] < mem["rss_before"] + 120 * MiB           # ... and the 160 MiB of before is not
