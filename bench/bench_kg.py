@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-sample", type=int, default=2000, help="valid triples used by the periodic evaluation")
+    p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
+                   "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
 
 
@@ -68,6 +70,9 @@ def main() -> None:
         if info["epoch"] % a.eval_every == 0 or info["epoch"] == a.epochs:
             m = evaluate(model, state.ent, state.rel, valid, known)
             line.update(valid_mrr=m["mrr"], valid_hits10=m["hits@10"])
+        if a.test_every and info["epoch"] % a.test_every == 0 and info["epoch"] != a.epochs:
+            m = evaluate(model, state.ent, state.rel, ts.test, known)
+            line.update(test_mrr=m["mrr"], test_hits10=m["hits@10"], test_eval_s=m["seconds"])
         print(json.dumps(line), flush=True)
 
     train(model, st, ts.train, s, ts.degrees(), on_epoch)

@@ -329,6 +329,9 @@ class KGConfig(Section):
     init_scale: float = Field(1e-3, gt=0, description="Std of the initial rows of DistMult / ComplEx.")
     seed: int = Field(0, description="Initialisation, shuffling, negatives and split seed.")
     threads: int = Field(1, ge=1, description="CPU threads of the training worker (numba and BLAS).")
+    engine: Literal["numba", "torch"] = Field("numba", description="numba: the CPU kernel; torch: the same "
+                                              "training as tensor operations (GPUs).")
+    device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
     eval_batch: int = Field(1000, ge=1, description="Test queries scored against every entity at once.")
 
 

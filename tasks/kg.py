@@ -13,7 +13,7 @@ from embedlake.workers.kg import stages as ks
 
 def train_spec(kg) -> dict:
     """Everything besides the input that decides the trained tables (a checkpoint is of these)."""
-    return {k: getattr(kg, k) for k in ("model", "dim", "norm", "gamma", "init_scale", *ks.TRAIN_FIELDS)}
+    return {k: getattr(kg, k) for k in ("model", "dim", "norm", "gamma", "init_scale", "engine", *ks.TRAIN_FIELDS)}
 
 
 @task(name="kg_read", cache_policy=NO_CACHE)

@@ -274,3 +274,35 @@ def test_ties_count_half_and_filtered_answers_do_not_count():
     # target 2 (score 2): entity 1 and 4 score higher, entity 3 ties; entity 4 is another known answer
     got = filtered_ranks(scores, np.array([2]), np.array([0]), np.array([2]), np.array([2, 4]))
     assert got.tolist() == [1 + 1 + 0.5]
+
+
+# ---- torch kernel (CPU device) ----------------------------------------------------------------------
+@pytest.mark.parametrize("name,norm,loss", CASES)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "row_adagrad"])
+def test_torch_chunk_matches_the_numba_chunk(name, norm, loss, optimizer):
+    from embedlake.workers.kg.torch_engine import TorchTrainer
+    model = KGModel(name, 6, norm, gamma=2.0 if name in ("transe", "rotate") else 0.0)
+    ent, rel = init_tables(model, 7, 2, seed=1, init_scale=0.3)
+    h, r, t = np.array([0, 3, 5]), np.array([0, 1, 1]), np.array([2, 2, 6])
+    negs_t, negs_h = np.array([1, 2, 4, 4]), np.array([6, 0, 3, 1])
+    s = TrainSettings(loss=loss, margin=3.0, optimizer=optimizer, lr=0.05, reg_weight=0.05)
+    a = new_state(ent.copy(), rel.copy(), optimizer)
+    b = new_state(ent.copy(), rel.copy(), optimizer)
+    la = train_chunk(model, a, h, r, t, negs_t, negs_h, s)
+    tr = TorchTrainer(model, b, s, "cpu")
+    lb = tr.chunk(h, r, t, negs_t, negs_h)
+    tr.write_back(b)
+    assert la == pytest.approx(lb, rel=1e-5)
+    for x, y in ((a.ent, b.ent), (a.rel, b.rel), (a.ent_acc, b.ent_acc), (a.rel_acc, b.rel_acc)):
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+
+
+def test_torch_training_learns_like_numba():
+    from embedlake.workers.kg.torch_engine import train_torch
+    model = KGModel("complex", 16)
+    train_tri, test_tri = tiny_kg()
+    ent, rel = init_tables(model, 40, 2, 0, init_scale=0.1)
+    s = TrainSettings(epochs=40, batch=16, negatives=0, lr=0.1, reg_weight=0.0)
+    st = train_torch(model, new_state(ent, rel, "adagrad"), train_tri, s)
+    m = evaluate(model, st.ent, st.rel, test_tri, np.concatenate([train_tri, test_tri]))
+    assert m["mrr"] > 0.95 and st.epoch == 40

@@ -92,10 +92,14 @@ def train_stage(ts: TripleSet, kg, handle: StageHandle | None = None) -> tuple[t
         fault_point(f"after:train_epoch:{state.epoch}")
 
     with blas_threads(kg.threads):
-        train(model, st, ts.train, s, ts.degrees(), on_epoch)
+        if kg.engine == "torch":
+            from embedlake.workers.kg.torch_engine import train_torch
+            train_torch(model, st, ts.train, s, ts.degrees(), on_epoch, kg.device)
+        else:
+            train(model, st, ts.train, s, ts.degrees(), on_epoch)
     seconds = time.perf_counter() - t0
     trained = (s.epochs - start) * ts.train.shape[0]
-    info = {"model": model.name, "dim": model.dim, "epochs": s.epochs, "resumed_at_epoch": start,
+    info = {"model": model.name, "dim": model.dim, "engine": kg.engine, "epochs": s.epochs, "resumed_at_epoch": start,
             "train_s": round(seconds, 3), "triples_per_s": round(trained / max(seconds, 1e-9), 1),
             "final_loss": st.history[-1]["loss"] if st.history else None, "history": st.history}
     return (st.ent, st.rel), info
