@@ -306,3 +306,41 @@ def test_torch_training_learns_like_numba():
     st = train_torch(model, new_state(ent, rel, "adagrad"), train_tri, s)
     m = evaluate(model, st.ent, st.rel, test_tri, np.concatenate([train_tri, test_tri]))
     assert m["mrr"] > 0.95 and st.epoch == 40
+
+
+# ---- partitioned training ----------------------------------------------------------------------------
+def test_partitioned_with_one_partition_is_the_one_table_engine():
+    from embedlake.workers.kg.partitioned import train_partitioned
+    model = KGModel("complex", 8)
+    train_tri, _ = tiny_kg()
+    ent, rel = init_tables(model, 40, 2, 0, init_scale=0.1)
+    s = TrainSettings(epochs=3, batch=16, negatives=8, lr=0.1, reg_weight=0.01)
+    a = train(model, new_state(ent.copy(), rel.copy(), "adagrad"), train_tri, s)
+    b = train_partitioned(model, new_state(ent.copy(), rel.copy(), "adagrad"), train_tri, s, parts=1, workers=2)
+    assert np.array_equal(a.ent, b.ent) and np.array_equal(a.rel, b.rel) and np.array_equal(a.ent_acc, b.ent_acc)
+
+
+def test_partition_rounds_are_disjoint_and_cover_every_bucket():
+    from embedlake.workers.kg.partitioned import partition, rounds
+    train_tri, _ = tiny_kg()
+    plan = partition(40, train_tri, 4, seed=0)
+    assert sorted(np.concatenate(plan.members).tolist()) == list(range(40))
+    assert sorted(np.concatenate(list(plan.buckets.values())).tolist()) == list(range(train_tri.shape[0]))
+    sched = rounds(plan, 0, 0, workers=2)
+    assert sorted(b for r in sched for b in r) == sorted(plan.buckets)
+    for r in sched:
+        used = [p for b in r for p in {b[0], b[1]}]
+        assert len(r) <= 2 and len(used) == len(set(used))
+
+
+def test_partitioned_training_learns_the_tiny_graph():
+    from embedlake.workers.kg.partitioned import train_partitioned
+    model = KGModel("complex", 16)
+    train_tri, test_tri = tiny_kg()
+    ent, rel = init_tables(model, 40, 2, 0, init_scale=0.1)
+    s = TrainSettings(epochs=60, batch=16, negatives=0, lr=0.1, reg_weight=0.0)
+    st = train_partitioned(model, new_state(ent, rel, "adagrad"), train_tri, s, parts=4, workers=2)
+    m = evaluate(model, st.ent, st.rel, test_tri, np.concatenate([train_tri, test_tri]))
+    # 10 entities per partition: a bucket's negatives never include the other 30 entities, so
+    # it ranks below the one-table engine's 1.0 here (measured .83); far above chance (~.1)
+    assert m["mrr"] > 0.75, m

@@ -149,15 +149,26 @@ def negative_sampler(num_entities: int, s: TrainSettings, degree: np.ndarray | N
     return lambda rng: rng.integers(0, num_entities, s.negatives, dtype=np.int64)
 
 
-def train_epoch(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, draw: Callable) -> float:
-    """One pass over the triples (shuffled by (seed, epoch)); returns the mean loss per query."""
-    rng = np.random.default_rng([s.seed, st.epoch])
+def train_pass(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, draw: Callable,
+               rng: np.random.Generator) -> float:
+    """One shuffled pass over `triples` (order and negatives from `rng`); returns the summed loss."""
     order = rng.permutation(triples.shape[0])
     total = 0.0
     for lo in range(0, order.shape[0], s.batch):
         chunk = triples[order[lo:lo + s.batch]]
         h, r, t = (np.ascontiguousarray(chunk[:, c], np.int64) for c in range(3))
         total += train_chunk(model, st, h, r, t, draw(rng), draw(rng), s)
+    return total
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The random stream of one epoch of the one-table engine."""
+    return np.random.default_rng([seed, epoch])
+
+
+def train_epoch(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, draw: Callable) -> float:
+    """One pass over the triples (shuffled by (seed, epoch)); returns the mean loss per query."""
+    total = train_pass(model, st, triples, s, draw, epoch_rng(s.seed, st.epoch))
     st.epoch += 1
     return total / max(2 * triples.shape[0], 1)
 
