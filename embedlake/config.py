@@ -332,6 +332,10 @@ class KGConfig(Section):
     engine: Literal["numba", "torch"] = Field("numba", description="numba: the CPU kernel; torch: the same "
                                               "training as tensor operations (GPUs).")
     device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
+    partitions: int = Field(1, ge=1, le=64, description="Entity partitions P: above 1, PyTorch-BigGraph's P x P "
+                            "buckets trained in rounds of disjoint buckets (numba engine, uniform negatives, no "
+                            "checkpoints).")
+    workers: int = Field(1, ge=1, description="Buckets trained at once (Ray tasks) with kg.partitions > 1.")
     eval_batch: int = Field(1000, ge=1, description="Test queries scored against every entity at once.")
 
 

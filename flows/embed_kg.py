@@ -37,6 +37,9 @@ def check_kg(cfg: PipelineConfig) -> None:
         model_of(cfg.kg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if cfg.kg.partitions > 1 and (cfg.kg.engine != "numba" or cfg.kg.negative_sampling != "uniform"):
+        raise ConfigError("kg.partitions > 1 trains with the numba engine and uniform negatives: set kg.engine=numba "
+                          "and kg.negative_sampling=uniform (or kg.partitions=1)")
 
 
 @flow(name="embed_kg", validate_parameters=True)
@@ -47,8 +50,11 @@ def embed_kg(config: PipelineConfig | None = None) -> dict:
     dataset, kg = dataset_name(cfg), cfg.kg
     with Run.open(cfg, dataset, f"kg-{kg.model}") as run:
         ts_ref, triples = run.time("read", kt.read, run.lake, kg, run.retries)
-        stage = run.stage("kg_train", {"triples": triples["digest"], "train": kt.train_spec(kg)})
-        tables_ref, info = run.time("train", kt.train, ts_ref, kg, stage, run.retries)
+        if kg.partitions > 1:
+            tables_ref, info = run.time("train", kt.train_partitioned, ts_ref, kg, run.retries)
+        else:
+            stage = run.stage("kg_train", {"triples": triples["digest"], "train": kt.train_spec(kg)})
+            tables_ref, info = run.time("train", kt.train, ts_ref, kg, stage, run.retries)
         fault_point("after:train")
         files = run.time("publish", kt.publish, run.lake, dataset, run.method, run.run_id, ts_ref, tables_ref,
                          run.retries)

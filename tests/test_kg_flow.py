@@ -101,3 +101,23 @@ def test_killed_run_resumes_after_its_last_epoch(committed):
     assert summary["train"]["resumed_at_epoch"] == 2
     for which in ("entities", "relations"):
         assert np.array_equal(read_table(lake, which)[1], read_table(tmp / "lake", which)[1])
+
+
+def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
+    """kg.partitions=4 on 2 Ray workers: the committed tables are those of the in-process
+    partitioned trainer (same rounds, same merges), and the run commits its metrics."""
+    from embedlake.flows.embed_kg import embed_kg
+    from embedlake.workers.kg.kernels import new_state
+    from embedlake.workers.kg.models import init_tables
+    from embedlake.workers.kg.partitioned import train_partitioned
+    tmp, data, _, _ = committed
+    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2"))
+    summary = embed_kg(cfg)
+    ts, _ = ks.load_stage(str(tmp / "lake"), cfg.kg)
+    model = ks.model_of(cfg.kg)
+    ent, rel = init_tables(model, ts.num_entities, ts.num_relations, cfg.kg.seed, cfg.kg.init_scale)
+    st = train_partitioned(model, new_state(ent, rel, cfg.kg.optimizer), ts.train, ks.settings_of(cfg.kg), 4, 2,
+                           cfg.kg.seed)
+    assert np.array_equal(read_table(tmp / "lake_p4", "entities")[1], st.ent)
+    assert np.array_equal(read_table(tmp / "lake_p4", "relations")[1], st.rel)
+    assert summary["train"]["partitions"] == 4 and summary["metrics"]["triples"] == 6
