@@ -21,6 +21,10 @@ from embedlake.workers.kg.models import KGModel, init_tables
 from embedlake.workers.kg.train import train
 from embedlake.workers.kg.triples import load_triples
 
+from peer_venvs import add_peers_option, peer_python, peer_script  # noqa: E402  (bench/peer_venvs.py)
+
+PYKEEN_NAMES = {"transe": "TransE", "distmult": "DistMult", "complex": "ComplEx", "rotate": "RotatE"}
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -43,13 +47,45 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-sample", type=int, default=2000, help="valid triples used by the periodic evaluation")
+    p.add_argument("--vs-pykeen", action="store_true", help="speed only: one epoch of this kernel, then PyKEEN's "
+                   "(../shared/bench/kge_peer.py in the kge peers venv) at the same model, dim and negatives per "
+                   "positive, in this run; prints both throughputs and the ratio")
+    add_peers_option(p)
     p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
                    "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
 
 
+def speed_vs_pykeen(a: argparse.Namespace) -> None:
+    """Positive triples per second of one epoch here and in PyKEEN, same machine, same run. PyKEEN
+    draws its negatives per positive; here each positive meets the chunk's shared negatives, so
+    `--negatives N` gives every positive N negatives in both."""
+    import subprocess
+    d = a.data.rstrip("/")
+    ts = load_triples(f"{d}/train.txt", f"{d}/valid.txt", f"{d}/test.txt", unseen="keep")
+    model = KGModel(a.model, a.dim, a.norm, a.gamma)
+    s = TrainSettings(epochs=1, batch=a.batch, negatives=a.negatives, loss=a.loss, optimizer=a.optimizer, lr=a.lr,
+                      regularizer=a.reg, reg_weight=a.reg_weight, seed=a.seed)
+    warm = TrainSettings(epochs=1, batch=a.batch, negatives=a.negatives, loss=a.loss, optimizer=a.optimizer)
+    ent, rel = init_tables(model, ts.num_entities, ts.num_relations, a.seed, a.init_scale)
+    train(model, new_state(ent.copy(), rel.copy(), a.optimizer), ts.train[:2 * a.batch], warm)   # compile
+    t0 = time.perf_counter()
+    train(model, new_state(ent, rel, a.optimizer), ts.train, s)
+    ours = ts.train.shape[0] / (time.perf_counter() - t0)
+    cmd = [str(peer_python("kge", a.peers)), str(peer_script("kge_peer.py")), d, "--model", PYKEEN_NAMES[a.model],
+           "--dim", str(a.dim), "--negs", str(a.negatives), "--epochs", "1", "--threads",
+           os.environ.get("NUMBA_NUM_THREADS", "1")]
+    peer = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    print(json.dumps({"model": a.model, "dim": a.dim, "negatives": a.negatives, "batch": a.batch,
+                      "threads": os.environ.get("NUMBA_NUM_THREADS", "1"), "ours_triples_per_s": round(ours, 1),
+                      "pykeen": peer, "ratio": round(ours / peer["triples_per_s"], 2)}), flush=True)
+
+
 def main() -> None:
     a = parse_args()
+    if a.vs_pykeen:
+        speed_vs_pykeen(a)
+        return
     d = a.data.rstrip("/")
     ts = load_triples(f"{d}/train.txt", f"{d}/valid.txt", f"{d}/test.txt", unseen="keep")
     model = KGModel(a.model, a.dim, a.norm, a.gamma)
