@@ -94,7 +94,7 @@ def train_stage(ts: TripleSet, kg, handle: StageHandle | None = None) -> tuple[t
     with blas_threads(kg.threads):
         if kg.engine == "torch":
             from embedlake.workers.kg.torch_engine import train_torch
-            train_torch(model, st, ts.train, s, ts.degrees(), on_epoch, kg.device)
+            train_torch(model, st, ts.train, s, ts.degrees(), on_epoch, kg.device, kg.threads)
         else:
             train(model, st, ts.train, s, ts.degrees(), on_epoch)
     seconds = time.perf_counter() - t0

@@ -137,10 +137,13 @@ class TorchTrainer:
 
 
 def train_torch(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, degree=None,
-                on_epoch: Callable | None = None, device: str = "cpu") -> TrainState:
+                on_epoch: Callable | None = None, device: str = "cpu", threads: int = 1) -> TrainState:
     """train.train with the torch kernel: the same shuffles and negative draws (numpy, seeded by
-    (seed, epoch)), so only the arithmetic differs."""
+    (seed, epoch)), so only the arithmetic differs. On the CPU device torch uses `threads` threads
+    (the CPUs the worker holds: more only spin against each other)."""
     trainer = TorchTrainer(model, st, s, device)
+    if trainer.dev.type == "cpu":
+        torch.set_num_threads(threads)
     draw = negative_sampler(st.ent.shape[0], s, degree)
     while st.epoch < s.epochs:
         t0 = time.perf_counter()
