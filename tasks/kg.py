@@ -2,7 +2,6 @@
 evaluate, publish. Tasks pass ObjectRefs of the triples and the trained tables, never the arrays."""
 from __future__ import annotations
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -84,11 +83,10 @@ def train_partitioned(ts_ref, kg, max_retries: int = 3) -> tuple:
                   num_returns=2 + 2 * parts).remote(ts_ref, kg, plan_ref)
     rel, rel_acc = ray.get(init[:2])
     rows, accs = list(init[2::2]), list(init[3::2])
-    schedule = kp.Partitioning(members=[np.empty(0)] * parts, buckets={k: np.empty(0) for k in keys})
     history = []
     for epoch in range(kg.epochs):
         total = 0.0
-        for this in kp.rounds(schedule, kg.seed, epoch, kg.workers):
+        for this in kp.rounds(keys, kg.seed, epoch, kg.workers):
             small = []
             for b in this:
                 ps = kp.bucket_parts(b)

@@ -326,7 +326,7 @@ def test_partition_rounds_are_disjoint_and_cover_every_bucket():
     plan = partition(40, train_tri, 4, seed=0)
     assert sorted(np.concatenate(plan.members).tolist()) == list(range(40))
     assert sorted(np.concatenate(list(plan.buckets.values())).tolist()) == list(range(train_tri.shape[0]))
-    sched = rounds(plan, 0, 0, workers=2)
+    sched = rounds(plan.buckets, 0, 0, workers=2)
     assert sorted(b for r in sched for b in r) == sorted(plan.buckets)
     for r in sched:
         used = [p for b in r for p in {b[0], b[1]}]

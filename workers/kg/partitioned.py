@@ -49,10 +49,10 @@ def partition(num_entities: int, triples: np.ndarray, parts: int, seed: int) -> 
     return Partitioning(members, buckets)
 
 
-def rounds(partitioning: Partitioning, seed: int, epoch: int, workers: int) -> list[list[tuple[int, int]]]:
-    """The epoch's schedule: buckets in a seeded order, packed greedily into rounds of at most
-    `workers` buckets whose partitions are disjoint."""
-    todo = sorted(partitioning.buckets)
+def rounds(buckets, seed: int, epoch: int, workers: int) -> list[list[tuple[int, int]]]:
+    """The epoch's schedule: the (non-empty) buckets in a seeded order, packed greedily into rounds
+    of at most `workers` buckets whose partitions are disjoint."""
+    todo = sorted(buckets)
     order = np.random.default_rng([seed, epoch, 104729]).permutation(len(todo)) if len(todo) > 1 else [0]
     todo = [todo[i] for i in order]
     out = []
@@ -108,7 +108,7 @@ def train_partitioned(model: KGModel, st: TrainState, triples: np.ndarray, s: Tr
     plan = partition(st.ent.shape[0], triples, parts, seed)
     while st.epoch < s.epochs:
         total = 0.0
-        for this in rounds(plan, s.seed, st.epoch, workers):
+        for this in rounds(plan.buckets, s.seed, st.epoch, workers):
             outs = [run_bucket(model, s, plan, b, st, triples, parts) for b in this]
             for b, out in zip(this, outs):
                 total += store_bucket(plan, b, out, st)
