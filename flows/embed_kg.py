@@ -22,6 +22,9 @@ from embedlake.workers.kg.stages import model_of
 from embedlake.workers.run.faults import fault_point
 
 
+KG_CODECS_REFUSED = ("hash", "compose", "qr", "unified")
+
+
 def dataset_name(cfg: PipelineConfig) -> str:
     """Configured, else from the training input: …/fb15k-237/train.txt -> fb15k-237."""
     if cfg.lake.dataset:
@@ -37,6 +40,10 @@ def check_kg(cfg: PipelineConfig) -> None:
         model_of(cfg.kg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    learned = [c for c in cfg.compress.codecs if c in KG_CODECS_REFUSED]
+    if learned:
+        raise ConfigError(f"compress.codecs={learned}: these tables are trained by skip-gram on walks; embed-kg "
+                          f"measures the round trip of fp16, int8, int4, binary, pq, opq, lowrank")
     if cfg.kg.partitions > 1 and (cfg.kg.engine != "numba" or cfg.kg.negative_sampling != "uniform"):
         raise ConfigError("kg.partitions > 1 trains with the numba engine and uniform negatives: set kg.engine=numba "
                           "and kg.negative_sampling=uniform (or kg.partitions=1)")
@@ -59,7 +66,7 @@ def embed_kg(config: PipelineConfig | None = None) -> dict:
         files = run.time("publish", kt.publish, run.lake, dataset, run.method, run.run_id, ts_ref, tables_ref,
                          run.retries)
         fault_point("after:publish")
-        metrics = run.time("evaluate", kt.evaluate, ts_ref, kg, tables_ref, run.retries)
+        metrics = run.time("evaluate", kt.evaluate, ts_ref, kg, tables_ref, cfg.compress, run.retries)
         url = run.commit(run.manifest(files, metrics, extra={
             "dim": kg.dim, "rows": triples["entities"], "kg": triples, "train": info, "id_column": "entity"}))
     root = Lake.run_dir("embeddings", dataset, run.method, run.run_id)

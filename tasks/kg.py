@@ -47,11 +47,12 @@ def train(ts_ref, kg, stage: Stage, max_retries: int = 3) -> tuple:
 
 
 @task(name="kg_evaluate", cache_policy=NO_CACHE)
-def evaluate(ts_ref, kg, tables_ref, max_retries: int = 3) -> dict:
-    """Filtered MRR and Hits@1/3/10 of the test triples (one task, kg.threads CPUs)."""
+def evaluate(ts_ref, kg, tables_ref, compress=None, max_retries: int = 3) -> dict:
+    """Filtered MRR and Hits@1/3/10 of the test triples, and of each compress.codecs round trip of
+    the entity table (one task, kg.threads CPUs)."""
     import ray
     metrics = ray.get(remote(ks.evaluate_stage, "evaluate", num_cpus=kg.threads, max_retries=max_retries)
-                      .remote(ts_ref, kg, tables_ref))
+                      .remote(ts_ref, kg, tables_ref, compress))
     stage_logger().info(f"kg evaluate: filtered MRR {metrics['mrr']:.4f}, Hits@10 {metrics['hits@10']:.4f} "
                         f"({metrics['triples']:,} test triples, {metrics['eval_s']} s)")
     return metrics

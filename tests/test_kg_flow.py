@@ -111,7 +111,7 @@ def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
     from embedlake.workers.kg.models import init_tables
     from embedlake.workers.kg.partitioned import train_partitioned
     tmp, data, _, _ = committed
-    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2"))
+    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2", "compress.codecs=[int8]"))
     summary = embed_kg(cfg)
     ts, _ = ks.load_stage(str(tmp / "lake"), cfg.kg)
     model = ks.model_of(cfg.kg)
@@ -121,3 +121,4 @@ def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
     assert np.array_equal(read_table(tmp / "lake_p4", "entities")[1], st.ent)
     assert np.array_equal(read_table(tmp / "lake_p4", "relations")[1], st.rel)
     assert summary["train"]["partitions"] == 4 and summary["metrics"]["triples"] == 6
+    assert set(summary["metrics"]["codecs"]) == {"int8"} and summary["metrics"]["codecs"]["int8"]["mrr"] > 0

@@ -105,8 +105,9 @@ def train_stage(ts: TripleSet, kg, handle: StageHandle | None = None) -> tuple[t
     return (st.ent, st.rel), info
 
 
-def evaluate_stage(ts: TripleSet, kg, trained: tuple) -> dict:
-    """Filtered MRR / Hits@1,3,10 on the test triples (and on valid when there are any)."""
+def evaluate_stage(ts: TripleSet, kg, trained: tuple, compress=None) -> dict:
+    """Filtered MRR / Hits@1,3,10 on the test triples (and on valid when there are any); with
+    compress.codecs, the test MRR / Hits@10 of each codec's entity table too (`codecs`)."""
     model = model_of(kg)
     ent, rel = trained[0], trained[1]
     known = ts.all_known()
@@ -118,6 +119,28 @@ def evaluate_stage(ts: TripleSet, kg, trained: tuple) -> dict:
     if valid is not None:
         out["valid_mrr"], out["valid_hits@10"] = valid["mrr"], valid["hits@10"]
     out["eval_s"] = out.pop("seconds")
+    if compress is not None and compress.codecs:
+        out["codecs"] = codec_metrics(ts, kg, compress.codecs, compress, trained)
+    return out
+
+
+def codec_metrics(ts: TripleSet, kg, codecs: list[str], compress, tables: tuple) -> dict:
+    """MRR and Hits@10 of the test triples with the entity table replaced by its round trip through
+    each codec (fp16, int8, int4, binary, pq, opq, lowrank; pq/opq keep row norms: scores use them).
+    The relation table stays float32. {codec: {mrr, hits@10, bytes_per_vector}}."""
+    from embedlake.workers.compress import codecs as cz
+    model, ent = model_of(kg), tables[0]
+    out = {}
+    for name in codecs:
+        params = {**cz.codec_params(name, compress), "normalize": False}
+        sample = ent[np.random.default_rng(compress.seed).permutation(ent.shape[0])[:compress.train_sample or None]]
+        state = cz.fit(name, sample, params)
+        approx = cz.decode(name, cz.encode(name, ent, state, params), state, params, ent.shape[1])
+        with blas_threads(kg.threads):
+            m = evaluate(model, np.ascontiguousarray(approx, np.float32), tables[1], ts.test, ts.all_known(),
+                         kg.eval_batch)
+        out[name] = {"mrr": m["mrr"], "hits@10": m["hits@10"],
+                     "bytes_per_vector": cz.bytes_per_vector(name, params, ent.shape[1])}
     return out
 
 
