@@ -7,12 +7,23 @@ figures beside them so a cheaper evaluation can be checked against the figures i
 
 Cases (``--cases``):
   blogcatalog  DeepWalk, labels (39, multi-label), defaults
-  ppi          FastRP d=512, labels (121, multi-label): many labels and dimensions
+  deezer_ro    FastRP d=512 on deezer_ro (84 labels, 41,773 nodes), when ../shared/datasets/deezer_ro
+               exists; else the case stops with a message (github and ppi stand in for it)
+  ppi          FastRP d=512, labels (50, multi-label): many labels and dimensions
   github       FastRP d=512 on github_social, labels (2, 37,700 nodes): a large labelled set
-  rmat         R-MAT graph, no labels, 1 walk x 40 steps, d=64 (``--rmat-edges``, ~10 edges per node)
+  rmat         R-MAT graph, no labels, 1 walk x 40 steps, d=64 (``--rmat-edges``, ~10 edges per node;
+               the default 19.2 M edges gives the issue's 2.1 M nodes)
 
     .venv/bin/python bench/bench_eval_cost.py [--checkouts /path/before,/path/after] [--cases ...]
-                                              [--rmat-edges 4800000] [--out /tmp/embedlake-evalcost]
+                                              [--rmat-edges 19200000] [--out /tmp/embedlake-evalcost]
+                                              [-p eval.key=value ...]
+
+``--eval-only LAKE``: no pipeline run; evaluate the table each case last committed in LAKE (a lake of an
+earlier run of this script, e.g. /tmp/embedlake-evalcost/lake-0) with this checkout's stage functions
+in this process (no Ray), timing each component (wall and CPU): for iterating on the evaluation of a
+large graph without training it again. Run it with another checkout's python to time that one's.
+``--compare-warm LAKE``: node classification's 9 fits cold vs chained by warm starts, CPU seconds and
+the change of the mean F1 (labelled cases).
 """
 from __future__ import annotations
 
@@ -32,6 +43,12 @@ def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
     if case == "blogcatalog":
         d = SHARED / "blogcatalog"
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv")]
+    if case == "deezer_ro":
+        d = SHARED / "deezer_ro"
+        if not (d / "edges.tsv").exists():
+            raise SystemExit(f"deezer_ro: {d}/edges.tsv not found (github and ppi are the stand-ins)")
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
+                "-p", "fastrp.dim=512"]
     if case == "ppi":
         d = SHARED / "ppi"
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
@@ -49,10 +66,10 @@ def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
     raise SystemExit(f"unknown case {case!r}")
 
 
-def run_case(checkout: Path, case: str, args: list[str], lake: str) -> dict:
+def run_case(checkout: Path, case: str, args: list[str], lake: str, overrides: list[str] = ()) -> dict:
     exe = checkout / ".venv" / "bin" / "embedlake"
     cmd = [str(exe), "embed-graph", "--lake", lake, "--json", "-p", "eval.align_to_previous=false",
-           "-p", "eval.artifacts=false", *args]
+           "-p", "eval.artifacts=false", *args, *[x for o in overrides for x in ("-p", o)]]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -72,19 +89,104 @@ def run_case(checkout: Path, case: str, args: list[str], lake: str) -> dict:
             "bench_wall_s": round(time.perf_counter() - t0, 1)}
 
 
+def case_dataset(args: list[str]) -> tuple[str, str]:
+    """(dataset, method) of a case's run, as the CLI names them."""
+    method = args[args.index("--method") + 1] if "--method" in args else "deepwalk"
+    if "--dataset" in args:
+        return args[args.index("--dataset") + 1], method
+    return Path(args[args.index("--edges") + 1]).parent.name, method
+
+
+def case_table(lake_uri: str, args: list[str]):
+    """(X in the graph's row order, the graph, labels or None) of the case's latest table in the lake."""
+    import numpy as np
+
+    from embedlake.reader import read_table
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph, read_labels
+    dataset, method = case_dataset(args)
+    table, _ = read_table(lake_uri, dataset, method)
+    g = ingest_graph(args[args.index("--edges") + 1], EdgeSpec())
+    ids = np.asarray(table.column("node").to_numpy(zero_copy_only=False))
+    vec = table.column("vector").combine_chunks()
+    X = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, vec.type.list_size)
+    sorter = np.argsort(ids)                          # the table's rows in the graph's dense order
+    X = X[sorter[np.searchsorted(ids[sorter], np.asarray(g.node_ids))]]
+    labels = read_labels(args[args.index("--labels") + 1], g.node_ids, "int") if "--labels" in args else None
+    return X, g, labels
+
+
+def eval_only(lake_uri: str, case: str, args: list[str], overrides: list[str]) -> dict:
+    """Each evaluation component of the case's latest committed table in ``lake_uri``, timed in this
+    process with this checkout's stage functions (eval.* from ``overrides``): wall and CPU seconds."""
+    from embedlake.config import load_config
+    from embedlake.workers.evaluate import stages as es
+    cfg = load_config(None, [o for o in overrides if o.startswith("eval.")]).eval
+    X, g, labels = case_table(lake_uri, args)
+    out = {"case": case, "rows": int(X.shape[0]), "components_s": {}, "components_cpu_s": {}}
+    csr = (g.csr.indptr, g.csr.indices, g.csr.weights, g.csr.directed)
+    if cfg.reconstruction:
+        c0 = time.process_time()
+        rc = es.reconstruct_stage(X, csr, cfg)
+        out["components_s"]["reconstruction"] = rc["seconds"]
+        out["components_cpu_s"]["reconstruction"] = round(time.process_time() - c0, 3)
+        out.update(map=rc["map"], map_ci95=rc["ci95"], queries=rc["queries"])
+    if labels is not None:
+        c0 = time.process_time()
+        nc = es.classify_stage(X, labels, cfg)
+        out["components_s"]["node_classification"] = nc["seconds"]
+        out["components_cpu_s"]["node_classification"] = round(time.process_time() - c0, 3)
+        out.update(micro_f1=nc["micro_f1"], macro_f1=nc["macro_f1"])
+    return out
+
+
+def compare_warm(lake_uri: str, case: str, args: list[str]) -> dict:
+    """Node classification's 9 fits cold (each from W = 0) and chained by warm starts
+    (``split_chain_f1``) on the case's table: CPU seconds and the change of the mean F1."""
+    import numpy as np
+
+    from embedlake.workers.evaluate import classify as C
+    X, _, labels = case_table(lake_uri, args)
+    ls = C.labelled_set(X, labels[0], labels[1])
+    splits = [(r, rep) for rep in range(3) for r in (0.1, 0.5, 0.9)]
+    c0 = time.process_time()
+    cold = [(r, rep, *C.split_f1(ls, r, rep)) for r, rep in splits]
+    cold_s = time.process_time() - c0
+    c0 = time.process_time()
+    warm = C.split_chain_f1(ls, splits)
+    warm_s = time.process_time() - c0
+
+    def mean(rows, r, k):
+        return float(np.mean([x[k] for x in rows if x[0] == r]))
+    return {"case": case, "cold_cpu_s": round(cold_s, 3), "warm_cpu_s": round(warm_s, 3),
+            "mean_micro_change": {r: round(mean(warm, r, 2) - mean(cold, r, 2), 5) for r in (0.1, 0.5, 0.9)},
+            "mean_macro_change": {r: round(mean(warm, r, 3) - mean(cold, r, 3), 5) for r in (0.1, 0.5, 0.9)}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkouts", default=str(ROOT), help="comma-separated repo roots, each with its .venv")
     ap.add_argument("--cases", default="blogcatalog,ppi,rmat")
-    ap.add_argument("--rmat-edges", type=int, default=4_800_000)
+    ap.add_argument("--rmat-edges", type=int, default=19_200_000)
     ap.add_argument("--out", default="/tmp/embedlake-evalcost")
+    ap.add_argument("-p", dest="overrides", action="append", default=[], help="eval.key=value for every run")
+    ap.add_argument("--eval-only", metavar="LAKE", help="time the evaluation of each case's table in LAKE")
+    ap.add_argument("--compare-warm", metavar="LAKE", help="node classification cold vs warm-started fits")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.compare_warm:
+        for case in a.cases.split(","):
+            print(json.dumps(compare_warm(a.compare_warm, case, case_args(case, a.out, a.rmat_edges))), flush=True)
+        return 0
+    if a.eval_only:
+        for case in a.cases.split(","):
+            print(json.dumps(eval_only(a.eval_only, case, case_args(case, a.out, a.rmat_edges), a.overrides)),
+                  flush=True)
+        return 0
     results = []
     for case in a.cases.split(","):
         args = case_args(case, a.out, a.rmat_edges)
         for i, co in enumerate(a.checkouts.split(",")):
-            r = run_case(Path(co), case, args, os.path.join(a.out, f"lake-{i}"))
+            r = run_case(Path(co), case, args, os.path.join(a.out, f"lake-{i}"), a.overrides)
             results.append(r)
             print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
                   f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  components {r['components_s']}  "

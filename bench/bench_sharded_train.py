@@ -10,6 +10,19 @@ Prints one JSON line per seed and a summary (mean differences to the one-table e
 sharded engine (tasks/train.py train_sharded, S walk-shard objects) against the block engine
 (train_partitioned, one walks object, balanced partitions), same walks, same P; wall seconds
 of the train stage and Micro-F1 of both.
+--streamed G: instead, the sharded engine with its walks streamed in rounds of G walk numbers
+(sh.train_rounds_local, the in-process schedule of tasks/train.py train_sharded_streamed) against
+the unstreamed sharded engine (train.rounds = --rounds), same walks, same shards and partitions:
+
+    .venv/bin/python bench/bench_sharded_train.py --shards 4 --streamed 1 --seeds 0 1 --threads 2
+
+--traffic: bytes each task of the sharded trainer takes and returns, per training token, with the
+object-size recorder (tasks/object_sizes.py) on a local Ray, on the planted graph and settings of
+docs/scaling.md section 5 (20,000 nodes, S = 4, 2 x 10 walks per node, d = 16, window 2,
+train.workers = 2, rounds 1: P = 4). Runs with whichever checkout's package is installed, so the
+same command measures main before a change and a branch after it:
+
+    .venv/bin/python bench/bench_sharded_train.py --traffic [--rounds 1]
 """
 from __future__ import annotations
 
@@ -69,6 +82,32 @@ def one_seed(g, lab, n, args, seed):
     return out
 
 
+def streamed_vs_not(g, lab, n, args, seed):
+    """Micro-F1 of the sharded engine with and without streamed walks, same walks and partitions."""
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    cube = W.reshape(args.walks, n, args.length)
+
+    def shards_of(k0, k1):
+        return [(np.ascontiguousarray(cube[k0:k1, lo:hi].reshape(-1, args.length)),)
+                for lo, hi in shard_bounds(n, args.shards)]
+    split = sh.VocabSplit("range", n, args.shards * args.per_shard)
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds, threads=args.threads)
+    rounds = sh.walk_rounds(args.walks, args.streamed)
+    out = {"seed": seed, "shards": args.shards, "partitions": split.parts, "walk_rounds": len(rounds)}
+    t0 = time.perf_counter()
+    Win, _, _ = sh.train_streams_local(shards_of(0, args.walks), args.walks, split, tr, threads=args.threads)
+    out["sharded_s"] = round(time.perf_counter() - t0, 1)
+    out["sharded"] = micro(np.concatenate(Win), lab, args.repeats)
+    t0 = time.perf_counter()
+    Win, _, _ = sh.train_rounds_local(lambda w: shards_of(*rounds[w]), rounds, args.length, split, tr,
+                                      threads=args.threads)
+    out["streamed_s"] = round(time.perf_counter() - t0, 1)
+    out["streamed"] = micro(np.concatenate(Win), lab, args.repeats)
+    out["diff"] = {r: round(out["streamed"][r] - out["sharded"][r], 4) for r in out["sharded"]}
+    return out
+
+
 def ray_timing(g, lab, n, args, seed):
     """Wall time and Micro-F1 of train_sharded vs train_partitioned through Ray, same walks."""
     import ray
@@ -101,6 +140,51 @@ def ray_timing(g, lab, n, args, seed):
     return out
 
 
+def traffic(args) -> dict:
+    """Recorded bytes of the train stage of train_sharded per training token: all its tasks, and
+    the stream (or bucket piece) argument of its links alone."""
+    import tempfile
+
+    import ray
+
+    from embedlake.config import WalkConfig
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    from embedlake.tasks.object_sizes import read_calls, recording
+    from embedlake.tasks.runtime import ensure_ray
+    from embedlake.tasks.train import train_sharded
+    from embedlake.workers.graph.shards import split_csr
+    from embedlake.workers.graph.synthetic import planted_communities
+    s, d, _ = planted_communities(20_000, 10, 10.0, 0.3, 11)
+    g = build_csr(s, d, 20_000)
+    n, S = g.num_nodes, 4
+    ensure_ray(num_cpus=2)
+    ids = np.arange(n, dtype=np.int64)
+    shards = [ShardRef(sd.lo, sd.hi, sd.num_arcs, ray.put(sd.as_tuple()), ray.put(ids[sd.lo:sd.hi]))
+              for sd in split_csr(g, shard_bounds(n, S))]
+    graph = GraphHandle({"nodes": n, "version": "traffic"}, None, None, None, shards)
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), 2, 10, 3, threads=1, symmetric=True)
+    cube = W.reshape(2, n, 10)
+    walk_refs = [ray.put(np.ascontiguousarray(cube[:, sd.lo:sd.hi].reshape(-1, 10))) for sd in shards]
+    tr = TrainConfig(dim=16, window=2, threads=1, rounds=args.rounds, workers=2, checkpoint="never")
+    with tempfile.TemporaryDirectory() as tmp:
+        with recording(tmp):
+            res = train_sharded.fn(graph, walk_refs, WalkConfig(walks_per_node=2, length=10, seed=3), tr, run=None)
+            ray.get(res.ref)
+        calls = [c for c in read_calls(tmp) if c.stage == "train"]
+    tokens = res.info["tokens"]
+    per_fn: dict = {}
+    for c in calls:
+        f = per_fn.setdefault(c.fn, {"calls": 0, "arg_bytes": 0, "result_bytes": 0})
+        f["calls"] += 1
+        f["arg_bytes"] += sum(c.args) + sum(c.kwargs.values())
+        f["result_bytes"] += sum(c.results)
+    links = [c for c in calls if c.fn == "link_stage"]
+    total = sum(f["arg_bytes"] + f["result_bytes"] for f in per_fn.values())
+    return {"tokens": tokens, "partitions": res.info["partitions"], "rounds": args.rounds, "per_fn": per_fn,
+            "train_bytes_per_token": round(total / tokens, 1),
+            "link_stream_bytes_per_token": round(sum(c.args[0] for c in links) / tokens, 1)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shards", type=int, default=4)
@@ -115,8 +199,20 @@ def main():
     ap.add_argument("--blocks", action="store_true", help="also the one-stream block engine (balanced partitions)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--ray", type=int, default=0, help="time the Ray drivers on this many workers instead")
+    ap.add_argument("--traffic", action="store_true", help="recorded bytes per training token of the sharded trainer")
+    ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
     args = ap.parse_args()
+    if args.traffic:
+        print(json.dumps(traffic(args)))
+        return
     g, lab, n = load()
+    if args.streamed:
+        rows = [streamed_vs_not(g, lab, n, args, seed) for seed in args.seeds]
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        print(json.dumps({"summary": "mean Micro-F1 streamed - not streamed (sharded engine)", "seeds": args.seeds,
+                          "diff": {k: round(float(np.mean([r["diff"][k] for r in rows])), 4) for k in rows[0]["diff"]}}))
+        return
     if args.ray:
         for seed in args.seeds:
             print(json.dumps(ray_timing(g, lab, n, args, seed)), flush=True)

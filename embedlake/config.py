@@ -198,6 +198,11 @@ class EvalConfig(Section):
     reconstruction: bool = Field(True, description="Graph reconstruction mAP of the k-hop neighbourhoods.")
     reconstruction_hops: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Hops for reconstruction.")
     reconstruction_sample: int = Field(500, ge=0, description="Query nodes sampled for reconstruction (0 = all).")
+    reconstruction_work: int = Field(16_000_000_000, ge=0, description="Reconstruction: at most this many "
+                                     "queries x nodes x (dim + 64) units of work (a query scores every node, "
+                                     "about dim + 64 operations each with its search): on a large graph fewer "
+                                     "queries are sampled (at least 50; reported as work_limited, with a wider "
+                                     "ci95). 0 = reconstruction_sample queries at any size.")
     reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="Reconstruction: a query's breadth-first "
                                          "search stops once its ball would exceed this many nodes; its farther "
                                          "hops are left out of the means (reported as truncated).")

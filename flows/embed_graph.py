@@ -58,9 +58,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         files = dict(table.files)
         files["embeddings"] = publish_table(run, graph, table.ref, bounds)
         fault_point("after:publish")
-        # evaluation still reads the whole graph and table: on a sharded graph, one task gathers each
-        evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id,
-                             graph.for_evaluation(run.retries), gt.whole_table(table.ref, run.retries),
+        # on a sharded graph, evaluation runs as per-shard tasks (tasks/evaluate.py): no whole graph or table
+        evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id, graph, table.ref,
                              cfg.eval, split, bounds, run.retries)
         files.update(evaluated["files"])
         dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)

@@ -22,6 +22,8 @@ from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
 from embedlake.workers.evaluate import stages as es
+from embedlake.workers.evaluate.sharded import ShardedGraph, shard_rows, table_dim
+from embedlake.workers.graph import stages as graph_stages
 
 
 @dataclasses.dataclass
@@ -91,15 +93,25 @@ def _report_context(lake: Lake, dataset: str, method: str, run_id: str) -> tuple
 
 def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: EvalConfig,
              split: LinkSplit | None, bounds, max_retries: int) -> dict:
-    """Node classification, link prediction, reconstruction and alignment as Ray tasks side by side."""
+    """Node classification, link prediction, reconstruction and alignment as Ray tasks side by side.
+
+    On a sharded graph (graph.num_shards > 1, ``emb_ref`` one table ref per shard) no task gets
+    the whole graph or table: node classification gathers only the selected labelled rows from
+    their shards, and reconstruction runs in rounds of per-shard tasks (``_sharded_reconstruction``)
+    while the other tasks run. Only the alignment to a previous run still gathers the table."""
     import ray
     log = stage_logger()
     lake = Lake(lake)
     opts = dict(num_cpus=1, max_retries=max_retries)
+    sharded = graph.num_shards > 1 and isinstance(emb_ref, list)
+    if graph.num_shards > 1 and not sharded:        # a whole table of a sharded graph: evaluate the gathered graph
+        graph = dataclasses.replace(graph, csr_ref=graph.gathered_csr_ref(max_retries),
+                                    node_ids_ref=graph.gathered_node_ids_ref(max_retries), shards=[])
     jobs: dict[str, object] = {}
     nc_refs, prepared = [], None
     if graph.meta.get("labelled"):             # ratio x repeat splits over the cluster's CPUs
-        prepared = remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg)
+        prepared = (_sharded_labelled_set(graph, emb_ref, eval_cfg, opts) if sharded else
+                    remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg))
         cpus = int(ray.cluster_resources().get("CPU", 1))
         nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, group)
                    for group in es.classification_splits(eval_cfg, cpus)]
@@ -109,21 +121,61 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
         for op in eval_cfg.lp_operators:           # each at 512-d on BlogCatalog), so spread them out
             lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, eval_cfg, [op]))
-    if eval_cfg.reconstruction:
+    if eval_cfg.reconstruction and not sharded:
         jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref,
                                                                                          eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
     if ref is not None:
         bounds = bounds or [(0, graph.num_nodes)]
-        jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(lake, dataset, method, run_id, emb_ref,
-                                                                   graph.node_ids_ref, ref, eval_cfg, bounds)
-    results = dict(zip(jobs, ray.get(list(jobs.values()))))
+        table = remote(graph_stages.concat_rows_stage, "evaluate", **opts).remote(*emb_ref) if sharded else emb_ref
+        jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(
+            lake, dataset, method, run_id, table, graph.gathered_node_ids_ref(max_retries), ref, eval_cfg, bounds)
+    results = {}
+    if eval_cfg.reconstruction and sharded:
+        results["reconstruction"] = _sharded_reconstruction(graph, emb_ref, eval_cfg, max_retries)
+    results.update(zip(jobs, ray.get(list(jobs.values()))))
     if nc_refs:
         results["node_classification"] = es.merge_classify_results(ray.get(nc_refs), eval_cfg,
                                                                    ray.get(prepared)[1])
     if lp_refs:
         results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
     return results
+
+
+def shard_caller(graph, table_refs: list, max_retries: int):
+    """``call(shard, fn, *args)``: fn(shard's CSR, shard's table rows, shard's first node, *args)
+    as a Ray task (workers/evaluate/sharded.py's protocol); each task resolves one shard only."""
+    fns: dict = {}
+
+    def call(s: int, fn, *args):
+        if fn not in fns:
+            fns[fn] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries)
+        shard = graph.shards[s]
+        return fns[fn].remote(shard.csr_ref, table_refs[s], shard.lo, *args)
+    return call
+
+
+def _sharded_reconstruction(graph, table_refs: list, eval_cfg: EvalConfig, max_retries: int) -> dict:
+    import ray
+    stats = graph.meta.get("stats", {})
+    call = shard_caller(graph, table_refs, max_retries)
+    dim = int(ray.get(call(0, table_dim)))
+    return es.sharded_reconstruction(call, ray.get, graph.shard_bounds, int(graph.meta["arcs"]),
+                                     bool(stats.get("directed", False)), dim, eval_cfg)
+
+
+def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: dict):
+    """A ref to (labelled set, CPU seconds) built from the selected labelled rows only, each
+    shard's by a task holding that shard's table rows."""
+    import ray
+    selection = ray.get(remote(es.label_selection_stage, "evaluate", **opts).remote(
+        graph.labels_ref, eval_cfg, graph.num_nodes))
+    shards = ShardedGraph(graph.shard_bounds, int(graph.meta["arcs"]), True)
+    call = shard_caller(graph, table_refs, opts["max_retries"])
+    parts = [(pos, call(s, shard_rows, selection.nodes[pos])) for s, pos in enumerate(shards.by_owner(selection.nodes))
+             if pos.size]
+    return remote(es.labelled_rows_stage, "evaluate", **opts).remote(selection, [p for p, _ in parts],
+                                                                   *[r for _, r in parts])
 
 
 def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_id: str) -> None:

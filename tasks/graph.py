@@ -2,7 +2,6 @@
 (ObjectRefs, lake URIs, small dicts), never big arrays, so Prefect never hashes or copies them."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from prefect import task
@@ -77,23 +76,6 @@ class GraphHandle:
             return self.node_ids_ref
         return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
             *[s.ids_ref for s in self.shards])
-
-    def for_evaluation(self, max_retries: int = 3) -> "GraphHandle":
-        """This graph with csr_ref / node_ids_ref set: itself with one shard, else a copy whose whole
-        graph is gathered by one task each. Evaluation (and only it) still needs the whole graph."""
-        if self.csr_ref is not None:
-            return self
-        return dataclasses.replace(self, csr_ref=self.gathered_csr_ref(max_retries),
-                                   node_ids_ref=self.gathered_node_ids_ref(max_retries))
-
-
-def whole_table(table_ref, max_retries: int = 3):
-    """One [n, dim] table ref: the ref itself, or the per-shard refs of a sharded engine joined by one
-    task (for evaluation only; publish writes each shard's rows on its own: publish_table)."""
-    if not isinstance(table_ref, list):
-        return table_ref
-    return remote(graph_stages.concat_rows_stage, "evaluate", num_cpus=1, max_retries=max_retries).remote(
-        *table_ref)
 
 
 @dataclass
@@ -293,7 +275,7 @@ def owner_share(cpus: list[float], shards: int) -> float:
 
 @task(name="walk_sharded", cache_policy=NO_CACHE)
 def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=None,
-                 max_retries: int = 3, owners: list | None = None) -> StageResult:
+                 max_retries: int = 3, owners: list | None = None, walk_offset: int = 0) -> StageResult:
     """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
     once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
     shard owner as object refs; the driver only sees a small stats row per shard per round.
@@ -307,7 +289,9 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
     be finished without every shard's rounds).
 
     owners: shard owners from `start_shard_owners` (on this graph) to walk with instead of starting
-    new ones; they stay alive for the caller. A retry after a loss starts new ones."""
+    new ones; they stay alive for the caller. A retry after a loss starts new ones.
+    walk_offset: walk numbers walk_offset .. walk_offset + walks_per_node - 1 (streamed training
+    walks a round of walk numbers at a time: tasks/stream.py)."""
     import ray.exceptions as rex
     log = stage_logger()
     bounds = graph.shard_bounds
@@ -320,7 +304,7 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
                  f"walking every shard again")
     for attempt in range(max_retries + 1):
         try:
-            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners)
+            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners, walk_offset)
             break
         except (rex.RayActorError, rex.ObjectLostError, rex.GetTimeoutError) as err:
             if attempt >= max_retries:
@@ -343,15 +327,16 @@ def _load_walk_shards(handle, bounds, walk_cfg: WalkConfig, max_retries: int) ->
     return StageResult([p[0] for p in pairs], {"walk_shards": len(bounds), "walk_shards_reused": len(bounds)})
 
 
-def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str):
+def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str, walk_offset: int = 0):
     """The WalkParams of a sharded walk (threads: the CPUs each shard owner gets)."""
     from embedlake.workers.graph.sharded_walks import WalkParams
     cpus = shard_actor_cpus(graph.num_shards)
     return WalkParams(walk_cfg.walks_per_node, walk_cfg.length, walk_cfg.seed, walk_cfg.p, walk_cfg.q,
-                      walk_mode(method), threads=max(1, int(cpus)))
+                      walk_mode(method), threads=max(1, int(cpus)), walk_offset=walk_offset)
 
 
-def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None) -> list:
+def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None,
+                       walk_offset: int = 0) -> list:
     """One ShardWalker actor per graph shard, each fed only its shard's CSR ref and spread over the
     cluster's nodes. `walk_sharded(owners=...)` can walk again with owners kept from an earlier
     call (their CSR rows and alias tables are in place: no process start). Owners hold their CPUs
@@ -362,13 +347,13 @@ def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, ha
     bounds = graph.shard_bounds
     csr_refs = [s.csr_ref for s in graph.shards] or [graph.csr_ref]
     cpus = shard_actor_cpus(len(bounds))
-    params = shard_walk_params(graph, walk_cfg, method)
+    params = shard_walk_params(graph, walk_cfg, method, walk_offset)
     owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
     return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
 
 
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
-                    owners: list | None) -> tuple[list, dict]:
+                    owners: list | None, walk_offset: int = 0) -> tuple[list, dict]:
     """One attempt: start the shard owners (or restart kept ones), run the rounds, keep the walk
     refs, stop the owners this attempt started."""
     import time
@@ -381,10 +366,10 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     kept = owners is not None
     t_start = time.perf_counter()
     if kept:
-        params = shard_walk_params(graph, walk_cfg, method)
+        params = shard_walk_params(graph, walk_cfg, method, walk_offset)
         starting = [o.start.remote(params, handle) for o in owners]
     else:
-        owners = start_shard_owners(graph, walk_cfg, method, handle)
+        owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
         starting = [o.__ray_ready__.remote() for o in owners]
     t0, last = t_start, [t_start]
 

@@ -5,6 +5,10 @@ Chosen by tasks/train.py `train_on_walks` when the walks would not fit comfortab
 (walk.stream=auto and more than walk.stream_threshold_mb of walks) or when asked
 (walk.stream=always). Same maths as the one-shot path: rounds are the k-major blocks, the
 learning-rate schedule is continued piecewise.
+
+This is the one-CSR graph's streamed engine. On a sharded graph (graph.shards > 1) the same
+settings pick tasks/train.py `train_sharded_streamed`: rounds of walk numbers walked by the
+sharded walk engine and trained by the sharded (bucketed) engine, never all walks at once.
 """
 from __future__ import annotations
 

@@ -8,8 +8,11 @@
 - the block-partitioned engine (`train_partitioned`) across `train.workers` Ray workers
   (train.workers > 1 or train.partitions >= 1, docs/training.md);
 - on a graph of S > 1 shards, always the sharded engine (`train_sharded`, workers/train/sharded.py):
-  one walks object per graph shard, prep per walk shard, blocks as chains of per-shard links, and
-  one embedding object per graph shard out (no task ever holds all walks or the full table).
+  one walks object per graph shard, prep per walk shard, each round of it cut into P x P bucket
+  pieces, blocks as chains of per-shard links over their pieces, and one embedding object per
+  graph shard out (no task ever holds all walks or the full table); with walk.stream (auto: more
+  than walk.stream_threshold_mb of walks; always) the walks come in rounds of walk numbers,
+  walked, prepared and trained one round at a time (`train_sharded_streamed`).
 
 Block-partitioned training: the driver (this module, inside the Prefect `train` task) never holds
 a table: it submits one Ray task per block (i, j) of each episode (workers/train/blocks.py),
@@ -82,6 +85,8 @@ def train_on_walks(run: Run, graph: GraphHandle, method: str, walk_cfg: WalkConf
         stage = run.stage("stream", train_spec(graph, walk_cfg, train_cfg, method, "streamed"))
         return run.time("walk_train", walk_and_train, graph, walk_cfg, train_cfg, method, bounds, stage=stage,
                         max_retries=r)
+    if sharded and not walk_cfg.write_walks and should_stream(graph.num_nodes, walk_cfg):
+        return run.time("train", train_sharded_streamed, graph, walk_cfg, train_cfg, method, run=run, max_retries=r)
     one_table = not sharded and train_cfg.workers == 1 and train_cfg.partitions == 0
     table_stage = run.stage("train", train_spec(graph, walk_cfg, train_cfg, method, "one-table")) if one_table else None
     if one_table and not walk_cfg.write_walks:
@@ -381,30 +386,59 @@ def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: Str
                 progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
 
 
+def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int, after: list = (),
+                 rounds: int | None = None) -> list[list]:
+    """Round r (of `rounds`, default train.rounds) of every stream shard cut into its P x P bucket
+    pieces (one ref each, piece i * P + j for block (i, j)), by one task per shard: a link then
+    receives its bucket, not the whole stream. after: refs the cutting waits for."""
+    P = plan.P
+    fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P * P, max_retries=max_retries)
+    return [as_list(fn.remote(ref, place, plan.train.window, plan.R if rounds is None else rounds, r, *after), P * P)
+            for ref, place in zip(streams.refs, streams.places)]
+
+
+def submit_episode(link_fn, got: list, step: int, plan: BlockPlan, noise: list, tables: tuple[list, list], *,
+                   split: sh.VocabSplit, run: Run | None, progress: Progress) -> tuple[list, bool]:
+    """The P blocks of one episode, each a chain of links over the stream shards' pieces `got`
+    (per shard, piece i * P + j); W_in / W_out refs in `tables` move on. Returns (the links'
+    stats refs, whether this step writes a checkpoint)."""
+    ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
+    W_in, W_out = tables
+    S, P = len(got), plan.P
+    write = run is not None and is_checkpoint_step(plan.train.checkpoint, step + 1, P, plan.steps_per_epoch)
+    refs = []
+    for i, j in blocks:
+        for s in range(S):
+            ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1, write and s == S - 1)
+            W_in[i], W_out[j], st = link_fn.remote(
+                got[s][i * P + j], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e, split=split,
+                threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
+            refs.append(st)
+    return refs, write
+
+
 def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: list, counts: list, *,
                  run: Run | None, shards: tuple[list, list], step0: int, progress: Progress, cpus: int,
                  max_retries: int) -> tuple[list, object, int]:
     """Every block of every episode as a chain of link tasks over the stream shards, all submitted
     at once (Ray runs a link when its tables exist); checkpoint commits chained in order."""
-    W_in, W_out = shards
     link_fn = remote(sh.link_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
     ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
-    stats_refs, round_refs, commit_ref, commits = [], [], None, 0
-    S = len(inp.sources)
+    stats_refs, round_refs, commit_ref, commits, pieces = [], [], None, 0, {}
+    S, P = len(inp.sources), plan.P
     for step in range(step0, plan.total_steps):
-        ep, e, blocks = sb.step_blocks(step, plan.P, plan.R)
+        ep, e, _ = sb.step_blocks(step, plan.P, plan.R)
         if plan.train.sample > 0 and e == 0 and ep > 0:      # a new subsample per epoch
-            streams = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts, max_retries)
-        write = run is not None and is_checkpoint_step(plan.train.checkpoint, step + 1, plan.P, plan.steps_per_epoch)
-        for i, j in blocks:
-            for s in range(S):
-                ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1,
-                                                                 write and s == S - 1)
-                W_in[i], W_out[j], st = link_fn.remote(
-                    streams.refs[s], streams.places[s], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e,
-                    split=inp.split, threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
-                stats_refs.append(st)
-                round_refs.append(st)
+            streams, pieces = prepare_streams(inp.sources, inp.groups, inp.split, plan.train, ep, counts,
+                                              max_retries), {}
+        if (ep, e // P) not in pieces:
+            # the first link of the last episode before: pieces of two rounds at most exist at once
+            after = [stats_refs[-P * S]] if len(stats_refs) >= P * S else []
+            pieces = {(ep, e // P): round_pieces(streams, plan, e // P, max_retries, after)}
+        refs, write = submit_episode(link_fn, pieces[(ep, e // P)], step, plan, noise, shards, split=inp.split,
+                                     run=run, progress=progress)
+        stats_refs += refs
+        round_refs += refs
         if write:
             commit_ref = ckpt_fn.remote(run.lake, run.checkpoint_dir, step + 1, plan.total_steps, plan.want,
                                         commit_ref, *round_refs)
@@ -480,8 +514,126 @@ def train_sharded(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, tra
     split = sh.VocabSplit("range", graph.num_nodes, P)
     inp = ShardedInput([(w,) for w in walk_refs], walk_cfg.walks_per_node, split)
     W_in, info = train_streams(inp, train_cfg, run=run, max_retries=max_retries)
-    m, lake = P // S, run.lake if run is not None and run.checkpoints else None
+    return StageResult(shard_tables(W_in, S, run, max_retries), info)
+
+
+def shard_tables(W_in: list, S: int, run: Run | None, max_retries: int) -> list:
+    """One embedding ref per graph shard: its m = P / S consecutive W_in partitions (a lake path
+    when a resumed run's training had finished), concatenated."""
+    m, lake = len(W_in) // S, run.lake if run is not None and run.checkpoints else None
     concat = remote(sh.concat_stage, "train", num_cpus=1, max_retries=max_retries)
-    tables = [W_in[s * m] if m == 1 and not isinstance(W_in[s * m], str) else concat.remote(lake, *W_in[s * m:(s + 1) * m])
-              for s in range(S)]
-    return StageResult(tables, info)
+    return [W_in[s * m] if m == 1 and not isinstance(W_in[s * m], str) else concat.remote(lake, *W_in[s * m:(s + 1) * m])
+            for s in range(S)]
+
+
+# ---------------------------------------------------------------- sharded engine, walks streamed in rounds
+
+@dataclasses.dataclass
+class WalkRounds:
+    """What the streamed sharded engine walks: the graph, its walk settings, the walk numbers
+    [k0, k1) of each round of an epoch (sh.walk_rounds) and the partitions."""
+    graph: GraphHandle
+    walk_cfg: WalkConfig
+    method: str
+    rounds: list[tuple[int, int]]
+    split: sh.VocabSplit
+
+    def walks(self, w: int, max_retries: int) -> list:
+        """Round w's walks by the sharded walk engine: one ref per graph shard, laid out like
+        random_walks of walk numbers k0..k1-1 from arange(lo, hi)."""
+        k0, k1 = self.rounds[w]
+        cfg = self.walk_cfg.model_copy(update={"walks_per_node": k1 - k0})
+        return gt.walk_sharded.fn(self.graph, cfg, self.method, max_retries=max_retries, walk_offset=k0).ref
+
+    def placed(self, streams: StreamSet, w: int) -> StreamSet:
+        """The round's stream shards placed in the epoch (sh.round_places)."""
+        places = sh.round_places(streams.infos, self.rounds[w][0], self.rounds[-1][1], self.split.vocab,
+                                 self.walk_cfg.length)
+        return StreamSet(streams.refs, streams.infos, places)
+
+
+def first_round(wr: WalkRounds, train_cfg: TrainConfig, t0: int, max_retries: int) -> tuple[StreamSet | None, list, list]:
+    """Round 0's walks give the noise (each partition's counts, as tasks/stream.py does with one
+    table): (round 0's streams when training starts there, else None; counts; noise)."""
+    k0, k1 = wr.rounds[0]
+    inp = ShardedInput([(r,) for r in wr.walks(0, max_retries)], k1 - k0, wr.split)
+    streams, counts, noise = streams_and_noise(inp, train_cfg, max_retries)
+    return (wr.placed(streams, 0) if t0 == 0 else None), counts, noise
+
+
+def walk_and_train_rounds(wr: WalkRounds, plan: BlockPlan, tables: tuple[list, list], *, step0: int, run: Run | None,
+                          progress: Progress, cpus: int, max_retries: int) -> tuple[list, int, int]:
+    """Round after round: walk it, prepare and cut it into bucket pieces, train its P episodes,
+    wait. Only one round's walks, streams and pieces exist at a time: the shard owners that walk
+    take the cluster's CPUs (tasks/graph.py shard_actor_cpus), so a round's training ends before
+    the next round's walk starts. Returns (links' stats refs, checkpoint commits, tokens trained)."""
+    log = stage_logger()
+    link_fn = remote(sh.link_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
+    ckpt_fn = remote(sb.commit_checkpoint, "train", num_cpus=0, max_retries=max_retries)
+    P, W, t0 = plan.P, len(wr.rounds), step0 // plan.P
+    streams, counts, noise = first_round(wr, plan.train, t0, max_retries)
+    stats_refs, commit_ref, commits, tokens = [], None, 0, 0
+    for t in range(t0, plan.total_steps // P):
+        w = t % W
+        if streams is None:
+            k0, k1 = wr.rounds[w]
+            streams = wr.placed(prepare_streams([(r,) for r in wr.walks(w, max_retries)], k1 - k0, wr.split,
+                                                plan.train, t, counts, max_retries), w)
+        got = round_pieces(streams, plan, 0, max_retries, rounds=1)
+        tokens += sum(sum(i["group_tokens"]) for i in streams.infos)
+        round_refs = []
+        for step in range(max(step0, t * P), (t + 1) * P):
+            refs, write = submit_episode(link_fn, got, step, plan, noise, tables, split=wr.split, run=run,
+                                         progress=progress)
+            stats_refs, round_refs = stats_refs + refs, round_refs + refs
+            if write:
+                commit_ref = ckpt_fn.remote(run.lake, run.checkpoint_dir, step + 1, plan.total_steps, plan.want,
+                                            commit_ref, *round_refs)
+                commits, round_refs = commits + 1, []
+        del streams, got
+        streams = None
+        progress.wait(stats_refs[-P * P * len(wr.graph.shards):] + ([commit_ref] if commit_ref is not None else []),
+                      log)
+    return stats_refs, commits, tokens
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_sharded_streamed(graph: GraphHandle, walk_cfg: WalkConfig, train_cfg: TrainConfig, method: str,
+                           run: Run | None = None, max_retries: int = 3) -> StageResult:
+    """Sharded walks and sharded training in rounds of walk numbers (walk.stream, docs/training.md):
+    no task, and not the object store, ever holds more than about one round's walks. Returns what
+    train_sharded returns (one embedding ref per graph shard, info). run: whose checkpoint folder
+    holds the block checkpoints; a re-run continues at the last checkpointed episode and walks
+    round 0 again (its counts are the noise) and the round it continues in."""
+    import ray
+    log = stage_logger()
+    if train_cfg.engine != "numba":
+        raise ValueError("sharded training (graph.shards > 1) runs the numba kernel; use train.engine=numba")
+    S, n, K, t_all = graph.num_shards, graph.num_nodes, walk_cfg.walks_per_node, time.perf_counter()
+    P = sharded_partitions(train_cfg, S)
+    wr = WalkRounds(graph, walk_cfg, method, sh.walk_rounds(K, sh.walks_per_round(n, walk_cfg)),
+                    sh.VocabSplit("range", n, P))
+    cpus = int(stage_options("train").get("num_cpus") or worker_cpus(train_cfg.workers))
+    plan = BlockPlan(P=P, R=len(wr.rounds), total_steps=P * len(wr.rounds) * train_cfg.epochs, train=train_cfg,
+                     threads=train_cfg.threads or cpus,
+                     want={"walks": gt.walk_spec(graph, walk_cfg, method, None), "partitions": P, "nodes": n,
+                           "walk_rounds": [list(r) for r in wr.rounds], **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
+    run = run if run is not None and run.checkpoints else None
+    W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
+    step0 = resumed or 0
+    log.info(f"train: sharded, walks streamed in {len(wr.rounds)} rounds of {wr.rounds[0][1] - wr.rounds[0][0]} "
+             f"walks per node, {S} shards, P={P} -> {plan.total_steps} episodes of {P} blocks x {S} links")
+    progress, t0 = Progress("train (streamed walks)", "tokens"), time.perf_counter()
+    try:
+        stats_refs, commits, tokens = walk_and_train_rounds(wr, plan, (W_in, W_out), step0=step0, run=run,
+                                                            progress=progress, cpus=cpus, max_retries=max_retries)
+    finally:
+        progress.close()
+    done = max(1, plan.total_steps - step0)
+    out = sharded_info(ray.get(stats_refs), plan, S, tokens_per_epoch=tokens * plan.steps_per_epoch / done,
+                       step0=step0, resumed=resumed, workers=train_cfg.workers, cpus=cpus, commits=commits,
+                       seconds=time.perf_counter() - t0)
+    out.update(streamed=True, walk_rounds=len(wr.rounds), wall_s=round(time.perf_counter() - t_all, 3))
+    log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s (walks streamed, "
+             f"{len(wr.rounds)} rounds), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
+    return StageResult(shard_tables(W_in, S, run, max_retries), out)

@@ -265,7 +265,8 @@ def test_defaults_stay_within_0003_of_todays_solver(name, embed):
 
 
 def test_split_tasks_merge_to_the_one_task_figures():
-    """One Ray task per (ratio, repeat) (tasks/evaluate.py) gives exactly classify_stage's figures."""
+    """One Ray task per repeat (its ratios chained by warm starts; tasks/evaluate.py) gives exactly
+    classify_stage's figures, however the repeats are dealt to tasks."""
     g, lab = _dataset("ppi")
     X = _fastrp(g, dim=64)
     cfg = EvalConfig(repeats=2)
@@ -273,12 +274,13 @@ def test_split_tasks_merge_to_the_one_task_figures():
     prepared = es.labelled_set_stage(X, labels, cfg)
     whole = es.classify_stage(X, labels, cfg)
     whole.pop("seconds")
-    assert es.classification_splits(cfg, 4) == [[(0.1, 0), (0.9, 0)], [(0.1, 1), (0.9, 1)], [(0.5, 0)], [(0.5, 1)]]
-    for tasks in (None, 4):
+    assert es.classification_splits(cfg, 4) == [[(0.1, 0), (0.5, 0), (0.9, 0)], [(0.1, 1), (0.5, 1), (0.9, 1)]]
+    assert es.classification_splits(cfg, 1) == [[(0.1, 0), (0.5, 0), (0.9, 0), (0.1, 1), (0.5, 1), (0.9, 1)]]
+    for tasks in (None, 1, 4):
         groups = es.classification_splits(cfg, tasks)
         parts = [es.classify_split_stage(prepared, cfg, g) for g in groups]
         merged = es.merge_classify_results(parts, cfg, prepared[1])
-        assert merged.pop("tasks") == (6 if tasks is None else 4)
+        assert merged.pop("tasks") == (1 if tasks == 1 else 2)
         merged.pop("seconds")
         assert merged == whole
 

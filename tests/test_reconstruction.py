@@ -57,7 +57,7 @@ def reference_reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2
     hops = sorted(int(h) for h in hops)
     score = geometry._scorer(X, similarity)
     pool = np.flatnonzero(np.diff(A.indptr) > 0)
-    q_all = geometry._sample(n, sample, seed, pool)
+    q_all = geometry.sample_nodes(n, sample, seed, pool)
     aps = {h: [] for h in hops}
     base = {h: [] for h in hops}
     for q in geometry._blocks(q_all, n):
@@ -138,7 +138,7 @@ def test_ball_cap_leaves_out_incomplete_hops():
     full = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2, 3), sample=300)
     capped = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2, 3), sample=300, ball_cap=40)
     pool = geometry._nodes_with_neighbours(g.indptr, g.indices)
-    q = geometry._sample(g.num_nodes, 300, 0, pool)
+    q = geometry.sample_nodes(g.num_nodes, 300, 0, pool)
     A = sp.csr_matrix((np.ones(g.indices.size), g.indices, g.indptr), shape=(g.num_nodes,) * 2)
     ball2 = ((A + A @ A) > 0).astype(np.int8)
     ball2.setdiag(0)

@@ -294,17 +294,20 @@ def test_no_task_holds_more_than_one_shard(planted, monkeypatch, sample):
     preps = [sh.prep_stream_stage(split, K, 1, settings(dim=dim), 0, s, *src) for s, src in enumerate(shards)]
     one_shard = max(max(nbytes(p[0]) for p in preps), max(w[0].nbytes for w in shards))
     seen = []
-    for name in ("count_stage", "noise_stage", "prep_stream_stage", "prep_count_stage", "link_stage"):
+    for name in ("count_stage", "noise_stage", "prep_stream_stage", "prep_count_stage", "bucket_stage", "link_stage"):
         fn = getattr(sh, name)
 
         def recorded(*args, _fn=fn, _name=name, **kw):
             out = _fn(*args, **kw)
-            returns = out if isinstance(out, tuple) else (out,)
+            returns = out if isinstance(out, tuple) else (out,)       # each result is an object of its own
             seen.append((_name, max(nbytes(a) for a in (*args, *kw.values(), *returns))))
             return out
         monkeypatch.setattr(sh, name, recorded)
     sh.train_streams_local(shards, K, split, tr)
     ran = {n for n, _ in seen}          # prep_count_stage runs prep_stream_stage inside
-    assert ran == {"count_stage" if sample else "prep_count_stage", "prep_stream_stage", "noise_stage", "link_stage"}
+    assert ran == {"count_stage" if sample else "prep_count_stage", "prep_stream_stage", "noise_stage", "bucket_stage",
+                   "link_stage"}
     assert max(b for _, b in seen) <= one_shard < sum(nbytes(p[0]) for p in preps) / 2
+    # a link takes one bucket piece: a fraction of its shard's stream (P = 8, 2 rounds, window 4)
+    assert max(b for n, b in seen if n == "link_stage") < one_shard / 4
     assert max(split.sizes()) * dim * 4 * 2 < one_shard / 4         # a link's two tables: one partition each

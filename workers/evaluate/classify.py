@@ -59,7 +59,7 @@ def _margins_loss(Xa, S, W, C):
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
                    tol: float = 1e-6, max_iter: int = 50, max_cg: int = 100,
-                   spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                   spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None) -> np.ndarray:
     """Fit one binary L2 logistic regression per column of ``Y`` (n x L, 0/1), all at once.
 
     Minimises, independently per label l, ``0.5 |w_l|^2 + C sum_i log(1 + exp(-s_il x_i.w_l))``
@@ -68,18 +68,22 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     ``spectrum`` = (eigenvalues, eigenvectors) of a Gram matrix close to the design's
     (``gram_spectrum``), used only by the preconditioner: none = the design's own, exact.
     Returns W of shape (d + 1, L) (last row = intercept) or (d, L).
+
+    ``start``: W to start from (e.g. the solution of a smaller training set of the same
+    labels: a warm start, fewer Newton steps). The stopping rule stays relative to the gradient
+    norm at W = 0 (one product), so a warm start stops at the same accuracy as a cold one.
     """
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
     Xa = np.hstack([X, np.ones((n, 1))]) if fit_intercept else X
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
-    W = np.zeros((Xa.shape[1], L))
+    W = np.zeros((Xa.shape[1], L)) if start is None else np.array(start, dtype=np.float64)
     lam, Q = spectrum if spectrum is not None else np.linalg.eigh(Xa.T @ Xa)   # shared by every label
     lam = np.maximum(lam, 0.0)
     Xh = Xa.astype(np.float32)                     # Hessian products only (see _newton_direction)
-    Mall = np.zeros((n, L))                        # margins at the current W (W = 0)
-    g0 = None
+    Mall = np.zeros((n, L)) if start is None else S * (Xa @ W)     # margins at the current W
+    g0 = None if start is None else np.linalg.norm(0.5 * C * (Xa.T @ S), axis=0)   # |gradient| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
@@ -235,24 +239,31 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarra
 
 
 def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
-                   spectrum: tuple[np.ndarray, np.ndarray] | None = None):
+                   spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
+                   return_weights: bool = False):
     """Train on one split and return (micro, macro) F1 on the test part.
 
     Labels with no positive training node are never predicted (scikit-learn's one-vs-rest
     treats them as constant-0 predictors), labels positive on every training node always score
     highest (constant-1 predictors); both still count in the macro average. ``tol`` and
-    ``spectrum`` go to ``fit_logreg_ovr``.
+    ``spectrum`` go to ``fit_logreg_ovr``. ``start``: a (d + 1, labels) warm start (columns of
+    labels not fitted are ignored); ``return_weights`` adds the fitted (d + 1, labels) W (zero
+    columns for labels not fitted) to the result, to warm-start a larger split of the same repeat.
     """
     pos = Ytr.sum(0)
     fit_cols = np.flatnonzero((pos > 0) & (pos < Ytr.shape[0]))
     scores = np.full((Xte.shape[0], Ytr.shape[1]), -np.inf)
     scores[:, pos == Ytr.shape[0]] = np.inf
+    W_all = np.zeros((Xtr.shape[1] + 1, Ytr.shape[1]))
     if fit_cols.size:
-        W = fit_logreg_ovr(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum)
+        W = fit_logreg_ovr(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
+                           start=None if start is None else start[:, fit_cols])
         scores[:, fit_cols] = decision_scores(Xte, W)
+        W_all[:, fit_cols] = W
     k = Yte.sum(1) if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
-    return f1_scores(Yte, predict_top_k(scores, k))
+    f1 = f1_scores(Yte, predict_top_k(scores, k))
+    return (*f1, W_all) if return_weights else f1
 
 
 @dataclass
@@ -273,6 +284,33 @@ class LabelledSet:
                 "labelled_nodes": self.labelled_nodes}
 
 
+@dataclass
+class LabelSelection:
+    """Which rows node classification scores (before any row is read): the labelled nodes, a
+    seeded sample of them above ``max_nodes`` (ascending), their label matrix, and the counts."""
+    nodes: np.ndarray
+    Y: np.ndarray
+    multilabel: bool
+    num_labels: int
+    labelled_nodes: int                   # before any sampling
+
+
+def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | None = None,
+                    seed: int = 0, num_rows: int | None = None) -> LabelSelection:
+    """The labelled nodes ``labelled_set`` scores; a sharded evaluation gathers only their rows
+    (workers/evaluate/sharded.py). ``num_rows``: the table's rows, to refuse labels beyond it."""
+    nodes, labels, Y = label_matrix(node_idx, label_idx)
+    if num_rows is not None and nodes.size and (nodes[0] < 0 or nodes[-1] >= num_rows):
+        raise ValueError(f"label node ids outside 0..{num_rows - 1}")
+    if multilabel is None:
+        multilabel = bool((Y.sum(1) > 1).any())
+    total = nodes.size
+    if max_nodes and total > max_nodes:
+        keep = np.sort(np.random.default_rng([seed, total]).choice(total, size=max_nodes, replace=False))
+        nodes, Y = nodes[keep], Y[keep]
+    return LabelSelection(nodes, Y, bool(multilabel), int(labels.size), int(total))
+
+
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
                  seed: int = 0, threads: int | None = 1) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
@@ -282,29 +320,30 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
     caps BLAS threads for the Gram spectrum (see ``blas_threads``)."""
-    nodes, labels, Y = label_matrix(node_idx, label_idx)
     X = np.asarray(X)
-    if nodes.size and (nodes[0] < 0 or nodes[-1] >= X.shape[0]):
-        raise ValueError(f"label node ids outside 0..{X.shape[0] - 1}")
-    if multilabel is None:
-        multilabel = bool((Y.sum(1) > 1).any())
-    total = nodes.size
-    if max_nodes and total > max_nodes:
-        keep = np.sort(np.random.default_rng([seed, total]).choice(total, size=max_nodes, replace=False))
-        nodes, Y = nodes[keep], Y[keep]
-    Xl = X[nodes].astype(np.float64)
+    sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
+                          num_rows=X.shape[0])
+    return labelled_set_of_rows(X[sel.nodes], sel, normalize=normalize, threads=threads)
+
+
+def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True,
+                         threads: int | None = 1) -> LabelledSet:
+    """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``)."""
+    Xl = np.asarray(rows).astype(np.float64)
     if normalize:
         nrm = np.linalg.norm(Xl, axis=1, keepdims=True)
         Xl = Xl / np.where(nrm > 0, nrm, 1.0)
     with blas_threads(threads):
         spectrum = gram_spectrum(Xl)
-    return LabelledSet(nodes, Xl, Y, bool(multilabel), int(labels.size), int(total), spectrum)
+    return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
-             tol: float = 1e-3, threads: int | None = 1) -> tuple[float, float]:
+             tol: float = 1e-3, threads: int | None = 1, start: np.ndarray | None = None,
+             return_weights: bool = False):
     """(micro, macro) F1 of one ratio and repeat: trains on the first int(ratio * n) nodes of
-    ``split_permutation(n, seed + repeat)``, tests on the rest. One Ray task can run each."""
+    ``split_permutation(n, seed + repeat)``, tests on the rest. One Ray task can run each.
+    ``start`` / ``return_weights``: see ``classify_split`` (``split_chain_f1`` chains them)."""
     n = ls.X.shape[0]
     k = int(ratio * n)
     if not 0 < k < n:
@@ -314,7 +353,24 @@ def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: fl
     lam, Q = ls.spectrum
     with blas_threads(threads):
         return classify_split(ls.X[tr], ls.Y[tr], ls.X[te], ls.Y[te], multilabel=ls.multilabel, C=C, tol=tol,
-                              spectrum=(lam * (k / n), Q))
+                              spectrum=(lam * (k / n), Q), start=start, return_weights=return_weights)
+
+
+def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
+                   tol: float = 1e-3, threads: int | None = 1) -> list[tuple[float, int, float, float]]:
+    """(ratio, repeat, micro, macro) of each split, in order; a split warm-starts from the
+    previous one when both are of the same repeat and its ratio is larger.
+
+    Why: a repeat's training sets are nested (the first int(ratio * n) nodes of one permutation),
+    so the smaller set's solution is close to the larger one's and Newton needs fewer steps from
+    there; the stopping rule is the cold start's (relative to the gradient at W = 0)."""
+    out, prev = [], None
+    for r, rep in splits:
+        start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
+        mi, ma, W = split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, return_weights=True)
+        out.append((r, rep, mi, ma))
+        prev = (r, rep, W)
+    return out
 
 
 def classification_summary(info: dict, ratios, repeats: int, f1: dict) -> dict:
@@ -356,6 +412,7 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
                       seed=seed, threads=threads)
-    f1 = {(r, rep): split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads)
-          for r in ratios for rep in range(repeats)}
+    chain = split_chain_f1(ls, [(r, rep) for rep in range(repeats) for r in sorted(ratios)], seed=seed, C=C,
+                           tol=tol, threads=threads)
+    f1 = {(r, rep): (mi, ma) for r, rep, mi, ma in chain}
     return classification_summary(ls.info(), ratios, repeats, f1)

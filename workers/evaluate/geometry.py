@@ -14,15 +14,17 @@ import numpy as np
 import scipy.sparse as sp
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
+LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
+QUERY_BLOCK = 256                  # queries scored per pass over the rows (reconstruction)
 
 
-def _unit_rows(X) -> np.ndarray:
+def unit_rows(X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     nrm = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(nrm > 0, nrm, 1.0)
 
 
-def _sample(n: int, count: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
+def sample_nodes(n: int, count: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
     pool = np.arange(n) if pool is None else pool
     if count is None or count >= pool.size:
         return pool.copy()
@@ -45,7 +47,7 @@ def _scorer(X, similarity: str) -> Callable[[np.ndarray], np.ndarray]:
             return lambda ids: M[ids].toarray().astype(np.float32)
         return lambda ids: np.asarray(M[ids], dtype=np.float32)
     if similarity == "cosine":
-        U = _unit_rows(X)
+        U = unit_rows(X)
     elif similarity == "dot":
         U = np.asarray(X, dtype=np.float32)
     else:
@@ -85,7 +87,7 @@ def knn_recall(X_full, X_approx_or_scores, k=10, queries=1000, seed=0, *, simila
     e.g. negated asymmetric PQ distances). The query itself is excluded from both lists.
     """
     n = X_full.shape[0]
-    q = _sample(n, queries, seed)
+    q = sample_nodes(n, queries, seed)
     exact = top_k_neighbours(X_full, q, k, similarity="cosine")
     approx = top_k_neighbours(X_approx_or_scores, q, k, similarity=similarity)
     hit = (exact[:, :, None] == approx[:, None, :]).any(2).sum(1)
@@ -97,7 +99,7 @@ def neighbourhood_overlap(X_a, X_b, k=10, sample=1000, seed=0) -> float:
     of the same nodes (run-to-run stability; invariant to rotations, unlike row distances)."""
     if X_a.shape[0] != X_b.shape[0]:
         raise ValueError("both embeddings must have the same rows")
-    q = _sample(X_a.shape[0], sample, seed)
+    q = sample_nodes(X_a.shape[0], sample, seed)
     A = top_k_neighbours(X_a, q, k)
     B = top_k_neighbours(X_b, q, k)
     inter = (A[:, :, None] == B[:, None, :]).any(2).sum(1)
@@ -179,23 +181,100 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     n = indptr.size - 1
     hops = sorted(int(h) for h in hops)
     hop_arr = np.asarray(hops, dtype=np.int64)
-    score = _scorer(X, similarity)
+    U = None if callable(X) or similarity == "precomputed" else compared_rows(X, similarity)
+    score = _scorer(X, similarity) if U is None else None
     pool = _nodes_with_neighbours(indptr, indices)
-    q_all = _sample(n, sample, seed, pool)
+    q_all = sample_nodes(n, sample, seed, pool)
     symmetric = _is_symmetric(indptr, indices)
     ap = np.full((q_all.size, len(hops)), np.nan)
     base = np.full((q_all.size, len(hops)), np.nan)
     flags = np.zeros((q_all.size, len(hops)), dtype=np.int8)
-    done = 0
+    maxc = max_candidates(n, hops, ball_cap, relevant_cap)
+    step = query_block(maxc, n if U is None else 0)
     with _numba_threads(threads):
-        for q in _blocks(q_all, n):
-            S = np.ascontiguousarray(score(q), dtype=np.float32)
-            sl = slice(done, done + q.size)
-            _ap_block(indptr, indices, np.ascontiguousarray(q, dtype=np.int64), S, hop_arr, mode == "ring",
-                      int(ball_cap), int(relevant_cap), int(seed), symmetric, ap[sl], base[sl], flags[sl],
-                      numba.get_num_threads())
-            done += q.size
-    return _reconstruction_summary(hops, ap, base, flags, q_all.size, pool.size)
+        nthreads = numba.get_num_threads()
+        for i in range(0, q_all.size, step):
+            q = np.ascontiguousarray(q_all[i:i + step], dtype=np.int64)
+            cb = candidates_block(indptr, indices, q, hop_arr, int(ball_cap), int(relevant_cap), int(seed), symmetric,
+                                  maxc, nthreads)
+            qrow, nodes, lv, offsets = flat_candidates(cb)
+            if U is not None:
+                t, lv = sort_segments(pair_scores(U, 0, U[q], qrow, nodes), lv, offsets)
+                ge = count_at_least(U, 0, U[q], q, t, offsets, nthreads)
+            else:
+                S = np.ascontiguousarray(score(q), dtype=np.float32)
+                t, lv = sort_segments(S[qrow, nodes], lv, offsets)
+                ge = _precomputed_counts(S, q, t, offsets)
+            finish_block(cb, t, lv, ge, offsets, hop_arr, mode == "ring", n, ap[i:i + step], base[i:i + step],
+                         flags[i:i + step])
+    return reconstruction_summary(hops, ap, base, flags, q_all.size, pool.size)
+
+
+def compared_rows(X, similarity: str) -> np.ndarray:
+    """The rows the scorer compares (contiguous float32): unit rows for cosine, as is for dot."""
+    if similarity == "cosine":
+        return np.ascontiguousarray(unit_rows(X))
+    if similarity == "dot":
+        return np.ascontiguousarray(X, dtype=np.float32)
+    raise ValueError(f"unknown similarity {similarity!r} (cosine, dot, precomputed)")
+
+
+def max_candidates(n: int, hops, ball_cap: int, relevant_cap: int) -> int:
+    """The most relevant candidates a query can keep: every ring sampled to relevant_cap, or its
+    whole ball."""
+    most = min(int(ball_cap), n - 1)
+    return max(1, min(most, max(hops) * int(relevant_cap)) if relevant_cap > 0 else most)
+
+
+def query_block(maxc: int, score_width: int = 0) -> int:
+    """Queries per block: their candidates (and, for precomputed scores, their score rows) stay
+    around _BLOCK_ELEMS / 4 elements; at most QUERY_BLOCK (one pass over the rows per block)."""
+    return max(1, min(QUERY_BLOCK, (_BLOCK_ELEMS // 4) // max(maxc, score_width, 1)))
+
+
+def _precomputed_counts(S: np.ndarray, q: np.ndarray, t: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    ge = np.zeros(int(offsets[-1]) + q.size, dtype=np.int64)
+    for i in range(q.size):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        if b > a:
+            ge[a + i:b + i + 1] = nodes_scoring_at_least(S[i], int(q[i]), t[a:b])
+    return ge
+
+
+class CandidateBlock:
+    """Per query of a block: its relevant candidates (node, ring), its rings' sizes (an estimate
+    for a sampled last ring), the kept count per ring, and its last complete hop (`top`)."""
+
+    def __init__(self, nodes, level, count, ring_size, kept, top):
+        self.nodes, self.level, self.count = nodes, level, count
+        self.ring_size, self.kept, self.top = ring_size, kept, top
+
+
+def candidates_block(indptr, indices, q, hop_arr, ball_cap, relevant_cap, seed, symmetric, maxc, threads):
+    """`_candidates_kernel` as a CandidateBlock."""
+    return CandidateBlock(*_candidates_kernel(indptr, indices, q, hop_arr, ball_cap, relevant_cap, seed, symmetric,
+                                              maxc, threads))
+
+
+def flat_candidates(cb: CandidateBlock):
+    """(query row, node, ring) of every candidate of the block, query by query, and the offsets
+    of each query's candidates."""
+    offsets = np.concatenate(([0], np.cumsum(cb.count))).astype(np.int64)
+    keep = np.arange(cb.nodes.shape[1])[None, :] < cb.count[:, None]
+    qrow = np.repeat(np.arange(cb.count.size, dtype=np.int64), cb.count)
+    return qrow, cb.nodes[keep], cb.level[keep], offsets
+
+
+def finish_block(cb: CandidateBlock, t, lv, ge, offsets, hop_arr, ring: bool, n: int, ap, base, flags) -> None:
+    """Each query's AP per hop from its sorted candidates and their counts (`walk_hops`)."""
+    for i in range(cb.count.size):
+        top = int(cb.top[i])
+        if top == 0:
+            flags[i] = 1
+            continue
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        walk_hops(t[a:b], lv[a:b], ge[a + i:b + i + 1], np.ascontiguousarray(cb.ring_size[i, :top]),
+                  np.ascontiguousarray(cb.kept[i, :top]), hop_arr, ring, top, n, ap[i], base[i], flags[i])
 
 
 def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
@@ -212,7 +291,7 @@ def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarra
     return np.unique(src[indices != src])
 
 
-def _reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
+def reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
     """Per-hop means over the queries that have a figure, their 95 % half-widths and counts."""
     out = {"map": {}, "random_baseline": {}, "queries": int(queries), "eligible": int(eligible), "ci95": {},
            "truncated": {}, "sampled": {}}
@@ -244,18 +323,196 @@ class _numba_threads:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _ap_block(indptr, indices, q, S, hops, ring, ball_cap, relevant_cap, seed, symmetric, ap, base, flags, threads):
-    """AP of each query row of S for every hop; per-thread work arrays sized n, reused by the
-    thread's queries (stamped marks instead of clearing)."""
-    nq, n = S.shape
+def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, symmetric, maxc, threads):
+    """Every query's hop rings by BFS (`_hop_ball`) and its candidates, each ring sampled down to
+    relevant_cap (`stratified_candidates`); per-thread work arrays sized n, reused by the thread's
+    queries (stamped marks instead of clearing)."""
+    nq = q.size
+    n = indptr.size - 1
+    max_hop = hops[hops.size - 1]
+    nodes = np.zeros((nq, maxc), dtype=np.int64)
+    level = np.zeros((nq, maxc), dtype=np.int64)
+    count = np.zeros(nq, dtype=np.int64)
+    ring_size = np.zeros((nq, max_hop))
+    kept = np.zeros((nq, max_hop), dtype=np.int64)
+    top = np.zeros(nq, dtype=np.int64)
     nthreads = max(1, min(threads, nq))
     for t in numba.prange(nthreads):
         mark = np.full(n, -1, dtype=np.int64)
-        level = np.zeros(n, dtype=np.int32)
+        lev = np.zeros(n, dtype=np.int32)
         ball = np.empty(min(ball_cap, n) + 1, dtype=np.int64)
         for i in range(t, nq, nthreads):
-            _query_ap(indptr, indices, q[i], i, S[i], hops, ring, ball_cap, relevant_cap, seed, symmetric, mark, level, ball,
-                      ap[i], base[i], flags[i])
+            hop_end = np.zeros(max_hop + 1, dtype=np.int64)
+            ring_est = np.zeros(max_hop + 1)
+            complete = _hop_ball(indptr, indices, q[i], i, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, lev,
+                                 ball, hop_end, ring_est)
+            tp = min(complete, max_hop)
+            top[i] = tp
+            if tp == 0:
+                continue
+            c, lv, k = stratified_candidates(ball, hop_end, tp, relevant_cap, seed, q[i])
+            count[i] = c.size
+            nodes[i, :c.size] = c
+            level[i, :c.size] = lv
+            ring_size[i, :tp] = ring_est[1:tp + 1]
+            kept[i, :tp] = k
+    return nodes, level, count, ring_size, kept, top
+
+
+@numba.njit(cache=True, nogil=True)
+def _dot32(a, b):
+    """float32 dot product, term by term in order: the same arithmetic as `count_at_least`'s
+    vectorised scores, so a candidate's score and the scores it is counted against agree bit for
+    bit (a BLAS product's rounding depends on the matrix shapes, i.e. on how rows are sharded)."""
+    acc = np.float32(0.0)
+    for k in range(a.size):
+        acc += a[k] * b[k]
+    return acc
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pair_scores(U, lo, Uq, qrow, nodes):
+    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U)."""
+    out = np.empty(nodes.size, dtype=np.float32)
+    for j in numba.prange(nodes.size):
+        out[j] = _dot32(Uq[qrow[j]], U[nodes[j] - lo])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def sort_segments(scores, level, offsets):
+    """Each query's candidate scores ascending (stable) and their rings in that order."""
+    t = np.empty_like(scores)
+    lv = np.empty_like(level)
+    for i in range(offsets.size - 1):
+        a, b = offsets[i], offsets[i + 1]
+        order = np.argsort(scores[a:b], kind="mergesort")
+        for k in range(b - a):
+            t[a + k] = scores[a + order[k]]
+            lv[a + k] = level[a + order[k]]
+    return t, lv
+
+
+SCORE_CHUNK = 1024                 # rows scored at a time per thread by count_at_least (at most)
+SCORE_BYTES = 131_072              # ... and at most this many bytes of them (the chunk stays in cache)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_tables(t, offsets):
+    """Per query: bucket guesses over [t[0], t[-1]] (see `nodes_scoring_at_least`), flattened."""
+    nq = offsets.size - 1
+    nb = np.zeros(nq, dtype=np.int64)
+    for i in range(nq):
+        u = offsets[i + 1] - offsets[i]
+        nb[i] = min(4 * u, 1 << 16) if u > 0 else 0
+    first_off = np.zeros(nq + 1, dtype=np.int64)
+    for i in range(nq):
+        first_off[i + 1] = first_off[i] + nb[i] + 1
+    first = np.zeros(first_off[nq], dtype=np.int64)
+    lo_t = np.zeros(nq, dtype=np.float32)
+    width = np.ones(nq, dtype=np.float32)
+    for i in range(nq):
+        a, b = offsets[i], offsets[i + 1]
+        if b == a:
+            continue
+        lo_t[i], hi = t[a], t[b - 1]
+        width[i] = (hi - lo_t[i]) / nb[i] if hi > lo_t[i] else np.float32(1.0)
+        k = 0
+        for bk in range(nb[i] + 1):
+            edge = lo_t[i] + bk * width[i]
+            while k < b - a and t[a + k] < edge:
+                k += 1
+            first[first_off[i] + bk] = k
+    return nb, first_off, first, lo_t, width
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def count_at_least(U, lo, Uq, srcs, t, offsets, threads):
+    """For query row i of Uq with its ascending thresholds t[offsets[i]:offsets[i + 1]] (u of
+    them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
+    t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the
+    counts of several row ranges (shards) add up. One pass over U for the whole block of
+    queries: each chunk of rows (SCORE_BYTES of it, so it stays in cache) is transposed once and
+    scored against the queries four at a time (`_dot32`'s arithmetic, vectorised over rows),
+    each score placed among t by a bucket guess."""
+    nq, d = Uq.shape
+    m = U.shape[0]
+    nb, first_off, first, lo_t, width = _bucket_tables(t, offsets)
+    total = offsets[nq] + nq
+    width_rows = max(16, min(SCORE_CHUNK, SCORE_BYTES // (4 * max(d, 1))))
+    nchunks = (m + width_rows - 1) // width_rows
+    nthreads = max(1, min(threads, nchunks))
+    part = np.zeros((nthreads, total), dtype=np.int64)
+    for th in numba.prange(nthreads):
+        T = np.empty((d, width_rows), dtype=np.float32)
+        s = np.empty((4, width_rows), dtype=np.float32)
+        for c in range(th, nchunks, nthreads):
+            j0 = c * width_rows
+            w = min(m, j0 + width_rows) - j0
+            for jj in range(w):
+                for k in range(d):
+                    T[k, jj] = U[j0 + jj, k]
+            for i0 in range(0, nq, 4):
+                g = min(4, nq - i0)
+                _score_four(Uq, i0, g, T, w, s)
+                for gi in range(g):
+                    i = i0 + gi
+                    a, b = offsets[i], offsets[i + 1]
+                    if b > a:
+                        _place(s[gi], w, j0 + lo, srcs[i], t[a:b], first[first_off[i]:first_off[i + 1]], nb[i],
+                               lo_t[i], width[i], part[th, a + i:b + i + 1])
+    cnt = part.sum(axis=0)
+    ge = np.zeros(total, dtype=np.int64)
+    for i in range(nq):
+        a, b = offsets[i] + i, offsets[i + 1] + i
+        for k in range(b - 1, a - 1, -1):
+            ge[k] = ge[k + 1] + cnt[k + 1]
+    return ge
+
+
+@numba.njit(cache=True, nogil=True)
+def _score_four(Uq, i0, g, T, w, s):
+    """s[gi, :w] = scores of query row i0 + gi against the chunk's rows (T = the chunk transposed),
+    for g <= 4 queries: each row of T is loaded once for all of them. Per score, the float32
+    terms are added in order k = 0 .. d - 1, as `_dot32` does."""
+    d = T.shape[0]
+    for gi in range(4):
+        for jj in range(w):
+            s[gi, jj] = 0
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+    for k in range(d):
+        tk = T[k]
+        if g == 4:
+            q0, q1, q2, q3 = Uq[i0, k], Uq[i0 + 1, k], Uq[i0 + 2, k], Uq[i0 + 3, k]
+            for jj in range(w):
+                x = tk[jj]
+                s0[jj] += q0 * x
+                s1[jj] += q1 * x
+                s2[jj] += q2 * x
+                s3[jj] += q3 * x
+        else:
+            for gi in range(g):
+                qk = Uq[i0 + gi, k]
+                sg = s[gi]
+                for jj in range(w):
+                    sg[jj] += qk * tk[jj]
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(s, w, node0, src, t, first, nb, lo_t, width, cnt):
+    """cnt[p] += 1 for each score s[jj] (node node0 + jj, src left out) with p = #{t <= s[jj]}."""
+    u = t.size
+    for jj in range(w):
+        v = s[jj]
+        if node0 + jj == src or not v >= lo_t:
+            continue
+        bk = min(int((v - lo_t) / width), nb - 1)
+        p = first[bk]
+        while p < u and t[p] <= v:
+            p += 1
+        while p > 0 and t[p - 1] > v:
+            p -= 1
+        cnt[p] += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -328,21 +585,46 @@ def _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, relevan
 
 
 @numba.njit(cache=True, nogil=True)
+def mix64(z):
+    """splitmix64's finaliser: a uint64 -> a well-mixed uint64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def draw_nodes(seed, src, h, start, count, n):
+    """Draws start .. start + count - 1 of query src's ring-h sample: uniform node ids in [0, n).
+
+    Why a counter-based hash and not a seeded generator: draw i is a function of (seed, src, h, i)
+    alone, so a sharded evaluation (workers/evaluate/sharded.py) that asks the shard owners about
+    its draws a chunk at a time makes exactly the one-CSR kernel's draws."""
+    key = mix64(np.uint64(seed * 1_000_003 + src * 64 + 32 + h))
+    out = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        out[i] = np.int64(mix64(key + np.uint64(start + i) * np.uint64(0x9E3779B97F4A7C15)) % np.uint64(n))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _sample_last_ring(indptr, indices, src, stamp, h, count, ball_cap, relevant_cap, seed, mark, level, ball):
     """A uniform sample of ring h (up to relevant_cap nodes) without enumerating it: nodes outside
-    the (h-1)-ball are drawn at random without replacement and kept when a neighbour sits in ring
-    h - 1; the ring's size is estimated as (kept / drawn) x (nodes outside). Returns (count after
-    the kept nodes, estimate), or (-count, 0) when ball_cap is reached (the hop is incomplete)."""
+    the (h-1)-ball are drawn at random (`draw_nodes`; a node drawn again is skipped) and kept when a
+    neighbour sits in ring h - 1; the ring's size is estimated as (kept / tested) x (nodes outside).
+    Returns (count after the kept nodes, estimate), or (-count, 0) when ball_cap is reached (the
+    hop is incomplete)."""
     n = indptr.size - 1
     outside = n - 1 - count
     tried_mark = -(stamp + 2)            # this query's "drawn, not in the ring" (marks start at -1)
-    np.random.seed(seed * 1_000_003 + src * 64 + 32 + h)
     tested = 0
     members = 0
     draws = 0
+    chunk = draw_nodes(seed, src, h, 0, 0, n)
     while members < relevant_cap and tested < 64 * relevant_cap and tested < outside and draws < 4 * n:
+        if draws % LAST_RING_CHUNK == 0:
+            chunk = draw_nodes(seed, src, h, draws, LAST_RING_CHUNK, n)
+        v = chunk[draws % LAST_RING_CHUNK]
         draws += 1
-        v = np.random.randint(0, n)
         if mark[v] == stamp or mark[v] == tried_mark:
             continue
         tested += 1
@@ -370,32 +652,7 @@ def _unmark(ball, start, count, mark, h):
 
 
 @numba.njit(cache=True, nogil=True)
-def _query_ap(indptr, indices, src, stamp, s, hops, ring, ball_cap, relevant_cap, seed, symmetric, mark, level, ball,
-              ap, base, flags):
-    """One query: its hop rings by BFS, each ring sampled down to relevant_cap (stratified), the
-    candidates sorted once by score, one counting pass over every node's score for the
-    denominators, then one walk down the candidates for every hop's AP."""
-    max_hop = hops[hops.size - 1]
-    hop_end = np.zeros(max_hop + 1, dtype=np.int64)
-    ring_est = np.zeros(max_hop + 1)
-    complete = _hop_ball(indptr, indices, src, stamp, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, level,
-                         ball, hop_end, ring_est)
-    top = min(complete, max_hop)
-    if top == 0:
-        flags[:] = 1
-        return
-    ring_size = ring_est[1:top + 1]                  # R_l, l = 1..top (the last one may be an estimate)
-    cand, cand_level, kept = _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src)
-    su = s[cand]
-    order = np.argsort(su, kind="mergesort")
-    t = su[order]
-    lv = cand_level[order]
-    ge = _nodes_scoring_at_least(s, src, t)
-    _walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, s.size, ap, base, flags)
-
-
-@numba.njit(cache=True, nogil=True)
-def _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src):
+def stratified_candidates(ball, hop_end, top, relevant_cap, seed, src):
     """The nodes of rings 1..top, each ring a uniform sample of at most relevant_cap nodes
     (0 = all), seeded by (seed, src, ring); with their ring and the kept count per ring."""
     kept = np.empty(top, dtype=np.int64)
@@ -406,7 +663,7 @@ def _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src):
     cand_level = np.empty(kept.sum(), dtype=np.int64)
     pos = 0
     for l in range(1, top + 1):
-        ring_nodes = ball[hop_end[l - 1]:hop_end[l]].copy()
+        ring_nodes = np.sort(ball[hop_end[l - 1]:hop_end[l]])   # BFS order differs between engines; ids do not
         r, k = ring_nodes.size, kept[l - 1]
         if k < r:
             np.random.seed(seed * 1_000_003 + src * 64 + l)
@@ -420,7 +677,7 @@ def _stratified_candidates(ball, hop_end, top, relevant_cap, seed, src):
 
 
 @numba.njit(cache=True, nogil=True)
-def _nodes_scoring_at_least(s, src, t):
+def nodes_scoring_at_least(s, src, t):
     """ge[k] = number of nodes other than src whose score is >= t[k] (t ascending): one pass,
     each score placed among t by a bucket guess over [t[0], t[-1]] and a short local search."""
     u = t.size
@@ -453,7 +710,7 @@ def _nodes_scoring_at_least(s, src, t):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
+def walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
     """Walk the candidates from the highest score down, tie group by tie group; each relevant
     candidate adds (relevant scoring >= it) / (nodes scoring >= it) to its hops' AP. Counts of a
     sampled ring stand for the whole ring: r itself once, the other kept ones scaled by

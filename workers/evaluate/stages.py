@@ -93,12 +93,14 @@ def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
 
 
 def classification_splits(eval_cfg: EvalConfig, tasks: int | None = None) -> list[list[tuple[float, int]]]:
-    """Every (ratio, repeat) of the protocol, dealt round-robin into at most ``tasks`` groups
-    (None = one group per split), one Ray task per group (``classify_split_stage``). Why a cap:
-    a task costs some scheduling, so more tasks than the cluster's CPUs only adds overhead."""
-    splits = [(float(r), rep) for r in eval_cfg.train_ratios for rep in range(eval_cfg.repeats)]
-    k = len(splits) if not tasks else max(1, min(int(tasks), len(splits)))
-    return [splits[i::k] for i in range(k)]
+    """Every (ratio, repeat) of the protocol in at most ``tasks`` groups (None = one per repeat),
+    one Ray task per group (``classify_split_stage``). A repeat's splits stay together, ratios
+    ascending, so each warm-starts from the previous one (``split_chain_f1``: its training set is
+    a superset); whole repeats are dealt round-robin. Why a cap: a task costs some scheduling,
+    so more tasks than the cluster's CPUs only adds overhead."""
+    chains = [[(float(r), rep) for r in sorted(eval_cfg.train_ratios)] for rep in range(eval_cfg.repeats)]
+    k = len(chains) if not tasks else max(1, min(int(tasks), len(chains)))
+    return [[s for chain in chains[i::k] for s in chain] for i in range(k)]
 
 
 def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
@@ -111,16 +113,76 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     return ls, time.process_time() - t0
 
 
+def label_selection_stage(labels, eval_cfg: EvalConfig, num_rows: int):
+    """The labelled nodes a sharded graph's node classification scores (their rows are then
+    gathered from the shards that own them: ``labelled_rows_stage``)."""
+    from embedlake.workers.evaluate.classify import label_selection
+    opts = classify_options(eval_cfg)
+    return label_selection(labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"], num_rows=num_rows)
+
+
+def labelled_rows_stage(selection, positions: list[np.ndarray], *parts: np.ndarray):
+    """``labelled_set_stage``'s (labelled set, CPU seconds) from the selected rows, gathered by
+    shard: ``parts[k]`` are the rows of the selection's nodes at ``positions[k]``. Equals
+    ``labelled_set_stage`` on the whole table (the same rows, normalised the same way)."""
+    from embedlake.workers.evaluate.classify import labelled_set_of_rows
+    t0 = time.process_time()
+    d = parts[0].shape[1] if parts else 0
+    rows = np.empty((selection.nodes.size, d), dtype=parts[0].dtype if parts else np.float32)
+    for pos, part in zip(positions, parts):
+        rows[pos] = part
+    return labelled_set_of_rows(rows, selection), time.process_time() - t0
+
+
+def sharded_reconstruction(call, get, bounds: list[tuple[int, int]], num_arcs: int, directed: bool, dim: int,
+                           eval_cfg: EvalConfig) -> dict:
+    """``reconstruct_stage``'s figures on a sharded graph: rounds of per-shard calls
+    (workers/evaluate/sharded.py; ``call`` / ``get`` run them, on Ray in tasks/evaluate.py)."""
+    from embedlake.workers.evaluate.sharded import ShardedGraph
+    from embedlake.workers.evaluate.sharded import sharded_reconstruction as run
+    t0 = time.perf_counter()
+    res = run(call, get, ShardedGraph(bounds, num_arcs, not directed),
+              **reconstruction_options(eval_cfg, bounds[-1][1], dim))
+    res = work_limited(res, eval_cfg)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["shards"] = len(bounds)
+    return res
+
+
+MIN_WORK_QUERIES = 50              # eval.reconstruction_work never samples fewer queries than this
+
+
+def reconstruction_options(eval_cfg: EvalConfig, num_nodes: int, dim: int) -> dict:
+    """reconstruction_map's keyword arguments from eval.*; the query sample is cut to the work
+    budget eval.reconstruction_work. Why: a query scores every node (dim operations each, plus
+    about 64 for placing the score and the breadth-first search), so a fixed number of queries
+    would make the evaluation's share of a run grow with the graph (measured on a 1.09 M-node,
+    37 M-arc R-MAT graph at d = 64: 28 ms of CPU per query, 14 s for 500)."""
+    sample = eval_cfg.reconstruction_sample or None
+    if eval_cfg.reconstruction_work:
+        afford = max(MIN_WORK_QUERIES, eval_cfg.reconstruction_work // max(1, num_nodes * (dim + 64)))
+        sample = afford if sample is None or afford < sample else sample
+    return dict(hops=tuple(eval_cfg.reconstruction_hops), sample=sample, seed=eval_cfg.seed,
+                ball_cap=eval_cfg.reconstruction_ball_cap, relevant_cap=eval_cfg.reconstruction_relevant_cap)
+
+
+def work_limited(res: dict, eval_cfg: EvalConfig) -> dict:
+    """Says in the figures when the work budget, not eval.reconstruction_sample, set the queries."""
+    asked = eval_cfg.reconstruction_sample or res["eligible"]
+    res["work_limited"] = bool(res["queries"] < min(asked, res["eligible"]))
+    return res
+
+
 def classify_split_stage(prepared, eval_cfg: EvalConfig, splits: list[tuple[float, int]]) -> dict:
     """The F1 of some (ratio, repeat) splits of ``labelled_set_stage``'s ``prepared`` = (labelled
     set, its CPU seconds), for ``merge_classify_results``; the merged figures equal
     ``classify_stage``'s. Its seconds are CPU seconds: split tasks run side by side, so their wall
     times overlap (and on a busy machine include the others' turns)."""
-    from embedlake.workers.evaluate.classify import split_f1
+    from embedlake.workers.evaluate.classify import split_chain_f1
     ls, _ = prepared
     t0 = time.process_time()
     opts = classify_options(eval_cfg)
-    f1 = [(r, rep, *split_f1(ls, r, rep, seed=opts["seed"], tol=opts["tol"])) for r, rep in splits]
+    f1 = split_chain_f1(ls, splits, seed=opts["seed"], tol=opts["tol"])
     return {"info": ls.info(), "f1": f1, "seconds": time.process_time() - t0}
 
 
@@ -168,11 +230,10 @@ def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
-    sample = eval_cfg.reconstruction_sample or None
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
-    res = reconstruction_map(X, csr[0], csr[1], hops=tuple(eval_cfg.reconstruction_hops),
-                             sample=sample, seed=eval_cfg.seed, ball_cap=eval_cfg.reconstruction_ball_cap,
-                             relevant_cap=eval_cfg.reconstruction_relevant_cap, threads=threads)
+    res = reconstruction_map(X, csr[0], csr[1], threads=threads,
+                             **reconstruction_options(eval_cfg, len(csr[0]) - 1, np.shape(X)[1]))
+    res = work_limited(res, eval_cfg)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     return res
 

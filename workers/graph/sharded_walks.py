@@ -101,6 +101,7 @@ class WalkParams:
     q: float = 1.0
     mode: str = "deepwalk"
     threads: int = 1
+    walk_offset: int = 0        # walk numbers walk_offset .. + walks_per_node - 1 (streamed rounds)
 
     @property
     def second(self) -> bool:
@@ -449,10 +450,10 @@ def _adjacency(indptr, indices, lo, queries):
 
 
 @njit(cache=True, parallel=True)
-def _initial_walkers(lo, hi, seed, walkers, out):
+def _initial_walkers(lo, hi, seed, walk_offset, walkers, out):
     """Walk k from every node of [lo, hi) into walkers[r] (either record; the fields both have):
     row r = k * (hi - lo) + v - lo, global output row walks_per_node * lo + r, generator
-    walk_key(seed, v, k)."""
+    walk_key(seed, v, k + walk_offset)."""
     rows = hi - lo
     row0 = walkers.shape[0] // rows * lo if rows > 0 else 0
     for r in prange(walkers.shape[0]):
@@ -461,7 +462,7 @@ def _initial_walkers(lo, hi, seed, walkers, out):
         w = walkers[r]
         w.g = row0 + r
         w.cur = v
-        w.state = walk_key(seed, v, k)
+        w.state = walk_key(seed, v, k + walk_offset)
         w.step = 0
         out[r, 0] = v
 
@@ -476,7 +477,8 @@ def _new_walkers(lo: int, hi: int, params: WalkParams, out: np.ndarray) -> np.nd
     """The walkers starting on nodes [lo, hi), in the record `params` needs (node2vec's with no
     previous node yet: prev -1, weight 0)."""
     walkers = np.empty(params.walks_per_node * (hi - lo), walker_dtype(params.second))
-    _initial_walkers(lo, hi, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), walkers, out)
+    _initial_walkers(lo, hi, np.uint64(int(params.seed) & 0xFFFFFFFFFFFFFFFF), np.int64(params.walk_offset), walkers,
+                     out)
     if params.second:
         walkers["prev"] = -1
         walkers["wlast"] = 0.0
@@ -716,12 +718,14 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
 
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
-                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1) -> tuple[list[np.ndarray], dict]:
+                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1,
+                         walk_offset: int = 0) -> tuple[list[np.ndarray], dict]:
     """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
     shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
     (walk matrices, info: rounds, walker moves, adjacency queries)."""
     bounds = [(s.lo, s.hi) for s in shards]
-    params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads)
+    params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads,
+                        walk_offset=int(walk_offset))
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
 
     def call(shard, method, *args, returns):

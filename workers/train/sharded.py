@@ -35,6 +35,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from embedlake.config import TrainConfig
@@ -217,15 +218,137 @@ def streams_fingerprint(infos: list[dict]) -> str:
     return hashlib.sha256("/".join(i["fingerprint"] for i in infos).encode()).hexdigest()[:24]
 
 
+# ----------------------------------------------------------------------------- buckets of a stream
+
+@nb.njit(cache=True)
+def _context_sweep(offsets, centres, tpart, window, stamp, fill, idx, count_only):
+    """One pass over the centres' windows: per context partition i, count (count_only) or list
+    (idx[fill[i]++]) the centres that have a token of partition i within +-window in their sentence."""
+    s = 0
+    for k in range(centres.shape[0]):
+        p = centres[k]
+        while offsets[s + 1] <= p:
+            s += 1
+        for q in range(max(offsets[s], p - window), min(offsets[s + 1], p + window + 1)):
+            i = tpart[q]
+            if q != p and stamp[i] != k:
+                stamp[i] = k
+                if not count_only:
+                    idx[fill[i]] = k
+                fill[i] += 1
+
+
+def centres_by_context(offsets, centres, tpart, window: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the centres (ascending positions of one bucket), per context partition i the indices of
+    the centres that have a token of partition i within +-window (a centre without one trains
+    nothing in block (i, .)): (idx, bounds), grouped by i, ascending inside each group."""
+    counts = np.zeros(parts, np.int64)
+    _context_sweep(offsets, centres, tpart, window, np.full(parts, -1, np.int64), counts, np.zeros(0, np.int64), True)
+    bounds = np.zeros(parts + 1, np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    idx = np.empty(int(bounds[-1]), np.int64)
+    _context_sweep(offsets, centres, tpart, window, np.full(parts, -1, np.int64), bounds[:-1].copy(), idx, False)
+    return idx, bounds
+
+
+@nb.njit(cache=True)
+def _window_runs(offsets, centres, window):
+    """The windows [max(sentence start, p - window), min(sentence end, p + window + 1)) of the
+    centres (ascending), merged where they touch inside one sentence: (run starts, run ends, run of
+    each centre). A window the kernel draws (radius <= window) never leaves its run."""
+    n = centres.shape[0]
+    starts = np.empty(n, np.int64)
+    ends = np.empty(n, np.int64)
+    sent = np.empty(n, np.int64)
+    run_of = np.empty(n, np.int64)
+    m, s = 0, 0
+    for k in range(n):
+        p = centres[k]
+        while offsets[s + 1] <= p:
+            s += 1
+        a, b = max(offsets[s], p - window), min(offsets[s + 1], p + window + 1)
+        if m > 0 and sent[m - 1] == s and a <= ends[m - 1]:
+            ends[m - 1] = max(ends[m - 1], b)
+        else:
+            starts[m], ends[m], sent[m] = a, b, s
+            m += 1
+        run_of[k] = m - 1
+    return starts[:m], ends[:m], run_of
+
+
+@nb.njit(cache=True)
+def _gather_runs(starts, ends, tloc, tpart):
+    """The tokens of the runs back to back: (tloc, tpart, offsets of the runs)."""
+    m = starts.shape[0]
+    off = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        off[r + 1] = off[r] + ends[r] - starts[r]
+    out_loc = np.empty(off[m], tloc.dtype)
+    out_part = np.empty(off[m], tpart.dtype)
+    for r in range(m):
+        out_loc[off[r]:off[r + 1]] = tloc[starts[r]:ends[r]]
+        out_part[off[r]:off[r + 1]] = tpart[starts[r]:ends[r]]
+    return out_loc, out_part, off
+
+
+def global_positions(place: sb.StreamPlace, local: np.ndarray) -> np.ndarray:
+    """Positions of a stream shard -> positions in the whole stream."""
+    grp = np.searchsorted(place.gstart, local, side="right") - 1
+    return local + place.gdelta[np.maximum(grp, 0)]
+
+
+def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, sel: np.ndarray, window: int) -> dict:
+    """Block (i, j)'s piece of one stream shard: the centres `sel` (of partition j, each with a
+    context of partition i in reach) and the runs of tokens their windows cover, as a stream of
+    its own whose runs are its sentences; `gdelta` places each run in the whole stream."""
+    starts, ends, run_of = _window_runs(stream["offsets"], sel, int(window))
+    tloc, tpart, off = _gather_runs(starts, ends, stream["tloc"], stream["tpart"])
+    if not len(starts):                     # one empty run: the kernel and bucket_slice want a group
+        off, starts = np.zeros(2, np.int64), np.zeros(1, np.int64)
+    cbounds = np.zeros(len(stream["cbounds"]), np.int64)
+    cbounds[j + 1:] = len(sel)
+    centres = sel - starts[run_of] + off[run_of]
+    if len(tloc) < 2**31:                   # positions inside a piece: half the bytes
+        centres = centres.astype(np.int32)
+    return {"tloc": tloc, "tpart": tpart, "offsets": off, "centres": centres,
+            "cbounds": cbounds, "gdelta": global_positions(place, starts) - off[:-1],
+            "total": int(place.total), "per_epoch": int(place.per_epoch), "block": (int(i), int(j))}
+
+
+def piece_place(piece: dict) -> sb.StreamPlace:
+    """Where a bucket piece sits in the whole stream: each run is a group of its own."""
+    return sb.StreamPlace(piece["offsets"], piece["gdelta"], piece["total"], piece["per_epoch"])
+
+
+def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, *after):
+    """One stream shard's training round r cut into its P x P buckets: piece i * P + j holds what
+    block (i, j) reads (bucket_piece), so a link receives its block's part of its shard's round
+    instead of the whole stream (docs/scaling.md section 5). `after`: results this task waits for
+    and ignores (the driver passes the previous round's first link, so that the pieces of at most
+    two rounds exist at once). Returns the P * P pieces (a tuple; the piece when P = 1)."""
+    P = len(stream["cbounds"]) - 1
+    pieces = [None] * (P * P)
+    for j in range(P):
+        c0, c1 = sb.bucket_slice(stream, place, j, r, rounds)
+        cj = np.ascontiguousarray(stream["centres"][c0:c1], dtype=np.int64)
+        idx, bounds = centres_by_context(stream["offsets"], cj, stream["tpart"], int(window), P)
+        for i in range(P):
+            pieces[i * P + j] = bucket_piece(stream, place, i, j, cj[idx[bounds[i]:bounds[i + 1]]], window)
+    return tuple(pieces) if P > 1 else pieces[0]
+
+
 # ----------------------------------------------------------------------------- one link of a block
 
-def link_stage(stream: dict, place: sb.StreamPlace, noise: tuple, i: int, j: int, w_in, w_out, train: TrainConfig,
-               epoch: int, episode: int, *, split: VocabSplit, threads: int = 0,
-               checkpoint: sb.BlockCheckpoint | None = None, reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Block (i, j) over one stream shard's bucket: the W_in[i] / W_out[j] it gets (arrays; None
-    on the first episode: initialised from the seed; a lake path when resumed) come back trained.
-    With checkpoint.write (the chain's last link at a checkpoint step) it writes them to the lake."""
+def link_stage(piece: dict, noise: tuple, i: int, j: int, w_in, w_out, train: TrainConfig, epoch: int,
+               episode: int, *, split: VocabSplit, threads: int = 0, checkpoint: sb.BlockCheckpoint | None = None,
+               reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Block (i, j) over one stream shard's piece of this round (bucket_stage): the W_in[i] /
+    W_out[j] it gets (arrays; None on the first episode: initialised from the seed; a lake path
+    when resumed) come back trained. With checkpoint.write (the chain's last link at a checkpoint
+    step) it writes them to the lake."""
     t_start = time.time()
+    if tuple(piece["block"]) != (i, j):
+        raise ValueError(f"link ({i}, {j}) was given the piece of block {tuple(piece['block'])}")
     lake = Lake(checkpoint.lake) if checkpoint is not None else None
     sizes = split.sizes()
     w_in = sb.init_shards(sizes, train.dim, train.seed, i)[0] if w_in is None else w_in
@@ -234,9 +357,9 @@ def link_stage(stream: dict, place: sb.StreamPlace, noise: tuple, i: int, j: int
     w_out = lake.read_npy(w_out) if isinstance(w_out, str) else w_out
     P = split.parts
     cb = (lambda done, total, loss: reporter(done / P, total / P, loss=loss)) if reporter is not None else None
-    W_in_i, W_out_j, stats = sb.train_bucket(
-        stream, place, noise, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode,
-        rounds=train.rounds, window=train.window, negatives=train.negatives, lr=train.lr, min_lr=train.min_lr,
+    W_in_i, W_out_j, stats = sb.train_bucket(        # the piece is this round's already: rounds=1 takes it whole
+        piece, piece_place(piece), noise, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode % P,
+        rounds=1, window=train.window, negatives=train.negatives, lr=train.lr, min_lr=train.min_lr,
         seed=train.seed, threads=threads or 0, progress=cb)
     if checkpoint is not None and checkpoint.write:
         t0 = time.perf_counter()
@@ -282,16 +405,23 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
     Win, Wout = list(Win), list(Wout)
     pairs, loss = 0, 0.0
     steps = split.parts * train.rounds
+    pieces: dict = {}
     for step in range(step0, train.epochs * steps if stop is None else stop):
         ep, e, blocks = sb.step_blocks(step, split.parts, train.rounds)
         if preps is None or (e == 0 and train.sample > 0):
             extra = [n[0] for n in noise] if train.sample > 0 else []
             preps = [prep_stream_stage(split, groups, len(src), train, ep, s, *src, *extra)
                      for s, src in enumerate(sources)]
+            pieces = {}
         places = place_streams([p[1] for p in preps])
+        r = e // split.parts
+        if r not in pieces:
+            pieces[r] = [bucket_stage(stream, places[s], train.window, train.rounds, r)
+                         for s, (stream, _) in enumerate(preps)]
         for i, j in blocks:
-            for s, (stream, _) in enumerate(preps):
-                Win[i], Wout[j], st = link_stage(stream, places[s], noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
+            for s in range(len(preps)):
+                got = pieces[r][s] if split.parts == 1 else pieces[r][s][i * split.parts + j]
+                Win[i], Wout[j], st = link_stage(got, noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
                                                  split=split, threads=threads)
                 pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
     return Win, Wout, {"pairs": pairs, "loss_sum": loss}
@@ -308,3 +438,61 @@ def local_noise_and_streams(sources: list[tuple], groups: int, split: VocabSplit
         per_shard = [count_stage(split, *src) for src in sources]
         per_shard = [c if split.parts > 1 else (c,) for c in per_shard]
     return [noise_stage(train.ns_exponent, *[c[p] for c in per_shard]) for p in range(split.parts)], preps
+
+
+# ----------------------------------------------------------------------------- walks streamed in rounds
+
+def walks_per_round(num_nodes: int, walk_cfg) -> int:
+    """Walk numbers per streamed round: as many as fit walk.stream_threshold_mb of walks (at least
+    one, at most walks_per_node), so the walks alive at once are bounded by that setting."""
+    from embedlake.workers.graph.walks import walks_mb
+    per_walk = walks_mb(num_nodes, walk_cfg) / walk_cfg.walks_per_node
+    fit = int(walk_cfg.stream_threshold_mb // per_walk) if per_walk > 0 else walk_cfg.walks_per_node
+    return max(1, min(walk_cfg.walks_per_node, fit))
+
+
+def walk_rounds(walks_per_node: int, per_round: int) -> list[tuple[int, int]]:
+    """The walk numbers [k0, k1) of each streamed round of an epoch."""
+    return [(k, min(walks_per_node, k + per_round)) for k in range(0, walks_per_node, per_round)]
+
+
+def round_places(infos: list[dict], k0: int, walks_per_node: int, nodes: int, length: int) -> list[sb.StreamPlace]:
+    """Where the stream shards of the round starting at walk number k0 sit in an epoch: the
+    round's k-major placement (place_streams) shifted to walk k0's first position, k0 x nodes x
+    length, in an epoch of walks_per_node x nodes x length positions (its padded size, known
+    before any walk exists). Without padding (no dead end) and without subsampling these are the
+    positions of the unstreamed stream, so each pair gets the same window, negatives and learning
+    rate; padding leaves gaps between rounds, subsampling shortens each round inside its slot."""
+    base, total = k0 * nodes * length, walks_per_node * nodes * length
+    return [sb.StreamPlace(p.gstart, p.gdelta + base, total, total) for p in place_streams(infos)]
+
+
+def train_rounds_local(walks_of, rounds: list[tuple[int, int]], length: int, split: VocabSplit, train: TrainConfig,
+                       threads: int = 1, stop: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """The streamed schedule in this process (tests, benchmarks), exactly the tasks the Ray driver
+    (tasks/train.py train_sharded_streamed) runs: walks_of(w) gives round w's walk shards (one
+    tuple per shard); noise from round 0's counts; per round P episodes over its bucket pieces.
+    stop=k ends it after k episodes."""
+    W, P, K = len(rounds), split.parts, rounds[-1][1]
+    first = walks_of(0)
+    noise, preps = local_noise_and_streams(first, rounds[0][1] - rounds[0][0], split, train)
+    Win, Wout = [None] * P, [None] * P
+    pairs, loss = 0, 0.0
+    stop = train.epochs * W * P if stop is None else stop
+    for t in range(-(-stop // P)):
+        ep, w = divmod(t, W)
+        k0, k1 = rounds[w]
+        if t > 0 or preps is None:
+            extra = [n[0] for n in noise] if train.sample > 0 else []
+            preps = [prep_stream_stage(split, k1 - k0, len(src), train, t, s, *src, *extra)
+                     for s, src in enumerate(first if t == 0 else walks_of(w))]
+        places = round_places([p[1] for p in preps], k0, K, split.vocab, length)
+        pieces = [bucket_stage(stream, places[s], train.window, 1, 0) for s, (stream, _) in enumerate(preps)]
+        for step in range(t * P, min(stop, (t + 1) * P)):
+            _, e, blocks = sb.step_blocks(step, P, W)
+            for i, j in blocks:
+                for got in pieces:
+                    Win[i], Wout[j], st = link_stage(got if P == 1 else got[i * P + j], noise[j][1], i, j, Win[i],
+                                                     Wout[j], train, ep, e, split=split, threads=threads)
+                    pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
+    return Win, Wout, {"pairs": pairs, "loss_sum": loss}
