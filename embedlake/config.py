@@ -294,6 +294,56 @@ class LakeConfig(Section):
     run_id: str | None = Field(None, description="Run id (default: generated, time-ordered).")
 
 
+class KGConfig(Section):
+    """Knowledge-graph embeddings (`embedlake embed-kg`, docs/knowledge-graphs.md)."""
+    train: str | None = Field(None, description="Training triples (head, relation, tail; string ids): file, folder, "
+                              "glob or s3:// URL, TSV/CSV/whitespace (.gz/.zst) or Parquet with those columns.")
+    valid: str | None = Field(None, description="Validation triples (needs kg.test too); None with kg.test None = "
+                              "a seeded split of kg.train.")
+    test: str | None = Field(None, description="Test triples; None = a seeded split of kg.train.")
+    delimiter: str | None = Field(None, description="Column separator of text input; None = tab for .tsv, comma for "
+                                  ".csv, else detected.")
+    has_header: bool | None = Field(None, description="First line is a header; None = when it reads head, "
+                                    "relation, tail.")
+    unseen: Literal["refuse", "drop", "keep"] = Field("refuse", description="A valid/test entity missing from "
+                                                      "training: refuse (error naming file and line), drop the "
+                                                      "triple, or keep it (the entity gets an untrained row).")
+    valid_share: float = Field(0.05, ge=0, lt=0.5, description="Seeded split: share of triples held out for "
+                               "validation.")
+    test_share: float = Field(0.05, gt=0, lt=0.5, description="Seeded split: share of triples held out for test.")
+    model: Literal["transe", "distmult", "complex", "rotate"] = Field("complex", description="Scoring model.")
+    dim: int = Field(256, ge=2, le=4096, description="Entity row width (complex / rotate: 2 x complex coordinates, "
+                     "so it must be even).")
+    norm: Literal[1, 2] = Field(1, description="TransE distance: L1 or L2.")
+    gamma: float = Field(0.0, description="Distance models score gamma - distance (logistic / margin losses).")
+    epochs: int = Field(30, ge=1, description="Passes over the training triples.")
+    batch: int = Field(1000, ge=1, description="Positive triples per chunk (one update, one shared negative draw).")
+    negatives: int = Field(2000, ge=0, description="Shared negative entities per chunk and side; 0 = every entity "
+                           "(1-vs-all).")
+    negative_sampling: Literal["uniform", "degree"] = Field("uniform", description="Negatives drawn uniformly or "
+                                                            "by training degree ** degree_exponent.")
+    degree_exponent: float = Field(0.75, ge=0, description="Exponent of degree-weighted negatives.")
+    loss: Literal["softmax", "logistic", "margin"] = Field("softmax", description="softmax: cross-entropy over the "
+                                                           "chunk's negatives; logistic; margin ranking.")
+    margin: float = Field(1.0, gt=0, description="Margin of the margin-ranking loss.")
+    optimizer: Literal["adagrad", "row_adagrad", "sgd"] = Field("adagrad", description="adagrad (elementwise), "
+                                                                "row_adagrad (PyTorch-BigGraph's), or sgd.")
+    lr: float = Field(0.1, gt=0, description="Learning rate.")
+    regularizer: Literal["none", "n3", "l2"] = Field("n3", description="Penalty on the positives' rows.")
+    reg_weight: float = Field(0.1, ge=0, description="Weight of the regulariser.")
+    init_scale: float = Field(1e-3, gt=0, description="Std of the initial rows of DistMult / ComplEx.")
+    seed: int = Field(0, description="Initialisation, shuffling, negatives and split seed.")
+    threads: int = Field(1, ge=1, description="CPU threads of the training worker (numba and BLAS).")
+    engine: Literal["numba", "torch"] = Field("numba", description="numba: the CPU kernel; torch: the same "
+                                              "training as tensor operations (GPUs).")
+    device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
+    partitions: int = Field(1, ge=1, le=64, description="Entity partitions P: above 1, PyTorch-BigGraph's P x P "
+                            "buckets trained in rounds of disjoint buckets (numba engine, uniform negatives, no "
+                            "checkpoints).")
+    workers: int = Field(1, ge=1, description="Buckets trained at once (Ray tasks) with kg.partitions > 1.")
+    eval_batch: int = Field(1000, ge=1, description="Test queries scored against every entity at once.")
+
+
 class PipelineConfig(Section):
     method: Literal["deepwalk", "node2vec", "fastrp", "orbits"] = Field("deepwalk", description="Embedding method "
                                                                          "(orbits: graphlet orbit adjacencies, "
@@ -308,6 +358,7 @@ class PipelineConfig(Section):
     orbits: OrbitsConfig = Field(default_factory=OrbitsConfig, description="Orbit adjacencies (method orbits).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     compress: CompressConfig = Field(default_factory=CompressConfig, description="Compressed tables.")
+    kg: KGConfig = Field(default_factory=KGConfig, description="Knowledge-graph embeddings (embed-kg).")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray.")
     lake: LakeConfig = Field(default_factory=LakeConfig, description="Lake.")
 

@@ -172,11 +172,12 @@ def cmd_config(args) -> int:
 
 # Feature modules add their own subcommands: each has add_parsers(subparsers, add_run_options)
 # and sets `func` on its parsers (func(args) -> exit status).
-SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report", "embedlake.flows.embed_corpus"]
+SUBCOMMAND_MODULES: list[str] = ["embedlake.flows.ops", "embedlake.flows.compress", "embedlake.flows.report", "embedlake.flows.embed_corpus",
+                               "embedlake.flows.embed_kg"]
 
 
 # Commands that run a flow: checked first (flows/preflight.py), their log lines kept to one line each
-RUN_COMMANDS = ("embed-graph", "walk", "compress", "embed-corpus")
+RUN_COMMANDS = ("embed-graph", "walk", "compress", "embed-corpus", "embed-kg")
 
 
 def check_before_start(args: argparse.Namespace) -> None:
