@@ -18,7 +18,7 @@ from embedlake.errors import ConfigError
 from embedlake.lake import Lake, check_name, dataset_from_input
 from embedlake.tasks import kg as kt
 from embedlake.tasks.run import Run
-from embedlake.workers.kg.stages import model_of
+from embedlake.workers.kg.stages import TABLE_SUBS, model_of, table_method
 from embedlake.workers.run.faults import fault_point
 
 
@@ -69,10 +69,11 @@ def embed_kg(config: PipelineConfig | None = None) -> dict:
         metrics = run.time("evaluate", kt.evaluate, ts_ref, kg, tables_ref, cfg.compress, run.retries)
         url = run.commit(run.manifest(files, metrics, extra={
             "dim": kg.dim, "rows": triples["entities"], "kg": triples, "train": info, "id_column": "entity"}))
-    root = Lake.run_dir("embeddings", dataset, run.method, run.run_id)
+    tables = {which: run.lake.url(Lake.table_dir("embeddings", dataset, table_method(run.method, which)))
+              for which in TABLE_SUBS}
     return {
         "dataset": dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
-        "entities": run.lake.url(f"{root}/entities"), "relations": run.lake.url(f"{root}/relations"),
+        "entities": tables["entities"], "relations": tables["relations"],
         "manifest": url, "triples": triples, "train": {k: v for k, v in info.items() if k != "history"},
         "stages": run.stages, "metrics": metrics, "rows": triples["entities"], "dim": kg.dim, "wall_s": run.wall_s(),
     }

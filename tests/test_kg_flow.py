@@ -47,7 +47,7 @@ def committed(tmp_path_factory, ray_session, prefect_session):
 
 
 def read_table(lake_dir, which, run_id="r1"):
-    rel = Lake.part_path("embeddings", "chains", "kg-complex", run_id, 0, sub=which)
+    rel = Lake.part_path("embeddings", "chains", ks.table_method("kg-complex", which), run_id, 0)
     t = pq.read_table(Lake(str(lake_dir)).url(rel))
     return [str(x) for x in t.column(0).to_pylist()], np.array(t.column("vector").to_pylist(), np.float32)
 
@@ -68,6 +68,20 @@ def test_run_commits_tables_that_round_trip(committed):
     assert set(man.files) == {"entities", "relations"}
     assert summary["metrics"]["mrr"] == man.metrics["mrr"]
     assert not Lake(str(tmp / "lake")).exists(Lake.run_dir("checkpoints", "chains", "kg-complex", "r1"))
+
+
+def test_entity_and_relation_tables_read_as_delta_tables(committed):
+    """Each table is its own Delta table (one schema each): plain polars reads the latest run."""
+    import polars as pl
+    tmp, data, cfg, summary = committed
+    ents, ent_vec = read_table(tmp / "lake", "entities")
+    for which, ids, vec in (("entities", ents, ent_vec), ("relations", *read_table(tmp / "lake", "relations"))):
+        id_column = {"entities": "entity", "relations": "relation"}[which]
+        df = pl.scan_delta(summary[which]).collect().sort(id_column)
+        assert df.get_column("run_id").unique().to_list() == ["r1"]
+        got = np.array(df.get_column("vector").to_list(), np.float32)
+        assert df.get_column(id_column).cast(pl.String).to_list() == ids
+        assert np.array_equal(got, vec)
 
 
 def test_bad_triple_fails_in_one_line_and_commits_nothing(committed, capsys):

@@ -21,7 +21,15 @@ from embedlake.workers.run.faults import fault_point
 
 TRAIN_FIELDS = ("epochs", "batch", "negatives", "negative_sampling", "degree_exponent", "loss", "margin",
                 "optimizer", "lr", "regularizer", "reg_weight", "seed")
-TABLE_SUBS = ("entities", "relations")        # folders of the two tables under the run's embeddings dir
+TABLE_SUBS = ("entities", "relations")        # the two tables a run publishes (table_method names their Delta tables)
+
+
+def table_method(method: str, which: str) -> str:
+    """The lake method name of one KG table: the entity table is the run's own table
+    (embeddings/<dataset>/<method>, its commit holds the run record); the relation table is a
+    Delta table of its own beside it (embeddings/<dataset>/<method>.relations), since one Delta
+    table has one schema."""
+    return method if which == "entities" else f"{method}.relations"
 
 
 def model_of(kg) -> KGModel:
@@ -150,6 +158,6 @@ def write_table_stage(lake: Lake | str, dataset: str, method: str, run_id: str, 
     lake = Lake(lake)
     ids, table = (ts.entities, trained[0]) if which == "entities" else (ts.relations, trained[1])
     rows = embeddings_table(np.asarray(ids, dtype=str), table, id_name="entity" if which == "entities" else "relation")
-    rel = Lake.part_path("embeddings", dataset, method, run_id, 0, sub=which)
+    rel = Lake.part_path("embeddings", dataset, table_method(method, which), run_id, 0)
     with storage.using(lake.env):
         return lake.write_parquet(rel, rows).to_dict()
