@@ -110,6 +110,11 @@ def test_link_prediction_flow_directed_gnutella(tmp_path, shared):
     tbl = read_table(lake, "p2p-gnutella08", "fastrp", kind="metrics")[0]
     assert set(tbl.column("run_id").to_pylist()) == {s["run_id"]}
     assert es.metrics_from_rows(tbl) == es.numeric_view(man.metrics)
+    import polars as pl                                       # ... and it is a Delta table any engine reads
+    from embedlake.reader import table_uri
+    delta_rows = pl.scan_delta(table_uri(lake, "p2p-gnutella08", "fastrp", kind="metrics")).collect()
+    assert delta_rows.get_column("run_id").unique().to_list() == [s["run_id"]]
+    assert es.metrics_from_rows(delta_rows.select(es.METRICS_SCHEMA.names).to_arrow()) == es.numeric_view(man.metrics)
     assert {p["path"].rsplit("/", 1)[1] for p in man.files["report"]} == {"report.md", "quality.png"}
     assert lk.read_bytes(man.files["report"][1]["path"])[:8] == b"\x89PNG\r\n\x1a\n"
     # the Prefect artifact carries the same table, with the plot inline

@@ -270,7 +270,7 @@ def test_node_removed_mid_training_completes_or_fails_cleanly(tmp_path):
     else:
         assert res["error"].strip(), res
         assert not lk.is_committed("planted", "node2vec", "noded")
-        for kind in ("embeddings", "walks", "metrics", "tables"):
+        for kind in ("embeddings", "walks", "metrics", "reports", "tables"):
             assert lk.list_files(f"{kind}/planted/node2vec/run_id=noded") == []
 
 

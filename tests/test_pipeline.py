@@ -122,6 +122,13 @@ def test_walk_flow_parquet_identical_for_any_partitioning(tmp_path, shared):
         files = committed_files(lake, "karate", "node2vec-walks", run=f"w{parts}", kind="walks")
         frames.append(pl.read_parquet(files).sort("start", "k"))
     assert frames[0].equals(frames[1])
+    from embedlake.reader import table_uri                   # the walks are a Delta table: latest = run w4,
+    walks_table = table_uri(lake, "karate", "node2vec-walks", kind="walks")     # version 0 = run w1
+    latest = pl.scan_delta(walks_table).collect()
+    first = pl.scan_delta(walks_table, version=0).collect()
+    assert latest["run_id"].unique().to_list() == ["w4"] and first["run_id"].unique().to_list() == ["w1"]
+    for got in (latest, first):
+        assert got.select(frames[0].columns).sort("start", "k").equals(frames[0])
     w = frames[0]
     assert w["walk"].list.len().max() == 12 and (w["walk"].list.first() == w["start"]).all()
     # every step is an edge of karate

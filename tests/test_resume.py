@@ -221,7 +221,7 @@ def test_gc_keeps_resumable_and_live_runs(tmp_path, capsys):
     lk.write_npy(f"{ck}/walk/part-00000.npy", np.zeros((2, 2), np.int32))
     lk.write_bytes(Lake.claim_path("g", "deepwalk", "killed"), json.dumps(
         {"token": "t", "pid": dead.pid, "host": os.uname().nodename, "claimed_at": "x"}).encode())
-    live = f"{Lake.run_dir('metrics', 'g', 'deepwalk', 'running')}/metrics.parquet"    # an internal file
+    live = f"{Lake.run_dir('reports', 'g', 'deepwalk', 'running')}/report.md"    # an internal file
     lk.write_bytes(live, b"being written")
     table_part = Lake.part_path("embeddings", "g", "deepwalk", "running", 0)      # kept by the vacuum retention
     lk.write_bytes(table_part, b"being written")

@@ -66,7 +66,7 @@ def test_abandon_removes_data_files_releases_the_claim_keeps_progress(lake):
     with pytest.raises(RuntimeError, match="stage failed"):
         with run:
             for rel in (Lake.part_path("embeddings", DS, METHOD, RID, 0), Lake.part_path("walks", DS, METHOD, RID, 0),
-                        f"{Lake.run_dir('metrics', DS, METHOD, RID)}/metrics.parquet", f"{codec_dir}/part-0.parquet"):
+                        f"{Lake.run_dir('reports', DS, METHOD, RID)}/report.md", f"{codec_dir}/part-0.parquet"):
                 lake.write_bytes(rel, b"x")
             walk = run.stage("walk", {"length": 5})
             lake.write_npy(walk.handle().part_path(0), np.zeros((2, 5), np.int32))   # progress: kept

@@ -9,15 +9,14 @@ function so the task can run them side by side on different workers:
   the aligned table written to the lake
 - ``metrics_rows`` / ``metrics_from_rows`` / ``write_metrics_table``: the long metrics table
 
-Lake layout written here (all named by the run's manifest, so nothing is visible before commit):
+Lake layout written here (all named by the run's record, so nothing is visible before commit):
 
-    metrics/<dataset>/<method>/run=<run_id>/metrics.parquet      files["metrics"]
-    metrics/<dataset>/<method>/run=<run_id>/report.md, quality.png   files["report"]
-    metrics/<dataset>/<method>/run=<run_id>/rotation.npy         files["rotation"]
-    embeddings/<dataset>/<method>.aligned/run=<run_id>/partition=<k>/part-<k>.parquet  files["aligned"]
+    metrics/<dataset>/<method>/run_id=<run_id>/part-00000.parquet    files["metrics"]  (Delta table)
+    reports/<dataset>/<method>/run_id=<run_id>/report.md, quality.png    files["report"]   (internal)
+    reports/<dataset>/<method>/run_id=<run_id>/rotation.npy             files["rotation"] (internal)
+    embeddings/<dataset>/<method>.aligned/run_id=<run_id>/partition=<k>/part-<k>.parquet  files["aligned"]
 
-The aligned table sits beside (not inside) the run's embeddings folder, so the documented glob
-``embeddings/<dataset>/<method>/run=<run_id>/**/*.parquet`` still returns each node once.
+The aligned table is a Delta table beside (not inside) the run's embeddings table.
 """
 from __future__ import annotations
 
@@ -334,7 +333,7 @@ def align_stage(lake: Lake | str, dataset: str, method: str, run_id: str, X: np.
             files["aligned"] = [lake.write_parquet(Lake.part_path("embeddings", dataset, method_dir, run_id, i),
                                                    embeddings_table(node_id_array(node_ids[lo:hi]), aligned[lo:hi]))
                                 .to_dict() for i, (lo, hi) in enumerate(bounds)]
-            rel = f"{Lake.run_dir('metrics', dataset, method, run_id)}/rotation.npy"
+            rel = f"{Lake.run_dir('reports', dataset, method, run_id)}/rotation.npy"
             files["rotation"] = [lake.write_npy(rel, R).to_dict()]
     fig["seconds"] = round(time.perf_counter() - t0, 3)
     return {"metrics": fig, "files": files}
@@ -346,7 +345,7 @@ def aligned_method(method: str) -> str:
 
 def run_dirs(dataset: str, method: str, run_id: str) -> list[str]:
     """Every folder this stage writes for a run (removed when the run fails before its commit)."""
-    return [Lake.run_dir("metrics", dataset, method, run_id),
+    return [Lake.run_dir("metrics", dataset, method, run_id), Lake.run_dir("reports", dataset, method, run_id),
             Lake.run_dir("embeddings", dataset, aligned_method(method), run_id)]
 
 
@@ -416,7 +415,9 @@ def metrics_table(dataset: str, method: str, run_id: str, metrics: dict) -> pa.T
 
 
 def metrics_path(dataset: str, method: str, run_id: str) -> str:
-    return f"{Lake.run_dir('metrics', dataset, method, run_id)}/metrics.parquet"
+    """The run's file of the metrics Delta table (metrics/<dataset>/<method>, partitioned by run_id;
+    the rows keep their run_id column too, which every Delta reader accepts)."""
+    return f"{Lake.run_dir('metrics', dataset, method, run_id)}/part-00000.parquet"
 
 
 def write_report_stage(lake: Lake | str, dataset: str, method: str, run_id: str, metrics: dict,
@@ -433,7 +434,7 @@ def write_report_stage(lake: Lake | str, dataset: str, method: str, run_id: str,
     runs = [this] + [c for c in context if (c["method"], c["run_id"]) != (method, run_id)]
     png = rp.quality_plot(runs, compressed, title=f"{dataset}: quality per method")
     md = rp.report_markdown(runs, compressed, title=f"{dataset} / {method} run {run_id}")
-    base = Lake.run_dir("metrics", dataset, method, run_id)
+    base = Lake.run_dir("reports", dataset, method, run_id)        # internal files beside the metrics table
     with storage.using(lake.env):
         files = {"metrics": [lake.write_parquet(metrics_path(dataset, method, run_id),
                                                 metrics_table(dataset, method, run_id, metrics)).to_dict()],
