@@ -113,8 +113,9 @@ def print_summary(s: dict, out=None) -> None:
     w("read it:\n")
     w(f"  python -c \"import embedlake; print(embedlake.read_embeddings('{s['lake']}', '{s['dataset']}', "
       f"'{s['method']}'))\"\n")
-    w(f"  polars:  pl.scan_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=True).collect()\n")
-    w(f"  duckdb:  SELECT * FROM read_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=true)\n")
+    w(f"  polars:  pl.scan_delta('{s['embeddings']}').collect()\n")
+    w(f"  duckdb:  ds = deltalake.DeltaTable('{s['embeddings']}').to_pyarrow_dataset(); "
+      f"duckdb.sql('SELECT * FROM ds')\n")
 
 
 def reconstruction_line(rc: dict) -> str:

@@ -252,4 +252,4 @@ def print_summary(s: dict, out=None) -> None:
         return
     w(f"  python -c \"import embedlake.reader as r; print(r.most_similar('{s['lake']}', '{s['dataset']}', "
       f"'{s['method']}', 'money'))\"\n")
-    w(f"  polars:  pl.scan_parquet('{s['embeddings']}/**/*.parquet', hive_partitioning=True).collect()\n")
+    w(f"  polars:  pl.scan_delta('{s['embeddings']}').collect()\n")
