@@ -565,12 +565,14 @@ def assemble_stage(prep: dict, lake, *w_in_shards) -> np.ndarray:
 def commit_checkpoint(lake, run_dir: str, step: int, total_steps: int, match: dict, previous, *block_stats) -> int:
     """Runs once every block of checkpoint `step` has returned (its shards are in the lake): write
     state.json, then drop older steps. `previous` (the prior commit's result) chains the commits so
-    states are written in order. Returns step."""
+    states are written in order. Newer steps are kept: blocks of a later checkpoint may already
+    have written their shards (the chain only orders the commits), and deleting them made the next
+    commit name files that were gone. Returns step."""
     lake = Lake(lake)
     lake.write_json(f"{run_dir}/state.json", {"step": int(step), "total_steps": int(total_steps), "match": match,
                                               "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     old = {rel[len(run_dir) + 1:].split("/", 1)[0] for rel in lake.list_files(run_dir)}
     for seg in sorted(old):
-        if seg.startswith("step=") and int(seg[5:]) != int(step):
+        if seg.startswith("step=") and int(seg[5:]) < int(step):
             lake.delete(f"{run_dir}/{seg}", recursive=True)
     return int(step)
