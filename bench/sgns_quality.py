@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,19 @@ def main() -> None:
     for seed in args.seeds:
         if args.gensim:
             g, gw, gX = bench_corpus.run_gensim(sent_path, args, args.cache, seed)
-            ev, tps = evaluate_words(gw, gX), g["tokens_per_s"]
+            ev, tps, tpc = evaluate_words(gw, gX), g["tokens_per_s"], g["tokens_per_cpu_s"]
             at = {w: i for i, w in enumerate(gw)}          # gensim's rows in our word order: the same index
             same = evaluate_words(words, gX[[at[w] for w in words]], counts=counts)
         else:
+            c0 = time.process_time()
             W, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
                                   negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
                                   threads=args.threads, init=text_init(len(words), args.dim, seed),
                                   **json.loads(args.kw))
+            tpc = len(tokens) * args.epochs / (time.process_time() - c0)
             ev, tps = evaluate_words(words, W, counts=counts), len(tokens) * args.epochs / st["seconds"]
         row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed, "tokens_per_s": round(tps),
+               "tokens_per_cpu_s": round(tpc),
                "ws353": round(ev["wordsim353"]["spearman"], 4), "simlex": round(ev["simlex999"]["spearman"], 4),
                "analogy": round(ev["analogy"]["accuracy"], 4)}
         if args.gensim:       # case variants of equal count: our index may pick another variant than gensim's
