@@ -251,3 +251,18 @@ def test_ablation_sequential_window_updates_between_contexts():
     batch, _, _ = train_sgns(tokens, offsets, 400, **kw)
     assert np.abs(seq - pairs).max() < 1e-5
     assert np.abs(seq - batch).max() > 1e-4
+
+
+def test_negatives_scheme_defaults_per_pipeline():
+    """issue 20: embed-corpus defaults to word2vec's per-pair negatives, graphs to the shared window;
+    a corpus run on a kernel without per-pair negatives falls back to the window scheme unless the
+    user asked for pair (then the config refuses it)."""
+    from embedlake.config import CorpusPipelineConfig, PipelineConfig, load_config
+    assert PipelineConfig().train.negatives_per == "window"
+    assert CorpusPipelineConfig().train.negatives_per == "pair"
+    assert load_config(None, ["train.dim=8"], model=CorpusPipelineConfig).train.negatives_per == "pair"
+    torch = load_config(None, ["train.engine=torch"], model=CorpusPipelineConfig)
+    assert torch.train.negatives_per == "window" and torch.train.dim == 100
+    assert load_config(None, ["train.negatives_per=window"], model=CorpusPipelineConfig).train.negatives_per == "window"
+    with pytest.raises(Exception, match="negatives_per=pair"):
+        load_config(None, ["train.engine=torch", "train.negatives_per=pair"], model=CorpusPipelineConfig)
