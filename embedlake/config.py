@@ -146,6 +146,19 @@ class FastRPConfig(Section):
                                                        "D^-1/2 A D^-1/2 (sym) or A (none).")
     standardize: bool = Field(True, description="Standardise output columns (zero mean, unit variance).")
     seed: int = Field(0, description="Projection seed.")
+    projection: Literal["row", "node_id"] = Field("row", description="What keys a node's row of the random "
+                                                  "projection: its dense row id (row), or a hash of its original "
+                                                  "id (node_id: a node keeps its row when others are added or "
+                                                  "removed; needs a set fastrp.density). Incremental FastRP "
+                                                  "runs need node_id.")
+
+    @model_validator(mode="after")
+    def _keyed_projection_pins_density(self) -> "FastRPConfig":
+        """The default density 1/sqrt(n) changes with n, and with it every node's row of R."""
+        if self.projection == "node_id" and self.density is None:
+            raise ValueError("fastrp.projection=node_id needs fastrp.density set (e.g. 0.01): the default "
+                             "1/sqrt(n) changes with the node count, and with it every node's projection")
+        return self
 
 
 class OrbitsConfig(Section):

@@ -1,0 +1,230 @@
+"""Incremental FastRP (issue 18): recompute only the rows whose k-hop neighbourhood changed, with a
+result bit-identical to a full FastRP of the new graph.
+
+Why it can be exact
+- FastRP row i of level k is U_k[i] = row_scale[i] * sum over i's arcs (in CSR order) of
+  w_ij col_scale[j] U_{k-1}[j]; U_0 = diag(deg^beta) R. Propagation reads OUT-neighbours, so a
+  change reaches the rows that point at it: level k must be recomputed on
+      A_1 = C u pred(C),   A_k = C u pred(A_{k-1}),
+  where C are the rows whose arc sequence (neighbour ids, weights, order) differs from the
+  previous version, or that are new (``changed_rows``; a changed degree implies a changed row, so
+  U_0, row and column scales only change on C). Every other row of every level is the previous
+  run's row, bit for bit, because its inputs are the same bits summed in the same order.
+- The random projection must not move with the dense ids: the run uses ``fastrp.projection =
+  "node_id"`` (R's row drawn from a hash of the ORIGINAL id, ``kernels.node_keys``) and a pinned
+  ``fastrp.density`` (the default 1/sqrt(n) changes with n). A full run with these settings is the
+  reference the incremental result equals.
+- Recomputed rows use the same kernels as the full run (``propagate_block`` over the sub-CSR of the
+  rows, reading the whole previous level; ``accumulate_rows`` in level order, as the fused full
+  kernel adds them), so their bits are the full run's too.
+
+What must be kept between runs (``FastRPState``, an internal artifact of the run, lake kind
+`state`): the levels U_1 .. U_{K-1} (a recomputed row of level k reads its neighbours' level k-1,
+changed or not) and ``raw``, the iteration-weighted sum before standardisation (the column
+moments are global: every row of the published table moves when any row does). U_K itself is not
+kept: only raw needs it. Size: K arrays of [n, dim] float32.
+
+Cost: level k costs the arcs of A_k times dim (U_0 is drawn only for the neighbours of A_1), plus
+O(m) integer passes (row comparison, K predecessor sweeps) and O(n dim) copies and one O(n dim)
+standardisation pass (moments, then apply).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, prange
+
+from embedlake.workers.fastrp import kernels as frp
+
+DTYPE = np.float32
+
+
+@dataclass
+class FastRPState:
+    """What an incremental run needs of the previous run, rows in that run's dense order."""
+    levels: list[np.ndarray]       # U_1 .. U_{K-1}, float32 [n, dim] each (K = len(iteration_weights))
+    raw: np.ndarray                # sum_k iteration_weights[k] U_{k+1}, float32 [n, dim], not standardised
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.raw.shape[0])
+
+
+@dataclass
+class FastRPUpdate:
+    """An incremental run's output: the table, the state for the next run, and what it recomputed."""
+    table: np.ndarray
+    state: FastRPState
+    rows_per_level: list[int] = field(default_factory=list)   # |A_k|, k = 1 .. K
+    changed_rows: int = 0                                      # |C|: new rows and rows whose arcs changed
+
+    def info(self) -> dict:
+        n = int(self.table.shape[0])
+        recomputed = self.rows_per_level[-1] if self.rows_per_level else 0
+        return {"incremental": True, "rows": n, "changed_rows": self.changed_rows,
+                "rows_recomputed": recomputed, "rows_per_level": list(self.rows_per_level),
+                "recomputed_fraction": round(recomputed / n, 6) if n else 0.0}
+
+
+def fastrp_with_state(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, row_keys: np.ndarray,
+                      cfg, threads: int = 0) -> tuple[np.ndarray, FastRPState]:
+    """A full FastRP run keyed by node id that also returns the state an incremental run needs.
+
+    The table equals ``kernels.fastrp(..., row_keys=row_keys)`` bit for bit (the same calls, one
+    partition). ``cfg``: a FastRPConfig (dim, weights, beta, density, normalization, standardize, seed)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    n = int(indptr.shape[0] - 1)
+    ws = [float(w) for w in cfg.weights]
+    deg = frp.node_degrees(indptr, weights)
+    R = frp.fastrp_init_sparse(indptr, indices, weights, cfg.dim, beta=cfg.beta, density=cfg.density,
+                               seed=cfg.seed, dtype=DTYPE, degrees=deg, threads=threads, row_keys=row_keys)
+    raw = np.zeros((n, cfg.dim), dtype=DTYPE)
+    U = frp.propagate_sparse_rows(indptr, indices, weights, R, 0, n, normalization=cfg.normalization, degrees=deg,
+                                  threads=threads, accumulate_into=raw, accumulate_weight=ws[0])
+    levels = []
+    for w in ws[1:]:
+        levels.append(U)
+        U = frp.propagate_rows(indptr, indices, weights, U, 0, n, normalization=cfg.normalization, degrees=deg,
+                               threads=threads, accumulate_into=raw, accumulate_weight=w)
+    return standardized(raw, cfg.standardize, threads), FastRPState(levels, raw)
+
+
+def standardized(raw: np.ndarray, standardize: bool, threads: int = 0) -> np.ndarray:
+    """The published table: a copy of raw, standardised per column when asked (the O(n dim) pass)."""
+    X = raw.copy()
+    if standardize:
+        frp.apply_standardize(X, *frp.finalize_moments(frp.column_moments(X, threads=threads)), threads=threads)
+    return X
+
+
+@njit(parallel=True, cache=True)
+def _changed_rows_kernel(old_indptr, old_indices, old_w, new_indptr, new_indices, new_w, has_w, old_index, out):
+    for i in prange(new_indptr.shape[0] - 1):
+        o = old_index[i]
+        if o < 0:
+            out[i] = True
+            continue
+        a, b = new_indptr[i], new_indptr[i + 1]
+        c = old_indptr[o]
+        if b - a != old_indptr[o + 1] - c:
+            out[i] = True
+            continue
+        same = True
+        for p in range(a, b):
+            q = c + p - a
+            if old_index[new_indices[p]] != old_indices[q] or (has_w and new_w[p] != old_w[q]):
+                same = False
+                break
+        out[i] = not same
+
+
+def changed_rows(old_csr: tuple, new_csr: tuple, old_index: np.ndarray) -> np.ndarray:
+    """bool [n_new]: new rows, and rows whose arcs differ from their previous row in neighbour
+    (matched by original id through ``old_index``), weight, or order. Exact, O(m) integer work.
+
+    A graph diff's ``changed`` set (endpoints of changed edges) misses rows whose neighbours were
+    renumbered into another CSR order: their sums would be added in another order, other bits."""
+    old_indptr, old_indices, old_w = (np.asarray(old_csr[0], np.int64), np.asarray(old_csr[1]), old_csr[2])
+    new_indptr, new_indices, new_w = (np.asarray(new_csr[0], np.int64), np.asarray(new_csr[1]), new_csr[2])
+    has_w = old_w is not None or new_w is not None
+    if has_w and (old_w is None or new_w is None):
+        return np.ones(new_indptr.shape[0] - 1, dtype=bool)      # weighted vs unweighted: every row differs
+    empty = np.empty(0, dtype=np.float32)
+    out = np.zeros(new_indptr.shape[0] - 1, dtype=np.bool_)
+    _changed_rows_kernel(old_indptr, old_indices, empty if old_w is None else np.asarray(old_w),
+                         new_indptr, new_indices, empty if new_w is None else np.asarray(new_w), has_w,
+                         np.asarray(old_index, dtype=np.int64), out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _predecessors_kernel(indptr, indices, marked, out):
+    for i in prange(indptr.shape[0] - 1):
+        if out[i]:
+            continue
+        for p in range(indptr[i], indptr[i + 1]):
+            if marked[indices[p]]:
+                out[i] = True
+                break
+
+
+def affected_levels(indptr: np.ndarray, indices: np.ndarray, changed: np.ndarray, levels: int) -> list[np.ndarray]:
+    """[A_1, ..., A_K] (bool [n] each): the rows level k must recompute (module doc), nested A_k in A_{k+1}."""
+    out, prev = [], changed
+    for _ in range(levels):
+        cur = changed.copy()
+        _predecessors_kernel(np.asarray(indptr, np.int64), indices, prev, cur)
+        out.append(cur)
+        prev = cur
+    return out
+
+
+def sub_csr(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, rows: np.ndarray):
+    """(local indptr, indices, weights) of the given rows (ascending), neighbour ids kept global."""
+    starts, stops = indptr[rows], indptr[rows + 1]
+    lens = stops - starts
+    ptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=ptr[1:])
+    arcs = np.repeat(starts - ptr[:-1], lens) + np.arange(int(ptr[-1]), dtype=np.int64)
+    return ptr, indices[arcs], None if weights is None else weights[arcs]
+
+
+def projection_of_columns(num_nodes: int, cols: np.ndarray, deg: np.ndarray, row_keys: np.ndarray, cfg,
+                          threads: int = 0) -> "frp.SparseRows":
+    """U_0 as ``SparseRows`` over all n rows with only ``cols`` (ascending) drawn, the others empty:
+    what a recomputed level-1 row reads, without drawing R for the whole graph."""
+    part = frp.projection_rows_sparse(num_nodes, cols, deg[cols], cfg.dim, beta=cfg.beta, density=cfg.density,
+                                      seed=cfg.seed, dtype=DTYPE, threads=threads, row_keys=row_keys[cols])
+    counts = np.zeros(num_nodes, dtype=np.int64)
+    counts[cols] = np.diff(part.indptr)
+    ptr = np.zeros(num_nodes + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return frp.SparseRows(ptr, part.cols, part.vals, part.dim)
+
+
+def carried_rows(old: np.ndarray, old_index: np.ndarray) -> np.ndarray:
+    """[n_new, dim]: the previous rows moved to the new dense ids (new rows left uninitialised)."""
+    out = np.empty((old_index.shape[0], old.shape[1]), dtype=old.dtype)
+    keep = old_index >= 0
+    out[keep] = old[old_index[keep]]
+    return out
+
+
+def fastrp_incremental(new_csr: tuple, row_keys: np.ndarray, old_csr: tuple, old_index: np.ndarray,
+                       state: FastRPState, cfg, threads: int = 0) -> FastRPUpdate:
+    """The new graph's FastRP table from the previous run's state, recomputing A_k on level k only.
+
+    new_csr / old_csr: (indptr, indices, weights) of the two versions; row_keys: ``node_keys`` of the
+    new version's node ids; old_index: each new row's row in the old version or -1 (GraphDiff.old_index).
+    Equal bit for bit to ``fastrp_with_state`` on the new graph (table and state)."""
+    indptr, indices, weights = np.asarray(new_csr[0], np.int64), np.asarray(new_csr[1]), new_csr[2]
+    n, ws = int(indptr.shape[0] - 1), [float(w) for w in cfg.weights]
+    if len(state.levels) != len(ws) - 1 or state.raw.shape != (int(np.asarray(old_csr[0]).shape[0] - 1), cfg.dim):
+        raise ValueError(f"the previous FastRP state has {len(state.levels)} levels of {state.raw.shape}; this run "
+                         f"needs {len(ws) - 1} of [{int(np.asarray(old_csr[0]).shape[0] - 1)}, {cfg.dim}]")
+    changed = changed_rows(old_csr, (indptr, indices, weights), old_index)
+    sets = affected_levels(indptr, indices, changed, len(ws))
+    deg = frp.node_degrees(indptr, weights)
+    row_scale, col_scale = frp.normalization_scales(cfg.normalization, deg, DTYPE)
+    levels = [carried_rows(U, old_index) for U in state.levels]
+    final_rows = np.flatnonzero(sets[-1])
+    raw_rows = np.zeros((final_rows.shape[0], cfg.dim), dtype=DTYPE)
+    prev = None
+    for k, mask in enumerate(sets):
+        rows = np.flatnonzero(mask)
+        ptr, idx, w = sub_csr(indptr, indices, weights, rows)
+        block = projection_of_columns(n, np.unique(idx), deg, row_keys, cfg, threads) if k == 0 else prev
+        U_rows = frp.propagate_block(ptr, idx, w, block, 0, np.empty((rows.shape[0], cfg.dim), DTYPE), fresh=True,
+                                     finish=True, row_scale=None if row_scale is None else row_scale[rows],
+                                     col_scale=col_scale, threads=threads)
+        if k < len(levels):
+            levels[k][rows] = U_rows
+            prev = levels[k]
+            frp.accumulate_rows(raw_rows, levels[k][final_rows], ws[k], threads=threads)
+        else:
+            frp.accumulate_rows(raw_rows, U_rows, ws[k], threads=threads)   # rows == final_rows at the last level
+    raw = carried_rows(state.raw, old_index)
+    raw[final_rows] = raw_rows
+    table = standardized(raw, cfg.standardize, threads)
+    return FastRPUpdate(table, FastRPState(levels, raw), [int(m.sum()) for m in sets], int(changed.sum()))
