@@ -15,6 +15,8 @@ Layout (root = a local folder or s3://bucket/prefix):
     <root>/graphs/<dataset>/<version>/...                 ingested CSR + node-id map (content-addressed)
     <root>/checkpoints/<dataset>/<method>/run_id=<id>/    stage checkpoints of a run in progress
     <root>/tokens/<dataset>/<method>/run_id=<id>/         token-id shards + vocabulary of a corpus run
+    <root>/state/<dataset>/<method>/run_id=<id>/          what the next incremental run starts from
+                                                          (FastRP levels; kept while the run is in history)
     <root>/reports/<dataset>/<method>/run_id=<id>/        report.md, quality.png, alignment rotation
     <root>/_claims/<dataset>/<method>/<run_id>.claim      a writer's reservation of a run id
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:       # pyarrow is imported where a table is made or read: a R
     import pyarrow as pa    # holds a Lake (checkpoints, claims) does not load it (docs/scaling.md, 9)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens")
+KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens", "state")
 TABLE_KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics")   # their Parquet files form Delta tables
 HOME_KINDS = ("embeddings", "tables", "walks")                   # where a run's own table lives, in order
 RECORD_VERSION = 2
@@ -564,7 +566,7 @@ class Lake:
                     keep.update(e["path"] for e in entries)
         return keep
 
-    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints")) -> list[str]:
+    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints", "state")) -> list[str]:
         """Internal files no committed run names: leftovers of failed or killed runs (the Delta
         tables' own leftovers are found by `vacuum`)."""
         keep = self.committed_paths()

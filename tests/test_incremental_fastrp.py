@@ -119,3 +119,54 @@ def test_keyed_projection_follows_the_node_not_the_row():
 def test_keyed_projection_needs_a_pinned_density():
     with pytest.raises(ValueError, match="fastrp.density"):
         FastRPConfig(projection="node_id")
+
+
+# ----------------------------------------------------------------------------- through Prefect + Ray
+def _edges_file(path, edges):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("src\tdst\n" + "".join(f"{a}\t{b}\n" for a, b in edges))
+    return path
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_pipeline_full_then_incremental(tmp_path, shared):
+    """A committed node_id-keyed FastRP run saves its state; the next version's incremental task
+    (tasks/fastrp.fastrp_incremental) gives the full recompute's table and refuses what it must."""
+    import ray
+
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.lake import Lake
+    from embedlake.tasks.fastrp import fastrp_incremental, incremental_refusal
+    from embedlake.tasks.graph import graph_for_run
+    from embedlake.tasks.run import Run
+    from embedlake.workers.graph.store import read_graph
+    edges = np.loadtxt(shared("datasets", "cora") / "edges.tsv", dtype=np.int64, skiprows=1)
+    rng = np.random.default_rng(0)
+    v1 = _edges_file(tmp_path / "v1" / "cora" / "edges.tsv", edges[rng.random(len(edges)) < 0.97])
+    v2 = _edges_file(tmp_path / "v2" / "cora" / "edges.tsv", edges)
+    lake = Lake(str(tmp_path / "lake"))
+    over = [f"lake.uri={lake.uri}", "method=fastrp", "fastrp.dim=32", "fastrp.density=0.1", "lake.dataset=cora",
+            "fastrp.projection=node_id", "eval.reconstruction=false", "eval.train_ratios=[0.5]", "eval.repeats=1"]
+    embed_graph(load_config(None, over + [f"input.edges={v1}", "lake.run_id=v1"]))
+    previous = lake.manifest("cora", "fastrp", "v1")
+    assert [e["path"].rsplit("/", 1)[-1] for e in previous.files["fastrp_state"]] == \
+        ["level-1.npy", "level-2.npy", "level-3.npy", "raw.npy"]
+    cfg = load_config(None, over + [f"input.edges={v2}", "lake.run_id=v2"])
+    assert incremental_refusal(previous, cfg.fastrp) is None
+    assert "fastrp.dim" in incremental_refusal(previous, cfg.fastrp.model_copy(update={"dim": 16}))
+    assert "projection" in incremental_refusal(previous, cfg.fastrp.model_copy(update={"projection": "row"}))
+    old_csr, old_ids, _, _ = read_graph(lake, "cora", previous.extra["graph"]["version"])
+    run = Run.open(cfg, "cora", "fastrp")
+    with run:
+        graph, _ = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
+        new_ids = ray.get(graph.node_ids_ref)
+        old_ref = ray.put((old_csr.indptr, old_csr.indices, old_csr.weights, old_csr.directed))
+        got = fastrp_incremental(run, graph, cfg.fastrp, previous, old_ref, old_index_of(old_ids, new_ids))
+        table = ray.get(got.ref)
+        new_csr = ray.get(graph.csr_ref)
+    full, _ = inc.fastrp_with_state(*new_csr[:3], F.node_keys(new_ids), cfg.fastrp)
+    assert np.array_equal(table, full)
+    assert 0 < got.info["rows_recomputed"] <= len(new_ids) and got.info["changed_rows"] > 0
+    state = inc.load_state(lake, got.files["fastrp_state"], 4, len(new_ids), 32)
+    assert np.array_equal(inc.standardized(state.raw, True), full)

@@ -228,3 +228,61 @@ def fastrp_incremental(new_csr: tuple, row_keys: np.ndarray, old_csr: tuple, old
     raw[final_rows] = raw_rows
     table = standardized(raw, cfg.standardize, threads)
     return FastRPUpdate(table, FastRPState(levels, raw), [int(m.sum()) for m in sets], int(changed.sum()))
+
+
+# ----------------------------------------------------------------------------- the state in the lake
+STATE_FILES = "fastrp_state"            # the run record's files kind naming the state's .npy files
+
+
+def state_dir(dataset: str, method: str, run_id: str) -> str:
+    """The run's FastRP state folder (lake kind `state`: internal, kept while the run is in history)."""
+    from embedlake.lake import Lake
+    return f"{Lake.run_dir('state', dataset, method, run_id)}/fastrp"
+
+
+def save_state(lake, dataset: str, method: str, run_id: str, state: FastRPState) -> list[dict]:
+    """Write level-<k>.npy (k = 1 .. K-1) and raw.npy; returns their file entries (the run record's
+    `fastrp_state` files: `gc` keeps them while a committed run names them)."""
+    from embedlake.lake import Lake
+    lake, base = Lake(lake), state_dir(dataset, method, run_id)
+    entries = [lake.write_npy(f"{base}/level-{k}.npy", U).to_dict() for k, U in enumerate(state.levels, start=1)]
+    return entries + [lake.write_npy(f"{base}/raw.npy", state.raw).to_dict()]
+
+
+def load_state(lake, entries: list[dict], levels: int, rows: int, dim: int) -> FastRPState:
+    """A previous run's state from its `fastrp_state` entries, shape-checked against what it must be."""
+    from embedlake.lake import Lake
+    lake = Lake(lake)
+    by_name = {e["path"].rsplit("/", 1)[-1]: e["path"] for e in entries}
+    names = [f"level-{k}.npy" for k in range(1, levels)] + ["raw.npy"]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"the previous run's FastRP state lacks {', '.join(missing)}")
+    arrays = [lake.read_npy(by_name[n]) for n in names]
+    for n, a in zip(names, arrays):
+        if a.shape != (rows, dim) or a.dtype != DTYPE:
+            raise ValueError(f"{by_name[n]}: {a.dtype} {a.shape}, expected float32 ({rows}, {dim})")
+    return FastRPState(arrays[:-1], arrays[-1])
+
+
+# ----------------------------------------------------------------------------- Ray stage bodies
+def keyed_table_stage(csr: tuple, node_ids: np.ndarray, cfg, lake, dataset: str, method: str, run_id: str,
+                      threads: int = 1) -> tuple[np.ndarray, list[dict]]:
+    """A full FastRP run with fastrp.projection=node_id: the table, and the state saved for the next
+    incremental run (one task: the state is the whole levels, which this task holds anyway)."""
+    table, state = fastrp_with_state(csr[0], csr[1], csr[2], frp.node_keys(node_ids), cfg, threads)
+    return table, save_state(lake, dataset, method, run_id, state)
+
+
+def incremental_stage(csr: tuple, node_ids: np.ndarray, old_csr: tuple, old_index: np.ndarray, cfg, lake,
+                      state_entries: list[dict], dataset: str, method: str, run_id: str,
+                      threads: int = 1) -> tuple[np.ndarray, dict]:
+    """An incremental FastRP run: the previous run's state loaded, the balls recomputed, the new
+    state saved. Returns (table, info: counts and the new state's file entries under "state_files")."""
+    old_rows = int(np.asarray(old_csr[0]).shape[0] - 1)
+    state = load_state(lake, state_entries, len(cfg.weights), old_rows, cfg.dim)
+    up = fastrp_incremental(csr[:3], frp.node_keys(node_ids), old_csr[:3], np.asarray(old_index, np.int64), state,
+                            cfg, threads)
+    info = up.info()
+    info["state_files"] = save_state(lake, dataset, method, run_id, up.state)
+    return up.table, info
