@@ -219,3 +219,28 @@ def propagate_shards(graph: GraphHandle, blocks: list, col_scales: list, row_sca
         new_blocks.append(U)
         new_outs.append(out)
     return new_blocks, new_outs
+
+
+def publish_partial(run: Run, graph: GraphHandle, table_ref, previous: Manifest | None, row_bytes: int,
+                    max_retries: int = 3) -> tuple[list[dict], dict]:
+    """Publish the run's table in the hashed layout (embedlake/lake.py, "partial publish"): one task
+    per partition, each writing its file only when its rows differ from the previous run's file.
+
+    P comes from the previous run's layout when it had one (so unchanged rows find their file),
+    else from lake.HASH_FILE_BYTES. Returns (the run's embeddings file entries, kept ones included,
+    and {files,bytes,rows}_{written,kept}). One graph shard only (one node-id map, one table ref)."""
+    from embedlake import lake as lk
+    if graph.num_shards > 1 or isinstance(table_ref, list):
+        raise ValueError("the hashed (partial) publish needs one graph shard (graph.shards=1)")
+    before = previous.files.get("embeddings", []) if previous is not None else []
+    partitions = lk.layout_partitions(before) or lk.hash_partition_count(graph.num_nodes, row_bytes)
+    old = lk.previous_layout(before)
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    assign = remote(lk.hash_partitions, "publish", **opts).remote(graph.node_ids_ref, partitions)
+    write = remote(lk.publish_hashed_partition, "publish", **opts)
+    refs = [write.remote(run.lake, run.dataset, run.method, run.run_id, p, partitions, assign, graph.node_ids_ref,
+                         table_ref, old.get(p)) for p in range(partitions)]
+    entries, stats = lk.publish_summary(gather(refs, "publish"))
+    stage_logger().info(f"publish: {stats['files_written']} of {partitions} partitions written "
+                        f"({stats['bytes_written']:,} bytes), {stats['files_kept']} kept from the previous run")
+    return entries, stats

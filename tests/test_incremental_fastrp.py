@@ -137,7 +137,8 @@ def test_pipeline_full_then_incremental(tmp_path, shared):
     from embedlake.config import load_config
     from embedlake.flows.embed_graph import embed_graph
     from embedlake.lake import Lake
-    from embedlake.tasks.fastrp import fastrp_incremental, incremental_refusal
+    from embedlake.lake import Manifest
+    from embedlake.tasks.fastrp import fastrp_incremental, incremental_refusal, publish_partial
     from embedlake.tasks.graph import graph_for_run
     from embedlake.tasks.run import Run
     from embedlake.workers.graph.store import read_graph
@@ -165,6 +166,13 @@ def test_pipeline_full_then_incremental(tmp_path, shared):
         got = fastrp_incremental(run, graph, cfg.fastrp, previous, old_ref, old_index_of(old_ids, new_ids))
         table = ray.get(got.ref)
         new_csr = ray.get(graph.csr_ref)
+        # the hashed publish: v1 used row-range files, so every partition is written; the same table
+        # published again over those files writes none
+        entries, stats = publish_partial(run, graph, got.ref, previous, row_bytes=4 * 32 + 16)
+        assert stats["files_kept"] == 0 and sum(e["rows"] for e in entries) == len(new_ids)
+        again = Manifest("cora", "fastrp", "v2", files={"embeddings": entries})
+        _, stats2 = publish_partial(run, graph, got.ref, again, row_bytes=4 * 32 + 16)
+        assert stats2["files_written"] == 0 and stats2["files_kept"] == stats["files_written"] >= 1
     full, _ = inc.fastrp_with_state(*new_csr[:3], F.node_keys(new_ids), cfg.fastrp)
     assert np.array_equal(table, full)
     assert 0 < got.info["rows_recomputed"] <= len(new_ids) and got.info["changed_rows"] > 0
