@@ -455,6 +455,11 @@ class VocabConfig(Section):
     min_count: int = Field(5, ge=1, description="Words seen fewer times are dropped from sentences.")
     max_vocab: int | None = Field(None, ge=1, description="Keep at most this many most frequent words "
                                   "(ties broken by the word), None = no cap.")
+    update: bool = Field(False, description="Append mode (gensim build_vocab(update=True) + train): the input is "
+                         "NEW text for the latest committed run of this dataset and method. Old words keep their "
+                         "rows and add their new counts; new words (min_count in the new text) get rows after "
+                         "them; training runs on the new text only, from the previous run's vectors. Needs "
+                         "train.table=full and train.workers=1 (the run that saves its output vectors).")
 
 
 class WordEvalConfig(Section):
@@ -499,6 +504,9 @@ class CorpusPipelineConfig(Section):
     def _learned_table_rules(self) -> "CorpusPipelineConfig":
         """embed-corpus -p train.table=...: refuse at load what the vocabulary path cannot honour."""
         t = self.train.table
+        if self.vocab.update and (t != "full" or self.train.workers > 1):
+            raise ValueError("vocab.update=true continues a full word table trained on one worker: set "
+                             "train.table=full and train.workers=1")
         if t == "full":
             return self
         if not _one_numba_worker(self.train):
