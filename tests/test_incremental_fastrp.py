@@ -45,7 +45,8 @@ CFG = FastRPConfig(dim=32, weights=[0.5, 1.0, 2.0, 4.0], density=0.2, projection
 
 @pytest.mark.parametrize("directed,weighted,normalization,standardize", [
     (False, False, "row", True), (True, True, "sym", True), (True, False, "none", False)])
-def test_incremental_equals_full_recompute(directed, weighted, normalization, standardize):
+def test_incremental_equals_full_recompute(directed, weighted, normalization, standardize, monkeypatch):
+    monkeypatch.setattr(inc, "FULL_SHARE", 1.0)        # the ball path even where the balls cover most rows
     cfg = CFG.model_copy(update={"normalization": normalization, "standardize": standardize})
     (ids1, g1), (ids2, g2) = two_versions(directed=directed, weighted=weighted)
     _, state1 = inc.fastrp_with_state(*g1, F.node_keys(ids1), cfg)
@@ -59,7 +60,17 @@ def test_incremental_equals_full_recompute(directed, weighted, normalization, st
     assert np.array_equal(up.state.raw, state2.raw)
     assert all(np.array_equal(a, b) for a, b in zip(up.state.levels, state2.levels))
     assert up.rows_per_level == sorted(up.rows_per_level)          # nested balls A_1 in A_2 ...
-    assert 0 < up.changed_rows <= up.rows_per_level[0]
+    assert 0 < up.changed_rows <= up.rows_per_level[0] and not up.recomputed_all
+
+
+def test_large_balls_recompute_everything_with_the_same_bits():
+    """Balls over FULL_SHARE of the rows: the whole graph is recomputed (cheaper), same result and state."""
+    (ids1, g1), (ids2, g2) = two_versions(keep=0.8)
+    _, state1 = inc.fastrp_with_state(*g1, F.node_keys(ids1), CFG)
+    up = inc.fastrp_incremental(g2, F.node_keys(ids2), g1, old_index_of(ids1, ids2), state1, CFG)
+    full, state2 = inc.fastrp_with_state(*g2, F.node_keys(ids2), CFG)
+    assert up.recomputed_all and up.info()["rows_recomputed"] == len(ids2) > 0.5 * len(ids2) < up.rows_per_level[-1]
+    assert np.array_equal(up.table, full) and np.array_equal(up.state.raw, state2.raw)
 
 
 def test_a_small_change_recomputes_only_its_ball():
@@ -79,7 +90,8 @@ def test_a_small_change_recomputes_only_its_ball():
     assert up.info()["rows_recomputed"] == 18
 
 
-def test_chained_updates_and_no_change():
+def test_chained_updates_and_no_change(monkeypatch):
+    monkeypatch.setattr(inc, "FULL_SHARE", 1.0)
     """Two successive incremental runs stay equal to full runs; an unchanged graph recomputes nothing."""
     (ids1, g1), (ids3, g3) = two_versions(keep=0.9, new_nodes=10, seed=3)
     (ids2, g2), _ = two_versions(keep=0.95, new_nodes=5, seed=3)

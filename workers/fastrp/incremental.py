@@ -38,6 +38,8 @@ from numba import njit, prange
 from embedlake.workers.fastrp import kernels as frp
 
 DTYPE = np.float32
+FULL_SHARE = 0.5      # above this share of rows in the last ball, the whole graph is recomputed (same bits,
+                      # less overhead: the balls' sub-CSR gathers and row copies cost more than they save)
 
 
 @dataclass
@@ -58,11 +60,13 @@ class FastRPUpdate:
     state: FastRPState
     rows_per_level: list[int] = field(default_factory=list)   # |A_k|, k = 1 .. K
     changed_rows: int = 0                                      # |C|: new rows and rows whose arcs changed
+    recomputed_all: bool = False                               # the balls held > FULL_SHARE of the rows
 
     def info(self) -> dict:
         n = int(self.table.shape[0])
-        recomputed = self.rows_per_level[-1] if self.rows_per_level else 0
-        return {"incremental": True, "rows": n, "changed_rows": self.changed_rows,
+        recomputed = n if self.recomputed_all else (self.rows_per_level[-1] if self.rows_per_level else 0)
+        return {"incremental": True, "recomputed_all": self.recomputed_all, "rows": n,
+                "changed_rows": self.changed_rows,
                 "rows_recomputed": recomputed, "rows_per_level": list(self.rows_per_level),
                 "recomputed_fraction": round(recomputed / n, 6) if n else 0.0}
 
@@ -205,6 +209,9 @@ def fastrp_incremental(new_csr: tuple, row_keys: np.ndarray, old_csr: tuple, old
                          f"needs {len(ws) - 1} of [{int(np.asarray(old_csr[0]).shape[0] - 1)}, {cfg.dim}]")
     changed = changed_rows(old_csr, (indptr, indices, weights), old_index)
     sets = affected_levels(indptr, indices, changed, len(ws))
+    if sets[-1].sum() > FULL_SHARE * n:
+        table, new_state = fastrp_with_state(indptr, indices, weights, row_keys, cfg, threads)
+        return FastRPUpdate(table, new_state, [int(m.sum()) for m in sets], int(changed.sum()), recomputed_all=True)
     deg = frp.node_degrees(indptr, weights)
     row_scale, col_scale = frp.normalization_scales(cfg.normalization, deg, DTYPE)
     levels = [carried_rows(U, old_index) for U in state.levels]

@@ -1,0 +1,94 @@
+"""Incremental FastRP and partial publish vs a full recompute (issue 18, docs/incremental_fastrp.md).
+
+Version 1 holds a random share (95 % or 99 %) of a graph's edges, version 2 all of them. For each:
+full FastRP of version 2 (node_id-keyed, the state-keeping driver) vs the incremental update from
+version 1's state (checked bit-identical), rows recomputed, and the bytes a hashed publish writes
+for version 2 after version 1's, vs a full publish. Best of --repeats, in this process.
+
+    .venv/bin/python bench/bench_incremental_fastrp.py [--dataset blogcatalog] [--dim 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedlake.config import FastRPConfig
+from embedlake.lake import Lake, hash_partition_count, hash_partitions, previous_layout, publish_hashed_partition, \
+    publish_summary
+from embedlake.workers.fastrp import incremental as inc
+from embedlake.workers.fastrp import kernels as F
+from embedlake.workers.graph.csr import build_csr
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def version(edges: np.ndarray):
+    ids = np.unique(edges)
+    g = build_csr(np.searchsorted(ids, edges[:, 0]), np.searchsorted(ids, edges[:, 1]), len(ids))
+    return ids, (g.indptr, g.indices, g.weights)
+
+
+def best(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def publish(lake: Lake, run_id: str, ids, X, previous: list[dict], partitions: int):
+    old = previous_layout(previous)
+    assign = hash_partitions(ids, partitions)
+    return publish_summary([publish_hashed_partition(lake, "bench", "fastrp", run_id, p, partitions, assign, ids, X,
+                                                     old.get(p)) for p in range(partitions)])
+
+
+def one_case(edges, keep: float, cfg: FastRPConfig, repeats: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    (ids1, g1), (ids2, g2) = version(edges[rng.random(len(edges)) < keep]), version(edges)
+    pos = np.minimum(np.searchsorted(ids1, ids2), len(ids1) - 1)
+    old_index = np.where(ids1[pos] == ids2, pos, -1).astype(np.int64)
+    keys1, keys2 = F.node_keys(ids1), F.node_keys(ids2)
+    X1, state1 = inc.fastrp_with_state(*g1, keys1, cfg)
+    t_full, (full, _) = best(lambda: inc.fastrp_with_state(*g2, keys2, cfg), repeats)
+    t_inc, up = best(lambda: inc.fastrp_incremental(g2, keys2, g1, old_index, state1, cfg), repeats)
+    assert np.array_equal(up.table, full), "incremental != full recompute"
+    P = hash_partition_count(len(ids2), 4 * cfg.dim + 16)
+    with tempfile.TemporaryDirectory() as d:
+        lake = Lake(d)
+        first, _ = publish(lake, "v1", ids1, X1, [], P)
+        _, partial = publish(lake, "v2", ids2, up.table, first, P)
+        _, whole = publish(lake, "v2full", ids2, full, [], P)
+    return {"keep": keep, "nodes": len(ids2), "changed_edges": None,
+            "full_s": round(t_full, 3), "incremental_s": round(t_inc, 3), "time_ratio": round(t_inc / t_full, 3),
+            **up.info(), "partitions": P, "bytes_written": partial["bytes_written"],
+            "bytes_full_publish": whole["bytes_written"], "files_written": partial["files_written"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="blogcatalog")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--density", type=float, default=0.01)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep", type=float, nargs="+", default=[0.95, 0.99])
+    ap.add_argument("--standardize", choices=["true", "false", "both"], default="both")
+    args = ap.parse_args()
+    edges = np.loadtxt(SHARED / args.dataset / "edges.tsv", dtype=np.int64, skiprows=1)
+    flags = {"true": [True], "false": [False], "both": [True, False]}[args.standardize]
+    for std in flags:
+        cfg = FastRPConfig(dim=args.dim, density=args.density, projection="node_id", standardize=std)
+        for keep in args.keep:
+            row = one_case(edges, keep, cfg, args.repeats)
+            row.pop("changed_edges")
+            print(json.dumps({"dataset": args.dataset, "dim": args.dim, "standardize": std, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
