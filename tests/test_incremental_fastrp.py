@@ -50,7 +50,7 @@ def test_incremental_equals_full_recompute(directed, weighted, normalization, st
     cfg = CFG.model_copy(update={"normalization": normalization, "standardize": standardize})
     (ids1, g1), (ids2, g2) = two_versions(directed=directed, weighted=weighted)
     _, state1 = inc.fastrp_with_state(*g1, F.node_keys(ids1), cfg)
-    up = inc.fastrp_incremental(g2, F.node_keys(ids2), g1, old_index_of(ids1, ids2), state1, cfg)
+    up = inc.fastrp_incremental(g2, F.node_keys(ids2), g1, old_index_of(ids1, ids2), state1, cfg, directed=directed)
     full, state2 = inc.fastrp_with_state(*g2, F.node_keys(ids2), cfg)
     reference = F.fastrp(*g2, dim=cfg.dim, iteration_weights=cfg.weights, beta=cfg.beta, density=cfg.density,
                          normalization=normalization, standardize=standardize, seed=cfg.seed,
@@ -190,3 +190,20 @@ def test_pipeline_full_then_incremental(tmp_path, shared):
     assert 0 < got.info["rows_recomputed"] <= len(new_ids) and got.info["changed_rows"] > 0
     state = inc.load_state(lake, got.files["fastrp_state"], 4, len(new_ids), 32)
     assert np.array_equal(inc.standardized(state.raw, True), full)
+
+
+def test_affected_levels_match_their_definition():
+    """A_k = C u pred(A_{k-1}) by brute force (every arc, every level) on a directed graph."""
+    (_, (indptr, indices, _)), _ = two_versions(n=300, m=700, directed=True)
+    n = len(indptr) - 1
+    changed = np.zeros(n, dtype=bool)
+    changed[[3, 50, 51]] = True
+    src = np.repeat(np.arange(n), np.diff(indptr))
+    want, prev = [], changed
+    for _ in range(4):
+        cur = changed.copy()
+        cur[src[prev[indices]]] = True
+        want.append(cur)
+        prev = cur
+    got = inc.affected_levels(indptr, indices, changed, 4, directed=True)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and want[0].sum() < want[-1].sum()

@@ -25,8 +25,12 @@ moments are global: every row of the published table moves when any row does). U
 kept: only raw needs it. Size: K arrays of [n, dim] float32.
 
 Cost: level k costs the arcs of A_k times dim (U_0 is drawn only for the neighbours of A_1), plus
-O(m) integer passes (row comparison, K predecessor sweeps) and O(n dim) copies and one O(n dim)
-standardisation pass (moments, then apply).
+O(m) integer passes (row comparison, K predecessor sweeps) and one O(n dim) pass for the published
+table (a copy of raw, standardised: moments, then apply). When only edges changed (every node keeps
+its dense id) the state is updated in place; when nodes were added or removed, each state array is
+first moved to the new dense ids (K more O(n dim) copies). When the balls hold more than FULL_SHARE
+of a full run's work (small-world graphs: 4 hops from a few hundred changed edges reach most
+nodes), the whole graph is recomputed instead: the same bits, less overhead.
 """
 from __future__ import annotations
 
@@ -38,8 +42,8 @@ from numba import njit, prange
 from embedlake.workers.fastrp import kernels as frp
 
 DTYPE = np.float32
-FULL_SHARE = 0.5      # above this share of rows in the last ball, the whole graph is recomputed (same bits,
-                      # less overhead: the balls' sub-CSR gathers and row copies cost more than they save)
+FULL_SHARE = 0.5      # when the balls' arcs exceed this share of a full run's (K m), the whole graph is
+                      # recomputed (same bits, less overhead: sub-CSR gathers and scattered row writes)
 
 
 @dataclass
@@ -142,25 +146,33 @@ def changed_rows(old_csr: tuple, new_csr: tuple, old_index: np.ndarray) -> np.nd
     return out
 
 
-@njit(parallel=True, cache=True)
-def _predecessors_kernel(indptr, indices, marked, out):
-    for i in prange(indptr.shape[0] - 1):
-        if out[i]:
-            continue
-        for p in range(indptr[i], indptr[i + 1]):
-            if marked[indices[p]]:
-                out[i] = True
-                break
+def predecessor_csr(indptr: np.ndarray, indices: np.ndarray, directed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) listing each row's predecessors (rows with an arc into it): the CSR itself
+    for an undirected (symmetric) graph, else its transpose (O(m), once)."""
+    if not directed:
+        return indptr, indices
+    n = indptr.shape[0] - 1
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(indices, minlength=n), out=ptr[1:])
+    return ptr, src[np.argsort(indices, kind="stable")]
 
 
-def affected_levels(indptr: np.ndarray, indices: np.ndarray, changed: np.ndarray, levels: int) -> list[np.ndarray]:
-    """[A_1, ..., A_K] (bool [n] each): the rows level k must recompute (module doc), nested A_k in A_{k+1}."""
-    out, prev = [], changed
+def affected_levels(indptr: np.ndarray, indices: np.ndarray, changed: np.ndarray, levels: int,
+                    directed: bool = True) -> list[np.ndarray]:
+    """[A_1, ..., A_K] (bool [n] each): the rows level k must recompute (module doc), nested.
+
+    A_k = A_{k-1} u pred(A_{k-1} minus A_{k-2}) (A_0 = C, A_{-1} empty): only the newest rows'
+    predecessors are looked up, so the work is the balls' arcs, not K passes over the graph."""
+    pred_ptr, pred_idx = predecessor_csr(np.asarray(indptr, np.int64), np.asarray(indices), directed)
+    out, cur, frontier = [], changed.copy(), np.flatnonzero(changed)
     for _ in range(levels):
-        cur = changed.copy()
-        _predecessors_kernel(np.asarray(indptr, np.int64), indices, prev, cur)
+        cur = cur.copy()
+        reached = sub_csr(pred_ptr, pred_idx, None, frontier)[1]
+        fresh = np.unique(reached[~cur[reached]])
+        cur[fresh] = True
         out.append(cur)
-        prev = cur
+        frontier = fresh
     return out
 
 
@@ -187,8 +199,16 @@ def projection_of_columns(num_nodes: int, cols: np.ndarray, deg: np.ndarray, row
     return frp.SparseRows(ptr, part.cols, part.vals, part.dim)
 
 
+def same_rows(old_index: np.ndarray, old_rows: int) -> bool:
+    """Whether every row keeps its dense id (only edges changed): the state is updated in place."""
+    return old_index.shape[0] == old_rows and bool((old_index == np.arange(old_rows)).all())
+
+
 def carried_rows(old: np.ndarray, old_index: np.ndarray) -> np.ndarray:
-    """[n_new, dim]: the previous rows moved to the new dense ids (new rows left uninitialised)."""
+    """[n_new, dim]: the previous rows moved to the new dense ids (new rows left uninitialised); the
+    previous array itself when no row moved (it is this run's to update: loaded from the lake)."""
+    if same_rows(old_index, old.shape[0]):
+        return old
     out = np.empty((old_index.shape[0], old.shape[1]), dtype=old.dtype)
     keep = old_index >= 0
     out[keep] = old[old_index[keep]]
@@ -196,20 +216,23 @@ def carried_rows(old: np.ndarray, old_index: np.ndarray) -> np.ndarray:
 
 
 def fastrp_incremental(new_csr: tuple, row_keys: np.ndarray, old_csr: tuple, old_index: np.ndarray,
-                       state: FastRPState, cfg, threads: int = 0) -> FastRPUpdate:
+                       state: FastRPState, cfg, threads: int = 0, directed: bool = True) -> FastRPUpdate:
     """The new graph's FastRP table from the previous run's state, recomputing A_k on level k only.
 
     new_csr / old_csr: (indptr, indices, weights) of the two versions; row_keys: ``node_keys`` of the
-    new version's node ids; old_index: each new row's row in the old version or -1 (GraphDiff.old_index).
-    Equal bit for bit to ``fastrp_with_state`` on the new graph (table and state)."""
+    new version's node ids; old_index: each new row's row in the old version or -1 (GraphDiff.old_index);
+    directed: False lets the balls grow over the (symmetric) CSR itself instead of its transpose.
+    Equal bit for bit to ``fastrp_with_state`` on the new graph (table and state). ``state``'s arrays
+    are updated in place when no row moved (``same_rows``): pass arrays this call may own."""
     indptr, indices, weights = np.asarray(new_csr[0], np.int64), np.asarray(new_csr[1]), new_csr[2]
     n, ws = int(indptr.shape[0] - 1), [float(w) for w in cfg.weights]
     if len(state.levels) != len(ws) - 1 or state.raw.shape != (int(np.asarray(old_csr[0]).shape[0] - 1), cfg.dim):
         raise ValueError(f"the previous FastRP state has {len(state.levels)} levels of {state.raw.shape}; this run "
                          f"needs {len(ws) - 1} of [{int(np.asarray(old_csr[0]).shape[0] - 1)}, {cfg.dim}]")
     changed = changed_rows(old_csr, (indptr, indices, weights), old_index)
-    sets = affected_levels(indptr, indices, changed, len(ws))
-    if sets[-1].sum() > FULL_SHARE * n:
+    sets = affected_levels(indptr, indices, changed, len(ws), directed)
+    ball_arcs = sum(int(np.diff(indptr)[m].sum()) for m in sets)
+    if ball_arcs + sum(int(m.sum()) for m in sets) > FULL_SHARE * len(ws) * (indptr[-1] + n):
         table, new_state = fastrp_with_state(indptr, indices, weights, row_keys, cfg, threads)
         return FastRPUpdate(table, new_state, [int(m.sum()) for m in sets], int(changed.sum()), recomputed_all=True)
     deg = frp.node_degrees(indptr, weights)
@@ -289,7 +312,7 @@ def incremental_stage(csr: tuple, node_ids: np.ndarray, old_csr: tuple, old_inde
     old_rows = int(np.asarray(old_csr[0]).shape[0] - 1)
     state = load_state(lake, state_entries, len(cfg.weights), old_rows, cfg.dim)
     up = fastrp_incremental(csr[:3], frp.node_keys(node_ids), old_csr[:3], np.asarray(old_index, np.int64), state,
-                            cfg, threads)
+                            cfg, threads, directed=bool(csr[3]))
     info = up.info()
     info["state_files"] = save_state(lake, dataset, method, run_id, up.state)
     return up.table, info
