@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def speed(args) -> None:
     for rnd in range(args.rounds):
         for th in args.thread_counts:
             args.threads = th
-            g, _, _ = bench_corpus.run_gensim(sent_path, args, args.cache, 0)
+            g, _, _ = bench_corpus.run_gensim(sent_path, args, tempfile.mkdtemp(prefix="sgns_speed_"), 0)
             print(json.dumps({"round": rnd, "threads": th, "variant": "gensim",
                               "tokens_per_s": round(g["tokens_per_s"]), "tokens_per_cpu_s": round(g["tokens_per_cpu_s"])}),
                   flush=True)
@@ -114,10 +115,11 @@ def quality(args) -> None:
     from embedlake.workers.evaluate.words import evaluate_words
     from embedlake.workers.train.skipgram import train_sgns
     words, counts, tokens, offsets, sent_path = tokenised(args)
+    out_dir = tempfile.mkdtemp(prefix="sgns_quality_")    # per run: two runs at once never share gensim's output
     rows = []
     for seed in args.seeds:
         if args.gensim:
-            g, gw, gX = bench_corpus.run_gensim(sent_path, args, args.cache, seed)
+            g, gw, gX = bench_corpus.run_gensim(sent_path, args, out_dir, seed)
             ev, tps, tpc = evaluate_words(gw, gX), g["tokens_per_s"], g["tokens_per_cpu_s"]
             at = {w: i for i, w in enumerate(gw)}          # gensim's rows in our word order: the same index
             same = evaluate_words(words, gX[[at[w] for w in words]], counts=counts)
