@@ -153,6 +153,26 @@ def test_node_classification_output_format_and_single_label_argmax():
         classify.node_classification(X, np.array([0, 500]), np.array([0, 1]))
 
 
+def test_two_class_single_label_fits_one_column_and_negates_it():
+    """A two-class single-label problem is fitted once (label 1's solution is label 0's negated):
+    the weights equal the joint fit of both columns within the solver's tolerance, and the F1
+    are the joint fit's."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(600) < 0.35).astype(np.int64)
+    X = rng.standard_normal((600, 12)) + 0.8 * y[:, None] * rng.standard_normal(12)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    _, _, Y = label_matrix(np.arange(600), y)
+    assert Y.shape[1] == 2
+    mi, ma, W = classify.classify_split(X[:400], Y[:400], X[400:], Y[400:], multilabel=False, tol=1e-10,
+                                        return_weights=True)
+    joint = classify.fit_logreg_ovr(X[:400], Y[:400], tol=1e-10)
+    np.testing.assert_allclose(W, joint, atol=1e-7)
+    np.testing.assert_array_equal(W[:, 1], -W[:, 0])
+    scores = classify.decision_scores(X[400:], joint)
+    want = f1_scores(Y[400:], predict_top_k(scores, np.ones(200, dtype=np.int64)))
+    assert (mi, ma) == want
+
+
 # ---------------------------------------------------------------------------------------------
 # link prediction
 # ---------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def _margins_loss(Xa, S, W, C):
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
                    tol: float = 1e-6, max_iter: int = 50, max_cg: int = 100,
-                   spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None) -> np.ndarray:
+                   spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
+                   design: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Fit one binary L2 logistic regression per column of ``Y`` (n x L, 0/1), all at once.
 
     Minimises, independently per label l, ``0.5 |w_l|^2 + C sum_i log(1 + exp(-s_il x_i.w_l))``
@@ -72,16 +73,20 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     ``start``: W to start from (e.g. the solution of a smaller training set of the same
     labels: a warm start, fewer Newton steps). The stopping rule stays relative to the gradient
     norm at W = 0 (one product), so a warm start stops at the same accuracy as a cold one.
+
+    ``design``: (Xa, Xh), the design [X, 1] (or X) in float64 and float32, when the caller has
+    them (`RepeatDesign`: one per repeat, its splits are prefixes); X is then not read.
     """
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    Xa = np.hstack([X, np.ones((n, 1))]) if fit_intercept else X
+    if design is None:
+        X = np.asarray(X, dtype=np.float64)
+        Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
+    n = (design[0] if design is not None else Xa).shape[0]
+    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products only
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
     W = np.zeros((Xa.shape[1], L)) if start is None else np.array(start, dtype=np.float64)
     lam, Q = spectrum if spectrum is not None else np.linalg.eigh(Xa.T @ Xa)   # shared by every label
     lam = np.maximum(lam, 0.0)
-    Xh = Xa.astype(np.float32)                     # Hessian products only (see _newton_direction)
     Mall = np.zeros((n, L)) if start is None else S * (Xa @ W)     # margins at the current W
     g0 = None if start is None else np.linalg.norm(0.5 * C * (Xa.T @ S), axis=0)   # |gradient| at W = 0
     active = np.arange(L)
@@ -240,7 +245,7 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarra
 
 def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
                    spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
-                   return_weights: bool = False):
+                   return_weights: bool = False, design: tuple[np.ndarray, np.ndarray] | None = None):
     """Train on one split and return (micro, macro) F1 on the test part.
 
     Labels with no positive training node are never predicted (scikit-learn's one-vs-rest
@@ -249,21 +254,39 @@ def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol:
     ``spectrum`` go to ``fit_logreg_ovr``. ``start``: a (d + 1, labels) warm start (columns of
     labels not fitted are ignored); ``return_weights`` adds the fitted (d + 1, labels) W (zero
     columns for labels not fitted) to the result, to warm-start a larger split of the same repeat.
+    ``design``: the training rows' design, see ``fit_logreg_ovr``.
     """
     pos = Ytr.sum(0)
     fit_cols = np.flatnonzero((pos > 0) & (pos < Ytr.shape[0]))
     scores = np.full((Xte.shape[0], Ytr.shape[1]), -np.inf)
     scores[:, pos == Ytr.shape[0]] = np.inf
-    W_all = np.zeros((Xtr.shape[1] + 1, Ytr.shape[1]))
+    W_all = np.zeros((Xte.shape[1] + 1, Ytr.shape[1]))
     if fit_cols.size:
-        W = fit_logreg_ovr(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
-                           start=None if start is None else start[:, fit_cols])
+        W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
+                         start=None if start is None else start[:, fit_cols], design=design)
         scores[:, fit_cols] = decision_scores(Xte, W)
         W_all[:, fit_cols] = W
     k = Yte.sum(1) if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
     f1 = f1_scores(Yte, predict_top_k(scores, k))
     return (*f1, W_all) if return_weights else f1
+
+
+def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design):
+    """``fit_logreg_ovr`` of the columns of Y; two complementary columns (a two-class
+    single-label problem: every training node has exactly one of them) are fitted once.
+
+    Why: label 1's problem is label 0's with every sign flipped (s -> -s), so its minimiser is
+    exactly -w_0 (the intercept is a regularised feature like the others, so nothing breaks the
+    symmetry) and the solver's iterates are the negated ones step for step: the second fit is
+    the first one's negation, and fitting it costs as much again (github_social: half the CPU
+    of node classification)."""
+    Yb = np.asarray(Y, dtype=bool)
+    if Yb.shape[1] == 2 and np.array_equal(Yb[:, 0], ~Yb[:, 1]):
+        w = fit_logreg_ovr(Xtr, Y[:, :1], C=C, tol=tol, spectrum=spectrum,
+                           start=None if start is None else start[:, :1], design=design)
+        return np.hstack([w, -w])
+    return fit_logreg_ovr(Xtr, Y, C=C, tol=tol, spectrum=spectrum, start=start, design=design)
 
 
 @dataclass
@@ -338,36 +361,64 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
     return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
 
 
+@dataclass
+class RepeatDesign:
+    """A repeat's labelled rows in its split order (``split_permutation(n, seed + repeat)``): the
+    design [X, 1] in float64 and float32 and the labels. Every split of the repeat trains on a
+    prefix and tests on the rest, so they are views, not copies.
+
+    Why: the fits of a 37,700 x 513 design (github_social, FastRP d = 512) spent most of their
+    time gathering, widening and converting the rows for each split (three copies of 155 MB),
+    more than in the solver's products."""
+    repeat: int
+    Xa: np.ndarray
+    Xh: np.ndarray
+    Y: np.ndarray
+
+    @classmethod
+    def of(cls, ls: LabelledSet, repeat: int, seed: int = 0) -> RepeatDesign:
+        n, d = ls.X.shape
+        perm = split_permutation(n, seed + repeat)
+        Xa = np.empty((n, d + 1))
+        np.take(ls.X, perm, axis=0, out=Xa[:, :d], mode="clip")
+        Xa[:, d] = 1.0
+        return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm])
+
+
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
              tol: float = 1e-3, threads: int | None = 1, start: np.ndarray | None = None,
-             return_weights: bool = False):
+             return_weights: bool = False, design: RepeatDesign | None = None):
     """(micro, macro) F1 of one ratio and repeat: trains on the first int(ratio * n) nodes of
     ``split_permutation(n, seed + repeat)``, tests on the rest. One Ray task can run each.
-    ``start`` / ``return_weights``: see ``classify_split`` (``split_chain_f1`` chains them)."""
-    n = ls.X.shape[0]
+    ``start`` / ``return_weights``: see ``classify_split`` (``split_chain_f1`` chains them);
+    ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios."""
+    n, d = ls.X.shape
     k = int(ratio * n)
     if not 0 < k < n:
         raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
-    perm = split_permutation(n, seed + repeat)
-    tr, te = perm[:k], perm[k:]
     lam, Q = ls.spectrum
     with blas_threads(threads):
-        return classify_split(ls.X[tr], ls.Y[tr], ls.X[te], ls.Y[te], multilabel=ls.multilabel, C=C, tol=tol,
-                              spectrum=(lam * (k / n), Q), start=start, return_weights=return_weights)
+        rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
+        return classify_split(None, rd.Y[:k], rd.Xa[k:, :d], rd.Y[k:], multilabel=ls.multilabel, C=C, tol=tol,
+                              spectrum=(lam * (k / n), Q), start=start, return_weights=return_weights,
+                              design=(rd.Xa[:k], rd.Xh[:k]))
 
 
 def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
                    tol: float = 1e-3, threads: int | None = 1) -> list[tuple[float, int, float, float]]:
     """(ratio, repeat, micro, macro) of each split, in order; a split warm-starts from the
-    previous one when both are of the same repeat and its ratio is larger.
+    previous one when both are of the same repeat and its ratio is larger, and the splits of a
+    repeat share its `RepeatDesign`.
 
     Why: a repeat's training sets are nested (the first int(ratio * n) nodes of one permutation),
     so the smaller set's solution is close to the larger one's and Newton needs fewer steps from
     there; the stopping rule is the cold start's (relative to the gradient at W = 0)."""
-    out, prev = [], None
+    out, prev, rd = [], None, None
     for r, rep in splits:
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
-        mi, ma, W = split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, return_weights=True)
+        rd = rd if rd is not None and rd.repeat == rep else RepeatDesign.of(ls, rep, seed)
+        mi, ma, W = split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, return_weights=True,
+                             design=rd)
         out.append((r, rep, mi, ma))
         prev = (r, rep, W)
     return out

