@@ -117,6 +117,19 @@ class TrainConfig(Section):
                                                      "pair: +.008 SimLex rho on Brown, -.007 Micro-F1@10 % on "
                                                      "BlogCatalog, 17-40 % slower (docs/skipgram.md, issue 20). The numba "
                                                      "one-table kernel only (engine numba, no partitions).")
+    incremental: Literal["auto", "off"] = Field("auto", description="auto: a deepwalk / node2vec run whose previous "
+                                                "committed run of the dataset has compatible settings and whose graph "
+                                                "changed by at most incremental_max_change updates that run's table "
+                                                "(walks from the changed nodes only, other rows kept byte for byte; "
+                                                "docs/incremental.md); otherwise, and with off, it retrains in full "
+                                                "(the run record says which and why).")
+    incremental_max_change: float = Field(0.1, gt=0, le=1, description="Changed edges (added + removed + "
+                                          "reweighted) over the previous graph's edges above which train.incremental="
+                                          "auto retrains in full (past ~10 % most rows are affected and an update "
+                                          "costs about what a retrain does: docs/incremental.md).")
+    incremental_radius: int = Field(1, ge=0, le=8, description="Hops around a changed edge whose nodes' rows an "
+                                    "incremental run may update (0: the changed edge's endpoints and new nodes only; "
+                                    "1 measured best on BlogCatalog: docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "

@@ -16,6 +16,7 @@ Layout (root = a local folder or s3://bucket/prefix):
     <root>/checkpoints/<dataset>/<method>/run_id=<id>/    stage checkpoints of a run in progress
     <root>/tokens/<dataset>/<method>/run_id=<id>/         token-id shards + vocabulary of a corpus run
     <root>/reports/<dataset>/<method>/run_id=<id>/        report.md, quality.png, alignment rotation
+    <root>/contexts/<dataset>/<method>/run_id=<id>/       a walk run's context table (W_out): incremental runs
     <root>/_claims/<dataset>/<method>/<run_id>.claim      a writer's reservation of a run id
 
 Protocol: workers write a run's data files; the driver's `Lake.commit` then makes ONE Delta commit
@@ -47,7 +48,7 @@ if TYPE_CHECKING:       # pyarrow is imported where a table is made or read: a R
     import pyarrow as pa    # holds a Lake (checkpoints, claims) does not load it (docs/scaling.md, 9)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens")
+KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens", "contexts")
 TABLE_KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics")   # their Parquet files form Delta tables
 HOME_KINDS = ("embeddings", "tables", "walks")                   # where a run's own table lives, in order
 RECORD_VERSION = 2
@@ -564,7 +565,7 @@ class Lake:
                     keep.update(e["path"] for e in entries)
         return keep
 
-    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints")) -> list[str]:
+    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints", "contexts")) -> list[str]:
         """Internal files no committed run names: leftovers of failed or killed runs (the Delta
         tables' own leftovers are found by `vacuum`)."""
         keep = self.committed_paths()

@@ -1,0 +1,269 @@
+"""Incremental skip-gram (issue 18): update the previous run's table on a changed graph.
+
+The previous committed run left its embeddings (W_in, the published table) and its context table
+(W_out, `contexts/<dataset>/<method>/run_id=<id>/w_out.npy`). An incremental run
+
+1. diffs the previous graph version with the new one (workers/graph/diff.py) and marks the
+   affected rows: new nodes and every node within `train.incremental_radius` hops of a changed edge;
+2. starts every surviving node from its previous rows (W_in and W_out), a new node's W_in from the
+   mean of its neighbours' previous vectors (a seeded small random vector when none has one) and
+   its W_out from zero (word2vec's own start);
+3. walks from the changed nodes only: node v with c_v changed incident edges of degree d_v gets
+   ceil(walks_per_node * c_v / d_v) walks, a new node walks_per_node; so the walk (and training)
+   volume follows the change, not the graph;
+4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
+   run's visit counts converge to) with the input rows outside the affected set FROZEN: the
+   kernel never writes them, so they keep their previous bytes and the table stays in the previous
+   run's coordinates (no alignment step). W_out is updated everywhere (it is not published).
+
+The kernel is `_sgns_chunk`'s HogBatch path (workers/train/skipgram.py) with one test added before
+each input-row write; the default kernel is untouched, so full runs stay bit-identical.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from embedlake.config import TrainConfig, WalkConfig
+from embedlake.lake import Lake
+from embedlake.workers.graph.csr import CSRGraph
+from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, neighbours_of
+from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
+                                                noise_alias, numba_threads, seed_state, sentence_chunks,
+                                                sigmoid_tables, using_numba_threads, window_contexts, window_step)
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr, use_sample, alias_thr, alias_idx,
+                  sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch, nblocks,
+                  maxlen, sent_loss, sent_pairs):
+    """HogBatch SGNS on sentences [s_lo, s_hi) (skipgram._sgns_chunk's shared-negatives path) that
+    writes an input row only where trainable[row]: frozen rows are read, never written."""
+    nsent = s_hi - s_lo
+    dim = W_in.shape[1]
+    nout_max = negatives + 1
+    cmax = 2 * window
+    for blk in nb.prange(nblocks):
+        a = s_lo + (nsent * blk) // nblocks
+        b = s_lo + (nsent * (blk + 1)) // nblocks
+        buf = np.empty(maxlen, np.int32)
+        pos = np.empty(maxlen, np.int64)
+        ctx = np.empty(cmax, np.int32)
+        outs = np.empty(nout_max, np.int32)
+        g = np.empty((cmax, nout_max), np.float32)
+        dIn = np.empty((cmax, dim), np.float32)
+        Cb = np.empty((cmax, dim), np.float32)
+        Ob = np.empty((nout_max, dim), np.float32)
+        for s in range(a, b):
+            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                    seed_state(seed, epoch, s), buf, pos)
+            loss = 0.0
+            pairs = 0
+            for i in range(n):
+                state, B = window_contexts(state, buf, n, i, window, ctx)
+                if B == 0:
+                    continue
+                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
+                if lr < min_lr:
+                    lr = min_lr
+                state, nout = draw_negatives(state, outs, buf[i], negatives, alias_thr, alias_idx)
+                for c in range(B):
+                    for d in range(dim):
+                        Cb[c, d] = W_in[ctx[c], d]
+                for o in range(nout):
+                    for d in range(dim):
+                        Ob[o, d] = W_out[outs[o], d]
+                loss += window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+                for o in range(nout):
+                    for d in range(dim):
+                        W_out[outs[o], d] += Ob[o, d]
+                for c in range(B):
+                    if trainable[ctx[c]]:
+                        for d in range(dim):
+                            W_in[ctx[c], d] += dIn[c, d]
+                pairs += B
+            sent_loss[s - s_lo] = loss
+            sent_pairs[s - s_lo] = pairs
+
+
+def train_frozen(tokens: np.ndarray, offsets: np.ndarray, W_in: np.ndarray, W_out: np.ndarray,
+                 trainable: np.ndarray, counts: np.ndarray, train: TrainConfig, threads: int = 0) -> dict:
+    """Skip-gram on sentences tokens[offsets[s]:offsets[s+1]] that updates W_in (rows where
+    `trainable`) and W_out IN PLACE, noise from `counts` ** ns_exponent, the learning rate decaying
+    linearly from train.lr to train.min_lr over train.epochs passes. Returns the training figures."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    alias_thr, alias_idx = noise_alias(np.asarray(counts, dtype=np.int64), train.ns_exponent)
+    keep = keep_thresholds(np.asarray(counts, dtype=np.int64), train.sample)
+    sig_tab, logsig_tab = sigmoid_tables()
+    S = len(offsets) - 1
+    per_epoch = int(offsets[-1] - offsets[0]) if S else 0
+    maxlen = int(np.diff(offsets).max()) if S else 0
+    chunks = sentence_chunks(offsets, max(65536, per_epoch // 20))
+    nthreads = numba_threads(threads)
+    loss = np.zeros(S, np.float64)
+    pairs = np.zeros(S, np.int64)
+    mask = np.ascontiguousarray(trainable, dtype=np.bool_)
+    t0 = time.perf_counter()
+    total_pairs = 0
+    with using_numba_threads(nthreads):
+        for ep in range(train.epochs):
+            pos_base = ep * per_epoch - int(offsets[0]) if S else 0
+            for lo, hi in chunks:
+                _frozen_chunk(tokens, offsets, lo, hi, W_in, W_out, mask, keep, train.sample > 0, alias_thr, alias_idx,
+                              sig_tab, logsig_tab, int(train.window), int(train.negatives), float(train.lr),
+                              float(train.min_lr), pos_base, float(max(1, per_epoch * train.epochs)), int(train.seed),
+                              ep, blocks_per_chunk(nthreads, hi - lo), maxlen, loss[lo:hi], pairs[lo:hi])
+            total_pairs += int(pairs.sum())
+    seconds = time.perf_counter() - t0
+    tok = int(np.count_nonzero(tokens[offsets[0]:offsets[-1]] >= 0)) * train.epochs if S else 0
+    return {"tokens": tok, "pairs": total_pairs, "seconds": round(seconds, 4),
+            "tokens_per_s": tok / seconds if seconds > 0 else 0.0,
+            "loss_last": float(loss.sum() / max(1, pairs.sum())), "threads": nthreads, "engine": "numba-frozen"}
+
+
+# ---------------------------------------------------------------------------- the update plan
+
+@dataclass
+class UpdatePlan:
+    """What an incremental run trains: start tables, the rows it may change, its walk starts."""
+    W_in: np.ndarray           # float32 [n_new, dim], previous rows (new nodes: neighbour means)
+    W_out: np.ndarray          # float32 [n_new, dim], previous context rows (new nodes: zero)
+    trainable: np.ndarray      # bool [n_new]: the affected rows
+    walks: np.ndarray          # int64 [n_new]: walks started from each node
+    info: dict                 # counts for the run record
+
+
+def start_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr: CSRGraph, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(W_in, W_out) of the new graph's rows from the previous tables (see the module doc, 2.)."""
+    n, dim = diff.num_new_nodes, prev_in.shape[1]
+    old = diff.old_index
+    W_in = np.zeros((n, dim), dtype=np.float32)
+    W_out = np.zeros((n, dim), dtype=np.float32)
+    kept = old >= 0
+    W_in[kept] = prev_in[old[kept]]
+    W_out[kept] = prev_out[old[kept]]
+    rng = np.random.default_rng(seed)
+    for v in np.flatnonzero(~kept):          # new nodes: few, one neighbour list each
+        nb_ = neighbours_of(csr.indptr, csr.indices, np.array([v]))
+        nb_ = nb_[kept[nb_]]
+        if nb_.size:
+            W_in[v] = W_in[nb_].mean(axis=0, dtype=np.float64).astype(np.float32)
+        else:
+            W_in[v] = (rng.random(dim, dtype=np.float32) - np.float32(0.5)) / np.float32(dim)
+    return W_in, W_out
+
+
+def walk_counts(diff: GraphDiff, csr: CSRGraph, walks_per_node: int) -> np.ndarray:
+    """Walks per start node: ceil(walks_per_node * changed incident edges / degree), walks_per_node
+    for a new node, none elsewhere (see the module doc, 3.)."""
+    n = diff.num_new_nodes
+    ends = np.concatenate([e.ravel() for e in (diff.edges_added, diff.edges_removed, diff.edges_reweighted)])
+    touched = np.bincount(ends[ends >= 0], minlength=n).astype(np.float64)
+    deg = np.maximum(np.diff(csr.indptr), 1).astype(np.float64)
+    walks = np.ceil(walks_per_node * np.minimum(touched / deg, 1.0)).astype(np.int64)
+    walks[diff.old_index < 0] = walks_per_node
+    walks[np.diff(csr.indptr) == 0] = 0         # a node without arcs walks nowhere
+    return walks
+
+
+def noise_counts(csr: CSRGraph) -> np.ndarray:
+    """The new graph's noise distribution: what a full run's visit counts converge to, the degree
+    (in-degree on a directed graph: arrivals), at least 1 so every node can be a negative."""
+    if csr.directed:
+        return np.bincount(csr.indices, minlength=csr.num_nodes).astype(np.int64) + 1
+    return np.diff(csr.indptr).astype(np.int64) + 1
+
+
+def update_plan(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr: CSRGraph, radius: int,
+                walks_per_node: int, seed: int) -> UpdatePlan:
+    """The whole plan of an incremental run from the previous tables and the diff."""
+    trainable = affected_nodes(csr, diff.changed, radius)
+    W_in, W_out = start_tables(prev_in, prev_out, diff, csr, seed)
+    walks = walk_counts(diff, csr, walks_per_node)
+    info = {**diff.counts(), "affected_nodes": int(trainable.sum()), "nodes": diff.num_new_nodes,
+            "walk_starts": int(np.count_nonzero(walks)), "walks": int(walks.sum()), "radius": int(radius)}
+    return UpdatePlan(W_in, W_out, trainable, walks, info)
+
+
+def planned_walks(csr: tuple, walks: np.ndarray, walk_cfg: WalkConfig, mode: str, threads: int = 0) -> np.ndarray:
+    """The plan's walks: walk numbers 0 .. walks[v]-1 from every node v (walk k from v is the walk a
+    full run draws as its k-th from v on this graph), one random_walks call per walk number."""
+    from embedlake.workers.graph.walks import random_walks
+    indptr, indices, weights, directed = csr
+    out = []
+    for k in range(int(walks.max(initial=0))):
+        starts = np.flatnonzero(walks > k)
+        out.append(random_walks(indptr, indices, weights, starts, 1, walk_cfg.length, walk_cfg.seed, p=walk_cfg.p,
+                                q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k))
+    return np.concatenate(out) if out else np.zeros((0, walk_cfg.length), dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------- lake I/O
+
+def partition_of(path: str) -> int:
+    m = re.search(r"partition=(\d+)", path)
+    return int(m.group(1)) if m else 0
+
+
+def read_table(lake: Lake, entries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(node ids, float32 [rows, dim]) of a committed table from its files, in partition order
+    (= the dense row order of the run's graph)."""
+    import pyarrow as pa
+    ids, vecs = [], []
+    for e in sorted(entries, key=lambda e: partition_of(e["path"])):
+        t = lake.read_parquet(e["path"], columns=["node", "vector"])
+        col = t.column("vector").combine_chunks()
+        d = len(col[0].values) if len(col) else 0
+        vecs.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d))
+        node = t.column("node")
+        ids.append(node.to_numpy() if not pa.types.is_string(node.type) else
+                   np.asarray(node.to_pylist(), dtype=object))
+    return np.concatenate(ids), np.concatenate(vecs)
+
+
+def context_path(dataset: str, method: str, run_id: str) -> str:
+    """Where a walk run's context table (W_out) lives: internal, named in the run record."""
+    return f"{Lake.run_dir('contexts', dataset, method, run_id)}/w_out.npy"
+
+
+def write_context(lake: Lake | str, dataset: str, method: str, run_id: str, W_out: np.ndarray) -> dict:
+    """Write a run's context table (what the next incremental run starts its W_out from)."""
+    return Lake(lake).write_npy(context_path(dataset, method, run_id), np.asarray(W_out, dtype=np.float32)).to_dict()
+
+
+def diff_stage(lake: Lake | str, dataset: str, prev_version: str, csr: tuple, node_ids: np.ndarray
+               ) -> tuple[GraphDiff, dict]:
+    """(diff, its counts) of the previous run's graph version (read from the lake) and the graph in
+    hand: the diff stays in the object store, only the counts go to the driver."""
+    from embedlake.workers.graph.store import read_graph
+    t0 = time.perf_counter()
+    old_csr, old_ids, _, _ = read_graph(Lake(lake), dataset, prev_version)
+    indptr, indices, weights, directed = csr
+    diff = graph_diff(old_ids, old_csr, node_ids, CSRGraph(indptr, indices, weights, bool(directed)))
+    return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}
+
+
+def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff, csr: tuple,
+                      walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One Ray task: previous tables -> plan -> walks -> frozen training. Returns (W_in, W_out, info)."""
+    from embedlake.workers.graph.walks import walks_to_sentences
+    t0 = time.perf_counter()
+    lake = Lake(lake)
+    _, prev_in = read_table(lake, prev_table)
+    prev_out = lake.read_npy(prev_context)
+    graph = CSRGraph(csr[0], csr[1], csr[2], bool(csr[3]))
+    plan = update_plan(prev_in, prev_out, diff, graph, radius, walk_cfg.walks_per_node, train.seed)
+    t1 = time.perf_counter()
+    walks = planned_walks(csr, plan.walks, walk_cfg, mode, threads)
+    tokens, offsets = walks_to_sentences(walks)
+    t2 = time.perf_counter()
+    stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), train, threads)
+    info = {**plan.info, **stats, "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
+    return plan.W_in, plan.W_out, info
