@@ -138,6 +138,12 @@ class TrainConfig(Section):
                          "as method <method>.<table>; the full n x d table is never trained or stored.")
 
 
+    @field_validator("incremental", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        """YAML reads a bare `off` as false (and `on` as true): take them as the words they were."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _pair_negatives_kernel(self) -> "TrainConfig":
         """negatives_per=pair exists in the numba one-table kernel only: refuse it where another runs."""
