@@ -8,9 +8,11 @@ The previous committed run left its embeddings (W_in, the published table) and i
 2. starts every surviving node from its previous rows (W_in and W_out), a new node's W_in from the
    mean of its neighbours' previous vectors (a seeded small random vector when none has one) and
    its W_out from zero (word2vec's own start);
-3. walks from the changed nodes only: node v with c_v changed incident edges of degree d_v gets
-   ceil(walks_per_node * c_v / d_v) walks, a new node walks_per_node; so the walk (and training)
-   volume follows the change, not the graph;
+3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
+   (or reweighted) edge, `window` steps out from either end (the pairs the edge brings into the
+   window, nothing else); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
+   whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
+   change, not the graph;
 4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
    run's visit counts converge to) with the input rows outside the affected set FROZEN: the
    kernel never writes them, so they keep their previous bytes and the table stays in the previous
@@ -160,16 +162,58 @@ def start_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr
 
 
 def walk_counts(diff: GraphDiff, csr: CSRGraph, walks_per_node: int) -> np.ndarray:
-    """Walks per start node: ceil(walks_per_node * changed incident edges / degree), walks_per_node
-    for a new node, none elsewhere (see the module doc, 3.)."""
+    """Whole walks per start node: walks_per_node from a new node, ceil(walks_per_node * removed
+    incident edges / degree) from a node that lost edges (its neighbourhood shrank), none elsewhere
+    (added edges get edge walks: `edge_walks`)."""
     n = diff.num_new_nodes
-    ends = np.concatenate([e.ravel() for e in (diff.edges_added, diff.edges_removed, diff.edges_reweighted)])
+    ends = diff.edges_removed.ravel()
     touched = np.bincount(ends[ends >= 0], minlength=n).astype(np.float64)
     deg = np.maximum(np.diff(csr.indptr), 1).astype(np.float64)
     walks = np.ceil(walks_per_node * np.minimum(touched / deg, 1.0)).astype(np.int64)
     walks[diff.old_index < 0] = walks_per_node
     walks[np.diff(csr.indptr) == 0] = 0         # a node without arcs walks nowhere
     return walks
+
+
+def crossing_edges(diff: GraphDiff) -> np.ndarray:
+    """int64 [k, 2]: the added and reweighted edges between nodes of the previous graph (a new
+    node's edges are walked by its own walks)."""
+    e = np.concatenate([diff.edges_added, diff.edges_reweighted])
+    old = diff.old_index
+    return e[(old[e[:, 0]] >= 0) & (old[e[:, 1]] >= 0)] if len(e) else e
+
+
+def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, window: int, mode: str,
+               threads: int = 0) -> np.ndarray:
+    """`per_edge` walks centred on each edge (u, v): a walk of `window` steps from u, reversed, then
+    one of `window` steps from v, so every pair the new edge brings within the window is trained
+    (walk numbers walks_per_node + j from u and from v: other draws than the node's own walks).
+    Returns int32 [per_edge * k, 2 * window + 2], left-justified, -1 padded."""
+    from embedlake.workers.graph.walks import random_walks
+    indptr, indices, weights, directed = csr
+    rows = []
+    for j in range(per_edge):
+        k = walk_cfg.walks_per_node + j
+        left = random_walks(indptr, indices, weights, edges[:, 0], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
+                            q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
+        right = random_walks(indptr, indices, weights, edges[:, 1], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
+                             q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
+        rows.append(join_reversed(left, right))
+    return np.concatenate(rows) if rows else np.zeros((0, 2 * window + 2), dtype=np.int32)
+
+
+def join_reversed(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row r: left[r]'s valid prefix reversed, then right[r] (both -1 padded at the tail)."""
+    r, L = left.shape
+    lens = (left >= 0).sum(axis=1)
+    out = np.full((r, L + right.shape[1]), -1, dtype=np.int32)
+    j = np.arange(L)
+    src = np.clip(lens[:, None] - 1 - j[None, :], 0, L - 1)
+    keep = j[None, :] < lens[:, None]
+    out[:, :L] = np.where(keep, np.take_along_axis(left, src, axis=1), -1)
+    cols = lens[:, None] + np.arange(right.shape[1])[None, :]
+    np.put_along_axis(out, cols, right, axis=1)
+    return out
 
 
 def noise_counts(csr: CSRGraph) -> np.ndarray:
@@ -187,7 +231,7 @@ def update_plan(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr:
     W_in, W_out = start_tables(prev_in, prev_out, diff, csr, seed)
     walks = walk_counts(diff, csr, walks_per_node)
     info = {**diff.counts(), "affected_nodes": int(trainable.sum()), "nodes": diff.num_new_nodes,
-            "walk_starts": int(np.count_nonzero(walks)), "walks": int(walks.sum()), "radius": int(radius)}
+            "walk_starts": int(np.count_nonzero(walks)), "radius": int(radius)}
     return UpdatePlan(W_in, W_out, trainable, walks, info)
 
 
@@ -202,6 +246,18 @@ def planned_walks(csr: tuple, walks: np.ndarray, walk_cfg: WalkConfig, mode: str
         out.append(random_walks(indptr, indices, weights, starts, 1, walk_cfg.length, walk_cfg.seed, p=walk_cfg.p,
                                 q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k))
     return np.concatenate(out) if out else np.zeros((0, walk_cfg.length), dtype=np.int32)
+
+
+def joined_sentences(blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) of several padded walk matrices, one after the other."""
+    from embedlake.workers.graph.walks import walks_to_sentences
+    toks, offs, base = [], [np.zeros(1, np.int64)], 0
+    for b in blocks:
+        t, o = walks_to_sentences(b)
+        toks.append(t)
+        offs.append(o[1:] + base)
+        base += len(t)
+    return np.concatenate(toks), np.concatenate(offs)
 
 
 # ---------------------------------------------------------------------------- lake I/O
@@ -253,7 +309,6 @@ def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: st
                       walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One Ray task: previous tables -> plan -> walks -> frozen training. Returns (W_in, W_out, info)."""
-    from embedlake.workers.graph.walks import walks_to_sentences
     t0 = time.perf_counter()
     lake = Lake(lake)
     _, prev_in = read_table(lake, prev_table)
@@ -261,9 +316,12 @@ def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: st
     graph = CSRGraph(csr[0], csr[1], csr[2], bool(csr[3]))
     plan = update_plan(prev_in, prev_out, diff, graph, radius, walk_cfg.walks_per_node, train.seed)
     t1 = time.perf_counter()
-    walks = planned_walks(csr, plan.walks, walk_cfg, mode, threads)
-    tokens, offsets = walks_to_sentences(walks)
+    node_walks = planned_walks(csr, plan.walks, walk_cfg, mode, threads)
+    crossing = crossing_edges(diff)
+    centred = edge_walks(csr, crossing, train.incremental_edge_walks, walk_cfg, train.window, mode, threads)
+    tokens, offsets = joined_sentences([node_walks, centred])
     t2 = time.perf_counter()
     stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), train, threads)
-    info = {**plan.info, **stats, "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
+    info = {**plan.info, **stats, "walks": len(node_walks) + len(centred), "node_walks": len(node_walks),
+            "edge_walks": len(centred), "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
     return plan.W_in, plan.W_out, info
