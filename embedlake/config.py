@@ -130,7 +130,7 @@ class TrainConfig(Section):
     incremental_radius: int = Field(1, ge=0, le=8, description="Hops around a changed edge whose nodes' rows an "
                                     "incremental run may update (0: the changed edge's endpoints and new nodes only; "
                                     "1 measured best on BlogCatalog: docs/incremental.md).")
-    incremental_edge_walks: int = Field(2, ge=0, le=64, description="Walks an incremental run centres on each added "
+    incremental_edge_walks: int = Field(4, ge=0, le=64, description="Walks an incremental run centres on each added "
                                         "edge (window steps each side: the pairs the edge brings); more trains the "
                                         "new edges closer to a retrain at more cost (docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "

@@ -39,6 +39,31 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
+@nb.njit(inline="always")
+def hogbatch_frozen(W_in, W_out, trainable, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab):
+    """sgns_parts.hogbatch that adds the input-side step only to rows where trainable[row]."""
+    dim = W_in.shape[1]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            Cb[c, d] = W_in[crow, d]
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            Ob[o, d] = W_out[orow, d]
+    loss = window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
+    for o in range(nout):
+        orow = outs[o]
+        for d in range(dim):
+            W_out[orow, d] += Ob[o, d]
+    for c in range(B):
+        crow = ctx[c]
+        if trainable[crow]:
+            for d in range(dim):
+                W_in[crow, d] += dIn[c, d]
+    return loss
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr, use_sample, alias_thr, alias_idx,
                   sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch, nblocks,
@@ -73,20 +98,8 @@ def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr,
                 if lr < min_lr:
                     lr = min_lr
                 state, nout = draw_negatives(state, outs, buf[i], negatives, alias_thr, alias_idx)
-                for c in range(B):
-                    for d in range(dim):
-                        Cb[c, d] = W_in[ctx[c], d]
-                for o in range(nout):
-                    for d in range(dim):
-                        Ob[o, d] = W_out[outs[o], d]
-                loss += window_step(Cb, Ob, B, nout, g, dIn, lr, sig_tab, logsig_tab)
-                for o in range(nout):
-                    for d in range(dim):
-                        W_out[outs[o], d] += Ob[o, d]
-                for c in range(B):
-                    if trainable[ctx[c]]:
-                        for d in range(dim):
-                            W_in[ctx[c], d] += dIn[c, d]
+                loss += hogbatch_frozen(W_in, W_out, trainable, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab,
+                                        logsig_tab)
                 pairs += B
             sent_loss[s - s_lo] = loss
             sent_pairs[s - s_lo] = pairs
