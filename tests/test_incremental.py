@@ -207,3 +207,36 @@ def test_full_retrain_when_change_too_large_or_settings_differ(tmp_path):
     _, before = table_of_run(lake, s5["run_id"])
     _, after = table_of_run(lake, s6["run_id"])
     assert all(after[v].tobytes() == before[v].tobytes() for v in before)
+
+
+def test_frozen_training_never_writes_frozen_rows():
+    """train_frozen on walks over every node: rows outside the mask keep their bytes, the others move."""
+    from embedlake.config import TrainConfig
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.incremental import noise_counts, train_frozen
+    rng = np.random.default_rng(3)
+    g = build_csr(rng.integers(0, 60, 400), rng.integers(0, 60, 400), 60)
+    tokens, offsets = walks_to_sentences(random_walks(g.indptr, g.indices, None, np.arange(60), 4, 20, 1))
+    W_in = rng.random((60, 8), dtype=np.float32) - 0.5
+    W_out = rng.random((60, 8), dtype=np.float32) - 0.5
+    before, trainable = W_in.copy(), np.arange(60) % 3 == 0
+    stats = train_frozen(tokens, offsets, W_in, W_out, trainable, noise_counts(g), TrainConfig(dim=8, window=3), 2)
+    assert stats["tokens"] == len(tokens) and stats["pairs"] > 0
+    assert W_in[~trainable].tobytes() == before[~trainable].tobytes()
+    assert (np.abs(W_in[trainable] - before[trainable]).max(axis=1) > 0).all()
+
+
+def test_edge_walks_cross_their_edge():
+    """A centred edge walk holds u then v side by side, u's side reversed; no padding inside."""
+    from embedlake.config import WalkConfig
+    from embedlake.workers.train.incremental import edge_walks, join_reversed
+    assert join_reversed(np.array([[1, 2, 3, -1]]), np.array([[9, 8, -1]])).tolist() == [[3, 2, 1, 9, 8, -1, -1]]
+    g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path
+    edges = np.array([[4, 5], [0, 1]])
+    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), window=2, mode="deepwalk")
+    assert w.shape == (6, 6)
+    for row, (u, v) in zip(w, np.tile(edges, (3, 1))):
+        valid = row[row >= 0].tolist()
+        assert (row >= 0).sum() == len(valid) and row[: len(valid)].tolist() == valid
+        i = valid.index(u)
+        assert valid[i + 1] == v and all(abs(a - b) == 1 for a, b in zip(valid, valid[1:]))
