@@ -4,7 +4,7 @@ For each dataset and each kept share s (0.95, 0.99): version 1 holds a seeded ra
 edges, version 2 all of them. In one process (one Ray, one machine state):
   1. full run on v1 (lake A);   2. incremental run v1 -> v2 (lake A);
   3. full retrain on v2 (lake B, after a full run on v1 there too: same starting state).
-Figures: the stage times of the table (full: walk + train + contexts; incremental: diff + update),
+Figures: the stage times of the table (full: walk + train; incremental: diff + update),
 their ratio; Micro-F1 at 10/50/90 % (DeepWalk protocol, --repeats splits) of both v2 tables;
 ROC-AUC (cosine) of the added edges against as many sampled non-edges of v2; a classifier trained
 on v1's vectors (50 % split) scored on v2's: the drop against scoring v1's own vectors, for the

@@ -74,11 +74,17 @@ def compatibility(prev: Manifest, cfg: PipelineConfig) -> str | None:
                         f"the previous table is not this run's kind of table")
     if (pc.get("eval") or {}).get("link_prediction"):
         return f"run {prev.run_id} was trained with edges held out for link prediction"
-    if not prev.files.get("contexts"):
+    if context_file(prev) is None:
         return f"run {prev.run_id} kept no context table (W_out; one-table runs of this version keep it)"
     if not prev.files.get("embeddings"):
         return f"run {prev.run_id} has no embeddings table"
     return None
+
+
+def context_file(prev: Manifest) -> str | None:
+    """The previous run's context table (W_out) among its `state` files, if it kept one."""
+    paths = [e["path"] for e in prev.files.get("state", []) if e["path"].endswith("/w_out.npy")]
+    return paths[0] if paths else None
 
 
 def engine_reason(cfg: PipelineConfig, graph: GraphHandle) -> str | None:
@@ -131,12 +137,12 @@ def decide(run, graph: GraphHandle, cfg: PipelineConfig) -> Update:
 def update_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandle, update: Update,
                  walk_cfg: WalkConfig, train_cfg: TrainConfig, max_retries: int = 3) -> StageResult:
     """The incremental table: one Ray task (plan, walks from the changed nodes, frozen-row training),
-    then the new context table written. Returns StageResult(W_in ref, info, files {contexts})."""
+    then the new context table written. Returns StageResult(W_in ref, info, files {state})."""
     import ray
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     prev = update.previous
     fn = remote(wi.incremental_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
-    w_in, w_out, info_ref = fn.remote(lake, prev.files["embeddings"], prev.files["contexts"][0]["path"],
+    w_in, w_out, info_ref = fn.remote(lake, prev.files["embeddings"], context_file(prev),
                                       update.diff_ref, graph.csr_ref, walk_cfg, train_cfg, walk_mode(method),
                                       train_cfg.incremental_radius, threads=train_cfg.threads or cpus)
     info = ray.get(info_ref)
@@ -144,7 +150,7 @@ def update_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandl
                         f"{info['walks']:,} walks from {info['walk_starts']:,} nodes, {info['tokens']:,} tokens "
                         f"in {info['seconds']:.2f}s")
     ctx = write_context(lake, dataset, method, run_id, w_out, max_retries)
-    return StageResult(w_in, info, {"contexts": ctx})
+    return StageResult(w_in, info, {"state": ctx})
 
 
 def write_context(lake, dataset: str, method: str, run_id: str, w_out_ref, max_retries: int = 3) -> list[dict]:

@@ -44,7 +44,7 @@ from embedlake.workers.evaluate.stages import run_dirs as evaluate_dirs
 from embedlake.workers.run import checkpoints as cp
 
 # what a run may write under its own method (removed when it fails before its commit)
-DATA_KINDS = ("embeddings", "walks", "tokens", "tables", "codebooks", "contexts")
+DATA_KINDS = ("embeddings", "walks", "tokens", "tables", "codebooks", "state")
 # checkpoint stages whose state names run files (the corpus vocabulary and token-id shards): they go
 # with those files when the run is abandoned
 RUN_FILE_STAGES = ("tokens",)

@@ -139,7 +139,7 @@ def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, t
     info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
     run = stage.run
-    files = {"contexts": write_context(run.lake, run.dataset, run.method, run.run_id, refs[2], max_retries)
+    files = {"state": write_context(run.lake, run.dataset, run.method, run.run_id, refs[2], max_retries)
              } if keep_context else {}
     return StageResult(emb_ref, info, files)
 

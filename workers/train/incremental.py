@@ -1,7 +1,7 @@
 """Incremental skip-gram (issue 18): update the previous run's table on a changed graph.
 
 The previous committed run left its embeddings (W_in, the published table) and its context table
-(W_out, `contexts/<dataset>/<method>/run_id=<id>/w_out.npy`). An incremental run
+(W_out, `state/<dataset>/<method>/run_id=<id>/w_out.npy`). An incremental run
 
 1. diffs the previous graph version with the new one (workers/graph/diff.py) and marks the
    affected rows: new nodes and every node within `train.incremental_radius` hops of a changed edge;
@@ -304,7 +304,7 @@ def read_table(lake: Lake, entries: list[dict]) -> tuple[np.ndarray, np.ndarray]
 
 def context_path(dataset: str, method: str, run_id: str) -> str:
     """Where a walk run's context table (W_out) lives: internal, named in the run record."""
-    return f"{Lake.run_dir('contexts', dataset, method, run_id)}/w_out.npy"
+    return f"{Lake.run_dir('state', dataset, method, run_id)}/w_out.npy"
 
 
 def write_context(lake: Lake | str, dataset: str, method: str, run_id: str, W_out: np.ndarray) -> dict:
