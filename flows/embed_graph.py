@@ -25,7 +25,8 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks import learned as lt
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, graph_for_run, row_bounds
-from embedlake.tasks.incremental import Update, decide, update_table
+from embedlake.tasks.incremental import Update, decide, fastrp_update, update_table
+from embedlake.tasks.fastrp import publish_partial
 from embedlake.tasks.orbits import orbits_table
 from embedlake.tasks.run import Run
 from embedlake.tasks.train import embed_table
@@ -63,7 +64,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
         fault_point("after:train")
         files = dict(table.files)
         dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
-        files["embeddings"] = publish_table(run, graph, table.ref, bounds, row_bytes=4 * int(dim or 0) + 16)
+        files["embeddings"] = publish_table(run, graph, table.ref, bounds, row_bytes=4 * int(dim or 0) + 16,
+                                            update=update)
         fault_point("after:publish")
         # an incremental run keeps the previous run's coordinates: nothing to align
         eval_cfg = cfg.eval.model_copy(update={"align_to_previous": False}) if update.incremental else cfg.eval
@@ -80,6 +82,8 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
 
 def graph_table(run: Run, graph: GraphHandle, cfg: PipelineConfig, bounds: list[tuple[int, int]], update: Update):
     """The run's table: an update of the previous run's (incremental), orbits, FastRP or walks + skip-gram."""
+    if update.incremental and cfg.method == "fastrp":
+        return fastrp_update(run, graph, cfg, update)
     if update.incremental:
         return run.time("update", update_table, run.lake, run.dataset, run.method, run.run_id, graph, update,
                         cfg.walk, cfg.train, run.retries)
@@ -88,10 +92,17 @@ def graph_table(run: Run, graph: GraphHandle, cfg: PipelineConfig, bounds: list[
     return embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds)
 
 
-def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]], row_bytes: int = 0
-                  ) -> list[dict]:
+def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]], row_bytes: int = 0,
+                  update: Update | None = None) -> list[dict]:
     """Write the run's table: row partitions of one table (merged into files of about
-    lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task."""
+    lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task. An
+    incremental FastRP run publishes hashed partitions, writing only those whose rows changed
+    (tasks/fastrp.publish_partial; its written / kept counts go to the run's kind)."""
+    if update is not None and update.incremental and run.method == "fastrp":
+        entries, stats = run.time("publish", publish_partial, run, graph, table_ref, update.previous, row_bytes,
+                                  run.retries)
+        run.kind = {**(run.kind or {}), "publish": stats}
+        return entries
     if isinstance(table_ref, list):
         return run.time("publish", gt.publish_shards, run.lake, run.dataset, run.method, run.run_id, graph,
                         table_ref, run.retries)

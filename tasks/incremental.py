@@ -17,12 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from embedlake.config import PipelineConfig, TrainConfig, WalkConfig
 from embedlake.lake import Manifest
 from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.fastrp import fastrp_incremental, incremental_refusal
 from embedlake.tasks.graph import GraphHandle, StageResult, walk_mode
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.workers.train import incremental as wi
 
 WALK_METHODS = ("deepwalk", "node2vec")
+UPDATABLE = WALK_METHODS + ("fastrp",)      # FastRP: tasks/fastrp.fastrp_incremental (exact, docs/incremental_fastrp.md)
 # settings the previous run must share for its table to be updated rather than retrained
 SAME_WALK = ("walks_per_node", "length", "p", "q")
 SAME_TRAIN = ("dim", "window", "negatives", "ns_exponent", "sample", "engine", "negatives_per", "table")
@@ -49,6 +51,8 @@ class Update:
                "previous_run": self.previous.run_id if self.previous is not None else None, **self.counts}
         keys = ("affected_nodes", "nodes", "walk_starts", "walks", "tokens", "radius", "plan_s", "walk_s", "seconds")
         out.update({k: (info or {})[k] for k in keys if k in (info or {})})
+        if "rows_recomputed" in (info or {}):          # FastRP: the rows recomputed are the affected rows
+            out.update(affected_nodes=info["rows_recomputed"], nodes=info["rows"], changed_rows=info.get("changed_rows"))
         return out
 
 
@@ -91,8 +95,11 @@ def engine_reason(cfg: PipelineConfig, graph: GraphHandle) -> str | None:
     """Why this run's settings rule an update out (None: they allow one)."""
     if cfg.train.incremental == "off":
         return "train.incremental=off"
-    if cfg.method not in WALK_METHODS:
+    if cfg.method not in UPDATABLE:
         return f"method {cfg.method} has no incremental update in this version"
+    if cfg.method == "fastrp":
+        return ("incremental FastRP runs on one graph shard (graph.shards=1)" if graph.num_shards > 1 else
+                "eval.link_prediction holds edges out of each run's graph" if cfg.eval.link_prediction else None)
     if graph.num_shards > 1 or cfg.train.workers > 1 or cfg.train.partitions > 0 or cfg.train.engine != "numba":
         return "incremental updates use the one-table numba engine (graph.shards=1, train.workers=1, partitions=0)"
     if cfg.eval.link_prediction:
@@ -111,7 +118,7 @@ def decide(run, graph: GraphHandle, cfg: PipelineConfig) -> Update:
     prev = previous_run(run.lake, run.dataset, run.method, run.run_id) if reason is None else None
     if reason is None and prev is None:
         reason = f"no committed run of {run.dataset}/{run.method} to update"
-    reason = reason or compatibility(prev, cfg)
+    reason = reason or (incremental_refusal(prev, cfg.fastrp) if cfg.method == "fastrp" else compatibility(prev, cfg))
     if reason is not None:
         log.info(f"incremental: full run ({reason})")
         return full(reason, prev)
@@ -151,6 +158,16 @@ def update_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandl
                         f"in {info['seconds']:.2f}s")
     ctx = write_context(lake, dataset, method, run_id, w_out, max_retries)
     return StageResult(w_in, info, {"state": ctx})
+
+
+def fastrp_update(run, graph: GraphHandle, cfg: PipelineConfig, update: Update) -> StageResult:
+    """The FastRP table of an incremental run (tasks/fastrp.fastrp_incremental: identical to a full
+    recompute, only rows whose k-hop neighbourhood changed recomputed) from the diff in hand."""
+    opts = dict(num_cpus=1, max_retries=run.retries)
+    prev = update.previous
+    old_csr = remote(wi.previous_csr, "fastrp", **opts).remote(run.lake, run.dataset, prev.extra["graph"]["version"])
+    old_index = remote(wi.old_index_of, "fastrp", **opts).remote(update.diff_ref)
+    return fastrp_incremental(run, graph, cfg.fastrp, prev, old_csr, old_index)
 
 
 def write_context(lake, dataset: str, method: str, run_id: str, w_out_ref, max_retries: int = 3) -> list[dict]:

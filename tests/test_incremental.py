@@ -240,3 +240,25 @@ def test_edge_walks_cross_their_edge():
         assert (row >= 0).sum() == len(valid) and row[: len(valid)].tolist() == valid
         i = valid.index(u)
         assert valid[i + 1] == v and all(abs(a - b) == 1 for a, b in zip(valid, valid[1:]))
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
+def test_fastrp_incremental_through_the_flow(tmp_path):
+    """method fastrp with the node-id keyed projection: the second version is an incremental run
+    (tasks/fastrp.fastrp_incremental) whose table equals a full run's of the same version."""
+    fr = ["method=fastrp", "fastrp.dim=16", "fastrp.density=0.2", "fastrp.projection=node_id"]
+    v1 = karate_version(tmp_path, "v1", drop=(5, 40))
+    v2 = karate_version(tmp_path, "v2", drop=(40,), add=((34, 0),))
+    run_flow(tmp_path / "lake", v1, fr)
+    inc = run_flow(tmp_path / "lake", v2, fr)
+    full = run_flow(tmp_path / "other", v2, fr)
+    assert inc["run_kind"]["kind"] == "incremental" and full["run_kind"]["kind"] == "full", inc["run_kind"]
+    assert 0 < inc["run_kind"]["affected_nodes"] <= inc["run_kind"]["nodes"] == 35
+    assert "publish" in inc["run_kind"] and "stability" not in inc["metrics"]
+    from embedlake.lake import Lake
+    from embedlake.workers.train.incremental import read_table
+    a = read_table(Lake(str(tmp_path / "lake")), Lake(str(tmp_path / "lake")).manifest("karate", "fastrp").files["embeddings"])
+    b = read_table(Lake(str(tmp_path / "other")), Lake(str(tmp_path / "other")).manifest("karate", "fastrp").files["embeddings"])
+    rows_a = dict(zip(a[0].tolist(), a[1]))
+    assert set(rows_a) == set(b[0].tolist())
+    assert all(rows_a[k].tobytes() == v.tobytes() for k, v in zip(b[0].tolist(), b[1]))

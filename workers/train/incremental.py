@@ -324,6 +324,18 @@ def diff_stage(lake: Lake | str, dataset: str, prev_version: str, csr: tuple, no
     return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}
 
 
+def previous_csr(lake: Lake | str, dataset: str, version: str) -> tuple:
+    """The CSR tuple (indptr, indices, weights, directed) of a graph version in the lake."""
+    from embedlake.workers.graph.store import read_graph
+    g, _, _, _ = read_graph(Lake(lake), dataset, version)
+    return g.indptr, g.indices, g.weights, g.directed
+
+
+def old_index_of(diff: GraphDiff) -> np.ndarray:
+    """The diff's old_index (each new row's row in the previous version, -1 for new nodes)."""
+    return diff.old_index
+
+
 def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff, csr: tuple,
                       walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, dict]:
