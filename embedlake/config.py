@@ -118,6 +118,22 @@ class TrainConfig(Section):
                                                      "after context (the embed-corpus default: +.008 SimLex rho "
                                                      "on Brown, at about the same speed). pair needs the numba "
                                                      "one-table kernel (docs/skipgram.md, issue 20).")
+    incremental: Literal["auto", "off"] = Field("auto", description="auto: a deepwalk / node2vec run whose previous "
+                                                "committed run of the dataset has compatible settings and whose graph "
+                                                "changed by at most incremental_max_change updates that run's table "
+                                                "(walks from the changed nodes only, other rows kept byte for byte; "
+                                                "docs/incremental.md); otherwise, and with off, it retrains in full "
+                                                "(the run record says which and why).")
+    incremental_max_change: float = Field(0.1, gt=0, le=1, description="Changed edges (added + removed + "
+                                          "reweighted) over the previous graph's edges above which train.incremental="
+                                          "auto retrains in full (past ~10 % most rows are affected and an update "
+                                          "costs about what a retrain does: docs/incremental.md).")
+    incremental_radius: int = Field(1, ge=0, le=8, description="Hops around a changed edge whose nodes' rows an "
+                                    "incremental run may update (0: the changed edge's endpoints and new nodes only; "
+                                    "1 measured best on BlogCatalog: docs/incremental.md).")
+    incremental_edge_walks: int = Field(4, ge=0, le=64, description="Walks an incremental run centres on each added "
+                                        "edge (window steps each side: the pairs the edge brings); more trains the "
+                                        "new edges closer to a retrain at more cost (docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "
@@ -125,6 +141,12 @@ class TrainConfig(Section):
                          "compress.compose_sketch_dim, compress.hash_buckets, compress.seed) and commit only it, "
                          "as method <method>.<table>; the full n x d table is never trained or stored.")
 
+
+    @field_validator("incremental", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        """YAML reads a bare `off` as false (and `on` as true): take them as the words they were."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _pair_negatives_kernel(self) -> "TrainConfig":

@@ -1,5 +1,9 @@
 """The `embed_graph` flow: ingest -> shard -> walk -> train (or FastRP) -> publish -> evaluate -> commit.
 
+With train.incremental=auto and a compatible previous run on a graph that changed little: ingest ->
+diff -> update (walks from the changed nodes, other rows kept) -> publish -> evaluate (no alignment)
+-> commit (tasks/incremental.py, docs/incremental.md).
+
 With train.table = hash | compose | qr | unified: ingest -> train a learned K-row table on walks ->
 write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table).
 
@@ -21,6 +25,8 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks import learned as lt
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.graph import GraphHandle, graph_for_run, row_bounds
+from embedlake.tasks.incremental import Update, decide, fastrp_update, update_table
+from embedlake.tasks.fastrp import publish_partial
 from embedlake.tasks.orbits import orbits_table
 from embedlake.tasks.run import Run
 from embedlake.tasks.train import embed_table
@@ -52,16 +58,20 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
-        table = (orbits_table(run, graph, cfg.orbits, bounds) if cfg.method == "orbits"
-                 else embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds))
+        update = decide(run, graph, cfg)
+        table = graph_table(run, graph, cfg, bounds, update)
+        run.kind = update.record(table.info)
         fault_point("after:train")
         files = dict(table.files)
         dim = {"fastrp": cfg.fastrp.dim, "orbits": table.info.get("dim")}.get(cfg.method, cfg.train.dim)
-        files["embeddings"] = publish_table(run, graph, table.ref, bounds, row_bytes=4 * int(dim or 0) + 16)
+        files["embeddings"] = publish_table(run, graph, table.ref, bounds, row_bytes=4 * int(dim or 0) + 16,
+                                            update=update)
         fault_point("after:publish")
+        # an incremental run keeps the previous run's coordinates: nothing to align
+        eval_cfg = cfg.eval.model_copy(update={"align_to_previous": False}) if update.incremental else cfg.eval
         # on a sharded graph, evaluation runs as per-shard tasks (tasks/evaluate.py): no whole graph or table
         evaluated = run.time("evaluate", et.evaluate, run.lake, dataset, run.method, run.run_id, graph, table.ref,
-                             cfg.eval, split, bounds, run.retries)
+                             eval_cfg, split, bounds, run.retries)
         files.update(evaluated["files"])
         url = run.commit(run.manifest(files, evaluated["metrics"], extra={
             "dim": dim, "rows": graph.num_nodes, "graph": graph.meta, "train": table.info}))
@@ -70,10 +80,29 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     return summary(run, graph, url, evaluated["metrics"], dim, tables)
 
 
-def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]], row_bytes: int = 0
-                  ) -> list[dict]:
+def graph_table(run: Run, graph: GraphHandle, cfg: PipelineConfig, bounds: list[tuple[int, int]], update: Update):
+    """The run's table: an update of the previous run's (incremental), orbits, FastRP or walks + skip-gram."""
+    if update.incremental and cfg.method == "fastrp":
+        return fastrp_update(run, graph, cfg, update)
+    if update.incremental:
+        return run.time("update", update_table, run.lake, run.dataset, run.method, run.run_id, graph, update,
+                        cfg.walk, cfg.train, run.retries)
+    if cfg.method == "orbits":
+        return orbits_table(run, graph, cfg.orbits, bounds)
+    return embed_table(run, graph, cfg.method, cfg.walk, cfg.train, cfg.fastrp, bounds)
+
+
+def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[int, int]], row_bytes: int = 0,
+                  update: Update | None = None) -> list[dict]:
     """Write the run's table: row partitions of one table (merged into files of about
-    lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task."""
+    lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task. An
+    incremental FastRP run publishes hashed partitions, writing only those whose rows changed
+    (tasks/fastrp.publish_partial; its written / kept counts go to the run's kind)."""
+    if update is not None and update.incremental and run.method == "fastrp":
+        entries, stats = run.time("publish", publish_partial, run, graph, table_ref, update.previous, row_bytes,
+                                  run.retries)
+        run.kind = {**(run.kind or {}), "publish": stats}
+        return entries
     if isinstance(table_ref, list):
         return run.time("publish", gt.publish_shards, run.lake, run.dataset, run.method, run.run_id, graph,
                         table_ref, run.retries)
@@ -87,7 +116,7 @@ def summary(run: Run, graph: GraphHandle, manifest_url: str, metrics: dict, dim:
         "dataset": run.dataset, "method": run.method, "run_id": run.run_id, "lake": run.lake.uri,
         "embeddings": run.lake.url(Lake.table_dir("embeddings", run.dataset, run.method)),
         "manifest": manifest_url, "graph": graph.meta, "stages": run.stages, "metrics": metrics,
-        "rows": graph.num_nodes, "dim": dim, "wall_s": run.wall_s(), "tables": tables,
+        "rows": graph.num_nodes, "dim": dim, "wall_s": run.wall_s(), "tables": tables, "run_kind": run.kind,
     }
 
 

@@ -280,7 +280,25 @@ def run_row(man) -> dict:
             "bytes": sum(e.get("bytes", 0) for v in man.files.values() for e in v),
             "graph_version": g.get("version"), "graph_reused": g.get("reused"),
             "wall_s": round(sum(s.get("wall_s", 0) for s in (man.stages or {}).values()), 3),
-            "micro_f1": mid}
+            "micro_f1": mid, "kind": run_kind(man.extra.get("run_kind"))}
+
+
+def run_kind(kind: dict | None) -> dict | None:
+    """incremental / full with its counts (affected rows of total, walks, tokens) or reason; None for
+    runs before incremental runs existed and for flows without them."""
+    if not kind:
+        return None
+    keys = ("kind", "affected_nodes", "nodes", "walks", "tokens", "reason", "previous_run", "change_fraction")
+    return {k: kind[k] for k in keys if k in kind}
+
+
+def kind_text(kind: dict | None) -> str:
+    """The `ls` column: "incr 412/10312" (affected rows of total) or "full"."""
+    if not kind:
+        return "-"
+    if kind["kind"] == "incremental":
+        return f"incr {kind.get('affected_nodes', 0):,}/{kind.get('nodes', 0):,}"
+    return "full"
 
 
 def cmd_ls(args) -> int:
@@ -298,14 +316,15 @@ def cmd_ls(args) -> int:
         print(f"no committed runs in {lk.uri}")
         return 0
     print(f"{'dataset':<14}{'method':<10}{'run':<26}{'committed (UTC)':<21}{'rows':>9}{'dim':>6}{'files':>6}"
-          f"{'MiB':>8}{'wall s':>8}  {'graph':<18}{'F1':>7}")
+          f"{'MiB':>8}{'wall s':>8}  {'graph':<18}{'F1':>7}  {'kind'}")
     for r in rows:
         f1 = f"{r['micro_f1']['micro_f1']:.3f}" if r["micro_f1"] else "-"
         graph = f"{(r['graph_version'] or '-')[:12]}{' reused' if r['graph_reused'] else ''}"
         print(f"{r['dataset']:<14}{r['method']:<10}{r['run_id']:<26}{r['committed_at'][:19]:<21}"
               f"{r['rows'] or 0:>9,}{r['dim'] or 0:>6}{r['files']:>6}{r['bytes'] / 2**20:>8.2f}{r['wall_s']:>8.1f}  "
-              f"{graph:<18}{f1:>7}")
-    print(f"{len(rows)} committed run(s) in {lk.uri}; F1 = Micro-F1 at the middle labelled ratio")
+              f"{graph:<18}{f1:>7}  {kind_text(r['kind'])}")
+    print(f"{len(rows)} committed run(s) in {lk.uri}; F1 = Micro-F1 at the middle labelled ratio; kind: full or "
+          f"incremental (affected rows / rows; `show` has walks, tokens and why a run was full)")
     return 0
 
 

@@ -44,7 +44,7 @@ from embedlake.workers.evaluate.stages import run_dirs as evaluate_dirs
 from embedlake.workers.run import checkpoints as cp
 
 # what a run may write under its own method (removed when it fails before its commit)
-DATA_KINDS = ("embeddings", "walks", "tokens", "tables", "codebooks")
+DATA_KINDS = ("embeddings", "walks", "tokens", "tables", "codebooks", "state")
 # checkpoint stages whose state names run files (the corpus vocabulary and token-id shards): they go
 # with those files when the run is abandoned
 RUN_FILE_STAGES = ("tokens",)
@@ -91,6 +91,7 @@ class Run:
         self.writes = tuple(writes)           # folders besides the DATA_KINDS ones (a table run's codec dir)
         self.claim_token: str | None = None
         self.t0 = time.perf_counter()
+        self.kind: dict | None = None         # incremental or full, with counts (tasks/incremental.Update.record)
 
     @classmethod
     def open(cls, cfg, dataset: str, method: str, run_id: str | None = None, checkpoints: bool = True) -> "Run":
@@ -224,10 +225,12 @@ class Run:
     # ---- manifest ----------------------------------------------------------------------------
     def manifest(self, files: dict, metrics: dict | None = None, extra: dict | None = None,
                  stages: dict | None = None) -> dict:
-        """The manifest fields of this run (config: the flow's resolved config; stages: the clock's)."""
+        """The manifest fields of this run (config: the flow's resolved config; stages: the clock's;
+        extra["run_kind"]: incremental or full with counts, when the flow set `kind`)."""
+        extra = {**(extra or {}), **({"run_kind": self.kind} if self.kind is not None else {})}
         return dict(dataset=self.dataset, method=self.method, run_id=self.run_id, files=files,
                     config=self.config.model_dump(mode="json") if self.config is not None else {},
-                    metrics=metrics or {}, stages=self.stages if stages is None else stages, extra=extra or {})
+                    metrics=metrics or {}, stages=self.stages if stages is None else stages, extra=extra)
 
     def commit(self, manifest: dict, stage: str = "commit") -> str:
         """Commit the run (last: every file it names exists), then drop the run's checkpoints."""

@@ -42,6 +42,7 @@ from embedlake.tasks import graph as gt
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.fastrp import fastrp_table
 from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.incremental import write_context
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.run import Run, Stage
@@ -123,11 +124,13 @@ def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, t
         return done
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     start = stage.resume_point("epoch", train_cfg.epochs, "training") if stage.enabled else 0
-    fn = remote(train_stages.train_stage, "train", num_cpus=cpus, num_returns=2, max_retries=max_retries)
+    keep_context = train_cfg.incremental == "auto"     # the next run may update this one (tasks/incremental.py)
+    fn = remote(train_stages.train_stage, "train", num_cpus=cpus, num_returns=3 if keep_context else 2,
+                max_retries=max_retries)
     progress = Progress("train", "tokens")
-    emb_ref, stats_ref = fn.remote(graph.num_nodes, walk_cfg.walks_per_node, train_cfg, *walk_refs,
-                                   threads=train_cfg.threads or cpus, progress=progress.reporter("train"),
-                                   checkpoint=stage.handle())
+    refs = fn.remote(graph.num_nodes, walk_cfg.walks_per_node, train_cfg, *walk_refs, threads=train_cfg.threads or cpus,
+                     progress=progress.reporter("train"), checkpoint=stage.handle(), context_out=keep_context)
+    emb_ref, stats_ref = refs[0], refs[1]
     progress.wait([stats_ref])
     progress.close()
     stats = ray.get(stats_ref)
@@ -135,7 +138,10 @@ def train_one_table(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, t
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
     info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
-    return StageResult(emb_ref, info)
+    run = stage.run
+    files = {"state": write_context(run.lake, run.dataset, run.method, run.run_id, refs[2], max_retries)
+             } if keep_context else {}
+    return StageResult(emb_ref, info, files)
 
 
 # ---------------------------------------------------------------- block-partitioned engine

@@ -106,3 +106,159 @@ def test_affected_nodes_by_radius():
     assert np.flatnonzero(affected_nodes(g, seed, 2)).tolist() == [0, 1, 2, 3, 4]
     gd = build_csr(np.arange(5), np.arange(1, 6), 6, directed=True)
     assert np.flatnonzero(affected_nodes(gd, seed, 1)).tolist() == [1, 2, 3]
+
+
+# ---- incremental runs through the flow -------------------------------------------------------------
+KARATE_SETTINGS = ["train.dim=16", "walk.walks_per_node=10", "walk.length=20", "train.window=5", "eval.repeats=1",
+                   "lake.dataset=karate", "train.threads=1", "eval.reconstruction=false", "input.id_type=str"]
+
+
+def karate_version(tmp_path, name, drop=(), add=()):
+    """A version of karate as its own edge file: `drop` edge rows removed, `add` (src, dst) appended."""
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "karate" / "edges.tsv"
+    lines = src.read_text().splitlines()
+    rows = [r for i, r in enumerate(lines[1:]) if i not in set(drop)] + [f"{a}\t{b}" for a, b in add]
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "edges.tsv").write_text("\n".join([lines[0], *rows]) + "\n")
+    return folder / "edges.tsv"
+
+
+def run_flow(lake, edges, overrides=()):
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    return embed_graph(load_config(None, [f"lake.uri={lake}", f"input.edges={edges}", *KARATE_SETTINGS,
+                                          *overrides]))
+
+
+def table_of_run(lake, run_id):
+    from embedlake.lake import Lake
+    from embedlake.workers.train.incremental import read_table
+    man = Lake(str(lake)).manifest("karate", "deepwalk", run_id)
+    ids, X = read_table(Lake(str(lake)), man.files["embeddings"])
+    return man, dict(zip(ids.tolist(), X))
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
+def test_incremental_run_through_the_flow(tmp_path):
+    """v1 = karate less 3 edges and node 33's edge to 32 ... v2 = karate with the 3 edges back, node
+    11 gone (its only edge dropped) and a new node 34: unaffected rows keep their bytes, 11 is gone, 34
+    is present, and the record says incremental with its counts."""
+    lake = tmp_path / "lake"
+    v1 = karate_version(tmp_path, "v1", drop=(5, 40, 60))
+    s1 = run_flow(lake, v1)
+    assert s1["run_kind"]["kind"] == "full" and "no committed run" in s1["run_kind"]["reason"]
+    edges = karate_version(tmp_path, "v0").read_text().splitlines()
+    eleven = [i for i, r in enumerate(edges[1:]) if "11" in r.split("\t")]
+    v2 = karate_version(tmp_path, "v2", drop=tuple(eleven), add=((34, 0), (34, 33)))
+    s2 = run_flow(lake, v2, ["train.incremental_radius=0"])      # karate is small: r=1 reaches most nodes
+    kind = s2["run_kind"]
+    assert kind["kind"] == "incremental" and kind["previous_run"] == s1["run_id"], kind
+    assert kind["edges_added"] == 3 + 2 and kind["edges_removed"] == 1 and kind["nodes_added"] == 1
+    assert kind["nodes_removed"] == 1 and 0 < kind["affected_nodes"] < kind["nodes"] == 34
+    assert kind["walks"] > 0 and kind["tokens"] > 0
+    _, before = table_of_run(lake, s1["run_id"])
+    man, after = table_of_run(lake, s2["run_id"])
+    assert man.extra["run_kind"]["kind"] == "incremental" and "stability" not in (man.metrics or {})
+    assert "11" not in after and "34" in after and set(after) == set(before) - {"11"} | {"34"}
+    from embedlake.lake import Lake
+    from embedlake.workers.graph.store import read_graph
+    new_csr, new_ids, _, _ = read_graph(Lake(str(lake)), "karate", s2["graph"]["version"])
+    old_csr, old_ids, _, _ = read_graph(Lake(str(lake)), "karate", s1["graph"]["version"])
+    d = graph_diff(old_ids, old_csr, new_ids, new_csr)
+    frozen = ~affected_nodes(new_csr, d.changed, 0)
+    assert frozen.sum() > 0 and kind["affected_nodes"] == int((~frozen).sum())
+    for v in new_ids[frozen].tolist():
+        assert after[v].tobytes() == before[v].tobytes(), v
+    moved = [v for v in new_ids[~frozen].tolist() if v in before and after[v].tobytes() != before[v].tobytes()]
+    assert moved, "the affected rows were trained"
+    # ls says incremental with the counts
+    from embedlake.flows.cli import main as cli
+    import io, contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli(["ls", "--lake", str(lake)]) == 0
+    assert f"incr {kind['affected_nodes']}/34" in buf.getvalue() and "full" in buf.getvalue()
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
+def test_full_retrain_when_change_too_large_or_settings_differ(tmp_path):
+    lake = tmp_path / "lake"
+    v1 = karate_version(tmp_path, "v1", drop=(5,))
+    run_flow(lake, v1)
+    v2 = karate_version(tmp_path, "v2", drop=tuple(range(10)))     # 9 more removed of 77: 12 %
+    s2 = run_flow(lake, v2)
+    assert s2["run_kind"]["kind"] == "full" and "train.incremental_max_change=0.1" in s2["run_kind"]["reason"]
+    assert s2["run_kind"]["edges_removed"] == 9 and s2["run_kind"]["edges_added"] == 0
+    s3 = run_flow(lake, v1, ["train.dim=8"])
+    assert s3["run_kind"]["kind"] == "full" and "train.dim changed (16" in s3["run_kind"]["reason"]
+    s4 = run_flow(lake, v1, ["train.dim=8", "train.incremental=off"])
+    assert s4["run_kind"]["kind"] == "full" and s4["run_kind"]["reason"] == "train.incremental=off"
+    assert s4["run_kind"]["previous_run"] is None and s4["run_kind"]["tokens"] == 34 * 10 * 20
+    from embedlake.lake import Lake
+    man = Lake(str(lake)).manifest("karate", "deepwalk", s3["run_id"])
+    assert man.extra["run_kind"]["reason"] == s3["run_kind"]["reason"]
+    s5 = run_flow(lake, v1, ["train.dim=8"])           # s4 ran with incremental=off: it kept no context table
+    assert s5["run_kind"]["kind"] == "full" and "kept no context table" in s5["run_kind"]["reason"]
+    s6 = run_flow(lake, v1, ["train.dim=8"])           # same graph as the previous run: nothing changed
+    assert s6["run_kind"]["kind"] == "incremental" and s6["run_kind"]["walks"] == 0
+    assert s6["run_kind"]["affected_nodes"] == 0 and s6["run_kind"]["change_fraction"] == 0
+    _, before = table_of_run(lake, s5["run_id"])
+    _, after = table_of_run(lake, s6["run_id"])
+    assert all(after[v].tobytes() == before[v].tobytes() for v in before)
+
+
+def test_frozen_training_never_writes_frozen_rows():
+    """train_frozen on walks over every node: rows outside the mask keep their bytes, the others move."""
+    from embedlake.config import TrainConfig
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.incremental import noise_counts, train_frozen
+    rng = np.random.default_rng(3)
+    g = build_csr(rng.integers(0, 60, 400), rng.integers(0, 60, 400), 60)
+    tokens, offsets = walks_to_sentences(random_walks(g.indptr, g.indices, None, np.arange(60), 4, 20, 1))
+    W_in = rng.random((60, 8), dtype=np.float32) - 0.5
+    W_out = rng.random((60, 8), dtype=np.float32) - 0.5
+    before, trainable = W_in.copy(), np.arange(60) % 3 == 0
+    stats = train_frozen(tokens, offsets, W_in, W_out, trainable, noise_counts(g), TrainConfig(dim=8, window=3), 2)
+    assert stats["tokens"] == len(tokens) and stats["pairs"] > 0
+    assert W_in[~trainable].tobytes() == before[~trainable].tobytes()
+    assert (np.abs(W_in[trainable] - before[trainable]).max(axis=1) > 0).all()
+
+
+def test_edge_walks_cross_their_edge():
+    """A centred edge walk holds u then v side by side, u's side reversed; no padding inside."""
+    from embedlake.config import WalkConfig
+    from embedlake.workers.train.incremental import edge_walks, join_reversed
+    assert join_reversed(np.array([[1, 2, 3, -1]]), np.array([[9, 8, -1]])).tolist() == [[3, 2, 1, 9, 8, -1, -1]]
+    g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path
+    edges = np.array([[4, 5], [0, 1]])
+    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), window=2, mode="deepwalk")
+    assert w.shape == (6, 6)
+    for row, (u, v) in zip(w, np.tile(edges, (3, 1))):
+        valid = row[row >= 0].tolist()
+        assert (row >= 0).sum() == len(valid) and row[: len(valid)].tolist() == valid
+        i = valid.index(u)
+        assert valid[i + 1] == v and all(abs(a - b) == 1 for a, b in zip(valid, valid[1:]))
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
+def test_fastrp_incremental_through_the_flow(tmp_path):
+    """method fastrp with the node-id keyed projection: the second version is an incremental run
+    (tasks/fastrp.fastrp_incremental) whose table equals a full run's of the same version."""
+    fr = ["method=fastrp", "fastrp.dim=16", "fastrp.density=0.2", "fastrp.projection=node_id"]
+    v1 = karate_version(tmp_path, "v1", drop=(5, 40))
+    v2 = karate_version(tmp_path, "v2", drop=(40,), add=((34, 0),))
+    run_flow(tmp_path / "lake", v1, fr)
+    inc = run_flow(tmp_path / "lake", v2, fr)
+    full = run_flow(tmp_path / "other", v2, fr)
+    assert inc["run_kind"]["kind"] == "incremental" and full["run_kind"]["kind"] == "full", inc["run_kind"]
+    assert 0 < inc["run_kind"]["affected_nodes"] <= inc["run_kind"]["nodes"] == 35
+    assert "publish" in inc["run_kind"] and "stability" not in inc["metrics"]
+    from embedlake.lake import Lake
+    from embedlake.workers.train.incremental import read_table
+    a = read_table(Lake(str(tmp_path / "lake")), Lake(str(tmp_path / "lake")).manifest("karate", "fastrp").files["embeddings"])
+    b = read_table(Lake(str(tmp_path / "other")), Lake(str(tmp_path / "other")).manifest("karate", "fastrp").files["embeddings"])
+    rows_a = dict(zip(a[0].tolist(), a[1]))
+    assert set(rows_a) == set(b[0].tolist())
+    assert all(rows_a[k].tobytes() == v.tobytes() for k, v in zip(b[0].tolist(), b[1]))

@@ -51,10 +51,11 @@ def resumed_tables(checkpoint: StageHandle | None) -> tuple[tuple | None, int]:
 
 
 def train_stage(num_nodes: int, walks_per_node: int, train: TrainConfig, *parts: np.ndarray, threads: int = 0,
-                progress=None, checkpoint: StageHandle | None = None) -> tuple[np.ndarray, dict]:
+                progress=None, checkpoint: StageHandle | None = None, context_out: bool = False) -> tuple:
     """One-table skip-gram on all walks. checkpoint (the run's `train` stage): the tables are
     checkpointed after every epoch (the last one as the final table) and, with a resume state of
-    epoch k, training continues at epoch k (docs/reliability.md)."""
+    epoch k, training continues at epoch k (docs/reliability.md). Returns (W_in, stats), with
+    context_out (W_in, stats, W_out): the context table an incremental run starts from."""
     from embedlake.workers.graph.walks import walks_to_sentences
     from embedlake.workers.train.skipgram import train_sgns
     walks = interleave_walks(list(parts), walks_per_node)
@@ -63,19 +64,19 @@ def train_stage(num_nodes: int, walks_per_node: int, train: TrainConfig, *parts:
     threads = kernel_threads(threads)
     if train.engine == "torch":
         from embedlake.workers.train.torch_engine import train_sgns_torch
-        W, _, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.device, threads=threads,
-                                       **sgns_settings(train))
+        W, W_out, stats = train_sgns_torch(tokens, offsets, num_nodes, device=train.device, threads=threads,
+                                           **sgns_settings(train))
         if checkpoint is not None:       # the torch engine has no epoch hook: the finished table only
             checkpoint_epoch(checkpoint, train.epochs, train.epochs, W, None, stats)
-        return W, stats
+        return (W, stats, W_out) if context_out else (W, stats)
     cb, on_epoch = epoch_callbacks(progress, checkpoint, train.epochs)
     init, start = resumed_tables(checkpoint)
-    W, _, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init, start_epoch=start,
-                             on_epoch=on_epoch, shared_negatives=train.negatives_per == "window",
-                             **sgns_settings(train))
+    W, W_out, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init,
+                                 start_epoch=start, on_epoch=on_epoch, shared_negatives=train.negatives_per == "window",
+                                 **sgns_settings(train))
     if checkpoint is not None:       # the final state also carries the training figures
         checkpoint_info(checkpoint, stats)
-    return W, stats
+    return (W, stats, W_out) if context_out else (W, stats)
 
 
 def checkpoint_epoch(checkpoint: StageHandle, k: int, epochs: int, W_in: np.ndarray, W_out: np.ndarray | None,

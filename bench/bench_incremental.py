@@ -1,0 +1,206 @@
+"""Incremental runs against full retrains (issue 18), through the embed_graph flow.
+
+For each dataset and each kept share s (0.95, 0.99): version 1 holds a seeded random s of the
+edges, version 2 all of them. In one process (one Ray, one machine state):
+  1. full run on v1 (lake A);   2. incremental run v1 -> v2 (lake A);
+  3. full retrain on v2 (lake B, after a full run on v1 there too: same starting state).
+Figures: the stage times of the table (full: walk + train; incremental: diff + update),
+their ratio; Micro-F1 at 10/50/90 % (DeepWalk protocol, --repeats splits) of both v2 tables;
+ROC-AUC (cosine) of the added edges against as many sampled non-edges of v2; a classifier trained
+on v1's vectors (50 % split) scored on v2's: the drop against scoring v1's own vectors, for the
+incremental table and the full retrain without and with an orthogonal Procrustes alignment to v1.
+Chain (--chain 10): v0 = 90 % of the edges (full run), then ten versions each adding 1 % of the
+edges back, each run incremental; Micro-F1 at 50 % of the tenth against a full retrain of it.
+
+usage: .venv/bin/python bench/bench_incremental.py [--datasets blogcatalog,ppi] [--keep 0.95,0.99]
+       [--chain 10] [--chain-datasets blogcatalog] [--radius 1] [--repeats 3] [--out bench_incremental.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TABLE_STAGES = {"full": ("walk", "train"), "incremental": ("diff", "update")}
+
+
+def read_edges(ds: Path) -> tuple[str, np.ndarray]:
+    lines = (ds / "edges.tsv").read_text().splitlines()
+    return lines[0], np.array([ln.split("\t")[:2] for ln in lines[1:]], dtype=np.int64)
+
+
+def write_version(folder: Path, header: str, edges: np.ndarray, num_nodes: int) -> Path:
+    """An edge file of one version (stats.json with the node count: int ids keep isolated nodes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "edges.tsv").write_text(header + "\n" + "\n".join(f"{a}\t{b}" for a, b in edges) + "\n")
+    (folder / "stats.json").write_text(json.dumps({"num_nodes": int(num_nodes)}))
+    return folder / "edges.tsv"
+
+
+def run_flow(lake: Path, edges: Path, dataset: str, extra: list[str]) -> dict:
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    ov = [f"lake.uri={lake}", f"input.edges={edges}", f"lake.dataset={dataset}", "eval.align_to_previous=false",
+          "eval.artifacts=false", "eval.reconstruction=false", *extra]
+    t0 = time.perf_counter()
+    s = embed_graph(load_config(None, ov))
+    s["bench_wall_s"] = round(time.perf_counter() - t0, 2)
+    return s
+
+
+def table_seconds(s: dict) -> float:
+    """The stage seconds of the run's table (TABLE_STAGES of its kind)."""
+    kind = (s.get("run_kind") or {}).get("kind", "full")
+    return round(sum(s["stages"].get(k, {}).get("wall_s", 0.0) for k in TABLE_STAGES[kind]), 3)
+
+
+def vectors(lake: Path, dataset: str, run_id: str, n: int) -> np.ndarray:
+    """The run's table as rows 0..n-1 by (int) node id."""
+    from embedlake.lake import Lake
+    from embedlake.workers.train.incremental import read_table
+    man = Lake(str(lake)).manifest(dataset, "deepwalk", run_id)
+    ids, X = read_table(Lake(str(lake)), man.files["embeddings"])
+    out = np.zeros((n, X.shape[1]), dtype=np.float32)
+    out[ids.astype(np.int64)] = X
+    return out
+
+
+def labels_of(ds: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [ln.split("\t")[:2] for ln in (ds / "labels.tsv").read_text().splitlines()[1:]]
+    a = np.array(rows, dtype=np.int64)
+    return a[:, 0], a[:, 1]
+
+
+def micro_f1(X: np.ndarray, labels, repeats: int) -> dict:
+    from embedlake.workers.evaluate.classify import node_classification
+    nc = node_classification(X, labels[0], labels[1], ratios=(0.1, 0.5, 0.9), repeats=repeats, threads=None)
+    return {str(k): round(float(v), 4) for k, v in nc["micro_f1"].items()}
+
+
+def link_auc(X: np.ndarray, added: np.ndarray, full_edges: np.ndarray, n: int, seed: int = 0) -> float:
+    """ROC-AUC of cosine scores: the added edges against as many uniform non-edges of the full graph."""
+    from embedlake.workers.evaluate.links import direct_scores, roc_auc, sample_non_edges
+    from embedlake.workers.graph.csr import build_csr
+    g = build_csr(full_edges[:, 0], full_edges[:, 1], n)
+    neg = sample_non_edges(g.indptr, g.indices, len(added), seed)
+    pos_s = direct_scores(X, added[:, 0], added[:, 1], "cosine")
+    neg_s = direct_scores(X, neg[0], neg[1], "cosine")
+    return round(roc_auc(np.r_[np.ones(len(pos_s)), np.zeros(len(neg_s))], np.r_[pos_s, neg_s]), 4)
+
+
+def procrustes(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """X rotated onto ref (orthogonal Procrustes over every row)."""
+    u, _, vt = np.linalg.svd(X.astype(np.float64).T @ ref.astype(np.float64))
+    return (X @ (u @ vt)).astype(np.float32)
+
+
+def transfer_f1(X1: np.ndarray, X2: np.ndarray, labels, seed: int = 0) -> dict:
+    """A classifier fitted on v1's rows of a 50 % split, scored on the test rows of v1 and of v2:
+    Micro-F1 of both and the drop."""
+    from embedlake.workers.evaluate.classify import classify_split, label_matrix, split_permutation
+    nodes, _, Y = label_matrix(*labels)
+    perm = split_permutation(len(nodes), seed)
+    tr, te = perm[: len(perm) // 2], perm[len(perm) // 2:]
+
+    def unit(X):
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    A, B = unit(X1[nodes]), unit(X2[nodes])
+    own = classify_split(A[tr], Y[tr], A[te], Y[te], multilabel=True, tol=1e-3)[0]
+    moved = classify_split(A[tr], Y[tr], B[te], Y[te], multilabel=True, tol=1e-3)[0]
+    return {"v1": round(own, 4), "v2": round(moved, 4), "drop": round(own - moved, 4)}
+
+
+def pair_figures(ds: Path, name: str, keep: float, work: Path, extra: list[str], repeats: int) -> dict:
+    """v1 = keep of the edges, v2 = all: full v1, incremental v1 -> v2, full v2 (see the module doc)."""
+    header, edges = read_edges(ds)
+    n = int(json.loads((ds / "stats.json").read_text())["num_nodes"])
+    rng = np.random.default_rng(int(keep * 1000))
+    mask = rng.random(len(edges)) < keep
+    v1 = write_version(work / f"{name}-{keep}-v1", header, edges[mask], n)
+    v2 = write_version(work / f"{name}-{keep}-v2", header, edges, n)
+    lake_a, lake_b = work / f"{name}-{keep}-A", work / f"{name}-{keep}-B"
+    s1 = run_flow(lake_a, v1, name, extra)
+    inc = run_flow(lake_a, v2, name, extra)
+    s1b = run_flow(lake_b, v1, name, extra)
+    full = run_flow(lake_b, v2, name, extra + ["train.incremental=off"])
+    X1, Xi = vectors(lake_a, name, s1["run_id"], n), vectors(lake_a, name, inc["run_id"], n)
+    X1b, Xf = vectors(lake_b, name, s1b["run_id"], n), vectors(lake_b, name, full["run_id"], n)
+    labels = labels_of(ds)
+    ti, tf = table_seconds(inc), table_seconds(full)
+    return {
+        "dataset": name, "keep": keep, "edges_v1": int(mask.sum()), "edges_v2": len(edges),
+        "incremental": inc["run_kind"], "full_kind": full["run_kind"]["kind"],
+        "seconds": {"incremental": ti, "full": tf, "ratio": round(ti / tf, 4) if tf else None,
+                    "incremental_stages": inc["stages"], "full_stages": full["stages"]},
+        "micro_f1": {"incremental": micro_f1(Xi, labels, repeats), "full": micro_f1(Xf, labels, repeats)},
+        "added_edge_auc": {"incremental": link_auc(Xi, edges[~mask], edges, n),
+                           "full": link_auc(Xf, edges[~mask], edges, n),
+                           "v1": link_auc(X1, edges[~mask], edges, n)},
+        "transfer": {"incremental": transfer_f1(X1, Xi, labels), "full": transfer_f1(X1b, Xf, labels),
+                     "full_aligned": transfer_f1(X1b, procrustes(Xf, X1b), labels)},
+    }
+
+
+def chain_figures(ds: Path, name: str, steps: int, work: Path, extra: list[str], repeats: int) -> dict:
+    """v0 = 90 % of the edges, then `steps` versions adding 1 % each back, every run incremental;
+    Micro-F1 of the last against a full retrain of it."""
+    header, edges = read_edges(ds)
+    n = int(json.loads((ds / "stats.json").read_text())["num_nodes"])
+    order = np.random.default_rng(7).permutation(len(edges))
+    start, step = len(edges) - steps * (len(edges) // 100), len(edges) // 100
+    lake = work / f"{name}-chain"
+    runs = [run_flow(lake, write_version(work / f"{name}-c0", header, edges[order[:start]], n), name, extra)]
+    for i in range(1, steps + 1):
+        cut = start + i * step
+        runs.append(run_flow(lake, write_version(work / f"{name}-c{i}", header, edges[order[:cut]], n), name, extra))
+    last_edges = work / f"{name}-c{steps}" / "edges.tsv"
+    full = run_flow(work / f"{name}-chain-full", last_edges, name, extra + ["train.incremental=off"])
+    labels = labels_of(ds)
+    Xi, Xf = vectors(lake, name, runs[-1]["run_id"], n), vectors(work / f"{name}-chain-full", name, full["run_id"], n)
+    return {"dataset": name, "steps": steps, "kinds": [r["run_kind"]["kind"] for r in runs],
+            "change": [r["run_kind"].get("change_fraction") for r in runs[1:]],
+            "seconds": {"incremental": [table_seconds(r) for r in runs[1:]], "full": table_seconds(full)},
+            "micro_f1_last": {"incremental": micro_f1(Xi, labels, repeats), "full": micro_f1(Xf, labels, repeats)}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="blogcatalog,ppi")
+    ap.add_argument("--keep", default="0.95,0.99")
+    ap.add_argument("--chain", type=int, default=10)
+    ap.add_argument("--chain-datasets", default="blogcatalog")
+    ap.add_argument("--radius", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides (section.key=value)")
+    ap.add_argument("--out", default="bench_incremental.json")
+    args = ap.parse_args()
+    extra = list(args.set) + ([f"train.incremental_radius={args.radius}"] if args.radius is not None else [])
+    out: dict = {"settings": extra, "pairs": [], "chains": []}
+    os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / "embedlake-bench-prefect"))
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="elb", dir="/tmp"))   # a private Ray
+    from embedlake.tasks.runtime import configure_env
+    configure_env()
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180), tempfile.TemporaryDirectory(prefix="bench-inc-") as tmp:
+        work = Path(tmp)
+        for name in [d for d in args.datasets.split(",") if d]:
+            for keep in [float(k) for k in args.keep.split(",") if k]:
+                out["pairs"].append(pair_figures(SHARED / "datasets" / name, name, keep, work, extra, args.repeats))
+                print(json.dumps(out["pairs"][-1]), flush=True)
+        for name in [d for d in args.chain_datasets.split(",") if d] if args.chain else []:
+            out["chains"].append(chain_figures(SHARED / "datasets" / name, name, args.chain, work, extra,
+                                               args.repeats))
+            print(json.dumps(out["chains"][-1]), flush=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
