@@ -18,6 +18,7 @@ import numpy as np
 from embedlake.workers.kg.evaluate import evaluate
 from embedlake.workers.kg.kernels import TrainSettings, new_state
 from embedlake.workers.kg.models import KGModel, init_tables
+from embedlake.workers.kg.partitioned import train_partitioned
 from embedlake.workers.kg.train import train
 from embedlake.workers.kg.triples import load_triples
 
@@ -51,6 +52,11 @@ def parse_args() -> argparse.Namespace:
                    "(../shared/bench/kge_peer.py in the kge peers venv) at the same model, dim and negatives per "
                    "positive, in this run; prints both throughputs and the ratio")
     add_peers_option(p)
+    p.add_argument("--partitions", type=int, default=1, help="P > 1: PyTorch-BigGraph's partitioned schedule "
+                   "(workers/kg/partitioned.py, in process: the same tables as the Ray run)")
+    p.add_argument("--workers", type=int, default=2, help="buckets per round of the partitioned schedule")
+    p.add_argument("--lent-rows", type=int, default=0, help="rows each other partition lends a bucket per round "
+                   "as read-only negatives (kg.lent_rows; 0: a bucket's negatives come from its own partitions)")
     p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
                    "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
@@ -111,7 +117,10 @@ def main() -> None:
             line.update(test_mrr=m["mrr"], test_hits10=m["hits@10"], test_eval_s=m["seconds"])
         print(json.dumps(line), flush=True)
 
-    train(model, st, ts.train, s, ts.degrees(), on_epoch)
+    if a.partitions > 1:
+        train_partitioned(model, st, ts.train, s, a.partitions, a.workers, a.seed, on_epoch, a.lent_rows)
+    else:
+        train(model, st, ts.train, s, ts.degrees(), on_epoch)
     test = evaluate(model, st.ent, st.rel, ts.test, known)
     print(json.dumps({"final": True, "args": vars(a), "threads": os.environ.get("NUMBA_NUM_THREADS"),
                       "train_s": round(train_s[0], 1), "wall_s": round(time.perf_counter() - t0, 1),
