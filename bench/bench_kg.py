@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="buckets per round of the partitioned schedule")
     p.add_argument("--lent-rows", type=int, default=0, help="rows each other partition lends a bucket per round "
                    "as read-only negatives (kg.lent_rows; 0: a bucket's negatives come from its own partitions)")
+    p.add_argument("--edge-chunks", type=int, default=1, help="parts each bucket is cut into per epoch "
+                   "(kg.edge_chunks, PyTorch-BigGraph's num_edge_chunks)")
     p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
                    "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
@@ -118,7 +120,7 @@ def main() -> None:
         print(json.dumps(line), flush=True)
 
     if a.partitions > 1:
-        train_partitioned(model, st, ts.train, s, a.partitions, a.workers, a.seed, on_epoch, a.lent_rows)
+        train_partitioned(model, st, ts.train, s, a.partitions, a.workers, a.seed, on_epoch, a.lent_rows, a.edge_chunks)
     else:
         train(model, st, ts.train, s, ts.degrees(), on_epoch)
     test = evaluate(model, st.ent, st.rel, ts.test, known)

@@ -20,7 +20,7 @@ def train_spec(kg) -> dict:
     """Everything besides the input that decides the trained tables (a checkpoint is of these)."""
     spec = {k: getattr(kg, k) for k in ("model", "dim", "norm", "gamma", "init_scale", "engine", *ks.TRAIN_FIELDS)}
     if kg.partitions > 1:
-        spec.update(partitions=kg.partitions, workers=kg.workers, lent_rows=kg.lent_rows)
+        spec.update(partitions=kg.partitions, workers=kg.workers, lent_rows=kg.lent_rows, edge_chunks=kg.edge_chunks)
     return spec
 
 
@@ -89,8 +89,11 @@ def train_partitioned(ts_ref, kg, stage: Stage, max_retries: int = 3) -> tuple:
     keys = ray.get(keys_ref)
     state = PartitionedState.start(ts_ref, kg, plan_ref, stage, opts)
     for epoch in range(state.epoch, kg.epochs):
-        total = sum(train_round(ts_ref, kg, plan_ref, epoch, rnd, this, state, opts)
-                    for rnd, this in enumerate(kp.rounds(keys, kg.seed, epoch, kg.workers)))
+        total, rnd = 0.0, 0
+        for chunk, passes in kp.schedule(keys, kg.seed, epoch, kg.workers, kg.edge_chunks):
+            for this in passes:
+                total += train_round(ts_ref, kg, plan_ref, epoch, chunk, rnd, this, state, opts)
+                rnd += 1
         state.history.append({"epoch": epoch + 1, "loss": round(total / 2.0, 3)})
         state.checkpoint(stage, epoch + 1, epoch + 1 == kg.epochs, opts)
     tables_ref = remote(kps.assemble_stage, "train", num_cpus=1, **opts).remote(ts_ref, plan_ref, state.rel,
@@ -100,26 +103,28 @@ def train_partitioned(ts_ref, kg, stage: Stage, max_retries: int = 3) -> tuple:
         ray.get(state.committed)         # the last epoch's checkpoint is written before the run goes on
     seconds = time.perf_counter() - t0
     info = {"model": kg.model, "dim": kg.dim, "engine": "numba", "epochs": kg.epochs, "partitions": kg.partitions,
-            "workers": kg.workers, "lent_rows": kg.lent_rows, "buckets": len(keys), "train_s": round(seconds, 3),
+            "workers": kg.workers, "lent_rows": kg.lent_rows, "edge_chunks": kg.edge_chunks, "buckets": len(keys), "train_s": round(seconds, 3),
             "resumed_at_epoch": state.resumed_at, "history": state.history}
     stage_logger().info(f"kg train (partitioned): P={kg.partitions}, {len(keys)} buckets, {kg.workers} workers, "
                         f"epochs {state.resumed_at + 1}..{kg.epochs} in {seconds:.1f} s")
     return tables_ref, info
 
 
-def train_round(ts_ref, kg, plan_ref, epoch: int, rnd: int, this: list, state: "PartitionedState",
+def train_round(ts_ref, kg, plan_ref, epoch: int, chunk: int, rnd: int, this: list, state: "PartitionedState",
                 opts: dict) -> float:
     """One round: the lent samples, then its buckets as parallel tasks; the driver merges their
     relation tables. Returns the round's summed loss."""
     import ray
+    parts = kg.partitions
     lent = {p: remote(kps.lend_stage, "train", num_cpus=1, **opts).remote(kg, epoch, rnd, p, state.rows[p])
-            for p in (kp.lent_parts(this, kg.partitions) if kg.lent_rows else [])}
+            for p in (kp.lent_parts(this, parts) if kg.lent_rows else [])}
     small = []
     for b in this:
         ps = kp.bucket_parts(b)
-        ins = [x for p in ps for x in (state.rows[p], state.accs[p])] + [lent[p] for p in lent if p not in b]
+        ins = [x for p in ps for x in (state.rows[p], state.accs[p])] + (
+            [lent[p] for p in kp.foreign_parts(b, parts)] if lent else [])
         outs = remote(kps.bucket_stage, "train", num_cpus=kg.threads, num_returns=2 * len(ps) + 1, **opts).remote(
-            ts_ref, kg, plan_ref, b, epoch, state.rel, state.rel_acc, *ins)
+            ts_ref, kg, plan_ref, b, epoch, chunk, state.rel, state.rel_acc, *ins)
         for k, p in enumerate(ps):
             state.rows[p], state.accs[p] = outs[2 * k], outs[2 * k + 1]
         small.append(outs[-1])

@@ -131,7 +131,7 @@ def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
     model = ks.model_of(cfg.kg)
     ent, rel = init_tables(model, ts.num_entities, ts.num_relations, cfg.kg.seed, cfg.kg.init_scale)
     st = train_partitioned(model, new_state(ent, rel, cfg.kg.optimizer), ts.train, ks.settings_of(cfg.kg), 4, 2,
-                           cfg.kg.seed, lent_rows=cfg.kg.lent_rows)
+                           cfg.kg.seed, lent_rows=cfg.kg.lent_rows, edge_chunks=cfg.kg.edge_chunks)
     assert np.array_equal(read_table(tmp / "lake_p4", "entities")[1], st.ent)
     assert np.array_equal(read_table(tmp / "lake_p4", "relations")[1], st.rel)
     assert summary["train"]["partitions"] == 4 and summary["metrics"]["triples"] == 6
@@ -168,7 +168,7 @@ def test_killed_partitioned_run_resumes_to_the_same_tables(committed):
     from embedlake.workers.kg.partitioned import train_partitioned
     tmp, data, _, _ = committed
     lake = tmp / "lake_p4_resume"
-    extra = ["kg.partitions=4", "kg.workers=2", "kg.lent_rows=4"]
+    extra = ["kg.partitions=4", "kg.workers=2", "kg.lent_rows=4", "kg.edge_chunks=2"]
     args = ["embed-kg", "--train", f"{data}/train.txt", "--valid", f"{data}/valid.txt", "--test",
             f"{data}/test.txt", "--lake", str(lake), "--run-id", "r1", "--json",
             *sum((["-p", s] for s in [*SETTINGS, *extra]), [])]
@@ -186,6 +186,6 @@ def test_killed_partitioned_run_resumes_to_the_same_tables(committed):
     model = ks.model_of(cfg.kg)
     ent, rel = init_tables(model, ts.num_entities, ts.num_relations, cfg.kg.seed, cfg.kg.init_scale)
     st = train_partitioned(model, new_state(ent, rel, cfg.kg.optimizer), ts.train, ks.settings_of(cfg.kg), 4, 2,
-                           cfg.kg.seed, lent_rows=4)
+                           cfg.kg.seed, lent_rows=4, edge_chunks=2)
     assert np.array_equal(read_table(lake, "entities")[1], st.ent)
     assert np.array_equal(read_table(lake, "relations")[1], st.rel)

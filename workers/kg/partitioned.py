@@ -22,7 +22,6 @@ result is bit-identical to train.train (tests/test_kg.py checks it).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -61,11 +60,12 @@ def partition(num_entities: int, triples: np.ndarray, parts: int, seed: int) -> 
     return Partitioning(members, buckets)
 
 
-def rounds(buckets, seed: int, epoch: int, workers: int) -> list[list[tuple[int, int]]]:
-    """The epoch's schedule: the (non-empty) buckets in a seeded order, packed greedily into rounds
-    of at most `workers` buckets whose partitions are disjoint."""
+def rounds(buckets, seed: int, epoch: int, workers: int, chunk: int = 0) -> list[list[tuple[int, int]]]:
+    """One pass over the buckets (of edge chunk `chunk`): the (non-empty) buckets in a seeded order,
+    packed greedily into rounds of at most `workers` buckets whose partitions are disjoint."""
     todo = sorted(buckets)
-    order = np.random.default_rng([seed, epoch, 104729]).permutation(len(todo)) if len(todo) > 1 else [0]
+    key = [seed, epoch, 104729] + ([chunk] if chunk else [])
+    order = np.random.default_rng(key).permutation(len(todo)) if len(todo) > 1 else [0]
     todo = [todo[i] for i in order]
     out = []
     while todo:
@@ -82,9 +82,30 @@ def rounds(buckets, seed: int, epoch: int, workers: int) -> list[list[tuple[int,
     return out
 
 
-def bucket_rng(seed: int, epoch: int, bucket: tuple[int, int], parts: int) -> np.random.Generator:
-    """A bucket's random stream; with one partition, the one-table engine's epoch stream."""
-    return epoch_rng(seed, epoch) if parts == 1 else np.random.default_rng([seed, epoch, bucket[0], bucket[1]])
+def bucket_rng(seed: int, epoch: int, bucket: tuple[int, int], parts: int, chunk: int = 0) -> np.random.Generator:
+    """A bucket's random stream (of its edge chunk `chunk`); with one partition, the one-table
+    engine's epoch stream."""
+    if parts == 1:
+        return epoch_rng(seed, epoch)
+    return np.random.default_rng([seed, epoch, bucket[0], bucket[1]] + ([chunk] if chunk else []))
+
+
+def schedule(buckets, seed: int, epoch: int, workers: int, edge_chunks: int) -> list[tuple]:
+    """The epoch's steps (edge chunk, rounds): PyTorch-BigGraph's `num_edge_chunks`: every bucket's
+    triples are cut into edge_chunks parts and the epoch trains the first part of every bucket,
+    then the second, ..., each pass in rounds of disjoint buckets, so a relation never trains on one
+    bucket's triples for long (one pass over a whole bucket drifts toward its entities)."""
+    return [(c, rounds(buckets, seed, epoch, workers, c)) for c in range(edge_chunks)]
+
+
+def chunk_triples(plan: "Partitioning", b: tuple[int, int], seed: int, epoch: int, chunk: int,
+                  edge_chunks: int) -> np.ndarray:
+    """Indices of the training triples of edge chunk `chunk` of bucket b (a seeded split per epoch)."""
+    idx = plan.buckets[b]
+    if edge_chunks == 1:
+        return idx
+    perm = np.random.default_rng([seed, epoch, b[0], b[1], 7]).permutation(idx.shape[0])
+    return idx[np.sort(perm[chunk::edge_chunks])]
 
 
 def bucket_parts(b: tuple[int, int]) -> list[int]:
@@ -102,14 +123,13 @@ def lent_parts(this: list[tuple[int, int]], parts: int) -> list[int]:
     return sorted({p for b in this for p in foreign_parts(b, parts)})
 
 
-def lend_rows(rows: np.ndarray, accs: np.ndarray, size: int, seed: int, epoch: int, rnd: int,
-              p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positions, rows, Adagrad state) that partition p lends round `rnd` as negatives: a seeded
-    sample of `size` of its rows (all when the partition is smaller)."""
+def lend_rows(rows: np.ndarray, size: int, seed: int, epoch: int, rnd: int, p: int) -> np.ndarray:
+    """The rows partition p lends round `rnd` of an epoch as read-only negatives: a seeded sample of
+    `size` of them (all when the partition is smaller)."""
     n = rows.shape[0]
-    idx = np.arange(n) if size >= n else np.sort(
-        np.random.default_rng([seed, epoch, rnd, p, 15485863]).choice(n, size, replace=False))
-    return idx, rows[idx], accs[idx]
+    if size >= n:
+        return rows
+    return rows[np.sort(np.random.default_rng([seed, epoch, rnd, p, 15485863]).choice(n, size, replace=False))]
 
 
 def bucket_sampler(own: int, lent: int, num_entities: int, s: TrainSettings) -> Callable:
@@ -132,13 +152,12 @@ def bucket_sampler(own: int, lent: int, num_entities: int, s: TrainSettings) -> 
 
 def train_bucket(model: KGModel, s: TrainSettings, bucket: tuple[int, int], members: list[np.ndarray],
                  rows: list[np.ndarray], accs: list[np.ndarray], rel: np.ndarray, rel_acc: np.ndarray,
-                 triples: np.ndarray, epoch: int, parts: int, lent: list[tuple] = (),
-                 num_entities: int = 0) -> tuple:
-    """Train one bucket over its partitions' rows (`rows[k]`, `accs[k]`: of partition members[k],
-    one entry for a diagonal bucket, two otherwise), with `lent` samples (lend_rows) of the other
-    partitions as extra negatives (of num_entities in all). Returns (new rows per partition, new
-    accs, relation table, relation accumulators, summed loss, [(row change, acc change)] of each
-    lent sample)."""
+                 triples: np.ndarray, epoch: int, parts: int, lent: list[np.ndarray] = (),
+                 num_entities: int = 0, chunk: int = 0) -> tuple:
+    """Train one bucket (its edge chunk `chunk`) over its partitions' rows (`rows[k]`, `accs[k]`: of
+    partition members[k], one entry for a diagonal bucket, two otherwise), with the `lent` rows of
+    the other partitions as read-only negatives (of num_entities in all). Returns (new rows per
+    partition, new accs, relation table, relation accumulators, summed loss)."""
     ids = np.concatenate(members)
     local_of = np.argsort(ids, kind="stable")
     sorted_ids = ids[local_of]
@@ -146,51 +165,35 @@ def train_bucket(model: KGModel, s: TrainSettings, bucket: tuple[int, int], memb
     for c in (0, 2):
         local[:, c] = local_of[np.searchsorted(sorted_ids, triples[:, c])]
     own = ids.shape[0]
-    st = TrainState(np.concatenate([*rows, *(x[1] for x in lent)]), rel.copy(),
-                    np.concatenate([*accs, *(x[2] for x in lent)]), rel_acc.copy())
-    frozen = os.environ.get("KG_LENT_LEARN") != "1"
+    st = TrainState(np.concatenate([*rows, *lent]), rel.copy(), np.concatenate(accs), rel_acc.copy())
     draw = bucket_sampler(own, st.ent.shape[0] - own, max(num_entities, own), s)
-    loss = train_pass(model, st, local, s, draw, bucket_rng(s.seed, epoch, bucket, parts),
-                      own if (lent and frozen) else None)
+    loss = train_pass(model, st, local, s, draw, bucket_rng(s.seed, epoch, bucket, parts, chunk),
+                      own if len(lent) else None)
     cuts = np.cumsum([m.shape[0] for m in members])[:-1]
-    changes, lo = [], own
-    for _, lent_rows, lent_accs in lent:
-        hi = lo + lent_rows.shape[0]
-        changes.append((st.ent[lo:hi] - lent_rows, st.ent_acc[lo:hi] - lent_accs))
-        lo = hi
-    return (np.split(st.ent[:own], cuts), np.split(st.ent_acc[:own], cuts), st.rel, st.rel_acc, loss, changes)
+    return np.split(st.ent[:own], cuts), np.split(st.ent_acc, cuts), st.rel, st.rel_acc, loss
 
 
 def merge_relations(start: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
     """The round's relation table: a single bucket's as it is, else start + the mean change."""
     if len(tables) == 1:
         return tables[0]
-    if os.environ.get("KG_MERGE") == "sum":
-        return (start + np.sum([t - start for t in tables], axis=0)).astype(np.float32)
     return (start + np.mean([t - start for t in tables], axis=0)).astype(np.float32)
 
 
 def train_partitioned(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, parts: int,
-                      workers: int, seed: int = 0, on_epoch: Callable | None = None,
-                      lent_rows: int = 0) -> TrainState:
+                      workers: int, seed: int = 0, on_epoch: Callable | None = None, lent_rows: int = 0,
+                      edge_chunks: int = 1) -> TrainState:
     """In-process partitioned training (the Ray version in tasks/kg.py runs each round's buckets as
-    tasks, with the same tables): epochs st.epoch .. s.epochs-1 of rounds of disjoint buckets, each
-    partition lending `lent_rows` rows per round. on_epoch(state, info) as in train.train."""
+    tasks, with the same tables): epochs st.epoch .. s.epochs-1, each `edge_chunks` passes of
+    rounds of disjoint buckets, every other partition lending `lent_rows` rows per round.
+    on_epoch(state, info) as in train.train."""
     plan = partition(st.ent.shape[0], triples, parts, seed)
     while st.epoch < s.epochs:
-        t0, total = time.perf_counter(), 0.0
-        for rnd, this in enumerate(rounds(plan.buckets, s.seed, st.epoch, workers)):
-            lent = {p: lend_rows(st.ent[plan.members[p]], st.ent_acc[plan.members[p]], lent_rows, s.seed, st.epoch,
-                                 rnd, p) for p in (lent_parts(this, parts) if lent_rows else [])}
-            outs = [run_bucket(model, s, plan, b, st, triples, parts, [lent[p] for p in foreign_parts(b, parts)]
-                               if lent else []) for b in this]
-            for b, out in zip(this, outs):
-                total += store_bucket(plan, b, out, st)
-            for b, out in zip(this, outs):
-                for p, change in zip(foreign_parts(b, parts) if lent else [], out[5]):
-                    absorb(st.ent, st.ent_acc, plan.members[p][lent[p][0]], change)
-            st.rel = merge_relations(st.rel, [o[2] for o in outs])
-            st.rel_acc = merge_relations(st.rel_acc, [o[3] for o in outs])
+        t0, total, rnd = time.perf_counter(), 0.0, 0
+        for chunk, passes in schedule(plan.buckets, s.seed, st.epoch, workers, edge_chunks):
+            for this in passes:
+                total += train_round(model, s, plan, this, st, triples, parts, lent_rows, chunk, edge_chunks, rnd)
+                rnd += 1
         st.epoch += 1
         seconds = time.perf_counter() - t0
         info = {"epoch": st.epoch, "loss": round(total / max(2 * triples.shape[0], 1), 6),
@@ -201,11 +204,23 @@ def train_partitioned(model: KGModel, st: TrainState, triples: np.ndarray, s: Tr
     return st
 
 
-def run_bucket(model, s, plan: Partitioning, b, st: TrainState, triples, parts, lent=()) -> tuple:
-    ps = bucket_parts(b)
-    return train_bucket(model, s, b, [plan.members[p] for p in ps], [st.ent[plan.members[p]] for p in ps],
-                        [st.ent_acc[plan.members[p]] for p in ps], st.rel, st.rel_acc, triples[plan.buckets[b]],
-                        st.epoch, parts, lent, st.ent.shape[0])
+def train_round(model, s, plan: Partitioning, this: list, st: TrainState, triples, parts: int, lent_rows: int,
+                chunk: int, edge_chunks: int, rnd: int) -> float:
+    """One round in process: lend, train each bucket from the round's start, store, merge."""
+    lent = {p: lend_rows(st.ent[plan.members[p]], lent_rows, s.seed, st.epoch, rnd, p)
+            for p in (lent_parts(this, parts) if lent_rows else [])}
+    outs = []
+    for b in this:
+        ps = bucket_parts(b)
+        outs.append(train_bucket(
+            model, s, b, [plan.members[p] for p in ps], [st.ent[plan.members[p]] for p in ps],
+            [st.ent_acc[plan.members[p]] for p in ps], st.rel, st.rel_acc,
+            triples[chunk_triples(plan, b, s.seed, st.epoch, chunk, edge_chunks)], st.epoch, parts,
+            [lent[p] for p in foreign_parts(b, parts)] if lent else [], st.ent.shape[0], chunk))
+    total = sum(store_bucket(plan, b, out, st) for b, out in zip(this, outs))
+    st.rel = merge_relations(st.rel, [o[2] for o in outs])
+    st.rel_acc = merge_relations(st.rel_acc, [o[3] for o in outs])
+    return total
 
 
 def store_bucket(plan: Partitioning, b, out: tuple, st: TrainState) -> float:
@@ -214,8 +229,3 @@ def store_bucket(plan: Partitioning, b, out: tuple, st: TrainState) -> float:
         st.ent_acc[plan.members[p]] = new_acc
     return out[4]
 
-
-def absorb(ent: np.ndarray, acc: np.ndarray, rows: np.ndarray, change: tuple) -> None:
-    """Add a bucket's change of lent rows (and of their Adagrad state) to the rows they came from."""
-    ent[rows] += change[0]
-    acc[rows] += change[1]

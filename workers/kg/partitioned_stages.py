@@ -21,7 +21,8 @@ import numpy as np
 from embedlake.lake import Lake
 from embedlake.workers.kg.kernels import new_state
 from embedlake.workers.kg.models import init_tables
-from embedlake.workers.kg.partitioned import Partitioning, bucket_parts, lend_rows, partition, train_bucket
+from embedlake.workers.kg.partitioned import (Partitioning, bucket_parts, chunk_triples, lend_rows, partition,
+                                              train_bucket)
 from embedlake.workers.kg.stages import blas_threads, model_of, settings_of
 from embedlake.workers.kg.triples import TripleSet
 from embedlake.workers.run import checkpoints as cp
@@ -48,21 +49,23 @@ def init_stage(ts: TripleSet, kg, plan: Partitioning) -> tuple:
 
 
 def lend_stage(kg, epoch: int, rnd: int, p: int, rows: np.ndarray) -> np.ndarray:
-    """The read-only sample of partition p's rows that round `rnd` lends as negatives."""
+    """The rows partition p lends round `rnd` of the epoch as read-only negatives."""
     return lend_rows(rows, kg.lent_rows, kg.seed, epoch, rnd, p)
 
 
-def bucket_stage(ts: TripleSet, kg, plan: Partitioning, bucket: tuple[int, int], epoch: int, rel: np.ndarray,
-                 rel_acc: np.ndarray, *arrays) -> tuple:
-    """Train one bucket. `arrays`: (rows, acc) of each of its partitions, then the lent samples of
-    the others. Returns (rows, acc) of each of its partitions, then (rel, rel_acc, loss)."""
+def bucket_stage(ts: TripleSet, kg, plan: Partitioning, bucket: tuple[int, int], epoch: int, chunk: int,
+                 rel: np.ndarray, rel_acc: np.ndarray, *arrays) -> tuple:
+    """Train edge chunk `chunk` of one bucket. `arrays`: (rows, acc) of each of its partitions, then
+    the samples the other partitions lend (foreign_parts order). Returns (rows, acc) of each of its
+    partitions, then (rel, rel_acc, loss)."""
     ps = bucket_parts(bucket)
     own = 2 * len(ps)
     rows, accs, lent = list(arrays[0:own:2]), list(arrays[1:own:2]), list(arrays[own:])
+    triples = ts.train[chunk_triples(plan, bucket, kg.seed, epoch, chunk, kg.edge_chunks)]
     with blas_threads(kg.threads):
         new_rows, new_accs, new_rel, new_rel_acc, loss = train_bucket(
             model_of(kg), settings_of(kg), bucket, [plan.members[p] for p in ps], rows, accs, rel, rel_acc,
-            ts.train[plan.buckets[bucket]], epoch, kg.partitions, lent, ts.num_entities)
+            triples, epoch, kg.partitions, lent, ts.num_entities, chunk)
     out: list = []
     for r, a in zip(new_rows, new_accs):
         out += [r, a]
