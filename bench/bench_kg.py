@@ -59,6 +59,10 @@ def parse_args() -> argparse.Namespace:
                    "as read-only negatives (kg.lent_rows; 0: a bucket's negatives come from its own partitions)")
     p.add_argument("--edge-chunks", type=int, default=1, help="parts each bucket is cut into per epoch "
                    "(kg.edge_chunks, PyTorch-BigGraph's num_edge_chunks)")
+    p.add_argument("--codecs", default="", help="comma-separated codecs (fp16,int8,int4,binary,pq,opq,lowrank): "
+                   "the final test MRR / Hits@10 with the entity table through each codec's round trip (the "
+                   "codecs `embedlake compress` writes; compress.* defaults)")
+    p.add_argument("--pq-m", type=int, default=20, help="pq / opq sub-quantisers (must divide --dim)")
     p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
                    "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
@@ -124,10 +128,21 @@ def main() -> None:
     else:
         train(model, st, ts.train, s, ts.degrees(), on_epoch)
     test = evaluate(model, st.ent, st.rel, ts.test, known)
-    print(json.dumps({"final": True, "args": vars(a), "threads": os.environ.get("NUMBA_NUM_THREADS"),
+    codecs = codec_figures(a, ts, st) if a.codecs else None
+    print(json.dumps({"final": True, "codecs": codecs, "args": vars(a), "threads": os.environ.get("NUMBA_NUM_THREADS"),
                       "train_s": round(train_s[0], 1), "wall_s": round(time.perf_counter() - t0, 1),
                       "test": {k: v for k, v in test.items() if k not in ("tail", "head")},
                       "test_tail_mrr": test["tail"]["mrr"], "test_head_mrr": test["head"]["mrr"]}), flush=True)
+
+
+def codec_figures(a: argparse.Namespace, ts, st) -> dict:
+    """{codec: {mrr, hits@10, bytes_per_vector}} of the trained entity table through each codec."""
+    from types import SimpleNamespace
+
+    from embedlake.config import CompressConfig
+    from embedlake.workers.kg.stages import codec_metrics
+    kg = SimpleNamespace(model=a.model, dim=a.dim, norm=a.norm, gamma=a.gamma, threads=1, eval_batch=1000)
+    return codec_metrics(ts, kg, a.codecs.split(","), CompressConfig(pq_m=a.pq_m), (st.ent, st.rel))
 
 
 if __name__ == "__main__":
