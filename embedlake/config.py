@@ -343,9 +343,10 @@ class KGConfig(Section):
     lent_rows: int = Field(1000, ge=0, description="kg.partitions > 1: rows every other partition lends a bucket "
                            "each round as read-only negatives, so its negatives come from all entities; 0 = from "
                            "its own partitions only (PyTorch-BigGraph's rule, biased: docs/knowledge-graphs.md).")
-    edge_chunks: int = Field(1, ge=1, le=1024, description="kg.partitions > 1: parts each bucket's triples are cut "
+    edge_chunks: int = Field(16, ge=1, le=1024, description="kg.partitions > 1: parts each bucket's triples are cut "
                              "into per epoch; an epoch trains the first part of every bucket, then the second, ... "
-                             "(PyTorch-BigGraph's num_edge_chunks).")
+                             "(PyTorch-BigGraph's num_edge_chunks; 1 = each bucket in one pass, which costs quality: "
+                             "docs/knowledge-graphs.md).")
     eval_batch: int = Field(1000, ge=1, description="Test queries scored against every entity at once.")
 
 

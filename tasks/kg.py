@@ -112,22 +112,29 @@ def train_partitioned(ts_ref, kg, stage: Stage, max_retries: int = 3) -> tuple:
 
 def train_round(ts_ref, kg, plan_ref, epoch: int, chunk: int, rnd: int, this: list, state: "PartitionedState",
                 opts: dict) -> float:
-    """One round: the lent samples, then its buckets as parallel tasks; the driver merges their
-    relation tables. Returns the round's summed loss."""
+    """One round: the lent samples, then its buckets as parallel tasks, then each lending partition
+    takes back the changes made to its lent rows; the driver merges the relation tables. Returns
+    the round's summed loss."""
     import ray
     parts = kg.partitions
-    lent = {p: remote(kps.lend_stage, "train", num_cpus=1, **opts).remote(kg, epoch, rnd, p, state.rows[p])
+    lent = {p: remote(kps.lend_stage, "train", num_cpus=1, **opts).remote(kg, epoch, rnd, p, state.rows[p],
+                                                                          state.accs[p])
             for p in (kp.lent_parts(this, parts) if kg.lent_rows else [])}
-    small = []
+    small, changes = [], []
     for b in this:
         ps = kp.bucket_parts(b)
         ins = [x for p in ps for x in (state.rows[p], state.accs[p])] + (
             [lent[p] for p in kp.foreign_parts(b, parts)] if lent else [])
-        outs = remote(kps.bucket_stage, "train", num_cpus=kg.threads, num_returns=2 * len(ps) + 1, **opts).remote(
+        outs = remote(kps.bucket_stage, "train", num_cpus=kg.threads, num_returns=2 * len(ps) + 2, **opts).remote(
             ts_ref, kg, plan_ref, b, epoch, chunk, state.rel, state.rel_acc, *ins)
         for k, p in enumerate(ps):
             state.rows[p], state.accs[p] = outs[2 * k], outs[2 * k + 1]
-        small.append(outs[-1])
+        small.append(outs[-2])
+        changes.append(outs[-1])
+    for p in lent:
+        borrowers = [(b, c) for b, c in zip(this, changes) if p in kp.foreign_parts(b, parts)]
+        state.rows[p], state.accs[p] = remote(kps.absorb_stage, "train", num_cpus=1, num_returns=2, **opts).remote(
+            p, parts, [b for b, _ in borrowers], state.rows[p], state.accs[p], lent[p], *(c for _, c in borrowers))
     got = ray.get(small)
     state.rel = kp.merge_relations(state.rel, [g[0] for g in got])
     state.rel_acc = kp.merge_relations(state.rel_acc, [g[1] for g in got])

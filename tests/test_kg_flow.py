@@ -125,7 +125,8 @@ def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
     from embedlake.workers.kg.models import init_tables
     from embedlake.workers.kg.partitioned import train_partitioned
     tmp, data, _, _ = committed
-    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2", "compress.codecs=[int8]"))
+    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2", "kg.edge_chunks=2",
+                                               "compress.codecs=[int8]"))
     summary = embed_kg(cfg)
     ts, _ = ks.load_stage(str(tmp / "lake"), cfg.kg)
     model = ks.model_of(cfg.kg)

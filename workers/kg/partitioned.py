@@ -123,13 +123,14 @@ def lent_parts(this: list[tuple[int, int]], parts: int) -> list[int]:
     return sorted({p for b in this for p in foreign_parts(b, parts)})
 
 
-def lend_rows(rows: np.ndarray, size: int, seed: int, epoch: int, rnd: int, p: int) -> np.ndarray:
-    """The rows partition p lends round `rnd` of an epoch as read-only negatives: a seeded sample of
-    `size` of them (all when the partition is smaller)."""
+def lend_rows(rows: np.ndarray, accs: np.ndarray, size: int, seed: int, epoch: int, rnd: int,
+              p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, rows, Adagrad state) that partition p lends round `rnd` of an epoch as
+    negatives: a seeded sample of `size` of its rows (all when the partition is smaller)."""
     n = rows.shape[0]
-    if size >= n:
-        return rows
-    return rows[np.sort(np.random.default_rng([seed, epoch, rnd, p, 15485863]).choice(n, size, replace=False))]
+    idx = np.arange(n) if size >= n else np.sort(
+        np.random.default_rng([seed, epoch, rnd, p, 15485863]).choice(n, size, replace=False))
+    return idx, rows[idx], accs[idx]
 
 
 def bucket_sampler(own: int, lent: int, num_entities: int, s: TrainSettings) -> Callable:
@@ -152,12 +153,13 @@ def bucket_sampler(own: int, lent: int, num_entities: int, s: TrainSettings) -> 
 
 def train_bucket(model: KGModel, s: TrainSettings, bucket: tuple[int, int], members: list[np.ndarray],
                  rows: list[np.ndarray], accs: list[np.ndarray], rel: np.ndarray, rel_acc: np.ndarray,
-                 triples: np.ndarray, epoch: int, parts: int, lent: list[np.ndarray] = (),
+                 triples: np.ndarray, epoch: int, parts: int, lent: list[tuple] = (),
                  num_entities: int = 0, chunk: int = 0) -> tuple:
     """Train one bucket (its edge chunk `chunk`) over its partitions' rows (`rows[k]`, `accs[k]`: of
-    partition members[k], one entry for a diagonal bucket, two otherwise), with the `lent` rows of
-    the other partitions as read-only negatives (of num_entities in all). Returns (new rows per
-    partition, new accs, relation table, relation accumulators, summed loss)."""
+    partition members[k], one entry for a diagonal bucket, two otherwise), with the `lent` samples
+    (lend_rows) of the other partitions as extra negatives (of num_entities in all). Returns (new
+    rows per partition, new accs, relation table, relation accumulators, summed loss, [(row change,
+    acc change)] of each lent sample)."""
     ids = np.concatenate(members)
     local_of = np.argsort(ids, kind="stable")
     sorted_ids = ids[local_of]
@@ -165,12 +167,17 @@ def train_bucket(model: KGModel, s: TrainSettings, bucket: tuple[int, int], memb
     for c in (0, 2):
         local[:, c] = local_of[np.searchsorted(sorted_ids, triples[:, c])]
     own = ids.shape[0]
-    st = TrainState(np.concatenate([*rows, *lent]), rel.copy(), np.concatenate(accs), rel_acc.copy())
+    st = TrainState(np.concatenate([*rows, *(x[1] for x in lent)]), rel.copy(),
+                    np.concatenate([*accs, *(x[2] for x in lent)]), rel_acc.copy())
     draw = bucket_sampler(own, st.ent.shape[0] - own, max(num_entities, own), s)
-    loss = train_pass(model, st, local, s, draw, bucket_rng(s.seed, epoch, bucket, parts, chunk),
-                      own if len(lent) else None)
+    loss = train_pass(model, st, local, s, draw, bucket_rng(s.seed, epoch, bucket, parts, chunk))
     cuts = np.cumsum([m.shape[0] for m in members])[:-1]
-    return np.split(st.ent[:own], cuts), np.split(st.ent_acc, cuts), st.rel, st.rel_acc, loss
+    changes, lo = [], own
+    for _, lent_rows, lent_accs in lent:
+        hi = lo + lent_rows.shape[0]
+        changes.append((st.ent[lo:hi] - lent_rows, st.ent_acc[lo:hi] - lent_accs))
+        lo = hi
+    return np.split(st.ent[:own], cuts), np.split(st.ent_acc[:own], cuts), st.rel, st.rel_acc, loss, changes
 
 
 def merge_relations(start: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
@@ -206,8 +213,9 @@ def train_partitioned(model: KGModel, st: TrainState, triples: np.ndarray, s: Tr
 
 def train_round(model, s, plan: Partitioning, this: list, st: TrainState, triples, parts: int, lent_rows: int,
                 chunk: int, edge_chunks: int, rnd: int) -> float:
-    """One round in process: lend, train each bucket from the round's start, store, merge."""
-    lent = {p: lend_rows(st.ent[plan.members[p]], lent_rows, s.seed, st.epoch, rnd, p)
+    """One round in process: lend, train each bucket from the round's start, store, add the lent
+    rows' changes back, merge the relations."""
+    lent = {p: lend_rows(st.ent[plan.members[p]], st.ent_acc[plan.members[p]], lent_rows, s.seed, st.epoch, rnd, p)
             for p in (lent_parts(this, parts) if lent_rows else [])}
     outs = []
     for b in this:
@@ -218,6 +226,9 @@ def train_round(model, s, plan: Partitioning, this: list, st: TrainState, triple
             triples[chunk_triples(plan, b, s.seed, st.epoch, chunk, edge_chunks)], st.epoch, parts,
             [lent[p] for p in foreign_parts(b, parts)] if lent else [], st.ent.shape[0], chunk))
     total = sum(store_bucket(plan, b, out, st) for b, out in zip(this, outs))
+    for b, out in zip(this, outs):
+        for p, change in zip(foreign_parts(b, parts) if lent else [], out[5]):
+            absorb(st.ent, st.ent_acc, plan.members[p][lent[p][0]], change)
     st.rel = merge_relations(st.rel, [o[2] for o in outs])
     st.rel_acc = merge_relations(st.rel_acc, [o[3] for o in outs])
     return total
@@ -229,3 +240,17 @@ def store_bucket(plan: Partitioning, b, out: tuple, st: TrainState) -> float:
         st.ent_acc[plan.members[p]] = new_acc
     return out[4]
 
+
+def absorb(ent: np.ndarray, acc: np.ndarray, rows: np.ndarray, change: tuple) -> None:
+    """Add a bucket's change of lent rows (and of their Adagrad state) to the rows they came from."""
+    ent[rows] += change[0]
+    acc[rows] += change[1]
+
+
+def absorb_all(rows: np.ndarray, accs: np.ndarray, idx: np.ndarray, changes: list) -> tuple[np.ndarray, np.ndarray]:
+    """A partition's rows and Adagrad state plus the changes the round's buckets made to the rows it
+    lent (positions idx), added in bucket order (on copies: the inputs may be read-only)."""
+    rows, accs = rows.copy(), accs.copy()
+    for change in changes:
+        absorb(rows, accs, idx, change)
+    return rows, accs

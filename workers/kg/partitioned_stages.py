@@ -21,8 +21,8 @@ import numpy as np
 from embedlake.lake import Lake
 from embedlake.workers.kg.kernels import new_state
 from embedlake.workers.kg.models import init_tables
-from embedlake.workers.kg.partitioned import (Partitioning, bucket_parts, chunk_triples, lend_rows, partition,
-                                              train_bucket)
+from embedlake.workers.kg.partitioned import (Partitioning, absorb_all, bucket_parts, chunk_triples, foreign_parts,
+                                              lend_rows, partition, train_bucket)
 from embedlake.workers.kg.stages import blas_threads, model_of, settings_of
 from embedlake.workers.kg.triples import TripleSet
 from embedlake.workers.run import checkpoints as cp
@@ -48,28 +48,36 @@ def init_stage(ts: TripleSet, kg, plan: Partitioning) -> tuple:
     return tuple(out)
 
 
-def lend_stage(kg, epoch: int, rnd: int, p: int, rows: np.ndarray) -> np.ndarray:
-    """The rows partition p lends round `rnd` of the epoch as read-only negatives."""
-    return lend_rows(rows, kg.lent_rows, kg.seed, epoch, rnd, p)
+def lend_stage(kg, epoch: int, rnd: int, p: int, rows: np.ndarray, accs: np.ndarray) -> tuple:
+    """(positions, rows, Adagrad state) partition p lends round `rnd` of the epoch as negatives."""
+    return lend_rows(rows, accs, kg.lent_rows, kg.seed, epoch, rnd, p)
 
 
 def bucket_stage(ts: TripleSet, kg, plan: Partitioning, bucket: tuple[int, int], epoch: int, chunk: int,
                  rel: np.ndarray, rel_acc: np.ndarray, *arrays) -> tuple:
     """Train edge chunk `chunk` of one bucket. `arrays`: (rows, acc) of each of its partitions, then
     the samples the other partitions lend (foreign_parts order). Returns (rows, acc) of each of its
-    partitions, then (rel, rel_acc, loss)."""
+    partitions, then (rel, rel_acc, loss), then the changes of the lent rows."""
     ps = bucket_parts(bucket)
     own = 2 * len(ps)
     rows, accs, lent = list(arrays[0:own:2]), list(arrays[1:own:2]), list(arrays[own:])
     triples = ts.train[chunk_triples(plan, bucket, kg.seed, epoch, chunk, kg.edge_chunks)]
     with blas_threads(kg.threads):
-        new_rows, new_accs, new_rel, new_rel_acc, loss = train_bucket(
+        new_rows, new_accs, new_rel, new_rel_acc, loss, changes = train_bucket(
             model_of(kg), settings_of(kg), bucket, [plan.members[p] for p in ps], rows, accs, rel, rel_acc,
             triples, epoch, kg.partitions, lent, ts.num_entities, chunk)
     out: list = []
     for r, a in zip(new_rows, new_accs):
         out += [r, a]
-    return (*out, (new_rel, new_rel_acc, float(loss)))
+    return (*out, (new_rel, new_rel_acc, float(loss)), changes)
+
+
+def absorb_stage(p: int, parts: int, buckets: list, rows: np.ndarray, accs: np.ndarray, lent: tuple,
+                 *bucket_changes) -> tuple:
+    """Partition p after a round: its rows plus the changes that each of `buckets` (the round's
+    buckets that borrowed rows of it; `bucket_changes` in the same order) made to them."""
+    picked = [changes[foreign_parts(b, parts).index(p)] for b, changes in zip(buckets, bucket_changes)]
+    return absorb_all(rows, accs, lent[0], picked)
 
 
 def epoch_folder(handle: StageHandle, epoch: int) -> str:

@@ -100,14 +100,10 @@ def side_grads(model: KGModel, st: TrainState, anchors, rels, targets, negs, sid
     return loss, [(anchors, da), (targets, dt), (negs, dcand)], (rels, dr)
 
 
-def apply_grads(table, acc, parts: list, lr: float, optimizer: str, trainable: int | None = None) -> None:
-    """Sum the gradients of repeated rows, then update each touched row once. Rows from `trainable`
-    on are read-only (a partitioned bucket's lent negatives): their gradients are dropped."""
+def apply_grads(table, acc, parts: list, lr: float, optimizer: str) -> None:
+    """Sum the gradients of repeated rows, then update each touched row once."""
     ids = np.concatenate([p[0] for p in parts])
     grads = np.concatenate([p[1] for p in parts])
-    if trainable is not None and trainable < table.shape[0]:
-        keep = ids < trainable
-        ids, grads = ids[keep], grads[keep]
     rows, inverse = np.unique(ids, return_inverse=True)
     summed = np.zeros((rows.shape[0], table.shape[1]), np.float32)
     scatter_rows(grads, inverse.astype(np.int64), summed)
@@ -120,10 +116,8 @@ def apply_grads(table, acc, parts: list, lr: float, optimizer: str, trainable: i
         sgd_rows(table, rows, summed, np.float32(lr))
 
 
-def train_chunk(model: KGModel, st: TrainState, h, r, t, negs_tail, negs_head, s: TrainSettings,
-                trainable: int | None = None) -> float:
-    """One update from a chunk of positives (h, r, t) and its two shared negative sets (entity rows
-    from `trainable` on are read-only: see apply_grads)."""
+def train_chunk(model: KGModel, st: TrainState, h, r, t, negs_tail, negs_head, s: TrainSettings) -> float:
+    """One update from a chunk of positives (h, r, t) and its two shared negative sets."""
     loss_t, ent_t, rel_t = side_grads(model, st, h, r, t, negs_tail, TAIL, s)
     loss_h, ent_h, rel_h = side_grads(model, st, t, r, h, negs_head, HEAD, s)
     ent_parts, rel_parts = ent_t + ent_h, [rel_t, rel_h]
@@ -133,7 +127,7 @@ def train_chunk(model: KGModel, st: TrainState, h, r, t, negs_tail, negs_head, s
             ent_parts.append((ids, reg_grads(st.ent[ids], np.float32(s.reg_weight), n3, model.complex)))
         if model.name != "rotate":          # RotatE's relations are phases: nothing to shrink
             rel_parts.append((r, reg_grads(st.rel[r], np.float32(s.reg_weight), n3, model.name == "complex")))
-    apply_grads(st.ent, st.ent_acc, ent_parts, s.lr, s.optimizer, trainable)
+    apply_grads(st.ent, st.ent_acc, ent_parts, s.lr, s.optimizer)
     # PBG keeps relation parameters on elementwise Adagrad beside row-wise entity tables
     apply_grads(st.rel, st.rel_acc, rel_parts, s.lr, "adagrad" if s.optimizer == "row_adagrad" else s.optimizer)
     return float(loss_t + loss_h)
@@ -156,15 +150,14 @@ def negative_sampler(num_entities: int, s: TrainSettings, degree: np.ndarray | N
 
 
 def train_pass(model: KGModel, st: TrainState, triples: np.ndarray, s: TrainSettings, draw: Callable,
-               rng: np.random.Generator, trainable: int | None = None) -> float:
-    """One shuffled pass over `triples` (order and negatives from `rng`); returns the summed loss.
-    Entity rows from `trainable` on are read-only negatives (partitioned training's lent rows)."""
+               rng: np.random.Generator) -> float:
+    """One shuffled pass over `triples` (order and negatives from `rng`); returns the summed loss."""
     order = rng.permutation(triples.shape[0])
     total = 0.0
     for lo in range(0, order.shape[0], s.batch):
         chunk = triples[order[lo:lo + s.batch]]
         h, r, t = (np.ascontiguousarray(chunk[:, c], np.int64) for c in range(3))
-        total += train_chunk(model, st, h, r, t, draw(rng), draw(rng), s, trainable)
+        total += train_chunk(model, st, h, r, t, draw(rng), draw(rng), s)
     return total
 
 
