@@ -18,6 +18,7 @@ import numpy as np
 from embedlake.workers.kg.evaluate import evaluate
 from embedlake.workers.kg.kernels import TrainSettings, new_state
 from embedlake.workers.kg.models import KGModel, init_tables
+from embedlake.workers.kg.partitioned import train_partitioned
 from embedlake.workers.kg.train import train
 from embedlake.workers.kg.triples import load_triples
 
@@ -51,6 +52,17 @@ def parse_args() -> argparse.Namespace:
                    "(../shared/bench/kge_peer.py in the kge peers venv) at the same model, dim and negatives per "
                    "positive, in this run; prints both throughputs and the ratio")
     add_peers_option(p)
+    p.add_argument("--partitions", type=int, default=1, help="P > 1: PyTorch-BigGraph's partitioned schedule "
+                   "(workers/kg/partitioned.py, in process: the same tables as the Ray run)")
+    p.add_argument("--workers", type=int, default=2, help="buckets per round of the partitioned schedule")
+    p.add_argument("--lent-rows", type=int, default=0, help="rows each other partition lends a bucket per round "
+                   "as read-only negatives (kg.lent_rows; 0: a bucket's negatives come from its own partitions)")
+    p.add_argument("--edge-chunks", type=int, default=1, help="parts each bucket is cut into per epoch "
+                   "(kg.edge_chunks, PyTorch-BigGraph's num_edge_chunks)")
+    p.add_argument("--codecs", default="", help="comma-separated codecs (fp16,int8,int4,binary,pq,opq,lowrank): "
+                   "the final test MRR / Hits@10 with the entity table through each codec's round trip (the "
+                   "codecs `embedlake compress` writes; compress.* defaults)")
+    p.add_argument("--pq-m", type=int, default=20, help="pq / opq sub-quantisers (must divide --dim)")
     p.add_argument("--test-every", type=int, default=0, help="also evaluate the whole test set every N epochs "
                    "(time to reach a figure); 0 = at the end only")
     return p.parse_args()
@@ -111,12 +123,26 @@ def main() -> None:
             line.update(test_mrr=m["mrr"], test_hits10=m["hits@10"], test_eval_s=m["seconds"])
         print(json.dumps(line), flush=True)
 
-    train(model, st, ts.train, s, ts.degrees(), on_epoch)
+    if a.partitions > 1:
+        train_partitioned(model, st, ts.train, s, a.partitions, a.workers, a.seed, on_epoch, a.lent_rows, a.edge_chunks)
+    else:
+        train(model, st, ts.train, s, ts.degrees(), on_epoch)
     test = evaluate(model, st.ent, st.rel, ts.test, known)
-    print(json.dumps({"final": True, "args": vars(a), "threads": os.environ.get("NUMBA_NUM_THREADS"),
+    codecs = codec_figures(a, ts, st) if a.codecs else None
+    print(json.dumps({"final": True, "codecs": codecs, "args": vars(a), "threads": os.environ.get("NUMBA_NUM_THREADS"),
                       "train_s": round(train_s[0], 1), "wall_s": round(time.perf_counter() - t0, 1),
                       "test": {k: v for k, v in test.items() if k not in ("tail", "head")},
                       "test_tail_mrr": test["tail"]["mrr"], "test_head_mrr": test["head"]["mrr"]}), flush=True)
+
+
+def codec_figures(a: argparse.Namespace, ts, st) -> dict:
+    """{codec: {mrr, hits@10, bytes_per_vector}} of the trained entity table through each codec."""
+    from types import SimpleNamespace
+
+    from embedlake.config import CompressConfig
+    from embedlake.workers.kg.stages import codec_metrics
+    kg = SimpleNamespace(model=a.model, dim=a.dim, norm=a.norm, gamma=a.gamma, threads=1, eval_batch=1000)
+    return codec_metrics(ts, kg, a.codecs.split(","), CompressConfig(pq_m=a.pq_m), (st.ent, st.rel))
 
 
 if __name__ == "__main__":

@@ -379,9 +379,15 @@ class KGConfig(Section):
                                               "training as tensor operations (GPUs).")
     device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
     partitions: int = Field(1, ge=1, le=64, description="Entity partitions P: above 1, PyTorch-BigGraph's P x P "
-                            "buckets trained in rounds of disjoint buckets (numba engine, uniform negatives, no "
-                            "checkpoints).")
+                            "buckets trained in rounds of disjoint buckets (numba engine, uniform negatives).")
     workers: int = Field(1, ge=1, description="Buckets trained at once (Ray tasks) with kg.partitions > 1.")
+    lent_rows: int = Field(1000, ge=0, description="kg.partitions > 1: rows every other partition lends a bucket "
+                           "each round as read-only negatives, so its negatives come from all entities; 0 = from "
+                           "its own partitions only (PyTorch-BigGraph's rule, biased: docs/knowledge-graphs.md).")
+    edge_chunks: int = Field(16, ge=1, le=1024, description="kg.partitions > 1: parts each bucket's triples are cut "
+                             "into per epoch; an epoch trains the first part of every bucket, then the second, ... "
+                             "(PyTorch-BigGraph's num_edge_chunks; 1 = each bucket in one pass, which costs quality: "
+                             "docs/knowledge-graphs.md).")
     eval_batch: int = Field(1000, ge=1, description="Test queries scored against every entity at once.")
 
 

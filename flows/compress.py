@@ -19,6 +19,8 @@ import sys
 from prefect import flow
 
 from embedlake.config import CompressConfig, PipelineConfig, check_table_fits
+from embedlake.errors import ConfigError
+from embedlake.flows.embed_kg import KG_CODECS_REFUSED
 from embedlake.lake import Lake
 from embedlake.tasks import compress as ct
 from embedlake.tasks.graph import row_bounds
@@ -36,6 +38,11 @@ def compress_run(cfg: PipelineConfig, run: Run, source: str = "latest", skip_com
     if not codecs:
         raise ValueError("no codecs to build: set compress.codecs (or --codec)")
     src = run.time("load_source", ct.load_source, run.lake, run.dataset, run.method, source, run.retries)
+    if src.is_kg:
+        refused = [c for c in codecs if c in KG_CODECS_REFUSED]
+        if refused:
+            raise ConfigError(f"compress.codecs={refused}: these tables are trained by skip-gram on a graph's walks; "
+                              f"a knowledge graph's entity table takes fp16, int8, int4, binary, pq, opq, lowrank")
     for c in codecs:         # parameter errors (pq_m not dividing d...) before any work
         check_table_fits(c, _params(c, cc, src), src.rows, src.dim)
     base = run.time("baseline", ct.baseline, src, cfg.eval) if cc.evaluate else None
@@ -78,13 +85,17 @@ def build_codec(table: Run, src, codec: str, params: dict, base: dict | None, bo
                                            table.config.eval, base, cc)
             if base:
                 fields["metrics"]["baseline_node_classification"] = base
+            if src.is_kg:        # a KG entity table: its filtered MRR / Hits before and after
+                fields["metrics"].update(table.time(f"measure_kg_{codec}", ct.measure_kg_table, table.lake, src,
+                                                    fields, table.retries))
         fields["stages"] = {k: v for k, v in table.stages.items() if k.endswith(f"_{codec}")}
         url = table.commit(fields, stage=f"commit_{codec}")
     m = fields["metrics"]
     return {"method": table.method, "manifest": url, "path": fields["extra"]["path"], "bytes_per_vector": bpv,
             "ratio": fields["extra"]["ratio"], "build_s": built["build_wall_s"],
             "recall_at_10": m.get("recall_at_10"), "recall_at_10_rerank": m.get("recall_at_10_rerank"),
-            "micro_f1_change": m.get("micro_f1_change"), "decode_s": m.get("decode_s")}
+            "micro_f1_change": m.get("micro_f1_change"), "decode_s": m.get("decode_s"),
+            **{k: v for k, v in m.items() if k.startswith("kg_")}}
 
 
 def codec_extra(table: Run, src, codec: str, params: dict, bpv: int, built: dict) -> dict:
@@ -98,6 +109,8 @@ def codec_extra(table: Run, src, codec: str, params: dict, bpv: int, built: dict
 
 def _params(codec: str, cc: CompressConfig, src) -> dict:
     p = cz.codec_params(codec, cc)
+    if src.is_kg and "normalize" in p:
+        p["normalize"] = False       # a KG model scores with the rows' norms: pq/opq must keep them
     if codec == "hash":
         p["rows"] = src.rows
         p["buckets"] = p["buckets"] or max(1, src.rows // 8)
@@ -181,6 +194,10 @@ def print_summary(s: dict, out=None) -> None:
         df1 = "-" if not f1 else f"{max(f1.values(), key=abs):+.4f}"
         w(f"{codec:<9}{t['bytes_per_vector']:>7}{t['ratio']:>8.2f}{rec:>12}{df1:>10}{t['build_s']:>8.2f}s  {t['method']}\n")
     w("(recall@10 of binary: Hamming / re-scored with int8; dMicroF1: largest change over the label ratios)\n")
+    for codec, t in s["tables"].items():
+        if t.get("kg_mrr") is not None:      # a KG entity table: filtered test figures, float32 -> codec
+            w(f"{codec:<9}filtered MRR {t.get('kg_mrr_before', float('nan')):.4f} -> {t['kg_mrr']:.4f}, Hits@10 "
+              f"{t.get('kg_hits@10_before', float('nan')):.4f} -> {t['kg_hits@10']:.4f}\n")
     w("read it:\n")
     first = next(iter(s["tables"]))
     w(f"  python -c \"from embedlake.workers.compress.store import read_compressed; "

@@ -57,11 +57,9 @@ def embed_kg(config: PipelineConfig | None = None) -> dict:
     dataset, kg = dataset_name(cfg), cfg.kg
     with Run.open(cfg, dataset, f"kg-{kg.model}") as run:
         ts_ref, triples = run.time("read", kt.read, run.lake, kg, run.retries)
-        if kg.partitions > 1:
-            tables_ref, info = run.time("train", kt.train_partitioned, ts_ref, kg, run.retries)
-        else:
-            stage = run.stage("kg_train", {"triples": triples["digest"], "train": kt.train_spec(kg)})
-            tables_ref, info = run.time("train", kt.train, ts_ref, kg, stage, run.retries)
+        stage = run.stage("kg_train", {"triples": triples["digest"], "train": kt.train_spec(kg)})
+        trainer = kt.train_partitioned if kg.partitions > 1 else kt.train
+        tables_ref, info = run.time("train", trainer, ts_ref, kg, stage, run.retries)
         fault_point("after:train")
         files = run.time("publish", kt.publish, run.lake, dataset, run.method, run.run_id, ts_ref, tables_ref,
                          run.retries)

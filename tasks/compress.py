@@ -21,6 +21,7 @@ from embedlake.tasks.remote import remote
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
 from embedlake.workers.evaluate.stages import classify_options
+from embedlake.workers.kg import stages as ks
 
 
 @dataclass
@@ -35,6 +36,12 @@ class SourceHandle:
     X_ref: object         # ray.ObjectRef -> float32 [rows, dim]
     labels_ref: object    # ray.ObjectRef -> (row idx, label idx) or None
     config: dict | None = None   # the source run's resolved config, as its manifest stores it
+    metrics: dict | None = None  # the source run's metrics (a KG run's filtered MRR / Hits: the "before")
+    kg: dict | None = None       # a KG run's triple figures (extra.kg): its table is the entity table
+
+    @property
+    def is_kg(self) -> bool:
+        return self.kg is not None
 
     def training_sections(self) -> tuple[WalkConfig, TrainConfig]:
         """The source run's walk / train sections (the graph-trained codecs re-walk its graph with
@@ -50,14 +57,33 @@ def load_source(lake, dataset: str, method: str, run: str, max_retries: int = 3)
     import ray
     from embedlake.lake import Lake
     man = Lake(lake).manifest(dataset, method, run)
-    ids_ref, X_ref = remote(cs.load_source, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
+    kg = man.extra.get("kg")
+    loader = ks.load_entity_table if kg is not None else cs.load_source     # a KG run: its entity table
+    ids_ref, X_ref = remote(loader, "compress", num_returns=2, num_cpus=1, max_retries=max_retries).remote(
         lake, dataset, method, man.run_id)
     graph = man.extra.get("graph")
     labels_ref = remote(cs.load_labels, "compress", num_cpus=1, max_retries=max_retries).remote(lake, dataset, graph, ids_ref)
     shape = ray.get(remote(_shape, "compress", num_cpus=0).remote(X_ref))
     stage_logger().info(f"compress: source {dataset}/{method} run {man.run_id}: {shape[0]:,} x {shape[1]}")
     return SourceHandle(dataset, method, man.run_id, shape[0], shape[1], graph, ids_ref, X_ref, labels_ref,
-                        man.config)
+                        man.config, dict(man.metrics or {}), kg)
+
+
+@task(name="measure_kg_table", cache_policy=NO_CACHE)
+def measure_kg_table(lake, src: SourceHandle, manifest_fields: dict, max_retries: int = 3) -> dict:
+    """A compressed KG entity table's filtered test MRR / Hits (read back from the lake), beside the
+    source run's float32 figures: kg_mrr, kg_hits@10, ... and kg_mrr_before, kg_hits@10_before."""
+    import ray
+    m = ray.get(remote(ks.compressed_table_metrics, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+        lake, manifest_fields, src.config, src.dataset, src.method, src.run_id))
+    before = src.metrics or {}
+    for k in ("mrr", "hits@10"):
+        if before.get(k) is not None:
+            m[f"kg_{k}_before"] = before[k]
+    codec = manifest_fields["extra"]["codec"]
+    stage_logger().info(f"compress {codec}: filtered MRR {m['kg_mrr']:.4f} (float32 {before.get('mrr', float('nan')):.4f}), "
+                        f"Hits@10 {m['kg_hits@10']:.4f} (float32 {before.get('hits@10', float('nan')):.4f})")
+    return m
 
 
 def _shape(X):

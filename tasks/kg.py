@@ -2,6 +2,9 @@
 evaluate, publish. Tasks pass ObjectRefs of the triples and the trained tables, never the arrays."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -15,7 +18,10 @@ from embedlake.workers.kg import stages as ks
 
 def train_spec(kg) -> dict:
     """Everything besides the input that decides the trained tables (a checkpoint is of these)."""
-    return {k: getattr(kg, k) for k in ("model", "dim", "norm", "gamma", "init_scale", "engine", *ks.TRAIN_FIELDS)}
+    spec = {k: getattr(kg, k) for k in ("model", "dim", "norm", "gamma", "init_scale", "engine", *ks.TRAIN_FIELDS)}
+    if kg.partitions > 1:
+        spec.update(partitions=kg.partitions, workers=kg.workers, lent_rows=kg.lent_rows, edge_chunks=kg.edge_chunks)
+    return spec
 
 
 @task(name="kg_read", cache_policy=NO_CACHE)
@@ -67,48 +73,115 @@ def publish(lake, dataset: str, method: str, run_id: str, ts_ref, tables_ref, ma
 
 
 @task(name="kg_train_partitioned", cache_policy=NO_CACHE)
-def train_partitioned(ts_ref, kg, max_retries: int = 3) -> tuple:
+def train_partitioned(ts_ref, kg, stage: Stage, max_retries: int = 3) -> tuple:
     """PyTorch-BigGraph's schedule on Ray: kg.partitions entity partitions (each its own object),
-    rounds of up to kg.workers buckets with disjoint partitions trained as parallel tasks, the
-    relation tables merged by the driver after each round (they are small). No checkpoints: a
-    re-run trains again. Returns (ref of (entity table, relation table), info)."""
+    rounds of up to kg.workers buckets with disjoint partitions trained as parallel tasks, every
+    other partition lending kg.lent_rows rows as negatives, the relation tables merged by the
+    driver after each round (they are small). Every epoch is checkpointed through the run's stage
+    (workers/kg/partitioned_stages.py), so a killed run's re-run continues after its last epoch.
+    Returns (ref of (entity table, relation table), info)."""
     import time
 
     import ray
     t0 = time.perf_counter()
-    plan_ref, keys_ref = remote(kps.plan_stage, "train", num_cpus=1, max_retries=max_retries,
-                                num_returns=2).remote(ts_ref, kg)
+    opts = {"max_retries": max_retries}
+    plan_ref, keys_ref = remote(kps.plan_stage, "train", num_cpus=1, num_returns=2, **opts).remote(ts_ref, kg)
     keys = ray.get(keys_ref)
-    parts = kg.partitions
-    init = remote(kps.init_stage, "train", num_cpus=1, max_retries=max_retries,
-                  num_returns=2 + 2 * parts).remote(ts_ref, kg, plan_ref)
-    rel, rel_acc = ray.get(init[:2])
-    rows, accs = list(init[2::2]), list(init[3::2])
-    history = []
-    for epoch in range(kg.epochs):
-        total = 0.0
-        for this in kp.rounds(keys, kg.seed, epoch, kg.workers):
-            small = []
-            for b in this:
-                ps = kp.bucket_parts(b)
-                ins = [x for p in ps for x in (rows[p], accs[p])]
-                outs = remote(kps.bucket_stage, "train", num_cpus=kg.threads, max_retries=max_retries,
-                              num_returns=2 * len(ps) + 1).remote(ts_ref, kg, plan_ref, b, epoch, rel, rel_acc, *ins)
-                for k, p in enumerate(ps):
-                    rows[p], accs[p] = outs[2 * k], outs[2 * k + 1]
-                small.append(outs[-1])
-            got = ray.get(small)
-            rel = kp.merge_relations(rel, [g[0] for g in got])
-            rel_acc = kp.merge_relations(rel_acc, [g[1] for g in got])
-            total += sum(g[2] for g in got)
-        history.append({"epoch": epoch + 1, "loss": round(total / 2.0, 3)})
-    tables_ref = remote(kps.assemble_stage, "train", num_cpus=1, max_retries=max_retries).remote(
-        ts_ref, plan_ref, rel, *rows)
+    state = PartitionedState.start(ts_ref, kg, plan_ref, stage, opts)
+    for epoch in range(state.epoch, kg.epochs):
+        total, rnd = 0.0, 0
+        for chunk, passes in kp.schedule(keys, kg.seed, epoch, kg.workers, kg.edge_chunks):
+            for this in passes:
+                total += train_round(ts_ref, kg, plan_ref, epoch, chunk, rnd, this, state, opts)
+                rnd += 1
+        state.history.append({"epoch": epoch + 1, "loss": round(total / 2.0, 3)})
+        state.checkpoint(stage, epoch + 1, epoch + 1 == kg.epochs, opts)
+    tables_ref = remote(kps.assemble_stage, "train", num_cpus=1, **opts).remote(ts_ref, plan_ref, state.rel,
+                                                                                  *state.rows)
     ray.wait([tables_ref])
+    if state.committed is not None:
+        ray.get(state.committed)         # the last epoch's checkpoint is written before the run goes on
     seconds = time.perf_counter() - t0
-    info = {"model": kg.model, "dim": kg.dim, "engine": "numba", "epochs": kg.epochs, "partitions": parts,
-            "workers": kg.workers, "buckets": len(keys), "train_s": round(seconds, 3), "resumed_at_epoch": 0,
-            "history": history}
-    stage_logger().info(f"kg train (partitioned): P={parts}, {len(keys)} buckets, {kg.workers} workers, "
-                        f"{kg.epochs} epochs in {seconds:.1f} s")
+    info = {"model": kg.model, "dim": kg.dim, "engine": "numba", "epochs": kg.epochs, "partitions": kg.partitions,
+            "workers": kg.workers, "lent_rows": kg.lent_rows, "edge_chunks": kg.edge_chunks, "buckets": len(keys), "train_s": round(seconds, 3),
+            "resumed_at_epoch": state.resumed_at, "history": state.history}
+    stage_logger().info(f"kg train (partitioned): P={kg.partitions}, {len(keys)} buckets, {kg.workers} workers, "
+                        f"epochs {state.resumed_at + 1}..{kg.epochs} in {seconds:.1f} s")
     return tables_ref, info
+
+
+def train_round(ts_ref, kg, plan_ref, epoch: int, chunk: int, rnd: int, this: list, state: "PartitionedState",
+                opts: dict) -> float:
+    """One round: the lent samples, then its buckets as parallel tasks, then each lending partition
+    takes back the changes made to its lent rows; the driver merges the relation tables. Returns
+    the round's summed loss."""
+    import ray
+    parts = kg.partitions
+    lent = {p: remote(kps.lend_stage, "train", num_cpus=1, **opts).remote(kg, epoch, rnd, p, state.rows[p],
+                                                                          state.accs[p])
+            for p in (kp.lent_parts(this, parts) if kg.lent_rows else [])}
+    small, changes = [], []
+    for b in this:
+        ps = kp.bucket_parts(b)
+        ins = [x for p in ps for x in (state.rows[p], state.accs[p])] + (
+            [lent[p] for p in kp.foreign_parts(b, parts)] if lent else [])
+        outs = remote(kps.bucket_stage, "train", num_cpus=kg.threads, num_returns=2 * len(ps) + 2, **opts).remote(
+            ts_ref, kg, plan_ref, b, epoch, chunk, state.rel, state.rel_acc, *ins)
+        for k, p in enumerate(ps):
+            state.rows[p], state.accs[p] = outs[2 * k], outs[2 * k + 1]
+        small.append(outs[-2])
+        changes.append(outs[-1])
+    for p in lent:
+        borrowers = [(b, c) for b, c in zip(this, changes) if p in kp.foreign_parts(b, parts)]
+        state.rows[p], state.accs[p] = remote(kps.absorb_stage, "train", num_cpus=1, num_returns=2, **opts).remote(
+            p, parts, [b for b, _ in borrowers], state.rows[p], state.accs[p], lent[p], *(c for _, c in borrowers))
+    got = ray.get(small)
+    state.rel = kp.merge_relations(state.rel, [g[0] for g in got])
+    state.rel_acc = kp.merge_relations(state.rel_acc, [g[1] for g in got])
+    return sum(g[2] for g in got)
+
+
+@dataclass
+class PartitionedState:
+    """The driver's view of partitioned training: refs of each partition's rows and Adagrad state,
+    the merged relation table (small, held here), the epoch reached, and the last checkpoint commit."""
+    rows: list
+    accs: list
+    rel: np.ndarray
+    rel_acc: np.ndarray
+    epoch: int = 0
+    resumed_at: int = 0
+    history: list = field(default_factory=list)
+    committed: object = None
+
+    @classmethod
+    def start(cls, ts_ref, kg, plan_ref, stage: Stage, opts: dict) -> "PartitionedState":
+        """Fresh tables, or those of the last epoch a killed attempt checkpointed."""
+        import ray
+        parts = kg.partitions
+        start = stage.resume_point("epoch", kg.epochs, "kg training") if not stage.final else kg.epochs
+        if stage.final:
+            stage_logger().info("resume: the trained tables are reused from the run's checkpoint: not trained again")
+        if start:
+            handle = stage.handle()
+            loads = [remote(kps.load_partition_stage, "train", num_cpus=1, num_returns=2, **opts).remote(handle, p)
+                     for p in range(parts)]
+            rel, rel_acc = ray.get(remote(kps.load_relations_stage, "train", num_cpus=1, **opts).remote(handle))
+            history = list((stage.state.get("info") or {}).get("history", []))
+            return cls([x[0] for x in loads], [x[1] for x in loads], rel, rel_acc, start, start, history)
+        init = remote(kps.init_stage, "train", num_cpus=1, num_returns=2 + 2 * parts, **opts).remote(
+            ts_ref, kg, plan_ref)
+        rel, rel_acc = ray.get(init[:2])
+        return cls(list(init[2::2]), list(init[3::2]), rel, rel_acc)
+
+    def checkpoint(self, stage: Stage, epoch: int, final: bool, opts: dict) -> None:
+        """Save every partition after `epoch` (one task each) and chain the epoch's commit after
+        them and after the previous commit; the driver does not wait."""
+        self.epoch = epoch
+        handle = stage.handle()
+        if handle is None:
+            return
+        saved = [remote(kps.save_partition_stage, "train", num_cpus=1, **opts).remote(handle, epoch, p, r, a)
+                 for p, (r, a) in enumerate(zip(self.rows, self.accs))]
+        self.committed = remote(kps.commit_epoch_stage, "train", num_cpus=1, **opts).remote(
+            handle, epoch, final, {"history": list(self.history)}, self.committed, self.rel, self.rel_acc, *saved)

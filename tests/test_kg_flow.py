@@ -125,14 +125,68 @@ def test_partitioned_run_on_ray_equals_the_in_process_schedule(committed):
     from embedlake.workers.kg.models import init_tables
     from embedlake.workers.kg.partitioned import train_partitioned
     tmp, data, _, _ = committed
-    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2", "compress.codecs=[int8]"))
+    cfg = kg_cfg(data, tmp / "lake_p4", extra=("kg.partitions=4", "kg.workers=2", "kg.edge_chunks=2",
+                                               "compress.codecs=[int8]"))
     summary = embed_kg(cfg)
     ts, _ = ks.load_stage(str(tmp / "lake"), cfg.kg)
     model = ks.model_of(cfg.kg)
     ent, rel = init_tables(model, ts.num_entities, ts.num_relations, cfg.kg.seed, cfg.kg.init_scale)
     st = train_partitioned(model, new_state(ent, rel, cfg.kg.optimizer), ts.train, ks.settings_of(cfg.kg), 4, 2,
-                           cfg.kg.seed)
+                           cfg.kg.seed, lent_rows=cfg.kg.lent_rows, edge_chunks=cfg.kg.edge_chunks)
     assert np.array_equal(read_table(tmp / "lake_p4", "entities")[1], st.ent)
     assert np.array_equal(read_table(tmp / "lake_p4", "relations")[1], st.rel)
     assert summary["train"]["partitions"] == 4 and summary["metrics"]["triples"] == 6
     assert set(summary["metrics"]["codecs"]) == {"int8"} and summary["metrics"]["codecs"]["int8"]["mrr"] > 0
+
+
+def test_compressed_entity_table_reads_back_with_its_mrr(committed):
+    """`compress` on a KG run: the entity table's int8 and fp16 codes are committed as tables of
+    their own, read back to the source rows (int8: within one quantisation step), and each manifest
+    holds the filtered MRR / Hits@10 of the decoded table beside the float32 run's."""
+    from embedlake.flows.compress import compress
+    from embedlake.workers.compress.store import read_compressed
+    tmp, data, cfg, summary = committed
+    ccfg = load_config(None, [f"lake.uri={tmp / 'lake'}", "ray.num_cpus=2", "compress.codecs=[int8,fp16]"])
+    out = compress(ccfg, "chains/kg-complex/r1", run_id="c1")
+    ents, ent_vec = read_table(tmp / "lake", "entities")
+    for codec in ("int8", "fp16"):
+        table = read_compressed(str(tmp / "lake"), "chains", "kg-complex", codec, "c1")
+        assert [str(x) for x in table.ids] == ents
+        step = np.abs(ent_vec).max(axis=1, keepdims=True) / 127 if codec == "int8" else 1e-3
+        assert np.all(np.abs(table.decode() - ent_vec) <= step + 1e-6)
+        man = Lake(str(tmp / "lake")).manifest("chains", f"kg-complex.{codec}", "c1")
+        assert man.metrics["kg_mrr_before"] == summary["metrics"]["mrr"]
+        assert abs(man.metrics["kg_mrr"] - summary["metrics"]["mrr"]) < 0.05
+        assert out["tables"][codec]["kg_hits@10"] == man.metrics["kg_hits@10"]
+
+
+def test_killed_partitioned_run_resumes_to_the_same_tables(committed):
+    """kg.partitions=4 on 2 workers, killed once epoch 2's checkpoint is committed: the re-run
+    continues at epoch 3 from the saved partitions and relations and ends with the tables of an
+    uninterrupted run (the in-process schedule, which the Ray run equals)."""
+    from embedlake.workers.kg.kernels import new_state
+    from embedlake.workers.kg.models import init_tables
+    from embedlake.workers.kg.partitioned import train_partitioned
+    tmp, data, _, _ = committed
+    lake = tmp / "lake_p4_resume"
+    extra = ["kg.partitions=4", "kg.workers=2", "kg.lent_rows=4", "kg.edge_chunks=2"]
+    args = ["embed-kg", "--train", f"{data}/train.txt", "--valid", f"{data}/valid.txt", "--test",
+            f"{data}/test.txt", "--lake", str(lake), "--run-id", "r1", "--json",
+            *sum((["-p", s] for s in [*SETTINGS, *extra]), [])]
+    first = wait_cli(start_cli(tmp, args, tmp / "kill_p4.log", "after:train_epoch:2"))
+    assert first == -9
+    assert not Lake(str(lake)).is_committed("chains", "kg-complex", "r1")
+    second = wait_cli(start_cli(tmp, args, tmp / "rerun_p4.log", None))
+    log = (tmp / "rerun_p4.log").read_text()
+    assert second == 0, log[-3000:]
+    assert "resume: kg training continues at epoch 3/4" in log
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["train"]["resumed_at_epoch"] == 2 and summary["train"]["partitions"] == 4
+    cfg = kg_cfg(data, lake, extra=extra)
+    ts, _ = ks.load_stage(str(lake), cfg.kg)
+    model = ks.model_of(cfg.kg)
+    ent, rel = init_tables(model, ts.num_entities, ts.num_relations, cfg.kg.seed, cfg.kg.init_scale)
+    st = train_partitioned(model, new_state(ent, rel, cfg.kg.optimizer), ts.train, ks.settings_of(cfg.kg), 4, 2,
+                           cfg.kg.seed, lent_rows=4, edge_chunks=2)
+    assert np.array_equal(read_table(lake, "entities")[1], st.ent)
+    assert np.array_equal(read_table(lake, "relations")[1], st.rel)

@@ -161,3 +161,46 @@ def write_table_stage(lake: Lake | str, dataset: str, method: str, run_id: str, 
     rel = Lake.part_path("embeddings", dataset, table_method(method, which), run_id, 0)
     with storage.using(lake.env):
         return lake.write_parquet(rel, rows).to_dict()
+
+
+# ---- compressed entity tables (flows/compress.py on a kg-<model> run) ------------------------------
+def load_entity_table(lake: Lake | str, dataset: str, method: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(entity ids, float32 entity table) of a committed KG run: what `embedlake compress` encodes."""
+    from embedlake.reader import read_table
+    table, _ = read_table(lake, dataset, method, run_id, kind="entities")
+    vec = table.column("vector").combine_chunks()
+    ent = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, vec.type.list_size).astype(np.float32, copy=False)
+    return table.column("entity").to_numpy(zero_copy_only=False), ent
+
+
+def compressed_table_metrics(lake: Lake | str, manifest_fields: dict, source_config: dict, dataset: str,
+                             method: str, run_id: str) -> dict:
+    """Filtered test MRR / Hits of a written compressed entity table, read back from the lake and
+    decoded, scored with the source run's float32 relation table on the source run's triples
+    (re-read from its kg.train / valid / test). {"kg_mrr", "kg_hits@1", "kg_hits@3", "kg_hits@10"}."""
+    from embedlake.config import KGConfig
+    from embedlake.lake import Manifest
+    from embedlake.reader import read_table
+    from embedlake.workers.compress.store import table_from_manifest
+    lake = Lake(lake)
+    kg = KGConfig.model_validate(source_config["kg"])
+    ts, _ = load_stage(lake, kg)
+    table = table_from_manifest(lake, Manifest(**manifest_fields))
+    rel_rows, _ = read_table(lake, dataset, method, run_id, kind="relations")
+    rel_vec = rel_rows.column("vector").combine_chunks()
+    rel = rel_vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, rel_vec.type.list_size).astype(np.float32)
+    rel = rel[row_order(rel_rows.column("relation").to_numpy(zero_copy_only=False), ts.relations, "relation")]
+    ent = table.decode()[row_order(np.asarray(table.ids), ts.entities, "entity")]
+    with blas_threads(kg.threads):
+        m = evaluate(model_of(kg), np.ascontiguousarray(ent, np.float32), rel, ts.test, ts.all_known(),
+                     kg.eval_batch)
+    return {f"kg_{k}": m[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}
+
+
+def row_order(table_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """Positions in a table (rows named by table_ids) of each of `ids`; a missing id is an error."""
+    pos = {str(v): i for i, v in enumerate(table_ids.tolist())}
+    missing = [str(v) for v in ids.tolist() if str(v) not in pos]
+    if missing:
+        raise ValueError(f"the compressed table has no row for {what} {missing[0]!r} of the source run's triples")
+    return np.array([pos[str(v)] for v in ids.tolist()], np.int64)
