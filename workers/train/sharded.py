@@ -41,7 +41,7 @@ import numpy as np
 
 from embedlake.config import TrainConfig
 from embedlake.lake import Lake
-from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
+from embedlake.workers.graph.shards import shard_bounds, shard_starts
 from embedlake.workers.train import blocks as sb
 from embedlake.workers.train.sgns_parts import build_alias, keep_thresholds
 
@@ -70,16 +70,15 @@ class VocabSplit:
         return np.maximum(0, (self.vocab - p + self.parts - 1) // self.parts)
 
     def locate(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(partition, row inside it) of every token (ids >= 0)."""
-        t = np.asarray(tokens, dtype=np.int64)
-        if self.kind == "range":
-            starts = self.starts
-            part = owner_of(starts, t)
-            local = t - starts[part]
-        else:
-            part, local = t % self.parts, t // self.parts
-        pdt = np.uint8 if self.parts <= 255 else np.uint16
-        return part.astype(pdt), local.astype(np.int32)
+        """(partition, row inside it) of every token (ids in [0, vocab)), in one pass that writes
+        only the two results (a stream shard's tokens: no int64 copies of them)."""
+        tokens = np.ascontiguousarray(tokens)
+        part = np.empty(len(tokens), np.uint8 if self.parts <= 255 else np.uint16)
+        local = np.empty(len(tokens), np.int32)
+        bad = _locate(tokens, self.starts, self.parts, self.vocab, self.kind == "range", part, local)
+        if bad >= 0:
+            raise ValueError(f"token id {int(tokens[bad])} lies outside the vocabulary [0, {self.vocab})")
+        return part, local
 
     def rows_of(self, p: int) -> np.ndarray:
         """The ids of partition p's rows, in row order."""
@@ -106,12 +105,42 @@ def partition_counts(split: VocabSplit, tokens: np.ndarray) -> list[np.ndarray]:
 
 
 def counts_by_partition(split: VocabSplit, part: np.ndarray, local: np.ndarray) -> list[np.ndarray]:
-    """Counts of located tokens per partition: one bincount over (partition offset + row), cut per
+    """Counts of located tokens per partition: one count over (partition offset + row), cut per
     partition (copies: each travels as its own object)."""
     off = np.zeros(split.parts + 1, np.int64)
     np.cumsum(split.sizes(), out=off[1:])
-    flat = np.bincount(off[part.astype(np.int64)] + local, minlength=int(off[-1])).astype(np.int64)
+    flat = np.zeros(int(off[-1]), np.int64)
+    _count_located(part, local, off, flat)
     return [flat[off[p]:off[p + 1]].copy() for p in range(split.parts)]
+
+
+@nb.njit(cache=True)
+def _locate(tokens, starts, parts, vocab, by_range, part, local):
+    """VocabSplit.locate's pass: part[k], local[k] of tokens[k] (range: the last start <= token,
+    so empty partitions own nothing; stride: token mod / div parts). Returns the index of the first
+    token outside [0, vocab), -1 when there is none."""
+    for k in range(tokens.shape[0]):
+        t = np.int64(tokens[k])
+        if t < 0 or t >= vocab:
+            return k
+        if by_range:
+            lo, hi = 0, parts                # starts[lo] <= t < starts[hi]
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if starts[mid] <= t:
+                    lo = mid
+                else:
+                    hi = mid
+            part[k], local[k] = lo, t - starts[lo]
+        else:
+            part[k], local[k] = t % parts, t // parts
+    return -1
+
+
+@nb.njit(cache=True)
+def _count_located(part, local, off, flat):
+    for k in range(part.shape[0]):
+        flat[off[part[k]] + local[k]] += 1
 
 
 def count_stage(split: VocabSplit, *parts):
