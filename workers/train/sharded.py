@@ -214,6 +214,7 @@ def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: Train
     stream = {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds}
     info = {"fingerprint": fingerprint, "gstart": gstart.tolist(), "group_tokens": group_tokens.tolist(),
             "bucket_centres": np.diff(cbounds).tolist()}
+    release_heap()          # the sentences' and subsample's temporaries: not carried into the worker's next task
     return stream, info
 
 
