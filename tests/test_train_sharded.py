@@ -381,3 +381,31 @@ def test_no_task_holds_more_than_one_shard(planted, monkeypatch, sample):
     # a link takes one bucket piece: a fraction of its shard's stream (P = 8, 2 rounds, window 4)
     assert max(b for n, b in seen if n == "link_stage") < one_shard / 4
     assert max(split.sizes()) * dim * 4 * 2 < one_shard / 4         # a link's two tables: one partition each
+
+
+def _yield_halves():
+    """A generator worker function made here so that Ray pickles it by value."""
+    def halves(a, parts):
+        for k in range(parts):
+            yield a[k::parts].copy()
+    return halves
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_recorder_keeps_a_generator_task_a_generator_and_sizes_each_yield(tmp_path):
+    """bucket_stage is a Ray generator task (num_returns = P): recorded, it must still be one (Ray
+    stores each yield before the next step), give every value intact, and record one call whose
+    results are the yielded objects' sizes, with the memory of all its steps."""
+    import ray
+
+    from embedlake.tasks.object_sizes import read_calls, recording
+    from embedlake.tasks.remote import remote
+    x = np.arange(12_000, dtype=np.int64)
+    with recording(tmp_path / "rec") as rec:
+        fn = remote(_yield_halves(), "train", num_returns=3, num_cpus=1)
+        refs = fn.remote(ray.put(x), 3)
+        got = ray.get(refs)
+    assert all(np.array_equal(g, x[k::3]) for k, g in enumerate(got))
+    (call,) = read_calls(rec)
+    assert call.fn == "halves" and call.stage == "train" and len(call.args) == 2 and call.args[0] == 96_000
+    assert call.results == (32_000, 32_000, 32_000) and call.mem["own_peak"] > 0
