@@ -30,7 +30,6 @@ Plain numpy / numba; tasks/train.py wraps the stage functions with `remote`.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import time
@@ -214,7 +213,6 @@ def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: Train
     stream = {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds}
     info = {"fingerprint": fingerprint, "gstart": gstart.tolist(), "group_tokens": group_tokens.tolist(),
             "bucket_centres": np.diff(cbounds).tolist()}
-    release_heap()          # the sentences' and subsample's temporaries: not carried into the worker's next task
     return stream, info
 
 
@@ -332,18 +330,6 @@ def piece_place(piece: dict) -> sb.StreamPlace:
     return sb.StreamPlace(piece["offsets"], piece["gdelta"], piece["total"], piece["per_epoch"])
 
 
-def release_heap() -> None:
-    """Give the process's freed heap back to the system (glibc's malloc_trim): a Ray worker runs
-    many tasks, and glibc keeps the free memory of a task that made many arrays under its 1 MiB
-    mmap threshold inside its arenas, where every later task on that worker carries it
-    (docs/scaling.md section 9: 180-300 MB after cutting a round at S = 8, back to the worker's
-    baseline after malloc_trim; gc.collect frees nothing there). No-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, j: int, *after):
     """Bucket j of one stream shard's training round r cut into its P pieces (i, j), i = 0 .. P - 1,
     yielded in that order: piece i is what block (i, j) reads (bucket_piece), so a link receives its
@@ -357,8 +343,6 @@ def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, 
     centres = stream["centres"][c0:c1]
     for i in range(P):
         yield bucket_piece(stream, place, i, j, centres, window)
-    del centres
-    release_heap()
 
 
 def cut_round(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int) -> list[dict]:
