@@ -146,6 +146,19 @@ class FastRPConfig(Section):
                                                        "D^-1/2 A D^-1/2 (sym) or A (none).")
     standardize: bool = Field(True, description="Standardise output columns (zero mean, unit variance).")
     seed: int = Field(0, description="Projection seed.")
+    projection: Literal["row", "node_id"] = Field("row", description="What keys a node's row of the random "
+                                                  "projection: its dense row id (row), or a hash of its original "
+                                                  "id (node_id: a node keeps its row when others are added or "
+                                                  "removed; needs a set fastrp.density). Incremental FastRP "
+                                                  "runs need node_id.")
+
+    @model_validator(mode="after")
+    def _keyed_projection_pins_density(self) -> "FastRPConfig":
+        """The default density 1/sqrt(n) changes with n, and with it every node's row of R."""
+        if self.projection == "node_id" and self.density is None:
+            raise ValueError("fastrp.projection=node_id needs fastrp.density set (e.g. 0.01): the default "
+                             "1/sqrt(n) changes with the node count, and with it every node's projection")
+        return self
 
 
 class OrbitsConfig(Section):
@@ -442,6 +455,11 @@ class VocabConfig(Section):
     min_count: int = Field(5, ge=1, description="Words seen fewer times are dropped from sentences.")
     max_vocab: int | None = Field(None, ge=1, description="Keep at most this many most frequent words "
                                   "(ties broken by the word), None = no cap.")
+    update: bool = Field(False, description="Append mode (gensim build_vocab(update=True) + train): the input is "
+                         "NEW text for the latest committed run of this dataset and method. Old words keep their "
+                         "rows and add their new counts; new words (min_count in the new text) get rows after "
+                         "them; training runs on the new text only, from the previous run's vectors. Needs "
+                         "train.table=full and train.workers=1 (the run that saves its output vectors).")
 
 
 class WordEvalConfig(Section):
@@ -486,6 +504,9 @@ class CorpusPipelineConfig(Section):
     def _learned_table_rules(self) -> "CorpusPipelineConfig":
         """embed-corpus -p train.table=...: refuse at load what the vocabulary path cannot honour."""
         t = self.train.table
+        if self.vocab.update and (t != "full" or self.train.workers > 1):
+            raise ValueError("vocab.update=true continues a full word table trained on one worker: set "
+                             "train.table=full and train.workers=1")
         if t == "full":
             return self
         if not _one_numba_worker(self.train):
