@@ -489,7 +489,7 @@ def main() -> int:
     ap.add_argument("--store-mb", type=int, default=1200)
     ap.add_argument("--train-rounds", type=int, default=1,
                     help="train.rounds (1 keeps earlier figures comparable; the config's default is 8, and a "
-                         "sharded round's bucket_stage holds 1/rounds of a shard's stream)")
+                         "sharded bucket_stage task cuts 1/rounds of one bucket of a shard's stream)")
     ap.add_argument("--out", default="/tmp/embedlake-shards")
     ap.add_argument("--units", action="store_true", help="measure the per-unit kernel costs instead")
     ap.add_argument("--units-edges", type=float, default=2e6)

@@ -226,7 +226,10 @@ def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name
                       method: bool = False):
     """`fn` that appends one size record per call to `directory` (same name and signature, so
     Ray titles its worker `ray::<name>` and checks calls against fn's own parameters).
-    method: fn is an actor method; its `self` (the actor, which stays put) is not an argument."""
+    method: fn is an actor method; its `self` (the actor, which stays put) is not an argument.
+    A generator function stays one (recorded_generator): Ray stores what it yields one by one."""
+    if inspect.isgeneratorfunction(fn):
+        return recorded_generator(fn, stage, directory, name, method)
     label = name or fn.__name__
     skip = 1 if method else 0
 
@@ -242,6 +245,32 @@ def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name
                            "results": _result_sizes(result, num_returns), "node": _node_id(), "pid": os.getpid(),
                            "wall_s": round(wall, 6), "mem": mem})
         return result
+    return call
+
+
+def recorded_generator(fn, stage: str | None, directory: str, name: str | None = None, method: bool = False):
+    """A generator function (a Ray generator task: num_returns = k, or "streaming") recorded like
+    `recorded_function`, one record per call: each yielded object is a result of its own, and the
+    memory is measured from the first step to the last, so it includes the object-store pages of
+    what Ray stored at each yield (a plain task's results are stored after its measured call)."""
+    label = name or fn.__name__
+    skip = 1 if method else 0
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        arg_sizes = [object_bytes(a) for a in args[skip:]]
+        kwarg_sizes = {k: object_bytes(v) for k, v in kwargs.items()}
+        sizes = []
+        with task_memory() as mem:
+            t0 = time.perf_counter()
+            steps = fn(*args, **kwargs)
+            for item in steps:
+                sizes.append(object_bytes(item))
+                yield item
+                del item            # Ray has stored it: hold no more than Ray does
+            wall = time.perf_counter() - t0
+        _write(directory, {"stage": stage, "fn": label, "args": arg_sizes, "kwargs": kwarg_sizes, "results": sizes,
+                           "node": _node_id(), "pid": os.getpid(), "wall_s": round(wall, 6), "mem": mem})
     return call
 
 

@@ -8,9 +8,12 @@ of its arguments and results (tasks/object_sizes.py); unset, nothing but the var
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 from embedlake.tasks.object_sizes import RECORD_ENV, recorded
+from embedlake.workers.heap import release_heap
 
 _STAGE_OPTIONS: dict[str, dict] = {}
 
@@ -28,13 +31,35 @@ def stage_options(stage: str | None) -> dict:
 
 
 def remote(fn, stage: str | None = None, **options):
-    """ray.remote(fn) with the stage's defaults, then the user's per-stage overrides."""
+    """ray.remote(fn) with the stage's defaults, then the user's per-stage overrides; each call
+    first gives back the heap earlier tasks of its worker left free (trimmed)."""
     import ray
     options.update(stage_options(stage))
     directory = os.environ.get(RECORD_ENV)
     if directory:
         fn = recorded(fn, stage, directory, options.get("num_returns", 1))
-    return ray.remote(fn).options(**options)
+    return ray.remote(trimmed(fn)).options(**options)
+
+
+def trimmed(fn):
+    """`fn` (same name and signature; a generator function stays one) that first calls
+    workers/heap.py release_heap: a worker process runs task after task, and without it a task
+    starts with the free heap its predecessors left in glibc's arenas (docs/scaling.md section 9).
+    An actor class is returned as it is (its methods are calls on one long-lived object)."""
+    if inspect.isclass(fn):
+        return fn
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def steps(*args, **kwargs):
+            release_heap()
+            yield from fn(*args, **kwargs)
+        return steps
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        release_heap()
+        return fn(*args, **kwargs)
+    return call
 
 
 # options a Ray task takes but an actor does not (an actor's calls are not retried one by one: the

@@ -395,12 +395,16 @@ def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: Str
 def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int, after: list = (),
                  rounds: int | None = None) -> list[list]:
     """Round r (of `rounds`, default train.rounds) of every stream shard cut into its P x P bucket
-    pieces (one ref each, piece i * P + j for block (i, j)), by one task per shard: a link then
-    receives its bucket, not the whole stream. after: refs the cutting waits for."""
-    P = plan.P
-    fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P * P, max_retries=max_retries)
-    return [as_list(fn.remote(ref, place, plan.train.window, plan.R if rounds is None else rounds, r, *after), P * P)
-            for ref, place in zip(streams.refs, streams.places)]
+    pieces (one ref each, piece i * P + j for block (i, j)) by one task per shard and bucket j
+    (sh.bucket_stage, a generator of the P pieces (i, j)): a link then receives its bucket, not the
+    whole stream, and no task holds more than a piece or two of it. after: refs the cutting waits for."""
+    P, R = plan.P, plan.R if rounds is None else rounds
+    fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P, max_retries=max_retries)
+    pieces = []
+    for ref, place in zip(streams.refs, streams.places):
+        by_bucket = [as_list(fn.remote(ref, place, plan.train.window, R, r, j, *after), P) for j in range(P)]
+        pieces.append([by_bucket[j][i] for i in range(P) for j in range(P)])
+    return pieces
 
 
 def submit_episode(link_fn, got: list, step: int, plan: BlockPlan, noise: list, tables: tuple[list, list], *,

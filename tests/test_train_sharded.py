@@ -58,6 +58,76 @@ def test_range_partitions_nest_in_graph_shards_and_locate_round_trips():
     assert empty.sizes().tolist() == [0, 1, 0, 1, 1] and empty.locate(np.arange(3))[0].tolist() == [1, 3, 4]
 
 
+def test_locate_is_searchsorted_and_names_a_token_outside_the_vocabulary():
+    """The one-pass locate equals the numpy definition (range: last start <= id; stride: mod / div)
+    on random ids, empty partitions included, and refuses an id outside [0, vocab)."""
+    rng = np.random.default_rng(5)
+    for n, P in ((1003, 12), (7, 9), (70_000, 300)):
+        ids = rng.integers(0, n, 5000).astype(np.int32)
+        rs = sh.VocabSplit("range", n, P)
+        want = np.searchsorted(rs.starts, ids, side="right") - 1
+        part, local = rs.locate(ids)
+        assert part.dtype == (np.uint8 if P <= 255 else np.uint16) and local.dtype == np.int32
+        assert np.array_equal(part, want) and np.array_equal(local, ids - rs.starts[want])
+        part, local = sh.VocabSplit("stride", n, P).locate(ids)
+        assert np.array_equal(part, ids % P) and np.array_equal(local, ids // P)
+    with pytest.raises(ValueError, match="token id 1003 lies outside the vocabulary"):
+        sh.VocabSplit("range", 1003, 4).locate(np.array([5, 1003, 2]))
+
+
+def reference_piece(stream: dict, place, i: int, j: int, centres: np.ndarray, window: int) -> dict:
+    """Block (i, j)'s piece read straight from its definition, one centre at a time in Python."""
+    off, tpart = stream["offsets"], stream["tpart"]
+    kept, runs = [], []                                     # runs: [start, end, sentence]
+    for p in centres.tolist():
+        s = int(np.searchsorted(off, p, side="right")) - 1
+        a, b = max(off[s], p - window), min(off[s + 1], p + window + 1)
+        if not any(q != p and tpart[q] == i for q in range(a, b)):
+            continue
+        if runs and runs[-1][2] == s and a <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], b)
+        else:
+            runs.append([a, b, s])
+        kept.append((p, len(runs) - 1))
+    starts = np.array([r[0] for r in runs] or [0], np.int64)
+    roff = np.concatenate([[0], np.cumsum([r[1] - r[0] for r in runs])]).astype(np.int64) if runs else np.zeros(2, np.int64)
+    take = np.concatenate([np.arange(r[0], r[1]) for r in runs]).astype(np.int64) if runs else np.zeros(0, np.int64)
+    cb = np.zeros(len(stream["cbounds"]), np.int64)
+    cb[j + 1:] = len(kept)
+    grp = np.searchsorted(place.gstart, starts, side="right") - 1
+    return {"tloc": stream["tloc"][take], "tpart": tpart[take], "offsets": roff, "cbounds": cb,
+            "centres": np.array([p - starts[r] + roff[r] for p, r in kept], np.int32),
+            "gdelta": starts + place.gdelta[np.maximum(grp, 0)] - roff[:-1],
+            "total": place.total, "per_epoch": place.per_epoch, "block": (i, j)}
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_bucket_pieces_follow_their_definition(planted, rounds):
+    """The generator's pieces (one counting pass, then one filling pass) equal the definition read
+    centre by centre: the centres of bucket j in round r with a partition-i token within the window,
+    the merged runs their windows cover, where each run sits in the whole stream; dtypes included.
+    The P buckets' P pieces each are the round's P x P pieces in block order i * P + j."""
+    _, _, walks = planted
+    P, window = 5, 3
+    split = sh.VocabSplit("range", N, P)
+    preps = [sh.prep_stream_stage(split, K, 1, settings(), 0, s, w) for s, w in enumerate(walk_shards(walks, 2))]
+    places = sh.place_streams([p[1] for p in preps])
+    stream, place = preps[1][0], places[1]
+    for r in range(rounds):
+        cut = sh.cut_round(stream, place, window, rounds, r)
+        for j in range(P):
+            c0, c1 = sb.bucket_slice(stream, place, j, r, rounds)
+            for i in range(P):
+                got, want = cut[i * P + j], reference_piece(stream, place, i, j, stream["centres"][c0:c1], window)
+                assert got.keys() == want.keys()
+                for k, v in want.items():
+                    if isinstance(v, np.ndarray):
+                        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), (r, i, j, k)
+                    else:
+                        assert got[k] == v, (r, i, j, k)
+    assert sum(len(p["centres"]) for p in cut) > len(stream["centres"]) // rounds    # most centres reach 2+ partitions
+
+
 def test_counts_per_shard_sum_to_the_global_counts(planted):
     _, _, walks = planted
     for kind in ("range", "stride"):
@@ -311,3 +381,31 @@ def test_no_task_holds_more_than_one_shard(planted, monkeypatch, sample):
     # a link takes one bucket piece: a fraction of its shard's stream (P = 8, 2 rounds, window 4)
     assert max(b for n, b in seen if n == "link_stage") < one_shard / 4
     assert max(split.sizes()) * dim * 4 * 2 < one_shard / 4         # a link's two tables: one partition each
+
+
+def _yield_halves():
+    """A generator worker function made here so that Ray pickles it by value."""
+    def halves(a, parts):
+        for k in range(parts):
+            yield a[k::parts].copy()
+    return halves
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_recorder_keeps_a_generator_task_a_generator_and_sizes_each_yield(tmp_path):
+    """bucket_stage is a Ray generator task (num_returns = P): recorded, it must still be one (Ray
+    stores each yield before the next step), give every value intact, and record one call whose
+    results are the yielded objects' sizes, with the memory of all its steps."""
+    import ray
+
+    from embedlake.tasks.object_sizes import read_calls, recording
+    from embedlake.tasks.remote import remote
+    x = np.arange(12_000, dtype=np.int64)
+    with recording(tmp_path / "rec") as rec:
+        fn = remote(_yield_halves(), "train", num_returns=3, num_cpus=1)
+        refs = fn.remote(ray.put(x), 3)
+        got = ray.get(refs)
+    assert all(np.array_equal(g, x[k::3]) for k, g in enumerate(got))
+    (call,) = read_calls(rec)
+    assert call.fn == "halves" and call.stage == "train" and len(call.args) == 2 and call.args[0] == 96_000
+    assert call.results == (32_000, 32_000, 32_000) and call.mem["own_peak"] > 0

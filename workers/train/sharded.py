@@ -40,7 +40,7 @@ import numpy as np
 
 from embedlake.config import TrainConfig
 from embedlake.lake import Lake
-from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
+from embedlake.workers.graph.shards import shard_bounds, shard_starts
 from embedlake.workers.train import blocks as sb
 from embedlake.workers.train.sgns_parts import build_alias, keep_thresholds
 
@@ -69,16 +69,15 @@ class VocabSplit:
         return np.maximum(0, (self.vocab - p + self.parts - 1) // self.parts)
 
     def locate(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(partition, row inside it) of every token (ids >= 0)."""
-        t = np.asarray(tokens, dtype=np.int64)
-        if self.kind == "range":
-            starts = self.starts
-            part = owner_of(starts, t)
-            local = t - starts[part]
-        else:
-            part, local = t % self.parts, t // self.parts
-        pdt = np.uint8 if self.parts <= 255 else np.uint16
-        return part.astype(pdt), local.astype(np.int32)
+        """(partition, row inside it) of every token (ids in [0, vocab)), in one pass that writes
+        only the two results (a stream shard's tokens: no int64 copies of them)."""
+        tokens = np.ascontiguousarray(tokens)
+        part = np.empty(len(tokens), np.uint8 if self.parts <= 255 else np.uint16)
+        local = np.empty(len(tokens), np.int32)
+        bad = _locate(tokens, self.starts, self.parts, self.vocab, self.kind == "range", part, local)
+        if bad >= 0:
+            raise ValueError(f"token id {int(tokens[bad])} lies outside the vocabulary [0, {self.vocab})")
+        return part, local
 
     def rows_of(self, p: int) -> np.ndarray:
         """The ids of partition p's rows, in row order."""
@@ -105,12 +104,42 @@ def partition_counts(split: VocabSplit, tokens: np.ndarray) -> list[np.ndarray]:
 
 
 def counts_by_partition(split: VocabSplit, part: np.ndarray, local: np.ndarray) -> list[np.ndarray]:
-    """Counts of located tokens per partition: one bincount over (partition offset + row), cut per
+    """Counts of located tokens per partition: one count over (partition offset + row), cut per
     partition (copies: each travels as its own object)."""
     off = np.zeros(split.parts + 1, np.int64)
     np.cumsum(split.sizes(), out=off[1:])
-    flat = np.bincount(off[part.astype(np.int64)] + local, minlength=int(off[-1])).astype(np.int64)
+    flat = np.zeros(int(off[-1]), np.int64)
+    _count_located(part, local, off, flat)
     return [flat[off[p]:off[p + 1]].copy() for p in range(split.parts)]
+
+
+@nb.njit(cache=True)
+def _locate(tokens, starts, parts, vocab, by_range, part, local):
+    """VocabSplit.locate's pass: part[k], local[k] of tokens[k] (range: the last start <= token,
+    so empty partitions own nothing; stride: token mod / div parts). Returns the index of the first
+    token outside [0, vocab), -1 when there is none."""
+    for k in range(tokens.shape[0]):
+        t = np.int64(tokens[k])
+        if t < 0 or t >= vocab:
+            return k
+        if by_range:
+            lo, hi = 0, parts                # starts[lo] <= t < starts[hi]
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if starts[mid] <= t:
+                    lo = mid
+                else:
+                    hi = mid
+            part[k], local[k] = lo, t - starts[lo]
+        else:
+            part[k], local[k] = t % parts, t // parts
+    return -1
+
+
+@nb.njit(cache=True)
+def _count_located(part, local, off, flat):
+    for k in range(part.shape[0]):
+        flat[off[part[k]] + local[k]] += 1
 
 
 def count_stage(split: VocabSplit, *parts):
@@ -221,74 +250,52 @@ def streams_fingerprint(infos: list[dict]) -> str:
 # ----------------------------------------------------------------------------- buckets of a stream
 
 @nb.njit(cache=True)
-def _context_sweep(offsets, centres, tpart, window, stamp, fill, idx, count_only):
-    """One pass over the centres' windows: per context partition i, count (count_only) or list
-    (idx[fill[i]++]) the centres that have a token of partition i within +-window in their sentence."""
-    s = 0
+def _cut_piece(offsets, tloc, tpart, centres, pi, window, fill, out_loc, out_part, out_off, out_start, out_centre):
+    """One pass over `centres` (ascending positions of one bucket): keep the centres that have a
+    token of partition pi within +-window in their sentence (q != p; any other trains nothing in
+    block (pi, .)), and merge their windows [max(sentence start, p - window), min(sentence end,
+    p + window + 1)) into runs where they touch inside one sentence (a window the kernel draws,
+    radius <= window, never leaves its run). Returns (centres kept, runs, tokens of the runs). With
+    fill it also writes the runs' tokens back to back (out_loc, out_part), where each run begins
+    there (out_off, runs + 1) and in the stream (out_start), and each kept centre's position in
+    the runs (out_centre); without, it only counts, so the caller allocates exactly once."""
+    kept, m, tok, s = 0, 0, 0, 0
+    ra, rb, rs = 0, 0, -1                   # the open run: stream range and sentence
     for k in range(centres.shape[0]):
         p = centres[k]
         while offsets[s + 1] <= p:
             s += 1
-        for q in range(max(offsets[s], p - window), min(offsets[s + 1], p + window + 1)):
-            i = tpart[q]
-            if q != p and stamp[i] != k:
-                stamp[i] = k
-                if not count_only:
-                    idx[fill[i]] = k
-                fill[i] += 1
-
-
-def centres_by_context(offsets, centres, tpart, window: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
-    """For the centres (ascending positions of one bucket), per context partition i the indices of
-    the centres that have a token of partition i within +-window (a centre without one trains
-    nothing in block (i, .)): (idx, bounds), grouped by i, ascending inside each group."""
-    counts = np.zeros(parts, np.int64)
-    _context_sweep(offsets, centres, tpart, window, np.full(parts, -1, np.int64), counts, np.zeros(0, np.int64), True)
-    bounds = np.zeros(parts + 1, np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    idx = np.empty(int(bounds[-1]), np.int64)
-    _context_sweep(offsets, centres, tpart, window, np.full(parts, -1, np.int64), bounds[:-1].copy(), idx, False)
-    return idx, bounds
-
-
-@nb.njit(cache=True)
-def _window_runs(offsets, centres, window):
-    """The windows [max(sentence start, p - window), min(sentence end, p + window + 1)) of the
-    centres (ascending), merged where they touch inside one sentence: (run starts, run ends, run of
-    each centre). A window the kernel draws (radius <= window) never leaves its run."""
-    n = centres.shape[0]
-    starts = np.empty(n, np.int64)
-    ends = np.empty(n, np.int64)
-    sent = np.empty(n, np.int64)
-    run_of = np.empty(n, np.int64)
-    m, s = 0, 0
-    for k in range(n):
-        p = centres[k]
-        while offsets[s + 1] <= p:
-            s += 1
         a, b = max(offsets[s], p - window), min(offsets[s + 1], p + window + 1)
-        if m > 0 and sent[m - 1] == s and a <= ends[m - 1]:
-            ends[m - 1] = max(ends[m - 1], b)
+        hit = False
+        for q in range(a, b):
+            if q != p and tpart[q] == pi:
+                hit = True
+                break
+        if not hit:
+            continue
+        if m > 0 and rs == s and a <= rb:
+            rb = max(rb, b)
         else:
-            starts[m], ends[m], sent[m] = a, b, s
+            if m > 0:                       # the open run is final: copy it
+                if fill:
+                    out_loc[tok:tok + rb - ra] = tloc[ra:rb]
+                    out_part[tok:tok + rb - ra] = tpart[ra:rb]
+                tok += rb - ra
+            if fill:
+                out_off[m], out_start[m] = tok, a
+            ra, rb, rs = a, b, s
             m += 1
-        run_of[k] = m - 1
-    return starts[:m], ends[:m], run_of
-
-
-@nb.njit(cache=True)
-def _gather_runs(starts, ends, tloc, tpart):
-    """The tokens of the runs back to back: (tloc, tpart, offsets of the runs)."""
-    m = starts.shape[0]
-    off = np.zeros(m + 1, np.int64)
-    for r in range(m):
-        off[r + 1] = off[r] + ends[r] - starts[r]
-    out_loc = np.empty(off[m], tloc.dtype)
-    out_part = np.empty(off[m], tpart.dtype)
-    for r in range(m):
-        out_loc[off[r]:off[r + 1]] = tloc[starts[r]:ends[r]]
-        out_part[off[r]:off[r + 1]] = tpart[starts[r]:ends[r]]
-    return out_loc, out_part, off
+        if fill:
+            out_centre[kept] = p - ra + tok
+        kept += 1
+    if m > 0:
+        if fill:
+            out_loc[tok:tok + rb - ra] = tloc[ra:rb]
+            out_part[tok:tok + rb - ra] = tpart[ra:rb]
+        tok += rb - ra
+    if fill:
+        out_off[m] = tok
+    return kept, m, tok
 
 
 def global_positions(place: sb.StreamPlace, local: np.ndarray) -> np.ndarray:
@@ -297,20 +304,23 @@ def global_positions(place: sb.StreamPlace, local: np.ndarray) -> np.ndarray:
     return local + place.gdelta[np.maximum(grp, 0)]
 
 
-def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, sel: np.ndarray, window: int) -> dict:
-    """Block (i, j)'s piece of one stream shard: the centres `sel` (of partition j, each with a
-    context of partition i in reach) and the runs of tokens their windows cover, as a stream of
-    its own whose runs are its sentences; `gdelta` places each run in the whole stream."""
-    starts, ends, run_of = _window_runs(stream["offsets"], sel, int(window))
-    tloc, tpart, off = _gather_runs(starts, ends, stream["tloc"], stream["tpart"])
-    if not len(starts):                     # one empty run: the kernel and bucket_slice want a group
-        off, starts = np.zeros(2, np.int64), np.zeros(1, np.int64)
+def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, centres: np.ndarray, window: int) -> dict:
+    """Block (i, j)'s piece of one stream shard: of `centres` (this round's of partition j), those
+    with a context of partition i in reach, and the runs of tokens their windows cover, as a
+    stream of its own whose runs are its sentences; `gdelta` places each run in the whole stream.
+    Counted first, then written into arrays of their final size: no temporaries of the bucket's size."""
+    args = (stream["offsets"], stream["tloc"], stream["tpart"], centres, int(i), int(window))
+    tloc, tpart = stream["tloc"], stream["tpart"]
+    kept, runs, tokens = _cut_piece(*args, False, np.zeros(0, tloc.dtype), np.zeros(0, tpart.dtype),
+                                    np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+    out_loc, out_part = np.empty(tokens, tloc.dtype), np.empty(tokens, tpart.dtype)
+    off = np.zeros(max(runs, 1) + 1, np.int64)     # no run: one empty run (the kernel and bucket_slice want a group)
+    starts = np.zeros(max(runs, 1), np.int64)
+    out_centre = np.empty(kept, np.int32 if tokens < 2**31 else np.int64)   # positions inside a piece: half the bytes
+    _cut_piece(*args, True, out_loc, out_part, off, starts, out_centre)
     cbounds = np.zeros(len(stream["cbounds"]), np.int64)
-    cbounds[j + 1:] = len(sel)
-    centres = sel - starts[run_of] + off[run_of]
-    if len(tloc) < 2**31:                   # positions inside a piece: half the bytes
-        centres = centres.astype(np.int32)
-    return {"tloc": tloc, "tpart": tpart, "offsets": off, "centres": centres,
+    cbounds[j + 1:] = kept
+    return {"tloc": out_loc, "tpart": out_part, "offsets": off, "centres": out_centre,
             "cbounds": cbounds, "gdelta": global_positions(place, starts) - off[:-1],
             "total": int(place.total), "per_epoch": int(place.per_epoch), "block": (int(i), int(j))}
 
@@ -320,21 +330,30 @@ def piece_place(piece: dict) -> sb.StreamPlace:
     return sb.StreamPlace(piece["offsets"], piece["gdelta"], piece["total"], piece["per_epoch"])
 
 
-def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, *after):
-    """One stream shard's training round r cut into its P x P buckets: piece i * P + j holds what
-    block (i, j) reads (bucket_piece), so a link receives its block's part of its shard's round
-    instead of the whole stream (docs/scaling.md section 5). `after`: results this task waits for
-    and ignores (the driver passes the previous round's first link, so that the pieces of at most
-    two rounds exist at once). Returns the P * P pieces (a tuple; the piece when P = 1)."""
+def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, j: int, *after):
+    """Bucket j of one stream shard's training round r cut into its P pieces (i, j), i = 0 .. P - 1,
+    yielded in that order: piece i is what block (i, j) reads (bucket_piece), so a link receives its
+    block's part of its shard's round instead of the whole stream (docs/scaling.md section 5). A
+    generator (Ray: num_returns = P), so that Ray stores each piece before the next is cut and the
+    task holds one or two pieces, not a bucket's or a round's (section 9). `after`: results this task
+    waits for and ignores (the driver passes the previous round's first link, so that the pieces of
+    at most two rounds exist at once)."""
     P = len(stream["cbounds"]) - 1
-    pieces = [None] * (P * P)
+    c0, c1 = sb.bucket_slice(stream, place, j, r, rounds)
+    centres = stream["centres"][c0:c1]
+    for i in range(P):
+        yield bucket_piece(stream, place, i, j, centres, window)
+
+
+def cut_round(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int) -> list[dict]:
+    """One stream shard's round r as its P x P pieces, piece i * P + j for block (i, j): the P
+    bucket_stage calls of the Ray driver, in this process (the in-process schedules)."""
+    P = len(stream["cbounds"]) - 1
+    pieces: list = [None] * (P * P)
     for j in range(P):
-        c0, c1 = sb.bucket_slice(stream, place, j, r, rounds)
-        cj = np.ascontiguousarray(stream["centres"][c0:c1], dtype=np.int64)
-        idx, bounds = centres_by_context(stream["offsets"], cj, stream["tpart"], int(window), P)
-        for i in range(P):
-            pieces[i * P + j] = bucket_piece(stream, place, i, j, cj[idx[bounds[i]:bounds[i + 1]]], window)
-    return tuple(pieces) if P > 1 else pieces[0]
+        for i, piece in enumerate(bucket_stage(stream, place, window, rounds, r, j)):
+            pieces[i * P + j] = piece
+    return pieces
 
 
 # ----------------------------------------------------------------------------- one link of a block
@@ -416,11 +435,11 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
         places = place_streams([p[1] for p in preps])
         r = e // split.parts
         if r not in pieces:
-            pieces[r] = [bucket_stage(stream, places[s], train.window, train.rounds, r)
+            pieces[r] = [cut_round(stream, places[s], train.window, train.rounds, r)
                          for s, (stream, _) in enumerate(preps)]
         for i, j in blocks:
             for s in range(len(preps)):
-                got = pieces[r][s] if split.parts == 1 else pieces[r][s][i * split.parts + j]
+                got = pieces[r][s][i * split.parts + j]
                 Win[i], Wout[j], st = link_stage(got, noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
                                                  split=split, threads=threads)
                 pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
@@ -487,12 +506,12 @@ def train_rounds_local(walks_of, rounds: list[tuple[int, int]], length: int, spl
             preps = [prep_stream_stage(split, k1 - k0, len(src), train, t, s, *src, *extra)
                      for s, src in enumerate(first if t == 0 else walks_of(w))]
         places = round_places([p[1] for p in preps], k0, K, split.vocab, length)
-        pieces = [bucket_stage(stream, places[s], train.window, 1, 0) for s, (stream, _) in enumerate(preps)]
+        pieces = [cut_round(stream, places[s], train.window, 1, 0) for s, (stream, _) in enumerate(preps)]
         for step in range(t * P, min(stop, (t + 1) * P)):
             _, e, blocks = sb.step_blocks(step, P, W)
             for i, j in blocks:
                 for got in pieces:
-                    Win[i], Wout[j], st = link_stage(got if P == 1 else got[i * P + j], noise[j][1], i, j, Win[i],
+                    Win[i], Wout[j], st = link_stage(got[i * P + j], noise[j][1], i, j, Win[i],
                                                      Wout[j], train, ep, e, split=split, threads=threads)
                     pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
     return Win, Wout, {"pairs": pairs, "loss_sum": loss}
