@@ -400,6 +400,16 @@ class ShardOwners:
             self.close()
         return graph
 
+    def wait_started(self) -> float:
+        """Wait until every owner has started (process, imports, kernels); the seconds waited (0 when
+        they started before the walk stage: their start overlapped ingest)."""
+        import time
+
+        import ray
+        t0 = time.perf_counter()
+        ray.get([o.__ray_ready__.remote() for o in self.actors], timeout=OWNER_START_S)
+        return time.perf_counter() - t0
+
     def ready_for(self, graph: GraphHandle, params, handle=None) -> list:
         """Each owner takes its shard of `graph` (first walk) or begins a new walk on the shard it
         holds (later walks of the same graph); the refs to wait for."""
@@ -466,10 +476,12 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     kept = owners is not None or early is not None
     t_start = time.perf_counter()
     params = shard_walk_params(graph, walk_cfg, method, walk_offset)
+    waited = None           # seconds waited for owners started during ingest to finish starting
     if owners is not None:
         starting = [o.start.remote(params, handle) for o in owners]
     elif early is not None:
-        owners, starting = early.actors, early.ready_for(graph, params, handle)
+        owners, waited = early.actors, early.wait_started()
+        starting = early.ready_for(graph, params, handle)
     else:
         owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
         starting = [o.__ray_ready__.remote() for o in owners]
@@ -504,7 +516,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
              f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners "
              f"({how})")
     return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3),
-                  "owners": how}
+                  "owners": how, **({} if waited is None else {"owner_wait_seconds": round(waited, 3)})}
 
 
 @task(name="publish", cache_policy=NO_CACHE)
