@@ -354,6 +354,8 @@ def owner_nodes(shards: int) -> list[str]:
     import ray
     nodes = [(n["NodeID"], float(n["Resources"].get("CPU", 0))) for n in ray.nodes()
              if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        return []
     share = owner_share([cpus for _, cpus in nodes], shards)
     slots = [[node] * int(cpus // share) for node, cpus in nodes]
     return [node for turn in itertools.zip_longest(*slots) for node in turn if node is not None][:shards]
