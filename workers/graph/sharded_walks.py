@@ -670,16 +670,23 @@ class ShardWalker:
 
 def load_walk_kernels(mode: str = "deepwalk") -> None:
     """Load (or compile once: numba's cache=True) the kernels a shard owner runs for `mode`, by
-    walking a weighted 4-node ring in two shards. The argument types are those of real shards (int64
-    indptr, int32 indices, float32 weights; an unweighted shard passes empty arrays of the same
-    types), so the real calls find their kernels loaded, alias building included. node2vec loads
-    the second-order kernels (p, q != 1) and the adjacency answers too. A new owner process pays
-    this (0.3-1.5 s, more on a loaded machine) before its first round unless it was started early
+    walking a 4-node ring in two shards, unweighted and weighted. numba compiles one version per
+    argument types, and read-only arrays are other types than writable ones: an owner's CSR rows
+    come read-only from the object store, and its empty weights / alias rows of an unweighted shard
+    are writable, so the ring's rows are made read-only the same way (with writable rows the owner's
+    first real round compiled anew: 260 s for node2vec under load). node2vec also loads the
+    second-order kernels (p, q != 1) and the adjacency answers. A new owner process pays this
+    (0.3-1.5 s, more on a loaded machine) before its first round unless it was started early
     (tasks/graph.py ShardOwners)."""
     ring = np.arange(4, dtype=np.int64)
-    parts = split_csr(build_csr(ring, (ring + 1) % 4, 4, weights=np.ones(4)), shard_bounds(4, 2))
     p, q = (0.5, 2.0) if mode == "node2vec" else (1.0, 1.0)
-    sharded_random_walks(parts, 1, 4, 0, p=p, q=q, mode=mode)
+    for weights in (None, np.ones(4)):
+        parts = split_csr(build_csr(ring, (ring + 1) % 4, 4, weights=weights), shard_bounds(4, 2))
+        for part in parts:          # as ray.get gives them
+            for rows in (part.indptr, part.indices, part.weights):
+                if rows is not None:
+                    rows.setflags(write=False)
+        sharded_random_walks(parts, 1, 4, 0, p=p, q=q, mode=mode)
 
 
 class _NumbaThreads:
