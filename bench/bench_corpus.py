@@ -43,16 +43,17 @@ sents = [l.split() for l in open(path, encoding="utf-8")]
 m = Word2Vec(vector_size=int(dim), window=int(window), sg=1, hs=0, negative=int(neg), min_count=int(min_count),
              sample=float(sample), workers=int(threads), seed=int(seed), epochs=int(epochs))
 t0 = time.perf_counter(); m.build_vocab(sents); vocab_s = time.perf_counter() - t0
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 m.train(sents, total_examples=m.corpus_count, epochs=m.epochs)
-train_s = time.perf_counter() - t0
+train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
 np.save(out + ".npy", m.wv.vectors.astype(np.float32))
 with open(out + ".words", "w", encoding="utf-8") as f:
     f.write("\n".join(m.wv.index_to_key))
 own = m.wv.evaluate_word_pairs(sys.argv[11]) if len(sys.argv) > 11 else None
 in_vocab = int(sum(m.wv.get_vecattr(w, "count") for w in m.wv.index_to_key))
 print(json.dumps({"vocab": len(m.wv), "vocab_s": vocab_s, "train_s": train_s, "in_vocab_tokens": in_vocab,
-                  "tokens_per_s": in_vocab * int(epochs) / train_s,
+                  "tokens_per_s": in_vocab * int(epochs) / train_s, "train_cpu_s": train_cpu_s,
+                  "tokens_per_cpu_s": in_vocab * int(epochs) / train_cpu_s,
                   "own_wordsim_spearman": None if own is None else float(own[1][0]),
                   "own_wordsim_oov_pct": None if own is None else float(own[2])}))
 """

@@ -5,7 +5,8 @@ gensim runs in the peers venv (../peers-venv beside the checkout) in a subproces
 file; node classification (DeepWalk protocol, one-vs-rest liblinear LR, top-k labels, 3 seeds)
 scores every embedding with the same function from ../shared/bench/peers.py.
 
-usage: python bench/bench_skipgram.py [--dataset blogcatalog] [--threads 2] [--no-torch] [--no-f1]
+usage: python bench/bench_skipgram.py [--dataset blogcatalog] [--threads 2] [--seeds 0 1 2] [--no-torch] [--no-f1]
+       [--variant NAME=JSON ...]
 Prints one JSON object (and a short table on stderr).
 """
 from __future__ import annotations
@@ -33,24 +34,24 @@ PEERS_PY = None   # the peers venv's python: set in main() (bench/peer_venvs.py)
 GENSIM_SCRIPT = r"""
 import sys, time, json, numpy as np
 from gensim.models import Word2Vec
-walks_path, out_path, dim, window, neg, threads, n = sys.argv[1:8]
-dim, window, neg, threads, n = map(int, (dim, window, neg, threads, n))
+walks_path, out_path, dim, window, neg, threads, n, seed = sys.argv[1:9]
+dim, window, neg, threads, n, seed = map(int, (dim, window, neg, threads, n, seed))
 W = np.load(walks_path)
 walks = [[str(x) for x in row] for row in W]
 t0 = time.perf_counter()
 m = Word2Vec(vector_size=dim, window=window, min_count=0, sg=1, hs=0, negative=neg, workers=threads,
-             epochs=1, seed=0)
+             epochs=1, seed=seed)
 m.build_vocab(walks)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 m.train(walks, total_examples=len(walks), epochs=1)
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 X = np.zeros((n, dim), np.float32)
 for i in range(n):
     k = str(i)
     if k in m.wv.key_to_index:
         X[i] = m.wv[k]
 np.save(out_path, X)
-print(json.dumps({"vocab_s": t1 - t0, "train_s": t2 - t1, "steps": int(W.size)}))
+print(json.dumps({"vocab_s": t1 - t0, "train_s": t2 - t1, "train_cpu_s": c2 - c1, "steps": int(W.size)}))
 """
 
 
@@ -77,7 +78,78 @@ def _uniform_walks(indptr, indices, walks_per_node, length, seed):
     return out
 
 
-def main():
+def deepwalk_walks(a, peers) -> tuple[int, object, np.ndarray, float]:
+    """The dataset's graph (symmetrised unless directed) and its uniform walks a.walks x a.length
+    from every node: (nodes, labels, walks [walks * n, length], walk seconds)."""
+    n, e, Y, directed = peers.load(str(SHARED / "datasets" / a.dataset))
+    A = sp.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    if not directed:
+        A = A + A.T
+    A.sort_indices()
+    indptr, indices = A.indptr.astype(np.int64), A.indices.astype(np.int32)
+    nb.set_num_threads(min(a.threads, nb.config.NUMBA_NUM_THREADS))
+    t0 = time.perf_counter()
+    walks = _uniform_walks(indptr, indices, a.walks, a.length, 0)
+    return n, Y, walks, time.perf_counter() - t0
+
+
+def run_torch(tokens, offsets, n: int, kw: dict, a) -> tuple[dict, np.ndarray]:
+    """The torch kernel on the CPU with the same arguments (--torch-threads, --torch-batch)."""
+    from embedlake.workers.train.torch_engine import train_sgns_torch
+    tkw = dict(kw, device="cpu")
+    if a.torch_threads:
+        tkw["threads"] = a.torch_threads
+    if a.torch_batch:
+        tkw["batch_size"] = a.torch_batch
+    Wt, _, stt = train_sgns_torch(tokens, offsets, n, **tkw)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stt.items()}, Wt
+
+
+def run_gensim(walks_path: str, out_path: str, a, n: int, seed: int, ntok: int) -> tuple[dict, np.ndarray]:
+    """gensim Word2Vec (peers venv, subprocess) on the saved walks with one seed: its timings and table."""
+    p = subprocess.run([str(PEERS_PY), "-c", GENSIM_SCRIPT, walks_path, out_path, str(a.dim), str(a.window),
+                        str(a.negatives), str(a.threads), str(n), str(seed)], capture_output=True, text=True,
+                       check=True)
+    g = json.loads(p.stdout.strip().splitlines()[-1])
+    return ({"seed": seed, "train_s": round(g["train_s"], 3), "vocab_s": round(g["vocab_s"], 3),
+             "tokens_per_s": round(ntok / g["train_s"]), "tokens_per_cpu_s": round(ntok / g["train_cpu_s"]),
+             "tokens_per_s_incl_vocab": round(ntok / (g["train_s"] + g["vocab_s"]))}, np.load(out_path))
+
+
+def run_numba(tokens, offsets, n: int, kw: dict) -> tuple[dict, np.ndarray]:
+    """Our kernel with these train_sgns arguments: its stats (+ tokens per CPU-second, which a loaded
+    machine distorts far less than wall time) and the embeddings."""
+    from embedlake.workers.train.skipgram import train_sgns
+    c0 = time.process_time()
+    W, _, st = train_sgns(tokens, offsets, n, **kw)
+    st["tokens_per_cpu_s"] = st["tokens"] / (time.process_time() - c0)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}, W
+
+
+def score(res: dict, embs: dict, peers, Y, a) -> None:
+    """Micro/Macro-F1 of every table (peers.node_classification), the differences to gensim, and the
+    mean over --seeds of gensim's and our default kernel's F1 (gensim_mean, numba_mean)."""
+    f1 = res.setdefault("f1", {})
+    for name, X in embs.items():
+        t0 = time.perf_counter()
+        f1[name] = peers.node_classification(X, Y)
+        print(f"f1 {name}: {f1[name]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    for group in ("gensim", "numba"):
+        names = [k for k in f1 if k == group or k.startswith(group + "_s")]
+        if names:
+            f1[group + "_mean"] = {r: [round(float(np.mean([f1[k][r][i] for k in names])), 4) for i in (0, 1)]
+                                   for r in f1[names[0]]}
+    if "gensim" in embs:
+        ref = f1["gensim_mean"]
+        for name in [k for k in f1 if k not in ("gensim", "gensim_mean") and not k.startswith("gensim_s")]:
+            res[f"micro_f1_delta_{name}_vs_gensim_mean"] = {r: round(f1[name][r][0] - ref[r][0], 4) for r in ref}
+    if "torch_cpu" in embs:
+        res["micro_f1_delta_torch_vs_numba"] = {r: round(f1["torch_cpu"][r][0] - f1["numba"][r][0], 4)
+                                                for r in f1["numba"]}
+
+
+def parse_args():
+    """The command line (module docstring)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="blogcatalog")
     ap.add_argument("--threads", type=int, default=2)
@@ -93,27 +165,22 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-gensim", action="store_true")
     ap.add_argument("--no-f1", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of gensim and our default "
+                    "kernel (same walks); F1 means over them as gensim_mean / numba_mean")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an extra numba run with these train_sgns keyword arguments, e.g. "
                          "'pairs={\"ablation\": 16}' (repeatable; scored like the others)")
     add_peers_option(ap)
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    a = parse_args()
     global PEERS_PY
     PEERS_PY = peer_python("peers", a.peers, required=not a.no_gensim)
 
-    from embedlake.workers.train.skipgram import train_sgns
     peers = load_peers()
-    ds = SHARED / "datasets" / a.dataset
-    n, e, Y, directed = peers.load(str(ds))
-    A = sp.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    if not directed:
-        A = A + A.T
-    A.sort_indices()
-    indptr, indices = A.indptr.astype(np.int64), A.indices.astype(np.int32)
-    nb.set_num_threads(min(a.threads, nb.config.NUMBA_NUM_THREADS))
-    t0 = time.perf_counter()
-    walks = _uniform_walks(indptr, indices, a.walks, a.length, 0)
-    walk_s = time.perf_counter() - t0
+    n, Y, walks, walk_s = deepwalk_walks(a, peers)
     tokens = walks.ravel()
     offsets = np.arange(0, tokens.size + 1, a.length, dtype=np.int64)
     res = {"dataset": a.dataset, "nodes": n, "tokens": int(tokens.size), "threads": a.threads,
@@ -122,60 +189,32 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="bench_sg_")
     if not a.no_gensim:
-        wp, op = os.path.join(tmp, "walks.npy"), os.path.join(tmp, "gensim.npy")
+        wp = os.path.join(tmp, "walks.npy")
         np.save(wp, walks)
         if a.epochs != 1:
             print("note: gensim runs 1 epoch", file=sys.stderr)
-        p = subprocess.run([PEERS_PY, "-c", GENSIM_SCRIPT, wp, op, str(a.dim), str(a.window), str(a.negatives),
-                            str(a.threads), str(n)], capture_output=True, text=True, check=True)
-        g = json.loads(p.stdout.strip().splitlines()[-1])
-        res["gensim"] = {"train_s": round(g["train_s"], 3), "vocab_s": round(g["vocab_s"], 3),
-                         "tokens_per_s": round(tokens.size / g["train_s"]),
-                         "tokens_per_s_incl_vocab": round(tokens.size / (g["train_s"] + g["vocab_s"]))}
-        embs["gensim"] = np.load(op)
-        print(f"gensim: {res['gensim']}", file=sys.stderr, flush=True)
+        for seed in a.seeds:
+            name = "gensim" if seed == a.seeds[0] else f"gensim_s{seed}"
+            res[name], embs[name] = run_gensim(wp, os.path.join(tmp, f"{name}.npy"), a, n, seed, tokens.size)
+            print(f"{name}: {res[name]}", file=sys.stderr, flush=True)
 
     kw = dict(dim=a.dim, window=a.window, negatives=a.negatives, epochs=a.epochs, seed=0, threads=a.threads)
-    W, _, st = train_sgns(tokens, offsets, n, **kw)
-    res["numba"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in st.items()}
-    embs["numba"] = W
-    print(f"numba: {res['numba']}", file=sys.stderr, flush=True)
-    if "gensim" in res:
-        res["numba_vs_gensim_tokens_per_s"] = round(st["tokens_per_s"] / res["gensim"]["tokens_per_s"], 3)
-
-    for spec in a.variant:
-        name, kws = spec.split("=", 1)
-        Wv, _, stv = train_sgns(tokens, offsets, n, **{**kw, **json.loads(kws)})     # a variant may set the seed
-        res[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stv.items()}
-        embs[name] = Wv
+    runs = [("numba" if seed == a.seeds[0] else f"numba_s{seed}", {"seed": seed}) for seed in a.seeds]
+    runs += [(spec.split("=", 1)[0], json.loads(spec.split("=", 1)[1])) for spec in a.variant]
+    for name, extra in runs:                          # a variant may set the seed
+        res[name], embs[name] = run_numba(tokens, offsets, n, {**kw, **extra})
         print(f"{name}: {res[name]}", file=sys.stderr, flush=True)
+    if "gensim" in res:
+        for k in ("tokens_per_s", "tokens_per_cpu_s"):     # means over the seeds' runs
+            ours, peer = (np.mean([v[k] for name, v in res.items() if name == g or name.startswith(g + "_s")])
+                          for g in ("numba", "gensim"))
+            res[f"numba_vs_gensim_{k}"] = round(float(ours / peer), 3)
 
     if not a.no_torch:
-        from embedlake.workers.train.torch_engine import train_sgns_torch
-        tkw = dict(kw, device="cpu")
-        if a.torch_threads:
-            tkw["threads"] = a.torch_threads
-        if a.torch_batch:
-            tkw["batch_size"] = a.torch_batch
-        Wt, _, stt = train_sgns_torch(tokens, offsets, n, **tkw)
-        res["torch_cpu"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stt.items()}
-        embs["torch_cpu"] = Wt
+        res["torch_cpu"], embs["torch_cpu"] = run_torch(tokens, offsets, n, kw, a)
         print(f"torch_cpu: {res['torch_cpu']}", file=sys.stderr, flush=True)
-
     if not a.no_f1 and Y is not None:
-        for name, X in embs.items():
-            t0 = time.perf_counter()
-            res.setdefault("f1", {})[name] = peers.node_classification(X, Y)
-            print(f"f1 {name}: {res['f1'][name]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-        if "gensim" in embs:
-            res["micro_f1_delta_vs_gensim"] = {r: round(res["f1"]["numba"][r][0] - res["f1"]["gensim"][r][0], 4)
-                                               for r in res["f1"]["numba"]}
-            for name in (spec.split("=", 1)[0] for spec in a.variant):
-                res[f"micro_f1_delta_{name}_vs_gensim"] = {
-                    r: round(res["f1"][name][r][0] - res["f1"]["gensim"][r][0], 4) for r in res["f1"][name]}
-        if "torch_cpu" in embs:
-            res["micro_f1_delta_torch_vs_numba"] = {
-                r: round(res["f1"]["torch_cpu"][r][0] - res["f1"]["numba"][r][0], 4) for r in res["f1"]["numba"]}
+        score(res, embs, peers, Y, a)
     print(json.dumps(res))
 
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/sgns_quality.py --variant base --seeds 0 1 2 [--kw '{"shared_negatives": false}']
         [--gensim] [--epochs 5] [--threads 2]
+    .venv/bin/python bench/sgns_quality.py --speed '{"window": {}, "pair": {"shared_negatives": false}}'
+        [--rounds 3] [--thread-counts 1 2]
 
 Tokenises Brown once (our tokeniser, min_count 5, cached under --cache), trains our kernel with the
 keyword arguments given in --kw (one variant per call, one change at a time), evaluates WordSim353 /
@@ -14,6 +16,8 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,8 @@ def tokenised(args):
     return words, counts, tokens, offsets, sent_path
 
 
-def main() -> None:
+def parse_args():
+    """The command line (module docstring)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
     ap.add_argument("--cache", default="/tmp/sgns")
@@ -46,6 +51,10 @@ def main() -> None:
     ap.add_argument("--kw", default="{}", help="JSON keyword arguments for train_sgns")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--gensim", action="store_true")
+    ap.add_argument("--speed", default=None, metavar="JSON", help='speed mode: {"name": train_sgns kwargs, ...}; '
+                    "rounds of gensim then each variant, train only, seed 0, at each of --thread-counts")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dim", type=int, default=100)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--negatives", type=int, default=5)
@@ -54,29 +63,76 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     add_peers_option(ap)
-    args = ap.parse_args()
-    if args.gensim:          # bench_corpus.run_gensim runs gensim with its module's peers python
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.gensim or args.speed:   # bench_corpus.run_gensim runs gensim with its module's peers python
         bench_corpus.PEERS_PY = peer_python("peers", args.peers)
     from embedlake.tasks.runtime import configure_env
     configure_env()
+    if args.speed:
+        speed(args)
+    else:
+        quality(args)
+
+
+def speed(args) -> None:
+    """tokens/s of gensim and our variants, train only, run back to back in rounds so that each
+    round's ratios are taken under the same machine load; prints one JSON line per run and the
+    median ratio to gensim per variant and thread count."""
+    from embedlake.workers.corpus.text import text_init
+    from embedlake.workers.train.skipgram import train_sgns
+    words, counts, tokens, offsets, sent_path = tokenised(args)
+    variants = json.loads(args.speed)
+    ratios = {}
+    for rnd in range(args.rounds):
+        for th in args.thread_counts:
+            args.threads = th
+            g, _, _ = bench_corpus.run_gensim(sent_path, args, tempfile.mkdtemp(prefix="sgns_speed_"), 0)
+            print(json.dumps({"round": rnd, "threads": th, "variant": "gensim",
+                              "tokens_per_s": round(g["tokens_per_s"]), "tokens_per_cpu_s": round(g["tokens_per_cpu_s"])}),
+                  flush=True)
+            for name, kw in variants.items():
+                c0 = time.process_time()
+                _, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
+                                      negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=0,
+                                      threads=th, init=text_init(len(words), args.dim, 0), **kw)
+                n = len(tokens) * args.epochs
+                tps, tpc = n / st["seconds"], n / (time.process_time() - c0)
+                ratios.setdefault(f"{name}@{th}", []).append(tps / g["tokens_per_s"])
+                print(json.dumps({"round": rnd, "threads": th, "variant": name, "tokens_per_s": round(tps),
+                                  "tokens_per_cpu_s": round(tpc), "pairs_per_s": round(st["pairs_per_s"]),
+                                  "vs_gensim": round(tps / g["tokens_per_s"], 2)}),
+                      flush=True)
+    print(json.dumps({"median_vs_gensim": {k: round(float(np.median(v)), 2) for k, v in ratios.items()}}), flush=True)
+
+
+def quality(args) -> None:
+    """WordSim353 / SimLex-999 / analogies of one variant (or gensim) per seed, and their mean."""
     from embedlake.workers.corpus.text import text_init
     from embedlake.workers.evaluate.words import evaluate_words
     from embedlake.workers.train.skipgram import train_sgns
     words, counts, tokens, offsets, sent_path = tokenised(args)
+    out_dir = tempfile.mkdtemp(prefix="sgns_quality_")    # per run: two runs at once never share gensim's output
     rows = []
     for seed in args.seeds:
         if args.gensim:
-            g, gw, gX = bench_corpus.run_gensim(sent_path, args, args.cache, seed)
-            ev, tps = evaluate_words(gw, gX), g["tokens_per_s"]
+            g, gw, gX = bench_corpus.run_gensim(sent_path, args, out_dir, seed)
+            ev, tps, tpc = evaluate_words(gw, gX), g["tokens_per_s"], g["tokens_per_cpu_s"]
             at = {w: i for i, w in enumerate(gw)}          # gensim's rows in our word order: the same index
             same = evaluate_words(words, gX[[at[w] for w in words]], counts=counts)
         else:
+            c0 = time.process_time()
             W, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
                                   negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
                                   threads=args.threads, init=text_init(len(words), args.dim, seed),
                                   **json.loads(args.kw))
+            tpc = len(tokens) * args.epochs / (time.process_time() - c0)
             ev, tps = evaluate_words(words, W, counts=counts), len(tokens) * args.epochs / st["seconds"]
         row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed, "tokens_per_s": round(tps),
+               "tokens_per_cpu_s": round(tpc),
                "ws353": round(ev["wordsim353"]["spearman"], 4), "simlex": round(ev["simlex999"]["spearman"], 4),
                "analogy": round(ev["analogy"]["accuracy"], 4)}
         if args.gensim:       # case variants of equal count: our index may pick another variant than gensim's

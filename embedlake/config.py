@@ -112,11 +112,12 @@ class TrainConfig(Section):
                          "checkpoint (a leftover claim of a dead writer on this host is taken over).")
     seed: int = Field(0, description="Initialisation and sampling seed.")
     negatives_per: Literal["window", "pair"] = Field("window", description="window: one draw of negatives shared by "
-                                                     "a centre's contexts (HogBatch, the fast default); pair: "
-                                                     "word2vec's / gensim's own negatives per (context, centre) "
-                                                     "pair: +.008 SimLex rho on Brown, -.007 Micro-F1@10 % on "
-                                                     "BlogCatalog, 17-40 % slower (docs/skipgram.md, issue 20). The numba "
-                                                     "one-table kernel only (engine numba, no partitions).")
+                                                     "a centre's contexts (HogBatch; the graph default: better "
+                                                     "Micro-F1 at 10 % on BlogCatalog); pair: word2vec's / "
+                                                     "gensim's own negatives per (context, centre) pair, context "
+                                                     "after context (the embed-corpus default: +.008 SimLex rho "
+                                                     "on Brown, at about the same speed). pair needs the numba "
+                                                     "one-table kernel (docs/skipgram.md, issue 20).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "
@@ -128,11 +129,16 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _pair_negatives_kernel(self) -> "TrainConfig":
         """negatives_per=pair exists in the numba one-table kernel only: refuse it where another runs."""
-        if self.negatives_per == "pair" and (self.engine != "numba" or self.partitions > 0 or self.workers > 1
-                                             or self.table != "full"):
+        if self.negatives_per == "pair" and not pair_negatives_kernel(self.engine, self.partitions, self.workers,
+                                                                      self.table):
             raise ValueError("train.negatives_per=pair needs engine=numba, table=full and the one-table kernel "
                              "(workers=1, partitions=0)")
         return self
+
+
+def pair_negatives_kernel(engine: str, partitions: int, workers: int, table: str) -> bool:
+    """Whether these train.* settings run the numba one-table kernel, the one with per-pair negatives."""
+    return engine == "numba" and partitions == 0 and workers == 1 and table == "full"
 
 
 class FastRPConfig(Section):
@@ -146,6 +152,19 @@ class FastRPConfig(Section):
                                                        "D^-1/2 A D^-1/2 (sym) or A (none).")
     standardize: bool = Field(True, description="Standardise output columns (zero mean, unit variance).")
     seed: int = Field(0, description="Projection seed.")
+    projection: Literal["row", "node_id"] = Field("row", description="What keys a node's row of the random "
+                                                  "projection: its dense row id (row), or a hash of its original "
+                                                  "id (node_id: a node keeps its row when others are added or "
+                                                  "removed; needs a set fastrp.density). Incremental FastRP "
+                                                  "runs need node_id.")
+
+    @model_validator(mode="after")
+    def _keyed_projection_pins_density(self) -> "FastRPConfig":
+        """The default density 1/sqrt(n) changes with n, and with it every node's row of R."""
+        if self.projection == "node_id" and self.density is None:
+            raise ValueError("fastrp.projection=node_id needs fastrp.density set (e.g. 0.01): the default "
+                             "1/sqrt(n) changes with the node count, and with it every node's projection")
+        return self
 
 
 class OrbitsConfig(Section):
@@ -442,6 +461,11 @@ class VocabConfig(Section):
     min_count: int = Field(5, ge=1, description="Words seen fewer times are dropped from sentences.")
     max_vocab: int | None = Field(None, ge=1, description="Keep at most this many most frequent words "
                                   "(ties broken by the word), None = no cap.")
+    update: bool = Field(False, description="Append mode (gensim build_vocab(update=True) + train): the input is "
+                         "NEW text for the latest committed run of this dataset and method. Old words keep their "
+                         "rows and add their new counts; new words (min_count in the new text) get rows after "
+                         "them; training runs on the new text only, from the previous run's vectors. Needs "
+                         "train.table=full and train.workers=1 (the run that saves its output vectors).")
 
 
 class WordEvalConfig(Section):
@@ -457,8 +481,10 @@ class WordEvalConfig(Section):
 
 
 def _corpus_train_defaults() -> "TrainConfig":
-    """word2vec / gensim defaults for text: 100 d, window 5, 5 epochs, subsampling 1e-3."""
-    return TrainConfig(dim=100, window=5, epochs=5, sample=1e-3)
+    """word2vec / gensim defaults for text: 100 d, window 5, 5 epochs, subsampling 1e-3, and
+    word2vec's per-pair negatives (on Brown they close the SimLex gap to gensim that the graph
+    default's shared window negatives leave; docs/skipgram.md, issue 20)."""
+    return TrainConfig(dim=100, window=5, epochs=5, sample=1e-3, negatives_per="pair")
 
 
 class CorpusPipelineConfig(Section):
@@ -479,13 +505,20 @@ class CorpusPipelineConfig(Section):
     def _train_text_defaults(cls, v: Any) -> Any:
         """A partial `train` section (file or -p) starts from the text defaults, not the graph ones."""
         if isinstance(v, dict):
-            return {**_corpus_train_defaults().model_dump(), **v}
+            merged = {**_corpus_train_defaults().model_dump(), **v}
+            if "negatives_per" not in v and not pair_negatives_kernel(merged["engine"], merged["partitions"],
+                                                                      merged["workers"], merged["table"]):
+                merged["negatives_per"] = "window"     # the default follows the kernel the user picked
+            return merged
         return v
 
     @model_validator(mode="after")
     def _learned_table_rules(self) -> "CorpusPipelineConfig":
         """embed-corpus -p train.table=...: refuse at load what the vocabulary path cannot honour."""
         t = self.train.table
+        if self.vocab.update and (t != "full" or self.train.workers > 1):
+            raise ValueError("vocab.update=true continues a full word table trained on one worker: set "
+                             "train.table=full and train.workers=1")
         if t == "full":
             return self
         if not _one_numba_worker(self.train):

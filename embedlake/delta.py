@@ -15,6 +15,12 @@ other's overwrite read a snapshot the winner changed, delta-rs rejects it (Commi
 `commit_files` re-opens the table and commits again (a different run does not conflict: it simply
 becomes the newer version). The same run id committed twice, or a table that keeps moving for
 `COMMIT_ATTEMPTS` attempts, fails with one line naming the table.
+
+Partial commits (issue 18): a run whose files include files that are ACTIVE in the table's current
+version (an incremental run that kept the previous run's unchanged partitions) commits with
+`mode="append"`: one `remove` per active file it does not keep, one `add` per new file, and nothing
+for the kept files, whose `add` actions (path, partition values, stats) stay as they were. The new
+version is still exactly the run's files; only the changed partitions were written.
 """
 from __future__ import annotations
 
@@ -151,12 +157,37 @@ def find_run(fs, path: str, run_id: str) -> dict | None:
     return None
 
 
-def _add_actions(files: TableFiles, now_ms: int) -> list:
+def _add_actions(files: TableFiles, now_ms: int, skip: frozenset = frozenset()) -> list:
     from deltalake.transaction import AddAction
     return [AddAction(path=e["path"][len(files.rel) + 1:], size=int(e["bytes"]),
                       partition_values=partition_values(files.rel, e["path"]), modification_time=now_ms,
                       data_change=True, stats=json.dumps({"numRecords": int(e["rows"])}))
-            for e in files.entries]
+            for e in files.entries if e["path"][len(files.rel) + 1:] not in skip]
+
+
+def active_files(dt) -> dict[str, dict]:
+    """The current version's data files: table-relative path -> {size, partition_values}."""
+    import pyarrow as pa
+    t = pa.table(dt.get_add_actions(flatten=True)).to_pydict()
+    keys = [k for k in t if k.startswith("partition.")]
+    return {p: {"size": int(t["size_bytes"][i]), "partition_values": {k[len("partition."):]: t[k][i] for k in keys}}
+            for i, p in enumerate(t["path"])}
+
+
+def kept_paths(dt, files: TableFiles) -> frozenset:
+    """The run's files that the table's current version already holds (partitions kept unchanged)."""
+    if dt is None:
+        return frozenset()
+    active = active_files(dt)
+    return frozenset(p for e in files.entries for p in [e["path"][len(files.rel) + 1:]] if p in active)
+
+
+def _remove_actions(dt, kept: frozenset, now_ms: int) -> list:
+    """A remove for every active file the run does not keep (what an overwrite would tombstone)."""
+    from deltalake.transaction import RemoveAction
+    return [RemoveAction(path=p, data_change=True, deletion_timestamp=now_ms, size=a["size"],
+                         partition_values={k: (None if v is None else str(v)) for k, v in a["partition_values"].items()})
+            for p, a in active_files(dt).items() if p not in kept]
 
 
 def _try_commit(dt, files: TableFiles, options: dict | None, record: dict, description: str) -> None:
@@ -169,8 +200,14 @@ def _try_commit(dt, files: TableFiles, options: dict | None, record: dict, descr
     schema = delta_schema(files)
     parts = list(partition_values(files.rel, files.entries[0]["path"]))
     props = CommitProperties(custom_metadata={META_KEY: record}, max_commit_retries=0)
-    adds = _add_actions(files, int(time.time() * 1000))
-    if dt is None:
+    now_ms = int(time.time() * 1000)
+    kept = kept_paths(dt, files)
+    adds = _add_actions(files, now_ms, skip=kept)
+    if dt is not None and kept:
+        dt.create_write_transaction(adds + _remove_actions(dt, kept, now_ms), mode="append",
+                                    schema=deltalake.Schema.from_arrow(schema), partition_by=parts,
+                                    commit_properties=props)
+    elif dt is None:
         create_table_with_add_actions(files.uri, deltalake.Schema.from_arrow(schema), adds, mode="error",
                                       partition_by=parts, description=description, storage_options=options,
                                       commit_properties=props)

@@ -15,6 +15,8 @@ Layout (root = a local folder or s3://bucket/prefix):
     <root>/graphs/<dataset>/<version>/...                 ingested CSR + node-id map (content-addressed)
     <root>/checkpoints/<dataset>/<method>/run_id=<id>/    stage checkpoints of a run in progress
     <root>/tokens/<dataset>/<method>/run_id=<id>/         token-id shards + vocabulary of a corpus run
+    <root>/state/<dataset>/<method>/run_id=<id>/          what the next incremental run starts from
+                                                          (FastRP levels; kept while the run is in history)
     <root>/reports/<dataset>/<method>/run_id=<id>/        report.md, quality.png, alignment rotation
     <root>/_claims/<dataset>/<method>/<run_id>.claim      a writer's reservation of a run id
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:       # pyarrow is imported where a table is made or read: a R
     import pyarrow as pa    # holds a Lake (checkpoints, claims) does not load it (docs/scaling.md, 9)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens")
+KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics", "reports", "checkpoints", "tokens", "state")
 TABLE_KINDS = ("embeddings", "walks", "tables", "codebooks", "metrics")   # their Parquet files form Delta tables
 HOME_KINDS = ("embeddings", "tables", "walks")                   # where a run's own table lives, in order
 RECORD_VERSION = 2
@@ -564,7 +566,7 @@ class Lake:
                     keep.update(e["path"] for e in entries)
         return keep
 
-    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints")) -> list[str]:
+    def orphans(self, kinds: tuple[str, ...] = ("reports", "tokens", "checkpoints", "state")) -> list[str]:
         """Internal files no committed run names: leftovers of failed or killed runs (the Delta
         tables' own leftovers are found by `vacuum`)."""
         keep = self.committed_paths()
@@ -663,3 +665,94 @@ def fixed_vectors(table: pa.Table, column: str = "vector") -> pa.Table:
         raise LakeError(f"the {column} column holds vectors of different lengths")
     fixed = pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), d)
     return table.set_column(table.column_names.index(column), column, fixed)
+
+
+# ---- partial publish (issue 18) -----------------------------------------------------------------
+# An incremental run changes few rows. Rows are laid out so that an unchanged row stays in the same
+# file across versions: partition = hash(original node id) mod P, rows of a partition in dense-id
+# order, P fixed by the table's first hashed run (`hash_partition_count`) and kept while the table
+# keeps that layout. A partition whose rows (ids and vector bits) equal the previous run's is not
+# written: the run's record names the previous file (same path, same bytes; its `run_id` partition
+# value stays the run that wrote it), and the Delta commit keeps its add action (delta.py).
+HASH_FILE_BYTES = 4 * 2**20       # hashed layout: about this many bytes per file (small files: fewer rows rewritten)
+LAYOUT_KEY = "layout"             # file entry key: "hash/<P>" for the hashed layout
+CONTENT_KEY = "content"           # file entry key: sha256 of the partition's ids and vector bytes
+
+
+def id_hash64(node_ids: np.ndarray) -> np.ndarray:
+    """uint64 hash of original node ids, the same in every version and process (SplitMix64 of an
+    int id; BLAKE2b-64 of a string id's UTF-8 bytes)."""
+    ids = np.asarray(node_ids)
+    if ids.dtype.kind in "iu":
+        z = ids.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=8).digest(), "little")
+                        for x in ids), dtype=np.uint64, count=ids.shape[0])
+
+
+def hash_partition_count(rows: int, row_bytes: int, target: int = HASH_FILE_BYTES) -> int:
+    """P for a table's first hashed run: files of about `target` bytes (at least one)."""
+    return max(1, -(-int(rows) * max(1, int(row_bytes)) // int(target)))
+
+
+def hash_partitions(node_ids: np.ndarray, partitions: int) -> np.ndarray:
+    """int32 [n]: the hashed-layout partition of each row."""
+    return (id_hash64(node_ids) % np.uint64(partitions)).astype(np.int32)
+
+
+def previous_layout(entries: list[dict]) -> dict[int, dict]:
+    """partition -> file entry of a run's hashed-layout files ({} when it used another layout)."""
+    out = {}
+    for e in entries:
+        if str(e.get(LAYOUT_KEY, "")).startswith("hash/"):
+            out[int(delta.partition_values(table_of(e["path"]), e["path"])["partition"])] = e
+    return out
+
+
+def layout_partitions(entries: list[dict]) -> int | None:
+    """P of a run's hashed layout, None when its files are not hash-partitioned."""
+    layouts = {str(e.get(LAYOUT_KEY, "")) for e in entries}
+    if len(layouts) != 1 or not next(iter(layouts)).startswith("hash/"):
+        return None
+    return int(next(iter(layouts)).split("/", 1)[1])
+
+
+def rows_digest(ids: np.ndarray, vectors: np.ndarray) -> str:
+    """sha256 of a partition's ids (as text for strings) and its float32 vector bytes, row order included."""
+    h = hashlib.sha256()
+    ids = np.asarray(ids)
+    h.update(ids.astype(np.int64).tobytes() if ids.dtype.kind in "iu" else "\0".join(map(str, ids)).encode())
+    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def publish_hashed_partition(lake: "Lake | str", dataset: str, method: str, run_id: str, partition: int,
+                             partitions: int, assignment: np.ndarray, node_ids: np.ndarray, X: np.ndarray,
+                             previous: dict | None) -> dict:
+    """Partition `partition` of the hashed layout: rows with assignment == partition, in row order.
+    Returns `previous` (not written) when its content digest matches, else the new file's entry.
+    Either way the entry carries `layout` and `content` (and `kept`: whether it is the old file)."""
+    lake = Lake(lake)
+    rows = np.flatnonzero(np.asarray(assignment) == partition)
+    ids, vecs = np.asarray(node_ids)[rows], np.asarray(X)[rows]
+    digest = rows_digest(ids, vecs)
+    layout = f"hash/{int(partitions)}"
+    if previous is not None and previous.get(CONTENT_KEY) == digest and previous.get(LAYOUT_KEY) == layout:
+        return {**previous, "kept": True}
+    import pyarrow as pa
+    id_arr = pa.array(ids.astype(np.int64)) if ids.dtype.kind in "iu" else pa.array([str(x) for x in ids], pa.string())
+    entry = lake.write_parquet(Lake.part_path("embeddings", dataset, method, run_id, partition),
+                               embeddings_table(id_arr, vecs)).to_dict()
+    return {**entry, LAYOUT_KEY: layout, CONTENT_KEY: digest, "kept": False}
+
+
+def publish_summary(results: list[dict]) -> tuple[list[dict], dict]:
+    """(the run's file entries, files / bytes / rows written vs kept) of a hashed publish's results."""
+    written = [e for e in results if not e.get("kept")]
+    kept = [e for e in results if e.get("kept")]
+    entries = [{k: v for k, v in e.items() if k != "kept"} for e in results]
+    return entries, {"files_written": len(written), "files_kept": len(kept),
+            "bytes_written": sum(int(e["bytes"]) for e in written), "bytes_kept": sum(int(e["bytes"]) for e in kept),
+            "rows_written": sum(int(e["rows"]) for e in written), "rows_kept": sum(int(e["rows"]) for e in kept)}

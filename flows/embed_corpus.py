@@ -43,11 +43,13 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
     # a second writer of this run id stops here; a killed run's re-run takes over its claim and
     # continues from its checkpoints: vocabulary + token shards, the last trained epoch, the table
     with Run.open(cfg, dataset, cfg.method) as run:
-        vocab, sentences, reused, tokens_fingerprint = ct.tokenise(run, cfg)
-        trained = ct.train_words(run, cfg.train, vocab, sentences, tokens_fingerprint)
+        # vocab.update: grow the latest committed run's vocabulary and train from its vectors
+        previous = ct.previous_run(run, cfg) if cfg.vocab.update else None
+        vocab, sentences, reused, tokens_fingerprint = ct.tokenise(run, cfg, previous)
+        trained = ct.train_words(run, cfg.train, vocab, sentences, tokens_fingerprint, previous)
         trained.info.setdefault("resumed", {}).update(reused)
         fault_point("after:train")
-        files = {"tokens": sentences.files}
+        files = {"tokens": sentences.files, **trained.files}
         files["embeddings"] = run.time("publish", ct.publish, run.lake, dataset, run.method, run.run_id, vocab,
                                        trained.ref, cfg.partitions, run.retries)
         fault_point("after:publish")
@@ -66,9 +68,9 @@ def embed_corpus(config: CorpusPipelineConfig | None = None) -> dict:
 
 
 def corpus_stats(cfg: CorpusPipelineConfig, vocab, sentences) -> dict:
-    """The manifest's and summary's corpus figures."""
+    """The manifest's and summary's corpus figures (an update's: old_vocab, new_words, old_words_seen)."""
     return {**vocab.stats, **sentences.info, "max_sentence_tokens": cfg.text.max_sentence_tokens,
-            "long_lines_policy": cfg.text.long_lines}
+            "long_lines_policy": cfg.text.long_lines, "update": bool(cfg.vocab.update)}
 
 
 def learned_table(cfg: CorpusPipelineConfig, dataset: str) -> dict:

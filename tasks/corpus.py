@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake import storage
+from embedlake.lake import Lake
 from embedlake.config import CorpusInputConfig, TrainConfig, VocabConfig, WordEvalConfig
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.graph import StageResult
@@ -16,7 +17,9 @@ from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run, Stage
 from embedlake.tasks.runtime import max_node_cpus
 from embedlake.tasks.train import TRAIN_KEYS, ShardedInput, block_partitions, train_streams
+from embedlake.errors import ConfigError, LakeError
 from embedlake.workers.corpus import text as cs
+from embedlake.workers.corpus import update as cu
 from embedlake.workers.corpus.text import TextSpec
 from embedlake.workers.run.checkpoints import fingerprint, vocab_digest
 from embedlake.workers.run.faults import fault_point
@@ -39,6 +42,18 @@ class Vocabulary:
 
 
 @dataclass
+class PreviousRun:
+    """The committed run a vocabulary update continues (vocab.update=true): refs of its vocabulary
+    and tables, which stay in the object store."""
+    run_id: str
+    vocab: int
+    words_ref: object              # list[str], id order
+    counts_ref: object             # int64[V]
+    w_in_ref: object               # float32 [V, d], the published table
+    w_out_ref: object              # float32 [V, d], the run's saved output vectors
+
+
+@dataclass
 class Sentences:
     files: list[dict]
     token_refs: list
@@ -57,9 +72,10 @@ def plan(input_cfg: CorpusInputConfig, env=None) -> list[dict]:
 
 
 @task(name="vocabulary", cache_policy=NO_CACHE)
-def vocabulary(shards: list[dict], spec: TextSpec, vocab_cfg: VocabConfig, env=None, max_retries: int = 3
-               ) -> Vocabulary:
-    """Tokenise and count every shard in parallel, then merge the counts in one task."""
+def vocabulary(shards: list[dict], spec: TextSpec, vocab_cfg: VocabConfig, env=None, max_retries: int = 3,
+               previous: PreviousRun | None = None) -> Vocabulary:
+    """Tokenise and count every shard in parallel, then merge the counts in one task (with
+    `previous`: grow that run's vocabulary, workers/corpus/update.py)."""
     import ray
     log = stage_logger()
     fn = remote(cs.count_stage, "corpus", num_cpus=1, num_returns=4, max_retries=max_retries)
@@ -67,8 +83,13 @@ def vocabulary(shards: list[dict], spec: TextSpec, vocab_cfg: VocabConfig, env=N
     stats = gather([r[0] for r in refs], "count (shards)", unit_of=lambda st: float(st["raw_tokens"]),
                    unit="tokens")
     n = len(shards)
-    merge = remote(cs.merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
-    out = merge.remote(vocab_cfg.min_count, vocab_cfg.max_vocab, stats, *[r[1] for r in refs])
+    if previous is None:
+        merge = remote(cs.merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
+        out = merge.remote(vocab_cfg.min_count, vocab_cfg.max_vocab, stats, *[r[1] for r in refs])
+    else:
+        merge = remote(cu.update_merge_stage, "corpus", num_cpus=1, num_returns=3 + n, max_retries=max_retries)
+        out = merge.remote(previous.words_ref, previous.counts_ref, vocab_cfg.min_count, vocab_cfg.max_vocab, stats,
+                           *[r[1] for r in refs])
     summary = ray.get(out[0])
     log.info(f"vocabulary: {summary['raw_tokens']:,} tokens in {summary['sentences']:,} sentences, "
              f"{summary['unique_words']:,} distinct words, {summary['vocab']:,} kept "
@@ -136,10 +157,11 @@ def reusable_tokens(stage: Stage) -> dict | None:
     return None
 
 
-def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
+def tokenise(run: Run, cfg, previous: PreviousRun | None = None) -> tuple[Vocabulary, Sentences, dict, str]:
     """plan -> vocabulary -> token-id shards (stages plan, vocabulary, encode), or the vocabulary and
     shards a killed attempt finished (stage load_tokens). Returns (vocabulary, sentences, what was
-    reused, the tokens' fingerprint). cfg: the CorpusPipelineConfig."""
+    reused, the tokens' fingerprint). cfg: the CorpusPipelineConfig. previous: the run a vocabulary
+    update grows (its id is part of the tokens' spec)."""
     spec = TextSpec.from_configs(cfg.text, cfg.input)
     # the driver's S3 settings travel with the tasks (input and lake may be on different stores)
     env = run.lake.env or (storage.StorageEnv() if "://" in (cfg.input.path or "") else None)
@@ -147,12 +169,13 @@ def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
     # the fingerprint spec is JSON (stored in the checkpoint state)
     tokens_spec = corpus_tokens_spec(cfg.input.model_dump(), shards, input_stamps(shards, env), cs.spec_dict(spec),
                                      cfg.vocab.model_dump())
+    tokens_spec["update_of"] = previous.run_id if previous is not None else None
     stage = run.stage("tokens", tokens_spec)
     state = reusable_tokens(stage)
     if state is not None:
         vocab, sentences = run.time("load_tokens", load_tokens, run.lake, state, run.retries)
     else:
-        vocab = run.time("vocabulary", vocabulary, shards, spec, cfg.vocab, env, run.retries)
+        vocab = run.time("vocabulary", vocabulary, shards, spec, cfg.vocab, env, run.retries, previous)
         fault_point("after:vocab")
         sentences = run.time("encode", encode, run.lake, run.dataset, run.method, run.run_id, vocab, run.retries)
         # finished (after every file it names exists): a killed run's re-run reuses them
@@ -163,16 +186,53 @@ def tokenise(run: Run, cfg) -> tuple[Vocabulary, Sentences, dict, str]:
 
 
 def train_words(run: Run, train_cfg: TrainConfig, vocab: Vocabulary, sentences: Sentences,
-                tokens_fingerprint: str) -> StageResult:
+                tokens_fingerprint: str, previous: PreviousRun | None = None) -> StageResult:
     """The word table (stage `train`), checkpointed after every epoch: a killed run's re-run
-    continues at the next epoch, or reuses the finished table. Returns StageResult(ref, info)."""
+    continues at the next epoch, or reuses the finished table. Returns StageResult(ref, info, files):
+    with one worker the final output vectors are saved as run state (files kind `corpus_state`,
+    what a later vocab.update run continues from; a reused table has none). previous: start from
+    that run's tables, grown to this vocabulary (workers/corpus/update.py)."""
     stage = run.stage("train", {"tokens": tokens_fingerprint, "digest": digest(vocab),
+                                "update_of": previous.run_id if previous is not None else None,
                                 **{k: getattr(train_cfg, k) for k in TRAIN_KEYS}})
     done = stage.finished_table()
     if done is not None:
         return done
-    emb_ref, info = run.time("train", train, vocab, sentences, train_cfg, run.retries, stage)
-    return StageResult(emb_ref, info)
+    init = None
+    if previous is not None:
+        init = remote(cu.grown_tables, "train", num_cpus=1, max_retries=run.retries).remote(
+            previous.w_in_ref, previous.w_out_ref, vocab.size, train_cfg.seed)
+    save = None
+    if train_cfg.workers <= 1:
+        run.owns(Lake.run_dir("state", run.dataset, run.method, run.run_id))
+        save = (run.lake, run.dataset, run.method, run.run_id)
+    emb_ref, info = run.time("train", train, vocab, sentences, train_cfg, run.retries, stage, init, save)
+    state = info.pop("output_state", None)
+    return StageResult(emb_ref, info, {cu.STATE_FILES: [state]} if state else {})
+
+
+def previous_run(run: Run, cfg) -> PreviousRun:
+    """The latest committed run of the dataset and method, loaded for a vocabulary update; one
+    ConfigError line when there is none or it cannot be continued."""
+    try:
+        man = run.lake.manifest(run.dataset, run.method)
+    except LakeError:
+        raise ConfigError(f"vocab.update=true: no committed run of {run.dataset}/{run.method} in {run.lake.uri} "
+                          f"to update (run without vocab.update first)") from None
+    if int(man.extra.get("dim") or 0) != cfg.train.dim:
+        raise ConfigError(f"vocab.update=true: train.dim={cfg.train.dim}, the previous run {man.run_id} has "
+                          f"dim {man.extra.get('dim')}")
+    vocab_file = [e for e in man.files.get("tokens", []) if e["path"].endswith("vocab/vocab.parquet")]
+    state = man.files.get(cu.STATE_FILES) or []
+    if not vocab_file or not state:
+        raise ConfigError(f"vocab.update=true: the previous run {man.run_id} saved no "
+                          f"{'vocabulary' if not vocab_file else 'output vectors'} (a run with train.workers > 1, "
+                          f"or one resumed after training): run without vocab.update")
+    words, counts, w_in, w_out = remote(cu.read_previous_stage, "corpus", num_cpus=1, num_returns=4,
+                                        max_retries=run.retries).remote(run.lake, vocab_file[0],
+                                                                        man.files["embeddings"], state[0])
+    stage_logger().info(f"vocab.update: continuing run {man.run_id} ({man.extra.get('rows'):,} words)")
+    return PreviousRun(man.run_id, int(man.extra.get("rows") or 0), words, counts, w_in, w_out)
 
 
 @task(name="load_tokens", cache_policy=NO_CACHE)
@@ -192,11 +252,12 @@ def load_tokens(lake, state: dict, max_retries: int = 3) -> tuple[Vocabulary, Se
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_retries: int = 3,
-          stage: Stage | None = None):
+          stage: Stage | None = None, init_ref=None, save_output: tuple | None = None):
     """Skip-gram on all sentences in one multi-threaded Ray task; returns (table ref, stats).
     stage (the run's `train` stage): the tables are checkpointed after every epoch and a killed
     run's re-run continues at the next epoch. With train.workers > 1: the sharded block engine on
-    the token shards across the workers instead (`train_token_shards`)."""
+    the token shards across the workers instead (`train_token_shards`). init_ref: (W_in, W_out) to
+    start from; save_output: where the final output vectors go (info["output_state"]: their entry)."""
     import ray
     if train_cfg.workers > 1:
         return train_token_shards(vocab, sentences, train_cfg, max_retries, stage)
@@ -208,7 +269,8 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_r
     parts = [x for pair in zip(sentences.token_refs, sentences.offset_refs) for x in pair]
     emb_ref, stats_ref = fn.remote(vocab.size, vocab.counts_ref, train_cfg, *parts, threads=train_cfg.threads or cpus,
                                    progress=progress.reporter("train"),
-                                   checkpoint=stage.handle() if stage is not None else None)
+                                   checkpoint=stage.handle() if stage is not None else None, init_tables=init_ref,
+                                   save_output=save_output)
     try:
         progress.wait([stats_ref])
     finally:
@@ -218,6 +280,8 @@ def train(vocab: Vocabulary, sentences: Sentences, train_cfg: TrainConfig, max_r
              f"loss {stats.get('loss_first', float('nan')):.4f} -> {stats.get('loss_last', float('nan')):.4f}")
     info = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     info["resumed"] = {"stage": "train", "start_epoch": start, "table_reused": False}
+    if stats.get("output_state"):
+        info["output_state"] = stats["output_state"]
     return emb_ref, info
 
 

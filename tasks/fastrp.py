@@ -12,6 +12,8 @@ from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run
+from embedlake.lake import Manifest
+from embedlake.workers.fastrp import incremental as finc
 from embedlake.workers.fastrp import kernels as frp
 from embedlake.workers.fastrp import sharded as fsh
 from embedlake.workers.fastrp import stages as fs
@@ -30,9 +32,62 @@ def fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, bounds:
     done = stage.finished_table()
     if done is not None:
         return done
+    if fastrp_cfg.projection == "node_id":
+        return keyed_fastrp_table(run, graph, fastrp_cfg, stage)
     emb_ref, info = run.time("fastrp", fastrp, graph, fastrp_cfg, bounds, max_retries=run.retries)
     stage.save_table(emb_ref, info)
     return StageResult(emb_ref, info)
+
+
+def keyed_fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, stage) -> StageResult:
+    """fastrp.projection=node_id: one task computes the table and saves the state an incremental
+    run of the next graph version starts from (run files of kind `fastrp_state`). A resumed run
+    whose table was checkpointed has no state files: the next run is then a full one."""
+    run.owns(finc.state_dir(run.dataset, run.method, run.run_id))
+    task = remote(finc.keyed_table_stage, "fastrp", num_cpus=1, num_returns=2, max_retries=run.retries)
+    emb_ref, state_files = run.time("fastrp", lambda: table_and_info(task.remote(
+        graph.csr_ref, graph.node_ids_ref, fastrp_cfg, run.lake, run.dataset, run.method, run.run_id)))
+    info = {"iterations": len(fastrp_cfg.weights), "partitions": 1, "dim": fastrp_cfg.dim, "projection": "node_id"}
+    stage.save_table(emb_ref, info)
+    return StageResult(emb_ref, info, {finc.STATE_FILES: state_files})
+
+
+def incremental_refusal(previous: Manifest | None, fastrp_cfg: FastRPConfig) -> str | None:
+    """Why the run cannot update the previous run's FastRP table (None: it can). The previous run
+    must have used the same FastRP settings, the node-id keyed projection, and saved its state."""
+    if previous is None:
+        return "no previous committed run"
+    if fastrp_cfg.projection != "node_id":
+        return "fastrp.projection is 'row' (a node's random projection moves with its dense row id): set node_id"
+    before = (previous.config or {}).get("fastrp") or {}
+    now = fastrp_spec(fastrp_cfg)
+    differ = sorted(k for k in now if before.get(k) != now[k])
+    if differ:
+        return f"the previous run {previous.run_id} used other FastRP settings ({', '.join('fastrp.' + k for k in differ)})"
+    if not previous.files.get(finc.STATE_FILES):
+        return f"the previous run {previous.run_id} saved no FastRP state (a resumed or pre-incremental run)"
+    return None
+
+
+def fastrp_incremental(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig, previous: Manifest, old_csr_ref,
+                       old_index) -> StageResult:
+    """The new graph version's FastRP table from the previous run's state (`incremental_refusal`
+    must have said None): only the rows whose k-hop neighbourhood changed are recomputed, and the
+    table equals a full run's bit for bit (workers/fastrp/incremental.py). old_csr_ref: the previous
+    version's CSR tuple; old_index: GraphDiff.old_index (each new row's previous row or -1).
+    Returns the table ref, info (rows recomputed per level) and the new state's files."""
+    if graph.num_shards > 1:
+        raise ValueError("incremental FastRP runs on one graph shard (graph.shards=1)")
+    run.owns(finc.state_dir(run.dataset, run.method, run.run_id))
+    task = remote(finc.incremental_stage, "fastrp", num_cpus=1, num_returns=2, max_retries=run.retries)
+    emb_ref, info = run.time("fastrp", lambda: table_and_info(task.remote(
+        graph.csr_ref, graph.node_ids_ref, old_csr_ref, old_index, fastrp_cfg, run.lake,
+        previous.files[finc.STATE_FILES], run.dataset, run.method, run.run_id)))
+    state_files = info.pop("state_files")
+    stage_logger().info(f"fastrp: incremental: {info['rows_recomputed']} of {info['rows']} rows recomputed "
+                        f"(per level {info['rows_per_level']}), the others carried from run {previous.run_id}")
+    return StageResult(emb_ref, {**info, "iterations": len(fastrp_cfg.weights), "dim": fastrp_cfg.dim},
+                       {finc.STATE_FILES: state_files})
 
 
 def sharded_fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig) -> StageResult:
@@ -57,6 +112,12 @@ def sharded_fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig)
         ray.get([save.remote(stage.handle(), s, ref) for s, ref in enumerate(refs)])
         stage.finish(info=info)
     return StageResult(refs, info)
+
+
+def table_and_info(refs: list) -> tuple:
+    """(table ref, the small second return fetched): the stage's clock stops when the task is done."""
+    import ray
+    return refs[0], ray.get(refs[1])
 
 
 def fastrp_spec(fastrp_cfg: FastRPConfig) -> dict:
@@ -113,7 +174,9 @@ def fastrp_sharded(graph: GraphHandle, fastrp_cfg: FastRPConfig, max_retries: in
     opts = dict(num_cpus=1, max_retries=max_retries)
     starts = shard_starts(graph.shard_bounds)
     setup = remote(fsh.shard_setup, "fastrp", num_returns=4, **opts)
-    setups = [setup.remote(s.csr_ref, s.lo, s.hi, graph.num_nodes, starts, cfg) for s in graph_shards(graph)]
+    keyed = cfg.projection == "node_id"       # R keyed by original id: each shard draws from its own node ids
+    setups = [setup.remote(s.csr_ref, s.lo, s.hi, graph.num_nodes, starts, cfg, node_ids=s.ids_ref if keyed else None)
+              for s in graph_shards(graph)]
     row_scales, col_scales, blocks, arc_refs = (list(x) for x in zip(*setups))
     plans = [fsh.block_plan(a) for a in gather(arc_refs, "fastrp shard setup")]
     outs: list = [None] * graph.num_shards
@@ -156,3 +219,28 @@ def propagate_shards(graph: GraphHandle, blocks: list, col_scales: list, row_sca
         new_blocks.append(U)
         new_outs.append(out)
     return new_blocks, new_outs
+
+
+def publish_partial(run: Run, graph: GraphHandle, table_ref, previous: Manifest | None, row_bytes: int,
+                    max_retries: int = 3) -> tuple[list[dict], dict]:
+    """Publish the run's table in the hashed layout (embedlake/lake.py, "partial publish"): one task
+    per partition, each writing its file only when its rows differ from the previous run's file.
+
+    P comes from the previous run's layout when it had one (so unchanged rows find their file),
+    else from lake.HASH_FILE_BYTES. Returns (the run's embeddings file entries, kept ones included,
+    and {files,bytes,rows}_{written,kept}). One graph shard only (one node-id map, one table ref)."""
+    from embedlake import lake as lk
+    if graph.num_shards > 1 or isinstance(table_ref, list):
+        raise ValueError("the hashed (partial) publish needs one graph shard (graph.shards=1)")
+    before = previous.files.get("embeddings", []) if previous is not None else []
+    partitions = lk.layout_partitions(before) or lk.hash_partition_count(graph.num_nodes, row_bytes)
+    old = lk.previous_layout(before)
+    opts = dict(num_cpus=1, max_retries=max_retries)
+    assign = remote(lk.hash_partitions, "publish", **opts).remote(graph.node_ids_ref, partitions)
+    write = remote(lk.publish_hashed_partition, "publish", **opts)
+    refs = [write.remote(run.lake, run.dataset, run.method, run.run_id, p, partitions, assign, graph.node_ids_ref,
+                         table_ref, old.get(p)) for p in range(partitions)]
+    entries, stats = lk.publish_summary(gather(refs, "publish"))
+    stage_logger().info(f"publish: {stats['files_written']} of {partitions} partitions written "
+                        f"({stats['bytes_written']:,} bytes), {stats['files_kept']} kept from the previous run")
+    return entries, stats

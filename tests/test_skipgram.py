@@ -251,3 +251,88 @@ def test_ablation_sequential_window_updates_between_contexts():
     batch, _, _ = train_sgns(tokens, offsets, 400, **kw)
     assert np.abs(seq - pairs).max() < 1e-5
     assert np.abs(seq - batch).max() > 1e-4
+
+
+def test_negatives_scheme_defaults_per_pipeline():
+    """issue 20: embed-corpus defaults to word2vec's per-pair negatives, graphs to the shared window;
+    a corpus run on a kernel without per-pair negatives falls back to the window scheme unless the
+    user asked for pair (then the config refuses it)."""
+    from embedlake.config import CorpusPipelineConfig, PipelineConfig, load_config
+    assert PipelineConfig().train.negatives_per == "window"
+    assert CorpusPipelineConfig().train.negatives_per == "pair"
+    assert load_config(None, ["train.dim=8"], model=CorpusPipelineConfig).train.negatives_per == "pair"
+    torch = load_config(None, ["train.engine=torch"], model=CorpusPipelineConfig)
+    assert torch.train.negatives_per == "window" and torch.train.dim == 100
+    assert load_config(None, ["train.negatives_per=window"], model=CorpusPipelineConfig).train.negatives_per == "window"
+    with pytest.raises(Exception, match="negatives_per=pair"):
+        load_config(None, ["train.engine=torch", "train.negatives_per=pair"], model=CorpusPipelineConfig)
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    """sgns_parts.splitmix64 on Python ints (mod 2^64), for the reference below."""
+    mask = (1 << 64) - 1
+    state = (state + 0x9E3779B97F4A7C15) & mask
+    z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return state, z ^ (z >> 31)
+
+
+def _pair_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0, min_lr, seed, counts):
+    """word2vec's pair-by-pair skip-gram (one epoch, no subsampling) written out in numpy with the
+    kernel's random streams: centre after centre, context after context, each pair with its own
+    negatives; a pair's scores are taken before its steps; the centre's output row steps after
+    every pair."""
+    from embedlake.workers.train.sgns_parts import sigmoid_tables
+    sig, _ = sigmoid_tables()
+    thr, alias = noise_alias(counts)
+    total = float(offsets[-1] - offsets[0])
+
+    def grad(f, label, lr):
+        sg = sig[0] if f <= -6 else sig[1024] if f >= 6 else sig[int((f + 6.0) * (1024 / 12.0) + 0.5)]
+        return np.float32((np.float32(label) - sg) * lr)
+
+    for s in range(len(offsets) - 1):
+        mask = (1 << 64) - 1
+        state = (seed * 0xBF58476D1CE4E5B9 + s * 0x9E3779B97F4A7C15) & mask   # epoch 0
+        _, state = _splitmix64(state)
+        sent = tokens[offsets[s]:offsets[s + 1]]
+        for i, center in enumerate(sent):
+            state, r = _splitmix64(state)
+            b = 1 + (((r >> 32) * window) >> 32)
+            ctx = [sent[j] for j in range(max(0, i - b), min(len(sent), i + b + 1)) if j != i]
+            lr = max(min_lr, lr0 - (lr0 - min_lr) * (offsets[s] + i) / total)
+            for crow in ctx:
+                outs = []
+                for _ in range(negatives):
+                    state, r = _splitmix64(state)
+                    jj = ((r >> 32) * len(thr)) >> 32
+                    neg = jj if (r & 0xFFFFFFFF) < thr[jj] else alias[jj]
+                    if neg != center:
+                        outs.append(neg)
+                C = W_in[crow].copy()
+                gs = [grad(float(C @ W_out[center]), 1, lr)] + [grad(float(C @ W_out[o]), 0, lr) for o in outs]
+                dIn = gs[0] * W_out[center]
+                W_out[center] += gs[0] * C
+                for o, g in zip(outs, gs[1:]):
+                    dIn += g * W_out[o]
+                    W_out[o] += g * C
+                W_in[crow] += dIn
+    return W_in, W_out
+
+
+def test_pair_scheme_is_word2vec_order():
+    """shared_negatives=False (sgns_parts.pair_window, the embed-corpus default) computes exactly
+    word2vec's pair-by-pair update with the kernel's random draws: checked against a plain numpy
+    reference on a small corpus (equal up to float32 summation order)."""
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 30, 240).astype(np.int32)
+    offsets = np.array([0, 17, 60, 61, 130, 240], np.int64)
+    counts = np.bincount(tokens, minlength=30).astype(np.int64)
+    W0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
+    O0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
+    kw = dict(window=3, negatives=4, lr0=0.05, min_lr=1e-4, seed=7)
+    W_ref, O_ref = _pair_order_reference(tokens, offsets, W0.copy(), O0.copy(), counts=counts, **kw)
+    W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=8, window=3, negatives=4, lr=0.05, min_lr=1e-4,
+                          seed=7, threads=1, init=(W0, O0), shared_negatives=False)
+    assert np.abs(W - W_ref).max() < 1e-5 and np.abs(O - O_ref).max() < 1e-5
+    assert np.abs(W - W0).max() > 1e-2          # it moved

@@ -483,7 +483,8 @@ def text_init(vocab_size: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts: np.ndarray, threads: int = 0,
-                progress=None, checkpoint: StageHandle | None = None):
+                progress=None, checkpoint: StageHandle | None = None, init_tables: tuple | None = None,
+                save_output: tuple | None = None):
     """Concatenate the shards' sentences (shard order) and train; returns (W_in, stats).
 
     threads: kernel threads (0 = $EMBEDLAKE_TRAIN_THREADS, else all); progress: reporter(done,
@@ -492,7 +493,10 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
     and, given the resume state of epoch k, continues at epoch k + 1 (bit-identical with one
     thread); the torch engine has no epoch hook and checkpoints its finished table only
     (workers/train/stages.py's checkpoint helpers write both, so the layout and fault points are
-    those of the graph flow)."""
+    those of the graph flow).
+    init_tables: (W_in, W_out) to start from (a vocabulary update, workers/corpus/update.py) instead
+    of text_init; save_output: (lake, dataset, method, run_id): the final W_out is saved as the run's
+    state, its file entry in stats["output_state"] (what the next update continues from)."""
     import os
 
     from embedlake.workers.train.stages import checkpoint_epoch, checkpoint_info, resumed_tables
@@ -501,12 +505,14 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
     init, start = resumed_tables(ck)
     kw = dict(counts=counts, dim=train.dim, window=train.window, negatives=train.negatives,
               ns_exponent=train.ns_exponent, epochs=train.epochs, lr=train.lr, min_lr=train.min_lr,
-              sample=train.sample, seed=train.seed, init=init or text_init(vocab_size, train.dim, train.seed))
+              sample=train.sample, seed=train.seed,
+              init=init or init_tables or text_init(vocab_size, train.dim, train.seed))
     threads = threads or int(os.environ.get("EMBEDLAKE_TRAIN_THREADS", "0")) or 0
     if train.engine == "torch":
         from embedlake.workers.train.torch_engine import train_sgns_torch
-        W, _, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.device, threads=threads, **kw)
+        W, W_out, stats = train_sgns_torch(tokens, offsets, vocab_size, device=train.device, threads=threads, **kw)
         stats["sentences"] = len(offsets) - 1
+        saved_output(stats, save_output, W_out)
         if ck is not None:
             checkpoint_epoch(ck, train.epochs, train.epochs, W, None, stats)
         return W, stats
@@ -515,12 +521,22 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
     on_epoch = None
     if ck is not None:
         on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
-    W, _, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
-                             on_epoch=on_epoch, shared_negatives=train.negatives_per == "window", **kw)
+    W, W_out, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
+                                 on_epoch=on_epoch, shared_negatives=train.negatives_per == "window", **kw)
     stats["sentences"] = len(offsets) - 1
+    saved_output(stats, save_output, W_out)
     if ck is not None:           # the final state also carries the training figures
         checkpoint_info(ck, stats)
     return W, stats
+
+
+def saved_output(stats: dict, save_output: tuple | None, W_out: np.ndarray | None) -> None:
+    """Save the final output vectors as the run's state when asked (stats["output_state"]: its entry)."""
+    if save_output is not None and W_out is not None:
+        from embedlake.lake import Lake
+        lake, dataset, method, run_id = save_output
+        rel = f"{Lake.run_dir('state', dataset, method, run_id)}/corpus/w_out.npy"
+        stats["output_state"] = Lake(lake).write_npy(rel, np.ascontiguousarray(W_out, np.float32)).to_dict()
 
 
 def _read_checked(lake, entry: dict) -> bytes:

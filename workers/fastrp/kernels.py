@@ -53,10 +53,11 @@ __all__ = [
     "node_degrees", "partition_bounds", "standardize_columns", "column_moments",
     "merge_moments", "finalize_moments", "apply_standardize", "ColumnMoments", "NORMALIZATIONS",
     "SparseRows", "fastrp_init_sparse", "propagate_sparse_rows", "concat_sparse_rows", "densify",
-    "normalization_scales", "propagate_block", "projection_rows_sparse",
+    "normalization_scales", "propagate_block", "projection_rows_sparse", "node_keys", "PROJECTIONS",
 ]
 
 NORMALIZATIONS = ("row", "sym", "none")
+PROJECTIONS = ("row", "node_id")       # what keys a row of R: its dense row id, or its original node id
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ROWMUL = np.uint64(0xD1B54A32D192ED03)
@@ -138,19 +139,47 @@ def default_density(num_nodes: int) -> float:
 
 
 def random_projection(num_nodes: int, dim: int, *, density: float | None = None, seed: int = 0,
-                      dtype=np.float32, rows=None, threads: int = 0) -> np.ndarray:
+                      dtype=np.float32, rows=None, threads: int = 0, row_keys: np.ndarray | None = None) -> np.ndarray:
     """Very sparse random projection (Li et al. 2006), dense [n or len(rows), dim].
 
     Each entry is +-sqrt(1/density) with probability density/2 each, else 0, so E[x] = 0 and
     E[x^2] = 1 (norms are preserved in expectation). Entry (i, j) is a pure function of
     (seed, i, j): ``random_projection(n, d, rows=range(a, b)) == random_projection(n, d)[a:b]``.
+    ``row_keys`` (uint64 [num_nodes], ``node_keys``): row i is drawn from key row_keys[i] instead of
+    i, so a node keeps its row of R when other nodes are inserted or removed (incremental runs).
     """
     ids = _rows_array(num_nodes, rows)
     out = np.empty((ids.shape[0], dim), dtype=dtype)
     seed_key, threshold, all_nonzero, scale = _projection_params(num_nodes, dim, density, seed)
     with _threads(threads):
-        _projection_kernel(ids, seed_key, threshold, all_nonzero, out.dtype.type(scale), out)
+        _projection_kernel(_keys_of(ids, row_keys, num_nodes), seed_key, threshold, all_nonzero,
+                           out.dtype.type(scale), out)
     return out
+
+
+def _keys_of(ids: np.ndarray, row_keys: np.ndarray | None, num_nodes: int) -> np.ndarray:
+    """What the projection kernels hash per row: the row ids themselves, or their keys."""
+    if row_keys is None:
+        return ids
+    keys = np.asarray(row_keys)
+    if keys.dtype != np.uint64 or keys.shape != (num_nodes,):
+        raise ValueError(f"row_keys must be uint64 [{num_nodes}] (node_keys of the node ids), got "
+                         f"{keys.dtype} {keys.shape}")
+    return keys[ids]
+
+
+def node_keys(node_ids: np.ndarray) -> np.ndarray:
+    """uint64 projection keys of original node ids, the same in every graph version.
+
+    Integer ids are their own key (the kernels mix it with the seed); string ids are a 64-bit
+    BLAKE2b of their UTF-8 bytes (stable across processes, unlike Python's salted ``hash``).
+    """
+    ids = np.asarray(node_ids)
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64).view(np.uint64).copy()
+    import hashlib
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=8).digest(), "little")
+                        for x in ids), dtype=np.uint64, count=ids.shape[0])
 
 
 def _projection_params(num_nodes: int, dim: int, density: float | None, seed: int):
@@ -234,7 +263,8 @@ class _threads:
 # ----------------------------------------------------------------------------- init and propagation
 def fastrp_init(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, dim: int, *,
                 beta: float = -0.64, density: float | None = None, seed: int = 0, rows=None,
-                dtype=np.float32, degrees: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
+                dtype=np.float32, degrees: np.ndarray | None = None, threads: int = 0,
+                row_keys: np.ndarray | None = None) -> np.ndarray:
     """U_0 = diag(deg^beta) R for the given rows (all by default); deg = weighted out-degree.
 
     beta < 0 damps hubs (the paper's normalisation L^beta). Zero-degree rows use deg = 1, as the
@@ -242,7 +272,8 @@ def fastrp_init(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | N
     """
     n = int(indptr.shape[0] - 1)
     ids = _rows_array(n, rows)
-    R = random_projection(n, dim, density=density, seed=seed, dtype=dtype, rows=ids, threads=threads)
+    R = random_projection(n, dim, density=density, seed=seed, dtype=dtype, rows=ids, threads=threads,
+                          row_keys=row_keys)
     deg = node_degrees(indptr, weights, rows=ids) if degrees is None else np.asarray(degrees, np.float64)[ids]
     deg = np.where(deg > 0, deg, 1.0)
     scale = (deg ** float(beta)).astype(R.dtype)
@@ -277,7 +308,8 @@ class SparseRows:
 
 def fastrp_init_sparse(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None, dim: int, *,
                        beta: float = -0.64, density: float | None = None, seed: int = 0, rows=None,
-                       dtype=np.float32, degrees: np.ndarray | None = None, threads: int = 0) -> SparseRows:
+                       dtype=np.float32, degrees: np.ndarray | None = None, threads: int = 0,
+                       row_keys: np.ndarray | None = None) -> SparseRows:
     """``fastrp_init`` as CSR: the same entries, bit for bit (``densify`` gives ``fastrp_init``'s array).
 
     Partial results for row ranges concatenate with ``concat_sparse_rows`` into the full U_0.
@@ -286,19 +318,26 @@ def fastrp_init_sparse(indptr: np.ndarray, indices: np.ndarray, weights: np.ndar
     ids = _rows_array(n, rows)
     deg = node_degrees(indptr, weights, rows=ids) if degrees is None else np.asarray(degrees, np.float64)[ids]
     return projection_rows_sparse(n, ids, deg, dim, beta=beta, density=density, seed=seed, dtype=dtype,
-                                  threads=threads)
+                                  threads=threads, row_keys=None if row_keys is None else _keys_of(ids, row_keys, n))
 
 
 def projection_rows_sparse(num_nodes: int, rows, row_degrees: np.ndarray, dim: int, *, beta: float = -0.64,
                            density: float | None = None, seed: int = 0, dtype=np.float32,
-                           threads: int = 0) -> SparseRows:
+                           threads: int = 0, row_keys: np.ndarray | None = None) -> SparseRows:
     """Rows ``rows`` of U_0 = diag(deg^beta) R as CSR, from those rows' degrees only.
 
     What a graph shard computes for its own node range: it needs neither the other rows' degrees
     nor the whole graph, only ``num_nodes`` (the default density is 1/sqrt(num_nodes)). Equal to
-    ``fastrp_init_sparse(..., rows=rows)`` bit for bit.
+    ``fastrp_init_sparse(..., rows=rows)`` bit for bit. ``row_keys``: uint64 keys of THESE rows
+    (one per row, ``node_keys`` of their node ids), drawn from instead of the row ids.
     """
     ids = _rows_array(int(num_nodes), rows)
+    if row_keys is not None:
+        row_keys = np.asarray(row_keys)
+        if row_keys.dtype != np.uint64 or row_keys.shape != ids.shape:
+            raise ValueError(f"row_keys must be uint64, one per row ({ids.shape[0]}), got {row_keys.dtype} "
+                             f"{row_keys.shape}")
+        ids = row_keys
     deg = np.asarray(row_degrees, dtype=np.float64)
     if deg.shape != ids.shape:
         raise ValueError(f"row_degrees must have one value per row ({ids.shape[0]}), has {deg.shape}")
@@ -919,13 +958,14 @@ def fastrp(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None =
            iteration_weights: Sequence[float] = (0.0, 0.0, 1.0, 6.67), beta: float = -0.64,
            density: float | None = None, normalization: str = "row", standardize: bool = True,
            seed: int = 0, threads: int = 0, partitions: int = 1, dtype=np.float32,
-           weights_iter: Sequence[float] | None = None) -> np.ndarray:
+           weights_iter: Sequence[float] | None = None, row_keys: np.ndarray | None = None) -> np.ndarray:
     """FastRP embeddings [n, dim]: sum_k iteration_weights[k] * S^(k+1) diag(deg^beta) R.
 
     ``weights`` are the graph's edge weights (None = unweighted); ``iteration_weights`` (alias
     ``weights_iter``) weight the powers of S. Rows are processed in ``partitions`` contiguous
     ranges exactly as Ray tasks would process them; the output is bit-identical for any
     ``partitions`` and ``threads``. Peak memory: three [n, dim] arrays of ``dtype``.
+    ``row_keys`` (``node_keys`` of the node ids): R keyed by original node id (``random_projection``).
     """
     if weights_iter is not None:
         iteration_weights = weights_iter
@@ -946,7 +986,7 @@ def fastrp(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray | None =
     # U_0 stays sparse (n * dim * density entries); iteration 1 reads it as CSR
     R = concat_sparse_rows([fastrp_init_sparse(indptr, indices, weights, dim, beta=beta, density=density,
                                                seed=seed, rows=(a, b), dtype=dtype, degrees=deg,
-                                               threads=threads) for a, b in parts])
+                                               threads=threads, row_keys=row_keys) for a, b in parts])
     U = np.empty((n, dim), dtype=dtype)
     out = np.zeros((n, dim), dtype=dtype)
     for a, b in parts:

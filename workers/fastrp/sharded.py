@@ -42,18 +42,20 @@ DTYPE = np.float32          # the table's dtype, as the one-CSR stages use
 
 
 def shard_setup(csr: tuple, lo: int, hi: int, num_nodes: int, starts: np.ndarray, cfg: FastRPConfig,
-                threads: int = 1):
+                threads: int = 1, node_ids: np.ndarray | None = None):
     """Once per shard: (row scales, column scales, its rows of U_0 as ``SparseRows``, arcs per block).
 
     ``starts`` is ``shard_starts(bounds)`` (S + 1 ints). The scales are float32 over the shard's
-    rows or None (ones); the column scales are what other shards' steps need of this shard."""
+    rows or None (ones); the column scales are what other shards' steps need of this shard.
+    ``node_ids`` (the shard's rows'): needed with fastrp.projection=node_id (R keyed by original id)."""
     indptr, indices, weights, _ = csr
     if int(indptr.shape[0]) - 1 != hi - lo:
         raise ValueError(f"shard [{lo}, {hi}) has {int(indptr.shape[0]) - 1} CSR rows")
     deg = frp.node_degrees(indptr, weights)
     row_scale, col_scale = frp.normalization_scales(cfg.normalization, deg, DTYPE)
+    keys = frp.node_keys(node_ids) if cfg.projection == "node_id" else None     # the shard's rows' ids
     U0 = frp.projection_rows_sparse(num_nodes, (lo, hi), deg, cfg.dim, beta=cfg.beta, density=cfg.density,
-                                    seed=cfg.seed, dtype=DTYPE, threads=threads)
+                                    seed=cfg.seed, dtype=DTYPE, threads=threads, row_keys=keys)
     S = int(len(starts) - 1)
     block_arcs = np.bincount(owner_of(starts, indices), minlength=S).astype(np.int64) if S > 1 else \
         np.array([indices.shape[0]], dtype=np.int64)

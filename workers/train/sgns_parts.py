@@ -381,6 +381,66 @@ def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsi
     return loss
 
 
+@nb.njit(inline="always")
+def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, outs, Cb, oc, oc0, dIn, g, lr,
+                sig_tab, logsig_tab):
+    """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
+    pair with its own `negatives` draws, every step applied before the next pair reads the rows.
+
+    Why a kernel of its own (the `shared_negatives=False` scheme): fresh negatives per pair and no
+    staleness within the window are what the text benchmark rewards (docs/skipgram.md, issue 20);
+    done in one fused pass per pair it keeps most of the shared kernel's speed. The centre's output
+    row lives in the local buffer oc for the whole window (oc0: as read; the difference is added
+    back at the end, Hogwild), the negatives' rows are stepped in the table, the context row is
+    copied to Cb first (its step goes to dIn, then to W_in). Scores of one pair are taken before
+    any of its steps (word2vec takes them one negative after the other; they differ only when a
+    pair draws the same negative twice). Returns (state, loss)."""
+    dim = W_in.shape[1]
+    nal = np.uint64(alias_thr.shape[0])
+    loss = 0.0
+    for d in range(dim):
+        oc[d] = W_out[center, d]
+        oc0[d] = oc[d]
+    for c in range(B):
+        nout = 0
+        for k in range(negatives):
+            state, r = splitmix64(state)
+            jj = np.int64(((r >> S32) * nal) >> S32)
+            neg = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
+            if neg != center:
+                outs[nout] = neg
+                nout += 1
+        crow = ctx[c]
+        s = np.float32(0.0)
+        for d in range(dim):
+            Cb[d] = W_in[crow, d]
+            s += Cb[d] * oc[d]
+        dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
+        loss += dl
+        for o in range(nout):
+            orow = outs[o]
+            s = np.float32(0.0)
+            for d in range(dim):
+                s += Cb[d] * W_out[orow, d]
+            dl, g[o] = pair_grad(s, False, lr, sig_tab, logsig_tab)
+            loss += dl
+        g0 = np.float32(g0)
+        for d in range(dim):
+            dIn[d] = g0 * oc[d]
+            oc[d] += g0 * Cb[d]
+        for o in range(nout):
+            orow = outs[o]
+            gg = np.float32(g[o])
+            for d in range(dim):
+                dIn[d] += gg * W_out[orow, d]
+                W_out[orow, d] += gg * Cb[d]
+        for d in range(dim):
+            W_in[crow, d] += dIn[d]
+    for d in range(dim):
+        W_out[center, d] += oc[d] - oc0[d]
+    return state, loss
+
+
 # ----------------------------------------------------------------------------- driver helpers (Python)
 
 def sentence_chunks(offsets: np.ndarray, target_tokens: int) -> list[tuple[int, int]]:

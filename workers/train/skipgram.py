@@ -20,6 +20,12 @@ log-sigmoid come from precomputed tables (word2vec's MAX_EXP = 6 clamp). Threads
 tables without locks (Hogwild); with ``threads=1`` the result is bit-for-bit reproducible because
 every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentence).
 
+``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
+word2vec's own order instead: context after context, fresh negatives per pair, each step applied
+before the next pair (sgns_parts.pair_window, fused: one pass for a pair's scores, one for its
+steps). On Brown it matches gensim's SimLex figure, which the shared window misses by ~.008; on
+BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
+
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
 step) live in sgns_parts.py; this module is the one-table kernel and its driver.
 """
@@ -31,10 +37,10 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, LOW32, S32, blocks_per_chunk, draw_negatives,
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, blocks_per_chunk, draw_negatives,
                                                 hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, numba_threads,
-                                                pair_grad_mode,
-                                                seed_state, sentence_chunks, sigmoid_tables, splitmix64, token_counts,
+                                                pair_window,
+                                                seed_state, sentence_chunks, sigmoid_tables, token_counts,
                                                 using_numba_threads, window_contexts)
 
 
@@ -63,6 +69,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         Cb = np.empty((cmax, dim), np.float32)
         Ob = np.empty((nout_max, dim), np.float32)
         Oo = np.empty((nout_max, dim), np.float32)
+        g1 = np.empty(nout_max, np.float32)
         for s in range(a, b):
             state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                     seed_state(seed, epoch, s), buf, pos)
@@ -77,32 +84,9 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
                 if lr < min_lr:
                     lr = min_lr
                 if not shared:
-                    # word2vec order: pair by pair, own negatives, output rows move at once
-                    for c in range(B):
-                        crow = ctx[c]
-                        for d in range(dim):
-                            dIn[0, d] = 0.0
-                        for o in range(nout_max):
-                            if o == 0:
-                                orow = center
-                            else:
-                                state, r = splitmix64(state)
-                                jj = np.int64(((r >> S32) * np.uint64(alias_thr.shape[0])) >> S32)
-                                orow = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
-                                if orow == center:
-                                    continue
-                            f = np.float32(0.0)
-                            for d in range(dim):
-                                f += W_in[crow, d] * W_out[orow, d]
-                            dl, gg = pair_grad_mode(f, o == 0, lr, sig_tab, logsig_tab, mode)
-                            loss += dl
-                            gg = np.float32(gg)
-                            for d in range(dim):
-                                dIn[0, d] += gg * W_out[orow, d]
-                            for d in range(dim):
-                                W_out[orow, d] += gg * W_in[crow, d]
-                        for d in range(dim):
-                            W_in[crow, d] += dIn[0, d]
+                    state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
+                                            outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
+                    loss += dl
                     pairs += B
                     continue
                 if mode & ABL_PAIR_NEGATIVES:
