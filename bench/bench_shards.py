@@ -65,6 +65,9 @@ PIPELINE_CFG = [f"walk.walks_per_node={WALKS_PER_NODE}", f"walk.length={WALK_LEN
 METHOD_CFG = {"deepwalk": ["method=deepwalk"], "node2vec": ["method=node2vec", "walk.p=0.5", "walk.q=2.0"],
               "fastrp": ["method=fastrp"]}
 RSS_ALLOWANCE = 300 * MB
+# what the sharded walk stage says of itself (tasks/graph.py walk_sharded): how its owners were
+# started (here, or during ingest) and how long they took to be ready, the rounds' seconds
+WALK_INFO = ("owners", "owner_wait_seconds", "owner_start_seconds", "walk_seconds", "walk_rounds", "walker_moves")
 WARMUP_EDGES = 100_000
 
 
@@ -151,6 +154,7 @@ def one_run(cluster, raylets: list[int], edges_dir: Path, lake: Path, shards: in
     largest task argument / result per stage, and the peak worker RSS per stage."""
     from embedlake.config import load_config
     from embedlake.flows.embed_graph import embed_graph
+    from embedlake.lake import Lake
     from embedlake.tasks.object_sizes import largest_by_stage, memory_by_stage, read_calls, recording
     cfg = load_config(None, [f"ray.address={cluster.address}", f"lake.uri={lake}", f"lake.run_id={method}-s{shards}",
                              "lake.dataset=rmat", f"input.edges={edges_dir}", f"graph.shards={shards}",
@@ -168,9 +172,11 @@ def one_run(cluster, raylets: list[int], edges_dir: Path, lake: Path, shards: in
         sampler.join(5)
     calls = read_calls(rec)
     fn_stage = {c.fn: c.stage for c in calls}
+    walked = Lake(str(lake)).manifest("rmat", method, f"{method}-s{shards}").extra.get("train", {}).get("resumed", {})
     stages = {k: v["wall_s"] for k, v in s["stages"].items() if isinstance(v, dict) and "wall_s" in v}
     return {"shards": shards, "method": method, "wall_s": round(time.perf_counter() - t0, 2), "stages": stages,
             "nodes": s["graph"]["nodes"], "arcs": s["graph"]["arcs"], "shards_reported": s["graph"].get("shards"),
+            "walk_info": {k: walked[k] for k in WALK_INFO if k in walked},
             "peak_worker_rss_mib": round(max(sampler.peaks.values(), default=0) / MB, 1),
             "peak_rss_mib_by_stage": {k: round(v / MB, 1) for k, v in sampler.by_stage(fn_stage).items()},
             "peak_uss_mib_by_stage": {k: round(v / MB, 1) for k, v in sampler.by_stage(fn_stage, uss=True).items()},

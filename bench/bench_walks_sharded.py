@@ -13,15 +13,19 @@ Cluster: `ray.cluster_utils.Cluster` as bench/bench_shards.py builds it (a 0-CPU
 the driver's objects, --nodes nodes of --node-cpus CPUs and --store-mb of object store); --nodes 0
 runs a plain local Ray instead. The graph is built once and kept in --graph-cache (/tmp).
 Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
-The sharded engine is timed twice: starting its shard owners (new processes that fetch their CSR
-rows and build alias tables) as a pipeline run does ("ratio"), and with owners kept from the
-warm-up (`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`.
+The sharded engine is timed three ways: starting its shard owners (new processes that fetch their CSR
+rows and build alias tables) inside the stage ("ratio", the stage with graph.shards=auto); with
+owners started before the stage, as a flow with graph.shards = S starts them while ingest runs, so
+the timed stage hands them their shards and walks (`ratio_early_owners`: tasks/graph.py
+ShardOwners); and with owners kept from the warm-up, that already hold their shards
+(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`.
 --in-process also times the rounds without Ray (sharded_random_walks, one thread) against
 random_walks (one thread): the engine's own overhead, without the cluster.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -82,6 +86,23 @@ def timed(fn, ray):
     return time.perf_counter() - t, res
 
 
+def early_owners_walk(ray, sharded, cfg, mode: str) -> float:
+    """The walk stage as a flow runs it with graph.shards = S (tasks/graph.py ShardOwners): owners
+    started before the graph exists (the flow starts them when ingest starts; here they are waited
+    for, untimed, as a long enough ingest hides them), then the timed stage: hand each its shard
+    (fetch CSR rows, build walkers), the rounds, collect. Fresh owners every call, so every timed
+    stage pays the shard hand-over."""
+    from embedlake.tasks.graph import ShardOwners, walk_sharded
+    owners = ShardOwners.start(sharded.num_shards, mode)
+    try:
+        owners.wait_started()
+        graph = owners.attach(dataclasses.replace(sharded, owners=None))
+        t, _ = timed(lambda: walk_sharded.fn(graph, cfg, mode), ray)
+    finally:
+        owners.close()
+    return t
+
+
 def in_process(g, shards: int, cfg, mode: str) -> dict:
     from embedlake.workers.graph.shards import shard_bounds, split_csr
     from embedlake.workers.graph.sharded_walks import sharded_random_walks
@@ -138,12 +159,13 @@ def main():
         warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
         ray.get(walk.fn(one, warm, mode, bounds).ref)
         ray.get(walk_sharded.fn(sharded, warm, mode).ref)
-        rep_t, sh_t, kept_t, info = [], [], [], {}
+        rep_t, sh_t, early_t, kept_t, info = [], [], [], [], {}
         for _ in range(a.repeats):     # interleaved, so load changes hit both
             rep_t.append(timed(lambda: walk.fn(one, cfg, mode, bounds), ray)[0])
             t, r = timed(lambda: walk_sharded.fn(sharded, cfg, mode), ray)
             sh_t.append(t)
             info = r.info
+            early_t.append(early_owners_walk(ray, sharded, cfg, mode))
         # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
         owners = start_shard_owners(sharded, warm, mode)
         ray.get(walk_sharded.fn(sharded, warm, mode, owners=owners).ref)
@@ -156,6 +178,8 @@ def main():
         res[mode] = {"steps": steps, "replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
                      "ratio": round(rep / sh, 3), "replicated_s": [round(x, 3) for x in rep_t],
                      "sharded_s": [round(x, 3) for x in sh_t],
+                     "ratio_early_owners": round(rep / statistics.median(early_t), 3),
+                     "sharded_early_owners_s": [round(x, 3) for x in early_t],
                      "ratio_kept_owners": round(rep / statistics.median(kept_t), 3),
                      "sharded_kept_owners_s": [round(x, 3) for x in kept_t],
                      **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries",

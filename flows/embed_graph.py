@@ -55,8 +55,10 @@ def embed_graph(config: PipelineConfig | None = None) -> dict:
     if cfg.compress.codecs and run.resume and run.is_committed():
         return resume_compress(cfg, run)
     # a second writer of this run id stops here; a killed run's re-run takes over its claim (resume)
-    with run:
+    # with graph.shards = S > 1, the walk stage's shard owners start now, while ingest runs (tasks/graph.py)
+    with run, gt.early_shard_owners(cfg.graph, cfg.method) as owners:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
+        graph = owners.attach(graph)
         bounds = row_bounds(graph.num_nodes, cfg.shard)
         update = decide(run, graph, cfg)
         table = graph_table(run, graph, cfg, bounds, update)

@@ -2,6 +2,7 @@
 (ObjectRefs, lake URIs, small dicts), never big arrays, so Prefect never hashes or copies them."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect import task
@@ -43,6 +44,7 @@ class GraphHandle:
     node_ids_ref: object     # ray.ObjectRef -> node_ids, or None (S > 1)
     labels_ref: object       # ray.ObjectRef -> labels or None
     shards: list[ShardRef] = field(default_factory=list)
+    owners: ShardOwners | None = None   # shard owners the flow started while ingest ran (walk_sharded uses them)
 
     @property
     def num_shards(self) -> int:
@@ -176,7 +178,11 @@ def run_walks(run, graph: GraphHandle, walk_cfg: WalkConfig, method: str,
     shard from the sharded engine (`walk_sharded`); `walk_bounds` says which rows each ref holds."""
     if graph.num_shards > 1:
         stage = run.stage("walk", walk_spec(graph, walk_cfg, method, graph.shard_bounds))
-        return run.time("walk", walk_sharded, graph, walk_cfg, method, stage=stage, max_retries=run.retries)
+        try:
+            return run.time("walk", walk_sharded, graph, walk_cfg, method, stage=stage, max_retries=run.retries)
+        finally:        # training follows: the owners' processes (and their CSR rows) are not needed any more
+            if graph.owners is not None:
+                graph.owners.close()
     stage = run.stage("walk", walk_spec(graph, walk_cfg, method, bounds))
     return run.time("walk", walk, graph, walk_cfg, method, bounds, stage=stage, max_retries=run.retries)
 
@@ -289,7 +295,8 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
     be finished without every shard's rounds).
 
     owners: shard owners from `start_shard_owners` (on this graph) to walk with instead of starting
-    new ones; they stay alive for the caller. A retry after a loss starts new ones.
+    new ones; they stay alive for the caller. Without them, the owners the flow started during
+    ingest (graph.owners: ShardOwners), if any, else new ones. A retry after a loss starts new ones.
     walk_offset: walk numbers walk_offset .. walk_offset + walks_per_node - 1 (streamed training
     walks a round of walk numbers at a time: tasks/stream.py)."""
     import ray.exceptions as rex
@@ -302,14 +309,18 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
     if done:
         log.info(f"resume: {len(done)}/{len(bounds)} walk shards were finished, but walkers cross shards: "
                  f"walking every shard again")
+    early = graph.owners if owners is None and graph.owners is not None and graph.owners.alive else None
     for attempt in range(max_retries + 1):
         try:
-            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners, walk_offset)
+            refs, info = _sharded_rounds(graph, walk_cfg, method, handle, owners, walk_offset, early)
             break
         except (rex.RayActorError, rex.ObjectLostError, rex.GetTimeoutError) as err:
             if attempt >= max_retries:
                 raise
             owners = None
+            if early is not None:       # some may be gone with a lost node: the next attempt starts new ones
+                early.close()
+                early = None
             log.warning(f"walks (sharded): a shard owner or message was lost, or the owners found no room "
                         f"({type(err).__name__}); "
                         f"walking again from the start ({attempt + 1}/{max_retries})")
@@ -335,6 +346,107 @@ def shard_walk_params(graph: GraphHandle, walk_cfg: WalkConfig, method: str, wal
                       walk_mode(method), threads=max(1, int(cpus)), walk_offset=walk_offset)
 
 
+def owner_nodes(shards: int) -> list[str]:
+    """The node of each of S shard owners: the alive nodes with CPUs, each taking as many owners as
+    `owner_share` CPUs fit in it, nodes in turn (where SPREAD puts owners that hold those CPUs)."""
+    import itertools
+
+    import ray
+    nodes = [(n["NodeID"], float(n["Resources"].get("CPU", 0))) for n in ray.nodes()
+             if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        return []
+    share = owner_share([cpus for _, cpus in nodes], shards)
+    slots = [[node] * int(cpus // share) for node, cpus in nodes]
+    return [node for turn in itertools.zip_longest(*slots) for node in turn if node is not None][:shards]
+
+
+class ShardOwners:
+    """S shard owners started before the graph exists: flows/embed_graph.py starts them when the
+    run begins (`early_shard_owners`), so their processes start, import the walk engine and load its
+    numba kernels while ingest runs, not in the walk stage (measured: 4-24 s of a 20M-edge walk
+    stage, docs/scaling.md section 9). They hold NO CPUs: owners that held CPUs from the start would
+    keep ingest's tasks off those CPUs. They compute only in the walk stage, which runs alone (the
+    flow's stages are sequential; streamed training waits for each walk round and the rounds for
+    the training); they are placed on the nodes where owners holding `shard_actor_cpus` CPUs would
+    go (`owner_nodes`). The walk stage hands each its shard (`ShardWalker.load`: fetch CSR rows,
+    build alias rows and walkers); later walks of the same graph (streamed rounds) only `start`.
+    A plain class, not a dataclass: Prefect must pass this very object, not a copy, to the tasks."""
+
+    def __init__(self, actors: list, mode: str = "deepwalk"):
+        self.actors, self.mode = actors, mode
+        self.holds = None           # (graph key, shard bounds) the owners hold, None before `ready_for`
+
+    @classmethod
+    def start(cls, shards: int, mode: str) -> ShardOwners:
+        """S owners without a shard, pinned to `owner_nodes`; each loads the kernels of `mode`."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from embedlake.tasks.remote import remote_actor
+        from embedlake.workers.graph.sharded_walks import ShardWalker, WalkParams
+        params = WalkParams(1, 1, 0, mode=mode)
+        return cls([remote_actor(ShardWalker, "walk", fixed={"num_cpus": 0}, max_restarts=0,
+                                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            params=params) for node in owner_nodes(shards)], mode)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.actors)
+
+    def attach(self, graph: GraphHandle) -> GraphHandle:
+        """The graph with these owners for its walks (graph.owners), when there is one per shard;
+        else the owners are closed (graph.shards=auto gave another S) and the graph has none."""
+        if self.alive and len(self.actors) == graph.num_shards > 1:
+            graph.owners = self
+        else:
+            self.close()
+        return graph
+
+    def wait_started(self) -> float:
+        """Wait until every owner has started (process, imports, kernels); the seconds waited (0 when
+        they started before the walk stage: their start overlapped ingest)."""
+        import time
+
+        import ray
+        t0 = time.perf_counter()
+        ray.get([o.__ray_ready__.remote() for o in self.actors], timeout=OWNER_START_S)
+        return time.perf_counter() - t0
+
+    def ready_for(self, graph: GraphHandle, params, handle=None) -> list:
+        """Each owner takes its shard of `graph` (first walk) or begins a new walk on the shard it
+        holds (later walks of the same graph); the refs to wait for."""
+        held = (graph.key, graph.shard_bounds)
+        if self.holds == held:
+            return [o.start.remote(params, handle) for o in self.actors]
+        self.holds = held
+        return [o.load.remote(shard.csr_ref, i, graph.shard_bounds, params, handle)
+                for i, (o, shard) in enumerate(zip(self.actors, graph.shards))]
+
+    def close(self) -> None:
+        """Stop the owners (idempotent)."""
+        import ray
+        for o in self.actors:
+            ray.kill(o)
+        self.actors, self.holds = [], None
+
+
+WALK_METHODS = ("deepwalk", "node2vec")
+
+
+@contextmanager
+def early_shard_owners(graph_cfg: GraphConfig, method: str):
+    """`with`: the ShardOwners of a run that walks a graph of graph.shards = S > 1 (known before
+    ingest; with `auto` S is known only after it, and the walk stage starts its owners itself),
+    started now and stopped when the block ends; empty ShardOwners otherwise."""
+    shards = graph_cfg.shards
+    early = method in WALK_METHODS and isinstance(shards, int) and shards > 1
+    owners = ShardOwners.start(shards, walk_mode(method)) if early else ShardOwners([])
+    try:
+        yield owners
+    finally:
+        owners.close()
+
+
 def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle=None,
                        walk_offset: int = 0) -> list:
     """One ShardWalker actor per graph shard, each fed only its shard's CSR ref and spread over the
@@ -353,9 +465,9 @@ def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, ha
 
 
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
-                    owners: list | None, walk_offset: int = 0) -> tuple[list, dict]:
-    """One attempt: start the shard owners (or restart kept ones), run the rounds, keep the walk
-    refs, stop the owners this attempt started."""
+                    owners: list | None, walk_offset: int = 0, early: ShardOwners | None = None) -> tuple[list, dict]:
+    """One attempt: start the shard owners (or hand their shards to owners started early, or restart
+    kept ones), run the rounds, keep the walk refs, stop the owners this attempt started."""
     import time
 
     import ray
@@ -363,11 +475,15 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     from embedlake.workers.graph.sharded_walks import run_rounds
     log = stage_logger()
     bounds = graph.shard_bounds
-    kept = owners is not None
+    kept = owners is not None or early is not None
     t_start = time.perf_counter()
     params = shard_walk_params(graph, walk_cfg, method, walk_offset)
-    if kept:
+    waited = None           # seconds waited for owners started during ingest to finish starting
+    if owners is not None:
         starting = [o.start.remote(params, handle) for o in owners]
+    elif early is not None:
+        owners, waited = early.actors, early.wait_started()
+        starting = early.ready_for(graph, params, handle)
     else:
         owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
         starting = [o.__ray_ready__.remote() for o in owners]
@@ -397,9 +513,12 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
                 ray.kill(o)
     tokens = info["walk_steps"]
     secs = time.perf_counter() - t0
+    how = "kept" if kept and early is None else "started during ingest" if early is not None else "started here"
     log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "
-             f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners")
-    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3)}
+             f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners "
+             f"({how})")
+    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3),
+                  "owners": how, **({} if waited is None else {"owner_wait_seconds": round(waited, 3)})}
 
 
 @task(name="publish", cache_policy=NO_CACHE)

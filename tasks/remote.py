@@ -67,11 +67,13 @@ def trimmed(fn):
 TASK_ONLY_OPTIONS = ("max_retries", "retry_exceptions", "num_returns")
 
 
-def remote_actor(cls, stage: str | None = None, **options):
+def remote_actor(cls, stage: str | None = None, fixed: dict | None = None, **options):
     """ray.remote(cls) as an actor class with the stage's defaults and the user's per-stage
-    overrides (task-only options such as max_retries dropped)."""
+    overrides (task-only options such as max_retries dropped). fixed: options no override replaces
+    (shard owners started during ingest hold no CPUs whatever the walk stage asks: tasks/graph.py)."""
     import ray
     options.update(stage_options(stage))
+    options.update(fixed or {})
     directory = os.environ.get(RECORD_ENV)
     if directory:
         cls = recorded(cls, stage, directory)

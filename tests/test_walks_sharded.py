@@ -304,3 +304,51 @@ def test_shard_owners_all_fit_the_alive_nodes_at_once(cpus, shards):
     else:                       # 1/k with the smallest k that fits
         k = round(1 / (c + 0.0001))
         assert sum(int(x * (k - 1)) for x in cpus) < shards
+
+
+def cpus_all_free(ray, wait_s: float = 60.0) -> bool:
+    """Every CPU of the cluster free, within wait_s (actors killed by earlier tests free theirs
+    asynchronously)."""
+    import time
+    deadline = time.monotonic() + wait_s
+    while ray.available_resources().get("CPU", 0) != ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_owners_started_before_the_graph_walk_it_bit_identically(ray_session):
+    """ShardOwners started before the graph exists (as the flow starts them while ingest runs) hold
+    no CPUs, take their shards on the first walk and only begin a new walk on later ones (streamed
+    rounds: walk_offset; another mode): every walk equals the replicated engine's. A graph of
+    another shard count closes them."""
+    from embedlake.tasks.graph import ShardOwners, walk_sharded
+    ray = ray_session
+    g = GRAPHS["undirected"](True)
+    owners = ShardOwners.start(3, "deepwalk")
+    try:
+        ray.get([o.__ray_ready__.remote() for o in owners.actors])
+        assert cpus_all_free(ray)           # the owners hold none
+        handle = owners.attach(sharded_handle(ray, g, 3))
+        assert handle.owners is owners
+        actors = list(owners.actors)
+        walks = [(WalkConfig(walks_per_node=2, length=7, seed=2), "deepwalk", 0),
+                 (WalkConfig(walks_per_node=1, length=7, seed=2), "deepwalk", 2),
+                 (WalkConfig(walks_per_node=2, length=9, seed=4, p=0.5, q=2.0), "node2vec", 0)]
+        for cfg, method, offset in walks:
+            res = walk_sharded.fn(handle, cfg, method, walk_offset=offset)
+            assert res.info["owners"] == "started during ingest" and owners.actors == actors
+            expected = replicated_by_shard(g, handle.shard_bounds, cfg.walks_per_node, cfg.length, cfg.seed,
+                                           p=cfg.p, q=cfg.q, mode=method, walk_offset=offset)
+            for got, exp in zip(ray.get(res.ref), expected):
+                np.testing.assert_array_equal(got, exp)
+        assert owners.holds is not None
+    finally:
+        owners.close()
+    assert not owners.alive and handle.owners is owners      # closed: walk_sharded starts its own owners
+    res = walk_sharded.fn(handle, WalkConfig(walks_per_node=1, length=5, seed=1), "deepwalk")
+    assert res.info["owners"] == "started here"
+    other = ShardOwners.start(2, "deepwalk")
+    assert other.attach(sharded_handle(ray, g, 3)).owners is None and not other.alive

@@ -45,7 +45,8 @@ import numpy as np
 from numba import njit, prange
 
 from embedlake.lake import Lake
-from embedlake.workers.graph.shards import CSRShard, owner_of, shard_starts
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.shards import CSRShard, owner_of, shard_bounds, shard_starts, split_csr
 from embedlake.workers.graph.walks import (GOLDEN, MODES, build_alias, find_sorted, first_order_step, mix,
                                            node2vec_proposal, uniform, walk_key)
 from embedlake.workers.run.checkpoints import StageHandle
@@ -515,8 +516,20 @@ class ShardWalker:
     returns S answer arrays; at the end `segments_for(home)` and `collect(*segments)`.
     checkpoint (the run's `walk` stage): the finished walks are also written as part `shard`."""
 
-    def __init__(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams,
-                 checkpoint: StageHandle | None = None):
+    def __init__(self, csr: tuple | None = None, shard: int = 0, bounds: list[tuple[int, int]] | None = None,
+                 params: WalkParams | None = None, checkpoint: StageHandle | None = None):
+        """With a shard: `load` it. Without (csr None): an owner started before its graph exists (the
+        flow starts owners while ingest runs: tasks/graph.py ShardOwners), which loads the kernels of
+        params.mode now (`load_walk_kernels`) and gets its shard by `load` when the walk stage begins."""
+        if csr is None:
+            load_walk_kernels(params.mode if params is not None else "deepwalk")
+            return
+        self.load(csr, shard, bounds, params, checkpoint)
+
+    def load(self, csr: tuple, shard: int, bounds: list[tuple[int, int]], params: WalkParams,
+             checkpoint: StageHandle | None = None) -> None:
+        """Take shard `shard` of `bounds` (its CSR rows `csr` = CSRShard.as_tuple()), build its alias
+        rows (weighted) and begin a walk (`start`)."""
         indptr, indices, weights, directed = csr
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
@@ -653,6 +666,27 @@ class ShardWalker:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
         return [out, np.int64(np.count_nonzero(out >= 0))]
+
+
+def load_walk_kernels(mode: str = "deepwalk") -> None:
+    """Load (or compile once: numba's cache=True) the kernels a shard owner runs for `mode`, by
+    walking a 4-node ring in two shards, unweighted and weighted. numba compiles one version per
+    argument types, and read-only arrays are other types than writable ones: an owner's CSR rows
+    come read-only from the object store, and its empty weights / alias rows of an unweighted shard
+    are writable, so the ring's rows are made read-only the same way (with writable rows the owner's
+    first real round compiled anew: 260 s for node2vec under load). node2vec also loads the
+    second-order kernels (p, q != 1) and the adjacency answers. A new owner process pays this
+    (0.3-1.5 s, more on a loaded machine) before its first round unless it was started early
+    (tasks/graph.py ShardOwners)."""
+    ring = np.arange(4, dtype=np.int64)
+    p, q = (0.5, 2.0) if mode == "node2vec" else (1.0, 1.0)
+    for weights in (None, np.ones(4)):
+        parts = split_csr(build_csr(ring, (ring + 1) % 4, 4, weights=weights), shard_bounds(4, 2))
+        for part in parts:          # as ray.get gives them
+            for rows in (part.indptr, part.indices, part.weights):
+                if rows is not None:
+                    rows.setflags(write=False)
+        sharded_random_walks(parts, 1, 4, 0, p=p, q=q, mode=mode)
 
 
 class _NumbaThreads:
