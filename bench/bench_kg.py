@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reg-weight", type=float, default=0.0)
     p.add_argument("--init-scale", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-every", type=int, default=5, help="0: evaluate valid at the end only")
     p.add_argument("--eval-sample", type=int, default=2000, help="valid triples used by the periodic evaluation")
     p.add_argument("--vs-pykeen", action="store_true", help="speed only: one epoch of this kernel, then PyKEEN's "
                    "(../shared/bench/kge_peer.py in the kge peers venv) at the same model, dim and negatives per "
@@ -115,7 +115,7 @@ def main() -> None:
         train_s[0] += info["seconds"]
         line = {"epoch": info["epoch"], "loss": info["loss"], "epoch_s": info["seconds"],
                 "triples_per_s": info["triples_per_s"], "train_s": round(train_s[0], 1)}
-        if info["epoch"] % a.eval_every == 0 or info["epoch"] == a.epochs:
+        if (a.eval_every and info["epoch"] % a.eval_every == 0) or info["epoch"] == a.epochs:
             m = evaluate(model, state.ent, state.rel, valid, known)
             line.update(valid_mrr=m["mrr"], valid_hits10=m["hits@10"])
         if a.test_every and info["epoch"] % a.test_every == 0 and info["epoch"] != a.epochs:
