@@ -10,6 +10,7 @@ Cases (``--cases``):
   deezer_ro    FastRP d=512 on deezer_ro (84 labels, 41,773 nodes), when ../shared/datasets/deezer_ro
                exists; else the case stops with a message (github and ppi stand in for it)
   ppi          FastRP d=512, labels (50, multi-label): many labels and dimensions
+  deezer_europe FastRP d=512 on deezer_europe (2 labels, 28,281 nodes): the closest stand-in for deezer_ro
   github       FastRP d=512 on github_social, labels (2, 37,700 nodes): a large labelled set
   rmat         R-MAT graph, no labels, 1 walk x 40 steps, d=64 (``--rmat-edges``, ~10 edges per node;
                the default 19.2 M edges gives the issue's 2.1 M nodes)
@@ -51,6 +52,10 @@ def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
                 "-p", "fastrp.dim=512"]
     if case == "ppi":
         d = SHARED / "ppi"
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
+                "-p", "fastrp.dim=512"]
+    if case == "deezer_europe":
+        d = SHARED / "deezer_europe"
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv"), "--method", "fastrp",
                 "-p", "fastrp.dim=512"]
     if case == "github":

@@ -218,11 +218,23 @@ class OrbitsConfig(Section):
 
 
 class EvalConfig(Section):
+    mode: Literal["sampled", "exact"] = Field("sampled", description="sampled (default): the evaluation stays a "
+                                              "small share of the run: node classification scores sampled_repeats "
+                                              "split(s) with a bootstrap 95 % interval over the test nodes, "
+                                              "reconstruction reconstruction_sample queries (ci95), both reported "
+                                              "as sampled. exact: every repeat, labelled node and query node, no "
+                                              "caps (the expensive figures).")
+    sampled_repeats: int = Field(1, ge=1, description="mode=sampled: random splits per ratio (repeats 0..k-1 of "
+                                 "the exact protocol), each with its bootstrap interval.")
+    bootstrap: int = Field(200, ge=20, description="mode=sampled: bootstrap resamples of the test nodes behind "
+                           "node classification's ci95.")
+    spectrum_rows: int = Field(4096, ge=0, description="mode=sampled: rows of the labelled set whose Gram matrix "
+                               "preconditions the solver (its optimum is unchanged; 0 = every row).")
     train_ratios: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
                                       description="Labelled shares for node classification.")
-    repeats: int = Field(3, ge=1, description="Random splits per ratio.")
+    repeats: int = Field(3, ge=1, description="Random splits per ratio (mode=exact).")
     seed: int = Field(0, description="Split seed.")
-    classify_max_nodes: int = Field(100_000, ge=0, description="Node classification: above this many labelled "
+    classify_max_nodes: int = Field(100_000, ge=0, description="mode=sampled, node classification: above this many labelled "
                                     "nodes, a seeded sample of this many is scored (reported as sampled, with "
                                     "labelled_nodes; the across-repeat std is the spread; the smaller training "
                                     "sets score somewhat lower). 0 = every node (exact).")
@@ -238,16 +250,17 @@ class EvalConfig(Section):
     hits_k: list[int] = Field(default_factory=lambda: [10, 50, 100], description="K of the Hits@K figures.")
     reconstruction: bool = Field(True, description="Graph reconstruction mAP of the k-hop neighbourhoods.")
     reconstruction_hops: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Hops for reconstruction.")
-    reconstruction_sample: int = Field(500, ge=0, description="Query nodes sampled for reconstruction (0 = all).")
-    reconstruction_work: int = Field(16_000_000_000, ge=0, description="Reconstruction: at most this many "
+    reconstruction_sample: int = Field(100, ge=0, description="mode=sampled: query nodes sampled for reconstruction "
+                                       "(0 = all); mode=exact queries every node.")
+    reconstruction_work: int = Field(16_000_000_000, ge=0, description="mode=sampled, reconstruction: at most this many "
                                      "queries x nodes x (dim + 64) units of work (a query scores every node, "
                                      "about dim + 64 operations each with its search): on a large graph fewer "
                                      "queries are sampled (at least 50; reported as work_limited, with a wider "
                                      "ci95). 0 = reconstruction_sample queries at any size.")
-    reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="Reconstruction: a query's breadth-first "
+    reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="mode=sampled, reconstruction: a query's breadth-first "
                                          "search stops once its ball would exceed this many nodes; its farther "
                                          "hops are left out of the means (reported as truncated).")
-    reconstruction_relevant_cap: int = Field(512, ge=0, description="Reconstruction: relevant nodes kept per "
+    reconstruction_relevant_cap: int = Field(512, ge=0, description="mode=sampled, reconstruction: relevant nodes kept per "
                                              "query and hop ring; a larger ring is sampled (stratified, an "
                                              "unbiased estimate, reported as sampled). 0 = every node (exact).")
     align_to_previous: bool = Field(True, description="Rotate the table onto the previous committed run of the same "

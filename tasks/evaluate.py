@@ -174,7 +174,7 @@ def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: d
     call = shard_caller(graph, table_refs, opts["max_retries"])
     parts = [(pos, call(s, shard_rows, selection.nodes[pos])) for s, pos in enumerate(shards.by_owner(selection.nodes))
              if pos.size]
-    return remote(es.labelled_rows_stage, "evaluate", **opts).remote(selection, [p for p, _ in parts],
+    return remote(es.labelled_rows_stage, "evaluate", **opts).remote(selection, eval_cfg, [p for p, _ in parts],
                                                                    *[r for _, r in parts])
 
 
@@ -198,15 +198,20 @@ def _log_figures(log, metrics: dict) -> None:
     if nc:
         sampled = (f" (a sample of {nc['num_nodes']:,} of {nc['labelled_nodes']:,} labelled nodes)"
                    if nc.get("sampled") else "")
-        log.info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["micro_f1"].items())
-                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()) + sampled)
+        ci = nc.get("micro_f1_ci95") or {}
+        log.info("evaluate: Micro-F1 " + ", ".join(f"{k}: {v:.3f}" + (f" ± {ci[k]:.3f}" if k in ci else "")
+                                                   for k, v in nc["micro_f1"].items())
+                 + " | Macro-F1 " + ", ".join(f"{k}: {v:.3f}" for k, v in nc["macro_f1"].items()) + sampled
+                 + (f" (eval.mode=sampled: {nc['repeats']} split(s), 95 % bootstrap interval)" if ci else ""))
     lp = metrics.get("link_prediction")
     if lp and lp.get("roc_auc"):
         log.info("evaluate: link prediction ROC-AUC " + ", ".join(f"{k}: {v:.3f}" for k, v in lp["roc_auc"].items()))
     rc = metrics.get("reconstruction")
     if rc:
-        log.info("evaluate: reconstruction mAP " + ", ".join(f"{h}-hop {v:.3f}" for h, v in rc["map"].items())
-                 + f" ({rc.get('queries')} queries)")
+        ci = rc.get("ci95") or {}
+        log.info("evaluate: reconstruction mAP " + ", ".join(f"{h}-hop {v:.3f}" + (f" ± {ci[h]:.3f}" if ci.get(h) else "")
+                                                             for h, v in rc["map"].items())
+                 + f" ({rc.get('queries')} of {rc.get('eligible')} query nodes, eval.mode={rc.get('mode', 'sampled')})")
     st = metrics.get("stability")
     if st:
         if st.get("skipped"):

@@ -253,15 +253,26 @@ def _assert_within(new, ref, tol=TOLERANCE):
 @pytest.mark.parametrize("name, embed", [("blogcatalog", _deepwalk), ("ppi", _fastrp)], ids=["blogcatalog-deepwalk",
                                                                                              "ppi-fastrp512"])
 def test_defaults_stay_within_0003_of_todays_solver(name, embed):
-    """Default eval settings (classify_stage: tolerance 1e-3, float32 Hessian products, one Gram
-    spectrum for all splits, no sampling below 100,000 labelled nodes) against today's solver."""
+    """eval.mode=exact (classify_stage: tolerance 1e-3, float32 Hessian products, one Gram
+    spectrum for all splits, every labelled node) against today's solver; the sampled default
+    (one split, a 4,096-row Gram sample as preconditioner) lies within its bootstrap interval of
+    the exact 3-repeat means, and within the solver tolerance of the exact protocol's repeat 0."""
     g, lab = _dataset(name)
     X = embed(g)
+    labels = (lab[:, 0], lab[:, 1])
     ref = reference_node_classification(X, lab[:, 0], lab[:, 1])
-    new = es.classify_stage(X, (lab[:, 0], lab[:, 1]), EvalConfig())
-    assert "sampled" not in new
+    new = es.classify_stage(X, labels, EvalConfig(mode="exact"))
+    assert "sampled" not in new and "mode" not in new and "micro_f1_ci95" not in new
     _assert_within(new, ref)
     assert ref["micro_f1"]["0.5"] > 0.15            # a real embedding, not chance
+    sampled = es.classify_stage(X, labels, EvalConfig())
+    assert sampled["mode"] == "sampled" and sampled["repeats"] == 1
+    first = es.classify_stage(X, labels, EvalConfig(mode="exact", repeats=1))
+    for what in ("micro_f1", "macro_f1"):
+        for key, want in ref[what].items():
+            ci = sampled[what + "_ci95"][key]
+            assert 0 < ci < 0.05 and abs(sampled[what][key] - want) <= ci, (what, key, sampled[what][key], want, ci)
+            assert abs(sampled[what][key] - first[what][key]) <= 0.001
 
 
 def test_split_tasks_merge_to_the_one_task_figures():
@@ -269,7 +280,7 @@ def test_split_tasks_merge_to_the_one_task_figures():
     classify_stage's figures, however the repeats are dealt to tasks."""
     g, lab = _dataset("ppi")
     X = _fastrp(g, dim=64)
-    cfg = EvalConfig(repeats=2)
+    cfg = EvalConfig(mode="exact", repeats=2)
     labels = (lab[:, 0], lab[:, 1])
     prepared = es.labelled_set_stage(X, labels, cfg)
     whole = es.classify_stage(X, labels, cfg)
@@ -283,6 +294,15 @@ def test_split_tasks_merge_to_the_one_task_figures():
         assert merged.pop("tasks") == (1 if tasks == 1 else 2)
         merged.pop("seconds")
         assert merged == whole
+    cfg = EvalConfig(sampled_repeats=2)              # sampled: the bootstrap intervals merge the same way
+    prepared = es.labelled_set_stage(X, labels, cfg)
+    whole = es.classify_stage(X, labels, cfg)
+    whole.pop("seconds")
+    parts = [es.classify_split_stage(prepared, cfg, g) for g in es.classification_splits(cfg, 4)]
+    merged = es.merge_classify_results(parts, cfg, prepared[1])
+    assert merged.pop("tasks") == 2
+    merged.pop("seconds")
+    assert merged == whole and merged["repeats"] == 2 and set(merged["micro_f1_ci95"]) == {"0.1", "0.5", "0.9"}
 
 
 def test_labelled_nodes_above_the_cap_are_sampled_and_reported():

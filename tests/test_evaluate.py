@@ -333,3 +333,20 @@ def test_split_edges_fills_up_when_unavoidable():
     g = build_csr(np.zeros(10, np.int64), np.arange(1, 11), 11)
     trs, trd, tes, ted = links.split_edges(g.indptr, g.indices, 0.3, seed=0)
     assert tes.size == 3 and trs.size == 7
+
+
+def test_bootstrap_sd_of_micro_f1_is_the_binomial_one_for_single_labels():
+    """Single label, one prediction per node: micro-F1 is the accuracy, whose sampling sd over
+    the test nodes is sqrt(p (1 - p) / n); the bootstrap behind eval.mode=sampled's ci95 finds it."""
+    rng = np.random.default_rng(3)
+    n, L = 4000, 5
+    truth = rng.integers(0, L, n)
+    guess = np.where(rng.random(n) < 0.7, truth, (truth + 1) % L)
+    Y, P = np.eye(L, dtype=bool)[truth], np.eye(L, dtype=bool)[guess]
+    micro, _ = classify.f1_scores(Y, P)
+    sd_micro, sd_macro = classify.f1_bootstrap_sd(Y, P, 400, 0)
+    want = np.sqrt(micro * (1 - micro) / n)
+    assert abs(micro - np.mean(truth == guess)) < 1e-12
+    assert 0.85 * want < sd_micro < 1.15 * want and sd_macro > 0
+    assert classify.f1_bootstrap_sd(Y, Y, 100, 0) == (0.0, 0.0)           # a perfect split does not vary
+    assert classify.f1_bootstrap_sd(Y, P, 100, 1) == classify.f1_bootstrap_sd(Y, P, 100, 1)

@@ -227,7 +227,8 @@ def f1_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> tuple[float, float]:
     return micro, float(per.mean()) if per.size else 0.0
 
 
-def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True, rows: int | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the Gram matrix of every labelled row (with the intercept column).
 
     Why once for all splits: a training split of m of the n rows has a Gram matrix close to
@@ -236,11 +237,64 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarra
     decomposition replaces one Gram product and one d x d eigh per fit (9 by default).
     The product runs in float32 (half the cost; on 37,700 x 513 rows it was most of the
     preparation): a preconditioner needs a few correct digits, not sixteen.
+    ``rows``: the Gram matrix of a seeded sample of that many rows, scaled by n / rows, stands
+    for the whole one (eval.mode=sampled). It only conditions the solver, whose optimum and
+    stopping rule do not depend on it; on deezer_europe (28,281 x 513) it is most of the
+    labelled set's cost (0.83 CPU-s for every row).
     """
+    n = Xl.shape[0]
+    scale = 1.0
+    if rows and rows < n:
+        Xl = Xl[np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))]
+        scale = n / rows
     Xa = np.hstack([Xl, np.ones((Xl.shape[0], 1))]) if fit_intercept else Xl
     Xa = Xa.astype(np.float32)
-    lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64))
+    lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
     return np.maximum(lam, 0.0), Q
+
+
+def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed) -> tuple[float, float]:
+    """Standard deviations of (micro, macro) F1 over ``resamples`` bootstrap resamples of the test
+    rows (drawn with replacement, seeded by ``seed``).
+
+    Why: eval.mode=sampled scores fewer splits than the exact protocol; the F1 of one split
+    varies with which nodes it tests on, and a bootstrap of the test rows measures that spread
+    from the split itself (one matrix product per count: resample weights x per-row hits)."""
+    Y_true, Y_pred = Y_true.astype(bool), Y_pred.astype(bool)
+    n = Y_true.shape[0]
+    if n == 0 or resamples <= 0:
+        return 0.0, 0.0
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    weights = np.bincount((np.arange(resamples)[:, None] * n + draws).ravel(),
+                          minlength=resamples * n).reshape(resamples, n).astype(np.float32)
+    tp = weights @ (Y_true & Y_pred).astype(np.float32)
+    fp = weights @ (~Y_true & Y_pred).astype(np.float32)
+    fn = weights @ (Y_true & ~Y_pred).astype(np.float32)
+    den = 2 * tp + fp + fn
+    tot = den.sum(1)
+    micro = np.divide(2 * tp.sum(1), tot, out=np.zeros_like(tot), where=tot > 0)
+    macro = np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0).mean(1)
+    return float(np.std(micro, ddof=1)), float(np.std(macro, ddof=1))
+
+
+def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
+                      spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
+                      design: tuple[np.ndarray, np.ndarray] | None = None, k_true: np.ndarray | None = None):
+    """(boolean predictions of the test rows, fitted (d + 1, labels) W): ``classify_split``
+    without the scoring. ``k_true``: each test row's true label count (multi-label top-k)."""
+    pos = Ytr.sum(0)
+    fit_cols = np.flatnonzero((pos > 0) & (pos < Ytr.shape[0]))
+    scores = np.full((Xte.shape[0], Ytr.shape[1]), -np.inf)
+    scores[:, pos == Ytr.shape[0]] = np.inf
+    W_all = np.zeros((Xte.shape[1] + 1, Ytr.shape[1]))
+    if fit_cols.size:
+        W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
+                         start=None if start is None else start[:, fit_cols], design=design)
+        scores[:, fit_cols] = decision_scores(Xte, W)
+        W_all[:, fit_cols] = W
+    k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
+    k = np.minimum(k, int((pos > 0).sum()))
+    return predict_top_k(scores, k), W_all
 
 
 def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
@@ -256,19 +310,9 @@ def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol:
     columns for labels not fitted) to the result, to warm-start a larger split of the same repeat.
     ``design``: the training rows' design, see ``fit_logreg_ovr``.
     """
-    pos = Ytr.sum(0)
-    fit_cols = np.flatnonzero((pos > 0) & (pos < Ytr.shape[0]))
-    scores = np.full((Xte.shape[0], Ytr.shape[1]), -np.inf)
-    scores[:, pos == Ytr.shape[0]] = np.inf
-    W_all = np.zeros((Xte.shape[1] + 1, Ytr.shape[1]))
-    if fit_cols.size:
-        W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
-                         start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = decision_scores(Xte, W)
-        W_all[:, fit_cols] = W
-    k = Yte.sum(1) if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
-    k = np.minimum(k, int((pos > 0).sum()))
-    f1 = f1_scores(Yte, predict_top_k(scores, k))
+    pred, W_all = split_predictions(Xtr, Ytr, Xte, multilabel=multilabel, C=C, tol=tol, spectrum=spectrum,
+                                    start=start, design=design, k_true=Yte.sum(1))
+    f1 = f1_scores(Yte, pred)
     return (*f1, W_all) if return_weights else f1
 
 
@@ -335,29 +379,31 @@ def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | No
 
 
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
-                 seed: int = 0, threads: int | None = 1) -> LabelledSet:
+                 seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
     nodes, a sample of ``max_nodes`` of them drawn with ``seed`` (kept in node order) stands
     for the whole set: the fits cost about n x d x labels per product. The splits then train on
     fewer nodes, which lowers F1 somewhat (github_social, FastRP d=512: a sample of 20,000 of
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
-    caps BLAS threads for the Gram spectrum (see ``blas_threads``)."""
+    caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``: see
+    ``gram_spectrum``."""
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
-    return labelled_set_of_rows(X[sel.nodes], sel, normalize=normalize, threads=threads)
+    return labelled_set_of_rows(X[sel.nodes], sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
+                                seed=seed)
 
 
-def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True,
-                         threads: int | None = 1) -> LabelledSet:
+def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
+                         spectrum_rows: int | None = None, seed: int = 0) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``)."""
     Xl = np.asarray(rows).astype(np.float64)
     if normalize:
         nrm = np.linalg.norm(Xl, axis=1, keepdims=True)
         Xl = Xl / np.where(nrm > 0, nrm, 1.0)
     with blas_threads(threads):
-        spectrum = gram_spectrum(Xl)
+        spectrum = gram_spectrum(Xl, rows=spectrum_rows, seed=seed)
     return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
 
 
@@ -388,10 +434,21 @@ class RepeatDesign:
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
              tol: float = 1e-3, threads: int | None = 1, start: np.ndarray | None = None,
              return_weights: bool = False, design: RepeatDesign | None = None):
+    """(micro, macro) F1 of one ratio and repeat (``split_scores`` without the bootstrap)."""
+    mi, ma, _, W = split_scores(ls, ratio, repeat, seed=seed, C=C, tol=tol, threads=threads, start=start,
+                                design=design)
+    return (mi, ma, W) if return_weights else (mi, ma)
+
+
+def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
+                 tol: float = 1e-3, threads: int | None = 1, start: np.ndarray | None = None,
+                 design: RepeatDesign | None = None, bootstrap: int = 0):
     """(micro, macro) F1 of one ratio and repeat: trains on the first int(ratio * n) nodes of
     ``split_permutation(n, seed + repeat)``, tests on the rest. One Ray task can run each.
-    ``start`` / ``return_weights``: see ``classify_split`` (``split_chain_f1`` chains them);
-    ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios."""
+    ``start``: see ``classify_split`` (``split_chain_f1`` chains them);
+    ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios.
+    Returns (micro, macro, (micro sd, macro sd) over ``bootstrap`` resamples of the test nodes
+    (zeros without), fitted W)."""
     n, d = ls.X.shape
     k = int(ratio * n)
     if not 0 < k < n:
@@ -399,14 +456,18 @@ def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: fl
     lam, Q = ls.spectrum
     with blas_threads(threads):
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
-        return classify_split(None, rd.Y[:k], rd.Xa[k:, :d], rd.Y[k:], multilabel=ls.multilabel, C=C, tol=tol,
-                              spectrum=(lam * (k / n), Q), start=start, return_weights=return_weights,
-                              design=(rd.Xa[:k], rd.Xh[:k]))
+        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d], multilabel=ls.multilabel, C=C, tol=tol,
+                                    spectrum=(lam * (k / n), Q), start=start, design=(rd.Xa[:k], rd.Xh[:k]),
+                                    k_true=rd.Y[k:].sum(1))
+        sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
+    return (*f1_scores(rd.Y[k:], pred), sd, W)
 
 
 def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
-                   tol: float = 1e-3, threads: int | None = 1) -> list[tuple[float, int, float, float]]:
-    """(ratio, repeat, micro, macro) of each split, in order; a split warm-starts from the
+                   tol: float = 1e-3, threads: int | None = 1,
+                   bootstrap: int = 0) -> list[tuple[float, int, float, float, float, float]]:
+    """(ratio, repeat, micro, macro, micro sd, macro sd) of each split, in order (sd: over
+    ``bootstrap`` resamples of the test nodes, 0 without); a split warm-starts from the
     previous one when both are of the same repeat and its ratio is larger, and the splits of a
     repeat share its `RepeatDesign`.
 
@@ -417,17 +478,20 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
     for r, rep in splits:
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
         rd = rd if rd is not None and rd.repeat == rep else RepeatDesign.of(ls, rep, seed)
-        mi, ma, W = split_f1(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, return_weights=True,
-                             design=rd)
-        out.append((r, rep, mi, ma))
+        mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
+                                     bootstrap=bootstrap)
+        out.append((r, rep, mi, ma, *sd))
         prev = (r, rep, W)
     return out
 
 
-def classification_summary(info: dict, ratios, repeats: int, f1: dict) -> dict:
+def classification_summary(info: dict, ratios, repeats: int, f1: dict, sd: dict | None = None) -> dict:
     """The figures of ``node_classification`` from ``f1[(ratio, repeat)] = (micro, macro)``:
     means and across-repeat standard deviations per ratio, and what was scored (``info`` =
-    ``LabelledSet.info()``; ``sampled`` says when ``num_nodes`` is a sample of ``labelled_nodes``)."""
+    ``LabelledSet.info()``; ``sampled`` says when ``num_nodes`` is a sample of ``labelled_nodes``).
+    ``sd[(ratio, repeat)]`` = the bootstrap (micro, macro) sd of each split (eval.mode=sampled):
+    adds ``micro_f1_ci95`` / ``macro_f1_ci95``, the half-widths of the normal 95 % interval of
+    each mean over the repeats (1.96 sqrt(sum of the splits' variances) / repeats)."""
     out = {"micro_f1": {}, "macro_f1": {}, "micro_f1_std": {}, "macro_f1_std": {},
            "repeats": int(repeats), "ratios": [float(r) for r in ratios],
            "multilabel": bool(info["multilabel"]), "num_nodes": int(info["num_nodes"]),
@@ -442,12 +506,18 @@ def classification_summary(info: dict, ratios, repeats: int, f1: dict) -> dict:
         out["macro_f1"][key] = float(np.mean(ma))
         out["micro_f1_std"][key] = float(np.std(mi))
         out["macro_f1_std"][key] = float(np.std(ma))
+    if sd is not None:
+        out.update(mode="sampled", ci95_method="bootstrap over test nodes")
+        for i, what in ((0, "micro_f1_ci95"), (1, "macro_f1_ci95")):
+            out[what] = {str(r): round(float(1.96 * np.sqrt(sum(sd[(r, rep)][i] ** 2 for rep in range(repeats)))
+                                             / repeats), 6) for r in ratios}
     return out
 
 
 def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repeats=3, seed=0,
                         normalize=True, multilabel=None, C: float = 1.0, threads: int | None = 1,
-                        tol: float = 1e-3, max_nodes: int | None = None) -> dict:
+                        tol: float = 1e-3, max_nodes: int | None = None, bootstrap: int = 0,
+                        spectrum_rows: int | None = None) -> dict:
     """DeepWalk-protocol node classification of embedding rows ``X`` (n x d).
 
     Labels come as (node, label) pairs (multi-label allowed); unlabelled nodes are excluded.
@@ -460,10 +530,13 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     0.0008 against 1e-6 on BlogCatalog (DeepWalk) and PPI (FastRP, d=512) at about half the
     Newton steps. ``max_nodes``: score a seeded sample of that many labelled nodes above it
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
+    ``bootstrap`` > 0: each split's F1 also gets a bootstrap interval over its test nodes
+    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``: see ``gram_spectrum``.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
-                      seed=seed, threads=threads)
+                      seed=seed, threads=threads, spectrum_rows=spectrum_rows)
     chain = split_chain_f1(ls, [(r, rep) for rep in range(repeats) for r in sorted(ratios)], seed=seed, C=C,
-                           tol=tol, threads=threads)
-    f1 = {(r, rep): (mi, ma) for r, rep, mi, ma in chain}
-    return classification_summary(ls.info(), ratios, repeats, f1)
+                           tol=tol, threads=threads, bootstrap=bootstrap)
+    f1 = {(c[0], c[1]): (c[2], c[3]) for c in chain}
+    sd = {(c[0], c[1]): (c[4], c[5]) for c in chain} if bootstrap else None
+    return classification_summary(ls.info(), ratios, repeats, f1, sd)

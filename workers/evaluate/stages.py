@@ -73,9 +73,19 @@ def holdout_stage(csr: tuple, test_share: float, seed: int):
 # ---------------------------------------------------------------------------------------------
 
 def classify_options(eval_cfg: EvalConfig) -> dict:
-    """node_classification's keyword arguments from eval.* (protocol, solver tolerance, node cap)."""
-    return dict(ratios=tuple(eval_cfg.train_ratios), repeats=eval_cfg.repeats, seed=eval_cfg.seed,
-                tol=eval_cfg.classify_tol, max_nodes=eval_cfg.classify_max_nodes or None)
+    """node_classification's keyword arguments from eval.* (protocol, solver tolerance, node cap).
+
+    eval.mode=exact: every repeat and labelled node. eval.mode=sampled (default): the first
+    ``sampled_repeats`` repeats of the same protocol (the same splits, so their F1 are the exact
+    protocol's for those repeats), a bootstrap interval over each split's test nodes, the
+    labelled set capped at classify_max_nodes and a row sample of it preconditioning the solver.
+    Why: the fits cost about n x d x labels per product and scale with the repeats; one repeat
+    of three cuts them threefold, and the interval says how far the exact mean may lie."""
+    common = dict(ratios=tuple(eval_cfg.train_ratios), seed=eval_cfg.seed, tol=eval_cfg.classify_tol)
+    if eval_cfg.mode == "exact":
+        return dict(common, repeats=eval_cfg.repeats, max_nodes=None)
+    return dict(common, repeats=eval_cfg.sampled_repeats, max_nodes=eval_cfg.classify_max_nodes or None,
+                bootstrap=eval_cfg.bootstrap, spectrum_rows=eval_cfg.spectrum_rows or None)
 
 
 def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
@@ -97,7 +107,8 @@ def classification_splits(eval_cfg: EvalConfig, tasks: int | None = None) -> lis
     ascending, so each warm-starts from the previous one (``split_chain_f1``: its training set is
     a superset); whole repeats are dealt round-robin. Why a cap: a task costs some scheduling,
     so more tasks than the cluster's CPUs only adds overhead."""
-    chains = [[(float(r), rep) for r in sorted(eval_cfg.train_ratios)] for rep in range(eval_cfg.repeats)]
+    repeats = classify_options(eval_cfg)["repeats"]
+    chains = [[(float(r), rep) for r in sorted(eval_cfg.train_ratios)] for rep in range(repeats)]
     k = len(chains) if not tasks else max(1, min(int(tasks), len(chains)))
     return [[s for chain in chains[i::k] for s in chain] for i in range(k)]
 
@@ -108,7 +119,8 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     from embedlake.workers.evaluate.classify import labelled_set
     t0 = time.process_time()
     opts = classify_options(eval_cfg)
-    ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"])
+    ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"],
+                      spectrum_rows=opts.get("spectrum_rows"))
     return ls, time.process_time() - t0
 
 
@@ -120,7 +132,7 @@ def label_selection_stage(labels, eval_cfg: EvalConfig, num_rows: int):
     return label_selection(labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"], num_rows=num_rows)
 
 
-def labelled_rows_stage(selection, positions: list[np.ndarray], *parts: np.ndarray):
+def labelled_rows_stage(selection, eval_cfg: EvalConfig, positions: list[np.ndarray], *parts: np.ndarray):
     """``labelled_set_stage``'s (labelled set, CPU seconds) from the selected rows, gathered by
     shard: ``parts[k]`` are the rows of the selection's nodes at ``positions[k]``. Equals
     ``labelled_set_stage`` on the whole table (the same rows, normalised the same way)."""
@@ -130,7 +142,9 @@ def labelled_rows_stage(selection, positions: list[np.ndarray], *parts: np.ndarr
     rows = np.empty((selection.nodes.size, d), dtype=parts[0].dtype if parts else np.float32)
     for pos, part in zip(positions, parts):
         rows[pos] = part
-    return labelled_set_of_rows(rows, selection), time.process_time() - t0
+    opts = classify_options(eval_cfg)
+    return (labelled_set_of_rows(rows, selection, spectrum_rows=opts.get("spectrum_rows"), seed=opts["seed"]),
+            time.process_time() - t0)
 
 
 def sharded_reconstruction(call, get, bounds: list[tuple[int, int]], num_arcs: int, directed: bool, dim: int,
@@ -157,6 +171,9 @@ def reconstruction_options(eval_cfg: EvalConfig, num_nodes: int, dim: int) -> di
     about 64 for placing the score and the breadth-first search), so a fixed number of queries
     would make the evaluation's share of a run grow with the graph (measured on a 1.09 M-node,
     37 M-arc R-MAT graph at d = 64: 28 ms of CPU per query, 14 s for 500)."""
+    if eval_cfg.mode == "exact":                   # every query, no ring sampled, no search cut short
+        return dict(hops=tuple(eval_cfg.reconstruction_hops), sample=None, seed=eval_cfg.seed,
+                    ball_cap=num_nodes + 1, relevant_cap=0)
     sample = eval_cfg.reconstruction_sample or None
     if eval_cfg.reconstruction_work:
         afford = max(MIN_WORK_QUERIES, eval_cfg.reconstruction_work // max(1, num_nodes * (dim + 64)))
@@ -166,9 +183,11 @@ def reconstruction_options(eval_cfg: EvalConfig, num_nodes: int, dim: int) -> di
 
 
 def work_limited(res: dict, eval_cfg: EvalConfig) -> dict:
-    """Says in the figures when the work budget, not eval.reconstruction_sample, set the queries."""
-    asked = eval_cfg.reconstruction_sample or res["eligible"]
+    """Says in the figures when the work budget, not eval.reconstruction_sample, set the queries,
+    and which eval.mode produced them (sampled: ``queries`` of ``eligible``, interval ``ci95``)."""
+    asked = eval_cfg.reconstruction_sample or res["eligible"] if eval_cfg.mode == "sampled" else res["eligible"]
     res["work_limited"] = bool(res["queries"] < min(asked, res["eligible"]))
+    res["mode"] = eval_cfg.mode
     return res
 
 
@@ -181,7 +200,7 @@ def classify_split_stage(prepared, eval_cfg: EvalConfig, splits: list[tuple[floa
     ls, _ = prepared
     t0 = time.process_time()
     opts = classify_options(eval_cfg)
-    f1 = split_chain_f1(ls, splits, seed=opts["seed"], tol=opts["tol"])
+    f1 = split_chain_f1(ls, splits, seed=opts["seed"], tol=opts["tol"], bootstrap=opts.get("bootstrap", 0))
     return {"info": ls.info(), "f1": f1, "seconds": time.process_time() - t0}
 
 
@@ -190,8 +209,10 @@ def merge_classify_results(parts: list[dict], eval_cfg: EvalConfig, prepare_s: f
     CPU seconds plus ``prepare_s`` (the labelled set's): the CPU time spent, comparable with one
     task's wall time (one thread); ``tasks`` = how many split tasks."""
     from embedlake.workers.evaluate.classify import classification_summary
-    f1 = {(r, rep): (mi, ma) for p in parts for r, rep, mi, ma in p["f1"]}
-    res = classification_summary(parts[0]["info"], eval_cfg.train_ratios, eval_cfg.repeats, f1)
+    opts = classify_options(eval_cfg)
+    f1 = {(c[0], c[1]): (c[2], c[3]) for p in parts for c in p["f1"]}
+    sd = {(c[0], c[1]): (c[4], c[5]) for p in parts for c in p["f1"]} if opts.get("bootstrap") else None
+    res = classification_summary(parts[0]["info"], eval_cfg.train_ratios, opts["repeats"], f1, sd)
     res["seconds"] = round(prepare_s + sum(p["seconds"] for p in parts), 3)
     res["tasks"] = len(parts)
     return res
