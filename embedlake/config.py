@@ -226,6 +226,9 @@ class EvalConfig(Section):
                                               "caps (the expensive figures).")
     sampled_repeats: int = Field(1, ge=1, description="mode=sampled: random splits per ratio (repeats 0..k-1 of "
                                  "the exact protocol), each with its bootstrap interval.")
+    sampled_small_ratio: float = Field(0.3, ge=0, lt=1, description="mode=sampled: train ratios up to this "
+                                       "score every repeat (their fits are cheap, and their F1 varies most with "
+                                       "the training set, which the bootstrap does not see).")
     bootstrap: int = Field(200, ge=20, description="mode=sampled: bootstrap resamples of the test nodes behind "
                            "node classification's ci95.")
     spectrum_rows: int = Field(4096, ge=0, description="mode=sampled: rows of the labelled set whose Gram matrix "

@@ -146,7 +146,7 @@ def test_sharded_evaluate_task_equals_one_shard_and_stays_within_a_shard(tmp_pat
     X = _embedding(g, 8, seed=5)
     lab = np.loadtxt(DATA / "cora" / "labels.tsv", skiprows=1, dtype=np.int64, ndmin=2)
     labels = (lab[:, 0].astype(np.int32), lab[:, 1].astype(np.int32), None)
-    cfg = EvalConfig(train_ratios=[0.5], repeats=2, classify_max_nodes=300, reconstruction_sample=150,
+    cfg = EvalConfig(train_ratios=[0.5], sampled_repeats=2, classify_max_nodes=300, reconstruction_sample=150,
                      reconstruction_relevant_cap=24, align_to_previous=False, artifacts=False)
     one, one_table, many, tables, parts = _handles(g, X, labels, shards=4)
     want = et._figures(str(tmp_path / "lake"), "cora", "m", "r1", one, one_table, cfg, None, None, 0)

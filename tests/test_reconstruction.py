@@ -177,3 +177,24 @@ def test_threads_do_not_change_the_figures():
     a = geometry.reconstruction_map(X, g.indptr, g.indices, sample=200, relevant_cap=50, threads=1)
     b = geometry.reconstruction_map(X, g.indptr, g.indices, sample=200, relevant_cap=50, threads=2)
     assert a == b
+
+
+def test_eval_modes_exact_queries_every_node_and_sampled_says_so():
+    """eval.mode=exact: every eligible node is a query and no ring is sampled or cut (ci95 = 0);
+    the sampled default draws eval.reconstruction_sample queries, the same ones the kernel draws
+    for that sample, and says so (mode, queries of eligible, ci95 > 0)."""
+    from embedlake.config import EvalConfig
+    from embedlake.workers.evaluate import stages as es
+    g = _graph("cora")
+    X = np.random.default_rng(2).standard_normal((g.num_nodes, 16)).astype(np.float32)
+    csr = (g.indptr, g.indices, None, False)
+    exact = es.reconstruct_stage(X, csr, EvalConfig(mode="exact", reconstruction_hops=[1, 2]))
+    want = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=None, relevant_cap=0,
+                                       ball_cap=g.num_nodes + 1)
+    assert exact["mode"] == "exact" and exact["queries"] == exact["eligible"] == want["queries"]
+    assert exact["map"] == want["map"] and set(exact["ci95"].values()) == {0.0} and not exact["work_limited"]
+    assert sum(exact["sampled"].values()) == sum(exact["truncated"].values()) == 0
+    sampled = es.reconstruct_stage(X, csr, EvalConfig(reconstruction_hops=[1, 2]))
+    again = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=100, relevant_cap=512)
+    assert sampled["mode"] == "sampled" and sampled["queries"] == 100 < sampled["eligible"]
+    assert sampled["map"] == again["map"] and min(sampled["ci95"].values()) > 0

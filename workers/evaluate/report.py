@@ -136,7 +136,8 @@ def node_classification_md(runs: list[dict]) -> str | None:
         cells = []
         for what in ("micro_f1", "macro_f1"):
             for k in ratios:
-                v, s = nc[what].get(k), (nc.get(what + "_std") or {}).get(k)
+                ci = (nc.get(what + "_ci95") or {}).get(k)
+                v, s = nc[what].get(k), ci if ci is not None else (nc.get(what + "_std") or {}).get(k)
                 cells.append(_f(v) + (f" ± {s:.3f}" if v is not None and s is not None else ""))
         rows.append(_label_cols(r) + cells)
     reps = sorted({int(r["metrics"]["node_classification"].get("repeats", 0)) for r in rs})
@@ -144,6 +145,9 @@ def node_classification_md(runs: list[dict]) -> str | None:
                if (nc := r["metrics"]["node_classification"]).get("sampled")]
     note = (f"\n\nScored on a seeded sample of the labelled nodes (eval.classify_max_nodes): {'; '.join(sampled)}."
             if sampled else "")
+    if any(r["metrics"]["node_classification"].get("micro_f1_ci95") for r in rs):
+        note += ("\n\neval.mode=sampled: ± is the 95 % interval of a bootstrap over each split's test nodes "
+                 "(eval.mode=exact scores every repeat; ± is then the std over the repeats).")
     return (f"**Node classification** (one-vs-rest logistic regression; mean ± std over "
             f"{'/'.join(map(str, reps))} seeded splits; column = labelled share)\n\n" + _table(header, rows) + note)
 
@@ -189,8 +193,12 @@ def reconstruction_md(runs: list[dict]) -> str | None:
         base = rc.get("random_baseline") or {}
         rows.append(_label_cols(r) + [_f(rc["map"].get(h)) + (f" ({base[h]:.3f})" if h in base else "")
                                       for h in hops] + [str(rc.get("queries", "–"))])
+    sampled = [f"{r['dataset']}: {int(rc['queries']):,} of {int(rc['eligible']):,}" for r in rs
+               if (rc := r["metrics"]["reconstruction"]).get("eligible") and rc.get("queries", 0) < rc["eligible"]]
+    note = (f"\n\nSampled query nodes (eval.mode=sampled; mAP ± 95 % interval in metrics ci95): "
+            f"{'; '.join(sampled)}." if sampled else "")
     return ("**Graph reconstruction** (mAP of the nodes within h hops, ranked by cosine; a random ranking's "
-            "mAP in brackets)\n\n" + _table(header, rows))
+            "mAP in brackets)\n\n" + _table(header, rows) + note)
 
 
 def stability_md(runs: list[dict]) -> str | None:

@@ -85,7 +85,8 @@ def classify_options(eval_cfg: EvalConfig) -> dict:
     if eval_cfg.mode == "exact":
         return dict(common, repeats=eval_cfg.repeats, max_nodes=None)
     return dict(common, repeats=eval_cfg.sampled_repeats, max_nodes=eval_cfg.classify_max_nodes or None,
-                bootstrap=eval_cfg.bootstrap, spectrum_rows=eval_cfg.spectrum_rows or None)
+                bootstrap=eval_cfg.bootstrap, spectrum_rows=eval_cfg.spectrum_rows or None,
+                small_ratio=eval_cfg.sampled_small_ratio, small_repeats=eval_cfg.repeats)
 
 
 def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
@@ -106,11 +107,20 @@ def classification_splits(eval_cfg: EvalConfig, tasks: int | None = None) -> lis
     one Ray task per group (``classify_split_stage``). A repeat's splits stay together, ratios
     ascending, so each warm-starts from the previous one (``split_chain_f1``: its training set is
     a superset); whole repeats are dealt round-robin. Why a cap: a task costs some scheduling,
-    so more tasks than the cluster's CPUs only adds overhead."""
-    repeats = classify_options(eval_cfg)["repeats"]
-    chains = [[(float(r), rep) for r in sorted(eval_cfg.train_ratios)] for rep in range(repeats)]
-    k = len(chains) if not tasks else max(1, min(int(tasks), len(chains)))
-    return [[s for chain in chains[i::k] for s in chain] for i in range(k)]
+    so more tasks than the cluster's CPUs only adds overhead; for the same reason a repeat of
+    the small ratios only (eval.mode=sampled) joins the least loaded group."""
+    from embedlake.workers.evaluate.classify import protocol_splits
+    opts = classify_options(eval_cfg)
+    splits = protocol_splits(eval_cfg.train_ratios, opts["repeats"], opts.get("small_ratio", 0.0),
+                             opts.get("small_repeats", 0))
+    chains = [[s for s in splits if s[1] == rep] for rep in sorted({s[1] for s in splits})]
+    top = max(sum(r for r, _ in c) for c in chains)
+    heavy = [c for c in chains if sum(r for r, _ in c) >= 0.5 * top]
+    k = len(heavy) if not tasks else max(1, min(int(tasks), len(heavy)))
+    groups = [[s for chain in heavy[i::k] for s in chain] for i in range(k)]
+    for chain in (c for c in chains if sum(r for r, _ in c) < 0.5 * top):     # short chains: no task of their own
+        min(groups, key=lambda g: sum(r for r, _ in g)).extend(chain)
+    return groups
 
 
 def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
