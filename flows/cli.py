@@ -83,8 +83,8 @@ def print_summary(s: dict, out=None) -> None:
         w("  Macro-F1   " + "".join(f"{nc['macro_f1'][r]:>8.3f}" for r in ratios) + "\n")
         if nc.get("micro_f1_ci95"):
             w("  ± 95 %     " + "".join(f"{nc['micro_f1_ci95'][r]:>8.3f}" for r in ratios)
-              + f"  (eval.mode=sampled: {int(nc['repeats'])} split(s), bootstrap over test nodes; "
-              "eval.mode=exact scores every repeat)\n")
+              + f"  (eval.mode=sampled: {int(nc['repeats'])} split(s), bootstrap over test nodes, 0 where "
+              "every repeat is scored; eval.mode=exact scores every repeat)\n")
         if nc.get("sampled"):
             w(f"  sampled: {int(nc['num_nodes']):,} of {int(nc['labelled_nodes']):,} labelled nodes "
               "(eval.classify_max_nodes); Micro-F1 std over repeats "

@@ -273,7 +273,8 @@ def test_defaults_stay_within_0003_of_todays_solver(name, embed):
     for what in ("micro_f1", "macro_f1"):
         for key, want in ref[what].items():
             ci = sampled[what + "_ci95"][key]
-            assert 0 < ci < 0.05 and abs(sampled[what][key] - want) <= ci, (what, key, sampled[what][key], want, ci)
+            assert (ci == 0) == (key == "0.1") and ci < 0.05    # every repeat of 0.1 is scored: the exact figure
+            assert abs(sampled[what][key] - want) <= (ci or TOLERANCE), (what, key, sampled[what][key], want, ci)
             same = new if key == "0.1" else first                 # the exact figures of the same splits
             assert abs(sampled[what][key] - same[what][key]) <= 0.001
 

@@ -259,17 +259,17 @@ def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed
 
     Why: eval.mode=sampled scores fewer splits than the exact protocol; the F1 of one split
     varies with which nodes it tests on, and a bootstrap of the test rows measures that spread
-    from the split itself (one matrix product per count: resample weights x per-row hits)."""
+    from the split itself. Only a row's hits (true / false positive, false negative per label)
+    enter the F1, so rows with the same hits are one category and a resample is a multinomial
+    draw of the categories' counts (two labels: at most four categories, whatever the rows)."""
     Y_true, Y_pred = Y_true.astype(bool), Y_pred.astype(bool)
-    n = Y_true.shape[0]
+    n, L = Y_true.shape
     if n == 0 or resamples <= 0:
         return 0.0, 0.0
-    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    weights = np.bincount((np.arange(resamples)[:, None] * n + draws).ravel(),
-                          minlength=resamples * n).reshape(resamples, n).astype(np.float32)
-    tp = weights @ (Y_true & Y_pred).astype(np.float32)
-    fp = weights @ (~Y_true & Y_pred).astype(np.float32)
-    fn = weights @ (Y_true & ~Y_pred).astype(np.float32)
+    hits = np.hstack([Y_true & Y_pred, ~Y_true & Y_pred, Y_true & ~Y_pred])
+    _, first, counts = np.unique(np.packbits(hits, axis=1), axis=0, return_index=True, return_counts=True)
+    sums = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples) @ hits[first].astype(np.float64)
+    tp, fp, fn = sums[:, :L], sums[:, L:2 * L], sums[:, 2 * L:]
     den = 2 * tp + fp + fn
     tot = den.sum(1)
     micro = np.divide(2 * tp.sum(1), tot, out=np.zeros_like(tot), where=tot > 0)
@@ -464,10 +464,11 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
 
 
 def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
-                   tol: float = 1e-3, threads: int | None = 1,
-                   bootstrap: int = 0) -> list[tuple[float, int, float, float, float, float]]:
+                   tol: float = 1e-3, threads: int | None = 1, bootstrap: int = 0,
+                   full_ratios=()) -> list[tuple[float, int, float, float, float, float]]:
     """(ratio, repeat, micro, macro, micro sd, macro sd) of each split, in order (sd: over
-    ``bootstrap`` resamples of the test nodes, 0 without); a split warm-starts from the
+    ``bootstrap`` resamples of the test nodes, 0 without and for ``full_ratios``, whose every
+    repeat is scored: their means are the exact protocol's); a split warm-starts from the
     previous one when both are of the same repeat and its ratio is larger, and the splits of a
     repeat share its `RepeatDesign`.
 
@@ -479,7 +480,7 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
         rd = rd if rd is not None and rd.repeat == rep else RepeatDesign.of(ls, rep, seed)
         mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
-                                     bootstrap=bootstrap)
+                                     bootstrap=0 if r in full_ratios else bootstrap)
         out.append((r, rep, mi, ma, *sd))
         prev = (r, rep, W)
     return out
@@ -497,6 +498,12 @@ def protocol_splits(ratios, repeats: int, small_ratio: float = 0.0, small_repeat
     count = {float(r): max(repeats, small_repeats if r <= small_ratio + 1e-12 else 0) for r in ratios}
     return [(float(r), rep) for rep in range(max(count.values(), default=0)) for r in sorted(ratios)
             if rep < count[float(r)]]
+
+
+def full_ratios(ratios, repeats: int, small_ratio: float = 0.0, small_repeats: int = 0) -> set[float]:
+    """The ratios ``protocol_splits`` scores with every one of ``small_repeats`` (the exact
+    protocol's repeats): their figures need no interval."""
+    return {float(r) for r in ratios if small_repeats > repeats and r <= small_ratio + 1e-12}
 
 
 def classification_summary(info: dict, ratios, repeats: int, f1: dict, sd: dict | None = None) -> dict:
@@ -526,7 +533,7 @@ def classification_summary(info: dict, ratios, repeats: int, f1: dict, sd: dict 
         out["micro_f1_std"][key] = float(np.std(mi))
         out["macro_f1_std"][key] = float(np.std(ma))
     if sd is not None:
-        out.update(mode="sampled", ci95_method="bootstrap over test nodes")
+        out.update(mode="sampled", ci95_method="bootstrap over test nodes; 0 where every repeat is scored")
         for i, what in ((0, "micro_f1_ci95"), (1, "macro_f1_ci95")):
             out[what] = {str(r): round(float(1.96 * np.sqrt(sum(sd[(r, rep)][i] ** 2 for rep in reps[r]))
                                              / len(reps[r])), 6) for r in ratios}
@@ -556,7 +563,8 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
                       seed=seed, threads=threads, spectrum_rows=spectrum_rows)
     chain = split_chain_f1(ls, protocol_splits(ratios, repeats, small_ratio, small_repeats), seed=seed, C=C,
-                           tol=tol, threads=threads, bootstrap=bootstrap)
+                           tol=tol, threads=threads, bootstrap=bootstrap,
+                           full_ratios=full_ratios(ratios, repeats, small_ratio, small_repeats))
     f1 = {(c[0], c[1]): (c[2], c[3]) for c in chain}
     sd = {(c[0], c[1]): (c[4], c[5]) for c in chain} if bootstrap else None
     return classification_summary(ls.info(), ratios, repeats, f1, sd)

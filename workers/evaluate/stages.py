@@ -206,11 +206,13 @@ def classify_split_stage(prepared, eval_cfg: EvalConfig, splits: list[tuple[floa
     set, its CPU seconds), for ``merge_classify_results``; the merged figures equal
     ``classify_stage``'s. Its seconds are CPU seconds: split tasks run side by side, so their wall
     times overlap (and on a busy machine include the others' turns)."""
-    from embedlake.workers.evaluate.classify import split_chain_f1
+    from embedlake.workers.evaluate.classify import full_ratios, split_chain_f1
     ls, _ = prepared
     t0 = time.process_time()
     opts = classify_options(eval_cfg)
-    f1 = split_chain_f1(ls, splits, seed=opts["seed"], tol=opts["tol"], bootstrap=opts.get("bootstrap", 0))
+    full = full_ratios(opts["ratios"], opts["repeats"], opts.get("small_ratio", 0.0), opts.get("small_repeats", 0))
+    f1 = split_chain_f1(ls, splits, seed=opts["seed"], tol=opts["tol"], bootstrap=opts.get("bootstrap", 0),
+                        full_ratios=full)
     return {"info": ls.info(), "f1": f1, "seconds": time.process_time() - t0}
 
 
