@@ -415,20 +415,26 @@ class RepeatDesign:
 
     Why: the fits of a 37,700 x 513 design (github_social, FastRP d = 512) spent most of their
     time gathering, widening and converting the rows for each split (three copies of 155 MB),
-    more than in the solver's products."""
+    more than in the solver's products.
+
+    ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose splits
+    all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test rows
+    are then scored in place (``split_scores``), not copied."""
     repeat: int
     Xa: np.ndarray
     Xh: np.ndarray
     Y: np.ndarray
+    perm: np.ndarray
 
     @classmethod
-    def of(cls, ls: LabelledSet, repeat: int, seed: int = 0) -> RepeatDesign:
+    def of(cls, ls: LabelledSet, repeat: int, seed: int = 0, rows: int | None = None) -> RepeatDesign:
         n, d = ls.X.shape
         perm = split_permutation(n, seed + repeat)
-        Xa = np.empty((n, d + 1))
-        np.take(ls.X, perm, axis=0, out=Xa[:, :d], mode="clip")
+        rows = n if rows is None else min(n, int(rows))
+        Xa = np.empty((rows, d + 1))
+        np.take(ls.X, perm[:rows], axis=0, out=Xa[:, :d], mode="clip")
         Xa[:, d] = 1.0
-        return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm])
+        return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm], perm)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
@@ -456,9 +462,13 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
     lam, Q = ls.spectrum
     with blas_threads(threads):
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
-        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d], multilabel=ls.multilabel, C=C, tol=tol,
-                                    spectrum=(lam * (k / n), Q), start=start, design=(rd.Xa[:k], rd.Xh[:k]),
-                                    k_true=rd.Y[k:].sum(1))
+        if rd.Xa.shape[0] < k:
+            raise ValueError(f"the repeat's design holds {rd.Xa.shape[0]} rows, the split trains on {k}")
+        whole = rd.Xa.shape[0] == n              # else the test rows are scored in place, in ls order
+        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d] if whole else ls.X, multilabel=ls.multilabel, C=C,
+                                    tol=tol, spectrum=(lam * (k / n), Q), start=start,
+                                    design=(rd.Xa[:k], rd.Xh[:k]), k_true=(rd.Y[k:] if whole else ls.Y).sum(1))
+        pred = pred if whole else pred[rd.perm[k:]]
         sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
     return (*f1_scores(rd.Y[k:], pred), sd, W)
 
@@ -478,7 +488,9 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
     out, prev, rd = [], None, None
     for r, rep in splits:
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
-        rd = rd if rd is not None and rd.repeat == rep else RepeatDesign.of(ls, rep, seed)
+        if rd is None or rd.repeat != rep:
+            top = max(rr for rr, rp in splits if rp == rep)
+            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.X.shape[0]) if top < 0.5 else None)
         mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
                                      bootstrap=0 if r in full_ratios else bootstrap)
         out.append((r, rep, mi, ma, *sd))
