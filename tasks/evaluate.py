@@ -110,11 +110,15 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     jobs: dict[str, object] = {}
     nc_refs, prepared = [], None
     if graph.meta.get("labelled"):             # ratio x repeat splits over the cluster's CPUs
-        prepared = (_sharded_labelled_set(graph, emb_ref, eval_cfg, opts) if sharded else
-                    remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, group)
-                   for group in es.classification_splits(eval_cfg, cpus)]
+        groups = es.classification_splits(eval_cfg, int(ray.cluster_resources().get("CPU", 1)))
+        if len(groups) == 1 and not sharded:       # one task (eval.mode=sampled): the labelled set (116 MB
+            jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(   # at 28 k x 512)
+                emb_ref, graph.labels_ref, eval_cfg)                                 # never enters the store
+        else:
+            prepared = (_sharded_labelled_set(graph, emb_ref, eval_cfg, opts) if sharded else
+                        remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg))
+            nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, group)
+                       for group in groups]
     else:
         log.info("evaluate: no labels given, node classification skipped")
     lp_refs = []

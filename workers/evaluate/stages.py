@@ -90,15 +90,16 @@ def classify_options(eval_cfg: EvalConfig) -> dict:
 
 
 def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
-    """Node classification in one task (every ratio and repeat); ``classify_split_stage`` is the
-    same work cut into tasks."""
+    """Node classification in one task (every ratio and repeat; tasks/evaluate.py runs it when the
+    splits make one group, eval.mode=sampled's default); ``classify_split_stage`` is the same
+    work cut into tasks. ``seconds``: CPU seconds."""
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return {}
     ni, li = labels[0], labels[1]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     res = node_classification(X, ni, li, **classify_options(eval_cfg))
-    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["seconds"] = round(time.process_time() - t0, 3)       # CPU seconds, as merge_classify_results'
     return res
 
 
