@@ -110,13 +110,11 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
         graph = dataclasses.replace(graph, csr_ref=graph.gathered_csr_ref(max_retries),
                                     node_ids_ref=graph.gathered_node_ids_ref(max_retries), shards=[])
     jobs: dict[str, object] = {}
-    nc_refs, prepared = [], None
+    nc_refs, prepared, one_task = [], None, False
     if graph.meta.get("labelled"):             # ratio x repeat splits over the cluster's CPUs
         groups = es.classification_splits(eval_cfg, int(ray.cluster_resources().get("CPU", 1)))
-        if len(groups) == 1 and not sharded:       # one task (eval.mode=sampled): the labelled set (116 MB
-            jobs["node_classification"] = remote(es.classify_stage, "evaluate", **opts).remote(   # at 28 k x 512)
-                emb_ref, graph.labels_ref, eval_cfg)                                 # never enters the store
-        else:
+        one_task = len(groups) == 1 and not sharded       # eval.mode=sampled: in figures_stage's task, below
+        if not one_task:
             prepared = (_sharded_labelled_set(graph, emb_ref, eval_cfg, opts) if sharded else
                         remote(es.labelled_set_stage, "evaluate", **opts).remote(emb_ref, graph.labels_ref, eval_cfg))
             nc_refs = [remote(es.classify_split_stage, "evaluate", **opts).remote(prepared, eval_cfg, group)
@@ -127,9 +125,10 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
         for op in eval_cfg.lp_operators:           # each at 512-d on BlogCatalog), so spread them out
             lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, eval_cfg, [op]))
-    if eval_cfg.reconstruction and not sharded:
-        jobs["reconstruction"] = remote(es.reconstruct_stage, "evaluate", **opts).remote(emb_ref, graph.csr_ref,
-                                                                                         eval_cfg)
+    if not sharded and (eval_cfg.reconstruction or one_task):      # one worker pays a task's fixed cost once
+        jobs["figures"] = remote(es.figures_stage, "evaluate", **opts).remote(
+            emb_ref, graph.labels_ref if one_task else None, graph.csr_ref if eval_cfg.reconstruction else None,
+            eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
     if ref is not None:
         bounds = bounds or [(0, graph.num_nodes)]
@@ -140,6 +139,7 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     if eval_cfg.reconstruction and sharded:
         results["reconstruction"] = _sharded_reconstruction(graph, emb_ref, eval_cfg, max_retries)
     results.update(zip(jobs, ray.get(list(jobs.values()))))
+    results.update(results.pop("figures", {}))
     if nc_refs:
         results["node_classification"] = es.merge_classify_results(ray.get(nc_refs), eval_cfg,
                                                                    ray.get(prepared)[1])

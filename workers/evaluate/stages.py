@@ -259,6 +259,22 @@ def merge_link_results(parts: list[dict]) -> dict:
     return out
 
 
+def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig) -> dict:
+    """Node classification (``labels`` not None: ``classify_stage``) and reconstruction (``csr``
+    not None: ``reconstruct_stage``) of one table in one task: {"node_classification", "reconstruction"}.
+
+    Why one task: in the pipeline the two cost less than a task's fixed price (a worker's imports,
+    its numba kernels loaded, its turn on a loaded machine): the evaluate stage took 2-6 s of wall
+    on deezer_europe and BlogCatalog whatever its components cost (docs/evaluation.md), so one
+    warm worker pays that price once and the labelled set never enters the object store."""
+    out = {}
+    if labels is not None:
+        out["node_classification"] = classify_stage(X, labels, eval_cfg)
+    if csr is not None:
+        out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg)
+    return out
+
+
 def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
     from embedlake.workers.evaluate.geometry import reconstruction_map
