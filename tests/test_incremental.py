@@ -171,6 +171,14 @@ def test_incremental_run_through_the_flow(tmp_path):
     assert frozen.sum() > 0 and kind["affected_nodes"] == int((~frozen).sum())
     for v in new_ids[frozen].tolist():
         assert after[v].tobytes() == before[v].tobytes(), v
+    from embedlake.tasks.incremental import context_file
+    from embedlake.workers.train.incremental import read_table
+    # the update pairs run 1's W_in rows (its table, read back in file order) with run 1's W_out rows
+    # (the context .npy, in its graph's dense order): both must be in the same row order
+    ids1, table1 = read_table(Lake(str(lake)), Lake(str(lake)).manifest("karate", "deepwalk", s1["run_id"]).files["embeddings"])
+    assert ids1.tolist() == old_ids.tolist()
+    w_out1 = Lake(str(lake)).read_npy(context_file(Lake(str(lake)).manifest("karate", "deepwalk", s1["run_id"])))
+    assert w_out1.shape == table1.shape and np.abs(w_out1).max() > 0
     moved = [v for v in new_ids[~frozen].tolist() if v in before and after[v].tobytes() != before[v].tobytes()]
     assert moved, "the affected rows were trained"
     # ls says incremental with the counts
@@ -233,7 +241,7 @@ def test_edge_walks_cross_their_edge():
     assert join_reversed(np.array([[1, 2, 3, -1]]), np.array([[9, 8, -1]])).tolist() == [[3, 2, 1, 9, 8, -1, -1]]
     g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path
     edges = np.array([[4, 5], [0, 1]])
-    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), window=2, mode="deepwalk")
+    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), side=2, mode="deepwalk")
     assert w.shape == (6, 6)
     for row, (u, v) in zip(w, np.tile(edges, (3, 1))):
         valid = row[row >= 0].tolist()
@@ -262,3 +270,14 @@ def test_fastrp_incremental_through_the_flow(tmp_path):
     rows_a = dict(zip(a[0].tolist(), a[1]))
     assert set(rows_a) == set(b[0].tolist())
     assert all(rows_a[k].tobytes() == v.tobytes() for k, v in zip(b[0].tolist(), b[1]))
+
+
+def test_edge_walks_per_edge_follow_a_retrains_crossings():
+    """Default edge walks: a fifth of walks_per_node x (length - 1) x nodes / edges, at least 1; a
+    set count wins. Edge walks reach half the window out."""
+    from embedlake.workers.train.incremental import edge_walk_side, edge_walks_per_edge
+    g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path: 10 nodes, 9 edges
+    assert edge_walks_per_edge(g, 10, 80, None) == round(0.2 * 10 * 79 * 10 / 9) == 176
+    assert edge_walks_per_edge(g, 1, 2, None) == 1 and edge_walks_per_edge(g, 10, 80, 3) == 3
+    assert edge_walks_per_edge(build_csr(np.arange(9), np.arange(1, 10), 10, directed=True), 10, 80, None) == 176
+    assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1

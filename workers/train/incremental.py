@@ -9,8 +9,9 @@ The previous committed run left its embeddings (W_in, the published table) and i
    mean of its neighbours' previous vectors (a seeded small random vector when none has one) and
    its W_out from zero (word2vec's own start);
 3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
-   (or reweighted) edge, `window` steps out from either end (the pairs the edge brings into the
-   window, nothing else); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
+   (or reweighted) edge, window // 2 steps out from either end (the pairs the edge brings into the
+   window, most of them at the short distances the dynamic window favours); by default a fifth of
+   the times a retrain's walks cross one edge (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
    whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
    change, not the graph;
 4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
@@ -40,9 +41,17 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
 
 
 # An update starts from trained rows: at train.lr the walks around the new edges (a biased sample of
-# contexts) pull those rows away from what a retrain gives. PPI, 5 % new edges, Micro-F1@50 %
-# (full retrain 0.228, v1 0.218): lr 0.025 -> 0.212, 0.01 -> 0.218, 0.005 -> 0.220, 0.0025 -> 0.220.
-UPDATE_LR_SCALE = 0.2
+# contexts) pull those rows away from what a retrain gives (PPI, 5 % new edges, 8 edge walks of
+# 2 x 10 steps at 1.0 x lr: Micro-F1@10 % 0.158 against a retrain's 0.170); too low a rate leaves the
+# new edges unlearnt. With the default edge walks (16 of 2 x 5 steps on PPI, 5 on BlogCatalog), 5 %
+# new edges, against the mean of three retrain seeds (PPI AUC 0.884, BlogCatalog 0.843; Hadamard
+# logistic regression): 0.2 -> PPI 0.879, BlogCatalog 0.825; 0.3 -> 0.906, 0.837, Micro-F1 within
+# 0.006 of the retrains' at 10/50/90 % on both (docs/incremental.md, "How the defaults were chosen").
+UPDATE_LR_SCALE = 0.3
+# Edge walks per added edge, as a share of the times a retrain's walks cross one edge (PPI 81,
+# BlogCatalog 24): 0.2 gives 16 and 5, the counts measured above; tokens = 0.2 x 12 x the change share
+# of a retrain's (2.4 % at 1 % new edges, 12 % at 5 %).
+EDGE_WALK_SHARE = 0.2
 
 
 @nb.njit(inline="always")
@@ -202,23 +211,44 @@ def crossing_edges(diff: GraphDiff) -> np.ndarray:
     return e[(old[e[:, 0]] >= 0) & (old[e[:, 1]] >= 0)] if len(e) else e
 
 
-def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, window: int, mode: str,
+def edge_walks_per_edge(csr: CSRGraph, walks_per_node: int, length: int, setting: int | None) -> int:
+    """Walks to centre on each added edge: `setting` when given, else EDGE_WALK_SHARE of the times a
+    retrain's walks cross one edge (walks_per_node x (length - 1) steps from each node, spread over
+    the graph's edges), at least 1. A retrain trains an edge's pairs that many times; the update's
+    walks start from trained rows and need a share of it."""
+    if setting is not None:
+        return int(setting)
+    edges = csr.indices.size if csr.directed else csr.indices.size // 2
+    crossings = walks_per_node * max(length - 1, 0) * csr.num_nodes / max(edges, 1)
+    return max(1, int(round(EDGE_WALK_SHARE * crossings)))
+
+
+def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, side: int, mode: str,
                threads: int = 0) -> np.ndarray:
-    """`per_edge` walks centred on each edge (u, v): a walk of `window` steps from u, reversed, then
-    one of `window` steps from v, so every pair the new edge brings within the window is trained
+    """`per_edge` walks centred on each edge (u, v): a walk of `side` steps from u, reversed, then
+    one of `side` steps from v, so the pairs the new edge brings within 2 x side are trained
     (walk numbers walks_per_node + j from u and from v: other draws than the node's own walks).
-    Returns int32 [per_edge * k, 2 * window + 2], left-justified, -1 padded."""
+    Returns int32 [per_edge * k, 2 * side + 2], left-justified, -1 padded."""
     from embedlake.workers.graph.walks import random_walks
     indptr, indices, weights, directed = csr
     rows = []
     for j in range(per_edge):
         k = walk_cfg.walks_per_node + j
-        left = random_walks(indptr, indices, weights, edges[:, 0], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
+        left = random_walks(indptr, indices, weights, edges[:, 0], 1, side + 1, walk_cfg.seed, p=walk_cfg.p,
                             q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
-        right = random_walks(indptr, indices, weights, edges[:, 1], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
+        right = random_walks(indptr, indices, weights, edges[:, 1], 1, side + 1, walk_cfg.seed, p=walk_cfg.p,
                              q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
         rows.append(join_reversed(left, right))
-    return np.concatenate(rows) if rows else np.zeros((0, 2 * window + 2), dtype=np.int32)
+    return np.concatenate(rows) if rows else np.zeros((0, 2 * side + 2), dtype=np.int32)
+
+
+def edge_walk_side(window: int) -> int:
+    """Steps an edge walk takes out from each end: half the window. The dynamic window trains a
+    pair d apart with probability (window - d + 1) / window, so most of the pairs a new edge brings
+    lie within window // 2 of it. PPI, 5 % new edges, 0.3 x lr: 16 walks of 2 x 5 steps (377k
+    tokens) gave an added-edge AUC of 0.908 and Micro-F1@50 % of 0.223, 8 walks of 2 x 10 steps
+    (345k tokens) 0.852 and 0.219 (retrain: 0.884 and 0.228, means of three seeds)."""
+    return max(1, int(window) // 2)
 
 
 def join_reversed(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -349,12 +379,13 @@ def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: st
     t1 = time.perf_counter()
     node_walks = planned_walks(csr, plan.walks, walk_cfg, mode, threads)
     crossing = crossing_edges(diff)
-    centred = edge_walks(csr, crossing, train.incremental_edge_walks, walk_cfg, train.window, mode, threads)
+    per_edge = edge_walks_per_edge(graph, walk_cfg.walks_per_node, walk_cfg.length, train.incremental_edge_walks)
+    centred = edge_walks(csr, crossing, per_edge, walk_cfg, edge_walk_side(train.window), mode, threads)
     tokens, offsets = joined_sentences([node_walks, centred])
     t2 = time.perf_counter()
     update_train = train.model_copy(update={"lr": train.lr * UPDATE_LR_SCALE})
     stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), update_train,
                          threads)
     info = {**plan.info, **stats, "walks": len(node_walks) + len(centred), "node_walks": len(node_walks),
-            "edge_walks": len(centred), "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
+            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
     return plan.W_in, plan.W_out, info
