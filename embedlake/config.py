@@ -138,6 +138,12 @@ class TrainConfig(Section):
                                                "BlogCatalog 5), which matched a retrain's Micro-F1 and link-prediction "
                                                "AUC on both at 12 % of its tokens for 5 % new edges "
                                                "(docs/incremental.md).")
+    incremental_lr_scale: float = Field(0.3, gt=0, le=1, description="An incremental run's learning rate as a share "
+                                        "of train.lr: its rows are trained already, and at the full rate the walks "
+                                        "around the new edges (a biased sample of contexts) pull them away from what "
+                                        "a retrain gives, while far below it the new edges stay unlearnt (0.2: PPI "
+                                        "added-edge AUC 0.879, BlogCatalog 0.825; 0.3: 0.906, 0.837; retrains 0.884, "
+                                        "0.843: docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "

@@ -40,16 +40,9 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
-# An update starts from trained rows: at train.lr the walks around the new edges (a biased sample of
-# contexts) pull those rows away from what a retrain gives (PPI, 5 % new edges, 8 edge walks of
-# 2 x 10 steps at 1.0 x lr: Micro-F1@10 % 0.158 against a retrain's 0.170); too low a rate leaves the
-# new edges unlearnt. With the default edge walks (16 of 2 x 5 steps on PPI, 5 on BlogCatalog), 5 %
-# new edges, against the mean of three retrain seeds (PPI AUC 0.884, BlogCatalog 0.843; Hadamard
-# logistic regression): 0.2 -> PPI 0.879, BlogCatalog 0.825; 0.3 -> 0.906, 0.837, Micro-F1 within
-# 0.006 of the retrains' at 10/50/90 % on both (docs/incremental.md, "How the defaults were chosen").
-UPDATE_LR_SCALE = 0.3
 # Edge walks per added edge, as a share of the times a retrain's walks cross one edge (PPI 81,
-# BlogCatalog 24): 0.2 gives 16 and 5, the counts measured above; tokens = 0.2 x 12 x the change share
+# BlogCatalog 24): 0.2 gives 16 and 5, the counts measured best there (docs/incremental.md, "How the
+# defaults were chosen"); tokens = 0.2 x 12 x the change share
 # of a retrain's (2.4 % at 1 % new edges, 12 % at 5 %).
 EDGE_WALK_SHARE = 0.2
 
@@ -369,11 +362,17 @@ def old_index_of(diff: GraphDiff) -> np.ndarray:
 def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff, csr: tuple,
                       walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One Ray task: previous tables -> plan -> walks -> frozen training. Returns (W_in, W_out, info)."""
-    t0 = time.perf_counter()
+    """One Ray task: the previous tables from the lake, then `update_tables`. Returns (W_in, W_out, info)."""
     lake = Lake(lake)
     _, prev_in = read_table(lake, prev_table)
-    prev_out = lake.read_npy(prev_context)
+    return update_tables(prev_in, lake.read_npy(prev_context), diff, csr, walk_cfg, train, mode, radius, threads)
+
+
+def update_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr: tuple, walk_cfg: WalkConfig,
+                  train: TrainConfig, mode: str, radius: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The update from the previous tables in hand: plan -> walks -> frozen training (no lake I/O, so
+    bench/bench_incremental.py's sweep runs exactly what a run does). Returns (W_in, W_out, info)."""
+    t0 = time.perf_counter()
     graph = CSRGraph(csr[0], csr[1], csr[2], bool(csr[3]))
     plan = update_plan(prev_in, prev_out, diff, graph, radius, walk_cfg.walks_per_node, train.seed)
     t1 = time.perf_counter()
@@ -383,9 +382,10 @@ def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: st
     centred = edge_walks(csr, crossing, per_edge, walk_cfg, edge_walk_side(train.window), mode, threads)
     tokens, offsets = joined_sentences([node_walks, centred])
     t2 = time.perf_counter()
-    update_train = train.model_copy(update={"lr": train.lr * UPDATE_LR_SCALE})
+    update_train = train.model_copy(update={"lr": train.lr * train.incremental_lr_scale})
     stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), update_train,
                          threads)
     info = {**plan.info, **stats, "walks": len(node_walks) + len(centred), "node_walks": len(node_walks),
-            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
+            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "plan_s": round(t1 - t0, 4),
+            "walk_s": round(t2 - t1, 4)}
     return plan.W_in, plan.W_out, info
