@@ -10,6 +10,9 @@ ROC-AUC of the added edges against as many sampled non-edges of v2 (`link_auc`: 
 pipeline's Hadamard logistic-regression scorer, and dot and cosine); a classifier trained
 on v1's vectors (50 % split) scored on v2's: the drop against scoring v1's own vectors, for the
 incremental table and the full retrain without and with an orthogonal Procrustes alignment to v1.
+Sweep (--sweep '[{"incremental_lr_scale": 0.2}, {}]'): the same v1 / v2, no flow: full tables
+trained in this process, then the update (workers/train/incremental.update_tables) once per
+settings dict; Micro-F1, added-edge AUC, tokens and CPU seconds of each against the retrains'.
 Chain (--chain 10): v0 = 90 % of the edges (full run), then ten versions each adding 1 % of the
 edges back, each run incremental; Micro-F1 at 50 % of the tenth against a full retrain of it.
 
@@ -225,6 +228,52 @@ def chain_figures(ds: Path, name: str, steps: int, work: Path, extra: list[str],
             "micro_f1_last": {"incremental": micro_f1(Xi, labels, repeats), "full": micro_f1(Xf, labels, repeats)}}
 
 
+def in_process_table(g, walk, train, seed: int, threads: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(W_in, W_out, CPU seconds) of a full run's walk + train stages, in this process: all walks
+    of every node interleaved by walk number, as the flow's one-table engine trains them."""
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.skipgram import train_sgns
+    from embedlake.workers.train.stages import sgns_settings
+    t0 = time.process_time()
+    walks = random_walks(g.indptr, g.indices, None, np.arange(g.num_nodes), walk.walks_per_node, walk.length, walk.seed,
+                         threads=threads)
+    tokens, offsets = walks_to_sentences(walks)
+    W_in, W_out, _ = train_sgns(tokens, offsets, g.num_nodes, threads=threads,
+                                **{**sgns_settings(train), "seed": seed})
+    return W_in, W_out, round(time.process_time() - t0, 2)
+
+
+def sweep_figures(ds: Path, name: str, keep: float, variants: list[dict], seeds: int, repeats: int,
+                  threads: int) -> dict:
+    """Update settings compared without the flow: v1 / v2 as in `pair_figures`, the full tables
+    trained here (v2 with train.seed 0 .. seeds-1), then workers/train/incremental.update_tables,
+    the very update a run does, once per variant (a dict of train.* fields) from v1's tables."""
+    from embedlake.config import TrainConfig, WalkConfig
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.diff import graph_diff
+    from embedlake.workers.train.incremental import update_tables
+    _, edges = read_edges(ds)
+    n = int(json.loads((ds / "stats.json").read_text())["num_nodes"])
+    mask = np.random.default_rng(int(keep * 1000)).random(len(edges)) < keep
+    g1, g2 = build_csr(edges[mask, 0], edges[mask, 1], n), build_csr(edges[:, 0], edges[:, 1], n)
+    walk, labels, added = WalkConfig(), labels_of(ds), edges[~mask]
+    W1, O1, _ = in_process_table(g1, walk, TrainConfig(), 0, threads)
+    full = [in_process_table(g2, walk, TrainConfig(), s, threads) for s in range(max(1, seeds))]
+    spread = retrain_spread([f[0] for f in full], labels, repeats, added, edges, n)
+    out = {"dataset": name, "keep": keep, "retrain": {**spread, "cpu_s": [f[2] for f in full]}, "variants": []}
+    diff = graph_diff(np.arange(n), g1, np.arange(n), g2)
+    for v in variants:
+        train = TrainConfig(**v)
+        t0 = time.process_time()
+        X, _, info = update_tables(W1, O1, diff, (g2.indptr, g2.indices, None, False), walk, train, "deepwalk",
+                                   train.incremental_radius, threads)
+        out["variants"].append({"settings": v, "cpu_s": round(time.process_time() - t0, 2), "tokens": info["tokens"],
+                                "edge_walks_per_edge": info["edge_walks_per_edge"],
+                                "micro_f1": micro_f1(X, labels, repeats), "auc": link_auc(X, added, edges, n)})
+        print(json.dumps(out["variants"][-1]), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="blogcatalog,ppi")
@@ -236,8 +285,17 @@ def main() -> int:
     ap.add_argument("--retrain-seeds", type=int, default=1, help="full retrains of v2 (train.seed 0..N-1): "
                     "their spread and means, what the incremental figures are judged against")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides (section.key=value)")
+    ap.add_argument("--sweep", default=None, help="JSON list of train.* settings dicts: compare update settings "
+                    "in this process (no flow, no Ray) against --retrain-seeds in-process retrains")
+    ap.add_argument("--threads", type=int, default=2, help="numba threads of --sweep")
     ap.add_argument("--out", default="bench_incremental.json")
     args = ap.parse_args()
+    if args.sweep is not None:
+        sweeps = [sweep_figures(SHARED / "datasets" / name, name, float(keep), json.loads(args.sweep),
+                                args.retrain_seeds, args.repeats, args.threads)
+                  for name in args.datasets.split(",") if name for keep in args.keep.split(",") if keep]
+        Path(args.out).write_text(json.dumps({"sweeps": sweeps}, indent=1))
+        return 0
     extra = list(args.set) + ([f"train.incremental_radius={args.radius}"] if args.radius is not None else [])
     out: dict = {"settings": extra, "pairs": [], "chains": []}
     os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / "embedlake-bench-prefect"))
