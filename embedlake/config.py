@@ -133,17 +133,17 @@ class TrainConfig(Section):
                                     "1 measured best on BlogCatalog: docs/incremental.md).")
     incremental_edge_walks: int | None = Field(None, ge=0, le=256, description="Walks an incremental run centres "
                                                "on each added edge (window // 2 steps each side: the pairs the edge "
-                                               "brings). None (default): a fifth of the times a retrain's walks cross "
-                                               "one edge (walks_per_node x (length - 1) x nodes / edges; PPI 16, "
-                                               "BlogCatalog 5), which matched a retrain's Micro-F1 and link-prediction "
-                                               "AUC on both at 12 % of its tokens for 5 % new edges "
+                                               "brings). None (default): a third of the times a retrain's walks cross "
+                                               "one edge (walks_per_node x (length - 1) x nodes / edges), at most 8 "
+                                               "(PPI and BlogCatalog: 8), which with incremental_lr_scale 0.4 met a "
+                                               "retrain's Micro-F1 and added-edge AUC on both at 5 % new edges "
                                                "(docs/incremental.md).")
-    incremental_lr_scale: float = Field(0.3, gt=0, le=1, description="An incremental run's learning rate as a share "
+    incremental_lr_scale: float = Field(0.4, gt=0, le=1, description="An incremental run's learning rate as a share "
                                         "of train.lr: its rows are trained already, and at the full rate the walks "
                                         "around the new edges (a biased sample of contexts) pull them away from what "
-                                        "a retrain gives, while far below it the new edges stay unlearnt (0.2: PPI "
-                                        "added-edge AUC 0.879, BlogCatalog 0.825; 0.3: 0.906, 0.837; retrains 0.884, "
-                                        "0.843: docs/incremental.md).")
+                                        "a retrain gives, while far below it the new edges stay unlearnt (8 edge "
+                                        "walks, 5 % new edges, added-edge AUC: 0.4 -> PPI 0.876, BlogCatalog 0.846; "
+                                        "0.5 -> 0.892 at a lower Micro-F1; retrains 0.883, 0.844: docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "

@@ -10,8 +10,8 @@ The previous committed run left its embeddings (W_in, the published table) and i
    its W_out from zero (word2vec's own start);
 3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
    (or reweighted) edge, window // 2 steps out from either end (the pairs the edge brings into the
-   window, most of them at the short distances the dynamic window favours); by default a fifth of
-   the times a retrain's walks cross one edge (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
+   window, most of them at the short distances the dynamic window favours); by default a third of
+   the times a retrain's walks cross one edge, at most 8 (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
    whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
    change, not the graph;
 4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
@@ -40,11 +40,12 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
-# Edge walks per added edge, as a share of the times a retrain's walks cross one edge (PPI 81,
-# BlogCatalog 24): 0.2 gives 16 and 5, the counts measured best there (docs/incremental.md, "How the
-# defaults were chosen"); tokens = 0.2 x 12 x the change share
-# of a retrain's (2.4 % at 1 % new edges, 12 % at 5 %).
-EDGE_WALK_SHARE = 0.2
+# Edge walks per added edge: a third of the times a retrain's walks cross one edge (PPI 81,
+# BlogCatalog 24), at most 8. The third keeps an update's tokens within 4 x the change share of a
+# retrain's (2 x side + 2 = 12 tokens a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on
+# both graphs, where more overshoot it on PPI (docs/incremental.md, "How the defaults were chosen").
+EDGE_WALK_SHARE = 1 / 3
+EDGE_WALKS_MAX = 8
 
 
 @nb.njit(inline="always")
@@ -207,13 +208,13 @@ def crossing_edges(diff: GraphDiff) -> np.ndarray:
 def edge_walks_per_edge(csr: CSRGraph, walks_per_node: int, length: int, setting: int | None) -> int:
     """Walks to centre on each added edge: `setting` when given, else EDGE_WALK_SHARE of the times a
     retrain's walks cross one edge (walks_per_node x (length - 1) steps from each node, spread over
-    the graph's edges), at least 1. A retrain trains an edge's pairs that many times; the update's
-    walks start from trained rows and need a share of it."""
+    the graph's edges), between 1 and EDGE_WALKS_MAX. A retrain trains an edge's pairs that many
+    times; the update's walks start from trained rows and need a share of it."""
     if setting is not None:
         return int(setting)
     edges = csr.indices.size if csr.directed else csr.indices.size // 2
     crossings = walks_per_node * max(length - 1, 0) * csr.num_nodes / max(edges, 1)
-    return max(1, int(round(EDGE_WALK_SHARE * crossings)))
+    return min(EDGE_WALKS_MAX, max(1, int(round(EDGE_WALK_SHARE * crossings))))
 
 
 def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, side: int, mode: str,
