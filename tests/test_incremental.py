@@ -279,7 +279,7 @@ def test_edge_walks_per_edge_follow_a_retrains_crossings():
     g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path: 10 nodes, 9 edges
     assert edge_walks_per_edge(g, 10, 80, None) == 8                       # a third of 878, capped
     assert edge_walks_per_edge(g, 1, 4, None) == round(3 * 10 / 9 / 3) == 1
-    assert edge_walks_per_edge(g, 2, 10, None) == round(2 * 9 * 10 / 9 / 3) == 6
+    assert edge_walks_per_edge(g, 2, 10, None) == round(2 * 9 * 10 / 9 / 3) == 7
     assert edge_walks_per_edge(g, 1, 2, None) == 1 and edge_walks_per_edge(g, 10, 80, 3) == 3
-    assert edge_walks_per_edge(build_csr(np.arange(9), np.arange(1, 10), 10, directed=True), 2, 10, None) == 6
+    assert edge_walks_per_edge(build_csr(np.arange(9), np.arange(1, 10), 10, directed=True), 2, 10, None) == 7
     assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1
