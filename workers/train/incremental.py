@@ -225,15 +225,13 @@ def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfi
     Returns int32 [per_edge * k, 2 * side + 2], left-justified, -1 padded."""
     from embedlake.workers.graph.walks import random_walks
     indptr, indices, weights, directed = csr
-    rows = []
-    for j in range(per_edge):
-        k = walk_cfg.walks_per_node + j
-        left = random_walks(indptr, indices, weights, edges[:, 0], 1, side + 1, walk_cfg.seed, p=walk_cfg.p,
-                            q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
-        right = random_walks(indptr, indices, weights, edges[:, 1], 1, side + 1, walk_cfg.seed, p=walk_cfg.p,
-                             q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
-        rows.append(join_reversed(left, right))
-    return np.concatenate(rows) if rows else np.zeros((0, 2 * side + 2), dtype=np.int32)
+    if per_edge <= 0 or len(edges) == 0:
+        return np.zeros((0, 2 * side + 2), dtype=np.int32)
+    # one call per side: row j * k + i is walk walks_per_node + j from edges[i] (random_walks' order)
+    left, right = (random_walks(indptr, indices, weights, edges[:, end], per_edge, side + 1, walk_cfg.seed,
+                                p=walk_cfg.p, q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed,
+                                walk_offset=walk_cfg.walks_per_node) for end in (0, 1))
+    return join_reversed(left, right)
 
 
 def edge_walk_side(window: int) -> int:
