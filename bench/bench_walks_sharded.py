@@ -79,28 +79,26 @@ def handles(ray, g, shards: int):
     return one, GraphHandle(meta, None, ray.put(ids), None, refs)
 
 
-def timed(fn, ray):
-    t = time.perf_counter()
-    res = fn()
-    ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
-    return time.perf_counter() - t, res
-
-
-def early_owners_walk(ray, sharded, cfg, mode: str) -> float:
+def early_owners_walk(ray, sharded, cfg, mode: str, info: dict) -> tuple[float, float, float]:
     """The walk stage as a flow runs it with graph.shards = S (tasks/graph.py ShardOwners): owners
     started before the graph exists (the flow starts them when ingest starts; here they are waited
     for, untimed, as a long enough ingest hides them), then the timed stage: hand each its shard
     (fetch CSR rows, build walkers), the rounds, collect. Fresh owners every call, so every timed
-    stage pays the shard hand-over."""
+    stage pays the shard hand-over. Returns `measured`'s (wall, CPU s, load); the stage's info
+    goes into `info`."""
     from embedlake.tasks.graph import ShardOwners, walk_sharded
     owners = ShardOwners.start(sharded.num_shards, mode)
     try:
         owners.wait_started()
         graph = owners.attach(dataclasses.replace(sharded, owners=None))
-        t, _ = timed(lambda: walk_sharded.fn(graph, cfg, mode), ray)
+
+        def run():
+            res = walk_sharded.fn(graph, cfg, mode)
+            ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
+            info.update(res.info)
+        return measured(run)
     finally:
         owners.close()
-    return t
 
 
 def in_process(g, shards: int, cfg, mode: str) -> dict:
@@ -122,17 +120,101 @@ def in_process(g, shards: int, cfg, mode: str) -> dict:
             "ratio": round(rep / sh, 3)}
 
 
+def cluster_cpu_seconds() -> dict[int, float]:
+    """user + system CPU seconds of this process and every process it started (the simulated
+    cluster's GCS, raylets, object stores and Ray workers are all its descendants), by pid."""
+    import psutil
+    me = psutil.Process()
+    seen = {}
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            seen[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return seen
+
+
+def measured(fn) -> tuple[float, float, float]:
+    """(wall s, CPU s of the whole cluster, 1-min load average after) of fn(). The CPU seconds are
+    summed over the processes alive at the end (a process that starts and exits inside fn is
+    missed: none does in a timed stage, owners are stopped after it)."""
+    c0 = cluster_cpu_seconds()
+    t = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t
+    c1 = cluster_cpu_seconds()
+    return wall, sum(v - c0.get(pid, 0.0) for pid, v in c1.items()), os.getloadavg()[0]
+
+
+def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
+    """The figures of one walk mode: per repeat and per S, the replicated stage then the sharded
+    stages asked for (--ways), alternated so that load changes hit both sides alike."""
+    from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
+    ways = a.ways.split(",")
+    warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
+    ray.get(walk.fn(one, warm, mode, bounds).ref)
+    for h in sharded.values():
+        ray.get(walk_sharded.fn(h, warm, mode).ref)
+    rows = {S: {"replicated": [], **{w: [] for w in ways}} for S in sharded}
+    info = {}
+
+    def stage(fn):
+        def run():
+            res = fn()
+            ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
+            info.update(res.info)
+        return run
+
+    for _ in range(a.repeats):     # interleaved, so load changes hit both
+        for S, h in sharded.items():
+            rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds))))
+            if "auto" in ways:
+                rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode))))
+            if "early" in ways:
+                rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info))
+    if "kept" in ways:     # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
+        for S, h in sharded.items():
+            owners = start_shard_owners(h, warm, mode)
+            ray.get(walk_sharded.fn(h, warm, mode, owners=owners).ref)
+            for _ in range(a.repeats):
+                rows[S]["kept"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode, owners=owners))))
+            for o in owners:
+                ray.kill(o)
+    return {f"S={S}": summary(r, ways, info) for S, r in rows.items()}
+
+
+def summary(rows: dict, ways: list[str], info: dict) -> dict:
+    """Ratios replicated / sharded of the median wall and median CPU seconds, and every measurement."""
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in rows.items()}
+    out = {"replicated_wall_s": [round(x[0], 3) for x in rows["replicated"]],
+           "replicated_cpu_s": [round(x[1], 3) for x in rows["replicated"]]}
+    name = {"auto": "", "early": "_early_owners", "kept": "_kept_owners"}
+    for w in ways:
+        out[f"ratio{name[w]}"] = round(med["replicated"][0] / med[w][0], 3)
+        out[f"ratio{name[w]}_cpu"] = round(med["replicated"][1] / med[w][1], 3)
+        out[f"sharded{name[w]}_wall_s"] = [round(x[0], 3) for x in rows[w]]
+        out[f"sharded{name[w]}_cpu_s"] = [round(x[1], 3) for x in rows[w]]
+    out["loadavg_1min"] = [round(x[2], 1) for v in rows.values() for x in v]
+    out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries",
+                                     "advance_critical_s") if k in info})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=int, default=17)
     ap.add_argument("--edges", type=float, default=1_000_000)
-    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--shards", default="4", help="numbers of shards, e.g. 4,8 (each against the replicated walk)")
     ap.add_argument("--walks", type=int, default=10)
     ap.add_argument("--length", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weighted", action="store_true")
     ap.add_argument("--in-process", action="store_true")
     ap.add_argument("--modes", default="deepwalk,node2vec", help="which of deepwalk,node2vec to time")
+    ap.add_argument("--ways", default="auto,early,kept",
+                    help="sharded stages to time: auto (owners started in the stage), early (owners started "
+                         "before it, as a flow with graph.shards = S does), kept (owners kept from the warm-up)")
     ap.add_argument("--nodes", type=int, default=4, help="simulated cluster nodes (0: a plain local Ray)")
     ap.add_argument("--node-cpus", type=int, default=1)
     ap.add_argument("--store-mb", type=int, default=1200)
@@ -141,51 +223,26 @@ def main():
     a = ap.parse_args()
     a.edges = int(a.edges)
     from embedlake.config import WalkConfig
-    from embedlake.tasks.graph import start_shard_owners, walk, walk_sharded
     from embedlake.tasks.runtime import ensure_ray
     from embedlake.workers.graph.stages import partition_bounds
     g = rmat_graph(a.scale, a.edges, a.weighted, a.graph_cache)
     cluster = start_cluster(a.nodes, a.node_cpus, a.store_mb, a.head_store_mb) if a.nodes else None
     ray = ensure_ray(cluster.address if cluster else None)
-    one, sharded = handles(ray, g, a.shards)
+    shard_counts = [int(s) for s in a.shards.split(",")]
+    one = handles(ray, g, 1)[0]
+    sharded = {S: handles(ray, g, S)[1] for S in shard_counts}
     cpus = int(ray.cluster_resources().get("CPU", 1))
     bounds = partition_bounds(g.num_nodes, cpus)
-    res = {"nodes": g.num_nodes, "arcs": g.num_arcs, "shards": a.shards, "cluster_cpus": cpus,
+    res = {"nodes": g.num_nodes, "arcs": g.num_arcs, "shards": shard_counts, "cluster_cpus": cpus,
            "machine_cpus": os.cpu_count(), "walks_per_node": a.walks, "length": a.length, "weighted": a.weighted}
     for mode, p, q in (("deepwalk", 1.0, 1.0), ("node2vec", 0.25, 4.0)):
         if mode not in a.modes.split(","):
             continue
         cfg = WalkConfig(walks_per_node=a.walks, length=a.length, seed=0, p=p, q=q)
-        warm = cfg.model_copy(update={"walks_per_node": 1, "length": 3})
-        ray.get(walk.fn(one, warm, mode, bounds).ref)
-        ray.get(walk_sharded.fn(sharded, warm, mode).ref)
-        rep_t, sh_t, early_t, kept_t, info = [], [], [], [], {}
-        for _ in range(a.repeats):     # interleaved, so load changes hit both
-            rep_t.append(timed(lambda: walk.fn(one, cfg, mode, bounds), ray)[0])
-            t, r = timed(lambda: walk_sharded.fn(sharded, cfg, mode), ray)
-            sh_t.append(t)
-            info = r.info
-            early_t.append(early_owners_walk(ray, sharded, cfg, mode))
-        # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
-        owners = start_shard_owners(sharded, warm, mode)
-        ray.get(walk_sharded.fn(sharded, warm, mode, owners=owners).ref)
-        for _ in range(a.repeats):
-            kept_t.append(timed(lambda: walk_sharded.fn(sharded, cfg, mode, owners=owners), ray)[0])
-        for o in owners:
-            ray.kill(o)
-        steps = info["walk_steps"]
-        rep, sh = statistics.median(rep_t), statistics.median(sh_t)
-        res[mode] = {"steps": steps, "replicated_steps_per_s": round(steps / rep), "sharded_steps_per_s": round(steps / sh),
-                     "ratio": round(rep / sh, 3), "replicated_s": [round(x, 3) for x in rep_t],
-                     "sharded_s": [round(x, 3) for x in sh_t],
-                     "ratio_early_owners": round(rep / statistics.median(early_t), 3),
-                     "sharded_early_owners_s": [round(x, 3) for x in early_t],
-                     "ratio_kept_owners": round(rep / statistics.median(kept_t), 3),
-                     "sharded_kept_owners_s": [round(x, 3) for x in kept_t],
-                     **{k: info[k] for k in ("walk_rounds", "walker_moves", "adjacency_queries",
-                                             "owner_start_seconds", "walk_seconds", "advance_critical_s")}}
+        res[mode] = time_mode(ray, a, g, one, sharded, bounds, mode, cfg)
         if a.in_process:
-            res[mode]["in_process_one_thread"] = in_process(g, a.shards, cfg, mode)
+            for S in shard_counts:
+                res[mode][f"S={S}"]["in_process_one_thread"] = in_process(g, S, cfg, mode)
         print(json.dumps({mode: res[mode], "loadavg": os.getloadavg()}), file=sys.stderr, flush=True)  # progress
     res["loadavg_1_5_15"] = os.getloadavg()    # the machine is shared: read the figures with it
     print(json.dumps(res))
