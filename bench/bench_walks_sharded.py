@@ -1,25 +1,31 @@
 """Walk steps/s of the sharded walk engine (tasks/graph.walk_sharded: one actor per graph shard,
 bulk-synchronous rounds) against the replicated one (tasks/graph.walk: one task per start-node
 partition, each reading the whole CSR) in the same script, on the same graph and the same cluster.
-Prints one JSON object; "ratio" is sharded / replicated walk throughput (= replicated s / sharded s:
-the same walks).
+Prints one JSON object; per mode and per S, "ratio*" is replicated / sharded of the median wall
+seconds and "ratio*_cpu" of the median CPU seconds (the same walks either way).
 
-    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1e6] [--shards 4] [--modes deepwalk]
-        [--walks 10] [--length 80] [--nodes 4] [--node-cpus 1] [--store-mb 1200]
-    # issue 17's figure: R-MAT 2^21 with 20M edges drawn, 4 nodes of 1 CPU
-    .venv/bin/python bench/bench_walks_sharded.py --scale 21 --edges 2e7 --walks 1 --length 40 --repeats 2 --modes deepwalk
+    .venv/bin/python bench/bench_walks_sharded.py [--scale 17] [--edges 1e6] [--shards 4,8] [--modes deepwalk]
+        [--walks 10] [--length 80] [--ways auto,early,kept] [--nodes 4] [--node-cpus 1] [--store-mb 1200]
+    # issue 17's figure: R-MAT 2^21 with 20M edges drawn, 4 nodes of 1 CPU, S = 4 and 8 in one run
+    .venv/bin/python bench/bench_walks_sharded.py --scale 21 --edges 2e7 --walks 1 --length 20 --repeats 2 \
+        --shards 4,8 --ways early --modes deepwalk,node2vec
 
 Cluster: `ray.cluster_utils.Cluster` as bench/bench_shards.py builds it (a 0-CPU head that holds
 the driver's objects, --nodes nodes of --node-cpus CPUs and --store-mb of object store); --nodes 0
 runs a plain local Ray instead. The graph is built once and kept in --graph-cache (/tmp).
 Both engines after a warm-up (workers started, numba caches loaded); times are whole stage calls.
-The sharded engine is timed three ways: starting its shard owners (new processes that fetch their CSR
-rows and build alias tables) inside the stage ("ratio", the stage with graph.shards=auto); with
-owners started before the stage, as a flow with graph.shards = S starts them while ingest runs, so
-the timed stage hands them their shards and walks (`ratio_early_owners`: tasks/graph.py
-ShardOwners); and with owners kept from the warm-up, that already hold their shards
-(`start_shard_owners`, like the replicated engine's warm task workers): `ratio_kept_owners`.
---in-process also times the rounds without Ray (sharded_random_walks, one thread) against
+Each repeat times, for each S in turn, the replicated stage and then the sharded ones (so the
+sides alternate: replicated, S = 4, replicated, S = 8, ...; load changes hit both alike).
+Every timed stage reports its wall seconds, the CPU seconds of the whole simulated cluster (this
+process and every process it started: raylets with their object stores, GCS, Ray workers; printed
+per process name on stderr with the stage's clock times, to match against Ray's log) and the load
+average after it. The sharded engine is timed up to three ways (--ways): starting its shard owners
+(new processes that fetch their CSR rows and build alias tables) inside the stage ("auto": the stage
+with graph.shards=auto); with owners started before the stage, as a flow with graph.shards = S
+starts them while ingest runs, so the timed stage hands them their shards and walks ("early":
+tasks/graph.py ShardOwners, the in-pipeline figure); and with owners kept from the warm-up, that
+already hold their shards ("kept": `start_shard_owners`, like the replicated engine's warm task
+workers). --in-process also times the rounds without Ray (sharded_random_walks, one thread) against
 random_walks (one thread): the engine's own overhead, without the cluster.
 """
 from __future__ import annotations
@@ -120,19 +126,28 @@ def in_process(g, shards: int, cfg, mode: str) -> dict:
             "ratio": round(rep / sh, 3)}
 
 
-def cluster_cpu_seconds() -> dict[int, float]:
-    """user + system CPU seconds of this process and every process it started (the simulated
-    cluster's GCS, raylets, object stores and Ray workers are all its descendants), by pid."""
+def cluster_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """(process name, user + system CPU seconds) of this process and every process it started (the
+    simulated cluster's GCS, raylets, object stores and Ray workers are all its descendants), by pid."""
     import psutil
     me = psutil.Process()
     seen = {}
     for p in [me] + me.children(recursive=True):
         try:
             t = p.cpu_times()
-            seen[p.pid] = t.user + t.system
+            seen[p.pid] = ("driver" if p.pid == me.pid else p.name(), t.user + t.system)
         except psutil.Error:
             pass
     return seen
+
+
+def cpu_by_name(c0: dict, c1: dict) -> dict[str, float]:
+    """CPU seconds spent between two `cluster_cpu_seconds`, per process name (raylet, gcs_server,
+    ray::ShardWalker, ...)."""
+    spent: dict[str, float] = {}
+    for pid, (name, v) in c1.items():
+        spent[name] = spent.get(name, 0.0) + v - (c0[pid][1] if pid in c0 else 0.0)
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
 
 def measured(fn) -> tuple[float, float, float]:
@@ -140,11 +155,17 @@ def measured(fn) -> tuple[float, float, float]:
     summed over the processes alive at the end (a process that starts and exits inside fn is
     missed: none does in a timed stage, owners are stopped after it)."""
     c0 = cluster_cpu_seconds()
+    start = time.strftime("%H:%M:%S")
     t = time.perf_counter()
     fn()
     wall = time.perf_counter() - t
     c1 = cluster_cpu_seconds()
-    return wall, sum(v - c0.get(pid, 0.0) for pid, v in c1.items()), os.getloadavg()[0]
+    spent, load = cpu_by_name(c0, c1), os.getloadavg()[0]
+    cpu = sum(spent.values())
+    # when each stage ran (to match against worker crashes in Ray's log) and where its CPU went
+    print(f"stage {start}-{time.strftime('%H:%M:%S')}: {wall:.2f} s wall, {cpu:.2f} CPU s, load {load:.1f}, "
+          f"CPU s by process: {spent}", file=sys.stderr, flush=True)
+    return wall, cpu, load
 
 
 def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
@@ -157,31 +178,31 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
     for h in sharded.values():
         ray.get(walk_sharded.fn(h, warm, mode).ref)
     rows = {S: {"replicated": [], **{w: [] for w in ways}} for S in sharded}
-    info = {}
+    info = {S: {} for S in sharded}
 
-    def stage(fn):
+    def stage(fn, into):
         def run():
             res = fn()
             ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
-            info.update(res.info)
+            into.update(res.info)
         return run
 
     for _ in range(a.repeats):     # interleaved, so load changes hit both
         for S, h in sharded.items():
-            rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds))))
+            rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds), {})))
             if "auto" in ways:
-                rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode))))
+                rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode), info[S])))
             if "early" in ways:
-                rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info))
+                rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info[S]))
     if "kept" in ways:     # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
         for S, h in sharded.items():
             owners = start_shard_owners(h, warm, mode)
             ray.get(walk_sharded.fn(h, warm, mode, owners=owners).ref)
             for _ in range(a.repeats):
-                rows[S]["kept"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode, owners=owners))))
+                rows[S]["kept"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode, owners=owners), info[S])))
             for o in owners:
                 ray.kill(o)
-    return {f"S={S}": summary(r, ways, info) for S, r in rows.items()}
+    return {f"S={S}": summary(r, ways, info[S]) for S, r in rows.items()}
 
 
 def summary(rows: dict, ways: list[str], info: dict) -> dict:
@@ -196,7 +217,7 @@ def summary(rows: dict, ways: list[str], info: dict) -> dict:
         out[f"sharded{name[w]}_wall_s"] = [round(x[0], 3) for x in rows[w]]
         out[f"sharded{name[w]}_cpu_s"] = [round(x[1], 3) for x in rows[w]]
     out["loadavg_1min"] = [round(x[2], 1) for v in rows.values() for x in v]
-    out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries",
+    out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries", "walk_seconds", "owner_start_seconds",
                                      "advance_critical_s") if k in info})
     return out
 

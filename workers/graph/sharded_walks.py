@@ -647,12 +647,17 @@ class ShardWalker:
         return allw, resume, park
 
     def advance(self, *mail) -> list:
-        """One round: advance every walker here; returns S walker outboxes, S query outboxes and
-        stats int64 [moved, parked, tokens written (the start nodes count in the first round), finished,
-        microseconds this call took]."""
+        """One round: advance every walker here. node2vec: takes the walkers and the answers from each
+        shard (2S inboxes), returns S walker outboxes, S query outboxes and the stats. DeepWalk asks
+        nothing: takes the S walker inboxes, returns the S walker outboxes and the stats (S fewer
+        objects each way per shard per round: every one costs the driver, the owners and Ray).
+        Stats: int64 [moved, parked, tokens written (the start nodes count in the first round),
+        finished, microseconds this call took]."""
         S, P = self.shards, self.params
-        if len(mail) != 2 * S:
-            raise ValueError(f"advance takes {2 * S} inboxes (walkers and answers from each shard), got {len(mail)}")
+        inboxes = 2 * S if P.second else S
+        if len(mail) != inboxes:
+            raise ValueError(f"advance takes {inboxes} inboxes (walkers{' and answers' if P.second else ''} "
+                             f"from each shard), got {len(mail)}")
         t0 = time.perf_counter()
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
@@ -673,7 +678,7 @@ class ShardWalker:
         moved = _take(walkers, order[:offsets[S]])
         outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
         self.pending, outboxes[self.shard] = outboxes[self.shard], moved[:0]   # room full: go on here
-        queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]])
+        queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
         for h in range(S):
             if hoff[h + 1] > hoff[h]:
@@ -795,13 +800,14 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
     answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
     in_flight: list[list] = []                                 # stats of submitted rounds not read yet
     rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
+    returns = 2 * S + 1 if second else S + 1                   # DeepWalk's advance has no queries
     while True:
-        outs = [call(b, "advance", *[walkers[a][b] for a in range(S)], *[answers[a][b] for a in range(S)],
-                     returns=2 * S + 1) for b in range(S)]
+        outs = [call(b, "advance", *[walkers[a][b] for a in range(S)],
+                     *([answers[a][b] for a in range(S)] if second else []), returns=returns) for b in range(S)]
         walkers = [o[:S] for o in outs]
         if second:
             answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
-        in_flight.append([o[2 * S] for o in outs])
+        in_flight.append([o[-1] for o in outs])
         if len(in_flight) <= ahead:
             continue
         stats = np.array(fetch(in_flight.pop(0)), dtype=np.int64).reshape(S, 5)
