@@ -20,7 +20,7 @@ Why it looks like this
   for walkers that start on it straight into its output matrix, and keeps a segment (walk id, first
   step, count, nodes) for walkers of other shards; one final exchange sends each shard's segments
   home. Bytes moved: a walker record is 24 (DeepWalk) or 48 (node2vec) bytes per move and a
-  visited node is sent at most once (4 bytes + a 16-byte header per segment). Carrying the path would move the whole prefix on every
+  visited node is sent at most once (4 bytes + an 8-byte header per segment). Carrying the path would move the whole prefix on every
   move: O(length) bytes per move instead of O(1), i.e. ~length/2 x 4 bytes per move (160 bytes at
   length 80, on top of the record) and about (S-1)/S of steps are moves on a node-range sharding.
   A walker of another shard gets a bounded room per round (SEGMENT_ROOM nodes; one that fills it
@@ -75,9 +75,11 @@ def walker_dtype(second: bool) -> np.dtype:
 # What a parked node2vec walker keeps beside its record: candidate x, its slot j (-1: an alias
 # draw), coin u; its record's state is the generator state after those draws.
 PARKED_WALKER = np.dtype([("x", "<i8"), ("j", "<i8"), ("u", "<f8")])
-# Segments of visited nodes kept for another shard travel as headers int64 [m, 2] (walk id, then the
-# position of the first node and the count packed as position << COUNT_BITS | count: a count is at
-# most SEGMENT_ROOM) and the nodes back to back (int32).
+# Segments of visited nodes kept for another shard travel as headers int64 [m] and the nodes back to
+# back (int32). A header is where the segment's first node goes in its home shard's walk matrix, as a
+# flat index (row within that matrix * length + position), and the count: index << COUNT_BITS | count
+# (a count is at most SEGMENT_ROOM). 8 bytes per segment, not 16 for (walk id, position | count):
+# a segment holds ~S / (S - 1) nodes, so its header was most of the bytes a shard sends home.
 # A node2vec adjacency query (t, x) to t's owner; the answer is one uint8 per query (1 = adjacent).
 QUERY = np.dtype([("t", "<i8"), ("x", "<i8")])
 # How a walker left the kernel: finished (walk complete or dead end), parked (waits for an
@@ -459,10 +461,10 @@ def _gather_rows(raw, idx):
 
 
 @njit(cache=True)
-def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
-    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m, 2] of
-    (walk id, first position << COUNT_BITS | count), offsets [S + 1] into them, nodes back to back,
-    offsets [S + 1])."""
+def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards, row_starts, length):
+    """The segments of walkers of other shards, grouped by home shard: (headers int64 [m] of (flat
+    index in the home shard's walk matrix << COUNT_BITS | count), offsets [S + 1] into them, nodes
+    back to back, offsets [S + 1])."""
     nseg = np.zeros(shards + 1, np.int64)
     nnod = np.zeros(shards + 1, np.int64)
     for i in range(g.shape[0]):
@@ -471,7 +473,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
             nnod[home[i] + 1] += used[i]
     hoff = np.cumsum(nseg)
     noff = np.cumsum(nnod)
-    hdr = np.empty((hoff[-1], 2), np.int64)
+    hdr = np.empty(hoff[-1], np.int64)
     nodes = np.empty(noff[-1], np.int32)
     hfill = hoff[:-1].copy()
     nfill = noff[:-1].copy()
@@ -479,8 +481,7 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
         h = home[i]
         if h < 0 or used[i] == 0:
             continue
-        r = hfill[h]
-        hdr[r, 0], hdr[r, 1] = g[i], (seg0[i] << COUNT_BITS) | used[i]
+        hdr[hfill[h]] = (((g[i] - row_starts[h]) * length + seg0[i]) << COUNT_BITS) | used[i]
         hfill[h] += 1
         a = res_off[i]
         b = nfill[h]
@@ -491,15 +492,14 @@ def _segments_by_home(g, home, used, seg0, res_off, seg_nodes, shards):
 
 
 @njit(cache=True, parallel=True)
-def _scatter_segments(out, hdr, offsets, nodes, row0):
-    """Write segments of this shard's walks (from other shards) into its output matrix, whose
-    first row is global output row row0."""
+def _scatter_segments(out_flat, hdr, offsets, nodes):
+    """Write segments of this shard's walks (from other shards) into its output matrix (flattened:
+    a header holds the flat index of the segment's first node)."""
     for i in prange(hdr.shape[0]):
-        r = hdr[i, 0] - row0
         a = offsets[i]
-        first = hdr[i, 1] >> COUNT_BITS
-        for c in range(hdr[i, 1] & COUNT_MASK):
-            out[r, first + c] = nodes[a + c]
+        first = hdr[i] >> COUNT_BITS
+        for c in range(hdr[i] & COUNT_MASK):
+            out_flat[first + c] = nodes[a + c]
 
 
 @njit(cache=True, parallel=True)
@@ -679,7 +679,8 @@ class ShardWalker:
         outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
         self.pending, outboxes[self.shard] = outboxes[self.shard], moved[:0]   # room full: go on here
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
-        hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S)
+        hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
+                                                   self.row_starts, P.length)
         for h in range(S):
             if hoff[h + 1] > hoff[h]:
                 self.segments[h].append((hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]))
@@ -727,8 +728,8 @@ class ShardWalker:
         with self._threaded():
             for hdr, nodes in (part for pack in packs for part in pack):
                 offsets = np.zeros(len(hdr), np.int64)
-                np.cumsum(hdr[:-1, 1] & COUNT_MASK, out=offsets[1:])
-                _scatter_segments(self.out, hdr, offsets, nodes, self.row_starts[self.shard])
+                np.cumsum(hdr[:-1] & COUNT_MASK, out=offsets[1:])
+                _scatter_segments(self.out.reshape(-1), hdr, offsets, nodes)
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
