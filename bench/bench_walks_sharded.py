@@ -187,6 +187,13 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
             into.update(res.info)
         return run
 
+    # one untimed full-size walk each: the first one after the short warm-up ran 1.4-3.6x longer
+    # (the replicated tasks' first pass over the whole CSR in the nodes' object stores; the owners'
+    # first fetch of their shards)
+    measured(stage(lambda: walk.fn(one, cfg, mode, bounds), {}))
+    for h in sharded.values():
+        if "early" in ways:
+            early_owners_walk(ray, h, cfg, mode, {})
     for _ in range(a.repeats):     # interleaved, so load changes hit both
         for S, h in sharded.items():
             rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds), {})))
