@@ -10,7 +10,7 @@ demo: setup
 	$(VENV)/bin/embedlake embed-graph
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 clean-lake:
 	rm -rf ./lake

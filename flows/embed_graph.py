@@ -98,9 +98,11 @@ def publish_table(run: Run, graph: GraphHandle, table_ref, bounds: list[tuple[in
                   update: Update | None = None) -> list[dict]:
     """Write the run's table: row partitions of one table (merged into files of about
     lake.TARGET_FILE_BYTES: `row_bytes` per row), or each graph shard's rows by its own task. An
-    incremental FastRP run publishes hashed partitions, writing only those whose rows changed
-    (tasks/fastrp.publish_partial; its written / kept counts go to the run's kind)."""
-    if update is not None and update.incremental and run.method == "fastrp":
+    incremental run (FastRP or a walk method, one graph shard) publishes hashed partitions, writing
+    only those whose rows changed (tasks/fastrp.publish_partial; its written / kept counts go to the
+    run's kind): a walk update leaves the rows outside its affected set byte-identical, so their
+    partitions keep their files."""
+    if update is not None and update.incremental and not isinstance(table_ref, list):
         entries, stats = run.time("publish", publish_partial, run, graph, table_ref, update.previous, row_bytes,
                                   run.retries)
         run.kind = {**(run.kind or {}), "publish": stats}

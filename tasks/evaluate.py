@@ -72,7 +72,9 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
         metrics.setdefault("link_prediction", {})["holdout"] = split.info
     _log_figures(log, metrics)
     context, compressed = _report_context(lake, dataset, method, run_id)
-    written = ray.get(remote(es.write_report_stage, "publish", num_cpus=1, max_retries=max_retries).remote(
+    # max_calls=1: the report imports matplotlib (+26 MB of heap that no trim gives back), which a pooled
+    # worker would carry into every later task of the cluster (docs/scaling.md section 9, 20M run on main)
+    written = ray.get(remote(es.write_report_stage, "publish", num_cpus=1, max_retries=max_retries, max_calls=1).remote(
         lake, dataset, method, run_id, metrics, context, compressed))
     files.update(written["files"])
     if eval_cfg.artifacts:

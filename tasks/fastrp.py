@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.config import FastRPConfig
 from embedlake.tasks.fanout import gather, stage_logger
-from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult
+from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult, shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run
 from embedlake.lake import Manifest
@@ -108,8 +108,9 @@ def sharded_fastrp_table(run: Run, graph: GraphHandle, fastrp_cfg: FastRPConfig)
     refs, info = run.time("fastrp", fastrp_sharded, graph, fastrp_cfg, max_retries=run.retries)
     if handle is not None:
         stage.restart()
-        save = remote(fsh.save_shard_table, "publish", num_cpus=1, max_retries=run.retries)
-        ray.get([save.remote(stage.handle(), s, ref) for s, ref in enumerate(refs)])
+        places = shard_placements(graph.shards)           # each shard's rows saved on the node that made them
+        ray.get([remote(fsh.save_shard_table, "publish", num_cpus=1, max_retries=run.retries, **places[s]).remote(
+            stage.handle(), s, ref) for s, ref in enumerate(refs)])
         stage.finish(info=info)
     return StageResult(refs, info)
 
@@ -173,23 +174,25 @@ def fastrp_sharded(graph: GraphHandle, fastrp_cfg: FastRPConfig, max_retries: in
         raise ValueError("fastrp: the graph has no nodes")
     opts = dict(num_cpus=1, max_retries=max_retries)
     starts = shard_starts(graph.shard_bounds)
-    setup = remote(fsh.shard_setup, "fastrp", num_returns=4, **opts)
+    shards = graph_shards(graph)
+    placed = [{**opts, **where} for where in shard_placements(shards)]     # each shard's tasks on its rows' node
     keyed = cfg.projection == "node_id"       # R keyed by original id: each shard draws from its own node ids
-    setups = [setup.remote(s.csr_ref, s.lo, s.hi, graph.num_nodes, starts, cfg, node_ids=s.ids_ref if keyed else None)
-              for s in graph_shards(graph)]
+    setups = [remote(fsh.shard_setup, "fastrp", num_returns=4, **placed[i]).remote(
+        s.csr_ref, s.lo, s.hi, graph.num_nodes, starts, cfg, node_ids=s.ids_ref if keyed else None)
+        for i, s in enumerate(shards)]
     row_scales, col_scales, blocks, arc_refs = (list(x) for x in zip(*setups))
     plans = [fsh.block_plan(a) for a in gather(arc_refs, "fastrp shard setup")]
     outs: list = [None] * graph.num_shards
     for k, weight in enumerate(cfg.weights, start=1):
-        blocks, outs = propagate_shards(graph, blocks, col_scales, row_scales, plans, outs, weight, cfg.dim, opts)
+        blocks, outs = propagate_shards(graph, blocks, col_scales, row_scales, plans, outs, weight, cfg.dim, placed)
         log.info(f"fastrp: iteration {k}/{len(cfg.weights)} scheduled on {graph.num_shards} shards "
                  f"({sum(max(1, len(p)) for p in plans)} block steps)")
     del blocks
     if cfg.standardize:
-        parts = gather([remote(fs.moments, "fastrp", **opts).remote(o) for o in outs], "fastrp moments")
+        parts = gather([remote(fs.moments, "fastrp", **placed[i]).remote(o) for i, o in enumerate(outs)],
+                       "fastrp moments")
         mean, std = frp.finalize_moments(frp.merge_moments(parts))
-        apply = remote(fsh.standardized_rows, "fastrp", **opts)
-        outs = [apply.remote(mean, std, o) for o in outs]
+        outs = [remote(fsh.standardized_rows, "fastrp", **placed[i]).remote(mean, std, o) for i, o in enumerate(outs)]
     ray.wait(outs, num_returns=len(outs), fetch_local=False)
     return outs, {"iterations": len(cfg.weights), "shards": graph.num_shards, "dim": cfg.dim,
                   "block_steps_per_iteration": sum(max(1, len(p)) for p in plans)}
@@ -202,14 +205,16 @@ def graph_shards(graph: GraphHandle) -> list[ShardRef]:
 
 
 def propagate_shards(graph: GraphHandle, blocks: list, col_scales: list, row_scales: list, plans: list[list[int]],
-                     outs: list, weight: float, dim: int, opts: dict) -> tuple[list, list]:
+                     outs: list, weight: float, dim: int, placed: list[dict]) -> tuple[list, list]:
     """One power of S over every shard: per shard a chain of block steps over the blocks its arcs
-    reach, in ascending order (the order that keeps the one-CSR sums). Returns (U_k refs, output refs)."""
-    step = remote(fsh.block_step, "fastrp", **opts)
-    last = remote(fsh.last_block_step, "fastrp", num_returns=2, **opts)
+    reach, in ascending order (the order that keeps the one-CSR sums), each step run with that
+    shard's task options `placed[i]` (on the node of its CSR rows: `shard_placements`). Returns
+    (U_k refs, output refs)."""
     bounds = graph.shard_bounds
     new_blocks, new_outs = [], []
     for i, shard in enumerate(graph_shards(graph)):
+        step = remote(fsh.block_step, "fastrp", **placed[i])
+        last = remote(fsh.last_block_step, "fastrp", num_returns=2, **placed[i])
         partial = None
         for j in plans[i][:-1]:
             partial = step.remote(shard.csr_ref, blocks[j], bounds[j][0], col_scales[j], partial, dim)

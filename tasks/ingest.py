@@ -43,6 +43,7 @@ class DenseIds:
     bucket_refs: list
     counts: list[int]
     parts: list[list]
+    splitters: object = None     # the ids that cut the value buckets (ingest_parallel.split_ids), None: dense
 
 
 def opts(max_retries: int, **more) -> dict:
@@ -119,18 +120,32 @@ def dense_ids(spec: EdgeSpec, infos: list[dict], parsed: list, max_retries: int)
     counts = [int(c) for c in ray.get([b[1] for b in buckets])]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
     parts = [[buckets[b][2 + r] for b in range(B)] for r in range(R)]
-    return DenseIds(int(offsets[-1]), offsets[:-1], [b[0] for b in buckets], counts, parts)
+    return DenseIds(int(offsets[-1]), offsets[:-1], [b[0] for b in buckets], counts, parts, splitters)
 
 
 def labels(lake, input_cfg: InputConfig, spec: EdgeSpec, ids: DenseIds, checksum: str, max_retries: int):
     """(labels ref, the version's checksum): labels are checked against the node ids before
-    anything is written, and their checksum joins the input's, as in the one-task ingest."""
+    anything is written, and their checksum joins the input's, as in the one-task ingest.
+
+    No task holds the whole node-id map: one task parses the label files and cuts their rows by
+    id bucket, one task per bucket numbers its rows from that bucket's ids (int ids that are dense
+    already need none), and one task merges them into read_labels' (node_idx, label_idx, names)."""
     import ray
     if not input_cfg.labels:
         return ray.put(None), checksum
-    labels_ref, sum_ref = remote(gs.labels_stage, "ingest", **opts(max_retries, num_returns=2)).remote(
-        lake, input_cfg.labels, spec.id_type, ids.n, *ids.bucket_refs)
-    return labels_ref, checksum + ":" + ray.get(sum_ref)
+    if ids.offsets is None:
+        rows, numbered = remote(ip.dense_label_rows, "ingest", **opts(max_retries, num_returns=2)).remote(
+            lake, input_cfg.labels, ids.n)
+        numbered = [numbered]
+    else:
+        B = len(ids.bucket_refs)
+        cut = remote(ip.label_bucket_pieces, "ingest", **opts(max_retries, num_returns=1 + B)).remote(
+            lake, input_cfg.labels, spec.id_type, ids.splitters)
+        rows, number = cut[0], remote(ip.label_bucket_ids, "ingest", **opts(max_retries))
+        numbered = [number.remote(cut[1 + b], ids.bucket_refs[b], ids.offsets[b]) for b in range(B)]
+    labels_ref = remote(ip.merged_labels, "ingest", **opts(max_retries)).remote(rows, *numbered)
+    return labels_ref, checksum + ":" + ray.get(remote(gs.labels_checksum, "ingest", **opts(max_retries)).remote(
+        labels_ref))
 
 
 def route(parsed: list, ids: DenseIds, bounds: list[tuple[int, int]], spec: EdgeSpec, max_retries: int) -> list:

@@ -390,3 +390,31 @@ def oversized(calls: list[Call], limit_bytes: float, stages: set[str] | None = N
             which = "argument" if c.largest_arg >= c.largest_result else "result"
             lines.append(f"{c.stage}/{c.fn}: {which} of {c.largest:,} bytes > {int(limit_bytes):,}")
     return lines
+
+
+def shard_rows_read(calls: list[Call], stage: str, built_by: str = "shard_stage") -> dict:
+    """Where the tasks of `stage` read the graph shards' CSR rows: bytes read on the node where the
+    ingest task `built_by` made the shard (local) and bytes pulled from another node (moved).
+
+    The recorder keeps sizes, not object ids, so a shard is known by the size of its CSR tuple
+    (`built_by`'s first result, a task's first argument); shards of equal size cannot be told apart,
+    and those calls are counted as `ambiguous`. Returns {"local", "moved", "ambiguous" (bytes),
+    "calls", "moved_calls", "shards"}."""
+    homes: dict[int, set] = {}
+    for c in calls:
+        if c.fn == built_by and c.results:
+            homes.setdefault(c.results[0], set()).add(c.node)
+    out = {"local": 0, "moved": 0, "ambiguous": 0, "calls": 0, "moved_calls": 0, "shards": len(homes)}
+    for c in calls:
+        if c.stage != stage or not c.args or c.args[0] not in homes:
+            continue
+        out["calls"] += 1
+        home = homes[c.args[0]]
+        if len(home) > 1:
+            out["ambiguous"] += c.args[0]
+        elif c.node in home:
+            out["local"] += c.args[0]
+        else:
+            out["moved"] += c.args[0]
+            out["moved_calls"] += 1
+    return out

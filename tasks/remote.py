@@ -32,13 +32,17 @@ def stage_options(stage: str | None) -> dict:
 
 def remote(fn, stage: str | None = None, **options):
     """ray.remote(fn) with the stage's defaults, then the user's per-stage overrides; each call
-    first gives back the heap earlier tasks of its worker left free (trimmed)."""
+    first gives back the heap earlier tasks of its worker left free (trimmed). `max_calls`, which
+    Ray takes only in ray.remote itself, goes there (max_calls=1: a worker process of its own that
+    exits after the call, for a task whose imports would stay in a pooled worker's heap)."""
     import ray
     options.update(stage_options(stage))
     directory = os.environ.get(RECORD_ENV)
     if directory:
         fn = recorded(fn, stage, directory, options.get("num_returns", 1))
-    return ray.remote(trimmed(fn)).options(**options)
+    per_process = {"max_calls": options.pop("max_calls")} if "max_calls" in options else {}
+    return ray.remote(**per_process)(trimmed(fn)).options(**options) if per_process else \
+        ray.remote(trimmed(fn)).options(**options)
 
 
 def trimmed(fn):

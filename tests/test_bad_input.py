@@ -35,6 +35,10 @@ pytestmark = pytest.mark.usefixtures("ray_session", "prefect_session")
 
 REPO = Path(__file__).resolve().parents[1]
 TRIANGLE = b"0\t1\n1\t2\n2\t0\n"
+# Preflight answers in about a second because it imports neither Prefect nor Ray (asserted by
+# test_preflight_imports_neither_prefect_nor_ray). Wall time is only a hang guard here: on a loaded CI
+# machine a bare interpreter start can take several seconds.
+HANG_GUARD_S = 30.0
 LABELS = b"node\tlabel\n0\ta\n1\tb\n2\ta\n"
 _BIG = b"".join(b"%d\t%d\n" % (i, i + 1) for i in range(30000))
 
@@ -256,7 +260,7 @@ PREFLIGHT_CASES = [
 
 @pytest.mark.parametrize("case", PREFLIGHT_CASES, ids=[c[0] for c in PREFLIGHT_CASES])
 def test_preflight_error_is_one_line_in_seconds(tmp_path, case):
-    """Found before Prefect and Ray start: one line naming the place, status 2, < 3 s, nothing written."""
+    """Found before Prefect and Ray start: one line naming the place, status 2, no hang, nothing written."""
     cid, files, args, needle = case
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -270,7 +274,7 @@ def test_preflight_error_is_one_line_in_seconds(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert needle in lines[0], err
     assert ANSI not in err and "Traceback" not in err
-    assert wall < 3.0, f"{wall:.2f}s"
+    assert wall < HANG_GUARD_S, f"{wall:.2f}s"
     _no_commit(tmp_path / "lake")
 
 
@@ -393,5 +397,5 @@ def test_preflight_corpus_and_compress(tmp_path, args, needle):
     (tmp_path / "c.parquet").write_bytes(_parquet(body=["a b c"]))
     rc, out, err, wall = run_cli([*args, "--lake", str(tmp_path / "lake")], tmp_path)
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
-    assert wall < 3.0, f"{wall:.2f}s"
+    assert wall < HANG_GUARD_S, f"{wall:.2f}s"
     _no_commit(tmp_path / "lake")

@@ -114,6 +114,28 @@ def test_recorder_off_never_wraps(monkeypatch):
     assert tr.remote(_test_worker_code()[0], "walk", num_returns=2) is not None
 
 
+def test_shard_rows_read_tells_local_from_moved_bytes():
+    """shard_rows_read: a shard is known by its CSR tuple's size (shard_stage's first result); a
+    task reading it on the node that built it reads locally, elsewhere it pulls it; shards of equal
+    size are ambiguous; calls of other stages and other arguments are not counted."""
+    from embedlake.tasks.object_sizes import Call, shard_rows_read
+
+    def call(stage, fn, args=(), results=(), node="a"):
+        return Call(stage, fn, tuple(args), {}, tuple(results), node, 1, 0.1)
+    calls = [call("ingest", "shard_stage", results=(1000, 80, 50), node="a"),
+             call("ingest", "shard_stage", results=(2000, 80, 50), node="b"),
+             call("ingest", "shard_stage", results=(3000, 80, 50), node="a"),
+             call("ingest", "shard_stage", results=(3000, 80, 50), node="c"),
+             call("fastrp", "shard_setup", args=(1000, 8), node="a"),
+             call("fastrp", "block_step", args=(2000, 400), node="a"),
+             call("fastrp", "block_step", args=(2000, 400), node="b"),
+             call("fastrp", "block_step", args=(3000, 400), node="a"),
+             call("fastrp", "block_step", args=(400, 2000), node="a"),       # the shard is not its first argument
+             call("walk", "walk_stage", args=(1000,), node="c")]
+    assert shard_rows_read(calls, "fastrp") == {"local": 3000, "moved": 2000, "ambiguous": 3000, "calls": 4,
+                                                "moved_calls": 1, "shards": 3}
+
+
 # ---- the 4-node cluster, in a subprocess -----------------------------------------------------------
 NODES, NODE_CPUS, NODE_STORE_MB, SHARDS, LIMIT = 4, 1, 100, 4, 1.5
 GRAPH = {"nodes": 20_000, "communities": 10, "avg_degree": 10.0, "mixing": 0.3, "seed": 11}
@@ -364,6 +386,22 @@ def test_no_sharded_task_takes_or_returns_more_than_one_shard(cluster_runs, stag
     limits = stage_limits(b, calls)
     assert sum(1 for c in calls if c.stage == stage) >= 1, largest_by_stage(calls)
     assert oversized(calls, limits[stage], {stage}) == [], (limits[stage], largest_by_stage(calls)[stage])
+
+
+def test_fastrp_tasks_read_their_shard_on_the_node_that_built_it(cluster_runs):
+    """graph.shards=4, FastRP through the flow: every task that reads a shard's CSR rows (its setup,
+    its chain of block steps) runs on the node where ingest built that shard
+    (tasks/graph.shard_placements), so no shard's rows cross the network."""
+    from embedlake.config import FastRPConfig
+    from embedlake.tasks.object_sizes import read_calls, shard_rows_read
+    work, res = cluster_runs
+    assert res["fastrp4"]["status"] == "completed", res["fastrp4"]
+    calls = read_calls(work / "objects-fastrp4")
+    read = shard_rows_read(calls, "fastrp")
+    iterations = len(FastRPConfig().weights)
+    assert read["shards"] == SHARDS and read["ambiguous"] == 0, read      # shards told apart by their sizes
+    assert read["calls"] >= SHARDS * (1 + iterations), read               # setup + a step per iteration, per shard
+    assert read["moved"] == 0 and read["moved_calls"] == 0 and read["local"] > 0, read
 
 
 def test_node_removed_mid_walk_gives_the_same_output_or_fails_cleanly(cluster_runs):

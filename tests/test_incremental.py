@@ -283,3 +283,23 @@ def test_edge_walks_per_edge_follow_a_retrains_crossings():
     assert edge_walks_per_edge(g, 1, 2, None) == 1 and edge_walks_per_edge(g, 10, 80, 3) == 3
     assert edge_walks_per_edge(build_csr(np.arange(9), np.arange(1, 10), 10, directed=True), 2, 10, None) == 7
     assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
+def test_walk_update_publishes_only_changed_partitions(tmp_path):
+    """A walk update publishes hashed partitions (tasks/fastrp.publish_partial): the first update
+    after a full run writes every partition (the full run's files are row ranges); an update that
+    changed no row writes none and its manifest keeps the previous update's file, same path."""
+    lake = tmp_path / "lake"
+    run_flow(lake, karate_version(tmp_path, "v1", drop=(5, 40)))
+    v2 = karate_version(tmp_path, "v2")
+    s2 = run_flow(lake, v2, ["train.incremental_radius=0"])
+    s3 = run_flow(lake, v2, ["train.incremental_radius=0"])
+    assert s2["run_kind"]["kind"] == s3["run_kind"]["kind"] == "incremental"
+    p2, p3 = s2["run_kind"]["publish"], s3["run_kind"]["publish"]
+    assert p2["files_kept"] == 0 and p2["files_written"] >= 1 and p2["bytes_written"] > 0
+    assert p3["files_written"] == 0 and p3["bytes_written"] == 0 and p3["files_kept"] == p2["files_written"]
+    m2, t2 = table_of_run(lake, s2["run_id"])
+    m3, t3 = table_of_run(lake, s3["run_id"])
+    assert [e["path"] for e in m3.files["embeddings"]] == [e["path"] for e in m2.files["embeddings"]]
+    assert set(t3) == set(t2) and all(t3[v].tobytes() == t2[v].tobytes() for v in t2)

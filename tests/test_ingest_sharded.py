@@ -179,6 +179,40 @@ def test_auto_shards_from_the_budget_and_labels(tmp_path):
     assert not (tmp_path / "lake2").exists()
 
 
+@pytest.mark.parametrize("ids", ["dense", "sparse", "str"])
+def test_labels_numbered_by_bucket_equal_the_one_task_reader(tmp_path, ids):
+    """The labels the sharded ingest numbers bucket by bucket (no task holds the whole node-id map)
+    equal read_labels on the one-task graph's ids, row for row (so the version's checksum is the
+    same), for dense int ids, sparse int ids (numbered by value bucket) and string ids; a label of
+    a node that no bucket holds is refused with the first such row's file and line."""
+    import ray
+
+    from embedlake.workers.graph.ingest import read_labels
+    s, d, _ = _random(5)
+    node = {"dense": lambda i: str(i), "sparse": lambda i: str(7 * i + 3), "str": lambda i: f"n{i:03d}"}[ids]
+    _edges(tmp_path / "e.tsv", s, d, fmt=node)
+    rows = [(node(i), "xyz"[i % 3]) for i in range(79, 0, -2)] + [(node(4), "x"), (node(4), "w")]
+    (tmp_path / "labels.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in rows))
+    id_type = "str" if ids == "str" else "int"
+    extra = {"num_nodes": 80} if ids == "dense" else {}
+    cfg = InputConfig(edges=str(tmp_path / "e.tsv"), labels=str(tmp_path / "labels.tsv"), id_type=id_type, **extra)
+    h = ingest_sharded(str(tmp_path / "lake"), "g", cfg, SyntheticConfig(), GraphConfig(shards=3), max_retries=0,
+                       range_bytes=RANGE)
+    ref = read_labels(str(tmp_path / "labels.tsv"), ingest_graph(str(tmp_path / "e.tsv"), EdgeSpec(
+        id_type=id_type, **extra)).node_ids, id_type)
+    got = ray.get(h.labels_ref)
+    assert h.meta["ranges"] > 2 and all(a.tolist() == b.tolist() for a, b in zip(got, ref))
+    assert [x.dtype for x in got[:2]] == [np.int32, np.int32]
+    with open(tmp_path / "labels.tsv", "a") as f:
+        f.write(f"{node(2)}\tx\n{node(200) if ids != 'dense' else '80'}\ty\n")
+    with pytest.raises(Exception) as bad:
+        ingest_sharded(str(tmp_path / "lake2"), "g", cfg, SyntheticConfig(), GraphConfig(shards=3), max_retries=0,
+                       range_bytes=RANGE)
+    unknown = node(200) if ids != "dense" else "80"
+    assert str(root_cause(bad.value)).endswith(f"labels.tsv: line {len(rows) + 2}, field 'node': label for unknown "
+                                               f"node '{unknown}' (not in the edge list)")
+
+
 def test_range_cuts_keep_every_line_once(tmp_path):
     """Byte ranges cut at line boundaries: every line is read by exactly one range, whatever the cut."""
     text = b"".join(b"%d\t%d\n" % (i, 10**6 + i * 37) for i in range(300)) + b"7\t8"   # no final newline

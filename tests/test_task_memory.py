@@ -105,3 +105,22 @@ def test_records_without_memory_still_read(tmp_path):
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_max_calls_one_runs_each_call_in_a_worker_that_then_exits(ray_session):
+    """remote(..., max_calls=1) (tasks/remote.py; Ray takes max_calls only in ray.remote itself): each
+    call gets a worker process of its own, which exits after it, so no later task inherits its heap."""
+    import os
+    import time
+
+    import psutil
+    import ray
+
+    from embedlake.tasks.remote import remote
+    once = remote(os.getpid, "publish", num_cpus=1, max_calls=1)
+    first, second = ray.get(once.remote()), ray.get(once.remote())
+    assert first != second
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(first) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(first)

@@ -723,12 +723,29 @@ def _finish(uri, spec, csr, node_ids, files, checksum, rows) -> IngestedGraph:
     return IngestedGraph(csr, node_ids, spec.id_type, files, checksum, rows, stats)
 
 
-def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(node_idx int32, label_idx int32, label names) from node<TAB>label rows; unknown nodes refused."""
+@dataclass
+class LabelRows:
+    """The rows of label files, in file order: node keys (int64 array for int ids, a String Series
+    otherwise), each row's label index into the sorted label names, and where each row is (its
+    node as written, its line and file)."""
+    keys: object
+    written: pl.Series
+    label_idx: np.ndarray
+    names: np.ndarray
+    lines: np.ndarray
+    paths: list[str]
+
+    def unknown_node(self, row: int) -> InputError:
+        """The error for row `row`, whose node is not in the edge list."""
+        return InputError(f"label for unknown node {self.written[row]!r} (not in the edge list)", path=self.paths[row],
+                          line=int(self.lines[row]), field="node")
+
+
+def label_rows(uri: str, id_type: str) -> LabelRows:
+    """Parse node<TAB>label rows (every file of `uri`); an int node id that is not an integer is refused."""
     spec = EdgeSpec(id_type=id_type, src_col="node", dst_col="label")
-    files = expand_inputs(uri)
     nodes, labels, lines, paths = [], [], [], []
-    for path in files:
+    for path in expand_inputs(uri):
         ext, _ = file_suffixes(path)
         header_state: dict = {}
         sep = None
@@ -743,8 +760,8 @@ def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarra
     if not nodes:
         raise InputError("no labels found", path=uri)
     node_s = pl.concat(nodes)
-    label_s = pl.concat(labels)
     line_s = pl.concat(lines).to_numpy()
+    names, label_idx = np.unique(pl.concat(labels).to_numpy().astype(str), return_inverse=True)
     if id_type == "int":
         nid = node_s.cast(pl.Int64, strict=False)
         bad = nid.is_null()
@@ -752,22 +769,28 @@ def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarra
             i = int(bad.arg_max())
             raise InputError(f"node id {node_s[i]!r} is not an integer", path=paths[i], line=int(line_s[i]), field="node")
         keys = nid.to_numpy()
+    else:
+        keys = node_s
+    return LabelRows(keys, node_s, label_idx.astype(np.int32), names, line_s, paths)
+
+
+def read_labels(uri: str, node_ids: np.ndarray, id_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(node_idx int32, label_idx int32, label names) from node<TAB>label rows; unknown nodes refused."""
+    rows = label_rows(uri, id_type)
+    if id_type == "int":
         ref = np.asarray(node_ids, dtype=np.int64)
-        pos = np.searchsorted(ref, keys)
+        pos = np.searchsorted(ref, rows.keys)
         pos_c = np.minimum(pos, len(ref) - 1)
-        known = ref[pos_c] == keys
+        known = ref[pos_c] == rows.keys
     else:
         ref_df = pl.DataFrame({"id": pl.Series(list(node_ids), dtype=pl.String),
                                "i": np.arange(len(node_ids), dtype=np.int64)})
-        j = pl.DataFrame({"id": node_s}).join(ref_df, on="id", how="left", maintain_order="left")["i"]
+        j = pl.DataFrame({"id": rows.keys}).join(ref_df, on="id", how="left", maintain_order="left")["i"]
         known = j.is_not_null().to_numpy()
         pos_c = j.fill_null(0).to_numpy()
     if not known.all():
-        i = int(np.argmin(known))
-        raise InputError(f"label for unknown node {node_s[i]!r} (not in the edge list)", path=paths[i],
-                         line=int(line_s[i]), field="node")
-    names, label_idx = np.unique(label_s.to_numpy().astype(str), return_inverse=True)
-    return pos_c.astype(np.int32), label_idx.astype(np.int32), names
+        raise rows.unknown_node(int(np.argmin(known)))
+    return pos_c.astype(np.int32), rows.label_idx, rows.names
 
 
 def stats_json_num_nodes(edges_uri: str) -> int | None:

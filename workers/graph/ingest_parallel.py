@@ -32,8 +32,10 @@ import pyarrow.parquet as pq
 
 from embedlake import storage
 from embedlake.errors import InputError
-from embedlake.workers.graph.ingest import (PARSE_ROWS, EdgeSpec, StringIds, check_parquet_columns, detect_sep,
-                                            edge_columns, expand_inputs, file_suffixes, iter_line_chunks,
+from embedlake.lake import Lake
+from embedlake.workers.graph.ingest import (PARSE_ROWS, EdgeSpec, LabelRows, StringIds, check_parquet_columns,
+                                            detect_sep, edge_columns, expand_inputs, file_suffixes, iter_line_chunks,
+                                            label_rows,
                                             narrow_chunk, parquet_edge_frame, parse_text_chunk, read_parquet_edges,
                                             sort_rows_dedupe, sort_rows_dedupe_weighted, typed_chunk)
 from embedlake.workers.graph.shards import CSRShard, owner_of
@@ -366,6 +368,64 @@ def node_ids_of(lo: int, hi: int, buckets: list, offsets: list[int]) -> np.ndarr
     if not parts:
         return np.empty(0, dtype=object if buckets and isinstance(buckets[0], pl.Series) else np.int64)
     return np.concatenate(parts).astype(np.int64)
+
+
+# ---- labels, numbered by id bucket (no task holds the whole node-id map) ----------------------------
+def label_bucket_pieces(lake, uri: str, id_type: str, splitters) -> tuple:
+    """The label files parsed once, their rows cut by id bucket as the node ids were (`splitters`):
+    (the rows without their keys, then per bucket (its rows' keys sorted, those rows' numbers))."""
+    with storage.using(Lake(lake).env):
+        rows = label_rows(uri, id_type)
+    keys = rows.keys
+    if isinstance(keys, pl.Series):
+        order = keys.arg_sort().to_numpy().astype(np.int64)
+        ordered = keys.gather(order)
+    else:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+    pieces, at = [], 0
+    for piece in split_ids(ordered, splitters):
+        pieces.append((piece, order[at:at + len(piece)]))
+        at += len(piece)
+    return (LabelRows(None, rows.written, rows.label_idx, rows.names, rows.lines, rows.paths), *pieces)
+
+
+def label_bucket_ids(piece: tuple, bucket_ids, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row numbers, dense id of each row's node, -1 where the bucket does not hold it) of one
+    bucket's label rows (`label_bucket_pieces`), from the bucket's sorted ids and first dense id."""
+    keys, rows = piece
+    if len(bucket_ids) == 0 or len(keys) == 0:
+        return rows, np.full(len(keys), -1, dtype=np.int64)
+    if isinstance(bucket_ids, pl.Series):
+        pos = np.minimum(bucket_ids.search_sorted(keys, side="left").to_numpy().astype(np.int64), len(bucket_ids) - 1)
+        known = (bucket_ids.gather(pos) == keys).fill_null(False).to_numpy()
+    else:
+        pos = np.minimum(np.searchsorted(bucket_ids, keys), len(bucket_ids) - 1)
+        known = bucket_ids[pos] == keys
+    return rows, np.where(known, offset + pos, -1)
+
+
+def dense_label_rows(lake, uri: str, num_nodes: int) -> tuple:
+    """`label_bucket_pieces` and `label_bucket_ids` in one for int ids that are dense already
+    (0..num_nodes-1): a row's node is its dense id. (rows without keys, (row numbers, dense ids))."""
+    with storage.using(Lake(lake).env):
+        rows = label_rows(uri, "int")
+    inside = (rows.keys >= 0) & (rows.keys < num_nodes)
+    return (LabelRows(None, rows.written, rows.label_idx, rows.names, rows.lines, rows.paths),
+            (np.arange(len(rows.keys), dtype=np.int64), np.where(inside, rows.keys, -1)))
+
+
+def merged_labels(rows: LabelRows, *numbered: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(node_idx int32, label_idx int32, label names), what read_labels gives on the whole node-id
+    map, from the rows and every bucket's (row numbers, dense ids); a row whose node no bucket
+    holds is refused, the first in file order, as read_labels refuses it."""
+    node_idx = np.full(len(rows.lines), -1, dtype=np.int64)
+    for numbers, dense in numbered:
+        node_idx[numbers] = dense
+    unknown = np.flatnonzero(node_idx < 0)
+    if unknown.size:
+        raise rows.unknown_node(int(unknown[0]))
+    return node_idx.astype(np.int32), rows.label_idx, rows.names
 
 
 # ---- routing and shard CSR -----------------------------------------------------------------------
