@@ -303,3 +303,18 @@ def test_walk_update_publishes_only_changed_partitions(tmp_path):
     m3, t3 = table_of_run(lake, s3["run_id"])
     assert [e["path"] for e in m3.files["embeddings"]] == [e["path"] for e in m2.files["embeddings"]]
     assert set(t3) == set(t2) and all(t3[v].tobytes() == t2[v].tobytes() for v in t2)
+
+
+def test_previous_rows_follow_the_dense_order():
+    """An update's previous table may be in hashed partitions (rows grouped by id hash): its rows are
+    put back in the previous graph's dense order (W_out's) before the update; a missing node raises."""
+    from embedlake.workers.train.incremental import rows_in_dense_order
+    dense = np.array([30, 10, 20, 40])
+    read_ids = np.array([20, 40, 30, 10])                      # e.g. partition 0 = {20, 40}, 1 = {30, 10}
+    table = np.arange(8, dtype=np.float32).reshape(4, 2)       # row r belongs to read_ids[r]
+    out = rows_in_dense_order(read_ids, table, dense)
+    assert out.tolist() == [table[2].tolist(), table[3].tolist(), table[0].tolist(), table[1].tolist()]
+    strs = rows_in_dense_order(read_ids.astype(str).astype(object), table, dense.astype(str).astype(object))
+    assert strs.tobytes() == out.tobytes()
+    with pytest.raises(ValueError, match="lacks 1 of its graph's 5 nodes"):
+        rows_in_dense_order(read_ids, table, np.r_[dense, 50])

@@ -34,7 +34,7 @@ import numpy as np
 from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import CSRGraph
-from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, neighbours_of
+from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, match_ids, neighbours_of
 from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
                                                 noise_alias, numba_threads, seed_state, sentence_chunks,
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
@@ -335,15 +335,16 @@ def write_context(lake: Lake | str, dataset: str, method: str, run_id: str, W_ou
 
 
 def diff_stage(lake: Lake | str, dataset: str, prev_version: str, csr: tuple, node_ids: np.ndarray
-               ) -> tuple[GraphDiff, dict]:
-    """(diff, its counts) of the previous run's graph version (read from the lake) and the graph in
-    hand: the diff stays in the object store, only the counts go to the driver."""
+               ) -> tuple[GraphDiff, dict, np.ndarray]:
+    """(diff, its counts, the previous version's node ids in its dense order) of the previous run's
+    graph version (read from the lake) and the graph in hand: the diff and the ids stay in the
+    object store, only the counts go to the driver."""
     from embedlake.workers.graph.store import read_graph
     t0 = time.perf_counter()
     old_csr, old_ids, _, _ = read_graph(Lake(lake), dataset, prev_version)
     indptr, indices, weights, directed = csr
     diff = graph_diff(old_ids, old_csr, node_ids, CSRGraph(indptr, indices, weights, bool(directed)))
-    return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}
+    return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}, old_ids
 
 
 def previous_csr(lake: Lake | str, dataset: str, version: str) -> tuple:
@@ -358,13 +359,27 @@ def old_index_of(diff: GraphDiff) -> np.ndarray:
     return diff.old_index
 
 
-def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff, csr: tuple,
-                      walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One Ray task: the previous tables from the lake, then `update_tables`. Returns (W_in, W_out, info)."""
+def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff,
+                      prev_ids: np.ndarray, csr: tuple, walk_cfg: WalkConfig, train: TrainConfig, mode: str,
+                      radius: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One Ray task: the previous tables from the lake (W_in put in the previous graph's dense order,
+    W_out's order), then `update_tables`. Returns (W_in, W_out, info)."""
     lake = Lake(lake)
-    _, prev_in = read_table(lake, prev_table)
+    ids, table = read_table(lake, prev_table)
+    prev_in = rows_in_dense_order(ids, table, prev_ids)
     return update_tables(prev_in, lake.read_npy(prev_context), diff, csr, walk_cfg, train, mode, radius, threads)
+
+
+def rows_in_dense_order(ids: np.ndarray, table: np.ndarray, dense_ids: np.ndarray) -> np.ndarray:
+    """The table's rows reordered to `dense_ids` (a graph version's node ids by dense row). A full
+    run's files are row ranges, already in that order; an update's are hashed partitions (rows
+    grouped by a hash of the id), which are not, and the context table W_out is always in dense
+    order. Raises when the table lacks a node of the version."""
+    at = match_ids(ids, dense_ids)
+    if (at < 0).any():
+        raise ValueError(f"the previous table lacks {int((at < 0).sum())} of its graph's {len(dense_ids)} nodes "
+                         f"(e.g. {dense_ids[np.flatnonzero(at < 0)[0]]!r})")
+    return table[at]
 
 
 def update_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr: tuple, walk_cfg: WalkConfig,
