@@ -6,14 +6,19 @@ edges, version 2 all of them. In one process (one Ray, one machine state):
   3. full retrain on v2 (lake B, after a full run on v1 there too: same starting state).
 Figures: the stage times of the table (full: walk + train; incremental: diff + update),
 their ratio; Micro-F1 at 10/50/90 % (DeepWalk protocol, --repeats splits) of both v2 tables;
-ROC-AUC (cosine) of the added edges against as many sampled non-edges of v2; a classifier trained
+ROC-AUC of the added edges against as many sampled non-edges of v2 (`link_auc`: the
+pipeline's Hadamard logistic-regression scorer, and dot and cosine); a classifier trained
 on v1's vectors (50 % split) scored on v2's: the drop against scoring v1's own vectors, for the
 incremental table and the full retrain without and with an orthogonal Procrustes alignment to v1.
+Sweep (--sweep '[{"incremental_lr_scale": 0.2}, {}]'): the same v1 / v2, no flow: full tables
+trained in this process, then the update (workers/train/incremental.update_tables) once per
+settings dict; Micro-F1, added-edge AUC, tokens and CPU seconds of each against the retrains'.
 Chain (--chain 10): v0 = 90 % of the edges (full run), then ten versions each adding 1 % of the
 edges back, each run incremental; Micro-F1 at 50 % of the tenth against a full retrain of it.
 
 usage: .venv/bin/python bench/bench_incremental.py [--datasets blogcatalog,ppi] [--keep 0.95,0.99]
-       [--chain 10] [--chain-datasets blogcatalog] [--radius 1] [--repeats 3] [--out bench_incremental.json]
+       [--chain 10] [--chain-datasets blogcatalog] [--radius 1] [--repeats 3] [--retrain-seeds 3]
+       [--out bench_incremental.json]
 """
 from __future__ import annotations
 
@@ -49,10 +54,31 @@ def run_flow(lake: Path, edges: Path, dataset: str, extra: list[str]) -> dict:
     from embedlake.flows.embed_graph import embed_graph
     ov = [f"lake.uri={lake}", f"input.edges={edges}", f"lake.dataset={dataset}", "eval.align_to_previous=false",
           "eval.artifacts=false", "eval.reconstruction=false", *extra]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), tree_cpu()
     s = embed_graph(load_config(None, ov))
     s["bench_wall_s"] = round(time.perf_counter() - t0, 2)
+    s["bench_cpu_s"] = cpu_since(cpu0)
     return s
+
+
+def tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and its descendants (Ray's raylet and workers), by pid."""
+    import psutil
+    out = {}
+    for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds the process tree spent since `before` (a process gone since then is not counted;
+    Ray keeps its workers, so a run's own work is): the whole run, every stage, on every core."""
+    now = tree_cpu()
+    return round(sum(t - before.get(pid, 0.0) for pid, t in now.items()), 2)
 
 
 def table_seconds(s: dict) -> float:
@@ -84,15 +110,40 @@ def micro_f1(X: np.ndarray, labels, repeats: int) -> dict:
     return {str(k): round(float(v), 4) for k, v in nc["micro_f1"].items()}
 
 
-def link_auc(X: np.ndarray, added: np.ndarray, full_edges: np.ndarray, n: int, seed: int = 0) -> float:
-    """ROC-AUC of cosine scores: the added edges against as many uniform non-edges of the full graph."""
-    from embedlake.workers.evaluate.links import direct_scores, roc_auc, sample_non_edges
+LINK_SCORES = ("hadamard", "dot", "cosine")
+
+
+def link_auc(X: np.ndarray, added: np.ndarray, full_edges: np.ndarray, n: int, seed: int = 0) -> dict:
+    """ROC-AUC of the added edges against as many uniform non-edges of the full graph, by the
+    pipeline's link-prediction scorer (workers/evaluate/links.link_prediction: Hadamard features
+    into a 2-fold cross-fitted logistic regression, the eval.link_prediction default's first
+    operator) and by the direct dot and cosine scores."""
+    from embedlake.workers.evaluate.links import link_prediction, sample_non_edges
     from embedlake.workers.graph.csr import build_csr
     g = build_csr(full_edges[:, 0], full_edges[:, 1], n)
     neg = sample_non_edges(g.indptr, g.indices, len(added), seed)
-    pos_s = direct_scores(X, added[:, 0], added[:, 1], "cosine")
-    neg_s = direct_scores(X, neg[0], neg[1], "cosine")
-    return round(roc_auc(np.r_[np.ones(len(pos_s)), np.zeros(len(neg_s))], np.r_[pos_s, neg_s]), 4)
+    lp = link_prediction(X, added[:, 0], added[:, 1], neg[0], neg[1], operators=LINK_SCORES, seed=seed, threads=None)
+    return {k: round(float(v), 4) for k, v in lp["roc_auc"].items()}
+
+
+def retrain_seeds(lake: Path, edges: Path, name: str, extra: list[str], seeds: int, n: int) -> list[np.ndarray]:
+    """Tables of `seeds` - 1 more full retrains of the same graph (train.seed = 1, 2, ...): the
+    retrain's own spread, which the incremental run's figures are judged against."""
+    out = []
+    for s in range(1, seeds):
+        run = run_flow(lake / f"seed{s}", edges, name, extra + ["train.incremental=off", f"train.seed={s}"])
+        out.append(vectors(lake / f"seed{s}", name, run["run_id"], n))
+    return out
+
+
+def retrain_spread(tables: list[np.ndarray], labels, repeats: int, added: np.ndarray, edges: np.ndarray,
+                   n: int) -> dict:
+    """Micro-F1 and added-edge AUC of every retrain table, and their means."""
+    f1 = [micro_f1(X, labels, repeats) for X in tables]
+    auc = [link_auc(X, added, edges, n) for X in tables]
+    return {"micro_f1": f1, "auc": auc,
+            "micro_f1_mean": {k: round(float(np.mean([f[k] for f in f1])), 4) for k in f1[0]},
+            "auc_mean": {k: round(float(np.mean([a[k] for a in auc])), 4) for k in auc[0]}}
 
 
 def procrustes(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -117,7 +168,8 @@ def transfer_f1(X1: np.ndarray, X2: np.ndarray, labels, seed: int = 0) -> dict:
     return {"v1": round(own, 4), "v2": round(moved, 4), "drop": round(own - moved, 4)}
 
 
-def pair_figures(ds: Path, name: str, keep: float, work: Path, extra: list[str], repeats: int) -> dict:
+def pair_figures(ds: Path, name: str, keep: float, work: Path, extra: list[str], repeats: int, seeds: int = 1
+                 ) -> dict:
     """v1 = keep of the edges, v2 = all: full v1, incremental v1 -> v2, full v2 (see the module doc)."""
     header, edges = read_edges(ds)
     n = int(json.loads((ds / "stats.json").read_text())["num_nodes"])
@@ -134,9 +186,13 @@ def pair_figures(ds: Path, name: str, keep: float, work: Path, extra: list[str],
     X1b, Xf = vectors(lake_b, name, s1b["run_id"], n), vectors(lake_b, name, full["run_id"], n)
     labels = labels_of(ds)
     ti, tf = table_seconds(inc), table_seconds(full)
+    spread = retrain_spread([Xf, *retrain_seeds(work / f"{name}-{keep}-seeds", v2, name, extra, seeds, n)], labels,
+                            repeats, edges[~mask], edges, n) if seeds > 1 else None
     return {
         "dataset": name, "keep": keep, "edges_v1": int(mask.sum()), "edges_v2": len(edges),
         "incremental": inc["run_kind"], "full_kind": full["run_kind"]["kind"],
+        "cpu_s": {"incremental": inc["bench_cpu_s"], "full": full["bench_cpu_s"],
+                  "ratio": round(inc["bench_cpu_s"] / full["bench_cpu_s"], 4) if full["bench_cpu_s"] else None},
         "seconds": {"incremental": ti, "full": tf, "ratio": round(ti / tf, 4) if tf else None,
                     "incremental_stages": inc["stages"], "full_stages": full["stages"]},
         "micro_f1": {"incremental": micro_f1(Xi, labels, repeats), "full": micro_f1(Xf, labels, repeats)},
@@ -145,6 +201,7 @@ def pair_figures(ds: Path, name: str, keep: float, work: Path, extra: list[str],
                            "v1": link_auc(X1, edges[~mask], edges, n)},
         "transfer": {"incremental": transfer_f1(X1, Xi, labels), "full": transfer_f1(X1b, Xf, labels),
                      "full_aligned": transfer_f1(X1b, procrustes(Xf, X1b), labels)},
+        "retrain_seeds": spread,
     }
 
 
@@ -167,7 +224,54 @@ def chain_figures(ds: Path, name: str, steps: int, work: Path, extra: list[str],
     return {"dataset": name, "steps": steps, "kinds": [r["run_kind"]["kind"] for r in runs],
             "change": [r["run_kind"].get("change_fraction") for r in runs[1:]],
             "seconds": {"incremental": [table_seconds(r) for r in runs[1:]], "full": table_seconds(full)},
+            "cpu_s": {"incremental": [r["bench_cpu_s"] for r in runs[1:]], "full": full["bench_cpu_s"]},
             "micro_f1_last": {"incremental": micro_f1(Xi, labels, repeats), "full": micro_f1(Xf, labels, repeats)}}
+
+
+def in_process_table(g, walk, train, seed: int, threads: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(W_in, W_out, CPU seconds) of a full run's walk + train stages, in this process: all walks
+    of every node interleaved by walk number, as the flow's one-table engine trains them."""
+    from embedlake.workers.graph.walks import random_walks, walks_to_sentences
+    from embedlake.workers.train.skipgram import train_sgns
+    from embedlake.workers.train.stages import sgns_settings
+    t0 = time.process_time()
+    walks = random_walks(g.indptr, g.indices, None, np.arange(g.num_nodes), walk.walks_per_node, walk.length, walk.seed,
+                         threads=threads)
+    tokens, offsets = walks_to_sentences(walks)
+    W_in, W_out, _ = train_sgns(tokens, offsets, g.num_nodes, threads=threads,
+                                **{**sgns_settings(train), "seed": seed})
+    return W_in, W_out, round(time.process_time() - t0, 2)
+
+
+def sweep_figures(ds: Path, name: str, keep: float, variants: list[dict], seeds: int, repeats: int,
+                  threads: int) -> dict:
+    """Update settings compared without the flow: v1 / v2 as in `pair_figures`, the full tables
+    trained here (v2 with train.seed 0 .. seeds-1), then workers/train/incremental.update_tables,
+    the very update a run does, once per variant (a dict of train.* fields) from v1's tables."""
+    from embedlake.config import TrainConfig, WalkConfig
+    from embedlake.workers.graph.csr import build_csr
+    from embedlake.workers.graph.diff import graph_diff
+    from embedlake.workers.train.incremental import update_tables
+    _, edges = read_edges(ds)
+    n = int(json.loads((ds / "stats.json").read_text())["num_nodes"])
+    mask = np.random.default_rng(int(keep * 1000)).random(len(edges)) < keep
+    g1, g2 = build_csr(edges[mask, 0], edges[mask, 1], n), build_csr(edges[:, 0], edges[:, 1], n)
+    walk, labels, added = WalkConfig(), labels_of(ds), edges[~mask]
+    W1, O1, _ = in_process_table(g1, walk, TrainConfig(), 0, threads)
+    full = [in_process_table(g2, walk, TrainConfig(), s, threads) for s in range(max(1, seeds))]
+    spread = retrain_spread([f[0] for f in full], labels, repeats, added, edges, n)
+    out = {"dataset": name, "keep": keep, "retrain": {**spread, "cpu_s": [f[2] for f in full]}, "variants": []}
+    diff = graph_diff(np.arange(n), g1, np.arange(n), g2)
+    for v in variants:
+        train = TrainConfig(**v)
+        t0 = time.process_time()
+        X, _, info = update_tables(W1, O1, diff, (g2.indptr, g2.indices, None, False), walk, train, "deepwalk",
+                                   train.incremental_radius, threads)
+        out["variants"].append({"settings": v, "cpu_s": round(time.process_time() - t0, 2), "tokens": info["tokens"],
+                                "edge_walks_per_edge": info["edge_walks_per_edge"],
+                                "micro_f1": micro_f1(X, labels, repeats), "auc": link_auc(X, added, edges, n)})
+        print(json.dumps(out["variants"][-1]), flush=True)
+    return out
 
 
 def main() -> int:
@@ -178,9 +282,20 @@ def main() -> int:
     ap.add_argument("--chain-datasets", default="blogcatalog")
     ap.add_argument("--radius", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--retrain-seeds", type=int, default=1, help="full retrains of v2 (train.seed 0..N-1): "
+                    "their spread and means, what the incremental figures are judged against")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides (section.key=value)")
+    ap.add_argument("--sweep", default=None, help="JSON list of train.* settings dicts: compare update settings "
+                    "in this process (no flow, no Ray) against --retrain-seeds in-process retrains")
+    ap.add_argument("--threads", type=int, default=2, help="numba threads of --sweep")
     ap.add_argument("--out", default="bench_incremental.json")
     args = ap.parse_args()
+    if args.sweep is not None:
+        sweeps = [sweep_figures(SHARED / "datasets" / name, name, float(keep), json.loads(args.sweep),
+                                args.retrain_seeds, args.repeats, args.threads)
+                  for name in args.datasets.split(",") if name for keep in args.keep.split(",") if keep]
+        Path(args.out).write_text(json.dumps({"sweeps": sweeps}, indent=1))
+        return 0
     extra = list(args.set) + ([f"train.incremental_radius={args.radius}"] if args.radius is not None else [])
     out: dict = {"settings": extra, "pairs": [], "chains": []}
     os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / "embedlake-bench-prefect"))
@@ -192,7 +307,8 @@ def main() -> int:
         work = Path(tmp)
         for name in [d for d in args.datasets.split(",") if d]:
             for keep in [float(k) for k in args.keep.split(",") if k]:
-                out["pairs"].append(pair_figures(SHARED / "datasets" / name, name, keep, work, extra, args.repeats))
+                out["pairs"].append(pair_figures(SHARED / "datasets" / name, name, keep, work, extra, args.repeats,
+                                                 args.retrain_seeds))
                 print(json.dumps(out["pairs"][-1]), flush=True)
         for name in [d for d in args.chain_datasets.split(",") if d] if args.chain else []:
             out["chains"].append(chain_figures(SHARED / "datasets" / name, name, args.chain, work, extra,

@@ -40,6 +40,7 @@ class Update:
     previous: Manifest | None = None
     diff_ref: object = None
     counts: dict = field(default_factory=dict)
+    prev_ids_ref: object = None     # the previous version's node ids by dense row (its W_out's order)
 
     @property
     def incremental(self) -> bool:
@@ -122,12 +123,12 @@ def decide(run, graph: GraphHandle, cfg: PipelineConfig) -> Update:
     if reason is not None:
         log.info(f"incremental: full run ({reason})")
         return full(reason, prev)
-    fn = remote(wi.diff_stage, "train", num_cpus=1, num_returns=2, max_retries=run.retries)
+    fn = remote(wi.diff_stage, "train", num_cpus=1, num_returns=3, max_retries=run.retries)
 
     def diff():
         refs = fn.remote(run.lake, run.dataset, prev.extra["graph"]["version"], graph.csr_ref, graph.node_ids_ref)
-        return refs[0], ray.get(refs[1])
-    diff_ref, counts = run.time("diff", diff)
+        return refs[0], ray.get(refs[1]), refs[2]
+    diff_ref, counts, prev_ids_ref = run.time("diff", diff)
     changed, limit = counts["change_fraction"], cfg.train.incremental_max_change
     if changed > limit:
         reason = (f"{changed:.2%} of the edges of run {prev.run_id}'s graph changed, above "
@@ -137,7 +138,7 @@ def decide(run, graph: GraphHandle, cfg: PipelineConfig) -> Update:
     log.info(f"incremental: updating run {prev.run_id} ({counts['edges_added']:,} edges added, "
              f"{counts['edges_removed']:,} removed, {counts['nodes_added']:,} nodes added, "
              f"{counts['nodes_removed']:,} removed: {changed:.2%} of its edges)")
-    return Update("incremental", "", prev, diff_ref, counts)
+    return Update("incremental", "", prev, diff_ref, counts, prev_ids_ref)
 
 
 @task(name="update", cache_policy=NO_CACHE)
@@ -150,7 +151,8 @@ def update_table(lake, dataset: str, method: str, run_id: str, graph: GraphHandl
     prev = update.previous
     fn = remote(wi.incremental_stage, "train", num_cpus=cpus, num_returns=3, max_retries=max_retries)
     w_in, w_out, info_ref = fn.remote(lake, prev.files["embeddings"], context_file(prev),
-                                      update.diff_ref, graph.csr_ref, walk_cfg, train_cfg, walk_mode(method),
+                                      update.diff_ref, update.prev_ids_ref, graph.csr_ref, walk_cfg, train_cfg,
+                                      walk_mode(method),
                                       train_cfg.incremental_radius, threads=train_cfg.threads or cpus)
     info = ray.get(info_ref)
     stage_logger().info(f"incremental: {info['affected_nodes']:,} of {info['nodes']:,} rows affected, "

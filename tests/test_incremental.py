@@ -171,6 +171,14 @@ def test_incremental_run_through_the_flow(tmp_path):
     assert frozen.sum() > 0 and kind["affected_nodes"] == int((~frozen).sum())
     for v in new_ids[frozen].tolist():
         assert after[v].tobytes() == before[v].tobytes(), v
+    from embedlake.tasks.incremental import context_file
+    from embedlake.workers.train.incremental import read_table
+    # the update pairs run 1's W_in rows (its table, read back in file order) with run 1's W_out rows
+    # (the context .npy, in its graph's dense order): both must be in the same row order
+    ids1, table1 = read_table(Lake(str(lake)), Lake(str(lake)).manifest("karate", "deepwalk", s1["run_id"]).files["embeddings"])
+    assert ids1.tolist() == old_ids.tolist()
+    w_out1 = Lake(str(lake)).read_npy(context_file(Lake(str(lake)).manifest("karate", "deepwalk", s1["run_id"])))
+    assert w_out1.shape == table1.shape and np.abs(w_out1).max() > 0
     moved = [v for v in new_ids[~frozen].tolist() if v in before and after[v].tobytes() != before[v].tobytes()]
     assert moved, "the affected rows were trained"
     # ls says incremental with the counts
@@ -233,7 +241,7 @@ def test_edge_walks_cross_their_edge():
     assert join_reversed(np.array([[1, 2, 3, -1]]), np.array([[9, 8, -1]])).tolist() == [[3, 2, 1, 9, 8, -1, -1]]
     g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path
     edges = np.array([[4, 5], [0, 1]])
-    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), window=2, mode="deepwalk")
+    w = edge_walks((g.indptr, g.indices, None, False), edges, 3, WalkConfig(), side=2, mode="deepwalk")
     assert w.shape == (6, 6)
     for row, (u, v) in zip(w, np.tile(edges, (3, 1))):
         valid = row[row >= 0].tolist()
@@ -264,6 +272,19 @@ def test_fastrp_incremental_through_the_flow(tmp_path):
     assert all(rows_a[k].tobytes() == v.tobytes() for k, v in zip(b[0].tolist(), b[1]))
 
 
+def test_edge_walks_per_edge_follow_a_retrains_crossings():
+    """Default edge walks: a third of walks_per_node x (length - 1) x nodes / edges, between 1 and 8;
+    a set count wins. Edge walks reach half the window out."""
+    from embedlake.workers.train.incremental import edge_walk_side, edge_walks_per_edge
+    g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path: 10 nodes, 9 edges
+    assert edge_walks_per_edge(g, 10, 80, None) == 8                       # a third of 878, capped
+    assert edge_walks_per_edge(g, 1, 4, None) == round(3 * 10 / 9 / 3) == 1
+    assert edge_walks_per_edge(g, 2, 10, None) == round(2 * 9 * 10 / 9 / 3) == 7
+    assert edge_walks_per_edge(g, 1, 2, None) == 1 and edge_walks_per_edge(g, 10, 80, 3) == 3
+    assert edge_walks_per_edge(build_csr(np.arange(9), np.arange(1, 10), 10, directed=True), 2, 10, None) == 7
+    assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1
+
+
 @pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
 def test_walk_update_publishes_only_changed_partitions(tmp_path):
     """A walk update publishes hashed partitions (tasks/fastrp.publish_partial): the first update
@@ -282,3 +303,18 @@ def test_walk_update_publishes_only_changed_partitions(tmp_path):
     m3, t3 = table_of_run(lake, s3["run_id"])
     assert [e["path"] for e in m3.files["embeddings"]] == [e["path"] for e in m2.files["embeddings"]]
     assert set(t3) == set(t2) and all(t3[v].tobytes() == t2[v].tobytes() for v in t2)
+
+
+def test_previous_rows_follow_the_dense_order():
+    """An update's previous table may be in hashed partitions (rows grouped by id hash): its rows are
+    put back in the previous graph's dense order (W_out's) before the update; a missing node raises."""
+    from embedlake.workers.train.incremental import rows_in_dense_order
+    dense = np.array([30, 10, 20, 40])
+    read_ids = np.array([20, 40, 30, 10])                      # e.g. partition 0 = {20, 40}, 1 = {30, 10}
+    table = np.arange(8, dtype=np.float32).reshape(4, 2)       # row r belongs to read_ids[r]
+    out = rows_in_dense_order(read_ids, table, dense)
+    assert out.tolist() == [table[2].tolist(), table[3].tolist(), table[0].tolist(), table[1].tolist()]
+    strs = rows_in_dense_order(read_ids.astype(str).astype(object), table, dense.astype(str).astype(object))
+    assert strs.tobytes() == out.tobytes()
+    with pytest.raises(ValueError, match="lacks 1 of its graph's 5 nodes"):
+        rows_in_dense_order(read_ids, table, np.r_[dense, 50])

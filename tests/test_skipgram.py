@@ -336,3 +336,37 @@ def test_pair_scheme_is_word2vec_order():
                           seed=7, threads=1, init=(W0, O0), shared_negatives=False)
     assert np.abs(W - W_ref).max() < 1e-5 and np.abs(O - O_ref).max() < 1e-5
     assert np.abs(W - W0).max() > 1e-2          # it moved
+
+
+def test_pair_grad_is_word2vec_table_lookup():
+    """The branch-free pair_grad (issue 20, third pass) returns exactly the table values of
+    word2vec's clamped form: sigmoid from the nearest of the 1025 points on [-6, 6], the end points
+    beyond; loss -log sigmoid from the table, -x below -6 and 0 above 6 (x = f, or -f for a
+    negative). Checked on random scores, the clamp edges and the cells' rounding boundaries."""
+    import numba as nb
+
+    from embedlake.workers.train.sgns_parts import MAX_EXP, TABLE_SIZE, pair_grad, sigmoid_tables
+
+    @nb.njit
+    def grads(fs, positive, lr, sig, logsig):
+        loss = np.empty(fs.shape[0], np.float64)
+        g = np.empty(fs.shape[0], np.float32)
+        for i in range(fs.shape[0]):
+            loss[i], g[i] = pair_grad(fs[i], positive, lr, sig, logsig)
+        return loss, g
+
+    sig, logsig = sigmoid_tables()
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    edges = (np.arange(TABLE_SIZE + 1) - 0.5) / half - MAX_EXP          # where the nearest point changes
+    fs = np.concatenate([np.random.default_rng(3).normal(0, 4, 3000), edges, np.nextafter(edges, 9),
+                         [-MAX_EXP, MAX_EXP, -100.0, 100.0, 0.0, np.nextafter(-MAX_EXP, 0), np.nextafter(MAX_EXP, 0)]])
+    fs = fs.astype(np.float32)
+    lr = np.float32(0.025)
+    for positive in (True, False):
+        loss, g = grads(fs, positive, lr, sig, logsig)
+        for f, l_k, g_k in zip(fs, loss, g):
+            x = float(f) if positive else -float(f)
+            l_ref = -x if x <= -MAX_EXP else 0.0 if x >= MAX_EXP else -logsig[int((x + MAX_EXP) * half + 0.5)]
+            s_ref = sig[0] if f <= -MAX_EXP else sig[TABLE_SIZE] if f >= MAX_EXP else sig[int((f + MAX_EXP) * half + 0.5)]
+            g_ref = (np.float32(1.0 if positive else 0.0) - s_ref) * lr
+            assert l_k == np.float64(l_ref) and g_k == g_ref, (f, positive)

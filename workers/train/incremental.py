@@ -9,8 +9,9 @@ The previous committed run left its embeddings (W_in, the published table) and i
    mean of its neighbours' previous vectors (a seeded small random vector when none has one) and
    its W_out from zero (word2vec's own start);
 3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
-   (or reweighted) edge, `window` steps out from either end (the pairs the edge brings into the
-   window, nothing else); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
+   (or reweighted) edge, window // 2 steps out from either end (the pairs the edge brings into the
+   window, most of them at the short distances the dynamic window favours); by default a third of
+   the times a retrain's walks cross one edge, at most 8 (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
    whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
    change, not the graph;
 4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
@@ -33,16 +34,18 @@ import numpy as np
 from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import CSRGraph
-from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, neighbours_of
+from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, match_ids, neighbours_of
 from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
                                                 noise_alias, numba_threads, seed_state, sentence_chunks,
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
-# An update starts from trained rows: at train.lr the walks around the new edges (a biased sample of
-# contexts) pull those rows away from what a retrain gives. PPI, 5 % new edges, Micro-F1@50 %
-# (full retrain 0.228, v1 0.218): lr 0.025 -> 0.212, 0.01 -> 0.218, 0.005 -> 0.220, 0.0025 -> 0.220.
-UPDATE_LR_SCALE = 0.2
+# Edge walks per added edge: a third of the times a retrain's walks cross one edge (PPI 81,
+# BlogCatalog 24), at most 8. The third keeps an update's tokens within 4 x the change share of a
+# retrain's (2 x side + 2 = 12 tokens a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on
+# both graphs, where more overshoot it on PPI (docs/incremental.md, "How the defaults were chosen").
+EDGE_WALK_SHARE = 1 / 3
+EDGE_WALKS_MAX = 8
 
 
 @nb.njit(inline="always")
@@ -202,23 +205,42 @@ def crossing_edges(diff: GraphDiff) -> np.ndarray:
     return e[(old[e[:, 0]] >= 0) & (old[e[:, 1]] >= 0)] if len(e) else e
 
 
-def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, window: int, mode: str,
+def edge_walks_per_edge(csr: CSRGraph, walks_per_node: int, length: int, setting: int | None) -> int:
+    """Walks to centre on each added edge: `setting` when given, else EDGE_WALK_SHARE of the times a
+    retrain's walks cross one edge (walks_per_node x (length - 1) steps from each node, spread over
+    the graph's edges), between 1 and EDGE_WALKS_MAX. A retrain trains an edge's pairs that many
+    times; the update's walks start from trained rows and need a share of it."""
+    if setting is not None:
+        return int(setting)
+    edges = csr.indices.size if csr.directed else csr.indices.size // 2
+    crossings = walks_per_node * max(length - 1, 0) * csr.num_nodes / max(edges, 1)
+    return min(EDGE_WALKS_MAX, max(1, int(round(EDGE_WALK_SHARE * crossings))))
+
+
+def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, side: int, mode: str,
                threads: int = 0) -> np.ndarray:
-    """`per_edge` walks centred on each edge (u, v): a walk of `window` steps from u, reversed, then
-    one of `window` steps from v, so every pair the new edge brings within the window is trained
+    """`per_edge` walks centred on each edge (u, v): a walk of `side` steps from u, reversed, then
+    one of `side` steps from v, so the pairs the new edge brings within 2 x side are trained
     (walk numbers walks_per_node + j from u and from v: other draws than the node's own walks).
-    Returns int32 [per_edge * k, 2 * window + 2], left-justified, -1 padded."""
+    Returns int32 [per_edge * k, 2 * side + 2], left-justified, -1 padded."""
     from embedlake.workers.graph.walks import random_walks
     indptr, indices, weights, directed = csr
-    rows = []
-    for j in range(per_edge):
-        k = walk_cfg.walks_per_node + j
-        left = random_walks(indptr, indices, weights, edges[:, 0], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
-                            q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
-        right = random_walks(indptr, indices, weights, edges[:, 1], 1, window + 1, walk_cfg.seed, p=walk_cfg.p,
-                             q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed, walk_offset=k)
-        rows.append(join_reversed(left, right))
-    return np.concatenate(rows) if rows else np.zeros((0, 2 * window + 2), dtype=np.int32)
+    if per_edge <= 0 or len(edges) == 0:
+        return np.zeros((0, 2 * side + 2), dtype=np.int32)
+    # one call per side: row j * k + i is walk walks_per_node + j from edges[i] (random_walks' order)
+    left, right = (random_walks(indptr, indices, weights, edges[:, end], per_edge, side + 1, walk_cfg.seed,
+                                p=walk_cfg.p, q=walk_cfg.q, mode=mode, threads=threads, symmetric=not directed,
+                                walk_offset=walk_cfg.walks_per_node) for end in (0, 1))
+    return join_reversed(left, right)
+
+
+def edge_walk_side(window: int) -> int:
+    """Steps an edge walk takes out from each end: half the window. The dynamic window trains a
+    pair d apart with probability (window - d + 1) / window, so most of the pairs a new edge brings
+    lie within window // 2 of it. PPI, 5 % new edges, 0.3 x lr: 16 walks of 2 x 5 steps (377k
+    tokens) gave an added-edge AUC of 0.908 and Micro-F1@50 % of 0.223, 8 walks of 2 x 10 steps
+    (345k tokens) 0.852 and 0.219 (retrain: 0.884 and 0.228, means of three seeds)."""
+    return max(1, int(window) // 2)
 
 
 def join_reversed(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -313,15 +335,16 @@ def write_context(lake: Lake | str, dataset: str, method: str, run_id: str, W_ou
 
 
 def diff_stage(lake: Lake | str, dataset: str, prev_version: str, csr: tuple, node_ids: np.ndarray
-               ) -> tuple[GraphDiff, dict]:
-    """(diff, its counts) of the previous run's graph version (read from the lake) and the graph in
-    hand: the diff stays in the object store, only the counts go to the driver."""
+               ) -> tuple[GraphDiff, dict, np.ndarray]:
+    """(diff, its counts, the previous version's node ids in its dense order) of the previous run's
+    graph version (read from the lake) and the graph in hand: the diff and the ids stay in the
+    object store, only the counts go to the driver."""
     from embedlake.workers.graph.store import read_graph
     t0 = time.perf_counter()
     old_csr, old_ids, _, _ = read_graph(Lake(lake), dataset, prev_version)
     indptr, indices, weights, directed = csr
     diff = graph_diff(old_ids, old_csr, node_ids, CSRGraph(indptr, indices, weights, bool(directed)))
-    return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}
+    return diff, {**diff.counts(), "diff_s": round(time.perf_counter() - t0, 4)}, old_ids
 
 
 def previous_csr(lake: Lake | str, dataset: str, version: str) -> tuple:
@@ -336,25 +359,47 @@ def old_index_of(diff: GraphDiff) -> np.ndarray:
     return diff.old_index
 
 
-def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff, csr: tuple,
-                      walk_cfg: WalkConfig, train: TrainConfig, mode: str, radius: int, threads: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One Ray task: previous tables -> plan -> walks -> frozen training. Returns (W_in, W_out, info)."""
-    t0 = time.perf_counter()
+def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: str, diff: GraphDiff,
+                      prev_ids: np.ndarray, csr: tuple, walk_cfg: WalkConfig, train: TrainConfig, mode: str,
+                      radius: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One Ray task: the previous tables from the lake (W_in put in the previous graph's dense order,
+    W_out's order), then `update_tables`. Returns (W_in, W_out, info)."""
     lake = Lake(lake)
-    _, prev_in = read_table(lake, prev_table)
-    prev_out = lake.read_npy(prev_context)
+    ids, table = read_table(lake, prev_table)
+    prev_in = rows_in_dense_order(ids, table, prev_ids)
+    return update_tables(prev_in, lake.read_npy(prev_context), diff, csr, walk_cfg, train, mode, radius, threads)
+
+
+def rows_in_dense_order(ids: np.ndarray, table: np.ndarray, dense_ids: np.ndarray) -> np.ndarray:
+    """The table's rows reordered to `dense_ids` (a graph version's node ids by dense row). A full
+    run's files are row ranges, already in that order; an update's are hashed partitions (rows
+    grouped by a hash of the id), which are not, and the context table W_out is always in dense
+    order. Raises when the table lacks a node of the version."""
+    at = match_ids(ids, dense_ids)
+    if (at < 0).any():
+        raise ValueError(f"the previous table lacks {int((at < 0).sum())} of its graph's {len(dense_ids)} nodes "
+                         f"(e.g. {dense_ids[np.flatnonzero(at < 0)[0]]!r})")
+    return table[at]
+
+
+def update_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, csr: tuple, walk_cfg: WalkConfig,
+                  train: TrainConfig, mode: str, radius: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The update from the previous tables in hand: plan -> walks -> frozen training (no lake I/O, so
+    bench/bench_incremental.py's sweep runs exactly what a run does). Returns (W_in, W_out, info)."""
+    t0 = time.perf_counter()
     graph = CSRGraph(csr[0], csr[1], csr[2], bool(csr[3]))
     plan = update_plan(prev_in, prev_out, diff, graph, radius, walk_cfg.walks_per_node, train.seed)
     t1 = time.perf_counter()
     node_walks = planned_walks(csr, plan.walks, walk_cfg, mode, threads)
     crossing = crossing_edges(diff)
-    centred = edge_walks(csr, crossing, train.incremental_edge_walks, walk_cfg, train.window, mode, threads)
+    per_edge = edge_walks_per_edge(graph, walk_cfg.walks_per_node, walk_cfg.length, train.incremental_edge_walks)
+    centred = edge_walks(csr, crossing, per_edge, walk_cfg, edge_walk_side(train.window), mode, threads)
     tokens, offsets = joined_sentences([node_walks, centred])
     t2 = time.perf_counter()
-    update_train = train.model_copy(update={"lr": train.lr * UPDATE_LR_SCALE})
+    update_train = train.model_copy(update={"lr": train.lr * train.incremental_lr_scale})
     stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), update_train,
                          threads)
     info = {**plan.info, **stats, "walks": len(node_walks) + len(centred), "node_walks": len(node_walks),
-            "edge_walks": len(centred), "plan_s": round(t1 - t0, 4), "walk_s": round(t2 - t1, 4)}
+            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "plan_s": round(t1 - t0, 4),
+            "walk_s": round(t2 - t1, 4)}
     return plan.W_in, plan.W_out, info

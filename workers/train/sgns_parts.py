@@ -16,6 +16,9 @@ from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 MAX_EXP = 6.0                                   # word2vec's sigmoid clamp: |x| >= 6 is saturated
 TABLE_SIZE = 1024                               # points of the sigmoid / log-sigmoid tables
@@ -124,6 +127,44 @@ def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarr
 
 # ----------------------------------------------------------------------------- numba device functions
 
+@intrinsic
+def prefetch_row(typingctx, table, row):
+    """Start loading row `row` of a C-contiguous 2-d table into the caches (llvm.prefetch, one per
+    64-byte line) without waiting for it. Why: the per-pair kernel reads ~6 random rows per pair
+    from tables much larger than L2 and otherwise stalls on each; asked one pair ahead, the loads
+    overlap the current pair's arithmetic. A prefetch never faults and changes no value."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
+            and isinstance(row, types.Integer)):
+        return None
+    sig = types.void(table, row)
+
+    def codegen(context, builder, signature, args):
+        tabty, rowty = signature.args
+        ary = context.make_array(tabty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        r = context.cast(builder, args[1], rowty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, tabty, ary, [r, zero], wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        first = builder.bitcast(ptr, byte_ptr)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        row_bytes = builder.mul(builder.extract_value(ary.shape, 1),
+                                context.get_constant(types.intp, tabty.dtype.bitwidth // 8))
+        with cgutils.for_range_slice(builder, zero, row_bytes, context.get_constant(types.intp, 64)) as (off, _):
+            builder.call(fn, [builder.gep(first, [off]), i32(0), i32(3), i32(1)])   # read, keep in all levels, data
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@nb.njit(inline="always")
+def prefetch_pair(W_in, W_out, crow, negs, base, negatives):
+    """Prefetch one pair's rows: the context's input row and its negatives' output rows negs[base:base+negatives]."""
+    prefetch_row(W_in, crow)
+    for k in range(negatives):
+        prefetch_row(W_out, negs[base + k])
+
+
 @nb.njit(inline="always")
 def splitmix64(state):
     """splitmix64: returns (new state, 64 random bits)."""
@@ -197,20 +238,20 @@ def draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
 @nb.njit(inline="always")
 def pair_grad(f, positive, lr, sig_tab, logsig_tab):
     """SGNS on one score f = <input, output>: returns (loss term, gradient scale (label - sigmoid(f)) * lr)
-    with word2vec's MAX_EXP clamp and table sigmoid / log-sigmoid."""
+    with word2vec's MAX_EXP clamp and table sigmoid / log-sigmoid.
+
+    Branch-free on purpose: the clamp is a min / max on the table index and the saturated loss a
+    select, so the compiler emits no jump that depends on f. The earlier if / elif form computed
+    the same values (the same float64 index expression, the same end points) but cost ~20 ns per
+    call on random scores against ~1.6 ns for this one (docs/skipgram.md, third pass), the largest
+    single cost of the per-pair kernel."""
     half = TABLE_SIZE / (2.0 * MAX_EXP)
+    top = TABLE_SIZE + 0.0
     x = f if positive else -f
-    loss = 0.0
-    if x <= -MAX_EXP:
-        loss = -x
-    elif x < MAX_EXP:
-        loss = -logsig_tab[np.int64((x + MAX_EXP) * half + 0.5)]
-    if f <= -MAX_EXP:
-        sg = sig_tab[0]
-    elif f >= MAX_EXP:
-        sg = sig_tab[TABLE_SIZE]
-    else:
-        sg = sig_tab[np.int64((f + MAX_EXP) * half + 0.5)]
+    loss = -logsig_tab[np.int64(min(max((x + MAX_EXP) * half + 0.5, 0.0), top))]
+    loss = -x if x <= -MAX_EXP else loss
+    loss = 0.0 if x >= MAX_EXP else loss
+    sg = sig_tab[np.int64(min(max((f + MAX_EXP) * half + 0.5, 0.0), top))]
     lab = np.float32(1.0) if positive else np.float32(0.0)
     return loss, (lab - sg) * lr
 
@@ -382,7 +423,7 @@ def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsi
 
 
 @nb.njit(inline="always")
-def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, outs, Cb, oc, oc0, dIn, g, lr,
+def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, negs, Cb, oc, oc0, dIn, g, lr,
                 sig_tab, logsig_tab):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
     pair with its own `negatives` draws, every step applied before the next pair reads the rows.
@@ -394,31 +435,40 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
     back at the end, Hogwild), the negatives' rows are stepped in the table, the context row is
     copied to Cb first (its step goes to dIn, then to W_in). Scores of one pair are taken before
     any of its steps (word2vec takes them one negative after the other; they differ only when a
-    pair draws the same negative twice). Returns (state, loss)."""
+    pair draws the same negative twice).
+
+    Speed (issue 20, third pass): the window's B x `negatives` draws are taken first into negs
+    (at least 2 * window * negatives long; the same stream order as drawing them pair by pair, so
+    the result is unchanged), and while pair c runs, the rows of pair c + 1 (its context's input
+    row, its negatives' output rows) are prefetched: the kernel waited on those random row reads
+    from tables far larger than L2. A negative equal to the centre is skipped, as before.
+    Returns (state, loss)."""
     dim = W_in.shape[1]
     nal = np.uint64(alias_thr.shape[0])
     loss = 0.0
+    for k in range(B * negatives):
+        state, r = splitmix64(state)
+        jj = np.int64(((r >> S32) * nal) >> S32)
+        negs[k] = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
+    prefetch_pair(W_in, W_out, ctx[0], negs, 0, negatives)
     for d in range(dim):
         oc[d] = W_out[center, d]
         oc0[d] = oc[d]
     for c in range(B):
-        nout = 0
-        for k in range(negatives):
-            state, r = splitmix64(state)
-            jj = np.int64(((r >> S32) * nal) >> S32)
-            neg = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
-            if neg != center:
-                outs[nout] = neg
-                nout += 1
+        if c + 1 < B:
+            prefetch_pair(W_in, W_out, ctx[c + 1], negs, (c + 1) * negatives, negatives)
         crow = ctx[c]
+        base = c * negatives
         s = np.float32(0.0)
         for d in range(dim):
             Cb[d] = W_in[crow, d]
             s += Cb[d] * oc[d]
         dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
         loss += dl
-        for o in range(nout):
-            orow = outs[o]
+        for o in range(negatives):
+            orow = negs[base + o]
+            if orow == center:
+                continue
             s = np.float32(0.0)
             for d in range(dim):
                 s += Cb[d] * W_out[orow, d]
@@ -428,8 +478,10 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
         for d in range(dim):
             dIn[d] = g0 * oc[d]
             oc[d] += g0 * Cb[d]
-        for o in range(nout):
-            orow = outs[o]
+        for o in range(negatives):
+            orow = negs[base + o]
+            if orow == center:
+                continue
             gg = np.float32(g[o])
             for d in range(dim):
                 dIn[d] += gg * W_out[orow, d]

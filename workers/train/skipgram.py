@@ -63,7 +63,7 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         buf = np.empty(maxlen, np.int32)
         pos = np.empty(maxlen, np.int64)
         ctx = np.empty(cmax, np.int32)
-        outs = np.empty(nout_max, np.int32)
+        outs = np.empty(max(nout_max, cmax * negatives), np.int32)   # pair_window: a window's draws
         g = np.empty((cmax, nout_max), np.float32)
         dIn = np.empty((cmax, dim), np.float32)
         Cb = np.empty((cmax, dim), np.float32)
