@@ -126,6 +126,23 @@ def link_auc(X: np.ndarray, added: np.ndarray, full_edges: np.ndarray, n: int, s
     return {k: round(float(v), 4) for k, v in lp["roc_auc"].items()}
 
 
+def hadamard_draws(X: np.ndarray, added: np.ndarray, full_edges: np.ndarray, n: int, draws: int) -> dict:
+    """The pipeline's Hadamard AUC of the added edges over `draws` seeded non-edge samples and
+    cross-fitting splits: with a few hundred added edges one draw is noisy, so the mean and the
+    spread say whether a gap to the retrains is more than that noise."""
+    from embedlake.workers.evaluate.links import link_prediction, sample_non_edges
+    from embedlake.workers.graph.csr import build_csr
+    g = build_csr(full_edges[:, 0], full_edges[:, 1], n)
+    aucs = []
+    for seed in range(draws):
+        neg = sample_non_edges(g.indptr, g.indices, len(added), seed)
+        lp = link_prediction(X, added[:, 0], added[:, 1], neg[0], neg[1], operators=("hadamard",), seed=seed,
+                             threads=None)
+        aucs.append(float(lp["roc_auc"]["hadamard"]))
+    return {"mean": round(float(np.mean(aucs)), 4), "min": round(min(aucs), 4), "max": round(max(aucs), 4),
+            "sd": round(float(np.std(aucs)), 4), "draws": draws}
+
+
 def retrain_seeds(lake: Path, edges: Path, name: str, extra: list[str], seeds: int, n: int) -> list[np.ndarray]:
     """Tables of `seeds` - 1 more full retrains of the same graph (train.seed = 1, 2, ...): the
     retrain's own spread, which the incremental run's figures are judged against."""
@@ -244,7 +261,7 @@ def in_process_table(g, walk, train, seed: int, threads: int) -> tuple[np.ndarra
 
 
 def sweep_figures(ds: Path, name: str, keep: float, variants: list[dict], seeds: int, repeats: int,
-                  threads: int) -> dict:
+                  threads: int, auc_draws: int = 1) -> dict:
     """Update settings compared without the flow: v1 / v2 as in `pair_figures`, the full tables
     trained here (v2 with train.seed 0 .. seeds-1), then workers/train/incremental.update_tables,
     the very update a run does, once per variant (a dict of train.* fields) from v1's tables."""
@@ -260,7 +277,12 @@ def sweep_figures(ds: Path, name: str, keep: float, variants: list[dict], seeds:
     W1, O1, _ = in_process_table(g1, walk, TrainConfig(), 0, threads)
     full = [in_process_table(g2, walk, TrainConfig(), s, threads) for s in range(max(1, seeds))]
     spread = retrain_spread([f[0] for f in full], labels, repeats, added, edges, n)
-    out = {"dataset": name, "keep": keep, "retrain": {**spread, "cpu_s": [f[2] for f in full]}, "variants": []}
+    out = {"dataset": name, "keep": keep, "retrain": {**spread, "cpu_s": [f[2] for f in full],
+           "auc_draws": [hadamard_draws(f[0], added, edges, n, auc_draws) for f in full],
+           "transfer": [transfer_f1(W1, f[0], labels) for f in full],
+           "transfer_aligned": [transfer_f1(W1, procrustes(f[0], W1), labels) for f in full]}, "variants": []}
+    print(json.dumps({"retrain": {k: out["retrain"][k] for k in ("micro_f1", "auc", "auc_draws", "transfer",
+                                                                  "transfer_aligned")}}), flush=True)
     diff = graph_diff(np.arange(n), g1, np.arange(n), g2)
     for v in variants:
         train = TrainConfig(**v)
@@ -269,7 +291,9 @@ def sweep_figures(ds: Path, name: str, keep: float, variants: list[dict], seeds:
                                    train.incremental_radius, threads)
         out["variants"].append({"settings": v, "cpu_s": round(time.process_time() - t0, 2), "tokens": info["tokens"],
                                 "edge_walks_per_edge": info["edge_walks_per_edge"],
-                                "micro_f1": micro_f1(X, labels, repeats), "auc": link_auc(X, added, edges, n)})
+                                "micro_f1": micro_f1(X, labels, repeats), "auc": link_auc(X, added, edges, n),
+                                "auc_draws": hadamard_draws(X, added, edges, n, auc_draws),
+                                "transfer": transfer_f1(W1, X, labels)})
         print(json.dumps(out["variants"][-1]), flush=True)
     return out
 
@@ -288,11 +312,13 @@ def main() -> int:
     ap.add_argument("--sweep", default=None, help="JSON list of train.* settings dicts: compare update settings "
                     "in this process (no flow, no Ray) against --retrain-seeds in-process retrains")
     ap.add_argument("--threads", type=int, default=2, help="numba threads of --sweep")
+    ap.add_argument("--auc-draws", type=int, default=1, help="--sweep: Hadamard AUC over this many seeded "
+                    "non-edge draws and splits (mean, min, max, sd)")
     ap.add_argument("--out", default="bench_incremental.json")
     args = ap.parse_args()
     if args.sweep is not None:
         sweeps = [sweep_figures(SHARED / "datasets" / name, name, float(keep), json.loads(args.sweep),
-                                args.retrain_seeds, args.repeats, args.threads)
+                                args.retrain_seeds, args.repeats, args.threads, args.auc_draws)
                   for name in args.datasets.split(",") if name for keep in args.keep.split(",") if keep]
         Path(args.out).write_text(json.dumps({"sweeps": sweeps}, indent=1))
         return 0
