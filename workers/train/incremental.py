@@ -10,7 +10,7 @@ The previous committed run left its embeddings (W_in, the published table) and i
    its W_out from zero (word2vec's own start);
 3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
    (or reweighted) edge, window // 2 steps out from either end (the pairs the edge brings into the
-   window, most of them at the short distances the dynamic window favours); by default a third of
+   window, most of them at the short distances the dynamic window favours); by default a quarter of
    the times a retrain's walks cross one edge, at most 8 (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
    whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
    change, not the graph;
@@ -40,11 +40,12 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
-# Edge walks per added edge: a third of the times a retrain's walks cross one edge (PPI 81,
-# BlogCatalog 24), at most 8. The third keeps an update's tokens within 4 x the change share of a
-# retrain's (2 x side + 2 = 12 tokens a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on
-# both graphs, where more overshoot it on PPI (docs/incremental.md, "How the defaults were chosen").
-EDGE_WALK_SHARE = 1 / 3
+# Edge walks per added edge: a quarter of the times a retrain's walks cross one edge (PPI 81 -> 8,
+# BlogCatalog 24 -> 6), at most 8. The quarter keeps an update's tokens within 3 x the change share of
+# a retrain's (2 x side + 2 = 12 tokens a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on
+# PPI, where more overshoot it; a third (8 on BlogCatalog) moved BlogCatalog's rows enough to drop a
+# v1 classifier by 0.009-0.011, 6 by 0.007 at the retrain's AUC (docs/incremental.md, "Why these defaults").
+EDGE_WALK_SHARE = 1 / 4
 EDGE_WALKS_MAX = 8
 
 
