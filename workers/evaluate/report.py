@@ -305,9 +305,12 @@ def _run_labels(runs: list[dict]) -> list[str]:
 def plotted_rows(compressed: list[dict] | None) -> list[dict]:
     """The compressed rows a plot shows: learned tables (hash, compose, ...) are separate training
     runs, not reconstructions of the source table, so their recall@10 against it is ~0 by
-    construction (the markdown table has their F1)."""
+    construction (the markdown table has their F1). The codecs module (numba, scipy) is imported
+    only when there are rows: a run's report without compressed tables stays import-free."""
+    if not compressed:
+        return []
     from embedlake.workers.compress.codecs import GRAPH_TRAINED
-    return [r for r in (compressed or []) if r.get("bytes_per_vector") and r.get("recall_at_10") is not None
+    return [r for r in compressed if r.get("bytes_per_vector") and r.get("recall_at_10") is not None
             and r.get("codec") not in GRAPH_TRAINED]
 
 
