@@ -17,7 +17,7 @@ Layout (root = a local folder or s3://bucket/prefix):
     <root>/tokens/<dataset>/<method>/run_id=<id>/         token-id shards + vocabulary of a corpus run
     <root>/state/<dataset>/<method>/run_id=<id>/          what the next incremental run starts from
                                                           (FastRP levels; kept while the run is in history)
-    <root>/reports/<dataset>/<method>/run_id=<id>/        report.md, quality.png, alignment rotation
+    <root>/reports/<dataset>/<method>/run_id=<id>/        report.md, quality.svg, alignment rotation
     <root>/_claims/<dataset>/<method>/<run_id>.claim      a writer's reservation of a run id
 
 Protocol: workers write a run's data files; the driver's `Lake.commit` then makes ONE Delta commit

@@ -4,8 +4,9 @@
   edges, builds the train CSR and samples as many non-edges on the FULL graph; the returned
   GraphHandle carries the train CSR, so walks / FastRP never see a held-out edge.
 - ``evaluate``: after publish, node classification, link prediction, reconstruction and the
-  alignment to the previous committed run run as separate Ray tasks side by side; then one Ray
-  task writes the metrics table, report.md and quality.png to the lake; the task publishes the
+  alignment to the previous committed run run as separate Ray tasks side by side; then the task
+  itself (no Ray task: the report is a few small writes and a hand-written SVG, cheaper than a
+  round trip) writes the metrics table, report.md and quality.svg to the lake and publishes the
   markdown (plot embedded as a data: URI) as a Prefect artifact. Returns {"metrics", "files"}:
   the flow puts both into the run's manifest.
 """
@@ -59,7 +60,6 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
              split: LinkSplit | None = None, bounds: list[tuple[int, int]] | None = None,
              max_retries: int = 3) -> dict:
     """Every evaluation of one published table; returns {"metrics": {...}, "files": {kind: [...]}}."""
-    import ray
     log = stage_logger()
     lake = Lake(lake)
     results = _figures(lake, dataset, method, run_id, graph, emb_ref, eval_cfg, split, bounds, max_retries)
@@ -72,13 +72,12 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
         metrics.setdefault("link_prediction", {})["holdout"] = split.info
     _log_figures(log, metrics)
     context, compressed = _report_context(lake, dataset, method, run_id)
-    # max_calls=1: the report imports matplotlib (+26 MB of heap that no trim gives back), which a pooled
-    # worker would carry into every later task of the cluster (docs/scaling.md section 9, 20M run on main)
-    written = ray.get(remote(es.write_report_stage, "publish", num_cpus=1, max_retries=max_retries, max_calls=1).remote(
-        lake, dataset, method, run_id, metrics, context, compressed))
+    # in this process: the SVG plot imports no plotting library (matplotlib cost a fresh worker
+    # 0.33 CPU-s and kept 26 MB of heap, hence its max_calls=1 task before; docs/evaluation.md, fifth round)
+    written = es.write_report_stage(lake, dataset, method, run_id, metrics, context, compressed)
     files.update(written["files"])
     if eval_cfg.artifacts:
-        publish_artifacts(written["markdown"], written["png"], dataset, method, run_id)
+        publish_artifacts(written["markdown"], written["svg"], dataset, method, run_id)
     return {"metrics": metrics, "files": files}
 
 
@@ -184,16 +183,16 @@ def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: d
                                                                    *[r for _, r in parts])
 
 
-def publish_artifacts(markdown: str, png: bytes, dataset: str, method: str, run_id: str) -> None:
+def publish_artifacts(markdown: str, svg: str, dataset: str, method: str, run_id: str) -> None:
     """Markdown artifact with the tables and the plot embedded as a data: URI.
 
     Prefect 3.9's image artifact only stores a URL that the browser loads; a local lake path or
-    a private s3:// object is not reachable from the UI, so the PNG travels inside the markdown
-    (a 30-60 kB plot). The same PNG is in the lake next to the metrics table."""
+    a private s3:// object is not reachable from the UI, so the SVG travels inside the markdown
+    (a few kB). The same SVG is in the lake next to the metrics table."""
     from prefect.artifacts import create_markdown_artifact
-    from embedlake.workers.evaluate.report import with_png
+    from embedlake.workers.evaluate.report import with_svg
     try:
-        create_markdown_artifact(markdown=with_png(markdown, png), key=_artifact_key("eval", dataset, method),
+        create_markdown_artifact(markdown=with_svg(markdown, svg), key=_artifact_key("eval", dataset, method),
                                  description=f"Evaluation of {dataset}/{method} run {run_id}")
     except Exception as e:  # noqa: BLE001 - the UI is a convenience, never a reason to fail a run
         stage_logger().warning(f"evaluate: Prefect artifact not created: {e}")

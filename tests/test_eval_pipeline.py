@@ -1,5 +1,7 @@
 """Evaluation wired into embed_graph (issue 7): link-prediction hold-out before embedding, metrics in
 the manifest and the lake, Prefect artifacts, `embedlake report`, alignment to the previous run."""
+import xml.etree.ElementTree as ET
+
 import numpy as np
 import polars as pl
 import pytest
@@ -45,6 +47,38 @@ def test_metrics_rows_round_trip_and_stability_recovers_a_rotation():
     assert np.allclose(aligned, X @ Q, atol=1e-5)
     fig, aligned, _ = es.stability(X[:, :4], ids, ref, ref_ids)
     assert aligned is None and "dimension" in fig["skipped"]
+
+
+def test_quality_svg_draws_every_figure_of_every_run():
+    """The hand-written SVG plot: well-formed, one bar per (run, figure) of the left panel, its
+    height the figure's share of the axis, names and labels escaped; a compressed row adds the
+    recall panel with one point per codec (graph-trained codecs left out, as in the PNG)."""
+    nc = {"micro_f1": {"0.1": 0.5, "0.9": 0.75}, "macro_f1": {"0.1": 0.25, "0.9": 0.5}}
+    runs = [{"dataset": "d", "method": "fastrp", "run_id": "r1",
+             "metrics": {"node_classification": nc, "reconstruction": {"map": {"1": 0.4}}}},
+            {"dataset": "d", "method": "a<b&c", "run_id": "r2", "metrics": {"node_classification": nc}},
+            {"dataset": "d", "method": "none", "run_id": "r3", "metrics": {}}]
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    svg = ET.fromstring(rp.quality_svg(runs, title="d: quality"))
+    bars = [r for r in svg.iterfind(".//s:rect", ns) if r.find("s:title", ns) is not None]
+    assert [b.find("s:title", ns).text for b in bars] == [
+        "Micro-F1 10%: 0.500", "Micro-F1 90%: 0.750", "Macro-F1 10%: 0.250", "Macro-F1 90%: 0.500",
+        "mAP 1-hop: 0.400"] + ["Micro-F1 10%: 0.500", "Micro-F1 90%: 0.750", "Macro-F1 10%: 0.250",
+                               "Macro-F1 90%: 0.500"]
+    ymax = 1.05 + 0.07                                  # one legend row above the bars
+    assert float(bars[1].get("height")) == pytest.approx(0.75 / ymax * (rp.BOTTOM - rp.TOP), abs=0.06)
+    texts = [t.text for t in svg.iterfind(".//s:text", ns)]
+    assert "d: quality" in texts and "a<b&c" in texts and "none" not in texts      # no figures: not drawn
+    assert svg.get("width") == str(rp.PANEL_W)
+    rows = [{"dataset": "d", "method": "fastrp", "codec": c, "bytes_per_vector": b, "recall_at_10": r, "dim": 64,
+             "recall_at_10_rerank": None} for c, b, r in (("pq8", 8, 0.3), ("sq8", 64, 0.9), ("hash", 32, 0.01))]
+    svg = ET.fromstring(rp.quality_svg(runs[:1], rows))
+    assert svg.get("width") == str(2 * rp.PANEL_W)
+    line = svg.find(".//s:polyline", ns).get("points").split()
+    assert len(line) == 2 and len(svg.findall(".//s:circle", ns)) == 2
+    assert {"pq8", "sq8"} <= {t.text for t in svg.iterfind(".//s:text", ns)}
+    assert "hash" not in {t.text for t in svg.iterfind(".//s:text", ns)}
+    assert ET.fromstring(rp.quality_svg([], title="empty")) is not None
 
 
 def test_holdout_stage_keeps_weights_and_removes_test_edges():
@@ -115,12 +149,14 @@ def test_link_prediction_flow_directed_gnutella(tmp_path, shared):
     delta_rows = pl.scan_delta(table_uri(lake, "p2p-gnutella08", "fastrp", kind="metrics")).collect()
     assert delta_rows.get_column("run_id").unique().to_list() == [s["run_id"]]
     assert es.metrics_from_rows(delta_rows.select(es.METRICS_SCHEMA.names).to_arrow()) == es.numeric_view(man.metrics)
-    assert {p["path"].rsplit("/", 1)[1] for p in man.files["report"]} == {"report.md", "quality.png"}
-    assert lk.read_bytes(man.files["report"][1]["path"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p["path"].rsplit("/", 1)[1] for p in man.files["report"]} == {"report.md", "quality.svg"}
+    assert b"![quality](quality.svg)" in lk.read_bytes(man.files["report"][0]["path"])
+    svg = ET.fromstring(lk.read_bytes(man.files["report"][1]["path"]))            # well-formed SVG
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
     # the Prefect artifact carries the same table, with the plot inline
     from prefect.artifacts import Artifact
     art = Artifact.get("eval-p2p-gnutella08-fastrp")
-    assert art is not None and "**Link prediction**" in art.data and "data:image/png;base64," in art.data
+    assert art is not None and "**Link prediction**" in art.data and "data:image/svg+xml;base64," in art.data
     # `embedlake report` renders the same tables for the committed run
     # (stdout redirected for these calls only: capsys would leave Prefect's log handler, created
     # in the first flow run of the session, writing to a closed stream in later tests)

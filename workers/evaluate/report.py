@@ -1,8 +1,11 @@
-"""Evaluation reports: a markdown table and a PNG plot from runs' metrics dicts.
+"""Evaluation reports: a markdown table and a plot from runs' metrics dicts.
 
-Pure functions (matplotlib's Agg canvas through the object API: no pyplot, no global backend
-state), used in three places: the evaluate task (lake files + Prefect artifacts), the
-`embedlake report` command (any committed runs), and bench/bench_eval.py.
+Pure functions, used in three places: the evaluate task (lake files + Prefect artifacts), the
+`embedlake report` command (any committed runs), and bench/bench_eval.py. The plot comes two
+ways with the same content: ``quality_svg`` writes a small SVG by hand (what the evaluate stage
+stores: no matplotlib import, so the report costs milliseconds wherever it runs, issue 22), and
+``quality_plot`` draws a PNG with matplotlib's Agg canvas through the object API (no pyplot, no
+global backend state) for the `embedlake report --png` command and the benches.
 
 A *run* is a dict {dataset, method, run_id, metrics} with metrics as the embed_graph flow stores
 them in the manifest (node_classification, link_prediction, reconstruction, stability). A
@@ -12,7 +15,9 @@ them in the manifest (node_classification, link_prediction, reconstruction, stab
 from __future__ import annotations
 
 import base64
+import html
 import io
+import math
 
 # ---------------------------------------------------------------------------------------------
 # collecting runs from the lake
@@ -259,6 +264,12 @@ def with_png(markdown: str, png: bytes, alt: str = "quality") -> str:
     return markdown + f"\n![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})\n"
 
 
+def with_svg(markdown: str, svg: str, alt: str = "quality") -> str:
+    """The markdown with the SVG plot embedded as a data: URI (base64, so no character of the SVG
+    can break the markdown link)."""
+    return markdown + f"\n![{alt}](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # plot
 # ---------------------------------------------------------------------------------------------
@@ -291,17 +302,25 @@ def _run_labels(runs: list[dict]) -> list[str]:
     return [b if base.count(b) == 1 else f"{b} {r['run_id'][-6:]}" for b, r in zip(base, runs)]
 
 
+def plotted_rows(compressed: list[dict] | None) -> list[dict]:
+    """The compressed rows a plot shows: learned tables (hash, compose, ...) are separate training
+    runs, not reconstructions of the source table, so their recall@10 against it is ~0 by
+    construction (the markdown table has their F1). The codecs module (numba, scipy) is imported
+    only when there are rows: a run's report without compressed tables stays import-free."""
+    if not compressed:
+        return []
+    from embedlake.workers.compress.codecs import GRAPH_TRAINED
+    return [r for r in compressed if r.get("bytes_per_vector") and r.get("recall_at_10") is not None
+            and r.get("codec") not in GRAPH_TRAINED]
+
+
 def quality_plot(runs: list[dict], compressed: list[dict] | None = None, title: str = "quality",
                  dpi: int = 100) -> bytes:
     """PNG bytes: grouped bars of each run's headline figures (quality per method) and, when
     ``compressed`` rows are given, recall@10 against bytes per vector (log scale) per codec."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from embedlake.workers.compress.codecs import GRAPH_TRAINED
-    # learned tables (hash, compose, ...) are separate training runs, not reconstructions of the
-    # source table: their recall@10 against it is ~0 by construction; the markdown table has their F1
-    compressed = [r for r in (compressed or []) if r.get("bytes_per_vector") and r.get("recall_at_10") is not None
-                  and r.get("codec") not in GRAPH_TRAINED]
+    compressed = plotted_rows(compressed)
     ncols = 1 + bool(compressed)
     fig = Figure(figsize=(7.5 * ncols, 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -364,3 +383,122 @@ def _recall_vs_bytes(bx, compressed: list[dict]) -> None:
     bx.set_title("quality vs bytes per vector", fontsize=10)
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the same plot as a hand-written SVG (no plotting library)
+# ---------------------------------------------------------------------------------------------
+
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")                # matplotlib's default cycle, so both plots agree
+PANEL_W, PANEL_H = 600, 360                     # one panel, in SVG user units (px)
+LEFT, RIGHT, TOP, BOTTOM = 50, 585, 30, 250     # plot area inside a panel; x labels below BOTTOM
+
+
+def _text(x: float, y: float, s: str, size: int = 10, anchor: str = "middle", extra: str = "") -> str:
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}"{extra}>'
+            f'{html.escape(str(s))}</text>')
+
+
+def _y_axis(ymax: float, ticks: list[float], label: str | None = None) -> list[str]:
+    """Grid lines and tick labels of a [0, ymax] axis; returns the SVG elements."""
+    out = []
+    for t in ticks:
+        y = BOTTOM - t / ymax * (BOTTOM - TOP)
+        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{RIGHT}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(_text(LEFT - 4, y + 3, f"{t:.1f}", 9, "end"))
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{RIGHT - LEFT}" height="{BOTTOM - TOP}" fill="none" '
+               f'stroke="#333"/>')
+    if label:
+        out.append(_text(12, (TOP + BOTTOM) / 2, label, 10, extra=f' transform="rotate(-90 12 {(TOP + BOTTOM) / 2})"'))
+    return out
+
+
+def _legend(entries: list[tuple[str, str]], y: float) -> list[str]:
+    """One row of colour swatches and labels from LEFT (wrapping at RIGHT), at height ``y``."""
+    out, x = [], LEFT + 6
+    for colour, label in entries:
+        w = 16 + 6 * len(label)
+        if x + w > RIGHT and x > LEFT + 6:
+            x, y = LEFT + 6, y + 12
+        out += [f'<rect x="{x}" y="{y - 8}" width="9" height="9" fill="{colour}"/>', _text(x + 12, y, label, 8, "start")]
+        x += w
+    return out
+
+
+def bars_svg(runs: list[dict], title: str) -> str:
+    """Left panel: one group of bars per figure name, one bar per run (runs without figures left
+    out); figures lie in [0, 1], the legend sits above the bars."""
+    runs = [r for r in runs if quality_figures(r)]
+    figs = [quality_figures(r) for r in runs]
+    names: list[str] = []
+    for f in figs:
+        names += [k for k in f if k not in names]
+    out = [_text(PANEL_W / 2, 18, title, 12)]
+    if not names:
+        return "".join(out + _y_axis(1.0, []) + [_text((LEFT + RIGHT) / 2, (TOP + BOTTOM) / 2, "no figures")])
+    ymax = 1.05 + 0.07 * -(-len(runs) // 3)
+    out += _y_axis(ymax, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    slot = (RIGHT - LEFT) / len(names)
+    width = 0.8 * slot / len(runs)
+    for i, f in enumerate(figs):
+        colour = COLOURS[i % len(COLOURS)]
+        for j, k in enumerate(names):
+            if k in f and f[k] is not None:
+                h = max(float(f[k]), 0.0) / ymax * (BOTTOM - TOP)
+                x = LEFT + (j + 0.1) * slot + i * width
+                out.append(f'<rect x="{x:.1f}" y="{BOTTOM - h:.1f}" width="{width:.1f}" height="{h:.1f}" '
+                           f'fill="{colour}"><title>{html.escape(k)}: {float(f[k]):.3f}</title></rect>')
+    for j, k in enumerate(names):
+        x = LEFT + (j + 0.5) * slot
+        out.append(_text(x, BOTTOM + 12, k, 8, "end", f' transform="rotate(-35 {x:.1f} {BOTTOM + 12})"'))
+    out += _legend([(COLOURS[i % len(COLOURS)], lab) for i, lab in enumerate(_run_labels(runs))], TOP + 12)
+    return "".join(out)
+
+
+def recall_svg(compressed: list[dict]) -> str:
+    """Right panel: recall@10 against bytes per vector (log 2 scale), one line per method with each
+    codec named, re-scored recall as squares and the float32 table as a star at recall 1."""
+    methods = sorted({r["method"] for r in compressed})
+    full = {m: 4 * max(d) for m in methods if (d := {r.get("dim") for r in compressed if r["method"] == m} - {None})}
+    xs = [math.log2(r["bytes_per_vector"]) for r in compressed] + [math.log2(v) for v in full.values()]
+    lo, hi = math.floor(min(xs)), math.ceil(max(xs)) + (min(xs) == max(xs))
+    def px(b: float) -> float:
+        return LEFT + 10 + (math.log2(b) - lo) / (hi - lo) * (RIGHT - LEFT - 20)
+
+    def py(v: float) -> float:
+        return BOTTOM - v / 1.05 * (BOTTOM - TOP)
+    out = [_text(PANEL_W / 2, 18, "quality vs bytes per vector", 12)] + _y_axis(1.05, [0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                                                                                    "recall@10 vs the full table")
+    for e in range(lo, hi + 1):
+        out.append(_text(px(2 ** e), BOTTOM + 12, f"{2 ** e:g}", 8))
+    out.append(_text((LEFT + RIGHT) / 2, BOTTOM + 28, "bytes per vector (log 2 scale)", 10))
+    legend = []
+    for i, meth in enumerate(methods):
+        colour = COLOURS[i % len(COLOURS)]
+        rs = sorted((r for r in compressed if r["method"] == meth), key=lambda r: r["bytes_per_vector"])
+        pts = [(px(r["bytes_per_vector"]), py(r["recall_at_10"])) for r in rs]
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="'
+                   + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
+        for (x, y), r in zip(pts, rs):
+            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>', _text(x + 4, y - 4, r["codec"], 7, "start")]
+            if r.get("recall_at_10_rerank"):
+                out.append(f'<rect x="{x - 3:.1f}" y="{py(r["recall_at_10_rerank"]) - 3:.1f}" width="6" height="6" '
+                           f'fill="none" stroke="{colour}"/>')
+        if meth in full:
+            out.append(_text(px(full[meth]), py(1.0) + 4, "\u2605", 12, extra=' fill="#000"'))
+        legend.append((colour, f"{meth} recall@10 (squares: re-scored)"))
+    out += _legend(legend + [("#000", "float32 table (star)")] * bool(full), TOP + 12)
+    return "".join(out)
+
+
+def quality_svg(runs: list[dict], compressed: list[dict] | None = None, title: str = "quality") -> str:
+    """SVG text of the plot ``quality_plot`` draws (same panels and figures), written by hand: the
+    evaluate stage stores it as quality.svg without importing a plotting library."""
+    compressed = plotted_rows(compressed)
+    panels = [bars_svg(runs, title)] + ([recall_svg(compressed)] if compressed else [])
+    width = PANEL_W * len(panels)
+    body = "".join(f'<g transform="translate({i * PANEL_W},0)">{p}</g>' for i, p in enumerate(panels))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
+            f'viewBox="0 0 {width} {PANEL_H}" font-family="DejaVu Sans, Arial, sans-serif">'
+            f'<rect width="{width}" height="{PANEL_H}" fill="#fff"/>{body}</svg>\n')

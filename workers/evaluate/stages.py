@@ -12,7 +12,7 @@ function so the task can run them side by side on different workers:
 Lake layout written here (all named by the run's record, so nothing is visible before commit):
 
     metrics/<dataset>/<method>/run_id=<run_id>/part-00000.parquet    files["metrics"]  (Delta table)
-    reports/<dataset>/<method>/run_id=<run_id>/report.md, quality.png    files["report"]   (internal)
+    reports/<dataset>/<method>/run_id=<run_id>/report.md, quality.svg    files["report"]   (internal)
     reports/<dataset>/<method>/run_id=<run_id>/rotation.npy             files["rotation"] (internal)
     embeddings/<dataset>/<method>.aligned/run_id=<run_id>/partition=<k>/part-<k>.parquet  files["aligned"]
 
@@ -472,22 +472,23 @@ def metrics_path(dataset: str, method: str, run_id: str) -> str:
 
 def write_report_stage(lake: Lake | str, dataset: str, method: str, run_id: str, metrics: dict,
                        context: list[dict], compressed: list[dict]) -> dict:
-    """Write the metrics table, the markdown report and the PNG plot of one run.
+    """Write the metrics table, the markdown report and the SVG plot of one run.
 
     ``context``: other runs (dicts with dataset, method, run_id, metrics) shown beside this one;
     ``compressed``: quality-vs-bytes rows (see workers/report.compressed_rows). Returns
-    {"files": {"metrics": [...], "report": [...]}, "markdown": str, "png": bytes}."""
+    {"files": {"metrics": [...], "report": [...]}, "markdown": str, "svg": str}. The plot is a
+    hand-written SVG (no matplotlib), so this costs milliseconds and needs no worker of its own."""
     from embedlake import storage
     from embedlake.workers.evaluate import report as rp
     lake = Lake(lake)
     this = {"dataset": dataset, "method": method, "run_id": run_id, "metrics": metrics}
     runs = [this] + [c for c in context if (c["method"], c["run_id"]) != (method, run_id)]
-    png = rp.quality_plot(runs, compressed, title=f"{dataset}: quality per method")
+    svg = rp.quality_svg(runs, compressed, title=f"{dataset}: quality per method")
     md = rp.report_markdown(runs, compressed, title=f"{dataset} / {method} run {run_id}")
     base = Lake.run_dir("reports", dataset, method, run_id)        # internal files beside the metrics table
     with storage.using(lake.env):
         files = {"metrics": [lake.write_parquet(metrics_path(dataset, method, run_id),
                                                 metrics_table(dataset, method, run_id, metrics)).to_dict()],
-                 "report": [lake.write_bytes(f"{base}/report.md", (md + "\n![quality](quality.png)\n").encode())
-                            .to_dict(), lake.write_bytes(f"{base}/quality.png", png).to_dict()]}
-    return {"files": files, "markdown": md, "png": png}
+                 "report": [lake.write_bytes(f"{base}/report.md", (md + "\n![quality](quality.svg)\n").encode())
+                            .to_dict(), lake.write_bytes(f"{base}/quality.svg", svg.encode()).to_dict()]}
+    return {"files": files, "markdown": md, "svg": svg}

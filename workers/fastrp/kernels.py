@@ -42,11 +42,9 @@ from typing import Iterable, Sequence
 
 import numba
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from embedlake.workers.prefetch import prefetch
 
 __all__ = [
     "random_projection", "fastrp_init", "propagate_rows", "accumulate_rows", "fastrp",
@@ -391,28 +389,6 @@ def normalization_scales(normalization: str, degrees: np.ndarray | None, dtype):
     return s, s
 
 
-_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Prefetch hint for &arr[idx] (1-d array) into all cache levels; no effect on results."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            _PREFETCH_NAME)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @njit(cache=True, inline="always")
 def _prefetch_row(indices, q, Uflat, dim, col_lo, col_hi):
     """Prefetch the U row of arc q when its neighbour lies in the column block [col_lo, col_hi)."""
@@ -421,7 +397,7 @@ def _prefetch_row(indices, q, Uflat, dim, col_lo, col_hi):
         if col_lo <= j < col_hi:
             base = (j - col_lo) * dim
             for l in range(0, dim, 16):         # one hint per 64-byte line of float32 (two of float64)
-                _prefetch(Uflat, base + l)
+                prefetch(Uflat, base + l)
 
 
 @njit(cache=True, inline="always")

@@ -42,17 +42,14 @@ from typing import Callable
 
 import numba
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import CSRShard, owner_of, shard_bounds, shard_starts, split_csr
 from embedlake.workers.graph.walks import (GOLDEN, MODES, build_alias, find_sorted, first_order_step, mix,
                                            node2vec_proposal, randint, uniform, walk_key)
+from embedlake.workers.prefetch import prefetch
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
@@ -102,7 +99,6 @@ COUNT_MASK = (1 << COUNT_BITS) - 1
 PREFETCH_ROWS = 16
 PREFETCH_ARCS = 8
 FIRST_ORDER_CHUNK = 4096    # walkers per parallel task of the first-order kernel (prefetching runs within one)
-_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
 
 
 @dataclass(frozen=True)
@@ -319,25 +315,6 @@ def _advance_kernel(indptr, indices, weights, table, rowsum, weighted, second, s
                 w = walkers[r0 + a]
                 w.cur, w.prev, w.wlast, w.state, w.step = cur[a], prev[a], wl[a], st[a], step[a]
     return where, used, seg0
-
-
-@intrinsic
-def prefetch(typingctx, arr, idx):
-    """A hint to bring the cache line of arr[idx] (1-d array) in for reading; no effect on results."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            _PREFETCH_NAME)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @njit(cache=True, inline="always")

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
+
+from embedlake.workers.prefetch import prefetch_row
 
 MAX_EXP = 6.0                                   # word2vec's sigmoid clamp: |x| >= 6 is saturated
 TABLE_SIZE = 1024                               # points of the sigmoid / log-sigmoid tables
@@ -126,36 +125,6 @@ def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarr
 
 
 # ----------------------------------------------------------------------------- numba device functions
-
-@intrinsic
-def prefetch_row(typingctx, table, row):
-    """Start loading row `row` of a C-contiguous 2-d table into the caches (llvm.prefetch, one per
-    64-byte line) without waiting for it. Why: the per-pair kernel reads ~6 random rows per pair
-    from tables much larger than L2 and otherwise stalls on each; asked one pair ahead, the loads
-    overlap the current pair's arithmetic. A prefetch never faults and changes no value."""
-    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
-            and isinstance(row, types.Integer)):
-        return None
-    sig = types.void(table, row)
-
-    def codegen(context, builder, signature, args):
-        tabty, rowty = signature.args
-        ary = context.make_array(tabty)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        r = context.cast(builder, args[1], rowty, types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, tabty, ary, [r, zero], wraparound=False)
-        byte_ptr = ir.IntType(8).as_pointer()
-        first = builder.bitcast(ptr, byte_ptr)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        row_bytes = builder.mul(builder.extract_value(ary.shape, 1),
-                                context.get_constant(types.intp, tabty.dtype.bitwidth // 8))
-        with cgutils.for_range_slice(builder, zero, row_bytes, context.get_constant(types.intp, 64)) as (off, _):
-            builder.call(fn, [builder.gep(first, [off]), i32(0), i32(3), i32(1)])   # read, keep in all levels, data
-        return context.get_dummy_value()
-    return sig, codegen
-
 
 @nb.njit(inline="always")
 def prefetch_pair(W_in, W_out, crow, negs, base, negatives):
