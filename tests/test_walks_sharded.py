@@ -358,6 +358,8 @@ def test_owners_started_before_the_graph_walk_it_bit_identically(ray_session):
         for cfg, method, offset in walks:
             res = walk_sharded.fn(handle, cfg, method, walk_offset=offset)
             assert res.info["owners"] == "started during ingest" and owners.actors == actors
+            # one node holds all three owners: one walker box per sender, sliced by each (WalkParams.groups)
+            assert owners.groups == ((0, 1, 2),) and res.info["walker_box_groups"] == 1
             expected = replicated_by_shard(g, handle.shard_bounds, cfg.walks_per_node, cfg.length, cfg.seed,
                                            p=cfg.p, q=cfg.q, mode=method, walk_offset=offset)
             for got, exp in zip(ray.get(res.ref), expected):
