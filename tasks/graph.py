@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -388,6 +388,16 @@ def owner_nodes(shards: int) -> list[str]:
     return [node for turn in itertools.zip_longest(*slots) for node in turn if node is not None][:shards]
 
 
+def node_groups(nodes: list[str]) -> tuple:
+    """The shards of owners pinned to `nodes` (one node per shard) grouped by node, nodes in the
+    order they first appear; () when no node holds two owners (then boxes go per shard, as without
+    groups)."""
+    groups: dict[str, list[int]] = {}
+    for shard, node in enumerate(nodes):
+        groups.setdefault(node, []).append(shard)
+    return tuple(tuple(g) for g in groups.values()) if len(groups) < len(nodes) else ()
+
+
 class ShardOwners:
     """S shard owners started before the graph exists: flows/embed_graph.py starts them when the
     run begins (`early_shard_owners`), so their processes start, import the walk engine and load its
@@ -400,9 +410,10 @@ class ShardOwners:
     build alias rows and walkers); later walks of the same graph (streamed rounds) only `start`.
     A plain class, not a dataclass: Prefect must pass this very object, not a copy, to the tasks."""
 
-    def __init__(self, actors: list, mode: str = "deepwalk"):
+    def __init__(self, actors: list, mode: str = "deepwalk", nodes: list | None = None):
         self.actors, self.mode = actors, mode
         self.holds = None           # (graph key, shard bounds) the owners hold, None before `ready_for`
+        self.groups = node_groups(nodes or [])  # owners sharing a node: one walker box per node (WalkParams)
 
     @classmethod
     def start(cls, shards: int, mode: str) -> ShardOwners:
@@ -412,9 +423,10 @@ class ShardOwners:
         from embedlake.tasks.remote import remote_actor
         from embedlake.workers.graph.sharded_walks import ShardWalker, WalkParams
         params = WalkParams(1, 1, 0, mode=mode)
+        nodes = owner_nodes(shards)
         return cls([remote_actor(ShardWalker, "walk", fixed={"num_cpus": 0}, max_restarts=0,
                                  scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-            params=params) for node in owner_nodes(shards)], mode)
+            params=params) for node in nodes], mode, nodes)
 
     @property
     def alive(self) -> bool:
@@ -510,6 +522,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         starting = [o.start.remote(params, handle) for o in owners]
     elif early is not None:
         owners, waited = early.actors, early.wait_started()
+        params = replace(params, groups=early.groups)
         starting = early.ready_for(graph, params, handle)
     else:
         owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
@@ -533,7 +546,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = last[0] = time.perf_counter()
-        refs, info = run_rounds(call, ray.get, len(bounds), on_round, second=params.second)
+        refs, info = run_rounds(call, ray.get, len(bounds), on_round, second=params.second, groups=params.groups)
     finally:
         if not kept:
             for o in owners:
@@ -544,7 +557,8 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "
              f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners "
              f"({how})")
-    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3),
+    return refs, {**info, "walk_seconds": round(secs, 3), "walker_box_groups": len(params.groups),
+                  "owner_start_seconds": round(t0 - t_start, 3),
                   "owners": how, **({} if waited is None else {"owner_wait_seconds": round(waited, 3)})}
 
 

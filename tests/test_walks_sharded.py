@@ -64,6 +64,24 @@ def test_in_process_bit_identical_to_replicated(graph, weighted, mode, p, q):
             assert info["adjacency_queries"] > 0          # some t's lists were on another shard
 
 
+@pytest.mark.parametrize("graph", list(GRAPHS))
+@pytest.mark.parametrize("mode,p,q", WALKS[:2])
+def test_boxes_per_node_group_give_the_same_walks(graph, mode, p, q):
+    """Walker boxes per destination node (WalkParams.groups: shards i and i + 4 on node i % 4, as
+    owner_nodes places 8 owners on 4 nodes; an empty shard in a group; uneven groups): same walks."""
+    g = GRAPHS[graph](True)
+    for S, groups in ((8, ((0, 4), (1, 5), (2, 6), (3, 7))), (5, ((0, 2, 4), (1,), (3,))),
+                      (3, ((0, 1, 2),))):
+        bounds = shard_bounds(g.num_nodes, S) if S < 8 else [(0, 0)] + shard_bounds(g.num_nodes, 7)
+        out, info = sharded_random_walks(split_csr(g, bounds), 3, 12, 7, p=p, q=q, mode=mode, groups=groups)
+        assert_same_walks(g, out, bounds, 3, 12, 7, p=p, q=q, mode=mode)
+        ref, ref_info = sharded_random_walks(split_csr(g, bounds), 3, 12, 7, p=p, q=q, mode=mode)
+        assert {k: v for k, v in info.items() if k != "advance_critical_s"} == \
+            {k: v for k, v in ref_info.items() if k != "advance_critical_s"}
+    with pytest.raises(ValueError, match="groups must hold every shard"):
+        sharded_random_walks(split_csr(g, shard_bounds(g.num_nodes, 3)), 1, 4, 7, groups=((0, 1),))
+
+
 @pytest.mark.parametrize("mode", ["deepwalk", "node2vec"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_empty_shards_and_isolated_start_nodes(mode, weighted):
@@ -340,6 +358,8 @@ def test_owners_started_before_the_graph_walk_it_bit_identically(ray_session):
         for cfg, method, offset in walks:
             res = walk_sharded.fn(handle, cfg, method, walk_offset=offset)
             assert res.info["owners"] == "started during ingest" and owners.actors == actors
+            # one node holds all three owners: one walker box per sender, sliced by each (WalkParams.groups)
+            assert owners.groups == ((0, 1, 2),) and res.info["walker_box_groups"] == 1
             expected = replicated_by_shard(g, handle.shard_bounds, cfg.walks_per_node, cfg.length, cfg.seed,
                                            p=cfg.p, q=cfg.q, mode=method, walk_offset=offset)
             for got, exp in zip(ray.get(res.ref), expected):

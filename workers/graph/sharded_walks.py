@@ -113,6 +113,10 @@ class WalkParams:
     mode: str = "deepwalk"
     threads: int = 1
     walk_offset: int = 0        # walk numbers walk_offset .. + walks_per_node - 1 (streamed rounds)
+    # Delivery, not the walks: shards whose owners share a node, one tuple per node (every shard in
+    # one). Empty: one walker box per destination shard. Else one box per destination NODE: the
+    # owners there take their slices of the same object, which Ray moves to that node once.
+    groups: tuple = ()
 
     @property
     def second(self) -> bool:
@@ -125,6 +129,14 @@ class WalkParams:
             raise ValueError("p and q must be finite and > 0")
         if self.walks_per_node < 0 or self.length < 1:
             raise ValueError("walks_per_node must be >= 0 and length >= 1")
+
+    def delivery(self, shards: int) -> tuple[tuple[int, ...], ...]:
+        """The destination groups of walker boxes: `groups`, or each shard alone."""
+        if not self.groups:
+            return tuple((s,) for s in range(shards))
+        if sorted(s for g in self.groups for s in g) != list(range(shards)):
+            raise ValueError(f"groups must hold every shard 0..{shards - 1} once, got {self.groups}")
+        return tuple(tuple(int(s) for s in g) for g in self.groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,6 +615,8 @@ class ShardWalker:
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
         self.rounds = 0
+        self.groups, self.boxed = params.delivery(self.shards), bool(params.groups)
+        self.slot = next(g.index(self.shard) for g in self.groups if self.shard in g)   # my slice of a box
 
     def _threaded(self):
         return _NumbaThreads(self.numba_threads)
@@ -623,11 +637,31 @@ class ShardWalker:
         park = _concat([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked], PARKED_WALKER)
         return allw, resume, park
 
+    def _mine(self, box) -> np.ndarray:
+        """This shard's walkers in a box sent to its node's group: (counts per group member, walkers
+        back to back); a plain array (no groups, or the first round's empty inbox) is all mine."""
+        if not isinstance(box, tuple):
+            return box
+        counts, walkers = box
+        start = int(counts[:self.slot].sum())
+        return walkers[start:start + int(counts[self.slot])]
+
+    def _boxes(self, outboxes: list[np.ndarray]) -> list:
+        """One box per destination group (params.groups): the group members' outboxes back to back
+        with their counts, or the outboxes as they are without groups."""
+        if not self.boxed:
+            return outboxes
+        return [(np.array([len(outboxes[d]) for d in g], np.int64),
+                 _concat([outboxes[d] for d in g], outboxes[0].dtype) if len(g) > 1 else outboxes[g[0]])
+                for g in self.groups]
+
     def advance(self, *mail) -> list:
         """One round: advance every walker here. node2vec: takes the walkers and the answers from each
         shard (2S inboxes), returns S walker outboxes, S query outboxes and the stats. DeepWalk asks
         nothing: takes the S walker inboxes, returns the S walker outboxes and the stats (S fewer
         objects each way per shard per round: every one costs the driver, the owners and Ray).
+        With params.groups (G of them) the walker outboxes are G boxes, one per destination node
+        (`_boxes`), and each walker inbox is the box of this shard's group (`_mine`).
         Stats: int64 [moved, parked, tokens written (the start nodes count in the first round),
         finished, microseconds this call took]."""
         S, P = self.shards, self.params
@@ -638,7 +672,7 @@ class ShardWalker:
         t0 = time.perf_counter()
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
-        walkers, resume, park = self._inbox(mail[:S], mail[S:])
+        walkers, resume, park = self._inbox([self._mine(m) for m in mail[:S]], mail[S:])
         orow, home, res_off = _reserve(walkers, self.row_starts, self.shard, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
@@ -664,7 +698,7 @@ class ShardWalker:
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
                           offsets[S + 2] - offsets[S + 1], int((time.perf_counter() - t0) * 1e6)], dtype=np.int64)
-        return outboxes + queries + [stats]
+        return self._boxes(outboxes) + queries + [stats]
 
     def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """Keep the walkers that wait for an adjacency answer, grouped by the owner of their previous
@@ -763,7 +797,7 @@ ROUNDS_AHEAD = 3
 
 def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
                on_round: Callable[[int, np.ndarray], None] | None = None, second: bool = True,
-               ahead: int = ROUNDS_AHEAD) -> tuple[list, dict]:
+               ahead: int = ROUNDS_AHEAD, groups: tuple = ()) -> tuple[list, dict]:
     """Drive bulk-synchronous rounds over `shards` ShardWalkers until no walker is in flight, then
     send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
     shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
@@ -772,19 +806,23 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
     park, so every round also has its `answer` calls. on_round(round, stats int64 [S, 5]). Returns
     (per shard its walks, info: rounds, walker moves, adjacency queries, tokens, and
     advance_critical_s: the sum over rounds of the slowest shard's `advance` time, i.e. the rounds'
-    compute on the critical path; the rest of their wall time is messaging and waiting)."""
+    compute on the critical path; the rest of their wall time is messaging and waiting).
+    groups: the owners' WalkParams.groups (shards sharing a node): one walker box per group, which
+    every member of the group takes as its inbox from that sender."""
     S = shards
-    walkers = [[np.empty(0, WALKER)] * S for _ in range(S)]     # walkers[a][b]: sent by a to b
+    group_of = {s: i for i, g in enumerate(groups or [(s,) for s in range(S)]) for s in g}
+    G = len(set(group_of.values()))
+    walkers = [[np.empty(0, WALKER)] * G for _ in range(S)]     # walkers[a][g]: sent by a to group g
     answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
     in_flight: list[list] = []                                 # stats of submitted rounds not read yet
     rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
-    returns = 2 * S + 1 if second else S + 1                   # DeepWalk's advance has no queries
+    returns = G + S + 1 if second else G + 1                   # DeepWalk's advance has no queries
     while True:
-        outs = [call(b, "advance", *[walkers[a][b] for a in range(S)],
+        outs = [call(b, "advance", *[walkers[a][group_of[b]] for a in range(S)],
                      *([answers[a][b] for a in range(S)] if second else []), returns=returns) for b in range(S)]
-        walkers = [o[:S] for o in outs]
+        walkers = [o[:G] for o in outs]
         if second:
-            answers = [call(a, "answer", *[outs[b][S + a] for b in range(S)], returns=S) for a in range(S)]
+            answers = [call(a, "answer", *[outs[b][G + a] for b in range(S)], returns=S) for a in range(S)]
         in_flight.append([o[-1] for o in outs])
         if len(in_flight) <= ahead:
             continue
@@ -812,17 +850,19 @@ def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
                          q: float = 1.0, mode: str = "deepwalk", threads: int = 1,
-                         walk_offset: int = 0, ahead: int = ROUNDS_AHEAD) -> tuple[list[np.ndarray], dict]:
+                         walk_offset: int = 0, ahead: int = ROUNDS_AHEAD,
+                         groups: tuple = ()) -> tuple[list[np.ndarray], dict]:
     """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
     shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
-    (walk matrices, info: rounds, walker moves, adjacency queries). ahead: as run_rounds'."""
+    (walk matrices, info: rounds, walker moves, adjacency queries). ahead: as run_rounds';
+    groups: as WalkParams.groups (boxes per group of shards, same walks)."""
     bounds = [(s.lo, s.hi) for s in shards]
     params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads,
-                        walk_offset=int(walk_offset))
+                        walk_offset=int(walk_offset), groups=tuple(tuple(g) for g in groups))
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
 
     def call(shard, method, *args, returns):
         res = getattr(owners[shard], method)(*args)
         return res if isinstance(res, list) else [res]
 
-    return run_rounds(call, list, len(shards), second=params.second, ahead=ahead)
+    return run_rounds(call, list, len(shards), second=params.second, ahead=ahead, groups=params.groups)
