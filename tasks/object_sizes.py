@@ -235,17 +235,21 @@ def recorded_function(fn, stage: str | None, directory: str, num_returns=1, name
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        arg_sizes = [object_bytes(a) for a in args[skip:]]
-        kwarg_sizes = {k: object_bytes(v) for k, v in kwargs.items()}
+        record = _call_record(stage, label, args[skip:], kwargs)
         with task_memory() as mem:
             t0 = time.perf_counter()
             result = fn(*args, **kwargs)
             wall = time.perf_counter() - t0
-        _write(directory, {"stage": stage, "fn": label, "args": arg_sizes, "kwargs": kwarg_sizes,
-                           "results": _result_sizes(result, num_returns), "node": _node_id(), "pid": os.getpid(),
-                           "wall_s": round(wall, 6), "mem": mem})
+        _write(directory, {**record, "results": _result_sizes(result, num_returns), "wall_s": round(wall, 6),
+                           "mem": mem})
         return result
     return call
+
+
+def _call_record(stage: str | None, label: str, args, kwargs) -> dict:
+    """The part of a call's size record known before it runs: where, what, and its arguments' bytes."""
+    return {"stage": stage, "fn": label, "args": [object_bytes(a) for a in args],
+            "kwargs": {k: object_bytes(v) for k, v in kwargs.items()}, "node": _node_id(), "pid": os.getpid()}
 
 
 def recorded_generator(fn, stage: str | None, directory: str, name: str | None = None, method: bool = False):
@@ -258,8 +262,7 @@ def recorded_generator(fn, stage: str | None, directory: str, name: str | None =
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        arg_sizes = [object_bytes(a) for a in args[skip:]]
-        kwarg_sizes = {k: object_bytes(v) for k, v in kwargs.items()}
+        record = _call_record(stage, label, args[skip:], kwargs)
         sizes = []
         with task_memory() as mem:
             t0 = time.perf_counter()
@@ -269,8 +272,7 @@ def recorded_generator(fn, stage: str | None, directory: str, name: str | None =
                 yield item
                 del item            # Ray has stored it: hold no more than Ray does
             wall = time.perf_counter() - t0
-        _write(directory, {"stage": stage, "fn": label, "args": arg_sizes, "kwargs": kwarg_sizes, "results": sizes,
-                           "node": _node_id(), "pid": os.getpid(), "wall_s": round(wall, 6), "mem": mem})
+        _write(directory, {**record, "results": sizes, "wall_s": round(wall, 6), "mem": mem})
     return call
 
 
