@@ -85,18 +85,15 @@ def handles(ray, g, shards: int):
     return one, GraphHandle(meta, None, ray.put(ids), None, refs)
 
 
-def early_owners_walk(ray, sharded, cfg, mode: str, info: dict, box_per_shard: bool = False) -> tuple[float, float, float]:
+def early_owners_walk(ray, sharded, cfg, mode: str, info: dict) -> tuple[float, float, float]:
     """The walk stage as a flow runs it with graph.shards = S (tasks/graph.py ShardOwners): owners
     started before the graph exists (the flow starts them when ingest starts; here they are waited
     for, untimed, as a long enough ingest hides them), then the timed stage: hand each its shard
     (fetch CSR rows, build walkers), the rounds, collect. Fresh owners every call, so every timed
     stage pays the shard hand-over. Returns `measured`'s (wall, CPU s, load); the stage's info
-    goes into `info`. box_per_shard: one walker box per destination shard even where owners share
-    a node (the way "shardboxes": the engine before boxes per destination node, in the same run)."""
+    goes into `info`."""
     from embedlake.tasks.graph import ShardOwners, walk_sharded
     owners = ShardOwners.start(sharded.num_shards, mode)
-    if box_per_shard:
-        owners.groups = ()
     try:
         owners.wait_started()
         graph = owners.attach(dataclasses.replace(sharded, owners=None))
@@ -204,8 +201,6 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
                 rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode), info[S])))
             if "early" in ways:
                 rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info[S]))
-            if "shardboxes" in ways:
-                rows[S]["shardboxes"].append(early_owners_walk(ray, h, cfg, mode, {}, box_per_shard=True))
     if "kept" in ways:     # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
         for S, h in sharded.items():
             owners = start_shard_owners(h, warm, mode)
@@ -222,7 +217,7 @@ def summary(rows: dict, ways: list[str], info: dict) -> dict:
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in rows.items()}
     out = {"replicated_wall_s": [round(x[0], 3) for x in rows["replicated"]],
            "replicated_cpu_s": [round(x[1], 3) for x in rows["replicated"]]}
-    name = {"auto": "", "early": "_early_owners", "kept": "_kept_owners", "shardboxes": "_early_shard_boxes"}
+    name = {"auto": "", "early": "_early_owners", "kept": "_kept_owners"}
     for w in ways:
         out[f"ratio{name[w]}"] = round(med["replicated"][0] / med[w][0], 3)
         out[f"ratio{name[w]}_cpu"] = round(med["replicated"][1] / med[w][1], 3)
@@ -230,7 +225,7 @@ def summary(rows: dict, ways: list[str], info: dict) -> dict:
         out[f"sharded{name[w]}_cpu_s"] = [round(x[1], 3) for x in rows[w]]
     out["loadavg_1min"] = [round(x[2], 1) for v in rows.values() for x in v]
     out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries", "walk_seconds", "owner_start_seconds",
-                                     "advance_critical_s", "walker_box_groups") if k in info})
+                                     "advance_critical_s") if k in info})
     return out
 
 
@@ -247,8 +242,7 @@ def main():
     ap.add_argument("--modes", default="deepwalk,node2vec", help="which of deepwalk,node2vec to time")
     ap.add_argument("--ways", default="auto,early,kept",
                     help="sharded stages to time: auto (owners started in the stage), early (owners started "
-                         "before it, as a flow with graph.shards = S does), kept (owners kept from the warm-up), "
-                         "shardboxes (early, but one walker box per destination shard, not per node)")
+                         "before it, as a flow with graph.shards = S does), kept (owners kept from the warm-up)")
     ap.add_argument("--nodes", type=int, default=4, help="simulated cluster nodes (0: a plain local Ray)")
     ap.add_argument("--node-cpus", type=int, default=1)
     ap.add_argument("--store-mb", type=int, default=1200)

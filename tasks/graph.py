@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -388,16 +388,6 @@ def owner_nodes(shards: int) -> list[str]:
     return [node for turn in itertools.zip_longest(*slots) for node in turn if node is not None][:shards]
 
 
-def node_groups(nodes: list[str]) -> tuple:
-    """The shards of owners pinned to `nodes` (one node per shard) grouped by node, nodes in the
-    order they first appear; () when no node holds two owners (then boxes go per shard, as without
-    groups)."""
-    groups: dict[str, list[int]] = {}
-    for shard, node in enumerate(nodes):
-        groups.setdefault(node, []).append(shard)
-    return tuple(tuple(g) for g in groups.values()) if len(groups) < len(nodes) else ()
-
-
 class ShardOwners:
     """S shard owners started before the graph exists: flows/embed_graph.py starts them when the
     run begins (`early_shard_owners`), so their processes start, import the walk engine and load its
@@ -411,22 +401,19 @@ class ShardOwners:
     A plain class, not a dataclass: Prefect must pass this very object, not a copy, to the tasks."""
 
     def __init__(self, actors: list, mode: str = "deepwalk", nodes: list | None = None):
-        self.actors, self.mode = actors, mode
+        self.actors, self.mode, self.nodes = actors, mode, nodes
         self.holds = None           # (graph key, shard bounds) the owners hold, None before `ready_for`
-        self.groups = node_groups(nodes or [])  # owners sharing a node: one walker box per node (WalkParams)
 
     @classmethod
     def start(cls, shards: int, mode: str) -> ShardOwners:
         """S owners without a shard, pinned to `owner_nodes`; each loads the kernels of `mode`."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from embedlake.tasks.remote import remote_actor
-        from embedlake.workers.graph.sharded_walks import ShardWalker, WalkParams
+        from embedlake.workers.graph.sharded_walks import WalkParams
         params = WalkParams(1, 1, 0, mode=mode)
         nodes = owner_nodes(shards)
-        return cls([remote_actor(ShardWalker, "walk", fixed={"num_cpus": 0}, max_restarts=0,
-                                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-            params=params) for node in nodes], mode, nodes)
+        return cls([owner_class(fixed={"num_cpus": 0}, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote(params=params) for node in nodes], mode, nodes)
 
     @property
     def alive(self) -> bool:
@@ -493,25 +480,72 @@ def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, ha
     call (their CSR rows and alias tables are in place: no process start). Owners hold their CPUs
     (shard_actor_cpus: the whole cluster's share) until the caller kills them: tasks that need CPUs
     wait until then."""
-    from embedlake.tasks.remote import remote_actor
-    from embedlake.workers.graph.sharded_walks import ShardWalker
     bounds = graph.shard_bounds
     csr_refs = [s.csr_ref for s in graph.shards] or [graph.csr_ref]
     cpus = shard_actor_cpus(len(bounds))
     params = shard_walk_params(graph, walk_cfg, method, walk_offset)
-    owner_cls = remote_actor(ShardWalker, "walk", num_cpus=cpus, scheduling_strategy="SPREAD", max_restarts=0)
+    owner_cls = owner_class(num_cpus=cpus, scheduling_strategy="SPREAD")
     return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+
+
+def owner_class(fixed: dict | None = None, **options):
+    """The Ray actor class of a shard owner (workers/graph/sharded_walks.py ShardWalker, stage
+    `walk`): not restarted (a lost owner re-runs the rounds), with a thread of its own for
+    `finished` (concurrency group WAIT_GROUP), which waits while the rounds run in the default group."""
+    from embedlake.tasks.remote import remote_actor
+    from embedlake.workers.graph.sharded_walks import WAIT_GROUP, ShardWalker
+    return remote_actor(ShardWalker, "walk", fixed=fixed, max_restarts=0, concurrency_groups={WAIT_GROUP: 1},
+                        **options)
+
+
+# Slices of a message array, each small enough to travel inline with the actor call that carries it
+# (Ray's max_direct_call_object_size is 100 KiB): no object-store object, no raylet transfer, no
+# location look-up. Ray puts arguments in the object store anyway past 10 MB per call
+# (task_rpc_inlined_bytes_limit): larger messages still arrive, as objects.
+INLINE_PIECE_BYTES = 96 * 1024
+
+
+class PeerMail:
+    """What a shard owner sends its messages with (ShardWalker.begin's `mail`): an actor call
+    `deliver` on the destination shard's owner, its array cut in inline slices. Shard owners talk
+    to each other directly: the driver makes no call per round and owns no walker box."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def __call__(self, shard: int, kind: int, rnd: int, sender: int, in_flight: int, array) -> None:
+        rows = max(1, INLINE_PIECE_BYTES // max(1, array.dtype.itemsize))
+        pieces = [array[i:i + rows] for i in range(0, len(array), rows)]
+        self.actors[shard].deliver.remote(kind, rnd, sender, in_flight, *pieces)
+
+
+def wait_finished(owners: list, timeout_s: float | None = None) -> list:
+    """Every owner's `finished` (its round stats), raising the first error as soon as one owner
+    fails or dies (the others would wait for its messages for ever)."""
+    import ray
+
+    from embedlake.workers.graph.sharded_walks import WAIT_GROUP
+    pending = [o.finished.options(concurrency_group=WAIT_GROUP).remote() for o in owners]
+    order = {r: i for i, r in enumerate(pending)}
+    out = [None] * len(owners)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+        if not ready:
+            raise ray.exceptions.GetTimeoutError(f"sharded walks: no shard owner finished in {timeout_s} s")
+        out[order[ready[0]]] = ray.get(ready[0])
+    return out
 
 
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
                     owners: list | None, walk_offset: int = 0, early: ShardOwners | None = None) -> tuple[list, dict]:
     """One attempt: start the shard owners (or hand their shards to owners started early, or restart
-    kept ones), run the rounds, keep the walk refs, stop the owners this attempt started."""
+    kept ones), let them play the rounds among themselves (PeerMail), collect the walk refs, stop
+    the owners this attempt started."""
     import time
 
     import ray
 
-    from embedlake.workers.graph.sharded_walks import run_rounds
+    from embedlake.workers.graph.sharded_walks import collect_walks, round_info
     log = stage_logger()
     bounds = graph.shard_bounds
     kept = owners is not None or early is not None
@@ -522,31 +556,27 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         starting = [o.start.remote(params, handle) for o in owners]
     elif early is not None:
         owners, waited = early.actors, early.wait_started()
-        params = replace(params, groups=early.groups)
         starting = early.ready_for(graph, params, handle)
     else:
         owners = start_shard_owners(graph, walk_cfg, method, handle, walk_offset)
         starting = [o.__ray_ready__.remote() for o in owners]
-    t0, last = t_start, [t_start]
+    t0 = t_start
 
     def call(shard, name, *args, returns):
         refs = getattr(owners[shard], name).options(num_returns=returns).remote(*args)
         return refs if returns > 1 else [refs]
-
-    def on_round(r, stats):
-        now = time.perf_counter()
-        if now - last[0] >= 5.0 or not stats[:, :2].sum():
-            last[0] = now
-            log.info(f"walks (sharded): round {r}, {int(stats[:, :2].sum()):,} walkers in flight "
-                     f"({int(stats[:, 1].sum()):,} waiting for an adjacency answer), {now - t0:.1f}s")
 
     try:
         # started: CSR rows fetched, alias tables and walkers built. All S must be placed together; right
         # after a node loss the share may count the lost node's CPUs, and an owner that finds no room
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
-        t0 = last[0] = time.perf_counter()
-        refs, info = run_rounds(call, ray.get, len(bounds), on_round, second=params.second, groups=params.groups)
+        t0 = time.perf_counter()
+        mail = PeerMail(owners)
+        for o in owners:
+            o.begin.remote(mail)
+        info = round_info(wait_finished(owners))
+        refs, info = collect_walks(call, ray.get, len(bounds), info)
     finally:
         if not kept:
             for o in owners:
@@ -557,8 +587,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
     log.info(f"walks (sharded): {len(bounds)} shards, {info['walk_rounds']} rounds, {tokens:,} steps in "
              f"{secs:.1f}s ({tokens / max(secs, 1e-9):,.0f} steps/s) after {t0 - t_start:.1f}s starting the owners "
              f"({how})")
-    return refs, {**info, "walk_seconds": round(secs, 3), "walker_box_groups": len(params.groups),
-                  "owner_start_seconds": round(t0 - t_start, 3),
+    return refs, {**info, "walk_seconds": round(secs, 3), "owner_start_seconds": round(t0 - t_start, 3),
                   "owners": how, **({} if waited is None else {"owner_wait_seconds": round(waited, 3)})}
 
 

@@ -74,11 +74,13 @@ TASK_ONLY_OPTIONS = ("max_retries", "retry_exceptions", "num_returns")
 def remote_actor(cls, stage: str | None = None, fixed: dict | None = None, **options):
     """ray.remote(cls) as an actor class with the stage's defaults and the user's per-stage
     overrides (task-only options such as max_retries dropped). fixed: options no override replaces
-    (shard owners started during ingest hold no CPUs whatever the walk stage asks: tasks/graph.py)."""
+    (shard owners started during ingest hold no CPUs whatever the walk stage asks: tasks/graph.py).
+    `concurrency_groups`, which Ray takes only in ray.remote itself, goes there."""
     import ray
     options.update(stage_options(stage))
     options.update(fixed or {})
     directory = os.environ.get(RECORD_ENV)
     if directory:
         cls = recorded(cls, stage, directory)
-    return ray.remote(cls).options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})
+    groups = {"concurrency_groups": options.pop("concurrency_groups")} if "concurrency_groups" in options else {}
+    return ray.remote(**groups)(cls).options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})

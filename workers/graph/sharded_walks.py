@@ -36,6 +36,7 @@ Why it looks like this
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -53,7 +54,8 @@ from embedlake.workers.prefetch import prefetch
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
-__all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "run_rounds", "sharded_random_walks"]
+__all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "collect_walks", "round_info",
+           "sharded_random_walks", "WAIT_GROUP", "WALKERS", "QUERIES", "ANSWERS"]
 
 # One walker in flight: g = its global output row (the rows of all shards' matrices back to back:
 # walk k from node v of shard [lo, hi) is row walks_per_node * lo + k * (hi - lo) + v - lo, so its home
@@ -113,11 +115,6 @@ class WalkParams:
     mode: str = "deepwalk"
     threads: int = 1
     walk_offset: int = 0        # walk numbers walk_offset .. + walks_per_node - 1 (streamed rounds)
-    # Delivery, not the walks: shards whose owners share a node, one tuple per node (every shard in
-    # one). Empty: one walker box per destination shard. Else one box per destination NODE: the
-    # owners there take their slices of the same object, which Ray moves to that node once.
-    groups: tuple = ()
-
     @property
     def second(self) -> bool:
         return self.mode == "node2vec" and not (self.p == 1.0 and self.q == 1.0)
@@ -129,14 +126,6 @@ class WalkParams:
             raise ValueError("p and q must be finite and > 0")
         if self.walks_per_node < 0 or self.length < 1:
             raise ValueError("walks_per_node must be >= 0 and length >= 1")
-
-    def delivery(self, shards: int) -> tuple[tuple[int, ...], ...]:
-        """The destination groups of walker boxes: `groups`, or each shard alone."""
-        if not self.groups:
-            return tuple((s,) for s in range(shards))
-        if sorted(s for g in self.groups for s in g) != list(range(shards)):
-            raise ValueError(f"groups must hold every shard 0..{shards - 1} once, got {self.groups}")
-        return tuple(tuple(int(s) for s in g) for g in self.groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,8 +604,15 @@ class ShardWalker:
         self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
         self.rounds = 0
-        self.groups, self.boxed = params.delivery(self.shards), bool(params.groups)
-        self.slot = next(g.index(self.shard) for g in self.groups if self.shard in g)   # my slice of a box
+        # the rounds (`begin`, `deliver`): messages by (kind, round) and sender, queries that came
+        # before `begin`, each round's stats, walkers in flight after this shard's last round
+        self.mail: Mail | None = None
+        self.mailbox: dict[tuple[int, int], dict[int, tuple[int, list]]] = {}
+        self.early_queries: list[tuple] = []
+        self.round_stats: list[np.ndarray] = []
+        self.in_flight = 0
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
 
     def _threaded(self):
         return _NumbaThreads(self.numba_threads)
@@ -637,42 +633,103 @@ class ShardWalker:
         park = _concat([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked], PARKED_WALKER)
         return allw, resume, park
 
-    def _mine(self, box) -> np.ndarray:
-        """This shard's walkers in a box sent to its node's group: (counts per group member, walkers
-        back to back); a plain array (no groups, or the first round's empty inbox) is all mine."""
-        if not isinstance(box, tuple):
-            return box
-        counts, walkers = box
-        start = int(counts[:self.slot].sum())
-        return walkers[start:start + int(counts[self.slot])]
+    def begin(self, mail: Mail) -> None:
+        """Run this shard's side of the rounds with no driver in between: advance the walkers that
+        start here (round 1), send each other shard its walkers with `mail`, and go on by itself
+        each time every other shard's messages of the round it is at have come in (`deliver`).
+        mail(shard, kind, round, sender, in_flight, array) hands a message to `shard`'s `deliver`
+        (tasks/graph.py PeerMail: an actor call on that shard's owner; in-process a queue).
+        Messages may come in before this call (other senders are not ordered with the caller): they
+        wait in the mailbox."""
+        self.mail = mail
+        self._guarded(self._begin_rounds)
 
-    def _boxes(self, outboxes: list[np.ndarray]) -> list:
-        """One box per destination group (params.groups): the group members' outboxes back to back
-        with their counts, or the outboxes as they are without groups."""
-        if not self.boxed:
-            return outboxes
-        return [(np.array([len(outboxes[d]) for d in g], np.int64),
-                 _concat([outboxes[d] for d in g], outboxes[0].dtype) if len(g) > 1 else outboxes[g[0]])
-                for g in self.groups]
+    def _begin_rounds(self) -> None:
+        early, self.early_queries = self.early_queries, []
+        for sender, rnd, pieces in early:
+            self._answer(sender, rnd, pieces)
+        self._play_round([], [np.zeros(0, np.uint8)] * self.shards)
+        self._play_ready_rounds()
 
-    def advance(self, *mail) -> list:
-        """One round: advance every walker here. node2vec: takes the walkers and the answers from each
-        shard (2S inboxes), returns S walker outboxes, S query outboxes and the stats. DeepWalk asks
-        nothing: takes the S walker inboxes, returns the S walker outboxes and the stats (S fewer
-        objects each way per shard per round: every one costs the driver, the owners and Ray).
-        With params.groups (G of them) the walker outboxes are G boxes, one per destination node
-        (`_boxes`), and each walker inbox is the box of this shard's group (`_mine`).
-        Stats: int64 [moved, parked, tokens written (the start nodes count in the first round),
-        finished, microseconds this call took]."""
+    def deliver(self, kind: int, rnd: int, sender: int, in_flight: int, *pieces) -> None:
+        """A message from shard `sender` about its round `rnd`: its walkers for this shard (WALKERS,
+        with the walkers it has in flight in all), its node2vec adjacency queries (QUERIES: answered
+        at once) or the answers to this shard's queries (ANSWERS). `pieces`: the array in slices
+        (PeerMail cuts it so that each travels inline with the call). Plays every round whose
+        messages are all in."""
+        if kind == QUERIES and self.mail is None:
+            self.early_queries.append((sender, rnd, pieces))
+        elif kind == QUERIES:
+            self._guarded(self._answer, sender, rnd, pieces)
+        else:
+            self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces))
+            if self.mail is not None:
+                self._guarded(self._play_ready_rounds)
+
+    def _answer(self, sender: int, rnd: int, pieces) -> None:
+        """Adjacency answers (uint8, 1 = x ~ t) to `sender`'s queries (t, x) of round `rnd` about this shard's nodes."""
+        queries = _concat_pieces(pieces, QUERY)
+        with self._threaded():
+            answers = _adjacency(self.indptr, self.indices, self.lo, queries) if len(queries) else \
+                np.zeros(0, np.uint8)
+        self.mail(sender, ANSWERS, rnd, self.shard, 0, answers)
+
+    def finished(self) -> np.ndarray:
+        """Wait until the rounds are over (no walker in flight on any shard); the stats of each of
+        this shard's rounds, int64 [rounds, 5] (`_advance`). Through Ray this runs in its own thread
+        (concurrency group WAIT_GROUP) while `deliver` calls play the rounds; it raises what a round
+        raised."""
+        self.done.wait()
+        if self.failure is not None:
+            raise self.failure
+        return np.array(self.round_stats, dtype=np.int64).reshape(-1, 5)
+
+    def _guarded(self, fn, *args) -> None:
+        """fn(*args); an exception also ends `finished` (it raises it), so the driver is not left waiting."""
+        try:
+            fn(*args)
+        except BaseException as err:
+            self.failure = err
+            self.done.set()
+            raise
+
+    def _play_ready_rounds(self) -> None:
+        """Play the next round while every other shard's messages of the current one are in (walkers,
+        and node2vec's answers); end the walk when no shard has a walker in flight after it."""
+        S, rnd = self.shards, self.rounds
+        kinds = (WALKERS, ANSWERS) if self.params.second else (WALKERS,)
+        while not self.done.is_set() and all(len(self.mailbox.get((k, rnd), ())) == S - 1 for k in kinds):
+            walkers = self.mailbox.pop((WALKERS, rnd), {})
+            answers = self.mailbox.pop((ANSWERS, rnd), {})
+            if self.in_flight + sum(n for n, _ in walkers.values()) == 0:
+                self.done.set()
+                return
+            arrived = [p for a in sorted(walkers) for p in walkers[a][1]]
+            self._play_round(arrived, [_concat_pieces(answers[a][1], np.dtype(np.uint8)) if a in answers
+                                       else np.zeros(0, np.uint8) for a in range(S)])
+            rnd = self.rounds
+
+    def _play_round(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> None:
+        """One round (`_advance`) and its messages to every other shard."""
+        outboxes, queries, stats = self._advance(arrived, answers)
+        self.round_stats.append(stats)
+        self.in_flight = int(stats[0] + stats[1])
+        for d in range(self.shards):
+            if d != self.shard:
+                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d])
+                if self.params.second:
+                    self.mail(d, QUERIES, self.rounds, self.shard, 0, queries[d])
+
+    def _advance(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> tuple[list, list, np.ndarray]:
+        """One round: advance every walker here (the ones kept here and those that `arrived`; node2vec:
+        the parked ones with the `answers` from each shard). Returns (S walker outboxes, S query
+        outboxes (node2vec, else empty), stats int64 [moved, parked, tokens written (the start nodes
+        count in the first round), finished, microseconds this call took])."""
         S, P = self.shards, self.params
-        inboxes = 2 * S if P.second else S
-        if len(mail) != inboxes:
-            raise ValueError(f"advance takes {inboxes} inboxes (walkers{' and answers' if P.second else ''} "
-                             f"from each shard), got {len(mail)}")
         t0 = time.perf_counter()
         self.rounds += 1
         fault_point(f"walk_sharded_round:{self.rounds}")
-        walkers, resume, park = self._inbox([self._mine(m) for m in mail[:S]], mail[S:])
+        walkers, resume, park = self._inbox(arrived, answers)
         orow, home, res_off = _reserve(walkers, self.row_starts, self.shard, P.length, SEGMENT_ROOM)
         seg_nodes = np.empty(int(res_off[-1]), np.int32)
         with self._threaded():
@@ -698,7 +755,7 @@ class ShardWalker:
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
                           offsets[S + 2] - offsets[S + 1], int((time.perf_counter() - t0) * 1e6)], dtype=np.int64)
-        return self._boxes(outboxes) + queries + [stats]
+        return outboxes, queries, stats
 
     def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """Keep the walkers that wait for an adjacency answer, grouped by the owner of their previous
@@ -719,12 +776,6 @@ class ShardWalker:
                 q["t"], q["x"] = pw["prev"][lo:hi], pp["x"][lo:hi]
                 queries[a] = q
         return queries
-
-    def answer(self, *queries) -> list[np.ndarray]:
-        """Adjacency answers (uint8, 1 = x ~ t) to each shard's queries about this shard's nodes."""
-        with self._threaded():
-            return [_adjacency(self.indptr, self.indices, self.lo, q) if len(q) else np.zeros(0, np.uint8)
-                    for q in queries]
 
     def segments_for(self, home: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """Everything kept for shard `home`: one (headers, nodes back to back) per round that kept
@@ -787,82 +838,76 @@ class _NumbaThreads:
 # the rounds
 # ---------------------------------------------------------------------------------------------
 Call = Callable[..., list]
+# mail(shard, kind, round, sender, in_flight, array): hand a message to shard's ShardWalker.deliver
+Mail = Callable[[int, int, int, int, int, np.ndarray], None]
+# What a message between shard owners holds (ShardWalker.deliver)
+WALKERS, QUERIES, ANSWERS = 0, 1, 2
+# The concurrency group (a thread of its own) in which a Ray shard owner runs `finished`, which
+# waits while `deliver` calls play the rounds in the actor's default group (tasks/graph.py)
+WAIT_GROUP = "wait"
 
 
-# Rounds the driver submits before it reads a round's stats: every owner finds its next round's
-# inboxes queued behind the current one (their transfers overlap its compute) and never waits for
-# the driver. A round submitted after the last one finds empty inboxes and does nothing.
-ROUNDS_AHEAD = 3
+def _concat_pieces(pieces, dtype: np.dtype) -> np.ndarray:
+    """One array from a message's slices (none for an empty array)."""
+    if not pieces:
+        return np.empty(0, dtype)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def run_rounds(call: Call, fetch: Callable[[list], list], shards: int,
-               on_round: Callable[[int, np.ndarray], None] | None = None, second: bool = True,
-               ahead: int = ROUNDS_AHEAD, groups: tuple = ()) -> tuple[list, dict]:
-    """Drive bulk-synchronous rounds over `shards` ShardWalkers until no walker is in flight, then
-    send every shard's segments home. `call(shard, method, *args, returns=n)` runs a method on a
-    shard and gives its n results (values in-process, object refs on Ray: messages go from shard to
-    shard as they are); `fetch(items)` turns the small stats into values (the only thing the driver
-    looks at), `ahead` rounds after it submitted them (ROUNDS_AHEAD). second: node2vec walkers may
-    park, so every round also has its `answer` calls. on_round(round, stats int64 [S, 5]). Returns
-    (per shard its walks, info: rounds, walker moves, adjacency queries, tokens, and
-    advance_critical_s: the sum over rounds of the slowest shard's `advance` time, i.e. the rounds'
-    compute on the critical path; the rest of their wall time is messaging and waiting).
-    groups: the owners' WalkParams.groups (shards sharing a node): one walker box per group, which
-    every member of the group takes as its inbox from that sender."""
+def round_info(stats: list[np.ndarray]) -> dict:
+    """The walk's figures from every shard's round stats (`ShardWalker.finished`): rounds, walker
+    moves, adjacency queries, tokens written, and advance_critical_s, the sum over rounds of the
+    slowest shard's round (the rounds' compute on the critical path)."""
+    rounds = max(len(s) for s in stats)
+    padded = np.zeros((len(stats), rounds, 5), np.int64)
+    for i, s in enumerate(stats):
+        padded[i, :len(s)] = s
+    return {"walk_rounds": rounds, "walker_moves": int(padded[:, :, 0].sum()),
+            "adjacency_queries": int(padded[:, :, 1].sum()), "written": int(padded[:, :, 2].sum()),
+            "advance_critical_s": round(int(padded[:, :, 4].max(axis=0).sum()) / 1e6, 3)}
+
+
+def collect_walks(call: Call, fetch: Callable[[list], list], shards: int, info: dict) -> tuple[list, dict]:
+    """After the rounds (`info` from `round_info`): every shard's segments go home, each shard
+    scatters them into its walk matrix. `call(shard, method, *args, returns=n)` runs a method on a
+    shard and gives its n results (values in-process, object refs on Ray); `fetch(items)` turns
+    the small token counts into values. Returns (per shard its walks, info)."""
     S = shards
-    group_of = {s: i for i, g in enumerate(groups or [(s,) for s in range(S)]) for s in g}
-    G = len(set(group_of.values()))
-    walkers = [[np.empty(0, WALKER)] * G for _ in range(S)]     # walkers[a][g]: sent by a to group g
-    answers = [[np.zeros(0, np.uint8)] * S for _ in range(S)]  # answers[a][b]: from a to b's queries
-    in_flight: list[list] = []                                 # stats of submitted rounds not read yet
-    rounds, moved, queries, written, busiest = 0, 0, 0, 0, 0
-    returns = G + S + 1 if second else G + 1                   # DeepWalk's advance has no queries
-    while True:
-        outs = [call(b, "advance", *[walkers[a][group_of[b]] for a in range(S)],
-                     *([answers[a][b] for a in range(S)] if second else []), returns=returns) for b in range(S)]
-        walkers = [o[:G] for o in outs]
-        if second:
-            answers = [call(a, "answer", *[outs[b][G + a] for b in range(S)], returns=S) for a in range(S)]
-        in_flight.append([o[-1] for o in outs])
-        if len(in_flight) <= ahead:
-            continue
-        stats = np.array(fetch(in_flight.pop(0)), dtype=np.int64).reshape(S, 5)
-        rounds += 1
-        moved += int(stats[:, 0].sum())
-        queries += int(stats[:, 1].sum())
-        written += int(stats[:, 2].sum())
-        busiest += int(stats[:, 4].max())
-        if on_round is not None:
-            on_round(rounds, stats)
-        if not stats[:, :2].sum():
-            break
-    for late in in_flight:              # rounds submitted after the last: nothing moved in them
-        if np.array(fetch(late), dtype=np.int64).reshape(S, 5)[:, :3].sum():
-            raise RuntimeError("sharded walks: a round after the last one moved walkers")
     homes = [call(h, "collect", *[call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h],
                   returns=2) for h in range(S)]
     tokens = [int(t) for t in fetch([c[1] for c in homes])]
+    written = info.pop("written")
     if sum(tokens) != written:
         raise RuntimeError(f"sharded walks: {sum(tokens)} tokens collected, {written} walked")
-    return [c[0] for c in homes], {"walk_rounds": rounds, "walker_moves": moved, "adjacency_queries": queries,
-                                   "walk_steps": sum(tokens), "advance_critical_s": round(busiest / 1e6, 3)}
+    return [c[0] for c in homes], {**info, "walk_steps": sum(tokens)}
 
 
 def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: int, seed: int, p: float = 1.0,
-                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1,
-                         walk_offset: int = 0, ahead: int = ROUNDS_AHEAD,
-                         groups: tuple = ()) -> tuple[list[np.ndarray], dict]:
+                         q: float = 1.0, mode: str = "deepwalk", threads: int = 1, walk_offset: int = 0,
+                         shuffle: np.random.Generator | None = None) -> tuple[list[np.ndarray], dict]:
     """The walks of every shard, computed shard by shard in this process (no Ray): the matrix of
-    shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Returns
-    (walk matrices, info: rounds, walker moves, adjacency queries). ahead: as run_rounds';
-    groups: as WalkParams.groups (boxes per group of shards, same walks)."""
+    shard s equals `random_walks(full CSR, arange(lo, hi), ...)` at the same settings. Messages
+    between shards go through one queue, delivered in the order sent, or in a random order with
+    `shuffle` (as Ray may deliver messages of different senders: same walks). Returns (walk
+    matrices, info: rounds, walker moves, adjacency queries, tokens)."""
     bounds = [(s.lo, s.hi) for s in shards]
     params = WalkParams(int(walks_per_node), int(length), int(seed), float(p), float(q), mode, threads=threads,
-                        walk_offset=int(walk_offset), groups=tuple(tuple(g) for g in groups))
+                        walk_offset=int(walk_offset))
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
+    queue: list[tuple] = []
+
+    def mail(shard, *message):
+        queue.append((shard, *message))
+
+    for o in owners:
+        o.begin(mail)
+    while queue:
+        shard, *message = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
+        owners[shard].deliver(*message[:-1], *([message[-1]] if len(message[-1]) else []))
+    info = round_info([o.finished() for o in owners])
 
     def call(shard, method, *args, returns):
         res = getattr(owners[shard], method)(*args)
         return res if isinstance(res, list) else [res]
 
-    return run_rounds(call, list, len(shards), second=params.second, ahead=ahead, groups=params.groups)
+    return collect_walks(call, list, len(shards), info)
