@@ -13,6 +13,7 @@ from embedlake.errors import ConfigError
 from embedlake.tasks.evaluate import LinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
+from embedlake.tasks.peer_mail import PeerMail
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.workers.graph import stages as graph_stages
@@ -498,27 +499,6 @@ def owner_class(fixed: dict | None = None, **options):
                         **options)
 
 
-# Slices of a message array, each small enough to travel inline with the actor call that carries it
-# (Ray's max_direct_call_object_size is 100 KiB): no object-store object, no raylet transfer, no
-# location look-up. Ray puts arguments in the object store anyway past 10 MB per call
-# (task_rpc_inlined_bytes_limit): larger messages still arrive, as objects.
-INLINE_PIECE_BYTES = 96 * 1024
-
-
-class PeerMail:
-    """What a shard owner sends its messages with (ShardWalker.begin's `mail`): an actor call
-    `deliver` on the destination shard's owner, its array cut in inline slices. Shard owners talk
-    to each other directly: the driver makes no call per round and owns no walker box."""
-
-    def __init__(self, actors: list):
-        self.actors = actors
-
-    def __call__(self, shard: int, kind: int, rnd: int, sender: int, in_flight: int, array) -> None:
-        rows = max(1, INLINE_PIECE_BYTES // max(1, array.dtype.itemsize))
-        pieces = [array[i:i + rows] for i in range(0, len(array), rows)]
-        self.actors[shard].deliver.remote(kind, rnd, sender, in_flight, *pieces)
-
-
 def wait_finished(owners: list, timeout_s: float | None = None) -> list:
     """Every owner's `finished` (its round stats), raising the first error as soon as one owner
     fails or dies (the others would wait for its messages for ever)."""
@@ -572,7 +552,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = time.perf_counter()
-        mail = PeerMail(owners)
+        mail = PeerMail(owners)         # tasks/peer_mail.py: imports neither Prefect nor this module
         for o in owners:
             o.begin.remote(mail)
         info = round_info(wait_finished(owners))

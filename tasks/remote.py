@@ -82,5 +82,6 @@ def remote_actor(cls, stage: str | None = None, fixed: dict | None = None, **opt
     directory = os.environ.get(RECORD_ENV)
     if directory:
         cls = recorded(cls, stage, directory)
-    groups = {"concurrency_groups": options.pop("concurrency_groups")} if "concurrency_groups" in options else {}
-    return ray.remote(**groups)(cls).options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})
+    actor = ray.remote(concurrency_groups=options.pop("concurrency_groups"))(cls) if "concurrency_groups" in options \
+        else ray.remote(cls)
+    return actor.options(**{k: v for k, v in options.items() if k not in TASK_ONLY_OPTIONS})
