@@ -23,7 +23,13 @@ class PeerMail:
     def __init__(self, actors: list):
         self.actors = actors
 
-    def __call__(self, shard: int, kind: int, rnd: int, sender: int, in_flight: int, array) -> None:
-        rows = max(1, INLINE_PIECE_BYTES // max(1, array.dtype.itemsize))
-        pieces = [array[i:i + rows] for i in range(0, len(array), rows)]
-        self.actors[shard].deliver.remote(kind, rnd, sender, in_flight, *pieces)
+    def __call__(self, shard: int, kind: int, rnd: int, sender: int, in_flight: int, *arrays) -> None:
+        sliced = [inline_pieces(a) for a in arrays]
+        self.actors[shard].deliver.remote(kind, rnd, sender, in_flight, tuple(len(p) for p in sliced),
+                                          *[piece for p in sliced for piece in p])
+
+
+def inline_pieces(array) -> list:
+    """`array` in row slices of at most INLINE_PIECE_BYTES (none for an empty array)."""
+    rows = max(1, INLINE_PIECE_BYTES // max(1, array.dtype.itemsize))
+    return [array[i:i + rows] for i in range(0, len(array), rows)]

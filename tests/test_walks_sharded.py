@@ -88,22 +88,25 @@ def test_messages_in_any_order_give_the_same_walks(graph, mode, p, q):
 def test_messages_before_begin_wait_in_the_mailbox():
     """A shard owner may get another's round-1 walkers and node2vec queries before its own `begin`
     (different callers): they wait, the queries are answered at `begin`, and the walks are the same."""
-    from embedlake.workers.graph.sharded_walks import ShardWalker, WalkParams, collect_walks
+    from embedlake.workers.graph.sharded_walks import QUERIES, ShardWalker, WalkParams, collect_walks
     g = GRAPHS["undirected"](False)
     bounds = shard_bounds(g.num_nodes, 3)
     params = WalkParams(2, 10, 3, 0.5, 2.0, "node2vec")
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(split_csr(g, bounds))]
     queue: list = []
-    owners[0].begin(lambda shard, *m: queue.append((shard, *m)))
-    assert any(m[0] == 1 and m[1] == 1 for m in queue)       # queries of round 1 went out
-    for shard, *m in list(queue):                             # delivered before shards 1 and 2 begin
-        owners[shard].deliver(*m[:-1], m[-1])
+    def mail(shard, kind, rnd, sender, in_flight, *arrays):
+        queue.append((shard, kind, rnd, sender, in_flight, (1,) * len(arrays), *arrays))
+
+    owners[0].begin(mail)
+    assert any(m[1] == QUERIES and m[2] == 1 for m in queue)       # queries of round 1 went out
+    for shard, *m in list(queue):                                   # delivered before shards 1 and 2 begin
+        owners[shard].deliver(*m)
     queue.clear()
     for o in owners[1:]:
-        o.begin(lambda shard, *m: queue.append((shard, *m)))
+        o.begin(mail)
     while queue:
         shard, *m = queue.pop(0)
-        owners[shard].deliver(*m[:-1], m[-1])
+        owners[shard].deliver(*m)
     stats = [o.finished() for o in owners]
     assert len({len(s) for s in stats}) == 1 and sum(int(s[:, 1].sum()) for s in stats) > 0
 

@@ -601,7 +601,6 @@ class ShardWalker:
             self.pending = _new_walkers(self.lo, self.hi, params, self.out)
         self.row_starts = self.starts * params.walks_per_node      # global output rows of each shard
         self.parked = [_empty_parked() for _ in range(self.shards)]   # aligned with the queries sent to each
-        self.segments: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.shards)]
         self.unreported = int(self.pending.shape[0])                  # start nodes are tokens too
         self.rounds = 0
         # the rounds (`begin`, `deliver`): messages by (kind, round) and sender, queries that came
@@ -637,7 +636,7 @@ class ShardWalker:
         """Run this shard's side of the rounds with no driver in between: advance the walkers that
         start here (round 1), send each other shard its walkers with `mail`, and go on by itself
         each time every other shard's messages of the round it is at have come in (`deliver`).
-        mail(shard, kind, round, sender, in_flight, array) hands a message to `shard`'s `deliver`
+        mail(shard, kind, round, sender, in_flight, *arrays) hands a message to `shard`'s `deliver`
         (tasks/graph.py PeerMail: an actor call on that shard's owner; in-process a queue).
         Messages may come in before this call (other senders are not ordered with the caller): they
         wait in the mailbox."""
@@ -651,20 +650,35 @@ class ShardWalker:
         self._play_round([], [np.zeros(0, np.uint8)] * self.shards)
         self._play_ready_rounds()
 
-    def deliver(self, kind: int, rnd: int, sender: int, in_flight: int, *pieces) -> None:
+    def deliver(self, kind: int, rnd: int, sender: int, in_flight: int, counts: tuple, *pieces) -> None:
         """A message from shard `sender` about its round `rnd`: its walkers for this shard (WALKERS,
-        with the walkers it has in flight in all), its node2vec adjacency queries (QUERIES: answered
-        at once) or the answers to this shard's queries (ANSWERS). `pieces`: the array in slices
-        (PeerMail cuts it so that each travels inline with the call). Plays every round whose
-        messages are all in."""
+        with the walkers it has in flight in all, and the segments of this shard's walks it wrote:
+        written into the walk matrix at once), its node2vec adjacency queries (QUERIES: answered at
+        once) or the answers to this shard's queries (ANSWERS). `pieces`: the message's arrays in
+        slices, counts[i] slices for array i (PeerMail cuts them so that each travels inline with
+        the call). Plays every round whose messages are all in."""
         if kind == QUERIES and self.mail is None:
             self.early_queries.append((sender, rnd, pieces))
         elif kind == QUERIES:
             self._guarded(self._answer, sender, rnd, pieces)
         else:
-            self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces))
+            ends = np.cumsum(counts)
+            if kind == WALKERS and len(counts) == 3:
+                self._guarded(self._write_segments, _concat_pieces(pieces[ends[0]:ends[1]], np.dtype(np.int64)),
+                              _concat_pieces(pieces[ends[1]:ends[2]], np.dtype(np.int32)))
+            self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces[:ends[0]]))
             if self.mail is not None:
                 self._guarded(self._play_ready_rounds)
+
+    def _write_segments(self, hdr: np.ndarray, nodes: np.ndarray) -> None:
+        """Write nodes other shards visited for this shard's walks into its walk matrix (headers:
+        flat index << COUNT_BITS | count, nodes back to back)."""
+        if not len(hdr):
+            return
+        offsets = np.zeros(len(hdr), np.int64)
+        np.cumsum(hdr[:-1] & COUNT_MASK, out=offsets[1:])
+        with self._threaded():
+            _scatter_segments(self.out.reshape(-1), hdr, offsets, nodes)
 
     def _answer(self, sender: int, rnd: int, pieces) -> None:
         """Adjacency answers (uint8, 1 = x ~ t) to `sender`'s queries (t, x) of round `rnd` about this shard's nodes."""
@@ -710,20 +724,22 @@ class ShardWalker:
             rnd = self.rounds
 
     def _play_round(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> None:
-        """One round (`_advance`) and its messages to every other shard."""
-        outboxes, queries, stats = self._advance(arrived, answers)
+        """One round (`_advance`) and its messages to every other shard: the walkers that moved there
+        and the nodes this round wrote for walks of that shard (segments: they go home at once, so
+        no shard keeps them and the walk matrices are complete when the rounds end)."""
+        outboxes, segments, queries, stats = self._advance(arrived, answers)
         self.round_stats.append(stats)
         self.in_flight = int(stats[0] + stats[1])
         for d in range(self.shards):
             if d != self.shard:
-                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d])
+                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d], *segments[d])
                 if self.params.second:
                     self.mail(d, QUERIES, self.rounds, self.shard, 0, queries[d])
 
-    def _advance(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> tuple[list, list, np.ndarray]:
+    def _advance(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> tuple[list, list, list, np.ndarray]:
         """One round: advance every walker here (the ones kept here and those that `arrived`; node2vec:
-        the parked ones with the `answers` from each shard). Returns (S walker outboxes, S query
-        outboxes (node2vec, else empty), stats int64 [moved, parked, tokens written (the start nodes
+        the parked ones with the `answers` from each shard). Returns (S walker outboxes, S segments
+        (headers, nodes) of the walks of each other shard, S query outboxes (node2vec, else empty), stats int64 [moved, parked, tokens written (the start nodes
         count in the first round), finished, microseconds this call took])."""
         S, P = self.shards, self.params
         t0 = time.perf_counter()
@@ -749,13 +765,11 @@ class ShardWalker:
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
                                                    self.row_starts, P.length)
-        for h in range(S):
-            if hoff[h + 1] > hoff[h]:
-                self.segments[h].append((hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]))
+        segments = [(hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]) for h in range(S)]
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
                           offsets[S + 2] - offsets[S + 1], int((time.perf_counter() - t0) * 1e6)], dtype=np.int64)
-        return outboxes, queries, stats
+        return outboxes, segments, queries, stats
 
     def _park(self, walkers: np.ndarray, park: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
         """Keep the walkers that wait for an adjacency answer, grouped by the owner of their previous
@@ -777,21 +791,10 @@ class ShardWalker:
                 queries[a] = q
         return queries
 
-    def segments_for(self, home: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        """Everything kept for shard `home`: one (headers, nodes back to back) per round that kept
-        some, as they are (joining them would copy every segment byte once more); forgotten here."""
-        parts, self.segments[home] = self.segments[home], []
-        return tuple(parts)        # a tuple: one result (a list is read as several by run_rounds' call)
-
-    def collect(self, *packs) -> list:
-        """[this shard's walks (its own writes plus the segments other shards sent home: one list of
-        (headers, nodes) per shard), its token count] (the count is small: the driver checks it
+    def collect(self) -> list:
+        """[this shard's walks (its own writes plus the segments other shards sent with their
+        walkers), its token count] after the rounds (the count is small: the driver checks it
         against the rounds' stats)."""
-        with self._threaded():
-            for hdr, nodes in (part for pack in packs for part in pack):
-                offsets = np.zeros(len(hdr), np.int64)
-                np.cumsum(hdr[:-1] & COUNT_MASK, out=offsets[1:])
-                _scatter_segments(self.out.reshape(-1), hdr, offsets, nodes)
         if self.checkpoint is not None:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
@@ -838,8 +841,8 @@ class _NumbaThreads:
 # the rounds
 # ---------------------------------------------------------------------------------------------
 Call = Callable[..., list]
-# mail(shard, kind, round, sender, in_flight, array): hand a message to shard's ShardWalker.deliver
-Mail = Callable[[int, int, int, int, int, np.ndarray], None]
+# mail(shard, kind, round, sender, in_flight, *arrays): hand a message to shard's ShardWalker.deliver
+Mail = Callable[..., None]
 # What a message between shard owners holds (ShardWalker.deliver)
 WALKERS, QUERIES, ANSWERS = 0, 1, 2
 # The concurrency group (a thread of its own) in which a Ray shard owner runs `finished`, which
@@ -868,13 +871,11 @@ def round_info(stats: list[np.ndarray]) -> dict:
 
 
 def collect_walks(call: Call, fetch: Callable[[list], list], shards: int, info: dict) -> tuple[list, dict]:
-    """After the rounds (`info` from `round_info`): every shard's segments go home, each shard
-    scatters them into its walk matrix. `call(shard, method, *args, returns=n)` runs a method on a
-    shard and gives its n results (values in-process, object refs on Ray); `fetch(items)` turns
-    the small token counts into values. Returns (per shard its walks, info)."""
-    S = shards
-    homes = [call(h, "collect", *[call(a, "segments_for", h, returns=1)[0] for a in range(S) if a != h],
-                  returns=2) for h in range(S)]
+    """After the rounds (`info` from `round_info`; every segment went home with the rounds'
+    messages): each shard's walk matrix. `call(shard, method, *args, returns=n)` runs a method on a
+    shard and gives its n results (values in-process, object refs on Ray); `fetch(items)` turns the
+    small token counts into values. Returns (per shard its walks, info)."""
+    homes = [call(h, "collect", returns=2) for h in range(shards)]
     tokens = [int(t) for t in fetch([c[1] for c in homes])]
     written = info.pop("written")
     if sum(tokens) != written:
@@ -896,14 +897,14 @@ def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: in
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
     queue: list[tuple] = []
 
-    def mail(shard, *message):
-        queue.append((shard, *message))
+    def mail(shard, kind, rnd, sender, in_flight, *arrays):
+        queue.append((shard, kind, rnd, sender, in_flight, (1,) * len(arrays), *arrays))
 
     for o in owners:
         o.begin(mail)
     while queue:
         shard, *message = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
-        owners[shard].deliver(*message[:-1], *([message[-1]] if len(message[-1]) else []))
+        owners[shard].deliver(*message)
     info = round_info([o.finished() for o in owners])
 
     def call(shard, method, *args, returns):
