@@ -48,7 +48,7 @@ from numba import njit, prange
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import CSRShard, owner_of, shard_bounds, shard_starts, split_csr
-from embedlake.workers.graph.walks import (GOLDEN, MODES, build_alias, find_sorted, first_order_step, mix,
+from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, build_alias, find_sorted, first_order_step, mix,
                                            node2vec_proposal, randint, uniform, walk_key)
 from embedlake.workers.prefetch import prefetch
 from embedlake.workers.run.checkpoints import StageHandle
@@ -66,6 +66,14 @@ WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8
 # A first-order walker (DeepWalk) needs no previous node nor arc weight: 24 bytes instead of 48, so
 # every copy, gather and message of a round moves half the bytes (nodes fit int32: CSR indices do).
 FIRST_ORDER_WALKER = np.dtype([("g", "<i8"), ("state", "<u8"), ("cur", "<i4"), ("step", "<i4")])
+# A DeepWalk walker between shards travels as 12 bytes, not 24: its generator state is not sent.
+# A first-order step makes exactly one draw (state += GOLDEN), so after `step` steps the state is
+# walk_key(seed, v, k) + step * GOLDEN, and (v, k) follow from g; the receiver recomputes it
+# (`_unpack_walkers`). g << STEP_BITS | step in two uint32 words (4-byte alignment: 12 bytes),
+# then the node. Sending bytes is most of a round's cost beyond the step kernel (Ray's actor calls
+# between owners: docs/scaling.md section 9), and the walker boxes are most of the bytes.
+WIRE_WALKER = np.dtype([("gs_lo", "<u4"), ("gs_hi", "<u4"), ("cur", "<i4")])
+STEP_BITS = 20              # a walk's length is at most 2 ** STEP_BITS; its rows fewer than 2 ** (64 - STEP_BITS)
 
 
 def walker_dtype(second: bool) -> np.dtype:
@@ -507,6 +515,40 @@ def _initial_walkers(lo, hi, seed, walk_offset, walkers, out):
         w.step = 0
         out[r, 0] = v
 
+@njit(cache=True)
+def _pack_walkers(walkers):
+    """DeepWalk walkers (FIRST_ORDER_WALKER) as they travel (WIRE_WALKER: no generator state)."""
+    wire = np.empty(walkers.shape[0], WIRE_WALKER)
+    for i in range(walkers.shape[0]):
+        w = walkers[i]
+        gs = (np.uint64(w.g) << np.uint64(STEP_BITS)) | np.uint64(w.step)
+        x = wire[i]
+        x.gs_lo = np.uint32(gs & LO32)
+        x.gs_hi = np.uint32(gs >> np.uint64(32))
+        x.cur = w.cur
+    return wire
+
+
+@njit(cache=True, parallel=True)
+def _unpack_walkers(wire, walkers, at, seed, walk_offset, starts, row_starts):
+    """walkers[at + i] = wire[i] with its generator state recomputed: walk k from node v (row g of
+    shard h: g - row_starts[h] = k * (hi - lo) + v - lo) after `step` draws."""
+    for i in prange(wire.shape[0]):
+        x = wire[i]
+        gs = (np.uint64(x.gs_hi) << np.uint64(32)) | np.uint64(x.gs_lo)
+        g = np.int64(gs >> np.uint64(STEP_BITS))
+        step = np.int64(gs & np.uint64((1 << STEP_BITS) - 1))
+        h = _owner(row_starts, g)
+        r = g - row_starts[h]
+        rows = starts[h + 1] - starts[h]
+        k = r // rows
+        w = walkers[at + i]
+        w.g = g
+        w.cur = x.cur
+        w.step = step
+        w.state = walk_key(seed, starts[h] + r - k * rows, k + walk_offset) + np.uint64(step) * GOLDEN
+
+
 # ---------------------------------------------------------------------------------------------
 # one shard's side of the rounds
 # ---------------------------------------------------------------------------------------------
@@ -594,6 +636,10 @@ class ShardWalker:
         """Begin a walk (the constructor begins the first; an owner kept alive can walk again with
         its CSR rows and alias tables already in place): output matrix and walkers from its nodes."""
         params.check()
+        if not params.second and (params.length > 1 << STEP_BITS or
+                                  params.walks_per_node * self.num_nodes >= 1 << (64 - STEP_BITS)):
+            raise ValueError(f"sharded DeepWalk: walk.length at most {1 << STEP_BITS} and walks_per_node x nodes "
+                             f"under 2**{64 - STEP_BITS}")
         self.params, self.checkpoint = params, checkpoint
         self.numba_threads = _threads(params.threads)
         with self._threaded():
@@ -618,9 +664,9 @@ class ShardWalker:
 
     def _inbox(self, walkers: tuple, answers: tuple):
         """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
+        if not self.params.second:       # nothing parks: no answers; arriving walkers come as WIRE_WALKER
+            return self._unpacked(walkers), np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         parts = [self.pending] + [w for w in walkers if len(w)]
-        if not self.params.second:       # nothing parks: no answers
-            return _concat(parts, FIRST_ORDER_WALKER), np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
         arrived = sum(len(w) for w in parts)
         parts += [self.parked[a][0] for a in range(self.shards)]
         allw = _concat(parts, WALKER)
@@ -631,6 +677,17 @@ class ShardWalker:
         resume = np.concatenate([np.full(arrived, -1, np.int8)] + [np.asarray(a, np.int8) for a in answers])
         park = _concat([np.zeros(arrived, PARKED_WALKER)] + [p[1] for p in self.parked], PARKED_WALKER)
         return allw, resume, park
+
+    def _unpacked(self, arrived: list[np.ndarray]) -> np.ndarray:
+        """The walkers kept here, then the DeepWalk walkers that arrived (WIRE_WALKER pieces) with
+        their generator states recomputed: one writable FIRST_ORDER_WALKER array."""
+        wire = _concat_pieces([w for w in arrived if len(w)], WIRE_WALKER)
+        walkers = np.empty(len(self.pending) + len(wire), FIRST_ORDER_WALKER)
+        _raw(walkers)[:len(self.pending)] = _raw(self.pending)
+        with self._threaded():
+            _unpack_walkers(wire, walkers, len(self.pending), np.uint64(int(self.params.seed) & 0xFFFFFFFFFFFFFFFF),
+                            np.int64(self.params.walk_offset), self.starts, self.row_starts)
+        return walkers
 
     def begin(self, mail: Mail) -> None:
         """Run this shard's side of the rounds with no driver in between: advance the walkers that
@@ -760,8 +817,9 @@ class ShardWalker:
                 self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
         order, offsets = _bucket(where, S)
         moved = _take(walkers, order[:offsets[S]])
-        outboxes = [moved[offsets[d]:offsets[d + 1]] for d in range(S)]
-        self.pending, outboxes[self.shard] = outboxes[self.shard], moved[:0]   # room full: go on here
+        self.pending = moved[offsets[self.shard]:offsets[self.shard + 1]]   # room full: go on here
+        sent = moved if P.second else _pack_walkers(moved)
+        outboxes = [sent[offsets[d]:offsets[d + 1]] if d != self.shard else sent[:0] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
                                                    self.row_starts, P.length)
