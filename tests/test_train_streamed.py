@@ -139,7 +139,7 @@ def test_ray_driver_streams_rounds_and_no_task_holds_more_than_one_round_of_one_
     # every call but a shard owner's start (it takes its shard's CSR rows, checked by test_cluster_shards.py)
     calls = [c for c in read_calls(tmp_path / "rec") if c.stage in ("walk", "train") and c.fn != "ShardWalker.__init__"]
     fns = {c.fn for c in calls}
-    assert {"ShardWalker.advance", "ShardWalker.collect", "prep_count_stage", "prep_stream_stage", "bucket_stage",
+    assert {"ShardWalker.begin", "ShardWalker.deliver", "ShardWalker.collect", "prep_count_stage", "prep_stream_stage", "bucket_stage",
             "link_stage"} <= fns, fns
     limit = max(round_walks, round_stream) * 1.05
     assert max(c.largest for c in calls) <= limit < 0.6 * (K * rows * L * 4) * 13.8 / 4
