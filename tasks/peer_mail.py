@@ -30,6 +30,6 @@ class PeerMail:
 
 
 def inline_pieces(array) -> list:
-    """`array` in row slices of at most INLINE_PIECE_BYTES (none for an empty array)."""
-    rows = max(1, INLINE_PIECE_BYTES // max(1, array.dtype.itemsize))
+    """`array` in slices of whole rows of at most INLINE_PIECE_BYTES (none for an empty array)."""
+    rows = max(1, INLINE_PIECE_BYTES // max(1, array.nbytes // max(1, len(array))))
     return [array[i:i + rows] for i in range(0, len(array), rows)]

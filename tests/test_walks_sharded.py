@@ -88,7 +88,7 @@ def test_messages_in_any_order_give_the_same_walks(graph, mode, p, q):
 def test_messages_before_begin_wait_in_the_mailbox():
     """A shard owner may get another's round-1 walkers and node2vec queries before its own `begin`
     (different callers): they wait, the queries are answered at `begin`, and the walks are the same."""
-    from embedlake.workers.graph.sharded_walks import QUERIES, ShardWalker, WalkParams, collect_walks
+    from embedlake.workers.graph.sharded_walks import WALKERS, ShardWalker, WalkParams, collect_walks
     g = GRAPHS["undirected"](False)
     bounds = shard_bounds(g.num_nodes, 3)
     params = WalkParams(2, 10, 3, 0.5, 2.0, "node2vec")
@@ -98,7 +98,7 @@ def test_messages_before_begin_wait_in_the_mailbox():
         queue.append((shard, kind, rnd, sender, in_flight, (1,) * len(arrays), *arrays))
 
     owners[0].begin(mail)
-    assert any(m[1] == QUERIES and m[2] == 1 for m in queue)       # queries of round 1 went out
+    assert all(m[1] == WALKERS and len(m[5]) == 4 for m in queue)     # walkers, two segment arrays, queries
     for shard, *m in list(queue):                                   # delivered before shards 1 and 2 begin
         owners[shard].deliver(*m)
     queue.clear()

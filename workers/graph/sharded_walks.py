@@ -55,7 +55,7 @@ from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
 __all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "collect_walks", "round_info",
-           "sharded_random_walks", "WAIT_GROUP", "WALKERS", "QUERIES", "ANSWERS"]
+           "sharded_random_walks", "WAIT_GROUP", "WALKERS", "ANSWERS"]
 
 # One walker in flight: g = its global output row (the rows of all shards' matrices back to back:
 # walk k from node v of shard [lo, hi) is row walks_per_node * lo + k * (hi - lo) + v - lo, so its home
@@ -66,14 +66,13 @@ WALKER = np.dtype([("g", "<i8"), ("cur", "<i8"), ("prev", "<i8"), ("wlast", "<f8
 # A first-order walker (DeepWalk) needs no previous node nor arc weight: 24 bytes instead of 48, so
 # every copy, gather and message of a round moves half the bytes (nodes fit int32: CSR indices do).
 FIRST_ORDER_WALKER = np.dtype([("g", "<i8"), ("state", "<u8"), ("cur", "<i4"), ("step", "<i4")])
-# A DeepWalk walker between shards travels as 12 bytes, not 24: its generator state is not sent.
-# A first-order step makes exactly one draw (state += GOLDEN), so after `step` steps the state is
-# walk_key(seed, v, k) + step * GOLDEN, and (v, k) follow from g; the receiver recomputes it
-# (`_unpack_walkers`). g << STEP_BITS | step in two uint32 words (4-byte alignment: 12 bytes),
-# then the node. Sending bytes is most of a round's cost beyond the step kernel (Ray's actor calls
-# between owners: docs/scaling.md section 9), and the walker boxes are most of the bytes.
-WIRE_WALKER = np.dtype([("gs_lo", "<u4"), ("gs_hi", "<u4"), ("cur", "<i4")])
-STEP_BITS = 20              # a walk's length is at most 2 ** STEP_BITS; its rows fewer than 2 ** (64 - STEP_BITS)
+# A DeepWalk walker between shards travels as 8 or 12 bytes, not 24: its generator state is not
+# sent. A first-order step makes exactly one draw (state += GOLDEN), so after `step` steps the state
+# is walk_key(seed, v, k) + step * GOLDEN, and (v, k) follow from g; the receiver recomputes it
+# (`_unpack_walkers`). On the wire a walker is a row of uint32 words: g << step_bits | step in one
+# word when every walk's rows fit (walks_per_node x nodes << step_bits < 2 ** 32), else in two, then
+# the node. Sending bytes is most of a round's cost beyond the step kernel (Ray's actor calls
+# between owners, about 4 ms per MB: docs/scaling.md section 9), and walkers are most of the bytes.
 
 
 def walker_dtype(second: bool) -> np.dtype:
@@ -516,35 +515,38 @@ def _initial_walkers(lo, hi, seed, walk_offset, walkers, out):
         out[r, 0] = v
 
 @njit(cache=True)
-def _pack_walkers(walkers):
-    """DeepWalk walkers (FIRST_ORDER_WALKER) as they travel (WIRE_WALKER: no generator state)."""
-    wire = np.empty(walkers.shape[0], WIRE_WALKER)
+def _pack_walkers(walkers, step_bits, words):
+    """DeepWalk walkers (FIRST_ORDER_WALKER) as they travel: uint32 [n, words] rows of
+    g << step_bits | step (words - 1 words, low first) and the node; no generator state."""
+    wire = np.empty((walkers.shape[0], words), np.uint32)
     for i in range(walkers.shape[0]):
         w = walkers[i]
-        gs = (np.uint64(w.g) << np.uint64(STEP_BITS)) | np.uint64(w.step)
-        x = wire[i]
-        x.gs_lo = np.uint32(gs & LO32)
-        x.gs_hi = np.uint32(gs >> np.uint64(32))
-        x.cur = w.cur
+        gs = (np.uint64(w.g) << np.uint64(step_bits)) | np.uint64(w.step)
+        wire[i, 0] = np.uint32(gs & LO32)
+        if words == 3:
+            wire[i, 1] = np.uint32(gs >> np.uint64(32))
+        wire[i, words - 1] = np.uint32(w.cur)
     return wire
 
 
 @njit(cache=True, parallel=True)
-def _unpack_walkers(wire, walkers, at, seed, walk_offset, starts, row_starts):
-    """walkers[at + i] = wire[i] with its generator state recomputed: walk k from node v (row g of
-    shard h: g - row_starts[h] = k * (hi - lo) + v - lo) after `step` draws."""
+def _unpack_walkers(wire, walkers, at, step_bits, seed, walk_offset, starts, row_starts):
+    """walkers[at + i] = wire[i] (`_pack_walkers`) with its generator state recomputed: walk k from
+    node v (row g of shard h: g - row_starts[h] = k * (hi - lo) + v - lo) after `step` draws."""
+    words = wire.shape[1]
     for i in prange(wire.shape[0]):
-        x = wire[i]
-        gs = (np.uint64(x.gs_hi) << np.uint64(32)) | np.uint64(x.gs_lo)
-        g = np.int64(gs >> np.uint64(STEP_BITS))
-        step = np.int64(gs & np.uint64((1 << STEP_BITS) - 1))
+        gs = np.uint64(wire[i, 0])
+        if words == 3:
+            gs |= np.uint64(wire[i, 1]) << np.uint64(32)
+        g = np.int64(gs >> np.uint64(step_bits))
+        step = np.int64(gs & ((np.uint64(1) << np.uint64(step_bits)) - np.uint64(1)))
         h = _owner(row_starts, g)
         r = g - row_starts[h]
         rows = starts[h + 1] - starts[h]
         k = r // rows
         w = walkers[at + i]
         w.g = g
-        w.cur = x.cur
+        w.cur = np.int32(wire[i, words - 1])
         w.step = step
         w.state = walk_key(seed, starts[h] + r - k * rows, k + walk_offset) + np.uint64(step) * GOLDEN
 
@@ -552,6 +554,19 @@ def _unpack_walkers(wire, walkers, at, seed, walk_offset, starts, row_starts):
 # ---------------------------------------------------------------------------------------------
 # one shard's side of the rounds
 # ---------------------------------------------------------------------------------------------
+def wire_format(params: WalkParams, starts: np.ndarray) -> tuple[int, int, np.dtype]:
+    """How a walk's messages pack what they carry, the same on every shard: (step bits and uint32
+    words of a DeepWalk walker on the wire (`_pack_walkers`), dtype of segment headers: uint32 when
+    every shard's walk matrix has under 2 ** (32 - COUNT_BITS) cells, else int64)."""
+    step_bits = max(1, (params.length - 1).bit_length())
+    rows = params.walks_per_node * int(starts[-1])
+    if rows << step_bits >= 1 << 64:
+        raise ValueError(f"sharded walks: walks_per_node x nodes x 2 ** {step_bits} (walk.length) must be under 2 ** 64")
+    cells = params.walks_per_node * int(np.diff(starts).max(initial=0)) * params.length
+    return (step_bits, 2 if rows << step_bits < 1 << 32 else 3,
+            np.dtype(np.uint32) if cells << COUNT_BITS < 1 << 32 else np.dtype(np.int64))
+
+
 def _threads(threads: int) -> int:
     return numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
 
@@ -636,11 +651,8 @@ class ShardWalker:
         """Begin a walk (the constructor begins the first; an owner kept alive can walk again with
         its CSR rows and alias tables already in place): output matrix and walkers from its nodes."""
         params.check()
-        if not params.second and (params.length > 1 << STEP_BITS or
-                                  params.walks_per_node * self.num_nodes >= 1 << (64 - STEP_BITS)):
-            raise ValueError(f"sharded DeepWalk: walk.length at most {1 << STEP_BITS} and walks_per_node x nodes "
-                             f"under 2**{64 - STEP_BITS}")
         self.params, self.checkpoint = params, checkpoint
+        self.step_bits, self.wire_words, self.header_dtype = wire_format(params, self.starts)
         self.numba_threads = _threads(params.threads)
         with self._threaded():
             self.out = np.full((params.walks_per_node * (self.hi - self.lo), params.length), -1, dtype=np.int32)
@@ -681,12 +693,14 @@ class ShardWalker:
     def _unpacked(self, arrived: list[np.ndarray]) -> np.ndarray:
         """The walkers kept here, then the DeepWalk walkers that arrived (WIRE_WALKER pieces) with
         their generator states recomputed: one writable FIRST_ORDER_WALKER array."""
-        wire = _concat_pieces([w for w in arrived if len(w)], WIRE_WALKER)
+        arrived = [w for w in arrived if len(w)]
+        wire = np.concatenate(arrived) if arrived else np.empty((0, self.wire_words), np.uint32)
         walkers = np.empty(len(self.pending) + len(wire), FIRST_ORDER_WALKER)
         _raw(walkers)[:len(self.pending)] = _raw(self.pending)
         with self._threaded():
-            _unpack_walkers(wire, walkers, len(self.pending), np.uint64(int(self.params.seed) & 0xFFFFFFFFFFFFFFFF),
-                            np.int64(self.params.walk_offset), self.starts, self.row_starts)
+            _unpack_walkers(wire, walkers, len(self.pending), self.step_bits,
+                            np.uint64(int(self.params.seed) & 0xFFFFFFFFFFFFFFFF), np.int64(self.params.walk_offset),
+                            self.starts, self.row_starts)
         return walkers
 
     def begin(self, mail: Mail) -> None:
@@ -709,29 +723,29 @@ class ShardWalker:
 
     def deliver(self, kind: int, rnd: int, sender: int, in_flight: int, counts: tuple, *pieces) -> None:
         """A message from shard `sender` about its round `rnd`: its walkers for this shard (WALKERS,
-        with the walkers it has in flight in all, and the segments of this shard's walks it wrote:
-        written into the walk matrix at once), its node2vec adjacency queries (QUERIES: answered at
-        once) or the answers to this shard's queries (ANSWERS). `pieces`: the message's arrays in
-        slices, counts[i] slices for array i (PeerMail cuts them so that each travels inline with
-        the call). Plays every round whose messages are all in."""
-        if kind == QUERIES and self.mail is None:
-            self.early_queries.append((sender, rnd, pieces))
-        elif kind == QUERIES:
-            self._guarded(self._answer, sender, rnd, pieces)
-        else:
-            ends = np.cumsum(counts)
-            if kind == WALKERS and len(counts) == 3:
-                self._guarded(self._write_segments, _concat_pieces(pieces[ends[0]:ends[1]], np.dtype(np.int64)),
-                              _concat_pieces(pieces[ends[1]:ends[2]], np.dtype(np.int32)))
-            self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces[:ends[0]]))
-            if self.mail is not None:
-                self._guarded(self._play_ready_rounds)
+        with the walkers it has in flight in all; the segments of this shard's walks it wrote,
+        written into the walk matrix at once; node2vec: its adjacency queries, answered at once) or
+        the answers to this shard's queries (ANSWERS). `pieces`: the message's arrays in slices,
+        counts[i] slices for array i (PeerMail cuts them so that each travels inline with the
+        call). Plays every round whose messages are all in."""
+        ends = np.cumsum(counts)
+        if kind == WALKERS:
+            self._guarded(self._write_segments, _concat_pieces(pieces[ends[0]:ends[1]], self.header_dtype),
+                          _concat_pieces(pieces[ends[1]:ends[2]], np.dtype(np.int32)))
+        if kind == WALKERS and len(counts) == 4 and self.mail is None:
+            self.early_queries.append((sender, rnd, pieces[ends[2]:ends[3]]))
+        elif kind == WALKERS and len(counts) == 4:
+            self._guarded(self._answer, sender, rnd, pieces[ends[2]:ends[3]])
+        self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces[:ends[0]]))
+        if self.mail is not None:
+            self._guarded(self._play_ready_rounds)
 
     def _write_segments(self, hdr: np.ndarray, nodes: np.ndarray) -> None:
         """Write nodes other shards visited for this shard's walks into its walk matrix (headers:
         flat index << COUNT_BITS | count, nodes back to back)."""
         if not len(hdr):
             return
+        hdr = hdr.astype(np.int64, copy=False)
         offsets = np.zeros(len(hdr), np.int64)
         np.cumsum(hdr[:-1] & COUNT_MASK, out=offsets[1:])
         with self._threaded():
@@ -789,9 +803,8 @@ class ShardWalker:
         self.in_flight = int(stats[0] + stats[1])
         for d in range(self.shards):
             if d != self.shard:
-                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d], *segments[d])
-                if self.params.second:
-                    self.mail(d, QUERIES, self.rounds, self.shard, 0, queries[d])
+                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d], *segments[d],
+                          *queries[d:d + 1])
 
     def _advance(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> tuple[list, list, list, np.ndarray]:
         """One round: advance every walker here (the ones kept here and those that `arrived`; node2vec:
@@ -818,11 +831,12 @@ class ShardWalker:
         order, offsets = _bucket(where, S)
         moved = _take(walkers, order[:offsets[S]])
         self.pending = moved[offsets[self.shard]:offsets[self.shard + 1]]   # room full: go on here
-        sent = moved if P.second else _pack_walkers(moved)
+        sent = moved if P.second else _pack_walkers(moved, self.step_bits, self.wire_words)
         outboxes = [sent[offsets[d]:offsets[d + 1]] if d != self.shard else sent[:0] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
                                                    self.row_starts, P.length)
+        hdr = hdr.astype(self.header_dtype, copy=False)
         segments = [(hdr[hoff[h]:hoff[h + 1]], nodes[noff[h]:noff[h + 1]]) for h in range(S)]
         written, self.unreported = int(used.sum()) + self.unreported, 0
         stats = np.array([offsets[S] - offsets[0], offsets[S + 1] - offsets[S], written,
@@ -902,7 +916,7 @@ Call = Callable[..., list]
 # mail(shard, kind, round, sender, in_flight, *arrays): hand a message to shard's ShardWalker.deliver
 Mail = Callable[..., None]
 # What a message between shard owners holds (ShardWalker.deliver)
-WALKERS, QUERIES, ANSWERS = 0, 1, 2
+WALKERS, ANSWERS = 0, 1
 # The concurrency group (a thread of its own) in which a Ray shard owner runs `finished`, which
 # waits while `deliver` calls play the rounds in the actor's default group (tasks/graph.py)
 WAIT_GROUP = "wait"
