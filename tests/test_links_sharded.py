@@ -1,0 +1,143 @@
+"""Link prediction on a sharded graph (workers/evaluate/links_sharded.py, tasks/evaluate.py): the
+hold-out and the non-edges are the same for any S, keep to their rules, and the pipeline scores
+them per shard without a task holding more than about one shard."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedlake.workers.evaluate.links_sharded import (EDGE_SALT, link_pairs, pair_endpoints, sharded_holdout,
+                                                      sharded_link_stage, shard_pair_rows, split_dict, unit_draw)
+from embedlake.workers.graph.csr import build_csr
+from embedlake.workers.graph.shards import shard_bounds, split_csr
+
+
+def _graph(n: int, directed: bool, seed: int = 3):
+    """A random graph with hubs, leaves (degree 1) and degree-2 nodes, so the degree rule bites."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, n // 2, 6 * n)
+    dst = rng.integers(0, n // 2, 6 * n)
+    leaves = np.arange(n // 2, n)
+    src = np.concatenate([src, leaves, [0, 1]])
+    dst = np.concatenate([dst, rng.integers(0, n // 2, leaves.size), [0, 1]])          # + two self-loops
+    w = rng.random(src.size).astype(np.float32)
+    return build_csr(src, dst, n, weights=w, directed=directed, self_loops="keep")
+
+
+def local_call(csr, S: int):
+    """The coordinators' callbacks, run in this process on the shards of `csr`."""
+    bounds = shard_bounds(csr.num_nodes, S)
+    shards = [s.as_tuple() for s in split_csr(csr, bounds)]
+
+    def call(s, fn, *args, returns=1):
+        out = fn(*args) if s is None else fn(shards[s], bounds[s][0], *args)
+        return list(out) if returns > 1 else [out]
+    return call, list, bounds
+
+
+def _edges(csr):
+    src = np.repeat(np.arange(csr.num_nodes), np.diff(csr.indptr))
+    dst = csr.indices.astype(np.int64)
+    keep = src != dst if csr.directed else src < dst
+    return src[keep], dst[keep]
+
+
+def _split(csr, S, share=0.3, seed=5):
+    call, get, bounds = local_call(csr, S)
+    src, _ = _edges(csr)
+    return sharded_holdout(call, get, bounds, csr.directed, src.size, share, seed), bounds
+
+
+def _gathered_train(split, bounds, n):
+    from embedlake.workers.graph.shards import CSRShard, gather_csr
+    return gather_csr([CSRShard.from_tuple(t, lo, hi, n) for t, (lo, hi) in zip(split.train, bounds)])
+
+
+def _reference_holdout(csr, share, seed):
+    """The rule computed over the whole graph at once: candidates by the edge hash, a node blocked
+    when every edge of it is a candidate, held out = candidates with no blocked endpoint."""
+    src, dst = _edges(csr)
+    cand = np.array([unit_draw(seed, u, v, EDGE_SALT) < share for u, v in zip(src, dst)], dtype=bool)
+    n = csr.num_nodes
+    deg = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
+    nc = np.bincount(src[cand], minlength=n) + np.bincount(dst[cand], minlength=n)
+    blocked = (nc > 0) & (deg - nc < 1)
+    out = cand & ~blocked[src] & ~blocked[dst]
+    return src, dst, out
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_holdout_is_the_same_for_any_number_of_shards_and_keeps_its_rule(directed):
+    csr = _graph(300, directed)
+    one, b1 = _split(csr, 1)
+    src, dst, out = _reference_holdout(csr, 0.3, 5)
+    test1 = np.concatenate(one.tests)
+    ref = np.stack([src[out], dst[out]], 1)
+    np.testing.assert_array_equal(test1[np.lexsort((test1[:, 1], test1[:, 0]))], ref)
+    assert 0.2 * src.size < len(ref) < 0.3 * src.size and one.info["candidates"] > len(ref)
+    train1 = _gathered_train(one, b1, csr.num_nodes)
+    whole = build_csr(src[~out], dst[~out], csr.num_nodes, weights=None, directed=directed)
+    np.testing.assert_array_equal(train1.indptr, whole.indptr)
+    np.testing.assert_array_equal(train1.indices, whole.indices)
+    deg_before = np.bincount(np.concatenate([src, dst]), minlength=csr.num_nodes)
+    s2, d2 = _edges(train1)
+    deg_after = np.bincount(np.concatenate([s2, d2]), minlength=csr.num_nodes)
+    assert np.all(deg_after[deg_before > 0] > 0)          # nobody cut off
+    for S in (2, 3, 4, 301):                               # 301 > n: an empty shard
+        other, bS = _split(csr, S)
+        assert other.info == dict(one.info, shards=S)
+        ps, pd, ns, nd = link_pairs(other.tests, other.times, other.pairs, other.count)
+        ps1, pd1, ns1, nd1 = link_pairs(one.tests, one.times, one.pairs, one.count)
+        for a, b in ((ps, ps1), (pd, pd1), (ns, ns1), (nd, nd1)):
+            np.testing.assert_array_equal(a, b)
+        train = _gathered_train(other, bS, csr.num_nodes)
+        np.testing.assert_array_equal(train.indptr, train1.indptr)
+        np.testing.assert_array_equal(train.indices, train1.indices)
+        np.testing.assert_array_equal(train.weights, train1.weights)
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_non_edges_are_distinct_non_arcs_of_the_full_graph(directed):
+    csr = _graph(200, directed, seed=8)
+    split, _ = _split(csr, 3, share=0.2, seed=11)
+    _, _, ns, nd = link_pairs(split.tests, split.times, split.pairs, split.count)
+    assert ns.size == split.count == split.info["test_edges"] > 0
+    arcs = set(zip(np.repeat(np.arange(csr.num_nodes), np.diff(csr.indptr)).tolist(), csr.indices.tolist()))
+    pairs = list(zip(ns.tolist(), nd.tolist()))
+    assert not any(p in arcs for p in pairs) and all(u != v for u, v in pairs)
+    assert len(set(pairs)) == len(pairs)
+    if not directed:
+        assert np.all(ns < nd)
+
+
+def test_non_edges_are_uniform_over_the_pairs():
+    """On an empty-ish graph the draws' first endpoints follow the pairs each node heads
+    (undirected: n - 1 - u pairs (u, v > u)): a chi-square test over 10 node bins."""
+    from scipy.stats import chisquare
+    n = 1000
+    csr = build_csr(np.array([0]), np.array([1]), n)
+    call, get, bounds = local_call(csr, 4)
+    from embedlake.workers.evaluate.links_sharded import sharded_non_edges
+    times, pairs, cut, _ = sharded_non_edges(call, get, bounds, False, 1, 20000, seed=2)
+    _, _, ns, _ = link_pairs([np.empty((0, 2), np.int32)], times, pairs, 20000)
+    bins = np.arange(0, n + 1, 100)
+    observed = np.histogram(ns, bins)[0]
+    heads = np.array([sum(n - 1 - u for u in range(a, b)) for a, b in zip(bins[:-1], bins[1:])], dtype=float)
+    assert chisquare(observed, heads / heads.sum() * observed.sum()).pvalue > 1e-3
+
+
+def test_sharded_link_stage_equals_the_whole_table():
+    from embedlake.config import EvalConfig
+    from embedlake.workers.evaluate.stages import link_stage
+    csr = _graph(240, False, seed=4)
+    X = np.random.default_rng(0).standard_normal((csr.num_nodes, 8)).astype(np.float32)
+    split, bounds = _split(csr, 3, share=0.2)
+    cfg = EvalConfig(link_prediction=True, lp_operators=["hadamard", "dot"])
+    whole = link_stage(X, split_dict(0.2, split.count, 3, *split.tests, *split.times, *split.pairs), cfg)
+    ends = [pair_endpoints(bounds, split.cut, t, tm, p) for t, tm, p in zip(split.tests, split.times, split.pairs)]
+    rows = [shard_pair_rows(None, X[lo:hi], lo, *[e[t] for e in ends]) for t, (lo, hi) in enumerate(bounds)]
+    assert sum(r.shape[0] for r in rows) < csr.num_nodes
+    got = sharded_link_stage(cfg, ["hadamard", "dot"], 0.2, split.count, split.cut, 3, *split.tests,
+                             *split.times, *split.pairs, *rows)
+    whole.pop("seconds"), got.pop("seconds")
+    assert got == whole and got["num_pos"] == got["num_neg"] == split.count
