@@ -44,13 +44,13 @@ def _edges(csr):
 
 def _split(csr, S, share=0.3, seed=5):
     call, get, bounds = local_call(csr, S)
-    src, _ = _edges(csr)
-    return sharded_holdout(call, get, bounds, csr.directed, src.size, share, seed), bounds
+    return sharded_holdout(call, get, bounds, csr.directed, share, seed), bounds
 
 
-def _gathered_train(split, bounds, n):
+def _gathered_train(train: list[tuple], bounds, n):
+    """The whole train CSR from the shards' train CSR tuples."""
     from embedlake.workers.graph.shards import CSRShard, gather_csr
-    return gather_csr([CSRShard.from_tuple(t, lo, hi, n) for t, (lo, hi) in zip(split.train, bounds)])
+    return gather_csr([CSRShard.from_tuple(t, lo, hi, n) for t, (lo, hi) in zip(train, bounds)])
 
 
 def _reference_holdout(csr, share, seed):
@@ -75,7 +75,7 @@ def test_holdout_is_the_same_for_any_number_of_shards_and_keeps_its_rule(directe
     ref = np.stack([src[out], dst[out]], 1)
     np.testing.assert_array_equal(test1[np.lexsort((test1[:, 1], test1[:, 0]))], ref)
     assert 0.2 * src.size < len(ref) < 0.3 * src.size and one.info["candidates"] > len(ref)
-    train1 = _gathered_train(one, b1, csr.num_nodes)
+    train1 = _gathered_train(one.train, b1, csr.num_nodes)
     whole = build_csr(src[~out], dst[~out], csr.num_nodes, weights=None, directed=directed)
     np.testing.assert_array_equal(train1.indptr, whole.indptr)
     np.testing.assert_array_equal(train1.indices, whole.indices)
@@ -90,7 +90,7 @@ def test_holdout_is_the_same_for_any_number_of_shards_and_keeps_its_rule(directe
         ps1, pd1, ns1, nd1 = link_pairs(one.tests, one.times, one.pairs, one.count)
         for a, b in ((ps, ps1), (pd, pd1), (ns, ns1), (nd, nd1)):
             np.testing.assert_array_equal(a, b)
-        train = _gathered_train(other, bS, csr.num_nodes)
+        train = _gathered_train(other.train, bS, csr.num_nodes)
         np.testing.assert_array_equal(train.indptr, train1.indptr)
         np.testing.assert_array_equal(train.indices, train1.indices)
         np.testing.assert_array_equal(train.weights, train1.weights)
@@ -141,3 +141,55 @@ def test_sharded_link_stage_equals_the_whole_table():
                              *split.times, *split.pairs, *rows)
     whole.pop("seconds"), got.pop("seconds")
     assert got == whole and got["num_pos"] == got["num_neg"] == split.count
+
+
+def _ray_handle(csr, S: int):
+    """A GraphHandle of S shards of `csr` (one object per shard's rows and ids), no ingest needed."""
+    import ray
+
+    from embedlake.tasks.graph import GraphHandle, ShardRef
+    shards = [ShardRef(s.lo, s.hi, s.num_arcs, ray.put(s.as_tuple()), ray.put(np.arange(s.lo, s.hi)))
+              for s in split_csr(csr, shard_bounds(csr.num_nodes, S))]
+    meta = {"nodes": csr.num_nodes, "arcs": csr.num_arcs, "version": "lp-shards",
+            "stats": {"weighted": csr.weights is not None, "directed": csr.directed}}
+    return GraphHandle(meta, None, None, None, shards)
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("directed", [False, True])
+def test_holdout_and_link_tasks_on_ray_take_one_shard_at_most(tmp_path, directed):
+    """The tasks layer on S = 4 shards: the same split and figures as the in-process S = 1 run and
+    the whole table, and (object sizes recorded) no hold-out or link-prediction task takes or returns
+    an object larger than 1.5 x one shard's CSR rows or table rows."""
+    import ray
+
+    from embedlake.config import EvalConfig
+    from embedlake.tasks.evaluate import holdout, link_refs
+    from embedlake.tasks.object_sizes import oversized, read_calls, recording
+    from embedlake.workers.evaluate.stages import link_stage, merge_link_results
+    csr = _graph(2000, directed, seed=6)
+    X = np.random.default_rng(1).standard_normal((csr.num_nodes, 16)).astype(np.float32)
+    X[:, 0] = np.diff(csr.indptr)                       # a signal for the scorers: node degree
+    cfg = EvalConfig(link_prediction=True, test_edge_share=0.1, seed=4, lp_operators=["hadamard", "dot"])
+    handle = _ray_handle(csr, 4)
+    with recording(tmp_path / "objects") as folder:
+        train, split = holdout.fn(handle, cfg, max_retries=0)
+        tables = [ray.put(X[s.lo:s.hi]) for s in train.shards]
+        opts = dict(num_cpus=1, max_retries=0)
+        got = merge_link_results(ray.get(link_refs(train, tables, split, cfg, opts, True)))
+    one, b1 = _split(csr, 1, share=0.1, seed=4)
+    assert split.info["split"] == "sharded" and train.meta["holdout"] == split.info
+    assert {k: v for k, v in split.info.items() if k != "seconds"} == dict(one.info, shards=4)
+    gathered = _gathered_train(ray.get([s.csr_ref for s in train.shards]), train.shard_bounds, csr.num_nodes)
+    np.testing.assert_array_equal(gathered.indices, _gathered_train(one.train, b1, csr.num_nodes).indices)
+    whole = link_stage(X, split_dict(0.1, one.count, 1, *one.tests, *one.times, *one.pairs), cfg)
+    got.pop("seconds"), whole.pop("seconds")
+    assert got == whole and got["roc_auc"]["dot"] > 0.6
+    calls = read_calls(folder)
+    shards = split_csr(csr, shard_bounds(csr.num_nodes, 4))
+    one_shard = max(max(s.nbytes for s in shards), max(s.rows for s in shards) * X.shape[1] * 4)
+    fns = {c.fn for c in calls}
+    assert {"shard_blocked", "shard_apply_holdout", "shard_non_edge_draws", "pair_endpoints", "shard_pair_rows",
+            "sharded_link_stage"} <= fns, fns
+    assert not oversized(calls, 1.5 * one_shard, {"holdout", "evaluate"})
+    assert max(c.largest for c in calls if c.stage in ("holdout", "evaluate")) > 0.2 * one_shard

@@ -247,6 +247,7 @@ class ShardedSplit:
     (ObjectRefs on Ray). The non-edges are the ``count`` draws of smallest time among the shards'
     draws (``times`` / ``pairs``), all of whose times are at most ``cut``."""
     train: list              # per shard: the train CSR tuple (local indptr, global ids)
+    train_arcs: list[int]    # per shard: its train CSR's arcs
     tests: list              # per shard: held-out edges int32 [k, 2]
     times: list              # per shard: times of the surviving non-edge draws, ascending
     pairs: list              # per shard: those draws' pairs int32 [k, 2]
@@ -255,11 +256,11 @@ class ShardedSplit:
     info: dict
 
 
-def sharded_holdout(call: Callable, get: Callable, bounds: list[tuple[int, int]], directed: bool, num_edges: int,
+def sharded_holdout(call: Callable, get: Callable, bounds: list[tuple[int, int]], directed: bool,
                     share: float, seed: int) -> ShardedSplit:
     """The hold-out and the non-edges of a sharded graph (module docstring): 2 rounds of per-shard
-    tasks (3 for a directed graph), then the non-edge draws. ``num_edges``: the graph's edges
-    (an undirected edge once, self-loops left out); split seed ``seed``, non-edges ``seed + 1``."""
+    tasks (3 for a directed graph), then the non-edge draws. Split seed ``seed``, non-edges
+    ``seed + 1`` (as ``holdout_stage``)."""
     if not 0 < share < 1:
         raise ValueError(f"test_share {share} is not in (0, 1)")
     S = len(bounds)
@@ -274,11 +275,13 @@ def sharded_holdout(call: Callable, get: Callable, bounds: list[tuple[int, int]]
     stats = get([a[2] for a in applied])
     total = {k: sum(st[k] for st in stats) for k in stats[0]}
     count = total["test_edges"]
+    num_edges = count + total["train_edges"]
     times, pairs, cut, horizon = sharded_non_edges(call, get, bounds, directed, num_edges, count, seed + 1)
     info = {"split": "sharded", "shards": S, "test_share": float(share), "test_edges": count, "non_edges": count,
             "train_edges": total["train_edges"], "train_arcs": total["train_arcs"],
             "candidates": total["candidates"], "directed": bool(directed), "non_edge_horizon": horizon}
-    return ShardedSplit([a[0] for a in applied], [a[1] for a in applied], times, pairs, count, cut, info)
+    return ShardedSplit([a[0] for a in applied], [st["train_arcs"] for st in stats], [a[1] for a in applied], times,
+                        pairs, count, cut, info)
 
 
 def sharded_non_edges(call: Callable, get: Callable, bounds: list[tuple[int, int]], directed: bool, num_edges: int,
