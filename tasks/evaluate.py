@@ -65,12 +65,12 @@ def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
     csr_ref, split_ref, info_ref = remote(es.holdout_stage, "holdout", num_cpus=1, num_returns=3,
                                            max_retries=max_retries).remote(graph.csr_ref, eval_cfg.test_edge_share,
                                                                            eval_cfg.seed)
-    info = ray.get(info_ref)
+    info = dict(ray.get(info_ref), split="greedy")          # links.split_edges; "sharded" on S > 1
     meta = dict(graph.meta, holdout=info)
     log.info(f"holdout: {info['test_edges']:,} of {info['test_edges'] + info['train_edges']:,} edges held out "
              f"for link prediction, {info['non_edges']:,} non-edges sampled; the embedding sees "
              f"{info['train_arcs']:,} arcs")
-    return dataclasses.replace(graph, meta=meta, csr_ref=csr_ref), LinkSplit(split_ref, dict(info, split="greedy"))
+    return dataclasses.replace(graph, meta=meta, csr_ref=csr_ref), LinkSplit(split_ref, info)
 
 
 def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):

@@ -45,7 +45,7 @@ import numba
 import numpy as np
 
 from embedlake.workers.evaluate.geometry import mix64
-from embedlake.workers.graph.shards import owner_of, shard_starts
+from embedlake.workers.graph.shards import shard_starts
 
 EDGE_SALT = 0x51ED
 GAP_SALT = 0x9A9
