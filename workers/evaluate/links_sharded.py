@@ -45,7 +45,7 @@ import numba
 import numpy as np
 
 from embedlake.workers.evaluate.geometry import mix64
-from embedlake.workers.graph.shards import shard_starts
+from embedlake.workers.graph.shards import owner_of, shard_starts
 
 EDGE_SALT = 0x51ED
 GAP_SALT = 0x9A9
@@ -128,27 +128,30 @@ def shard_blocked(csr, lo: int, bounds, share: float, seed: int, *in_counts: tup
     indptr, indices = np.asarray(csr[0]), np.asarray(csr[1])
     directed = bool(csr[3])
     cand, deg = _candidates(indptr, indices, lo, share, seed, directed)
-    rows = indptr.size - 1
-    ncand = np.bincount(arc_sources(indptr, 0)[cand], minlength=rows) if rows else np.zeros(0, np.int64)
-    for nodes, arcs, cands in in_counts:
-        np.add.at(deg, nodes.astype(np.int64) - lo, arcs)
-        np.add.at(ncand, nodes.astype(np.int64) - lo, cands)
+    src = arc_sources(indptr, lo)
+    ncand = np.bincount(src[cand] - lo, minlength=indptr.size - 1)
+    for nodes, arcs, cands in in_counts:               # a piece lists each node once
+        deg[nodes.astype(np.int64) - lo] += arcs
+        ncand[nodes.astype(np.int64) - lo] += cands
     blocked = (ncand > 0) & (deg - ncand < 1)
     mine = np.flatnonzero(blocked).astype(np.int64) + lo
-    out = []
+    if directed:
+        out = [np.intersect1d(nodes[cands > 0].astype(np.int64), mine) for nodes, _, cands in in_counts]
+    else:
+        sel = cand & blocked[src - lo]
+        out = _routed(bounds, owner_of(shard_starts(bounds), indices[sel]), src[sel])
     for t, (tlo, thi) in enumerate(bounds):
-        if thi <= tlo:
-            out.append(np.empty(0, ROUTE_DTYPE))
-        elif tlo == lo:
-            out.append(mine.astype(ROUTE_DTYPE))
-        elif directed:
-            nodes, _, cands = in_counts[t]
-            out.append(np.intersect1d(nodes[cands > 0].astype(np.int64), mine).astype(ROUTE_DTYPE))
-        else:
-            src = arc_sources(indptr, lo)
-            into = cand & (indices >= tlo) & (indices < thi)
-            out.append(np.intersect1d(np.unique(src[into]), mine).astype(ROUTE_DTYPE))
-    return as_returns(out)
+        if thi > tlo == lo:
+            out[t] = mine
+    return as_returns([o.astype(ROUTE_DTYPE) for o in out])
+
+
+def _routed(bounds, owners: np.ndarray, nodes: np.ndarray) -> list[np.ndarray]:
+    """For each shard t, the distinct ``nodes`` whose entry in ``owners`` is t (ascending)."""
+    span = np.int64(bounds[-1][1] + 1)
+    key = np.unique(owners.astype(np.int64) * span + nodes.astype(np.int64))
+    cuts = np.searchsorted(key, np.arange(len(bounds) + 1, dtype=np.int64) * span)
+    return [key[cuts[t]:cuts[t + 1]] - t * span for t in range(len(bounds))]
 
 
 def shard_apply_holdout(csr, lo: int, share: float, seed: int, *blocked: np.ndarray):
