@@ -226,3 +226,37 @@ def test_flow_with_two_shards_embeds_the_sharded_train_graph(tmp_path, shared):
     cfg = EvalConfig(link_prediction=True, lp_operators=["hadamard", "dot"])
     whole = link_stage(X, split_dict(0.1, one.count, 1, *one.tests, *one.times, *one.pairs), cfg)
     assert lp["roc_auc"] == pytest.approx(whole["roc_auc"], abs=1e-9) and lp["mrr"] == pytest.approx(whole["mrr"])
+
+
+@pytest.mark.usefixtures("ray_session", "prefect_session")
+def test_sharded_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
+    """DeepWalk with graph.shards=2 and eval.link_prediction: the sharded walks (written to the
+    lake) never step along an edge of the sharded split in either direction, the figures come from
+    the sharded table, and the held-out edges are the in-process S = 1 split's."""
+    import polars as pl
+
+    from embedlake.config import load_config
+    from embedlake.flows.embed_graph import embed_graph
+    from embedlake.reader import read_table
+    from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
+    ds = shared("datasets", "p2p-gnutella08")
+    lake = str(tmp_path / "lake")
+    s = embed_graph(load_config(None, [f"lake.uri={lake}", f"input.edges={ds / 'edges.tsv'}", "graph.shards=2",
+                                       "eval.link_prediction=true", "walk.write_walks=true", "walk.walks_per_node=2",
+                                       "walk.length=10", "train.dim=16", "train.window=3", "eval.reconstruction=false",
+                                       "eval.lp_operators=[dot]"]))
+    lp = s["metrics"]["link_prediction"]
+    assert lp["holdout"]["split"] == "sharded" and set(lp["roc_auc"]) == {"dot"}
+    full = ingest_graph(str(ds / "edges.tsv"), EdgeSpec()).csr
+    one, _ = _split(full, 1, share=0.1, seed=0)
+    ps, pd, _, _ = link_pairs(one.tests, one.times, one.pairs, one.count)
+    assert ps.size == lp["num_pos"] and (ps < pd).all()
+    held = set(zip(ps.tolist(), pd.tolist()))
+    held |= {(v, u) for u, v in held}
+    walks = pl.from_arrow(read_table(lake, "p2p-gnutella08", "deepwalk", kind="walks")[0])
+    steps = set()
+    for w in walks["walk"].to_list():
+        steps.update(zip(w, w[1:]))
+    arcs = set(zip(np.repeat(np.arange(full.num_nodes), np.diff(full.indptr)).tolist(), full.indices.tolist()))
+    assert steps <= arcs and len(steps) > 10_000
+    assert not steps & held
