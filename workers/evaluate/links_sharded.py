@@ -66,27 +66,83 @@ def unit_draw(seed, a, b, salt):
     return np.float64(z >> np.uint64(11)) * TWO_POW_53
 
 
+ORDINARY, CANDIDATE, LOOP = 0, 1, 2       # an arc's kind (uint8 per arc: the only per-arc temporary)
+
+
 @numba.njit(cache=True, nogil=True)
-def _candidates(indptr, indices, lo, share, seed, directed):
-    """Per arc: the edge is a candidate (self-loops never are); per row: its non-loop arcs."""
-    cand = np.zeros(indices.size, dtype=np.bool_)
+def _arc_kinds(indptr, indices, lo, share, seed, directed):
+    """Per arc its kind (self-loop, candidate or not); per row its non-loop arcs and candidates."""
+    kind = np.zeros(indices.size, dtype=np.uint8)
     deg = np.zeros(indptr.size - 1, dtype=np.int64)
+    ncand = np.zeros(indptr.size - 1, dtype=np.int64)
     for r in range(indptr.size - 1):
         u = lo + r
         for k in range(indptr[r], indptr[r + 1]):
             v = np.int64(indices[k])
             if v == u:
+                kind[k] = LOOP
                 continue
             deg[r] += 1
             a, b = (u, v) if directed or u < v else (v, u)
-            cand[k] = unit_draw(seed, a, b, EDGE_SALT) < share
-    return cand, deg
+            if unit_draw(seed, a, b, EDGE_SALT) < share:
+                kind[k] = CANDIDATE
+                ncand[r] += 1
+    return kind, deg, ncand
 
 
-def arc_sources(indptr, lo: int) -> np.ndarray:
-    """The source node of every arc of a shard (int64)."""
-    indptr = np.asarray(indptr, dtype=np.int64)
-    return np.repeat(np.arange(lo, lo + indptr.size - 1, dtype=np.int64), np.diff(indptr))
+@numba.njit(cache=True, nogil=True)
+def _is_in(sorted_nodes, v):
+    pos = np.searchsorted(sorted_nodes, v)
+    return pos < sorted_nodes.size and sorted_nodes[pos] == v
+
+
+@numba.njit(cache=True, nogil=True)
+def _blocked_arcs(indptr, indices, kind, blocked_rows):
+    """(row, neighbour) of every candidate arc of the blocked rows (ascending rows)."""
+    count = 0
+    for r in blocked_rows:
+        for k in range(indptr[r], indptr[r + 1]):
+            count += kind[k] == CANDIDATE
+    rows = np.empty(count, np.int64)
+    nbrs = np.empty(count, np.int64)
+    i = 0
+    for r in blocked_rows:
+        for k in range(indptr[r], indptr[r + 1]):
+            if kind[k] == CANDIDATE:
+                rows[i], nbrs[i] = r, indices[k]
+                i += 1
+    return rows, nbrs
+
+
+@numba.njit(cache=True, nogil=True)
+def _hold_out(indptr, indices, lo, kind, stop, directed):
+    """Marks the held-out arcs (candidates with no endpoint in ``stop``) and the self-loops as
+    dropped (kind > CANDIDATE, in place); returns the train rows' arc counts, the held-out edges,
+    the train edges and the candidates (an undirected edge counted once: u < v)."""
+    counts = np.zeros(indptr.size - 1, np.int64)
+    held = 0
+    kept = 0
+    drawn = 0
+    for r in range(indptr.size - 1):
+        u = lo + r
+        u_stop = _is_in(stop, u)
+        for k in range(indptr[r], indptr[r + 1]):
+            v = np.int64(indices[k])
+            drawn += kind[k] == CANDIDATE and (directed or u < v)
+            if kind[k] == CANDIDATE and not u_stop and not _is_in(stop, v):
+                kind[k] = LOOP + 1
+                held += directed or u < v
+            elif kind[k] != LOOP:
+                counts[r] += 1
+                kept += directed or u < v
+    test = np.empty((held, 2), np.int32)
+    i = 0
+    for r in range(indptr.size - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            if kind[k] == LOOP + 1 and (directed or lo + r < indices[k]):
+                test[i, 0], test[i, 1] = lo + r, indices[k]
+                i += 1
+    return counts, test, kept, drawn
 
 
 def as_returns(pieces: list):
@@ -105,18 +161,23 @@ def _by_shard(bounds, nodes: np.ndarray, *columns: np.ndarray) -> list[tuple]:
 # the hold-out: one shard's work (a Ray task each)
 # ---------------------------------------------------------------------------------------------
 
-def shard_in_counts(csr, lo: int, bounds, share: float, seed: int) -> list[tuple]:
+def shard_in_counts(csr, lo: int, bounds, share: float, seed: int):
     """Directed graphs, round 1: for each shard t, (its nodes that this shard's arcs point to,
     their in-arc counts from here, their candidate in-arc counts from here), ascending."""
     indptr, indices = np.asarray(csr[0]), np.asarray(csr[1])
-    cand, _ = _candidates(indptr, indices, lo, share, seed, True)
-    src = arc_sources(indptr, lo)
-    loop = src == indices
-    dst = indices[~loop].astype(np.int64)
-    nodes, inv = np.unique(dst, return_inverse=True)
-    arcs = np.bincount(inv, minlength=nodes.size).astype(ROUTE_DTYPE)
-    cands = np.bincount(inv, weights=cand[~loop], minlength=nodes.size).astype(ROUTE_DTYPE)
-    return as_returns(_by_shard(bounds, nodes.astype(ROUTE_DTYPE), arcs, cands))
+    kind, _, _ = _arc_kinds(indptr, indices, lo, share, seed, True)
+    nodes, arcs = _run_lengths(indices[kind != LOOP])
+    cand_nodes, cand_arcs = _run_lengths(indices[kind == CANDIDATE])
+    cands = np.zeros(nodes.size, ROUTE_DTYPE)
+    cands[np.searchsorted(nodes, cand_nodes)] = cand_arcs
+    return as_returns(_by_shard(bounds, nodes, arcs, cands))
+
+
+def _run_lengths(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct nodes ascending, how often each occurs), sorting ``nodes`` (a copy) in place."""
+    nodes = np.sort(nodes.astype(ROUTE_DTYPE))
+    starts = np.flatnonzero(np.concatenate(([True], nodes[1:] != nodes[:-1]))) if nodes.size else np.zeros(0, int)
+    return nodes[starts], np.diff(np.append(starts, nodes.size)).astype(ROUTE_DTYPE)
 
 
 def shard_blocked(csr, lo: int, bounds, share: float, seed: int, *in_counts: tuple):
@@ -127,19 +188,17 @@ def shard_blocked(csr, lo: int, bounds, share: float, seed: int, *in_counts: tup
     of every shard's ``shard_in_counts`` (directed only)."""
     indptr, indices = np.asarray(csr[0]), np.asarray(csr[1])
     directed = bool(csr[3])
-    cand, deg = _candidates(indptr, indices, lo, share, seed, directed)
-    src = arc_sources(indptr, lo)
-    ncand = np.bincount(src[cand] - lo, minlength=indptr.size - 1)
+    kind, deg, ncand = _arc_kinds(indptr, indices, lo, share, seed, directed)
     for nodes, arcs, cands in in_counts:               # a piece lists each node once
         deg[nodes.astype(np.int64) - lo] += arcs
         ncand[nodes.astype(np.int64) - lo] += cands
-    blocked = (ncand > 0) & (deg - ncand < 1)
-    mine = np.flatnonzero(blocked).astype(np.int64) + lo
+    blocked = np.flatnonzero((ncand > 0) & (deg - ncand < 1))
+    mine = blocked + lo
     if directed:
         out = [np.intersect1d(nodes[cands > 0].astype(np.int64), mine) for nodes, _, cands in in_counts]
     else:
-        sel = cand & blocked[src - lo]
-        out = _routed(bounds, owner_of(shard_starts(bounds), indices[sel]), src[sel])
+        rows, nbrs = _blocked_arcs(indptr, indices, kind, blocked)
+        out = _routed(bounds, owner_of(shard_starts(bounds), nbrs), rows + lo)
     for t, (tlo, thi) in enumerate(bounds):
         if thi > tlo == lo:
             out[t] = mine
@@ -158,23 +217,18 @@ def shard_apply_holdout(csr, lo: int, share: float, seed: int, *blocked: np.ndar
     """Round 3: the shard's train CSR tuple (its arcs less self-loops and held-out edges: a
     candidate neither of whose endpoints is blocked), its held-out edges as int32 [k, 2] (an
     undirected edge once, by the owner of its smaller end) and counts for the summary.
-    ``blocked``: every shard's blocked nodes sent to this one."""
+    ``blocked``: every shard's blocked nodes sent to this one. Memory: one byte per arc besides
+    the train rows it returns."""
     indptr, indices, weights, directed = csr
     indptr, indices = np.asarray(indptr), np.asarray(indices)
-    cand, _ = _candidates(indptr, indices, lo, share, seed, bool(directed))
+    kind, _, _ = _arc_kinds(indptr, indices, lo, share, seed, bool(directed))
     stop = np.unique(np.concatenate([np.asarray(b, np.int64) for b in blocked] or [np.empty(0, np.int64)]))
-    src = arc_sources(indptr, lo)
-    dst = indices.astype(np.int64)
-    out = cand & ~np.isin(src, stop) & ~np.isin(dst, stop)
-    keep = ~out & (src != dst)
-    counts = np.bincount(src[keep] - lo, minlength=indptr.size - 1)
+    counts, test, kept, drawn = _hold_out(indptr, indices, lo, kind, stop, bool(directed))
+    keep = kind <= CANDIDATE
     train_indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     train = (train_indptr, indices[keep], None if weights is None else np.asarray(weights)[keep], bool(directed))
-    once = out if directed else out & (src < dst)
-    test = np.stack([src[once], dst[once]], axis=1).astype(ROUTE_DTYPE).reshape(-1, 2)
-    kept = keep if directed else keep & (src < dst)
-    stats = {"test_edges": int(once.sum()), "train_edges": int(kept.sum()), "train_arcs": int(keep.sum()),
-             "candidates": int((cand if directed else cand & (src < dst)).sum())}
+    stats = {"test_edges": int(test.shape[0]), "train_edges": int(kept), "train_arcs": int(train_indptr[-1]),
+             "candidates": int(drawn)}
     return train, test, stats
 
 
