@@ -55,13 +55,14 @@ class ShardedLinkSplit:
 
 
 @task(name="holdout", cache_policy=NO_CACHE)
-def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
+def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3, placements: list[dict] | None = None):
     """(GraphHandle of the train graph, LinkSplit, or ShardedLinkSplit on a sharded graph). The full
-    graph stays in the lake untouched."""
+    graph stays in the lake untouched. placements: per shard, the Ray options that run its tasks
+    where its CSR rows are (tasks/graph.py `shard_placements`; sharded graphs only)."""
     import ray
     log = stage_logger()
     if graph.num_shards > 1:
-        return sharded_holdout(graph, eval_cfg, max_retries)
+        return sharded_holdout(graph, eval_cfg, max_retries, placements)
     csr_ref, split_ref, info_ref = remote(es.holdout_stage, "holdout", num_cpus=1, num_returns=3,
                                            max_retries=max_retries).remote(graph.csr_ref, eval_cfg.test_edge_share,
                                                                            eval_cfg.seed)
@@ -73,7 +74,7 @@ def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
     return dataclasses.replace(graph, meta=meta, csr_ref=csr_ref), LinkSplit(split_ref, info)
 
 
-def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
+def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3, placements: list[dict] | None = None):
     """``holdout`` on a sharded graph: rounds of per-shard tasks, each holding one shard's CSR rows
     and the small messages of the round (links_sharded.sharded_holdout). The same held-out edges,
     train graph and non-edges for any S; not those of ``holdout_stage`` (another algorithm)."""
@@ -81,7 +82,7 @@ def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
 
     import ray
     t0 = time.perf_counter()
-    call = holdout_caller(graph, max_retries)
+    call = holdout_caller(graph, max_retries, placements)
     directed = bool(graph.meta.get("stats", {}).get("directed", False))
     split = ls.sharded_holdout(call, ray.get, graph.shard_bounds, directed, eval_cfg.test_edge_share, eval_cfg.seed)
     info = dict(split.info, seconds=round(time.perf_counter() - t0, 3))
@@ -95,16 +96,19 @@ def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
             ShardedLinkSplit(split.tests, split.times, split.pairs, split.count, split.cut, info))
 
 
-def holdout_caller(graph, max_retries: int):
+def holdout_caller(graph, max_retries: int, placements: list[dict] | None = None):
     """links_sharded's ``call(shard, fn, *args, returns=k)``: fn(shard's CSR, shard's first node,
-    *args) as a Ray task with k returns (shard None: fn(*args)); always a list of k refs."""
+    *args) as a Ray task with k returns, placed by ``placements[shard]`` (shard None: fn(*args),
+    placed by Ray); always a list of k refs."""
     fns: dict = {}
 
     def call(s, fn, *args, returns=1):
-        if (fn, returns) not in fns:
-            fns[fn, returns] = remote(fn, "holdout", num_cpus=1, num_returns=returns, max_retries=max_retries)
-        f = fns[fn, returns]
-        refs = f.remote(*args) if s is None else f.remote(graph.shards[s].csr_ref, graph.shards[s].lo, *args)
+        where = placements[s] if placements and s is not None else {}
+        key = (fn, returns, s if where else None)
+        if key not in fns:
+            fns[key] = remote(fn, "holdout", num_cpus=1, num_returns=returns, max_retries=max_retries, **where)
+        shard_args = () if s is None else (graph.shards[s].csr_ref, graph.shards[s].lo)
+        refs = fns[key].remote(*shard_args, *args)
         return refs if returns > 1 else [refs]
     return call
 

@@ -122,7 +122,8 @@ def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig, eval_
                      max_retries=run.retries)
     if not eval_cfg.link_prediction:
         return graph, None
-    return run.time("holdout", holdout, graph, eval_cfg, max_retries=run.retries)
+    placements = shard_placements(graph.shards) if graph.num_shards > 1 else None     # tasks where the rows are
+    return run.time("holdout", holdout, graph, eval_cfg, max_retries=run.retries, placements=placements)
 
 
 def row_bounds(rows: int, shard: ShardConfig) -> list[tuple[int, int]]:
