@@ -127,7 +127,7 @@ def test_sharded_alignment_on_ray_takes_one_shard_at_most(tmp_path):
     want = align_sharded.sharded_stability(call, get, 4, lake, "ds", "m", "local", reference, cfg)
     a, b = dict(want["metrics"]), dict(got["metrics"])
     a.pop("seconds"), b.pop("seconds")
-    assert b == pytest.approx(a, rel=1e-12) and len(got["files"]["aligned"]) == 4
+    assert b == a and len(got["files"]["aligned"]) == 4
     calls = read_calls(folder)
     one_shard = max(hi - lo for lo, hi in bounds) * X.shape[1] * 4
     assert {"shard_matches", "shard_sums", "rotation_stage", "shard_aligned", "shard_top_k"} <= {c.fn for c in calls}
