@@ -9,21 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from embedlake.workers.evaluate.links_sharded import sharded_holdout
+from embedlake.workers.evaluate.links_sharded import in_process_caller, sharded_holdout
 from embedlake.workers.evaluate.stages import holdout_stage
 from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
-from embedlake.workers.graph.shards import shard_bounds, split_csr
-
-
-def local_call(csr, S: int):
-    """links_sharded's callbacks run in this process on the S shards of `csr`."""
-    bounds = shard_bounds(csr.num_nodes, S)
-    shards = [s.as_tuple() for s in split_csr(csr, bounds)]
-
-    def call(s, fn, *args, returns=1):
-        out = fn(*args) if s is None else fn(shards[s], bounds[s][0], *args)
-        return list(out) if returns > 1 else [out]
-    return call, list, bounds
 
 
 def best(fn, repeats: int) -> float:
@@ -49,7 +37,7 @@ def main() -> None:
     print(f"{g.num_nodes:,} nodes, {g.num_arcs:,} arcs")
     print(f"holdout_stage (split_edges): {best(lambda: holdout_stage(whole, args.share, 0), args.repeats):.3f} CPU s")
     for S in (int(x) for x in args.shards.split(",")):
-        call, get, bounds = local_call(g, S)
+        call, get, bounds = in_process_caller(g, S)
         split = sharded_holdout(call, get, bounds, g.directed, args.share, 0)
         secs = best(lambda: sharded_holdout(call, get, bounds, g.directed, args.share, 0), args.repeats)
         print(f"sharded S={S}: {secs:.3f} CPU s, {split.count:,} held out ({split.info['candidates']:,} drawn)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlake.workers.evaluate.links_sharded import (EDGE_SALT, link_pairs, pair_endpoints, sharded_holdout,
+from embedlake.workers.evaluate.links_sharded import (EDGE_SALT, in_process_caller, link_pairs, pair_endpoints, sharded_holdout,
                                                       sharded_link_stage, shard_pair_rows, split_dict, unit_draw)
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import shard_bounds, split_csr
@@ -24,17 +24,6 @@ def _graph(n: int, directed: bool, seed: int = 3):
     return build_csr(src, dst, n, weights=w, directed=directed, self_loops="keep")
 
 
-def local_call(csr, S: int):
-    """The coordinators' callbacks, run in this process on the shards of `csr`."""
-    bounds = shard_bounds(csr.num_nodes, S)
-    shards = [s.as_tuple() for s in split_csr(csr, bounds)]
-
-    def call(s, fn, *args, returns=1):
-        out = fn(*args) if s is None else fn(shards[s], bounds[s][0], *args)
-        return list(out) if returns > 1 else [out]
-    return call, list, bounds
-
-
 def _edges(csr):
     src = np.repeat(np.arange(csr.num_nodes), np.diff(csr.indptr))
     dst = csr.indices.astype(np.int64)
@@ -43,7 +32,7 @@ def _edges(csr):
 
 
 def _split(csr, S, share=0.3, seed=5):
-    call, get, bounds = local_call(csr, S)
+    call, get, bounds = in_process_caller(csr, S)
     return sharded_holdout(call, get, bounds, csr.directed, share, seed), bounds
 
 
@@ -116,7 +105,7 @@ def test_non_edges_are_uniform_over_the_pairs():
     from scipy.stats import chisquare
     n = 1000
     csr = build_csr(np.array([0]), np.array([1]), n)
-    call, get, bounds = local_call(csr, 4)
+    call, get, bounds = in_process_caller(csr, 4)
     from embedlake.workers.evaluate.links_sharded import sharded_non_edges
     times, pairs, cut, _ = sharded_non_edges(call, get, bounds, False, 1, 20000, seed=2)
     _, _, ns, _ = link_pairs([np.empty((0, 2), np.int32)], times, pairs, 20000)

@@ -313,6 +313,19 @@ class ShardedSplit:
     info: dict
 
 
+def in_process_caller(csr, S: int) -> tuple[Callable, Callable, list[tuple[int, int]]]:
+    """(call, get, bounds) that run the coordinators below in this process on the S shards of
+    `csr`: what tasks/evaluate.py does through Ray, for tests and benches without it."""
+    from embedlake.workers.graph.shards import shard_bounds, split_csr
+    bounds = shard_bounds(csr.num_nodes, S)
+    shards = [s.as_tuple() for s in split_csr(csr, bounds)]
+
+    def call(s, fn, *args, returns=1):
+        out = fn(*args) if s is None else fn(shards[s], bounds[s][0], *args)
+        return list(out) if returns > 1 else [out]
+    return call, list, bounds
+
+
 def sharded_holdout(call: Callable, get: Callable, bounds: list[tuple[int, int]], directed: bool,
                     share: float, seed: int) -> ShardedSplit:
     """The hold-out and the non-edges of a sharded graph (module docstring): 2 rounds of per-shard
