@@ -16,6 +16,13 @@ the unstreamed sharded engine (train.rounds = --rounds), same walks, same shards
 
     .venv/bin/python bench/bench_sharded_train.py --shards 4 --streamed 1 --seeds 0 1 --threads 2
 
+--geometry ENGINE...: 2-hop reconstruction mAP (500 sampled queries), |mean unit row| and Micro-F1
+of each engine on the same walks: one (train_sgns), range / stride (the sharded engine on range or
+id mod P partitions), balanced (train_blocks); docs/training.md "Partitions of a sharded graph":
+
+    .venv/bin/python bench/bench_sharded_train.py --geometry one range stride balanced --walks 10 \
+        --length 80 --dim 64 --repeats 1 --seeds 0
+
 --traffic: bytes each task of the sharded trainer takes and returns, per training token, with the
 object-size recorder (tasks/object_sizes.py) on a local Ray, on the planted graph and settings of
 docs/scaling.md section 5 (20,000 nodes, S = 4, 2 x 10 walks per node, d = 16, window 2,
