@@ -143,7 +143,14 @@ class TrainConfig(Section):
                                         "around the new edges (a biased sample of contexts) pull them away from what "
                                         "a retrain gives, while far below it the new edges stay unlearnt (8 edge "
                                         "walks, 5 % new edges, added-edge AUC: 0.4 -> PPI 0.876, BlogCatalog 0.846; "
-                                        "0.5 -> 0.892 at a lower Micro-F1; retrains 0.883, 0.844: docs/incremental.md).")
+                                        "0.5 -> 0.892 at a lower Micro-F1; retrains 0.883, 0.844: docs/incremental.md). "
+                                        "It is the rate at 5 % changed edges; smaller changes rise from it "
+                                        "(incremental_lr_rise).")
+    incremental_lr_rise: float = Field(0.0, ge=0, le=2, description="How an incremental run's rate rises as the "
+                                       "change shrinks: incremental_lr_scale x (0.05 / changed share) ** rise for "
+                                       "changes under 5 %, at most train.lr (0: the same rate at every change). A "
+                                       "small change's new edges get fewer of their neighbours' edge walks, so at "
+                                       "one rate they stay under-trained (docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "

@@ -285,6 +285,19 @@ def test_edge_walks_per_edge_follow_a_retrains_crossings():
     assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1
 
 
+def test_update_rate_rises_as_the_change_shrinks():
+    """The update's rate: incremental_lr_scale at 5 % changed edges or more, x (0.05 / change) ** rise
+    below, never above train.lr; rise 0 keeps one rate at every change."""
+    from embedlake.config import TrainConfig
+    from embedlake.workers.train.incremental import update_lr_scale
+    t = TrainConfig(incremental_lr_scale=0.4, incremental_lr_rise=0.5)
+    assert update_lr_scale(t, 0.05) == pytest.approx(0.4) and update_lr_scale(t, 0.08) == pytest.approx(0.4)
+    assert update_lr_scale(t, 0.0125) == pytest.approx(0.8)                 # 0.4 x 4 ** 0.5
+    assert update_lr_scale(t, 0.001) == 1.0 and update_lr_scale(t, 0.0) == 1.0   # capped at train.lr
+    flat = TrainConfig(incremental_lr_scale=0.4, incremental_lr_rise=0.0)
+    assert update_lr_scale(flat, 0.001) == pytest.approx(0.4)
+
+
 @pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
 def test_walk_update_publishes_only_changed_partitions(tmp_path):
     """A walk update publishes hashed partitions (tasks/fastrp.publish_partial): the first update

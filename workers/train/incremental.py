@@ -235,6 +235,19 @@ def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfi
     return join_reversed(left, right)
 
 
+LR_REFERENCE_CHANGE = 0.05     # the change share incremental_lr_scale was measured at (5 % new edges)
+
+
+def update_lr_scale(train: TrainConfig, change_fraction: float) -> float:
+    """The update's learning rate as a share of train.lr: train.incremental_lr_scale at a change of
+    LR_REFERENCE_CHANGE or more, rising as (LR_REFERENCE_CHANGE / change) ** incremental_lr_rise below
+    it, at most 1. A new edge's rows are trained by its own edge walks and by those of new edges
+    near it; the fewer the new edges, the fewer of the latter, so at one rate a 1 % change leaves
+    its new edges under-trained where a 5 % change meets the retrain (docs/incremental.md)."""
+    rise = (LR_REFERENCE_CHANGE / max(change_fraction, 1e-9)) ** train.incremental_lr_rise
+    return float(min(1.0, train.incremental_lr_scale * max(1.0, rise)))
+
+
 def edge_walk_side(window: int) -> int:
     """Steps an edge walk takes out from each end: half the window. The dynamic window trains a
     pair d apart with probability (window - d + 1) / window, so most of the pairs a new edge brings
@@ -365,10 +378,14 @@ def incremental_stage(lake: Lake | str, prev_table: list[dict], prev_context: st
                       radius: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """One Ray task: the previous tables from the lake (W_in put in the previous graph's dense order,
     W_out's order), then `update_tables`. Returns (W_in, W_out, info)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
     lake = Lake(lake)
     ids, table = read_table(lake, prev_table)
     prev_in = rows_in_dense_order(ids, table, prev_ids)
-    return update_tables(prev_in, lake.read_npy(prev_context), diff, csr, walk_cfg, train, mode, radius, threads)
+    prev_out = lake.read_npy(prev_context)
+    read_s = round(time.perf_counter() - t0, 4)
+    W_in, W_out, info = update_tables(prev_in, prev_out, diff, csr, walk_cfg, train, mode, radius, threads)
+    return W_in, W_out, {**info, "read_s": read_s, "task_cpu_s": round(time.process_time() - cpu0, 3)}
 
 
 def rows_in_dense_order(ids: np.ndarray, table: np.ndarray, dense_ids: np.ndarray) -> np.ndarray:
@@ -397,10 +414,12 @@ def update_tables(prev_in: np.ndarray, prev_out: np.ndarray, diff: GraphDiff, cs
     centred = edge_walks(csr, crossing, per_edge, walk_cfg, edge_walk_side(train.window), mode, threads)
     tokens, offsets = joined_sentences([node_walks, centred])
     t2 = time.perf_counter()
-    update_train = train.model_copy(update={"lr": train.lr * train.incremental_lr_scale})
+    lr_scale = update_lr_scale(train, diff.change_fraction)
+    update_train = train.model_copy(update={"lr": train.lr * lr_scale})
     stats = train_frozen(tokens, offsets, plan.W_in, plan.W_out, plan.trainable, noise_counts(graph), update_train,
                          threads)
     info = {**plan.info, **stats, "walks": len(node_walks) + len(centred), "node_walks": len(node_walks),
-            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "plan_s": round(t1 - t0, 4),
+            "edge_walks": len(centred), "edge_walks_per_edge": per_edge, "lr_scale": round(lr_scale, 4),
+            "plan_s": round(t1 - t0, 4),
             "walk_s": round(t2 - t1, 4)}
     return plan.W_in, plan.W_out, info
