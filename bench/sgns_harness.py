@@ -28,8 +28,7 @@ import numba as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_corpus  # noqa: E402
-from sgns_quality import tokenised  # noqa: E402
+from sgns_quality import add_corpus_options, tokenised  # noqa: E402
 
 from embedlake.workers.train.sgns_parts import pair_grad, pair_grad_mode, sigmoid_tables  # noqa: E402
 
@@ -113,14 +112,8 @@ def parse_args():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
-    ap.add_argument("--cache", default="/tmp/sgns")
-    ap.add_argument("--dim", type=int, default=100)
-    ap.add_argument("--window", type=int, default=5)
-    ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--min-count", type=int, default=5)
-    ap.add_argument("--sample", type=float, default=1e-3)
+    add_corpus_options(ap)
     return ap.parse_args()
 
 

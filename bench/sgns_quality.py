@@ -42,11 +42,22 @@ def tokenised(args):
     return words, counts, tokens, offsets, sent_path
 
 
+def add_corpus_options(ap: argparse.ArgumentParser) -> None:
+    """The corpus and the settings shared with gensim (also bench/sgns_harness.py's): Brown, d=100,
+    window 5, 5 negatives, min_count 5, sample 1e-3; --epochs and --threads are each script's own."""
+    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
+    ap.add_argument("--cache", default="/tmp/sgns")
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--negatives", type=int, default=5)
+    ap.add_argument("--min-count", type=int, default=5)
+    ap.add_argument("--sample", type=float, default=1e-3)
+
+
 def parse_args():
     """The command line (module docstring)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
-    ap.add_argument("--cache", default="/tmp/sgns")
+    add_corpus_options(ap)
     ap.add_argument("--variant", default="base")
     ap.add_argument("--kw", default="{}", help="JSON keyword arguments for train_sgns")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -55,12 +66,7 @@ def parse_args():
                     "rounds of gensim then each variant, train only, seed 0, at each of --thread-counts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--dim", type=int, default=100)
-    ap.add_argument("--window", type=int, default=5)
-    ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--min-count", type=int, default=5)
-    ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr-per-sentence", action="store_true",
                     help="learning-rate progress per sentence, as gensim's with total_examples (pads sentences)")
