@@ -25,10 +25,10 @@ from embedlake.config import EvalConfig
 from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
+from embedlake.workers.evaluate import align_sharded
 from embedlake.workers.evaluate import links_sharded as ls
 from embedlake.workers.evaluate import stages as es
 from embedlake.workers.evaluate.sharded import ShardedGraph, shard_rows, table_dim
-from embedlake.workers.graph import stages as graph_stages
 
 
 @dataclasses.dataclass
@@ -162,7 +162,7 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     On a sharded graph (graph.num_shards > 1, ``emb_ref`` one table ref per shard) no task gets
     the whole graph or table: node classification gathers only the selected labelled rows from
     their shards, and reconstruction runs in rounds of per-shard tasks (``_sharded_reconstruction``)
-    while the other tasks run. Only the alignment to a previous run still gathers the table."""
+    while the other tasks run; so does the alignment to a previous run (``sharded_alignment``)."""
     import ray
     log = stage_logger()
     lake = Lake(lake)
@@ -189,14 +189,16 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
             emb_ref, graph.labels_ref if one_task else None, graph.csr_ref if eval_cfg.reconstruction else None,
             eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
-    if ref is not None:
-        bounds = bounds or [(0, graph.num_nodes)]
-        table = remote(graph_stages.concat_rows_stage, "evaluate", **opts).remote(*emb_ref) if sharded else emb_ref
+    if ref is not None and not sharded:
         jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(
-            lake, dataset, method, run_id, table, graph.gathered_node_ids_ref(max_retries), ref, eval_cfg, bounds)
+            lake, dataset, method, run_id, emb_ref, graph.gathered_node_ids_ref(max_retries), ref, eval_cfg,
+            bounds or [(0, graph.num_nodes)])
     results = {}
     if eval_cfg.reconstruction and sharded:
         results["reconstruction"] = _sharded_reconstruction(graph, emb_ref, eval_cfg, max_retries)
+    if ref is not None and sharded:             # per-shard tasks, the aligned table one part per shard
+        results["stability"] = sharded_alignment(lake, dataset, method, run_id, graph, emb_ref, ref, eval_cfg,
+                                                 max_retries)
     results.update(zip(jobs, ray.get(list(jobs.values()))))
     results.update(results.pop("figures", {}))
     if nc_refs:
@@ -256,6 +258,23 @@ def _sharded_reconstruction(graph, table_refs: list, eval_cfg: EvalConfig, max_r
     dim = int(ray.get(call(0, table_dim)))
     return es.sharded_reconstruction(call, ray.get, graph.shard_bounds, int(graph.meta["arcs"]),
                                      bool(stats.get("directed", False)), dim, eval_cfg)
+
+
+def sharded_alignment(lake: Lake, dataset: str, method: str, run_id: str, graph, table_refs: list, reference: dict,
+                      eval_cfg: EvalConfig, max_retries: int) -> dict:
+    """The alignment to ``reference`` on a sharded table (workers/evaluate/align_sharded.py): each
+    shard's tasks get its table rows and node ids (``fn(X_s, ids_s, *args)``), the rotation task
+    only the shards' d x d sums; {"metrics", "files"} as ``align_stage`` returns."""
+    import ray
+    fns: dict = {}
+
+    def call(s, fn, *args):
+        if fn not in fns:
+            fns[fn] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries)
+        shard_args = () if s is None else (table_refs[s], graph.shards[s].ids_ref)
+        return fns[fn].remote(*shard_args, *args)
+    return align_sharded.sharded_stability(call, ray.get, graph.num_shards, lake, dataset, method, run_id,
+                                           reference, eval_cfg)
 
 
 def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: dict):
