@@ -13,6 +13,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from embedlake.workers.evaluate.rows import unit_rows
+
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
 LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
 QUERY_BLOCK = 256                  # queries scored per pass over the rows (reconstruction)
@@ -33,10 +35,6 @@ def read_only(*arrays) -> list[np.ndarray]:
     return views
 
 
-def unit_rows(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    nrm = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(nrm > 0, nrm, 1.0)
 
 
 def sample_nodes(n: int, count: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
