@@ -91,7 +91,13 @@ def run_case(checkout: Path, case: str, args: list[str], lake: str, overrides: l
             "ratio": round(stages.get("evaluate", 0) / other, 3) if other else None, "components_s": comp,
             "micro_f1": nc.get("micro_f1"), "macro_f1": nc.get("macro_f1"), "map": rc.get("map"),
             "map_ci95": rc.get("ci95"), "map_sampled": rc.get("sampled"), "map_truncated": rc.get("truncated"),
-            "bench_wall_s": round(time.perf_counter() - t0, 1)}
+            "bench_wall_s": round(time.perf_counter() - t0, 1), "timeline": evaluate_timeline(p.stderr)}
+
+
+def evaluate_timeline(log: str) -> str | None:
+    """The evaluate task's timeline line of a run's log (checkouts from the sixth round on log it)."""
+    lines = [x for x in log.splitlines() if "evaluate: timeline" in x]
+    return lines[-1].split("evaluate: timeline", 1)[1].strip() if lines else None
 
 
 def case_dataset(args: list[str]) -> tuple[str, str]:
@@ -195,7 +201,8 @@ def main() -> int:
             results.append(r)
             print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
                   f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  components {r['components_s']}  "
-                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}", flush=True)
+                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else ""),
+                  flush=True)
     print(json.dumps(results, indent=1))
     return 0
 

@@ -3,7 +3,8 @@
 Why blocks: ``X / np.linalg.norm(X, axis=1, keepdims=True)`` on a whole table allocates three
 table-sized temporaries (the norm's conjugate copy and squares, then the quotient) besides the
 result. Ray workers give every array of 1 MiB or more its own mapping, returned on free
-(tasks/runtime.py's MALLOC_MMAP_THRESHOLD_), so each temporary is paid again in page faults:
+(tasks/runtime.py's MALLOC_MMAP_THRESHOLD_), so each temporary is paid again in page faults
+(a block's stay under that threshold, so the heap serves them again without faults):
 on deezer_europe (28,281 x 512) node classification's labelled set spent 0.47 s of system time
 against 0.03 s of user time (docs/evaluation.md, sixth round). A block's temporaries are small
 and reused; each row's norm is the same computation, so the result is bit for bit the whole-table one.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK_ROWS = 2048                  # rows per block: 4 MB of float64 at d = 256
+BLOCK_BYTES = 1 << 19              # a block's widest temporary: under the workers' 1 MiB mmap threshold
 
 
 def unit_rows(X, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
@@ -22,8 +23,9 @@ def unit_rows(X, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray
     X = np.asarray(X)
     count = X.shape[0] if rows is None else len(rows)
     out = np.empty((count, X.shape[1]), dtype=dtype)
-    for lo in range(0, count, BLOCK_ROWS):
-        hi = min(count, lo + BLOCK_ROWS)
+    step = max(1, BLOCK_BYTES // (8 * max(1, X.shape[1])))      # float64 temporaries whatever dtype
+    for lo in range(0, count, step):
+        hi = min(count, lo + step)
         block = np.asarray(X[lo:hi] if rows is None else X[rows[lo:hi]], dtype=dtype)
         nrm = np.linalg.norm(block, axis=1, keepdims=True)
         np.divide(block, np.where(nrm > 0, nrm, 1.0).astype(dtype, copy=False), out=out[lo:hi])
