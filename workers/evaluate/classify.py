@@ -18,7 +18,6 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
 
 from embedlake.workers.evaluate.rows import unit_rows
 
@@ -46,7 +45,12 @@ def blas_threads(threads: int | None):
 
 def _loss_grad(Xa, S, W, C, M):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
-    given the margins M = s * (X w) (the line search has already computed them)."""
+    given the margins M = s * (X w) (the line search has already computed them).
+
+    scipy.special is imported here, not at the module's top: the evaluate task's driver imports
+    this module for ``protocol_splits`` alone, and scipy.special cost it 0.1-0.25 CPU-s before the
+    figures task was even submitted (issue 22, sixth round)."""
+    from scipy.special import expit
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
     q = expit(-M)                                  # 1 - sigma(margin)
     G = W - C * (Xa.T @ (S * q))
