@@ -2,7 +2,10 @@
 
 - ``holdout``: before embedding (when eval.link_prediction), a Ray task splits the full graph's
   edges, builds the train CSR and samples as many non-edges on the FULL graph; the returned
-  GraphHandle carries the train CSR, so walks / FastRP never see a held-out edge.
+  GraphHandle carries the train CSR, so walks / FastRP never see a held-out edge. On a sharded
+  graph (S > 1) per-shard tasks do it (workers/evaluate/links_sharded.py): each shard's train CSR,
+  held-out edges and non-edge draws stay apart, and link prediction gathers only the pairs'
+  endpoint rows from the shards' tables.
 - ``evaluate``: after publish, node classification, link prediction, reconstruction and the
   alignment to the previous committed run run as separate Ray tasks side by side; then the task
   itself (no Ray task: the report is a few small writes and a hand-written SVG, cheaper than a
@@ -23,9 +26,10 @@ from embedlake.config import EvalConfig
 from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
 from embedlake.tasks.remote import remote
+from embedlake.workers.evaluate import align_sharded
+from embedlake.workers.evaluate import links_sharded as ls
 from embedlake.workers.evaluate import stages as es
 from embedlake.workers.evaluate.sharded import ShardedGraph, shard_rows, table_dim
-from embedlake.workers.graph import stages as graph_stages
 
 
 @dataclasses.dataclass
@@ -35,20 +39,79 @@ class LinkSplit:
     info: dict
 
 
+@dataclasses.dataclass
+class ShardedLinkSplit:
+    """A sharded graph's held-out edges and non-edge draws, one object per shard each
+    (links_sharded.ShardedSplit less the train CSRs, which go into the GraphHandle)."""
+    tests: list          # per shard: ray.ObjectRef -> held-out edges int32 [k, 2]
+    times: list          # per shard: ray.ObjectRef -> its non-edge draws' times, ascending
+    pairs: list          # per shard: ray.ObjectRef -> those draws' pairs int32 [k, 2]
+    count: int           # the non-edges are the `count` draws of smallest time (all at most `cut`)
+    cut: float
+    info: dict
+
+    @property
+    def pieces(self) -> list:
+        return [*self.tests, *self.times, *self.pairs]
+
+
 @task(name="holdout", cache_policy=NO_CACHE)
-def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3):
-    """(GraphHandle of the train graph, LinkSplit). The full graph stays in the lake untouched."""
+def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3, placements: list[dict] | None = None):
+    """(GraphHandle of the train graph, LinkSplit, or ShardedLinkSplit on a sharded graph). The full
+    graph stays in the lake untouched. placements: per shard, the Ray options that run its tasks
+    where its CSR rows are (tasks/graph.py `shard_placements`; sharded graphs only)."""
     import ray
     log = stage_logger()
+    if graph.num_shards > 1:
+        return sharded_holdout(graph, eval_cfg, max_retries, placements)
     csr_ref, split_ref, info_ref = remote(es.holdout_stage, "holdout", num_cpus=1, num_returns=3,
                                            max_retries=max_retries).remote(graph.csr_ref, eval_cfg.test_edge_share,
                                                                            eval_cfg.seed)
-    info = ray.get(info_ref)
+    info = dict(ray.get(info_ref), split="greedy")          # links.split_edges; "sharded" on S > 1
     meta = dict(graph.meta, holdout=info)
     log.info(f"holdout: {info['test_edges']:,} of {info['test_edges'] + info['train_edges']:,} edges held out "
              f"for link prediction, {info['non_edges']:,} non-edges sampled; the embedding sees "
              f"{info['train_arcs']:,} arcs")
     return dataclasses.replace(graph, meta=meta, csr_ref=csr_ref), LinkSplit(split_ref, info)
+
+
+def sharded_holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3, placements: list[dict] | None = None):
+    """``holdout`` on a sharded graph: rounds of per-shard tasks, each holding one shard's CSR rows
+    and the small messages of the round (links_sharded.sharded_holdout). The same held-out edges,
+    train graph and non-edges for any S; not those of ``holdout_stage`` (another algorithm)."""
+    import time
+
+    import ray
+    t0 = time.perf_counter()
+    call = holdout_caller(graph, max_retries, placements)
+    directed = bool(graph.meta.get("stats", {}).get("directed", False))
+    split = ls.sharded_holdout(call, ray.get, graph.shard_bounds, directed, eval_cfg.test_edge_share, eval_cfg.seed)
+    info = dict(split.info, seconds=round(time.perf_counter() - t0, 3))
+    stage_logger().info(f"holdout (per shard, {graph.num_shards} shards): {info['test_edges']:,} of "
+                        f"{info['test_edges'] + info['train_edges']:,} edges held out for link prediction "
+                        f"({info['candidates']:,} drawn), {info['non_edges']:,} non-edges sampled; the embedding "
+                        f"sees {info['train_arcs']:,} arcs")
+    shards = [dataclasses.replace(sh, arcs=arcs, csr_ref=ref)
+              for sh, arcs, ref in zip(graph.shards, split.train_arcs, split.train)]
+    return (dataclasses.replace(graph, meta=dict(graph.meta, holdout=info), shards=shards),
+            ShardedLinkSplit(split.tests, split.times, split.pairs, split.count, split.cut, info))
+
+
+def holdout_caller(graph, max_retries: int, placements: list[dict] | None = None):
+    """links_sharded's ``call(shard, fn, *args, returns=k)``: fn(shard's CSR, shard's first node,
+    *args) as a Ray task with k returns, placed by ``placements[shard]`` (shard None: fn(*args),
+    placed by Ray); always a list of k refs."""
+    fns: dict = {}
+
+    def call(s, fn, *args, returns=1):
+        where = placements[s] if placements and s is not None else {}
+        key = (fn, returns, s if where else None)
+        if key not in fns:
+            fns[key] = remote(fn, "holdout", num_cpus=1, num_returns=returns, max_retries=max_retries, **where)
+        shard_args = () if s is None else (graph.shards[s].csr_ref, graph.shards[s].lo)
+        refs = fns[key].remote(*shard_args, *args)
+        return refs if returns > 1 else [refs]
+    return call
 
 
 def _artifact_key(*parts: str) -> str:
@@ -58,7 +121,7 @@ def _artifact_key(*parts: str) -> str:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: EvalConfig,
-             split: LinkSplit | None = None, bounds: list[tuple[int, int]] | None = None,
+             split: LinkSplit | ShardedLinkSplit | None = None, bounds: list[tuple[int, int]] | None = None,
              max_retries: int = 3) -> dict:
     """Every evaluation of one published table; returns {"metrics": {...}, "files": {kind: [...]}}."""
     log = stage_logger()
@@ -111,13 +174,13 @@ def _report_context(lake: Lake, dataset: str, method: str, run_id: str) -> tuple
 
 
 def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_cfg: EvalConfig,
-             split: LinkSplit | None, bounds, max_retries: int) -> dict:
+             split: LinkSplit | ShardedLinkSplit | None, bounds, max_retries: int) -> dict:
     """Node classification, link prediction, reconstruction and alignment as Ray tasks side by side.
 
     On a sharded graph (graph.num_shards > 1, ``emb_ref`` one table ref per shard) no task gets
     the whole graph or table: node classification gathers only the selected labelled rows from
     their shards, and reconstruction runs in rounds of per-shard tasks (``_sharded_reconstruction``)
-    while the other tasks run. Only the alignment to a previous run still gathers the table."""
+    while the other tasks run; so does the alignment to a previous run (``sharded_alignment``)."""
     import ray
     log = stage_logger()
     lake = Lake(lake)
@@ -138,23 +201,22 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
                        for group in groups]
     else:
         log.info("evaluate: no labels given, node classification skipped")
-    lp_refs = []
-    if split is not None:        # one task per operator: the logistic-regression fits dominate (~10-40 CPU-s
-        for op in eval_cfg.lp_operators:           # each at 512-d on BlogCatalog), so spread them out
-            lp_refs.append(remote(es.link_stage, "evaluate", **opts).remote(emb_ref, split.ref, eval_cfg, [op]))
+    lp_refs = [] if split is None else link_refs(graph, emb_ref, split, eval_cfg, opts, sharded)
     if not sharded and (eval_cfg.reconstruction or one_task):      # one worker pays a task's fixed cost once
         jobs["figures"] = remote(es.figures_stage, "evaluate", **opts).remote(
             emb_ref, graph.labels_ref if one_task else None, graph.csr_ref if eval_cfg.reconstruction else None,
             eval_cfg)
     ref = es.reference_run(lake, dataset, method, run_id) if eval_cfg.align_to_previous else None
-    if ref is not None:
-        bounds = bounds or [(0, graph.num_nodes)]
-        table = remote(graph_stages.concat_rows_stage, "evaluate", **opts).remote(*emb_ref) if sharded else emb_ref
+    if ref is not None and not sharded:
         jobs["stability"] = remote(es.align_stage, "evaluate", **opts).remote(
-            lake, dataset, method, run_id, table, graph.gathered_node_ids_ref(max_retries), ref, eval_cfg, bounds)
+            lake, dataset, method, run_id, emb_ref, graph.gathered_node_ids_ref(max_retries), ref, eval_cfg,
+            bounds or [(0, graph.num_nodes)])
     results = {}
     if eval_cfg.reconstruction and sharded:
         results["reconstruction"] = _sharded_reconstruction(graph, emb_ref, eval_cfg, max_retries)
+    if ref is not None and sharded:             # per-shard tasks, the aligned table one part per shard
+        results["stability"] = sharded_alignment(lake, dataset, method, run_id, graph, emb_ref, ref, eval_cfg,
+                                                 max_retries)
     results.update(zip(jobs, ray.get(list(jobs.values()))))
     results.update(results.pop("figures", {}))
     if nc_refs:
@@ -163,6 +225,35 @@ def _figures(lake: Lake, dataset: str, method: str, run_id: str, graph, emb_ref,
     if lp_refs:
         results["link_prediction"] = es.merge_link_results(ray.get(lp_refs))
     return results
+
+
+def link_refs(graph, emb_ref, split, eval_cfg: EvalConfig, opts: dict, sharded: bool) -> list:
+    """One link-prediction task per operator (the logistic-regression fits dominate, ~10-40 CPU-s
+    each at 512-d on BlogCatalog, so they are spread out). A sharded split with a sharded table:
+    each gets the shards' pair pieces and only the pairs' endpoint rows (``sharded_link_refs``);
+    with a whole table, one task first joins the pieces into ``holdout_stage``'s split dict."""
+    if isinstance(split, ShardedLinkSplit) and sharded:
+        return sharded_link_refs(graph, emb_ref, split, eval_cfg, opts)
+    ref = split.ref if isinstance(split, LinkSplit) else remote(ls.split_dict, "evaluate", **opts).remote(
+        split.info["test_share"], split.count, len(split.tests), *split.pieces)
+    return [remote(es.link_stage, "evaluate", **opts).remote(emb_ref, ref, eval_cfg, [op])
+            for op in eval_cfg.lp_operators]
+
+
+def sharded_link_refs(graph, table_refs: list, split: ShardedLinkSplit, eval_cfg: EvalConfig, opts: dict) -> list:
+    """Link prediction on a sharded table: each shard's pairs name the endpoints every shard owns
+    (``pair_endpoints``, S returns), each shard's table gives those rows (``shard_pair_rows``), and
+    the operators' tasks get the pieces, no object larger than one shard's."""
+    S = graph.num_shards
+    ends_fn = remote(ls.pair_endpoints, "evaluate", num_returns=S, **opts)
+    ends = [ends_fn.remote(graph.shard_bounds, split.cut, t, tm, p)
+            for t, tm, p in zip(split.tests, split.times, split.pairs)]
+    ends = [e if S > 1 else [e] for e in ends]
+    call = shard_caller(graph, table_refs, opts["max_retries"])
+    rows = [call(t, ls.shard_pair_rows, *[e[t] for e in ends]) for t in range(S)]
+    fn = remote(ls.sharded_link_stage, "evaluate", **opts)
+    return [fn.remote(eval_cfg, [op], split.info["test_share"], split.count, split.cut, S, *split.pieces, *rows)
+            for op in eval_cfg.lp_operators]
 
 
 def shard_caller(graph, table_refs: list, max_retries: int):
@@ -185,6 +276,23 @@ def _sharded_reconstruction(graph, table_refs: list, eval_cfg: EvalConfig, max_r
     dim = int(ray.get(call(0, table_dim)))
     return es.sharded_reconstruction(call, ray.get, graph.shard_bounds, int(graph.meta["arcs"]),
                                      bool(stats.get("directed", False)), dim, eval_cfg)
+
+
+def sharded_alignment(lake: Lake, dataset: str, method: str, run_id: str, graph, table_refs: list, reference: dict,
+                      eval_cfg: EvalConfig, max_retries: int) -> dict:
+    """The alignment to ``reference`` on a sharded table (workers/evaluate/align_sharded.py): each
+    shard's tasks get its table rows and node ids (``fn(X_s, ids_s, *args)``), the rotation task
+    only the shards' d x d sums; {"metrics", "files"} as ``align_stage`` returns."""
+    import ray
+    fns: dict = {}
+
+    def call(s, fn, *args):
+        if fn not in fns:
+            fns[fn] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries)
+        shard_args = () if s is None else (table_refs[s], graph.shards[s].ids_ref)
+        return fns[fn].remote(*shard_args, *args)
+    return align_sharded.sharded_stability(call, ray.get, graph.num_shards, lake, dataset, method, run_id,
+                                           reference, eval_cfg)
 
 
 def _sharded_labelled_set(graph, table_refs: list, eval_cfg: EvalConfig, opts: dict):

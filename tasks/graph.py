@@ -9,8 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from embedlake.config import EvalConfig, GraphConfig, InputConfig, ShardConfig, SyntheticConfig, WalkConfig
-from embedlake.errors import ConfigError
-from embedlake.tasks.evaluate import LinkSplit, holdout
+from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
 from embedlake.tasks.remote import remote
@@ -115,22 +114,16 @@ class StageResult:
 
 
 def graph_for_run(run, input_cfg: InputConfig, synthetic: SyntheticConfig, eval_cfg: EvalConfig,
-                  graph_cfg: GraphConfig) -> tuple[GraphHandle, LinkSplit | None]:
+                  graph_cfg: GraphConfig) -> tuple[GraphHandle, LinkSplit | ShardedLinkSplit | None]:
     """The graph a run (tasks/run.Run) embeds: ingest (stage `ingest`), then with
-    eval.link_prediction hold the test edges out (stage `holdout`) before walks / FastRP see the
-    graph. Returns (graph to embed, split or None)."""
-    if eval_cfg.link_prediction and graph_cfg.shards not in (1, "auto"):
-        raise ConfigError(LINK_PREDICTION_SHARDS)
+    eval.link_prediction hold the test edges out (stage `holdout`; per shard on a sharded graph)
+    before walks / FastRP see the graph. Returns (graph to embed, split or None)."""
     graph = run.time("ingest", ingest, run.lake, run.dataset, input_cfg, synthetic, graph_cfg,
                      max_retries=run.retries)
     if not eval_cfg.link_prediction:
         return graph, None
-    if graph.num_shards > 1:
-        raise ConfigError(f"{LINK_PREDICTION_SHARDS} (graph.shards=auto gave {graph.num_shards})")
-    return run.time("holdout", holdout, graph, eval_cfg, max_retries=run.retries)
-
-
-LINK_PREDICTION_SHARDS = "eval.link_prediction needs graph.shards=1 for now: its hold-out splits the whole graph"
+    placements = shard_placements(graph.shards) if graph.num_shards > 1 else None     # tasks where the rows are
+    return run.time("holdout", holdout, graph, eval_cfg, max_retries=run.retries, placements=placements)
 
 
 def row_bounds(rows: int, shard: ShardConfig) -> list[tuple[int, int]]:

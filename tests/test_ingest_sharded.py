@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedlake.config import EvalConfig, GraphConfig, InputConfig, SyntheticConfig
-from embedlake.errors import ConfigError, InputError, root_cause
+from embedlake.config import GraphConfig, InputConfig, SyntheticConfig
+from embedlake.errors import InputError, root_cause
 from embedlake.lake import Lake
 from embedlake.tasks.graph import ingest_sharded
 from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
@@ -290,8 +290,3 @@ def test_synthetic_graph_split_into_shards(tmp_path):
     np.testing.assert_array_equal(gathered[1], whole[1])
     assert ray.get(three.gathered_node_ids_ref()).tolist() == list(range(300))
 
-
-def test_link_prediction_refuses_shards(tmp_path):
-    from embedlake.tasks.graph import graph_for_run
-    with pytest.raises(ConfigError, match="eval.link_prediction needs graph.shards=1"):
-        graph_for_run(None, InputConfig(), SyntheticConfig(), EvalConfig(link_prediction=True), GraphConfig(shards=2))

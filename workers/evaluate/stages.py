@@ -326,7 +326,8 @@ def _read_vectors(lake: Lake, paths: list[str]) -> tuple[np.ndarray, np.ndarray]
     return ids, X
 
 
-def _comparable(ids: np.ndarray) -> np.ndarray:
+def comparable_ids(ids: np.ndarray) -> np.ndarray:
+    """Node ids as one sortable kind (str or int64), so two tables' ids can be matched."""
     ids = np.asarray(ids)
     if ids.dtype == object or ids.dtype.kind in "US":
         return ids.astype(str)
@@ -335,7 +336,7 @@ def _comparable(ids: np.ndarray) -> np.ndarray:
 
 def shared_rows(ids_new: np.ndarray, ids_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (in each table) of the node ids both tables contain, matched by original id."""
-    a, b = _comparable(ids_new), _comparable(ids_ref)
+    a, b = comparable_ids(ids_new), comparable_ids(ids_ref)
     if a.dtype.kind != b.dtype.kind:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)

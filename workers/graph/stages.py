@@ -14,7 +14,7 @@ from embedlake.config import InputConfig, SyntheticConfig, WalkConfig
 from embedlake.lake import Lake, embeddings_table
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph import ingest_parallel as ip
-from embedlake.workers.graph.ingest import EdgeSpec, read_labels, stats_json_num_nodes
+from embedlake.workers.graph.ingest import EdgeSpec, stats_json_num_nodes
 from embedlake.workers.graph.shards import CSRShard, gather_csr, shard_bounds, split_csr
 from embedlake.workers.graph.store import graph_exists, graph_version, write_graph_meta, write_graph_shard
 from embedlake.workers.run.checkpoints import StageHandle
@@ -110,16 +110,6 @@ def bucket_stage(*pieces) -> tuple:
     """(bucket ids sorted, their count, positions of range 0's piece, of range 1's piece, ...)."""
     ids, positions = ip.bucket_ids(list(pieces))
     return (ids, len(ids), *positions)
-
-
-def labels_stage(lake: Lake | str, uri: str, id_type: str, num_nodes: int, *buckets) -> tuple:
-    """(labels, their checksum), checked against the node-id map (the buckets in order, or ids
-    0..num_nodes-1 when there are none). Labels are per node, so this task holds O(nodes), not arcs."""
-    ids = ip.node_ids_of(0, num_nodes, list(buckets), list(np.cumsum([0] + [len(b) for b in buckets])[:-1])) \
-        if buckets else np.arange(num_nodes, dtype=np.int64)
-    with storage.using(Lake(lake).env):
-        labels = read_labels(uri, ids, id_type)
-    return labels, labels_checksum(labels)
 
 
 def route_stage(edges: tuple, starts: np.ndarray, directed: bool, keep_loops: bool, offsets: list[int] | None,
