@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,7 +78,12 @@ def run_case(checkout: Path, case: str, args: list[str], lake: str, overrides: l
     cmd = [str(exe), "embed-graph", "--lake", lake, "--json", "-p", "eval.align_to_previous=false",
            "-p", "eval.artifacts=false", *args, *[x for o in overrides for x in ("-p", o)]]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        cpu = TreeCPU(proc.pid)
+        cpu.start()
+        out, err = proc.communicate()
+        cpu.halt()
+    p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     if p.returncode != 0:
         raise SystemExit(f"{checkout} {case}: exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
     s = json.loads(p.stdout.strip().splitlines()[-1])
@@ -91,7 +98,77 @@ def run_case(checkout: Path, case: str, args: list[str], lake: str, overrides: l
             "ratio": round(stages.get("evaluate", 0) / other, 3) if other else None, "components_s": comp,
             "micro_f1": nc.get("micro_f1"), "macro_f1": nc.get("macro_f1"), "map": rc.get("map"),
             "map_ci95": rc.get("ci95"), "map_sampled": rc.get("sampled"), "map_truncated": rc.get("truncated"),
-            "bench_wall_s": round(time.perf_counter() - t0, 1)}
+            "bench_wall_s": round(time.perf_counter() - t0, 1), "timeline": evaluate_timeline(p.stderr),
+            **stage_cpu(p.stderr, s["stages"], cpu)}
+
+
+class TreeCPU(threading.Thread):
+    """CPU seconds (user + system) of a run: its process and every descendant (Ray's GCS, raylet
+    and workers, Prefect's temporary server), sampled every ``period`` s as (epoch, cumulative);
+    a process that exits keeps its last sample. Why: on the shared machine a stage's wall time is
+    mostly waiting for a core, its CPU seconds are what it costs (lead's note: ratios in CPU-s)."""
+
+    def __init__(self, pid: int, period: float = 0.02):
+        super().__init__(daemon=True)
+        self.pid, self.period, self.samples, self.done = pid, period, [], threading.Event()
+
+    def run(self):
+        import psutil
+        last: dict[int, float] = {}
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self.done.is_set():
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            for q in procs:
+                try:
+                    t = q.cpu_times()
+                    last[q.pid] = t.user + t.system
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.samples.append((time.time(), sum(last.values())))
+            self.done.wait(self.period)
+
+    def halt(self):
+        self.done.set()
+        self.join()
+
+    def at(self, epoch: float) -> float:
+        """Cumulative CPU seconds at ``epoch`` (linear between samples)."""
+        import numpy as np
+        t, c = zip(*self.samples) if self.samples else ((0.0,), (0.0,))
+        return float(np.interp(epoch, t, c))
+
+
+TASK_END = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| INFO +\| Task run '([a-z_]+)-[0-9a-f]+' - Finished in state")
+
+
+def stage_cpu(log: str, stages: dict, cpu: TreeCPU) -> dict:
+    """CPU seconds of the evaluate stage (publish's end to evaluate's end) and of the other stages
+    (ingest's start, i.e. its end minus its wall time, to publish's end), from the Prefect log's
+    task end times (local clock, millisecond) and the run's CPU samples."""
+    ends = {}
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    for line in log.splitlines():
+        m = TASK_END.match(line)
+        if m:
+            at = midnight + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+            ends[m[4]] = at - 86400 if at > time.time() + 3600 else at
+    if not {"ingest", "publish", "evaluate"} <= ends.keys() or not cpu.samples:
+        return {"other_cpu_s": None, "evaluate_cpu_s": None, "cpu_ratio": None}
+    start = ends["ingest"] - stages["ingest"]["wall_s"]
+    other, ev = cpu.at(ends["publish"]) - cpu.at(start), cpu.at(ends["evaluate"]) - cpu.at(ends["publish"])
+    return {"other_cpu_s": round(other, 2), "evaluate_cpu_s": round(ev, 2), "cpu_ratio": round(ev / other, 3) if other else None}
+
+
+def evaluate_timeline(log: str) -> str | None:
+    """The evaluate task's timeline line of a run's log (checkouts from the sixth round on log it)."""
+    lines = [x for x in log.splitlines() if "evaluate: timeline" in x]
+    return lines[-1].split("evaluate: timeline", 1)[1].strip() if lines else None
 
 
 def case_dataset(args: list[str]) -> tuple[str, str]:
@@ -194,8 +271,10 @@ def main() -> int:
             r = run_case(Path(co), case, args, os.path.join(a.out, f"lake-{i}"), a.overrides)
             results.append(r)
             print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
-                  f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  components {r['components_s']}  "
-                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}", flush=True)
+                  f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  CPU-s other {r['other_cpu_s']} "
+                  f"evaluate {r['evaluate_cpu_s']} ratio {r['cpu_ratio']}  components {r['components_s']}  "
+                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else ""),
+                  flush=True)
     print(json.dumps(results, indent=1))
     return 0
 

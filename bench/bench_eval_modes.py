@@ -14,6 +14,10 @@ LAKE holds each case's latest table (e.g. a lake of bench/bench_eval_cost.py). P
   ``--reference-queries 0``, else that many seeded queries (the exact figure costs n queries x n
   scores; on a loaded machine a 2,000-query reference stands in, its own ci95 printed beside).
 One JSON line per case and seed; ``inside`` says whether |sampled - reference| <= sampled ci95.
+
+``--worker-cache`` (no lake): the reconstruction kernels' numba signatures and cache hits / misses
+in this process (writable arrays) and then in a fresh Ray worker (read-only arrays from the object
+store): with one cache warmed by either, the worker compiles nothing (docs/evaluation.md, sixth round).
 """
 from __future__ import annotations
 
@@ -97,16 +101,71 @@ def stage_cpu(case: str) -> dict:
     return {"case": case, "ingest_cpu_s": ingest_s, "fastrp512_cpu_s": fastrp_s}
 
 
+RECONSTRUCTION_KERNELS = ("_candidates_kernel", "_pair_scores_kernel", "_sort_segments_kernel",
+                          "_count_at_least_kernel", "walk_hops")
+
+
+def kernel_stats() -> dict:
+    """Per reconstruction kernel of this process: its compiled signatures and numba's cache hits /
+    misses (a miss = compiled here)."""
+    from embedlake.workers.evaluate import geometry as G
+    return {k: {"signatures": len(getattr(G, k).signatures), "read_only": all(
+                not t.mutable for sig in getattr(G, k).signatures for t in sig[:6] if hasattr(t, "mutable")),
+                "cache_hits": sum(getattr(G, k).stats.cache_hits.values()),
+                "cache_misses": sum(getattr(G, k).stats.cache_misses.values())} for k in RECONSTRUCTION_KERNELS}
+
+
+def reconstruction_in_worker(X, indptr, indices) -> dict:
+    """reconstruct_stage in a Ray worker (the arrays arrive read-only), its CPU seconds and kernel stats."""
+    from embedlake.config import EvalConfig
+    from embedlake.workers.evaluate import stages as es
+    c0 = time.process_time()
+    es.reconstruct_stage(X, (indptr, indices, None, False), EvalConfig())
+    return {"worker_cpu_s": round(time.process_time() - c0, 3), "table_writeable": bool(X.flags.writeable),
+            "kernels": kernel_stats()}
+
+
+def worker_cache() -> list[dict]:
+    """Step 1 of the sixth round: reconstruction in this process on writable arrays (compiling into,
+    or loading from, NUMBA_CACHE_DIR), then in a fresh Ray worker on the same arrays through the
+    object store (read-only): the worker should load every kernel from the cache, compile none."""
+    import numpy as np
+    import ray
+
+    from embedlake.config import EvalConfig
+    from embedlake.workers.evaluate import stages as es
+    from embedlake.workers.graph.csr import build_csr
+    rng = np.random.default_rng(0)
+    g = build_csr(rng.integers(0, 3000, 20000), rng.integers(0, 3000, 20000), 3000)
+    X = rng.standard_normal((3000, 32)).astype(np.float32)
+    _, driver_s = cpu_call(es.reconstruct_stage, X, (g.indptr, g.indices, None, False), EvalConfig())
+    out = [{"where": "driver, writable arrays", "cpu_s": driver_s, "kernels": kernel_stats()}]
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        res = ray.get(ray.remote(reconstruction_in_worker).remote(ray.put(X), ray.put(g.indptr), ray.put(g.indices)))
+    finally:
+        ray.shutdown()
+    return out + [{"where": "fresh Ray worker, object-store arrays", **res}]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lake", required=True)
+    ap.add_argument("--lake", help="a lake of bench/bench_eval_cost.py (every mode but --worker-cache)")
     ap.add_argument("--cases", default="blogcatalog,deezer_europe")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--before", default=None, help="a checkout whose classify.py gives today's figures")
     ap.add_argument("--reference-queries", type=int, default=2000, help="0 = every query node (exact)")
     ap.add_argument("--skip", default="", help="comma-separated: classification, reconstruction")
     ap.add_argument("--stage-cpu", action="store_true", help="only: ingest + FastRP d=512 CPU seconds per case")
+    ap.add_argument("--worker-cache", action="store_true",
+                    help="only: does a Ray worker load the reconstruction kernels from numba's cache (no --lake needed)")
     a = ap.parse_args()
+    if a.worker_cache:
+        for row in worker_cache():
+            print(json.dumps(row), flush=True)
+        return 0
+    if not a.lake:
+        ap.error("--lake is required (except with --worker-cache)")
     from bench_eval_cost import case_args, case_table
     if a.stage_cpu:
         for case in a.cases.split(","):

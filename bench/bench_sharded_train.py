@@ -16,6 +16,13 @@ the unstreamed sharded engine (train.rounds = --rounds), same walks, same shards
 
     .venv/bin/python bench/bench_sharded_train.py --shards 4 --streamed 1 --seeds 0 1 --threads 2
 
+--geometry ENGINE...: 2-hop reconstruction mAP (500 sampled queries), |mean unit row| and Micro-F1
+of each engine on the same walks: one (train_sgns), range / stride (the sharded engine on range or
+id mod P partitions), balanced (train_blocks); docs/training.md "Partitions of a sharded graph":
+
+    .venv/bin/python bench/bench_sharded_train.py --geometry one range stride balanced --walks 10 \
+        --length 80 --dim 64 --repeats 1 --seeds 0
+
 --traffic: bytes each task of the sharded trainer takes and returns, per training token, with the
 object-size recorder (tasks/object_sizes.py) on a local Ray, on the planted graph and settings of
 docs/scaling.md section 5 (20,000 nodes, S = 4, 2 x 10 walks per node, d = 16, window 2,
@@ -35,6 +42,7 @@ import numpy as np
 
 from embedlake.config import TrainConfig
 from embedlake.workers.evaluate.classify import node_classification
+from embedlake.workers.evaluate.geometry import reconstruction_map
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import shard_bounds
 from embedlake.workers.graph.walks import random_walks, walks_to_sentences
@@ -105,6 +113,47 @@ def streamed_vs_not(g, lab, n, args, seed):
     out["streamed_s"] = round(time.perf_counter() - t0, 1)
     out["streamed"] = micro(np.concatenate(Win), lab, args.repeats)
     out["diff"] = {r: round(out["streamed"][r] - out["sharded"][r], 4) for r in out["sharded"]}
+    return out
+
+
+def table_quality(X, g, lab, args) -> dict:
+    """2-hop reconstruction mAP (500 sampled queries, cosine) and Micro-F1 of one table."""
+    r = reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=500, seed=0, threads=args.threads)
+    out = {"map1": round(r["map"]["1"], 4), "map2": round(r["map"]["2"], 4), "random2": round(r["random_baseline"]["2"], 4)}
+    U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    out["mean_unit_norm"] = round(float(np.linalg.norm(U.mean(0))), 3)
+    out["micro"] = micro(X, lab, args.repeats)
+    return out
+
+
+def geometry(g, lab, n, args, seed):
+    """Reconstruction mAP and Micro-F1 of the one-table engine against the block engines on the
+    same walks, one partitioning at a time (--engines): the sharded engine on range partitions
+    (what the flow runs), on stride partitions (id mod P), and the one-stream block engine on
+    balanced partitions."""
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    tok, off = walks_to_sentences(W)
+    cube = W.reshape(args.walks, n, args.length)
+    shards = [(np.ascontiguousarray(cube[:, lo:hi].reshape(-1, args.length)),) for lo, hi in shard_bounds(n, args.shards)]
+    P = args.shards * args.per_shard
+    kw = dict(dim=args.dim, window=args.window, negatives=5, seed=seed, threads=args.threads)
+    tr = TrainConfig(dim=args.dim, window=args.window, negatives=5, seed=seed, rounds=args.rounds, threads=args.threads)
+    out = {"seed": seed, "tokens": int(len(tok)), "partitions": P, "rounds": args.rounds}
+    for name in args.engines:
+        t0 = time.perf_counter()
+        if name == "one":
+            X = train_sgns(tok, off, n, **kw)[0]
+        elif name in ("range", "stride"):
+            split = sh.VocabSplit(name, n, P)
+            Win, _, _ = sh.train_streams_local(shards, args.walks, split, tr, threads=args.threads)
+            X = sh.assemble_split_stage(split, None, *Win)
+        elif name == "balanced":
+            X = sb.train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)[0]
+        else:
+            raise SystemExit(f"unknown engine {name!r}: one, range, stride, balanced")
+        out[name] = {"s": round(time.perf_counter() - t0, 1), **table_quality(X, g, lab, args)}
+        print(json.dumps({name: out[name]}), flush=True)
     return out
 
 
@@ -201,6 +250,8 @@ def main():
     ap.add_argument("--ray", type=int, default=0, help="time the Ray drivers on this many workers instead")
     ap.add_argument("--traffic", action="store_true", help="recorded bytes per training token of the sharded trainer")
     ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
+    ap.add_argument("--geometry", nargs="+", dest="engines", default=None,
+                    help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced")
     args = ap.parse_args()
     if args.traffic:
         print(json.dumps(traffic(args)))
@@ -212,6 +263,10 @@ def main():
             print(json.dumps(r), flush=True)
         print(json.dumps({"summary": "mean Micro-F1 streamed - not streamed (sharded engine)", "seeds": args.seeds,
                           "diff": {k: round(float(np.mean([r["diff"][k] for r in rows])), 4) for k in rows[0]["diff"]}}))
+        return
+    if args.engines:
+        for seed in args.seeds:
+            print(json.dumps(geometry(g, lab, n, args, seed)), flush=True)
         return
     if args.ray:
         for seed in args.seeds:

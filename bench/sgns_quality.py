@@ -1,7 +1,7 @@
 """Quality experiments for the skip-gram kernel against gensim on Brown (issue 20, docs/skipgram.md).
 
     .venv/bin/python bench/sgns_quality.py --variant base --seeds 0 1 2 [--kw '{"shared_negatives": false}']
-        [--gensim] [--epochs 5] [--threads 2]
+        [--gensim] [--epochs 5] [--threads 2] [--lr-per-sentence]
     .venv/bin/python bench/sgns_quality.py --speed '{"window": {}, "pair": {"shared_negatives": false}}'
         [--rounds 3] [--thread-counts 1 2]
 
@@ -42,11 +42,22 @@ def tokenised(args):
     return words, counts, tokens, offsets, sent_path
 
 
+def add_corpus_options(ap: argparse.ArgumentParser) -> None:
+    """The corpus and the settings shared with gensim (also bench/sgns_harness.py's): Brown, d=100,
+    window 5, 5 negatives, min_count 5, sample 1e-3; --epochs and --threads are each script's own."""
+    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
+    ap.add_argument("--cache", default="/tmp/sgns")
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--negatives", type=int, default=5)
+    ap.add_argument("--min-count", type=int, default=5)
+    ap.add_argument("--sample", type=float, default=1e-3)
+
+
 def parse_args():
     """The command line (module docstring)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--corpus", default=str(bench_corpus.SHARED / "corpora" / "brown" / "brown.txt"))
-    ap.add_argument("--cache", default="/tmp/sgns")
+    add_corpus_options(ap)
     ap.add_argument("--variant", default="base")
     ap.add_argument("--kw", default="{}", help="JSON keyword arguments for train_sgns")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -55,13 +66,10 @@ def parse_args():
                     "rounds of gensim then each variant, train only, seed 0, at each of --thread-counts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--dim", type=int, default=100)
-    ap.add_argument("--window", type=int, default=5)
-    ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--min-count", type=int, default=5)
-    ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr-per-sentence", action="store_true",
+                    help="learning-rate progress per sentence, as gensim's with total_examples (pads sentences)")
     add_peers_option(ap)
     return ap.parse_args()
 
@@ -109,12 +117,27 @@ def speed(args) -> None:
     print(json.dumps({"median_vs_gensim": {k: round(float(np.median(v)), 2) for k, v in ratios.items()}}), flush=True)
 
 
+def sentence_progress(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sentences padded with -1 to one length, so that the kernel's learning rate (linear in the
+    position of a token in the stream, padding included) moves by sentences: what gensim does when
+    train() gets total_examples (bench_corpus's call), instead of by words. Padding is dropped
+    before windowing, so nothing else changes (issue 20, fourth pass)."""
+    lens = np.diff(offsets)
+    width = int(lens.max())
+    padded = np.full((len(lens), width), -1, np.int32)
+    padded[np.arange(width)[None, :] < lens[:, None]] = tokens
+    return padded.ravel(), np.arange(0, len(lens) * width + 1, width, dtype=np.int64)
+
+
 def quality(args) -> None:
     """WordSim353 / SimLex-999 / analogies of one variant (or gensim) per seed, and their mean."""
     from embedlake.workers.corpus.text import text_init
     from embedlake.workers.evaluate.words import evaluate_words
     from embedlake.workers.train.skipgram import train_sgns
     words, counts, tokens, offsets, sent_path = tokenised(args)
+    n_tokens = len(tokens)
+    if args.lr_per_sentence:
+        tokens, offsets = sentence_progress(tokens, offsets)
     out_dir = tempfile.mkdtemp(prefix="sgns_quality_")    # per run: two runs at once never share gensim's output
     rows = []
     for seed in args.seeds:
@@ -129,8 +152,8 @@ def quality(args) -> None:
                                   negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
                                   threads=args.threads, init=text_init(len(words), args.dim, seed),
                                   **json.loads(args.kw))
-            tpc = len(tokens) * args.epochs / (time.process_time() - c0)
-            ev, tps = evaluate_words(words, W, counts=counts), len(tokens) * args.epochs / st["seconds"]
+            tpc = n_tokens * args.epochs / (time.process_time() - c0)
+            ev, tps = evaluate_words(words, W, counts=counts), n_tokens * args.epochs / st["seconds"]
         row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed, "tokens_per_s": round(tps),
                "tokens_per_cpu_s": round(tpc),
                "ws353": round(ev["wordsim353"]["spearman"], 4), "simlex": round(ev["simlex999"]["spearman"], 4),

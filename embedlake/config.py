@@ -143,7 +143,15 @@ class TrainConfig(Section):
                                         "around the new edges (a biased sample of contexts) pull them away from what "
                                         "a retrain gives, while far below it the new edges stay unlearnt (8 edge "
                                         "walks, 5 % new edges, added-edge AUC: 0.4 -> PPI 0.876, BlogCatalog 0.846; "
-                                        "0.5 -> 0.892 at a lower Micro-F1; retrains 0.883, 0.844: docs/incremental.md).")
+                                        "0.5 -> 0.892 at a lower Micro-F1; retrains 0.883, 0.844: docs/incremental.md). "
+                                        "It is the rate where every node has a changed edge end on average; sparser changes "
+                                        "rise from it (incremental_lr_rise).")
+    incremental_lr_rise: float = Field(0.2, ge=0, le=2, description="How an incremental run's rate rises where "
+                                       "the change is sparse: incremental_lr_scale x (nodes / (2 x changed edges)) "
+                                       "** rise where that is above 1, at most train.lr (0: one rate at every "
+                                       "change). A sparse change's new edges get few walks of other new edges "
+                                       "around them, so at one rate they stay under-trained (0.2 met the retrains' "
+                                       "added-edge AUC on PPI and BlogCatalog at 1 % and 5 %: docs/incremental.md).")
     table: Literal["full", "hash", "compose", "qr", "unified"] = Field("full", description="full: one row per "
                          "node / word. hash / compose / qr / unified: train a learned table of K << n rows "
                          "directly (deepwalk / node2vec walks, or embed-corpus text: compose codes words from "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -125,7 +126,9 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
     """Every evaluation of one published table; returns {"metrics": {...}, "files": {kind: [...]}}."""
     log = stage_logger()
     lake = Lake(lake)
+    started = time.time()
     results = _figures(lake, dataset, method, run_id, graph, emb_ref, eval_cfg, split, bounds, max_retries)
+    timeline = {"figures": time.time() - started, "worker": results.pop("timeline", None)}
     files: dict[str, list[dict]] = {}
     if "stability" in results:
         files.update(results["stability"]["files"])
@@ -139,9 +142,24 @@ def evaluate(lake, dataset: str, method: str, run_id: str, graph, emb_ref, eval_
     # 0.33 CPU-s and kept 26 MB of heap, hence its max_calls=1 task before; docs/evaluation.md, fifth round)
     written = es.write_report_stage(lake, dataset, method, run_id, metrics, context, compressed)
     files.update(written["files"])
+    timeline["report"] = time.time() - started
     if eval_cfg.artifacts:
         publish_artifacts(written["markdown"], written["svg"], dataset, method, run_id)
+    log.info(timeline_line(timeline, started))
     return {"metrics": metrics, "files": files}
+
+
+def timeline_line(timeline: dict, started: float) -> str:
+    """One log line: where the evaluate task's wall time went, in seconds from its start (the
+    figures task's start and end in its worker, the figures back in the driver, the report
+    written, the end). Why: the stage costs a few seconds whatever its compute (docs/evaluation.md,
+    issue 22), so the log says which fixed cost a run paid."""
+    w = timeline.get("worker")
+    worker = (f"figures task started in worker {w['pid']} at {w['started'] - started:.2f}, ended at "
+              f"{w['ended'] - started:.2f} ({w['cpu_s']:.2f} CPU-s), " if w else "")
+    return (f"evaluate: timeline (s from the task's start): {worker}figures in the driver at "
+            f"{timeline['figures']:.2f}, report written at {timeline['report']:.2f}, "
+            f"end at {time.time() - started:.2f}")
 
 
 def _report_context(lake: Lake, dataset: str, method: str, run_id: str) -> tuple[list, list]:

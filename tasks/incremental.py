@@ -50,7 +50,8 @@ class Update:
         """What the run record, the summary and `ls` say about the run's kind."""
         out = {"kind": self.kind, "reason": self.reason,
                "previous_run": self.previous.run_id if self.previous is not None else None, **self.counts}
-        keys = ("affected_nodes", "nodes", "walk_starts", "walks", "tokens", "radius", "plan_s", "walk_s", "seconds")
+        keys = ("affected_nodes", "nodes", "walk_starts", "walks", "tokens", "radius", "lr_scale", "read_s", "plan_s",
+                "walk_s", "seconds", "task_cpu_s")
         out.update({k: (info or {})[k] for k in keys if k in (info or {})})
         if "rows_recomputed" in (info or {}):          # FastRP: the rows recomputed are the affected rows
             out.update(affected_nodes=info["rows_recomputed"], nodes=info["rows"], changed_rows=info.get("changed_rows"))

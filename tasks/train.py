@@ -309,8 +309,8 @@ def train_partitioned(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig,
 # ---------------------------------------------------------------- sharded engine (graph shards, token shards)
 
 def sharded_partitions(train_cfg: TrainConfig, shards: int) -> int:
-    """P of the sharded engine: S x m node ranges, m = ceil(block_partitions / S) >= 1, so every
-    partition lies inside one graph shard and an episode has at least block_partitions blocks."""
+    """P of the sharded engine: S x m partitions (node id mod P, sh.graph_split), m =
+    ceil(block_partitions / S) >= 1, so an episode has at least S and block_partitions blocks."""
     return int(shards) * max(1, -(-block_partitions(train_cfg) // int(shards)))
 
 
@@ -521,19 +521,29 @@ def train_sharded(graph: GraphHandle, walk_refs: list, walk_cfg: WalkConfig, tra
     if len(walk_refs) != S:
         raise ValueError(f"sharded training needs one walks object per graph shard: {len(walk_refs)} for {S} shards")
     P = sharded_partitions(train_cfg, S)
-    split = sh.VocabSplit("range", graph.num_nodes, P)
+    split = sh.graph_split(graph.num_nodes, P)
     inp = ShardedInput([(w,) for w in walk_refs], walk_cfg.walks_per_node, split)
     W_in, info = train_streams(inp, train_cfg, run=run, max_retries=max_retries)
-    return StageResult(shard_tables(W_in, S, run, max_retries), info)
+    return StageResult(shard_tables(W_in, split, graph.shard_bounds, run, max_retries), info)
 
 
-def shard_tables(W_in: list, S: int, run: Run | None, max_retries: int) -> list:
-    """One embedding ref per graph shard: its m = P / S consecutive W_in partitions (a lake path
-    when a resumed run's training had finished), concatenated."""
-    m, lake = len(W_in) // S, run.lake if run is not None and run.checkpoints else None
-    concat = remote(sh.concat_stage, "train", num_cpus=1, max_retries=max_retries)
-    return [W_in[s * m] if m == 1 and not isinstance(W_in[s * m], str) else concat.remote(lake, *W_in[s * m:(s + 1) * m])
-            for s in range(S)]
+def shard_tables(W_in: list, split: sh.VocabSplit, bounds: list[tuple[int, int]], run: Run | None,
+                 max_retries: int) -> list:
+    """One embedding ref per graph shard [lo, hi) from the trained W_in partitions (each a ref,
+    or a lake path when a resumed run's training had finished). Range partitions: a shard's m = P / S
+    consecutive partitions, concatenated. Otherwise every partition is cut into one piece per
+    shard, and each shard gathers its P pieces: no task holds more than a partition or a shard."""
+    S, lake = len(bounds), run.lake if run is not None and run.checkpoints else None
+    if split.kind == "range":
+        m = len(W_in) // S
+        concat = remote(sh.concat_stage, "train", num_cpus=1, max_retries=max_retries)
+        return [W_in[s * m] if m == 1 and not isinstance(W_in[s * m], str)
+                else concat.remote(lake, *W_in[s * m:(s + 1) * m]) for s in range(S)]
+    cut = remote(sh.shard_cut_stage, "train", num_cpus=1, num_returns=S, max_retries=max_retries)
+    pieces = [as_list(cut.remote(split, list(bounds), lake, w, p), S) for p, w in enumerate(W_in)]
+    gather = remote(sh.shard_rows_stage, "train", num_cpus=1, max_retries=max_retries)
+    return [gather.remote(split, lo, hi, *[pieces[p][s] for p in range(split.parts)])
+            for s, (lo, hi) in enumerate(bounds)]
 
 
 # ---------------------------------------------------------------- sharded engine, walks streamed in rounds
@@ -622,11 +632,12 @@ def train_sharded_streamed(graph: GraphHandle, walk_cfg: WalkConfig, train_cfg: 
     S, n, K, t_all = graph.num_shards, graph.num_nodes, walk_cfg.walks_per_node, time.perf_counter()
     P = sharded_partitions(train_cfg, S)
     wr = WalkRounds(graph, walk_cfg, method, sh.walk_rounds(K, sh.walks_per_round(n, walk_cfg)),
-                    sh.VocabSplit("range", n, P))
+                    sh.graph_split(n, P))
     cpus = int(stage_options("train").get("num_cpus") or worker_cpus(train_cfg.workers))
     plan = BlockPlan(P=P, R=len(wr.rounds), total_steps=P * len(wr.rounds) * train_cfg.epochs, train=train_cfg,
                      threads=train_cfg.threads or cpus,
                      want={"walks": gt.walk_spec(graph, walk_cfg, method, None), "partitions": P, "nodes": n,
+                           "split": wr.split.kind,
                            "walk_rounds": [list(r) for r in wr.rounds], **{k: getattr(train_cfg, k) for k in BLOCK_KEYS}})
     run = run if run is not None and run.checkpoints else None
     W_in, W_out, resumed = resume_shards(run, plan, log) if run is not None else ([None] * P, [None] * P, None)
@@ -646,4 +657,4 @@ def train_sharded_streamed(graph: GraphHandle, walk_cfg: WalkConfig, train_cfg: 
     out.update(streamed=True, walk_rounds=len(wr.rounds), wall_s=round(time.perf_counter() - t_all, 3))
     log.info(f"train: {out['tokens']:,} tokens at {out['tokens_per_s']:,.0f} tokens/s (walks streamed, "
              f"{len(wr.rounds)} rounds), loss {out['loss_first']:.4f} -> {out['loss_last']:.4f}")
-    return StageResult(shard_tables(W_in, S, run, max_retries), out)
+    return StageResult(shard_tables(W_in, wr.split, graph.shard_bounds, run, max_retries), out)

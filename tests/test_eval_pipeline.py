@@ -49,6 +49,20 @@ def test_metrics_rows_round_trip_and_stability_recovers_a_rotation():
     assert aligned is None and "dimension" in fig["skipped"]
 
 
+def test_metrics_table_from_buffers_equals_pyarrows_own():
+    """``metrics_table`` builds its columns from buffers (``pa.array`` imports pandas): the same
+    table as ``pa.Table.from_pylist``, nulls, unicode and empty metrics included."""
+    import pyarrow as pa
+    metrics = {"node_classification": {"micro_f1": {"0.1": 0.5, "0.9": 1e-300}, "sampled": True, "solver": "newton-é",
+                                       "skipped": None}, "reconstruction": {"map": {"1": 0.25}}, "rows": 3}
+    rows = es.metrics_rows(metrics)
+    for r in rows:
+        r.update(dataset="d", method="m", run_id="r")
+    built = es.metrics_table("d", "m", "r", metrics)
+    assert built.equals(pa.Table.from_pylist(rows, schema=es.METRICS_SCHEMA)) and built.num_rows == 6
+    assert es.metrics_table("d", "m", "r", {}).equals(es.METRICS_SCHEMA.empty_table())
+
+
 def test_quality_svg_draws_every_figure_of_every_run():
     """The hand-written SVG plot: well-formed, one bar per (run, figure) of the left panel, its
     height the figure's share of the axis, names and labels escaped; a compressed row adds the

@@ -287,6 +287,45 @@ def test_reconstruction_map_embedding_beats_random(blogcatalog):
     assert good["map"]["1"] > 2 * rand["map"]["1"] and good["map"]["2"] > rand["map"]["2"] + 0.1
 
 
+def test_reconstruction_kernels_see_read_only_arrays_whoever_calls():
+    """Ray hands a task read-only arrays (zero-copy from the object store), in-process callers
+    writable ones, and numba types the two apart: a kernel fed both compiles (and caches) twice,
+    and a cache warmed in-process made a fresh Ray worker compile again. Every kernel of the
+    reconstruction sees read-only arrays only, and the figures do not depend on the caller's kind."""
+    import numba
+    rng = np.random.default_rng(0)
+    g = build_csr(rng.integers(0, 300, 1500), rng.integers(0, 300, 1500), 300)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    writable = geometry.reconstruction_map(X, g.indptr, g.indices, sample=50)
+    frozen = [a.copy() for a in (X, g.indptr, g.indices)]
+    for a in frozen:
+        a.setflags(write=False)
+    assert geometry.reconstruction_map(*frozen, sample=50) == writable
+    kernels = (geometry._candidates_kernel, geometry._pair_scores_kernel, geometry._sort_segments_kernel,
+               geometry._count_at_least_kernel, geometry.walk_hops)
+    for k in kernels:
+        inputs = [t for sig in k.signatures for t in sig[:6] if isinstance(t, numba.types.Array)]
+        assert inputs and not any(t.mutable for t in inputs), (k.__name__, k.signatures)
+
+
+def test_unit_rows_by_blocks_equal_the_whole_table_formula():
+    """``rows.unit_rows`` normalises a block of rows at a time (no table-sized temporaries in the
+    workers) and equals the whole-table expression bit for bit: every row, a selection of rows,
+    float32 and float64, zero rows, more rows than a block."""
+    from embedlake.workers.evaluate.rows import BLOCK_BYTES, unit_rows
+    rng = np.random.default_rng(3)
+    for n, d in ((BLOCK_BYTES // (8 * 96) * 3 + 5, 96), (7, 5)):
+        X = (rng.standard_normal((n, d)) * rng.random((n, 1)) * 50).astype(np.float32)
+        X[1] = 0.0
+        for rows in (None, np.sort(rng.choice(n, n // 2 + 1, replace=False))):
+            for dtype in (np.float32, np.float64):
+                Y = (X if rows is None else X[rows]).astype(dtype)
+                norm = np.linalg.norm(Y, axis=1, keepdims=True)
+                got = unit_rows(X, rows, dtype)
+                assert got.dtype == dtype and got.flags.c_contiguous
+                assert np.array_equal(got, Y / np.where(norm > 0, norm, 1.0))
+
+
 def test_knn_recall():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 32)).astype(np.float32)

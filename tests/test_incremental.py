@@ -285,6 +285,28 @@ def test_edge_walks_per_edge_follow_a_retrains_crossings():
     assert edge_walk_side(10) == 5 and edge_walk_side(1) == 1
 
 
+def test_update_rate_rises_as_the_change_thins():
+    """The update's rate: incremental_lr_scale where 2 x changed edges >= nodes, x (nodes / (2 x
+    changed edges)) ** rise below, never above train.lr; rise 0 keeps one rate at every change."""
+    from embedlake.config import TrainConfig
+    from embedlake.workers.train.incremental import update_lr_scale
+    n = 64
+    ring = np.arange(n)
+    g1 = build_csr(ring, (ring + 1) % n, n)
+
+    def diff_adding(k):            # k chords (i, i + 32) added to the ring
+        src = np.concatenate([ring, np.arange(k)])
+        return graph_diff(np.arange(n), g1, np.arange(n), build_csr(src, np.concatenate([(ring + 1) % n,
+                                                                                        np.arange(k) + 32]), n))
+    t = TrainConfig(incremental_lr_scale=0.4, incremental_lr_rise=0.5)
+    assert update_lr_scale(t, diff_adding(32)) == pytest.approx(0.4)     # 64 changed ends on 64 nodes
+    assert update_lr_scale(t, diff_adding(8)) == pytest.approx(0.8)      # 16 on 64: 0.4 x 4 ** 0.5
+    assert update_lr_scale(t, diff_adding(1)) == 1.0                     # 0.4 x 32 ** 0.5, capped at train.lr
+    flat = TrainConfig(incremental_lr_scale=0.4, incremental_lr_rise=0.0)
+    assert update_lr_scale(flat, diff_adding(1)) == pytest.approx(0.4)
+    assert TrainConfig().incremental_lr_rise == 0.2
+
+
 @pytest.mark.usefixtures("ray_session", "prefect_session", "shared")
 def test_walk_update_publishes_only_changed_partitions(tmp_path):
     """A walk update publishes hashed partitions (tasks/fastrp.publish_partial): the first update

@@ -58,6 +58,23 @@ def test_range_partitions_nest_in_graph_shards_and_locate_round_trips():
     assert empty.sizes().tolist() == [0, 1, 0, 1, 1] and empty.locate(np.arange(3))[0].tolist() == [1, 3, 4]
 
 
+@pytest.mark.parametrize("kind, n, S, P", [("stride", 601, 3, 4), ("stride", 3, 5, 5), ("range", 601, 2, 4),
+                                            ("stride", 601, 1, 2)])
+def test_shard_tables_gather_each_shards_rows_from_a_piece_of_every_partition(kind, n, S, P):
+    """shard_cut_stage cuts each trained partition by graph shard, shard_rows_stage puts a shard's
+    pieces back in id order: each shard gets exactly its rows of the table (empty shards and empty
+    partitions too), and the pieces a shard gathers hold its rows only."""
+    split = sh.VocabSplit(kind, n, P)
+    X = np.random.default_rng(1).random((n, 5), dtype=np.float32)
+    bounds = shard_bounds(n, S)
+    cut = [sh.shard_cut_stage(split, bounds, None, X[split.rows_of(p)], p) for p in range(P)]
+    cut = [c if S > 1 else (c,) for c in cut]
+    for s, (lo, hi) in enumerate(bounds):
+        pieces = [cut[p][s] for p in range(P)]
+        assert sum(pc.nbytes for pc in pieces) == X[lo:hi].nbytes
+        assert np.array_equal(sh.shard_rows_stage(split, lo, hi, *pieces), X[lo:hi])
+
+
 def test_locate_is_searchsorted_and_names_a_token_outside_the_vocabulary():
     """The one-pass locate equals the numpy definition (range: last start <= id; stride: mod / div)
     on random ids, empty partitions included, and refuses an id outside [0, vocab)."""
@@ -223,8 +240,9 @@ def test_ray_driver_runs_the_in_process_schedule_and_returns_one_table_per_shard
     out = train_sharded.fn(graph, walk_refs, WalkConfig(walks_per_node=K, length=L), tr, run=None)
     tables = ray.get(out.ref)
     assert [t.shape for t in tables] == [(hi - lo, 8) for lo, hi in graph.shard_bounds]
-    Win, _, st = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, sh.VocabSplit("range", N, 4), tr)
-    assert np.array_equal(np.concatenate(tables), np.concatenate(Win))
+    split = sh.graph_split(N, 4)
+    Win, _, st = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, split, tr)
+    assert np.array_equal(np.concatenate(tables), sh.assemble_split_stage(split, None, *Win))
     info = out.info
     assert info["engine"] == "numba-sharded" and info["pairs"] == st["pairs"]
     assert info["links"] == (4 * 2) * 4 * 2               # episodes x blocks x walk shards
@@ -281,8 +299,7 @@ def test_killed_sharded_training_resumes_from_its_block_checkpoint(tmp_path, pla
     state = json.loads(lake.read_bytes(f"{run.checkpoint_dir}/state.json"))
     assert state["step"] == state["total_steps"] == 2 * 2 and full.info["checkpoints"] == 2
     k = 2                                                      # after round 1 of 2
-    Win, Wout, _ = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, sh.VocabSplit("range", N, 2),
-                                          tr, stop=k)
+    Win, Wout, _ = sh.train_streams_local([(w,) for w in walk_shards(walks, 2)], K, sh.graph_split(N, 2), tr, stop=k)
     lake.delete(f"{run.checkpoint_dir}/step={state['step']:06d}", recursive=True)
     for p in range(2):
         lake.write_npy(sb.checkpoint_file(run.checkpoint_dir, k, "w_in", p), Win[p])
@@ -332,9 +349,10 @@ def test_subsampled_epochs_through_ray_equal_the_in_process_schedule(planted):
     out = train_sharded.fn(graph, [ray.put(w) for w in walk_shards(walks, 2)], WalkConfig(walks_per_node=K, length=L),
                            tr, run=None)
     shards = [(w,) for w in walk_shards(walks, 2)]
-    Win, _, st = sh.train_streams_local(shards, K, sh.VocabSplit("range", N, 4), tr)
-    _, _, full = sh.train_streams_local(shards, K, sh.VocabSplit("range", N, 4), settings(workers=2, rounds=1, epochs=2))
-    assert np.array_equal(np.concatenate(ray.get(out.ref)), np.concatenate(Win))
+    split = sh.graph_split(N, 4)
+    Win, _, st = sh.train_streams_local(shards, K, split, tr)
+    _, _, full = sh.train_streams_local(shards, K, split, settings(workers=2, rounds=1, epochs=2))
+    assert np.array_equal(np.concatenate(ray.get(out.ref)), sh.assemble_split_stage(split, None, *Win))
     assert out.info["pairs"] == st["pairs"] < 0.9 * full["pairs"]
 
 

@@ -126,14 +126,13 @@ def test_ray_driver_streams_rounds_and_no_task_holds_more_than_one_round_of_one_
         out = train_sharded_streamed.fn(graph, stream_cfg(2), tr, "deepwalk", run=None)
         tables = ray.get(out.ref)
     rounds = sh.walk_rounds(K, 2)
-    Win, _, st = sh.train_rounds_local(lambda w: round_shards(walks, *rounds[w]), rounds, L,
-                                       sh.VocabSplit("range", N, 6), tr)
+    split = sh.graph_split(N, 6)
+    Win, _, st = sh.train_rounds_local(lambda w: round_shards(walks, *rounds[w]), rounds, L, split, tr)
     assert [t.shape for t in tables] == [(hi - lo, 8) for lo, hi in graph.shard_bounds]
-    assert np.array_equal(np.concatenate(tables), np.concatenate(Win))
+    assert np.array_equal(np.concatenate(tables), sh.assemble_split_stage(split, None, *Win))
     assert out.info["streamed"] and out.info["walk_rounds"] == 2 and out.info["pairs"] == st["pairs"]
     rows = max(hi - lo for lo, hi in graph.shard_bounds)
     round_walks = 2 * rows * L * 4
-    split = sh.VocabSplit("range", N, 6)
     preps = [sh.prep_stream_stage(split, 2, 1, tr, 0, s, *src) for s, src in enumerate(round_shards(walks, 0, 2))]
     round_stream = max(sum(a.nbytes for a in p[0].values()) for p in preps)
     # every call but a shard owner's start (it takes its shard's CSR rows, checked by test_cluster_shards.py)
@@ -172,7 +171,7 @@ def test_killed_streamed_run_resumes_to_the_uninterrupted_table(planted, tmp_pat
     assert state["step"] == state["total_steps"] == 2 * 2 and full.info["checkpoints"] == 2
     k, rounds = 2, sh.walk_rounds(K, 2)                          # after round 0 of 2
     Win, Wout, _ = sh.train_rounds_local(lambda w: round_shards(walks, *rounds[w], shards=2), rounds, L,
-                                         sh.VocabSplit("range", N, 2), tr, stop=k)
+                                         sh.graph_split(N, 2), tr, stop=k)
     lake.delete(f"{run.checkpoint_dir}/step={state['step']:06d}", recursive=True)
     for p in range(2):
         lake.write_npy(sb.checkpoint_file(run.checkpoint_dir, k, "w_in", p), Win[p])

@@ -18,7 +18,8 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
+
+from embedlake.workers.evaluate.rows import unit_rows
 
 
 def blas_threads(threads: int | None):
@@ -44,7 +45,12 @@ def blas_threads(threads: int | None):
 
 def _loss_grad(Xa, S, W, C, M):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
-    given the margins M = s * (X w) (the line search has already computed them)."""
+    given the margins M = s * (X w) (the line search has already computed them).
+
+    scipy.special is imported here, not at the module's top: the evaluate task's driver imports
+    this module for ``protocol_splits`` alone, and scipy.special cost it 0.1-0.25 CPU-s before the
+    figures task was even submitted (issue 22, sixth round)."""
+    from scipy.special import expit
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
     q = expit(-M)                                  # 1 - sigma(margin)
     G = W - C * (Xa.T @ (S * q))
@@ -391,17 +397,17 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
-    return labelled_set_of_rows(X[sel.nodes], sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
-                                seed=seed)
+    return labelled_set_of_rows(X, sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
+                                seed=seed, index=sel.nodes)
 
 
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
-                         spectrum_rows: int | None = None, seed: int = 0) -> LabelledSet:
-    """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``)."""
-    Xl = np.asarray(rows).astype(np.float64)
-    if normalize:
-        nrm = np.linalg.norm(Xl, axis=1, keepdims=True)
-        Xl = Xl / np.where(nrm > 0, nrm, 1.0)
+                         spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
+    """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
+    with ``index``, ``rows[index[i]]`` is, and the rows are read in place). Normalised a block of
+    rows at a time (``unit_rows``: no table-sized temporaries, the same figures)."""
+    rows = np.asarray(rows)
+    Xl = unit_rows(rows, index, np.float64) if normalize else (rows if index is None else rows[index]).astype(np.float64)
     with blas_threads(threads):
         spectrum = gram_spectrum(Xl, rows=spectrum_rows, seed=seed)
     return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)

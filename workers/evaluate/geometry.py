@@ -13,15 +13,28 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from embedlake.workers.evaluate.rows import unit_rows
+
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
 LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
 QUERY_BLOCK = 256                  # queries scored per pass over the rows (reconstruction)
 
 
-def unit_rows(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    nrm = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(nrm > 0, nrm, 1.0)
+def read_only(*arrays) -> list[np.ndarray]:
+    """Read-only views of the arrays a numba kernel only reads. Why: numba compiles (and caches)
+    one version per argument types, and a read-only array is another type than a writable one.
+    Ray hands a task read-only arrays (zero-copy from the object store) while in-process callers
+    and tests pass writable ones, so kernels fed both compiled twice, and a cache warmed by
+    in-process runs made every fresh Ray worker compile again (7 CPU-s on deezer_europe,
+    docs/evaluation.md). Every caller now feeds the kernels one kind: read-only."""
+    views = []
+    for a in arrays:
+        v = np.asarray(a).view()
+        v.setflags(write=False)
+        views.append(v)
+    return views
+
+
 
 
 def sample_nodes(n: int, count: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
@@ -252,8 +265,8 @@ class CandidateBlock:
 
 def candidates_block(indptr, indices, q, hop_arr, ball_cap, relevant_cap, seed, symmetric, maxc, threads):
     """`_candidates_kernel` as a CandidateBlock."""
-    return CandidateBlock(*_candidates_kernel(indptr, indices, q, hop_arr, ball_cap, relevant_cap, seed, symmetric,
-                                              maxc, threads))
+    return CandidateBlock(*_candidates_kernel(*read_only(indptr, indices, q, hop_arr), ball_cap, relevant_cap, seed,
+                                              symmetric, maxc, threads))
 
 
 def flat_candidates(cb: CandidateBlock):
@@ -273,8 +286,8 @@ def finish_block(cb: CandidateBlock, t, lv, ge, offsets, hop_arr, ring: bool, n:
             flags[i] = 1
             continue
         a, b = int(offsets[i]), int(offsets[i + 1])
-        walk_hops(t[a:b], lv[a:b], ge[a + i:b + i + 1], np.ascontiguousarray(cb.ring_size[i, :top]),
-                  np.ascontiguousarray(cb.kept[i, :top]), hop_arr, ring, top, n, ap[i], base[i], flags[i])
+        walk_hops(*read_only(t[a:b], lv[a:b], ge[a + i:b + i + 1], np.ascontiguousarray(cb.ring_size[i, :top]),
+                             np.ascontiguousarray(cb.kept[i, :top]), hop_arr), ring, top, n, ap[i], base[i], flags[i])
 
 
 def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
@@ -370,8 +383,13 @@ def _dot32(a, b):
     return acc
 
 
+def pair_scores(U, lo, Uq, qrow, nodes) -> np.ndarray:
+    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), float32."""
+    return _pair_scores_kernel(*read_only(U), lo, *read_only(Uq, qrow, nodes))
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def pair_scores(U, lo, Uq, qrow, nodes):
+def _pair_scores_kernel(U, lo, Uq, qrow, nodes):
     """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), each
     `_dot32`'s arithmetic. Eight pairs at a time (`_dot32_eight`): one pair's sum is a chain of d
     dependent float32 additions, latency-bound; eight independent chains run 5-8x faster."""
@@ -405,8 +423,13 @@ def _dot32_eight(U, lo, Uq, qrow, nodes, j, out):
     out[j + 4], out[j + 5], out[j + 6], out[j + 7] = s4, s5, s6, s7
 
 
-@numba.njit(cache=True, nogil=True)
 def sort_segments(scores, level, offsets):
+    """Each query's candidate scores ascending (stable) and their rings in that order."""
+    return _sort_segments_kernel(*read_only(scores, level, offsets))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_segments_kernel(scores, level, offsets):
     """Each query's candidate scores ascending (stable) and their rings in that order."""
     t = np.empty_like(scores)
     lv = np.empty_like(level)
@@ -452,8 +475,13 @@ def _bucket_tables(t, offsets):
     return nb, first_off, first, lo_t, width
 
 
+def count_at_least(U, lo, Uq, srcs, t, offsets, threads) -> np.ndarray:
+    """`_count_at_least_kernel` on read-only views of its inputs (see `read_only`)."""
+    return _count_at_least_kernel(*read_only(U), lo, *read_only(Uq, srcs, t, offsets), threads)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def count_at_least(U, lo, Uq, srcs, t, offsets, threads):
+def _count_at_least_kernel(U, lo, Uq, srcs, t, offsets, threads):
     """For query row i of Uq with its ascending thresholds t[offsets[i]:offsets[i + 1]] (u of
     them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
     t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the

@@ -392,6 +392,74 @@ def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsi
 
 
 @nb.njit(inline="always")
+def pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab):
+    """The scores of one pair's negatives negs[base:base+negatives] against the context row Cb, two
+    rows per pass over d (half the loops, their reductions interleaved); g[o] = the step scale, 0 for
+    a draw equal to the centre (skipped, as in word2vec). Returns their loss."""
+    dim = Cb.shape[0]
+    loss = 0.0
+    o = 0
+    while o + 1 < negatives:
+        ra = negs[base + o]
+        rb = negs[base + o + 1]
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for d in range(dim):
+            sa += Cb[d] * W_out[ra, d]
+            sb += Cb[d] * W_out[rb, d]
+        dla, ga = pair_grad(sa, False, lr, sig_tab, logsig_tab)
+        dlb, gb = pair_grad(sb, False, lr, sig_tab, logsig_tab)
+        g[o] = 0.0 if ra == center else ga
+        g[o + 1] = 0.0 if rb == center else gb
+        loss += (0.0 if ra == center else dla) + (0.0 if rb == center else dlb)
+        o += 2
+    if o < negatives:
+        ra = negs[base + o]
+        sa = np.float32(0.0)
+        for d in range(dim):
+            sa += Cb[d] * W_out[ra, d]
+        dla, ga = pair_grad(sa, False, lr, sig_tab, logsig_tab)
+        g[o] = 0.0 if ra == center else ga
+        loss += 0.0 if ra == center else dla
+    return loss
+
+
+@nb.njit(inline="always")
+def pair_steps(W_out, Cb, dIn, negs, base, negatives, g):
+    """One pair's negative steps, two rows per pass over d: dIn += g[o] * row (as read), then
+    row += g[o] * Cb. Two equal draws go one after the other (the second reads the first's step,
+    word2vec's order); a zero step (a draw equal to the centre) changes nothing."""
+    dim = Cb.shape[0]
+    o = 0
+    while o + 1 < negatives:
+        ra = negs[base + o]
+        rb = negs[base + o + 1]
+        ga = np.float32(g[o])
+        gb = np.float32(g[o + 1])
+        if ra == rb:
+            for d in range(dim):
+                dIn[d] += ga * W_out[ra, d]
+                W_out[ra, d] += ga * Cb[d]
+            for d in range(dim):
+                dIn[d] += gb * W_out[ra, d]
+                W_out[ra, d] += gb * Cb[d]
+        else:
+            for d in range(dim):
+                wa = W_out[ra, d]
+                wb = W_out[rb, d]
+                dIn[d] += ga * wa + gb * wb
+                W_out[ra, d] = wa + ga * Cb[d]
+                W_out[rb, d] = wb + gb * Cb[d]
+        o += 2
+    if o < negatives:
+        ra = negs[base + o]
+        ga = np.float32(g[o])
+        for d in range(dim):
+            dIn[d] += ga * W_out[ra, d]
+            W_out[ra, d] += ga * Cb[d]
+
+
+@nb.njit(inline="always")
 def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, negs, Cb, oc, oc0, dIn, g, lr,
                 sig_tab, logsig_tab):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
@@ -411,7 +479,12 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
     the result is unchanged), and while pair c runs, the rows of pair c + 1 (its context's input
     row, its negatives' output rows) are prefetched: the kernel waited on those random row reads
     from tables far larger than L2. A negative equal to the centre is skipped, as before.
-    Returns (state, loss)."""
+
+    Fourth pass: a pair's negatives are scored and stepped two rows per pass over d
+    (pair_scores, pair_steps): at d=100 each pass is one 64-lane vector iteration, a 32-lane
+    epilogue, 4 scalar lanes and a reduction, so the per-loop overhead, not the arithmetic, set
+    the time; half the loops, ~6-10 % more tokens per CPU-second (docs/skipgram.md). The same
+    steps as before up to float32 summation order. Returns (state, loss)."""
     dim = W_in.shape[1]
     nal = np.uint64(alias_thr.shape[0])
     loss = 0.0
@@ -434,27 +507,12 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
             s += Cb[d] * oc[d]
         dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
         loss += dl
-        for o in range(negatives):
-            orow = negs[base + o]
-            if orow == center:
-                continue
-            s = np.float32(0.0)
-            for d in range(dim):
-                s += Cb[d] * W_out[orow, d]
-            dl, g[o] = pair_grad(s, False, lr, sig_tab, logsig_tab)
-            loss += dl
+        loss += pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab)
         g0 = np.float32(g0)
         for d in range(dim):
             dIn[d] = g0 * oc[d]
             oc[d] += g0 * Cb[d]
-        for o in range(negatives):
-            orow = negs[base + o]
-            if orow == center:
-                continue
-            gg = np.float32(g[o])
-            for d in range(dim):
-                dIn[d] += gg * W_out[orow, d]
-                W_out[orow, d] += gg * Cb[d]
+        pair_steps(W_out, Cb, dIn, negs, base, negatives, g)
         for d in range(dim):
             W_in[crow, d] += dIn[d]
     for d in range(dim):

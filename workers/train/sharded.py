@@ -5,12 +5,13 @@ which every block task reads, and ends by assembling the full [n, dim] table in 
 stream stays in shards (one per graph shard's walks, or one per corpus token shard) and the table
 stays in partitions:
 
-* **Partitions from the id alone** (`VocabSplit`). Graphs: P = S x m contiguous node ranges,
-  `shard_bounds(n, P)`, so partition p lies inside graph shard p // m (s n / S = (s m) n / (S m)
-  exactly), node v's partition is one searchsorted over P + 1 bounds, a partition's rows are its
-  nodes in id order, and a graph shard's embedding rows are its m partitions concatenated.
-  Corpora: v mod P (`stride`), because corpus ids are sorted by frequency and ranges would put
-  every frequent word into partition 0; the corpus table is assembled by id afterwards.
+* **Partitions from the id alone** (`VocabSplit`): node / word id mod P (`stride`, `graph_split`),
+  a partition's rows are its ids in increasing order. Graphs: not the graph shards' contiguous
+  ranges (`range`, kept for tests and comparisons), because node ids are local and a block draws
+  its negatives from its centre partition only: range partitions cost 2-hop reconstruction mAP
+  (`graph_split`). A graph shard's embedding rows are gathered at the end from one piece of
+  every partition (`shard_cut_stage`, `shard_rows_stage`). Corpora: ids are sorted by frequency,
+  and ranges would put every frequent word into partition 0; their table is assembled by id.
 * **Prep per stream shard** (`prep_stream_stage`): one task per shard compacts its sentences and
   groups its positions by centre partition (the buckets). Unigram counts are per-shard bincounts
   per partition (`count_stage`), summed per partition into that partition's noise tables
@@ -85,6 +86,34 @@ class VocabSplit:
             s = self.starts
             return np.arange(s[p], s[p + 1], dtype=np.int64)
         return np.arange(p, self.vocab, self.parts, dtype=np.int64)
+
+    def rows_within(self, p: int, lo: int, hi: int) -> tuple[int, int]:
+        """[a, b): the rows of partition p whose ids lie in [lo, hi) (rows keep id order, so they
+        are consecutive), without listing the partition's ids."""
+        size = int(self.sizes()[p])
+        if self.kind == "range":
+            s = int(self.starts[p])
+            return min(size, max(0, lo - s)), min(size, max(0, hi - s))
+        first = lambda v: -(-(int(v) - p) // self.parts)         # noqa: E731  first row with id >= v
+        return min(size, max(0, first(lo))), min(size, max(0, first(hi)))
+
+    def ids_of(self, p: int, a: int, b: int) -> np.ndarray:
+        """The ids of rows [a, b) of partition p."""
+        if self.kind == "range":
+            return np.arange(a, b, dtype=np.int64) + int(self.starts[p])
+        return np.arange(a, b, dtype=np.int64) * self.parts + p
+
+
+def graph_split(num_nodes: int, parts: int) -> VocabSplit:
+    """The sharded engine's partitions of a graph's nodes: node id mod P (`stride`), not the graph
+    shards' id ranges. Why: node ids of real graphs are local (BlogCatalog: 36 % of edges join two
+    nodes of one quarter of the id range, 25.5 % by chance) and block (i, j) draws its negatives
+    from partition j only, so with range partitions a node is pushed away from each partition in
+    proportion to how often it meets that partition, not to the noise mass there: far partitions
+    are barely repelled, the table drifts into one common direction and 2-hop reconstruction mAP
+    fell below the random ranking (docs/training.md, "Partitions of a sharded graph"). Node ids
+    mod P spread every neighbourhood evenly over the partitions."""
+    return VocabSplit("stride", int(num_nodes), int(parts))
 
 
 # ----------------------------------------------------------------------------- stream shards
@@ -401,6 +430,25 @@ def concat_stage(lake, *w_in_parts) -> np.ndarray:
     """A graph shard's embedding rows [hi - lo, dim]: its m consecutive range partitions, in order."""
     parts = read_parts(lake, w_in_parts)
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def shard_cut_stage(split: VocabSplit, bounds: list[tuple[int, int]], lake, w_part, p: int):
+    """Partition p's trained rows cut by graph shard: one piece per shard [lo, hi) (its rows with
+    ids there, in id order; a tuple of S, or the array when S = 1), so that each graph shard's
+    table is gathered from P pieces of about n / (P S) rows instead of from whole partitions."""
+    W = read_parts(lake, (w_part,))[0]
+    cuts = [split.rows_within(p, lo, hi) for lo, hi in bounds]
+    pieces = [np.ascontiguousarray(W[a:b]) for a, b in cuts]
+    return tuple(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def shard_rows_stage(split: VocabSplit, lo: int, hi: int, *pieces: np.ndarray) -> np.ndarray:
+    """A graph shard's embedding rows [hi - lo, dim] from every partition's piece of it (shard_cut_stage)."""
+    out = np.empty((hi - lo, pieces[0].shape[1]), np.float32)
+    for p, piece in enumerate(pieces):
+        a, b = split.rows_within(p, lo, hi)
+        out[split.ids_of(p, a, b) - lo] = piece
+    return out
 
 
 def assemble_split_stage(split: VocabSplit, lake, *w_in_parts) -> np.ndarray:

@@ -23,7 +23,7 @@ every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentenc
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
 before the next pair (sgns_parts.pair_window, fused: one pass for a pair's scores, one for its
-steps). On Brown it matches gensim's SimLex figure, which the shared window misses by ~.008; on
+steps, two negatives' rows per pass over d). On Brown it matches gensim's SimLex figure, which the shared window misses by ~.008; on
 BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
 
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
