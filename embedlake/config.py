@@ -133,11 +133,14 @@ class TrainConfig(Section):
                                     "1 measured best on BlogCatalog: docs/incremental.md).")
     incremental_edge_walks: int | None = Field(None, ge=0, le=256, description="Walks an incremental run centres "
                                                "on each added edge (window // 2 steps each side: the pairs the edge "
-                                               "brings). None (default): a quarter of the times a retrain's walks "
+                                               "brings). None (default): a quarter of the times c a retrain's walks "
                                                "cross one edge (walks_per_node x (length - 1) x nodes / edges), at "
-                                               "most 8 (PPI 8, BlogCatalog 6), which with incremental_lr_scale 0.4 "
-                                               "met a retrain's Micro-F1 and added-edge AUC and kept a v1 classifier's "
-                                               "drop under 0.01 on both at 5 % new edges (docs/incremental.md).")
+                                               "most 8, but never under c / 15 (BlogCatalog 6, PPI 8, deezer_europe "
+                                               "16): with incremental_lr_scale 0.4 that met a retrain's Micro-F1 and "
+                                               "added-edge AUC and kept a v1 classifier's drop under 0.01 at 1 % and "
+                                               "5 % new edges, where a flat cap of 8 left a sparse graph's new edges "
+                                               "under-trained (deezer_europe AUC -0.012 to -0.018; "
+                                               "docs/incremental.md).")
     incremental_lr_scale: float = Field(0.4, gt=0, le=1, description="An incremental run's learning rate as a share "
                                         "of train.lr: its rows are trained already, and at the full rate the walks "
                                         "around the new edges (a biased sample of contexts) pull them away from what "

@@ -273,11 +273,14 @@ def test_fastrp_incremental_through_the_flow(tmp_path):
 
 
 def test_edge_walks_per_edge_follow_a_retrains_crossings():
-    """Default edge walks: a quarter of walks_per_node x (length - 1) x nodes / edges, between 1 and 8;
-    a set count wins. Edge walks reach half the window out."""
+    """Default edge walks: a quarter of c = walks_per_node x (length - 1) x nodes / edges, between 1
+    and 8, or a fifteenth of c where that is more (sparse graphs); a set count wins. Edge walks reach
+    half the window out."""
     from embedlake.workers.train.incremental import edge_walk_side, edge_walks_per_edge
     g = build_csr(np.arange(9), np.arange(1, 10), 10)          # a path: 10 nodes, 9 edges
-    assert edge_walks_per_edge(g, 10, 80, None) == 8                       # a quarter of 878, capped
+    assert edge_walks_per_edge(g, 10, 80, None) == round(10 * 79 * 10 / 9 / 15) == 59   # a fifteenth of 878
+    assert edge_walks_per_edge(g, 1, 100, None) == 8           # c = 110: the cap of 8 (a fifteenth is 7)
+    assert edge_walks_per_edge(g, 2, 60, None) == 9            # c = 131: a fifteenth (8.7) passes the cap
     assert edge_walks_per_edge(g, 1, 4, None) == round(3 * 10 / 9 / 4) == 1
     assert edge_walks_per_edge(g, 2, 10, None) == round(2 * 9 * 10 / 9 / 4) == 5
     assert edge_walks_per_edge(g, 1, 2, None) == 1 and edge_walks_per_edge(g, 10, 80, 3) == 3

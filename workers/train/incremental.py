@@ -11,7 +11,8 @@ The previous committed run left its embeddings (W_in, the published table) and i
 3. walks only where the graph changed: `train.incremental_edge_walks` walks centred on each added
    (or reweighted) edge, window // 2 steps out from either end (the pairs the edge brings into the
    window, most of them at the short distances the dynamic window favours); by default a quarter of
-   the times a retrain's walks cross one edge, at most 8 (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
+   the times a retrain's walks cross one edge, at most 8 but never under a fifteenth of those times
+   (`edge_walks_per_edge`); a node that lost r_v of its d_v edges ceil(walks_per_node * r_v / d_v)
    whole walks; a new node walks_per_node whole walks. So the walk (and training) volume follows the
    change, not the graph;
 4. trains skip-gram on those walks with the new graph's noise distribution (degree, what a full
@@ -40,13 +41,17 @@ from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives
                                                 sigmoid_tables, using_numba_threads, window_contexts, window_step)
 
 
-# Edge walks per added edge: a quarter of the times a retrain's walks cross one edge (PPI 81 -> 8,
-# BlogCatalog 24 -> 6), at most 8. The quarter keeps an update's tokens within 3 x the change share of
-# a retrain's (2 x side + 2 = 12 tokens a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on
-# PPI, where more overshoot it; a third (8 on BlogCatalog) moved BlogCatalog's rows enough to drop a
-# v1 classifier by 0.009-0.011, 6 by 0.007 at the retrain's AUC (docs/incremental.md, "Why these defaults").
+# Edge walks per added edge: a quarter of the times c a retrain's walks cross one edge (BlogCatalog
+# 24 -> 6), at most 8 (PPI 81 -> 8), and never under a fifteenth of c (deezer_europe 241 -> 16). The
+# quarter keeps an update's tokens within 3 x the change share of a retrain's (2 x side + 2 = 12 tokens
+# a walk); 8 walks at 0.4 x lr met the retrain's added-edge AUC on PPI, where more overshoot it; a third
+# (8 on BlogCatalog) moved BlogCatalog's rows enough to drop a v1 classifier by 0.009-0.011, 6 by 0.007.
+# On a sparse graph c is large and 8 walks are a few per cent of it: deezer_europe missed the retrain's
+# AUC by 0.012-0.018 at 8 and met it at 16; the fifteenth binds only past c = 120 and costs at most
+# 0.8 x the change share of a retrain's tokens (docs/incremental.md, "Why these defaults").
 EDGE_WALK_SHARE = 1 / 4
 EDGE_WALKS_MAX = 8
+EDGE_WALK_SPARSE_SHARE = 1 / 15
 
 
 @nb.njit(inline="always")
@@ -209,13 +214,16 @@ def crossing_edges(diff: GraphDiff) -> np.ndarray:
 def edge_walks_per_edge(csr: CSRGraph, walks_per_node: int, length: int, setting: int | None) -> int:
     """Walks to centre on each added edge: `setting` when given, else EDGE_WALK_SHARE of the times a
     retrain's walks cross one edge (walks_per_node x (length - 1) steps from each node, spread over
-    the graph's edges), between 1 and EDGE_WALKS_MAX. A retrain trains an edge's pairs that many
-    times; the update's walks start from trained rows and need a share of it."""
+    the graph's edges), between 1 and EDGE_WALKS_MAX, raised to EDGE_WALK_SPARSE_SHARE of those
+    crossings where that is more. A retrain trains an edge's pairs that many times; the update's
+    walks start from trained rows and need a share of it, a smaller share where the crossings are
+    many (a sparse graph), but one that grows with them."""
     if setting is not None:
         return int(setting)
     edges = csr.indices.size if csr.directed else csr.indices.size // 2
     crossings = walks_per_node * max(length - 1, 0) * csr.num_nodes / max(edges, 1)
-    return min(EDGE_WALKS_MAX, max(1, int(round(EDGE_WALK_SHARE * crossings))))
+    dense = min(EDGE_WALKS_MAX, max(1, int(round(EDGE_WALK_SHARE * crossings))))
+    return max(dense, int(round(EDGE_WALK_SPARSE_SHARE * crossings)))
 
 
 def edge_walks(csr: tuple, edges: np.ndarray, per_edge: int, walk_cfg: WalkConfig, side: int, mode: str,
