@@ -170,6 +170,10 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
     ablation: a sum of sgns_parts.ABL_* bits, each one change toward gensim's kernel, for the quality
     experiments of docs/skipgram.md ("Quality against gensim"); 0 (the default) is the kernel above.
+    chunk_tokens (default max(16 384, 1 % of an epoch)): the threads split each chunk into halves
+    and meet at its end, so the chunk sets how far apart in the text they train. 65 536-token
+    chunks cost two threads ~.005 WordSim353 / SimLex on Brown against 16 384 at ~1.5 % of the
+    speed (issue 20, fifth pass, docs/skipgram.md); one thread's result does not depend on it.
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
@@ -184,8 +188,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     nthreads = numba_threads(threads)
     S = len(offsets) - 1
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
-    if chunk_tokens is None:
-        chunk_tokens = max(65536, per_epoch // 100)
+    if chunk_tokens is None:    # 16 384: the threads train text ~8 000 tokens apart, in step (below)
+        chunk_tokens = max(16384, per_epoch // 100)
     chunks = sentence_chunks(offsets, chunk_tokens)
     kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
