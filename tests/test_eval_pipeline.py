@@ -10,6 +10,7 @@ from embedlake.config import load_config
 from embedlake.lake import Lake
 from embedlake.workers.evaluate import stages as es
 from embedlake.workers.evaluate import report as rp
+from walk_steps import csr_arcs, walk_steps
 
 
 def _run(lake_uri, ds, overrides=(), labels=True):
@@ -190,7 +191,6 @@ def test_link_prediction_flow_directed_gnutella(tmp_path, shared):
 def test_link_prediction_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
     """DeepWalk on Gnutella read as undirected (as DeepWalk's own example does): the walks, written
     to the lake, never step along a held-out edge in either direction; AUC well above chance."""
-    from embedlake.reader import read_table
     from embedlake.workers.evaluate.links import split_edges
     ds = shared("datasets", "p2p-gnutella08")
     lake = str(tmp_path / "lake")
@@ -207,12 +207,8 @@ def test_link_prediction_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
     assert te_s.size == lp["num_pos"] and (te_s < te_d).all()
     held = set(zip(te_s.tolist(), te_d.tolist()))
     held |= {(v, u) for u, v in held}
-    walks = pl.from_arrow(read_table(lake, "p2p-gnutella08", "deepwalk", kind="walks")[0])
-    steps = set()
-    for w in walks["walk"].to_list():
-        steps.update(zip(w, w[1:]))
-    arcs = set(zip(np.repeat(np.arange(6301), np.diff(indptr)).tolist(), indices.tolist()))
-    assert steps <= arcs and len(steps) > 20_000
+    steps = walk_steps(lake, "p2p-gnutella08", "deepwalk")
+    assert steps <= csr_arcs(indptr, indices) and len(steps) > 20_000
     assert not steps & held
 
 

@@ -10,6 +10,7 @@ from embedlake.workers.evaluate.links_sharded import (EDGE_SALT, in_process_call
                                                       sharded_link_stage, shard_pair_rows, split_dict, unit_draw)
 from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import shard_bounds, split_csr
+from walk_steps import csr_arcs, walk_steps
 
 
 def _graph(n: int, directed: bool, seed: int = 3):
@@ -222,11 +223,8 @@ def test_sharded_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
     """DeepWalk with graph.shards=2 and eval.link_prediction: the sharded walks (written to the
     lake) never step along an edge of the sharded split in either direction, the figures come from
     the sharded table, and the held-out edges are the in-process S = 1 split's."""
-    import polars as pl
-
     from embedlake.config import load_config
     from embedlake.flows.embed_graph import embed_graph
-    from embedlake.reader import read_table
     from embedlake.workers.graph.ingest import EdgeSpec, ingest_graph
     ds = shared("datasets", "p2p-gnutella08")
     lake = str(tmp_path / "lake")
@@ -242,10 +240,6 @@ def test_sharded_deepwalk_never_walks_a_held_out_edge(tmp_path, shared):
     assert ps.size == lp["num_pos"] and (ps < pd).all()
     held = set(zip(ps.tolist(), pd.tolist()))
     held |= {(v, u) for u, v in held}
-    walks = pl.from_arrow(read_table(lake, "p2p-gnutella08", "deepwalk", kind="walks")[0])
-    steps = set()
-    for w in walks["walk"].to_list():
-        steps.update(zip(w, w[1:]))
-    arcs = set(zip(np.repeat(np.arange(full.num_nodes), np.diff(full.indptr)).tolist(), full.indices.tolist()))
-    assert steps <= arcs and len(steps) > 10_000
+    steps = walk_steps(lake, "p2p-gnutella08", "deepwalk")
+    assert steps <= csr_arcs(full.indptr, full.indices) and len(steps) > 10_000
     assert not steps & held
