@@ -189,6 +189,46 @@ def ray_timing(g, lab, n, args, seed):
     return out
 
 
+def negative_mass(g, n, args, seed) -> dict:
+    """Where each node's negatives fall, per partition (id mod P), against the noise share of each
+    partition: the block engine of main gives a context node c, for each pair (c, centre w in
+    partition j), k negatives from partition j only, so c's negative mass in j follows the share
+    of ITS pairs whose centre lies in j; word2vec (and the one-table engine) draws every pair's
+    negatives from the whole noise, so c's expected share in j is j's noise share q_j whatever its
+    contexts. Pairs are weighted by the dynamic window (a pair at distance d exists with
+    probability (window - d + 1) / window). Reports, per P, the pair-weighted mean over nodes of
+    the total variation between c's negative shares and q, and the same for word2vec's draws
+    (k x pairs multinomial draws from q, the sampling noise alone)."""
+    W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
+                     symmetric=True)
+    tok, off = walks_to_sentences(W)
+    sent = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    counts = np.bincount(tok, minlength=n).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    out = {"seed": seed, "tokens": int(len(tok))}
+    for P in args.mass_partitions:
+        part = np.arange(n) % P
+        mass = np.zeros(n * P)
+        for d in range(1, args.window + 1):
+            w = (args.window - d + 1) / args.window
+            same = sent[d:] == sent[:-d]
+            ctx, cen = tok[d:][same], tok[:-d][same]                # both directions: (ctx, cen) and (cen, ctx)
+            mass += w * np.bincount(ctx.astype(np.int64) * P + part[cen], minlength=n * P)
+            mass += w * np.bincount(cen.astype(np.int64) * P + part[ctx], minlength=n * P)
+        mass = mass.reshape(n, P)
+        pairs = mass.sum(1)
+        noise = np.bincount(part, weights=counts ** 0.75, minlength=P)
+        q = noise / noise.sum()
+        block_tv = 0.5 * np.abs(mass / np.maximum(pairs, 1e-12)[:, None] - q).sum(1)
+        draws = rng.multinomial(np.round(5 * pairs).astype(np.int64), q)
+        w2v_tv = 0.5 * np.abs(draws / np.maximum(draws.sum(1), 1)[:, None] - q).sum(1)
+        wt = pairs / pairs.sum()
+        out[f"P={P}"] = {"block_tv": round(float(wt @ block_tv), 4), "word2vec_tv": round(float(wt @ w2v_tv), 4),
+                         "block_tv_median": round(float(np.median(block_tv)), 4),
+                         "word2vec_tv_median": round(float(np.median(w2v_tv)), 4)}
+    return out
+
+
 def traffic(args) -> dict:
     """Recorded bytes of the train stage of train_sharded per training token: all its tasks, and
     the stream (or bucket piece) argument of its links alone."""
@@ -252,11 +292,17 @@ def main():
     ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
     ap.add_argument("--geometry", nargs="+", dest="engines", default=None,
                     help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced")
+    ap.add_argument("--negative-mass", nargs="+", type=int, dest="mass_partitions", default=None,
+                    help="per-node negative shares per partition (id mod P) of the block engine vs the noise, these P")
     args = ap.parse_args()
     if args.traffic:
         print(json.dumps(traffic(args)))
         return
     g, lab, n = load()
+    if args.mass_partitions:
+        for seed in args.seeds:
+            print(json.dumps(negative_mass(g, n, args, seed)), flush=True)
+        return
     if args.streamed:
         rows = [streamed_vs_not(g, lab, n, args, seed) for seed in args.seeds]
         for r in rows:
