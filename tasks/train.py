@@ -246,8 +246,9 @@ def block_info(stats: list[dict], plan: BlockPlan, *, tokens_per_epoch: int, ste
             "tokens": int(tokens), "pairs": int(pairs), "seconds": round(seconds, 3),
             "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
             "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
-            "loss_first": loss(stats[:P]) if stats[:P] else float("nan"),
-            "loss_last": loss(stats[-P:]) if stats[-P:] else float("nan"),
+            # over the first / last P episodes (every block once): one episode is no fair figure (sb.pass_loss)
+            "loss_first": loss(stats[:P * P]) if stats else float("nan"),
+            "loss_last": loss(stats[-P * P:]) if stats else float("nan"),
             "block_s_max": max((s["seconds"] for s in stats), default=0.0),
             # where the wall time went: kernel time of all blocks, and the span from the first block's
             # start to the last block's end (Ray worker start-up, prep and shard hand-offs are the rest)
@@ -516,9 +517,9 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
 
 
 def sharded_info(stats: list[dict], plan: BlockPlan, shards: int, **kw) -> dict:
-    """block_info of the sharded engine: its first / last episode are P x S links."""
+    """block_info of the sharded engine: its first / last P episodes are P x P x S links."""
     out = block_info(stats, plan, **kw)
-    n = plan.P * shards
+    n = plan.P * plan.P * shards
     loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss)) if ss else float("nan")  # noqa: E731
     out.update(engine="numba-sharded", shards=shards, links=len(stats), loss_first=loss(stats[:n]),
                loss_last=loss(stats[-n:]))

@@ -253,6 +253,52 @@ def _negative_partition(seed, epoch, gp, part_thr, part_idx):
     return jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
 
 
+INDEPENDENT = os.environ.get("NEGS_INDEPENDENT", "0") == "1"     # experiment: each negative draws its partition
+
+
+@nb.njit(inline="always")
+def _touches_partition(seed, epoch, gp, pj, negatives, part_thr, part_idx):
+    """Whether the centre at gp has a negative in partition pj (one partition for all k, or, with
+    INDEPENDENT, one per negative)."""
+    if not INDEPENDENT:
+        return _negative_partition(seed, epoch, gp, part_thr, part_idx) == pj
+    P = np.uint64(part_thr.shape[0])
+    ps = _mix(seed, epoch, gp, NEGATIVE_PARTITION_SALT)
+    for k in range(negatives):
+        ps, z = splitmix64(ps)
+        jj = np.int64(((z >> S32) * P) >> S32)
+        m = jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
+        if m == pj:
+            return True
+    return False
+
+
+@nb.njit(inline="always")
+def _block_negatives(seed, epoch, gp, pj, center, negatives, part_thr, part_idx, alias_thr, alias_idx, outs):
+    """INDEPENDENT: outs[0] = center, then those of the centre's k negatives (each with its own
+    partition) that lie in pj. Returns the number of outputs."""
+    P = np.uint64(part_thr.shape[0])
+    ps = _mix(seed, epoch, gp, NEGATIVE_PARTITION_SALT)
+    rs = _mix(seed, epoch, gp, 1)
+    nal = np.uint64(alias_thr.shape[0])
+    outs[0] = center
+    nout = 1
+    for k in range(negatives):
+        ps, z = splitmix64(ps)
+        jj = np.int64(((z >> S32) * P) >> S32)
+        m = jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
+        rs, r = splitmix64(rs)
+        if m != pj:
+            continue
+        j2 = np.int64(((r >> S32) * nal) >> S32)
+        neg = j2 if (r & LOW32) < alias_thr[j2] else alias_idx[j2]
+        if neg == center:
+            continue
+        outs[nout] = neg
+        nout += 1
+    return nout
+
+
 @nb.njit(inline="always")
 def _negatives_window(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab):
     """hogbatch for a window whose centre lies in another partition: its B contexts against the
@@ -347,7 +393,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, pj, W_in, W_out,
                 grp += 1
             gp = p + gdelta[grp]
             positive = tpart[p] == pj
-            negs_here = negatives > 0 and _negative_partition(seed, epoch, gp, part_thr, part_idx) == pj
+            negs_here = negatives > 0 and _touches_partition(seed, epoch, gp, pj, negatives, part_thr, part_idx)
             if not positive and not negs_here:
                 continue
             z = _mix(seed, epoch, gp, 0)
@@ -367,7 +413,10 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, pj, W_in, W_out,
                 lr = min_lr
             outs[0] = center
             nout = 1
-            if negs_here:
+            if negs_here and INDEPENDENT:
+                nout = _block_negatives(seed, epoch, gp, pj, center, negatives, part_thr, part_idx, alias_thr,
+                                        alias_idx, outs)
+            elif negs_here:
                 state = _mix(seed, epoch, gp, 1)
                 state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
             if positive:
@@ -404,7 +453,7 @@ def _touches(tpart, lo, hi, pj, negatives, seed, epoch, gstart, gdelta, part_thr
             grp += 1
         hit = tpart[p] == pj
         if not hit and negatives > 0:
-            hit = _negative_partition(seed, epoch, p + gdelta[grp], part_thr, part_idx) == pj
+            hit = _touches_partition(seed, epoch, p + gdelta[grp], pj, negatives, part_thr, part_idx)
         out[p - lo] = hit
 
 
@@ -550,6 +599,16 @@ def lr_positions(place: StreamPlace, P: int, lr_schedule: str, epoch: int, epoch
 
 # ----------------------------------------------------------------------------- in-process driver
 
+def pass_loss(episodes: list[tuple[float, int]]) -> float:
+    """Loss per positive pair over whole passes of the schedule ((loss sum, pairs) per episode, P
+    of them: every block once). One episode alone is no fair figure: its blocks (i, i + e) hold the
+    positive pairs of context partition i but the negatives of the centres whose negative
+    partition is i + e, which need not be the same contexts (a walk revisits its centre, so the
+    diagonal episode has more positives)."""
+    ls, ps = sum(e[0] for e in episodes), sum(e[1] for e in episodes)
+    return ls / ps if ps else float("nan")
+
+
 def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, counts=None, dim: int = 128,
                  window: int = 10, negatives: int = 5, ns_exponent: float = 0.75, epochs: int = 1,
                  lr: float = 0.025, min_lr: float = 1e-4, sample: float = 0.0, seed: int = 0, threads: int = 0,
@@ -572,7 +631,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         step0 = 0
         Win, Wout = map(list, zip(*(init_shards(prep["sizes"], dim, seed, p) for p in range(P))))
     t0 = time.perf_counter()
-    pairs, first, last = 0, None, None
+    pairs, per_episode = 0, []
     steps = P * int(rounds)
     for step in range(step0, epochs * steps):
         ep, e, blocks = step_blocks(step, P, rounds)
@@ -587,8 +646,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
             ls += st["loss_sum"]
             ps += st["pairs"]
         pairs += ps
-        first = first if first is not None else (ls / ps if ps else float("nan"))
-        last = ls / ps if ps else float("nan")
+        per_episode.append((ls, ps))
         if on_episode is not None:
             on_episode(ep, e, Win, Wout)
     seconds = time.perf_counter() - t0
@@ -598,7 +656,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
     stats = {"tokens": int(tok), "pairs": pairs, "seconds": seconds,
              "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
              "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
-             "loss_first": first, "loss_last": last, "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
+             "loss_first": pass_loss(per_episode[:P]), "loss_last": pass_loss(per_episode[-P:]), "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
              "engine": "numba-blocks", "fingerprint": prep["fingerprint"]}
     return W_in, W_out, stats
 
