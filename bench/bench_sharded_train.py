@@ -23,6 +23,11 @@ id mod P partitions), balanced (train_blocks); docs/training.md "Partitions of a
     .venv/bin/python bench/bench_sharded_train.py --geometry one range stride balanced --walks 10 \
         --length 80 --dim 64 --repeats 1 --seeds 0
 
+--negative-mass P...: where each node's negatives fall per partition (id mod P) in main's block
+engine against the noise shares (docs/training.md, "Negatives from the global noise: measured, tried, not kept"):
+
+    .venv/bin/python bench/bench_sharded_train.py --negative-mass 2 4 8 --walks 10 --length 80 --seeds 0
+
 --traffic: bytes each task of the sharded trainer takes and returns, per training token, with the
 object-size recorder (tasks/object_sizes.py) on a local Ray, on the planted graph and settings of
 docs/scaling.md section 5 (20,000 nodes, S = 4, 2 x 10 walks per node, d = 16, window 2,
@@ -191,7 +196,7 @@ def ray_timing(g, lab, n, args, seed):
 
 def negative_mass(g, n, args, seed) -> dict:
     """Where each node's negatives fall, per partition (id mod P), against the noise share of each
-    partition: the block engine of main gives a context node c, for each pair (c, centre w in
+    partition: the block engine gives a context node c, for each pair (c, centre w in
     partition j), k negatives from partition j only, so c's negative mass in j follows the share
     of ITS pairs whose centre lies in j; word2vec (and the one-table engine) draws every pair's
     negatives from the whole noise, so c's expected share in j is j's noise share q_j whatever its

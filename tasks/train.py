@@ -246,9 +246,8 @@ def block_info(stats: list[dict], plan: BlockPlan, *, tokens_per_epoch: int, ste
             "tokens": int(tokens), "pairs": int(pairs), "seconds": round(seconds, 3),
             "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
             "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
-            # over the first / last P episodes (every block once): one episode is no fair figure (sb.pass_loss)
-            "loss_first": loss(stats[:P * P]) if stats else float("nan"),
-            "loss_last": loss(stats[-P * P:]) if stats else float("nan"),
+            "loss_first": loss(stats[:P]) if stats[:P] else float("nan"),
+            "loss_last": loss(stats[-P:]) if stats[-P:] else float("nan"),
             "block_s_max": max((s["seconds"] for s in stats), default=0.0),
             # where the wall time went: kernel time of all blocks, and the span from the first block's
             # start to the last block's end (Ray worker start-up, prep and shard hand-offs are the rest)
@@ -340,28 +339,14 @@ class ShardedInput:
     counts_ref: object = None
 
 
-@dataclasses.dataclass
-class PartitionNoise:
-    """The sharded trainer's negatives: each partition's noise alias tables (refs, one per
-    partition: a link gets its centre partition's) and the partitions' noise-share alias tables
-    (P entries, on the driver): every centre draws the partition of its negatives from the shares,
-    so each node gets negatives from the global noise (blocks._block_chunk)."""
-    tables: list
-    shares: tuple
+def noise_refs(per_shard: list[list], train_cfg: TrainConfig, max_retries: int) -> tuple[list, list]:
+    """(counts, noise) refs per partition from each shard's per-partition counts (summed per partition)."""
+    noise_fn = remote(sh.noise_stage, "train", num_cpus=1, num_returns=2, max_retries=max_retries)
+    pairs = [noise_fn.remote(train_cfg.ns_exponent, *[c[p] for c in per_shard]) for p in range(len(per_shard[0]))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def noise_refs(per_shard: list[list], train_cfg: TrainConfig, max_retries: int) -> tuple[list, PartitionNoise]:
-    """(counts refs, PartitionNoise) per partition from each shard's per-partition counts (summed per
-    partition); the driver waits for the P noise masses (one float each)."""
-    import ray
-    noise_fn = remote(sh.noise_stage, "train", num_cpus=1, num_returns=3, max_retries=max_retries)
-    outs = [noise_fn.remote(train_cfg.ns_exponent, *[c[p] for c in per_shard]) for p in range(len(per_shard[0]))]
-    shares = sb.partition_alias(ray.get([o[2] for o in outs]))
-    return [o[0] for o in outs], PartitionNoise([o[1] for o in outs], shares)
-
-
-def streams_and_noise(inp: ShardedInput, train_cfg: TrainConfig, max_retries: int
-                      ) -> tuple[StreamSet, list, PartitionNoise]:
+def streams_and_noise(inp: ShardedInput, train_cfg: TrainConfig, max_retries: int) -> tuple[StreamSet, list, list]:
     """The epoch-0 stream shards and each partition's (counts, noise). Walk shards without
     subsampling are read once (prep and counts in one task); otherwise the counts come first:
     per-shard bincounts (walks) or the vocabulary's counts cut per partition (corpora)."""
@@ -407,9 +392,9 @@ def register_links(progress: Progress, plan: BlockPlan, step0: int, streams: Str
                 progress.board.report.remote(f"s{step}.b{i}.{s}", 0.0, total, {})
 
 
-def round_pieces(streams: StreamSet, plan: BlockPlan, noise: PartitionNoise, epoch: int, r: int, max_retries: int,
-                 after: list = (), rounds: int | None = None) -> list[list]:
-    """Round r (of `rounds`, default train.rounds) of `epoch` of every stream shard cut into its P x P bucket
+def round_pieces(streams: StreamSet, plan: BlockPlan, r: int, max_retries: int, after: list = (),
+                 rounds: int | None = None) -> list[list]:
+    """Round r (of `rounds`, default train.rounds) of every stream shard cut into its P x P bucket
     pieces (one ref each, piece i * P + j for block (i, j)) by one task per shard and bucket j
     (sh.bucket_stage, a generator of the P pieces (i, j)): a link then receives its bucket, not the
     whole stream, and no task holds more than a piece or two of it. after: refs the cutting waits for."""
@@ -417,13 +402,12 @@ def round_pieces(streams: StreamSet, plan: BlockPlan, noise: PartitionNoise, epo
     fn = remote(sh.bucket_stage, "train", num_cpus=1, num_returns=P, max_retries=max_retries)
     pieces = []
     for ref, place in zip(streams.refs, streams.places):
-        by_bucket = [as_list(fn.remote(ref, place, plan.train, epoch, noise.shares, R, r, j, *after), P)
-                     for j in range(P)]
+        by_bucket = [as_list(fn.remote(ref, place, plan.train.window, R, r, j, *after), P) for j in range(P)]
         pieces.append([by_bucket[j][i] for i in range(P) for j in range(P)])
     return pieces
 
 
-def submit_episode(link_fn, got: list, step: int, plan: BlockPlan, noise: PartitionNoise, tables: tuple[list, list], *,
+def submit_episode(link_fn, got: list, step: int, plan: BlockPlan, noise: list, tables: tuple[list, list], *,
                    split: sh.VocabSplit, run: Run | None, progress: Progress) -> tuple[list, bool]:
     """The P blocks of one episode, each a chain of links over the stream shards' pieces `got`
     (per shard, piece i * P + j); W_in / W_out refs in `tables` move on. Returns (the links'
@@ -437,13 +421,13 @@ def submit_episode(link_fn, got: list, step: int, plan: BlockPlan, noise: Partit
         for s in range(S):
             ck = None if run is None else sb.BlockCheckpoint(run.lake, run.checkpoint_dir, step + 1, write and s == S - 1)
             W_in[i], W_out[j], st = link_fn.remote(
-                got[s][i * P + j], noise.tables[j], noise.shares, i, j, W_in[i], W_out[j], plan.train, ep, e,
-                split=split, threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
+                got[s][i * P + j], noise[j], i, j, W_in[i], W_out[j], plan.train, ep, e, split=split,
+                threads=plan.threads, checkpoint=ck, reporter=progress.reporter(f"s{step}.b{i}.{s}"))
             refs.append(st)
     return refs, write
 
 
-def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: PartitionNoise, counts: list, *,
+def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: list, counts: list, *,
                  run: Run | None, shards: tuple[list, list], step0: int, progress: Progress, cpus: int,
                  max_retries: int) -> tuple[list, object, int]:
     """Every block of every episode as a chain of link tasks over the stream shards, all submitted
@@ -460,7 +444,7 @@ def submit_links(inp: ShardedInput, plan: BlockPlan, streams: StreamSet, noise: 
         if (ep, e // P) not in pieces:
             # the first link of the last episode before: pieces of two rounds at most exist at once
             after = [stats_refs[-P * S]] if len(stats_refs) >= P * S else []
-            pieces = {(ep, e // P): round_pieces(streams, plan, noise, ep, e // P, max_retries, after)}
+            pieces = {(ep, e // P): round_pieces(streams, plan, e // P, max_retries, after)}
         refs, write = submit_episode(link_fn, pieces[(ep, e // P)], step, plan, noise, shards, split=inp.split,
                                      run=run, progress=progress)
         stats_refs += refs
@@ -517,9 +501,9 @@ def train_streams(inp: ShardedInput, train_cfg: TrainConfig, *, run: Run | None,
 
 
 def sharded_info(stats: list[dict], plan: BlockPlan, shards: int, **kw) -> dict:
-    """block_info of the sharded engine: its first / last P episodes are P x P x S links."""
+    """block_info of the sharded engine: its first / last episode are P x S links."""
     out = block_info(stats, plan, **kw)
-    n = plan.P * plan.P * shards
+    n = plan.P * shards
     loss = lambda ss: sum(s["loss_sum"] for s in ss) / max(1, sum(s["pairs"] for s in ss)) if ss else float("nan")  # noqa: E731
     out.update(engine="numba-sharded", shards=shards, links=len(stats), loss_first=loss(stats[:n]),
                loss_last=loss(stats[-n:]))
@@ -588,8 +572,7 @@ class WalkRounds:
         return StreamSet(streams.refs, streams.infos, places)
 
 
-def first_round(wr: WalkRounds, train_cfg: TrainConfig, t0: int, max_retries: int
-                ) -> tuple[StreamSet | None, list, PartitionNoise]:
+def first_round(wr: WalkRounds, train_cfg: TrainConfig, t0: int, max_retries: int) -> tuple[StreamSet | None, list, list]:
     """Round 0's walks give the noise (each partition's counts, as tasks/stream.py does with one
     table): (round 0's streams when training starts there, else None; counts; noise)."""
     k0, k1 = wr.rounds[0]
@@ -616,7 +599,7 @@ def walk_and_train_rounds(wr: WalkRounds, plan: BlockPlan, tables: tuple[list, l
             k0, k1 = wr.rounds[w]
             streams = wr.placed(prepare_streams([(r,) for r in wr.walks(w, max_retries)], k1 - k0, wr.split,
                                                 plan.train, t, counts, max_retries), w)
-        got = round_pieces(streams, plan, noise, t // W, 0, max_retries, rounds=1)
+        got = round_pieces(streams, plan, 0, max_retries, rounds=1)
         tokens += sum(sum(i["group_tokens"]) for i in streams.infos)
         round_refs = []
         for step in range(max(step0, t * P), (t + 1) * P):

@@ -40,9 +40,9 @@ from embedlake.config import TrainConfig
 from embedlake.lake import Lake
 
 from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
-from embedlake.workers.train.sgns_parts import (GOLDEN, LOW32, M1, M2, S31, S32, build_alias, draw_negatives,
-                                                hogbatch, keep_thresholds, numba_threads, pair_grad, sigmoid_tables,
-                                                splitmix64, using_numba_threads)
+from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
+                                                keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
+                                                using_numba_threads)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -126,21 +126,26 @@ def partition_noise(counts: np.ndarray, part: np.ndarray, local: np.ndarray, siz
     return thr, idx, off
 
 
-def partition_alias(masses) -> tuple[np.ndarray, np.ndarray]:
-    """Alias tables (thr uint64[P], idx int32[P]) of the partitions' shares of the noise: masses[p]
-    is the sum of count ** ns_exponent over partition p's rows. A centre's negatives come from the
-    partition drawn from these (the kernel's _negative_partition). No mass anywhere: uniform."""
-    m = np.asarray(masses, dtype=np.float64)
-    if m.sum() <= 0:
-        m = np.ones_like(m)
-    return build_alias(m / m.sum())
+@nb.njit(cache=True)
+def _bucket_positions(tokens, part, P):
+    """Stream positions grouped by the partition of their token, ascending inside each group."""
+    cnt = np.zeros(P + 1, np.int64)
+    for t in range(tokens.shape[0]):
+        cnt[part[tokens[t]] + 1] += 1
+    for p in range(P):
+        cnt[p + 1] += cnt[p]
+    out = np.empty(tokens.shape[0], np.int64)
+    fill = cnt[:P].copy()
+    for t in range(tokens.shape[0]):
+        p = part[tokens[t]]
+        out[fill[p]] = t
+        fill[p] += 1
+    return out, cnt
 
 
-def noise_masses(counts: np.ndarray, part: np.ndarray, partitions: int, ns_exponent: float = 0.75) -> np.ndarray:
-    """float64 [P]: each partition's share of the unigram ** ns_exponent noise mass (unnormalised)."""
-    c = np.asarray(counts, dtype=np.float64)
-    w = np.where(c > 0, np.power(np.maximum(c, 1e-300), ns_exponent), 0.0)
-    return np.bincount(part, weights=w, minlength=int(partitions))
+def bucket_by_partition(tpart: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, cbounds): stream positions grouped by their partition `tpart`, ascending inside each."""
+    return _bucket_positions(tpart, np.arange(int(partitions), dtype=np.int32), int(partitions))
 
 
 def compact_stream(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,8 +186,8 @@ def stream_fingerprint(tokens: np.ndarray, offsets: np.ndarray) -> str:
 
 def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=None, ns_exponent: float = 0.75,
                    sample: float = 0.0, seed: int = 0, epoch: int = 0, scheme: str = "balanced") -> dict:
-    """Everything the blocks of an epoch share (read-only): the stream (rows and partitions per
-    position), the partition map, the per-partition noise tables and the partitions' noise shares. One object, put once in the object store.
+    """Everything the blocks of an epoch share (read-only): stream, positions by centre partition,
+    the partition map and the per-partition noise tables. One object, put once in the object store.
     scheme: `balanced` (assign_partitions) or `range` (range_partitions, the sharded engine's)."""
     tokens, offsets = compact_stream(tokens, offsets)
     if len(tokens) and (tokens.max() >= vocab_size):
@@ -200,14 +205,14 @@ def prepare_blocks(tokens, offsets, vocab_size: int, partitions: int, *, counts=
         part, local, sizes = assign_partitions(counts, partitions, ns_exponent)
     else:
         raise ValueError(f"partition scheme must be 'balanced' or 'range', not {scheme!r}")
+    centres, cbounds = _bucket_positions(tokens, part, int(partitions))
     thr, idx, aoff = partition_noise(counts, part, local, sizes, ns_exponent)
-    part_thr, part_idx = partition_alias(noise_masses(counts, part, partitions, ns_exponent))
     tloc = local[tokens]
     tpart = part[tokens].astype(np.uint8)
     del tokens
-    return {"tloc": tloc, "tpart": tpart, "offsets": offsets, "part": part,
+    return {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds, "part": part,
             "local": local, "sizes": sizes, "alias_thr": thr, "alias_idx": idx, "alias_off": aoff,
-            "part_thr": part_thr, "part_idx": part_idx, "per_epoch": np.int64(per_epoch), "fingerprint": fingerprint}
+            "per_epoch": np.int64(per_epoch), "fingerprint": fingerprint}
 
 
 def init_shards(vocab_sizes: np.ndarray, dim: int, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,124 +246,14 @@ def _mix(seed, epoch, pos, salt):
     return z
 
 
-NEGATIVE_PARTITION_SALT = 0x6E656773        # "negs": the stream of the partition a centre's negatives come from
-
-
-@nb.njit(inline="always")
-def _negative_partition(seed, epoch, gp, part_thr, part_idx):
-    """The partition whose noise gives the negatives of the centre at global position gp: one alias
-    draw from the partitions' noise shares, the same in every block (it depends on the position only)."""
-    z = _mix(seed, epoch, gp, NEGATIVE_PARTITION_SALT)
-    jj = np.int64(((z >> S32) * np.uint64(part_thr.shape[0])) >> S32)
-    return jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
-
-
-INDEPENDENT = os.environ.get("NEGS_INDEPENDENT", "0") == "1"     # experiment: each negative draws its partition
-
-
-@nb.njit(inline="always")
-def _touches_partition(seed, epoch, gp, pj, negatives, part_thr, part_idx):
-    """Whether the centre at gp has a negative in partition pj (one partition for all k, or, with
-    INDEPENDENT, one per negative)."""
-    if not INDEPENDENT:
-        return _negative_partition(seed, epoch, gp, part_thr, part_idx) == pj
-    P = np.uint64(part_thr.shape[0])
-    ps = _mix(seed, epoch, gp, NEGATIVE_PARTITION_SALT)
-    for k in range(negatives):
-        ps, z = splitmix64(ps)
-        jj = np.int64(((z >> S32) * P) >> S32)
-        m = jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
-        if m == pj:
-            return True
-    return False
-
-
-@nb.njit(inline="always")
-def _block_negatives(seed, epoch, gp, pj, center, negatives, part_thr, part_idx, alias_thr, alias_idx, outs):
-    """INDEPENDENT: outs[0] = center, then those of the centre's k negatives (each with its own
-    partition) that lie in pj. Returns the number of outputs."""
-    P = np.uint64(part_thr.shape[0])
-    ps = _mix(seed, epoch, gp, NEGATIVE_PARTITION_SALT)
-    rs = _mix(seed, epoch, gp, 1)
-    nal = np.uint64(alias_thr.shape[0])
-    outs[0] = center
-    nout = 1
-    for k in range(negatives):
-        ps, z = splitmix64(ps)
-        jj = np.int64(((z >> S32) * P) >> S32)
-        m = jj if (z & LOW32) < part_thr[jj] else part_idx[jj]
-        rs, r = splitmix64(rs)
-        if m != pj:
-            continue
-        j2 = np.int64(((r >> S32) * nal) >> S32)
-        neg = j2 if (r & LOW32) < alias_thr[j2] else alias_idx[j2]
-        if neg == center:
-            continue
-        outs[nout] = neg
-        nout += 1
-    return nout
-
-
-@nb.njit(inline="always")
-def _negatives_window(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab):
-    """hogbatch for a window whose centre lies in another partition: its B contexts against the
-    negatives outs[1:nout] alone (no positive output); gather, step, add back as hogbatch does.
-    Returns the window's loss."""
-    dim = W_in.shape[1]
-    m = nout - 1
-    for c in range(B):
-        for d in range(dim):
-            Cb[c, d] = W_in[ctx[c], d]
-    for o in range(m):
-        for d in range(dim):
-            Ob[o, d] = W_out[outs[o + 1], d]
-    loss = 0.0
-    for c in range(B):
-        for o in range(m):
-            f = np.float32(0.0)
-            for d in range(dim):
-                f += Cb[c, d] * Ob[o, d]
-            dl, gg = pair_grad(f, False, lr, sig_tab, logsig_tab)
-            loss += dl
-            g[c, o] = gg
-    for c in range(B):
-        for d in range(dim):
-            dIn[c, d] = 0.0
-        for o in range(m):
-            gg = g[c, o]
-            for d in range(dim):
-                dIn[c, d] += gg * Ob[o, d]
-    for o in range(m):
-        for d in range(dim):
-            acc = np.float32(0.0)
-            for c in range(B):
-                acc += g[c, o] * Cb[c, d]
-            W_out[outs[o + 1], d] += acc
-    for c in range(B):
-        for d in range(dim):
-            W_in[ctx[c], d] += dIn[c, d]
-    return loss
-
-
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, pj, W_in, W_out, alias_thr, alias_idx, part_thr,
-                 part_idx, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, pos_scale, work_total, seed,
+def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, alias_thr, alias_idx,
+                 sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, pos_scale, work_total, seed,
                  epoch, nblocks, out_loss, out_pairs, gstart, gdelta):
-    """Train block (pi, pj) over the candidate centres centres[c_lo:c_hi] (stream positions,
-    ascending): the contexts of partition `pi` in a centre's window against the outputs that lie in
-    partition pj, i.e. the centre itself when it lies in pj (positive) and the centre's negatives
-    when its negative partition (_negative_partition) is pj. Candidates with neither are skipped.
-    The stream comes as per-position shard rows `tloc` and partitions `tpart` (sequential reads
-    instead of two random lookups per context). W_in / W_out are the two shards (local rows). Loss
-    sums and positive pair counts per thread block go to out_loss / out_pairs.
-
-    Why the negatives' partition is drawn per centre from the partitions' noise shares: a context
-    node then gets its negatives from the global noise (each centre's k negatives lie in partition
-    m with probability q_m, the noise share of m), whatever the partitions of its own contexts;
-    drawn from the centre's partition instead, a node was repelled from each partition in
-    proportion to how many of its pairs fall there (docs/training.md, "Negatives from the global
-    noise"). All k negatives of a centre come from one partition, so a window touches at most two
-    blocks per context partition.
+    """Train the centres centres[c_lo:c_hi] (stream positions, ascending, all in this block's centre
+    partition) against their contexts that lie in context partition `pi`. The stream comes as
+    per-position shard rows `tloc` and partitions `tpart` (sequential reads instead of two random
+    lookups per context). W_in / W_out are the two shards (local rows). Loss sums and pair counts per thread block go to out_loss / out_pairs.
 
     The stream may be one walk shard's piece of a longer virtual stream: local position p of group
     g (positions [gstart[g], gstart[g+1])) stands at global position p + gdelta[g], and the window
@@ -392,10 +287,6 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, pj, W_in, W_out,
             while gstart[grp + 1] <= p:
                 grp += 1
             gp = p + gdelta[grp]
-            positive = tpart[p] == pj
-            negs_here = negatives > 0 and _touches_partition(seed, epoch, gp, pj, negatives, part_thr, part_idx)
-            if not positive and not negs_here:
-                continue
             z = _mix(seed, epoch, gp, 0)
             bw = 1 + np.int64(((z >> S32) * win_u) >> S32)
             lo = max(offsets[s], p - bw)
@@ -407,54 +298,16 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, pj, W_in, W_out,
                     B += 1
             if B == 0:
                 continue
-            center = tloc[p] if positive else -1
+            center = tloc[p]
             lr = lr0 - (lr0 - min_lr) * (pos_base + gp * pos_scale) / work_total
             if lr < min_lr:
                 lr = min_lr
-            outs[0] = center
-            nout = 1
-            if negs_here and INDEPENDENT:
-                nout = _block_negatives(seed, epoch, gp, pj, center, negatives, part_thr, part_idx, alias_thr,
-                                        alias_idx, outs)
-            elif negs_here:
-                state = _mix(seed, epoch, gp, 1)
-                state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-            if positive:
-                loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
-                pairs += B
-            elif nout > 1:
-                loss += _negatives_window(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+            state = _mix(seed, epoch, gp, pi + 1)
+            state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+            loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+            pairs += B
         out_loss[blk] = loss
         out_pairs[blk] = pairs
-
-
-@nb.njit(cache=True)
-def _negative_partitions(gpos, seed, epoch, part_thr, part_idx, out):
-    for k in range(gpos.shape[0]):
-        out[k] = _negative_partition(seed, epoch, gpos[k], part_thr, part_idx)
-
-
-def negative_partitions(gpos: np.ndarray, part_noise: tuple, *, seed: int, epoch: int) -> np.ndarray:
-    """int64: the partition each centre at global positions `gpos` takes its negatives from (what
-    the kernel draws; tests and measurements)."""
-    gpos = np.ascontiguousarray(gpos, dtype=np.int64)
-    out = np.empty(len(gpos), np.int64)
-    _negative_partitions(gpos, int(seed), int(epoch), part_noise[0], part_noise[1], out)
-    return out
-
-
-@nb.njit(cache=True)
-def _touches(tpart, lo, hi, pj, negatives, seed, epoch, gstart, gdelta, part_thr, part_idx, out):
-    """out[p - lo] = whether position p in [lo, hi) has an output in partition pj (its token, or
-    its negatives' partition)."""
-    grp = np.searchsorted(gstart, lo, side="right") - 1 if hi > lo else 0
-    for p in range(lo, hi):
-        while gstart[grp + 1] <= p:
-            grp += 1
-        hit = tpart[p] == pj
-        if not hit and negatives > 0:
-            hit = _touches_partition(seed, epoch, p + gdelta[grp], pj, negatives, part_thr, part_idx)
-        out[p - lo] = hit
 
 
 # ----------------------------------------------------------------------------- one block
@@ -487,33 +340,26 @@ def train_block(prep: dict, i: int, j: int, W_in_i: np.ndarray, W_out_j: np.ndar
     progress(done_centres, total_centres, chunk_loss) is called between kernel calls."""
     a0, a1 = int(prep["alias_off"][j]), int(prep["alias_off"][j + 1])
     noise = (prep["alias_thr"][a0:a1], prep["alias_idx"][a0:a1])
-    part_noise = (prep["part_thr"], prep["part_idx"])
-    P = len(prep["part_thr"])
-    place = whole_stream(prep)
-    centres = touching_centres(prep, place, j, episode // P, rounds, part_noise, negatives=negatives, seed=seed,
-                               epoch=epoch)
-    return train_bucket(prep, place, centres, noise, part_noise, i, j, W_in_i, W_out_j, epoch=epoch, epochs=epochs,
+    return train_bucket(prep, whole_stream(prep), noise, i, j, W_in_i, W_out_j, epoch=epoch, epochs=epochs,
                         episode=episode, rounds=rounds, lr_schedule=lr_schedule, window=window,
                         negatives=negatives, lr=lr, min_lr=min_lr, seed=seed, threads=threads, progress=progress,
                         chunk_centres=chunk_centres)
 
 
-def train_bucket(stream: dict, place: StreamPlace, centres: np.ndarray, noise: tuple, part_noise: tuple, i: int,
-                 j: int, W_in_i: np.ndarray, W_out_j: np.ndarray, *, epoch: int, epochs: int, episode: int = 0,
-                 rounds: int = 1, lr_schedule: str = "position", window: int = 10, negatives: int = 5,
-                 lr: float = 0.025, min_lr: float = 1e-4, seed: int = 0, threads: int = 0,
+def train_bucket(stream: dict, place: StreamPlace, noise: tuple, i: int, j: int, W_in_i: np.ndarray,
+                 W_out_j: np.ndarray, *, epoch: int, epochs: int, episode: int = 0, rounds: int = 1,
+                 lr_schedule: str = "position", window: int = 10, negatives: int = 5, lr: float = 0.025,
+                 min_lr: float = 1e-4, seed: int = 0, threads: int = 0,
                  progress: Callable[[int, int, float], None] | None = None,
                  chunk_centres: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Block (i, j) over the candidate `centres` (positions of one stream, ascending: those of
-    this episode's round with an output in partition j, touching_centres) of one stream's flat
-    arrays (tloc, tpart, offsets), where it sits in the whole stream (`place`), partition j's noise
-    alias tables `noise` (thr, idx) and the partitions' share tables `part_noise` (partition_alias).
-    Same return as train_block."""
+    """Block (i, j) over one stream's bucket j (its centres of partition j, this episode's round):
+    the flat arrays of one stream (tloc, tpart, offsets, centres, cbounds), where it sits in the
+    whole stream (`place`) and partition j's noise alias tables (thr, idx). Same return as train_block."""
     W_in_i = writable_f32(W_in_i)
     W_out_j = writable_f32(W_out_j)
     sig_tab, logsig_tab = sigmoid_tables()
-    P = len(part_noise[0])
-    c0, c1 = 0, len(centres)
+    P = len(stream["cbounds"]) - 1
+    c0, c1 = bucket_slice(stream, place, j, episode // P, rounds)
     pos_base, pos_scale, work_total = lr_positions(place, P, lr_schedule, epoch, epochs, episode, rounds)
     nthreads = numba_threads(threads)
     nblocks = 1 if nthreads == 1 else 4 * nthreads
@@ -526,10 +372,10 @@ def train_bucket(stream: dict, place: StreamPlace, centres: np.ndarray, noise: t
     with using_numba_threads(nthreads):
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
-            _block_chunk(stream["tloc"], stream["tpart"], stream["offsets"], centres, lo, hi, int(i), int(j),
-                         W_in_i, W_out_j, noise[0], noise[1], part_noise[0], part_noise[1], sig_tab, logsig_tab,
-                         int(window), int(negatives), float(lr), float(min_lr), pos_base, float(pos_scale),
-                         work_total, int(seed), int(epoch), nblocks, lb, pb, place.gstart, place.gdelta)
+            _block_chunk(stream["tloc"], stream["tpart"], stream["offsets"], stream["centres"], lo, hi,
+                         int(i), W_in_i, W_out_j, noise[0], noise[1], sig_tab, logsig_tab, int(window),
+                         int(negatives), float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
+                         int(seed), int(epoch), nblocks, lb, pb, place.gstart, place.gdelta)
             cl, cp = float(lb.sum()), int(pb.sum())
             loss_sum += cl
             pairs += cp
@@ -547,35 +393,18 @@ def writable_f32(W: np.ndarray) -> np.ndarray:
     return W if W.flags.writeable else W.copy()
 
 
-def local_position(place: StreamPlace, x: int) -> int:
-    """The first local position of a stream whose global position is >= x (global positions grow
-    with local ones: groups are placed in order)."""
-    gs = place.gstart[:-1] + place.gdelta
-    ge = place.gstart[1:] + place.gdelta
-    g = int(np.searchsorted(ge, x, side="right"))
-    if g >= len(gs):
-        return int(place.gstart[-1])
-    return int(place.gstart[g] + max(0, x - int(gs[g])))
-
-
-def round_range(place: StreamPlace, r: int, rounds: int) -> tuple[int, int]:
-    """[lo, hi): the local positions of round r, those at global positions [r N / R, (r + 1) N / R)
-    of the whole stream (short episodes couple the shards more often)."""
-    if rounds <= 1:
-        return int(place.gstart[0]), int(place.gstart[-1])
-    return (local_position(place, place.total * r // rounds), local_position(place, place.total * (r + 1) // rounds))
-
-
-def touching_centres(stream: dict, place: StreamPlace, j: int, r: int, rounds: int, part_noise: tuple, *,
-                     negatives: int, seed: int, epoch: int) -> np.ndarray:
-    """int64 positions (ascending) of round r of one stream whose outputs touch partition j: the
-    token lies in j (its positive pairs train in the blocks (., j)) or its negatives are drawn from
-    j (_negative_partition). The blocks (., j) of the round visit these and no other."""
-    lo, hi = round_range(place, r, rounds)
-    hit = np.empty(hi - lo, np.bool_)
-    _touches(stream["tpart"], lo, hi, int(j), int(negatives), int(seed), int(epoch), place.gstart, place.gdelta,
-             part_noise[0], part_noise[1], hit)
-    return np.flatnonzero(hit) + lo
+def bucket_slice(stream: dict, place: StreamPlace, j: int, r: int, rounds: int) -> tuple[int, int]:
+    """The slice [c0, c1) of stream["centres"] that block (., j) trains in round r: the stream's
+    centres of partition j and, with rounds > 1, only those at global positions
+    [r N / R, (r + 1) N / R) of the whole stream (short episodes couple the shards more often)."""
+    c0, c1 = int(stream["cbounds"][j]), int(stream["cbounds"][j + 1])
+    if rounds > 1:
+        cj = stream["centres"][c0:c1]
+        grp = np.searchsorted(place.gstart, cj, side="right") - 1
+        gj = cj + place.gdelta[grp] if len(place.gdelta) > 1 or place.gdelta[0] else cj
+        lo_pos, hi_pos = place.total * r // rounds, place.total * (r + 1) // rounds
+        c0, c1 = c0 + int(np.searchsorted(gj, lo_pos)), c0 + int(np.searchsorted(gj, hi_pos))
+    return c0, c1
 
 
 def lr_positions(place: StreamPlace, P: int, lr_schedule: str, epoch: int, epochs: int, episode: int,
@@ -599,16 +428,6 @@ def lr_positions(place: StreamPlace, P: int, lr_schedule: str, epoch: int, epoch
 
 # ----------------------------------------------------------------------------- in-process driver
 
-def pass_loss(episodes: list[tuple[float, int]]) -> float:
-    """Loss per positive pair over whole passes of the schedule ((loss sum, pairs) per episode, P
-    of them: every block once). One episode alone is no fair figure: its blocks (i, i + e) hold the
-    positive pairs of context partition i but the negatives of the centres whose negative
-    partition is i + e, which need not be the same contexts (a walk revisits its centre, so the
-    diagonal episode has more positives)."""
-    ls, ps = sum(e[0] for e in episodes), sum(e[1] for e in episodes)
-    return ls / ps if ps else float("nan")
-
-
 def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, counts=None, dim: int = 128,
                  window: int = 10, negatives: int = 5, ns_exponent: float = 0.75, epochs: int = 1,
                  lr: float = 0.025, min_lr: float = 1e-4, sample: float = 0.0, seed: int = 0, threads: int = 0,
@@ -631,7 +450,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
         step0 = 0
         Win, Wout = map(list, zip(*(init_shards(prep["sizes"], dim, seed, p) for p in range(P))))
     t0 = time.perf_counter()
-    pairs, per_episode = 0, []
+    pairs, first, last = 0, None, None
     steps = P * int(rounds)
     for step in range(step0, epochs * steps):
         ep, e, blocks = step_blocks(step, P, rounds)
@@ -646,7 +465,8 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
             ls += st["loss_sum"]
             ps += st["pairs"]
         pairs += ps
-        per_episode.append((ls, ps))
+        first = first if first is not None else (ls / ps if ps else float("nan"))
+        last = ls / ps if ps else float("nan")
         if on_episode is not None:
             on_episode(ep, e, Win, Wout)
     seconds = time.perf_counter() - t0
@@ -656,7 +476,7 @@ def train_blocks(tokens, offsets, vocab_size: int, *, partitions: int = 2, count
     stats = {"tokens": int(tok), "pairs": pairs, "seconds": seconds,
              "tokens_per_s": tok / seconds if seconds > 0 else float("nan"),
              "pairs_per_s": pairs / seconds if seconds > 0 else float("nan"),
-             "loss_first": pass_loss(per_episode[:P]), "loss_last": pass_loss(per_episode[-P:]), "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
+             "loss_first": first, "loss_last": last, "partitions": P, "rounds": int(rounds), "episodes": epochs * steps - step0,
              "engine": "numba-blocks", "fingerprint": prep["fingerprint"]}
     return W_in, W_out, stats
 
@@ -676,9 +496,11 @@ def prep_stage(num_nodes: int, walks_per_node: int, partitions: int, rounds: int
     prep = prepare_blocks(tokens, offsets, num_nodes, partitions, counts=counts,
                           ns_exponent=train.ns_exponent, sample=train.sample, seed=train.seed, epoch=epoch)
     n = len(prep["tloc"])
-    cuts = [n * r // rounds for r in range(rounds + 1)]      # positions of partition j in round r: progress totals
-    per_round = [np.bincount(prep["tpart"][a:b], minlength=partitions) for a, b in zip(cuts[:-1], cuts[1:])]
-    per_block = [[int(c[j]) for c in per_round] for j in range(partitions)]
+    per_block = []                   # centre positions of partition j in round r: the progress totals
+    for j in range(partitions):
+        cj = prep["centres"][prep["cbounds"][j]:prep["cbounds"][j + 1]]
+        cuts = np.searchsorted(cj, [n * r // rounds for r in range(rounds + 1)])
+        per_block.append(np.diff(cuts).tolist())
     info = {"fingerprint": prep["fingerprint"], "tokens": int(prep["per_epoch"]), "stream": n,
             "sizes": prep["sizes"].tolist(), "block_centres": per_block}
     return prep, info

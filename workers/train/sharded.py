@@ -184,23 +184,19 @@ def split_counts_stage(split: VocabSplit, counts: np.ndarray):
     return tuple(out) if split.parts > 1 else out[0]
 
 
-def noise_stage(ns_exponent: float, *shard_counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray],
-                                                                        float]:
-    """Partition p's counts summed over the stream shards, its noise alias tables (thr, idx) over
-    its rows (count ** ns_exponent; uniform when the partition was never visited), and its noise
-    mass (the sum of count ** ns_exponent: the driver draws each centre's negative partition from
-    the P masses, blocks.partition_alias)."""
+def noise_stage(ns_exponent: float, *shard_counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Partition p's counts summed over the stream shards, and its noise alias tables (thr, idx)
+    over its rows (count ** ns_exponent; uniform when the partition was never visited)."""
     c = np.sum(np.stack(shard_counts), axis=0) if len(shard_counts) > 1 else np.asarray(shard_counts[0])
     c = c.astype(np.int64, copy=False)
     cf = c.astype(np.float64)
     w = np.where(cf > 0, np.power(np.maximum(cf, 1e-300), ns_exponent), 0.0)
-    mass = float(w.sum())
     if w.sum() <= 0:
         w = np.ones_like(w)
     if len(w) == 0:
-        return c, (np.zeros(0, np.uint64), np.zeros(0, np.int32)), mass
+        return c, (np.zeros(0, np.uint64), np.zeros(0, np.int32))
     thr, idx = build_alias(w / w.sum())
-    return c, (thr, idx), mass
+    return c, (thr, idx)
 
 
 def group_starts(offsets: np.ndarray, groups: int) -> np.ndarray:
@@ -225,8 +221,8 @@ def shard_subsample(tokens, offsets, counts, sample: float, seed: int, epoch: in
 
 def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: TrainConfig, epoch: int, shard: int,
                       *args) -> tuple[dict, dict]:
-    """One stream shard -> its stream (rows and partitions per position) and a small info dict for
-    the driver (bucket_centres: its positions per partition). args: the shard's source
+    """One stream shard -> its bucketed stream (positions grouped by centre partition, rows and
+    partitions per position) and a small info dict for the driver. args: the shard's source
     (`nsource` objects: walks, or tokens and offsets), then with train.sample > 0 the P partition
     counts (the only vocabulary-sized input: 8 bytes per id, split in P objects)."""
     tokens, offsets = sb.compact_stream(*source_sentences(args[:nsource]))
@@ -242,9 +238,10 @@ def prep_stream_stage(split: VocabSplit, groups: int, nsource: int, train: Train
     gstart = group_starts(offsets, groups)
     tpart, tloc = split.locate(tokens)
     del tokens
-    stream = {"tloc": tloc, "tpart": tpart, "offsets": offsets}
+    centres, cbounds = sb.bucket_by_partition(tpart, split.parts)
+    stream = {"tloc": tloc, "tpart": tpart, "offsets": offsets, "centres": centres, "cbounds": cbounds}
     info = {"fingerprint": fingerprint, "gstart": gstart.tolist(), "group_tokens": group_tokens.tolist(),
-            "bucket_centres": np.bincount(tpart, minlength=split.parts).tolist()}
+            "bucket_centres": np.diff(cbounds).tolist()}
     return stream, info
 
 
@@ -337,8 +334,7 @@ def global_positions(place: sb.StreamPlace, local: np.ndarray) -> np.ndarray:
 
 
 def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, centres: np.ndarray, window: int) -> dict:
-    """Block (i, j)'s piece of one stream shard: of `centres` (this round's with an output in
-    partition j, blocks.touching_centres), those
+    """Block (i, j)'s piece of one stream shard: of `centres` (this round's of partition j), those
     with a context of partition i in reach, and the runs of tokens their windows cover, as a
     stream of its own whose runs are its sentences; `gdelta` places each run in the whole stream.
     Counted first, then written into arrays of their final size: no temporaries of the bucket's size."""
@@ -347,12 +343,14 @@ def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, centres: n
     kept, runs, tokens = _cut_piece(*args, False, np.zeros(0, tloc.dtype), np.zeros(0, tpart.dtype),
                                     np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
     out_loc, out_part = np.empty(tokens, tloc.dtype), np.empty(tokens, tpart.dtype)
-    off = np.zeros(max(runs, 1) + 1, np.int64)     # no run: one empty run (the kernel wants a group)
+    off = np.zeros(max(runs, 1) + 1, np.int64)     # no run: one empty run (the kernel and bucket_slice want a group)
     starts = np.zeros(max(runs, 1), np.int64)
     out_centre = np.empty(kept, np.int32 if tokens < 2**31 else np.int64)   # positions inside a piece: half the bytes
     _cut_piece(*args, True, out_loc, out_part, off, starts, out_centre)
+    cbounds = np.zeros(len(stream["cbounds"]), np.int64)
+    cbounds[j + 1:] = kept
     return {"tloc": out_loc, "tpart": out_part, "offsets": off, "centres": out_centre,
-            "gdelta": global_positions(place, starts) - off[:-1],
+            "cbounds": cbounds, "gdelta": global_positions(place, starts) - off[:-1],
             "total": int(place.total), "per_epoch": int(place.per_epoch), "block": (int(i), int(j))}
 
 
@@ -361,43 +359,38 @@ def piece_place(piece: dict) -> sb.StreamPlace:
     return sb.StreamPlace(piece["offsets"], piece["gdelta"], piece["total"], piece["per_epoch"])
 
 
-def bucket_stage(stream: dict, place: sb.StreamPlace, train: TrainConfig, epoch: int, part_noise: tuple, rounds: int,
-                 r: int, j: int, *after):
-    """Bucket j of one stream shard's training round r (in `epoch`) cut into its P pieces (i, j),
-    i = 0 .. P - 1, yielded in that order: the bucket is the round's positions with an output in
-    partition j (their token, or their negatives: blocks.touching_centres, drawn from the
-    partitions' noise shares `part_noise`), piece i is what block (i, j) reads (bucket_piece), so a
-    link receives its block's part of its shard's round instead of the whole stream
-    (docs/scaling.md section 5). A generator (Ray: num_returns = P), so that Ray stores each piece
-    before the next is cut and the task holds one or two pieces, not a bucket's or a round's
-    (section 9). `after`: results this task waits for and ignores (the driver passes the previous
-    round's first link, so that the pieces of at most two rounds exist at once)."""
-    P = len(part_noise[0])
-    centres = sb.touching_centres(stream, place, j, r, rounds, part_noise, negatives=train.negatives, seed=train.seed,
-                                  epoch=epoch)
+def bucket_stage(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int, j: int, *after):
+    """Bucket j of one stream shard's training round r cut into its P pieces (i, j), i = 0 .. P - 1,
+    yielded in that order: piece i is what block (i, j) reads (bucket_piece), so a link receives its
+    block's part of its shard's round instead of the whole stream (docs/scaling.md section 5). A
+    generator (Ray: num_returns = P), so that Ray stores each piece before the next is cut and the
+    task holds one or two pieces, not a bucket's or a round's (section 9). `after`: results this task
+    waits for and ignores (the driver passes the previous round's first link, so that the pieces of
+    at most two rounds exist at once)."""
+    P = len(stream["cbounds"]) - 1
+    c0, c1 = sb.bucket_slice(stream, place, j, r, rounds)
+    centres = stream["centres"][c0:c1]
     for i in range(P):
-        yield bucket_piece(stream, place, i, j, centres, train.window)
+        yield bucket_piece(stream, place, i, j, centres, window)
 
 
-def cut_round(stream: dict, place: sb.StreamPlace, train: TrainConfig, epoch: int, part_noise: tuple, rounds: int,
-              r: int) -> list[dict]:
+def cut_round(stream: dict, place: sb.StreamPlace, window: int, rounds: int, r: int) -> list[dict]:
     """One stream shard's round r as its P x P pieces, piece i * P + j for block (i, j): the P
     bucket_stage calls of the Ray driver, in this process (the in-process schedules)."""
-    P = len(part_noise[0])
+    P = len(stream["cbounds"]) - 1
     pieces: list = [None] * (P * P)
     for j in range(P):
-        for i, piece in enumerate(bucket_stage(stream, place, train, epoch, part_noise, rounds, r, j)):
+        for i, piece in enumerate(bucket_stage(stream, place, window, rounds, r, j)):
             pieces[i * P + j] = piece
     return pieces
 
 
 # ----------------------------------------------------------------------------- one link of a block
 
-def link_stage(piece: dict, noise: tuple, part_noise: tuple, i: int, j: int, w_in, w_out, train: TrainConfig,
-               epoch: int, episode: int, *, split: VocabSplit, threads: int = 0, checkpoint: sb.BlockCheckpoint | None = None,
+def link_stage(piece: dict, noise: tuple, i: int, j: int, w_in, w_out, train: TrainConfig, epoch: int,
+               episode: int, *, split: VocabSplit, threads: int = 0, checkpoint: sb.BlockCheckpoint | None = None,
                reporter=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Block (i, j) over one stream shard's piece of this round (bucket_stage), with partition j's
-    noise tables `noise` and the partitions' share tables `part_noise`: the W_in[i] /
+    """Block (i, j) over one stream shard's piece of this round (bucket_stage): the W_in[i] /
     W_out[j] it gets (arrays; None on the first episode: initialised from the seed; a lake path
     when resumed) come back trained. With checkpoint.write (the chain's last link at a checkpoint
     step) it writes them to the lake."""
@@ -413,7 +406,7 @@ def link_stage(piece: dict, noise: tuple, part_noise: tuple, i: int, j: int, w_i
     P = split.parts
     cb = (lambda done, total, loss: reporter(done / P, total / P, loss=loss)) if reporter is not None else None
     W_in_i, W_out_j, stats = sb.train_bucket(        # the piece is this round's already: rounds=1 takes it whole
-        piece, piece_place(piece), piece["centres"], noise, part_noise, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode % P,
+        piece, piece_place(piece), noise, i, j, w_in, w_out, epoch=epoch, epochs=train.epochs, episode=episode % P,
         rounds=1, window=train.window, negatives=train.negatives, lr=train.lr, min_lr=train.min_lr,
         seed=train.seed, threads=threads or 0, progress=cb)
     if checkpoint is not None and checkpoint.write:
@@ -475,7 +468,6 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
     schedule, stop=k ends it after k episodes. Returns (W_in partitions, W_out partitions, {pairs,
     loss_sum})."""
     noise, preps = local_noise_and_streams(sources, groups, split, train)
-    part_noise = sb.partition_alias([n[2] for n in noise])
     step0, Win, Wout = start if start is not None else (0, [None] * split.parts, [None] * split.parts)
     Win, Wout = list(Win), list(Wout)
     pairs, loss = 0, 0.0
@@ -490,20 +482,20 @@ def train_streams_local(sources: list[tuple], groups: int, split: VocabSplit, tr
             pieces = {}
         places = place_streams([p[1] for p in preps])
         r = e // split.parts
-        if (ep, r) not in pieces:
-            pieces = {(ep, r): [cut_round(stream, places[s], train, ep, part_noise, train.rounds, r)
-                                for s, (stream, _) in enumerate(preps)]}
+        if r not in pieces:
+            pieces[r] = [cut_round(stream, places[s], train.window, train.rounds, r)
+                         for s, (stream, _) in enumerate(preps)]
         for i, j in blocks:
             for s in range(len(preps)):
-                got = pieces[(ep, r)][s][i * split.parts + j]
-                Win[i], Wout[j], st = link_stage(got, noise[j][1], part_noise, i, j, Win[i], Wout[j], train, ep, e,
+                got = pieces[r][s][i * split.parts + j]
+                Win[i], Wout[j], st = link_stage(got, noise[j][1], i, j, Win[i], Wout[j], train, ep, e,
                                                  split=split, threads=threads)
                 pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
     return Win, Wout, {"pairs": pairs, "loss_sum": loss}
 
 
 def local_noise_and_streams(sources: list[tuple], groups: int, split: VocabSplit, train: TrainConfig):
-    """(per-partition (counts, noise, mass), the epoch-0 preps or None) as the Ray driver gets them:
+    """(per-partition (counts, noise), the epoch-0 preps or None) as the Ray driver gets them:
     prep and counts in one pass without subsampling, else the counts alone (preps come per epoch)."""
     preps = None
     if train.sample == 0:
@@ -551,7 +543,6 @@ def train_rounds_local(walks_of, rounds: list[tuple[int, int]], length: int, spl
     W, P, K = len(rounds), split.parts, rounds[-1][1]
     first = walks_of(0)
     noise, preps = local_noise_and_streams(first, rounds[0][1] - rounds[0][0], split, train)
-    part_noise = sb.partition_alias([n[2] for n in noise])
     Win, Wout = [None] * P, [None] * P
     pairs, loss = 0, 0.0
     stop = train.epochs * W * P if stop is None else stop
@@ -563,12 +554,12 @@ def train_rounds_local(walks_of, rounds: list[tuple[int, int]], length: int, spl
             preps = [prep_stream_stage(split, k1 - k0, len(src), train, t, s, *src, *extra)
                      for s, src in enumerate(first if t == 0 else walks_of(w))]
         places = round_places([p[1] for p in preps], k0, K, split.vocab, length)
-        pieces = [cut_round(stream, places[s], train, ep, part_noise, 1, 0) for s, (stream, _) in enumerate(preps)]
+        pieces = [cut_round(stream, places[s], train.window, 1, 0) for s, (stream, _) in enumerate(preps)]
         for step in range(t * P, min(stop, (t + 1) * P)):
             _, e, blocks = sb.step_blocks(step, P, W)
             for i, j in blocks:
                 for got in pieces:
-                    Win[i], Wout[j], st = link_stage(got[i * P + j], noise[j][1], part_noise, i, j, Win[i],
+                    Win[i], Wout[j], st = link_stage(got[i * P + j], noise[j][1], i, j, Win[i],
                                                      Wout[j], train, ep, e, split=split, threads=threads)
                     pairs, loss = pairs + st["pairs"], loss + st["loss_sum"]
     return Win, Wout, {"pairs": pairs, "loss_sum": loss}
