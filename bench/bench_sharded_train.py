@@ -43,6 +43,7 @@ import json
 import time
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 
 from embedlake.config import TrainConfig
@@ -53,6 +54,8 @@ from embedlake.workers.graph.shards import shard_bounds
 from embedlake.workers.graph.walks import random_walks, walks_to_sentences
 from embedlake.workers.train import blocks as sb
 from embedlake.workers.train import sharded as sh
+from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, draw_negatives, hogbatch, noise_alias,
+                                                sigmoid_tables, splitmix64)
 from embedlake.workers.train.skipgram import train_sgns
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "blogcatalog"
@@ -131,11 +134,87 @@ def table_quality(X, g, lab, args) -> dict:
     return out
 
 
+def blocks_module(path: str | None):
+    """blocks.py of this checkout, or the one at `path` (another checkout's, or a commit's:
+    `git show 3612f0f:workers/train/blocks.py > /tmp/b.py`), loaded under another module name."""
+    if path is None:
+        return sb
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("other_blocks", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["other_blocks"] = mod                       # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@nb.njit(inline="always")
+def mix(seed, epoch, pos, salt):
+    """blocks.py's stream seed of (seed, epoch, position, salt): the same windows and draws."""
+    s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(pos) * GOLDEN + np.uint64(salt) * S31
+    s, z = splitmix64(s)
+    return z
+
+
+@nb.njit(cache=True)
+def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, idx, sig, lsig, window, negatives,
+                lr0, min_lr, total, seed):
+    """The `order` engine's block (pi, pj) over stream positions [lo_pos, hi_pos): the block
+    engine's pairs (context in pi, centre in pj), windows, lr and per-(centre, pi) negative draws,
+    but on one full table with negatives from the global noise (thr, idx over all ids)."""
+    K1 = negatives + 1
+    dim = W_in.shape[1]
+    ctx, outs = np.empty(2 * window, np.int32), np.empty(K1, np.int32)
+    g, dIn = np.empty((2 * window, K1), np.float32), np.empty((2 * window, dim), np.float32)
+    Cb, Ob = np.empty((2 * window, dim), np.float32), np.empty((K1, dim), np.float32)
+    s = np.searchsorted(offsets, lo_pos, side="right") - 1
+    loss = 0.0
+    for p in range(lo_pos, hi_pos):
+        while offsets[s + 1] <= p:
+            s += 1
+        if part[tok[p]] != pj:
+            continue
+        z = mix(seed, 0, p, 0)
+        bw = 1 + np.int64(((z >> S32) * np.uint64(window)) >> S32)
+        B = 0
+        for q in range(max(offsets[s], p - bw), min(offsets[s + 1], p + bw + 1)):
+            if q != p and part[tok[q]] == pi:
+                ctx[B] = tok[q]
+                B += 1
+        if B == 0:
+            continue
+        lr = max(min_lr, lr0 - (lr0 - min_lr) * p / total)
+        state, nout = draw_negatives(mix(seed, 0, p, pi + 1), outs, tok[p], negatives, thr, idx)
+        loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig, lsig)
+    return loss
+
+
+def train_block_order(tok, off, n, P: int, rounds: int, dim: int, window: int, seed: int) -> np.ndarray:
+    """The block engine's order of updates (rounds x P episodes of blocks (i, i + e), id mod P)
+    with the one-table engine's noise: isolates what the block schedule costs from what the
+    per-partition negatives cost (docs/training.md, "Negatives from the global noise")."""
+    tok, off = sb.compact_stream(tok, off)
+    thr, idx = noise_alias(np.bincount(tok, minlength=n), 0.75)
+    sig, lsig = sigmoid_tables()
+    part = (np.arange(n) % P).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    W_in = ((rng.random((n, dim), dtype=np.float32) - np.float32(0.5)) / np.float32(dim)).astype(np.float32)
+    W_out = np.zeros((n, dim), np.float32)
+    N = len(tok)
+    for r in range(rounds):
+        for e in range(P):
+            for i in range(P):
+                order_round(tok, part, off, N * r // rounds, N * (r + 1) // rounds, i, (i + e) % P, W_in, W_out, thr,
+                            idx, sig, lsig, window, 5, 0.025, 1e-4, float(N), seed)
+    return W_in
+
+
 def geometry(g, lab, n, args, seed):
     """Reconstruction mAP and Micro-F1 of the one-table engine against the block engines on the
     same walks, one partitioning at a time (--engines): the sharded engine on range partitions
     (what the flow runs), on stride partitions (id mod P), and the one-stream block engine on
-    balanced partitions."""
+    balanced partitions (from --blocks-from's blocks.py when given), and `order`: the block order
+    with the global noise on one table (train_block_order)."""
     W = random_walks(g.indptr, g.indices, None, np.arange(n), args.walks, args.length, seed, threads=args.threads,
                      symmetric=True)
     tok, off = walks_to_sentences(W)
@@ -154,9 +233,11 @@ def geometry(g, lab, n, args, seed):
             Win, _, _ = sh.train_streams_local(shards, args.walks, split, tr, threads=args.threads)
             X = sh.assemble_split_stage(split, None, *Win)
         elif name == "balanced":
-            X = sb.train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)[0]
+            X = blocks_module(args.blocks_from).train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)[0]
+        elif name == "order":
+            X = train_block_order(tok, off, n, P, args.rounds, args.dim, args.window, seed)
         else:
-            raise SystemExit(f"unknown engine {name!r}: one, range, stride, balanced")
+            raise SystemExit(f"unknown engine {name!r}: one, range, stride, balanced, order")
         out[name] = {"s": round(time.perf_counter() - t0, 1), **table_quality(X, g, lab, args)}
         print(json.dumps({name: out[name]}), flush=True)
     return out
@@ -296,7 +377,8 @@ def main():
     ap.add_argument("--traffic", action="store_true", help="recorded bytes per training token of the sharded trainer")
     ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
     ap.add_argument("--geometry", nargs="+", dest="engines", default=None,
-                    help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced")
+                    help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced order")
+    ap.add_argument("--blocks-from", default=None, help="--geometry balanced: train_blocks of this blocks.py")
     ap.add_argument("--negative-mass", nargs="+", type=int, dest="mass_partitions", default=None,
                     help="per-node negative shares per partition (id mod P) of the block engine vs the noise, these P")
     args = ap.parse_args()
