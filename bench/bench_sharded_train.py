@@ -161,7 +161,8 @@ def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, id
                 lr0, min_lr, total, seed):
     """The `order` engine's block (pi, pj) over stream positions [lo_pos, hi_pos): the block
     engine's pairs (context in pi, centre in pj), windows, lr and per-(centre, pi) negative draws,
-    but on one full table with negatives from the global noise (thr, idx over all ids)."""
+    but on one full table with negatives from the global noise (thr, idx over all ids). pi = -1:
+    every context of the centre in one window (the window kept whole)."""
     K1 = negatives + 1
     dim = W_in.shape[1]
     ctx, outs = np.empty(2 * window, np.int32), np.empty(K1, np.int32)
@@ -178,21 +179,23 @@ def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, id
         bw = 1 + np.int64(((z >> S32) * np.uint64(window)) >> S32)
         B = 0
         for q in range(max(offsets[s], p - bw), min(offsets[s + 1], p + bw + 1)):
-            if q != p and part[tok[q]] == pi:
+            if q != p and (pi < 0 or part[tok[q]] == pi):
                 ctx[B] = tok[q]
                 B += 1
         if B == 0:
             continue
         lr = max(min_lr, lr0 - (lr0 - min_lr) * p / total)
-        state, nout = draw_negatives(mix(seed, 0, p, pi + 1), outs, tok[p], negatives, thr, idx)
+        state, nout = draw_negatives(mix(seed, 0, p, max(pi, 0) + 1), outs, tok[p], negatives, thr, idx)
         loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig, lsig)
     return loss
 
 
-def train_block_order(tok, off, n, P: int, rounds: int, dim: int, window: int, seed: int) -> np.ndarray:
+def train_block_order(tok, off, n, P: int, rounds: int, dim: int, window: int, seed: int,
+                      whole: bool = False) -> np.ndarray:
     """The block engine's order of updates (rounds x P episodes of blocks (i, i + e), id mod P)
     with the one-table engine's noise: isolates what the block schedule costs from what the
-    per-partition negatives cost (docs/training.md, "Negatives from the global noise")."""
+    per-partition negatives cost (docs/training.md, "Negatives from the global noise"). whole:
+    episode e trains the centres of partition e with all their contexts (windows kept whole)."""
     tok, off = sb.compact_stream(tok, off)
     thr, idx = noise_alias(np.bincount(tok, minlength=n), 0.75)
     sig, lsig = sigmoid_tables()
@@ -203,9 +206,9 @@ def train_block_order(tok, off, n, P: int, rounds: int, dim: int, window: int, s
     N = len(tok)
     for r in range(rounds):
         for e in range(P):
-            for i in range(P):
-                order_round(tok, part, off, N * r // rounds, N * (r + 1) // rounds, i, (i + e) % P, W_in, W_out, thr,
-                            idx, sig, lsig, window, 5, 0.025, 1e-4, float(N), seed)
+            for i in ([-1] if whole else range(P)):
+                order_round(tok, part, off, N * r // rounds, N * (r + 1) // rounds, i, (i + e) % P if i >= 0 else e,
+                            W_in, W_out, thr, idx, sig, lsig, window, 5, 0.025, 1e-4, float(N), seed)
     return W_in
 
 
@@ -234,10 +237,10 @@ def geometry(g, lab, n, args, seed):
             X = sh.assemble_split_stage(split, None, *Win)
         elif name == "balanced":
             X = blocks_module(args.blocks_from).train_blocks(tok, off, n, partitions=P, rounds=args.rounds, **kw)[0]
-        elif name == "order":
-            X = train_block_order(tok, off, n, P, args.rounds, args.dim, args.window, seed)
+        elif name in ("order", "order-whole"):
+            X = train_block_order(tok, off, n, P, args.rounds, args.dim, args.window, seed, whole=name == "order-whole")
         else:
-            raise SystemExit(f"unknown engine {name!r}: one, range, stride, balanced, order")
+            raise SystemExit(f"unknown engine {name!r}: one, range, stride, balanced, order, order-whole")
         out[name] = {"s": round(time.perf_counter() - t0, 1), **table_quality(X, g, lab, args)}
         print(json.dumps({name: out[name]}), flush=True)
     return out
@@ -377,7 +380,8 @@ def main():
     ap.add_argument("--traffic", action="store_true", help="recorded bytes per training token of the sharded trainer")
     ap.add_argument("--streamed", type=int, default=0, help="walk numbers per streamed round: streamed vs not")
     ap.add_argument("--geometry", nargs="+", dest="engines", default=None,
-                    help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced order")
+                    help="2-hop reconstruction mAP + Micro-F1 of these engines: one range stride balanced order "
+                         "order-whole")
     ap.add_argument("--blocks-from", default=None, help="--geometry balanced: train_blocks of this blocks.py")
     ap.add_argument("--negative-mass", nargs="+", type=int, dest="mass_partitions", default=None,
                     help="per-node negative shares per partition (id mod P) of the block engine vs the noise, these P")
