@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import numba as nb
 import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from embedlake.workers.prefetch import prefetch_row
 
@@ -125,6 +127,25 @@ def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarr
 
 
 # ----------------------------------------------------------------------------- numba device functions
+
+@intrinsic
+def take_next(typingctx, counter):
+    """Atomically add 1 to counter[0] (a 1-d int64 array) and return its previous value: the job
+    queue of the threads of one kernel launch (each takes the next block of text when it is free,
+    as gensim's workers take the next job), with no lock and no barrier between blocks."""
+    if not (isinstance(counter, types.Array) and counter.ndim == 1 and counter.dtype == types.int64):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [context.get_constant(types.intp, 0)],
+                                       wraparound=False)
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "monotonic")
+
+    return sig, codegen
+
 
 @nb.njit(inline="always")
 def prefetch_pair(W_in, W_out, crow, negs, base, negatives):
@@ -543,6 +564,20 @@ def numba_threads(threads: int) -> int:
     `threads` (numba cannot start more threads than it was configured with)."""
     max_threads = nb.config.NUMBA_NUM_THREADS
     return max_threads if threads <= 0 else min(int(threads), max_threads)
+
+
+def text_blocks(offsets: np.ndarray, block_tokens: int) -> np.ndarray:
+    """The blocks the threads of skipgram._sgns_blocks take one at a time: consecutive runs of
+    sentences of about block_tokens positions each, as the sentence index where each block starts
+    plus S at the end (block k = sentences [starts[k], starts[k + 1]))."""
+    S = len(offsets) - 1
+    return np.array([lo for lo, _ in sentence_chunks(offsets, block_tokens)] + [S], np.int64)
+
+
+def block_segments(offsets: np.ndarray, starts: np.ndarray, segment_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive runs of blocks (b_lo, b_hi) of about segment_tokens positions each: one kernel
+    launch each (between launches the driver reports progress)."""
+    return sentence_chunks(offsets[starts], segment_tokens)
 
 
 def blocks_per_chunk(nthreads: int, nsent: int) -> int:
