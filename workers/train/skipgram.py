@@ -18,7 +18,12 @@ matrix products on contiguous float32 rows that stay in L1. That reads ~4x fewer
 rows per token than gensim and lets the compiler vectorise the inner loops. Sigmoid and
 log-sigmoid come from precomputed tables (word2vec's MAX_EXP = 6 clamp). Threads update the shared
 tables without locks (Hogwild); with ``threads=1`` the result is bit-for-bit reproducible because
-every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentence).
+every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentence). The threads
+take ~8 192-token blocks of the text from one queue (an atomic counter, sgns_parts.take_next), as
+gensim's workers take jobs: they train neighbouring text, and a slow (descheduled) thread holds
+nobody up until the launch's last block. The shared-negative window (the graph default) takes a
+sentence's random draws first and prefetches each next window's rows while the current one trains
+(sgns_parts.window_draws, window_sentence): the same values, ~20 % more tokens per CPU-second.
 
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
@@ -40,7 +45,7 @@ import numpy as np
 from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, hogbatch_mode,
                                                 keep_thresholds, kept_tokens, noise_alias, numba_threads, pair_window,
                                                 seed_state, sigmoid_tables, take_next, text_blocks, token_counts,
-                                                using_numba_threads, window_contexts)
+                                                using_numba_threads, window_contexts, window_draws, window_sentence)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -70,11 +75,21 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
         Ob = np.empty((nout_max, dim), np.float32)
         Oo = np.empty((nout_max, dim), np.float32)
         g1 = np.empty(nout_max, np.float32)
+        draws = np.empty(2 * maxlen, np.int64)                        # window_draws: a sentence's draws
+        wouts = np.empty(maxlen * nout_max, np.int32)
         blk = b_lo + take_next(next_block)
         while blk < b_hi:
             for s in range(block_starts[blk], block_starts[blk + 1]):
                 state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                         seed_state(seed, epoch, s), buf, pos)
+                if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
+                    state = window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, wouts)
+                    loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
+                                                  lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab)
+                    sent_loss[s] = loss
+                    sent_pairs[s] = pairs
+                    sent_kept[s] = n
+                    continue
                 loss = 0.0
                 pairs = 0
                 for i in range(n):
@@ -157,7 +172,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                init=None, progress: Callable[[int, int, float], None] | None = None,
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-               ablation: int = 0, block_tokens: int = 2048) -> tuple[np.ndarray, np.ndarray, dict]:
+               ablation: int = 0, block_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -166,17 +181,21 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
     work), compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
-    progress(done_tokens, total_tokens, chunk_loss) is called between chunks from this thread.
+    progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
     streams of an uninterrupted run (one thread: bit-identical result). on_epoch(k, W_in, W_out)
     is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
     ablation: a sum of sgns_parts.ABL_* bits, each one change toward gensim's kernel, for the quality
     experiments of docs/skipgram.md ("Quality against gensim"); 0 (the default) is the kernel above.
-    chunk_tokens (default max(16 384, 1 % of an epoch)): the threads split each chunk into halves
-    and meet at its end, so the chunk sets how far apart in the text they train. 65 536-token
-    chunks cost two threads ~.005 WordSim353 / SimLex on Brown against 16 384 at ~1.5 % of the
-    speed (issue 20, fifth pass, docs/skipgram.md); one thread's result does not depend on it.
+    block_tokens (default 8 192) and chunk_tokens (default max(262 144, 5 % of an epoch)): the text
+    is cut into blocks of ~block_tokens positions; one kernel launch trains chunk_tokens of them,
+    its threads taking the next untrained block from one queue (gensim's workers take 10 000-word
+    jobs the same way), so two threads train neighbouring text with no barrier between blocks;
+    progress is reported between launches. One thread's result depends on neither (it trains the
+    blocks in order). Before, each 16 384-token chunk was split between the threads in halves with
+    a barrier per chunk; the queue is ~30 % more tokens per CPU-second at two threads on a loaded
+    machine, quality level (issue 20, sixth pass, docs/skipgram.md).
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
