@@ -342,8 +342,9 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
             if early is not None:       # some may be gone with a lost node: the next attempt starts new ones
                 early.close()
                 early = None
+            waited = wait_shards_rebuilt(graph)
             log.warning(f"walks (sharded): a shard owner or message was lost, or the owners found no room "
-                        f"({type(err).__name__}); "
+                        f"({type(err).__name__}); {waited:.1f}s waiting for lost shards to be rebuilt; "
                         f"walking again from the start ({attempt + 1}/{max_retries})")
     fault_point("after:walk")
     return StageResult(refs, {"walk_shards": len(bounds), "walk_shards_reused": 0, **info})
@@ -480,6 +481,33 @@ def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, ha
     params = shard_walk_params(graph, walk_cfg, method, walk_offset)
     owner_cls = owner_class(num_cpus=cpus, scheduling_strategy="SPREAD")
     return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
+
+
+def wait_shards_rebuilt(graph: GraphHandle, timeout_s: float = OWNER_START_S) -> float:
+    """Wait (up to timeout_s) until every shard's CSR rows are on an alive node again; the seconds waited.
+
+    After a node loss Ray rebuilds the shards that were on it by re-running their ingest tasks, which
+    need a whole CPU. Owners started before that take a share of every node's CPU (SPREAD) and wait
+    for those very rows: nothing moves until OWNER_START_S ends the attempt (seen on the 4-node test
+    bed: 120 s lost after a node loss). So a retry lets the rebuild finish first. A shard of at most
+    INLINE_BYTES lives in its owner's memory, on no node, and is never lost with one: not waited for."""
+    import time
+
+    import ray
+    from ray.experimental import get_object_locations
+    t0 = time.perf_counter()
+    refs = [s.csr_ref for s in graph.shards]
+    while refs and time.perf_counter() - t0 < timeout_s:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        where = get_object_locations(refs)
+        refs = [r for r in refs if ((where.get(r) or {}).get("object_size") or 0) > INLINE_BYTES
+                and not alive.intersection((where.get(r) or {}).get("node_ids") or [])]
+        if refs:
+            time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
+INLINE_BYTES = 100 * 1024   # Ray's max_direct_call_object_size: smaller results stay in the owner's memory
 
 
 def owner_class(fixed: dict | None = None, **options):
