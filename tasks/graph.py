@@ -474,14 +474,21 @@ def wait_shards_rebuilt(graph: GraphHandle, timeout_s: float = OWNER_START_S) ->
     while refs and time.perf_counter() - t0 < timeout_s:
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         where = get_object_locations(refs)
-        refs = [r for r in refs if ((where.get(r) or {}).get("object_size") or 0) > INLINE_BYTES
-                and not alive.intersection((where.get(r) or {}).get("node_ids") or [])]
+        refs = [r for r in refs if lost_shard(where.get(r) or {}, alive)]
         if refs:
             time.sleep(0.2)
     return time.perf_counter() - t0
 
 
 INLINE_BYTES = 100 * 1024   # Ray's max_direct_call_object_size: smaller results stay in the owner's memory
+
+
+def lost_shard(location: dict, alive: set) -> bool:
+    """Whether a shard's rows (get_object_locations' entry) are on no alive node: not spilled, not
+    small enough to live in its owner's memory, and none of its copies on an alive node."""
+    if location.get("did_spill") or (location.get("object_size") or 0) <= INLINE_BYTES:
+        return False
+    return not alive.intersection(location.get("node_ids") or [])
 
 
 def owner_class(fixed: dict | None = None, **options):

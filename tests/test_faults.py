@@ -194,6 +194,22 @@ def test_fault_hook_list_and_kill_worker_once(tmp_path):
 
 
 # ---- a node of a multi-node cluster removed mid-run ------------------------------------------------
+def test_lost_shard_is_one_on_no_alive_node():
+    """A retry of the sharded walks waits for exactly the shards Ray must rebuild (tasks/graph.py
+    wait_shards_rebuilt): rows on no alive node. Rows small enough to live in their owner's memory
+    (Ray lists no node for them) and spilled rows are not lost with a node."""
+    from embedlake.tasks.graph import INLINE_BYTES, lost_shard
+    big = INLINE_BYTES + 1
+    alive = {"a", "b"}
+    assert lost_shard({"node_ids": [], "object_size": big, "did_spill": False}, alive)
+    assert lost_shard({"node_ids": ["gone"], "object_size": big, "did_spill": False}, alive)     # its one copy on a dead node
+    assert not lost_shard({"node_ids": ["gone", "b"], "object_size": big, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": INLINE_BYTES, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": None, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": big, "did_spill": True}, alive)
+
+
+
 NODE_LOSS_SCRIPT = r"""
 import json, os, sys, threading, time, traceback
 sys.path.insert(0, sys.argv[3])
