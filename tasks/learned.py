@@ -9,6 +9,11 @@ decoded exactly like one built by `embedlake compress` from a committed run:
                    on the graph's CSR straight from the object store;
     write_table    one Ray task per row partition writes its rows' codes, then the codebook file
                    (tasks/compress.write_table);
+    train_table_sharded, write_table_sharded
+                   the same on a graph of S > 1 shards (hash, qr, unified): one walks object per
+                   shard (the sharded walk engine), a copy of the K-row table trained per shard and
+                   round, the copies averaged (workers/compress/averaged.py); each shard's task
+                   writes its own rows' codes; no task holds all walks or the whole graph;
     measure_table  reads the written table back from the lake, materialises only the rows the
                    evaluations need (labelled nodes, link-prediction endpoints) and runs the
                    evaluate stage's node-classification / link-prediction bodies on them.
@@ -20,15 +25,20 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from embedlake.config import CompressConfig, EvalConfig, TrainConfig, WalkConfig, WordEvalConfig, check_table_fits
-from embedlake.tasks.fanout import stage_logger
+from embedlake.config import (LEARNED_TABLE_SHARDS, CompressConfig, EvalConfig, TrainConfig, WalkConfig, WordEvalConfig,
+                              check_table_fits)
+from embedlake.errors import ConfigError
+from embedlake.tasks.fanout import gather, stage_logger
+from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit
 from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
+from embedlake.workers.compress import averaged as av
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
 from embedlake.workers.evaluate import stages as es
+from embedlake.workers.evaluate.links_sharded import split_dict
 
 
 def table_params(codec: str, compress: CompressConfig, rows: int, dim: int) -> dict:
@@ -78,6 +88,100 @@ def write_table(lake, *, dataset: str, method: str, run_id: str, graph: GraphHan
                 ids_ref=graph.node_ids_ref, X_ref=None, state_ref=state_ref, max_retries=max_retries)
     stage_logger().info(f"write {codec} table: {len(out['files'])} code partitions + codebook, "
                         f"{out['stored_bytes']:,} bytes, {time.perf_counter() - t0:.2f}s")
+    return out
+
+
+def check_sharded(codec: str, graph: GraphHandle, setting) -> None:
+    """compose on S > 1 shards (graph.shards=auto can give them): refused with the reason."""
+    if codec not in av.SHARDED_CODECS:
+        raise ConfigError(f"{LEARNED_TABLE_SHARDS} (graph.shards={setting} gave {graph.num_shards})")
+
+
+def whole_split(split, eval_cfg: EvalConfig, max_retries: int = 3):
+    """measure_table's split of a sharded graph's hold-out: the per-shard pieces made into the
+    one-task split dict by one task (O(test edges), as the link task holds them anyway); a
+    LinkSplit or None is returned as it is."""
+    if not isinstance(split, ShardedLinkSplit):
+        return split
+    ref = remote(split_dict, "evaluate", num_cpus=1, max_retries=max_retries).remote(
+        eval_cfg.test_edge_share, split.count, len(split.tests), *split.pieces)
+    return LinkSplit(ref, split.info)
+
+
+@task(name="learned_train", cache_policy=NO_CACHE)
+def train_table_sharded(graph: GraphHandle, walk_refs: list, codec: str, params: dict, walk: WalkConfig,
+                        train: TrainConfig, max_retries: int = 3) -> StageResult:
+    """The K-row table of a graph of S > 1 shards, data-parallel: walk_refs holds one walks ref per
+    graph shard (k-major, walk.walks_per_node walks from each of its nodes). Each round (one walk
+    number, walks_per_node x epochs rounds) every non-empty shard's task trains a copy of the table
+    on its walks of that round and one task averages the copies (workers/compress/averaged.py).
+    Tasks take one shard's walks or sentences and K-row tables, never more. Returns
+    StageResult(ref of the state {"table"}, training info)."""
+    import ray
+    log = stage_logger()
+    S, t0 = graph.num_shards, time.perf_counter()
+    if len(walk_refs) != S:
+        raise ValueError(f"learned table on shards: {len(walk_refs)} walks objects for {S} graph shards")
+    cpus = int(stage_options("train").get("num_cpus") or max(1, max_node_cpus() // S))
+    opts = dict(max_retries=max_retries)
+    prep = remote(av.prepare_shard, "train", num_cpus=1, **opts)
+    live = [(s, sh.hi - sh.lo, prep.remote(ref, codec, params))
+            for s, (sh, ref) in enumerate(zip(graph.shards, walk_refs)) if sh.hi > sh.lo]
+    tables = remote(av.start_tables, "train", num_cpus=1, **opts).remote(codec, params, train)
+    step = remote(av.train_round, "train", num_cpus=cpus, num_returns=2, **opts)
+    average = remote(av.average_tables, "train", num_cpus=1, **opts)
+    rounds, stats_refs = walk.walks_per_node * train.epochs, []
+    for r in range(rounds):
+        outs = [step.remote(p, tables, r, rounds, rows, walk.walks_per_node, codec, params, train, s,
+                            threads=train.threads or cpus) for s, rows, p in live]
+        tables = average.remote(codec, *[o[0] for o in outs])
+        stats_refs += [o[1] for o in outs]
+    state_ref = remote(av.final_state, "train", num_cpus=1, **opts).remote(tables)
+    stats = gather(stats_refs, f"train {codec} table (shard rounds)")
+    info = {"stats": averaged_stats(stats, len(live), rounds), "shards": S, "fit_s": round(time.perf_counter() - t0, 4)}
+    if codec in cz.COMPOSED:
+        info["codes"] = "qr" if codec == "qr" else "hash"
+    st = info["stats"]
+    log.info(f"train {codec} table on {S} shards: {rounds} rounds x {len(live)} copies averaged, "
+             f"{st['tokens']:,} tokens, loss {st['loss_first']:.4f} -> {st['loss_last']:.4f}, {info['fit_s']:.2f}s")
+    ray.get(state_ref)
+    return StageResult(state_ref, info)
+
+
+def averaged_stats(stats: list[dict], copies: int, rounds: int) -> dict:
+    """The training stats of the averaged rounds (`stats`: round-major, `copies` per round): totals,
+    and the pair-weighted loss of the first and the last round."""
+    def loss(ss, key):
+        got = [(s[key], s["pairs"]) for s in ss if s[key] == s[key]]      # nan: a copy with no pairs
+        return sum(v * p for v, p in got) / max(1, sum(p for _, p in got)) if got else float("nan")
+    tokens, seconds = sum(s["tokens"] for s in stats), sum(s["wall_s"] for s in stats)
+    return {"engine": "averaged", "rounds": rounds, "copies": copies, "tokens": tokens,
+            "pairs": sum(s["pairs"] for s in stats), "seconds": round(seconds, 4),
+            "tokens_per_s": tokens / max(seconds, 1e-9), "loss_first": loss(stats[:copies], "loss_first"),
+            "loss_last": loss(stats[-copies:], "loss_last")}
+
+
+@task(name="learned_write", cache_policy=NO_CACHE)
+def write_table_sharded(lake, *, dataset: str, method: str, run_id: str, graph: GraphHandle, codec: str,
+                        params: dict, state_ref, max_retries: int = 3) -> dict:
+    """Each non-empty graph shard's task writes its rows' codes (from the row ids alone, with that
+    shard's node ids), numbered as publish_shards numbers a sharded table's parts; then one task
+    writes the codebook file (the K-row table) pinned to them."""
+    import ray
+    t0 = time.perf_counter()
+    fn = remote(av.write_shard_codes, "publish", num_cpus=1, max_retries=max_retries)
+    live = [sh for sh in graph.shards if sh.hi > sh.lo]
+    refs = [fn.remote(lake, dataset=dataset, method=method, run_id=run_id, codec=codec, params=params,
+                      partition=i, lo=sh.lo, hi=sh.hi, node_ids=sh.ids_ref) for i, sh in enumerate(live)]
+    parts = gather(refs, f"write {codec} codes (shards)")
+    files = [{k: p[k] for k in ("path", "rows", "bytes", "sha256")} for p in parts]
+    book = ray.get(remote(cs.write_codebooks, "publish", num_cpus=1, max_retries=max_retries).remote(
+        lake, dataset, method, run_id, codec, state_ref, files))
+    out = {"files": files, "codebooks": [book] if book else [],
+           "encode_s": round(sum(p["encode_s"] for p in parts), 4),
+           "stored_bytes": sum(f["bytes"] for f in files) + (book["bytes"] if book else 0)}
+    stage_logger().info(f"write {codec} table: {len(files)} shard code parts + codebook, {out['stored_bytes']:,} "
+                        f"bytes, {time.perf_counter() - t0:.2f}s")
     return out
 
 
