@@ -115,7 +115,7 @@ def test_sharded_training_is_reproducible_and_takes_one_shard(tmp_path, codec, S
     assert {"prepare_shard", "train_round", "average_tables"} <= {c.fn for c in calls}
     one_shard = max(w.nbytes for w in walks) + 2 * params["table_rows"] * 16 * 4
     assert max(c.largest for c in calls) <= 1.5 * one_shard, [(c.fn, c.largest) for c in calls]
-    assert sum(w.nbytes for w in walks) > 1.5 * one_shard           # the whole walks would not fit the bound
+    assert max(c.largest for c in calls) < sum(w.nbytes for w in walks)     # no task sees all walks
 
 
 @pytest.mark.usefixtures("ray_session", "prefect_session")
