@@ -5,7 +5,7 @@ averaged copies (workers/compress/averaged.py: exactly the functions tasks/learn
 train_table_sharded runs as Ray tasks, here in one process, one shard after another), each
 shard's walks laid out as the sharded walk engine gives them (random_walks of its start nodes).
 
-    .venv/bin/python bench/bench_learned_sharded.py --codecs hash qr unified --shards 4 --threads 2
+    .venv/bin/python bench/bench_learned_sharded.py --codecs hash qr unified --shards 4 --threads 2 [--ratio 8]
 
 Prints one JSON line per (codec, S) and the differences of S against 1 at 10 / 50 / 90 %.
 """
@@ -57,11 +57,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--ratio", type=float, default=8.0, help="compress.compose_ratio; hash: n / ratio buckets")
     args = ap.parse_args()
     g, lab, n = load()
     walk, train = WalkConfig(), TrainConfig(dim=args.dim)
     for codec in args.codecs:
-        params = table_params(codec, CompressConfig(), n, args.dim)
+        params = table_params(codec, CompressConfig(compose_ratio=args.ratio, hash_buckets=int(n // args.ratio)), n,
+                              args.dim)
         got = {}
         for S in [1, *args.shards]:
             t0 = time.perf_counter()

@@ -5,7 +5,9 @@ diff -> update (walks from the changed nodes, other rows kept) -> publish -> eva
 -> commit (tasks/incremental.py, docs/incremental.md).
 
 With train.table = hash | compose | qr | unified: ingest -> train a learned K-row table on walks ->
-write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table).
+write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table); on
+S > 1 graph shards (hash, qr, unified) the walks are the sharded engine's and the table is trained
+as per-shard copies averaged every round, each shard writing its own rows' codes (tasks/learned.py).
 
 The flow only wires tasks; each task fans out to Ray and passes references. The run
 (tasks/run.py) owns the claim, the stage checkpoints, the clean-up and the manifest: a run is
