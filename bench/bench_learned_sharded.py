@@ -1,9 +1,9 @@
 """Learned tables on S graph shards (issue 17): BlogCatalog node-classification Micro-F1 of a
 train.table = hash | qr | unified table trained by the one-task path (workers/compress/store.
-fit_graph_table, what embed_graph runs at graph.shards = 1) against the same table trained as S
-averaged copies (workers/compress/averaged.py: exactly the functions tasks/learned.py's
-train_table_sharded runs as Ray tasks, here in one process, one shard after another), each
-shard's walks laid out as the sharded walk engine gives them (random_walks of its start nodes).
+fit_graph_table, what embed_graph runs at graph.shards = 1) against the same table passed from
+shard to shard over S graph shards (workers/compress/sharded_table.py: exactly the functions
+tasks/learned.py's train_table_sharded runs as Ray tasks, here in one process), each shard's
+walks laid out as the sharded walk engine gives them (random_walks of its start nodes).
 
     .venv/bin/python bench/bench_learned_sharded.py --codecs hash qr unified --shards 4 --threads 2 [--ratio 8]
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from embedlake.config import CompressConfig, TrainConfig, WalkConfig
 from embedlake.tasks.learned import table_params
-from embedlake.workers.compress import averaged as av
+from embedlake.workers.compress import sharded_table as st
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress.store import fit_graph_table
 from embedlake.workers.evaluate.classify import node_classification
@@ -29,25 +29,26 @@ from embedlake.workers.graph.walks import random_walks
 from bench_sharded_train import RATIOS, load
 
 
+
 def decoded(codec: str, params: dict, state: dict, n: int, dim: int) -> np.ndarray:
     """Every node's vector from its codes (computed from the id) and the trained table."""
-    cols = av.shard_code_columns(codec, params, 0, n)
+    cols = st.shard_code_columns(codec, params, 0, n)
     return cz.decode(codec, cols, {"table": state["table"]}, params, dim)
 
 
-def averaged_table(g, n: int, S: int, codec: str, params: dict, walk: WalkConfig, train: TrainConfig,
+def shard_steps_table(g, n: int, S: int, codec: str, params: dict, walk: WalkConfig, train: TrainConfig,
                    threads: int) -> dict:
     bounds = [b for b in shard_bounds(n, S) if b[1] > b[0]]
-    preps = [av.prepare_shard(random_walks(g.indptr, g.indices, None, np.arange(lo, hi), walk.walks_per_node,
+    preps = [st.prepare_shard(random_walks(g.indptr, g.indices, None, np.arange(lo, hi), walk.walks_per_node,
                                            walk.length, walk.seed, threads=threads), codec, params)
              for lo, hi in bounds]
-    tables = av.start_tables(codec, params, train)
-    rounds = walk.walks_per_node * train.epochs
+    tables = st.start_tables(codec, params, train)
+    rounds, L = walk.walks_per_node * train.epochs, len(bounds)
     for r in range(rounds):
-        copies = [av.train_round(p, tables, r, rounds, hi - lo, walk.walks_per_node, codec, params, train, s,
-                                 threads)[0] for s, (p, (lo, hi)) in enumerate(zip(preps, bounds))]
-        tables = av.average_tables(codec, *copies)
-    return av.final_state(tables)
+        for i, (p, (lo, hi)) in enumerate(zip(preps, bounds)):
+            tables, _ = st.train_step(p, tables, r, r * L + i, rounds * L, hi - lo, walk.walks_per_node, codec,
+                                      params, train, i, threads)
+    return st.final_state(tables)
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def main() -> None:
                 state, _ = fit_graph_table((g.indptr, g.indices, None, False), codec, params, walk, train,
                                            threads=args.threads)
             else:
-                state = averaged_table(g, n, S, codec, params, walk, train, args.threads)
+                state = shard_steps_table(g, n, S, codec, params, walk, train, args.threads)
             secs = time.perf_counter() - t0
             X = decoded(codec, params, state, n, args.dim)
             r = node_classification(X, lab[:, 0], lab[:, 1], ratios=RATIOS, repeats=args.repeats)

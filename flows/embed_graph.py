@@ -6,8 +6,8 @@ diff -> update (walks from the changed nodes, other rows kept) -> publish -> eva
 
 With train.table = hash | compose | qr | unified: ingest -> train a learned K-row table on walks ->
 write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table); on
-S > 1 graph shards (hash, qr, unified) the walks are the sharded engine's and the table is trained
-as per-shard copies averaged every round, each shard writing its own rows' codes (tasks/learned.py).
+S > 1 graph shards (hash, qr, unified) the walks are the sharded engine's and the table is passed
+from shard to shard, each training it on its walks, each writing its own rows' codes (tasks/learned.py).
 
 The flow only wires tasks; each task fans out to Ray and passes references. The run
 (tasks/run.py) owns the claim, the stage checkpoints, the clean-up and the manifest: a run is
@@ -136,7 +136,7 @@ def learned_table(cfg: PipelineConfig, dataset: str) -> dict:
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
         params = lt.table_params(codec, cfg.compress, graph.num_nodes, cfg.train.dim)
-        if graph.num_shards > 1:        # data-parallel copies of the K-row table, averaged (tasks/learned.py)
+        if graph.num_shards > 1:        # the K-row table goes from shard to shard (tasks/learned.py)
             lt.check_sharded(codec, graph, cfg.graph.shards)
             walks = gt.run_walks(run, graph, cfg.walk, method, graph.shard_bounds)
             trained = run.time(f"train_{codec}", lt.train_table_sharded, graph, walks.ref, codec, params, cfg.walk,

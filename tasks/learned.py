@@ -11,9 +11,10 @@ decoded exactly like one built by `embedlake compress` from a committed run:
                    (tasks/compress.write_table);
     train_table_sharded, write_table_sharded
                    the same on a graph of S > 1 shards (hash, qr, unified): one walks object per
-                   shard (the sharded walk engine), a copy of the K-row table trained per shard and
-                   round, the copies averaged (workers/compress/averaged.py); each shard's task
-                   writes its own rows' codes; no task holds all walks or the whole graph;
+                   shard (the sharded walk engine), the K-row table passed from shard to shard,
+                   each training it on its walks of the round (workers/compress/sharded_table.py);
+                   each shard's task writes its own rows' codes; no task holds all walks or the
+                   whole graph;
     measure_table  reads the written table back from the lake, materialises only the rows the
                    evaluations need (labelled nodes, link-prediction endpoints) and runs the
                    evaluate stage's node-classification / link-prediction bodies on them.
@@ -34,7 +35,7 @@ from embedlake.tasks.graph import GraphHandle, StageResult
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
-from embedlake.workers.compress import averaged as av
+from embedlake.workers.compress import sharded_table as st
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress import store as cs
 from embedlake.workers.evaluate import stages as es
@@ -93,7 +94,7 @@ def write_table(lake, *, dataset: str, method: str, run_id: str, graph: GraphHan
 
 def check_sharded(codec: str, graph: GraphHandle, setting) -> None:
     """compose on S > 1 shards (graph.shards=auto can give them): refused with the reason."""
-    if codec not in av.SHARDED_CODECS:
+    if codec not in st.SHARDED_CODECS:
         raise ConfigError(f"{LEARNED_TABLE_SHARDS} (graph.shards={setting} gave {graph.num_shards})")
 
 
@@ -111,54 +112,54 @@ def whole_split(split, eval_cfg: EvalConfig, max_retries: int = 3):
 @task(name="learned_train", cache_policy=NO_CACHE)
 def train_table_sharded(graph: GraphHandle, walk_refs: list, codec: str, params: dict, walk: WalkConfig,
                         train: TrainConfig, max_retries: int = 3) -> StageResult:
-    """The K-row table of a graph of S > 1 shards, data-parallel: walk_refs holds one walks ref per
-    graph shard (k-major, walk.walks_per_node walks from each of its nodes). Each round (one walk
-    number, walks_per_node x epochs rounds) every non-empty shard's task trains a copy of the table
-    on its walks of that round and one task averages the copies (workers/compress/averaged.py).
-    Tasks take one shard's walks or sentences and K-row tables, never more. Returns
-    StageResult(ref of the state {"table"}, training info)."""
+    """The K-row table of a graph of S > 1 shards: walk_refs holds one walks ref per graph shard
+    (k-major, walk.walks_per_node walks from each of its nodes). Each round (one walk number,
+    walks_per_node x epochs rounds) the table goes from shard to shard, each non-empty shard's task
+    training it on its walks of that round (workers/compress/sharded_table.py); Ray runs a step
+    where its shard's prepared walks are (the larger argument). Tasks take one shard's walks or
+    sentences and the K-row tables, never more. Returns StageResult(ref of the state {"table"},
+    training info)."""
     import ray
     log = stage_logger()
     S, t0 = graph.num_shards, time.perf_counter()
     if len(walk_refs) != S:
         raise ValueError(f"learned table on shards: {len(walk_refs)} walks objects for {S} graph shards")
-    cpus = int(stage_options("train").get("num_cpus") or max(1, max_node_cpus() // S))
+    cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     opts = dict(max_retries=max_retries)
-    prep = remote(av.prepare_shard, "train", num_cpus=1, **opts)
+    prep = remote(st.prepare_shard, "train", num_cpus=1, **opts)
     live = [(s, sh.hi - sh.lo, prep.remote(ref, codec, params))
             for s, (sh, ref) in enumerate(zip(graph.shards, walk_refs)) if sh.hi > sh.lo]
-    tables = remote(av.start_tables, "train", num_cpus=1, **opts).remote(codec, params, train)
-    step = remote(av.train_round, "train", num_cpus=cpus, num_returns=2, **opts)
-    average = remote(av.average_tables, "train", num_cpus=1, **opts)
-    rounds, stats_refs = walk.walks_per_node * train.epochs, []
+    tables = remote(st.start_tables, "train", num_cpus=1, **opts).remote(codec, params, train)
+    step = remote(st.train_step, "train", num_cpus=cpus, num_returns=2, **opts)
+    rounds, L, stats_refs = walk.walks_per_node * train.epochs, len(live), []
     for r in range(rounds):
-        outs = [step.remote(p, tables, r, rounds, rows, walk.walks_per_node, codec, params, train, s,
-                            threads=train.threads or cpus) for s, rows, p in live]
-        tables = average.remote(codec, *[o[0] for o in outs])
-        stats_refs += [o[1] for o in outs]
-    state_ref = remote(av.final_state, "train", num_cpus=1, **opts).remote(tables)
-    stats = gather(stats_refs, f"train {codec} table (shard rounds)")
-    info = {"stats": averaged_stats(stats, len(live), rounds), "shards": S, "fit_s": round(time.perf_counter() - t0, 4)}
+        for i, (s, rows, p) in enumerate(live):
+            tables, stats_ref = step.remote(p, tables, r, r * L + i, rounds * L, rows, walk.walks_per_node, codec,
+                                            params, train, s, threads=train.threads or cpus)
+            stats_refs.append(stats_ref)
+    state_ref = remote(st.final_state, "train", num_cpus=1, **opts).remote(tables)
+    stats = gather(stats_refs, f"train {codec} table (round x shard steps)")
+    ray.get(state_ref)
+    info = {"stats": step_stats(stats, L, rounds), "shards": S, "fit_s": round(time.perf_counter() - t0, 4)}
     if codec in cz.COMPOSED:
         info["codes"] = "qr" if codec == "qr" else "hash"
-    st = info["stats"]
-    log.info(f"train {codec} table on {S} shards: {rounds} rounds x {len(live)} copies averaged, "
-             f"{st['tokens']:,} tokens, loss {st['loss_first']:.4f} -> {st['loss_last']:.4f}, {info['fit_s']:.2f}s")
-    ray.get(state_ref)
+    got = info["stats"]
+    log.info(f"train {codec} table on {S} shards: {rounds} rounds x {L} shard steps, {got['tokens']:,} tokens, "
+             f"loss {got['loss_first']:.4f} -> {got['loss_last']:.4f}, {info['fit_s']:.2f}s")
     return StageResult(state_ref, info)
 
 
-def averaged_stats(stats: list[dict], copies: int, rounds: int) -> dict:
-    """The training stats of the averaged rounds (`stats`: round-major, `copies` per round): totals,
-    and the pair-weighted loss of the first and the last round."""
+def step_stats(stats: list[dict], shards: int, rounds: int) -> dict:
+    """The training stats of the steps (`stats`: round-major, `shards` per round): totals, and the
+    pair-weighted loss of the first and the last round."""
     def loss(ss, key):
-        got = [(s[key], s["pairs"]) for s in ss if s[key] == s[key]]      # nan: a copy with no pairs
+        got = [(s[key], s["pairs"]) for s in ss if s[key] == s[key]]      # nan: a step with no pairs
         return sum(v * p for v, p in got) / max(1, sum(p for _, p in got)) if got else float("nan")
     tokens, seconds = sum(s["tokens"] for s in stats), sum(s["wall_s"] for s in stats)
-    return {"engine": "averaged", "rounds": rounds, "copies": copies, "tokens": tokens,
+    return {"engine": "shard-steps", "rounds": rounds, "shard_steps": shards, "tokens": tokens,
             "pairs": sum(s["pairs"] for s in stats), "seconds": round(seconds, 4),
-            "tokens_per_s": tokens / max(seconds, 1e-9), "loss_first": loss(stats[:copies], "loss_first"),
-            "loss_last": loss(stats[-copies:], "loss_last")}
+            "tokens_per_s": tokens / max(seconds, 1e-9), "loss_first": loss(stats[:shards], "loss_first"),
+            "loss_last": loss(stats[-shards:], "loss_last")}
 
 
 @task(name="learned_write", cache_policy=NO_CACHE)
@@ -169,7 +170,7 @@ def write_table_sharded(lake, *, dataset: str, method: str, run_id: str, graph: 
     writes the codebook file (the K-row table) pinned to them."""
     import ray
     t0 = time.perf_counter()
-    fn = remote(av.write_shard_codes, "publish", num_cpus=1, max_retries=max_retries)
+    fn = remote(st.write_shard_codes, "publish", num_cpus=1, max_retries=max_retries)
     live = [sh for sh in graph.shards if sh.hi > sh.lo]
     refs = [fn.remote(lake, dataset=dataset, method=method, run_id=run_id, codec=codec, params=params,
                       partition=i, lo=sh.lo, hi=sh.hi, node_ids=sh.ids_ref) for i, sh in enumerate(live)]

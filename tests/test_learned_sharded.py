@@ -1,6 +1,7 @@
 """Learned K-row tables (train.table = hash | qr | unified) on a graph of S > 1 shards (issue 17):
-codes from the node id per shard, copies of the table trained per shard and round and averaged
-(workers/compress/averaged.py, tasks/learned.py), each shard's rows written by its own task."""
+codes from the node id per shard, the K-row table passed from shard to shard, each training it on
+its walks of the round (workers/compress/sharded_table.py, tasks/learned.py), each shard's rows
+written by its own task."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from embedlake.config import CompressConfig, TrainConfig, WalkConfig
 from embedlake.tasks.learned import table_params
-from embedlake.workers.compress import averaged as av
+from embedlake.workers.compress import sharded_table as st
 from embedlake.workers.compress import codecs as cz
 from embedlake.workers.compress.compose import assign_codes
 from embedlake.workers.graph.csr import build_csr
@@ -32,15 +33,15 @@ def _shard_walks(csr, S: int, walk: WalkConfig) -> list[np.ndarray]:
 
 def _in_process(walks: list[np.ndarray], bounds, codec: str, params: dict, walk: WalkConfig,
                 train: TrainConfig) -> np.ndarray:
-    """The averaged training written out in one process: what the Ray tasks must give exactly."""
-    preps = [av.prepare_shard(w, codec, params) for w in walks]
-    tables = av.start_tables(codec, params, train)
-    rounds = walk.walks_per_node * train.epochs
+    """The shard steps written out in one process: what the Ray tasks must give exactly."""
+    preps = [st.prepare_shard(w, codec, params) for w in walks]
+    tables = st.start_tables(codec, params, train)
+    rounds, L = walk.walks_per_node * train.epochs, len(bounds)
     for r in range(rounds):
-        copies = [av.train_round(p, tables, r, rounds, hi - lo, walk.walks_per_node, codec, params, train, s)[0]
-                  for s, (p, (lo, hi)) in enumerate(zip(preps, bounds)) if hi > lo]
-        tables = av.average_tables(codec, *copies)
-    return av.final_state(tables)["table"]
+        for s, (p, (lo, hi)) in enumerate(zip(preps, bounds)):
+            tables, _ = st.train_step(p, tables, r, r * L + s, rounds * L, hi - lo, walk.walks_per_node, codec,
+                                      params, train, s)
+    return st.final_state(tables)["table"]
 
 
 @pytest.mark.parametrize("codec", ["hash", "qr", "unified"])
@@ -54,12 +55,12 @@ def test_shard_codes_are_the_one_task_codes(codec):
         codes, code_out, _ = assign_codes(codec, params, n, seed=params.get("seed", 0))
         whole = cz.encode(codec, np.empty((n, 0), np.float32), {"codes": codes}, params)
         ids = np.array([5, 0, 256, 17, 17])
-        got, got_out = av.codes_of(codec, params, ids, params.get("seed", 0))
+        got, got_out = st.codes_of(codec, params, ids, params.get("seed", 0))
         np.testing.assert_array_equal(got, codes[ids])
         if code_out is not None:
             np.testing.assert_array_equal(got_out, code_out[ids])
     for S in (1, 3, 4, 300):                          # 300 > n: empty shards (they write no part)
-        parts = [av.shard_code_columns(codec, params, lo, hi)["code"] for lo, hi in shard_bounds(n, S) if hi > lo]
+        parts = [st.shard_code_columns(codec, params, lo, hi)["code"] for lo, hi in shard_bounds(n, S) if hi > lo]
         np.testing.assert_array_equal(np.concatenate(parts), whole["code"])
 
 
@@ -68,26 +69,26 @@ def test_prepared_shard_is_its_walks_in_table_ids(codec):
     csr, walk = _graph(), WalkConfig(walks_per_node=3, length=12)
     params = table_params(codec, COMPRESS, csr.num_nodes, 16)
     walks = _shard_walks(csr, 2, walk)[1]
-    prep = av.prepare_shard(walks, codec, params)
+    prep = st.prepare_shard(walks, codec, params)
     valid = walks[walks >= 0]
     assert prep["offsets"].size == walks.shape[0] + 1 and prep["tokens"].size == valid.size
     assert prep["counts"].sum() == valid.size and prep["counts"].size == prep["vocab"]
     if codec == "hash":
-        np.testing.assert_array_equal(prep["tokens"], av.hash_buckets(valid, params["buckets"], params["seed"]))
+        np.testing.assert_array_equal(prep["tokens"], st.hash_buckets(valid, params["buckets"], params["seed"]))
     else:       # the local vocabulary: the distinct visited nodes, each with its codes
         ids = np.unique(valid)
         assert prep["vocab"] == ids.size
-        codes, _ = av.codes_of(codec, params, ids[prep["tokens"]], params["seed"])
-        want, _ = av.codes_of(codec, params, valid, params["seed"])
+        codes, _ = st.codes_of(codec, params, ids[prep["tokens"]], params["seed"])
+        want, _ = st.codes_of(codec, params, valid, params["seed"])
         np.testing.assert_array_equal(codes, want)
-        np.testing.assert_array_equal(av.codes_of(codec, params, ids, params["seed"])[0], prep["code_in"])
+        np.testing.assert_array_equal(st.codes_of(codec, params, ids, params["seed"])[0], prep["code_in"])
 
 
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("codec, S", [("qr", 2), ("unified", 4)])
 def test_sharded_training_is_reproducible_and_takes_one_shard(tmp_path, codec, S):
-    """The Ray tasks give exactly the in-process averaged table, the same on a second run (one
-    thread per copy), and no learned-table task takes or returns more than about one shard's walks
+    """The Ray tasks give exactly the in-process table, the same on a second run (one thread per
+    step), and no learned-table task takes or returns more than about one shard's walks
     plus the K-row tables (object sizes recorded)."""
     import ray
 
@@ -109,10 +110,10 @@ def test_sharded_training_is_reproducible_and_takes_one_shard(tmp_path, codec, S
     assert table.shape == (params["table_rows"], 16) and np.abs(table).sum() > 0
     np.testing.assert_array_equal(table, ray.get(again.ref)["table"])
     np.testing.assert_array_equal(table, _in_process(walks, bounds, codec, params, walk, train))
-    assert first.info["stats"]["rounds"] == 3 and first.info["stats"]["copies"] == S
+    assert first.info["stats"]["rounds"] == 3 and first.info["stats"]["shard_steps"] == S
     assert first.info["stats"]["tokens"] == sum(int((w >= 0).sum()) for w in walks)
     calls = [c for c in read_calls(folder) if c.stage == "train"]
-    assert {"prepare_shard", "train_round", "average_tables"} <= {c.fn for c in calls}
+    assert {"prepare_shard", "start_tables", "train_step", "final_state"} <= {c.fn for c in calls}
     one_shard = max(w.nbytes for w in walks) + 2 * params["table_rows"] * 16 * 4
     assert max(c.largest for c in calls) <= 1.5 * one_shard, [(c.fn, c.largest) for c in calls]
     assert max(c.largest for c in calls) < sum(w.nbytes for w in walks)     # no task sees all walks
@@ -123,7 +124,7 @@ def test_sharded_training_is_reproducible_and_takes_one_shard(tmp_path, codec, S
 def test_flow_commits_a_learned_table_of_a_sharded_graph(tmp_path, codec, S):
     """embed_graph with graph.shards = S and a learned table: walks by the shard owners, the table
     trained on the shards, one code part per shard (its rows, in row order), the codebook and the
-    measured figures; the rows decode to the averaged table's rows."""
+    measured figures; every row decodes from its codes and the table."""
     from embedlake.config import load_config
     from embedlake.flows.embed_graph import embed_graph
     from embedlake.lake import Lake
@@ -135,7 +136,7 @@ def test_flow_commits_a_learned_table_of_a_sharded_graph(tmp_path, codec, S):
                                        "eval.link_prediction=true", "eval.lp_operators=[dot]"]))
     assert s["method"] == f"deepwalk.{codec}" and s["embeddings"] is None
     man = Lake(lake).manifest("planted", f"deepwalk.{codec}")
-    assert man.extra["train"]["shards"] == S and man.extra["train"]["stats"]["engine"] == "averaged"
+    assert man.extra["train"]["shards"] == S and man.extra["train"]["stats"]["engine"] == "shard-steps"
     assert [f["rows"] for f in man.files["tables"]] == [hi - lo for lo, hi in shard_bounds(400, S)]
     nc = man.metrics["node_classification"]["micro_f1"]
     assert set(nc) == {"0.1", "0.5", "0.9"} and all(0 <= v <= 1 for v in nc.values())

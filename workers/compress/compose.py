@@ -90,7 +90,7 @@ def hash_codes(n: int, lp: dict, seed: int, feature: int = 0, types: np.ndarray 
 def hash_codes_of(ids: np.ndarray, lp: dict, seed: int, feature: int = 0, types: np.ndarray | None = None
                   ) -> np.ndarray:
     """Level-local rows of any node ids (`types`: theirs, or None): a function of the id alone, so
-    a graph shard computes the codes of the nodes it sees (workers/compress/averaged.py)."""
+    a graph shard computes the codes of the nodes it sees (workers/compress/sharded_table.py)."""
     ids = np.asarray(ids, np.int64)
     out = np.empty((len(ids), lp["levels"]), np.int32)
     for l in range(lp["levels"]):
