@@ -32,6 +32,7 @@ from embedlake.errors import ConfigError
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit
 from embedlake.tasks.graph import GraphHandle, StageResult
+from embedlake.tasks.placement import ref_placements
 from embedlake.tasks.progress import Progress
 from embedlake.tasks.remote import remote, stage_options
 from embedlake.tasks.runtime import max_node_cpus
@@ -115,8 +116,8 @@ def train_table_sharded(graph: GraphHandle, walk_refs: list, codec: str, params:
     """The K-row table of a graph of S > 1 shards: walk_refs holds one walks ref per graph shard
     (k-major, walk.walks_per_node walks from each of its nodes). Each round (one walk number,
     walks_per_node x epochs rounds) the table goes from shard to shard, each non-empty shard's task
-    training it on its walks of that round (workers/compress/sharded_table.py); Ray runs a step
-    where its shard's prepared walks are (the larger argument). Tasks take one shard's walks or
+    training it on its walks of that round (workers/compress/sharded_table.py); a shard's steps
+    run on the node holding its walks (tasks/placement.py), so only the table moves. Tasks take one shard's walks or
     sentences and the K-row tables, never more. Returns StageResult(ref of the state {"table"},
     training info)."""
     import ray
@@ -126,14 +127,14 @@ def train_table_sharded(graph: GraphHandle, walk_refs: list, codec: str, params:
         raise ValueError(f"learned table on shards: {len(walk_refs)} walks objects for {S} graph shards")
     cpus = int(stage_options("train").get("num_cpus") or max_node_cpus())
     opts = dict(max_retries=max_retries)
-    prep = remote(st.prepare_shard, "train", num_cpus=1, **opts)
-    live = [(s, sh.hi - sh.lo, prep.remote(ref, codec, params))
+    where = ref_placements(walk_refs)      # a shard's prepare and steps run where its walks are
+    live = [(s, sh.hi - sh.lo, remote(st.train_step, "train", num_cpus=cpus, num_returns=2, **opts, **where[s]),
+             remote(st.prepare_shard, "train", num_cpus=1, **opts, **where[s]).remote(ref, codec, params))
             for s, (sh, ref) in enumerate(zip(graph.shards, walk_refs)) if sh.hi > sh.lo]
     tables = remote(st.start_tables, "train", num_cpus=1, **opts).remote(codec, params, train)
-    step = remote(st.train_step, "train", num_cpus=cpus, num_returns=2, **opts)
     rounds, L, stats_refs = walk.walks_per_node * train.epochs, len(live), []
     for r in range(rounds):
-        for i, (s, rows, p) in enumerate(live):
+        for i, (s, rows, step, p) in enumerate(live):
             tables, stats_ref = step.remote(p, tables, r, r * L + i, rounds * L, rows, walk.walks_per_node, codec,
                                             params, train, s, threads=train.threads or cpus)
             stats_refs.append(stats_ref)
