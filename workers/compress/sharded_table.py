@@ -58,8 +58,10 @@ def codes_of(codec: str, lp: dict, ids: np.ndarray, seed: int) -> tuple[np.ndarr
 
 def prepare_shard(walks: np.ndarray, codec: str, params: dict) -> dict:
     """One graph shard's walks [walks_per_node * rows, length] (k-major) as the sentences its task
-    trains: {"tokens", "offsets" (one sentence per walk), "rows" (start nodes), "vocab" (ids of
-    the table's input side), "code_in", "code_out" (table rows per vocabulary id), "counts"}."""
+    trains: {"tokens" (in vocabulary ids, -1 padding), "offsets" (one sentence per walk), "vocab"
+    (how many ids: hash's K buckets, else the distinct nodes visited), "code_in" (level-local codes
+    per vocabulary id; None for hash), "code_out" (unified's output-side table rows, else None),
+    "counts" (per vocabulary id)}."""
     from embedlake.workers.graph.walks import walks_to_sentences
     tokens, offsets = walks_to_sentences(walks)
     seed = params.get("seed", 0)
