@@ -145,3 +145,17 @@ def test_flow_commits_a_learned_table_of_a_sharded_graph(tmp_path, codec, S):
     X = t.decode()
     assert X.shape == (400, 16) and np.isfinite(X).all() and np.abs(X).sum() > 0
     assert len(np.unique(t.ids)) == 400
+
+
+def test_compose_on_shards_from_auto_is_refused_with_the_reason(tmp_path, capsys, shared):
+    """graph.shards=auto can give S > 1 at run time (here a tiny shard_budget_mb): compose, whose
+    codes need the whole graph's sketch, then exits 2 with one line naming the fields, and commits
+    nothing."""
+    from embedlake.flows.cli import main as cli
+    from embedlake.lake import Lake
+    k, uri = shared("datasets", "karate"), str(tmp_path / "lake")
+    assert cli(["embed-graph", "--edges", str(k / "edges.tsv"), "--lake", uri, "-p", "train.table=compose",
+                "-p", "graph.shard_budget_mb=0.0002", "-p", "train.dim=16", "-p", "compress.compose_ratio=4"]) == 2
+    err = capsys.readouterr().err
+    assert "train.table=compose" in err and "graph.shards=1" in err and "graph.shards=auto gave" in err, err
+    assert not Lake(uri).methods("karate")
