@@ -15,11 +15,13 @@ so the figures agree with scikit-learn's to well within 0.01 F1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from embedlake.workers.evaluate.rows import unit_rows
+from embedlake.workers.evaluate.rows import unit_blocks, unit_rows
 
 
 def blas_threads(threads: int | None):
@@ -248,13 +250,27 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True, rows: int | None =
     stopping rule do not depend on it; on deezer_europe (28,281 x 513) it is most of the
     labelled set's cost (0.83 CPU-s for every row).
     """
-    n = Xl.shape[0]
-    scale = 1.0
+    pick = spectrum_sample(Xl.shape[0], rows, seed)
+    return gram_eigh(Xl if pick is None else Xl[pick], 1.0 if pick is None else Xl.shape[0] / pick.size,
+                     fit_intercept)
+
+
+def spectrum_sample(n: int, rows: int | None, seed: int) -> np.ndarray | None:
+    """The ascending positions of ``gram_spectrum``'s seeded sample of ``rows`` of n rows (None:
+    every row)."""
     if rows and rows < n:
-        Xl = Xl[np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))]
-        scale = n / rows
-    Xa = np.hstack([Xl, np.ones((Xl.shape[0], 1))]) if fit_intercept else Xl
-    Xa = Xa.astype(np.float32)
+        return np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))
+    return None
+
+
+def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of ``scale`` x the Gram matrix of the design [Xs, 1] (or Xs), the
+    product in float32 (see ``gram_spectrum``)."""
+    d = Xs.shape[1]
+    Xa = np.empty((Xs.shape[0], d + 1 if fit_intercept else d), dtype=np.float32)
+    Xa[:, :d] = Xs
+    if fit_intercept:
+        Xa[:, d] = 1.0
     lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
     return np.maximum(lam, 0.0), Q
 
@@ -296,7 +312,7 @@ def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: f
     if fit_cols.size:
         W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
                          start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = decision_scores(Xte, W)
+        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, RowsInPlace) else decision_scores(Xte, W)
         W_all[:, fit_cols] = W
     k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
@@ -341,20 +357,83 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design):
 
 @dataclass
 class LabelledSet:
-    """The rows node classification scores: normalised float64 embeddings of the labelled
-    nodes (a seeded sample of them above ``max_nodes``), their label matrix and Gram spectrum."""
+    """The rows node classification scores: the labelled nodes (a seeded sample of them above
+    ``max_nodes``), their label matrix and Gram spectrum, and where their rows are read from:
+    labelled row i is row ``index[i]`` of ``source`` (row i when ``index`` is None), as float64,
+    divided by its norm when ``normalize`` (``rows``).
+
+    Why in place, not a float64 copy of the labelled rows: the copy (116 MB on deezer_europe,
+    28,281 x 512) was faulted in page by page in each worker (the workers map every array of
+    1 MiB or more on its own) only for each repeat's design to gather it once more; now the
+    design and the test scores normalise the rows they need a block at a time, the same values
+    bit for bit (docs/evaluation.md, seventh round). ``X`` builds the whole set when asked."""
     nodes: np.ndarray                     # the node ids of the rows, ascending
-    X: np.ndarray
+    source: np.ndarray
+    index: np.ndarray | None
     Y: np.ndarray
     multilabel: bool
     num_labels: int
     labelled_nodes: int                   # before any sampling
-    spectrum: tuple[np.ndarray, np.ndarray]
+    spectrum: tuple[np.ndarray, np.ndarray] | None = None
+    normalize: bool = True
+
+    @property
+    def size(self) -> int:
+        return int(self.nodes.size)
+
+    @property
+    def dim(self) -> int:
+        return int(self.source.shape[1])
+
+    def rows(self, pos: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The labelled rows at positions ``pos``, float64, unit length when ``normalize``
+        (``unit_rows``: a block at a time), written into ``out`` when given."""
+        src = pos if self.index is None else self.index[pos]
+        if self.normalize:
+            return unit_rows(self.source, src, np.float64, out=out)
+        out = np.empty((len(src), self.dim)) if out is None else out
+        out[...] = self.source[src]
+        return out
+
+    @functools.cached_property
+    def X(self) -> np.ndarray:
+        """Every labelled row (see ``rows``) in one array; the splits never build it."""
+        if self.index is None and not self.normalize and self.source.dtype == np.float64:
+            return self.source
+        return self.rows(np.arange(self.size))
+
+    def compact(self) -> LabelledSet:
+        """The same set holding its own rows only, not the table behind them: what a task hands
+        other tasks through the object store."""
+        return dataclasses.replace(self, source=self.X, index=None, normalize=False)
 
     def info(self) -> dict:
         """What was scored, for ``classification_summary``."""
-        return {"multilabel": self.multilabel, "num_nodes": int(self.X.shape[0]), "num_labels": self.num_labels,
+        return {"multilabel": self.multilabel, "num_nodes": self.size, "num_labels": self.num_labels,
                 "labelled_nodes": self.labelled_nodes}
+
+
+@dataclass
+class RowsInPlace:
+    """Test rows of a `LabelledSet` (positions ``pos``) that are scored a block at a time, never
+    gathered: ``split_scores`` of a repeat whose design holds its training rows only."""
+    ls: LabelledSet
+    pos: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pos.size), self.ls.dim)
+
+    def scores(self, W: np.ndarray) -> np.ndarray:
+        """``decision_scores`` of the rows, a block of them at a time (``unit_blocks``)."""
+        ls = self.ls
+        src = self.pos if ls.index is None else ls.index[self.pos]
+        out = np.empty((self.pos.size, W.shape[1]))
+        blocks = (unit_blocks(ls.source, src, np.float64) if ls.normalize else
+                  ((lo, min(src.size, lo + 128), ls.source[src[lo:lo + 128]]) for lo in range(0, src.size, 128)))
+        for lo, hi, block in blocks:
+            out[lo:hi] = decision_scores(block, W)
+        return out
 
 
 @dataclass
@@ -404,13 +483,14 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
                          spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
-    with ``index``, ``rows[index[i]]`` is, and the rows are read in place). Normalised a block of
-    rows at a time (``unit_rows``: no table-sized temporaries, the same figures)."""
-    rows = np.asarray(rows)
-    Xl = unit_rows(rows, index, np.float64) if normalize else (rows if index is None else rows[index]).astype(np.float64)
+    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); only the
+    Gram spectrum's sample of them is read here."""
+    ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
+                     normalize=bool(normalize))
+    pick = spectrum_sample(ls.size, spectrum_rows, seed)
     with blas_threads(threads):
-        spectrum = gram_spectrum(Xl, rows=spectrum_rows, seed=seed)
-    return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
+        ls.spectrum = gram_eigh(ls.X if pick is None else ls.rows(pick), ls.size / pick.size if pick is not None else 1.0)
+    return ls
 
 
 @dataclass
@@ -434,11 +514,11 @@ class RepeatDesign:
 
     @classmethod
     def of(cls, ls: LabelledSet, repeat: int, seed: int = 0, rows: int | None = None) -> RepeatDesign:
-        n, d = ls.X.shape
+        n, d = ls.size, ls.dim
         perm = split_permutation(n, seed + repeat)
         rows = n if rows is None else min(n, int(rows))
         Xa = np.empty((rows, d + 1))
-        np.take(ls.X, perm[:rows], axis=0, out=Xa[:, :d], mode="clip")
+        ls.rows(perm[:rows], out=Xa[:, :d])
         Xa[:, d] = 1.0
         return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm], perm)
 
@@ -461,7 +541,7 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
     ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios.
     Returns (micro, macro, (micro sd, macro sd) over ``bootstrap`` resamples of the test nodes
     (zeros without), fitted W)."""
-    n, d = ls.X.shape
+    n, d = ls.size, ls.dim
     k = int(ratio * n)
     if not 0 < k < n:
         raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
@@ -470,11 +550,10 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
         if rd.Xa.shape[0] < k:
             raise ValueError(f"the repeat's design holds {rd.Xa.shape[0]} rows, the split trains on {k}")
-        whole = rd.Xa.shape[0] == n              # else the test rows are scored in place, in ls order
-        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d] if whole else ls.X, multilabel=ls.multilabel, C=C,
-                                    tol=tol, spectrum=(lam * (k / n), Q), start=start,
-                                    design=(rd.Xa[:k], rd.Xh[:k]), k_true=(rd.Y[k:] if whole else ls.Y).sum(1))
-        pred = pred if whole else pred[rd.perm[k:]]
+        whole = rd.Xa.shape[0] == n              # else the test rows are scored in place, a block at a time
+        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d] if whole else RowsInPlace(ls, rd.perm[k:]),
+                                    multilabel=ls.multilabel, C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
+                                    design=(rd.Xa[:k], rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
         sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
     return (*f1_scores(rd.Y[k:], pred), sd, W)
 
@@ -496,7 +575,7 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
         if rd is None or rd.repeat != rep:
             top = max(rr for rr, rp in splits if rp == rep)
-            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.X.shape[0]) if top < 0.5 else None)
+            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.size) if top < 0.5 else None)
         mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
                                      bootstrap=0 if r in full_ratios else bootstrap)
         out.append((r, rep, mi, ma, *sd))
