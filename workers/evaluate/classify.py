@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedlake.workers.evaluate.rows import unit_blocks, unit_rows
+from embedlake.workers.evaluate.rows import block_rows, unit_blocks, unit_rows
 
 
 def blas_threads(threads: int | None):
@@ -45,7 +45,18 @@ def blas_threads(threads: int | None):
 # batched L2 logistic regression (liblinear primal objective)
 # ---------------------------------------------------------------------------------------------
 
-def _loss_grad(Xa, S, W, C, M):
+def _times(Xa, Xh, W):
+    """X @ W in float64: through the float64 design Xa, or, when there is none (Xa None: a
+    `RepeatDesign`), through the float32 one with W rounded to float32 (see `RepeatDesign`)."""
+    return Xa @ W if Xa is not None else (Xh @ W.astype(np.float32)).astype(np.float64)
+
+
+def _times_t(Xa, Xh, V):
+    """X.T @ V in float64, as `_times`."""
+    return Xa.T @ V if Xa is not None else (Xh.T @ V.astype(np.float32)).astype(np.float64)
+
+
+def _loss_grad(Xa, Xh, S, W, C, M):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
@@ -55,13 +66,13 @@ def _loss_grad(Xa, S, W, C, M):
     from scipy.special import expit
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
     q = expit(-M)                                  # 1 - sigma(margin)
-    G = W - C * (Xa.T @ (S * q))
+    G = W - C * _times_t(Xa, Xh, S * q)
     D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
 
 
-def _margins_loss(Xa, S, W, C):
-    M = S * (Xa @ W)
+def _margins_loss(Xa, Xh, S, W, C):
+    M = S * _times(Xa, Xh, W)
     return M, 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
 
 
@@ -83,26 +94,28 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     norm at W = 0 (one product), so a warm start stops at the same accuracy as a cold one.
 
     ``design``: (Xa, Xh), the design [X, 1] (or X) in float64 and float32, when the caller has
-    them (`RepeatDesign`: one per repeat, its splits are prefixes); X is then not read.
+    them; X is then not read. Xa None: every product runs through the float32 Xh (`RepeatDesign`:
+    one per repeat, its splits are prefixes; the loss, gradient and steps stay float64).
     """
     if design is None:
         X = np.asarray(X, dtype=np.float64)
         Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
-    n = (design[0] if design is not None else Xa).shape[0]
-    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products only
+    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products (at least)
+    n, width = Xh.shape
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
-    W = np.zeros((Xa.shape[1], L)) if start is None else np.array(start, dtype=np.float64)
-    lam, Q = spectrum if spectrum is not None else np.linalg.eigh(Xa.T @ Xa)   # shared by every label
-    lam = np.maximum(lam, 0.0)
-    Mall = np.zeros((n, L)) if start is None else S * (Xa @ W)     # margins at the current W
-    g0 = None if start is None else np.linalg.norm(0.5 * C * (Xa.T @ S), axis=0)   # |gradient| at W = 0
+    W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
+    if spectrum is None:                                              # shared by every label
+        spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
+    lam, Q = np.maximum(spectrum[0], 0.0), spectrum[1]
+    Mall = np.zeros((n, L)) if start is None else S * _times(Xa, Xh, W)     # margins at the current W
+    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S), axis=0)   # |gradient| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
         Sa, Wa = S[:, active], W[:, active]
-        f, G, D = _loss_grad(Xa, Sa, Wa, C, Mall[:, active])
+        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall[:, active])
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -113,7 +126,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
         P = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
-        t, pending = _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active)
+        t, pending = _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active)
         W[:, active] = Wa + t * P
         if pending.all():
             break
@@ -160,7 +173,7 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
     return P
 
 
-def _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+def _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
     """Armijo backtracking along P, per column: halve each label's step until its loss decreases
     enough (30 halvings at most). Writes the accepted margins into Mall (so the next iteration's
     loss needs no extra product) and returns (steps, pending): a column still pending found no
@@ -170,7 +183,7 @@ def _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.
     pending = np.ones(G.shape[1], dtype=bool)
     for _ls in range(30):
         idx = np.flatnonzero(pending)
-        Mn, fn = _margins_loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+        Mn, fn = _margins_loss(Xa, Xh, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
         ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
         Mall[:, active[idx[ok]]] = Mn[:, ok]
         pending[idx[ok]] = False
@@ -312,7 +325,7 @@ def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: f
     if fit_cols.size:
         W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
                          start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, RowsInPlace) else decision_scores(Xte, W)
+        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, (DesignRows, RowsInPlace)) else decision_scores(Xte, W)
         W_all[:, fit_cols] = W
     k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
@@ -387,7 +400,8 @@ class LabelledSet:
 
     def rows(self, pos: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The labelled rows at positions ``pos``, float64, unit length when ``normalize``
-        (``unit_rows``: a block at a time), written into ``out`` when given."""
+        (``unit_rows``: a block at a time), written into ``out`` when given (a float32 ``out``
+        gets them rounded, as ``astype`` would)."""
         src = pos if self.index is None else self.index[pos]
         if self.normalize:
             return unit_rows(self.source, src, np.float64, out=out)
@@ -414,9 +428,24 @@ class LabelledSet:
 
 
 @dataclass
+class DesignRows:
+    """Test rows that are rows of a float32 design [X, 1] (a `RepeatDesign`'s): scored the way
+    the solver multiplies (``_times``), not through a float64 copy."""
+    Xh: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.Xh.shape[0], self.Xh.shape[1] - 1)
+
+    def scores(self, W: np.ndarray) -> np.ndarray:
+        return _times(None, self.Xh, W)
+
+
+@dataclass
 class RowsInPlace:
     """Test rows of a `LabelledSet` (positions ``pos``) that are scored a block at a time, never
-    gathered: ``split_scores`` of a repeat whose design holds its training rows only."""
+    gathered: ``split_scores`` of a repeat whose design holds its training rows only. Each block
+    is laid out as a `RepeatDesign`'s rows are, so a row scores as it would in a whole design."""
     ls: LabelledSet
     pos: np.ndarray
 
@@ -425,14 +454,17 @@ class RowsInPlace:
         return (int(self.pos.size), self.ls.dim)
 
     def scores(self, W: np.ndarray) -> np.ndarray:
-        """``decision_scores`` of the rows, a block of them at a time (``unit_blocks``)."""
-        ls = self.ls
+        """``DesignRows.scores`` of the rows, a block of them at a time (``unit_blocks``)."""
+        ls, d = self.ls, self.ls.dim
         src = self.pos if ls.index is None else ls.index[self.pos]
         out = np.empty((self.pos.size, W.shape[1]))
-        blocks = (unit_blocks(ls.source, src, np.float64) if ls.normalize else
-                  ((lo, min(src.size, lo + 128), ls.source[src[lo:lo + 128]]) for lo in range(0, src.size, 128)))
+        step = block_rows(d)
+        design = np.ones((min(step, src.size), d + 1), dtype=np.float32)
+        blocks = (unit_blocks(ls.source, src, np.float64, step) if ls.normalize else
+                  ((lo, min(src.size, lo + step), ls.source[src[lo:lo + step]]) for lo in range(0, src.size, step)))
         for lo, hi, block in blocks:
-            out[lo:hi] = decision_scores(block, W)
+            design[:hi - lo, :d] = block
+            out[lo:hi] = _times(None, design[:hi - lo], W)
         return out
 
 
@@ -496,18 +528,26 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
 @dataclass
 class RepeatDesign:
     """A repeat's labelled rows in its split order (``split_permutation(n, seed + repeat)``): the
-    design [X, 1] in float64 and float32 and the labels. Every split of the repeat trains on a
-    prefix and tests on the rest, so they are views, not copies.
+    design [X, 1] in float32 and the labels. Every split of the repeat trains on a prefix and
+    tests on the rest, so they are views, not copies.
 
     Why: the fits of a 37,700 x 513 design (github_social, FastRP d = 512) spent most of their
     time gathering, widening and converting the rows for each split (three copies of 155 MB),
     more than in the solver's products.
 
+    Why float32 only (issue 22, seventh round): the design was also kept in float64 for the
+    gradient and the line search. On deezer_europe (28,281 x 513) that copy was 116 MB faulted in
+    page by page in each worker, two thirds of the memory the fits read, and with its float32 twin
+    the largest cost of node classification in a worker. The products now all run in float32
+    (the rows are rounded from their float64 unit form, the weights per product) and return
+    float64; loss, gradient, steps and weights stay float64. A float32 dot product of 513 terms
+    is accurate to about 1e-6 of its terms' size, a thousand times below the stopping rule's
+    1e-3 relative gradient (docs/evaluation.md: the F1 against the float64 design).
+
     ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose splits
     all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test rows
-    are then scored in place (``split_scores``), not copied."""
+    are then scored in place (`RowsInPlace`), not copied."""
     repeat: int
-    Xa: np.ndarray
     Xh: np.ndarray
     Y: np.ndarray
     perm: np.ndarray
@@ -517,10 +557,10 @@ class RepeatDesign:
         n, d = ls.size, ls.dim
         perm = split_permutation(n, seed + repeat)
         rows = n if rows is None else min(n, int(rows))
-        Xa = np.empty((rows, d + 1))
-        ls.rows(perm[:rows], out=Xa[:, :d])
-        Xa[:, d] = 1.0
-        return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm], perm)
+        Xh = np.empty((rows, d + 1), dtype=np.float32)
+        ls.rows(perm[:rows], out=Xh[:, :d])
+        Xh[:, d] = 1.0
+        return cls(repeat, Xh, ls.Y[perm], perm)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
@@ -548,12 +588,12 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
     lam, Q = ls.spectrum
     with blas_threads(threads):
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
-        if rd.Xa.shape[0] < k:
-            raise ValueError(f"the repeat's design holds {rd.Xa.shape[0]} rows, the split trains on {k}")
-        whole = rd.Xa.shape[0] == n              # else the test rows are scored in place, a block at a time
-        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d] if whole else RowsInPlace(ls, rd.perm[k:]),
+        if rd.Xh.shape[0] < k:
+            raise ValueError(f"the repeat's design holds {rd.Xh.shape[0]} rows, the split trains on {k}")
+        whole = rd.Xh.shape[0] == n              # else the test rows are scored in place, a block at a time
+        pred, W = split_predictions(None, rd.Y[:k], DesignRows(rd.Xh[k:]) if whole else RowsInPlace(ls, rd.perm[k:]),
                                     multilabel=ls.multilabel, C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
-                                    design=(rd.Xa[:k], rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
+                                    design=(None, rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
         sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
     return (*f1_scores(rd.Y[k:], pred), sd, W)
 

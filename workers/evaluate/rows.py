@@ -27,17 +27,19 @@ def block_rows(d: int) -> int:
     return max(1, BLOCK_BYTES // (8 * max(1, d)))
 
 
-def unit_blocks(X, rows: np.ndarray | None = None, dtype=np.float32) -> Iterator[tuple[int, int, np.ndarray]]:
+def unit_blocks(X, rows: np.ndarray | None = None, dtype=np.float32,
+                step: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, block) for consecutive blocks of ``X[rows]`` (every row when None): ``block`` holds
     rows lo..hi - 1 as ``dtype``, each divided by its Euclidean norm (a zero row stays zero). The
-    block is a buffer reused by the next step: copy what you keep. The values are those of
+    block is a buffer reused by the next step: copy what you keep. ``step``: rows per block
+    (default ``block_rows``). The values are those of
     ``Y / np.where(n > 0, n, 1)`` with ``Y = X[rows].astype(dtype)`` and
     ``n = np.linalg.norm(Y, axis=1, keepdims=True)`` (the norm's own steps: squares, a row sum,
     a square root)."""
     X = np.asarray(X)
     count = X.shape[0] if rows is None else len(rows)
     d = X.shape[1]
-    step = min(block_rows(d), max(count, 1))
+    step = min(step or block_rows(d), max(count, 1))
     if rows is not None and count and (np.min(rows) < -X.shape[0] or np.max(rows) >= X.shape[0]):
         raise IndexError(f"row index out of range for {X.shape[0]} rows")
     raw = np.empty((step, d), dtype=X.dtype)
