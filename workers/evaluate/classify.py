@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedlake.workers.evaluate.rows import block_rows, unit_blocks, unit_rows
+from embedlake.workers.evaluate.rows import unit_rows
 
 
 def blas_threads(threads: int | None):
@@ -60,12 +60,13 @@ def _loss_grad(Xa, Xh, S, W, C, M):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
-    scipy.special is imported here, not at the module's top: the evaluate task's driver imports
-    this module for ``protocol_splits`` alone, and scipy.special cost it 0.1-0.25 CPU-s before the
-    figures task was even submitted (issue 22, sixth round)."""
-    from scipy.special import expit
+    1 - sigma(M) is 1 / (1 + exp(M)) in numpy, not scipy.special.expit: importing scipy.special
+    cost a fresh worker's figures task 0.09 CPU-s (issue 22, seventh round), a tenth of the
+    evaluate stage on deezer_europe. numpy's exp differs from the C library's (expit's) by one
+    unit in the last place on about 2 % of arguments; the F1 came out identical."""
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
-    q = expit(-M)                                  # 1 - sigma(margin)
+    with np.errstate(over="ignore"):               # exp(M) = inf for M > 709: q = 0, as expit gives
+        q = 1.0 / (1.0 + np.exp(M))                # 1 - sigma(margin)
     G = W - C * _times_t(Xa, Xh, S * q)
     D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
@@ -325,7 +326,7 @@ def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: f
     if fit_cols.size:
         W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
                          start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, (DesignRows, RowsInPlace)) else decision_scores(Xte, W)
+        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, (DesignRows, BaseRows)) else decision_scores(Xte, W)
         W_all[:, fit_cols] = W
     k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
@@ -389,6 +390,7 @@ class LabelledSet:
     labelled_nodes: int                   # before any sampling
     spectrum: tuple[np.ndarray, np.ndarray] | None = None
     normalize: bool = True
+    base: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -416,6 +418,26 @@ class LabelledSet:
             return self.source
         return self.rows(np.arange(self.size))
 
+    def base_design(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(design, place): every labelled row as a float32 design row [unit row, 1] (see
+        `RepeatDesign`), laid out in repeat 0's split order (``split_permutation(n, seed)``), and
+        the place of each labelled row in it. Built once per set and seed.
+
+        Why one layout for every repeat: repeat 0's design is this array itself (its splits are
+        prefixes of it); another repeat's rows are gathered from it, already normalised, and a
+        repeat that trains on a small share only scores its test rows in it, so each row is
+        normalised once (deezer_europe's sampled default normalised 88,500 rows for 28,281 before)."""
+        if self.base is None or self.base[0] != seed:
+            n, d = self.size, self.dim
+            perm = split_permutation(n, seed)
+            Xh = np.empty((n, d + 1), dtype=np.float32)
+            self.rows(perm, out=Xh[:, :d])
+            Xh[:, d] = 1.0
+            place = np.empty(n, dtype=np.int64)
+            place[perm] = np.arange(n)
+            self.base = (seed, Xh, place)
+        return self.base[1], self.base[2]
+
     def compact(self) -> LabelledSet:
         """The same set holding its own rows only, not the table behind them: what a task hands
         other tasks through the object store."""
@@ -442,30 +464,19 @@ class DesignRows:
 
 
 @dataclass
-class RowsInPlace:
-    """Test rows of a `LabelledSet` (positions ``pos``) that are scored a block at a time, never
-    gathered: ``split_scores`` of a repeat whose design holds its training rows only. Each block
-    is laid out as a `RepeatDesign`'s rows are, so a row scores as it would in a whole design."""
-    ls: LabelledSet
-    pos: np.ndarray
+class BaseRows:
+    """Test rows given by their places in a `LabelledSet.base_design`: scored with every row of it
+    (one product, as `DesignRows`), then picked; for a repeat whose design holds its training
+    rows only."""
+    base: np.ndarray
+    places: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (int(self.pos.size), self.ls.dim)
+        return (int(self.places.size), self.base.shape[1] - 1)
 
     def scores(self, W: np.ndarray) -> np.ndarray:
-        """``DesignRows.scores`` of the rows, a block of them at a time (``unit_blocks``)."""
-        ls, d = self.ls, self.ls.dim
-        src = self.pos if ls.index is None else ls.index[self.pos]
-        out = np.empty((self.pos.size, W.shape[1]))
-        step = block_rows(d)
-        design = np.ones((min(step, src.size), d + 1), dtype=np.float32)
-        blocks = (unit_blocks(ls.source, src, np.float64, step) if ls.normalize else
-                  ((lo, min(src.size, lo + step), ls.source[src[lo:lo + step]]) for lo in range(0, src.size, step)))
-        for lo, hi, block in blocks:
-            design[:hi - lo, :d] = block
-            out[lo:hi] = _times(None, design[:hi - lo], W)
-        return out
+        return _times(None, self.base, W)[self.places]
 
 
 @dataclass
@@ -544,9 +555,10 @@ class RepeatDesign:
     is accurate to about 1e-6 of its terms' size, a thousand times below the stopping rule's
     1e-3 relative gradient (docs/evaluation.md: the F1 against the float64 design).
 
-    ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose splits
-    all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test rows
-    are then scored in place (`RowsInPlace`), not copied."""
+    Repeat 0's design is the set's `base_design` (no copy); another repeat's rows are gathered from
+    it. ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
+    splits all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test
+    rows are then scored in the base design (`BaseRows`), not copied."""
     repeat: int
     Xh: np.ndarray
     Y: np.ndarray
@@ -554,12 +566,11 @@ class RepeatDesign:
 
     @classmethod
     def of(cls, ls: LabelledSet, repeat: int, seed: int = 0, rows: int | None = None) -> RepeatDesign:
-        n, d = ls.size, ls.dim
+        n = ls.size
+        base, place = ls.base_design(seed)
         perm = split_permutation(n, seed + repeat)
         rows = n if rows is None else min(n, int(rows))
-        Xh = np.empty((rows, d + 1), dtype=np.float32)
-        ls.rows(perm[:rows], out=Xh[:, :d])
-        Xh[:, d] = 1.0
+        Xh = base[:rows] if repeat == 0 else np.take(base, place[perm[:rows]], axis=0)
         return cls(repeat, Xh, ls.Y[perm], perm)
 
 
@@ -581,7 +592,7 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
     ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios.
     Returns (micro, macro, (micro sd, macro sd) over ``bootstrap`` resamples of the test nodes
     (zeros without), fitted W)."""
-    n, d = ls.size, ls.dim
+    n = ls.size
     k = int(ratio * n)
     if not 0 < k < n:
         raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
@@ -591,7 +602,8 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
         if rd.Xh.shape[0] < k:
             raise ValueError(f"the repeat's design holds {rd.Xh.shape[0]} rows, the split trains on {k}")
         whole = rd.Xh.shape[0] == n              # else the test rows are scored in place, a block at a time
-        pred, W = split_predictions(None, rd.Y[:k], DesignRows(rd.Xh[k:]) if whole else RowsInPlace(ls, rd.perm[k:]),
+        tests = DesignRows(rd.Xh[k:]) if whole else BaseRows(ls.base_design(seed)[0], ls.base_design(seed)[1][rd.perm[k:]])
+        pred, W = split_predictions(None, rd.Y[:k], tests,
                                     multilabel=ls.multilabel, C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
                                     design=(None, rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
         sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
