@@ -35,7 +35,7 @@ class RowNormaliser:
         self.X = np.asarray(X)
         d = self.X.shape[1]
         self.step = step or block_rows(d)
-        self.raw = np.empty((self.step, d), dtype=self.X.dtype)
+        self.raw = np.empty((self.step if self.X.dtype != dtype else 0, d), dtype=self.X.dtype)
         self.val, self.sq = (np.empty((self.step, d), dtype=dtype) for _ in range(2))
         self.nrm = np.empty(self.step, dtype=dtype)
 
@@ -45,13 +45,18 @@ class RowNormaliser:
         them rounded, as ``astype`` would."""
         m = out.shape[0]
         val, sq, nrm = self.val[:m], self.sq[:m], self.nrm[:m]
+        same = self.X.dtype == val.dtype
         if isinstance(rows, slice):
-            val[...] = self.X[rows]
+            if same:
+                val = self.X[rows]                                              # read in place
+            else:
+                val[...] = self.X[rows]
         else:
             if m and (np.min(rows) < -self.X.shape[0] or np.max(rows) >= self.X.shape[0]):
                 raise IndexError(f"row index out of range for {self.X.shape[0]} rows")
-            np.take(self.X, rows, axis=0, out=self.raw[:m], mode="wrap")       # in range (checked): unbuffered
-            val[...] = self.raw[:m]
+            np.take(self.X, rows, axis=0, out=val if same else self.raw[:m], mode="wrap")   # in range: unbuffered
+            if not same:
+                val[...] = self.raw[:m]
         np.multiply(val, val, out=sq)
         np.add.reduce(sq, axis=1, out=nrm)
         np.sqrt(nrm, out=nrm)
