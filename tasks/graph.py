@@ -509,6 +509,14 @@ def wait_finished(owners: list, timeout_s: float | None = None) -> list:
     return out
 
 
+def owner_cpu(splits: list[dict]) -> dict:
+    """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `ray` is
+    what their processes spent beyond the rounds' own parts (Ray executing and sending the calls)."""
+    total = {k: round(sum(s[k] for s in splits), 3) for k in splits[0]}
+    total["ray"] = round(total["process"] - sum(v for k, v in total.items() if k != "process"), 3)
+    return total
+
+
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
                     owners: list | None, walk_offset: int = 0, early: ShardOwners | None = None) -> tuple[list, dict]:
     """One attempt: start the shard owners (or hand their shards to owners started early, or restart
@@ -549,6 +557,7 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         for o in owners:
             o.begin.remote(mail)
         info = round_info(wait_finished(owners))
+        info["owner_cpu_s"] = owner_cpu(ray.get([o.cpu_split.remote() for o in owners]))
         refs, info = collect_walks(call, ray.get, len(bounds), info)
     finally:
         if not kept:
