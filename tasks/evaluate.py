@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from embedlake.config import EvalConfig
 from embedlake.lake import Lake
 from embedlake.tasks.fanout import stage_logger
+from embedlake.tasks.placement import ref_placements, shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.workers.evaluate import align_sharded
 from embedlake.workers.evaluate import links_sharded as ls
@@ -59,7 +60,7 @@ class ShardedLinkSplit:
 def holdout(graph, eval_cfg: EvalConfig, max_retries: int = 3, placements: list[dict] | None = None):
     """(GraphHandle of the train graph, LinkSplit, or ShardedLinkSplit on a sharded graph). The full
     graph stays in the lake untouched. placements: per shard, the Ray options that run its tasks
-    where its CSR rows are (tasks/graph.py `shard_placements`; sharded graphs only)."""
+    where its CSR rows are (tasks/placement.py `shard_placements`; sharded graphs only)."""
     import ray
     log = stage_logger()
     if graph.num_shards > 1:
@@ -258,14 +259,16 @@ def sharded_link_refs(graph, table_refs: list, split: ShardedLinkSplit, eval_cfg
 
 def shard_caller(graph, table_refs: list, max_retries: int):
     """``call(shard, fn, *args)``: fn(shard's CSR, shard's table rows, shard's first node, *args)
-    as a Ray task (workers/evaluate/sharded.py's protocol); each task resolves one shard only."""
+    as a Ray task (workers/evaluate/sharded.py's protocol) on the node that holds the shard's CSR
+    rows (`shard_placements`); each task resolves one shard only."""
     fns: dict = {}
+    places = shard_placements(graph.shards)
 
     def call(s: int, fn, *args):
-        if fn not in fns:
-            fns[fn] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries)
+        if (fn, s) not in fns:
+            fns[fn, s] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries, **places[s])
         shard = graph.shards[s]
-        return fns[fn].remote(shard.csr_ref, table_refs[s], shard.lo, *args)
+        return fns[fn, s].remote(shard.csr_ref, table_refs[s], shard.lo, *args)
     return call
 
 
@@ -281,16 +284,18 @@ def _sharded_reconstruction(graph, table_refs: list, eval_cfg: EvalConfig, max_r
 def sharded_alignment(lake: Lake, dataset: str, method: str, run_id: str, graph, table_refs: list, reference: dict,
                       eval_cfg: EvalConfig, max_retries: int) -> dict:
     """The alignment to ``reference`` on a sharded table (workers/evaluate/align_sharded.py): each
-    shard's tasks get its table rows and node ids (``fn(X_s, ids_s, *args)``), the rotation task
-    only the shards' d x d sums; {"metrics", "files"} as ``align_stage`` returns."""
+    shard's tasks get its table rows and node ids (``fn(X_s, ids_s, *args)``) on the node that
+    holds those rows (`ref_placements`), the rotation task only the shards' d x d sums;
+    {"metrics", "files"} as ``align_stage`` returns."""
     import ray
     fns: dict = {}
+    places = ref_placements(table_refs)
 
     def call(s, fn, *args):
-        if fn not in fns:
-            fns[fn] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries)
+        if (fn, s) not in fns:
+            fns[fn, s] = remote(fn, "evaluate", num_cpus=1, max_retries=max_retries, **({} if s is None else places[s]))
         shard_args = () if s is None else (table_refs[s], graph.shards[s].ids_ref)
-        return fns[fn].remote(*shard_args, *args)
+        return fns[fn, s].remote(*shard_args, *args)
     return align_sharded.sharded_stability(call, ray.get, graph.num_shards, lake, dataset, method, run_id,
                                            reference, eval_cfg)
 

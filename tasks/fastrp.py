@@ -9,7 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from embedlake.config import FastRPConfig
 from embedlake.tasks.fanout import gather, stage_logger
-from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult, shard_placements
+from embedlake.tasks.graph import GraphHandle, ShardRef, StageResult
+from embedlake.tasks.placement import shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.run import Run
 from embedlake.lake import Manifest

@@ -13,6 +13,7 @@ from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
 from embedlake.tasks.peer_mail import PeerMail
+from embedlake.tasks.placement import shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
 from embedlake.workers.graph import stages as graph_stages
@@ -30,33 +31,6 @@ class ShardRef:
     arcs: int
     csr_ref: object          # ray.ObjectRef -> CSRShard.as_tuple(): (local indptr, global indices, weights, directed)
     ids_ref: object          # ray.ObjectRef -> node ids of rows [lo, hi)
-
-
-def shard_placements(shards: list[ShardRef]) -> list[dict]:
-    """Per shard, the Ray options that run a task on the node whose object store holds the shard's
-    CSR rows (where the ingest task that built them ran), so a chain of tasks over one shard reads
-    its rows locally instead of pulling them across the network for every task.
-
-    Soft node affinity: a task waits for that node's CPU, and runs elsewhere only if the node is
-    gone. When a shard's rows are on several nodes, the node with the fewest shards placed so far
-    is taken. {} (Ray places the task) for a shard whose rows are on no node with CPUs: an object
-    the driver put lives on the head node, and an object under 100 KB lives in its owner's memory."""
-    import ray
-    from ray.experimental import get_object_locations
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    with_cpus = {n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0}
-    where = get_object_locations([s.csr_ref for s in shards])
-    placed: dict[str, int] = {}
-    out = []
-    for s in shards:
-        nodes = [n for n in (where.get(s.csr_ref) or {}).get("node_ids") or [] if n in with_cpus]
-        if not nodes:
-            out.append({})
-            continue
-        node = min(nodes, key=lambda n: placed.get(n, 0))
-        placed[node] = placed.get(node, 0) + 1
-        out.append({"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
-    return out
 
 
 @dataclass

@@ -391,7 +391,7 @@ def test_no_sharded_task_takes_or_returns_more_than_one_shard(cluster_runs, stag
 def test_fastrp_tasks_read_their_shard_on_the_node_that_built_it(cluster_runs):
     """graph.shards=4, FastRP through the flow: every task that reads a shard's CSR rows (its setup,
     its chain of block steps) runs on the node where ingest built that shard
-    (tasks/graph.shard_placements), so no shard's rows cross the network."""
+    (tasks/placement.shard_placements), so no shard's rows cross the network."""
     from embedlake.config import FastRPConfig
     from embedlake.tasks.object_sizes import read_calls, shard_rows_read
     work, res = cluster_runs
