@@ -101,6 +101,7 @@ def early_owners_walk(ray, sharded, cfg, mode: str, info: dict) -> tuple[float, 
         def run():
             res = walk_sharded.fn(graph, cfg, mode)
             ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
+            info.setdefault("owner_cpu_runs", []).append(res.info.get("owner_cpu_s"))
             info.update(res.info)
         return measured(run)
     finally:
@@ -225,7 +226,7 @@ def summary(rows: dict, ways: list[str], info: dict) -> dict:
         out[f"sharded{name[w]}_cpu_s"] = [round(x[1], 3) for x in rows[w]]
     out["loadavg_1min"] = [round(x[2], 1) for v in rows.values() for x in v]
     out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries", "walk_seconds", "owner_start_seconds",
-                                     "advance_critical_s") if k in info})
+                                     "advance_critical_s", "owner_cpu_runs") if k in info})
     return out
 
 

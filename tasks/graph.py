@@ -12,7 +12,7 @@ from embedlake.config import EvalConfig, GraphConfig, InputConfig, ShardConfig, 
 from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
-from embedlake.tasks.peer_mail import PeerMail
+from embedlake.tasks.peer_mail import close_mail, open_inboxes
 from embedlake.tasks.placement import shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
@@ -484,10 +484,11 @@ def wait_finished(owners: list, timeout_s: float | None = None) -> list:
 
 
 def owner_cpu(splits: list[dict]) -> dict:
+    from embedlake.workers.graph.sharded_walks import CPU_PARTS
     """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `ray` is
     what their processes spent beyond the rounds' own parts (Ray executing and sending the calls)."""
-    total = {k: round(sum(s[k] for s in splits), 3) for k in splits[0]}
-    total["ray"] = round(total["process"] - sum(v for k, v in total.items() if k != "process"), 3)
+    total = {k: round(sum(s.get(k, 0) for s in splits), 3) for k in set().union(*splits)}
+    total["ray"] = round(total["process"] - sum(v for k, v in total.items() if k in CPU_PARTS), 3)
     return total
 
 
@@ -527,11 +528,12 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = time.perf_counter()
-        mail = PeerMail(owners)         # tasks/peer_mail.py: imports neither Prefect nor this module
+        mail = open_inboxes(owners)     # tasks/peer_mail.py: imports neither Prefect nor this module
         for o in owners:
             o.begin.remote(mail)
         info = round_info(wait_finished(owners))
         info["owner_cpu_s"] = owner_cpu(ray.get([o.cpu_split.remote() for o in owners]))
+        ray.get([o.__ray_call__.remote(close_mail) for o in owners])
         refs, info = collect_walks(call, ray.get, len(bounds), info)
     finally:
         if not kept:
