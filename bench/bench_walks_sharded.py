@@ -106,6 +106,26 @@ def early_owners_walk(ray, sharded, cfg, mode: str, info: dict) -> tuple[float, 
         return measured(run)
     finally:
         owners.close()
+        owners_exited()
+
+
+def owners_exited(timeout_s: float = 60.0) -> None:
+    """Wait until no shard owner process is left: a killed owner's process may take seconds to exit
+    (Python's final garbage collection, 0.2-0.4 CPU s each under load, seen with py-spy), and its CPU
+    then fell into the next timed stage (a replicated one: 1.5-2.3 CPU s of owners exiting)."""
+    import psutil
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.name().startswith("ray::ShardWalk"):
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        if not alive:
+            return
+        time.sleep(0.2)
 
 
 def in_process(g, shards: int, cfg, mode: str) -> dict:
@@ -178,6 +198,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
     ray.get(walk.fn(one, warm, mode, bounds).ref)
     for h in sharded.values():
         ray.get(walk_sharded.fn(h, warm, mode).ref)
+    owners_exited()
     rows = {S: {"replicated": [], **{w: [] for w in ways}} for S in sharded}
     info = {S: {} for S in sharded}
 
@@ -200,6 +221,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
             rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds), {})))
             if "auto" in ways:
                 rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode), info[S])))
+                owners_exited()
             if "early" in ways:
                 rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info[S]))
     if "kept" in ways:     # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
@@ -210,6 +232,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
                 rows[S]["kept"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode, owners=owners), info[S])))
             for o in owners:
                 ray.kill(o)
+            owners_exited()
     return {f"S={S}": summary(r, ways, info[S]) for S, r in rows.items()}
 
 

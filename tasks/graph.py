@@ -484,11 +484,11 @@ def wait_finished(owners: list, timeout_s: float | None = None) -> list:
 
 
 def owner_cpu(splits: list[dict]) -> dict:
-    from embedlake.workers.graph.sharded_walks import CPU_PARTS
-    """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `ray` is
-    what their processes spent beyond the rounds' own parts (Ray executing and sending the calls)."""
-    total = {k: round(sum(s.get(k, 0) for s in splits), 3) for k in set().union(*splits)}
-    total["ray"] = round(total["process"] - sum(v for k, v in total.items() if k in CPU_PARTS), 3)
+    """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `other` is
+    what their processes spent beyond the rounds' own parts (Ray's threads, the mail threads'
+    socket work, the interpreter)."""
+    total = {k: round(sum(s[k] for s in splits), 3) for k in splits[0]}
+    total["other"] = round(total["process"] - sum(v for k, v in total.items() if k != "process"), 3)
     return total
 
 

@@ -718,7 +718,6 @@ class ShardWalker:
         with self.lock:
             self.mail = mail
             self.cpu_at_begin = time.process_time()
-            self.threads_at_begin = _thread_cpu()
             self._guarded(self._begin_rounds)
 
     def _begin_rounds(self) -> None:
@@ -789,11 +788,8 @@ class ShardWalker:
         (ROUND: `_advance`; RECEIVE: unpacking messages, writing segments, answering queries; SEND:
         packing and handing messages to `mail`), and `process`, every thread of this process from
         `begin` to the end of the rounds (through Ray: also Ray's own work for the calls)."""
-        th = {}
-        for tid, (name, v) in self.threads_at_end.items():
-            th[name] = th.get(name, 0) + v - self.threads_at_begin.get(tid, (name, 0))[1]
         return {**{name: round(float(v), 3) for name, v in zip(CPU_PARTS, self.cpu_s)},
-                "process": round(self.cpu_at_end - self.cpu_at_begin, 3), **{"t:" + k: round(v, 3) for k, v in th.items()}}
+                "process": round(self.cpu_at_end - self.cpu_at_begin, 3)}
 
     def _guarded(self, fn, *args) -> None:
         """fn(*args); an exception also ends `finished` (it raises it), so the driver is not left waiting."""
@@ -814,7 +810,6 @@ class ShardWalker:
             answers = self.mailbox.pop((ANSWERS, rnd), {})
             if self.in_flight + sum(n for n, _ in walkers.values()) == 0:
                 self.cpu_at_end = time.process_time()
-                self.threads_at_end = _thread_cpu()
                 self.done.set()
                 return
             arrived = [walkers[a][1] for a in sorted(walkers)]
@@ -899,21 +894,6 @@ class ShardWalker:
             Lake(self.checkpoint.lake).write_npy(self.checkpoint.part_path(self.shard), self.out)
         out, self.out = self.out, None          # the caller owns it now (Ray copies it into the object store)
         return [out, np.int64(np.count_nonzero(out >= 0))]
-
-
-def _thread_cpu():
-    import os
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                st = f.read()
-            name = st[st.index("(") + 1:st.rindex(")")]
-            fields = st[st.rindex(")") + 2:].split()
-            out[tid] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-        except OSError:
-            pass
-    return out
 
 
 def load_walk_kernels(mode: str = "deepwalk") -> None:
