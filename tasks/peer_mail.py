@@ -83,9 +83,9 @@ def open_inboxes(owners: list) -> PeerMail:
 
 
 class PeerMail:
-    """What a shard owner sends its messages with (ShardWalker.begin's `mail`): `mail(shard, pieces)`
-    queues the message for a thread of its own, which connects to each owner's inbox at its first
-    message and sends the pieces as one buffer. The thread that plays the rounds never waits on a
+    """What a shard owner sends its messages with (ShardWalker.begin's `mail`): `mail(shard, message)`
+    queues the message (a `pack_message` buffer) for a thread of its own, which connects to each
+    owner's inbox at its first message and sends the buffer as it is. The thread that plays the rounds never waits on a
     send (two owners sending each other large messages from the threads that also read theirs
     would wait for each other for ever once the socket buffers fill)."""
 
@@ -100,12 +100,12 @@ class PeerMail:
     def __setstate__(self, state):
         self.__init__(state["addresses"], state["authkey"])
 
-    def __call__(self, shard: int, pieces: list) -> None:
+    def __call__(self, shard: int, message) -> None:
         if self.outbox is None:
             self.outbox = queue.SimpleQueue()
             self.thread = threading.Thread(target=self._send_all, daemon=True, name="peer-mail")
             self.thread.start()
-        self.outbox.put((shard, pieces))
+        self.outbox.put((shard, message))
 
     def close(self) -> None:
         """Send what is queued, then close the connections (idempotent)."""
@@ -118,10 +118,10 @@ class PeerMail:
         conns: dict[int, object] = {}
         try:
             while (item := self.outbox.get()) is not None:
-                shard, pieces = item
+                shard, message = item
                 if shard not in conns:
                     conns[shard] = Client(tuple(self.addresses[shard]), authkey=self.authkey)
-                conns[shard].send_bytes(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                conns[shard].send_bytes(message)
         finally:
             for conn in conns.values():
                 conn.close()

@@ -96,20 +96,20 @@ def test_messages_before_begin_wait_in_the_mailbox():
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(split_csr(g, bounds))]
     queue: list = []
 
-    def mail(shard, pieces):
-        queue.append((shard, pieces))
+    def mail(shard, message):
+        queue.append((shard, message))
 
     owners[0].begin(mail)
-    heads = [unpack_message(pieces) for _, pieces in queue]
+    heads = [unpack_message(message) for _, message in queue]
     assert all(h[0] == WALKERS and h[2] == 0 and len(h[4]) == 4 for h in heads)   # walkers, two segment arrays, queries
-    for shard, pieces in list(queue):                                 # delivered before shards 1 and 2 begin
-        owners[shard].deliver(*pieces)
+    for shard, message in list(queue):                                # delivered before shards 1 and 2 begin
+        owners[shard].deliver(message)
     queue.clear()
     for o in owners[1:]:
         o.begin(mail)
     while queue:
-        shard, pieces = queue.pop(0)
-        owners[shard].deliver(*pieces)
+        shard, message = queue.pop(0)
+        owners[shard].deliver(message)
     stats = [o.finished() for o in owners]
     assert len({len(s) for s in stats}) == 1 and sum(int(s[:, 1].sum()) for s in stats) > 0
 
@@ -121,11 +121,10 @@ def test_messages_before_begin_wait_in_the_mailbox():
     assert_same_walks(g, walks, bounds, 2, 10, 3, p=0.5, q=2.0, mode="node2vec")
 
 
-def test_messages_round_trip_as_inline_bytes_pieces():
+def test_messages_round_trip_as_one_buffer():
     """pack_message / unpack_message: head fields and arrays of any dtype and size come back equal and
-    aligned for numba, in bytes pieces of at most MESSAGE_PIECE_BYTES (Ray sends each inline)."""
-    from embedlake.workers.graph.sharded_walks import (MESSAGE_PIECE_BYTES, QUERY, WALKER, pack_message,
-                                                       unpack_message)
+    aligned for numba, from the buffer and from its bytes (what a connection delivers)."""
+    from embedlake.workers.graph.sharded_walks import QUERY, WALKER, pack_message, unpack_message
     rng = np.random.default_rng(3)
     walkers = np.zeros(9001, WALKER)
     walkers["g"], walkers["state"] = rng.integers(0, 2**40, 9001), rng.integers(0, 2**63, 9001, dtype=np.uint64)
@@ -134,13 +133,13 @@ def test_messages_round_trip_as_inline_bytes_pieces():
     wire = rng.integers(0, 2**32, (7, 3), dtype=np.uint32)
     arrays = [wire, np.arange(3, dtype=np.uint32), np.arange(5, dtype=np.int32), walkers, np.zeros(0, np.uint8),
               queries, np.array([1, 0, 1], np.uint8)]
-    pieces = pack_message(1, 17, 6, 123456789012, *arrays)
-    assert len(pieces) > 4 and all(isinstance(p, bytes) and len(p) <= MESSAGE_PIECE_BYTES for p in pieces)
-    kind, rnd, sender, in_flight, got = unpack_message(pieces)
-    assert (kind, rnd, sender, in_flight) == (1, 17, 6, 123456789012) and len(got) == len(arrays)
-    for a, b in zip(arrays, got):
-        assert b.dtype == np.uint8 and b.ctypes.data % 8 == 0
-        np.testing.assert_array_equal(b.view(a.dtype).reshape(a.shape), a)
+    message = pack_message(1, 17, 6, 123456789012, *arrays)
+    for form in (message, message.tobytes()):
+        kind, rnd, sender, in_flight, got = unpack_message(form)
+        assert (kind, rnd, sender, in_flight) == (1, 17, 6, 123456789012) and len(got) == len(arrays)
+        for a, b in zip(arrays, got):
+            assert b.dtype == np.uint8 and b.ctypes.data % 8 == 0
+            np.testing.assert_array_equal(b.view(a.dtype).reshape(a.shape), a)
     assert unpack_message(pack_message(0, 1, 2, 0))[4] == []
 
 

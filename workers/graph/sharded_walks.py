@@ -515,12 +515,13 @@ def _initial_walkers(lo, hi, seed, walk_offset, walkers, out):
         out[r, 0] = v
 
 @njit(cache=True)
-def _pack_walkers(walkers, step_bits, words):
-    """DeepWalk walkers (FIRST_ORDER_WALKER) as they travel: uint32 [n, words] rows of
-    g << step_bits | step (words - 1 words, low first) and the node; no generator state."""
-    wire = np.empty((walkers.shape[0], words), np.uint32)
-    for i in range(walkers.shape[0]):
-        w = walkers[i]
+def _pack_walkers(walkers, idx, step_bits, words):
+    """DeepWalk walkers (FIRST_ORDER_WALKER) walkers[idx] as they travel: uint32 [len(idx), words]
+    rows of g << step_bits | step (words - 1 words, low first) and the node; no generator state.
+    Packed straight from the round's walkers in destination order (no gathered copy of the records)."""
+    wire = np.empty((idx.shape[0], words), np.uint32)
+    for i in range(idx.shape[0]):
+        w = walkers[idx[i]]
         gs = (np.uint64(w.g) << np.uint64(step_bits)) | np.uint64(w.step)
         wire[i, 0] = np.uint32(gs & LO32)
         if words == 3:
@@ -711,7 +712,7 @@ class ShardWalker:
         """Run this shard's side of the rounds with no driver in between: advance the walkers that
         start here (round 1), send each other shard its walkers with `mail`, and go on by itself
         each time every other shard's messages of the round it is at have come in (`deliver`).
-        mail(shard, pieces) hands a message (`pack_message`) to `shard`'s `deliver(*pieces)`
+        mail(shard, message) hands a message (`pack_message`) to `shard`'s `deliver(message)`
         (tasks/peer_mail.py PeerMail: an actor call on that shard's owner; in-process a queue).
         Messages may come in before this call (other senders are not ordered with the caller): they
         wait in the mailbox."""
@@ -727,18 +728,18 @@ class ShardWalker:
         self._play_round([], [np.zeros(0, np.uint8)] * self.shards)
         self._play_ready_rounds()
 
-    def deliver(self, *pieces: bytes) -> None:
-        """A message (`pack_message`, in pieces) from another shard about its round: its walkers for
+    def deliver(self, message) -> None:
+        """A message (`pack_message`, or its bytes) from another shard about its round: its walkers for
         this shard (WALKERS, with the walkers it has in flight in all; the segments of this shard's
         walks it wrote, written into the walk matrix at once; node2vec: its adjacency queries,
         answered at once) or the answers to this shard's queries (ANSWERS). Plays every round whose
         messages are all in. (Calls may come from several threads: one at a time.)"""
         with self.lock:
-            self._deliver(pieces)
+            self._deliver(message)
 
-    def _deliver(self, pieces) -> None:
+    def _deliver(self, message) -> None:
         t0 = time.thread_time()
-        kind, rnd, sender, in_flight, arrays = unpack_message(pieces)
+        kind, rnd, sender, in_flight, arrays = unpack_message(message)
         if kind == WALKERS:
             self._guarded(self._write_segments, arrays[1].view(self.header_dtype), arrays[2].view(np.int32))
         if kind == WALKERS and len(arrays) == 4 and self.mail is None:
@@ -852,9 +853,9 @@ class ShardWalker:
                 self.symmetric, self.lo, self.hi, self.shard, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
                 self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
         order, offsets = _bucket(where, S)
-        moved = _take(walkers, order[:offsets[S]])
-        self.pending = moved[offsets[self.shard]:offsets[self.shard + 1]]   # room full: go on here
-        sent = moved if P.second else _pack_walkers(moved, self.step_bits, self.wire_words)
+        self.pending = _take(walkers, order[offsets[self.shard]:offsets[self.shard + 1]])   # room full: go on here
+        sent = _take(walkers, order[:offsets[S]]) if P.second else \
+            _pack_walkers(walkers, order[:offsets[S]], self.step_bits, self.wire_words)
         outboxes = [sent[offsets[d]:offsets[d + 1]] if d != self.shard else sent[:0] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
@@ -936,7 +937,7 @@ class _NumbaThreads:
 # the rounds
 # ---------------------------------------------------------------------------------------------
 Call = Callable[..., list]
-# mail(shard, pieces): hand a message (`pack_message`) to shard's ShardWalker.deliver(*pieces)
+# mail(shard, message): hand a message (`pack_message`) to shard's ShardWalker.deliver(message)
 Mail = Callable[[int, list], None]
 # What a message between shard owners holds (ShardWalker.deliver)
 WALKERS, ANSWERS = 0, 1
@@ -948,22 +949,17 @@ ROUND, RECEIVE, SEND = range(len(CPU_PARTS))
 WAIT_GROUP = "wait"
 
 
-# A message between shard owners travels as raw bytes in pieces of at most MESSAGE_PIECE_BYTES: each
-# piece is small enough to travel inline with the actor call that carries it (Ray's
-# max_direct_call_object_size is 100 KiB; Ray puts call arguments in the object store anyway past
-# 10 MB per call, so larger messages still arrive, as objects). Bytes, not numpy arrays: Ray sends a
-# `bytes` argument as it is (metadata RAW), where each numpy argument goes through pickle and
-# Ray's serialization context. Measured between two owners on two nodes (docs/scaling.md section
-# 9, "Owner messages as raw bytes"): 0.3 ms of CPU per call instead of 0.7-0.8 ms with the same
-# bytes as numpy slices and small ints.
-MESSAGE_PIECE_BYTES = 96 * 1024
+# A message between shard owners is one buffer: an int64 head and the arrays' bytes (`pack_message`).
+# It travels over a direct connection between the owner processes (tasks/peer_mail.py), sent and
+# received as it is: no pickling, no Ray call per message (docs/scaling.md section 9, "Owner
+# messages over direct connections").
 MESSAGE_HEAD = 5            # int64 kind, round, sender, walkers in flight, number of arrays; then their sizes
 
 
-def pack_message(kind: int, rnd: int, sender: int, in_flight: int, *arrays: np.ndarray) -> list[bytes]:
-    """One message (`ShardWalker.deliver`) as bytes pieces: an int64 head (MESSAGE_HEAD fields, then the
-    byte size of each array) and each array's bytes from an 8-byte boundary (the receiver views
-    them in place: numba wants aligned arrays)."""
+def pack_message(kind: int, rnd: int, sender: int, in_flight: int, *arrays: np.ndarray) -> np.ndarray:
+    """One message (`ShardWalker.deliver`) as one uint8 buffer: an int64 head (MESSAGE_HEAD fields,
+    then the byte size of each array) and each array's bytes from an 8-byte boundary (the receiver
+    views them in place: numba wants aligned arrays)."""
     sizes = [int(a.nbytes) for a in arrays]
     head = np.array([kind, rnd, sender, in_flight, len(arrays), *sizes], np.int64)
     buf = np.empty(head.nbytes + sum((n + 7) & ~7 for n in sizes), np.uint8)
@@ -972,13 +968,12 @@ def pack_message(kind: int, rnd: int, sender: int, in_flight: int, *arrays: np.n
     for a, n in zip(arrays, sizes):
         buf[at:at + n] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
         at += (n + 7) & ~7
-    view = buf.data
-    return [bytes(view[i:i + MESSAGE_PIECE_BYTES]) for i in range(0, len(buf), MESSAGE_PIECE_BYTES)]
+    return buf
 
 
-def unpack_message(pieces) -> tuple[int, int, int, int, list[np.ndarray]]:
-    """(kind, round, sender, in_flight, arrays as read-only uint8 views) of a `pack_message` message."""
-    raw = np.frombuffer(pieces[0] if len(pieces) == 1 else b"".join(pieces), np.uint8)
+def unpack_message(message) -> tuple[int, int, int, int, list[np.ndarray]]:
+    """(kind, round, sender, in_flight, arrays as uint8 views) of a `pack_message` buffer (or its bytes)."""
+    raw = np.frombuffer(message, np.uint8)
     n = int(raw[8 * (MESSAGE_HEAD - 1):8 * MESSAGE_HEAD].view(np.int64)[0])
     head = raw[:8 * (MESSAGE_HEAD + n)].view(np.int64)
     arrays, at = [], 8 * (MESSAGE_HEAD + n)
@@ -1028,14 +1023,14 @@ def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: in
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
     queue: list[tuple] = []
 
-    def mail(shard, pieces):
-        queue.append((shard, pieces))
+    def mail(shard, message):
+        queue.append((shard, message.tobytes()))      # as a connection delivers it
 
     for o in owners:
         o.begin(mail)
     while queue:
-        shard, pieces = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
-        owners[shard].deliver(*pieces)
+        shard, message = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
+        owners[shard].deliver(message)
     info = round_info([o.finished() for o in owners])
 
     def call(shard, method, *args, returns):
