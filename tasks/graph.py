@@ -279,7 +279,7 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
                  max_retries: int = 3, owners: list | None = None, walk_offset: int = 0) -> StageResult:
     """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
     once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
-    shard owner as object refs; the driver only sees a small stats row per shard per round.
+    shard owner over direct connections (tasks/peer_mail.py); the driver only waits for the end.
     Returns StageResult([one walks ref per shard: int32 [walks_per_node * (hi - lo), length], laid
     out like random_walks from arange(lo, hi)], info).
 

@@ -27,11 +27,11 @@ Why it looks like this
   goes on next round), so a round's scratch memory is O(walkers), not O(walkers x length).
 - A round is `advance` on every shard (one numba kernel, prange over walkers: a plain loop for
   first-order walks, lockstep groups for node2vec; then an O(walkers) counting sort by destination)
-  and, for node2vec, `answer` on every shard (the adjacency queries of that round). `run_rounds`
-  drives the rounds through a `call` function, so the same driver runs shards in-process
-  (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
-  message passes from shard owner to shard owner as an object ref and the driver reads only a
-  stats row per shard per round. No message is bigger than the walkers of one shard (24 or 48
+  and, for node2vec, the answers to the adjacency queries of that round. The owners play the
+  rounds among themselves (`begin` / `deliver`): each sends every other one message per round
+  through a `mail` function, a queue in-process (`sharded_random_walks`, tests) and a direct
+  connection between owner processes through Ray (tasks/peer_mail.py, tasks/graph.py
+  `walk_sharded`); the driver only waits for the end. No message is bigger than the walkers of one shard (24 or 48
   bytes each) or one shard's segments; a shard's walk matrix is the one big result.
 """
 from __future__ import annotations
