@@ -12,7 +12,7 @@ from embedlake.config import EvalConfig, GraphConfig, InputConfig, ShardConfig, 
 from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
-from embedlake.tasks.peer_mail import PeerMail
+from embedlake.tasks.peer_mail import close_mail, open_inboxes
 from embedlake.tasks.placement import shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
@@ -279,7 +279,7 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
                  max_retries: int = 3, owners: list | None = None, walk_offset: int = 0) -> StageResult:
     """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
     once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
-    shard owner as object refs; the driver only sees a small stats row per shard per round.
+    shard owner over direct connections (tasks/peer_mail.py); the driver only waits for the end.
     Returns StageResult([one walks ref per shard: int32 [walks_per_node * (hi - lo), length], laid
     out like random_walks from arange(lo, hi)], info).
 
@@ -518,6 +518,15 @@ def wait_finished(owners: list, timeout_s: float | None = None) -> list:
     return out
 
 
+def owner_cpu(splits: list[dict]) -> dict:
+    """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `other` is
+    what their processes spent beyond the rounds' own parts (Ray's threads, the mail threads'
+    socket work, the interpreter)."""
+    total = {k: round(sum(s[k] for s in splits), 3) for k in splits[0]}
+    total["other"] = round(total["process"] - sum(v for k, v in total.items() if k != "process"), 3)
+    return total
+
+
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
                     owners: list | None, walk_offset: int = 0, early: ShardOwners | None = None) -> tuple[list, dict]:
     """One attempt: start the shard owners (or hand their shards to owners started early, or restart
@@ -554,10 +563,12 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = time.perf_counter()
-        mail = PeerMail(owners)         # tasks/peer_mail.py: imports neither Prefect nor this module
+        mail = open_inboxes(owners)     # tasks/peer_mail.py: imports neither Prefect nor this module
         for o in owners:
             o.begin.remote(mail)
         info = round_info(wait_finished(owners))
+        info["owner_cpu_s"] = owner_cpu(ray.get([o.cpu_split.remote() for o in owners]))
+        ray.get([o.__ray_call__.remote(close_mail) for o in owners])
         refs, info = collect_walks(call, ray.get, len(bounds), info)
     finally:
         if not kept:
