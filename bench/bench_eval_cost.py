@@ -25,6 +25,12 @@ in this process (no Ray), timing each component (wall and CPU): for iterating on
 large graph without training it again. Run it with another checkout's python to time that one's.
 ``--compare-warm LAKE``: node classification's 9 fits cold vs chained by warm starts, CPU seconds and
 the change of the mean F1 (labelled cases).
+``--first-call LAKE``: the figures task's components as a fresh Ray worker pays them, without Ray: for
+each case and each of ``--checkouts`` (alternating, ``--rounds`` times), a fresh process of that
+checkout's python with the workers' allocator settings and numba already initialised (FastRP's tasks
+do that in the pipeline's workers) maps the case's table read-only (as the object store hands it),
+then runs node classification and reconstruction once each: CPU seconds (user + system), page
+faults and the figures. The table is the case's last one in LAKE, saved once as .npy beside --out.
 """
 from __future__ import annotations
 
@@ -244,6 +250,61 @@ def compare_warm(lake_uri: str, case: str, args: list[str]) -> dict:
             "mean_macro_change": {r: round(mean(warm, r, 3) - mean(cold, r, 3), 5) for r in (0.1, 0.5, 0.9)}}
 
 
+FIRST_CALL_CHILD = """
+import json, os, resource, sys
+import numpy as np
+import numba
+numba.njit(lambda x: x + 1)(1)                  # numba initialised, as after FastRP's tasks in a worker
+from embedlake.config import EvalConfig
+from embedlake.workers.evaluate import stages as es
+d = sys.argv[1]
+X = np.load(os.path.join(d, "X.npy"), mmap_mode="r")
+csr = (np.load(os.path.join(d, "indptr.npy")), np.load(os.path.join(d, "indices.npy")), None, False)
+labels = (np.load(os.path.join(d, "nodes.npy")), np.load(os.path.join(d, "labels.npy"))) \
+    if os.path.exists(os.path.join(d, "nodes.npy")) else None
+cfg = EvalConfig()
+def usage():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
+out = {}
+for name, call in (("node_classification", lambda: es.classify_stage(X, labels, cfg) if labels else None),
+                   ("reconstruction", lambda: es.reconstruct_stage(X, csr, cfg))):
+    a = usage(); res = call(); b = usage()
+    out[name] = {"cpu_s": round(b[0] - a[0], 3), "sys_s": round(b[1] - a[1], 3), "faults": b[2] - a[2]}
+    if res and name == "node_classification":
+        out[name].update(micro_f1=res["micro_f1"], macro_f1=res["macro_f1"])
+    elif res:
+        out[name].update(map=res["map"])
+print(json.dumps(out))
+"""
+
+
+def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str) -> list[dict]:
+    """``--first-call``: each checkout's components in fresh processes, alternating (see the docstring)."""
+    import numpy as np
+    d = os.path.join(out, f"table-{case}")
+    if not os.path.exists(os.path.join(d, "X.npy")):
+        X, g, labels = case_table(lake_uri, args)
+        os.makedirs(d, exist_ok=True)
+        np.save(os.path.join(d, "X.npy"), np.ascontiguousarray(X, dtype=np.float32))
+        np.save(os.path.join(d, "indptr.npy"), g.csr.indptr)
+        np.save(os.path.join(d, "indices.npy"), g.csr.indices)
+        if labels is not None:
+            np.save(os.path.join(d, "nodes.npy"), np.asarray(labels[0]))
+            np.save(os.path.join(d, "labels.npy"), np.asarray(labels[1]))
+    from embedlake.tasks.runtime import WORKER_ALLOCATOR_ENV
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+               **WORKER_ALLOCATOR_ENV)
+    results = []
+    for r in range(rounds):
+        for co in checkouts:
+            p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d], env=env,
+                               capture_output=True, text=True, check=True)
+            results.append({"case": case, "checkout": co, "round": r, **json.loads(p.stdout.strip().splitlines()[-1])})
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkouts", default=str(ROOT), help="comma-separated repo roots, each with its .venv")
@@ -253,11 +314,18 @@ def main() -> int:
     ap.add_argument("-p", dest="overrides", action="append", default=[], help="eval.key=value for every run")
     ap.add_argument("--eval-only", metavar="LAKE", help="time the evaluation of each case's table in LAKE")
     ap.add_argument("--compare-warm", metavar="LAKE", help="node classification cold vs warm-started fits")
+    ap.add_argument("--first-call", metavar="LAKE", help="components in fresh processes, as a fresh worker pays them")
+    ap.add_argument("--rounds", type=int, default=3, help="--first-call: alternations of the checkouts")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.compare_warm:
         for case in a.cases.split(","):
             print(json.dumps(compare_warm(a.compare_warm, case, case_args(case, a.out, a.rmat_edges))), flush=True)
+        return 0
+    if a.first_call:
+        for case in a.cases.split(","):
+            first_call(a.first_call, case, case_args(case, a.out, a.rmat_edges), a.checkouts.split(","), a.rounds,
+                       a.out)
         return 0
     if a.eval_only:
         for case in a.cases.split(","):

@@ -101,10 +101,31 @@ def early_owners_walk(ray, sharded, cfg, mode: str, info: dict) -> tuple[float, 
         def run():
             res = walk_sharded.fn(graph, cfg, mode)
             ray.wait(res.ref, num_returns=len(res.ref), fetch_local=False)
+            info.setdefault("owner_cpu_runs", []).append(res.info.get("owner_cpu_s"))
             info.update(res.info)
         return measured(run)
     finally:
         owners.close()
+        owners_exited()
+
+
+def owners_exited(timeout_s: float = 60.0) -> None:
+    """Wait until no shard owner process is left: a killed owner's process may take seconds to exit
+    (Python's final garbage collection, 0.2-0.4 CPU s each under load, seen with py-spy), and its CPU
+    then fell into the next timed stage (a replicated one: 1.5-2.3 CPU s of owners exiting)."""
+    import psutil
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.name().startswith("ray::ShardWalk"):
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        if not alive:
+            return
+        time.sleep(0.2)
 
 
 def in_process(g, shards: int, cfg, mode: str) -> dict:
@@ -177,6 +198,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
     ray.get(walk.fn(one, warm, mode, bounds).ref)
     for h in sharded.values():
         ray.get(walk_sharded.fn(h, warm, mode).ref)
+    owners_exited()
     rows = {S: {"replicated": [], **{w: [] for w in ways}} for S in sharded}
     info = {S: {} for S in sharded}
 
@@ -199,6 +221,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
             rows[S]["replicated"].append(measured(stage(lambda: walk.fn(one, cfg, mode, bounds), {})))
             if "auto" in ways:
                 rows[S]["auto"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode), info[S])))
+                owners_exited()
             if "early" in ways:
                 rows[S]["early"].append(early_owners_walk(ray, h, cfg, mode, info[S]))
     if "kept" in ways:     # kept owners hold their CPUs while alive: nothing else fits the cluster, so they come last
@@ -209,6 +232,7 @@ def time_mode(ray, a, g, one, sharded: dict, bounds, mode: str, cfg) -> dict:
                 rows[S]["kept"].append(measured(stage(lambda: walk_sharded.fn(h, cfg, mode, owners=owners), info[S])))
             for o in owners:
                 ray.kill(o)
+            owners_exited()
     return {f"S={S}": summary(r, ways, info[S]) for S, r in rows.items()}
 
 
@@ -225,7 +249,7 @@ def summary(rows: dict, ways: list[str], info: dict) -> dict:
         out[f"sharded{name[w]}_cpu_s"] = [round(x[1], 3) for x in rows[w]]
     out["loadavg_1min"] = [round(x[2], 1) for v in rows.values() for x in v]
     out.update({k: info[k] for k in ("walk_steps", "walk_rounds", "walker_moves", "adjacency_queries", "walk_seconds", "owner_start_seconds",
-                                     "advance_critical_s") if k in info})
+                                     "advance_critical_s", "owner_cpu_runs") if k in info})
     return out
 
 

@@ -463,12 +463,13 @@ class PipelineConfig(Section):
                              f"train.workers=1, train.partitions=0")
         if self.walk.write_walks:
             raise ValueError(f"train.table={t} does not write walks: set walk.write_walks=false")
-        if self.graph.shards != "auto" and self.graph.shards > 1:
+        if t == "compose" and self.graph.shards != "auto" and self.graph.shards > 1:
             raise ValueError(LEARNED_TABLE_SHARDS)
         return self
 
 
-LEARNED_TABLE_SHARDS = "train.table other than full trains one table on one worker: it needs graph.shards=1"
+LEARNED_TABLE_SHARDS = ("train.table=compose takes its codes from k-means on a FastRP sketch of the whole graph, "
+                        "built in one task: it needs graph.shards=1 (hash, qr and unified train on graph.shards > 1)")
 LEARNED_TABLE_METHODS = ("deepwalk", "node2vec")    # methods whose walks can train a learned table
 
 

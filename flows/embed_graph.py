@@ -5,7 +5,9 @@ diff -> update (walks from the changed nodes, other rows kept) -> publish -> eva
 -> commit (tasks/incremental.py, docs/incremental.md).
 
 With train.table = hash | compose | qr | unified: ingest -> train a learned K-row table on walks ->
-write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table).
+write its codes + codebook -> measure -> commit one `<method>.<codec>` table (no full table); on
+S > 1 graph shards (hash, qr, unified) the walks are the sharded engine's and the table is passed
+from shard to shard, each training it on its walks, each writing its own rows' codes (tasks/learned.py).
 
 The flow only wires tasks; each task fans out to Ray and passes references. The run
 (tasks/run.py) owns the claim, the stage checkpoints, the clean-up and the manifest: a run is
@@ -16,8 +18,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from embedlake.config import LEARNED_TABLE_SHARDS, PipelineConfig
-from embedlake.errors import ConfigError
+from embedlake.config import PipelineConfig
 from embedlake.flows.compress import compress_run
 from embedlake.lake import Lake, check_name, dataset_from_input, file_bounds
 from embedlake.tasks import evaluate as et
@@ -134,19 +135,28 @@ def learned_table(cfg: PipelineConfig, dataset: str) -> dict:
     run.owns(cs.codec_dir(dataset, method, run.run_id, codec))
     with run:
         graph, split = graph_for_run(run, cfg.input, cfg.synthetic, cfg.eval, cfg.graph)
-        if graph.num_shards > 1:
-            raise ConfigError(f"{LEARNED_TABLE_SHARDS} (graph.shards={cfg.graph.shards} gave {graph.num_shards})")
         params = lt.table_params(codec, cfg.compress, graph.num_nodes, cfg.train.dim)
-        trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk, cfg.train, method,
-                           run.retries)
+        if graph.num_shards > 1:        # the K-row table goes from shard to shard (tasks/learned.py)
+            lt.check_sharded(codec, graph, cfg.graph.shards)
+            walks = gt.run_walks(run, graph, cfg.walk, method, graph.shard_bounds)
+            trained = run.time(f"train_{codec}", lt.train_table_sharded, graph, walks.ref, codec, params, cfg.walk,
+                               cfg.train, run.retries)
+        else:
+            trained = run.time(f"train_{codec}", lt.train_table, graph, codec, params, cfg.walk, cfg.train, method,
+                               run.retries)
         fault_point("after:train")
-        built = run.time(f"write_{codec}", lt.write_table, run.lake, dataset=dataset, method=method,
-                         run_id=run.run_id, graph=graph, codec=codec, params=params, state_ref=trained.ref,
-                         bounds=row_bounds(graph.num_nodes, cfg.shard), max_retries=run.retries)
+        if graph.num_shards > 1:
+            built = run.time(f"write_{codec}", lt.write_table_sharded, run.lake, dataset=dataset, method=method,
+                             run_id=run.run_id, graph=graph, codec=codec, params=params, state_ref=trained.ref,
+                             max_retries=run.retries)
+        else:
+            built = run.time(f"write_{codec}", lt.write_table, run.lake, dataset=dataset, method=method,
+                             run_id=run.run_id, graph=graph, codec=codec, params=params, state_ref=trained.ref,
+                             bounds=row_bounds(graph.num_nodes, cfg.shard), max_retries=run.retries)
         fields = run.manifest({cs.CODE_KIND: built["files"], cs.CODEBOOK_KIND: built["codebooks"]}, stages={},
                               extra=learned_extra(run, method, codec, params, cfg.train.dim, graph, trained, built))
-        metrics = run.time(f"measure_{codec}", lt.measure_table, run.lake, fields, graph, split, cfg.eval,
-                           run.retries)
+        metrics = run.time(f"measure_{codec}", lt.measure_table, run.lake, fields, graph,
+                           lt.whole_split(split, cfg.eval, run.retries), cfg.eval, run.retries)
         fields["metrics"] = {"bytes_per_vector": fields["extra"]["bytes_per_vector"],
                              "ratio": fields["extra"]["ratio"], **metrics}
         fields["stages"] = dict(run.stages)

@@ -12,7 +12,7 @@ from embedlake.config import EvalConfig, GraphConfig, InputConfig, ShardConfig, 
 from embedlake.tasks.evaluate import LinkSplit, ShardedLinkSplit, holdout
 from embedlake.tasks.fanout import gather, stage_logger
 from embedlake.tasks.ingest import IngestedShards, parallel_ingest
-from embedlake.tasks.peer_mail import PeerMail
+from embedlake.tasks.peer_mail import close_mail, open_inboxes
 from embedlake.tasks.placement import shard_placements
 from embedlake.tasks.remote import remote
 from embedlake.tasks.runtime import resolve_partitions
@@ -279,7 +279,7 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
                  max_retries: int = 3, owners: list | None = None, walk_offset: int = 0) -> StageResult:
     """The walks of a sharded graph: one Ray actor per graph shard (pinned: its CSR rows are fetched
     once to its node), walkers advanced in bulk-synchronous rounds (workers/graph/sharded_walks.py). Walker batches and node2vec queries go from shard owner to
-    shard owner as object refs; the driver only sees a small stats row per shard per round.
+    shard owner over direct connections (tasks/peer_mail.py); the driver only waits for the end.
     Returns StageResult([one walks ref per shard: int32 [walks_per_node * (hi - lo), length], laid
     out like random_walks from arange(lo, hi)], info).
 
@@ -316,8 +316,9 @@ def walk_sharded(graph: GraphHandle, walk_cfg: WalkConfig, method: str, stage=No
             if early is not None:       # some may be gone with a lost node: the next attempt starts new ones
                 early.close()
                 early = None
+            waited = wait_shards_rebuilt(graph)
             log.warning(f"walks (sharded): a shard owner or message was lost, or the owners found no room "
-                        f"({type(err).__name__}); "
+                        f"({type(err).__name__}); {waited:.1f}s waiting for lost shards to be rebuilt; "
                         f"walking again from the start ({attempt + 1}/{max_retries})")
     fault_point("after:walk")
     return StageResult(refs, {"walk_shards": len(bounds), "walk_shards_reused": 0, **info})
@@ -456,6 +457,40 @@ def start_shard_owners(graph: GraphHandle, walk_cfg: WalkConfig, method: str, ha
     return [owner_cls.remote(csr_refs[i], i, bounds, params, handle) for i in range(len(bounds))]
 
 
+def wait_shards_rebuilt(graph: GraphHandle, timeout_s: float = OWNER_START_S) -> float:
+    """Wait (up to timeout_s) until every shard's CSR rows are on an alive node again; the seconds waited.
+
+    After a node loss Ray rebuilds the shards that were on it by re-running their ingest tasks, which
+    need a whole CPU. Owners started before that take a share of every node's CPU (SPREAD) and wait
+    for those very rows: nothing moves until OWNER_START_S ends the attempt (seen on the 4-node test
+    bed: 120 s lost after a node loss). So a retry lets the rebuild finish first. A shard of at most
+    INLINE_BYTES lives in its owner's memory, on no node, and is never lost with one: not waited for."""
+    import time
+
+    import ray
+    from ray.experimental import get_object_locations
+    t0 = time.perf_counter()
+    refs = [s.csr_ref for s in graph.shards]
+    while refs and time.perf_counter() - t0 < timeout_s:
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        where = get_object_locations(refs)
+        refs = [r for r in refs if lost_shard(where.get(r) or {}, alive)]
+        if refs:
+            time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
+INLINE_BYTES = 100 * 1024   # Ray's max_direct_call_object_size: smaller results stay in the owner's memory
+
+
+def lost_shard(location: dict, alive: set) -> bool:
+    """Whether a shard's rows (get_object_locations' entry) are on no alive node: not spilled, not
+    small enough to live in its owner's memory, and none of its copies on an alive node."""
+    if location.get("did_spill") or (location.get("object_size") or 0) <= INLINE_BYTES:
+        return False
+    return not alive.intersection(location.get("node_ids") or [])
+
+
 def owner_class(fixed: dict | None = None, **options):
     """The Ray actor class of a shard owner (workers/graph/sharded_walks.py ShardWalker, stage
     `walk`): not restarted (a lost owner re-runs the rounds), with a thread of its own for
@@ -481,6 +516,15 @@ def wait_finished(owners: list, timeout_s: float | None = None) -> list:
             raise ray.exceptions.GetTimeoutError(f"sharded walks: no shard owner finished in {timeout_s} s")
         out[order[ready[0]]] = ray.get(ready[0])
     return out
+
+
+def owner_cpu(splits: list[dict]) -> dict:
+    """The owners' CPU seconds in the rounds (ShardWalker.cpu_split), summed over owners; `other` is
+    what their processes spent beyond the rounds' own parts (Ray's threads, the mail threads'
+    socket work, the interpreter)."""
+    total = {k: round(sum(s[k] for s in splits), 3) for k in splits[0]}
+    total["other"] = round(total["process"] - sum(v for k, v in total.items() if k != "process"), 3)
+    return total
 
 
 def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handle,
@@ -519,10 +563,12 @@ def _sharded_rounds(graph: GraphHandle, walk_cfg: WalkConfig, method: str, handl
         # would wait for ever: after OWNER_START_S the attempt ends and the next one sizes the share again
         ray.get(starting, timeout=OWNER_START_S)
         t0 = time.perf_counter()
-        mail = PeerMail(owners)         # tasks/peer_mail.py: imports neither Prefect nor this module
+        mail = open_inboxes(owners)     # tasks/peer_mail.py: imports neither Prefect nor this module
         for o in owners:
             o.begin.remote(mail)
         info = round_info(wait_finished(owners))
+        info["owner_cpu_s"] = owner_cpu(ray.get([o.cpu_split.remote() for o in owners]))
+        ray.get([o.__ray_call__.remote(close_mail) for o in owners])
         refs, info = collect_walks(call, ray.get, len(bounds), info)
     finally:
         if not kept:

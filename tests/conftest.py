@@ -12,6 +12,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+
+def numba_cache_dir(repo: Path) -> Path:
+    """A numba cache folder named by a hash of every workers/ source that uses numba.
+
+    numba's own cache checks only the timestamp of the file defining a kernel, not of the files whose
+    functions it inlines: after an edit of workers/train/sgns_parts.py alone, skipgram's kernels would
+    load stale machine code from __pycache__. Any edit of a numba source names a new, empty folder, so
+    every kernel is compiled from the sources as they are. Set before numba is imported (it reads
+    NUMBA_CACHE_DIR once); Ray workers and subprocesses inherit it with the environment."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((repo / "workers").rglob("*.py")):
+        text = f.read_bytes()
+        if b"numba" in text:
+            h.update(str(f.relative_to(repo)).encode() + b"\0" + text)
+    return repo / ".pytest_cache" / "numba" / h.hexdigest()[:16]
+
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir(REPO)))
+
 from embedlake.tasks.runtime import configure_env  # noqa: E402
 
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".pytest_cache" / "prefect"))

@@ -154,6 +154,11 @@ RUNS = {
     "noded": (["method=deepwalk", f"graph.shards={SHARDS}", "train.workers=2"], False, True),
 }
 
+# The GCS marks a removed node dead after 3 failed health checks 1 s apart (Ray's default: 5, 3 s apart:
+# 15 s of every node-loss run spent waiting). A removed raylet refuses the check at once; a slow but
+# alive one still has the default 10 s per check to answer, so a loaded machine is not taken for a loss.
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+
 CLUSTER_SCRIPT = r"""
 import json, sys, threading, time
 sys.path.insert(0, sys.argv[3])
@@ -210,7 +215,8 @@ def run_on_cluster(workdir: str, runs: dict) -> dict:
     from embedlake.tasks.object_sizes import recording
     mb = 2**20
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                            "object_store_memory": NODE_STORE_MB * mb})
+                                                            "object_store_memory": NODE_STORE_MB * mb,
+                                                            "_system_config": FAST_NODE_DEATH})
     results = {}
     try:
         workers = [cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=NODE_STORE_MB * mb, memory=1024 * mb)
@@ -315,11 +321,15 @@ def write_edge_files(folder: Path, parts: int = 4) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster_runs(tmp_path_factory):
-    """Every run of RUNS on one 4-node cluster (one subprocess); the runs' results and their folder."""
+def cluster_runs(tmp_path_factory, prefect_session):
+    """Every run of RUNS on one 4-node cluster (one subprocess); the runs' results and their folder.
+    The subprocess's flows report to the session's Prefect server (prefect_session, started once for
+    the suite) instead of starting an ephemeral one of their own (~10 s)."""
+    from prefect.settings import PREFECT_API_URL
     work = tmp_path_factory.mktemp("cluster")
     write_edge_files(work / "edges")
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "RAY_USAGE_STATS_ENABLED": "0",
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("EMBEDLAKE_RECORD_OBJECTS", None)
     try:
         out = subprocess.run([sys.executable, "-c", CLUSTER_SCRIPT, str(work), json.dumps(RUNS), str(REPO / "tests")],

@@ -61,6 +61,7 @@ def test_stage_options_validated_and_applied():
     (["train.table=unified", "train.partitions=2"], ["train.table=unified", "train.partitions=0"]),
     (["train.table=compose", "walk.write_walks=true"], ["train.table=compose does not write walks",
                                                         "walk.write_walks=false"]),
+    (["train.table=compose", "graph.shards=2"], ["train.table=compose", "whole graph", "graph.shards=1"]),
 ])
 def test_learned_table_rules_refused_at_load(overrides, needles):
     """Cross-field rules of train.table != full live in the config: a bad combination is refused
@@ -70,6 +71,13 @@ def test_learned_table_rules_refused_at_load(overrides, needles):
     assert all(n in str(e.value) for n in needles), str(e.value)
     assert "Value error" not in str(e.value)
     load_config(None, [overrides[0]])          # the table alone is fine
+
+
+@pytest.mark.parametrize("table", ["hash", "qr", "unified"])
+def test_learned_tables_of_node_id_codes_load_on_shards(table):
+    """hash, qr and unified codes are functions of the node id: they train on graph.shards > 1
+    (averaged copies, tasks/learned.py); only compose, whose codes need the whole graph, is refused."""
+    assert load_config(None, [f"train.table={table}", "graph.shards=4"]).graph.shards == 4
 
 
 @pytest.mark.parametrize("overrides, needles", [

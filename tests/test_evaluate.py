@@ -326,6 +326,31 @@ def test_unit_rows_by_blocks_equal_the_whole_table_formula():
                 assert np.array_equal(got, Y / np.where(norm > 0, norm, 1.0))
 
 
+def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_place():
+    """``unit_rows`` writes float64 unit rows into a float32 view (a design's first d columns) as
+    ``astype`` would round them; node classification keeps the table, not a float64 copy of the
+    labelled rows, and its base design holds every labelled row once, in repeat 0's split order,
+    as those rounded unit rows with the constant column (issue 22, seventh round)."""
+    from embedlake.workers.evaluate.rows import unit_rows
+    rng = np.random.default_rng(5)
+    X = (rng.standard_normal((700, 24)) * 3).astype(np.float32)
+    X[4] = 0.0
+    X.setflags(write=False)                                   # as the object store hands it
+    rows = rng.permutation(700)[:450]
+    want = unit_rows(X, rows, np.float64)
+    design = np.zeros((450, 25), dtype=np.float32)
+    unit_rows(X, rows, np.float64, out=design[:, :24])
+    assert np.array_equal(design[:, :24], want.astype(np.float32)) and not design[:, 24].any()
+    nodes = np.sort(rng.choice(700, 500, replace=False))
+    ls = classify.labelled_set(X, nodes, rng.integers(0, 3, 500), seed=2)
+    assert ls.source is X and np.array_equal(ls.index, nodes)
+    base, place = ls.base_design(2)
+    perm = classify.split_permutation(500, 2)
+    assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float64).astype(np.float32))
+    assert (base[:, 24] == 1).all() and np.array_equal(place[perm], np.arange(500))
+    assert np.array_equal(ls.compact().X, ls.X) and ls.compact().index is None
+
+
 def test_knn_recall():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 32)).astype(np.float32)

@@ -194,13 +194,31 @@ def test_fault_hook_list_and_kill_worker_once(tmp_path):
 
 
 # ---- a node of a multi-node cluster removed mid-run ------------------------------------------------
+def test_lost_shard_is_one_on_no_alive_node():
+    """A retry of the sharded walks waits for exactly the shards Ray must rebuild (tasks/graph.py
+    wait_shards_rebuilt): rows on no alive node. Rows small enough to live in their owner's memory
+    (Ray lists no node for them) and spilled rows are not lost with a node."""
+    from embedlake.tasks.graph import INLINE_BYTES, lost_shard
+    big = INLINE_BYTES + 1
+    alive = {"a", "b"}
+    assert lost_shard({"node_ids": [], "object_size": big, "did_spill": False}, alive)
+    assert lost_shard({"node_ids": ["gone"], "object_size": big, "did_spill": False}, alive)     # its one copy on a dead node
+    assert not lost_shard({"node_ids": ["gone", "b"], "object_size": big, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": INLINE_BYTES, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": None, "did_spill": False}, alive)
+    assert not lost_shard({"node_ids": [], "object_size": big, "did_spill": True}, alive)
+
+
+
 NODE_LOSS_SCRIPT = r"""
 import json, os, sys, threading, time, traceback
 sys.path.insert(0, sys.argv[3])
 from test_faults import FAULT_CFG, _title
+from test_cluster_shards import FAST_NODE_DEATH
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                        "object_store_memory": 150 * 2**20})
+                                                        "object_store_memory": 150 * 2**20,
+                                                        "_system_config": FAST_NODE_DEATH})
 out = {}
 try:
     workers = [cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20) for _ in range(2)]
@@ -246,14 +264,16 @@ finally:
 """
 
 
-def test_node_removed_mid_training_completes_or_fails_cleanly(tmp_path):
+def test_node_removed_mid_training_completes_or_fails_cleanly(tmp_path, prefect_session):
     """2 worker nodes (1 CPU each) + a 0-CPU head, in a subprocess (the session's Ray is untouched).
     The node running training is removed: its objects (walks, CSR) are rebuilt from lineage and
     training is retried on the other node. Either the run completes with the fault-free output,
     or it fails with an error and leaves no committed manifest and no run files."""
     from embedlake.lake import Lake
     a, b = tmp_path / "a", tmp_path / "b"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    from prefect.settings import PREFECT_API_URL
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0",
+           "PREFECT_API_URL": PREFECT_API_URL.value()}     # the session's server, not one started there
     out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(a), str(b), str(REPO / "tests")],
                          capture_output=True, text=True, env=env, timeout=420, cwd=str(tmp_path))
     assert "RESULT " in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]

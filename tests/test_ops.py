@@ -178,8 +178,11 @@ def test_submit_through_ray_jobs_api_with_token_auth(prefect_server, tmp_path, s
         lake = tmp_path / "lake"
         env = _env(**head.env, PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(tmp_path / "home"))
         env.pop("RAY_ADDRESS", None)
+        # no labels and no reconstruction: the job's workers run the uploaded code, whose numba kernels
+        # no cache has seen, so every kernel the job runs is compiled there; evaluation's (42 s of the
+        # job's 142 s under load) bear on nothing asserted here
         cmd = [EMBEDLAKE, "submit", "--address", head.url, "--timeout", "240", "--logs", "--", "embed-graph",
-               *_karate(shared), "--lake", str(lake), *SMALL[:-2]]
+               *_karate(shared)[:2], "--lake", str(lake), *SMALL[:-2], "-p", "eval.reconstruction=false"]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
         assert "SUCCEEDED" in out.stdout

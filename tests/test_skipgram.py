@@ -182,6 +182,31 @@ def test_resume_and_progress(graph_walks):
     assert not np.array_equal(Wi2, Wi) and st2["loss_first"] < st1["loss_first"]
 
 
+@pytest.mark.parametrize("block_tokens, chunk_tokens", [(10 ** 9, None), (333, 5000), (40, 1000)])
+def test_threads_take_every_block_once(graph_walks, block_tokens, chunk_tokens):
+    """The threads take the text's blocks from one queue (issue 20, sixth pass): whatever the block
+    and segment sizes (one block for the whole text, odd sizes, one 40-token sentence a block),
+    two threads train every sentence exactly once: the pair and kept-token counts, which each
+    sentence's own random stream fixes, equal one thread's, and progress runs once through every
+    segment in order. One thread's tables do not depend on the block size at all."""
+    import numba as nb
+    tokens, offsets, _ = graph_walks
+    kw = dict(dim=8, window=4, negatives=2, seed=4, sample=1e-3, epochs=2, chunk_tokens=chunk_tokens)
+    Wi1, Wo1, one = train_sgns(tokens, offsets, 400, threads=1, block_tokens=block_tokens, **kw)
+    Wi0, Wo0, _ = train_sgns(tokens, offsets, 400, threads=1, block_tokens=1000, **kw)
+    assert np.array_equal(Wi1, Wi0) and np.array_equal(Wo1, Wo0)
+    calls = []
+    for shared in (True, False):
+        calls.clear()
+        _, _, two = train_sgns(tokens, offsets, 400, threads=2, block_tokens=block_tokens, shared_negatives=shared,
+                               progress=lambda d, t, l: calls.append(d), **kw)
+        _, _, ref = train_sgns(tokens, offsets, 400, threads=1, block_tokens=block_tokens, shared_negatives=shared,
+                               **kw) if not shared else (None, None, one)
+        assert two["threads"] == min(2, nb.config.NUMBA_NUM_THREADS)
+        assert two["pairs"] == ref["pairs"] and two["tokens_trained"] == ref["tokens_trained"]
+        assert len(calls) == two["chunks"] and calls == sorted(calls) and calls[-1] == 2 * len(tokens)
+
+
 def test_epochs_and_lr_decay(graph_walks):
     tokens, offsets, comm = graph_walks
     _, _, st = train_sgns(tokens, offsets, 400, dim=16, window=4, epochs=3, threads=0)

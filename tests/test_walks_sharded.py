@@ -88,25 +88,28 @@ def test_messages_in_any_order_give_the_same_walks(graph, mode, p, q):
 def test_messages_before_begin_wait_in_the_mailbox():
     """A shard owner may get another's round-1 walkers and node2vec queries before its own `begin`
     (different callers): they wait, the queries are answered at `begin`, and the walks are the same."""
-    from embedlake.workers.graph.sharded_walks import WALKERS, ShardWalker, WalkParams, collect_walks
+    from embedlake.workers.graph.sharded_walks import (WALKERS, ShardWalker, WalkParams, collect_walks,
+                                                       unpack_message)
     g = GRAPHS["undirected"](False)
     bounds = shard_bounds(g.num_nodes, 3)
     params = WalkParams(2, 10, 3, 0.5, 2.0, "node2vec")
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(split_csr(g, bounds))]
     queue: list = []
-    def mail(shard, kind, rnd, sender, in_flight, *arrays):
-        queue.append((shard, kind, rnd, sender, in_flight, (1,) * len(arrays), *arrays))
+
+    def mail(shard, message):
+        queue.append((shard, message))
 
     owners[0].begin(mail)
-    assert all(m[1] == WALKERS and len(m[5]) == 4 for m in queue)     # walkers, two segment arrays, queries
-    for shard, *m in list(queue):                                   # delivered before shards 1 and 2 begin
-        owners[shard].deliver(*m)
+    heads = [unpack_message(message) for _, message in queue]
+    assert all(h[0] == WALKERS and h[2] == 0 and len(h[4]) == 4 for h in heads)   # walkers, two segment arrays, queries
+    for shard, message in list(queue):                                # delivered before shards 1 and 2 begin
+        owners[shard].deliver(message)
     queue.clear()
     for o in owners[1:]:
         o.begin(mail)
     while queue:
-        shard, *m = queue.pop(0)
-        owners[shard].deliver(*m)
+        shard, message = queue.pop(0)
+        owners[shard].deliver(message)
     stats = [o.finished() for o in owners]
     assert len({len(s) for s in stats}) == 1 and sum(int(s[:, 1].sum()) for s in stats) > 0
 
@@ -116,6 +119,28 @@ def test_messages_before_begin_wait_in_the_mailbox():
 
     walks, _ = collect_walks(call, list, 3, {"written": sum(int(s[:, 2].sum()) for s in stats)})
     assert_same_walks(g, walks, bounds, 2, 10, 3, p=0.5, q=2.0, mode="node2vec")
+
+
+def test_messages_round_trip_as_one_buffer():
+    """pack_message / unpack_message: head fields and arrays of any dtype and size come back equal and
+    aligned for numba, from the buffer and from its bytes (what a connection delivers)."""
+    from embedlake.workers.graph.sharded_walks import QUERY, WALKER, pack_message, unpack_message
+    rng = np.random.default_rng(3)
+    walkers = np.zeros(9001, WALKER)
+    walkers["g"], walkers["state"] = rng.integers(0, 2**40, 9001), rng.integers(0, 2**63, 9001, dtype=np.uint64)
+    queries = np.zeros(5, QUERY)
+    queries["t"] = np.arange(5)
+    wire = rng.integers(0, 2**32, (7, 3), dtype=np.uint32)
+    arrays = [wire, np.arange(3, dtype=np.uint32), np.arange(5, dtype=np.int32), walkers, np.zeros(0, np.uint8),
+              queries, np.array([1, 0, 1], np.uint8)]
+    message = pack_message(1, 17, 6, 123456789012, *arrays)
+    for form in (message, message.tobytes()):
+        kind, rnd, sender, in_flight, got = unpack_message(form)
+        assert (kind, rnd, sender, in_flight) == (1, 17, 6, 123456789012) and len(got) == len(arrays)
+        for a, b in zip(arrays, got):
+            assert b.dtype == np.uint8 and b.ctypes.data % 8 == 0
+            np.testing.assert_array_equal(b.view(a.dtype).reshape(a.shape), a)
+    assert unpack_message(pack_message(0, 1, 2, 0))[4] == []
 
 
 @pytest.mark.parametrize("mode", ["deepwalk", "node2vec"])

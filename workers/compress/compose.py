@@ -84,13 +84,21 @@ def hash_codes(n: int, lp: dict, seed: int, feature: int = 0, types: np.ndarray 
                first: int = 0) -> np.ndarray:
     """Level-local rows of ids first..: probe l of feature f (and node type t) has its own hash."""
     ids = np.arange(first, first + n, dtype=np.int64)
-    out = np.empty((n, lp["levels"]), np.int32)
+    return hash_codes_of(ids, lp, seed, feature, None if types is None else np.asarray(types)[first:first + n])
+
+
+def hash_codes_of(ids: np.ndarray, lp: dict, seed: int, feature: int = 0, types: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Level-local rows of any node ids (`types`: theirs, or None): a function of the id alone, so
+    a graph shard computes the codes of the nodes it sees (workers/compress/sharded_table.py)."""
+    ids = np.asarray(ids, np.int64)
+    out = np.empty((len(ids), lp["levels"]), np.int32)
     for l in range(lp["levels"]):
         base = seed * 1_000_003 + feature * 7919 + l * 104_729
         if types is None:
             out[:, l] = hash_buckets(ids, lp["level_rows"][l], base)
         else:
-            t = np.asarray(types)[first:first + n]
+            t = np.asarray(types)
             for tv in np.unique(t):
                 sel = t == tv
                 out[sel, l] = hash_buckets(ids[sel], lp["level_rows"][l], base + int(tv) * 15_485_863)

@@ -15,6 +15,8 @@ so the figures agree with scikit-learn's to well within 0.01 F1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,23 +45,35 @@ def blas_threads(threads: int | None):
 # batched L2 logistic regression (liblinear primal objective)
 # ---------------------------------------------------------------------------------------------
 
-def _loss_grad(Xa, S, W, C, M):
+def _times(Xa, Xh, W):
+    """X @ W in float64: through the float64 design Xa, or, when there is none (Xa None: a
+    `RepeatDesign`), through the float32 one with W rounded to float32 (see `RepeatDesign`)."""
+    return Xa @ W if Xa is not None else (Xh @ W.astype(np.float32)).astype(np.float64)
+
+
+def _times_t(Xa, Xh, V):
+    """X.T @ V in float64, as `_times`."""
+    return Xa.T @ V if Xa is not None else (Xh.T @ V.astype(np.float32)).astype(np.float64)
+
+
+def _loss_grad(Xa, Xh, S, W, C, M):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
-    scipy.special is imported here, not at the module's top: the evaluate task's driver imports
-    this module for ``protocol_splits`` alone, and scipy.special cost it 0.1-0.25 CPU-s before the
-    figures task was even submitted (issue 22, sixth round)."""
-    from scipy.special import expit
+    1 - sigma(M) is 1 / (1 + exp(M)) in numpy, not scipy.special.expit: importing scipy.special
+    cost a fresh worker's figures task 0.09 CPU-s (issue 22, seventh round), a tenth of the
+    evaluate stage on deezer_europe. numpy's exp differs from the C library's (expit's) by one
+    unit in the last place on about 2 % of arguments; the F1 came out identical."""
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
-    q = expit(-M)                                  # 1 - sigma(margin)
-    G = W - C * (Xa.T @ (S * q))
+    with np.errstate(over="ignore"):               # exp(M) = inf for M > 709: q = 0, as expit gives
+        q = 1.0 / (1.0 + np.exp(M))                # 1 - sigma(margin)
+    G = W - C * _times_t(Xa, Xh, S * q)
     D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
 
 
-def _margins_loss(Xa, S, W, C):
-    M = S * (Xa @ W)
+def _margins_loss(Xa, Xh, S, W, C):
+    M = S * _times(Xa, Xh, W)
     return M, 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
 
 
@@ -81,26 +95,28 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     norm at W = 0 (one product), so a warm start stops at the same accuracy as a cold one.
 
     ``design``: (Xa, Xh), the design [X, 1] (or X) in float64 and float32, when the caller has
-    them (`RepeatDesign`: one per repeat, its splits are prefixes); X is then not read.
+    them; X is then not read. Xa None: every product runs through the float32 Xh (`RepeatDesign`:
+    one per repeat, its splits are prefixes; the loss, gradient and steps stay float64).
     """
     if design is None:
         X = np.asarray(X, dtype=np.float64)
         Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
-    n = (design[0] if design is not None else Xa).shape[0]
-    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products only
+    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products (at least)
+    n, width = Xh.shape
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
-    W = np.zeros((Xa.shape[1], L)) if start is None else np.array(start, dtype=np.float64)
-    lam, Q = spectrum if spectrum is not None else np.linalg.eigh(Xa.T @ Xa)   # shared by every label
-    lam = np.maximum(lam, 0.0)
-    Mall = np.zeros((n, L)) if start is None else S * (Xa @ W)     # margins at the current W
-    g0 = None if start is None else np.linalg.norm(0.5 * C * (Xa.T @ S), axis=0)   # |gradient| at W = 0
+    W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
+    if spectrum is None:                                              # shared by every label
+        spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
+    lam, Q = np.maximum(spectrum[0], 0.0), spectrum[1]
+    Mall = np.zeros((n, L)) if start is None else S * _times(Xa, Xh, W)     # margins at the current W
+    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S), axis=0)   # |gradient| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
         Sa, Wa = S[:, active], W[:, active]
-        f, G, D = _loss_grad(Xa, Sa, Wa, C, Mall[:, active])
+        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall[:, active])
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -111,7 +127,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
         P = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
-        t, pending = _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active)
+        t, pending = _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active)
         W[:, active] = Wa + t * P
         if pending.all():
             break
@@ -158,7 +174,7 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
     return P
 
 
-def _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+def _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
     """Armijo backtracking along P, per column: halve each label's step until its loss decreases
     enough (30 halvings at most). Writes the accepted margins into Mall (so the next iteration's
     loss needs no extra product) and returns (steps, pending): a column still pending found no
@@ -168,7 +184,7 @@ def _armijo_steps(Xa, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.
     pending = np.ones(G.shape[1], dtype=bool)
     for _ls in range(30):
         idx = np.flatnonzero(pending)
-        Mn, fn = _margins_loss(Xa, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+        Mn, fn = _margins_loss(Xa, Xh, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
         ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
         Mall[:, active[idx[ok]]] = Mn[:, ok]
         pending[idx[ok]] = False
@@ -248,13 +264,27 @@ def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True, rows: int | None =
     stopping rule do not depend on it; on deezer_europe (28,281 x 513) it is most of the
     labelled set's cost (0.83 CPU-s for every row).
     """
-    n = Xl.shape[0]
-    scale = 1.0
+    pick = spectrum_sample(Xl.shape[0], rows, seed)
+    return gram_eigh(Xl if pick is None else Xl[pick], 1.0 if pick is None else Xl.shape[0] / pick.size,
+                     fit_intercept)
+
+
+def spectrum_sample(n: int, rows: int | None, seed: int) -> np.ndarray | None:
+    """The ascending positions of ``gram_spectrum``'s seeded sample of ``rows`` of n rows (None:
+    every row)."""
     if rows and rows < n:
-        Xl = Xl[np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))]
-        scale = n / rows
-    Xa = np.hstack([Xl, np.ones((Xl.shape[0], 1))]) if fit_intercept else Xl
-    Xa = Xa.astype(np.float32)
+        return np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))
+    return None
+
+
+def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of ``scale`` x the Gram matrix of the design [Xs, 1] (or Xs), the
+    product in float32 (see ``gram_spectrum``)."""
+    d = Xs.shape[1]
+    Xa = np.empty((Xs.shape[0], d + 1 if fit_intercept else d), dtype=np.float32)
+    Xa[:, :d] = Xs
+    if fit_intercept:
+        Xa[:, d] = 1.0
     lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
     return np.maximum(lam, 0.0), Q
 
@@ -296,7 +326,7 @@ def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: f
     if fit_cols.size:
         W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
                          start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = decision_scores(Xte, W)
+        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, (DesignRows, BaseRows)) else decision_scores(Xte, W)
         W_all[:, fit_cols] = W
     k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
@@ -341,20 +371,112 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design):
 
 @dataclass
 class LabelledSet:
-    """The rows node classification scores: normalised float64 embeddings of the labelled
-    nodes (a seeded sample of them above ``max_nodes``), their label matrix and Gram spectrum."""
+    """The rows node classification scores: the labelled nodes (a seeded sample of them above
+    ``max_nodes``), their label matrix and Gram spectrum, and where their rows are read from:
+    labelled row i is row ``index[i]`` of ``source`` (row i when ``index`` is None), as float64,
+    divided by its norm when ``normalize`` (``rows``).
+
+    Why in place, not a float64 copy of the labelled rows: the copy (116 MB on deezer_europe,
+    28,281 x 512) was faulted in page by page in each worker (the workers map every array of
+    1 MiB or more on its own) only for each repeat's design to gather it once more; now the
+    design and the test scores normalise the rows they need a block at a time, the same values
+    bit for bit (docs/evaluation.md, seventh round). ``X`` builds the whole set when asked."""
     nodes: np.ndarray                     # the node ids of the rows, ascending
-    X: np.ndarray
+    source: np.ndarray
+    index: np.ndarray | None
     Y: np.ndarray
     multilabel: bool
     num_labels: int
     labelled_nodes: int                   # before any sampling
-    spectrum: tuple[np.ndarray, np.ndarray]
+    spectrum: tuple[np.ndarray, np.ndarray] | None = None
+    normalize: bool = True
+    base: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.nodes.size)
+
+    @property
+    def dim(self) -> int:
+        return int(self.source.shape[1])
+
+    def rows(self, pos: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The labelled rows at positions ``pos``, float64, unit length when ``normalize``
+        (``unit_rows``: a block at a time), written into ``out`` when given (a float32 ``out``
+        gets them rounded, as ``astype`` would)."""
+        src = pos if self.index is None else self.index[pos]
+        if self.normalize:
+            return unit_rows(self.source, src, np.float64, out=out)
+        out = np.empty((len(src), self.dim)) if out is None else out
+        out[...] = self.source[src]
+        return out
+
+    @functools.cached_property
+    def X(self) -> np.ndarray:
+        """Every labelled row (see ``rows``) in one array; the splits never build it."""
+        if self.index is None and not self.normalize and self.source.dtype == np.float64:
+            return self.source
+        return self.rows(np.arange(self.size))
+
+    def base_design(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(design, place): every labelled row as a float32 design row [unit row, 1] (see
+        `RepeatDesign`), laid out in repeat 0's split order (``split_permutation(n, seed)``), and
+        the place of each labelled row in it. Built once per set and seed.
+
+        Why one layout for every repeat: repeat 0's design is this array itself (its splits are
+        prefixes of it); another repeat's rows are gathered from it, already normalised, and a
+        repeat that trains on a small share only scores its test rows in it, so each row is
+        normalised once (deezer_europe's sampled default normalised 88,500 rows for 28,281 before)."""
+        if self.base is None or self.base[0] != seed:
+            n, d = self.size, self.dim
+            perm = split_permutation(n, seed)
+            Xh = np.empty((n, d + 1), dtype=np.float32)
+            self.rows(perm, out=Xh[:, :d])
+            Xh[:, d] = 1.0
+            place = np.empty(n, dtype=np.int64)
+            place[perm] = np.arange(n)
+            self.base = (seed, Xh, place)
+        return self.base[1], self.base[2]
+
+    def compact(self) -> LabelledSet:
+        """The same set holding its own rows only, not the table behind them: what a task hands
+        other tasks through the object store."""
+        return dataclasses.replace(self, source=self.X, index=None, normalize=False)
 
     def info(self) -> dict:
         """What was scored, for ``classification_summary``."""
-        return {"multilabel": self.multilabel, "num_nodes": int(self.X.shape[0]), "num_labels": self.num_labels,
+        return {"multilabel": self.multilabel, "num_nodes": self.size, "num_labels": self.num_labels,
                 "labelled_nodes": self.labelled_nodes}
+
+
+@dataclass
+class DesignRows:
+    """Test rows that are rows of a float32 design [X, 1] (a `RepeatDesign`'s): scored the way
+    the solver multiplies (``_times``), not through a float64 copy."""
+    Xh: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.Xh.shape[0], self.Xh.shape[1] - 1)
+
+    def scores(self, W: np.ndarray) -> np.ndarray:
+        return _times(None, self.Xh, W)
+
+
+@dataclass
+class BaseRows:
+    """Test rows given by their places in a `LabelledSet.base_design`: scored with every row of it
+    (one product, as `DesignRows`), then picked; for a repeat whose design holds its training
+    rows only."""
+    base: np.ndarray
+    places: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.places.size), self.base.shape[1] - 1)
+
+    def scores(self, W: np.ndarray) -> np.ndarray:
+        return _times(None, self.base, W)[self.places]
 
 
 @dataclass
@@ -404,43 +526,52 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
                          spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
-    with ``index``, ``rows[index[i]]`` is, and the rows are read in place). Normalised a block of
-    rows at a time (``unit_rows``: no table-sized temporaries, the same figures)."""
-    rows = np.asarray(rows)
-    Xl = unit_rows(rows, index, np.float64) if normalize else (rows if index is None else rows[index]).astype(np.float64)
+    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); only the
+    Gram spectrum's sample of them is read here."""
+    ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
+                     normalize=bool(normalize))
+    pick = spectrum_sample(ls.size, spectrum_rows, seed)
     with blas_threads(threads):
-        spectrum = gram_spectrum(Xl, rows=spectrum_rows, seed=seed)
-    return LabelledSet(sel.nodes, Xl, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes, spectrum)
+        ls.spectrum = gram_eigh(ls.X if pick is None else ls.rows(pick), ls.size / pick.size if pick is not None else 1.0)
+    return ls
 
 
 @dataclass
 class RepeatDesign:
     """A repeat's labelled rows in its split order (``split_permutation(n, seed + repeat)``): the
-    design [X, 1] in float64 and float32 and the labels. Every split of the repeat trains on a
-    prefix and tests on the rest, so they are views, not copies.
+    design [X, 1] in float32 and the labels. Every split of the repeat trains on a prefix and
+    tests on the rest, so they are views, not copies.
 
     Why: the fits of a 37,700 x 513 design (github_social, FastRP d = 512) spent most of their
     time gathering, widening and converting the rows for each split (three copies of 155 MB),
     more than in the solver's products.
 
-    ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose splits
-    all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test rows
-    are then scored in place (``split_scores``), not copied."""
+    Why float32 only (issue 22, seventh round): the design was also kept in float64 for the
+    gradient and the line search. On deezer_europe (28,281 x 513) that copy was 116 MB faulted in
+    page by page in each worker, two thirds of the memory the fits read, and with its float32 twin
+    the largest cost of node classification in a worker. The products now all run in float32
+    (the rows are rounded from their float64 unit form, the weights per product) and return
+    float64; loss, gradient, steps and weights stay float64. A float32 dot product of 513 terms
+    is accurate to about 1e-6 of its terms' size, a thousand times below the stopping rule's
+    1e-3 relative gradient (docs/evaluation.md: the F1 against the float64 design).
+
+    Repeat 0's design is the set's `base_design` (no copy); another repeat's rows are gathered from
+    it. ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
+    splits all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test
+    rows are then scored in the base design (`BaseRows`), not copied."""
     repeat: int
-    Xa: np.ndarray
     Xh: np.ndarray
     Y: np.ndarray
     perm: np.ndarray
 
     @classmethod
     def of(cls, ls: LabelledSet, repeat: int, seed: int = 0, rows: int | None = None) -> RepeatDesign:
-        n, d = ls.X.shape
+        n = ls.size
+        base, place = ls.base_design(seed)
         perm = split_permutation(n, seed + repeat)
         rows = n if rows is None else min(n, int(rows))
-        Xa = np.empty((rows, d + 1))
-        np.take(ls.X, perm[:rows], axis=0, out=Xa[:, :d], mode="clip")
-        Xa[:, d] = 1.0
-        return cls(repeat, Xa, Xa.astype(np.float32), ls.Y[perm], perm)
+        Xh = base[:rows] if repeat == 0 else np.take(base, place[perm[:rows]], axis=0)
+        return cls(repeat, Xh, ls.Y[perm], perm)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
@@ -461,20 +592,20 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
     ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios.
     Returns (micro, macro, (micro sd, macro sd) over ``bootstrap`` resamples of the test nodes
     (zeros without), fitted W)."""
-    n, d = ls.X.shape
+    n = ls.size
     k = int(ratio * n)
     if not 0 < k < n:
         raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
     lam, Q = ls.spectrum
     with blas_threads(threads):
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
-        if rd.Xa.shape[0] < k:
-            raise ValueError(f"the repeat's design holds {rd.Xa.shape[0]} rows, the split trains on {k}")
-        whole = rd.Xa.shape[0] == n              # else the test rows are scored in place, in ls order
-        pred, W = split_predictions(None, rd.Y[:k], rd.Xa[k:, :d] if whole else ls.X, multilabel=ls.multilabel, C=C,
-                                    tol=tol, spectrum=(lam * (k / n), Q), start=start,
-                                    design=(rd.Xa[:k], rd.Xh[:k]), k_true=(rd.Y[k:] if whole else ls.Y).sum(1))
-        pred = pred if whole else pred[rd.perm[k:]]
+        if rd.Xh.shape[0] < k:
+            raise ValueError(f"the repeat's design holds {rd.Xh.shape[0]} rows, the split trains on {k}")
+        whole = rd.Xh.shape[0] == n              # else the test rows are scored in place, a block at a time
+        tests = DesignRows(rd.Xh[k:]) if whole else BaseRows(ls.base_design(seed)[0], ls.base_design(seed)[1][rd.perm[k:]])
+        pred, W = split_predictions(None, rd.Y[:k], tests,
+                                    multilabel=ls.multilabel, C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
+                                    design=(None, rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
         sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
     return (*f1_scores(rd.Y[k:], pred), sd, W)
 
@@ -496,7 +627,7 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
         start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
         if rd is None or rd.repeat != rep:
             top = max(rr for rr, rp in splits if rp == rep)
-            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.X.shape[0]) if top < 0.5 else None)
+            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.size) if top < 0.5 else None)
         mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
                                      bootstrap=0 if r in full_ratios else bootstrap)
         out.append((r, rep, mi, ma, *sd))

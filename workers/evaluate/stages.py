@@ -132,7 +132,7 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     opts = classify_options(eval_cfg)
     ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"],
                       spectrum_rows=opts.get("spectrum_rows"))
-    return ls, time.process_time() - t0
+    return ls.compact(), time.process_time() - t0          # its own rows only, not the table behind them
 
 
 def label_selection_stage(labels, eval_cfg: EvalConfig, num_rows: int):

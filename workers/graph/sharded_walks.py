@@ -27,11 +27,11 @@ Why it looks like this
   goes on next round), so a round's scratch memory is O(walkers), not O(walkers x length).
 - A round is `advance` on every shard (one numba kernel, prange over walkers: a plain loop for
   first-order walks, lockstep groups for node2vec; then an O(walkers) counting sort by destination)
-  and, for node2vec, `answer` on every shard (the adjacency queries of that round). `run_rounds`
-  drives the rounds through a `call` function, so the same driver runs shards in-process
-  (`sharded_random_walks`, tests) or as Ray actors (tasks/graph.py `walk_sharded`), where every
-  message passes from shard owner to shard owner as an object ref and the driver reads only a
-  stats row per shard per round. No message is bigger than the walkers of one shard (24 or 48
+  and, for node2vec, the answers to the adjacency queries of that round. The owners play the
+  rounds among themselves (`begin` / `deliver`): each sends every other one message per round
+  through a `mail` function, a queue in-process (`sharded_random_walks`, tests) and a direct
+  connection between owner processes through Ray (tasks/peer_mail.py, tasks/graph.py
+  `walk_sharded`); the driver only waits for the end. No message is bigger than the walkers of one shard (24 or 48
   bytes each) or one shard's segments; a shard's walk matrix is the one big result.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
 
 __all__ = ["WALKER", "FIRST_ORDER_WALKER", "walker_dtype", "WalkParams", "ShardWalker", "collect_walks", "round_info",
-           "sharded_random_walks", "WAIT_GROUP", "WALKERS", "ANSWERS"]
+           "sharded_random_walks", "WAIT_GROUP", "WALKERS", "ANSWERS", "pack_message", "unpack_message", "CPU_PARTS"]
 
 # One walker in flight: g = its global output row (the rows of all shards' matrices back to back:
 # walk k from node v of shard [lo, hi) is row walks_per_node * lo + k * (hi - lo) + v - lo, so its home
@@ -515,12 +515,13 @@ def _initial_walkers(lo, hi, seed, walk_offset, walkers, out):
         out[r, 0] = v
 
 @njit(cache=True)
-def _pack_walkers(walkers, step_bits, words):
-    """DeepWalk walkers (FIRST_ORDER_WALKER) as they travel: uint32 [n, words] rows of
-    g << step_bits | step (words - 1 words, low first) and the node; no generator state."""
-    wire = np.empty((walkers.shape[0], words), np.uint32)
-    for i in range(walkers.shape[0]):
-        w = walkers[i]
+def _pack_walkers(walkers, idx, step_bits, words):
+    """DeepWalk walkers (FIRST_ORDER_WALKER) walkers[idx] as they travel: uint32 [len(idx), words]
+    rows of g << step_bits | step (words - 1 words, low first) and the node; no generator state.
+    Packed straight from the round's walkers in destination order (no gathered copy of the records)."""
+    wire = np.empty((idx.shape[0], words), np.uint32)
+    for i in range(idx.shape[0]):
+        w = walkers[idx[i]]
         gs = (np.uint64(w.g) << np.uint64(step_bits)) | np.uint64(w.step)
         wire[i, 0] = np.uint32(gs & LO32)
         if words == 3:
@@ -670,6 +671,9 @@ class ShardWalker:
         self.in_flight = 0
         self.failure: BaseException | None = None
         self.done = threading.Event()
+        self.lock = threading.Lock()            # `begin` and `deliver` may be called from different threads
+        self.cpu_s = np.zeros(len(CPU_PARTS))                          # thread CPU s by part (`cpu_split`)
+        self.cpu_at_begin = self.cpu_at_end = 0.0
 
     def _threaded(self):
         return _NumbaThreads(self.numba_threads)
@@ -678,7 +682,7 @@ class ShardWalker:
         """Arriving walkers, then the parked ones with their answers: (walkers, resume, park)."""
         if not self.params.second:       # nothing parks: no answers; arriving walkers come as WIRE_WALKER
             return self._unpacked(walkers), np.zeros(0, np.int8), np.zeros(0, PARKED_WALKER)
-        parts = [self.pending] + [w for w in walkers if len(w)]
+        parts = [self.pending] + [w.view(WALKER) for w in walkers if len(w)]
         arrived = sum(len(w) for w in parts)
         parts += [self.parked[a][0] for a in range(self.shards)]
         allw = _concat(parts, WALKER)
@@ -691,10 +695,11 @@ class ShardWalker:
         return allw, resume, park
 
     def _unpacked(self, arrived: list[np.ndarray]) -> np.ndarray:
-        """The walkers kept here, then the DeepWalk walkers that arrived (WIRE_WALKER pieces) with
-        their generator states recomputed: one writable FIRST_ORDER_WALKER array."""
+        """The walkers kept here, then the DeepWalk walkers that arrived (`_pack_walkers` rows, as
+        message bytes) with their generator states recomputed: one writable FIRST_ORDER_WALKER array."""
         arrived = [w for w in arrived if len(w)]
-        wire = np.concatenate(arrived) if arrived else np.empty((0, self.wire_words), np.uint32)
+        wire = (arrived[0] if len(arrived) == 1 else np.concatenate(arrived or [np.empty(0, np.uint8)])) \
+            .view(np.uint32).reshape(-1, self.wire_words)
         walkers = np.empty(len(self.pending) + len(wire), FIRST_ORDER_WALKER)
         _raw(walkers)[:len(self.pending)] = _raw(self.pending)
         with self._threaded():
@@ -707,36 +712,42 @@ class ShardWalker:
         """Run this shard's side of the rounds with no driver in between: advance the walkers that
         start here (round 1), send each other shard its walkers with `mail`, and go on by itself
         each time every other shard's messages of the round it is at have come in (`deliver`).
-        mail(shard, kind, round, sender, in_flight, *arrays) hands a message to `shard`'s `deliver`
-        (tasks/graph.py PeerMail: an actor call on that shard's owner; in-process a queue).
+        mail(shard, message) hands a message (`pack_message`) to `shard`'s `deliver(message)`
+        (tasks/peer_mail.py PeerMail: an actor call on that shard's owner; in-process a queue).
         Messages may come in before this call (other senders are not ordered with the caller): they
         wait in the mailbox."""
-        self.mail = mail
-        self._guarded(self._begin_rounds)
+        with self.lock:
+            self.mail = mail
+            self.cpu_at_begin = time.process_time()
+            self._guarded(self._begin_rounds)
 
     def _begin_rounds(self) -> None:
         early, self.early_queries = self.early_queries, []
-        for sender, rnd, pieces in early:
-            self._answer(sender, rnd, pieces)
+        for sender, rnd, queries in early:
+            self._answer(sender, rnd, queries)
         self._play_round([], [np.zeros(0, np.uint8)] * self.shards)
         self._play_ready_rounds()
 
-    def deliver(self, kind: int, rnd: int, sender: int, in_flight: int, counts: tuple, *pieces) -> None:
-        """A message from shard `sender` about its round `rnd`: its walkers for this shard (WALKERS,
-        with the walkers it has in flight in all; the segments of this shard's walks it wrote,
-        written into the walk matrix at once; node2vec: its adjacency queries, answered at once) or
-        the answers to this shard's queries (ANSWERS). `pieces`: the message's arrays in slices,
-        counts[i] slices for array i (PeerMail cuts them so that each travels inline with the
-        call). Plays every round whose messages are all in."""
-        ends = np.cumsum(counts)
+    def deliver(self, message) -> None:
+        """A message (`pack_message`, or its bytes) from another shard about its round: its walkers for
+        this shard (WALKERS, with the walkers it has in flight in all; the segments of this shard's
+        walks it wrote, written into the walk matrix at once; node2vec: its adjacency queries,
+        answered at once) or the answers to this shard's queries (ANSWERS). Plays every round whose
+        messages are all in. (Calls may come from several threads: one at a time.)"""
+        with self.lock:
+            self._deliver(message)
+
+    def _deliver(self, message) -> None:
+        t0 = time.thread_time()
+        kind, rnd, sender, in_flight, arrays = unpack_message(message)
         if kind == WALKERS:
-            self._guarded(self._write_segments, _concat_pieces(pieces[ends[0]:ends[1]], self.header_dtype),
-                          _concat_pieces(pieces[ends[1]:ends[2]], np.dtype(np.int32)))
-        if kind == WALKERS and len(counts) == 4 and self.mail is None:
-            self.early_queries.append((sender, rnd, pieces[ends[2]:ends[3]]))
-        elif kind == WALKERS and len(counts) == 4:
-            self._guarded(self._answer, sender, rnd, pieces[ends[2]:ends[3]])
-        self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, list(pieces[:ends[0]]))
+            self._guarded(self._write_segments, arrays[1].view(self.header_dtype), arrays[2].view(np.int32))
+        if kind == WALKERS and len(arrays) == 4 and self.mail is None:
+            self.early_queries.append((sender, rnd, arrays[3].view(QUERY)))
+        elif kind == WALKERS and len(arrays) == 4:
+            self._guarded(self._answer, sender, rnd, arrays[3].view(QUERY))
+        self.mailbox.setdefault((kind, rnd), {})[sender] = (in_flight, arrays[0])
+        self.cpu_s[RECEIVE] += time.thread_time() - t0
         if self.mail is not None:
             self._guarded(self._play_ready_rounds)
 
@@ -751,13 +762,17 @@ class ShardWalker:
         with self._threaded():
             _scatter_segments(self.out.reshape(-1), hdr, offsets, nodes)
 
-    def _answer(self, sender: int, rnd: int, pieces) -> None:
+    def _answer(self, sender: int, rnd: int, queries: np.ndarray) -> None:
         """Adjacency answers (uint8, 1 = x ~ t) to `sender`'s queries (t, x) of round `rnd` about this shard's nodes."""
-        queries = _concat_pieces(pieces, QUERY)
         with self._threaded():
             answers = _adjacency(self.indptr, self.indices, self.lo, queries) if len(queries) else \
                 np.zeros(0, np.uint8)
-        self.mail(sender, ANSWERS, rnd, self.shard, 0, answers)
+        self._send(sender, ANSWERS, rnd, 0, answers)
+
+    def _send(self, shard: int, kind: int, rnd: int, in_flight: int, *arrays: np.ndarray) -> None:
+        t0 = time.thread_time()
+        self.mail(shard, pack_message(kind, rnd, self.shard, in_flight, *arrays))
+        self.cpu_s[SEND] += time.thread_time() - t0
 
     def finished(self) -> np.ndarray:
         """Wait until the rounds are over (no walker in flight on any shard); the stats of each of
@@ -768,6 +783,14 @@ class ShardWalker:
         if self.failure is not None:
             raise self.failure
         return np.array(self.round_stats, dtype=np.int64).reshape(-1, 5)
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds of this walk's rounds (after `finished`): the thread that played them, by part
+        (ROUND: `_advance`; RECEIVE: unpacking messages, writing segments, answering queries; SEND:
+        packing and handing messages to `mail`), and `process`, every thread of this process from
+        `begin` to the end of the rounds (through Ray: also Ray's own work for the calls)."""
+        return {**{name: round(float(v), 3) for name, v in zip(CPU_PARTS, self.cpu_s)},
+                "process": round(self.cpu_at_end - self.cpu_at_begin, 3)}
 
     def _guarded(self, fn, *args) -> None:
         """fn(*args); an exception also ends `finished` (it raises it), so the driver is not left waiting."""
@@ -787,24 +810,25 @@ class ShardWalker:
             walkers = self.mailbox.pop((WALKERS, rnd), {})
             answers = self.mailbox.pop((ANSWERS, rnd), {})
             if self.in_flight + sum(n for n, _ in walkers.values()) == 0:
+                self.cpu_at_end = time.process_time()
                 self.done.set()
                 return
-            arrived = [p for a in sorted(walkers) for p in walkers[a][1]]
-            self._play_round(arrived, [_concat_pieces(answers[a][1], np.dtype(np.uint8)) if a in answers
-                                       else np.zeros(0, np.uint8) for a in range(S)])
+            arrived = [walkers[a][1] for a in sorted(walkers)]
+            self._play_round(arrived, [answers[a][1] if a in answers else np.zeros(0, np.uint8) for a in range(S)])
             rnd = self.rounds
 
     def _play_round(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> None:
         """One round (`_advance`) and its messages to every other shard: the walkers that moved there
         and the nodes this round wrote for walks of that shard (segments: they go home at once, so
         no shard keeps them and the walk matrices are complete when the rounds end)."""
+        t0 = time.thread_time()
         outboxes, segments, queries, stats = self._advance(arrived, answers)
+        self.cpu_s[ROUND] += time.thread_time() - t0
         self.round_stats.append(stats)
         self.in_flight = int(stats[0] + stats[1])
         for d in range(self.shards):
             if d != self.shard:
-                self.mail(d, WALKERS, self.rounds, self.shard, self.in_flight, outboxes[d], *segments[d],
-                          *queries[d:d + 1])
+                self._send(d, WALKERS, self.rounds, self.in_flight, outboxes[d], *segments[d], *queries[d:d + 1])
 
     def _advance(self, arrived: list[np.ndarray], answers: list[np.ndarray]) -> tuple[list, list, list, np.ndarray]:
         """One round: advance every walker here (the ones kept here and those that `arrived`; node2vec:
@@ -829,9 +853,9 @@ class ShardWalker:
                 self.symmetric, self.lo, self.hi, self.shard, self.starts, walkers, resume, park, orow, res_off, seg_nodes,
                 self.out, P.length, 1.0 / float(P.p), 1.0 / float(P.q), LOCKSTEP_GROUP, GROUPS_PER_CHUNK)
         order, offsets = _bucket(where, S)
-        moved = _take(walkers, order[:offsets[S]])
-        self.pending = moved[offsets[self.shard]:offsets[self.shard + 1]]   # room full: go on here
-        sent = moved if P.second else _pack_walkers(moved, self.step_bits, self.wire_words)
+        self.pending = _take(walkers, order[offsets[self.shard]:offsets[self.shard + 1]])   # room full: go on here
+        sent = _take(walkers, order[:offsets[S]]) if P.second else \
+            _pack_walkers(walkers, order[:offsets[S]], self.step_bits, self.wire_words)
         outboxes = [sent[offsets[d]:offsets[d + 1]] if d != self.shard else sent[:0] for d in range(S)]
         queries = self._park(walkers, park, order[offsets[S]:offsets[S + 1]]) if P.second else []
         hdr, hoff, nodes, noff = _segments_by_home(walkers["g"], home, used, seg0, res_off, seg_nodes, S,
@@ -913,20 +937,50 @@ class _NumbaThreads:
 # the rounds
 # ---------------------------------------------------------------------------------------------
 Call = Callable[..., list]
-# mail(shard, kind, round, sender, in_flight, *arrays): hand a message to shard's ShardWalker.deliver
-Mail = Callable[..., None]
+# mail(shard, message): hand a message (`pack_message`) to shard's ShardWalker.deliver(message)
+Mail = Callable[[int, list], None]
 # What a message between shard owners holds (ShardWalker.deliver)
 WALKERS, ANSWERS = 0, 1
+# The parts of a shard owner's CPU in the rounds (ShardWalker.cpu_split)
+CPU_PARTS = ("round", "receive", "send")
+ROUND, RECEIVE, SEND = range(len(CPU_PARTS))
 # The concurrency group (a thread of its own) in which a Ray shard owner runs `finished`, which
 # waits while `deliver` calls play the rounds in the actor's default group (tasks/graph.py)
 WAIT_GROUP = "wait"
 
 
-def _concat_pieces(pieces, dtype: np.dtype) -> np.ndarray:
-    """One array from a message's slices (none for an empty array)."""
-    if not pieces:
-        return np.empty(0, dtype)
-    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+# A message between shard owners is one buffer: an int64 head and the arrays' bytes (`pack_message`).
+# It travels over a direct connection between the owner processes (tasks/peer_mail.py), sent and
+# received as it is: no pickling, no Ray call per message (docs/scaling.md section 9, "Owner
+# messages over direct connections").
+MESSAGE_HEAD = 5            # int64 kind, round, sender, walkers in flight, number of arrays; then their sizes
+
+
+def pack_message(kind: int, rnd: int, sender: int, in_flight: int, *arrays: np.ndarray) -> np.ndarray:
+    """One message (`ShardWalker.deliver`) as one uint8 buffer: an int64 head (MESSAGE_HEAD fields,
+    then the byte size of each array) and each array's bytes from an 8-byte boundary (the receiver
+    views them in place: numba wants aligned arrays)."""
+    sizes = [int(a.nbytes) for a in arrays]
+    head = np.array([kind, rnd, sender, in_flight, len(arrays), *sizes], np.int64)
+    buf = np.empty(head.nbytes + sum((n + 7) & ~7 for n in sizes), np.uint8)
+    buf[:head.nbytes] = head.view(np.uint8)
+    at = head.nbytes
+    for a, n in zip(arrays, sizes):
+        buf[at:at + n] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        at += (n + 7) & ~7
+    return buf
+
+
+def unpack_message(message) -> tuple[int, int, int, int, list[np.ndarray]]:
+    """(kind, round, sender, in_flight, arrays as uint8 views) of a `pack_message` buffer (or its bytes)."""
+    raw = np.frombuffer(message, np.uint8)
+    n = int(raw[8 * (MESSAGE_HEAD - 1):8 * MESSAGE_HEAD].view(np.int64)[0])
+    head = raw[:8 * (MESSAGE_HEAD + n)].view(np.int64)
+    arrays, at = [], 8 * (MESSAGE_HEAD + n)
+    for size in head[MESSAGE_HEAD:]:
+        arrays.append(raw[at:at + size])
+        at += (int(size) + 7) & ~7
+    return int(head[0]), int(head[1]), int(head[2]), int(head[3]), arrays
 
 
 def round_info(stats: list[np.ndarray]) -> dict:
@@ -969,14 +1023,14 @@ def sharded_random_walks(shards: list[CSRShard], walks_per_node: int, length: in
     owners = [ShardWalker(s.as_tuple(), i, bounds, params) for i, s in enumerate(shards)]
     queue: list[tuple] = []
 
-    def mail(shard, kind, rnd, sender, in_flight, *arrays):
-        queue.append((shard, kind, rnd, sender, in_flight, (1,) * len(arrays), *arrays))
+    def mail(shard, message):
+        queue.append((shard, message.tobytes()))      # as a connection delivers it
 
     for o in owners:
         o.begin(mail)
     while queue:
-        shard, *message = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
-        owners[shard].deliver(*message)
+        shard, message = queue.pop(int(shuffle.integers(len(queue))) if shuffle is not None else 0)
+        owners[shard].deliver(message)
     info = round_info([o.finished() for o in owners])
 
     def call(shard, method, *args, returns):

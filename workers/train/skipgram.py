@@ -18,7 +18,12 @@ matrix products on contiguous float32 rows that stay in L1. That reads ~4x fewer
 rows per token than gensim and lets the compiler vectorise the inner loops. Sigmoid and
 log-sigmoid come from precomputed tables (word2vec's MAX_EXP = 6 clamp). Threads update the shared
 tables without locks (Hogwild); with ``threads=1`` the result is bit-for-bit reproducible because
-every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentence).
+every random draw comes from a splitmix64 stream seeded by (seed, epoch, sentence). The threads
+take ~8 192-token blocks of the text from one queue (an atomic counter, sgns_parts.take_next), as
+gensim's workers take jobs: they train neighbouring text, and a slow (descheduled) thread holds
+nobody up until the launch's last block. The shared-negative window (the graph default) takes a
+sentence's random draws first and prefetches each next window's rows while the current one trains
+(sgns_parts.window_draws, window_sentence): the same values, ~20 % more tokens per CPU-second.
 
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
@@ -37,29 +42,29 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, blocks_per_chunk, draw_negatives,
-                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, numba_threads,
-                                                pair_window,
-                                                seed_state, sentence_chunks, sigmoid_tables, token_counts,
-                                                using_numba_threads, window_contexts)
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, hogbatch_mode,
+                                                keep_thresholds, kept_tokens, noise_alias, numba_threads, pair_window,
+                                                seed_state, sigmoid_tables, take_next, text_blocks, token_counts,
+                                                using_numba_threads, window_contexts, window_draws, window_sentence)
 
 
 # ----------------------------------------------------------------------------- kernel
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, alias_thr, alias_idx,
-                sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch,
-                nblocks, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
-    """Train on sentences [s_lo, s_hi). Per-sentence loss sums, pair and kept-token counts go to
-    sent_*[s - s_lo]. pos_base + token position = work done before that token (for the lr)."""
-    nsent = s_hi - s_lo
+def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
+                 alias_thr, alias_idx, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
+                 seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
+    """Train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
+    block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
+    (take_next on next_block[0], which starts at 0) until none is left: the threads train
+    neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss
+    sums, pair and kept-token counts go to sent_*[s]. pos_base + token position = work done
+    before that token (for the lr)."""
     dim = W_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
-    for blk in nb.prange(nblocks):
-        a = s_lo + (nsent * blk) // nblocks
-        b = s_lo + (nsent * (blk + 1)) // nblocks
+    for _t in nb.prange(nthreads):
         buf = np.empty(maxlen, np.int32)
         pos = np.empty(maxlen, np.int64)
         ctx = np.empty(cmax, np.int32)
@@ -70,40 +75,53 @@ def _sgns_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, keep_thr, use_sample, 
         Ob = np.empty((nout_max, dim), np.float32)
         Oo = np.empty((nout_max, dim), np.float32)
         g1 = np.empty(nout_max, np.float32)
-        for s in range(a, b):
-            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                    seed_state(seed, epoch, s), buf, pos)
-            loss = 0.0
-            pairs = 0
-            for i in range(n):
-                state, B = window_contexts(state, buf, n, i, window, ctx)
-                if B == 0:
+        draws = np.empty(2 * maxlen, np.int64)                        # window_draws: a sentence's draws
+        wouts = np.empty(maxlen * nout_max, np.int32)
+        blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                        seed_state(seed, epoch, s), buf, pos)
+                if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
+                    state = window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, wouts)
+                    loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
+                                                  lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab)
+                    sent_loss[s] = loss
+                    sent_pairs[s] = pairs
+                    sent_kept[s] = n
                     continue
-                center = buf[i]
-                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-                if lr < min_lr:
-                    lr = min_lr
-                if not shared:
-                    state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
-                                            outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
-                    loss += dl
+                loss = 0.0
+                pairs = 0
+                for i in range(n):
+                    state, B = window_contexts(state, buf, n, i, window, ctx)
+                    if B == 0:
+                        continue
+                    center = buf[i]
+                    lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
+                    if lr < min_lr:
+                        lr = min_lr
+                    if not shared:
+                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
+                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
+                        loss += dl
+                        pairs += B
+                        continue
+                    if mode & ABL_PAIR_NEGATIVES:
+                        # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
+                        for c in range(B):
+                            state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                            loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr,
+                                                  sig_tab, logsig_tab, mode)
+                        pairs += B
+                        continue
+                    state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                    loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
+                                          logsig_tab, mode)
                     pairs += B
-                    continue
-                if mode & ABL_PAIR_NEGATIVES:
-                    # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
-                    for c in range(B):
-                        state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                        loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
-                                              logsig_tab, mode)
-                    pairs += B
-                    continue
-                state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab, logsig_tab,
-                                      mode)
-                pairs += B
-            sent_loss[s - s_lo] = loss
-            sent_pairs[s - s_lo] = pairs
-            sent_kept[s - s_lo] = n
+                sent_loss[s] = loss
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -154,7 +172,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                init=None, progress: Callable[[int, int, float], None] | None = None,
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-               ablation: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+               ablation: int = 0, block_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -163,17 +181,21 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
     work), compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
-    progress(done_tokens, total_tokens, chunk_loss) is called between chunks from this thread.
+    progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
     streams of an uninterrupted run (one thread: bit-identical result). on_epoch(k, W_in, W_out)
     is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
     ablation: a sum of sgns_parts.ABL_* bits, each one change toward gensim's kernel, for the quality
     experiments of docs/skipgram.md ("Quality against gensim"); 0 (the default) is the kernel above.
-    chunk_tokens (default max(16 384, 1 % of an epoch)): the threads split each chunk into halves
-    and meet at its end, so the chunk sets how far apart in the text they train. 65 536-token
-    chunks cost two threads ~.005 WordSim353 / SimLex on Brown against 16 384 at ~1.5 % of the
-    speed (issue 20, fifth pass, docs/skipgram.md); one thread's result does not depend on it.
+    block_tokens (default 8 192) and chunk_tokens (default max(262 144, 5 % of an epoch)): the text
+    is cut into blocks of ~block_tokens positions; one kernel launch trains chunk_tokens of them,
+    its threads taking the next untrained block from one queue (gensim's workers take 10 000-word
+    jobs the same way), so two threads train neighbouring text with no barrier between blocks;
+    progress is reported between launches. One thread's result depends on neither (it trains the
+    blocks in order). Before, each 16 384-token chunk was split between the threads in halves with
+    a barrier per chunk; the queue is ~30 % more tokens per CPU-second at two threads on a loaded
+    machine, quality level (issue 20, sixth pass, docs/skipgram.md).
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
@@ -188,13 +210,14 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     nthreads = numba_threads(threads)
     S = len(offsets) - 1
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
-    if chunk_tokens is None:    # 16 384: the threads train text ~8 000 tokens apart, in step (below)
-        chunk_tokens = max(16384, per_epoch // 100)
-    chunks = sentence_chunks(offsets, chunk_tokens)
+    if chunk_tokens is None:
+        chunk_tokens = max(262144, per_epoch // 20)
+    starts = text_blocks(offsets, block_tokens)
+    chunks = block_segments(offsets, starts, chunk_tokens)
     kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
-    run = _train_epochs(tokens, offsets, W_in, W_out, kernel, chunks, nthreads, epochs=epochs,
+    run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
                         start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
     stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
     stats.update(compile_s=t_compile + run["warm_s"], threads=nthreads, chunks=len(chunks) * (epochs - start_epoch),
@@ -202,16 +225,18 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     return W_in, W_out, stats
 
 
-def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, chunks: list[tuple[int, int]], nthreads: int, *,
-                  epochs: int, start_epoch: int, progress, on_epoch) -> dict:
-    """Epochs start_epoch..epochs-1, chunk after chunk, on `nthreads` numba threads: the kernel
-    trains W_in / W_out in place; between chunks this thread reports progress, after each epoch it
-    calls on_epoch. Kept apart from train_sgns so that the timed loop holds nothing but the work.
+def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.ndarray, list[tuple[int, int]]],
+                  nthreads: int, *, epochs: int, start_epoch: int, progress, on_epoch) -> dict:
+    """Epochs start_epoch..epochs-1, one kernel launch per segment of blocks (blocks = (the blocks'
+    first sentences, the segments' (first, end) blocks)) on `nthreads` numba threads: the kernel
+    trains W_in / W_out in place; between segments this thread reports progress, after each epoch
+    it calls on_epoch. Kept apart from train_sgns so that the timed loop holds nothing but the work.
 
     Returns the per-sentence loss / pair / kept arrays of the last epoch, those of the first epoch
     run (`first`), the pair and kept totals, `seconds` in the kernel (on_epoch time left out) and
     `warm_s` (compiling or loading the cached kernel)."""
     S = len(offsets) - 1
+    starts, segments = blocks
     maxlen = int(np.diff(offsets).max()) if S else 0
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
     total_work = max(1, per_epoch * epochs)
@@ -230,12 +255,13 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, chunks: list[tuple
         t0 = time.perf_counter()
         for ep in range(start_epoch, epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
-            for lo, hi in chunks:
-                _sgns_chunk(tokens, offsets, lo, hi, W_in, W_out, kernel["keep_thr"], kernel["use_sample"],
-                            kernel["alias_thr"], kernel["alias_idx"], kernel["sig_tab"], kernel["logsig_tab"],
-                            kernel["window"], kernel["negatives"], kernel["lr0"], kernel["min_lr"], pos_base,
-                            float(total_work), kernel["seed"], ep, blocks_per_chunk(nthreads, hi - lo), maxlen,
-                            sent_loss[lo:hi], sent_pairs[lo:hi], sent_kept[lo:hi], kernel["shared"], kernel["mode"])
+            for b_lo, b_hi in segments:
+                _sgns_blocks(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
+                             kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
+                             kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
+                             kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
+                             sent_loss, sent_pairs, sent_kept, kernel["shared"], kernel["mode"])
+                lo, hi = int(starts[b_lo]), int(starts[b_hi])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
                     p = int(sent_pairs[lo:hi].sum())
@@ -291,6 +317,6 @@ def _warm(sig_tab, logsig_tab):
     z = np.zeros(1, np.float64)
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
-    _sgns_chunk(toks, offs, 0, 1, Wi, Wo, keep, False, thr, ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
-                0, 4.0, 0, 0, 1, 4, z, zi, zk, True, 0)
+    _sgns_blocks(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
+                 ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
     _WARMED = True
