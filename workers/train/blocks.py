@@ -41,8 +41,8 @@ from embedlake.lake import Lake
 
 from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
-                                                keep_thresholds, numba_threads, sigmoid_tables, splitmix64,
-                                                using_numba_threads)
+                                                linear_lr, keep_thresholds, numba_threads, sigmoid_tables,
+                                                splitmix64, using_numba_threads)
 
 
 # ----------------------------------------------------------------------------- schedule, partitions
@@ -299,9 +299,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             if B == 0:
                 continue
             center = tloc[p]
-            lr = lr0 - (lr0 - min_lr) * (pos_base + gp * pos_scale) / work_total
-            if lr < min_lr:
-                lr = min_lr
+            lr = linear_lr(lr0, min_lr, pos_base + gp * pos_scale, work_total)
             state = _mix(seed, epoch, gp, pi + 1)
             state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
             loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)

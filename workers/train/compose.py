@@ -27,10 +27,10 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
-                                                noise_alias, numba_threads, seed_state, sentence_chunks,
-                                                sigmoid_tables, token_counts, using_numba_threads, window_contexts,
-                                                window_step)
+from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, linear_lr,
+                                                kept_tokens, noise_alias, numba_threads, seed_state,
+                                                sentence_chunks, sigmoid_tables, token_counts, using_numba_threads,
+                                                window_contexts, window_step)
 
 COMBINES = {"sum": 0, "product": 1}
 
@@ -120,9 +120,7 @@ def _compose_chunk(tokens, offsets, s_lo, s_hi, T_in, code_in, w_in, T_out, code
                 if B == 0:
                     continue
                 center = buf[i]
-                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-                if lr < min_lr:
-                    lr = min_lr
+                lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                 lr_w = np.float32(lr * lr_w_scale)
                 state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                 for c in range(B):

@@ -37,9 +37,10 @@ from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import CSRGraph
 from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, match_ids, neighbours_of
-from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, kept_tokens,
-                                                noise_alias, numba_threads, seed_state, sentence_chunks,
-                                                sigmoid_tables, using_numba_threads, window_contexts, window_step)
+from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, linear_lr,
+                                                kept_tokens, noise_alias, numba_threads, seed_state,
+                                                sentence_chunks, sigmoid_tables, using_numba_threads,
+                                                window_contexts, window_step)
 
 
 # Edge walks per added edge: a quarter of the times c a retrain's walks cross one edge (BlogCatalog
@@ -111,9 +112,7 @@ def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr,
                 state, B = window_contexts(state, buf, n, i, window, ctx)
                 if B == 0:
                     continue
-                lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-                if lr < min_lr:
-                    lr = min_lr
+                lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                 state, nout = draw_negatives(state, outs, buf[i], negatives, alias_thr, alias_idx)
                 loss += hogbatch_frozen(W_in, W_out, trainable, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab,
                                         logsig_tab)

@@ -208,6 +208,14 @@ def window_contexts(state, buf, n, i, window, ctx):
 
 
 @nb.njit(inline="always")
+def linear_lr(lr0, min_lr, done, work_total):
+    """word2vec's learning rate after `done` of `work_total` units: lr0 falling linearly to min_lr,
+    never below it (one formula for every engine, so their schedules cannot drift apart)."""
+    lr = lr0 - (lr0 - min_lr) * done / work_total
+    return lr if lr >= min_lr else min_lr
+
+
+@nb.njit(inline="always")
 def draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
     """outs[0] = center, then up to `negatives` draws from the alias noise table (a draw equal to
     the centre is skipped). Returns (state, number of outputs)."""
@@ -421,7 +429,6 @@ def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, 
 
     Why: the draws do not depend on the tables, so taking them first changes no value, and window
     i can then prefetch window i + 1's random output rows (window_sentence). Returns state."""
-    nal = np.uint64(alias_thr.shape[0])
     k1 = negatives + 1
     for i in range(n):
         state, r = splitmix64(state)
@@ -430,17 +437,7 @@ def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, 
         draws[n + i] = 0
         if min(n, i + bw + 1) - max(0, i - bw) - 1 == 0:
             continue
-        center = buf[i]
-        outs[i * k1] = center
-        nout = 1
-        for k in range(negatives):
-            state, r = splitmix64(state)
-            jj = np.int64(((r >> S32) * nal) >> S32)
-            neg = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
-            if neg == center:
-                continue
-            outs[i * k1 + nout] = neg
-            nout += 1
+        state, nout = draw_negatives(state, outs[i * k1:], buf[i], negatives, alias_thr, alias_idx)
         draws[n + i] = nout
     return state
 
@@ -479,9 +476,7 @@ def window_sentence(W_in, W_out, buf, pos, n, draws, outs, k1, ctx, Cb, Ob, g, d
             if j != i:
                 ctx[B] = buf[j]
                 B += 1
-        lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-        if lr < min_lr:
-            lr = min_lr
+        lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
         loss += hogbatch(W_in, W_out, ctx, B, outs[i * k1:], nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
         pairs += B
     return loss, pairs

@@ -42,10 +42,11 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, hogbatch_mode,
-                                                keep_thresholds, kept_tokens, noise_alias, numba_threads, pair_window,
-                                                seed_state, sigmoid_tables, take_next, text_blocks, token_counts,
-                                                using_numba_threads, window_contexts, window_draws, window_sentence)
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, linear_lr,
+                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias,
+                                                numba_threads, pair_window, seed_state, sigmoid_tables, take_next,
+                                                text_blocks, token_counts, using_numba_threads, window_contexts,
+                                                window_draws, window_sentence)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -97,9 +98,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     if B == 0:
                         continue
                     center = buf[i]
-                    lr = lr0 - (lr0 - min_lr) * (pos_base + pos[i]) / work_total
-                    if lr < min_lr:
-                        lr = min_lr
+                    lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                     if not shared:
                         state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
                                                 outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
