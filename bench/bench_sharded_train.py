@@ -54,8 +54,8 @@ from embedlake.workers.graph.shards import shard_bounds
 from embedlake.workers.graph.walks import random_walks, walks_to_sentences
 from embedlake.workers.train import blocks as sb
 from embedlake.workers.train import sharded as sh
-from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, draw_negatives, hogbatch, noise_alias,
-                                                sigmoid_tables, splitmix64)
+from embedlake.workers.train.blocks import stream_seed
+from embedlake.workers.train.sgns_parts import S32, draw_negatives, hogbatch, noise_alias, sigmoid_tables
 from embedlake.workers.train.skipgram import train_sgns
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "blogcatalog"
@@ -148,14 +148,6 @@ def blocks_module(path: str | None):
     return mod
 
 
-@nb.njit(inline="always")
-def mix(seed, epoch, pos, salt):
-    """blocks.py's stream seed of (seed, epoch, position, salt): the same windows and draws."""
-    s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(pos) * GOLDEN + np.uint64(salt) * S31
-    s, z = splitmix64(s)
-    return z
-
-
 @nb.njit(cache=True)
 def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, idx, sig, lsig, window, negatives,
                 lr0, min_lr, total, seed):
@@ -175,7 +167,7 @@ def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, id
             s += 1
         if part[tok[p]] != pj:
             continue
-        z = mix(seed, 0, p, 0)
+        z = stream_seed(seed, 0, p, 0)
         bw = 1 + np.int64(((z >> S32) * np.uint64(window)) >> S32)
         B = 0
         for q in range(max(offsets[s], p - bw), min(offsets[s + 1], p + bw + 1)):
@@ -185,7 +177,7 @@ def order_round(tok, part, offsets, lo_pos, hi_pos, pi, pj, W_in, W_out, thr, id
         if B == 0:
             continue
         lr = max(min_lr, lr0 - (lr0 - min_lr) * p / total)
-        state, nout = draw_negatives(mix(seed, 0, p, max(pi, 0) + 1), outs, tok[p], negatives, thr, idx)
+        state, nout = draw_negatives(stream_seed(seed, 0, p, max(pi, 0) + 1), outs, tok[p], negatives, thr, idx)
         loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig, lsig)
     return loss
 

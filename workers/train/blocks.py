@@ -240,7 +240,10 @@ def assemble(part: np.ndarray, local: np.ndarray, shards: list[np.ndarray], rele
 # ----------------------------------------------------------------------------- kernel
 
 @nb.njit(inline="always")
-def _mix(seed, epoch, pos, salt):
+def stream_seed(seed, epoch, pos, salt):
+    """The random stream of (seed, epoch, stream position, salt): salt 0 draws a position's window,
+    salt partition + 1 its negatives in that partition's block, so every engine that replays the
+    stream (the benches' reference orders) draws the same windows and negatives."""
     s = np.uint64(seed) * M1 + np.uint64(epoch) * M2 + np.uint64(pos) * GOLDEN + np.uint64(salt) * S31
     s, z = splitmix64(s)
     return z
@@ -287,7 +290,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
             while gstart[grp + 1] <= p:
                 grp += 1
             gp = p + gdelta[grp]
-            z = _mix(seed, epoch, gp, 0)
+            z = stream_seed(seed, epoch, gp, 0)
             bw = 1 + np.int64(((z >> S32) * win_u) >> S32)
             lo = max(offsets[s], p - bw)
             hi = min(offsets[s + 1], p + bw + 1)
@@ -300,7 +303,7 @@ def _block_chunk(tloc, tpart, offsets, centres, c_lo, c_hi, pi, W_in, W_out, ali
                 continue
             center = tloc[p]
             lr = linear_lr(lr0, min_lr, pos_base + gp * pos_scale, work_total)
-            state = _mix(seed, epoch, gp, pi + 1)
+            state = stream_seed(seed, epoch, gp, pi + 1)
             state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
             loss += hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
             pairs += B
