@@ -330,7 +330,9 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     """``unit_rows`` writes float64 unit rows into a float32 view (a design's first d columns) as
     ``astype`` would round them; node classification keeps the table, not a float64 copy of the
     labelled rows, and its base design holds every labelled row once, in repeat 0's split order,
-    as those rounded unit rows with the constant column (issue 22, seventh round)."""
+    as unit rows computed in the table's precision (float32 here; issue 22, eighth round) with the
+    constant column. The compact set (what split tasks get) holds those rows and rebuilds the same
+    base design bit for bit; its spectrum is the design rows' Gram spectrum."""
     from embedlake.workers.evaluate.rows import unit_rows
     rng = np.random.default_rng(5)
     X = (rng.standard_normal((700, 24)) * 3).astype(np.float32)
@@ -346,9 +348,17 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     assert ls.source is X and np.array_equal(ls.index, nodes)
     base, place = ls.base_design(2)
     perm = classify.split_permutation(500, 2)
-    assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float64).astype(np.float32))
+    assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float32))
+    assert np.abs(base[:, :24] - unit_rows(X, nodes[perm], np.float64)).max() < 1e-6
     assert (base[:, 24] == 1).all() and np.array_equal(place[perm], np.arange(500))
-    assert np.array_equal(ls.compact().X, ls.X) and ls.compact().index is None
+    small = ls.compact()
+    assert small.index is None and small.source.dtype == np.float32 and not small.normalize
+    assert np.array_equal(small.base_design(2)[0], base)
+    lam, Q = np.linalg.eigh((base.T @ base).astype(np.float64))
+    assert np.array_equal(ls.spectrum[0], np.maximum(lam, 0.0)) and np.array_equal(ls.spectrum[1], Q)
+    X64 = X.astype(np.float64)                                # a float64 table: unit rows in float64, rounded
+    ls64 = classify.labelled_set(X64, nodes, rng.integers(0, 3, 500), seed=2)
+    assert np.array_equal(ls64.base_design(2)[0][:, :24], unit_rows(X64, nodes[perm], np.float64).astype(np.float32))
 
 
 def test_knn_recall():

@@ -31,14 +31,25 @@ def blas_threads(threads: int | None):
     OpenBLAS spends more CPU spinning than computing on them. On BlogCatalog one thread took
     2.1 CPU-s for the whole protocol against 7.0 CPU-s with two (and no more wall time), and
     on a shared machine the spinning threads also slow everyone else down. None = leave as is.
-    """
-    if not threads:
+    The controller is built once per process (`blas_controller`)."""
+    controller = blas_controller() if threads else None
+    if controller is None:
         return contextlib.nullcontext()
+    return controller.limit(limits=threads, user_api="blas")
+
+
+@functools.cache
+def blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded with numpy (None without threadpoolctl).
+
+    Why once: ``threadpool_limits`` scans every loaded shared library on each call; in a Ray worker
+    (numba, pyarrow, polars loaded) that was 1.3 ms a call, six calls per node classification
+    (8 ms of deezer_europe's 190, issue 22 eighth round); ``controller.limit`` reuses the scan."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
+        return None
+    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,11 +81,6 @@ def _loss_grad(Xa, Xh, S, W, C, M):
     G = W - C * _times_t(Xa, Xh, S * q)
     D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
-
-
-def _margins_loss(Xa, Xh, S, W, C):
-    M = S * _times(Xa, Xh, W)
-    return M, 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
 
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
@@ -126,31 +132,37 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
-        P = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
-        t, pending = _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active)
+        P, XP = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
+        t, pending = _armijo_steps(Sa, Wa, f, G, P, Sa * XP, C, Mall, active)
         W[:, active] = Wa + t * P
         if pending.all():
             break
     return W
 
 
-def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
-    """Newton direction P of every active label at once: preconditioned CG on H p = -G, one
-    independent system per column (H = I + C Xa' diag(D) Xa), stopped per column by the
-    inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
+def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Newton direction P of every active label at once, and the design's product X P: preconditioned
+    CG on H p = -G, one independent system per column (H = I + C Xa' diag(D) Xa), stopped per column
+    by the inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
     exactly through the Gram spectrum (lam, Q) that every label shares.
 
     Why ``Xh`` (the design in float32): the direction only has to be a descent direction
     accurate to the forcing term (10 % of the gradient at best), so its products, two per CG
     step and most of the solver's time, run in float32 at about half the cost; the gradient,
     the loss and the line search stay float64, so the optimum is float64's. On BlogCatalog
-    (DeepWalk) and PPI (FastRP, d=512) the F1 figures came out identical to the last digit."""
+    (DeepWalk) and PPI (FastRP, d=512) the F1 figures came out identical to the last digit.
+
+    Why X P too (issue 22, eighth round): P is a sum of the CG directions, whose products X Pd
+    each CG step computes anyway, so X P costs an n x labels update per step instead of a pass
+    over the design; the line search then tries its steps on the margins M + t s X P without
+    any product (it spent a pass per Newton step, about 10 % of node classification's CPU)."""
     D32 = D.astype(np.float32)
     inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
 
     def prec(R):
         return Q @ (inv * (Q.T @ R))
     P = np.zeros_like(G)
+    XP = np.zeros((Xh.shape[0], G.shape[1]))
     R = -G
     Z = prec(R)
     Pd = Z.copy()
@@ -158,10 +170,12 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
     eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
     live = np.ones(G.shape[1], dtype=bool)
     for _cg in range(max_cg):
-        HP = Pd + C * (Xh.T @ (D32 * (Xh @ Pd.astype(np.float32)))).astype(np.float64)
+        XPd = Xh @ Pd.astype(np.float32)
+        HP = Pd + C * (Xh.T @ (D32 * XPd)).astype(np.float64)
         pHp = np.einsum("ij,ij->j", Pd, HP)
         alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
         P += alpha * Pd
+        XP += alpha * XPd
         R -= alpha * HP
         live &= np.linalg.norm(R, axis=0) > 0.1 * eta
         if not live.any():
@@ -171,20 +185,24 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
         beta = np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0)
         Pd = Z + beta * Pd
         rz = rz_new
-    return P
+    return P, XP
 
 
-def _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+def _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
     """Armijo backtracking along P, per column: halve each label's step until its loss decreases
-    enough (30 halvings at most). Writes the accepted margins into Mall (so the next iteration's
-    loss needs no extra product) and returns (steps, pending): a column still pending found no
-    decrease and gets step 0 (it has converged)."""
+    enough (30 halvings at most). A step t's margins are M + t s X P (``SXP`` = s X P, from
+    `_newton_direction`): no product. Writes the accepted margins into Mall (so the next
+    iteration's loss needs no extra product) and returns (steps, pending): a column still pending
+    found no decrease and gets step 0 (it has converged)."""
     slope = np.einsum("ij,ij->j", G, P)
+    M0 = Mall[:, active]
     t = np.ones(G.shape[1])
     pending = np.ones(G.shape[1], dtype=bool)
     for _ls in range(30):
         idx = np.flatnonzero(pending)
-        Mn, fn = _margins_loss(Xa, Xh, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+        Wn = Wa[:, idx] + t[idx] * P[:, idx]
+        Mn = M0[:, idx] + t[idx] * SXP[:, idx]
+        fn = 0.5 * np.einsum("ij,ij->j", Wn, Wn) + C * np.logaddexp(0.0, -Mn).sum(axis=0)
         ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
         Mall[:, active[idx[ok]]] = Mn[:, ok]
         pending[idx[ok]] = False
@@ -285,6 +303,12 @@ def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple
     Xa[:, :d] = Xs
     if fit_intercept:
         Xa[:, d] = 1.0
+    return design_eigh(Xa, scale)
+
+
+def design_eigh(Xa: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of ``scale`` x the Gram matrix of float32 design rows ``Xa`` (the
+    product in float32, see ``gram_spectrum``; the eigenvalues clipped at 0)."""
     lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
     return np.maximum(lam, 0.0), Q
 
@@ -411,6 +435,24 @@ class LabelledSet:
         out[...] = self.source[src]
         return out
 
+    def design_rows(self, pos: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The labelled rows at positions ``pos`` as the solver's design holds them: float32, unit
+        length when ``normalize``, each norm and quotient computed in the table's precision
+        (float32 for an embedding table, float64 for a float64 one), written into ``out`` when
+        given. Every row is computed on its own, so any selection gives the same row bit for bit.
+
+        Why the table's precision, not float64 then rounded (issue 22, eighth round): the float64
+        conversion, squares and quotient of 28,281 x 512 rows cost deezer_europe 23 ms against
+        14 ms in float32, which is what the row gather alone costs; the rows differ by at most a
+        unit in float32's last place (a relative 6e-8), far below the solver's 1e-3 stopping rule."""
+        src = pos if self.index is None else self.index[pos]
+        out = np.empty((len(src), self.dim), dtype=np.float32) if out is None else out
+        if self.normalize:
+            return unit_rows(self.source, src, np.float64 if self.source.dtype == np.float64 else np.float32,
+                             out=out)
+        out[...] = self.source[src]
+        return out
+
     @functools.cached_property
     def X(self) -> np.ndarray:
         """Every labelled row (see ``rows``) in one array; the splits never build it."""
@@ -431,7 +473,7 @@ class LabelledSet:
             n, d = self.size, self.dim
             perm = split_permutation(n, seed)
             Xh = np.empty((n, d + 1), dtype=np.float32)
-            self.rows(perm, out=Xh[:, :d])
+            self.design_rows(perm, out=Xh[:, :d])
             Xh[:, d] = 1.0
             place = np.empty(n, dtype=np.int64)
             place[perm] = np.arange(n)
@@ -440,8 +482,10 @@ class LabelledSet:
 
     def compact(self) -> LabelledSet:
         """The same set holding its own rows only, not the table behind them: what a task hands
-        other tasks through the object store."""
-        return dataclasses.replace(self, source=self.X, index=None, normalize=False)
+        other tasks through the object store. The rows are the design's (``design_rows``: float32,
+        already unit length), so its base design equals this set's bit for bit."""
+        return dataclasses.replace(self, source=self.design_rows(np.arange(self.size)), index=None,
+                                   normalize=False)
 
     def info(self) -> dict:
         """What was scored, for ``classification_summary``."""
@@ -526,13 +570,16 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
                          spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
-    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); only the
-    Gram spectrum's sample of them is read here."""
+    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); its base
+    design for ``seed`` is built here, and the Gram spectrum is that of the design's rows (a seeded
+    sample of ``spectrum_rows`` of them, in labelled order), so no row is normalised twice."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
     pick = spectrum_sample(ls.size, spectrum_rows, seed)
     with blas_threads(threads):
-        ls.spectrum = gram_eigh(ls.X if pick is None else ls.rows(pick), ls.size / pick.size if pick is not None else 1.0)
+        base, place = ls.base_design(seed)
+        ls.spectrum = design_eigh(base if pick is None else base[place[pick]],
+                                  ls.size / pick.size if pick is not None else 1.0)
     return ls
 
 

@@ -154,8 +154,8 @@ def labelled_rows_stage(selection, eval_cfg: EvalConfig, positions: list[np.ndar
     for pos, part in zip(positions, parts):
         rows[pos] = part
     opts = classify_options(eval_cfg)
-    return (labelled_set_of_rows(rows, selection, spectrum_rows=opts.get("spectrum_rows"), seed=opts["seed"]),
-            time.process_time() - t0)
+    ls = labelled_set_of_rows(rows, selection, spectrum_rows=opts.get("spectrum_rows"), seed=opts["seed"])
+    return ls.compact(), time.process_time() - t0          # its unit rows, not its base design as well
 
 
 def sharded_reconstruction(call, get, bounds: list[tuple[int, int]], num_arcs: int, directed: bool, dim: int,
