@@ -270,7 +270,13 @@ def split_permutation(n: int, seed: int) -> np.ndarray:
 
 
 def predict_top_k(scores: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Boolean prediction: the k[i] highest-scoring labels of row i (ties: lower column first)."""
+    """Boolean prediction: the k[i] highest-scoring labels of row i (ties: lower column first).
+    Every k[i] = 1 (single-label): the argmax, the first of equal maxima, as the stable sort's."""
+    k = np.asarray(k)
+    if scores.shape[0] and scores.shape[1] and (k == 1).all():
+        pred = np.zeros(scores.shape, dtype=bool)
+        pred[np.arange(scores.shape[0]), np.argmax(scores, axis=1)] = True
+        return pred
     order = np.argsort(-scores, axis=1, kind="stable")
     ranks = np.empty_like(order)
     rows = np.arange(scores.shape[0])[:, None]
@@ -352,7 +358,7 @@ def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed
     if n == 0 or resamples <= 0:
         return 0.0, 0.0
     hits = np.hstack([Y_true & Y_pred, ~Y_true & Y_pred, Y_true & ~Y_pred])
-    _, first, counts = np.unique(np.packbits(hits, axis=1), axis=0, return_index=True, return_counts=True)
+    _, first, counts = np.unique(hit_codes(hits), axis=0, return_index=True, return_counts=True)
     sums = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples) @ hits[first].astype(np.float64)
     tp, fp, fn = sums[:, :L], sums[:, L:2 * L], sums[:, 2 * L:]
     den = 2 * tp + fp + fn
@@ -360,6 +366,22 @@ def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed
     micro = np.divide(2 * tp.sum(1), tot, out=np.zeros_like(tot), where=tot > 0)
     macro = np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0).mean(1)
     return float(np.std(micro, ddof=1)), float(np.std(macro, ddof=1))
+
+
+def hit_codes(hits: np.ndarray) -> np.ndarray:
+    """Each row's hits packed into bytes (``np.packbits``), as one unsigned integer per row when
+    they fit 8 bytes (the bytes read big-endian, so the integers sort as the byte rows do and
+    ``np.unique`` finds the same categories in the same order), else the byte rows.
+
+    Why: ``np.unique(..., axis=0)`` sorts the rows as structured records, 2.2 ms per split on
+    deezer_europe's 25,000 test rows against 0.2 ms for integers (issue 22, eighth round)."""
+    packed = np.packbits(hits, axis=1)
+    if packed.shape[1] > 8:
+        return packed
+    codes = np.zeros(packed.shape[0], dtype=np.uint64)
+    for column in packed.T:
+        codes = (codes << np.uint64(8)) | column
+    return codes
 
 
 def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
