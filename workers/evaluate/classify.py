@@ -113,7 +113,9 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     with s = 2Y - 1 and x_i = [X_i, 1] when ``fit_intercept`` (liblinear's formulation).
     Stops a label when its gradient norm falls below ``tol`` times its initial one.
     ``spectrum`` = (eigenvalues, eigenvectors) of a Gram matrix close to the design's
-    (``gram_spectrum``), used only by the preconditioner: none = the design's own, exact.
+    (``gram_spectrum``), used only by the preconditioner: none = the design's own, exact; or
+    (top eigenvalues, their eigenvectors, the eigenvalue that stands for every other one)
+    (`top_spectrum`).
     Returns W of shape (d + 1, L) (last row = intercept) or (d, L).
 
     ``start``: W to start from (e.g. the solution of a smaller training set of the same
@@ -137,6 +139,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     if spectrum is None:                                              # shared by every label
         spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
     lam, Q = np.maximum(spectrum[0], 0.0), spectrum[1]
+    rest = spectrum[2] if len(spectrum) > 2 else None
     if start is None:                                                 # margins at the current W
         Mall = np.zeros((n, L))
     else:
@@ -157,7 +160,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
-        P, XP = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
+        P, XP = _newton_direction(Xh, G, D, gnorm, C, (lam, Q, rest), max_cg)
         t, pending = _armijo_steps(Sa, Wa, f, G, P, Sa * XP, C, Mall, active)
         W[:, active] = Wa + t * P
         if pending.all():
@@ -165,11 +168,12 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     return W
 
 
-def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> tuple[np.ndarray, np.ndarray]:
+def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.ndarray, np.ndarray]:
     """Newton direction P of every active label at once, and the design's product X P: preconditioned
     CG on H p = -G, one independent system per column (H = I + C Xa' diag(D) Xa), stopped per column
     by the inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
-    exactly through the Gram spectrum (lam, Q) that every label shares.
+    exactly through the Gram spectrum ``(lam, Q, rest)`` that every label shares (rest None: Q is
+    a whole eigenbasis; else every direction outside Q's columns has eigenvalue ``rest``).
 
     Why ``Xh`` (the design in float32): the direction only has to be a descent direction
     accurate to the forcing term (10 % of the gradient at best), so its products, two per CG
@@ -181,11 +185,15 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> tuple[np.ndarr
     each CG step computes anyway, so X P costs an n x labels update per step instead of a pass
     over the design; the line search then tries its steps on the margins M + t s X P without
     any product (it spent a pass per Newton step, about 10 % of node classification's CPU)."""
+    lam, Q, rest = spectrum
     D32 = D.astype(np.float32)
     inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
+    inv_rest = 0.0 if rest is None else 1.0 / (1.0 + C * rest * D.mean(0))
 
     def prec(R):
-        return Q @ (inv * (Q.T @ R))
+        if rest is None:
+            return Q @ (inv * (Q.T @ R))
+        return inv_rest * R + Q @ ((inv - inv_rest) * (Q.T @ R))
     P = np.zeros_like(G)
     XP = np.zeros((Xh.shape[0], G.shape[1]))
     R = -G
@@ -337,11 +345,45 @@ def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple
     return design_eigh(Xa, scale)
 
 
-def design_eigh(Xa: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def design_eigh(Xa: np.ndarray, scale: float, rank: int = 0, seed: int = 0) -> tuple:
     """Eigen-decomposition of ``scale`` x the Gram matrix of float32 design rows ``Xa`` (the
-    product in float32, see ``gram_spectrum``; the eigenvalues clipped at 0)."""
-    lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
+    product in float32, see ``gram_spectrum``; the eigenvalues clipped at 0); ``rank`` > 0: its
+    `top_spectrum` of that rank instead."""
+    G = (Xa.T @ Xa).astype(np.float64) * scale
+    if rank:
+        return top_spectrum(G, rank, seed)
+    lam, Q = np.linalg.eigh(G)
     return np.maximum(lam, 0.0), Q
+
+
+def top_spectrum(G: np.ndarray, rank: int, seed: int = 0, iters: int = 3, extra: int = 8) -> tuple:
+    """(top ``rank`` eigenvalues, their eigenvectors, the mean of the others) of the symmetric
+    positive semi-definite G, by a seeded subspace iteration (``iters`` products with ``rank`` +
+    ``extra`` columns, then Rayleigh-Ritz); the whole eigen-decomposition (2 items) when ``rank``
+    + ``extra`` exceeds half G's size (that eigh is cheap).
+
+    Why (issue 22, eighth round): the preconditioner needs G's large eigen-directions, not all
+    of them. The Gram matrix of normalised rows with the constant column has one eigenvalue of
+    about n and a slowly decaying rest; treating all but the top 96 as their mean cost about 2 %
+    more CG products than the whole spectrum on deezer_europe and PPI (FastRP d = 512), while the
+    513 x 513 eigh cost 21 ms (a sixth of deezer_europe's node classification) against 9 ms, and
+    each CG step applies Q (513 x 104) instead of a 513 x 513 basis (PPI's 50 labels: 0.25 -> 0.18
+    CPU-s for the whole protocol)."""
+    m = G.shape[0]
+    if 2 * (rank + extra) > m:
+        lam, Q = np.linalg.eigh(G)
+        return np.maximum(lam, 0.0), Q
+    V = np.random.default_rng([seed, m, rank]).standard_normal((m, rank + extra))
+    for _ in range(iters):
+        V = np.linalg.qr(G @ V)[0]
+    lam, U = np.linalg.eigh(V.T @ G @ V)
+    lam, Q = np.maximum(lam[extra:], 0.0), V @ U[:, extra:]
+    return lam, Q, max(float(np.trace(G) - lam.sum()) / (m - rank), 0.0)
+
+
+def scaled_spectrum(spectrum: tuple, factor: float) -> tuple:
+    """The spectrum of ``factor`` x the matrix (eigenvalues scaled, vectors unchanged)."""
+    return (spectrum[0] * factor, spectrum[1], *(r * factor for r in spectrum[2:]))
 
 
 def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed) -> tuple[float, float]:
@@ -588,7 +630,8 @@ def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | No
 
 
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
-                 seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None) -> LabelledSet:
+                 seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None,
+                 spectrum_rank: int = 0) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
     nodes, a sample of ``max_nodes`` of them drawn with ``seed`` (kept in node order) stands
     for the whole set: the fits cost about n x d x labels per product. The splits then train on
@@ -596,27 +639,29 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
     caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``: see
-    ``gram_spectrum``."""
+    ``gram_spectrum``; ``spectrum_rank``: see ``labelled_set_of_rows``."""
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
     return labelled_set_of_rows(X, sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
-                                seed=seed, index=sel.nodes)
+                                seed=seed, index=sel.nodes, spectrum_rank=spectrum_rank)
 
 
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
-                         spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
+                         spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None,
+                         spectrum_rank: int = 0) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
     with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); its base
     design for ``seed`` is built here, and the Gram spectrum is that of the design's rows (a seeded
-    sample of ``spectrum_rows`` of them, in labelled order), so no row is normalised twice."""
+    sample of ``spectrum_rows`` of them, in labelled order), so no row is normalised twice; its
+    top ``spectrum_rank`` eigenpairs only when > 0 (`top_spectrum`), else all of them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
     pick = spectrum_sample(ls.size, spectrum_rows, seed)
     with blas_threads(threads):
         base, place = ls.base_design(seed)
         ls.spectrum = design_eigh(base if pick is None else base[place[pick]],
-                                  ls.size / pick.size if pick is not None else 1.0)
+                                  ls.size / pick.size if pick is not None else 1.0, spectrum_rank, seed)
     return ls
 
 
@@ -673,8 +718,7 @@ class RepeatDesign:
             raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
         if self.Xh.shape[0] < k:
             raise ValueError(f"the repeat's design holds {self.Xh.shape[0]} rows, the split trains on {k}")
-        lam, Q = ls.spectrum
-        return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
+        return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=scaled_spectrum(ls.spectrum, k / n), start=start,
                              start_scores=start_scores, design=(None, self.Xh[:k]))
 
     def figures(self, ls: LabelledSet, ratio: float, test_scores: np.ndarray, *, bootstrap: int = 0,
@@ -843,7 +887,8 @@ def classification_summary(info: dict, ratios, repeats: int, f1: dict, sd: dict 
 def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repeats=3, seed=0,
                         normalize=True, multilabel=None, C: float = 1.0, threads: int | None = 1,
                         tol: float = 1e-3, max_nodes: int | None = None, bootstrap: int = 0,
-                        spectrum_rows: int | None = None, small_ratio: float = 0.0, small_repeats: int = 0) -> dict:
+                        spectrum_rows: int | None = None, small_ratio: float = 0.0, small_repeats: int = 0,
+                        spectrum_rank: int = 0) -> dict:
     """DeepWalk-protocol node classification of embedding rows ``X`` (n x d).
 
     Labels come as (node, label) pairs (multi-label allowed); unlabelled nodes are excluded.
@@ -857,11 +902,11 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     Newton steps. ``max_nodes``: score a seeded sample of that many labelled nodes above it
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
     ``bootstrap`` > 0: each split's F1 also gets a bootstrap interval over its test nodes
-    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``: see ``gram_spectrum``; ``small_ratio``,
-    ``small_repeats``: see ``protocol_splits``.
+    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``: see ``gram_spectrum``; ``spectrum_rank``:
+    see ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
-                      seed=seed, threads=threads, spectrum_rows=spectrum_rows)
+                      seed=seed, threads=threads, spectrum_rows=spectrum_rows, spectrum_rank=spectrum_rank)
     chain = split_chain_f1(ls, protocol_splits(ratios, repeats, small_ratio, small_repeats), seed=seed, C=C,
                            tol=tol, threads=threads, bootstrap=bootstrap,
                            full_ratios=full_ratios(ratios, repeats, small_ratio, small_repeats))
