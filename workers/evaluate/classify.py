@@ -59,20 +59,41 @@ def blas_controller():
 SKINNY_COLUMNS = 4
 
 
-def skinny_product(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """A @ B, as one matrix-vector product per column of B when it has 2 to ``SKINNY_COLUMNS``
-    columns (the result is then column-major).
+def skinny_product(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A @ B (into ``out`` when given), as one matrix-vector product per column of B when it has
+    2 to ``SKINNY_COLUMNS`` columns (a result allocated here is then column-major).
 
     Why: OpenBLAS's gemm copies (packs) the tall design before multiplying it, which a few
     columns do not repay: a 25,452 x 513 float32 design times 2 columns took 9.8 ms as one
     gemm against 2.4 ms per matrix-vector product, and 4 columns were still cheaper one at a
     time (issue 22, eighth round; one OpenBLAS thread)."""
     if not 1 < B.shape[1] <= SKINNY_COLUMNS:
-        return A @ B
-    out = np.empty((B.shape[1], A.shape[0]), dtype=np.result_type(A, B))
+        return np.matmul(A, B, out=out)
+    out = np.empty((B.shape[1], A.shape[0]), dtype=np.result_type(A, B)).T if out is None else out
     for j, column in enumerate(np.ascontiguousarray(B.T)):
-        np.matmul(A, column, out=out[j])
-    return out.T
+        np.matmul(A, column, out=out[:, j])
+    return out
+
+
+class Scratch:
+    """The n x labels buffers of one fit, allocated on first use and reused by its iterations;
+    ``scratch(name, cols, dtype)`` is buffer ``name``'s first ``cols`` columns (the active labels).
+
+    Why: the Ray workers map every array of 1 MiB or more on its own and unmap it when freed
+    (tasks/runtime.py), so each n x labels temporary of a multi-label fit (BlogCatalog: 9,280
+    training rows x 39 labels, 2.9 MB in float64) was faulted in page by page anew, several per
+    CG step and line-search trial: 75,000 page faults and a third of BlogCatalog's node
+    classification CPU in a fresh worker (issue 22, eighth round). A two-class fit's buffers
+    are n x 1, below that threshold, but the same code serves them."""
+
+    def __init__(self, n: int, labels: int):
+        self.shape, self.buffers = (n, labels), {}
+
+    def __call__(self, name: str, cols: int, dtype=np.float64) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        if key not in self.buffers:
+            self.buffers[key] = np.empty(self.shape, dtype=dtype)
+        return self.buffers[key][:, :cols]
 
 
 def _times(Xa, Xh, W):
@@ -81,24 +102,36 @@ def _times(Xa, Xh, W):
     return Xa @ W if Xa is not None else skinny_product(Xh, W.astype(np.float32)).astype(np.float64)
 
 
-def _times_t(Xa, Xh, V):
-    """X.T @ V in float64, as `_times`."""
-    return Xa.T @ V if Xa is not None else skinny_product(Xh.T, V.astype(np.float32)).astype(np.float64)
+def _times_t(Xa, Xh, V, scratch: Scratch | None = None):
+    """X.T @ V in float64, as `_times` (V rounded to float32 in ``scratch``'s buffer when given)."""
+    if Xa is not None:
+        return Xa.T @ V
+    V32 = V.astype(np.float32) if scratch is None else scratch("v32", V.shape[1], np.float32)
+    if scratch is not None:
+        np.copyto(V32, V, casting="same_kind")
+    return skinny_product(Xh.T, V32).astype(np.float64)
 
 
-def _loss_grad(Xa, Xh, S, W, C, M):
+def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
     1 - sigma(M) is 1 / (1 + exp(M)) in numpy, not scipy.special.expit: importing scipy.special
     cost a fresh worker's figures task 0.09 CPU-s (issue 22, seventh round), a tenth of the
     evaluate stage on deezer_europe. numpy's exp differs from the C library's (expit's) by one
-    unit in the last place on about 2 % of arguments; the F1 came out identical."""
-    loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
+    unit in the last place on about 2 % of arguments; the F1 came out identical.
+    Every n x labels value is computed in ``scratch``'s buffers (D too: valid until the next call)."""
+    cols = M.shape[1]
+    a = np.negative(M, out=scratch("a", cols))
+    loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, a, out=a).sum(axis=0)
+    q = scratch("q", cols)
     with np.errstate(over="ignore"):               # exp(M) = inf for M > 709: q = 0, as expit gives
-        q = 1.0 / (1.0 + np.exp(M))                # 1 - sigma(margin)
-    G = W - C * _times_t(Xa, Xh, S * q)
-    D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
+        np.exp(M, out=q)
+    q += 1.0
+    np.reciprocal(q, out=q)                        # 1 - sigma(margin) = 1 / (1 + exp(M))
+    G = W - C * _times_t(Xa, Xh, np.multiply(S, q, out=a), scratch)
+    D = np.subtract(1.0, q, out=scratch("D", cols))
+    D *= q                                         # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
 
 
@@ -144,13 +177,15 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         Mall = np.zeros((n, L))
     else:
         Mall = S * (_times(Xa, Xh, W) if start_scores is None else start_scores)
-    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S), axis=0)   # |gradient| at W = 0
+    scratch = Scratch(n, L)
+    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)  # |grad| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
-        Sa, Wa = S[:, active], W[:, active]
-        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall[:, active])
+        every = active.size == L                    # no column converged yet: views, not copies
+        Sa, Wa = (S, W) if every else (S[:, active], W[:, active])
+        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall if every else Mall[:, active], scratch)
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -160,15 +195,16 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
-        P, XP = _newton_direction(Xh, G, D, gnorm, C, (lam, Q, rest), max_cg)
-        t, pending = _armijo_steps(Sa, Wa, f, G, P, Sa * XP, C, Mall, active)
+        P, XP = _newton_direction(Xh, G, D, gnorm, C, (lam, Q, rest), max_cg, scratch)
+        SXP = np.multiply(Sa, XP, out=XP)
+        t, pending = _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active, scratch)
         W[:, active] = Wa + t * P
         if pending.all():
             break
     return W
 
 
-def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.ndarray, np.ndarray]:
+def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
     """Newton direction P of every active label at once, and the design's product X P: preconditioned
     CG on H p = -G, one independent system per column (H = I + C Xa' diag(D) Xa), stopped per column
     by the inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
@@ -184,9 +220,13 @@ def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.nda
     Why X P too (issue 22, eighth round): P is a sum of the CG directions, whose products X Pd
     each CG step computes anyway, so X P costs an n x labels update per step instead of a pass
     over the design; the line search then tries its steps on the margins M + t s X P without
-    any product (it spent a pass per Newton step, about 10 % of node classification's CPU)."""
+    any product (it spent a pass per Newton step, about 10 % of node classification's CPU).
+    X P is ``scratch``'s buffer "xp" (valid until the next call)."""
     lam, Q, rest = spectrum
-    D32 = D.astype(np.float32)
+    cols = G.shape[1]
+    D32 = scratch("d32", cols, np.float32)
+    np.copyto(D32, D, casting="same_kind")
+    XPd, DXPd, step = scratch("xpd", cols, np.float32), scratch("dxpd", cols, np.float32), scratch("step", cols)
     inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
     inv_rest = 0.0 if rest is None else 1.0 / (1.0 + C * rest * D.mean(0))
 
@@ -195,7 +235,8 @@ def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.nda
             return Q @ (inv * (Q.T @ R))
         return inv_rest * R + Q @ ((inv - inv_rest) * (Q.T @ R))
     P = np.zeros_like(G)
-    XP = np.zeros((Xh.shape[0], G.shape[1]))
+    XP = scratch("xp", cols)
+    XP[...] = 0.0
     R = -G
     Z = prec(R)
     Pd = Z.copy()
@@ -203,12 +244,12 @@ def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.nda
     eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
     live = np.ones(G.shape[1], dtype=bool)
     for _cg in range(max_cg):
-        XPd = skinny_product(Xh, Pd.astype(np.float32))
-        HP = Pd + C * skinny_product(Xh.T, D32 * XPd).astype(np.float64)
+        skinny_product(Xh, Pd.astype(np.float32), out=XPd)
+        HP = Pd + C * skinny_product(Xh.T, np.multiply(D32, XPd, out=DXPd)).astype(np.float64)
         pHp = np.einsum("ij,ij->j", Pd, HP)
         alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
         P += alpha * Pd
-        XP += alpha * XPd
+        XP += np.multiply(alpha, XPd, out=step)
         R -= alpha * HP
         live &= np.linalg.norm(R, axis=0) > 0.1 * eta
         if not live.any():
@@ -221,23 +262,34 @@ def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int) -> tuple[np.nda
     return P, XP
 
 
-def _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+def _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
     """Armijo backtracking along P, per column: halve each label's step until its loss decreases
     enough (30 halvings at most). A step t's margins are M + t s X P (``SXP`` = s X P, from
     `_newton_direction`): no product. Writes the accepted margins into Mall (so the next
     iteration's loss needs no extra product) and returns (steps, pending): a column still pending
-    found no decrease and gets step 0 (it has converged)."""
+    found no decrease and gets step 0 (it has converged). While every column is pending (the
+    usual first trial) the trial margins are computed in ``scratch``'s buffers."""
     slope = np.einsum("ij,ij->j", G, P)
-    M0 = Mall[:, active]
-    t = np.ones(G.shape[1])
-    pending = np.ones(G.shape[1], dtype=bool)
+    cols = G.shape[1]
+    M0 = Mall if active.size == Mall.shape[1] else Mall[:, active]   # a view: accepted columns are done
+    t = np.ones(cols)
+    pending = np.ones(cols, dtype=bool)
     for _ls in range(30):
         idx = np.flatnonzero(pending)
         Wn = Wa[:, idx] + t[idx] * P[:, idx]
-        Mn = M0[:, idx] + t[idx] * SXP[:, idx]
-        fn = 0.5 * np.einsum("ij,ij->j", Wn, Wn) + C * np.logaddexp(0.0, -Mn).sum(axis=0)
+        if idx.size == cols:
+            Mn = np.multiply(t, SXP, out=scratch("mn", cols))
+            Mn += M0
+            a = np.negative(Mn, out=scratch("a", cols))
+        else:
+            Mn = M0[:, idx] + t[idx] * SXP[:, idx]
+            a = -Mn
+        fn = 0.5 * np.einsum("ij,ij->j", Wn, Wn) + C * np.logaddexp(0.0, a, out=a).sum(axis=0)
         ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
-        Mall[:, active[idx[ok]]] = Mn[:, ok]
+        if ok.all() and M0 is Mall and idx.size == cols:
+            Mall[...] = Mn
+        else:
+            Mall[:, active[idx[ok]]] = Mn[:, ok]
         pending[idx[ok]] = False
         if not pending.any():
             break
