@@ -146,7 +146,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     with s = 2Y - 1 and x_i = [X_i, 1] when ``fit_intercept`` (liblinear's formulation).
     Stops a label when its gradient norm falls below ``tol`` times its initial one.
     ``spectrum`` = (eigenvalues, eigenvectors) of a Gram matrix close to the design's
-    (``gram_spectrum``), used only by the preconditioner: none = the design's own, exact; or
+    (``design_eigh``), used only by the preconditioner: none = the design's own, exact; or
     (top eigenvalues, their eigenvectors, the eigenvalue that stands for every other one)
     (`top_spectrum`).
     Returns W of shape (d + 1, L) (last row = intercept) or (d, L).
@@ -358,49 +358,19 @@ def f1_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> tuple[float, float]:
     return micro, float(per.mean()) if per.size else 0.0
 
 
-def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True, rows: int | None = None,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the Gram matrix of every labelled row (with the intercept column).
-
-    Why once for all splits: a training split of m of the n rows has a Gram matrix close to
-    m / n times this one, and the solver's preconditioner needs no more than that (its
-    products and line search are exact). ``split_f1`` scales the eigenvalues by m / n; one
-    decomposition replaces one Gram product and one d x d eigh per fit (9 by default).
-    The product runs in float32 (half the cost; on 37,700 x 513 rows it was most of the
-    preparation): a preconditioner needs a few correct digits, not sixteen.
-    ``rows``: the Gram matrix of a seeded sample of that many rows, scaled by n / rows, stands
-    for the whole one (eval.mode=sampled). It only conditions the solver, whose optimum and
-    stopping rule do not depend on it; on deezer_europe (28,281 x 513) it is most of the
-    labelled set's cost (0.83 CPU-s for every row).
-    """
-    pick = spectrum_sample(Xl.shape[0], rows, seed)
-    return gram_eigh(Xl if pick is None else Xl[pick], 1.0 if pick is None else Xl.shape[0] / pick.size,
-                     fit_intercept)
-
-
-def spectrum_sample(n: int, rows: int | None, seed: int) -> np.ndarray | None:
-    """The ascending positions of ``gram_spectrum``'s seeded sample of ``rows`` of n rows (None:
-    every row)."""
-    if rows and rows < n:
-        return np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))
-    return None
-
-
-def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of ``scale`` x the Gram matrix of the design [Xs, 1] (or Xs), the
-    product in float32 (see ``gram_spectrum``)."""
-    d = Xs.shape[1]
-    Xa = np.empty((Xs.shape[0], d + 1 if fit_intercept else d), dtype=np.float32)
-    Xa[:, :d] = Xs
-    if fit_intercept:
-        Xa[:, d] = 1.0
-    return design_eigh(Xa, scale)
-
-
 def design_eigh(Xa: np.ndarray, scale: float, rank: int = 0, seed: int = 0) -> tuple:
     """Eigen-decomposition of ``scale`` x the Gram matrix of float32 design rows ``Xa`` (the
-    product in float32, see ``gram_spectrum``; the eigenvalues clipped at 0); ``rank`` > 0: its
-    `top_spectrum` of that rank instead."""
+    product in float32; the eigenvalues clipped at 0); ``rank`` > 0: its `top_spectrum` of that
+    rank instead.
+
+    Why once per labelled set (`labelled_set_of_rows`): a training split of m of the n rows has a
+    Gram matrix close to m / n times this one, and the solver's preconditioner needs no more than
+    that (its products and line search are exact), so one decomposition, scaled by m / n per
+    split, replaces one Gram product and one eigh per fit. The product runs in float32 (half the
+    cost): a preconditioner needs a few correct digits, not sixteen. eval.mode=sampled takes the
+    Gram matrix of a sample of ``eval.spectrum_rows`` rows, scaled by n / rows: it only
+    conditions the solver, whose optimum and stopping rule do not depend on it (on deezer_europe,
+    28,281 x 513, the whole Gram product and eigh were 0.83 CPU-s)."""
     G = (Xa.T @ Xa).astype(np.float64) * scale
     if rank:
         return top_spectrum(G, rank, seed)
@@ -690,8 +660,8 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     fewer nodes, which lowers F1 somewhat (github_social, FastRP d=512: a sample of 20,000 of
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
-    caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``: see
-    ``gram_spectrum``; ``spectrum_rank``: see ``labelled_set_of_rows``."""
+    caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``,
+    ``spectrum_rank``: see ``labelled_set_of_rows``."""
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
@@ -704,16 +674,17 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
                          spectrum_rank: int = 0) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
     with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); its base
-    design for ``seed`` is built here, and the Gram spectrum is that of the design's rows (a seeded
-    sample of ``spectrum_rows`` of them, in labelled order), so no row is normalised twice; its
-    top ``spectrum_rank`` eigenpairs only when > 0 (`top_spectrum`), else all of them."""
+    design for ``seed`` is built here, and the Gram spectrum is that of the design's rows, so no
+    row is normalised twice: of its first ``spectrum_rows`` rows when fewer than all (the base
+    design is in a seeded random order, so they are a seeded sample of the labelled rows, and a
+    view: no gather), scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
+    (`top_spectrum`), else all of them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
-    pick = spectrum_sample(ls.size, spectrum_rows, seed)
+    sample = min(ls.size, spectrum_rows or ls.size)
     with blas_threads(threads):
-        base, place = ls.base_design(seed)
-        ls.spectrum = design_eigh(base if pick is None else base[place[pick]],
-                                  ls.size / pick.size if pick is not None else 1.0, spectrum_rank, seed)
+        base = ls.base_design(seed)[0]
+        ls.spectrum = design_eigh(base[:sample], ls.size / max(sample, 1), spectrum_rank, seed)
     return ls
 
 
@@ -954,8 +925,8 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     Newton steps. ``max_nodes``: score a seeded sample of that many labelled nodes above it
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
     ``bootstrap`` > 0: each split's F1 also gets a bootstrap interval over its test nodes
-    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``: see ``gram_spectrum``; ``spectrum_rank``:
-    see ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``.
+    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``, ``spectrum_rank``: see
+    ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
                       seed=seed, threads=threads, spectrum_rows=spectrum_rows, spectrum_rank=spectrum_rank)
