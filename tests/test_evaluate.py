@@ -424,3 +424,56 @@ def test_bootstrap_sd_of_micro_f1_is_the_binomial_one_for_single_labels():
     assert 0.85 * want < sd_micro < 1.15 * want and sd_macro > 0
     assert classify.f1_bootstrap_sd(Y, Y, 100, 0) == (0.0, 0.0)           # a perfect split does not vary
     assert classify.f1_bootstrap_sd(Y, P, 100, 1) == classify.f1_bootstrap_sd(Y, P, 100, 1)
+
+
+def test_argmax_codes_and_skinny_products_equal_what_they_replace():
+    """Issue 22, eighth round: single-label predictions by argmax equal the stable sort's top-1
+    (ties: the lower column), bootstrap categories by integer codes come in the order of the
+    packed byte rows (so the same draws give the same ci95), and 2-4 column products run as
+    matrix-vector products into a given buffer, equal to the whole product."""
+    rng = np.random.default_rng(8)
+    scores = rng.integers(0, 3, (500, 4)).astype(np.float32)              # many ties
+    scores[:5, 1] = np.inf
+    ones = np.ones(500, dtype=np.int64)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    want = np.zeros(scores.shape, dtype=bool)
+    want[np.arange(500), order[:, 0]] = True
+    assert np.array_equal(classify.predict_top_k(scores, ones), want)
+    assert classify.predict_top_k(scores, np.full(500, 2)).sum() == 1000  # k > 1: the sorting path
+    for labels in (2, 3, 21, 40):                                          # 6 to 120 hit columns
+        hits = rng.random((300, 3 * labels)) < 0.2
+        packed = np.packbits(hits, axis=1)
+        _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
+        _, first2, counts2 = np.unique(classify.hit_codes(hits), axis=0, return_index=True, return_counts=True)
+        assert np.array_equal(first, first2) and np.array_equal(counts, counts2)
+    A = rng.standard_normal((700, 33)).astype(np.float32)
+    for cols in (1, 2, 3, 4, 5):
+        B = rng.standard_normal((33, cols)).astype(np.float32)
+        np.testing.assert_allclose(classify.skinny_product(A, B), A @ B, rtol=1e-5, atol=1e-5)
+        out = np.full((700, 6), np.nan, dtype=np.float32)
+        classify.skinny_product(A, B, out=out[:, :cols])
+        np.testing.assert_allclose(out[:, :cols], A @ B, rtol=1e-5, atol=1e-5)
+        assert np.isnan(out[:, cols:]).all()
+
+
+def test_split_chain_by_levels_equals_the_splits_one_at_a_time():
+    """``split_chain_f1`` fits level by level and takes each warm start's margins and the test
+    scores from one product of the base design per level; the figures equal scoring each split
+    on its own (``split_scores``, warm-started from the repeat's previous W), on a single-label
+    (two-class) and a multi-label set, with a repeat laid out only up to its small ratio."""
+    rng = np.random.default_rng(11)
+    X = (rng.standard_normal((900, 24)) + rng.integers(0, 3, (900, 1))).astype(np.float32)
+    cases = [(np.arange(900), (X[:, 0] > 0.5).astype(np.int64)),
+             (np.r_[np.arange(900), np.arange(0, 900, 3)], np.r_[rng.integers(0, 4, 900), rng.integers(0, 4, 300)])]
+    splits = [(0.1, 0), (0.5, 0), (0.9, 0), (0.1, 1), (0.2, 1), (0.1, 2)]
+    for nodes, labels in cases:
+        ls = classify.labelled_set(X, nodes, labels, seed=3, spectrum_rows=400, spectrum_rank=8)
+        got = classify.split_chain_f1(ls, splits, seed=3, bootstrap=50, full_ratios={0.1})
+        prev = {}
+        for (r, rep), row in zip(splits, got):
+            mi, ma, sd, W = classify.split_scores(ls, r, rep, seed=3, start=prev.get(rep),
+                                                  bootstrap=0 if r == 0.1 else 50)
+            prev[rep] = W
+            assert row[:2] == (r, rep)
+            assert abs(row[2] - mi) < 1e-12 and abs(row[3] - ma) < 1e-12, (r, rep, row, mi, ma)
+            assert (row[4], row[5]) == pytest.approx(sd, abs=1e-12)
