@@ -146,9 +146,8 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     with s = 2Y - 1 and x_i = [X_i, 1] when ``fit_intercept`` (liblinear's formulation).
     Stops a label when its gradient norm falls below ``tol`` times its initial one.
     ``spectrum`` = (eigenvalues, eigenvectors) of a Gram matrix close to the design's
-    (``design_eigh``), used only by the preconditioner: none = the design's own, exact; or
-    (top eigenvalues, their eigenvectors, the eigenvalue that stands for every other one)
-    (`top_spectrum`).
+    (``design_eigh``), used only by the preconditioner: none = the design's own, exact; or (top
+    eigenvalues, their eigenvectors, the eigenvalue standing for every other one) (`top_spectrum`).
     Returns W of shape (d + 1, L) (last row = intercept) or (d, L).
 
     ``start``: W to start from (e.g. the solution of a smaller training set of the same
@@ -161,22 +160,16 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     them; X is then not read. Xa None: every product runs through the float32 Xh (`RepeatDesign`:
     one per repeat, its splits are prefixes; the loss, gradient and steps stay float64).
     """
-    if design is None:
-        X = np.asarray(X, dtype=np.float64)
-        Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
-    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products (at least)
+    Xa, Xh = design if design is not None else fit_design(X, fit_intercept)
     n, width = Xh.shape
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
     W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
     if spectrum is None:                                              # shared by every label
         spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
-    lam, Q = np.maximum(spectrum[0], 0.0), spectrum[1]
-    rest = spectrum[2] if len(spectrum) > 2 else None
-    if start is None:                                                 # margins at the current W
-        Mall = np.zeros((n, L))
-    else:
-        Mall = S * (_times(Xa, Xh, W) if start_scores is None else start_scores)
+    lam, Q, rest = np.maximum(spectrum[0], 0.0), spectrum[1], (spectrum[2] if len(spectrum) > 2 else None)
+    Mall = np.zeros((n, L)) if start is None else \
+        S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
     scratch = Scratch(n, L)
     g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)  # |grad| at W = 0
     active = np.arange(L)
@@ -202,6 +195,13 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         if pending.all():
             break
     return W
+
+
+def fit_design(X: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(Xa, Xh): the design [X, 1] (or X) in float64 and its float32 copy (the Hessian products)."""
+    X = np.asarray(X, dtype=np.float64)
+    Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
+    return Xa, Xa.astype(np.float32)
 
 
 def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
