@@ -477,3 +477,23 @@ def test_split_chain_by_levels_equals_the_splits_one_at_a_time():
             assert row[:2] == (r, rep)
             assert abs(row[2] - mi) < 1e-12 and abs(row[3] - ma) < 1e-12, (r, rep, row, mi, ma)
             assert (row[4], row[5]) == pytest.approx(sd, abs=1e-12)
+
+
+def test_blas_threads_trusts_an_environment_that_already_limits_blas(monkeypatch):
+    """``blas_threads`` skips threadpoolctl (its first call scans every loaded library) when the
+    environment OpenBLAS read holds it to the threads asked for, as in a Ray worker; otherwise it
+    limits through the one controller of the process."""
+    import contextlib
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert classify.environment_blas_threads() == 1
+    assert isinstance(classify.blas_threads(1), contextlib.nullcontext)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")                      # OpenBLAS's own variable first
+    assert classify.environment_blas_threads() == 4
+    pytest.importorskip("threadpoolctl")
+    with classify.blas_threads(1):
+        from threadpoolctl import threadpool_info
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "many")
+    assert classify.environment_blas_threads() > 1000
+    assert isinstance(classify.blas_threads(None), contextlib.nullcontext)
