@@ -333,7 +333,7 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     as unit rows computed in the table's precision (float32 here; issue 22, eighth round) with the
     constant column. The compact set (what split tasks get) holds those rows and rebuilds the same
     base design bit for bit; its spectrum is the design rows' Gram spectrum."""
-    from embedlake.workers.evaluate.rows import unit_rows
+    from embedlake.workers.evaluate.rows import TableRows, unit_rows
     rng = np.random.default_rng(5)
     X = (rng.standard_normal((700, 24)) * 3).astype(np.float32)
     X[4] = 0.0
@@ -346,19 +346,52 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     nodes = np.sort(rng.choice(700, 500, replace=False))
     ls = classify.labelled_set(X, nodes, rng.integers(0, 3, 500), seed=2)
     assert ls.source is X and np.array_equal(ls.index, nodes)
-    base, place = ls.base_design(2)
+    rows, place = ls.base_design(2)                            # 500 of 700 rows labelled: read in place
+    assert isinstance(rows, TableRows) and rows.table is X
+    base = rows.array()
     perm = classify.split_permutation(500, 2)
     assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float32))
     assert np.abs(base[:, :24] - unit_rows(X, nodes[perm], np.float64)).max() < 1e-6
     assert (base[:, 24] == 1).all() and np.array_equal(place[perm], np.arange(500))
     small = ls.compact()
     assert small.index is None and small.source.dtype == np.float32 and not small.normalize
-    assert np.array_equal(small.base_design(2)[0], base)
+    assert np.array_equal(small.base_design(2)[0].array(), base)
     lam, Q = np.linalg.eigh((base.T @ base).astype(np.float64))
     assert np.array_equal(ls.spectrum[0], np.maximum(lam, 0.0)) and np.array_equal(ls.spectrum[1], Q)
+    few = classify.labelled_set(X, nodes[:300], rng.integers(0, 3, 300), seed=2)   # under half the table: a copy
+    assert isinstance(few.base_design(2)[0], np.ndarray)
+    assert np.array_equal(few.base_design(2)[0][:, :24],
+                          unit_rows(X, nodes[:300][classify.split_permutation(300, 2)], np.float32))
     X64 = X.astype(np.float64)                                # a float64 table: unit rows in float64, rounded
     ls64 = classify.labelled_set(X64, nodes, rng.integers(0, 3, 500), seed=2)
     assert np.array_equal(ls64.base_design(2)[0][:, :24], unit_rows(X64, nodes[perm], np.float64).astype(np.float32))
+
+
+@pytest.mark.parametrize("share", [0.9, 0.5, 0.1])
+def test_table_rows_products_equal_the_design_arrays(share):
+    """`TableRows` reads design rows [T[r] / |T[r]|, 1] from the table in place (issue 22, ninth
+    round): its products, masked over the whole table (most rows) or gathered (a small share),
+    equal the gathered design array's to float32 rounding; ``array()`` is `unit_rows`' bit for
+    bit; slices and index arrays select design rows; without norms the rows are read as they are."""
+    from embedlake.workers.evaluate.rows import TableRows, row_norms, unit_rows
+    rng = np.random.default_rng(11)
+    T = rng.standard_normal((400, 16)).astype(np.float32)
+    T[7] = 0.0
+    T.setflags(write=False)
+    rows = rng.permutation(400)[:int(share * 400)]
+    A = TableRows(T, rows, row_norms(T, rows))
+    X = A.array()
+    assert X.shape == A.shape and np.array_equal(X[:, :16], unit_rows(T, rows, np.float32)) and (X[:, 16] == 1).all()
+    assert A.gathers == (share < 0.25)
+    B = rng.standard_normal((17, 3)).astype(np.float32)
+    V = rng.standard_normal((rows.size, 3)).astype(np.float32)
+    assert np.allclose(A @ B, X @ B, atol=1e-5) and np.allclose(A @ B[:, 0], X @ B[:, 0], atol=1e-5)
+    assert np.allclose(A.T @ V, X.T @ V, rtol=1e-5, atol=1e-4)
+    out = np.empty((rows.size, 2), dtype=np.float32)
+    assert classify.skinny_product(A, B[:, :2], out=out) is out and np.allclose(out, X @ B[:, :2], atol=1e-5)
+    assert np.array_equal(A[5:].array(), X[5:]) and np.array_equal(A[np.array([3, 1])].array(), X[[3, 1]])
+    raw = TableRows(T, rows, None)
+    assert np.array_equal(raw.array()[:, :16], T[rows]) and np.allclose(raw @ B, raw.array() @ B, atol=1e-5)
 
 
 def test_knn_recall():

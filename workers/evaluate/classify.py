@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedlake.workers.evaluate.rows import unit_rows
+from embedlake.workers.evaluate.rows import TableRows, TransposedRows, row_norms, unit_rows
 
 
 def blas_threads(threads: int | None):
@@ -84,7 +84,10 @@ def skinny_product(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) 
     Why: OpenBLAS's gemm copies (packs) the tall design before multiplying it, which a few
     columns do not repay: a 25,452 x 513 float32 design times 2 columns took 9.8 ms as one
     gemm against 2.4 ms per matrix-vector product, and 4 columns were still cheaper one at a
-    time (issue 22, eighth round; one OpenBLAS thread)."""
+    time (issue 22, eighth round; one OpenBLAS thread). A design read from the table in place
+    (`TableRows`, its transpose) makes its own matrix-vector products."""
+    if isinstance(A, (TableRows, TransposedRows)):
+        return A.product(B, out)
     if not 1 < B.shape[1] <= SKINNY_COLUMNS:
         return np.matmul(A, B, out=out)
     out = np.empty((B.shape[1], A.shape[0]), dtype=np.result_type(A, B)).T if out is None else out
@@ -542,6 +545,14 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None):
                           start_scores=start_scores)
 
 
+IN_PLACE_SHARE = 0.5               # labelled rows / table rows from which the design is read in place
+
+
+def design_array(Xh: np.ndarray | TableRows) -> np.ndarray:
+    """A design as one float32 array: ``Xh`` itself, or the rows of a `TableRows` gathered."""
+    return Xh.array() if isinstance(Xh, TableRows) else Xh
+
+
 @dataclass
 class LabelledSet:
     """The rows node classification scores: the labelled nodes (a seeded sample of them above
@@ -609,7 +620,13 @@ class LabelledSet:
             return self.source
         return self.rows(np.arange(self.size))
 
-    def base_design(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def in_place(self) -> bool:
+        """Whether the splits read the design rows from the float32 table in place (`TableRows`):
+        when the labelled rows are at least `IN_PLACE_SHARE` of the table's."""
+        return self.source.dtype == np.float32 and self.size >= IN_PLACE_SHARE * self.source.shape[0]
+
+    def base_design(self, seed: int) -> tuple[np.ndarray | TableRows, np.ndarray]:
         """(design, place): every labelled row as a float32 design row [unit row, 1] (see
         `RepeatDesign`), laid out in repeat 0's split order (``split_permutation(n, seed)``), and
         the place of each labelled row in it. Built once per set and seed.
@@ -617,13 +634,18 @@ class LabelledSet:
         Why one layout for every repeat: repeat 0's design is this array itself (its splits are
         prefixes of it); another repeat's rows are gathered from it, already normalised, and a
         repeat that trains on a small share only scores its test rows in it, so each row is
-        normalised once (deezer_europe's sampled default normalised 88,500 rows for 28,281 before)."""
+        normalised once (deezer_europe's sampled default normalised 88,500 rows for 28,281 before).
+        When the set is `in_place`, the design is a `TableRows`: no copy, only the rows' norms."""
         if self.base is None or self.base[0] != seed:
             n, d = self.size, self.dim
             perm = split_permutation(n, seed)
-            Xh = np.empty((n, d + 1), dtype=np.float32)
-            self.design_rows(perm, out=Xh[:, :d])
-            Xh[:, d] = 1.0
+            if self.in_place:
+                src = perm if self.index is None else self.index[perm]
+                Xh = TableRows(self.source, src, row_norms(self.source, src) if self.normalize else None)
+            else:
+                Xh = np.empty((n, d + 1), dtype=np.float32)
+                self.design_rows(perm, out=Xh[:, :d])
+                Xh[:, d] = 1.0
             place = np.empty(n, dtype=np.int64)
             place[perm] = np.arange(n)
             self.base = (seed, Xh, place)
@@ -701,8 +723,8 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
                      normalize=bool(normalize))
     sample = min(ls.size, spectrum_rows or ls.size)
     with blas_threads(threads):
-        base = ls.base_design(seed)[0]
-        ls.spectrum = design_eigh(base[:sample], ls.size / max(sample, 1), spectrum_rank, seed)
+        ls.spectrum = design_eigh(design_array(ls.base_design(seed)[0][:sample]), ls.size / max(sample, 1),
+                                  spectrum_rank, seed)
     return ls
 
 
@@ -743,7 +765,11 @@ class RepeatDesign:
         perm = split_permutation(n, seed + repeat)
         places = place[perm]
         rows = n if rows is None else min(n, int(rows))
-        Xh = base[:rows] if repeat == 0 else np.take(base, places[:rows], axis=0)
+        if isinstance(base, TableRows):
+            Xh = base[:rows] if repeat == 0 else base[places[:rows]]
+            Xh = Xh.array() if rows < n else Xh             # a small share: gathered once, as before
+        else:
+            Xh = base[:rows] if repeat == 0 else np.take(base, places[:rows], axis=0)
         return cls(repeat, Xh, ls.Y[perm], perm, places)
 
     @property
@@ -759,8 +785,10 @@ class RepeatDesign:
             raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
         if self.Xh.shape[0] < k:
             raise ValueError(f"the repeat's design holds {self.Xh.shape[0]} rows, the split trains on {k}")
+        X = self.Xh[:k]
+        X = X.array() if isinstance(X, TableRows) and X.gathers else X      # a small share: gathered once
         return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=scaled_spectrum(ls.spectrum, k / n), start=start,
-                             start_scores=start_scores, design=(None, self.Xh[:k]))
+                             start_scores=start_scores, design=(None, X))
 
     def figures(self, ls: LabelledSet, ratio: float, test_scores: np.ndarray, *, bootstrap: int = 0,
                 seed: int = 0) -> tuple[float, float, tuple[float, float]]:

@@ -44,7 +44,7 @@ class RowNormaliser:
         unit rows of ``X[rows]`` (an index array or a slice); a float32 ``out`` of float64 rows gets
         them rounded, as ``astype`` would."""
         m = out.shape[0]
-        val, sq, nrm = self.val[:m], self.sq[:m], self.nrm[:m]
+        val, nrm = self.val[:m], self.nrm[:m]
         same = self.X.dtype == val.dtype
         if isinstance(rows, slice):
             if same:
@@ -57,11 +57,17 @@ class RowNormaliser:
             np.take(self.X, rows, axis=0, out=val if same else self.raw[:m], mode="wrap")   # in range: unbuffered
             if not same:
                 val[...] = self.raw[:m]
-        np.multiply(val, val, out=sq)
-        np.add.reduce(sq, axis=1, out=nrm)
-        np.sqrt(nrm, out=nrm)
-        nrm[~(nrm > 0)] = 1.0                                                   # np.where(n > 0, n, 1)
+        self.norms_of(val, nrm)
         return np.divide(val, nrm[:, None], out=out)
+
+    def norms_of(self, val: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out`` = the norms of rows ``val`` (in ``dtype``; at most ``step`` rows) as `into` divides
+        by them: a zero row's norm is 1."""
+        sq = np.multiply(val, val, out=self.sq[:val.shape[0]])
+        np.add.reduce(sq, axis=1, out=out)
+        np.sqrt(out, out=out)
+        out[~(out > 0)] = 1.0                                                   # np.where(n > 0, n, 1)
+        return out
 
 
 def unit_rows(X, rows: np.ndarray | None = None, dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
@@ -76,3 +82,118 @@ def unit_rows(X, rows: np.ndarray | None = None, dtype=np.float32, out: np.ndarr
         hi = min(count, lo + norm.step)
         norm.into(slice(lo, hi) if rows is None else rows[lo:hi], out[lo:hi])
     return out
+
+
+def row_norms(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """The norms `unit_rows` divides the rows ``X[rows]`` by (in ``dtype``; a zero row's is 1), bit
+    for bit, a block at a time: what `TableRows` needs to read a table's unit rows in place."""
+    X = np.asarray(X)
+    norm = RowNormaliser(X, dtype, min(block_rows(X.shape[1]), max(len(rows), 1)))
+    out = np.empty(len(rows), dtype=dtype)
+    for lo in range(0, len(rows), norm.step):
+        hi = min(len(rows), lo + norm.step)
+        val = norm.val[:hi - lo]
+        if X.dtype == val.dtype:
+            np.take(X, rows[lo:hi], axis=0, out=val)
+        else:
+            val[...] = X[rows[lo:hi]]
+        norm.norms_of(val, out[lo:hi])
+    return out
+
+
+GATHER_SHARE = 0.25                # below this share of the table's rows, `TableRows` gathers its rows
+
+
+class TableRows:
+    """The float32 design rows ``[table[r] / norm_r, 1]`` of table rows ``rows`` (norms None: the rows
+    as they are), read from the table in place: ``A @ B``, ``A.T @ V`` and ``A[lo:hi]`` as for the
+    design array `array()` would build, in float32.
+
+    Why (issue 22, ninth round): node classification's base design was a normalised float32 copy
+    of every labelled row, 58 MB on deezer_europe (28,281 x 513), and a fresh worker faulted it in
+    page by page besides the table it was copied from (about a third of node classification's
+    cost there). When the rows are most of the table, a product runs over the whole table in
+    place (one matrix-vector product per column) and picks its rows: ``X @ w = (T @ w[:d])[rows] /
+    norms + w[d]`` and ``X.T @ v = T.T @ scatter(v / norms)``, plus the sum of v for the constant
+    column; below `GATHER_SHARE` of the table a product gathers its rows instead (cheaper there).
+    The values differ from the copy's products by float32 rounding only (the quotient is taken
+    after the dot product, not before)."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, table: np.ndarray, rows: np.ndarray, norms: np.ndarray | None):
+        self.table, self.rows, self.norms = table, rows, norms
+        self.shape = (int(rows.size), int(table.shape[1]) + 1)
+
+    def __getitem__(self, key) -> TableRows:
+        """The design rows ``key`` (a slice or an index array of positions) as a `TableRows`."""
+        return TableRows(self.table, self.rows[key], None if self.norms is None else self.norms[key])
+
+    def __matmul__(self, B: np.ndarray) -> np.ndarray:
+        return self.product(B)
+
+    @property
+    def T(self) -> TransposedRows:
+        return TransposedRows(self)
+
+    @property
+    def gathers(self) -> bool:
+        return self.rows.size < GATHER_SHARE * self.table.shape[0]
+
+    def product(self, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """This design times B ((d + 1) x c or d + 1, rounded to float32), into ``out`` when given."""
+        B = np.asarray(B, dtype=np.float32)
+        B2 = B.reshape(B.shape[0], -1)
+        d, cols = self.table.shape[1], B2.shape[1]
+        res = np.empty((cols, self.rows.size), dtype=np.float32).T if out is None else out
+        picked = np.take(self.table, self.rows, axis=0) if self.gathers else self.table
+        for j in range(cols):
+            full = picked @ B2[:d, j]
+            part = full if self.gathers else full[self.rows]
+            if self.norms is not None:
+                np.divide(part, self.norms, out=part)
+            np.add(part, B2[d, j], out=res[:, j])
+        return res.reshape(-1) if B.ndim == 1 and out is None else res
+
+    def array(self) -> np.ndarray:
+        """The design rows as one float32 array (each row as `unit_rows` computes it when normalised)."""
+        out = np.empty(self.shape, dtype=np.float32)
+        step = block_rows(self.table.shape[1])
+        for lo in range(0, self.rows.size, step):
+            hi = min(self.rows.size, lo + step)
+            np.take(self.table, self.rows[lo:hi], axis=0, out=out[lo:hi, :-1])
+            if self.norms is not None:
+                np.divide(out[lo:hi, :-1], self.norms[lo:hi, None], out=out[lo:hi, :-1])
+        out[:, -1] = 1.0
+        return out
+
+
+class TransposedRows:
+    """``TableRows.T``: its products ``A.T @ V`` without a transposed copy."""
+
+    def __init__(self, rows: TableRows):
+        self.of = rows
+        self.shape = rows.shape[::-1]
+
+    def __matmul__(self, V: np.ndarray) -> np.ndarray:
+        return self.product(V)
+
+    def product(self, V: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The design's transpose times V (n x c or n, rounded to float32): (d + 1) x c, float32."""
+        A = self.of
+        V = np.asarray(V, dtype=np.float32)
+        V2 = V.reshape(V.shape[0], -1)
+        d, cols = A.table.shape[1], V2.shape[1]
+        res = np.empty((cols, d + 1), dtype=np.float32).T if out is None else out
+        picked = np.take(A.table, A.rows, axis=0) if A.gathers else A.table
+        full = np.empty(picked.shape[0], dtype=np.float32)
+        for j in range(cols):
+            part = full if A.gathers else np.zeros(A.table.shape[0], dtype=np.float32)
+            scaled = V2[:, j] if A.norms is None else np.divide(V2[:, j], A.norms)
+            if A.gathers:
+                part[...] = scaled
+            else:
+                part[A.rows] = scaled
+            np.matmul(picked.T, part, out=res[:d, j])
+            res[d, j] = V2[:, j].sum()
+        return res.reshape(-1) if V.ndim == 1 and out is None else res
