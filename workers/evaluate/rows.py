@@ -88,17 +88,21 @@ def row_norms(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
     """The norms `unit_rows` divides the rows ``X[rows]`` by (in ``dtype``; a zero row's is 1), bit
     for bit, a block at a time: what `TableRows` needs to read a table's unit rows in place."""
     X = np.asarray(X)
-    norm = RowNormaliser(X, dtype, min(block_rows(X.shape[1]), max(len(rows), 1)))
-    out = np.empty(len(rows), dtype=dtype)
-    for lo in range(0, len(rows), norm.step):
-        hi = min(len(rows), lo + norm.step)
+    whole = 2 * len(rows) >= X.shape[0]            # most of the table: every row's norm, read in order
+    count = X.shape[0] if whole else len(rows)
+    norm = RowNormaliser(X, dtype, min(block_rows(X.shape[1]), max(count, 1)))
+    out = np.empty(count, dtype=dtype)
+    for lo in range(0, count, norm.step):
+        hi = min(count, lo + norm.step)
         val = norm.val[:hi - lo]
-        if X.dtype == val.dtype:
+        if whole and X.dtype == val.dtype:
+            val = X[lo:hi]                                                      # read in place
+        elif X.dtype == val.dtype:
             np.take(X, rows[lo:hi], axis=0, out=val)
         else:
-            val[...] = X[rows[lo:hi]]
+            val[...] = X[lo:hi] if whole else X[rows[lo:hi]]
         norm.norms_of(val, out[lo:hi])
-    return out
+    return out[rows] if whole else out
 
 
 GATHER_SHARE = 0.25                # below this share of the table's rows, `TableRows` gathers its rows
