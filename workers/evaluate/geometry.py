@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
 from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
@@ -57,6 +56,7 @@ def _scorer(X, similarity: str) -> Callable[[np.ndarray], np.ndarray]:
     if callable(X):
         return X
     if similarity == "precomputed":
+        import scipy.sparse as sp      # here only: the figures task's default path needs no scipy (0.05 CPU-s)
         M = X.tocsr() if sp.issparse(X) else np.asarray(X)
         if sp.issparse(M):
             return lambda ids: M[ids].toarray().astype(np.float32)
@@ -296,11 +296,13 @@ def finish_block(cb: CandidateBlock, t, lv, ge, offsets, hop_arr, ring: bool, n:
 
 
 def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
-    """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR)."""
+    """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR): the sorted arc
+    keys u * n + v equal the sorted reversed keys (numpy: scipy.sparse's import is the figures
+    task's to pay otherwise)."""
     n = indptr.size - 1
-    A = sp.csr_matrix((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
-    A.data[:] = 1
-    return (A != A.T).nnz == 0
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    arcs = np.unique(rows * n + indices)
+    return bool(np.array_equal(arcs, np.unique(indices * n + rows)))
 
 
 def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
