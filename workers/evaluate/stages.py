@@ -21,6 +21,7 @@ The aligned table is a Delta table beside (not inside) the run's embeddings tabl
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -270,16 +271,18 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
 
     ``out["timeline"]`` (not a figure: the evaluate task logs it and drops it): when the task
     started and ended in its worker (epoch seconds, comparable with the driver's clock on one
-    machine), its CPU seconds and the worker's pid, so the stage log shows what a user waits for
-    besides the compute (dispatch, the worker's imports, the round trip)."""
-    started, cpu0 = time.time(), time.process_time()
+    machine), its CPU seconds, the worker's pid and whether the worker had imported numba before
+    (a worker that had not pays about 0.3 CPU-s for its import and first cache load), so the stage
+    log shows what a user waits for besides the compute (dispatch, the worker's imports, the round
+    trip)."""
+    started, cpu0, numba_loaded = time.time(), time.process_time(), "numba" in sys.modules
     out = {}
     if labels is not None:
         out["node_classification"] = classify_stage(X, labels, eval_cfg)
     if csr is not None:
         out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
-                       "pid": os.getpid()}
+                       "pid": os.getpid(), "numba_loaded": numba_loaded}
     return out
 
 
