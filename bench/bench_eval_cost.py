@@ -28,7 +28,8 @@ the change of the mean F1 (labelled cases).
 ``--first-call LAKE``: the figures task's components as a fresh Ray worker pays them, without Ray: for
 each case and each of ``--checkouts`` (alternating, ``--rounds`` times), a fresh process of that
 checkout's python with the workers' allocator settings and numba already initialised (FastRP's tasks
-do that in the pipeline's workers) maps the case's table read-only (as the object store hands it),
+do that in the pipeline's workers; ``--cold-numba``: not imported, so the component that first needs it
+pays its import and first cache load) maps the case's table read-only (as the object store hands it),
 then runs node classification and reconstruction once each: CPU seconds (user + system), page
 faults and the figures. The table is the case's last one in LAKE, saved once as .npy beside --out.
 """
@@ -253,8 +254,9 @@ def compare_warm(lake_uri: str, case: str, args: list[str]) -> dict:
 FIRST_CALL_CHILD = """
 import json, os, resource, sys
 import numpy as np
-import numba
-numba.njit(lambda x: x + 1)(1)                  # numba initialised, as after FastRP's tasks in a worker
+if sys.argv[2] == "warm":                       # numba initialised, as after FastRP's tasks in a worker
+    import numba
+    numba.njit(lambda x: x + 1)(1)
 from embedlake.config import EvalConfig
 from embedlake.workers.evaluate import stages as es
 d = sys.argv[1]
@@ -279,7 +281,8 @@ print(json.dumps(out))
 """
 
 
-def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str) -> list[dict]:
+def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str,
+               cold_numba: bool = False) -> list[dict]:
     """``--first-call``: each checkout's components in fresh processes, alternating (see the docstring)."""
     import numpy as np
     d = os.path.join(out, f"table-{case}")
@@ -298,7 +301,8 @@ def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], 
     results = []
     for r in range(rounds):
         for co in checkouts:
-            p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d], env=env,
+            p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d,
+                                "cold" if cold_numba else "warm"], env=env,
                                capture_output=True, text=True, check=True)
             results.append({"case": case, "checkout": co, "round": r, **json.loads(p.stdout.strip().splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
@@ -316,6 +320,8 @@ def main() -> int:
     ap.add_argument("--compare-warm", metavar="LAKE", help="node classification cold vs warm-started fits")
     ap.add_argument("--first-call", metavar="LAKE", help="components in fresh processes, as a fresh worker pays them")
     ap.add_argument("--rounds", type=int, default=3, help="--first-call: alternations of the checkouts")
+    ap.add_argument("--cold-numba", action="store_true",
+                    help="--first-call: numba not imported before (a worker that ran no numba task)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.compare_warm:
@@ -325,7 +331,7 @@ def main() -> int:
     if a.first_call:
         for case in a.cases.split(","):
             first_call(a.first_call, case, case_args(case, a.out, a.rmat_edges), a.checkouts.split(","), a.rounds,
-                       a.out)
+                       a.out, a.cold_numba)
         return 0
     if a.eval_only:
         for case in a.cases.split(","):
