@@ -156,7 +156,7 @@ def timeline_line(timeline: dict, started: float) -> str:
     written, the end). Why: the stage costs a few seconds whatever its compute (docs/evaluation.md,
     issue 22), so the log says which fixed cost a run paid."""
     w = timeline.get("worker")
-    numba = {True: ", numba loaded before", False: ", numba not loaded before"}.get((w or {}).get("numba_loaded"), "")
+    numba = f", numba {w['numba']} before" if w and "numba" in w else ""
     worker = (f"figures task started in worker {w['pid']} at {w['started'] - started:.2f}, ended at "
               f"{w['ended'] - started:.2f} ({w['cpu_s']:.2f} CPU-s{numba}), " if w else "")
     return (f"evaluate: timeline (s from the task's start): {worker}figures in the driver at "

@@ -271,19 +271,28 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
 
     ``out["timeline"]`` (not a figure: the evaluate task logs it and drops it): when the task
     started and ended in its worker (epoch seconds, comparable with the driver's clock on one
-    machine), its CPU seconds, the worker's pid and whether the worker had imported numba before
-    (a worker that had not pays about 0.3 CPU-s for its import and first cache load), so the stage
-    log shows what a user waits for besides the compute (dispatch, the worker's imports, the round
-    trip)."""
-    started, cpu0, numba_loaded = time.time(), time.process_time(), "numba" in sys.modules
+    machine), its CPU seconds, the worker's pid and how far the worker had taken numba before
+    (`numba_in_worker`), so the stage log shows what a user waits for besides the compute (dispatch,
+    the worker's imports, the round trip)."""
+    started, cpu0, numba_state = time.time(), time.process_time(), numba_in_worker()
     out = {}
     if labels is not None:
         out["node_classification"] = classify_stage(X, labels, eval_cfg)
     if csr is not None:
         out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
-                       "pid": os.getpid(), "numba_loaded": numba_loaded}
+                       "pid": os.getpid(), "numba": numba_state}
     return out
+
+
+def numba_in_worker() -> str:
+    """"initialised" (a kernel was compiled or loaded in this process: its typing and target
+    registries, which import scipy.linalg, are loaded), "imported" or "absent". Why: the figures
+    task's kernels cost a worker that has not initialised numba about 0.3 CPU-s more (import 0.12-0.17,
+    scipy.linalg 0.13-0.15, the registries; docs/evaluation.md, eighth round)."""
+    if "numba.np.arraymath" in sys.modules:
+        return "initialised"
+    return "imported" if "numba" in sys.modules else "absent"
 
 
 def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
