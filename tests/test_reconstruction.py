@@ -264,3 +264,17 @@ def test_scoring_once_or_twice_gives_the_same_figures(monkeypatch):
     once = geometry.reconstruction_map(X, g.indptr, g.indices, **kw)
     monkeypatch.setattr(geometry, "HOLD_BYTES", 0)
     assert geometry.reconstruction_map(X, g.indptr, g.indices, **kw) == once
+
+
+def test_symmetry_check_with_sorted_and_unsorted_rows():
+    """`_is_symmetric`: the binary-search kernel on sorted rows and the key comparison on unsorted
+    ones agree with the definition (every arc has its reverse; self loops and duplicates allowed)."""
+    g = _graph("cora")
+    assert geometry._is_symmetric(g.indptr, g.indices.astype(np.int64))
+    d = _graph("p2p-gnutella08", directed=True)
+    assert not geometry._is_symmetric(d.indptr, d.indices.astype(np.int64))
+    indptr = np.array([0, 3, 4, 6, 7], dtype=np.int64)
+    indices = np.array([2, 1, 0, 0, 0, 2, 3], dtype=np.int64)     # row 0 unsorted, a self loop, 3 -> 3
+    assert geometry._is_symmetric(indptr, indices)
+    assert not geometry._is_symmetric(indptr, np.array([2, 1, 0, 0, 0, 2, 1], dtype=np.int64))
+    assert not geometry._is_symmetric(np.array([0, 1, 2, 2], dtype=np.int64), np.array([1, 2], dtype=np.int64))
