@@ -165,7 +165,7 @@ def average_precision_rows(S: np.ndarray, R: np.ndarray, order: np.ndarray | Non
 
 def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=0,
                        similarity="cosine", mode="ball", ball_cap=1_000_000, relevant_cap=0,
-                       threads=0) -> dict:
+                       threads=0, symmetric: bool | None = None) -> dict:
     """Graph reconstruction (RESTORE-style): for each sampled node, rank every other node by
     similarity and compute the average precision of its neighbourhood within h hops (distance
     1..h along the CSR's arcs; ``mode="ring"``: exactly h hops); report the mean over nodes per
@@ -174,8 +174,9 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
 
     Queries are a seeded sample of ``sample`` nodes with at least one neighbour (all of them when
     the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
-    matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline`` is the mean share
-    of relevant nodes, about the mAP of a random ranking.
+    matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline``: the mean share of
+    relevant nodes, about the mAP of a random ranking. ``symmetric``: whether every arc has its
+    reverse (True for an undirected graph's CSR; None checks).
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
@@ -198,11 +199,10 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     hops = sorted(int(h) for h in hops)
     hop_arr = np.asarray(hops, dtype=np.int64)
     table = not callable(X) and similarity != "precomputed"
-    X = np.asarray(X) if table else X
-    score = None if table else _scorer(X, similarity)
+    X, score = (np.asarray(X), None) if table else (X, _scorer(X, similarity))
     pool = _nodes_with_neighbours(indptr, indices)
     q_all = sample_nodes(n, sample, seed, pool)
-    symmetric = _is_symmetric(indptr, indices)
+    symmetric = _is_symmetric(indptr, indices) if symmetric is None else bool(symmetric)
     ap = np.full((q_all.size, len(hops)), np.nan)
     base = np.full((q_all.size, len(hops)), np.nan)
     flags = np.zeros((q_all.size, len(hops)), dtype=np.int8)
@@ -297,10 +297,12 @@ def finish_block(cb: CandidateBlock, t, lv, ge, offsets, hop_arr, ring: bool, n:
 
 def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
     """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR). Rows sorted by
-    neighbour (build_csr's): a binary search per arc, no allocation (`_reverse_arcs`); otherwise the
-    sorted arc keys u * n + v against the sorted reversed keys. Why not scipy.sparse's A != A.T or
-    the keys always: on deezer_europe (185,000 arcs) the keys' temporaries cost 0.05 CPU-s (4,000-5,000
-    page faults in a worker), scipy.sparse's import 0.05 more."""
+    neighbour without repeats (build_csr's): one pass, no table-sized allocation (`_reverse_arcs`);
+    otherwise the sorted arc keys u * n + v against the sorted reversed keys. Why not scipy.sparse's
+    A != A.T or the keys always: on deezer_europe (185,000 arcs) the keys' temporaries cost 0.05
+    CPU-s in a worker (4,000-5,000 page faults), scipy.sparse's import 0.05 more; on the R-MAT graph
+    (37 M arcs) scipy took 1.25 CPU-s, the keys' sorts more. The pipeline skips the check for an
+    undirected graph (`reconstruction_map(symmetric=True)`)."""
     verdict = _reverse_arcs(*read_only(indptr, indices))
     if verdict >= 0:
         return bool(verdict)
@@ -312,31 +314,47 @@ def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
 
 @numba.njit(cache=True, nogil=True)
 def _reverse_arcs(indptr, indices):
-    """1 when every arc u -> v has its reverse, 0 when one has not, -1 when a row is not sorted."""
+    """1 when every arc u -> v has its reverse, 0 when one has not, -1 when a row is not strictly
+    ascending. Reverse arcs into v arrive in ascending u as the rows are walked in order, so row v
+    must list exactly them, in that order: each arc is checked against its slot of row v."""
     n = indptr.size - 1
     for u in range(n):
         for e in range(indptr[u] + 1, indptr[u + 1]):
-            if indices[e - 1] > indices[e]:
+            if indices[e - 1] >= indices[e]:
                 return -1
+    filled = np.zeros(n, dtype=np.int64)          # reverse arcs into v met so far
     for u in range(n):
         for e in range(indptr[u], indptr[u + 1]):
             v = indices[e]
-            lo, hi = indptr[v], indptr[v + 1]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if indices[mid] < u:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == indptr[v + 1] or indices[lo] != u:
+            k = indptr[v] + filled[v]
+            if k >= indptr[v + 1] or indices[k] != u:
                 return 0
+            filled[v] += 1
+    for v in range(n):
+        if filled[v] != indptr[v + 1] - indptr[v]:
+            return 0
     return 1
 
 
 def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Nodes with at least one arc to another node (self loops do not count), ascending."""
-    src = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    return np.unique(src[indices != src])
+    """Nodes with at least one arc to another node (self loops do not count), ascending. One pass
+    in numba (`_other_neighbour`): numpy's repeat and unique of every arc cost 2.6-3.0 CPU-s on the
+    37 M-arc R-MAT graph (and four arc-sized temporaries)."""
+    has = _other_neighbour(*read_only(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)))
+    return np.flatnonzero(has)
+
+
+@numba.njit(cache=True, nogil=True)
+def _other_neighbour(indptr, indices):
+    """Per node: whether one of its arcs leads to another node."""
+    n = indptr.size - 1
+    has = np.zeros(n, dtype=np.bool_)
+    for u in range(n):
+        for e in range(indptr[u], indptr[u + 1]):
+            if indices[e] != u:
+                has[u] = True
+                break
+    return has
 
 
 def reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
@@ -409,6 +427,7 @@ def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, s
 
 SCORE_ROWS = 1024                  # nodes per product of `ChunkScores` (chunk c: nodes c * SCORE_ROWS ...)
 HOLD_BYTES = 64 << 20              # reconstruction_map keeps a block's whole score matrix up to this size
+WINDOW_BYTES = 16 << 20            # count_at_least places the scores of this many bytes of chunks at a time
 
 
 def one_blas_thread():
@@ -572,13 +591,23 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
     t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the
     counts of several row ranges (shards) add up. One pass over U for the whole block of queries,
-    a chunk of `ChunkScores` at a time, each score placed among its query's thresholds."""
+    a chunk of `ChunkScores` at a time, each score placed among its query's thresholds a window of
+    chunks (WINDOW_BYTES of scores) at a time. Why windows: placing reads the query's bucket table
+    (32 KB at 1,000 thresholds); chunk by chunk, 100 queries' tables left the cache between chunks
+    (the R-MAT graph's 109 M scores: 3.0 CPU-s of placing chunk by chunk, 2.4 by windows)."""
     scorer = ChunkScores(U, lo, Uq, similarity)
     counts = ScoreCounts(t, offsets, srcs)
+    chunks = scorer.chunks()
+    per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))
+    S = np.empty((scorer.Uq.shape[0], per_window * SCORE_ROWS), dtype=np.float32)
     with one_blas_thread(), _numba_threads(threads):
-        for c in scorer.chunks():
-            S, a, b = scorer.scores(c)
-            counts.add(S, a, b, c * SCORE_ROWS)
+        for w in range(0, len(chunks), per_window):
+            window = chunks[w:w + per_window]
+            for k, c in enumerate(window):
+                part, a, b = scorer.scores(c)
+                S[:, k * SCORE_ROWS + a:k * SCORE_ROWS + b] = part[:, a:b]
+                first = a if k == 0 else first
+            counts.add(S, first, (len(window) - 1) * SCORE_ROWS + b, window[0] * SCORE_ROWS)
     return counts.at_least()
 
 

@@ -300,7 +300,7 @@ def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
-    res = reconstruction_map(X, csr[0], csr[1], threads=threads,
+    res = reconstruction_map(X, csr[0], csr[1], threads=threads, symmetric=True if not csr[3] else None,
                              **reconstruction_options(eval_cfg, len(csr[0]) - 1, np.shape(X)[1]))
     res = work_limited(res, eval_cfg)
     res["seconds"] = round(time.perf_counter() - t0, 3)
