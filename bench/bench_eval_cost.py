@@ -118,6 +118,8 @@ class TreeCPU(threading.Thread):
     def __init__(self, pid: int, period: float = 0.02):
         super().__init__(daemon=True)
         self.pid, self.period, self.samples, self.done = pid, period, [], threading.Event()
+        self.per_process: dict[int, list] = {}          # pid -> [(epoch, cumulative)], for `by_process`
+        self.kinds: dict[int, str] = {}
 
     def run(self):
         import psutil
@@ -131,24 +133,52 @@ class TreeCPU(threading.Thread):
                 procs = [root] + root.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
+            now = time.time()
             for q in procs:
                 try:
                     t = q.cpu_times()
                     last[q.pid] = t.user + t.system
+                    if q.pid not in self.kinds:
+                        self.kinds[q.pid] = process_kind(q, self.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.samples.append((time.time(), sum(last.values())))
+                    continue
+                self.per_process.setdefault(q.pid, []).append((now, last[q.pid]))
+            self.samples.append((now, sum(last.values())))
             self.done.wait(self.period)
 
     def halt(self):
         self.done.set()
         self.join()
 
+    def by_process(self, t0: float, t1: float, worker_pid: int | None = None) -> dict:
+        """CPU seconds between t0 and t1 per kind of process (driver, raylet, gcs, prefect server,
+        dashboard, idle Ray workers; the figures task's worker on its own)."""
+        import numpy as np
+        out: dict[str, float] = {}
+        for pid, samples in self.per_process.items():
+            t, c = zip(*samples)
+            kind = "figures worker" if pid == worker_pid else self.kinds.get(pid, "other")
+            used = float(np.interp(t1, t, c) - np.interp(t0, t, c))
+            out[kind] = round(out.get(kind, 0.0) + used, 3)
+        return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+
     def at(self, epoch: float) -> float:
         """Cumulative CPU seconds at ``epoch`` (linear between samples)."""
         import numpy as np
         t, c = zip(*self.samples) if self.samples else ((0.0,), (0.0,))
         return float(np.interp(epoch, t, c))
+
+
+def process_kind(proc, root: int) -> str:
+    """A name for a process of the run's tree (what costs CPU while the evaluate stage waits)."""
+    if proc.pid == root:
+        return "driver"
+    line = " ".join(proc.cmdline())
+    for key, kind in (("raylet", "raylet"), ("gcs_server", "gcs"), ("default_worker", "other Ray workers"),
+                      ("uvicorn", "prefect server"), ("dashboard", "dashboard"), ("log_monitor", "log monitor")):
+        if key in line:
+            return kind
+    return "other"
 
 
 TASK_END = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| INFO +\| Task run '([a-z_]+)-[0-9a-f]+' - Finished in state")
@@ -166,10 +196,13 @@ def stage_cpu(log: str, stages: dict, cpu: TreeCPU) -> dict:
             at = midnight + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
             ends[m[4]] = at - 86400 if at > time.time() + 3600 else at
     if not {"ingest", "publish", "evaluate"} <= ends.keys() or not cpu.samples:
-        return {"other_cpu_s": None, "evaluate_cpu_s": None, "cpu_ratio": None}
+        return {"other_cpu_s": None, "evaluate_cpu_s": None, "cpu_ratio": None, "evaluate_cpu_by_process": None}
     start = ends["ingest"] - stages["ingest"]["wall_s"]
     other, ev = cpu.at(ends["publish"]) - cpu.at(start), cpu.at(ends["evaluate"]) - cpu.at(ends["publish"])
-    return {"other_cpu_s": round(other, 2), "evaluate_cpu_s": round(ev, 2), "cpu_ratio": round(ev / other, 3) if other else None}
+    worker = re.search(r"figures task started in worker (\d+)", log)
+    by_process = cpu.by_process(ends["publish"], ends["evaluate"], int(worker[1]) if worker else None)
+    return {"other_cpu_s": round(other, 2), "evaluate_cpu_s": round(ev, 2),
+            "cpu_ratio": round(ev / other, 3) if other else None, "evaluate_cpu_by_process": by_process}
 
 
 def evaluate_timeline(log: str) -> str | None:
@@ -347,7 +380,8 @@ def main() -> int:
             print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
                   f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  CPU-s other {r['other_cpu_s']} "
                   f"evaluate {r['evaluate_cpu_s']} ratio {r['cpu_ratio']}  components {r['components_s']}  "
-                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else ""),
+                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else "")
+                  + f"\n    evaluate CPU-s by process {r['evaluate_cpu_by_process']}",
                   flush=True)
     print(json.dumps(results, indent=1))
     return 0
