@@ -7,13 +7,12 @@ stays around 64 MB whatever the graph size; queries are sampled with a seeded ge
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numba
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from embedlake.workers.evaluate.classify import blas_threads
 from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
@@ -431,17 +430,12 @@ WINDOW_BYTES = 16 << 20            # count_at_least places the scores of this ma
 
 
 def one_blas_thread():
-    """A context running BLAS on one thread. Why: OpenBLAS splits a product among its threads, and
-    an entry's rounding depends on the kernel path that computes it (measured: 17,000 of 102,400
-    entries of a 100 x 1,024 product differ between one and two threads), so the scores, and with
-    them the figures, would follow the thread count."""
-    return blas_controller().limit(limits=1, user_api="blas")
-
-
-@functools.cache
-def blas_controller() -> ThreadpoolController:
-    """The process's threadpoolctl controller (listing the loaded libraries costs a few ms: once)."""
-    return ThreadpoolController()
+    """A context running BLAS on one thread (`blas_threads`: nothing to do in a Ray worker, whose
+    environment already says one). Why: OpenBLAS splits a product among its threads, and an entry's
+    rounding depends on the kernel path that computes it (measured: 17,000 of 102,400 entries of a
+    100 x 1,024 float32 product differ between one and two threads), so the scores, and with them
+    the figures, would follow the thread count."""
+    return blas_threads(1)
 
 
 class ChunkScores:
