@@ -179,8 +179,8 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
-    (`scored_candidates`: float32 BLAS products in a fixed layout, `ChunkScores`, the candidates'
-    scores read from the same products). Ties therefore count against the ranking, as in
+    (`scored_candidates`: float64 BLAS products in a fixed layout rounded to float32, `ChunkScores`,
+    the candidates' scores read from the same products). Ties therefore count against the ranking, as in
     scikit-learn's average_precision_score; without ties this is the AP of the sorted ranking.
 
     Bounds for large graphs, reported in the result: a query's breadth-first search stops once
