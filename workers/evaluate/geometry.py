@@ -441,7 +441,7 @@ def one_blas_thread():
 class ChunkScores:
     """Scores of a block of query rows ``Uq`` against table rows ``X`` (nodes lo .. lo + m - 1), a
     chunk of nodes at a time: chunk c holds nodes c * SCORE_ROWS .. (c + 1) * SCORE_ROWS - 1 and is
-    scored by one float32 BLAS product of a fixed shape, (queries x d) @ (d x SCORE_ROWS), the nodes
+    scored by one BLAS product of a fixed shape, (queries x d) @ (d x SCORE_ROWS), the nodes
     that ``X`` does not hold (another shard's, or past the table's end) as zero rows.
 
     The product runs in float64 on the float32 rows and each score is its float32 rounding. Why: a
