@@ -513,6 +513,29 @@ def test_split_chain_by_levels_equals_the_splits_one_at_a_time():
             assert (row[4], row[5]) == pytest.approx(sd, abs=1e-12)
 
 
+def test_node_classification_on_the_table_in_place_equals_the_design_copys(monkeypatch):
+    """Labelled rows that are most of a float32 table and few labels: the splits read the design
+    rows from the table in place (`TableRows`, issue 22 ninth round); their figures equal those of
+    the base design copy (forced by raising ``IN_PLACE_SHARE``) to float32 rounding of the products
+    (exactly here), sampled and exact protocol; sets of more labels than ``SKINNY_COLUMNS`` keep the copy."""
+    from embedlake.workers.evaluate.rows import TableRows
+    rng = np.random.default_rng(4)
+    X = (rng.standard_normal((1200, 32)) + rng.integers(0, 3, (1200, 1))).astype(np.float32)
+    nodes, labels = np.arange(1100), (X[:1100, 0] > 0.5).astype(np.int64)
+    opts = dict(ratios=(0.1, 0.5, 0.9), seed=2, spectrum_rows=500, spectrum_rank=8, bootstrap=40,
+                small_ratio=0.1, small_repeats=3, repeats=1)
+    assert isinstance(classify.labelled_set(X, nodes, labels).base_design(0)[0], TableRows)
+    for kw in (opts, dict(ratios=(0.1, 0.5, 0.9), seed=2, repeats=3)):
+        got = classify.node_classification(X, nodes, labels, **kw)
+        monkeypatch.setattr(classify, "IN_PLACE_SHARE", 2.0)
+        want = classify.node_classification(X, nodes, labels, **kw)
+        monkeypatch.undo()
+        for key in ("micro_f1", "macro_f1"):
+            assert got[key] == pytest.approx(want[key], abs=1e-12)
+    many = classify.labelled_set(X, np.arange(1200), rng.integers(0, 6, 1200))
+    assert isinstance(many.base_design(0)[0], np.ndarray)
+
+
 def test_blas_threads_trusts_an_environment_that_already_limits_blas(monkeypatch):
     """``blas_threads`` skips threadpoolctl (its first call scans every loaded library) when the
     environment OpenBLAS read holds it to the threads asked for, as in a Ray worker; otherwise it

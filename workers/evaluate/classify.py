@@ -105,16 +105,27 @@ class Scratch:
     training rows x 39 labels, 2.9 MB in float64) was faulted in page by page anew, several per
     CG step and line-search trial: 75,000 page faults and a third of BlogCatalog's node
     classification CPU in a fresh worker (issue 22, eighth round). A two-class fit's buffers
-    are n x 1, below that threshold, but the same code serves them."""
+    are n x 1, below that threshold, but the same code serves them.
 
-    def __init__(self, n: int, labels: int):
-        self.shape, self.buffers = (n, labels), {}
+    ``sized(rows)``: the same buffers for a fit on fewer rows (their first ``rows`` rows), so one
+    Scratch of a chain's largest split serves every fit of `split_chain_f1` (issue 22, ninth round:
+    each fit's buffers were faulted in anew, BlogCatalog's 12,000 first-touch faults)."""
+
+    def __init__(self, n: int, labels: int, buffers: dict | None = None, rows: int | None = None):
+        self.shape, self.buffers = (n, labels), ({} if buffers is None else buffers)
+        self.rows = n if rows is None else rows
+
+    def sized(self, rows: int, labels: int) -> Scratch:
+        """These buffers for a fit on ``rows`` rows and ``labels`` labels (a new Scratch when larger)."""
+        if rows > self.shape[0] or labels > self.shape[1]:
+            return Scratch(rows, labels)
+        return Scratch(*self.shape, buffers=self.buffers, rows=rows)
 
     def __call__(self, name: str, cols: int, dtype=np.float64) -> np.ndarray:
         key = (name, np.dtype(dtype).str)
         if key not in self.buffers:
             self.buffers[key] = np.empty(self.shape, dtype=dtype)
-        return self.buffers[key][:, :cols]
+        return self.buffers[key][:self.rows, :cols]
 
 
 def _times(Xa, Xh, W):
@@ -160,7 +171,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
                    tol: float = 1e-6, max_iter: int = 50, max_cg: int = 100,
                    spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
                    design: tuple[np.ndarray, np.ndarray] | None = None,
-                   start_scores: np.ndarray | None = None) -> np.ndarray:
+                   start_scores: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
     """Fit one binary L2 logistic regression per column of ``Y`` (n x L, 0/1), all at once.
 
     Minimises, independently per label l, ``0.5 |w_l|^2 + C sum_i log(1 + exp(-s_il x_i.w_l))``
@@ -191,7 +202,7 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     lam, Q, rest = np.maximum(spectrum[0], 0.0), spectrum[1], (spectrum[2] if len(spectrum) > 2 else None)
     Mall = np.zeros((n, L)) if start is None else \
         S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
-    scratch = Scratch(n, L)
+    scratch = Scratch(n, L) if scratch is None else scratch.sized(n, L)     # ``scratch``: buffers to reuse
     g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)  # |grad| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
@@ -480,7 +491,7 @@ def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: f
 
 
 def split_weights(Xtr, Ytr, *, C: float, tol: float, spectrum, start=None, design=None, start_scores=None,
-                  width: int | None = None) -> np.ndarray:
+                  width: int | None = None, scratch: Scratch | None = None) -> np.ndarray:
     """The fitted (d + 1, labels) W of one training set (``fit_logreg_ovr`` of the labels with
     both positive and negative training rows; zero columns for the others). ``start`` and
     ``start_scores`` (X @ start): a warm start, see ``fit_logreg_ovr``."""
@@ -490,7 +501,8 @@ def split_weights(Xtr, Ytr, *, C: float, tol: float, spectrum, start=None, desig
     if fit_cols.size:
         W_all[:, fit_cols] = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
                                           start=None if start is None else start[:, fit_cols], design=design,
-                                          start_scores=None if start_scores is None else start_scores[:, fit_cols])
+                                          start_scores=None if start_scores is None else start_scores[:, fit_cols],
+                                          scratch=scratch)
     return W_all
 
 
@@ -526,7 +538,7 @@ def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol:
     return (*f1, W_all) if return_weights else f1
 
 
-def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None):
+def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None, scratch=None):
     """``fit_logreg_ovr`` of the columns of Y; two complementary columns (a two-class
     single-label problem: every training node has exactly one of them) are fitted once.
 
@@ -539,10 +551,10 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None):
     if Yb.shape[1] == 2 and np.array_equal(Yb[:, 0], ~Yb[:, 1]):
         w = fit_logreg_ovr(Xtr, Y[:, :1], C=C, tol=tol, spectrum=spectrum,
                            start=None if start is None else start[:, :1], design=design,
-                           start_scores=None if start_scores is None else start_scores[:, :1])
+                           start_scores=None if start_scores is None else start_scores[:, :1], scratch=scratch)
         return np.hstack([w, -w])
     return fit_logreg_ovr(Xtr, Y, C=C, tol=tol, spectrum=spectrum, start=start, design=design,
-                          start_scores=start_scores)
+                          start_scores=start_scores, scratch=scratch)
 
 
 IN_PLACE_SHARE = 0.5               # labelled rows / table rows from which the design is read in place
@@ -783,9 +795,11 @@ class RepeatDesign:
         """Whether every labelled row is laid out (else the test rows are scored in the base design)."""
         return self.Xh.shape[0] == self.perm.size
 
-    def fit(self, ls: LabelledSet, ratio: float, *, C: float, tol: float, start=None, start_scores=None) -> np.ndarray:
+    def fit(self, ls: LabelledSet, ratio: float, *, C: float, tol: float, start=None, start_scores=None,
+            scratch: Scratch | None = None) -> np.ndarray:
         """The fitted (d + 1, labels) W of this repeat's split at ``ratio`` (training rows: the first
-        int(ratio * n)); ``start``, ``start_scores`` (X @ start over those rows): a warm start."""
+        int(ratio * n)); ``start``, ``start_scores`` (X @ start over those rows): a warm start;
+        ``scratch``: the solver's buffers, shared with other fits."""
         n, k = ls.size, int(ratio * ls.size)
         if not 0 < k < n:
             raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
@@ -794,7 +808,7 @@ class RepeatDesign:
         X = self.Xh[:k]
         X = X.array() if isinstance(X, TableRows) and k < FIT_GATHER_SHARE * X.table.shape[0] else X
         return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=scaled_spectrum(ls.spectrum, k / n), start=start,
-                             start_scores=start_scores, design=(None, X))
+                             start_scores=start_scores, design=(None, X), scratch=scratch)
 
     def figures(self, ls: LabelledSet, ratio: float, test_scores: np.ndarray, *, bootstrap: int = 0,
                 seed: int = 0) -> tuple[float, float, tuple[float, float]]:
@@ -869,11 +883,13 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
     designs = {rep: RepeatDesign.of(ls, rep, seed, rows=int(max(rs) * ls.size) if max(rs) < 0.5 else None)
                for rep, rs in chains.items()}
     base = ls.base_design(seed)[0] if designs else None
+    scratch = Scratch(max((int(r * ls.size) for r, _ in splits), default=0), ls.Y.shape[1])   # every fit's buffers
     done, carry = {}, {}                  # carry[rep] = (ratio, W, base scores of W or None) of its last split
     with blas_threads(threads):
         for level in range(max((len(rs) for rs in chains.values()), default=0)):
             batch = [(rs[level], rep, level + 1 < len(rs)) for rep, rs in chains.items() if level < len(rs)]
-            fits = [chained_fit(ls, designs[rep], r, carry.get(rep), C=C, tol=tol) for r, rep, _ in batch]
+            fits = [chained_fit(ls, designs[rep], r, carry.get(rep), C=C, tol=tol, scratch=scratch)
+                    for r, rep, _ in batch]
             wide = [i for i, (_, rep, more) in enumerate(batch) if more or not designs[rep].whole]
             scored = dict(zip(wide, base_scores(base, [fits[i] for i in wide])))
             for i, (r, rep, more) in enumerate(batch):
@@ -884,14 +900,15 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
     return [(r, rep, done[r, rep][0], done[r, rep][1], *done[r, rep][2]) for r, rep in splits]
 
 
-def chained_fit(ls: LabelledSet, rd: RepeatDesign, ratio: float, prev, *, C: float, tol: float) -> np.ndarray:
+def chained_fit(ls: LabelledSet, rd: RepeatDesign, ratio: float, prev, *, C: float, tol: float,
+                scratch: Scratch | None = None) -> np.ndarray:
     """`RepeatDesign.fit` of ``ratio``, warm-started from ``prev`` = (ratio, W, base design scores
     of W or None), the repeat's previous split, when its ratio is smaller (its training rows are
     then a prefix of this split's)."""
     if prev is None or prev[0] >= ratio:
-        return rd.fit(ls, ratio, C=C, tol=tol)
+        return rd.fit(ls, ratio, C=C, tol=tol, scratch=scratch)
     k = int(ratio * ls.size)
-    return rd.fit(ls, ratio, C=C, tol=tol, start=prev[1],
+    return rd.fit(ls, ratio, C=C, tol=tol, scratch=scratch, start=prev[1],
                   start_scores=None if prev[2] is None else prev[2][rd.places[:k]])
 
 
