@@ -536,6 +536,22 @@ def test_node_classification_on_the_table_in_place_equals_the_design_copys(monke
     assert isinstance(many.base_design(0)[0], np.ndarray)
 
 
+@pytest.mark.parametrize("width", [1, 5, 8, 15, 17])
+def test_hit_categories_equal_numpys_unique_rows(width):
+    """`hit_categories` finds the distinct hit rows (packed bytes, or integers up to 8 bytes) in
+    ``np.unique(axis=0)``'s order, with its first occurrences and counts: the bootstrap's draws
+    and intervals stay what they were (issue 22, ninth round)."""
+    rng = np.random.default_rng(width)
+    hits = rng.random((3000, width * 8)) < 0.02
+    hits[::7] = hits[0]
+    codes = classify.hit_codes(hits)
+    _, first, counts = np.unique(codes, axis=0, return_index=True, return_counts=True)
+    got_first, got_counts = classify.hit_categories(codes)
+    assert np.array_equal(got_first, first) and np.array_equal(got_counts, counts)
+    empty = classify.hit_categories(classify.hit_codes(hits[:0]))
+    assert empty[0].size == 0 and empty[1].size == 0
+
+
 def test_blas_threads_trusts_an_environment_that_already_limits_blas(monkeypatch):
     """``blas_threads`` skips threadpoolctl (its first call scans every loaded library) when the
     environment OpenBLAS read holds it to the threads asked for, as in a Ray worker; otherwise it
