@@ -551,6 +551,112 @@ def pair_steps(W_out, Cb, dIn, negs, base, negatives, g):
 
 
 @nb.njit(inline="always")
+def five_scores(W_in, W_out, crow, oc, negs, base):
+    """The six scores of one pair at negatives=5 in one pass over d: the context row (read from the
+    table, not copied) against the centre's buffered output row oc and its five negatives' rows.
+    Only loads, so LLVM vectorises it with six independent accumulators and no alias checks."""
+    dim = W_in.shape[1]
+    r0 = negs[base]
+    r1 = negs[base + 1]
+    r2 = negs[base + 2]
+    r3 = negs[base + 3]
+    r4 = negs[base + 4]
+    s = np.float32(0.0)
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    s4 = np.float32(0.0)
+    for d in range(dim):
+        c = W_in[crow, d]
+        s += c * oc[d]
+        s0 += c * W_out[r0, d]
+        s1 += c * W_out[r1, d]
+        s2 += c * W_out[r2, d]
+        s3 += c * W_out[r3, d]
+        s4 += c * W_out[r4, d]
+    return s, s0, s1, s2, s3, s4
+
+
+@nb.njit(inline="always")
+def five_distinct(negs, base):
+    """True when a pair's five negative draws are five different rows (five_steps's condition)."""
+    for a in range(base, base + 4):
+        for b in range(a + 1, base + 5):
+            if negs[a] == negs[b]:
+                return False
+    return True
+
+
+@nb.njit(inline="always")
+def five_steps(W_in, W_out, crow, oc, negs, base, g0, g):
+    """All steps of one pair at negatives=5 in one pass over d: the context row's step
+    g0 * oc + sum_k g[k] * row_k (rows as read), the centre's buffered row oc += g0 * context, each
+    negative's row += g[k] * context, the context row += its step. The same values as the pair's
+    steps one after the other when the five rows are distinct (five_distinct; otherwise the caller
+    steps them in word2vec's order); a zero step (a draw equal to the centre) changes nothing."""
+    dim = W_in.shape[1]
+    r0 = negs[base]
+    r1 = negs[base + 1]
+    r2 = negs[base + 2]
+    r3 = negs[base + 3]
+    r4 = negs[base + 4]
+    g1 = np.float32(g[0])
+    g2 = np.float32(g[1])
+    g3 = np.float32(g[2])
+    g4 = np.float32(g[3])
+    g5 = np.float32(g[4])
+    for d in range(dim):
+        c = W_in[crow, d]
+        o = oc[d]
+        w0 = W_out[r0, d]
+        w1 = W_out[r1, d]
+        w2 = W_out[r2, d]
+        w3 = W_out[r3, d]
+        w4 = W_out[r4, d]
+        W_in[crow, d] = c + (g0 * o + g1 * w0 + g2 * w1 + g3 * w2 + g4 * w3 + g5 * w4)
+        oc[d] = o + g0 * c
+        W_out[r0, d] = w0 + g1 * c
+        W_out[r1, d] = w1 + g2 * c
+        W_out[r2, d] = w2 + g3 * c
+        W_out[r3, d] = w3 + g4 * c
+        W_out[r4, d] = w4 + g5 * c
+
+
+@nb.njit(inline="always")
+def negative_grad(f, row, center, lr, sig_tab, logsig_tab):
+    """pair_grad of a negative's score f, or (0, 0) when the draw equals the centre (skipped, as in
+    word2vec: a zero step changes nothing). Returns (loss term, step scale)."""
+    dl, gg = pair_grad(f, False, lr, sig_tab, logsig_tab)
+    return (0.0 if row == center else dl), (np.float32(0.0) if row == center else gg)
+
+
+@nb.njit(inline="always")
+def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab):
+    """One pair at negatives=5: its six scores in one pass (five_scores), then, when its five
+    draws are distinct rows, all its steps in one more pass (five_steps). Returns (loss, g0, done):
+    done False leaves the steps to the caller (a repeated draw: word2vec's order, one after the
+    other), with g0 and g[0:5] set."""
+    s, s0, s1, s2, s3, s4 = five_scores(W_in, W_out, crow, oc, negs, base)
+    loss, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
+    dl, g[0] = negative_grad(s0, negs[base], center, lr, sig_tab, logsig_tab)
+    loss += dl
+    dl, g[1] = negative_grad(s1, negs[base + 1], center, lr, sig_tab, logsig_tab)
+    loss += dl
+    dl, g[2] = negative_grad(s2, negs[base + 2], center, lr, sig_tab, logsig_tab)
+    loss += dl
+    dl, g[3] = negative_grad(s3, negs[base + 3], center, lr, sig_tab, logsig_tab)
+    loss += dl
+    dl, g[4] = negative_grad(s4, negs[base + 4], center, lr, sig_tab, logsig_tab)
+    loss += dl
+    g0 = np.float32(g0)
+    if five_distinct(negs, base):
+        five_steps(W_in, W_out, crow, oc, negs, base, g0, g)
+        return loss, g0, True
+    return loss, g0, False
+
+
+@nb.njit(inline="always")
 def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, negs, Cb, oc, oc0, dIn, g, lr,
                 sig_tab, logsig_tab):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
@@ -592,14 +698,22 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
             prefetch_pair(W_in, W_out, ctx[c + 1], negs, (c + 1) * negatives, negatives)
         crow = ctx[c]
         base = c * negatives
-        s = np.float32(0.0)
-        for d in range(dim):
-            Cb[d] = W_in[crow, d]
-            s += Cb[d] * oc[d]
-        dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
-        loss += dl
-        loss += pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab)
-        g0 = np.float32(g0)
+        if negatives == 5:
+            dl, g0, done = five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab)
+            loss += dl
+            if done:
+                continue
+            for d in range(dim):
+                Cb[d] = W_in[crow, d]
+        else:
+            s = np.float32(0.0)
+            for d in range(dim):
+                Cb[d] = W_in[crow, d]
+                s += Cb[d] * oc[d]
+            dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
+            loss += dl
+            loss += pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab)
+            g0 = np.float32(g0)
         for d in range(dim):
             dIn[d] = g0 * oc[d]
             oc[d] += g0 * Cb[d]
