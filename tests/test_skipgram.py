@@ -159,6 +159,30 @@ def test_noise_alias_is_exact():
     np.testing.assert_allclose(implied, w / w.sum(), atol=1e-9)
 
 
+def test_packed_noise_table_picks_the_same_rows():
+    """pack_alias + noise_pick (one word a draw, issue 20 seventh pass) pick exactly the row that the
+    two tables pick for the same 64 random bits (the alias when the low 32 bits reach the
+    threshold), with thresholds 0 and 2^32 in the table."""
+    import numba as nb
+
+    from embedlake.workers.train.sgns_parts import noise_pick, pack_alias
+
+    @nb.njit
+    def picks(bits, noise):
+        out = np.empty(bits.shape[0], np.int64)
+        for i in range(bits.shape[0]):
+            out[i] = noise_pick(bits[i], noise)
+        return out
+
+    counts = np.array([0, 1, 5, 100, 3, 0, 42, 7, 900, 2], np.int64)
+    thr, alias = noise_alias(counts, 0.75)
+    assert thr.min() == 0 and thr.max() == 1 << 32
+    bits = np.random.default_rng(2).integers(0, 2 ** 63, 20000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    jj = ((bits >> np.uint64(32)) * np.uint64(len(thr))) >> np.uint64(32)
+    expected = np.where((bits & np.uint64(0xFFFFFFFF)) < thr[jj], jj.astype(np.int64), alias[jj])
+    np.testing.assert_array_equal(picks(bits, pack_alias(thr, alias)), expected)
+
+
 def test_negatives_follow_counts(graph_walks):
     """Tokens with zero count in `counts` are never drawn as negatives: their output rows stay 0
     when they never appear as a centre either."""

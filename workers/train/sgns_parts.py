@@ -32,6 +32,8 @@ S27 = np.uint64(27)
 S30 = np.uint64(30)
 S31 = np.uint64(31)
 S32 = np.uint64(32)
+S33 = np.uint64(33)
+THR33 = np.uint64((1 << 33) - 1)                # pack_alias: the low 33 bits hold a threshold (<= 2^32)
 
 # Ablation switches of the issue-20 quality experiments (docs/skipgram.md, "Quality against gensim"):
 # bits of train_sgns(ablation=...); 0 is the default kernel. Each one changes one thing toward gensim.
@@ -124,6 +126,17 @@ def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarr
     if w.sum() <= 0:
         w = np.ones_like(w)
     return build_alias(w / w.sum())
+
+
+def pack_alias(alias_thr: np.ndarray, alias_idx: np.ndarray) -> np.ndarray:
+    """noise_alias's two tables as one uint64 per row: the alias in the high 31 bits, the threshold
+    (at most 2^32) in the low 33. Why: a draw then reads one word, and the choice between the drawn
+    row and its alias is a conditional move. With two tables LLVM's x86 backend turns that choice
+    into a branch around the alias load, taken at random: ~6 ns a draw against ~1.4 ns (issue 20,
+    seventh pass; a window of the per-pair kernel draws 5 per pair). The same draws either way."""
+    if len(alias_idx) >= 1 << 31:
+        raise ValueError(f"pack_alias: a vocabulary of {len(alias_idx)} rows does not fit 31 bits")
+    return (np.asarray(alias_idx).astype(np.uint64) << S33) | np.asarray(alias_thr, np.uint64)
 
 
 # ----------------------------------------------------------------------------- numba device functions
@@ -231,6 +244,15 @@ def draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
         outs[nout] = neg
         nout += 1
     return state, nout
+
+
+@nb.njit(inline="always")
+def noise_pick(r, noise):
+    """The noise row for 64 random bits r from pack_alias's table: the same row as draw_negatives
+    picks from (alias_thr, alias_idx) for the same bits, without a branch."""
+    jj = np.int64(((r >> S32) * np.uint64(noise.shape[0])) >> S32)
+    p = noise[jj]
+    return jj if (r & LOW32) < (p & THR33) else np.int64(p >> S33)
 
 
 @nb.njit(inline="always")
@@ -421,7 +443,7 @@ def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsi
 
 
 @nb.njit(inline="always")
-def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, outs):
+def window_draws(state, n, window, negatives, noise, buf, draws, outs):
     """All random draws of a sentence's shared-negative windows, taken before any window trains, in
     the order window_contexts and draw_negatives take them centre by centre (negatives only for a
     window with a context): draws[i] = centre i's window b, draws[n + i] = its number of outputs
@@ -437,7 +459,15 @@ def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, 
         draws[n + i] = 0
         if min(n, i + bw + 1) - max(0, i - bw) - 1 == 0:
             continue
-        state, nout = draw_negatives(state, outs[i * k1:], buf[i], negatives, alias_thr, alias_idx)
+        center = buf[i]
+        outs[i * k1] = center
+        nout = 1
+        for k in range(negatives):          # draw_negatives's draws, from the packed table (noise_pick)
+            state, r = splitmix64(state)
+            neg = noise_pick(r, noise)
+            if neg != center:
+                outs[i * k1 + nout] = neg
+                nout += 1
         draws[n + i] = nout
     return state
 
@@ -657,8 +687,8 @@ def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_
 
 
 @nb.njit(inline="always")
-def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, negs, Cb, oc, oc0, dIn, g, lr,
-                sig_tab, logsig_tab):
+def pair_window(W_in, W_out, ctx, B, center, state, negatives, noise, negs, Cb, oc, oc0, dIn, g, lr, sig_tab,
+                logsig_tab):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
     pair with its own `negatives` draws, every step applied before the next pair reads the rows.
 
@@ -683,12 +713,10 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
     the time; half the loops, ~6-10 % more tokens per CPU-second (docs/skipgram.md). The same
     steps as before up to float32 summation order. Returns (state, loss)."""
     dim = W_in.shape[1]
-    nal = np.uint64(alias_thr.shape[0])
     loss = 0.0
     for k in range(B * negatives):
         state, r = splitmix64(state)
-        jj = np.int64(((r >> S32) * nal) >> S32)
-        negs[k] = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
+        negs[k] = noise_pick(r, noise)
     prefetch_pair(W_in, W_out, ctx[0], negs, 0, negatives)
     for d in range(dim):
         oc[d] = W_out[center, d]

@@ -43,7 +43,7 @@ import numba as nb
 import numpy as np
 
 from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, linear_lr,
-                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias,
+                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, pack_alias,
                                                 numba_threads, pair_window, seed_state, sigmoid_tables, take_next,
                                                 text_blocks, token_counts, using_numba_threads, window_contexts,
                                                 window_draws, window_sentence)
@@ -54,7 +54,7 @@ from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segmen
 
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
-                 alias_thr, alias_idx, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
+                 alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
                  seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
     """Train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
     block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
@@ -84,7 +84,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                 state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                         seed_state(seed, epoch, s), buf, pos)
                 if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
-                    state = window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, wouts)
+                    state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
                     loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
                                                   lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab)
                     sent_loss[s] = loss
@@ -100,7 +100,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     center = buf[i]
                     lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                     if not shared:
-                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
+                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, noise,
                                                 outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
                         loss += dl
                         pairs += B
@@ -213,7 +213,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
         chunk_tokens = max(262144, per_epoch // 20)
     starts = text_blocks(offsets, block_tokens)
     chunks = block_segments(offsets, starts, chunk_tokens)
-    kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
+    kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx,
+                  noise=pack_alias(alias_thr, alias_idx), sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
@@ -257,6 +258,7 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
             for b_lo, b_hi in segments:
                 _sgns_blocks(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
                              kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
+                             kernel["noise"],
                              kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
                              kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
                              sent_loss, sent_pairs, sent_kept, kernel["shared"], kernel["mode"])
@@ -317,5 +319,5 @@ def _warm(sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     _sgns_blocks(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
-                 ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
+                 ali, pack_alias(thr, ali), sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
     _WARMED = True
