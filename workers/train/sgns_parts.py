@@ -265,15 +265,28 @@ def pair_grad(f, positive, lr, sig_tab, logsig_tab):
     the same values (the same float64 index expression, the same end points) but cost ~20 ns per
     call on random scores against ~1.6 ns for this one (docs/skipgram.md, third pass), the largest
     single cost of the per-pair kernel."""
+    return pair_loss(f, positive, logsig_tab), pair_scale(f, positive, lr, sig_tab)
+
+
+@nb.njit(inline="always")
+def pair_loss(f, positive, logsig_tab):
+    """pair_grad's loss term alone: -log sigmoid(x), x = f for the positive and -f for a negative,
+    from the table, -x below -MAX_EXP and 0 above. Apart from the step so that a kernel can leave it
+    out where nobody reads it (pair_window: a sample of the sentences, issue 20 seventh pass)."""
     half = TABLE_SIZE / (2.0 * MAX_EXP)
-    top = TABLE_SIZE + 0.0
     x = f if positive else -f
-    loss = -logsig_tab[np.int64(min(max((x + MAX_EXP) * half + 0.5, 0.0), top))]
+    loss = -logsig_tab[np.int64(min(max((x + MAX_EXP) * half + 0.5, 0.0), TABLE_SIZE + 0.0))]
     loss = -x if x <= -MAX_EXP else loss
-    loss = 0.0 if x >= MAX_EXP else loss
-    sg = sig_tab[np.int64(min(max((f + MAX_EXP) * half + 0.5, 0.0), top))]
+    return 0.0 if x >= MAX_EXP else loss
+
+
+@nb.njit(inline="always")
+def pair_scale(f, positive, lr, sig_tab):
+    """pair_grad's step scale alone: (label - sigmoid(f)) * lr, sigmoid from the table, clamped."""
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    sg = sig_tab[np.int64(min(max((f + MAX_EXP) * half + 0.5, 0.0), TABLE_SIZE + 0.0))]
     lab = np.float32(1.0) if positive else np.float32(0.0)
-    return loss, (lab - sg) * lr
+    return (lab - sg) * lr
 
 
 @nb.njit(inline="always")
@@ -654,32 +667,40 @@ def five_steps(W_in, W_out, crow, oc, negs, base, g0, g):
 
 
 @nb.njit(inline="always")
-def negative_grad(f, row, center, lr, sig_tab, logsig_tab):
-    """pair_grad of a negative's score f, or (0, 0) when the draw equals the centre (skipped, as in
-    word2vec: a zero step changes nothing). Returns (loss term, step scale)."""
-    dl, gg = pair_grad(f, False, lr, sig_tab, logsig_tab)
-    return (0.0 if row == center else dl), (np.float32(0.0) if row == center else gg)
+def negative_scale(f, row, center, lr, sig_tab):
+    """pair_scale of a negative's score f, or 0 when the draw equals the centre (skipped, as in
+    word2vec: a zero step changes nothing)."""
+    gg = pair_scale(f, False, lr, sig_tab)
+    return np.float32(0.0) if row == center else gg
 
 
 @nb.njit(inline="always")
-def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab):
+def five_loss(s, s0, s1, s2, s3, s4, negs, base, center, logsig_tab):
+    """The loss of one pair at negatives=5 from its six scores (a draw equal to the centre adds nothing)."""
+    loss = pair_loss(s, True, logsig_tab)
+    loss += 0.0 if negs[base] == center else pair_loss(s0, False, logsig_tab)
+    loss += 0.0 if negs[base + 1] == center else pair_loss(s1, False, logsig_tab)
+    loss += 0.0 if negs[base + 2] == center else pair_loss(s2, False, logsig_tab)
+    loss += 0.0 if negs[base + 3] == center else pair_loss(s3, False, logsig_tab)
+    loss += 0.0 if negs[base + 4] == center else pair_loss(s4, False, logsig_tab)
+    return loss
+
+
+@nb.njit(inline="always")
+def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab, want_loss):
     """One pair at negatives=5: its six scores in one pass (five_scores), then, when its five
     draws are distinct rows, all its steps in one more pass (five_steps). Returns (loss, g0, done):
     done False leaves the steps to the caller (a repeated draw: word2vec's order, one after the
-    other), with g0 and g[0:5] set."""
+    other), with g0 and g[0:5] set. The loss only when want_loss (else 0): it cost ~15 % of the
+    kernel's time (seventh pass)."""
     s, s0, s1, s2, s3, s4 = five_scores(W_in, W_out, crow, oc, negs, base)
-    loss, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
-    dl, g[0] = negative_grad(s0, negs[base], center, lr, sig_tab, logsig_tab)
-    loss += dl
-    dl, g[1] = negative_grad(s1, negs[base + 1], center, lr, sig_tab, logsig_tab)
-    loss += dl
-    dl, g[2] = negative_grad(s2, negs[base + 2], center, lr, sig_tab, logsig_tab)
-    loss += dl
-    dl, g[3] = negative_grad(s3, negs[base + 3], center, lr, sig_tab, logsig_tab)
-    loss += dl
-    dl, g[4] = negative_grad(s4, negs[base + 4], center, lr, sig_tab, logsig_tab)
-    loss += dl
-    g0 = np.float32(g0)
+    g0 = np.float32(pair_scale(s, True, lr, sig_tab))
+    g[0] = negative_scale(s0, negs[base], center, lr, sig_tab)
+    g[1] = negative_scale(s1, negs[base + 1], center, lr, sig_tab)
+    g[2] = negative_scale(s2, negs[base + 2], center, lr, sig_tab)
+    g[3] = negative_scale(s3, negs[base + 3], center, lr, sig_tab)
+    g[4] = negative_scale(s4, negs[base + 4], center, lr, sig_tab)
+    loss = five_loss(s, s0, s1, s2, s3, s4, negs, base, center, logsig_tab) if want_loss else 0.0
     if five_distinct(negs, base):
         five_steps(W_in, W_out, crow, oc, negs, base, g0, g)
         return loss, g0, True
@@ -688,7 +709,7 @@ def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_
 
 @nb.njit(inline="always")
 def pair_window(W_in, W_out, ctx, B, center, state, negatives, noise, negs, Cb, oc, oc0, dIn, g, lr, sig_tab,
-                logsig_tab):
+                logsig_tab, want_loss):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
     pair with its own `negatives` draws, every step applied before the next pair reads the rows.
 
@@ -711,23 +732,31 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, noise, negs, Cb, 
     (pair_scores, pair_steps): at d=100 each pass is one 64-lane vector iteration, a 32-lane
     epilogue, 4 scalar lanes and a reduction, so the per-loop overhead, not the arithmetic, set
     the time; half the loops, ~6-10 % more tokens per CPU-second (docs/skipgram.md). The same
-    steps as before up to float32 summation order. Returns (state, loss)."""
+    steps as before up to float32 summation order.
+
+    Seventh pass: at negatives=5 (the default) a pair takes two passes over d instead of nine
+    (five_pair), the draws come from one packed table (noise_pick), rows are prefetched two pairs
+    ahead, and the loss is summed only when want_loss (the caller asks for it on a sample of the
+    sentences). Returns (state, loss); at negatives=5 the loss is 0 unless want_loss."""
     dim = W_in.shape[1]
     loss = 0.0
     for k in range(B * negatives):
         state, r = splitmix64(state)
         negs[k] = noise_pick(r, noise)
     prefetch_pair(W_in, W_out, ctx[0], negs, 0, negatives)
+    if B > 1:
+        prefetch_pair(W_in, W_out, ctx[1], negs, negatives, negatives)
     for d in range(dim):
         oc[d] = W_out[center, d]
         oc0[d] = oc[d]
     for c in range(B):
-        if c + 1 < B:
-            prefetch_pair(W_in, W_out, ctx[c + 1], negs, (c + 1) * negatives, negatives)
+        if c + 2 < B:
+            prefetch_pair(W_in, W_out, ctx[c + 2], negs, (c + 2) * negatives, negatives)
         crow = ctx[c]
         base = c * negatives
         if negatives == 5:
-            dl, g0, done = five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab)
+            dl, g0, done = five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab,
+                                     want_loss)
             loss += dl
             if done:
                 continue

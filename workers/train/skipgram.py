@@ -51,6 +51,12 @@ from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segmen
 
 # ----------------------------------------------------------------------------- kernel
 
+# The per-pair scheme sums its loss on every LOSS_SAMPLE-th sentence only (sentence index % 8 == 0,
+# the same sentences every run); the others record NaN and the reported losses (stats, progress) are
+# means over the sampled ones. Summing the loss of every pair cost ~15 % of that kernel's time
+# (issue 20, seventh pass); the loss only reports progress, it trains nothing.
+LOSS_SAMPLE = 8
+
 
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
@@ -60,8 +66,9 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
     block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
     (take_next on next_block[0], which starts at 0) until none is left: the threads train
     neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss
-    sums, pair and kept-token counts go to sent_*[s]. pos_base + token position = work done
-    before that token (for the lr)."""
+    sums (per-pair scheme: every LOSS_SAMPLE-th sentence, NaN for the others), pair and
+    kept-token counts go to sent_*[s]. pos_base + token position = work done before that token
+    (for the lr)."""
     dim = W_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
@@ -93,6 +100,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     continue
                 loss = 0.0
                 pairs = 0
+                want_loss = shared or s % LOSS_SAMPLE == 0
                 for i in range(n):
                     state, B = window_contexts(state, buf, n, i, window, ctx)
                     if B == 0:
@@ -101,7 +109,8 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                     if not shared:
                         state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, noise,
-                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
+                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab,
+                                                want_loss)
                         loss += dl
                         pairs += B
                         continue
@@ -117,7 +126,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
                                           logsig_tab, mode)
                     pairs += B
-                sent_loss[s] = loss
+                sent_loss[s] = loss if want_loss else np.nan
                 sent_pairs[s] = pairs
                 sent_kept[s] = n
             blk = b_lo + take_next(next_block)
@@ -126,8 +135,16 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
 # ----------------------------------------------------------------------------- driver
 
 
+def mean_loss(loss: np.ndarray, pairs: np.ndarray) -> float:
+    """Mean loss per pair over the sentences whose loss was summed (NaN marks a sentence the
+    per-pair kernel did not sample, LOSS_SAMPLE); NaN when none was."""
+    summed = ~np.isnan(loss)
+    p = pairs[summed].sum()
+    return float(loss[summed].sum() / p) if p > 0 else float("nan")
+
+
 def _edge_loss(loss: np.ndarray, pairs: np.ndarray, positions: np.ndarray, frac: float, last: bool) -> float:
-    """Mean loss per pair over the sentences covering the first (or last) `frac` of positions."""
+    """Mean loss per pair over the (sampled) sentences covering the first (or last) `frac` of positions."""
     if len(positions) == 0:
         return float("nan")
     span = positions[-1] - positions[0]
@@ -135,8 +152,7 @@ def _edge_loss(loss: np.ndarray, pairs: np.ndarray, positions: np.ndarray, frac:
         sel = positions[1:] > positions[-1] - frac * span
     else:
         sel = positions[:-1] < positions[0] + frac * span
-    p = pairs[sel].sum()
-    return float(loss[sel].sum() / p) if p > 0 else float("nan")
+    return mean_loss(loss[sel], pairs[sel])
 
 
 def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
@@ -178,7 +194,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     table (keep both to resume with ``init=(W_in, W_out)``). stats: tokens (non-padding tokens x
     epochs), tokens_trained (after subsampling), pairs, seconds, tokens_per_s, pairs_per_s,
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
-    work), compile_s, threads, chunks.
+    work; with shared_negatives=False over every LOSS_SAMPLE-th sentence of it, a fixed sample),
+    compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
@@ -265,8 +282,7 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
                 lo, hi = int(starts[b_lo]), int(starts[b_hi])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
-                    p = int(sent_pairs[lo:hi].sum())
-                    progress(done, total_work, float(sent_loss[lo:hi].sum() / p) if p else float("nan"))
+                    progress(done, total_work, mean_loss(sent_loss[lo:hi], sent_pairs[lo:hi]))
             total_pairs += int(sent_pairs.sum())
             total_kept += int(sent_kept.sum())
             if ep == start_epoch:
