@@ -254,6 +254,9 @@ class EvalConfig(Section):
                            "node classification's ci95.")
     spectrum_rows: int = Field(4096, ge=0, description="mode=sampled: rows of the labelled set whose Gram matrix "
                                "preconditions the solver (its optimum is unchanged; 0 = every row).")
+    spectrum_rank: int = Field(96, ge=0, description="mode=sampled: eigenpairs of that Gram matrix kept by the "
+                               "solver's preconditioner, the others standing in as their mean (its optimum is "
+                               "unchanged; 0 = every eigenpair, a full eigendecomposition).")
     train_ratios: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
                                       description="Labelled shares for node classification.")
     repeats: int = Field(3, ge=1, description="Random splits per ratio (mode=exact).")

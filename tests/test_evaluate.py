@@ -330,7 +330,9 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     """``unit_rows`` writes float64 unit rows into a float32 view (a design's first d columns) as
     ``astype`` would round them; node classification keeps the table, not a float64 copy of the
     labelled rows, and its base design holds every labelled row once, in repeat 0's split order,
-    as those rounded unit rows with the constant column (issue 22, seventh round)."""
+    as unit rows computed in the table's precision (float32 here; issue 22, eighth round) with the
+    constant column. The compact set (what split tasks get) holds those rows and rebuilds the same
+    base design bit for bit; its spectrum is the design rows' Gram spectrum."""
     from embedlake.workers.evaluate.rows import unit_rows
     rng = np.random.default_rng(5)
     X = (rng.standard_normal((700, 24)) * 3).astype(np.float32)
@@ -346,9 +348,17 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
     assert ls.source is X and np.array_equal(ls.index, nodes)
     base, place = ls.base_design(2)
     perm = classify.split_permutation(500, 2)
-    assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float64).astype(np.float32))
+    assert np.array_equal(base[:, :24], unit_rows(X, nodes[perm], np.float32))
+    assert np.abs(base[:, :24] - unit_rows(X, nodes[perm], np.float64)).max() < 1e-6
     assert (base[:, 24] == 1).all() and np.array_equal(place[perm], np.arange(500))
-    assert np.array_equal(ls.compact().X, ls.X) and ls.compact().index is None
+    small = ls.compact()
+    assert small.index is None and small.source.dtype == np.float32 and not small.normalize
+    assert np.array_equal(small.base_design(2)[0], base)
+    lam, Q = np.linalg.eigh((base.T @ base).astype(np.float64))
+    assert np.array_equal(ls.spectrum[0], np.maximum(lam, 0.0)) and np.array_equal(ls.spectrum[1], Q)
+    X64 = X.astype(np.float64)                                # a float64 table: unit rows in float64, rounded
+    ls64 = classify.labelled_set(X64, nodes, rng.integers(0, 3, 500), seed=2)
+    assert np.array_equal(ls64.base_design(2)[0][:, :24], unit_rows(X64, nodes[perm], np.float64).astype(np.float32))
 
 
 def test_knn_recall():
@@ -414,3 +424,76 @@ def test_bootstrap_sd_of_micro_f1_is_the_binomial_one_for_single_labels():
     assert 0.85 * want < sd_micro < 1.15 * want and sd_macro > 0
     assert classify.f1_bootstrap_sd(Y, Y, 100, 0) == (0.0, 0.0)           # a perfect split does not vary
     assert classify.f1_bootstrap_sd(Y, P, 100, 1) == classify.f1_bootstrap_sd(Y, P, 100, 1)
+
+
+def test_argmax_codes_and_skinny_products_equal_what_they_replace():
+    """Issue 22, eighth round: single-label predictions by argmax equal the stable sort's top-1
+    (ties: the lower column), bootstrap categories by integer codes come in the order of the
+    packed byte rows (so the same draws give the same ci95), and 2-4 column products run as
+    matrix-vector products into a given buffer, equal to the whole product."""
+    rng = np.random.default_rng(8)
+    scores = rng.integers(0, 3, (500, 4)).astype(np.float32)              # many ties
+    scores[:5, 1] = np.inf
+    ones = np.ones(500, dtype=np.int64)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    want = np.zeros(scores.shape, dtype=bool)
+    want[np.arange(500), order[:, 0]] = True
+    assert np.array_equal(classify.predict_top_k(scores, ones), want)
+    assert classify.predict_top_k(scores, np.full(500, 2)).sum() == 1000  # k > 1: the sorting path
+    for labels in (2, 3, 21, 40):                                          # 6 to 120 hit columns
+        hits = rng.random((300, 3 * labels)) < 0.2
+        packed = np.packbits(hits, axis=1)
+        _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
+        _, first2, counts2 = np.unique(classify.hit_codes(hits), axis=0, return_index=True, return_counts=True)
+        assert np.array_equal(first, first2) and np.array_equal(counts, counts2)
+    A = rng.standard_normal((700, 33)).astype(np.float32)
+    for cols in (1, 2, 3, 4, 5):
+        B = rng.standard_normal((33, cols)).astype(np.float32)
+        np.testing.assert_allclose(classify.skinny_product(A, B), A @ B, rtol=1e-5, atol=1e-5)
+        out = np.full((700, 6), np.nan, dtype=np.float32)
+        classify.skinny_product(A, B, out=out[:, :cols])
+        np.testing.assert_allclose(out[:, :cols], A @ B, rtol=1e-5, atol=1e-5)
+        assert np.isnan(out[:, cols:]).all()
+
+
+def test_split_chain_by_levels_equals_the_splits_one_at_a_time():
+    """``split_chain_f1`` fits level by level and takes each warm start's margins and the test
+    scores from one product of the base design per level; the figures equal scoring each split
+    on its own (``split_scores``, warm-started from the repeat's previous W), on a single-label
+    (two-class) and a multi-label set, with a repeat laid out only up to its small ratio."""
+    rng = np.random.default_rng(11)
+    X = (rng.standard_normal((900, 24)) + rng.integers(0, 3, (900, 1))).astype(np.float32)
+    cases = [(np.arange(900), (X[:, 0] > 0.5).astype(np.int64)),
+             (np.r_[np.arange(900), np.arange(0, 900, 3)], np.r_[rng.integers(0, 4, 900), rng.integers(0, 4, 300)])]
+    splits = [(0.1, 0), (0.5, 0), (0.9, 0), (0.1, 1), (0.2, 1), (0.1, 2)]
+    for nodes, labels in cases:
+        ls = classify.labelled_set(X, nodes, labels, seed=3, spectrum_rows=400, spectrum_rank=8)
+        got = classify.split_chain_f1(ls, splits, seed=3, bootstrap=50, full_ratios={0.1})
+        prev = {}
+        for (r, rep), row in zip(splits, got):
+            mi, ma, sd, W = classify.split_scores(ls, r, rep, seed=3, start=prev.get(rep),
+                                                  bootstrap=0 if r == 0.1 else 50)
+            prev[rep] = W
+            assert row[:2] == (r, rep)
+            assert abs(row[2] - mi) < 1e-12 and abs(row[3] - ma) < 1e-12, (r, rep, row, mi, ma)
+            assert (row[4], row[5]) == pytest.approx(sd, abs=1e-12)
+
+
+def test_blas_threads_trusts_an_environment_that_already_limits_blas(monkeypatch):
+    """``blas_threads`` skips threadpoolctl (its first call scans every loaded library) when the
+    environment OpenBLAS read holds it to the threads asked for, as in a Ray worker; otherwise it
+    limits through the one controller of the process."""
+    import contextlib
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert classify.environment_blas_threads() == 1
+    assert isinstance(classify.blas_threads(1), contextlib.nullcontext)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")                      # OpenBLAS's own variable first
+    assert classify.environment_blas_threads() == 4
+    pytest.importorskip("threadpoolctl")
+    with classify.blas_threads(1):
+        from threadpoolctl import threadpool_info
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "many")
+    assert classify.environment_blas_threads() > 1000
+    assert isinstance(classify.blas_threads(None), contextlib.nullcontext)

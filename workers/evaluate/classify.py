@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,92 +32,171 @@ def blas_threads(threads: int | None):
     OpenBLAS spends more CPU spinning than computing on them. On BlogCatalog one thread took
     2.1 CPU-s for the whole protocol against 7.0 CPU-s with two (and no more wall time), and
     on a shared machine the spinning threads also slow everyone else down. None = leave as is.
-    """
-    if not threads:
+    The controller is built once per process (`blas_controller`), and not at all when the
+    environment already holds BLAS to ``threads`` (`environment_blas_threads`)."""
+    if not threads or environment_blas_threads() <= threads:
         return contextlib.nullcontext()
+    controller = blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=threads, user_api="blas")
+
+
+def environment_blas_threads() -> int:
+    """The BLAS threads the environment sets, as OpenBLAS reads it when it loads:
+    OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS (a large number when neither is a positive integer).
+
+    Why: a Ray worker starts with OMP_NUM_THREADS = its task's CPUs (1 for the evaluate tasks:
+    its OpenBLAS runs one thread, checked with threadpoolctl in a worker), so limiting again is a
+    no-op whose first call scans every library the worker has loaded: 20 ms of a fresh worker's
+    140 ms of node classification on deezer_europe (issue 22, eighth round). A process that
+    raises its BLAS threads after loading while its environment says fewer only runs slower."""
+    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(key, "").strip()
+        if value:
+            return int(value) if value.isdigit() and int(value) > 0 else 1 << 30
+    return 1 << 30
+
+
+@functools.cache
+def blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded with numpy (None without threadpoolctl).
+
+    Why once: ``threadpool_limits`` scans every loaded shared library on each call; in a Ray worker
+    (numba, pyarrow, polars loaded) that was 1.3 ms a call, six calls per node classification
+    (8 ms of deezer_europe's 190, issue 22 eighth round); ``controller.limit`` reuses the scan."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
+        return None
+    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------------------------------------
 # batched L2 logistic regression (liblinear primal objective)
 # ---------------------------------------------------------------------------------------------
 
+SKINNY_COLUMNS = 4
+
+
+def skinny_product(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A @ B (into ``out`` when given), as one matrix-vector product per column of B when it has
+    2 to ``SKINNY_COLUMNS`` columns (a result allocated here is then column-major).
+
+    Why: OpenBLAS's gemm copies (packs) the tall design before multiplying it, which a few
+    columns do not repay: a 25,452 x 513 float32 design times 2 columns took 9.8 ms as one
+    gemm against 2.4 ms per matrix-vector product, and 4 columns were still cheaper one at a
+    time (issue 22, eighth round; one OpenBLAS thread)."""
+    if not 1 < B.shape[1] <= SKINNY_COLUMNS:
+        return np.matmul(A, B, out=out)
+    out = np.empty((B.shape[1], A.shape[0]), dtype=np.result_type(A, B)).T if out is None else out
+    for j, column in enumerate(np.ascontiguousarray(B.T)):
+        np.matmul(A, column, out=out[:, j])
+    return out
+
+
+class Scratch:
+    """The n x labels buffers of one fit, allocated on first use and reused by its iterations;
+    ``scratch(name, cols, dtype)`` is buffer ``name``'s first ``cols`` columns (the active labels).
+
+    Why: the Ray workers map every array of 1 MiB or more on its own and unmap it when freed
+    (tasks/runtime.py), so each n x labels temporary of a multi-label fit (BlogCatalog: 9,280
+    training rows x 39 labels, 2.9 MB in float64) was faulted in page by page anew, several per
+    CG step and line-search trial: 75,000 page faults and a third of BlogCatalog's node
+    classification CPU in a fresh worker (issue 22, eighth round). A two-class fit's buffers
+    are n x 1, below that threshold, but the same code serves them."""
+
+    def __init__(self, n: int, labels: int):
+        self.shape, self.buffers = (n, labels), {}
+
+    def __call__(self, name: str, cols: int, dtype=np.float64) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        if key not in self.buffers:
+            self.buffers[key] = np.empty(self.shape, dtype=dtype)
+        return self.buffers[key][:, :cols]
+
+
 def _times(Xa, Xh, W):
     """X @ W in float64: through the float64 design Xa, or, when there is none (Xa None: a
     `RepeatDesign`), through the float32 one with W rounded to float32 (see `RepeatDesign`)."""
-    return Xa @ W if Xa is not None else (Xh @ W.astype(np.float32)).astype(np.float64)
+    return Xa @ W if Xa is not None else skinny_product(Xh, W.astype(np.float32)).astype(np.float64)
 
 
-def _times_t(Xa, Xh, V):
-    """X.T @ V in float64, as `_times`."""
-    return Xa.T @ V if Xa is not None else (Xh.T @ V.astype(np.float32)).astype(np.float64)
+def _times_t(Xa, Xh, V, scratch: Scratch | None = None):
+    """X.T @ V in float64, as `_times` (V rounded to float32 in ``scratch``'s buffer when given)."""
+    if Xa is not None:
+        return Xa.T @ V
+    V32 = V.astype(np.float32) if scratch is None else scratch("v32", V.shape[1], np.float32)
+    if scratch is not None:
+        np.copyto(V32, V, casting="same_kind")
+    return skinny_product(Xh.T, V32).astype(np.float64)
 
 
-def _loss_grad(Xa, Xh, S, W, C, M):
+def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
     1 - sigma(M) is 1 / (1 + exp(M)) in numpy, not scipy.special.expit: importing scipy.special
     cost a fresh worker's figures task 0.09 CPU-s (issue 22, seventh round), a tenth of the
     evaluate stage on deezer_europe. numpy's exp differs from the C library's (expit's) by one
-    unit in the last place on about 2 % of arguments; the F1 came out identical."""
-    loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
+    unit in the last place on about 2 % of arguments; the F1 came out identical.
+    Every n x labels value is computed in ``scratch``'s buffers (D too: valid until the next call)."""
+    cols = M.shape[1]
+    a = np.negative(M, out=scratch("a", cols))
+    loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, a, out=a).sum(axis=0)
+    q = scratch("q", cols)
     with np.errstate(over="ignore"):               # exp(M) = inf for M > 709: q = 0, as expit gives
-        q = 1.0 / (1.0 + np.exp(M))                # 1 - sigma(margin)
-    G = W - C * _times_t(Xa, Xh, S * q)
-    D = q * (1.0 - q)                              # sigma(z)(1 - sigma(z)), same for both signs
+        np.exp(M, out=q)
+    q += 1.0
+    np.reciprocal(q, out=q)                        # 1 - sigma(margin) = 1 / (1 + exp(M))
+    G = W - C * _times_t(Xa, Xh, np.multiply(S, q, out=a), scratch)
+    D = np.subtract(1.0, q, out=scratch("D", cols))
+    D *= q                                         # sigma(z)(1 - sigma(z)), same for both signs
     return loss, G, D
-
-
-def _margins_loss(Xa, Xh, S, W, C):
-    M = S * _times(Xa, Xh, W)
-    return M, 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, -M).sum(axis=0)
 
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
                    tol: float = 1e-6, max_iter: int = 50, max_cg: int = 100,
                    spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
-                   design: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                   design: tuple[np.ndarray, np.ndarray] | None = None,
+                   start_scores: np.ndarray | None = None) -> np.ndarray:
     """Fit one binary L2 logistic regression per column of ``Y`` (n x L, 0/1), all at once.
 
     Minimises, independently per label l, ``0.5 |w_l|^2 + C sum_i log(1 + exp(-s_il x_i.w_l))``
     with s = 2Y - 1 and x_i = [X_i, 1] when ``fit_intercept`` (liblinear's formulation).
     Stops a label when its gradient norm falls below ``tol`` times its initial one.
     ``spectrum`` = (eigenvalues, eigenvectors) of a Gram matrix close to the design's
-    (``gram_spectrum``), used only by the preconditioner: none = the design's own, exact.
+    (``design_eigh``), used only by the preconditioner: none = the design's own, exact; or (top
+    eigenvalues, their eigenvectors, the eigenvalue standing for every other one) (`top_spectrum`).
     Returns W of shape (d + 1, L) (last row = intercept) or (d, L).
 
     ``start``: W to start from (e.g. the solution of a smaller training set of the same
     labels: a warm start, fewer Newton steps). The stopping rule stays relative to the gradient
     norm at W = 0 (one product), so a warm start stops at the same accuracy as a cold one.
+    ``start_scores``: X @ start (n x L), when the caller has it (`split_chain_f1` scores every
+    labelled row with the previous split's W anyway): the start's margins then need no product.
 
     ``design``: (Xa, Xh), the design [X, 1] (or X) in float64 and float32, when the caller has
     them; X is then not read. Xa None: every product runs through the float32 Xh (`RepeatDesign`:
     one per repeat, its splits are prefixes; the loss, gradient and steps stay float64).
     """
-    if design is None:
-        X = np.asarray(X, dtype=np.float64)
-        Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
-    Xa, Xh = design if design is not None else (Xa, Xa.astype(np.float32))   # Xh: Hessian products (at least)
+    Xa, Xh = design if design is not None else fit_design(X, fit_intercept)
     n, width = Xh.shape
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
     W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
     if spectrum is None:                                              # shared by every label
         spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
-    lam, Q = np.maximum(spectrum[0], 0.0), spectrum[1]
-    Mall = np.zeros((n, L)) if start is None else S * _times(Xa, Xh, W)     # margins at the current W
-    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S), axis=0)   # |gradient| at W = 0
+    lam, Q, rest = np.maximum(spectrum[0], 0.0), spectrum[1], (spectrum[2] if len(spectrum) > 2 else None)
+    Mall = np.zeros((n, L)) if start is None else \
+        S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
+    scratch = Scratch(n, L)
+    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)  # |grad| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
-        Sa, Wa = S[:, active], W[:, active]
-        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall[:, active])
+        every = active.size == L                    # no column converged yet: views, not copies
+        Sa, Wa = (S, W) if every else (S[:, active], W[:, active])
+        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall if every else Mall[:, active], scratch)
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -126,31 +206,55 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         keep = ~done
         active, Sa, Wa, f, G, D, gnorm = (active[keep], Sa[:, keep], Wa[:, keep], f[keep],
                                           G[:, keep], D[:, keep], gnorm[keep])
-        P = _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg)
-        t, pending = _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active)
+        P, XP = _newton_direction(Xh, G, D, gnorm, C, (lam, Q, rest), max_cg, scratch)
+        SXP = np.multiply(Sa, XP, out=XP)
+        t, pending = _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active, scratch)
         W[:, active] = Wa + t * P
         if pending.all():
             break
     return W
 
 
-def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
-    """Newton direction P of every active label at once: preconditioned CG on H p = -G, one
-    independent system per column (H = I + C Xa' diag(D) Xa), stopped per column by the
-    inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
-    exactly through the Gram spectrum (lam, Q) that every label shares.
+def fit_design(X: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(Xa, Xh): the design [X, 1] (or X) in float64 and its float32 copy (the Hessian products)."""
+    X = np.asarray(X, dtype=np.float64)
+    Xa = np.hstack([X, np.ones((X.shape[0], 1))]) if fit_intercept else X
+    return Xa, Xa.astype(np.float32)
+
+
+def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Newton direction P of every active label at once, and the design's product X P: preconditioned
+    CG on H p = -G, one independent system per column (H = I + C Xa' diag(D) Xa), stopped per column
+    by the inexact-Newton forcing term. The preconditioner is H with D replaced by its mean, solved
+    exactly through the Gram spectrum ``(lam, Q, rest)`` that every label shares (rest None: Q is
+    a whole eigenbasis; else every direction outside Q's columns has eigenvalue ``rest``).
 
     Why ``Xh`` (the design in float32): the direction only has to be a descent direction
     accurate to the forcing term (10 % of the gradient at best), so its products, two per CG
     step and most of the solver's time, run in float32 at about half the cost; the gradient,
     the loss and the line search stay float64, so the optimum is float64's. On BlogCatalog
-    (DeepWalk) and PPI (FastRP, d=512) the F1 figures came out identical to the last digit."""
-    D32 = D.astype(np.float32)
+    (DeepWalk) and PPI (FastRP, d=512) the F1 figures came out identical to the last digit.
+
+    Why X P too (issue 22, eighth round): P is a sum of the CG directions, whose products X Pd
+    each CG step computes anyway, so X P costs an n x labels update per step instead of a pass
+    over the design; the line search then tries its steps on the margins M + t s X P without
+    any product (it spent a pass per Newton step, about 10 % of node classification's CPU).
+    X P is ``scratch``'s buffer "xp" (valid until the next call)."""
+    lam, Q, rest = spectrum
+    cols = G.shape[1]
+    D32 = scratch("d32", cols, np.float32)
+    np.copyto(D32, D, casting="same_kind")
+    XPd, DXPd, step = scratch("xpd", cols, np.float32), scratch("dxpd", cols, np.float32), scratch("step", cols)
     inv = 1.0 / (1.0 + C * lam[:, None] * D.mean(0)[None, :])
+    inv_rest = 0.0 if rest is None else 1.0 / (1.0 + C * rest * D.mean(0))
 
     def prec(R):
-        return Q @ (inv * (Q.T @ R))
+        if rest is None:
+            return Q @ (inv * (Q.T @ R))
+        return inv_rest * R + Q @ ((inv - inv_rest) * (Q.T @ R))
     P = np.zeros_like(G)
+    XP = scratch("xp", cols)
+    XP[...] = 0.0
     R = -G
     Z = prec(R)
     Pd = Z.copy()
@@ -158,10 +262,12 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
     eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
     live = np.ones(G.shape[1], dtype=bool)
     for _cg in range(max_cg):
-        HP = Pd + C * (Xh.T @ (D32 * (Xh @ Pd.astype(np.float32)))).astype(np.float64)
+        skinny_product(Xh, Pd.astype(np.float32), out=XPd)
+        HP = Pd + C * skinny_product(Xh.T, np.multiply(D32, XPd, out=DXPd)).astype(np.float64)
         pHp = np.einsum("ij,ij->j", Pd, HP)
         alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
         P += alpha * Pd
+        XP += np.multiply(alpha, XPd, out=step)
         R -= alpha * HP
         live &= np.linalg.norm(R, axis=0) > 0.1 * eta
         if not live.any():
@@ -171,22 +277,37 @@ def _newton_direction(Xh, G, D, gnorm, C, lam, Q, max_cg: int) -> np.ndarray:
         beta = np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0)
         Pd = Z + beta * Pd
         rz = rz_new
-    return P
+    return P, XP
 
 
-def _armijo_steps(Xa, Xh, Sa, Wa, f, G, P, C, Mall, active) -> tuple[np.ndarray, np.ndarray]:
+def _armijo_steps(Sa, Wa, f, G, P, SXP, C, Mall, active, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
     """Armijo backtracking along P, per column: halve each label's step until its loss decreases
-    enough (30 halvings at most). Writes the accepted margins into Mall (so the next iteration's
-    loss needs no extra product) and returns (steps, pending): a column still pending found no
-    decrease and gets step 0 (it has converged)."""
+    enough (30 halvings at most). A step t's margins are M + t s X P (``SXP`` = s X P, from
+    `_newton_direction`): no product. Writes the accepted margins into Mall (so the next
+    iteration's loss needs no extra product) and returns (steps, pending): a column still pending
+    found no decrease and gets step 0 (it has converged). While every column is pending (the
+    usual first trial) the trial margins are computed in ``scratch``'s buffers."""
     slope = np.einsum("ij,ij->j", G, P)
-    t = np.ones(G.shape[1])
-    pending = np.ones(G.shape[1], dtype=bool)
+    cols = G.shape[1]
+    M0 = Mall if active.size == Mall.shape[1] else Mall[:, active]   # a view: accepted columns are done
+    t = np.ones(cols)
+    pending = np.ones(cols, dtype=bool)
     for _ls in range(30):
         idx = np.flatnonzero(pending)
-        Mn, fn = _margins_loss(Xa, Xh, Sa[:, idx], Wa[:, idx] + t[idx] * P[:, idx], C)
+        Wn = Wa[:, idx] + t[idx] * P[:, idx]
+        if idx.size == cols:
+            Mn = np.multiply(t, SXP, out=scratch("mn", cols))
+            Mn += M0
+            a = np.negative(Mn, out=scratch("a", cols))
+        else:
+            Mn = M0[:, idx] + t[idx] * SXP[:, idx]
+            a = -Mn
+        fn = 0.5 * np.einsum("ij,ij->j", Wn, Wn) + C * np.logaddexp(0.0, a, out=a).sum(axis=0)
         ok = fn <= f[idx] + 1e-4 * t[idx] * slope[idx]
-        Mall[:, active[idx[ok]]] = Mn[:, ok]
+        if ok.all() and M0 is Mall and idx.size == cols:
+            Mall[...] = Mn
+        else:
+            Mall[:, active[idx[ok]]] = Mn[:, ok]
         pending[idx[ok]] = False
         if not pending.any():
             break
@@ -227,7 +348,13 @@ def split_permutation(n: int, seed: int) -> np.ndarray:
 
 
 def predict_top_k(scores: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Boolean prediction: the k[i] highest-scoring labels of row i (ties: lower column first)."""
+    """Boolean prediction: the k[i] highest-scoring labels of row i (ties: lower column first).
+    Every k[i] = 1 (single-label): the argmax, the first of equal maxima, as the stable sort's."""
+    k = np.asarray(k)
+    if scores.shape[0] and scores.shape[1] and (k == 1).all():
+        pred = np.zeros(scores.shape, dtype=bool)
+        pred[np.arange(scores.shape[0]), np.argmax(scores, axis=1)] = True
+        return pred
     order = np.argsort(-scores, axis=1, kind="stable")
     ranks = np.empty_like(order)
     rows = np.arange(scores.shape[0])[:, None]
@@ -249,44 +376,54 @@ def f1_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> tuple[float, float]:
     return micro, float(per.mean()) if per.size else 0.0
 
 
-def gram_spectrum(Xl: np.ndarray, fit_intercept: bool = True, rows: int | None = None,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the Gram matrix of every labelled row (with the intercept column).
+def design_eigh(Xa: np.ndarray, scale: float, rank: int = 0, seed: int = 0) -> tuple:
+    """Eigen-decomposition of ``scale`` x the Gram matrix of float32 design rows ``Xa`` (the
+    product in float32; the eigenvalues clipped at 0); ``rank`` > 0: its `top_spectrum` of that
+    rank instead.
 
-    Why once for all splits: a training split of m of the n rows has a Gram matrix close to
-    m / n times this one, and the solver's preconditioner needs no more than that (its
-    products and line search are exact). ``split_f1`` scales the eigenvalues by m / n; one
-    decomposition replaces one Gram product and one d x d eigh per fit (9 by default).
-    The product runs in float32 (half the cost; on 37,700 x 513 rows it was most of the
-    preparation): a preconditioner needs a few correct digits, not sixteen.
-    ``rows``: the Gram matrix of a seeded sample of that many rows, scaled by n / rows, stands
-    for the whole one (eval.mode=sampled). It only conditions the solver, whose optimum and
-    stopping rule do not depend on it; on deezer_europe (28,281 x 513) it is most of the
-    labelled set's cost (0.83 CPU-s for every row).
-    """
-    pick = spectrum_sample(Xl.shape[0], rows, seed)
-    return gram_eigh(Xl if pick is None else Xl[pick], 1.0 if pick is None else Xl.shape[0] / pick.size,
-                     fit_intercept)
-
-
-def spectrum_sample(n: int, rows: int | None, seed: int) -> np.ndarray | None:
-    """The ascending positions of ``gram_spectrum``'s seeded sample of ``rows`` of n rows (None:
-    every row)."""
-    if rows and rows < n:
-        return np.sort(np.random.default_rng([seed, n, rows]).choice(n, size=rows, replace=False))
-    return None
-
-
-def gram_eigh(Xs: np.ndarray, scale: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of ``scale`` x the Gram matrix of the design [Xs, 1] (or Xs), the
-    product in float32 (see ``gram_spectrum``)."""
-    d = Xs.shape[1]
-    Xa = np.empty((Xs.shape[0], d + 1 if fit_intercept else d), dtype=np.float32)
-    Xa[:, :d] = Xs
-    if fit_intercept:
-        Xa[:, d] = 1.0
-    lam, Q = np.linalg.eigh((Xa.T @ Xa).astype(np.float64) * scale)
+    Why once per labelled set (`labelled_set_of_rows`): a training split of m of the n rows has a
+    Gram matrix close to m / n times this one, and the solver's preconditioner needs no more than
+    that (its products and line search are exact), so one decomposition, scaled by m / n per
+    split, replaces one Gram product and one eigh per fit. The product runs in float32 (half the
+    cost): a preconditioner needs a few correct digits, not sixteen. eval.mode=sampled takes the
+    Gram matrix of a sample of ``eval.spectrum_rows`` rows, scaled by n / rows: it only
+    conditions the solver, whose optimum and stopping rule do not depend on it (on deezer_europe,
+    28,281 x 513, the whole Gram product and eigh were 0.83 CPU-s)."""
+    G = (Xa.T @ Xa).astype(np.float64) * scale
+    if rank:
+        return top_spectrum(G, rank, seed)
+    lam, Q = np.linalg.eigh(G)
     return np.maximum(lam, 0.0), Q
+
+
+def top_spectrum(G: np.ndarray, rank: int, seed: int = 0, iters: int = 3, extra: int = 8) -> tuple:
+    """(top ``rank`` eigenvalues, their eigenvectors, the mean of the others) of the symmetric
+    positive semi-definite G, by a seeded subspace iteration (``iters`` products with ``rank`` +
+    ``extra`` columns, then Rayleigh-Ritz); the whole eigen-decomposition (2 items) when ``rank``
+    + ``extra`` exceeds half G's size (that eigh is cheap).
+
+    Why (issue 22, eighth round): the preconditioner needs G's large eigen-directions, not all
+    of them. The Gram matrix of normalised rows with the constant column has one eigenvalue of
+    about n and a slowly decaying rest; treating all but the top 96 as their mean cost about 2 %
+    more CG products than the whole spectrum on deezer_europe and PPI (FastRP d = 512), while the
+    513 x 513 eigh cost 21 ms (a sixth of deezer_europe's node classification) against 9 ms, and
+    each CG step applies Q (513 x 104) instead of a 513 x 513 basis (PPI's 50 labels: 0.25 -> 0.18
+    CPU-s for the whole protocol)."""
+    m = G.shape[0]
+    if 2 * (rank + extra) > m:
+        lam, Q = np.linalg.eigh(G)
+        return np.maximum(lam, 0.0), Q
+    V = np.random.default_rng([seed, m, rank]).standard_normal((m, rank + extra))
+    for _ in range(iters):
+        V = np.linalg.qr(G @ V)[0]
+    lam, U = np.linalg.eigh(V.T @ G @ V)
+    lam, Q = np.maximum(lam[extra:], 0.0), V @ U[:, extra:]
+    return lam, Q, max(float(np.trace(G) - lam.sum()) / (m - rank), 0.0)
+
+
+def scaled_spectrum(spectrum: tuple, factor: float) -> tuple:
+    """The spectrum of ``factor`` x the matrix (eigenvalues scaled, vectors unchanged)."""
+    return (spectrum[0] * factor, spectrum[1], *(r * factor for r in spectrum[2:]))
 
 
 def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed) -> tuple[float, float]:
@@ -303,7 +440,7 @@ def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed
     if n == 0 or resamples <= 0:
         return 0.0, 0.0
     hits = np.hstack([Y_true & Y_pred, ~Y_true & Y_pred, Y_true & ~Y_pred])
-    _, first, counts = np.unique(np.packbits(hits, axis=1), axis=0, return_index=True, return_counts=True)
+    _, first, counts = np.unique(hit_codes(hits), axis=0, return_index=True, return_counts=True)
     sums = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples) @ hits[first].astype(np.float64)
     tp, fp, fn = sums[:, :L], sums[:, L:2 * L], sums[:, 2 * L:]
     den = 2 * tp + fp + fn
@@ -313,24 +450,58 @@ def f1_bootstrap_sd(Y_true: np.ndarray, Y_pred: np.ndarray, resamples: int, seed
     return float(np.std(micro, ddof=1)), float(np.std(macro, ddof=1))
 
 
+def hit_codes(hits: np.ndarray) -> np.ndarray:
+    """Each row's hits packed into bytes (``np.packbits``), as one unsigned integer per row when
+    they fit 8 bytes (the bytes read big-endian, so the integers sort as the byte rows do and
+    ``np.unique`` finds the same categories in the same order), else the byte rows.
+
+    Why: ``np.unique(..., axis=0)`` sorts the rows as structured records, 2.2 ms per split on
+    deezer_europe's 25,000 test rows against 0.2 ms for integers (issue 22, eighth round)."""
+    packed = np.packbits(hits, axis=1)
+    if packed.shape[1] > 8:
+        return packed
+    codes = np.zeros(packed.shape[0], dtype=np.uint64)
+    for column in packed.T:
+        codes = (codes << np.uint64(8)) | column
+    return codes
+
+
 def split_predictions(Xtr, Ytr, Xte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
                       spectrum: tuple[np.ndarray, np.ndarray] | None = None, start: np.ndarray | None = None,
                       design: tuple[np.ndarray, np.ndarray] | None = None, k_true: np.ndarray | None = None):
     """(boolean predictions of the test rows, fitted (d + 1, labels) W): ``classify_split``
     without the scoring. ``k_true``: each test row's true label count (multi-label top-k)."""
+    W_all = split_weights(Xtr, Ytr, C=C, tol=tol, spectrum=spectrum, start=start, design=design,
+                          width=Xte.shape[1] + 1)
+    return top_k_predictions(decision_scores(Xte, W_all), Ytr, k_true, multilabel), W_all
+
+
+def split_weights(Xtr, Ytr, *, C: float, tol: float, spectrum, start=None, design=None, start_scores=None,
+                  width: int | None = None) -> np.ndarray:
+    """The fitted (d + 1, labels) W of one training set (``fit_logreg_ovr`` of the labels with
+    both positive and negative training rows; zero columns for the others). ``start`` and
+    ``start_scores`` (X @ start): a warm start, see ``fit_logreg_ovr``."""
     pos = Ytr.sum(0)
     fit_cols = np.flatnonzero((pos > 0) & (pos < Ytr.shape[0]))
-    scores = np.full((Xte.shape[0], Ytr.shape[1]), -np.inf)
-    scores[:, pos == Ytr.shape[0]] = np.inf
-    W_all = np.zeros((Xte.shape[1] + 1, Ytr.shape[1]))
+    W_all = np.zeros((width or design[1].shape[1], Ytr.shape[1]))
     if fit_cols.size:
-        W = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
-                         start=None if start is None else start[:, fit_cols], design=design)
-        scores[:, fit_cols] = Xte.scores(W) if isinstance(Xte, (DesignRows, BaseRows)) else decision_scores(Xte, W)
-        W_all[:, fit_cols] = W
-    k = k_true if multilabel else np.ones(Xte.shape[0], dtype=np.int64)
+        W_all[:, fit_cols] = _fit_columns(Xtr, Ytr[:, fit_cols], C=C, tol=tol, spectrum=spectrum,
+                                          start=None if start is None else start[:, fit_cols], design=design,
+                                          start_scores=None if start_scores is None else start_scores[:, fit_cols])
+    return W_all
+
+
+def top_k_predictions(scores: np.ndarray, Ytr: np.ndarray, k_true: np.ndarray | None, multilabel: bool) -> np.ndarray:
+    """Boolean predictions from the test rows' ``scores`` of every label (overwritten in place):
+    labels with no positive training row are never predicted (scikit-learn's one-vs-rest treats
+    them as constant-0 predictors), labels positive on every training row always score highest;
+    multi-label rows get their ``k_true`` best labels, single-label rows the best one."""
+    pos = Ytr.sum(0)
+    scores[:, pos == 0] = -np.inf
+    scores[:, pos == Ytr.shape[0]] = np.inf
+    k = k_true if multilabel else np.ones(scores.shape[0], dtype=np.int64)
     k = np.minimum(k, int((pos > 0).sum()))
-    return predict_top_k(scores, k), W_all
+    return predict_top_k(scores, k)
 
 
 def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol: float = 1e-6,
@@ -352,7 +523,7 @@ def classify_split(Xtr, Ytr, Xte, Yte, *, multilabel: bool, C: float = 1.0, tol:
     return (*f1, W_all) if return_weights else f1
 
 
-def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design):
+def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None):
     """``fit_logreg_ovr`` of the columns of Y; two complementary columns (a two-class
     single-label problem: every training node has exactly one of them) are fitted once.
 
@@ -364,9 +535,11 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design):
     Yb = np.asarray(Y, dtype=bool)
     if Yb.shape[1] == 2 and np.array_equal(Yb[:, 0], ~Yb[:, 1]):
         w = fit_logreg_ovr(Xtr, Y[:, :1], C=C, tol=tol, spectrum=spectrum,
-                           start=None if start is None else start[:, :1], design=design)
+                           start=None if start is None else start[:, :1], design=design,
+                           start_scores=None if start_scores is None else start_scores[:, :1])
         return np.hstack([w, -w])
-    return fit_logreg_ovr(Xtr, Y, C=C, tol=tol, spectrum=spectrum, start=start, design=design)
+    return fit_logreg_ovr(Xtr, Y, C=C, tol=tol, spectrum=spectrum, start=start, design=design,
+                          start_scores=start_scores)
 
 
 @dataclass
@@ -411,6 +584,24 @@ class LabelledSet:
         out[...] = self.source[src]
         return out
 
+    def design_rows(self, pos: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The labelled rows at positions ``pos`` as the solver's design holds them: float32, unit
+        length when ``normalize``, each norm and quotient computed in the table's precision
+        (float32 for an embedding table, float64 for a float64 one), written into ``out`` when
+        given. Every row is computed on its own, so any selection gives the same row bit for bit.
+
+        Why the table's precision, not float64 then rounded (issue 22, eighth round): the float64
+        conversion, squares and quotient of 28,281 x 512 rows cost deezer_europe 23 ms against
+        14 ms in float32, which is what the row gather alone costs; the rows differ by at most a
+        unit in float32's last place (a relative 6e-8), far below the solver's 1e-3 stopping rule."""
+        src = pos if self.index is None else self.index[pos]
+        out = np.empty((len(src), self.dim), dtype=np.float32) if out is None else out
+        if self.normalize:
+            return unit_rows(self.source, src, np.float64 if self.source.dtype == np.float64 else np.float32,
+                             out=out)
+        out[...] = self.source[src]
+        return out
+
     @functools.cached_property
     def X(self) -> np.ndarray:
         """Every labelled row (see ``rows``) in one array; the splits never build it."""
@@ -431,7 +622,7 @@ class LabelledSet:
             n, d = self.size, self.dim
             perm = split_permutation(n, seed)
             Xh = np.empty((n, d + 1), dtype=np.float32)
-            self.rows(perm, out=Xh[:, :d])
+            self.design_rows(perm, out=Xh[:, :d])
             Xh[:, d] = 1.0
             place = np.empty(n, dtype=np.int64)
             place[perm] = np.arange(n)
@@ -440,43 +631,15 @@ class LabelledSet:
 
     def compact(self) -> LabelledSet:
         """The same set holding its own rows only, not the table behind them: what a task hands
-        other tasks through the object store."""
-        return dataclasses.replace(self, source=self.X, index=None, normalize=False)
+        other tasks through the object store. The rows are the design's (``design_rows``: float32,
+        already unit length), so its base design equals this set's bit for bit."""
+        return dataclasses.replace(self, source=self.design_rows(np.arange(self.size)), index=None,
+                                   normalize=False)
 
     def info(self) -> dict:
         """What was scored, for ``classification_summary``."""
         return {"multilabel": self.multilabel, "num_nodes": self.size, "num_labels": self.num_labels,
                 "labelled_nodes": self.labelled_nodes}
-
-
-@dataclass
-class DesignRows:
-    """Test rows that are rows of a float32 design [X, 1] (a `RepeatDesign`'s): scored the way
-    the solver multiplies (``_times``), not through a float64 copy."""
-    Xh: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.Xh.shape[0], self.Xh.shape[1] - 1)
-
-    def scores(self, W: np.ndarray) -> np.ndarray:
-        return _times(None, self.Xh, W)
-
-
-@dataclass
-class BaseRows:
-    """Test rows given by their places in a `LabelledSet.base_design`: scored with every row of it
-    (one product, as `DesignRows`), then picked; for a repeat whose design holds its training
-    rows only."""
-    base: np.ndarray
-    places: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.places.size), self.base.shape[1] - 1)
-
-    def scores(self, W: np.ndarray) -> np.ndarray:
-        return _times(None, self.base, W)[self.places]
 
 
 @dataclass
@@ -507,32 +670,39 @@ def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | No
 
 
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
-                 seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None) -> LabelledSet:
+                 seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None,
+                 spectrum_rank: int = 0) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
     nodes, a sample of ``max_nodes`` of them drawn with ``seed`` (kept in node order) stands
     for the whole set: the fits cost about n x d x labels per product. The splits then train on
     fewer nodes, which lowers F1 somewhat (github_social, FastRP d=512: a sample of 20,000 of
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
-    caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``: see
-    ``gram_spectrum``."""
+    caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``,
+    ``spectrum_rank``: see ``labelled_set_of_rows``."""
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
     return labelled_set_of_rows(X, sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
-                                seed=seed, index=sel.nodes)
+                                seed=seed, index=sel.nodes, spectrum_rank=spectrum_rank)
 
 
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
-                         spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None) -> LabelledSet:
+                         spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None,
+                         spectrum_rank: int = 0) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
-    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); only the
-    Gram spectrum's sample of them is read here."""
+    with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); its base
+    design for ``seed`` is built here, and the Gram spectrum is that of the design's rows, so no
+    row is normalised twice: of its first ``spectrum_rows`` rows when fewer than all (the base
+    design is in a seeded random order, so they are a seeded sample of the labelled rows, and a
+    view: no gather), scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
+    (`top_spectrum`), else all of them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
-    pick = spectrum_sample(ls.size, spectrum_rows, seed)
+    sample = min(ls.size, spectrum_rows or ls.size)
     with blas_threads(threads):
-        ls.spectrum = gram_eigh(ls.X if pick is None else ls.rows(pick), ls.size / pick.size if pick is not None else 1.0)
+        base = ls.base_design(seed)[0]
+        ls.spectrum = design_eigh(base[:sample], ls.size / max(sample, 1), spectrum_rank, seed)
     return ls
 
 
@@ -558,20 +728,49 @@ class RepeatDesign:
     Repeat 0's design is the set's `base_design` (no copy); another repeat's rows are gathered from
     it. ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
     splits all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test
-    rows are then scored in the base design (`BaseRows`), not copied."""
+    rows are then scored in the base design, not copied. ``places[i]``: the base design's row
+    holding design row i (every row of the repeat's order, laid out or not)."""
     repeat: int
     Xh: np.ndarray
     Y: np.ndarray
     perm: np.ndarray
+    places: np.ndarray
 
     @classmethod
     def of(cls, ls: LabelledSet, repeat: int, seed: int = 0, rows: int | None = None) -> RepeatDesign:
         n = ls.size
         base, place = ls.base_design(seed)
         perm = split_permutation(n, seed + repeat)
+        places = place[perm]
         rows = n if rows is None else min(n, int(rows))
-        Xh = base[:rows] if repeat == 0 else np.take(base, place[perm[:rows]], axis=0)
-        return cls(repeat, Xh, ls.Y[perm], perm)
+        Xh = base[:rows] if repeat == 0 else np.take(base, places[:rows], axis=0)
+        return cls(repeat, Xh, ls.Y[perm], perm, places)
+
+    @property
+    def whole(self) -> bool:
+        """Whether every labelled row is laid out (else the test rows are scored in the base design)."""
+        return self.Xh.shape[0] == self.perm.size
+
+    def fit(self, ls: LabelledSet, ratio: float, *, C: float, tol: float, start=None, start_scores=None) -> np.ndarray:
+        """The fitted (d + 1, labels) W of this repeat's split at ``ratio`` (training rows: the first
+        int(ratio * n)); ``start``, ``start_scores`` (X @ start over those rows): a warm start."""
+        n, k = ls.size, int(ratio * ls.size)
+        if not 0 < k < n:
+            raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
+        if self.Xh.shape[0] < k:
+            raise ValueError(f"the repeat's design holds {self.Xh.shape[0]} rows, the split trains on {k}")
+        return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=scaled_spectrum(ls.spectrum, k / n), start=start,
+                             start_scores=start_scores, design=(None, self.Xh[:k]))
+
+    def figures(self, ls: LabelledSet, ratio: float, test_scores: np.ndarray, *, bootstrap: int = 0,
+                seed: int = 0) -> tuple[float, float, tuple[float, float]]:
+        """(micro, macro, (micro sd, macro sd)) of the split at ``ratio`` from its test rows' scores
+        (float32, every label; overwritten), the sd over ``bootstrap`` resamples of the test rows."""
+        k = int(ratio * ls.size)
+        Ytr, Yte = self.Y[:k], self.Y[k:]
+        pred = top_k_predictions(test_scores, Ytr, Yte.sum(1), ls.multilabel)
+        sd = f1_bootstrap_sd(Yte, pred, bootstrap, [seed, self.repeat, k]) if bootstrap else (0.0, 0.0)
+        return (*f1_scores(Yte, pred), sd)
 
 
 def split_f1(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C: float = 1.0,
@@ -587,27 +786,28 @@ def split_scores(ls: LabelledSet, ratio: float, repeat: int, *, seed: int = 0, C
                  tol: float = 1e-3, threads: int | None = 1, start: np.ndarray | None = None,
                  design: RepeatDesign | None = None, bootstrap: int = 0):
     """(micro, macro) F1 of one ratio and repeat: trains on the first int(ratio * n) nodes of
-    ``split_permutation(n, seed + repeat)``, tests on the rest. One Ray task can run each.
+    ``split_permutation(n, seed + repeat)``, tests on the rest.
     ``start``: see ``classify_split`` (``split_chain_f1`` chains them);
     ``design``: the repeat's `RepeatDesign` when the caller keeps it for several ratios.
     Returns (micro, macro, (micro sd, macro sd) over ``bootstrap`` resamples of the test nodes
     (zeros without), fitted W)."""
-    n = ls.size
-    k = int(ratio * n)
-    if not 0 < k < n:
-        raise ValueError(f"ratio {ratio} leaves an empty train or test set for {n} labelled nodes")
-    lam, Q = ls.spectrum
     with blas_threads(threads):
         rd = design if design is not None and design.repeat == repeat else RepeatDesign.of(ls, repeat, seed)
-        if rd.Xh.shape[0] < k:
-            raise ValueError(f"the repeat's design holds {rd.Xh.shape[0]} rows, the split trains on {k}")
-        whole = rd.Xh.shape[0] == n              # else the test rows are scored in place, a block at a time
-        tests = DesignRows(rd.Xh[k:]) if whole else BaseRows(ls.base_design(seed)[0], ls.base_design(seed)[1][rd.perm[k:]])
-        pred, W = split_predictions(None, rd.Y[:k], tests,
-                                    multilabel=ls.multilabel, C=C, tol=tol, spectrum=(lam * (k / n), Q), start=start,
-                                    design=(None, rd.Xh[:k]), k_true=rd.Y[k:].sum(1))
-        sd = f1_bootstrap_sd(rd.Y[k:], pred, bootstrap, [seed, repeat, k]) if bootstrap else (0.0, 0.0)
-    return (*f1_scores(rd.Y[k:], pred), sd, W)
+        W = rd.fit(ls, ratio, C=C, tol=tol, start=start)
+        k = int(ratio * ls.size)
+        tests = times32(rd.Xh[k:], W) if rd.whole else times32(ls.base_design(seed)[0], W)[rd.places[k:]]
+        mi, ma, sd = rd.figures(ls, ratio, tests, bootstrap=bootstrap, seed=seed)
+    return mi, ma, sd, W
+
+
+def times32(Xh: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Xh @ W of a float32 design, in float32 (W rounded to float32): decision scores. A two-class
+    problem's W = [w, -w] (`_fit_columns`) is scored once, its second column negated (exactly)."""
+    W32 = W.astype(np.float32)
+    if W32.shape[1] == 2 and np.array_equal(W32[:, 1], -W32[:, 0]):
+        first = Xh @ W32[:, 0]
+        return np.stack([first, -first], axis=1)
+    return skinny_product(Xh, W32)
 
 
 def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
@@ -615,24 +815,60 @@ def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: in
                    full_ratios=()) -> list[tuple[float, int, float, float, float, float]]:
     """(ratio, repeat, micro, macro, micro sd, macro sd) of each split, in order (sd: over
     ``bootstrap`` resamples of the test nodes, 0 without and for ``full_ratios``, whose every
-    repeat is scored: their means are the exact protocol's); a split warm-starts from the
-    previous one when both are of the same repeat and its ratio is larger, and the splits of a
-    repeat share its `RepeatDesign`.
+    repeat is scored: their means are the exact protocol's). A split warm-starts from its repeat's
+    previous one when that ratio is smaller, and the splits of a repeat share its `RepeatDesign`.
 
-    Why: a repeat's training sets are nested (the first int(ratio * n) nodes of one permutation),
-    so the smaller set's solution is close to the larger one's and Newton needs fewer steps from
-    there; the stopping rule is the cold start's (relative to the gradient at W = 0)."""
-    out, prev, rd = [], None, None
+    Why warm starts: a repeat's training sets are nested (the first int(ratio * n) nodes of one
+    permutation), so the smaller set's solution is close to the larger one's and Newton needs
+    fewer steps from there; the stopping rule is the cold start's (relative to the gradient at W = 0).
+
+    Why by levels (issue 22, eighth round): the splits are fitted level by level (every repeat's
+    first split, then every repeat's second ...), and one product of the base design with the W
+    of a level's splits scores their test rows and the next splits' training rows at once: a
+    warm start's margins are rows of it, and the test rows of repeats whose design holds only
+    their training rows are picked from it. On deezer_europe's sampled default (0.1 of three
+    repeats, 0.5 and 0.9 of one) the scoring read 138,000 design rows, now 59,000; the last split
+    of a chain scores only its test rows in its own design."""
+    chains: dict[int, list[float]] = {}
     for r, rep in splits:
-        start = prev[2] if prev is not None and prev[1] == rep and prev[0] < r else None
-        if rd is None or rd.repeat != rep:
-            top = max(rr for rr, rp in splits if rp == rep)
-            rd = RepeatDesign.of(ls, rep, seed, rows=int(top * ls.size) if top < 0.5 else None)
-        mi, ma, sd, W = split_scores(ls, r, rep, seed=seed, C=C, tol=tol, threads=threads, start=start, design=rd,
-                                     bootstrap=0 if r in full_ratios else bootstrap)
-        out.append((r, rep, mi, ma, *sd))
-        prev = (r, rep, W)
-    return out
+        chains.setdefault(rep, []).append(r)
+    designs = {rep: RepeatDesign.of(ls, rep, seed, rows=int(max(rs) * ls.size) if max(rs) < 0.5 else None)
+               for rep, rs in chains.items()}
+    base = ls.base_design(seed)[0] if designs else None
+    done, carry = {}, {}                  # carry[rep] = (ratio, W, base scores of W or None) of its last split
+    with blas_threads(threads):
+        for level in range(max((len(rs) for rs in chains.values()), default=0)):
+            batch = [(rs[level], rep, level + 1 < len(rs)) for rep, rs in chains.items() if level < len(rs)]
+            fits = [chained_fit(ls, designs[rep], r, carry.get(rep), C=C, tol=tol) for r, rep, _ in batch]
+            wide = [i for i, (_, rep, more) in enumerate(batch) if more or not designs[rep].whole]
+            scored = dict(zip(wide, base_scores(base, [fits[i] for i in wide])))
+            for i, (r, rep, more) in enumerate(batch):
+                rd, k = designs[rep], int(r * ls.size)
+                tests = scored[i][rd.places[k:]] if i in scored else times32(rd.Xh[k:], fits[i])
+                carry[rep] = (r, fits[i], scored[i] if more else None)
+                done[r, rep] = rd.figures(ls, r, tests, bootstrap=0 if r in full_ratios else bootstrap, seed=seed)
+    return [(r, rep, done[r, rep][0], done[r, rep][1], *done[r, rep][2]) for r, rep in splits]
+
+
+def chained_fit(ls: LabelledSet, rd: RepeatDesign, ratio: float, prev, *, C: float, tol: float) -> np.ndarray:
+    """`RepeatDesign.fit` of ``ratio``, warm-started from ``prev`` = (ratio, W, base design scores
+    of W or None), the repeat's previous split, when its ratio is smaller (its training rows are
+    then a prefix of this split's)."""
+    if prev is None or prev[0] >= ratio:
+        return rd.fit(ls, ratio, C=C, tol=tol)
+    k = int(ratio * ls.size)
+    return rd.fit(ls, ratio, C=C, tol=tol, start=prev[1],
+                  start_scores=None if prev[2] is None else prev[2][rd.places[:k]])
+
+
+def base_scores(base: np.ndarray, Ws: list[np.ndarray]) -> list[np.ndarray]:
+    """base @ W of each W (float32), through one product of the base design with all of them:
+    the design is read once whatever their number (the product is memory-bound at a few columns)."""
+    if not Ws or all(W.shape[1] <= 2 for W in Ws):
+        return [times32(base, W) for W in Ws]         # two-class or few columns: matrix-vector products
+    B = times32(base, np.hstack(Ws))
+    edges = np.cumsum([0] + [W.shape[1] for W in Ws])
+    return [B[:, lo:hi] for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def protocol_splits(ratios, repeats: int, small_ratio: float = 0.0, small_repeats: int = 0) -> list[tuple[float, int]]:
@@ -692,7 +928,8 @@ def classification_summary(info: dict, ratios, repeats: int, f1: dict, sd: dict 
 def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repeats=3, seed=0,
                         normalize=True, multilabel=None, C: float = 1.0, threads: int | None = 1,
                         tol: float = 1e-3, max_nodes: int | None = None, bootstrap: int = 0,
-                        spectrum_rows: int | None = None, small_ratio: float = 0.0, small_repeats: int = 0) -> dict:
+                        spectrum_rows: int | None = None, small_ratio: float = 0.0, small_repeats: int = 0,
+                        spectrum_rank: int = 0) -> dict:
     """DeepWalk-protocol node classification of embedding rows ``X`` (n x d).
 
     Labels come as (node, label) pairs (multi-label allowed); unlabelled nodes are excluded.
@@ -706,11 +943,11 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     Newton steps. ``max_nodes``: score a seeded sample of that many labelled nodes above it
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
     ``bootstrap`` > 0: each split's F1 also gets a bootstrap interval over its test nodes
-    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``: see ``gram_spectrum``; ``small_ratio``,
-    ``small_repeats``: see ``protocol_splits``.
+    (``*_ci95``, eval.mode=sampled); ``spectrum_rows``, ``spectrum_rank``: see
+    ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
-                      seed=seed, threads=threads, spectrum_rows=spectrum_rows)
+                      seed=seed, threads=threads, spectrum_rows=spectrum_rows, spectrum_rank=spectrum_rank)
     chain = split_chain_f1(ls, protocol_splits(ratios, repeats, small_ratio, small_repeats), seed=seed, C=C,
                            tol=tol, threads=threads, bootstrap=bootstrap,
                            full_ratios=full_ratios(ratios, repeats, small_ratio, small_repeats))

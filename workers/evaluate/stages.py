@@ -86,6 +86,7 @@ def classify_options(eval_cfg: EvalConfig) -> dict:
         return dict(common, repeats=eval_cfg.repeats, max_nodes=None)
     return dict(common, repeats=eval_cfg.sampled_repeats, max_nodes=eval_cfg.classify_max_nodes or None,
                 bootstrap=eval_cfg.bootstrap, spectrum_rows=eval_cfg.spectrum_rows or None,
+                spectrum_rank=eval_cfg.spectrum_rank,
                 small_ratio=eval_cfg.sampled_small_ratio, small_repeats=eval_cfg.repeats)
 
 
@@ -131,7 +132,7 @@ def labelled_set_stage(X: np.ndarray, labels, eval_cfg: EvalConfig):
     t0 = time.process_time()
     opts = classify_options(eval_cfg)
     ls = labelled_set(X, labels[0], labels[1], max_nodes=opts["max_nodes"], seed=opts["seed"],
-                      spectrum_rows=opts.get("spectrum_rows"))
+                      spectrum_rows=opts.get("spectrum_rows"), spectrum_rank=opts.get("spectrum_rank", 0))
     return ls.compact(), time.process_time() - t0          # its own rows only, not the table behind them
 
 
@@ -154,8 +155,9 @@ def labelled_rows_stage(selection, eval_cfg: EvalConfig, positions: list[np.ndar
     for pos, part in zip(positions, parts):
         rows[pos] = part
     opts = classify_options(eval_cfg)
-    return (labelled_set_of_rows(rows, selection, spectrum_rows=opts.get("spectrum_rows"), seed=opts["seed"]),
-            time.process_time() - t0)
+    ls = labelled_set_of_rows(rows, selection, spectrum_rows=opts.get("spectrum_rows"), seed=opts["seed"],
+                              spectrum_rank=opts.get("spectrum_rank", 0))
+    return ls.compact(), time.process_time() - t0          # its unit rows, not its base design as well
 
 
 def sharded_reconstruction(call, get, bounds: list[tuple[int, int]], num_arcs: int, directed: bool, dim: int,
