@@ -28,7 +28,8 @@ the change of the mean F1 (labelled cases).
 ``--first-call LAKE``: the figures task's components as a fresh Ray worker pays them, without Ray: for
 each case and each of ``--checkouts`` (alternating, ``--rounds`` times), a fresh process of that
 checkout's python with the workers' allocator settings and numba already initialised (FastRP's tasks
-do that in the pipeline's workers) maps the case's table read-only (as the object store hands it),
+do that in the pipeline's workers; ``--cold-numba``: not imported, so the component that first needs it
+pays its import and first cache load) maps the case's table read-only (as the object store hands it),
 then runs node classification and reconstruction once each: CPU seconds (user + system), page
 faults and the figures. The table is the case's last one in LAKE, saved once as .npy beside --out.
 """
@@ -117,6 +118,8 @@ class TreeCPU(threading.Thread):
     def __init__(self, pid: int, period: float = 0.02):
         super().__init__(daemon=True)
         self.pid, self.period, self.samples, self.done = pid, period, [], threading.Event()
+        self.per_process: dict[int, list] = {}          # pid -> [(epoch, cumulative)], for `by_process`
+        self.kinds: dict[int, str] = {}
 
     def run(self):
         import psutil
@@ -130,24 +133,52 @@ class TreeCPU(threading.Thread):
                 procs = [root] + root.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
+            now = time.time()
             for q in procs:
                 try:
                     t = q.cpu_times()
                     last[q.pid] = t.user + t.system
+                    if q.pid not in self.kinds:
+                        self.kinds[q.pid] = process_kind(q, self.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.samples.append((time.time(), sum(last.values())))
+                    continue
+                self.per_process.setdefault(q.pid, []).append((now, last[q.pid]))
+            self.samples.append((now, sum(last.values())))
             self.done.wait(self.period)
 
     def halt(self):
         self.done.set()
         self.join()
 
+    def by_process(self, t0: float, t1: float, worker_pid: int | None = None) -> dict:
+        """CPU seconds between t0 and t1 per kind of process (driver, raylet, gcs, prefect server,
+        dashboard, idle Ray workers; the figures task's worker on its own)."""
+        import numpy as np
+        out: dict[str, float] = {}
+        for pid, samples in self.per_process.items():
+            t, c = zip(*samples)
+            kind = "figures worker" if pid == worker_pid else self.kinds.get(pid, "other")
+            used = float(np.interp(t1, t, c) - np.interp(t0, t, c))
+            out[kind] = round(out.get(kind, 0.0) + used, 3)
+        return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+
     def at(self, epoch: float) -> float:
         """Cumulative CPU seconds at ``epoch`` (linear between samples)."""
         import numpy as np
         t, c = zip(*self.samples) if self.samples else ((0.0,), (0.0,))
         return float(np.interp(epoch, t, c))
+
+
+def process_kind(proc, root: int) -> str:
+    """A name for a process of the run's tree (what costs CPU while the evaluate stage waits)."""
+    if proc.pid == root:
+        return "driver"
+    line = " ".join(proc.cmdline())
+    for key, kind in (("raylet", "raylet"), ("gcs_server", "gcs"), ("default_worker", "other Ray workers"),
+                      ("uvicorn", "prefect server"), ("dashboard", "dashboard"), ("log_monitor", "log monitor")):
+        if key in line:
+            return kind
+    return "other"
 
 
 TASK_END = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| INFO +\| Task run '([a-z_]+)-[0-9a-f]+' - Finished in state")
@@ -165,10 +196,13 @@ def stage_cpu(log: str, stages: dict, cpu: TreeCPU) -> dict:
             at = midnight + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
             ends[m[4]] = at - 86400 if at > time.time() + 3600 else at
     if not {"ingest", "publish", "evaluate"} <= ends.keys() or not cpu.samples:
-        return {"other_cpu_s": None, "evaluate_cpu_s": None, "cpu_ratio": None}
+        return {"other_cpu_s": None, "evaluate_cpu_s": None, "cpu_ratio": None, "evaluate_cpu_by_process": None}
     start = ends["ingest"] - stages["ingest"]["wall_s"]
     other, ev = cpu.at(ends["publish"]) - cpu.at(start), cpu.at(ends["evaluate"]) - cpu.at(ends["publish"])
-    return {"other_cpu_s": round(other, 2), "evaluate_cpu_s": round(ev, 2), "cpu_ratio": round(ev / other, 3) if other else None}
+    worker = re.search(r"figures task started in worker (\d+)", log)
+    by_process = cpu.by_process(ends["publish"], ends["evaluate"], int(worker[1]) if worker else None)
+    return {"other_cpu_s": round(other, 2), "evaluate_cpu_s": round(ev, 2),
+            "cpu_ratio": round(ev / other, 3) if other else None, "evaluate_cpu_by_process": by_process}
 
 
 def evaluate_timeline(log: str) -> str | None:
@@ -253,8 +287,9 @@ def compare_warm(lake_uri: str, case: str, args: list[str]) -> dict:
 FIRST_CALL_CHILD = """
 import json, os, resource, sys
 import numpy as np
-import numba
-numba.njit(lambda x: x + 1)(1)                  # numba initialised, as after FastRP's tasks in a worker
+if sys.argv[2] == "warm":                       # numba initialised, as after FastRP's tasks in a worker
+    import numba
+    numba.njit(lambda x: x + 1)(1)
 from embedlake.config import EvalConfig
 from embedlake.workers.evaluate import stages as es
 d = sys.argv[1]
@@ -279,7 +314,8 @@ print(json.dumps(out))
 """
 
 
-def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str) -> list[dict]:
+def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str,
+               cold_numba: bool = False) -> list[dict]:
     """``--first-call``: each checkout's components in fresh processes, alternating (see the docstring)."""
     import numpy as np
     d = os.path.join(out, f"table-{case}")
@@ -298,7 +334,8 @@ def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], 
     results = []
     for r in range(rounds):
         for co in checkouts:
-            p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d], env=env,
+            p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d,
+                                "cold" if cold_numba else "warm"], env=env,
                                capture_output=True, text=True, check=True)
             results.append({"case": case, "checkout": co, "round": r, **json.loads(p.stdout.strip().splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
@@ -316,6 +353,8 @@ def main() -> int:
     ap.add_argument("--compare-warm", metavar="LAKE", help="node classification cold vs warm-started fits")
     ap.add_argument("--first-call", metavar="LAKE", help="components in fresh processes, as a fresh worker pays them")
     ap.add_argument("--rounds", type=int, default=3, help="--first-call: alternations of the checkouts")
+    ap.add_argument("--cold-numba", action="store_true",
+                    help="--first-call: numba not imported before (a worker that ran no numba task)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.compare_warm:
@@ -325,7 +364,7 @@ def main() -> int:
     if a.first_call:
         for case in a.cases.split(","):
             first_call(a.first_call, case, case_args(case, a.out, a.rmat_edges), a.checkouts.split(","), a.rounds,
-                       a.out)
+                       a.out, a.cold_numba)
         return 0
     if a.eval_only:
         for case in a.cases.split(","):
@@ -341,7 +380,8 @@ def main() -> int:
             print(f"{case:<12} {Path(co).name:<12} rows {r['rows']:>9,}  other stages {r['other_s']:>7.1f}s  "
                   f"evaluate {r['evaluate_s']:>7.1f}s  ratio {r['ratio']:.3f}  CPU-s other {r['other_cpu_s']} "
                   f"evaluate {r['evaluate_cpu_s']} ratio {r['cpu_ratio']}  components {r['components_s']}  "
-                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else ""),
+                  f"mAP {r['map']}  Micro-F1 {r['micro_f1']}" + (f"\n    timeline {r['timeline']}" if r['timeline'] else "")
+                  + f"\n    evaluate CPU-s by process {r['evaluate_cpu_by_process']}",
                   flush=True)
     print(json.dumps(results, indent=1))
     return 0

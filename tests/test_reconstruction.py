@@ -198,3 +198,83 @@ def test_eval_modes_exact_queries_every_node_and_sampled_says_so():
     again = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=100, relevant_cap=512)
     assert sampled["mode"] == "sampled" and sampled["queries"] == 100 < sampled["eligible"]
     assert sampled["map"] == again["map"] and min(sampled["ci95"].values()) > 0
+
+
+# figures of the previous kernel (ordered float32 sums, main at 5845b54) on these inputs, to the last digit
+TODAYS_MAP = {
+    ("karate", "ball"): {"1": 0.22326970496035883, "2": 0.6358167096623977, "3": 0.8702851080726285},
+    ("karate", "ring"): {"1": 0.22326970496035883, "2": 0.5026269264475718, "3": 0.3454622239156684},
+    ("cora", "ball"): {"1": 0.003923630111661295, "2": 0.015214931968573504, "3": 0.04769672899952071},
+    ("cora", "ring"): {"1": 0.003923630111661295, "2": 0.014586256622312796, "3": 0.03785545661521408},
+}
+
+
+@pytest.mark.parametrize("name,mode", sorted(TODAYS_MAP))
+def test_blas_scores_give_todays_figures_exactly(name, mode):
+    """The float64 BLAS products (`ChunkScores`) rank these tables' nodes as the previous ordered
+    float32 sums did: with no sampling the mAP is today's, bit for bit."""
+    g = _graph(name)
+    X = np.random.default_rng(3).standard_normal((g.num_nodes, 16)).astype(np.float32)
+    got = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2, 3), mode=mode,
+                                      sample=None if name == "karate" else 400)
+    assert got["map"] == TODAYS_MAP[(name, mode)]
+
+
+def _brute_force_map(S, indptr, indices, q, hop):
+    """Mean over the queries of the AP of the nodes within `hop` hops, ranked by S (a query's row of
+    scores), ties counted against the ranking; straight from the definition."""
+    A = sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(indptr.size - 1,) * 2)
+    reach = sp.identity(A.shape[0], format="csr")
+    ball = reach.copy()
+    for _ in range(hop):
+        reach = reach @ A
+        ball = ball + reach
+    aps = []
+    for i, src in enumerate(q):
+        rel = np.flatnonzero(ball[src].toarray()[0] > 0)
+        rel = rel[rel != src]
+        s = np.delete(S[i], src)
+        rel_s = S[i, rel]
+        aps.append(np.mean([(rel_s >= x).sum() / (s >= x).sum() for x in rel_s]))
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_map_is_exact_for_its_scores_and_duplicate_rows_tie(similarity):
+    """The thresholds and the scores counted against them are the same numbers (`block_scores`),
+    so the mAP is the exact figure of those scores; duplicate rows (FastRP tables have thousands)
+    get identical scores, so their ties count against the ranking, as before."""
+    g = _graph("cora")
+    X = np.random.default_rng(7).standard_normal((g.num_nodes, 24)).astype(np.float32)
+    X[1::2] = X[0:-1:2][:X[1::2].shape[0]]                  # every odd row repeats the row before
+    got = geometry.reconstruction_map(X, g.indptr, g.indices, hops=(1, 2), sample=60, similarity=similarity)
+    q = geometry.sample_nodes(g.num_nodes, 60, 0, geometry._nodes_with_neighbours(g.indptr, g.indices))
+    S = geometry.block_scores(X, geometry.compared_rows(X[q], similarity), similarity)
+    assert np.array_equal(S[:, 1::2], S[:, 0:-1:2][:, :S[:, 1::2].shape[1]])
+    for h in (1, 2):
+        np.testing.assert_allclose(got["map"][str(h)], _brute_force_map(S, g.indptr, g.indices, q, h), rtol=1e-12)
+
+
+def test_scoring_once_or_twice_gives_the_same_figures(monkeypatch):
+    """A block whose score matrix exceeds HOLD_BYTES is scored twice (candidates, then counts, as
+    a shard is) instead of once: the same scores, the same figures."""
+    g = _graph("cora")
+    X = np.random.default_rng(8).standard_normal((g.num_nodes, 16)).astype(np.float64)
+    kw = dict(hops=(1, 2, 3), sample=300, relevant_cap=40)
+    once = geometry.reconstruction_map(X, g.indptr, g.indices, **kw)
+    monkeypatch.setattr(geometry, "HOLD_BYTES", 0)
+    assert geometry.reconstruction_map(X, g.indptr, g.indices, **kw) == once
+
+
+def test_symmetry_check_with_sorted_and_unsorted_rows():
+    """`_is_symmetric`: the binary-search kernel on sorted rows and the key comparison on unsorted
+    ones agree with the definition (every arc has its reverse; self loops and duplicates allowed)."""
+    g = _graph("cora")
+    assert geometry._is_symmetric(g.indptr, g.indices.astype(np.int64))
+    d = _graph("p2p-gnutella08", directed=True)
+    assert not geometry._is_symmetric(d.indptr, d.indices.astype(np.int64))
+    indptr = np.array([0, 3, 4, 6, 7], dtype=np.int64)
+    indices = np.array([2, 1, 0, 0, 0, 2, 3], dtype=np.int64)     # row 0 unsorted, a self loop, 3 -> 3
+    assert geometry._is_symmetric(indptr, indices)
+    assert not geometry._is_symmetric(indptr, np.array([2, 1, 0, 0, 0, 2, 1], dtype=np.int64))
+    assert not geometry._is_symmetric(np.array([0, 1, 2, 2], dtype=np.int64), np.array([1, 2], dtype=np.int64))

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 
-from embedlake.workers.evaluate.rows import unit_rows
+from embedlake.workers.evaluate.classify import blas_threads
+from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
 LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
@@ -55,6 +55,7 @@ def _scorer(X, similarity: str) -> Callable[[np.ndarray], np.ndarray]:
     if callable(X):
         return X
     if similarity == "precomputed":
+        import scipy.sparse as sp      # here only: the figures task's default path needs no scipy (0.05 CPU-s)
         M = X.tocsr() if sp.issparse(X) else np.asarray(X)
         if sp.issparse(M):
             return lambda ids: M[ids].toarray().astype(np.float32)
@@ -163,7 +164,7 @@ def average_precision_rows(S: np.ndarray, R: np.ndarray, order: np.ndarray | Non
 
 def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=0,
                        similarity="cosine", mode="ball", ball_cap=1_000_000, relevant_cap=0,
-                       threads=0) -> dict:
+                       threads=0, symmetric: bool | None = None) -> dict:
     """Graph reconstruction (RESTORE-style): for each sampled node, rank every other node by
     similarity and compute the average precision of its neighbourhood within h hops (distance
     1..h along the CSR's arcs; ``mode="ring"``: exactly h hops); report the mean over nodes per
@@ -172,13 +173,15 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
 
     Queries are a seeded sample of ``sample`` nodes with at least one neighbour (all of them when
     the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
-    matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline`` is the mean share
-    of relevant nodes, about the mAP of a random ranking.
+    matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline``: the mean share of
+    relevant nodes, about the mAP of a random ranking. ``symmetric``: whether every arc has its
+    reverse (True for an undirected graph's CSR; None checks).
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
-    (`_query_ap`). Ties therefore count against the ranking, as in scikit-learn's
-    average_precision_score; without ties this is the AP of the sorted ranking.
+    (`scored_candidates`: float64 BLAS products in a fixed layout rounded to float32, `ChunkScores`,
+    the candidates' scores read from the same products). Ties therefore count against the ranking, as in
+    scikit-learn's average_precision_score; without ties this is the AP of the sorted ranking.
 
     Bounds for large graphs, reported in the result: a query's breadth-first search stops once
     its ball would exceed ``ball_cap`` nodes, and hops beyond that are left out of that query's
@@ -194,16 +197,16 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     n = indptr.size - 1
     hops = sorted(int(h) for h in hops)
     hop_arr = np.asarray(hops, dtype=np.int64)
-    U = None if callable(X) or similarity == "precomputed" else compared_rows(X, similarity)
-    score = _scorer(X, similarity) if U is None else None
+    table = not callable(X) and similarity != "precomputed"
+    X, score = (np.asarray(X), None) if table else (X, _scorer(X, similarity))
     pool = _nodes_with_neighbours(indptr, indices)
     q_all = sample_nodes(n, sample, seed, pool)
-    symmetric = _is_symmetric(indptr, indices)
+    symmetric = _is_symmetric(indptr, indices) if symmetric is None else bool(symmetric)
     ap = np.full((q_all.size, len(hops)), np.nan)
     base = np.full((q_all.size, len(hops)), np.nan)
     flags = np.zeros((q_all.size, len(hops)), dtype=np.int8)
     maxc = max_candidates(n, hops, ball_cap, relevant_cap)
-    step = query_block(maxc, n if U is None else 0)
+    step = query_block(maxc, 0 if table else n)
     with _numba_threads(threads):
         nthreads = numba.get_num_threads()
         for i in range(0, q_all.size, step):
@@ -211,13 +214,11 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
             cb = candidates_block(indptr, indices, q, hop_arr, int(ball_cap), int(relevant_cap), int(seed), symmetric,
                                   maxc, nthreads)
             qrow, nodes, lv, offsets = flat_candidates(cb)
-            if U is not None:
-                t, lv = sort_segments(pair_scores(U, 0, U[q], qrow, nodes), lv, offsets)
-                ge = count_at_least(U, 0, U[q], q, t, offsets, nthreads)
+            if table:
+                t, lv, ge = scored_candidates(X, compared_rows(X[q], similarity), q, qrow, nodes, lv, offsets,
+                                              similarity, nthreads)
             else:
-                S = np.ascontiguousarray(score(q), dtype=np.float32)
-                t, lv = sort_segments(S[qrow, nodes], lv, offsets)
-                ge = _precomputed_counts(S, q, t, offsets)
+                t, lv, ge = precomputed_candidates(score(q), q, qrow, nodes, lv, offsets)
             finish_block(cb, t, lv, ge, offsets, hop_arr, mode == "ring", n, ap[i:i + step], base[i:i + step],
                          flags[i:i + step])
     return reconstruction_summary(hops, ap, base, flags, q_all.size, pool.size)
@@ -245,13 +246,16 @@ def query_block(maxc: int, score_width: int = 0) -> int:
     return max(1, min(QUERY_BLOCK, (_BLOCK_ELEMS // 4) // max(maxc, score_width, 1)))
 
 
-def _precomputed_counts(S: np.ndarray, q: np.ndarray, t: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def precomputed_candidates(scores, q, qrow, nodes, level, offsets):
+    """`scored_candidates` for a given score matrix of the block (similarity="precomputed")."""
+    S = np.ascontiguousarray(scores, dtype=np.float32)
+    t, lv = sort_segments(S[qrow, nodes], level, offsets)
     ge = np.zeros(int(offsets[-1]) + q.size, dtype=np.int64)
     for i in range(q.size):
         a, b = int(offsets[i]), int(offsets[i + 1])
         if b > a:
             ge[a + i:b + i + 1] = nodes_scoring_at_least(S[i], int(q[i]), t[a:b])
-    return ge
+    return t, lv, ge
 
 
 class CandidateBlock:
@@ -291,17 +295,65 @@ def finish_block(cb: CandidateBlock, t, lv, ge, offsets, hop_arr, ring: bool, n:
 
 
 def _is_symmetric(indptr: np.ndarray, indices: np.ndarray) -> bool:
-    """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR)."""
+    """Whether every arc u -> v has its reverse v -> u (an undirected graph's CSR). Rows sorted by
+    neighbour without repeats (build_csr's): one pass, no table-sized allocation (`_reverse_arcs`);
+    otherwise the sorted arc keys u * n + v against the sorted reversed keys. Why not scipy.sparse's
+    A != A.T or the keys always: on deezer_europe (185,000 arcs) the keys' temporaries cost 0.05
+    CPU-s in a worker (4,000-5,000 page faults), scipy.sparse's import 0.05 more; on the R-MAT graph
+    (37 M arcs) scipy took 1.25 CPU-s, the keys' sorts more. The pipeline skips the check for an
+    undirected graph (`reconstruction_map(symmetric=True)`)."""
+    verdict = _reverse_arcs(*read_only(indptr, indices))
+    if verdict >= 0:
+        return bool(verdict)
     n = indptr.size - 1
-    A = sp.csr_matrix((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
-    A.data[:] = 1
-    return (A != A.T).nnz == 0
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    arcs = np.unique(rows * n + indices)
+    return bool(np.array_equal(arcs, np.unique(indices * n + rows)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _reverse_arcs(indptr, indices):
+    """1 when every arc u -> v has its reverse, 0 when one has not, -1 when a row is not strictly
+    ascending. Reverse arcs into v arrive in ascending u as the rows are walked in order, so row v
+    must list exactly them, in that order: each arc is checked against its slot of row v."""
+    n = indptr.size - 1
+    for u in range(n):
+        for e in range(indptr[u] + 1, indptr[u + 1]):
+            if indices[e - 1] >= indices[e]:
+                return -1
+    filled = np.zeros(n, dtype=np.int64)          # reverse arcs into v met so far
+    for u in range(n):
+        for e in range(indptr[u], indptr[u + 1]):
+            v = indices[e]
+            k = indptr[v] + filled[v]
+            if k >= indptr[v + 1] or indices[k] != u:
+                return 0
+            filled[v] += 1
+    for v in range(n):
+        if filled[v] != indptr[v + 1] - indptr[v]:
+            return 0
+    return 1
 
 
 def _nodes_with_neighbours(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Nodes with at least one arc to another node (self loops do not count), ascending."""
-    src = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    return np.unique(src[indices != src])
+    """Nodes with at least one arc to another node (self loops do not count), ascending. One pass
+    in numba (`_other_neighbour`): numpy's repeat and unique of every arc cost 2.6-3.0 CPU-s on the
+    37 M-arc R-MAT graph (and four arc-sized temporaries)."""
+    has = _other_neighbour(*read_only(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)))
+    return np.flatnonzero(has)
+
+
+@numba.njit(cache=True, nogil=True)
+def _other_neighbour(indptr, indices):
+    """Per node: whether one of its arcs leads to another node."""
+    n = indptr.size - 1
+    has = np.zeros(n, dtype=np.bool_)
+    for u in range(n):
+        for e in range(indptr[u], indptr[u + 1]):
+            if indices[e] != u:
+                has[u] = True
+                break
+    return has
 
 
 def reconstruction_summary(hops, ap, base, flags, queries: int, eligible: int) -> dict:
@@ -372,55 +424,123 @@ def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, s
     return nodes, level, count, ring_size, kept, top
 
 
-@numba.njit(cache=True, nogil=True)
-def _dot32(a, b):
-    """float32 dot product, term by term in order: the same arithmetic as `count_at_least`'s
-    vectorised scores, so a candidate's score and the scores it is counted against agree bit for
-    bit (a BLAS product's rounding depends on the matrix shapes, i.e. on how rows are sharded)."""
-    acc = np.float32(0.0)
-    for k in range(a.size):
-        acc += a[k] * b[k]
-    return acc
+SCORE_ROWS = 1024                  # nodes per product of `ChunkScores` (chunk c: nodes c * SCORE_ROWS ...)
+HOLD_BYTES = 64 << 20              # reconstruction_map keeps a block's whole score matrix up to this size
+WINDOW_BYTES = 16 << 20            # count_at_least places the scores of this many bytes of chunks at a time
 
 
-def pair_scores(U, lo, Uq, qrow, nodes) -> np.ndarray:
-    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), float32."""
-    return _pair_scores_kernel(*read_only(U), lo, *read_only(Uq, qrow, nodes))
+def one_blas_thread():
+    """A context running BLAS on one thread (`blas_threads`: nothing to do in a Ray worker, whose
+    environment already says one). Why: OpenBLAS splits a product among its threads, and an entry's
+    rounding depends on the kernel path that computes it (measured: 17,000 of 102,400 entries of a
+    100 x 1,024 float32 product differ between one and two threads), so the scores, and with them
+    the figures, would follow the thread count."""
+    return blas_threads(1)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _pair_scores_kernel(U, lo, Uq, qrow, nodes):
-    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), each
-    `_dot32`'s arithmetic. Eight pairs at a time (`_dot32_eight`): one pair's sum is a chain of d
-    dependent float32 additions, latency-bound; eight independent chains run 5-8x faster."""
+class ChunkScores:
+    """Scores of a block of query rows ``Uq`` against table rows ``X`` (nodes lo .. lo + m - 1), a
+    chunk of nodes at a time: chunk c holds nodes c * SCORE_ROWS .. (c + 1) * SCORE_ROWS - 1 and is
+    scored by one BLAS product of a fixed shape, (queries x d) @ (d x SCORE_ROWS), the nodes
+    that ``X`` does not hold (another shard's, or past the table's end) as zero rows.
+
+    The product runs in float64 on the float32 rows and each score is its float32 rounding. Why: a
+    BLAS product rounds an entry according to its position in the product and to the product's
+    shapes (OpenBLAS, measured: in one float32 product 960 of 1,024 copies of the same row scored
+    differently from the first copy; 2,100 of 131,072 entries differ between ``Q @ U.T`` and
+    ``Q @ U[:1024].T``). In float32 that broke the exact ties of duplicate rows (FastRP tables have
+    thousands), which the mAP counts against the ranking; float64 rounded to float32 gives
+    identical rows identical scores (unless a float32 rounding boundary falls within the float64
+    products' few-ulp spread) and figures that do not depend on the BLAS kernel. And with every
+    chunk at the same node offsets and of the same shape, a (query, node) pair gets the same score
+    whichever shard holds the node and whether it is scored as a candidate (`pair_scores`) or
+    counted (`count_at_least`): the thresholds and the scores counted against them are the same
+    numbers, so the mAP is exact for those scores.
+
+    ``similarity="cosine"`` normalises a chunk's rows into the product's buffer (`RowNormaliser`:
+    the values of `unit_rows`), so no unit copy of the table is made; "dot" takes them as float32."""
+
+    def __init__(self, X, lo: int, Uq, similarity: str = "dot"):
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"unknown similarity {similarity!r} (cosine, dot, precomputed)")
+        self.X, self.lo = np.asarray(X), int(lo)
+        self.Uq = np.asarray(Uq, dtype=np.float32).astype(np.float64)
+        self.norm = RowNormaliser(self.X) if similarity == "cosine" else None
+        self.unit = np.empty((self.norm.step if self.norm else 0, self.X.shape[1]), dtype=np.float32)
+        self.rows = np.zeros((SCORE_ROWS, self.X.shape[1]), dtype=np.float64)
+        self.product = np.empty((self.Uq.shape[0], SCORE_ROWS), dtype=np.float64)
+        self.S = np.empty(self.product.shape, dtype=np.float32)
+
+    def chunks(self) -> range:
+        """The chunks holding the table's rows."""
+        m = self.X.shape[0]
+        return range(self.lo // SCORE_ROWS, (self.lo + m - 1) // SCORE_ROWS + 1) if m else range(0)
+
+    def scores(self, c: int) -> tuple[np.ndarray, int, int]:
+        """(S, a, b): S[i, j] = the score of query row i and node c * SCORE_ROWS + j (a buffer reused
+        by the next call), for the table's nodes j in a .. b - 1."""
+        g0 = c * SCORE_ROWS
+        a = max(self.lo, g0) - g0
+        b = min(self.lo + self.X.shape[0], g0 + SCORE_ROWS) - g0
+        np.matmul(self.Uq, self.chunk_rows(g0, a, b).T, out=self.product)
+        self.S[...] = self.product
+        return self.S, a, b
+
+    def chunk_rows(self, g0: int, a: int, b: int) -> np.ndarray:
+        """The SCORE_ROWS rows of the chunk from node g0 as compared (zero outside a .. b - 1)."""
+        first, last = g0 + a - self.lo, g0 + b - self.lo
+        rows = self.rows
+        rows[:a] = 0
+        rows[b:] = 0
+        if self.norm is None:
+            rows[a:b] = self.X[first:last].astype(np.float32, copy=False)
+            return rows
+        for s in range(a, b, self.norm.step):
+            e = min(b, s + self.norm.step)
+            rows[s:e] = self.norm.into(slice(first + s - a, first + e - a), self.unit[:e - s])
+        return rows
+
+
+def pair_scores(U, lo, Uq, qrow, nodes, similarity: str = "dot") -> np.ndarray:
+    """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), float32:
+    each its entry in its chunk's product (`ChunkScores`), the number `count_at_least` counts."""
+    nodes, qrow = np.asarray(nodes, dtype=np.int64), np.asarray(qrow, dtype=np.int64)
     out = np.empty(nodes.size, dtype=np.float32)
-    groups = nodes.size // 8
-    for g in numba.prange(groups):
-        _dot32_eight(U, lo, Uq, qrow, nodes, 8 * g, out)
-    for j in range(8 * groups, nodes.size):
-        out[j] = _dot32(Uq[qrow[j]], U[nodes[j] - lo])
+    chunk = nodes // SCORE_ROWS
+    order = np.argsort(chunk, kind="stable")
+    scorer = ChunkScores(U, lo, Uq, similarity)
+    with one_blas_thread():
+        for sel in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1) if nodes.size else ():
+            c = int(chunk[sel[0]])
+            S, _, _ = scorer.scores(c)
+            out[sel] = S[qrow[sel], nodes[sel] - c * SCORE_ROWS]
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _dot32_eight(U, lo, Uq, qrow, nodes, j, out):
-    """out[j .. j + 7] = `_dot32` of pairs j .. j + 7 (each sum in order k = 0 .. d - 1)."""
-    a0, a1, a2, a3 = Uq[qrow[j]], Uq[qrow[j + 1]], Uq[qrow[j + 2]], Uq[qrow[j + 3]]
-    a4, a5, a6, a7 = Uq[qrow[j + 4]], Uq[qrow[j + 5]], Uq[qrow[j + 6]], Uq[qrow[j + 7]]
-    b0, b1, b2, b3 = U[nodes[j] - lo], U[nodes[j + 1] - lo], U[nodes[j + 2] - lo], U[nodes[j + 3] - lo]
-    b4, b5, b6, b7 = U[nodes[j + 4] - lo], U[nodes[j + 5] - lo], U[nodes[j + 6] - lo], U[nodes[j + 7] - lo]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    for k in range(Uq.shape[1]):
-        s0 += a0[k] * b0[k]
-        s1 += a1[k] * b1[k]
-        s2 += a2[k] * b2[k]
-        s3 += a3[k] * b3[k]
-        s4 += a4[k] * b4[k]
-        s5 += a5[k] * b5[k]
-        s6 += a6[k] * b6[k]
-        s7 += a7[k] * b7[k]
-    out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
-    out[j + 4], out[j + 5], out[j + 6], out[j + 7] = s4, s5, s6, s7
+def block_scores(X, Uq, similarity: str) -> np.ndarray:
+    """Every score of the query rows against the whole table (queries x n), `ChunkScores`' numbers."""
+    scorer = ChunkScores(X, 0, Uq, similarity)
+    S = np.empty((scorer.Uq.shape[0], scorer.X.shape[0]), dtype=np.float32)
+    with one_blas_thread():
+        for c in scorer.chunks():
+            part, a, b = scorer.scores(c)
+            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = part[:, a:b]
+    return S
+
+
+def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, threads: int):
+    """(thresholds t, their rings, counts ge) of one block of queries on the whole table: each
+    query's candidate scores ascending and, per candidate, the nodes scoring at least as high (see
+    `count_at_least`). A block whose score matrix fits HOLD_BYTES is scored once and its candidates'
+    scores read from it; a larger one is scored twice (candidates, then the counts), as a shard is."""
+    if Uq.shape[0] * np.shape(X)[0] * 4 > HOLD_BYTES:
+        t, lv = sort_segments(pair_scores(X, 0, Uq, qrow, nodes, similarity), level, offsets)
+        return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity)
+    S = block_scores(X, Uq, similarity)
+    t, lv = sort_segments(S[qrow, nodes], level, offsets)
+    counts = ScoreCounts(t, offsets, q)
+    counts.add(S, 0, S.shape[1], 0)
+    return t, lv, counts.at_least()
 
 
 def sort_segments(scores, level, offsets):
@@ -442,8 +562,47 @@ def _sort_segments_kernel(scores, level, offsets):
     return t, lv
 
 
-SCORE_CHUNK = 1024                 # rows scored at a time per thread by count_at_least (at most)
-SCORE_BYTES = 131_072              # ... and at most this many bytes of them (the chunk stays in cache)
+class ScoreCounts:
+    """Per query i with ascending thresholds t[offsets[i]:offsets[i + 1]] (u of them), how many of
+    the scores added so far lie at or above each threshold, the query's own node srcs[i] left out."""
+
+    def __init__(self, t, offsets, srcs):
+        self.t, self.offsets, self.srcs = read_only(t, offsets, srcs)
+        self.tables = read_only(*_bucket_tables(self.t, self.offsets))
+        self.cnt = np.zeros(int(self.offsets[-1]) + self.offsets.size - 1, dtype=np.int64)
+
+    def add(self, S, a: int, b: int, node0: int) -> None:
+        """Count the scores S[i, a:b] of nodes node0 + a .. node0 + b - 1."""
+        _place_scores(*read_only(S), a, b, node0, self.srcs, self.t, self.offsets, *self.tables, self.cnt)
+
+    def at_least(self) -> np.ndarray:
+        """ge: per query, u + 1 counts from offsets[i] + i on, ge[k] = scores >= t[k] (the last 0)."""
+        return _tail_sums(*read_only(self.cnt, self.offsets))
+
+
+def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot") -> np.ndarray:
+    """For query row i of Uq with its ascending thresholds t[offsets[i]:offsets[i + 1]] (u of
+    them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
+    t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the
+    counts of several row ranges (shards) add up. One pass over U for the whole block of queries,
+    a chunk of `ChunkScores` at a time, each score placed among its query's thresholds a window of
+    chunks (WINDOW_BYTES of scores) at a time. Why windows: placing reads the query's bucket table
+    (32 KB at 1,000 thresholds); chunk by chunk, 100 queries' tables left the cache between chunks
+    (the R-MAT graph's 109 M scores: 3.0 CPU-s of placing chunk by chunk, 2.4 by windows)."""
+    scorer = ChunkScores(U, lo, Uq, similarity)
+    counts = ScoreCounts(t, offsets, srcs)
+    chunks = scorer.chunks()
+    per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))
+    S = np.empty((scorer.Uq.shape[0], per_window * SCORE_ROWS), dtype=np.float32)
+    with one_blas_thread(), _numba_threads(threads):
+        for w in range(0, len(chunks), per_window):
+            window = chunks[w:w + per_window]
+            for k, c in enumerate(window):
+                part, a, b = scorer.scores(c)
+                S[:, k * SCORE_ROWS + a:k * SCORE_ROWS + b] = part[:, a:b]
+                first = a if k == 0 else first
+            counts.add(S, first, (len(window) - 1) * SCORE_ROWS + b, window[0] * SCORE_ROWS)
+    return counts.at_least()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -475,81 +634,26 @@ def _bucket_tables(t, offsets):
     return nb, first_off, first, lo_t, width
 
 
-def count_at_least(U, lo, Uq, srcs, t, offsets, threads) -> np.ndarray:
-    """`_count_at_least_kernel` on read-only views of its inputs (see `read_only`)."""
-    return _count_at_least_kernel(*read_only(U), lo, *read_only(Uq, srcs, t, offsets), threads)
-
-
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _count_at_least_kernel(U, lo, Uq, srcs, t, offsets, threads):
-    """For query row i of Uq with its ascending thresholds t[offsets[i]:offsets[i + 1]] (u of
-    them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
-    t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the
-    counts of several row ranges (shards) add up. One pass over U for the whole block of
-    queries: each chunk of rows (SCORE_BYTES of it, so it stays in cache) is transposed once and
-    scored against the queries four at a time (`_dot32`'s arithmetic, vectorised over rows),
-    each score placed among t by a bucket guess."""
-    nq, d = Uq.shape
-    m = U.shape[0]
-    nb, first_off, first, lo_t, width = _bucket_tables(t, offsets)
-    total = offsets[nq] + nq
-    width_rows = max(16, min(SCORE_CHUNK, SCORE_BYTES // (4 * max(d, 1))))
-    nchunks = (m + width_rows - 1) // width_rows
-    nthreads = max(1, min(threads, nchunks))
-    part = np.zeros((nthreads, total), dtype=np.int64)
-    for th in numba.prange(nthreads):
-        T = np.empty((d, width_rows), dtype=np.float32)
-        s = np.empty((4, width_rows), dtype=np.float32)
-        for c in range(th, nchunks, nthreads):
-            j0 = c * width_rows
-            w = min(m, j0 + width_rows) - j0
-            for jj in range(w):
-                for k in range(d):
-                    T[k, jj] = U[j0 + jj, k]
-            for i0 in range(0, nq, 4):
-                g = min(4, nq - i0)
-                _score_four(Uq, i0, g, T, w, s)
-                for gi in range(g):
-                    i = i0 + gi
-                    a, b = offsets[i], offsets[i + 1]
-                    if b > a:
-                        _place(s[gi], w, j0 + lo, srcs[i], t[a:b], first[first_off[i]:first_off[i + 1]], nb[i],
-                               lo_t[i], width[i], part[th, a + i:b + i + 1])
-    cnt = part.sum(axis=0)
-    ge = np.zeros(total, dtype=np.int64)
-    for i in range(nq):
+def _place_scores(S, a, b, node0, srcs, t, offsets, nb, first_off, first, lo_t, width, cnt):
+    """cnt[offsets[i] + i + p] += 1 for each score S[i, j], j in a .. b - 1 (node node0 + j; the
+    query's own node srcs[i] left out), p = #{thresholds of query i <= the score}."""
+    for i in numba.prange(offsets.size - 1):
+        x, y = offsets[i], offsets[i + 1]
+        if y > x:
+            _place(S[i, a:b], b - a, node0 + a, srcs[i], t[x:y], first[first_off[i]:first_off[i + 1]], nb[i],
+                   lo_t[i], width[i], cnt[x + i:y + i + 1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _tail_sums(cnt, offsets):
+    """Per query segment (offsets[i] + i .. offsets[i + 1] + i): ge[k] = cnt[k + 1] + ... to its end."""
+    ge = np.zeros(cnt.size, dtype=np.int64)
+    for i in range(offsets.size - 1):
         a, b = offsets[i] + i, offsets[i + 1] + i
         for k in range(b - 1, a - 1, -1):
             ge[k] = ge[k + 1] + cnt[k + 1]
     return ge
-
-
-@numba.njit(cache=True, nogil=True)
-def _score_four(Uq, i0, g, T, w, s):
-    """s[gi, :w] = scores of query row i0 + gi against the chunk's rows (T = the chunk transposed),
-    for g <= 4 queries: each row of T is loaded once for all of them. Per score, the float32
-    terms are added in order k = 0 .. d - 1, as `_dot32` does."""
-    d = T.shape[0]
-    for gi in range(4):
-        for jj in range(w):
-            s[gi, jj] = 0
-    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
-    for k in range(d):
-        tk = T[k]
-        if g == 4:
-            q0, q1, q2, q3 = Uq[i0, k], Uq[i0 + 1, k], Uq[i0 + 2, k], Uq[i0 + 3, k]
-            for jj in range(w):
-                x = tk[jj]
-                s0[jj] += q0 * x
-                s1[jj] += q1 * x
-                s2[jj] += q2 * x
-                s3[jj] += q3 * x
-        else:
-            for gi in range(g):
-                qk = Uq[i0 + gi, k]
-                sg = s[gi]
-                for jj in range(w):
-                    sg[jj] += qk * tk[jj]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -16,9 +16,10 @@ order); the hop rings are the same sets, found by breadth-first rounds across th
 (each owner lists its frontier nodes' neighbours, the coordinator keeps the new ones), and both
 engines sort a ring before sampling it; the last ring's sample replays the one-CSR kernel's draws
 (``draw_nodes`` is a hash of (seed, query, hop, draw number), asked of the owners a chunk at a
-time); the scores are the same float32 products (the query rows against each shard's rows; each
-score is one row-times-row product in both); and a relevant node's denominator, the count of
-nodes scoring at least as high, is a sum over shards of each shard's own count.
+time); the scores are the same float32 numbers (BLAS products of the block's query rows against
+chunks of nodes at fixed offsets and of a fixed shape, `ChunkScores`, whichever shard holds the
+rows); and a relevant node's denominator, the count of nodes scoring at least as high, is a sum
+over shards of each shard's own count.
 """
 from __future__ import annotations
 
@@ -73,15 +74,15 @@ def shard_adjacency(csr, X, lo: int, nodes: np.ndarray, degrees_only: bool = Fal
 
 def shard_scores(csr, X, lo: int, Uq: np.ndarray, qrow: np.ndarray, nodes: np.ndarray, similarity: str):
     """Scores of the shard's ``nodes`` against the query rows ``Uq[qrow]`` (pairwise, `pair_scores`)."""
-    return pair_scores(compared_rows(X, similarity), lo, Uq, np.asarray(qrow, np.int64), np.asarray(nodes, np.int64))
+    return pair_scores(X, lo, Uq, np.asarray(qrow, np.int64), np.asarray(nodes, np.int64), similarity)
 
 
 def shard_counts(csr, X, lo: int, Uq: np.ndarray, srcs: np.ndarray, thresholds: np.ndarray,
                  offsets: np.ndarray, similarity: str, threads: int = 1) -> np.ndarray:
     """``count_at_least`` over the shard's rows: per query, the shard's nodes scoring at least each
     threshold (the coordinator adds up the shards' counts)."""
-    ge = count_at_least(compared_rows(X, similarity), lo, Uq, np.asarray(srcs, np.int64), thresholds,
-                        np.asarray(offsets, np.int64), threads)
+    ge = count_at_least(X, lo, Uq, np.asarray(srcs, np.int64), thresholds, np.asarray(offsets, np.int64), threads,
+                        similarity)
     return ge.astype(np.int32) if lo + len(X) < 2**31 else ge          # a shard's counts: half the bytes
 
 

@@ -21,6 +21,7 @@ The aligned table is a Delta table beside (not inside) the run's embeddings tabl
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -272,17 +273,28 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
 
     ``out["timeline"]`` (not a figure: the evaluate task logs it and drops it): when the task
     started and ended in its worker (epoch seconds, comparable with the driver's clock on one
-    machine), its CPU seconds and the worker's pid, so the stage log shows what a user waits for
-    besides the compute (dispatch, the worker's imports, the round trip)."""
-    started, cpu0 = time.time(), time.process_time()
+    machine), its CPU seconds, the worker's pid and how far the worker had taken numba before
+    (`numba_in_worker`), so the stage log shows what a user waits for besides the compute (dispatch,
+    the worker's imports, the round trip)."""
+    started, cpu0, numba_state = time.time(), time.process_time(), numba_in_worker()
     out = {}
     if labels is not None:
         out["node_classification"] = classify_stage(X, labels, eval_cfg)
     if csr is not None:
         out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
-                       "pid": os.getpid()}
+                       "pid": os.getpid(), "numba": numba_state}
     return out
+
+
+def numba_in_worker() -> str:
+    """"initialised" (a kernel was compiled or loaded in this process: its typing and target
+    registries, which import scipy.linalg, are loaded), "imported" or "absent". Why: the figures
+    task's kernels cost a worker that has not initialised numba about 0.3 CPU-s more (import 0.12-0.17,
+    scipy.linalg 0.13-0.15, the registries; docs/evaluation.md, eighth round)."""
+    if "numba.np.arraymath" in sys.modules:
+        return "initialised"
+    return "imported" if "numba" in sys.modules else "absent"
 
 
 def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
@@ -290,7 +302,7 @@ def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
-    res = reconstruction_map(X, csr[0], csr[1], threads=threads,
+    res = reconstruction_map(X, csr[0], csr[1], threads=threads, symmetric=True if not csr[3] else None,
                              **reconstruction_options(eval_cfg, len(csr[0]) - 1, np.shape(X)[1]))
     res = work_limited(res, eval_cfg)
     res["seconds"] = round(time.perf_counter() - t0, 3)
