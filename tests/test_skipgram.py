@@ -159,6 +159,30 @@ def test_noise_alias_is_exact():
     np.testing.assert_allclose(implied, w / w.sum(), atol=1e-9)
 
 
+def test_packed_noise_table_picks_the_same_rows():
+    """pack_alias + noise_pick (one word a draw, issue 20 seventh pass) pick exactly the row that the
+    two tables pick for the same 64 random bits (the alias when the low 32 bits reach the
+    threshold), with thresholds 0 and 2^32 in the table."""
+    import numba as nb
+
+    from embedlake.workers.train.sgns_parts import noise_pick, pack_alias
+
+    @nb.njit
+    def picks(bits, noise):
+        out = np.empty(bits.shape[0], np.int64)
+        for i in range(bits.shape[0]):
+            out[i] = noise_pick(bits[i], noise)
+        return out
+
+    counts = np.array([0, 1, 5, 100, 3, 0, 42, 7, 900, 2], np.int64)
+    thr, alias = noise_alias(counts, 0.75)
+    assert thr.min() == 0 and thr.max() == 1 << 32
+    bits = np.random.default_rng(2).integers(0, 2 ** 63, 20000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    jj = ((bits >> np.uint64(32)) * np.uint64(len(thr))) >> np.uint64(32)
+    expected = np.where((bits & np.uint64(0xFFFFFFFF)) < thr[jj], jj.astype(np.int64), alias[jj])
+    np.testing.assert_array_equal(picks(bits, pack_alias(thr, alias)), expected)
+
+
 def test_negatives_follow_counts(graph_walks):
     """Tokens with zero count in `counts` are never drawn as negatives: their output rows stay 0
     when they never appear as a centre either."""
@@ -345,20 +369,23 @@ def _pair_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0, 
     return W_in, W_out
 
 
-def test_pair_scheme_is_word2vec_order():
+@pytest.mark.parametrize("negatives", [4, 5])
+def test_pair_scheme_is_word2vec_order(negatives):
     """shared_negatives=False (sgns_parts.pair_window, the embed-corpus default) computes exactly
     word2vec's pair-by-pair update with the kernel's random draws: checked against a plain numpy
-    reference on a small corpus (equal up to float32 summation order)."""
+    reference on a small corpus (equal up to float32 summation order). negatives=5 runs the
+    one-pass path (five_pair), and on 30 words many of its pairs repeat a draw (the fallback in
+    word2vec's order); 4 runs the general path."""
     rng = np.random.default_rng(5)
     tokens = rng.integers(0, 30, 240).astype(np.int32)
     offsets = np.array([0, 17, 60, 61, 130, 240], np.int64)
     counts = np.bincount(tokens, minlength=30).astype(np.int64)
     W0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
     O0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
-    kw = dict(window=3, negatives=4, lr0=0.05, min_lr=1e-4, seed=7)
+    kw = dict(window=3, negatives=negatives, lr0=0.05, min_lr=1e-4, seed=7)
     W_ref, O_ref = _pair_order_reference(tokens, offsets, W0.copy(), O0.copy(), counts=counts, **kw)
-    W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=8, window=3, negatives=4, lr=0.05, min_lr=1e-4,
-                          seed=7, threads=1, init=(W0, O0), shared_negatives=False)
+    W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=8, window=3, negatives=negatives, lr=0.05,
+                          min_lr=1e-4, seed=7, threads=1, init=(W0, O0), shared_negatives=False)
     assert np.abs(W - W_ref).max() < 1e-5 and np.abs(O - O_ref).max() < 1e-5
     assert np.abs(W - W0).max() > 1e-2          # it moved
 

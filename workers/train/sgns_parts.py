@@ -32,6 +32,8 @@ S27 = np.uint64(27)
 S30 = np.uint64(30)
 S31 = np.uint64(31)
 S32 = np.uint64(32)
+S33 = np.uint64(33)
+THR33 = np.uint64((1 << 33) - 1)                # pack_alias: the low 33 bits hold a threshold (<= 2^32)
 
 # Ablation switches of the issue-20 quality experiments (docs/skipgram.md, "Quality against gensim"):
 # bits of train_sgns(ablation=...); 0 is the default kernel. Each one changes one thing toward gensim.
@@ -124,6 +126,17 @@ def noise_alias(counts: np.ndarray, ns_exponent: float = 0.75) -> tuple[np.ndarr
     if w.sum() <= 0:
         w = np.ones_like(w)
     return build_alias(w / w.sum())
+
+
+def pack_alias(alias_thr: np.ndarray, alias_idx: np.ndarray) -> np.ndarray:
+    """noise_alias's two tables as one uint64 per row: the alias in the high 31 bits, the threshold
+    (at most 2^32) in the low 33. Why: a draw then reads one word, and the choice between the drawn
+    row and its alias is a conditional move. With two tables LLVM's x86 backend turns that choice
+    into a branch around the alias load, taken at random: ~6 ns a draw against ~1.4 ns (issue 20,
+    seventh pass; a window of the per-pair kernel draws 5 per pair). The same draws either way."""
+    if len(alias_idx) >= 1 << 31:
+        raise ValueError(f"pack_alias: a vocabulary of {len(alias_idx)} rows does not fit 31 bits")
+    return (np.asarray(alias_idx).astype(np.uint64) << S33) | np.asarray(alias_thr, np.uint64)
 
 
 # ----------------------------------------------------------------------------- numba device functions
@@ -234,6 +247,15 @@ def draw_negatives(state, outs, center, negatives, alias_thr, alias_idx):
 
 
 @nb.njit(inline="always")
+def noise_pick(r, noise):
+    """The noise row for 64 random bits r from pack_alias's table: the same row as draw_negatives
+    picks from (alias_thr, alias_idx) for the same bits, without a branch."""
+    jj = np.int64(((r >> S32) * np.uint64(noise.shape[0])) >> S32)
+    p = noise[jj]
+    return jj if (r & LOW32) < (p & THR33) else np.int64(p >> S33)
+
+
+@nb.njit(inline="always")
 def pair_grad(f, positive, lr, sig_tab, logsig_tab):
     """SGNS on one score f = <input, output>: returns (loss term, gradient scale (label - sigmoid(f)) * lr)
     with word2vec's MAX_EXP clamp and table sigmoid / log-sigmoid.
@@ -243,15 +265,28 @@ def pair_grad(f, positive, lr, sig_tab, logsig_tab):
     the same values (the same float64 index expression, the same end points) but cost ~20 ns per
     call on random scores against ~1.6 ns for this one (docs/skipgram.md, third pass), the largest
     single cost of the per-pair kernel."""
+    return pair_loss(f, positive, logsig_tab), pair_scale(f, positive, lr, sig_tab)
+
+
+@nb.njit(inline="always")
+def pair_loss(f, positive, logsig_tab):
+    """pair_grad's loss term alone: -log sigmoid(x), x = f for the positive and -f for a negative,
+    from the table, -x below -MAX_EXP and 0 above. Apart from the step so that a kernel can leave it
+    out where nobody reads it (pair_window: a sample of the sentences, issue 20 seventh pass)."""
     half = TABLE_SIZE / (2.0 * MAX_EXP)
-    top = TABLE_SIZE + 0.0
     x = f if positive else -f
-    loss = -logsig_tab[np.int64(min(max((x + MAX_EXP) * half + 0.5, 0.0), top))]
+    loss = -logsig_tab[np.int64(min(max((x + MAX_EXP) * half + 0.5, 0.0), TABLE_SIZE + 0.0))]
     loss = -x if x <= -MAX_EXP else loss
-    loss = 0.0 if x >= MAX_EXP else loss
-    sg = sig_tab[np.int64(min(max((f + MAX_EXP) * half + 0.5, 0.0), top))]
+    return 0.0 if x >= MAX_EXP else loss
+
+
+@nb.njit(inline="always")
+def pair_scale(f, positive, lr, sig_tab):
+    """pair_grad's step scale alone: (label - sigmoid(f)) * lr, sigmoid from the table, clamped."""
+    half = TABLE_SIZE / (2.0 * MAX_EXP)
+    sg = sig_tab[np.int64(min(max((f + MAX_EXP) * half + 0.5, 0.0), TABLE_SIZE + 0.0))]
     lab = np.float32(1.0) if positive else np.float32(0.0)
-    return loss, (lab - sg) * lr
+    return (lab - sg) * lr
 
 
 @nb.njit(inline="always")
@@ -421,7 +456,7 @@ def hogbatch(W_in, W_out, ctx, B, outs, nout, Cb, Ob, g, dIn, lr, sig_tab, logsi
 
 
 @nb.njit(inline="always")
-def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, outs):
+def window_draws(state, n, window, negatives, noise, buf, draws, outs):
     """All random draws of a sentence's shared-negative windows, taken before any window trains, in
     the order window_contexts and draw_negatives take them centre by centre (negatives only for a
     window with a context): draws[i] = centre i's window b, draws[n + i] = its number of outputs
@@ -437,7 +472,15 @@ def window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, 
         draws[n + i] = 0
         if min(n, i + bw + 1) - max(0, i - bw) - 1 == 0:
             continue
-        state, nout = draw_negatives(state, outs[i * k1:], buf[i], negatives, alias_thr, alias_idx)
+        center = buf[i]
+        outs[i * k1] = center
+        nout = 1
+        for k in range(negatives):          # draw_negatives's draws, from the packed table (noise_pick)
+            state, r = splitmix64(state)
+            neg = noise_pick(r, noise)
+            if neg != center:
+                outs[i * k1 + nout] = neg
+                nout += 1
         draws[n + i] = nout
     return state
 
@@ -551,8 +594,122 @@ def pair_steps(W_out, Cb, dIn, negs, base, negatives, g):
 
 
 @nb.njit(inline="always")
-def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx, negs, Cb, oc, oc0, dIn, g, lr,
-                sig_tab, logsig_tab):
+def five_scores(W_in, W_out, crow, oc, negs, base):
+    """The six scores of one pair at negatives=5 in one pass over d: the context row (read from the
+    table, not copied) against the centre's buffered output row oc and its five negatives' rows.
+    Only loads, so LLVM vectorises it with six independent accumulators and no alias checks."""
+    dim = W_in.shape[1]
+    r0 = negs[base]
+    r1 = negs[base + 1]
+    r2 = negs[base + 2]
+    r3 = negs[base + 3]
+    r4 = negs[base + 4]
+    s = np.float32(0.0)
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    s4 = np.float32(0.0)
+    for d in range(dim):
+        c = W_in[crow, d]
+        s += c * oc[d]
+        s0 += c * W_out[r0, d]
+        s1 += c * W_out[r1, d]
+        s2 += c * W_out[r2, d]
+        s3 += c * W_out[r3, d]
+        s4 += c * W_out[r4, d]
+    return s, s0, s1, s2, s3, s4
+
+
+@nb.njit(inline="always")
+def five_distinct(negs, base):
+    """True when a pair's five negative draws are five different rows (five_steps's condition)."""
+    for a in range(base, base + 4):
+        for b in range(a + 1, base + 5):
+            if negs[a] == negs[b]:
+                return False
+    return True
+
+
+@nb.njit(inline="always")
+def five_steps(W_in, W_out, crow, oc, negs, base, g0, g):
+    """All steps of one pair at negatives=5 in one pass over d: the context row's step
+    g0 * oc + sum_k g[k] * row_k (rows as read), the centre's buffered row oc += g0 * context, each
+    negative's row += g[k] * context, the context row += its step. The same values as the pair's
+    steps one after the other when the five rows are distinct (five_distinct; otherwise the caller
+    steps them in word2vec's order); a zero step (a draw equal to the centre) changes nothing."""
+    dim = W_in.shape[1]
+    r0 = negs[base]
+    r1 = negs[base + 1]
+    r2 = negs[base + 2]
+    r3 = negs[base + 3]
+    r4 = negs[base + 4]
+    g1 = np.float32(g[0])
+    g2 = np.float32(g[1])
+    g3 = np.float32(g[2])
+    g4 = np.float32(g[3])
+    g5 = np.float32(g[4])
+    for d in range(dim):
+        c = W_in[crow, d]
+        o = oc[d]
+        w0 = W_out[r0, d]
+        w1 = W_out[r1, d]
+        w2 = W_out[r2, d]
+        w3 = W_out[r3, d]
+        w4 = W_out[r4, d]
+        W_in[crow, d] = c + (g0 * o + g1 * w0 + g2 * w1 + g3 * w2 + g4 * w3 + g5 * w4)
+        oc[d] = o + g0 * c
+        W_out[r0, d] = w0 + g1 * c
+        W_out[r1, d] = w1 + g2 * c
+        W_out[r2, d] = w2 + g3 * c
+        W_out[r3, d] = w3 + g4 * c
+        W_out[r4, d] = w4 + g5 * c
+
+
+@nb.njit(inline="always")
+def negative_scale(f, row, center, lr, sig_tab):
+    """pair_scale of a negative's score f, or 0 when the draw equals the centre (skipped, as in
+    word2vec: a zero step changes nothing)."""
+    gg = pair_scale(f, False, lr, sig_tab)
+    return np.float32(0.0) if row == center else gg
+
+
+@nb.njit(inline="always")
+def five_loss(s, s0, s1, s2, s3, s4, negs, base, center, logsig_tab):
+    """The loss of one pair at negatives=5 from its six scores (a draw equal to the centre adds nothing)."""
+    loss = pair_loss(s, True, logsig_tab)
+    loss += 0.0 if negs[base] == center else pair_loss(s0, False, logsig_tab)
+    loss += 0.0 if negs[base + 1] == center else pair_loss(s1, False, logsig_tab)
+    loss += 0.0 if negs[base + 2] == center else pair_loss(s2, False, logsig_tab)
+    loss += 0.0 if negs[base + 3] == center else pair_loss(s3, False, logsig_tab)
+    loss += 0.0 if negs[base + 4] == center else pair_loss(s4, False, logsig_tab)
+    return loss
+
+
+@nb.njit(inline="always")
+def five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab, want_loss):
+    """One pair at negatives=5: its six scores in one pass (five_scores), then, when its five
+    draws are distinct rows, all its steps in one more pass (five_steps). Returns (loss, g0, done):
+    done False leaves the steps to the caller (a repeated draw: word2vec's order, one after the
+    other), with g0 and g[0:5] set. The loss only when want_loss (else 0): it cost ~15 % of the
+    kernel's time (seventh pass)."""
+    s, s0, s1, s2, s3, s4 = five_scores(W_in, W_out, crow, oc, negs, base)
+    g0 = np.float32(pair_scale(s, True, lr, sig_tab))
+    g[0] = negative_scale(s0, negs[base], center, lr, sig_tab)
+    g[1] = negative_scale(s1, negs[base + 1], center, lr, sig_tab)
+    g[2] = negative_scale(s2, negs[base + 2], center, lr, sig_tab)
+    g[3] = negative_scale(s3, negs[base + 3], center, lr, sig_tab)
+    g[4] = negative_scale(s4, negs[base + 4], center, lr, sig_tab)
+    loss = five_loss(s, s0, s1, s2, s3, s4, negs, base, center, logsig_tab) if want_loss else 0.0
+    if five_distinct(negs, base):
+        five_steps(W_in, W_out, crow, oc, negs, base, g0, g)
+        return loss, g0, True
+    return loss, g0, False
+
+
+@nb.njit(inline="always")
+def pair_window(W_in, W_out, ctx, B, center, state, negatives, noise, negs, Cb, oc, oc0, dIn, g, lr, sig_tab,
+                logsig_tab, want_loss):
     """One centre in word2vec's (gensim's) order: context after context, each (context, centre)
     pair with its own `negatives` draws, every step applied before the next pair reads the rows.
 
@@ -575,31 +732,45 @@ def pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_
     (pair_scores, pair_steps): at d=100 each pass is one 64-lane vector iteration, a 32-lane
     epilogue, 4 scalar lanes and a reduction, so the per-loop overhead, not the arithmetic, set
     the time; half the loops, ~6-10 % more tokens per CPU-second (docs/skipgram.md). The same
-    steps as before up to float32 summation order. Returns (state, loss)."""
+    steps as before up to float32 summation order.
+
+    Seventh pass: at negatives=5 (the default) a pair takes two passes over d instead of nine
+    (five_pair), the draws come from one packed table (noise_pick), rows are prefetched two pairs
+    ahead, and the loss is summed only when want_loss (the caller asks for it on a sample of the
+    sentences). Returns (state, loss); at negatives=5 the loss is 0 unless want_loss."""
     dim = W_in.shape[1]
-    nal = np.uint64(alias_thr.shape[0])
     loss = 0.0
     for k in range(B * negatives):
         state, r = splitmix64(state)
-        jj = np.int64(((r >> S32) * nal) >> S32)
-        negs[k] = jj if (r & LOW32) < alias_thr[jj] else alias_idx[jj]
+        negs[k] = noise_pick(r, noise)
     prefetch_pair(W_in, W_out, ctx[0], negs, 0, negatives)
+    if B > 1:
+        prefetch_pair(W_in, W_out, ctx[1], negs, negatives, negatives)
     for d in range(dim):
         oc[d] = W_out[center, d]
         oc0[d] = oc[d]
     for c in range(B):
-        if c + 1 < B:
-            prefetch_pair(W_in, W_out, ctx[c + 1], negs, (c + 1) * negatives, negatives)
+        if c + 2 < B:
+            prefetch_pair(W_in, W_out, ctx[c + 2], negs, (c + 2) * negatives, negatives)
         crow = ctx[c]
         base = c * negatives
-        s = np.float32(0.0)
-        for d in range(dim):
-            Cb[d] = W_in[crow, d]
-            s += Cb[d] * oc[d]
-        dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
-        loss += dl
-        loss += pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab)
-        g0 = np.float32(g0)
+        if negatives == 5:
+            dl, g0, done = five_pair(W_in, W_out, crow, oc, negs, base, center, g, lr, sig_tab, logsig_tab,
+                                     want_loss)
+            loss += dl
+            if done:
+                continue
+            for d in range(dim):
+                Cb[d] = W_in[crow, d]
+        else:
+            s = np.float32(0.0)
+            for d in range(dim):
+                Cb[d] = W_in[crow, d]
+                s += Cb[d] * oc[d]
+            dl, g0 = pair_grad(s, True, lr, sig_tab, logsig_tab)
+            loss += dl
+            loss += pair_scores(W_out, Cb, negs, base, negatives, center, g, lr, sig_tab, logsig_tab)
+            g0 = np.float32(g0)
         for d in range(dim):
             dIn[d] = g0 * oc[d]
             oc[d] += g0 * Cb[d]

@@ -27,9 +27,9 @@ sentence's random draws first and prefetches each next window's rows while the c
 
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
-before the next pair (sgns_parts.pair_window, fused: one pass for a pair's scores, one for its
-steps, two negatives' rows per pass over d). On Brown it matches gensim's SimLex figure, which the shared window misses by ~.008; on
-BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
+before the next pair (sgns_parts.pair_window, fused: at negatives=5 one pass over d for a pair's
+six scores and one for all its steps; other counts two negatives' rows per pass). On Brown it
+matches gensim's SimLex figure, which the shared window misses by ~.008; on BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
 
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
 step) live in sgns_parts.py; this module is the one-table kernel and its driver.
@@ -43,7 +43,7 @@ import numba as nb
 import numpy as np
 
 from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, linear_lr,
-                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias,
+                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, pack_alias,
                                                 numba_threads, pair_window, seed_state, sigmoid_tables, take_next,
                                                 text_blocks, token_counts, using_numba_threads, window_contexts,
                                                 window_draws, window_sentence)
@@ -51,17 +51,24 @@ from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segmen
 
 # ----------------------------------------------------------------------------- kernel
 
+# The per-pair scheme sums its loss on every LOSS_SAMPLE-th sentence only (sentence index % 8 == 0,
+# the same sentences every run); the others record NaN and the reported losses (stats, progress) are
+# means over the sampled ones. Summing the loss of every pair cost ~15 % of that kernel's time
+# (issue 20, seventh pass); the loss only reports progress, it trains nothing.
+LOSS_SAMPLE = 8
+
 
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
-                 alias_thr, alias_idx, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
+                 alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
                  seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
     """Train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
     block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
     (take_next on next_block[0], which starts at 0) until none is left: the threads train
     neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss
-    sums, pair and kept-token counts go to sent_*[s]. pos_base + token position = work done
-    before that token (for the lr)."""
+    sums (per-pair scheme: every LOSS_SAMPLE-th sentence, NaN for the others), pair and
+    kept-token counts go to sent_*[s]. pos_base + token position = work done before that token
+    (for the lr)."""
     dim = W_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
@@ -84,7 +91,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                 state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                         seed_state(seed, epoch, s), buf, pos)
                 if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
-                    state = window_draws(state, n, window, negatives, alias_thr, alias_idx, buf, draws, wouts)
+                    state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
                     loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
                                                   lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab)
                     sent_loss[s] = loss
@@ -93,6 +100,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     continue
                 loss = 0.0
                 pairs = 0
+                want_loss = shared or s % LOSS_SAMPLE == 0
                 for i in range(n):
                     state, B = window_contexts(state, buf, n, i, window, ctx)
                     if B == 0:
@@ -100,8 +108,9 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     center = buf[i]
                     lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
                     if not shared:
-                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, alias_thr, alias_idx,
-                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab)
+                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, noise,
+                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab,
+                                                want_loss)
                         loss += dl
                         pairs += B
                         continue
@@ -117,7 +126,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
                                           logsig_tab, mode)
                     pairs += B
-                sent_loss[s] = loss
+                sent_loss[s] = loss if want_loss else np.nan
                 sent_pairs[s] = pairs
                 sent_kept[s] = n
             blk = b_lo + take_next(next_block)
@@ -126,8 +135,16 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
 # ----------------------------------------------------------------------------- driver
 
 
+def mean_loss(loss: np.ndarray, pairs: np.ndarray) -> float:
+    """Mean loss per pair over the sentences whose loss was summed (NaN marks a sentence the
+    per-pair kernel did not sample, LOSS_SAMPLE); NaN when none was."""
+    summed = ~np.isnan(loss)
+    p = pairs[summed].sum()
+    return float(loss[summed].sum() / p) if p > 0 else float("nan")
+
+
 def _edge_loss(loss: np.ndarray, pairs: np.ndarray, positions: np.ndarray, frac: float, last: bool) -> float:
-    """Mean loss per pair over the sentences covering the first (or last) `frac` of positions."""
+    """Mean loss per pair over the (sampled) sentences covering the first (or last) `frac` of positions."""
     if len(positions) == 0:
         return float("nan")
     span = positions[-1] - positions[0]
@@ -135,8 +152,7 @@ def _edge_loss(loss: np.ndarray, pairs: np.ndarray, positions: np.ndarray, frac:
         sel = positions[1:] > positions[-1] - frac * span
     else:
         sel = positions[:-1] < positions[0] + frac * span
-    p = pairs[sel].sum()
-    return float(loss[sel].sum() / p) if p > 0 else float("nan")
+    return mean_loss(loss[sel], pairs[sel])
 
 
 def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
@@ -178,7 +194,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     table (keep both to resume with ``init=(W_in, W_out)``). stats: tokens (non-padding tokens x
     epochs), tokens_trained (after subsampling), pairs, seconds, tokens_per_s, pairs_per_s,
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
-    work), compile_s, threads, chunks.
+    work; with shared_negatives=False over every LOSS_SAMPLE-th sentence of it, a fixed sample),
+    compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
@@ -213,7 +230,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
         chunk_tokens = max(262144, per_epoch // 20)
     starts = text_blocks(offsets, block_tokens)
     chunks = block_segments(offsets, starts, chunk_tokens)
-    kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx, sig_tab=sig_tab,
+    kernel = dict(keep_thr=keep, use_sample=sample > 0, alias_thr=alias_thr, alias_idx=alias_idx,
+                  noise=pack_alias(alias_thr, alias_idx), sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
@@ -257,14 +275,14 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
             for b_lo, b_hi in segments:
                 _sgns_blocks(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
                              kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
+                             kernel["noise"],
                              kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
                              kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
                              sent_loss, sent_pairs, sent_kept, kernel["shared"], kernel["mode"])
                 lo, hi = int(starts[b_lo]), int(starts[b_hi])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
-                    p = int(sent_pairs[lo:hi].sum())
-                    progress(done, total_work, float(sent_loss[lo:hi].sum() / p) if p else float("nan"))
+                    progress(done, total_work, mean_loss(sent_loss[lo:hi], sent_pairs[lo:hi]))
             total_pairs += int(sent_pairs.sum())
             total_kept += int(sent_kept.sum())
             if ep == start_epoch:
@@ -317,5 +335,5 @@ def _warm(sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     _sgns_blocks(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
-                 ali, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
+                 ali, pack_alias(thr, ali), sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
     _WARMED = True
