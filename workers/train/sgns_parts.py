@@ -594,16 +594,18 @@ def pair_steps(W_out, Cb, dIn, negs, base, negatives, g):
 
 
 @nb.njit(inline="always")
+def five_rows(negs, base):
+    """A pair's five negative rows negs[base:base + 5], as five scalars (five_scores, five_steps)."""
+    return negs[base], negs[base + 1], negs[base + 2], negs[base + 3], negs[base + 4]
+
+
+@nb.njit(inline="always")
 def five_scores(W_in, W_out, crow, oc, negs, base):
     """The six scores of one pair at negatives=5 in one pass over d: the context row (read from the
     table, not copied) against the centre's buffered output row oc and its five negatives' rows.
     Only loads, so LLVM vectorises it with six independent accumulators and no alias checks."""
     dim = W_in.shape[1]
-    r0 = negs[base]
-    r1 = negs[base + 1]
-    r2 = negs[base + 2]
-    r3 = negs[base + 3]
-    r4 = negs[base + 4]
+    r0, r1, r2, r3, r4 = five_rows(negs, base)
     s = np.float32(0.0)
     s0 = np.float32(0.0)
     s1 = np.float32(0.0)
@@ -639,11 +641,7 @@ def five_steps(W_in, W_out, crow, oc, negs, base, g0, g):
     steps one after the other when the five rows are distinct (five_distinct; otherwise the caller
     steps them in word2vec's order); a zero step (a draw equal to the centre) changes nothing."""
     dim = W_in.shape[1]
-    r0 = negs[base]
-    r1 = negs[base + 1]
-    r2 = negs[base + 2]
-    r3 = negs[base + 3]
-    r4 = negs[base + 4]
+    r0, r1, r2, r3, r4 = five_rows(negs, base)
     g1 = np.float32(g[0])
     g2 = np.float32(g[1])
     g3 = np.float32(g[2])

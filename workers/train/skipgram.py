@@ -28,7 +28,8 @@ sentence's random draws first and prefetches each next window's rows while the c
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
 before the next pair (sgns_parts.pair_window, fused: at negatives=5 one pass over d for a pair's
-six scores and one for all its steps; other counts two negatives' rows per pass). On Brown it
+six scores and one for all its steps, sgns_parts.five_rows / five_scores / five_steps; other counts
+two negatives' rows per pass). On Brown it
 matches gensim's SimLex figure, which the shared window misses by ~.008; on BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
 
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
