@@ -62,7 +62,9 @@ def blas_controller():
 
     Why once: ``threadpool_limits`` scans every loaded shared library on each call; in a Ray worker
     (numba, pyarrow, polars loaded) that was 1.3 ms a call, six calls per node classification
-    (8 ms of deezer_europe's 190, issue 22 eighth round); ``controller.limit`` reuses the scan."""
+    (8 ms of deezer_europe's 190, issue 22 eighth round); ``controller.limit`` reuses the scan.
+    It knows the libraries loaded when it is built (numpy's, which runs the solver's products, is
+    always among them); a BLAS loaded later (torch's, scipy's) is not limited by it."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
