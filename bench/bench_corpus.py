@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_corpus.py [--corpus ../shared/corpora/brown/brown.txt] [--epochs 5]
         [--threads 2] [--scale 10 --files 20] [--skip-gensim] [--skip-scale]
 
-Part 1 (training, Brown): our tokeniser + vocabulary, then the numba skip-gram kernel and gensim
+Part 1 (training, Brown): our tokeniser + vocabulary, then the numba skip-gram kernel (embed-corpus's
+default negatives scheme unless --negatives-per says otherwise) and gensim
 (peers venv, subprocess, same sentences written as space-joined lines, same hyper-parameters: sg=1,
 negative sampling, d=100, window 5, 5 negatives, 5 epochs, min_count 5, sample 1e-3, 2 threads).
 tokens/s = in-vocabulary tokens x epochs / training seconds (vocabulary building excluded for both).
@@ -117,7 +118,8 @@ def part_train(args, tmp: str) -> dict:
     sent_path = write_sentences(args.corpus, spec, os.path.join(tmp, "sentences.txt"))
     res = {"corpus": args.corpus, "sentences": int(len(offsets) - 1), "raw_tokens": st["raw_tokens"],
            "vocab": len(words), "in_vocab_tokens": int(len(tokens)), "threads": args.threads,
-           "params": {"dim": args.dim, "window": args.window, "negatives": args.negatives, "epochs": args.epochs,
+           "params": {"dim": args.dim, "window": args.window, "negatives": args.negatives,
+                      "negatives_per": args.negatives_per, "epochs": args.epochs,
                       "min_count": args.min_count, "sample": args.sample, "lowercase": args.lowercase}}
     runs: dict[str, list] = {"ours": [], "gensim": []}
     who_all = ["ours"] if args.skip_gensim else ["ours", "gensim"]
@@ -126,7 +128,8 @@ def part_train(args, tmp: str) -> dict:
             if who == "ours":
                 W, _, s = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
                                      negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
-                                     threads=args.threads, init=text_init(len(words), args.dim, seed))
+                                     threads=args.threads, init=text_init(len(words), args.dim, seed),
+                                     shared_negatives=args.negatives_per == "window")
                 ev = evaluate_words(words, W, counts=counts)
                 row = {"seed": seed, "vocab_s": round(vocab_s, 3), "train_s": round(s["seconds"], 3),
                        "tokens_per_s": round(len(tokens) * args.epochs / s["seconds"]),
@@ -231,6 +234,14 @@ def _merge_remote(min_count, *vocabs):
     return w, c, remaps
 
 
+def corpus_negatives_per() -> str:
+    """The negatives scheme embed-corpus trains with by default, so the side-by-side measures what a
+    corpus run uses (before, this bench called train_sgns with its own default, the graph's shared
+    window negatives)."""
+    from embedlake.config import CorpusPipelineConfig
+    return CorpusPipelineConfig.model_fields["train"].default_factory().negatives_per
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(SHARED / "corpora" / "brown" / "brown.txt"))
@@ -241,6 +252,9 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=5)
     ap.add_argument("--sample", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--negatives-per", choices=("pair", "window"), default=corpus_negatives_per(),
+                    help="Our kernel's negatives: per pair (word2vec's order) or shared per window; default: "
+                         "embed-corpus's default (train.negatives_per).")
     ap.add_argument("--lowercase", action="store_true")
     ap.add_argument("--seeds", type=int, default=3, help="Training seeds per engine (mean and sd reported).")
     ap.add_argument("--scale", type=int, default=10)
