@@ -479,12 +479,18 @@ class ChunkScores:
     def scores(self, c: int) -> tuple[np.ndarray, int, int]:
         """(S, a, b): S[i, j] = the score of query row i and node c * SCORE_ROWS + j (a buffer reused
         by the next call), for the table's nodes j in a .. b - 1."""
+        product, a, b = self.products(c)
+        self.S[...] = product
+        return self.S, a, b
+
+    def products(self, c: int) -> tuple[np.ndarray, int, int]:
+        """`scores` before the rounding to float32: the chunk's float64 product (a buffer reused by
+        the next call), for a caller that rounds it into its own array."""
         g0 = c * SCORE_ROWS
         a = max(self.lo, g0) - g0
         b = min(self.lo + self.X.shape[0], g0 + SCORE_ROWS) - g0
         np.matmul(self.Uq, self.chunk_rows(g0, a, b).T, out=self.product)
-        self.S[...] = self.product
-        return self.S, a, b
+        return self.product, a, b
 
     def chunk_rows(self, g0: int, a: int, b: int) -> np.ndarray:
         """The SCORE_ROWS rows of the chunk from node g0 as compared (zero outside a .. b - 1)."""
@@ -523,8 +529,8 @@ def block_scores(X, Uq, similarity: str) -> np.ndarray:
     S = np.empty((scorer.Uq.shape[0], scorer.X.shape[0]), dtype=np.float32)
     with one_blas_thread():
         for c in scorer.chunks():
-            part, a, b = scorer.scores(c)
-            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = part[:, a:b]
+            product, a, b = scorer.products(c)
+            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = product[:, a:b]      # rounded to float32 here
     return S
 
 
