@@ -544,7 +544,7 @@ def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, th
         return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity)
     S = block_scores(X, Uq, similarity)
     t, lv = sort_segments(S[qrow, nodes], level, offsets)
-    counts = ScoreCounts(t, offsets, q)
+    counts = ScoreCounts(t, offsets, q, S.shape[1])
     counts.add(S, 0, S.shape[1], 0)
     return t, lv, counts.at_least()
 
@@ -578,9 +578,11 @@ class ScoreCounts:
     bucket and none of a higher one, so it is compared only with the thresholds of its own bucket
     (none in most buckets): exact whatever the rounding of the bucket arithmetic."""
 
-    def __init__(self, t, offsets, srcs):
+    def __init__(self, t, offsets, srcs, width: int = 0):
+        """``width``: how many scores per query will be added (0: unknown), which bounds the buckets
+        (`_bucket_tables`)."""
         self.t, self.offsets, self.srcs = read_only(t, offsets, srcs)
-        self.tables = read_only(*_bucket_tables(self.t, self.offsets, BUCKETS_PER_THRESHOLD))
+        self.tables = read_only(*_bucket_tables(self.t, self.offsets, BUCKETS_PER_THRESHOLD, int(width)))
         self.cnt = np.zeros(int(self.offsets[-1]) + self.offsets.size - 1, dtype=np.int64)
 
     def add(self, S, a: int, b: int, node0: int) -> None:
@@ -609,10 +611,10 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     counts of several row ranges (shards) add up. One pass over U for the whole block of queries,
     a chunk of `ChunkScores` at a time, each score placed among its query's thresholds a window of
     chunks (WINDOW_BYTES of scores) at a time. Why windows: placing reads the query's bucket table
-    (32 KB at 1,000 thresholds); chunk by chunk, 100 queries' tables left the cache between chunks
+    (32 KB at 1,000 thresholds then, 128 KB now); chunk by chunk, 100 queries' tables left the cache between chunks
     (the R-MAT graph's 109 M scores: 3.0 CPU-s of placing chunk by chunk, 2.4 by windows)."""
     scorer = ChunkScores(U, lo, Uq, similarity)
-    counts = ScoreCounts(t, offsets, srcs)
+    counts = ScoreCounts(t, offsets, srcs, scorer.X.shape[0])
     chunks = scorer.chunks()
     per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))
     S = np.empty((scorer.Uq.shape[0], per_window * SCORE_ROWS), dtype=np.float32)
@@ -638,16 +640,21 @@ def _bucket(v, lo, inv, top):
 
 
 @numba.njit(cache=True, nogil=True)
-def _bucket_tables(t, offsets, per):
-    """Per query i (u thresholds): nb[i] = min(per * u, 1 << 18) buckets over [t[0], t[-1]]
-    (`_bucket` with lo_t[i], inv[i]) and first[boff[i] + B] = #{thresholds with bucket < B},
-    B = 0 .. nb[i] (so first[boff[i] + nb[i]] = u)."""
+def _bucket_tables(t, offsets, per, width):
+    """Per query i (u thresholds): nb[i] = min(per * u, 1 << 18) buckets over [t[0], t[-1]], and
+    with width > 0 (scores per query to place) at most max(4 u, width / 2): more buckets than
+    scores cost more to build and hold than they save (BlogCatalog, 1,500 thresholds against
+    10,312 scores per query: 19 MB of tables at 32 per threshold); `_bucket` with lo_t[i], inv[i],
+    and first[boff[i] + B] = #{thresholds with bucket < B}, B = 0 .. nb[i] (so first[boff[i] +
+    nb[i]] = u)."""
     nq = offsets.size - 1
     nb = np.zeros(nq, dtype=np.int64)
     boff = np.zeros(nq + 1, dtype=np.int64)
     for i in range(nq):
         u = offsets[i + 1] - offsets[i]
         nb[i] = min(per * u, 1 << 18) if u > 0 else 0
+        if width > 0 and u > 0:
+            nb[i] = min(nb[i], max(4 * u, width // 2))
         boff[i + 1] = boff[i] + nb[i] + 1
     first = np.zeros(boff[nq], dtype=np.int32)
     lo_t = np.zeros(nq, dtype=t.dtype)
