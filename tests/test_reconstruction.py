@@ -283,16 +283,19 @@ def test_symmetry_check_with_sorted_and_unsorted_rows():
 def test_score_counts_equal_counting_by_comparison():
     """`ScoreCounts` (bucket tables, a score compared only with its own bucket's thresholds) counts
     exactly what comparing every score with every threshold counts: scores equal to thresholds,
-    thresholds crowded into one bucket or all equal, scores below every threshold, NaN, the
-    query's own node left out, and the counts of row ranges added window by window."""
+    thresholds crowded into one bucket or all equal, scores below every threshold, NaN and
+    infinite ones, the query's own node left out, and the counts of row ranges added window by
+    window."""
     rng = np.random.default_rng(11)
     nq, n = 7, 3000
     S = rng.standard_normal((nq, n)).astype(np.float32)
     S[:, ::5] = np.round(S[:, ::5], 1)                         # many exact ties
     S[3, 10:20] = np.nan
+    S[5, :4] = [np.inf, -np.inf, np.inf, 3.0]
+    S[2, :2] = [-np.inf, np.inf]
     srcs = rng.integers(0, n, nq)
     pools = [S[0, :40], S[1, ::3], np.full(9, S[2, 5]), np.array([], np.float32), S[4, 100:101],
-             np.concatenate([np.linspace(0, 1e-6, 50, dtype=np.float32), [3.0]]), S[6, :600]]
+             np.concatenate([np.linspace(0, 1e-6, 50, dtype=np.float32), [3.0, np.inf]]), S[6, :600]]
     t = np.concatenate([np.sort(p.astype(np.float32), kind="stable") for p in pools])
     offsets = np.concatenate(([0], np.cumsum([p.size for p in pools]))).astype(np.int64)
     want = np.zeros(int(offsets[-1]) + nq, dtype=np.int64)

@@ -635,8 +635,10 @@ BUCKETS_PER_THRESHOLD = 32        # `ScoreCounts`' buckets per threshold (at mos
 @numba.njit(cache=True, nogil=True, inline="always")
 def _bucket(v, lo, inv, top):
     """The bucket of a score v >= lo: min((v - lo) * inv, top), truncated. Every step rounds
-    monotonically, so a higher score never gets a lower bucket: all the placing relies on."""
-    return np.int64(min((v - lo) * inv, np.float64(top)))
+    monotonically, so a higher score never gets a lower bucket: all the placing relies on. A NaN
+    product (infinite scores: inf - inf, inf x 0) goes to the top bucket, which keeps it monotone."""
+    x = (v - lo) * inv
+    return np.int64(x) if x < top else top
 
 
 @numba.njit(cache=True, nogil=True)
