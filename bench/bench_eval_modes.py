@@ -102,7 +102,7 @@ def stage_cpu(case: str) -> dict:
 
 
 RECONSTRUCTION_KERNELS = ("_candidates_kernel", "_sort_segments_kernel", "_bucket_tables", "_place_scores",
-                          "_tail_sums", "walk_hops")
+                          "walk_hops")
 
 
 def kernel_stats() -> dict:

@@ -302,7 +302,7 @@ def test_reconstruction_kernels_see_read_only_arrays_whoever_calls():
         a.setflags(write=False)
     assert geometry.reconstruction_map(*frozen, sample=50) == writable
     kernels = (geometry._candidates_kernel, geometry._sort_segments_kernel, geometry._bucket_tables,
-               geometry._place_scores, geometry._tail_sums, geometry._reverse_arcs, geometry._other_neighbour,
+               geometry._place_scores, geometry._reverse_arcs, geometry._other_neighbour,
                geometry.walk_hops)
     for k in kernels:
         inputs = [t for sig in k.signatures for t in sig[:6] if isinstance(t, numba.types.Array)]

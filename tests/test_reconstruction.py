@@ -278,3 +278,36 @@ def test_symmetry_check_with_sorted_and_unsorted_rows():
     assert geometry._is_symmetric(indptr, indices)
     assert not geometry._is_symmetric(indptr, np.array([2, 1, 0, 0, 0, 2, 1], dtype=np.int64))
     assert not geometry._is_symmetric(np.array([0, 1, 2, 2], dtype=np.int64), np.array([1, 2], dtype=np.int64))
+
+
+def test_score_counts_equal_counting_by_comparison():
+    """`ScoreCounts` (bucket tables, a score compared only with its own bucket's thresholds) counts
+    exactly what comparing every score with every threshold counts: scores equal to thresholds,
+    thresholds crowded into one bucket or all equal, scores below every threshold, NaN and
+    infinite ones, the query's own node left out, and the counts of row ranges added window by
+    window."""
+    rng = np.random.default_rng(11)
+    nq, n = 7, 3000
+    S = rng.standard_normal((nq, n)).astype(np.float32)
+    S[:, ::5] = np.round(S[:, ::5], 1)                         # many exact ties
+    S[3, 10:20] = np.nan
+    S[5, :4] = [np.inf, -np.inf, np.inf, 3.0]
+    S[2, :2] = [-np.inf, np.inf]
+    srcs = rng.integers(0, n, nq)
+    pools = [S[0, :40], S[1, ::3], np.full(9, S[2, 5]), np.array([], np.float32), S[4, 100:101],
+             np.concatenate([np.linspace(0, 1e-6, 50, dtype=np.float32), [3.0, np.inf]]), S[6, :600]]
+    t = np.concatenate([np.sort(p.astype(np.float32), kind="stable") for p in pools])
+    offsets = np.concatenate(([0], np.cumsum([p.size for p in pools]))).astype(np.int64)
+    want = np.zeros(int(offsets[-1]) + nq, dtype=np.int64)
+    for i in range(nq):
+        a, b = offsets[i], offsets[i + 1]
+        s = np.delete(S[i], srcs[i])
+        for k in range(a, b):
+            want[k + i] = np.sum(s >= t[k])
+    counts = geometry.ScoreCounts(t, offsets, srcs)
+    counts.add(S, 0, n, 0)
+    assert np.array_equal(counts.at_least(), want)
+    windows = geometry.ScoreCounts(t, offsets, srcs)
+    for lo in range(0, n, 700):
+        windows.add(S[:, lo:lo + 700], 0, min(700, n - lo), lo)
+    assert np.array_equal(windows.at_least(), want)

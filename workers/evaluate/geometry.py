@@ -479,12 +479,18 @@ class ChunkScores:
     def scores(self, c: int) -> tuple[np.ndarray, int, int]:
         """(S, a, b): S[i, j] = the score of query row i and node c * SCORE_ROWS + j (a buffer reused
         by the next call), for the table's nodes j in a .. b - 1."""
+        product, a, b = self.products(c)
+        self.S[...] = product
+        return self.S, a, b
+
+    def products(self, c: int) -> tuple[np.ndarray, int, int]:
+        """`scores` before the rounding to float32: the chunk's float64 product (a buffer reused by
+        the next call), for a caller that rounds it into its own array."""
         g0 = c * SCORE_ROWS
         a = max(self.lo, g0) - g0
         b = min(self.lo + self.X.shape[0], g0 + SCORE_ROWS) - g0
         np.matmul(self.Uq, self.chunk_rows(g0, a, b).T, out=self.product)
-        self.S[...] = self.product
-        return self.S, a, b
+        return self.product, a, b
 
     def chunk_rows(self, g0: int, a: int, b: int) -> np.ndarray:
         """The SCORE_ROWS rows of the chunk from node g0 as compared (zero outside a .. b - 1)."""
@@ -523,8 +529,8 @@ def block_scores(X, Uq, similarity: str) -> np.ndarray:
     S = np.empty((scorer.Uq.shape[0], scorer.X.shape[0]), dtype=np.float32)
     with one_blas_thread():
         for c in scorer.chunks():
-            part, a, b = scorer.scores(c)
-            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = part[:, a:b]
+            product, a, b = scorer.products(c)
+            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = product[:, a:b]      # rounded to float32 here
     return S
 
 
@@ -538,7 +544,7 @@ def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, th
         return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity)
     S = block_scores(X, Uq, similarity)
     t, lv = sort_segments(S[qrow, nodes], level, offsets)
-    counts = ScoreCounts(t, offsets, q)
+    counts = ScoreCounts(t, offsets, q, S.shape[1])
     counts.add(S, 0, S.shape[1], 0)
     return t, lv, counts.at_least()
 
@@ -564,11 +570,19 @@ def _sort_segments_kernel(scores, level, offsets):
 
 class ScoreCounts:
     """Per query i with ascending thresholds t[offsets[i]:offsets[i + 1]] (u of them), how many of
-    the scores added so far lie at or above each threshold, the query's own node srcs[i] left out."""
+    the scores added so far lie at or above each threshold, the query's own node srcs[i] left out.
 
-    def __init__(self, t, offsets, srcs):
+    Each score is placed by a bucket table (`_bucket_tables`): BUCKETS_PER_THRESHOLD x u buckets
+    over [t[0], t[-1]], a score's bucket `_bucket` (monotone in the score), and per bucket the
+    thresholds whose own bucket lies below it. A score then passes every threshold of a lower
+    bucket and none of a higher one, so it is compared only with the thresholds of its own bucket
+    (none in most buckets): exact whatever the rounding of the bucket arithmetic."""
+
+    def __init__(self, t, offsets, srcs, width: int = 0):
+        """``width``: how many scores per query will be added (0: unknown), which bounds the buckets
+        (`_bucket_tables`)."""
         self.t, self.offsets, self.srcs = read_only(t, offsets, srcs)
-        self.tables = read_only(*_bucket_tables(self.t, self.offsets))
+        self.tables = read_only(*_bucket_tables(self.t, self.offsets, BUCKETS_PER_THRESHOLD, int(width)))
         self.cnt = np.zeros(int(self.offsets[-1]) + self.offsets.size - 1, dtype=np.int64)
 
     def add(self, S, a: int, b: int, node0: int) -> None:
@@ -577,7 +591,17 @@ class ScoreCounts:
 
     def at_least(self) -> np.ndarray:
         """ge: per query, u + 1 counts from offsets[i] + i on, ge[k] = scores >= t[k] (the last 0)."""
-        return _tail_sums(*read_only(self.cnt, self.offsets))
+        return tail_sums(self.cnt, self.offsets)
+
+
+def tail_sums(cnt: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per query segment (offsets[i] + i .. offsets[i + 1] + i): ge[k] = cnt[k + 1] + ... to its
+    end (integers: exact in any order)."""
+    ends = np.asarray(offsets[1:], dtype=np.int64) + np.arange(1, offsets.size, dtype=np.int64)
+    suffix = np.cumsum(cnt[::-1])[::-1]                           # cnt[k] + ... + cnt[-1]
+    after = np.append(suffix, 0)                                  # after[k] = cnt[k] + ... (after[-1] = 0)
+    seg_end = np.repeat(ends, np.diff(np.concatenate(([0], ends))))
+    return after[np.arange(1, cnt.size + 1)] - after[seg_end]
 
 
 def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot") -> np.ndarray:
@@ -587,10 +611,10 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     counts of several row ranges (shards) add up. One pass over U for the whole block of queries,
     a chunk of `ChunkScores` at a time, each score placed among its query's thresholds a window of
     chunks (WINDOW_BYTES of scores) at a time. Why windows: placing reads the query's bucket table
-    (32 KB at 1,000 thresholds); chunk by chunk, 100 queries' tables left the cache between chunks
+    (32 KB at 1,000 thresholds then, 128 KB now); chunk by chunk, 100 queries' tables left the cache between chunks
     (the R-MAT graph's 109 M scores: 3.0 CPU-s of placing chunk by chunk, 2.4 by windows)."""
     scorer = ChunkScores(U, lo, Uq, similarity)
-    counts = ScoreCounts(t, offsets, srcs)
+    counts = ScoreCounts(t, offsets, srcs, scorer.X.shape[0])
     chunks = scorer.chunks()
     per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))
     S = np.empty((scorer.Uq.shape[0], per_window * SCORE_ROWS), dtype=np.float32)
@@ -605,71 +629,79 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     return counts.at_least()
 
 
+BUCKETS_PER_THRESHOLD = 32        # `ScoreCounts`' buckets per threshold (at most 1 << 18 per query)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bucket(v, lo, inv, top):
+    """The bucket of a score v >= lo: min((v - lo) * inv, top), truncated. Every step rounds
+    monotonically, so a higher score never gets a lower bucket: all the placing relies on. A NaN
+    product (infinite scores: inf - inf, inf x 0) goes to the top bucket, which keeps it monotone."""
+    x = (v - lo) * inv
+    return np.int64(x) if x < top else top
+
+
 @numba.njit(cache=True, nogil=True)
-def _bucket_tables(t, offsets):
-    """Per query: bucket guesses over [t[0], t[-1]] (see `nodes_scoring_at_least`), flattened."""
+def _bucket_tables(t, offsets, per, width):
+    """Per query i (u thresholds): nb[i] = min(per * u, 1 << 18) buckets over [t[0], t[-1]], and
+    with width > 0 (scores per query to place) at most max(4 u, width / 2): more buckets than
+    scores cost more to build and hold than they save (BlogCatalog, 1,500 thresholds against
+    10,312 scores per query: 19 MB of tables at 32 per threshold); `_bucket` with lo_t[i], inv[i],
+    and first[boff[i] + B] = #{thresholds with bucket < B}, B = 0 .. nb[i] (so first[boff[i] +
+    nb[i]] = u)."""
     nq = offsets.size - 1
     nb = np.zeros(nq, dtype=np.int64)
+    boff = np.zeros(nq + 1, dtype=np.int64)
     for i in range(nq):
         u = offsets[i + 1] - offsets[i]
-        nb[i] = min(4 * u, 1 << 16) if u > 0 else 0
-    first_off = np.zeros(nq + 1, dtype=np.int64)
-    for i in range(nq):
-        first_off[i + 1] = first_off[i] + nb[i] + 1
-    first = np.zeros(first_off[nq], dtype=np.int64)
-    lo_t = np.zeros(nq, dtype=np.float32)
-    width = np.ones(nq, dtype=np.float32)
+        nb[i] = min(per * u, 1 << 18) if u > 0 else 0
+        if width > 0 and u > 0:
+            nb[i] = min(nb[i], max(4 * u, width // 2))
+        boff[i + 1] = boff[i] + nb[i] + 1
+    first = np.zeros(boff[nq], dtype=np.int32)
+    lo_t = np.zeros(nq, dtype=t.dtype)
+    inv = np.zeros(nq, dtype=np.float64)
     for i in range(nq):
         a, b = offsets[i], offsets[i + 1]
         if b == a:
             continue
         lo_t[i], hi = t[a], t[b - 1]
-        width[i] = (hi - lo_t[i]) / nb[i] if hi > lo_t[i] else np.float32(1.0)
-        k = 0
-        for bk in range(nb[i] + 1):
-            edge = lo_t[i] + bk * width[i]
-            while k < b - a and t[a + k] < edge:
-                k += 1
-            first[first_off[i] + bk] = k
-    return nb, first_off, first, lo_t, width
+        inv[i] = nb[i] / (np.float64(hi) - np.float64(lo_t[i])) if hi > lo_t[i] else 0.0
+        for k in range(a, b):
+            first[boff[i] + _bucket(t[k], lo_t[i], inv[i], nb[i] - 1) + 1] += 1
+        for bk in range(1, nb[i] + 1):
+            first[boff[i] + bk] += first[boff[i] + bk - 1]
+    return nb, boff, first, lo_t, inv
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _place_scores(S, a, b, node0, srcs, t, offsets, nb, first_off, first, lo_t, width, cnt):
+def _place_scores(S, a, b, node0, srcs, t, offsets, nb, boff, first, lo_t, inv, cnt):
     """cnt[offsets[i] + i + p] += 1 for each score S[i, j], j in a .. b - 1 (node node0 + j; the
     query's own node srcs[i] left out), p = #{thresholds of query i <= the score}."""
     for i in numba.prange(offsets.size - 1):
         x, y = offsets[i], offsets[i + 1]
         if y > x:
-            _place(S[i, a:b], b - a, node0 + a, srcs[i], t[x:y], first[first_off[i]:first_off[i + 1]], nb[i],
-                   lo_t[i], width[i], cnt[x + i:y + i + 1])
+            own = srcs[i] - node0
+            tab = first[boff[i]:boff[i + 1]]
+            c = cnt[x + i:y + i + 1]
+            _place(S[i], a, min(max(own, a), b), t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
+            _place(S[i], max(min(own + 1, b), a), b, t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
 
 
 @numba.njit(cache=True, nogil=True)
-def _tail_sums(cnt, offsets):
-    """Per query segment (offsets[i] + i .. offsets[i + 1] + i): ge[k] = cnt[k + 1] + ... to its end."""
-    ge = np.zeros(cnt.size, dtype=np.int64)
-    for i in range(offsets.size - 1):
-        a, b = offsets[i] + i, offsets[i + 1] + i
-        for k in range(b - 1, a - 1, -1):
-            ge[k] = ge[k + 1] + cnt[k + 1]
-    return ge
-
-
-@numba.njit(cache=True, nogil=True)
-def _place(s, w, node0, src, t, first, nb, lo_t, width, cnt):
-    """cnt[p] += 1 for each score s[jj] (node node0 + jj, src left out) with p = #{t <= s[jj]}."""
-    u = t.size
-    for jj in range(w):
-        v = s[jj]
-        if node0 + jj == src or not v >= lo_t:
+def _place(s, j0, j1, t, first, top, lo, inv, cnt):
+    """cnt[p] += 1 for each score s[j], j in j0 .. j1 - 1, p = #{t <= s[j]} (scores below t[0] and
+    NaN, which no threshold counts, are skipped): the thresholds of lower buckets, plus those of
+    its own bucket at or below it."""
+    for j in range(j0, j1):
+        v = s[j]
+        if not v >= lo:
             continue
-        bk = min(int((v - lo_t) / width), nb - 1)
+        bk = _bucket(v, lo, inv, top)
         p = first[bk]
-        while p < u and t[p] <= v:
+        e = first[bk + 1]
+        while p < e and t[p] <= v:
             p += 1
-        while p > 0 and t[p - 1] > v:
-            p -= 1
         cnt[p] += 1
 
 
