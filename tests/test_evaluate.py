@@ -398,6 +398,8 @@ def test_table_rows_products_equal_the_design_arrays(share):
     assert np.allclose(xp, X @ B, atol=1e-5)
     assert np.allclose(H, X64.T @ (D * (X64 @ B)), rtol=1e-4, atol=1e-4) and H.dtype == np.float64
     assert np.allclose(A.gram(), X64.T @ X64, rtol=1e-5, atol=1e-3)
+    from embedlake.workers.evaluate.row_kernels import design_pass
+    assert len(design_pass.signatures) == 1            # one compiled (and cached) version, whoever calls
     out = np.empty((rows.size, 2), dtype=np.float32)
     assert classify.skinny_product(A, B[:, :2], out=out) is out and np.allclose(out, X @ B[:, :2], atol=1e-5)
     assert np.array_equal(A[5:].array(), X[5:]) and np.array_equal(A[np.array([3, 1])].array(), X[[3, 1]])
