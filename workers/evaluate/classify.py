@@ -785,7 +785,8 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
     design for ``seed`` is built here, and the Gram spectrum is that of the design's rows, so no
     row is normalised twice: of its first ``spectrum_rows`` rows when fewer than all (the base
     design is in a seeded random order, so they are a seeded sample of the labelled rows, and a
-    view: no gather), scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
+    view: no gather; a `TableRows` sums its Gram matrix a block of gathered rows at a time),
+    scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
     (`top_spectrum`), else all of them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
@@ -816,7 +817,7 @@ class RepeatDesign:
     1e-3 relative gradient (docs/evaluation.md: the F1 against the float64 design).
 
     Repeat 0's design is the set's `base_design` (no copy); another repeat's rows are gathered from
-    it. ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
+    it (a `TableRows` base: selected, read from the table in place). ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
     splits all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test
     rows are then scored in the base design, not copied. ``places[i]``: the base design's row
     holding design row i (every row of the repeat's order, laid out or not)."""
