@@ -371,9 +371,11 @@ def test_unit_rows_into_a_float32_design_and_the_base_design_read_the_table_in_p
 @pytest.mark.parametrize("share", [0.9, 0.5, 0.1])
 def test_table_rows_products_equal_the_design_arrays(share):
     """`TableRows` reads design rows [T[r] / |T[r]|, 1] from the table in place (issue 22, ninth
-    round): its products, masked over the whole table (most rows) or gathered (a small share),
-    equal the gathered design array's to float32 rounding; ``array()`` is `unit_rows`' bit for
-    bit; slices and index arrays select design rows; without norms the rows are read as they are."""
+    and tenth rounds): its products (numba kernels streaming the whole table for most rows, reading
+    only its rows for a small share; a Newton-CG step's two products in one pass) equal the
+    gathered design array's to float32 rounding; ``array()`` is `unit_rows`' bit for bit, ``gram()``
+    the array's Gram matrix; slices and index arrays select design rows; without norms the rows
+    are read as they are."""
     from embedlake.workers.evaluate.rows import TableRows, row_norms, unit_rows
     rng = np.random.default_rng(11)
     T = rng.standard_normal((400, 16)).astype(np.float32)
@@ -383,11 +385,21 @@ def test_table_rows_products_equal_the_design_arrays(share):
     A = TableRows(T, rows, row_norms(T, rows))
     X = A.array()
     assert X.shape == A.shape and np.array_equal(X[:, :16], unit_rows(T, rows, np.float32)) and (X[:, 16] == 1).all()
-    assert A.gathers == (share < 0.25)
+    assert A.dense == (share >= 0.25)
     B = rng.standard_normal((17, 3)).astype(np.float32)
     V = rng.standard_normal((rows.size, 3)).astype(np.float32)
     assert np.allclose(A @ B, X @ B, atol=1e-5) and np.allclose(A @ B[:, 0], X @ B[:, 0], atol=1e-5)
-    assert np.allclose(A.T @ V, X.T @ V, rtol=1e-5, atol=1e-4)
+    assert np.allclose(A.T @ V, X.T @ V, rtol=1e-5, atol=1e-4) and (A.T @ V).dtype == np.float64
+    assert np.allclose(A.T @ V[:, 0], X.T @ V[:, 0], rtol=1e-5, atol=1e-4)
+    D = rng.random((rows.size, 3)).astype(np.float32)
+    xp = np.empty((rows.size, 3), dtype=np.float32)
+    H = A.hessian(D, B, xp)
+    X64 = X.astype(np.float64)
+    assert np.allclose(xp, X @ B, atol=1e-5)
+    assert np.allclose(H, X64.T @ (D * (X64 @ B)), rtol=1e-4, atol=1e-4) and H.dtype == np.float64
+    assert np.allclose(A.gram(), X64.T @ X64, rtol=1e-5, atol=1e-3)
+    from embedlake.workers.evaluate.row_kernels import design_pass
+    assert len(design_pass.signatures) == 1            # one compiled (and cached) version, whoever calls
     out = np.empty((rows.size, 2), dtype=np.float32)
     assert classify.skinny_product(A, B[:, :2], out=out) is out and np.allclose(out, X @ B[:, :2], atol=1e-5)
     assert np.array_equal(A[5:].array(), X[5:]) and np.array_equal(A[np.array([3, 1])].array(), X[[3, 1]])

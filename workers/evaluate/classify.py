@@ -140,13 +140,15 @@ def _times_t(Xa, Xh, V, scratch: Scratch | None = None):
     """X.T @ V in float64, as `_times` (V rounded to float32 in ``scratch``'s buffer when given)."""
     if Xa is not None:
         return Xa.T @ V
+    if isinstance(Xh, TableRows):                  # its kernel rounds V itself and sums into float64
+        return Xh.T.product(V)
     V32 = V.astype(np.float32) if scratch is None else scratch("v32", V.shape[1], np.float32)
     if scratch is not None:
         np.copyto(V32, V, casting="same_kind")
     return skinny_product(Xh.T, V32).astype(np.float64)
 
 
-def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch):
+def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch, also: np.ndarray | None = None):
     """Per-column loss, gradient and Hessian weights of 0.5|w|^2 + C sum log(1 + exp(-s x.w)),
     given the margins M = s * (X w) (the line search has already computed them).
 
@@ -154,7 +156,9 @@ def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch):
     cost a fresh worker's figures task 0.09 CPU-s (issue 22, seventh round), a tenth of the
     evaluate stage on deezer_europe. numpy's exp differs from the C library's (expit's) by one
     unit in the last place on about 2 % of arguments; the F1 came out identical.
-    Every n x labels value is computed in ``scratch``'s buffers (D too: valid until the next call)."""
+    Every n x labels value is computed in ``scratch``'s buffers (D too: valid until the next call).
+    ``also``: n x c values whose X.T @ also is computed in the same pass over the rows as the
+    gradient's product, and returned fourth (a design read in place, `TableRows`: see fit_logreg_ovr)."""
     cols = M.shape[1]
     a = np.negative(M, out=scratch("a", cols))
     loss = 0.5 * np.einsum("ij,ij->j", W, W) + C * np.logaddexp(0.0, a, out=a).sum(axis=0)
@@ -163,10 +167,15 @@ def _loss_grad(Xa, Xh, S, W, C, M, scratch: Scratch):
         np.exp(M, out=q)
     q += 1.0
     np.reciprocal(q, out=q)                        # 1 - sigma(margin) = 1 / (1 + exp(M))
-    G = W - C * _times_t(Xa, Xh, np.multiply(S, q, out=a), scratch)
+    Sq = np.multiply(S, q, out=a)
+    if also is None:
+        G = W - C * _times_t(Xa, Xh, Sq, scratch)
+    else:
+        XtV = _times_t(Xa, Xh, np.hstack([Sq, also]), scratch)
+        G = W - C * XtV[:, :cols]
     D = np.subtract(1.0, q, out=scratch("D", cols))
     D *= q                                         # sigma(z)(1 - sigma(z)), same for both signs
-    return loss, G, D
+    return (loss, G, D) if also is None else (loss, G, D, XtV[:, cols:])
 
 
 def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercept: bool = True,
@@ -205,14 +214,20 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     Mall = np.zeros((n, L)) if start is None else \
         S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
     scratch = Scratch(n, L) if scratch is None else scratch.sized(n, L)     # ``scratch``: buffers to reuse
-    g0 = None if start is None else np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)  # |grad| at W = 0
+    g0_with_grad = start is not None and Xa is None and isinstance(Xh, TableRows)   # in the first gradient's pass
+    g0 = None if start is None or g0_with_grad else \
+        np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)              # |grad| at W = 0
     active = np.arange(L)
     for _ in range(max_iter):
         if active.size == 0:
             break
         every = active.size == L                    # no column converged yet: views, not copies
         Sa, Wa = (S, W) if every else (S[:, active], W[:, active])
-        f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall if every else Mall[:, active], scratch)
+        if g0 is None and g0_with_grad:             # first pass (every column active)
+            f, G, D, XtS = _loss_grad(Xa, Xh, Sa, Wa, C, Mall, scratch, also=S)
+            g0 = np.linalg.norm(0.5 * C * XtS, axis=0)
+        else:
+            f, G, D = _loss_grad(Xa, Xh, Sa, Wa, C, Mall if every else Mall[:, active], scratch)
         gnorm = np.linalg.norm(G, axis=0)
         if g0 is None:                              # first pass: every label is active
             g0 = gnorm.copy()
@@ -278,8 +293,11 @@ def _newton_direction(Xh, G, D, gnorm, C, spectrum, max_cg: int, scratch: Scratc
     eta = np.minimum(0.5, np.sqrt(gnorm)) * gnorm     # inexact-Newton forcing term
     live = np.ones(G.shape[1], dtype=bool)
     for _cg in range(max_cg):
-        skinny_product(Xh, Pd.astype(np.float32), out=XPd)
-        HP = Pd + C * skinny_product(Xh.T, np.multiply(D32, XPd, out=DXPd)).astype(np.float64)
+        if isinstance(Xh, TableRows):              # both products in one pass over the rows
+            HP = Pd + C * Xh.hessian(D32, Pd, XPd)
+        else:
+            skinny_product(Xh, Pd.astype(np.float32), out=XPd)
+            HP = Pd + C * skinny_product(Xh.T, np.multiply(D32, XPd, out=DXPd)).astype(np.float64)
         pHp = np.einsum("ij,ij->j", Pd, HP)
         alpha = np.where(live, rz / np.maximum(pHp, 1e-300), 0.0)
         P += alpha * Pd
@@ -392,7 +410,7 @@ def f1_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> tuple[float, float]:
     return micro, float(per.mean()) if per.size else 0.0
 
 
-def design_eigh(Xa: np.ndarray, scale: float, rank: int = 0, seed: int = 0) -> tuple:
+def design_eigh(Xa: np.ndarray | TableRows, scale: float, rank: int = 0, seed: int = 0) -> tuple:
     """Eigen-decomposition of ``scale`` x the Gram matrix of float32 design rows ``Xa`` (the
     product in float32; the eigenvalues clipped at 0); ``rank`` > 0: its `top_spectrum` of that
     rank instead.
@@ -405,7 +423,7 @@ def design_eigh(Xa: np.ndarray, scale: float, rank: int = 0, seed: int = 0) -> t
     Gram matrix of a sample of ``eval.spectrum_rows`` rows, scaled by n / rows: it only
     conditions the solver, whose optimum and stopping rule do not depend on it (on deezer_europe,
     28,281 x 513, the whole Gram product and eigh were 0.83 CPU-s)."""
-    G = (Xa.T @ Xa).astype(np.float64) * scale
+    G = (Xa.gram() if isinstance(Xa, TableRows) else Xa.T @ Xa).astype(np.float64) * scale
     if rank:
         return top_spectrum(G, rank, seed)
     lam, Q = np.linalg.eigh(G)
@@ -431,10 +449,25 @@ def top_spectrum(G: np.ndarray, rank: int, seed: int = 0, iters: int = 3, extra:
         return np.maximum(lam, 0.0), Q
     V = np.random.default_rng([seed, m, rank]).standard_normal((m, rank + extra))
     for _ in range(iters):
-        V = np.linalg.qr(G @ V)[0]
+        V = orthonormal_basis(G @ V)
     lam, U = np.linalg.eigh(V.T @ G @ V)
     lam, Q = np.maximum(lam[extra:], 0.0), V @ U[:, extra:]
     return lam, Q, max(float(np.trace(G) - lam.sum()) / (m - rank), 0.0)
+
+
+def orthonormal_basis(Y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of Y's columns: Y L^-T with L L^T = Y^T Y (Cholesky QR), or Q of
+    ``np.linalg.qr`` when Y^T Y is not numerically positive definite.
+
+    Why (issue 22, tenth round): numpy's QR of a 513 x 104 block cost 1.6-2.8 ms, three per
+    `top_spectrum`, against 0.7 ms here; the bases agree to 4e-13 (columns up to sign) on
+    deezer_europe's Gram matrix, and the Rayleigh-Ritz step that follows depends only on the
+    subspace. The figures came out identical."""
+    try:
+        L = np.linalg.cholesky(Y.T @ Y)
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(Y)[0]
+    return Y @ np.linalg.inv(L).T
 
 
 def scaled_spectrum(spectrum: tuple, factor: float) -> tuple:
@@ -581,12 +614,6 @@ def _fit_columns(Xtr, Y, *, C, tol, spectrum, start, design, start_scores=None, 
 
 
 IN_PLACE_SHARE = 0.5               # labelled rows / table rows from which the design is read in place
-FIT_GATHER_SHARE = 0.25            # a fit on fewer of the table's rows than this share gathers them once
-
-
-def design_array(Xh: np.ndarray | TableRows) -> np.ndarray:
-    """A design as one float32 array: ``Xh`` itself, or the rows of a `TableRows` gathered."""
-    return Xh.array() if isinstance(Xh, TableRows) else Xh
 
 
 @dataclass
@@ -758,13 +785,14 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
     design for ``seed`` is built here, and the Gram spectrum is that of the design's rows, so no
     row is normalised twice: of its first ``spectrum_rows`` rows when fewer than all (the base
     design is in a seeded random order, so they are a seeded sample of the labelled rows, and a
-    view: no gather), scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
+    view: no gather; a `TableRows` sums its Gram matrix a block of gathered rows at a time),
+    scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
     (`top_spectrum`), else all of them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
                      normalize=bool(normalize))
     sample = min(ls.size, spectrum_rows or ls.size)
     with blas_threads(threads):
-        ls.spectrum = design_eigh(design_array(ls.base_design(seed)[0][:sample]), ls.size / max(sample, 1),
+        ls.spectrum = design_eigh(ls.base_design(seed)[0][:sample], ls.size / max(sample, 1),
                                   spectrum_rank, seed)
     return ls
 
@@ -789,7 +817,7 @@ class RepeatDesign:
     1e-3 relative gradient (docs/evaluation.md: the F1 against the float64 design).
 
     Repeat 0's design is the set's `base_design` (no copy); another repeat's rows are gathered from
-    it. ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
+    it (a `TableRows` base: selected, read from the table in place). ``rows`` < n: only the first ``rows`` rows of the design are laid out (a repeat whose
     splits all train on fewer, eval.mode=sampled's extra repeats of the small ratios); its test
     rows are then scored in the base design, not copied. ``places[i]``: the base design's row
     holding design row i (every row of the repeat's order, laid out or not)."""
@@ -808,7 +836,6 @@ class RepeatDesign:
         rows = n if rows is None else min(n, int(rows))
         if isinstance(base, TableRows):
             Xh = base[:rows] if repeat == 0 else base[places[:rows]]
-            Xh = Xh.array() if rows < n else Xh             # a small share: gathered once, as before
         else:
             Xh = base[:rows] if repeat == 0 else np.take(base, places[:rows], axis=0)
         return cls(repeat, Xh, ls.Y[perm], perm, places)
@@ -829,7 +856,6 @@ class RepeatDesign:
         if self.Xh.shape[0] < k:
             raise ValueError(f"the repeat's design holds {self.Xh.shape[0]} rows, the split trains on {k}")
         X = self.Xh[:k]
-        X = X.array() if isinstance(X, TableRows) and k < FIT_GATHER_SHARE * X.table.shape[0] else X
         return split_weights(None, self.Y[:k], C=C, tol=tol, spectrum=scaled_spectrum(ls.spectrum, k / n), start=start,
                              start_scores=start_scores, design=(None, X), scratch=scratch)
 
@@ -875,10 +901,15 @@ def times32(Xh: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Xh @ W of a float32 design, in float32 (W rounded to float32): decision scores. A two-class
     problem's W = [w, -w] (`_fit_columns`) is scored once, its second column negated (exactly)."""
     W32 = W.astype(np.float32)
-    if W32.shape[1] == 2 and np.array_equal(W32[:, 1], -W32[:, 0]):
+    if _negated_pair(W32):
         first = Xh @ W32[:, 0]
         return np.stack([first, -first], axis=1)
     return skinny_product(Xh, W32)
+
+
+def _negated_pair(W32: np.ndarray) -> bool:
+    """Whether W is a two-class problem's [w, -w] (`_fit_columns`): scored by its first column."""
+    return W32.shape[1] == 2 and np.array_equal(W32[:, 1], -W32[:, 0])
 
 
 def split_chain_f1(ls: LabelledSet, splits: list[tuple[float, int]], *, seed: int = 0, C: float = 1.0,
@@ -938,6 +969,13 @@ def chained_fit(ls: LabelledSet, rd: RepeatDesign, ratio: float, prev, *, C: flo
 def base_scores(base: np.ndarray, Ws: list[np.ndarray]) -> list[np.ndarray]:
     """base @ W of each W (float32), through one product of the base design with all of them:
     the design is read once whatever their number (the product is memory-bound at a few columns)."""
+    if isinstance(base, TableRows) and len(Ws) > 1:  # one pass over the table for every column
+        W32s = [W.astype(np.float32) for W in Ws]
+        cols = [W32[:, :1] if _negated_pair(W32) else W32 for W32 in W32s]
+        B = base.product(np.hstack(cols))
+        edges = np.cumsum([0] + [c.shape[1] for c in cols])
+        return [np.hstack([B[:, lo:hi], -B[:, lo:hi]]) if _negated_pair(W32) else B[:, lo:hi]
+                for W32, lo, hi in zip(W32s, edges[:-1], edges[1:])]
     if not Ws or all(W.shape[1] <= 2 for W in Ws):
         return [times32(base, W) for W in Ws]         # two-class or few columns: matrix-vector products
     B = times32(base, np.hstack(Ws))

@@ -13,28 +13,11 @@ import numba
 import numpy as np
 
 from embedlake.workers.evaluate.classify import blas_threads
-from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
+from embedlake.workers.evaluate.rows import RowNormaliser, read_only, unit_rows
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
 LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
 QUERY_BLOCK = 256                  # queries scored per pass over the rows (reconstruction)
-
-
-def read_only(*arrays) -> list[np.ndarray]:
-    """Read-only views of the arrays a numba kernel only reads. Why: numba compiles (and caches)
-    one version per argument types, and a read-only array is another type than a writable one.
-    Ray hands a task read-only arrays (zero-copy from the object store) while in-process callers
-    and tests pass writable ones, so kernels fed both compiled twice, and a cache warmed by
-    in-process runs made every fresh Ray worker compile again (7 CPU-s on deezer_europe,
-    docs/evaluation.md). Every caller now feeds the kernels one kind: read-only."""
-    views = []
-    for a in arrays:
-        v = np.asarray(a).view()
-        v.setflags(write=False)
-        views.append(v)
-    return views
-
-
 
 
 def sample_nodes(n: int, count: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:

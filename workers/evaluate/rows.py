@@ -20,9 +20,10 @@ import numpy as np
 BLOCK_BYTES = 1 << 19              # a block's widest temporary: under the workers' 1 MiB mmap threshold
 
 
-def block_rows(d: int) -> int:
-    """Rows per block of `RowNormaliser`: BLOCK_BYTES of float64 temporaries whatever the dtype."""
-    return max(1, BLOCK_BYTES // (8 * max(1, d)))
+def block_rows(d: int, itemsize: int = 8) -> int:
+    """Rows per block of `RowNormaliser`: BLOCK_BYTES of temporaries of ``itemsize`` bytes (float64
+    unless told: whatever the dtype)."""
+    return max(1, BLOCK_BYTES // (itemsize * max(1, d)))
 
 
 class RowNormaliser:
@@ -90,7 +91,8 @@ def row_norms(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
     X = np.asarray(X)
     whole = 2 * len(rows) >= X.shape[0]            # most of the table: every row's norm, read in order
     count = X.shape[0] if whole else len(rows)
-    norm = RowNormaliser(X, dtype, min(block_rows(X.shape[1]), max(count, 1)))
+    step = block_rows(X.shape[1], max(np.dtype(dtype).itemsize, X.dtype.itemsize))   # float32: 256 rows of 512
+    norm = RowNormaliser(X, dtype, min(step, max(count, 1)))
     out = np.empty(count, dtype=dtype)
     for lo in range(0, count, norm.step):
         hi = min(count, lo + norm.step)
@@ -105,29 +107,36 @@ def row_norms(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
     return out[rows] if whole else out
 
 
-GATHER_SHARE = 0.25                # below this share of the table's rows, `TableRows` gathers its rows
+FORWARD, TRANSPOSED, HESSIAN = 0, 1, 2          # row_kernels.design_pass's modes
+DENSE_SHARE = 0.25                 # from this share of the table's rows, `TableRows` streams the whole table
 
 
 class TableRows:
     """The float32 design rows ``[table[r] / norm_r, 1]`` of table rows ``rows`` (norms None: the rows
-    as they are), read from the table in place: ``A @ B``, ``A.T @ V`` and ``A[lo:hi]`` as for the
-    design array `array()` would build, in float32.
+    as they are), read from the table in place: ``A @ B``, ``A.T @ V``, `hessian` and ``A[lo:hi]`` as
+    for the design array `array()` would build, in float32.
 
     Why (issue 22, ninth round): node classification's base design was a normalised float32 copy
     of every labelled row, 58 MB on deezer_europe (28,281 x 513), and a fresh worker faulted it in
     page by page besides the table it was copied from (about a third of node classification's
-    cost there). When the rows are most of the table, a product runs over the whole table in
-    place (one matrix-vector product per column) and picks its rows: ``X @ w = (T @ w[:d])[rows] /
-    norms + w[d]`` and ``X.T @ v = T.T @ scatter(v / norms)``, plus the sum of v for the constant
-    column; below `GATHER_SHARE` of the table a product gathers its rows instead (cheaper there).
-    The values differ from the copy's products by float32 rounding only (the quotient is taken
-    after the dot product, not before)."""
+    cost there).
+
+    How (issue 22, tenth round): numba kernels (`row_kernels`) read each design row from the table
+    once per product, every column of the operand while the row is in cache, and a Newton-CG
+    step's two products in one pass (`hessian`). From `DENSE_SHARE` of the table's rows they read
+    the whole table in order and give the other rows weight 0: skipping them, in table order too,
+    cost 1.6-1.9 times as much (deezer_europe, 0.5 and 0.9 of the rows: 4.3-5.0 ms against 2.6-3.0
+    per fused step; the prefetcher streams an unbroken read). Below it they read only their rows,
+    in table order. The values differ from the gathered array's BLAS products by float32 rounding
+    (the quotient is taken after the dot product, not before; the transposed sums go into float64
+    every 256 rows)."""
 
     dtype = np.dtype(np.float32)
 
     def __init__(self, table: np.ndarray, rows: np.ndarray, norms: np.ndarray | None):
         self.table, self.rows, self.norms = table, rows, norms
         self.shape = (int(rows.size), int(table.shape[1]) + 1)
+        self._plan = None
 
     def __getitem__(self, key) -> TableRows:
         """The design rows ``key`` (a slice or an index array of positions) as a `TableRows`."""
@@ -141,23 +150,73 @@ class TableRows:
         return TransposedRows(self)
 
     @property
-    def gathers(self) -> bool:
-        return self.rows.size < GATHER_SHARE * self.table.shape[0]
+    def dense(self) -> bool:
+        """Whether the kernels stream the whole table (else they read this design's rows only)."""
+        return self.rows.size >= DENSE_SHARE * self.table.shape[0]
+
+    def plan(self) -> tuple:
+        """The kernels' read-only arguments (table, table rows read in order, the design position of
+        each or -1, each design row's norm), built on first use."""
+        if self._plan is None:
+            table = np.ascontiguousarray(self.table, dtype=np.float32)
+            n = self.rows.size
+            if self.dense:
+                trows = np.arange(table.shape[0], dtype=np.int64)
+                tpos = np.full(table.shape[0], -1, dtype=np.int64)
+                tpos[self.rows] = np.arange(n)
+            else:
+                tpos = np.argsort(self.rows, kind="stable").astype(np.int64, copy=False)
+                trows = np.asarray(self.rows, dtype=np.int64)[tpos]
+            norms = np.ones(n, dtype=np.float32) if self.norms is None else self.norms
+            self._plan = read_only(table, trows, tpos, np.ascontiguousarray(norms, dtype=np.float32))
+        return self._plan
 
     def product(self, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """This design times B ((d + 1) x c or d + 1, rounded to float32), into ``out`` when given."""
-        B = np.asarray(B, dtype=np.float32)
-        B2 = B.reshape(B.shape[0], -1)
-        d, cols = self.table.shape[1], B2.shape[1]
-        res = np.empty((cols, self.rows.size), dtype=np.float32).T if out is None else out
-        picked = np.take(self.table, self.rows, axis=0) if self.gathers else self.table
-        for j in range(cols):
-            full = picked @ B2[:d, j]
-            part = full if self.gathers else full[self.rows]
-            if self.norms is not None:
-                np.divide(part, self.norms, out=part)
-            np.add(part, B2[d, j], out=res[:, j])
+        """This design times B ((d + 1) x c or d + 1, rounded to float32), float32, into ``out`` when given."""
+        B = np.asarray(B)
+        Bt = np.ascontiguousarray(B.reshape(B.shape[0], -1).T, dtype=np.float32)
+        res = out if out is not None and out.flags.c_contiguous else np.empty((self.rows.size, Bt.shape[0]), np.float32)
+        self.run(FORWARD, Bt, Bt, res, np.empty((0, 0)))
+        if out is not None and res is not out:
+            out[...] = res
+            res = out
         return res.reshape(-1) if B.ndim == 1 and out is None else res
+
+    def hessian(self, D: np.ndarray, P: np.ndarray, xp: np.ndarray) -> np.ndarray:
+        """A Newton-CG step's products in one pass: ``xp`` (n x c, float32) = this design times P
+        ((d + 1) x c, rounded to float32), and the result ((d + 1) x c, float64) = the design's
+        transpose times ``D * xp`` (D: n x c float32 weights)."""
+        Pt = np.ascontiguousarray(P.T, dtype=np.float32)
+        res = xp if xp.flags.c_contiguous else np.empty(xp.shape, np.float32)
+        out = np.empty((Pt.shape[0], self.shape[1]))
+        self.run(HESSIAN, np.ascontiguousarray(D, dtype=np.float32), Pt, res, out)
+        if res is not xp:
+            xp[...] = res
+        return out.T
+
+    def run(self, mode: int, A: np.ndarray, B: np.ndarray, xp: np.ndarray, out: np.ndarray) -> None:
+        """`row_kernels.design_pass` over this design (imported here: see row_kernels)."""
+        from embedlake.workers.evaluate.row_kernels import design_pass
+        design_pass(*self.plan(), *read_only(A, B), xp, out, mode)
+
+    def gram(self) -> np.ndarray:
+        """The Gram matrix X.T @ X of these design rows (float32, (d + 1) x (d + 1)), a block of rows
+        at a time: the blocks' products summed, each block gathered into one buffer under the
+        workers' 1 MiB mmap threshold (`array()` of a 4,096-row spectrum sample was 8.4 MB, faulted in
+        page by page in a worker; issue 22, tenth round)."""
+        d = self.table.shape[1]
+        step = max(1, ((1 << 20) - (1 << 12)) // (4 * (d + 1)))
+        buf = np.empty((min(step, max(self.rows.size, 1)), d + 1), dtype=np.float32)
+        G, part = np.zeros((d + 1, d + 1), dtype=np.float32), np.empty((d + 1, d + 1), dtype=np.float32)
+        for lo in range(0, self.rows.size, step):
+            hi = min(self.rows.size, lo + step)
+            block = buf[:hi - lo]
+            np.take(self.table, self.rows[lo:hi], axis=0, out=block[:, :d])
+            if self.norms is not None:
+                np.divide(block[:, :d], self.norms[lo:hi, None], out=block[:, :d])
+            block[:, d] = 1.0
+            G += np.matmul(block.T, block, out=part)
+        return G
 
     def array(self) -> np.ndarray:
         """The design rows as one float32 array (each row as `unit_rows` computes it when normalised)."""
@@ -183,21 +242,28 @@ class TransposedRows:
         return self.product(V)
 
     def product(self, V: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The design's transpose times V (n x c or n, rounded to float32): (d + 1) x c, float32."""
-        A = self.of
-        V = np.asarray(V, dtype=np.float32)
-        V2 = V.reshape(V.shape[0], -1)
-        d, cols = A.table.shape[1], V2.shape[1]
-        res = np.empty((cols, d + 1), dtype=np.float32).T if out is None else out
-        picked = np.take(A.table, A.rows, axis=0) if A.gathers else A.table
-        full = np.empty(picked.shape[0], dtype=np.float32)
-        for j in range(cols):
-            part = full if A.gathers else np.zeros(A.table.shape[0], dtype=np.float32)
-            scaled = V2[:, j] if A.norms is None else np.divide(V2[:, j], A.norms)
-            if A.gathers:
-                part[...] = scaled
-            else:
-                part[A.rows] = scaled
-            np.matmul(picked.T, part, out=res[:d, j])
-            res[d, j] = V2[:, j].sum()
-        return res.reshape(-1) if V.ndim == 1 and out is None else res
+        """The design's transpose times V (n x c or n; each value rounded to float32 as a float32
+        operand's would be): (d + 1) x c, float64, into ``out`` when given."""
+        V = np.asarray(V)
+        V2 = np.ascontiguousarray(V.reshape(V.shape[0], -1), dtype=np.float32)
+        res = np.empty((V2.shape[1], self.shape[0]))
+        self.of.run(TRANSPOSED, V2, V2, np.empty((0, 0), np.float32), res)
+        if out is not None:
+            out[...] = res.T
+            return out
+        return res[0] if V.ndim == 1 else res.T
+
+
+def read_only(*arrays) -> list[np.ndarray]:
+    """Read-only views of the arrays a numba kernel only reads. Why: numba compiles (and caches)
+    one version per argument types, and a read-only array is another type than a writable one.
+    Ray hands a task read-only arrays (zero-copy from the object store) while in-process callers
+    and tests pass writable ones, so kernels fed both compiled twice, and a cache warmed by
+    in-process runs made every fresh Ray worker compile again (7 CPU-s on deezer_europe,
+    docs/evaluation.md). Every caller now feeds the kernels one kind: read-only."""
+    views = []
+    for a in arrays:
+        v = np.asarray(a).view()
+        v.setflags(write=False)
+        views.append(v)
+    return views
