@@ -6,6 +6,7 @@ run commits) and the ratio evaluation / other stages (Ray's start-up left out), 
 figures beside them so a cheaper evaluation can be checked against the figures it replaced.
 
 Cases (``--cases``):
+  karate       DeepWalk, labels (2), defaults: the smallest scale the issue names
   blogcatalog  DeepWalk, labels (39, multi-label), defaults
   deezer_ro    FastRP d=512 on deezer_ro (84 labels, 41,773 nodes), when ../shared/datasets/deezer_ro
                exists; else the case stops with a message (github and ppi stand in for it)
@@ -50,6 +51,9 @@ SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def case_args(case: str, out: str, rmat_edges: int) -> list[str]:
+    if case == "karate":
+        d = SHARED / "karate"
+        return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv")]
     if case == "blogcatalog":
         d = SHARED / "blogcatalog"
         return ["--edges", str(d / "edges.tsv"), "--labels", str(d / "labels.tsv")]
