@@ -43,11 +43,11 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, draw_negatives, linear_lr,
-                                                hogbatch_mode, keep_thresholds, kept_tokens, noise_alias, pack_alias,
-                                                numba_threads, pair_window, seed_state, sigmoid_tables, take_next,
-                                                text_blocks, token_counts, using_numba_threads, window_contexts,
-                                                window_draws, window_sentence)
+from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, cache_aligned, draw_negatives,
+                                                hogbatch_mode, keep_thresholds, kept_tokens, linear_lr, noise_alias,
+                                                numba_threads, pack_alias, pair_window, seed_state, sigmoid_tables,
+                                                take_next, text_blocks, token_counts, using_numba_threads,
+                                                window_contexts, window_draws, window_sentence)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -93,9 +93,10 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                                         seed_state(seed, epoch, s), buf, pos)
                 if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
                     state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
+                    want_loss = s % LOSS_SAMPLE == 0
                     loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
-                                                  lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab)
-                    sent_loss[s] = loss
+                                                  lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab, want_loss)
+                    sent_loss[s] = loss if want_loss else np.nan
                     sent_pairs[s] = pairs
                     sent_kept[s] = n
                     continue
@@ -172,15 +173,15 @@ def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
     if counts.shape != (vocab_size,):
         raise ValueError(f"counts must have shape ({vocab_size},), got {counts.shape}")
     if init is not None:
-        W_in = np.array(init[0], dtype=np.float32, order="C", copy=True)
-        W_out = np.array(init[1], dtype=np.float32, order="C", copy=True)
+        W_in = np.asarray(init[0], dtype=np.float32)
+        W_out = np.asarray(init[1], dtype=np.float32)
         if W_in.shape != (vocab_size, dim) or W_out.shape != (vocab_size, dim):
             raise ValueError(f"init tables must both have shape ({vocab_size}, {dim})")
     else:
         rng = np.random.default_rng(seed)
         W_in = ((rng.random((vocab_size, dim), dtype=np.float32) - np.float32(0.5)) / np.float32(dim))
         W_out = np.zeros((vocab_size, dim), dtype=np.float32)
-    return tokens, offsets, counts, W_in, W_out
+    return tokens, offsets, counts, cache_aligned(W_in), cache_aligned(W_out)     # copies: the caller's init untouched
 
 
 def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, negatives=5,
