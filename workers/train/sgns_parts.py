@@ -4,8 +4,10 @@ in blocks.py, compositional tables in compose.py, torch in torch_engine.py) must
 Why one module: the kernels differ only in where their rows live (one table, two shards, composed
 rows); the random streams, the dynamic window, the negative draws, the sigmoid tables and the
 HogBatch window step are one definition, so a run is bit-identical whichever kernel shares them and
-a fix lands in every kernel at once. The numba functions are ``inline="always"``: each kernel
-compiles them into its own loop (no call cost; the kernel's own fastmath flags apply).
+a fix lands in every kernel at once. One exception: the one-table kernel's windows of six outputs
+take the fused six_window (issue 20, eighth pass), equal to hogbatch up to float32 summation order.
+The numba functions are ``inline="always"``: each kernel compiles them into its own loop (no call
+cost; the kernel's own fastmath flags apply).
 
 Random draws: splitmix64 streams. The constants below are numba uint64 operands (a shift count of
 np.uint64 keeps the arithmetic in uint64 instead of promoting to float).

@@ -23,7 +23,10 @@ take ~8 192-token blocks of the text from one queue (an atomic counter, sgns_par
 gensim's workers take jobs: they train neighbouring text, and a slow (descheduled) thread holds
 nobody up until the launch's last block. The shared-negative window (the graph default) takes a
 sentence's random draws first and prefetches each next window's rows while the current one trains
-(sgns_parts.window_draws, window_sentence): the same values, ~20 % more tokens per CPU-second.
+(sgns_parts.window_draws, window_sentence): the same values, ~20 % more tokens per CPU-second. At five
+negatives a window's step is fused (sgns_parts.six_window: a context's six scores in one pass over d,
+its input step and its share of the six output steps in one more), and the tables start on a cache
+line (sgns_parts.cache_aligned): ~1.7x more tokens per CPU-second on BlogCatalog (eighth pass).
 
 ``shared_negatives=False`` (the embed-corpus default, config train.negatives_per=pair) runs
 word2vec's own order instead: context after context, fresh negatives per pair, each step applied
@@ -52,10 +55,11 @@ from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segmen
 
 # ----------------------------------------------------------------------------- kernel
 
-# The per-pair scheme sums its loss on every LOSS_SAMPLE-th sentence only (sentence index % 8 == 0,
-# the same sentences every run); the others record NaN and the reported losses (stats, progress) are
-# means over the sampled ones. Summing the loss of every pair cost ~15 % of that kernel's time
-# (issue 20, seventh pass); the loss only reports progress, it trains nothing.
+# Both default schemes (per pair, and the shared window) sum their loss on every LOSS_SAMPLE-th
+# sentence only (sentence index % 8 == 0, the same sentences every run); the others record NaN and
+# the reported losses (stats, progress) are means over the sampled ones. Summing the loss of every
+# pair cost ~15 % of the per-pair kernel's time (issue 20, seventh pass) and ~10 % of the window
+# kernel's (eighth pass); the loss only reports progress, it trains nothing. The ablation modes sum it all.
 LOSS_SAMPLE = 8
 
 
@@ -67,7 +71,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
     block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
     (take_next on next_block[0], which starts at 0) until none is left: the threads train
     neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss
-    sums (per-pair scheme: every LOSS_SAMPLE-th sentence, NaN for the others), pair and
+    sums (default schemes: every LOSS_SAMPLE-th sentence, NaN for the others), pair and
     kept-token counts go to sent_*[s]. pos_base + token position = work done before that token
     (for the lr)."""
     dim = W_in.shape[1]
@@ -139,7 +143,7 @@ def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
 
 def mean_loss(loss: np.ndarray, pairs: np.ndarray) -> float:
     """Mean loss per pair over the sentences whose loss was summed (NaN marks a sentence the
-    per-pair kernel did not sample, LOSS_SAMPLE); NaN when none was."""
+    kernel did not sample, LOSS_SAMPLE); NaN when none was."""
     summed = ~np.isnan(loss)
     p = pairs[summed].sum()
     return float(loss[summed].sum() / p) if p > 0 else float("nan")
@@ -196,7 +200,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     table (keep both to resume with ``init=(W_in, W_out)``). stats: tokens (non-padding tokens x
     epochs), tokens_trained (after subsampling), pairs, seconds, tokens_per_s, pairs_per_s,
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
-    work; with shared_negatives=False over every LOSS_SAMPLE-th sentence of it, a fixed sample),
+    work; over every LOSS_SAMPLE-th sentence of it, a fixed sample, unless `ablation` is set),
     compile_s, threads, chunks.
     threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
