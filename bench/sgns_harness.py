@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sgns_harness.py --variants '{"pair": {"shared_negatives": false}, "window": {}}'
         [--rounds 3] [--threads 1] [--epochs 1]
+    .venv/bin/python bench/sgns_harness.py --graph blogcatalog --variants '{"window": {}}' [--graph-walks 10]
     .venv/bin/python bench/sgns_harness.py --pair-grad [--calls 4000000] [--repeats 5]
 
 Why: under the shared machine's load a kernel's speed moves by 2-3x between runs, so two kernels are
@@ -11,6 +12,10 @@ sgns_parts, ``window``, ...): the kernels themselves, never edited copies of the
 sgns_quality.py (our tokeniser, min_count 5, d=100, window 5, 5 negatives, sample 1e-3), seed 0.
 Each run prints tokens per CPU-second and a checksum of what it trained (the sum of |W_in| and the
 last loss figure): at one thread two variants that compute the same numbers print the same checksum.
+
+--graph DATASET trains on bench_skipgram.py's DeepWalk walks of that dataset instead (uniform walks,
+--graph-walks per node, 80 steps; BlogCatalog: 10 x 80 = 8.25 M tokens) with bench_skipgram's settings
+as the defaults: d=128, window 10, 5 negatives, no subsampling, train_sgns's own initial tables.
 
 --pair-grad times sgns_parts.pair_grad (branch-free) against the if / elif form it replaced, which
 is pair_grad_mode with no ablation bit (its mode-0 path is that earlier code), on the same random
@@ -70,15 +75,25 @@ def time_pair_grad(calls: int, repeats: int) -> dict:
     return out
 
 
+def graph_walks(args):
+    """(nodes, None, tokens, offsets, None) of bench_skipgram's DeepWalk walks on args.graph."""
+    import bench_skipgram
+    a = argparse.Namespace(dataset=args.graph, walks=args.graph_walks, length=80, threads=args.threads)
+    n, _, walks, _ = bench_skipgram.deepwalk_walks(a, bench_skipgram.load_peers())
+    tokens = walks.ravel()
+    return list(range(n)), None, tokens, np.arange(0, tokens.size + 1, 80, dtype=np.int64), None
+
+
 def run_variant(data, args, kw: dict) -> dict:
     """One training run of a variant: tokens per CPU-second and per wall second, and its checksum."""
     from embedlake.workers.corpus.text import text_init
     from embedlake.workers.train.skipgram import train_sgns
     words, counts, tokens, offsets, _ = data
+    init = None if args.graph else text_init(len(words), args.dim, 0)
     c0 = time.process_time()
     W, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
                           negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=0,
-                          threads=args.threads, init=text_init(len(words), args.dim, 0), **kw)
+                          threads=args.threads, init=init, **kw)
     cpu = time.process_time() - c0
     n = len(tokens) * args.epochs
     return {"tokens_per_cpu_s": round(n / cpu), "tokens_per_s": round(n / st["seconds"]),
@@ -88,7 +103,7 @@ def run_variant(data, args, kw: dict) -> dict:
 def run_rounds(args) -> None:
     """Every variant once per round, rounds back to back; then the median per variant and its
     ratio to the first variant's median."""
-    data = tokenised(args)
+    data = graph_walks(args) if args.graph else tokenised(args)
     variants = json.loads(args.variants)
     words, counts, tokens, offsets, _ = data
     warm = (words, counts, tokens[:offsets[200]], offsets[:201], None)   # compile / load the kernel, untimed
@@ -116,7 +131,12 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--graph", default=None, metavar="DATASET",
+                    help="train on DeepWalk walks of ../shared/datasets/DATASET (bench_skipgram.py's) instead of Brown")
+    ap.add_argument("--graph-walks", type=int, default=10, help="--graph: walks per node (80 steps each)")
     add_corpus_options(ap)
+    if ap.parse_known_args()[0].graph:                   # bench_skipgram.py's settings unless given
+        ap.set_defaults(dim=128, window=10, sample=0.0)
     return ap.parse_args()
 
 

@@ -390,6 +390,69 @@ def test_pair_scheme_is_word2vec_order(negatives):
     assert np.abs(W - W0).max() > 1e-2          # it moved
 
 
+def _window_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0, min_lr, seed, counts):
+    """The shared-negative window (HogBatch, the graph default) written out in numpy with the
+    kernel's random streams: centre after centre, one set of negatives per window (a draw equal to
+    the centre skipped), every score taken from the rows as the window found them, then the output
+    rows' steps and the contexts' steps added in order (one epoch, no subsampling)."""
+    from embedlake.workers.train.sgns_parts import sigmoid_tables
+    sig, _ = sigmoid_tables()
+    thr, alias = noise_alias(counts)
+    total = float(offsets[-1] - offsets[0])
+    mask = (1 << 64) - 1
+
+    def grad(f, label, lr):
+        sg = sig[0] if f <= -6 else sig[1024] if f >= 6 else sig[int((f + 6.0) * (1024 / 12.0) + 0.5)]
+        return np.float32((np.float32(label) - sg) * lr)
+
+    for s in range(len(offsets) - 1):
+        _, state = _splitmix64((seed * 0xBF58476D1CE4E5B9 + s * 0x9E3779B97F4A7C15) & mask)   # epoch 0
+        sent = tokens[offsets[s]:offsets[s + 1]]
+        for i, center in enumerate(sent):
+            state, r = _splitmix64(state)
+            b = 1 + (((r >> 32) * window) >> 32)
+            ctx = [sent[j] for j in range(max(0, i - b), min(len(sent), i + b + 1)) if j != i]
+            if not ctx:
+                continue
+            outs = [center]
+            for _ in range(negatives):
+                state, r = _splitmix64(state)
+                jj = ((r >> 32) * len(thr)) >> 32
+                neg = jj if (r & 0xFFFFFFFF) < thr[jj] else alias[jj]
+                if neg != center:
+                    outs.append(neg)
+            lr = max(min_lr, lr0 - (lr0 - min_lr) * (offsets[s] + i) / total)
+            C, O = W_in[ctx].copy(), W_out[outs].copy()
+            S = C.astype(np.float64) @ O.T.astype(np.float64)
+            G = np.array([[grad(S[c, o], o == 0, lr) for o in range(len(outs))] for c in range(len(ctx))], np.float32)
+            for o, row in enumerate(outs):
+                W_out[row] += G[:, o] @ C
+            for c, row in enumerate(ctx):
+                W_in[row] += G[c] @ O
+    return W_in, W_out
+
+
+@pytest.mark.parametrize("negatives", [3, 5])
+def test_window_scheme_is_hogbatch_order(negatives):
+    """The graph default (shared negatives per window) computes exactly the HogBatch window update
+    with the kernel's random draws, checked against a plain numpy reference (equal up to float32
+    summation order). negatives=5 runs the fused six-output step (sgns_parts.six_window, eighth
+    pass) wherever no draw equals the centre; on 30 words many windows do draw the centre (hogbatch,
+    the general step), as negatives=3 always does. d=37: a vector body and a remainder."""
+    rng = np.random.default_rng(6)
+    tokens = rng.integers(0, 30, 300).astype(np.int32)
+    offsets = np.array([0, 17, 60, 61, 130, 300], np.int64)
+    counts = np.bincount(tokens, minlength=30).astype(np.int64)
+    W0 = ((rng.random((30, 37)) - 0.5) / 8).astype(np.float32)
+    O0 = ((rng.random((30, 37)) - 0.5) / 8).astype(np.float32)
+    kw = dict(window=4, negatives=negatives, lr0=0.05, min_lr=1e-4, seed=9)
+    W_ref, O_ref = _window_order_reference(tokens, offsets, W0.copy(), O0.copy(), counts=counts, **kw)
+    W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=37, window=4, negatives=negatives, lr=0.05,
+                          min_lr=1e-4, seed=9, threads=1, init=(W0, O0))
+    assert np.abs(W - W_ref).max() < 1e-5 and np.abs(O - O_ref).max() < 1e-5
+    assert np.abs(W - W0).max() > 1e-2 and np.abs(O - O0).max() > 1e-2          # it moved
+
+
 def test_pair_grad_is_word2vec_table_lookup():
     """The branch-free pair_grad (issue 20, third pass) returns exactly the table values of
     word2vec's clamped form: sigmoid from the nearest of the 1025 points on [-6, 6], the end points

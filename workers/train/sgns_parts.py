@@ -4,8 +4,10 @@ in blocks.py, compositional tables in compose.py, torch in torch_engine.py) must
 Why one module: the kernels differ only in where their rows live (one table, two shards, composed
 rows); the random streams, the dynamic window, the negative draws, the sigmoid tables and the
 HogBatch window step are one definition, so a run is bit-identical whichever kernel shares them and
-a fix lands in every kernel at once. The numba functions are ``inline="always"``: each kernel
-compiles them into its own loop (no call cost; the kernel's own fastmath flags apply).
+a fix lands in every kernel at once. One exception: the one-table kernel's windows of six outputs
+take the fused six_window (issue 20, eighth pass), equal to hogbatch up to float32 summation order.
+The numba functions are ``inline="always"``: each kernel compiles them into its own loop (no call
+cost; the kernel's own fastmath flags apply).
 
 Random draws: splitmix64 streams. The constants below are numba uint64 operands (a shift count of
 np.uint64 keeps the arithmetic in uint64 instead of promoting to float).
@@ -137,6 +139,24 @@ def pack_alias(alias_thr: np.ndarray, alias_idx: np.ndarray) -> np.ndarray:
     if len(alias_idx) >= 1 << 31:
         raise ValueError(f"pack_alias: a vocabulary of {len(alias_idx)} rows does not fit 31 bits")
     return (np.asarray(alias_idx).astype(np.uint64) << S33) | np.asarray(alias_thr, np.uint64)
+
+
+CACHE_LINE = 64                                 # bytes
+
+
+def cache_aligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of the 2-d table `a` whose data starts on a cache-line boundary.
+
+    Why: a large numpy array starts wherever malloc put it, usually 16 bytes past a 64-byte line, so
+    at d=128 every 64-byte vector access of every row straddles two lines (a split load or store):
+    the window kernel ran ~1.5x slower on such tables in a micro-benchmark (issue 20, eighth pass).
+    The copy has the same values; it is a view into a slightly larger buffer."""
+    a = np.asarray(a, dtype=np.float32)
+    raw = np.empty(a.size + CACHE_LINE // 4, np.float32)
+    k = (-raw.ctypes.data % CACHE_LINE) // 4
+    out = raw[k:k + a.size].reshape(a.shape)
+    out[...] = a
+    return out
 
 
 # ----------------------------------------------------------------------------- numba device functions
@@ -497,13 +517,119 @@ def prefetch_window(W_in, W_out, buf, n, i, draws, outs, k1):
 
 
 @nb.njit(inline="always")
+def six_scores(W_in, W_out, crow, r0, r1, r2, r3, r4, r5):
+    """The six scores of one context row of W_in against the window's six output rows, in one pass
+    over d (loads only: six vector accumulators, no alias checks)."""
+    dim = W_in.shape[1]
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    s4 = np.float32(0.0)
+    s5 = np.float32(0.0)
+    for d in range(dim):
+        x = W_in[crow, d]
+        s0 += x * W_out[r0, d]
+        s1 += x * W_out[r1, d]
+        s2 += x * W_out[r2, d]
+        s3 += x * W_out[r3, d]
+        s4 += x * W_out[r4, d]
+        s5 += x * W_out[r5, d]
+    return s0, s1, s2, s3, s4, s5
+
+
+@nb.njit(inline="always")
+def six_window(W_in, W_out, ctx, B, outs, St, dIn, g, lr, sig_tab, logsig_tab, want_loss):
+    """hogbatch for a window of six outputs (the centre and five negatives, none equal to the
+    centre: the graph default's usual case), on the tables directly: the rows are read in place (no
+    gather into L1 buffers: nothing is written to the tables before the window's end, so they read
+    as hogbatch's copies do), each context's six scores in one pass over d (six_scores), each
+    context's input step dIn[c] = sum_o g[c, o] row_o in one pass that also adds its share
+    g[c, o] * context to the six output steps St[o]; then the steps are added to the tables in
+    hogbatch's order. The same values as hogbatch up to float32 summation order in the scores; the
+    loss only when want_loss (else 0). Returns the loss."""
+    dim = W_in.shape[1]
+    r0 = outs[0]
+    r1 = outs[1]
+    r2 = outs[2]
+    r3 = outs[3]
+    r4 = outs[4]
+    r5 = outs[5]
+    loss = 0.0
+    for c in range(B):
+        s0, s1, s2, s3, s4, s5 = six_scores(W_in, W_out, ctx[c], r0, r1, r2, r3, r4, r5)
+        g[c, 0] = pair_scale(s0, True, lr, sig_tab)
+        g[c, 1] = pair_scale(s1, False, lr, sig_tab)
+        g[c, 2] = pair_scale(s2, False, lr, sig_tab)
+        g[c, 3] = pair_scale(s3, False, lr, sig_tab)
+        g[c, 4] = pair_scale(s4, False, lr, sig_tab)
+        g[c, 5] = pair_scale(s5, False, lr, sig_tab)
+        if want_loss:
+            loss += (pair_loss(s0, True, logsig_tab) + pair_loss(s1, False, logsig_tab)
+                     + pair_loss(s2, False, logsig_tab) + pair_loss(s3, False, logsig_tab)
+                     + pair_loss(s4, False, logsig_tab) + pair_loss(s5, False, logsig_tab))
+    for c in range(B):
+        crow = ctx[c]
+        g0 = g[c, 0]
+        g1 = g[c, 1]
+        g2 = g[c, 2]
+        g3 = g[c, 3]
+        g4 = g[c, 4]
+        g5 = g[c, 5]
+        if c == 0:
+            for d in range(dim):
+                x = W_in[crow, d]
+                o0 = W_out[r0, d]
+                o1 = W_out[r1, d]
+                o2 = W_out[r2, d]
+                o3 = W_out[r3, d]
+                o4 = W_out[r4, d]
+                o5 = W_out[r5, d]
+                dIn[c, d] = g0 * o0 + g1 * o1 + g2 * o2 + g3 * o3 + g4 * o4 + g5 * o5
+                St[0, d] = g0 * x
+                St[1, d] = g1 * x
+                St[2, d] = g2 * x
+                St[3, d] = g3 * x
+                St[4, d] = g4 * x
+                St[5, d] = g5 * x
+        else:
+            for d in range(dim):
+                x = W_in[crow, d]
+                o0 = W_out[r0, d]
+                o1 = W_out[r1, d]
+                o2 = W_out[r2, d]
+                o3 = W_out[r3, d]
+                o4 = W_out[r4, d]
+                o5 = W_out[r5, d]
+                dIn[c, d] = g0 * o0 + g1 * o1 + g2 * o2 + g3 * o3 + g4 * o4 + g5 * o5
+                St[0, d] += g0 * x
+                St[1, d] += g1 * x
+                St[2, d] += g2 * x
+                St[3, d] += g3 * x
+                St[4, d] += g4 * x
+                St[5, d] += g5 * x
+    for o in range(6):
+        orow = outs[o]
+        for d in range(dim):
+            W_out[orow, d] += St[o, d]
+    for c in range(B):
+        crow = ctx[c]
+        for d in range(dim):
+            W_in[crow, d] += dIn[c, d]
+    return loss
+
+
+@nb.njit(inline="always")
 def window_sentence(W_in, W_out, buf, pos, n, draws, outs, k1, ctx, Cb, Ob, g, dIn, lr0, min_lr, pos_base, work_total,
-                    sig_tab, logsig_tab):
+                    sig_tab, logsig_tab, want_loss):
     """The shared-negative windows of one sentence (the graph default) from window_draws's draws,
     each window prefetching the next one's rows while it trains: the same steps as window_contexts
-    + draw_negatives + hogbatch centre by centre (bit-identical), with the random row reads of the
-    next window overlapped with this window's arithmetic (issue 20, sixth pass: ~20 % more tokens
-    per CPU-second at one thread). Returns (loss, pairs)."""
+    + draw_negatives + hogbatch centre by centre, with the random row reads of the next window
+    overlapped with this window's arithmetic (issue 20, sixth pass: ~20 % more tokens per
+    CPU-second at one thread). A window of six outputs (five negatives, none equal to the centre)
+    takes six_window's fused step (eighth pass; the same values up to float32 summation order),
+    any other hogbatch's. The loss is summed only when want_loss (else 0; six_window's windows).
+    Returns (loss, pairs)."""
     loss = 0.0
     pairs = 0
     if n > 0:
@@ -520,7 +646,11 @@ def window_sentence(W_in, W_out, buf, pos, n, draws, outs, k1, ctx, Cb, Ob, g, d
                 ctx[B] = buf[j]
                 B += 1
         lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
-        loss += hogbatch(W_in, W_out, ctx, B, outs[i * k1:], nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+        if nout == 6:
+            loss += six_window(W_in, W_out, ctx, B, outs[i * k1:], Ob, dIn, g, lr, sig_tab, logsig_tab, want_loss)
+        else:
+            dl = hogbatch(W_in, W_out, ctx, B, outs[i * k1:], nout, Cb, Ob, g, dIn, lr, sig_tab, logsig_tab)
+            loss += dl if want_loss else 0.0
         pairs += B
     return loss, pairs
 
