@@ -33,6 +33,8 @@ do that in the pipeline's workers; ``--cold-numba``: not imported, so the compon
 pays its import and first cache load) maps the case's table read-only (as the object store hands it),
 then runs node classification and reconstruction once each: CPU seconds (user + system), page
 faults and the figures. The table is the case's last one in LAKE, saved once as .npy beside --out.
+``--figures-task``: the whole figures task (``figures_stage``) in each fresh process instead, as one
+component: what the components share (the table's row norms) shows only there.
 """
 from __future__ import annotations
 
@@ -306,11 +308,17 @@ def usage():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
 out = {}
-for name, call in (("node_classification", lambda: es.classify_stage(X, labels, cfg) if labels else None),
-                   ("reconstruction", lambda: es.reconstruct_stage(X, csr, cfg))):
+calls = (("figures_task", lambda: es.figures_stage(X, labels, csr, cfg)),) if sys.argv[3] == "task" else (
+    ("node_classification", lambda: es.classify_stage(X, labels, cfg) if labels else None),
+    ("reconstruction", lambda: es.reconstruct_stage(X, csr, cfg)))
+for name, call in calls:
     a = usage(); res = call(); b = usage()
     out[name] = {"cpu_s": round(b[0] - a[0], 3), "sys_s": round(b[1] - a[1], 3), "faults": b[2] - a[2]}
-    if res and name == "node_classification":
+    if res and name == "figures_task":
+        res.pop("timeline")
+        out[name].update(micro_f1=res.get("node_classification", {}).get("micro_f1"),
+                         map=res.get("reconstruction", {}).get("map"))
+    elif res and name == "node_classification":
         out[name].update(micro_f1=res["micro_f1"], macro_f1=res["macro_f1"])
     elif res:
         out[name].update(map=res["map"])
@@ -319,7 +327,7 @@ print(json.dumps(out))
 
 
 def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], rounds: int, out: str,
-               cold_numba: bool = False) -> list[dict]:
+               cold_numba: bool = False, task: bool = False) -> list[dict]:
     """``--first-call``: each checkout's components in fresh processes, alternating (see the docstring)."""
     import numpy as np
     d = os.path.join(out, f"table-{case}")
@@ -339,7 +347,7 @@ def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], 
     for r in range(rounds):
         for co in checkouts:
             p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d,
-                                "cold" if cold_numba else "warm"], env=env,
+                                "cold" if cold_numba else "warm", "task" if task else "components"], env=env,
                                capture_output=True, text=True, check=True)
             results.append({"case": case, "checkout": co, "round": r, **json.loads(p.stdout.strip().splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
@@ -359,6 +367,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="--first-call: alternations of the checkouts")
     ap.add_argument("--cold-numba", action="store_true",
                     help="--first-call: numba not imported before (a worker that ran no numba task)")
+    ap.add_argument("--figures-task", action="store_true",
+                    help="--first-call: the whole figures task (figures_stage: both components, shared row norms)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.compare_warm:
@@ -368,7 +378,7 @@ def main() -> int:
     if a.first_call:
         for case in a.cases.split(","):
             first_call(a.first_call, case, case_args(case, a.out, a.rmat_edges), a.checkouts.split(","), a.rounds,
-                       a.out, a.cold_numba)
+                       a.out, a.cold_numba, a.figures_task)
         return 0
     if a.eval_only:
         for case in a.cases.split(","):

@@ -548,6 +548,34 @@ def test_node_classification_on_the_table_in_place_equals_the_design_copys(monke
     assert isinstance(many.base_design(0)[0], np.ndarray)
 
 
+def test_figures_task_shares_the_tables_norms_and_its_figures_equal_each_stages():
+    """`figures_stage` computes the table's row norms once and hands them to node classification
+    (its in-place design reads them) and reconstruction (issue 22, eleventh round): its figures
+    equal those of `classify_stage` and `reconstruct_stage` computing their own, exactly."""
+    from embedlake.config import EvalConfig
+    from embedlake.workers.evaluate import stages as es
+    from embedlake.workers.evaluate.rows import TableRows, row_norms
+    rng = np.random.default_rng(6)
+    n = 900
+    X = (rng.standard_normal((n, 24)) + rng.integers(0, 3, (n, 1))).astype(np.float32)
+    X[7] = X[3]
+    nodes, labels = np.arange(0, n, 1), (X[:, 0] > 0.5).astype(np.int64)
+    src = rng.integers(0, n, 4 * n)
+    dst = (src + rng.integers(1, 40, src.size)) % n
+    g = build_csr(src, dst, n, directed=False)
+    csr = (g.indptr, g.indices, None, False)
+    cfg = EvalConfig()
+    ls = classify.labelled_set(X, nodes, labels, norms=row_norms(X, np.arange(n)))
+    design = ls.base_design(0)[0]
+    assert isinstance(design, TableRows)
+    assert np.array_equal(design.norms, row_norms(X, design.rows))
+    both = es.figures_stage(X, (nodes, labels), csr, cfg)
+    nc, rc = es.classify_stage(X, (nodes, labels), cfg), es.reconstruct_stage(X, csr, cfg)
+    for key in ("micro_f1", "macro_f1", "micro_f1_ci95", "macro_f1_ci95"):
+        assert both["node_classification"][key] == nc[key]
+    assert both["reconstruction"]["map"] == rc["map"] and both["reconstruction"]["ci95"] == rc["ci95"]
+
+
 @pytest.mark.parametrize("width", [1, 5, 8, 15, 17])
 def test_hit_categories_equal_numpys_unique_rows(width):
     """`hit_categories` finds the distinct hit rows (packed bytes, or integers up to 8 bytes) in

@@ -311,3 +311,34 @@ def test_score_counts_equal_counting_by_comparison():
     for lo in range(0, n, 700):
         windows.add(S[:, lo:lo + 700], 0, min(700, n - lo), lo)
     assert np.array_equal(windows.at_least(), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scores_from_the_tables_norms_equal_the_normalised_rows(dtype, monkeypatch):
+    """Handed the table's row norms (`row_norms`, as the figures task computes them once for both
+    figures, issue 22 eleventh round), the cosine scores divide the rows by them instead of
+    computing them again: the same float32 scores bit for bit (duplicate rows still tie, a zero
+    row still scores 0), held or scored twice, and the same figures."""
+    from embedlake.workers.evaluate.rows import row_norms
+    g = _graph("cora")
+    X = np.random.default_rng(9).standard_normal((g.num_nodes, 40)).astype(dtype) * 3
+    X[1::2] = X[0:-1:2][:X[1::2].shape[0]]
+    X[4:6] = 0.0
+    norms = row_norms(X, np.arange(g.num_nodes))
+    q = np.arange(0, g.num_nodes, 17)
+    Uq = geometry.compared_rows(X[q], "cosine")
+    want = geometry.block_scores(X, Uq, "cosine")
+    got = geometry.block_scores(X, Uq, "cosine", norms)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(got[:, 1::2], got[:, 0:-1:2][:, :got[:, 1::2].shape[1]]) and not got[:, 5].any()
+    nodes = np.arange(q.size * 7) % g.num_nodes
+    qrow = np.repeat(np.arange(q.size), 7)
+    assert np.array_equal(geometry.pair_scores(X, 0, Uq, qrow, nodes, "cosine", norms).view(np.uint32),
+                          want[qrow, nodes].view(np.uint32))
+    with pytest.raises(ValueError, match="norms"):
+        geometry.block_scores(X, Uq, "cosine", norms[:-1])
+    kw = dict(hops=(1, 2, 3), sample=200, relevant_cap=30)
+    base = geometry.reconstruction_map(X, g.indptr, g.indices, **kw)
+    assert geometry.reconstruction_map(X, g.indptr, g.indices, norms=norms, **kw) == base
+    monkeypatch.setattr(geometry, "HOLD_BYTES", 0)                 # candidates, then the counts
+    assert geometry.reconstruction_map(X, g.indptr, g.indices, norms=norms, **kw) == base

@@ -637,6 +637,7 @@ class LabelledSet:
     labelled_nodes: int                   # before any sampling
     spectrum: tuple[np.ndarray, np.ndarray] | None = None
     normalize: bool = True
+    table_norms: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)   # see below
     base: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -709,7 +710,9 @@ class LabelledSet:
             perm = split_permutation(n, seed)
             if self.in_place:
                 src = perm if self.index is None else self.index[perm]
-                Xh = TableRows(self.source, src, row_norms(self.source, src) if self.normalize else None)
+                norms = None if not self.normalize else (
+                    row_norms(self.source, src) if self.table_norms is None else self.table_norms[src])
+                Xh = TableRows(self.source, src, norms)
             else:
                 Xh = np.empty((n, d + 1), dtype=np.float32)
                 self.design_rows(perm, out=Xh[:, :d])
@@ -724,7 +727,7 @@ class LabelledSet:
         other tasks through the object store. The rows are the design's (``design_rows``: float32,
         already unit length), so its base design equals this set's bit for bit."""
         return dataclasses.replace(self, source=self.design_rows(np.arange(self.size)), index=None,
-                                   normalize=False)
+                                   normalize=False, table_norms=None)
 
     def info(self) -> dict:
         """What was scored, for ``classification_summary``."""
@@ -761,7 +764,7 @@ def label_selection(node_idx, label_idx, *, multilabel=None, max_nodes: int | No
 
 def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max_nodes: int | None = None,
                  seed: int = 0, threads: int | None = 1, spectrum_rows: int | None = None,
-                 spectrum_rank: int = 0) -> LabelledSet:
+                 spectrum_rank: int = 0, norms: np.ndarray | None = None) -> LabelledSet:
     """The labelled rows of ``X`` (see ``node_classification``). Above ``max_nodes`` labelled
     nodes, a sample of ``max_nodes`` of them drawn with ``seed`` (kept in node order) stands
     for the whole set: the fits cost about n x d x labels per product. The splits then train on
@@ -769,17 +772,17 @@ def labelled_set(X, node_idx, label_idx, *, normalize=True, multilabel=None, max
     37,700 nodes lowered Micro-F1 by 0.005-0.010 at 0.1-0.9; 3.9 CPU-s -> 2.4), so the
     default cap (eval.classify_max_nodes) sits well above tens of thousands. ``threads``
     caps BLAS threads for the Gram spectrum (see ``blas_threads``); ``spectrum_rows``,
-    ``spectrum_rank``: see ``labelled_set_of_rows``."""
+    ``spectrum_rank``, ``norms``: see ``labelled_set_of_rows``."""
     X = np.asarray(X)
     sel = label_selection(node_idx, label_idx, multilabel=multilabel, max_nodes=max_nodes, seed=seed,
                           num_rows=X.shape[0])
     return labelled_set_of_rows(X, sel, normalize=normalize, threads=threads, spectrum_rows=spectrum_rows,
-                                seed=seed, index=sel.nodes, spectrum_rank=spectrum_rank)
+                                seed=seed, index=sel.nodes, spectrum_rank=spectrum_rank, norms=norms)
 
 
 def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=True, threads: int | None = 1,
                          spectrum_rows: int | None = None, seed: int = 0, index: np.ndarray | None = None,
-                         spectrum_rank: int = 0) -> LabelledSet:
+                         spectrum_rank: int = 0, norms: np.ndarray | None = None) -> LabelledSet:
     """The LabelledSet of a selection from its rows (``rows[i]`` = the table row of ``sel.nodes[i]``;
     with ``index``, ``rows[index[i]]`` is). The rows stay where they are (`LabelledSet`); its base
     design for ``seed`` is built here, and the Gram spectrum is that of the design's rows, so no
@@ -787,9 +790,11 @@ def labelled_set_of_rows(rows: np.ndarray, sel: LabelSelection, *, normalize=Tru
     design is in a seeded random order, so they are a seeded sample of the labelled rows, and a
     view: no gather; a `TableRows` sums its Gram matrix a block of gathered rows at a time),
     scaled by n / rows; its top ``spectrum_rank`` eigenpairs only when > 0
-    (`top_spectrum`), else all of them."""
+    (`top_spectrum`), else all of them. ``norms``: every row's norm as `row_norms` gives it, when the
+    caller has them (the figures task computes them once for both node classification and
+    reconstruction); an in-place design then reads its norms from them instead of computing them."""
     ls = LabelledSet(sel.nodes, np.asarray(rows), index, sel.Y, sel.multilabel, sel.num_labels, sel.labelled_nodes,
-                     normalize=bool(normalize))
+                     normalize=bool(normalize), table_norms=norms)
     sample = min(ls.size, spectrum_rows or ls.size)
     with blas_threads(threads):
         ls.spectrum = design_eigh(ls.base_design(seed)[0][:sample], ls.size / max(sample, 1),
@@ -1041,7 +1046,7 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
                         normalize=True, multilabel=None, C: float = 1.0, threads: int | None = 1,
                         tol: float = 1e-3, max_nodes: int | None = None, bootstrap: int = 0,
                         spectrum_rows: int | None = None, small_ratio: float = 0.0, small_repeats: int = 0,
-                        spectrum_rank: int = 0) -> dict:
+                        spectrum_rank: int = 0, norms: np.ndarray | None = None) -> dict:
     """DeepWalk-protocol node classification of embedding rows ``X`` (n x d).
 
     Labels come as (node, label) pairs (multi-label allowed); unlabelled nodes are excluded.
@@ -1056,10 +1061,12 @@ def node_classification(X, node_idx, label_idx, *, ratios=(0.1, 0.5, 0.9), repea
     (``labelled_set``; the result then says ``sampled``). None = every labelled node.
     ``bootstrap`` > 0: each split's F1 also gets a bootstrap interval over its test nodes
     (``*_ci95``, eval.mode=sampled); ``spectrum_rows``, ``spectrum_rank``: see
-    ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``.
+    ``labelled_set_of_rows``; ``small_ratio``, ``small_repeats``: see ``protocol_splits``; ``norms``:
+    the table's row norms (`row_norms` of every row), when the caller has them.
     """
     ls = labelled_set(X, node_idx, label_idx, normalize=normalize, multilabel=multilabel, max_nodes=max_nodes,
-                      seed=seed, threads=threads, spectrum_rows=spectrum_rows, spectrum_rank=spectrum_rank)
+                      seed=seed, threads=threads, spectrum_rows=spectrum_rows, spectrum_rank=spectrum_rank,
+                      norms=norms)
     chain = split_chain_f1(ls, protocol_splits(ratios, repeats, small_ratio, small_repeats), seed=seed, C=C,
                            tol=tol, threads=threads, bootstrap=bootstrap,
                            full_ratios=full_ratios(ratios, repeats, small_ratio, small_repeats))

@@ -147,7 +147,7 @@ def average_precision_rows(S: np.ndarray, R: np.ndarray, order: np.ndarray | Non
 
 def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=0,
                        similarity="cosine", mode="ball", ball_cap=1_000_000, relevant_cap=0,
-                       threads=0, symmetric: bool | None = None) -> dict:
+                       threads=0, symmetric: bool | None = None, norms: np.ndarray | None = None) -> dict:
     """Graph reconstruction (RESTORE-style): for each sampled node, rank every other node by
     similarity and compute the average precision of its neighbourhood within h hops (distance
     1..h along the CSR's arcs; ``mode="ring"``: exactly h hops); report the mean over nodes per
@@ -158,7 +158,10 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
     matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline``: the mean share of
     relevant nodes, about the mAP of a random ranking. ``symmetric``: whether every arc has its
-    reverse (True for an undirected graph's CSR; None checks).
+    reverse (True for an undirected graph's CSR; None checks). ``norms`` (cosine): every row's norm as
+    `rows.row_norms` gives it, when the caller has them (the figures task computes them once for
+    node classification and this); the rows are divided by them instead of their norms computed
+    again, the same unit rows bit for bit.
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
@@ -199,7 +202,7 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
             qrow, nodes, lv, offsets = flat_candidates(cb)
             if table:
                 t, lv, ge = scored_candidates(X, compared_rows(X[q], similarity), q, qrow, nodes, lv, offsets,
-                                              similarity, nthreads)
+                                              similarity, nthreads, norms)
             else:
                 t, lv, ge = precomputed_candidates(score(q), q, qrow, nodes, lv, offsets)
             finish_block(cb, t, lv, ge, offsets, hop_arr, mode == "ring", n, ap[i:i + step], base[i:i + step],
@@ -441,14 +444,19 @@ class ChunkScores:
     numbers, so the mAP is exact for those scores.
 
     ``similarity="cosine"`` normalises a chunk's rows into the product's buffer (`RowNormaliser`:
-    the values of `unit_rows`), so no unit copy of the table is made; "dot" takes them as float32."""
+    the values of `unit_rows`), so no unit copy of the table is made; "dot" takes them as float32.
+    ``norms`` (cosine): row i's norm as `rows.row_norms` gives it; the rows are then divided by them,
+    their norms not computed again (the same float32 quotients)."""
 
-    def __init__(self, X, lo: int, Uq, similarity: str = "dot"):
+    def __init__(self, X, lo: int, Uq, similarity: str = "dot", norms: np.ndarray | None = None):
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"unknown similarity {similarity!r} (cosine, dot, precomputed)")
         self.X, self.lo = np.asarray(X), int(lo)
         self.Uq = np.asarray(Uq, dtype=np.float32).astype(np.float64)
         self.norm = RowNormaliser(self.X) if similarity == "cosine" else None
+        self.norms = None if self.norm is None or norms is None else np.asarray(norms, dtype=np.float32)
+        if self.norms is not None and self.norms.shape != (self.X.shape[0],):
+            raise ValueError(f"norms: {self.norms.shape} for {self.X.shape[0]} rows")
         self.unit = np.empty((self.norm.step if self.norm else 0, self.X.shape[1]), dtype=np.float32)
         self.rows = np.zeros((SCORE_ROWS, self.X.shape[1]), dtype=np.float64)
         self.product = np.empty((self.Uq.shape[0], SCORE_ROWS), dtype=np.float64)
@@ -486,18 +494,26 @@ class ChunkScores:
             return rows
         for s in range(a, b, self.norm.step):
             e = min(b, s + self.norm.step)
-            rows[s:e] = self.norm.into(slice(first + s - a, first + e - a), self.unit[:e - s])
+            r0, r1 = first + s - a, first + e - a
+            if self.norms is None:
+                rows[s:e] = self.norm.into(slice(r0, r1), self.unit[:e - s])
+                continue
+            val = self.X[r0:r1]
+            if val.dtype != np.float32:
+                val = self.norm.val[:e - s]
+                val[...] = self.X[r0:r1]                                        # rounded as `into` does
+            rows[s:e] = np.divide(val, self.norms[r0:r1, None], out=self.unit[:e - s])
         return rows
 
 
-def pair_scores(U, lo, Uq, qrow, nodes, similarity: str = "dot") -> np.ndarray:
+def pair_scores(U, lo, Uq, qrow, nodes, similarity: str = "dot", norms: np.ndarray | None = None) -> np.ndarray:
     """Scores of pairs (query row qrow[j] of Uq, node nodes[j] = row nodes[j] - lo of U), float32:
     each its entry in its chunk's product (`ChunkScores`), the number `count_at_least` counts."""
     nodes, qrow = np.asarray(nodes, dtype=np.int64), np.asarray(qrow, dtype=np.int64)
     out = np.empty(nodes.size, dtype=np.float32)
     chunk = nodes // SCORE_ROWS
     order = np.argsort(chunk, kind="stable")
-    scorer = ChunkScores(U, lo, Uq, similarity)
+    scorer = ChunkScores(U, lo, Uq, similarity, norms)
     with one_blas_thread():
         for sel in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1) if nodes.size else ():
             c = int(chunk[sel[0]])
@@ -506,9 +522,9 @@ def pair_scores(U, lo, Uq, qrow, nodes, similarity: str = "dot") -> np.ndarray:
     return out
 
 
-def block_scores(X, Uq, similarity: str) -> np.ndarray:
+def block_scores(X, Uq, similarity: str, norms: np.ndarray | None = None) -> np.ndarray:
     """Every score of the query rows against the whole table (queries x n), `ChunkScores`' numbers."""
-    scorer = ChunkScores(X, 0, Uq, similarity)
+    scorer = ChunkScores(X, 0, Uq, similarity, norms)
     S = np.empty((scorer.Uq.shape[0], scorer.X.shape[0]), dtype=np.float32)
     with one_blas_thread():
         for c in scorer.chunks():
@@ -517,15 +533,16 @@ def block_scores(X, Uq, similarity: str) -> np.ndarray:
     return S
 
 
-def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, threads: int):
+def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, threads: int,
+                      norms: np.ndarray | None = None):
     """(thresholds t, their rings, counts ge) of one block of queries on the whole table: each
     query's candidate scores ascending and, per candidate, the nodes scoring at least as high (see
     `count_at_least`). A block whose score matrix fits HOLD_BYTES is scored once and its candidates'
     scores read from it; a larger one is scored twice (candidates, then the counts), as a shard is."""
     if Uq.shape[0] * np.shape(X)[0] * 4 > HOLD_BYTES:
-        t, lv = sort_segments(pair_scores(X, 0, Uq, qrow, nodes, similarity), level, offsets)
-        return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity)
-    S = block_scores(X, Uq, similarity)
+        t, lv = sort_segments(pair_scores(X, 0, Uq, qrow, nodes, similarity, norms), level, offsets)
+        return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity, norms)
+    S = block_scores(X, Uq, similarity, norms)
     t, lv = sort_segments(S[qrow, nodes], level, offsets)
     counts = ScoreCounts(t, offsets, q, S.shape[1])
     counts.add(S, 0, S.shape[1], 0)
@@ -587,7 +604,8 @@ def tail_sums(cnt: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return after[np.arange(1, cnt.size + 1)] - after[seg_end]
 
 
-def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot") -> np.ndarray:
+def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot",
+                   norms: np.ndarray | None = None) -> np.ndarray:
     """For query row i of Uq with its ascending thresholds t[offsets[i]:offsets[i + 1]] (u of
     them), ge[k] = the rows of U (nodes lo, lo + 1, ..., the query itself left out) scoring >=
     t[k]; returned per query as u + 1 counts from offsets[i] + i on (the last is 0), so the
@@ -596,7 +614,7 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     chunks (WINDOW_BYTES of scores) at a time. Why windows: placing reads the query's bucket table
     (32 KB at 1,000 thresholds then, 128 KB now); chunk by chunk, 100 queries' tables left the cache between chunks
     (the R-MAT graph's 109 M scores: 3.0 CPU-s of placing chunk by chunk, 2.4 by windows)."""
-    scorer = ChunkScores(U, lo, Uq, similarity)
+    scorer = ChunkScores(U, lo, Uq, similarity, norms)
     counts = ScoreCounts(t, offsets, srcs, scorer.X.shape[0])
     chunks = scorer.chunks()
     per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))

@@ -91,16 +91,17 @@ def classify_options(eval_cfg: EvalConfig) -> dict:
                 small_ratio=eval_cfg.sampled_small_ratio, small_repeats=eval_cfg.repeats)
 
 
-def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig) -> dict:
+def classify_stage(X: np.ndarray, labels, eval_cfg: EvalConfig, norms: np.ndarray | None = None) -> dict:
     """Node classification in one task (every ratio and repeat; tasks/evaluate.py runs it when the
     splits make one group, eval.mode=sampled's default); ``classify_split_stage`` is the same
-    work cut into tasks. ``seconds``: CPU seconds."""
+    work cut into tasks. ``seconds``: CPU seconds. ``norms``: the table's row norms when the caller
+    has them (``figures_stage``)."""
     from embedlake.workers.evaluate.classify import node_classification
     if labels is None:
         return {}
     ni, li = labels[0], labels[1]
     t0 = time.process_time()
-    res = node_classification(X, ni, li, **classify_options(eval_cfg))
+    res = node_classification(X, ni, li, norms=norms, **classify_options(eval_cfg))
     res["seconds"] = round(time.process_time() - t0, 3)       # CPU seconds, as merge_classify_results'
     return res
 
@@ -275,13 +276,20 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
     started and ended in its worker (epoch seconds, comparable with the driver's clock on one
     machine), its CPU seconds, the worker's pid and how far the worker had taken numba before
     (`numba_in_worker`), so the stage log shows what a user waits for besides the compute (dispatch,
-    the worker's imports, the round trip)."""
+    the worker's imports, the round trip).
+
+    With both figures, the table's row norms are computed once here (`row_norms`) and handed to
+    both: the reconstruction normalises every row for its cosine scores and node classification
+    reads the labelled rows' norms (when its design stays in place), the same numbers bit for bit
+    (issue 22, eleventh round)."""
+    from embedlake.workers.evaluate.rows import row_norms
     started, cpu0, numba_state = time.time(), time.process_time(), numba_in_worker()
     out = {}
+    norms = row_norms(X, np.arange(np.shape(X)[0])) if labels is not None and csr is not None else None
     if labels is not None:
-        out["node_classification"] = classify_stage(X, labels, eval_cfg)
+        out["node_classification"] = classify_stage(X, labels, eval_cfg, norms)
     if csr is not None:
-        out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg)
+        out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg, norms)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
                        "pid": os.getpid(), "numba": numba_state}
     return out
@@ -297,12 +305,13 @@ def numba_in_worker() -> str:
     return "imported" if "numba" in sys.modules else "absent"
 
 
-def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig) -> dict:
-    """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on."""
+def reconstruct_stage(X: np.ndarray, csr: tuple, eval_cfg: EvalConfig, norms: np.ndarray | None = None) -> dict:
+    """RESTORE-style mAP of the 1..h-hop neighbourhoods of the graph the table was trained on
+    (``norms``: the table's row norms when the caller has them, ``figures_stage``)."""
     from embedlake.workers.evaluate.geometry import reconstruction_map
     t0 = time.perf_counter()
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)      # Ray sets it to the task's CPUs
-    res = reconstruction_map(X, csr[0], csr[1], threads=threads, symmetric=True if not csr[3] else None,
+    res = reconstruction_map(X, csr[0], csr[1], threads=threads, symmetric=True if not csr[3] else None, norms=norms,
                              **reconstruction_options(eval_cfg, len(csr[0]) - 1, np.shape(X)[1]))
     res = work_limited(res, eval_cfg)
     res["seconds"] = round(time.perf_counter() - t0, 3)
