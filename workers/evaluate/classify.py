@@ -204,16 +204,9 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
     one per repeat, its splits are prefixes; the loss, gradient and steps stay float64).
     """
     Xa, Xh = design if design is not None else fit_design(X, fit_intercept)
-    n, width = Xh.shape
     S = 2.0 * np.asarray(Y, dtype=np.float64) - 1.0
     L = S.shape[1]
-    W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
-    if spectrum is None:                                              # shared by every label
-        spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
-    lam, Q, rest = np.maximum(spectrum[0], 0.0), spectrum[1], (spectrum[2] if len(spectrum) > 2 else None)
-    Mall = np.zeros((n, L)) if start is None else \
-        S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
-    scratch = Scratch(n, L) if scratch is None else scratch.sized(n, L)     # ``scratch``: buffers to reuse
+    W, Mall, (lam, Q, rest), scratch = _fit_start(Xa, Xh, S, start, start_scores, spectrum, scratch)
     g0_with_grad = start is not None and Xa is None and isinstance(Xh, TableRows)   # in the first gradient's pass
     g0 = None if start is None or g0_with_grad else \
         np.linalg.norm(0.5 * C * _times_t(Xa, Xh, S, scratch), axis=0)              # |grad| at W = 0
@@ -244,6 +237,22 @@ def fit_logreg_ovr(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, fit_intercep
         if pending.all():
             break
     return W
+
+
+def _fit_start(Xa, Xh, S, start, start_scores, spectrum, scratch):
+    """`fit_logreg_ovr`'s starting state: W (zeros or ``start``), the margins S * (X @ W) at it,
+    the preconditioner's (eigenvalues, eigenvectors, rest) and the solver's buffers (``scratch``
+    reused when given)."""
+    n, width = Xh.shape
+    L = S.shape[1]
+    W = np.zeros((width, L)) if start is None else np.array(start, dtype=np.float64)
+    if spectrum is None:                                              # shared by every label
+        spectrum = np.linalg.eigh(Xa.T @ Xa if Xa is not None else (Xh.T @ Xh).astype(np.float64))
+    lam, Q, rest = np.maximum(spectrum[0], 0.0), spectrum[1], (spectrum[2] if len(spectrum) > 2 else None)
+    Mall = np.zeros((n, L)) if start is None else \
+        S * (_times(Xa, Xh, W) if start_scores is None else start_scores)     # margins at the current W
+    scratch = Scratch(n, L) if scratch is None else scratch.sized(n, L)
+    return W, Mall, (lam, Q, rest), scratch
 
 
 def fit_design(X: np.ndarray, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
