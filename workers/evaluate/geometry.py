@@ -158,10 +158,7 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
     matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline``: the mean share of
     relevant nodes, about the mAP of a random ranking. ``symmetric``: whether every arc has its
-    reverse (True for an undirected graph's CSR; None checks). ``norms`` (cosine): every row's norm as
-    `rows.row_norms` gives it, when the caller has them (the figures task computes them once for
-    node classification and this); the rows are divided by them instead of their norms computed
-    again, the same unit rows bit for bit.
+    reverse (True for an undirected graph's CSR; None checks). ``norms``: every row's `row_norms`, if known.
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
