@@ -326,6 +326,26 @@ def _splitmix64(state: int) -> tuple[int, int]:
     return state, z ^ (z >> 31)
 
 
+def _thirty_word_corpus(seed, length, dim):
+    """(tokens, offsets, counts, W_in, W_out): a seeded corpus of 30 words in five sentences (one of
+    a single word) and small initial tables, for the kernels' reference-order tests."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 30, length).astype(np.int32)
+    offsets = np.array([0, 17, 60, 61, 130, length], np.int64)
+    counts = np.bincount(tokens, minlength=30).astype(np.int64)
+    W0 = ((rng.random((30, dim)) - 0.5) / 8).astype(np.float32)
+    O0 = ((rng.random((30, dim)) - 0.5) / 8).astype(np.float32)
+    return tokens, offsets, counts, W0, O0
+
+
+def _reference_noise_draw(state, thr, alias):
+    """(next state, row): one noise draw as the kernels make it (the high 32 bits pick a column of
+    the alias table, the low 32 choose between it and its alias)."""
+    state, r = _splitmix64(state)
+    jj = ((r >> 32) * len(thr)) >> 32
+    return state, (jj if (r & 0xFFFFFFFF) < thr[jj] else alias[jj])
+
+
 def _pair_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0, min_lr, seed, counts):
     """word2vec's pair-by-pair skip-gram (one epoch, no subsampling) written out in numpy with the
     kernel's random streams: centre after centre, context after context, each pair with its own
@@ -353,9 +373,7 @@ def _pair_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0, 
             for crow in ctx:
                 outs = []
                 for _ in range(negatives):
-                    state, r = _splitmix64(state)
-                    jj = ((r >> 32) * len(thr)) >> 32
-                    neg = jj if (r & 0xFFFFFFFF) < thr[jj] else alias[jj]
+                    state, neg = _reference_noise_draw(state, thr, alias)
                     if neg != center:
                         outs.append(neg)
                 C = W_in[crow].copy()
@@ -376,12 +394,7 @@ def test_pair_scheme_is_word2vec_order(negatives):
     reference on a small corpus (equal up to float32 summation order). negatives=5 runs the
     one-pass path (five_pair), and on 30 words many of its pairs repeat a draw (the fallback in
     word2vec's order); 4 runs the general path."""
-    rng = np.random.default_rng(5)
-    tokens = rng.integers(0, 30, 240).astype(np.int32)
-    offsets = np.array([0, 17, 60, 61, 130, 240], np.int64)
-    counts = np.bincount(tokens, minlength=30).astype(np.int64)
-    W0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
-    O0 = ((rng.random((30, 8)) - 0.5) / 8).astype(np.float32)
+    tokens, offsets, counts, W0, O0 = _thirty_word_corpus(seed=5, length=240, dim=8)
     kw = dict(window=3, negatives=negatives, lr0=0.05, min_lr=1e-4, seed=7)
     W_ref, O_ref = _pair_order_reference(tokens, offsets, W0.copy(), O0.copy(), counts=counts, **kw)
     W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=8, window=3, negatives=negatives, lr=0.05,
@@ -416,9 +429,7 @@ def _window_order_reference(tokens, offsets, W_in, W_out, window, negatives, lr0
                 continue
             outs = [center]
             for _ in range(negatives):
-                state, r = _splitmix64(state)
-                jj = ((r >> 32) * len(thr)) >> 32
-                neg = jj if (r & 0xFFFFFFFF) < thr[jj] else alias[jj]
+                state, neg = _reference_noise_draw(state, thr, alias)
                 if neg != center:
                     outs.append(neg)
             lr = max(min_lr, lr0 - (lr0 - min_lr) * (offsets[s] + i) / total)
@@ -439,12 +450,7 @@ def test_window_scheme_is_hogbatch_order(negatives):
     summation order). negatives=5 runs the fused six-output step (sgns_parts.six_window, eighth
     pass) wherever no draw equals the centre; on 30 words many windows do draw the centre (hogbatch,
     the general step), as negatives=3 always does. d=37: a vector body and a remainder."""
-    rng = np.random.default_rng(6)
-    tokens = rng.integers(0, 30, 300).astype(np.int32)
-    offsets = np.array([0, 17, 60, 61, 130, 300], np.int64)
-    counts = np.bincount(tokens, minlength=30).astype(np.int64)
-    W0 = ((rng.random((30, 37)) - 0.5) / 8).astype(np.float32)
-    O0 = ((rng.random((30, 37)) - 0.5) / 8).astype(np.float32)
+    tokens, offsets, counts, W0, O0 = _thirty_word_corpus(seed=6, length=300, dim=37)
     kw = dict(window=4, negatives=negatives, lr0=0.05, min_lr=1e-4, seed=9)
     W_ref, O_ref = _window_order_reference(tokens, offsets, W0.copy(), O0.copy(), counts=counts, **kw)
     W, O, st = train_sgns(tokens, offsets, 30, counts=counts, dim=37, window=4, negatives=negatives, lr=0.05,
