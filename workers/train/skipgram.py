@@ -161,8 +161,13 @@ def _edge_loss(loss: np.ndarray, pairs: np.ndarray, positions: np.ndarray, frac:
     return mean_loss(loss[sel], pairs[sel])
 
 
-def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
-    """Validate inputs and build the initial tables (shared with the torch kernel)."""
+def prepare(tokens, offsets, vocab_size, counts, dim, init, seed, aligned=False):
+    """Validate inputs and build the initial tables (shared with the torch kernel).
+
+    ``aligned``: the tables start on a cache line (`cache_aligned`), for the window scheme (the graph
+    default), where it was measured to help (eighth pass). The per-pair scheme keeps numpy's own
+    tables: with aligned copies it ran 3.6x slower at two threads on Brown on the 2026-12-07 machine
+    (0.59-0.60 M tokens/s against 2.13-2.20 M, same run; cause not found, docs/skipgram.md)."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or len(offsets) < 1:
@@ -176,16 +181,18 @@ def prepare(tokens, offsets, vocab_size, counts, dim, init, seed):
     counts = np.asarray(counts, dtype=np.int64)
     if counts.shape != (vocab_size,):
         raise ValueError(f"counts must have shape ({vocab_size},), got {counts.shape}")
-    if init is not None:
-        W_in = np.asarray(init[0], dtype=np.float32)
-        W_out = np.asarray(init[1], dtype=np.float32)
+    if init is not None:                              # copies: the caller's init untouched
+        W_in = np.array(init[0], dtype=np.float32, order="C", copy=True)
+        W_out = np.array(init[1], dtype=np.float32, order="C", copy=True)
         if W_in.shape != (vocab_size, dim) or W_out.shape != (vocab_size, dim):
             raise ValueError(f"init tables must both have shape ({vocab_size}, {dim})")
     else:
         rng = np.random.default_rng(seed)
         W_in = ((rng.random((vocab_size, dim), dtype=np.float32) - np.float32(0.5)) / np.float32(dim))
         W_out = np.zeros((vocab_size, dim), dtype=np.float32)
-    return tokens, offsets, counts, cache_aligned(W_in), cache_aligned(W_out)     # copies: the caller's init untouched
+    if aligned:
+        W_in, W_out = cache_aligned(W_in), cache_aligned(W_out)
+    return tokens, offsets, counts, W_in, W_out
 
 
 def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, negatives=5,
@@ -223,7 +230,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
     if not 0 <= start_epoch <= epochs or (start_epoch > 0 and init is None):
         raise ValueError("start_epoch must lie in [0, epochs] and needs init=(W_in, W_out) of that epoch")
-    tokens, offsets, counts, W_in, W_out = prepare(tokens, offsets, vocab_size, counts, dim, init, seed)
+    tokens, offsets, counts, W_in, W_out = prepare(tokens, offsets, vocab_size, counts, dim, init, seed,
+                                                   aligned=shared_negatives)
     t_compile = time.perf_counter()
     alias_thr, alias_idx = noise_alias(counts, ns_exponent)
     keep = keep_thresholds(counts, sample)
