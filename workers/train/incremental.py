@@ -20,7 +20,7 @@ The previous committed run left its embeddings (W_in, the published table) and i
    kernel never writes them, so they keep their previous bytes and the table stays in the previous
    run's coordinates (no alignment step). W_out is updated everywhere (it is not published).
 
-The kernel is the default kernel's HogBatch path (workers/train/skipgram.py `_sgns_blocks`,
+The kernel is the unfused HogBatch window step (workers/train/skipgram.py `_ablation_blocks`,
 formerly `_sgns_chunk`) with one test added before each input-row write; the default kernel is
 untouched, so full runs stay bit-identical.
 """
@@ -86,7 +86,7 @@ def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr,
                   sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch, nblocks,
                   maxlen, sent_loss, sent_pairs):
     """HogBatch SGNS on sentences [s_lo, s_hi) (the default kernel's shared-negatives path,
-    skipgram._sgns_blocks) that writes an input row only where trainable[row]: frozen rows are
+    skipgram._ablation_blocks at mode 0) that writes an input row only where trainable[row]: frozen rows are
     read, never written."""
     nsent = s_hi - s_lo
     dim = W_in.shape[1]

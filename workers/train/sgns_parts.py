@@ -936,7 +936,7 @@ def numba_threads(threads: int) -> int:
 
 
 def text_blocks(offsets: np.ndarray, block_tokens: int) -> np.ndarray:
-    """The blocks the threads of skipgram._sgns_blocks take one at a time: consecutive runs of
+    """The blocks the threads of skipgram._window_blocks and _pair_blocks take one at a time: consecutive runs of
     sentences of about block_tokens positions each, as the sentence index where each block starts
     plus S at the end (block k = sentences [starts[k], starts[k + 1]))."""
     S = len(offsets) - 1

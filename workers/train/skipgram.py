@@ -63,79 +63,132 @@ from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segmen
 LOSS_SAMPLE = 8
 
 
-@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _sgns_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
-                 alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
-                 seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, shared, mode):
-    """Train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
-    block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block
-    (take_next on next_block[0], which starts at 0) until none is left: the threads train
-    neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss
-    sums (default schemes: every LOSS_SAMPLE-th sentence, NaN for the others), pair and
-    kept-token counts go to sent_*[s]. pos_base + token position = work done before that token
-    (for the lr)."""
-    dim = W_in.shape[1]
+@nb.njit(inline="always")
+def _thread_buffers(maxlen, window, negatives, dim):
+    """One thread's scratch arrays, allocated once per kernel launch: the kept tokens and their
+    positions, a window's contexts and draws, the window step's L1 blocks, a sentence's draws."""
     nout_max = negatives + 1
     cmax = 2 * window
+    return (np.empty(maxlen, np.int32), np.empty(maxlen, np.int64), np.empty(cmax, np.int32),
+            np.empty(max(nout_max, cmax * negatives), np.int32), np.empty((cmax, nout_max), np.float32),
+            np.empty((cmax, dim), np.float32), np.empty((cmax, dim), np.float32),
+            np.empty((nout_max, dim), np.float32), np.empty((nout_max, dim), np.float32),
+            np.empty(nout_max, np.float32), np.empty(2 * maxlen, np.int64), np.empty(maxlen * nout_max, np.int32))
+
+
+# The three kernels below share their arguments and their shell (threads taking blocks from one
+# queue, sentence after sentence); each holds one scheme's sentence step, so a run compiles only
+# the scheme it trains: one kernel holding all three took ~110 s to compile on a 2-core machine,
+# paid by the first run of every fresh checkout and every uploaded Ray Jobs working dir.
+# Arguments: train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
+# block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block (take_next on
+# next_block[0], which starts at 0) until none is left: the threads train neighbouring blocks in
+# text order, and one thread trains them all in order. Per-sentence loss sums (default schemes:
+# every LOSS_SAMPLE-th sentence, NaN for the others), pair and kept-token counts go to sent_*[s].
+# pos_base + token position = work done before that token (for the lr).
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _window_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
+                   alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base,
+                   work_total, seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
+    """The graph default (negatives shared per window): a sentence's draws first, each next
+    window's rows prefetched while the current one trains (sgns_parts.window_sentence)."""
+    nout_max = negatives + 1
     for _t in nb.prange(nthreads):
-        buf = np.empty(maxlen, np.int32)
-        pos = np.empty(maxlen, np.int64)
-        ctx = np.empty(cmax, np.int32)
-        outs = np.empty(max(nout_max, cmax * negatives), np.int32)   # pair_window: a window's draws
-        g = np.empty((cmax, nout_max), np.float32)
-        dIn = np.empty((cmax, dim), np.float32)
-        Cb = np.empty((cmax, dim), np.float32)
-        Ob = np.empty((nout_max, dim), np.float32)
-        Oo = np.empty((nout_max, dim), np.float32)
-        g1 = np.empty(nout_max, np.float32)
-        draws = np.empty(2 * maxlen, np.int64)                        # window_draws: a sentence's draws
-        wouts = np.empty(maxlen * nout_max, np.int32)
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
         blk = b_lo + take_next(next_block)
         while blk < b_hi:
             for s in range(block_starts[blk], block_starts[blk + 1]):
                 state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                        seed_state(seed, epoch, s), buf, pos)
-                if shared and mode == 0:     # the graph default: a sentence's draws first, next window prefetched
-                    state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
-                    want_loss = s % LOSS_SAMPLE == 0
-                    loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
-                                                  lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab, want_loss)
-                    sent_loss[s] = loss if want_loss else np.nan
-                    sent_pairs[s] = pairs
-                    sent_kept[s] = n
-                    continue
+                                       seed_state(seed, epoch, s), buf, pos)
+                state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
+                want_loss = s % LOSS_SAMPLE == 0
+                loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
+                                              lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab, want_loss)
+                sent_loss[s] = loss if want_loss else np.nan
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _pair_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
+                 alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
+                 seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
+    """The text default (word2vec's order): context after context, fresh negatives per pair, each
+    step applied before the next pair (sgns_parts.pair_window)."""
+    for _t in nb.prange(nthreads):
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
+        blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                       seed_state(seed, epoch, s), buf, pos)
                 loss = 0.0
                 pairs = 0
-                want_loss = shared or s % LOSS_SAMPLE == 0
+                want_loss = s % LOSS_SAMPLE == 0
+                for i in range(n):
+                    state, B = window_contexts(state, buf, n, i, window, ctx)
+                    if B == 0:
+                        continue
+                    lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
+                    state, dl = pair_window(W_in, W_out, ctx, B, buf[i], state, negatives, noise, outs, Cb[0], Ob[0],
+                                            Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab, want_loss)
+                    loss += dl
+                    pairs += B
+                sent_loss[s] = loss if want_loss else np.nan
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr,
+                     use_sample, alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr,
+                     pos_base, work_total, seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
+    """The quality experiments' kernel (``ablation`` != 0, docs/skipgram.md): the shared window's
+    unfused HogBatch step with each ABL_* change toward gensim's kernel; the loss of every pair."""
+    for _t in nb.prange(nthreads):
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
+        blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                       seed_state(seed, epoch, s), buf, pos)
+                loss = 0.0
+                pairs = 0
                 for i in range(n):
                     state, B = window_contexts(state, buf, n, i, window, ctx)
                     if B == 0:
                         continue
                     center = buf[i]
                     lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
-                    if not shared:
-                        state, dl = pair_window(W_in, W_out, ctx, B, center, state, negatives, noise,
-                                                outs, Cb[0], Ob[0], Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab,
-                                                want_loss)
-                        loss += dl
-                        pairs += B
-                        continue
                     if mode & ABL_PAIR_NEGATIVES:
                         # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
                         for c in range(B):
                             state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
                             loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr,
                                                   sig_tab, logsig_tab, mode)
-                        pairs += B
-                        continue
-                    state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                    loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
-                                          logsig_tab, mode)
+                    else:
+                        state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                        loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
+                                              logsig_tab, mode)
                     pairs += B
-                sent_loss[s] = loss if want_loss else np.nan
+                sent_loss[s] = loss
                 sent_pairs[s] = pairs
                 sent_kept[s] = n
             blk = b_lo + take_next(next_block)
+
+
+def scheme_kernel(shared: bool, mode: int):
+    """The kernel of a run's scheme: the shared window (the graph default), per pair (the text
+    default) or, with ablation bits, the quality experiments' kernel."""
+    if not shared:
+        return _pair_blocks
+    return _ablation_blocks if mode else _window_blocks
 
 
 # ----------------------------------------------------------------------------- driver
@@ -281,18 +334,19 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
     t_hook = 0.0          # time in on_epoch (checkpoint writes), kept out of the kernel figures
     with using_numba_threads(nthreads):
         tc = time.perf_counter()
-        _warm(kernel["sig_tab"], kernel["logsig_tab"])
+        blocks_kernel = scheme_kernel(kernel["shared"], kernel["mode"])
+        _warm(blocks_kernel, kernel["sig_tab"], kernel["logsig_tab"])
         warm_s = time.perf_counter() - tc
         t0 = time.perf_counter()
         for ep in range(start_epoch, epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
             for b_lo, b_hi in segments:
-                _sgns_blocks(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
+                blocks_kernel(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
                              kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
                              kernel["noise"],
                              kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
                              kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
-                             sent_loss, sent_pairs, sent_kept, kernel["shared"], kernel["mode"])
+                             sent_loss, sent_pairs, sent_kept, kernel["mode"])
                 lo, hi = int(starts[b_lo]), int(starts[b_hi])
                 done += int(offsets[hi] - offsets[lo])
                 if progress is not None:
@@ -331,13 +385,12 @@ def _run_stats(run: dict, tokens: np.ndarray, offsets: np.ndarray, epochs: int, 
     }
 
 
-_WARMED = False
+_WARMED: set = set()
 
 
-def _warm(sig_tab, logsig_tab):
-    """Compile (or load from the on-disk cache) the kernel on a tiny input, outside the timings."""
-    global _WARMED
-    if _WARMED:
+def _warm(blocks_kernel, sig_tab, logsig_tab):
+    """Compile (or load from the on-disk cache) a scheme's kernel on a tiny input, outside the timings."""
+    if blocks_kernel in _WARMED:
         return
     toks = np.array([0, 1, 2, 1], np.int32)
     offs = np.array([0, 4], np.int64)
@@ -348,6 +401,6 @@ def _warm(sig_tab, logsig_tab):
     z = np.zeros(1, np.float64)
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
-    _sgns_blocks(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
-                 ali, pack_alias(thr, ali), sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, True, 0)
-    _WARMED = True
+    blocks_kernel(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
+                  ali, pack_alias(thr, ali), sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, 0)
+    _WARMED.add(blocks_kernel)
