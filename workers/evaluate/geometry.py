@@ -383,8 +383,8 @@ def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, s
     nq = q.size
     n = indptr.size - 1
     max_hop = hops[hops.size - 1]
-    nodes = np.zeros((nq, maxc), dtype=np.int64)
-    level = np.zeros((nq, maxc), dtype=np.int64)
+    nodes = np.empty((nq, maxc), dtype=np.int64)          # only each row's first count[i] are set and read
+    level = np.empty((nq, maxc), dtype=np.int64)
     count = np.zeros(nq, dtype=np.int64)
     ring_size = np.zeros((nq, max_hop))
     kept = np.zeros((nq, max_hop), dtype=np.int64)
