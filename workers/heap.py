@@ -48,19 +48,19 @@ def task_heap():
     at about 2.2 µs each on the development machine, with the same peak and final resident size
     (282-283 and 262-264 MB). The thresholds are for what stays between tasks; this keeps them
     there."""
-    mmap_at, trim_at = os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
     try:
-        mallopt = ctypes.CDLL(_LIBC).mallopt if mmap_at and trim_at else None
-    except (OSError, AttributeError, TypeError):
+        mmap_at, trim_at = (int(os.environ[k]) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
+        mallopt = ctypes.CDLL(_LIBC).mallopt
+    except (KeyError, ValueError, OSError, AttributeError, TypeError):
         mallopt = None
     if mallopt is None:
         yield
         return
-    mallopt(M_MMAP_THRESHOLD, max(int(mmap_at), TASK_MMAP_THRESHOLD))
-    mallopt(M_TRIM_THRESHOLD, max(int(trim_at), 1 << 30))
+    mallopt(M_MMAP_THRESHOLD, max(mmap_at, TASK_MMAP_THRESHOLD))
+    mallopt(M_TRIM_THRESHOLD, max(trim_at, 1 << 30))
     try:
         yield
     finally:
-        mallopt(M_MMAP_THRESHOLD, int(mmap_at))
-        mallopt(M_TRIM_THRESHOLD, int(trim_at))
+        mallopt(M_MMAP_THRESHOLD, mmap_at)
+        mallopt(M_TRIM_THRESHOLD, trim_at)
         release_heap()
