@@ -101,8 +101,8 @@ def stage_cpu(case: str) -> dict:
     return {"case": case, "ingest_cpu_s": ingest_s, "fastrp512_cpu_s": fastrp_s}
 
 
-RECONSTRUCTION_KERNELS = ("_candidates_kernel", "_sort_segments_kernel", "_bucket_tables", "_place_scores",
-                          "walk_hops")
+RECONSTRUCTION_KERNELS = ("_candidates_kernel", "_held_block_kernel", "_sort_segments_kernel", "_bucket_tables",
+                          "_place_scores", "walk_hops")
 
 
 def kernel_stats() -> dict:

@@ -287,11 +287,12 @@ def test_reconstruction_map_embedding_beats_random(blogcatalog):
     assert good["map"]["1"] > 2 * rand["map"]["1"] and good["map"]["2"] > rand["map"]["2"] + 0.1
 
 
-def test_reconstruction_kernels_see_read_only_arrays_whoever_calls():
+def test_reconstruction_kernels_see_read_only_arrays_whoever_calls(monkeypatch):
     """Ray hands a task read-only arrays (zero-copy from the object store), in-process callers
     writable ones, and numba types the two apart: a kernel fed both compiles (and caches) twice,
     and a cache warmed in-process made a fresh Ray worker compile again. Every kernel of the
-    reconstruction sees read-only arrays only, and the figures do not depend on the caller's kind."""
+    reconstruction sees read-only arrays only, and the figures do not depend on the caller's kind,
+    nor on whether a block's scores are held (`held_block_figures`) or scored twice."""
     import numba
     rng = np.random.default_rng(0)
     g = build_csr(rng.integers(0, 300, 1500), rng.integers(0, 300, 1500), 300)
@@ -301,8 +302,10 @@ def test_reconstruction_kernels_see_read_only_arrays_whoever_calls():
     for a in frozen:
         a.setflags(write=False)
     assert geometry.reconstruction_map(*frozen, sample=50) == writable
-    kernels = (geometry._candidates_kernel, geometry._sort_segments_kernel, geometry._bucket_tables,
-               geometry._place_scores, geometry._reverse_arcs, geometry._other_neighbour,
+    monkeypatch.setattr(geometry, "HOLD_BYTES", 0)         # the blocks scored twice, as on a large graph
+    assert geometry.reconstruction_map(*frozen, sample=50) == writable
+    kernels = (geometry._candidates_kernel, geometry._held_block_kernel, geometry._sort_segments_kernel,
+               geometry._bucket_tables, geometry._place_scores, geometry._reverse_arcs, geometry._other_neighbour,
                geometry.walk_hops)
     for k in kernels:
         inputs = [t for sig in k.signatures for t in sig[:6] if isinstance(t, numba.types.Array)]

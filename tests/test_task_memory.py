@@ -124,3 +124,42 @@ def test_max_calls_one_runs_each_call_in_a_worker_that_then_exits(ray_session):
     while psutil.pid_exists(first) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not psutil.pid_exists(first)
+
+
+TASK_HEAP_CHILD = """
+import json, resource
+import numpy as np
+from embedlake.workers.heap import task_heap
+
+def faults(arrays=4):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(arrays):
+        a = np.ones(3 << 20, dtype=np.uint8)     # over the workers' 1 MiB threshold, under numpy's huge pages
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+before = faults()
+with task_heap():
+    faults(1)                                   # the heap grows once
+    inside = faults()
+after = faults()
+print(json.dumps([before, inside, after]))
+"""
+
+
+def test_task_heap_reuses_freed_pages_within_and_gives_the_workers_thresholds_back():
+    """`heap.task_heap` (the figures task runs inside it): in a process with the workers' allocator
+    settings each freed 3 MiB array is unmapped and the next one faulted in page by page (768 pages);
+    inside, the heap keeps the pages and the next array reuses them; after, the workers' thresholds
+    hold again."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from embedlake.tasks.runtime import WORKER_ALLOCATOR_ENV
+    out = subprocess.run([sys.executable, "-c", TASK_HEAP_CHILD], env=dict(os.environ, **WORKER_ALLOCATOR_ENV),
+                         capture_output=True, text=True, check=True)
+    before, inside, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before >= 4 * 700 and after >= 4 * 700, (before, inside, after)
+    assert inside < 100, (before, inside, after)

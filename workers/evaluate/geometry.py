@@ -197,6 +197,11 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
             cb = candidates_block(indptr, indices, q, hop_arr, int(ball_cap), int(relevant_cap), int(seed), symmetric,
                                   maxc, nthreads)
             qrow, nodes, lv, offsets = flat_candidates(cb)
+            if table and q.size * X.shape[0] * 4 <= HOLD_BYTES:       # the block's scores held: one kernel
+                held_block_figures(block_scores(X, compared_rows(X[q], similarity), similarity, norms), cb, q, qrow,
+                                   nodes, lv, offsets, hop_arr, mode == "ring", n, ap[i:i + step], base[i:i + step],
+                                   flags[i:i + step])
+                continue
             if table:
                 t, lv, ge = scored_candidates(X, compared_rows(X[q], similarity), q, qrow, nodes, lv, offsets,
                                               similarity, nthreads, norms)
@@ -378,8 +383,8 @@ def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, s
     nq = q.size
     n = indptr.size - 1
     max_hop = hops[hops.size - 1]
-    nodes = np.zeros((nq, maxc), dtype=np.int64)
-    level = np.zeros((nq, maxc), dtype=np.int64)
+    nodes = np.empty((nq, maxc), dtype=np.int64)          # only each row's first count[i] are set and read
+    level = np.empty((nq, maxc), dtype=np.int64)
     count = np.zeros(nq, dtype=np.int64)
     ring_size = np.zeros((nq, max_hop))
     kept = np.zeros((nq, max_hop), dtype=np.int64)
@@ -534,16 +539,60 @@ def scored_candidates(X, Uq, q, qrow, nodes, level, offsets, similarity: str, th
                       norms: np.ndarray | None = None):
     """(thresholds t, their rings, counts ge) of one block of queries on the whole table: each
     query's candidate scores ascending and, per candidate, the nodes scoring at least as high (see
-    `count_at_least`). A block whose score matrix fits HOLD_BYTES is scored once and its candidates'
-    scores read from it; a larger one is scored twice (candidates, then the counts), as a shard is."""
-    if Uq.shape[0] * np.shape(X)[0] * 4 > HOLD_BYTES:
-        t, lv = sort_segments(pair_scores(X, 0, Uq, qrow, nodes, similarity, norms), level, offsets)
-        return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity, norms)
-    S = block_scores(X, Uq, similarity, norms)
-    t, lv = sort_segments(S[qrow, nodes], level, offsets)
-    counts = ScoreCounts(t, offsets, q, S.shape[1])
-    counts.add(S, 0, S.shape[1], 0)
-    return t, lv, counts.at_least()
+    `count_at_least`), the table scored twice (candidates, then the counts), as a shard is. For a
+    block whose score matrix fits HOLD_BYTES, `reconstruction_map` scores it once instead
+    (`held_block_figures`)."""
+    t, lv = sort_segments(pair_scores(X, 0, Uq, qrow, nodes, similarity, norms), level, offsets)
+    return t, lv, count_at_least(X, 0, Uq, q, t, offsets, threads, similarity, norms)
+
+
+def held_block_figures(S, cb: CandidateBlock, q, qrow, nodes, level, offsets, hop_arr, ring: bool, n: int, ap, base,
+                       flags) -> None:
+    """Each query's AP per hop from the block's whole score matrix S (queries x n, `block_scores`):
+    what `sort_segments`, `ScoreCounts` and `finish_block` compute, in one kernel
+    (`_held_block_kernel`), the same numbers. Why one: a fresh worker loads each numba function
+    from the cache on its own, 4-5 ms each for these four (their modules parsed and scanned one by
+    one), about 10 ms together; issue 22, twelfth round. Its placing runs on one thread
+    (`_place_scores` is parallel over queries): the figures task's worker has one CPU."""
+    _held_block_kernel(*read_only(S, qrow, nodes, level, offsets, q, cb.ring_size, cb.kept, cb.top, hop_arr),
+                       BUCKETS_PER_THRESHOLD, ring, n, ap, base, flags)
+
+
+@numba.njit(cache=True, nogil=True)
+def _held_block_kernel(S, qrow, nodes, level, offsets, srcs, ring_size, kept, top, hops, per, ring, n, ap, base,
+                       flags):
+    """`held_block_figures`: the candidates' scores S[qrow, nodes] sorted per query
+    (`_sort_segments_kernel`), every score of S placed among its query's thresholds (`_bucket_tables`,
+    `_place`, as `_place_scores` places them), the counts' tail sums (`tail_sums`) and each query's
+    AP per hop (`walk_hops`; a query without a complete hop flagged 1, as `finish_block` does)."""
+    scores = np.empty(nodes.size, dtype=S.dtype)
+    for k in range(nodes.size):
+        scores[k] = S[qrow[k], nodes[k]]
+    t, lv = _sort_segments_kernel(scores, level, offsets)
+    width = S.shape[1]
+    nb, boff, first, lo_t, inv = _bucket_tables(t, offsets, per, width)
+    nq = offsets.size - 1
+    cnt = np.zeros(offsets[nq] + nq, dtype=np.int64)
+    for i in range(nq):
+        x, y = offsets[i], offsets[i + 1]
+        if y > x:
+            own = srcs[i]
+            tab = first[boff[i]:boff[i + 1]]
+            c = cnt[x + i:y + i + 1]
+            _place(S[i], 0, min(max(own, 0), width), t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
+            _place(S[i], max(min(own + 1, width), 0), width, t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
+    ge = np.zeros(cnt.size, dtype=np.int64)
+    for i in range(nq):
+        for k in range(offsets[i + 1] + i - 1, offsets[i] + i - 1, -1):
+            ge[k] = ge[k + 1] + cnt[k + 1]
+    for i in range(nq):
+        tp = top[i]
+        if tp == 0:
+            flags[i, :] = 1
+            continue
+        a, b = offsets[i], offsets[i + 1]
+        walk_hops(t[a:b], lv[a:b], ge[a + i:b + i + 1], ring_size[i, :tp], kept[i, :tp], hops, ring, tp, n, ap[i],
+                  base[i], flags[i])
 
 
 def sort_segments(scores, level, offsets):

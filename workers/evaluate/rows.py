@@ -53,9 +53,7 @@ class RowNormaliser:
             else:
                 val[...] = self.X[rows]
         else:
-            if m and (np.min(rows) < -self.X.shape[0] or np.max(rows) >= self.X.shape[0]):
-                raise IndexError(f"row index out of range for {self.X.shape[0]} rows")
-            np.take(self.X, rows, axis=0, out=val if same else self.raw[:m], mode="wrap")   # in range: unbuffered
+            take_rows(self.X, rows, val if same else self.raw[:m])
             if not same:
                 val[...] = self.raw[:m]
         self.norms_of(val, nrm)
@@ -69,6 +67,20 @@ class RowNormaliser:
         np.sqrt(out, out=out)
         out[~(out > 0)] = 1.0                                                   # np.where(n > 0, n, 1)
         return out
+
+
+def take_rows(X: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = X[rows]`` (rows along axis 0, each index in range or IndexError), unbuffered.
+    Why not ``np.take(X, rows, axis=0, out=out)``: with its default mode ("raise") numpy fills a
+    temporary as large as ``out`` and copies it over; at 1 MiB or more that temporary is a fresh
+    mapping in a Ray worker (tasks/runtime.py's MALLOC_MMAP_THRESHOLD_), faulted in page by page
+    on every call (the spectrum sample's Gram blocks: 1,800 page faults and 5 ms per call on
+    deezer_europe, against 1 ms; issue 22, twelfth round). With the indices checked first, "wrap"
+    takes the same rows without the temporary."""
+    n = X.shape[0]
+    if len(rows) and (np.min(rows) < -n or np.max(rows) >= n):
+        raise IndexError(f"row index out of range for {n} rows")
+    return np.take(X, rows, axis=0, out=out, mode="wrap")
 
 
 def unit_rows(X, rows: np.ndarray | None = None, dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
@@ -100,7 +112,7 @@ def row_norms(X, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
         if whole and X.dtype == val.dtype:
             val = X[lo:hi]                                                      # read in place
         elif X.dtype == val.dtype:
-            np.take(X, rows[lo:hi], axis=0, out=val)
+            take_rows(X, rows[lo:hi], val)
         else:
             val[...] = X[lo:hi] if whole else X[rows[lo:hi]]
         norm.norms_of(val, out[lo:hi])
@@ -207,13 +219,16 @@ class TableRows:
         d = self.table.shape[1]
         step = max(1, ((1 << 20) - (1 << 12)) // (4 * (d + 1)))
         buf = np.empty((min(step, max(self.rows.size, 1)), d + 1), dtype=np.float32)
+        raw = np.empty((buf.shape[0], d), dtype=np.float32)          # contiguous: `take_rows` unbuffered
         G, part = np.zeros((d + 1, d + 1), dtype=np.float32), np.empty((d + 1, d + 1), dtype=np.float32)
         for lo in range(0, self.rows.size, step):
             hi = min(self.rows.size, lo + step)
             block = buf[:hi - lo]
-            np.take(self.table, self.rows[lo:hi], axis=0, out=block[:, :d])
+            rows = take_rows(self.table, self.rows[lo:hi], raw[:hi - lo])
             if self.norms is not None:
-                np.divide(block[:, :d], self.norms[lo:hi, None], out=block[:, :d])
+                np.divide(rows, self.norms[lo:hi, None], out=block[:, :d])
+            else:
+                block[:, :d] = rows
             block[:, d] = 1.0
             G += np.matmul(block.T, block, out=part)
         return G
@@ -224,7 +239,7 @@ class TableRows:
         step = block_rows(self.table.shape[1])
         for lo in range(0, self.rows.size, step):
             hi = min(self.rows.size, lo + step)
-            np.take(self.table, self.rows[lo:hi], axis=0, out=out[lo:hi, :-1])
+            take_rows(self.table, self.rows[lo:hi], out[lo:hi, :-1])
             if self.norms is not None:
                 np.divide(out[lo:hi, :-1], self.norms[lo:hi, None], out=out[lo:hi, :-1])
         out[:, -1] = 1.0

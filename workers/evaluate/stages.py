@@ -281,15 +281,18 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
     With both figures, the table's row norms are computed once here (`row_norms`) and handed to
     both: the reconstruction normalises every row for its cosine scores and node classification
     reads the labelled rows' norms (when its design stays in place), the same numbers bit for bit
-    (issue 22, eleventh round)."""
+    (issue 22, eleventh round). Both run inside `heap.task_heap`: in a worker, glibc reuses the pages
+    of their freed temporaries instead of faulting in new ones (issue 22, twelfth round)."""
     from embedlake.workers.evaluate.rows import row_norms
+    from embedlake.workers.heap import task_heap
     started, cpu0, numba_state = time.time(), time.process_time(), numba_in_worker()
     out = {}
-    norms = row_norms(X, np.arange(np.shape(X)[0])) if labels is not None and csr is not None else None
-    if labels is not None:
-        out["node_classification"] = classify_stage(X, labels, eval_cfg, norms)
-    if csr is not None:
-        out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg, norms)
+    with task_heap():
+        norms = row_norms(X, np.arange(np.shape(X)[0])) if labels is not None and csr is not None else None
+        if labels is not None:
+            out["node_classification"] = classify_stage(X, labels, eval_cfg, norms)
+        if csr is not None:
+            out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg, norms)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
                        "pid": os.getpid(), "numba": numba_state}
     return out
