@@ -231,6 +231,51 @@ def test_threads_take_every_block_once(graph_walks, block_tokens, chunk_tokens):
         assert len(calls) == two["chunks"] and calls == sorted(calls) and calls[-1] == 2 * len(tokens)
 
 
+def _draw_probabilities(packed):
+    """The exact draw probability of every row of one packed noise table (pack_alias)."""
+    n = len(packed)
+    thr = (packed & np.uint64((1 << 33) - 1)).astype(np.float64) / 2 ** 32
+    alias = (packed >> np.uint64(33)).astype(np.int64)
+    return (thr + np.bincount(alias, weights=1.0 - thr, minlength=n)) / n
+
+
+def test_thread_noise_splits_the_vocabulary():
+    """Split negatives (issue 20, ninth pass): two tables whose words are disjoint runs of
+    NOISE_GROUP rows, covering every counted word, each with half the noise mass, so that the blocks
+    drawing from either in turn draw every word with its unigram ** 0.75 probability; one thread
+    (or split off) keeps the one table of noise_alias."""
+    from embedlake.workers.train.sgns_parts import noise_alias, pack_alias
+    from embedlake.workers.train.skipgram import NOISE_GROUP, thread_noise
+    counts = (20000 // (1 + np.arange(1000))).astype(np.int64)
+    counts[[7, 500]] = 0
+    one = pack_alias(*noise_alias(counts, 0.75))
+    assert np.array_equal(thread_noise(counts, 0.75, 1, True), one[None])
+    assert np.array_equal(thread_noise(counts, 0.75, 2, False), one[None])
+    tabs = thread_noise(counts, 0.75, 2, True)
+    assert tabs.shape == (2, 1000)
+    p = [_draw_probabilities(t) for t in tabs]
+    owner = np.where(p[0] > 0, 0, np.where(p[1] > 0, 1, -1))
+    assert not np.any((p[0] > 0) & (p[1] > 0))
+    assert np.array_equal(owner < 0, counts == 0)
+    for r in np.split(owner, np.arange(NOISE_GROUP, len(owner), NOISE_GROUP)):
+        assert len(set(r[r >= 0])) <= 1
+    full = counts ** 0.75 / (counts ** 0.75).sum()
+    assert np.allclose((p[0] + p[1]) / 2, full, rtol=0.02, atol=1e-9)
+
+
+def test_two_threads_split_negatives_learn(graph_walks):
+    """Two threads with split negatives (the per-pair default) learn the communities as well as one
+    thread does; switching the split off gives the same pair counts."""
+    tokens, offsets, comm = graph_walks
+    kw = dict(dim=32, window=5, negatives=5, seed=0, epochs=2, shared_negatives=False)
+    W1, _, one = train_sgns(tokens, offsets, 400, threads=1, **kw)
+    W2, _, two = train_sgns(tokens, offsets, 400, threads=2, **kw)
+    _, _, off = train_sgns(tokens, offsets, 400, threads=2, split_negatives=False, **kw)
+    assert centroid_accuracy(W1, comm) > 0.9 and centroid_accuracy(W2, comm) > 0.9
+    assert two["pairs"] == one["pairs"] == off["pairs"]
+    assert two["loss_last"] < two["loss_first"] and abs(two["loss_last"] - one["loss_last"]) < 0.05
+
+
 def test_epochs_and_lr_decay(graph_walks):
     tokens, offsets, comm = graph_walks
     _, _, st = train_sgns(tokens, offsets, 400, dim=16, window=4, epochs=3, threads=0)

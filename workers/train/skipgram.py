@@ -34,6 +34,9 @@ before the next pair (sgns_parts.pair_window, fused: at negatives=5 one pass ove
 six scores and one for all its steps, sgns_parts.five_rows / five_scores / five_steps; other counts
 two negatives' rows per pass). On Brown it
 matches gensim's SimLex figure, which the shared window misses by ~.008; on BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
+At two or more threads its negatives are split (thread_noise): neighbouring blocks draw them from
+different parts of the vocabulary, so the threads do not write the same output rows, which on a
+2-vCPU VM cost two threads most of their second core (issue 20, ninth pass).
 
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
 step) live in sgns_parts.py; this module is the one-table kernel and its driver.
@@ -117,12 +120,15 @@ def _pair_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                  alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
                  seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
     """The text default (word2vec's order): context after context, fresh negatives per pair, each
-    step applied before the next pair (sgns_parts.pair_window)."""
+    step applied before the next pair (sgns_parts.pair_window). `noise` holds P packed noise tables
+    (thread_noise): block k of epoch e draws its negatives from table (k + e) % P, so with P =
+    nthreads the threads, which train neighbouring blocks, draw from different tables."""
     for _t in nb.prange(nthreads):
         buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
                                                                                       W_in.shape[1])
         blk = b_lo + take_next(next_block)
         while blk < b_hi:
+            tnoise = noise[(blk + epoch) % noise.shape[0]]
             for s in range(block_starts[blk], block_starts[blk + 1]):
                 state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
                                        seed_state(seed, epoch, s), buf, pos)
@@ -134,7 +140,7 @@ def _pair_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads
                     if B == 0:
                         continue
                     lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
-                    state, dl = pair_window(W_in, W_out, ctx, B, buf[i], state, negatives, noise, outs, Cb[0], Ob[0],
+                    state, dl = pair_window(W_in, W_out, ctx, B, buf[i], state, negatives, tnoise, outs, Cb[0], Ob[0],
                                             Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab, want_loss)
                     loss += dl
                     pairs += B
@@ -181,6 +187,41 @@ def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthr
                 sent_pairs[s] = pairs
                 sent_kept[s] = n
             blk = b_lo + take_next(next_block)
+
+
+NOISE_GROUP = 16      # thread_noise deals the words to the threads in runs of this many consecutive rows
+
+
+def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool) -> np.ndarray:
+    """The per-pair kernel's noise tables (packed, pack_alias), P x vocabulary: block k of epoch e
+    draws its negatives from table (k + e) % P (_pair_blocks).
+
+    Without split (and always at one thread) P = 1: the one table of noise_alias(counts). With
+    split, P = nthreads: the words are dealt to P parts in runs of NOISE_GROUP consecutive rows (so
+    that two parts' rows rarely share a cache line: a row of d=100 floats is 6.25 lines), each run
+    to the part with the least noise mass so far, largest runs first (the parts' masses end up
+    equal to ~1e-4); table p draws only among part p's words, their probabilities divided by the
+    part's mass. The threads train neighbouring blocks, so they draw from different parts (unless
+    one gets a whole block ahead) and do not write the same rows as negatives; over the blocks (each part
+    gets 1 / P of them, rotated every epoch) every word is still drawn with its unigram **
+    ns_exponent probability, whatever the threads' speeds. Why: two threads writing the same W_out
+    rows ran at 1.0-1.2x one thread's speed on the 2026-12-07 machine, at times 0.35x (issue 20,
+    ninth pass, docs/skipgram.md)."""
+    counts = np.asarray(counts)
+    if not split or nthreads < 2 or np.count_nonzero(counts) < 2 * nthreads * NOISE_GROUP:
+        return pack_alias(*noise_alias(counts, ns_exponent))[None]
+    w = np.where(counts > 0, np.power(np.maximum(counts, 1).astype(np.float64), ns_exponent), 0.0)
+    group = np.arange(len(counts)) // NOISE_GROUP
+    mass = np.bincount(group, weights=w)
+    load = np.zeros(nthreads)
+    owner_of = np.empty(len(mass), np.int64)
+    for g in np.argsort(-mass, kind="stable"):        # one pass over V / NOISE_GROUP runs
+        t = int(np.argmin(load))
+        owner_of[g] = t
+        load[t] += mass[g]
+    owner = owner_of[group]
+    return np.stack([pack_alias(*noise_alias(np.where(owner == t, counts, 0), ns_exponent))
+                     for t in range(nthreads)])
 
 
 def scheme_kernel(shared: bool, mode: int):
@@ -253,7 +294,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                init=None, progress: Callable[[int, int, float], None] | None = None,
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-               ablation: int = 0, block_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray, dict]:
+               ablation: int = 0, block_tokens: int = 8192,
+               split_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -278,6 +320,10 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     blocks in order). Before, each 16 384-token chunk was split between the threads in halves with
     a barrier per chunk; the queue is ~30 % more tokens per CPU-second at two threads on a loaded
     machine, quality level (issue 20, sixth pass, docs/skipgram.md).
+    split_negatives (the per-pair scheme at two or more threads): neighbouring blocks draw their
+    negatives among different parts of the vocabulary (thread_noise), so the threads do not write
+    the same output rows; the same noise distribution over the blocks. One thread is unaffected
+    (issue 20, ninth pass, docs/skipgram.md).
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
@@ -301,6 +347,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                   noise=pack_alias(alias_thr, alias_idx), sig_tab=sig_tab,
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
+    if not shared_negatives:
+        kernel["noise"] = thread_noise(counts, ns_exponent, nthreads, split_negatives)
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
                         start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
     stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
@@ -401,6 +449,8 @@ def _warm(blocks_kernel, sig_tab, logsig_tab):
     z = np.zeros(1, np.float64)
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
+    noise = pack_alias(thr, ali)
     blocks_kernel(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
-                  ali, pack_alias(thr, ali), sig_tab, logsig_tab, 2, 1, 0.025, 1e-4, 0, 4.0, 0, 0, 4, z, zi, zk, 0)
+                  ali, noise[None] if blocks_kernel is _pair_blocks else noise, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
+                  0, 4.0, 0, 0, 4, z, zi, zk, 0)
     _WARMED.add(blocks_kernel)
