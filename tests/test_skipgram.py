@@ -243,7 +243,7 @@ def test_thread_noise_splits_the_vocabulary():
     """Split negatives (issue 20, ninth pass): two tables whose words are disjoint runs of
     NOISE_GROUP rows, covering every counted word, each with half the noise mass, so that the blocks
     drawing from either in turn draw every word with its unigram ** 0.75 probability; one thread
-    (or split off) keeps the one table of noise_alias."""
+    (or split off) keeps the one table of noise_alias; more threads still make two parts."""
     from embedlake.workers.train.sgns_parts import noise_alias, pack_alias
     from embedlake.workers.train.skipgram import NOISE_GROUP, thread_noise
     counts = (20000 // (1 + np.arange(1000))).astype(np.int64)
@@ -253,6 +253,7 @@ def test_thread_noise_splits_the_vocabulary():
     assert np.array_equal(thread_noise(counts, 0.75, 2, False), one[None])
     tabs = thread_noise(counts, 0.75, 2, True)
     assert tabs.shape == (2, 1000)
+    assert np.array_equal(thread_noise(counts, 0.75, 8, True), tabs)     # two parts at most (NOISE_PARTS)
     p = [_draw_probabilities(t) for t in tabs]
     owner = np.where(p[0] > 0, 0, np.where(p[1] > 0, 1, -1))
     assert not np.any((p[0] > 0) & (p[1] > 0))

@@ -522,7 +522,8 @@ def train_stage(vocab_size: int, counts: np.ndarray, train: TrainConfig, *parts:
     if ck is not None:
         on_epoch = lambda k, W_in, W_out: checkpoint_epoch(ck, k, train.epochs, W_in, W_out, None)  # noqa: E731
     W, W_out, stats = train_sgns(tokens, offsets, vocab_size, threads=threads, progress=cb, start_epoch=start,
-                                 on_epoch=on_epoch, shared_negatives=train.negatives_per == "window", **kw)
+                                 on_epoch=on_epoch, shared_negatives=train.negatives_per == "window",
+                                 split_negatives=train.split_negatives, **kw)
     stats["sentences"] = len(offsets) - 1
     saved_output(stats, save_output, W_out)
     if ck is not None:           # the final state also carries the training figures

@@ -151,14 +151,11 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     """Graph reconstruction (RESTORE-style): for each sampled node, rank every other node by
     similarity and compute the average precision of its neighbourhood within h hops (distance
     1..h along the CSR's arcs; ``mode="ring"``: exactly h hops); report the mean over nodes per
-    hop. On small-world graphs the 3-hop ball covers nearly every node: compare with
-    ``random_baseline``.
-
-    Queries are a seeded sample of ``sample`` nodes with at least one neighbour (all of them when
-    the graph is smaller). ``similarity``: cosine | dot | precomputed (X is then an n x n score
-    matrix, dense or sparse, e.g. the adjacency itself). ``random_baseline``: the mean share of
-    relevant nodes, about the mAP of a random ranking. ``symmetric``: whether every arc has its
-    reverse (True for an undirected graph's CSR; None checks). ``norms``: every row's `row_norms`, if known.
+    hop. ``random_baseline`` (the mean share of relevant nodes, about a random ranking's mAP) is the
+    comparison: on small-world graphs the 3-hop ball covers nearly every node. Queries: a seeded
+    sample of ``sample`` nodes with a neighbour (all when fewer). ``similarity``: cosine | dot |
+    precomputed (X an n x n score matrix, dense or sparse). ``symmetric``: every arc has its reverse
+    (None checks). ``norms``: every row's `row_norms`, if known.
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
@@ -166,12 +163,10 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
     the candidates' scores read from the same products). Ties therefore count against the ranking, as in
     scikit-learn's average_precision_score; without ties this is the AP of the sorted ranking.
 
-    Bounds for large graphs, reported in the result: a query's breadth-first search stops once
-    its ball would exceed ``ball_cap`` nodes, and hops beyond that are left out of that query's
-    figures (``truncated``); with ``relevant_cap`` > 0 a hop ball larger than that is sampled
-    (seeded per query and hop) and its precision counts scaled, an unbiased estimate
-    (``sampled``). ``ci95`` is the half-width of the normal 95 % interval of each mean over the
-    queries (0 when every eligible node is a query).
+    Bounds for large graphs, reported in the result: a query's search stops once its ball would
+    exceed ``ball_cap`` nodes, the hops beyond left out (``truncated``); with ``relevant_cap`` > 0
+    a larger hop ball is sampled (seeded per query and hop), its counts scaled: unbiased
+    (``sampled``). ``ci95``: each mean's 95 % half-width (0 when every eligible node is a query).
     """
     if mode not in ("ball", "ring"):
         raise ValueError(f"mode must be 'ball' or 'ring', not {mode!r}")

@@ -189,7 +189,8 @@ def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthr
             blk = b_lo + take_next(next_block)
 
 
-NOISE_GROUP = 16      # thread_noise deals the words to the threads in runs of this many consecutive rows
+NOISE_GROUP = 16      # thread_noise deals the words to the parts in runs of this many consecutive rows
+NOISE_PARTS = 2       # at most this many parts: two is what was measured (quality and speed, ninth pass)
 
 
 def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool) -> np.ndarray:
@@ -197,8 +198,10 @@ def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: b
     draws its negatives from table (k + e) % P (_pair_blocks).
 
     Without split (and always at one thread) P = 1: the one table of noise_alias(counts). With
-    split, P = nthreads: the words are dealt to P parts in runs of NOISE_GROUP consecutive rows (so
-    that two parts' rows rarely share a cache line: a row of d=100 floats is 6.25 lines), each run
+    split, P = min(nthreads, NOISE_PARTS) = 2 (more parts, each block drawing from a smaller share
+    of the vocabulary, were not measured): the words are dealt to P parts in runs of NOISE_GROUP
+    consecutive rows (so that two parts' rows rarely share a cache line: a row of d=100 floats is
+    6.25 lines), each run
     to the part with the least noise mass so far, largest runs first (the parts' masses end up
     equal to ~1e-4); table p draws only among part p's words, their probabilities divided by the
     part's mass. The threads train neighbouring blocks, so they draw from different parts (unless
@@ -208,12 +211,13 @@ def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: b
     rows ran at 1.0-1.2x one thread's speed on the 2026-12-07 machine, at times 0.35x (issue 20,
     ninth pass, docs/skipgram.md)."""
     counts = np.asarray(counts)
-    if not split or nthreads < 2 or np.count_nonzero(counts) < 2 * nthreads * NOISE_GROUP:
+    parts = min(nthreads, NOISE_PARTS)
+    if not split or parts < 2 or np.count_nonzero(counts) < 2 * parts * NOISE_GROUP:
         return pack_alias(*noise_alias(counts, ns_exponent))[None]
     w = np.where(counts > 0, np.power(np.maximum(counts, 1).astype(np.float64), ns_exponent), 0.0)
     group = np.arange(len(counts)) // NOISE_GROUP
     mass = np.bincount(group, weights=w)
-    load = np.zeros(nthreads)
+    load = np.zeros(parts)
     owner_of = np.empty(len(mass), np.int64)
     for g in np.argsort(-mass, kind="stable"):        # one pass over V / NOISE_GROUP runs
         t = int(np.argmin(load))
@@ -221,7 +225,7 @@ def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: b
         load[t] += mass[g]
     owner = owner_of[group]
     return np.stack([pack_alias(*noise_alias(np.where(owner == t, counts, 0), ns_exponent))
-                     for t in range(nthreads)])
+                     for t in range(parts)])
 
 
 def scheme_kernel(shared: bool, mode: int):
@@ -310,20 +314,14 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
     streams of an uninterrupted run (one thread: bit-identical result). on_epoch(k, W_in, W_out)
     is called after each epoch (k = epochs done) with the live tables, e.g. to checkpoint them.
-    ablation: a sum of sgns_parts.ABL_* bits, each one change toward gensim's kernel, for the quality
-    experiments of docs/skipgram.md ("Quality against gensim"); 0 (the default) is the kernel above.
-    block_tokens (default 8 192) and chunk_tokens (default max(262 144, 5 % of an epoch)): the text
-    is cut into blocks of ~block_tokens positions; one kernel launch trains chunk_tokens of them,
-    its threads taking the next untrained block from one queue (gensim's workers take 10 000-word
-    jobs the same way), so two threads train neighbouring text with no barrier between blocks;
-    progress is reported between launches. One thread's result depends on neither (it trains the
-    blocks in order). Before, each 16 384-token chunk was split between the threads in halves with
-    a barrier per chunk; the queue is ~30 % more tokens per CPU-second at two threads on a loaded
-    machine, quality level (issue 20, sixth pass, docs/skipgram.md).
+    ablation: sgns_parts.ABL_* bits, the quality experiments' changes toward gensim's kernel.
+    block_tokens (default 8 192), chunk_tokens (default max(262 144, 5 % of an epoch)): one kernel
+    launch trains chunk_tokens of text, its threads taking the next ~block_tokens block from one
+    queue (as gensim's workers take jobs), with no barrier between blocks; progress is reported
+    between launches. One thread's result depends on neither (issue 20, sixth pass).
     split_negatives (the per-pair scheme at two or more threads): neighbouring blocks draw their
-    negatives among different parts of the vocabulary (thread_noise), so the threads do not write
-    the same output rows; the same noise distribution over the blocks. One thread is unaffected
-    (issue 20, ninth pass, docs/skipgram.md).
+    negatives among two halves of the vocabulary (thread_noise), so the threads do not write the
+    same output rows; one thread is unaffected (issue 20, ninth pass).
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")

@@ -73,6 +73,7 @@ def train_stage(num_nodes: int, walks_per_node: int, train: TrainConfig, *parts:
     init, start = resumed_tables(checkpoint)
     W, W_out, stats = train_sgns(tokens, offsets, num_nodes, threads=threads, progress=cb, init=init,
                                  start_epoch=start, on_epoch=on_epoch, shared_negatives=train.negatives_per == "window",
+                                 split_negatives=train.split_negatives,
                                  **sgns_settings(train))
     if checkpoint is not None:       # the final state also carries the training figures
         checkpoint_info(checkpoint, stats)
