@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for 2 loaded cores, long enough that each stage can be caught while it runs.
 FAULT_CFG = ["method=node2vec", "walk.p=0.5", "walk.q=2.0", "synthetic.nodes=3000", "walk.walks_per_node=20",
-             "walk.length=40", "train.dim=16", "train.window=1", "train.threads=1", "shard.partitions=1",
+             "walk.length=40", "train.dim=16", "train.window=1", "train.epochs=2", "train.threads=1",
+             "shard.partitions=1",
              "eval.repeats=1", "eval.reconstruction=false", "eval.align_to_previous=false", "eval.artifacts=false"]
 
 
@@ -137,7 +138,9 @@ def test_worker_killed_mid_walk_and_mid_training_gives_identical_output(tmp_path
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()     # the session's test API: no second server
     proc = subprocess.Popen([sys.executable, "-c", FAULTY_RUN_SCRIPT, faulty, str(REPO / "tests")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
-    killer = StageKiller({"train_stage": 0.5}, root=proc.pid)
+    # the kill must land inside the train stage: with its kernel cached it lasts ~0.5 s here (two
+    # epochs of 2.4 M tokens at ~6 M tokens/s, plus loading), so 0.15 s after its worker takes it
+    killer = StageKiller({"train_stage": 0.15}, root=proc.pid)
     killer.start()
     try:
         out, err = proc.communicate(timeout=420)
