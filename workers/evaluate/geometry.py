@@ -571,11 +571,8 @@ def _held_block_kernel(S, qrow, nodes, level, offsets, srcs, ring_size, kept, to
     for i in range(nq):
         x, y = offsets[i], offsets[i + 1]
         if y > x:
-            own = srcs[i]
-            tab = first[boff[i]:boff[i + 1]]
-            c = cnt[x + i:y + i + 1]
-            _place(S[i], 0, min(max(own, 0), width), t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
-            _place(S[i], max(min(own + 1, width), 0), width, t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
+            _place_query(S[i], 0, width, srcs[i], t[x:y], first[boff[i]:boff[i + 1]], nb[i] - 1, lo_t[i], inv[i],
+                         cnt[x + i:y + i + 1])
     ge = np.zeros(cnt.size, dtype=np.int64)
     for i in range(nq):
         for k in range(offsets[i + 1] + i - 1, offsets[i] + i - 1, -1):
@@ -723,11 +720,16 @@ def _place_scores(S, a, b, node0, srcs, t, offsets, nb, boff, first, lo_t, inv, 
     for i in numba.prange(offsets.size - 1):
         x, y = offsets[i], offsets[i + 1]
         if y > x:
-            own = srcs[i] - node0
-            tab = first[boff[i]:boff[i + 1]]
-            c = cnt[x + i:y + i + 1]
-            _place(S[i], a, min(max(own, a), b), t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
-            _place(S[i], max(min(own + 1, b), a), b, t[x:y], tab, nb[i] - 1, lo_t[i], inv[i], c)
+            _place_query(S[i], a, b, srcs[i] - node0, t[x:y], first[boff[i]:boff[i + 1]], nb[i] - 1, lo_t[i],
+                         inv[i], cnt[x + i:y + i + 1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_query(s, a, b, own, t, first, top, lo, inv, cnt):
+    """One query's scores s[a:b] placed (`_place`), its own column `own` left out: the step of
+    `_place_scores` and `_held_block_kernel`."""
+    _place(s, a, min(max(own, a), b), t, first, top, lo, inv, cnt)
+    _place(s, max(min(own + 1, b), a), b, t, first, top, lo, inv, cnt)
 
 
 @numba.njit(cache=True, nogil=True)
