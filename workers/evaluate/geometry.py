@@ -563,9 +563,9 @@ def _held_block_kernel(S, qrow, nodes, level, offsets, srcs, ring_size, kept, to
     scores = np.empty(nodes.size, dtype=S.dtype)
     for k in range(nodes.size):
         scores[k] = S[qrow[k], nodes[k]]
-    t, lv = _sort_segments_kernel(scores, level, offsets)
+    t, lv = _sort_segments_impl(scores, level, offsets)
     width = S.shape[1]
-    nb, boff, first, lo_t, inv = _bucket_tables(t, offsets, per, width)
+    nb, boff, first, lo_t, inv = _bucket_tables_impl(t, offsets, per, width)
     nq = offsets.size - 1
     cnt = np.zeros(offsets[nq] + nq, dtype=np.int64)
     for i in range(nq):
@@ -583,7 +583,7 @@ def _held_block_kernel(S, qrow, nodes, level, offsets, srcs, ring_size, kept, to
             flags[i, :] = 1
             continue
         a, b = offsets[i], offsets[i + 1]
-        walk_hops(t[a:b], lv[a:b], ge[a + i:b + i + 1], ring_size[i, :tp], kept[i, :tp], hops, ring, tp, n, ap[i],
+        _walk_hops_impl(t[a:b], lv[a:b], ge[a + i:b + i + 1], ring_size[i, :tp], kept[i, :tp], hops, ring, tp, n, ap[i],
                   base[i], flags[i])
 
 
@@ -594,6 +594,14 @@ def sort_segments(scores, level, offsets):
 
 @numba.njit(cache=True, nogil=True)
 def _sort_segments_kernel(scores, level, offsets):
+    """`sort_segments`' entry, fed read-only arrays only. Kernels call `_sort_segments_impl` with
+    arrays they made (writable): compiled fresh, a call of this dispatcher from a kernel would add
+    a writable signature to it, and a second compile for Python's read-only call."""
+    return _sort_segments_impl(scores, level, offsets)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_segments_impl(scores, level, offsets):
     """Each query's candidate scores ascending (stable) and their rings in that order."""
     t = np.empty_like(scores)
     lv = np.empty_like(level)
@@ -682,6 +690,13 @@ def _bucket(v, lo, inv, top):
 
 @numba.njit(cache=True, nogil=True)
 def _bucket_tables(t, offsets, per, width):
+    """`ScoreCounts`' entry, fed read-only arrays only; kernels call `_bucket_tables_impl` (why:
+    `_sort_segments_kernel`)."""
+    return _bucket_tables_impl(t, offsets, per, width)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_tables_impl(t, offsets, per, width):
     """Per query i (u thresholds): nb[i] = min(per * u, 1 << 18) buckets over [t[0], t[-1]], and
     with width > 0 (scores per query to place) at most max(4 u, width / 2): more buckets than
     scores cost more to build and hold than they save (BlogCatalog, 1,500 thresholds against
@@ -945,6 +960,13 @@ def nodes_scoring_at_least(s, src, t):
 
 @numba.njit(cache=True, nogil=True)
 def walk_hops(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
+    """`finish_block`'s entry, fed read-only inputs only; kernels call `_walk_hops_impl` (why:
+    `_sort_segments_kernel`)."""
+    _walk_hops_impl(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags)
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_hops_impl(t, lv, ge, ring_size, kept, hops, ring, top, n, ap, base, flags):
     """Walk the candidates from the highest score down, tie group by tie group; each relevant
     candidate adds (relevant scoring >= it) / (nodes scoring >= it) to its hops' AP. Counts of a
     sampled ring stand for the whole ring: r itself once, the other kept ones scaled by
