@@ -157,8 +157,10 @@ def timeline_line(timeline: dict, started: float) -> str:
     issue 22), so the log says which fixed cost a run paid."""
     w = timeline.get("worker")
     numba = f", numba {w['numba']} before" if w and "numba" in w else ""
+    parts = "".join(f"; {name.replace('_', ' ')} {cpu:.3f} CPU-s, {faults:,} page faults, {switches} preempted"
+                    for name, (cpu, faults, switches) in (w.get("parts") or {}).items()) if w else ""
     worker = (f"figures task started in worker {w['pid']} at {w['started'] - started:.2f}, ended at "
-              f"{w['ended'] - started:.2f} ({w['cpu_s']:.2f} CPU-s{numba}), " if w else "")
+              f"{w['ended'] - started:.2f} ({w['cpu_s']:.2f} CPU-s{numba}{parts}), " if w else "")
     return (f"evaluate: timeline (s from the task's start): {worker}figures in the driver at "
             f"{timeline['figures']:.2f}, report written at {timeline['report']:.2f}, "
             f"end at {time.time() - started:.2f}")

@@ -577,6 +577,13 @@ def test_figures_task_shares_the_tables_norms_and_its_figures_equal_each_stages(
     for key in ("micro_f1", "macro_f1", "micro_f1_ci95", "macro_f1_ci95"):
         assert both["node_classification"][key] == nc[key]
     assert both["reconstruction"]["map"] == rc["map"] and both["reconstruction"]["ci95"] == rc["ci95"]
+    # the timeline's per-component usage (issue 22, thirteenth round), as the evaluate task logs it
+    from embedlake.tasks.evaluate import timeline_line
+    parts = both["timeline"]["parts"]
+    assert set(parts) == {"node_classification", "reconstruction"}
+    assert all(cpu >= 0 and faults >= 0 and switches >= 0 for cpu, faults, switches in parts.values())
+    line = timeline_line({"worker": both["timeline"], "figures": 1.0, "report": 1.1}, both["timeline"]["started"])
+    assert f"node classification {parts['node_classification'][0]:.3f} CPU-s" in line and "reconstruction" in line
 
 
 @pytest.mark.parametrize("width", [1, 5, 8, 15, 17])

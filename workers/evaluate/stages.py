@@ -20,7 +20,9 @@ The aligned table is a Delta table beside (not inside) the run's embeddings tabl
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import sys
 import time
 
@@ -286,16 +288,33 @@ def figures_stage(X: np.ndarray, labels, csr: tuple | None, eval_cfg: EvalConfig
     from embedlake.workers.evaluate.rows import row_norms
     from embedlake.workers.heap import task_heap
     started, cpu0, numba_state = time.time(), time.process_time(), numba_in_worker()
-    out = {}
+    out, parts = {}, {}
     with task_heap():
         norms = row_norms(X, np.arange(np.shape(X)[0])) if labels is not None and csr is not None else None
         if labels is not None:
-            out["node_classification"] = classify_stage(X, labels, eval_cfg, norms)
+            with usage_of(parts, "node_classification"):
+                out["node_classification"] = classify_stage(X, labels, eval_cfg, norms)
         if csr is not None:
-            out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg, norms)
+            with usage_of(parts, "reconstruction"):
+                out["reconstruction"] = reconstruct_stage(X, csr, eval_cfg, norms)
     out["timeline"] = {"started": started, "ended": time.time(), "cpu_s": round(time.process_time() - cpu0, 3),
-                       "pid": os.getpid(), "numba": numba_state}
+                       "pid": os.getpid(), "numba": numba_state, "parts": parts}
     return out
+
+
+@contextlib.contextmanager
+def usage_of(parts: dict, name: str):
+    """parts[name] = (CPU seconds, page faults, involuntary context switches) of this process over
+    the block (getrusage). Why: node classification took 0.21-0.24 CPU-s instead of 0.13-0.15 in
+    some pipeline runs on a quiet machine (issue 22, twelfth round); the evaluate task's timeline line
+    then says whether that run's component faulted more pages or was preempted more often."""
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        yield
+    finally:
+        b = resource.getrusage(resource.RUSAGE_SELF)
+        parts[name] = (round(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime, 3), b.ru_minflt - a.ru_minflt,
+                       b.ru_nivcsw - a.ru_nivcsw)
 
 
 def numba_in_worker() -> str:
