@@ -284,11 +284,12 @@ class EvalConfig(Section):
     reconstruction_hops: list[int] = Field(default_factory=lambda: [1, 2, 3], description="Hops for reconstruction.")
     reconstruction_sample: int = Field(100, ge=0, description="mode=sampled: query nodes sampled for reconstruction "
                                        "(0 = all); mode=exact queries every node.")
-    reconstruction_work: int = Field(16_000_000_000, ge=0, description="mode=sampled, reconstruction: at most this many "
+    reconstruction_work: int = Field(800_000_000, ge=0, description="mode=sampled, reconstruction: at most this many "
                                      "queries x nodes x (dim + 64) units of work (a query scores every node, "
-                                     "about dim + 64 operations each with its search): on a large graph fewer "
-                                     "queries are sampled (at least 50; reported as work_limited, with a wider "
-                                     "ci95). 0 = reconstruction_sample queries at any size.")
+                                     "about dim + 64 operations each with its search; about 14e9 units per "
+                                     "CPU-s): above 8e6 units per query fewer queries are sampled (at least 50; "
+                                     "reported as work_limited, with a wider ci95). 0 = reconstruction_sample "
+                                     "queries at any size.")
     reconstruction_ball_cap: int = Field(1_000_000, ge=1, description="mode=sampled, reconstruction: a query's breadth-first "
                                          "search stops once its ball would exceed this many nodes; its farther "
                                          "hops are left out of the means (reported as truncated).")
