@@ -1,7 +1,8 @@
 """numba's compiled kernels are filed by the kernel sources' content (`workers/kernel_cache.py`): a
 second copy of the code at another path (a Ray Jobs working dir, a clone) loads what the first
-compiled, and an edit of any kernel source, even one that defines no kernel of its own, compiles
-afresh. Real processes, real numba, real copies of the code."""
+compiled, an edit of any kernel source, even one that defines no kernel of its own, compiles
+afresh, and processes that need a kernel at the same moment compile it once. Real processes, real
+numba, real copies of the code."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +64,30 @@ def test_a_copy_at_another_path_loads_the_kernels_and_an_edit_of_any_kernel_sour
     assert edited["value"] == first["value"]
     unchanged = _probe(a, cache)                   # the first copy still finds its own folder
     assert (unchanged["hits"], unchanged["misses"]) == (1, 0), unchanged
+
+
+# Three fresh processes that all need one kernel at the same moment, on an empty cache.
+AT_ONCE = r"""
+import json, sys, time
+import numpy as np
+from embedlake.workers.evaluate import geometry
+scores = np.arange(40, 0, -1, dtype=np.float32)
+level, offsets = np.ones(40, dtype=np.int8), np.array([0, 25, 40], dtype=np.int64)
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+t, lv = geometry.sort_segments(scores, level, offsets)
+stats = geometry._sort_segments_kernel.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "first": float(t[0])}))
+"""
+
+
+def test_processes_needing_a_kernel_at_once_compile_it_once(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    start = time.time() + 8                       # after every process has imported numba and the module
+    procs = [subprocess.Popen([sys.executable, "-c", AT_ONCE, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert time.time() > start and all(r["first"] == 16.0 for r in res), res
+    assert sorted((r["hits"], r["misses"]) for r in res) == [(0, 1), (1, 0), (1, 0)], res

@@ -18,11 +18,14 @@ where it cannot be written, numba's own locators take over. Old versions' folder
 read again and can be deleted."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib.machinery
 import os
 import sys
+import time
 
 WORKERS = os.path.dirname(os.path.abspath(__file__))
 CACHING = "numba.core.caching"
@@ -59,6 +62,7 @@ def locator_class(caching):
 
     class KernelSourcesLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
         def __init__(self, py_func, py_file):
+            serialise_compiles()
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
             folder = os.path.relpath(os.path.dirname(os.path.abspath(py_file)), WORKERS)
@@ -82,6 +86,68 @@ def register(caching) -> None:
     classes = caching.CacheImpl._locator_classes
     if not any(c.__name__ == "KernelSourcesLocator" for c in classes):
         classes.insert(0, locator_class(caching))
+
+
+def serialise_compiles() -> None:
+    """A signature of a workers/ kernel is looked up and, on a miss, compiled and saved under a file
+    lock beside its cache entry: N workers that start on an empty cache (the walk actors of every
+    shard, a node's task workers) compile it once and load it N - 1 times, instead of N compiles at
+    once (20-35 CPU-s and 10-38 MB of LLVM heap each, docs/scaling.md), and no two processes rewrite
+    the kernel's index file at once. The lock is taken inside numba's compiler lock (one compile per
+    process at a time, so threads cannot deadlock on it); a holder that died releases it; after
+    LOCK_WAIT_S the waiter compiles anyway. Installed when the first workers/ kernel is decorated
+    (numba's dispatcher module is still loading when its caching module is)."""
+    from numba.core import dispatcher
+    from numba.core.compiler_lock import global_compiler_lock
+    compile_ = dispatcher.Dispatcher.compile
+    if getattr(compile_, "serialised", False):
+        return
+    held: set[str] = set()
+
+    def compile(self, sig):
+        cache = getattr(self, "_cache", None)
+        locator = getattr(getattr(cache, "_impl", None), "locator", None)
+        if type(locator).__name__ != "KernelSourcesLocator":
+            return compile_(self, sig)
+        path = os.path.join(cache.cache_path, cache._impl.filename_base + ".lock")
+        with global_compiler_lock:
+            if path in held:                                  # a recursive compile of the same kernel
+                return compile_(self, sig)
+            with _file_lock(path):
+                held.add(path)
+                try:
+                    return compile_(self, sig)
+                finally:
+                    held.discard(path)
+
+    compile.serialised = True
+    dispatcher.Dispatcher.compile = compile
+
+
+LOCK_WAIT_S = 300.0
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive flock on ``path`` (made if missing), waited for up to LOCK_WAIT_S."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield                                                 # an unwritable cache: numba copes
+        return
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)                                          # releases the lock
 
 
 class _WhenCachingLoads:
