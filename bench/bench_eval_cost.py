@@ -330,7 +330,7 @@ def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], 
                cold_numba: bool = False, task: bool = False) -> list[dict]:
     """``--first-call``: each checkout's components in fresh processes, alternating (see the docstring)."""
     import numpy as np
-    d = os.path.join(out, f"table-{case}")
+    d = os.path.join(os.path.abspath(out), f"table-{case}")
     if not os.path.exists(os.path.join(d, "X.npy")):
         X, g, labels = case_table(lake_uri, args)
         os.makedirs(d, exist_ok=True)
@@ -346,9 +346,11 @@ def first_call(lake_uri: str, case: str, args: list[str], checkouts: list[str], 
     results = []
     for r in range(rounds):
         for co in checkouts:
+            # cwd=co: `python -c` puts the working directory first on sys.path, so from another checkout's
+            # root its `embedlake` package (config defaults, lake) would shadow this checkout's
             p = subprocess.run([str(Path(co) / ".venv" / "bin" / "python"), "-c", FIRST_CALL_CHILD, d,
                                 "cold" if cold_numba else "warm", "task" if task else "components"], env=env,
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True, check=True, cwd=co)
             results.append({"case": case, "checkout": co, "round": r, **json.loads(p.stdout.strip().splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
     return results
