@@ -193,7 +193,8 @@ NOISE_GROUP = 16      # thread_noise deals the words to the parts in runs of thi
 NOISE_PARTS = 2       # at most this many parts: two is what was measured (quality and speed, ninth pass)
 
 
-def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool) -> np.ndarray:
+def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool, head: float = 1.0,
+                 share: float = 0.0) -> np.ndarray:
     """The per-pair kernel's noise tables (packed, pack_alias), P x vocabulary: block k of epoch e
     draws its negatives from table (k + e) % P (_pair_blocks).
 
@@ -219,12 +220,18 @@ def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: b
     mass = np.bincount(group, weights=w)
     load = np.zeros(parts)
     owner_of = np.empty(len(mass), np.int64)
+    total = mass.sum()
+    shared_mass = 0.0
     for g in np.argsort(-mass, kind="stable"):        # one pass over V / NOISE_GROUP runs
+        if load.sum() >= head * total or shared_mass < share * total:
+            owner_of[g] = -1
+            shared_mass += mass[g]
+            continue
         t = int(np.argmin(load))
         owner_of[g] = t
         load[t] += mass[g]
     owner = owner_of[group]
-    return np.stack([pack_alias(*noise_alias(np.where(owner == t, counts, 0), ns_exponent))
+    return np.stack([pack_alias(*noise_alias(np.where(owner == t, w * parts, np.where(owner < 0, w, 0.0)), 1.0))
                      for t in range(parts)])
 
 
@@ -299,7 +306,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
                ablation: int = 0, block_tokens: int = 8192,
-               split_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+               split_negatives: bool = True, split_head: float = 1.0,
+               split_schedule: str = "alt", split_share: float = 0.0, split_parts: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -346,7 +354,9 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
     if not shared_negatives:
-        kernel["noise"] = thread_noise(counts, ns_exponent, nthreads, split_negatives)
+        kernel["noise"] = thread_noise(counts, ns_exponent, split_parts or nthreads, split_negatives, split_head,
+                                       split_share)
+    kernel["schedule"] = split_schedule
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
                         start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
     stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
@@ -386,10 +396,13 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
         t0 = time.perf_counter()
         for ep in range(start_epoch, epochs):
             pos_base = ep * per_epoch - int(offsets[0]) if S else 0
+            noise = kernel["noise"]
+            if kernel.get("schedule") == "tm" and noise.shape[0] == 2 and bin(ep).count("1") % 2 != ep % 2:
+                noise = np.ascontiguousarray(noise[::-1])
             for b_lo, b_hi in segments:
                 blocks_kernel(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
                              kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
-                             kernel["noise"],
+                             noise,
                              kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
                              kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
                              sent_loss, sent_pairs, sent_kept, kernel["mode"])
