@@ -14,13 +14,12 @@ SHARED = REPO.parent / "shared"
 
 
 def numba_cache_dir(repo: Path) -> Path:
-    """A numba cache folder named by a hash of every workers/ source that uses numba.
-
-    numba's own cache checks only the timestamp of the file defining a kernel, not of the files whose
-    functions it inlines: after an edit of workers/train/sgns_parts.py alone, skipgram's kernels would
-    load stale machine code from __pycache__. Any edit of a numba source names a new, empty folder, so
-    every kernel is compiled from the sources as they are. Set before numba is imported (it reads
-    NUMBA_CACHE_DIR once); Ray workers and subprocesses inherit it with the environment."""
+    """A numba cache folder for the suite inside the checkout, named by a hash of every workers/
+    source that uses numba: a clean clone's suite compiles every kernel itself (CI's timings are a
+    fresh machine's), and nothing it compiles lands in the user's cache. Within it
+    `workers/kernel_cache.py` files the kernels by the same kind of hash (what keeps an edit of
+    sgns_parts.py alone from serving skipgram's stale machine code). Set before numba is imported (it
+    reads NUMBA_CACHE_DIR once); Ray workers and subprocesses inherit it with the environment."""
     import hashlib
     h = hashlib.sha256()
     for f in sorted((repo / "workers").rglob("*.py")):

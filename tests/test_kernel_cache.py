@@ -1,0 +1,93 @@
+"""numba's compiled kernels are filed by the kernel sources' content (`workers/kernel_cache.py`): a
+second copy of the code at another path (a Ray Jobs working dir, a clone) loads what the first
+compiled, an edit of any kernel source, even one that defines no kernel of its own, compiles
+afresh, and processes that need a kernel at the same moment compile it once. Real processes, real
+numba, real copies of the code."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# In a fresh process: the uploaded-working-dir import of the code at argv[1] (infra/job_entry.py),
+# one call of a small kernel, and whether numba compiled it or loaded it from the cache.
+PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/infra")
+from job_entry import use_working_dir
+assert use_working_dir(sys.argv[1]) == sys.argv[1]
+import numpy as np
+from embedlake.workers.evaluate import geometry
+from embedlake.workers import kernel_cache
+value = int(geometry.mix64(np.uint64(12345)))
+stats = geometry.mix64.stats
+print(json.dumps({"value": value, "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "code": geometry.__file__, "cache": geometry.mix64._cache._cache_path,
+                  "digest": kernel_cache.sources_digest()}))
+"""
+
+
+def _copy_code(dest: Path) -> Path:
+    for sub in ("embedlake", "workers", "flows", "tasks", "infra"):
+        shutil.copytree(REPO / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _probe(code: Path, cache: Path) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(code)], capture_output=True, text=True, env=env,
+                         cwd=str(code), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_copy_at_another_path_loads_the_kernels_and_an_edit_of_any_kernel_source_compiles(tmp_path):
+    cache = tmp_path / "numba"
+    a, b = _copy_code(tmp_path / "a"), _copy_code(tmp_path / "b")
+    first = _probe(a, cache)
+    assert first["code"].startswith(str(a)) and first["misses"] == 1 and first["hits"] == 0, first
+    assert first["cache"] == str(cache / "embedlake" / first["digest"] / "evaluate"), first
+    again = _probe(b, cache)                       # other path, same sources: loaded, not compiled
+    assert again["code"].startswith(str(b)) and (again["hits"], again["misses"]) == (1, 0), again
+    assert again["cache"] == first["cache"] and again["value"] == first["value"]
+    # sgns_parts.py defines no kernel mix64 calls, but it is a kernel source: a new folder, compiled again
+    parts = b / "workers" / "train" / "sgns_parts.py"
+    parts.write_text(parts.read_text() + "\n# edited\n")
+    edited = _probe(b, cache)
+    assert edited["digest"] != first["digest"] and (edited["hits"], edited["misses"]) == (0, 1), edited
+    assert edited["value"] == first["value"]
+    unchanged = _probe(a, cache)                   # the first copy still finds its own folder
+    assert (unchanged["hits"], unchanged["misses"]) == (1, 0), unchanged
+
+
+# Three fresh processes that all need one kernel at the same moment, on an empty cache.
+AT_ONCE = r"""
+import json, sys, time
+import numpy as np
+from embedlake.workers.evaluate import geometry
+scores = np.arange(40, 0, -1, dtype=np.float32)
+level, offsets = np.ones(40, dtype=np.int8), np.array([0, 25, 40], dtype=np.int64)
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+t, lv = geometry.sort_segments(scores, level, offsets)
+stats = geometry._sort_segments_kernel.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "first": float(t[0])}))
+"""
+
+
+def test_processes_needing_a_kernel_at_once_compile_it_once(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    start = time.time() + 8                       # after every process has imported numba and the module
+    procs = [subprocess.Popen([sys.executable, "-c", AT_ONCE, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert time.time() > start and all(r["first"] == 16.0 for r in res), res
+    assert sorted((r["hits"], r["misses"]) for r in res) == [(0, 1), (1, 0), (1, 0)], res
