@@ -122,7 +122,7 @@ class TrainConfig(Section):
                                   "blocks of text draw their negatives from two halves of the vocabulary (equal "
                                   "noise mass; the most frequent words, 12 % of it, in both), so two threads rarely "
                                   "write the same output rows; each word keeps its noise probability over the "
-                                  "blocks. ~1.5x the tokens/s at two threads on a 2-vCPU VM; false: one noise table "
+                                  "blocks. ~1.3x the tokens/s at two threads on a 2-vCPU VM; false: one noise table "
                                   "for every block (docs/skipgram.md, ninth and tenth passes).")
     incremental: Literal["auto", "off"] = Field("auto", description="auto: a deepwalk / node2vec run whose previous "
                                                 "committed run of the dataset has compatible settings and whose graph "
