@@ -120,9 +120,10 @@ class TrainConfig(Section):
                                                      "one-table kernel (docs/skipgram.md, issue 20).")
     split_negatives: bool = Field(True, description="negatives_per=pair at two or more threads: neighbouring "
                                   "blocks of text draw their negatives from two halves of the vocabulary (equal "
-                                  "noise mass), so two threads rarely write the same output rows; each word keeps "
-                                  "its noise probability over the blocks. ~1.5x the tokens/s at two threads on a "
-                                  "2-vCPU VM; false: one noise table for every block (docs/skipgram.md, ninth pass).")
+                                  "noise mass; the most frequent words, 12 % of it, in both), so two threads rarely "
+                                  "write the same output rows; each word keeps its noise probability over the "
+                                  "blocks. ~1.3x the tokens/s at two threads on a 2-vCPU VM; false: one noise table "
+                                  "for every block (docs/skipgram.md, ninth and tenth passes).")
     incremental: Literal["auto", "off"] = Field("auto", description="auto: a deepwalk / node2vec run whose previous "
                                                 "committed run of the dataset has compatible settings and whose graph "
                                                 "changed by at most incremental_max_change updates that run's table "

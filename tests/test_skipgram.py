@@ -240,28 +240,35 @@ def _draw_probabilities(packed):
 
 
 def test_thread_noise_splits_the_vocabulary():
-    """Split negatives (issue 20, ninth pass): two tables whose words are disjoint runs of
-    NOISE_GROUP rows, covering every counted word, each with half the noise mass, so that the blocks
-    drawing from either in turn draw every word with its unigram ** 0.75 probability; one thread
+    """Split negatives (issue 20, ninth and tenth passes): two tables sharing the most frequent runs
+    of NOISE_GROUP rows (the head, at least `shared` of the noise mass, drawn with the same
+    probability from both) and dealing the other runs between them (disjoint, each covering half of
+    the rest's mass), covering every counted word, so that the blocks drawing from either in turn
+    draw every word with its unigram ** 0.75 probability; shared=0 splits every run; one thread
     (or split off) keeps the one table of noise_alias; more threads still make two parts."""
     from embedlake.workers.train.sgns_parts import noise_alias, pack_alias
-    from embedlake.workers.train.skipgram import NOISE_GROUP, thread_noise
+    from embedlake.workers.train.skipgram import NOISE_GROUP, NOISE_SHARED, thread_noise
     counts = (20000 // (1 + np.arange(1000))).astype(np.int64)
     counts[[7, 500]] = 0
     one = pack_alias(*noise_alias(counts, 0.75))
+    full = counts ** 0.75 / (counts ** 0.75).sum()
     assert np.array_equal(thread_noise(counts, 0.75, 1, True), one[None])
     assert np.array_equal(thread_noise(counts, 0.75, 2, False), one[None])
-    tabs = thread_noise(counts, 0.75, 2, True)
-    assert tabs.shape == (2, 1000)
-    assert np.array_equal(thread_noise(counts, 0.75, 8, True), tabs)     # two parts at most (NOISE_PARTS)
-    p = [_draw_probabilities(t) for t in tabs]
-    owner = np.where(p[0] > 0, 0, np.where(p[1] > 0, 1, -1))
-    assert not np.any((p[0] > 0) & (p[1] > 0))
-    assert np.array_equal(owner < 0, counts == 0)
-    for r in np.split(owner, np.arange(NOISE_GROUP, len(owner), NOISE_GROUP)):
-        assert len(set(r[r >= 0])) <= 1
-    full = counts ** 0.75 / (counts ** 0.75).sum()
-    assert np.allclose((p[0] + p[1]) / 2, full, rtol=0.02, atol=1e-9)
+    assert np.array_equal(thread_noise(counts, 0.75, 8, True), thread_noise(counts, 0.75, 2, True))  # NOISE_PARTS
+    for shared in (0.0, NOISE_SHARED, 0.3):
+        tabs = thread_noise(counts, 0.75, 2, True, shared)
+        assert tabs.shape == (2, 1000)
+        p = [_draw_probabilities(t) for t in tabs]
+        both = (p[0] > 0) & (p[1] > 0)
+        owner = np.where(both, -1, np.where(p[0] > 0, 0, np.where(p[1] > 0, 1, -2)))
+        assert np.array_equal(owner == -2, counts == 0)
+        runs = np.split(owner, np.arange(NOISE_GROUP, len(owner), NOISE_GROUP))
+        assert all(len(set(r[r != -2])) <= 1 for r in runs)
+        head = full[both].sum()                       # the shared runs: the most frequent, just past `shared`
+        assert head >= shared and (shared == 0) == (head == 0)
+        assert shared == 0 or head - full[np.nonzero(both)[0][-NOISE_GROUP:]].sum() < shared   # no run past it
+        assert np.allclose(p[0][both], p[1][both], rtol=0.02) and np.allclose(p[0][both], full[both], rtol=0.02)
+        assert np.allclose((p[0] + p[1]) / 2, full, rtol=0.02, atol=1e-9)
 
 
 def test_two_threads_split_negatives_learn(graph_walks):

@@ -36,7 +36,8 @@ two negatives' rows per pass). On Brown it
 matches gensim's SimLex figure, which the shared window misses by ~.008; on BlogCatalog the shared window scores better at 10 % labels, so graphs keep it (docs/skipgram.md).
 At two or more threads its negatives are split (thread_noise): neighbouring blocks draw them from
 different parts of the vocabulary, so the threads do not write the same output rows, which on a
-2-vCPU VM cost two threads most of their second core (issue 20, ninth pass).
+2-vCPU VM cost two threads most of their second core (issue 20, ninth pass); the 16 or so most
+frequent words stay in both parts, which keeps the analogies of one table (tenth pass).
 
 The pieces every SGNS kernel shares (random streams, window, negatives, sigmoid tables, the window
 step) live in sgns_parts.py; this module is the one-table kernel and its driver.
@@ -191,40 +192,52 @@ def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthr
 
 NOISE_GROUP = 16      # thread_noise deals the words to the parts in runs of this many consecutive rows
 NOISE_PARTS = 2       # at most this many parts: two is what was measured (quality and speed, ninth pass)
+NOISE_SHARED = 0.12   # the most frequent runs, until they hold this share of the noise mass, are in every part
 
 
-def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool) -> np.ndarray:
+def thread_noise(counts: np.ndarray, ns_exponent: float, nthreads: int, split: bool,
+                 shared: float = NOISE_SHARED) -> np.ndarray:
     """The per-pair kernel's noise tables (packed, pack_alias), P x vocabulary: block k of epoch e
     draws its negatives from table (k + e) % P (_pair_blocks).
 
     Without split (and always at one thread) P = 1: the one table of noise_alias(counts). With
     split, P = min(nthreads, NOISE_PARTS) = 2 (more parts, each block drawing from a smaller share
-    of the vocabulary, were not measured): the words are dealt to P parts in runs of NOISE_GROUP
+    of the vocabulary, were not measured). The vocabulary is cut into runs of NOISE_GROUP
     consecutive rows (so that two parts' rows rarely share a cache line: a row of d=100 floats is
-    6.25 lines), each run
-    to the part with the least noise mass so far, largest runs first (the parts' masses end up
-    equal to ~1e-4); table p draws only among part p's words, their probabilities divided by the
-    part's mass. The threads train neighbouring blocks, so they draw from different parts (unless
-    one gets a whole block ahead) and do not write the same rows as negatives; over the blocks (each part
-    gets 1 / P of them, rotated every epoch) every word is still drawn with its unigram **
-    ns_exponent probability, whatever the threads' speeds. Why: two threads writing the same W_out
-    rows ran at 1.0-1.2x one thread's speed on the 2026-12-07 machine, at times 0.35x (issue 20,
-    ninth pass, docs/skipgram.md)."""
+    6.25 lines). Largest runs first, runs go to the shared head until it holds `shared` of the
+    noise mass (on Brown at 0.12: the 16 most frequent words), then each run to the part with the
+    least noise mass so far (the parts' masses end up equal to ~1e-4). Table p draws among the
+    head's words with their own probabilities and among part p's words with P times theirs, so
+    over the blocks (each part gets 1 / P of them, rotated every epoch) every word is drawn with its
+    unigram ** ns_exponent probability, whatever the threads' speeds. The threads train
+    neighbouring blocks, so they draw from different parts (unless one gets a whole block ahead)
+    and write the same rows as negatives only in the head.
+
+    Why: two threads writing the same W_out rows ran at 1.0-1.2x one thread's speed on the
+    2026-12-07 machine, at times 0.35x (issue 20, ninth pass). Why the shared head: splitting the
+    most frequent words too (shared=0, the ninth pass) cost analogies -.002 against one table, 12
+    seeds paired, and splitting only them (the 192 most frequent words) cost the same; with the
+    16 most frequent in every table the analogies were level (tenth pass, docs/skipgram.md)."""
     counts = np.asarray(counts)
     parts = min(nthreads, NOISE_PARTS)
     if not split or parts < 2 or np.count_nonzero(counts) < 2 * parts * NOISE_GROUP:
         return pack_alias(*noise_alias(counts, ns_exponent))[None]
     w = np.where(counts > 0, np.power(np.maximum(counts, 1).astype(np.float64), ns_exponent), 0.0)
     group = np.arange(len(counts)) // NOISE_GROUP
-    mass = np.bincount(group, weights=w)
+    mass = np.bincount(group, weights=w) / w.sum()
     load = np.zeros(parts)
+    head = 0.0
     owner_of = np.empty(len(mass), np.int64)
     for g in np.argsort(-mass, kind="stable"):        # one pass over V / NOISE_GROUP runs
+        if head < shared:                             # -1: the shared head
+            owner_of[g] = -1
+            head += mass[g]
+            continue
         t = int(np.argmin(load))
         owner_of[g] = t
         load[t] += mass[g]
     owner = owner_of[group]
-    return np.stack([pack_alias(*noise_alias(np.where(owner == t, counts, 0), ns_exponent))
+    return np.stack([pack_alias(*noise_alias(np.where(owner < 0, w, np.where(owner == t, parts * w, 0.0)), 1.0))
                      for t in range(parts)])
 
 
@@ -298,8 +311,8 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                init=None, progress: Callable[[int, int, float], None] | None = None,
                chunk_tokens: int | None = None, shared_negatives: bool = True, start_epoch: int = 0,
                on_epoch: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-               ablation: int = 0, block_tokens: int = 8192,
-               split_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+               ablation: int = 0, block_tokens: int = 8192, split_negatives: bool = True,
+               split_shared: float = NOISE_SHARED) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train SGNS embeddings on sentences tokens[offsets[s]:offsets[s+1]] (-1 = padding, skipped).
 
     Returns (W_in, W_out, stats): W_in float32[vocab, dim] are the embeddings, W_out the context
@@ -319,9 +332,9 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     launch trains chunk_tokens of text, its threads taking the next ~block_tokens block from one
     queue (as gensim's workers take jobs), with no barrier between blocks; progress is reported
     between launches. One thread's result depends on neither (issue 20, sixth pass).
-    split_negatives (the per-pair scheme at two or more threads): neighbouring blocks draw their
-    negatives among two halves of the vocabulary (thread_noise), so the threads do not write the
-    same output rows; one thread is unaffected (issue 20, ninth pass).
+    split_negatives, split_shared (per-pair scheme, two or more threads; one thread is unaffected):
+    neighbouring blocks draw their negatives from two halves of the vocabulary, the most frequent
+    words (split_shared of the noise mass) in both (thread_noise; issue 20, ninth and tenth passes).
     """
     if window < 1 or negatives < 0 or epochs < 1 or dim < 1:
         raise ValueError("window >= 1, negatives >= 0, epochs >= 1, dim >= 1 required")
@@ -346,7 +359,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
                   logsig_tab=logsig_tab, window=int(window), negatives=int(negatives), lr0=float(lr),
                   min_lr=float(min_lr), seed=int(seed), shared=bool(shared_negatives), mode=int(ablation))
     if not shared_negatives:
-        kernel["noise"] = thread_noise(counts, ns_exponent, nthreads, split_negatives)
+        kernel["noise"] = thread_noise(counts, ns_exponent, nthreads, split_negatives, split_shared)
     run = _train_epochs(tokens, offsets, W_in, W_out, kernel, (starts, chunks), nthreads, epochs=epochs,
                         start_epoch=start_epoch, progress=progress, on_epoch=on_epoch)
     stats = _run_stats(run, tokens, offsets, epochs, start_epoch)
