@@ -14,19 +14,14 @@ SHARED = REPO.parent / "shared"
 
 
 def numba_cache_dir(repo: Path) -> Path:
-    """A numba cache folder for the suite inside the checkout, named by a hash of every workers/
-    source that uses numba: a clean clone's suite compiles every kernel itself (CI's timings are a
-    fresh machine's), and nothing it compiles lands in the user's cache. Within it
-    `workers/kernel_cache.py` files the kernels by the same kind of hash (what keeps an edit of
-    sgns_parts.py alone from serving skipgram's stale machine code). Set before numba is imported (it
-    reads NUMBA_CACHE_DIR once); Ray workers and subprocesses inherit it with the environment."""
-    import hashlib
-    h = hashlib.sha256()
-    for f in sorted((repo / "workers").rglob("*.py")):
-        text = f.read_bytes()
-        if b"numba" in text:
-            h.update(str(f.relative_to(repo)).encode() + b"\0" + text)
-    return repo / ".pytest_cache" / "numba" / h.hexdigest()[:16]
+    """A numba cache folder for the suite inside the checkout, named by the hash of every workers/
+    source that uses numba (`kernel_cache.sources_digest`, which also names the kernels' own
+    folders): a clean clone's suite compiles every kernel itself (CI's timings are a fresh machine's)
+    and nothing it compiles lands in the user's cache. Set before numba is imported (it reads
+    NUMBA_CACHE_DIR once; importing the workers package does not import it); Ray workers and
+    subprocesses inherit it with the environment."""
+    from embedlake.workers.kernel_cache import sources_digest
+    return repo / ".pytest_cache" / "numba" / sources_digest()
 
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir(REPO)))
