@@ -91,3 +91,28 @@ def test_processes_needing_a_kernel_at_once_compile_it_once(tmp_path):
     res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     assert time.time() > start and all(r["first"] == 16.0 for r in res), res
     assert sorted((r["hits"], r["misses"]) for r in res) == [(0, 1), (1, 0), (1, 0)], res
+
+
+def test_llvm_lock_events_are_off_while_a_kernel_loads_and_back_after():
+    """`quiet_llvm_lock` (issue 22, fourteenth round): numba's LLVM-lock event callbacks are off
+    inside the block, nested blocks included, and registered again after it, also when it raises;
+    a kernel compiled or loaded inside runs."""
+    import llvmlite.binding as ll
+    import numpy as np
+    import pytest
+
+    from embedlake.workers import kernel_cache
+    from embedlake.workers.evaluate import geometry
+    before = list(ll.ffi.lib._lock._cblist)
+    assert before                                   # numba registered its callbacks
+    with kernel_cache.quiet_llvm_lock():
+        assert ll.ffi.lib._lock._cblist == []
+        with kernel_cache.quiet_llvm_lock():
+            assert ll.ffi.lib._lock._cblist == []
+        assert ll.ffi.lib._lock._cblist == []
+        assert int(geometry.mix64(np.uint64(1))) == int(geometry.mix64(np.uint64(1))) != 1
+    assert ll.ffi.lib._lock._cblist == before
+    with pytest.raises(RuntimeError):
+        with kernel_cache.quiet_llvm_lock():
+            raise RuntimeError("inside")
+    assert ll.ffi.lib._lock._cblist == before
