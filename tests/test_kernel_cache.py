@@ -116,3 +116,28 @@ def test_llvm_lock_events_are_off_while_a_kernel_loads_and_back_after():
         with kernel_cache.quiet_llvm_lock():
             raise RuntimeError("inside")
     assert ll.ffi.lib._lock._cblist == before
+
+
+def test_a_cache_folder_is_checked_once_per_process_while_it_exists(tmp_path, monkeypatch):
+    """`KernelSourcesLocator.ensure_cache_path` (issue 22, fourteenth round): numba's writability check
+    (a temporary file in the folder) runs once per folder, not once per kernel decorated, and again
+    when the folder has gone."""
+    import tempfile
+
+    from numba.core import caching, config
+
+    from embedlake.workers.evaluate import geometry
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    locator = next(c for c in caching.CacheImpl._locator_classes if c.__name__ == "KernelSourcesLocator")
+    checks = []
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: checks.append(k.get("dir")) or real(*a, **k))
+    first = locator.from_function(geometry.mix64.py_func, geometry.__file__)
+    folder = first.get_cache_path()
+    assert folder.startswith(str(tmp_path)) and os.path.isdir(folder) and checks == [folder]
+    locator.from_function(geometry.draw_nodes.py_func, geometry.__file__).ensure_cache_path()
+    first.ensure_cache_path()
+    assert checks == [folder]
+    shutil.rmtree(folder)
+    locator.from_function(geometry.draw_nodes.py_func, geometry.__file__)
+    assert os.path.isdir(folder) and checks == [folder, folder]

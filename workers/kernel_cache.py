@@ -55,6 +55,9 @@ def cache_root(cache_dir: str) -> str:
     return os.path.join(base, "embedlake", "numba")
 
 
+CHECKED_PATHS: set[str] = set()    # cache folders this process found writable (`ensure_cache_path`)
+
+
 def locator_class(caching):
     """numba's cache locator for functions defined in workers/ (module docstring); made when numba's
     caching module is loaded, whose classes it extends."""
@@ -71,6 +74,15 @@ def locator_class(caching):
 
         def get_cache_path(self):
             return self._cache_path
+
+        def ensure_cache_path(self):
+            """numba's check (the folder made, a temporary file written in it), once per folder and
+            process while the folder exists. Why: numba checks for every kernel a module decorates,
+            0.1 ms each, 2-2.5 ms of the figures task's import of geometry.py (21 kernels; issue 22,
+            fourteenth round)."""
+            if self._cache_path not in CHECKED_PATHS or not os.path.isdir(self._cache_path):
+                super().ensure_cache_path()
+                CHECKED_PATHS.add(self._cache_path)
 
         @classmethod
         def from_function(cls, py_func, py_file):
