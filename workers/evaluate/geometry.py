@@ -14,6 +14,7 @@ import numpy as np
 
 from embedlake.workers.evaluate.classify import blas_threads
 from embedlake.workers.evaluate.rows import RowNormaliser, read_only, unit_rows
+from embedlake.workers.kernel_threads import run_on_threads
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)
 LAST_RING_CHUNK = 1024             # last-ring draws made at a time (`draw_nodes`)
@@ -251,9 +252,16 @@ class CandidateBlock:
 
 
 def candidates_block(indptr, indices, q, hop_arr, ball_cap, relevant_cap, seed, symmetric, maxc, threads):
-    """`_candidates_kernel` as a CandidateBlock."""
-    return CandidateBlock(*_candidates_kernel(*read_only(indptr, indices, q, hop_arr), ball_cap, relevant_cap, seed,
-                                              symmetric, maxc, threads))
+    """`_candidates_kernel` on min(threads, queries) threads (at least one), as a CandidateBlock."""
+    nq, max_hop = q.size, int(hop_arr[-1])
+    out = (np.empty((nq, maxc), dtype=np.int64),          # only each row's first count[i] are set and read
+           np.empty((nq, maxc), dtype=np.int64), np.zeros(nq, dtype=np.int64), np.zeros((nq, max_hop)),
+           np.zeros((nq, max_hop), dtype=np.int64), np.zeros(nq, dtype=np.int64))
+    nthreads = max(1, min(threads, nq))
+    args = read_only(indptr, indices, q, hop_arr)
+    run_on_threads(lambda t: _candidates_kernel(*args, ball_cap, relevant_cap, seed, symmetric, *out, t, nthreads),
+                   nthreads)
+    return CandidateBlock(*out)
 
 
 def flat_candidates(cb: CandidateBlock):
@@ -370,41 +378,35 @@ class _numba_threads:
         numba.set_num_threads(self.prev)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, symmetric, maxc, threads):
-    """Every query's hop rings by BFS (`_hop_ball`) and its candidates, each ring sampled down to
-    relevant_cap (`stratified_candidates`); per-thread work arrays sized n, reused by the thread's
-    queries (stamped marks instead of clearing)."""
+@numba.njit(cache=True, nogil=True)
+def _candidates_kernel(indptr, indices, q, hops, ball_cap, relevant_cap, seed, symmetric, nodes, level, count,
+                       ring_size, kept, top, t, nthreads):
+    """Thread t's queries (t, t + nthreads, ...; `candidates_block` runs the threads): each one's hop
+    rings by BFS (`_hop_ball`) and its candidates, each ring sampled down to relevant_cap
+    (`stratified_candidates`), into row i of the outputs; work arrays sized n, reused by the
+    thread's queries (stamped marks instead of clearing). A plain kernel run on threads, not a
+    prange: numba's parallel compile of this one took 13-22 s (kernel_threads)."""
     nq = q.size
     n = indptr.size - 1
     max_hop = hops[hops.size - 1]
-    nodes = np.empty((nq, maxc), dtype=np.int64)          # only each row's first count[i] are set and read
-    level = np.empty((nq, maxc), dtype=np.int64)
-    count = np.zeros(nq, dtype=np.int64)
-    ring_size = np.zeros((nq, max_hop))
-    kept = np.zeros((nq, max_hop), dtype=np.int64)
-    top = np.zeros(nq, dtype=np.int64)
-    nthreads = max(1, min(threads, nq))
-    for t in numba.prange(nthreads):
-        mark = np.full(n, -1, dtype=np.int64)
-        lev = np.zeros(n, dtype=np.int32)
-        ball = np.empty(min(ball_cap, n) + 1, dtype=np.int64)
-        for i in range(t, nq, nthreads):
-            hop_end = np.zeros(max_hop + 1, dtype=np.int64)
-            ring_est = np.zeros(max_hop + 1)
-            complete = _hop_ball(indptr, indices, q[i], i, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, lev,
-                                 ball, hop_end, ring_est)
-            tp = min(complete, max_hop)
-            top[i] = tp
-            if tp == 0:
-                continue
-            c, lv, k = stratified_candidates(ball, hop_end, tp, relevant_cap, seed, q[i])
-            count[i] = c.size
-            nodes[i, :c.size] = c
-            level[i, :c.size] = lv
-            ring_size[i, :tp] = ring_est[1:tp + 1]
-            kept[i, :tp] = k
-    return nodes, level, count, ring_size, kept, top
+    mark = np.full(n, -1, dtype=np.int64)
+    lev = np.zeros(n, dtype=np.int32)
+    ball = np.empty(min(ball_cap, n) + 1, dtype=np.int64)
+    for i in range(t, nq, nthreads):
+        hop_end = np.zeros(max_hop + 1, dtype=np.int64)
+        ring_est = np.zeros(max_hop + 1)
+        complete = _hop_ball(indptr, indices, q[i], i, max_hop, ball_cap, symmetric, relevant_cap, seed, mark, lev,
+                             ball, hop_end, ring_est)
+        tp = min(complete, max_hop)
+        top[i] = tp
+        if tp == 0:
+            continue
+        c, lv, k = stratified_candidates(ball, hop_end, tp, relevant_cap, seed, q[i])
+        count[i] = c.size
+        nodes[i, :c.size] = c
+        level[i, :c.size] = lv
+        ring_size[i, :tp] = ring_est[1:tp + 1]
+        kept[i, :tp] = k
 
 
 SCORE_ROWS = 1024                  # nodes per product of `ChunkScores` (chunk c: nodes c * SCORE_ROWS ...)

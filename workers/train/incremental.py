@@ -37,9 +37,10 @@ from embedlake.config import TrainConfig, WalkConfig
 from embedlake.lake import Lake
 from embedlake.workers.graph.csr import CSRGraph
 from embedlake.workers.graph.diff import GraphDiff, affected_nodes, graph_diff, match_ids, neighbours_of
+from embedlake.workers.kernel_threads import run_on_threads
 from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, linear_lr,
                                                 kept_tokens, noise_alias, numba_threads, seed_state,
-                                                sentence_chunks, sigmoid_tables, using_numba_threads,
+                                                sentence_chunks, sigmoid_tables,
                                                 window_contexts, window_step)
 
 
@@ -81,10 +82,10 @@ def hogbatch_frozen(W_in, W_out, trainable, ctx, B, outs, nout, Cb, Ob, g, dIn, 
     return loss
 
 
-@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+@nb.njit(fastmath=True, cache=True, nogil=True)
 def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr, use_sample, alias_thr, alias_idx,
                   sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total, seed, epoch, nblocks,
-                  maxlen, sent_loss, sent_pairs):
+                  maxlen, sent_loss, sent_pairs, thread, nthreads):
     """HogBatch SGNS on sentences [s_lo, s_hi) (the default kernel's shared-negatives path,
     skipgram._ablation_blocks at mode 0) that writes an input row only where trainable[row]: frozen rows are
     read, never written."""
@@ -92,7 +93,7 @@ def _frozen_chunk(tokens, offsets, s_lo, s_hi, W_in, W_out, trainable, keep_thr,
     dim = W_in.shape[1]
     nout_max = negatives + 1
     cmax = 2 * window
-    for blk in nb.prange(nblocks):
+    for blk in range(thread, nblocks, nthreads):     # this thread's blocks (run_on_threads)
         a = s_lo + (nsent * blk) // nblocks
         b = s_lo + (nsent * (blk + 1)) // nblocks
         buf = np.empty(maxlen, np.int32)
@@ -141,15 +142,15 @@ def train_frozen(tokens: np.ndarray, offsets: np.ndarray, W_in: np.ndarray, W_ou
     mask = np.ascontiguousarray(trainable, dtype=np.bool_)
     t0 = time.perf_counter()
     total_pairs = 0
-    with using_numba_threads(nthreads):
-        for ep in range(train.epochs):
-            pos_base = ep * per_epoch - int(offsets[0]) if S else 0
-            for lo, hi in chunks:
-                _frozen_chunk(tokens, offsets, lo, hi, W_in, W_out, mask, keep, train.sample > 0, alias_thr, alias_idx,
-                              sig_tab, logsig_tab, int(train.window), int(train.negatives), float(train.lr),
-                              float(train.min_lr), pos_base, float(max(1, per_epoch * train.epochs)), int(train.seed),
-                              ep, blocks_per_chunk(nthreads, hi - lo), maxlen, loss[lo:hi], pairs[lo:hi])
-            total_pairs += int(pairs.sum())
+    for ep in range(train.epochs):
+        pos_base = ep * per_epoch - int(offsets[0]) if S else 0
+        for lo, hi in chunks:
+            args = (tokens, offsets, lo, hi, W_in, W_out, mask, keep, train.sample > 0, alias_thr, alias_idx,
+                    sig_tab, logsig_tab, int(train.window), int(train.negatives), float(train.lr),
+                    float(train.min_lr), pos_base, float(max(1, per_epoch * train.epochs)), int(train.seed),
+                    ep, blocks_per_chunk(nthreads, hi - lo), maxlen, loss[lo:hi], pairs[lo:hi])
+            run_on_threads(lambda t: _frozen_chunk(*args, t, nthreads), nthreads)
+        total_pairs += int(pairs.sum())
     seconds = time.perf_counter() - t0
     tok = int(np.count_nonzero(tokens[offsets[0]:offsets[-1]] >= 0)) * train.epochs if S else 0
     return {"tokens": tok, "pairs": total_pairs, "seconds": round(seconds, 4),

@@ -929,8 +929,9 @@ def sentence_chunks(offsets: np.ndarray, target_tokens: int) -> list[tuple[int, 
 
 
 def numba_threads(threads: int) -> int:
-    """The thread count a kernel runs with: every numba thread for threads <= 0, else at most
-    `threads` (numba cannot start more threads than it was configured with)."""
+    """The thread count a kernel runs with: every numba thread (NUMBA_NUM_THREADS) for threads <= 0,
+    else at most `threads` (numba cannot start more threads than it was configured with; the
+    kernels run by kernel_threads.run_on_threads keep the same cap)."""
     max_threads = nb.config.NUMBA_NUM_THREADS
     return max_threads if threads <= 0 else min(int(threads), max_threads)
 
@@ -950,8 +951,9 @@ def block_segments(offsets: np.ndarray, starts: np.ndarray, segment_tokens: int)
 
 
 def blocks_per_chunk(nthreads: int, nsent: int) -> int:
-    """Sentence blocks of one chunk (the kernel's prange): a few per thread so that uneven sentence
-    lengths balance; one thread gets one block, so sentences run in stream order (reproducible)."""
+    """Sentence blocks of one chunk (a kernel's prange, or dealt round-robin by run_on_threads): a few
+    per thread so that uneven sentence lengths balance; one thread gets one block, so sentences run
+    in stream order (reproducible)."""
     return 1 if nthreads == 1 else max(1, min(nsent, 4 * nthreads))
 
 

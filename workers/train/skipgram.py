@@ -320,7 +320,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
     work; over every LOSS_SAMPLE-th sentence of it, a fixed sample, unless `ablation` is set),
     compile_s, threads, chunks.
-    threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
+    threads=0 uses NUMBA_NUM_THREADS threads (the cores unless set); threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
