@@ -607,11 +607,53 @@ def _sort_segments_impl(scores, level, offsets):
     lv = np.empty_like(level)
     for i in range(offsets.size - 1):
         a, b = offsets[i], offsets[i + 1]
-        order = np.argsort(scores[a:b], kind="mergesort")
+        order = _stable_order(scores[a:b])
         for k in range(b - a):
             t[a + k] = scores[a + order[k]]
             lv[a + k] = level[a + order[k]]
     return t, lv
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_order(x):
+    """``np.argsort(x, kind="stable")``, the same permutation (ties keep their order, NaN last, as
+    numpy orders floats): insertion sorts of runs of 16, then bottom-up merges. Why not numba's
+    own: its merge sort is recursive, and compiling it took 16 s per signature (of 18 s for the
+    kernels that use it; issue 22's sort of each query's candidates), paid by every new kernel
+    cache, the test suite's included."""
+    n = x.size
+    idx = np.arange(n)
+    run = 16
+    for s in range(0, n, run):
+        for i in range(s + 1, min(s + run, n)):
+            v = idx[i]
+            j = i - 1
+            while j >= s and _after(x[idx[j]], x[v]):
+                idx[j + 1] = idx[j]
+                j -= 1
+            idx[j + 1] = v
+    src, dst = idx, np.empty_like(idx)
+    width = run
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j >= hi or (i < mid and not _after(x[src[i]], x[src[j]])):
+                    dst[k] = src[i]
+                    i += 1
+                else:
+                    dst[k] = src[j]
+                    j += 1
+        src, dst = dst, src
+        width *= 2
+    return src
+
+
+@numba.njit(inline="always")
+def _after(a, b):
+    """a sorts after b: a > b, NaN after every number (numpy's order of floats)."""
+    return a > b or (a != a and b == b)
 
 
 class ScoreCounts:

@@ -1,0 +1,38 @@
+"""Run one nogil numba kernel on several Python threads at once, instead of a `prange` loop.
+
+Why: a kernel whose only parallel part is ``for t in prange(nthreads)`` around one thread's whole
+work (threads taking blocks from a shared atomic queue, skipgram's kernels) gains nothing from
+numba's parallel compiler, and its parfor lowering took most of the kernel's compile: skipgram's
+per-pair kernel compiles in 10.5-11.6 CPU-s without it and took 32.8-36.4 with it (docs/skipgram.md, "Compile time, second part").
+Every fresh kernel cache pays that: a new node, a new version of the kernels, the test suite's CI
+run. The same body compiled without ``parallel=True`` and run by ``nthreads`` threads (the kernel
+declared ``nogil=True``, so they run at once) does the same work in the same order per thread.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+def run_on_threads(work: Callable[[int], object], nthreads: int) -> None:
+    """``work(t)`` for t in 0..nthreads-1, each on its own thread (t = 0 on this one), all at once;
+    returns when every one has returned and re-raises the first exception any of them raised."""
+    if nthreads <= 1:
+        work(0)
+        return
+    errors: list[BaseException] = []
+
+    def one(t: int) -> None:
+        try:
+            work(t)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            errors.append(e)
+
+    others = [threading.Thread(target=one, args=(t,), name=f"kernel-{t}", daemon=True) for t in range(1, nthreads)]
+    for th in others:
+        th.start()
+    one(0)
+    for th in others:
+        th.join()
+    if errors:
+        raise errors[0]
