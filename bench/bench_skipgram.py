@@ -6,8 +6,10 @@ file; node classification (DeepWalk protocol, one-vs-rest liblinear LR, top-k la
 scores every embedding with the same function from ../shared/bench/peers.py.
 
 usage: python bench/bench_skipgram.py [--dataset blogcatalog] [--threads 2] [--seeds 0 1 2] [--no-torch] [--no-f1]
-       [--variant NAME=JSON ...]
-Prints one JSON object (and a short table on stderr).
+       [--variant NAME=JSON ...] [--abtt D ... [--abtt-to numba gensim]]
+Prints one JSON object (and a short table on stderr). --abtt also scores each of our tables (and gensim's with
+--abtt-to gensim) after all-but-the-top with D directions (bench/abtt.py, evaluation only) as abtt{D}_{name},
+and adds the paired differences over the seeds to the plain tables (`abtt_minus_plain`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from abtt import abtt_variants  # noqa: E402  (bench/abtt.py)
 from peer_venvs import add_peers_option, peer_python  # noqa: E402  (bench/peer_venvs.py)
 
 import numba as nb
@@ -148,6 +151,33 @@ def score(res: dict, embs: dict, peers, Y, a) -> None:
                                                 for r in f1["numba"]}
 
 
+def with_abtt(embs: dict, Ds, groups) -> dict:
+    """embs plus abtt{D}_{name} for every table of the given groups (name == group or group_s<seed>)."""
+    out = dict(embs)
+    for name, X in embs.items():
+        if any(name == g or name.startswith(g + "_s") for g in groups):
+            out.update({f"{k}_{name}": Y for k, Y in abtt_variants(X, Ds).items()})
+    return out
+
+
+def abtt_minus_plain(f1: dict, Ds, groups) -> dict:
+    """{abtt{D}: {group: {ratio: [Micro-F1 mean difference, s.e., Macro-F1 mean difference, s.e.]}}}, paired by
+    seed (abtt{D}_{name} - name over the group's tables that were scored both ways)."""
+    out = {}
+    for D in Ds:
+        for g in groups:
+            names = [k for k in f1 if (k == g or k.startswith(g + "_s")) and f"abtt{D}_{k}" in f1]
+            if not names:
+                continue
+            res = {}
+            for r in f1[names[0]]:
+                d = np.array([[f1[f"abtt{D}_{k}"][r][i] - f1[k][r][i] for i in (0, 1)] for k in names])
+                se = d.std(0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.full(2, np.nan)
+                res[r] = [round(float(v), 4) for v in (d[:, 0].mean(), se[0], d[:, 1].mean(), se[1])]
+            out.setdefault(f"abtt{D}", {})[g] = res
+    return out
+
+
 def parse_args():
     """The command line (module docstring)."""
     ap = argparse.ArgumentParser()
@@ -170,6 +200,9 @@ def parse_args():
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an extra numba run with these train_sgns keyword arguments, e.g. "
                          "'pairs={\"ablation\": 16}' (repeatable; scored like the others)")
+    ap.add_argument("--abtt", type=int, nargs="*", default=[], metavar="D",
+                    help="also score the tables after all-but-the-top with D directions (bench/abtt.py)")
+    ap.add_argument("--abtt-to", nargs="+", default=["numba"], choices=["numba", "gensim"])
     add_peers_option(ap)
     return ap.parse_args()
 
@@ -214,7 +247,9 @@ def main():
         res["torch_cpu"], embs["torch_cpu"] = run_torch(tokens, offsets, n, kw, a)
         print(f"torch_cpu: {res['torch_cpu']}", file=sys.stderr, flush=True)
     if not a.no_f1 and Y is not None:
-        score(res, embs, peers, Y, a)
+        score(res, with_abtt(embs, a.abtt, a.abtt_to), peers, Y, a)
+        if a.abtt:
+            res["abtt_minus_plain"] = abtt_minus_plain(res["f1"], a.abtt, a.abtt_to)
     print(json.dumps(res))
 
 

@@ -1,7 +1,7 @@
 """Quality experiments for the skip-gram kernel against gensim on Brown (issue 20, docs/skipgram.md).
 
     .venv/bin/python bench/sgns_quality.py --variant base --seeds 0 1 2 [--kw '{"shared_negatives": false}']
-        [--gensim] [--epochs 5] [--threads 2] [--lr-per-sentence]
+        [--gensim] [--epochs 5] [--threads 2] [--lr-per-sentence] [--abtt 0 1 2 3]
     .venv/bin/python bench/sgns_quality.py --speed '{"window": {}, "pair": {"shared_negatives": false}}'
         [--rounds 3] [--thread-counts 1 2]
 
@@ -9,6 +9,9 @@ Tokenises Brown once (our tokeniser, min_count 5, cached under --cache), trains 
 keyword arguments given in --kw (one variant per call, one change at a time), evaluates WordSim353 /
 SimLex-999 / analogies with workers/evaluate/words.py and prints one JSON line per seed and the mean.
 --gensim trains gensim instead (peers venv, same sentences, same settings; bench_corpus.run_gensim).
+--abtt D ... also scores each seed's vectors after all-but-the-top post-processing with D directions
+(bench/abtt.py; gensim's in our index), and the mean line adds the paired differences to the plain
+vectors with their standard errors (`abtt_minus_plain`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_corpus
+from abtt import abtt_variants  # noqa: E402  (bench/abtt.py)
 from peer_venvs import add_peers_option, peer_python  # noqa: E402
 
 
@@ -71,6 +75,8 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr-per-sentence", action="store_true",
                     help="learning-rate progress per sentence, as gensim's with total_examples (pads sentences)")
+    ap.add_argument("--abtt", type=int, nargs="*", default=[], metavar="D",
+                    help="also score the vectors after all-but-the-top with D directions (bench/abtt.py)")
     add_peers_option(ap)
     return ap.parse_args()
 
@@ -154,11 +160,54 @@ def sentence_progress(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarr
     return padded.ravel(), np.arange(0, len(lens) * width + 1, width, dtype=np.int64)
 
 
-def quality(args) -> None:
-    """WordSim353 / SimLex-999 / analogies of one variant (or gensim) per seed, and their mean."""
+MEASURES = {"ws353": ("wordsim353", "spearman"), "simlex": ("simlex999", "spearman"), "analogy": ("analogy", "accuracy")}
+
+
+def three(ev: dict, suffix: str = "") -> dict:
+    """WordSim353 / SimLex-999 / analogies of one evaluate_words result, keys ws353{suffix} etc."""
+    return {k + suffix: round(ev[a][b], 4) for k, (a, b) in MEASURES.items()}
+
+
+def train_and_score(args, seed, words, counts, tokens, offsets, sent_path, out_dir, n_tokens) -> dict:
+    """One seed: train ours (or gensim), its three scores, speeds, and the --abtt variants' scores."""
     from embedlake.workers.corpus.text import text_init
     from embedlake.workers.evaluate.words import evaluate_words
     from embedlake.workers.train.skipgram import train_sgns
+    row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed}
+    if args.gensim:
+        g, gw, gX = bench_corpus.run_gensim(sent_path, args, out_dir, seed)
+        at = [{w: i for i, w in enumerate(gw)}[w] for w in words]    # gensim's rows in our word order
+        X, tps, tpc = gX[at], g["tokens_per_s"], g["tokens_per_cpu_s"]
+        row.update(tokens_per_s=round(tps), tokens_per_cpu_s=round(tpc), **three(evaluate_words(gw, gX)))
+        # case variants of equal count: our index may pick another variant than gensim's
+        row.update(three(evaluate_words(words, X, counts=counts), "_our_index"))
+    else:
+        c0 = time.process_time()
+        X, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
+                              negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
+                              threads=args.threads, init=text_init(len(words), args.dim, seed), **json.loads(args.kw))
+        row.update(tokens_per_s=round(n_tokens * args.epochs / st["seconds"]),
+                   tokens_per_cpu_s=round(n_tokens * args.epochs / (time.process_time() - c0)),
+                   **three(evaluate_words(words, X, counts=counts)))
+    for name, Y in abtt_variants(X, args.abtt).items():   # gensim's in our index, as *_our_index
+        row.update(three(evaluate_words(words, Y, counts=counts), "_" + name))
+    return row
+
+
+def abtt_minus_plain(rows: list[dict], Ds, gensim: bool) -> dict:
+    """Per D and measure: [mean paired difference, its standard error, seeds ahead] over the rows."""
+    out = {}
+    for D in Ds:
+        for k in MEASURES:
+            plain = k + "_our_index" if gensim else k
+            d = np.array([r[f"{k}_abtt{D}"] - r[plain] for r in rows])
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            out.setdefault(f"abtt{D}", {})[k] = [round(float(d.mean()), 4), round(se, 4), int((d > 0).sum())]
+    return out
+
+
+def quality(args) -> None:
+    """WordSim353 / SimLex-999 / analogies of one variant (or gensim) per seed, and their mean."""
     words, counts, tokens, offsets, sent_path = tokenised(args)
     n_tokens = len(tokens)
     if args.lr_per_sentence:
@@ -166,32 +215,14 @@ def quality(args) -> None:
     out_dir = tempfile.mkdtemp(prefix="sgns_quality_")    # per run: two runs at once never share gensim's output
     rows = []
     for seed in args.seeds:
-        if args.gensim:
-            g, gw, gX = bench_corpus.run_gensim(sent_path, args, out_dir, seed)
-            ev, tps, tpc = evaluate_words(gw, gX), g["tokens_per_s"], g["tokens_per_cpu_s"]
-            at = {w: i for i, w in enumerate(gw)}          # gensim's rows in our word order: the same index
-            same = evaluate_words(words, gX[[at[w] for w in words]], counts=counts)
-        else:
-            c0 = time.process_time()
-            W, _, st = train_sgns(tokens, offsets, len(words), counts=counts, dim=args.dim, window=args.window,
-                                  negatives=args.negatives, epochs=args.epochs, sample=args.sample, seed=seed,
-                                  threads=args.threads, init=text_init(len(words), args.dim, seed),
-                                  **json.loads(args.kw))
-            tpc = n_tokens * args.epochs / (time.process_time() - c0)
-            ev, tps = evaluate_words(words, W, counts=counts), n_tokens * args.epochs / st["seconds"]
-        row = {"variant": "gensim" if args.gensim else args.variant, "seed": seed, "tokens_per_s": round(tps),
-               "tokens_per_cpu_s": round(tpc),
-               "ws353": round(ev["wordsim353"]["spearman"], 4), "simlex": round(ev["simlex999"]["spearman"], 4),
-               "analogy": round(ev["analogy"]["accuracy"], 4)}
-        if args.gensim:       # case variants of equal count: our index may pick another variant than gensim's
-            row.update(ws353_our_index=round(same["wordsim353"]["spearman"], 4),
-                       simlex_our_index=round(same["simlex999"]["spearman"], 4),
-                       analogy_our_index=round(same["analogy"]["accuracy"], 4))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append(train_and_score(args, seed, words, counts, tokens, offsets, sent_path, out_dir, n_tokens))
+        print(json.dumps(rows[-1]), flush=True)
     mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0] if k not in ("variant", "seed")}
-    print(json.dumps({"variant": rows[0]["variant"], "kw": args.kw, "seeds": args.seeds, "epochs": args.epochs,
-                      "mean": mean}), flush=True)
+    summary = {"variant": rows[0]["variant"], "kw": args.kw, "seeds": args.seeds, "epochs": args.epochs,
+               "threads": args.threads, "mean": mean}
+    if args.abtt:
+        summary["abtt_minus_plain"] = abtt_minus_plain(rows, args.abtt, args.gensim)
+    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
