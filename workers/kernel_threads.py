@@ -1,12 +1,13 @@
 """Run one nogil numba kernel on several Python threads at once, instead of a `prange` loop.
 
 Why: a kernel whose only parallel part is ``for t in prange(nthreads)`` around one thread's whole
-work (threads taking blocks from a shared atomic queue, skipgram's kernels) gains nothing from
-numba's parallel compiler, and its parfor lowering took most of the kernel's compile: skipgram's
-per-pair kernel compiles in 10.5-11.6 CPU-s without it and took 32.8-36.4 with it (docs/skipgram.md, "Compile time, second part").
-Every fresh kernel cache pays that: a new node, a new version of the kernels, the test suite's CI
-run. The same body compiled without ``parallel=True`` and run by ``nthreads`` threads (the kernel
-declared ``nogil=True``, so they run at once) does the same work in the same order per thread.
+work gains nothing from numba's parallel compiler, and its parfor lowering can cost most of the
+kernel's compile: the reconstruction's `_candidates_kernel` compiled in 10.5 s as a plain kernel
+and 22.5 s with the prange. Every fresh kernel cache pays that: a new node, a new version of the
+kernels, the test suite's CI run. The same body compiled without ``parallel=True`` and run by
+``nthreads`` threads (the kernel declared ``nogil=True``, so they run at once) does the same work.
+Measure the speed before converting a kernel: skipgram's per-pair kernel ran ~20 % slower on Brown
+as a plain function (docs/skipgram.md, "Compile time, second part"), so it keeps its prange.
 """
 from __future__ import annotations
 

@@ -50,12 +50,11 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from embedlake.workers.kernel_threads import run_on_threads
 from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, cache_aligned, draw_negatives,
                                                 hogbatch_mode, keep_thresholds, kept_tokens, linear_lr, noise_alias,
                                                 numba_threads, pack_alias, pair_window, seed_state, sigmoid_tables,
-                                                take_next, text_blocks, token_counts, window_contexts, window_draws,
-                                                window_sentence)
+                                                take_next, text_blocks, token_counts, using_numba_threads,
+                                                window_contexts, window_draws, window_sentence)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -86,107 +85,109 @@ def _thread_buffers(maxlen, window, negatives, dim):
 # the scheme it trains: one kernel holding all three took ~110 s to compile on a 2-core machine,
 # paid by the first run of every fresh checkout and every uploaded Ray Jobs working dir.
 # Arguments: train on blocks [b_lo, b_hi) of the text (block k = sentences [block_starts[k],
-# block_starts[k + 1])). A launch runs one kernel call per thread, all on the same arguments
-# (kernel_threads.run_on_threads; not a prange, whose parfor lowering quadrupled the compile). Each
-# call takes the next untrained block (take_next on next_block[0], which starts at 0) until none is
-# left: the threads train neighbouring blocks in text order, and one thread trains them all in order. Per-sentence loss sums (default schemes:
+# block_starts[k + 1])). Each of the `nthreads` threads takes the next untrained block (take_next on
+# next_block[0], which starts at 0) until none is left: the threads train neighbouring blocks in
+# text order, and one thread trains them all in order. Per-sentence loss sums (default schemes:
 # every LOSS_SAMPLE-th sentence, NaN for the others), pair and kept-token counts go to sent_*[s].
 # pos_base + token position = work done before that token (for the lr).
 
-@nb.njit(fastmath=True, cache=True, nogil=True)
-def _window_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, W_in, W_out, keep_thr, use_sample,
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _window_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
                    alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base,
                    work_total, seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
     """The graph default (negatives shared per window): a sentence's draws first, each next
     window's rows prefetched while the current one trains (sgns_parts.window_sentence)."""
     nout_max = negatives + 1
-    buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
-                                                                                  W_in.shape[1])
-    blk = b_lo + take_next(next_block)
-    while blk < b_hi:
-        for s in range(block_starts[blk], block_starts[blk + 1]):
-            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                   seed_state(seed, epoch, s), buf, pos)
-            state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
-            want_loss = s % LOSS_SAMPLE == 0
-            loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
-                                          lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab, want_loss)
-            sent_loss[s] = loss if want_loss else np.nan
-            sent_pairs[s] = pairs
-            sent_kept[s] = n
+    for _t in nb.prange(nthreads):
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
         blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                       seed_state(seed, epoch, s), buf, pos)
+                state = window_draws(state, n, window, negatives, noise, buf, draws, wouts)
+                want_loss = s % LOSS_SAMPLE == 0
+                loss, pairs = window_sentence(W_in, W_out, buf, pos, n, draws, wouts, nout_max, ctx, Cb, Ob, g, dIn,
+                                              lr0, min_lr, pos_base, work_total, sig_tab, logsig_tab, want_loss)
+                sent_loss[s] = loss if want_loss else np.nan
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
 
 
-@nb.njit(fastmath=True, cache=True, nogil=True)
-def _pair_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, W_in, W_out, keep_thr, use_sample,
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _pair_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr, use_sample,
                  alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr, pos_base, work_total,
                  seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
     """The text default (word2vec's order): context after context, fresh negatives per pair, each
     step applied before the next pair (sgns_parts.pair_window). `noise` holds P packed noise tables
     (thread_noise): block k of epoch e draws its negatives from table (k + e) % P, so with P =
     nthreads the threads, which train neighbouring blocks, draw from different tables."""
-    buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
-                                                                                  W_in.shape[1])
-    blk = b_lo + take_next(next_block)
-    while blk < b_hi:
-        tnoise = noise[(blk + epoch) % noise.shape[0]]
-        for s in range(block_starts[blk], block_starts[blk + 1]):
-            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                   seed_state(seed, epoch, s), buf, pos)
-            loss = 0.0
-            pairs = 0
-            want_loss = s % LOSS_SAMPLE == 0
-            for i in range(n):
-                state, B = window_contexts(state, buf, n, i, window, ctx)
-                if B == 0:
-                    continue
-                lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
-                state, dl = pair_window(W_in, W_out, ctx, B, buf[i], state, negatives, tnoise, outs, Cb[0], Ob[0],
-                                        Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab, want_loss)
-                loss += dl
-                pairs += B
-            sent_loss[s] = loss if want_loss else np.nan
-            sent_pairs[s] = pairs
-            sent_kept[s] = n
+    for _t in nb.prange(nthreads):
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
         blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            tnoise = noise[(blk + epoch) % noise.shape[0]]
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                       seed_state(seed, epoch, s), buf, pos)
+                loss = 0.0
+                pairs = 0
+                want_loss = s % LOSS_SAMPLE == 0
+                for i in range(n):
+                    state, B = window_contexts(state, buf, n, i, window, ctx)
+                    if B == 0:
+                        continue
+                    lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
+                    state, dl = pair_window(W_in, W_out, ctx, B, buf[i], state, negatives, tnoise, outs, Cb[0], Ob[0],
+                                            Oo[0], dIn[0], g1, lr, sig_tab, logsig_tab, want_loss)
+                    loss += dl
+                    pairs += B
+                sent_loss[s] = loss if want_loss else np.nan
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
 
 
-@nb.njit(fastmath=True, cache=True, nogil=True)
-def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, W_in, W_out, keep_thr,
+@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _ablation_blocks(tokens, offsets, block_starts, b_lo, b_hi, next_block, nthreads, W_in, W_out, keep_thr,
                      use_sample, alias_thr, alias_idx, noise, sig_tab, logsig_tab, window, negatives, lr0, min_lr,
                      pos_base, work_total, seed, epoch, maxlen, sent_loss, sent_pairs, sent_kept, mode):
     """The quality experiments' kernel (``ablation`` != 0, docs/skipgram.md): the shared window's
     unfused HogBatch step with each ABL_* change toward gensim's kernel; the loss of every pair."""
-    buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
-                                                                                  W_in.shape[1])
-    blk = b_lo + take_next(next_block)
-    while blk < b_hi:
-        for s in range(block_starts[blk], block_starts[blk + 1]):
-            state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
-                                   seed_state(seed, epoch, s), buf, pos)
-            loss = 0.0
-            pairs = 0
-            for i in range(n):
-                state, B = window_contexts(state, buf, n, i, window, ctx)
-                if B == 0:
-                    continue
-                center = buf[i]
-                lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
-                if mode & ABL_PAIR_NEGATIVES:
-                    # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
-                    for c in range(B):
-                        state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                        loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr,
-                                              sig_tab, logsig_tab, mode)
-                else:
-                    state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
-                    loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
-                                          logsig_tab, mode)
-                pairs += B
-            sent_loss[s] = loss
-            sent_pairs[s] = pairs
-            sent_kept[s] = n
+    for _t in nb.prange(nthreads):
+        buf, pos, ctx, outs, g, dIn, Cb, Ob, Oo, g1, draws, wouts = _thread_buffers(maxlen, window, negatives,
+                                                                                      W_in.shape[1])
         blk = b_lo + take_next(next_block)
+        while blk < b_hi:
+            for s in range(block_starts[blk], block_starts[blk + 1]):
+                state, n = kept_tokens(tokens, offsets[s], offsets[s + 1], keep_thr, use_sample,
+                                       seed_state(seed, epoch, s), buf, pos)
+                loss = 0.0
+                pairs = 0
+                for i in range(n):
+                    state, B = window_contexts(state, buf, n, i, window, ctx)
+                    if B == 0:
+                        continue
+                    center = buf[i]
+                    lr = linear_lr(lr0, min_lr, pos_base + pos[i], work_total)
+                    if mode & ABL_PAIR_NEGATIVES:
+                        # word2vec's pairs (own negatives per context) on the L1 buffers of the window step
+                        for c in range(B):
+                            state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                            loss += hogbatch_mode(W_in, W_out, ctx[c:], 1, outs, nout, Cb, Ob, Oo, g, dIn, lr,
+                                                  sig_tab, logsig_tab, mode)
+                    else:
+                        state, nout = draw_negatives(state, outs, center, negatives, alias_thr, alias_idx)
+                        loss += hogbatch_mode(W_in, W_out, ctx, B, outs, nout, Cb, Ob, Oo, g, dIn, lr, sig_tab,
+                                              logsig_tab, mode)
+                    pairs += B
+                sent_loss[s] = loss
+                sent_pairs[s] = pairs
+                sent_kept[s] = n
+            blk = b_lo + take_next(next_block)
 
 
 NOISE_GROUP = 16      # thread_noise deals the words to the parts in runs of this many consecutive rows
@@ -320,7 +321,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
     loss_first / loss_last (mean SGNS loss per positive pair over the first / last ~5% of the
     work; over every LOSS_SAMPLE-th sentence of it, a fixed sample, unless `ablation` is set),
     compile_s, threads, chunks.
-    threads=0 uses NUMBA_NUM_THREADS threads (the cores unless set); threads=1 with a fixed seed is bit-for-bit reproducible.
+    threads=0 uses all numba threads; threads=1 with a fixed seed is bit-for-bit reproducible.
     progress(done_tokens, total_tokens, chunk_loss) is called between kernel launches from this thread.
     Resuming (a killed run, docs/reliability.md): ``init=(W_in, W_out)`` saved after epoch k plus
     ``start_epoch=k`` runs epochs k..epochs-1 on exactly the learning-rate schedule and random
@@ -370,7 +371,7 @@ def train_sgns(tokens, offsets, vocab_size, *, counts=None, dim=128, window=10, 
 def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.ndarray, list[tuple[int, int]]],
                   nthreads: int, *, epochs: int, start_epoch: int, progress, on_epoch) -> dict:
     """Epochs start_epoch..epochs-1, one kernel launch per segment of blocks (blocks = (the blocks'
-    first sentences, the segments' (first, end) blocks)) on `nthreads` threads: the kernel
+    first sentences, the segments' (first, end) blocks)) on `nthreads` numba threads: the kernel
     trains W_in / W_out in place; between segments this thread reports progress, after each epoch
     it calls on_epoch. Kept apart from train_sgns so that the timed loop holds nothing but the work.
 
@@ -390,33 +391,34 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
     total_kept = 0
     done = start_epoch * per_epoch
     t_hook = 0.0          # time in on_epoch (checkpoint writes), kept out of the kernel figures
-    tc = time.perf_counter()
-    blocks_kernel = scheme_kernel(kernel["shared"], kernel["mode"])
-    _warm(blocks_kernel, kernel["sig_tab"], kernel["logsig_tab"])
-    warm_s = time.perf_counter() - tc
-    t0 = time.perf_counter()
-    for ep in range(start_epoch, epochs):
-        pos_base = ep * per_epoch - int(offsets[0]) if S else 0
-        for b_lo, b_hi in segments:
-            args = (tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), W_in, W_out, kernel["keep_thr"],
-                    kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"], kernel["noise"],
-                    kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"], kernel["lr0"],
-                    kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen, sent_loss,
-                    sent_pairs, sent_kept, kernel["mode"])
-            run_on_threads(lambda _t: blocks_kernel(*args), nthreads)
-            lo, hi = int(starts[b_lo]), int(starts[b_hi])
-            done += int(offsets[hi] - offsets[lo])
-            if progress is not None:
-                progress(done, total_work, mean_loss(sent_loss[lo:hi], sent_pairs[lo:hi]))
-        total_pairs += int(sent_pairs.sum())
-        total_kept += int(sent_kept.sum())
-        if ep == start_epoch:
-            first = (sent_loss.copy(), sent_pairs.copy())
-        if on_epoch is not None:
-            tc = time.perf_counter()
-            on_epoch(ep + 1, W_in, W_out)
-            t_hook += time.perf_counter() - tc
-    seconds = time.perf_counter() - t0 - t_hook
+    with using_numba_threads(nthreads):
+        tc = time.perf_counter()
+        blocks_kernel = scheme_kernel(kernel["shared"], kernel["mode"])
+        _warm(blocks_kernel, kernel["sig_tab"], kernel["logsig_tab"])
+        warm_s = time.perf_counter() - tc
+        t0 = time.perf_counter()
+        for ep in range(start_epoch, epochs):
+            pos_base = ep * per_epoch - int(offsets[0]) if S else 0
+            for b_lo, b_hi in segments:
+                blocks_kernel(tokens, offsets, starts, b_lo, b_hi, np.zeros(1, np.int64), nthreads, W_in, W_out,
+                             kernel["keep_thr"], kernel["use_sample"], kernel["alias_thr"], kernel["alias_idx"],
+                             kernel["noise"],
+                             kernel["sig_tab"], kernel["logsig_tab"], kernel["window"], kernel["negatives"],
+                             kernel["lr0"], kernel["min_lr"], pos_base, float(total_work), kernel["seed"], ep, maxlen,
+                             sent_loss, sent_pairs, sent_kept, kernel["mode"])
+                lo, hi = int(starts[b_lo]), int(starts[b_hi])
+                done += int(offsets[hi] - offsets[lo])
+                if progress is not None:
+                    progress(done, total_work, mean_loss(sent_loss[lo:hi], sent_pairs[lo:hi]))
+            total_pairs += int(sent_pairs.sum())
+            total_kept += int(sent_kept.sum())
+            if ep == start_epoch:
+                first = (sent_loss.copy(), sent_pairs.copy())
+            if on_epoch is not None:
+                tc = time.perf_counter()
+                on_epoch(ep + 1, W_in, W_out)
+                t_hook += time.perf_counter() - tc
+        seconds = time.perf_counter() - t0 - t_hook
     return {"sent_loss": sent_loss, "sent_pairs": sent_pairs, "first": first, "pairs": total_pairs,
             "kept": total_kept, "seconds": seconds, "warm_s": warm_s}
 
@@ -459,7 +461,7 @@ def _warm(blocks_kernel, sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     noise = pack_alias(thr, ali)
-    blocks_kernel(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), Wi, Wo, keep, False, thr,
+    blocks_kernel(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
                   ali, noise[None] if blocks_kernel is _pair_blocks else noise, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
                   0, 4.0, 0, 0, 4, z, zi, zk, 0)
     _WARMED.add(blocks_kernel)
