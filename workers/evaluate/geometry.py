@@ -458,8 +458,8 @@ class ChunkScores:
         self.norms = None if self.norm is None or norms is None else np.asarray(norms, dtype=np.float32)
         if self.norms is not None and self.norms.shape != (self.X.shape[0],):
             raise ValueError(f"norms: {self.norms.shape} for {self.X.shape[0]} rows")
-        whole = self.norms is not None and self.X.dtype == np.float32          # a chunk's quotients at once
-        self.unit = np.empty((SCORE_ROWS if whole else self.norm.step if self.norm else 0, self.X.shape[1]),
+        self.whole = self.norms is not None and self.X.dtype == np.float32     # a chunk's quotients at once
+        self.unit = np.empty((SCORE_ROWS if self.whole else self.norm.step if self.norm else 0, self.X.shape[1]),
                              dtype=np.float32)
         self.rows = np.zeros((SCORE_ROWS, self.X.shape[1]), dtype=np.float64)
         self.product = np.empty((self.Uq.shape[0], SCORE_ROWS), dtype=np.float64)
@@ -495,7 +495,7 @@ class ChunkScores:
         if self.norm is None:
             rows[a:b] = self.X[first:last].astype(np.float32, copy=False)
             return rows
-        if self.norms is not None and self.X.dtype == np.float32:    # one quotient and one widening a chunk
+        if self.whole:                                  # one quotient and one widening a chunk
             rows[a:b] = np.divide(self.X[first:last], self.norms[first:last, None], out=self.unit[:b - a])
             return rows
         for s in range(a, b, self.norm.step):
