@@ -44,6 +44,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from embedlake.workers.kernel_inputs import read_only
+
 F16_MAX = 65504.0
 F32_MAX = float(np.finfo(np.float32).max)
 SCALE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -168,7 +170,7 @@ def _f16_to_f32(H, out):
 
 
 def encode_fp16(X: np.ndarray) -> dict[str, np.ndarray]:
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    [X] = read_only(np.ascontiguousarray(X, dtype=np.float32))     # one compile of the kernel (kernel_inputs)
     n, d = X.shape
     out = np.empty((n, d), dtype=np.uint16)
     bad = np.zeros(_blocks(n), dtype=np.int64)
@@ -258,7 +260,7 @@ def _rowwise_kernel(X, Xi, bits, p, emin, maxv, check16, write_codes, scale, bia
 def _rowwise(X: np.ndarray, bits: int, scale_dtype: str, write_codes: bool):
     if scale_dtype not in _GRID:
         raise KeyError(scale_dtype)
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    [X] = read_only(np.ascontiguousarray(X, dtype=np.float32))     # one compile of the kernel (kernel_inputs)
     n, d = X.shape
     p, emin, maxv = _GRID[scale_dtype]
     s64, b64 = np.empty(n), np.empty(n)
@@ -430,7 +432,7 @@ def _binary_kernel(X, p, emin, maxv, code, scale):
 
 
 def encode_binary(X: np.ndarray, scale_dtype: str = "float16") -> dict[str, np.ndarray]:
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    [X] = read_only(np.ascontiguousarray(X, dtype=np.float32))     # one compile of the kernel (kernel_inputs)
     n, d = X.shape
     p, emin, maxv = _GRID[scale_dtype]
     code = np.empty((n, (d + 7) // 8), dtype=np.uint8)

@@ -13,7 +13,8 @@ import numba
 import numpy as np
 
 from embedlake.workers.evaluate.classify import blas_threads
-from embedlake.workers.evaluate.rows import RowNormaliser, read_only, unit_rows
+from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.kernel_threads import run_on_threads
 
 _BLOCK_ELEMS = 8_000_000           # scores per block (32 MB float32; argsort/cumsum temporaries ~4x)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedlake.workers.kernel_inputs import read_only
+
 BLOCK_BYTES = 1 << 19              # a block's widest temporary: under the workers' 1 MiB mmap threshold
 
 
@@ -267,18 +269,3 @@ class TransposedRows:
             out[...] = res.T
             return out
         return res[0] if V.ndim == 1 else res.T
-
-
-def read_only(*arrays) -> list[np.ndarray]:
-    """Read-only views of the arrays a numba kernel only reads. Why: numba compiles (and caches)
-    one version per argument types, and a read-only array is another type than a writable one.
-    Ray hands a task read-only arrays (zero-copy from the object store) while in-process callers
-    and tests pass writable ones, so kernels fed both compiled twice, and a cache warmed by
-    in-process runs made every fresh Ray worker compile again (7 CPU-s on deezer_europe,
-    docs/evaluation.md). Every caller now feeds the kernels one kind: read-only."""
-    views = []
-    for a in arrays:
-        v = np.asarray(a).view()
-        v.setflags(write=False)
-        views.append(v)
-    return views

@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from embedlake.workers.fastrp import kernels as frp
+from embedlake.workers.kernel_inputs import read_only
 
 DTYPE = np.float32
 FULL_SHARE = 0.5      # when the balls' arcs exceed this share of a full run's (K m), the whole graph is
@@ -140,9 +141,11 @@ def changed_rows(old_csr: tuple, new_csr: tuple, old_index: np.ndarray) -> np.nd
         return np.ones(new_indptr.shape[0] - 1, dtype=bool)      # weighted vs unweighted: every row differs
     empty = np.empty(0, dtype=np.float32)
     out = np.zeros(new_indptr.shape[0] - 1, dtype=np.bool_)
-    _changed_rows_kernel(old_indptr, old_indices, empty if old_w is None else np.asarray(old_w),
-                         new_indptr, new_indices, empty if new_w is None else np.asarray(new_w), has_w,
-                         np.asarray(old_index, dtype=np.int64), out)
+    old_w = empty if old_w is None else np.asarray(old_w)
+    new_w = empty if new_w is None else np.asarray(new_w)
+    # read-only whether they came from Ray's object store or not: one compile of the kernel (kernel_inputs)
+    _changed_rows_kernel(*read_only(old_indptr, old_indices, old_w, new_indptr, new_indices, new_w), has_w,
+                         *read_only(np.asarray(old_index, dtype=np.int64)), out)
     return out
 
 

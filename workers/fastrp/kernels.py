@@ -44,6 +44,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.prefetch import prefetch
 
 __all__ = [
@@ -215,7 +216,7 @@ def node_degrees(indptr: np.ndarray, weights: np.ndarray | None = None, rows=Non
     ids = _rows_array(n, rows)
     out = np.empty(ids.shape[0], dtype=np.float64)
     w = _as_weights(weights)
-    _degree_kernel(np.asarray(indptr, dtype=np.int64), w, weights is not None, ids, out)
+    _degree_kernel(*read_only(np.asarray(indptr, dtype=np.int64), w), weights is not None, ids, out)
     return out
 
 
@@ -629,15 +630,19 @@ def _spmm(indptr, indices, weights, U, R, dtype, dim, row_start, row_stop, row_s
     nthreads = _threads_for(threads)
     chunks = _chunks(indptr, row_start, row_stop, nthreads)
     flags = (np.int64(col_lo), np.int64(col_hi), bool(blocked), bool(fresh), bool(finish))
+    # read-only whether they came from Ray's object store or not: one compile of each kernel (kernel_inputs)
+    indptr, indices, w, cs, rs = read_only(indptr, indices, w, cs, rs)
     with _threads(nthreads):
         if R is None:
+            [U] = read_only(U)
             _spmm_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
                               rs, row_scale is not None, U, U.reshape(-1), dtype.type(1), int(row_start), chunks, out,
                               acc, has_acc, acc_w, *flags)
         else:
             _spmm_sparse_rows_kernel(indptr, indices, w, weights is not None, cs, col_scale is not None,
-                                     rs, row_scale is not None, R.indptr, R.cols, R.vals, dtype.type(1),
-                                     int(row_start), chunks, out, acc, has_acc, acc_w, *flags)
+                                     rs, row_scale is not None, *read_only(R.indptr, R.cols, R.vals),
+                                     dtype.type(1), int(row_start), chunks, out, acc, has_acc,
+                                     acc_w, *flags)
     return out
 
 
@@ -861,7 +866,7 @@ def column_moments(X: np.ndarray, *, threads: int = 0) -> ColumnMoments:
         S = np.zeros((nblocks, _NS32, dim + _PAD), dtype=np.int64)
         Q = np.zeros((nblocks, _NQ32, dim + _PAD), dtype=np.int64)
         with _threads(nthreads):
-            _moments32_kernel(X.view(np.int32), nblocks, S, Q, bad)
+            _moments32_kernel(*read_only(X.view(np.int32)), nblocks, S, Q, bad)
         shift = _EMIN32 - _EMIN64      # express in the common float64 unit 2^_EMIN64
     else:
         S = np.zeros((nblocks, _NS64, dim + _PAD), dtype=np.int64)
@@ -920,7 +925,7 @@ def _standardize_kernel(X, mean, inv_std):
 def apply_standardize(X: np.ndarray, mean: np.ndarray, std: np.ndarray, *, threads: int = 0) -> np.ndarray:
     """X = (X - mean) * (1 / std) in place, element-wise in float64, then rounded to X's dtype."""
     with _threads(threads):
-        _standardize_kernel(X, np.asarray(mean, np.float64), 1.0 / np.asarray(std, np.float64))
+        _standardize_kernel(X, *read_only(np.asarray(mean, np.float64)), 1.0 / np.asarray(std, np.float64))
     return X
 
 

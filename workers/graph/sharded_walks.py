@@ -50,6 +50,7 @@ from embedlake.workers.graph.csr import build_csr
 from embedlake.workers.graph.shards import CSRShard, owner_of, shard_bounds, shard_starts, split_csr
 from embedlake.workers.graph.walks import (GOLDEN, LO32, MODES, build_alias, find_sorted, first_order_step, mix,
                                            node2vec_proposal, randint, uniform, walk_key)
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.prefetch import prefetch
 from embedlake.workers.run.checkpoints import StageHandle
 from embedlake.workers.run.faults import fault_point
@@ -646,6 +647,9 @@ class ShardWalker:
                 self.table, self.rowsum = build_alias(self.indptr, self.indices, self.weights)
             else:
                 self.weights, self.table, self.rowsum = np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0)
+        # read-only whether they came from Ray's object store or not: one compile of each kernel (kernel_inputs)
+        self.indptr, self.indices, self.weights, self.table, self.rowsum, self.starts = read_only(
+            self.indptr, self.indices, self.weights, self.table, self.rowsum, self.starts)
         self.start(params, checkpoint)
 
     def start(self, params: WalkParams, checkpoint: StageHandle | None = None) -> None:
@@ -703,7 +707,7 @@ class ShardWalker:
         walkers = np.empty(len(self.pending) + len(wire), FIRST_ORDER_WALKER)
         _raw(walkers)[:len(self.pending)] = _raw(self.pending)
         with self._threaded():
-            _unpack_walkers(wire, walkers, len(self.pending), self.step_bits,
+            _unpack_walkers(*read_only(wire), walkers, len(self.pending), self.step_bits,
                             np.uint64(int(self.params.seed) & 0xFFFFFFFFFFFFFFFF), np.int64(self.params.walk_offset),
                             self.starts, self.row_starts)
         return walkers
@@ -765,7 +769,7 @@ class ShardWalker:
     def _answer(self, sender: int, rnd: int, queries: np.ndarray) -> None:
         """Adjacency answers (uint8, 1 = x ~ t) to `sender`'s queries (t, x) of round `rnd` about this shard's nodes."""
         with self._threaded():
-            answers = _adjacency(self.indptr, self.indices, self.lo, queries) if len(queries) else \
+            answers = _adjacency(self.indptr, self.indices, self.lo, *read_only(queries)) if len(queries) else \
                 np.zeros(0, np.uint8)
         self._send(sender, ANSWERS, rnd, 0, answers)
 
@@ -899,22 +903,17 @@ class ShardWalker:
 
 def load_walk_kernels(mode: str = "deepwalk") -> None:
     """Load (or compile once: numba's cache=True) the kernels a shard owner runs for `mode`, by
-    walking a 4-node ring in two shards, unweighted and weighted. numba compiles one version per
-    argument types, and read-only arrays are other types than writable ones: an owner's CSR rows
-    come read-only from the object store, and its empty weights / alias rows of an unweighted shard
-    are writable, so the ring's rows are made read-only the same way (with writable rows the owner's
-    first real round compiled anew: 260 s for node2vec under load). node2vec also loads the
-    second-order kernels (p, q != 1) and the adjacency answers. A new owner process pays this
-    (0.3-1.5 s, more on a loaded machine) before its first round unless it was started early
-    (tasks/graph.py ShardOwners)."""
+    walking a 4-node ring in two shards, unweighted and weighted. An owner passes its rows to the
+    kernels as read-only views whether they came from the object store or not (`ShardWalker.load`,
+    workers/kernel_inputs.py), so the ring's writable rows load the versions a real round runs (before
+    that, writable rows here left the owner's first real round compiling anew: 260 s for node2vec
+    under load). node2vec also loads the second-order kernels (p, q != 1) and the adjacency answers.
+    A new owner process pays this (0.3-1.5 s, more on a loaded machine) before its first round unless
+    it was started early (tasks/graph.py ShardOwners)."""
     ring = np.arange(4, dtype=np.int64)
     p, q = (0.5, 2.0) if mode == "node2vec" else (1.0, 1.0)
     for weights in (None, np.ones(4)):
         parts = split_csr(build_csr(ring, (ring + 1) % 4, 4, weights=weights), shard_bounds(4, 2))
-        for part in parts:          # as ray.get gives them
-            for rows in (part.indptr, part.indices, part.weights):
-                if rows is not None:
-                    rows.setflags(write=False)
         sharded_random_walks(parts, 1, 4, 0, p=p, q=q, mode=mode)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from embedlake.config import WalkConfig
+from embedlake.workers.kernel_inputs import read_only
 
 __all__ = ["random_walks", "walk_steps", "walks_to_sentences", "build_alias", "walk_rng_key"]
 
@@ -170,7 +171,7 @@ def build_alias(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, ch
         raise ValueError("walk weights must be finite and > 0")
     if weights.shape != indices.shape:
         raise ValueError("weights must have the shape of indices")
-    return _build_alias(indptr, indices, weights, int(chunk))
+    return _build_alias(*read_only(indptr, indices, weights), int(chunk))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +399,8 @@ def random_walks(indptr, indices, weights, starts, walks_per_node, length, seed,
     want = numba.config.NUMBA_NUM_THREADS if not threads else min(int(threads), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(want)
     try:
-        return _walk_kernel(indptr, indices, w, table, rowsum, weighted, second, bool(symmetric), starts,
+        return _walk_kernel(*read_only(indptr, indices, w, table, rowsum), weighted, second, bool(symmetric),
+                            *read_only(starts),
                             walks_per_node, length, np.uint64(seed), np.int64(walk_offset),
                             1.0 / float(p), 1.0 / float(q), max(1, int(group)))
     finally:

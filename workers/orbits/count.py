@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.orbits.pairs import NUM_PAIRS, PAIR_CLASSES, PAIR_INDEX
 
 
@@ -138,6 +139,8 @@ def count_rows(indptr: np.ndarray, indices: np.ndarray, tri: np.ndarray, tri2: n
     graph (simple_graph); tri, tri2, nsum: arc_triangles of it. Two passes of the same kernel:
     the first sizes each row (the walk sums are cheap; writing is what costs), the second fills."""
     row_nnz = np.zeros(max(0, hi - lo), dtype=np.int64)
+    # read-only whether they came from Ray's object store or not: one compile of the kernel (kernel_inputs)
+    indptr, indices, tri, tri2, nsum = read_only(indptr, indices, tri, tri2, nsum)
     empty32, empty8, empty64 = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int64)
     walk_rows(indptr, indices, tri, tri2, nsum, lo, hi, False, empty32, empty32, empty8, empty64, row_nnz)
     total = int(row_nnz.sum())

@@ -40,6 +40,7 @@ from embedlake.config import TrainConfig
 from embedlake.lake import Lake
 
 from embedlake.workers.graph.shards import owner_of, shard_bounds, shard_starts
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.train.sgns_parts import (GOLDEN, M1, M2, S31, S32, build_alias, draw_negatives, hogbatch,
                                                 linear_lr, keep_thresholds, numba_threads, sigmoid_tables,
                                                 splitmix64, using_numba_threads)
@@ -369,14 +370,17 @@ def train_bucket(stream: dict, place: StreamPlace, noise: tuple, i: int, j: int,
     loss_sum, pairs, done = 0.0, 0, 0
     lb = np.zeros(nblocks, np.float64)
     pb = np.zeros(nblocks, np.int64)
+    # the kernel's inputs read-only whether they came from Ray's object store or not (kernel_inputs)
+    ro_stream = read_only(stream["tloc"], stream["tpart"], stream["offsets"], stream["centres"])
+    ro_noise = read_only(*noise)
+    ro_place = read_only(place.gstart, place.gdelta)
     t0 = time.perf_counter()
     with using_numba_threads(nthreads):
         for lo in range(c0, c1, chunk_centres):
             hi = min(c1, lo + chunk_centres)
-            _block_chunk(stream["tloc"], stream["tpart"], stream["offsets"], stream["centres"], lo, hi,
-                         int(i), W_in_i, W_out_j, noise[0], noise[1], sig_tab, logsig_tab, int(window),
+            _block_chunk(*ro_stream, lo, hi, int(i), W_in_i, W_out_j, *ro_noise, sig_tab, logsig_tab, int(window),
                          int(negatives), float(lr), float(min_lr), pos_base, float(pos_scale), work_total,
-                         int(seed), int(epoch), nblocks, lb, pb, place.gstart, place.gdelta)
+                         int(seed), int(epoch), nblocks, lb, pb, *ro_place)
             cl, cp = float(lb.sum()), int(pb.sum())
             loss_sum += cl
             pairs += cp

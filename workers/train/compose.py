@@ -27,6 +27,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.train.sgns_parts import (blocks_per_chunk, draw_negatives, keep_thresholds, linear_lr,
                                                 kept_tokens, noise_alias, numba_threads, seed_state,
                                                 sentence_chunks, sigmoid_tables, token_counts, using_numba_threads,
@@ -206,9 +207,9 @@ def train_composed(tokens, offsets, n_ids: int, *, code_in, rows_in: int, w_in=N
     sig_tab, logsig_tab = sigmoid_tables()
     per_epoch = int(offsets[-1] - offsets[0]) if S else 0
     chunks = sentence_chunks(offsets, chunk_tokens or max(65536, per_epoch // 100))
-    tables = (T_in, code_in, w_in, T_out, code_out, w_out, COMBINES[combine], bool(learn_weights and combine == "sum"),
-              float(weight_lr_scale), keep, sample > 0, alias_thr, alias_idx, sig_tab, logsig_tab, int(window),
-              int(negatives), float(lr), float(min_lr))
+    tables = (T_in, *read_only(code_in), w_in, T_out, *read_only(code_out), w_out, COMBINES[combine],
+              bool(learn_weights and combine == "sum"), float(weight_lr_scale), keep, sample > 0, alias_thr,
+              alias_idx, sig_tab, logsig_tab, int(window), int(negatives), float(lr), float(min_lr))
     stats = _train_epochs(tokens, offsets, tables, chunks, numba_threads(threads), epochs=epochs, seed=seed,
                           progress=progress)
     stats["combine"] = combine
@@ -260,6 +261,8 @@ def _train_epochs(tokens, offsets, tables: tuple, chunks: list[tuple[int, int]],
     total_pairs = 0
     done = 0
     loss_first = float("nan")
+    # read-only whether they came from Ray's object store or not: one compile of the kernel (kernel_inputs)
+    tokens, offsets = read_only(tokens, offsets)
     with using_numba_threads(nthreads):
         t0 = time.perf_counter()
         for ep in range(epochs):

@@ -42,6 +42,7 @@ import numpy as np
 from embedlake.config import TrainConfig
 from embedlake.lake import Lake
 from embedlake.workers.graph.shards import shard_bounds, shard_starts
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.train import blocks as sb
 from embedlake.workers.train.sgns_parts import build_alias, keep_thresholds
 
@@ -338,7 +339,8 @@ def bucket_piece(stream: dict, place: sb.StreamPlace, i: int, j: int, centres: n
     with a context of partition i in reach, and the runs of tokens their windows cover, as a
     stream of its own whose runs are its sentences; `gdelta` places each run in the whole stream.
     Counted first, then written into arrays of their final size: no temporaries of the bucket's size."""
-    args = (stream["offsets"], stream["tloc"], stream["tpart"], centres, int(i), int(window))
+    # read-only whether they came from Ray's object store or not: one compile of the kernel (kernel_inputs)
+    args = (*read_only(stream["offsets"], stream["tloc"], stream["tpart"], centres), int(i), int(window))
     tloc, tpart = stream["tloc"], stream["tpart"]
     kept, runs, tokens = _cut_piece(*args, False, np.zeros(0, tloc.dtype), np.zeros(0, tpart.dtype),
                                     np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))

@@ -50,6 +50,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
+from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.train.sgns_parts import (ABL_PAIR_NEGATIVES, block_segments, cache_aligned, draw_negatives,
                                                 hogbatch_mode, keep_thresholds, kept_tokens, linear_lr, noise_alias,
                                                 numba_threads, pack_alias, pair_window, seed_state, sigmoid_tables,
@@ -395,6 +396,8 @@ def _train_epochs(tokens, offsets, W_in, W_out, kernel: dict, blocks: tuple[np.n
         tc = time.perf_counter()
         blocks_kernel = scheme_kernel(kernel["shared"], kernel["mode"])
         _warm(blocks_kernel, kernel["sig_tab"], kernel["logsig_tab"])
+        # read-only whether they came from Ray's object store or not, as in _warm: one compile (kernel_inputs)
+        tokens, offsets = read_only(tokens, offsets)
         warm_s = time.perf_counter() - tc
         t0 = time.perf_counter()
         for ep in range(start_epoch, epochs):
@@ -461,7 +464,7 @@ def _warm(blocks_kernel, sig_tab, logsig_tab):
     zi = np.zeros(1, np.int64)
     zk = np.zeros(1, np.int64)
     noise = pack_alias(thr, ali)
-    blocks_kernel(toks, offs, np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep, False, thr,
-                  ali, noise[None] if blocks_kernel is _pair_blocks else noise, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
+    blocks_kernel(*read_only(toks, offs), np.array([0, 1], np.int64), 0, 1, np.zeros(1, np.int64), 1, Wi, Wo, keep,
+                  False, thr, ali, noise[None] if blocks_kernel is _pair_blocks else noise, sig_tab, logsig_tab, 2, 1, 0.025, 1e-4,
                   0, 4.0, 0, 0, 4, z, zi, zk, 0)
     _WARMED.add(blocks_kernel)
