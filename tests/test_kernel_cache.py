@@ -141,3 +141,68 @@ def test_a_cache_folder_is_checked_once_per_process_while_it_exists(tmp_path, mo
     shutil.rmtree(folder)
     locator.from_function(geometry.draw_nodes.py_func, geometry.__file__)
     assert os.path.isdir(folder) and checks == [folder, folder]
+
+
+# A fresh process loading geometry.mix64 (and the kernels sort_segments uses) from the cache, then compiling a
+# kernel that calls mix64, so it links against the loaded one.
+LAZY = r"""
+import json
+import numpy as np
+import numba
+import llvmlite.binding as ll
+parsed = []
+parse = ll.parse_bitcode
+ll.parse_bitcode = lambda data, *a: parsed.append(len(data)) or parse(data, *a)
+from embedlake.workers.evaluate import geometry
+from numba.core import codegen
+codegen.ll.parse_bitcode = ll.parse_bitcode
+value = int(geometry.mix64(np.uint64(12345)))
+t, _ = geometry.sort_segments(np.arange(40, 0, -1, dtype=np.float32), np.ones(40, dtype=np.int8),
+                              np.array([0, 25, 40], dtype=np.int64))
+loaded = sum(geometry.mix64.stats.cache_hits.values()) + sum(geometry._sort_segments_kernel.stats.cache_hits.values())
+lib = geometry.mix64.overloads[geometry.mix64.signatures[0]].library
+pending = hasattr(lib, "_link_bitcode")
+before = len(parsed)
+caller = numba.njit(lambda z: geometry.mix64(z) ^ np.uint64(1))
+print(json.dumps({"value": value, "first": float(t[0]), "loaded": loaded, "pending": pending, "parsed_before": before,
+                  "linked": int(caller(np.uint64(12345))), "parsed_after": len(parsed) - before,
+                  "still_pending": hasattr(lib, "_link_bitcode")}))
+"""
+
+
+def test_a_kernel_loaded_from_the_cache_parses_its_bitcode_only_to_link(tmp_path):
+    """`lazy_link_modules` (issue 22, fifteenth round): kernels loaded from the cache run with the
+    symbols read from their machine code and no bitcode parsed; a kernel compiled afterwards that
+    calls one of them links against its module, parsed then, and computes the same values."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = []
+    for _ in range(2):                             # the first compiles and saves, the second loads
+        out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, again = runs
+    assert first["loaded"] == 0 and again["loaded"] == 2, runs
+    assert again["pending"] and again["parsed_before"] == 0, again
+    assert again["parsed_after"] >= 1 and not again["still_pending"], again
+    assert again["value"] == first["value"] and again["first"] == first["first"] == 16.0
+    assert again["linked"] == first["linked"] == first["value"] ^ 1
+
+
+def test_elf_symbols_reads_an_objects_defined_names_and_refuses_other_bytes():
+    """`elf_symbols` on machine code LLVM made here: the names the module defines, not the ones it
+    only declares; None for bytes that are not a 64-bit little-endian ELF object."""
+    import llvmlite.binding as ll
+
+    from embedlake.workers.kernel_cache import elf_symbols
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    mod = ll.parse_assembly("""
+        @table = global [2 x i64] [i64 1, i64 2]
+        declare i64 @elsewhere(i64)
+        define i64 @twice(i64 %x) { %y = call i64 @elsewhere(i64 %x) %z = add i64 %y, %x ret i64 %z }
+        define internal i64 @helper(i64 %x) { ret i64 %x }
+    """.replace(" %y =", "\n %y =").replace(" %z =", "\n %z =").replace(" ret", "\n ret"))
+    obj = ll.Target.from_triple(ll.get_process_triple()).create_target_machine().emit_object(mod)
+    names = elf_symbols(obj)
+    assert {"table", "twice"} <= names and "elsewhere" not in names, names
+    assert elf_symbols(b"not an object") is None and elf_symbols(obj[:40]) is None

@@ -342,3 +342,32 @@ def test_scores_from_the_tables_norms_equal_the_normalised_rows(dtype, monkeypat
     assert geometry.reconstruction_map(X, g.indptr, g.indices, norms=norms, **kw) == base
     monkeypatch.setattr(geometry, "HOLD_BYTES", 0)                 # candidates, then the counts
     assert geometry.reconstruction_map(X, g.indptr, g.indices, norms=norms, **kw) == base
+
+
+@pytest.mark.parametrize("similarity,dtype", [("cosine", np.float32), ("dot", np.float32), ("cosine", np.float64)])
+def test_chunk_kernel_scores_are_float64_sums_rounded_and_independent_of_position(similarity, dtype):
+    """The scores (`score_kernels.chunk_scores`, issue 22 fifteenth round) are the float32 roundings of
+    the float64 products of the compared rows, as the float64 BLAS products before them were: equal
+    to numpy's float64 product rounded to float32 on this table, whatever the query count (not a
+    multiple of the kernel's four), the chunk (the last one partial) or a shard's offset; a row
+    repeated anywhere in the table, and a query repeated in the block, score bit for bit alike."""
+    from embedlake.workers.evaluate.rows import row_norms
+    rng = np.random.default_rng(12)
+    n, d = 2 * geometry.SCORE_ROWS + 301, 24
+    X = rng.standard_normal((n, d)).astype(dtype) * 2
+    X[[5, 1023, 1024, 2100, n - 1]] = X[77]                        # in and across chunks, the last row
+    norms = row_norms(X, np.arange(n)) if similarity == "cosine" else None
+    q = np.array([77, 3, 1500, 77, 2047, 9, 600])                   # 7 queries, one twice
+    Uq = geometry.compared_rows(X[q], similarity)
+    U = geometry.compared_rows(X, similarity)
+    want = (np.asarray(Uq, np.float32).astype(np.float64) @ np.asarray(U, np.float32).astype(np.float64).T
+            ).astype(np.float32)
+    got = geometry.block_scores(X, Uq, similarity, norms)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert (got[:, [5, 1023, 1024, 2100, n - 1]] == got[:, [77]]).all() and np.array_equal(got[0], got[3])
+    lo = 700                                                        # a shard holding rows 700 ..
+    nodes = np.arange(lo, n, 13)
+    qrow = np.arange(nodes.size) % q.size
+    part = geometry.pair_scores(X[lo:], lo, Uq, qrow, nodes, similarity,
+                                None if norms is None else norms[lo:])
+    assert np.array_equal(part.view(np.uint32), want[qrow, nodes].view(np.uint32))

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from embedlake.workers.evaluate.classify import blas_threads
 from embedlake.workers.evaluate.rows import RowNormaliser, unit_rows
+from embedlake.workers.evaluate.score_kernels import QUERY_STEP, chunk_scores
 from embedlake.workers.kernel_inputs import read_only
 from embedlake.workers.kernel_threads import run_on_threads
 
@@ -161,7 +161,7 @@ def reconstruction_map(X, indptr, indices, *, hops=(1, 2, 3), sample=2000, seed=
 
     No ranking is sorted: a relevant node's precision is (relevant nodes scoring at least as
     high) / (nodes scoring at least as high), counted in one pass over the query's scores
-    (`scored_candidates`: float64 BLAS products in a fixed layout rounded to float32, `ChunkScores`,
+    (`scored_candidates`: float64 sums in a fixed layout rounded to float32, `ChunkScores`,
     the candidates' scores read from the same products). Ties therefore count against the ranking, as in
     scikit-learn's average_precision_score; without ties this is the AP of the sorted ranking.
 
@@ -415,56 +415,53 @@ HOLD_BYTES = 64 << 20              # reconstruction_map keeps a block's whole sc
 WINDOW_BYTES = 16 << 20            # count_at_least places the scores of this many bytes of chunks at a time
 
 
-def one_blas_thread():
-    """A context running BLAS on one thread (`blas_threads`: nothing to do in a Ray worker, whose
-    environment already says one). Why: OpenBLAS splits a product among its threads, and an entry's
-    rounding depends on the kernel path that computes it (measured: 17,000 of 102,400 entries of a
-    100 x 1,024 float32 product differ between one and two threads), so the scores, and with them
-    the figures, would follow the thread count."""
-    return blas_threads(1)
-
-
 class ChunkScores:
     """Scores of a block of query rows ``Uq`` against table rows ``X`` (nodes lo .. lo + m - 1), a
-    chunk of nodes at a time: chunk c holds nodes c * SCORE_ROWS .. (c + 1) * SCORE_ROWS - 1 and is
-    scored by one BLAS product of a fixed shape, (queries x d) @ (d x SCORE_ROWS), the nodes
-    that ``X`` does not hold (another shard's, or past the table's end) as zero rows.
+    chunk of nodes at a time: chunk c holds nodes c * SCORE_ROWS .. (c + 1) * SCORE_ROWS - 1, the
+    nodes that ``X`` does not hold (another shard's, or past the table's end) as zero rows.
 
-    The product runs in float64 on the float32 rows and each score is its float32 rounding. Why: a
-    BLAS product rounds an entry according to its position in the product and to the product's
-    shapes (OpenBLAS, measured: in one float32 product 960 of 1,024 copies of the same row scored
+    A score is the float32 rounding of a float64 sum of the float32 rows' (exact) products, every
+    pair summed by the same instructions (`score_kernels.chunk_scores`). Why float64: a BLAS float32
+    product rounds an entry according to its position in the product and to the product's shapes
+    (OpenBLAS, measured: in one float32 product 960 of 1,024 copies of the same row scored
     differently from the first copy; 2,100 of 131,072 entries differ between ``Q @ U.T`` and
-    ``Q @ U[:1024].T``). In float32 that broke the exact ties of duplicate rows (FastRP tables have
-    thousands), which the mAP counts against the ranking; float64 rounded to float32 gives
-    identical rows identical scores (unless a float32 rounding boundary falls within the float64
-    products' few-ulp spread) and figures that do not depend on the BLAS kernel. And with every
-    chunk at the same node offsets and of the same shape, a (query, node) pair gets the same score
-    whichever shard holds the node and whether it is scored as a candidate (`pair_scores`) or
-    counted (`count_at_least`): the thresholds and the scores counted against them are the same
-    numbers, so the mAP is exact for those scores.
+    ``Q @ U[:1024].T``), which broke the exact ties of duplicate rows (FastRP tables have thousands)
+    that the mAP counts against the ranking; float64 sums rounded to float32 give the same scores
+    whatever the summation order (unless a float32 rounding boundary falls within the sums' few-ulp
+    spread). These were float64 BLAS products until issue 22's fifteenth round; the kernel gives the
+    same float32 scores at two thirds of the cost (see its module). And with every chunk at the same
+    node offsets and of the same shape, a (query, node) pair gets the same score whichever shard
+    holds the node and whether it is scored as a candidate (`pair_scores`) or counted
+    (`count_at_least`): the thresholds and the scores counted against them are the same numbers, so
+    the mAP is exact for those scores.
 
-    ``similarity="cosine"`` normalises a chunk's rows into the product's buffer (`RowNormaliser`:
-    the values of `unit_rows`), so no unit copy of the table is made; "dot" takes them as float32.
-    ``norms`` (cosine): row i's norm as `rows.row_norms` gives it; the rows are then divided by them,
-    their norms not computed again (the same float32 quotients), a chunk's float32 rows in one division
-    and one widening (12-13 -> 8-10 ms of deezer_europe's 28 chunks against 128-row blocks, which cost
-    16 numpy calls a chunk; issue 22, fourteenth round)."""
+    ``similarity="cosine"`` divides each row by its norm in float32 (the values of `unit_rows`), so no
+    unit copy of the table is made; "dot" takes the rows as float32. ``norms`` (cosine): row i's norm
+    as `rows.row_norms` gives it; the rows are then divided by them, their norms not computed again
+    (the same float32 quotients). A float32 table with the norms (or "dot") is read in place by the
+    kernel; otherwise a chunk's float32 rows are made in a buffer first (`chunk_rows`)."""
 
     def __init__(self, X, lo: int, Uq, similarity: str = "dot", norms: np.ndarray | None = None):
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"unknown similarity {similarity!r} (cosine, dot, precomputed)")
         self.X, self.lo = np.asarray(X), int(lo)
-        self.Uq = np.asarray(Uq, dtype=np.float32).astype(np.float64)
+        Uq = np.asarray(Uq, dtype=np.float32)
+        self.queries = Uq.shape[0]
+        self.Uq = np.zeros((-(-self.queries // QUERY_STEP) * QUERY_STEP, Uq.shape[1]), dtype=np.float64)
+        self.Uq[:self.queries] = Uq
         self.norm = RowNormaliser(self.X) if similarity == "cosine" else None
         self.norms = None if self.norm is None or norms is None else np.asarray(norms, dtype=np.float32)
         if self.norms is not None and self.norms.shape != (self.X.shape[0],):
             raise ValueError(f"norms: {self.norms.shape} for {self.X.shape[0]} rows")
-        self.whole = self.norms is not None and self.X.dtype == np.float32     # a chunk's quotients at once
-        self.unit = np.empty((SCORE_ROWS if self.whole else self.norm.step if self.norm else 0, self.X.shape[1]),
-                             dtype=np.float32)
-        self.rows = np.zeros((SCORE_ROWS, self.X.shape[1]), dtype=np.float64)
-        self.product = np.empty((self.Uq.shape[0], SCORE_ROWS), dtype=np.float64)
-        self.S = np.empty(self.product.shape, dtype=np.float32)
+        self.in_place = self.X.dtype == np.float32 and self.X.flags.c_contiguous and \
+            (self.norm is None or self.norms is not None)               # the kernel reads X itself
+        d = self.X.shape[1]
+        self.unit = np.empty((0 if self.in_place or self.norm is None else self.norm.step, d), dtype=np.float32)
+        self.rows = np.empty((0 if self.in_place else SCORE_ROWS, d), dtype=np.float32)
+        self.S = np.empty((self.Uq.shape[0], SCORE_ROWS), dtype=np.float32)
+        self.args = read_only(self.Uq, self.X if self.in_place else self.rows,
+                              self.norms if self.in_place and self.norms is not None else np.empty(0, np.float32))
+        self.rb = np.empty((4, d), dtype=np.float64)
 
     def chunks(self) -> range:
         """The chunks holding the table's rows."""
@@ -474,30 +471,26 @@ class ChunkScores:
     def scores(self, c: int) -> tuple[np.ndarray, int, int]:
         """(S, a, b): S[i, j] = the score of query row i and node c * SCORE_ROWS + j (a buffer reused
         by the next call), for the table's nodes j in a .. b - 1."""
-        product, a, b = self.products(c)
-        self.S[...] = product
-        return self.S, a, b
-
-    def products(self, c: int) -> tuple[np.ndarray, int, int]:
-        """`scores` before the rounding to float32: the chunk's float64 product (a buffer reused by
-        the next call), for a caller that rounds it into its own array."""
         g0 = c * SCORE_ROWS
         a = max(self.lo, g0) - g0
         b = min(self.lo + self.X.shape[0], g0 + SCORE_ROWS) - g0
-        np.matmul(self.Uq, self.chunk_rows(g0, a, b).T, out=self.product)
-        return self.product, a, b
+        Uq, X, norms = self.args
+        if self.in_place:
+            chunk_scores(Uq, X, g0 + a - self.lo, a, b, norms, self.S, self.rb)
+        else:
+            self.chunk_rows(g0, a, b)
+            chunk_scores(Uq, X, 0, 0, SCORE_ROWS, norms, self.S, self.rb)
+        return self.S[:self.queries], a, b
 
     def chunk_rows(self, g0: int, a: int, b: int) -> np.ndarray:
-        """The SCORE_ROWS rows of the chunk from node g0 as compared (zero outside a .. b - 1)."""
-        first, last = g0 + a - self.lo, g0 + b - self.lo
+        """The SCORE_ROWS float32 rows of the chunk from node g0 as compared (zero outside a .. b - 1),
+        for a table the kernel does not read in place."""
+        first = g0 + a - self.lo
         rows = self.rows
         rows[:a] = 0
         rows[b:] = 0
         if self.norm is None:
-            rows[a:b] = self.X[first:last].astype(np.float32, copy=False)
-            return rows
-        if self.whole:                                  # one quotient and one widening a chunk
-            rows[a:b] = np.divide(self.X[first:last], self.norms[first:last, None], out=self.unit[:b - a])
+            rows[a:b] = self.X[first:first + b - a]                           # rounded to float32
             return rows
         for s in range(a, b, self.norm.step):
             e = min(b, s + self.norm.step)
@@ -509,7 +502,7 @@ class ChunkScores:
             if val.dtype != np.float32:
                 val = self.norm.val[:e - s]
                 val[...] = self.X[r0:r1]                                        # rounded as `into` does
-            rows[s:e] = np.divide(val, self.norms[r0:r1, None], out=self.unit[:e - s])
+            np.divide(val, self.norms[r0:r1, None], out=rows[s:e])
         return rows
 
 
@@ -521,22 +514,20 @@ def pair_scores(U, lo, Uq, qrow, nodes, similarity: str = "dot", norms: np.ndarr
     chunk = nodes // SCORE_ROWS
     order = np.argsort(chunk, kind="stable")
     scorer = ChunkScores(U, lo, Uq, similarity, norms)
-    with one_blas_thread():
-        for sel in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1) if nodes.size else ():
-            c = int(chunk[sel[0]])
-            S, _, _ = scorer.scores(c)
-            out[sel] = S[qrow[sel], nodes[sel] - c * SCORE_ROWS]
+    for sel in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1) if nodes.size else ():
+        c = int(chunk[sel[0]])
+        S, _, _ = scorer.scores(c)
+        out[sel] = S[qrow[sel], nodes[sel] - c * SCORE_ROWS]
     return out
 
 
 def block_scores(X, Uq, similarity: str, norms: np.ndarray | None = None) -> np.ndarray:
     """Every score of the query rows against the whole table (queries x n), `ChunkScores`' numbers."""
     scorer = ChunkScores(X, 0, Uq, similarity, norms)
-    S = np.empty((scorer.Uq.shape[0], scorer.X.shape[0]), dtype=np.float32)
-    with one_blas_thread():
-        for c in scorer.chunks():
-            product, a, b = scorer.products(c)
-            S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = product[:, a:b]      # rounded to float32 here
+    S = np.empty((scorer.queries, scorer.X.shape[0]), dtype=np.float32)
+    for c in scorer.chunks():
+        part, a, b = scorer.scores(c)
+        S[:, c * SCORE_ROWS + a:c * SCORE_ROWS + b] = part[:, a:b]
     return S
 
 
@@ -715,9 +706,9 @@ def count_at_least(U, lo, Uq, srcs, t, offsets, threads, similarity: str = "dot"
     scorer = ChunkScores(U, lo, Uq, similarity, norms)
     counts = ScoreCounts(t, offsets, srcs, scorer.X.shape[0])
     chunks = scorer.chunks()
-    per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.Uq.shape[0]))))
-    S = np.empty((scorer.Uq.shape[0], per_window * SCORE_ROWS), dtype=np.float32)
-    with one_blas_thread(), _numba_threads(threads):
+    per_window = max(1, min(len(chunks), WINDOW_BYTES // (4 * SCORE_ROWS * max(1, scorer.queries))))
+    S = np.empty((scorer.queries, per_window * SCORE_ROWS), dtype=np.float32)
+    with _numba_threads(threads):
         for w in range(0, len(chunks), per_window):
             window = chunks[w:w + per_window]
             for k, c in enumerate(window):

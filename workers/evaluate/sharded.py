@@ -16,7 +16,7 @@ order); the hop rings are the same sets, found by breadth-first rounds across th
 (each owner lists its frontier nodes' neighbours, the coordinator keeps the new ones), and both
 engines sort a ring before sampling it; the last ring's sample replays the one-CSR kernel's draws
 (``draw_nodes`` is a hash of (seed, query, hop, draw number), asked of the owners a chunk at a
-time); the scores are the same float32 numbers (BLAS products of the block's query rows against
+time); the scores are the same float32 numbers (float64 sums of the block's query rows' products with
 chunks of nodes at fixed offsets and of a fixed shape, `ChunkScores`, whichever shard holds the
 rows); and a relevant node's denominator, the count of nodes scoring at least as high, is a sum
 over shards of each shard's own count.
