@@ -1,7 +1,8 @@
 """`embedlake embed-kg` end to end on a tiny knowledge graph: the run commits entity and relation
 tables that round-trip (bit-identical to the worker trained directly, one thread), its manifest
 carries the filtered metrics; bad input fails with one line naming file and line, nothing committed;
-a run killed after a training epoch resumes to the uninterrupted tables."""
+a run killed after a training epoch resumes to the uninterrupted tables (the one-table and the
+partitioned trainer's killed runs go in parallel, then their re-runs)."""
 from __future__ import annotations
 
 import json
@@ -98,18 +99,42 @@ def test_bad_triple_fails_in_one_line_and_commits_nothing(committed, capsys):
     assert Lake(str(tmp / "lake")).manifests("bad", "kg-complex") == []
 
 
-def test_killed_run_resumes_after_its_last_epoch(committed):
+# lake -> the extra settings of its run; both are killed once epoch 2's checkpoint is committed
+KILLED = {"lake_resume": [],
+          "lake_p4_resume": ["kg.partitions=4", "kg.workers=2", "kg.lent_rows=4", "kg.edge_chunks=2"]}
+
+
+@pytest.fixture(scope="module")
+def killed_runs(committed):
+    """Each run of KILLED as `embedlake embed-kg` subprocesses: killed after epoch 2, then re-run with
+    the same run id. The two lakes' attempts go in parallel, step by step (as tests/test_resume.py)."""
+    tmp, data, _, _ = committed
+
+    def args(lake, extra):
+        return ["embed-kg", "--train", f"{data}/train.txt", "--valid", f"{data}/valid.txt", "--test",
+                f"{data}/test.txt", "--lake", str(tmp / lake), "--run-id", "r1", "--json",
+                *sum((["-p", s] for s in [*SETTINGS, *extra]), [])]
+    out = {lake: {} for lake in KILLED}
+    procs = {lake: start_cli(tmp, args(lake, extra), tmp / f"{lake}.kill.log", "after:train_epoch:2")
+             for lake, extra in KILLED.items()}
+    for lake, p in procs.items():
+        out[lake]["killed_rc"] = wait_cli(p)
+        out[lake]["committed_after_kill"] = Lake(str(tmp / lake)).is_committed("chains", "kg-complex", "r1")
+    procs = {lake: start_cli(tmp, args(lake, extra), tmp / f"{lake}.rerun.log", None)
+             for lake, extra in KILLED.items()}
+    for lake, p in procs.items():
+        out[lake]["rerun_rc"] = wait_cli(p)
+        out[lake]["log"] = (tmp / f"{lake}.rerun.log").read_text()
+    return out
+
+
+def test_killed_run_resumes_after_its_last_epoch(committed, killed_runs):
     tmp, data, cfg, _ = committed
-    lake = tmp / "lake_resume"
-    args = ["embed-kg", "--train", f"{data}/train.txt", "--valid", f"{data}/valid.txt", "--test",
-            f"{data}/test.txt", "--lake", str(lake), "--run-id", "r1", "--json",
-            *sum((["-p", s] for s in SETTINGS), [])]
-    first = wait_cli(start_cli(tmp, args, tmp / "kill.log", "after:train_epoch:2"))
-    assert first == -9
-    assert not Lake(str(lake)).is_committed("chains", "kg-complex", "r1")
-    second = wait_cli(start_cli(tmp, args, tmp / "rerun.log", None))
-    log = (tmp / "rerun.log").read_text()
-    assert second == 0, log[-3000:]
+    lake, r = tmp / "lake_resume", killed_runs["lake_resume"]
+    assert r["killed_rc"] == -9
+    assert not r["committed_after_kill"]
+    log = r["log"]
+    assert r["rerun_rc"] == 0, log[-3000:]
     assert "resume: kg training continues at epoch 3/4" in log
     summary = json.loads(log.strip().splitlines()[-1])
     assert summary["train"]["resumed_at_epoch"] == 2
@@ -160,7 +185,7 @@ def test_compressed_entity_table_reads_back_with_its_mrr(committed):
         assert out["tables"][codec]["kg_hits@10"] == man.metrics["kg_hits@10"]
 
 
-def test_killed_partitioned_run_resumes_to_the_same_tables(committed):
+def test_killed_partitioned_run_resumes_to_the_same_tables(committed, killed_runs):
     """kg.partitions=4 on 2 workers, killed once epoch 2's checkpoint is committed: the re-run
     continues at epoch 3 from the saved partitions and relations and ends with the tables of an
     uninterrupted run (the in-process schedule, which the Ray run equals)."""
@@ -168,17 +193,12 @@ def test_killed_partitioned_run_resumes_to_the_same_tables(committed):
     from embedlake.workers.kg.models import init_tables
     from embedlake.workers.kg.partitioned import train_partitioned
     tmp, data, _, _ = committed
-    lake = tmp / "lake_p4_resume"
-    extra = ["kg.partitions=4", "kg.workers=2", "kg.lent_rows=4", "kg.edge_chunks=2"]
-    args = ["embed-kg", "--train", f"{data}/train.txt", "--valid", f"{data}/valid.txt", "--test",
-            f"{data}/test.txt", "--lake", str(lake), "--run-id", "r1", "--json",
-            *sum((["-p", s] for s in [*SETTINGS, *extra]), [])]
-    first = wait_cli(start_cli(tmp, args, tmp / "kill_p4.log", "after:train_epoch:2"))
-    assert first == -9
-    assert not Lake(str(lake)).is_committed("chains", "kg-complex", "r1")
-    second = wait_cli(start_cli(tmp, args, tmp / "rerun_p4.log", None))
-    log = (tmp / "rerun_p4.log").read_text()
-    assert second == 0, log[-3000:]
+    lake, r = tmp / "lake_p4_resume", killed_runs["lake_p4_resume"]
+    extra = KILLED["lake_p4_resume"]
+    assert r["killed_rc"] == -9
+    assert not r["committed_after_kill"]
+    log = r["log"]
+    assert r["rerun_rc"] == 0, log[-3000:]
     assert "resume: kg training continues at epoch 3/4" in log
     summary = json.loads(log.strip().splitlines()[-1])
     assert summary["train"]["resumed_at_epoch"] == 2 and summary["train"]["partitions"] == 4

@@ -20,9 +20,10 @@ from embedlake.infra.s3_fault_proxy import FaultProxy
 @pytest.fixture()
 def flaky_s3(s3_env, monkeypatch, request):
     kw = getattr(request, "param", {})
-    proxy = FaultProxy(s3_env["endpoint"], stall_s=2.0, **kw).start()
+    # a stall holds the answer past the client's read timeout; delta-rs (no timeout set) waits it out
+    proxy = FaultProxy(s3_env["endpoint"], stall_s=1.2, **kw).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setenv("EMBEDLAKE_S3_READ_TIMEOUT", "1.0")
+    monkeypatch.setenv("EMBEDLAKE_S3_READ_TIMEOUT", "0.5")
     monkeypatch.setenv("EMBEDLAKE_S3_CONNECT_TIMEOUT", "2")
     yield {**s3_env, "proxy": proxy, "uri": f"s3://{s3_env['bucket']}/lake"}
     proxy.stop()

@@ -2,7 +2,8 @@
 kernel, bit-exact resume, and through the flow: 2 Ray workers on a 2-node `ray.cluster_utils.Cluster`,
 and a run SIGKILLed after its first checkpoint that a re-run with the same run id resumes.
 
-The flow runs happen in subprocesses (own Ray, own Prefect), so the session's ray_session is untouched.
+The flow runs happen in subprocesses (own Ray; they report to the session's Prefect server), so the
+session's ray_session is untouched.
 """
 from __future__ import annotations
 
@@ -199,9 +200,12 @@ def _drop_ray_tmp():
 
 def _env(tmp: Path) -> dict:
     # a short private Ray temp dir (unix socket paths are limited): never attach to another Ray here
+    from prefect.settings import PREFECT_API_URL
     _RAY_TMP.append(tempfile.mkdtemp(prefix="elr", dir="/tmp"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(tmp / "prefect"), "RAY_TMPDIR": _RAY_TMP[-1]}
     env.pop("RAY_ADDRESS", None)
+    if PREFECT_API_URL.value():       # the session's Prefect server: no temporary server per run (~12 s each)
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     return env
 
 
@@ -217,7 +221,7 @@ def _result(p: subprocess.Popen, log: Path, timeout: float) -> dict:
     return json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
 
 
-def test_cluster_run_and_killed_run_resumed_give_the_same_table(tmp_path):
+def test_cluster_run_and_killed_run_resumed_give_the_same_table(tmp_path, prefect_session):
     """Run A: 2 workers on a 2-node Cluster (head without CPUs), uninterrupted. Run B: local Ray,
     SIGKILLed (whole process group) once its first checkpoint exists, then re-run with the same run
     id: it takes over the dead claim, resumes at the checkpointed episode, and - one thread per
